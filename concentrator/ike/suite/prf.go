@@ -1,0 +1,149 @@
+package suite
+
+import (
+	"crypto/hmac"
+	"crypto/md5"
+	"crypto/sha1"
+	"crypto/sha256"
+	"crypto/sha512"
+	"encoding/binary"
+	"hash"
+)
+
+// PRF is a negotiated pseudo-random function. Only HMAC-based PRFs are
+// implemented (HMAC-SHA2-256/384/512; HMAC-SHA1 and HMAC-MD5 for peers
+// allowed by crypto.allow_weak), so every PRF accepts keys of any length and
+// prf(Ni | Nr, g^ir) needs no special key handling (RFC 7296 §2.14).
+// A PRF holds no key and is safe for concurrent use.
+type PRF struct {
+	ID   uint16 // IANA PRF transform ID
+	hash func() hash.Hash
+	size int
+}
+
+func prfHash(id uint16) (func() hash.Hash, int, bool) {
+	switch id {
+	case PRFHMACSHA256:
+		return sha256.New, sha256.Size, true
+	case PRFHMACSHA384:
+		return sha512.New384, sha512.Size384, true
+	case PRFHMACSHA512:
+		return sha512.New, sha512.Size, true
+	case PRFHMACSHA1:
+		return sha1.New, sha1.Size, true
+	case PRFHMACMD5:
+		return md5.New, md5.Size, true
+	}
+	return nil, 0, false
+}
+
+// NewPRF returns the PRF with the given transform ID, or an *UnsupportedError.
+// It does not apply the crypto policy: see Weak and Check.
+func NewPRF(id uint16) (*PRF, error) {
+	h, size, ok := prfHash(id)
+	if !ok {
+		return nil, &UnsupportedError{Type: TypePRF, ID: id}
+	}
+	return &PRF{ID: id, hash: h, size: size}, nil
+}
+
+// Size is the PRF's output length in octets, which is also its preferred key
+// length (the length of SK_d, SK_pi and SK_pr).
+func (p *PRF) Size() int { return p.size }
+
+// Sum returns prf(key, S) where S is the concatenation of data.
+func (p *PRF) Sum(key []byte, data ...[]byte) []byte {
+	m := hmac.New(p.hash, key)
+	for _, d := range data {
+		m.Write(d)
+	}
+	return m.Sum(make([]byte, 0, p.size))
+}
+
+// Plus returns the first n octets of prf+(key, seed) (RFC 7296 §2.13):
+//
+//	prf+(K, S) = T1 | T2 | T3 | ...
+//	T1 = prf(K, S | 0x01), Tn = prf(K, Tn-1 | S | n)
+//
+// The counter is one octet, so at most 255*Size() octets exist; Plus
+// returns nil (it never panics) when n is negative or larger than that.
+func (p *PRF) Plus(key, seed []byte, n int) []byte {
+	if n < 0 || n > 255*p.size {
+		return nil
+	}
+	out := make([]byte, 0, (n+p.size-1)/p.size*p.size)
+	m := hmac.New(p.hash, key)
+	var prev []byte
+	for i := 1; len(out) < n; i++ {
+		m.Reset()
+		m.Write(prev)
+		m.Write(seed)
+		m.Write([]byte{byte(i)})
+		start := len(out)
+		out = m.Sum(out)
+		prev = out[start:]
+	}
+	return out[:n:n]
+}
+
+// IKEKeys are the seven secrets of an IKE SA (RFC 7296 §2.14). The slices
+// share one backing array but have capped capacities, so appending to one
+// never overwrites another.
+type IKEKeys struct {
+	SKd        []byte // for deriving CHILD SA keys and rekeying
+	SKai, SKar []byte // integrity keys (empty for AEAD ciphers)
+	SKei, SKer []byte // encryption keys, including any salt
+	SKpi, SKpr []byte // for the AUTH payload
+}
+
+// SKEYSEED returns prf(Ni | Nr, g^ir) (RFC 7296 §2.14). ni and nr are the
+// nonce values without payload headers; gir is the shared secret in its
+// IKE encoding (see KeyExchange.SharedSecret).
+func SKEYSEED(p *PRF, ni, nr, gir []byte) []byte {
+	key := make([]byte, 0, len(ni)+len(nr))
+	key = append(append(key, ni...), nr...)
+	return p.Sum(key, gir)
+}
+
+// DeriveIKEKeys computes {SK_d | SK_ai | SK_ar | SK_ei | SK_er | SK_pi | SK_pr}
+// = prf+(SKEYSEED, Ni | Nr | SPIi | SPIr) and splits it: SK_d, SK_pi and
+// SK_pr are p.Size() octets, SK_ai and SK_ar c.IntegKeyLen(), SK_ei and SK_er
+// c.EncrKeyLen(). The SPIs are those of the IKE header, initiator's first,
+// whichever side initiated the current exchange.
+func DeriveIKEKeys(p *PRF, skeyseed, ni, nr []byte, spii, spir uint64, c *Cipher) IKEKeys {
+	seed := make([]byte, 0, len(ni)+len(nr)+16)
+	seed = append(append(seed, ni...), nr...)
+	seed = binary.BigEndian.AppendUint64(seed, spii)
+	seed = binary.BigEndian.AppendUint64(seed, spir)
+
+	ps, ik, ek := p.Size(), c.IntegKeyLen(), c.EncrKeyLen()
+	km := p.Plus(skeyseed, seed, 3*ps+2*ik+2*ek)
+	next := func(n int) []byte {
+		k := km[:n:n]
+		km = km[n:]
+		return k
+	}
+	var k IKEKeys
+	k.SKd = next(ps)
+	k.SKai, k.SKar = next(ik), next(ik)
+	k.SKei, k.SKer = next(ek), next(ek)
+	k.SKpi, k.SKpr = next(ps), next(ps)
+	return k
+}
+
+// RekeySKEYSEED returns prf(SK_d (old), g^ir (new) | Ni | Nr), the SKEYSEED
+// of an IKE SA created by rekeying (RFC 7296 §2.18). The same construction
+// chains additional key exchanges (RFC 9370 §2.2.2).
+func RekeySKEYSEED(p *PRF, oldSKd, gir, ni, nr []byte) []byte {
+	return p.Sum(oldSKd, gir, ni, nr)
+}
+
+// ChildKeys returns n octets of KEYMAT = prf+(SK_d, [g^ir (new)] | Ni | Nr)
+// for a CHILD SA (RFC 7296 §2.17); gir is nil without PFS. The caller takes
+// the keys in the order of §2.17: encryption then integrity key for the
+// initiator-to-responder SA, then the same for the other direction.
+func ChildKeys(p *PRF, skd []byte, gir, ni, nr []byte, n int) []byte {
+	seed := make([]byte, 0, len(gir)+len(ni)+len(nr))
+	seed = append(append(append(seed, gir...), ni...), nr...)
+	return p.Plus(skd, seed, n)
+}
