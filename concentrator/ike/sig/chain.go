@@ -1,0 +1,241 @@
+package sig
+
+import (
+	"bytes"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"math/big"
+	"time"
+)
+
+// Implementation limits of VerifyChain: a peer sends at most this many
+// certificates (leaf plus intermediates) of at most this many bytes in total.
+// They bound the parsing and path-building work of hostile input.
+const (
+	DefaultMaxChainCerts = 8
+	DefaultMaxChainBytes = 64 << 10
+)
+
+// Verifier validates the certificate chains peers send in CERT payloads.
+// A Verifier is not modified by VerifyChain and may be shared between
+// goroutines.
+type Verifier struct {
+	// Roots are the trust anchors. Required: a nil pool is an error, never
+	// the system roots.
+	Roots *x509.CertPool
+
+	// CRLs are optional full CRLs (RFC 5280, parsed by
+	// x509.ParseRevocationList or ParseCRLs). For every element of the
+	// verified chain except the root, each CRL whose issuer name is the
+	// element's issuer (and whose authority key identifier, when both are
+	// present, is the issuer's subject key identifier) must carry a valid
+	// signature by the issuer, and the element's serial must not be listed.
+	// A CRL past its NextUpdate makes verification fail ("stale CRL"): a
+	// revocation source the operator configured but did not refresh is
+	// treated as an error, not ignored. When several CRLs match, only the
+	// newest (by ThisUpdate) must be current. Delta CRLs, distribution
+	// points and OCSP are not consulted; certificates without a matching CRL
+	// are not checked.
+	CRLs []*x509.RevocationList
+
+	// MaxCerts and MaxBytes limit the received list; 0 selects
+	// DefaultMaxChainCerts and DefaultMaxChainBytes.
+	MaxCerts int
+	MaxBytes int
+}
+
+// Reasons carried by ChainError (a closed set, usable as metric labels).
+const (
+	ChainReasonNoRoots      = "no trust anchors configured"
+	ChainReasonNoTime       = "no verification time"
+	ChainReasonEmpty        = "no certificate"
+	ChainReasonTooMany      = "too many certificates"
+	ChainReasonTooLarge     = "certificates too large"
+	ChainReasonMalformed    = "malformed certificate"
+	ChainReasonInvalid      = "certificate chain invalid"
+	ChainReasonRevoked      = "certificate revoked"
+	ChainReasonCRLSignature = "CRL signature invalid"
+	ChainReasonStaleCRL     = "stale CRL"
+)
+
+// ErrStaleCRL is wrapped by a ChainError whose matching CRL is past its
+// NextUpdate.
+var ErrStaleCRL = errors.New("CRL is past its NextUpdate")
+
+// ChainError is the error returned by VerifyChain. It names the certificate
+// that failed. Err wraps the x509 error (x509.CertificateInvalidError,
+// x509.UnknownAuthorityError, …), a *RevokedError, or a CRL error.
+type ChainError struct {
+	Reason string // one of the ChainReason constants
+	// Subject is the DN of the certificate that failed (for CRL errors: of
+	// the certificate being checked); empty if none could be parsed.
+	Subject string
+	// Index is the certificate's position in the received list (0 = leaf),
+	// or -1 if it was not received (a root) or none applies.
+	Index int
+	Err   error
+}
+
+func (e *ChainError) Error() string {
+	s := "sig: " + e.Reason
+	if e.Subject != "" {
+		s += fmt.Sprintf(": certificate %q", e.Subject)
+	}
+	if e.Index >= 0 {
+		s += fmt.Sprintf(" (#%d)", e.Index)
+	}
+	if e.Err != nil {
+		s += ": " + e.Err.Error()
+	}
+	return s
+}
+
+func (e *ChainError) Unwrap() error { return e.Err }
+
+// RevokedError reports a certificate listed in a configured CRL.
+type RevokedError struct {
+	Serial     *big.Int
+	Subject    string
+	RevokedAt  time.Time
+	ReasonCode int // RFC 5280 §5.3.1 CRLReason, 0 (unspecified) if absent
+}
+
+func (e *RevokedError) Error() string {
+	return fmt.Sprintf("certificate %q serial %x revoked at %s (reason %d)",
+		e.Subject, e.Serial, e.RevokedAt.UTC().Format(time.RFC3339), e.ReasonCode)
+}
+
+// VerifyChain parses DER certificates (leaf first, then intermediates, as
+// received in CERT payloads), builds a chain to Roots valid at now with any
+// extended key usage (IoT certificates vary), checks revocation against CRLs
+// and returns the leaf. Every failure is a *ChainError.
+func (v *Verifier) VerifyChain(certs [][]byte, now time.Time) (*x509.Certificate, error) {
+	fail := func(reason, subject string, index int, err error) (*x509.Certificate, error) {
+		return nil, &ChainError{Reason: reason, Subject: subject, Index: index, Err: err}
+	}
+	if v == nil || v.Roots == nil {
+		return fail(ChainReasonNoRoots, "", -1, nil)
+	}
+	if now.IsZero() {
+		// x509 would read the clock.
+		return fail(ChainReasonNoTime, "", -1, nil)
+	}
+	if len(certs) == 0 {
+		return fail(ChainReasonEmpty, "", -1, nil)
+	}
+	maxCerts, maxBytes := v.MaxCerts, v.MaxBytes
+	if maxCerts <= 0 {
+		maxCerts = DefaultMaxChainCerts
+	}
+	if maxBytes <= 0 {
+		maxBytes = DefaultMaxChainBytes
+	}
+	if len(certs) > maxCerts {
+		return fail(ChainReasonTooMany, "", -1, fmt.Errorf("%d received, limit %d", len(certs), maxCerts))
+	}
+	total := 0
+	for _, der := range certs {
+		total += len(der)
+	}
+	if total > maxBytes {
+		return fail(ChainReasonTooLarge, "", -1, fmt.Errorf("%d bytes received, limit %d", total, maxBytes))
+	}
+
+	parsed := make([]*x509.Certificate, len(certs))
+	for i, der := range certs {
+		c, err := x509.ParseCertificate(der)
+		if err != nil {
+			return fail(ChainReasonMalformed, "", i, err)
+		}
+		parsed[i] = c
+	}
+	index := func(c *x509.Certificate) int {
+		for i, p := range parsed {
+			if p == c || bytes.Equal(p.Raw, c.Raw) {
+				return i
+			}
+		}
+		return -1
+	}
+
+	leaf := parsed[0]
+	intermediates := x509.NewCertPool()
+	for _, c := range parsed[1:] {
+		intermediates.AddCert(c)
+	}
+	chains, err := leaf.Verify(x509.VerifyOptions{
+		Roots:         v.Roots,
+		Intermediates: intermediates,
+		CurrentTime:   now,
+		KeyUsages:     []x509.ExtKeyUsage{x509.ExtKeyUsageAny},
+	})
+	if err != nil {
+		culprit := leaf
+		var invalid x509.CertificateInvalidError
+		var unknown x509.UnknownAuthorityError
+		switch {
+		case errors.As(err, &invalid) && invalid.Cert != nil:
+			culprit = invalid.Cert
+		case errors.As(err, &unknown) && unknown.Cert != nil:
+			culprit = unknown.Cert
+		}
+		return fail(ChainReasonInvalid, dnString(culprit.RawSubject), index(culprit), err)
+	}
+
+	// Accept if any verified chain passes revocation; report the first
+	// chain's failure otherwise.
+	var first *ChainError
+	for _, chain := range chains {
+		cerr := v.checkRevocation(chain, now, index)
+		if cerr == nil {
+			return leaf, nil
+		}
+		if first == nil {
+			first = cerr
+		}
+	}
+	return nil, first
+}
+
+// checkRevocation checks every element of chain except the root against the
+// configured CRLs.
+func (v *Verifier) checkRevocation(chain []*x509.Certificate, now time.Time, index func(*x509.Certificate) int) *ChainError {
+	for i := 0; i+1 < len(chain); i++ {
+		cert, issuer := chain[i], chain[i+1]
+		subject := dnString(cert.RawSubject)
+		var newest *x509.RevocationList
+		for _, crl := range v.CRLs {
+			if crl == nil || !bytes.Equal(crl.RawIssuer, cert.RawIssuer) {
+				continue
+			}
+			if len(crl.AuthorityKeyId) > 0 && len(issuer.SubjectKeyId) > 0 &&
+				!bytes.Equal(crl.AuthorityKeyId, issuer.SubjectKeyId) {
+				continue // a CRL of another key of a CA with the same name
+			}
+			if err := crl.CheckSignatureFrom(issuer); err != nil {
+				return &ChainError{Reason: ChainReasonCRLSignature, Subject: subject, Index: index(cert),
+					Err: fmt.Errorf("CRL of %q: %w", dnString(crl.RawIssuer), err)}
+			}
+			for _, e := range crl.RevokedCertificateEntries {
+				if e.SerialNumber != nil && e.SerialNumber.Cmp(cert.SerialNumber) == 0 {
+					return &ChainError{Reason: ChainReasonRevoked, Subject: subject, Index: index(cert), Err: &RevokedError{
+						Serial:     new(big.Int).Set(cert.SerialNumber),
+						Subject:    subject,
+						RevokedAt:  e.RevocationTime,
+						ReasonCode: e.ReasonCode,
+					}}
+				}
+			}
+			if newest == nil || crl.ThisUpdate.After(newest.ThisUpdate) {
+				newest = crl
+			}
+		}
+		if newest != nil && !newest.NextUpdate.IsZero() && now.After(newest.NextUpdate) {
+			return &ChainError{Reason: ChainReasonStaleCRL, Subject: subject, Index: index(cert),
+				Err: fmt.Errorf("CRL of %q: next update %s, now %s: %w", dnString(newest.RawIssuer),
+					newest.NextUpdate.UTC().Format(time.RFC3339), now.UTC().Format(time.RFC3339), ErrStaleCRL)}
+		}
+	}
+	return nil
+}
