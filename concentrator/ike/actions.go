@@ -1,0 +1,106 @@
+package ike
+
+import (
+	"net/netip"
+	"time"
+)
+
+// Packet is an IKE message as it arrived: the UDP payload without the
+// non-ESP marker, and the addresses it travelled between.
+type Packet struct {
+	Local, Remote netip.AddrPort
+	Data          []byte
+}
+
+// Action is what the engine asks its caller to do. The caller performs
+// actions in order; persistence (later) precedes sends.
+type Action interface{ isAction() }
+
+// Send asks to send IKE messages (several for a fragmented message) from
+// Local to Remote. On the NAT-T port the caller prepends the non-ESP marker.
+type Send struct {
+	Local, Remote netip.AddrPort
+	Messages      [][]byte
+}
+
+// InstallChild asks the data plane to install a CHILD_SA pair.
+type InstallChild struct {
+	SPIi, SPIr uint64
+	PeerID     Identity
+	Child      *ChildSA
+}
+
+// RemoveChild asks the data plane to remove a CHILD_SA pair.
+type RemoveChild struct {
+	SPIi, SPIr uint64
+	Child      *ChildSA
+}
+
+// Event reports something worth a log line and a metric.
+type Event struct {
+	Kind       EventKind
+	SPIi, SPIr uint64
+	Local      netip.AddrPort
+	Remote     netip.AddrPort
+	PeerID     Identity
+	Proposal   string
+	Notify     NotifyType // the notify sent or received, if any
+	Reason     string
+	Child      *ChildSA
+	Initiator  bool // we are the original initiator of this IKE_SA
+}
+
+func (Send) isAction()         {}
+func (InstallChild) isAction() {}
+func (RemoveChild) isAction()  {}
+func (Event) isAction()        {}
+
+// EventKind names an Event.
+type EventKind uint8
+
+const (
+	EventIKEEstablished EventKind = iota + 1
+	EventIKEDeleted
+	EventIKEFailed // a handshake that did not complete
+	EventChildInstalled
+	EventChildDeleted
+	EventChildFailed
+	EventCookieSent
+	EventDropped // a message dropped (malformed, unknown SA, integrity)
+)
+
+var eventNames = [...]string{
+	EventIKEEstablished: "IKE_SA established",
+	EventIKEDeleted:     "IKE_SA deleted",
+	EventIKEFailed:      "IKE_SA failed",
+	EventChildInstalled: "CHILD_SA installed",
+	EventChildDeleted:   "CHILD_SA deleted",
+	EventChildFailed:    "CHILD_SA failed",
+	EventCookieSent:     "cookie demanded",
+	EventDropped:        "message dropped",
+}
+
+func (k EventKind) String() string {
+	if int(k) < len(eventNames) && eventNames[k] != "" {
+		return eventNames[k]
+	}
+	return "event"
+}
+
+// ChildKeys are one direction's ESP keys.
+type ChildKeys struct {
+	Encr  []byte // with the 4-byte salt for AEAD ciphers
+	Integ []byte
+}
+
+// ChildSA is a negotiated ESP SA pair in tunnel mode.
+type ChildSA struct {
+	InSPI, OutSPI     uint32 // InSPI is ours (the peer sends with it)
+	Proposal          Selected
+	KeyIn, KeyOut     ChildKeys
+	LocalTS, RemoteTS []TrafficSelector
+	Local, Remote     netip.AddrPort // outer addresses; ports are the UDP encapsulation ports
+	Encap             bool
+	VirtualIP         netip.Addr // the peer's virtual IP, if one was assigned
+	Created           time.Time
+}

@@ -1,0 +1,136 @@
+package ike
+
+import (
+	"bytes"
+	"crypto"
+	"io"
+	"net/netip"
+	"time"
+
+	"github.com/ikefleet/ikefleet/concentrator/ike/sig"
+)
+
+// Identity is an IKE identity: an ID payload's type and data.
+type Identity struct {
+	Type uint8
+	Data []byte
+}
+
+// ParseIdentity reads an identity in strongSwan's notation (FQDN,
+// user@fqdn, an IP address, or an X.500 DN such as "C=XX, O=Org, CN=gw1").
+func ParseIdentity(s string) (Identity, error) {
+	t, d, err := sig.ParseIdentity(s)
+	return Identity{Type: t, Data: d}, err
+}
+
+func (id Identity) String() string {
+	if id.Type == 0 {
+		return "%any"
+	}
+	return sig.IdentityString(id.Type, id.Data)
+}
+
+// Equal reports whether two identities are the same type and value.
+func (id Identity) Equal(o Identity) bool { return id.Type == o.Type && bytes.Equal(id.Data, o.Data) }
+
+// IsZero reports an unset identity.
+func (id Identity) IsZero() bool { return id.Type == 0 }
+
+// PSKStore finds the pre-shared key of a peer. Implementations must be safe
+// for concurrent use: every engine shard calls it.
+type PSKStore interface {
+	PSK(peer Identity) ([]byte, bool)
+}
+
+// PSKMap is an in-memory PSKStore keyed by identity string.
+type PSKMap map[string][]byte
+
+func (m PSKMap) PSK(peer Identity) ([]byte, bool) {
+	k, ok := m[peer.String()]
+	return k, ok
+}
+
+// AddressPool hands out virtual IPs (CP INTERNAL_IP4_ADDRESS). It must be
+// safe for concurrent use.
+type AddressPool interface {
+	Acquire(peer Identity) (netip.Addr, error)
+	Release(netip.Addr)
+}
+
+// SendCertPolicy says when to send our certificate.
+type SendCertPolicy uint8
+
+const (
+	SendCertAlways SendCertPolicy = iota
+	SendCertIfAsked
+)
+
+// Credentials are our own identity and, for signature authentication, our
+// key and certificate chain (DER, leaf first).
+type Credentials struct {
+	ID       Identity
+	Signer   crypto.Signer
+	Chain    [][]byte
+	SendCert SendCertPolicy
+}
+
+// Config is an engine's configuration. It is read-only once an engine runs.
+type Config struct {
+	Local    Credentials
+	PSKs     PSKStore
+	Verifier *sig.Verifier // nil: peers cannot authenticate with certificates
+	// CertReq is the CERTREQ data (SHA-1 hashes of the trusted CAs' public
+	// keys) sent in IKE_SA_INIT responses; nil sends none.
+	CertReq []byte
+
+	IKEProposals []ProposalSpec
+	ESPProposals []ProposalSpec
+	LocalTS      []TrafficSelector // our side, offered and narrowed against
+	RemoteTS     []TrafficSelector // what peers may claim as theirs
+	Pool         AddressPool       // nil: no virtual IPs
+	DNS          []netip.Addr
+
+	NATTPort          uint16 // our UDP encapsulation port, 4500
+	ForceEncap        bool   // claim to be behind NAT so ESP is always UDP-encapsulated
+	CookieThreshold   int    // half-open SAs above which IKE_SA_INIT needs a cookie; 0 = always
+	HalfOpenTimeout   time.Duration
+	RetransmitTimeout time.Duration
+	RetransmitTries   int
+	FragmentSize      int // max IKE message size before fragmenting (RFC 7383); 0 = 1280 - IP/UDP headers
+	AllowSHA1Sigs     bool
+
+	// SPITag/SPITagMask fix bits of every IKE SPI this engine allocates
+	// (node slot and shard: the routing hint of DESIGN.md);
+	// ESPSPITag/ESPSPITagMask the same for inbound ESP SPIs.
+	SPITag, SPITagMask       uint64
+	ESPSPITag, ESPSPITagMask uint32
+
+	Rand io.Reader
+}
+
+// Defaults for unset Config fields.
+const (
+	DefaultHalfOpenTimeout   = 30 * time.Second
+	DefaultRetransmitTimeout = 2 * time.Second
+	DefaultRetransmitTries   = 5
+	DefaultFragmentSize      = 1280 - 20 - 8 - 4 // IPv4 + UDP + non-ESP marker
+	DefaultNATTPort          = 4500
+)
+
+func (c *Config) setDefaults() {
+	if c.HalfOpenTimeout == 0 {
+		c.HalfOpenTimeout = DefaultHalfOpenTimeout
+	}
+	if c.RetransmitTimeout == 0 {
+		c.RetransmitTimeout = DefaultRetransmitTimeout
+	}
+	if c.RetransmitTries == 0 {
+		c.RetransmitTries = DefaultRetransmitTries
+	}
+	if c.FragmentSize == 0 {
+		c.FragmentSize = DefaultFragmentSize
+	}
+	if c.NATTPort == 0 {
+		c.NATTPort = DefaultNATTPort
+	}
+}

@@ -1,0 +1,270 @@
+package ike
+
+import (
+	"container/heap"
+	"crypto/hmac"
+	"crypto/sha256"
+	"encoding/binary"
+	"errors"
+	"io"
+	"net/netip"
+	"time"
+)
+
+// Engine is one shard of the IKE engine: a table of IKE SAs driven by
+// Handle (a packet) and Tick (time passing). It does no I/O, starts no
+// goroutines and reads no clock; it is not safe for concurrent use.
+type Engine struct {
+	cfg       Config
+	sas       map[uint64]*IKESA  // by our IKE SPI
+	initIndex map[initKey]*IKESA // responder half-open SAs by (SPIi, peer)
+	inSPIs    map[uint32]*IKESA  // inbound ESP SPIs in use
+	timers    timerHeap
+	halfOpen  int
+	cookie    [2]cookieSecret // current and previous
+	stats     Stats
+}
+
+type initKey struct {
+	spi  uint64
+	peer netip.AddrPort
+}
+
+type cookieSecret struct {
+	version byte
+	key     [32]byte
+	until   time.Time
+}
+
+// Stats counts what the engine did; the caller exports them as metrics.
+type Stats struct {
+	HalfOpen          int
+	Established       uint64
+	Failed            map[NotifyType]uint64
+	CookiesSent       uint64
+	Dropped           uint64
+	Retransmits       uint64 // requests we retransmitted
+	DuplicateRequests uint64 // retransmitted requests we answered from the cache
+}
+
+const cookieLifetime = 5 * time.Minute
+
+// NewEngine returns an engine for cfg. cfg.Rand is required.
+func NewEngine(cfg Config) (*Engine, error) {
+	if cfg.Rand == nil {
+		return nil, errors.New("ike: Config.Rand is required")
+	}
+	if len(cfg.IKEProposals) == 0 {
+		return nil, errors.New("ike: no IKE proposals configured")
+	}
+	cfg.setDefaults()
+	e := &Engine{
+		cfg:       cfg,
+		sas:       make(map[uint64]*IKESA),
+		initIndex: make(map[initKey]*IKESA),
+		inSPIs:    make(map[uint32]*IKESA),
+	}
+	e.stats.Failed = make(map[NotifyType]uint64)
+	return e, nil
+}
+
+// Config returns the engine's configuration.
+func (e *Engine) Config() *Config { return &e.cfg }
+
+// Stats returns a snapshot of the counters.
+func (e *Engine) Stats() Stats {
+	s := e.stats
+	s.HalfOpen = e.halfOpen
+	s.Failed = make(map[NotifyType]uint64, len(e.stats.Failed))
+	for k, v := range e.stats.Failed {
+		s.Failed[k] = v
+	}
+	return s
+}
+
+// Len returns the number of IKE SAs in the table (any state).
+func (e *Engine) Len() int { return len(e.sas) }
+
+// SA returns the IKE SA with our SPI spi, or nil.
+func (e *Engine) SA(spi uint64) *IKESA { return e.sas[spi] }
+
+// Each calls f for every IKE SA until f returns false.
+func (e *Engine) Each(f func(*IKESA) bool) {
+	for _, sa := range e.sas {
+		if !f(sa) {
+			return
+		}
+	}
+}
+
+// Handle processes one received IKE message and returns the actions it
+// causes, appended to out.
+func (e *Engine) Handle(now time.Time, pkt Packet, out []Action) []Action {
+	h, err := DecodeHeader(pkt.Data)
+	if err != nil {
+		return e.drop(out, pkt, 0, 0, err)
+	}
+	if h.Flags&FlagInitiator != 0 {
+		// From the original initiator: we are the responder.
+		if h.SPIr == 0 {
+			if h.Exchange != IKE_SA_INIT || h.Flags&FlagResponse != 0 {
+				return e.drop(out, pkt, h.SPIi, 0, ErrUnknownSA)
+			}
+			return e.handleInitRequest(now, pkt, h, out)
+		}
+		sa := e.sas[h.SPIr]
+		if sa == nil || sa.initiator || sa.SPIi != h.SPIi {
+			return e.drop(out, pkt, h.SPIi, h.SPIr, ErrUnknownSA)
+		}
+		return sa.handle(now, e, pkt, h, out)
+	}
+	sa := e.sas[h.SPIi]
+	if sa == nil || !sa.initiator || (sa.SPIr != 0 && sa.SPIr != h.SPIr) {
+		return e.drop(out, pkt, h.SPIi, h.SPIr, ErrUnknownSA)
+	}
+	return sa.handle(now, e, pkt, h, out)
+}
+
+func (e *Engine) drop(out []Action, pkt Packet, spii, spir uint64, err error) []Action {
+	e.stats.Dropped++
+	return append(out, Event{Kind: EventDropped, SPIi: spii, SPIr: spir, Local: pkt.Local, Remote: pkt.Remote, Reason: err.Error()})
+}
+
+// Tick runs the timers that are due and returns their actions.
+func (e *Engine) Tick(now time.Time, out []Action) []Action {
+	for len(e.timers) > 0 && !e.timers[0].at.After(now) {
+		t := heap.Pop(&e.timers).(timer)
+		sa := e.sas[t.spi]
+		if sa == nil || !sa.deadline.Equal(t.at) {
+			continue // stale entry
+		}
+		sa.deadline = time.Time{}
+		out = sa.onTimer(now, e, out)
+	}
+	return out
+}
+
+// NextDeadline returns when Tick next has work, or the zero time.
+func (e *Engine) NextDeadline() time.Time {
+	for len(e.timers) > 0 {
+		t := e.timers[0]
+		if sa := e.sas[t.spi]; sa != nil && sa.deadline.Equal(t.at) {
+			return t.at
+		}
+		heap.Pop(&e.timers)
+	}
+	return time.Time{}
+}
+
+func (e *Engine) schedule(sa *IKESA, at time.Time) {
+	sa.deadline = at
+	if !at.IsZero() {
+		heap.Push(&e.timers, timer{at: at, spi: sa.localSPI()})
+	}
+}
+
+func (e *Engine) read(b []byte) {
+	if _, err := io.ReadFull(e.cfg.Rand, b); err != nil {
+		panic("ike: randomness source failed: " + err.Error())
+	}
+}
+
+func (e *Engine) randBytes(n int) []byte {
+	b := make([]byte, n)
+	e.read(b)
+	return b
+}
+
+// newSPI returns an unused IKE SPI carrying the configured tag bits.
+func (e *Engine) newSPI() uint64 {
+	var b [8]byte
+	for {
+		e.read(b[:])
+		spi := binary.BigEndian.Uint64(b[:])&^e.cfg.SPITagMask | e.cfg.SPITag&e.cfg.SPITagMask
+		if spi != 0 && e.sas[spi] == nil {
+			return spi
+		}
+	}
+}
+
+// newESPSPI returns an unused inbound ESP SPI (never below 256, RFC 4303).
+func (e *Engine) newESPSPI(sa *IKESA) uint32 {
+	var b [4]byte
+	for {
+		e.read(b[:])
+		spi := binary.BigEndian.Uint32(b[:])&^e.cfg.ESPSPITagMask | e.cfg.ESPSPITag&e.cfg.ESPSPITagMask
+		if spi >= 256 && e.inSPIs[spi] == nil {
+			e.inSPIs[spi] = sa
+			return spi
+		}
+	}
+}
+
+func (e *Engine) remove(sa *IKESA) {
+	if sa.halfOpen {
+		sa.halfOpen = false
+		e.halfOpen--
+	}
+	delete(e.sas, sa.localSPI())
+	delete(e.initIndex, initKey{sa.SPIi, sa.initRemote})
+	for _, c := range sa.children {
+		delete(e.inSPIs, c.InSPI)
+	}
+	if sa.pendingInSPI != 0 {
+		delete(e.inSPIs, sa.pendingInSPI)
+	}
+	if sa.vip.IsValid() && e.cfg.Pool != nil {
+		e.cfg.Pool.Release(sa.vip)
+	}
+	sa.state = stateDead
+}
+
+// ---- cookies (RFC 7296 §2.6) ----
+
+func (e *Engine) cookieFor(now time.Time, version byte, ni []byte, peer netip.Addr, spii uint64) []byte {
+	cs := e.currentCookie(now)
+	if version != cs.version {
+		if e.cookie[1].version != version || e.cookie[1].until.IsZero() {
+			return nil
+		}
+		cs = &e.cookie[1]
+	}
+	m := hmac.New(sha256.New, cs.key[:])
+	m.Write(ni)
+	a := peer.As16()
+	m.Write(a[:])
+	var s [8]byte
+	binary.BigEndian.PutUint64(s[:], spii)
+	m.Write(s[:])
+	return m.Sum([]byte{cs.version})
+}
+
+func (e *Engine) currentCookie(now time.Time) *cookieSecret {
+	if e.cookie[0].until.IsZero() || now.After(e.cookie[0].until) {
+		e.cookie[1] = e.cookie[0]
+		e.cookie[0].version = e.cookie[1].version + 1
+		e.read(e.cookie[0].key[:])
+		e.cookie[0].until = now.Add(cookieLifetime)
+	}
+	return &e.cookie[0]
+}
+
+// ---- timer heap ----
+
+type timer struct {
+	at  time.Time
+	spi uint64
+}
+
+type timerHeap []timer
+
+func (h timerHeap) Len() int           { return len(h) }
+func (h timerHeap) Less(i, j int) bool { return h[i].at.Before(h[j].at) }
+func (h timerHeap) Swap(i, j int)      { h[i], h[j] = h[j], h[i] }
+func (h *timerHeap) Push(x any)        { *h = append(*h, x.(timer)) }
+func (h *timerHeap) Pop() any {
+	old := *h
+	t := old[len(old)-1]
+	*h = old[:len(old)-1]
+	return t
+}

@@ -1,0 +1,434 @@
+package ike
+
+import (
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"math/big"
+	"math/rand/v2"
+	"net/netip"
+	"testing"
+	"time"
+
+	"github.com/ikefleet/ikefleet/concentrator/ike/sig"
+)
+
+// detRand is a deterministic randomness source for replayable handshakes.
+type detRand struct{ r *rand.ChaCha8 }
+
+func newDetRand(seed byte) *detRand {
+	var s [32]byte
+	s[0] = seed
+	return &detRand{rand.NewChaCha8(s)}
+}
+
+func (d *detRand) Read(b []byte) (int, error) { return d.r.Read(b) }
+
+var (
+	t0       = time.Date(2026, 11, 27, 12, 0, 0, 0, time.UTC)
+	gwAddr   = netip.MustParseAddrPort("10.10.1.2:500")
+	natAddr  = netip.MustParseAddrPort("192.168.100.1:500")
+	concAddr = netip.MustParseAddrPort("192.168.100.2:500")
+	testPSK  = []byte("interop-test-psk-0123456789abcdef")
+	gwID     = Identity{Type: IDRFC822Addr, Data: []byte("gw1@iot.example")}
+	concID   = Identity{Type: IDFQDN, Data: []byte("conc.example")}
+	lanTS    = []TrafficSelector{SelectorFromPrefix(netip.MustParsePrefix("10.20.0.0/24"))}
+	coreTS   = []TrafficSelector{SelectorFromPrefix(netip.MustParsePrefix("10.30.0.0/24"))}
+	remoteTS = []TrafficSelector{SelectorFromPrefix(netip.MustParsePrefix("10.20.0.0/16"))}
+)
+
+func mustProposals(t testing.TB, esp bool, ss ...string) []ProposalSpec {
+	t.Helper()
+	var out []ProposalSpec
+	for _, s := range ss {
+		p, err := ParseProposal(s, esp, false)
+		if err != nil {
+			t.Fatal(err)
+		}
+		out = append(out, p)
+	}
+	return out
+}
+
+func responderConfig(t testing.TB, seed byte) Config {
+	return Config{
+		Local:           Credentials{ID: concID},
+		PSKs:            PSKMap{gwID.String(): testPSK},
+		IKEProposals:    mustProposals(t, false, "aes256gcm16-prfsha256-x25519", "aes256-sha256-modp2048"),
+		ESPProposals:    mustProposals(t, true, "aes256gcm16"),
+		LocalTS:         coreTS,
+		RemoteTS:        remoteTS,
+		ForceEncap:      true,
+		CookieThreshold: 1000,
+		Rand:            newDetRand(seed),
+	}
+}
+
+func initiatorEngine(t testing.TB, seed byte) *Engine {
+	e, err := NewEngine(Config{IKEProposals: mustProposals(t, false, "aes256gcm16-prfsha256-x25519"), Rand: newDetRand(seed)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return e
+}
+
+func pskInitiation(t testing.TB) Initiation {
+	return Initiation{
+		Local: gwAddr, Remote: concAddr,
+		Creds:        Credentials{ID: gwID},
+		RemoteID:     concID,
+		PSK:          testPSK,
+		IKEProposals: mustProposals(t, false, "aes256gcm16-prfsha256-x25519"),
+		ESPProposals: mustProposals(t, true, "aes256gcm16"),
+		TSi:          lanTS,
+		TSr:          coreTS,
+	}
+}
+
+// wire carries Send actions between an initiator behind a NAT and a
+// responder, rewriting the initiator's address as a NAT would.
+type wire struct {
+	t        testing.TB
+	ini, res *Engine
+	now      time.Time
+	events   []Event
+	installs []InstallChild
+	drop     func(toResponder bool, msg []byte) bool
+}
+
+func (w *wire) nat(a netip.AddrPort) netip.AddrPort {
+	return netip.AddrPortFrom(natAddr.Addr(), a.Port()+10000)
+}
+
+// run delivers actions until nothing is left to send.
+func (w *wire) run(acts []Action, fromInitiator bool) {
+	type hop struct {
+		acts []Action
+		ini  bool
+	}
+	queue := []hop{{acts, fromInitiator}}
+	for steps := 0; len(queue) > 0; steps++ {
+		if steps > 100 {
+			w.t.Fatal("message loop")
+		}
+		h := queue[0]
+		queue = queue[1:]
+		for _, a := range h.acts {
+			switch a := a.(type) {
+			case Event:
+				w.events = append(w.events, a)
+			case InstallChild:
+				w.installs = append(w.installs, a)
+			case Send:
+				for _, m := range a.Messages {
+					if w.drop != nil && w.drop(h.ini, m) {
+						continue
+					}
+					if h.ini {
+						pkt := Packet{Local: a.Remote, Remote: w.nat(a.Local), Data: append([]byte(nil), m...)}
+						queue = append(queue, hop{w.res.Handle(w.now, pkt, nil), false})
+					} else {
+						pkt := Packet{Local: netip.AddrPortFrom(gwAddr.Addr(), a.Remote.Port()-10000), Remote: a.Local, Data: append([]byte(nil), m...)}
+						queue = append(queue, hop{w.ini.Handle(w.now, pkt, nil), true})
+					}
+				}
+			}
+		}
+	}
+}
+
+func (w *wire) count(k EventKind) int {
+	n := 0
+	for _, e := range w.events {
+		if e.Kind == k {
+			n++
+		}
+	}
+	return n
+}
+
+func newWire(t testing.TB, rcfg Config) *wire {
+	res, err := NewEngine(rcfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &wire{t: t, ini: initiatorEngine(t, 2), res: res, now: t0}
+}
+
+func TestHandshakePSK(t *testing.T) {
+	w := newWire(t, responderConfig(t, 1))
+	spi, acts, err := w.ini.Initiate(w.now, pskInitiation(t), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	w.run(acts, true)
+	if got := w.count(EventIKEEstablished); got != 2 {
+		t.Fatalf("established events = %d, want 2 (both sides); events: %+v", got, w.events)
+	}
+	if len(w.installs) != 2 {
+		t.Fatalf("child installs = %d, want 2", len(w.installs))
+	}
+	ic, rc := w.installs[1].Child, w.installs[0].Child
+	if w.installs[0].SPIr == 0 || ic.InSPI != rc.OutSPI || ic.OutSPI != rc.InSPI {
+		t.Fatalf("SPIs do not pair: initiator %08x/%08x responder %08x/%08x", ic.InSPI, ic.OutSPI, rc.InSPI, rc.OutSPI)
+	}
+	if string(ic.KeyOut.Encr) != string(rc.KeyIn.Encr) || string(ic.KeyIn.Encr) != string(rc.KeyOut.Encr) {
+		t.Fatal("CHILD keys do not pair")
+	}
+	if len(ic.KeyOut.Encr) != 36 {
+		t.Fatalf("AES-GCM-256 key with salt is %d bytes, want 36", len(ic.KeyOut.Encr))
+	}
+	if FormatSelectors(rc.RemoteTS) != "10.20.0.0/24" || FormatSelectors(rc.LocalTS) != "10.30.0.0/24" {
+		t.Fatalf("responder TS %s === %s", FormatSelectors(rc.LocalTS), FormatSelectors(rc.RemoteTS))
+	}
+	if !rc.Encap || rc.Remote.Port() != 4500+10000 || rc.Local.Port() != 4500 {
+		t.Fatalf("responder child not UDP-encapsulated on 4500: %+v %v %v", rc.Encap, rc.Local, rc.Remote)
+	}
+	sa := w.ini.SA(spi)
+	if sa == nil || !sa.Established() {
+		t.Fatal("initiator SA not established")
+	}
+	if w.res.Stats().HalfOpen != 0 {
+		t.Fatalf("half-open = %d after establishment", w.res.Stats().HalfOpen)
+	}
+	// Delete from the initiator: both sides drop the SA.
+	w.run(w.ini.Delete(w.now, spi, nil), true)
+	if w.ini.Len() != 0 || w.res.Len() != 0 {
+		t.Fatalf("after delete: initiator %d SAs, responder %d", w.ini.Len(), w.res.Len())
+	}
+	if w.count(EventIKEDeleted) != 2 {
+		t.Fatalf("deleted events = %d, want 2", w.count(EventIKEDeleted))
+	}
+}
+
+func TestHandshakeWrongPSK(t *testing.T) {
+	w := newWire(t, responderConfig(t, 1))
+	ini := pskInitiation(t)
+	ini.PSK = []byte("not the right key")
+	_, acts, _ := w.ini.Initiate(w.now, ini, nil)
+	w.run(acts, true)
+	if w.count(EventIKEEstablished) != 0 {
+		t.Fatal("established with a wrong PSK")
+	}
+	var resFail, iniFail bool
+	for _, e := range w.events {
+		if e.Kind == EventIKEFailed && e.Notify == AUTHENTICATION_FAILED {
+			if e.Initiator {
+				iniFail = true
+			} else {
+				resFail = true
+			}
+		}
+	}
+	if !resFail || !iniFail {
+		t.Fatalf("want AUTHENTICATION_FAILED on both sides: %+v", w.events)
+	}
+	if w.res.Len() != 0 || w.ini.Len() != 0 {
+		t.Fatal("failed SAs left in the tables")
+	}
+}
+
+func TestInvalidKERetry(t *testing.T) {
+	rcfg := responderConfig(t, 1)
+	rcfg.IKEProposals = mustProposals(t, false, "aes256gcm16-prfsha256-ecp256")
+	w := newWire(t, rcfg)
+	ini := pskInitiation(t)
+	ini.IKEProposals = mustProposals(t, false, "aes256gcm16-prfsha256-x25519-ecp256")
+	_, acts, _ := w.ini.Initiate(w.now, ini, nil)
+	w.run(acts, true)
+	if w.count(EventIKEEstablished) != 2 {
+		t.Fatalf("no establishment after INVALID_KE_PAYLOAD retry: %+v", w.events)
+	}
+	if got := w.res.Stats().Failed[INVALID_KE_PAYLOAD]; got != 1 {
+		t.Fatalf("INVALID_KE_PAYLOAD sent %d times, want 1", got)
+	}
+}
+
+func TestNoProposalChosen(t *testing.T) {
+	w := newWire(t, responderConfig(t, 1))
+	ini := pskInitiation(t)
+	ini.IKEProposals = mustProposals(t, false, "aes128gcm16-prfsha512-ecp384")
+	_, acts, _ := w.ini.Initiate(w.now, ini, nil)
+	w.run(acts, true)
+	ok := false
+	for _, e := range w.events {
+		ok = ok || (e.Kind == EventIKEFailed && e.Initiator && e.Notify == NO_PROPOSAL_CHOSEN)
+	}
+	if !ok {
+		t.Fatalf("initiator did not see NO_PROPOSAL_CHOSEN: %+v", w.events)
+	}
+}
+
+func TestCookies(t *testing.T) {
+	rcfg := responderConfig(t, 1)
+	rcfg.CookieThreshold = 0 // always demand a cookie
+	w := newWire(t, rcfg)
+	_, acts, _ := w.ini.Initiate(w.now, pskInitiation(t), nil)
+	w.run(acts, true)
+	if w.count(EventCookieSent) != 1 || w.count(EventIKEEstablished) != 2 {
+		t.Fatalf("cookie exchange: %+v", w.events)
+	}
+}
+
+func TestTSUnacceptable(t *testing.T) {
+	w := newWire(t, responderConfig(t, 1))
+	ini := pskInitiation(t)
+	ini.TSi = []TrafficSelector{SelectorFromPrefix(netip.MustParsePrefix("172.16.0.0/24"))}
+	_, acts, _ := w.ini.Initiate(w.now, ini, nil)
+	w.run(acts, true)
+	if w.count(EventIKEEstablished) != 2 || len(w.installs) != 0 {
+		t.Fatalf("want IKE SA without CHILD SA: %+v", w.events)
+	}
+	found := false
+	for _, e := range w.events {
+		found = found || (e.Kind == EventChildFailed && e.Initiator && e.Notify == TS_UNACCEPTABLE)
+	}
+	if !found {
+		t.Fatalf("initiator did not see TS_UNACCEPTABLE: %+v", w.events)
+	}
+}
+
+func TestVirtualIP(t *testing.T) {
+	rcfg := responderConfig(t, 1)
+	rcfg.Pool = NewPool(netip.MustParsePrefix("10.99.0.0/24"))
+	rcfg.RemoteTS = nil
+	w := newWire(t, rcfg)
+	ini := pskInitiation(t)
+	ini.RequestVIP = true
+	ini.TSi = []TrafficSelector{SelectorFromPrefix(netip.MustParsePrefix("0.0.0.0/0"))}
+	_, acts, _ := w.ini.Initiate(w.now, ini, nil)
+	w.run(acts, true)
+	if len(w.installs) != 2 {
+		t.Fatalf("installs = %d: %+v", len(w.installs), w.events)
+	}
+	rc := w.installs[0].Child
+	if rc.VirtualIP != netip.MustParseAddr("10.99.0.1") || FormatSelectors(rc.RemoteTS) != "10.99.0.1/32" {
+		t.Fatalf("virtual IP %v, remote TS %s", rc.VirtualIP, FormatSelectors(rc.RemoteTS))
+	}
+	if w.installs[1].Child.VirtualIP != rc.VirtualIP {
+		t.Fatal("initiator did not learn its virtual IP")
+	}
+}
+
+func TestRetransmissions(t *testing.T) {
+	w := newWire(t, responderConfig(t, 1))
+	// Lose the first IKE_AUTH response: the initiator retransmits, the
+	// responder answers from its cache, and both end up established once.
+	lost := false
+	w.drop = func(toResponder bool, msg []byte) bool {
+		h, _ := DecodeHeader(msg)
+		if !toResponder && h.Exchange == IKE_AUTH && !lost {
+			lost = true
+			return true
+		}
+		return false
+	}
+	spi, acts, _ := w.ini.Initiate(w.now, pskInitiation(t), nil)
+	w.run(acts, true)
+	if w.count(EventIKEEstablished) != 1 {
+		t.Fatalf("responder should be established, initiator not yet: %+v", w.events)
+	}
+	w.now = w.now.Add(DefaultRetransmitTimeout)
+	w.run(w.ini.Tick(w.now, nil), true)
+	if w.count(EventIKEEstablished) != 2 || len(w.installs) != 2 {
+		t.Fatalf("after retransmission: %+v", w.events)
+	}
+	if w.res.Stats().DuplicateRequests != 1 || w.ini.Stats().Retransmits != 1 {
+		t.Fatalf("stats: responder %+v initiator %+v", w.res.Stats(), w.ini.Stats())
+	}
+	// A peer that never answers: the initiator gives up after its tries.
+	w.drop = func(bool, []byte) bool { return true }
+	w.run(w.ini.Delete(w.now, spi, nil), true)
+	for i := 0; i < 10 && w.ini.Len() > 0; i++ {
+		w.now = w.ini.NextDeadline()
+		w.run(w.ini.Tick(w.now, nil), true)
+	}
+	if w.ini.Len() != 0 {
+		t.Fatal("initiator kept an SA whose peer never answered")
+	}
+}
+
+func TestHalfOpenTimeout(t *testing.T) {
+	w := newWire(t, responderConfig(t, 1))
+	w.drop = func(toResponder bool, msg []byte) bool {
+		h, _ := DecodeHeader(msg)
+		return toResponder && h.Exchange == IKE_AUTH
+	}
+	_, acts, _ := w.ini.Initiate(w.now, pskInitiation(t), nil)
+	w.run(acts, true)
+	if w.res.Stats().HalfOpen != 1 {
+		t.Fatal("no half-open SA")
+	}
+	w.now = w.now.Add(DefaultHalfOpenTimeout)
+	w.run(w.res.Tick(w.now, nil), false)
+	if w.res.Len() != 0 || w.res.Stats().HalfOpen != 0 {
+		t.Fatal("half-open SA not expired")
+	}
+}
+
+// testPKI is a CA with one certificate each for the concentrator and a gateway.
+type testPKI struct {
+	roots          *x509.CertPool
+	conc, gw       *ecdsa.PrivateKey
+	concDER, gwDER []byte
+}
+
+func newTestPKI(t testing.TB) *testPKI {
+	t.Helper()
+	ca, _ := ecdsa.GenerateKey(elliptic.P256(), newDetRand(9))
+	tmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "Test CA"},
+		NotBefore: t0.Add(-time.Hour), NotAfter: t0.Add(24 * time.Hour), IsCA: true, BasicConstraintsValid: true,
+		KeyUsage: x509.KeyUsageCertSign | x509.KeyUsageCRLSign}
+	caDER, err := x509.CreateCertificate(newDetRand(9), tmpl, tmpl, &ca.PublicKey, ca)
+	if err != nil {
+		t.Fatal(err)
+	}
+	caCert, _ := x509.ParseCertificate(caDER)
+	issue := func(serial int64, name string, seed byte) (*ecdsa.PrivateKey, []byte) {
+		k, _ := ecdsa.GenerateKey(elliptic.P256(), newDetRand(seed))
+		tm := &x509.Certificate{SerialNumber: big.NewInt(serial), Subject: pkix.Name{CommonName: name}, DNSNames: []string{name},
+			NotBefore: t0.Add(-time.Hour), NotAfter: t0.Add(24 * time.Hour), KeyUsage: x509.KeyUsageDigitalSignature}
+		der, err := x509.CreateCertificate(newDetRand(seed), tm, caCert, &k.PublicKey, ca)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return k, der
+	}
+	p := &testPKI{roots: x509.NewCertPool()}
+	p.roots.AddCert(caCert)
+	p.conc, p.concDER = issue(2, "conc.example", 10)
+	p.gw, p.gwDER = issue(3, "gw1.iot.example", 11)
+	return p
+}
+
+func TestHandshakeECDSA(t *testing.T) {
+	pki := newTestPKI(t)
+	rcfg := responderConfig(t, 1)
+	rcfg.PSKs = nil
+	rcfg.Local = Credentials{ID: concID, Signer: pki.conc, Chain: [][]byte{pki.concDER}}
+	rcfg.Verifier = &sig.Verifier{Roots: pki.roots}
+	w := newWire(t, rcfg)
+	ini := pskInitiation(t)
+	ini.PSK = nil
+	gwFQDN := Identity{Type: IDFQDN, Data: []byte("gw1.iot.example")}
+	ini.Creds = Credentials{ID: gwFQDN, Signer: pki.gw, Chain: [][]byte{pki.gwDER}}
+	ini.Verifier = &sig.Verifier{Roots: pki.roots}
+	_, acts, _ := w.ini.Initiate(w.now, ini, nil)
+	w.run(acts, true)
+	if w.count(EventIKEEstablished) != 2 || len(w.installs) != 2 {
+		t.Fatalf("ECDSA handshake: %+v", w.events)
+	}
+	if !w.installs[0].PeerID.Equal(gwFQDN) {
+		t.Fatalf("responder peer id %v", w.installs[0].PeerID)
+	}
+
+	// The same gateway claiming another identity than its certificate's.
+	w2 := newWire(t, rcfg)
+	ini.Creds.ID = Identity{Type: IDFQDN, Data: []byte("gw2.iot.example")}
+	_, acts, _ = w2.ini.Initiate(w2.now, ini, nil)
+	w2.run(acts, true)
+	if w2.count(EventIKEEstablished) != 0 {
+		t.Fatal("established with an identity the certificate does not carry")
+	}
+}

@@ -1,0 +1,276 @@
+package ike
+
+import (
+	"bytes"
+	"encoding/binary"
+	"errors"
+	"net/netip"
+	"time"
+
+	"github.com/ikefleet/ikefleet/concentrator/ike/sig"
+	"github.com/ikefleet/ikefleet/concentrator/ike/suite"
+)
+
+// Initiation describes an IKE SA for us to initiate.
+type Initiation struct {
+	Local, Remote netip.AddrPort // IKE addresses (port 500 on both sides, normally)
+	Creds         Credentials    // our identity; Signer nil means PSK
+	RemoteID      Identity       // expected responder identity; sent as IDr when set
+	PSK           []byte
+	Verifier      *sig.Verifier // validates the responder's certificate
+	IKEProposals  []ProposalSpec
+	ESPProposals  []ProposalSpec
+	TSi, TSr      []TrafficSelector
+	RequestVIP    bool   // ask for a virtual IP with CP(CFG_REQUEST)
+	RemoteNATT    uint16 // the responder's NAT-T port; 0 = 4500
+}
+
+const maxKERetries = 2
+
+// Initiate starts an IKE SA as initiator and returns our SPI.
+func (e *Engine) Initiate(now time.Time, ini Initiation, out []Action) (uint64, []Action, error) {
+	if len(ini.IKEProposals) == 0 || len(ini.IKEProposals[0].Groups) == 0 {
+		return 0, out, errors.New("ike: initiation needs an IKE proposal with a group")
+	}
+	if len(ini.ESPProposals) == 0 || len(ini.TSi) == 0 || len(ini.TSr) == 0 {
+		return 0, out, errors.New("ike: initiation needs ESP proposals and traffic selectors")
+	}
+	if ini.Creds.Signer == nil && ini.PSK == nil {
+		return 0, out, errors.New("ike: initiation needs a private key or a PSK")
+	}
+	sa := &IKESA{
+		initiator: true, state: stateInitSent, SPIi: e.newSPI(), Local: ini.Local, Remote: ini.Remote,
+		created: now, ini: &ini, ni: e.randBytes(32),
+	}
+	kx, err := suite.GenerateKeyExchange(ini.IKEProposals[0].Groups[0], e.cfg.Rand)
+	if err != nil {
+		return 0, out, err
+	}
+	sa.kx = kx
+	e.sas[sa.SPIi] = sa
+	return sa.SPIi, sa.sendInit(now, e, out), nil
+}
+
+func (sa *IKESA) sendInit(now time.Time, e *Engine, out []Action) []Action {
+	m := sa.header(IKE_SA_INIT, 0, false)
+	if sa.cookie != nil {
+		m.Payloads = append(m.Payloads, &Notify{NotifyType: COOKIE, Data: sa.cookie})
+	}
+	m.Payloads = append(m.Payloads,
+		&SA{Proposals: Proposals(sa.ini.IKEProposals, ProtoIKE, nil, true)},
+		&KE{Group: sa.kx.Group(), Data: sa.kx.Public()},
+		&Nonce{Data: sa.ni},
+	)
+	m.Payloads = append(m.Payloads, natNotifies(e, sa.SPIi, 0, sa.Local, sa.Remote, e.cfg.ForceEncap)...)
+	m.Payloads = append(m.Payloads, &Notify{NotifyType: IKEV2_FRAGMENTATION_SUPPORTED}, hashesNotify())
+	sa.initReq = m.Encode()
+	sa.req = &pendingRequest{msgID: 0, exchange: IKE_SA_INIT, packets: [][]byte{sa.initReq}}
+	sa.nextOut = 1
+	e.schedule(sa, now.Add(e.cfg.RetransmitTimeout))
+	return sa.send(sa.req.packets, out)
+}
+
+func (sa *IKESA) failInit(e *Engine, n NotifyType, reason string, out []Action) []Action {
+	ev := sa.event(EventIKEFailed)
+	ev.Notify, ev.Reason = n, reason
+	e.stats.Failed[n]++
+	e.remove(sa)
+	return append(out, ev)
+}
+
+func (sa *IKESA) handleInitResponse(now time.Time, e *Engine, pkt Packet, out []Action) []Action {
+	m, err := Decode(pkt.Data)
+	if err != nil {
+		return e.drop(out, pkt, sa.SPIi, 0, err)
+	}
+	if c := findNotify(m.Payloads, COOKIE); c != nil && sa.cookie == nil {
+		sa.cookie = bytes.Clone(c.Data)
+		sa.req = nil
+		return sa.sendInit(now, e, out)
+	}
+	if n := findNotify(m.Payloads, INVALID_KE_PAYLOAD); n != nil {
+		if len(n.Data) != 2 || sa.keRetries >= maxKERetries {
+			return sa.failInit(e, INVALID_KE_PAYLOAD, "responder refused our key exchange", out)
+		}
+		g := binary.BigEndian.Uint16(n.Data)
+		if !offersGroup(sa.ini.IKEProposals, g) {
+			return sa.failInit(e, INVALID_KE_PAYLOAD, "responder wants group "+suite.GroupName(g)+" which we did not offer", out)
+		}
+		kx, err := suite.GenerateKeyExchange(g, e.cfg.Rand)
+		if err != nil {
+			return sa.failInit(e, INVALID_KE_PAYLOAD, err.Error(), out)
+		}
+		sa.kx, sa.keRetries, sa.req = kx, sa.keRetries+1, nil
+		return sa.sendInit(now, e, out)
+	}
+	if n := firstError(m.Payloads); n != nil {
+		return sa.failInit(e, n.NotifyType, "responder answered "+n.NotifyType.String(), out)
+	}
+	var (
+		saP   *SA
+		ke    *KE
+		nonce *Nonce
+	)
+	for _, p := range m.Payloads {
+		switch p := p.(type) {
+		case *SA:
+			saP = p
+		case *KE:
+			ke = p
+		case *Nonce:
+			nonce = p
+		}
+	}
+	if saP == nil || ke == nil || nonce == nil || m.SPIr == 0 {
+		return sa.failInit(e, INVALID_SYNTAX, "IKE_SA_INIT response needs SA, KE and Nonce", out)
+	}
+	sel, err := AcceptSelected(sa.ini.IKEProposals, saP, ProtoIKE, true)
+	if err != nil {
+		return sa.failInit(e, NO_PROPOSAL_CHOSEN, err.Error(), out)
+	}
+	if sel.Group != sa.kx.Group() || ke.Group != sel.Group {
+		return sa.failInit(e, INVALID_KE_PAYLOAD, "responder's KE does not match the chosen group", out)
+	}
+	shared, err := sa.kx.SharedSecret(ke.Data)
+	if err != nil {
+		return sa.failInit(e, INVALID_SYNTAX, err.Error(), out)
+	}
+	sa.kx = nil
+	sa.req = nil
+	sa.SPIr = m.SPIr
+	sa.prop = sel
+	sa.nr = bytes.Clone(nonce.Data)
+	sa.initResp = bytes.Clone(pkt.Data)
+	if err := sa.deriveKeys(e, shared); err != nil {
+		return sa.failInit(e, NotifyFor(err), err.Error(), out)
+	}
+	natL, natR, natT := detectNAT(m, sa.SPIi, sa.SPIr, sa.Local, sa.Remote)
+	sa.natLocal, sa.natRemote = natL || (natT && e.cfg.ForceEncap), natR
+	if natT && (sa.natLocal || sa.natRemote) {
+		sa.Local = netip.AddrPortFrom(sa.Local.Addr(), e.cfg.NATTPort)
+		port := sa.ini.RemoteNATT
+		if port == 0 {
+			port = DefaultNATTPort
+		}
+		sa.Remote = netip.AddrPortFrom(sa.Remote.Addr(), port)
+	}
+	sa.peerFrag = findNotify(m.Payloads, IKEV2_FRAGMENTATION_SUPPORTED) != nil
+	sa.peerHashes = parseHashes(findNotify(m.Payloads, SIGNATURE_HASH_ALGORITHMS))
+	for _, p := range m.Payloads {
+		if _, ok := p.(*CertReq); ok {
+			sa.peerCertReq = true
+		}
+	}
+	return sa.sendAuth(now, e, out)
+}
+
+func offersGroup(specs []ProposalSpec, g uint16) bool {
+	for _, s := range specs {
+		for _, x := range s.Groups {
+			if x == g {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+func (sa *IKESA) sendAuth(now time.Time, e *Engine, out []Action) []Action {
+	ini := sa.ini
+	idi := &ID{IDType: ini.Creds.ID.Type, Data: ini.Creds.ID.Data}
+	payloads := []Payload{idi}
+	if ini.Verifier != nil {
+		payloads = append(payloads, &CertReq{Encoding: CertX509Signature})
+	}
+	payloads = append(payloads, &Notify{NotifyType: INITIAL_CONTACT})
+	if !ini.RemoteID.IsZero() {
+		payloads = append(payloads, &ID{Responder: true, IDType: ini.RemoteID.Type, Data: ini.RemoteID.Data})
+	}
+	sendCerts := ini.Creds.SendCert == SendCertAlways || sa.peerCertReq
+	auth, err := sa.ourAuth(e, &ini.Creds, sa.authOctets(true, idi), ini.Creds.Signer == nil, ini.PSK, sendCerts)
+	if err != nil {
+		return sa.failInit(e, NotifyFor(err), err.Error(), out)
+	}
+	payloads = append(payloads, auth...)
+	if ini.RequestVIP {
+		payloads = append(payloads, &CP{CfgType: CFG_REQUEST, Attrs: []CPAttr{{Type: INTERNAL_IP4_ADDRESS}, {Type: INTERNAL_IP4_DNS}}})
+	}
+	sa.pendingInSPI = e.newESPSPI(sa)
+	spi := binary.BigEndian.AppendUint32(nil, sa.pendingInSPI)
+	payloads = append(payloads,
+		&SA{Proposals: Proposals(ini.ESPProposals, ProtoESP, spi, false)},
+		&TS{Selectors: ini.TSi},
+		&TS{Responder: true, Selectors: ini.TSr},
+	)
+	sa.state = stateAuthSent
+	return sa.request(now, e, IKE_AUTH, payloads, out)
+}
+
+func (sa *IKESA) handleAuthResponse(now time.Time, e *Engine, m *Message, out []Action) []Action {
+	ini := sa.ini
+	if n := findNotify(m.Payloads, AUTHENTICATION_FAILED); n != nil {
+		return sa.failInit(e, AUTHENTICATION_FAILED, "responder refused our authentication", out)
+	}
+	a := collectAuth(m.Payloads, false)
+	if a.id == nil {
+		return sa.failInit(e, INVALID_SYNTAX, "IKE_AUTH response without IDr", out)
+	}
+	sa.PeerID = Identity{Type: a.id.IDType, Data: bytes.Clone(a.id.Data)}
+	if !ini.RemoteID.IsZero() && !ini.RemoteID.Equal(sa.PeerID) {
+		return sa.failInit(e, AUTHENTICATION_FAILED, "responder identity "+sa.PeerID.String()+" is not "+ini.RemoteID.String(), out)
+	}
+	if err := sa.verifyPeer(now, e, a, sa.authOctets(false, a.id), ini.PSK, ini.Verifier); err != nil {
+		return sa.failInit(e, AUTHENTICATION_FAILED, err.Error(), out)
+	}
+	sa.state = stateEstablished
+	sa.Establish = now
+	sa.initReq, sa.initResp = nil, nil
+	e.stats.Established++
+	out = append(out, sa.event(EventIKEEstablished))
+
+	inSPI := sa.pendingInSPI
+	sa.pendingInSPI = 0
+	childErr := func(n NotifyType, reason string) []Action {
+		delete(e.inSPIs, inSPI)
+		ev := sa.event(EventChildFailed)
+		ev.Notify, ev.Reason = n, reason
+		return append(out, ev)
+	}
+	if n := firstError(m.Payloads); n != nil {
+		return childErr(n.NotifyType, "responder refused the CHILD SA")
+	}
+	if a.sa == nil || a.tsi == nil || a.tsr == nil {
+		return childErr(INVALID_SYNTAX, "IKE_AUTH response without a CHILD SA")
+	}
+	sel, err := AcceptSelected(ini.ESPProposals, a.sa, ProtoESP, false)
+	if err != nil || len(sel.SPI) != 4 {
+		return childErr(NO_PROPOSAL_CHOSEN, "responder chose an ESP proposal we did not offer")
+	}
+	if a.cp != nil && a.cp.CfgType == CFG_REPLY {
+		for _, at := range a.cp.Attrs {
+			if at.Type == INTERNAL_IP4_ADDRESS && len(at.Value) >= 4 {
+				sa.vip = netip.AddrFrom4([4]byte(at.Value[:4]))
+			}
+		}
+	}
+	tsi := ini.TSi
+	if sa.vip.IsValid() {
+		tsi = []TrafficSelector{SelectorFromPrefix(netip.PrefixFrom(sa.vip, 32))}
+	}
+	if !Within(a.tsi.Selectors, tsi) && !sa.vip.IsValid() || !Within(a.tsr.Selectors, ini.TSr) {
+		return childErr(TS_UNACCEPTABLE, "responder widened the traffic selectors")
+	}
+	c := &ChildSA{
+		InSPI: inSPI, OutSPI: binary.BigEndian.Uint32(sel.SPI), Proposal: *sel,
+		LocalTS: a.tsi.Selectors, RemoteTS: a.tsr.Selectors, Local: sa.Local, Remote: sa.Remote,
+		Encap: sa.natLocal || sa.natRemote, VirtualIP: sa.vip, Created: now,
+	}
+	if err := sa.childKeys(c, nil, sa.ni, sa.nr); err != nil {
+		return childErr(NO_PROPOSAL_CHOSEN, err.Error())
+	}
+	sa.children = append(sa.children, c)
+	out = append(out, InstallChild{SPIi: sa.SPIi, SPIr: sa.SPIr, PeerID: sa.PeerID, Child: c})
+	ev := sa.event(EventChildInstalled)
+	ev.Child = c
+	return append(out, ev)
+}

@@ -1,0 +1,70 @@
+package ike
+
+import (
+	"errors"
+	"net/netip"
+	"sync"
+)
+
+// Pool is an AddressPool over one IPv4 prefix. A peer that comes back gets
+// its previous address if it is still free. Safe for concurrent use.
+type Pool struct {
+	mu     sync.Mutex
+	prefix netip.Prefix
+	next   netip.Addr
+	inUse  map[netip.Addr]string
+	byPeer map[string]netip.Addr
+}
+
+// ErrPoolExhausted is returned when every address is taken.
+var ErrPoolExhausted = errors.New("address pool exhausted")
+
+// NewPool returns a pool handing out the host addresses of p (not the
+// network and broadcast addresses).
+func NewPool(p netip.Prefix) *Pool {
+	p = p.Masked()
+	return &Pool{prefix: p, next: p.Addr().Next(), inUse: map[netip.Addr]string{}, byPeer: map[string]netip.Addr{}}
+}
+
+// Acquire returns an address for peer.
+func (p *Pool) Acquire(peer Identity) (netip.Addr, error) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	key := peer.String()
+	if a, ok := p.byPeer[key]; ok {
+		if _, taken := p.inUse[a]; !taken {
+			p.inUse[a] = key
+			return a, nil
+		}
+	}
+	last := lastAddr(p.prefix)
+	size := 1 << (32 - p.prefix.Bits())
+	a := p.next
+	for i := 0; i < size; i++ {
+		if !p.prefix.Contains(a) || a == last {
+			a = p.prefix.Addr().Next()
+		}
+		if _, taken := p.inUse[a]; !taken {
+			p.inUse[a] = key
+			p.byPeer[key] = a
+			p.next = a.Next()
+			return a, nil
+		}
+		a = a.Next()
+	}
+	return netip.Addr{}, ErrPoolExhausted
+}
+
+// Release returns a to the pool.
+func (p *Pool) Release(a netip.Addr) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	delete(p.inUse, a)
+}
+
+// InUse returns how many addresses are handed out.
+func (p *Pool) InUse() int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return len(p.inUse)
+}

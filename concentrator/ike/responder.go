@@ -1,0 +1,361 @@
+package ike
+
+import (
+	"bytes"
+	"crypto/hmac"
+	"encoding/binary"
+	"net/netip"
+	"time"
+
+	"github.com/ikefleet/ikefleet/concentrator/ike/sig"
+	"github.com/ikefleet/ikefleet/concentrator/ike/suite"
+)
+
+// handleInitRequest answers an IKE_SA_INIT request (RFC 7296 §1.2) and
+// creates a half-open SA.
+func (e *Engine) handleInitRequest(now time.Time, pkt Packet, h Header, out []Action) []Action {
+	if h.MessageID != 0 {
+		return e.drop(out, pkt, h.SPIi, 0, ErrStaleMessage)
+	}
+	key := initKey{h.SPIi, pkt.Remote}
+	if sa := e.initIndex[key]; sa != nil {
+		// A retransmission: answer from the cache; a different request with
+		// the same SPI is dropped (RFC 7296 §2.1).
+		if sa.state == stateInitDone && bytes.Equal(sa.initReq, pkt.Data) {
+			e.stats.DuplicateRequests++
+			return append(out, Send{Local: pkt.Local, Remote: pkt.Remote, Messages: [][]byte{sa.initResp}})
+		}
+		return e.drop(out, pkt, h.SPIi, 0, ErrRetransmission)
+	}
+	m, err := Decode(pkt.Data)
+	if err != nil {
+		return e.initError(now, pkt, h, out, err)
+	}
+	var (
+		saP    *SA
+		ke     *KE
+		nonce  *Nonce
+		cookie *Notify
+	)
+	for i, p := range m.Payloads {
+		switch p := p.(type) {
+		case *SA:
+			saP = p
+		case *KE:
+			ke = p
+		case *Nonce:
+			nonce = p
+		case *Notify:
+			if p.NotifyType == COOKIE && i == 0 {
+				cookie = p
+			}
+		}
+	}
+	if saP == nil || ke == nil || nonce == nil || m.sk != nil || m.skf != nil {
+		return e.initError(now, pkt, h, out, errorf(INVALID_SYNTAX, "IKE_SA_INIT needs SA, KE and Nonce"))
+	}
+	// Under load, demand a cookie before doing any expensive work.
+	if e.halfOpen >= e.cfg.CookieThreshold {
+		valid := false
+		if cookie != nil && len(cookie.Data) > 1 {
+			want := e.cookieFor(now, cookie.Data[0], nonce.Data, pkt.Remote.Addr(), h.SPIi)
+			valid = want != nil && hmac.Equal(want, cookie.Data)
+		}
+		if !valid {
+			e.stats.CookiesSent++
+			c := e.cookieFor(now, e.currentCookie(now).version, nonce.Data, pkt.Remote.Addr(), h.SPIi)
+			resp := Message{SPIi: h.SPIi, Exchange: IKE_SA_INIT, Flags: FlagResponse,
+				Payloads: []Payload{&Notify{NotifyType: COOKIE, Data: c}}}
+			out = append(out, Send{Local: pkt.Local, Remote: pkt.Remote, Messages: [][]byte{resp.Encode()}})
+			return append(out, Event{Kind: EventCookieSent, SPIi: h.SPIi, Local: pkt.Local, Remote: pkt.Remote, Notify: COOKIE})
+		}
+	}
+	sel := SelectProposal(e.cfg.IKEProposals, saP.Proposals, ProtoIKE, true)
+	if sel == nil {
+		return e.initError(now, pkt, h, out, errorf(NO_PROPOSAL_CHOSEN, "no acceptable IKE proposal"))
+	}
+	if ke.Group != sel.Group {
+		err := errorf(INVALID_KE_PAYLOAD, "peer sent KE for group %d, we want %d", ke.Group, sel.Group)
+		err.Data = binary.BigEndian.AppendUint16(nil, sel.Group)
+		return e.initError(now, pkt, h, out, err)
+	}
+	kx, err := suite.GenerateKeyExchange(sel.Group, e.cfg.Rand)
+	if err != nil {
+		return e.initError(now, pkt, h, out, &Error{Notify: NO_PROPOSAL_CHOSEN, Reason: "key exchange", Err: err})
+	}
+	shared, err := kx.SharedSecret(ke.Data)
+	if err != nil {
+		return e.initError(now, pkt, h, out, &Error{Notify: INVALID_SYNTAX, Reason: "peer's KE", Err: err})
+	}
+	sa := &IKESA{
+		state: stateInitDone, SPIi: h.SPIi, SPIr: e.newSPI(), Local: pkt.Local, Remote: pkt.Remote,
+		initRemote: pkt.Remote, prop: sel, created: now, nextIn: 1,
+		ni: bytes.Clone(nonce.Data), nr: e.randBytes(32),
+		initReq: bytes.Clone(pkt.Data),
+	}
+	if err := sa.deriveKeys(e, shared); err != nil {
+		return e.initError(now, pkt, h, out, err)
+	}
+	natL, natR, natT := detectNAT(m, sa.SPIi, 0, pkt.Local, pkt.Remote)
+	sa.natLocal, sa.natRemote = natL || (natT && e.cfg.ForceEncap), natR
+	sa.peerFrag = findNotify(m.Payloads, IKEV2_FRAGMENTATION_SUPPORTED) != nil
+	sa.peerHashes = parseHashes(findNotify(m.Payloads, SIGNATURE_HASH_ALGORITHMS))
+
+	resp := sa.header(IKE_SA_INIT, 0, true)
+	resp.Payloads = []Payload{
+		&SA{Proposals: []Proposal{sel.Proposal(nil)}},
+		&KE{Group: sel.Group, Data: kx.Public()},
+		&Nonce{Data: sa.nr},
+	}
+	if natT {
+		resp.Payloads = append(resp.Payloads, natNotifies(e, sa.SPIi, sa.SPIr, pkt.Local, pkt.Remote, e.cfg.ForceEncap)...)
+	}
+	if e.cfg.CertReq != nil {
+		resp.Payloads = append(resp.Payloads, &CertReq{Encoding: CertX509Signature, Data: e.cfg.CertReq})
+	}
+	if sa.peerFrag {
+		resp.Payloads = append(resp.Payloads, &Notify{NotifyType: IKEV2_FRAGMENTATION_SUPPORTED})
+	}
+	if sa.peerHashes != nil {
+		resp.Payloads = append(resp.Payloads, hashesNotify())
+	}
+	sa.initResp = resp.Encode()
+	e.sas[sa.SPIr] = sa
+	e.initIndex[initKey{sa.SPIi, sa.initRemote}] = sa
+	sa.halfOpen = true
+	e.halfOpen++
+	e.schedule(sa, now.Add(e.cfg.HalfOpenTimeout))
+	return append(out, Send{Local: pkt.Local, Remote: pkt.Remote, Messages: [][]byte{sa.initResp}})
+}
+
+// initError answers a failed IKE_SA_INIT request with the error's notify
+// (unencrypted, responder SPI zero) and reports it.
+func (e *Engine) initError(now time.Time, pkt Packet, h Header, out []Action, err error) []Action {
+	n := NotifyFor(err)
+	ev := Event{Kind: EventIKEFailed, SPIi: h.SPIi, Local: pkt.Local, Remote: pkt.Remote, Notify: n, Reason: err.Error()}
+	e.stats.Failed[n]++
+	if n != 0 {
+		var data []byte
+		if ie, ok := err.(*Error); ok {
+			data = ie.Data
+		}
+		resp := Message{SPIi: h.SPIi, Exchange: IKE_SA_INIT, Flags: FlagResponse,
+			Payloads: []Payload{&Notify{NotifyType: n, Data: data}}}
+		out = append(out, Send{Local: pkt.Local, Remote: pkt.Remote, Messages: [][]byte{resp.Encode()}})
+	}
+	return append(out, ev)
+}
+
+// handleAuthRequest authenticates the initiator, authenticates us, and
+// sets up the first CHILD SA (RFC 7296 §1.2).
+func (sa *IKESA) handleAuthRequest(now time.Time, e *Engine, m *Message, out []Action) []Action {
+	a := collectAuth(m.Payloads, true)
+	fail := func(err error) []Action {
+		n := NotifyFor(err)
+		if n == 0 {
+			n = AUTHENTICATION_FAILED
+		}
+		out = sa.respond(e, IKE_AUTH, m.MessageID, []Payload{&Notify{NotifyType: n}}, out)
+		ev := sa.event(EventIKEFailed)
+		ev.Notify, ev.Reason = n, err.Error()
+		e.stats.Failed[n]++
+		e.remove(sa)
+		return append(out, ev)
+	}
+	if a.id == nil {
+		return fail(errorf(INVALID_SYNTAX, "IKE_AUTH without IDi"))
+	}
+	sa.PeerID = Identity{Type: a.id.IDType, Data: bytes.Clone(a.id.Data)}
+	sa.peerCertReq = a.certRq
+	var psk []byte
+	if e.cfg.PSKs != nil {
+		psk, _ = e.cfg.PSKs.PSK(sa.PeerID)
+	}
+	if err := sa.verifyPeer(now, e, a, sa.authOctets(true, a.id), psk, e.cfg.Verifier); err != nil {
+		return fail(err)
+	}
+	// Authenticate ourselves the way the peer did, if we can: PSK peers get
+	// PSK, certificate peers get our signature.
+	usePSK := a.auth.Method == sig.MethodPSK || e.cfg.Local.Signer == nil
+	idr := &ID{Responder: true, IDType: e.cfg.Local.ID.Type, Data: e.cfg.Local.ID.Data}
+	sendCerts := e.cfg.Local.SendCert == SendCertAlways || sa.peerCertReq
+	auth, err := sa.ourAuth(e, &e.cfg.Local, sa.authOctets(false, idr), usePSK, psk, sendCerts)
+	if err != nil {
+		return fail(err)
+	}
+	payloads := append([]Payload{idr}, auth...)
+
+	// The IKE SA is authenticated; a CHILD SA failure below does not undo it.
+	sa.state = stateEstablished
+	sa.Establish = now
+	if sa.halfOpen {
+		sa.halfOpen = false
+		e.halfOpen--
+	}
+	delete(e.initIndex, initKey{sa.SPIi, sa.initRemote})
+	e.schedule(sa, time.Time{})
+	e.stats.Established++
+	out = append(out, sa.event(EventIKEEstablished))
+
+	child, childPayloads, cerr := sa.acceptChild(now, e, a)
+	payloads = append(payloads, childPayloads...)
+	out = sa.respond(e, IKE_AUTH, m.MessageID, payloads, out)
+	sa.initReq, sa.initResp = nil, nil // AUTH is done; free what only it needed
+	if cerr != nil {
+		ev := sa.event(EventChildFailed)
+		ev.Notify, ev.Reason = NotifyFor(cerr), cerr.Error()
+		return append(out, ev)
+	}
+	if child != nil {
+		out = append(out, InstallChild{SPIi: sa.SPIi, SPIr: sa.SPIr, PeerID: sa.PeerID, Child: child})
+		ev := sa.event(EventChildInstalled)
+		ev.Child = child
+		out = append(out, ev)
+	}
+	return out
+}
+
+// acceptChild negotiates the CHILD SA carried in IKE_AUTH. It returns the
+// payloads for the response: the CHILD SA's, or an error notify.
+func (sa *IKESA) acceptChild(now time.Time, e *Engine, a authPayloads) (*ChildSA, []Payload, error) {
+	if a.sa == nil && a.tsi == nil && a.tsr == nil {
+		return nil, nil, nil // childless (RFC 6023)
+	}
+	failN := func(err *Error) (*ChildSA, []Payload, error) {
+		return nil, []Payload{&Notify{NotifyType: err.Notify}}, err
+	}
+	if a.sa == nil || a.tsi == nil || a.tsr == nil {
+		return failN(errorf(INVALID_SYNTAX, "CHILD SA needs SA, TSi and TSr"))
+	}
+	sel := SelectProposal(e.cfg.ESPProposals, a.sa.Proposals, ProtoESP, false)
+	if sel == nil {
+		return failN(errorf(NO_PROPOSAL_CHOSEN, "no acceptable ESP proposal"))
+	}
+	if len(sel.SPI) != 4 {
+		return failN(errorf(INVALID_SYNTAX, "ESP proposal with a %d-byte SPI", len(sel.SPI)))
+	}
+	var payloads []Payload
+	remoteAllowed := e.cfg.RemoteTS
+	if a.cp != nil && a.cp.CfgType == CFG_REQUEST && e.cfg.Pool != nil {
+		wantV4 := false
+		for _, at := range a.cp.Attrs {
+			wantV4 = wantV4 || at.Type == INTERNAL_IP4_ADDRESS
+		}
+		if wantV4 {
+			vip, err := e.cfg.Pool.Acquire(sa.PeerID)
+			if err != nil {
+				return failN(&Error{Notify: INTERNAL_ADDRESS_FAILURE, Reason: "address pool", Err: err})
+			}
+			sa.vip = vip
+			reply := &CP{CfgType: CFG_REPLY, Attrs: []CPAttr{{Type: INTERNAL_IP4_ADDRESS, Value: vip.AsSlice()}}}
+			for _, d := range e.cfg.DNS {
+				if d.Is4() {
+					reply.Attrs = append(reply.Attrs, CPAttr{Type: INTERNAL_IP4_DNS, Value: d.AsSlice()})
+				}
+			}
+			payloads = append(payloads, reply)
+			remoteAllowed = []TrafficSelector{SelectorFromPrefix(netip.PrefixFrom(vip, 32))}
+		}
+	}
+	tsi := Narrow(a.tsi.Selectors, remoteAllowed)
+	tsr := Narrow(a.tsr.Selectors, e.cfg.LocalTS)
+	if len(tsi) == 0 || len(tsr) == 0 {
+		if sa.vip.IsValid() {
+			e.cfg.Pool.Release(sa.vip)
+			sa.vip = netip.Addr{}
+		}
+		return failN(errorf(TS_UNACCEPTABLE, "traffic selectors %s === %s not allowed",
+			FormatSelectors(a.tsi.Selectors), FormatSelectors(a.tsr.Selectors)))
+	}
+	c := &ChildSA{
+		OutSPI: binary.BigEndian.Uint32(sel.SPI), Proposal: *sel,
+		LocalTS: tsr, RemoteTS: tsi, Local: sa.Local, Remote: sa.Remote,
+		Encap: sa.natLocal || sa.natRemote, VirtualIP: sa.vip, Created: now,
+	}
+	c.InSPI = e.newESPSPI(sa)
+	if err := sa.childKeys(c, nil, sa.ni, sa.nr); err != nil {
+		delete(e.inSPIs, c.InSPI)
+		return failN(err.(*Error))
+	}
+	sa.children = append(sa.children, c)
+	spi := binary.BigEndian.AppendUint32(nil, c.InSPI)
+	payloads = append(payloads,
+		&SA{Proposals: []Proposal{sel.Proposal(spi)}},
+		&TS{Selectors: tsi},
+		&TS{Responder: true, Selectors: tsr},
+	)
+	return c, payloads, nil
+}
+
+// handleInformational answers liveness checks and deletes (RFC 7296 §1.4).
+func (sa *IKESA) handleInformational(now time.Time, e *Engine, m *Message, out []Action) []Action {
+	var reply []Payload
+	for _, p := range m.Payloads {
+		d, ok := p.(*Delete)
+		if !ok {
+			continue
+		}
+		switch d.Protocol {
+		case ProtoIKE:
+			out = sa.respond(e, INFORMATIONAL, m.MessageID, nil, out)
+			return sa.terminate(e, "deleted by peer", out)
+		case ProtoESP:
+			if d.SPISize != 4 {
+				continue
+			}
+			var ours [][]byte
+			for _, spi := range d.SPIs {
+				if c := sa.removeChildByOut(binary.BigEndian.Uint32(spi)); c != nil {
+					delete(e.inSPIs, c.InSPI)
+					ours = append(ours, binary.BigEndian.AppendUint32(nil, c.InSPI))
+					out = append(out, RemoveChild{SPIi: sa.SPIi, SPIr: sa.SPIr, Child: c})
+					ev := sa.event(EventChildDeleted)
+					ev.Child, ev.Reason = c, "deleted by peer"
+					out = append(out, ev)
+				}
+			}
+			if len(ours) > 0 {
+				reply = append(reply, &Delete{Protocol: ProtoESP, SPISize: 4, SPIs: ours})
+			}
+		}
+	}
+	return sa.respond(e, INFORMATIONAL, m.MessageID, reply, out)
+}
+
+func (sa *IKESA) removeChildByOut(spi uint32) *ChildSA {
+	for i, c := range sa.children {
+		if c.OutSPI == spi {
+			sa.children = append(sa.children[:i], sa.children[i+1:]...)
+			return c
+		}
+	}
+	return nil
+}
+
+// terminate removes the SA and its CHILD SAs.
+func (sa *IKESA) terminate(e *Engine, reason string, out []Action) []Action {
+	for _, c := range sa.children {
+		out = append(out, RemoveChild{SPIi: sa.SPIi, SPIr: sa.SPIr, Child: c})
+	}
+	ev := sa.event(EventIKEDeleted)
+	ev.Reason = reason
+	e.remove(sa)
+	return append(out, ev)
+}
+
+// Delete starts deleting the IKE SA with our SPI spi: an INFORMATIONAL
+// request with a Delete payload; the SA goes when the peer answers or the
+// request times out.
+func (e *Engine) Delete(now time.Time, spi uint64, out []Action) []Action {
+	sa := e.sas[spi]
+	if sa == nil {
+		return out
+	}
+	if sa.state != stateEstablished || sa.req != nil {
+		return sa.terminate(e, "deleted locally", out)
+	}
+	sa.state = stateDeleting
+	out = sa.request(now, e, INFORMATIONAL, []Payload{&Delete{Protocol: ProtoIKE}}, out)
+	sa.req.deleteIKE = true
+	return out
+}

@@ -1,0 +1,576 @@
+package ike
+
+import (
+	"crypto/hmac"
+	"crypto/sha1"
+	"crypto/subtle"
+	"encoding/binary"
+	"net/netip"
+	"time"
+
+	"github.com/ikefleet/ikefleet/concentrator/ike/sig"
+	"github.com/ikefleet/ikefleet/concentrator/ike/suite"
+)
+
+type saState uint8
+
+const (
+	stateInitSent    saState = iota + 1 // initiator: IKE_SA_INIT request sent
+	stateInitDone                       // responder: IKE_SA_INIT answered, waiting for IKE_AUTH
+	stateAuthSent                       // initiator: IKE_AUTH request sent
+	stateEstablished                    // authenticated
+	stateDeleting                       // we sent a Delete for the IKE SA
+	stateDead                           // removed from the table
+)
+
+var stateNames = [...]string{"", "INIT_SENT", "INIT_DONE", "AUTH_SENT", "ESTABLISHED", "DELETING", "DEAD"}
+
+func (s saState) String() string { return stateNames[s] }
+
+// IKESA is one IKE SA and its CHILD SAs, in either role.
+type IKESA struct {
+	initiator  bool
+	state      saState
+	halfOpen   bool
+	SPIi, SPIr uint64
+	Local      netip.AddrPort
+	Remote     netip.AddrPort
+	initRemote netip.AddrPort // the address IKE_SA_INIT came from (retransmit index)
+
+	prop     *Selected
+	prf      *suite.PRF
+	cipher   *suite.Cipher
+	in, out  *suite.SKCipher
+	skd      []byte
+	skpi     []byte
+	skpr     []byte
+	ni, nr   []byte
+	initReq  []byte // IKE_SA_INIT request as sent (AUTH signs it); dropped once authenticated
+	initResp []byte // IKE_SA_INIT response as sent
+
+	natLocal, natRemote bool // we / the peer are behind a NAT (or encapsulation is forced)
+	peerFrag            bool // peer supports RFC 7383 fragmentation
+	peerHashes          []uint16
+	peerCertReq         bool
+
+	PeerID   Identity
+	children []*ChildSA
+	vip      netip.Addr
+
+	nextOut   uint32   // message ID of our next request
+	nextIn    uint32   // message ID of the peer's next request
+	lastResp  [][]byte // our last response, for retransmitted requests
+	req       *pendingRequest
+	deadline  time.Time
+	created   time.Time
+	frags     *reassembly
+	Establish time.Time
+
+	// initiator state
+	ini          *Initiation
+	kx           suite.KeyExchange
+	cookie       []byte
+	keRetries    int
+	pendingInSPI uint32 // inbound ESP SPI offered in our IKE_AUTH request
+}
+
+type pendingRequest struct {
+	msgID     uint32
+	exchange  ExchangeType
+	packets   [][]byte
+	tries     int
+	deleteIKE bool
+}
+
+// State returns the SA's state name.
+func (sa *IKESA) State() string { return sa.state.String() }
+
+// Established reports whether the SA is authenticated and usable.
+func (sa *IKESA) Established() bool { return sa.state == stateEstablished }
+
+// IsInitiator reports whether we were the original initiator.
+func (sa *IKESA) IsInitiator() bool { return sa.initiator }
+
+// Children returns the CHILD SAs.
+func (sa *IKESA) Children() []*ChildSA { return sa.children }
+
+// Proposal returns the negotiated IKE proposal, or nil before IKE_SA_INIT completes.
+func (sa *IKESA) Proposal() *Selected { return sa.prop }
+
+func (sa *IKESA) localSPI() uint64 {
+	if sa.initiator {
+		return sa.SPIi
+	}
+	return sa.SPIr
+}
+
+func (sa *IKESA) event(kind EventKind) Event {
+	ev := Event{Kind: kind, SPIi: sa.SPIi, SPIr: sa.SPIr, Local: sa.Local, Remote: sa.Remote, PeerID: sa.PeerID, Initiator: sa.initiator}
+	if sa.prop != nil {
+		ev.Proposal = sa.prop.String()
+	}
+	return ev
+}
+
+// ---- message protection ----
+
+func (sa *IKESA) header(ex ExchangeType, msgID uint32, response bool) Message {
+	m := Message{SPIi: sa.SPIi, SPIr: sa.SPIr, Exchange: ex, MessageID: msgID}
+	if sa.initiator {
+		m.Flags |= FlagInitiator
+	}
+	if response {
+		m.Flags |= FlagResponse
+	}
+	return m
+}
+
+// seal encodes an encrypted message, fragmented if the peer supports it
+// and the message is too large for one datagram.
+func (sa *IKESA) seal(e *Engine, m *Message) [][]byte {
+	iv := func() []byte { return e.randBytes(sa.cipher.IVLen()) }
+	b := m.EncodeEncrypted(sa.out, iv())
+	if sa.peerFrag && len(b) > e.cfg.FragmentSize {
+		if frags := m.EncodeFragments(sa.out, e.cfg.FragmentSize, iv); frags != nil {
+			return frags
+		}
+	}
+	return [][]byte{b}
+}
+
+func (sa *IKESA) send(pkts [][]byte, out []Action) []Action {
+	return append(out, Send{Local: sa.Local, Remote: sa.Remote, Messages: pkts})
+}
+
+// respond sends and caches an encrypted response to the peer's request.
+func (sa *IKESA) respond(e *Engine, ex ExchangeType, msgID uint32, payloads []Payload, out []Action) []Action {
+	m := sa.header(ex, msgID, true)
+	m.Payloads = payloads
+	pkts := sa.seal(e, &m)
+	sa.lastResp = pkts
+	sa.nextIn = msgID + 1
+	return sa.send(pkts, out)
+}
+
+// request sends a new encrypted request and arms its retransmission timer.
+func (sa *IKESA) request(now time.Time, e *Engine, ex ExchangeType, payloads []Payload, out []Action) []Action {
+	m := sa.header(ex, sa.nextOut, false)
+	m.Payloads = payloads
+	pkts := sa.seal(e, &m)
+	sa.req = &pendingRequest{msgID: sa.nextOut, exchange: ex, packets: pkts}
+	sa.nextOut++
+	e.schedule(sa, now.Add(e.cfg.RetransmitTimeout))
+	return sa.send(pkts, out)
+}
+
+// ---- dispatch ----
+
+func (sa *IKESA) handle(now time.Time, e *Engine, pkt Packet, h Header, out []Action) []Action {
+	if h.Flags&FlagResponse != 0 {
+		if sa.req == nil || h.MessageID != sa.req.msgID {
+			return e.drop(out, pkt, h.SPIi, h.SPIr, ErrStaleMessage)
+		}
+	} else {
+		switch {
+		case h.MessageID == sa.nextIn:
+		case h.MessageID+1 == sa.nextIn && sa.lastResp != nil:
+			if h.NextPayload == PayloadSKF && !isFirstFragment(pkt.Data) {
+				return out // answer a fragmented retransmission once, on its first fragment
+			}
+			e.stats.DuplicateRequests++
+			return sa.send(sa.lastResp, out)
+		default:
+			return e.drop(out, pkt, h.SPIi, h.SPIr, ErrStaleMessage)
+		}
+	}
+	if h.Exchange == IKE_SA_INIT {
+		if sa.initiator && sa.state == stateInitSent {
+			return sa.handleInitResponse(now, e, pkt, out)
+		}
+		return e.drop(out, pkt, h.SPIi, h.SPIr, ErrStaleMessage)
+	}
+	if sa.in == nil {
+		return e.drop(out, pkt, h.SPIi, h.SPIr, ErrUnknownSA)
+	}
+	m, err := Decode(pkt.Data)
+	if err != nil {
+		return e.drop(out, pkt, h.SPIi, h.SPIr, err)
+	}
+	switch {
+	case m.sk != nil:
+		if err := m.Decrypt(sa.in); err != nil {
+			return sa.protocolError(now, e, pkt, m, err, out)
+		}
+	case m.skf != nil:
+		done, err := sa.reassemble(now, e, m)
+		if err != nil {
+			return sa.protocolError(now, e, pkt, m, err, out)
+		}
+		if !done {
+			return out
+		}
+	default:
+		return e.drop(out, pkt, h.SPIi, h.SPIr, &ParseError{Reason: "unprotected " + h.Exchange.String()})
+	}
+	// An authenticated message: NAT-T may have moved the peer (port float
+	// to 4500, or a NAT rebinding).
+	sa.Local, sa.Remote = pkt.Local, pkt.Remote
+	if m.IsResponse() {
+		return sa.handleResponse(now, e, m, out)
+	}
+	return sa.handleRequest(now, e, m, out)
+}
+
+// protocolError answers an authenticated but malformed request with the
+// notify the error names; failed integrity is dropped silently.
+func (sa *IKESA) protocolError(now time.Time, e *Engine, pkt Packet, m *Message, err error, out []Action) []Action {
+	n := NotifyFor(err)
+	if err == ErrIntegrity || n == 0 || m.IsResponse() {
+		return e.drop(out, pkt, m.SPIi, m.SPIr, err)
+	}
+	e.stats.Dropped++
+	out = sa.respond(e, m.Exchange, m.MessageID, []Payload{&Notify{NotifyType: n}}, out)
+	if sa.state == stateInitDone {
+		ev := sa.event(EventIKEFailed)
+		ev.Notify, ev.Reason = n, err.Error()
+		e.stats.Failed[n]++
+		e.remove(sa)
+		return append(out, ev)
+	}
+	return out
+}
+
+func (sa *IKESA) handleRequest(now time.Time, e *Engine, m *Message, out []Action) []Action {
+	switch m.Exchange {
+	case IKE_AUTH:
+		if sa.initiator || sa.state != stateInitDone {
+			break
+		}
+		return sa.handleAuthRequest(now, e, m, out)
+	case INFORMATIONAL:
+		if sa.state != stateEstablished && sa.state != stateDeleting {
+			break
+		}
+		return sa.handleInformational(now, e, m, out)
+	case CREATE_CHILD_SA:
+		if sa.state != stateEstablished {
+			break
+		}
+		// Rekeying and additional CHILD SAs are not negotiated yet.
+		return sa.respond(e, m.Exchange, m.MessageID, []Payload{&Notify{NotifyType: NO_ADDITIONAL_SAS}}, out)
+	}
+	return e.drop(out, Packet{Local: sa.Local, Remote: sa.Remote}, m.SPIi, m.SPIr, errorf(INVALID_SYNTAX, "%v request in state %v", m.Exchange, sa.state))
+}
+
+func (sa *IKESA) handleResponse(now time.Time, e *Engine, m *Message, out []Action) []Action {
+	req := sa.req
+	sa.req = nil
+	sa.deadline = time.Time{}
+	switch {
+	case req.exchange == IKE_AUTH && sa.state == stateAuthSent:
+		return sa.handleAuthResponse(now, e, m, out)
+	case req.exchange == INFORMATIONAL && req.deleteIKE:
+		return sa.terminate(e, "deleted by us", out)
+	}
+	return out
+}
+
+func (sa *IKESA) onTimer(now time.Time, e *Engine, out []Action) []Action {
+	if r := sa.req; r != nil {
+		if r.tries >= e.cfg.RetransmitTries {
+			ev := sa.event(EventIKEFailed)
+			if sa.state == stateEstablished || sa.state == stateDeleting {
+				ev.Kind = EventIKEDeleted
+			}
+			ev.Reason = "peer did not answer " + r.exchange.String()
+			for _, c := range sa.children {
+				out = append(out, RemoveChild{SPIi: sa.SPIi, SPIr: sa.SPIr, Child: c})
+			}
+			e.remove(sa)
+			return append(out, ev)
+		}
+		r.tries++
+		e.stats.Retransmits++
+		e.schedule(sa, now.Add(e.cfg.RetransmitTimeout<<r.tries))
+		return append(out, Send{Local: sa.Local, Remote: sa.Remote, Messages: r.packets})
+	}
+	if sa.state == stateInitDone {
+		ev := sa.event(EventIKEFailed)
+		ev.Reason = "half-open SA timed out"
+		e.remove(sa)
+		return append(out, ev)
+	}
+	return out
+}
+
+// ---- shared key schedule ----
+
+func (sa *IKESA) deriveKeys(e *Engine, shared []byte) error {
+	prf, err := suite.NewPRF(sa.prop.PRF)
+	if err != nil {
+		return &Error{Notify: NO_PROPOSAL_CHOSEN, Reason: "PRF", Err: err}
+	}
+	c, err := suite.NewCipher(sa.prop.Encr.ID, int(sa.prop.Encr.KeyLen), sa.prop.Integ)
+	if err != nil {
+		return &Error{Notify: NO_PROPOSAL_CHOSEN, Reason: "cipher", Err: err}
+	}
+	skeyseed := suite.SKEYSEED(prf, sa.ni, sa.nr, shared)
+	k := suite.DeriveIKEKeys(prf, skeyseed, sa.ni, sa.nr, sa.SPIi, sa.SPIr, c)
+	ei, ai, er, ar := k.SKei, k.SKai, k.SKer, k.SKar
+	if !sa.initiator {
+		ei, ai, er, ar = er, ar, ei, ai
+	}
+	out, err := c.Key(ei, ai)
+	if err != nil {
+		return err
+	}
+	in, err := c.Key(er, ar)
+	if err != nil {
+		return err
+	}
+	sa.prf, sa.cipher, sa.out, sa.in = prf, c, out, in
+	sa.skd, sa.skpi, sa.skpr = k.SKd, k.SKpi, k.SKpr
+	return nil
+}
+
+// authOctets returns the octets the AUTH payload of one side signs
+// (RFC 7296 §2.15): that side's IKE_SA_INIT message, the other side's
+// nonce, and prf(SK_px, IDx').
+func (sa *IKESA) authOctets(ofInitiator bool, id *ID) []byte {
+	msg, nonce, key := sa.initReq, sa.nr, sa.skpi
+	if !ofInitiator {
+		msg, nonce, key = sa.initResp, sa.ni, sa.skpr
+	}
+	mac := sa.prf.Sum(key, id.Body())
+	o := make([]byte, 0, len(msg)+len(nonce)+len(mac))
+	return append(append(append(o, msg...), nonce...), mac...)
+}
+
+var keyPad = []byte("Key Pad for IKEv2")
+
+func (sa *IKESA) pskAuth(psk, octets []byte) []byte {
+	return sa.prf.Sum(sa.prf.Sum(psk, keyPad), octets)
+}
+
+// childKeys derives a CHILD SA's keys from SK_d (RFC 7296 §2.17).
+func (sa *IKESA) childKeys(c *ChildSA, shared []byte, ni, nr []byte) error {
+	cipher, err := suite.NewCipher(c.Proposal.Encr.ID, int(c.Proposal.Encr.KeyLen), c.Proposal.Integ)
+	if err != nil {
+		return &Error{Notify: NO_PROPOSAL_CHOSEN, Reason: "ESP cipher", Err: err}
+	}
+	el, il := cipher.EncrKeyLen(), cipher.IntegKeyLen()
+	km := suite.ChildKeys(sa.prf, sa.skd, shared, ni, nr, 2*(el+il))
+	i := ChildKeys{Encr: km[:el], Integ: km[el : el+il]}
+	r := ChildKeys{Encr: km[el+il : 2*el+il], Integ: km[2*el+il:]}
+	if il == 0 {
+		i.Integ, r.Integ = nil, nil
+	}
+	if sa.initiator {
+		c.KeyOut, c.KeyIn = i, r
+	} else {
+		c.KeyIn, c.KeyOut = i, r
+	}
+	return nil
+}
+
+// ---- NAT detection (RFC 7296 §2.23) ----
+
+func natHash(spii, spir uint64, a netip.AddrPort) []byte {
+	h := sha1.New()
+	var b [16]byte
+	binary.BigEndian.PutUint64(b[:], spii)
+	binary.BigEndian.PutUint64(b[8:], spir)
+	h.Write(b[:])
+	h.Write(a.Addr().Unmap().AsSlice())
+	binary.BigEndian.PutUint16(b[:], a.Port())
+	h.Write(b[:2])
+	return h.Sum(nil)
+}
+
+// natNotifies returns our NAT_DETECTION payloads. With force, the source
+// hash is of random data, so the peer believes we are behind a NAT and
+// encapsulates ESP in UDP.
+func natNotifies(e *Engine, spii, spir uint64, local, remote netip.AddrPort, force bool) []Payload {
+	src := natHash(spii, spir, local)
+	if force {
+		src = e.randBytes(sha1.Size)
+	}
+	return []Payload{
+		&Notify{NotifyType: NAT_DETECTION_SOURCE_IP, Data: src},
+		&Notify{NotifyType: NAT_DETECTION_DESTINATION_IP, Data: natHash(spii, spir, remote)},
+	}
+}
+
+// detectNAT evaluates the peer's NAT_DETECTION notifies. ok is false when
+// the peer sent none (it does not do NAT-T).
+func detectNAT(m *Message, spii, spir uint64, local, remote netip.AddrPort) (natLocal, natRemote, ok bool) {
+	srcMatch, dstMatch, sawSrc, sawDst := false, false, false, false
+	want := natHash(spii, spir, remote)
+	wantDst := natHash(spii, spir, local)
+	for _, p := range m.Payloads {
+		n, isN := p.(*Notify)
+		if !isN {
+			continue
+		}
+		switch n.NotifyType {
+		case NAT_DETECTION_SOURCE_IP:
+			sawSrc = true
+			srcMatch = srcMatch || hmac.Equal(n.Data, want)
+		case NAT_DETECTION_DESTINATION_IP:
+			sawDst = true
+			dstMatch = dstMatch || hmac.Equal(n.Data, wantDst)
+		}
+	}
+	if !sawSrc || !sawDst {
+		return false, false, false
+	}
+	return !dstMatch, !srcMatch, true
+}
+
+// ---- payload helpers ----
+
+func findNotify(ps []Payload, t NotifyType) *Notify {
+	for _, p := range ps {
+		if n, ok := p.(*Notify); ok && n.NotifyType == t {
+			return n
+		}
+	}
+	return nil
+}
+
+// firstError returns the first error notify in ps.
+func firstError(ps []Payload) *Notify {
+	for _, p := range ps {
+		if n, ok := p.(*Notify); ok && n.NotifyType.IsError() {
+			return n
+		}
+	}
+	return nil
+}
+
+type authPayloads struct {
+	id     *ID
+	auth   *Auth
+	certs  [][]byte
+	sa     *SA
+	tsi    *TS
+	tsr    *TS
+	cp     *CP
+	idr    *ID
+	certRq bool
+}
+
+func collectAuth(ps []Payload, forInitiator bool) authPayloads {
+	var a authPayloads
+	for _, p := range ps {
+		switch p := p.(type) {
+		case *ID:
+			if p.Responder == !forInitiator {
+				a.id = p
+			} else {
+				a.idr = p
+			}
+		case *Auth:
+			a.auth = p
+		case *Cert:
+			if p.Encoding == CertX509Signature && len(a.certs) < maxCertPayloads {
+				a.certs = append(a.certs, p.Data)
+			}
+		case *CertReq:
+			a.certRq = true
+		case *SA:
+			a.sa = p
+		case *TS:
+			if p.Responder {
+				a.tsr = p
+			} else {
+				a.tsi = p
+			}
+		case *CP:
+			a.cp = p
+		}
+	}
+	return a
+}
+
+// verifyPeer checks the peer's AUTH payload over its signed octets.
+func (sa *IKESA) verifyPeer(now time.Time, e *Engine, a authPayloads, octets []byte, psk []byte, verifier *sig.Verifier) error {
+	if a.auth == nil {
+		return errorf(AUTHENTICATION_FAILED, "no AUTH payload (EAP is not enabled)")
+	}
+	if a.auth.Method == sig.MethodPSK {
+		if psk == nil {
+			return errorf(AUTHENTICATION_FAILED, "no pre-shared key for %v", sa.PeerID)
+		}
+		if subtle.ConstantTimeCompare(sa.pskAuth(psk, octets), a.auth.Data) != 1 {
+			return errorf(AUTHENTICATION_FAILED, "pre-shared key AUTH of %v does not verify", sa.PeerID)
+		}
+		return nil
+	}
+	if verifier == nil {
+		return errorf(AUTHENTICATION_FAILED, "certificate authentication is not configured")
+	}
+	if len(a.certs) == 0 {
+		return errorf(AUTHENTICATION_FAILED, "%v sent no certificate", sa.PeerID)
+	}
+	leaf, err := verifier.VerifyChain(a.certs, now)
+	if err != nil {
+		return &Error{Notify: AUTHENTICATION_FAILED, Reason: "certificate of " + sa.PeerID.String(), Err: err}
+	}
+	if err := sig.MatchIdentity(leaf, sa.PeerID.Type, sa.PeerID.Data); err != nil {
+		return &Error{Notify: AUTHENTICATION_FAILED, Reason: "identity", Err: err}
+	}
+	if err := sig.Verify(leaf.PublicKey, a.auth.Method, a.auth.Data, octets, e.cfg.AllowSHA1Sigs); err != nil {
+		return &Error{Notify: AUTHENTICATION_FAILED, Reason: "signature of " + sa.PeerID.String(), Err: err}
+	}
+	return nil
+}
+
+// ourAuth builds our AUTH (and CERT) payloads. usePSK selects PSK
+// authentication with psk; otherwise we sign with our key.
+func (sa *IKESA) ourAuth(e *Engine, creds *Credentials, octets []byte, usePSK bool, psk []byte, sendCerts bool) ([]Payload, error) {
+	if usePSK {
+		if psk == nil {
+			return nil, errorf(AUTHENTICATION_FAILED, "no pre-shared key to authenticate to %v", sa.PeerID)
+		}
+		return []Payload{&Auth{Method: sig.MethodPSK, Data: sa.pskAuth(psk, octets)}}, nil
+	}
+	if creds.Signer == nil {
+		return nil, errorf(AUTHENTICATION_FAILED, "no private key configured")
+	}
+	method, data, err := sig.Sign(creds.Signer, octets, sa.peerHashes, e.cfg.Rand)
+	if err != nil {
+		return nil, &Error{Notify: AUTHENTICATION_FAILED, Reason: "signing", Err: err}
+	}
+	var ps []Payload
+	if sendCerts {
+		for _, c := range creds.Chain {
+			ps = append(ps, &Cert{Encoding: CertX509Signature, Data: c})
+		}
+	}
+	return append(ps, &Auth{Method: method, Data: data}), nil
+}
+
+func parseHashes(n *Notify) []uint16 {
+	if n == nil {
+		return nil
+	}
+	var hs []uint16
+	for i := 0; i+1 < len(n.Data); i += 2 {
+		hs = append(hs, binary.BigEndian.Uint16(n.Data[i:]))
+	}
+	return hs
+}
+
+func hashesNotify() *Notify {
+	var d []byte
+	for _, h := range sig.SupportedHashes() {
+		d = binary.BigEndian.AppendUint16(d, h)
+	}
+	return &Notify{NotifyType: SIGNATURE_HASH_ALGORITHMS, Data: d}
+}
+
+func isFirstFragment(b []byte) bool {
+	// SKF body starts after the 28-byte header and 4-byte generic header.
+	return len(b) >= headerLen+genericHeaderLen+2 && binary.BigEndian.Uint16(b[headerLen+genericHeaderLen:]) == 1
+}

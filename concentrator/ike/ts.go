@@ -1,0 +1,146 @@
+package ike
+
+import (
+	"fmt"
+	"net/netip"
+	"strings"
+)
+
+// SelectorFromPrefix returns the selector covering all traffic of a prefix.
+func SelectorFromPrefix(p netip.Prefix) TrafficSelector {
+	p = p.Masked()
+	start := p.Addr()
+	end := lastAddr(p)
+	return TrafficSelector{StartPort: 0, EndPort: 0xffff, Start: start, End: end}
+}
+
+func lastAddr(p netip.Prefix) netip.Addr {
+	b := p.Addr().AsSlice()
+	bits := p.Bits()
+	for i := range b {
+		for bit := 0; bit < 8; bit++ {
+			if i*8+bit >= bits {
+				b[i] |= 0x80 >> bit
+			}
+		}
+	}
+	a, _ := netip.AddrFromSlice(b)
+	return a
+}
+
+// String renders a selector as strongSwan does: a prefix when the range is
+// one, otherwise start..end, plus protocol and ports when restricted.
+func (s TrafficSelector) String() string {
+	var b strings.Builder
+	if p, ok := s.Prefix(); ok {
+		b.WriteString(p.String())
+	} else {
+		b.WriteString(s.Start.String() + ".." + s.End.String())
+	}
+	if s.IPProto != 0 || s.StartPort != 0 || s.EndPort != 0xffff {
+		fmt.Fprintf(&b, "[%d/%d-%d]", s.IPProto, s.StartPort, s.EndPort)
+	}
+	return b.String()
+}
+
+// Prefix returns the prefix the address range is equal to, if it is one.
+func (s TrafficSelector) Prefix() (netip.Prefix, bool) {
+	if s.Start.BitLen() != s.End.BitLen() || s.Start.BitLen() == 0 {
+		return netip.Prefix{}, false
+	}
+	for bits := 0; bits <= s.Start.BitLen(); bits++ {
+		p := netip.PrefixFrom(s.Start, bits)
+		if p.Masked().Addr() == s.Start && lastAddr(p) == s.End {
+			return p, true
+		}
+	}
+	return netip.Prefix{}, false
+}
+
+// Valid reports whether the selector's ranges are well formed.
+func (s TrafficSelector) Valid() bool {
+	return s.Start.IsValid() && s.Start.BitLen() == s.End.BitLen() &&
+		s.Start.Compare(s.End) <= 0 && s.StartPort <= s.EndPort
+}
+
+// Intersect returns the overlap of a and b, if any.
+func Intersect(a, b TrafficSelector) (TrafficSelector, bool) {
+	if !a.Valid() || !b.Valid() || a.Start.BitLen() != b.Start.BitLen() {
+		return TrafficSelector{}, false
+	}
+	var r TrafficSelector
+	switch {
+	case a.IPProto == b.IPProto, b.IPProto == 0:
+		r.IPProto = a.IPProto
+	case a.IPProto == 0:
+		r.IPProto = b.IPProto
+	default:
+		return TrafficSelector{}, false
+	}
+	r.StartPort, r.EndPort = max(a.StartPort, b.StartPort), min(a.EndPort, b.EndPort)
+	if r.StartPort > r.EndPort {
+		return TrafficSelector{}, false
+	}
+	r.Start, r.End = a.Start, a.End
+	if b.Start.Compare(r.Start) > 0 {
+		r.Start = b.Start
+	}
+	if b.End.Compare(r.End) < 0 {
+		r.End = b.End
+	}
+	if r.Start.Compare(r.End) > 0 {
+		return TrafficSelector{}, false
+	}
+	return r, true
+}
+
+// Narrow returns every non-empty intersection of the peer's proposed
+// selectors with the configured ones (RFC 7296 §2.9): the responder's
+// answer. Duplicates are dropped.
+func Narrow(proposed, allowed []TrafficSelector) []TrafficSelector {
+	var out []TrafficSelector
+	for _, p := range proposed {
+		for _, a := range allowed {
+			if r, ok := Intersect(p, a); ok && !containsTS(out, r) {
+				out = append(out, r)
+			}
+		}
+	}
+	return out
+}
+
+// Within reports whether every selector of got lies inside one of within
+// (initiator side: the responder may only narrow).
+func Within(got, within []TrafficSelector) bool {
+	for _, g := range got {
+		ok := false
+		for _, w := range within {
+			if r, hit := Intersect(g, w); hit && r == g {
+				ok = true
+				break
+			}
+		}
+		if !ok {
+			return false
+		}
+	}
+	return true
+}
+
+func containsTS(l []TrafficSelector, t TrafficSelector) bool {
+	for _, x := range l {
+		if x == t {
+			return true
+		}
+	}
+	return false
+}
+
+// FormatSelectors joins selectors for logs.
+func FormatSelectors(ts []TrafficSelector) string {
+	parts := make([]string, len(ts))
+	for i, t := range ts {
+		parts[i] = t.String()
+	}
+	return strings.Join(parts, ",")
+}
