@@ -1,0 +1,349 @@
+package concentrator
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"net/netip"
+	"os"
+	"regexp"
+	"strconv"
+	"strings"
+	"time"
+
+	"gopkg.in/yaml.v3"
+)
+
+// Config is concentratord's configuration file. See
+// deploy/examples/concentratord.yaml for every field with its default.
+type Config struct {
+	Node      NodeConfig      `yaml:"node"`
+	Log       LogConfig       `yaml:"log"`
+	IKE       IKEConfig       `yaml:"ike"`
+	Identity  IdentityConfig  `yaml:"identity"`
+	Auth      AuthConfig      `yaml:"auth"`
+	Children  ChildrenConfig  `yaml:"children"`
+	DataPlane DataPlaneConfig `yaml:"dataplane"`
+}
+
+type NodeConfig struct {
+	ID string `yaml:"id"`
+}
+
+type LogConfig struct {
+	Level  string `yaml:"level"`
+	Format string `yaml:"format"`
+}
+
+type IKEConfig struct {
+	Listen            []string      `yaml:"listen"`
+	Port              int           `yaml:"port"`
+	NATTPort          int           `yaml:"natt_port"`
+	ForceEncap        *bool         `yaml:"force_encap"`
+	Shards            int           `yaml:"shards"`
+	CookieThreshold   *int          `yaml:"cookie_threshold"`
+	HalfOpenTimeout   time.Duration `yaml:"half_open_timeout"`
+	RetransmitTimeout time.Duration `yaml:"retransmit_timeout"`
+	Proposals         []string      `yaml:"proposals"`
+	ESPProposals      []string      `yaml:"esp_proposals"`
+	AllowWeak         bool          `yaml:"allow_weak"`
+	FragmentSize      int           `yaml:"fragment_size"`
+}
+
+type IdentityConfig struct {
+	ID       string `yaml:"id"`
+	Cert     string `yaml:"cert"`
+	Key      string `yaml:"key"`
+	SendCert string `yaml:"send_cert"`
+}
+
+type AuthConfig struct {
+	CAs  []string    `yaml:"cas"`
+	CRLs []string    `yaml:"crls"`
+	PSKs []PSKConfig `yaml:"psks"`
+}
+
+type PSKConfig struct {
+	ID         string `yaml:"id"`
+	Secret     string `yaml:"secret"`
+	SecretHex  string `yaml:"secret_hex"`
+	SecretFile string `yaml:"secret_file"`
+}
+
+type ChildrenConfig struct {
+	LocalTS  []string `yaml:"local_ts"`
+	RemoteTS []string `yaml:"remote_ts"`
+	Pool     string   `yaml:"pool"`
+	DNS      []string `yaml:"dns"`
+}
+
+type DataPlaneConfig struct {
+	Mode string `yaml:"mode"`
+}
+
+// FieldError is a configuration error at a named field.
+type FieldError struct {
+	Field string // dotted path, e.g. auth.psks[2].secret
+	Err   error
+}
+
+func (e *FieldError) Error() string { return e.Field + ": " + e.Err.Error() }
+func (e *FieldError) Unwrap() error { return e.Err }
+
+func fieldErr(field, format string, args ...any) error {
+	return &FieldError{Field: field, Err: fmt.Errorf(format, args...)}
+}
+
+// DefaultConfig is the configuration with no file: one node, PSK-less,
+// listening on all addresses.
+func DefaultConfig() Config {
+	t := true
+	th := 1000
+	return Config{
+		Log: LogConfig{Level: "info", Format: "json"},
+		IKE: IKEConfig{
+			Listen: []string{"0.0.0.0"}, Port: 500, NATTPort: 4500, ForceEncap: &t, CookieThreshold: &th,
+			HalfOpenTimeout: 30 * time.Second, RetransmitTimeout: 2 * time.Second,
+			Proposals: []string{
+				"aes256gcm16-prfsha256-x25519", "aes256gcm16-prfsha384-ecp384", "aes128gcm16-prfsha256-ecp256",
+				"chacha20poly1305-prfsha256-x25519", "aes256-sha256-modp2048",
+			},
+			ESPProposals: []string{"aes256gcm16", "aes128gcm16", "chacha20poly1305", "aes256-sha256"},
+		},
+		Identity:  IdentityConfig{SendCert: "always"},
+		DataPlane: DataPlaneConfig{Mode: "memory"},
+	}
+}
+
+// LoadConfig reads and validates a YAML configuration file. Unknown fields
+// are errors; every error names its field.
+func LoadConfig(path string) (Config, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return Config{}, err
+	}
+	return ParseConfig(data)
+}
+
+var lineRE = regexp.MustCompile(`line (\d+): (.*)`)
+
+// ParseConfig parses YAML over DefaultConfig and validates the result.
+func ParseConfig(data []byte) (Config, error) {
+	cfg := DefaultConfig()
+	var root yaml.Node
+	if err := yaml.Unmarshal(data, &root); err != nil {
+		return Config{}, fmt.Errorf("config: %w", err)
+	}
+	dec := yaml.NewDecoder(bytes.NewReader(data))
+	dec.KnownFields(true)
+	if err := dec.Decode(&cfg); err != nil && !errors.Is(err, io.EOF) {
+		var te *yaml.TypeError
+		if errors.As(err, &te) && len(te.Errors) > 0 {
+			// Name the field: map yaml's line numbers back to key paths.
+			if m := lineRE.FindStringSubmatch(te.Errors[0]); m != nil {
+				line, _ := strconv.Atoi(m[1])
+				if p := pathAtLine(&root, line); p != "" {
+					msg := m[2]
+					msg = strings.Replace(msg, " in type concentrator.", " in ", 1)
+					return Config{}, &FieldError{Field: p, Err: errors.New(msg)}
+				}
+			}
+		}
+		return Config{}, fmt.Errorf("config: %w", err)
+	}
+	if err := cfg.Validate(); err != nil {
+		return Config{}, err
+	}
+	return cfg, nil
+}
+
+// pathAtLine returns the dotted key path of the YAML node at line.
+func pathAtLine(n *yaml.Node, line int) string {
+	var walk func(n *yaml.Node, path string) string
+	walk = func(n *yaml.Node, path string) string {
+		switch n.Kind {
+		case yaml.DocumentNode:
+			for _, c := range n.Content {
+				if p := walk(c, path); p != "" {
+					return p
+				}
+			}
+		case yaml.MappingNode:
+			for i := 0; i+1 < len(n.Content); i += 2 {
+				k, v := n.Content[i], n.Content[i+1]
+				p := k.Value
+				if path != "" {
+					p = path + "." + k.Value
+				}
+				if k.Line == line {
+					return p
+				}
+				if r := walk(v, p); r != "" {
+					return r
+				}
+			}
+		case yaml.SequenceNode:
+			for i, c := range n.Content {
+				p := fmt.Sprintf("%s[%d]", path, i)
+				if c.Line == line && c.Kind == yaml.ScalarNode {
+					return p
+				}
+				if r := walk(c, p); r != "" {
+					return r
+				}
+			}
+		}
+		return ""
+	}
+	return walk(n, "")
+}
+
+// Validate checks every field; the error names the first bad one.
+func (c *Config) Validate() error {
+	switch c.Log.Level {
+	case "debug", "info", "warn", "error":
+	default:
+		return fieldErr("log.level", "must be debug, info, warn or error, not %q", c.Log.Level)
+	}
+	switch c.Log.Format {
+	case "json", "text":
+	default:
+		return fieldErr("log.format", "must be json or text, not %q", c.Log.Format)
+	}
+	if len(c.IKE.Listen) == 0 {
+		return fieldErr("ike.listen", "needs at least one address")
+	}
+	for i, a := range c.IKE.Listen {
+		if _, err := netip.ParseAddr(a); err != nil {
+			return fieldErr(fmt.Sprintf("ike.listen[%d]", i), "not an IP address: %q", a)
+		}
+	}
+	if c.IKE.Port < 0 || c.IKE.Port > 65535 {
+		return fieldErr("ike.port", "out of range: %d", c.IKE.Port)
+	}
+	if c.IKE.NATTPort < 0 || c.IKE.NATTPort > 65535 || (c.IKE.NATTPort == c.IKE.Port && c.IKE.Port != 0) {
+		return fieldErr("ike.natt_port", "must be a port other than ike.port: %d", c.IKE.NATTPort)
+	}
+	if c.IKE.Shards < 0 || c.IKE.Shards > 256 {
+		return fieldErr("ike.shards", "must be 0 (one per CPU) to 256: %d", c.IKE.Shards)
+	}
+	if c.IKE.CookieThreshold != nil && *c.IKE.CookieThreshold < 0 {
+		return fieldErr("ike.cookie_threshold", "must not be negative")
+	}
+	if c.IKE.HalfOpenTimeout <= 0 {
+		return fieldErr("ike.half_open_timeout", "must be positive")
+	}
+	if c.IKE.RetransmitTimeout <= 0 {
+		return fieldErr("ike.retransmit_timeout", "must be positive")
+	}
+	if c.IKE.FragmentSize != 0 && (c.IKE.FragmentSize < 576 || c.IKE.FragmentSize > 65000) {
+		return fieldErr("ike.fragment_size", "must be 576 to 65000: %d", c.IKE.FragmentSize)
+	}
+	if _, err := c.ikeProposals(); err != nil {
+		return err
+	}
+	if _, err := c.espProposals(); err != nil {
+		return err
+	}
+	if c.Identity.ID == "" {
+		return fieldErr("identity.id", "required")
+	}
+	if _, err := parseIdentity(c.Identity.ID); err != nil {
+		return fieldErr("identity.id", "%v", err)
+	}
+	if (c.Identity.Cert == "") != (c.Identity.Key == "") {
+		return fieldErr("identity.key", "identity.cert and identity.key go together")
+	}
+	switch c.Identity.SendCert {
+	case "always", "ifasked":
+	default:
+		return fieldErr("identity.send_cert", "must be always or ifasked, not %q", c.Identity.SendCert)
+	}
+	seen := map[string]bool{}
+	for i, p := range c.Auth.PSKs {
+		f := fmt.Sprintf("auth.psks[%d]", i)
+		if p.ID == "" {
+			return fieldErr(f+".id", "required")
+		}
+		id, err := parseIdentity(p.ID)
+		if err != nil {
+			return fieldErr(f+".id", "%v", err)
+		}
+		if seen[id.String()] {
+			return fieldErr(f+".id", "duplicate identity %q", p.ID)
+		}
+		seen[id.String()] = true
+		n := 0
+		for _, s := range []string{p.Secret, p.SecretHex, p.SecretFile} {
+			if s != "" {
+				n++
+			}
+		}
+		if n != 1 {
+			return fieldErr(f+".secret", "exactly one of secret, secret_hex, secret_file is required")
+		}
+		if _, err := p.secret(); err != nil {
+			return fieldErr(f+".secret", "%v", err)
+		}
+	}
+	if c.Identity.Cert == "" && len(c.Auth.PSKs) == 0 && c.Identity.ID != "" && len(c.Auth.CAs) > 0 {
+		return fieldErr("identity.cert", "auth.cas is set but we have no certificate to authenticate ourselves with")
+	}
+	if len(c.Children.LocalTS) == 0 {
+		return fieldErr("children.local_ts", "needs at least one subnet")
+	}
+	for i, s := range c.Children.LocalTS {
+		if _, err := netip.ParsePrefix(s); err != nil {
+			return fieldErr(fmt.Sprintf("children.local_ts[%d]", i), "not a subnet: %q", s)
+		}
+	}
+	for i, s := range c.Children.RemoteTS {
+		if _, err := netip.ParsePrefix(s); err != nil {
+			return fieldErr(fmt.Sprintf("children.remote_ts[%d]", i), "not a subnet: %q", s)
+		}
+	}
+	if len(c.Children.RemoteTS) == 0 && c.Children.Pool == "" {
+		return fieldErr("children.remote_ts", "needs at least one subnet (or set children.pool)")
+	}
+	if c.Children.Pool != "" {
+		p, err := netip.ParsePrefix(c.Children.Pool)
+		if err != nil || !p.Addr().Is4() || p.Bits() > 30 {
+			return fieldErr("children.pool", "must be an IPv4 subnet of /30 or larger: %q", c.Children.Pool)
+		}
+	}
+	for i, s := range c.Children.DNS {
+		if _, err := netip.ParseAddr(s); err != nil {
+			return fieldErr(fmt.Sprintf("children.dns[%d]", i), "not an IP address: %q", s)
+		}
+	}
+	switch c.DataPlane.Mode {
+	case "memory":
+	default:
+		return fieldErr("dataplane.mode", "must be memory (xfrm and userspace are not built yet), not %q", c.DataPlane.Mode)
+	}
+	return nil
+}
+
+func (p PSKConfig) secret() ([]byte, error) {
+	switch {
+	case p.Secret != "":
+		return []byte(p.Secret), nil
+	case p.SecretHex != "":
+		b, err := decodeHex(p.SecretHex)
+		if err != nil {
+			return nil, fmt.Errorf("secret_hex: %v", err)
+		}
+		return b, nil
+	default:
+		b, err := os.ReadFile(p.SecretFile)
+		if err != nil {
+			return nil, fmt.Errorf("secret_file: %v", err)
+		}
+		b = bytes.TrimRight(b, "\r\n")
+		if len(b) == 0 {
+			return nil, fmt.Errorf("secret_file %s is empty", p.SecretFile)
+		}
+		return b, nil
+	}
+}

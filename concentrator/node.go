@@ -1,0 +1,420 @@
+// Package concentrator runs a concentrator node: UDP socket loops, the IKE
+// engine sharded across cores, the data plane, and the wiring between them.
+package concentrator
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"hash/maphash"
+	"log/slog"
+	"math/bits"
+	"net"
+	"net/netip"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/ikefleet/ikefleet/concentrator/dataplane"
+	"github.com/ikefleet/ikefleet/concentrator/ike"
+)
+
+// Implementation limits of the socket loop.
+const (
+	shardQueueLen = 4096  // packets waiting per shard before we drop
+	maxDatagram   = 65535 // UDP payload
+	spiShardShift = 44    // IKE SPI bits 44..51 name the shard
+	spiShardMask  = uint64(0xff) << spiShardShift
+)
+
+// Node is one concentrator node.
+type Node struct {
+	cfg    Config
+	log    *slog.Logger
+	dp     dataplane.DataPlane
+	ecfg   ike.Config
+	shards []*shard
+	seed   maphash.Seed
+
+	mu    sync.Mutex
+	conns map[netip.AddrPort]*net.UDPConn
+	ready chan struct{}
+
+	queueDrops  atomic.Uint64
+	nonIKEDrops atomic.Uint64
+	keepalives  atomic.Uint64
+}
+
+type shard struct {
+	id    int
+	eng   *ike.Engine
+	in    chan ike.Packet
+	calls chan func()
+}
+
+// New builds a node from a validated configuration. It loads keys,
+// certificates and PSKs; errors name the configuration field.
+func New(cfg Config, log *slog.Logger, dp dataplane.DataPlane) (*Node, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	ecfg, err := cfg.engineConfig()
+	if err != nil {
+		return nil, err
+	}
+	n := &Node{cfg: cfg, log: log, dp: dp, ecfg: ecfg, seed: maphash.MakeSeed(),
+		conns: map[netip.AddrPort]*net.UDPConn{}, ready: make(chan struct{})}
+	ns := cfg.shards()
+	espBits := bits.Len(uint(ns - 1))
+	perShard := ecfg.CookieThreshold
+	if perShard > 0 {
+		perShard = (perShard + ns - 1) / ns
+	}
+	for i := 0; i < ns; i++ {
+		sc := ecfg
+		sc.Rand = rand.Reader
+		sc.CookieThreshold = perShard
+		sc.SPITagMask = spiShardMask
+		sc.SPITag = uint64(i) << spiShardShift
+		if espBits > 0 {
+			sc.ESPSPITagMask = uint32((1<<espBits)-1) << (32 - espBits)
+			sc.ESPSPITag = uint32(i) << (32 - espBits)
+		}
+		eng, err := ike.NewEngine(sc)
+		if err != nil {
+			return nil, err
+		}
+		n.shards = append(n.shards, &shard{id: i, eng: eng, in: make(chan ike.Packet, shardQueueLen), calls: make(chan func())})
+	}
+	return n, nil
+}
+
+// Ready is closed once the sockets are bound.
+func (n *Node) Ready() <-chan struct{} { return n.ready }
+
+// Addrs returns the bound socket addresses.
+func (n *Node) Addrs() []netip.AddrPort {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	out := make([]netip.AddrPort, 0, len(n.conns))
+	for a := range n.conns {
+		out = append(out, a)
+	}
+	return out
+}
+
+// Run binds the sockets and serves until ctx is cancelled. Established SAs
+// are not deleted on shutdown: a node that stops is not a peer that left.
+func (n *Node) Run(ctx context.Context) error {
+	var conns []*net.UDPConn
+	for _, a := range n.cfg.IKE.Listen {
+		addr := netip.MustParseAddr(a)
+		for _, port := range []int{n.cfg.IKE.Port, n.cfg.IKE.NATTPort} {
+			c, err := net.ListenUDP("udp", net.UDPAddrFromAddrPort(netip.AddrPortFrom(addr, uint16(port))))
+			if err != nil {
+				for _, c := range conns {
+					c.Close()
+				}
+				return fmt.Errorf("listen %s port %d: %w", a, port, err)
+			}
+			conns = append(conns, c)
+			local := c.LocalAddr().(*net.UDPAddr).AddrPort()
+			n.mu.Lock()
+			n.conns[netip.AddrPortFrom(local.Addr().Unmap(), local.Port())] = c
+			n.mu.Unlock()
+		}
+	}
+	n.log.Info("listening", "node", n.cfg.Node.ID, "addrs", fmt.Sprint(n.Addrs()), "shards", len(n.shards),
+		"dataplane", n.dp.Name(), "identity", n.ecfg.Local.ID.String())
+	close(n.ready)
+
+	var wg sync.WaitGroup
+	for _, s := range n.shards {
+		wg.Add(1)
+		go func() { defer wg.Done(); n.runShard(ctx, s) }()
+	}
+	var readers sync.WaitGroup
+	for _, c := range conns {
+		readers.Add(1)
+		go func() { defer readers.Done(); n.readLoop(c) }()
+	}
+	<-ctx.Done()
+	for _, c := range conns {
+		c.Close()
+	}
+	readers.Wait()
+	wg.Wait()
+	n.log.Info("stopped", "node", n.cfg.Node.ID)
+	return nil
+}
+
+func (n *Node) readLoop(c *net.UDPConn) {
+	local := c.LocalAddr().(*net.UDPAddr).AddrPort()
+	local = netip.AddrPortFrom(local.Addr().Unmap(), local.Port())
+	natt := local.Port() == uint16(n.cfg.IKE.NATTPort)
+	buf := make([]byte, maxDatagram)
+	for {
+		nb, remote, err := c.ReadFromUDPAddrPort(buf)
+		if err != nil {
+			if errors.Is(err, net.ErrClosed) {
+				return
+			}
+			n.log.Warn("read failed", "local", local.String(), "err", err)
+			continue
+		}
+		b := buf[:nb]
+		if natt {
+			switch {
+			case nb == 1 && b[0] == 0xff:
+				n.keepalives.Add(1) // NAT-T keepalive (RFC 3948 §2.3)
+				continue
+			case nb >= 4 && binary.BigEndian.Uint32(b) == 0:
+				b = b[4:] // non-ESP marker: IKE
+			default:
+				n.nonIKEDrops.Add(1) // ESP: the data plane's, not ours
+				continue
+			}
+		}
+		s := n.shardFor(b)
+		if s == nil {
+			n.nonIKEDrops.Add(1)
+			continue
+		}
+		pkt := ike.Packet{Local: local, Remote: netip.AddrPortFrom(remote.Addr().Unmap(), remote.Port()), Data: append([]byte(nil), b...)}
+		select {
+		case s.in <- pkt:
+		default:
+			n.queueDrops.Add(1)
+		}
+	}
+}
+
+// shardFor routes a message to the shard owning its SA: by our SPI's shard
+// bits, or for a new IKE_SA_INIT by a hash of the initiator's SPI.
+func (n *Node) shardFor(b []byte) *shard {
+	if len(b) < 28 {
+		return nil
+	}
+	spii := binary.BigEndian.Uint64(b[0:])
+	spir := binary.BigEndian.Uint64(b[8:])
+	fromInitiator := b[19]&ike.FlagInitiator != 0
+	var idx uint64
+	switch {
+	case fromInitiator && spir == 0:
+		idx = maphash.Comparable(n.seed, spii) % uint64(len(n.shards))
+	case fromInitiator:
+		idx = (spir & spiShardMask) >> spiShardShift
+	default:
+		idx = (spii & spiShardMask) >> spiShardShift
+	}
+	if idx >= uint64(len(n.shards)) {
+		return nil
+	}
+	return n.shards[idx]
+}
+
+func (n *Node) runShard(ctx context.Context, s *shard) {
+	timer := time.NewTimer(time.Hour)
+	defer timer.Stop()
+	var acts []ike.Action
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case pkt := <-s.in:
+			acts = s.eng.Handle(time.Now(), pkt, acts[:0])
+		case f := <-s.calls:
+			f()
+		case <-timer.C:
+			acts = s.eng.Tick(time.Now(), acts[:0])
+		}
+		n.perform(ctx, s, acts)
+		clear(acts)
+		acts = acts[:0]
+		timer.Stop()
+		if d := s.eng.NextDeadline(); !d.IsZero() {
+			timer.Reset(time.Until(d))
+		}
+	}
+}
+
+// do runs f on the shard's goroutine and waits for it.
+func (n *Node) do(ctx context.Context, s *shard, f func()) error {
+	done := make(chan struct{})
+	select {
+	case s.calls <- func() { f(); close(done) }:
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+	<-done
+	return nil
+}
+
+func (n *Node) perform(ctx context.Context, s *shard, acts []ike.Action) {
+	for _, a := range acts {
+		switch a := a.(type) {
+		case ike.Send:
+			n.send(a)
+		case ike.InstallChild:
+			if err := n.dp.Install(ctx, toDataplane(a)); err != nil {
+				n.log.Error("CHILD_SA install failed", childAttrs(a.SPIi, a.SPIr, a.PeerID, a.Child, "err", err)...)
+			}
+		case ike.RemoveChild:
+			if err := n.dp.Remove(ctx, a.Child.InSPI); err != nil {
+				n.log.Error("CHILD_SA remove failed", childAttrs(a.SPIi, a.SPIr, ike.Identity{}, a.Child, "err", err)...)
+			}
+		case ike.Event:
+			n.logEvent(s, a)
+		}
+	}
+}
+
+func (n *Node) send(a ike.Send) {
+	n.mu.Lock()
+	c := n.conns[a.Local]
+	if c == nil {
+		// Bound to the wildcard address: find the socket by port.
+		for addr, conn := range n.conns {
+			if addr.Port() == a.Local.Port() && addr.Addr().IsUnspecified() {
+				c = conn
+				break
+			}
+		}
+	}
+	n.mu.Unlock()
+	if c == nil {
+		n.log.Warn("no socket to send from", "local", a.Local.String(), "remote", a.Remote.String())
+		return
+	}
+	natt := a.Local.Port() == uint16(n.cfg.IKE.NATTPort)
+	for _, m := range a.Messages {
+		if natt {
+			m = append([]byte{0, 0, 0, 0}, m...)
+		}
+		if _, err := c.WriteToUDPAddrPort(m, a.Remote); err != nil {
+			n.log.Warn("send failed", "local", a.Local.String(), "remote", a.Remote.String(), "err", err)
+		}
+	}
+}
+
+func (n *Node) logEvent(s *shard, ev ike.Event) {
+	attrs := []any{"spi_i", fmt.Sprintf("%016x", ev.SPIi), "spi_r", fmt.Sprintf("%016x", ev.SPIr),
+		"peer", ev.Remote.String(), "shard", s.id}
+	if !ev.PeerID.IsZero() {
+		attrs = append(attrs, "peer_id", ev.PeerID.String())
+	}
+	if ev.Proposal != "" {
+		attrs = append(attrs, "proposal", ev.Proposal)
+	}
+	if ev.Notify != 0 {
+		attrs = append(attrs, "notify", ev.Notify.String())
+	}
+	if ev.Reason != "" {
+		attrs = append(attrs, "reason", ev.Reason)
+	}
+	if c := ev.Child; c != nil {
+		attrs = append(attrs, "spi_in", fmt.Sprintf("%08x", c.InSPI), "spi_out", fmt.Sprintf("%08x", c.OutSPI),
+			"ts_local", ike.FormatSelectors(c.LocalTS), "ts_remote", ike.FormatSelectors(c.RemoteTS),
+			"esp", c.Proposal.String(), "encap", c.Encap)
+		if c.VirtualIP.IsValid() {
+			attrs = append(attrs, "vip", c.VirtualIP.String())
+		}
+	}
+	switch ev.Kind {
+	case ike.EventDropped:
+		n.log.Debug(ev.Kind.String(), attrs...)
+	case ike.EventIKEFailed, ike.EventChildFailed:
+		n.log.Warn(ev.Kind.String(), attrs...)
+	default:
+		n.log.Info(ev.Kind.String(), attrs...)
+	}
+}
+
+func childAttrs(spii, spir uint64, peer ike.Identity, c *ike.ChildSA, extra ...any) []any {
+	a := []any{"spi_i", fmt.Sprintf("%016x", spii), "spi_r", fmt.Sprintf("%016x", spir),
+		"spi_in", fmt.Sprintf("%08x", c.InSPI), "spi_out", fmt.Sprintf("%08x", c.OutSPI)}
+	if !peer.IsZero() {
+		a = append(a, "peer_id", peer.String())
+	}
+	return append(a, extra...)
+}
+
+func toDataplane(a ike.InstallChild) *dataplane.ChildSA {
+	c := a.Child
+	conv := func(ts []ike.TrafficSelector) []dataplane.Selector {
+		out := make([]dataplane.Selector, len(ts))
+		for i, t := range ts {
+			out[i] = dataplane.Selector{Start: t.Start, End: t.End, IPProto: t.IPProto, StartPort: t.StartPort, EndPort: t.EndPort}
+		}
+		return out
+	}
+	return &dataplane.ChildSA{
+		InSPI: c.InSPI, OutSPI: c.OutSPI, Local: c.Local, Remote: c.Remote, Encap: c.Encap,
+		EncrID: c.Proposal.Encr.ID, EncrKeyBits: c.Proposal.Encr.KeyLen, IntegID: c.Proposal.Integ,
+		ESN:     c.Proposal.ESN == 1,
+		In:      dataplane.Keys{Encr: c.KeyIn.Encr, Integ: c.KeyIn.Integ},
+		Out:     dataplane.Keys{Encr: c.KeyOut.Encr, Integ: c.KeyOut.Integ},
+		LocalTS: conv(c.LocalTS), RemoteTS: conv(c.RemoteTS), VirtualIP: c.VirtualIP,
+		PeerID: a.PeerID.String(), IKESPIi: a.SPIi, IKESPIr: a.SPIr, Created: c.Created,
+	}
+}
+
+// SAInfo is a snapshot of one IKE SA for operators and tests.
+type SAInfo struct {
+	SPIi, SPIr uint64
+	State      string
+	Initiator  bool
+	Local      netip.AddrPort
+	Remote     netip.AddrPort
+	PeerID     string
+	Proposal   string
+	Children   []ike.ChildSA
+}
+
+// SAs returns a snapshot of every IKE SA on every shard.
+func (n *Node) SAs(ctx context.Context) ([]SAInfo, error) {
+	var out []SAInfo
+	for _, s := range n.shards {
+		err := n.do(ctx, s, func() {
+			s.eng.Each(func(sa *ike.IKESA) bool {
+				info := SAInfo{SPIi: sa.SPIi, SPIr: sa.SPIr, State: sa.State(), Initiator: sa.IsInitiator(),
+					Local: sa.Local, Remote: sa.Remote, PeerID: sa.PeerID.String()}
+				if p := sa.Proposal(); p != nil {
+					info.Proposal = p.String()
+				}
+				for _, c := range sa.Children() {
+					info.Children = append(info.Children, *c)
+				}
+				out = append(out, info)
+				return true
+			})
+		})
+		if err != nil {
+			return nil, err
+		}
+	}
+	return out, nil
+}
+
+// Stats sums the engine counters of all shards.
+func (n *Node) Stats(ctx context.Context) (ike.Stats, error) {
+	total := ike.Stats{Failed: map[ike.NotifyType]uint64{}}
+	for _, s := range n.shards {
+		var st ike.Stats
+		if err := n.do(ctx, s, func() { st = s.eng.Stats() }); err != nil {
+			return total, err
+		}
+		total.HalfOpen += st.HalfOpen
+		total.Established += st.Established
+		total.CookiesSent += st.CookiesSent
+		total.Dropped += st.Dropped
+		total.Retransmits += st.Retransmits
+		total.DuplicateRequests += st.DuplicateRequests
+		for k, v := range st.Failed {
+			total.Failed[k] += v
+		}
+	}
+	return total, nil
+}
