@@ -223,6 +223,7 @@ func (c *Config) Validate() error {
 		return fieldErr("ike.port", "out of range: %d", c.IKE.Port)
 	}
 	if c.IKE.NATTPort < 0 || c.IKE.NATTPort > 65535 || (c.IKE.NATTPort == c.IKE.Port && c.IKE.Port != 0) {
+		// Port 0 (ephemeral) is for tests.
 		return fieldErr("ike.natt_port", "must be a port other than ike.port: %d", c.IKE.NATTPort)
 	}
 	if c.IKE.Shards < 0 || c.IKE.Shards > 256 {

@@ -38,9 +38,12 @@ type Node struct {
 	shards []*shard
 	seed   maphash.Seed
 
-	mu    sync.Mutex
-	conns map[netip.AddrPort]*net.UDPConn
-	ready chan struct{}
+	mu       sync.Mutex
+	conns    map[netip.AddrPort]*net.UDPConn
+	natt     map[netip.AddrPort]bool // sockets on the NAT-T port
+	ready    chan struct{}
+	ikeAddr  netip.AddrPort
+	nattAddr netip.AddrPort
 
 	queueDrops  atomic.Uint64
 	nonIKEDrops atomic.Uint64
@@ -65,7 +68,7 @@ func New(cfg Config, log *slog.Logger, dp dataplane.DataPlane) (*Node, error) {
 		return nil, err
 	}
 	n := &Node{cfg: cfg, log: log, dp: dp, ecfg: ecfg, seed: maphash.MakeSeed(),
-		conns: map[netip.AddrPort]*net.UDPConn{}, ready: make(chan struct{})}
+		conns: map[netip.AddrPort]*net.UDPConn{}, natt: map[netip.AddrPort]bool{}, ready: make(chan struct{})}
 	ns := cfg.shards()
 	espBits := bits.Len(uint(ns - 1))
 	perShard := ecfg.CookieThreshold
@@ -94,6 +97,20 @@ func New(cfg Config, log *slog.Logger, dp dataplane.DataPlane) (*Node, error) {
 // Ready is closed once the sockets are bound.
 func (n *Node) Ready() <-chan struct{} { return n.ready }
 
+// IKEAddr and NATTAddr return the first bound IKE and NAT-T socket
+// addresses (useful with port 0).
+func (n *Node) IKEAddr() netip.AddrPort {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	return n.ikeAddr
+}
+
+func (n *Node) NATTAddr() netip.AddrPort {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	return n.nattAddr
+}
+
 // Addrs returns the bound socket addresses.
 func (n *Node) Addrs() []netip.AddrPort {
 	n.mu.Lock()
@@ -111,7 +128,7 @@ func (n *Node) Run(ctx context.Context) error {
 	var conns []*net.UDPConn
 	for _, a := range n.cfg.IKE.Listen {
 		addr := netip.MustParseAddr(a)
-		for _, port := range []int{n.cfg.IKE.Port, n.cfg.IKE.NATTPort} {
+		for i, port := range []int{n.cfg.IKE.Port, n.cfg.IKE.NATTPort} {
 			c, err := net.ListenUDP("udp", net.UDPAddrFromAddrPort(netip.AddrPortFrom(addr, uint16(port))))
 			if err != nil {
 				for _, c := range conns {
@@ -121,8 +138,15 @@ func (n *Node) Run(ctx context.Context) error {
 			}
 			conns = append(conns, c)
 			local := c.LocalAddr().(*net.UDPAddr).AddrPort()
+			local = netip.AddrPortFrom(local.Addr().Unmap(), local.Port())
 			n.mu.Lock()
-			n.conns[netip.AddrPortFrom(local.Addr().Unmap(), local.Port())] = c
+			n.conns[local] = c
+			n.natt[local] = i == 1
+			if !n.ikeAddr.IsValid() && i == 0 {
+				n.ikeAddr = local
+			} else if !n.nattAddr.IsValid() && i == 1 {
+				n.nattAddr = local
+			}
 			n.mu.Unlock()
 		}
 	}
@@ -153,7 +177,9 @@ func (n *Node) Run(ctx context.Context) error {
 func (n *Node) readLoop(c *net.UDPConn) {
 	local := c.LocalAddr().(*net.UDPAddr).AddrPort()
 	local = netip.AddrPortFrom(local.Addr().Unmap(), local.Port())
-	natt := local.Port() == uint16(n.cfg.IKE.NATTPort)
+	n.mu.Lock()
+	natt := n.natt[local]
+	n.mu.Unlock()
 	buf := make([]byte, maxDatagram)
 	for {
 		nb, remote, err := c.ReadFromUDPAddrPort(buf)
@@ -273,12 +299,12 @@ func (n *Node) perform(ctx context.Context, s *shard, acts []ike.Action) {
 
 func (n *Node) send(a ike.Send) {
 	n.mu.Lock()
-	c := n.conns[a.Local]
+	c, natt := n.conns[a.Local], n.natt[a.Local]
 	if c == nil {
 		// Bound to the wildcard address: find the socket by port.
 		for addr, conn := range n.conns {
 			if addr.Port() == a.Local.Port() && addr.Addr().IsUnspecified() {
-				c = conn
+				c, natt = conn, n.natt[addr]
 				break
 			}
 		}
@@ -288,7 +314,6 @@ func (n *Node) send(a ike.Send) {
 		n.log.Warn("no socket to send from", "local", a.Local.String(), "remote", a.Remote.String())
 		return
 	}
-	natt := a.Local.Port() == uint16(n.cfg.IKE.NATTPort)
 	for _, m := range a.Messages {
 		if natt {
 			m = append([]byte{0, 0, 0, 0}, m...)
