@@ -57,8 +57,8 @@ func loadOptions(t *testing.T, n *Node, count int) loadtest.Options {
 		Server: n.IKEAddr(), ServerNATT: n.NATTAddr().Port(), Source: netip.MustParseAddr("127.0.0.1"),
 		IDTemplate: "gw{n}@iot.example", RemoteID: "conc.example", PSK: []byte("psk-{n}"),
 		IKEProposals: []ike.ProposalSpec{ikep}, ESPProposals: []ike.ProposalSpec{esp},
-		LocalTS:  []ike.TrafficSelector{ike.SelectorFromPrefix(netip.MustParsePrefix("0.0.0.0/0"))},
-		RemoteTS: []ike.TrafficSelector{ike.SelectorFromPrefix(netip.MustParsePrefix("10.30.0.0/24"))},
+		LocalTS:    []ike.TrafficSelector{ike.SelectorFromPrefix(netip.MustParsePrefix("0.0.0.0/0"))},
+		RemoteTS:   []ike.TrafficSelector{ike.SelectorFromPrefix(netip.MustParsePrefix("10.30.0.0/24"))},
 		RequestVIP: true, Count: count, Timeout: 20 * time.Second,
 	}
 }
