@@ -260,7 +260,7 @@ func (n *Node) runShard(ctx context.Context, s *shard) {
 		clear(acts)
 		acts = acts[:0]
 		timer.Stop()
-		if d := s.eng.NextDeadline(); !d.IsZero() {
+		if d := s.eng.NextDeadline(time.Now()); !d.IsZero() {
 			timer.Reset(time.Until(d))
 		}
 	}

@@ -251,7 +251,7 @@ func Run(ctx context.Context, o Options) (Report, error) {
 			break
 		}
 		wake := deadline
-		if d := eng.NextDeadline(); !d.IsZero() && d.Before(wake) {
+		if d := eng.NextDeadline(time.Now()); !d.IsZero() && d.Before(wake) {
 			wake = d
 		}
 		if started < o.Count && nextStart.Before(wake) {

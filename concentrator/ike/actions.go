@@ -67,6 +67,9 @@ const (
 	EventChildFailed
 	EventCookieSent
 	EventDropped // a message dropped (malformed, unknown SA, integrity)
+	EventChildRekeyed
+	EventIKERekeyed
+	EventDPD // a liveness check sent
 )
 
 var eventNames = [...]string{
@@ -78,6 +81,9 @@ var eventNames = [...]string{
 	EventChildFailed:    "CHILD_SA failed",
 	EventCookieSent:     "cookie demanded",
 	EventDropped:        "message dropped",
+	EventChildRekeyed:   "CHILD_SA rekeyed",
+	EventIKERekeyed:     "IKE_SA rekeyed",
+	EventDPD:            "liveness check",
 }
 
 func (k EventKind) String() string {
@@ -103,4 +109,14 @@ type ChildSA struct {
 	Encap             bool
 	VirtualIP         netip.Addr // the peer's virtual IP, if one was assigned
 	Created           time.Time
+
+	rekeyAt    time.Time // when we start rekeying it; zero: not us
+	rekeying   bool      // our CREATE_CHILD_SA for it is outstanding
+	replacedBy *ChildSA  // rekeyed: the successor; this one awaits its Delete
+	collision  *ChildSA  // the peer rekeyed it while we were rekeying it too
+	// collisionNonce is the lower nonce of the peer's colliding exchange.
+	collisionNonce []byte
 }
+
+// RekeyAt returns when the engine will rekey the CHILD SA (zero: not scheduled).
+func (c *ChildSA) RekeyAt() time.Time { return c.rekeyAt }

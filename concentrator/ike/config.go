@@ -99,6 +99,18 @@ type Config struct {
 	FragmentSize      int // max IKE message size before fragmenting (RFC 7383); 0 = 1280 - IP/UDP headers
 	AllowSHA1Sigs     bool
 
+	// DPDDelay: after this long without an authenticated message from the
+	// peer, send a liveness check (RFC 7296 §2.4); 0 disables.
+	DPDDelay time.Duration
+	// ChildRekey decides when we rekey each CHILD SA we create or accept;
+	// nil: we never start CHILD rekeys (the peer does).
+	ChildRekey RekeyScheduler
+	// IKERekeyAfter: rekey the IKE SA this long after it was established;
+	// 0: never (the peer may).
+	IKERekeyAfter time.Duration
+	// MaxChildren bounds CHILD SAs per IKE SA (NO_ADDITIONAL_SAS beyond).
+	MaxChildren int
+
 	// SPITag/SPITagMask fix bits of every IKE SPI this engine allocates
 	// (node slot and shard: the routing hint of DESIGN.md);
 	// ESPSPITag/ESPSPITagMask the same for inbound ESP SPIs.
@@ -115,6 +127,7 @@ const (
 	DefaultRetransmitTries   = 5
 	DefaultFragmentSize      = 1280 - 20 - 8 - 4 // IPv4 + UDP + non-ESP marker
 	DefaultNATTPort          = 4500
+	DefaultMaxChildren       = 8
 )
 
 func (c *Config) setDefaults() {
@@ -132,5 +145,8 @@ func (c *Config) setDefaults() {
 	}
 	if c.NATTPort == 0 {
 		c.NATTPort = DefaultNATTPort
+	}
+	if c.MaxChildren == 0 {
+		c.MaxChildren = DefaultMaxChildren
 	}
 }

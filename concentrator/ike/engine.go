@@ -1,7 +1,6 @@
 package ike
 
 import (
-	"container/heap"
 	"crypto/hmac"
 	"crypto/sha256"
 	"encoding/binary"
@@ -19,7 +18,7 @@ type Engine struct {
 	sas       map[uint64]*IKESA  // by our IKE SPI
 	initIndex map[initKey]*IKESA // responder half-open SAs by (SPIi, peer)
 	inSPIs    map[uint32]*IKESA  // inbound ESP SPIs in use
-	timers    timerHeap
+	timers    *timerWheel
 	halfOpen  int
 	cookie    [2]cookieSecret // current and previous
 	stats     Stats
@@ -45,6 +44,11 @@ type Stats struct {
 	Dropped           uint64
 	Retransmits       uint64 // requests we retransmitted
 	DuplicateRequests uint64 // retransmitted requests we answered from the cache
+	DPDSent           uint64 // liveness checks sent
+	DPDDead           uint64 // peers declared dead
+	ChildRekeys       uint64 // CHILD SAs rekeyed (either side started)
+	IKERekeys         uint64 // IKE SAs rekeyed
+	RekeyCollisions   uint64 // simultaneous rekeys resolved (RFC 7296 §2.8.1)
 }
 
 const cookieLifetime = 5 * time.Minute
@@ -63,6 +67,7 @@ func NewEngine(cfg Config) (*Engine, error) {
 		sas:       make(map[uint64]*IKESA),
 		initIndex: make(map[initKey]*IKESA),
 		inSPIs:    make(map[uint32]*IKESA),
+		timers:    newTimerWheel(),
 	}
 	e.stats.Failed = make(map[NotifyType]uint64)
 	return e, nil
@@ -132,35 +137,36 @@ func (e *Engine) drop(out []Action, pkt Packet, spii, spir uint64, err error) []
 
 // Tick runs the timers that are due and returns their actions.
 func (e *Engine) Tick(now time.Time, out []Action) []Action {
-	for len(e.timers) > 0 && !e.timers[0].at.After(now) {
-		t := heap.Pop(&e.timers).(timer)
-		sa := e.sas[t.spi]
-		if sa == nil || !sa.deadline.Equal(t.at) {
-			continue // stale entry
+	e.timers.advance(now, func(spi uint64, at time.Time) {
+		sa := e.sas[spi]
+		if sa == nil || sa.deadline != at.UnixNano() {
+			return // stale entry
 		}
-		sa.deadline = time.Time{}
+		sa.deadline = 0
 		out = sa.onTimer(now, e, out)
-	}
+	})
 	return out
 }
 
-// NextDeadline returns when Tick next has work, or the zero time.
-func (e *Engine) NextDeadline() time.Time {
-	for len(e.timers) > 0 {
-		t := e.timers[0]
-		if sa := e.sas[t.spi]; sa != nil && sa.deadline.Equal(t.at) {
-			return t.at
-		}
-		heap.Pop(&e.timers)
-	}
-	return time.Time{}
+// NextDeadline returns when Tick next has work, or the zero time. It is
+// the timer wheel's next tick while any timer is pending.
+func (e *Engine) NextDeadline(now time.Time) time.Time {
+	t, _ := e.timers.nextTick(now)
+	return t
 }
 
+// schedule sets the SA's single timer to at (zero: none).
 func (e *Engine) schedule(sa *IKESA, at time.Time) {
-	sa.deadline = at
-	if !at.IsZero() {
-		heap.Push(&e.timers, timer{at: at, spi: sa.localSPI()})
+	if at.IsZero() {
+		sa.deadline = 0
+		return
 	}
+	n := at.UnixNano()
+	if sa.deadline == n {
+		return
+	}
+	sa.deadline = n
+	e.timers.add(at, sa.localSPI())
 }
 
 func (e *Engine) read(b []byte) {
@@ -247,24 +253,4 @@ func (e *Engine) currentCookie(now time.Time) *cookieSecret {
 		e.cookie[0].until = now.Add(cookieLifetime)
 	}
 	return &e.cookie[0]
-}
-
-// ---- timer heap ----
-
-type timer struct {
-	at  time.Time
-	spi uint64
-}
-
-type timerHeap []timer
-
-func (h timerHeap) Len() int           { return len(h) }
-func (h timerHeap) Less(i, j int) bool { return h[i].at.Before(h[j].at) }
-func (h timerHeap) Swap(i, j int)      { h[i], h[j] = h[j], h[i] }
-func (h *timerHeap) Push(x any)        { *h = append(*h, x.(timer)) }
-func (h *timerHeap) Pop() any {
-	old := *h
-	t := old[len(old)-1]
-	*h = old[:len(old)-1]
-	return t
 }

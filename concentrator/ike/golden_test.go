@@ -226,7 +226,7 @@ func checkGolden(t *testing.T, g *golden) {
 	}
 	sa.skd = keys.SKd
 	child := &ChildSA{Proposal: *espSel}
-	if err := sa.childKeys(child, nil, k["ni"], k["nr"]); err != nil {
+	if err := sa.childKeys(child, nil, k["ni"], k["nr"], false); err != nil {
 		t.Fatal(err)
 	}
 	// sa.initiator is false: KeyIn is the initiator's direction.

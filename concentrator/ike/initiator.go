@@ -64,9 +64,9 @@ func (sa *IKESA) sendInit(now time.Time, e *Engine, out []Action) []Action {
 	m.Payloads = append(m.Payloads, natNotifies(e, sa.SPIi, 0, sa.Local, sa.Remote, e.cfg.ForceEncap)...)
 	m.Payloads = append(m.Payloads, &Notify{NotifyType: IKEV2_FRAGMENTATION_SUPPORTED}, hashesNotify())
 	sa.initReq = m.Encode()
-	sa.req = &pendingRequest{msgID: 0, exchange: IKE_SA_INIT, packets: [][]byte{sa.initReq}}
+	sa.req = &pendingRequest{msgID: 0, exchange: IKE_SA_INIT, packets: [][]byte{sa.initReq}, retransmitAt: now.Add(e.cfg.RetransmitTimeout)}
 	sa.nextOut = 1
-	e.schedule(sa, now.Add(e.cfg.RetransmitTimeout))
+	sa.reschedule(e)
 	return sa.send(sa.req.packets, out)
 }
 
@@ -224,6 +224,10 @@ func (sa *IKESA) handleAuthResponse(now time.Time, e *Engine, m *Message, out []
 	}
 	sa.state = stateEstablished
 	sa.Establish = now
+	sa.lastRecv = now
+	if e.cfg.IKERekeyAfter > 0 {
+		sa.rekeyIKE = now.Add(e.cfg.IKERekeyAfter)
+	}
 	sa.initReq, sa.initResp = nil, nil
 	e.stats.Established++
 	out = append(out, sa.event(EventIKEEstablished))
@@ -265,10 +269,11 @@ func (sa *IKESA) handleAuthResponse(now time.Time, e *Engine, m *Message, out []
 		LocalTS: a.tsi.Selectors, RemoteTS: a.tsr.Selectors, Local: sa.Local, Remote: sa.Remote,
 		Encap: sa.natLocal || sa.natRemote, VirtualIP: sa.vip, Created: now,
 	}
-	if err := sa.childKeys(c, nil, sa.ni, sa.nr); err != nil {
+	if err := sa.childKeys(c, nil, sa.ni, sa.nr, sa.initiator); err != nil {
 		return childErr(NO_PROPOSAL_CHOSEN, err.Error())
 	}
 	sa.children = append(sa.children, c)
+	sa.scheduleChildRekey(e, c)
 	out = append(out, InstallChild{SPIi: sa.SPIi, SPIr: sa.SPIr, PeerID: sa.PeerID, Child: c})
 	ev := sa.event(EventChildInstalled)
 	ev.Child = c

@@ -124,7 +124,7 @@ func (e *Engine) handleInitRequest(now time.Time, pkt Packet, h Header, out []Ac
 	e.initIndex[initKey{sa.SPIi, sa.initRemote}] = sa
 	sa.halfOpen = true
 	e.halfOpen++
-	e.schedule(sa, now.Add(e.cfg.HalfOpenTimeout))
+	sa.reschedule(e)
 	return append(out, Send{Local: pkt.Local, Remote: pkt.Remote, Messages: [][]byte{sa.initResp}})
 }
 
@@ -193,7 +193,7 @@ func (sa *IKESA) handleAuthRequest(now time.Time, e *Engine, m *Message, out []A
 		e.halfOpen--
 	}
 	delete(e.initIndex, initKey{sa.SPIi, sa.initRemote})
-	e.schedule(sa, time.Time{})
+	sa.lastRecv = now
 	e.stats.Established++
 	out = append(out, sa.event(EventIKEEstablished))
 
@@ -201,12 +201,17 @@ func (sa *IKESA) handleAuthRequest(now time.Time, e *Engine, m *Message, out []A
 	payloads = append(payloads, childPayloads...)
 	out = sa.respond(e, IKE_AUTH, m.MessageID, payloads, out)
 	sa.initReq, sa.initResp = nil, nil // AUTH is done; free what only it needed
+	defer sa.reschedule(e)
 	if cerr != nil {
 		ev := sa.event(EventChildFailed)
 		ev.Notify, ev.Reason = NotifyFor(cerr), cerr.Error()
 		return append(out, ev)
 	}
+	if e.cfg.IKERekeyAfter > 0 {
+		sa.rekeyIKE = now.Add(e.cfg.IKERekeyAfter)
+	}
 	if child != nil {
+		sa.scheduleChildRekey(e, child)
 		out = append(out, InstallChild{SPIi: sa.SPIi, SPIr: sa.SPIr, PeerID: sa.PeerID, Child: child})
 		ev := sa.event(EventChildInstalled)
 		ev.Child = child
@@ -273,7 +278,7 @@ func (sa *IKESA) acceptChild(now time.Time, e *Engine, a authPayloads) (*ChildSA
 		Encap: sa.natLocal || sa.natRemote, VirtualIP: sa.vip, Created: now,
 	}
 	c.InSPI = e.newESPSPI(sa)
-	if err := sa.childKeys(c, nil, sa.ni, sa.nr); err != nil {
+	if err := sa.childKeys(c, nil, sa.ni, sa.nr, sa.initiator); err != nil {
 		delete(e.inSPIs, c.InSPI)
 		return failN(err.(*Error))
 	}

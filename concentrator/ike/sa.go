@@ -20,10 +20,11 @@ const (
 	stateAuthSent                       // initiator: IKE_AUTH request sent
 	stateEstablished                    // authenticated
 	stateDeleting                       // we sent a Delete for the IKE SA
+	stateRekeyed                        // replaced by a rekeyed IKE SA, waiting for its Delete
 	stateDead                           // removed from the table
 )
 
-var stateNames = [...]string{"", "INIT_SENT", "INIT_DONE", "AUTH_SENT", "ESTABLISHED", "DELETING", "DEAD"}
+var stateNames = [...]string{"", "INIT_SENT", "INIT_DONE", "AUTH_SENT", "ESTABLISHED", "DELETING", "REKEYED", "DEAD"}
 
 func (s saState) String() string { return stateNames[s] }
 
@@ -61,7 +62,9 @@ type IKESA struct {
 	nextIn    uint32   // message ID of the peer's next request
 	lastResp  [][]byte // our last response, for retransmitted requests
 	req       *pendingRequest
-	deadline  time.Time
+	deadline  int64 // UnixNano of the SA's timer in the wheel; 0: none
+	lastRecv  time.Time
+	rekeyIKE  time.Time // when we rekey the IKE SA; zero: never
 	created   time.Time
 	frags     *reassembly
 	Establish time.Time
@@ -75,11 +78,15 @@ type IKESA struct {
 }
 
 type pendingRequest struct {
-	msgID     uint32
-	exchange  ExchangeType
-	packets   [][]byte
-	tries     int
-	deleteIKE bool
+	msgID        uint32
+	exchange     ExchangeType
+	packets      [][]byte
+	tries        int
+	retransmitAt time.Time
+	deleteIKE    bool
+	dpd          bool
+	deleteChild  *ChildSA    // a Delete of this CHILD SA
+	rekey        *childRekey // a CREATE_CHILD_SA we started
 }
 
 // State returns the SA's state name.
@@ -157,9 +164,9 @@ func (sa *IKESA) request(now time.Time, e *Engine, ex ExchangeType, payloads []P
 	m := sa.header(ex, sa.nextOut, false)
 	m.Payloads = payloads
 	pkts := sa.seal(e, &m)
-	sa.req = &pendingRequest{msgID: sa.nextOut, exchange: ex, packets: pkts}
+	sa.req = &pendingRequest{msgID: sa.nextOut, exchange: ex, packets: pkts, retransmitAt: now.Add(e.cfg.RetransmitTimeout)}
 	sa.nextOut++
-	e.schedule(sa, now.Add(e.cfg.RetransmitTimeout))
+	sa.reschedule(e)
 	return sa.send(pkts, out)
 }
 
@@ -213,8 +220,9 @@ func (sa *IKESA) handle(now time.Time, e *Engine, pkt Packet, h Header, out []Ac
 		return e.drop(out, pkt, h.SPIi, h.SPIr, &ParseError{Reason: "unprotected " + h.Exchange.String()})
 	}
 	// An authenticated message: NAT-T may have moved the peer (port float
-	// to 4500, or a NAT rebinding).
+	// to 4500, or a NAT rebinding), and the peer is alive.
 	sa.Local, sa.Remote = pkt.Local, pkt.Remote
+	sa.lastRecv = now
 	if m.IsResponse() {
 		return sa.handleResponse(now, e, m, out)
 	}
@@ -248,16 +256,18 @@ func (sa *IKESA) handleRequest(now time.Time, e *Engine, m *Message, out []Actio
 		}
 		return sa.handleAuthRequest(now, e, m, out)
 	case INFORMATIONAL:
-		if sa.state != stateEstablished && sa.state != stateDeleting {
+		if sa.state != stateEstablished && sa.state != stateDeleting && sa.state != stateRekeyed {
 			break
 		}
 		return sa.handleInformational(now, e, m, out)
 	case CREATE_CHILD_SA:
 		if sa.state != stateEstablished {
+			if sa.state == stateDeleting || sa.state == stateRekeyed {
+				return sa.respond(e, m.Exchange, m.MessageID, []Payload{&Notify{NotifyType: TEMPORARY_FAILURE}}, out)
+			}
 			break
 		}
-		// Rekeying and additional CHILD SAs are not negotiated yet.
-		return sa.respond(e, m.Exchange, m.MessageID, []Payload{&Notify{NotifyType: NO_ADDITIONAL_SAS}}, out)
+		return sa.handleCreateChild(now, e, m, out)
 	}
 	return e.drop(out, Packet{Local: sa.Local, Remote: sa.Remote}, m.SPIi, m.SPIr, errorf(INVALID_SYNTAX, "%v request in state %v", m.Exchange, sa.state))
 }
@@ -265,40 +275,63 @@ func (sa *IKESA) handleRequest(now time.Time, e *Engine, m *Message, out []Actio
 func (sa *IKESA) handleResponse(now time.Time, e *Engine, m *Message, out []Action) []Action {
 	req := sa.req
 	sa.req = nil
-	sa.deadline = time.Time{}
 	switch {
 	case req.exchange == IKE_AUTH && sa.state == stateAuthSent:
-		return sa.handleAuthResponse(now, e, m, out)
+		out = sa.handleAuthResponse(now, e, m, out)
 	case req.exchange == INFORMATIONAL && req.deleteIKE:
 		return sa.terminate(e, "deleted by us", out)
+	case req.exchange == INFORMATIONAL && req.deleteChild != nil:
+		out = sa.childDeleted(e, req.deleteChild, "deleted by us", out)
+	case req.exchange == CREATE_CHILD_SA && req.rekey != nil:
+		out = sa.handleCreateChildResponse(now, e, req.rekey, m, out)
+	}
+	if sa.state != stateDead {
+		sa.reschedule(e)
 	}
 	return out
 }
 
 func (sa *IKESA) onTimer(now time.Time, e *Engine, out []Action) []Action {
 	if r := sa.req; r != nil {
+		if now.Before(r.retransmitAt) {
+			sa.reschedule(e)
+			return out
+		}
 		if r.tries >= e.cfg.RetransmitTries {
-			ev := sa.event(EventIKEFailed)
-			if sa.state == stateEstablished || sa.state == stateDeleting {
-				ev.Kind = EventIKEDeleted
+			reason := "peer did not answer " + r.exchange.String()
+			if r.dpd {
+				reason = "dead peer: no answer to liveness checks"
+				e.stats.DPDDead++
 			}
-			ev.Reason = "peer did not answer " + r.exchange.String()
-			for _, c := range sa.children {
-				out = append(out, RemoveChild{SPIi: sa.SPIi, SPIr: sa.SPIr, Child: c})
+			if sa.state != stateEstablished && sa.state != stateDeleting && sa.state != stateRekeyed {
+				ev := sa.event(EventIKEFailed)
+				ev.Reason = reason
+				e.remove(sa)
+				return append(out, ev)
 			}
-			e.remove(sa)
-			return append(out, ev)
+			return sa.terminate(e, reason, out)
 		}
 		r.tries++
 		e.stats.Retransmits++
-		e.schedule(sa, now.Add(e.cfg.RetransmitTimeout<<r.tries))
+		r.retransmitAt = now.Add(e.cfg.RetransmitTimeout << r.tries)
+		sa.reschedule(e)
 		return append(out, Send{Local: sa.Local, Remote: sa.Remote, Messages: r.packets})
 	}
 	if sa.state == stateInitDone {
+		if now.Before(sa.created.Add(e.cfg.HalfOpenTimeout)) {
+			sa.reschedule(e)
+			return out
+		}
 		ev := sa.event(EventIKEFailed)
 		ev.Reason = "half-open SA timed out"
 		e.remove(sa)
 		return append(out, ev)
+	}
+	if sa.state == stateEstablished {
+		out = sa.lifecycleTimers(now, e, out)
+	}
+	if sa.state != stateDead {
+		sa.reschedule(e)
 	}
 	return out
 }
@@ -352,8 +385,10 @@ func (sa *IKESA) pskAuth(psk, octets []byte) []byte {
 	return sa.prf.Sum(sa.prf.Sum(psk, keyPad), octets)
 }
 
-// childKeys derives a CHILD SA's keys from SK_d (RFC 7296 §2.17).
-func (sa *IKESA) childKeys(c *ChildSA, shared []byte, ni, nr []byte) error {
+// childKeys derives a CHILD SA's keys from SK_d (RFC 7296 §2.17). The
+// initiator-to-responder keys come first, "initiator" meaning whoever
+// started the exchange that creates the CHILD SA.
+func (sa *IKESA) childKeys(c *ChildSA, shared []byte, ni, nr []byte, exchangeInitiator bool) error {
 	cipher, err := suite.NewCipher(c.Proposal.Encr.ID, int(c.Proposal.Encr.KeyLen), c.Proposal.Integ)
 	if err != nil {
 		return &Error{Notify: NO_PROPOSAL_CHOSEN, Reason: "ESP cipher", Err: err}
@@ -365,7 +400,7 @@ func (sa *IKESA) childKeys(c *ChildSA, shared []byte, ni, nr []byte) error {
 	if il == 0 {
 		i.Integ, r.Integ = nil, nil
 	}
-	if sa.initiator {
+	if exchangeInitiator {
 		c.KeyOut, c.KeyIn = i, r
 	} else {
 		c.KeyIn, c.KeyOut = i, r

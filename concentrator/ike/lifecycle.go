@@ -1,0 +1,651 @@
+package ike
+
+import (
+	"bytes"
+	"encoding/binary"
+	"net/netip"
+	"time"
+
+	"github.com/ikefleet/ikefleet/concentrator/ike/suite"
+)
+
+// The life of an established IKE SA (RFC 7296 §1.3, §1.4, §2.4, §2.8):
+// CREATE_CHILD_SA for new, rekeyed and IKE-rekeyed SAs in both roles,
+// simultaneous-rekey resolution, CHILD deletes both ways, and liveness
+// checks. Every timer of an SA folds into its one timer-wheel entry.
+
+// childRekey is a CREATE_CHILD_SA exchange we started.
+type childRekey struct {
+	old     *ChildSA // nil: a new CHILD SA; with ike: the IKE SA itself
+	ike     bool
+	inSPI   uint32 // our new inbound ESP SPI
+	newSPI  uint64 // our new IKE SPI (IKE rekey)
+	ni      []byte
+	kx      suite.KeyExchange
+	localTS []TrafficSelector
+	peerTS  []TrafficSelector
+}
+
+// reschedule sets the SA's timer to its earliest pending deadline.
+func (sa *IKESA) reschedule(e *Engine) {
+	var at time.Time
+	earlier := func(t time.Time) {
+		if !t.IsZero() && (at.IsZero() || t.Before(at)) {
+			at = t
+		}
+	}
+	switch {
+	case sa.req != nil:
+		earlier(sa.req.retransmitAt)
+	case sa.state == stateInitDone:
+		earlier(sa.created.Add(e.cfg.HalfOpenTimeout))
+	case sa.state == stateEstablished:
+		if e.cfg.DPDDelay > 0 {
+			earlier(sa.lastRecv.Add(e.cfg.DPDDelay))
+		}
+		for _, c := range sa.children {
+			if c.replacedBy == nil && !c.rekeying {
+				earlier(c.rekeyAt)
+			}
+		}
+		earlier(sa.rekeyIKE)
+	}
+	e.schedule(sa, at)
+}
+
+// lifecycleTimers starts whatever is due on an established SA with no
+// request outstanding: one exchange at a time (window size 1).
+func (sa *IKESA) lifecycleTimers(now time.Time, e *Engine, out []Action) []Action {
+	if sa.req != nil {
+		return out
+	}
+	if !sa.rekeyIKE.IsZero() && !now.Before(sa.rekeyIKE) {
+		return sa.startIKERekey(now, e, out)
+	}
+	for _, c := range sa.children {
+		if c.replacedBy == nil && !c.rekeying && !c.rekeyAt.IsZero() && !now.Before(c.rekeyAt) {
+			return sa.startChildRekey(now, e, c, out)
+		}
+	}
+	if e.cfg.DPDDelay > 0 && !now.Before(sa.lastRecv.Add(e.cfg.DPDDelay)) {
+		e.stats.DPDSent++
+		out = sa.request(now, e, INFORMATIONAL, nil, out)
+		sa.req.dpd = true
+		return append(out, sa.event(EventDPD))
+	}
+	return out
+}
+
+// Policy for CHILD SAs: an SA we initiated follows its Initiation, one we
+// accepted follows the engine's configuration.
+func (sa *IKESA) espSpecs(e *Engine) []ProposalSpec {
+	if sa.ini != nil {
+		return sa.ini.ESPProposals
+	}
+	return e.cfg.ESPProposals
+}
+
+func (sa *IKESA) ikeSpecs(e *Engine) []ProposalSpec {
+	if sa.ini != nil {
+		return sa.ini.IKEProposals
+	}
+	return e.cfg.IKEProposals
+}
+
+// allowedTS returns the selectors we accept for our side and the peer's.
+func (sa *IKESA) allowedTS(e *Engine) (local, remote []TrafficSelector) {
+	if sa.ini != nil {
+		return sa.ini.TSi, sa.ini.TSr
+	}
+	remote = e.cfg.RemoteTS
+	if sa.vip.IsValid() {
+		remote = []TrafficSelector{SelectorFromPrefix(netip.PrefixFrom(sa.vip, 32))}
+	}
+	return e.cfg.LocalTS, remote
+}
+
+// scheduleChildRekey asks the configured scheduler when to rekey c.
+func (sa *IKESA) scheduleChildRekey(e *Engine, c *ChildSA) {
+	if e.cfg.ChildRekey != nil {
+		c.rekeyAt = e.cfg.ChildRekey.Schedule(c.Created)
+	}
+}
+
+func (sa *IKESA) childByOut(spi uint32) *ChildSA {
+	for _, c := range sa.children {
+		if c.OutSPI == spi {
+			return c
+		}
+	}
+	return nil
+}
+
+func (sa *IKESA) childByIn(spi uint32) *ChildSA {
+	for _, c := range sa.children {
+		if c.InSPI == spi {
+			return c
+		}
+	}
+	return nil
+}
+
+// ---- responder side of CREATE_CHILD_SA ----
+
+func (sa *IKESA) handleCreateChild(now time.Time, e *Engine, m *Message, out []Action) []Action {
+	var (
+		saP      *SA
+		nonce    *Nonce
+		ke       *KE
+		tsi, tsr *TS
+		rekeyN   *Notify
+	)
+	for _, p := range m.Payloads {
+		switch p := p.(type) {
+		case *SA:
+			saP = p
+		case *Nonce:
+			nonce = p
+		case *KE:
+			ke = p
+		case *TS:
+			if p.Responder {
+				tsr = p
+			} else {
+				tsi = p
+			}
+		case *Notify:
+			if p.NotifyType == REKEY_SA {
+				rekeyN = p
+			}
+		}
+	}
+	reply := func(n NotifyType, data []byte) []Action {
+		return sa.respond(e, CREATE_CHILD_SA, m.MessageID, []Payload{&Notify{NotifyType: n, Data: data}}, out)
+	}
+	if saP == nil || nonce == nil {
+		return reply(INVALID_SYNTAX, nil)
+	}
+	if tsi == nil && tsr == nil {
+		return sa.handleIKERekey(now, e, m, saP, nonce, ke, out)
+	}
+	if tsi == nil || tsr == nil {
+		return reply(INVALID_SYNTAX, nil)
+	}
+	var old *ChildSA
+	if rekeyN != nil {
+		if rekeyN.Protocol != ProtoESP || len(rekeyN.SPI) != 4 {
+			return reply(INVALID_SYNTAX, nil)
+		}
+		if old = sa.childByOut(binary.BigEndian.Uint32(rekeyN.SPI)); old == nil {
+			return sa.respond(e, CREATE_CHILD_SA, m.MessageID, []Payload{&Notify{Protocol: ProtoESP, SPI: rekeyN.SPI, NotifyType: CHILD_SA_NOT_FOUND}}, out)
+		}
+	} else if len(sa.children) >= e.cfg.MaxChildren {
+		return reply(NO_ADDITIONAL_SAS, nil)
+	}
+	specs := sa.espSpecs(e)
+	if ke != nil {
+		specs = pfsSpecs(specs, sa.prop.Group)
+	}
+	sel := SelectProposal(specs, saP.Proposals, ProtoESP, ke != nil)
+	if sel == nil || len(sel.SPI) != 4 {
+		return reply(NO_PROPOSAL_CHOSEN, nil)
+	}
+	var shared []byte
+	var kx suite.KeyExchange
+	if ke != nil {
+		if ke.Group != sel.Group {
+			return reply(INVALID_KE_PAYLOAD, binary.BigEndian.AppendUint16(nil, sel.Group))
+		}
+		var err error
+		if kx, err = suite.GenerateKeyExchange(sel.Group, e.cfg.Rand); err != nil {
+			return reply(NO_PROPOSAL_CHOSEN, nil)
+		}
+		if shared, err = kx.SharedSecret(ke.Data); err != nil {
+			return reply(INVALID_SYNTAX, nil)
+		}
+	}
+	localAllowed, remoteAllowed := sa.allowedTS(e)
+	ntsi, ntsr := Narrow(tsi.Selectors, remoteAllowed), Narrow(tsr.Selectors, localAllowed)
+	if len(ntsi) == 0 || len(ntsr) == 0 {
+		return reply(TS_UNACCEPTABLE, nil)
+	}
+	nr := e.randBytes(32)
+	c := &ChildSA{
+		OutSPI: binary.BigEndian.Uint32(sel.SPI), Proposal: *sel, LocalTS: ntsr, RemoteTS: ntsi,
+		Local: sa.Local, Remote: sa.Remote, Encap: sa.natLocal || sa.natRemote, VirtualIP: sa.vip, Created: now,
+	}
+	c.InSPI = e.newESPSPI(sa)
+	if err := sa.childKeys(c, shared, nonce.Data, nr, false); err != nil {
+		delete(e.inSPIs, c.InSPI)
+		return reply(NO_PROPOSAL_CHOSEN, nil)
+	}
+	payloads := []Payload{
+		&SA{Proposals: []Proposal{sel.Proposal(binary.BigEndian.AppendUint32(nil, c.InSPI))}},
+		&Nonce{Data: nr},
+	}
+	if kx != nil {
+		payloads = append(payloads, &KE{Group: sel.Group, Data: kx.Public()})
+	}
+	payloads = append(payloads, &TS{Selectors: ntsi}, &TS{Responder: true, Selectors: ntsr})
+	out = sa.respond(e, CREATE_CHILD_SA, m.MessageID, payloads, out)
+	sa.children = append(sa.children, c)
+	sa.scheduleChildRekey(e, c)
+	out = append(out, InstallChild{SPIi: sa.SPIi, SPIr: sa.SPIr, PeerID: sa.PeerID, Child: c})
+	ev := sa.event(EventChildInstalled)
+	ev.Child = c
+	if old == nil {
+		return append(out, ev)
+	}
+	ev.Kind, ev.Reason = EventChildRekeyed, "rekeyed by peer"
+	e.stats.ChildRekeys++
+	if old.rekeying {
+		// Both sides rekey the same CHILD SA; resolved when our own
+		// exchange completes (RFC 7296 §2.8.1).
+		old.collision = c
+		c.collisionNonce = minBytes(bytes.Clone(nonce.Data), nr)
+	} else {
+		old.replacedBy = c // the peer deletes the old one
+	}
+	return append(out, ev)
+}
+
+// pfsSpecs gives ESP proposals without groups the IKE SA's group, so a
+// peer asking for PFS in CREATE_CHILD_SA gets it.
+func pfsSpecs(specs []ProposalSpec, group uint16) []ProposalSpec {
+	out := make([]ProposalSpec, len(specs))
+	for i, s := range specs {
+		out[i] = s
+		if len(s.Groups) == 0 {
+			out[i].Groups = []uint16{group}
+		}
+	}
+	return out
+}
+
+// handleIKERekey answers a peer's rekey of this IKE SA (RFC 7296 §1.3.2,
+// §2.18): a new IKE SA with new SPIs and keys takes over the CHILD SAs.
+func (sa *IKESA) handleIKERekey(now time.Time, e *Engine, m *Message, saP *SA, nonce *Nonce, ke *KE, out []Action) []Action {
+	reply := func(n NotifyType, data []byte) []Action {
+		return sa.respond(e, CREATE_CHILD_SA, m.MessageID, []Payload{&Notify{NotifyType: n, Data: data}}, out)
+	}
+	if sa.req != nil && sa.req.rekey != nil && sa.req.rekey.ike {
+		return reply(TEMPORARY_FAILURE, nil) // our own IKE rekey is under way
+	}
+	sel := SelectProposal(sa.ikeSpecs(e), saP.Proposals, ProtoIKE, true)
+	if sel == nil || len(sel.SPI) != 8 || ke == nil {
+		return reply(NO_PROPOSAL_CHOSEN, nil)
+	}
+	if ke.Group != sel.Group {
+		return reply(INVALID_KE_PAYLOAD, binary.BigEndian.AppendUint16(nil, sel.Group))
+	}
+	kx, err := suite.GenerateKeyExchange(sel.Group, e.cfg.Rand)
+	if err != nil {
+		return reply(NO_PROPOSAL_CHOSEN, nil)
+	}
+	shared, err := kx.SharedSecret(ke.Data)
+	if err != nil {
+		return reply(INVALID_SYNTAX, nil)
+	}
+	nr := e.randBytes(32)
+	nsa := sa.successor(e, false, binary.BigEndian.Uint64(sel.SPI), e.newSPI(), sel, bytes.Clone(nonce.Data), nr)
+	if err := nsa.deriveRekeyed(sa, shared); err != nil {
+		return reply(NO_PROPOSAL_CHOSEN, nil)
+	}
+	out = sa.respond(e, CREATE_CHILD_SA, m.MessageID, []Payload{
+		&SA{Proposals: []Proposal{sel.Proposal(binary.BigEndian.AppendUint64(nil, nsa.SPIr))}},
+		&Nonce{Data: nr},
+		&KE{Group: sel.Group, Data: kx.Public()},
+	}, out)
+	return sa.handOver(now, e, nsa, out)
+}
+
+// successor builds the IKE SA that replaces sa after a rekey; we are its
+// original initiator if we started the rekey.
+func (sa *IKESA) successor(e *Engine, initiator bool, spii, spir uint64, sel *Selected, ni, nr []byte) *IKESA {
+	return &IKESA{
+		initiator: initiator, state: stateEstablished, SPIi: spii, SPIr: spir, Local: sa.Local, Remote: sa.Remote,
+		prop: sel, ni: ni, nr: nr, natLocal: sa.natLocal, natRemote: sa.natRemote, peerFrag: sa.peerFrag,
+		peerHashes: sa.peerHashes, PeerID: sa.PeerID, vip: sa.vip, created: sa.created, Establish: sa.Establish,
+	}
+}
+
+// deriveRekeyed computes a rekeyed IKE SA's keys: SKEYSEED = prf(SK_d
+// (old), g^ir (new) | Ni | Nr) with the old SA's PRF, then prf+ with the
+// new one (RFC 7296 §2.18).
+func (nsa *IKESA) deriveRekeyed(old *IKESA, shared []byte) error {
+	skeyseed := suite.RekeySKEYSEED(old.prf, old.skd, shared, nsa.ni, nsa.nr)
+	prf, err := suite.NewPRF(nsa.prop.PRF)
+	if err != nil {
+		return err
+	}
+	c, err := suite.NewCipher(nsa.prop.Encr.ID, int(nsa.prop.Encr.KeyLen), nsa.prop.Integ)
+	if err != nil {
+		return err
+	}
+	k := suite.DeriveIKEKeys(prf, skeyseed, nsa.ni, nsa.nr, nsa.SPIi, nsa.SPIr, c)
+	ei, ai, er, ar := k.SKei, k.SKai, k.SKer, k.SKar
+	if !nsa.initiator {
+		ei, ai, er, ar = er, ar, ei, ai
+	}
+	if nsa.out, err = c.Key(ei, ai); err != nil {
+		return err
+	}
+	if nsa.in, err = c.Key(er, ar); err != nil {
+		return err
+	}
+	nsa.prf, nsa.cipher, nsa.skd = prf, c, k.SKd
+	nsa.ni, nsa.nr = nil, nil
+	return nil
+}
+
+// handOver moves the CHILD SAs to the new IKE SA and retires the old one.
+func (sa *IKESA) handOver(now time.Time, e *Engine, nsa *IKESA, out []Action) []Action {
+	nsa.children = sa.children
+	sa.children = nil
+	for _, c := range nsa.children {
+		e.inSPIs[c.InSPI] = nsa
+	}
+	sa.vip = netip.Addr{} // the successor owns the virtual IP now
+	nsa.lastRecv = now
+	if e.cfg.IKERekeyAfter > 0 {
+		nsa.rekeyIKE = now.Add(e.cfg.IKERekeyAfter)
+	}
+	e.sas[nsa.localSPI()] = nsa
+	sa.state = stateRekeyed
+	sa.rekeyIKE = time.Time{}
+	nsa.reschedule(e)
+	e.stats.IKERekeys++
+	ev := nsa.event(EventIKERekeyed)
+	ev.Reason = "replaces " + spiPair(sa.SPIi, sa.SPIr)
+	return append(out, ev)
+}
+
+func spiPair(i, r uint64) string {
+	const hexd = "0123456789abcdef"
+	b := make([]byte, 0, 35)
+	for _, v := range []uint64{i, r} {
+		for s := 60; s >= 0; s -= 4 {
+			b = append(b, hexd[v>>uint(s)&0xf])
+		}
+		b = append(b, '_')
+	}
+	b[16] = '_'
+	return string(b[:len(b)-1])
+}
+
+// ---- initiator side of CREATE_CHILD_SA ----
+
+// startChildRekey rekeys c: CREATE_CHILD_SA with REKEY_SA (RFC 7296 §1.3.3),
+// with PFS when the ESP proposals name a group.
+func (sa *IKESA) startChildRekey(now time.Time, e *Engine, c *ChildSA, out []Action) []Action {
+	specs := sa.espSpecs(e)
+	rk := &childRekey{old: c, ni: e.randBytes(32), localTS: c.LocalTS, peerTS: c.RemoteTS}
+	if len(specs) > 0 && len(specs[0].Groups) > 0 {
+		kx, err := suite.GenerateKeyExchange(specs[0].Groups[0], e.cfg.Rand)
+		if err == nil {
+			rk.kx = kx
+		}
+	}
+	rk.inSPI = e.newESPSPI(sa)
+	payloads := []Payload{
+		&Notify{Protocol: ProtoESP, SPI: binary.BigEndian.AppendUint32(nil, c.InSPI), NotifyType: REKEY_SA},
+		&SA{Proposals: Proposals(specs, ProtoESP, binary.BigEndian.AppendUint32(nil, rk.inSPI), rk.kx != nil)},
+		&Nonce{Data: rk.ni},
+	}
+	if rk.kx != nil {
+		payloads = append(payloads, &KE{Group: rk.kx.Group(), Data: rk.kx.Public()})
+	}
+	payloads = append(payloads, &TS{Selectors: c.LocalTS}, &TS{Responder: true, Selectors: c.RemoteTS})
+	c.rekeying = true
+	out = sa.request(now, e, CREATE_CHILD_SA, payloads, out)
+	sa.req.rekey = rk
+	return out
+}
+
+func (sa *IKESA) handleCreateChildResponse(now time.Time, e *Engine, rk *childRekey, m *Message, out []Action) []Action {
+	if rk.ike {
+		return sa.handleIKERekeyResponse(now, e, rk, m, out)
+	}
+	old := rk.old
+	old.rekeying = false
+	fail := func(reason string, n NotifyType) []Action {
+		delete(e.inSPIs, rk.inSPI)
+		if peer := old.collision; peer != nil {
+			// The peer's rekey of the same SA went through: keep its result.
+			old.replacedBy, old.collision = peer, nil
+			sa.scheduleChildRekey(e, peer)
+			return out
+		}
+		old.rekeyAt = now.Add(e.cfg.RetransmitTimeout * 8) // try again later
+		ev := sa.event(EventChildFailed)
+		ev.Child, ev.Notify, ev.Reason = old, n, reason
+		return append(out, ev)
+	}
+	if n := firstError(m.Payloads); n != nil {
+		return fail("peer refused the CHILD SA rekey", n.NotifyType)
+	}
+	var (
+		saP      *SA
+		nonce    *Nonce
+		ke       *KE
+		tsi, tsr *TS
+	)
+	for _, p := range m.Payloads {
+		switch p := p.(type) {
+		case *SA:
+			saP = p
+		case *Nonce:
+			nonce = p
+		case *KE:
+			ke = p
+		case *TS:
+			if p.Responder {
+				tsr = p
+			} else {
+				tsi = p
+			}
+		}
+	}
+	specs := sa.espSpecs(e)
+	if saP == nil || nonce == nil || tsi == nil || tsr == nil {
+		return fail("CREATE_CHILD_SA response is missing payloads", INVALID_SYNTAX)
+	}
+	sel, err := AcceptSelected(specs, saP, ProtoESP, rk.kx != nil)
+	if err != nil || len(sel.SPI) != 4 {
+		return fail("peer chose an ESP proposal we did not offer", NO_PROPOSAL_CHOSEN)
+	}
+	var shared []byte
+	if rk.kx != nil {
+		if ke == nil || ke.Group != rk.kx.Group() {
+			return fail("peer's KE does not match", INVALID_KE_PAYLOAD)
+		}
+		if shared, err = rk.kx.SharedSecret(ke.Data); err != nil {
+			return fail(err.Error(), INVALID_SYNTAX)
+		}
+	}
+	if !Within(tsi.Selectors, rk.localTS) || !Within(tsr.Selectors, rk.peerTS) {
+		return fail("peer widened the traffic selectors", TS_UNACCEPTABLE)
+	}
+	c := &ChildSA{
+		InSPI: rk.inSPI, OutSPI: binary.BigEndian.Uint32(sel.SPI), Proposal: *sel,
+		LocalTS: tsi.Selectors, RemoteTS: tsr.Selectors, Local: sa.Local, Remote: sa.Remote,
+		Encap: sa.natLocal || sa.natRemote, VirtualIP: old.VirtualIP, Created: now,
+	}
+	if err := sa.childKeys(c, shared, rk.ni, nonce.Data, true); err != nil {
+		return fail(err.Error(), NO_PROPOSAL_CHOSEN)
+	}
+	sa.children = append(sa.children, c)
+	sa.scheduleChildRekey(e, c)
+	e.stats.ChildRekeys++
+	out = append(out, InstallChild{SPIi: sa.SPIi, SPIr: sa.SPIr, PeerID: sa.PeerID, Child: c})
+	ev := sa.event(EventChildRekeyed)
+	ev.Child, ev.Reason = c, "rekeyed by us"
+	out = append(out, ev)
+
+	victim := old
+	old.replacedBy = c
+	if peer := old.collision; peer != nil {
+		// Simultaneous rekey (RFC 7296 §2.8.1): of the two new SAs, the one
+		// created with the lowest of the four nonces is closed by the side
+		// that created it; the winner's creator deletes the old SA.
+		e.stats.RekeyCollisions++
+		old.collision = nil
+		if bytes.Compare(minBytes(rk.ni, nonce.Data), peer.collisionNonce) < 0 {
+			old.replacedBy = peer // ours is redundant; the peer deletes the old SA
+			c.replacedBy = peer
+			victim = c
+		} else {
+			peer.rekeyAt = time.Time{} // the peer deletes its redundant SA
+		}
+		peer.collisionNonce = nil
+	}
+	return sa.deleteChild(now, e, victim, out)
+}
+
+func minBytes(a, b []byte) []byte {
+	if bytes.Compare(a, b) <= 0 {
+		return a
+	}
+	return b
+}
+
+// deleteChild sends an INFORMATIONAL Delete for c (our inbound SPI); c goes
+// when the peer answers.
+func (sa *IKESA) deleteChild(now time.Time, e *Engine, c *ChildSA, out []Action) []Action {
+	if sa.req != nil {
+		return out // one exchange at a time; the old SA is retried by its own rekeyAt
+	}
+	out = sa.request(now, e, INFORMATIONAL, []Payload{
+		&Delete{Protocol: ProtoESP, SPISize: 4, SPIs: [][]byte{binary.BigEndian.AppendUint32(nil, c.InSPI)}},
+	}, out)
+	sa.req.deleteChild = c
+	return out
+}
+
+// childDeleted removes c after its Delete exchange.
+func (sa *IKESA) childDeleted(e *Engine, c *ChildSA, reason string, out []Action) []Action {
+	for i, x := range sa.children {
+		if x == c {
+			sa.children = append(sa.children[:i], sa.children[i+1:]...)
+			delete(e.inSPIs, c.InSPI)
+			out = append(out, RemoveChild{SPIi: sa.SPIi, SPIr: sa.SPIr, Child: c})
+			ev := sa.event(EventChildDeleted)
+			ev.Child, ev.Reason = c, reason
+			return append(out, ev)
+		}
+	}
+	return out
+}
+
+// startIKERekey rekeys the IKE SA itself; we become the original initiator
+// of its successor.
+func (sa *IKESA) startIKERekey(now time.Time, e *Engine, out []Action) []Action {
+	specs := sa.ikeSpecs(e)
+	kx, err := suite.GenerateKeyExchange(sa.prop.Group, e.cfg.Rand)
+	if err != nil {
+		sa.rekeyIKE = time.Time{}
+		return out
+	}
+	rk := &childRekey{ike: true, newSPI: e.newSPI(), ni: e.randBytes(32), kx: kx}
+	// Offer our proposals, the current group first so the KE fits.
+	prs := Proposals(specs, ProtoIKE, binary.BigEndian.AppendUint64(nil, rk.newSPI), true)
+	out = sa.request(now, e, CREATE_CHILD_SA, []Payload{
+		&SA{Proposals: prs},
+		&Nonce{Data: rk.ni},
+		&KE{Group: kx.Group(), Data: kx.Public()},
+	}, out)
+	sa.req.rekey = rk
+	sa.rekeyIKE = time.Time{}
+	// Reserve the new SPI so no other SA takes it meanwhile.
+	e.sas[rk.newSPI] = sa
+	return out
+}
+
+func (sa *IKESA) handleIKERekeyResponse(now time.Time, e *Engine, rk *childRekey, m *Message, out []Action) []Action {
+	delete(e.sas, rk.newSPI)
+	var (
+		saP   *SA
+		nonce *Nonce
+		ke    *KE
+	)
+	for _, p := range m.Payloads {
+		switch p := p.(type) {
+		case *SA:
+			saP = p
+		case *Nonce:
+			nonce = p
+		case *KE:
+			ke = p
+		}
+	}
+	specs := sa.ikeSpecs(e)
+	retry := func(reason string) []Action {
+		if e.cfg.IKERekeyAfter > 0 {
+			sa.rekeyIKE = now.Add(e.cfg.RetransmitTimeout * 8)
+		}
+		ev := sa.event(EventIKEFailed)
+		ev.Reason = reason
+		return append(out, ev)
+	}
+	if n := firstError(m.Payloads); n != nil {
+		return retry("peer refused the IKE SA rekey: " + n.NotifyType.String())
+	}
+	if saP == nil || nonce == nil || ke == nil {
+		return retry("IKE rekey response is missing payloads")
+	}
+	sel, err := AcceptSelected(specs, saP, ProtoIKE, true)
+	if err != nil || len(sel.SPI) != 8 || sel.Group != rk.kx.Group() || ke.Group != sel.Group {
+		return retry("peer chose an IKE proposal we cannot use")
+	}
+	shared, err := rk.kx.SharedSecret(ke.Data)
+	if err != nil {
+		return retry(err.Error())
+	}
+	nsa := sa.successor(e, true, rk.newSPI, binary.BigEndian.Uint64(sel.SPI), sel, rk.ni, bytes.Clone(nonce.Data))
+	nsa.ini = sa.ini
+	if err := nsa.deriveRekeyed(sa, shared); err != nil {
+		return retry(err.Error())
+	}
+	out = sa.handOver(now, e, nsa, out)
+	// Delete the old IKE SA (its CHILD SAs now belong to the successor).
+	sa.state = stateDeleting
+	out = sa.request(now, e, INFORMATIONAL, []Payload{&Delete{Protocol: ProtoIKE}}, out)
+	sa.req.deleteIKE = true
+	return out
+}
+
+// ---- operator and test entry points ----
+
+// RekeyChild starts rekeying the CHILD SA with inbound SPI inSPI of the IKE
+// SA with our SPI spi, if no other exchange is under way.
+func (e *Engine) RekeyChild(now time.Time, spi uint64, inSPI uint32, out []Action) []Action {
+	sa := e.sas[spi]
+	if sa == nil || sa.state != stateEstablished || sa.req != nil {
+		return out
+	}
+	if c := sa.childByIn(inSPI); c != nil && c.replacedBy == nil {
+		return sa.startChildRekey(now, e, c, out)
+	}
+	return out
+}
+
+// RekeyIKE starts rekeying the IKE SA with our SPI spi.
+func (e *Engine) RekeyIKE(now time.Time, spi uint64, out []Action) []Action {
+	sa := e.sas[spi]
+	if sa == nil || sa.state != stateEstablished || sa.req != nil || sa.localSPI() != spi {
+		return out
+	}
+	return sa.startIKERekey(now, e, out)
+}
+
+// DeleteChild deletes one CHILD SA of the IKE SA with our SPI spi.
+func (e *Engine) DeleteChild(now time.Time, spi uint64, inSPI uint32, out []Action) []Action {
+	sa := e.sas[spi]
+	if sa == nil || sa.state != stateEstablished {
+		return out
+	}
+	if c := sa.childByIn(inSPI); c != nil {
+		return sa.deleteChild(now, e, c, out)
+	}
+	return out
+}

@@ -1,0 +1,213 @@
+package ike
+
+import (
+	"net/netip"
+	"testing"
+	"time"
+)
+
+// live returns the CHILD SAs installed and not removed, per side, by
+// inbound SPI.
+func (w *wire) live() (ini, res map[uint32]*ChildSA) {
+	ini, res = map[uint32]*ChildSA{}, map[uint32]*ChildSA{}
+	for i, a := range w.order {
+		side := res
+		if w.sides[i] {
+			side = ini
+		}
+		switch a := a.(type) {
+		case InstallChild:
+			side[a.Child.InSPI] = a.Child
+		case RemoveChild:
+			delete(side, a.Child.InSPI)
+		}
+	}
+	return ini, res
+}
+
+// paired checks that each side has exactly n CHILD SAs and that they pair
+// up by SPI and keys.
+func (w *wire) paired(t *testing.T, n int) {
+	t.Helper()
+	ini, res := w.live()
+	if len(ini) != n || len(res) != n {
+		t.Fatalf("live CHILD SAs: initiator %d, responder %d, want %d each", len(ini), len(res), n)
+	}
+	for spi, c := range ini {
+		r := res[c.OutSPI]
+		if r == nil || r.OutSPI != spi || string(r.KeyIn.Encr) != string(c.KeyOut.Encr) || string(r.KeyOut.Encr) != string(c.KeyIn.Encr) {
+			t.Fatalf("initiator CHILD %08x/%08x has no matching responder SA", c.InSPI, c.OutSPI)
+		}
+	}
+}
+
+func establish(t *testing.T, rcfg Config) (*wire, uint64) {
+	t.Helper()
+	w := newWire(t, rcfg)
+	spi, acts, err := w.ini.Initiate(w.now, pskInitiation(t), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	w.run(acts, true)
+	if w.count(EventIKEEstablished) != 2 {
+		t.Fatalf("not established: %+v", w.events)
+	}
+	return w, spi
+}
+
+func resSPI(w *wire) uint64 {
+	for spi := range w.res.sas {
+		return spi
+	}
+	return 0
+}
+
+func TestConcentratorRekeysChildOnSchedule(t *testing.T) {
+	rcfg := responderConfig(t, 1)
+	rcfg.ChildRekey = NewSmoothScheduler(50*time.Minute, 10*time.Minute, 0, newDetRand(5))
+	w, _ := establish(t, rcfg)
+	c := w.installs[0].Child
+	at := c.RekeyAt()
+	if at.Before(c.Created.Add(40*time.Minute)) || at.After(c.Created.Add(50*time.Minute+time.Second)) {
+		t.Fatalf("rekey at %v after creation, want within [40m, 50m]", at.Sub(c.Created))
+	}
+	// Advance the clock past the rekey: the concentrator rekeys, deletes the old SA.
+	for w.now.Before(at.Add(time.Second)) {
+		w.now = w.now.Add(30 * time.Second)
+		w.run(w.res.Tick(w.now, nil), false)
+	}
+	w.paired(t, 1)
+	if w.res.Stats().ChildRekeys != 1 || w.count(EventChildRekeyed) != 2 {
+		t.Fatalf("rekeys: %+v", w.res.Stats())
+	}
+	ini, _ := w.live()
+	for spi := range ini {
+		if spi == w.installs[1].Child.InSPI {
+			t.Fatal("the initiator still uses the old CHILD SA")
+		}
+	}
+	// Two cycles: it rekeys again.
+	for i := 0; i < 200 && w.res.Stats().ChildRekeys < 2; i++ {
+		w.now = w.now.Add(30 * time.Second)
+		w.run(w.res.Tick(w.now, nil), false)
+	}
+	w.paired(t, 1)
+	if w.res.Stats().ChildRekeys != 2 {
+		t.Fatal("no second rekey")
+	}
+}
+
+func TestGatewayRekeysChildWithPFS(t *testing.T) {
+	w, spi := establish(t, responderConfig(t, 1))
+	sa := w.ini.SA(spi)
+	sa.ini.ESPProposals = mustProposals(t, true, "aes256gcm16-x25519")
+	w.run(w.ini.RekeyChild(w.now, spi, sa.children[0].InSPI, nil), true)
+	w.paired(t, 1)
+	if w.res.Stats().ChildRekeys != 1 || w.ini.Stats().ChildRekeys != 1 {
+		t.Fatalf("rekeys: responder %d initiator %d", w.res.Stats().ChildRekeys, w.ini.Stats().ChildRekeys)
+	}
+	ini, _ := w.live()
+	for _, c := range ini {
+		if c.Proposal.Group != 31 {
+			t.Fatalf("rekeyed CHILD SA without PFS: %v", c.Proposal.String())
+		}
+	}
+}
+
+func TestSimultaneousChildRekey(t *testing.T) {
+	for seed := byte(0); seed < 8; seed++ {
+		rcfg := responderConfig(t, 10+seed)
+		w, spi := establish(t, rcfg)
+		iSA := w.ini.SA(spi)
+		rSA := w.res.SA(resSPI(w))
+		a := w.ini.RekeyChild(w.now, spi, iSA.children[0].InSPI, nil)
+		b := w.res.RekeyChild(w.now, rSA.SPIr, rSA.children[0].InSPI, nil)
+		w.runHops(hop{a, true}, hop{b, false})
+		w.paired(t, 1)
+		if w.ini.Stats().RekeyCollisions != 1 || w.res.Stats().RekeyCollisions != 1 {
+			t.Fatalf("seed %d: collisions initiator %d responder %d", seed, w.ini.Stats().RekeyCollisions, w.res.Stats().RekeyCollisions)
+		}
+	}
+}
+
+func TestIKERekeyBothWays(t *testing.T) {
+	for _, byGateway := range []bool{true, false} {
+		w, spi := establish(t, responderConfig(t, 1))
+		if byGateway {
+			w.run(w.ini.RekeyIKE(w.now, spi, nil), true)
+		} else {
+			w.run(w.res.RekeyIKE(w.now, resSPI(w), nil), false)
+		}
+		if w.ini.Len() != 1 || w.res.Len() != 1 {
+			for _, e := range w.events {
+				t.Logf("%v ini=%v %x/%x %s %v", e.Kind, e.Initiator, e.SPIi, e.SPIr, e.Reason, e.Notify)
+			}
+			t.Fatalf("byGateway=%v: SAs after IKE rekey: initiator %d responder %d", byGateway, w.ini.Len(), w.res.Len())
+		}
+		w.paired(t, 1)
+		if w.ini.Stats().IKERekeys != 1 || w.res.Stats().IKERekeys != 1 {
+			t.Fatal("IKE rekey not counted on both sides")
+		}
+		// The successor works: rekey a CHILD SA and delete everything over it.
+		var ispi uint64
+		for k := range w.ini.sas {
+			ispi = k
+		}
+		isa := w.ini.SA(ispi)
+		if isa == nil || !isa.Established() || len(isa.children) != 1 {
+			t.Fatalf("successor on the gateway: %+v", isa)
+		}
+		w.run(w.ini.RekeyChild(w.now, ispi, isa.children[0].InSPI, nil), true)
+		w.paired(t, 1)
+		w.run(w.ini.Delete(w.now, ispi, nil), true)
+		if w.ini.Len() != 0 || w.res.Len() != 0 {
+			t.Fatalf("after delete: %d %d", w.ini.Len(), w.res.Len())
+		}
+		w.paired(t, 0)
+	}
+}
+
+func TestDeleteChildBothWays(t *testing.T) {
+	w, spi := establish(t, responderConfig(t, 1))
+	w.run(w.ini.DeleteChild(w.now, spi, w.ini.SA(spi).children[0].InSPI, nil), true)
+	w.paired(t, 0)
+	if w.ini.Len() != 1 || w.res.Len() != 1 {
+		t.Fatal("IKE SA should survive the CHILD delete")
+	}
+	w2, _ := establish(t, responderConfig(t, 1))
+	rs := w2.res.SA(resSPI(w2))
+	w2.run(w2.res.DeleteChild(w2.now, rs.SPIr, rs.children[0].InSPI, nil), false)
+	w2.paired(t, 0)
+}
+
+func TestDPDDeadPeer(t *testing.T) {
+	rcfg := responderConfig(t, 1)
+	rcfg.DPDDelay = 30 * time.Second
+	w, _ := establish(t, rcfg)
+	// An active peer is never probed.
+	w.now = w.now.Add(20 * time.Second)
+	w.run(w.res.Tick(w.now, nil), false)
+	if w.res.Stats().DPDSent != 0 {
+		t.Fatal("probed a peer that was heard from recently")
+	}
+	// A silent but alive peer answers the probe.
+	w.now = w.now.Add(15 * time.Second)
+	w.run(w.res.Tick(w.now, nil), false)
+	if w.res.Stats().DPDSent != 1 || w.res.Len() != 1 {
+		t.Fatalf("DPD %+v", w.res.Stats())
+	}
+	// The gateway vanishes: probes go unanswered, the SA and its CHILD go.
+	w.drop = func(bool, []byte) bool { return true }
+	for i := 0; i < 400 && w.res.Len() > 0; i++ {
+		w.now = w.now.Add(time.Second)
+		w.run(w.res.Tick(w.now, nil), false)
+	}
+	if w.res.Len() != 0 || w.res.Stats().DPDDead != 1 {
+		t.Fatalf("dead peer kept: %d SAs, stats %+v", w.res.Len(), w.res.Stats())
+	}
+	_, res := w.live()
+	if len(res) != 0 {
+		t.Fatal("CHILD SA of a dead peer left installed")
+	}
+	_ = netip.Addr{}
+}

@@ -1,0 +1,112 @@
+package ike
+
+import (
+	"encoding/binary"
+	"io"
+	"sync"
+	"time"
+)
+
+// RekeyScheduler decides when a CHILD SA created at created is rekeyed.
+// Implementations shared by engine shards must be safe for concurrent use.
+type RekeyScheduler interface {
+	Schedule(created time.Time) time.Time
+}
+
+// SmoothScheduler spreads CHILD rekeys evenly over a window before the
+// gateways' own rekey timers and caps their rate. Each SA's rekey goes in
+// [created+After-Window, created+After]; of a few random one-second slots
+// in that range it takes the least loaded (power of choices), so a mass
+// reconnect turns into a flat rekey load instead of a herd, and never more
+// than MaxPerSecond land in one second while the window has room.
+type SmoothScheduler struct {
+	After        time.Duration // latest rekey, relative to creation
+	Window       time.Duration // rekeys spread over [After-Window, After]
+	MaxPerSecond int           // 0: no cap
+	Choices      int           // random slots compared per SA; 0 = 2
+
+	mu    sync.Mutex
+	rand  io.Reader
+	load  map[int64]int32 // scheduled rekeys per unix second
+	floor int64           // seconds below this have been pruned
+}
+
+// NewSmoothScheduler returns a scheduler drawing randomness from rand.
+func NewSmoothScheduler(after, window time.Duration, maxPerSecond int, rand io.Reader) *SmoothScheduler {
+	if window > after {
+		window = after
+	}
+	return &SmoothScheduler{After: after, Window: window, MaxPerSecond: maxPerSecond, rand: rand, load: map[int64]int32{}}
+}
+
+func (s *SmoothScheduler) Schedule(created time.Time) time.Time {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	latest := created.Add(s.After).Unix()
+	earliest := created.Add(s.After - s.Window).Unix()
+	span := latest - earliest + 1
+	choices := s.Choices
+	if choices == 0 {
+		choices = 2
+	}
+	s.prune(created.Unix())
+	best, bestLoad := int64(-1), int32(0)
+	var b [8]byte
+	for i := 0; i < choices; i++ {
+		io.ReadFull(s.rand, b[:])
+		sec := earliest + int64(binary.BigEndian.Uint64(b[:])%uint64(span))
+		if l := s.load[sec]; best < 0 || l < bestLoad {
+			best, bestLoad = sec, l
+		}
+	}
+	if s.MaxPerSecond > 0 && int(bestLoad) >= s.MaxPerSecond {
+		// Over the cap: the first second in the window with room.
+		for sec := earliest; sec <= latest; sec++ {
+			if int(s.load[sec]) < s.MaxPerSecond {
+				best = sec
+				break
+			}
+		}
+	}
+	s.load[best]++
+	// A random sub-second offset keeps the second's rekeys apart.
+	io.ReadFull(s.rand, b[:])
+	return time.Unix(best, int64(binary.BigEndian.Uint64(b[:])%uint64(time.Second)))
+}
+
+// prune forgets seconds that have passed (bounded memory: one counter per
+// second of the window ahead).
+func (s *SmoothScheduler) prune(now int64) {
+	if now-s.floor < 60 {
+		return
+	}
+	for sec := range s.load {
+		if sec < now {
+			delete(s.load, sec)
+		}
+	}
+	s.floor = now
+}
+
+// JitterScheduler is the plain alternative: After ± Fraction, uniformly.
+type JitterScheduler struct {
+	After    time.Duration
+	Fraction float64
+	mu       sync.Mutex
+	rand     io.Reader
+}
+
+// NewJitterScheduler returns a ±fraction jitter scheduler.
+func NewJitterScheduler(after time.Duration, fraction float64, rand io.Reader) *JitterScheduler {
+	return &JitterScheduler{After: after, Fraction: fraction, rand: rand}
+}
+
+func (j *JitterScheduler) Schedule(created time.Time) time.Time {
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	var b [8]byte
+	io.ReadFull(j.rand, b[:])
+	u := float64(binary.BigEndian.Uint64(b[:])>>11) / (1 << 53) // [0,1)
+	d := time.Duration(float64(j.After) * (1 + j.Fraction*(2*u-1)))
+	return created.Add(d)
+}

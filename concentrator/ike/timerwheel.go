@@ -1,0 +1,88 @@
+package ike
+
+import "time"
+
+// timerWheel is a hashed timing wheel: one per engine shard, driven by
+// the injected clock. Each IKE SA has at most one live entry (its earliest
+// deadline); an entry whose SA has since moved its deadline is stale and
+// dropped when its slot comes round. Adding, moving and expiring a timer
+// are O(1); a million SAs cost a million 16-byte entries and no
+// goroutines or runtime timers.
+type timerWheel struct {
+	slots   [][]wheelEntry
+	tick    time.Duration
+	current int64 // absolute tick number of the slot processed last
+	started bool
+	count   int
+}
+
+type wheelEntry struct {
+	at  int64 // deadline, UnixNano
+	spi uint64
+}
+
+const (
+	wheelSlots = 4096
+	wheelTick  = 100 * time.Millisecond
+)
+
+func newTimerWheel() *timerWheel {
+	return &timerWheel{slots: make([][]wheelEntry, wheelSlots), tick: wheelTick}
+}
+
+func (w *timerWheel) tickOf(t int64) int64 { return t / int64(w.tick) }
+
+// add schedules spi at t.
+func (w *timerWheel) add(t time.Time, spi uint64) {
+	at := t.UnixNano()
+	tk := w.tickOf(at)
+	if w.started && tk <= w.current {
+		tk = w.current + 1 // already due: fire on the next advance
+	}
+	s := int(tk % wheelSlots)
+	w.slots[s] = append(w.slots[s], wheelEntry{at: at, spi: spi})
+	w.count++
+}
+
+// advance calls fire for every entry due at or before now, in slot order.
+func (w *timerWheel) advance(now time.Time, fire func(spi uint64, at time.Time)) {
+	nowTick := w.tickOf(now.UnixNano())
+	if !w.started {
+		w.started = true
+		w.current = nowTick - 1
+	}
+	// A long gap needs at most one pass over the wheel.
+	if nowTick-w.current > wheelSlots {
+		w.current = nowTick - wheelSlots
+	}
+	nowNano := now.UnixNano()
+	for w.current < nowTick {
+		w.current++
+		s := int(w.current % wheelSlots)
+		entries := w.slots[s]
+		keep := entries[:0]
+		var due []wheelEntry
+		for _, e := range entries {
+			if e.at <= nowNano {
+				due = append(due, e)
+			} else {
+				keep = append(keep, e)
+			}
+		}
+		clear(entries[len(keep):])
+		w.slots[s] = keep
+		w.count -= len(due)
+		for _, e := range due {
+			fire(e.spi, time.Unix(0, e.at))
+		}
+	}
+}
+
+// nextTick returns when advance next has work to look at: the next tick
+// boundary while any entry is pending.
+func (w *timerWheel) nextTick(now time.Time) (time.Time, bool) {
+	if w.count == 0 {
+		return time.Time{}, false
+	}
+	return time.Unix(0, (w.tickOf(now.UnixNano())+1)*int64(w.tick)), true
+}
