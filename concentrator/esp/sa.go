@@ -1,0 +1,392 @@
+package esp
+
+import (
+	"crypto/aes"
+	"crypto/cipher"
+	"crypto/hmac"
+	"crypto/rand"
+	"crypto/sha256"
+	"crypto/sha512"
+	"crypto/subtle"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"hash"
+
+	"golang.org/x/crypto/chacha20poly1305"
+)
+
+// Config describes one direction of a CHILD SA.
+type Config struct {
+	SPI      uint32
+	EncrID   uint16 // EncrAESGCM16, EncrChaCha20Poly1305 or EncrAESCBC
+	KeyBits  uint16 // optional; when set it must match the key length
+	IntegID  uint16 // IntegNone for AEADs, IntegHMACSHA2* for AES-CBC
+	EncrKey  []byte // AEADs: key followed by the 4-byte salt
+	IntegKey []byte
+	ESN      bool // extended sequence numbers (RFC 4304)
+
+	// ReplayWindow is the inbound anti-replay window in packets
+	// (DefaultReplayWindow if 0, at most MaxReplayWindow).
+	ReplayWindow int
+}
+
+// cbcMode is the BlockMode of crypto/cipher whose IV can be reset, which
+// saves an allocation per packet (crypto/tls uses the same interface).
+type cbcMode interface {
+	cipher.BlockMode
+	SetIV([]byte)
+}
+
+// suite holds the keyed primitives of one SA direction.
+type suite struct {
+	aead   cipher.AEAD // GCM or ChaCha20-Poly1305
+	salt   [4]byte
+	block  cipher.Block // AES-CBC
+	cbcEnc cbcMode
+	cbcDec cbcMode
+	mac    hash.Hash
+	ivGen  cipher.Block // CBC IVs: E_ivkey(seq), unpredictable without the key
+
+	ivLen, icvLen, align int
+	esn                  bool
+
+	// Scratch space kept in the (heap) SA so that Seal and Open do not
+	// allocate: slices of locals passed to interfaces would escape.
+	nonce [12]byte
+	aad   [12]byte
+	sum   [64]byte
+	ctr   [16]byte
+}
+
+func newSuite(c Config) (*suite, error) {
+	s := &suite{esn: c.ESN}
+	keyErr := func(want string) error {
+		return fmt.Errorf("esp: %s: key of %d bytes, want %s", encrName(c.EncrID), len(c.EncrKey), want)
+	}
+	switch c.EncrID {
+	case EncrAESGCM16:
+		if c.IntegID != IntegNone {
+			return nil, fmt.Errorf("esp: AES-GCM takes no integrity transform, got %d", c.IntegID)
+		}
+		k := len(c.EncrKey) - 4
+		if k != 16 && k != 24 && k != 32 {
+			return nil, keyErr("16, 24 or 32 plus a 4-byte salt")
+		}
+		if c.KeyBits != 0 && int(c.KeyBits) != 8*k {
+			return nil, keyErr(fmt.Sprintf("%d bits plus a 4-byte salt", c.KeyBits))
+		}
+		b, err := aes.NewCipher(c.EncrKey[:k])
+		if err != nil {
+			return nil, err
+		}
+		if s.aead, err = cipher.NewGCM(b); err != nil {
+			return nil, err
+		}
+		copy(s.salt[:], c.EncrKey[k:])
+		s.ivLen, s.icvLen, s.align = 8, 16, 4
+	case EncrChaCha20Poly1305:
+		if c.IntegID != IntegNone {
+			return nil, fmt.Errorf("esp: ChaCha20-Poly1305 takes no integrity transform, got %d", c.IntegID)
+		}
+		if len(c.EncrKey) != chacha20poly1305.KeySize+4 || (c.KeyBits != 0 && c.KeyBits != 256) {
+			return nil, keyErr("32 plus a 4-byte salt")
+		}
+		var err error
+		if s.aead, err = chacha20poly1305.New(c.EncrKey[:chacha20poly1305.KeySize]); err != nil {
+			return nil, err
+		}
+		copy(s.salt[:], c.EncrKey[chacha20poly1305.KeySize:])
+		s.ivLen, s.icvLen, s.align = 8, 16, 4
+	case EncrAESCBC:
+		k := len(c.EncrKey)
+		if (k != 16 && k != 24 && k != 32) || (c.KeyBits != 0 && int(c.KeyBits) != 8*k) {
+			return nil, keyErr("16, 24 or 32")
+		}
+		var h func() hash.Hash
+		var klen int
+		switch c.IntegID {
+		case IntegHMACSHA256128:
+			h, klen, s.icvLen = sha256.New, 32, 16
+		case IntegHMACSHA384192:
+			h, klen, s.icvLen = sha512.New384, 48, 24
+		case IntegHMACSHA512256:
+			h, klen, s.icvLen = sha512.New, 64, 32
+		default:
+			return nil, fmt.Errorf("esp: AES-CBC needs HMAC-SHA2-256/384/512, got integrity transform %d", c.IntegID)
+		}
+		if len(c.IntegKey) != klen {
+			return nil, fmt.Errorf("esp: integrity key of %d bytes, want %d", len(c.IntegKey), klen)
+		}
+		var err error
+		if s.block, err = aes.NewCipher(c.EncrKey); err != nil {
+			return nil, err
+		}
+		var zero [16]byte
+		enc, ok1 := cipher.NewCBCEncrypter(s.block, zero[:]).(cbcMode)
+		dec, ok2 := cipher.NewCBCDecrypter(s.block, zero[:]).(cbcMode)
+		if !ok1 || !ok2 {
+			return nil, errors.New("esp: crypto/cipher CBC mode cannot reset its IV")
+		}
+		s.cbcEnc, s.cbcDec = enc, dec
+		s.mac = hmac.New(h, c.IntegKey)
+		var ivKey [16]byte
+		if _, err := rand.Read(ivKey[:]); err != nil {
+			return nil, err
+		}
+		if s.ivGen, err = aes.NewCipher(ivKey[:]); err != nil {
+			return nil, err
+		}
+		s.ivLen, s.align = 16, 16
+	default:
+		return nil, fmt.Errorf("esp: unsupported encryption transform %d", c.EncrID)
+	}
+	return s, nil
+}
+
+func encrName(id uint16) string {
+	switch id {
+	case EncrAESGCM16:
+		return "AES-GCM-16"
+	case EncrChaCha20Poly1305:
+		return "ChaCha20-Poly1305"
+	case EncrAESCBC:
+		return "AES-CBC"
+	}
+	return fmt.Sprintf("ENCR(%d)", id)
+}
+
+// setAAD fills the AEAD additional data: SPI and the sequence number, 64
+// bits with ESN (RFC 4106 §5, RFC 7634 §2.1). hdr is the packet's header.
+func (s *suite) setAAD(hdr []byte, seq uint64) []byte {
+	copy(s.aad[:4], hdr[:4])
+	if s.esn {
+		binary.BigEndian.PutUint64(s.aad[4:], seq)
+		return s.aad[:12]
+	}
+	binary.BigEndian.PutUint32(s.aad[4:], uint32(seq))
+	return s.aad[:8]
+}
+
+// mac computes the truncated HMAC of pkt (header, IV, ciphertext) with the
+// high ESN bits appended (RFC 4303 §2.2.1) into s.sum.
+func (s *suite) icv(pkt []byte, seq uint64) []byte {
+	s.mac.Reset()
+	s.mac.Write(pkt)
+	if s.esn {
+		binary.BigEndian.PutUint32(s.ctr[:4], uint32(seq>>32))
+		s.mac.Write(s.ctr[:4])
+	}
+	return s.mac.Sum(s.sum[:0])[:s.icvLen]
+}
+
+// Outbound is the sending direction of an SA.
+type Outbound struct {
+	spi uint32
+	seq uint64 // last sequence number sent
+	s   *suite
+}
+
+// NewOutbound keys the sending direction of an SA.
+func NewOutbound(c Config) (*Outbound, error) {
+	s, err := newSuite(c)
+	if err != nil {
+		return nil, err
+	}
+	return &Outbound{spi: c.SPI, s: s}, nil
+}
+
+// SPI returns the SA's SPI (the peer's inbound SPI).
+func (o *Outbound) SPI() uint32 { return o.spi }
+
+// Seq returns the last sequence number sent (0: none yet).
+func (o *Outbound) Seq() uint64 { return o.seq }
+
+// SetSeq makes the next packet carry seq+1: after a takeover the new owner
+// jumps past the persisted high-water mark.
+func (o *Outbound) SetSeq(seq uint64) { o.seq = seq }
+
+// Headroom is the number of bytes Seal puts before the payload.
+func (o *Outbound) Headroom() int { return HeaderLen + o.s.ivLen }
+
+// Tailroom is the number of bytes Seal appends to an n-byte payload.
+func (o *Outbound) Tailroom(n int) int {
+	return o.padLen(n) + 2 + o.s.icvLen
+}
+
+func (o *Outbound) padLen(n int) int {
+	a := o.s.align
+	return (a - (n+2)%a) % a
+}
+
+// Overhead is the number of bytes an n-byte payload grows by.
+func (o *Outbound) Overhead(n int) int { return o.Headroom() + o.Tailroom(n) }
+
+// Seal encrypts the n-byte payload at buf[off:off+n] in place into an ESP
+// packet and returns it: buf[off-Headroom() : off+n+Tailroom(n)]. off must
+// be at least Headroom() and cap(buf) at least off+n+Tailroom(n).
+func (o *Outbound) Seal(buf []byte, off, n int, nextHeader uint8) ([]byte, error) {
+	hr := o.Headroom()
+	end := off + n + o.Tailroom(n)
+	if off < hr || n < 0 || end > cap(buf) {
+		return nil, ErrBuffer
+	}
+	next := o.seq + 1
+	if next == 0 || (!o.s.esn && next > 0xffffffff) {
+		return nil, ErrSeqOverflow
+	}
+	o.seq = next
+	return o.seal(buf[off-hr:end], n, nextHeader, nil), nil
+}
+
+// AppendSeal appends the ESP packet of payload to dst (for tests and tools;
+// the data path uses Seal).
+func (o *Outbound) AppendSeal(dst, payload []byte, nextHeader uint8) ([]byte, error) {
+	hr := o.Headroom()
+	total := hr + len(payload) + o.Tailroom(len(payload))
+	start := len(dst)
+	dst = append(dst, make([]byte, total)...)
+	copy(dst[start+hr:], payload)
+	pkt, err := o.Seal(dst[start:], hr, len(payload), nextHeader)
+	if err != nil {
+		return dst[:start], err
+	}
+	return dst[:start+len(pkt)], nil
+}
+
+// seal builds the packet in pkt (whole packet, payload already at
+// Headroom()). iv, if set, overrides the generated IV (known-answer tests).
+func (o *Outbound) seal(pkt []byte, n int, nextHeader uint8, iv []byte) []byte {
+	s := o.s
+	hr := HeaderLen + s.ivLen
+	seq := o.seq
+	binary.BigEndian.PutUint32(pkt[0:], o.spi)
+	binary.BigEndian.PutUint32(pkt[4:], uint32(seq))
+	// Trailer: monotonic padding 1, 2, 3, ... (RFC 4303 §2.4).
+	p := hr + n
+	pad := o.padLen(n)
+	for i := 1; i <= pad; i++ {
+		pkt[p] = byte(i)
+		p++
+	}
+	pkt[p] = byte(pad)
+	pkt[p+1] = nextHeader
+	p += 2
+	ivs := pkt[HeaderLen:hr]
+	if s.aead != nil {
+		// IV = the 64-bit sequence number: unique per key (RFC 4106 §3.1).
+		if iv != nil {
+			copy(ivs, iv)
+		} else {
+			binary.BigEndian.PutUint64(ivs, seq)
+		}
+		copy(s.nonce[:4], s.salt[:])
+		copy(s.nonce[4:], ivs)
+		pt := pkt[hr:p]
+		s.aead.Seal(pt[:0], s.nonce[:], pt, s.setAAD(pkt, seq))
+		return pkt[:p+s.icvLen]
+	}
+	if iv != nil {
+		copy(ivs, iv)
+	} else {
+		binary.BigEndian.PutUint64(s.ctr[:8], seq)
+		clear(s.ctr[8:])
+		s.ivGen.Encrypt(ivs, s.ctr[:])
+	}
+	s.cbcEnc.SetIV(ivs)
+	s.cbcEnc.CryptBlocks(pkt[hr:p], pkt[hr:p])
+	copy(pkt[p:], s.icv(pkt[:p], seq))
+	return pkt[:p+s.icvLen]
+}
+
+// Inbound is the receiving direction of an SA.
+type Inbound struct {
+	spi uint32
+	win window
+	s   *suite
+}
+
+// NewInbound keys the receiving direction of an SA.
+func NewInbound(c Config) (*Inbound, error) {
+	w := c.ReplayWindow
+	if w == 0 {
+		w = DefaultReplayWindow
+	}
+	if w < 1 || w > MaxReplayWindow {
+		return nil, fmt.Errorf("esp: replay window %d out of range 1..%d", w, MaxReplayWindow)
+	}
+	s, err := newSuite(c)
+	if err != nil {
+		return nil, err
+	}
+	return &Inbound{spi: c.SPI, win: newWindow(w), s: s}, nil
+}
+
+// SPI returns the SA's (our) SPI.
+func (in *Inbound) SPI() uint32 { return in.spi }
+
+// Seq returns the highest authenticated sequence number received.
+func (in *Inbound) Seq() uint64 { return in.win.top }
+
+// Open checks the replay window, authenticates and decrypts the ESP packet
+// pkt in place, records its sequence number, and returns the payload (a
+// subslice of pkt), its Next Header and its full sequence number. Errors
+// are of type Error. A payload with NextHeaderDummy is a TFC dummy packet
+// that the caller drops.
+func (in *Inbound) Open(pkt []byte) (payload []byte, nextHeader uint8, seq uint64, err error) {
+	s := in.s
+	hr := HeaderLen + s.ivLen
+	if len(pkt) < hr+2+s.icvLen {
+		return nil, 0, 0, ErrMalformed
+	}
+	if binary.BigEndian.Uint32(pkt) != in.spi {
+		return nil, 0, 0, ErrWrongSPI
+	}
+	low := binary.BigEndian.Uint32(pkt[4:])
+	if s.esn {
+		var ok bool
+		if seq, ok = in.win.inferESN(low); !ok {
+			return nil, 0, 0, ErrReplay
+		}
+	} else {
+		seq = uint64(low)
+	}
+	if !in.win.check(seq) {
+		return nil, 0, 0, ErrReplay
+	}
+	ctEnd := len(pkt) - s.icvLen
+	if s.aead != nil {
+		copy(s.nonce[:4], s.salt[:])
+		copy(s.nonce[4:], pkt[HeaderLen:hr])
+		ct := pkt[hr:]
+		if _, err := s.aead.Open(ct[:0], s.nonce[:], ct, s.setAAD(pkt, seq)); err != nil {
+			return nil, 0, 0, ErrIntegrity
+		}
+	} else {
+		if (ctEnd-hr)%16 != 0 || ctEnd == hr {
+			return nil, 0, 0, ErrMalformed
+		}
+		if subtle.ConstantTimeCompare(s.icv(pkt[:ctEnd], seq), pkt[ctEnd:]) != 1 {
+			return nil, 0, 0, ErrIntegrity
+		}
+		s.cbcDec.SetIV(pkt[HeaderLen:hr])
+		s.cbcDec.CryptBlocks(pkt[hr:ctEnd], pkt[hr:ctEnd])
+	}
+	// Trailer (authenticated, so a bad one is the peer's bug, not noise).
+	pt := pkt[hr:ctEnd]
+	nextHeader = pt[len(pt)-1]
+	pad := int(pt[len(pt)-2])
+	if pad+2 > len(pt) {
+		return nil, 0, 0, ErrMalformed
+	}
+	n := len(pt) - 2 - pad
+	for i := 0; i < pad; i++ {
+		if pt[n+i] != byte(i+1) {
+			return nil, 0, 0, ErrMalformed
+		}
+	}
+	if !in.win.accept(seq) {
+		return nil, 0, 0, ErrReplay
+	}
+	return pt[:n], nextHeader, seq, nil
+}
