@@ -49,6 +49,8 @@ type IKEConfig struct {
 	ESPProposals      []string      `yaml:"esp_proposals"`
 	AllowWeak         bool          `yaml:"allow_weak"`
 	FragmentSize      int           `yaml:"fragment_size"`
+	DPDDelay          time.Duration `yaml:"dpd_delay"`
+	RekeyAfter        time.Duration `yaml:"rekey_after"`
 }
 
 type IdentityConfig struct {
@@ -72,10 +74,14 @@ type PSKConfig struct {
 }
 
 type ChildrenConfig struct {
-	LocalTS  []string `yaml:"local_ts"`
-	RemoteTS []string `yaml:"remote_ts"`
-	Pool     string   `yaml:"pool"`
-	DNS      []string `yaml:"dns"`
+	RekeyAfter      time.Duration `yaml:"rekey_after"`
+	RekeyWindow     time.Duration `yaml:"rekey_window"`
+	MaxRekeysPerSec int           `yaml:"max_rekeys_per_second"`
+	MaxPerIKE       int           `yaml:"max_per_ike"`
+	LocalTS         []string      `yaml:"local_ts"`
+	RemoteTS        []string      `yaml:"remote_ts"`
+	Pool            string        `yaml:"pool"`
+	DNS             []string      `yaml:"dns"`
 }
 
 type DataPlaneConfig struct {
@@ -104,7 +110,7 @@ func DefaultConfig() Config {
 		Log: LogConfig{Level: "info", Format: "json"},
 		IKE: IKEConfig{
 			Listen: []string{"0.0.0.0"}, Port: 500, NATTPort: 4500, ForceEncap: &t, CookieThreshold: &th,
-			HalfOpenTimeout: 30 * time.Second, RetransmitTimeout: 2 * time.Second,
+			HalfOpenTimeout: 30 * time.Second, RetransmitTimeout: 2 * time.Second, DPDDelay: 60 * time.Second,
 			Proposals: []string{
 				"aes256gcm16-prfsha256-x25519", "aes256gcm16-prfsha384-ecp384", "aes128gcm16-prfsha256-ecp256",
 				"chacha20poly1305-prfsha256-x25519", "aes256-sha256-modp2048",
@@ -112,6 +118,7 @@ func DefaultConfig() Config {
 			ESPProposals: []string{"aes256gcm16", "aes128gcm16", "chacha20poly1305", "aes256-sha256"},
 		},
 		Identity:  IdentityConfig{SendCert: "always"},
+		Children:  ChildrenConfig{RekeyAfter: 50 * time.Minute, RekeyWindow: 10 * time.Minute, MaxPerIKE: 8},
 		DataPlane: DataPlaneConfig{Mode: "memory"},
 	}
 }
@@ -237,6 +244,24 @@ func (c *Config) Validate() error {
 	}
 	if c.IKE.RetransmitTimeout <= 0 {
 		return fieldErr("ike.retransmit_timeout", "must be positive")
+	}
+	if c.IKE.DPDDelay < 0 {
+		return fieldErr("ike.dpd_delay", "must not be negative (0 disables liveness checks)")
+	}
+	if c.IKE.RekeyAfter < 0 || (c.IKE.RekeyAfter > 0 && c.IKE.RekeyAfter < time.Minute) {
+		return fieldErr("ike.rekey_after", "must be 0 (the peers rekey) or at least 1m: %v", c.IKE.RekeyAfter)
+	}
+	if c.Children.RekeyAfter < 0 {
+		return fieldErr("children.rekey_after", "must not be negative (0: the peers rekey)")
+	}
+	if c.Children.RekeyWindow < 0 || c.Children.RekeyWindow > c.Children.RekeyAfter {
+		return fieldErr("children.rekey_window", "must be between 0 and children.rekey_after (%v): %v", c.Children.RekeyAfter, c.Children.RekeyWindow)
+	}
+	if c.Children.MaxRekeysPerSec < 0 {
+		return fieldErr("children.max_rekeys_per_second", "must not be negative (0: no cap)")
+	}
+	if c.Children.MaxPerIKE < 1 || c.Children.MaxPerIKE > 64 {
+		return fieldErr("children.max_per_ike", "must be 1 to 64: %d", c.Children.MaxPerIKE)
 	}
 	if c.IKE.FragmentSize != 0 && (c.IKE.FragmentSize < 576 || c.IKE.FragmentSize > 65000) {
 		return fieldErr("ike.fragment_size", "must be 576 to 65000: %d", c.IKE.FragmentSize)

@@ -2,6 +2,7 @@ package concentrator
 
 import (
 	"crypto"
+	"crypto/rand"
 	"crypto/sha1"
 	"crypto/x509"
 	"encoding/hex"
@@ -176,6 +177,13 @@ func (c *Config) engineConfig() (ike.Config, error) {
 	ec.HalfOpenTimeout = c.IKE.HalfOpenTimeout
 	ec.RetransmitTimeout = c.IKE.RetransmitTimeout
 	ec.FragmentSize = c.IKE.FragmentSize
+	ec.DPDDelay = c.IKE.DPDDelay
+	ec.IKERekeyAfter = c.IKE.RekeyAfter
+	ec.MaxChildren = c.Children.MaxPerIKE
+	if c.Children.RekeyAfter > 0 {
+		// One scheduler for the node: every shard's rekeys share its load map.
+		ec.ChildRekey = ike.NewSmoothScheduler(c.Children.RekeyAfter, c.Children.RekeyWindow, c.Children.MaxRekeysPerSec, rand.Reader)
+	}
 	return ec, nil
 }
 
