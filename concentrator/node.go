@@ -69,6 +69,9 @@ func New(cfg Config, log *slog.Logger, dp dataplane.DataPlane) (*Node, error) {
 	}
 	n := &Node{cfg: cfg, log: log, dp: dp, ecfg: ecfg, seed: maphash.MakeSeed(),
 		conns: map[netip.AddrPort]*net.UDPConn{}, natt: map[netip.AddrPort]bool{}, ready: make(chan struct{})}
+	if su, ok := dp.(dataplane.SenderUser); ok {
+		su.SetSender(n) // user-space ESP leaves through our NAT-T socket
+	}
 	ns := cfg.shards()
 	espBits := bits.Len(uint(ns - 1))
 	perShard := ecfg.CookieThreshold
@@ -180,6 +183,7 @@ func (n *Node) readLoop(c *net.UDPConn) {
 	n.mu.Lock()
 	natt := n.natt[local]
 	n.mu.Unlock()
+	espIn, _ := n.dp.(dataplane.ESPHandler)
 	buf := make([]byte, maxDatagram)
 	for {
 		nb, remote, err := c.ReadFromUDPAddrPort(buf)
@@ -198,6 +202,9 @@ func (n *Node) readLoop(c *net.UDPConn) {
 				continue
 			case nb >= 4 && binary.BigEndian.Uint32(b) == 0:
 				b = b[4:] // non-ESP marker: IKE
+			case espIn != nil:
+				espIn.HandleESP(b, local, netip.AddrPortFrom(remote.Addr().Unmap(), remote.Port())) // user-space ESP
+				continue
 			default:
 				n.nonIKEDrops.Add(1) // ESP: the data plane's, not ours
 				continue
@@ -297,19 +304,37 @@ func (n *Node) perform(ctx context.Context, s *shard, acts []ike.Action) {
 	}
 }
 
-func (n *Node) send(a ike.Send) {
+// conn returns the socket bound to local, or to its port on the wildcard
+// address, and whether it is a NAT-T socket.
+func (n *Node) conn(local netip.AddrPort) (*net.UDPConn, bool) {
 	n.mu.Lock()
-	c, natt := n.conns[a.Local], n.natt[a.Local]
+	defer n.mu.Unlock()
+	c, natt := n.conns[local], n.natt[local]
 	if c == nil {
 		// Bound to the wildcard address: find the socket by port.
 		for addr, conn := range n.conns {
-			if addr.Port() == a.Local.Port() && addr.Addr().IsUnspecified() {
+			if addr.Port() == local.Port() && addr.Addr().IsUnspecified() {
 				c, natt = conn, n.natt[addr]
 				break
 			}
 		}
 	}
-	n.mu.Unlock()
+	return c, natt
+}
+
+// SendUDP sends b as is from the socket bound to local: the data plane's
+// user-space ESP (dataplane.UDPSender).
+func (n *Node) SendUDP(b []byte, local, remote netip.AddrPort) error {
+	c, _ := n.conn(local)
+	if c == nil {
+		return fmt.Errorf("no socket bound to %s", local)
+	}
+	_, err := c.WriteToUDPAddrPort(b, remote)
+	return err
+}
+
+func (n *Node) send(a ike.Send) {
+	c, natt := n.conn(a.Local)
 	if c == nil {
 		n.log.Warn("no socket to send from", "local", a.Local.String(), "remote", a.Remote.String())
 		return
