@@ -1,0 +1,867 @@
+package xfrm
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/netip"
+	"sort"
+	"sync"
+	"syscall"
+
+	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netns"
+	"golang.org/x/sys/unix"
+
+	"github.com/ikefleet/ikefleet/concentrator/dataplane"
+)
+
+// Options configure the xfrm data plane. The zero value of a field means
+// its default (DefaultOptions).
+type Options struct {
+	// ReqIDBase and ReqIDSlots define ikefleet's reqid range
+	// [ReqIDBase, ReqIDBase+2*ReqIDSlots): each CHILD SA takes one slot, two
+	// reqids (out even, in odd). States, and policies whose templates carry
+	// a reqid, outside the range are foreign and never touched.
+	ReqIDBase  uint32
+	ReqIDSlots uint32
+	// ReplayWindow is the inbound anti-replay window in packets for ESN
+	// SAs; non-ESN SAs are capped at 32 by the kernel.
+	ReplayWindow uint32
+	// PolicyPriority is the base of the policies' priorities (see priority).
+	PolicyPriority uint32
+	// Pools are the virtual-IP pools: each gets one route, not one per peer.
+	Pools []netip.Prefix
+	// RouteTable is the table routes go to (default main, 254).
+	// RouteProtocol marks ikefleet's routes (default 0xe1); routes with
+	// another protocol are never touched.
+	RouteTable    int
+	RouteProtocol netlink.RouteProtocol
+	// HThresh4 and HThresh6 are the SPD hash thresholds set at start
+	// (`ip xfrm policy set hthresh4 L R`): policies with a local prefix of
+	// at least L and a remote prefix of at least R bits are hashed instead
+	// of living in the priority-sorted list. [0, 32] makes every per-peer
+	// /32 policy hashable. A negative L skips setting them.
+	HThresh4, HThresh6 [2]int
+	// SocketRecvBuffer and SocketSendBuffer size the IKE/NAT-T sockets
+	// (SO_RCVBUF/SO_SNDBUF, bytes; 0: the system default).
+	SocketRecvBuffer, SocketSendBuffer int
+	// MSSClamp clamps the MSS of TCP SYNs entering or leaving a tunnel with
+	// nftables; MSS is the value, 0 for the route's MTU ("rt mtu").
+	MSSClamp bool
+	MSS      uint16
+	// NetNS, if valid, is the network namespace to work in (tests); the
+	// default is the caller's.
+	NetNS netns.NsHandle
+	Log   *slog.Logger
+}
+
+// DefaultOptions are the defaults of every Options field.
+func DefaultOptions() Options {
+	return Options{
+		ReqIDBase: 0x49460000, ReqIDSlots: 1 << 20, ReplayWindow: 128, PolicyPriority: 0x8000,
+		RouteTable: unix.RT_TABLE_MAIN, RouteProtocol: 0xe1,
+		HThresh4: [2]int{0, 32}, HThresh6: [2]int{0, 128}, MSSClamp: true, NetNS: -1,
+	}
+}
+
+func (o *Options) fill() {
+	d := DefaultOptions()
+	if o.ReqIDBase == 0 {
+		o.ReqIDBase = d.ReqIDBase
+	}
+	if o.ReqIDSlots == 0 {
+		o.ReqIDSlots = d.ReqIDSlots
+	}
+	if o.ReplayWindow == 0 {
+		o.ReplayWindow = d.ReplayWindow
+	}
+	if o.PolicyPriority == 0 {
+		o.PolicyPriority = d.PolicyPriority
+	}
+	if o.RouteTable == 0 {
+		o.RouteTable = d.RouteTable
+	}
+	if o.RouteProtocol == 0 {
+		o.RouteProtocol = d.RouteProtocol
+	}
+	if o.HThresh4 == ([2]int{}) {
+		o.HThresh4 = d.HThresh4
+	}
+	if o.HThresh6 == ([2]int{}) {
+		o.HThresh6 = d.HThresh6
+	}
+	if o.Log == nil {
+		o.Log = slog.New(slog.DiscardHandler)
+	}
+}
+
+// DataPlane is the kernel XFRM data plane. Safe for concurrent use.
+type DataPlane struct {
+	opts Options
+	h    *netlink.Handle
+	log  *slog.Logger
+
+	mu     sync.Mutex
+	closed bool
+	sas    map[uint32]*entry       // by inbound SPI
+	slots  map[uint32]uint32       // slot -> inbound SPI
+	next   uint32                  // next slot to try
+	routes map[netip.Prefix]*route // installed routes and who needs them
+	mss    *mssClamp
+}
+
+type entry struct {
+	sa    *dataplane.ChildSA
+	slot  uint32
+	ids   reqIDs
+	route []netip.Prefix
+}
+
+type route struct {
+	users map[uint32]bool // inbound SPIs
+	pool  bool
+}
+
+var _ dataplane.DataPlane = (*DataPlane)(nil)
+
+// New opens the data plane: one netlink handle (XFRM and route families),
+// SPD hash thresholds set, and the TCP MSS clamp installed if enabled. It
+// does not touch installed SAs: call Reconcile.
+func New(opts Options) (*DataPlane, error) {
+	opts.fill()
+	var h *netlink.Handle
+	var err error
+	if opts.NetNS.IsOpen() {
+		h, err = netlink.NewHandleAt(opts.NetNS, unix.NETLINK_XFRM, unix.NETLINK_ROUTE)
+	} else {
+		h, err = netlink.NewHandle(unix.NETLINK_XFRM, unix.NETLINK_ROUTE)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("xfrm: netlink handle: %w", err)
+	}
+	d := &DataPlane{opts: opts, h: h, log: opts.Log,
+		sas: map[uint32]*entry{}, slots: map[uint32]uint32{}, routes: map[netip.Prefix]*route{}}
+	if opts.HThresh4[0] >= 0 {
+		if err := setSPDHashThresholds(opts.NetNS, opts.HThresh4, opts.HThresh6); err != nil {
+			h.Close()
+			return nil, fmt.Errorf("xfrm: SPD hash thresholds: %w", err)
+		}
+	}
+	if opts.MSSClamp {
+		m, err := installMSSClamp(opts.NetNS, opts.MSS)
+		if err != nil {
+			h.Close()
+			return nil, fmt.Errorf("xfrm: TCP MSS clamp (nftables): %w", err)
+		}
+		d.mss = m
+	}
+	return d, nil
+}
+
+// Name is "xfrm".
+func (d *DataPlane) Name() string { return "xfrm" }
+
+// Close releases the netlink handle and removes the MSS clamp table.
+// Installed SAs stay: a node that stops is not a peer that left.
+func (d *DataPlane) Close() error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.closed {
+		return nil
+	}
+	d.closed = true
+	var err error
+	if d.mss != nil {
+		err = d.mss.remove()
+	}
+	d.h.Close()
+	return err
+}
+
+// ConfigureSocket prepares one of the node's UDP sockets: buffer sizes,
+// and on the NAT-T port UDP_ENCAP_ESPINUDP so that the kernel decapsulates
+// ESP while IKE (non-ESP marker) and keepalives still reach the socket.
+func (d *DataPlane) ConfigureSocket(c *net.UDPConn, natt bool) error {
+	if n := d.opts.SocketRecvBuffer; n > 0 {
+		if err := c.SetReadBuffer(n); err != nil {
+			return fmt.Errorf("SO_RCVBUF %d: %w", n, err)
+		}
+	}
+	if n := d.opts.SocketSendBuffer; n > 0 {
+		if err := c.SetWriteBuffer(n); err != nil {
+			return fmt.Errorf("SO_SNDBUF %d: %w", n, err)
+		}
+	}
+	if natt {
+		return EnableESPInUDP(c)
+	}
+	return nil
+}
+
+// isExist reports an EEXIST answer: what we add is already there.
+func isExist(err error) bool { return errors.Is(err, syscall.EEXIST) }
+
+// isGone reports an answer meaning the object does not exist.
+func isGone(err error) bool {
+	return errors.Is(err, syscall.ESRCH) || errors.Is(err, syscall.ENOENT)
+}
+
+// allocSlot returns a free slot; the caller holds d.mu.
+func (d *DataPlane) allocSlot() (uint32, error) {
+	for i := uint32(0); i < d.opts.ReqIDSlots; i++ {
+		s := (d.next + i) % d.opts.ReqIDSlots
+		if _, used := d.slots[s]; !used {
+			d.next = s + 1
+			return s, nil
+		}
+	}
+	return 0, fmt.Errorf("xfrm: all %d reqid slots in use", d.opts.ReqIDSlots)
+}
+
+// Install adds sa's two states, its policies and routes. Installing what
+// is installed succeeds (EEXIST is success). A policy with the same
+// selector that belongs to another of our SAs (a rekey's predecessor) is
+// taken over; one that is not ours is an error.
+func (d *DataPlane) Install(ctx context.Context, sa *dataplane.ChildSA) error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.closed {
+		return dataplane.ErrClosed
+	}
+	if err := d.install(sa, nil); err != nil {
+		return &dataplane.InstallError{InSPI: sa.InSPI, OutSPI: sa.OutSPI, Err: err}
+	}
+	return nil
+}
+
+// install does Install with d.mu held; slot, if not nil, is the slot the
+// SA already has in the kernel (adoption).
+func (d *DataPlane) install(sa *dataplane.ChildSA, slot *uint32) error {
+	e := d.sas[sa.InSPI]
+	if e == nil {
+		var s uint32
+		if slot != nil {
+			s = *slot
+		} else {
+			var err error
+			if s, err = d.allocSlot(); err != nil {
+				return err
+			}
+		}
+		c := *sa
+		e = &entry{sa: &c, slot: s, ids: d.opts.reqIDsForSlot(s)}
+	}
+	in, out, err := BuildStates(&d.opts, sa, e.ids)
+	if err != nil {
+		return err
+	}
+	pols, err := BuildPolicies(&d.opts, sa, e.ids)
+	if err != nil {
+		return err
+	}
+	d.sas[sa.InSPI] = e
+	d.slots[e.slot] = sa.InSPI
+	undo := func() {
+		_ = d.removeLocked(sa.InSPI)
+	}
+	for _, st := range []*netlink.XfrmState{in, out} {
+		if err := d.h.XfrmStateAdd(st); err != nil && !isExist(err) {
+			undo()
+			return fmt.Errorf("state spi %08x: %w", uint32(st.Spi), err)
+		}
+	}
+	for _, p := range pols {
+		if err := d.addPolicy(p); err != nil {
+			undo()
+			return err
+		}
+	}
+	for _, t := range BuildRouteTargets(&d.opts, sa) {
+		if err := d.addRoute(t, sa); err != nil {
+			undo()
+			return err
+		}
+		e.route = append(e.route, t.Prefix)
+	}
+	return nil
+}
+
+// addPolicy adds p; on EEXIST it checks whose the installed policy is.
+func (d *DataPlane) addPolicy(p *netlink.XfrmPolicy) error {
+	err := d.h.XfrmPolicyAdd(p)
+	if err == nil || !isExist(err) {
+		if err != nil {
+			return fmt.Errorf("policy %s %s -> %s: %w", p.Dir, p.Src, p.Dst, err)
+		}
+		return nil
+	}
+	cur, gerr := d.h.XfrmPolicyGet(p)
+	if gerr != nil {
+		return fmt.Errorf("policy %s %s -> %s exists; get: %w", p.Dir, p.Src, p.Dst, gerr)
+	}
+	if policyReqID(cur) == uint32(p.Tmpls[0].Reqid) && sameTmpl(cur, p) {
+		return nil // ours, as wanted
+	}
+	if _, _, ok := d.opts.ours(policyReqID(cur)); !ok {
+		return fmt.Errorf("policy %s %s -> %s: a foreign policy (reqid %d) holds the selector", p.Dir, p.Src, p.Dst, policyReqID(cur))
+	}
+	if err := d.h.XfrmPolicyUpdate(p); err != nil {
+		return fmt.Errorf("policy %s %s -> %s: take over: %w", p.Dir, p.Src, p.Dst, err)
+	}
+	return nil
+}
+
+func policyReqID(p *netlink.XfrmPolicy) uint32 {
+	if len(p.Tmpls) == 0 {
+		return 0
+	}
+	return uint32(p.Tmpls[0].Reqid)
+}
+
+func sameTmpl(a, b *netlink.XfrmPolicy) bool {
+	if len(a.Tmpls) != 1 || len(b.Tmpls) != 1 {
+		return false
+	}
+	x, y := a.Tmpls[0], b.Tmpls[0]
+	return x.Src.Equal(y.Src) && x.Dst.Equal(y.Dst) && x.Reqid == y.Reqid && a.Priority == b.Priority
+}
+
+// addRoute makes sure t is routed towards sa's peer and records sa as a
+// user. Routes carry opts.RouteProtocol so that only ours are ever removed.
+func (d *DataPlane) addRoute(t RouteTarget, sa *dataplane.ChildSA) error {
+	r := d.routes[t.Prefix]
+	if r != nil {
+		r.users[sa.InSPI] = true
+		return nil
+	}
+	rt, err := d.buildRoute(t.Prefix, sa)
+	if err != nil {
+		return err
+	}
+	if err := d.h.RouteAdd(rt); err != nil && !isExist(err) {
+		return fmt.Errorf("route %s: %w", t.Prefix, err)
+	}
+	d.routes[t.Prefix] = &route{users: map[uint32]bool{sa.InSPI: true}, pool: t.Pool}
+	return nil
+}
+
+// buildRoute routes prefix out of the interface that reaches the peer's
+// outer address. The xfrm policy lookup then replaces the route's output
+// with the tunnel; the route only has to exist. Its source address is one
+// of ours inside the local traffic selectors, if we have one, so that
+// traffic the node itself originates matches the out policy.
+func (d *DataPlane) buildRoute(prefix netip.Prefix, sa *dataplane.ChildSA) (*netlink.Route, error) {
+	via, err := d.h.RouteGet(ipOf(sa.Remote.Addr()))
+	if err != nil || len(via) == 0 {
+		return nil, fmt.Errorf("route to peer %s: %v", sa.Remote.Addr(), err)
+	}
+	rt := &netlink.Route{
+		Dst: ipNet(prefix), LinkIndex: via[0].LinkIndex, Gw: via[0].Gw,
+		Table: d.opts.RouteTable, Protocol: d.opts.RouteProtocol, Scope: netlink.SCOPE_UNIVERSE,
+	}
+	if rt.Gw == nil {
+		rt.Scope = netlink.SCOPE_LINK
+	}
+	family := netlink.FAMILY_V4
+	if prefix.Addr().Is6() {
+		family = netlink.FAMILY_V6
+	}
+	addrs, err := d.h.AddrList(nil, family)
+	if err == nil {
+	find:
+		for _, ts := range sa.LocalTS {
+			for _, a := range addrs {
+				ip, ok := netip.AddrFromSlice(a.IP)
+				if !ok {
+					continue
+				}
+				ip = ip.Unmap()
+				if ts.Start.Unmap().Compare(ip) <= 0 && ip.Compare(ts.End.Unmap()) <= 0 {
+					rt.Src = a.IP
+					break find
+				}
+			}
+		}
+	}
+	return rt, nil
+}
+
+// Remove deletes the SA with inbound SPI inSPI: its states, the policies
+// that still point at it (a successor's are left alone) and routes no
+// other SA needs. Removing what is gone succeeds.
+func (d *DataPlane) Remove(ctx context.Context, inSPI uint32) error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.closed {
+		return dataplane.ErrClosed
+	}
+	return d.removeLocked(inSPI)
+}
+
+func (d *DataPlane) removeLocked(inSPI uint32) error {
+	e := d.sas[inSPI]
+	if e == nil {
+		// Not in our table (say, installed before a restart and not yet
+		// reconciled): remove what the kernel holds for it under our reqids.
+		bySlot, err := d.scan()
+		if err != nil {
+			return err
+		}
+		for _, ins := range bySlot {
+			if ins.in != nil && uint32(ins.in.Spi) == inSPI {
+				return d.purge(ins)
+			}
+		}
+		return nil
+	}
+	var errs []error
+	pols, _ := BuildPolicies(&d.opts, e.sa, e.ids)
+	for _, p := range pols {
+		cur, err := d.h.XfrmPolicyGet(p)
+		if err != nil {
+			if !isGone(err) {
+				errs = append(errs, fmt.Errorf("policy %s %s -> %s: %w", p.Dir, p.Src, p.Dst, err))
+			}
+			continue
+		}
+		if policyReqID(cur) != uint32(p.Tmpls[0].Reqid) {
+			continue // a successor's now
+		}
+		if err := d.h.XfrmPolicyDel(p); err != nil && !isGone(err) {
+			errs = append(errs, fmt.Errorf("delete policy %s %s -> %s: %w", p.Dir, p.Src, p.Dst, err))
+		}
+	}
+	in, out, _ := BuildStates(&d.opts, e.sa, e.ids)
+	for _, st := range []*netlink.XfrmState{in, out} {
+		if st == nil {
+			continue
+		}
+		if err := d.h.XfrmStateDel(st); err != nil && !isGone(err) {
+			errs = append(errs, fmt.Errorf("delete state spi %08x: %w", uint32(st.Spi), err))
+		}
+	}
+	for _, p := range e.route {
+		r := d.routes[p]
+		if r == nil {
+			continue
+		}
+		delete(r.users, inSPI)
+		if len(r.users) > 0 || r.pool {
+			continue // pools stay while the node runs
+		}
+		if err := d.delRoute(p); err != nil {
+			errs = append(errs, err)
+		}
+		delete(d.routes, p)
+	}
+	if err := errors.Join(errs...); err != nil {
+		return fmt.Errorf("remove CHILD_SA %08x_i: %w", inSPI, err)
+	}
+	delete(d.sas, inSPI)
+	delete(d.slots, e.slot)
+	return nil
+}
+
+func (d *DataPlane) delRoute(p netip.Prefix) error {
+	rt := &netlink.Route{Dst: ipNet(p), Table: d.opts.RouteTable, Protocol: d.opts.RouteProtocol}
+	if err := d.h.RouteDel(rt); err != nil && !isGone(err) {
+		return fmt.Errorf("delete route %s: %w", p, err)
+	}
+	return nil
+}
+
+// maxDumpTries bounds retries of a dump the kernel interrupted because the
+// table changed under it.
+const maxDumpTries = 10
+
+func (d *DataPlane) states() ([]netlink.XfrmState, error) {
+	for i := 0; ; i++ {
+		s, err := d.h.XfrmStateList(netlink.FAMILY_ALL)
+		if errors.Is(err, netlink.ErrDumpInterrupted) && i < maxDumpTries {
+			continue
+		}
+		return s, err
+	}
+}
+
+func (d *DataPlane) policies() ([]netlink.XfrmPolicy, error) {
+	for i := 0; ; i++ {
+		p, err := d.h.XfrmPolicyList(netlink.FAMILY_ALL)
+		if errors.Is(err, netlink.ErrDumpInterrupted) && i < maxDumpTries {
+			continue
+		}
+		return p, err
+	}
+}
+
+func (d *DataPlane) ourRoutes() ([]netlink.Route, error) {
+	filter := &netlink.Route{Table: d.opts.RouteTable, Protocol: d.opts.RouteProtocol}
+	for i := 0; ; i++ {
+		r, err := d.h.RouteListFiltered(netlink.FAMILY_ALL, filter, netlink.RT_FILTER_TABLE|netlink.RT_FILTER_PROTOCOL)
+		if errors.Is(err, netlink.ErrDumpInterrupted) && i < maxDumpTries {
+			continue
+		}
+		return r, err
+	}
+}
+
+// installed is what the kernel holds of one of our slots.
+type installed struct {
+	in, out  *netlink.XfrmState
+	policies []netlink.XfrmPolicy
+}
+
+// scan reads our states and policies from the kernel, by slot.
+func (d *DataPlane) scan() (map[uint32]*installed, error) {
+	states, err := d.states()
+	if err != nil {
+		return nil, fmt.Errorf("xfrm: list states: %w", err)
+	}
+	pols, err := d.policies()
+	if err != nil {
+		return nil, fmt.Errorf("xfrm: list policies: %w", err)
+	}
+	bySlot := map[uint32]*installed{}
+	get := func(slot uint32) *installed {
+		if bySlot[slot] == nil {
+			bySlot[slot] = &installed{}
+		}
+		return bySlot[slot]
+	}
+	for i := range states {
+		st := &states[i]
+		if st.Proto != netlink.XFRM_PROTO_ESP {
+			continue
+		}
+		slot, in, ok := d.opts.ours(uint32(st.Reqid))
+		if !ok {
+			continue
+		}
+		if in {
+			get(slot).in = st
+		} else {
+			get(slot).out = st
+		}
+	}
+	for _, p := range pols {
+		if len(p.Tmpls) != 1 {
+			continue
+		}
+		slot, _, ok := d.opts.ours(uint32(p.Tmpls[0].Reqid))
+		if !ok {
+			continue
+		}
+		get(slot).policies = append(get(slot).policies, p)
+	}
+	return bySlot, nil
+}
+
+// childFromKernel rebuilds the CHILD SA a slot holds. What the kernel does
+// not know (peer identity, IKE SPIs, virtual IP) stays empty; ESN is read
+// from the replay state's kind (the kernel reports an ESN replay state,
+// not the legacy one, for ESN SAs).
+func childFromKernel(ins *installed) *dataplane.ChildSA {
+	if ins.in == nil {
+		return nil
+	}
+	in := ins.in
+	sa := &dataplane.ChildSA{InSPI: uint32(in.Spi), Encap: in.Encap != nil}
+	ap := func(ip net.IP, port int) netip.AddrPort {
+		a, _ := netip.AddrFromSlice(ip)
+		return netip.AddrPortFrom(a.Unmap(), uint16(port))
+	}
+	var lp, rp int
+	if in.Encap != nil {
+		lp, rp = in.Encap.DstPort, in.Encap.SrcPort
+	}
+	sa.Local, sa.Remote = ap(in.Dst, lp), ap(in.Src, rp)
+	sa.ESN = in.Replay == nil
+	fill := func(st *netlink.XfrmState, k *dataplane.Keys) {
+		switch {
+		case st.Aead != nil:
+			k.Encr = st.Aead.Key
+			switch {
+			case st.Aead.Name == "rfc7539esp(chacha20,poly1305)":
+				sa.EncrID = encrChaCha20Poly1305
+			case st.Aead.ICVLen == 64:
+				sa.EncrID = encrAESGCM8
+			case st.Aead.ICVLen == 96:
+				sa.EncrID = encrAESGCM12
+			default:
+				sa.EncrID = encrAESGCM16
+				sa.EncrKeyBits = uint16((len(k.Encr) - 4) * 8)
+			}
+		case st.Crypt != nil:
+			k.Encr = st.Crypt.Key
+			if st.Crypt.Name == "rfc3686(ctr(aes))" {
+				sa.EncrID, sa.EncrKeyBits = encrAESCTR, uint16((len(k.Encr)-4)*8)
+			} else {
+				sa.EncrID, sa.EncrKeyBits = encrAESCBC, uint16(len(k.Encr)*8)
+			}
+		}
+		if st.Auth != nil {
+			k.Integ = st.Auth.Key
+			sa.IntegID = map[string]uint16{"hmac(sha256)": integHMACSHA256128, "hmac(sha384)": integHMACSHA384192,
+				"hmac(sha512)": integHMACSHA512256, "hmac(sha1)": integHMACSHA196, "xcbc(aes)": integAESXCBC96}[st.Auth.Name]
+		}
+	}
+	fill(in, &sa.In)
+	if ins.out != nil {
+		sa.OutSPI = uint32(ins.out.Spi)
+		fill(ins.out, &sa.Out)
+	}
+	seenL, seenR := map[string]bool{}, map[string]bool{}
+	sel := func(n *net.IPNet, proto netlink.Proto, port int) dataplane.Selector {
+		p, _ := netip.AddrFromSlice(n.IP)
+		bits, _ := n.Mask.Size()
+		pfx := netip.PrefixFrom(p.Unmap(), bits)
+		s := dataplane.Selector{Start: pfx.Masked().Addr(), End: lastAddr(pfx), IPProto: uint8(proto), EndPort: 0xffff}
+		if port != 0 {
+			s.StartPort, s.EndPort = uint16(port), uint16(port)
+		}
+		return s
+	}
+	for _, p := range ins.policies {
+		if p.Dir != netlink.XFRM_DIR_OUT || p.Src == nil || p.Dst == nil {
+			continue
+		}
+		if k := p.Src.String() + fmt.Sprint(p.Proto, p.SrcPort); !seenL[k] {
+			seenL[k] = true
+			sa.LocalTS = append(sa.LocalTS, sel(p.Src, p.Proto, p.SrcPort))
+		}
+		if k := p.Dst.String() + fmt.Sprint(p.Proto, p.DstPort); !seenR[k] {
+			seenR[k] = true
+			sa.RemoteTS = append(sa.RemoteTS, sel(p.Dst, p.Proto, p.DstPort))
+		}
+	}
+	return sa
+}
+
+// List returns the CHILD SAs installed in the kernel under ikefleet's
+// reqids, rebuilt from the kernel's states and out policies; for SAs this
+// instance installed, the fields the kernel does not hold (peer, IKE SPIs,
+// virtual IP, creation time) come from its table.
+func (d *DataPlane) List(ctx context.Context) ([]*dataplane.ChildSA, error) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.closed {
+		return nil, dataplane.ErrClosed
+	}
+	bySlot, err := d.scan()
+	if err != nil {
+		return nil, err
+	}
+	var out []*dataplane.ChildSA
+	for _, ins := range bySlot {
+		sa := childFromKernel(ins)
+		if sa == nil {
+			continue
+		}
+		if e := d.sas[sa.InSPI]; e != nil {
+			sa.VirtualIP, sa.PeerID, sa.IKESPIi, sa.IKESPIr, sa.Created =
+				e.sa.VirtualIP, e.sa.PeerID, e.sa.IKESPIi, e.sa.IKESPIr, e.sa.Created
+		}
+		out = append(out, sa)
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].InSPI < out[j].InSPI })
+	return out, nil
+}
+
+// Counters reads every one of our SAs' byte and packet counters from the
+// kernel states.
+func (d *DataPlane) Counters(ctx context.Context) ([]dataplane.Counters, error) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.closed {
+		return nil, dataplane.ErrClosed
+	}
+	states, err := d.states()
+	if err != nil {
+		return nil, fmt.Errorf("xfrm: list states: %w", err)
+	}
+	bySlot := map[uint32]*dataplane.Counters{}
+	for _, st := range states {
+		slot, in, ok := d.opts.ours(uint32(st.Reqid))
+		if !ok || st.Proto != netlink.XFRM_PROTO_ESP {
+			continue
+		}
+		c := bySlot[slot]
+		if c == nil {
+			c = &dataplane.Counters{}
+			bySlot[slot] = c
+		}
+		if in {
+			c.InSPI = uint32(st.Spi)
+			c.InBytes, c.InPackets = st.Statistics.Bytes, st.Statistics.Packets
+		} else {
+			c.OutBytes, c.OutPackets = st.Statistics.Bytes, st.Statistics.Packets
+		}
+	}
+	out := make([]dataplane.Counters, 0, len(bySlot))
+	for _, c := range bySlot {
+		if c.InSPI != 0 {
+			out = append(out, *c)
+		}
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].InSPI < out[j].InSPI })
+	return out, nil
+}
+
+// Reconcile makes the kernel hold exactly want among ikefleet's SAs: SAs
+// installed under our reqids that want names (same inbound and outbound
+// SPI and outer addresses) are adopted — their slot is kept and anything
+// missing (a policy, a route) is re-added —, the others are removed with
+// their policies and routes (strays), and wanted SAs not installed are
+// installed. Policies of our reqid range without states, and routes with
+// our route protocol that no SA needs, are removed too. Foreign states,
+// policies and routes are never touched.
+func (d *DataPlane) Reconcile(ctx context.Context, want []*dataplane.ChildSA) (adopted, removed int, err error) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.closed {
+		return 0, 0, dataplane.ErrClosed
+	}
+	bySlot, err := d.scan()
+	if err != nil {
+		return 0, 0, err
+	}
+	wanted := map[uint32]*dataplane.ChildSA{}
+	for _, sa := range want {
+		wanted[sa.InSPI] = sa
+	}
+	var errs []error
+	for slot, ins := range bySlot {
+		k := childFromKernel(ins)
+		w := (*dataplane.ChildSA)(nil)
+		if k != nil {
+			w = wanted[k.InSPI]
+		}
+		if w != nil && ins.out != nil && w.OutSPI == k.OutSPI && w.Local == k.Local && w.Remote == k.Remote {
+			if cur := d.sas[k.InSPI]; cur == nil || cur.slot != slot {
+				if cur != nil {
+					delete(d.slots, cur.slot)
+					delete(d.sas, k.InSPI)
+				}
+				if err := d.install(w, &slot); err != nil {
+					errs = append(errs, fmt.Errorf("adopt %08x_i: %w", k.InSPI, err))
+					continue
+				}
+			}
+			adopted++
+			continue
+		}
+		// A stray: remove whatever the slot holds, directly from what the
+		// kernel reported.
+		if err := d.purge(ins); err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		if k != nil || ins.out != nil {
+			removed++
+		}
+		if e, ok := d.slots[slot]; ok {
+			delete(d.sas, e)
+			delete(d.slots, slot)
+		}
+	}
+	for _, sa := range want {
+		if e := d.sas[sa.InSPI]; e != nil {
+			continue
+		}
+		if err := d.install(sa, nil); err != nil {
+			errs = append(errs, &dataplane.InstallError{InSPI: sa.InSPI, OutSPI: sa.OutSPI, Err: err})
+		}
+	}
+	// Forget SAs of our table that the kernel no longer has and nobody wants.
+	for spi, e := range d.sas {
+		if _, ok := wanted[spi]; !ok {
+			if _, inKernel := bySlot[e.slot]; !inKernel {
+				delete(d.sas, spi)
+				delete(d.slots, e.slot)
+			}
+		}
+	}
+	if err := d.reconcileRoutes(); err != nil {
+		errs = append(errs, err)
+	}
+	if len(errs) > 0 {
+		return adopted, removed, fmt.Errorf("xfrm: reconcile: %w", errors.Join(errs...))
+	}
+	d.log.Info("xfrm reconciled", "adopted", adopted, "removed", removed, "installed", len(d.sas))
+	return adopted, removed, nil
+}
+
+// purge deletes the states and policies of one stray slot.
+func (d *DataPlane) purge(ins *installed) error {
+	var errs []error
+	for i := range ins.policies {
+		p := &ins.policies[i]
+		if err := d.h.XfrmPolicyDel(p); err != nil && !isGone(err) {
+			errs = append(errs, fmt.Errorf("delete stray policy %s %s -> %s: %w", p.Dir, p.Src, p.Dst, err))
+		}
+	}
+	for _, st := range []*netlink.XfrmState{ins.in, ins.out} {
+		if st == nil {
+			continue
+		}
+		if err := d.h.XfrmStateDel(st); err != nil && !isGone(err) {
+			errs = append(errs, fmt.Errorf("delete stray state spi %08x: %w", uint32(st.Spi), err))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// reconcileRoutes rebuilds route users from the table and removes our
+// routes that no SA needs.
+func (d *DataPlane) reconcileRoutes() error {
+	need := map[netip.Prefix]*route{}
+	for spi, e := range d.sas {
+		e.route = e.route[:0]
+		for _, t := range BuildRouteTargets(&d.opts, e.sa) {
+			r := need[t.Prefix]
+			if r == nil {
+				r = &route{users: map[uint32]bool{}, pool: t.Pool}
+				need[t.Prefix] = r
+			}
+			r.users[spi] = true
+			e.route = append(e.route, t.Prefix)
+		}
+	}
+	routes, err := d.ourRoutes()
+	if err != nil {
+		return fmt.Errorf("list routes: %w", err)
+	}
+	var errs []error
+	for _, rt := range routes {
+		if rt.Dst == nil {
+			continue
+		}
+		a, _ := netip.AddrFromSlice(rt.Dst.IP)
+		bits, _ := rt.Dst.Mask.Size()
+		p := netip.PrefixFrom(a.Unmap(), bits)
+		if need[p] != nil {
+			continue
+		}
+		if err := d.h.RouteDel(&rt); err != nil && !isGone(err) {
+			errs = append(errs, fmt.Errorf("delete stray route %s: %w", p, err))
+		}
+	}
+	d.routes = need
+	// Re-add routes that went missing.
+	for p, r := range need {
+		for spi := range r.users {
+			rt, err := d.buildRoute(p, d.sas[spi].sa)
+			if err == nil {
+				err = d.h.RouteAdd(rt)
+			}
+			if err != nil && !isExist(err) {
+				errs = append(errs, fmt.Errorf("route %s: %w", p, err))
+			}
+			break
+		}
+	}
+	return errors.Join(errs...)
+}
