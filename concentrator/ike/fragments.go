@@ -1,6 +1,10 @@
 package ike
 
-import "time"
+import (
+	"time"
+
+	"github.com/ikefleet/ikefleet/concentrator/ike/suite"
+)
 
 // reassembly collects the SKF fragments of one message (RFC 7383 §2.6).
 // Every fragment is authenticated before it is kept, and the number, total
@@ -21,12 +25,12 @@ const reassemblyTimeout = 30 * time.Second
 
 // reassemble adds the fragment in m. It returns done with the inner
 // payloads parsed into m.Payloads when the message is complete.
-func (sa *IKESA) reassemble(now time.Time, e *Engine, m *Message) (bool, error) {
+func (sa *IKESA) reassemble(now time.Time, e *Engine, m *Message, in *suite.SKCipher) (bool, error) {
 	f := m.skf
 	if f.Total > MaxFragments {
 		return false, &ParseError{Payload: PayloadSKF, Reason: "too many fragments"}
 	}
-	pt, err := m.DecryptFragment(sa.in)
+	pt, err := m.DecryptFragment(in)
 	if err != nil {
 		return false, err
 	}

@@ -327,12 +327,7 @@ func (nsa *IKESA) deriveRekeyed(old *IKESA, shared []byte) error {
 	if !nsa.initiator {
 		ei, ai, er, ar = er, ar, ei, ai
 	}
-	if nsa.out, err = c.Key(ei, ai); err != nil {
-		return err
-	}
-	if nsa.in, err = c.Key(er, ar); err != nil {
-		return err
-	}
+	nsa.keyOut, nsa.keyIn = skKeys{ei, ai}, skKeys{er, ar}
 	nsa.prf, nsa.cipher, nsa.skd = prf, c, k.SKd
 	nsa.ni, nsa.nr = nil, nil
 	return nil

@@ -41,7 +41,8 @@ type IKESA struct {
 	prop     *Selected
 	prf      *suite.PRF
 	cipher   *suite.Cipher
-	in, out  *suite.SKCipher
+	keyIn    skKeys // SK_e/SK_a the peer protects its messages with
+	keyOut   skKeys // and ours
 	skd      []byte
 	skpi     []byte
 	skpr     []byte
@@ -61,6 +62,7 @@ type IKESA struct {
 	nextOut   uint32   // message ID of our next request
 	nextIn    uint32   // message ID of the peer's next request
 	lastResp  [][]byte // our last response, for retransmitted requests
+	resync    bool     // restored: accept the peer's next higher message ID once
 	req       *pendingRequest
 	deadline  int64 // UnixNano of the SA's timer in the wheel; 0: none
 	lastRecv  time.Time
@@ -76,6 +78,12 @@ type IKESA struct {
 	keRetries    int
 	pendingInSPI uint32 // inbound ESP SPI offered in our IKE_AUTH request
 }
+
+// skKeys are one direction's SK_e and SK_a. The SK ciphers are keyed from
+// them per message: an IKE SA exchanges a message an hour or so, and
+// keeping keyed AES-GCM state for a million idle SAs would cost more
+// memory than the SAs themselves.
+type skKeys struct{ encr, integ []byte }
 
 type pendingRequest struct {
 	msgID        uint32
@@ -136,9 +144,13 @@ func (sa *IKESA) header(ex ExchangeType, msgID uint32, response bool) Message {
 // and the message is too large for one datagram.
 func (sa *IKESA) seal(e *Engine, m *Message) [][]byte {
 	iv := func() []byte { return e.randBytes(sa.cipher.IVLen()) }
-	b := m.EncodeEncrypted(sa.out, iv())
+	out, err := sa.cipher.Key(sa.keyOut.encr, sa.keyOut.integ)
+	if err != nil {
+		panic("ike: SK key of the negotiated length rejected: " + err.Error())
+	}
+	b := m.EncodeEncrypted(out, iv())
 	if sa.peerFrag && len(b) > e.cfg.FragmentSize {
-		if frags := m.EncodeFragments(sa.out, e.cfg.FragmentSize, iv); frags != nil {
+		if frags := m.EncodeFragments(out, e.cfg.FragmentSize, iv); frags != nil {
 			return frags
 		}
 	}
@@ -179,6 +191,11 @@ func (sa *IKESA) handle(now time.Time, e *Engine, pkt Packet, h Header, out []Ac
 		}
 	} else {
 		switch {
+		case sa.resync && h.MessageID > sa.nextIn:
+			// Restored from persisted state: the peer may have moved on with
+			// exchanges that are never persisted (liveness checks). Its next
+			// request is accepted once it authenticates; answering it moves
+			// the window.
 		case h.MessageID == sa.nextIn:
 		case h.MessageID+1 == sa.nextIn && sa.lastResp != nil:
 			if h.NextPayload == PayloadSKF && !isFirstFragment(pkt.Data) {
@@ -196,8 +213,12 @@ func (sa *IKESA) handle(now time.Time, e *Engine, pkt Packet, h Header, out []Ac
 		}
 		return e.drop(out, pkt, h.SPIi, h.SPIr, ErrStaleMessage)
 	}
-	if sa.in == nil {
+	if sa.cipher == nil {
 		return e.drop(out, pkt, h.SPIi, h.SPIr, ErrUnknownSA)
+	}
+	in, err := sa.cipher.Key(sa.keyIn.encr, sa.keyIn.integ)
+	if err != nil {
+		return e.drop(out, pkt, h.SPIi, h.SPIr, err)
 	}
 	m, err := Decode(pkt.Data)
 	if err != nil {
@@ -205,11 +226,11 @@ func (sa *IKESA) handle(now time.Time, e *Engine, pkt Packet, h Header, out []Ac
 	}
 	switch {
 	case m.sk != nil:
-		if err := m.Decrypt(sa.in); err != nil {
+		if err := m.Decrypt(in); err != nil {
 			return sa.protocolError(now, e, pkt, m, err, out)
 		}
 	case m.skf != nil:
-		done, err := sa.reassemble(now, e, m)
+		done, err := sa.reassemble(now, e, m, in)
 		if err != nil {
 			return sa.protocolError(now, e, pkt, m, err, out)
 		}
@@ -223,6 +244,7 @@ func (sa *IKESA) handle(now time.Time, e *Engine, pkt Packet, h Header, out []Ac
 	// to 4500, or a NAT rebinding), and the peer is alive.
 	sa.Local, sa.Remote = pkt.Local, pkt.Remote
 	sa.lastRecv = now
+	sa.resync = false
 	if m.IsResponse() {
 		return sa.handleResponse(now, e, m, out)
 	}
@@ -353,15 +375,8 @@ func (sa *IKESA) deriveKeys(e *Engine, shared []byte) error {
 	if !sa.initiator {
 		ei, ai, er, ar = er, ar, ei, ai
 	}
-	out, err := c.Key(ei, ai)
-	if err != nil {
-		return err
-	}
-	in, err := c.Key(er, ar)
-	if err != nil {
-		return err
-	}
-	sa.prf, sa.cipher, sa.out, sa.in = prf, c, out, in
+	sa.prf, sa.cipher = prf, c
+	sa.keyOut, sa.keyIn = skKeys{ei, ai}, skKeys{er, ar}
 	sa.skd, sa.skpi, sa.skpr = k.SKd, k.SKpi, k.SKpr
 	return nil
 }
