@@ -44,24 +44,25 @@ func (w *timerWheel) add(t time.Time, spi uint64) {
 	w.count++
 }
 
-// advance calls fire for every entry due at or before now, in slot order.
+// advance calls fire for every entry due at or before now. Ticks before
+// now's are completed; now's own slot is scanned for what is already due
+// and revisited on the next call.
 func (w *timerWheel) advance(now time.Time, fire func(spi uint64, at time.Time)) {
-	nowTick := w.tickOf(now.UnixNano())
+	nowNano := now.UnixNano()
+	nowTick := w.tickOf(nowNano)
 	if !w.started {
 		w.started = true
 		w.current = nowTick - 1
 	}
 	// A long gap needs at most one pass over the wheel.
-	if nowTick-w.current > wheelSlots {
-		w.current = nowTick - wheelSlots
+	if nowTick-1-w.current > wheelSlots {
+		w.current = nowTick - 1 - wheelSlots
 	}
-	nowNano := now.UnixNano()
-	for w.current < nowTick {
-		w.current++
-		s := int(w.current % wheelSlots)
+	var due []wheelEntry
+	scan := func(tick int64) {
+		s := int(tick % wheelSlots)
 		entries := w.slots[s]
 		keep := entries[:0]
-		var due []wheelEntry
 		for _, e := range entries {
 			if e.at <= nowNano {
 				due = append(due, e)
@@ -71,10 +72,15 @@ func (w *timerWheel) advance(now time.Time, fire func(spi uint64, at time.Time))
 		}
 		clear(entries[len(keep):])
 		w.slots[s] = keep
-		w.count -= len(due)
-		for _, e := range due {
-			fire(e.spi, time.Unix(0, e.at))
-		}
+	}
+	for w.current < nowTick-1 {
+		w.current++
+		scan(w.current)
+	}
+	scan(nowTick)
+	w.count -= len(due)
+	for _, e := range due {
+		fire(e.spi, time.Unix(0, e.at))
 	}
 }
 
