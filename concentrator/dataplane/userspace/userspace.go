@@ -1,0 +1,619 @@
+// Package userspace is a data plane that carries ESP in user space, for
+// hosts whose kernel has no ESP (and for the load-test gateways): inner
+// packets come and go through a TUN device, ESP-in-UDP through the node's
+// NAT-T socket.
+//
+//	outbound: TUN read → SA by destination (selector match) → worker(SA):
+//	          esp.Outbound.Seal → node's NAT-T socket → peer
+//	inbound:  node's NAT-T socket → HandleESP → SA by SPI → worker(SA):
+//	          esp.Inbound.Open (replay window) → selector check → TUN write
+//
+// Each SA is pinned to one worker by a hash of its inbound SPI, so its
+// sequence numbers and replay window are touched by one goroutine only.
+// Queues are bounded; a full queue drops the packet and counts it. Routes
+// for the remote traffic selectors (and virtual IPs) point at the TUN
+// device and are reference-counted, so a CHILD rekey (new SA installed
+// before the old is removed) keeps them.
+package userspace
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"runtime"
+	"sort"
+	"sync"
+	"sync/atomic"
+
+	"github.com/ikefleet/ikefleet/concentrator/dataplane"
+	"github.com/ikefleet/ikefleet/concentrator/esp"
+)
+
+// Defaults and limits.
+const (
+	DefaultTUNName  = "ikf0"
+	DefaultMTU      = 1400 // as strongSwan's kernel-libipsec: leaves room for ESP-in-UDP in 1500
+	DefaultQueueLen = 1024 // packets per worker queue
+	maxInner        = 9000 // largest inner packet carried (jumbo); bigger ESP is dropped
+)
+
+// Device is the inner side: a TUN device, or a test double. Read returns
+// one IP packet; Write takes one.
+type Device interface {
+	Name() string
+	Read(b []byte) (int, error)
+	Write(b []byte) (int, error)
+	Close() error
+}
+
+// Router points routes for remote selectors at the device. AddRoute and
+// DelRoute are idempotent. localTS lets the router pick a source address
+// the peer's selectors accept for locally generated traffic.
+type Router interface {
+	AddRoute(dst netip.Prefix, localTS []dataplane.Selector) error
+	DelRoute(dst netip.Prefix) error
+}
+
+// Config configures the user-space data plane.
+type Config struct {
+	TUNName      string // DefaultTUNName if empty
+	MTU          int    // DefaultMTU if 0
+	Workers      int    // 0: GOMAXPROCS
+	QueueLen     int    // DefaultQueueLen if 0
+	ReplayWindow int    // esp.DefaultReplayWindow if 0
+	Log          *slog.Logger
+
+	// Device and Router replace the TUN device and netlink routes (tests).
+	Device Device
+	Router Router
+}
+
+// DropReason names why a packet was dropped; a fixed label set.
+type DropReason int
+
+const (
+	DropNoSA        DropReason = iota // no SA for the SPI or destination
+	DropQueueFull                     // the SA's worker queue was full
+	DropMalformed                     // bad ESP or inner packet
+	DropReplay                        // outside the window or seen before
+	DropIntegrity                     // ICV / AEAD tag check failed
+	DropSelector                      // inner addresses outside the SA's traffic selectors
+	DropDummy                         // TFC dummy packet (next header 59)
+	DropOversize                      // larger than the buffers
+	DropSeqOverflow                   // outbound sequence numbers exhausted
+	DropSendError                     // UDP send failed, or no sender yet
+	DropTUNWrite                      // writing to the TUN device failed
+	numDropReasons
+)
+
+var dropNames = [numDropReasons]string{"no_sa", "queue_full", "malformed", "replay", "integrity", "selector",
+	"dummy", "oversize", "seq_overflow", "send_error", "tun_write"}
+
+func (r DropReason) String() string { return dropNames[r] }
+
+// Stats are data-plane-wide counters.
+type Stats struct {
+	Drops map[string]uint64 // by DropReason.String()
+	SAs   int
+}
+
+// sa is one installed CHILD SA.
+type sa struct {
+	child  *dataplane.ChildSA
+	in     *esp.Inbound
+	out    *esp.Outbound
+	worker int
+	order  uint64 // install order: newest wins outbound
+
+	inBytes, inPackets, outBytes, outPackets atomic.Uint64
+}
+
+type job struct {
+	sa       *sa
+	buf      *[]byte
+	off, n   int
+	outbound bool
+}
+
+// DataPlane is the user-space data plane.
+type DataPlane struct {
+	cfg     Config
+	log     *slog.Logger
+	dev     Device
+	router  Router
+	sender  atomic.Pointer[senderBox]
+	pool    sync.Pool
+	bufSize int
+	workers []chan job
+	drops   [numDropReasons]atomic.Uint64
+
+	mu     sync.RWMutex
+	bySPI  map[uint32]*sa
+	hosts  map[netip.Addr][]*sa // single-address remote selectors (virtual IPs), newest first
+	ranges []*sa                // the rest, by specificity then newest first
+	routes map[netip.Prefix]int // reference counts
+	order  uint64
+	closed bool
+
+	done chan struct{}
+	wg   sync.WaitGroup
+}
+
+type senderBox struct{ s dataplane.UDPSender }
+
+var (
+	_ dataplane.DataPlane  = (*DataPlane)(nil)
+	_ dataplane.ESPHandler = (*DataPlane)(nil)
+	_ dataplane.SenderUser = (*DataPlane)(nil)
+)
+
+// New creates the TUN device (unless cfg.Device is set), brings it up and
+// starts the reader and the workers.
+func New(cfg Config) (*DataPlane, error) {
+	if cfg.TUNName == "" {
+		cfg.TUNName = DefaultTUNName
+	}
+	if cfg.MTU == 0 {
+		cfg.MTU = DefaultMTU
+	}
+	if cfg.Workers == 0 {
+		cfg.Workers = runtime.GOMAXPROCS(0)
+	}
+	if cfg.QueueLen == 0 {
+		cfg.QueueLen = DefaultQueueLen
+	}
+	if cfg.ReplayWindow == 0 {
+		cfg.ReplayWindow = esp.DefaultReplayWindow
+	}
+	if cfg.Log == nil {
+		cfg.Log = slog.New(slog.DiscardHandler)
+	}
+	switch {
+	case cfg.MTU < 576 || cfg.MTU > maxInner:
+		return nil, fmt.Errorf("userspace: MTU %d out of range 576..%d", cfg.MTU, maxInner)
+	case cfg.Workers < 1 || cfg.QueueLen < 1:
+		return nil, fmt.Errorf("userspace: workers and queue length must be positive")
+	case cfg.ReplayWindow < 1 || cfg.ReplayWindow > esp.MaxReplayWindow:
+		return nil, fmt.Errorf("userspace: replay window %d out of range 1..%d", cfg.ReplayWindow, esp.MaxReplayWindow)
+	}
+	d := &DataPlane{cfg: cfg, log: cfg.Log, dev: cfg.Device, router: cfg.Router,
+		bySPI: map[uint32]*sa{}, hosts: map[netip.Addr][]*sa{}, routes: map[netip.Prefix]int{},
+		done: make(chan struct{})}
+	d.bufSize = esp.MaxHeadroom + max(maxInner, cfg.MTU) + esp.MaxTailroom
+	d.pool.New = func() any { b := make([]byte, d.bufSize); return &b }
+	if d.dev == nil {
+		tun, err := openTUN(cfg.TUNName, cfg.MTU)
+		if err != nil {
+			return nil, err
+		}
+		d.dev = tun
+		if d.router == nil {
+			d.router = tun
+		}
+	}
+	if d.router == nil {
+		d.router = noRoutes{}
+	}
+	for i := 0; i < cfg.Workers; i++ {
+		q := make(chan job, cfg.QueueLen)
+		d.workers = append(d.workers, q)
+		d.wg.Add(1)
+		go func() { defer d.wg.Done(); d.work(q) }()
+	}
+	d.wg.Add(1)
+	go func() { defer d.wg.Done(); d.readTUN() }()
+	d.log.Info("userspace data plane up", "tun", d.dev.Name(), "mtu", cfg.MTU, "workers", cfg.Workers,
+		"queue_len", cfg.QueueLen, "replay_window", cfg.ReplayWindow)
+	return d, nil
+}
+
+type noRoutes struct{}
+
+func (noRoutes) AddRoute(netip.Prefix, []dataplane.Selector) error { return nil }
+func (noRoutes) DelRoute(netip.Prefix) error                       { return nil }
+
+func (d *DataPlane) Name() string { return "userspace" }
+
+// TUNName is the name of the inner device.
+func (d *DataPlane) TUNName() string { return d.dev.Name() }
+
+// SetSender implements dataplane.SenderUser.
+func (d *DataPlane) SetSender(s dataplane.UDPSender) { d.sender.Store(&senderBox{s}) }
+
+func espConfig(spi uint32, c *dataplane.ChildSA, k dataplane.Keys, window int) esp.Config {
+	return esp.Config{SPI: spi, EncrID: c.EncrID, KeyBits: c.EncrKeyBits, IntegID: c.IntegID,
+		EncrKey: k.Encr, IntegKey: k.Integ, ESN: c.ESN, ReplayWindow: window}
+}
+
+// workerFor pins an SA to a worker by a hash of its inbound SPI (the
+// engine puts shard bits at the top of SPIs, so mix before reducing).
+func (d *DataPlane) workerFor(spi uint32) int {
+	h := uint64(spi) * 0x9e3779b97f4a7c15
+	return int((h >> 32) % uint64(len(d.workers)))
+}
+
+// Install adds a CHILD SA pair and routes for its remote selectors and
+// virtual IP. Installing an installed SA (same inbound SPI) succeeds and
+// changes nothing.
+func (d *DataPlane) Install(_ context.Context, c *dataplane.ChildSA) error {
+	if !c.Encap {
+		return &dataplane.InstallError{InSPI: c.InSPI, OutSPI: c.OutSPI,
+			Err: errors.New("userspace ESP needs UDP encapsulation (force_encap)")}
+	}
+	in, err := esp.NewInbound(espConfig(c.InSPI, c, c.In, d.cfg.ReplayWindow))
+	if err != nil {
+		return &dataplane.InstallError{InSPI: c.InSPI, OutSPI: c.OutSPI, Err: err}
+	}
+	out, err := esp.NewOutbound(espConfig(c.OutSPI, c, c.Out, 0))
+	if err != nil {
+		return &dataplane.InstallError{InSPI: c.InSPI, OutSPI: c.OutSPI, Err: err}
+	}
+	cp := *c
+	cp.LocalTS = append([]dataplane.Selector(nil), c.LocalTS...)
+	cp.RemoteTS = append([]dataplane.Selector(nil), c.RemoteTS...)
+	if cp.VirtualIP.IsValid() && !matchAny(cp.RemoteTS, cp.VirtualIP, 0, 0) {
+		cp.RemoteTS = append(cp.RemoteTS, dataplane.Selector{Start: cp.VirtualIP, End: cp.VirtualIP, EndPort: 0xffff})
+	}
+	s := &sa{child: &cp, in: in, out: out, worker: d.workerFor(c.InSPI)}
+
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.closed {
+		return dataplane.ErrClosed
+	}
+	if _, ok := d.bySPI[c.InSPI]; ok {
+		return nil
+	}
+	var added []netip.Prefix
+	for _, sel := range cp.RemoteTS {
+		for _, p := range prefixes(sel) {
+			if d.routes[p] == 0 {
+				if err := d.router.AddRoute(p, cp.LocalTS); err != nil {
+					for _, a := range added {
+						d.unref(a)
+					}
+					return &dataplane.InstallError{InSPI: c.InSPI, OutSPI: c.OutSPI, Err: fmt.Errorf("route %s: %w", p, err)}
+				}
+			}
+			d.routes[p]++
+			added = append(added, p)
+		}
+	}
+	d.order++
+	s.order = d.order
+	d.bySPI[c.InSPI] = s
+	d.index(s)
+	d.log.Info("userspace SA installed", "spi_in", fmt.Sprintf("%08x", c.InSPI), "spi_out", fmt.Sprintf("%08x", c.OutSPI),
+		"peer", c.Remote.String(), "peer_id", c.PeerID, "worker", s.worker, "routes", fmt.Sprint(added))
+	return nil
+}
+
+func (d *DataPlane) unref(p netip.Prefix) {
+	d.routes[p]--
+	if d.routes[p] <= 0 {
+		delete(d.routes, p)
+		if err := d.router.DelRoute(p); err != nil {
+			d.log.Warn("route removal failed", "dst", p.String(), "err", err)
+		}
+	}
+}
+
+func isHost(s dataplane.Selector) bool { return s.Start == s.End && s.IPProto == 0 }
+
+func (d *DataPlane) index(s *sa) {
+	for _, sel := range s.child.RemoteTS {
+		if isHost(sel) {
+			d.hosts[sel.Start] = append([]*sa{s}, d.hosts[sel.Start]...)
+			continue
+		}
+	}
+	for _, sel := range s.child.RemoteTS {
+		if !isHost(sel) {
+			d.ranges = append(d.ranges, s)
+			d.sortRanges()
+			return
+		}
+	}
+}
+
+// sortRanges orders SAs by their narrowest remote selector, newest first.
+func (d *DataPlane) sortRanges() {
+	width := func(s *sa) []byte {
+		var best []byte
+		for _, sel := range s.child.RemoteTS {
+			a, b := sel.Start.AsSlice(), sel.End.AsSlice()
+			w := make([]byte, len(a))
+			borrow := 0
+			for i := len(a) - 1; i >= 0; i-- {
+				v := int(b[i]) - int(a[i]) - borrow
+				borrow = 0
+				if v < 0 {
+					v += 256
+					borrow = 1
+				}
+				w[i] = byte(v)
+			}
+			if best == nil || string(w) < string(best) {
+				best = w
+			}
+		}
+		return best
+	}
+	sort.SliceStable(d.ranges, func(i, j int) bool {
+		wi, wj := width(d.ranges[i]), width(d.ranges[j])
+		if len(wi) != len(wj) || string(wi) != string(wj) {
+			return len(wi) < len(wj) || (len(wi) == len(wj) && string(wi) < string(wj))
+		}
+		return d.ranges[i].order > d.ranges[j].order
+	})
+}
+
+// Remove deletes the SA with inbound SPI inSPI and the routes only it
+// needed; it logs the SA's final counters.
+func (d *DataPlane) Remove(_ context.Context, inSPI uint32) error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.closed {
+		return dataplane.ErrClosed
+	}
+	s, ok := d.bySPI[inSPI]
+	if !ok {
+		return nil
+	}
+	delete(d.bySPI, inSPI)
+	for _, sel := range s.child.RemoteTS {
+		if isHost(sel) {
+			l := d.hosts[sel.Start]
+			for i, x := range l {
+				if x == s {
+					l = append(l[:i:i], l[i+1:]...)
+					break
+				}
+			}
+			if len(l) == 0 {
+				delete(d.hosts, sel.Start)
+			} else {
+				d.hosts[sel.Start] = l
+			}
+		}
+		for _, p := range prefixes(sel) {
+			d.unref(p)
+		}
+	}
+	for i, x := range d.ranges {
+		if x == s {
+			d.ranges = append(d.ranges[:i:i], d.ranges[i+1:]...)
+			break
+		}
+	}
+	d.log.Info("userspace SA removed", "spi_in", fmt.Sprintf("%08x", inSPI), "spi_out", fmt.Sprintf("%08x", s.child.OutSPI),
+		"peer_id", s.child.PeerID, "in_packets", s.inPackets.Load(), "in_bytes", s.inBytes.Load(),
+		"out_packets", s.outPackets.Load(), "out_bytes", s.outBytes.Load(), "replay_top", s.in.Seq())
+	return nil
+}
+
+func (d *DataPlane) List(context.Context) ([]*dataplane.ChildSA, error) {
+	d.mu.RLock()
+	defer d.mu.RUnlock()
+	out := make([]*dataplane.ChildSA, 0, len(d.bySPI))
+	for _, s := range d.bySPI {
+		c := *s.child
+		out = append(out, &c)
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].InSPI < out[j].InSPI })
+	return out, nil
+}
+
+// Counters reports inner bytes and packets per SA.
+func (d *DataPlane) Counters(context.Context) ([]dataplane.Counters, error) {
+	d.mu.RLock()
+	defer d.mu.RUnlock()
+	out := make([]dataplane.Counters, 0, len(d.bySPI))
+	for spi, s := range d.bySPI {
+		out = append(out, dataplane.Counters{InSPI: spi, InBytes: s.inBytes.Load(), OutBytes: s.outBytes.Load(),
+			InPackets: s.inPackets.Load(), OutPackets: s.outPackets.Load()})
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].InSPI < out[j].InSPI })
+	return out, nil
+}
+
+// Stats returns the drop counters.
+func (d *DataPlane) Stats() Stats {
+	st := Stats{Drops: map[string]uint64{}}
+	for r := DropReason(0); r < numDropReasons; r++ {
+		if v := d.drops[r].Load(); v > 0 {
+			st.Drops[r.String()] = v
+		}
+	}
+	d.mu.RLock()
+	st.SAs = len(d.bySPI)
+	d.mu.RUnlock()
+	return st
+}
+
+// Close stops the reader and workers and removes the TUN device (and with
+// it the routes).
+func (d *DataPlane) Close() error {
+	d.mu.Lock()
+	if d.closed {
+		d.mu.Unlock()
+		return nil
+	}
+	d.closed = true
+	d.mu.Unlock()
+	close(d.done)
+	err := d.dev.Close()
+	d.wg.Wait()
+	st := d.Stats()
+	d.log.Info("userspace data plane stopped", "tun", d.dev.Name(), "drops", fmt.Sprint(st.Drops))
+	return err
+}
+
+func (d *DataPlane) drop(r DropReason) { d.drops[r].Add(1) }
+
+func (d *DataPlane) getBuf() *[]byte  { return d.pool.Get().(*[]byte) }
+func (d *DataPlane) putBuf(b *[]byte) { d.pool.Put(b) }
+
+func (d *DataPlane) enqueue(j job) {
+	select {
+	case d.workers[j.sa.worker] <- j:
+	default:
+		d.drop(DropQueueFull)
+		d.putBuf(j.buf)
+	}
+}
+
+// HandleESP implements dataplane.ESPHandler: it copies the packet and
+// queues it on its SA's worker.
+func (d *DataPlane) HandleESP(pkt []byte, _, _ netip.AddrPort) {
+	h, err := esp.ParseHeader(pkt)
+	if err != nil {
+		d.drop(DropMalformed)
+		return
+	}
+	if len(pkt) > d.bufSize {
+		d.drop(DropOversize)
+		return
+	}
+	d.mu.RLock()
+	s := d.bySPI[h.SPI]
+	d.mu.RUnlock()
+	if s == nil {
+		d.drop(DropNoSA)
+		return
+	}
+	b := d.getBuf()
+	n := copy(*b, pkt)
+	d.enqueue(job{sa: s, buf: b, off: 0, n: n})
+}
+
+// lookupOut finds the SA for an outbound inner packet: its destination
+// under the SA's remote selectors and its source under the local ones.
+func (d *DataPlane) lookupOut(f flow) *sa {
+	d.mu.RLock()
+	defer d.mu.RUnlock()
+	for _, s := range d.hosts[f.dst] {
+		if matchAny(s.child.LocalTS, f.src, f.proto, f.srcPort) {
+			return s
+		}
+	}
+	for _, s := range d.ranges {
+		if matchAny(s.child.RemoteTS, f.dst, f.proto, f.dstPort) && matchAny(s.child.LocalTS, f.src, f.proto, f.srcPort) {
+			return s
+		}
+	}
+	return nil
+}
+
+// readTUN reads inner packets and queues each on its SA's worker.
+func (d *DataPlane) readTUN() {
+	const off = esp.MaxHeadroom
+	for {
+		b := d.getBuf()
+		n, err := d.dev.Read((*b)[off : off+d.cfg.MTU])
+		if err != nil {
+			d.putBuf(b)
+			select {
+			case <-d.done:
+				return
+			default:
+			}
+			if errors.Is(err, errClosed) {
+				return
+			}
+			d.log.Warn("TUN read failed", "tun", d.dev.Name(), "err", err)
+			continue
+		}
+		f, ok := parseFlow((*b)[off : off+n])
+		if !ok {
+			d.drop(DropMalformed)
+			d.putBuf(b)
+			continue
+		}
+		s := d.lookupOut(f)
+		if s == nil {
+			d.drop(DropNoSA)
+			d.putBuf(b)
+			continue
+		}
+		d.enqueue(job{sa: s, buf: b, off: off, n: n, outbound: true})
+	}
+}
+
+func (d *DataPlane) work(q chan job) {
+	for {
+		select {
+		case <-d.done:
+			return
+		case j := <-q:
+			if j.outbound {
+				d.sendOut(j)
+			} else {
+				d.receive(j)
+			}
+			d.putBuf(j.buf)
+		}
+	}
+}
+
+func (d *DataPlane) sendOut(j job) {
+	s := j.sa
+	nh, _ := esp.InnerVersion((*j.buf)[j.off:])
+	pkt, err := s.out.Seal(*j.buf, j.off, j.n, nh)
+	if err != nil {
+		if errors.Is(err, esp.ErrSeqOverflow) {
+			d.drop(DropSeqOverflow)
+		} else {
+			d.drop(DropOversize)
+		}
+		return
+	}
+	sb := d.sender.Load()
+	if sb == nil {
+		d.drop(DropSendError)
+		return
+	}
+	if err := sb.s.SendUDP(pkt, s.child.Local, s.child.Remote); err != nil {
+		d.drop(DropSendError)
+		return
+	}
+	s.outPackets.Add(1)
+	s.outBytes.Add(uint64(j.n))
+}
+
+func (d *DataPlane) receive(j job) {
+	s := j.sa
+	payload, nh, _, err := s.in.Open((*j.buf)[j.off : j.off+j.n])
+	if err != nil {
+		switch err {
+		case esp.ErrReplay:
+			d.drop(DropReplay)
+		case esp.ErrIntegrity:
+			d.drop(DropIntegrity)
+		default:
+			d.drop(DropMalformed)
+		}
+		return
+	}
+	if nh == esp.NextHeaderDummy {
+		d.drop(DropDummy)
+		return
+	}
+	f, ok := parseFlow(payload)
+	if v, _ := esp.InnerVersion(payload); !ok || v != nh {
+		d.drop(DropMalformed)
+		return
+	}
+	if !matchAny(s.child.RemoteTS, f.src, f.proto, f.srcPort) || !matchAny(s.child.LocalTS, f.dst, f.proto, f.dstPort) {
+		d.drop(DropSelector)
+		return
+	}
+	if _, err := d.dev.Write(payload); err != nil {
+		d.drop(DropTUNWrite)
+		return
+	}
+	s.inPackets.Add(1)
+	s.inBytes.Add(uint64(len(payload)))
+}
