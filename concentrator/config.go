@@ -85,8 +85,22 @@ type ChildrenConfig struct {
 }
 
 type DataPlaneConfig struct {
-	Mode string `yaml:"mode"`
+	Mode      string          `yaml:"mode"` // memory | userspace | xfrm | auto
+	Userspace UserspaceConfig `yaml:"userspace"`
 }
+
+// UserspaceConfig configures the user-space ESP data plane (mode
+// userspace, or auto on a kernel without ESP).
+type UserspaceConfig struct {
+	TUN          string `yaml:"tun"`           // TUN device name
+	MTU          int    `yaml:"mtu"`           // inner MTU of the TUN device
+	Workers      int    `yaml:"workers"`       // crypto workers; 0 = one per CPU
+	QueueLen     int    `yaml:"queue_len"`     // packets waiting per worker before drops
+	ReplayWindow int    `yaml:"replay_window"` // anti-replay window, packets
+}
+
+// DataPlaneModes are the accepted values of dataplane.mode.
+var DataPlaneModes = []string{"memory", "userspace", "xfrm", "auto"}
 
 // FieldError is a configuration error at a named field.
 type FieldError struct {
@@ -119,7 +133,7 @@ func DefaultConfig() Config {
 		},
 		Identity:  IdentityConfig{SendCert: "always"},
 		Children:  ChildrenConfig{RekeyAfter: 50 * time.Minute, RekeyWindow: 10 * time.Minute, MaxPerIKE: 8},
-		DataPlane: DataPlaneConfig{Mode: "memory"},
+		DataPlane: DataPlaneConfig{Mode: "memory", Userspace: UserspaceConfig{TUN: "ikf0", MTU: 1400, QueueLen: 1024, ReplayWindow: 1024}},
 	}
 }
 
@@ -343,10 +357,30 @@ func (c *Config) Validate() error {
 			return fieldErr(fmt.Sprintf("children.dns[%d]", i), "not an IP address: %q", s)
 		}
 	}
-	switch c.DataPlane.Mode {
-	case "memory":
+	return c.DataPlane.validate()
+}
+
+func (d *DataPlaneConfig) validate() error {
+	switch d.Mode {
+	case "memory", "userspace", "xfrm", "auto":
 	default:
-		return fieldErr("dataplane.mode", "must be memory (xfrm and userspace are not built yet), not %q", c.DataPlane.Mode)
+		return fieldErr("dataplane.mode", "must be one of %s, not %q", strings.Join(DataPlaneModes, ", "), d.Mode)
+	}
+	u := &d.Userspace
+	if n := u.TUN; n == "" || len(n) > 15 || n == "." || n == ".." || strings.ContainsAny(n, "/:% \t\n") {
+		return fieldErr("dataplane.userspace.tun", "must be an interface name of 1 to 15 characters without /, :, %% or spaces: %q", n)
+	}
+	if u.MTU < 576 || u.MTU > 9000 {
+		return fieldErr("dataplane.userspace.mtu", "must be 576 to 9000 (1280 or more for IPv6 inside): %d", u.MTU)
+	}
+	if u.Workers < 0 || u.Workers > 256 {
+		return fieldErr("dataplane.userspace.workers", "must be 0 (one per CPU) to 256: %d", u.Workers)
+	}
+	if u.QueueLen < 1 || u.QueueLen > 1<<16 {
+		return fieldErr("dataplane.userspace.queue_len", "must be 1 to 65536: %d", u.QueueLen)
+	}
+	if u.ReplayWindow < 32 || u.ReplayWindow > 1<<16 {
+		return fieldErr("dataplane.userspace.replay_window", "must be 32 to 65536 packets: %d", u.ReplayWindow)
 	}
 	return nil
 }

@@ -48,16 +48,22 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return err
 	}
 	log := newLogger(cfg.Log, stdout)
-	if cfg.DataPlane.Mode != "memory" {
-		return fmt.Errorf("dataplane.mode %q is not available", cfg.DataPlane.Mode)
+	if *check {
+		// No data plane: checking a configuration creates no devices.
+		if _, err := concentrator.New(cfg, log, memory.New()); err != nil {
+			return err
+		}
+		fmt.Fprintln(stdout, "configuration OK")
+		return nil
 	}
-	node, err := concentrator.New(cfg, log, memory.New())
+	dp, err := newDataPlane(cfg.DataPlane, log)
 	if err != nil {
 		return err
 	}
-	if *check {
-		fmt.Fprintln(stdout, "configuration OK")
-		return nil
+	defer dp.Close()
+	node, err := concentrator.New(cfg, log, dp)
+	if err != nil {
+		return err
 	}
 	return node.Run(ctx)
 }

@@ -53,3 +53,37 @@ func setSPDHashThresholds(ns netns.NsHandle, v4, v6 [2]int) error {
 	_, err := req.Execute(unix.NETLINK_XFRM, 0)
 	return err
 }
+
+// getSPDHashThresholds reads the IPv4 hash thresholds
+// (XFRM_MSG_GETSPDINFO), for tests and diagnostics.
+func getSPDHashThresholds(ns netns.NsHandle) (lbits, rbits int, err error) {
+	req := nl.NewNetlinkRequest(nl.XFRM_MSG_GETSPDINFO, 0)
+	req.AddData(spdFlags(0))
+	if ns.IsOpen() {
+		s, err := nl.GetNetlinkSocketAt(ns, netns.None(), unix.NETLINK_XFRM)
+		if err != nil {
+			return 0, 0, err
+		}
+		defer s.Close()
+		req.Sockets = map[int]*nl.SocketHandle{unix.NETLINK_XFRM: {Socket: s}}
+	}
+	msgs, err := req.Execute(unix.NETLINK_XFRM, nl.XFRM_MSG_NEWSPDINFO)
+	if err != nil {
+		return 0, 0, err
+	}
+	for _, m := range msgs {
+		if len(m) < 4 {
+			continue
+		}
+		attrs, err := nl.ParseRouteAttr(m[4:])
+		if err != nil {
+			return 0, 0, err
+		}
+		for _, a := range attrs {
+			if a.Attr.Type == xfrmaSPDIPv4HThresh && len(a.Value) >= 2 {
+				return int(a.Value[0]), int(a.Value[1]), nil
+			}
+		}
+	}
+	return 0, 0, fmt.Errorf("no IPv4 hash thresholds in the SPD info")
+}

@@ -466,7 +466,8 @@ func (d *DataPlane) removeLocked(inSPI uint32) error {
 }
 
 func (d *DataPlane) delRoute(p netip.Prefix) error {
-	rt := &netlink.Route{Dst: ipNet(p), Table: d.opts.RouteTable, Protocol: d.opts.RouteProtocol}
+	// Scope "nowhere" matches a route of any scope (as ip route del does).
+	rt := &netlink.Route{Dst: ipNet(p), Table: d.opts.RouteTable, Protocol: d.opts.RouteProtocol, Scope: netlink.SCOPE_NOWHERE}
 	if err := d.h.RouteDel(rt); err != nil && !isGone(err) {
 		return fmt.Errorf("delete route %s: %w", p, err)
 	}
