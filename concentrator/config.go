@@ -45,6 +45,7 @@ type IKEConfig struct {
 	CookieThreshold   *int          `yaml:"cookie_threshold"`
 	HalfOpenTimeout   time.Duration `yaml:"half_open_timeout"`
 	RetransmitTimeout time.Duration `yaml:"retransmit_timeout"`
+	RetransmitTries   int           `yaml:"retransmit_tries"`
 	Proposals         []string      `yaml:"proposals"`
 	ESPProposals      []string      `yaml:"esp_proposals"`
 	AllowWeak         bool          `yaml:"allow_weak"`
@@ -124,7 +125,7 @@ func DefaultConfig() Config {
 		Log: LogConfig{Level: "info", Format: "json"},
 		IKE: IKEConfig{
 			Listen: []string{"0.0.0.0"}, Port: 500, NATTPort: 4500, ForceEncap: &t, CookieThreshold: &th,
-			HalfOpenTimeout: 30 * time.Second, RetransmitTimeout: 2 * time.Second, DPDDelay: 60 * time.Second,
+			HalfOpenTimeout: 30 * time.Second, RetransmitTimeout: 2 * time.Second, RetransmitTries: 5, DPDDelay: 60 * time.Second,
 			Proposals: []string{
 				"aes256gcm16-prfsha256-x25519", "aes256gcm16-prfsha384-ecp384", "aes128gcm16-prfsha256-ecp256",
 				"chacha20poly1305-prfsha256-x25519", "aes256-sha256-modp2048",
@@ -258,6 +259,9 @@ func (c *Config) Validate() error {
 	}
 	if c.IKE.RetransmitTimeout <= 0 {
 		return fieldErr("ike.retransmit_timeout", "must be positive")
+	}
+	if c.IKE.RetransmitTries < 1 || c.IKE.RetransmitTries > 20 {
+		return fieldErr("ike.retransmit_tries", "must be 1 to 20: %d", c.IKE.RetransmitTries)
 	}
 	if c.IKE.DPDDelay < 0 {
 		return fieldErr("ike.dpd_delay", "must not be negative (0 disables liveness checks)")

@@ -176,6 +176,7 @@ func (c *Config) engineConfig() (ike.Config, error) {
 	}
 	ec.HalfOpenTimeout = c.IKE.HalfOpenTimeout
 	ec.RetransmitTimeout = c.IKE.RetransmitTimeout
+	ec.RetransmitTries = c.IKE.RetransmitTries
 	ec.FragmentSize = c.IKE.FragmentSize
 	ec.DPDDelay = c.IKE.DPDDelay
 	ec.IKERekeyAfter = c.IKE.RekeyAfter

@@ -373,7 +373,7 @@ func (n *Node) logEvent(s *shard, ev ike.Event) {
 		}
 	}
 	switch ev.Kind {
-	case ike.EventDropped:
+	case ike.EventDropped, ike.EventDPD:
 		n.log.Debug(ev.Kind.String(), attrs...)
 	case ike.EventIKEFailed, ike.EventChildFailed:
 		n.log.Warn(ev.Kind.String(), attrs...)

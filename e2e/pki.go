@@ -57,8 +57,9 @@ func NewPKI(t testing.TB) *PKI {
 
 // Issue makes an ECDSA P-256 certificate for "C=XX, O=ikefleet e2e, CN=name"
 // with subjectAltName DNS:name (e.g. "conc.example", "gw1.iot.example"),
-// usable as IKE identity name.
-func (p *PKI) Issue(t testing.TB, name string) Credential {
+// usable as IKE identity name. extraSANs are added as further DNS names
+// (a long list makes a certificate big enough to need IKE fragmentation).
+func (p *PKI) Issue(t testing.TB, name string, extraSANs ...string) Credential {
 	t.Helper()
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
@@ -68,7 +69,7 @@ func (p *PKI) Issue(t testing.TB, name string) Credential {
 	tmpl := &x509.Certificate{
 		SerialNumber: serial(t),
 		Subject:      pkix.Name{Country: []string{"XX"}, Organization: []string{"ikefleet e2e"}, CommonName: name},
-		DNSNames:     []string{name},
+		DNSNames:     append([]string{name}, extraSANs...),
 		NotBefore:    now.Add(-time.Hour),
 		NotAfter:     now.Add(24 * time.Hour),
 		KeyUsage:     x509.KeyUsageDigitalSignature,
