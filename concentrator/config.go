@@ -88,6 +88,18 @@ type ChildrenConfig struct {
 type DataPlaneConfig struct {
 	Mode      string          `yaml:"mode"` // memory | userspace | xfrm | auto
 	Userspace UserspaceConfig `yaml:"userspace"`
+	XFRM      XFRMConfig      `yaml:"xfrm"`
+}
+
+// XFRMConfig configures the kernel ESP data plane (mode xfrm, or auto on a
+// kernel with ESP).
+type XFRMConfig struct {
+	SocketRecvBuffer int   `yaml:"socket_recv_buffer"` // SO_RCVBUF of the IKE and NAT-T sockets, bytes; 0 = system default
+	SocketSendBuffer int   `yaml:"socket_send_buffer"` // SO_SNDBUF, bytes; 0 = system default
+	MSSClamp         bool  `yaml:"mss_clamp"`          // clamp TCP MSS of tunnel traffic (nftables)
+	MSS              int   `yaml:"mss"`                // MSS for SYNs arriving from tunnels; 0 = 1360
+	ReplayWindow     int   `yaml:"replay_window"`      // inbound anti-replay window with ESN, packets (non-ESN: 32)
+	HThresh4         []int `yaml:"hthresh4"`           // SPD hash thresholds [local, remote] prefix bits
 }
 
 // UserspaceConfig configures the user-space ESP data plane (mode
@@ -132,9 +144,10 @@ func DefaultConfig() Config {
 			},
 			ESPProposals: []string{"aes256gcm16", "aes128gcm16", "chacha20poly1305", "aes256-sha256"},
 		},
-		Identity:  IdentityConfig{SendCert: "always"},
-		Children:  ChildrenConfig{RekeyAfter: 50 * time.Minute, RekeyWindow: 10 * time.Minute, MaxPerIKE: 8},
-		DataPlane: DataPlaneConfig{Mode: "memory", Userspace: UserspaceConfig{TUN: "ikf0", MTU: 1400, QueueLen: 1024, ReplayWindow: 1024}},
+		Identity: IdentityConfig{SendCert: "always"},
+		Children: ChildrenConfig{RekeyAfter: 50 * time.Minute, RekeyWindow: 10 * time.Minute, MaxPerIKE: 8},
+		DataPlane: DataPlaneConfig{Mode: "memory", Userspace: UserspaceConfig{TUN: "ikf0", MTU: 1400, QueueLen: 1024, ReplayWindow: 1024},
+			XFRM: XFRMConfig{MSSClamp: true, ReplayWindow: 128, HThresh4: []int{0, 32}}},
 	}
 }
 
@@ -385,6 +398,25 @@ func (d *DataPlaneConfig) validate() error {
 	}
 	if u.ReplayWindow < 32 || u.ReplayWindow > 1<<16 {
 		return fieldErr("dataplane.userspace.replay_window", "must be 32 to 65536 packets: %d", u.ReplayWindow)
+	}
+	return d.XFRM.validate()
+}
+
+func (x *XFRMConfig) validate() error {
+	if x.SocketRecvBuffer < 0 || x.SocketRecvBuffer > 1<<30 {
+		return fieldErr("dataplane.xfrm.socket_recv_buffer", "must be 0 (system default) to 1 GiB: %d", x.SocketRecvBuffer)
+	}
+	if x.SocketSendBuffer < 0 || x.SocketSendBuffer > 1<<30 {
+		return fieldErr("dataplane.xfrm.socket_send_buffer", "must be 0 (system default) to 1 GiB: %d", x.SocketSendBuffer)
+	}
+	if x.MSS != 0 && (x.MSS < 536 || x.MSS > 9000) {
+		return fieldErr("dataplane.xfrm.mss", "must be 0 (default 1360) or 536 to 9000: %d", x.MSS)
+	}
+	if x.ReplayWindow < 32 || x.ReplayWindow > 1<<16 {
+		return fieldErr("dataplane.xfrm.replay_window", "must be 32 to 65536 packets: %d", x.ReplayWindow)
+	}
+	if len(x.HThresh4) != 2 || x.HThresh4[0] < 0 || x.HThresh4[0] > 32 || x.HThresh4[1] < 0 || x.HThresh4[1] > 32 {
+		return fieldErr("dataplane.xfrm.hthresh4", "must be two prefix lengths [local, remote] of 0 to 32: %v", x.HThresh4)
 	}
 	return nil
 }

@@ -29,6 +29,12 @@ const (
 	spiShardMask  = uint64(0xff) << spiShardShift
 )
 
+// socketConfigurer is implemented by data planes that need to prepare the
+// node's UDP sockets (xfrm: UDP_ENCAP_ESPINUDP on the NAT-T socket).
+type socketConfigurer interface {
+	ConfigureSocket(c *net.UDPConn, natt bool) error
+}
+
 // Node is one concentrator node.
 type Node struct {
 	cfg    Config
@@ -140,6 +146,16 @@ func (n *Node) Run(ctx context.Context) error {
 				return fmt.Errorf("listen %s port %d: %w", a, port, err)
 			}
 			conns = append(conns, c)
+			// The data plane may prepare the socket: buffer sizes, and
+			// UDP_ENCAP_ESPINUDP on the NAT-T port for kernel ESP (xfrm).
+			if sc, ok := n.dp.(socketConfigurer); ok {
+				if err := sc.ConfigureSocket(c, i == 1); err != nil {
+					for _, c := range conns {
+						c.Close()
+					}
+					return fmt.Errorf("listen %s port %d: %s data plane: %w", a, port, n.dp.Name(), err)
+				}
+			}
 			local := c.LocalAddr().(*net.UDPAddr).AddrPort()
 			local = netip.AddrPortFrom(local.Addr().Unmap(), local.Port())
 			n.mu.Lock()

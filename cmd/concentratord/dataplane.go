@@ -1,7 +1,6 @@
 package main
 
 import (
-	"errors"
 	"fmt"
 	"log/slog"
 
@@ -15,7 +14,8 @@ import (
 // takes kernel ESP (xfrm) when the kernel can install an ESP state and
 // user-space ESP otherwise; the choice and its reason are logged, and the
 // node's "listening" line names the data plane in use.
-func newDataPlane(cfg concentrator.DataPlaneConfig, log *slog.Logger) (dataplane.DataPlane, error) {
+func newDataPlane(full concentrator.Config, log *slog.Logger) (dataplane.DataPlane, error) {
+	cfg := full.DataPlane
 	mode := cfg.Mode
 	if mode == "auto" {
 		if err := xfrmAvailable(); err != nil {
@@ -38,20 +38,7 @@ func newDataPlane(cfg concentrator.DataPlaneConfig, log *slog.Logger) (dataplane
 		}
 		return dp, nil
 	case "xfrm":
-		return newXFRM(cfg, log)
+		return newXFRM(full, log)
 	}
 	return nil, fmt.Errorf("dataplane.mode %q is not available", cfg.Mode)
-}
-
-// xfrmAvailable is the hook of dataplane.mode auto: nil when the kernel
-// can carry ESP (XFRM), else why not. Until the xfrm data plane is wired
-// into concentratord it says so, and auto picks userspace.
-func xfrmAvailable() error {
-	return errors.New("the xfrm data plane is not wired into concentratord yet")
-}
-
-// newXFRM builds the kernel data plane (mode xfrm): to be wired in with
-// concentrator/dataplane/xfrm.
-func newXFRM(concentrator.DataPlaneConfig, *slog.Logger) (dataplane.DataPlane, error) {
-	return nil, errors.New("dataplane.mode xfrm: not wired into concentratord yet")
 }

@@ -56,7 +56,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		fmt.Fprintln(stdout, "configuration OK")
 		return nil
 	}
-	dp, err := newDataPlane(cfg.DataPlane, log)
+	dp, err := newDataPlane(cfg, log)
 	if err != nil {
 		return err
 	}
