@@ -85,11 +85,12 @@ const (
 	DropSeqOverflow                   // outbound sequence numbers exhausted
 	DropSendError                     // UDP send failed, or no sender yet
 	DropTUNWrite                      // writing to the TUN device failed
+	DropLinkLocal                     // multicast or link-local traffic the host sent to the TUN link (IPv6 RS, MLD)
 	numDropReasons
 )
 
 var dropNames = [numDropReasons]string{"no_sa", "queue_full", "malformed", "replay", "integrity", "selector",
-	"dummy", "oversize", "seq_overflow", "send_error", "tun_write"}
+	"dummy", "oversize", "seq_overflow", "send_error", "tun_write", "link_local"}
 
 func (r DropReason) String() string { return dropNames[r] }
 
@@ -142,6 +143,8 @@ type DataPlane struct {
 }
 
 type senderBox struct{ s dataplane.UDPSender }
+
+var broadcast4 = netip.AddrFrom4([4]byte{255, 255, 255, 255})
 
 var (
 	_ dataplane.DataPlane  = (*DataPlane)(nil)
@@ -447,7 +450,7 @@ func (d *DataPlane) Close() error {
 	err := d.dev.Close()
 	d.wg.Wait()
 	st := d.Stats()
-	d.log.Info("userspace data plane stopped", "tun", d.dev.Name(), "drops", fmt.Sprint(st.Drops))
+	d.log.Info("userspace data plane stopped", "tun", d.dev.Name(), "drops", st.Drops)
 	return err
 }
 
@@ -534,7 +537,11 @@ func (d *DataPlane) readTUN() {
 		}
 		s := d.lookupOut(f)
 		if s == nil {
-			d.drop(DropNoSA)
+			if f.dst.IsMulticast() || f.dst.IsLinkLocalUnicast() || f.dst == broadcast4 {
+				d.drop(DropLinkLocal) // never tunnelled: not an error
+			} else {
+				d.drop(DropNoSA)
+			}
 			d.putBuf(b)
 			continue
 		}

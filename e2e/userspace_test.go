@@ -1,0 +1,205 @@
+//go:build linux
+
+package e2e
+
+import (
+	"context"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+)
+
+// userspaceTUN is the TUN device concentratord creates in the conc namespace.
+const userspaceTUN = "ikfus0"
+
+// espCountRules counts ESP-in-UDP crossing the NAT in each direction.
+const espCountRules = `table inet ikfesp {
+  counter esp_to_conc { }
+  counter esp_to_gw { }
+  chain espcount {
+    type filter hook forward priority -10; policy accept;
+    iifname "nat-gw" udp dport 4500 @th,64,32 != 0 counter name "esp_to_conc"
+    iifname "nat-conc" udp sport 4500 @th,64,32 != 0 counter name "esp_to_gw"
+  }
+}
+`
+
+// userspaceConfig is ConcentratordConfig (PSK) with the user-space data plane.
+func userspaceConfig(t *testing.T) string {
+	t.Helper()
+	c := ConcentratordConfig(AuthPSK, "", "", "")
+	const memory = "dataplane:\n  mode: memory\n"
+	if !strings.Contains(c, memory) {
+		t.Fatalf("ConcentratordConfig no longer ends with %q", memory)
+	}
+	return strings.Replace(c, memory, "dataplane:\n  mode: userspace\n  userspace:\n    tun: "+userspaceTUN+
+		"\n    mtu: 1400\n    workers: 2\n    queue_len: 256\n    replay_window: 1024\n", 1)
+}
+
+// TestUserspaceDataPlane is the user-space tier of the data plane: strongSwan
+// gw1 (kernel-libipsec, behind the NAT) brings up a tunnel to concentratord
+// running dataplane.mode userspace, and pings cross it both ways — gw LAN
+// 10.20.0.1 → conc LAN 10.30.0.1 and back — as ESP-in-UDP on port 4500.
+// strongSwan's CHILD_SA counters and concentratord's (logged when the SA is
+// removed) must agree packet for packet.
+func TestUserspaceDataPlane(t *testing.T) {
+	requireNetns(t)
+	start := time.Now()
+	bin := Binary(t, "concentratord")
+	ctx, cancel := context.WithTimeout(t.Context(), 2*time.Minute)
+	defer cancel()
+	tp := NewTopology(t)
+
+	// Count ESP-in-UDP where the NAT forwards it (UDP port 4500 whose
+	// payload does not start with the zero non-ESP marker): the wire's
+	// view, independent of both ends.
+	rules := filepath.Join(t.TempDir(), "esp-count.nft")
+	writeFile(t, rules, []byte(espCountRules))
+	if out, err := tp.Exec(ctx, tp.NAT, "nft", "-f", rules); err != nil {
+		t.Fatalf("nat: ESP counters: %v %s", err, out)
+	}
+
+	cfg := filepath.Join(t.TempDir(), "concentratord.yaml")
+	writeFile(t, cfg, []byte(userspaceConfig(t)))
+	gw := NewStrongSwan(t, tp, "gw", tp.GW)
+	gw.Start(GatewaySwanctlConf(AuthPSK), nil)
+	conc := tp.StartProcess(t, "concentratord", tp.Conc, bin, "--config", cfg)
+	lctx, lcancel := context.WithTimeout(ctx, 10*time.Second)
+	_, err := conc.WaitLog(lctx, "listening", map[string]string{"dataplane": "userspace"})
+	lcancel()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if out, err := tp.Exec(ctx, tp.Conc, "ip", "-o", "link", "show", userspaceTUN); err != nil || !strings.Contains(out, "UP") {
+		t.Fatalf("conc: TUN device %s not up: %v %s", userspaceTUN, err, out)
+	}
+
+	// No tunnel yet: the inner networks cannot reach each other.
+	nctx, ncancel := context.WithTimeout(ctx, 300*time.Millisecond)
+	if err := tp.Ping(nctx, tp.GW, GWLANAddr, ConcLANAddr, 1, 56); err == nil {
+		t.Fatalf("ping %s -> %s works before any tunnel exists", GWLANAddr, ConcLANAddr)
+	}
+	ncancel()
+
+	if out, err := gw.SwanctlContext(ctx, "--initiate", "--child", "lan", "--timeout", "20"); err != nil {
+		t.Fatalf("strongSwan gw initiate to concentratord: %v\n%s", err, out)
+	}
+	sas, err := gw.ListSAs(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	checkGatewaySA(t, sas, GWPSKID)
+	sa, _ := FindIKESA(sas, "conc")
+	gc, _ := sa.Child("lan")
+
+	wctx, wcancel := context.WithTimeout(ctx, 5*time.Second)
+	inst, err := conc.WaitLog(wctx, "userspace SA installed", map[string]string{"peer_id": GWPSKID})
+	wcancel()
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Our inbound SPI is strongSwan's outbound one and vice versa.
+	if in, _ := inst.Attr("spi_in"); in != gc.Get("spi-out") {
+		t.Errorf("conc spi_in %s, gw spi-out %s", in, gc.Get("spi-out"))
+	}
+	if out, _ := inst.Attr("spi_out"); out != gc.Get("spi-in") {
+		t.Errorf("conc spi_out %s, gw spi-in %s", out, gc.Get("spi-in"))
+	}
+	route, err := tp.Exec(ctx, tp.Conc, "ip", "-o", "route", "show", GWLAN)
+	if err != nil || !strings.Contains(route, "dev "+userspaceTUN) {
+		t.Fatalf("conc: no route %s into %s: %v %q", GWLAN, userspaceTUN, err, route)
+	}
+	if !strings.Contains(route, "src "+ConcLANAddr) {
+		t.Errorf("conc: route %q has no source hint %s (an address inside our traffic selector)", route, ConcLANAddr)
+	}
+
+	t0 := time.Now()
+	// 1372 bytes of ICMP payload + 28 = 1400: both TUN devices' MTU.
+	for _, p := range []struct {
+		ns, src, dst string
+	}{{tp.GW, GWLANAddr, ConcLANAddr}, {tp.Conc, ConcLANAddr, GWLANAddr}} {
+		if err := tp.Ping(ctx, p.ns, p.src, p.dst, 3, 56); err != nil {
+			t.Fatal(err)
+		}
+		if err := tp.Ping(ctx, p.ns, p.src, p.dst, 2, 1372); err != nil {
+			t.Error(err)
+		}
+	}
+	t.Logf("20 pings through the user-space tunnel: %v", time.Since(t0).Round(time.Millisecond))
+
+	// strongSwan's view: its CHILD_SA is UDP-encapsulated and carried the
+	// 10 packets each way (5 echo requests + 5 replies).
+	sas, err = gw.ListSAs(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sa, _ = FindIKESA(sas, "conc")
+	gc, _ = sa.Child("lan")
+	num := func(k string) uint64 { v, _ := strconv.ParseUint(gc.Get(k), 10, 64); return v }
+	if gc.Get("encap") != "yes" || num("packets-in") < 10 || num("packets-out") < 10 {
+		t.Errorf("gw: CHILD_SA encap=%s packets-in=%s packets-out=%s, want yes and >= 10 each",
+			gc.Get("encap"), gc.Get("packets-in"), gc.Get("packets-out"))
+	}
+	t.Logf("gw CHILD_SA: bytes-in %s packets-in %s bytes-out %s packets-out %s",
+		gc.Get("bytes-in"), gc.Get("packets-in"), gc.Get("bytes-out"), gc.Get("packets-out"))
+
+	for _, c := range []struct {
+		name string
+		want uint64
+	}{{"esp_to_conc", num("packets-out")}, {"esp_to_gw", num("packets-in")}} {
+		out, err := tp.Exec(ctx, tp.NAT, "nft", "list", "counter", "inet", "ikfesp", c.name)
+		f := strings.Fields(out[strings.Index(out, "packets")+len("packets"):])
+		if err != nil || len(f) == 0 {
+			t.Fatalf("nat: nft list counter %s: %v %s", c.name, err, out)
+		}
+		if n, _ := strconv.ParseUint(f[0], 10, 64); n != c.want {
+			t.Errorf("nat: %d ESP-in-UDP packets %s, want %d", n, c.name, c.want)
+		}
+	}
+
+	// The gateway deletes the tunnel; concentratord removes the SA and logs
+	// its counters, which must match strongSwan's mirror image.
+	if out, err := gw.SwanctlContext(ctx, "--terminate", "--ike", "conc", "--timeout", "10"); err != nil {
+		t.Fatalf("strongSwan gw terminate: %v\n%s", err, out)
+	}
+	dctx, dcancel := context.WithTimeout(ctx, 10*time.Second)
+	rm, err := conc.WaitLog(dctx, "userspace SA removed", map[string]string{"peer_id": GWPSKID})
+	dcancel()
+	if err != nil {
+		t.Fatal(err)
+	}
+	attr := func(k string) uint64 { s, _ := rm.Attr(k); v, _ := strconv.ParseUint(s, 10, 64); return v }
+	t.Logf("conc SA: in_packets %d in_bytes %d out_packets %d out_bytes %d",
+		attr("in_packets"), attr("in_bytes"), attr("out_packets"), attr("out_bytes"))
+	if attr("in_packets") != num("packets-out") || attr("out_packets") != num("packets-in") {
+		t.Errorf("conc in/out packets %d/%d, gw out/in %d/%d: they must agree",
+			attr("in_packets"), attr("out_packets"), num("packets-out"), num("packets-in"))
+	}
+	if attr("in_bytes") != num("bytes-out") || attr("out_bytes") != num("bytes-in") {
+		t.Errorf("conc in/out bytes %d/%d, gw out/in %d/%d: they must agree",
+			attr("in_bytes"), attr("out_bytes"), num("bytes-out"), num("bytes-in"))
+	}
+	if out, _ := tp.Exec(ctx, tp.Conc, "ip", "-o", "route", "show", GWLAN); strings.TrimSpace(out) != "" {
+		t.Errorf("conc: route left after the SA was removed: %q", out)
+	}
+
+	if err := conc.Stop(); err != nil {
+		t.Errorf("concentratord on SIGTERM: %v", err)
+	}
+	stopped, err := conc.WaitLog(ctx, "userspace data plane stopped", nil)
+	if err != nil {
+		t.Error(err)
+	} else {
+		// Only what the host itself sends to the TUN link (IPv6 router
+		// solicitations, MLD) may be dropped.
+		drops, _ := stopped["drops"].(map[string]any)
+		for reason, n := range drops {
+			if reason != "link_local" {
+				t.Errorf("conc: %v packets dropped: %s", n, reason)
+			}
+		}
+	}
+	t.Logf("user-space tier: %v", time.Since(start).Round(time.Millisecond))
+}
