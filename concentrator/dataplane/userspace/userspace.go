@@ -102,14 +102,19 @@ type Stats struct {
 
 // sa is one installed CHILD SA.
 type sa struct {
-	child  *dataplane.ChildSA
-	in     *esp.Inbound
-	out    *esp.Outbound
-	worker int
-	order  uint64 // install order: newest wins outbound
+	child *dataplane.ChildSA // replaced, never modified, under DataPlane.mu
+
+	localTS, remoteTS []dataplane.Selector // immutable: workers read them without the lock
+	in                *esp.Inbound
+	out               *esp.Outbound
+	worker            int
+	order             uint64                    // install order: newest wins outbound
+	ep                atomic.Pointer[endpoints] // outer addresses; moved by UpdateAddresses
 
 	inBytes, inPackets, outBytes, outPackets atomic.Uint64
 }
+
+type endpoints struct{ local, remote netip.AddrPort }
 
 type job struct {
 	sa       *sa
@@ -260,6 +265,8 @@ func (d *DataPlane) Install(_ context.Context, c *dataplane.ChildSA) error {
 		cp.RemoteTS = append(cp.RemoteTS, dataplane.Selector{Start: cp.VirtualIP, End: cp.VirtualIP, EndPort: 0xffff})
 	}
 	s := &sa{child: &cp, in: in, out: out, worker: d.workerFor(c.InSPI)}
+	s.localTS, s.remoteTS = cp.LocalTS, cp.RemoteTS
+	s.ep.Store(&endpoints{local: c.Local, remote: c.Remote})
 
 	d.mu.Lock()
 	defer d.mu.Unlock()
@@ -290,6 +297,27 @@ func (d *DataPlane) Install(_ context.Context, c *dataplane.ChildSA) error {
 	d.index(s)
 	d.log.Info("userspace SA installed", "spi_in", fmt.Sprintf("%08x", c.InSPI), "spi_out", fmt.Sprintf("%08x", c.OutSPI),
 		"peer", c.Remote.String(), "peer_id", c.PeerID, "worker", s.worker, "routes", fmt.Sprint(added))
+	return nil
+}
+
+// UpdateAddresses moves an installed SA to new outer addresses (NAT
+// rebinding, MOBIKE) keeping its sequence numbers and replay window, which
+// a remove and reinstall would reset.
+func (d *DataPlane) UpdateAddresses(_ context.Context, inSPI uint32, local, remote netip.AddrPort) error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.closed {
+		return dataplane.ErrClosed
+	}
+	s, ok := d.bySPI[inSPI]
+	if !ok {
+		return fmt.Errorf("userspace: no SA with inbound SPI %08x", inSPI)
+	}
+	c := *s.child
+	c.Local, c.Remote = local, remote
+	s.child = &c
+	s.ep.Store(&endpoints{local: local, remote: remote})
+	d.log.Info("userspace SA moved", "spi_in", fmt.Sprintf("%08x", inSPI), "local", local.String(), "peer", remote.String())
 	return nil
 }
 
@@ -582,7 +610,8 @@ func (d *DataPlane) sendOut(j job) {
 		d.drop(DropSendError)
 		return
 	}
-	if err := sb.s.SendUDP(pkt, s.child.Local, s.child.Remote); err != nil {
+	ep := s.ep.Load()
+	if err := sb.s.SendUDP(pkt, ep.local, ep.remote); err != nil {
 		d.drop(DropSendError)
 		return
 	}
@@ -613,7 +642,7 @@ func (d *DataPlane) receive(j job) {
 		d.drop(DropMalformed)
 		return
 	}
-	if !matchAny(s.child.RemoteTS, f.src, f.proto, f.srcPort) || !matchAny(s.child.LocalTS, f.dst, f.proto, f.dstPort) {
+	if !matchAny(s.remoteTS, f.src, f.proto, f.srcPort) || !matchAny(s.localTS, f.dst, f.proto, f.dstPort) {
 		d.drop(DropSelector)
 		return
 	}

@@ -391,3 +391,51 @@ func TestParseFlow(t *testing.T) {
 		}
 	}
 }
+
+// TestUpdateAddresses: a moved SA sends to the new peer address and keeps
+// its sequence numbers (a reinstall would restart at 1 and the peer's
+// replay window would drop everything).
+func TestUpdateAddresses(t *testing.T) {
+	r := newRig(t)
+	ctx := context.Background()
+	cc, gc := childPair(0xc1000007, 0x61000007, 7)
+	if err := r.conc.Install(ctx, cc); err != nil {
+		t.Fatal(err)
+	}
+	if err := r.gw.Install(ctx, gc); err != nil {
+		t.Fatal(err)
+	}
+	var dsts []netip.AddrPort
+	var mu sync.Mutex
+	r.conc.SetSender(senderFunc(func(b []byte, local, remote netip.AddrPort) error {
+		mu.Lock()
+		dsts = append(dsts, remote)
+		mu.Unlock()
+		return r.concWire.SendUDP(b, local, remote)
+	}))
+	down := ipv4Packet("10.30.0.1", "10.20.0.1", 1, []byte("x"))
+	r.concDev.toDP <- down
+	recv(t, r.gwDev.fromDP)
+	moved := netip.MustParseAddrPort("192.168.100.1:62000")
+	if err := r.conc.UpdateAddresses(ctx, cc.InSPI, concAddr, moved); err != nil {
+		t.Fatal(err)
+	}
+	r.concDev.toDP <- down
+	recv(t, r.gwDev.fromDP) // seq 2 accepted by the peer's window
+	mu.Lock()
+	defer mu.Unlock()
+	if len(dsts) != 2 || dsts[0] != gwAddr || dsts[1] != moved {
+		t.Fatalf("sent to %v, want %v then %v", dsts, gwAddr, moved)
+	}
+	if err := r.conc.UpdateAddresses(ctx, 0x12345678, concAddr, moved); err == nil {
+		t.Fatal("moved an SA that is not installed")
+	}
+	l, _ := r.conc.List(ctx)
+	if len(l) != 1 || l[0].Remote != moved {
+		t.Fatalf("List: %+v", l)
+	}
+}
+
+type senderFunc func(b []byte, local, remote netip.AddrPort) error
+
+func (f senderFunc) SendUDP(b []byte, local, remote netip.AddrPort) error { return f(b, local, remote) }
