@@ -203,3 +203,35 @@ func TestUserspaceDataPlane(t *testing.T) {
 	}
 	t.Logf("user-space tier: %v", time.Since(start).Round(time.Millisecond))
 }
+
+// TestAutoDataPlane: with dataplane.mode auto concentratord probes the
+// kernel for ESP, logs its choice with the reason, and serves with the data
+// plane it chose (userspace on a kernel without ESP, such as this build
+// host's; xfrm in the VM).
+func TestAutoDataPlane(t *testing.T) {
+	requireNetns(t)
+	bin := Binary(t, "concentratord")
+	ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
+	defer cancel()
+	tp := NewTopology(t)
+	c := strings.Replace(userspaceConfig(t), "  mode: userspace\n", "  mode: auto\n", 1)
+	cfg := filepath.Join(t.TempDir(), "concentratord.yaml")
+	writeFile(t, cfg, []byte(c))
+	conc := tp.StartProcess(t, "concentratord", tp.Conc, bin, "--config", cfg)
+	sel, err := conc.WaitLog(ctx, "dataplane selected", map[string]string{"mode": "auto"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	chosen, _ := sel.Attr("dataplane")
+	reason, _ := sel.Attr("reason")
+	if (chosen != "userspace" && chosen != "xfrm") || reason == "" {
+		t.Fatalf("dataplane selected: %v", sel)
+	}
+	if _, err := conc.WaitLog(ctx, "listening", map[string]string{"dataplane": chosen}); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("auto chose %s: %s", chosen, reason)
+	if err := conc.Stop(); err != nil {
+		t.Errorf("concentratord on SIGTERM: %v", err)
+	}
+}
