@@ -51,6 +51,7 @@ type IKEConfig struct {
 	AllowWeak         bool          `yaml:"allow_weak"`
 	FragmentSize      int           `yaml:"fragment_size"`
 	DPDDelay          time.Duration `yaml:"dpd_delay"`
+	MOBIKE            *bool         `yaml:"mobike"`
 	RekeyAfter        time.Duration `yaml:"rekey_after"`
 }
 

@@ -179,6 +179,7 @@ func (c *Config) engineConfig() (ike.Config, error) {
 	ec.RetransmitTries = c.IKE.RetransmitTries
 	ec.FragmentSize = c.IKE.FragmentSize
 	ec.DPDDelay = c.IKE.DPDDelay
+	ec.MOBIKE = c.IKE.MOBIKE == nil || *c.IKE.MOBIKE
 	ec.IKERekeyAfter = c.IKE.RekeyAfter
 	ec.MaxChildren = c.Children.MaxPerIKE
 	if c.Children.RekeyAfter > 0 {

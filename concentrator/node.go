@@ -314,6 +314,8 @@ func (n *Node) perform(ctx context.Context, s *shard, acts []ike.Action) {
 			if err := n.dp.Remove(ctx, a.Child.InSPI); err != nil {
 				n.log.Error("CHILD_SA remove failed", childAttrs(a.SPIi, a.SPIr, ike.Identity{}, a.Child, "err", err)...)
 			}
+		case ike.UpdateChild:
+			n.updateChild(ctx, a)
 		case ike.Event:
 			n.logEvent(s, a)
 		}
@@ -347,6 +349,21 @@ func (n *Node) SendUDP(b []byte, local, remote netip.AddrPort) error {
 	}
 	_, err := c.WriteToUDPAddrPort(b, remote)
 	return err
+}
+
+// updateChild moves an installed CHILD SA to new outer addresses: in place
+// where the data plane can, else by reinstalling it.
+func (n *Node) updateChild(ctx context.Context, a ike.UpdateChild) {
+	c := a.Child
+	var err error
+	if u, ok := n.dp.(dataplane.AddressUpdater); ok {
+		err = u.UpdateAddresses(ctx, c.InSPI, c.Local, c.Remote)
+	} else if err = n.dp.Remove(ctx, c.InSPI); err == nil {
+		err = n.dp.Install(ctx, toDataplane(ike.InstallChild{SPIi: a.SPIi, SPIr: a.SPIr, PeerID: a.PeerID, Child: c}))
+	}
+	if err != nil {
+		n.log.Error("CHILD_SA address update failed", childAttrs(a.SPIi, a.SPIr, ike.Identity{}, c, "err", err)...)
+	}
 }
 
 func (n *Node) send(a ike.Send) {

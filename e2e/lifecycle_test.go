@@ -219,3 +219,78 @@ func (s *StrongSwan) Kill() error {
 	}
 	return syscall.Kill(s.proc.PID(), syscall.SIGKILL)
 }
+
+// TestInteropMOBIKE: the strongSwan gateway moves to a second address (its
+// NAT maps a new port); it announces the move with UPDATE_SA_ADDRESSES and
+// the SA survives with the same SPIs, in strongSwan's view and ours.
+func TestInteropMOBIKE(t *testing.T) {
+	requireNetns(t)
+	bin := Binary(t, "concentratord")
+	ctx, cancel := context.WithTimeout(t.Context(), 2*time.Minute)
+	defer cancel()
+	tp := NewTopology(t)
+	dir := t.TempDir()
+	cfg := filepath.Join(dir, "concentratord.yaml")
+	writeFile(t, cfg, []byte(ConcentratordConfig(AuthPSK, "", "", "")))
+	conf := GatewaySwanctlConf(AuthPSK)
+	conf = strings.Replace(conf, "mobike = no", "mobike = yes", 1)
+	conf = strings.Replace(conf, "local_addrs = "+GWAddr, "local_addrs = "+GWAddr+", 10.10.1.3", 1)
+	if err := tp.Sysctl(ctx, tp.GW, "net.ipv4.conf.all.promote_secondaries=1", "net.ipv4.conf.gw0.promote_secondaries=1"); err != nil {
+		t.Fatal(err)
+	}
+	gw := NewStrongSwan(t, tp, "gw", tp.GW)
+	gw.Start(conf, nil)
+	conc := tp.StartProcess(t, "concentratord", tp.Conc, bin, "--config", cfg)
+	lctx, lcancel := context.WithTimeout(ctx, 10*time.Second)
+	if _, err := conc.WaitLog(lctx, "listening", nil); err != nil {
+		t.Fatal(err)
+	}
+	lcancel()
+	if out, err := gw.SwanctlContext(ctx, "--initiate", "--child", "lan", "--timeout", "20"); err != nil {
+		t.Fatalf("initiate: %v\n%s", err, out)
+	}
+	sas, _ := gw.ListSAs(ctx)
+	before, ok := FindIKESA(sas, "conc")
+	if !ok {
+		t.Fatalf("gw: no SA: %v", sas)
+	}
+	in0, out0 := childSPIs(t, ctx, gw)
+
+	// Move: add the second address, remove the first.
+	for _, argv := range [][]string{
+		{"ip", "addr", "add", "10.10.1.3/24", "dev", "gw0"},
+		{"ip", "addr", "del", GWAddr + "/24", "dev", "gw0"},
+	} {
+		if out, err := tp.Exec(ctx, tp.GW, argv...); err != nil {
+			t.Fatalf("%v: %v\n%s", argv, err, out)
+		}
+	}
+	wctx, wcancel := context.WithTimeout(ctx, 20*time.Second)
+	defer wcancel()
+	sas, err := gw.WaitSAs(wctx, func(sas []IKESA) bool {
+		sa, ok := FindIKESA(sas, "conc")
+		return ok && sa.Get("local-host") == "10.10.1.3" && sa.Get("state") == "ESTABLISHED"
+	})
+	if err != nil {
+		t.Fatalf("gw: SA did not move to 10.10.1.3: %v", err)
+	}
+	after, _ := FindIKESA(sas, "conc")
+	if after.Get("initiator-spi") != before.Get("initiator-spi") || after.Get("responder-spi") != before.Get("responder-spi") {
+		t.Errorf("gw: IKE SPIs changed in the move: %s/%s -> %s/%s", before.Get("initiator-spi"), before.Get("responder-spi"),
+			after.Get("initiator-spi"), after.Get("responder-spi"))
+	}
+	// strongSwan's user-space ESP (kernel-libipsec) cannot move an
+	// installed SA, so strongSwan rekeys the CHILD SA after the move; with
+	// kernel ESP it keeps the SPIs. Either way one CHILD SA is installed.
+	if in, out := childSPIs(t, ctx, gw); in != in0 || out != out0 {
+		if !strings.Contains(gw.Log(), "requesting address change using MOBIKE") {
+			t.Errorf("gw: CHILD SPIs changed without a MOBIKE address change: %s/%s -> %s/%s", in0, out0, in, out)
+		}
+		t.Logf("gw rekeyed its CHILD SA after the move (libipsec cannot update SAs): %s/%s -> %s/%s", in0, out0, in, out)
+	}
+	r, err := conc.WaitLog(wctx, "IKE_SA addresses updated", map[string]string{"peer_id": GWPSKID})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("concentratord: %v", r)
+}

@@ -63,6 +63,12 @@ type DataPlane interface {
 	Close() error
 }
 
+// AddressUpdater is implemented by data planes that can move an installed
+// CHILD SA to new outer addresses in place (NAT rebinding, MOBIKE).
+type AddressUpdater interface {
+	UpdateAddresses(ctx context.Context, inSPI uint32, local, remote netip.AddrPort) error
+}
+
 // ErrClosed is returned after Close.
 var ErrClosed = errors.New("dataplane: closed")
 

@@ -36,6 +36,14 @@ type RemoveChild struct {
 	Child      *ChildSA
 }
 
+// UpdateChild asks the data plane to move an installed CHILD SA to the
+// outer addresses now in Child.Local/Child.Remote (NAT rebinding, MOBIKE).
+type UpdateChild struct {
+	SPIi, SPIr uint64
+	PeerID     Identity
+	Child      *ChildSA
+}
+
 // Event reports something worth a log line and a metric.
 type Event struct {
 	Kind       EventKind
@@ -54,6 +62,7 @@ func (Send) isAction()         {}
 func (InstallChild) isAction() {}
 func (RemoveChild) isAction()  {}
 func (Event) isAction()        {}
+func (UpdateChild) isAction()  {}
 
 // EventKind names an Event.
 type EventKind uint8
@@ -70,6 +79,7 @@ const (
 	EventChildRekeyed
 	EventIKERekeyed
 	EventDPD // a liveness check sent
+	EventAddressChanged
 )
 
 var eventNames = [...]string{
@@ -84,6 +94,7 @@ var eventNames = [...]string{
 	EventChildRekeyed:   "CHILD_SA rekeyed",
 	EventIKERekeyed:     "IKE_SA rekeyed",
 	EventDPD:            "liveness check",
+	EventAddressChanged: "IKE_SA addresses updated",
 }
 
 func (k EventKind) String() string {

@@ -110,6 +110,8 @@ type Config struct {
 	IKERekeyAfter time.Duration
 	// MaxChildren bounds CHILD SAs per IKE SA (NO_ADDITIONAL_SAS beyond).
 	MaxChildren int
+	// MOBIKE enables RFC 4555 with peers that support it.
+	MOBIKE bool
 
 	// SPITag/SPITagMask fix bits of every IKE SPI this engine allocates
 	// (node slot and shard: the routing hint of DESIGN.md);

@@ -98,10 +98,11 @@ type wire struct {
 	sides    []bool // per install/remove, in order: produced by the initiator
 	order    []any
 	drop     func(toResponder bool, msg []byte) bool
+	natShift uint16 // a NAT rebinding moves the gateway's public port
 }
 
 func (w *wire) nat(a netip.AddrPort) netip.AddrPort {
-	return netip.AddrPortFrom(natAddr.Addr(), a.Port()+10000)
+	return netip.AddrPortFrom(natAddr.Addr(), a.Port()+10000+w.natShift)
 }
 
 type hop struct {
@@ -142,7 +143,7 @@ func (w *wire) runHops(hops ...hop) {
 						pkt := Packet{Local: a.Remote, Remote: w.nat(a.Local), Data: append([]byte(nil), m...)}
 						queue = append(queue, hop{w.res.Handle(w.now, pkt, nil), false})
 					} else {
-						pkt := Packet{Local: netip.AddrPortFrom(gwAddr.Addr(), a.Remote.Port()-10000), Remote: a.Local, Data: append([]byte(nil), m...)}
+						pkt := Packet{Local: netip.AddrPortFrom(gwAddr.Addr(), a.Remote.Port()-10000-w.natShift), Remote: a.Local, Data: append([]byte(nil), m...)}
 						queue = append(queue, hop{w.ini.Handle(w.now, pkt, nil), true})
 					}
 				}

@@ -183,6 +183,9 @@ func (sa *IKESA) sendAuth(now time.Time, e *Engine, out []Action) []Action {
 		payloads = append(payloads, &CertReq{Encoding: CertX509Signature})
 	}
 	payloads = append(payloads, &Notify{NotifyType: INITIAL_CONTACT})
+	if e.cfg.MOBIKE {
+		payloads = append(payloads, &Notify{NotifyType: MOBIKE_SUPPORTED})
+	}
 	if !ini.RemoteID.IsZero() {
 		payloads = append(payloads, &ID{Responder: true, IDType: ini.RemoteID.Type, Data: ini.RemoteID.Data})
 	}
@@ -225,6 +228,7 @@ func (sa *IKESA) handleAuthResponse(now time.Time, e *Engine, m *Message, out []
 	sa.state = stateEstablished
 	sa.Establish = now
 	sa.lastRecv = now
+	sa.mobike = e.cfg.MOBIKE && findNotify(m.Payloads, MOBIKE_SUPPORTED) != nil
 	if e.cfg.IKERekeyAfter > 0 {
 		sa.rekeyIKE = now.Add(e.cfg.IKERekeyAfter)
 	}

@@ -184,6 +184,10 @@ func (sa *IKESA) handleAuthRequest(now time.Time, e *Engine, m *Message, out []A
 		return fail(err)
 	}
 	payloads := append([]Payload{idr}, auth...)
+	if e.cfg.MOBIKE && findNotify(m.Payloads, MOBIKE_SUPPORTED) != nil {
+		sa.mobike = true
+		payloads = append(payloads, &Notify{NotifyType: MOBIKE_SUPPORTED})
+	}
 
 	// The IKE SA is authenticated; a CHILD SA failure below does not undo it.
 	sa.state = stateEstablished
@@ -294,7 +298,7 @@ func (sa *IKESA) acceptChild(now time.Time, e *Engine, a authPayloads) (*ChildSA
 
 // handleInformational answers liveness checks and deletes (RFC 7296 §1.4).
 func (sa *IKESA) handleInformational(now time.Time, e *Engine, m *Message, out []Action) []Action {
-	var reply []Payload
+	reply := sa.mobikeInformational(now, e, m)
 	for _, p := range m.Payloads {
 		d, ok := p.(*Delete)
 		if !ok {
@@ -324,7 +328,11 @@ func (sa *IKESA) handleInformational(now time.Time, e *Engine, m *Message, out [
 			}
 		}
 	}
-	return sa.respond(e, INFORMATIONAL, m.MessageID, reply, out)
+	out = sa.respond(e, INFORMATIONAL, m.MessageID, reply, out)
+	if sa.mobike && findNotify(m.Payloads, UPDATE_SA_ADDRESSES) != nil {
+		out = sa.startRoutabilityCheck(now, e, out)
+	}
+	return out
 }
 
 func (sa *IKESA) removeChildByOut(spi uint32) *ChildSA {

@@ -56,6 +56,8 @@ type IKESA struct {
 	peerCertReq         bool
 
 	PeerID   Identity
+	mobike   bool   // both sides announced MOBIKE_SUPPORTED (RFC 4555)
+	cookie2  []byte // our outstanding return-routability check
 	children []*ChildSA
 	vip      netip.Addr
 
@@ -94,6 +96,7 @@ type pendingRequest struct {
 	deleteIKE    bool
 	dpd          bool
 	deleteChild  *ChildSA    // a Delete of this CHILD SA
+	rrCheck      bool        // a MOBIKE return-routability check
 	rekey        *childRekey // a CREATE_CHILD_SA we started
 }
 
@@ -241,10 +244,12 @@ func (sa *IKESA) handle(now time.Time, e *Engine, pkt Packet, h Header, out []Ac
 		return e.drop(out, pkt, h.SPIi, h.SPIr, &ParseError{Reason: "unprotected " + h.Exchange.String()})
 	}
 	// An authenticated message: NAT-T may have moved the peer (port float
-	// to 4500, or a NAT rebinding), and the peer is alive.
-	sa.Local, sa.Remote = pkt.Local, pkt.Remote
+	// to 4500, a NAT rebinding, MOBIKE), and the peer is alive.
 	sa.lastRecv = now
 	sa.resync = false
+	if pkt.Local != sa.Local || pkt.Remote != sa.Remote {
+		out = sa.moved(now, e, pkt.Local, pkt.Remote, m, out)
+	}
 	if m.IsResponse() {
 		return sa.handleResponse(now, e, m, out)
 	}
@@ -306,6 +311,10 @@ func (sa *IKESA) handleResponse(now time.Time, e *Engine, m *Message, out []Acti
 		out = sa.childDeleted(e, req.deleteChild, "deleted by us", out)
 	case req.exchange == CREATE_CHILD_SA && req.rekey != nil:
 		out = sa.handleCreateChildResponse(now, e, req.rekey, m, out)
+	case req.rrCheck:
+		if !sa.checkCookie2(m) {
+			return sa.terminate(e, "return routability check failed", out)
+		}
 	}
 	if sa.state != stateDead {
 		sa.reschedule(e)

@@ -4,6 +4,7 @@ package memory
 
 import (
 	"context"
+	"net/netip"
 	"sort"
 	"sync"
 
@@ -59,6 +60,19 @@ func (d *DataPlane) List(context.Context) ([]*dataplane.ChildSA, error) {
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].InSPI < out[j].InSPI })
 	return out, nil
+}
+
+// UpdateAddresses moves an installed CHILD SA to new outer addresses.
+func (d *DataPlane) UpdateAddresses(_ context.Context, inSPI uint32, local, remote netip.AddrPort) error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.closed {
+		return dataplane.ErrClosed
+	}
+	if sa, ok := d.sas[inSPI]; ok {
+		sa.Local, sa.Remote = local, remote
+	}
+	return nil
 }
 
 // Counters reports zero traffic: no packets pass through memory.
