@@ -1,0 +1,251 @@
+package statestore
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync/atomic"
+	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+)
+
+type pending struct {
+	c    Change
+	done func(error)
+}
+
+// batcher commits submitted changes: one transaction per batch, each
+// change a nested transaction with its own ownership check, the whole
+// guarded by the node's registration.
+type batcher struct {
+	s     *Store
+	in    chan pending
+	carry *pending // took a key that the current batch already writes
+	n     atomic.Int64
+}
+
+func newBatcher(s *Store) *batcher {
+	return &batcher{s: s, in: make(chan pending, s.cfg.Batch.QueueLen)}
+}
+
+func (b *batcher) queued() int { return int(b.n.Load()) }
+
+// Submit queues a change for a batched commit and returns at once. done
+// (if not nil) is called from the store's goroutine after the change is
+// committed (nil) or refused (*OwnerError, ErrExists, ...). While etcd is
+// unreachable changes wait in the bounded queue and are committed when it
+// returns; new SAs (Established) are refused with ErrUnavailable unless
+// Batch.QueueNew is set. A full queue gives ErrQueueFull. The engine sends
+// the messages that follow a change only after done reports success.
+func (s *Store) Submit(c Change, done func(error)) error {
+	if s.closed.Load() {
+		return ErrClosed
+	}
+	if err := c.validate(); err != nil {
+		return err
+	}
+	if c.Kind == Established && !s.cfg.Batch.QueueNew && !s.reachable() {
+		return ErrUnavailable
+	}
+	return s.b.enqueue(pending{c: c, done: done})
+}
+
+func (b *batcher) enqueue(p pending) error {
+	select {
+	case b.in <- p:
+		b.n.Add(1)
+		return nil
+	default:
+		return ErrQueueFull
+	}
+}
+
+// Flush waits until every change submitted before it is committed or
+// refused.
+func (s *Store) Flush(ctx context.Context) error {
+	if s.b == nil {
+		return nil
+	}
+	ch := make(chan error, 1)
+	p := pending{c: Change{Kind: barrier}, done: func(err error) { ch <- err }}
+	select {
+	case s.b.in <- p:
+		s.b.n.Add(1)
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+	select {
+	case err := <-ch:
+		return err
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+func (b *batcher) run() {
+	defer b.s.wg.Done()
+	s := b.s
+	max := s.cfg.Batch.MaxBatch
+	batch := make([]pending, 0, max)
+	touched := map[uint64]bool{}
+	for {
+		batch = batch[:0]
+		clear(touched)
+		var first pending
+		if b.carry != nil {
+			first, b.carry = *b.carry, nil
+		} else {
+			select {
+			case first = <-b.in:
+			case <-s.ctx.Done():
+				b.drain(ErrClosed)
+				return
+			}
+		}
+		batch = b.add(batch, touched, first)
+		timer := time.NewTimer(s.cfg.Batch.MaxDelay)
+	collect:
+		for len(batch) < max && b.carry == nil && first.c.Kind != barrier {
+			select {
+			case p := <-b.in:
+				if p.c.Kind == barrier {
+					batch = append(batch, p)
+					break collect
+				}
+				if b.conflicts(touched, &p.c) {
+					b.carry = &p
+					break collect
+				}
+				batch = b.add(batch, touched, p)
+			case <-timer.C:
+				break collect
+			case <-s.ctx.Done():
+				break collect
+			}
+		}
+		timer.Stop()
+		b.commit(batch)
+		b.n.Add(-int64(len(batch)))
+	}
+}
+
+func (b *batcher) add(batch []pending, touched map[uint64]bool, p pending) []pending {
+	if p.c.Kind != barrier {
+		touched[p.c.spi()] = true
+		if p.c.OldSPI != 0 {
+			touched[p.c.OldSPI] = true
+		}
+	}
+	return append(batch, p)
+}
+
+func (b *batcher) conflicts(touched map[uint64]bool, c *Change) bool {
+	return touched[c.spi()] || (c.OldSPI != 0 && touched[c.OldSPI])
+}
+
+// drain refuses whatever is still queued (the store is closing).
+func (b *batcher) drain(err error) {
+	if b.carry != nil {
+		finish(*b.carry, err)
+		b.carry = nil
+	}
+	for {
+		select {
+		case p := <-b.in:
+			b.n.Add(-1)
+			finish(p, err)
+		default:
+			return
+		}
+	}
+}
+
+func finish(p pending, err error) {
+	if p.done != nil {
+		p.done(err)
+	}
+}
+
+// commit writes a batch, retrying while etcd is unreachable or the node
+// is between registrations, until it lands or the store closes.
+func (b *batcher) commit(batch []pending) {
+	s := b.s
+	delay := retryMin
+	for {
+		err := b.try(batch)
+		if err == nil {
+			return
+		}
+		if s.ctx.Err() != nil {
+			for _, p := range batch {
+				finish(p, ErrClosed)
+			}
+			return
+		}
+		if !errors.Is(err, ErrFenced) {
+			s.log.Debug("statestore: batch commit failed; retrying", "changes", len(batch), "err", err)
+		}
+		select {
+		case <-time.After(delay):
+		case <-s.Registered():
+		case <-s.ctx.Done():
+		}
+		delay = min(2*delay, retryMax)
+	}
+}
+
+// try commits the batch once. A nil result means every change got its
+// answer (done called); an error means none did and the batch is retried.
+func (b *batcher) try(batch []pending) error {
+	s := b.s
+	reg := s.current()
+	if reg.done.Load() {
+		return ErrFenced
+	}
+	parts := make([]txnParts, len(batch))
+	ops := make([]clientv3.Op, 0, len(batch))
+	idx := make([]int, 0, len(batch))
+	for i := range batch {
+		if batch[i].c.Kind == barrier {
+			continue
+		}
+		p, err := s.build(&batch[i].c, reg.owner)
+		if err != nil {
+			finish(batch[i], err)
+			batch[i].done = nil
+			continue
+		}
+		parts[i] = p
+		ops = append(ops, clientv3.OpTxn(p.cmps, p.then, p.els))
+		idx = append(idx, i)
+	}
+	if len(ops) > 0 {
+		rc, cancel := s.rctx(s.ctx)
+		resp, err := s.txn(rc).If(s.regCmp(reg.owner)).Then(ops...).Commit()
+		cancel()
+		s.noteResult(err)
+		if err != nil {
+			return fmt.Errorf("%w: %v", ErrUnavailable, err)
+		}
+		if !resp.Succeeded {
+			// Our registration is gone: the lease expired or was revoked.
+			s.fence(reg, "registration gone at commit")
+			return ErrFenced
+		}
+		for j, i := range idx {
+			tr := resp.Responses[j].GetResponseTxn()
+			var err error
+			if !tr.Succeeded {
+				err = parts[i].outcome(reg.owner, tr.Responses)
+			}
+			finish(batch[i], err)
+		}
+	}
+	for i := range batch {
+		if batch[i].c.Kind == barrier {
+			finish(batch[i], nil)
+		}
+	}
+	return nil
+}

@@ -1,0 +1,134 @@
+package statestore
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"strings"
+	"time"
+)
+
+// Implementation limits and defaults.
+const (
+	DefaultPrefix          = "/ikefleet/"
+	DefaultLeaseTTL        = 10 * time.Second
+	DefaultRequestTimeout  = 2 * time.Second
+	DefaultSlots           = 256
+	DefaultMaxBatch        = 128 // etcd's default --max-txn-ops
+	DefaultMaxDelay        = 2 * time.Millisecond
+	DefaultQueueLen        = 16384
+	maxNodeIDLen           = 63
+	retryMin, retryMax     = 50 * time.Millisecond, time.Second
+	readBatch              = 128 // keys fetched per read transaction
+	defaultFenceMarginFrac = 5   // margin = TTL/5 unless configured
+)
+
+// Config configures a node's state store.
+type Config struct {
+	NodeID   string // unique in the cluster: [A-Za-z0-9._-], at most 63 bytes
+	PeerAddr string // this node's peer.v1 address, published in the registry
+	Prefix   string // key prefix in etcd; default "/ikefleet/"
+
+	// LeaseTTL is the node lease. A node that cannot renew it stops
+	// sending (CanSend false) FenceMargin before the TTL can pass, counted
+	// from when it sent its last successful renewal. etcd grants whole
+	// seconds; the minimum is 2 s.
+	LeaseTTL          time.Duration
+	FenceMargin       time.Duration // default LeaseTTL/5
+	KeepAliveInterval time.Duration // default LeaseTTL/5
+	RequestTimeout    time.Duration // per etcd request; default 2 s
+
+	Slots int // slot numbers 0..Slots-1; default 256
+
+	Keys *Keyring // cluster keys; required
+
+	Batch BatchConfig
+
+	// OnReclaimed is called (from a store goroutine) after the store
+	// re-registered under a new epoch following a fence, with the SAs it
+	// reclaimed for the new epoch. The node resumes those and drops the
+	// SAs it held that are not listed (another node took them over).
+	// err != nil: the reclaim was incomplete; call LoadOwned to retry.
+	OnReclaimed func(me Owner, owned []uint64, err error)
+
+	Log *slog.Logger // default slog.Default()
+}
+
+// BatchConfig configures Submit: bursts of changes are committed in one
+// transaction of at most MaxBatch changes, at most MaxDelay after the
+// first change of the batch arrived.
+type BatchConfig struct {
+	MaxBatch int           // default 128; must not exceed etcd's --max-txn-ops
+	MaxDelay time.Duration // default 2 ms
+	QueueLen int           // changes waiting; default 16384
+	// QueueNew: while etcd is unreachable, queue new SAs (Established)
+	// like other changes instead of refusing them with ErrUnavailable.
+	QueueNew bool
+}
+
+func (c *Config) setDefaults() {
+	if c.Prefix == "" {
+		c.Prefix = DefaultPrefix
+	}
+	if !strings.HasSuffix(c.Prefix, "/") {
+		c.Prefix += "/"
+	}
+	if c.LeaseTTL == 0 {
+		c.LeaseTTL = DefaultLeaseTTL
+	}
+	if c.FenceMargin == 0 {
+		c.FenceMargin = c.LeaseTTL / defaultFenceMarginFrac
+	}
+	if c.KeepAliveInterval == 0 {
+		c.KeepAliveInterval = c.LeaseTTL / 5
+	}
+	if c.RequestTimeout == 0 {
+		c.RequestTimeout = DefaultRequestTimeout
+	}
+	if c.Slots == 0 {
+		c.Slots = DefaultSlots
+	}
+	if c.Batch.MaxBatch == 0 {
+		c.Batch.MaxBatch = DefaultMaxBatch
+	}
+	if c.Batch.MaxDelay == 0 {
+		c.Batch.MaxDelay = DefaultMaxDelay
+	}
+	if c.Batch.QueueLen == 0 {
+		c.Batch.QueueLen = DefaultQueueLen
+	}
+	if c.Log == nil {
+		c.Log = slog.Default()
+	}
+}
+
+// Validate checks a configuration (after defaults); errors name the field.
+func (c *Config) Validate() error {
+	if c.NodeID == "" || len(c.NodeID) > maxNodeIDLen {
+		return fmt.Errorf("statestore.nodeID: want 1..%d bytes, got %q", maxNodeIDLen, c.NodeID)
+	}
+	for _, r := range c.NodeID {
+		if !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || r == '.' || r == '_' || r == '-') {
+			return fmt.Errorf("statestore.nodeID: %q: only letters, digits, '.', '_' and '-'", c.NodeID)
+		}
+	}
+	if c.Keys == nil {
+		return errors.New("statestore.keys: a cluster keyring is required")
+	}
+	if c.LeaseTTL < 2*time.Second || c.LeaseTTL%time.Second != 0 {
+		return fmt.Errorf("statestore.leaseTTL: %v: want whole seconds, at least 2s", c.LeaseTTL)
+	}
+	if c.FenceMargin <= 0 || c.FenceMargin >= c.LeaseTTL {
+		return fmt.Errorf("statestore.fenceMargin: %v: want 0 < margin < leaseTTL", c.FenceMargin)
+	}
+	if c.KeepAliveInterval <= 0 || c.KeepAliveInterval >= c.LeaseTTL-c.FenceMargin {
+		return fmt.Errorf("statestore.keepAliveInterval: %v: want less than leaseTTL - fenceMargin", c.KeepAliveInterval)
+	}
+	if c.Slots < 1 || c.Slots > 1<<16 {
+		return fmt.Errorf("statestore.slots: %d: want 1..65536", c.Slots)
+	}
+	if c.Batch.MaxBatch < 1 || c.Batch.QueueLen < 1 || c.Batch.MaxDelay < 0 {
+		return errors.New("statestore.batch: maxBatch and queueLen must be positive, maxDelay not negative")
+	}
+	return nil
+}

@@ -1,0 +1,69 @@
+package statestore
+
+import (
+	"fmt"
+	"strconv"
+	"strings"
+)
+
+// Key layout under the prefix:
+//
+//	nodes/<id>            Node, on the node's lease; epoch = its create revision
+//	slots/<n>             node id, on the node's lease
+//	owner/<ike-spi>       "<node id>/<epoch>"
+//	owned/<id>/<ike-spi>  "" (index of owner records by node)
+//	sa/<ike-spi>          Record (sealed)
+//	spi/ike/<ike-spi>     node id; on the lease while half-open
+//	spi/esp/<esp-spi>     node id; on the lease until its CHILD SA is stored
+//
+// <ike-spi> is our (local) IKE SPI in 16 hex digits, <esp-spi> an inbound
+// ESP SPI in 8.
+
+type keys struct{ p string }
+
+func (k keys) node(id string) string    { return k.p + "nodes/" + id }
+func (k keys) slots() string            { return k.p + "slots/" }
+func (k keys) slot(n int) string        { return fmt.Sprintf("%sslots/%05d", k.p, n) }
+func (k keys) owner(spi uint64) string  { return fmt.Sprintf("%sowner/%016x", k.p, spi) }
+func (k keys) ownedBy(id string) string { return k.p + "owned/" + id + "/" }
+func (k keys) owned(id string, spi uint64) string {
+	return fmt.Sprintf("%sowned/%s/%016x", k.p, id, spi)
+}
+func (k keys) sa(spi uint64) string     { return k.p + saName(spi) }
+func (k keys) ikeSPI(spi uint64) string { return fmt.Sprintf("%sspi/ike/%016x", k.p, spi) }
+func (k keys) espSPI(spi uint32) string { return fmt.Sprintf("%sspi/esp/%08x", k.p, spi) }
+
+// saName is the record's name within the prefix; it is the AAD of the
+// sealed key material, so changing the prefix does not orphan records.
+func saName(spi uint64) string { return fmt.Sprintf("sa/%016x", spi) }
+
+// Owner names a node registration: the node id and its epoch.
+type Owner struct {
+	Node  string
+	Epoch int64
+}
+
+func (o Owner) String() string { return o.Node + "/" + strconv.FormatInt(o.Epoch, 10) }
+
+func (o Owner) value() string { return o.String() }
+
+func parseOwner(b []byte) (Owner, error) {
+	s := string(b)
+	i := strings.LastIndexByte(s, '/')
+	if i <= 0 {
+		return Owner{}, fmt.Errorf("statestore: bad owner record %q", s)
+	}
+	e, err := strconv.ParseInt(s[i+1:], 10, 64)
+	if err != nil || e <= 0 {
+		return Owner{}, fmt.Errorf("statestore: bad owner record %q", s)
+	}
+	return Owner{Node: s[:i], Epoch: e}, nil
+}
+
+func parseSPIKey(key, prefix string) (uint64, bool) {
+	if !strings.HasPrefix(key, prefix) {
+		return 0, false
+	}
+	v, err := strconv.ParseUint(key[len(prefix):], 16, 64)
+	return v, err == nil
+}

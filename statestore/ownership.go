@@ -1,0 +1,415 @@
+package statestore
+
+import (
+	"context"
+	"fmt"
+	"strconv"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+)
+
+func spiHex(spi uint64) string { return fmt.Sprintf("%016x", spi) }
+
+// ReserveIKESPIs claims IKE SPIs cluster-wide (create-if-absent, on the
+// node's lease until the SA is stored). ok[i] says whether spis[i] is now
+// ours; a taken SPI is simply not ok. Reserve ahead, in blocks, to keep
+// etcd out of the IKE_SA_INIT path.
+func (s *Store) ReserveIKESPIs(ctx context.Context, spis []uint64) ([]bool, error) {
+	keys := make([]string, len(spis))
+	for i, x := range spis {
+		keys[i] = s.k.ikeSPI(x)
+	}
+	return s.reserve(ctx, keys)
+}
+
+// ReserveESPSPIs claims inbound ESP SPIs like ReserveIKESPIs.
+func (s *Store) ReserveESPSPIs(ctx context.Context, spis []uint32) ([]bool, error) {
+	keys := make([]string, len(spis))
+	for i, x := range spis {
+		keys[i] = s.k.espSPI(x)
+	}
+	return s.reserve(ctx, keys)
+}
+
+func (s *Store) reserve(ctx context.Context, keys []string) ([]bool, error) {
+	reg := s.current()
+	if reg.done.Load() {
+		return nil, ErrFenced
+	}
+	ok := make([]bool, len(keys))
+	for lo := 0; lo < len(keys); lo += s.cfg.Batch.MaxBatch {
+		hi := min(lo+s.cfg.Batch.MaxBatch, len(keys))
+		ops := make([]clientv3.Op, 0, hi-lo)
+		for _, k := range keys[lo:hi] {
+			ops = append(ops, clientv3.OpTxn(
+				[]clientv3.Cmp{clientv3.Compare(clientv3.CreateRevision(k), "=", 0)},
+				[]clientv3.Op{clientv3.OpPut(k, s.cfg.NodeID, clientv3.WithLease(reg.lease))}, nil))
+		}
+		rc, cancel := s.rctx(ctx)
+		resp, err := s.txn(rc).Then(ops...).Commit()
+		cancel()
+		s.noteResult(err)
+		if err != nil {
+			return ok, fmt.Errorf("%w: %v", ErrUnavailable, err)
+		}
+		for i, r := range resp.Responses {
+			ok[lo+i] = r.GetResponseTxn().Succeeded
+		}
+	}
+	return ok, nil
+}
+
+// ReleaseSPIs frees reservations that were never used for a stored SA
+// (a half-open SA that failed). SPIs of stored SAs are freed by the
+// Deleted, ChildDeleted and ChildRekeyed changes.
+func (s *Store) ReleaseSPIs(ctx context.Context, ike []uint64, esp []uint32) error {
+	var ops []clientv3.Op
+	del := func(k string) {
+		ops = append(ops, clientv3.OpTxn(
+			[]clientv3.Cmp{clientv3.Compare(clientv3.Value(k), "=", s.cfg.NodeID)},
+			[]clientv3.Op{clientv3.OpDelete(k)}, nil))
+	}
+	for _, x := range ike {
+		del(s.k.ikeSPI(x))
+	}
+	for _, x := range esp {
+		del(s.k.espSPI(x))
+	}
+	for lo := 0; lo < len(ops); lo += s.cfg.Batch.MaxBatch {
+		hi := min(lo+s.cfg.Batch.MaxBatch, len(ops))
+		rc, cancel := s.rctx(ctx)
+		_, err := s.txn(rc).Then(ops[lo:hi]...).Commit()
+		cancel()
+		s.noteResult(err)
+		if err != nil {
+			return fmt.Errorf("%w: %v", ErrUnavailable, err)
+		}
+	}
+	return nil
+}
+
+// Load reads an SA's record and owner. ErrNotFound when there is none.
+func (s *Store) Load(ctx context.Context, spi uint64) (*SARecord, Owner, error) {
+	rc, cancel := s.rctx(ctx)
+	defer cancel()
+	resp, err := s.txn(rc).Then(clientv3.OpGet(s.k.owner(spi)), clientv3.OpGet(s.k.sa(spi))).Commit()
+	s.noteResult(err)
+	if err != nil {
+		return nil, Owner{}, fmt.Errorf("%w: %v", ErrUnavailable, err)
+	}
+	var o Owner
+	if kvs := resp.Responses[0].GetResponseRange().Kvs; len(kvs) > 0 {
+		if o, err = parseOwner(kvs[0].Value); err != nil {
+			return nil, Owner{}, err
+		}
+	}
+	kvs := resp.Responses[1].GetResponseRange().Kvs
+	if len(kvs) == 0 {
+		return nil, o, fmt.Errorf("%w: %016x", ErrNotFound, spi)
+	}
+	r, err := s.codec.Unmarshal(saName(spi), kvs[0].Value)
+	return r, o, err
+}
+
+// Owner reads an SA's owner record and whether that registration is live.
+func (s *Store) Owner(ctx context.Context, spi uint64) (o Owner, live bool, err error) {
+	rc, cancel := s.rctx(ctx)
+	defer cancel()
+	resp, err := s.cli.Get(rc, s.k.owner(spi))
+	s.noteResult(err)
+	if err != nil {
+		return Owner{}, false, fmt.Errorf("%w: %v", ErrUnavailable, err)
+	}
+	if len(resp.Kvs) == 0 {
+		return Owner{}, false, fmt.Errorf("%w: %016x", ErrNotFound, spi)
+	}
+	if o, err = parseOwner(resp.Kvs[0].Value); err != nil {
+		return Owner{}, false, err
+	}
+	n, err := s.cli.Get(rc, s.k.node(o.Node))
+	if err != nil {
+		return o, false, fmt.Errorf("%w: %v", ErrUnavailable, err)
+	}
+	return o, len(n.Kvs) > 0 && n.Kvs[0].CreateRevision == o.Epoch, nil
+}
+
+// TakeOver makes this node the owner of an SA whose owner is dead (its
+// registration is gone) and returns the stored record. It is the DESIGN
+// transaction: owner unchanged since revision r AND the owner's node key
+// is gone (AND we are still registered). A live owner gives *OwnerError
+// naming it: ask it over peer.v1 to HandOff. Two nodes racing: exactly
+// one wins, the other gets *OwnerError naming the winner.
+func (s *Store) TakeOver(ctx context.Context, spi uint64) (*SARecord, error) {
+	reg := s.current()
+	if reg.done.Load() {
+		return nil, ErrFenced
+	}
+	me := reg.owner
+	cur, live, err := s.Owner(ctx, spi)
+	if err != nil {
+		return nil, err
+	}
+	if cur == me {
+		r, _, err := s.Load(ctx, spi)
+		return r, err
+	}
+	if live {
+		return nil, &OwnerError{SPI: spi, Owner: cur}
+	}
+	rc, cancel := s.rctx(ctx)
+	defer cancel()
+	ok, r, err := s.transfer(rc, spi, cur, me, nil, true)
+	if err != nil {
+		return nil, err
+	}
+	if !ok {
+		return nil, s.lostRace(ctx, spi, me)
+	}
+	return r, nil
+}
+
+// lostRace explains a failed ownership transaction.
+func (s *Store) lostRace(ctx context.Context, spi uint64, me Owner) error {
+	o, _, err := s.Owner(ctx, spi)
+	if err != nil {
+		return err
+	}
+	if o == me {
+		return nil
+	}
+	if !s.stillRegistered(ctx, me) {
+		return ErrFenced
+	}
+	return &OwnerError{SPI: spi, Owner: o}
+}
+
+// HandOff moves an SA this node owns to a live node, writing its final
+// state in the same transaction (DESIGN: owner unchanged since r AND the
+// owner is me handing off). The caller has frozen the SA and stops acting
+// for it whatever the result, unless the error is retryable.
+func (s *Store) HandOff(ctx context.Context, spi uint64, final *SARecord, to Owner) error {
+	reg := s.current()
+	if reg.done.Load() {
+		return ErrFenced
+	}
+	if final != nil && final.LocalSPI() != spi {
+		return fmt.Errorf("statestore: hand-off of %016x with the record of %016x", spi, final.LocalSPI())
+	}
+	rc, cancel := s.rctx(ctx)
+	defer cancel()
+	ok, _, err := s.transfer(rc, spi, reg.owner, to, final, false)
+	if err != nil {
+		return err
+	}
+	if !ok {
+		if err := s.lostRace(ctx, spi, reg.owner); err != nil {
+			return err
+		}
+		return fmt.Errorf("statestore: hand-off of %016x: target %s not registered", spi, to)
+	}
+	return nil
+}
+
+// transfer is the ownership transaction. from is the owner read at
+// revision r (read here); dead: require from's registration to be gone
+// (takeover), else require from to be us (handoff) and to to be live.
+func (s *Store) transfer(ctx context.Context, spi uint64, from, to Owner, final *SARecord, dead bool) (bool, *SARecord, error) {
+	ok := s.k.owner(spi)
+	g, err := s.cli.Get(ctx, ok)
+	s.noteResult(err)
+	if err != nil {
+		return false, nil, fmt.Errorf("%w: %v", ErrUnavailable, err)
+	}
+	if len(g.Kvs) == 0 {
+		return false, nil, fmt.Errorf("%w: %016x", ErrNotFound, spi)
+	}
+	if o, _ := parseOwner(g.Kvs[0].Value); o != from {
+		return false, nil, &OwnerError{SPI: spi, Owner: o}
+	}
+	r := g.Kvs[0].ModRevision
+	cmps := []clientv3.Cmp{clientv3.Compare(clientv3.ModRevision(ok), "=", r)}
+	if dead {
+		cmps = append(cmps,
+			clientv3.Compare(clientv3.CreateRevision(s.k.node(from.Node)), "!=", from.Epoch),
+			s.regCmp(to))
+	} else {
+		cmps = append(cmps,
+			clientv3.Compare(clientv3.Value(ok), "=", from.value()),
+			s.regCmp(from),
+			s.regCmp(to))
+	}
+	then := []clientv3.Op{clientv3.OpPut(ok, to.value())}
+	if from.Node != to.Node {
+		then = append(then, clientv3.OpDelete(s.k.owned(from.Node, spi)), clientv3.OpPut(s.k.owned(to.Node, spi), ""))
+	}
+	if final != nil {
+		v, err := s.codec.Marshal(saName(spi), final)
+		if err != nil {
+			return false, nil, err
+		}
+		then = append(then, clientv3.OpPut(s.k.sa(spi), string(v)))
+	}
+	then = append(then, clientv3.OpGet(s.k.sa(spi)))
+	resp, err := s.txn(ctx).If(cmps...).Then(then...).Commit()
+	s.noteResult(err)
+	if err != nil {
+		return false, nil, fmt.Errorf("%w: %v", ErrUnavailable, err)
+	}
+	if !resp.Succeeded {
+		return false, nil, nil
+	}
+	kvs := resp.Responses[len(resp.Responses)-1].GetResponseRange().Kvs
+	if len(kvs) == 0 {
+		return true, nil, fmt.Errorf("%w: %016x has an owner but no record", ErrNotFound, spi)
+	}
+	rec, err := s.codec.Unmarshal(saName(spi), kvs[0].Value)
+	return true, rec, err
+}
+
+// ownedSPIs lists the SAs indexed under this node id (any epoch).
+func (s *Store) ownedSPIs(ctx context.Context) ([]uint64, error) {
+	prefix := s.k.ownedBy(s.cfg.NodeID)
+	var spis []uint64
+	from := prefix
+	end := clientv3.GetPrefixRangeEnd(prefix)
+	for {
+		rc, cancel := s.rctx(ctx)
+		resp, err := s.cli.Get(rc, from, clientv3.WithRange(end), clientv3.WithKeysOnly(), clientv3.WithLimit(1000))
+		cancel()
+		s.noteResult(err)
+		if err != nil {
+			return nil, fmt.Errorf("%w: %v", ErrUnavailable, err)
+		}
+		for _, kv := range resp.Kvs {
+			if spi, ok := parseSPIKey(string(kv.Key), prefix); ok {
+				spis = append(spis, spi)
+			}
+		}
+		if !resp.More || len(resp.Kvs) == 0 {
+			return spis, nil
+		}
+		from = string(resp.Kvs[len(resp.Kvs)-1].Key) + "\x00"
+	}
+}
+
+// reclaim moves this node's SAs from its earlier epochs to the current
+// one (each a takeover from our dead past self) and returns the SAs it
+// owns now.
+func (s *Store) reclaim(ctx context.Context) ([]uint64, error) {
+	reg := s.current()
+	if reg.done.Load() {
+		return nil, ErrFenced
+	}
+	me := reg.owner
+	spis, err := s.ownedSPIs(ctx)
+	if err != nil {
+		return nil, err
+	}
+	owned := make([]uint64, 0, len(spis))
+	for lo := 0; lo < len(spis); lo += readBatch {
+		chunk := spis[lo:min(lo+readBatch, len(spis))]
+		gets := make([]clientv3.Op, len(chunk))
+		for i, spi := range chunk {
+			gets[i] = clientv3.OpGet(s.k.owner(spi))
+		}
+		rc, cancel := s.rctx(ctx)
+		resp, err := s.txn(rc).Then(gets...).Commit()
+		cancel()
+		s.noteResult(err)
+		if err != nil {
+			return owned, fmt.Errorf("%w: %v", ErrUnavailable, err)
+		}
+		var moves []clientv3.Op
+		var moving []uint64
+		for i, spi := range chunk {
+			kvs := resp.Responses[i].GetResponseRange().Kvs
+			if len(kvs) == 0 {
+				continue // deleted since
+			}
+			o, err := parseOwner(kvs[0].Value)
+			if err != nil || o.Node != me.Node {
+				continue
+			}
+			if o == me {
+				owned = append(owned, spi)
+				continue
+			}
+			moves = append(moves, clientv3.OpTxn(
+				[]clientv3.Cmp{clientv3.Compare(clientv3.ModRevision(s.k.owner(spi)), "=", kvs[0].ModRevision)},
+				[]clientv3.Op{clientv3.OpPut(s.k.owner(spi), me.value())}, nil))
+			moving = append(moving, spi)
+		}
+		if len(moves) == 0 {
+			continue
+		}
+		rc, cancel = s.rctx(ctx)
+		tr, err := s.txn(rc).If(s.regCmp(me)).Then(moves...).Commit()
+		cancel()
+		s.noteResult(err)
+		if err != nil {
+			return owned, fmt.Errorf("%w: %v", ErrUnavailable, err)
+		}
+		if !tr.Succeeded {
+			return owned, ErrFenced
+		}
+		for i, r := range tr.Responses {
+			if r.GetResponseTxn().Succeeded {
+				owned = append(owned, moving[i])
+			}
+		}
+	}
+	return owned, nil
+}
+
+// LoadOwned reclaims this node's SAs from its earlier lives (a restart
+// after a crash, or a re-registration after a fence) and returns their
+// records: what a restarted node restores. Records that fail to decode
+// are skipped and reported in the error (a *LoadError).
+func (s *Store) LoadOwned(ctx context.Context) ([]*SARecord, error) {
+	spis, err := s.reclaim(ctx)
+	if err != nil {
+		return nil, err
+	}
+	recs := make([]*SARecord, 0, len(spis))
+	var bad LoadError
+	for lo := 0; lo < len(spis); lo += readBatch {
+		chunk := spis[lo:min(lo+readBatch, len(spis))]
+		gets := make([]clientv3.Op, len(chunk))
+		for i, spi := range chunk {
+			gets[i] = clientv3.OpGet(s.k.sa(spi))
+		}
+		rc, cancel := s.rctx(ctx)
+		resp, err := s.txn(rc).Then(gets...).Commit()
+		cancel()
+		s.noteResult(err)
+		if err != nil {
+			return recs, fmt.Errorf("%w: %v", ErrUnavailable, err)
+		}
+		for i, spi := range chunk {
+			kvs := resp.Responses[i].GetResponseRange().Kvs
+			if len(kvs) == 0 {
+				bad.Errs = append(bad.Errs, fmt.Errorf("%w: %016x owned but no record", ErrNotFound, spi))
+				continue
+			}
+			r, err := s.codec.Unmarshal(saName(spi), kvs[0].Value)
+			if err != nil {
+				bad.Errs = append(bad.Errs, err)
+				continue
+			}
+			recs = append(recs, r)
+		}
+	}
+	if len(bad.Errs) > 0 {
+		return recs, &bad
+	}
+	return recs, nil
+}
+
+// LoadError lists the records LoadOwned could not restore.
+type LoadError struct{ Errs []error }
+
+func (e *LoadError) Error() string {
+	return "statestore: " + strconv.Itoa(len(e.Errs)) + " owned records not loaded; first: " + e.Errs[0].Error()
+}
+
+func (e *LoadError) Unwrap() []error { return e.Errs }
