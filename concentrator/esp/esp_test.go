@@ -293,7 +293,6 @@ func TestBadPadding(t *testing.T) {
 	pkt[hr+5], pkt[hr+6], pkt[hr+7] = 9, 1, NextHeaderIPv4
 	binary.BigEndian.PutUint64(pkt[HeaderLen:], o.seq)
 	s := o.s
-	copy(s.nonce[:4], s.salt[:])
 	copy(s.nonce[4:], pkt[HeaderLen:hr])
 	pt := pkt[hr : hr+8]
 	s.aead.Seal(pt[:0], s.nonce[:], pt, s.setAAD(pkt, o.seq))

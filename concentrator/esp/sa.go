@@ -84,6 +84,7 @@ func newSuite(c Config) (*suite, error) {
 			return nil, err
 		}
 		copy(s.salt[:], c.EncrKey[k:])
+		copy(s.nonce[:4], s.salt[:])
 		s.ivLen, s.icvLen, s.align = 8, 16, 4
 	case EncrChaCha20Poly1305:
 		if c.IntegID != IntegNone {
@@ -97,6 +98,7 @@ func newSuite(c Config) (*suite, error) {
 			return nil, err
 		}
 		copy(s.salt[:], c.EncrKey[chacha20poly1305.KeySize:])
+		copy(s.nonce[:4], s.salt[:])
 		s.ivLen, s.icvLen, s.align = 8, 16, 4
 	case EncrAESCBC:
 		k := len(c.EncrKey)
@@ -214,9 +216,10 @@ func (o *Outbound) Tailroom(n int) int {
 	return o.padLen(n) + 2 + o.s.icvLen
 }
 
+// padLen is the padding that aligns payload, pad length and next header
+// to the suite's alignment (a power of two).
 func (o *Outbound) padLen(n int) int {
-	a := o.s.align
-	return (a - (n+2)%a) % a
+	return -(n + 2) & (o.s.align - 1)
 }
 
 // Overhead is the number of bytes an n-byte payload grows by.
@@ -280,8 +283,7 @@ func (o *Outbound) seal(pkt []byte, n int, nextHeader uint8, iv []byte) []byte {
 		} else {
 			binary.BigEndian.PutUint64(ivs, seq)
 		}
-		copy(s.nonce[:4], s.salt[:])
-		copy(s.nonce[4:], ivs)
+		copy(s.nonce[4:], ivs) // nonce[:4] is the salt
 		pt := pkt[hr:p]
 		s.aead.Seal(pt[:0], s.nonce[:], pt, s.setAAD(pkt, seq))
 		return pkt[:p+s.icvLen]
@@ -356,8 +358,7 @@ func (in *Inbound) Open(pkt []byte) (payload []byte, nextHeader uint8, seq uint6
 	}
 	ctEnd := len(pkt) - s.icvLen
 	if s.aead != nil {
-		copy(s.nonce[:4], s.salt[:])
-		copy(s.nonce[4:], pkt[HeaderLen:hr])
+		copy(s.nonce[4:], pkt[HeaderLen:hr]) // nonce[:4] is the salt
 		ct := pkt[hr:]
 		if _, err := s.aead.Open(ct[:0], s.nonce[:], ct, s.setAAD(pkt, seq)); err != nil {
 			return nil, 0, 0, ErrIntegrity
