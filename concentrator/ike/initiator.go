@@ -277,7 +277,7 @@ func (sa *IKESA) handleAuthResponse(now time.Time, e *Engine, m *Message, out []
 		return childErr(NO_PROPOSAL_CHOSEN, err.Error())
 	}
 	sa.children = append(sa.children, c)
-	sa.scheduleChildRekey(e, c)
+	sa.scheduleChildRekey(e, c, false)
 	out = append(out, InstallChild{SPIi: sa.SPIi, SPIr: sa.SPIr, PeerID: sa.PeerID, Child: c})
 	ev := sa.event(EventChildInstalled)
 	ev.Child = c

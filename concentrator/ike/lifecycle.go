@@ -104,10 +104,11 @@ func (sa *IKESA) allowedTS(e *Engine) (local, remote []TrafficSelector) {
 	return e.cfg.LocalTS, remote
 }
 
-// scheduleChildRekey asks the configured scheduler when to rekey c.
-func (sa *IKESA) scheduleChildRekey(e *Engine, c *ChildSA) {
+// scheduleChildRekey asks the configured scheduler when to rekey c;
+// renewal: c replaces a CHILD SA rekeyed on schedule.
+func (sa *IKESA) scheduleChildRekey(e *Engine, c *ChildSA, renewal bool) {
 	if e.cfg.ChildRekey != nil {
-		c.rekeyAt = e.cfg.ChildRekey.Schedule(c.Created)
+		c.rekeyAt = e.cfg.ChildRekey.Schedule(c.Created, renewal)
 	}
 }
 
@@ -229,7 +230,7 @@ func (sa *IKESA) handleCreateChild(now time.Time, e *Engine, m *Message, out []A
 	payloads = append(payloads, &TS{Selectors: ntsi}, &TS{Responder: true, Selectors: ntsr})
 	out = sa.respond(e, CREATE_CHILD_SA, m.MessageID, payloads, out)
 	sa.children = append(sa.children, c)
-	sa.scheduleChildRekey(e, c)
+	sa.scheduleChildRekey(e, c, old != nil)
 	out = append(out, InstallChild{SPIi: sa.SPIi, SPIr: sa.SPIr, PeerID: sa.PeerID, Child: c})
 	ev := sa.event(EventChildInstalled)
 	ev.Child = c
@@ -408,7 +409,7 @@ func (sa *IKESA) handleCreateChildResponse(now time.Time, e *Engine, rk *childRe
 		if peer := old.collision; peer != nil {
 			// The peer's rekey of the same SA went through: keep its result.
 			old.replacedBy, old.collision = peer, nil
-			sa.scheduleChildRekey(e, peer)
+			sa.scheduleChildRekey(e, peer, true)
 			return out
 		}
 		old.rekeyAt = now.Add(e.cfg.RetransmitTimeout * 8) // try again later
@@ -470,7 +471,7 @@ func (sa *IKESA) handleCreateChildResponse(now time.Time, e *Engine, rk *childRe
 		return fail(err.Error(), NO_PROPOSAL_CHOSEN)
 	}
 	sa.children = append(sa.children, c)
-	sa.scheduleChildRekey(e, c)
+	sa.scheduleChildRekey(e, c, true)
 	e.stats.ChildRekeys++
 	out = append(out, InstallChild{SPIi: sa.SPIi, SPIr: sa.SPIr, PeerID: sa.PeerID, Child: c})
 	ev := sa.event(EventChildRekeyed)

@@ -215,7 +215,7 @@ func (sa *IKESA) handleAuthRequest(now time.Time, e *Engine, m *Message, out []A
 		sa.rekeyIKE = now.Add(e.cfg.IKERekeyAfter)
 	}
 	if child != nil {
-		sa.scheduleChildRekey(e, child)
+		sa.scheduleChildRekey(e, child, false)
 		out = append(out, InstallChild{SPIi: sa.SPIi, SPIr: sa.SPIr, PeerID: sa.PeerID, Child: child})
 		ev := sa.event(EventChildInstalled)
 		ev.Child = child

@@ -8,22 +8,28 @@ import (
 )
 
 // RekeyScheduler decides when a CHILD SA created at created is rekeyed.
-// Implementations shared by engine shards must be safe for concurrent use.
+// renewal says the CHILD SA replaces one that was rekeyed on schedule
+// (rather than a new tunnel). Implementations shared by engine shards must
+// be safe for concurrent use.
 type RekeyScheduler interface {
-	Schedule(created time.Time) time.Time
+	Schedule(created time.Time, renewal bool) time.Time
 }
 
 // SmoothScheduler spreads CHILD rekeys evenly over a window before the
-// gateways' own rekey timers and caps their rate. Each SA's rekey goes in
-// [created+After-Window, created+After]; of a few random one-second slots
-// in that range it takes the least loaded (power of choices), so a mass
-// reconnect turns into a flat rekey load instead of a herd, and never more
-// than MaxPerSecond land in one second while the window has room.
+// gateways' own rekey timers and caps their rate. A new tunnel's first
+// rekey goes in [created+After-Window, created+After]; of a few random
+// one-second slots in that range it takes the least loaded (power of
+// choices), so a mass reconnect turns into a flat rekey load instead of a
+// herd. A renewal keeps the spread once made: it goes after a fixed period
+// (After-Window/2, within ±Window/40, again least loaded), so the next
+// cycle has the shape of this one instead of the blur that independent
+// jitter adds cycle after cycle. Never more than MaxPerSecond land in one
+// second while the window has room.
 type SmoothScheduler struct {
 	After        time.Duration // latest rekey, relative to creation
 	Window       time.Duration // rekeys spread over [After-Window, After]
 	MaxPerSecond int           // 0: no cap
-	Choices      int           // random slots compared per SA; 0 = 2
+	Choices      int           // random slots compared per SA; 0 = 4
 
 	mu    sync.Mutex
 	rand  io.Reader
@@ -39,15 +45,19 @@ func NewSmoothScheduler(after, window time.Duration, maxPerSecond int, rand io.R
 	return &SmoothScheduler{After: after, Window: window, MaxPerSecond: maxPerSecond, rand: rand, load: map[int64]int32{}}
 }
 
-func (s *SmoothScheduler) Schedule(created time.Time) time.Time {
+func (s *SmoothScheduler) Schedule(created time.Time, renewal bool) time.Time {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	latest := created.Add(s.After).Unix()
 	earliest := created.Add(s.After - s.Window).Unix()
+	if renewal {
+		mid := created.Add(s.After - s.Window/2)
+		earliest, latest = mid.Add(-s.Window/40).Unix(), mid.Add(s.Window/40).Unix()
+	}
 	span := latest - earliest + 1
 	choices := s.Choices
 	if choices == 0 {
-		choices = 2
+		choices = 4
 	}
 	s.prune(created.Unix())
 	best, bestLoad := int64(-1), int32(0)
@@ -101,7 +111,7 @@ func NewJitterScheduler(after time.Duration, fraction float64, rand io.Reader) *
 	return &JitterScheduler{After: after, Fraction: fraction, rand: rand}
 }
 
-func (j *JitterScheduler) Schedule(created time.Time) time.Time {
+func (j *JitterScheduler) Schedule(created time.Time, _ bool) time.Time {
 	j.mu.Lock()
 	defer j.mu.Unlock()
 	var b [8]byte

@@ -124,7 +124,7 @@ func (e *Engine) Restore(now time.Time, st SAState, out []Action) (*IKESA, []Act
 			VirtualIP: sa.vip, Created: cs.Created, rekeyAt: cs.RekeyAt,
 		}
 		if ch.rekeyAt.IsZero() {
-			sa.scheduleChildRekey(e, ch)
+			sa.scheduleChildRekey(e, ch, false)
 		}
 		e.inSPIs[ch.InSPI] = sa
 		sa.children = append(sa.children, ch)
