@@ -265,6 +265,18 @@ func TestESNWrap(t *testing.T) {
 	}
 }
 
+func TestWindowEndOfSpace(t *testing.T) {
+	w := newWindow(64)
+	for _, seq := range []uint64{1<<64 - 200, 1<<64 - 2, 1<<64 - 1} {
+		if !w.accept(seq) {
+			t.Fatalf("seq %x refused", seq)
+		}
+	}
+	if w.accept(1<<64-2) || w.accept(1<<64-200) {
+		t.Fatal("replay accepted at the end of the sequence space")
+	}
+}
+
 func TestESNStartOfSpace(t *testing.T) {
 	_, in := pair(t, suites[1].config(true))
 	// Low bits far above the window start with top 0: case B, previous

@@ -48,8 +48,8 @@ func (w *window) accept(seq uint64) bool {
 		if d := next - cur; d > w.mask {
 			clear(w.ring)
 		} else {
-			for i := cur + 1; i <= next; i++ {
-				w.ring[i&w.mask] = 0
+			for i := uint64(1); i <= d; i++ { // counts, so next = 2^64-1 cannot loop forever
+				w.ring[(cur+i)&w.mask] = 0
 			}
 		}
 		w.top = seq
