@@ -155,6 +155,8 @@ var (
 	_ dataplane.DataPlane  = (*DataPlane)(nil)
 	_ dataplane.ESPHandler = (*DataPlane)(nil)
 	_ dataplane.SenderUser = (*DataPlane)(nil)
+
+	_ dataplane.AddressUpdater = (*DataPlane)(nil)
 )
 
 // New creates the TUN device (unless cfg.Device is set), brings it up and
