@@ -9,11 +9,17 @@
 #
 #   run-in-vm.sh "$PWD" ./xfrm.test -test.v
 #
-# Environment: VM_CACHE (kernel+initrd cache, default /var/cache/esp-vm),
-# VM_MEM (MiB, 1024), VM_SMP (vCPUs; 2 with KVM, 1 with TCG), VM_TIMEOUT (s, 900),
-# VM_MODULES (extra modules to load), VM_KERNEL_PKG (linux-image-* package),
-# VM_DEBUG=1 (show the guest console on stderr).
-# Uses KVM when /dev/kvm is usable, else TCG emulation (slower, still works).
+# Environment: VM_CACHE (kernel+initrd cache, default
+# /var/cache/ikefleet-vm/<checksum of the module list>), VM_MEM (MiB, 1024),
+# VM_SMP (vCPUs; 2 with KVM, 1 with TCG), VM_TIMEOUT (s, 900), VM_MODULES
+# (extra modules to load), VM_KERNEL_PKG (linux-image-* package), VM_ACCEL
+# (tcg, the default, or kvm), VM_DEBUG=1 (show the guest console on stderr).
+#
+# Adapted for ikefleet from the team's shared runner: TCG unless VM_ACCEL=kvm
+# (nested KVM hung at boot on the build hosts), the cache keyed by the module
+# list, nftables modules for MSS clamping and named counters (nft_objref),
+# built-in modules tolerated. The first run installs qemu-system-x86,
+# busybox-static, kmod and cpio if missing and builds the cache (~1 min).
 set -eu
 
 [ $# -ge 2 ] || { echo "usage: $0 DIR CMD [ARG...]" >&2; exit 2; }
@@ -22,7 +28,7 @@ MODULES="esp4 esp6 xfrm_user xfrm_interface veth aesni_intel gcm ghash_clmulni_i
  ghash_generic chacha20poly1305 chacha_x86_64 poly1305_x86_64 seqiv echainiv authenc
  authencesn ctr ecb cbc crypto_null drbg jitterentropy_rng ccm cmac sha256_ssse3 sha512_ssse3
  hmac sha256_generic sha512_generic
- nf_tables nft_chain_nat nft_masq nft_ct nf_nat nf_conntrack nft_exthdr nft_rt nft_xfrm
+ nf_tables nft_chain_nat nft_masq nft_ct nf_nat nf_conntrack nft_exthdr nft_rt nft_xfrm nft_objref
  tun af_packet 9p 9pnet_virtio virtio_pci ${VM_MODULES:-}"
 # The cache is keyed by the module list: changing it builds a new image.
 CACHE=${VM_CACHE:-/var/cache/ikefleet-vm/$(echo "$MODULES ${VM_KERNEL_PKG:-}" | cksum | cut -d' ' -f1)}

@@ -1,0 +1,85 @@
+// Package xfrm is the kernel ESP data plane (dataplane.mode xfrm): CHILD
+// SAs become Linux XFRM states, policies and routes, applied through one
+// vishvananda/netlink Handle.
+//
+// # Layout
+//
+// Pure builders (BuildStates, BuildPolicies, BuildRouteTargets) turn a
+// dataplane.ChildSA into netlink values and are unit-tested without root;
+// DataPlane applies them. Installing is idempotent (EEXIST is success),
+// dumps are retried on netlink.ErrDumpInterrupted.
+//
+//   - States: tunnel mode, always ESP-in-UDP (espinudp; the ports come from
+//     the SA, 4500 when zero: the concentrator forces encapsulation so a
+//     peer's IKE and ESP share one 5-tuple for ECMP). AES-GCM-8/12/16
+//     (rfc4106(gcm(aes))), ChaCha20-Poly1305 (rfc7539esp(chacha20,poly1305)),
+//     AES-CBC or AES-CTR with HMAC-SHA2-256/384/512 (truncated to 128/192/256
+//     bits), HMAC-SHA1-96 and AES-XCBC-96 for old peers. ESN SAs get the
+//     configured replay window; non-ESN SAs the kernel's legacy maximum, 32.
+//   - Policies: out, in and fwd for every pair of local and remote selector
+//     prefixes (ranges are split into prefixes; ports must be any or one).
+//     Priorities put more specific selectors first.
+//   - Request IDs: each SA takes a slot in a reserved reqid range, out =
+//     base+2*slot, in = out+1. The range is how a restarted node recognises
+//     its own states and policies (Reconcile, List); anything outside it is
+//     foreign and never touched, and a foreign policy holding a selector we
+//     need fails the install instead of being replaced. A rekey's successor
+//     takes over the predecessor's policies; removing the predecessor then
+//     leaves them alone.
+//   - Routes: the xfrm output path needs a route to exist before the policy
+//     lookup replaces it with the tunnel. A virtual IP in a configured pool
+//     is covered by one route for the whole pool (a fleet of 100k peers
+//     costs one route, not 100k); remote selectors outside every pool get
+//     one shared, reference-counted route each. Routes go out of the
+//     interface that reaches the peer, carry route protocol 225 (0xe1, our
+//     marker) and, where we have one, a source address inside the local
+//     selectors so traffic the node itself sends matches the out policy.
+//     Pool routes stay while the node runs.
+//
+// At start New sets the SPD hash thresholds (hthresh4 0 32 by default: the
+// per-peer /32 policies are hashed instead of walked in one priority-sorted
+// list on every insert) and installs the MSS clamp.
+//
+// # Sockets
+//
+// The node's UDP 4500 socket must carry UDP_ENCAP_ESPINUDP
+// (EnableESPInUDP, called through DataPlane.ConfigureSocket): the kernel
+// then decapsulates ESP-in-UDP itself while IKE (non-ESP marker) and NAT-T
+// keepalives still reach the socket. Without it, ESP sits unread in the
+// socket and is never decrypted.
+//
+// # MTU, PMTU and MSS
+//
+// ESP-in-UDP in tunnel mode adds 20 (outer IPv4) + 8 (UDP) + 8 (ESP header)
+// + 8 (IV of GCM/ChaCha; 16 for CBC) + 2..17 (padding and trailer) + 16 (ICV)
+// bytes: about 60-75 per packet. The kernel accounts for it in the XFRM
+// bundle's MTU: an inner IPv4 packet without DF is encrypted whole and
+// the outer packet is fragmented; a packet with DF (and every IPv6 packet)
+// larger than the bundle MTU is dropped and answered with ICMP
+// "fragmentation needed" / "packet too big" carrying the inner MTU, to the
+// local socket or to the sender of a forwarded packet, so PMTU discovery
+// works as long as that ICMP reaches it. Outer packets are sent with
+// the outer route's PMTU; an ICMP error about an outer packet updates the
+// PMTU of the peer's address, which the bundle picks up. Because many paths
+// (CGNAT, cellular) drop ICMP, TCP MSS clamping is on by default: the
+// nftables table "inet ikefleet_mss" lowers the MSS of TCP SYNs routed into
+// a tunnel to the bundle MTU's MSS ("rt mtu") and of SYNs arriving from a
+// tunnel to dataplane.xfrm.mss (default 1360, right for a 1500-byte path);
+// the kernel never raises an MSS. UDP and other protocols rely on PMTU
+// discovery or fragmentation.
+//
+// # Reconciliation
+//
+// A node that restarts calls Reconcile with the SAs it knows: those still
+// installed are adopted (their slot kept, missing policies or routes
+// re-added), the others under our reqids are removed with their policies,
+// and routes with our protocol that nothing needs go too. concentratord
+// does not persist SAs yet, so it reconciles with none and removes every
+// stray an earlier run left.
+//
+// # Tests
+//
+// The kernel tests (kernel_test.go) need root and a kernel with ESP; they
+// run in the VM tier (make test-vm, e2e/vm/kernel-tier.sh), each in fresh
+// network namespaces.
+package xfrm
