@@ -52,6 +52,7 @@ type IKEConfig struct {
 	FragmentSize      int           `yaml:"fragment_size"`
 	DPDDelay          time.Duration `yaml:"dpd_delay"`
 	MOBIKE            *bool         `yaml:"mobike"`
+	KeepaliveInterval time.Duration `yaml:"keepalive_interval"`
 	RekeyAfter        time.Duration `yaml:"rekey_after"`
 }
 
@@ -78,6 +79,7 @@ type PSKConfig struct {
 type ChildrenConfig struct {
 	RekeyAfter      time.Duration `yaml:"rekey_after"`
 	RekeyWindow     time.Duration `yaml:"rekey_window"`
+	RekeyOverlap    time.Duration `yaml:"rekey_overlap"`
 	MaxRekeysPerSec int           `yaml:"max_rekeys_per_second"`
 	MaxPerIKE       int           `yaml:"max_per_ike"`
 	LocalTS         []string      `yaml:"local_ts"`
@@ -138,7 +140,7 @@ func DefaultConfig() Config {
 		Log: LogConfig{Level: "info", Format: "json"},
 		IKE: IKEConfig{
 			Listen: []string{"0.0.0.0"}, Port: 500, NATTPort: 4500, ForceEncap: &t, CookieThreshold: &th,
-			HalfOpenTimeout: 30 * time.Second, RetransmitTimeout: 2 * time.Second, RetransmitTries: 5, DPDDelay: 60 * time.Second,
+			HalfOpenTimeout: 30 * time.Second, RetransmitTimeout: 2 * time.Second, RetransmitTries: 5, DPDDelay: 60 * time.Second, KeepaliveInterval: 20 * time.Second,
 			Proposals: []string{
 				"aes256gcm16-prfsha256-x25519", "aes256gcm16-prfsha384-ecp384", "aes128gcm16-prfsha256-ecp256",
 				"chacha20poly1305-prfsha256-x25519", "aes256-sha256-modp2048",
@@ -146,7 +148,7 @@ func DefaultConfig() Config {
 			ESPProposals: []string{"aes256gcm16", "aes128gcm16", "chacha20poly1305", "aes256-sha256"},
 		},
 		Identity: IdentityConfig{SendCert: "always"},
-		Children: ChildrenConfig{RekeyAfter: 50 * time.Minute, RekeyWindow: 10 * time.Minute, MaxPerIKE: 8},
+		Children: ChildrenConfig{RekeyAfter: 50 * time.Minute, RekeyWindow: 10 * time.Minute, RekeyOverlap: 10 * time.Second, MaxPerIKE: 8},
 		DataPlane: DataPlaneConfig{Mode: "memory", Userspace: UserspaceConfig{TUN: "ikf0", MTU: 1400, QueueLen: 1024, ReplayWindow: 1024},
 			XFRM: XFRMConfig{MSSClamp: true, ReplayWindow: 128, HThresh4: []int{0, 32}}},
 	}
@@ -288,6 +290,12 @@ func (c *Config) Validate() error {
 	}
 	if c.Children.RekeyWindow < 0 || c.Children.RekeyWindow > c.Children.RekeyAfter {
 		return fieldErr("children.rekey_window", "must be between 0 and children.rekey_after (%v): %v", c.Children.RekeyAfter, c.Children.RekeyWindow)
+	}
+	if c.IKE.KeepaliveInterval < 0 {
+		return fieldErr("ike.keepalive_interval", "must not be negative (0 disables keepalives)")
+	}
+	if c.Children.RekeyOverlap < 0 || c.Children.RekeyOverlap > 5*time.Minute {
+		return fieldErr("children.rekey_overlap", "must be 0 to 5m: %v", c.Children.RekeyOverlap)
 	}
 	if c.Children.MaxRekeysPerSec < 0 {
 		return fieldErr("children.max_rekeys_per_second", "must not be negative (0: no cap)")

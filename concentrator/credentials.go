@@ -180,6 +180,8 @@ func (c *Config) engineConfig() (ike.Config, error) {
 	ec.FragmentSize = c.IKE.FragmentSize
 	ec.DPDDelay = c.IKE.DPDDelay
 	ec.MOBIKE = c.IKE.MOBIKE == nil || *c.IKE.MOBIKE
+	ec.KeepaliveInterval = c.IKE.KeepaliveInterval
+	ec.RekeyOverlap = c.Children.RekeyOverlap
 	ec.IKERekeyAfter = c.IKE.RekeyAfter
 	ec.MaxChildren = c.Children.MaxPerIKE
 	if c.Children.RekeyAfter > 0 {

@@ -61,6 +61,9 @@ type shard struct {
 	eng   *ike.Engine
 	in    chan ike.Packet
 	calls chan func()
+	// watch: rekeyed CHILD SAs (inbound SPI) whose first inbound traffic
+	// retires their predecessor, until when to look.
+	watch map[uint32]time.Time
 }
 
 // New builds a node from a validated configuration. It loads keys,
@@ -98,7 +101,7 @@ func New(cfg Config, log *slog.Logger, dp dataplane.DataPlane) (*Node, error) {
 		if err != nil {
 			return nil, err
 		}
-		n.shards = append(n.shards, &shard{id: i, eng: eng, in: make(chan ike.Packet, shardQueueLen), calls: make(chan func())})
+		n.shards = append(n.shards, &shard{id: i, eng: eng, in: make(chan ike.Packet, shardQueueLen), calls: make(chan func()), watch: map[uint32]time.Time{}})
 	}
 	return n, nil
 }
@@ -267,6 +270,8 @@ func (n *Node) shardFor(b []byte) *shard {
 func (n *Node) runShard(ctx context.Context, s *shard) {
 	timer := time.NewTimer(time.Hour)
 	defer timer.Stop()
+	watchTick := time.NewTicker(watchInterval)
+	defer watchTick.Stop()
 	var acts []ike.Action
 	for {
 		select {
@@ -278,6 +283,8 @@ func (n *Node) runShard(ctx context.Context, s *shard) {
 			f()
 		case <-timer.C:
 			acts = s.eng.Tick(time.Now(), acts[:0])
+		case <-watchTick.C:
+			n.checkWatched(ctx, s)
 		}
 		n.perform(ctx, s, acts)
 		clear(acts)
@@ -310,6 +317,11 @@ func (n *Node) perform(ctx context.Context, s *shard, acts []ike.Action) {
 			if err := n.dp.Install(ctx, toDataplane(a)); err != nil {
 				n.log.Error("CHILD_SA install failed", childAttrs(a.SPIi, a.SPIr, a.PeerID, a.Child, "err", err)...)
 			}
+			if _, ok := n.dp.(dataplane.SACounter); ok && a.Replaces != 0 && n.ecfg.RekeyOverlap > 0 {
+				s.watch[a.Child.InSPI] = time.Now().Add(n.ecfg.RekeyOverlap)
+			}
+		case ike.Keepalive:
+			n.sendKeepalive(a)
 		case ike.RemoveChild:
 			if err := n.dp.Remove(ctx, a.Child.InSPI); err != nil {
 				n.log.Error("CHILD_SA remove failed", childAttrs(a.SPIi, a.SPIr, ike.Identity{}, a.Child, "err", err)...)
@@ -349,6 +361,39 @@ func (n *Node) SendUDP(b []byte, local, remote netip.AddrPort) error {
 	}
 	_, err := c.WriteToUDPAddrPort(b, remote)
 	return err
+}
+
+// watchInterval is how often a shard looks at the counters of rekeyed
+// CHILD SAs waiting for their first traffic.
+const watchInterval = 500 * time.Millisecond
+
+// checkWatched retires the predecessors of rekeyed CHILD SAs that carry
+// traffic now.
+func (n *Node) checkWatched(ctx context.Context, s *shard) {
+	if len(s.watch) == 0 {
+		return
+	}
+	counter := n.dp.(dataplane.SACounter)
+	now := time.Now()
+	for spi, until := range s.watch {
+		c, err := counter.Counter(ctx, spi)
+		switch {
+		case err == nil && c.InPackets > 0:
+			s.eng.ChildActive(now, spi)
+			delete(s.watch, spi)
+		case err != nil || now.After(until):
+			delete(s.watch, spi) // the engine's overlap timer retires it
+		}
+	}
+}
+
+// sendKeepalive sends a NAT-T keepalive: one 0xFF octet, no marker.
+func (n *Node) sendKeepalive(a ike.Keepalive) {
+	if c, _ := n.conn(a.Local); c != nil {
+		if _, err := c.WriteToUDPAddrPort([]byte{0xff}, a.Remote); err != nil {
+			n.log.Debug("keepalive failed", "remote", a.Remote.String(), "err", err)
+		}
+	}
 }
 
 // updateChild moves an installed CHILD SA to new outer addresses: in place

@@ -18,7 +18,7 @@ import (
 func lifecycleConfig(auth Auth, certPath, keyPath, caPath string) string {
 	c := ConcentratordConfig(auth, certPath, keyPath, caPath)
 	c = strings.Replace(c, "  force_encap: true\n", "  force_encap: true\n  dpd_delay: 2s\n  retransmit_timeout: 500ms\n  retransmit_tries: 2\n", 1)
-	c = strings.Replace(c, "children:\n", "children:\n  rekey_after: 20s\n  rekey_window: 5s\n", 1)
+	c = strings.Replace(c, "children:\n", "children:\n  rekey_after: 20s\n  rekey_window: 5s\n  rekey_overlap: 1s\n", 1)
 	return c
 }
 

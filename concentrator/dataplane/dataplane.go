@@ -69,6 +69,12 @@ type AddressUpdater interface {
 	UpdateAddresses(ctx context.Context, inSPI uint32, local, remote netip.AddrPort) error
 }
 
+// SACounter is implemented by data planes that can read one CHILD SA's
+// counters cheaply (the node watches a rekeyed SA's first traffic).
+type SACounter interface {
+	Counter(ctx context.Context, inSPI uint32) (Counters, error)
+}
+
 // ErrClosed is returned after Close.
 var ErrClosed = errors.New("dataplane: closed")
 

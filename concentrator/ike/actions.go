@@ -23,11 +23,21 @@ type Send struct {
 	Messages      [][]byte
 }
 
-// InstallChild asks the data plane to install a CHILD_SA pair.
+// InstallChild asks the data plane to install a CHILD_SA pair. Replaces
+// is the inbound SPI of the SA this one rekeys, when we rekeyed it: the
+// caller reports the new SA's first inbound traffic (Engine.ChildActive) so
+// the old one goes only once the new one is in use.
 type InstallChild struct {
 	SPIi, SPIr uint64
 	PeerID     Identity
 	Child      *ChildSA
+	Replaces   uint32
+}
+
+// Keepalive asks to send a NAT-T keepalive (the single octet 0xFF) from
+// the NAT-T socket at Local to Remote.
+type Keepalive struct {
+	Local, Remote netip.AddrPort
 }
 
 // RemoveChild asks the data plane to remove a CHILD_SA pair.
@@ -63,6 +73,7 @@ func (InstallChild) isAction() {}
 func (RemoveChild) isAction()  {}
 func (Event) isAction()        {}
 func (UpdateChild) isAction()  {}
+func (Keepalive) isAction()    {}
 
 // EventKind names an Event.
 type EventKind uint8
@@ -124,6 +135,7 @@ type ChildSA struct {
 	rekeyAt    time.Time // when we start rekeying it; zero: not us
 	rekeying   bool      // our CREATE_CHILD_SA for it is outstanding
 	replacedBy *ChildSA  // rekeyed: the successor; this one awaits its Delete
+	retireAt   time.Time // we delete it then (or once the successor carries traffic)
 	collision  *ChildSA  // the peer rekeyed it while we were rekeying it too
 	// collisionNonce is the lower nonce of the peer's colliding exchange.
 	collisionNonce []byte

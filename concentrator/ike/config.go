@@ -112,6 +112,13 @@ type Config struct {
 	MaxChildren int
 	// MOBIKE enables RFC 4555 with peers that support it.
 	MOBIKE bool
+	// RekeyOverlap: after we rekey a CHILD SA, the old one stays until the
+	// new one has received traffic or this long has passed; 0 deletes it
+	// at once.
+	RekeyOverlap time.Duration
+	// KeepaliveInterval: NAT-T keepalives when we are really behind a NAT
+	// (not merely claiming it to force encapsulation); 0 disables.
+	KeepaliveInterval time.Duration
 
 	// SPITag/SPITagMask fix bits of every IKE SPI this engine allocates
 	// (node slot and shard: the routing hint of DESIGN.md);

@@ -89,16 +89,18 @@ func pskInitiation(t testing.TB) Initiation {
 // wire carries Send actions between an initiator behind a NAT and a
 // responder, rewriting the initiator's address as a NAT would.
 type wire struct {
-	t        testing.TB
-	ini, res *Engine
-	now      time.Time
-	events   []Event
-	installs []InstallChild
-	removes  []RemoveChild
-	sides    []bool // per install/remove, in order: produced by the initiator
-	order    []any
-	drop     func(toResponder bool, msg []byte) bool
-	natShift uint16 // a NAT rebinding moves the gateway's public port
+	t          testing.TB
+	ini, res   *Engine
+	now        time.Time
+	events     []Event
+	installs   []InstallChild
+	removes    []RemoveChild
+	sides      []bool // per install/remove, in order: produced by the initiator
+	order      []any
+	drop       func(toResponder bool, msg []byte) bool
+	natShift   uint16 // a NAT rebinding moves the gateway's public port
+	resNAT     bool   // the responder is behind a NAT too: it sees a private address
+	keepalives int
 }
 
 func (w *wire) nat(a netip.AddrPort) netip.AddrPort {
@@ -130,6 +132,8 @@ func (w *wire) runHops(hops ...hop) {
 				w.installs = append(w.installs, a)
 				w.order = append(w.order, a)
 				w.sides = append(w.sides, h.ini)
+			case Keepalive:
+				w.keepalives++
 			case RemoveChild:
 				w.removes = append(w.removes, a)
 				w.order = append(w.order, a)
@@ -140,10 +144,18 @@ func (w *wire) runHops(hops ...hop) {
 						continue
 					}
 					if h.ini {
-						pkt := Packet{Local: a.Remote, Remote: w.nat(a.Local), Data: append([]byte(nil), m...)}
+						local := a.Remote
+						if w.resNAT {
+							local = netip.AddrPortFrom(netip.MustParseAddr("172.16.0.5"), a.Remote.Port())
+						}
+						pkt := Packet{Local: local, Remote: w.nat(a.Local), Data: append([]byte(nil), m...)}
 						queue = append(queue, hop{w.res.Handle(w.now, pkt, nil), false})
 					} else {
-						pkt := Packet{Local: netip.AddrPortFrom(gwAddr.Addr(), a.Remote.Port()-10000-w.natShift), Remote: a.Local, Data: append([]byte(nil), m...)}
+						remote := a.Local
+						if w.resNAT {
+							remote = netip.AddrPortFrom(concAddr.Addr(), a.Local.Port())
+						}
+						pkt := Packet{Local: netip.AddrPortFrom(gwAddr.Addr(), a.Remote.Port()-10000-w.natShift), Remote: remote, Data: append([]byte(nil), m...)}
 						queue = append(queue, hop{w.ini.Handle(w.now, pkt, nil), true})
 					}
 				}

@@ -146,6 +146,8 @@ func (sa *IKESA) handleInitResponse(now time.Time, e *Engine, pkt Packet, out []
 	}
 	natL, natR, natT := detectNAT(m, sa.SPIi, sa.SPIr, sa.Local, sa.Remote)
 	sa.natLocal, sa.natRemote = natL || (natT && e.cfg.ForceEncap), natR
+	// Bound to a wildcard address we cannot tell: no keepalives then.
+	sa.behindNAT = natL && !sa.Local.Addr().IsUnspecified()
 	if natT && (sa.natLocal || sa.natRemote) {
 		sa.Local = netip.AddrPortFrom(sa.Local.Addr(), e.cfg.NATTPort)
 		port := sa.ini.RemoteNATT

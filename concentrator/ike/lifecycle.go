@@ -47,8 +47,15 @@ func (sa *IKESA) reschedule(e *Engine) {
 			if c.replacedBy == nil && !c.rekeying {
 				earlier(c.rekeyAt)
 			}
+			earlier(c.retireAt)
 		}
 		earlier(sa.rekeyIKE)
+	}
+	if sa.state == stateEstablished && sa.behindNAT && e.cfg.KeepaliveInterval > 0 {
+		if sa.nextKeepalive.IsZero() {
+			sa.nextKeepalive = sa.lastRecv.Add(e.cfg.KeepaliveInterval)
+		}
+		earlier(sa.nextKeepalive)
 	}
 	e.schedule(sa, at)
 }
@@ -56,8 +63,19 @@ func (sa *IKESA) reschedule(e *Engine) {
 // lifecycleTimers starts whatever is due on an established SA with no
 // request outstanding: one exchange at a time (window size 1).
 func (sa *IKESA) lifecycleTimers(now time.Time, e *Engine, out []Action) []Action {
+	if sa.behindNAT && e.cfg.KeepaliveInterval > 0 && !now.Before(sa.nextKeepalive) {
+		// NAT-T keepalive (RFC 3948 §2.3): keeps our NAT's mapping alive.
+		sa.nextKeepalive = now.Add(e.cfg.KeepaliveInterval)
+		out = append(out, Keepalive{Local: sa.Local, Remote: sa.Remote})
+	}
 	if sa.req != nil {
 		return out
+	}
+	for _, c := range sa.children {
+		if !c.retireAt.IsZero() && !now.Before(c.retireAt) {
+			c.retireAt = time.Time{}
+			return sa.deleteChild(now, e, c, out)
+		}
 	}
 	if !sa.rekeyIKE.IsZero() && !now.Before(sa.rekeyIKE) {
 		return sa.startIKERekey(now, e, out)
@@ -473,7 +491,7 @@ func (sa *IKESA) handleCreateChildResponse(now time.Time, e *Engine, rk *childRe
 	sa.children = append(sa.children, c)
 	sa.scheduleChildRekey(e, c, true)
 	e.stats.ChildRekeys++
-	out = append(out, InstallChild{SPIi: sa.SPIi, SPIr: sa.SPIr, PeerID: sa.PeerID, Child: c})
+	out = append(out, InstallChild{SPIi: sa.SPIi, SPIr: sa.SPIr, PeerID: sa.PeerID, Child: c, Replaces: old.InSPI})
 	ev := sa.event(EventChildRekeyed)
 	ev.Child, ev.Reason = c, "rekeyed by us"
 	out = append(out, ev)
@@ -495,7 +513,29 @@ func (sa *IKESA) handleCreateChildResponse(now time.Time, e *Engine, rk *childRe
 		}
 		peer.collisionNonce = nil
 	}
+	if victim == old && e.cfg.RekeyOverlap > 0 {
+		// Keep the old SA until the new one carries traffic (ChildActive)
+		// or the overlap has passed, so packets in flight are not lost.
+		old.retireAt = now.Add(e.cfg.RekeyOverlap)
+		return out
+	}
 	return sa.deleteChild(now, e, victim, out)
+}
+
+// ChildActive tells the engine that the CHILD SA with inbound SPI inSPI
+// has received traffic: a predecessor kept after a rekey can go now.
+func (e *Engine) ChildActive(now time.Time, inSPI uint32) {
+	sa := e.inSPIs[inSPI]
+	if sa == nil {
+		return
+	}
+	c := sa.childByIn(inSPI)
+	for _, x := range sa.children {
+		if c != nil && x.replacedBy == c && !x.retireAt.IsZero() && now.Before(x.retireAt) {
+			x.retireAt = now
+			sa.reschedule(e)
+		}
+	}
 }
 
 func minBytes(a, b []byte) []byte {

@@ -211,3 +211,70 @@ func TestDPDDeadPeer(t *testing.T) {
 	}
 	_ = netip.Addr{}
 }
+
+func TestRekeyOverlapUntilTraffic(t *testing.T) {
+	rcfg := responderConfig(t, 1)
+	rcfg.ChildRekey = NewSmoothScheduler(50*time.Minute, 10*time.Minute, 0, newDetRand(5))
+	rcfg.RekeyOverlap = 30 * time.Second
+	w, _ := establish(t, rcfg)
+	rsa := w.res.SA(resSPI(w))
+	old := rsa.children[0]
+	for old.replacedBy == nil {
+		w.now = w.now.Add(10 * time.Second)
+		w.run(w.res.Tick(w.now, nil), false)
+	}
+	_, res := w.live()
+	if len(res) != 2 {
+		t.Fatalf("responder has %d CHILD SAs during the overlap, want old and new", len(res))
+	}
+	var repl InstallChild
+	for _, a := range w.installs {
+		if a.Replaces == old.InSPI {
+			repl = a
+		}
+	}
+	if repl.Child == nil {
+		t.Fatal("the rekeyed CHILD SA's install does not name the SA it replaces")
+	}
+	// Traffic on the new SA: the old one is deleted at the next tick.
+	w.res.ChildActive(w.now, repl.Child.InSPI)
+	w.now = w.now.Add(200 * time.Millisecond)
+	w.run(w.res.Tick(w.now, nil), false)
+	w.paired(t, 1)
+
+	// Without traffic the overlap runs out.
+	for i := 0; i < 400 && w.res.Stats().ChildRekeys < 2; i++ {
+		w.now = w.now.Add(10 * time.Second)
+		w.run(w.res.Tick(w.now, nil), false)
+	}
+	if _, res := w.live(); len(res) != 2 {
+		t.Fatalf("second rekey: %d CHILD SAs during the overlap", len(res))
+	}
+	w.now = w.now.Add(31 * time.Second)
+	w.run(w.res.Tick(w.now, nil), false)
+	w.paired(t, 1)
+}
+
+func TestKeepalivesOnlyBehindNAT(t *testing.T) {
+	for _, behind := range []bool{false, true} {
+		rcfg := responderConfig(t, 1)
+		rcfg.KeepaliveInterval = 20 * time.Second
+		res, _ := NewEngine(rcfg)
+		w := &wire{t: t, ini: initiatorEngine(t, 2), res: res, now: t0, resNAT: behind}
+		_, acts, _ := w.ini.Initiate(w.now, pskInitiation(t), nil)
+		w.run(acts, true)
+		if w.count(EventIKEEstablished) != 2 {
+			t.Fatalf("behind=%v: not established: %+v", behind, w.events)
+		}
+		for i := 0; i < 12; i++ {
+			w.now = w.now.Add(10 * time.Second)
+			w.run(w.res.Tick(w.now, nil), false)
+		}
+		if behind && (w.keepalives < 5 || w.keepalives > 7) {
+			t.Fatalf("behind a NAT: %d keepalives in 2 minutes, want 6", w.keepalives)
+		}
+		if !behind && w.keepalives != 0 {
+			t.Fatalf("not behind a NAT (encapsulation only forced): %d keepalives", w.keepalives)
+		}
+	}
+}

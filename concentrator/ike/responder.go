@@ -98,6 +98,8 @@ func (e *Engine) handleInitRequest(now time.Time, pkt Packet, h Header, out []Ac
 	}
 	natL, natR, natT := detectNAT(m, sa.SPIi, 0, pkt.Local, pkt.Remote)
 	sa.natLocal, sa.natRemote = natL || (natT && e.cfg.ForceEncap), natR
+	// Bound to a wildcard address we cannot tell: no keepalives then.
+	sa.behindNAT = natL && !pkt.Local.Addr().IsUnspecified()
 	sa.peerFrag = findNotify(m.Payloads, IKEV2_FRAGMENTATION_SUPPORTED) != nil
 	sa.peerHashes = parseHashes(findNotify(m.Payloads, SIGNATURE_HASH_ALGORITHMS))
 

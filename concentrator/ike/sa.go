@@ -51,6 +51,8 @@ type IKESA struct {
 	initResp []byte // IKE_SA_INIT response as sent
 
 	natLocal, natRemote bool // we / the peer are behind a NAT (or encapsulation is forced)
+	behindNAT           bool // we really are behind a NAT: send keepalives
+	nextKeepalive       time.Time
 	peerFrag            bool // peer supports RFC 7383 fragmentation
 	peerHashes          []uint16
 	peerCertReq         bool
