@@ -651,3 +651,89 @@ func TestKernelInstallRate(t *testing.T) {
 		t.Errorf("left: %d states %d policies", st, pol)
 	}
 }
+
+// TestKernelUpdateAddresses: the gateway's NAT rebinds (new port), then it
+// moves to a new address (MOBIKE); the SA follows both times in place and
+// its counters and sequence numbers carry on.
+func TestKernelUpdateAddresses(t *testing.T) {
+	requireKernel(t)
+	ctx := context.Background()
+	conc, gw := newPair(t)
+	dc, dg := conc.dataplane(t, nil), gw.dataplane(t, nil)
+	conc.espSocket(t, 4500)
+	gw.espSocket(t, 4501)
+	sa := tunnelSA(0xc6000001, 0x06000001)
+	sa.ESN = false
+	if err := dc.Install(ctx, sa); err != nil {
+		t.Fatal(err)
+	}
+	gsa := mirror(sa)
+	if err := dg.Install(ctx, gsa); err != nil {
+		t.Fatal(err)
+	}
+	if err := udpThrough(t, gw, conc, []byte("before")); err != nil {
+		t.Fatal(err)
+	}
+	// NAT rebinding: the gateway's port becomes 4502.
+	gw.espSocket(t, 4502)
+	newRemote := netip.AddrPortFrom(sa.Remote.Addr(), 4502)
+	if err := dc.UpdateAddresses(ctx, sa.InSPI, sa.Local, newRemote); err != nil {
+		t.Fatal(err)
+	}
+	if err := dg.UpdateAddresses(ctx, gsa.InSPI, newRemote, gsa.Remote); err != nil {
+		t.Fatal(err)
+	}
+	if err := udpThrough(t, gw, conc, []byte("rebound")); err != nil {
+		t.Fatal(err)
+	}
+	if err := udpThrough(t, conc, gw, []byte("rebound back")); err != nil {
+		t.Fatal(err)
+	}
+	c, err := dc.Counter(ctx, sa.InSPI)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.InPackets < 2 || c.OutPackets < 1 {
+		t.Errorf("counters after the port change %+v: want them carried on", c)
+	}
+	// MOBIKE: the gateway moves to 192.168.100.3.
+	dev, _ := gw.h.LinkByName(gw.dev)
+	if err := gw.h.AddrAdd(dev, &netlink.Addr{IPNet: &net.IPNet{IP: net.ParseIP("192.168.100.3"), Mask: net.CIDRMask(24, 32)}}); err != nil {
+		t.Fatal(err)
+	}
+	gw3 := &side{ns: gw.ns, h: gw.h, outer: netip.MustParseAddr("192.168.100.3"), inner: gw.inner, dev: gw.dev}
+	gw3.espSocket(t, 4500)
+	moved := netip.MustParseAddrPort("192.168.100.3:4500")
+	if err := dc.UpdateAddresses(ctx, sa.InSPI, sa.Local, moved); err != nil {
+		t.Fatal(err)
+	}
+	if err := dg.UpdateAddresses(ctx, gsa.InSPI, moved, gsa.Remote); err != nil {
+		t.Fatal(err)
+	}
+	if err := udpThrough(t, gw, conc, []byte("moved")); err != nil {
+		t.Fatal(err)
+	}
+	if err := udpThrough(t, conc, gw, []byte("moved back")); err != nil {
+		t.Fatal(err)
+	}
+	c2, err := dc.Counter(ctx, sa.InSPI)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c2.InPackets <= c.InPackets || c2.OutPackets <= c.OutPackets {
+		t.Errorf("counters after the move %+v (before %+v): the states must carry them over", c2, c)
+	}
+	list, _ := dc.List(ctx)
+	if len(list) != 1 || list[0].Remote != moved {
+		t.Errorf("List after the move: %+v", list)
+	}
+	// An ESN SA cannot change address in place.
+	esn := tunnelSA(0xc6000002, 0x06000002)
+	esn.RemoteTS = []dataplane.Selector{sel("10.22.0.0", "10.22.0.255")}
+	if err := dc.Install(ctx, esn); err != nil {
+		t.Fatal(err)
+	}
+	if err := dc.UpdateAddresses(ctx, esn.InSPI, esn.Local, moved); !errors.Is(err, ErrUnsupported) {
+		t.Errorf("moving an ESN SA: %v, want ErrUnsupported", err)
+	}
+}

@@ -118,6 +118,9 @@ type entry struct {
 	slot  uint32
 	ids   reqIDs
 	route []netip.Prefix
+	// base holds what states this SA had before an address move re-added
+	// them (the kernel's counters start over; ours do not).
+	base dataplane.Counters
 }
 
 type route struct {
@@ -125,7 +128,10 @@ type route struct {
 	pool  bool
 }
 
-var _ dataplane.DataPlane = (*DataPlane)(nil)
+var (
+	_ dataplane.DataPlane      = (*DataPlane)(nil)
+	_ dataplane.AddressUpdater = (*DataPlane)(nil)
+)
 
 // New opens the data plane: one netlink handle (XFRM and route families),
 // SPD hash thresholds set, and the TCP MSS clamp installed if enabled. It
@@ -704,6 +710,9 @@ func (d *DataPlane) Counters(ctx context.Context) ([]dataplane.Counters, error) 
 	out := make([]dataplane.Counters, 0, len(bySlot))
 	for _, c := range bySlot {
 		if c.InSPI != 0 {
+			if e := d.sas[c.InSPI]; e != nil {
+				*c = addBase(*c, e.base)
+			}
 			out = append(out, *c)
 		}
 	}
@@ -865,4 +874,115 @@ func (d *DataPlane) reconcileRoutes() error {
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// UpdateAddresses moves an installed CHILD SA to new outer addresses (NAT
+// rebinding, MOBIKE) keeping its counters (kept by this process across a
+// re-add), sequence numbers and replay window. A port-only change (the common NAT rebinding) updates the states'
+// encapsulation in place (XFRM_MSG_UPDSA). An address change re-adds the
+// states — their IDs contain the addresses — carrying the sequence numbers
+// and replay bitmap over, and points the policies' templates at the new
+// addresses; for ESN SAs the netlink library cannot carry the 64-bit
+// sequence numbers over, so an address change of an ESN SA is refused
+// (ErrUnsupported): rekey it instead.
+func (d *DataPlane) UpdateAddresses(ctx context.Context, inSPI uint32, local, remote netip.AddrPort) error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.closed {
+		return dataplane.ErrClosed
+	}
+	e := d.sas[inSPI]
+	if e == nil {
+		return fmt.Errorf("xfrm: no SA with inbound SPI %08x", inSPI)
+	}
+	nu := *e.sa
+	nu.Local, nu.Remote = local, remote
+	in, out, err := BuildStates(&d.opts, &nu, e.ids)
+	if err != nil {
+		return err
+	}
+	if e.sa.Local.Addr() == local.Addr() && e.sa.Remote.Addr() == remote.Addr() {
+		for _, st := range []*netlink.XfrmState{in, out} {
+			if err := d.h.XfrmStateUpdate(st); err != nil {
+				return fmt.Errorf("xfrm: update state spi %08x: %w", uint32(st.Spi), err)
+			}
+		}
+		e.sa = &nu
+		return nil
+	}
+	if e.sa.ESN {
+		return unsupported("moving ESN SA %08x_i to new addresses (rekey it instead)", inSPI)
+	}
+	oldIn, oldOut, err := BuildStates(&d.opts, e.sa, e.ids)
+	if err != nil {
+		return err
+	}
+	for _, p := range []struct{ old, nu *netlink.XfrmState }{{oldIn, in}, {oldOut, out}} {
+		cur, err := d.h.XfrmStateGet(p.old)
+		if err != nil {
+			return fmt.Errorf("xfrm: state spi %08x: %w", uint32(p.old.Spi), err)
+		}
+		p.nu.Replay = cur.Replay
+		if p.old == oldIn {
+			e.base.InBytes += cur.Statistics.Bytes
+			e.base.InPackets += cur.Statistics.Packets
+		} else {
+			e.base.OutBytes += cur.Statistics.Bytes
+			e.base.OutPackets += cur.Statistics.Packets
+		}
+		if err := d.h.XfrmStateDel(p.old); err != nil && !isGone(err) {
+			return fmt.Errorf("xfrm: move state spi %08x: %w", uint32(p.old.Spi), err)
+		}
+		if err := d.h.XfrmStateAdd(p.nu); err != nil && !isExist(err) {
+			return fmt.Errorf("xfrm: move state spi %08x: %w", uint32(p.nu.Spi), err)
+		}
+	}
+	pols, err := BuildPolicies(&d.opts, &nu, e.ids)
+	if err != nil {
+		return err
+	}
+	for _, p := range pols {
+		if err := d.addPolicy(p); err != nil {
+			return fmt.Errorf("xfrm: move: %w", err)
+		}
+	}
+	e.sa = &nu
+	return nil
+}
+
+// Counter reads one CHILD SA's counters from its two kernel states.
+func (d *DataPlane) Counter(ctx context.Context, inSPI uint32) (dataplane.Counters, error) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	c := dataplane.Counters{InSPI: inSPI}
+	if d.closed {
+		return c, dataplane.ErrClosed
+	}
+	e := d.sas[inSPI]
+	if e == nil {
+		return c, fmt.Errorf("xfrm: no SA with inbound SPI %08x", inSPI)
+	}
+	in, out, err := BuildStates(&d.opts, e.sa, e.ids)
+	if err != nil {
+		return c, err
+	}
+	si, err := d.h.XfrmStateGet(in)
+	if err != nil {
+		return c, fmt.Errorf("xfrm: state spi %08x: %w", inSPI, err)
+	}
+	so, err := d.h.XfrmStateGet(out)
+	if err != nil {
+		return c, fmt.Errorf("xfrm: state spi %08x: %w", e.sa.OutSPI, err)
+	}
+	c.InBytes, c.InPackets = si.Statistics.Bytes, si.Statistics.Packets
+	c.OutBytes, c.OutPackets = so.Statistics.Bytes, so.Statistics.Packets
+	return addBase(c, e.base), nil
+}
+
+func addBase(c, base dataplane.Counters) dataplane.Counters {
+	c.InBytes += base.InBytes
+	c.InPackets += base.InPackets
+	c.OutBytes += base.OutBytes
+	c.OutPackets += base.OutPackets
+	return c
 }
