@@ -737,3 +737,112 @@ func TestKernelUpdateAddresses(t *testing.T) {
 		t.Errorf("moving an ESN SA: %v, want ErrUnsupported", err)
 	}
 }
+
+// TestKernelMSSClamp: a TCP connection from the gateway's LAN through the
+// tunnel to a host behind the concentrator. The concentrator forwards it,
+// and its nftables clamp lowers the MSS of the SYN (from the tunnel, to
+// dataplane.xfrm.mss) and of the SYN-ACK (into the tunnel, to the bundle's
+// MTU). Both ends see the clamped MSS; without the clamp they see 1460.
+func TestKernelMSSClamp(t *testing.T) {
+	requireKernel(t)
+	ctx := context.Background()
+	conc, gw := newPair(t)
+	const mss = 1300
+	dc := conc.dataplane(t, func(o *Options) { o.MSS = mss })
+	dg := gw.dataplane(t, func(o *Options) { o.MSSClamp = false })
+	conc.espSocket(t, 4500)
+	gw.espSocket(t, 4501)
+	sa := tunnelSA(0xc7000001, 0x07000001)
+	if err := dc.Install(ctx, sa); err != nil {
+		t.Fatal(err)
+	}
+	if err := dg.Install(ctx, mirror(sa)); err != nil {
+		t.Fatal(err)
+	}
+
+	// A core host 10.30.0.5 behind the concentrator (10.30.0.254).
+	core := &side{ns: newNS(t), inner: netip.MustParseAddr("10.30.0.5"), dev: "core1"}
+	h, err := netlink.NewHandleAt(core.ns)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer h.Close()
+	core.h = h
+	if err := conc.h.LinkAdd(&netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: "core0"}, PeerName: "core1", PeerNamespace: netlink.NsFd(core.ns)}); err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []struct {
+		h    *netlink.Handle
+		dev  string
+		addr string
+	}{{conc.h, "core0", "10.30.0.254"}, {core.h, "core1", "10.30.0.5"}, {core.h, "lo", ""}} {
+		l, err := c.h.LinkByName(c.dev)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if c.addr != "" {
+			if err := c.h.AddrAdd(l, &netlink.Addr{IPNet: &net.IPNet{IP: net.ParseIP(c.addr), Mask: net.CIDRMask(24, 32)}}); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if err := c.h.LinkSetUp(l); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := core.h.RouteAdd(&netlink.Route{Gw: net.ParseIP("10.30.0.254")}); err != nil {
+		t.Fatal(err)
+	}
+	if err := inNS(t, conc.ns, func() error {
+		return os.WriteFile("/proc/sys/net/ipv4/ip_forward", []byte("1"), 0o644)
+	}); err != nil {
+		t.Fatal(err)
+	}
+
+	maxseg := func(c net.Conn) int {
+		rc, _ := c.(*net.TCPConn).SyscallConn()
+		var v int
+		var serr error
+		_ = rc.Control(func(fd uintptr) { v, serr = unix.GetsockoptInt(int(fd), unix.IPPROTO_TCP, unix.TCP_MAXSEG) })
+		if serr != nil {
+			t.Fatal(serr)
+		}
+		return v
+	}
+	var ln net.Listener
+	if err := inNS(t, core.ns, func() (err error) {
+		ln, err = net.Listen("tcp4", "10.30.0.5:8080")
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	accepted := make(chan int, 1)
+	go func() {
+		c, err := ln.Accept()
+		if err != nil {
+			accepted <- -1
+			return
+		}
+		defer c.Close()
+		accepted <- maxseg(c)
+	}()
+	var cl net.Conn
+	if err := inNS(t, gw.ns, func() (err error) {
+		d := net.Dialer{Timeout: 5 * time.Second, LocalAddr: &net.TCPAddr{IP: ipOf(gw.inner)}}
+		cl, err = d.Dial("tcp4", "10.30.0.5:8080")
+		return err
+	}); err != nil {
+		t.Fatalf("TCP through the tunnel: %v", err)
+	}
+	defer cl.Close()
+	srv := <-accepted
+	cli := maxseg(cl)
+	t.Logf("TCP_MAXSEG: core host %d (SYN from the tunnel, clamp %d), gateway %d (SYN-ACK into the tunnel, rt mtu)", srv, mss, cli)
+	// TCP_MAXSEG is the MSS less options (timestamps: 12 bytes).
+	if srv > mss || srv < mss-40 {
+		t.Errorf("core host MSS %d: the SYN from the tunnel was not clamped to %d", srv, mss)
+	}
+	if cli >= 1448 || cli < 1300 {
+		t.Errorf("gateway MSS %d: the SYN-ACK into the tunnel was not clamped to the bundle MTU", cli)
+	}
+}
