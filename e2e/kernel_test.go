@@ -284,5 +284,23 @@ func TestKernelESPStrongSwanToConcentratord(t *testing.T) {
 	if err := conc.Stop(); err != nil {
 		t.Errorf("concentratord on SIGTERM: %v", err)
 	}
+
+	// dataplane.mode auto on this kernel: xfrmAvailable says yes, the daemon
+	// says which it picked, and (knowing no SA) reconciles the new tunnel's
+	// pair away as strays.
+	writeFile(t, cfg, []byte(strings.Replace(xfrmConfig(t), "mode: xfrm", "mode: auto", 1)))
+	auto := tp.StartProcess(t, "concentratord (auto)", tp.Conc, bin, "--config", cfg)
+	actx, acancel := context.WithTimeout(ctx, 15*time.Second)
+	if _, err := auto.WaitLog(actx, "dataplane selected", map[string]string{"mode": "auto", "dataplane": "xfrm"}); err != nil {
+		t.Error(err)
+	} else if rec, err := auto.WaitLog(actx, "xfrm data plane ready", nil); err != nil {
+		t.Error(err)
+	} else if r, _ := rec.Attr("removed_strays"); r != "1" {
+		t.Errorf("auto restart: removed_strays=%s, want 1", r)
+	}
+	acancel()
+	if err := auto.Stop(); err != nil {
+		t.Errorf("concentratord (auto) on SIGTERM: %v", err)
+	}
 	t.Logf("kernel ESP end to end: %v", time.Since(start).Round(time.Millisecond))
 }
