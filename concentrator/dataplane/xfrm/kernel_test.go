@@ -468,8 +468,15 @@ func TestKernelReconcile(t *testing.T) {
 	if err := udpThrough(t, gw, conc, []byte("after restart")); err != nil {
 		t.Error(err)
 	}
-	// Again: nothing to do.
+	// A policy lost behind our back comes back; otherwise nothing to do.
+	pols, _ := BuildPolicies(&after.opts, keep, after.sas[keep.InSPI].ids)
+	if err := conc.h.XfrmPolicyDel(pols[2]); err != nil {
+		t.Fatal(err)
+	}
 	adopted, removed, err = after.Reconcile(ctx, []*dataplane.ChildSA{keep})
+	if _, pol, _ := kernelCounts(t, conc.h, &after.opts); pol != 3 {
+		t.Errorf("Reconcile did not restore the deleted fwd policy: %d policies", pol)
+	}
 	if err != nil || adopted != 1 || removed != 0 {
 		t.Errorf("second Reconcile: adopted %d removed %d err %v, want 1 0 nil", adopted, removed, err)
 	}

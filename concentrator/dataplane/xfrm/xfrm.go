@@ -750,15 +750,14 @@ func (d *DataPlane) Reconcile(ctx context.Context, want []*dataplane.ChildSA) (a
 			w = wanted[k.InSPI]
 		}
 		if w != nil && ins.out != nil && w.OutSPI == k.OutSPI && w.Local == k.Local && w.Remote == k.Remote {
-			if cur := d.sas[k.InSPI]; cur == nil || cur.slot != slot {
-				if cur != nil {
-					delete(d.slots, cur.slot)
-					delete(d.sas, k.InSPI)
-				}
-				if err := d.install(w, &slot); err != nil {
-					errs = append(errs, fmt.Errorf("adopt %08x_i: %w", k.InSPI, err))
-					continue
-				}
+			if cur := d.sas[k.InSPI]; cur != nil && cur.slot != slot {
+				delete(d.slots, cur.slot)
+				delete(d.sas, k.InSPI)
+			}
+			// Idempotent: re-adds whatever policy went missing.
+			if err := d.install(w, &slot); err != nil {
+				errs = append(errs, fmt.Errorf("adopt %08x_i: %w", k.InSPI, err))
+				continue
 			}
 			adopted++
 			continue
