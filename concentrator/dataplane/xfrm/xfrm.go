@@ -131,6 +131,7 @@ type route struct {
 var (
 	_ dataplane.DataPlane      = (*DataPlane)(nil)
 	_ dataplane.AddressUpdater = (*DataPlane)(nil)
+	_ dataplane.SACounter      = (*DataPlane)(nil)
 )
 
 // New opens the data plane: one netlink handle (XFRM and route families),
