@@ -26,10 +26,11 @@ const espCountRules = `table inet ikfesp {
 }
 `
 
-// userspaceConfig is ConcentratordConfig (PSK) with the user-space data plane.
-func userspaceConfig(t *testing.T) string {
+// userspaceConfig is ConcentratordConfig (PSK) with the user-space data
+// plane and ESP proposal esp.
+func userspaceConfig(t *testing.T, esp string) string {
 	t.Helper()
-	c := ConcentratordConfig(AuthPSK, "", "", "")
+	c := strings.Replace(ConcentratordConfig(AuthPSK, "", "", ""), "esp_proposals: ["+ESPProp+"]", "esp_proposals: ["+esp+"]", 1)
 	const memory = "dataplane:\n  mode: memory\n"
 	if !strings.Contains(c, memory) {
 		t.Fatalf("ConcentratordConfig no longer ends with %q", memory)
@@ -45,6 +46,33 @@ func userspaceConfig(t *testing.T) string {
 // strongSwan's CHILD_SA counters and concentratord's (logged when the SA is
 // removed) must agree packet for packet.
 func TestUserspaceDataPlane(t *testing.T) {
+	testUserspaceTunnel(t, ESPProp, 3)
+}
+
+// TestUserspaceDataPlaneSuites: the same tunnel with every other ESP
+// suite the data plane implements, strongSwan's crypto on the other end.
+func TestUserspaceDataPlaneSuites(t *testing.T) {
+	for _, c := range []struct{ esp, alg, keysize, integ string }{
+		{"aes128gcm16", "AES_GCM_16", "128", ""},
+		{"chacha20poly1305", "CHACHA20_POLY1305", "", ""},
+		{"aes256-sha256", "AES_CBC", "256", "HMAC_SHA2_256_128"},
+		{"aes128-sha384", "AES_CBC", "128", "HMAC_SHA2_384_192"},
+		{"aes256-sha512", "AES_CBC", "256", "HMAC_SHA2_512_256"},
+	} {
+		t.Run(c.esp, func(t *testing.T) {
+			gc := testUserspaceTunnel(t, c.esp, 1)
+			if gc.Get("encr-alg") != c.alg || gc.Get("encr-keysize") != c.keysize || gc.Get("integ-alg") != c.integ {
+				t.Errorf("gw: CHILD_SA %s-%s/%s, want %s-%s/%s", gc.Get("encr-alg"), gc.Get("encr-keysize"), gc.Get("integ-alg"),
+					c.alg, c.keysize, c.integ)
+			}
+		})
+	}
+}
+
+// testUserspaceTunnel runs the tunnel with ESP proposal esp, pinging
+// count times with 56 bytes and twice with 1372 bytes each way, and
+// returns strongSwan's CHILD_SA as it was after the pings.
+func testUserspaceTunnel(t *testing.T, esp string, count int) ChildSA {
 	requireNetns(t)
 	start := time.Now()
 	bin := Binary(t, "concentratord")
@@ -62,9 +90,13 @@ func TestUserspaceDataPlane(t *testing.T) {
 	}
 
 	cfg := filepath.Join(t.TempDir(), "concentratord.yaml")
-	writeFile(t, cfg, []byte(userspaceConfig(t)))
+	writeFile(t, cfg, []byte(userspaceConfig(t, esp)))
 	gw := NewStrongSwan(t, tp, "gw", tp.GW)
-	gw.Start(GatewaySwanctlConf(AuthPSK), nil)
+	gwConf := strings.Replace(GatewaySwanctlConf(AuthPSK), "esp_proposals = "+ESPProp, "esp_proposals = "+esp, 1)
+	if esp != ESPProp && gwConf == GatewaySwanctlConf(AuthPSK) {
+		t.Fatal("GatewaySwanctlConf: esp_proposals not found")
+	}
+	gw.Start(gwConf, nil)
 	conc := tp.StartProcess(t, "concentratord", tp.Conc, bin, "--config", cfg)
 	lctx, lcancel := context.WithTimeout(ctx, 10*time.Second)
 	_, err := conc.WaitLog(lctx, "listening", map[string]string{"dataplane": "userspace"})
@@ -90,9 +122,13 @@ func TestUserspaceDataPlane(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	checkGatewaySA(t, sas, GWPSKID)
 	sa, _ := FindIKESA(sas, "conc")
 	gc, _ := sa.Child("lan")
+	if esp == ESPProp {
+		checkGatewaySA(t, sas, GWPSKID)
+	} else if gc.Get("state") != "INSTALLED" || gc.Get("encap") != "yes" {
+		t.Fatalf("gw: CHILD_SA lan state=%s encap=%s, want INSTALLED and yes: %v", gc.Get("state"), gc.Get("encap"), sa)
+	}
 
 	wctx, wcancel := context.WithTimeout(ctx, 5*time.Second)
 	inst, err := conc.WaitLog(wctx, "userspace SA installed", map[string]string{"peer_id": GWPSKID})
@@ -120,17 +156,17 @@ func TestUserspaceDataPlane(t *testing.T) {
 	for _, p := range []struct {
 		ns, src, dst string
 	}{{tp.GW, GWLANAddr, ConcLANAddr}, {tp.Conc, ConcLANAddr, GWLANAddr}} {
-		if err := tp.Ping(ctx, p.ns, p.src, p.dst, 3, 56); err != nil {
+		if err := tp.Ping(ctx, p.ns, p.src, p.dst, count, 56); err != nil {
 			t.Fatal(err)
 		}
 		if err := tp.Ping(ctx, p.ns, p.src, p.dst, 2, 1372); err != nil {
 			t.Error(err)
 		}
 	}
-	t.Logf("20 pings through the user-space tunnel: %v", time.Since(t0).Round(time.Millisecond))
+	t.Logf("%d pings through the user-space tunnel: %v", 2*(count+2), time.Since(t0).Round(time.Millisecond))
 
 	// strongSwan's view: its CHILD_SA is UDP-encapsulated and carried the
-	// 10 packets each way (5 echo requests + 5 replies).
+	// echo requests and replies, count+2 each, both ways.
 	sas, err = gw.ListSAs(ctx)
 	if err != nil {
 		t.Fatal(err)
@@ -138,9 +174,9 @@ func TestUserspaceDataPlane(t *testing.T) {
 	sa, _ = FindIKESA(sas, "conc")
 	gc, _ = sa.Child("lan")
 	num := func(k string) uint64 { v, _ := strconv.ParseUint(gc.Get(k), 10, 64); return v }
-	if gc.Get("encap") != "yes" || num("packets-in") < 10 || num("packets-out") < 10 {
-		t.Errorf("gw: CHILD_SA encap=%s packets-in=%s packets-out=%s, want yes and >= 10 each",
-			gc.Get("encap"), gc.Get("packets-in"), gc.Get("packets-out"))
+	if want := uint64(2 * (count + 2)); gc.Get("encap") != "yes" || num("packets-in") != want || num("packets-out") != want {
+		t.Errorf("gw: CHILD_SA encap=%s packets-in=%s packets-out=%s, want yes and %d each",
+			gc.Get("encap"), gc.Get("packets-in"), gc.Get("packets-out"), want)
 	}
 	t.Logf("gw CHILD_SA: bytes-in %s packets-in %s bytes-out %s packets-out %s",
 		gc.Get("bytes-in"), gc.Get("packets-in"), gc.Get("bytes-out"), gc.Get("packets-out"))
@@ -201,7 +237,8 @@ func TestUserspaceDataPlane(t *testing.T) {
 			}
 		}
 	}
-	t.Logf("user-space tier: %v", time.Since(start).Round(time.Millisecond))
+	t.Logf("user-space tier (%s): %v", esp, time.Since(start).Round(time.Millisecond))
+	return gc
 }
 
 // TestAutoDataPlane: with dataplane.mode auto concentratord probes the
@@ -214,7 +251,7 @@ func TestAutoDataPlane(t *testing.T) {
 	ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
 	defer cancel()
 	tp := NewTopology(t)
-	c := strings.Replace(userspaceConfig(t), "  mode: userspace\n", "  mode: auto\n", 1)
+	c := strings.Replace(userspaceConfig(t, ESPProp), "  mode: userspace\n", "  mode: auto\n", 1)
 	cfg := filepath.Join(t.TempDir(), "concentratord.yaml")
 	writeFile(t, cfg, []byte(c))
 	conc := tp.StartProcess(t, "concentratord", tp.Conc, bin, "--config", cfg)
