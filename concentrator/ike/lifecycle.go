@@ -86,10 +86,12 @@ func (sa *IKESA) lifecycleTimers(now time.Time, e *Engine, out []Action) []Actio
 		}
 	}
 	if e.cfg.DPDDelay > 0 && !now.Before(sa.lastRecv.Add(e.cfg.DPDDelay)) {
+		// Counted, not reported one by one: an idle fleet of a million SAs
+		// sends this every DPDDelay.
 		e.stats.DPDSent++
 		out = sa.request(now, e, INFORMATIONAL, nil, out)
 		sa.req.dpd = true
-		return append(out, sa.event(EventDPD))
+		return out
 	}
 	return out
 }
