@@ -58,6 +58,8 @@ func TestUserspaceDataPlaneSuites(t *testing.T) {
 		{"aes256-sha256", "AES_CBC", "256", "HMAC_SHA2_256_128"},
 		{"aes128-sha384", "AES_CBC", "128", "HMAC_SHA2_384_192"},
 		{"aes256-sha512", "AES_CBC", "256", "HMAC_SHA2_512_256"},
+		// No ESN: strongSwan's kernel-libipsec refuses it ("IPsec SA: ESN
+		// not supported"); ESN is covered by concentrator/esp's tests.
 	} {
 		t.Run(c.esp, func(t *testing.T) {
 			gc := testUserspaceTunnel(t, c.esp, 1)
