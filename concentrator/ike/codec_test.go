@@ -260,3 +260,16 @@ func TestNarrow(t *testing.T) {
 		t.Fatalf("protocol/port selector narrowed to %v", got)
 	}
 }
+
+// An IKE_SA_INIT request with no payloads at all is answered, not a panic.
+func TestEmptyInitRequest(t *testing.T) {
+	e, err := NewEngine(responderConfig(t, 1))
+	if err != nil {
+		t.Fatal(err)
+	}
+	b := (&Message{SPIi: 1, Exchange: IKE_SA_INIT, Flags: FlagInitiator}).Encode()
+	acts := e.Handle(t0, Packet{Local: concAddr, Remote: gwAddr, Data: b}, nil)
+	if len(acts) == 0 || e.Len() != 0 {
+		t.Fatalf("actions %v, SAs %d", acts, e.Len())
+	}
+}

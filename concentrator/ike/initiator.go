@@ -106,21 +106,8 @@ func (sa *IKESA) handleInitResponse(now time.Time, e *Engine, pkt Packet, out []
 	if n := firstError(m.Payloads); n != nil {
 		return sa.failInit(e, n.NotifyType, "responder answered "+n.NotifyType.String(), out)
 	}
-	var (
-		saP   *SA
-		ke    *KE
-		nonce *Nonce
-	)
-	for _, p := range m.Payloads {
-		switch p := p.(type) {
-		case *SA:
-			saP = p
-		case *KE:
-			ke = p
-		case *Nonce:
-			nonce = p
-		}
-	}
+	x := collectExchange(m.Payloads)
+	saP, ke, nonce := x.sa, x.ke, x.nonce
 	if saP == nil || ke == nil || nonce == nil || m.SPIr == 0 {
 		return sa.failInit(e, INVALID_SYNTAX, "IKE_SA_INIT response needs SA, KE and Nonce", out)
 	}

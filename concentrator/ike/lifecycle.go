@@ -153,33 +153,9 @@ func (sa *IKESA) childByIn(spi uint32) *ChildSA {
 // ---- responder side of CREATE_CHILD_SA ----
 
 func (sa *IKESA) handleCreateChild(now time.Time, e *Engine, m *Message, out []Action) []Action {
-	var (
-		saP      *SA
-		nonce    *Nonce
-		ke       *KE
-		tsi, tsr *TS
-		rekeyN   *Notify
-	)
-	for _, p := range m.Payloads {
-		switch p := p.(type) {
-		case *SA:
-			saP = p
-		case *Nonce:
-			nonce = p
-		case *KE:
-			ke = p
-		case *TS:
-			if p.Responder {
-				tsr = p
-			} else {
-				tsi = p
-			}
-		case *Notify:
-			if p.NotifyType == REKEY_SA {
-				rekeyN = p
-			}
-		}
-	}
+	x := collectExchange(m.Payloads)
+	saP, nonce, ke, tsi, tsr := x.sa, x.nonce, x.ke, x.tsi, x.tsr
+	rekeyN := findNotify(m.Payloads, REKEY_SA)
 	reply := func(n NotifyType, data []byte) []Action {
 		return sa.respond(e, CREATE_CHILD_SA, m.MessageID, []Payload{&Notify{NotifyType: n, Data: data}}, out)
 	}
@@ -440,28 +416,8 @@ func (sa *IKESA) handleCreateChildResponse(now time.Time, e *Engine, rk *childRe
 	if n := firstError(m.Payloads); n != nil {
 		return fail("peer refused the CHILD SA rekey", n.NotifyType)
 	}
-	var (
-		saP      *SA
-		nonce    *Nonce
-		ke       *KE
-		tsi, tsr *TS
-	)
-	for _, p := range m.Payloads {
-		switch p := p.(type) {
-		case *SA:
-			saP = p
-		case *Nonce:
-			nonce = p
-		case *KE:
-			ke = p
-		case *TS:
-			if p.Responder {
-				tsr = p
-			} else {
-				tsi = p
-			}
-		}
-	}
+	x := collectExchange(m.Payloads)
+	saP, nonce, ke, tsi, tsr := x.sa, x.nonce, x.ke, x.tsi, x.tsr
 	specs := sa.espSpecs(e)
 	if saP == nil || nonce == nil || tsi == nil || tsr == nil {
 		return fail("CREATE_CHILD_SA response is missing payloads", INVALID_SYNTAX)
@@ -601,21 +557,8 @@ func (sa *IKESA) startIKERekey(now time.Time, e *Engine, out []Action) []Action 
 
 func (sa *IKESA) handleIKERekeyResponse(now time.Time, e *Engine, rk *childRekey, m *Message, out []Action) []Action {
 	delete(e.sas, rk.newSPI)
-	var (
-		saP   *SA
-		nonce *Nonce
-		ke    *KE
-	)
-	for _, p := range m.Payloads {
-		switch p := p.(type) {
-		case *SA:
-			saP = p
-		case *Nonce:
-			nonce = p
-		case *KE:
-			ke = p
-		}
-	}
+	x := collectExchange(m.Payloads)
+	saP, nonce, ke := x.sa, x.nonce, x.ke
 	specs := sa.ikeSpecs(e)
 	retry := func(reason string) []Action {
 		if e.cfg.IKERekeyAfter > 0 {

@@ -31,24 +31,12 @@ func (e *Engine) handleInitRequest(now time.Time, pkt Packet, h Header, out []Ac
 	if err != nil {
 		return e.initError(now, pkt, h, out, err)
 	}
-	var (
-		saP    *SA
-		ke     *KE
-		nonce  *Nonce
-		cookie *Notify
-	)
-	for i, p := range m.Payloads {
-		switch p := p.(type) {
-		case *SA:
-			saP = p
-		case *KE:
-			ke = p
-		case *Nonce:
-			nonce = p
-		case *Notify:
-			if p.NotifyType == COOKIE && i == 0 {
-				cookie = p
-			}
+	x := collectExchange(m.Payloads)
+	saP, ke, nonce := x.sa, x.ke, x.nonce
+	var cookie *Notify // a cookie counts only as the first payload (RFC 7296 §2.6)
+	if len(m.Payloads) > 0 {
+		if n, ok := m.Payloads[0].(*Notify); ok && n.NotifyType == COOKIE {
+			cookie = n
 		}
 	}
 	if saP == nil || ke == nil || nonce == nil || m.sk != nil || m.skf != nil {

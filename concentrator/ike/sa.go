@@ -509,6 +509,35 @@ func firstError(ps []Payload) *Notify {
 	return nil
 }
 
+// exchangePayloads are the payloads IKE_SA_INIT and CREATE_CHILD_SA carry.
+type exchangePayloads struct {
+	sa       *SA
+	ke       *KE
+	nonce    *Nonce
+	tsi, tsr *TS
+}
+
+func collectExchange(ps []Payload) exchangePayloads {
+	var x exchangePayloads
+	for _, p := range ps {
+		switch p := p.(type) {
+		case *SA:
+			x.sa = p
+		case *KE:
+			x.ke = p
+		case *Nonce:
+			x.nonce = p
+		case *TS:
+			if p.Responder {
+				x.tsr = p
+			} else {
+				x.tsi = p
+			}
+		}
+	}
+	return x
+}
+
 type authPayloads struct {
 	id     *ID
 	auth   *Auth
