@@ -275,18 +275,29 @@ func Run(ctx context.Context, o Options) (Report, error) {
 	}
 	rep.LatencyMS = summarise(lat)
 
-	// Hold the SAs (answering the peer's requests), then delete them.
-	holdUntil := time.Now().Add(o.Hold)
-	for time.Now().Before(holdUntil) {
-		timer.Reset(time.Until(holdUntil))
-		select {
-		case <-ctx.Done():
-			return rep, ctx.Err()
-		case p := <-pkts:
-			acts = eng.Handle(time.Now(), p, acts)
-		case <-timer.C:
+	// pump serves packets and timers until done or until.
+	pump := func(until time.Time, done func() bool) error {
+		for !done() && time.Now().Before(until) {
+			wake := until
+			if d := eng.NextDeadline(time.Now()); !d.IsZero() && d.Before(wake) {
+				wake = d
+			}
+			timer.Reset(time.Until(wake))
+			select {
+			case <-ctx.Done():
+				return ctx.Err()
+			case p := <-pkts:
+				acts = eng.Handle(time.Now(), p, acts)
+			case <-timer.C:
+				acts = eng.Tick(time.Now(), acts)
+			}
+			perform(time.Now())
 		}
-		perform(time.Now())
+		return nil
+	}
+	// Hold the SAs (answering the peer's requests), then delete them.
+	if err := pump(time.Now().Add(o.Hold), func() bool { return false }); err != nil {
+		return rep, err
 	}
 	var spis []uint64
 	eng.Each(func(sa *ike.IKESA) bool {
@@ -299,17 +310,8 @@ func Run(ctx context.Context, o Options) (Report, error) {
 		acts = eng.Delete(time.Now(), spi, acts)
 	}
 	perform(time.Now())
-	deleteBy := time.Now().Add(5 * time.Second)
-	for eng.Len() > 0 && time.Now().Before(deleteBy) {
-		timer.Reset(time.Until(deleteBy))
-		select {
-		case <-ctx.Done():
-			return rep, ctx.Err()
-		case p := <-pkts:
-			acts = eng.Handle(time.Now(), p, acts)
-		case <-timer.C:
-		}
-		perform(time.Now())
+	if err := pump(time.Now().Add(5*time.Second), func() bool { return eng.Len() == 0 }); err != nil {
+		return rep, err
 	}
 	rep.Retransmits = eng.Stats().Retransmits
 	if rep.Established < o.Count {
