@@ -137,8 +137,7 @@ type DataPlane struct {
 
 	mu     sync.RWMutex
 	bySPI  map[uint32]*sa
-	hosts  map[netip.Addr][]*sa // single-address remote selectors (virtual IPs), newest first
-	ranges []*sa                // the rest, by specificity then newest first
+	out    outIndex             // outbound: SA by destination
 	routes map[netip.Prefix]int // reference counts
 	order  uint64
 	closed bool
@@ -189,7 +188,7 @@ func New(cfg Config) (*DataPlane, error) {
 		return nil, fmt.Errorf("userspace: replay window %d out of range 1..%d", cfg.ReplayWindow, esp.MaxReplayWindow)
 	}
 	d := &DataPlane{cfg: cfg, log: cfg.Log, dev: cfg.Device, router: cfg.Router,
-		bySPI: map[uint32]*sa{}, hosts: map[netip.Addr][]*sa{}, routes: map[netip.Prefix]int{},
+		bySPI: map[uint32]*sa{}, routes: map[netip.Prefix]int{},
 		done: make(chan struct{})}
 	d.bufSize = esp.MaxHeadroom + max(maxInner, cfg.MTU) + esp.MaxTailroom
 	d.pool.New = func() any { b := make([]byte, d.bufSize); return &b }
@@ -296,7 +295,7 @@ func (d *DataPlane) Install(_ context.Context, c *dataplane.ChildSA) error {
 	d.order++
 	s.order = d.order
 	d.bySPI[c.InSPI] = s
-	d.index(s)
+	d.out.add(s)
 	d.log.Info("userspace SA installed", "spi_in", fmt.Sprintf("%08x", c.InSPI), "spi_out", fmt.Sprintf("%08x", c.OutSPI),
 		"peer", c.Remote.String(), "peer_id", c.PeerID, "worker", s.worker, "routes", fmt.Sprint(added))
 	return nil
@@ -333,56 +332,6 @@ func (d *DataPlane) unref(p netip.Prefix) {
 	}
 }
 
-func isHost(s dataplane.Selector) bool { return s.Start == s.End && s.IPProto == 0 }
-
-func (d *DataPlane) index(s *sa) {
-	for _, sel := range s.child.RemoteTS {
-		if isHost(sel) {
-			d.hosts[sel.Start] = append([]*sa{s}, d.hosts[sel.Start]...)
-			continue
-		}
-	}
-	for _, sel := range s.child.RemoteTS {
-		if !isHost(sel) {
-			d.ranges = append(d.ranges, s)
-			d.sortRanges()
-			return
-		}
-	}
-}
-
-// sortRanges orders SAs by their narrowest remote selector, newest first.
-func (d *DataPlane) sortRanges() {
-	width := func(s *sa) []byte {
-		var best []byte
-		for _, sel := range s.child.RemoteTS {
-			a, b := sel.Start.AsSlice(), sel.End.AsSlice()
-			w := make([]byte, len(a))
-			borrow := 0
-			for i := len(a) - 1; i >= 0; i-- {
-				v := int(b[i]) - int(a[i]) - borrow
-				borrow = 0
-				if v < 0 {
-					v += 256
-					borrow = 1
-				}
-				w[i] = byte(v)
-			}
-			if best == nil || string(w) < string(best) {
-				best = w
-			}
-		}
-		return best
-	}
-	sort.SliceStable(d.ranges, func(i, j int) bool {
-		wi, wj := width(d.ranges[i]), width(d.ranges[j])
-		if len(wi) != len(wj) || string(wi) != string(wj) {
-			return len(wi) < len(wj) || (len(wi) == len(wj) && string(wi) < string(wj))
-		}
-		return d.ranges[i].order > d.ranges[j].order
-	})
-}
-
 // Remove deletes the SA with inbound SPI inSPI and the routes only it
 // needed; it logs the SA's final counters.
 func (d *DataPlane) Remove(_ context.Context, inSPI uint32) error {
@@ -396,29 +345,10 @@ func (d *DataPlane) Remove(_ context.Context, inSPI uint32) error {
 		return nil
 	}
 	delete(d.bySPI, inSPI)
-	for _, sel := range s.child.RemoteTS {
-		if isHost(sel) {
-			l := d.hosts[sel.Start]
-			for i, x := range l {
-				if x == s {
-					l = append(l[:i:i], l[i+1:]...)
-					break
-				}
-			}
-			if len(l) == 0 {
-				delete(d.hosts, sel.Start)
-			} else {
-				d.hosts[sel.Start] = l
-			}
-		}
+	d.out.remove(s)
+	for _, sel := range s.remoteTS {
 		for _, p := range prefixes(sel) {
 			d.unref(p)
-		}
-	}
-	for i, x := range d.ranges {
-		if x == s {
-			d.ranges = append(d.ranges[:i:i], d.ranges[i+1:]...)
-			break
 		}
 	}
 	d.log.Info("userspace SA removed", "spi_in", fmt.Sprintf("%08x", inSPI), "spi_out", fmt.Sprintf("%08x", s.child.OutSPI),
@@ -527,17 +457,7 @@ func (d *DataPlane) HandleESP(pkt []byte, _, _ netip.AddrPort) {
 func (d *DataPlane) lookupOut(f flow) *sa {
 	d.mu.RLock()
 	defer d.mu.RUnlock()
-	for _, s := range d.hosts[f.dst] {
-		if matchAny(s.child.LocalTS, f.src, f.proto, f.srcPort) {
-			return s
-		}
-	}
-	for _, s := range d.ranges {
-		if matchAny(s.child.RemoteTS, f.dst, f.proto, f.dstPort) && matchAny(s.child.LocalTS, f.src, f.proto, f.srcPort) {
-			return s
-		}
-	}
-	return nil
+	return d.out.lookup(f)
 }
 
 // readTUN reads inner packets and queues each on its SA's worker.
