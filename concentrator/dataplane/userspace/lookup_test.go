@@ -92,3 +92,19 @@ func BenchmarkOutLookup(b *testing.B) {
 		}
 	}
 }
+
+// FuzzParseFlow: no inner packet panics the parser, and what it accepts
+// has addresses of the packet's IP version.
+func FuzzParseFlow(f *testing.F) {
+	f.Add(ipv4Packet("10.0.0.1", "10.0.0.2", 17, []byte{0, 53, 0, 53}))
+	f.Add(make([]byte, 40))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		fl, ok := parseFlow(b)
+		if !ok {
+			return
+		}
+		if v4 := b[0]>>4 == 4; fl.src.Is4() != v4 || fl.dst.Is4() != v4 {
+			t.Fatalf("version %d, addresses %v %v", b[0]>>4, fl.src, fl.dst)
+		}
+	})
+}
