@@ -51,6 +51,12 @@ func (sa *IKESA) reschedule(e *Engine) {
 		}
 		earlier(sa.rekeyIKE)
 	}
+	if sa.lastResp != nil && sa.state == stateEstablished {
+		if sa.lastRespAt.IsZero() {
+			sa.lastRespAt = sa.lastRecv.Add(ResponseCacheTTL)
+		}
+		earlier(sa.lastRespAt)
+	}
 	if sa.state == stateEstablished && sa.behindNAT && e.cfg.KeepaliveInterval > 0 {
 		if sa.nextKeepalive.IsZero() {
 			sa.nextKeepalive = sa.lastRecv.Add(e.cfg.KeepaliveInterval)
@@ -62,7 +68,16 @@ func (sa *IKESA) reschedule(e *Engine) {
 
 // lifecycleTimers starts whatever is due on an established SA with no
 // request outstanding: one exchange at a time (window size 1).
+// ResponseCacheTTL is how long an established SA keeps its last response
+// for a retransmitted request: longer than any peer goes on retransmitting
+// (strongSwan's defaults give up after about 165 s), and short enough that
+// an idle SA does not hold an IKE_AUTH response with certificates forever.
+const ResponseCacheTTL = 5 * time.Minute
+
 func (sa *IKESA) lifecycleTimers(now time.Time, e *Engine, out []Action) []Action {
+	if sa.lastResp != nil && !sa.lastRespAt.IsZero() && !now.Before(sa.lastRespAt) {
+		sa.lastResp, sa.lastRespAt = nil, time.Time{}
+	}
 	if sa.behindNAT && e.cfg.KeepaliveInterval > 0 && !now.Before(sa.nextKeepalive) {
 		// NAT-T keepalive (RFC 3948 §2.3): keeps our NAT's mapping alive.
 		sa.nextKeepalive = now.Add(e.cfg.KeepaliveInterval)

@@ -63,17 +63,18 @@ type IKESA struct {
 	children []*ChildSA
 	vip      netip.Addr
 
-	nextOut   uint32   // message ID of our next request
-	nextIn    uint32   // message ID of the peer's next request
-	lastResp  [][]byte // our last response, for retransmitted requests
-	resync    bool     // restored: accept the peer's next higher message ID once
-	req       *pendingRequest
-	deadline  int64 // UnixNano of the SA's timer in the wheel; 0: none
-	lastRecv  time.Time
-	rekeyIKE  time.Time // when we rekey the IKE SA; zero: never
-	created   time.Time
-	frags     *reassembly
-	Establish time.Time
+	nextOut    uint32    // message ID of our next request
+	nextIn     uint32    // message ID of the peer's next request
+	lastResp   [][]byte  // our last response, for retransmitted requests
+	resync     bool      // restored: accept the peer's next higher message ID once
+	lastRespAt time.Time // when lastResp is dropped (a peer retransmits for minutes, not hours)
+	req        *pendingRequest
+	deadline   int64 // UnixNano of the SA's timer in the wheel; 0: none
+	lastRecv   time.Time
+	rekeyIKE   time.Time // when we rekey the IKE SA; zero: never
+	created    time.Time
+	frags      *reassembly
+	Establish  time.Time
 
 	// initiator state
 	ini          *Initiation
@@ -172,6 +173,7 @@ func (sa *IKESA) respond(e *Engine, ex ExchangeType, msgID uint32, payloads []Pa
 	m.Payloads = payloads
 	pkts := sa.seal(e, &m)
 	sa.lastResp = pkts
+	sa.lastRespAt = time.Time{} // set by reschedule: dropped after ResponseCacheTTL
 	sa.nextIn = msgID + 1
 	return sa.send(pkts, out)
 }
@@ -255,7 +257,11 @@ func (sa *IKESA) handle(now time.Time, e *Engine, pkt Packet, h Header, out []Ac
 	if m.IsResponse() {
 		return sa.handleResponse(now, e, m, out)
 	}
-	return sa.handleRequest(now, e, m, out)
+	out = sa.handleRequest(now, e, m, out)
+	if sa.state != stateDead {
+		sa.reschedule(e)
+	}
+	return out
 }
 
 // protocolError answers an authenticated but malformed request with the

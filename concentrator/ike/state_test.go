@@ -46,3 +46,16 @@ func TestSnapshotRestoreContinues(t *testing.T) {
 	}
 	_ = time.Second
 }
+
+func TestResponseCacheExpires(t *testing.T) {
+	w, _ := establish(t, responderConfig(t, 1))
+	rsa := w.res.SA(resSPI(w))
+	if rsa.lastResp == nil {
+		t.Fatal("no cached IKE_AUTH response right after establishment")
+	}
+	w.now = w.now.Add(ResponseCacheTTL + time.Second)
+	w.run(w.res.Tick(w.now, nil), false)
+	if rsa.lastResp != nil {
+		t.Fatal("IKE_AUTH response still cached after ResponseCacheTTL")
+	}
+}

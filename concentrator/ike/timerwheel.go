@@ -13,6 +13,7 @@ type timerWheel struct {
 	tick    time.Duration
 	current int64 // absolute tick number of the slot processed last
 	started bool
+	first   int64 // earliest tick added before the first advance
 	count   int
 }
 
@@ -39,6 +40,9 @@ func (w *timerWheel) add(t time.Time, spi uint64) {
 	if w.started && tk <= w.current {
 		tk = w.current + 1 // already due: fire on the next advance
 	}
+	if !w.started && (w.count == 0 || tk < w.first) {
+		w.first = tk
+	}
 	s := int(tk % wheelSlots)
 	w.slots[s] = append(w.slots[s], wheelEntry{at: at, spi: spi})
 	w.count++
@@ -53,6 +57,9 @@ func (w *timerWheel) advance(now time.Time, fire func(spi uint64, at time.Time))
 	if !w.started {
 		w.started = true
 		w.current = nowTick - 1
+		if w.count > 0 && w.first-1 < w.current {
+			w.current = w.first - 1 // entries added before the first advance
+		}
 	}
 	// A long gap needs at most one pass over the wheel.
 	if nowTick-1-w.current > wheelSlots {

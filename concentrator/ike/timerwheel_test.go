@@ -34,3 +34,16 @@ func TestTimerWheel(t *testing.T) {
 		t.Fatal("empty wheel has a next tick")
 	}
 }
+
+// Entries added before the wheel's first advance fire even when that
+// advance comes long after them.
+func TestTimerWheelFirstAdvanceLate(t *testing.T) {
+	w := newTimerWheel()
+	w.add(t0.Add(5*time.Minute), 7)
+	w.add(t0.Add(time.Second), 8)
+	var fired []uint64
+	w.advance(t0.Add(10*time.Minute), func(spi uint64, _ time.Time) { fired = append(fired, spi) })
+	if len(fired) != 2 {
+		t.Fatalf("fired %v, want both", fired)
+	}
+}
