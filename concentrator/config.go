@@ -113,6 +113,9 @@ type UserspaceConfig struct {
 	Workers      int    `yaml:"workers"`       // crypto workers; 0 = one per CPU
 	QueueLen     int    `yaml:"queue_len"`     // packets waiting per worker before drops
 	ReplayWindow int    `yaml:"replay_window"` // anti-replay window, packets
+
+	SocketRecvBuffer int `yaml:"socket_recv_buffer"` // NAT-T socket SO_RCVBUF, bytes; 0 = system default
+	SocketSendBuffer int `yaml:"socket_send_buffer"` // NAT-T socket SO_SNDBUF, bytes; 0 = system default
 }
 
 // DataPlaneModes are the accepted values of dataplane.mode.
@@ -149,7 +152,7 @@ func DefaultConfig() Config {
 		},
 		Identity: IdentityConfig{SendCert: "always"},
 		Children: ChildrenConfig{RekeyAfter: 50 * time.Minute, RekeyWindow: 10 * time.Minute, RekeyOverlap: 10 * time.Second, MaxPerIKE: 8},
-		DataPlane: DataPlaneConfig{Mode: "memory", Userspace: UserspaceConfig{TUN: "ikf0", MTU: 1400, QueueLen: 1024, ReplayWindow: 1024},
+		DataPlane: DataPlaneConfig{Mode: "memory", Userspace: UserspaceConfig{TUN: "ikf0", MTU: 1400, QueueLen: 1024, ReplayWindow: 1024, SocketRecvBuffer: 4 << 20},
 			XFRM: XFRMConfig{MSSClamp: true, ReplayWindow: 128, HThresh4: []int{0, 32}}},
 	}
 }
@@ -407,6 +410,12 @@ func (d *DataPlaneConfig) validate() error {
 	}
 	if u.ReplayWindow < 32 || u.ReplayWindow > 1<<16 {
 		return fieldErr("dataplane.userspace.replay_window", "must be 32 to 65536 packets: %d", u.ReplayWindow)
+	}
+	if u.SocketRecvBuffer < 0 || u.SocketRecvBuffer > 1<<30 {
+		return fieldErr("dataplane.userspace.socket_recv_buffer", "must be 0 (system default) to 1 GiB: %d", u.SocketRecvBuffer)
+	}
+	if u.SocketSendBuffer < 0 || u.SocketSendBuffer > 1<<30 {
+		return fieldErr("dataplane.userspace.socket_send_buffer", "must be 0 (system default) to 1 GiB: %d", u.SocketSendBuffer)
 	}
 	return d.XFRM.validate()
 }

@@ -14,11 +14,12 @@ func TestDataPlaneConfig(t *testing.T) {
     workers: 4
     queue_len: 256
     replay_window: 2048
+    socket_recv_buffer: 1048576
 `))
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := UserspaceConfig{TUN: "ikf9", MTU: 1380, Workers: 4, QueueLen: 256, ReplayWindow: 2048}
+	want := UserspaceConfig{TUN: "ikf9", MTU: 1380, Workers: 4, QueueLen: 256, ReplayWindow: 2048, SocketRecvBuffer: 1 << 20}
 	if c.DataPlane.Mode != "userspace" || c.DataPlane.Userspace != want {
 		t.Fatalf("dataplane %+v, want userspace %+v", c.DataPlane, want)
 	}
@@ -51,6 +52,8 @@ func TestDataPlaneConfigErrorsNameTheField(t *testing.T) {
 		{"  userspace:\n    replay_window: 100000\n", "dataplane.userspace.replay_window"},
 		{"  userspace:\n    mtu: big\n", "dataplane.userspace.mtu"},
 		{"  userspace:\n    bogus: 1\n", "dataplane.userspace.bogus"},
+		{"  userspace:\n    socket_recv_buffer: -1\n", "dataplane.userspace.socket_recv_buffer"},
+		{"  userspace:\n    socket_send_buffer: 2000000000\n", "dataplane.userspace.socket_send_buffer"},
 	} {
 		_, err := ParseConfig([]byte(minimal + "dataplane:\n" + tc.yaml))
 		var fe *FieldError

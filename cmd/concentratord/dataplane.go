@@ -32,7 +32,8 @@ func newDataPlane(full concentrator.Config, log *slog.Logger) (dataplane.DataPla
 	case "userspace":
 		u := cfg.Userspace
 		dp, err := userspace.New(userspace.Config{TUNName: u.TUN, MTU: u.MTU, Workers: u.Workers,
-			QueueLen: u.QueueLen, ReplayWindow: u.ReplayWindow, Log: log.With("dataplane", "userspace")})
+			QueueLen: u.QueueLen, ReplayWindow: u.ReplayWindow, SocketRecvBuffer: u.SocketRecvBuffer,
+			SocketSendBuffer: u.SocketSendBuffer, Log: log.With("dataplane", "userspace")})
 		if err != nil {
 			return nil, fmt.Errorf("dataplane.mode userspace: %w", err)
 		}

@@ -124,3 +124,37 @@ func ipNet(p netip.Prefix) *net.IPNet {
 	p = p.Masked()
 	return &net.IPNet{IP: p.Addr().AsSlice(), Mask: net.CIDRMask(p.Bits(), p.Addr().BitLen())}
 }
+
+// ConfigureSocket sizes the node's NAT-T socket buffers, which ESP bursts
+// otherwise overflow (the kernel drops what the read loop has not taken).
+// With CAP_NET_ADMIN the size may exceed net.core.rmem_max/wmem_max
+// (SO_RCVBUFFORCE); without, the kernel caps it.
+func (d *DataPlane) ConfigureSocket(c *net.UDPConn, natt bool) error {
+	if !natt {
+		return nil
+	}
+	for _, o := range []struct{ force, plain, size int }{
+		{unix.SO_RCVBUFFORCE, unix.SO_RCVBUF, d.cfg.SocketRecvBuffer},
+		{unix.SO_SNDBUFFORCE, unix.SO_SNDBUF, d.cfg.SocketSendBuffer},
+	} {
+		if o.size <= 0 {
+			continue
+		}
+		rc, err := c.SyscallConn()
+		if err != nil {
+			return err
+		}
+		var serr error
+		if err := rc.Control(func(fd uintptr) {
+			if serr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, o.force, o.size); serr != nil {
+				serr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, o.plain, o.size)
+			}
+		}); err != nil {
+			return err
+		}
+		if serr != nil {
+			return fmt.Errorf("userspace: socket buffer of %d bytes: %w", o.size, serr)
+		}
+	}
+	return nil
+}

@@ -4,6 +4,7 @@ package userspace
 
 import (
 	"errors"
+	"net"
 	"os"
 )
 
@@ -19,3 +20,6 @@ func (*tun) Close() error                { return nil }
 func openTUN(string, int) (*tun, error) {
 	return nil, errors.New("userspace: TUN devices are supported on Linux only")
 }
+
+// ConfigureSocket leaves the sockets as they are on this platform.
+func (d *DataPlane) ConfigureSocket(*net.UDPConn, bool) error { return nil }

@@ -65,6 +65,10 @@ type Config struct {
 	ReplayWindow int    // esp.DefaultReplayWindow if 0
 	Log          *slog.Logger
 
+	// Buffer sizes of the node's NAT-T socket in bytes; 0 keeps the
+	// system default (see ConfigureSocket).
+	SocketRecvBuffer, SocketSendBuffer int
+
 	// Device and Router replace the TUN device and netlink routes (tests).
 	Device Device
 	Router Router
@@ -214,7 +218,7 @@ func New(cfg Config) (*DataPlane, error) {
 	d.wg.Add(1)
 	go func() { defer d.wg.Done(); d.readTUN() }()
 	d.log.Info("userspace data plane up", "tun", d.dev.Name(), "mtu", cfg.MTU, "workers", cfg.Workers,
-		"queue_len", cfg.QueueLen, "replay_window", cfg.ReplayWindow)
+		"queue_len", cfg.QueueLen, "replay_window", cfg.ReplayWindow, "socket_recv_buffer", cfg.SocketRecvBuffer)
 	return d, nil
 }
 
