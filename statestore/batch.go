@@ -25,8 +25,15 @@ type batcher struct {
 	n     atomic.Int64
 }
 
-func newBatcher(s *Store) *batcher {
-	return &batcher{s: s, in: make(chan pending, s.cfg.Batch.QueueLen)}
+func newBatcher(s *Store, queueLen int) *batcher {
+	return &batcher{s: s, in: make(chan pending, max(queueLen, 1))}
+}
+
+// shard picks the batcher for a change. An IKE rekey goes with its new
+// SPI, where the SA's next changes go.
+func (s *Store) shard(c *Change) *batcher {
+	h := c.spi() * 0x9e3779b97f4a7c15
+	return s.bs[(h>>32)%uint64(len(s.bs))]
 }
 
 func (b *batcher) queued() int { return int(b.n.Load()) }
@@ -48,7 +55,7 @@ func (s *Store) Submit(c Change, done func(error)) error {
 	if c.Kind == Established && !s.cfg.Batch.QueueNew && !s.reachable() {
 		return ErrUnavailable
 	}
-	return s.b.enqueue(pending{c: c, done: done})
+	return s.shard(&c).enqueue(pending{c: c, done: done})
 }
 
 func (b *batcher) enqueue(p pending) error {
@@ -64,23 +71,28 @@ func (b *batcher) enqueue(p pending) error {
 // Flush waits until every change submitted before it is committed or
 // refused.
 func (s *Store) Flush(ctx context.Context) error {
-	if s.b == nil {
-		return nil
+	ch := make(chan error, len(s.bs))
+	for _, b := range s.bs {
+		p := pending{c: Change{Kind: barrier}, done: func(err error) { ch <- err }}
+		select {
+		case b.in <- p:
+			b.n.Add(1)
+		case <-ctx.Done():
+			return ctx.Err()
+		}
 	}
-	ch := make(chan error, 1)
-	p := pending{c: Change{Kind: barrier}, done: func(err error) { ch <- err }}
-	select {
-	case s.b.in <- p:
-		s.b.n.Add(1)
-	case <-ctx.Done():
-		return ctx.Err()
+	var first error
+	for range s.bs {
+		select {
+		case err := <-ch:
+			if first == nil {
+				first = err
+			}
+		case <-ctx.Done():
+			return ctx.Err()
+		}
 	}
-	select {
-	case err := <-ch:
-		return err
-	case <-ctx.Done():
-		return ctx.Err()
-	}
+	return first
 }
 
 func (b *batcher) run() {
@@ -177,6 +189,21 @@ func (b *batcher) commit(batch []pending) {
 		if err == nil {
 			return
 		}
+		var pe *permanentError
+		if errors.As(err, &pe) {
+			if len(batch) == 1 {
+				finish(batch[0], pe.err)
+				return
+			}
+			// etcd refused the batch as a whole (a duplicate key, too many
+			// operations, too large): commit the changes one by one so
+			// that only the offending one fails.
+			s.log.Warn("statestore: batch refused; committing one by one", "changes", len(batch), "err", pe.err)
+			for i := range batch {
+				b.commit(batch[i : i+1])
+			}
+			return
+		}
 		if s.ctx.Err() != nil {
 			for _, p := range batch {
 				finish(p, ErrClosed)
@@ -225,6 +252,9 @@ func (b *batcher) try(batch []pending) error {
 		resp, err := s.txn(rc).If(s.regCmp(reg.owner)).Then(ops...).Commit()
 		cancel()
 		s.noteResult(err)
+		if err != nil && !transient(err) {
+			return &permanentError{err}
+		}
 		if err != nil {
 			return fmt.Errorf("%w: %v", ErrUnavailable, err)
 		}
@@ -249,3 +279,8 @@ func (b *batcher) try(batch []pending) error {
 	}
 	return nil
 }
+
+// permanentError is a batch that etcd refused and would refuse again.
+type permanentError struct{ err error }
+
+func (e *permanentError) Error() string { return e.err.Error() }

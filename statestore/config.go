@@ -17,6 +17,7 @@ const (
 	DefaultMaxBatch        = 128 // etcd's default --max-txn-ops
 	DefaultMaxDelay        = 2 * time.Millisecond
 	DefaultQueueLen        = 16384
+	DefaultInflight        = 4
 	maxNodeIDLen           = 63
 	retryMin, retryMax     = 50 * time.Millisecond, time.Second
 	readBatch              = 128 // keys fetched per read transaction
@@ -60,7 +61,10 @@ type Config struct {
 type BatchConfig struct {
 	MaxBatch int           // default 128; must not exceed etcd's --max-txn-ops
 	MaxDelay time.Duration // default 2 ms
-	QueueLen int           // changes waiting; default 16384
+	QueueLen int           // changes waiting (all shards); default 16384
+	// Inflight is the number of batches committed concurrently (each SA's
+	// changes always go through the same one, in order); default 4.
+	Inflight int
 	// QueueNew: while etcd is unreachable, queue new SAs (Established)
 	// like other changes instead of refusing them with ErrUnavailable.
 	QueueNew bool
@@ -93,6 +97,9 @@ func (c *Config) setDefaults() {
 	}
 	if c.Batch.MaxDelay == 0 {
 		c.Batch.MaxDelay = DefaultMaxDelay
+	}
+	if c.Batch.Inflight == 0 {
+		c.Batch.Inflight = DefaultInflight
 	}
 	if c.Batch.QueueLen == 0 {
 		c.Batch.QueueLen = DefaultQueueLen
@@ -127,8 +134,8 @@ func (c *Config) Validate() error {
 	if c.Slots < 1 || c.Slots > 1<<16 {
 		return fmt.Errorf("statestore.slots: %d: want 1..65536", c.Slots)
 	}
-	if c.Batch.MaxBatch < 1 || c.Batch.QueueLen < 1 || c.Batch.MaxDelay < 0 {
-		return errors.New("statestore.batch: maxBatch and queueLen must be positive, maxDelay not negative")
+	if c.Batch.MaxBatch < 1 || c.Batch.QueueLen < c.Batch.Inflight || c.Batch.Inflight < 1 || c.Batch.MaxDelay < 0 {
+		return errors.New("statestore.batch: maxBatch and inflight must be positive, queueLen at least inflight, maxDelay not negative")
 	}
 	return nil
 }

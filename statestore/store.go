@@ -22,6 +22,8 @@ import (
 	pb "github.com/ikefleet/ikefleet/api/statestore/v1"
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 )
 
@@ -96,7 +98,7 @@ type Store struct {
 
 	txns atomic.Uint64
 
-	b *batcher
+	bs []*batcher // shards by IKE SPI: changes to one SA stay in order
 
 	ctx    context.Context
 	cancel context.CancelFunc
@@ -127,11 +129,14 @@ func Open(ctx context.Context, cli *clientv3.Client, cfg Config) (*Store, error)
 		case <-time.After(retryMin * 4):
 		}
 	}
-	s.b = newBatcher(s)
-	s.wg.Add(3)
+	s.bs = make([]*batcher, cfg.Batch.Inflight)
+	s.wg.Add(2 + len(s.bs))
 	go s.keepAlive()
 	go s.watchdog()
-	go s.b.run()
+	for i := range s.bs {
+		s.bs[i] = newBatcher(s, cfg.Batch.QueueLen/len(s.bs))
+		go s.bs[i].run()
+	}
 	return s, nil
 }
 
@@ -177,7 +182,9 @@ func (s *Store) Health() Health {
 		Reachable: s.reach, LastOK: s.lastOK, LastError: s.lastErr}
 	s.mu.Unlock()
 	h.Registered = h.Registered && s.CanSend()
-	h.Queued = s.b.queued()
+	for _, b := range s.bs {
+		h.Queued += b.queued()
+	}
 	h.RefuseNew = !h.Reachable && !s.cfg.Batch.QueueNew
 	h.Txns = s.txns.Load()
 	return h
@@ -190,7 +197,27 @@ func (s *Store) noteResult(err error) {
 		s.reach, s.lastOK, s.lastErr = true, time.Now(), ""
 		return
 	}
-	s.reach, s.lastErr = false, err.Error()
+	s.lastErr = err.Error()
+	if transient(err) {
+		s.reach = false
+	} else {
+		s.reach, s.lastOK = true, time.Now() // etcd answered
+	}
+}
+
+// transient tells errors worth retrying (etcd unreachable, no leader,
+// timeouts) from requests that etcd refused and would refuse again.
+func transient(err error) bool {
+	if err == nil {
+		return false
+	}
+	if st, ok := status.FromError(err); ok {
+		switch st.Code() {
+		case codes.InvalidArgument, codes.OutOfRange, codes.Unimplemented, codes.NotFound, codes.AlreadyExists:
+			return false
+		}
+	}
+	return true
 }
 
 func (s *Store) reachable() bool {

@@ -3,11 +3,9 @@ package statestore
 import (
 	"context"
 	"errors"
-	"fmt"
 	"io"
 	"log/slog"
 	"net"
-	"net/netip"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -581,6 +579,3 @@ func TestConfigValidate(t *testing.T) {
 		t.Error("cert without key accepted")
 	}
 }
-
-var _ = fmt.Sprint
-var _ = netip.Addr{}
