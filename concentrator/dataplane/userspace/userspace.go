@@ -160,6 +160,7 @@ var (
 	_ dataplane.SenderUser = (*DataPlane)(nil)
 
 	_ dataplane.AddressUpdater = (*DataPlane)(nil)
+	_ dataplane.SACounter      = (*DataPlane)(nil)
 )
 
 // New creates the TUN device (unless cfg.Device is set), brings it up and
@@ -384,6 +385,19 @@ func (d *DataPlane) Counters(context.Context) ([]dataplane.Counters, error) {
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].InSPI < out[j].InSPI })
 	return out, nil
+}
+
+// Counter reports one SA's counters (dataplane.SACounter: the node
+// watches a rekeyed SA's first traffic).
+func (d *DataPlane) Counter(_ context.Context, inSPI uint32) (dataplane.Counters, error) {
+	d.mu.RLock()
+	s := d.bySPI[inSPI]
+	d.mu.RUnlock()
+	if s == nil {
+		return dataplane.Counters{}, fmt.Errorf("userspace: no SA with inbound SPI %08x", inSPI)
+	}
+	return dataplane.Counters{InSPI: inSPI, InBytes: s.inBytes.Load(), OutBytes: s.outBytes.Load(),
+		InPackets: s.inPackets.Load(), OutPackets: s.outPackets.Load()}, nil
 }
 
 // Stats returns the drop counters.

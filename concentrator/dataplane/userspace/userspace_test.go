@@ -232,6 +232,12 @@ func TestTunnel(t *testing.T) {
 		}
 		time.Sleep(5 * time.Millisecond)
 	}
+	if c, err := r.conc.Counter(ctx, cc.InSPI); err != nil || c.InPackets != 4 {
+		t.Fatalf("Counter: %+v %v", c, err)
+	}
+	if _, err := r.conc.Counter(ctx, 1); err == nil {
+		t.Fatal("Counter of an SA that is not installed")
+	}
 	if drops := r.conc.Stats().Drops; len(drops) != 0 {
 		t.Fatalf("conc drops %v", drops)
 	}
