@@ -67,3 +67,22 @@ func parseSPIKey(key, prefix string) (uint64, bool) {
 	v, err := strconv.ParseUint(key[len(prefix):], 16, 64)
 	return v, err == nil
 }
+
+// SlotSPI builds a locally allocated SPI that carries the node's slot in
+// its top slotBits bits (a routing hint for half-open SAs, DESIGN.md);
+// the rest comes from random. Reserve the result before use.
+func SlotSPI(slot int, slotBits uint, random uint64) uint64 {
+	if slotBits == 0 || slotBits >= 64 {
+		return random
+	}
+	shift := 64 - slotBits
+	return uint64(slot)<<shift | random&(1<<shift-1)
+}
+
+// SlotOf extracts the slot that SlotSPI put into spi.
+func SlotOf(spi uint64, slotBits uint) int {
+	if slotBits == 0 || slotBits >= 64 {
+		return 0
+	}
+	return int(spi >> (64 - slotBits))
+}

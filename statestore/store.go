@@ -211,11 +211,16 @@ func transient(err error) bool {
 	if err == nil {
 		return false
 	}
-	if st, ok := status.FromError(err); ok {
-		switch st.Code() {
-		case codes.InvalidArgument, codes.OutOfRange, codes.Unimplemented, codes.NotFound, codes.AlreadyExists:
-			return false
-		}
+	code := codes.Unknown
+	var ee rpctypes.EtcdError
+	if errors.As(err, &ee) {
+		code = ee.Code()
+	} else if st, ok := status.FromError(err); ok {
+		code = st.Code()
+	}
+	switch code {
+	case codes.InvalidArgument, codes.OutOfRange, codes.Unimplemented, codes.NotFound, codes.AlreadyExists:
+		return false
 	}
 	return true
 }

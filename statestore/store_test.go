@@ -579,3 +579,49 @@ func TestConfigValidate(t *testing.T) {
 		t.Error("cert without key accepted")
 	}
 }
+
+// A burst with two changes to one SA keeps their order (the second waits
+// for the next batch), and a batch that etcd refuses as a whole (here: two
+// SAs claiming one inbound ESP SPI, a duplicate key in one transaction)
+// is committed change by change.
+func TestBatchOrderingAndRefusedBatch(t *testing.T) {
+	e := startEtcd(t, false)
+	cli := dial(t, e.Endpoints())
+	cfg := testConfig(t, "a")
+	cfg.Batch.Inflight = 1
+	cfg.Batch.MaxDelay = 50 * time.Millisecond
+	a := open(t, cli, cfg)
+	ctx := tctx(t, 20*time.Second)
+	r := sampleRecord(1)
+	errs := make(chan error, 4)
+	done := func(err error) { errs <- err }
+	if err := a.Submit(Change{Kind: Established, Record: r}, done); err != nil {
+		t.Fatal(err)
+	}
+	r2 := *r
+	r2.NextIn = 3
+	if err := a.Submit(Change{Kind: Updated, Record: &r2}, done); err != nil {
+		t.Fatal(err)
+	}
+	x, y := sampleRecord(2), sampleRecord(3)
+	y.Children[0].InSPI = x.Children[0].InSPI
+	a.Submit(Change{Kind: Established, Record: x}, done)
+	a.Submit(Change{Kind: Established, Record: y}, done)
+	if err := a.Flush(ctx); err != nil {
+		t.Fatal(err)
+	}
+	for range 4 {
+		if err := <-errs; err != nil {
+			t.Fatal(err)
+		}
+	}
+	if got, _, err := a.Load(ctx, 1); err != nil || got.NextIn != 3 {
+		t.Fatalf("after burst: %v %v", got, err)
+	}
+	if h := a.Health(); h.Txns == 0 || !h.Reachable {
+		t.Fatalf("health %+v", h)
+	}
+	if SlotOf(SlotSPI(5, 8, ^uint64(0)), 8) != 5 || SlotSPI(5, 8, 0) != 5<<56 {
+		t.Fatal("SlotSPI")
+	}
+}
