@@ -356,3 +356,99 @@ func tcpThroughTunnel(t *testing.T, ctx context.Context, tp *Topology, n int) {
 	t.Logf("TCP through the tunnel (strongSwan kernel-libipsec -> concentratord userspace): %d MiB in %v, %.0f Mbit/s",
 		n>>20, d.Round(time.Millisecond), float64(n)*8/d.Seconds()/1e6)
 }
+
+// TestUserspaceDataPlaneRekey: CHILD rekeys started by strongSwan and by
+// us (on schedule) move the traffic to the new SA in the user-space data
+// plane; the old SA goes, the route into the TUN stays, and pings keep
+// crossing both ways.
+func TestUserspaceDataPlaneRekey(t *testing.T) {
+	requireNetns(t)
+	bin := Binary(t, "concentratord")
+	ctx, cancel := context.WithTimeout(t.Context(), 2*time.Minute)
+	defer cancel()
+	tp := NewTopology(t)
+	// Our rekey comes 10-12 s after an SA's creation; the SA it replaces
+	// goes 2 s later (the gateway sends on it until our delete arrives).
+	c := strings.Replace(userspaceConfig(t, ESPProp), "children:\n",
+		"children:\n  rekey_after: 12s\n  rekey_window: 2s\n  rekey_overlap: 2s\n", 1)
+	cfg := filepath.Join(t.TempDir(), "concentratord.yaml")
+	writeFile(t, cfg, []byte(c))
+	gw := NewStrongSwan(t, tp, "gw", tp.GW)
+	gw.Start(GatewaySwanctlConf(AuthPSK), nil)
+	conc := tp.StartProcess(t, "concentratord", tp.Conc, bin, "--config", cfg)
+	wait := func(msg string, attrs map[string]string, d time.Duration) LogRecord {
+		t.Helper()
+		wctx, wcancel := context.WithTimeout(ctx, d)
+		defer wcancel()
+		r, err := conc.WaitLog(wctx, msg, attrs)
+		if err != nil {
+			t.Fatalf("concentratord: %v", err)
+		}
+		return r
+	}
+	wait("listening", map[string]string{"dataplane": "userspace"}, 10*time.Second)
+	if out, err := gw.SwanctlContext(ctx, "--initiate", "--child", "lan", "--timeout", "20"); err != nil {
+		t.Fatalf("initiate: %v\n%s", err, out)
+	}
+	pingBoth := func(step string) {
+		t.Helper()
+		for _, p := range []struct{ ns, src, dst string }{{tp.GW, GWLANAddr, ConcLANAddr}, {tp.Conc, ConcLANAddr, GWLANAddr}} {
+			if err := tp.Ping(ctx, p.ns, p.src, p.dst, 2, 56); err != nil {
+				t.Fatalf("%s: %v", step, err)
+			}
+		}
+	}
+	routed := func(step string) {
+		t.Helper()
+		if out, err := tp.Exec(ctx, tp.Conc, "ip", "-o", "route", "show", GWLAN); err != nil || !strings.Contains(out, "dev "+userspaceTUN) {
+			t.Fatalf("%s: no route %s into %s: %v %q", step, GWLAN, userspaceTUN, err, out)
+		}
+	}
+	in0, out0 := childSPIs(t, ctx, gw)
+	pingBoth("first SA")
+
+	// strongSwan rekeys: its new outbound SPI is our new inbound one; our
+	// old inbound SA (its old outbound SPI) is removed after the peer's
+	// delete.
+	if out, err := gw.SwanctlContext(ctx, "--rekey", "--child", "lan"); err != nil {
+		t.Fatalf("rekey child: %v\n%s", err, out)
+	}
+	in1, out1 := waitChildChange(t, ctx, gw, in0)
+	wait("userspace SA installed", map[string]string{"spi_in": out1}, 5*time.Second)
+	wait("userspace SA removed", map[string]string{"spi_in": out0}, 10*time.Second)
+	routed("after strongSwan's rekey")
+	pingBoth("after strongSwan's rekey")
+
+	// We rekey on schedule (10-12 s after the SA was created).
+	in2, out2 := waitChildChange(t, ctx, gw, in1)
+	wait("userspace SA installed", map[string]string{"spi_in": out2}, 5*time.Second)
+	wait("userspace SA removed", map[string]string{"spi_in": out1}, 5*time.Second)
+	routed("after our rekey")
+	pingBoth("after our rekey")
+	sas, err := gw.ListSAs(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sa, _ := FindIKESA(sas, "conc")
+	var gc ChildSA
+	for _, c := range sa.Children {
+		if c.Get("spi-in") == in2 {
+			gc = c
+		}
+	}
+	if gc.Get("state") != "INSTALLED" || gc.Get("packets-in") != "4" || gc.Get("packets-out") != "4" {
+		t.Errorf("gw: CHILD_SA %s after our rekey: state %s packets-in %s packets-out %s, want INSTALLED, 4 and 4 (two pings each way): %v",
+			in2, gc.Get("state"), gc.Get("packets-in"), gc.Get("packets-out"), sa)
+	}
+
+	if out, err := gw.SwanctlContext(ctx, "--terminate", "--ike", "conc", "--timeout", "10"); err != nil {
+		t.Fatalf("terminate: %v\n%s", err, out)
+	}
+	wait("userspace SA removed", map[string]string{"spi_in": out2}, 10*time.Second)
+	if out, _ := tp.Exec(ctx, tp.Conc, "ip", "-o", "route", "show", GWLAN); strings.TrimSpace(out) != "" {
+		t.Errorf("conc: route left after the last SA was removed: %q", out)
+	}
+	if err := conc.Stop(); err != nil {
+		t.Errorf("concentratord on SIGTERM: %v", err)
+	}
+}
