@@ -227,7 +227,7 @@ func (b *batcher) commit(batch []pending) {
 func (b *batcher) try(batch []pending) error {
 	s := b.s
 	reg := s.current()
-	if reg.done.Load() {
+	if !reg.usable() {
 		return ErrFenced
 	}
 	parts := make([]txnParts, len(batch))

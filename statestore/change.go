@@ -195,7 +195,7 @@ func (s *Store) Persist(ctx context.Context, c Change) error {
 		return err
 	}
 	reg := s.current()
-	if reg.done.Load() {
+	if !reg.usable() {
 		return ErrFenced
 	}
 	p, err := s.build(&c, reg.owner)

@@ -141,7 +141,7 @@ func (s *Store) Owner(ctx context.Context, spi uint64) (o Owner, live bool, err 
 // one wins, the other gets *OwnerError naming the winner.
 func (s *Store) TakeOver(ctx context.Context, spi uint64) (*SARecord, error) {
 	reg := s.current()
-	if reg.done.Load() {
+	if !reg.usable() {
 		return nil, ErrFenced
 	}
 	me := reg.owner
@@ -189,7 +189,7 @@ func (s *Store) lostRace(ctx context.Context, spi uint64, me Owner) error {
 // for it whatever the result, unless the error is retryable.
 func (s *Store) HandOff(ctx context.Context, spi uint64, final *SARecord, to Owner) error {
 	reg := s.current()
-	if reg.done.Load() {
+	if !reg.usable() {
 		return ErrFenced
 	}
 	if final != nil && final.LocalSPI() != spi {

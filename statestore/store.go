@@ -75,7 +75,11 @@ type registration struct {
 	lease  clientv3.LeaseID
 	fenced chan struct{} // closed when this registration is fenced
 	done   atomic.Bool   // fenced
+	ready  atomic.Bool   // its SAs are reclaimed from earlier epochs
 }
+
+// usable: neither fenced nor still reclaiming after a re-registration.
+func (r *registration) usable() bool { return r.ready.Load() && !r.done.Load() }
 
 // Store is a node's handle on the etcd state store.
 type Store struct {
@@ -117,7 +121,7 @@ func Open(ctx context.Context, cli *clientv3.Client, cfg Config) (*Store, error)
 		log: cfg.Log.With("node", cfg.NodeID), base: time.Now(), regCh: make(chan struct{}), prevSlot: -1}
 	s.ctx, s.cancel = context.WithCancel(context.Background())
 	for {
-		err := s.register(ctx)
+		err := s.register(ctx, true)
 		if err == nil {
 			break
 		}
@@ -257,7 +261,10 @@ func (s *Store) extend(t0 time.Time, ttl int64) {
 
 // register grants a lease and claims nodes/<id> and a free slot in one
 // transaction. The epoch is that transaction's revision.
-func (s *Store) register(ctx context.Context) error {
+//
+// ready: the registration is usable at once (the first one: the node
+// restores its SAs with LoadOwned); otherwise the caller reclaims first.
+func (s *Store) register(ctx context.Context, ready bool) error {
 	rc, cancel := s.rctx(ctx)
 	defer cancel()
 	t0 := time.Now()
@@ -328,6 +335,7 @@ func (s *Store) register(ctx context.Context) error {
 		ok = true
 		reg := &registration{owner: Owner{Node: s.cfg.NodeID, Epoch: tr.Header.Revision}, slot: slot,
 			lease: lease.ID, fenced: make(chan struct{})}
+		reg.ready.Store(ready)
 		s.mu.Lock()
 		s.reg = reg
 		s.prevSlot = slot
@@ -376,11 +384,12 @@ func (s *Store) keepAlive() {
 		}
 		reg := s.current()
 		if reg.done.Load() {
-			if err := s.register(s.ctx); err != nil {
+			if err := s.register(s.ctx, false); err != nil {
 				continue
 			}
 			s.revokeQuietly(reg.lease)
 			owned, err := s.reclaim(s.ctx)
+			s.current().ready.Store(true) // even if incomplete: LoadOwned retries
 			if err != nil {
 				s.log.Warn("statestore: reclaim after re-registration", "err", err)
 			}

@@ -542,6 +542,13 @@ func TestLeaseExpiryFencesBeforeTTL(t *testing.T) {
 	if err := a.Persist(ctx, Change{Kind: Updated, Record: sampleRecord(5)}); !errors.Is(err, ErrFenced) {
 		t.Fatalf("persist while fenced: %v", err)
 	}
+	// A change made while fenced waits, and lands once the SA is reclaimed.
+	upd := sampleRecord(5)
+	upd.NextIn = 42
+	landed := make(chan error, 1)
+	if err := a.Submit(Change{Kind: Updated, Record: upd}, func(err error) { landed <- err }); err != nil {
+		t.Fatal(err)
+	}
 	p.setCut(false)
 	select {
 	case owned := <-reclaimed:
@@ -555,8 +562,11 @@ func TestLeaseExpiryFencesBeforeTTL(t *testing.T) {
 	if o2.Epoch <= o1.Epoch || !a.CanSend() {
 		t.Fatalf("after re-registration %v (was %v), CanSend %v", o2, o1, a.CanSend())
 	}
-	if _, o, _ := a.Load(ctx, 5); o != o2 {
-		t.Fatalf("owner %v, want %v", o, o2)
+	if err := <-landed; err != nil {
+		t.Fatalf("change queued while fenced: %v", err)
+	}
+	if got, o, _ := a.Load(ctx, 5); o != o2 || got.NextIn != 42 {
+		t.Fatalf("owner %v (want %v), next-in %d", o, o2, got.NextIn)
 	}
 }
 
