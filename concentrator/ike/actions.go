@@ -54,6 +54,31 @@ type UpdateChild struct {
 	Child      *ChildSA
 }
 
+// Persist asks the caller to record a state change of an established SA
+// (one transaction each; DESIGN.md "What is persisted"). State is the SA
+// after the change; it is nil for PersistDeleted. Nothing is persisted for
+// liveness checks or keepalives.
+type Persist struct {
+	Kind     PersistKind
+	SPI      uint64   // our IKE SPI
+	OldSPI   uint64   // PersistIKERekeyed: our SPI of the replaced IKE SA
+	State    *SAState // nil for PersistDeleted
+	Released []uint32 // inbound ESP SPIs no longer in use
+}
+
+// PersistKind names the state change.
+type PersistKind uint8
+
+const (
+	PersistEstablished PersistKind = iota + 1
+	PersistChildCreated
+	PersistChildRekeyed
+	PersistChildDeleted
+	PersistIKERekeyed
+	PersistAddressChanged
+	PersistDeleted
+)
+
 // Event reports something worth a log line and a metric.
 type Event struct {
 	Kind       EventKind
@@ -74,6 +99,7 @@ func (RemoveChild) isAction()  {}
 func (Event) isAction()        {}
 func (UpdateChild) isAction()  {}
 func (Keepalive) isAction()    {}
+func (Persist) isAction()      {}
 
 // EventKind names an Event.
 type EventKind uint8

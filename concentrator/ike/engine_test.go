@@ -98,8 +98,9 @@ type wire struct {
 	sides      []bool // per install/remove, in order: produced by the initiator
 	order      []any
 	drop       func(toResponder bool, msg []byte) bool
-	natShift   uint16 // a NAT rebinding moves the gateway's public port
-	resNAT     bool   // the responder is behind a NAT too: it sees a private address
+	natShift   uint16    // a NAT rebinding moves the gateway's public port
+	resNAT     bool      // the responder is behind a NAT too: it sees a private address
+	persists   []Persist // the responder\'s
 	keepalives int
 }
 
@@ -134,6 +135,10 @@ func (w *wire) runHops(hops ...hop) {
 				w.sides = append(w.sides, h.ini)
 			case Keepalive:
 				w.keepalives++
+			case Persist:
+				if !h.ini {
+					w.persists = append(w.persists, a)
+				}
 			case RemoveChild:
 				w.removes = append(w.removes, a)
 				w.order = append(w.order, a)

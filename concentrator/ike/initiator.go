@@ -198,7 +198,7 @@ func (sa *IKESA) sendAuth(now time.Time, e *Engine, out []Action) []Action {
 	return sa.request(now, e, IKE_AUTH, payloads, out)
 }
 
-func (sa *IKESA) handleAuthResponse(now time.Time, e *Engine, m *Message, out []Action) []Action {
+func (sa *IKESA) handleAuthResponse(now time.Time, e *Engine, m *Message, out []Action) (res []Action) {
 	ini := sa.ini
 	if n := findNotify(m.Payloads, AUTHENTICATION_FAILED); n != nil {
 		return sa.failInit(e, AUTHENTICATION_FAILED, "responder refused our authentication", out)
@@ -224,6 +224,8 @@ func (sa *IKESA) handleAuthResponse(now time.Time, e *Engine, m *Message, out []
 	sa.initReq, sa.initResp = nil, nil
 	e.stats.Established++
 	out = append(out, sa.event(EventIKEEstablished))
+	// Persisted once the CHILD SA's outcome is known, on every path below.
+	defer func() { res = sa.persist(PersistEstablished, res) }()
 
 	inSPI := sa.pendingInSPI
 	sa.pendingInSPI = 0

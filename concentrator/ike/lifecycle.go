@@ -246,7 +246,7 @@ func (sa *IKESA) handleCreateChild(now time.Time, e *Engine, m *Message, out []A
 	ev := sa.event(EventChildInstalled)
 	ev.Child = c
 	if old == nil {
-		return append(out, ev)
+		return sa.persist(PersistChildCreated, append(out, ev))
 	}
 	ev.Kind, ev.Reason = EventChildRekeyed, "rekeyed by peer"
 	e.stats.ChildRekeys++
@@ -258,7 +258,7 @@ func (sa *IKESA) handleCreateChild(now time.Time, e *Engine, m *Message, out []A
 	} else {
 		old.replacedBy = c // the peer deletes the old one
 	}
-	return append(out, ev)
+	return sa.persist(PersistChildRekeyed, append(out, ev))
 }
 
 // pfsSpecs gives ESP proposals without groups the IKE SA's group, so a
@@ -359,12 +359,17 @@ func (sa *IKESA) handOver(now time.Time, e *Engine, nsa *IKESA, out []Action) []
 	}
 	e.sas[nsa.localSPI()] = nsa
 	sa.state = stateRekeyed
+	sa.superseded = true // its record went with PersistIKERekeyed
 	sa.rekeyIKE = time.Time{}
 	nsa.reschedule(e)
 	e.stats.IKERekeys++
 	ev := nsa.event(EventIKERekeyed)
 	ev.Reason = "replaces " + spiPair(sa.SPIi, sa.SPIr)
-	return append(out, ev)
+	out = append(out, ev)
+	if st, err := nsa.Snapshot(); err == nil {
+		out = append(out, Persist{Kind: PersistIKERekeyed, SPI: nsa.localSPI(), OldSPI: sa.localSPI(), State: &st})
+	}
+	return out
 }
 
 func spiPair(i, r uint64) string {
@@ -409,7 +414,7 @@ func (sa *IKESA) startChildRekey(now time.Time, e *Engine, c *ChildSA, out []Act
 	return out
 }
 
-func (sa *IKESA) handleCreateChildResponse(now time.Time, e *Engine, rk *childRekey, m *Message, out []Action) []Action {
+func (sa *IKESA) handleCreateChildResponse(now time.Time, e *Engine, rk *childRekey, m *Message, out []Action) (res []Action) {
 	if rk.ike {
 		return sa.handleIKERekeyResponse(now, e, rk, m, out)
 	}
@@ -468,6 +473,7 @@ func (sa *IKESA) handleCreateChildResponse(now time.Time, e *Engine, rk *childRe
 	ev := sa.event(EventChildRekeyed)
 	ev.Child, ev.Reason = c, "rekeyed by us"
 	out = append(out, ev)
+	defer func() { res = sa.persist(PersistChildRekeyed, res) }()
 
 	victim := old
 	old.replacedBy = c
@@ -540,7 +546,7 @@ func (sa *IKESA) childDeleted(e *Engine, c *ChildSA, reason string, out []Action
 			out = append(out, RemoveChild{SPIi: sa.SPIi, SPIr: sa.SPIr, Child: c})
 			ev := sa.event(EventChildDeleted)
 			ev.Child, ev.Reason = c, reason
-			return append(out, ev)
+			return sa.persist(PersistChildDeleted, append(out, ev), c.InSPI)
 		}
 	}
 	return out

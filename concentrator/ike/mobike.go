@@ -24,7 +24,7 @@ func (sa *IKESA) moved(now time.Time, e *Engine, local, remote netip.AddrPort, m
 	}
 	ev := sa.event(EventAddressChanged)
 	ev.Reason = "from " + oldRemote.String()
-	return append(out, ev)
+	return sa.persist(PersistAddressChanged, append(out, ev))
 }
 
 // mobikeInformational handles the MOBIKE notifies of an INFORMATIONAL

@@ -199,7 +199,7 @@ func (sa *IKESA) handleAuthRequest(now time.Time, e *Engine, m *Message, out []A
 	if cerr != nil {
 		ev := sa.event(EventChildFailed)
 		ev.Notify, ev.Reason = NotifyFor(cerr), cerr.Error()
-		return append(out, ev)
+		return sa.persist(PersistEstablished, append(out, ev))
 	}
 	if e.cfg.IKERekeyAfter > 0 {
 		sa.rekeyIKE = now.Add(e.cfg.IKERekeyAfter)
@@ -211,7 +211,7 @@ func (sa *IKESA) handleAuthRequest(now time.Time, e *Engine, m *Message, out []A
 		ev.Child = child
 		out = append(out, ev)
 	}
-	return out
+	return sa.persist(PersistEstablished, out)
 }
 
 // acceptChild negotiates the CHILD SA carried in IKE_AUTH. It returns the
@@ -289,6 +289,7 @@ func (sa *IKESA) acceptChild(now time.Time, e *Engine, a authPayloads) (*ChildSA
 // handleInformational answers liveness checks and deletes (RFC 7296 §1.4).
 func (sa *IKESA) handleInformational(now time.Time, e *Engine, m *Message, out []Action) []Action {
 	reply := sa.mobikeInformational(now, e, m)
+	var freed []uint32
 	for _, p := range m.Payloads {
 		d, ok := p.(*Delete)
 		if !ok {
@@ -315,10 +316,16 @@ func (sa *IKESA) handleInformational(now time.Time, e *Engine, m *Message, out [
 			}
 			if len(ours) > 0 {
 				reply = append(reply, &Delete{Protocol: ProtoESP, SPISize: 4, SPIs: ours})
+				for _, o := range ours {
+					freed = append(freed, binary.BigEndian.Uint32(o))
+				}
 			}
 		}
 	}
 	out = sa.respond(e, INFORMATIONAL, m.MessageID, reply, out)
+	if len(freed) > 0 {
+		out = sa.persist(PersistChildDeleted, out, freed...)
+	}
 	if sa.mobike && findNotify(m.Payloads, UPDATE_SA_ADDRESSES) != nil {
 		out = sa.startRoutabilityCheck(now, e, out)
 	}
@@ -337,6 +344,9 @@ func (sa *IKESA) removeChildByOut(spi uint32) *ChildSA {
 
 // terminate removes the SA and its CHILD SAs.
 func (sa *IKESA) terminate(e *Engine, reason string, out []Action) []Action {
+	if !sa.superseded && (sa.state == stateEstablished || sa.state == stateDeleting) {
+		out = sa.persist(PersistDeleted, out)
+	}
 	for _, c := range sa.children {
 		out = append(out, RemoveChild{SPIi: sa.SPIi, SPIr: sa.SPIr, Child: c})
 	}

@@ -57,11 +57,12 @@ type IKESA struct {
 	peerHashes          []uint16
 	peerCertReq         bool
 
-	PeerID   Identity
-	mobike   bool   // both sides announced MOBIKE_SUPPORTED (RFC 4555)
-	cookie2  []byte // our outstanding return-routability check
-	children []*ChildSA
-	vip      netip.Addr
+	PeerID     Identity
+	mobike     bool   // both sides announced MOBIKE_SUPPORTED (RFC 4555)
+	superseded bool   // replaced by an IKE rekey: nothing more of it is persisted
+	cookie2    []byte // our outstanding return-routability check
+	children   []*ChildSA
+	vip        netip.Addr
 
 	nextOut    uint32    // message ID of our next request
 	nextIn     uint32    // message ID of the peer's next request

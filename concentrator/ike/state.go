@@ -133,3 +133,16 @@ func (e *Engine) Restore(now time.Time, st SAState, out []Action) (*IKESA, []Act
 	sa.reschedule(e)
 	return sa, out, nil
 }
+
+// persist appends a Persist action for a change of an established SA.
+func (sa *IKESA) persist(kind PersistKind, out []Action, released ...uint32) []Action {
+	p := Persist{Kind: kind, SPI: sa.localSPI(), Released: released}
+	if kind != PersistDeleted {
+		st, err := sa.Snapshot()
+		if err != nil {
+			return out // not established: nothing of it is persisted yet
+		}
+		p.State = &st
+	}
+	return append(out, p)
+}

@@ -1,6 +1,7 @@
 package ike
 
 import (
+	"fmt"
 	"testing"
 	"time"
 )
@@ -57,5 +58,45 @@ func TestResponseCacheExpires(t *testing.T) {
 	w.run(w.res.Tick(w.now, nil), false)
 	if rsa.lastResp != nil {
 		t.Fatal("IKE_AUTH response still cached after ResponseCacheTTL")
+	}
+}
+
+// Every state change of an established SA is persisted once, liveness
+// checks never.
+func TestPersistedChanges(t *testing.T) {
+	rcfg := responderConfig(t, 1)
+	rcfg.DPDDelay = 10 * time.Second
+	w, spi := establish(t, rcfg)
+	kinds := func() []PersistKind {
+		var k []PersistKind
+		for _, p := range w.persists {
+			k = append(k, p.Kind)
+		}
+		return k
+	}
+	if got := kinds(); len(got) != 1 || got[0] != PersistEstablished || len(w.persists[0].State.Children) != 1 {
+		t.Fatalf("after IKE_AUTH: %v", got)
+	}
+	for i := 0; i < 5; i++ { // liveness checks: nothing persisted
+		w.now = w.now.Add(11 * time.Second)
+		w.run(w.res.Tick(w.now, nil), false)
+	}
+	if w.res.Stats().DPDSent == 0 || len(w.persists) != 1 {
+		t.Fatalf("DPD sent %d, persisted %v", w.res.Stats().DPDSent, kinds())
+	}
+	w.run(w.ini.RekeyChild(w.now, spi, w.ini.SA(spi).children[0].InSPI, nil), true)
+	w.run(w.ini.RekeyIKE(w.now, spi, nil), true)
+	var ispi uint64
+	for k := range w.ini.sas {
+		ispi = k
+	}
+	w.run(w.ini.Delete(w.now, ispi, nil), true)
+	want := []PersistKind{PersistEstablished, PersistChildRekeyed, PersistChildDeleted, PersistIKERekeyed, PersistDeleted}
+	got := kinds()
+	if fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Fatalf("persisted %v, want %v", got, want)
+	}
+	if w.persists[2].Released[0] == 0 || w.persists[3].OldSPI == 0 || w.persists[3].State == nil {
+		t.Fatalf("details: %+v", w.persists)
 	}
 }
