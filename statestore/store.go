@@ -34,6 +34,7 @@ type Interface interface {
 	Registration() (Owner, int)
 	CanSend() bool
 	Fenced() <-chan struct{}
+	Registered() <-chan struct{}
 	Health() Health
 
 	ReserveIKESPIs(ctx context.Context, spis []uint64) ([]bool, error)
@@ -45,6 +46,10 @@ type Interface interface {
 	Flush(ctx context.Context) error
 
 	Load(ctx context.Context, spi uint64) (*SARecord, Owner, error)
+	Owner(ctx context.Context, spi uint64) (o Owner, live bool, err error)
+	LookupESP(ctx context.Context, spi uint32) (uint64, error)
+	Node(ctx context.Context, id string) (NodeInfo, error)
+	Nodes(ctx context.Context) ([]NodeInfo, error)
 	LoadOwned(ctx context.Context) ([]*SARecord, error)
 	TakeOver(ctx context.Context, spi uint64) (*SARecord, error)
 	HandOff(ctx context.Context, spi uint64, final *SARecord, to Owner) error

@@ -99,6 +99,16 @@ func TestRegistrySlotsAndEpochs(t *testing.T) {
 	if !esp[0] || esp2[0] {
 		t.Fatalf("ESP SPI 7: a %v b %v", esp[0], esp2[0])
 	}
+	if _, err := a.LookupESP(tctx(t, 5*time.Second), 7); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("lookup of a reserved ESP SPI: %v", err)
+	}
+	ns, err := a.Nodes(tctx(t, 5*time.Second))
+	if err != nil || len(ns) != 2 {
+		t.Fatalf("nodes: %v %v", ns, err)
+	}
+	if n, err := b.Node(tctx(t, 5*time.Second), "a"); err != nil || n.Owner != oa || n.Slot != sa {
+		t.Fatalf("node a: %+v %v", n, err)
+	}
 	if err := a.ReleaseSPIs(tctx(t, 5*time.Second), []uint64{1}, []uint32{7}); err != nil {
 		t.Fatal(err)
 	}
@@ -137,6 +147,9 @@ func TestPersistLifecycle(t *testing.T) {
 	}
 	if err := a.Flush(ctx); err != nil {
 		t.Fatal(err)
+	}
+	if ike, err := b.LookupESP(ctx, 0x0badf00d); err != nil || ike != 100 {
+		t.Fatalf("LookupESP: %x %v", ike, err)
 	}
 	if ok, _ := b.ReserveESPSPIs(ctx, []uint32{old, 0x0badf00d}); !ok[0] || ok[1] {
 		t.Fatalf("ESP SPIs after rekey: %v", ok)

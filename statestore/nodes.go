@@ -1,0 +1,78 @@
+package statestore
+
+import (
+	"context"
+	"fmt"
+	"strconv"
+	"strings"
+	"time"
+
+	pb "github.com/ikefleet/ikefleet/api/statestore/v1"
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"google.golang.org/protobuf/proto"
+)
+
+// NodeInfo is a live registration in the node registry.
+type NodeInfo struct {
+	Owner      // node id and epoch
+	Slot       int
+	PeerAddr   string // peer.v1 address, for hand-offs
+	Registered time.Time
+}
+
+// Nodes lists the live registrations.
+func (s *Store) Nodes(ctx context.Context) ([]NodeInfo, error) {
+	rc, cancel := s.rctx(ctx)
+	defer cancel()
+	resp, err := s.cli.Get(rc, s.k.p+"nodes/", clientv3.WithPrefix())
+	s.noteResult(err)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %v", ErrUnavailable, err)
+	}
+	out := make([]NodeInfo, 0, len(resp.Kvs))
+	for _, kv := range resp.Kvs {
+		var n pb.Node
+		if err := proto.Unmarshal(kv.Value, &n); err != nil {
+			return nil, &CorruptError{Key: string(kv.Key), Reason: err.Error()}
+		}
+		out = append(out, NodeInfo{Owner: Owner{Node: n.Id, Epoch: kv.CreateRevision}, Slot: int(n.Slot),
+			PeerAddr: n.PeerAddr, Registered: timeOf(n.RegisteredMs)})
+	}
+	return out, nil
+}
+
+// Node returns a node's live registration; ErrNotFound if it has none.
+func (s *Store) Node(ctx context.Context, id string) (NodeInfo, error) {
+	ns, err := s.Nodes(ctx)
+	if err != nil {
+		return NodeInfo{}, err
+	}
+	for _, n := range ns {
+		if n.Node == id {
+			return n, nil
+		}
+	}
+	return NodeInfo{}, fmt.Errorf("%w: node %s not registered", ErrNotFound, id)
+}
+
+// LookupESP names the IKE SA (our IKE SPI) that a stored inbound ESP SPI
+// belongs to: the claim path for ESP that arrives at a non-owner.
+// ErrNotFound when the SPI is free or only reserved.
+func (s *Store) LookupESP(ctx context.Context, spi uint32) (uint64, error) {
+	rc, cancel := s.rctx(ctx)
+	defer cancel()
+	resp, err := s.cli.Get(rc, s.k.espSPI(spi))
+	s.noteResult(err)
+	if err != nil {
+		return 0, fmt.Errorf("%w: %v", ErrUnavailable, err)
+	}
+	if len(resp.Kvs) == 0 || resp.Kvs[0].Lease != 0 {
+		return 0, fmt.Errorf("%w: ESP SPI %08x", ErrNotFound, spi)
+	}
+	v := string(resp.Kvs[0].Value)
+	ike, err := strconv.ParseUint(v, 16, 64)
+	if err != nil || len(v) != 16 || strings.ContainsAny(v, "+-") {
+		return 0, &CorruptError{Key: string(resp.Kvs[0].Key), Reason: "not an IKE SPI"}
+	}
+	return ike, nil
+}
