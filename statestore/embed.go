@@ -7,6 +7,7 @@ import (
 	"net/url"
 	"time"
 
+	"go.etcd.io/etcd/client/pkg/v3/transport"
 	"go.etcd.io/etcd/server/v3/embed"
 	"go.uber.org/zap"
 )
@@ -22,6 +23,9 @@ type EmbedConfig struct {
 	NoFsync    bool          // tests only: loses data on power failure
 	Timeout    time.Duration // to become ready; default 30 s
 	Logger     *zap.Logger   // nil: silent
+	// Client TLS: serve https and require client certificates signed by
+	// ClientCAFile. All empty: plain http on loopback.
+	CertFile, KeyFile, ClientCAFile string
 }
 
 // Embedded is a running embedded etcd member.
@@ -54,8 +58,12 @@ func StartEmbedded(cfg EmbedConfig) (*Embedded, error) {
 	if cfg.PeerAddr, err = freeAddr(cfg.PeerAddr); err != nil {
 		return nil, err
 	}
+	scheme := "http"
+	if cfg.CertFile != "" {
+		scheme = "https"
+	}
 	m := &Embedded{cfg: cfg,
-		clientURL: url.URL{Scheme: "http", Host: cfg.ClientAddr},
+		clientURL: url.URL{Scheme: scheme, Host: cfg.ClientAddr},
 		peerURL:   url.URL{Scheme: "http", Host: cfg.PeerAddr}}
 	if err := m.start(); err != nil {
 		return nil, err
@@ -86,6 +94,10 @@ func (m *Embedded) start() error {
 	c.AdvertisePeerUrls = []url.URL{m.peerURL}
 	c.InitialCluster = c.InitialClusterFromName(c.Name)
 	c.MaxTxnOps = m.cfg.MaxTxnOps
+	if m.cfg.CertFile != "" {
+		c.ClientTLSInfo = transport.TLSInfo{CertFile: m.cfg.CertFile, KeyFile: m.cfg.KeyFile,
+			TrustedCAFile: m.cfg.ClientCAFile, ClientCertAuth: m.cfg.ClientCAFile != ""}
+	}
 	c.UnsafeNoFsync = m.cfg.NoFsync
 	lg := m.cfg.Logger
 	if lg == nil {
