@@ -94,6 +94,10 @@ func (m *Embedded) start() error {
 	c.AdvertisePeerUrls = []url.URL{m.peerURL}
 	c.InitialCluster = c.InitialClusterFromName(c.Name)
 	c.MaxTxnOps = m.cfg.MaxTxnOps
+	// Every SA rewrite leaves an old revision behind; keep an hour of
+	// history (external clusters need the same --auto-compaction-*).
+	c.AutoCompactionMode = "periodic"
+	c.AutoCompactionRetention = "1h"
 	if m.cfg.CertFile != "" {
 		c.ClientTLSInfo = transport.TLSInfo{CertFile: m.cfg.CertFile, KeyFile: m.cfg.KeyFile,
 			TrustedCAFile: m.cfg.ClientCAFile, ClientCertAuth: m.cfg.ClientCAFile != ""}
