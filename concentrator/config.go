@@ -7,6 +7,7 @@ import (
 	"io"
 	"net/netip"
 	"os"
+	"path/filepath"
 	"regexp"
 	"strconv"
 	"strings"
@@ -18,13 +19,29 @@ import (
 // Config is concentratord's configuration file. See
 // deploy/examples/concentratord.yaml for every field with its default.
 type Config struct {
-	Node      NodeConfig      `yaml:"node"`
-	Log       LogConfig       `yaml:"log"`
-	IKE       IKEConfig       `yaml:"ike"`
-	Identity  IdentityConfig  `yaml:"identity"`
-	Auth      AuthConfig      `yaml:"auth"`
-	Children  ChildrenConfig  `yaml:"children"`
-	DataPlane DataPlaneConfig `yaml:"dataplane"`
+	Node       NodeConfig       `yaml:"node"`
+	Log        LogConfig        `yaml:"log"`
+	IKE        IKEConfig        `yaml:"ike"`
+	Identity   IdentityConfig   `yaml:"identity"`
+	Auth       AuthConfig       `yaml:"auth"`
+	Children   ChildrenConfig   `yaml:"children"`
+	DataPlane  DataPlaneConfig  `yaml:"dataplane"`
+	StateStore StateStoreConfig `yaml:"statestore"`
+}
+
+// StateStoreConfig says where SA state is kept so that SAs outlive the
+// process: embedded etcd in a data directory (one node, the default), an
+// external etcd cluster, or nowhere.
+type StateStoreConfig struct {
+	Mode           string        `yaml:"mode"`             // embedded | external | none
+	DataDir        string        `yaml:"data_dir"`         // embedded etcd and a generated cluster key; relative to the config file
+	Endpoints      []string      `yaml:"endpoints"`        // external etcd
+	CAFile         string        `yaml:"ca_file"`          // external etcd: CA of the servers
+	CertFile       string        `yaml:"cert_file"`        // external etcd: client certificate
+	KeyFile        string        `yaml:"key_file"`         // and its key
+	ClusterKeyFile string        `yaml:"cluster_key_file"` // 32-byte AES key (hex) sealing key material; embedded: generated in data_dir if unset
+	LeaseTTL       time.Duration `yaml:"lease_ttl"`
+	QueueNew       bool          `yaml:"queue_new"` // while etcd is unreachable, queue new SAs instead of refusing them
 }
 
 type NodeConfig struct {
@@ -154,6 +171,7 @@ func DefaultConfig() Config {
 		Children: ChildrenConfig{RekeyAfter: 50 * time.Minute, RekeyWindow: 10 * time.Minute, RekeyOverlap: 10 * time.Second, MaxPerIKE: 8},
 		DataPlane: DataPlaneConfig{Mode: "memory", Userspace: UserspaceConfig{TUN: "ikf0", MTU: 1400, QueueLen: 1024, ReplayWindow: 1024, SocketRecvBuffer: 4 << 20},
 			XFRM: XFRMConfig{MSSClamp: true, ReplayWindow: 128, HThresh4: []int{0, 32}}},
+		StateStore: StateStoreConfig{Mode: "embedded", DataDir: "ikefleet-data", LeaseTTL: 10 * time.Second},
 	}
 }
 
@@ -164,7 +182,18 @@ func LoadConfig(path string) (Config, error) {
 	if err != nil {
 		return Config{}, err
 	}
-	return ParseConfig(data)
+	c, err := ParseConfig(data)
+	if err != nil {
+		return c, err
+	}
+	// Relative state paths are relative to the configuration file.
+	base := filepath.Dir(path)
+	for _, p := range []*string{&c.StateStore.DataDir, &c.StateStore.ClusterKeyFile} {
+		if *p != "" && !filepath.IsAbs(*p) {
+			*p = filepath.Join(base, *p)
+		}
+	}
+	return c, nil
 }
 
 var lineRE = regexp.MustCompile(`line (\d+): (.*)`)
@@ -386,7 +415,36 @@ func (c *Config) Validate() error {
 			return fieldErr(fmt.Sprintf("children.dns[%d]", i), "not an IP address: %q", s)
 		}
 	}
-	return c.DataPlane.validate()
+	if err := c.DataPlane.validate(); err != nil {
+		return err
+	}
+	return c.StateStore.validate()
+}
+
+func (s *StateStoreConfig) validate() error {
+	switch s.Mode {
+	case "embedded":
+		if s.DataDir == "" {
+			return fieldErr("statestore.data_dir", "required with mode embedded")
+		}
+	case "external":
+		if len(s.Endpoints) == 0 {
+			return fieldErr("statestore.endpoints", "required with mode external")
+		}
+		if s.ClusterKeyFile == "" {
+			return fieldErr("statestore.cluster_key_file", "required with mode external (every node needs the same key)")
+		}
+		if (s.CertFile == "") != (s.KeyFile == "") {
+			return fieldErr("statestore.key_file", "statestore.cert_file and statestore.key_file go together")
+		}
+	case "none":
+	default:
+		return fieldErr("statestore.mode", "must be embedded, external or none, not %q", s.Mode)
+	}
+	if s.LeaseTTL < 2*time.Second || s.LeaseTTL%time.Second != 0 {
+		return fieldErr("statestore.lease_ttl", "must be whole seconds, at least 2s: %v", s.LeaseTTL)
+	}
+	return nil
 }
 
 func (d *DataPlaneConfig) validate() error {

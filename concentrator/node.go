@@ -13,6 +13,7 @@ import (
 	"math/bits"
 	"net"
 	"net/netip"
+	"os"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -51,9 +52,13 @@ type Node struct {
 	ikeAddr  netip.AddrPort
 	nattAddr netip.AddrPort
 
-	queueDrops  atomic.Uint64
-	nonIKEDrops atomic.Uint64
-	keepalives  atomic.Uint64
+	nodeID          string
+	persist         *persistence
+	persistFailures atomic.Uint64
+	fencedDrops     atomic.Uint64
+	queueDrops      atomic.Uint64
+	nonIKEDrops     atomic.Uint64
+	keepalives      atomic.Uint64
 }
 
 type shard struct {
@@ -77,7 +82,8 @@ func New(cfg Config, log *slog.Logger, dp dataplane.DataPlane) (*Node, error) {
 		return nil, err
 	}
 	n := &Node{cfg: cfg, log: log, dp: dp, ecfg: ecfg, seed: maphash.MakeSeed(),
-		conns: map[netip.AddrPort]*net.UDPConn{}, natt: map[netip.AddrPort]bool{}, ready: make(chan struct{})}
+		conns: map[netip.AddrPort]*net.UDPConn{}, natt: map[netip.AddrPort]bool{}, ready: make(chan struct{}),
+		nodeID: nodeIDOf(cfg)}
 	if su, ok := dp.(dataplane.SenderUser); ok {
 		su.SetSender(n) // user-space ESP leaves through our NAT-T socket
 	}
@@ -108,6 +114,29 @@ func New(cfg Config, log *slog.Logger, dp dataplane.DataPlane) (*Node, error) {
 
 // Ready is closed once the sockets are bound.
 func (n *Node) Ready() <-chan struct{} { return n.ready }
+
+// nodeIDOf is node.id, or the host name made fit for a registry key.
+func nodeIDOf(cfg Config) string {
+	if cfg.Node.ID != "" {
+		return cfg.Node.ID
+	}
+	h, err := os.Hostname()
+	if err != nil || h == "" {
+		return "ikefleet"
+	}
+	b := []byte(h)
+	for i, c := range b {
+		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '.' || c == '_' || c == '-') {
+			b[i] = '-'
+		}
+	}
+	if len(b) > 63 {
+		b = b[:63]
+	}
+	return string(b)
+}
+
+func listenLoopback() (net.Listener, error) { return net.Listen("tcp", "127.0.0.1:0") }
 
 // IKEAddr and NATTAddr return the first bound IKE and NAT-T socket
 // addresses (useful with port 0).
@@ -172,7 +201,31 @@ func (n *Node) Run(ctx context.Context) error {
 			n.mu.Unlock()
 		}
 	}
-	n.log.Info("listening", "node", n.cfg.Node.ID, "addrs", fmt.Sprint(n.Addrs()), "shards", len(n.shards),
+	closeAll := func() {
+		for _, c := range conns {
+			c.Close()
+		}
+	}
+	if n.cfg.StateStore.Mode != "none" {
+		p, err := n.openStore(ctx)
+		if err != nil {
+			closeAll()
+			return err
+		}
+		n.persist = p
+		defer p.close()
+		// Our slot goes into every IKE SPI we allocate from now on.
+		me, slot := p.store.Registration()
+		for i, s := range n.shards {
+			s.eng.SetSPITag(uint64(slot)<<slotShift|uint64(i)<<spiShardShift, slotMask|spiShardMask)
+		}
+		n.log.Info("registered", "node", n.nodeID, "slot", slot, "epoch", me.Epoch, "statestore", n.cfg.StateStore.Mode)
+	}
+	if err := n.restore(ctx); err != nil {
+		closeAll()
+		return err
+	}
+	n.log.Info("listening", "node", n.nodeID, "addrs", fmt.Sprint(n.Addrs()), "shards", len(n.shards),
 		"dataplane", n.dp.Name(), "identity", n.ecfg.Local.ID.String())
 	close(n.ready)
 
@@ -322,6 +375,8 @@ func (n *Node) perform(ctx context.Context, s *shard, acts []ike.Action) {
 			}
 		case ike.Keepalive:
 			n.sendKeepalive(a)
+		case ike.Persist:
+			n.persistChange(s, a)
 		case ike.RemoveChild:
 			if err := n.dp.Remove(ctx, a.Child.InSPI); err != nil {
 				n.log.Error("CHILD_SA remove failed", childAttrs(a.SPIi, a.SPIr, ike.Identity{}, a.Child, "err", err)...)
@@ -412,6 +467,12 @@ func (n *Node) updateChild(ctx context.Context, a ike.UpdateChild) {
 }
 
 func (n *Node) send(a ike.Send) {
+	if n.persist != nil && !n.persist.store.CanSend() {
+		// Fenced: our lease may have lapsed and another node may own
+		// these SAs now; stay silent until re-registered.
+		n.fencedDrops.Add(1)
+		return
+	}
 	c, natt := n.conn(a.Local)
 	if c == nil {
 		n.log.Warn("no socket to send from", "local", a.Local.String(), "remote", a.Remote.String())

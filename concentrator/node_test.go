@@ -4,8 +4,10 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"net"
 	"net/netip"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -14,17 +16,28 @@ import (
 	"github.com/ikefleet/ikefleet/loadtest"
 )
 
-// startNode runs a node on loopback ephemeral ports with n PSK gateways.
-func startNode(t *testing.T, gateways int, extra string) (*Node, *memory.DataPlane) {
-	t.Helper()
+// nodeConfig is a node on loopback ephemeral ports with n PSK gateways;
+// ike adds lines to the ike section, tail whole sections (the state store
+// is off unless tail configures it).
+func nodeConfig(gateways int, ike, tail string) string {
 	var b strings.Builder
-	b.WriteString("node: {id: test}\nike:\n  listen: [127.0.0.1]\n  port: 0\n  natt_port: 0\n  shards: 2\n" + extra)
+	b.WriteString("node: {id: test}\nike:\n  listen: [127.0.0.1]\n  port: 0\n  natt_port: 0\n  shards: 2\n" + ike)
 	b.WriteString("identity: {id: conc.example}\nauth:\n  psks:\n")
 	for i := 1; i <= gateways; i++ {
 		fmt.Fprintf(&b, "    - {id: gw%d@iot.example, secret: psk-%d}\n", i, i)
 	}
 	b.WriteString("children:\n  local_ts: [10.30.0.0/24]\n  pool: 10.99.0.0/16\n")
-	cfg, err := ParseConfig([]byte(b.String()))
+	if !strings.Contains(tail, "statestore:") {
+		b.WriteString("statestore:\n  mode: none\n")
+	}
+	b.WriteString(tail)
+	return b.String()
+}
+
+// runNode starts a node from cfgText; stop ends it (also at cleanup).
+func runNode(t *testing.T, cfgText string) (*Node, *memory.DataPlane, func()) {
+	t.Helper()
+	cfg, err := ParseConfig([]byte(cfgText))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -36,17 +49,26 @@ func startNode(t *testing.T, gateways int, extra string) (*Node, *memory.DataPla
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- n.Run(ctx) }()
-	t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("Run: %v", err)
-		}
-	})
+	var once sync.Once
+	stop := func() {
+		once.Do(func() {
+			cancel()
+			if err := <-done; err != nil {
+				t.Errorf("Run: %v", err)
+			}
+		})
+	}
+	t.Cleanup(stop)
 	select {
 	case <-n.Ready():
 	case err := <-done:
 		t.Fatalf("node did not start: %v", err)
 	}
+	return n, dp, stop
+}
+
+func startNode(t *testing.T, gateways int, ike string) (*Node, *memory.DataPlane) {
+	n, dp, _ := runNode(t, nodeConfig(gateways, ike, ""))
 	return n, dp
 }
 
@@ -126,6 +148,11 @@ func TestNodeRefusesUnknownGateway(t *testing.T) {
 	if err == nil || rep.Established != 1 || rep.Failures["AUTHENTICATION_FAILED"] != 1 {
 		t.Fatalf("want gw1 in and gw2 refused with AUTHENTICATION_FAILED: %v %+v", err, rep)
 	}
+	// The node answers the Delete before it empties the data plane.
+	deadline := time.Now().Add(5 * time.Second)
+	for dp.Len() > 0 && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+	}
 	if dp.Len() != 0 {
 		t.Fatalf("%d CHILD SAs left", dp.Len())
 	}
@@ -142,5 +169,83 @@ func TestNodeCookiesUnderLoad(t *testing.T) {
 	st, _ := n.Stats(ctx)
 	if st.CookiesSent != 10 {
 		t.Fatalf("cookies sent %d, want 10", st.CookiesSent)
+	}
+}
+
+func freeUDPPorts(t *testing.T, n int) []int {
+	var ports []int
+	var conns []*net.UDPConn
+	for len(ports) < n {
+		c, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		conns = append(conns, c)
+		ports = append(ports, c.LocalAddr().(*net.UDPAddr).Port)
+	}
+	for _, c := range conns {
+		c.Close()
+	}
+	return ports
+}
+
+// A node restarts with its state store (embedded etcd in a data
+// directory): the SAs come back with their SPIs and keys, and the
+// gateways, which never noticed, delete them over the restored SAs.
+func TestNodeRestartRestoresSAs(t *testing.T) {
+	ports := freeUDPPorts(t, 2)
+	dir := t.TempDir()
+	cfgText := nodeConfig(5, "", fmt.Sprintf("statestore:\n  mode: embedded\n  data_dir: %s\n", dir))
+	cfgText = strings.Replace(cfgText, "  port: 0\n  natt_port: 0\n", fmt.Sprintf("  port: %d\n  natt_port: %d\n", ports[0], ports[1]), 1)
+	n1, dp1, stop1 := runNode(t, cfgText)
+
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	o := loadOptions(t, n1, 5)
+	o.Hold = 8 * time.Second
+	type result struct {
+		rep loadtest.Report
+		err error
+	}
+	res := make(chan result, 1)
+	go func() { r, err := loadtest.Run(ctx, o); res <- result{r, err} }()
+	var before []SAInfo
+	for ctx.Err() == nil {
+		sas, _ := n1.SAs(ctx)
+		if len(sas) == 5 && dp1.Len() == 5 {
+			before = sas
+			break
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if before == nil {
+		t.Fatal("the gateways never came up")
+	}
+	stop1()
+
+	n2, dp2, _ := runNode(t, cfgText)
+	after, err := n2.SAs(ctx)
+	if err != nil || len(after) != 5 || dp2.Len() != 5 {
+		t.Fatalf("after restart: %d SAs, %d CHILD SAs in the data plane (%v)", len(after), dp2.Len(), err)
+	}
+	spis := map[uint64]bool{}
+	for _, sa := range before {
+		spis[sa.SPIr] = true
+	}
+	for _, sa := range after {
+		if !spis[sa.SPIr] || sa.State != "ESTABLISHED" || len(sa.Children) != 1 {
+			t.Fatalf("restored SA %+v is not one of before", sa)
+		}
+	}
+	r := <-res
+	if r.err != nil || r.rep.Established != 5 || r.rep.Deleted != 5 {
+		t.Fatalf("gateways: %+v %v (want 5 established and 5 deleted over the restored SAs)", r.rep, r.err)
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for dp2.Len() > 0 && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+	}
+	if dp2.Len() != 0 {
+		t.Fatalf("%d CHILD SAs left after the gateways deleted theirs", dp2.Len())
 	}
 }

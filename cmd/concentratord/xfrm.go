@@ -1,7 +1,6 @@
 package main
 
 import (
-	"context"
 	"fmt"
 	"log/slog"
 	"net/netip"
@@ -16,11 +15,11 @@ import (
 // namespace), else why not.
 func xfrmAvailable() error { return xfrm.Available() }
 
-// newXFRM builds the kernel data plane (mode xfrm) and reconciles the
-// kernel with what this node knows. Until SAs are persisted (the state
-// store), a starting node knows none: every ikefleet SA left by an earlier
-// run is a stray and is removed with its policies and routes; foreign
-// states and policies are never touched.
+// newXFRM builds the kernel data plane (mode xfrm). The node reconciles
+// the kernel with the SAs it restores from the state store when it starts
+// (concentrator.Reconciler): those are kept, every other ikefleet SA left
+// by an earlier run is a stray and goes with its policies and routes;
+// foreign states and policies are never touched.
 func newXFRM(cfg concentrator.Config, log *slog.Logger) (dataplane.DataPlane, error) {
 	x := cfg.DataPlane.XFRM
 	opts := xfrm.DefaultOptions()
@@ -38,12 +37,6 @@ func newXFRM(cfg concentrator.Config, log *slog.Logger) (dataplane.DataPlane, er
 	if err != nil {
 		return nil, fmt.Errorf("dataplane.mode xfrm: %w", err)
 	}
-	adopted, removed, err := dp.Reconcile(context.Background(), nil)
-	if err != nil {
-		dp.Close()
-		return nil, fmt.Errorf("dataplane.mode xfrm: %w", err)
-	}
-	log.Info("xfrm data plane ready", "dataplane", "xfrm", "adopted", adopted, "removed_strays", removed,
-		"mss_clamp", x.MSSClamp, "hthresh4", fmt.Sprint(x.HThresh4))
+	log.Info("xfrm data plane ready", "dataplane", "xfrm", "mss_clamp", x.MSSClamp, "hthresh4", fmt.Sprint(x.HThresh4))
 	return dp, nil
 }

@@ -116,6 +116,9 @@ type Config struct {
 	// new one has received traffic or this long has passed; 0 deletes it
 	// at once.
 	RekeyOverlap time.Duration
+	// RestoreRekeyWindow: restored CHILD SAs are rekeyed within this long
+	// (DESIGN.md: after a takeover, rekey on a jittered schedule).
+	RestoreRekeyWindow time.Duration
 	// KeepaliveInterval: NAT-T keepalives when we are really behind a NAT
 	// (not merely claiming it to force encapsulation); 0 disables.
 	KeepaliveInterval time.Duration
@@ -154,6 +157,9 @@ func (c *Config) setDefaults() {
 	}
 	if c.NATTPort == 0 {
 		c.NATTPort = DefaultNATTPort
+	}
+	if c.RestoreRekeyWindow == 0 {
+		c.RestoreRekeyWindow = 30 * time.Second
 	}
 	if c.MaxChildren == 0 {
 		c.MaxChildren = DefaultMaxChildren

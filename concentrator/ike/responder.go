@@ -345,7 +345,11 @@ func (sa *IKESA) removeChildByOut(spi uint32) *ChildSA {
 // terminate removes the SA and its CHILD SAs.
 func (sa *IKESA) terminate(e *Engine, reason string, out []Action) []Action {
 	if !sa.superseded && (sa.state == stateEstablished || sa.state == stateDeleting) {
-		out = sa.persist(PersistDeleted, out)
+		var freed []uint32
+		for _, c := range sa.children {
+			freed = append(freed, c.InSPI)
+		}
+		out = sa.persist(PersistDeleted, out, freed...)
 	}
 	for _, c := range sa.children {
 		out = append(out, RemoveChild{SPIi: sa.SPIi, SPIr: sa.SPIr, Child: c})

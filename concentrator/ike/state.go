@@ -2,6 +2,7 @@ package ike
 
 import (
 	"bytes"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"net/netip"
@@ -25,6 +26,7 @@ type SAState struct {
 	NextIn, NextOut      uint32 // message IDs: the peer's next request, our next request
 	NATLocal, NATRemote  bool
 	PeerFrag             bool
+	MOBIKE               bool
 	PeerID               Identity
 	VirtualIP            netip.Addr
 	Created, Established time.Time
@@ -50,7 +52,7 @@ func (sa *IKESA) Snapshot() (SAState, error) {
 	st := SAState{
 		Initiator: sa.initiator, SPIi: sa.SPIi, SPIr: sa.SPIr, Local: sa.Local, Remote: sa.Remote,
 		Proposal: *sa.prop, SKd: sa.skd, NextIn: sa.nextIn, NextOut: sa.nextOut,
-		NATLocal: sa.natLocal, NATRemote: sa.natRemote, PeerFrag: sa.peerFrag,
+		NATLocal: sa.natLocal, NATRemote: sa.natRemote, PeerFrag: sa.peerFrag, MOBIKE: sa.mobike,
 		PeerID: sa.PeerID, VirtualIP: sa.vip, Created: sa.created, Established: sa.Establish,
 	}
 	i2r, r2i := sa.keyOut, sa.keyIn
@@ -94,7 +96,7 @@ func (e *Engine) Restore(now time.Time, st SAState, out []Action) (*IKESA, []Act
 	sa := &IKESA{
 		initiator: st.Initiator, state: stateEstablished, SPIi: st.SPIi, SPIr: st.SPIr,
 		Local: st.Local, Remote: st.Remote, prop: &prop, prf: prf, cipher: c, skd: bytes.Clone(st.SKd),
-		natLocal: st.NATLocal, natRemote: st.NATRemote, peerFrag: st.PeerFrag,
+		natLocal: st.NATLocal, natRemote: st.NATRemote, peerFrag: st.PeerFrag, mobike: st.MOBIKE,
 		PeerID: Identity{Type: st.PeerID.Type, Data: bytes.Clone(st.PeerID.Data)}, vip: st.VirtualIP,
 		nextIn: st.NextIn, nextOut: st.NextOut, created: st.Created, Establish: st.Established, lastRecv: now,
 		resync: true,
@@ -123,8 +125,13 @@ func (e *Engine) Restore(now time.Time, st SAState, out []Action) (*IKESA, []Act
 			LocalTS: cs.LocalTS, RemoteTS: cs.RemoteTS, Local: sa.Local, Remote: sa.Remote, Encap: cs.Encap,
 			VirtualIP: sa.vip, Created: cs.Created, rekeyAt: cs.RekeyAt,
 		}
-		if ch.rekeyAt.IsZero() {
-			sa.scheduleChildRekey(e, ch, false)
+		if e.cfg.ChildRekey != nil {
+			// The outbound sequence number the data plane reached was not
+			// persisted: rekey soon (spread over RestoreRekeyWindow) so the
+			// peer's replay window sees fresh SAs.
+			var b [8]byte
+			e.read(b[:])
+			ch.rekeyAt = now.Add(time.Duration(binary.BigEndian.Uint64(b[:]) % uint64(e.cfg.RestoreRekeyWindow+1)))
 		}
 		e.inSPIs[ch.InSPI] = sa
 		sa.children = append(sa.children, ch)
@@ -145,4 +152,24 @@ func (sa *IKESA) persist(kind PersistKind, out []Action, released ...uint32) []A
 		p.State = &st
 	}
 	return append(out, p)
+}
+
+// Forget removes the IKE SA with our SPI spi without telling the peer:
+// another node owns it now. Its CHILD SAs leave the data plane.
+func (e *Engine) Forget(spi uint64, out []Action) []Action {
+	sa := e.sas[spi]
+	if sa == nil || sa.localSPI() != spi {
+		return out
+	}
+	for _, c := range sa.children {
+		out = append(out, RemoveChild{SPIi: sa.SPIi, SPIr: sa.SPIr, Child: c})
+	}
+	e.remove(sa)
+	return out
+}
+
+// SetSPITag changes the fixed bits of the IKE SPIs allocated from now on
+// (the node's slot once it has registered).
+func (e *Engine) SetSPITag(tag, mask uint64) {
+	e.cfg.SPITag, e.cfg.SPITagMask = tag, mask
 }

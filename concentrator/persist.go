@@ -1,0 +1,374 @@
+package concentrator
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/ikefleet/ikefleet/concentrator/dataplane"
+	"github.com/ikefleet/ikefleet/concentrator/ike"
+	"github.com/ikefleet/ikefleet/statestore"
+	clientv3 "go.etcd.io/etcd/client/v3"
+)
+
+// The node's persistence (DESIGN.md "Cluster semantics"): every state
+// change of an established SA goes to the state store; at start the node
+// registers (slot, epoch), puts its slot into the SPIs it allocates, and
+// restores the SAs it owns, so they survive a crash without
+// re-authentication.
+
+const (
+	slotBits  = 12 // IKE SPI bits 52..63 carry the node's slot
+	slotShift = 64 - slotBits
+	slotMask  = uint64(1<<slotBits-1) << slotShift
+)
+
+// Reconciler is implemented by data planes that keep state across
+// restarts (the kernel): at start they are told what to keep.
+type Reconciler interface {
+	Reconcile(ctx context.Context, want []*dataplane.ChildSA) (adopted, removed int, err error)
+}
+
+type persistence struct {
+	store *statestore.Store
+	cli   *clientv3.Client
+	etcd  *statestore.Embedded
+}
+
+// openStore starts embedded etcd (mode embedded) or dials the external
+// cluster, and registers this node.
+func (n *Node) openStore(ctx context.Context) (*persistence, error) {
+	c := n.cfg.StateStore
+	p := &persistence{}
+	var cc statestore.ClientConfig
+	switch c.Mode {
+	case "embedded":
+		if err := os.MkdirAll(c.DataDir, 0o700); err != nil {
+			return nil, fmt.Errorf("statestore.data_dir: %w", err)
+		}
+		client, peer, err := embeddedAddrs(c.DataDir)
+		if err != nil {
+			return nil, fmt.Errorf("statestore.data_dir: %w", err)
+		}
+		start := time.Now()
+		e, err := statestore.StartEmbedded(statestore.EmbedConfig{Dir: filepath.Join(c.DataDir, "etcd"),
+			ClientAddr: client, PeerAddr: peer})
+		if err != nil {
+			return nil, fmt.Errorf("statestore: embedded etcd: %w", err)
+		}
+		p.etcd = e
+		cc = e.Client()
+		n.log.Info("embedded etcd ready", "dir", c.DataDir, "endpoint", cc.Endpoints[0], "took", time.Since(start).Round(time.Millisecond).String())
+	case "external":
+		cc = statestore.ClientConfig{Endpoints: c.Endpoints, CAFile: c.CAFile, CertFile: c.CertFile, KeyFile: c.KeyFile}
+	}
+	keys, err := clusterKeys(c)
+	if err != nil {
+		p.close()
+		return nil, err
+	}
+	if p.cli, err = statestore.Dial(cc); err != nil {
+		p.close()
+		return nil, fmt.Errorf("statestore.endpoints: %w", err)
+	}
+	p.store, err = statestore.Open(ctx, p.cli, statestore.Config{
+		NodeID: n.nodeID, Keys: keys, LeaseTTL: c.LeaseTTL,
+		Batch:       statestore.BatchConfig{QueueNew: c.QueueNew},
+		OnReclaimed: n.onReclaimed,
+		Log:         n.log.With("component", "statestore"),
+	})
+	if err != nil {
+		p.close()
+		return nil, fmt.Errorf("statestore: %w", err)
+	}
+	return p, nil
+}
+
+func (p *persistence) close() {
+	if p.store != nil {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		p.store.Flush(ctx)
+		cancel()
+		p.store.Close()
+	}
+	if p.cli != nil {
+		p.cli.Close()
+	}
+	if p.etcd != nil {
+		p.etcd.Close()
+	}
+}
+
+// embeddedAddrs returns the loopback addresses of the embedded etcd
+// member, chosen once and kept in the data directory: its data names them.
+func embeddedAddrs(dir string) (client, peer string, err error) {
+	path := filepath.Join(dir, "etcd-addrs")
+	if b, err := os.ReadFile(path); err == nil {
+		if f := strings.Fields(string(b)); len(f) == 2 {
+			return f[0], f[1], nil
+		}
+	}
+	free := func() (string, error) {
+		l, err := listenLoopback()
+		if err != nil {
+			return "", err
+		}
+		defer l.Close()
+		return l.Addr().String(), nil
+	}
+	if client, err = free(); err != nil {
+		return "", "", err
+	}
+	if peer, err = free(); err != nil {
+		return "", "", err
+	}
+	return client, peer, os.WriteFile(path, []byte(client+" "+peer+"\n"), 0o600)
+}
+
+// clusterKeys loads the cluster key (hex, 32 bytes); in embedded mode one
+// is generated in the data directory the first time.
+func clusterKeys(c StateStoreConfig) (*statestore.Keyring, error) {
+	path := c.ClusterKeyFile
+	if path == "" {
+		path = filepath.Join(c.DataDir, "cluster.key")
+		if _, err := os.Stat(path); errors.Is(err, os.ErrNotExist) {
+			key := make([]byte, statestore.ClusterKeyLen)
+			if _, err := rand.Read(key); err != nil {
+				return nil, err
+			}
+			if err := os.WriteFile(path, []byte(hex.EncodeToString(key)+"\n"), 0o600); err != nil {
+				return nil, fmt.Errorf("statestore.data_dir: %w", err)
+			}
+		}
+	}
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("statestore.cluster_key_file: %w", err)
+	}
+	key, err := hex.DecodeString(strings.TrimSpace(string(b)))
+	if err != nil || len(key) != statestore.ClusterKeyLen {
+		return nil, fmt.Errorf("statestore.cluster_key_file: %s must hold %d bytes in hex", path, statestore.ClusterKeyLen)
+	}
+	return statestore.NewKeyring(1, key)
+}
+
+// restore puts back the SAs this node owns, before any packet is served,
+// and tells the data plane which CHILD SAs to keep.
+func (n *Node) restore(ctx context.Context) error {
+	var want []*dataplane.ChildSA
+	var acts []ike.Action
+	restored := 0
+	if n.persist != nil {
+		recs, err := n.persist.store.LoadOwned(ctx)
+		if err != nil {
+			return fmt.Errorf("statestore: loading owned SAs: %w", err)
+		}
+		now := time.Now()
+		for _, r := range recs {
+			st := stateOf(r)
+			s := n.shardOfSPI(r.LocalSPI())
+			if s == nil {
+				n.log.Warn("stored SA with a foreign shard number", "spi", fmt.Sprintf("%016x", r.LocalSPI()))
+				continue
+			}
+			acts = acts[:0]
+			_, acts, err = s.eng.Restore(now, st, acts)
+			if err != nil {
+				n.log.Warn("stored SA not restored", "spi", fmt.Sprintf("%016x", r.LocalSPI()), "err", err)
+				continue
+			}
+			restored++
+			for _, a := range acts {
+				if ic, ok := a.(ike.InstallChild); ok {
+					want = append(want, toDataplane(ic))
+				}
+			}
+		}
+	}
+	if r, ok := n.dp.(Reconciler); ok {
+		adopted, removed, err := r.Reconcile(ctx, want)
+		if err != nil {
+			return fmt.Errorf("dataplane: reconcile: %w", err)
+		}
+		n.log.Info("data plane reconciled", "dataplane", n.dp.Name(), "adopted", adopted, "removed_strays", removed, "wanted", len(want))
+	} else {
+		for _, c := range want {
+			if err := n.dp.Install(ctx, c); err != nil {
+				n.log.Error("CHILD_SA restore failed", "spi_in", fmt.Sprintf("%08x", c.InSPI), "err", err)
+			}
+		}
+	}
+	if n.persist != nil {
+		n.log.Info("SAs restored", "count", restored, "children", len(want))
+	}
+	return nil
+}
+
+// shardOfSPI is the shard whose bits our SPI carries.
+func (n *Node) shardOfSPI(spi uint64) *shard {
+	i := (spi & spiShardMask) >> spiShardShift
+	if i >= uint64(len(n.shards)) {
+		return nil
+	}
+	return n.shards[i]
+}
+
+// onReclaimed: after a fence, the store re-registered and reclaimed these
+// SAs; the others went to other nodes meanwhile and are dropped here
+// without a word to their peers.
+func (n *Node) onReclaimed(me statestore.Owner, owned []uint64, err error) {
+	if err != nil {
+		n.log.Warn("statestore: reclaim incomplete", "err", err)
+		return
+	}
+	keep := make(map[uint64]bool, len(owned))
+	for _, s := range owned {
+		keep[s] = true
+	}
+	ctx := context.Background()
+	for _, s := range n.shards {
+		n.do(ctx, s, func() {
+			var gone []uint64
+			s.eng.Each(func(sa *ike.IKESA) bool {
+				spi := sa.SPIr
+				if sa.IsInitiator() {
+					spi = sa.SPIi
+				}
+				if sa.Established() && !keep[spi] {
+					gone = append(gone, spi)
+				}
+				return true
+			})
+			var acts []ike.Action
+			for _, spi := range gone {
+				acts = s.eng.Forget(spi, acts)
+			}
+			n.perform(ctx, s, acts)
+			if len(gone) > 0 {
+				n.log.Warn("SAs taken over by other nodes dropped", "count", len(gone), "epoch", me.Epoch)
+			}
+		})
+	}
+}
+
+var persistKinds = map[ike.PersistKind]statestore.ChangeKind{
+	ike.PersistEstablished: statestore.Established, ike.PersistChildCreated: statestore.ChildCreated,
+	ike.PersistChildRekeyed: statestore.ChildRekeyed, ike.PersistChildDeleted: statestore.ChildDeleted,
+	ike.PersistIKERekeyed: statestore.IKERekeyed, ike.PersistAddressChanged: statestore.AddressChanged,
+	ike.PersistDeleted: statestore.Deleted,
+}
+
+// persistChange submits one state change; a new SA that cannot be
+// persisted (etcd unreachable, queueing new SAs off) is torn down rather
+// than served unrecoverably.
+func (n *Node) persistChange(s *shard, a ike.Persist) {
+	if n.persist == nil {
+		return
+	}
+	c := statestore.Change{Kind: persistKinds[a.Kind], SPI: a.SPI, OldSPI: a.OldSPI, Released: a.Released}
+	if a.State != nil {
+		c.Record = recordOf(a.State)
+	}
+	err := n.persist.store.Submit(c, func(err error) {
+		if err != nil {
+			n.persistFailures.Add(1)
+			n.log.Warn("SA state not persisted", "spi", fmt.Sprintf("%016x", a.SPI), "change", c.Kind.String(), "err", err)
+		}
+	})
+	if err == nil {
+		return
+	}
+	n.persistFailures.Add(1)
+	n.log.Warn("SA state not persisted", "spi", fmt.Sprintf("%016x", a.SPI), "change", c.Kind.String(), "err", err)
+	if a.Kind == ike.PersistEstablished && errors.Is(err, statestore.ErrUnavailable) {
+		// Refused: delete the SA the peer just got; it will come back.
+		acts := s.eng.Delete(time.Now(), a.SPI, nil)
+		n.perform(context.Background(), s, acts)
+	}
+}
+
+// ---- conversions between the engine's state and the store's records ----
+
+func recordOf(st *ike.SAState) *statestore.SARecord {
+	r := &statestore.SARecord{
+		SPIi: st.SPIi, SPIr: st.SPIr, Initiator: st.Initiator, State: 1,
+		Suite: statestore.Suite{Encr: st.Proposal.Encr.ID, EncrKeyLen: st.Proposal.Encr.KeyLen,
+			Integ: st.Proposal.Integ, PRF: st.Proposal.PRF, Group: st.Proposal.Group},
+		SKd: st.SKd, SKai: st.SKai, SKar: st.SKar, SKei: st.SKei, SKer: st.SKer,
+		NextIn: st.NextIn, NextOut: st.NextOut, Local: st.Local, Remote: st.Remote,
+		NATLocal: st.NATLocal, NATRemote: st.NATRemote,
+		PeerID:    statestore.Identity{Type: st.PeerID.Type, Data: st.PeerID.Data},
+		VirtualIP: st.VirtualIP, Created: st.Created, Established: st.Established,
+	}
+	if st.PeerFrag {
+		r.Flags |= flagPeerFrag
+	}
+	if st.MOBIKE {
+		r.Flags |= flagMOBIKE
+	}
+	for _, c := range st.Children {
+		r.Children = append(r.Children, statestore.ChildRecord{
+			InSPI: c.InSPI, OutSPI: c.OutSPI,
+			Suite: statestore.Suite{Encr: c.Proposal.Encr.ID, EncrKeyLen: c.Proposal.Encr.KeyLen,
+				Integ: c.Proposal.Integ, Group: c.Proposal.Group, ESN: c.Proposal.ESN},
+			KeyIn:   statestore.ChildKeys{Encr: c.KeyIn.Encr, Integ: c.KeyIn.Integ},
+			KeyOut:  statestore.ChildKeys{Encr: c.KeyOut.Encr, Integ: c.KeyOut.Integ},
+			LocalTS: tsRecord(c.LocalTS), RemoteTS: tsRecord(c.RemoteTS), Encap: c.Encap,
+			Created: c.Created, RekeyAt: c.RekeyAt,
+		})
+	}
+	return r
+}
+
+// Engine-defined record flags.
+const (
+	flagPeerFrag uint32 = 1 << iota
+	flagMOBIKE
+)
+
+func stateOf(r *statestore.SARecord) ike.SAState {
+	st := ike.SAState{
+		Initiator: r.Initiator, SPIi: r.SPIi, SPIr: r.SPIr, Local: r.Local, Remote: r.Remote,
+		Proposal: ike.Selected{Protocol: ike.ProtoIKE, Encr: ike.EncrAlg{ID: r.Suite.Encr, KeyLen: r.Suite.EncrKeyLen},
+			Integ: r.Suite.Integ, PRF: r.Suite.PRF, Group: r.Suite.Group},
+		SKd: r.SKd, SKai: r.SKai, SKar: r.SKar, SKei: r.SKei, SKer: r.SKer,
+		NextIn: r.NextIn, NextOut: r.NextOut, NATLocal: r.NATLocal, NATRemote: r.NATRemote,
+		PeerFrag: r.Flags&flagPeerFrag != 0, MOBIKE: r.Flags&flagMOBIKE != 0,
+		PeerID:    ike.Identity{Type: r.PeerID.Type, Data: r.PeerID.Data},
+		VirtualIP: r.VirtualIP, Created: r.Created, Established: r.Established,
+	}
+	for _, c := range r.Children {
+		st.Children = append(st.Children, ike.ChildState{
+			InSPI: c.InSPI, OutSPI: c.OutSPI,
+			Proposal: ike.Selected{Protocol: ike.ProtoESP, Encr: ike.EncrAlg{ID: c.Suite.Encr, KeyLen: c.Suite.EncrKeyLen},
+				Integ: c.Suite.Integ, Group: c.Suite.Group, ESN: c.Suite.ESN},
+			KeyIn:   ike.ChildKeys{Encr: c.KeyIn.Encr, Integ: c.KeyIn.Integ},
+			KeyOut:  ike.ChildKeys{Encr: c.KeyOut.Encr, Integ: c.KeyOut.Integ},
+			LocalTS: tsState(c.LocalTS), RemoteTS: tsState(c.RemoteTS), Encap: c.Encap,
+			Created: c.Created, RekeyAt: c.RekeyAt,
+		})
+	}
+	return st
+}
+
+func tsRecord(ts []ike.TrafficSelector) []statestore.TrafficSelector {
+	out := make([]statestore.TrafficSelector, len(ts))
+	for i, t := range ts {
+		out[i] = statestore.TrafficSelector{IPProto: t.IPProto, StartPort: t.StartPort, EndPort: t.EndPort, Start: t.Start, End: t.End}
+	}
+	return out
+}
+
+func tsState(ts []statestore.TrafficSelector) []ike.TrafficSelector {
+	out := make([]ike.TrafficSelector, len(ts))
+	for i, t := range ts {
+		out[i] = ike.TrafficSelector{IPProto: t.IPProto, StartPort: t.StartPort, EndPort: t.EndPort, Start: t.Start, End: t.End}
+	}
+	return out
+}
