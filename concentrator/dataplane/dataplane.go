@@ -75,6 +75,21 @@ type SACounter interface {
 	Counter(ctx context.Context, inSPI uint32) (Counters, error)
 }
 
+// Expiry is a data plane telling the node that a CHILD SA must be rekeyed
+// now (soft: its sequence numbers or lifetime are nearly used up) or is
+// unusable (hard).
+type Expiry struct {
+	InSPI  uint32
+	Hard   bool
+	Reason string // e.g. "sequence numbers", "packet limit", "byte limit"
+}
+
+// ExpiryReporter is implemented by data planes that report expiries; the
+// node rekeys (soft) or deletes (hard) the CHILD SA.
+type ExpiryReporter interface {
+	Expiries() <-chan Expiry
+}
+
 // ErrClosed is returned after Close.
 var ErrClosed = errors.New("dataplane: closed")
 
