@@ -53,6 +53,7 @@ type Node struct {
 	nattAddr netip.AddrPort
 
 	nodeID          string
+	espBits         int // inbound ESP SPI bits naming the shard
 	persist         *persistence
 	persistFailures atomic.Uint64
 	fencedDrops     atomic.Uint64
@@ -89,6 +90,7 @@ func New(cfg Config, log *slog.Logger, dp dataplane.DataPlane) (*Node, error) {
 	}
 	ns := cfg.shards()
 	espBits := bits.Len(uint(ns - 1))
+	n.espBits = espBits
 	perShard := ecfg.CookieThreshold
 	if perShard > 0 {
 		perShard = (perShard + ns - 1) / ns
@@ -233,6 +235,10 @@ func (n *Node) Run(ctx context.Context) error {
 	for _, s := range n.shards {
 		wg.Add(1)
 		go func() { defer wg.Done(); n.runShard(ctx, s) }()
+	}
+	if er, ok := n.dp.(dataplane.ExpiryReporter); ok {
+		wg.Add(1)
+		go func() { defer wg.Done(); n.expiries(ctx, er.Expiries()) }()
 	}
 	var readers sync.WaitGroup
 	for _, c := range conns {
@@ -416,6 +422,31 @@ func (n *Node) SendUDP(b []byte, local, remote netip.AddrPort) error {
 	}
 	_, err := c.WriteToUDPAddrPort(b, remote)
 	return err
+}
+
+// expiries hands the data plane's CHILD SA expiries to the shard that owns
+// the SA (its inbound SPI carries the shard): soft ones are rekeyed now,
+// hard ones deleted.
+func (n *Node) expiries(ctx context.Context, ch <-chan dataplane.Expiry) {
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case ex := <-ch:
+			i := 0
+			if n.espBits > 0 {
+				i = int(ex.InSPI >> (32 - n.espBits))
+			}
+			if i >= len(n.shards) {
+				continue
+			}
+			s := n.shards[i]
+			n.log.Info("CHILD_SA expiring", "spi_in", fmt.Sprintf("%08x", ex.InSPI), "hard", ex.Hard, "reason", ex.Reason)
+			n.do(ctx, s, func() {
+				n.perform(ctx, s, s.eng.ExpireChild(time.Now(), ex.InSPI, ex.Hard, nil))
+			})
+		}
+	}
 }
 
 // watchInterval is how often a shard looks at the counters of rekeyed

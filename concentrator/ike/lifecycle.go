@@ -501,6 +501,30 @@ func (sa *IKESA) handleCreateChildResponse(now time.Time, e *Engine, rk *childRe
 	return sa.deleteChild(now, e, victim, out)
 }
 
+// ExpireChild handles a data plane's expiry of the CHILD SA with inbound
+// SPI inSPI: soft (its sequence numbers or lifetime are nearly used up)
+// rekeys it now, hard (unusable) deletes it.
+func (e *Engine) ExpireChild(now time.Time, inSPI uint32, hard bool, out []Action) []Action {
+	sa := e.inSPIs[inSPI]
+	if sa == nil || sa.state != stateEstablished {
+		return out
+	}
+	c := sa.childByIn(inSPI)
+	if c == nil {
+		return out
+	}
+	if hard {
+		if sa.req == nil {
+			return sa.deleteChild(now, e, c, out)
+		}
+		c.retireAt = now // as soon as the exchange under way is done
+	} else if c.replacedBy == nil && !c.rekeying {
+		c.rekeyAt = now
+	}
+	sa.reschedule(e)
+	return out
+}
+
 // ChildActive tells the engine that the CHILD SA with inbound SPI inSPI
 // has received traffic: a predecessor kept after a rekey can go now.
 func (e *Engine) ChildActive(now time.Time, inSPI uint32) {

@@ -278,3 +278,23 @@ func TestKeepalivesOnlyBehindNAT(t *testing.T) {
 		}
 	}
 }
+
+func TestExpireChild(t *testing.T) {
+	w, _ := establish(t, responderConfig(t, 1))
+	rsa := w.res.SA(resSPI(w))
+	in := rsa.children[0].InSPI
+	// Soft: rekeyed at the next tick, though no scheduler is configured.
+	w.run(w.res.ExpireChild(w.now, in, false, nil), false)
+	w.now = w.now.Add(200 * time.Millisecond)
+	w.run(w.res.Tick(w.now, nil), false)
+	w.paired(t, 1)
+	if w.res.Stats().ChildRekeys != 1 {
+		t.Fatalf("soft expiry did not rekey: %+v", w.res.Stats())
+	}
+	// Hard: the CHILD SA is deleted (on both sides).
+	w.run(w.res.ExpireChild(w.now, rsa.children[0].InSPI, true, nil), false)
+	w.paired(t, 0)
+	if w.res.Len() != 1 {
+		t.Fatal("the IKE SA went with its CHILD SA")
+	}
+}

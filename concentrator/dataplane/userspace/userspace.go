@@ -116,7 +116,13 @@ type sa struct {
 	ep                atomic.Pointer[endpoints] // outer addresses; moved by UpdateAddresses
 
 	inBytes, inPackets, outBytes, outPackets atomic.Uint64
+	softSent, hardSent                       atomic.Bool // expiry reported
 }
+
+// Outbound sequence numbers of a non-ESN SA: past softSeqLimit the SA is
+// reported for rekeying (dataplane.Expiry), at the end of the 32-bit space
+// as unusable.
+const softSeqLimit = 1<<32 - 1<<24
 
 type endpoints struct{ local, remote netip.AddrPort }
 
@@ -146,8 +152,27 @@ type DataPlane struct {
 	order  uint64
 	closed bool
 
-	done chan struct{}
-	wg   sync.WaitGroup
+	done     chan struct{}
+	wg       sync.WaitGroup
+	expiries chan dataplane.Expiry
+}
+
+// Expiries reports CHILD SAs whose outbound sequence numbers are nearly
+// (soft) or entirely (hard) used up (dataplane.ExpiryReporter).
+func (d *DataPlane) Expiries() <-chan dataplane.Expiry { return d.expiries }
+
+func (d *DataPlane) expire(s *sa, hard bool, reason string) {
+	flag := &s.softSent
+	if hard {
+		flag = &s.hardSent
+	}
+	if flag.Swap(true) {
+		return
+	}
+	select {
+	case d.expiries <- dataplane.Expiry{InSPI: s.child.InSPI, Hard: hard, Reason: reason}:
+	default: // the node is behind; the hard expiry or the rekey schedule follows
+	}
 }
 
 type senderBox struct{ s dataplane.UDPSender }
@@ -194,7 +219,7 @@ func New(cfg Config) (*DataPlane, error) {
 	}
 	d := &DataPlane{cfg: cfg, log: cfg.Log, dev: cfg.Device, router: cfg.Router,
 		bySPI: map[uint32]*sa{}, routes: map[netip.Prefix]int{},
-		done: make(chan struct{})}
+		done: make(chan struct{}), expiries: make(chan dataplane.Expiry, 256)}
 	d.bufSize = esp.MaxHeadroom + max(maxInner, cfg.MTU) + esp.MaxTailroom
 	d.pool.New = func() any { b := make([]byte, d.bufSize); return &b }
 	if d.dev == nil {
@@ -540,10 +565,14 @@ func (d *DataPlane) sendOut(j job) {
 	if err != nil {
 		if errors.Is(err, esp.ErrSeqOverflow) {
 			d.drop(DropSeqOverflow)
+			d.expire(s, true, "sequence numbers")
 		} else {
 			d.drop(DropOversize)
 		}
 		return
+	}
+	if !s.child.ESN && s.out.Seq() >= softSeqLimit {
+		d.expire(s, false, "sequence numbers")
 	}
 	sb := d.sender.Load()
 	if sb == nil {

@@ -459,3 +459,48 @@ func TestUpdateAddresses(t *testing.T) {
 type senderFunc func(b []byte, local, remote netip.AddrPort) error
 
 func (f senderFunc) SendUDP(b []byte, local, remote netip.AddrPort) error { return f(b, local, remote) }
+
+// TestExpiries: an SA close to the end of its 32-bit sequence space is
+// reported for rekeying (soft, once), one past it as unusable (hard).
+func TestExpiries(t *testing.T) {
+	r := newRig(t)
+	ctx := context.Background()
+	cc, gc := childPair(0xc1000002, 0x61000002, 3)
+	if err := r.conc.Install(ctx, cc); err != nil {
+		t.Fatal(err)
+	}
+	if err := r.gw.Install(ctx, gc); err != nil {
+		t.Fatal(err)
+	}
+	r.conc.mu.RLock()
+	s := r.conc.bySPI[cc.InSPI]
+	r.conc.mu.RUnlock()
+	expect := func(hard bool) {
+		t.Helper()
+		select {
+		case ex := <-r.conc.Expiries():
+			if ex.InSPI != cc.InSPI || ex.Hard != hard {
+				t.Fatalf("expiry %+v, want SPI %08x hard=%v", ex, cc.InSPI, hard)
+			}
+		case <-time.After(5 * time.Second):
+			t.Fatalf("no expiry (hard=%v)", hard)
+		}
+	}
+	down := ipv4Packet("10.30.0.1", "10.20.0.1", 17, []byte("x"))
+	s.out.SetSeq(softSeqLimit - 1)
+	for i := 0; i < 3; i++ {
+		r.concDev.toDP <- down
+		recv(t, r.gwDev.fromDP)
+	}
+	expect(false)
+	s.out.SetSeq(1<<32 - 2)
+	r.concDev.toDP <- down // the last sequence number: delivered
+	recv(t, r.gwDev.fromDP)
+	r.concDev.toDP <- down // none left
+	expect(true)
+	select {
+	case ex := <-r.conc.Expiries():
+		t.Fatalf("expiry reported twice: %+v", ex)
+	case <-time.After(100 * time.Millisecond):
+	}
+}
