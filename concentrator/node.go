@@ -236,6 +236,8 @@ func (n *Node) Run(ctx context.Context) error {
 		wg.Add(1)
 		go func() { defer wg.Done(); n.runShard(ctx, s) }()
 	}
+	wg.Add(1)
+	go func() { defer wg.Done(); n.watchStore(ctx) }()
 	if er, ok := n.dp.(dataplane.ExpiryReporter); ok {
 		wg.Add(1)
 		go func() { defer wg.Done(); n.expiries(ctx, er.Expiries()) }()
