@@ -370,10 +370,29 @@ func (n *Node) do(ctx context.Context, s *shard, f func()) error {
 }
 
 func (n *Node) perform(ctx context.Context, s *shard, acts []ike.Action) {
+	// The caller persists before it sends (DESIGN.md): messages that go
+	// with a state change leave once the change is in the state store.
+	var gate *sendGate
+	if n.persist != nil {
+		count := 0
+		for _, a := range acts {
+			if _, ok := a.(ike.Persist); ok {
+				count++
+			}
+		}
+		if count > 0 {
+			gate = &sendGate{pending: count + 1} // +1: this loop
+			defer gate.done(n, true)
+		}
+	}
 	for _, a := range acts {
 		switch a := a.(type) {
 		case ike.Send:
-			n.send(a)
+			if gate != nil {
+				gate.hold(a)
+			} else {
+				n.send(a)
+			}
 		case ike.InstallChild:
 			if err := n.dp.Install(ctx, toDataplane(a)); err != nil {
 				n.log.Error("CHILD_SA install failed", childAttrs(a.SPIi, a.SPIr, a.PeerID, a.Child, "err", err)...)
@@ -384,7 +403,7 @@ func (n *Node) perform(ctx context.Context, s *shard, acts []ike.Action) {
 		case ike.Keepalive:
 			n.sendKeepalive(a)
 		case ike.Persist:
-			n.persistChange(s, a)
+			n.persistChange(s, a, gate)
 		case ike.RemoveChild:
 			if err := n.dp.Remove(ctx, a.Child.InSPI); err != nil {
 				n.log.Error("CHILD_SA remove failed", childAttrs(a.SPIi, a.SPIr, ike.Identity{}, a.Child, "err", err)...)

@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/ikefleet/ikefleet/concentrator/dataplane"
@@ -264,10 +265,47 @@ var persistKinds = map[ike.PersistKind]statestore.ChangeKind{
 	ike.PersistDeleted: statestore.Deleted,
 }
 
-// persistChange submits one state change; a new SA that cannot be
-// persisted (etcd unreachable, queueing new SAs off) is torn down rather
-// than served unrecoverably.
-func (n *Node) persistChange(s *shard, a ike.Persist) {
+// sendGate holds the messages of one batch of actions until its state
+// changes are persisted. A new SA whose record could not be written is not
+// answered at all: the peer retries later rather than hold an SA the
+// cluster does not know.
+type sendGate struct {
+	mu      sync.Mutex
+	pending int
+	sends   []ike.Send
+	drop    bool
+}
+
+func (g *sendGate) hold(s ike.Send) {
+	g.mu.Lock()
+	g.sends = append(g.sends, s)
+	g.mu.Unlock()
+}
+
+func (g *sendGate) done(n *Node, ok bool) {
+	g.mu.Lock()
+	g.drop = g.drop || !ok
+	g.pending--
+	if g.pending > 0 {
+		g.mu.Unlock()
+		return
+	}
+	sends, drop := g.sends, g.drop
+	g.sends = nil
+	g.mu.Unlock()
+	if drop {
+		return
+	}
+	for _, s := range sends {
+		n.send(s)
+	}
+}
+
+// persistChange submits one state change; gate releases the batch's
+// messages when it is written. A new SA that cannot be persisted (etcd
+// unreachable and statestore.queue_new off, or the write failed) is
+// dropped without an answer.
+func (n *Node) persistChange(s *shard, a ike.Persist, gate *sendGate) {
 	if n.persist == nil {
 		return
 	}
@@ -275,21 +313,25 @@ func (n *Node) persistChange(s *shard, a ike.Persist) {
 	if a.State != nil {
 		c.Record = recordOf(a.State)
 	}
-	err := n.persist.store.Submit(c, func(err error) {
+	finish := func(err error) {
+		ok := err == nil || a.Kind != ike.PersistEstablished
 		if err != nil {
 			n.persistFailures.Add(1)
 			n.log.Warn("SA state not persisted", "spi", fmt.Sprintf("%016x", a.SPI), "change", c.Kind.String(), "err", err)
 		}
-	})
-	if err == nil {
-		return
+		if !ok {
+			// From a store goroutine or this shard's: hand the forget to the
+			// shard without waiting on it here.
+			go n.do(context.Background(), s, func() {
+				n.perform(context.Background(), s, s.eng.Forget(a.SPI, nil))
+			})
+		}
+		if gate != nil {
+			gate.done(n, ok)
+		}
 	}
-	n.persistFailures.Add(1)
-	n.log.Warn("SA state not persisted", "spi", fmt.Sprintf("%016x", a.SPI), "change", c.Kind.String(), "err", err)
-	if a.Kind == ike.PersistEstablished && errors.Is(err, statestore.ErrUnavailable) {
-		// Refused: delete the SA the peer just got; it will come back.
-		acts := s.eng.Delete(time.Now(), a.SPI, nil)
-		n.perform(context.Background(), s, acts)
+	if err := n.persist.store.Submit(c, finish); err != nil {
+		finish(err)
 	}
 }
 

@@ -140,7 +140,7 @@ func encapPort(p uint16) int {
 // BuildStates returns the inbound and outbound ESP states of sa: tunnel
 // mode, always UDP-encapsulated (espinudp) with the ports from sa (4500
 // where a port is zero), the replay window of opts (with ESN as
-// negotiated).
+// negotiated) and the lifetime of StateLimits.
 func BuildStates(opts *Options, sa *dataplane.ChildSA, ids reqIDs) (in, out *netlink.XfrmState, err error) {
 	local, remote := sa.Local.Addr().Unmap(), sa.Remote.Addr().Unmap()
 	if !local.IsValid() || !remote.IsValid() || local.Is4() != remote.Is4() {
@@ -164,9 +164,7 @@ func BuildStates(opts *Options, sa *dataplane.ChildSA, ids reqIDs) (in, out *net
 				SrcPort: encapPort(src.Port()), DstPort: encapPort(dst.Port()),
 				OriginalAddress: net.IPv4zero,
 			},
-			Limits: netlink.XfrmStateLimits{
-				ByteSoft: ^uint64(0), ByteHard: ^uint64(0), PacketSoft: ^uint64(0), PacketHard: ^uint64(0),
-			},
+			Limits: StateLimits(opts, sa.ESN),
 		}
 		if !local.Is4() {
 			st.Encap.OriginalAddress = net.IPv6zero
@@ -188,6 +186,71 @@ func BuildStates(opts *Options, sa *dataplane.ChildSA, ids reqIDs) (in, out *net
 		return nil, nil, err
 	}
 	return in, out, nil
+}
+
+// Packet limits of a non-ESN SA: its 32-bit sequence number must never
+// wrap (RFC 4303 3.3.3), so the kernel expires the state softly (the node
+// rekeys) 2^24 packets and hard (the state is deleted) 2^16 packets before
+// it would. A state's packet counter counts every packet it carries, so the
+// counter reaches the limit no later than the sequence number.
+const (
+	SeqSoftPackets uint64 = 1<<32 - 1<<24
+	SeqHardPackets uint64 = 1<<32 - 1<<16
+)
+
+// noLimit is the kernel's "infinite" (XFRM_INF).
+const noLimit = ^uint64(0)
+
+// StateLimits returns the kernel lifetime of one state: for a non-ESN SA
+// the packet limits that keep its sequence number from wrapping
+// (SeqSoftPackets, SeqHardPackets; opts.PacketSoftLimit and
+// opts.PacketHardLimit may only lower them), for an ESN SA none unless the
+// options set them; byte limits from opts (0: none). A soft limit not
+// below its hard limit is lowered to just below it so that the soft
+// expiry comes first. Time limits are left to the IKE layer.
+func StateLimits(opts *Options, esn bool) netlink.XfrmStateLimits {
+	lim := func(v uint64) uint64 {
+		if v == 0 {
+			return noLimit
+		}
+		return v
+	}
+	l := netlink.XfrmStateLimits{
+		ByteSoft: lim(opts.ByteSoftLimit), ByteHard: lim(opts.ByteHardLimit),
+		PacketSoft: lim(opts.PacketSoftLimit), PacketHard: lim(opts.PacketHardLimit),
+	}
+	if !esn {
+		l.PacketSoft = min(l.PacketSoft, SeqSoftPackets)
+		l.PacketHard = min(l.PacketHard, SeqHardPackets)
+	}
+	fix := func(soft *uint64, hard uint64) {
+		if hard != noLimit && *soft >= hard {
+			*soft = max(hard-1, 1)
+		}
+	}
+	fix(&l.PacketSoft, l.PacketHard)
+	fix(&l.ByteSoft, l.ByteHard)
+	return l
+}
+
+// remainingLimits is what is left of l after a state carried pkts packets
+// and bytes bytes (for a state re-added with fresh counters); a limit
+// already reached becomes 1, so the kernel expires the new state at once.
+func remainingLimits(l netlink.XfrmStateLimits, pkts, bytes uint64) netlink.XfrmStateLimits {
+	sub := func(v *uint64, used uint64) {
+		switch {
+		case *v == noLimit:
+		case *v > used:
+			*v -= used
+		default:
+			*v = 1
+		}
+	}
+	sub(&l.PacketSoft, pkts)
+	sub(&l.PacketHard, pkts)
+	sub(&l.ByteSoft, bytes)
+	sub(&l.ByteHard, bytes)
+	return l
 }
 
 // legacyReplayMax is the largest replay window of a non-ESN state: the

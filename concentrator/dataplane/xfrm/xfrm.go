@@ -52,6 +52,19 @@ type Options struct {
 	// nftables; MSS is the value, 0 for the route's MTU ("rt mtu").
 	MSSClamp bool
 	MSS      uint16
+	// PacketSoftLimit and PacketHardLimit lower the packets a state may
+	// carry before the kernel expires it softly (Expiries reports it, the
+	// node rekeys) or hard (the kernel deletes it). 0: for non-ESN SAs
+	// SeqSoftPackets and SeqHardPackets (the sequence number must not
+	// wrap; larger values are capped to them), for ESN SAs none. Mostly
+	// for tests.
+	PacketSoftLimit, PacketHardLimit uint64
+	// ByteSoftLimit and ByteHardLimit are optional byte limits of each
+	// state (0: none).
+	ByteSoftLimit, ByteHardLimit uint64
+	// ExpiryQueue is the capacity of the Expiries channel (default 4096);
+	// expiries that find it full are dropped and counted.
+	ExpiryQueue int
 	// NetNS, if valid, is the network namespace to work in (tests); the
 	// default is the caller's.
 	NetNS netns.NsHandle
@@ -64,6 +77,7 @@ func DefaultOptions() Options {
 		ReqIDBase: 0x49460000, ReqIDSlots: 1 << 20, ReplayWindow: 128, PolicyPriority: 0x8000,
 		RouteTable: unix.RT_TABLE_MAIN, RouteProtocol: 0xe1,
 		HThresh4: [2]int{0, 32}, HThresh6: [2]int{0, 128}, MSSClamp: true, NetNS: -1,
+		ExpiryQueue: 4096,
 	}
 }
 
@@ -93,6 +107,9 @@ func (o *Options) fill() {
 	if o.HThresh6 == ([2]int{}) {
 		o.HThresh6 = d.HThresh6
 	}
+	if o.ExpiryQueue <= 0 {
+		o.ExpiryQueue = d.ExpiryQueue
+	}
 	if o.Log == nil {
 		o.Log = slog.New(slog.DiscardHandler)
 	}
@@ -111,6 +128,7 @@ type DataPlane struct {
 	next   uint32                  // next slot to try
 	routes map[netip.Prefix]*route // installed routes and who needs them
 	mss    *mssClamp
+	exp    *expiryMonitor
 }
 
 type entry struct {
@@ -135,7 +153,8 @@ var (
 )
 
 // New opens the data plane: one netlink handle (XFRM and route families),
-// SPD hash thresholds set, and the TCP MSS clamp installed if enabled. It
+// a subscription to the kernel's XFRM expire events (Expiries), SPD hash
+// thresholds set, and the TCP MSS clamp installed if enabled. It
 // does not touch installed SAs: call Reconcile.
 func New(opts Options) (*DataPlane, error) {
 	opts.fill()
@@ -151,27 +170,39 @@ func New(opts Options) (*DataPlane, error) {
 	}
 	d := &DataPlane{opts: opts, h: h, log: opts.Log,
 		sas: map[uint32]*entry{}, slots: map[uint32]uint32{}, routes: map[netip.Prefix]*route{}}
+	exp, err := newExpiryMonitor(opts.NetNS, opts.ExpiryQueue)
+	if err != nil {
+		h.Close()
+		return nil, fmt.Errorf("xfrm: subscribe to expire events: %w", err)
+	}
+	d.exp = exp
+	fail := func() {
+		exp.stop()
+		h.Close()
+	}
 	if opts.HThresh4[0] >= 0 {
 		if err := setSPDHashThresholds(opts.NetNS, opts.HThresh4, opts.HThresh6); err != nil {
-			h.Close()
+			fail()
 			return nil, fmt.Errorf("xfrm: SPD hash thresholds: %w", err)
 		}
 	}
 	if opts.MSSClamp {
 		m, err := installMSSClamp(opts.NetNS, opts.MSS)
 		if err != nil {
-			h.Close()
+			fail()
 			return nil, fmt.Errorf("xfrm: TCP MSS clamp (nftables): %w", err)
 		}
 		d.mss = m
 	}
+	go exp.run(d)
 	return d, nil
 }
 
 // Name is "xfrm".
 func (d *DataPlane) Name() string { return "xfrm" }
 
-// Close releases the netlink handle and removes the MSS clamp table.
+// Close stops the expiry monitor (closing Expiries' channel), releases the
+// netlink handle and removes the MSS clamp table.
 // Installed SAs stay: a node that stops is not a peer that left.
 func (d *DataPlane) Close() error {
 	d.mu.Lock()
@@ -184,6 +215,7 @@ func (d *DataPlane) Close() error {
 	if d.mss != nil {
 		err = d.mss.remove()
 	}
+	d.exp.stop()
 	d.h.Close()
 	return err
 }
@@ -228,6 +260,18 @@ func (d *DataPlane) allocSlot() (uint32, error) {
 	return 0, fmt.Errorf("xfrm: all %d reqid slots in use", d.opts.ReqIDSlots)
 }
 
+// setSlot and freeSlot record who holds a slot (d.mu held), also for the
+// expiry monitor.
+func (d *DataPlane) setSlot(slot, inSPI uint32) {
+	d.slots[slot] = inSPI
+	d.exp.inBySlot.Store(slot, inSPI)
+}
+
+func (d *DataPlane) freeSlot(slot uint32) {
+	delete(d.slots, slot)
+	d.exp.inBySlot.Delete(slot)
+}
+
 // Install adds sa's two states, its policies and routes. Installing what
 // is installed succeeds (EEXIST is success). A policy with the same
 // selector that belongs to another of our SAs (a rekey's predecessor) is
@@ -270,7 +314,7 @@ func (d *DataPlane) install(sa *dataplane.ChildSA, slot *uint32) error {
 		return err
 	}
 	d.sas[sa.InSPI] = e
-	d.slots[e.slot] = sa.InSPI
+	d.setSlot(e.slot, sa.InSPI)
 	undo := func() {
 		_ = d.removeLocked(sa.InSPI)
 	}
@@ -468,7 +512,7 @@ func (d *DataPlane) removeLocked(inSPI uint32) error {
 		return fmt.Errorf("remove CHILD_SA %08x_i: %w", inSPI, err)
 	}
 	delete(d.sas, inSPI)
-	delete(d.slots, e.slot)
+	d.freeSlot(e.slot)
 	return nil
 }
 
@@ -752,7 +796,7 @@ func (d *DataPlane) Reconcile(ctx context.Context, want []*dataplane.ChildSA) (a
 		}
 		if w != nil && ins.out != nil && w.OutSPI == k.OutSPI && w.Local == k.Local && w.Remote == k.Remote {
 			if cur := d.sas[k.InSPI]; cur != nil && cur.slot != slot {
-				delete(d.slots, cur.slot)
+				d.freeSlot(cur.slot)
 				delete(d.sas, k.InSPI)
 			}
 			// Idempotent: re-adds whatever policy went missing.
@@ -774,7 +818,7 @@ func (d *DataPlane) Reconcile(ctx context.Context, want []*dataplane.ChildSA) (a
 		}
 		if e, ok := d.slots[slot]; ok {
 			delete(d.sas, e)
-			delete(d.slots, slot)
+			d.freeSlot(slot)
 		}
 	}
 	for _, sa := range want {
@@ -790,7 +834,7 @@ func (d *DataPlane) Reconcile(ctx context.Context, want []*dataplane.ChildSA) (a
 		if _, ok := wanted[spi]; !ok {
 			if _, inKernel := bySlot[e.slot]; !inKernel {
 				delete(d.sas, spi)
-				delete(d.slots, e.slot)
+				d.freeSlot(e.slot)
 			}
 		}
 	}
@@ -923,6 +967,9 @@ func (d *DataPlane) UpdateAddresses(ctx context.Context, inSPI uint32, local, re
 			return fmt.Errorf("xfrm: state spi %08x: %w", uint32(p.old.Spi), err)
 		}
 		p.nu.Replay = cur.Replay
+		// The re-added state's counters start over while its sequence
+		// numbers carry on: its limits are what the old one had left.
+		p.nu.Limits = remainingLimits(p.nu.Limits, cur.Statistics.Packets, cur.Statistics.Bytes)
 		if p.old == oldIn {
 			e.base.InBytes += cur.Statistics.Bytes
 			e.base.InPackets += cur.Statistics.Packets
