@@ -40,6 +40,28 @@
 // per-peer /32 policies are hashed instead of walked in one priority-sorted
 // list on every insert) and installs the MSS clamp.
 //
+// # Expiries
+//
+// Every state carries kernel packet limits (StateLimits): a non-ESN SA's
+// 32-bit sequence number must never wrap, so its states expire softly at
+// 2^32-2^24 packets and hard at 2^32-2^16 (SeqSoftPackets,
+// SeqHardPackets); ESN SAs have no packet limit unless Options set one.
+// Options add optional byte limits (ByteSoftLimit, ByteHardLimit) and may
+// lower the packet limits (tests use 5 and 10). New subscribes to the
+// kernel's XFRM expire multicast group (XFRMNLGRP_EXPIRE) on its own
+// netlink socket in the data plane's namespace; a reader goroutine turns
+// the expiries of our ESP states (by reqid range; foreign states are
+// ignored) into dataplane.Expiry values on the buffered Expiries channel,
+// under the pair's inbound SPI (an outbound state is mapped through its
+// slot). Soft: the node should rekey; hard: the kernel has already deleted
+// that state. Both states of a pair expire on their own, so a CHILD SA may
+// be reported once per direction. The reader never blocks: expiries that
+// find the channel full are dropped and counted (ExpiriesDropped), as are
+// socket overruns (ENOBUFS). Close stops the reader and closes the
+// channel. An address move that re-adds the states gives the new ones what
+// the old had left of their limits (the kernel's counters start over, the
+// sequence numbers do not).
+//
 // # Sockets
 //
 // The node's UDP 4500 socket must carry UDP_ENCAP_ESPINUDP

@@ -853,3 +853,145 @@ func TestKernelMSSClamp(t *testing.T) {
 		t.Errorf("gateway MSS %d: the SYN-ACK into the tunnel was not clamped to the bundle MTU", cli)
 	}
 }
+
+// TestKernelExpiries: an SA with a soft limit of 5 and a hard limit of 10
+// packets. Traffic out of the concentrator expires its outbound state
+// (soft, then hard: the kernel deletes it), traffic in expires the inbound
+// state; every expiry reaches Expiries under the pair's inbound SPI, and
+// Close closes the channel.
+func TestKernelExpiries(t *testing.T) {
+	requireKernel(t)
+	ctx := context.Background()
+	conc, gw := newPair(t)
+	dc := conc.dataplane(t, func(o *Options) { o.PacketSoftLimit, o.PacketHardLimit = 5, 10 })
+	dg := gw.dataplane(t, nil)
+	conc.espSocket(t, 4500)
+	gw.espSocket(t, 4501)
+	sa := tunnelSA(0xc7000001, 0x0e000001)
+	sa.ESN = false
+	if err := dc.Install(ctx, sa); err != nil {
+		t.Fatal(err)
+	}
+	if err := dg.Install(ctx, mirror(sa)); err != nil {
+		t.Fatal(err)
+	}
+	// A foreign state's expiry is not ours to report: this one expires
+	// hard after a second, while the test runs.
+	foreign := &netlink.XfrmState{
+		Src: ipOf(conc.outer), Dst: ipOf(netip.MustParseAddr("192.168.100.9")), Proto: netlink.XFRM_PROTO_ESP,
+		Mode: netlink.XFRM_MODE_TUNNEL, Spi: 0x0e0000ff, Reqid: 7,
+		Aead:   &netlink.XfrmStateAlgo{Name: "rfc4106(gcm(aes))", Key: keyOf(20, 9), ICVLen: 128},
+		Limits: netlink.XfrmStateLimits{TimeHard: 1},
+	}
+	if err := conc.h.XfrmStateAdd(foreign); err != nil {
+		t.Fatal(err)
+	}
+	defer conc.h.XfrmStateDel(foreign)
+
+	// send sends n datagrams from src's inner address to dst's and counts
+	// those that arrive.
+	send := func(src, dst *side, n int) int {
+		t.Helper()
+		var rc, sc *net.UDPConn
+		if err := inNS(t, dst.ns, func() (err error) {
+			rc, err = net.ListenUDP("udp4", &net.UDPAddr{IP: ipOf(dst.inner)})
+			return err
+		}); err != nil {
+			t.Fatal(err)
+		}
+		defer rc.Close()
+		if err := inNS(t, src.ns, func() (err error) {
+			sc, err = net.ListenUDP("udp4", &net.UDPAddr{IP: ipOf(src.inner)})
+			return err
+		}); err != nil {
+			t.Fatal(err)
+		}
+		defer sc.Close()
+		got := 0
+		buf := make([]byte, 2048)
+		for i := 0; i < n; i++ {
+			_, _ = sc.WriteToUDP([]byte(fmt.Sprintf("datagram %d", i)), rc.LocalAddr().(*net.UDPAddr))
+			_ = rc.SetReadDeadline(time.Now().Add(200 * time.Millisecond))
+			if _, _, err := rc.ReadFromUDP(buf); err == nil {
+				got++
+			}
+		}
+		return got
+	}
+	next := func(what string) dataplane.Expiry {
+		t.Helper()
+		select {
+		case e, ok := <-dc.Expiries():
+			if !ok {
+				t.Fatalf("%s: Expiries closed", what)
+			}
+			t.Logf("%s: %+v", what, e)
+			return e
+		case <-time.After(5 * time.Second):
+			t.Fatalf("%s: no expiry within 5 s", what)
+		}
+		return dataplane.Expiry{}
+	}
+	check := func(what string, e dataplane.Expiry, hard bool) {
+		t.Helper()
+		if e.InSPI != sa.InSPI || e.Hard != hard || e.Reason != "packet limit" {
+			t.Errorf("%s: %+v, want InSPI %08x hard=%v reason packet limit", what, e, sa.InSPI, hard)
+		}
+	}
+	quiet := func(what string) {
+		t.Helper()
+		select {
+		case e := <-dc.Expiries():
+			t.Errorf("%s: unexpected expiry %+v", what, e)
+		case <-time.After(300 * time.Millisecond):
+		}
+	}
+
+	// Outbound: 10 packets pass (the soft expiry at the 6th), the 11th
+	// hits the hard limit and the kernel deletes the state.
+	if got := send(conc, gw, 3); got != 3 {
+		t.Fatalf("%d of 3 datagrams through the tunnel", got)
+	}
+	quiet("below the soft limit")
+	got := send(conc, gw, 12)
+	check("outbound soft", next("outbound soft"), false)
+	check("outbound hard", next("outbound hard"), true)
+	t.Logf("outbound: %d+3 datagrams of 15 arrived", got)
+	if got+3 != 10 {
+		t.Errorf("%d datagrams went out, want 10 (the hard packet limit)", got+3)
+	}
+	quiet("after the outbound hard expiry")
+	if _, err := conc.h.XfrmStateGet(&netlink.XfrmState{Dst: ipOf(gw.outer), Proto: netlink.XFRM_PROTO_ESP, Spi: int(sa.OutSPI)}); err == nil {
+		t.Error("the outbound state outlived its hard expiry")
+	}
+
+	// Inbound: the gateway's traffic expires our inbound state the same way.
+	got = send(gw, conc, 15)
+	check("inbound soft", next("inbound soft"), false)
+	check("inbound hard", next("inbound hard"), true)
+	t.Logf("inbound: %d datagrams of 15 arrived", got)
+	if got != 10 {
+		t.Errorf("%d datagrams came in, want 10 (the hard packet limit)", got)
+	}
+	if d, o := dc.ExpiriesDropped(); d != 0 || o != 0 {
+		t.Errorf("dropped %d, overruns %d", d, o)
+	}
+	// The data plane still removes what is left of the SA.
+	if err := dc.Remove(ctx, sa.InSPI); err != nil {
+		t.Fatal(err)
+	}
+	if st, pol, _ := kernelCounts(t, conc.h, &dc.opts); st != 0 || pol != 0 {
+		t.Errorf("after Remove: %d states %d policies of ours", st, pol)
+	}
+	if err := dc.Close(); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case e, ok := <-dc.Expiries():
+		if ok {
+			t.Errorf("after Close: expiry %+v", e)
+		}
+	case <-time.After(time.Second):
+		t.Error("Close did not close the Expiries channel")
+	}
+}
