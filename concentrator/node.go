@@ -70,6 +70,10 @@ type shard struct {
 	// watch: rekeyed CHILD SAs (inbound SPI) whose first inbound traffic
 	// retires their predecessor, until when to look.
 	watch map[uint32]time.Time
+	// SPIs reserved cluster-wide ahead of need (state store), taken by the
+	// engine without waiting.
+	ikeSPIs chan uint64
+	espSPIs chan uint32
 }
 
 // New builds a node from a validated configuration. It loads keys,
@@ -105,11 +109,33 @@ func New(cfg Config, log *slog.Logger, dp dataplane.DataPlane) (*Node, error) {
 			sc.ESPSPITagMask = uint32((1<<espBits)-1) << (32 - espBits)
 			sc.ESPSPITag = uint32(i) << (32 - espBits)
 		}
+		sh := &shard{id: i, in: make(chan ike.Packet, shardQueueLen), calls: make(chan func()),
+			watch: map[uint32]time.Time{}, ikeSPIs: make(chan uint64, spiPoolLen), espSPIs: make(chan uint32, spiPoolLen)}
+		sc.IKESPIs = func() (uint64, bool) {
+			select {
+			case spi := <-sh.ikeSPIs:
+				return spi, true
+			default:
+				return 0, false
+			}
+		}
+		sc.ESPSPIs = func() (uint32, bool) {
+			select {
+			case spi := <-sh.espSPIs:
+				return spi, true
+			default:
+				return 0, false
+			}
+		}
+		if cfg.StateStore.Mode == "none" {
+			sc.IKESPIs, sc.ESPSPIs = nil, nil
+		}
 		eng, err := ike.NewEngine(sc)
 		if err != nil {
 			return nil, err
 		}
-		n.shards = append(n.shards, &shard{id: i, eng: eng, in: make(chan ike.Packet, shardQueueLen), calls: make(chan func()), watch: map[uint32]time.Time{}})
+		sh.eng = eng
+		n.shards = append(n.shards, sh)
 	}
 	return n, nil
 }
@@ -222,6 +248,7 @@ func (n *Node) Run(ctx context.Context) error {
 			s.eng.SetSPITag(uint64(slot)<<slotShift|uint64(i)<<spiShardShift, slotMask|spiShardMask)
 		}
 		n.log.Info("registered", "node", n.nodeID, "slot", slot, "epoch", me.Epoch, "statestore", n.cfg.StateStore.Mode)
+		n.refillSPIs(ctx) // the first IKE_SA_INIT finds reserved SPIs
 	}
 	if err := n.restore(ctx); err != nil {
 		closeAll()
@@ -238,6 +265,22 @@ func (n *Node) Run(ctx context.Context) error {
 	}
 	wg.Add(1)
 	go func() { defer wg.Done(); n.watchStore(ctx) }()
+	if n.persist != nil {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			t := time.NewTicker(spiRefillInterval)
+			defer t.Stop()
+			for {
+				select {
+				case <-ctx.Done():
+					return
+				case <-t.C:
+					n.refillSPIs(ctx)
+				}
+			}
+		}()
+	}
 	if er, ok := n.dp.(dataplane.ExpiryReporter); ok {
 		wg.Add(1)
 		go func() { defer wg.Done(); n.expiries(ctx, er.Expiries()) }()
@@ -453,7 +496,10 @@ func (n *Node) expiries(ctx context.Context, ch <-chan dataplane.Expiry) {
 		select {
 		case <-ctx.Done():
 			return
-		case ex := <-ch:
+		case ex, ok := <-ch:
+			if !ok {
+				return // the data plane closed
+			}
 			i := 0
 			if n.espBits > 0 {
 				i = int(ex.InSPI >> (32 - n.espBits))

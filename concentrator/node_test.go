@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
+	"os"
 	"strings"
 	"sync"
 	"testing"
@@ -42,7 +43,7 @@ func runNode(t *testing.T, cfgText string) (*Node, *memory.DataPlane, func()) {
 		t.Fatal(err)
 	}
 	dp := memory.New()
-	n, err := New(cfg, slog.New(slog.DiscardHandler), dp)
+	n, err := New(cfg, slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn})), dp)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -221,6 +222,13 @@ func TestNodeRestartRestoresSAs(t *testing.T) {
 	if before == nil {
 		t.Fatal("the gateways never came up")
 	}
+	// Responses leave once their SA is persisted: let the last ones go
+	// before the node stops (a node that dies in between has persisted an
+	// SA whose gateway never heard back; it re-authenticates).
+	if err := n1.persist.store.Flush(ctx); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(200 * time.Millisecond)
 	stop1()
 
 	n2, dp2, _ := runNode(t, cfgText)

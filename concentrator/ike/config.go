@@ -128,6 +128,12 @@ type Config struct {
 	// ESPSPITag/ESPSPITagMask the same for inbound ESP SPIs.
 	SPITag, SPITagMask       uint64
 	ESPSPITag, ESPSPITagMask uint32
+	// IKESPIs and ESPSPIs, when set, hand out SPIs reserved cluster-wide
+	// (create-if-absent in the state store) with the tag bits already in
+	// them; when a pool runs dry the engine falls back to a random SPI with
+	// the tag bits and counts it in Stats.UnreservedSPIs.
+	IKESPIs func() (uint64, bool)
+	ESPSPIs func() (uint32, bool)
 
 	Rand io.Reader
 }

@@ -49,6 +49,7 @@ type Stats struct {
 	ChildRekeys       uint64 // CHILD SAs rekeyed (either side started)
 	IKERekeys         uint64 // IKE SAs rekeyed
 	RekeyCollisions   uint64 // simultaneous rekeys resolved (RFC 7296 §2.8.1)
+	UnreservedSPIs    uint64 // SPIs allocated without a cluster-wide reservation (pool empty)
 }
 
 const cookieLifetime = 5 * time.Minute
@@ -183,6 +184,18 @@ func (e *Engine) randBytes(n int) []byte {
 
 // newSPI returns an unused IKE SPI carrying the configured tag bits.
 func (e *Engine) newSPI() uint64 {
+	if e.cfg.IKESPIs != nil {
+		for {
+			spi, ok := e.cfg.IKESPIs()
+			if !ok {
+				e.stats.UnreservedSPIs++
+				break
+			}
+			if spi != 0 && e.sas[spi] == nil {
+				return spi
+			}
+		}
+	}
 	var b [8]byte
 	for {
 		e.read(b[:])
@@ -195,6 +208,19 @@ func (e *Engine) newSPI() uint64 {
 
 // newESPSPI returns an unused inbound ESP SPI (never below 256, RFC 4303).
 func (e *Engine) newESPSPI(sa *IKESA) uint32 {
+	if e.cfg.ESPSPIs != nil {
+		for {
+			spi, ok := e.cfg.ESPSPIs()
+			if !ok {
+				e.stats.UnreservedSPIs++
+				break
+			}
+			if spi >= 256 && e.inSPIs[spi] == nil {
+				e.inSPIs[spi] = sa
+				return spi
+			}
+		}
+	}
 	var b [4]byte
 	for {
 		e.read(b[:])
