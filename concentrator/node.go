@@ -699,6 +699,11 @@ func (n *Node) Stats(ctx context.Context) (ike.Stats, error) {
 		total.Dropped += st.Dropped
 		total.Retransmits += st.Retransmits
 		total.DuplicateRequests += st.DuplicateRequests
+		total.UnreservedSPIs += st.UnreservedSPIs
+		total.ChildRekeys += st.ChildRekeys
+		total.IKERekeys += st.IKERekeys
+		total.DPDSent += st.DPDSent
+		total.DPDDead += st.DPDDead
 		for k, v := range st.Failed {
 			total.Failed[k] += v
 		}

@@ -228,6 +228,15 @@ func TestNodeRestartRestoresSAs(t *testing.T) {
 	if err := n1.persist.store.Flush(ctx); err != nil {
 		t.Fatal(err)
 	}
+	if st, _ := n1.Stats(ctx); st.UnreservedSPIs != 0 {
+		t.Fatalf("%d SPIs allocated without a reservation", st.UnreservedSPIs)
+	}
+	for _, sa := range before {
+		if sa.SPIr>>slotShift != 0 || (sa.SPIr&spiShardMask)>>spiShardShift > 1 {
+			// slot 0 (the only node) and shard 0 or 1
+			t.Fatalf("SPI %016x does not carry slot 0 and a shard", sa.SPIr)
+		}
+	}
 	time.Sleep(200 * time.Millisecond)
 	stop1()
 
