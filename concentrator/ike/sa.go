@@ -545,20 +545,19 @@ func collectExchange(ps []Payload) exchangePayloads {
 	return x
 }
 
+// authPayloads are IKE_AUTH's payloads: its own and the CHILD SA's.
 type authPayloads struct {
-	id     *ID
-	auth   *Auth
-	certs  [][]byte
-	sa     *SA
-	tsi    *TS
-	tsr    *TS
-	cp     *CP
-	idr    *ID
-	certRq bool
+	exchangePayloads // sa, tsi, tsr of the CHILD SA
+	id               *ID
+	auth             *Auth
+	certs            [][]byte
+	cp               *CP
+	idr              *ID
+	certRq           bool
 }
 
 func collectAuth(ps []Payload, forInitiator bool) authPayloads {
-	var a authPayloads
+	a := authPayloads{exchangePayloads: collectExchange(ps)}
 	for _, p := range ps {
 		switch p := p.(type) {
 		case *ID:
@@ -575,14 +574,6 @@ func collectAuth(ps []Payload, forInitiator bool) authPayloads {
 			}
 		case *CertReq:
 			a.certRq = true
-		case *SA:
-			a.sa = p
-		case *TS:
-			if p.Responder {
-				a.tsr = p
-			} else {
-				a.tsi = p
-			}
 		case *CP:
 			a.cp = p
 		}
