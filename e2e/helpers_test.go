@@ -1,11 +1,13 @@
 package e2e
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
 	"os"
 	"strings"
 	"testing"
+	"time"
 )
 
 // ikeloadSummary finds ikeload's JSON summary in its stdout: the last JSON
@@ -36,4 +38,25 @@ func writeFile(t testing.TB, path string, data []byte) {
 	if err := os.WriteFile(path, data, 0o600); err != nil {
 		t.Fatal(err)
 	}
+}
+
+// startConcentratord starts concentratord --config cfg in the conc
+// namespace and waits until it listens.
+func startConcentratord(t *testing.T, ctx context.Context, tp *Topology, bin, name, cfg string) *Process {
+	t.Helper()
+	p := tp.StartProcess(t, name, tp.Conc, bin, "--config", cfg)
+	p.mustWaitLog(t, ctx, 20*time.Second, "listening", nil)
+	return p
+}
+
+// mustWaitLog is WaitLog bounded by d that fails the test.
+func (p *Process) mustWaitLog(t *testing.T, ctx context.Context, d time.Duration, msg string, attrs map[string]string) LogRecord {
+	t.Helper()
+	wctx, cancel := context.WithTimeout(ctx, d)
+	defer cancel()
+	r, err := p.WaitLog(wctx, msg, attrs)
+	if err != nil {
+		t.Fatalf("%s: %v", p.Name, err)
+	}
+	return r
 }

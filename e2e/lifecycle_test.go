@@ -85,18 +85,11 @@ func TestInteropLifecycle(t *testing.T) {
 	writeFile(t, cfg, []byte(lifecycleConfig(AuthPSK, "", "", "")))
 	gw := NewStrongSwan(t, tp, "gw", tp.GW)
 	gw.Start(GatewaySwanctlConf(AuthPSK), nil)
-	conc := tp.StartProcess(t, "concentratord", tp.Conc, bin, "--config", cfg)
+	conc := startConcentratord(t, ctx, tp, bin, "concentratord", cfg)
 	wait := func(msg string, attrs map[string]string, d time.Duration) LogRecord {
 		t.Helper()
-		wctx, wcancel := context.WithTimeout(ctx, d)
-		defer wcancel()
-		r, err := conc.WaitLog(wctx, msg, attrs)
-		if err != nil {
-			t.Fatalf("concentratord: %v", err)
-		}
-		return r
+		return conc.mustWaitLog(t, ctx, d, msg, attrs)
 	}
-	wait("listening", nil, 10*time.Second)
 	if out, err := gw.SwanctlContext(ctx, "--initiate", "--child", "lan", "--timeout", "20"); err != nil {
 		t.Fatalf("initiate: %v\n%s", err, out)
 	}
@@ -182,12 +175,7 @@ func TestInteropFragmentedAuth(t *testing.T) {
 	writeFile(t, cfg, []byte(ConcentratordConfig(AuthECDSA, certPath, keyPath, caPath)))
 	gw := NewStrongSwan(t, tp, "gw", tp.GW)
 	gw.Start(GatewaySwanctlConf(AuthECDSA), pki.SwanctlFiles("gw", pki.Issue(t, GWCertID, sans...)))
-	p := tp.StartProcess(t, "concentratord", tp.Conc, bin, "--config", cfg)
-	lctx, lcancel := context.WithTimeout(ctx, 10*time.Second)
-	if _, err := p.WaitLog(lctx, "listening", nil); err != nil {
-		t.Fatal(err)
-	}
-	lcancel()
+	p := startConcentratord(t, ctx, tp, bin, "concentratord", cfg)
 	if len(conc.Cert.Raw) < 1500 {
 		t.Fatalf("test certificate is only %d bytes: it would not need fragmentation", len(conc.Cert.Raw))
 	}
@@ -240,12 +228,7 @@ func TestInteropMOBIKE(t *testing.T) {
 	}
 	gw := NewStrongSwan(t, tp, "gw", tp.GW)
 	gw.Start(conf, nil)
-	conc := tp.StartProcess(t, "concentratord", tp.Conc, bin, "--config", cfg)
-	lctx, lcancel := context.WithTimeout(ctx, 10*time.Second)
-	if _, err := conc.WaitLog(lctx, "listening", nil); err != nil {
-		t.Fatal(err)
-	}
-	lcancel()
+	conc := startConcentratord(t, ctx, tp, bin, "concentratord", cfg)
 	if out, err := gw.SwanctlContext(ctx, "--initiate", "--child", "lan", "--timeout", "20"); err != nil {
 		t.Fatalf("initiate: %v\n%s", err, out)
 	}

@@ -32,16 +32,7 @@ func TestInteropKillRestart(t *testing.T) {
 	gw := NewStrongSwan(t, tp, "gw", tp.GW)
 	gw.Start(GatewaySwanctlConf(AuthPSK), nil)
 
-	start := func(name string) *Process {
-		t.Helper()
-		p := tp.StartProcess(t, name, tp.Conc, bin, "--config", cfg)
-		wctx, wcancel := context.WithTimeout(ctx, 20*time.Second)
-		defer wcancel()
-		if _, err := p.WaitLog(wctx, "listening", nil); err != nil {
-			t.Fatalf("%s: %v", name, err)
-		}
-		return p
-	}
+	start := func(name string) *Process { return startConcentratord(t, ctx, tp, bin, name, cfg) }
 	pingBoth := func(step string) {
 		t.Helper()
 		for _, p := range []struct{ ns, src, dst string }{{tp.GW, GWLANAddr, ConcLANAddr}, {tp.Conc, ConcLANAddr, GWLANAddr}} {

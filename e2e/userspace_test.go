@@ -378,13 +378,7 @@ func TestUserspaceDataPlaneRekey(t *testing.T) {
 	conc := tp.StartProcess(t, "concentratord", tp.Conc, bin, "--config", cfg)
 	wait := func(msg string, attrs map[string]string, d time.Duration) LogRecord {
 		t.Helper()
-		wctx, wcancel := context.WithTimeout(ctx, d)
-		defer wcancel()
-		r, err := conc.WaitLog(wctx, msg, attrs)
-		if err != nil {
-			t.Fatalf("concentratord: %v", err)
-		}
-		return r
+		return conc.mustWaitLog(t, ctx, d, msg, attrs)
 	}
 	wait("listening", map[string]string{"dataplane": "userspace"}, 10*time.Second)
 	if out, err := gw.SwanctlContext(ctx, "--initiate", "--child", "lan", "--timeout", "20"); err != nil {
