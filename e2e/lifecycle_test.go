@@ -113,7 +113,7 @@ func TestInteropLifecycle(t *testing.T) {
 		t.Fatalf("rekey ike: %v\n%s", err, out)
 	}
 	wait("IKE_SA rekeyed", nil, 5*time.Second)
-	sas, err := gw.WaitSAs(ctx, func(sas []IKESA) bool {
+	_, err := gw.WaitSAs(ctx, func(sas []IKESA) bool {
 		sa, ok := FindIKESA(sas, "conc")
 		return ok && len(sas) == 1 && sa.Get("initiator-spi") != ike0.Get("initiator-spi") && sa.Get("state") == "ESTABLISHED"
 	})

@@ -30,11 +30,10 @@ type EmbedConfig struct {
 
 // Embedded is a running embedded etcd member.
 type Embedded struct {
-	cfg        EmbedConfig
-	e          *embed.Etcd
-	clientURL  url.URL
-	peerURL    url.URL
-	stoppedErr error
+	cfg       EmbedConfig
+	e         *embed.Etcd
+	clientURL url.URL
+	peerURL   url.URL
 }
 
 // StartEmbedded starts etcd in cfg.Dir and waits until it serves.
