@@ -46,7 +46,7 @@ bench-sim:
 
 # Runs every fuzz target for FUZZTIME (make fuzz-smoke FUZZTIME=60s).
 fuzz-smoke:
-	@set -e; for pkg in $$($(GO) list ./concentrator/...); do \
+	@set -e; for pkg in $$($(GO) list ./concentrator/... ./statestore/...); do \
 	  for f in $$($(GO) test -list '^Fuzz' $$pkg | grep '^Fuzz' || true); do \
 	    echo "== $$pkg $$f"; $(GO) test -run '^$$' -fuzz "^$$f$$" -fuzztime $(FUZZTIME) $$pkg; \
 	  done; done
