@@ -610,7 +610,7 @@ func (n *Node) logEvent(s *shard, ev ike.Event) {
 		}
 	}
 	switch ev.Kind {
-	case ike.EventDropped, ike.EventDPD:
+	case ike.EventDropped:
 		n.log.Debug(ev.Kind.String(), attrs...)
 	case ike.EventIKEFailed, ike.EventChildFailed:
 		n.log.Warn(ev.Kind.String(), attrs...)

@@ -115,7 +115,6 @@ const (
 	EventDropped // a message dropped (malformed, unknown SA, integrity)
 	EventChildRekeyed
 	EventIKERekeyed
-	EventDPD // a liveness check sent
 	EventAddressChanged
 )
 
@@ -130,7 +129,6 @@ var eventNames = [...]string{
 	EventDropped:        "message dropped",
 	EventChildRekeyed:   "CHILD_SA rekeyed",
 	EventIKERekeyed:     "IKE_SA rekeyed",
-	EventDPD:            "liveness check",
 	EventAddressChanged: "IKE_SA addresses updated",
 }
 

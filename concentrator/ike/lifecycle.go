@@ -3,6 +3,7 @@ package ike
 import (
 	"bytes"
 	"encoding/binary"
+	"fmt"
 	"net/netip"
 	"time"
 
@@ -372,18 +373,7 @@ func (sa *IKESA) handOver(now time.Time, e *Engine, nsa *IKESA, out []Action) []
 	return out
 }
 
-func spiPair(i, r uint64) string {
-	const hexd = "0123456789abcdef"
-	b := make([]byte, 0, 35)
-	for _, v := range []uint64{i, r} {
-		for s := 60; s >= 0; s -= 4 {
-			b = append(b, hexd[v>>uint(s)&0xf])
-		}
-		b = append(b, '_')
-	}
-	b[16] = '_'
-	return string(b[:len(b)-1])
-}
+func spiPair(i, r uint64) string { return fmt.Sprintf("%016x_%016x", i, r) }
 
 // ---- initiator side of CREATE_CHILD_SA ----
 

@@ -298,3 +298,19 @@ func TestExpireChild(t *testing.T) {
 		t.Fatal("the IKE SA went with its CHILD SA")
 	}
 }
+
+// A Delete asked while an exchange is under way waits for it, then goes
+// to the peer (instead of dropping the SA without a word).
+func TestDeleteWaitsForExchange(t *testing.T) {
+	w, spi := establish(t, responderConfig(t, 1))
+	acts := w.ini.RekeyChild(w.now, spi, w.ini.SA(spi).children[0].InSPI, nil)
+	acts = w.ini.Delete(w.now, spi, acts)
+	if w.ini.Len() != 1 {
+		t.Fatal("deleted at once while a rekey was under way")
+	}
+	w.run(acts, true)
+	if w.ini.Len() != 0 || w.res.Len() != 0 {
+		t.Fatalf("after the rekey and the delete: initiator %d SAs, responder %d", w.ini.Len(), w.res.Len())
+	}
+	w.paired(t, 0)
+}

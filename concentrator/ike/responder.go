@@ -368,8 +368,12 @@ func (e *Engine) Delete(now time.Time, spi uint64, out []Action) []Action {
 	if sa == nil {
 		return out
 	}
-	if sa.state != stateEstablished || sa.req != nil {
+	if sa.state != stateEstablished {
 		return sa.terminate(e, "deleted locally", out)
+	}
+	if sa.req != nil {
+		sa.deleteAfter = true // one exchange at a time: after the one under way
+		return out
 	}
 	sa.state = stateDeleting
 	out = sa.request(now, e, INFORMATIONAL, []Payload{&Delete{Protocol: ProtoIKE}}, out)

@@ -57,12 +57,13 @@ type IKESA struct {
 	peerHashes          []uint16
 	peerCertReq         bool
 
-	PeerID     Identity
-	mobike     bool   // both sides announced MOBIKE_SUPPORTED (RFC 4555)
-	superseded bool   // replaced by an IKE rekey: nothing more of it is persisted
-	cookie2    []byte // our outstanding return-routability check
-	children   []*ChildSA
-	vip        netip.Addr
+	PeerID      Identity
+	mobike      bool   // both sides announced MOBIKE_SUPPORTED (RFC 4555)
+	superseded  bool   // replaced by an IKE rekey: nothing more of it is persisted
+	deleteAfter bool   // Delete asked while an exchange was under way
+	cookie2     []byte // our outstanding return-routability check
+	children    []*ChildSA
+	vip         netip.Addr
 
 	nextOut    uint32    // message ID of our next request
 	nextIn     uint32    // message ID of the peer's next request
@@ -324,6 +325,10 @@ func (sa *IKESA) handleResponse(now time.Time, e *Engine, m *Message, out []Acti
 		if !sa.checkCookie2(m) {
 			return sa.terminate(e, "return routability check failed", out)
 		}
+	}
+	if sa.state == stateEstablished && sa.deleteAfter && sa.req == nil {
+		sa.deleteAfter = false
+		return e.Delete(now, sa.localSPI(), out)
 	}
 	if sa.state != stateDead {
 		sa.reschedule(e)
