@@ -3,64 +3,26 @@ package esp
 import (
 	"bytes"
 	"encoding/hex"
-	"encoding/json"
-	"os"
-	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/ikefleet/ikefleet/concentrator/internal/vectors"
 )
-
-type hexBytes []byte
-
-func (h *hexBytes) UnmarshalJSON(b []byte) error {
-	var s string
-	if err := json.Unmarshal(b, &s); err != nil {
-		return err
-	}
-	d, err := hex.DecodeString(s)
-	*h = d
-	return err
-}
 
 // vector is one strongSwan 5.9.8 recording (see
 // concentrator/ike/testdata/strongswan/README.md).
-type vector struct {
-	Case        string `json:"case"`
-	ESPProposal string `json:"esp_proposal"`
-	ESP         []struct {
-		Dir        string   `json:"dir"`
-		UDPPayload hexBytes `json:"udp_payload"`
-		SPI        string   `json:"spi"`
-		Seq        uint32   `json:"seq"`
-		Inner      hexBytes `json:"inner"`
-	} `json:"esp"`
-	Child map[string]hexBytes `json:"child"`
-}
+type vector = vectors.Case
 
-func loadVectors(t testing.TB) []vector {
+func loadVectors(t testing.TB) []*vector {
 	t.Helper()
-	files, err := filepath.Glob("../ike/testdata/strongswan/*.json")
-	if err != nil || len(files) == 0 {
-		t.Fatalf("no strongSwan vectors: %v", err)
+	cs, err := vectors.Load("../ike/testdata/strongswan")
+	if err != nil {
+		t.Fatalf("strongSwan vectors: %v", err)
 	}
-	var out []vector
-	for _, f := range files {
-		b, err := os.ReadFile(f)
-		if err != nil {
-			t.Fatal(err)
-		}
-		var v vector
-		if err := json.Unmarshal(b, &v); err != nil {
-			t.Fatalf("%s: %v", f, err)
-		}
-		out = append(out, v)
-	}
-	return out
+	return cs
 }
 
-// configs returns the SA configuration of each direction: i2r packets are
-// sent with the initiator's keys to the responder's SPI.
-func (v *vector) configs(t testing.TB) (i2r, r2i Config) {
+func configs(t testing.TB, v *vector) (i2r, r2i Config) {
 	t.Helper()
 	var encr, integ uint16
 	switch v.ESPProposal {
@@ -84,7 +46,7 @@ func (v *vector) configs(t testing.TB) (i2r, r2i Config) {
 func TestStrongSwanKnownAnswers(t *testing.T) {
 	for _, v := range loadVectors(t) {
 		t.Run(v.Case, func(t *testing.T) {
-			ci, cr := v.configs(t)
+			ci, cr := configs(t, v)
 			in := map[string]*Inbound{}
 			out := map[string]*Outbound{}
 			for dir, c := range map[string]Config{"i2r": ci, "r2i": cr} {

@@ -3,15 +3,12 @@ package ike
 import (
 	"bytes"
 	"crypto/x509"
-	"encoding/hex"
-	"encoding/json"
 	"encoding/pem"
-	"os"
-	"path/filepath"
 	"testing"
 
 	"github.com/ikefleet/ikefleet/concentrator/ike/sig"
 	"github.com/ikefleet/ikefleet/concentrator/ike/suite"
+	"github.com/ikefleet/ikefleet/concentrator/internal/vectors"
 )
 
 // Known-answer tests against exchanges recorded from strongSwan 5.9.8
@@ -19,61 +16,17 @@ import (
 // the key schedule reproduces every logged key, SK payloads decrypt to the
 // logged plaintext, AUTH verifies, and the CHILD keys match.
 
-type hexBytes []byte
-
-func (h *hexBytes) UnmarshalJSON(b []byte) error {
-	var s string
-	if err := json.Unmarshal(b, &s); err != nil {
-		return err
-	}
-	d, err := hex.DecodeString(s)
-	*h = d
-	return err
-}
-
-type golden struct {
-	Case        string `json:"case"`
-	PSK         string `json:"psk"`
-	InitiatorID string `json:"initiator_id"`
-	ResponderID string `json:"responder_id"`
-	Messages    []struct {
-		Dir         string   `json:"dir"`
-		Exchange    string   `json:"exchange"`
-		IKE         hexBytes `json:"ike"`
-		SKPlaintext hexBytes `json:"sk_plaintext"`
-	} `json:"messages"`
-	RawKeys map[string]hexBytes `json:"keys"`
-	Auth    []struct {
-		Who    string   `json:"who"`
-		Octets hexBytes `json:"octets"`
-		Data   hexBytes `json:"auth_data"`
-		Method int      `json:"auth_method"`
-	} `json:"auth"`
-	Child map[string]hexBytes `json:"child"`
-	Certs map[string]string   `json:"certs"`
-}
+type golden = vectors.Case
 
 func loadGolden(t *testing.T) []*golden { return loadGoldenF(t) }
 
 func loadGoldenF(t testing.TB) []*golden {
 	t.Helper()
-	files, err := filepath.Glob("testdata/strongswan/*.json")
-	if err != nil || len(files) < 4 {
-		t.Fatalf("golden files: %v %v", files, err)
+	cs, err := vectors.Load("testdata/strongswan")
+	if err != nil || len(cs) < 4 {
+		t.Fatalf("golden files: %d cases, %v", len(cs), err)
 	}
-	var out []*golden
-	for _, f := range files {
-		data, err := os.ReadFile(f)
-		if err != nil {
-			t.Fatal(err)
-		}
-		g := &golden{}
-		if err := json.Unmarshal(data, g); err != nil {
-			t.Fatalf("%s: %v", f, err)
-		}
-		out = append(out, g)
-	}
-	return out
+	return cs
 }
 
 func TestGoldenStrongSwan(t *testing.T) {
@@ -83,7 +36,7 @@ func TestGoldenStrongSwan(t *testing.T) {
 }
 
 func checkGolden(t *testing.T, g *golden) {
-	k := g.RawKeys
+	k := g.Keys
 	// 1. Codec: parse every message; unencrypted ones re-encode to the same bytes.
 	var msgs []*Message
 	for i, gm := range g.Messages {
