@@ -53,7 +53,8 @@ type Node struct {
 	nattAddr netip.AddrPort
 
 	nodeID          string
-	espBits         int // inbound ESP SPI bits naming the shard
+	runCtx          context.Context // Run's, for work handed to shards from other goroutines
+	espBits         int             // inbound ESP SPI bits naming the shard
 	persist         *persistence
 	persistFailures atomic.Uint64
 	fencedDrops     atomic.Uint64
@@ -234,6 +235,9 @@ func (n *Node) Run(ctx context.Context) error {
 			c.Close()
 		}
 	}
+	// Callbacks from the state store's goroutines reach the shards through
+	// this context, so none waits on a shard that has stopped.
+	n.runCtx = ctx
 	if n.cfg.StateStore.Mode != "none" {
 		p, err := n.openStore(ctx)
 		if err != nil {
@@ -296,7 +300,7 @@ func (n *Node) Run(ctx context.Context) error {
 	}
 	readers.Wait()
 	wg.Wait()
-	n.log.Info("stopped", "node", n.cfg.Node.ID)
+	n.log.Info("stopped", "node", n.nodeID)
 	return nil
 }
 

@@ -300,7 +300,7 @@ func (n *Node) onReclaimed(me statestore.Owner, owned []uint64, err error) {
 	for _, s := range owned {
 		keep[s] = true
 	}
-	ctx := context.Background()
+	ctx := n.runCtx
 	for _, s := range n.shards {
 		n.do(ctx, s, func() {
 			var gone []uint64
@@ -390,8 +390,8 @@ func (n *Node) persistChange(s *shard, a ike.Persist, gate *sendGate) {
 		if !ok {
 			// From a store goroutine or this shard's: hand the forget to the
 			// shard without waiting on it here.
-			go n.do(context.Background(), s, func() {
-				n.perform(context.Background(), s, s.eng.Forget(a.SPI, nil))
+			go n.do(n.runCtx, s, func() {
+				n.perform(n.runCtx, s, s.eng.Forget(a.SPI, nil))
 			})
 		}
 		if gate != nil {
