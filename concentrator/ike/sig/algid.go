@@ -83,6 +83,29 @@ var (
 	errPSSParamsMismatch = errors.New("RSASSA-PSS with an MGF1 hash different from the message hash is not supported")
 )
 
+// The hash each ECDSA and PKCS#1 v1.5 signature OID names.
+type oidHash struct {
+	oid  encasn1.ObjectIdentifier
+	hash crypto.Hash
+}
+
+var (
+	ecdsaOIDs = []oidHash{{oidECDSAWithSHA1, crypto.SHA1}, {oidECDSAWithSHA256, crypto.SHA256},
+		{oidECDSAWithSHA384, crypto.SHA384}, {oidECDSAWithSHA512, crypto.SHA512}}
+	rsaPKCS1OIDs = []oidHash{{oidSHA1WithRSA, crypto.SHA1}, {oidSHA256WithRSA, crypto.SHA256},
+		{oidSHA384WithRSA, crypto.SHA384}, {oidSHA512WithRSA, crypto.SHA512}}
+)
+
+// hashOf returns the hash table names for oid, or 0.
+func hashOf(oid encasn1.ObjectIdentifier, table []oidHash) crypto.Hash {
+	for _, e := range table {
+		if oid.Equal(e.oid) {
+			return e.hash
+		}
+	}
+	return 0
+}
+
 // scheme is a signature scheme independent of its hash.
 type scheme uint8
 
@@ -149,39 +172,21 @@ func parseAlgorithmIdentifier(der []byte) (algorithm, error) {
 	isNULL := hasParams && paramsTag == cbasn1.NULL && len(params) == 2
 
 	switch {
-	case oid.Equal(oidECDSAWithSHA1), oid.Equal(oidECDSAWithSHA256), oid.Equal(oidECDSAWithSHA384), oid.Equal(oidECDSAWithSHA512):
+	case hashOf(oid, ecdsaOIDs) != 0:
 		if hasParams { // RFC 5758 §3.2: MUST be absent
 			return algorithm{}, errAlgIDMalformed
 		}
-		h := crypto.SHA1
-		switch {
-		case oid.Equal(oidECDSAWithSHA256):
-			h = crypto.SHA256
-		case oid.Equal(oidECDSAWithSHA384):
-			h = crypto.SHA384
-		case oid.Equal(oidECDSAWithSHA512):
-			h = crypto.SHA512
-		}
-		return algorithm{scheme: schemeECDSA, hash: h}, nil
+		return algorithm{scheme: schemeECDSA, hash: hashOf(oid, ecdsaOIDs)}, nil
 	case oid.Equal(oidEd25519):
 		if hasParams { // RFC 8410 §3: MUST be absent
 			return algorithm{}, errAlgIDMalformed
 		}
 		return algorithm{scheme: schemeEd25519}, nil
-	case oid.Equal(oidSHA1WithRSA), oid.Equal(oidSHA256WithRSA), oid.Equal(oidSHA384WithRSA), oid.Equal(oidSHA512WithRSA):
+	case hashOf(oid, rsaPKCS1OIDs) != 0:
 		if hasParams && !isNULL { // RFC 4055 §5: NULL, absent tolerated
 			return algorithm{}, errAlgIDMalformed
 		}
-		h := crypto.SHA1
-		switch {
-		case oid.Equal(oidSHA256WithRSA):
-			h = crypto.SHA256
-		case oid.Equal(oidSHA384WithRSA):
-			h = crypto.SHA384
-		case oid.Equal(oidSHA512WithRSA):
-			h = crypto.SHA512
-		}
-		return algorithm{scheme: schemeRSAPKCS1v15, hash: h}, nil
+		return algorithm{scheme: schemeRSAPKCS1v15, hash: hashOf(oid, rsaPKCS1OIDs)}, nil
 	case oid.Equal(oidRSASSAPSS):
 		if !hasParams || paramsTag != cbasn1.SEQUENCE {
 			// Parameters absent or NULL would mean "taken from the key"

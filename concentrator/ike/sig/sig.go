@@ -138,14 +138,8 @@ func (e *NoCommonHashError) Error() string {
 // means crypto/rand. key may be any crypto.Signer (an HSM, for example)
 // whose public key is one of the supported types.
 func Sign(key crypto.Signer, octets []byte, peerHashes []uint16, rand io.Reader) (method uint8, data []byte, err error) {
-	if key == nil {
-		return 0, nil, &UnsupportedKeyError{Key: "nil"}
-	}
-	if rand == nil {
-		rand = cryptorand.Reader
-	}
-	pub := key.Public()
-	if err := checkPublicKey(pub); err != nil {
+	pub, rand, err := signerKey(key, rand)
+	if err != nil {
 		return 0, nil, err
 	}
 	var algID, signature []byte
@@ -181,20 +175,29 @@ func Sign(key crypto.Signer, octets []byte, peerHashes []uint16, rand io.Reader)
 	return MethodDigitalSignature, data, nil
 }
 
-// SignLegacy produces AUTH data with the classic methods, for peers that did
-// not send SIGNATURE_HASH_ALGORITHMS when configuration allows it: ECDSA
-// keys use method 9, 10 or 11 by curve (RFC 4754, fixed-width r||s), RSA
-// keys method 1 (PKCS#1 v1.5 with SHA-1, RFC 7296). Ed25519 has no classic
-// method (RFC 8420) and yields *UnsupportedKeyError.
-func SignLegacy(key crypto.Signer, octets []byte, rand io.Reader) (method uint8, data []byte, err error) {
+// signerKey checks key's public key and defaults rand to crypto/rand.
+func signerKey(key crypto.Signer, rand io.Reader) (crypto.PublicKey, io.Reader, error) {
 	if key == nil {
-		return 0, nil, &UnsupportedKeyError{Key: "nil"}
+		return nil, nil, &UnsupportedKeyError{Key: "nil"}
 	}
 	if rand == nil {
 		rand = cryptorand.Reader
 	}
 	pub := key.Public()
 	if err := checkPublicKey(pub); err != nil {
+		return nil, nil, err
+	}
+	return pub, rand, nil
+}
+
+// SignLegacy produces AUTH data with the classic methods, for peers that did
+// not send SIGNATURE_HASH_ALGORITHMS when configuration allows it: ECDSA
+// keys use method 9, 10 or 11 by curve (RFC 4754, fixed-width r||s), RSA
+// keys method 1 (PKCS#1 v1.5 with SHA-1, RFC 7296). Ed25519 has no classic
+// method (RFC 8420) and yields *UnsupportedKeyError.
+func SignLegacy(key crypto.Signer, octets []byte, rand io.Reader) (method uint8, data []byte, err error) {
+	pub, rand, err := signerKey(key, rand)
+	if err != nil {
 		return 0, nil, err
 	}
 	switch pub := pub.(type) {
