@@ -1,0 +1,108 @@
+package concentrator
+
+// Conversions between the engine's state, the state store's records and the
+// data plane's CHILD SAs.
+
+import (
+	"github.com/ikefleet/ikefleet/concentrator/dataplane"
+	"github.com/ikefleet/ikefleet/concentrator/ike"
+	"github.com/ikefleet/ikefleet/statestore"
+)
+
+func toDataplane(a ike.InstallChild) *dataplane.ChildSA {
+	c := a.Child
+	conv := func(ts []ike.TrafficSelector) []dataplane.Selector {
+		out := make([]dataplane.Selector, len(ts))
+		for i, t := range ts {
+			out[i] = dataplane.Selector{Start: t.Start, End: t.End, IPProto: t.IPProto, StartPort: t.StartPort, EndPort: t.EndPort}
+		}
+		return out
+	}
+	return &dataplane.ChildSA{
+		InSPI: c.InSPI, OutSPI: c.OutSPI, Local: c.Local, Remote: c.Remote, Encap: c.Encap,
+		EncrID: c.Proposal.Encr.ID, EncrKeyBits: c.Proposal.Encr.KeyLen, IntegID: c.Proposal.Integ,
+		ESN:     c.Proposal.ESN == 1,
+		In:      dataplane.Keys{Encr: c.KeyIn.Encr, Integ: c.KeyIn.Integ},
+		Out:     dataplane.Keys{Encr: c.KeyOut.Encr, Integ: c.KeyOut.Integ},
+		LocalTS: conv(c.LocalTS), RemoteTS: conv(c.RemoteTS), VirtualIP: c.VirtualIP,
+		PeerID: a.PeerID.String(), IKESPIi: a.SPIi, IKESPIr: a.SPIr, Created: c.Created,
+	}
+}
+
+func recordOf(st *ike.SAState) *statestore.SARecord {
+	r := &statestore.SARecord{
+		SPIi: st.SPIi, SPIr: st.SPIr, Initiator: st.Initiator, State: 1,
+		Suite: statestore.Suite{Encr: st.Proposal.Encr.ID, EncrKeyLen: st.Proposal.Encr.KeyLen,
+			Integ: st.Proposal.Integ, PRF: st.Proposal.PRF, Group: st.Proposal.Group},
+		SKd: st.SKd, SKai: st.SKai, SKar: st.SKar, SKei: st.SKei, SKer: st.SKer,
+		NextIn: st.NextIn, NextOut: st.NextOut, Local: st.Local, Remote: st.Remote,
+		NATLocal: st.NATLocal, NATRemote: st.NATRemote,
+		PeerID:    statestore.Identity{Type: st.PeerID.Type, Data: st.PeerID.Data},
+		VirtualIP: st.VirtualIP, Created: st.Created, Established: st.Established,
+	}
+	if st.PeerFrag {
+		r.Flags |= flagPeerFrag
+	}
+	if st.MOBIKE {
+		r.Flags |= flagMOBIKE
+	}
+	for _, c := range st.Children {
+		r.Children = append(r.Children, statestore.ChildRecord{
+			InSPI: c.InSPI, OutSPI: c.OutSPI,
+			Suite: statestore.Suite{Encr: c.Proposal.Encr.ID, EncrKeyLen: c.Proposal.Encr.KeyLen,
+				Integ: c.Proposal.Integ, Group: c.Proposal.Group, ESN: c.Proposal.ESN},
+			KeyIn:   statestore.ChildKeys{Encr: c.KeyIn.Encr, Integ: c.KeyIn.Integ},
+			KeyOut:  statestore.ChildKeys{Encr: c.KeyOut.Encr, Integ: c.KeyOut.Integ},
+			LocalTS: tsRecord(c.LocalTS), RemoteTS: tsRecord(c.RemoteTS), Encap: c.Encap,
+			Created: c.Created, RekeyAt: c.RekeyAt,
+		})
+	}
+	return r
+}
+
+// Engine-defined record flags.
+const (
+	flagPeerFrag uint32 = 1 << iota
+	flagMOBIKE
+)
+
+func stateOf(r *statestore.SARecord) ike.SAState {
+	st := ike.SAState{
+		Initiator: r.Initiator, SPIi: r.SPIi, SPIr: r.SPIr, Local: r.Local, Remote: r.Remote,
+		Proposal: ike.Selected{Protocol: ike.ProtoIKE, Encr: ike.EncrAlg{ID: r.Suite.Encr, KeyLen: r.Suite.EncrKeyLen},
+			Integ: r.Suite.Integ, PRF: r.Suite.PRF, Group: r.Suite.Group},
+		SKd: r.SKd, SKai: r.SKai, SKar: r.SKar, SKei: r.SKei, SKer: r.SKer,
+		NextIn: r.NextIn, NextOut: r.NextOut, NATLocal: r.NATLocal, NATRemote: r.NATRemote,
+		PeerFrag: r.Flags&flagPeerFrag != 0, MOBIKE: r.Flags&flagMOBIKE != 0,
+		PeerID:    ike.Identity{Type: r.PeerID.Type, Data: r.PeerID.Data},
+		VirtualIP: r.VirtualIP, Created: r.Created, Established: r.Established,
+	}
+	for _, c := range r.Children {
+		st.Children = append(st.Children, ike.ChildState{
+			InSPI: c.InSPI, OutSPI: c.OutSPI,
+			Proposal: ike.Selected{Protocol: ike.ProtoESP, Encr: ike.EncrAlg{ID: c.Suite.Encr, KeyLen: c.Suite.EncrKeyLen},
+				Integ: c.Suite.Integ, Group: c.Suite.Group, ESN: c.Suite.ESN},
+			KeyIn:   ike.ChildKeys{Encr: c.KeyIn.Encr, Integ: c.KeyIn.Integ},
+			KeyOut:  ike.ChildKeys{Encr: c.KeyOut.Encr, Integ: c.KeyOut.Integ},
+			LocalTS: tsState(c.LocalTS), RemoteTS: tsState(c.RemoteTS), Encap: c.Encap,
+			Created: c.Created, RekeyAt: c.RekeyAt,
+		})
+	}
+	return st
+}
+
+func tsRecord(ts []ike.TrafficSelector) []statestore.TrafficSelector {
+	out := make([]statestore.TrafficSelector, len(ts))
+	for i, t := range ts {
+		out[i] = statestore.TrafficSelector{IPProto: t.IPProto, StartPort: t.StartPort, EndPort: t.EndPort, Start: t.Start, End: t.End}
+	}
+	return out
+}
+
+func tsState(ts []statestore.TrafficSelector) []ike.TrafficSelector {
+	out := make([]ike.TrafficSelector, len(ts))
+	for i, t := range ts {
+		out[i] = ike.TrafficSelector{IPProto: t.IPProto, StartPort: t.StartPort, EndPort: t.EndPort, Start: t.Start, End: t.End}
+	}
+	return out
+}

@@ -1,0 +1,60 @@
+package concentrator
+
+// The node's own health, for probes and operators.
+
+import (
+	"context"
+	"time"
+
+	"github.com/ikefleet/ikefleet/statestore"
+)
+
+// Health is the node's view of its own state, for probes and operators.
+type Health struct {
+	StateStore      *statestore.Health // nil without a state store
+	Fenced          bool               // not allowed to send for its SAs now
+	PersistFailures uint64
+}
+
+// Health reports the node's health.
+func (n *Node) Health() Health {
+	h := Health{PersistFailures: n.persistFailures.Load()}
+	if n.persist != nil {
+		sh := n.persist.store.Health()
+		h.StateStore = &sh
+		h.Fenced = !n.persist.store.CanSend()
+	}
+	return h
+}
+
+// watchStore logs when the state store becomes unreachable or reachable
+// again, and when the node starts or stops refusing new SAs.
+func (n *Node) watchStore(ctx context.Context) {
+	if n.persist == nil {
+		return
+	}
+	t := time.NewTicker(time.Second)
+	defer t.Stop()
+	last := n.persist.store.Health()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		h := n.persist.store.Health()
+		switch {
+		case last.Reachable && !h.Reachable:
+			n.log.Warn("state store unreachable: serving established SAs, new ones refused unless statestore.queue_new",
+				"err", h.LastError, "queued", h.Queued, "refuse_new", h.RefuseNew)
+		case !last.Reachable && h.Reachable:
+			n.log.Info("state store reachable again", "queued", h.Queued)
+		}
+		if last.Registered && !h.Registered {
+			n.log.Warn("fenced: lease lost, not sending for our SAs until re-registered")
+		} else if !last.Registered && h.Registered {
+			n.log.Info("re-registered", "epoch", h.Owner.Epoch, "slot", h.Slot)
+		}
+		last = h
+	}
+}

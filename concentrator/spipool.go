@@ -1,0 +1,92 @@
+package concentrator
+
+// SPI layout and the pools of SPIs reserved cluster-wide ahead of need.
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/binary"
+	"time"
+)
+
+const (
+	slotBits  = 12 // IKE SPI bits 52..63 carry the node's slot
+	slotShift = 64 - slotBits
+	slotMask  = uint64(1<<slotBits-1) << slotShift
+)
+
+// SPI pools: each shard keeps SPIs reserved in the state store ahead of
+// need, refilled when half empty.
+const (
+	spiPoolLen        = 256
+	spiRefillInterval = 100 * time.Millisecond
+)
+
+// refillSPIs tops up every shard's pools with SPIs reserved cluster-wide
+// (create-if-absent): IKE SPIs carry our slot and the shard, inbound ESP
+// SPIs the shard.
+func (n *Node) refillSPIs(ctx context.Context) {
+	if n.persist == nil || !n.persist.store.CanSend() {
+		return
+	}
+	_, slot := n.persist.store.Registration()
+	var b [8]byte
+	for i, s := range n.shards {
+		if want := spiPoolLen - len(s.ikeSPIs); want >= spiPoolLen/2 {
+			cand := make([]uint64, want)
+			for k := range cand {
+				rand.Read(b[:])
+				r := binary.BigEndian.Uint64(b[:])&^(slotMask|spiShardMask) | uint64(i)<<spiShardShift
+				cand[k] = uint64(slot)<<slotShift | r
+			}
+			ok, err := n.persist.store.ReserveIKESPIs(ctx, cand)
+			if err != nil {
+				n.log.Debug("IKE SPI reservation failed", "err", err)
+				return
+			}
+			for k, got := range ok {
+				if got {
+					select {
+					case s.ikeSPIs <- cand[k]:
+					default:
+					}
+				}
+			}
+		}
+		if want := spiPoolLen - len(s.espSPIs); want >= spiPoolLen/2 {
+			cand := make([]uint32, 0, want)
+			for len(cand) < want {
+				rand.Read(b[:4])
+				spi := binary.BigEndian.Uint32(b[:4])
+				if n.espBits > 0 {
+					spi = spi&^(uint32(1<<n.espBits-1)<<(32-n.espBits)) | uint32(i)<<(32-n.espBits)
+				}
+				if spi >= 256 {
+					cand = append(cand, spi)
+				}
+			}
+			ok, err := n.persist.store.ReserveESPSPIs(ctx, cand)
+			if err != nil {
+				n.log.Debug("ESP SPI reservation failed", "err", err)
+				return
+			}
+			for k, got := range ok {
+				if got {
+					select {
+					case s.espSPIs <- cand[k]:
+					default:
+					}
+				}
+			}
+		}
+	}
+}
+
+// shardOfSPI is the shard whose bits our SPI carries.
+func (n *Node) shardOfSPI(spi uint64) *shard {
+	i := (spi & spiShardMask) >> spiShardShift
+	if i >= uint64(len(n.shards)) {
+		return nil
+	}
+	return n.shards[i]
+}
