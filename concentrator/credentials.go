@@ -143,6 +143,7 @@ func (c *Config) engineConfig() (ike.Config, error) {
 			}
 			v.CRLs = append(v.CRLs, crls...)
 		}
+		v.Prepare() // index the CRLs once per load, not per authentication
 		ec.Verifier, ec.CertReq = v, req
 	}
 	psks := ike.PSKMap{}

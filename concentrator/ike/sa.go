@@ -606,15 +606,21 @@ func (sa *IKESA) verifyPeer(now time.Time, e *Engine, a authPayloads, octets []b
 	if len(a.certs) == 0 {
 		return errorf(AUTHENTICATION_FAILED, "%v sent no certificate", sa.PeerID)
 	}
-	leaf, err := verifier.VerifyChain(a.certs, now)
+	// Path, identity and the AUTH signature first, revocation last: a
+	// replayed public device certificate without its key costs us no CRL
+	// work.
+	path, err := verifier.VerifyPath(a.certs, now)
 	if err != nil {
 		return &Error{Notify: AUTHENTICATION_FAILED, Reason: "certificate of " + sa.PeerID.String(), Err: err}
 	}
-	if err := sig.MatchIdentity(leaf, sa.PeerID.Type, sa.PeerID.Data); err != nil {
+	if err := sig.MatchIdentity(path.Leaf, sa.PeerID.Type, sa.PeerID.Data); err != nil {
 		return &Error{Notify: AUTHENTICATION_FAILED, Reason: "identity", Err: err}
 	}
-	if err := sig.Verify(leaf.PublicKey, a.auth.Method, a.auth.Data, octets, e.cfg.AllowSHA1Sigs); err != nil {
+	if err := sig.Verify(path.Leaf.PublicKey, a.auth.Method, a.auth.Data, octets, e.cfg.AllowSHA1Sigs); err != nil {
 		return &Error{Notify: AUTHENTICATION_FAILED, Reason: "signature of " + sa.PeerID.String(), Err: err}
+	}
+	if err := path.CheckRevocation(); err != nil {
+		return &Error{Notify: AUTHENTICATION_FAILED, Reason: "certificate of " + sa.PeerID.String(), Err: err}
 	}
 	return nil
 }

@@ -2,10 +2,13 @@ package sig
 
 import (
 	"bytes"
+	"crypto/sha256"
 	"crypto/x509"
 	"errors"
 	"fmt"
 	"math/big"
+	"slices"
+	"sync"
 	"time"
 )
 
@@ -43,6 +46,11 @@ type Verifier struct {
 	// DefaultMaxChainCerts and DefaultMaxChainBytes.
 	MaxCerts int
 	MaxBytes int
+
+	// The CRLs indexed by issuer and serial, built once for the CRLs
+	// slice it was built from (Prepare, or the first verification).
+	mu  sync.Mutex
+	idx *crlIndex
 }
 
 // Reasons carried by ChainError (a closed set, usable as metric labels).
@@ -109,9 +117,34 @@ func (e *RevokedError) Error() string {
 // VerifyChain parses DER certificates (leaf first, then intermediates, as
 // received in CERT payloads), builds a chain to Roots valid at now with any
 // extended key usage (IoT certificates vary), checks revocation against CRLs
-// and returns the leaf. Every failure is a *ChainError.
+// and returns the leaf. Every failure is a *ChainError. It is VerifyPath
+// followed by Path.CheckRevocation; callers that can check something
+// cheaper in between (the AUTH signature) call those two themselves.
 func (v *Verifier) VerifyChain(certs [][]byte, now time.Time) (*x509.Certificate, error) {
-	fail := func(reason, subject string, index int, err error) (*x509.Certificate, error) {
+	p, err := v.VerifyPath(certs, now)
+	if err != nil {
+		return nil, err
+	}
+	if err := p.CheckRevocation(); err != nil {
+		return nil, err
+	}
+	return p.Leaf, nil
+}
+
+// Path is a certificate list whose chains to the trust anchors verified,
+// before revocation is checked.
+type Path struct {
+	Leaf   *x509.Certificate
+	v      *Verifier
+	now    time.Time
+	parsed []*x509.Certificate
+	chains [][]*x509.Certificate
+}
+
+// VerifyPath parses the received certificates and builds chains to Roots
+// valid at now, without consulting CRLs. Every failure is a *ChainError.
+func (v *Verifier) VerifyPath(certs [][]byte, now time.Time) (*Path, error) {
+	fail := func(reason, subject string, index int, err error) (*Path, error) {
 		return nil, &ChainError{Reason: reason, Subject: subject, Index: index, Err: err}
 	}
 	if v == nil || v.Roots == nil {
@@ -142,36 +175,27 @@ func (v *Verifier) VerifyChain(certs [][]byte, now time.Time) (*x509.Certificate
 		return fail(ChainReasonTooLarge, "", -1, fmt.Errorf("%d bytes received, limit %d", total, maxBytes))
 	}
 
-	parsed := make([]*x509.Certificate, len(certs))
+	p := &Path{v: v, now: now, parsed: make([]*x509.Certificate, len(certs))}
 	for i, der := range certs {
 		c, err := x509.ParseCertificate(der)
 		if err != nil {
 			return fail(ChainReasonMalformed, "", i, err)
 		}
-		parsed[i] = c
+		p.parsed[i] = c
 	}
-	index := func(c *x509.Certificate) int {
-		for i, p := range parsed {
-			if p == c || bytes.Equal(p.Raw, c.Raw) {
-				return i
-			}
-		}
-		return -1
-	}
-
-	leaf := parsed[0]
+	p.Leaf = p.parsed[0]
 	intermediates := x509.NewCertPool()
-	for _, c := range parsed[1:] {
+	for _, c := range p.parsed[1:] {
 		intermediates.AddCert(c)
 	}
-	chains, err := leaf.Verify(x509.VerifyOptions{
+	chains, err := p.Leaf.Verify(x509.VerifyOptions{
 		Roots:         v.Roots,
 		Intermediates: intermediates,
 		CurrentTime:   now,
 		KeyUsages:     []x509.ExtKeyUsage{x509.ExtKeyUsageAny},
 	})
 	if err != nil {
-		culprit := leaf
+		culprit := p.Leaf
 		var invalid x509.CertificateInvalidError
 		var unknown x509.UnknownAuthorityError
 		switch {
@@ -180,59 +204,157 @@ func (v *Verifier) VerifyChain(certs [][]byte, now time.Time) (*x509.Certificate
 		case errors.As(err, &unknown) && unknown.Cert != nil:
 			culprit = unknown.Cert
 		}
-		return fail(ChainReasonInvalid, dnString(culprit.RawSubject), index(culprit), err)
+		return fail(ChainReasonInvalid, dnString(culprit.RawSubject), p.index(culprit), err)
 	}
+	p.chains = chains
+	return p, nil
+}
 
-	// Accept if any verified chain passes revocation; report the first
-	// chain's failure otherwise.
+func (p *Path) index(c *x509.Certificate) int {
+	for i, q := range p.parsed {
+		if q == c || bytes.Equal(q.Raw, c.Raw) {
+			return i
+		}
+	}
+	return -1
+}
+
+// CheckRevocation checks the verified chains against the configured CRLs:
+// it passes if any chain passes and reports the first chain's failure
+// otherwise (a *ChainError).
+func (p *Path) CheckRevocation() error {
+	idx := p.v.crls()
+	if idx == nil {
+		return nil
+	}
 	var first *ChainError
-	for _, chain := range chains {
-		cerr := v.checkRevocation(chain, now, index)
+	for _, chain := range p.chains {
+		cerr := idx.check(chain, p.now, p.index)
 		if cerr == nil {
-			return leaf, nil
+			return nil
 		}
 		if first == nil {
 			first = cerr
 		}
 	}
-	return nil, first
+	return first
 }
 
-// checkRevocation checks every element of chain except the root against the
-// configured CRLs.
-func (v *Verifier) checkRevocation(chain []*x509.Certificate, now time.Time, index func(*x509.Certificate) int) *ChainError {
+// Prepare indexes the CRLs now (by issuer name, and each CRL's revoked
+// serials in a map), so that the first verification does not pay for it.
+// Verifications index them on first use otherwise; after CRLs is replaced
+// the index is rebuilt.
+func (v *Verifier) Prepare() { v.crls() }
+
+func (v *Verifier) crls() *crlIndex {
+	if len(v.CRLs) == 0 {
+		return nil
+	}
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	if v.idx == nil || !v.idx.builtFrom(v.CRLs) {
+		v.idx = newCRLIndex(v.CRLs)
+	}
+	return v.idx
+}
+
+// crlIndex holds the CRLs by issuer name; each CRL's serials are a map,
+// and its signature is checked once per issuer key, not per verification.
+type crlIndex struct {
+	from     []*x509.RevocationList // the slice it was built from
+	byIssuer map[string][]*indexedCRL
+}
+
+type indexedCRL struct {
+	crl     *x509.RevocationList
+	revoked map[string]x509.RevocationListEntry // by serial (big-endian magnitude, sign)
+	mu      sync.Mutex
+	sigErr  map[[32]byte]error // by the issuer key's SHA-256: the signature check's result
+}
+
+func newCRLIndex(crls []*x509.RevocationList) *crlIndex {
+	idx := &crlIndex{from: slices.Clone(crls), byIssuer: map[string][]*indexedCRL{}}
+	for _, crl := range crls {
+		if crl == nil {
+			continue
+		}
+		ic := &indexedCRL{crl: crl, revoked: make(map[string]x509.RevocationListEntry, len(crl.RevokedCertificateEntries)),
+			sigErr: map[[32]byte]error{}}
+		for _, e := range crl.RevokedCertificateEntries {
+			if e.SerialNumber != nil {
+				ic.revoked[serialKey(e.SerialNumber)] = e
+			}
+		}
+		k := string(crl.RawIssuer)
+		idx.byIssuer[k] = append(idx.byIssuer[k], ic)
+	}
+	return idx
+}
+
+func (idx *crlIndex) builtFrom(crls []*x509.RevocationList) bool {
+	if len(crls) != len(idx.from) {
+		return false
+	}
+	for i := range crls {
+		if crls[i] != idx.from[i] {
+			return false
+		}
+	}
+	return true
+}
+
+func serialKey(n *big.Int) string {
+	if n.Sign() < 0 {
+		return "-" + string(n.Bytes())
+	}
+	return string(n.Bytes())
+}
+
+func (ic *indexedCRL) checkSignature(issuer *x509.Certificate) error {
+	k := sha256.Sum256(issuer.RawSubjectPublicKeyInfo)
+	ic.mu.Lock()
+	err, ok := ic.sigErr[k]
+	ic.mu.Unlock()
+	if ok {
+		return err
+	}
+	err = ic.crl.CheckSignatureFrom(issuer)
+	ic.mu.Lock()
+	ic.sigErr[k] = err
+	ic.mu.Unlock()
+	return err
+}
+
+// check checks every element of chain except the root against the CRLs.
+func (idx *crlIndex) check(chain []*x509.Certificate, now time.Time, index func(*x509.Certificate) int) *ChainError {
 	for i := 0; i+1 < len(chain); i++ {
 		cert, issuer := chain[i], chain[i+1]
-		subject := dnString(cert.RawSubject)
 		var newest *x509.RevocationList
-		for _, crl := range v.CRLs {
-			if crl == nil || !bytes.Equal(crl.RawIssuer, cert.RawIssuer) {
-				continue
-			}
+		for _, ic := range idx.byIssuer[string(cert.RawIssuer)] {
+			crl := ic.crl
 			if len(crl.AuthorityKeyId) > 0 && len(issuer.SubjectKeyId) > 0 &&
 				!bytes.Equal(crl.AuthorityKeyId, issuer.SubjectKeyId) {
 				continue // a CRL of another key of a CA with the same name
 			}
-			if err := crl.CheckSignatureFrom(issuer); err != nil {
-				return &ChainError{Reason: ChainReasonCRLSignature, Subject: subject, Index: index(cert),
+			if err := ic.checkSignature(issuer); err != nil {
+				return &ChainError{Reason: ChainReasonCRLSignature, Subject: dnString(cert.RawSubject), Index: index(cert),
 					Err: fmt.Errorf("CRL of %q: %w", dnString(crl.RawIssuer), err)}
 			}
-			for _, e := range crl.RevokedCertificateEntries {
-				if e.SerialNumber != nil && e.SerialNumber.Cmp(cert.SerialNumber) == 0 {
-					return &ChainError{Reason: ChainReasonRevoked, Subject: subject, Index: index(cert), Err: &RevokedError{
-						Serial:     new(big.Int).Set(cert.SerialNumber),
-						Subject:    subject,
-						RevokedAt:  e.RevocationTime,
-						ReasonCode: e.ReasonCode,
-					}}
-				}
+			if e, ok := ic.revoked[serialKey(cert.SerialNumber)]; ok {
+				subject := dnString(cert.RawSubject)
+				return &ChainError{Reason: ChainReasonRevoked, Subject: subject, Index: index(cert), Err: &RevokedError{
+					Serial:     new(big.Int).Set(cert.SerialNumber),
+					Subject:    subject,
+					RevokedAt:  e.RevocationTime,
+					ReasonCode: e.ReasonCode,
+				}}
 			}
 			if newest == nil || crl.ThisUpdate.After(newest.ThisUpdate) {
 				newest = crl
 			}
 		}
 		if newest != nil && !newest.NextUpdate.IsZero() && now.After(newest.NextUpdate) {
-			return &ChainError{Reason: ChainReasonStaleCRL, Subject: subject, Index: index(cert),
+			return &ChainError{Reason: ChainReasonStaleCRL, Subject: dnString(cert.RawSubject), Index: index(cert),
 				Err: fmt.Errorf("CRL of %q: next update %s, now %s: %w", dnString(newest.RawIssuer),
 					newest.NextUpdate.UTC().Format(time.RFC3339), now.UTC().Format(time.RFC3339), ErrStaleCRL)}
 		}
