@@ -63,12 +63,21 @@ func (n *Node) openStore(ctx context.Context) (*persistence, error) {
 		p.close()
 		return nil, err
 	}
+	// The instance token tells this node's previous life (a restart within
+	// the lease TTL) from another process configured with the same node.id.
+	var instance string
+	if c.DataDir != "" {
+		if instance, err = statestore.LoadInstance(c.DataDir); err != nil {
+			p.close()
+			return nil, fmt.Errorf("statestore.data_dir: %w", err)
+		}
+	}
 	if p.cli, err = statestore.Dial(cc); err != nil {
 		p.close()
 		return nil, fmt.Errorf("statestore.endpoints: %w", err)
 	}
 	p.store, err = statestore.Open(ctx, p.cli, statestore.Config{
-		NodeID: n.nodeID, Keys: keys, LeaseTTL: c.LeaseTTL,
+		NodeID: n.nodeID, Instance: instance, Keys: keys, LeaseTTL: c.LeaseTTL,
 		Batch:       statestore.BatchConfig{QueueNew: c.QueueNew},
 		OnReclaimed: n.onReclaimed,
 		Log:         n.log.With("component", "statestore"),

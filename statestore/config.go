@@ -28,6 +28,15 @@ const (
 type Config struct {
 	NodeID   string // unique in the cluster: [A-Za-z0-9._-], at most 63 bytes
 	PeerAddr string // this node's peer.v1 address, published in the registry
+
+	// Instance identifies this node's installation across restarts (a
+	// random token kept in its data directory, see LoadInstance). A live
+	// registration under NodeID with the same Instance is this node's
+	// previous life and is replaced at once; one with another (or no)
+	// Instance is waited out for its lease TTL and, if it is still being
+	// renewed, Open fails with a *NodeIDInUseError: two processes never
+	// share a node id. Empty: every registration found is waited out.
+	Instance string
 	Prefix   string // key prefix in etcd; default "/ikefleet/"
 
 	// LeaseTTL is the node lease. A node that cannot renew it stops

@@ -130,6 +130,11 @@ func Open(ctx context.Context, cli *clientv3.Client, cfg Config) (*Store, error)
 		if err == nil {
 			break
 		}
+		var inUse *NodeIDInUseError
+		if errors.As(err, &inUse) {
+			s.cancel()
+			return nil, err
+		}
 		s.log.Warn("statestore: registration failed", "err", err)
 		select {
 		case <-ctx.Done():
@@ -295,11 +300,8 @@ func (s *Store) register(ctx context.Context, ready bool) error {
 		}
 		if kvs := resp.Responses[0].GetResponseRange().Kvs; len(kvs) > 0 {
 			// A previous life of this node (killed without revoking its
-			// lease) or a duplicate node id. Node ids are unique by
-			// configuration, so it is our own stale registration.
-			old := clientv3.LeaseID(kvs[0].Lease)
-			s.log.Warn("statestore: replacing stale registration", "epoch", kvs[0].CreateRevision)
-			if _, err := s.cli.Revoke(rc, old); err != nil && !errors.Is(err, rpctypes.ErrLeaseNotFound) {
+			// lease) or another process with the same node id.
+			if err := s.replaceRegistration(ctx, kvs[0], resp.Header.Revision); err != nil {
 				return err
 			}
 			continue
@@ -321,7 +323,7 @@ func (s *Store) register(ctx context.Context, ready bool) error {
 			return fmt.Errorf("statestore: all %d slots taken", s.cfg.Slots)
 		}
 		info, _ := proto.Marshal(&pb.Node{Id: s.cfg.NodeID, Slot: uint32(slot), PeerAddr: s.cfg.PeerAddr,
-			RegisteredMs: time.Now().UnixMilli(), Lease: int64(lease.ID)})
+			RegisteredMs: time.Now().UnixMilli(), Lease: int64(lease.ID), Instance: s.cfg.Instance})
 		nk, sk := s.k.node(s.cfg.NodeID), s.k.slot(slot)
 		tr, err := s.txn(rc).If(
 			clientv3.Compare(clientv3.CreateRevision(nk), "=", 0),

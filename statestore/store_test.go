@@ -41,7 +41,7 @@ func dial(t testing.TB, endpoints []string) *clientv3.Client {
 }
 
 func testConfig(t testing.TB, id string) Config {
-	return Config{NodeID: id, Keys: testKeyring(t, 1, 9), LeaseTTL: 5 * time.Second,
+	return Config{NodeID: id, Instance: "instance-of-" + id, Keys: testKeyring(t, 1, 9), LeaseTTL: 5 * time.Second,
 		RequestTimeout: time.Second, Log: quiet}
 }
 

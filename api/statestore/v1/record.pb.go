@@ -848,12 +848,16 @@ func (x *ChildKeys) GetIntegOut() []byte {
 // Node is the value of nodes/<id>, attached to the node's lease. The
 // node's epoch is the key's create revision.
 type Node struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Id            string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
-	Slot          uint32                 `protobuf:"varint,2,opt,name=slot,proto3" json:"slot,omitempty"`
-	PeerAddr      string                 `protobuf:"bytes,3,opt,name=peer_addr,json=peerAddr,proto3" json:"peer_addr,omitempty"` // peer.v1 gRPC address, for handoffs
-	RegisteredMs  int64                  `protobuf:"varint,4,opt,name=registered_ms,json=registeredMs,proto3" json:"registered_ms,omitempty"`
-	Lease         int64                  `protobuf:"varint,5,opt,name=lease,proto3" json:"lease,omitempty"`
+	state        protoimpl.MessageState `protogen:"open.v1"`
+	Id           string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	Slot         uint32                 `protobuf:"varint,2,opt,name=slot,proto3" json:"slot,omitempty"`
+	PeerAddr     string                 `protobuf:"bytes,3,opt,name=peer_addr,json=peerAddr,proto3" json:"peer_addr,omitempty"` // peer.v1 gRPC address, for handoffs
+	RegisteredMs int64                  `protobuf:"varint,4,opt,name=registered_ms,json=registeredMs,proto3" json:"registered_ms,omitempty"`
+	Lease        int64                  `protobuf:"varint,5,opt,name=lease,proto3" json:"lease,omitempty"`
+	// instance identifies the installation (a token kept in its data
+	// directory): the same node id with the same instance is this node's
+	// previous life; with another instance it is a duplicate node id.
+	Instance      string `protobuf:"bytes,6,opt,name=instance,proto3" json:"instance,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -921,6 +925,13 @@ func (x *Node) GetLease() int64 {
 		return x.Lease
 	}
 	return 0
+}
+
+func (x *Node) GetInstance() string {
+	if x != nil {
+		return x.Instance
+	}
+	return ""
 }
 
 var File_api_statestore_v1_record_proto protoreflect.FileDescriptor
@@ -1005,13 +1016,14 @@ const file_api_statestore_v1_record_proto_rawDesc = "" +
 	"\aencr_in\x18\x01 \x01(\fR\x06encrIn\x12\x19\n" +
 	"\binteg_in\x18\x02 \x01(\fR\aintegIn\x12\x19\n" +
 	"\bencr_out\x18\x03 \x01(\fR\aencrOut\x12\x1b\n" +
-	"\tinteg_out\x18\x04 \x01(\fR\bintegOut\"\x82\x01\n" +
+	"\tinteg_out\x18\x04 \x01(\fR\bintegOut\"\x9e\x01\n" +
 	"\x04Node\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x12\n" +
 	"\x04slot\x18\x02 \x01(\rR\x04slot\x12\x1b\n" +
 	"\tpeer_addr\x18\x03 \x01(\tR\bpeerAddr\x12#\n" +
 	"\rregistered_ms\x18\x04 \x01(\x03R\fregisteredMs\x12\x14\n" +
-	"\x05lease\x18\x05 \x01(\x03R\x05leaseB=Z;github.com/ikefleet/ikefleet/api/statestore/v1;statestorev1b\x06proto3"
+	"\x05lease\x18\x05 \x01(\x03R\x05lease\x12\x1a\n" +
+	"\binstance\x18\x06 \x01(\tR\binstanceB=Z;github.com/ikefleet/ikefleet/api/statestore/v1;statestorev1b\x06proto3"
 
 var (
 	file_api_statestore_v1_record_proto_rawDescOnce sync.Once
