@@ -19,7 +19,7 @@
 //
 // The constructors (NewPRF, NewCipher, GenerateKeyExchange) build any
 // implemented transform; the crypto policy is separate: Weak says which
-// transforms are refused unless the operator sets crypto.allow_weak, and
+// transforms are refused unless the operator sets ike.allow_weak, and
 // Check applies policy and support together, returning a *WeakError or an
 // *UnsupportedError for the engine to log while it picks a proposal.
 //

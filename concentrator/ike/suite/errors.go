@@ -32,7 +32,7 @@ type WeakError struct {
 }
 
 func (e *WeakError) Error() string {
-	return transformName(e.Type, e.ID) + " refused: weak algorithm; set crypto.allow_weak to enable"
+	return transformName(e.Type, e.ID) + " refused: weak algorithm; set ike.allow_weak to enable"
 }
 
 // KeyExchangeError is a peer's key exchange value that is invalid for its

@@ -191,7 +191,7 @@ func transformName(typ uint8, id uint16) string {
 // Weak reports whether the crypto policy treats a transform as weak: DES and
 // 3DES, HMAC-MD5 and HMAC-SHA1 (as PRF or integrity algorithm) and the MODP
 // groups 1, 2 and 5. Weak transforms are refused unless the operator enables
-// crypto.allow_weak. AES-XCBC is not weak (it is merely unimplemented).
+// ike.allow_weak. AES-XCBC is not weak (it is merely unimplemented).
 func Weak(typ uint8, id uint16) bool {
 	switch typ {
 	case TypeENCR:

@@ -59,7 +59,7 @@ func TestCheck(t *testing.T) {
 	if !errors.As(err, &we) || we.Type != TypeENCR || we.ID != Encr3DES {
 		t.Fatalf("Check(3DES) = %v", err)
 	}
-	if got, want := err.Error(), "3DES refused: weak algorithm; set crypto.allow_weak to enable"; got != want {
+	if got, want := err.Error(), "3DES refused: weak algorithm; set ike.allow_weak to enable"; got != want {
 		t.Errorf("message %q, want %q", got, want)
 	}
 	// Allowed but not implemented.
@@ -118,7 +118,7 @@ func TestErrorMessages(t *testing.T) {
 		want string
 	}{
 		{&UnsupportedError{Type: TypeKE, ID: 24}, "GROUP(24) not supported"},
-		{&WeakError{Type: TypePRF, ID: PRFHMACSHA1}, "PRF_HMAC_SHA1 refused: weak algorithm; set crypto.allow_weak to enable"},
+		{&WeakError{Type: TypePRF, ID: PRFHMACSHA1}, "PRF_HMAC_SHA1 refused: weak algorithm; set ike.allow_weak to enable"},
 		{&KeyExchangeError{Group: Group19, Reason: "not a point on the curve"}, "invalid ECP_256 key exchange value: not a point on the curve"},
 		{errPadLength, "suite: malformed encrypted payload: pad length exceeds the decrypted payload"},
 	}

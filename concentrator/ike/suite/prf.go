@@ -12,7 +12,7 @@ import (
 
 // PRF is a negotiated pseudo-random function. Only HMAC-based PRFs are
 // implemented (HMAC-SHA2-256/384/512; HMAC-SHA1 and HMAC-MD5 for peers
-// allowed by crypto.allow_weak), so every PRF accepts keys of any length and
+// allowed by ike.allow_weak), so every PRF accepts keys of any length and
 // prf(Ni | Nr, g^ir) needs no special key handling (RFC 7296 §2.14).
 // A PRF holds no key and is safe for concurrent use.
 type PRF struct {
