@@ -61,6 +61,22 @@ const (
 	Group20 uint16 = 20 // 384-bit random ECP group, NIST P-384
 	Group21 uint16 = 21 // 521-bit random ECP group, NIST P-521
 	Group31 uint16 = 31 // Curve25519 (RFC 8031)
+
+	// ML-KEM (FIPS 203), key encapsulation rather than Diffie-Hellman: the
+	// initiator's KE data is its encapsulation key, the responder's the
+	// ciphertext. Meant as an additional key exchange (RFC 9370) in
+	// IKE_INTERMEDIATE (RFC 9242): its KE payloads (1,184 and 1,088 octets
+	// for ML-KEM-768) are too large for an unfragmentable IKE_SA_INIT on
+	// many paths.
+	GroupMLKEM768  uint16 = 36
+	GroupMLKEM1024 uint16 = 37
+)
+
+// Additional key exchange transform types ADDKE1..ADDKE7 (RFC 9370 §2.2):
+// transform types 6 to 12 carry Key Exchange Method IDs.
+const (
+	TypeADDKE1 uint8 = 6
+	TypeADDKE7 uint8 = 12
 )
 
 // Extended sequence numbers transform IDs (IANA "Transform Type 5").
@@ -161,6 +177,10 @@ func GroupName(id uint16) string {
 		return "ECP_521"
 	case Group31:
 		return "CURVE_25519"
+	case GroupMLKEM768:
+		return "ML_KEM_768"
+	case GroupMLKEM1024:
+		return "ML_KEM_1024"
 	}
 	return "GROUP(" + strconv.Itoa(int(id)) + ")"
 }
@@ -175,6 +195,8 @@ func transformName(typ uint8, id uint16) string {
 	case TypeINTEG:
 		return IntegName(id)
 	case TypeKE:
+		return GroupName(id)
+	case TypeADDKE1, TypeADDKE1 + 1, TypeADDKE1 + 2, TypeADDKE1 + 3, TypeADDKE1 + 4, TypeADDKE1 + 5, TypeADDKE7:
 		return GroupName(id)
 	case TypeESN:
 		switch id {
@@ -203,6 +225,9 @@ func Weak(typ uint8, id uint16) bool {
 	case TypeKE:
 		return id == Group1 || id == Group2 || id == Group5
 	}
+	if typ >= TypeADDKE1 && typ <= TypeADDKE7 {
+		return id == Group1 || id == Group2 || id == Group5
+	}
 	return false
 }
 
@@ -228,6 +253,14 @@ func supported(typ uint8, id uint16) bool {
 		return err == nil
 	case TypeESN:
 		return id == ESNNo || id == ESNYes
+	}
+	if typ >= TypeADDKE1 && typ <= TypeADDKE7 {
+		// RFC 9370 §2.2: NONE (0) means "no additional key exchange".
+		if id == 0 {
+			return true
+		}
+		_, err := KeyExchangeLen(id)
+		return err == nil
 	}
 	return false
 }

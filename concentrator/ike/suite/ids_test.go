@@ -37,7 +37,10 @@ func TestWeak(t *testing.T) {
 		TypeINTEG: {IntegHMACMD596, IntegHMACSHA196},
 		TypeKE:    {Group1, Group2, Group5},
 	}
-	for typ := uint8(0); typ <= 6; typ++ {
+	for typ := TypeADDKE1; typ <= TypeADDKE7; typ++ {
+		weak[typ] = weak[TypeKE] // additional key exchanges (RFC 9370)
+	}
+	for typ := uint8(0); typ <= 13; typ++ {
 		for id := uint16(0); id < 64; id++ {
 			want := false
 			for _, w := range weak[typ] {
@@ -80,7 +83,7 @@ func TestCheck(t *testing.T) {
 			t.Errorf("Check(%d, %d) = %v", ok.typ, ok.id, err)
 		}
 	}
-	if err := Check(9, 1, true); !errors.Is(err, ErrUnsupported) {
+	if err := Check(13, 1, true); !errors.Is(err, ErrUnsupported) { // 6..12 are ADDKE1..7 (RFC 9370)
 		t.Errorf("unknown transform type: %v", err)
 	}
 

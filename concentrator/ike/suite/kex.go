@@ -2,6 +2,7 @@ package suite
 
 import (
 	"crypto/ecdh"
+	"crypto/mlkem"
 	"errors"
 	"fmt"
 	"io"
@@ -48,6 +49,9 @@ func GenerateKeyExchange(group uint16, rand io.Reader) (KeyExchange, error) {
 	if m := modpGroup(group); m != nil {
 		return newMODP(m, rand)
 	}
+	if isKEM(group) {
+		return newKEMInitiator(group, rand)
+	}
 	curve, size, topMask := ecCurve(group)
 	if curve == nil {
 		return nil, &UnsupportedError{Type: TypeKE, ID: group}
@@ -87,8 +91,46 @@ func KeyExchangeLen(group uint16) (int, error) {
 		return 132, nil
 	case Group31:
 		return 32, nil
+	case GroupMLKEM768:
+		return mlkem.EncapsulationKeySize768, nil
+	case GroupMLKEM1024:
+		return mlkem.EncapsulationKeySize1024, nil
 	}
 	return 0, &UnsupportedError{Type: TypeKE, ID: group}
+}
+
+// ResponseLen returns the length of the responder's KE data for group:
+// the same as KeyExchangeLen for Diffie-Hellman groups, the ciphertext's
+// length for ML-KEM.
+func ResponseLen(group uint16) (int, error) {
+	switch group {
+	case GroupMLKEM768:
+		return mlkem.CiphertextSize768, nil
+	case GroupMLKEM1024:
+		return mlkem.CiphertextSize1024, nil
+	}
+	return KeyExchangeLen(group)
+}
+
+// Respond is the responder's side of a key exchange: given the
+// initiator's KE data it returns the responder's own (Public of the
+// returned KeyExchange) and the shared secret. For Diffie-Hellman groups
+// that is a fresh key and SharedSecret(peer); for ML-KEM it encapsulates
+// to the initiator's encapsulation key. An invalid peer value is a
+// *KeyExchangeError.
+func Respond(group uint16, peer []byte, rand io.Reader) (KeyExchange, []byte, error) {
+	if isKEM(group) {
+		return kemRespond(group, peer, rand)
+	}
+	k, err := GenerateKeyExchange(group, rand)
+	if err != nil {
+		return nil, nil, err
+	}
+	secret, err := k.SharedSecret(peer)
+	if err != nil {
+		return nil, nil, err
+	}
+	return k, secret, nil
 }
 
 // ecCurve maps a group to its crypto/ecdh curve, the private key length and
