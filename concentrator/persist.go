@@ -231,7 +231,7 @@ func clusterKeys(c StateStoreConfig) (*statestore.Keyring, error) {
 // and tells the data plane which CHILD SAs to keep.
 func (n *Node) restore(ctx context.Context) error {
 	var want []*dataplane.ChildSA
-	var acts []ike.Action
+	var rd ike.Ready
 	restored := 0
 	if n.persist != nil {
 		recs, err := n.persist.store.LoadOwned(ctx)
@@ -246,14 +246,14 @@ func (n *Node) restore(ctx context.Context) error {
 				n.log.Warn("stored SA with a foreign shard number", "spi", fmt.Sprintf("%016x", r.LocalSPI()))
 				continue
 			}
-			acts = acts[:0]
-			_, acts, err = s.eng.Restore(now, st, acts)
+			rd.Reset()
+			_, err = s.eng.Restore(now, st, &rd)
 			if err != nil {
 				n.log.Warn("stored SA not restored", "spi", fmt.Sprintf("%016x", r.LocalSPI()), "err", err)
 				continue
 			}
 			restored++
-			for _, a := range acts {
+			for _, a := range rd.DataPlane {
 				if ic, ok := a.(ike.InstallChild); ok {
 					want = append(want, toDataplane(ic))
 				}
@@ -314,11 +314,11 @@ func (n *Node) onReclaimed(me statestore.Owner, owned []uint64, err error) {
 				}
 				return true
 			})
-			var acts []ike.Action
+			var rd ike.Ready
 			for _, spi := range gone {
-				acts = s.eng.Forget(spi, acts)
+				s.eng.Forget(spi, &rd)
 			}
-			n.perform(ctx, s, acts)
+			n.perform(ctx, s, &rd)
 			if len(gone) > 0 {
 				n.log.Warn("SAs taken over by other nodes dropped", "count", len(gone), "epoch", me.Epoch)
 			}
@@ -382,18 +382,23 @@ func (n *Node) persistChange(s *shard, a ike.Persist, gate *sendGate) {
 		c.Record = recordOf(a.State)
 	}
 	finish := func(err error) {
-		ok := err == nil || a.Kind != ike.PersistEstablished
+		ok := err == nil
 		if err != nil {
 			n.persistFailures.Add(1)
 			n.log.Warn("SA state not persisted", "spi", fmt.Sprintf("%016x", a.SPI), "change", c.Kind.String(), "err", err)
 		}
-		if !ok {
-			// From a store goroutine or this shard's: hand the forget to the
-			// shard without waiting on it here.
-			go n.do(n.runCtx, s, func() {
-				n.perform(n.runCtx, s, s.eng.Forget(a.SPI, nil))
-			})
-		}
+		// From a store goroutine or this shard's: hand the outcome to the
+		// shard without waiting on it here. A new SA whose write failed is
+		// forgotten by the engine; another one writes its state again.
+		go n.do(n.runCtx, s, func() {
+			if ok {
+				s.eng.Committed(a.SPI, a.Version)
+				return
+			}
+			var rd ike.Ready
+			s.eng.PersistFailed(a.SPI, a.Version, &rd)
+			n.perform(n.runCtx, s, &rd)
+		})
 		if gate != nil {
 			gate.done(n, ok)
 		}
