@@ -23,7 +23,7 @@ type Reconciler interface {
 // and tells the data plane which CHILD SAs to keep.
 func (n *Node) restore(ctx context.Context) error {
 	var want []*dataplane.ChildSA
-	var acts []ike.Action
+	var rd ike.Ready
 	restored := 0
 	if n.persist != nil {
 		recs, err := n.persist.store.LoadOwned(ctx)
@@ -38,14 +38,14 @@ func (n *Node) restore(ctx context.Context) error {
 				n.log.Warn("stored SA with a foreign shard number", "spi", fmt.Sprintf("%016x", r.LocalSPI()))
 				continue
 			}
-			acts = acts[:0]
-			_, acts, err = s.eng.Restore(now, st, acts)
+			rd.Reset()
+			_, err = s.eng.Restore(now, st, &rd)
 			if err != nil {
 				n.log.Warn("stored SA not restored", "spi", fmt.Sprintf("%016x", r.LocalSPI()), "err", err)
 				continue
 			}
 			restored++
-			for _, a := range acts {
+			for _, a := range rd.DataPlane {
 				if ic, ok := a.(ike.InstallChild); ok {
 					want = append(want, toDataplane(ic))
 				}
@@ -97,11 +97,11 @@ func (n *Node) onReclaimed(me statestore.Owner, owned []uint64, err error) {
 				}
 				return true
 			})
-			var acts []ike.Action
+			var rd ike.Ready
 			for _, spi := range gone {
-				acts = s.eng.Forget(spi, acts)
+				s.eng.Forget(spi, &rd)
 			}
-			n.perform(ctx, s, acts)
+			n.perform(ctx, s, &rd)
 			if len(gone) > 0 {
 				n.log.Warn("SAs taken over by other nodes dropped", "count", len(gone), "epoch", me.Epoch)
 			}

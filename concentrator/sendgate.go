@@ -67,18 +67,23 @@ func (n *Node) persistChange(s *shard, a ike.Persist, gate *sendGate) {
 		c.Record = recordOf(a.State)
 	}
 	finish := func(err error) {
-		ok := err == nil || a.Kind != ike.PersistEstablished
+		ok := err == nil
 		if err != nil {
 			n.persistFailures.Add(1)
 			n.log.Warn("SA state not persisted", "spi", fmt.Sprintf("%016x", a.SPI), "change", c.Kind.String(), "err", err)
 		}
-		if !ok {
-			// From a store goroutine or this shard's: hand the forget to the
-			// shard without waiting on it here.
-			go n.do(n.runCtx, s, func() {
-				n.perform(n.runCtx, s, s.eng.Forget(a.SPI, nil))
-			})
-		}
+		// From a store goroutine or this shard's: hand the outcome to the
+		// shard without waiting on it here. A new SA whose write failed is
+		// forgotten by the engine; another one writes its state again.
+		go n.do(n.runCtx, s, func() {
+			if ok {
+				s.eng.Committed(a.SPI, a.Version)
+				return
+			}
+			var rd ike.Ready
+			s.eng.PersistFailed(a.SPI, a.Version, &rd)
+			n.perform(n.runCtx, s, &rd)
+		})
 		if gate != nil {
 			gate.done(n, ok)
 		}

@@ -31,23 +31,22 @@ func (n *Node) runShard(ctx context.Context, s *shard) {
 	defer timer.Stop()
 	watchTick := time.NewTicker(watchInterval)
 	defer watchTick.Stop()
-	var acts []ike.Action
+	var rd ike.Ready
 	for {
 		select {
 		case <-ctx.Done():
 			return
 		case pkt := <-s.in:
-			acts = s.eng.Handle(time.Now(), pkt, acts[:0])
+			s.eng.Handle(time.Now(), pkt, &rd)
 		case f := <-s.calls:
 			f()
 		case <-timer.C:
-			acts = s.eng.Tick(time.Now(), acts[:0])
+			s.eng.Tick(time.Now(), &rd)
 		case <-watchTick.C:
 			n.checkWatched(ctx, s)
 		}
-		n.perform(ctx, s, acts)
-		clear(acts)
-		acts = acts[:0]
+		n.perform(ctx, s, &rd)
+		rd.Reset()
 		timer.Stop()
 		if d := s.eng.NextDeadline(time.Now()); !d.IsZero() {
 			timer.Reset(time.Until(d))
@@ -67,30 +66,26 @@ func (n *Node) do(ctx context.Context, s *shard, f func()) error {
 	return nil
 }
 
-func (n *Node) perform(ctx context.Context, s *shard, acts []ike.Action) {
+func (n *Node) perform(ctx context.Context, s *shard, rd *ike.Ready) {
+	for _, ev := range rd.Events {
+		n.logEvent(s, ev)
+	}
 	// The caller persists before it sends (DESIGN.md): messages that go
 	// with a state change leave once the change is in the state store.
 	var gate *sendGate
-	if n.persist != nil {
-		count := 0
-		for _, a := range acts {
-			if _, ok := a.(ike.Persist); ok {
-				count++
-			}
-		}
-		if count > 0 {
-			gate = &sendGate{pending: count + 1} // +1: this loop
-			defer gate.done(n, true)
-		}
+	if n.persist != nil && len(rd.Persist) > 0 {
+		gate = &sendGate{pending: len(rd.Persist) + 1} // +1: this function
+		defer gate.done(n, true)
 	}
-	for _, a := range acts {
+	for _, p := range rd.Persist {
+		if n.persist == nil {
+			s.eng.Committed(p.SPI, p.Version) // nothing to write
+			continue
+		}
+		n.persistChange(s, p, gate)
+	}
+	for _, a := range rd.DataPlane {
 		switch a := a.(type) {
-		case ike.Send:
-			if gate != nil {
-				gate.hold(a)
-			} else {
-				n.send(a)
-			}
 		case ike.InstallChild:
 			if err := n.dp.Install(ctx, toDataplane(a)); err != nil {
 				n.log.Error("CHILD_SA install failed", childAttrs(a.SPIi, a.SPIr, a.PeerID, a.Child, "err", err)...)
@@ -98,18 +93,22 @@ func (n *Node) perform(ctx context.Context, s *shard, acts []ike.Action) {
 			if _, ok := n.dp.(dataplane.SACounter); ok && a.Replaces != 0 && n.ecfg.RekeyOverlap > 0 {
 				s.watch[a.Child.InSPI] = time.Now().Add(n.ecfg.RekeyOverlap)
 			}
-		case ike.Keepalive:
-			n.sendKeepalive(a)
-		case ike.Persist:
-			n.persistChange(s, a, gate)
 		case ike.RemoveChild:
 			if err := n.dp.Remove(ctx, a.Child.InSPI); err != nil {
 				n.log.Error("CHILD_SA remove failed", childAttrs(a.SPIi, a.SPIr, ike.Identity{}, a.Child, "err", err)...)
 			}
 		case ike.UpdateChild:
 			n.updateChild(ctx, a)
-		case ike.Event:
-			n.logEvent(s, a)
+		}
+	}
+	for _, snd := range rd.Send {
+		switch {
+		case snd.Keepalive:
+			n.sendKeepalive(snd)
+		case gate != nil:
+			gate.hold(snd)
+		default:
+			n.send(snd)
 		}
 	}
 }
@@ -136,7 +135,9 @@ func (n *Node) expiries(ctx context.Context, ch <-chan dataplane.Expiry) {
 			s := n.shards[i]
 			n.log.Info("CHILD_SA expiring", "spi_in", fmt.Sprintf("%08x", ex.InSPI), "hard", ex.Hard, "reason", ex.Reason)
 			n.do(ctx, s, func() {
-				n.perform(ctx, s, s.eng.ExpireChild(time.Now(), ex.InSPI, ex.Hard, nil))
+				var rd ike.Ready
+				s.eng.ExpireChild(time.Now(), ex.InSPI, ex.Hard, &rd)
+				n.perform(ctx, s, &rd)
 			})
 		}
 	}

@@ -130,7 +130,7 @@ func (n *Node) SendUDP(b []byte, local, remote netip.AddrPort) error {
 }
 
 // sendKeepalive sends a NAT-T keepalive: one 0xFF octet, no marker.
-func (n *Node) sendKeepalive(a ike.Keepalive) {
+func (n *Node) sendKeepalive(a ike.Send) {
 	if c, _ := n.conn(a.Local); c != nil {
 		if _, err := c.WriteToUDPAddrPort([]byte{0xff}, a.Remote); err != nil {
 			n.log.Debug("keepalive failed", "remote", a.Remote.String(), "err", err)

@@ -160,47 +160,52 @@ func Run(ctx context.Context, o Options) (Report, error) {
 	start := time.Now()
 	deadline := start.Add(o.Timeout)
 	started, finished := 0, 0
-	var acts []ike.Action
+	acts := &ike.Ready{}
 	perform := func(now time.Time) {
-		for _, a := range acts {
-			switch a := a.(type) {
-			case ike.Send:
-				send(a)
-			case ike.InstallChild:
+		for _, p := range acts.Persist {
+			eng.Committed(p.SPI, p.Version) // the load generator keeps no state store
+		}
+		for _, a := range acts.DataPlane {
+			if _, ok := a.(ike.InstallChild); ok {
 				rep.Children++
-			case ike.Event:
-				g := gws[a.SPIi]
-				switch a.Kind {
-				case ike.EventIKEEstablished:
-					if g != nil && !g.done {
-						g.done = true
-						finished++
-						rep.Established++
-						rep.Proposal = a.Proposal
-						lat = append(lat, float64(now.Sub(g.started).Microseconds())/1000)
-					}
-					o.Log.Info(a.Kind.String(), "spi_i", fmt.Sprintf("%016x", a.SPIi), "peer_id", a.PeerID.String(), "proposal", a.Proposal)
-				case ike.EventIKEFailed:
-					if g != nil && !g.done {
-						g.done = true
-						finished++
-						rep.Failed++
-						reason := a.Reason
-						if a.Notify != 0 {
-							reason = a.Notify.String()
-						}
-						rep.Failures[reason]++
-					}
-					o.Log.Warn(a.Kind.String(), "spi_i", fmt.Sprintf("%016x", a.SPIi), "notify", a.Notify.String(), "reason", a.Reason)
-				case ike.EventIKEDeleted:
-					rep.Deleted++
-				case ike.EventChildFailed:
-					o.Log.Warn(a.Kind.String(), "spi_i", fmt.Sprintf("%016x", a.SPIi), "notify", a.Notify.String(), "reason", a.Reason)
-				}
 			}
 		}
-		clear(acts)
-		acts = acts[:0]
+		for _, a := range acts.Send {
+			if !a.Keepalive {
+				send(a)
+			}
+		}
+		for _, a := range acts.Events {
+			g := gws[a.SPIi]
+			switch a.Kind {
+			case ike.EventIKEEstablished:
+				if g != nil && !g.done {
+					g.done = true
+					finished++
+					rep.Established++
+					rep.Proposal = a.Proposal
+					lat = append(lat, float64(now.Sub(g.started).Microseconds())/1000)
+				}
+				o.Log.Info(a.Kind.String(), "spi_i", fmt.Sprintf("%016x", a.SPIi), "peer_id", a.PeerID.String(), "proposal", a.Proposal)
+			case ike.EventIKEFailed:
+				if g != nil && !g.done {
+					g.done = true
+					finished++
+					rep.Failed++
+					reason := a.Reason
+					if a.Notify != 0 {
+						reason = a.Notify.String()
+					}
+					rep.Failures[reason]++
+				}
+				o.Log.Warn(a.Kind.String(), "spi_i", fmt.Sprintf("%016x", a.SPIi), "notify", a.Notify.String(), "reason", a.Reason)
+			case ike.EventIKEDeleted:
+				rep.Deleted++
+			case ike.EventChildFailed:
+				o.Log.Warn(a.Kind.String(), "spi_i", fmt.Sprintf("%016x", a.SPIi), "notify", a.Notify.String(), "reason", a.Reason)
+			}
+		}
+		acts.Reset()
 	}
 
 	initiate := func(now time.Time) error {
@@ -221,7 +226,7 @@ func Run(ctx context.Context, o Options) (Report, error) {
 			ini.PSK = []byte(strings.ReplaceAll(string(o.PSK), "{n}", n))
 		}
 		var spi uint64
-		spi, acts, err = eng.Initiate(now, ini, acts)
+		spi, err = eng.Initiate(now, ini, acts)
 		if err != nil {
 			return err
 		}
@@ -262,9 +267,9 @@ func Run(ctx context.Context, o Options) (Report, error) {
 		case <-ctx.Done():
 			return rep, ctx.Err()
 		case p := <-pkts:
-			acts = eng.Handle(time.Now(), p, acts)
+			eng.Handle(time.Now(), p, acts)
 		case <-timer.C:
-			acts = eng.Tick(time.Now(), acts)
+			eng.Tick(time.Now(), acts)
 		}
 		perform(time.Now())
 	}
@@ -287,9 +292,9 @@ func Run(ctx context.Context, o Options) (Report, error) {
 			case <-ctx.Done():
 				return ctx.Err()
 			case p := <-pkts:
-				acts = eng.Handle(time.Now(), p, acts)
+				eng.Handle(time.Now(), p, acts)
 			case <-timer.C:
-				acts = eng.Tick(time.Now(), acts)
+				eng.Tick(time.Now(), acts)
 			}
 			perform(time.Now())
 		}
@@ -307,7 +312,7 @@ func Run(ctx context.Context, o Options) (Report, error) {
 		return true
 	})
 	for _, spi := range spis {
-		acts = eng.Delete(time.Now(), spi, acts)
+		eng.Delete(time.Now(), spi, acts)
 	}
 	perform(time.Now())
 	if err := pump(time.Now().Add(5*time.Second), func() bool { return eng.Len() == 0 }); err != nil {

@@ -1,6 +1,7 @@
 package ike
 
 import (
+	"fmt"
 	"net/netip"
 	"time"
 )
@@ -12,32 +13,69 @@ type Packet struct {
 	Data          []byte
 }
 
-// Action is what the engine asks its caller to do. The caller performs
-// actions in order; persistence (later) precedes sends.
+// Ready is what one engine step asks its caller to do, in the manner of
+// etcd raft's Ready: commit Persist first; once every change of the batch
+// is committed, apply DataPlane, then send Send. Events may be reported at
+// any time. When a write fails, nothing of DataPlane and Send goes out and
+// the caller tells the engine (Engine.PersistFailed); when it succeeds, it
+// says so too (Engine.Committed). Batches of one engine are released in the
+// order they were made. Engine entry points append to a Ready; the caller
+// reuses one with Reset.
+type Ready struct {
+	Persist   []Persist
+	DataPlane []Action // InstallChild, RemoveChild, UpdateChild, SetSeqLimit
+	Send      []Send   // IKE messages and NAT-T keepalives
+	Events    []Event
+}
+
+// Reset empties the batch, keeping its storage.
+func (r *Ready) Reset() {
+	clear(r.Persist)
+	clear(r.DataPlane)
+	clear(r.Send)
+	clear(r.Events)
+	r.Persist, r.DataPlane, r.Send, r.Events = r.Persist[:0], r.DataPlane[:0], r.Send[:0], r.Events[:0]
+}
+
+// Empty reports a batch with nothing in it.
+func (r *Ready) Empty() bool {
+	return len(r.Persist) == 0 && len(r.DataPlane) == 0 && len(r.Send) == 0 && len(r.Events) == 0
+}
+
+// Action is a data-plane change of a Ready batch: InstallChild,
+// RemoveChild, UpdateChild or SetSeqLimit.
 type Action interface{ isAction() }
 
 // Send asks to send IKE messages (several for a fragmented message) from
-// Local to Remote. On the NAT-T port the caller prepends the non-ESP marker.
+// Local to Remote. On the NAT-T port the caller prepends the non-ESP
+// marker. A Keepalive is a NAT-T keepalive instead (the single octet 0xFF
+// from the NAT-T socket at Local, no marker); it has no Messages.
 type Send struct {
 	Local, Remote netip.AddrPort
 	Messages      [][]byte
+	Keepalive     bool
 }
 
 // InstallChild asks the data plane to install a CHILD_SA pair. Replaces
 // is the inbound SPI of the SA this one rekeys, when we rekeyed it: the
 // caller reports the new SA's first inbound traffic (Engine.ChildActive) so
 // the old one goes only once the new one is in use.
+//
+// Sequence numbers (the reservation of ChildSA.OutSeqReserved): the first
+// outbound packet carries OutSeq+1 (OutSeq is 0 for a new SA); the data
+// plane never sends above OutSeqLimit and reports its progress
+// (Engine.SeqProgress) once outbound crosses OutSeqLimit-OutSeqMargin.
+// Inbound packets with a sequence number <= InSeqLow are refused (the
+// replay window starts with its top at InSeqLow and every bit set).
 type InstallChild struct {
-	SPIi, SPIr uint64
-	PeerID     Identity
-	Child      *ChildSA
-	Replaces   uint32
-}
-
-// Keepalive asks to send a NAT-T keepalive (the single octet 0xFF) from
-// the NAT-T socket at Local to Remote.
-type Keepalive struct {
-	Local, Remote netip.AddrPort
+	SPIi, SPIr   uint64
+	PeerID       Identity
+	Child        *ChildSA
+	Replaces     uint32
+	OutSeq       uint64
+	OutSeqLimit  uint64
+	OutSeqMargin uint64
+	InSeqLow     uint64
 }
 
 // RemoveChild asks the data plane to remove a CHILD_SA pair.
@@ -54,14 +92,28 @@ type UpdateChild struct {
 	Child      *ChildSA
 }
 
+// SetSeqLimit raises the outbound sequence number limit of the installed
+// CHILD SA with inbound SPI InSPI to OutSeqLimit, a reservation that is
+// committed once the batch's Persist is; OutSeqMargin is how far below the
+// limit the data plane reports progress from now on.
+type SetSeqLimit struct {
+	InSPI        uint32
+	OutSeqLimit  uint64
+	OutSeqMargin uint64
+}
+
 // Persist asks the caller to record a state change of an established SA
 // (one transaction each; DESIGN.md "What is persisted"). State is the SA
-// after the change; it is nil for PersistDeleted. Nothing is persisted for
-// liveness checks or keepalives.
+// after the change; it is nil for PersistDeleted. Version numbers the SA's
+// persisted states (per SPI, increasing); the caller reports the outcome
+// with Engine.Committed or Engine.PersistFailed. Nothing is persisted for
+// liveness checks or keepalives unless they need a new message ID
+// reservation.
 type Persist struct {
 	Kind     PersistKind
 	SPI      uint64   // our IKE SPI
 	OldSPI   uint64   // PersistIKERekeyed: our SPI of the replaced IKE SA
+	Version  uint64   // the SA's state version (Engine.Committed)
 	State    *SAState // nil for PersistDeleted
 	Released []uint32 // inbound ESP SPIs no longer in use
 }
@@ -77,7 +129,24 @@ const (
 	PersistIKERekeyed
 	PersistAddressChanged
 	PersistDeleted
+	// PersistReserved: new ESP sequence number reservations (SeqProgress,
+	// Restore).
+	PersistReserved
+	// PersistUpdated: anything else: a new message ID reservation, message
+	// IDs learnt after a restore, or the full state again after a failed
+	// write.
+	PersistUpdated
 )
+
+var persistNames = [...]string{"", "established", "child-created", "child-rekeyed", "child-deleted",
+	"ike-rekeyed", "address-changed", "deleted", "reserved", "updated"}
+
+func (k PersistKind) String() string {
+	if int(k) < len(persistNames) && persistNames[k] != "" {
+		return persistNames[k]
+	}
+	return "persist"
+}
 
 // Event reports something worth a log line and a metric.
 type Event struct {
@@ -93,13 +162,10 @@ type Event struct {
 	Initiator  bool // we are the original initiator of this IKE_SA
 }
 
-func (Send) isAction()         {}
 func (InstallChild) isAction() {}
 func (RemoveChild) isAction()  {}
-func (Event) isAction()        {}
 func (UpdateChild) isAction()  {}
-func (Keepalive) isAction()    {}
-func (Persist) isAction()      {}
+func (SetSeqLimit) isAction()  {}
 
 // EventKind names an Event.
 type EventKind uint8
@@ -167,3 +233,19 @@ type ChildSA struct {
 
 // RekeyAt returns when the engine will rekey the CHILD SA (zero: not scheduled).
 func (c *ChildSA) RekeyAt() time.Time { return c.rekeyAt }
+
+// add appends an engine product to the batch it belongs in.
+func (r *Ready) add(x any) {
+	switch x := x.(type) {
+	case Event:
+		r.Events = append(r.Events, x)
+	case Send:
+		r.Send = append(r.Send, x)
+	case Persist:
+		r.Persist = append(r.Persist, x)
+	case Action:
+		r.DataPlane = append(r.DataPlane, x)
+	default:
+		panic("ike: Ready cannot hold " + fmt.Sprintf("%T", x))
+	}
+}

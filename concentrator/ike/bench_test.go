@@ -53,22 +53,25 @@ func benchHandshake(b *testing.B, rcfg Config, ini Initiation, floor func(n int)
 		b.Fatal(err)
 	}
 	now := t0
-	var acts, racts []Action
-	deliver := func(to *Engine, from []Action, toResponder bool) []Action {
-		var out []Action
-		for _, a := range from {
-			s, ok := a.(Send)
-			if !ok {
-				continue
+	acts, racts := &Ready{}, &Ready{}
+	deliver := func(to *Engine, from *Ready, toResponder bool) *Ready {
+		out := &Ready{}
+		for _, p := range from.Persist {
+			if toResponder {
+				ie.Committed(p.SPI, p.Version)
+			} else {
+				res.Committed(p.SPI, p.Version)
 			}
+		}
+		for _, s := range from.Send {
 			for _, m := range s.Messages {
 				pkt := Packet{Local: s.Remote, Remote: s.Local, Data: m}
 				if toResponder {
 					b.StartTimer()
-					out = to.Handle(now, pkt, out)
+					to.Handle(now, pkt, out)
 					b.StopTimer()
 				} else {
-					out = to.Handle(now, pkt, out)
+					to.Handle(now, pkt, out)
 				}
 			}
 		}
@@ -79,7 +82,8 @@ func benchHandshake(b *testing.B, rcfg Config, ini Initiation, floor func(n int)
 	b.ResetTimer()
 	for i := 0; i < b.N; i++ {
 		var spi uint64
-		spi, acts, _ = ie.Initiate(now, ini, acts[:0])
+		acts.Reset()
+		spi, _ = ie.Initiate(now, ini, acts)
 		racts = deliver(res, acts, true) // IKE_SA_INIT request
 		acts = deliver(ie, racts, false) // response -> IKE_AUTH request
 		racts = deliver(res, acts, true) // IKE_AUTH request
@@ -89,8 +93,8 @@ func benchHandshake(b *testing.B, rcfg Config, ini Initiation, floor func(n int)
 		}
 		// Forget both sides' SAs so the tables do not grow with b.N.
 		ie.remove(ie.SA(spi))
-		for _, a := range racts {
-			if ev, ok := a.(Event); ok && ev.Kind == EventIKEEstablished {
+		for _, ev := range racts.Events {
+			if ev.Kind == EventIKEEstablished {
 				res.remove(res.SA(ev.SPIr))
 			}
 		}

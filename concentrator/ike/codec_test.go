@@ -268,8 +268,8 @@ func TestEmptyInitRequest(t *testing.T) {
 		t.Fatal(err)
 	}
 	b := (&Message{SPIi: 1, Exchange: IKE_SA_INIT, Flags: FlagInitiator}).Encode()
-	acts := e.Handle(t0, Packet{Local: concAddr, Remote: gwAddr, Data: b}, nil)
-	if len(acts) == 0 || e.Len() != 0 {
+	acts := R(func(rd *Ready) { e.Handle(t0, Packet{Local: concAddr, Remote: gwAddr, Data: b}, rd) })
+	if acts.Empty() || e.Len() != 0 {
 		t.Fatalf("actions %v, SAs %d", acts, e.Len())
 	}
 }

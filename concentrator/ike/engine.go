@@ -22,6 +22,8 @@ type Engine struct {
 	halfOpen  int
 	cookie    [2]cookieSecret // current and previous
 	stats     Stats
+	step      uint64    // counts entry points: one Ready batch each
+	now       time.Time // the latest time an entry point was given
 }
 
 type initKey struct {
@@ -50,6 +52,8 @@ type Stats struct {
 	IKERekeys         uint64 // IKE SAs rekeyed
 	RekeyCollisions   uint64 // simultaneous rekeys resolved (RFC 7296 §2.8.1)
 	UnreservedSPIs    uint64 // SPIs allocated without a cluster-wide reservation (pool empty)
+	PersistFailures   uint64 // state writes the caller reported failed
+	HeldRetransmits   uint64 // retransmitted requests not answered: their answer was not yet committed
 }
 
 const cookieLifetime = 5 * time.Minute
@@ -103,50 +107,65 @@ func (e *Engine) Each(f func(*IKESA) bool) {
 	}
 }
 
-// Handle processes one received IKE message and returns the actions it
-// causes, appended to out.
-func (e *Engine) Handle(now time.Time, pkt Packet, out []Action) []Action {
+// Handle processes one received IKE message and appends what it causes
+// to rd.
+func (e *Engine) Handle(now time.Time, pkt Packet, rd *Ready) {
+	e.begin(now)
 	h, err := DecodeHeader(pkt.Data)
 	if err != nil {
-		return e.drop(out, pkt, 0, 0, err)
+		e.drop(rd, pkt, 0, 0, err)
+		return
 	}
 	if h.Flags&FlagInitiator != 0 {
 		// From the original initiator: we are the responder.
 		if h.SPIr == 0 {
 			if h.Exchange != IKE_SA_INIT || h.Flags&FlagResponse != 0 {
-				return e.drop(out, pkt, h.SPIi, 0, ErrUnknownSA)
+				e.drop(rd, pkt, h.SPIi, 0, ErrUnknownSA)
+				return
 			}
-			return e.handleInitRequest(now, pkt, h, out)
+			e.handleInitRequest(now, pkt, h, rd)
+			return
 		}
 		sa := e.sas[h.SPIr]
 		if sa == nil || sa.initiator || sa.SPIi != h.SPIi {
-			return e.drop(out, pkt, h.SPIi, h.SPIr, ErrUnknownSA)
+			e.drop(rd, pkt, h.SPIi, h.SPIr, ErrUnknownSA)
+			return
 		}
-		return sa.handle(now, e, pkt, h, out)
+		sa.handle(now, e, pkt, h, rd)
+		return
 	}
 	sa := e.sas[h.SPIi]
 	if sa == nil || !sa.initiator || (sa.SPIr != 0 && sa.SPIr != h.SPIr) {
-		return e.drop(out, pkt, h.SPIi, h.SPIr, ErrUnknownSA)
+		e.drop(rd, pkt, h.SPIi, h.SPIr, ErrUnknownSA)
+		return
 	}
-	return sa.handle(now, e, pkt, h, out)
+	sa.handle(now, e, pkt, h, rd)
 }
 
-func (e *Engine) drop(out []Action, pkt Packet, spii, spir uint64, err error) []Action {
+// begin starts an engine step: one batch of work.
+func (e *Engine) begin(now time.Time) {
+	e.step++
+	if now.After(e.now) {
+		e.now = now
+	}
+}
+
+func (e *Engine) drop(rd *Ready, pkt Packet, spii, spir uint64, err error) {
 	e.stats.Dropped++
-	return append(out, Event{Kind: EventDropped, SPIi: spii, SPIr: spir, Local: pkt.Local, Remote: pkt.Remote, Reason: err.Error()})
+	rd.add(Event{Kind: EventDropped, SPIi: spii, SPIr: spir, Local: pkt.Local, Remote: pkt.Remote, Reason: err.Error()})
 }
 
-// Tick runs the timers that are due and returns their actions.
-func (e *Engine) Tick(now time.Time, out []Action) []Action {
+// Tick runs the timers that are due and appends their work to rd.
+func (e *Engine) Tick(now time.Time, rd *Ready) {
+	e.begin(now)
 	e.timers.advance(now, func(spi uint64, at time.Time) {
 		sa := e.sas[spi]
 		if sa == nil || sa.deadline != at.UnixNano() {
 			return // stale entry
 		}
 		sa.deadline = 0
-		out = sa.onTimer(now, e, out)
+		sa.onTimer(now, e, rd)
 	})
-	return out
 }
 
 // NextDeadline returns when Tick next has work, or the zero time. It is

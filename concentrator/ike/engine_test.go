@@ -87,7 +87,9 @@ func pskInitiation(t testing.TB) Initiation {
 }
 
 // wire carries Send actions between an initiator behind a NAT and a
-// responder, rewriting the initiator's address as a NAT would.
+// responder, rewriting the initiator's address as a NAT would. It applies
+// each batch the way the node does: persists are committed at once (unless
+// hold says otherwise), then the data plane changes, then the sends.
 type wire struct {
 	t          testing.TB
 	ini, res   *Engine
@@ -95,13 +97,18 @@ type wire struct {
 	events     []Event
 	installs   []InstallChild
 	removes    []RemoveChild
+	seqLimits  []SetSeqLimit
 	sides      []bool // per install/remove, in order: produced by the initiator
 	order      []any
 	drop       func(toResponder bool, msg []byte) bool
 	natShift   uint16    // a NAT rebinding moves the gateway's public port
 	resNAT     bool      // the responder is behind a NAT too: it sees a private address
-	persists   []Persist // the responder\'s
+	persists   []Persist // the responder's
 	keepalives int
+	// hold, when set, keeps the responder's persists uncommitted: their
+	// batches' data-plane changes and sends are held back in held.
+	hold bool
+	held []*Ready
 }
 
 func (w *wire) nat(a netip.AddrPort) netip.AddrPort {
@@ -109,14 +116,27 @@ func (w *wire) nat(a netip.AddrPort) netip.AddrPort {
 }
 
 type hop struct {
-	acts []Action
-	ini  bool
+	rd  *Ready
+	ini bool
 }
 
-// run delivers actions until nothing is left to send.
-func (w *wire) run(acts []Action, fromInitiator bool) { w.runHops(hop{acts, fromInitiator}) }
+// run delivers a batch and what it causes until nothing is left to send.
+func (w *wire) run(rd *Ready, fromInitiator bool) { w.runHops(hop{rd, fromInitiator}) }
 
-// runHops delivers several sides' actions, interleaved, until quiet.
+// commit commits the held responder batches and delivers them.
+func (w *wire) commit() {
+	held := w.held
+	w.held = nil
+	w.hold = false
+	for _, rd := range held {
+		for _, p := range rd.Persist {
+			w.res.Committed(p.SPI, p.Version)
+		}
+		w.runHops(hop{&Ready{DataPlane: rd.DataPlane, Send: rd.Send}, false})
+	}
+}
+
+// runHops delivers several sides' batches, interleaved, until quiet.
 func (w *wire) runHops(hops ...hop) {
 	queue := hops
 	for steps := 0; len(queue) > 0; steps++ {
@@ -125,44 +145,62 @@ func (w *wire) runHops(hops ...hop) {
 		}
 		h := queue[0]
 		queue = queue[1:]
-		for _, a := range h.acts {
+		eng := w.res
+		if h.ini {
+			eng = w.ini
+		}
+		w.events = append(w.events, h.rd.Events...)
+		if len(h.rd.Persist) > 0 {
+			if !h.ini {
+				w.persists = append(w.persists, h.rd.Persist...)
+				if w.hold {
+					w.held = append(w.held, h.rd)
+					continue
+				}
+			}
+			for _, p := range h.rd.Persist {
+				eng.Committed(p.SPI, p.Version)
+			}
+		}
+		for _, a := range h.rd.DataPlane {
 			switch a := a.(type) {
-			case Event:
-				w.events = append(w.events, a)
 			case InstallChild:
 				w.installs = append(w.installs, a)
 				w.order = append(w.order, a)
 				w.sides = append(w.sides, h.ini)
-			case Keepalive:
-				w.keepalives++
-			case Persist:
-				if !h.ini {
-					w.persists = append(w.persists, a)
-				}
 			case RemoveChild:
 				w.removes = append(w.removes, a)
 				w.order = append(w.order, a)
 				w.sides = append(w.sides, h.ini)
-			case Send:
-				for _, m := range a.Messages {
-					if w.drop != nil && w.drop(h.ini, m) {
-						continue
+			case SetSeqLimit:
+				if !h.ini {
+					w.seqLimits = append(w.seqLimits, a)
+				}
+			}
+		}
+		for _, a := range h.rd.Send {
+			if a.Keepalive {
+				w.keepalives++
+				continue
+			}
+			for _, m := range a.Messages {
+				if w.drop != nil && w.drop(h.ini, m) {
+					continue
+				}
+				if h.ini {
+					local := a.Remote
+					if w.resNAT {
+						local = netip.AddrPortFrom(netip.MustParseAddr("172.16.0.5"), a.Remote.Port())
 					}
-					if h.ini {
-						local := a.Remote
-						if w.resNAT {
-							local = netip.AddrPortFrom(netip.MustParseAddr("172.16.0.5"), a.Remote.Port())
-						}
-						pkt := Packet{Local: local, Remote: w.nat(a.Local), Data: append([]byte(nil), m...)}
-						queue = append(queue, hop{w.res.Handle(w.now, pkt, nil), false})
-					} else {
-						remote := a.Local
-						if w.resNAT {
-							remote = netip.AddrPortFrom(concAddr.Addr(), a.Local.Port())
-						}
-						pkt := Packet{Local: netip.AddrPortFrom(gwAddr.Addr(), a.Remote.Port()-10000-w.natShift), Remote: remote, Data: append([]byte(nil), m...)}
-						queue = append(queue, hop{w.ini.Handle(w.now, pkt, nil), true})
+					pkt := Packet{Local: local, Remote: w.nat(a.Local), Data: append([]byte(nil), m...)}
+					queue = append(queue, hop{R(func(rd *Ready) { w.res.Handle(w.now, pkt, rd) }), false})
+				} else {
+					remote := a.Local
+					if w.resNAT {
+						remote = netip.AddrPortFrom(concAddr.Addr(), a.Local.Port())
 					}
+					pkt := Packet{Local: netip.AddrPortFrom(gwAddr.Addr(), a.Remote.Port()-10000-w.natShift), Remote: remote, Data: append([]byte(nil), m...)}
+					queue = append(queue, hop{R(func(rd *Ready) { w.ini.Handle(w.now, pkt, rd) }), true})
 				}
 			}
 		}
@@ -189,7 +227,8 @@ func newWire(t testing.TB, rcfg Config) *wire {
 
 func TestHandshakePSK(t *testing.T) {
 	w := newWire(t, responderConfig(t, 1))
-	spi, acts, err := w.ini.Initiate(w.now, pskInitiation(t), nil)
+	acts := &Ready{}
+	spi, err := w.ini.Initiate(w.now, pskInitiation(t), acts)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -224,7 +263,7 @@ func TestHandshakePSK(t *testing.T) {
 		t.Fatalf("half-open = %d after establishment", w.res.Stats().HalfOpen)
 	}
 	// Delete from the initiator: both sides drop the SA.
-	w.run(w.ini.Delete(w.now, spi, nil), true)
+	w.run(R(func(rd *Ready) { w.ini.Delete(w.now, spi, rd) }), true)
 	if w.ini.Len() != 0 || w.res.Len() != 0 {
 		t.Fatalf("after delete: initiator %d SAs, responder %d", w.ini.Len(), w.res.Len())
 	}
@@ -237,7 +276,8 @@ func TestHandshakeWrongPSK(t *testing.T) {
 	w := newWire(t, responderConfig(t, 1))
 	ini := pskInitiation(t)
 	ini.PSK = []byte("not the right key")
-	_, acts, _ := w.ini.Initiate(w.now, ini, nil)
+	acts := &Ready{}
+	w.ini.Initiate(w.now, ini, acts)
 	w.run(acts, true)
 	if w.count(EventIKEEstablished) != 0 {
 		t.Fatal("established with a wrong PSK")
@@ -266,7 +306,8 @@ func TestInvalidKERetry(t *testing.T) {
 	w := newWire(t, rcfg)
 	ini := pskInitiation(t)
 	ini.IKEProposals = mustProposals(t, false, "aes256gcm16-prfsha256-x25519-ecp256")
-	_, acts, _ := w.ini.Initiate(w.now, ini, nil)
+	acts := &Ready{}
+	w.ini.Initiate(w.now, ini, acts)
 	w.run(acts, true)
 	if w.count(EventIKEEstablished) != 2 {
 		t.Fatalf("no establishment after INVALID_KE_PAYLOAD retry: %+v", w.events)
@@ -280,7 +321,8 @@ func TestNoProposalChosen(t *testing.T) {
 	w := newWire(t, responderConfig(t, 1))
 	ini := pskInitiation(t)
 	ini.IKEProposals = mustProposals(t, false, "aes128gcm16-prfsha512-ecp384")
-	_, acts, _ := w.ini.Initiate(w.now, ini, nil)
+	acts := &Ready{}
+	w.ini.Initiate(w.now, ini, acts)
 	w.run(acts, true)
 	ok := false
 	for _, e := range w.events {
@@ -295,7 +337,8 @@ func TestCookies(t *testing.T) {
 	rcfg := responderConfig(t, 1)
 	rcfg.CookieThreshold = 0 // always demand a cookie
 	w := newWire(t, rcfg)
-	_, acts, _ := w.ini.Initiate(w.now, pskInitiation(t), nil)
+	acts := &Ready{}
+	w.ini.Initiate(w.now, pskInitiation(t), acts)
 	w.run(acts, true)
 	if w.count(EventCookieSent) != 1 || w.count(EventIKEEstablished) != 2 {
 		t.Fatalf("cookie exchange: %+v", w.events)
@@ -306,7 +349,8 @@ func TestTSUnacceptable(t *testing.T) {
 	w := newWire(t, responderConfig(t, 1))
 	ini := pskInitiation(t)
 	ini.TSi = []TrafficSelector{SelectorFromPrefix(netip.MustParsePrefix("172.16.0.0/24"))}
-	_, acts, _ := w.ini.Initiate(w.now, ini, nil)
+	acts := &Ready{}
+	w.ini.Initiate(w.now, ini, acts)
 	w.run(acts, true)
 	if w.count(EventIKEEstablished) != 2 || len(w.installs) != 0 {
 		t.Fatalf("want IKE SA without CHILD SA: %+v", w.events)
@@ -328,7 +372,8 @@ func TestVirtualIP(t *testing.T) {
 	ini := pskInitiation(t)
 	ini.RequestVIP = true
 	ini.TSi = []TrafficSelector{SelectorFromPrefix(netip.MustParsePrefix("0.0.0.0/0"))}
-	_, acts, _ := w.ini.Initiate(w.now, ini, nil)
+	acts := &Ready{}
+	w.ini.Initiate(w.now, ini, acts)
 	w.run(acts, true)
 	if len(w.installs) != 2 {
 		t.Fatalf("installs = %d: %+v", len(w.installs), w.events)
@@ -355,13 +400,14 @@ func TestRetransmissions(t *testing.T) {
 		}
 		return false
 	}
-	spi, acts, _ := w.ini.Initiate(w.now, pskInitiation(t), nil)
+	acts := &Ready{}
+	spi, _ := w.ini.Initiate(w.now, pskInitiation(t), acts)
 	w.run(acts, true)
 	if w.count(EventIKEEstablished) != 1 {
 		t.Fatalf("responder should be established, initiator not yet: %+v", w.events)
 	}
 	w.now = w.now.Add(DefaultRetransmitTimeout)
-	w.run(w.ini.Tick(w.now, nil), true)
+	w.run(R(func(rd *Ready) { w.ini.Tick(w.now, rd) }), true)
 	if w.count(EventIKEEstablished) != 2 || len(w.installs) != 2 {
 		t.Fatalf("after retransmission: %+v", w.events)
 	}
@@ -370,10 +416,10 @@ func TestRetransmissions(t *testing.T) {
 	}
 	// A peer that never answers: the initiator gives up after its tries.
 	w.drop = func(bool, []byte) bool { return true }
-	w.run(w.ini.Delete(w.now, spi, nil), true)
+	w.run(R(func(rd *Ready) { w.ini.Delete(w.now, spi, rd) }), true)
 	for i := 0; i < 300 && w.ini.Len() > 0; i++ {
 		w.now = w.now.Add(time.Second)
-		w.run(w.ini.Tick(w.now, nil), true)
+		w.run(R(func(rd *Ready) { w.ini.Tick(w.now, rd) }), true)
 	}
 	if w.ini.Len() != 0 {
 		t.Fatal("initiator kept an SA whose peer never answered")
@@ -386,13 +432,14 @@ func TestHalfOpenTimeout(t *testing.T) {
 		h, _ := DecodeHeader(msg)
 		return toResponder && h.Exchange == IKE_AUTH
 	}
-	_, acts, _ := w.ini.Initiate(w.now, pskInitiation(t), nil)
+	acts := &Ready{}
+	w.ini.Initiate(w.now, pskInitiation(t), acts)
 	w.run(acts, true)
 	if w.res.Stats().HalfOpen != 1 {
 		t.Fatal("no half-open SA")
 	}
 	w.now = w.now.Add(DefaultHalfOpenTimeout)
-	w.run(w.res.Tick(w.now, nil), false)
+	w.run(R(func(rd *Ready) { w.res.Tick(w.now, rd) }), false)
 	if w.res.Len() != 0 || w.res.Stats().HalfOpen != 0 {
 		t.Fatal("half-open SA not expired")
 	}
@@ -445,7 +492,8 @@ func TestHandshakeECDSA(t *testing.T) {
 	gwFQDN := Identity{Type: IDFQDN, Data: []byte("gw1.iot.example")}
 	ini.Creds = Credentials{ID: gwFQDN, Signer: pki.gw, Chain: [][]byte{pki.gwDER}}
 	ini.Verifier = &sig.Verifier{Roots: pki.roots}
-	_, acts, _ := w.ini.Initiate(w.now, ini, nil)
+	acts := &Ready{}
+	w.ini.Initiate(w.now, ini, acts)
 	w.run(acts, true)
 	if w.count(EventIKEEstablished) != 2 || len(w.installs) != 2 {
 		t.Fatalf("ECDSA handshake: %+v", w.events)
@@ -457,9 +505,17 @@ func TestHandshakeECDSA(t *testing.T) {
 	// The same gateway claiming another identity than its certificate's.
 	w2 := newWire(t, rcfg)
 	ini.Creds.ID = Identity{Type: IDFQDN, Data: []byte("gw2.iot.example")}
-	_, acts, _ = w2.ini.Initiate(w2.now, ini, nil)
+	acts = &Ready{}
+	_, _ = w2.ini.Initiate(w2.now, ini, acts)
 	w2.run(acts, true)
 	if w2.count(EventIKEEstablished) != 0 {
 		t.Fatal("established with an identity the certificate does not carry")
 	}
+}
+
+// R runs one engine step into a fresh batch and returns it.
+func R(f func(rd *Ready)) *Ready {
+	rd := &Ready{}
+	f(rd)
+	return rd
 }

@@ -75,8 +75,9 @@ func FuzzResponder(f *testing.F) {
 	}
 	f.Fuzz(func(t *testing.T, b []byte) {
 		pkt := Packet{Local: concAddr, Remote: netip.MustParseAddrPort("192.0.2.1:500"), Data: b}
-		e.Handle(t0, pkt, nil)
-		e.Tick(t0.Add(DefaultHalfOpenTimeout*2), nil)
+		var rd Ready
+		e.Handle(t0, pkt, &rd)
+		e.Tick(t0.Add(DefaultHalfOpenTimeout*2), &rd)
 	})
 }
 

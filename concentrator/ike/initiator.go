@@ -28,15 +28,16 @@ type Initiation struct {
 const maxKERetries = 2
 
 // Initiate starts an IKE SA as initiator and returns our SPI.
-func (e *Engine) Initiate(now time.Time, ini Initiation, out []Action) (uint64, []Action, error) {
+func (e *Engine) Initiate(now time.Time, ini Initiation, rd *Ready) (uint64, error) {
+	e.begin(now)
 	if len(ini.IKEProposals) == 0 || len(ini.IKEProposals[0].Groups) == 0 {
-		return 0, out, errors.New("ike: initiation needs an IKE proposal with a group")
+		return 0, errors.New("ike: initiation needs an IKE proposal with a group")
 	}
 	if len(ini.ESPProposals) == 0 || len(ini.TSi) == 0 || len(ini.TSr) == 0 {
-		return 0, out, errors.New("ike: initiation needs ESP proposals and traffic selectors")
+		return 0, errors.New("ike: initiation needs ESP proposals and traffic selectors")
 	}
 	if ini.Creds.Signer == nil && ini.PSK == nil {
-		return 0, out, errors.New("ike: initiation needs a private key or a PSK")
+		return 0, errors.New("ike: initiation needs a private key or a PSK")
 	}
 	sa := &IKESA{
 		initiator: true, state: stateInitSent, SPIi: e.newSPI(), Local: ini.Local, Remote: ini.Remote,
@@ -44,14 +45,15 @@ func (e *Engine) Initiate(now time.Time, ini Initiation, out []Action) (uint64, 
 	}
 	kx, err := suite.GenerateKeyExchange(ini.IKEProposals[0].Groups[0], e.cfg.Rand)
 	if err != nil {
-		return 0, out, err
+		return 0, err
 	}
 	sa.kx = kx
 	e.sas[sa.SPIi] = sa
-	return sa.SPIi, sa.sendInit(now, e, out), nil
+	sa.sendInit(now, e, rd)
+	return sa.SPIi, nil
 }
 
-func (sa *IKESA) sendInit(now time.Time, e *Engine, out []Action) []Action {
+func (sa *IKESA) sendInit(now time.Time, e *Engine, rd *Ready) {
 	m := sa.header(IKE_SA_INIT, 0, false)
 	if sa.cookie != nil {
 		m.Payloads = append(m.Payloads, &Notify{NotifyType: COOKIE, Data: sa.cookie})
@@ -67,60 +69,71 @@ func (sa *IKESA) sendInit(now time.Time, e *Engine, out []Action) []Action {
 	sa.req = &pendingRequest{msgID: 0, exchange: IKE_SA_INIT, packets: [][]byte{sa.initReq}, retransmitAt: now.Add(e.cfg.RetransmitTimeout)}
 	sa.nextOut = 1
 	sa.reschedule(e)
-	return sa.send(sa.req.packets, out)
+	sa.send(sa.req.packets, rd)
 }
 
-func (sa *IKESA) failInit(e *Engine, n NotifyType, reason string, out []Action) []Action {
+func (sa *IKESA) failInit(e *Engine, n NotifyType, reason string, rd *Ready) {
 	ev := sa.event(EventIKEFailed)
 	ev.Notify, ev.Reason = n, reason
 	e.stats.Failed[n]++
 	e.remove(sa)
-	return append(out, ev)
+	rd.add(ev)
 }
 
-func (sa *IKESA) handleInitResponse(now time.Time, e *Engine, pkt Packet, out []Action) []Action {
+func (sa *IKESA) handleInitResponse(now time.Time, e *Engine, pkt Packet, rd *Ready) {
 	m, err := Decode(pkt.Data)
 	if err != nil {
-		return e.drop(out, pkt, sa.SPIi, 0, err)
+		e.drop(rd, pkt, sa.SPIi, 0, err)
+		return
 	}
 	if c := findNotify(m.Payloads, COOKIE); c != nil && sa.cookie == nil {
 		sa.cookie = bytes.Clone(c.Data)
 		sa.req = nil
-		return sa.sendInit(now, e, out)
+		sa.sendInit(now, e, rd)
+		return
 	}
 	if n := findNotify(m.Payloads, INVALID_KE_PAYLOAD); n != nil {
 		if len(n.Data) != 2 || sa.keRetries >= maxKERetries {
-			return sa.failInit(e, INVALID_KE_PAYLOAD, "responder refused our key exchange", out)
+			sa.failInit(e, INVALID_KE_PAYLOAD, "responder refused our key exchange", rd)
+			return
 		}
 		g := binary.BigEndian.Uint16(n.Data)
 		if !offersGroup(sa.ini.IKEProposals, g) {
-			return sa.failInit(e, INVALID_KE_PAYLOAD, "responder wants group "+suite.GroupName(g)+" which we did not offer", out)
+			sa.failInit(e, INVALID_KE_PAYLOAD, "responder wants group "+suite.GroupName(g)+" which we did not offer", rd)
+			return
 		}
 		kx, err := suite.GenerateKeyExchange(g, e.cfg.Rand)
 		if err != nil {
-			return sa.failInit(e, INVALID_KE_PAYLOAD, err.Error(), out)
+			sa.failInit(e, INVALID_KE_PAYLOAD, err.Error(), rd)
+			return
 		}
 		sa.kx, sa.keRetries, sa.req = kx, sa.keRetries+1, nil
-		return sa.sendInit(now, e, out)
+		sa.sendInit(now, e, rd)
+		return
 	}
 	if n := firstError(m.Payloads); n != nil {
-		return sa.failInit(e, n.NotifyType, "responder answered "+n.NotifyType.String(), out)
+		sa.failInit(e, n.NotifyType, "responder answered "+n.NotifyType.String(), rd)
+		return
 	}
 	x := collectExchange(m.Payloads)
 	saP, ke, nonce := x.sa, x.ke, x.nonce
 	if saP == nil || ke == nil || nonce == nil || m.SPIr == 0 {
-		return sa.failInit(e, INVALID_SYNTAX, "IKE_SA_INIT response needs SA, KE and Nonce", out)
+		sa.failInit(e, INVALID_SYNTAX, "IKE_SA_INIT response needs SA, KE and Nonce", rd)
+		return
 	}
 	sel, err := AcceptSelected(sa.ini.IKEProposals, saP, ProtoIKE, true)
 	if err != nil {
-		return sa.failInit(e, NO_PROPOSAL_CHOSEN, err.Error(), out)
+		sa.failInit(e, NO_PROPOSAL_CHOSEN, err.Error(), rd)
+		return
 	}
 	if sel.Group != sa.kx.Group() || ke.Group != sel.Group {
-		return sa.failInit(e, INVALID_KE_PAYLOAD, "responder's KE does not match the chosen group", out)
+		sa.failInit(e, INVALID_KE_PAYLOAD, "responder's KE does not match the chosen group", rd)
+		return
 	}
 	shared, err := sa.kx.SharedSecret(ke.Data)
 	if err != nil {
-		return sa.failInit(e, INVALID_SYNTAX, err.Error(), out)
+		sa.failInit(e, INVALID_SYNTAX, err.Error(), rd)
+		return
 	}
 	sa.kx = nil
 	sa.req = nil
@@ -129,7 +142,8 @@ func (sa *IKESA) handleInitResponse(now time.Time, e *Engine, pkt Packet, out []
 	sa.nr = bytes.Clone(nonce.Data)
 	sa.initResp = bytes.Clone(pkt.Data)
 	if err := sa.deriveKeys(e, shared); err != nil {
-		return sa.failInit(e, NotifyFor(err), err.Error(), out)
+		sa.failInit(e, NotifyFor(err), err.Error(), rd)
+		return
 	}
 	natL, natR, natT := detectNAT(m, sa.SPIi, sa.SPIr, sa.Local, sa.Remote)
 	sa.natLocal, sa.natRemote = natL || (natT && e.cfg.ForceEncap), natR
@@ -150,7 +164,7 @@ func (sa *IKESA) handleInitResponse(now time.Time, e *Engine, pkt Packet, out []
 			sa.peerCertReq = true
 		}
 	}
-	return sa.sendAuth(now, e, out)
+	sa.sendAuth(now, e, rd)
 }
 
 func offersGroup(specs []ProposalSpec, g uint16) bool {
@@ -164,7 +178,7 @@ func offersGroup(specs []ProposalSpec, g uint16) bool {
 	return false
 }
 
-func (sa *IKESA) sendAuth(now time.Time, e *Engine, out []Action) []Action {
+func (sa *IKESA) sendAuth(now time.Time, e *Engine, rd *Ready) {
 	ini := sa.ini
 	idi := &ID{IDType: ini.Creds.ID.Type, Data: ini.Creds.ID.Data}
 	payloads := []Payload{idi}
@@ -181,7 +195,8 @@ func (sa *IKESA) sendAuth(now time.Time, e *Engine, out []Action) []Action {
 	sendCerts := ini.Creds.SendCert == SendCertAlways || sa.peerCertReq
 	auth, err := sa.ourAuth(e, &ini.Creds, sa.authOctets(true, idi), ini.Creds.Signer == nil, ini.PSK, sendCerts)
 	if err != nil {
-		return sa.failInit(e, NotifyFor(err), err.Error(), out)
+		sa.failInit(e, NotifyFor(err), err.Error(), rd)
+		return
 	}
 	payloads = append(payloads, auth...)
 	if ini.RequestVIP {
@@ -195,24 +210,28 @@ func (sa *IKESA) sendAuth(now time.Time, e *Engine, out []Action) []Action {
 		&TS{Responder: true, Selectors: ini.TSr},
 	)
 	sa.state = stateAuthSent
-	return sa.request(now, e, IKE_AUTH, payloads, out)
+	sa.request(now, e, IKE_AUTH, payloads, rd)
 }
 
-func (sa *IKESA) handleAuthResponse(now time.Time, e *Engine, m *Message, out []Action) (res []Action) {
+func (sa *IKESA) handleAuthResponse(now time.Time, e *Engine, m *Message, rd *Ready) {
 	ini := sa.ini
 	if n := findNotify(m.Payloads, AUTHENTICATION_FAILED); n != nil {
-		return sa.failInit(e, AUTHENTICATION_FAILED, "responder refused our authentication", out)
+		sa.failInit(e, AUTHENTICATION_FAILED, "responder refused our authentication", rd)
+		return
 	}
 	a := collectAuth(m.Payloads, false)
 	if a.id == nil {
-		return sa.failInit(e, INVALID_SYNTAX, "IKE_AUTH response without IDr", out)
+		sa.failInit(e, INVALID_SYNTAX, "IKE_AUTH response without IDr", rd)
+		return
 	}
 	sa.PeerID = Identity{Type: a.id.IDType, Data: bytes.Clone(a.id.Data)}
 	if !ini.RemoteID.IsZero() && !ini.RemoteID.Equal(sa.PeerID) {
-		return sa.failInit(e, AUTHENTICATION_FAILED, "responder identity "+sa.PeerID.String()+" is not "+ini.RemoteID.String(), out)
+		sa.failInit(e, AUTHENTICATION_FAILED, "responder identity "+sa.PeerID.String()+" is not "+ini.RemoteID.String(), rd)
+		return
 	}
 	if err := sa.verifyPeer(now, e, a, sa.authOctets(false, a.id), ini.PSK, ini.Verifier); err != nil {
-		return sa.failInit(e, AUTHENTICATION_FAILED, err.Error(), out)
+		sa.failInit(e, AUTHENTICATION_FAILED, err.Error(), rd)
+		return
 	}
 	sa.state = stateEstablished
 	sa.Establish = now
@@ -223,27 +242,31 @@ func (sa *IKESA) handleAuthResponse(now time.Time, e *Engine, m *Message, out []
 	}
 	sa.initReq, sa.initResp = nil, nil
 	e.stats.Established++
-	out = append(out, sa.event(EventIKEEstablished))
+	rd.add(sa.event(EventIKEEstablished))
 	// Persisted once the CHILD SA's outcome is known, on every path below.
-	defer func() { res = sa.persist(PersistEstablished, res) }()
+	defer sa.persist(e, PersistEstablished, rd)
 
 	inSPI := sa.pendingInSPI
 	sa.pendingInSPI = 0
-	childErr := func(n NotifyType, reason string) []Action {
+	childErr := func(n NotifyType, reason string) {
 		delete(e.inSPIs, inSPI)
 		ev := sa.event(EventChildFailed)
 		ev.Notify, ev.Reason = n, reason
-		return append(out, ev)
+		rd.add(ev)
+		return
 	}
 	if n := firstError(m.Payloads); n != nil {
-		return childErr(n.NotifyType, "responder refused the CHILD SA")
+		childErr(n.NotifyType, "responder refused the CHILD SA")
+		return
 	}
 	if a.sa == nil || a.tsi == nil || a.tsr == nil {
-		return childErr(INVALID_SYNTAX, "IKE_AUTH response without a CHILD SA")
+		childErr(INVALID_SYNTAX, "IKE_AUTH response without a CHILD SA")
+		return
 	}
 	sel, err := AcceptSelected(ini.ESPProposals, a.sa, ProtoESP, false)
 	if err != nil || len(sel.SPI) != 4 {
-		return childErr(NO_PROPOSAL_CHOSEN, "responder chose an ESP proposal we did not offer")
+		childErr(NO_PROPOSAL_CHOSEN, "responder chose an ESP proposal we did not offer")
+		return
 	}
 	if a.cp != nil && a.cp.CfgType == CFG_REPLY {
 		for _, at := range a.cp.Attrs {
@@ -257,7 +280,8 @@ func (sa *IKESA) handleAuthResponse(now time.Time, e *Engine, m *Message, out []
 		tsi = []TrafficSelector{SelectorFromPrefix(netip.PrefixFrom(sa.vip, 32))}
 	}
 	if !Within(a.tsi.Selectors, tsi) && !sa.vip.IsValid() || !Within(a.tsr.Selectors, ini.TSr) {
-		return childErr(TS_UNACCEPTABLE, "responder widened the traffic selectors")
+		childErr(TS_UNACCEPTABLE, "responder widened the traffic selectors")
+		return
 	}
 	c := &ChildSA{
 		InSPI: inSPI, OutSPI: binary.BigEndian.Uint32(sel.SPI), Proposal: *sel,
@@ -265,12 +289,13 @@ func (sa *IKESA) handleAuthResponse(now time.Time, e *Engine, m *Message, out []
 		Encap: sa.natLocal || sa.natRemote, VirtualIP: sa.vip, Created: now,
 	}
 	if err := sa.childKeys(c, nil, sa.ni, sa.nr, sa.initiator); err != nil {
-		return childErr(NO_PROPOSAL_CHOSEN, err.Error())
+		childErr(NO_PROPOSAL_CHOSEN, err.Error())
+		return
 	}
 	sa.children = append(sa.children, c)
 	sa.scheduleChildRekey(e, c, false)
-	out = append(out, InstallChild{SPIi: sa.SPIi, SPIr: sa.SPIr, PeerID: sa.PeerID, Child: c})
+	sa.dataPlane(e, rd, InstallChild{SPIi: sa.SPIi, SPIr: sa.SPIr, PeerID: sa.PeerID, Child: c})
 	ev := sa.event(EventChildInstalled)
 	ev.Child = c
-	return append(out, ev)
+	rd.add(ev)
 }

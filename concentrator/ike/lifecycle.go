@@ -75,41 +75,43 @@ func (sa *IKESA) reschedule(e *Engine) {
 // an idle SA does not hold an IKE_AUTH response with certificates forever.
 const ResponseCacheTTL = 5 * time.Minute
 
-func (sa *IKESA) lifecycleTimers(now time.Time, e *Engine, out []Action) []Action {
+func (sa *IKESA) lifecycleTimers(now time.Time, e *Engine, rd *Ready) {
 	if sa.lastResp != nil && !sa.lastRespAt.IsZero() && !now.Before(sa.lastRespAt) {
 		sa.lastResp, sa.lastRespAt = nil, time.Time{}
 	}
 	if sa.behindNAT && e.cfg.KeepaliveInterval > 0 && !now.Before(sa.nextKeepalive) {
 		// NAT-T keepalive (RFC 3948 §2.3): keeps our NAT's mapping alive.
 		sa.nextKeepalive = now.Add(e.cfg.KeepaliveInterval)
-		out = append(out, Keepalive{Local: sa.Local, Remote: sa.Remote})
+		rd.add(Send{Local: sa.Local, Remote: sa.Remote, Keepalive: true})
 	}
 	if sa.req != nil {
-		return out
+		return
 	}
 	for _, c := range sa.children {
 		if !c.retireAt.IsZero() && !now.Before(c.retireAt) {
 			c.retireAt = time.Time{}
-			return sa.deleteChild(now, e, c, out)
+			sa.deleteChild(now, e, c, rd)
+			return
 		}
 	}
 	if !sa.rekeyIKE.IsZero() && !now.Before(sa.rekeyIKE) {
-		return sa.startIKERekey(now, e, out)
+		sa.startIKERekey(now, e, rd)
+		return
 	}
 	for _, c := range sa.children {
 		if c.replacedBy == nil && !c.rekeying && !c.rekeyAt.IsZero() && !now.Before(c.rekeyAt) {
-			return sa.startChildRekey(now, e, c, out)
+			sa.startChildRekey(now, e, c, rd)
+			return
 		}
 	}
 	if e.cfg.DPDDelay > 0 && !now.Before(sa.lastRecv.Add(e.cfg.DPDDelay)) {
 		// Counted, not reported one by one: an idle fleet of a million SAs
 		// sends this every DPDDelay.
 		e.stats.DPDSent++
-		out = sa.request(now, e, INFORMATIONAL, nil, out)
+		sa.request(now, e, INFORMATIONAL, nil, rd)
 		sa.req.dpd = true
-		return out
+		return
 	}
-	return out
 }
 
 // Policy for CHILD SAs: an SA we initiated follows its Initiation, one we
@@ -168,32 +170,39 @@ func (sa *IKESA) childByIn(spi uint32) *ChildSA {
 
 // ---- responder side of CREATE_CHILD_SA ----
 
-func (sa *IKESA) handleCreateChild(now time.Time, e *Engine, m *Message, out []Action) []Action {
+func (sa *IKESA) handleCreateChild(now time.Time, e *Engine, m *Message, rd *Ready) {
 	x := collectExchange(m.Payloads)
 	saP, nonce, ke, tsi, tsr := x.sa, x.nonce, x.ke, x.tsi, x.tsr
 	rekeyN := findNotify(m.Payloads, REKEY_SA)
-	reply := func(n NotifyType, data []byte) []Action {
-		return sa.respond(e, CREATE_CHILD_SA, m.MessageID, []Payload{&Notify{NotifyType: n, Data: data}}, out)
+	reply := func(n NotifyType, data []byte) {
+		sa.respond(e, CREATE_CHILD_SA, m.MessageID, []Payload{&Notify{NotifyType: n, Data: data}}, rd)
+		return
 	}
 	if saP == nil || nonce == nil {
-		return reply(INVALID_SYNTAX, nil)
+		reply(INVALID_SYNTAX, nil)
+		return
 	}
 	if tsi == nil && tsr == nil {
-		return sa.handleIKERekey(now, e, m, saP, nonce, ke, out)
+		sa.handleIKERekey(now, e, m, saP, nonce, ke, rd)
+		return
 	}
 	if tsi == nil || tsr == nil {
-		return reply(INVALID_SYNTAX, nil)
+		reply(INVALID_SYNTAX, nil)
+		return
 	}
 	var old *ChildSA
 	if rekeyN != nil {
 		if rekeyN.Protocol != ProtoESP || len(rekeyN.SPI) != 4 {
-			return reply(INVALID_SYNTAX, nil)
+			reply(INVALID_SYNTAX, nil)
+			return
 		}
 		if old = sa.childByOut(binary.BigEndian.Uint32(rekeyN.SPI)); old == nil {
-			return sa.respond(e, CREATE_CHILD_SA, m.MessageID, []Payload{&Notify{Protocol: ProtoESP, SPI: rekeyN.SPI, NotifyType: CHILD_SA_NOT_FOUND}}, out)
+			sa.respond(e, CREATE_CHILD_SA, m.MessageID, []Payload{&Notify{Protocol: ProtoESP, SPI: rekeyN.SPI, NotifyType: CHILD_SA_NOT_FOUND}}, rd)
+			return
 		}
 	} else if len(sa.children) >= e.cfg.MaxChildren {
-		return reply(NO_ADDITIONAL_SAS, nil)
+		reply(NO_ADDITIONAL_SAS, nil)
+		return
 	}
 	specs := sa.espSpecs(e)
 	if ke != nil {
@@ -201,26 +210,31 @@ func (sa *IKESA) handleCreateChild(now time.Time, e *Engine, m *Message, out []A
 	}
 	sel := SelectProposal(specs, saP.Proposals, ProtoESP, ke != nil)
 	if sel == nil || len(sel.SPI) != 4 {
-		return reply(NO_PROPOSAL_CHOSEN, nil)
+		reply(NO_PROPOSAL_CHOSEN, nil)
+		return
 	}
 	var shared []byte
 	var kx suite.KeyExchange
 	if ke != nil {
 		if ke.Group != sel.Group {
-			return reply(INVALID_KE_PAYLOAD, binary.BigEndian.AppendUint16(nil, sel.Group))
+			reply(INVALID_KE_PAYLOAD, binary.BigEndian.AppendUint16(nil, sel.Group))
+			return
 		}
 		var err error
 		if kx, err = suite.GenerateKeyExchange(sel.Group, e.cfg.Rand); err != nil {
-			return reply(NO_PROPOSAL_CHOSEN, nil)
+			reply(NO_PROPOSAL_CHOSEN, nil)
+			return
 		}
 		if shared, err = kx.SharedSecret(ke.Data); err != nil {
-			return reply(INVALID_SYNTAX, nil)
+			reply(INVALID_SYNTAX, nil)
+			return
 		}
 	}
 	localAllowed, remoteAllowed := sa.allowedTS(e)
 	ntsi, ntsr := Narrow(tsi.Selectors, remoteAllowed), Narrow(tsr.Selectors, localAllowed)
 	if len(ntsi) == 0 || len(ntsr) == 0 {
-		return reply(TS_UNACCEPTABLE, nil)
+		reply(TS_UNACCEPTABLE, nil)
+		return
 	}
 	nr := e.randBytes(32)
 	c := &ChildSA{
@@ -230,7 +244,8 @@ func (sa *IKESA) handleCreateChild(now time.Time, e *Engine, m *Message, out []A
 	c.InSPI = e.newESPSPI(sa)
 	if err := sa.childKeys(c, shared, nonce.Data, nr, false); err != nil {
 		delete(e.inSPIs, c.InSPI)
-		return reply(NO_PROPOSAL_CHOSEN, nil)
+		reply(NO_PROPOSAL_CHOSEN, nil)
+		return
 	}
 	payloads := []Payload{
 		&SA{Proposals: []Proposal{sel.Proposal(binary.BigEndian.AppendUint32(nil, c.InSPI))}},
@@ -240,14 +255,16 @@ func (sa *IKESA) handleCreateChild(now time.Time, e *Engine, m *Message, out []A
 		payloads = append(payloads, &KE{Group: sel.Group, Data: kx.Public()})
 	}
 	payloads = append(payloads, &TS{Selectors: ntsi}, &TS{Responder: true, Selectors: ntsr})
-	out = sa.respond(e, CREATE_CHILD_SA, m.MessageID, payloads, out)
+	sa.respond(e, CREATE_CHILD_SA, m.MessageID, payloads, rd)
 	sa.children = append(sa.children, c)
 	sa.scheduleChildRekey(e, c, old != nil)
-	out = append(out, InstallChild{SPIi: sa.SPIi, SPIr: sa.SPIr, PeerID: sa.PeerID, Child: c})
+	sa.dataPlane(e, rd, InstallChild{SPIi: sa.SPIi, SPIr: sa.SPIr, PeerID: sa.PeerID, Child: c})
 	ev := sa.event(EventChildInstalled)
 	ev.Child = c
 	if old == nil {
-		return sa.persist(PersistChildCreated, append(out, ev))
+		rd.add(ev)
+		sa.persist(e, PersistChildCreated, rd)
+		return
 	}
 	ev.Kind, ev.Reason = EventChildRekeyed, "rekeyed by peer"
 	e.stats.ChildRekeys++
@@ -259,7 +276,8 @@ func (sa *IKESA) handleCreateChild(now time.Time, e *Engine, m *Message, out []A
 	} else {
 		old.replacedBy = c // the peer deletes the old one
 	}
-	return sa.persist(PersistChildRekeyed, append(out, ev))
+	rd.add(ev)
+	sa.persist(e, PersistChildRekeyed, rd)
 }
 
 // pfsSpecs gives ESP proposals without groups the IKE SA's group, so a
@@ -277,39 +295,46 @@ func pfsSpecs(specs []ProposalSpec, group uint16) []ProposalSpec {
 
 // handleIKERekey answers a peer's rekey of this IKE SA (RFC 7296 §1.3.2,
 // §2.18): a new IKE SA with new SPIs and keys takes over the CHILD SAs.
-func (sa *IKESA) handleIKERekey(now time.Time, e *Engine, m *Message, saP *SA, nonce *Nonce, ke *KE, out []Action) []Action {
-	reply := func(n NotifyType, data []byte) []Action {
-		return sa.respond(e, CREATE_CHILD_SA, m.MessageID, []Payload{&Notify{NotifyType: n, Data: data}}, out)
+func (sa *IKESA) handleIKERekey(now time.Time, e *Engine, m *Message, saP *SA, nonce *Nonce, ke *KE, rd *Ready) {
+	reply := func(n NotifyType, data []byte) {
+		sa.respond(e, CREATE_CHILD_SA, m.MessageID, []Payload{&Notify{NotifyType: n, Data: data}}, rd)
+		return
 	}
 	if sa.req != nil && sa.req.rekey != nil && sa.req.rekey.ike {
-		return reply(TEMPORARY_FAILURE, nil) // our own IKE rekey is under way
+		reply(TEMPORARY_FAILURE, nil) // our own IKE rekey is under way
+		return
 	}
 	sel := SelectProposal(sa.ikeSpecs(e), saP.Proposals, ProtoIKE, true)
 	if sel == nil || len(sel.SPI) != 8 || ke == nil {
-		return reply(NO_PROPOSAL_CHOSEN, nil)
+		reply(NO_PROPOSAL_CHOSEN, nil)
+		return
 	}
 	if ke.Group != sel.Group {
-		return reply(INVALID_KE_PAYLOAD, binary.BigEndian.AppendUint16(nil, sel.Group))
+		reply(INVALID_KE_PAYLOAD, binary.BigEndian.AppendUint16(nil, sel.Group))
+		return
 	}
 	kx, err := suite.GenerateKeyExchange(sel.Group, e.cfg.Rand)
 	if err != nil {
-		return reply(NO_PROPOSAL_CHOSEN, nil)
+		reply(NO_PROPOSAL_CHOSEN, nil)
+		return
 	}
 	shared, err := kx.SharedSecret(ke.Data)
 	if err != nil {
-		return reply(INVALID_SYNTAX, nil)
+		reply(INVALID_SYNTAX, nil)
+		return
 	}
 	nr := e.randBytes(32)
 	nsa := sa.successor(e, false, binary.BigEndian.Uint64(sel.SPI), e.newSPI(), sel, bytes.Clone(nonce.Data), nr)
 	if err := nsa.deriveRekeyed(sa, shared); err != nil {
-		return reply(NO_PROPOSAL_CHOSEN, nil)
+		reply(NO_PROPOSAL_CHOSEN, nil)
+		return
 	}
-	out = sa.respond(e, CREATE_CHILD_SA, m.MessageID, []Payload{
+	sa.respond(e, CREATE_CHILD_SA, m.MessageID, []Payload{
 		&SA{Proposals: []Proposal{sel.Proposal(binary.BigEndian.AppendUint64(nil, nsa.SPIr))}},
 		&Nonce{Data: nr},
 		&KE{Group: sel.Group, Data: kx.Public()},
-	}, out)
-	return sa.handOver(now, e, nsa, out)
+	}, rd)
+	sa.handOver(now, e, nsa, rd)
 }
 
 // successor builds the IKE SA that replaces sa after a rekey; we are its
@@ -347,7 +372,7 @@ func (nsa *IKESA) deriveRekeyed(old *IKESA, shared []byte) error {
 }
 
 // handOver moves the CHILD SAs to the new IKE SA and retires the old one.
-func (sa *IKESA) handOver(now time.Time, e *Engine, nsa *IKESA, out []Action) []Action {
+func (sa *IKESA) handOver(now time.Time, e *Engine, nsa *IKESA, rd *Ready) {
 	nsa.children = sa.children
 	sa.children = nil
 	for _, c := range nsa.children {
@@ -366,11 +391,9 @@ func (sa *IKESA) handOver(now time.Time, e *Engine, nsa *IKESA, out []Action) []
 	e.stats.IKERekeys++
 	ev := nsa.event(EventIKERekeyed)
 	ev.Reason = "replaces " + spiPair(sa.SPIi, sa.SPIr)
-	out = append(out, ev)
-	if st, err := nsa.Snapshot(); err == nil {
-		out = append(out, Persist{Kind: PersistIKERekeyed, SPI: nsa.localSPI(), OldSPI: sa.localSPI(), State: &st})
-	}
-	return out
+	rd.add(ev)
+	nsa.rekeyedFrom = sa.localSPI()
+	nsa.persist(e, PersistIKERekeyed, rd)
 }
 
 func spiPair(i, r uint64) string { return fmt.Sprintf("%016x_%016x", i, r) }
@@ -379,7 +402,7 @@ func spiPair(i, r uint64) string { return fmt.Sprintf("%016x_%016x", i, r) }
 
 // startChildRekey rekeys c: CREATE_CHILD_SA with REKEY_SA (RFC 7296 §1.3.3),
 // with PFS when the ESP proposals name a group.
-func (sa *IKESA) startChildRekey(now time.Time, e *Engine, c *ChildSA, out []Action) []Action {
+func (sa *IKESA) startChildRekey(now time.Time, e *Engine, c *ChildSA, rd *Ready) {
 	specs := sa.espSpecs(e)
 	rk := &childRekey{old: c, ni: e.randBytes(32), localTS: c.LocalTS, peerTS: c.RemoteTS}
 	if len(specs) > 0 && len(specs[0].Groups) > 0 {
@@ -399,54 +422,61 @@ func (sa *IKESA) startChildRekey(now time.Time, e *Engine, c *ChildSA, out []Act
 	}
 	payloads = append(payloads, &TS{Selectors: c.LocalTS}, &TS{Responder: true, Selectors: c.RemoteTS})
 	c.rekeying = true
-	out = sa.request(now, e, CREATE_CHILD_SA, payloads, out)
+	sa.request(now, e, CREATE_CHILD_SA, payloads, rd)
 	sa.req.rekey = rk
-	return out
 }
 
-func (sa *IKESA) handleCreateChildResponse(now time.Time, e *Engine, rk *childRekey, m *Message, out []Action) (res []Action) {
+func (sa *IKESA) handleCreateChildResponse(now time.Time, e *Engine, rk *childRekey, m *Message, rd *Ready) {
 	if rk.ike {
-		return sa.handleIKERekeyResponse(now, e, rk, m, out)
+		sa.handleIKERekeyResponse(now, e, rk, m, rd)
+		return
 	}
 	old := rk.old
 	old.rekeying = false
-	fail := func(reason string, n NotifyType) []Action {
+	fail := func(reason string, n NotifyType) {
 		delete(e.inSPIs, rk.inSPI)
 		if peer := old.collision; peer != nil {
 			// The peer's rekey of the same SA went through: keep its result.
 			old.replacedBy, old.collision = peer, nil
 			sa.scheduleChildRekey(e, peer, true)
-			return out
+			return
 		}
 		old.rekeyAt = now.Add(e.cfg.RetransmitTimeout * 8) // try again later
 		ev := sa.event(EventChildFailed)
 		ev.Child, ev.Notify, ev.Reason = old, n, reason
-		return append(out, ev)
+		rd.add(ev)
+		return
 	}
 	if n := firstError(m.Payloads); n != nil {
-		return fail("peer refused the CHILD SA rekey", n.NotifyType)
+		fail("peer refused the CHILD SA rekey", n.NotifyType)
+		return
 	}
 	x := collectExchange(m.Payloads)
 	saP, nonce, ke, tsi, tsr := x.sa, x.nonce, x.ke, x.tsi, x.tsr
 	specs := sa.espSpecs(e)
 	if saP == nil || nonce == nil || tsi == nil || tsr == nil {
-		return fail("CREATE_CHILD_SA response is missing payloads", INVALID_SYNTAX)
+		fail("CREATE_CHILD_SA response is missing payloads", INVALID_SYNTAX)
+		return
 	}
 	sel, err := AcceptSelected(specs, saP, ProtoESP, rk.kx != nil)
 	if err != nil || len(sel.SPI) != 4 {
-		return fail("peer chose an ESP proposal we did not offer", NO_PROPOSAL_CHOSEN)
+		fail("peer chose an ESP proposal we did not offer", NO_PROPOSAL_CHOSEN)
+		return
 	}
 	var shared []byte
 	if rk.kx != nil {
 		if ke == nil || ke.Group != rk.kx.Group() {
-			return fail("peer's KE does not match", INVALID_KE_PAYLOAD)
+			fail("peer's KE does not match", INVALID_KE_PAYLOAD)
+			return
 		}
 		if shared, err = rk.kx.SharedSecret(ke.Data); err != nil {
-			return fail(err.Error(), INVALID_SYNTAX)
+			fail(err.Error(), INVALID_SYNTAX)
+			return
 		}
 	}
 	if !Within(tsi.Selectors, rk.localTS) || !Within(tsr.Selectors, rk.peerTS) {
-		return fail("peer widened the traffic selectors", TS_UNACCEPTABLE)
+		fail("peer widened the traffic selectors", TS_UNACCEPTABLE)
+		return
 	}
 	c := &ChildSA{
 		InSPI: rk.inSPI, OutSPI: binary.BigEndian.Uint32(sel.SPI), Proposal: *sel,
@@ -454,16 +484,17 @@ func (sa *IKESA) handleCreateChildResponse(now time.Time, e *Engine, rk *childRe
 		Encap: sa.natLocal || sa.natRemote, VirtualIP: old.VirtualIP, Created: now,
 	}
 	if err := sa.childKeys(c, shared, rk.ni, nonce.Data, true); err != nil {
-		return fail(err.Error(), NO_PROPOSAL_CHOSEN)
+		fail(err.Error(), NO_PROPOSAL_CHOSEN)
+		return
 	}
 	sa.children = append(sa.children, c)
 	sa.scheduleChildRekey(e, c, true)
 	e.stats.ChildRekeys++
-	out = append(out, InstallChild{SPIi: sa.SPIi, SPIr: sa.SPIr, PeerID: sa.PeerID, Child: c, Replaces: old.InSPI})
+	sa.dataPlane(e, rd, InstallChild{SPIi: sa.SPIi, SPIr: sa.SPIr, PeerID: sa.PeerID, Child: c, Replaces: old.InSPI})
 	ev := sa.event(EventChildRekeyed)
 	ev.Child, ev.Reason = c, "rekeyed by us"
-	out = append(out, ev)
-	defer func() { res = sa.persist(PersistChildRekeyed, res) }()
+	rd.add(ev)
+	defer sa.persist(e, PersistChildRekeyed, rd)
 
 	victim := old
 	old.replacedBy = c
@@ -486,33 +517,35 @@ func (sa *IKESA) handleCreateChildResponse(now time.Time, e *Engine, rk *childRe
 		// Keep the old SA until the new one carries traffic (ChildActive)
 		// or the overlap has passed, so packets in flight are not lost.
 		old.retireAt = now.Add(e.cfg.RekeyOverlap)
-		return out
+		return
 	}
-	return sa.deleteChild(now, e, victim, out)
+	sa.deleteChild(now, e, victim, rd)
 }
 
 // ExpireChild handles a data plane's expiry of the CHILD SA with inbound
 // SPI inSPI: soft (its sequence numbers or lifetime are nearly used up)
 // rekeys it now, hard (unusable) deletes it.
-func (e *Engine) ExpireChild(now time.Time, inSPI uint32, hard bool, out []Action) []Action {
+func (e *Engine) ExpireChild(now time.Time, inSPI uint32, hard bool, rd *Ready) {
+	e.begin(now)
 	sa := e.inSPIs[inSPI]
 	if sa == nil || sa.state != stateEstablished {
-		return out
+		return
 	}
+	sa.flushDirty(e, rd)
 	c := sa.childByIn(inSPI)
 	if c == nil {
-		return out
+		return
 	}
 	if hard {
 		if sa.req == nil {
-			return sa.deleteChild(now, e, c, out)
+			sa.deleteChild(now, e, c, rd)
+			return
 		}
 		c.retireAt = now // as soon as the exchange under way is done
 	} else if c.replacedBy == nil && !c.rekeying {
 		c.rekeyAt = now
 	}
 	sa.reschedule(e)
-	return out
 }
 
 // ChildActive tells the engine that the CHILD SA with inbound SPI inSPI
@@ -540,128 +573,138 @@ func minBytes(a, b []byte) []byte {
 
 // deleteChild sends an INFORMATIONAL Delete for c (our inbound SPI); c goes
 // when the peer answers.
-func (sa *IKESA) deleteChild(now time.Time, e *Engine, c *ChildSA, out []Action) []Action {
+func (sa *IKESA) deleteChild(now time.Time, e *Engine, c *ChildSA, rd *Ready) {
 	if sa.req != nil {
-		return out // one exchange at a time; the old SA is retried by its own rekeyAt
+		return // one exchange at a time; the old SA is retried by its own rekeyAt
 	}
-	out = sa.request(now, e, INFORMATIONAL, []Payload{
+	sa.request(now, e, INFORMATIONAL, []Payload{
 		&Delete{Protocol: ProtoESP, SPISize: 4, SPIs: [][]byte{binary.BigEndian.AppendUint32(nil, c.InSPI)}},
-	}, out)
+	}, rd)
 	sa.req.deleteChild = c
-	return out
 }
 
 // childDeleted removes c after its Delete exchange.
-func (sa *IKESA) childDeleted(e *Engine, c *ChildSA, reason string, out []Action) []Action {
+func (sa *IKESA) childDeleted(e *Engine, c *ChildSA, reason string, rd *Ready) {
 	for i, x := range sa.children {
 		if x == c {
 			sa.children = append(sa.children[:i], sa.children[i+1:]...)
 			delete(e.inSPIs, c.InSPI)
-			out = append(out, RemoveChild{SPIi: sa.SPIi, SPIr: sa.SPIr, Child: c})
+			sa.dataPlane(e, rd, RemoveChild{SPIi: sa.SPIi, SPIr: sa.SPIr, Child: c})
 			ev := sa.event(EventChildDeleted)
 			ev.Child, ev.Reason = c, reason
-			return sa.persist(PersistChildDeleted, append(out, ev), c.InSPI)
+			rd.add(ev)
+			sa.persist(e, PersistChildDeleted, rd, c.InSPI)
+			return
 		}
 	}
-	return out
 }
 
 // startIKERekey rekeys the IKE SA itself; we become the original initiator
 // of its successor.
-func (sa *IKESA) startIKERekey(now time.Time, e *Engine, out []Action) []Action {
+func (sa *IKESA) startIKERekey(now time.Time, e *Engine, rd *Ready) {
 	specs := sa.ikeSpecs(e)
 	kx, err := suite.GenerateKeyExchange(sa.prop.Group, e.cfg.Rand)
 	if err != nil {
 		sa.rekeyIKE = time.Time{}
-		return out
+		return
 	}
 	rk := &childRekey{ike: true, newSPI: e.newSPI(), ni: e.randBytes(32), kx: kx}
 	// Offer our proposals, the current group first so the KE fits.
 	prs := Proposals(specs, ProtoIKE, binary.BigEndian.AppendUint64(nil, rk.newSPI), true)
-	out = sa.request(now, e, CREATE_CHILD_SA, []Payload{
+	sa.request(now, e, CREATE_CHILD_SA, []Payload{
 		&SA{Proposals: prs},
 		&Nonce{Data: rk.ni},
 		&KE{Group: kx.Group(), Data: kx.Public()},
-	}, out)
+	}, rd)
 	sa.req.rekey = rk
 	sa.rekeyIKE = time.Time{}
 	// Reserve the new SPI so no other SA takes it meanwhile.
 	e.sas[rk.newSPI] = sa
-	return out
 }
 
-func (sa *IKESA) handleIKERekeyResponse(now time.Time, e *Engine, rk *childRekey, m *Message, out []Action) []Action {
+func (sa *IKESA) handleIKERekeyResponse(now time.Time, e *Engine, rk *childRekey, m *Message, rd *Ready) {
 	delete(e.sas, rk.newSPI)
 	x := collectExchange(m.Payloads)
 	saP, nonce, ke := x.sa, x.nonce, x.ke
 	specs := sa.ikeSpecs(e)
-	retry := func(reason string) []Action {
+	retry := func(reason string) {
 		if e.cfg.IKERekeyAfter > 0 {
 			sa.rekeyIKE = now.Add(e.cfg.RetransmitTimeout * 8)
 		}
 		ev := sa.event(EventIKEFailed)
 		ev.Reason = reason
-		return append(out, ev)
+		rd.add(ev)
+		return
 	}
 	if n := firstError(m.Payloads); n != nil {
-		return retry("peer refused the IKE SA rekey: " + n.NotifyType.String())
+		retry("peer refused the IKE SA rekey: " + n.NotifyType.String())
+		return
 	}
 	if saP == nil || nonce == nil || ke == nil {
-		return retry("IKE rekey response is missing payloads")
+		retry("IKE rekey response is missing payloads")
+		return
 	}
 	sel, err := AcceptSelected(specs, saP, ProtoIKE, true)
 	if err != nil || len(sel.SPI) != 8 || sel.Group != rk.kx.Group() || ke.Group != sel.Group {
-		return retry("peer chose an IKE proposal we cannot use")
+		retry("peer chose an IKE proposal we cannot use")
+		return
 	}
 	shared, err := rk.kx.SharedSecret(ke.Data)
 	if err != nil {
-		return retry(err.Error())
+		retry(err.Error())
+		return
 	}
 	nsa := sa.successor(e, true, rk.newSPI, binary.BigEndian.Uint64(sel.SPI), sel, rk.ni, bytes.Clone(nonce.Data))
 	nsa.ini = sa.ini
 	if err := nsa.deriveRekeyed(sa, shared); err != nil {
-		return retry(err.Error())
+		retry(err.Error())
+		return
 	}
-	out = sa.handOver(now, e, nsa, out)
+	sa.handOver(now, e, nsa, rd)
 	// Delete the old IKE SA (its CHILD SAs now belong to the successor).
 	sa.state = stateDeleting
-	out = sa.request(now, e, INFORMATIONAL, []Payload{&Delete{Protocol: ProtoIKE}}, out)
+	sa.request(now, e, INFORMATIONAL, []Payload{&Delete{Protocol: ProtoIKE}}, rd)
 	sa.req.deleteIKE = true
-	return out
 }
 
 // ---- operator and test entry points ----
 
 // RekeyChild starts rekeying the CHILD SA with inbound SPI inSPI of the IKE
 // SA with our SPI spi, if no other exchange is under way.
-func (e *Engine) RekeyChild(now time.Time, spi uint64, inSPI uint32, out []Action) []Action {
+func (e *Engine) RekeyChild(now time.Time, spi uint64, inSPI uint32, rd *Ready) {
+	e.begin(now)
 	sa := e.sas[spi]
 	if sa == nil || sa.state != stateEstablished || sa.req != nil {
-		return out
+		return
 	}
+	sa.flushDirty(e, rd)
 	if c := sa.childByIn(inSPI); c != nil && c.replacedBy == nil {
-		return sa.startChildRekey(now, e, c, out)
+		sa.startChildRekey(now, e, c, rd)
+		return
 	}
-	return out
 }
 
 // RekeyIKE starts rekeying the IKE SA with our SPI spi.
-func (e *Engine) RekeyIKE(now time.Time, spi uint64, out []Action) []Action {
+func (e *Engine) RekeyIKE(now time.Time, spi uint64, rd *Ready) {
+	e.begin(now)
 	sa := e.sas[spi]
 	if sa == nil || sa.state != stateEstablished || sa.req != nil || sa.localSPI() != spi {
-		return out
+		return
 	}
-	return sa.startIKERekey(now, e, out)
+	sa.flushDirty(e, rd)
+	sa.startIKERekey(now, e, rd)
 }
 
 // DeleteChild deletes one CHILD SA of the IKE SA with our SPI spi.
-func (e *Engine) DeleteChild(now time.Time, spi uint64, inSPI uint32, out []Action) []Action {
+func (e *Engine) DeleteChild(now time.Time, spi uint64, inSPI uint32, rd *Ready) {
+	e.begin(now)
 	sa := e.sas[spi]
 	if sa == nil || sa.state != stateEstablished {
-		return out
+		return
 	}
+	sa.flushDirty(e, rd)
 	if c := sa.childByIn(inSPI); c != nil {
-		return sa.deleteChild(now, e, c, out)
+		sa.deleteChild(now, e, c, rd)
+		return
 	}
-	return out
 }

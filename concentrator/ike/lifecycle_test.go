@@ -44,7 +44,8 @@ func (w *wire) paired(t *testing.T, n int) {
 func establish(t *testing.T, rcfg Config) (*wire, uint64) {
 	t.Helper()
 	w := newWire(t, rcfg)
-	spi, acts, err := w.ini.Initiate(w.now, pskInitiation(t), nil)
+	acts := &Ready{}
+	spi, err := w.ini.Initiate(w.now, pskInitiation(t), acts)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -74,7 +75,7 @@ func TestConcentratorRekeysChildOnSchedule(t *testing.T) {
 	// Advance the clock past the rekey: the concentrator rekeys, deletes the old SA.
 	for w.now.Before(at.Add(time.Second)) {
 		w.now = w.now.Add(30 * time.Second)
-		w.run(w.res.Tick(w.now, nil), false)
+		w.run(R(func(rd *Ready) { w.res.Tick(w.now, rd) }), false)
 	}
 	w.paired(t, 1)
 	if w.res.Stats().ChildRekeys != 1 || w.count(EventChildRekeyed) != 2 {
@@ -89,7 +90,7 @@ func TestConcentratorRekeysChildOnSchedule(t *testing.T) {
 	// Two cycles: it rekeys again.
 	for i := 0; i < 200 && w.res.Stats().ChildRekeys < 2; i++ {
 		w.now = w.now.Add(30 * time.Second)
-		w.run(w.res.Tick(w.now, nil), false)
+		w.run(R(func(rd *Ready) { w.res.Tick(w.now, rd) }), false)
 	}
 	w.paired(t, 1)
 	if w.res.Stats().ChildRekeys != 2 {
@@ -101,7 +102,7 @@ func TestGatewayRekeysChildWithPFS(t *testing.T) {
 	w, spi := establish(t, responderConfig(t, 1))
 	sa := w.ini.SA(spi)
 	sa.ini.ESPProposals = mustProposals(t, true, "aes256gcm16-x25519")
-	w.run(w.ini.RekeyChild(w.now, spi, sa.children[0].InSPI, nil), true)
+	w.run(R(func(rd *Ready) { w.ini.RekeyChild(w.now, spi, sa.children[0].InSPI, rd) }), true)
 	w.paired(t, 1)
 	if w.res.Stats().ChildRekeys != 1 || w.ini.Stats().ChildRekeys != 1 {
 		t.Fatalf("rekeys: responder %d initiator %d", w.res.Stats().ChildRekeys, w.ini.Stats().ChildRekeys)
@@ -120,8 +121,8 @@ func TestSimultaneousChildRekey(t *testing.T) {
 		w, spi := establish(t, rcfg)
 		iSA := w.ini.SA(spi)
 		rSA := w.res.SA(resSPI(w))
-		a := w.ini.RekeyChild(w.now, spi, iSA.children[0].InSPI, nil)
-		b := w.res.RekeyChild(w.now, rSA.SPIr, rSA.children[0].InSPI, nil)
+		a := R(func(rd *Ready) { w.ini.RekeyChild(w.now, spi, iSA.children[0].InSPI, rd) })
+		b := R(func(rd *Ready) { w.res.RekeyChild(w.now, rSA.SPIr, rSA.children[0].InSPI, rd) })
 		w.runHops(hop{a, true}, hop{b, false})
 		w.paired(t, 1)
 		if w.ini.Stats().RekeyCollisions != 1 || w.res.Stats().RekeyCollisions != 1 {
@@ -134,9 +135,9 @@ func TestIKERekeyBothWays(t *testing.T) {
 	for _, byGateway := range []bool{true, false} {
 		w, spi := establish(t, responderConfig(t, 1))
 		if byGateway {
-			w.run(w.ini.RekeyIKE(w.now, spi, nil), true)
+			w.run(R(func(rd *Ready) { w.ini.RekeyIKE(w.now, spi, rd) }), true)
 		} else {
-			w.run(w.res.RekeyIKE(w.now, resSPI(w), nil), false)
+			w.run(R(func(rd *Ready) { w.res.RekeyIKE(w.now, resSPI(w), rd) }), false)
 		}
 		if w.ini.Len() != 1 || w.res.Len() != 1 {
 			for _, e := range w.events {
@@ -157,9 +158,9 @@ func TestIKERekeyBothWays(t *testing.T) {
 		if isa == nil || !isa.Established() || len(isa.children) != 1 {
 			t.Fatalf("successor on the gateway: %+v", isa)
 		}
-		w.run(w.ini.RekeyChild(w.now, ispi, isa.children[0].InSPI, nil), true)
+		w.run(R(func(rd *Ready) { w.ini.RekeyChild(w.now, ispi, isa.children[0].InSPI, rd) }), true)
 		w.paired(t, 1)
-		w.run(w.ini.Delete(w.now, ispi, nil), true)
+		w.run(R(func(rd *Ready) { w.ini.Delete(w.now, ispi, rd) }), true)
 		if w.ini.Len() != 0 || w.res.Len() != 0 {
 			t.Fatalf("after delete: %d %d", w.ini.Len(), w.res.Len())
 		}
@@ -169,14 +170,14 @@ func TestIKERekeyBothWays(t *testing.T) {
 
 func TestDeleteChildBothWays(t *testing.T) {
 	w, spi := establish(t, responderConfig(t, 1))
-	w.run(w.ini.DeleteChild(w.now, spi, w.ini.SA(spi).children[0].InSPI, nil), true)
+	w.run(R(func(rd *Ready) { w.ini.DeleteChild(w.now, spi, w.ini.SA(spi).children[0].InSPI, rd) }), true)
 	w.paired(t, 0)
 	if w.ini.Len() != 1 || w.res.Len() != 1 {
 		t.Fatal("IKE SA should survive the CHILD delete")
 	}
 	w2, _ := establish(t, responderConfig(t, 1))
 	rs := w2.res.SA(resSPI(w2))
-	w2.run(w2.res.DeleteChild(w2.now, rs.SPIr, rs.children[0].InSPI, nil), false)
+	w2.run(R(func(rd *Ready) { w2.res.DeleteChild(w2.now, rs.SPIr, rs.children[0].InSPI, rd) }), false)
 	w2.paired(t, 0)
 }
 
@@ -186,13 +187,13 @@ func TestDPDDeadPeer(t *testing.T) {
 	w, _ := establish(t, rcfg)
 	// An active peer is never probed.
 	w.now = w.now.Add(20 * time.Second)
-	w.run(w.res.Tick(w.now, nil), false)
+	w.run(R(func(rd *Ready) { w.res.Tick(w.now, rd) }), false)
 	if w.res.Stats().DPDSent != 0 {
 		t.Fatal("probed a peer that was heard from recently")
 	}
 	// A silent but alive peer answers the probe.
 	w.now = w.now.Add(15 * time.Second)
-	w.run(w.res.Tick(w.now, nil), false)
+	w.run(R(func(rd *Ready) { w.res.Tick(w.now, rd) }), false)
 	if w.res.Stats().DPDSent != 1 || w.res.Len() != 1 {
 		t.Fatalf("DPD %+v", w.res.Stats())
 	}
@@ -200,7 +201,7 @@ func TestDPDDeadPeer(t *testing.T) {
 	w.drop = func(bool, []byte) bool { return true }
 	for i := 0; i < 400 && w.res.Len() > 0; i++ {
 		w.now = w.now.Add(time.Second)
-		w.run(w.res.Tick(w.now, nil), false)
+		w.run(R(func(rd *Ready) { w.res.Tick(w.now, rd) }), false)
 	}
 	if w.res.Len() != 0 || w.res.Stats().DPDDead != 1 {
 		t.Fatalf("dead peer kept: %d SAs, stats %+v", w.res.Len(), w.res.Stats())
@@ -221,7 +222,7 @@ func TestRekeyOverlapUntilTraffic(t *testing.T) {
 	old := rsa.children[0]
 	for old.replacedBy == nil {
 		w.now = w.now.Add(10 * time.Second)
-		w.run(w.res.Tick(w.now, nil), false)
+		w.run(R(func(rd *Ready) { w.res.Tick(w.now, rd) }), false)
 	}
 	_, res := w.live()
 	if len(res) != 2 {
@@ -239,19 +240,19 @@ func TestRekeyOverlapUntilTraffic(t *testing.T) {
 	// Traffic on the new SA: the old one is deleted at the next tick.
 	w.res.ChildActive(w.now, repl.Child.InSPI)
 	w.now = w.now.Add(200 * time.Millisecond)
-	w.run(w.res.Tick(w.now, nil), false)
+	w.run(R(func(rd *Ready) { w.res.Tick(w.now, rd) }), false)
 	w.paired(t, 1)
 
 	// Without traffic the overlap runs out.
 	for i := 0; i < 400 && w.res.Stats().ChildRekeys < 2; i++ {
 		w.now = w.now.Add(10 * time.Second)
-		w.run(w.res.Tick(w.now, nil), false)
+		w.run(R(func(rd *Ready) { w.res.Tick(w.now, rd) }), false)
 	}
 	if _, res := w.live(); len(res) != 2 {
 		t.Fatalf("second rekey: %d CHILD SAs during the overlap", len(res))
 	}
 	w.now = w.now.Add(31 * time.Second)
-	w.run(w.res.Tick(w.now, nil), false)
+	w.run(R(func(rd *Ready) { w.res.Tick(w.now, rd) }), false)
 	w.paired(t, 1)
 }
 
@@ -261,14 +262,15 @@ func TestKeepalivesOnlyBehindNAT(t *testing.T) {
 		rcfg.KeepaliveInterval = 20 * time.Second
 		res, _ := NewEngine(rcfg)
 		w := &wire{t: t, ini: initiatorEngine(t, 2), res: res, now: t0, resNAT: behind}
-		_, acts, _ := w.ini.Initiate(w.now, pskInitiation(t), nil)
+		acts := &Ready{}
+		w.ini.Initiate(w.now, pskInitiation(t), acts)
 		w.run(acts, true)
 		if w.count(EventIKEEstablished) != 2 {
 			t.Fatalf("behind=%v: not established: %+v", behind, w.events)
 		}
 		for i := 0; i < 12; i++ {
 			w.now = w.now.Add(10 * time.Second)
-			w.run(w.res.Tick(w.now, nil), false)
+			w.run(R(func(rd *Ready) { w.res.Tick(w.now, rd) }), false)
 		}
 		if behind && (w.keepalives < 5 || w.keepalives > 7) {
 			t.Fatalf("behind a NAT: %d keepalives in 2 minutes, want 6", w.keepalives)
@@ -284,15 +286,15 @@ func TestExpireChild(t *testing.T) {
 	rsa := w.res.SA(resSPI(w))
 	in := rsa.children[0].InSPI
 	// Soft: rekeyed at the next tick, though no scheduler is configured.
-	w.run(w.res.ExpireChild(w.now, in, false, nil), false)
+	w.run(R(func(rd *Ready) { w.res.ExpireChild(w.now, in, false, rd) }), false)
 	w.now = w.now.Add(200 * time.Millisecond)
-	w.run(w.res.Tick(w.now, nil), false)
+	w.run(R(func(rd *Ready) { w.res.Tick(w.now, rd) }), false)
 	w.paired(t, 1)
 	if w.res.Stats().ChildRekeys != 1 {
 		t.Fatalf("soft expiry did not rekey: %+v", w.res.Stats())
 	}
 	// Hard: the CHILD SA is deleted (on both sides).
-	w.run(w.res.ExpireChild(w.now, rsa.children[0].InSPI, true, nil), false)
+	w.run(R(func(rd *Ready) { w.res.ExpireChild(w.now, rsa.children[0].InSPI, true, rd) }), false)
 	w.paired(t, 0)
 	if w.res.Len() != 1 {
 		t.Fatal("the IKE SA went with its CHILD SA")
@@ -303,8 +305,8 @@ func TestExpireChild(t *testing.T) {
 // to the peer (instead of dropping the SA without a word).
 func TestDeleteWaitsForExchange(t *testing.T) {
 	w, spi := establish(t, responderConfig(t, 1))
-	acts := w.ini.RekeyChild(w.now, spi, w.ini.SA(spi).children[0].InSPI, nil)
-	acts = w.ini.Delete(w.now, spi, acts)
+	acts := R(func(rd *Ready) { w.ini.RekeyChild(w.now, spi, w.ini.SA(spi).children[0].InSPI, rd) })
+	w.ini.Delete(w.now, spi, acts)
 	if w.ini.Len() != 1 {
 		t.Fatal("deleted at once while a rekey was under way")
 	}

@@ -12,19 +12,20 @@ import (
 // the CHILD SAs follow in the data plane without being renegotiated.
 
 // moved records that an authenticated message came over new addresses.
-func (sa *IKESA) moved(now time.Time, e *Engine, local, remote netip.AddrPort, m *Message, out []Action) []Action {
+func (sa *IKESA) moved(now time.Time, e *Engine, local, remote netip.AddrPort, m *Message, rd *Ready) {
 	oldRemote := sa.Remote
 	sa.Local, sa.Remote = local, remote
 	if sa.state != stateEstablished || len(sa.children) == 0 {
-		return out // e.g. the NAT-T port float during IKE_AUTH
+		return // e.g. the NAT-T port float during IKE_AUTH
 	}
 	for _, c := range sa.children {
 		c.Local, c.Remote = local, remote
-		out = append(out, UpdateChild{SPIi: sa.SPIi, SPIr: sa.SPIr, PeerID: sa.PeerID, Child: c})
+		sa.dataPlane(e, rd, UpdateChild{SPIi: sa.SPIi, SPIr: sa.SPIr, PeerID: sa.PeerID, Child: c})
 	}
 	ev := sa.event(EventAddressChanged)
 	ev.Reason = "from " + oldRemote.String()
-	return sa.persist(PersistAddressChanged, append(out, ev))
+	rd.add(ev)
+	sa.persist(e, PersistAddressChanged, rd)
 }
 
 // mobikeInformational handles the MOBIKE notifies of an INFORMATIONAL
@@ -56,34 +57,34 @@ func (sa *IKESA) checkCookie2(m *Message) bool {
 
 // startRoutabilityCheck sends an INFORMATIONAL with COOKIE2 to the peer's
 // new address (RFC 4555 §3.7): if it does not come back, the SA goes.
-func (sa *IKESA) startRoutabilityCheck(now time.Time, e *Engine, out []Action) []Action {
+func (sa *IKESA) startRoutabilityCheck(now time.Time, e *Engine, rd *Ready) {
 	if sa.req != nil {
-		return out
+		return
 	}
 	sa.cookie2 = e.randBytes(16)
-	out = sa.request(now, e, INFORMATIONAL, []Payload{&Notify{NotifyType: COOKIE2, Data: sa.cookie2}}, out)
+	sa.request(now, e, INFORMATIONAL, []Payload{&Notify{NotifyType: COOKIE2, Data: sa.cookie2}}, rd)
 	sa.req.rrCheck = true
-	return out
 }
 
 // UpdateAddresses moves the IKE SA with our SPI spi to a new local address
 // (the initiator side of MOBIKE, RFC 4555 §3.5): UPDATE_SA_ADDRESSES with
 // NAT detection and COOKIE2, sent from the new address.
-func (e *Engine) UpdateAddresses(now time.Time, spi uint64, local netip.AddrPort, out []Action) []Action {
+func (e *Engine) UpdateAddresses(now time.Time, spi uint64, local netip.AddrPort, rd *Ready) {
+	e.begin(now)
 	sa := e.sas[spi]
 	if sa == nil || sa.state != stateEstablished || !sa.mobike || sa.req != nil {
-		return out
+		return
 	}
+	sa.flushDirty(e, rd)
 	sa.Local = local
 	for _, c := range sa.children {
 		c.Local = local
-		out = append(out, UpdateChild{SPIi: sa.SPIi, SPIr: sa.SPIr, PeerID: sa.PeerID, Child: c})
+		sa.dataPlane(e, rd, UpdateChild{SPIi: sa.SPIi, SPIr: sa.SPIr, PeerID: sa.PeerID, Child: c})
 	}
 	sa.cookie2 = e.randBytes(16)
 	payloads := []Payload{&Notify{NotifyType: UPDATE_SA_ADDRESSES}}
 	payloads = append(payloads, natNotifies(e, sa.SPIi, sa.SPIr, sa.Local, sa.Remote, e.cfg.ForceEncap)...)
 	payloads = append(payloads, &Notify{NotifyType: COOKIE2, Data: sa.cookie2})
-	out = sa.request(now, e, INFORMATIONAL, payloads, out)
+	sa.request(now, e, INFORMATIONAL, payloads, rd)
 	sa.req.rrCheck = true
-	return out
 }

@@ -10,7 +10,8 @@ func TestMOBIKEUpdateAddresses(t *testing.T) {
 	rcfg.MOBIKE = true
 	w := newWire(t, rcfg)
 	w.ini.cfg.MOBIKE = true
-	spi, acts, _ := w.ini.Initiate(w.now, pskInitiation(t), nil)
+	acts := &Ready{}
+	spi, _ := w.ini.Initiate(w.now, pskInitiation(t), acts)
 	w.run(acts, true)
 	rsa := w.res.SA(resSPI(w))
 	if !rsa.mobike || !w.ini.SA(spi).mobike {
@@ -21,7 +22,7 @@ func TestMOBIKEUpdateAddresses(t *testing.T) {
 	// The gateway moves to another address and its NAT maps a new port.
 	w.natShift = 7
 	newLocal := netip.AddrPortFrom(netip.MustParseAddr("10.10.1.3"), 4500)
-	w.run(w.ini.UpdateAddresses(w.now, spi, newLocal, nil), true)
+	w.run(R(func(rd *Ready) { w.ini.UpdateAddresses(w.now, spi, newLocal, rd) }), true)
 	if rsa.Remote.Port() != 4500+10000+7 {
 		t.Fatalf("responder still sends to %v", rsa.Remote)
 	}

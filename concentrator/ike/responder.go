@@ -13,9 +13,10 @@ import (
 
 // handleInitRequest answers an IKE_SA_INIT request (RFC 7296 §1.2) and
 // creates a half-open SA.
-func (e *Engine) handleInitRequest(now time.Time, pkt Packet, h Header, out []Action) []Action {
+func (e *Engine) handleInitRequest(now time.Time, pkt Packet, h Header, rd *Ready) {
 	if h.MessageID != 0 {
-		return e.drop(out, pkt, h.SPIi, 0, ErrStaleMessage)
+		e.drop(rd, pkt, h.SPIi, 0, ErrStaleMessage)
+		return
 	}
 	key := initKey{h.SPIi, pkt.Remote}
 	if sa := e.initIndex[key]; sa != nil {
@@ -23,13 +24,16 @@ func (e *Engine) handleInitRequest(now time.Time, pkt Packet, h Header, out []Ac
 		// the same SPI is dropped (RFC 7296 §2.1).
 		if sa.state == stateInitDone && bytes.Equal(sa.initReq, pkt.Data) {
 			e.stats.DuplicateRequests++
-			return append(out, Send{Local: pkt.Local, Remote: pkt.Remote, Messages: [][]byte{sa.initResp}})
+			rd.add(Send{Local: pkt.Local, Remote: pkt.Remote, Messages: [][]byte{sa.initResp}})
+			return
 		}
-		return e.drop(out, pkt, h.SPIi, 0, ErrRetransmission)
+		e.drop(rd, pkt, h.SPIi, 0, ErrRetransmission)
+		return
 	}
 	m, err := Decode(pkt.Data)
 	if err != nil {
-		return e.initError(now, pkt, h, out, err)
+		e.initError(now, pkt, h, rd, err)
+		return
 	}
 	x := collectExchange(m.Payloads)
 	saP, ke, nonce := x.sa, x.ke, x.nonce
@@ -40,7 +44,8 @@ func (e *Engine) handleInitRequest(now time.Time, pkt Packet, h Header, out []Ac
 		}
 	}
 	if saP == nil || ke == nil || nonce == nil || m.sk != nil || m.skf != nil {
-		return e.initError(now, pkt, h, out, errorf(INVALID_SYNTAX, "IKE_SA_INIT needs SA, KE and Nonce"))
+		e.initError(now, pkt, h, rd, errorf(INVALID_SYNTAX, "IKE_SA_INIT needs SA, KE and Nonce"))
+		return
 	}
 	// Under load, demand a cookie before doing any expensive work.
 	if e.halfOpen >= e.cfg.CookieThreshold {
@@ -54,26 +59,31 @@ func (e *Engine) handleInitRequest(now time.Time, pkt Packet, h Header, out []Ac
 			c := e.cookieFor(now, e.currentCookie(now).version, nonce.Data, pkt.Remote.Addr(), h.SPIi)
 			resp := Message{SPIi: h.SPIi, Exchange: IKE_SA_INIT, Flags: FlagResponse,
 				Payloads: []Payload{&Notify{NotifyType: COOKIE, Data: c}}}
-			out = append(out, Send{Local: pkt.Local, Remote: pkt.Remote, Messages: [][]byte{resp.Encode()}})
-			return append(out, Event{Kind: EventCookieSent, SPIi: h.SPIi, Local: pkt.Local, Remote: pkt.Remote, Notify: COOKIE})
+			rd.add(Send{Local: pkt.Local, Remote: pkt.Remote, Messages: [][]byte{resp.Encode()}})
+			rd.add(Event{Kind: EventCookieSent, SPIi: h.SPIi, Local: pkt.Local, Remote: pkt.Remote, Notify: COOKIE})
+			return
 		}
 	}
 	sel := SelectProposal(e.cfg.IKEProposals, saP.Proposals, ProtoIKE, true)
 	if sel == nil {
-		return e.initError(now, pkt, h, out, errorf(NO_PROPOSAL_CHOSEN, "no acceptable IKE proposal"))
+		e.initError(now, pkt, h, rd, errorf(NO_PROPOSAL_CHOSEN, "no acceptable IKE proposal"))
+		return
 	}
 	if ke.Group != sel.Group {
 		err := errorf(INVALID_KE_PAYLOAD, "peer sent KE for group %d, we want %d", ke.Group, sel.Group)
 		err.Data = binary.BigEndian.AppendUint16(nil, sel.Group)
-		return e.initError(now, pkt, h, out, err)
+		e.initError(now, pkt, h, rd, err)
+		return
 	}
 	kx, err := suite.GenerateKeyExchange(sel.Group, e.cfg.Rand)
 	if err != nil {
-		return e.initError(now, pkt, h, out, &Error{Notify: NO_PROPOSAL_CHOSEN, Reason: "key exchange", Err: err})
+		e.initError(now, pkt, h, rd, &Error{Notify: NO_PROPOSAL_CHOSEN, Reason: "key exchange", Err: err})
+		return
 	}
 	shared, err := kx.SharedSecret(ke.Data)
 	if err != nil {
-		return e.initError(now, pkt, h, out, &Error{Notify: INVALID_SYNTAX, Reason: "peer's KE", Err: err})
+		e.initError(now, pkt, h, rd, &Error{Notify: INVALID_SYNTAX, Reason: "peer's KE", Err: err})
+		return
 	}
 	sa := &IKESA{
 		state: stateInitDone, SPIi: h.SPIi, SPIr: e.newSPI(), Local: pkt.Local, Remote: pkt.Remote,
@@ -82,7 +92,8 @@ func (e *Engine) handleInitRequest(now time.Time, pkt Packet, h Header, out []Ac
 		initReq: bytes.Clone(pkt.Data),
 	}
 	if err := sa.deriveKeys(e, shared); err != nil {
-		return e.initError(now, pkt, h, out, err)
+		e.initError(now, pkt, h, rd, err)
+		return
 	}
 	natL, natR, natT := detectNAT(m, sa.SPIi, 0, pkt.Local, pkt.Remote)
 	sa.natLocal, sa.natRemote = natL || (natT && e.cfg.ForceEncap), natR
@@ -115,12 +126,12 @@ func (e *Engine) handleInitRequest(now time.Time, pkt Packet, h Header, out []Ac
 	sa.halfOpen = true
 	e.halfOpen++
 	sa.reschedule(e)
-	return append(out, Send{Local: pkt.Local, Remote: pkt.Remote, Messages: [][]byte{sa.initResp}})
+	rd.add(Send{Local: pkt.Local, Remote: pkt.Remote, Messages: [][]byte{sa.initResp}})
 }
 
 // initError answers a failed IKE_SA_INIT request with the error's notify
 // (unencrypted, responder SPI zero) and reports it.
-func (e *Engine) initError(now time.Time, pkt Packet, h Header, out []Action, err error) []Action {
+func (e *Engine) initError(now time.Time, pkt Packet, h Header, rd *Ready, err error) {
 	n := NotifyFor(err)
 	ev := Event{Kind: EventIKEFailed, SPIi: h.SPIi, Local: pkt.Local, Remote: pkt.Remote, Notify: n, Reason: err.Error()}
 	e.stats.Failed[n]++
@@ -131,29 +142,31 @@ func (e *Engine) initError(now time.Time, pkt Packet, h Header, out []Action, er
 		}
 		resp := Message{SPIi: h.SPIi, Exchange: IKE_SA_INIT, Flags: FlagResponse,
 			Payloads: []Payload{&Notify{NotifyType: n, Data: data}}}
-		out = append(out, Send{Local: pkt.Local, Remote: pkt.Remote, Messages: [][]byte{resp.Encode()}})
+		rd.add(Send{Local: pkt.Local, Remote: pkt.Remote, Messages: [][]byte{resp.Encode()}})
 	}
-	return append(out, ev)
+	rd.add(ev)
 }
 
 // handleAuthRequest authenticates the initiator, authenticates us, and
 // sets up the first CHILD SA (RFC 7296 §1.2).
-func (sa *IKESA) handleAuthRequest(now time.Time, e *Engine, m *Message, out []Action) []Action {
+func (sa *IKESA) handleAuthRequest(now time.Time, e *Engine, m *Message, rd *Ready) {
 	a := collectAuth(m.Payloads, true)
-	fail := func(err error) []Action {
+	fail := func(err error) {
 		n := NotifyFor(err)
 		if n == 0 {
 			n = AUTHENTICATION_FAILED
 		}
-		out = sa.respond(e, IKE_AUTH, m.MessageID, []Payload{&Notify{NotifyType: n}}, out)
+		sa.respond(e, IKE_AUTH, m.MessageID, []Payload{&Notify{NotifyType: n}}, rd)
 		ev := sa.event(EventIKEFailed)
 		ev.Notify, ev.Reason = n, err.Error()
 		e.stats.Failed[n]++
 		e.remove(sa)
-		return append(out, ev)
+		rd.add(ev)
+		return
 	}
 	if a.id == nil {
-		return fail(errorf(INVALID_SYNTAX, "IKE_AUTH without IDi"))
+		fail(errorf(INVALID_SYNTAX, "IKE_AUTH without IDi"))
+		return
 	}
 	sa.PeerID = Identity{Type: a.id.IDType, Data: bytes.Clone(a.id.Data)}
 	sa.peerCertReq = a.certRq
@@ -162,7 +175,8 @@ func (sa *IKESA) handleAuthRequest(now time.Time, e *Engine, m *Message, out []A
 		psk, _ = e.cfg.PSKs.PSK(sa.PeerID)
 	}
 	if err := sa.verifyPeer(now, e, a, sa.authOctets(true, a.id), psk, e.cfg.Verifier); err != nil {
-		return fail(err)
+		fail(err)
+		return
 	}
 	// Authenticate ourselves the way the peer did, if we can: PSK peers get
 	// PSK, certificate peers get our signature.
@@ -171,7 +185,8 @@ func (sa *IKESA) handleAuthRequest(now time.Time, e *Engine, m *Message, out []A
 	sendCerts := e.cfg.Local.SendCert == SendCertAlways || sa.peerCertReq
 	auth, err := sa.ourAuth(e, &e.cfg.Local, sa.authOctets(false, idr), usePSK, psk, sendCerts)
 	if err != nil {
-		return fail(err)
+		fail(err)
+		return
 	}
 	payloads := append([]Payload{idr}, auth...)
 	if e.cfg.MOBIKE && findNotify(m.Payloads, MOBIKE_SUPPORTED) != nil {
@@ -189,29 +204,31 @@ func (sa *IKESA) handleAuthRequest(now time.Time, e *Engine, m *Message, out []A
 	delete(e.initIndex, initKey{sa.SPIi, sa.initRemote})
 	sa.lastRecv = now
 	e.stats.Established++
-	out = append(out, sa.event(EventIKEEstablished))
+	rd.add(sa.event(EventIKEEstablished))
 
 	child, childPayloads, cerr := sa.acceptChild(now, e, a)
 	payloads = append(payloads, childPayloads...)
-	out = sa.respond(e, IKE_AUTH, m.MessageID, payloads, out)
+	sa.respond(e, IKE_AUTH, m.MessageID, payloads, rd)
 	sa.initReq, sa.initResp = nil, nil // AUTH is done; free what only it needed
 	defer sa.reschedule(e)
 	if cerr != nil {
 		ev := sa.event(EventChildFailed)
 		ev.Notify, ev.Reason = NotifyFor(cerr), cerr.Error()
-		return sa.persist(PersistEstablished, append(out, ev))
+		rd.add(ev)
+		sa.persist(e, PersistEstablished, rd)
+		return
 	}
 	if e.cfg.IKERekeyAfter > 0 {
 		sa.rekeyIKE = now.Add(e.cfg.IKERekeyAfter)
 	}
 	if child != nil {
 		sa.scheduleChildRekey(e, child, false)
-		out = append(out, InstallChild{SPIi: sa.SPIi, SPIr: sa.SPIr, PeerID: sa.PeerID, Child: child})
+		sa.dataPlane(e, rd, InstallChild{SPIi: sa.SPIi, SPIr: sa.SPIr, PeerID: sa.PeerID, Child: child})
 		ev := sa.event(EventChildInstalled)
 		ev.Child = child
-		out = append(out, ev)
+		rd.add(ev)
 	}
-	return sa.persist(PersistEstablished, out)
+	sa.persist(e, PersistEstablished, rd)
 }
 
 // acceptChild negotiates the CHILD SA carried in IKE_AUTH. It returns the
@@ -287,7 +304,7 @@ func (sa *IKESA) acceptChild(now time.Time, e *Engine, a authPayloads) (*ChildSA
 }
 
 // handleInformational answers liveness checks and deletes (RFC 7296 §1.4).
-func (sa *IKESA) handleInformational(now time.Time, e *Engine, m *Message, out []Action) []Action {
+func (sa *IKESA) handleInformational(now time.Time, e *Engine, m *Message, rd *Ready) {
 	reply := sa.mobikeInformational(now, e, m)
 	var freed []uint32
 	for _, p := range m.Payloads {
@@ -297,8 +314,9 @@ func (sa *IKESA) handleInformational(now time.Time, e *Engine, m *Message, out [
 		}
 		switch d.Protocol {
 		case ProtoIKE:
-			out = sa.respond(e, INFORMATIONAL, m.MessageID, nil, out)
-			return sa.terminate(e, "deleted by peer", out)
+			sa.respond(e, INFORMATIONAL, m.MessageID, nil, rd)
+			sa.terminate(e, "deleted by peer", rd)
+			return
 		case ProtoESP:
 			if d.SPISize != 4 {
 				continue
@@ -308,10 +326,10 @@ func (sa *IKESA) handleInformational(now time.Time, e *Engine, m *Message, out [
 				if c := sa.removeChildByOut(binary.BigEndian.Uint32(spi)); c != nil {
 					delete(e.inSPIs, c.InSPI)
 					ours = append(ours, binary.BigEndian.AppendUint32(nil, c.InSPI))
-					out = append(out, RemoveChild{SPIi: sa.SPIi, SPIr: sa.SPIr, Child: c})
+					sa.dataPlane(e, rd, RemoveChild{SPIi: sa.SPIi, SPIr: sa.SPIr, Child: c})
 					ev := sa.event(EventChildDeleted)
 					ev.Child, ev.Reason = c, "deleted by peer"
-					out = append(out, ev)
+					rd.add(ev)
 				}
 			}
 			if len(ours) > 0 {
@@ -322,14 +340,13 @@ func (sa *IKESA) handleInformational(now time.Time, e *Engine, m *Message, out [
 			}
 		}
 	}
-	out = sa.respond(e, INFORMATIONAL, m.MessageID, reply, out)
+	sa.respond(e, INFORMATIONAL, m.MessageID, reply, rd)
 	if len(freed) > 0 {
-		out = sa.persist(PersistChildDeleted, out, freed...)
+		sa.persist(e, PersistChildDeleted, rd, freed...)
 	}
 	if sa.mobike && findNotify(m.Payloads, UPDATE_SA_ADDRESSES) != nil {
-		out = sa.startRoutabilityCheck(now, e, out)
+		sa.startRoutabilityCheck(now, e, rd)
 	}
-	return out
 }
 
 func (sa *IKESA) removeChildByOut(spi uint32) *ChildSA {
@@ -343,40 +360,46 @@ func (sa *IKESA) removeChildByOut(spi uint32) *ChildSA {
 }
 
 // terminate removes the SA and its CHILD SAs.
-func (sa *IKESA) terminate(e *Engine, reason string, out []Action) []Action {
+func (sa *IKESA) terminate(e *Engine, reason string, rd *Ready) {
 	if !sa.superseded && (sa.state == stateEstablished || sa.state == stateDeleting) {
 		var freed []uint32
 		for _, c := range sa.children {
 			freed = append(freed, c.InSPI)
 		}
-		out = sa.persist(PersistDeleted, out, freed...)
+		sa.persist(e, PersistDeleted, rd, freed...)
 	}
 	for _, c := range sa.children {
-		out = append(out, RemoveChild{SPIi: sa.SPIi, SPIr: sa.SPIr, Child: c})
+		rd.add(RemoveChild{SPIi: sa.SPIi, SPIr: sa.SPIr, Child: c})
 	}
 	ev := sa.event(EventIKEDeleted)
 	ev.Reason = reason
 	e.remove(sa)
-	return append(out, ev)
+	rd.add(ev)
 }
 
 // Delete starts deleting the IKE SA with our SPI spi: an INFORMATIONAL
 // request with a Delete payload; the SA goes when the peer answers or the
 // request times out.
-func (e *Engine) Delete(now time.Time, spi uint64, out []Action) []Action {
+func (e *Engine) Delete(now time.Time, spi uint64, rd *Ready) {
+	e.begin(now)
+	e.deleteSA(now, spi, rd)
+}
+
+func (e *Engine) deleteSA(now time.Time, spi uint64, rd *Ready) {
 	sa := e.sas[spi]
 	if sa == nil {
-		return out
+		return
 	}
+	sa.flushDirty(e, rd)
 	if sa.state != stateEstablished {
-		return sa.terminate(e, "deleted locally", out)
+		sa.terminate(e, "deleted locally", rd)
+		return
 	}
 	if sa.req != nil {
 		sa.deleteAfter = true // one exchange at a time: after the one under way
-		return out
+		return
 	}
 	sa.state = stateDeleting
-	out = sa.request(now, e, INFORMATIONAL, []Payload{&Delete{Protocol: ProtoIKE}}, out)
+	sa.request(now, e, INFORMATIONAL, []Payload{&Delete{Protocol: ProtoIKE}}, rd)
 	sa.req.deleteIKE = true
-	return out
 }

@@ -71,12 +71,22 @@ type IKESA struct {
 	resync     bool      // restored: accept the peer's next higher message ID once
 	lastRespAt time.Time // when lastResp is dropped (a peer retransmits for minutes, not hours)
 	req        *pendingRequest
-	deadline   int64 // UnixNano of the SA's timer in the wheel; 0: none
-	lastRecv   time.Time
-	rekeyIKE   time.Time // when we rekey the IKE SA; zero: never
-	created    time.Time
-	frags      *reassembly
-	Establish  time.Time
+
+	// Persistence (Ready batches): the SA's state versions.
+	version     uint64      // of the last Persist made
+	committed   uint64      // the highest version the caller reported committed
+	persistStep uint64      // the engine step that made the last Persist
+	stored      bool        // a version of it is in the state store
+	dirty       bool        // a write failed: the next step persists the full state first
+	rekeyedFrom uint64      // our SPI of the IKE SA this one replaced, until stored
+	pendingDP   []pendingDP // data-plane changes whose batch's write is not yet committed
+
+	deadline  int64 // UnixNano of the SA's timer in the wheel; 0: none
+	lastRecv  time.Time
+	rekeyIKE  time.Time // when we rekey the IKE SA; zero: never
+	created   time.Time
+	frags     *reassembly
+	Establish time.Time
 
 	// initiator state
 	ini          *Initiation
@@ -165,38 +175,39 @@ func (sa *IKESA) seal(e *Engine, m *Message) [][]byte {
 	return [][]byte{b}
 }
 
-func (sa *IKESA) send(pkts [][]byte, out []Action) []Action {
-	return append(out, Send{Local: sa.Local, Remote: sa.Remote, Messages: pkts})
+func (sa *IKESA) send(pkts [][]byte, rd *Ready) {
+	rd.add(Send{Local: sa.Local, Remote: sa.Remote, Messages: pkts})
 }
 
 // respond sends and caches an encrypted response to the peer's request.
-func (sa *IKESA) respond(e *Engine, ex ExchangeType, msgID uint32, payloads []Payload, out []Action) []Action {
+func (sa *IKESA) respond(e *Engine, ex ExchangeType, msgID uint32, payloads []Payload, rd *Ready) {
 	m := sa.header(ex, msgID, true)
 	m.Payloads = payloads
 	pkts := sa.seal(e, &m)
 	sa.lastResp = pkts
 	sa.lastRespAt = time.Time{} // set by reschedule: dropped after ResponseCacheTTL
 	sa.nextIn = msgID + 1
-	return sa.send(pkts, out)
+	sa.send(pkts, rd)
 }
 
 // request sends a new encrypted request and arms its retransmission timer.
-func (sa *IKESA) request(now time.Time, e *Engine, ex ExchangeType, payloads []Payload, out []Action) []Action {
+func (sa *IKESA) request(now time.Time, e *Engine, ex ExchangeType, payloads []Payload, rd *Ready) {
 	m := sa.header(ex, sa.nextOut, false)
 	m.Payloads = payloads
 	pkts := sa.seal(e, &m)
 	sa.req = &pendingRequest{msgID: sa.nextOut, exchange: ex, packets: pkts, retransmitAt: now.Add(e.cfg.RetransmitTimeout)}
 	sa.nextOut++
 	sa.reschedule(e)
-	return sa.send(pkts, out)
+	sa.send(pkts, rd)
 }
 
 // ---- dispatch ----
 
-func (sa *IKESA) handle(now time.Time, e *Engine, pkt Packet, h Header, out []Action) []Action {
+func (sa *IKESA) handle(now time.Time, e *Engine, pkt Packet, h Header, rd *Ready) {
 	if h.Flags&FlagResponse != 0 {
 		if sa.req == nil || h.MessageID != sa.req.msgID {
-			return e.drop(out, pkt, h.SPIi, h.SPIr, ErrStaleMessage)
+			e.drop(rd, pkt, h.SPIi, h.SPIr, ErrStaleMessage)
+			return
 		}
 	} else {
 		switch {
@@ -208,139 +219,172 @@ func (sa *IKESA) handle(now time.Time, e *Engine, pkt Packet, h Header, out []Ac
 		case h.MessageID == sa.nextIn:
 		case h.MessageID+1 == sa.nextIn && sa.lastResp != nil:
 			if h.NextPayload == PayloadSKF && !isFirstFragment(pkt.Data) {
-				return out // answer a fragmented retransmission once, on its first fragment
+				return // answer a fragmented retransmission once, on its first fragment
+			}
+			sa.flushDirty(e, rd)
+			if !sa.canSend(e) {
+				// Its answer goes out once the state it reflects is
+				// committed; a retransmission cannot overtake it.
+				e.stats.HeldRetransmits++
+				return
 			}
 			e.stats.DuplicateRequests++
-			return sa.send(sa.lastResp, out)
+			sa.send(sa.lastResp, rd)
+			return
 		default:
-			return e.drop(out, pkt, h.SPIi, h.SPIr, ErrStaleMessage)
+			e.drop(rd, pkt, h.SPIi, h.SPIr, ErrStaleMessage)
+			return
 		}
 	}
 	if h.Exchange == IKE_SA_INIT {
 		if sa.initiator && sa.state == stateInitSent {
-			return sa.handleInitResponse(now, e, pkt, out)
+			sa.handleInitResponse(now, e, pkt, rd)
+			return
 		}
-		return e.drop(out, pkt, h.SPIi, h.SPIr, ErrStaleMessage)
+		e.drop(rd, pkt, h.SPIi, h.SPIr, ErrStaleMessage)
+		return
 	}
 	if sa.cipher == nil {
-		return e.drop(out, pkt, h.SPIi, h.SPIr, ErrUnknownSA)
+		e.drop(rd, pkt, h.SPIi, h.SPIr, ErrUnknownSA)
+		return
 	}
 	in, err := sa.cipher.Key(sa.keyIn.encr, sa.keyIn.integ)
 	if err != nil {
-		return e.drop(out, pkt, h.SPIi, h.SPIr, err)
+		e.drop(rd, pkt, h.SPIi, h.SPIr, err)
+		return
 	}
 	m, err := Decode(pkt.Data)
 	if err != nil {
-		return e.drop(out, pkt, h.SPIi, h.SPIr, err)
+		e.drop(rd, pkt, h.SPIi, h.SPIr, err)
+		return
 	}
 	switch {
 	case m.sk != nil:
 		if err := m.Decrypt(in); err != nil {
-			return sa.protocolError(now, e, pkt, m, err, out)
+			sa.protocolError(now, e, pkt, m, err, rd)
+			return
 		}
 	case m.skf != nil:
 		done, err := sa.reassemble(now, e, m, in)
 		if err != nil {
-			return sa.protocolError(now, e, pkt, m, err, out)
+			sa.protocolError(now, e, pkt, m, err, rd)
+			return
 		}
 		if !done {
-			return out
+			return
 		}
 	default:
-		return e.drop(out, pkt, h.SPIi, h.SPIr, &ParseError{Reason: "unprotected " + h.Exchange.String()})
+		e.drop(rd, pkt, h.SPIi, h.SPIr, &ParseError{Reason: "unprotected " + h.Exchange.String()})
+		return
 	}
 	// An authenticated message: NAT-T may have moved the peer (port float
 	// to 4500, a NAT rebinding, MOBIKE), and the peer is alive.
 	sa.lastRecv = now
 	sa.resync = false
+	sa.flushDirty(e, rd)
 	if pkt.Local != sa.Local || pkt.Remote != sa.Remote {
-		out = sa.moved(now, e, pkt.Local, pkt.Remote, m, out)
+		sa.moved(now, e, pkt.Local, pkt.Remote, m, rd)
 	}
 	if m.IsResponse() {
-		return sa.handleResponse(now, e, m, out)
+		sa.handleResponse(now, e, m, rd)
+		return
 	}
-	out = sa.handleRequest(now, e, m, out)
+	sa.handleRequest(now, e, m, rd)
 	if sa.state != stateDead {
 		sa.reschedule(e)
 	}
-	return out
 }
 
 // protocolError answers an authenticated but malformed request with the
 // notify the error names; failed integrity is dropped silently.
-func (sa *IKESA) protocolError(now time.Time, e *Engine, pkt Packet, m *Message, err error, out []Action) []Action {
+func (sa *IKESA) protocolError(now time.Time, e *Engine, pkt Packet, m *Message, err error, rd *Ready) {
 	n := NotifyFor(err)
 	if err == ErrIntegrity || n == 0 || m.IsResponse() {
-		return e.drop(out, pkt, m.SPIi, m.SPIr, err)
+		e.drop(rd, pkt, m.SPIi, m.SPIr, err)
+		return
 	}
 	e.stats.Dropped++
-	out = sa.respond(e, m.Exchange, m.MessageID, []Payload{&Notify{NotifyType: n}}, out)
+	sa.respond(e, m.Exchange, m.MessageID, []Payload{&Notify{NotifyType: n}}, rd)
 	if sa.state == stateInitDone {
 		ev := sa.event(EventIKEFailed)
 		ev.Notify, ev.Reason = n, err.Error()
 		e.stats.Failed[n]++
 		e.remove(sa)
-		return append(out, ev)
+		rd.add(ev)
+		return
 	}
-	return out
 }
 
-func (sa *IKESA) handleRequest(now time.Time, e *Engine, m *Message, out []Action) []Action {
+func (sa *IKESA) handleRequest(now time.Time, e *Engine, m *Message, rd *Ready) {
 	switch m.Exchange {
 	case IKE_AUTH:
 		if sa.initiator || sa.state != stateInitDone {
 			break
 		}
-		return sa.handleAuthRequest(now, e, m, out)
+		sa.handleAuthRequest(now, e, m, rd)
+		return
 	case INFORMATIONAL:
 		if sa.state != stateEstablished && sa.state != stateDeleting && sa.state != stateRekeyed {
 			break
 		}
-		return sa.handleInformational(now, e, m, out)
+		sa.handleInformational(now, e, m, rd)
+		return
 	case CREATE_CHILD_SA:
 		if sa.state != stateEstablished {
 			if sa.state == stateDeleting || sa.state == stateRekeyed {
-				return sa.respond(e, m.Exchange, m.MessageID, []Payload{&Notify{NotifyType: TEMPORARY_FAILURE}}, out)
+				sa.respond(e, m.Exchange, m.MessageID, []Payload{&Notify{NotifyType: TEMPORARY_FAILURE}}, rd)
+				return
 			}
 			break
 		}
-		return sa.handleCreateChild(now, e, m, out)
+		sa.handleCreateChild(now, e, m, rd)
+		return
 	}
-	return e.drop(out, Packet{Local: sa.Local, Remote: sa.Remote}, m.SPIi, m.SPIr, errorf(INVALID_SYNTAX, "%v request in state %v", m.Exchange, sa.state))
+	e.drop(rd, Packet{Local: sa.Local, Remote: sa.Remote}, m.SPIi, m.SPIr, errorf(INVALID_SYNTAX, "%v request in state %v", m.Exchange, sa.state))
 }
 
-func (sa *IKESA) handleResponse(now time.Time, e *Engine, m *Message, out []Action) []Action {
+func (sa *IKESA) handleResponse(now time.Time, e *Engine, m *Message, rd *Ready) {
 	req := sa.req
 	sa.req = nil
 	switch {
 	case req.exchange == IKE_AUTH && sa.state == stateAuthSent:
-		out = sa.handleAuthResponse(now, e, m, out)
+		sa.handleAuthResponse(now, e, m, rd)
 	case req.exchange == INFORMATIONAL && req.deleteIKE:
-		return sa.terminate(e, "deleted by us", out)
+		sa.terminate(e, "deleted by us", rd)
+		return
 	case req.exchange == INFORMATIONAL && req.deleteChild != nil:
-		out = sa.childDeleted(e, req.deleteChild, "deleted by us", out)
+		sa.childDeleted(e, req.deleteChild, "deleted by us", rd)
 	case req.exchange == CREATE_CHILD_SA && req.rekey != nil:
-		out = sa.handleCreateChildResponse(now, e, req.rekey, m, out)
+		sa.handleCreateChildResponse(now, e, req.rekey, m, rd)
 	case req.rrCheck:
 		if !sa.checkCookie2(m) {
-			return sa.terminate(e, "return routability check failed", out)
+			sa.terminate(e, "return routability check failed", rd)
+			return
 		}
 	}
 	if sa.state == stateEstablished && sa.deleteAfter && sa.req == nil {
 		sa.deleteAfter = false
-		return e.Delete(now, sa.localSPI(), out)
+		e.deleteSA(now, sa.localSPI(), rd)
+		return
 	}
 	if sa.state != stateDead {
 		sa.reschedule(e)
 	}
-	return out
 }
 
-func (sa *IKESA) onTimer(now time.Time, e *Engine, out []Action) []Action {
+func (sa *IKESA) onTimer(now time.Time, e *Engine, rd *Ready) {
+	sa.flushDirty(e, rd)
 	if r := sa.req; r != nil {
 		if now.Before(r.retransmitAt) {
 			sa.reschedule(e)
-			return out
+			return
+		}
+		if !sa.canSend(e) {
+			// The request leaves once the state of the batch it went out
+			// with is committed: try again later (not counted as a try).
+			r.retransmitAt = now.Add(e.cfg.RetransmitTimeout)
+			sa.reschedule(e)
+			return
 		}
 		if r.tries >= e.cfg.RetransmitTries {
 			reason := "peer did not answer " + r.exchange.String()
@@ -352,33 +396,36 @@ func (sa *IKESA) onTimer(now time.Time, e *Engine, out []Action) []Action {
 				ev := sa.event(EventIKEFailed)
 				ev.Reason = reason
 				e.remove(sa)
-				return append(out, ev)
+				rd.add(ev)
+				return
 			}
-			return sa.terminate(e, reason, out)
+			sa.terminate(e, reason, rd)
+			return
 		}
 		r.tries++
 		e.stats.Retransmits++
 		r.retransmitAt = now.Add(e.cfg.RetransmitTimeout << r.tries)
 		sa.reschedule(e)
-		return append(out, Send{Local: sa.Local, Remote: sa.Remote, Messages: r.packets})
+		rd.add(Send{Local: sa.Local, Remote: sa.Remote, Messages: r.packets})
+		return
 	}
 	if sa.state == stateInitDone {
 		if now.Before(sa.created.Add(e.cfg.HalfOpenTimeout)) {
 			sa.reschedule(e)
-			return out
+			return
 		}
 		ev := sa.event(EventIKEFailed)
 		ev.Reason = "half-open SA timed out"
 		e.remove(sa)
-		return append(out, ev)
+		rd.add(ev)
+		return
 	}
 	if sa.state == stateEstablished {
-		out = sa.lifecycleTimers(now, e, out)
+		sa.lifecycleTimers(now, e, rd)
 	}
 	if sa.state != stateDead {
 		sa.reschedule(e)
 	}
-	return out
 }
 
 // ---- shared key schedule ----

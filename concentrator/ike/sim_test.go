@@ -46,35 +46,41 @@ func simulateFleet(tb testing.TB, gateways int, sched RekeyScheduler, cycles int
 	now := t0
 	var queue []Send
 	var toRes []bool
-	deliver := func(acts []Action, fromGW bool) {
-		for _, a := range acts {
-			switch a := a.(type) {
-			case Send:
-				queue = append(queue, a)
-				toRes = append(toRes, fromGW)
-			case Event:
-				switch {
-				case a.Kind == EventChildFailed || a.Kind == EventIKEFailed || a.Kind == EventDropped:
-					if r.failures == nil {
-						r.failures = map[string]int{}
+	var rd Ready
+	deliver := func(acts *Ready, fromGW bool) {
+		src := res
+		if fromGW {
+			src = gw
+		}
+		for _, p := range acts.Persist {
+			src.Committed(p.SPI, p.Version)
+		}
+		for _, a := range acts.Send {
+			queue = append(queue, a)
+			toRes = append(toRes, fromGW)
+		}
+		for _, a := range acts.Events {
+			switch {
+			case a.Kind == EventChildFailed || a.Kind == EventIKEFailed || a.Kind == EventDropped:
+				if r.failures == nil {
+					r.failures = map[string]int{}
+				}
+				r.failures[fmt.Sprintf("%v gw=%v %s %v", a.Kind, fromGW, a.Reason, a.Notify)]++
+			case a.Kind == EventIKEEstablished && !fromGW:
+				r.established++
+			case a.Kind == EventChildRekeyed && a.Reason == "rekeyed by us":
+				if fromGW {
+					r.gatewayRekeys++
+				} else {
+					r.concRekeys++
+					b := now.Sub(t0).Milliseconds() / 10000
+					r.buckets[b]++
+					rekeysOf[a.SPIr]++
+					cy := rekeysOf[a.SPIr]
+					if r.cycles[cy] == nil {
+						r.cycles[cy] = map[int64]int{}
 					}
-					r.failures[fmt.Sprintf("%v gw=%v %s %v", a.Kind, fromGW, a.Reason, a.Notify)]++
-				case a.Kind == EventIKEEstablished && !fromGW:
-					r.established++
-				case a.Kind == EventChildRekeyed && a.Reason == "rekeyed by us":
-					if fromGW {
-						r.gatewayRekeys++
-					} else {
-						r.concRekeys++
-						b := now.Sub(t0).Milliseconds() / 10000
-						r.buckets[b]++
-						rekeysOf[a.SPIr]++
-						cy := rekeysOf[a.SPIr]
-						if r.cycles[cy] == nil {
-							r.cycles[cy] = map[int64]int{}
-						}
-						r.cycles[cy][b]++
-					}
+					r.cycles[cy][b]++
 				}
 			}
 		}
@@ -84,11 +90,13 @@ func simulateFleet(tb testing.TB, gateways int, sched RekeyScheduler, cycles int
 			s, fwd := queue[0], toRes[0]
 			queue, toRes = queue[1:], toRes[1:]
 			for _, m := range s.Messages {
+				rd.Reset()
 				if fwd {
-					deliver(res.Handle(now, Packet{Local: s.Remote, Remote: s.Local, Data: m}, nil), false)
+					res.Handle(now, Packet{Local: s.Remote, Remote: s.Local, Data: m}, &rd)
 				} else {
-					deliver(gw.Handle(now, Packet{Local: s.Remote, Remote: s.Local, Data: m}, nil), true)
+					gw.Handle(now, Packet{Local: s.Remote, Remote: s.Local, Data: m}, &rd)
 				}
+				deliver(&rd, !fwd)
 			}
 		}
 	}
@@ -102,15 +110,19 @@ func simulateFleet(tb testing.TB, gateways int, sched RekeyScheduler, cycles int
 			started++
 			ini.Creds.ID = Identity{Type: IDRFC822Addr, Data: []byte(fmt.Sprintf("gw%d@iot.example", started))}
 			ini.Local = netip.AddrPortFrom(netip.AddrFrom4([4]byte{10, byte(started >> 16), byte(started >> 8), byte(started)}), 500)
-			_, acts, err := gw.Initiate(now, ini, nil)
-			if err != nil {
+			rd.Reset()
+			if _, err := gw.Initiate(now, ini, &rd); err != nil {
 				tb.Fatal(err)
 			}
-			deliver(acts, true)
+			deliver(&rd, true)
 		}
 		flush()
-		deliver(res.Tick(now, nil), false)
-		deliver(gw.Tick(now, nil), true)
+		rd.Reset()
+		res.Tick(now, &rd)
+		deliver(&rd, false)
+		rd.Reset()
+		gw.Tick(now, &rd)
+		deliver(&rd, true)
 		flush()
 		if started >= gateways {
 			step = time.Second
@@ -233,7 +245,7 @@ func BenchmarkMemoryPerSA(b *testing.B) {
 			st.Children = []ChildState{cs}
 			// Peers last heard from spread over a minute.
 			at := t0.Add(time.Duration(k) * time.Minute / n)
-			if _, _, err := e.Restore(at, st, nil); err != nil {
+			if _, err := e.Restore(at, st, &Ready{}); err != nil {
 				b.Fatal(err)
 			}
 		}
@@ -241,14 +253,15 @@ func BenchmarkMemoryPerSA(b *testing.B) {
 		runtime.ReadMemStats(&after)
 		b.ReportMetric(float64(after.HeapAlloc-before.HeapAlloc)/n, "B/SA")
 		now := t0.Add(time.Minute)
-		e.Tick(now, nil)
+		e.Tick(now, &Ready{})
 		start := time.Now()
-		var acts []Action
+		var acts Ready
 		sent := 0
 		for s := 0; s < 600; s++ {
 			now = now.Add(100 * time.Millisecond)
-			acts = e.Tick(now, acts[:0])
-			sent += len(acts)
+			acts.Reset()
+			e.Tick(now, &acts)
+			sent += len(acts.Send)
 		}
 		elapsed := time.Since(start)
 		if e.Stats().DPDSent < n*99/100 {

@@ -79,18 +79,19 @@ var ErrSPIInUse = errors.New("ike: SPI already in use")
 // InstallChild actions that put its CHILD SAs (back) into the data plane.
 // Message IDs continue where the state says; timers (DPD, rekeys) start
 // from now.
-func (e *Engine) Restore(now time.Time, st SAState, out []Action) (*IKESA, []Action, error) {
+func (e *Engine) Restore(now time.Time, st SAState, rd *Ready) (*IKESA, error) {
+	e.begin(now)
 	prf, err := suite.NewPRF(st.Proposal.PRF)
 	if err != nil {
-		return nil, out, err
+		return nil, err
 	}
 	c, err := suite.NewCipher(st.Proposal.Encr.ID, int(st.Proposal.Encr.KeyLen), st.Proposal.Integ)
 	if err != nil {
-		return nil, out, err
+		return nil, err
 	}
 	if len(st.SKei) != c.EncrKeyLen() || len(st.SKer) != c.EncrKeyLen() || len(st.SKai) != c.IntegKeyLen() ||
 		len(st.SKar) != c.IntegKeyLen() || len(st.SKd) != prf.Size() {
-		return nil, out, errors.New("ike: restored key lengths do not fit the proposal")
+		return nil, errors.New("ike: restored key lengths do not fit the proposal")
 	}
 	prop := st.Proposal
 	sa := &IKESA{
@@ -99,7 +100,7 @@ func (e *Engine) Restore(now time.Time, st SAState, out []Action) (*IKESA, []Act
 		natLocal: st.NATLocal, natRemote: st.NATRemote, peerFrag: st.PeerFrag, mobike: st.MOBIKE,
 		PeerID: Identity{Type: st.PeerID.Type, Data: bytes.Clone(st.PeerID.Data)}, vip: st.VirtualIP,
 		nextIn: st.NextIn, nextOut: st.NextOut, created: st.Created, Establish: st.Established, lastRecv: now,
-		resync: true,
+		resync: true, stored: true,
 	}
 	i2r, r2i := skKeys{bytes.Clone(st.SKei), bytes.Clone(st.SKai)}, skKeys{bytes.Clone(st.SKer), bytes.Clone(st.SKar)}
 	if sa.initiator {
@@ -108,11 +109,11 @@ func (e *Engine) Restore(now time.Time, st SAState, out []Action) (*IKESA, []Act
 		sa.keyOut, sa.keyIn = r2i, i2r
 	}
 	if e.sas[sa.localSPI()] != nil {
-		return nil, out, ErrSPIInUse
+		return nil, ErrSPIInUse
 	}
 	for _, cs := range st.Children {
 		if e.inSPIs[cs.InSPI] != nil {
-			return nil, out, fmt.Errorf("%w: ESP %08x", ErrSPIInUse, cs.InSPI)
+			return nil, fmt.Errorf("%w: ESP %08x", ErrSPIInUse, cs.InSPI)
 		}
 	}
 	if e.cfg.IKERekeyAfter > 0 {
@@ -135,37 +136,149 @@ func (e *Engine) Restore(now time.Time, st SAState, out []Action) (*IKESA, []Act
 		}
 		e.inSPIs[ch.InSPI] = sa
 		sa.children = append(sa.children, ch)
-		out = append(out, InstallChild{SPIi: sa.SPIi, SPIr: sa.SPIr, PeerID: sa.PeerID, Child: ch})
+		sa.dataPlane(e, rd, InstallChild{SPIi: sa.SPIi, SPIr: sa.SPIr, PeerID: sa.PeerID, Child: ch})
 	}
 	sa.reschedule(e)
-	return sa, out, nil
+	return sa, nil
 }
 
-// persist appends a Persist action for a change of an established SA.
-func (sa *IKESA) persist(kind PersistKind, out []Action, released ...uint32) []Action {
+// persist appends a Persist of a change of an established SA: its state
+// after the change under a new version.
+func (sa *IKESA) persist(e *Engine, kind PersistKind, rd *Ready, released ...uint32) {
 	p := Persist{Kind: kind, SPI: sa.localSPI(), Released: released}
 	if kind != PersistDeleted {
 		st, err := sa.Snapshot()
 		if err != nil {
-			return out // not established: nothing of it is persisted yet
+			return // not established: nothing of it is persisted yet
 		}
 		p.State = &st
 	}
-	return append(out, p)
+	if kind == PersistIKERekeyed {
+		p.OldSPI = sa.rekeyedFrom
+	}
+	sa.version++
+	p.Version = sa.version
+	sa.persistStep = e.step
+	sa.dirty = false
+	rd.add(p)
+	keep := sa.pendingDP[:0]
+	for _, d := range sa.pendingDP {
+		switch {
+		case d.step == e.step:
+			d.version = sa.version
+		case d.version == 0:
+			continue // from a batch without a write: applied at once
+		}
+		keep = append(keep, d)
+	}
+	clear(sa.pendingDP[len(keep):])
+	sa.pendingDP = keep
+}
+
+// pendingDP is a data-plane change of a batch whose write is pending: if
+// the write fails, the change is made again behind the next write.
+type pendingDP struct {
+	step, version uint64
+	a             Action
+}
+
+// dataPlane adds a data-plane change of sa to the batch.
+func (sa *IKESA) dataPlane(e *Engine, rd *Ready, a Action) {
+	rd.add(a)
+	sa.pendingDP = append(sa.pendingDP, pendingDP{step: e.step, a: a})
+}
+
+// canSend reports whether a message of sa may go into the current batch:
+// every state change of it is committed, or the batch commits its state
+// before anything of it is sent.
+func (sa *IKESA) canSend(e *Engine) bool {
+	return sa.committed == sa.version || sa.persistStep == e.step
+}
+
+// flushDirty persists the full state of an SA whose last write failed,
+// before anything else of it goes out.
+func (sa *IKESA) flushDirty(e *Engine, rd *Ready) {
+	if !sa.dirty || sa.state != stateEstablished {
+		return
+	}
+	kind := PersistUpdated
+	if !sa.stored && sa.rekeyedFrom != 0 {
+		kind = PersistIKERekeyed // its record has yet to replace its predecessor's
+	}
+	// The failed batches' data-plane changes were not made: make them
+	// behind this write.
+	for i := range sa.pendingDP {
+		if d := &sa.pendingDP[i]; d.version > sa.committed {
+			d.step = e.step
+			rd.add(d.a)
+		}
+	}
+	sa.persist(e, kind, rd)
+}
+
+// Committed tells the engine that version (Persist.Version) of the SA with
+// our SPI spi is in the state store. Messages held back for it (answers to
+// retransmitted requests) go out from then on.
+func (e *Engine) Committed(spi, version uint64) {
+	sa := e.sas[spi]
+	if sa == nil || sa.localSPI() != spi || version > sa.version {
+		return
+	}
+	sa.stored = true
+	sa.rekeyedFrom = 0
+	if version > sa.committed {
+		sa.committed = version
+	}
+	keep := sa.pendingDP[:0]
+	for _, d := range sa.pendingDP {
+		if d.version == 0 && d.step == e.step || d.version > version {
+			keep = append(keep, d)
+		}
+	}
+	clear(sa.pendingDP[len(keep):])
+	sa.pendingDP = keep
+	if len(keep) == 0 {
+		sa.pendingDP = nil
+	}
+}
+
+// PersistFailed tells the engine that writing version of the SA with our
+// SPI spi failed; nothing of that batch was sent or applied. An SA that
+// never reached the state store is forgotten (the peer tries again later);
+// any other SA persists its full state in its next step, before anything
+// else of it goes out.
+func (e *Engine) PersistFailed(spi, version uint64, rd *Ready) {
+	e.step++
+	sa := e.sas[spi]
+	if sa == nil || sa.localSPI() != spi || version > sa.version || version <= sa.committed {
+		return
+	}
+	e.stats.PersistFailures++
+	if !sa.stored && sa.rekeyedFrom == 0 {
+		ev := sa.event(EventIKEFailed)
+		ev.Reason = "state not persisted"
+		e.remove(sa)
+		rd.add(ev)
+		return
+	}
+	sa.dirty = true
+	if !e.now.IsZero() {
+		e.schedule(sa, e.now) // flushed at the next Tick if nothing else comes
+	}
 }
 
 // Forget removes the IKE SA with our SPI spi without telling the peer:
 // another node owns it now. Its CHILD SAs leave the data plane.
-func (e *Engine) Forget(spi uint64, out []Action) []Action {
+func (e *Engine) Forget(spi uint64, rd *Ready) {
+	e.step++
 	sa := e.sas[spi]
 	if sa == nil || sa.localSPI() != spi {
-		return out
+		return
 	}
 	for _, c := range sa.children {
-		out = append(out, RemoveChild{SPIi: sa.SPIi, SPIr: sa.SPIr, Child: c})
+		rd.add(RemoveChild{SPIi: sa.SPIi, SPIr: sa.SPIr, Child: c})
 	}
 	e.remove(sa)
-	return out
 }
 
 // SetSPITag changes the fixed bits of the IKE SPIs allocated from now on

@@ -19,29 +19,30 @@ func TestSnapshotRestoreContinues(t *testing.T) {
 	// Unpersisted exchanges after the snapshot: two liveness checks by the gateway.
 	for i := 0; i < 2; i++ {
 		isa := w.ini.SA(spi)
-		w.run(isa.request(w.now, w.ini, INFORMATIONAL, nil, nil), true)
+		w.run(R(func(rd *Ready) { isa.request(w.now, w.ini, INFORMATIONAL, nil, rd) }), true)
 	}
 	fresh, err := NewEngine(responderConfig(t, 7))
 	if err != nil {
 		t.Fatal(err)
 	}
 	w.res = fresh
-	_, acts, err := fresh.Restore(w.now, st, nil)
+	acts := &Ready{}
+	_, err = fresh.Restore(w.now, st, acts)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(acts) != 1 {
-		t.Fatalf("restore actions %d, want one InstallChild", len(acts))
+	if len(acts.DataPlane) != 1 {
+		t.Fatalf("restore data-plane actions %d, want one InstallChild", len(acts.DataPlane))
 	}
-	if _, _, err := fresh.Restore(w.now, st, nil); err == nil {
+	if _, err := fresh.Restore(w.now, st, &Ready{}); err == nil {
 		t.Fatal("restoring the same SA twice succeeded")
 	}
 	// The gateway rekeys its CHILD SA and then deletes everything: both work.
-	w.run(w.ini.RekeyChild(w.now, spi, w.ini.SA(spi).children[0].InSPI, nil), true)
+	w.run(R(func(rd *Ready) { w.ini.RekeyChild(w.now, spi, w.ini.SA(spi).children[0].InSPI, rd) }), true)
 	if fresh.Stats().ChildRekeys != 1 {
 		t.Fatalf("CHILD rekey after restore: %+v", fresh.Stats())
 	}
-	w.run(w.ini.Delete(w.now, spi, nil), true)
+	w.run(R(func(rd *Ready) { w.ini.Delete(w.now, spi, rd) }), true)
 	if fresh.Len() != 0 || w.ini.Len() != 0 {
 		t.Fatalf("delete after restore: %d %d", fresh.Len(), w.ini.Len())
 	}
@@ -55,7 +56,7 @@ func TestResponseCacheExpires(t *testing.T) {
 		t.Fatal("no cached IKE_AUTH response right after establishment")
 	}
 	w.now = w.now.Add(ResponseCacheTTL + time.Second)
-	w.run(w.res.Tick(w.now, nil), false)
+	w.run(R(func(rd *Ready) { w.res.Tick(w.now, rd) }), false)
 	if rsa.lastResp != nil {
 		t.Fatal("IKE_AUTH response still cached after ResponseCacheTTL")
 	}
@@ -79,18 +80,18 @@ func TestPersistedChanges(t *testing.T) {
 	}
 	for i := 0; i < 5; i++ { // liveness checks: nothing persisted
 		w.now = w.now.Add(11 * time.Second)
-		w.run(w.res.Tick(w.now, nil), false)
+		w.run(R(func(rd *Ready) { w.res.Tick(w.now, rd) }), false)
 	}
 	if w.res.Stats().DPDSent == 0 || len(w.persists) != 1 {
 		t.Fatalf("DPD sent %d, persisted %v", w.res.Stats().DPDSent, kinds())
 	}
-	w.run(w.ini.RekeyChild(w.now, spi, w.ini.SA(spi).children[0].InSPI, nil), true)
-	w.run(w.ini.RekeyIKE(w.now, spi, nil), true)
+	w.run(R(func(rd *Ready) { w.ini.RekeyChild(w.now, spi, w.ini.SA(spi).children[0].InSPI, rd) }), true)
+	w.run(R(func(rd *Ready) { w.ini.RekeyIKE(w.now, spi, rd) }), true)
 	var ispi uint64
 	for k := range w.ini.sas {
 		ispi = k
 	}
-	w.run(w.ini.Delete(w.now, ispi, nil), true)
+	w.run(R(func(rd *Ready) { w.ini.Delete(w.now, ispi, rd) }), true)
 	want := []PersistKind{PersistEstablished, PersistChildRekeyed, PersistChildDeleted, PersistIKERekeyed, PersistDeleted}
 	got := kinds()
 	if fmt.Sprint(got) != fmt.Sprint(want) {
