@@ -64,16 +64,16 @@ type SeqLimiter interface {
 // SeqProgress reports a CHILD SA's sequence numbers: OutSeq is the last
 // outbound number used, InSeq the highest inbound number authenticated.
 //
-// When reports come: let base be the outbound number when the limit was
-// last set (at Install: OutSeq; at SetSeqLimit: the number then), grant =
-// limit-base and margin = max(OutSeqMargin, grant/2). The outbound report
-// comes once when the outbound number reaches limit-margin (once per
-// limit: SetSeqLimit re-arms it; no limit or no grant, no report). The
-// inbound report comes each time the inbound number has advanced by
-// 2*margin (at least) since InSeqLow or the last inbound report. With
-// a renewal that grants a block of numbers (limit = OutSeq + block), the
-// margin is block/2 however the block grows, and the inbound step is one
-// block.
+// When reports come: let base be the outbound number of the SA's last
+// outbound report (OutSeq before the first), grant = limit-base and
+// margin = max(OutSeqMargin, grant/2). The outbound report comes once when
+// the outbound number reaches limit-margin (once per limit: SetSeqLimit
+// re-arms it; no limit, or a limit not above base, no report). The inbound
+// report comes each time the inbound number has advanced by 2*margin since
+// InSeqLow or the last inbound report. So when each report is answered
+// with limit = OutSeq + block, the margin is block/2 however the block
+// grows, the next report comes block/2 numbers later, and the inbound step
+// is one block. A report carries both current numbers, whichever caused it.
 type SeqProgress struct {
 	InSPI         uint32
 	OutSeq, InSeq uint64
@@ -87,9 +87,8 @@ type SeqReporter interface {
 }
 
 // SeqMargin returns the effective reporting margin of the rule above for
-// an SA with OutSeqMargin margin whose limit was set to limit when its
-// outbound number was base, and the outbound number at which progress is
-// reported (0: none: no limit, or nothing granted).
+// an SA with OutSeqMargin margin, base and limit, and the outbound number
+// at which progress is reported (0: none: no limit, or nothing granted).
 func SeqMargin(margin, base, limit uint64) (eff, threshold uint64) {
 	if limit == 0 || limit <= base {
 		return margin, 0

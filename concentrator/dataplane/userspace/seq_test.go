@@ -115,15 +115,15 @@ func TestSeqOutbound(t *testing.T) {
 	if got := lastSentSeq(t, r.concWire); got != 5011 {
 		t.Fatalf("after SetSeqLimit the next packet carries %d, want 5011", got)
 	}
-	// Grant 100 from 5010: margin 50, threshold 5060.
+	// Grant 105 from the last report (5005): margin 52, threshold 5058.
 	for i := 0; i < 60; i++ {
 		if !send(i) {
 			t.Fatalf("packet %d refused under the new limit", i)
 		}
 	}
 	p = drainProgress(r.conc)
-	if len(p) != 1 || p[0].OutSeq != 5060 {
-		t.Fatalf("reports %+v, want one at OutSeq 5060", p)
+	if len(p) != 1 || p[0].OutSeq != 5058 {
+		t.Fatalf("reports %+v, want one at OutSeq 5058", p)
 	}
 	l, _ := r.conc.List(ctx)
 	if len(l) != 1 || l[0].OutSeq != 5071 || l[0].OutSeqLimit != 5110 {

@@ -136,6 +136,7 @@ type sa struct {
 	// outside it. The rest belongs to the worker.
 	arm           atomic.Pointer[seqArm]
 	outSeq, inSeq atomic.Uint64
+	base          atomic.Uint64 // outbound number of the last outbound report (OutSeq first)
 	armSeen       *seqArm
 	outReported   bool   // the outbound report of armSeen was sent
 	inBase        uint64 // inbound number at the last inbound report (or InSeqLow)
@@ -225,7 +226,7 @@ func (d *DataPlane) SetSeqLimit(_ context.Context, inSPI uint32, limit uint64) e
 	if !s.child.ESN && limit > 0xffffffff {
 		limit = 0xffffffff // the 32-bit space ends first
 	}
-	s.arm.Store(newArm(s.child.OutSeqMargin, s.outSeq.Load(), limit))
+	s.arm.Store(newArm(s.child.OutSeqMargin, s.base.Load(), limit))
 	c := *s.child
 	c.OutSeqLimit = limit
 	s.child = &c
@@ -381,6 +382,7 @@ func (d *DataPlane) Install(_ context.Context, c *dataplane.ChildSA) error {
 	s.armSeen = s.arm.Load()
 	s.outSeq.Store(c.OutSeq)
 	s.inSeq.Store(c.InSeqLow)
+	s.base.Store(c.OutSeq)
 	s.ep.Store(&endpoints{local: c.Local, remote: c.Remote})
 
 	d.mu.Lock()
@@ -732,6 +734,8 @@ func (d *DataPlane) receive(j job) {
 // has reached the arm's threshold; it runs on s's worker.
 func (d *DataPlane) outProgress(s *sa, a *seqArm) {
 	if !s.outReported && a == s.armSeen && a.threshold != 0 && s.out.Seq() >= a.threshold {
-		s.outReported = d.report(s)
+		if s.outReported = d.report(s); s.outReported {
+			s.base.Store(s.out.Seq())
+		}
 	}
 }
