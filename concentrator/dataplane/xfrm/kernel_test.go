@@ -1279,3 +1279,87 @@ func TestKernelSeqProgress(t *testing.T) {
 		})
 	}
 }
+
+// BenchmarkKernelSeqPoll measures what polling for sequence number
+// progress would cost instead of async events, at n CHILD SAs
+// (IKEFLEET_POLL_N, default 500): "getae" is one poll of every SA with
+// XFRM_MSG_GETAE (two round trips per SA), "dump" one XFRM_MSG_GETSA dump
+// of every state (what the netlink library offers; it carries the keys
+// too). The event path costs one GETAE per report and nothing per idle SA.
+// Run in the VM: run-in-vm.sh DIR ./xfrm.test -test.run '^$' -test.bench SeqPoll.
+func BenchmarkKernelSeqPoll(b *testing.B) {
+	if os.Geteuid() != 0 || Available() != nil {
+		b.Skip("needs root and a kernel with ESP (the VM tier)")
+	}
+	n := 500
+	if v, err := strconv.Atoi(os.Getenv("IKEFLEET_POLL_N")); err == nil && v > 0 {
+		n = v
+	}
+	ctx := context.Background()
+	ns := newBenchNS(b)
+	o := DefaultOptions()
+	o.NetNS, o.MSSClamp = ns, false
+	o.Pools = []netip.Prefix{netip.MustParsePrefix("10.99.0.0/16")}
+	d, err := New(o)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer d.Close()
+	h, err := netlink.NewHandleAt(ns)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer h.Close()
+	lo, _ := h.LinkByName("lo")
+	_ = h.LinkSetUp(lo)
+	_ = h.AddrAdd(lo, &netlink.Addr{IPNet: &net.IPNet{IP: net.IPv4(192, 168, 100, 2), Mask: net.CIDRMask(24, 32)}})
+	var ids []stateID
+	for i := 0; i < n; i++ {
+		sa := tunnelSA(0xd1000000+uint32(i), 0x0f100000+uint32(i))
+		sa.Remote = netip.AddrPortFrom(sa.Remote.Addr(), uint16(10000+i))
+		vip := netip.AddrFrom4([4]byte{10, 99, byte(i >> 8), byte(i)})
+		sa.VirtualIP, sa.RemoteTS = vip, []dataplane.Selector{{Start: vip, End: vip, EndPort: 0xffff}}
+		if err := d.Install(ctx, sa); err != nil {
+			b.Fatal(err)
+		}
+		in, out, _ := BuildStates(&d.opts, sa, d.sas[sa.InSPI].ids)
+		ids = append(ids, idOf(in), idOf(out))
+	}
+	b.Run("getae", func(b *testing.B) {
+		for b.Loop() {
+			for _, id := range ids {
+				if _, err := d.raw.getAE(id); err != nil {
+					b.Fatal(err)
+				}
+			}
+		}
+		b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N)/float64(n), "ns/SA")
+	})
+	b.Run("dump", func(b *testing.B) {
+		for b.Loop() {
+			if _, err := d.states(); err != nil {
+				b.Fatal(err)
+			}
+		}
+		b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N)/float64(n), "ns/SA")
+	})
+}
+
+func newBenchNS(b *testing.B) netns.NsHandle {
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	orig, err := netns.Get()
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer orig.Close()
+	ns, err := netns.New()
+	if err != nil {
+		b.Fatal(err)
+	}
+	if err := netns.Set(orig); err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { ns.Close() })
+	return ns
+}

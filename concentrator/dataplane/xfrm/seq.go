@@ -25,7 +25,8 @@ var (
 // cannot make (states with a replay state, async event reads and
 // thresholds). The library locks the socket for each request.
 type rawXfrm struct {
-	sh *nl.SocketHandle
+	sh  *nl.SocketHandle
+	pid uint32 // the socket's port ID: XFRM_MSG_GETAE answers go to the header's
 }
 
 // aeIO reads a state's replay state and sets its threshold: the kernel
@@ -49,13 +50,22 @@ func newRawXfrm(ns netns.NsHandle) (*rawXfrm, error) {
 		s.Close()
 		return nil, err
 	}
-	return &rawXfrm{sh: &nl.SocketHandle{Socket: s}}, nil
+	pid, err := s.GetPid()
+	if err != nil {
+		s.Close()
+		return nil, err
+	}
+	return &rawXfrm{sh: &nl.SocketHandle{Socket: s}, pid: pid}, nil
 }
 
 func (r *rawXfrm) close() { r.sh.Close() }
 
 func (r *rawXfrm) exec(typ, flags int, resType uint16, data ...nl.NetlinkRequestData) ([][]byte, error) {
 	req := nl.NewNetlinkRequest(typ, flags)
+	// The kernel addresses its answer to GETAE to the port ID in the
+	// request's header (not the sender's), and the library skips answers
+	// that are not addressed to its socket.
+	req.Pid = r.pid
 	req.Sockets = map[int]*nl.SocketHandle{unix.NETLINK_XFRM: r.sh}
 	for _, d := range data {
 		req.AddData(d)
