@@ -79,9 +79,12 @@
 // The kernel cannot stop an SA at OutSeqLimit: it sends on past it. The
 // margin between the progress report (limit-margin, see
 // dataplane.SeqProgress) and the limit is the time the node has to commit
-// the next reservation: with a margin of half a block and blocks that
-// last at least a minute (the engine doubles a block renewed sooner),
-// that is about 30 s. A kernel seen past the limit is logged and counted
+// the next reservation. With a margin of half a block, renewals come
+// every half block, so the write window is the time between renewals: at
+// least about a minute once the engine's doubling of the block (when
+// renewals come less than 60 s apart) has caught up with the SA's rate,
+// shorter while it ramps up (a 4096-packet block at 10,000 packets/s
+// leaves 0.2 s). A kernel seen past the limit is logged and counted
 // (SeqStats OverLimit), after the fact.
 //
 // Progress comes from the kernel's async events (XFRM_MSG_NEWAE on
