@@ -34,6 +34,70 @@ type ChildSA struct {
 	IKESPIi       uint64
 	IKESPIr       uint64
 	Created       time.Time
+
+	// ESP sequence numbers of an SA that is restored or moved with its
+	// keys (with AES-GCM and ChaCha20-Poly1305 the IV is the sequence
+	// number, so a number must never be used twice with one key). All are
+	// 64-bit; without ESN they must fit in 32 bits.
+	//
+	// OutSeq is the last outbound sequence number assumed used: the first
+	// packet carries OutSeq+1 (0 for a new SA). OutSeqLimit is the highest
+	// number the SA may send (the committed reservation; 0: no limit, for
+	// callers that reserve nothing); SetSeqLimit raises it. OutSeqMargin
+	// tells when to report progress (SeqReporter): see SeqProgress.
+	// InSeqLow is the highest inbound number authenticated before: the
+	// replay window starts with its top there and every bit set, so
+	// inbound packets with a number <= InSeqLow are refused.
+	OutSeq, OutSeqLimit, OutSeqMargin uint64
+	InSeqLow                          uint64
+}
+
+// SeqLimiter is implemented by data planes that honour OutSeqLimit. The
+// user-space data plane refuses to send above the limit; the kernel (xfrm)
+// cannot, so there the margin between the progress report and the limit is
+// the time the node has to commit the next reservation. SetSeqLimit also
+// re-arms the outbound progress report (see SeqProgress).
+type SeqLimiter interface {
+	SetSeqLimit(ctx context.Context, inSPI uint32, limit uint64) error
+}
+
+// SeqProgress reports a CHILD SA's sequence numbers: OutSeq is the last
+// outbound number used, InSeq the highest inbound number authenticated.
+//
+// When reports come: let base be the outbound number of the SA's last
+// outbound report (OutSeq before the first), grant = limit-base and
+// margin = max(OutSeqMargin, grant/2). The outbound report comes once when
+// the outbound number reaches limit-margin (once per limit: SetSeqLimit
+// re-arms it; no limit, or a limit not above base, no report). The inbound
+// report comes each time the inbound number has advanced by 2*margin since
+// InSeqLow or the last inbound report. So when each report is answered
+// with limit = OutSeq + block, the margin is block/2 however the block
+// grows, the next report comes block/2 numbers later, and the inbound step
+// is one block. A report carries both current numbers, whichever caused it.
+type SeqProgress struct {
+	InSPI         uint32
+	OutSeq, InSeq uint64
+}
+
+// SeqReporter is implemented by data planes that report SeqProgress. The
+// channel is buffered; a data plane that finds it full tries again later
+// (user space: at the next packet) rather than block the packet path.
+type SeqReporter interface {
+	SeqProgress() <-chan SeqProgress
+}
+
+// SeqMargin returns the effective reporting margin of the rule above for
+// an SA with OutSeqMargin margin, base and limit, and the outbound number
+// at which progress is reported (0: none: no limit, or nothing granted).
+func SeqMargin(margin, base, limit uint64) (eff, threshold uint64) {
+	if limit == 0 || limit <= base {
+		return margin, 0
+	}
+	eff = max(margin, (limit-base)/2)
+	if eff >= limit {
+		return eff, 1
+	}
+	return eff, limit - eff
 }
 
 // Selector is one traffic selector: an address range and optional

@@ -72,6 +72,7 @@ const (
 	ErrSeqOverflow                  // outbound sequence numbers exhausted: rekey
 	ErrBuffer                       // the caller's buffer is too small
 	ErrWrongSPI                     // the packet's SPI is not this SA's
+	ErrSeqLimit                     // the next sequence number is above the SA's limit (reservation)
 )
 
 var errNames = [...]string{
@@ -81,6 +82,7 @@ var errNames = [...]string{
 	ErrSeqOverflow: "sequence number overflow",
 	ErrBuffer:      "buffer too small",
 	ErrWrongSPI:    "wrong SPI",
+	ErrSeqLimit:    "sequence number limit",
 }
 
 func (e Error) Error() string {

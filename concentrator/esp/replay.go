@@ -23,6 +23,27 @@ func newWindow(size int) window {
 	return window{size: uint64(size), ring: make([]uint64, n), mask: n - 1}
 }
 
+// setTop restarts the window at top with every number up to top marked as
+// seen: a restored SA refuses whatever it may have accepted before. Bits
+// above top in its block stay clear (they are numbers still to come); the
+// other blocks are either below top or cleared before top reaches them.
+func (w *window) setTop(top uint64) {
+	w.top = top
+	if top == 0 {
+		clear(w.ring)
+		return
+	}
+	for i := range w.ring {
+		w.ring[i] = ^uint64(0)
+	}
+	b := top & 63
+	var upTo uint64 = ^uint64(0) // bits 0..b
+	if b < 63 {
+		upTo = 1<<(b+1) - 1
+	}
+	w.ring[(top>>6)&w.mask] = upTo
+}
+
 // check reports whether seq may be accepted (before its ICV is verified).
 func (w *window) check(seq uint64) bool {
 	if seq == 0 {

@@ -29,6 +29,23 @@ type Config struct {
 	// ReplayWindow is the inbound anti-replay window in packets
 	// (DefaultReplayWindow if 0, at most MaxReplayWindow).
 	ReplayWindow int
+
+	// Sequence numbers of an SA that continues with its keys (restored,
+	// moved). Outbound: OutSeq is the last number used (the first packet
+	// carries OutSeq+1) and OutSeqLimit the highest number Seal may use
+	// (0: none; see Outbound.SetSeqLimit). Inbound: InSeqLow is the
+	// highest number authenticated before; the replay window starts with
+	// its top there and every bit set, so numbers <= InSeqLow are refused.
+	// Without ESN they must fit in 32 bits.
+	OutSeq, OutSeqLimit uint64
+	InSeqLow            uint64
+}
+
+func checkSeq(c Config, name string, v uint64) error {
+	if !c.ESN && v > 0xffffffff {
+		return fmt.Errorf("esp: %s %d above 2^32-1 without ESN", name, v)
+	}
+	return nil
 }
 
 // cbcMode is the BlockMode of crypto/cipher whose IV can be reset, which
@@ -184,18 +201,23 @@ func (s *suite) icv(pkt []byte, seq uint64) []byte {
 
 // Outbound is the sending direction of an SA.
 type Outbound struct {
-	spi uint32
-	seq uint64 // last sequence number sent
-	s   *suite
+	spi   uint32
+	seq   uint64 // last sequence number sent
+	limit uint64 // highest sequence number Seal may use; 0: none
+	s     *suite
 }
 
-// NewOutbound keys the sending direction of an SA.
+// NewOutbound keys the sending direction of an SA; its first packet carries
+// c.OutSeq+1.
 func NewOutbound(c Config) (*Outbound, error) {
+	if err := checkSeq(c, "OutSeq", c.OutSeq); err != nil {
+		return nil, err
+	}
 	s, err := newSuite(c)
 	if err != nil {
 		return nil, err
 	}
-	return &Outbound{spi: c.SPI, s: s}, nil
+	return &Outbound{spi: c.SPI, seq: c.OutSeq, limit: c.OutSeqLimit, s: s}, nil
 }
 
 // SPI returns the SA's SPI (the peer's inbound SPI).
@@ -207,6 +229,14 @@ func (o *Outbound) Seq() uint64 { return o.seq }
 // SetSeq makes the next packet carry seq+1: after a takeover the new owner
 // jumps past the persisted high-water mark.
 func (o *Outbound) SetSeq(seq uint64) { o.seq = seq }
+
+// SetSeqLimit sets the highest sequence number Seal may use (0: no limit).
+// Above it Seal fails with ErrSeqLimit and uses no number, so raising the
+// limit later lets the SA carry on where it stopped.
+func (o *Outbound) SetSeqLimit(limit uint64) { o.limit = limit }
+
+// SeqLimit returns the limit set by Config.OutSeqLimit or SetSeqLimit.
+func (o *Outbound) SeqLimit() uint64 { return o.limit }
 
 // Headroom is the number of bytes Seal puts before the payload.
 func (o *Outbound) Headroom() int { return HeaderLen + o.s.ivLen }
@@ -237,6 +267,9 @@ func (o *Outbound) Seal(buf []byte, off, n int, nextHeader uint8) ([]byte, error
 	next := o.seq + 1
 	if next == 0 || (!o.s.esn && next > 0xffffffff) {
 		return nil, ErrSeqOverflow
+	}
+	if o.limit != 0 && next > o.limit {
+		return nil, ErrSeqLimit
 	}
 	o.seq = next
 	return o.seal(buf[off-hr:end], n, nextHeader, nil), nil
@@ -317,11 +350,16 @@ func NewInbound(c Config) (*Inbound, error) {
 	if w < 1 || w > MaxReplayWindow {
 		return nil, fmt.Errorf("esp: replay window %d out of range 1..%d", w, MaxReplayWindow)
 	}
+	if err := checkSeq(c, "InSeqLow", c.InSeqLow); err != nil {
+		return nil, err
+	}
 	s, err := newSuite(c)
 	if err != nil {
 		return nil, err
 	}
-	return &Inbound{spi: c.SPI, win: newWindow(w), s: s}, nil
+	win := newWindow(w)
+	win.setTop(c.InSeqLow)
+	return &Inbound{spi: c.SPI, win: win, s: s}, nil
 }
 
 // SPI returns the SA's (our) SPI.

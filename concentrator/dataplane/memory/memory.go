@@ -4,6 +4,7 @@ package memory
 
 import (
 	"context"
+	"fmt"
 	"net/netip"
 	"sort"
 	"sync"
@@ -11,17 +12,81 @@ import (
 	"github.com/ikefleet/ikefleet/concentrator/dataplane"
 )
 
-// DataPlane keeps installed CHILD SAs in a map.
+// DataPlane keeps installed CHILD SAs in a map. It records sequence
+// number limits (SetSeqLimit) and passes on progress reports a test
+// injects (Report), so the node's wiring can be checked without packets.
 type DataPlane struct {
-	mu       sync.Mutex
-	sas      map[uint32]*dataplane.ChildSA
-	closed   bool
-	installs uint64
-	removes  uint64
+	mu        sync.Mutex
+	sas       map[uint32]*dataplane.ChildSA
+	closed    bool
+	installs  uint64
+	removes   uint64
+	limitSets uint64
+	progress  chan dataplane.SeqProgress
 }
 
+var (
+	_ dataplane.DataPlane      = (*DataPlane)(nil)
+	_ dataplane.AddressUpdater = (*DataPlane)(nil)
+	_ dataplane.SeqLimiter     = (*DataPlane)(nil)
+	_ dataplane.SeqReporter    = (*DataPlane)(nil)
+)
+
 // New returns an empty memory data plane.
-func New() *DataPlane { return &DataPlane{sas: make(map[uint32]*dataplane.ChildSA)} }
+func New() *DataPlane {
+	return &DataPlane{sas: make(map[uint32]*dataplane.ChildSA), progress: make(chan dataplane.SeqProgress, 1024)}
+}
+
+// SetSeqLimit records limit as the SA's OutSeqLimit (List and Get show it).
+// An SA that is not installed is an error.
+func (d *DataPlane) SetSeqLimit(_ context.Context, inSPI uint32, limit uint64) error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.closed {
+		return dataplane.ErrClosed
+	}
+	sa, ok := d.sas[inSPI]
+	if !ok {
+		return fmt.Errorf("memory: no SA with inbound SPI %08x", inSPI)
+	}
+	sa.OutSeqLimit = limit
+	d.limitSets++
+	return nil
+}
+
+// SeqLimitSets returns how many times SetSeqLimit succeeded.
+func (d *DataPlane) SeqLimitSets() uint64 {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.limitSets
+}
+
+// Get returns a copy of the installed SA with inbound SPI inSPI.
+func (d *DataPlane) Get(inSPI uint32) (*dataplane.ChildSA, bool) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	sa, ok := d.sas[inSPI]
+	if !ok {
+		return nil, false
+	}
+	c := *sa
+	return &c, true
+}
+
+// SeqProgress implements dataplane.SeqReporter: it delivers what Report
+// queued (no packets pass, so nothing else makes progress).
+func (d *DataPlane) SeqProgress() <-chan dataplane.SeqProgress { return d.progress }
+
+// Report queues p on SeqProgress as a packet path would (tests); it returns
+// false if the channel is full.
+func (d *DataPlane) Report(p dataplane.SeqProgress) bool {
+	select {
+	case d.progress <- p:
+		return true
+	default:
+		return false
+	}
+}
 
 func (d *DataPlane) Name() string { return "memory" }
 

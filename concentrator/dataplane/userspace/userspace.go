@@ -10,6 +10,14 @@
 //
 // Each SA is pinned to one worker by a hash of its inbound SPI, so its
 // sequence numbers and replay window are touched by one goroutine only.
+//
+// Sequence numbers (dataplane.ChildSA OutSeq, OutSeqLimit, OutSeqMargin,
+// InSeqLow): an SA starts sending at OutSeq+1 and never sends above its
+// limit: such packets are dropped and counted as "seq_reservation" until
+// SetSeqLimit raises it. Its replay window starts at InSeqLow with every
+// bit set. Progress (dataplane.SeqProgress) is reported by the SA's worker
+// as the packets pass, by the rule documented there; a report that finds
+// the channel full is tried again at the SA's next packet.
 // Queues are bounded; a full queue drops the packet and counts it. Routes
 // for the remote traffic selectors (and virtual IPs) point at the TUN
 // device and are reference-counted, so a CHILD rekey (new SA installed
@@ -78,23 +86,24 @@ type Config struct {
 type DropReason int
 
 const (
-	DropNoSA        DropReason = iota // no SA for the SPI or destination
-	DropQueueFull                     // the SA's worker queue was full
-	DropMalformed                     // bad ESP or inner packet
-	DropReplay                        // outside the window or seen before
-	DropIntegrity                     // ICV / AEAD tag check failed
-	DropSelector                      // inner addresses outside the SA's traffic selectors
-	DropDummy                         // TFC dummy packet (next header 59)
-	DropOversize                      // larger than the buffers
-	DropSeqOverflow                   // outbound sequence numbers exhausted
-	DropSendError                     // UDP send failed, or no sender yet
-	DropTUNWrite                      // writing to the TUN device failed
-	DropLinkLocal                     // multicast or link-local traffic the host sent to the TUN link (IPv6 RS, MLD)
+	DropNoSA           DropReason = iota // no SA for the SPI or destination
+	DropQueueFull                        // the SA's worker queue was full
+	DropMalformed                        // bad ESP or inner packet
+	DropReplay                           // outside the window or seen before
+	DropIntegrity                        // ICV / AEAD tag check failed
+	DropSelector                         // inner addresses outside the SA's traffic selectors
+	DropDummy                            // TFC dummy packet (next header 59)
+	DropOversize                         // larger than the buffers
+	DropSeqOverflow                      // outbound sequence numbers exhausted
+	DropSendError                        // UDP send failed, or no sender yet
+	DropTUNWrite                         // writing to the TUN device failed
+	DropLinkLocal                        // multicast or link-local traffic the host sent to the TUN link (IPv6 RS, MLD)
+	DropSeqReservation                   // the next sequence number is above the SA's limit (OutSeqLimit)
 	numDropReasons
 )
 
 var dropNames = [numDropReasons]string{"no_sa", "queue_full", "malformed", "replay", "integrity", "selector",
-	"dummy", "oversize", "seq_overflow", "send_error", "tun_write", "link_local"}
+	"dummy", "oversize", "seq_overflow", "send_error", "tun_write", "link_local", "seq_reservation"}
 
 func (r DropReason) String() string { return dropNames[r] }
 
@@ -102,6 +111,9 @@ func (r DropReason) String() string { return dropNames[r] }
 type Stats struct {
 	Drops map[string]uint64 // by DropReason.String()
 	SAs   int
+	// SeqProgressDeferred counts progress reports that found the
+	// SeqProgress channel full (each is tried again at a later packet).
+	SeqProgressDeferred uint64
 }
 
 // sa is one installed CHILD SA.
@@ -109,6 +121,7 @@ type sa struct {
 	child *dataplane.ChildSA // replaced, never modified, under DataPlane.mu
 
 	localTS, remoteTS []dataplane.Selector // immutable: workers read them without the lock
+	esn               bool                 // immutable
 	in                *esp.Inbound
 	out               *esp.Outbound
 	worker            int
@@ -117,6 +130,28 @@ type sa struct {
 
 	inBytes, inPackets, outBytes, outPackets atomic.Uint64
 	softSent, hardSent                       atomic.Bool // expiry reported
+
+	// Sequence numbers. arm is replaced by SetSeqLimit and read by the
+	// worker; outSeq and inSeq mirror the worker's numbers for readers
+	// outside it. The rest belongs to the worker.
+	arm           atomic.Pointer[seqArm]
+	outSeq, inSeq atomic.Uint64
+	base          atomic.Uint64 // outbound number of the last outbound report (OutSeq first)
+	armSeen       *seqArm
+	outReported   bool   // the outbound report of armSeen was sent
+	inBase        uint64 // inbound number at the last inbound report (or InSeqLow)
+}
+
+// seqArm is an SA's current limit and when to report progress
+// (dataplane.SeqMargin): at outbound number threshold (0: never) and each
+// step inbound numbers (0: never).
+type seqArm struct {
+	limit, threshold, step uint64
+}
+
+func newArm(margin, base, limit uint64) *seqArm {
+	eff, thr := dataplane.SeqMargin(margin, base, limit)
+	return &seqArm{limit: limit, threshold: thr, step: 2 * eff}
 }
 
 // Outbound sequence numbers of a non-ESN SA: past softSeqLimit the SA is
@@ -155,6 +190,47 @@ type DataPlane struct {
 	done     chan struct{}
 	wg       sync.WaitGroup
 	expiries chan dataplane.Expiry
+	progress chan dataplane.SeqProgress
+	deferred atomic.Uint64 // progress reports that found the channel full
+}
+
+// SeqProgress reports CHILD SAs' sequence numbers (dataplane.SeqReporter)
+// by the rule of dataplane.SeqProgress.
+func (d *DataPlane) SeqProgress() <-chan dataplane.SeqProgress { return d.progress }
+
+// report sends s's numbers on the progress channel without blocking; it
+// runs on s's worker.
+func (d *DataPlane) report(s *sa) bool {
+	select {
+	case d.progress <- dataplane.SeqProgress{InSPI: s.in.SPI(), OutSeq: s.out.Seq(), InSeq: s.in.Seq()}:
+		return true
+	default:
+		d.deferred.Add(1)
+		return false
+	}
+}
+
+// SetSeqLimit raises (or lowers) the highest outbound sequence number of
+// an SA and re-arms its progress report (dataplane.SeqLimiter). Packets
+// refused at the old limit are gone; the next one uses the next number.
+func (d *DataPlane) SetSeqLimit(_ context.Context, inSPI uint32, limit uint64) error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.closed {
+		return dataplane.ErrClosed
+	}
+	s, ok := d.bySPI[inSPI]
+	if !ok {
+		return fmt.Errorf("userspace: no SA with inbound SPI %08x", inSPI)
+	}
+	if !s.child.ESN && limit > 0xffffffff {
+		limit = 0xffffffff // the 32-bit space ends first
+	}
+	s.arm.Store(newArm(s.child.OutSeqMargin, s.base.Load(), limit))
+	c := *s.child
+	c.OutSeqLimit = limit
+	s.child = &c
+	return nil
 }
 
 // Expiries reports CHILD SAs whose outbound sequence numbers are nearly
@@ -170,7 +246,7 @@ func (d *DataPlane) expire(s *sa, hard bool, reason string) {
 		return
 	}
 	select {
-	case d.expiries <- dataplane.Expiry{InSPI: s.child.InSPI, Hard: hard, Reason: reason}:
+	case d.expiries <- dataplane.Expiry{InSPI: s.in.SPI(), Hard: hard, Reason: reason}:
 	default: // the node is behind; the hard expiry or the rekey schedule follows
 	}
 }
@@ -186,6 +262,8 @@ var (
 
 	_ dataplane.AddressUpdater = (*DataPlane)(nil)
 	_ dataplane.SACounter      = (*DataPlane)(nil)
+	_ dataplane.SeqLimiter     = (*DataPlane)(nil)
+	_ dataplane.SeqReporter    = (*DataPlane)(nil)
 )
 
 // New creates the TUN device (unless cfg.Device is set), brings it up and
@@ -219,7 +297,8 @@ func New(cfg Config) (*DataPlane, error) {
 	}
 	d := &DataPlane{cfg: cfg, log: cfg.Log, dev: cfg.Device, router: cfg.Router,
 		bySPI: map[uint32]*sa{}, routes: map[netip.Prefix]int{},
-		done: make(chan struct{}), expiries: make(chan dataplane.Expiry, 256)}
+		done: make(chan struct{}), expiries: make(chan dataplane.Expiry, 256),
+		progress: make(chan dataplane.SeqProgress, 4096)}
 	d.bufSize = esp.MaxHeadroom + max(maxInner, cfg.MTU) + esp.MaxTailroom
 	d.pool.New = func() any { b := make([]byte, d.bufSize); return &b }
 	if d.dev == nil {
@@ -263,7 +342,8 @@ func (d *DataPlane) SetSender(s dataplane.UDPSender) { d.sender.Store(&senderBox
 
 func espConfig(spi uint32, c *dataplane.ChildSA, k dataplane.Keys, window int) esp.Config {
 	return esp.Config{SPI: spi, EncrID: c.EncrID, KeyBits: c.EncrKeyBits, IntegID: c.IntegID,
-		EncrKey: k.Encr, IntegKey: k.Integ, ESN: c.ESN, ReplayWindow: window}
+		EncrKey: k.Encr, IntegKey: k.Integ, ESN: c.ESN, ReplayWindow: window,
+		OutSeq: c.OutSeq, OutSeqLimit: c.OutSeqLimit, InSeqLow: c.InSeqLow}
 }
 
 // workerFor pins an SA to a worker by a hash of its inbound SPI (the
@@ -274,8 +354,9 @@ func (d *DataPlane) workerFor(spi uint32) int {
 }
 
 // Install adds a CHILD SA pair and routes for its remote selectors and
-// virtual IP. Installing an installed SA (same inbound SPI) succeeds and
-// changes nothing.
+// virtual IP. The SA's first packet carries OutSeq+1, none goes above
+// OutSeqLimit, inbound numbers up to InSeqLow are refused. Installing an
+// installed SA (same inbound SPI) succeeds and changes nothing.
 func (d *DataPlane) Install(_ context.Context, c *dataplane.ChildSA) error {
 	if !c.Encap {
 		return &dataplane.InstallError{InSPI: c.InSPI, OutSPI: c.OutSPI,
@@ -295,8 +376,13 @@ func (d *DataPlane) Install(_ context.Context, c *dataplane.ChildSA) error {
 	if cp.VirtualIP.IsValid() && !matchAny(cp.RemoteTS, cp.VirtualIP, 0, 0) {
 		cp.RemoteTS = append(cp.RemoteTS, dataplane.Selector{Start: cp.VirtualIP, End: cp.VirtualIP, EndPort: 0xffff})
 	}
-	s := &sa{child: &cp, in: in, out: out, worker: d.workerFor(c.InSPI)}
+	s := &sa{child: &cp, in: in, out: out, worker: d.workerFor(c.InSPI), inBase: c.InSeqLow, esn: c.ESN}
 	s.localTS, s.remoteTS = cp.LocalTS, cp.RemoteTS
+	s.arm.Store(newArm(c.OutSeqMargin, c.OutSeq, c.OutSeqLimit))
+	s.armSeen = s.arm.Load()
+	s.outSeq.Store(c.OutSeq)
+	s.inSeq.Store(c.InSeqLow)
+	s.base.Store(c.OutSeq)
 	s.ep.Store(&endpoints{local: c.Local, remote: c.Remote})
 
 	d.mu.Lock()
@@ -387,12 +473,15 @@ func (d *DataPlane) Remove(_ context.Context, inSPI uint32) error {
 	return nil
 }
 
+// List returns the installed SAs; their OutSeq and InSeqLow are the
+// current numbers (last sent, highest received).
 func (d *DataPlane) List(context.Context) ([]*dataplane.ChildSA, error) {
 	d.mu.RLock()
 	defer d.mu.RUnlock()
 	out := make([]*dataplane.ChildSA, 0, len(d.bySPI))
 	for _, s := range d.bySPI {
 		c := *s.child
+		c.OutSeq, c.InSeqLow = s.outSeq.Load(), s.inSeq.Load()
 		out = append(out, &c)
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].InSPI < out[j].InSPI })
@@ -427,7 +516,7 @@ func (d *DataPlane) Counter(_ context.Context, inSPI uint32) (dataplane.Counters
 
 // Stats returns the drop counters.
 func (d *DataPlane) Stats() Stats {
-	st := Stats{Drops: map[string]uint64{}}
+	st := Stats{Drops: map[string]uint64{}, SeqProgressDeferred: d.deferred.Load()}
 	for r := DropReason(0); r < numDropReasons; r++ {
 		if v := d.drops[r].Load(); v > 0 {
 			st.Drops[r.String()] = v
@@ -560,18 +649,29 @@ func (d *DataPlane) work(q chan job) {
 
 func (d *DataPlane) sendOut(j job) {
 	s := j.sa
+	a := s.arm.Load()
+	if a != s.armSeen {
+		s.out.SetSeqLimit(a.limit)
+		s.armSeen, s.outReported = a, false
+	}
 	nh, _ := esp.InnerVersion((*j.buf)[j.off:])
 	pkt, err := s.out.Seal(*j.buf, j.off, j.n, nh)
 	if err != nil {
-		if errors.Is(err, esp.ErrSeqOverflow) {
+		switch {
+		case errors.Is(err, esp.ErrSeqOverflow):
 			d.drop(DropSeqOverflow)
 			d.expire(s, true, "sequence numbers")
-		} else {
+		case errors.Is(err, esp.ErrSeqLimit):
+			d.drop(DropSeqReservation)
+			d.outProgress(s, a) // a report that found the channel full goes now
+		default:
 			d.drop(DropOversize)
 		}
 		return
 	}
-	if !s.child.ESN && s.out.Seq() >= softSeqLimit {
+	s.outSeq.Store(s.out.Seq())
+	d.outProgress(s, a)
+	if !s.esn && s.out.Seq() >= softSeqLimit {
 		d.expire(s, false, "sequence numbers")
 	}
 	sb := d.sender.Load()
@@ -591,6 +691,13 @@ func (d *DataPlane) sendOut(j job) {
 func (d *DataPlane) receive(j job) {
 	s := j.sa
 	payload, nh, _, err := s.in.Open((*j.buf)[j.off : j.off+j.n])
+	if err == nil {
+		top := s.in.Seq()
+		s.inSeq.Store(top)
+		if step := s.arm.Load().step; step != 0 && top-s.inBase >= step && d.report(s) {
+			s.inBase = top
+		}
+	}
 	if err != nil {
 		switch err {
 		case esp.ErrReplay:
@@ -621,4 +728,14 @@ func (d *DataPlane) receive(j job) {
 	}
 	s.inPackets.Add(1)
 	s.inBytes.Add(uint64(len(payload)))
+}
+
+// outProgress reports s's outbound progress once per arm when its number
+// has reached the arm's threshold; it runs on s's worker.
+func (d *DataPlane) outProgress(s *sa, a *seqArm) {
+	if !s.outReported && a == s.armSeen && a.threshold != 0 && s.out.Seq() >= a.threshold {
+		if s.outReported = d.report(s); s.outReported {
+			s.base.Store(s.out.Seq())
+		}
+	}
 }

@@ -62,6 +62,57 @@
 // the old had left of their limits (the kernel's counters start over, the
 // sequence numbers do not).
 //
+// # Sequence numbers
+//
+// A CHILD SA restored or moved with its keys must never send a sequence
+// number twice (with AES-GCM and ChaCha20-Poly1305 it is the nonce) and
+// should not accept an old one. States are therefore added with a
+// netlink message of this package's own (stateAddMessage; the netlink
+// library forces an ESN state's counters to zero): the outbound state's
+// replay state holds oseq = OutSeq (the first packet carries OutSeq+1),
+// the inbound state's seq = InSeqLow with every bitmap bit set (so
+// numbers up to InSeqLow are refused), as XFRMA_REPLAY_VAL or, with ESN,
+// XFRMA_REPLAY_ESN_VAL with the high words. An address move carries the
+// replay state over the same way (ESN included), the outbound number
+// jumping ahead by moveSeqSlack.
+//
+// The kernel cannot stop an SA at OutSeqLimit: it sends on past it. The
+// margin between the progress report (limit-margin, see
+// dataplane.SeqProgress) and the limit is the time the node has to commit
+// the next reservation. With a margin of half a block, renewals come
+// every half block, so the write window is the time between renewals: at
+// least about a minute once the engine's doubling of the block (when
+// renewals come less than 60 s apart) has caught up with the SA's rate,
+// shorter while it ramps up (a 4096-packet block at 10,000 packets/s
+// leaves 0.2 s). A kernel seen past the limit is logged and counted
+// (SeqStats OverLimit), after the fact.
+//
+// Progress comes from the kernel's async events (XFRM_MSG_NEWAE on
+// XFRMNLGRP_AEVENTS): a state reports when its number has moved by its
+// replay threshold (XFRMA_REPLAY_THRESH) since its last event. Each state
+// is added with the threshold to its next report and no event timer
+// (XFRMA_ETIMER_THRESH 0); a reader on its own socket turns the events of
+// our states into SeqProgress. Because the kernel counts from its last
+// event and a renewal answered with OutSeq+block puts the next report
+// block/2 after the reported number, the threshold does not change from
+// one renewal to the next. Cost per CHILD SA, counted by the kernel tests
+// and the model tests: one event per report and one XFRM_MSG_GETAE (the
+// other direction's number for the report); SetSeqLimit needs no round
+// trip while the block stays the same and one or two XFRM_MSG_NEWAE when
+// it changes; an idle SA costs nothing. Polling instead would cost every
+// SA, busy or not, on every poll: measured in the VM tier (Linux 6.1 under
+// TCG, 500 SAs, BenchmarkKernelSeqPoll) a poll with XFRM_MSG_GETAE takes
+// 1.45 ms per SA (two round trips) and a state dump 0.41 ms per SA, every
+// poll, and a poll interval must stay below the write window. If the
+// event socket overflows (ENOBUFS) every SA is read once (two GETAE each)
+// and the thresholds set again.
+//
+// Subscribing to the async events turns them on for every state of the
+// network namespace: states of other software keep the kernel's defaults
+// (net.core.xfrm_aevent_rseqth = 2 packets, xfrm_aevent_etime = 1 s) and
+// send events that the reader counts and ignores (SeqStats Foreign);
+// where other IPsec software shares the namespace, raise those sysctls.
+//
 // # Sockets
 //
 // The node's UDP 4500 socket must carry UDP_ENCAP_ESPINUDP

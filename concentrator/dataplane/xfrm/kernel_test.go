@@ -734,14 +734,21 @@ func TestKernelUpdateAddresses(t *testing.T) {
 	if len(list) != 1 || list[0].Remote != moved {
 		t.Errorf("List after the move: %+v", list)
 	}
-	// An ESN SA cannot change address in place.
+	// An ESN SA moves with its 64-bit numbers and replay window; the
+	// outbound number jumps ahead by moveSeqSlack.
 	esn := tunnelSA(0xc6000002, 0x06000002)
 	esn.RemoteTS = []dataplane.Selector{sel("10.22.0.0", "10.22.0.255")}
+	esn.OutSeq, esn.InSeqLow = 5<<32+7, 3<<32+9
 	if err := dc.Install(ctx, esn); err != nil {
 		t.Fatal(err)
 	}
-	if err := dc.UpdateAddresses(ctx, esn.InSPI, esn.Local, moved); !errors.Is(err, ErrUnsupported) {
-		t.Errorf("moving an ESN SA: %v, want ErrUnsupported", err)
+	if err := dc.UpdateAddresses(ctx, esn.InSPI, esn.Local, moved); err != nil {
+		t.Fatalf("moving an ESN SA: %v", err)
+	}
+	out, _ := replayOf(t, dc, esn.InSPI, false)
+	in, _ := replayOf(t, dc, esn.InSPI, true)
+	if !out.ESN || out.OSeq != esn.OutSeq+moveSeqSlack || in.Seq != esn.InSeqLow || !seen(in, esn.InSeqLow) || !seen(in, esn.InSeqLow-5) {
+		t.Errorf("moved ESN SA: out %+v in %+v", out, in)
 	}
 }
 
@@ -994,4 +1001,390 @@ func TestKernelExpiries(t *testing.T) {
 	case <-time.After(time.Second):
 		t.Error("Close did not close the Expiries channel")
 	}
+}
+
+// sendDatagrams sends n datagrams from src's inner address to dst's, one
+// at a time, and counts those that arrive (waiting up to 200 ms for each).
+func sendDatagrams(t *testing.T, src, dst *side, n int) int {
+	t.Helper()
+	var rc, sc *net.UDPConn
+	if err := inNS(t, dst.ns, func() (err error) {
+		rc, err = net.ListenUDP("udp4", &net.UDPAddr{IP: ipOf(dst.inner)})
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	defer rc.Close()
+	if err := inNS(t, src.ns, func() (err error) {
+		sc, err = net.ListenUDP("udp4", &net.UDPAddr{IP: ipOf(src.inner)})
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	defer sc.Close()
+	got := 0
+	buf := make([]byte, 2048)
+	for i := 0; i < n; i++ {
+		if _, err := sc.WriteToUDP([]byte(fmt.Sprintf("datagram %d", i)), rc.LocalAddr().(*net.UDPAddr)); err != nil {
+			t.Fatal(err)
+		}
+		_ = rc.SetReadDeadline(time.Now().Add(200 * time.Millisecond))
+		if _, _, err := rc.ReadFromUDP(buf); err == nil {
+			got++
+		}
+	}
+	return got
+}
+
+// replayOf reads the replay state of one of d's states (XFRM_MSG_GETAE).
+func replayOf(t *testing.T, d *DataPlane, inSPI uint32, inbound bool) (Replay, uint32) {
+	t.Helper()
+	d.mu.Lock()
+	e := d.sas[inSPI]
+	d.mu.Unlock()
+	if e == nil {
+		t.Fatalf("no SA %08x", inSPI)
+	}
+	in, out, err := BuildStates(&d.opts, e.sa, e.ids)
+	if err != nil {
+		t.Fatal(err)
+	}
+	st := out
+	if inbound {
+		st = in
+	}
+	ev, err := d.raw.getAE(idOf(st))
+	if err != nil {
+		t.Fatalf("GETAE spi %08x: %v", uint32(st.Spi), err)
+	}
+	return ev.Replay, ev.Thresh
+}
+
+// seen reports whether an inbound replay state holds seq as received
+// (legacy: bit top-seq; ESN: bit (seq-1) mod window of the ring).
+func seen(r Replay, seq uint64) bool {
+	if seq > r.Seq {
+		return false
+	}
+	if !r.ESN {
+		d := r.Seq - seq
+		return d < 32 && r.Bitmap[0]&(1<<d) != 0
+	}
+	if r.Seq-seq >= uint64(r.Window) {
+		return false
+	}
+	bit := (uint32(seq) - 1) % r.Window
+	return r.Bitmap[bit/32]&(1<<(bit%32)) != 0
+}
+
+// TestKernelSeqStart: a CHILD SA installed with OutSeq=N continues at
+// N+1: the concentrator's outbound state reads back oseq = N+sent, and
+// the gateway's inbound state (restored at InSeqLow = N-5, every bit set)
+// has received exactly N+1..N+sent and none of N-4..N: the first packet
+// carried N+1. With ESN the numbers are 64-bit (high word 5).
+func TestKernelSeqStart(t *testing.T) {
+	requireKernel(t)
+	ctx := context.Background()
+	conc, gw := newPair(t)
+	dc, dg := conc.dataplane(t, nil), gw.dataplane(t, nil)
+	conc.espSocket(t, 4500)
+	gw.espSocket(t, 4501)
+	for i, c := range []struct {
+		name  string
+		esn   bool
+		start uint64
+	}{{"legacy", false, 1000}, {"esn", true, 5<<32 + 1000}} {
+		t.Run(c.name, func(t *testing.T) {
+			sa := tunnelSA(0xc8000001+uint32(i), 0x08000001+uint32(i))
+			sa.ESN, sa.OutSeq = c.esn, c.start
+			gsa := mirror(sa)
+			gsa.InSeqLow, gsa.OutSeq = c.start-5, 0
+			if err := dc.Install(ctx, sa); err != nil {
+				t.Fatal(err)
+			}
+			defer dc.Remove(ctx, sa.InSPI)
+			if err := dg.Install(ctx, gsa); err != nil {
+				t.Fatal(err)
+			}
+			defer dg.Remove(ctx, gsa.InSPI)
+			if r, _ := replayOf(t, dc, sa.InSPI, false); r.OSeq != c.start || r.ESN != c.esn {
+				t.Fatalf("installed outbound replay state %+v, want oseq %d", r, c.start)
+			}
+			const n = 4
+			if got := sendDatagrams(t, conc, gw, n); got != n {
+				t.Fatalf("%d of %d datagrams arrived", got, n)
+			}
+			out, _ := replayOf(t, dc, sa.InSPI, false)
+			in, _ := replayOf(t, dg, gsa.InSPI, true)
+			t.Logf("conc oseq %#x; gw seq %#x bitmap %x", out.OSeq, in.Seq, in.Bitmap)
+			if out.OSeq != c.start+n {
+				t.Errorf("oseq %d after %d packets, want %d", out.OSeq, n, c.start+n)
+			}
+			if in.Seq != c.start+n {
+				t.Errorf("gateway received up to %d, want %d", in.Seq, c.start+n)
+			}
+			for s := c.start + 1; s <= c.start+n; s++ {
+				if !seen(in, s) {
+					t.Errorf("number %d not received", s)
+				}
+			}
+			for s := c.start - 4; s <= c.start; s++ {
+				if seen(in, s) {
+					t.Errorf("number %d (<= OutSeq) was received: the SA reused it", s)
+				}
+			}
+			if !seen(in, c.start-5) {
+				t.Error("InSeqLow itself is not marked as received")
+			}
+		})
+	}
+}
+
+// TestKernelInSeqLow: an inbound state restored at InSeqLow = L refuses
+// the peer's numbers L-1 and L (replays: the kernel counts them) and
+// accepts L+1 on, with and without ESN.
+func TestKernelInSeqLow(t *testing.T) {
+	requireKernel(t)
+	ctx := context.Background()
+	conc, gw := newPair(t)
+	dc, dg := conc.dataplane(t, nil), gw.dataplane(t, nil)
+	conc.espSocket(t, 4500)
+	gw.espSocket(t, 4501)
+	for i, c := range []struct {
+		name string
+		esn  bool
+		low  uint64
+	}{{"legacy", false, 70000}, {"esn", true, 3<<32 + 64}} {
+		t.Run(c.name, func(t *testing.T) {
+			sa := tunnelSA(0xc9000001+uint32(i), 0x09000001+uint32(i))
+			sa.ESN, sa.InSeqLow = c.esn, c.low
+			gsa := mirror(sa)
+			gsa.OutSeq = c.low - 2 // it sends L-1, L, L+1, ...
+			if err := dc.Install(ctx, sa); err != nil {
+				t.Fatal(err)
+			}
+			defer dc.Remove(ctx, sa.InSPI)
+			if err := dg.Install(ctx, gsa); err != nil {
+				t.Fatal(err)
+			}
+			defer dg.Remove(ctx, gsa.InSPI)
+			if got := sendDatagrams(t, gw, conc, 5); got != 3 {
+				t.Errorf("%d of 5 datagrams arrived, want 3 (L-1 and L refused)", got)
+			}
+			in, _ := replayOf(t, dc, sa.InSPI, true)
+			if in.Seq != c.low+3 {
+				t.Errorf("received up to %d, want %d", in.Seq, c.low+3)
+			}
+			st, err := conc.h.XfrmStateGet(&netlink.XfrmState{Dst: ipOf(conc.outer), Proto: netlink.XFRM_PROTO_ESP, Spi: int(sa.InSPI)})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if st.Statistics.Replay != 2 {
+				t.Errorf("kernel replay counter %d, want 2", st.Statistics.Replay)
+			}
+		})
+	}
+}
+
+// TestKernelSeqProgress: the kernel's async events become SeqProgress
+// reports, each exactly at its threshold: outbound at limit-margin (once
+// per limit; SetSeqLimit re-arms), inbound every 2*margin; a kernel that
+// passes the limit is counted. One event per report: the cost is counted.
+func TestKernelSeqProgress(t *testing.T) {
+	requireKernel(t)
+	ctx := context.Background()
+	conc, gw := newPair(t)
+	dc, dg := conc.dataplane(t, nil), gw.dataplane(t, nil)
+	conc.espSocket(t, 4500)
+	gw.espSocket(t, 4501)
+	for i, esn := range []bool{false, true} {
+		t.Run(fmt.Sprintf("esn=%v", esn), func(t *testing.T) {
+			before := dc.SeqStats()
+			sa := tunnelSA(0xca000001+uint32(i), 0x0a000001+uint32(i))
+			start := uint64(100)
+			if esn {
+				start = 1<<32 - 50 // the reports cross into the second 2^32
+			}
+			// Grant 64, margin 16: the effective margin is 32, so the
+			// outbound report comes at start+32 and inbound every 64.
+			sa.ESN, sa.OutSeq, sa.OutSeqLimit, sa.OutSeqMargin = esn, start, start+64, 16
+			gsa := mirror(sa)
+			gsa.InSeqLow, gsa.OutSeq, gsa.OutSeqLimit, gsa.OutSeqMargin = start-1, 0, 0, 0 // the gateway reports nothing
+			if err := dc.Install(ctx, sa); err != nil {
+				t.Fatal(err)
+			}
+			defer dc.Remove(ctx, sa.InSPI)
+			if err := dg.Install(ctx, gsa); err != nil {
+				t.Fatal(err)
+			}
+			defer dg.Remove(ctx, gsa.InSPI)
+			next := func(what string) dataplane.SeqProgress {
+				t.Helper()
+				select {
+				case p := <-dc.SeqProgress():
+					t.Logf("%s: %+v", what, p)
+					return p
+				case <-time.After(5 * time.Second):
+					t.Fatalf("%s: no report within 5 s", what)
+				}
+				return dataplane.SeqProgress{}
+			}
+			none := func(what string) {
+				t.Helper()
+				select {
+				case p := <-dc.SeqProgress():
+					t.Errorf("%s: unexpected report %+v", what, p)
+				case <-time.After(200 * time.Millisecond):
+				}
+			}
+			if got := sendDatagrams(t, conc, gw, 31); got != 31 {
+				t.Fatalf("%d of 31 arrived", got)
+			}
+			none("below the threshold")
+			sendDatagrams(t, conc, gw, 10)
+			if p := next("outbound"); p.InSPI != sa.InSPI || p.OutSeq != start+32 {
+				t.Errorf("outbound report %+v, want OutSeq %d", p, start+32)
+			}
+			none("once per limit")
+			// Answered with OutSeq+block: the next report block/2 later.
+			if err := dc.SetSeqLimit(ctx, sa.InSPI, start+32+64); err != nil {
+				t.Fatal(err)
+			}
+			sendDatagrams(t, conc, gw, 30) // up to start+71
+			if p := next("outbound after SetSeqLimit"); p.OutSeq != start+64 {
+				t.Errorf("report %+v, want OutSeq %d", p, start+64)
+			}
+			// Inbound: the gateway sends 1, 2, ... (our InSeqLow is 0).
+			sendDatagrams(t, gw, conc, 70)
+			p := next("inbound")
+			if p.InSeq != 64 || p.OutSeq != start+71 {
+				t.Errorf("inbound report %+v, want InSeq 64 OutSeq %d", p, start+71)
+			}
+			// The cost so far: one event per report, one GETAE per report
+			// (the other direction's number), no NEWAE (SetSeqLimit kept
+			// the threshold: block/2 from the reported number).
+			if st := dc.SeqStats(); st.Events-before.Events != 3 || st.Reports-before.Reports != 3 ||
+				st.GetAE-before.GetAE != 3 || st.SetAE != before.SetAE {
+				t.Errorf("after three reports: %+v (before %+v), want 3 events, 3 GETAE, no NEWAE", st, before)
+			}
+			// Nobody raises the limit (start+96): the kernel reaches it
+			// (an event: the threshold kept after the second report), the
+			// reader then sets the threshold to the next packet, and the
+			// kernel passes the limit (an event, counted).
+			waitStats := func(what string, ok func(SeqStats) bool) SeqStats {
+				t.Helper()
+				for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+					st := dc.SeqStats()
+					if ok(st) {
+						return st
+					}
+					if time.Now().After(deadline) {
+						t.Fatalf("%s: stats %+v", what, st)
+					}
+				}
+			}
+			sendDatagrams(t, conc, gw, 26) // up to start+97
+			waitStats("limit reached", func(st SeqStats) bool { return st.SetAE > before.SetAE })
+			sendDatagrams(t, conc, gw, 2)
+			st := waitStats("limit passed", func(st SeqStats) bool { return st.OverLimit > before.OverLimit })
+			none("past the limit")
+			t.Logf("stats %+v (before %+v)", st, before)
+			if st.OverLimit-before.OverLimit != 1 {
+				t.Errorf("OverLimit %d, want 1", st.OverLimit-before.OverLimit)
+			}
+			// Two more events (reaching and passing the limit), and one
+			// more if a packet went out before the reader turned the
+			// threshold off.
+			if ev := st.Events - before.Events; ev < 5 || ev > 6 || st.Reports-before.Reports != 3 {
+				t.Errorf("%d events, %d reports; want 5 (or 6) and 3", ev, st.Reports-before.Reports)
+			}
+			if st.Foreign != 0 || st.Dropped != 0 || st.Overruns != 0 {
+				t.Errorf("stats %+v", st)
+			}
+		})
+	}
+}
+
+// BenchmarkKernelSeqPoll measures what polling for sequence number
+// progress would cost instead of async events, at n CHILD SAs
+// (IKEFLEET_POLL_N, default 500): "getae" is one poll of every SA with
+// XFRM_MSG_GETAE (two round trips per SA), "dump" one XFRM_MSG_GETSA dump
+// of every state (what the netlink library offers; it carries the keys
+// too). The event path costs one GETAE per report and nothing per idle SA.
+// Run in the VM: run-in-vm.sh DIR ./xfrm.test -test.run '^$' -test.bench SeqPoll.
+func BenchmarkKernelSeqPoll(b *testing.B) {
+	if os.Geteuid() != 0 || Available() != nil {
+		b.Skip("needs root and a kernel with ESP (the VM tier)")
+	}
+	n := 500
+	if v, err := strconv.Atoi(os.Getenv("IKEFLEET_POLL_N")); err == nil && v > 0 {
+		n = v
+	}
+	ctx := context.Background()
+	ns := newBenchNS(b)
+	o := DefaultOptions()
+	o.NetNS, o.MSSClamp = ns, false
+	o.Pools = []netip.Prefix{netip.MustParsePrefix("10.99.0.0/16")}
+	d, err := New(o)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer d.Close()
+	h, err := netlink.NewHandleAt(ns)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer h.Close()
+	lo, _ := h.LinkByName("lo")
+	_ = h.LinkSetUp(lo)
+	_ = h.AddrAdd(lo, &netlink.Addr{IPNet: &net.IPNet{IP: net.IPv4(192, 168, 100, 2), Mask: net.CIDRMask(24, 32)}})
+	var ids []stateID
+	for i := 0; i < n; i++ {
+		sa := tunnelSA(0xd1000000+uint32(i), 0x0f100000+uint32(i))
+		sa.Remote = netip.AddrPortFrom(sa.Remote.Addr(), uint16(10000+i))
+		vip := netip.AddrFrom4([4]byte{10, 99, byte(i >> 8), byte(i)})
+		sa.VirtualIP, sa.RemoteTS = vip, []dataplane.Selector{{Start: vip, End: vip, EndPort: 0xffff}}
+		if err := d.Install(ctx, sa); err != nil {
+			b.Fatal(err)
+		}
+		in, out, _ := BuildStates(&d.opts, sa, d.sas[sa.InSPI].ids)
+		ids = append(ids, idOf(in), idOf(out))
+	}
+	b.Run("getae", func(b *testing.B) {
+		for b.Loop() {
+			for _, id := range ids {
+				if _, err := d.raw.getAE(id); err != nil {
+					b.Fatal(err)
+				}
+			}
+		}
+		b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N)/float64(n), "ns/SA")
+	})
+	b.Run("dump", func(b *testing.B) {
+		for b.Loop() {
+			if _, err := d.states(); err != nil {
+				b.Fatal(err)
+			}
+		}
+		b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N)/float64(n), "ns/SA")
+	})
+}
+
+func newBenchNS(b *testing.B) netns.NsHandle {
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	orig, err := netns.Get()
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer orig.Close()
+	ns, err := netns.New()
+	if err != nil {
+		b.Fatal(err)
+	}
+	if err := netns.Set(orig); err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { ns.Close() })
+	return ns
 }

@@ -65,6 +65,9 @@ type Options struct {
 	// ExpiryQueue is the capacity of the Expiries channel (default 4096);
 	// expiries that find it full are dropped and counted.
 	ExpiryQueue int
+	// SeqQueue is the capacity of the SeqProgress channel (default 4096);
+	// reports that find it full are tried again later (SeqStats Dropped).
+	SeqQueue int
 	// NetNS, if valid, is the network namespace to work in (tests); the
 	// default is the caller's.
 	NetNS netns.NsHandle
@@ -77,7 +80,7 @@ func DefaultOptions() Options {
 		ReqIDBase: 0x49460000, ReqIDSlots: 1 << 20, ReplayWindow: 128, PolicyPriority: 0x8000,
 		RouteTable: unix.RT_TABLE_MAIN, RouteProtocol: 0xe1,
 		HThresh4: [2]int{0, 32}, HThresh6: [2]int{0, 128}, MSSClamp: true, NetNS: -1,
-		ExpiryQueue: 4096,
+		ExpiryQueue: 4096, SeqQueue: 4096,
 	}
 }
 
@@ -110,6 +113,9 @@ func (o *Options) fill() {
 	if o.ExpiryQueue <= 0 {
 		o.ExpiryQueue = d.ExpiryQueue
 	}
+	if o.SeqQueue <= 0 {
+		o.SeqQueue = d.SeqQueue
+	}
 	if o.Log == nil {
 		o.Log = slog.New(slog.DiscardHandler)
 	}
@@ -129,6 +135,10 @@ type DataPlane struct {
 	routes map[netip.Prefix]*route // installed routes and who needs them
 	mss    *mssClamp
 	exp    *expiryMonitor
+	raw    *rawXfrm    // requests the netlink library cannot make
+	ae     aeIO        // raw, or a model in tests
+	sm     *seqMonitor // async events: sequence number progress
+	seqTable
 }
 
 type entry struct {
@@ -170,14 +180,32 @@ func New(opts Options) (*DataPlane, error) {
 	}
 	d := &DataPlane{opts: opts, h: h, log: opts.Log,
 		sas: map[uint32]*entry{}, slots: map[uint32]uint32{}, routes: map[netip.Prefix]*route{}}
+	d.seq = map[uint32]*seqTrack{}
+	raw, err := newRawXfrm(opts.NetNS)
+	if err != nil {
+		h.Close()
+		return nil, fmt.Errorf("xfrm: netlink socket: %w", err)
+	}
+	d.raw, d.ae = raw, raw
 	exp, err := newExpiryMonitor(opts.NetNS, opts.ExpiryQueue)
 	if err != nil {
+		raw.close()
 		h.Close()
 		return nil, fmt.Errorf("xfrm: subscribe to expire events: %w", err)
 	}
 	d.exp = exp
-	fail := func() {
+	sm, err := newSeqMonitor(opts.NetNS, opts.SeqQueue)
+	if err != nil {
 		exp.stop()
+		raw.close()
+		h.Close()
+		return nil, fmt.Errorf("xfrm: subscribe to async events: %w", err)
+	}
+	d.sm = sm
+	fail := func() {
+		sm.stop()
+		exp.stop()
+		raw.close()
 		h.Close()
 	}
 	if opts.HThresh4[0] >= 0 {
@@ -195,13 +223,15 @@ func New(opts Options) (*DataPlane, error) {
 		d.mss = m
 	}
 	go exp.run(d)
+	go sm.run(d)
 	return d, nil
 }
 
 // Name is "xfrm".
 func (d *DataPlane) Name() string { return "xfrm" }
 
-// Close stops the expiry monitor (closing Expiries' channel), releases the
+// Close stops the expiry and sequence number monitors (closing the
+// Expiries and SeqProgress channels), releases the
 // netlink handle and removes the MSS clamp table.
 // Installed SAs stay: a node that stops is not a peer that left.
 func (d *DataPlane) Close() error {
@@ -216,6 +246,8 @@ func (d *DataPlane) Close() error {
 		err = d.mss.remove()
 	}
 	d.exp.stop()
+	d.sm.stop()
+	d.raw.close()
 	d.h.Close()
 	return err
 }
@@ -292,6 +324,9 @@ func (d *DataPlane) Install(ctx context.Context, sa *dataplane.ChildSA) error {
 // SA already has in the kernel (adoption).
 func (d *DataPlane) install(sa *dataplane.ChildSA, slot *uint32) error {
 	e := d.sas[sa.InSPI]
+	d.seqMu.Lock()
+	tracked := d.seq[sa.InSPI] != nil
+	d.seqMu.Unlock()
 	if e == nil {
 		var s uint32
 		if slot != nil {
@@ -318,11 +353,46 @@ func (d *DataPlane) install(sa *dataplane.ChildSA, slot *uint32) error {
 	undo := func() {
 		_ = d.removeLocked(sa.InSPI)
 	}
-	for _, st := range []*netlink.XfrmState{in, out} {
-		if err := d.h.XfrmStateAdd(st); err != nil && !isExist(err) {
-			undo()
-			return fmt.Errorf("state spi %08x: %w", uint32(st.Spi), err)
+	// The states start at the SA's sequence numbers, with async event
+	// thresholds for its progress reports.
+	var t *seqTrack
+	if !tracked {
+		t = d.trackNew(sa, in, out)
+	}
+	existed := false
+	for _, s := range []struct {
+		st   *netlink.XfrmState
+		rp   Replay
+		diff func() uint32
+	}{
+		{in, Replay{ESN: sa.ESN, Window: d.opts.ReplayWindow, Seq: sa.InSeqLow}, func() uint32 { return t.inDiff }},
+		{out, Replay{ESN: sa.ESN, Window: d.opts.ReplayWindow, OSeq: sa.OutSeq}, func() uint32 { return t.outDiff }},
+	} {
+		diff := uint32(maxDiffOff)
+		if t != nil {
+			diff = s.diff()
 		}
+		err := d.raw.addState(s.st, s.rp, diff)
+		switch {
+		case isExist(err):
+			existed = true
+		case err != nil:
+			undo()
+			return fmt.Errorf("state spi %08x: %w", uint32(s.st.Spi), err)
+		}
+	}
+	switch {
+	case tracked:
+	case existed:
+		// Installed before (by an earlier run): its numbers are the kernel's.
+		if err := d.adoptTrack(sa, in, out); err != nil {
+			undo()
+			return err
+		}
+	default:
+		d.seqMu.Lock()
+		d.seq[sa.InSPI] = t
+		d.seqMu.Unlock()
 	}
 	for _, p := range pols {
 		if err := d.addPolicy(p); err != nil {
@@ -513,6 +583,7 @@ func (d *DataPlane) removeLocked(inSPI uint32) error {
 	}
 	delete(d.sas, inSPI)
 	d.freeSlot(e.slot)
+	d.untrack(inSPI)
 	return nil
 }
 
@@ -798,6 +869,7 @@ func (d *DataPlane) Reconcile(ctx context.Context, want []*dataplane.ChildSA) (a
 			if cur := d.sas[k.InSPI]; cur != nil && cur.slot != slot {
 				d.freeSlot(cur.slot)
 				delete(d.sas, k.InSPI)
+				d.untrack(k.InSPI)
 			}
 			// Idempotent: re-adds whatever policy went missing.
 			if err := d.install(w, &slot); err != nil {
@@ -818,6 +890,7 @@ func (d *DataPlane) Reconcile(ctx context.Context, want []*dataplane.ChildSA) (a
 		}
 		if e, ok := d.slots[slot]; ok {
 			delete(d.sas, e)
+			d.untrack(e)
 			d.freeSlot(slot)
 		}
 	}
@@ -834,6 +907,7 @@ func (d *DataPlane) Reconcile(ctx context.Context, want []*dataplane.ChildSA) (a
 		if _, ok := wanted[spi]; !ok {
 			if _, inKernel := bySlot[e.slot]; !inKernel {
 				delete(d.sas, spi)
+				d.untrack(spi)
 				d.freeSlot(e.slot)
 			}
 		}
@@ -922,13 +996,13 @@ func (d *DataPlane) reconcileRoutes() error {
 
 // UpdateAddresses moves an installed CHILD SA to new outer addresses (NAT
 // rebinding, MOBIKE) keeping its counters (kept by this process across a
-// re-add), sequence numbers and replay window. A port-only change (the common NAT rebinding) updates the states'
-// encapsulation in place (XFRM_MSG_UPDSA). An address change re-adds the
-// states — their IDs contain the addresses — carrying the sequence numbers
-// and replay bitmap over, and points the policies' templates at the new
-// addresses; for ESN SAs the netlink library cannot carry the 64-bit
-// sequence numbers over, so an address change of an ESN SA is refused
-// (ErrUnsupported): rekey it instead.
+// re-add), sequence numbers and replay window. A port-only change (the
+// common NAT rebinding) updates the states' encapsulation in place
+// (XFRM_MSG_UPDSA). An address change re-adds the states — their IDs
+// contain the addresses — carrying the replay state over (64-bit with
+// ESN), and points the policies' templates at the new addresses. The
+// outbound number jumps ahead by moveSeqSlack: packets sent between
+// reading the old state and deleting it must not see their numbers again.
 func (d *DataPlane) UpdateAddresses(ctx context.Context, inSPI uint32, local, remote netip.AddrPort) error {
 	d.mu.Lock()
 	defer d.mu.Unlock()
@@ -954,33 +1028,54 @@ func (d *DataPlane) UpdateAddresses(ctx context.Context, inSPI uint32, local, re
 		e.sa = &nu
 		return nil
 	}
-	if e.sa.ESN {
-		return unsupported("moving ESN SA %08x_i to new addresses (rekey it instead)", inSPI)
-	}
 	oldIn, oldOut, err := BuildStates(&d.opts, e.sa, e.ids)
 	if err != nil {
 		return err
 	}
+	d.seqMu.Lock()
+	defer d.seqMu.Unlock()
+	t := d.seq[inSPI]
 	for _, p := range []struct{ old, nu *netlink.XfrmState }{{oldIn, in}, {oldOut, out}} {
 		cur, err := d.h.XfrmStateGet(p.old)
 		if err != nil {
 			return fmt.Errorf("xfrm: state spi %08x: %w", uint32(p.old.Spi), err)
 		}
-		p.nu.Replay = cur.Replay
+		ae, err := d.getAE(idOf(p.old))
+		if err != nil {
+			return fmt.Errorf("xfrm: replay state of spi %08x: %w", uint32(p.old.Spi), err)
+		}
+		rp := ae.Replay
+		rp.ESN, rp.Window = e.sa.ESN, d.opts.ReplayWindow
 		// The re-added state's counters start over while its sequence
 		// numbers carry on: its limits are what the old one had left.
 		p.nu.Limits = remainingLimits(p.nu.Limits, cur.Statistics.Packets, cur.Statistics.Bytes)
+		diff := uint32(maxDiffOff)
 		if p.old == oldIn {
 			e.base.InBytes += cur.Statistics.Bytes
 			e.base.InPackets += cur.Statistics.Packets
+			rp.OSeq = 0
+			if t != nil {
+				t.in, t.inPre = idOf(p.nu), rp.Seq
+				t.inDiff = t.wantIn()
+				diff = t.inDiff
+			}
 		} else {
 			e.base.OutBytes += cur.Statistics.Bytes
 			e.base.OutPackets += cur.Statistics.Packets
+			// Packets sent between the read and the delete used numbers
+			// the read missed: skip ahead rather than use one twice.
+			rp.Seq, rp.Bitmap = 0, nil
+			rp.OSeq = min(rp.OSeq+moveSeqSlack, seqSpaceEnd(e.sa.ESN))
+			if t != nil {
+				t.out, t.outPre = idOf(p.nu), rp.OSeq
+				t.outDiff = t.wantOut()
+				diff = t.outDiff
+			}
 		}
 		if err := d.h.XfrmStateDel(p.old); err != nil && !isGone(err) {
 			return fmt.Errorf("xfrm: move state spi %08x: %w", uint32(p.old.Spi), err)
 		}
-		if err := d.h.XfrmStateAdd(p.nu); err != nil && !isExist(err) {
+		if err := d.raw.addState(p.nu, rp, diff); err != nil && !isExist(err) {
 			return fmt.Errorf("xfrm: move state spi %08x: %w", uint32(p.nu.Spi), err)
 		}
 	}
@@ -995,6 +1090,18 @@ func (d *DataPlane) UpdateAddresses(ctx context.Context, inSPI uint32, local, re
 	}
 	e.sa = &nu
 	return nil
+}
+
+// moveSeqSlack is how far an outbound number jumps when its state is
+// re-added (UpdateAddresses).
+const moveSeqSlack = 1024
+
+// seqSpaceEnd is the last sequence number of an SA.
+func seqSpaceEnd(esn bool) uint64 {
+	if esn {
+		return ^uint64(0)
+	}
+	return 0xffffffff
 }
 
 // Counter reads one CHILD SA's counters from its two kernel states.
