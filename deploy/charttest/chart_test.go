@@ -298,12 +298,12 @@ func pinned(ref string) bool {
 
 func TestPinned(t *testing.T) {
 	for ref, want := range map[string]bool{
-		"gcr.io/etcd-development/etcd:v3.6.16": true,
-		"golang:1.26.8-bookworm":               true,
-		"etcd":                                 false,
-		"etcd:latest":                          false,
-		"localhost:5000/etcd":                  false,
-		"localhost:5000/etcd:v3":               true,
+		"gcr.io/etcd-development/etcd:v3.6.16":   true,
+		"golang:1.26.8-bookworm":                 true,
+		"etcd":                                   false,
+		"etcd:latest":                            false,
+		"localhost:5000/etcd":                    false,
+		"localhost:5000/etcd:v3":                 true,
 		"etcd@sha256:" + strings.Repeat("a", 64): true,
 	} {
 		if got := pinned(ref); got != want {

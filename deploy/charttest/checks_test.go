@@ -553,4 +553,3 @@ func checkEtcd(t *testing.T, o *objects, vals chartutil.Values) {
 		}
 	}
 }
-
