@@ -370,12 +370,9 @@ func TestKernelSuitesTraffic(t *testing.T) {
 		{"aes256-sha384", encrAESCBC, 256, integHMACSHA384192, 32, 48, false},
 		{"aes256-sha512-esn", encrAESCBC, 256, integHMACSHA512256, 32, 64, true},
 	} {
-		var before dataplane.Report
-		if i > 0 {
-			var err error
-			if before, err = dc.Report(ctx); err != nil {
-				t.Fatal(err)
-			}
+		before, err := dc.Report(ctx)
+		if err != nil {
+			t.Fatal(err)
 		}
 		t.Run(c.name, func(t *testing.T) {
 			sa := tunnelSA(0xc2000000+uint32(i), 0x0b000000+uint32(i))
@@ -409,15 +406,13 @@ func TestKernelSuitesTraffic(t *testing.T) {
 				t.Errorf("gw counters %+v", gs)
 			}
 		})
-		if i > 0 {
-			// The SA is removed by now; Report's totals kept its traffic.
-			after, err := dc.Report(ctx)
-			if err != nil {
-				t.Fatal(err)
-			}
-			if after.InPackets <= before.InPackets || after.OutPackets <= before.OutPackets || after.InBytes <= before.InBytes {
-				t.Errorf("%s: Report totals %+v did not grow from %+v", c.name, after, before)
-			}
+		// The SA is removed by now; Report's totals kept its traffic.
+		after, err := dc.Report(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if after.InPackets <= before.InPackets || after.OutPackets <= before.OutPackets || after.InBytes <= before.InBytes {
+			t.Errorf("%s: Report totals %+v did not grow from %+v", c.name, after, before)
 		}
 	}
 }
