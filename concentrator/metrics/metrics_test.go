@@ -43,7 +43,7 @@ func snapshot() Snapshot {
 		},
 		Node: Node{PersistFailures: 1, FencedDrops: 2, NonIKEDrops: 3, KeepalivesSent: 4, KeepalivesReceived: 5,
 			QueueDrops: []QueueDrop{{Listen: "0.0.0.0", NATT: false, Shard: 1, Count: 6}, {Listen: "0.0.0.0", NATT: true, Shard: 0, Count: 7}},
-			Listening: true},
+			Listening:  true},
 		Events:     ev.Counts(),
 		StateStore: &StateStore{Reachable: true, Registered: true, Queued: 2, Txns: 42},
 		DataPlane: DataPlane{Name: "userspace", InstallFailures: 1, Report: &dataplane.Report{InBytes: 1000, OutBytes: 2000,
