@@ -27,6 +27,7 @@ type Config struct {
 	Children   ChildrenConfig   `yaml:"children"`
 	DataPlane  DataPlaneConfig  `yaml:"dataplane"`
 	StateStore StateStoreConfig `yaml:"statestore"`
+	Metrics    MetricsConfig    `yaml:"metrics"`
 }
 
 // StateStoreConfig says where SA state is kept so that SAs outlive the
@@ -173,6 +174,7 @@ func DefaultConfig() Config {
 		DataPlane: DataPlaneConfig{Mode: "memory", Userspace: UserspaceConfig{TUN: "ikf0", MTU: 1400, QueueLen: 1024, ReplayWindow: 1024, SocketRecvBuffer: 4 << 20},
 			XFRM: XFRMConfig{MSSClamp: true, ReplayWindow: 128, HThresh4: []int{0, 32}}},
 		StateStore: StateStoreConfig{Mode: "embedded", DataDir: "ikefleet-data", LeaseTTL: 10 * time.Second},
+		Metrics:    MetricsConfig{Listen: DefaultMetricsListen},
 	}
 }
 
@@ -420,6 +422,9 @@ func (c *Config) Validate() error {
 		}
 	}
 	if err := c.DataPlane.validate(); err != nil {
+		return err
+	}
+	if err := c.Metrics.validate(); err != nil {
 		return err
 	}
 	return c.StateStore.validate()

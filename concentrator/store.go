@@ -63,6 +63,7 @@ func (n *Node) openStore(ctx context.Context) (*persistence, error) {
 		p.close()
 		return nil, err
 	}
+	cc.DialOptions = append(cc.DialOptions, n.obs.etcd.DialOption()) // ikefleet_etcd_* metrics
 	if p.cli, err = statestore.Dial(cc); err != nil {
 		p.close()
 		return nil, fmt.Errorf("statestore.endpoints: %w", err)
