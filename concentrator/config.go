@@ -107,8 +107,11 @@ type ChildrenConfig struct {
 	DNS                []string      `yaml:"dns"`
 }
 
+// DataPlaneConfig chooses the data plane. The default, auto, carries
+// traffic on any Linux host: kernel ESP where the kernel can, else
+// user-space ESP. memory carries nothing (tests, demos, load tests).
 type DataPlaneConfig struct {
-	Mode      string          `yaml:"mode"` // memory | userspace | xfrm | auto
+	Mode      string          `yaml:"mode"` // auto | xfrm | userspace | memory
 	Userspace UserspaceConfig `yaml:"userspace"`
 	XFRM      XFRMConfig      `yaml:"xfrm"`
 }
@@ -171,7 +174,7 @@ func DefaultConfig() Config {
 		},
 		Identity: IdentityConfig{SendCert: "always"},
 		Children: ChildrenConfig{RekeyAfter: 50 * time.Minute, RekeyWindow: 10 * time.Minute, RekeyOverlap: 10 * time.Second, RestoreRekeyWindow: 30 * time.Second, MaxPerIKE: 8},
-		DataPlane: DataPlaneConfig{Mode: "memory", Userspace: UserspaceConfig{TUN: "ikf0", MTU: 1400, QueueLen: 1024, ReplayWindow: 1024, SocketRecvBuffer: 4 << 20},
+		DataPlane: DataPlaneConfig{Mode: "auto", Userspace: UserspaceConfig{TUN: "ikf0", MTU: 1400, QueueLen: 1024, ReplayWindow: 1024, SocketRecvBuffer: 4 << 20},
 			XFRM: XFRMConfig{MSSClamp: true, ReplayWindow: 128, HThresh4: []int{0, 32}}},
 		StateStore: StateStoreConfig{Mode: "embedded", DataDir: "ikefleet-data", LeaseTTL: 10 * time.Second},
 		Metrics:    MetricsConfig{Listen: DefaultMetricsListen},
