@@ -43,6 +43,7 @@ type StateStoreConfig struct {
 	ClusterKeyFile string        `yaml:"cluster_key_file"` // 32-byte AES key (hex) sealing key material; embedded: generated in data_dir if unset
 	LeaseTTL       time.Duration `yaml:"lease_ttl"`
 	QueueNew       bool          `yaml:"queue_new"` // while etcd is unreachable, queue new SAs instead of refusing them
+	EtcdLogLevel   string        `yaml:"etcd_log_level"` // embedded etcd's logs into ours from this level: debug | info | warn | error
 }
 
 type NodeConfig struct {
@@ -176,7 +177,7 @@ func DefaultConfig() Config {
 		Children: ChildrenConfig{RekeyAfter: 50 * time.Minute, RekeyWindow: 10 * time.Minute, RekeyOverlap: 10 * time.Second, RestoreRekeyWindow: 30 * time.Second, MaxPerIKE: 8},
 		DataPlane: DataPlaneConfig{Mode: "auto", Userspace: UserspaceConfig{TUN: "ikf0", MTU: 1400, QueueLen: 1024, ReplayWindow: 1024, SocketRecvBuffer: 4 << 20},
 			XFRM: XFRMConfig{MSSClamp: true, ReplayWindow: 128, HThresh4: []int{0, 32}}},
-		StateStore: StateStoreConfig{Mode: "embedded", DataDir: "ikefleet-data", LeaseTTL: 10 * time.Second},
+		StateStore: StateStoreConfig{Mode: "embedded", DataDir: "ikefleet-data", LeaseTTL: 10 * time.Second, EtcdLogLevel: "warn"},
 		Metrics:    MetricsConfig{Listen: DefaultMetricsListen},
 	}
 }
@@ -452,6 +453,11 @@ func (s *StateStoreConfig) validate() error {
 	case "none":
 	default:
 		return fieldErr("statestore.mode", "must be embedded, external or none, not %q", s.Mode)
+	}
+	switch s.EtcdLogLevel {
+	case "debug", "info", "warn", "error":
+	default:
+		return fieldErr("statestore.etcd_log_level", "must be debug, info, warn or error, not %q", s.EtcdLogLevel)
 	}
 	if s.LeaseTTL < 2*time.Second || s.LeaseTTL%time.Second != 0 {
 		return fieldErr("statestore.lease_ttl", "must be whole seconds, at least 2s: %v", s.LeaseTTL)
