@@ -42,7 +42,7 @@ type StateStoreConfig struct {
 	KeyFile        string        `yaml:"key_file"`         // and its key
 	ClusterKeyFile string        `yaml:"cluster_key_file"` // 32-byte AES key (hex) sealing key material; embedded: generated in data_dir if unset
 	LeaseTTL       time.Duration `yaml:"lease_ttl"`
-	QueueNew       bool          `yaml:"queue_new"` // while etcd is unreachable, queue new SAs instead of refusing them
+	QueueNew       bool          `yaml:"queue_new"`      // while etcd is unreachable, queue new SAs instead of refusing them
 	EtcdLogLevel   string        `yaml:"etcd_log_level"` // embedded etcd's logs into ours from this level: debug | info | warn | error
 }
 
