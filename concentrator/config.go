@@ -391,8 +391,10 @@ func (c *Config) Validate() error {
 		if n != 1 {
 			return fieldErr(f+".secret", "exactly one of secret, secret_hex, secret_file is required")
 		}
-		if _, err := p.secret(); err != nil {
-			return fieldErr(f+".secret", "%v", err)
+		if p.SecretFile == "" { // files are read with the other credentials (New, --check)
+			if _, err := p.secret(); err != nil {
+				return fieldErr(f+".secret", "%v", err)
+			}
 		}
 	}
 	if c.Identity.Cert == "" && len(c.Auth.PSKs) == 0 && c.Identity.ID != "" && len(c.Auth.CAs) > 0 {
