@@ -65,6 +65,7 @@ func schemaOf(t reflect.Type, def reflect.Value, path string, desc map[string]st
 	if d, ok := desc[path]; ok && path != "" {
 		s["description"] = d
 	}
+	nullable := t.Kind() == reflect.Pointer // unset: the default
 	if t.Kind() == reflect.Pointer {
 		t = t.Elem()
 		if def.IsValid() {
@@ -125,6 +126,9 @@ func schemaOf(t reflect.Type, def reflect.Value, path string, desc map[string]st
 	}
 	if def.IsValid() && !def.IsZero() {
 		s["default"] = def.Interface()
+	}
+	if nullable {
+		s["type"] = []string{s["type"].(string), "null"}
 	}
 	return s
 }
