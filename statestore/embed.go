@@ -101,6 +101,9 @@ func (m *Embedded) start() error {
 		c.ClientTLSInfo = transport.TLSInfo{CertFile: m.cfg.CertFile, KeyFile: m.cfg.KeyFile,
 			TrustedCAFile: m.cfg.ClientCAFile, ClientCertAuth: m.cfg.ClientCAFile != ""}
 	}
+	// embed.NewConfig leaves this at 0 (only etcd's flags default it), which
+	// logs every request as expensive at warn level.
+	c.WarningUnaryRequestDuration = embed.DefaultWarningUnaryRequestDuration
 	c.UnsafeNoFsync = m.cfg.NoFsync
 	lg := m.cfg.Logger
 	if lg == nil {

@@ -2,6 +2,7 @@ package statestore
 
 import (
 	"context"
+	"fmt"
 	"log/slog"
 	"time"
 
@@ -70,6 +71,9 @@ func (c *slogCore) Write(e zapcore.Entry, fields []zapcore.Field) error {
 
 func (c *slogCore) Sync() error { return nil }
 
+// maxAttrLen caps string attributes (etcd logs slow requests whole).
+const maxAttrLen = 512
+
 // attrsOf encodes zap fields the way zap's own map encoder does.
 func attrsOf(fields []zapcore.Field) []slog.Attr {
 	if len(fields) == 0 {
@@ -80,8 +84,13 @@ func attrsOf(fields []zapcore.Field) []slog.Attr {
 	for _, f := range fields {
 		f.AddTo(enc)
 		if v, ok := enc.Fields[f.Key]; ok {
-			if d, ok := v.(time.Duration); ok {
-				v = d.String() // as etcd's own logs write them: "1.5s"
+			switch x := v.(type) {
+			case time.Duration:
+				v = x.String() // as etcd's own logs write them: "1.5s"
+			case string:
+				if len(x) > maxAttrLen { // etcd quotes whole requests
+					v = fmt.Sprintf("%s... (%d bytes)", x[:maxAttrLen], len(x))
+				}
 			}
 			out = append(out, slog.Any(f.Key, v))
 			delete(enc.Fields, f.Key)

@@ -37,7 +37,7 @@ func TestSlogZap(t *testing.T) {
 	lg.Info("ready to serve client requests")
 	lg.Debug("noise")
 	lg.Warn("slow fdatasync", zap.Duration("took", 1500*time.Millisecond), zap.Int("n", 3), zap.Error(errors.New("disk")))
-	lg.Error("db size near quota", zap.Strings("dirs", []string{"a", "b"}))
+	lg.Error("db size near quota", zap.Strings("dirs", []string{"a", "b"}), zap.String("request", strings.Repeat("x", 5000)))
 	got := lines(t, &buf)
 	if len(got) != 2 {
 		t.Fatalf("want the warning and the error only, got %v", got)
@@ -47,7 +47,8 @@ func TestSlogZap(t *testing.T) {
 		w["member"] != "m1" || w["took"] != "1.5s" || w["n"] != float64(3) || w["error"] != "disk" {
 		t.Errorf("warning: %v", w)
 	}
-	if e := got[1]; e["level"] != "ERROR" || e["msg"] != "db size near quota" || len(e["dirs"].([]any)) != 2 {
+	if e := got[1]; e["level"] != "ERROR" || e["msg"] != "db size near quota" || len(e["dirs"].([]any)) != 2 ||
+		e["request"] != strings.Repeat("x", 512)+"... (5000 bytes)" {
 		t.Errorf("error: %v", e)
 	}
 	// The slog handler's own level also applies.
