@@ -12,8 +12,12 @@ FUZZTIME ?= 10s
 
 all: build
 
+# concentratord --version: git describe, else the toolchain's build info.
+VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null)
+LDFLAGS := $(if $(VERSION),-X github.com/ikefleet/ikefleet/internal/buildinfo.Version=$(VERSION))
+
 build:
-	$(GO) build -o $(BIN)/ ./cmd/...
+	$(GO) build -ldflags '$(LDFLAGS)' -o $(BIN)/ ./cmd/...
 
 # Every tier whose prerequisites are here: unit and in-process tests, then
 # the network-namespace interop tests with strongSwan (root), then the

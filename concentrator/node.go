@@ -52,6 +52,7 @@ type Node struct {
 	queueDrops      atomic.Uint64
 	nonIKEDrops     atomic.Uint64
 	keepalives      atomic.Uint64
+	obs             observability
 }
 
 // New builds a node from a validated configuration. It loads keys,
@@ -67,6 +68,7 @@ func New(cfg Config, log *slog.Logger, dp dataplane.DataPlane) (*Node, error) {
 	n := &Node{cfg: cfg, log: log, dp: dp, ecfg: ecfg, seed: maphash.MakeSeed(),
 		conns: map[netip.AddrPort]*net.UDPConn{}, natt: map[netip.AddrPort]bool{}, ready: make(chan struct{}),
 		nodeID: nodeIDOf(cfg)}
+	n.initObservability()
 	if su, ok := dp.(dataplane.SenderUser); ok {
 		su.SetSender(n) // user-space ESP leaves through our NAT-T socket
 	}
@@ -170,6 +172,11 @@ func (n *Node) Addrs() []netip.AddrPort {
 // Run binds the sockets and serves until ctx is cancelled. Established SAs
 // are not deleted on shutdown: a node that stops is not a peer that left.
 func (n *Node) Run(ctx context.Context) error {
+	stopHTTP, err := n.serveHTTP() // probes answer from the start
+	if err != nil {
+		return err
+	}
+	defer stopHTTP()
 	var conns []*net.UDPConn
 	for _, a := range n.cfg.IKE.Listen {
 		addr := netip.MustParseAddr(a)

@@ -71,7 +71,7 @@ func (n *Node) readLoop(c *net.UDPConn) {
 		select {
 		case s.in <- pkt:
 		default:
-			n.queueDrops.Add(1)
+			n.countQueueDrop(local, natt, s)
 		}
 	}
 }
@@ -134,6 +134,8 @@ func (n *Node) sendKeepalive(a ike.Send) {
 	if c, _ := n.conn(a.Local); c != nil {
 		if _, err := c.WriteToUDPAddrPort([]byte{0xff}, a.Remote); err != nil {
 			n.log.Debug("keepalive failed", "remote", a.Remote.String(), "err", err)
+		} else {
+			n.obs.keepalivesSent.Add(1)
 		}
 	}
 }

@@ -19,6 +19,8 @@ import (
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
 
 	"github.com/ikefleet/ikefleet/statestore"
 )
@@ -48,7 +50,7 @@ func (n *Node) openStore(ctx context.Context) (*persistence, error) {
 		}
 		start := time.Now()
 		e, err := statestore.StartEmbedded(statestore.EmbedConfig{Dir: filepath.Join(c.DataDir, "etcd"),
-			ClientAddr: client, PeerAddr: peer})
+			ClientAddr: client, PeerAddr: peer, Logger: n.etcdLogger()})
 		if err != nil {
 			return nil, fmt.Errorf("statestore: embedded etcd: %w", err)
 		}
@@ -72,6 +74,7 @@ func (n *Node) openStore(ctx context.Context) (*persistence, error) {
 			return nil, fmt.Errorf("statestore.data_dir: %w", err)
 		}
 	}
+	cc.DialOptions = append(cc.DialOptions, n.obs.etcd.DialOption()) // ikefleet_etcd_* metrics
 	if p.cli, err = statestore.Dial(cc); err != nil {
 		p.close()
 		return nil, fmt.Errorf("statestore.endpoints: %w", err)
@@ -155,4 +158,14 @@ func clusterKeys(c StateStoreConfig) (*statestore.Keyring, error) {
 		return nil, fmt.Errorf("statestore.cluster_key_file: %s must hold %d bytes in hex", path, statestore.ClusterKeyLen)
 	}
 	return statestore.NewKeyring(1, key)
+}
+
+// etcdLogger sends embedded etcd's logs from statestore.etcd_log_level up
+// into the node's log.
+func (n *Node) etcdLogger() *zap.Logger {
+	var lvl zapcore.Level
+	if err := lvl.UnmarshalText([]byte(n.cfg.StateStore.EtcdLogLevel)); err != nil {
+		lvl = zapcore.WarnLevel
+	}
+	return statestore.SlogZap(n.log.With("component", "etcd"), lvl)
 }

@@ -22,7 +22,7 @@ type EmbedConfig struct {
 	MaxTxnOps  uint          // default 1024 (the batcher's MaxBatch must fit)
 	NoFsync    bool          // tests only: loses data on power failure
 	Timeout    time.Duration // to become ready; default 30 s
-	Logger     *zap.Logger   // nil: silent
+	Logger     *zap.Logger   // nil: silent; SlogZap: into a slog.Logger
 	// Client TLS: serve https and require client certificates signed by
 	// ClientCAFile. All empty: plain http on loopback.
 	CertFile, KeyFile, ClientCAFile string
@@ -101,6 +101,9 @@ func (m *Embedded) start() error {
 		c.ClientTLSInfo = transport.TLSInfo{CertFile: m.cfg.CertFile, KeyFile: m.cfg.KeyFile,
 			TrustedCAFile: m.cfg.ClientCAFile, ClientCertAuth: m.cfg.ClientCAFile != ""}
 	}
+	// embed.NewConfig leaves this at 0 (only etcd's flags default it), which
+	// logs every request as expensive at warn level.
+	c.WarningUnaryRequestDuration = embed.DefaultWarningUnaryRequestDuration
 	c.UnsafeNoFsync = m.cfg.NoFsync
 	lg := m.cfg.Logger
 	if lg == nil {

@@ -28,6 +28,8 @@ func newDataPlane(full concentrator.Config, log *slog.Logger) (dataplane.DataPla
 	}
 	switch mode {
 	case "memory":
+		log.Warn("dataplane.mode memory: CHILD SAs are negotiated and recorded but NO PACKETS ARE CARRIED; "+
+			"use auto, xfrm or userspace outside tests, demos and load tests", "dataplane", "memory")
 		return memory.New(), nil
 	case "userspace":
 		u := cfg.Userspace

@@ -241,6 +241,23 @@ func TestTunnel(t *testing.T) {
 	if drops := r.conc.Stats().Drops; len(drops) != 0 {
 		t.Fatalf("conc drops %v", drops)
 	}
+	// Report's totals include SAs that are gone: they never go down.
+	want := dataplane.Report{InBytes: 4*20 + 2408, OutBytes: 4*20 + 2408, InPackets: 4, OutPackets: 4}
+	for _, step := range []string{"installed", "removed"} {
+		rep, err := r.conc.Report(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if rep.InBytes != want.InBytes || rep.OutBytes != want.OutBytes || rep.InPackets != want.InPackets || rep.OutPackets != want.OutPackets {
+			t.Fatalf("%s: Report %+v, want totals %+v", step, rep, want)
+		}
+		if len(rep.Drops) != int(numDropReasons) || rep.Drops["no_sa"] != 0 {
+			t.Fatalf("%s: Report drops %v, want every reason at 0", step, rep.Drops)
+		}
+		if err := r.conc.Remove(ctx, cc.InSPI); err != nil {
+			t.Fatal(err)
+		}
+	}
 }
 
 // TestDrops: no SA, replayed, forged and out-of-selector packets are
