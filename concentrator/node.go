@@ -53,6 +53,7 @@ type Node struct {
 	nonIKEDrops     atomic.Uint64
 	keepalives      atomic.Uint64
 	obs             observability
+	ops             ops // operator actions (ops.go)
 }
 
 // New builds a node from a validated configuration. It loads keys,
