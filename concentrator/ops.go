@@ -570,3 +570,35 @@ func changedSections(a, b Config) []string {
 	}
 	return out
 }
+
+// SACounts counts the node's SAs.
+type SACounts struct {
+	IKE         int // IKE SAs in the tables, any state
+	Established int
+	Children    int
+}
+
+// CountSAs counts the node's SAs without copying them.
+func (n *Node) CountSAs(ctx context.Context) (SACounts, error) {
+	var c SACounts
+	for _, s := range n.shards {
+		err := n.do(ctx, s, func() {
+			seen := map[*ike.IKESA]bool{}
+			s.eng.Each(func(sa *ike.IKESA) bool {
+				if !seen[sa] {
+					seen[sa] = true
+					c.IKE++
+					if sa.Established() {
+						c.Established++
+					}
+					c.Children += len(sa.Children())
+				}
+				return true
+			})
+		})
+		if err != nil {
+			return c, err
+		}
+	}
+	return c, nil
+}
