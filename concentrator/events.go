@@ -103,3 +103,6 @@ func (n *Node) publishEvent(ev ike.Event) {
 		}
 	}
 }
+
+// EventWatchers is the number of watches open.
+func (n *Node) EventWatchers() int { return int(n.ops.feed.n.Load()) }

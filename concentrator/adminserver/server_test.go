@@ -297,8 +297,9 @@ func TestTerminateAndEvents(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	// The watch is in place once the server has subscribed; a first
-	// terminate of one SA shows it.
+	for i := 0; tn.node.EventWatchers() == 0 && i < 2000; i++ { // the server subscribes
+		time.Sleep(10 * time.Millisecond)
+	}
 	one := r.Sas[0]
 	progress := terminate(t, tn, &adminv1.TerminateSARequest{Spi: one.Spi})
 	last := progress[len(progress)-1]
