@@ -642,3 +642,56 @@ func TestGlob(t *testing.T) {
 		}
 	}
 }
+
+// With the state store (embedded etcd): the node registry, SAs owned per
+// node, and a drain that flushes SA state.
+func TestClusterViewWithStateStore(t *testing.T) {
+	dir := t.TempDir()
+	tn := startNode(t, nodeConfig(3, fmt.Sprintf("statestore:\n  mode: embedded\n  data_dir: %s\n", dir)))
+	o := gatewayOptions(tn, "gw{n}@iot.example", "psk-{n}", 3)
+	o.Hold = time.Minute
+	runFleet(t, o)
+	waitSAs(t, tn, established(), 3)
+	ctx := context.Background()
+
+	progress := drain(t, tn, &adminv1.DrainNodeRequest{})
+	last := progress[len(progress)-1]
+	var flushed bool
+	for _, p := range progress {
+		flushed = flushed || p.Phase == adminv1.DrainPhase_DRAIN_PHASE_FLUSHING
+	}
+	if !flushed || last.Phase != adminv1.DrainPhase_DRAIN_PHASE_DRAINED || last.Queued != 0 || last.Sas != 3 ||
+		!strings.Contains(last.Message, "persisted") {
+		t.Fatalf("drain: %v", progress)
+	}
+	// Flushed: the registry counts every SA under this node.
+	st, err := tn.cli.GetClusterStatus(ctx, &adminv1.GetClusterStatusRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(st.Nodes) != 1 || st.TotalSas != 3 || st.StateStore.Mode != "embedded" || !st.StateStore.Reachable || st.StateStore.Txns == 0 {
+		t.Fatalf("status %v", st)
+	}
+	me := st.Nodes[0]
+	if me.Id != "adm" || !me.Self || me.Registered == nil || me.OwnedSas != 3 || !me.Health.Registered || me.Health.Fenced ||
+		me.Health.State != "DRAINING" || me.Load.Established != 3 {
+		t.Fatalf("node %v", me)
+	}
+	drain(t, tn, &adminv1.DrainNodeRequest{Resume: true})
+	// Terminated SAs leave the registry's count too.
+	terminate(t, tn, &adminv1.TerminateSARequest{Filter: &adminv1.SAFilter{Identity: "gw1@*"}})
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		r, err := tn.cli.ListNodes(ctx, &adminv1.ListNodesRequest{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if r.Nodes[0].OwnedSas == 2 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("owned SAs after a terminate: %v", r.Nodes[0])
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}

@@ -1,4 +1,4 @@
-// The operators' API of a concentrator node (DESIGN.md "Operators' surface"):
+// The operators' API of a concentrator node:
 // cluster status, nodes, IKE SAs (list, show, terminate, rekey), drain,
 // credential reload and a feed of SA events. concentratorctl wraps it.
 //
