@@ -550,6 +550,10 @@ drained until 'drain --resume' or a restart. Progress goes to stderr.`,
 				return errors.New("drain: the node ended the stream early")
 			}
 			return a.emit(last, func(w io.Writer) {
+				if resume {
+					fmt.Fprintf(w, "%s (%d IKE SAs on the node)\n", last.Message, last.Sas)
+					return
+				}
 				fmt.Fprintf(w, "%s\n%d IKE SAs stay on the node; %d IKE_SA_INITs refused\n", last.Message, last.Sas, last.Refused)
 			})
 		},
