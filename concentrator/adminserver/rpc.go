@@ -23,6 +23,7 @@ const (
 	defaultPageSize   = 100
 	maxPageSize       = 1000
 	defaultTermRate   = 200 // Deletes per second
+	maxTermRate       = 100000
 	defaultTermWait   = 60 * time.Second
 	defaultRekeyWait  = 30 * time.Second
 	defaultDrainWait  = 30 * time.Second
@@ -253,8 +254,11 @@ func (s *Server) TerminateSA(req *adminv1.TerminateSARequest, stream adminv1.Adm
 		return final()
 	}
 	rate := int(req.GetRate())
-	if rate == 0 {
+	switch {
+	case rate == 0:
 		rate = defaultTermRate
+	case rate > maxTermRate:
+		rate = maxTermRate
 	}
 	wait := defaultTermWait
 	if d := req.GetTimeout(); d != nil && d.AsDuration() > 0 {

@@ -323,7 +323,7 @@ func TestTerminateAndEvents(t *testing.T) {
 		t.Fatalf("dry run: %v", dry)
 	}
 	waitSAs(t, tn, established(), 5)
-	progress = terminate(t, tn, &adminv1.TerminateSARequest{Filter: &adminv1.SAFilter{Identity: "gw*"}, Rate: 100})
+	progress = terminate(t, tn, &adminv1.TerminateSARequest{Filter: &adminv1.SAFilter{Identity: "gw*"}, Rate: 4_000_000_000}) // clamped
 	last = progress[len(progress)-1]
 	if !last.Done || last.Matched != 5 || last.Started != 5 || last.Gone != 5 || last.Failed != 0 {
 		t.Fatalf("bulk terminate: %v", progress)

@@ -1353,13 +1353,14 @@ type TerminateSARequest struct {
 	// Exactly one of spi and filter.
 	Spi    uint64    `protobuf:"fixed64,1,opt,name=spi,proto3" json:"spi,omitempty"`
 	Filter *SAFilter `protobuf:"bytes,2,opt,name=filter,proto3" json:"filter,omitempty"`
-	// Bulk: at most this many Deletes started per second (0: 200).
+	// Bulk: at most this many Deletes started per second (0: 200; at most
+	// 100000).
 	Rate uint32 `protobuf:"varint,3,opt,name=rate,proto3" json:"rate,omitempty"`
-	// Wait for each SA to be gone (the peer answered or the Delete timed
-	// out) before reporting it done; 0 waits up to 60s. Negative or zero
-	// with no_wait set: report once every Delete is sent.
+	// How long to wait for the SAs to be gone (the peer answered, or the
+	// Delete timed out); default 60s. SAs still there then count as failed.
 	Timeout *durationpb.Duration `protobuf:"bytes,4,opt,name=timeout,proto3" json:"timeout,omitempty"`
-	NoWait  bool                 `protobuf:"varint,5,opt,name=no_wait,json=noWait,proto3" json:"no_wait,omitempty"`
+	// Answer once every Delete is sent, without waiting.
+	NoWait bool `protobuf:"varint,5,opt,name=no_wait,json=noWait,proto3" json:"no_wait,omitempty"`
 	// Report what would be terminated without doing it.
 	DryRun        bool `protobuf:"varint,6,opt,name=dry_run,json=dryRun,proto3" json:"dry_run,omitempty"`
 	unknownFields protoimpl.UnknownFields
