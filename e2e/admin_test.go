@@ -12,6 +12,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -256,6 +257,11 @@ func TestAdminCLI(t *testing.T) {
 		t.Fatal("gw2 got in with the old PSK after the reload")
 	}
 	conc.mustWaitLog(t, ctx, 10*time.Second, "IKE_SA failed", map[string]string{"notify": "AUTHENTICATION_FAILED"})
+	// SIGHUP reloads too.
+	if err := conc.cmd.Process.Signal(syscall.SIGHUP); err != nil {
+		t.Fatal(err)
+	}
+	conc.mustWaitLog(t, ctx, 10*time.Second, "SIGHUP: credentials reloaded", nil)
 	reloadSwanctl(t, gw2, gw2Conf(gw2Addr, "gw2-second-secret-9876543210"))
 	if err := initiate(gw2); err != nil {
 		t.Fatalf("gw2 with the new PSK: %v", err)
