@@ -111,19 +111,6 @@ func startNode(t *testing.T, cfgText string) *testNode {
 	return &testNode{node: n, dp: dp, srv: srv, cli: adminv1.NewAdminClient(conn), conn: conn, cfgPath: path}
 }
 
-// fleet is a run of simulated gateways in the background.
-type fleet struct {
-	cancel context.CancelFunc
-	done   chan struct{}
-	rep    loadtest.Report
-	err    error
-}
-
-func (f *fleet) wait() (loadtest.Report, error) {
-	<-f.done
-	return f.rep, f.err
-}
-
 func gatewayOptions(tn *testNode, idTemplate, pskTemplate string, count int) loadtest.Options {
 	esp, _ := ike.ParseProposal("aes256gcm16", true, false)
 	ikep, _ := ike.ParseProposal("aes256gcm16-prfsha256-x25519", false, false)
@@ -138,15 +125,14 @@ func gatewayOptions(tn *testNode, idTemplate, pskTemplate string, count int) loa
 }
 
 // runFleet starts gateways that hold their SAs until the test ends.
-func runFleet(t *testing.T, o loadtest.Options) *fleet {
+func runFleet(t *testing.T, o loadtest.Options) {
 	ctx, cancel := context.WithCancel(context.Background())
-	f := &fleet{cancel: cancel, done: make(chan struct{})}
+	done := make(chan struct{})
 	go func() {
-		defer close(f.done)
-		f.rep, f.err = loadtest.Run(ctx, o)
+		defer close(done)
+		loadtest.Run(ctx, o)
 	}()
-	t.Cleanup(func() { cancel(); <-f.done })
-	return f
+	t.Cleanup(func() { cancel(); <-done })
 }
 
 // waitSAs waits until ListSAs (filter f) counts want SAs.
