@@ -28,6 +28,7 @@ type Config struct {
 	DataPlane  DataPlaneConfig  `yaml:"dataplane"`
 	StateStore StateStoreConfig `yaml:"statestore"`
 	Metrics    MetricsConfig    `yaml:"metrics"`
+	Admin      AdminConfig      `yaml:"admin"` // config_admin.go
 }
 
 // StateStoreConfig says where SA state is kept so that SAs outlive the
@@ -179,6 +180,7 @@ func DefaultConfig() Config {
 			XFRM: XFRMConfig{MSSClamp: true, ReplayWindow: 128, HThresh4: []int{0, 32}}},
 		StateStore: StateStoreConfig{Mode: "embedded", DataDir: "ikefleet-data", LeaseTTL: 10 * time.Second, EtcdLogLevel: "warn"},
 		Metrics:    MetricsConfig{Listen: DefaultMetricsListen},
+		Admin:      AdminConfig{Listen: DefaultAdminListen},
 	}
 }
 
@@ -431,6 +433,9 @@ func (c *Config) Validate() error {
 		return err
 	}
 	if err := c.Metrics.validate(); err != nil {
+		return err
+	}
+	if err := c.Admin.validate(); err != nil {
 		return err
 	}
 	return c.StateStore.validate()

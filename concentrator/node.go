@@ -6,7 +6,8 @@
 // sendgate.go (persist before send), store.go (opening the state store),
 // restore.go (restoring owned SAs, reclaim after a fence), spipool.go (SPIs
 // reserved cluster-wide), convert.go (engine state <-> records, data plane),
-// health.go, inspect.go (logs, SA listings, counters).
+// health.go, inspect.go (logs, SA listings, counters), ops.go and events.go
+// (operator actions and the SA event feed, for the admin API).
 package concentrator
 
 import (
@@ -53,6 +54,7 @@ type Node struct {
 	nonIKEDrops     atomic.Uint64
 	keepalives      atomic.Uint64
 	obs             observability
+	ops             ops // operator actions (ops.go)
 }
 
 // New builds a node from a validated configuration. It loads keys,

@@ -62,6 +62,9 @@ func (n *Node) readLoop(c *net.UDPConn) {
 				continue
 			}
 		}
+		if n.ops.draining.Load() && n.refuseInit(c, natt, b, netip.AddrPortFrom(remote.Addr().Unmap(), remote.Port())) {
+			continue // draining: no new IKE SAs (ops.go)
+		}
 		s := n.shardFor(b)
 		if s == nil {
 			n.nonIKEDrops.Add(1)

@@ -132,7 +132,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	return node.Run(ctx)
+	return serve(ctx, node, cfg, *configPath, log) // admin API and SIGHUP (admin.go)
 }
 
 func printEffective(w io.Writer, cfg concentrator.Config) error {
