@@ -272,7 +272,9 @@ func (n *Node) Terminate(ctx context.Context, spi uint64) error {
 			return
 		}
 		found = true
-		n.perform(ctx, s, s.eng.Delete(time.Now(), spi, nil))
+		var rd ike.Ready
+		s.eng.Delete(time.Now(), spi, &rd)
+		n.perform(ctx, s, &rd)
 	})
 	if err == nil && !found {
 		err = fmt.Errorf("%w: %016x", ErrNoSA, spi)
@@ -312,12 +314,13 @@ func (n *Node) RekeyChild(ctx context.Context, spi uint64, inSPI uint32) (uint32
 			return
 		}
 		inSPI = live[0].InSPI
-		acts := s.eng.RekeyChild(time.Now(), ourSPI(sa), inSPI, nil)
-		if len(acts) == 0 {
+		var rd ike.Ready
+		s.eng.RekeyChild(time.Now(), ourSPI(sa), inSPI, &rd)
+		if rd.Empty() {
 			rerr = fmt.Errorf("%w: %016x (or CHILD SA %08x is already replaced)", ErrBusy, spi, inSPI)
 			return
 		}
-		n.perform(ctx, s, acts)
+		n.perform(ctx, s, &rd)
 	})
 	if err != nil {
 		return 0, err
@@ -335,12 +338,13 @@ func (n *Node) RekeyIKE(ctx context.Context, spi uint64) error {
 		case !sa.Established():
 			rerr = fmt.Errorf("%w: %016x is %s", ErrNotEstablished, spi, sa.State())
 		default:
-			acts := s.eng.RekeyIKE(time.Now(), ourSPI(sa), nil)
-			if len(acts) == 0 {
+			var rd ike.Ready
+			s.eng.RekeyIKE(time.Now(), ourSPI(sa), &rd)
+			if rd.Empty() {
 				rerr = fmt.Errorf("%w: %016x", ErrBusy, spi)
 				return
 			}
-			n.perform(ctx, s, acts)
+			n.perform(ctx, s, &rd)
 		}
 	})
 	if err != nil {
