@@ -33,14 +33,14 @@ func (n *Node) watchStore(ctx context.Context) {
 	if n.persist == nil {
 		return
 	}
-	t := time.NewTicker(time.Second)
+	t := n.clock.NewTicker(time.Second)
 	defer t.Stop()
 	last := n.persist.store.Health()
 	for {
 		select {
 		case <-ctx.Done():
 			return
-		case <-t.C:
+		case <-t.C():
 		}
 		h := n.persist.store.Health()
 		switch {

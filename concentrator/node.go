@@ -1,8 +1,9 @@
 // Package concentrator runs a concentrator node: UDP socket loops, the IKE
 // engine sharded across cores, the data plane, and the wiring between them.
 //
-// Files by concern: node.go (the Node, New, Run), sockets.go (UDP socket
-// loops and sends), shard.go (engine shards and the actions they perform),
+// Files by concern: node.go (the Node, New, Run, options), sockets.go
+// (socket loops and sends over a transport.Transport: UDP, or an
+// in-memory network in tests), shard.go (engine shards and the actions they perform),
 // sendgate.go (persist before send), store.go (opening the state store),
 // restore.go (restoring owned SAs, reclaim after a fence), spipool.go (SPIs
 // reserved cluster-wide), convert.go (engine state <-> records, data plane),
@@ -16,15 +17,16 @@ import (
 	"hash/maphash"
 	"log/slog"
 	"math/bits"
-	"net"
 	"net/netip"
 	"os"
 	"sync"
 	"sync/atomic"
 	"time"
 
+	"github.com/ikefleet/ikefleet/concentrator/clock"
 	"github.com/ikefleet/ikefleet/concentrator/dataplane"
 	"github.com/ikefleet/ikefleet/concentrator/ike"
+	"github.com/ikefleet/ikefleet/concentrator/transport"
 )
 
 // Node is one concentrator node.
@@ -35,9 +37,11 @@ type Node struct {
 	ecfg   ike.Config
 	shards []*shard
 	seed   maphash.Seed
+	tr     transport.Transport
+	clock  clock.Clock
 
 	mu       sync.Mutex
-	conns    map[netip.AddrPort]*net.UDPConn
+	conns    map[netip.AddrPort]transport.Conn
 	natt     map[netip.AddrPort]bool // sockets on the NAT-T port
 	ready    chan struct{}
 	ikeAddr  netip.AddrPort
@@ -54,9 +58,20 @@ type Node struct {
 	keepalives      atomic.Uint64
 }
 
+// Option changes how New builds a node.
+type Option func(*Node)
+
+// WithTransport binds the node's sockets on t instead of UDP: an
+// in-memory transport.Network runs several nodes in one test process.
+func WithTransport(t transport.Transport) Option { return func(n *Node) { n.tr = t } }
+
+// WithClock gives the node a clock other than the system's (a
+// clock.Fake in tests).
+func WithClock(c clock.Clock) Option { return func(n *Node) { n.clock = c } }
+
 // New builds a node from a validated configuration. It loads keys,
 // certificates and PSKs; errors name the configuration field.
-func New(cfg Config, log *slog.Logger, dp dataplane.DataPlane) (*Node, error) {
+func New(cfg Config, log *slog.Logger, dp dataplane.DataPlane, opts ...Option) (*Node, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
@@ -65,8 +80,12 @@ func New(cfg Config, log *slog.Logger, dp dataplane.DataPlane) (*Node, error) {
 		return nil, err
 	}
 	n := &Node{cfg: cfg, log: log, dp: dp, ecfg: ecfg, seed: maphash.MakeSeed(),
-		conns: map[netip.AddrPort]*net.UDPConn{}, natt: map[netip.AddrPort]bool{}, ready: make(chan struct{}),
+		tr: transport.UDP{}, clock: clock.Real(),
+		conns: map[netip.AddrPort]transport.Conn{}, natt: map[netip.AddrPort]bool{}, ready: make(chan struct{}),
 		nodeID: nodeIDOf(cfg)}
+	for _, o := range opts {
+		o(n)
+	}
 	if su, ok := dp.(dataplane.SenderUser); ok {
 		su.SetSender(n) // user-space ESP leaves through our NAT-T socket
 	}
@@ -170,11 +189,11 @@ func (n *Node) Addrs() []netip.AddrPort {
 // Run binds the sockets and serves until ctx is cancelled. Established SAs
 // are not deleted on shutdown: a node that stops is not a peer that left.
 func (n *Node) Run(ctx context.Context) error {
-	var conns []*net.UDPConn
+	var conns []transport.Conn
 	for _, a := range n.cfg.IKE.Listen {
 		addr := netip.MustParseAddr(a)
 		for i, port := range []int{n.cfg.IKE.Port, n.cfg.IKE.NATTPort} {
-			c, err := net.ListenUDP("udp", net.UDPAddrFromAddrPort(netip.AddrPortFrom(addr, uint16(port))))
+			c, err := n.tr.Listen(netip.AddrPortFrom(addr, uint16(port)))
 			if err != nil {
 				for _, c := range conns {
 					c.Close()
@@ -185,15 +204,18 @@ func (n *Node) Run(ctx context.Context) error {
 			// The data plane may prepare the socket: buffer sizes, and
 			// UDP_ENCAP_ESPINUDP on the NAT-T port for kernel ESP (xfrm).
 			if sc, ok := n.dp.(socketConfigurer); ok {
-				if err := sc.ConfigureSocket(c, i == 1); err != nil {
+				err := fmt.Errorf("needs UDP sockets, not %T", c)
+				if u, ok := c.(*transport.UDPConn); ok {
+					err = sc.ConfigureSocket(u.Socket(), i == 1)
+				}
+				if err != nil {
 					for _, c := range conns {
 						c.Close()
 					}
 					return fmt.Errorf("listen %s port %d: %s data plane: %w", a, port, n.dp.Name(), err)
 				}
 			}
-			local := c.LocalAddr().(*net.UDPAddr).AddrPort()
-			local = netip.AddrPortFrom(local.Addr().Unmap(), local.Port())
+			local := c.LocalAddr()
 			n.mu.Lock()
 			n.conns[local] = c
 			n.natt[local] = i == 1
@@ -248,13 +270,13 @@ func (n *Node) Run(ctx context.Context) error {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			t := time.NewTicker(spiRefillInterval)
+			t := n.clock.NewTicker(spiRefillInterval)
 			defer t.Stop()
 			for {
 				select {
 				case <-ctx.Done():
 					return
-				case <-t.C:
+				case <-t.C():
 					n.refillSPIs(ctx)
 				}
 			}

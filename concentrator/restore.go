@@ -6,7 +6,6 @@ package concentrator
 import (
 	"context"
 	"fmt"
-	"time"
 
 	"github.com/ikefleet/ikefleet/concentrator/dataplane"
 	"github.com/ikefleet/ikefleet/concentrator/ike"
@@ -30,7 +29,7 @@ func (n *Node) restore(ctx context.Context) error {
 		if err != nil {
 			return fmt.Errorf("statestore: loading owned SAs: %w", err)
 		}
-		now := time.Now()
+		now := n.clock.Now()
 		for _, r := range recs {
 			st := stateOf(r)
 			s := n.shardOfSPI(r.LocalSPI())

@@ -27,9 +27,9 @@ type shard struct {
 }
 
 func (n *Node) runShard(ctx context.Context, s *shard) {
-	timer := time.NewTimer(time.Hour)
+	timer := n.clock.NewTimer(time.Hour)
 	defer timer.Stop()
-	watchTick := time.NewTicker(watchInterval)
+	watchTick := n.clock.NewTicker(watchInterval)
 	defer watchTick.Stop()
 	var rd ike.Ready
 	for {
@@ -37,19 +37,20 @@ func (n *Node) runShard(ctx context.Context, s *shard) {
 		case <-ctx.Done():
 			return
 		case pkt := <-s.in:
-			s.eng.Handle(time.Now(), pkt, &rd)
+			s.eng.Handle(n.clock.Now(), pkt, &rd)
 		case f := <-s.calls:
 			f()
-		case <-timer.C:
-			s.eng.Tick(time.Now(), &rd)
-		case <-watchTick.C:
+		case <-timer.C():
+			s.eng.Tick(n.clock.Now(), &rd)
+		case <-watchTick.C():
 			n.checkWatched(ctx, s)
 		}
 		n.perform(ctx, s, &rd)
 		rd.Reset()
 		timer.Stop()
-		if d := s.eng.NextDeadline(time.Now()); !d.IsZero() {
-			timer.Reset(time.Until(d))
+		now := n.clock.Now()
+		if d := s.eng.NextDeadline(now); !d.IsZero() {
+			timer.Reset(d.Sub(now))
 		}
 	}
 }
@@ -91,7 +92,7 @@ func (n *Node) perform(ctx context.Context, s *shard, rd *ike.Ready) {
 				n.log.Error("CHILD_SA install failed", childAttrs(a.SPIi, a.SPIr, a.PeerID, a.Child, "err", err)...)
 			}
 			if _, ok := n.dp.(dataplane.SACounter); ok && a.Replaces != 0 && n.ecfg.RekeyOverlap > 0 {
-				s.watch[a.Child.InSPI] = time.Now().Add(n.ecfg.RekeyOverlap)
+				s.watch[a.Child.InSPI] = n.clock.Now().Add(n.ecfg.RekeyOverlap)
 			}
 		case ike.RemoveChild:
 			if err := n.dp.Remove(ctx, a.Child.InSPI); err != nil {
@@ -136,7 +137,7 @@ func (n *Node) expiries(ctx context.Context, ch <-chan dataplane.Expiry) {
 			n.log.Info("CHILD_SA expiring", "spi_in", fmt.Sprintf("%08x", ex.InSPI), "hard", ex.Hard, "reason", ex.Reason)
 			n.do(ctx, s, func() {
 				var rd ike.Ready
-				s.eng.ExpireChild(time.Now(), ex.InSPI, ex.Hard, &rd)
+				s.eng.ExpireChild(n.clock.Now(), ex.InSPI, ex.Hard, &rd)
 				n.perform(ctx, s, &rd)
 			})
 		}
@@ -154,7 +155,7 @@ func (n *Node) checkWatched(ctx context.Context, s *shard) {
 		return
 	}
 	counter := n.dp.(dataplane.SACounter)
-	now := time.Now()
+	now := n.clock.Now()
 	for spi, until := range s.watch {
 		c, err := counter.Counter(ctx, spi)
 		switch {
