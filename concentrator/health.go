@@ -14,11 +14,12 @@ type Health struct {
 	StateStore      *statestore.Health // nil without a state store
 	Fenced          bool               // not allowed to send for its SAs now
 	PersistFailures uint64
+	DroppedBatches  uint64 // engine batches not applied nor sent: a write failed
 }
 
 // Health reports the node's health.
 func (n *Node) Health() Health {
-	h := Health{PersistFailures: n.persistFailures.Load()}
+	h := Health{PersistFailures: n.persistFailures.Load(), DroppedBatches: n.droppedBatches.Load()}
 	if n.persist != nil {
 		sh := n.persist.store.Health()
 		h.StateStore = &sh

@@ -2,12 +2,13 @@
 // engine sharded across cores, the data plane, and the wiring between them.
 //
 // Files by concern: node.go (the Node, New, Run, options), sockets.go
-// (socket loops and sends over a transport.Transport: UDP, or an
-// in-memory network in tests), shard.go (engine shards and the actions they perform),
-// sendgate.go (persist before send), store.go (opening the state store),
-// restore.go (restoring owned SAs, reclaim after a fence), spipool.go (SPIs
-// reserved cluster-wide), convert.go (engine state <-> records, data plane),
-// health.go, inspect.go (logs, SA listings, counters).
+// (socket loops and sends over a transport.Transport: UDP, or an in-memory
+// network in tests), shard.go (engine shards), apply.go (an engine step's
+// batch: persist, then data plane, then send), store.go (opening the state
+// store), restore.go (restoring owned SAs, reclaim after a fence),
+// spipool.go (SPIs reserved cluster-wide), convert.go (engine state <->
+// records, data plane), health.go, inspect.go (logs, SA listings,
+// counters).
 package concentrator
 
 import (
@@ -27,6 +28,7 @@ import (
 	"github.com/ikefleet/ikefleet/concentrator/dataplane"
 	"github.com/ikefleet/ikefleet/concentrator/ike"
 	"github.com/ikefleet/ikefleet/concentrator/transport"
+	"github.com/ikefleet/ikefleet/statestore"
 )
 
 // Node is one concentrator node.
@@ -39,6 +41,8 @@ type Node struct {
 	seed   maphash.Seed
 	tr     transport.Transport
 	clock  clock.Clock
+	// storeOverride replaces the configured state store (tests).
+	storeOverride statestore.Interface
 
 	mu       sync.Mutex
 	conns    map[netip.AddrPort]transport.Conn
@@ -52,6 +56,7 @@ type Node struct {
 	espBits         int             // inbound ESP SPI bits naming the shard
 	persist         *persistence
 	persistFailures atomic.Uint64
+	droppedBatches  atomic.Uint64 // batches not applied: a write failed
 	fencedDrops     atomic.Uint64
 	queueDrops      atomic.Uint64
 	nonIKEDrops     atomic.Uint64
@@ -107,7 +112,8 @@ func New(cfg Config, log *slog.Logger, dp dataplane.DataPlane, opts ...Option) (
 			sc.ESPSPITag = uint32(i) << (32 - espBits)
 		}
 		sh := &shard{id: i, in: make(chan ike.Packet, shardQueueLen), calls: make(chan func()),
-			watch: map[uint32]time.Time{}, ikeSPIs: make(chan uint64, spiPoolLen), espSPIs: make(chan uint32, spiPoolLen)}
+			watch: map[uint32]time.Time{}, ikeSPIs: make(chan uint64, spiPoolLen), espSPIs: make(chan uint32, spiPoolLen),
+			commits: commits{wake: make(chan struct{}, 1)}}
 		sc.IKESPIs = func() (uint64, bool) {
 			select {
 			case spi := <-sh.ikeSPIs:

@@ -1,7 +1,7 @@
 package concentrator
 
-// Engine shards: each runs one ike.Engine on its own goroutine and performs
-// the actions it returns.
+// Engine shards: each runs one ike.Engine on its own goroutine and applies
+// the batches it makes (apply.go).
 
 import (
 	"context"
@@ -24,6 +24,11 @@ type shard struct {
 	// engine without waiting.
 	ikeSPIs chan uint64
 	espSPIs chan uint32
+	// Batches waiting for their writes (apply.go), and the state store's
+	// answers.
+	held    []*heldBatch
+	commits commits
+	results []commitResult
 }
 
 func (n *Node) runShard(ctx context.Context, s *shard) {
@@ -44,6 +49,8 @@ func (n *Node) runShard(ctx context.Context, s *shard) {
 			s.eng.Tick(n.clock.Now(), &rd)
 		case <-watchTick.C():
 			n.checkWatched(ctx, s)
+		case <-s.commits.wake:
+			n.commitResults(ctx, s)
 		}
 		n.perform(ctx, s, &rd)
 		rd.Reset()
@@ -65,53 +72,6 @@ func (n *Node) do(ctx context.Context, s *shard, f func()) error {
 	}
 	<-done
 	return nil
-}
-
-func (n *Node) perform(ctx context.Context, s *shard, rd *ike.Ready) {
-	for _, ev := range rd.Events {
-		n.logEvent(s, ev)
-	}
-	// The caller persists before it sends (DESIGN.md): messages that go
-	// with a state change leave once the change is in the state store.
-	var gate *sendGate
-	if n.persist != nil && len(rd.Persist) > 0 {
-		gate = &sendGate{pending: len(rd.Persist) + 1} // +1: this function
-		defer gate.done(n, true)
-	}
-	for _, p := range rd.Persist {
-		if n.persist == nil {
-			s.eng.Committed(p.SPI, p.Version) // nothing to write
-			continue
-		}
-		n.persistChange(s, p, gate)
-	}
-	for _, a := range rd.DataPlane {
-		switch a := a.(type) {
-		case ike.InstallChild:
-			if err := n.dp.Install(ctx, toDataplane(a)); err != nil {
-				n.log.Error("CHILD_SA install failed", childAttrs(a.SPIi, a.SPIr, a.PeerID, a.Child, "err", err)...)
-			}
-			if _, ok := n.dp.(dataplane.SACounter); ok && a.Replaces != 0 && n.ecfg.RekeyOverlap > 0 {
-				s.watch[a.Child.InSPI] = n.clock.Now().Add(n.ecfg.RekeyOverlap)
-			}
-		case ike.RemoveChild:
-			if err := n.dp.Remove(ctx, a.Child.InSPI); err != nil {
-				n.log.Error("CHILD_SA remove failed", childAttrs(a.SPIi, a.SPIr, ike.Identity{}, a.Child, "err", err)...)
-			}
-		case ike.UpdateChild:
-			n.updateChild(ctx, a)
-		}
-	}
-	for _, snd := range rd.Send {
-		switch {
-		case snd.Keepalive:
-			n.sendKeepalive(snd)
-		case gate != nil:
-			gate.hold(snd)
-		default:
-			n.send(snd)
-		}
-	}
 }
 
 // expiries hands the data plane's CHILD SA expiries to the shard that owns

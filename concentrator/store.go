@@ -18,7 +18,7 @@ import (
 )
 
 type persistence struct {
-	store *statestore.Store
+	store statestore.Interface
 	cli   *clientv3.Client
 	etcd  *statestore.Embedded
 }
@@ -26,6 +26,9 @@ type persistence struct {
 // openStore starts embedded etcd (mode embedded) or dials the external
 // cluster, and registers this node.
 func (n *Node) openStore(ctx context.Context) (*persistence, error) {
+	if n.storeOverride != nil { // tests
+		return &persistence{store: n.storeOverride}, nil
+	}
 	c := n.cfg.StateStore
 	p := &persistence{}
 	var cc statestore.ClientConfig
