@@ -116,9 +116,10 @@ type Config struct {
 	// new one has received traffic or this long has passed; 0 deletes it
 	// at once.
 	RekeyOverlap time.Duration
-	// RestoreRekeyWindow: restored CHILD SAs are rekeyed within this long
-	// (DESIGN.md: after a takeover, rekey on a jittered schedule).
-	RestoreRekeyWindow time.Duration
+	// MessageIDBlock: how many of our own IKE request message IDs are
+	// reserved ahead in the persisted state (SAState.NextOutReserved), so
+	// a restored SA never reuses one; 0 = DefaultMessageIDBlock.
+	MessageIDBlock uint32
 	// KeepaliveInterval: NAT-T keepalives when we are really behind a NAT
 	// (not merely claiming it to force encapsulation); 0 disables.
 	KeepaliveInterval time.Duration
@@ -146,6 +147,7 @@ const (
 	DefaultFragmentSize      = 1280 - 20 - 8 - 4 // IPv4 + UDP + non-ESP marker
 	DefaultNATTPort          = 4500
 	DefaultMaxChildren       = 8
+	DefaultMessageIDBlock    = 16
 )
 
 func (c *Config) setDefaults() {
@@ -164,8 +166,8 @@ func (c *Config) setDefaults() {
 	if c.NATTPort == 0 {
 		c.NATTPort = DefaultNATTPort
 	}
-	if c.RestoreRekeyWindow == 0 {
-		c.RestoreRekeyWindow = 30 * time.Second
+	if c.MessageIDBlock == 0 {
+		c.MessageIDBlock = DefaultMessageIDBlock
 	}
 	if c.MaxChildren == 0 {
 		c.MaxChildren = DefaultMaxChildren

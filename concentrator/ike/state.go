@@ -2,7 +2,6 @@ package ike
 
 import (
 	"bytes"
-	"encoding/binary"
 	"errors"
 	"fmt"
 	"net/netip"
@@ -16,14 +15,19 @@ import (
 // re-authenticating the peer. It holds key material; the state store seals
 // it before it leaves the process.
 type SAState struct {
-	Initiator            bool // we are the original initiator
-	SPIi, SPIr           uint64
-	Local, Remote        netip.AddrPort
-	Proposal             Selected
-	SKd                  []byte
-	SKei, SKai           []byte // initiator-to-responder
-	SKer, SKar           []byte // responder-to-initiator
-	NextIn, NextOut      uint32 // message IDs: the peer's next request, our next request
+	Initiator       bool // we are the original initiator
+	SPIi, SPIr      uint64
+	Local, Remote   netip.AddrPort
+	Proposal        Selected
+	SKd             []byte
+	SKei, SKai      []byte // initiator-to-responder
+	SKer, SKar      []byte // responder-to-initiator
+	NextIn, NextOut uint32 // message IDs: the peer's next request, our next request
+	// NextOutReserved: every request message ID we ever used with this SA
+	// is below it (NextOut <= NextOutReserved).
+	NextOutReserved uint32
+	// MsgIDSync: the peer announced RFC 6311 support.
+	MsgIDSync            bool
 	NATLocal, NATRemote  bool
 	PeerFrag             bool
 	MOBIKE               bool
@@ -52,8 +56,12 @@ func (sa *IKESA) Snapshot() (SAState, error) {
 	st := SAState{
 		Initiator: sa.initiator, SPIi: sa.SPIi, SPIr: sa.SPIr, Local: sa.Local, Remote: sa.Remote,
 		Proposal: *sa.prop, SKd: sa.skd, NextIn: sa.nextIn, NextOut: sa.nextOut,
+		NextOutReserved: sa.outReserved, MsgIDSync: sa.msgIDSync,
 		NATLocal: sa.natLocal, NATRemote: sa.natRemote, PeerFrag: sa.peerFrag, MOBIKE: sa.mobike,
 		PeerID: sa.PeerID, VirtualIP: sa.vip, Created: sa.created, Established: sa.Establish,
+	}
+	if sa.idUnknown {
+		st.NextOut = sa.probeLo + 1 // still only a lower bound
 	}
 	i2r, r2i := sa.keyOut, sa.keyIn
 	if !sa.initiator {
@@ -100,7 +108,19 @@ func (e *Engine) Restore(now time.Time, st SAState, rd *Ready) (*IKESA, error) {
 		natLocal: st.NATLocal, natRemote: st.NATRemote, peerFrag: st.PeerFrag, mobike: st.MOBIKE,
 		PeerID: Identity{Type: st.PeerID.Type, Data: bytes.Clone(st.PeerID.Data)}, vip: st.VirtualIP,
 		nextIn: st.NextIn, nextOut: st.NextOut, created: st.Created, Establish: st.Established, lastRecv: now,
-		resync: true, stored: true,
+		resync: true, stored: true, msgIDSync: st.MsgIDSync, idUnknown: true,
+	}
+	// The peer expects our next request with an ID in [NextOut-1,
+	// NextOutReserved] (msgid.go).
+	sa.outReserved = st.NextOutReserved
+	if sa.outReserved < st.NextOut {
+		// A record written without reservations: assume the default block.
+		sa.outReserved = st.NextOut + e.cfg.MessageIDBlock
+	}
+	sa.outDurable = sa.outReserved
+	sa.probeLo = st.NextOut
+	if sa.probeLo > 0 {
+		sa.probeLo--
 	}
 	i2r, r2i := skKeys{bytes.Clone(st.SKei), bytes.Clone(st.SKai)}, skKeys{bytes.Clone(st.SKer), bytes.Clone(st.SKar)}
 	if sa.initiator {
@@ -126,17 +146,12 @@ func (e *Engine) Restore(now time.Time, st SAState, rd *Ready) (*IKESA, error) {
 			LocalTS: cs.LocalTS, RemoteTS: cs.RemoteTS, Local: sa.Local, Remote: sa.Remote, Encap: cs.Encap,
 			VirtualIP: sa.vip, Created: cs.Created, rekeyAt: cs.RekeyAt,
 		}
-		if e.cfg.ChildRekey != nil {
-			// The outbound sequence number the data plane reached was not
-			// persisted: rekey soon (spread over RestoreRekeyWindow) so the
-			// peer's replay window sees fresh SAs.
-			var b [8]byte
-			e.read(b[:])
-			ch.rekeyAt = now.Add(time.Duration(binary.BigEndian.Uint64(b[:]) % uint64(e.cfg.RestoreRekeyWindow+1)))
-		}
 		e.inSPIs[ch.InSPI] = sa
 		sa.children = append(sa.children, ch)
 		sa.dataPlane(e, rd, InstallChild{SPIi: sa.SPIi, SPIr: sa.SPIr, PeerID: sa.PeerID, Child: ch})
+	}
+	if sa.msgIDSync {
+		sa.startMIDSync(now, e, rd)
 	}
 	sa.reschedule(e)
 	return sa, nil
@@ -156,9 +171,17 @@ func (sa *IKESA) persist(e *Engine, kind PersistKind, rd *Ready, released ...uin
 	if kind == PersistIKERekeyed {
 		p.OldSPI = sa.rekeyedFrom
 	}
+	if sa.outReserved == 0 && p.State != nil {
+		// The first write: reserve our first request IDs.
+		sa.outReserved = sa.nextOut + e.cfg.MessageIDBlock
+		p.State.NextOutReserved = sa.outReserved
+	}
 	sa.version++
 	p.Version = sa.version
 	sa.persistStep = e.step
+	if p.State != nil {
+		sa.resvVersion = sa.version // it carries outReserved
+	}
 	sa.dirty = false
 	rd.add(p)
 	keep := sa.pendingDP[:0]
@@ -228,6 +251,9 @@ func (e *Engine) Committed(spi, version uint64) {
 	sa.rekeyedFrom = 0
 	if version > sa.committed {
 		sa.committed = version
+	}
+	if version >= sa.resvVersion {
+		sa.outDurable = max(sa.outDurable, sa.outReserved)
 	}
 	keep := sa.pendingDP[:0]
 	for _, d := range sa.pendingDP {
