@@ -232,6 +232,7 @@ func clusterKeys(c StateStoreConfig) (*statestore.Keyring, error) {
 func (n *Node) restore(ctx context.Context) error {
 	var want []*dataplane.ChildSA
 	var rd ike.Ready
+	rest := make([]ike.Ready, len(n.shards)) // what the restores write and send, per shard
 	restored := 0
 	if n.persist != nil {
 		recs, err := n.persist.store.LoadOwned(ctx)
@@ -253,11 +254,17 @@ func (n *Node) restore(ctx context.Context) error {
 				continue
 			}
 			restored++
+			r := &rest[s.id]
 			for _, a := range rd.DataPlane {
 				if ic, ok := a.(ike.InstallChild); ok {
 					want = append(want, toDataplane(ic))
+				} else {
+					r.DataPlane = append(r.DataPlane, a)
 				}
 			}
+			r.Persist = append(r.Persist, rd.Persist...)
+			r.Send = append(r.Send, rd.Send...)
+			r.Events = append(r.Events, rd.Events...)
 		}
 	}
 	if r, ok := n.dp.(Reconciler); ok {
@@ -272,6 +279,11 @@ func (n *Node) restore(ctx context.Context) error {
 				n.log.Error("CHILD_SA restore failed", "spi_in", fmt.Sprintf("%08x", c.InSPI), "err", err)
 			}
 		}
+	}
+	// The restored SAs' fresh reservations and message ID
+	// synchronisations (the shards do not run yet).
+	for i, s := range n.shards {
+		n.perform(ctx, s, &rest[i])
 	}
 	if n.persist != nil {
 		n.log.Info("SAs restored", "count", restored, "children", len(want))
@@ -330,7 +342,8 @@ var persistKinds = map[ike.PersistKind]statestore.ChangeKind{
 	ike.PersistEstablished: statestore.Established, ike.PersistChildCreated: statestore.ChildCreated,
 	ike.PersistChildRekeyed: statestore.ChildRekeyed, ike.PersistChildDeleted: statestore.ChildDeleted,
 	ike.PersistIKERekeyed: statestore.IKERekeyed, ike.PersistAddressChanged: statestore.AddressChanged,
-	ike.PersistDeleted: statestore.Deleted,
+	ike.PersistDeleted: statestore.Deleted, ike.PersistReserved: statestore.Updated,
+	ike.PersistUpdated: statestore.Updated,
 }
 
 // sendGate holds the messages of one batch of actions until its state

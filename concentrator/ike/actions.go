@@ -221,7 +221,12 @@ type ChildSA struct {
 	Encap             bool
 	VirtualIP         netip.Addr // the peer's virtual IP, if one was assigned
 	Created           time.Time
+	// The committed ESP sequence number reservation (seq.go): every
+	// outbound number ever used is <= OutSeqReserved; InSeqLow is the
+	// highest inbound number authenticated at the last write.
+	OutSeqReserved, InSeqLow uint64
 
+	seq     childSeq
 	rekeyAt    time.Time // when we start rekeying it; zero: not us
 	rekeying   bool      // our CREATE_CHILD_SA for it is outstanding
 	replacedBy *ChildSA  // rekeyed: the successor; this one awaits its Delete

@@ -58,6 +58,7 @@ type Stats struct {
 	MsgIDProbes        uint64 // restored SAs that probed for the peer's expected message ID
 	MsgIDSyncs         uint64 // RFC 6311 synchronisations we started after a restore
 	MsgIDSyncsAnswered uint64 // RFC 6311 synchronisations a peer asked of us
+	SeqReservations    uint64 // ESP sequence number reservations renewed (SeqProgress)
 }
 
 const cookieLifetime = 5 * time.Minute

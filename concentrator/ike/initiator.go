@@ -294,9 +294,10 @@ func (sa *IKESA) handleAuthResponse(now time.Time, e *Engine, m *Message, rd *Re
 		childErr(NO_PROPOSAL_CHOSEN, err.Error())
 		return
 	}
+	c.initSeq(nil)
 	sa.children = append(sa.children, c)
 	sa.scheduleChildRekey(e, c, false)
-	sa.dataPlane(e, rd, InstallChild{SPIi: sa.SPIi, SPIr: sa.SPIr, PeerID: sa.PeerID, Child: c})
+	sa.dataPlane(e, rd, sa.install(c, 0))
 	ev := sa.event(EventChildInstalled)
 	ev.Child = c
 	rd.add(ev)

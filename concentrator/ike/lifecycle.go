@@ -268,9 +268,10 @@ func (sa *IKESA) handleCreateChild(now time.Time, e *Engine, m *Message, rd *Rea
 	}
 	payloads = append(payloads, &TS{Selectors: ntsi}, &TS{Responder: true, Selectors: ntsr})
 	sa.respond(e, CREATE_CHILD_SA, m.MessageID, payloads, rd)
+	c.initSeq(old)
 	sa.children = append(sa.children, c)
 	sa.scheduleChildRekey(e, c, old != nil)
-	sa.dataPlane(e, rd, InstallChild{SPIi: sa.SPIi, SPIr: sa.SPIr, PeerID: sa.PeerID, Child: c})
+	sa.dataPlane(e, rd, sa.install(c, 0))
 	ev := sa.event(EventChildInstalled)
 	ev.Child = c
 	if old == nil {
@@ -500,10 +501,11 @@ func (sa *IKESA) handleCreateChildResponse(now time.Time, e *Engine, rk *childRe
 		fail(err.Error(), NO_PROPOSAL_CHOSEN)
 		return
 	}
+	c.initSeq(old)
 	sa.children = append(sa.children, c)
 	sa.scheduleChildRekey(e, c, true)
 	e.stats.ChildRekeys++
-	sa.dataPlane(e, rd, InstallChild{SPIi: sa.SPIi, SPIr: sa.SPIr, PeerID: sa.PeerID, Child: c, Replaces: old.InSPI})
+	sa.dataPlane(e, rd, sa.install(c, old.InSPI))
 	ev := sa.event(EventChildRekeyed)
 	ev.Child, ev.Reason = c, "rekeyed by us"
 	rd.add(ev)

@@ -227,7 +227,7 @@ func (sa *IKESA) handleAuthRequest(now time.Time, e *Engine, m *Message, rd *Rea
 	}
 	if child != nil {
 		sa.scheduleChildRekey(e, child, false)
-		sa.dataPlane(e, rd, InstallChild{SPIi: sa.SPIi, SPIr: sa.SPIr, PeerID: sa.PeerID, Child: child})
+		sa.dataPlane(e, rd, sa.install(child, 0))
 		ev := sa.event(EventChildInstalled)
 		ev.Child = child
 		rd.add(ev)
@@ -297,6 +297,7 @@ func (sa *IKESA) acceptChild(now time.Time, e *Engine, a authPayloads) (*ChildSA
 		delete(e.inSPIs, c.InSPI)
 		return failN(err.(*Error))
 	}
+	c.initSeq(nil)
 	sa.children = append(sa.children, c)
 	spi := binary.BigEndian.AppendUint32(nil, c.InSPI)
 	payloads = append(payloads,

@@ -46,6 +46,11 @@ type ChildState struct {
 	Encap             bool
 	Created           time.Time
 	RekeyAt           time.Time
+	// ESP sequence numbers (seq.go): every outbound number ever used is
+	// <= OutSeqReserved; InSeqLow is the highest inbound number
+	// authenticated at the time of the write; SeqBlock the SA's current
+	// reservation block.
+	OutSeqReserved, InSeqLow, SeqBlock uint64
 }
 
 // Snapshot returns the persistent state of an established SA.
@@ -75,6 +80,7 @@ func (sa *IKESA) Snapshot() (SAState, error) {
 		st.Children = append(st.Children, ChildState{
 			InSPI: c.InSPI, OutSPI: c.OutSPI, Proposal: c.Proposal, KeyIn: c.KeyIn, KeyOut: c.KeyOut,
 			LocalTS: c.LocalTS, RemoteTS: c.RemoteTS, Encap: c.Encap, Created: c.Created, RekeyAt: c.rekeyAt,
+			OutSeqReserved: c.seq.outResv, InSeqLow: c.seq.inLow, SeqBlock: c.seq.block,
 		})
 	}
 	return st, nil
@@ -148,7 +154,21 @@ func (e *Engine) Restore(now time.Time, st SAState, rd *Ready) (*IKESA, error) {
 		}
 		e.inSPIs[ch.InSPI] = sa
 		sa.children = append(sa.children, ch)
-		sa.dataPlane(e, rd, InstallChild{SPIi: sa.SPIi, SPIr: sa.SPIr, PeerID: sa.PeerID, Child: ch})
+		start, legacy := ch.restoreSeq(cs)
+		if legacy {
+			ch.rekeyAt = now // its sequence numbers are unknown: replace it soon
+		}
+		// Installed at once, sending above the committed reservation and
+		// no further until the fresh one below is committed.
+		ic := sa.install(ch, 0)
+		ic.OutSeq, ic.OutSeqLimit = start, start
+		rd.add(ic)
+	}
+	if len(sa.children) > 0 {
+		sa.persist(e, PersistReserved, rd)
+		for _, ch := range sa.children {
+			sa.dataPlane(e, rd, SetSeqLimit{InSPI: ch.InSPI, OutSeqLimit: ch.seq.outResv, OutSeqMargin: ch.seq.block / 2})
+		}
 	}
 	if sa.msgIDSync {
 		sa.startMIDSync(now, e, rd)
@@ -181,6 +201,7 @@ func (sa *IKESA) persist(e *Engine, kind PersistKind, rd *Ready, released ...uin
 	sa.persistStep = e.step
 	if p.State != nil {
 		sa.resvVersion = sa.version // it carries outReserved
+		sa.seqPersisted()
 	}
 	sa.dirty = false
 	rd.add(p)
@@ -255,6 +276,7 @@ func (e *Engine) Committed(spi, version uint64) {
 	if version >= sa.resvVersion {
 		sa.outDurable = max(sa.outDurable, sa.outReserved)
 	}
+	sa.seqCommitted(version)
 	keep := sa.pendingDP[:0]
 	for _, d := range sa.pendingDP {
 		if d.version == 0 && d.step == e.step || d.version > version {

@@ -35,8 +35,8 @@ func TestSnapshotRestoreContinues(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(acts.DataPlane) != 1 {
-		t.Fatalf("restore data-plane actions %d, want one InstallChild", len(acts.DataPlane))
+	if len(acts.DataPlane) != 2 {
+		t.Fatalf("restore data-plane actions %d, want InstallChild and SetSeqLimit", len(acts.DataPlane))
 	}
 	// Both sides announced RFC 6311: the restored SA synchronises at once.
 	w.run(acts, false)
