@@ -226,7 +226,7 @@ type ChildSA struct {
 	// highest inbound number authenticated at the last write.
 	OutSeqReserved, InSeqLow uint64
 
-	seq     childSeq
+	seq        childSeq
 	rekeyAt    time.Time // when we start rekeying it; zero: not us
 	rekeying   bool      // our CREATE_CHILD_SA for it is outstanding
 	replacedBy *ChildSA  // rekeyed: the successor; this one awaits its Delete
