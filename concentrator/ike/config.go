@@ -51,9 +51,13 @@ func (m PSKMap) PSK(peer Identity) ([]byte, bool) {
 }
 
 // AddressPool hands out virtual IPs (CP INTERNAL_IP4_ADDRESS). It must be
-// safe for concurrent use.
+// safe for concurrent use. Claim takes an address a restored SA holds, so
+// it is not handed out again: ErrAddressInUse if another peer holds it,
+// ErrNotInPool if the pool does not have it (the engine then restores
+// the SA without claiming it).
 type AddressPool interface {
 	Acquire(peer Identity) (netip.Addr, error)
+	Claim(peer Identity, addr netip.Addr) error
 	Release(netip.Addr)
 }
 

@@ -269,7 +269,7 @@ func (e *Engine) remove(sa *IKESA) {
 	if sa.pendingInSPI != 0 {
 		delete(e.inSPIs, sa.pendingInSPI)
 	}
-	if sa.vip.IsValid() && e.cfg.Pool != nil {
+	if sa.vip.IsValid() && e.cfg.Pool != nil && !sa.vipForeign {
 		e.cfg.Pool.Release(sa.vip)
 	}
 	sa.state = stateDead

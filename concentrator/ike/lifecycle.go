@@ -357,7 +357,7 @@ func (sa *IKESA) successor(e *Engine, initiator bool, spii, spir uint64, sel *Se
 		initiator: initiator, state: stateEstablished, SPIi: spii, SPIr: spir, Local: sa.Local, Remote: sa.Remote,
 		prop: sel, ni: ni, nr: nr, natLocal: sa.natLocal, natRemote: sa.natRemote, peerFrag: sa.peerFrag,
 		peerHashes: sa.peerHashes, PeerID: sa.PeerID, vip: sa.vip, created: sa.created, Establish: sa.Establish,
-		msgIDSync: sa.msgIDSync,
+		msgIDSync: sa.msgIDSync, vipForeign: sa.vipForeign,
 	}
 }
 

@@ -64,6 +64,7 @@ type IKESA struct {
 	cookie2     []byte // our outstanding return-routability check
 	children    []*ChildSA
 	vip         netip.Addr
+	vipForeign  bool // restored with an address the pool does not have
 
 	nextOut    uint32    // message ID of our next request
 	nextIn     uint32    // message ID of the peer's next request

@@ -2,6 +2,7 @@ package ike
 
 import (
 	"bytes"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"net/netip"
@@ -142,6 +143,14 @@ func (e *Engine) Restore(now time.Time, st SAState, rd *Ready) (*IKESA, error) {
 			return nil, fmt.Errorf("%w: ESP %08x", ErrSPIInUse, cs.InSPI)
 		}
 	}
+	if sa.vip.IsValid() && e.cfg.Pool != nil {
+		// Rebuild the pool: the address is not handed out again.
+		if err := e.cfg.Pool.Claim(sa.PeerID, sa.vip); errors.Is(err, ErrNotInPool) {
+			sa.vipForeign = true // not ours to release either
+		} else if err != nil {
+			return nil, fmt.Errorf("ike: virtual IP %v: %w", st.VirtualIP, err)
+		}
+	}
 	if e.cfg.IKERekeyAfter > 0 {
 		sa.rekeyIKE = now.Add(e.cfg.IKERekeyAfter)
 	}
@@ -150,14 +159,15 @@ func (e *Engine) Restore(now time.Time, st SAState, rd *Ready) (*IKESA, error) {
 		ch := &ChildSA{
 			InSPI: cs.InSPI, OutSPI: cs.OutSPI, Proposal: cs.Proposal, KeyIn: cs.KeyIn, KeyOut: cs.KeyOut,
 			LocalTS: cs.LocalTS, RemoteTS: cs.RemoteTS, Local: sa.Local, Remote: sa.Remote, Encap: cs.Encap,
-			VirtualIP: sa.vip, Created: cs.Created, rekeyAt: cs.RekeyAt,
+			VirtualIP: st.VirtualIP, Created: cs.Created, rekeyAt: cs.RekeyAt,
 		}
 		e.inSPIs[ch.InSPI] = sa
 		sa.children = append(sa.children, ch)
 		start, legacy := ch.restoreSeq(cs)
-		if legacy {
+		if legacy && ch.rekeyAt.IsZero() {
 			ch.rekeyAt = now // its sequence numbers are unknown: replace it soon
 		}
+		sa.restoreRekey(e, ch, now)
 		// Installed at once, sending above the committed reservation and
 		// no further until the fresh one below is committed.
 		ic := sa.install(ch, 0)
@@ -175,6 +185,28 @@ func (e *Engine) Restore(now time.Time, st SAState, rd *Ready) (*IKESA, error) {
 	}
 	sa.reschedule(e)
 	return sa, nil
+}
+
+// restoreRekey keeps a restored CHILD SA's rekey time: no rekey merely
+// because of a restore. One whose time has passed is placed by the
+// scheduler (spread out, under its rate cap).
+func (sa *IKESA) restoreRekey(e *Engine, c *ChildSA, now time.Time) {
+	if c.rekeyAt.IsZero() {
+		return // the peer rekeys it
+	}
+	rs, ok := e.cfg.ChildRekey.(RestoreScheduler)
+	switch {
+	case c.rekeyAt.After(now) && ok:
+		rs.Restored(c.rekeyAt)
+	case c.rekeyAt.After(now):
+	case ok:
+		c.rekeyAt = rs.Overdue(now)
+	default:
+		// No scheduler that spreads: within the next minute, at random.
+		var b [8]byte
+		e.read(b[:])
+		c.rekeyAt = now.Add(time.Duration(binary.BigEndian.Uint64(b[:]) % uint64(time.Minute)))
+	}
 }
 
 // persist appends a Persist of a change of an established SA: its state
