@@ -198,8 +198,8 @@ func isMIDSyncRequest(m *Message) bool {
 // we expect M2 = max(M1, ours) next and send our next request with
 // P2 = max(P1, ours). The answer has message ID 0, is not cached and does
 // not move the window. IPSEC_REPLAY_COUNTER_SYNC asks us to move our
-// outbound sequence numbers on: we rekey the CHILD SAs instead (fresh SAs
-// start both counters afresh), which serves the same end.
+// outbound sequence numbers on by its delta: the reservations grow by it
+// and, once that is written, the data plane skips it (SkipSeq).
 func (sa *IKESA) answerMIDSync(now time.Time, e *Engine, m *Message, rd *Ready) {
 	nonce, m1, p1, ok := parseMIDSync(findNotify(m.Payloads, IKEV2_MESSAGE_ID_SYNC))
 	if !ok || m1 < sa.nextIn {
@@ -213,16 +213,29 @@ func (sa *IKESA) answerMIDSync(now time.Time, e *Engine, m *Message, rd *Ready) 
 	data = append(data, nonce...)
 	data = binary.BigEndian.AppendUint32(data, p2)
 	data = binary.BigEndian.AppendUint32(data, m2)
-	if findNotify(m.Payloads, IPSEC_REPLAY_COUNTER_SYNC) != nil {
-		for _, c := range sa.children {
-			if c.replacedBy == nil && !c.rekeying {
-				c.rekeyAt = now
-			}
+	var delta uint64
+	if n := findNotify(m.Payloads, IPSEC_REPLAY_COUNTER_SYNC); n != nil {
+		switch len(n.Data) {
+		case 4:
+			delta = uint64(binary.BigEndian.Uint32(n.Data))
+		case 8:
+			delta = binary.BigEndian.Uint64(n.Data)
+		}
+	}
+	var skips []*ChildSA
+	for _, c := range sa.children {
+		if delta > 0 && c.replacedBy == nil && c.seq.outResv < c.maxSeq() {
+			c.seq.outResv += min(delta, c.maxSeq()-c.seq.outResv)
+			skips = append(skips, c)
 		}
 	}
 	e.stats.MsgIDSyncsAnswered++
 	resp := sa.header(INFORMATIONAL, 0, true)
 	resp.Payloads = []Payload{&Notify{NotifyType: IKEV2_MESSAGE_ID_SYNC, Data: data}}
 	sa.send(sa.seal(e, &resp), rd)
-	sa.persist(e, PersistUpdated, rd)
+	for _, c := range skips {
+		sa.dataPlane(e, rd, SetSeqLimit{InSPI: c.InSPI, OutSeqLimit: c.seq.outResv, OutSeqMargin: c.seq.block / 2})
+		sa.dataPlane(e, rd, SkipSeq{InSPI: c.InSPI, Delta: delta})
+	}
+	sa.persist(e, PersistUpdated, rd) // after: the data-plane changes wait for it
 }

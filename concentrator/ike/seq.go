@@ -35,10 +35,10 @@ const (
 // childSeq is a CHILD SA's reservation state beyond the committed values
 // in ChildSA.OutSeqReserved and ChildSA.InSeqLow.
 type childSeq struct {
-	outResv, inLow uint64    // as last persisted (committed once seqVersion is)
-	block          uint64    // current reservation block
-	renewed        time.Time // last renewal
-	seqVersion     uint64    // the state version that carries outResv and inLow
+	outResv, inLow uint64 // as last persisted (committed once seqVersion is)
+	block          uint64 // current reservation block
+	renewed        int64  // last renewal, UnixNano; 0: none
+	seqVersion     uint64 // the state version that carries outResv and inLow
 }
 
 func (c *ChildSA) esn() bool { return c.Proposal.ESN == suite.ESNYes }
@@ -111,14 +111,14 @@ func (e *Engine) SeqProgress(now time.Time, inSPI uint32, outSeq, inSeq uint64, 
 	if !needOut && !needIn {
 		return
 	}
-	if !s.renewed.IsZero() && now.Sub(s.renewed) < SeqRenewalInterval {
+	if s.renewed != 0 && now.UnixNano()-s.renewed < int64(SeqRenewalInterval) {
 		limit := uint64(seqBlockMax32)
 		if c.esn() {
 			limit = seqBlockMaxESN
 		}
 		s.block = min(2*s.block, limit)
 	}
-	s.renewed = now
+	s.renewed = now.UnixNano()
 	s.inLow = max(s.inLow, inSeq)
 	raised := false
 	if r := min(outSeq+min(s.block, c.maxSeq()-outSeq), c.maxSeq()); r > s.outResv {

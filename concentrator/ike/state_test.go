@@ -38,8 +38,17 @@ func TestSnapshotRestoreContinues(t *testing.T) {
 	if len(acts.DataPlane) != 2 {
 		t.Fatalf("restore data-plane actions %d, want InstallChild and SetSeqLimit", len(acts.DataPlane))
 	}
-	// Both sides announced RFC 6311: the restored SA synchronises at once.
+	// Both sides announced RFC 6311: the restored SA synchronises at once,
+	// and asks the gateway to skip a block of outbound sequence numbers.
+	gc := w.ini.SA(spi).children[0]
+	resv := gc.seq.outResv
 	w.run(acts, false)
+	if gc.seq.outResv != resv+SeqBlockStart || gc.OutSeqReserved != resv+SeqBlockStart {
+		t.Fatalf("gateway reservation %d after IPSEC_REPLAY_COUNTER_SYNC, want %d", gc.seq.outResv, resv+SeqBlockStart)
+	}
+	if len(w.skips) != 1 || w.skips[0] != (SkipSeq{InSPI: gc.InSPI, Delta: SeqBlockStart}) {
+		t.Fatalf("gateway data plane skips %+v", w.skips)
+	}
 	if fresh.Stats().MsgIDSyncs != 1 || w.ini.Stats().MsgIDSyncsAnswered != 1 {
 		t.Fatalf("RFC 6311 synchronisation: ours %+v, gateway %+v", fresh.Stats(), w.ini.Stats())
 	}
