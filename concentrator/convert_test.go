@@ -14,7 +14,7 @@ import (
 func TestRecordKeepsReservations(t *testing.T) {
 	st := &ike.SAState{SPIi: 1, SPIr: 2, NextIn: 3, NextOut: 7, NextOutReserved: 23, MsgIDSync: true, MOBIKE: true,
 		Local: netip.MustParseAddrPort("10.0.0.1:4500"), Remote: netip.MustParseAddrPort("192.0.2.1:4500"),
-		Created: time.UnixMilli(1_800_000_000_000),
+		Created:  time.UnixMilli(1_800_000_000_000),
 		Children: []ike.ChildState{{InSPI: 0xc0000001, OutSPI: 0x1234, OutSeqReserved: 1 << 33, InSeqLow: 99, SeqBlock: 1 << 14}}}
 	keys, err := statestore.NewKeyring(1, make([]byte, statestore.ClusterKeyLen))
 	if err != nil {
