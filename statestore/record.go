@@ -181,6 +181,7 @@ func (c Codec) Unmarshal(name string, data []byte) (*SARecord, error) {
 // a small write.
 type Reservations struct {
 	NextOutReserved uint32
+	NextIn, NextOut uint32 // the message IDs when written
 	Children        []ChildReservation
 }
 
@@ -192,7 +193,8 @@ type ChildReservation struct {
 
 // ReservationsOf takes the reservations out of a record.
 func ReservationsOf(r *SARecord) *Reservations {
-	res := &Reservations{NextOutReserved: r.NextOutReserved, Children: make([]ChildReservation, len(r.Children))}
+	res := &Reservations{NextOutReserved: r.NextOutReserved, NextIn: r.NextIn, NextOut: r.NextOut,
+		Children: make([]ChildReservation, len(r.Children))}
 	for i := range r.Children {
 		c := &r.Children[i]
 		res.Children[i] = ChildReservation{InSPI: c.InSPI, OutSeqReserved: c.OutSeqReserved, InSeqLow: c.InSeqLow, SeqBlock: c.SeqBlock}
@@ -200,14 +202,16 @@ func ReservationsOf(r *SARecord) *Reservations {
 	return res
 }
 
-// Apply raises r's reservations to those of res where they are higher
-// (they only ever grow, so the higher one is the later); CHILD SAs that r
-// does not hold are ignored.
+// Apply raises r's reservations and message IDs to those of res where
+// they are higher (they only ever grow, so the higher one is the later);
+// CHILD SAs that r does not hold are ignored.
 func (r *SARecord) Apply(res *Reservations) {
 	if res == nil {
 		return
 	}
 	r.NextOutReserved = max(r.NextOutReserved, res.NextOutReserved)
+	r.NextIn = max(r.NextIn, res.NextIn)
+	r.NextOut = max(r.NextOut, res.NextOut)
 	for _, cr := range res.Children {
 		for i := range r.Children {
 			if c := &r.Children[i]; c.InSPI == cr.InSPI {
@@ -223,7 +227,8 @@ func (r *SARecord) Apply(res *Reservations) {
 // authenticated with the cluster key: a lowered reservation would make a
 // restored SA reuse sequence numbers, that is AES-GCM nonces.
 func (c Codec) MarshalReservations(name string, res *Reservations) ([]byte, error) {
-	m := &pb.Reservations{NextOutReserved: res.NextOutReserved, Children: make([]*pb.ChildReservation, len(res.Children))}
+	m := &pb.Reservations{NextOutReserved: res.NextOutReserved, NextIn: res.NextIn, NextOut: res.NextOut,
+		Children: make([]*pb.ChildReservation, len(res.Children))}
 	for i, cr := range res.Children {
 		m.Children[i] = &pb.ChildReservation{SpiIn: cr.InSPI, OutSeqReserved: cr.OutSeqReserved, InSeqLow: cr.InSeqLow, SeqBlock: cr.SeqBlock}
 	}
@@ -261,7 +266,8 @@ func (c Codec) UnmarshalReservations(name string, data []byte) (*Reservations, e
 	if err := proto.Unmarshal(body, &m); err != nil {
 		return nil, &CorruptError{Key: name, Reason: "reservations: " + err.Error()}
 	}
-	res := &Reservations{NextOutReserved: m.NextOutReserved, Children: make([]ChildReservation, len(m.Children))}
+	res := &Reservations{NextOutReserved: m.NextOutReserved, NextIn: m.NextIn, NextOut: m.NextOut,
+		Children: make([]ChildReservation, len(m.Children))}
 	for i, cr := range m.Children {
 		res.Children[i] = ChildReservation{InSPI: cr.SpiIn, OutSeqReserved: cr.OutSeqReserved, InSeqLow: cr.InSeqLow, SeqBlock: cr.SeqBlock}
 	}

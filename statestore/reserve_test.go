@@ -97,7 +97,8 @@ func TestReservedChange(t *testing.T) {
 
 	r.NextOutReserved = 32
 	r.Children[0].OutSeqReserved, r.Children[0].InSeqLow, r.Children[0].SeqBlock = 12288, 7000, 8192
-	r.NextIn = 99 // not a reservation: a Reserved change does not write it
+	r.NextIn = 9 // message IDs go with the reservations
+	r.SPIi = 77  // the rest of the record does not
 	before := rev()
 	if err := a.Submit(Change{Kind: Reserved, Record: r}, nil); err != nil {
 		t.Fatal(err)
@@ -128,8 +129,9 @@ func TestReservedChange(t *testing.T) {
 			t.Fatalf("%s: %v", how, err)
 		}
 		c := got.Children[0]
-		if got.NextOutReserved != 32 || c.OutSeqReserved != 12288 || c.InSeqLow != 7000 || c.SeqBlock != 8192 || got.NextIn != 2 {
-			t.Fatalf("%s: reservations %d %+v, next-in %d", how, got.NextOutReserved, c, got.NextIn)
+		if got.NextOutReserved != 32 || c.OutSeqReserved != 12288 || c.InSeqLow != 7000 || c.SeqBlock != 8192 ||
+			got.NextIn != 9 || got.SPIi == 77 {
+			t.Fatalf("%s: reservations %d %+v, next-in %d, SPIi %x", how, got.NextOutReserved, c, got.NextIn, got.SPIi)
 		}
 	}
 	got, _, err := a.Load(ctx, 200)
@@ -155,6 +157,7 @@ func TestReservedChange(t *testing.T) {
 	check("TakeOver", taken, err)
 	// A full write later carries the same values (the engine's state only
 	// grows): reading still takes the higher of both.
+	r.SPIi = 0x1122334455667788
 	r.Children[0].OutSeqReserved = 10000 // lower than the renewal: cannot happen, yet harmless
 	if err := b.Persist(ctx, Change{Kind: Updated, Record: r}); err != nil {
 		t.Fatal(err)

@@ -783,8 +783,13 @@ type Reservations struct {
 	state           protoimpl.MessageState `protogen:"open.v1"`
 	NextOutReserved uint32                 `protobuf:"varint,1,opt,name=next_out_reserved,json=nextOutReserved,proto3" json:"next_out_reserved,omitempty"` // as IKESA.next_out_reserved
 	Children        []*ChildReservation    `protobuf:"bytes,2,rep,name=children,proto3" json:"children,omitempty"`
-	unknownFields   protoimpl.UnknownFields
-	sizeCache       protoimpl.SizeCache
+	// The message IDs when written (as IKESA.next_in, next_out): a message
+	// ID reservation renewed this way keeps the restored SA's search for the
+	// peer's expected ID as narrow as a full write would.
+	NextIn        uint32 `protobuf:"varint,3,opt,name=next_in,json=nextIn,proto3" json:"next_in,omitempty"`
+	NextOut       uint32 `protobuf:"varint,4,opt,name=next_out,json=nextOut,proto3" json:"next_out,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Reservations) Reset() {
@@ -829,6 +834,20 @@ func (x *Reservations) GetChildren() []*ChildReservation {
 		return x.Children
 	}
 	return nil
+}
+
+func (x *Reservations) GetNextIn() uint32 {
+	if x != nil {
+		return x.NextIn
+	}
+	return 0
+}
+
+func (x *Reservations) GetNextOut() uint32 {
+	if x != nil {
+		return x.NextOut
+	}
+	return 0
 }
 
 type ChildReservation struct {
@@ -1233,10 +1252,12 @@ const file_api_statestore_v1_record_proto_rawDesc = "" +
 	"\aversion\x18\x01 \x01(\rR\aversion\x12H\n" +
 	"\freservations\x18\x02 \x01(\v2$.ikefleet.statestore.v1.ReservationsR\freservations\x12\x15\n" +
 	"\x06key_id\x18\x03 \x01(\rR\x05keyId\x12\x16\n" +
-	"\x06sealed\x18\x04 \x01(\fR\x06sealed\"\x80\x01\n" +
+	"\x06sealed\x18\x04 \x01(\fR\x06sealed\"\xb4\x01\n" +
 	"\fReservations\x12*\n" +
 	"\x11next_out_reserved\x18\x01 \x01(\rR\x0fnextOutReserved\x12D\n" +
-	"\bchildren\x18\x02 \x03(\v2(.ikefleet.statestore.v1.ChildReservationR\bchildren\"\x8e\x01\n" +
+	"\bchildren\x18\x02 \x03(\v2(.ikefleet.statestore.v1.ChildReservationR\bchildren\x12\x17\n" +
+	"\anext_in\x18\x03 \x01(\rR\x06nextIn\x12\x19\n" +
+	"\bnext_out\x18\x04 \x01(\rR\anextOut\"\x8e\x01\n" +
 	"\x10ChildReservation\x12\x15\n" +
 	"\x06spi_in\x18\x01 \x01(\aR\x05spiIn\x12(\n" +
 	"\x10out_seq_reserved\x18\x02 \x01(\x04R\x0eoutSeqReserved\x12\x1c\n" +
