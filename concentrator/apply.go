@@ -156,11 +156,6 @@ func (n *Node) release(ctx context.Context, s *shard) {
 	}
 }
 
-// seqLimiter is dataplane.SeqLimiter.
-type seqLimiter interface {
-	SetSeqLimit(ctx context.Context, inSPI uint32, limit uint64) error
-}
-
 // apply makes a released batch's data-plane changes, then sends its
 // messages.
 func (n *Node) apply(ctx context.Context, s *shard, dp []ike.Action, send []ike.Send) {
@@ -180,7 +175,7 @@ func (n *Node) apply(ctx context.Context, s *shard, dp []ike.Action, send []ike.
 		case ike.UpdateChild:
 			n.updateChild(ctx, a)
 		case ike.SetSeqLimit:
-			if l, ok := n.dp.(seqLimiter); ok {
+			if l, ok := n.dp.(dataplane.SeqLimiter); ok {
 				if err := l.SetSeqLimit(ctx, a.InSPI, a.OutSeqLimit); err != nil {
 					n.log.Error("CHILD_SA sequence limit not raised", "spi_in", fmt.Sprintf("%08x", a.InSPI),
 						"limit", a.OutSeqLimit, "err", err)

@@ -295,6 +295,10 @@ func (n *Node) Run(ctx context.Context) error {
 		wg.Add(1)
 		go func() { defer wg.Done(); n.expiries(ctx, er.Expiries()) }()
 	}
+	if sr, ok := n.dp.(dataplane.SeqReporter); ok {
+		wg.Add(1)
+		go func() { defer wg.Done(); n.seqProgress(ctx, sr.SeqProgress()) }()
+	}
 	var readers sync.WaitGroup
 	for _, c := range conns {
 		readers.Add(1)

@@ -74,9 +74,21 @@ func (n *Node) do(ctx context.Context, s *shard, f func()) error {
 	return nil
 }
 
+// shardOfESP is the shard owning the CHILD SA with inbound SPI inSPI
+// (the SPI's top bits carry the shard), or nil.
+func (n *Node) shardOfESP(inSPI uint32) *shard {
+	i := 0
+	if n.espBits > 0 {
+		i = int(inSPI >> (32 - n.espBits))
+	}
+	if i >= len(n.shards) {
+		return nil
+	}
+	return n.shards[i]
+}
+
 // expiries hands the data plane's CHILD SA expiries to the shard that owns
-// the SA (its inbound SPI carries the shard): soft ones are rekeyed now,
-// hard ones deleted.
+// the SA: soft ones are rekeyed now, hard ones deleted.
 func (n *Node) expiries(ctx context.Context, ch <-chan dataplane.Expiry) {
 	for {
 		select {
@@ -86,18 +98,39 @@ func (n *Node) expiries(ctx context.Context, ch <-chan dataplane.Expiry) {
 			if !ok {
 				return // the data plane closed
 			}
-			i := 0
-			if n.espBits > 0 {
-				i = int(ex.InSPI >> (32 - n.espBits))
-			}
-			if i >= len(n.shards) {
+			s := n.shardOfESP(ex.InSPI)
+			if s == nil {
 				continue
 			}
-			s := n.shards[i]
 			n.log.Info("CHILD_SA expiring", "spi_in", fmt.Sprintf("%08x", ex.InSPI), "hard", ex.Hard, "reason", ex.Reason)
 			n.do(ctx, s, func() {
 				var rd ike.Ready
 				s.eng.ExpireChild(n.clock.Now(), ex.InSPI, ex.Hard, &rd)
+				n.perform(ctx, s, &rd)
+			})
+		}
+	}
+}
+
+// seqProgress hands the data plane's sequence number reports to the shard
+// that owns the CHILD SA: the engine renews its reservation (a small
+// write) and raises the data plane's limit once that is committed.
+func (n *Node) seqProgress(ctx context.Context, ch <-chan dataplane.SeqProgress) {
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case p, ok := <-ch:
+			if !ok {
+				return // the data plane closed
+			}
+			s := n.shardOfESP(p.InSPI)
+			if s == nil {
+				continue
+			}
+			n.do(ctx, s, func() {
+				var rd ike.Ready
+				s.eng.SeqProgress(n.clock.Now(), p.InSPI, p.OutSeq, p.InSeq, &rd)
 				n.perform(ctx, s, &rd)
 			})
 		}
