@@ -13,6 +13,7 @@ import (
 
 	"github.com/ikefleet/ikefleet/concentrator/dataplane"
 	"github.com/ikefleet/ikefleet/concentrator/ike"
+	"github.com/ikefleet/ikefleet/concentrator/transport"
 )
 
 // Implementation limits of the socket loop.
@@ -29,16 +30,15 @@ type socketConfigurer interface {
 	ConfigureSocket(c *net.UDPConn, natt bool) error
 }
 
-func (n *Node) readLoop(c *net.UDPConn) {
-	local := c.LocalAddr().(*net.UDPAddr).AddrPort()
-	local = netip.AddrPortFrom(local.Addr().Unmap(), local.Port())
+func (n *Node) readLoop(c transport.Conn) {
+	local := c.LocalAddr()
 	n.mu.Lock()
 	natt := n.natt[local]
 	n.mu.Unlock()
 	espIn, _ := n.dp.(dataplane.ESPHandler)
 	buf := make([]byte, maxDatagram)
 	for {
-		nb, remote, err := c.ReadFromUDPAddrPort(buf)
+		nb, remote, err := c.ReadFrom(buf)
 		if err != nil {
 			if errors.Is(err, net.ErrClosed) {
 				return
@@ -55,7 +55,7 @@ func (n *Node) readLoop(c *net.UDPConn) {
 			case nb >= 4 && binary.BigEndian.Uint32(b) == 0:
 				b = b[4:] // non-ESP marker: IKE
 			case espIn != nil:
-				espIn.HandleESP(b, local, netip.AddrPortFrom(remote.Addr().Unmap(), remote.Port())) // user-space ESP
+				espIn.HandleESP(b, local, remote) // user-space ESP
 				continue
 			default:
 				n.nonIKEDrops.Add(1) // ESP: the data plane's, not ours
@@ -70,7 +70,7 @@ func (n *Node) readLoop(c *net.UDPConn) {
 			n.nonIKEDrops.Add(1)
 			continue
 		}
-		pkt := ike.Packet{Local: local, Remote: netip.AddrPortFrom(remote.Addr().Unmap(), remote.Port()), Data: append([]byte(nil), b...)}
+		pkt := ike.Packet{Local: local, Remote: remote, Data: append([]byte(nil), b...)}
 		select {
 		case s.in <- pkt:
 		default:
@@ -105,7 +105,7 @@ func (n *Node) shardFor(b []byte) *shard {
 
 // conn returns the socket bound to local, or to its port on the wildcard
 // address, and whether it is a NAT-T socket.
-func (n *Node) conn(local netip.AddrPort) (*net.UDPConn, bool) {
+func (n *Node) conn(local netip.AddrPort) (transport.Conn, bool) {
 	n.mu.Lock()
 	defer n.mu.Unlock()
 	c, natt := n.conns[local], n.natt[local]
@@ -128,14 +128,13 @@ func (n *Node) SendUDP(b []byte, local, remote netip.AddrPort) error {
 	if c == nil {
 		return fmt.Errorf("no socket bound to %s", local)
 	}
-	_, err := c.WriteToUDPAddrPort(b, remote)
-	return err
+	return c.WriteTo(b, remote)
 }
 
 // sendKeepalive sends a NAT-T keepalive: one 0xFF octet, no marker.
 func (n *Node) sendKeepalive(a ike.Send) {
 	if c, _ := n.conn(a.Local); c != nil {
-		if _, err := c.WriteToUDPAddrPort([]byte{0xff}, a.Remote); err != nil {
+		if err := c.WriteTo([]byte{0xff}, a.Remote); err != nil {
 			n.log.Debug("keepalive failed", "remote", a.Remote.String(), "err", err)
 		} else {
 			n.obs.keepalivesSent.Add(1)
@@ -159,7 +158,7 @@ func (n *Node) send(a ike.Send) {
 		if natt {
 			m = append([]byte{0, 0, 0, 0}, m...)
 		}
-		if _, err := c.WriteToUDPAddrPort(m, a.Remote); err != nil {
+		if err := c.WriteTo(m, a.Remote); err != nil {
 			n.log.Warn("send failed", "local", a.Local.String(), "remote", a.Remote.String(), "err", err)
 		}
 	}

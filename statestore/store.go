@@ -51,6 +51,7 @@ type Interface interface {
 	Node(ctx context.Context, id string) (NodeInfo, error)
 	Nodes(ctx context.Context) ([]NodeInfo, error)
 	LoadOwned(ctx context.Context) ([]*SARecord, error)
+	OwnedCount(ctx context.Context, node string) (int64, error)
 	TakeOver(ctx context.Context, spi uint64) (*SARecord, error)
 	HandOff(ctx context.Context, spi uint64, final *SARecord, to Owner) error
 
