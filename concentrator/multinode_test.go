@@ -32,7 +32,10 @@ type memGateway struct {
 	pkts   chan ike.Packet
 	calls  chan func()
 	events chan ike.Event
+	netw   *transport.Network
 }
+
+func (g *memGateway) netwStats() (uint64, uint64) { return g.netw.Stats() }
 
 func startMemGateway(t *testing.T, ctx context.Context, netw *transport.Network, clk *clock.Fake, addr netip.Addr) *memGateway {
 	t.Helper()
@@ -50,7 +53,7 @@ func startMemGateway(t *testing.T, ctx context.Context, netw *transport.Network,
 		t.Fatal(err)
 	}
 	g := &memGateway{t: t, eng: eng, clk: clk, ike: ikeC, natt: nattC,
-		pkts: make(chan ike.Packet, 64), calls: make(chan func()), events: make(chan ike.Event, 64)}
+		pkts: make(chan ike.Packet, 64), calls: make(chan func()), events: make(chan ike.Event, 64), netw: netw}
 	read := func(c transport.Conn, natt bool) {
 		buf := make([]byte, 65535)
 		for {

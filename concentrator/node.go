@@ -63,7 +63,10 @@ type Node struct {
 	nonIKEDrops     atomic.Uint64
 	keepalives      atomic.Uint64
 	obs             observability
-	ops             ops // operator actions (ops.go)
+	peer            *peerAPI     // the peer API (peer.go); nil without cluster.peer_listen
+	claims          claims       // SAs being claimed (claim.go)
+	cluster         clusterStats // claims and hand-offs
+	ops             ops          // operator actions (ops.go)
 }
 
 // Option changes how New builds a node.
@@ -253,6 +256,14 @@ func (n *Node) Run(ctx context.Context) error {
 	// Callbacks from the state store's goroutines reach the shards through
 	// this context, so none waits on a shard that has stopped.
 	n.runCtx = ctx
+	// The peer API's address goes into our registry entry: bind it first.
+	if n.peer, err = n.listenPeer(); err != nil {
+		closeAll()
+		return err
+	}
+	if n.peer != nil {
+		defer n.peer.close()
+	}
 	if n.cfg.StateStore.Mode != "none" {
 		p, err := n.openStore(ctx)
 		if err != nil {
@@ -284,6 +295,10 @@ func (n *Node) Run(ctx context.Context) error {
 	}
 	wg.Add(1)
 	go func() { defer wg.Done(); n.watchStore(ctx) }()
+	if n.peer != nil {
+		go n.peer.serve() // stopped by n.peer.close
+		n.log.Info("peer API", "listen", n.peer.lis.Addr().String(), "advertise", n.peer.advertise, "tls", n.cfg.Cluster.TLS())
+	}
 	if n.persist != nil {
 		wg.Add(1)
 		go func() {

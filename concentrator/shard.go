@@ -42,6 +42,10 @@ func (n *Node) runShard(ctx context.Context, s *shard) {
 		case <-ctx.Done():
 			return
 		case pkt := <-s.in:
+			if spi, ok := n.unheld(s, pkt); ok {
+				n.park(spi, pkt) // claim.go
+				continue
+			}
 			s.eng.Handle(n.clock.Now(), pkt, &rd)
 		case f := <-s.calls:
 			f()
