@@ -8,7 +8,7 @@ STATICCHECK_VERSION := v0.8.2
 TOOLS := $(CURDIR)/.tools
 FUZZTIME ?= 10s
 
-.PHONY: all build test test-unit test-chart test-e2e test-vm bench bench-sim fuzz-smoke fuzz generate lint run demo clean deps
+.PHONY: all build test test-unit test-chart test-e2e test-vm bench bench-sim bench-cluster fuzz-smoke fuzz generate lint run demo clean deps
 
 all: build
 
@@ -55,6 +55,15 @@ bench:
 # in the hour after). About fifteen minutes here.
 bench-sim:
 	$(GO) test -run '^$$' -bench 'RekeySmoothing|MemoryPerSA|RestoreRekeys' -benchtime 1x -timeout 60m ./concentrator/ike/
+
+# In-process cluster: three nodes behind one anycast address (memory data
+# plane, one embedded etcd, real gRPC between the nodes), CLUSTER_GATEWAYS
+# simulated gateways re-hashed as ECMP does when a node joins, leaves and
+# is killed. Prints one `cluster:` line (lost, re-authentications, dual
+# owners, moves, outage percentiles) and a line of hand-off figures.
+CLUSTER_GATEWAYS ?= 20000
+bench-cluster:
+	CLUSTER_BENCH=1 CLUSTER_GATEWAYS=$(CLUSTER_GATEWAYS) $(GO) test -count=1 -run '^TestClusterECMP$$' -timeout 10m ./concentrator/ | grep '^cluster:'
 
 # Runs every fuzz target for FUZZTIME (make fuzz-smoke FUZZTIME=60s).
 fuzz-smoke:

@@ -22,14 +22,15 @@ import (
 // network, with one embedded etcd, real gRPC between the nodes on
 // loopback, and a route that plays ECMP.
 type testCluster struct {
-	t       *testing.T
-	etcd    *statestore.Embedded
-	keyFile string
-	netw    *transport.Network
-	clk     *clock.Fake
-	log     *slog.Logger
-	vip     netip.Addr
-	gws     int // PSKs configured for gateways 1..gws
+	t        *testing.T
+	etcd     *statestore.Embedded
+	keyFile  string
+	netw     *transport.Network
+	clk      *clock.Fake
+	log      *slog.Logger
+	vip      netip.Addr
+	gws      int    // PSKs configured for gateways 1..gws
+	ikeExtra string // appended to the nodes' ike: section
 
 	mu    sync.Mutex
 	nodes map[string]*clusterNode
@@ -110,7 +111,7 @@ func (c *testCluster) setRoute(nodes ...string) {
 // start runs node id; it joins the route only when told (setRoute).
 func (c *testCluster) start(ctx context.Context, id string) *clusterNode {
 	t := c.t
-	text := nodeConfig(c.gws, "", fmt.Sprintf("statestore:\n  mode: external\n  endpoints: [%s]\n  cluster_key_file: %s\n  lease_ttl: 2s\ncluster:\n  peer_listen: 127.0.0.1:0\n",
+	text := nodeConfig(c.gws, c.ikeExtra, fmt.Sprintf("statestore:\n  mode: external\n  endpoints: [%s]\n  cluster_key_file: %s\n  lease_ttl: 2s\ncluster:\n  peer_listen: 127.0.0.1:0\n",
 		c.etcd.Endpoints()[0], c.keyFile))
 	text = replaceOnce(t, text, "node: {id: test}", "node: {id: "+id+"}")
 	text = replaceOnce(t, text, "listen: [127.0.0.1]\n  port: 0\n  natt_port: 0", "listen: ["+c.vip.String()+"]\n  port: 500\n  natt_port: 4500")
@@ -164,6 +165,20 @@ func (c *testCluster) kill(id string) {
 	}
 	cn.n.persist.store.(*statestore.Store).Abandon()
 	c.stop(id)
+}
+
+// etcdRevision is etcd's current revision (one per write transaction).
+func (c *testCluster) etcdRevision(ctx context.Context) (int64, error) {
+	cli, err := statestore.Dial(c.etcd.Client())
+	if err != nil {
+		return 0, err
+	}
+	defer cli.Close()
+	r, err := cli.Get(ctx, "revision-probe")
+	if err != nil {
+		return 0, err
+	}
+	return r.Header.Revision, nil
 }
 
 func (c *testCluster) node(id string) *clusterNode {

@@ -10,6 +10,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 
 	"testing"
 	"time"
@@ -33,11 +34,15 @@ type memGateway struct {
 	calls  chan func()
 	events chan ike.Event
 	netw   *transport.Network
+	// lastRecv: real time (UnixNano) of the last datagram received.
+	lastRecv atomic.Int64
+	// established counts IKE SAs established (1 unless it re-authenticated).
+	established atomic.Int64
 }
 
 func (g *memGateway) netwStats() (uint64, uint64) { return g.netw.Stats() }
 
-func startMemGateway(t *testing.T, ctx context.Context, netw *transport.Network, clk *clock.Fake, addr netip.Addr) *memGateway {
+func startMemGateway(t *testing.T, ctx context.Context, netw *transport.Network, clk *clock.Fake, addr netip.Addr, opts ...func(*ike.Config)) *memGateway {
 	t.Helper()
 	ikeC, err := netw.Listen(netip.AddrPortFrom(addr, 500))
 	if err != nil {
@@ -48,7 +53,11 @@ func startMemGateway(t *testing.T, ctx context.Context, netw *transport.Network,
 		t.Fatal(err)
 	}
 	prop, _ := ike.ParseProposal("aes256gcm16-prfsha256-x25519", false, false)
-	eng, err := ike.NewEngine(ike.Config{IKEProposals: []ike.ProposalSpec{prop}, NATTPort: 4500, Rand: rand.Reader, ForceEncap: true})
+	ecfg := ike.Config{IKEProposals: []ike.ProposalSpec{prop}, NATTPort: 4500, Rand: rand.Reader, ForceEncap: true}
+	for _, o := range opts {
+		o(&ecfg)
+	}
+	eng, err := ike.NewEngine(ecfg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -61,6 +70,7 @@ func startMemGateway(t *testing.T, ctx context.Context, netw *transport.Network,
 			if err != nil {
 				return
 			}
+			g.lastRecv.Store(time.Now().UnixNano())
 			b := buf[:nb]
 			if natt {
 				if nb < 4 || binary.BigEndian.Uint32(b) != 0 {
@@ -126,6 +136,9 @@ func (g *memGateway) perform(rd *ike.Ready) {
 		}
 	}
 	for _, ev := range rd.Events {
+		if ev.Kind == ike.EventIKEEstablished {
+			g.established.Add(1)
+		}
 		select {
 		case g.events <- ev:
 		default:

@@ -272,6 +272,11 @@ func (n *Node) Run(ctx context.Context) error {
 		}
 		n.persist = p
 		defer p.close()
+		if cp, ok := n.ecfg.Pool.(*clusterPool); ok {
+			if l, ok := p.store.(addressLeaser); ok {
+				cp.useStore(l) // virtual IPs leased cluster-wide
+			}
+		}
 		// Our slot goes into every IKE SPI we allocate from now on.
 		me, slot := p.store.Registration()
 		for i, s := range n.shards {
