@@ -360,3 +360,38 @@ func TestHandOffAndTakeOver(t *testing.T) {
 		t.Fatalf("b holds %d IKE SAs (%v)", len(sas), err)
 	}
 }
+
+// A flood of IKE messages for SPIs nobody owns costs one claim (one
+// owner lookup) per SPI per negative-cache interval, and parking is
+// bounded per SPI.
+func TestClaimNegativeCache(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	c := newTestCluster(t, 1)
+	cn := c.start(ctx, "a")
+	c.setRoute("a")
+	from := netip.MustParseAddrPort("192.0.2.99:500")
+	flood := func() {
+		for round := 0; round < 100; round++ {
+			for i := uint64(1); i <= 10; i++ {
+				m := ike.Message{SPIi: 0x1111, SPIr: 0xdead0000 + i, Exchange: ike.INFORMATIONAL, Flags: ike.FlagInitiator, MessageID: uint32(round)}
+				c.netw.Inject(from, netip.AddrPortFrom(c.vip, 500), m.Encode())
+			}
+		}
+	}
+	flood()
+	waitFor(t, ctx, "ten SPIs found unowned", func() bool { return cn.n.ClusterStats().Nobody == 10 })
+	flood()
+	// The first flood parked at most claimParkPerSPI per SPI and dropped
+	// the rest; the second is dropped by the cache without a lookup.
+	waitFor(t, ctx, "the second flood dropped by the negative cache", func() bool { return cn.n.ClusterStats().NegativeHits >= 1000 })
+	if s := cn.n.ClusterStats(); s.Claims != 10 || s.ParkDrops+10*claimParkPerSPI < 1000 {
+		t.Fatalf("after two floods of 10 SPIs: %+v", s)
+	}
+	c.clk.Advance(claimNegTTL + time.Second) // the cache forgets: one more lookup per SPI
+	flood()
+	waitFor(t, ctx, "ten SPIs looked up again", func() bool { return cn.n.ClusterStats().Nobody == 20 })
+	if s := cn.n.ClusterStats(); s.Claims != 20 {
+		t.Fatalf("after the cache expired: %+v", s)
+	}
+}
