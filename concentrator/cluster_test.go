@@ -1,6 +1,7 @@
 package concentrator
 
 import (
+	"cmp"
 	"context"
 	"fmt"
 	"log/slog"
@@ -31,6 +32,7 @@ type testCluster struct {
 	vip      netip.Addr
 	gws      int    // PSKs configured for gateways 1..gws
 	ikeExtra string // appended to the nodes' ike: section
+	leaseTTL string // statestore.lease_ttl; default 2s
 
 	mu    sync.Mutex
 	nodes map[string]*clusterNode
@@ -111,8 +113,8 @@ func (c *testCluster) setRoute(nodes ...string) {
 // start runs node id; it joins the route only when told (setRoute).
 func (c *testCluster) start(ctx context.Context, id string) *clusterNode {
 	t := c.t
-	text := nodeConfig(c.gws, c.ikeExtra, fmt.Sprintf("statestore:\n  mode: external\n  endpoints: [%s]\n  cluster_key_file: %s\n  lease_ttl: 2s\ncluster:\n  peer_listen: 127.0.0.1:0\n",
-		c.etcd.Endpoints()[0], c.keyFile))
+	text := nodeConfig(c.gws, c.ikeExtra, fmt.Sprintf("statestore:\n  mode: external\n  endpoints: [%s]\n  cluster_key_file: %s\n  lease_ttl: %s\ncluster:\n  peer_listen: 127.0.0.1:0\n",
+		c.etcd.Endpoints()[0], c.keyFile, cmp.Or(c.leaseTTL, "2s")))
 	text = replaceOnce(t, text, "node: {id: test}", "node: {id: "+id+"}")
 	text = replaceOnce(t, text, "listen: [127.0.0.1]\n  port: 0\n  natt_port: 0", "listen: ["+c.vip.String()+"]\n  port: 500\n  natt_port: 4500")
 	cfg, err := ParseConfig([]byte(text))

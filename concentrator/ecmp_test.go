@@ -89,6 +89,9 @@ func TestClusterECMP(t *testing.T) {
 	defer cancel()
 	c := newTestCluster(t, G)
 	c.ikeExtra = "  dpd_delay: 0s\n" // the gateways check liveness, the nodes do not
+	// Leases outlast a busy moment of a shared 2-core machine (a node
+	// that misses its renewals is fenced, and its SAs are taken over).
+	c.leaseTTL = "6s"
 	ids := []string{"n1", "n2", "n3"}
 	for _, id := range ids {
 		c.start(ctx, id)

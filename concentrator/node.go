@@ -300,6 +300,8 @@ func (n *Node) Run(ctx context.Context) error {
 	}
 	wg.Add(1)
 	go func() { defer wg.Done(); n.watchStore(ctx) }()
+	wg.Add(1)
+	go func() { defer wg.Done(); n.fenceDataPlane(ctx) }()
 	if n.peer != nil {
 		go n.peer.serve() // stopped by n.peer.close
 		n.log.Info("peer API", "listen", n.peer.lis.Addr().String(), "advertise", n.peer.advertise, "tls", n.cfg.Cluster.TLS())

@@ -185,3 +185,12 @@ type Report struct {
 type Reporter interface {
 	Report(ctx context.Context) (Report, error)
 }
+
+// Fencer is implemented by data planes that can stop outbound ESP at
+// once: a node whose state store lease is about to lapse must not send for
+// the SAs it owns (another node may take them over and continue their
+// sequence numbers). SetFenced(false) resumes after the node registered
+// again and reclaimed its SAs.
+type Fencer interface {
+	SetFenced(fenced bool)
+}

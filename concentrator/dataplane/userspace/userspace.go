@@ -99,11 +99,12 @@ const (
 	DropTUNWrite                         // writing to the TUN device failed
 	DropLinkLocal                        // multicast or link-local traffic the host sent to the TUN link (IPv6 RS, MLD)
 	DropSeqReservation                   // the next sequence number is above the SA's limit (OutSeqLimit)
+	DropFenced                           // outbound while the node is fenced (SetFenced)
 	numDropReasons
 )
 
 var dropNames = [numDropReasons]string{"no_sa", "queue_full", "malformed", "replay", "integrity", "selector",
-	"dummy", "oversize", "seq_overflow", "send_error", "tun_write", "link_local", "seq_reservation"}
+	"dummy", "oversize", "seq_overflow", "send_error", "tun_write", "link_local", "seq_reservation", "fenced"}
 
 func (r DropReason) String() string { return dropNames[r] }
 
@@ -179,6 +180,7 @@ type DataPlane struct {
 	bufSize int
 	workers []chan job
 	drops   [numDropReasons]atomic.Uint64
+	fenced  atomic.Bool // SetFenced
 	// gone: the counters of SAs removed, so that Report's totals never
 	// go down.
 	gone dataplane.Counters
@@ -675,7 +677,15 @@ func (d *DataPlane) work(q chan job) {
 	}
 }
 
+// SetFenced stops (true) or resumes (false) outbound ESP: packets are
+// dropped before they take a sequence number (dataplane.Fencer).
+func (d *DataPlane) SetFenced(f bool) { d.fenced.Store(f) }
+
 func (d *DataPlane) sendOut(j job) {
+	if d.fenced.Load() {
+		d.drop(DropFenced) // the worker returns the buffer
+		return
+	}
 	s := j.sa
 	a := s.arm.Load()
 	if a != s.armSeen {
