@@ -82,6 +82,69 @@ type claims struct {
 	neg    map[uint64]time.Time
 }
 
+// unknownESP starts the claim of the IKE SA whose CHILD SA has inbound SPI
+// spi (ESP for an SA this node does not hold, from the data plane's
+// receive path). The packet itself is not kept: the ones after it flow
+// once the claimed CHILD SAs are installed. One lookup per SPI at a time,
+// and SPIs nobody owns wait out the negative cache.
+func (n *Node) unknownESP(spi uint32) {
+	if n.persist == nil || n.runCtx == nil {
+		return
+	}
+	key := espKey(spi)
+	c := &n.claims
+	now := n.clock.Now()
+	c.mu.Lock()
+	if exp, ok := c.neg[key]; ok && now.Before(exp) {
+		c.mu.Unlock()
+		n.cluster.negHits.Add(1)
+		return
+	}
+	if _, busy := c.parked[key]; busy || len(c.parked) >= claimParkTotal {
+		c.mu.Unlock()
+		return
+	}
+	if c.parked == nil {
+		c.parked = map[uint64][]ike.Packet{}
+	}
+	c.parked[key] = nil // a lookup under way
+	c.mu.Unlock()
+	go func() {
+		ctx, cancel := context.WithTimeout(n.runCtx, n.claimDeadline())
+		defer cancel()
+		ikeSPI, err := n.persist.store.LookupESP(ctx, spi)
+		n.takeParked(key)
+		if err != nil {
+			if errors.Is(err, statestore.ErrNotFound) {
+				n.negative(key)
+			}
+			return
+		}
+		c.mu.Lock()
+		_, busy := c.parked[ikeSPI]
+		if !busy {
+			c.parked[ikeSPI] = nil
+		}
+		c.mu.Unlock()
+		s := n.shardOfSPI(ikeSPI)
+		held := false
+		n.do(ctx, s, func() { held = s.eng.SA(ikeSPI) != nil })
+		switch {
+		case busy:
+		case held:
+			n.takeParked(ikeSPI)
+		default:
+			n.cluster.claims.Add(1)
+			n.claim(ikeSPI)
+		}
+	}()
+}
+
+// espKey keeps ESP SPIs apart from IKE SPIs in the claim tables: an IKE
+// SPI with its top 32 bits all set is a 1 in 2^32 chance, and a clash
+// only delays one claim.
+func espKey(spi uint32) uint64 { return 0xffffffff00000000 | uint64(spi) }
+
 // unheld reports whether pkt is for an SA this shard does not hold and
 // should be claimed (on the shard's goroutine). New IKE_SA_INITs are not.
 func (n *Node) unheld(s *shard, pkt ike.Packet) (uint64, bool) {

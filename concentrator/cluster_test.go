@@ -337,8 +337,36 @@ func TestHandOffAndTakeOver(t *testing.T) {
 		t.Fatalf("gateway 1's SA held by %v after moving back", h)
 	}
 
-	// Kill a: gateways 1, 3, 4 move to b, which takes their SAs over
-	// once a's lease has expired.
+	// ESP for a CHILD SA b does not hold (user-space data planes report
+	// it) makes b claim its IKE SA: gateway 4's, by its inbound ESP SPI.
+	sas, err := c.node("a").n.SAs(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var espIn uint32
+	for _, sa := range sas {
+		if sa.SPIr == spis[3] && len(sa.Children) > 0 {
+			espIn = sa.Children[0].InSPI
+		}
+	}
+	if espIn == 0 {
+		t.Fatalf("a does not list gateway 4's CHILD SA: %+v", sas)
+	}
+	c.node("b").n.unknownESP(0x0badc0de) // nobody's: one lookup, then the negative cache
+	c.node("b").n.unknownESP(espIn)
+	waitFor(t, ctx, "b claims gateway 4's SA for its ESP", func() bool {
+		h := c.holders(ctx, spis[3])
+		return len(h) == 1 && h[0] == "b"
+	})
+	c.pin(gws[3].ike.LocalAddr().Addr(), "b")
+	rekeyChild(t, ctx, gws[3], 4)
+	waitFor(t, ctx, "the unknown ESP SPI in the negative cache", func() bool {
+		c.node("b").n.unknownESP(0x0badc0de)
+		return c.node("b").n.ClusterStats().NegativeHits > 0
+	})
+
+	// Kill a: gateways 1 and 3 move to b, which takes their SAs over
+	// once a's lease has expired (4 is b's already).
 	c.kill("a")
 	c.setRoute("b")
 	defer func() {
@@ -353,7 +381,7 @@ func TestHandOffAndTakeOver(t *testing.T) {
 			t.Fatalf("gateway %d's SA held by %v after the kill", i+1, h)
 		}
 	}
-	if s := c.node("b").n.ClusterStats(); s.TakeOvers != 3 {
+	if s := c.node("b").n.ClusterStats(); s.TakeOvers != 2 {
 		t.Fatalf("b after the kill: %+v", s)
 	}
 	// The gateways delete their old CHILD SAs after their rekeys.

@@ -302,6 +302,9 @@ func (n *Node) Run(ctx context.Context) error {
 	go func() { defer wg.Done(); n.watchStore(ctx) }()
 	wg.Add(1)
 	go func() { defer wg.Done(); n.fenceDataPlane(ctx) }()
+	if r, ok := n.dp.(dataplane.UnknownSPIReporter); ok && n.persist != nil {
+		r.OnUnknownSPI(n.unknownESP) // ESP for SAs other nodes hold: claim them (claim.go)
+	}
 	if n.peer != nil {
 		go n.peer.serve() // stopped by n.peer.close
 		n.log.Info("peer API", "listen", n.peer.lis.Addr().String(), "advertise", n.peer.advertise, "tls", n.cfg.Cluster.TLS())

@@ -194,3 +194,11 @@ type Reporter interface {
 type Fencer interface {
 	SetFenced(fenced bool)
 }
+
+// UnknownSPIReporter is implemented by data planes that see inbound ESP
+// in user space: f is called (on the receive path: it must not block) for
+// every ESP packet whose SPI has no CHILD SA here, so that the node can
+// claim the SA from the node that owns it.
+type UnknownSPIReporter interface {
+	OnUnknownSPI(f func(spi uint32))
+}

@@ -181,6 +181,7 @@ type DataPlane struct {
 	workers []chan job
 	drops   [numDropReasons]atomic.Uint64
 	fenced  atomic.Bool // SetFenced
+	unknown atomic.Pointer[func(uint32)] // OnUnknownSPI
 	// gone: the counters of SAs removed, so that Report's totals never
 	// go down.
 	gone dataplane.Counters
@@ -607,6 +608,9 @@ func (d *DataPlane) HandleESP(pkt []byte, _, _ netip.AddrPort) {
 	d.mu.RUnlock()
 	if s == nil {
 		d.drop(DropNoSA)
+		if f := d.unknown.Load(); f != nil {
+			(*f)(h.SPI)
+		}
 		return
 	}
 	b := d.getBuf()
@@ -676,6 +680,10 @@ func (d *DataPlane) work(q chan job) {
 		}
 	}
 }
+
+// OnUnknownSPI sets the function told of inbound ESP for SPIs without a
+// CHILD SA here (dataplane.UnknownSPIReporter).
+func (d *DataPlane) OnUnknownSPI(f func(spi uint32)) { d.unknown.Store(&f) }
 
 // SetFenced stops (true) or resumes (false) outbound ESP: packets are
 // dropped before they take a sequence number (dataplane.Fencer).
