@@ -180,7 +180,7 @@ type DataPlane struct {
 	bufSize int
 	workers []chan job
 	drops   [numDropReasons]atomic.Uint64
-	fenced  atomic.Bool // SetFenced
+	fenced  atomic.Bool                  // SetFenced
 	unknown atomic.Pointer[func(uint32)] // OnUnknownSPI
 	// gone: the counters of SAs removed, so that Report's totals never
 	// go down.
