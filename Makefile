@@ -61,7 +61,7 @@ bench-sim:
 # simulated gateways re-hashed as ECMP does when a node joins, leaves and
 # is killed. Prints one `cluster:` line (lost, re-authentications, dual
 # owners, moves, outage percentiles) and a line of hand-off figures.
-CLUSTER_GATEWAYS ?= 20000
+CLUSTER_GATEWAYS ?= 2000
 bench-cluster:
 	CLUSTER_BENCH=1 CLUSTER_GATEWAYS=$(CLUSTER_GATEWAYS) $(GO) test -count=1 -run '^TestClusterECMP$$' -timeout 10m ./concentrator/ | grep '^cluster:'
 
