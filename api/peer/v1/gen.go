@@ -1,6 +1,5 @@
 // Package peerv1 is the node-to-node gRPC API of a concentrator cluster
-// (peer.proto): SA hand-offs, forwarding of half-open exchanges, and
-// deletion of replaced identities. Regenerate with `make generate` (protoc
+// (peer.proto): SA hand-offs and forwarding of half-open exchanges. Regenerate with `make generate` (protoc
 // from Debian's protobuf-compiler; protoc-gen-go and protoc-gen-go-grpc
 // pinned as go.mod tools).
 package peerv1

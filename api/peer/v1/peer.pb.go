@@ -328,112 +328,6 @@ func (x *ForwardResponse) GetAccepted() bool {
 	return false
 }
 
-type DeleteIdentityRequest struct {
-	state protoimpl.MessageState `protogen:"open.v1"`
-	// The identity as the IKE ID payload carries it.
-	IdType uint32 `protobuf:"varint,1,opt,name=id_type,json=idType,proto3" json:"id_type,omitempty"`
-	IdData []byte `protobuf:"bytes,2,opt,name=id_data,json=idData,proto3" json:"id_data,omitempty"`
-	// Our IKE SPI of the SA that replaces the old one; never deleted.
-	KeepSpi       uint64 `protobuf:"fixed64,3,opt,name=keep_spi,json=keepSpi,proto3" json:"keep_spi,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
-}
-
-func (x *DeleteIdentityRequest) Reset() {
-	*x = DeleteIdentityRequest{}
-	mi := &file_api_peer_v1_peer_proto_msgTypes[4]
-	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-	ms.StoreMessageInfo(mi)
-}
-
-func (x *DeleteIdentityRequest) String() string {
-	return protoimpl.X.MessageStringOf(x)
-}
-
-func (*DeleteIdentityRequest) ProtoMessage() {}
-
-func (x *DeleteIdentityRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_api_peer_v1_peer_proto_msgTypes[4]
-	if x != nil {
-		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-		if ms.LoadMessageInfo() == nil {
-			ms.StoreMessageInfo(mi)
-		}
-		return ms
-	}
-	return mi.MessageOf(x)
-}
-
-// Deprecated: Use DeleteIdentityRequest.ProtoReflect.Descriptor instead.
-func (*DeleteIdentityRequest) Descriptor() ([]byte, []int) {
-	return file_api_peer_v1_peer_proto_rawDescGZIP(), []int{4}
-}
-
-func (x *DeleteIdentityRequest) GetIdType() uint32 {
-	if x != nil {
-		return x.IdType
-	}
-	return 0
-}
-
-func (x *DeleteIdentityRequest) GetIdData() []byte {
-	if x != nil {
-		return x.IdData
-	}
-	return nil
-}
-
-func (x *DeleteIdentityRequest) GetKeepSpi() uint64 {
-	if x != nil {
-		return x.KeepSpi
-	}
-	return 0
-}
-
-type DeleteIdentityResponse struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Deleted       uint32                 `protobuf:"varint,1,opt,name=deleted,proto3" json:"deleted,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
-}
-
-func (x *DeleteIdentityResponse) Reset() {
-	*x = DeleteIdentityResponse{}
-	mi := &file_api_peer_v1_peer_proto_msgTypes[5]
-	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-	ms.StoreMessageInfo(mi)
-}
-
-func (x *DeleteIdentityResponse) String() string {
-	return protoimpl.X.MessageStringOf(x)
-}
-
-func (*DeleteIdentityResponse) ProtoMessage() {}
-
-func (x *DeleteIdentityResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_api_peer_v1_peer_proto_msgTypes[5]
-	if x != nil {
-		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-		if ms.LoadMessageInfo() == nil {
-			ms.StoreMessageInfo(mi)
-		}
-		return ms
-	}
-	return mi.MessageOf(x)
-}
-
-// Deprecated: Use DeleteIdentityResponse.ProtoReflect.Descriptor instead.
-func (*DeleteIdentityResponse) Descriptor() ([]byte, []int) {
-	return file_api_peer_v1_peer_proto_rawDescGZIP(), []int{5}
-}
-
-func (x *DeleteIdentityResponse) GetDeleted() uint32 {
-	if x != nil {
-		return x.Deleted
-	}
-	return 0
-}
-
 var File_api_peer_v1_peer_proto protoreflect.FileDescriptor
 
 const file_api_peer_v1_peer_proto_rawDesc = "" +
@@ -460,17 +354,10 @@ const file_api_peer_v1_peer_proto_rawDesc = "" +
 	"\x05local\x18\x02 \x01(\tR\x05local\x12\x16\n" +
 	"\x06remote\x18\x03 \x01(\tR\x06remote\"-\n" +
 	"\x0fForwardResponse\x12\x1a\n" +
-	"\baccepted\x18\x01 \x01(\bR\baccepted\"d\n" +
-	"\x15DeleteIdentityRequest\x12\x17\n" +
-	"\aid_type\x18\x01 \x01(\rR\x06idType\x12\x17\n" +
-	"\aid_data\x18\x02 \x01(\fR\x06idData\x12\x19\n" +
-	"\bkeep_spi\x18\x03 \x01(\x06R\akeepSpi\"2\n" +
-	"\x16DeleteIdentityResponse\x12\x18\n" +
-	"\adeleted\x18\x01 \x01(\rR\adeleted2\x8b\x02\n" +
+	"\baccepted\x18\x01 \x01(\bR\baccepted2\xa6\x01\n" +
 	"\x04Peer\x12N\n" +
 	"\aHandOff\x12 .ikefleet.peer.v1.HandOffRequest\x1a!.ikefleet.peer.v1.HandOffResponse\x12N\n" +
-	"\aForward\x12 .ikefleet.peer.v1.ForwardRequest\x1a!.ikefleet.peer.v1.ForwardResponse\x12c\n" +
-	"\x0eDeleteIdentity\x12'.ikefleet.peer.v1.DeleteIdentityRequest\x1a(.ikefleet.peer.v1.DeleteIdentityResponseB1Z/github.com/ikefleet/ikefleet/api/peer/v1;peerv1b\x06proto3"
+	"\aForward\x12 .ikefleet.peer.v1.ForwardRequest\x1a!.ikefleet.peer.v1.ForwardResponseB1Z/github.com/ikefleet/ikefleet/api/peer/v1;peerv1b\x06proto3"
 
 var (
 	file_api_peer_v1_peer_proto_rawDescOnce sync.Once
@@ -485,26 +372,22 @@ func file_api_peer_v1_peer_proto_rawDescGZIP() []byte {
 }
 
 var file_api_peer_v1_peer_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_api_peer_v1_peer_proto_msgTypes = make([]protoimpl.MessageInfo, 6)
+var file_api_peer_v1_peer_proto_msgTypes = make([]protoimpl.MessageInfo, 4)
 var file_api_peer_v1_peer_proto_goTypes = []any{
-	(HandOffResponse_Status)(0),    // 0: ikefleet.peer.v1.HandOffResponse.Status
-	(*HandOffRequest)(nil),         // 1: ikefleet.peer.v1.HandOffRequest
-	(*HandOffResponse)(nil),        // 2: ikefleet.peer.v1.HandOffResponse
-	(*ForwardRequest)(nil),         // 3: ikefleet.peer.v1.ForwardRequest
-	(*ForwardResponse)(nil),        // 4: ikefleet.peer.v1.ForwardResponse
-	(*DeleteIdentityRequest)(nil),  // 5: ikefleet.peer.v1.DeleteIdentityRequest
-	(*DeleteIdentityResponse)(nil), // 6: ikefleet.peer.v1.DeleteIdentityResponse
+	(HandOffResponse_Status)(0), // 0: ikefleet.peer.v1.HandOffResponse.Status
+	(*HandOffRequest)(nil),      // 1: ikefleet.peer.v1.HandOffRequest
+	(*HandOffResponse)(nil),     // 2: ikefleet.peer.v1.HandOffResponse
+	(*ForwardRequest)(nil),      // 3: ikefleet.peer.v1.ForwardRequest
+	(*ForwardResponse)(nil),     // 4: ikefleet.peer.v1.ForwardResponse
 }
 var file_api_peer_v1_peer_proto_depIdxs = []int32{
 	0, // 0: ikefleet.peer.v1.HandOffResponse.status:type_name -> ikefleet.peer.v1.HandOffResponse.Status
 	1, // 1: ikefleet.peer.v1.Peer.HandOff:input_type -> ikefleet.peer.v1.HandOffRequest
 	3, // 2: ikefleet.peer.v1.Peer.Forward:input_type -> ikefleet.peer.v1.ForwardRequest
-	5, // 3: ikefleet.peer.v1.Peer.DeleteIdentity:input_type -> ikefleet.peer.v1.DeleteIdentityRequest
-	2, // 4: ikefleet.peer.v1.Peer.HandOff:output_type -> ikefleet.peer.v1.HandOffResponse
-	4, // 5: ikefleet.peer.v1.Peer.Forward:output_type -> ikefleet.peer.v1.ForwardResponse
-	6, // 6: ikefleet.peer.v1.Peer.DeleteIdentity:output_type -> ikefleet.peer.v1.DeleteIdentityResponse
-	4, // [4:7] is the sub-list for method output_type
-	1, // [1:4] is the sub-list for method input_type
+	2, // 3: ikefleet.peer.v1.Peer.HandOff:output_type -> ikefleet.peer.v1.HandOffResponse
+	4, // 4: ikefleet.peer.v1.Peer.Forward:output_type -> ikefleet.peer.v1.ForwardResponse
+	3, // [3:5] is the sub-list for method output_type
+	1, // [1:3] is the sub-list for method input_type
 	1, // [1:1] is the sub-list for extension type_name
 	1, // [1:1] is the sub-list for extension extendee
 	0, // [0:1] is the sub-list for field type_name
@@ -521,7 +404,7 @@ func file_api_peer_v1_peer_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_api_peer_v1_peer_proto_rawDesc), len(file_api_peer_v1_peer_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   6,
+			NumMessages:   4,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -31,9 +31,8 @@ import (
 const _ = grpc.SupportPackageIsVersion9
 
 const (
-	Peer_HandOff_FullMethodName        = "/ikefleet.peer.v1.Peer/HandOff"
-	Peer_Forward_FullMethodName        = "/ikefleet.peer.v1.Peer/Forward"
-	Peer_DeleteIdentity_FullMethodName = "/ikefleet.peer.v1.Peer/DeleteIdentity"
+	Peer_HandOff_FullMethodName = "/ikefleet.peer.v1.Peer/HandOff"
+	Peer_Forward_FullMethodName = "/ikefleet.peer.v1.Peer/Forward"
 )
 
 // PeerClient is the client API for Peer service.
@@ -54,10 +53,6 @@ type PeerClient interface {
 	// and answers from the shared address itself; once the SA is established
 	// the node that sees its traffic claims it with HandOff.
 	Forward(ctx context.Context, in *ForwardRequest, opts ...grpc.CallOption) (*ForwardResponse, error)
-	// DeleteIdentity deletes the receiver's IKE SA with a peer identity
-	// (auth.unique_ids: replace), telling the peer, unless the SA is the
-	// one named as kept.
-	DeleteIdentity(ctx context.Context, in *DeleteIdentityRequest, opts ...grpc.CallOption) (*DeleteIdentityResponse, error)
 }
 
 type peerClient struct {
@@ -88,16 +83,6 @@ func (c *peerClient) Forward(ctx context.Context, in *ForwardRequest, opts ...gr
 	return out, nil
 }
 
-func (c *peerClient) DeleteIdentity(ctx context.Context, in *DeleteIdentityRequest, opts ...grpc.CallOption) (*DeleteIdentityResponse, error) {
-	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
-	out := new(DeleteIdentityResponse)
-	err := c.cc.Invoke(ctx, Peer_DeleteIdentity_FullMethodName, in, out, cOpts...)
-	if err != nil {
-		return nil, err
-	}
-	return out, nil
-}
-
 // PeerServer is the server API for Peer service.
 // All implementations must embed UnimplementedPeerServer
 // for forward compatibility.
@@ -116,10 +101,6 @@ type PeerServer interface {
 	// and answers from the shared address itself; once the SA is established
 	// the node that sees its traffic claims it with HandOff.
 	Forward(context.Context, *ForwardRequest) (*ForwardResponse, error)
-	// DeleteIdentity deletes the receiver's IKE SA with a peer identity
-	// (auth.unique_ids: replace), telling the peer, unless the SA is the
-	// one named as kept.
-	DeleteIdentity(context.Context, *DeleteIdentityRequest) (*DeleteIdentityResponse, error)
 	mustEmbedUnimplementedPeerServer()
 }
 
@@ -135,9 +116,6 @@ func (UnimplementedPeerServer) HandOff(context.Context, *HandOffRequest) (*HandO
 }
 func (UnimplementedPeerServer) Forward(context.Context, *ForwardRequest) (*ForwardResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method Forward not implemented")
-}
-func (UnimplementedPeerServer) DeleteIdentity(context.Context, *DeleteIdentityRequest) (*DeleteIdentityResponse, error) {
-	return nil, status.Error(codes.Unimplemented, "method DeleteIdentity not implemented")
 }
 func (UnimplementedPeerServer) mustEmbedUnimplementedPeerServer() {}
 func (UnimplementedPeerServer) testEmbeddedByValue()              {}
@@ -196,24 +174,6 @@ func _Peer_Forward_Handler(srv interface{}, ctx context.Context, dec func(interf
 	return interceptor(ctx, in, info, handler)
 }
 
-func _Peer_DeleteIdentity_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
-	in := new(DeleteIdentityRequest)
-	if err := dec(in); err != nil {
-		return nil, err
-	}
-	if interceptor == nil {
-		return srv.(PeerServer).DeleteIdentity(ctx, in)
-	}
-	info := &grpc.UnaryServerInfo{
-		Server:     srv,
-		FullMethod: Peer_DeleteIdentity_FullMethodName,
-	}
-	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
-		return srv.(PeerServer).DeleteIdentity(ctx, req.(*DeleteIdentityRequest))
-	}
-	return interceptor(ctx, in, info, handler)
-}
-
 // Peer_ServiceDesc is the grpc.ServiceDesc for Peer service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -228,10 +188,6 @@ var Peer_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "Forward",
 			Handler:    _Peer_Forward_Handler,
-		},
-		{
-			MethodName: "DeleteIdentity",
-			Handler:    _Peer_DeleteIdentity_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},
