@@ -254,11 +254,19 @@ func (n *Node) claim(spi uint64) {
 		n.takeParked(spi)
 		return
 	}
+	st := stateOf(rec)
+	// The virtual IP's lease is confirmed here, so that the restore on
+	// the shard's goroutine waits for no etcd round trip.
+	if cp, ok := n.ecfg.Pool.(*clusterPool); ok && st.VirtualIP.IsValid() {
+		if err := cp.Claim(st.PeerID, st.VirtualIP); err != nil {
+			n.log.Warn("claimed SA's virtual IP not leased", "spi", fmt.Sprintf("%016x", spi), "vip", st.VirtualIP.String(), "err", err)
+		}
+	}
 	n.do(n.runCtx, s, func() {
 		var rd ike.Ready
 		now := n.clock.Now()
 		if s.eng.SA(spi) == nil {
-			if _, err := s.eng.Restore(now, stateOf(rec), &rd); err != nil {
+			if _, err := s.eng.Restore(now, st, &rd); err != nil {
 				n.log.Warn("claimed SA not restored", "spi", fmt.Sprintf("%016x", spi), "err", err)
 			}
 		}

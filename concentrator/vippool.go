@@ -99,9 +99,15 @@ func (p *clusterPool) Claim(peer ike.Identity, a netip.Addr) error {
 	if l == nil {
 		return p.local.Claim(peer, a)
 	}
+	id := peer.String()
+	p.mu.Lock()
+	confirmed := p.held[a] == id
+	p.mu.Unlock()
+	if confirmed {
+		return nil // leased already (a claim confirms it before the restore: claim.go)
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), poolCallTimeout)
 	defer cancel()
-	id := peer.String()
 	holder, err := l.LeaseAddress(ctx, a, id)
 	if err != nil {
 		return err
