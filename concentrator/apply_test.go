@@ -33,6 +33,10 @@ type heldWrite struct {
 	done func(error)
 }
 
+// Never fenced, never re-registered.
+func (h *heldStore) Fenced() <-chan struct{}     { return nil }
+func (h *heldStore) Registered() <-chan struct{} { return nil }
+
 func (h *heldStore) Submit(c statestore.Change, done func(error)) error {
 	h.mu.Lock()
 	defer h.mu.Unlock()

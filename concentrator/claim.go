@@ -117,6 +117,8 @@ func (n *Node) unknownESP(spi uint32) {
 		if err != nil {
 			if errors.Is(err, statestore.ErrNotFound) {
 				n.negative(key)
+			} else {
+				n.log.Debug("ESP SPI lookup failed", "spi_in", fmt.Sprintf("%08x", spi), "err", err)
 			}
 			return
 		}

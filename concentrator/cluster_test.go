@@ -3,6 +3,7 @@ package concentrator
 import (
 	"cmp"
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"net/netip"
@@ -352,13 +353,23 @@ func TestHandOffAndTakeOver(t *testing.T) {
 	if espIn == 0 {
 		t.Fatalf("a does not list gateway 4's CHILD SA: %+v", sas)
 	}
+	// Its flow (IKE and ESP alike) now goes to b.
+	c.pin(gws[3].ike.LocalAddr().Addr(), "b")
 	c.node("b").n.unknownESP(0x0badc0de) // nobody's: one lookup, then the negative cache
-	c.node("b").n.unknownESP(espIn)
+	ectx, ecancel := context.WithTimeout(ctx, 10*time.Second)
+	defer ecancel()
+	go func() {
+		<-ectx.Done()
+		if ctx.Err() == nil && !errors.Is(ectx.Err(), context.Canceled) {
+			ike, err := c.node("b").n.persist.store.LookupESP(ctx, espIn)
+			t.Logf("ESP %08x -> IKE %016x (%v), want %016x; b: %+v", espIn, ike, err, spis[3], c.node("b").n.ClusterStats())
+		}
+	}()
 	waitFor(t, ctx, "b claims gateway 4's SA for its ESP", func() bool {
+		c.node("b").n.unknownESP(espIn) // a stream of ESP: one lookup at a time
 		h := c.holders(ctx, spis[3])
 		return len(h) == 1 && h[0] == "b"
 	})
-	c.pin(gws[3].ike.LocalAddr().Addr(), "b")
 	rekeyChild(t, ctx, gws[3], 4)
 	waitFor(t, ctx, "the unknown ESP SPI in the negative cache", func() bool {
 		c.node("b").n.unknownESP(0x0badc0de)
