@@ -360,6 +360,7 @@ func (n *Node) RekeyIKE(ctx context.Context, spi uint64) error {
 // SAs stay. It lasts until Resume.
 func (n *Node) Drain(drop bool) {
 	n.ops.drainDrop.Store(drop)
+	n.SetDraining(true) // /readyz fails: load balancers and probes see it
 	if !n.ops.draining.Swap(true) {
 		n.ops.drainStart.Store(n.ops.refused.Load())
 		n.log.Info("draining: new IKE SAs refused", "node", n.nodeID, "drop", drop)
@@ -368,6 +369,7 @@ func (n *Node) Drain(drop bool) {
 
 // Resume ends a drain.
 func (n *Node) Resume() {
+	n.SetDraining(false)
 	if n.ops.draining.Swap(false) {
 		n.log.Info("drain ended: new IKE SAs accepted", "node", n.nodeID)
 	}
