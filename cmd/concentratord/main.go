@@ -34,6 +34,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs.SetOutput(stderr)
 	configPath := fs.String("config", "", "configuration file (YAML); see deploy/examples/concentratord.yaml")
 	check := fs.Bool("check", false, "validate the configuration (and load its keys) and exit")
+	cpuprofile := fs.String("cpuprofile", "", "write a CPU profile to this file until exit (go tool pprof)")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -56,6 +57,11 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		fmt.Fprintln(stdout, "configuration OK")
 		return nil
 	}
+	stopProfile, err := startCPUProfile(*cpuprofile)
+	if err != nil {
+		return err
+	}
+	defer stopProfile()
 	dp, err := newDataPlane(cfg, log)
 	if err != nil {
 		return err
