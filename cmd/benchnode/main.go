@@ -295,7 +295,7 @@ func (o *options) burstRow(ctx context.Context, out io.Writer, eng time.Duration
 	if len(failures) > 0 {
 		fmt.Fprintf(out, "  failures: %v\n", failures)
 	}
-	if q := p.count(`"msg":"cookie`); q > 0 {
+	if q := p.count(`"msg":"cookie demanded"`); q > 0 {
 		fmt.Fprintf(out, "  cookie log lines: %d\n", q)
 	}
 	return setupErr
