@@ -283,6 +283,11 @@ func (n *Node) Run(ctx context.Context) error {
 	readers.Wait()
 	wg.Wait()
 	rs := n.ReceiveStats()
-	n.log.Info("stopped", "node", n.nodeID, "queue_drops_new", rs.QueueDropsNew, "queue_drops_other", rs.QueueDropsOther)
+	attrs := []any{"node", n.nodeID, "queue_drops_new", rs.QueueDropsNew, "queue_drops_other", rs.QueueDropsOther}
+	if n.persist != nil {
+		h := n.persist.store.Health()
+		attrs = append(attrs, "persisted_changes", h.Changes, "persist_batches", h.Batches)
+	}
+	n.log.Info("stopped", attrs...)
 	return nil
 }

@@ -8,7 +8,9 @@ import (
 	"time"
 
 	"go.etcd.io/etcd/client/pkg/v3/transport"
+	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.etcd.io/etcd/server/v3/embed"
+	"go.etcd.io/etcd/server/v3/etcdserver/api/v3client"
 	"go.uber.org/zap"
 )
 
@@ -126,6 +128,12 @@ func (m *Embedded) start() error {
 
 // Endpoints are the client URLs, for ClientConfig.Endpoints.
 func (m *Embedded) Endpoints() []string { return []string{m.clientURL.String()} }
+
+// LocalClient returns a client that calls this member's server in this
+// process, without gRPC or sockets: a request costs function calls, not
+// loopback round trips (the node's own embedded store). It is valid
+// until Stop; Close it before.
+func (m *Embedded) LocalClient() *clientv3.Client { return v3client.New(m.e.Server) }
 
 // Client returns a client configuration for this member.
 func (m *Embedded) Client() ClientConfig { return ClientConfig{Endpoints: m.Endpoints()} }

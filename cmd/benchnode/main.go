@@ -235,6 +235,7 @@ func (o *options) row(ctx context.Context, spec nodeSpec, nodeCPU int) (rowResul
 	lat, _, failures := f.phase()
 	r.established, r.failed = int(f.up.Load()), int(f.fail.Load())
 	r.failures = failures
+	p.keep = r.failed > 0
 	if setupErr != nil {
 		return r, setupErr
 	}
@@ -294,6 +295,7 @@ func (o *options) burstRow(ctx context.Context, out io.Writer, eng time.Duration
 		nodeBound.Seconds(), toLast.Seconds()/nodeBound.Seconds())
 	if len(failures) > 0 {
 		fmt.Fprintf(out, "  failures: %v\n", failures)
+		p.keep = true
 	}
 	if q := p.count(`"msg":"cookie demanded"`); q > 0 {
 		fmt.Fprintf(out, "  cookie log lines: %d\n", q)

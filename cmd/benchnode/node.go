@@ -37,6 +37,7 @@ type nodeProc struct {
 	logPath    string
 	clockTicks float64
 	exited     chan error
+	keep       bool // leave the directory (configuration, log) for a look
 }
 
 func freeUDPPort() (uint16, error) {
@@ -192,7 +193,9 @@ func (p *nodeProc) stop() {
 			<-p.exited
 		}
 	}
-	if os.Getenv("BENCHNODE_KEEP") == "" {
+	if p.keep || os.Getenv("BENCHNODE_KEEP") != "" {
+		fmt.Fprintf(os.Stderr, "benchnode: node directory kept: %s\n", p.dir)
+	} else {
 		os.RemoveAll(p.dir)
 	}
 }
