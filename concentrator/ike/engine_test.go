@@ -1,10 +1,12 @@
 package ike
 
 import (
+	"bytes"
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/x509"
 	"crypto/x509/pkix"
+	"encoding/binary"
 	"math/big"
 	"math/rand/v2"
 	"net/netip"
@@ -461,5 +463,88 @@ func TestHandshakeECDSA(t *testing.T) {
 	w2.run(acts, true)
 	if w2.count(EventIKEEstablished) != 0 {
 		t.Fatal("established with an identity the certificate does not carry")
+	}
+}
+
+// Under load a responder demands a cookie for an IKE_SA_INIT, then has
+// room again when the initiator's retransmission of the cookieless request
+// arrives, and answers it. The initiator meanwhile sent the request again
+// with the cookie, and signs that one in IKE_AUTH: the responder must
+// still authenticate it; and the second cookie answer (to the
+// retransmission) must not fail the initiator.
+func TestCookieRetryRacesRetransmission(t *testing.T) {
+	rcfg := responderConfig(t, 1)
+	rcfg.CookieThreshold = 1
+	res, err := NewEngine(rcfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ini := initiatorEngine(t, 2)
+	sends := func(acts []Action) [][]byte {
+		var out [][]byte
+		for _, a := range acts {
+			if s, ok := a.(Send); ok {
+				out = append(out, s.Messages...)
+			}
+		}
+		return out
+	}
+	one := func(what string, msgs [][]byte) []byte {
+		t.Helper()
+		if len(msgs) != 1 {
+			t.Fatalf("%s: %d messages, want 1", what, len(msgs))
+		}
+		return msgs[0]
+	}
+	toRes := func(b []byte) []Action { return res.Handle(t0, Packet{Local: concAddr, Remote: gwAddr, Data: b}, nil) }
+	toIni := func(b []byte) []Action { return ini.Handle(t0, Packet{Local: gwAddr, Remote: concAddr, Data: b}, nil) }
+
+	// Another gateway's half-open SA puts the responder at its threshold.
+	other := initiatorEngine(t, 3)
+	_, acts, _ := other.Initiate(t0, pskInitiation(t), nil)
+	otherResp := one("other's INIT response", sends(toRes(one("other's INIT", sends(acts)))))
+	otherSPIr := binary.BigEndian.Uint64(otherResp[8:])
+
+	spi, acts, err := ini.Initiate(t0, pskInitiation(t), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	init1 := one("INIT", sends(acts))
+	cookieResp := one("cookie", sends(toRes(init1)))
+	if h, _ := DecodeHeader(cookieResp); h.SPIr != 0 {
+		t.Fatal("the responder answered the first INIT instead of demanding a cookie")
+	}
+	init2 := one("INIT with cookie", sends(toIni(cookieResp)))
+	if bytes.Equal(init1, init2) {
+		t.Fatal("the retry carries no cookie")
+	}
+	// The other gateway's SA goes; the cookieless retransmission arrives
+	// (init2 is still on its way) and is answered.
+	res.Forget(otherSPIr, nil)
+	resp1 := one("INIT response", sends(toRes(init1)))
+	if h, _ := DecodeHeader(resp1); h.SPIr == 0 {
+		t.Fatal("the retransmission got a cookie again")
+	}
+	// The cookie answer to a retransmission reaches the initiator late.
+	for _, a := range toIni(cookieResp) {
+		if ev, ok := a.(Event); ok && ev.Kind == EventIKEFailed {
+			t.Fatalf("a second identical cookie failed the initiator: %s", ev.Reason)
+		}
+	}
+	auth := one("IKE_AUTH", sends(toIni(resp1)))
+	racts := toRes(auth)
+	for _, a := range racts {
+		if ev, ok := a.(Event); ok && ev.Kind == EventIKEFailed {
+			t.Fatalf("responder: %s", ev.Reason)
+		}
+	}
+	toIni(one("IKE_AUTH response", sends(racts)))
+	if sa := ini.SA(spi); sa == nil || !sa.Established() {
+		t.Fatal("the initiator's IKE SA is not established")
+	}
+	// INIT with the cookie arrives at last: a duplicate, changes nothing.
+	toRes(init2)
+	if st := res.Stats(); st.Established != 1 {
+		t.Fatalf("responder: %d established, want 1", st.Established)
 	}
 }

@@ -83,7 +83,12 @@ func (sa *IKESA) handleInitResponse(now time.Time, e *Engine, pkt Packet, out []
 	if err != nil {
 		return e.drop(out, pkt, sa.SPIi, 0, err)
 	}
-	if c := findNotify(m.Payloads, COOKIE); c != nil && sa.cookie == nil {
+	if c := findNotify(m.Payloads, COOKIE); c != nil {
+		if bytes.Equal(c.Data, sa.cookie) {
+			// The answer to a retransmission of our cookieless request:
+			// the retry with this cookie is out already.
+			return e.drop(out, pkt, sa.SPIi, 0, ErrStaleMessage)
+		}
 		sa.cookie = bytes.Clone(c.Data)
 		sa.req = nil
 		return sa.sendInit(now, e, out)

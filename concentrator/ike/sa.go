@@ -412,6 +412,11 @@ func (sa *IKESA) authOctets(ofInitiator bool, id *ID) []byte {
 	if !ofInitiator {
 		msg, nonce, key = sa.initResp, sa.ni, sa.skpr
 	}
+	return sa.signedOctets(msg, nonce, key, id)
+}
+
+// signedOctets: message 1 or 2, the other side's nonce, prf(SK_p, ID').
+func (sa *IKESA) signedOctets(msg, nonce, key []byte, id *ID) []byte {
 	mac := sa.prf.Sum(key, id.Body())
 	o := make([]byte, 0, len(msg)+len(nonce)+len(mac))
 	return append(append(append(o, msg...), nonce...), mac...)
