@@ -471,7 +471,12 @@ func natHash(spii, spir uint64, a netip.AddrPort) []byte {
 func natNotifies(e *Engine, spii, spir uint64, local, remote netip.AddrPort, force bool) []Payload {
 	src := natHash(spii, spir, local)
 	if force {
-		src = e.randBytes(sha1.Size)
+		// Claim a NAT: hash an address that is not ours. The same one for
+		// the SA's every message, so that an IKE_SA_INIT retried with a
+		// cookie is the first one plus the cookie (RFC 7296 §2.6): the
+		// responder may have answered either, and AUTH signs the one the
+		// initiator sent last.
+		src = natHash(spii, spir, e.forcedNATAddr())
 	}
 	return []Payload{
 		&Notify{NotifyType: NAT_DETECTION_SOURCE_IP, Data: src},
