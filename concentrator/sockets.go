@@ -25,7 +25,7 @@ import (
 // Implementation limits of the socket loop.
 const (
 	shardQueueLen = 4096  // packets of established and authenticating SAs waiting per shard before we drop
-	initQueueLen  = 2048  // new IKE_SA_INITs waiting per shard before we drop (the peers retransmit)
+	initQueueLen  = 8192  // new IKE_SA_INITs waiting per shard before we drop (the peers retransmit)
 	maxDatagram   = 65535 // UDP payload
 	readBatchLen  = 16    // datagrams per recvmmsg
 	spiShardShift = 44    // IKE SPI bits 44..51 name the shard

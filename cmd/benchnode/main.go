@@ -118,6 +118,9 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 		return err
 	}
 	host, _ := os.Hostname()
+	if la, err := os.ReadFile("/proc/loadavg"); err == nil {
+		host += ", load average " + strings.Join(strings.Fields(string(la))[:3], " ")
+	}
 	fmt.Fprintf(out, "benchnode: %s, PSK, x25519, aes256gcm16, virtual IPs; node on CPU 0, driver on CPU 1 (pin=%v), %d source port pairs\n",
 		host, o.pin, o.groups)
 	fmt.Fprintf(out, "engine alone: %.3f ms CPU per responder handshake (in-process, same run)\n\n", ms(eng))
@@ -271,9 +274,11 @@ func (o *options) burstRow(ctx context.Context, out io.Writer, eng time.Duration
 	time.Sleep(500 * time.Millisecond)
 	drops0 := udpRcvbufErrors()
 	cpu0, _ := p.cpu()
+	wait0 := p.waited()
 	start := time.Now()
 	setupErr := f.runSetups(ctx, 1, o.burst, 0, o.timeout)
 	cpu1, _ := p.cpu()
+	wait1 := p.waited()
 	lat, last, failures := f.phase()
 	drops := udpRcvbufErrors() - drops0
 	up := f.up.Load()
@@ -287,7 +292,8 @@ func (o *options) burstRow(ctx context.Context, out io.Writer, eng time.Duration
 	fmt.Fprintf(out, "  established %d/%d (%.1f%%), failed %d, time to last %.2f s, p50 %.0f ms, p99 %.0f ms, UdpRcvbufErrors +%d, retransmits %d\n",
 		up, o.burst, 100*float64(up)/float64(o.burst), f.fail.Load(), toLast.Seconds(), ms(percentile(lat, 0.5)), ms(percentile(lat, 0.99)),
 		drops, f.stats())
-	fmt.Fprintf(out, "  node CPU per handshake in the burst %.3f ms (%.1f× engine)\n", ms(perHS), float64(perHS)/float64(eng))
+	fmt.Fprintf(out, "  node CPU per handshake in the burst %.3f ms (%.1f× engine); node threads runnable but waiting for a CPU: %.2f s (other processes)\n",
+		ms(perHS), float64(perHS)/float64(eng), (wait1 - wait0).Seconds())
 	fmt.Fprintf(out, "  bound 1.5 × N × engine CPU/handshake ÷ cores = %.2f s: time to last is %.2f× the bound\n",
 		bound.Seconds(), toLast.Seconds()/bound.Seconds())
 	nodeBound := time.Duration(1.5 * float64(cpu1-cpu0) / float64(cores))

@@ -162,6 +162,29 @@ func (p *nodeProc) cpu() (time.Duration, error) {
 	return time.Duration(float64(ut+st) / p.clockTicks * float64(time.Second)), nil
 }
 
+// waited returns how long the node's threads have been runnable but
+// waiting for a CPU (/proc/PID/task/*/schedstat): on a shared machine,
+// the part of a wall-clock figure that is other processes' doing.
+func (p *nodeProc) waited() time.Duration {
+	dir := fmt.Sprintf("/proc/%d/task", p.cmd.Process.Pid)
+	ents, err := os.ReadDir(dir)
+	if err != nil {
+		return 0
+	}
+	var total time.Duration
+	for _, e := range ents {
+		b, err := os.ReadFile(filepath.Join(dir, e.Name(), "schedstat"))
+		if err != nil {
+			continue
+		}
+		if f := strings.Fields(string(b)); len(f) >= 2 {
+			ns, _ := strconv.ParseInt(f[1], 10, 64)
+			total += time.Duration(ns)
+		}
+	}
+	return total
+}
+
 // rss returns the resident set size in bytes.
 func (p *nodeProc) rss() (int64, error) {
 	f, err := os.Open(fmt.Sprintf("/proc/%d/status", p.cmd.Process.Pid))
