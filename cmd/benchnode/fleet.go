@@ -270,7 +270,7 @@ func (f *fleet) runSetups(ctx context.Context, first, count int, rate float64, t
 	deadline := start.Add(timeout)
 	for f.up.Load()+f.fail.Load() < want {
 		if time.Now().After(deadline) {
-			return fmt.Errorf("%d of %d handshakes unfinished after %v", want-f.up.Load()-f.fail.Load(), count, timeout)
+			return fmt.Errorf("%d of %d handshakes unfinished after %v; initiator states %v", want-f.up.Load()-f.fail.Load(), count, timeout, f.pendingStates())
 		}
 		select {
 		case <-time.After(5 * time.Millisecond):
@@ -279,6 +279,27 @@ func (f *fleet) runSetups(ctx context.Context, first, count int, rate float64, t
 		}
 	}
 	return nil
+}
+
+// pendingStates counts the unfinished handshakes by their SA's state.
+func (f *fleet) pendingStates() map[string]int {
+	states := map[string]int{}
+	for _, g := range f.groups {
+		done := make(chan struct{})
+		g.cmds <- func(acts []ike.Action) []ike.Action {
+			for spi := range g.starts {
+				if sa := g.eng.SA(spi); sa != nil {
+					states[sa.State()]++
+				} else {
+					states["gone"]++
+				}
+			}
+			close(done)
+			return acts
+		}
+		<-done
+	}
+	return states
 }
 
 // deleteAll deletes every established SA and waits for the node's answers.

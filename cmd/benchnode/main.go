@@ -47,19 +47,20 @@ func main() {
 }
 
 type options struct {
-	bin        string
-	rows       []nodeSpec
-	count      int
-	rate       float64
-	burst      int
-	burstSpec  nodeSpec
-	scale      int
-	scaleRate  float64
-	groups     int
-	pin        bool
-	cpuprofile string
-	timeout    time.Duration
-	prop, esp  ike.ProposalSpec
+	bin         string
+	rows        []nodeSpec
+	count       int
+	rate        float64
+	burst       int
+	burstSpec   nodeSpec
+	scale       int
+	scaleRate   float64
+	groups      int
+	pin         bool
+	cpuprofile  string
+	heapprofile string
+	timeout     time.Duration
+	prop, esp   ike.ProposalSpec
 }
 
 func run(ctx context.Context, args []string, out io.Writer) error {
@@ -72,16 +73,17 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 	burst := fs.Int("burst", 10000, "gateways at once in the burst row (0: no burst row)")
 	burstCfg := fs.String("burst-config", "userspace+embedded", "configuration of the burst row")
 	scale := fs.Int("scale", 0, "also establish this many SAs and compare the cost of a setup at 1,000 and at this many (0: skip)")
-	scaleRate := fs.Float64("scale-rate", 1500, "new SAs per second while growing to --scale")
+	scaleRate := fs.Float64("scale-rate", 800, "new SAs per second while growing to --scale")
 	groups := fs.Int("groups", 64, "gateway groups, each with its own source ports")
 	pin := fs.Bool("pin", true, "pin the node to CPU 0 and this driver to CPU 1")
 	cpuprofile := fs.String("cpuprofile", "", "write the node's CPU profile of each row to FILE.<row> (go tool pprof)")
+	heapprofile := fs.String("heapprofile", "", "with --scale: save the node's heap profile at the peak to FILE (go tool pprof)")
 	timeout := fs.Duration("timeout", 120*time.Second, "per phase")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
 	o := options{bin: *bin, count: *count, rate: *rate, burst: *burst, scale: *scale, scaleRate: *scaleRate,
-		groups: *groups, pin: *pin, cpuprofile: *cpuprofile, timeout: *timeout}
+		groups: *groups, pin: *pin, cpuprofile: *cpuprofile, heapprofile: *heapprofile, timeout: *timeout}
 	var err error
 	if o.prop, err = ike.ParseProposal("aes256gcm16-prfsha256-x25519", false, false); err != nil {
 		return err
@@ -196,11 +198,11 @@ type rowResult struct {
 	failures           map[string]int
 }
 
-func (o *options) start(spec nodeSpec, nodeCPU int, profile string) (*nodeProc, *fleet, context.CancelFunc, error) {
+func (o *options) start(spec nodeSpec, nodeCPU int, profile string, pprof bool) (*nodeProc, *fleet, context.CancelFunc, error) {
 	if spec.dataplane == "userspace" && os.Geteuid() != 0 {
 		return nil, nil, nil, errors.New("needs root (TUN device)")
 	}
-	p, err := startNode(o.bin, spec, nodeCPU, profile)
+	p, err := startNode(o.bin, spec, nodeCPU, profile, pprof)
 	if err != nil {
 		return nil, nil, nil, err
 	}
@@ -227,7 +229,7 @@ func (o *options) profileFor(name string) string {
 // per established SA.
 func (o *options) row(ctx context.Context, spec nodeSpec, nodeCPU int) (rowResult, error) {
 	var r rowResult
-	p, f, stop, err := o.start(spec, nodeCPU, o.profileFor(spec.String()))
+	p, f, stop, err := o.start(spec, nodeCPU, o.profileFor(spec.String()), false)
 	if err != nil {
 		return r, err
 	}
@@ -266,7 +268,7 @@ func (o *options) row(ctx context.Context, spec nodeSpec, nodeCPU int) (rowResul
 func (o *options) burstRow(ctx context.Context, out io.Writer, eng time.Duration, nodeCPU int) error {
 	spec := o.burstSpec
 	spec.gateways = o.burst
-	p, f, stop, err := o.start(spec, nodeCPU, o.profileFor("burst"))
+	p, f, stop, err := o.start(spec, nodeCPU, o.profileFor("burst"), false)
 	if err != nil {
 		return err
 	}
@@ -320,7 +322,7 @@ func (o *options) scaleRun(ctx context.Context, out io.Writer, eng time.Duration
 	spec := o.burstSpec
 	const probe = 1000
 	spec.gateways = o.scale + probe
-	p, f, stop, err := o.start(spec, nodeCPU, o.profileFor("scale"))
+	p, f, stop, err := o.start(spec, nodeCPU, o.profileFor("scale"), o.heapprofile != "")
 	if err != nil {
 		return err
 	}
@@ -358,6 +360,11 @@ func (o *options) scaleRun(ctx context.Context, out io.Writer, eng time.Duration
 	}
 	rssN, _ := p.rss()
 	established := f.up.Load()
+	if o.heapprofile != "" {
+		if err := p.heapProfile(o.heapprofile); err != nil {
+			fmt.Fprintf(out, "  heap profile: %v\n", err)
+		}
+	}
 	atN, p99atN, err := measure()
 	if err != nil {
 		return err

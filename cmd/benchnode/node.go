@@ -8,7 +8,9 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"io"
 	"net"
+	"net/http"
 	"net/netip"
 	"os"
 	"os/exec"
@@ -37,7 +39,27 @@ type nodeProc struct {
 	logPath    string
 	clockTicks float64
 	exited     chan error
-	keep       bool // leave the directory (configuration, log) for a look
+	keep       bool   // leave the directory (configuration, log) for a look
+	pprof      string // the node's net/http/pprof address, if any
+}
+
+// heapProfile saves the node's heap profile (go tool pprof) to path.
+func (p *nodeProc) heapProfile(path string) error {
+	if p.pprof == "" {
+		return errors.New("node started without --pprof")
+	}
+	resp, err := http.Get("http://" + p.pprof + "/debug/pprof/heap?gc=1")
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	f, err := os.Create(path)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	_, err = io.Copy(f, resp.Body)
+	return err
 }
 
 func freeUDPPort() (uint16, error) {
@@ -73,7 +95,7 @@ func writeConfig(path string, spec nodeSpec, ikePort, nattPort uint16, dataDir s
 
 // startNode starts concentratord (pinned to cpu when cpu >= 0) and waits
 // until it listens.
-func startNode(bin string, spec nodeSpec, cpu int, cpuprofile string) (*nodeProc, error) {
+func startNode(bin string, spec nodeSpec, cpu int, cpuprofile string, pprof bool) (*nodeProc, error) {
 	dir, err := os.MkdirTemp("", "benchnode-")
 	if err != nil {
 		return nil, err
@@ -94,6 +116,16 @@ func startNode(bin string, spec nodeSpec, cpu int, cpuprofile string) (*nodeProc
 	if cpuprofile != "" {
 		args = append(args, "--cpuprofile", cpuprofile)
 	}
+	var pprofAddr string
+	if pprof {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			return nil, err
+		}
+		pprofAddr = l.Addr().String()
+		l.Close()
+		args = append(args, "--pprof", pprofAddr)
+	}
 	var cmd *exec.Cmd
 	if cpu >= 0 {
 		cmd = exec.Command("taskset", append([]string{"-c", strconv.Itoa(cpu), bin}, args...)...)
@@ -101,7 +133,7 @@ func startNode(bin string, spec nodeSpec, cpu int, cpuprofile string) (*nodeProc
 		cmd = exec.Command(bin, args...)
 	}
 	p := &nodeProc{cmd: cmd, dir: dir, ike: netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), ikePort),
-		nattPort: nattPort, logPath: filepath.Join(dir, "node.log"), clockTicks: 100}
+		nattPort: nattPort, logPath: filepath.Join(dir, "node.log"), clockTicks: 100, pprof: pprofAddr}
 	logf, err := os.Create(p.logPath)
 	if err != nil {
 		return nil, err

@@ -35,6 +35,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	configPath := fs.String("config", "", "configuration file (YAML); see deploy/examples/concentratord.yaml")
 	check := fs.Bool("check", false, "validate the configuration (and load its keys) and exit")
 	cpuprofile := fs.String("cpuprofile", "", "write a CPU profile to this file until exit (go tool pprof)")
+	pprofAddr := fs.String("pprof", "", "serve net/http/pprof on this loopback host:port")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -62,6 +63,9 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return err
 	}
 	defer stopProfile()
+	if err := servePprof(*pprofAddr); err != nil {
+		return err
+	}
 	dp, err := newDataPlane(cfg, log)
 	if err != nil {
 		return err

@@ -2,9 +2,30 @@ package main
 
 import (
 	"fmt"
+	"net"
+	"net/http"
+	_ "net/http/pprof" // --pprof
 	"os"
 	"runtime/pprof"
 )
+
+// servePprof serves net/http/pprof on addr, which must be a loopback
+// address (profiles show keys in memory to whoever can read them).
+func servePprof(addr string) error {
+	if addr == "" {
+		return nil
+	}
+	host, _, err := net.SplitHostPort(addr)
+	if ip := net.ParseIP(host); err != nil || ip == nil || !ip.IsLoopback() {
+		return fmt.Errorf("--pprof: %q: want a loopback host:port", addr)
+	}
+	l, err := net.Listen("tcp", addr)
+	if err != nil {
+		return fmt.Errorf("--pprof: %w", err)
+	}
+	go http.Serve(l, nil)
+	return nil
+}
 
 // startCPUProfile writes a CPU profile (go tool pprof) to path until the
 // returned function is called.
