@@ -49,12 +49,16 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	log := newLogger(cfg.Log, stdout)
+	// One write(2) per 50 ms of log lines, not one per line.
+	logOut := newBufferedLog(stdout)
+	defer logOut.Close()
+	log := newLogger(cfg.Log, logOut)
 	if *check {
 		// No data plane: checking a configuration creates no devices.
 		if _, err := concentrator.New(cfg, log, memory.New()); err != nil {
 			return err
 		}
+		logOut.Flush()
 		fmt.Fprintln(stdout, "configuration OK")
 		return nil
 	}
