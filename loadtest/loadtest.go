@@ -217,8 +217,8 @@ type runner struct {
 	remoteID ike.Identity
 	done     chan struct{} // closed when the run must end now (MaxDuration, ctx)
 
-	setupDone   atomic.Int32 // shards whose establish phase is over
-	setupDoneAt atomic.Int64 // unix nanos, when the last one finished
+	setupDone  atomic.Int32  // shards whose establish phase is over
+	setupEnded chan struct{} // closed by the last of them
 }
 
 // Run executes the load and returns its report. The error is
@@ -229,7 +229,7 @@ func Run(ctx context.Context, o Options) (Report, error) {
 	if err := o.defaults(); err != nil {
 		return Report{}, err
 	}
-	r := &runner{o: o, done: make(chan struct{})}
+	r := &runner{o: o, done: make(chan struct{}), setupEnded: make(chan struct{})}
 	if o.RemoteID != "" {
 		id, err := ike.ParseIdentity(o.RemoteID)
 		if err != nil {
@@ -312,11 +312,19 @@ func Run(ctx context.Context, o Options) (Report, error) {
 	tick := time.NewTicker(time.Second)
 	lastProgress := start
 	setupSeen := false
+	setupEnded := r.setupEnded
 loop:
 	for {
 		select {
 		case <-finished:
 			break loop
+		case <-setupEnded:
+			// The setup phase's CPU, read when it ends.
+			setupEnded, setupSeen = nil, true
+			if target != nil {
+				targetAtSetup, _ = readProc(o.TargetPID)
+			}
+			selfAtSetup, _ = readProc(0)
 		case now := <-tick.C:
 			var ts, ss *procSample
 			if target != nil {
@@ -326,13 +334,6 @@ loop:
 				ss = self.sample()
 			}
 			r.col.sample(now, ts, ss)
-			if !setupSeen && int(r.setupDone.Load()) == len(r.shards) {
-				setupSeen = true
-				if target != nil {
-					targetAtSetup, _ = readProc(o.TargetPID)
-				}
-				selfAtSetup, _ = readProc(0)
-			}
 			if o.Progress != nil && now.Sub(lastProgress) >= every-10*time.Millisecond {
 				lastProgress = now
 				p := r.col.progress(now)
@@ -343,6 +344,12 @@ loop:
 	}
 	tick.Stop()
 	end := time.Now()
+	if target != nil {
+		target.sample()
+	}
+	if self != nil {
+		self.sample()
+	}
 	if !setupSeen {
 		if target != nil {
 			targetAtSetup, _ = readProc(o.TargetPID)

@@ -58,7 +58,11 @@ type collector struct {
 	timeline []second
 	marks    []markTime // fleet size reached at
 	lastEst  time.Time  // when the last setup completed
-	proposal string
+	// The establish phase: its end, and the setups by then.
+	setupEnd         time.Time
+	setupEstablished int
+	setupLastEst     time.Time
+	proposal         string
 }
 
 type markTime struct {
@@ -138,6 +142,13 @@ func (c *collector) established(now time.Time, lat time.Duration, proposal strin
 	for len(c.marks) < len(fleetMarks) && c.active >= fleetMarks[len(c.marks)] {
 		c.marks = append(c.marks, markTime{fleetMarks[len(c.marks)], now.Sub(c.start)})
 	}
+	c.mu.Unlock()
+}
+
+// endSetup marks the end of the establish phase.
+func (c *collector) endSetup(now time.Time) {
+	c.mu.Lock()
+	c.setupEnd, c.setupEstablished, c.setupLastEst = now, c.nEstablished, c.lastEst
 	c.mu.Unlock()
 }
 
@@ -438,10 +449,19 @@ func (c *collector) report(end time.Time) Report {
 	}
 	r.InFlight = c.inFlight
 	r.Consistent = r.InFlight == 0 && r.Attempted == r.Established+r.Failed+r.TimedOut
-	if c.nEstablished > 0 {
-		r.SetupPhaseS = c.lastEst.Sub(c.start).Seconds()
+	// The setup rate is that of the establish phase (up to its last
+	// setup): later setups (churn) come at the scenario's pace.
+	est, last := c.nEstablished, c.lastEst
+	if !c.setupEnd.IsZero() {
+		est = c.setupEstablished
+		if c.setupEnd.Before(last) {
+			last = c.setupLastEst
+		}
+	}
+	if est > 0 {
+		r.SetupPhaseS = last.Sub(c.start).Seconds()
 		if r.SetupPhaseS > 0 {
-			r.RatePerS = float64(c.nEstablished) / r.SetupPhaseS
+			r.RatePerS = float64(est) / r.SetupPhaseS
 		}
 	}
 	for _, s := range c.timeline {

@@ -56,6 +56,7 @@ type shard struct {
 	churnEvery, rebindEvery, mobikeEvery, espEvery time.Duration
 	churnAt, rebindAt, mobikeAt, espAt             time.Time
 	rekeyQueue                                     []*gateway
+	closeQueue                                     []*gateway
 	rekeyEvery                                     time.Duration
 	rekeyNext                                      time.Time
 	espNext                                        int
@@ -161,8 +162,10 @@ func (s *shard) setPhase(p phase, now time.Time) {
 	o := s.o
 	switch p {
 	case phaseHold:
-		s.r.setupDoneAt.Store(now.UnixNano())
-		s.r.setupDone.Add(1)
+		if int(s.r.setupDone.Add(1)) == len(s.r.shards) {
+			s.r.col.endSetup(now)
+			close(s.r.setupEnded)
+		}
 		s.phaseEnd = now.Add(o.Hold)
 		n := float64(len(s.gws))
 		every := func(pct float64) time.Duration {
@@ -188,10 +191,10 @@ func (s *shard) setPhase(p phase, now time.Time) {
 		s.phaseEnd = now.Add(o.Timeout)
 	case phaseTeardown:
 		s.phaseEnd = now.Add(teardownWait)
+		s.closeQueue = s.closeQueue[:0]
 		for _, gw := range s.gws {
 			if rec := gw.cur; rec != nil && rec.state == saUp {
-				rec.state = saClosing
-				s.in.remove(now, rec.spi)
+				s.closeQueue = append(s.closeQueue, gw)
 			}
 		}
 	}
@@ -329,13 +332,27 @@ func (s *shard) step(now time.Time) {
 			s.setPhase(phaseTeardown, now)
 		}
 	case phaseTeardown:
+		// Deletes go out paced like setups (a window of them in flight),
+		// not as one burst that overflows the responder's socket buffer.
 		closing := 0
 		for _, gw := range s.gws {
 			if gw.cur != nil && gw.cur.state == saClosing {
 				closing++
 			}
 		}
-		if closing == 0 || !now.Before(s.phaseEnd) {
+		limit := max(s.window, 64)
+		for len(s.closeQueue) > 0 && closing < limit {
+			gw := s.closeQueue[0]
+			s.closeQueue = s.closeQueue[1:]
+			if rec := gw.cur; rec != nil && rec.state == saUp {
+				rec.state = saClosing
+				s.removeUp(gw)
+				s.in.remove(now, rec.spi)
+				closing++
+				s.phaseEnd = now.Add(teardownWait) // progress: wait on
+			}
+		}
+		if (closing == 0 && len(s.closeQueue) == 0) || !now.Before(s.phaseEnd) {
 			s.setPhase(phaseDone, now)
 		}
 	}
@@ -549,6 +566,9 @@ func (s *shard) rebind(now time.Time, gw *gateway) {
 	}
 	la := netip.MustParseAddrPort(c.LocalAddr().String())
 	sk := &gsock{conn: c, gw: gw, virt: old.virt, real: netip.AddrPortFrom(gw.real[ai], la.Port()), natt: old.natt, confirm: moveRebind}
+	if old.confirm != moveNone {
+		s.r.col.with(func(c *collector) { c.moves.Unconfirmed++ }) // rebound again before the first was seen
+	}
 	old.stale = true
 	old.conn.Close()
 	gw.socks[ai][1] = sk

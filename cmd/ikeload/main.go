@@ -49,7 +49,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	case len(args) > 0 && (args[0] == "version" || args[0] == "--version" || args[0] == "-version"):
 		fmt.Fprintln(stdout, "ikeload", version())
 	case len(args) > 0 && args[0] == "help":
-		err = errHelp
+		err = load(ctx, []string{"--help"}, stdout, stderr)
 	default:
 		err = load(ctx, args, stdout, stderr)
 	}
