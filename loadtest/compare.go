@@ -28,6 +28,7 @@ type ComparisonRow struct {
 	Label        string      `json:"label"`
 	Established  int         `json:"established"`
 	Attempted    int         `json:"attempted"`
+	Children     int         `json:"child_sas"`
 	RatePerS     float64     `json:"rate_per_s"`
 	SetupsPerCPU float64     `json:"setups_per_responder_cpu_s"`
 	CPUMeanPct   float64     `json:"responder_cpu_pct"`
@@ -55,14 +56,12 @@ func Compare(reps []Report, baseline string) Comparison {
 			index[key] = gi
 			c.Groups = append(c.Groups, ComparisonGroup{Scenario: r.Scenario, Auth: r.Params.Auth, Count: r.Params.Count})
 		}
-		row := ComparisonRow{Label: r.Label, Established: r.Established, Attempted: r.Attempted, RatePerS: round1(r.RatePerS),
+		row := ComparisonRow{Label: r.Label, Established: r.Established, Attempted: r.Attempted, Children: r.Children, RatePerS: round1(r.RatePerS),
 			P99MS: r.LatencyMS.P99, FleetRates: r.FleetRates}
 		if r.Target != nil {
 			row.SetupsPerCPU, row.CPUMeanPct = r.Target.SetupsPerCPU, r.Target.CPUMeanPct
 		}
-		for _, s := range r.Timeline {
-			row.MaxFleet = max(row.MaxFleet, s.Active)
-		}
+		row.MaxFleet = r.PeakSAs
 		c.Groups[gi].Rows = append(c.Groups[gi].Rows, row)
 	}
 	ratio := func(a, b float64) float64 {
@@ -99,6 +98,11 @@ func WriteComparison(w io.Writer, c Comparison) {
 		for _, r := range g.Rows {
 			fmt.Fprintf(w, "%-16s %5d/%-5d %9.1f %14.1f %9.0f %9.2f %9d %11s %10s %10s\n", r.Label, r.Established, r.Attempted,
 				r.RatePerS, r.SetupsPerCPU, r.CPUMeanPct, r.P99MS, r.MaxFleet, fmtRatio(r.RateRatio), fmtRatio(r.PerCoreRatio), fmtRatio(r.P99Ratio))
+		}
+		for _, r := range g.Rows {
+			if r.Children < r.Established {
+				fmt.Fprintf(w, "  WARNING: %s: %d IKE SAs but %d CHILD SAs: not the same work\n", r.Label, r.Established, r.Children)
+			}
 		}
 		for _, r := range g.Rows {
 			if len(r.FleetRates) < 2 {

@@ -67,7 +67,7 @@ func name(r Report, i int) string {
 
 func writeSummaryTable(b *strings.Builder, reps []Report) {
 	b.WriteString("<h2>Runs</h2><table><tr><th>run</th><th>scenario</th><th>auth</th><th>proposal</th><th>attempted</th><th>established</th><th>failed</th><th>timed out</th>" +
-		"<th>setups/s</th><th>peak/s</th><th>p50 ms</th><th>p99 ms</th><th>max ms</th><th>lost</th><th>rekeys</th><th>responder CPU %</th><th>setups per responder CPU-s</th><th>responder max RSS MiB</th><th>source ports</th><th>run s</th></tr>\n")
+		"<th>setups/s</th><th>peak/s</th><th>p50 ms</th><th>p99 ms</th><th>max ms</th><th>peak SAs</th><th>child SAs</th><th>lost</th><th>rekeys</th><th>responder CPU %</th><th>setups per responder CPU-s</th><th>responder max RSS MiB</th><th>source ports</th><th>run s</th></tr>\n")
 	for i, r := range reps {
 		cls := ""
 		if !r.Consistent {
@@ -77,9 +77,9 @@ func writeSummaryTable(b *strings.Builder, reps []Report) {
 		if t := r.Target; t != nil {
 			cpu, per, rss = fmt.Sprintf("%.0f", t.CPUMeanPct), fmt.Sprintf("%.1f", t.SetupsPerCPU), fmt.Sprintf("%.1f", t.RSSMaxMiB)
 		}
-		fmt.Fprintf(b, "<tr%s><td>%s</td><td>%s</td><td>%s</td><td>%s</td><td>%d</td><td>%d</td><td>%d</td><td>%d</td><td>%.1f</td><td>%d</td><td>%.2f</td><td>%.2f</td><td>%.2f</td><td>%d</td><td>%d</td><td>%s</td><td>%s</td><td>%s</td><td>%d</td><td>%.1f</td></tr>\n",
+		fmt.Fprintf(b, "<tr%s><td>%s</td><td>%s</td><td>%s</td><td>%s</td><td>%d</td><td>%d</td><td>%d</td><td>%d</td><td>%.1f</td><td>%d</td><td>%.2f</td><td>%.2f</td><td>%.2f</td><td>%d</td><td>%d</td><td>%d</td><td>%d</td><td>%s</td><td>%s</td><td>%s</td><td>%d</td><td>%.1f</td></tr>\n",
 			cls, esc(name(r, i)), esc(r.Scenario), esc(r.Params.Auth), esc(r.Proposal), r.Attempted, r.Established, r.Failed, r.TimedOut,
-			r.RatePerS, r.PeakRatePerS, r.LatencyMS.P50, r.LatencyMS.P99, r.LatencyMS.Max, r.Lost, r.Rekeys.Done+r.Rekeys.ByPeer,
+			r.RatePerS, r.PeakRatePerS, r.LatencyMS.P50, r.LatencyMS.P99, r.LatencyMS.Max, r.PeakSAs, r.Children, r.Lost, r.Rekeys.Done+r.Rekeys.ByPeer,
 			cpu, per, rss, r.SourcePorts, r.DurationS)
 	}
 	b.WriteString("</table>\n")
@@ -88,7 +88,7 @@ func writeSummaryTable(b *strings.Builder, reps []Report) {
 func writeReasons(b *strings.Builder, reps []Report) {
 	any := false
 	for _, r := range reps {
-		if len(r.Failures)+len(r.Losses)+len(r.Rekeys.Failures) > 0 {
+		if len(r.Failures)+len(r.Losses)+len(r.Rekeys.Failures)+len(r.ChildFailures) > 0 {
 			any = true
 		}
 	}
@@ -100,7 +100,7 @@ func writeReasons(b *strings.Builder, reps []Report) {
 		for _, kv := range []struct {
 			kind string
 			m    map[string]int
-		}{{"setup failed", r.Failures}, {"SA lost", r.Losses}, {"rekey failed", r.Rekeys.Failures}} {
+		}{{"setup failed", r.Failures}, {"CHILD SA refused", r.ChildFailures}, {"SA lost", r.Losses}, {"rekey failed", r.Rekeys.Failures}} {
 			keys := make([]string, 0, len(kv.m))
 			for k := range kv.m {
 				keys = append(keys, k)

@@ -95,6 +95,10 @@ type Options struct {
 	ESPSize int
 	ESPDest netip.Addr
 
+	// NoDelete: at the end the gateways leave without deleting their SAs
+	// (counted as deleted all the same).
+	NoDelete bool
+
 	Workers   int // engine shards (goroutines); 0 = GOMAXPROCS
 	TargetPID int // measure this process's CPU and RSS (the responder)
 

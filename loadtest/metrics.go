@@ -45,8 +45,10 @@ type collector struct {
 
 	nAttempted, nEstablished, nTimedOut, inFlight int
 	failures                                      map[string]int
-	children, deleted, active                     int
+	children, deleted, active, peakActive         int
+	abandoned                                     int
 	losses                                        map[string]int
+	childFailures                                 map[string]int
 	setup                                         *hdrhistogram.Histogram
 
 	rekey      rekeyCounts
@@ -97,7 +99,7 @@ type espCounts struct {
 
 func newCollector(start time.Time) *collector {
 	return &collector{
-		start: start, failures: map[string]int{}, losses: map[string]int{},
+		start: start, failures: map[string]int{}, losses: map[string]int{}, childFailures: map[string]int{},
 		setup:    hdrhistogram.New(histMinUS, histMaxUS, histDigits),
 		rekeyLat: hdrhistogram.New(histMinUS, histMaxUS, histDigits),
 		rekey:    rekeyCounts{Failures: map[string]int{}},
@@ -131,6 +133,7 @@ func (c *collector) established(now time.Time, lat time.Duration, proposal strin
 	c.nEstablished++
 	c.inFlight--
 	c.active++
+	c.peakActive = max(c.peakActive, c.active)
 	_ = c.setup.RecordValue(max(histMinUS, min(histMaxUS, lat.Microseconds())))
 	s := c.sec(now)
 	s.Setups++
@@ -280,10 +283,13 @@ type Report struct {
 	InFlight    int            `json:"in_flight"` // 0 once a run has ended
 	Consistent  bool           `json:"consistent"`
 
-	Children int            `json:"child_sas"`
-	Deleted  int            `json:"deleted"` // established SAs we deleted
-	Lost     int            `json:"lost"`    // established SAs that ended without our asking
-	Losses   map[string]int `json:"losses,omitempty"`
+	Children      int            `json:"child_sas"`
+	ChildFailures map[string]int `json:"child_sa_failures,omitempty"` // IKE SA up, CHILD SA refused (by reason)
+	PeakSAs       int            `json:"peak_established"`            // most IKE SAs up at once
+	Abandoned     int            `json:"left_established,omitempty"`  // left up at the end (NoDelete)
+	Deleted       int            `json:"deleted"`                     // established SAs we deleted
+	Lost          int            `json:"lost"`                        // established SAs that ended without our asking
+	Losses        map[string]int `json:"losses,omitempty"`
 
 	DurationS    float64      `json:"duration_s"`
 	SetupPhaseS  float64      `json:"setup_phase_s"`       // first attempt to last setup
@@ -435,7 +441,8 @@ func (c *collector) report(end time.Time) Report {
 	defer c.mu.Unlock()
 	r := Report{
 		Started: c.start, Attempted: c.nAttempted, Established: c.nEstablished, TimedOut: c.nTimedOut,
-		Failures: maps.Clone(c.failures), Children: c.children, Deleted: c.deleted, Losses: maps.Clone(c.losses),
+		Failures: maps.Clone(c.failures), Children: c.children, ChildFailures: maps.Clone(c.childFailures),
+		PeakSAs: c.peakActive, Abandoned: c.abandoned, Deleted: c.deleted, Losses: maps.Clone(c.losses),
 		DurationS: end.Sub(c.start).Seconds(), LatencyMS: summarise(c.setup), LatencyBars: bars(c.setup), Percentiles: percentiles(c.setup),
 		Rekeys: c.rekey, RekeyLatencyMS: summarise(c.rekeyLat), Moves: c.moves, Keepalives: c.keepalives,
 		Timeline: append([]second(nil), c.timeline...), Proposal: c.proposal,

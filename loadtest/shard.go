@@ -193,6 +193,9 @@ func (s *shard) setPhase(p phase, now time.Time) {
 		s.phaseEnd = now.Add(teardownWait)
 		s.closeQueue = s.closeQueue[:0]
 		for _, gw := range s.gws {
+			if o.NoDelete {
+				break // the gateways vanish (power cut): the responder keeps their SAs
+			}
 			if rec := gw.cur; rec != nil && rec.state == saUp {
 				s.closeQueue = append(s.closeQueue, gw)
 			}
@@ -250,10 +253,15 @@ func (s *shard) run(start time.Time) {
 		case <-s.r.doneIfNotAborted(aborted):
 		}
 	}
-	// Whatever is still open: no answer to our delete in time.
+	// Whatever is still open: left as it is (NoDelete), or no answer to
+	// our delete in time.
 	now := time.Now()
 	for _, gw := range s.gws {
 		if rec := gw.cur; rec != nil && (rec.state == saUp || rec.state == saClosing) {
+			if rec.state == saUp && s.o.NoDelete {
+				s.r.col.with(func(c *collector) { c.abandoned++ })
+				continue
+			}
 			rec.state = saGone
 			s.r.col.gone(now, true, "")
 		}
@@ -763,8 +771,18 @@ func (s *shard) childRekeyed(now time.Time, spi uint64, byUs bool) {
 }
 
 func (s *shard) childFailed(now time.Time, spi uint64, reason string) {
-	if rec := s.bySPI[spi]; rec != nil && !rec.rekeyAt.IsZero() {
+	rec := s.bySPI[spi]
+	if rec == nil {
+		return
+	}
+	if !rec.rekeyAt.IsZero() {
 		s.rekeyEnded(now, rec, false, reason)
+		return
+	}
+	if rec.child == nil {
+		// The IKE SA came up without its CHILD SA.
+		s.r.col.with(func(c *collector) { c.childFailures[reason]++ })
+		s.o.Log.Warn("CHILD_SA failed", "gateway", rec.gw.n, "spi_i", spiHex(spi), "reason", reason)
 	}
 }
 

@@ -85,7 +85,7 @@ type loadFlags struct {
 	rekeyStorm, rekeyIKE                         bool
 	jsonOut                                      bool
 	jsonFile, htmlFile                           string
-	noHTML, quiet, verbose                       bool
+	noHTML, quiet, verbose, noDelete             bool
 	progressEvery                                time.Duration
 }
 
@@ -140,6 +140,7 @@ func newLoadFlags() *loadFlags {
 	fs.BoolVar(&f.noHTML, "no-html", false, "no HTML report")
 	fs.BoolVar(&f.quiet, "quiet", false, "no progress line")
 	fs.DurationVar(&f.progressEvery, "progress-every", 10*time.Second, "progress line interval when stderr is not a terminal")
+	fs.BoolVar(&f.noDelete, "no-delete", false, "at the end, leave without deleting the SAs (as after a power cut)")
 	fs.BoolVar(&f.verbose, "v", false, "log every event")
 	return f
 }
@@ -191,7 +192,7 @@ func (f *loadFlags) options() (loadtest.Options, error) {
 		PortsPerGateway: f.portsPerGW, Scenario: f.scenario, Label: f.label,
 		DPDDelay: f.dpd, KeepaliveInterval: f.keepalive, ChurnPerMin: f.churn, RebindPerMin: f.rebind,
 		MOBIKEPerMin: f.mobike, RekeyStorm: f.rekeyStorm, RekeyRate: f.rekeyRate, RekeyIKE: f.rekeyIKE,
-		ESPRate: f.espRate, ESPSize: f.espSize, Workers: f.workers, TargetPID: f.targetPID}
+		ESPRate: f.espRate, ESPSize: f.espSize, Workers: f.workers, TargetPID: f.targetPID, NoDelete: f.noDelete}
 	srv, err := netip.ParseAddr(f.server)
 	if err != nil {
 		return o, usagef("--server: %v", err)
@@ -387,10 +388,16 @@ func writeSummary(w io.Writer, r loadtest.Report) {
 	}
 	fmt.Fprintf(w, "\nsetup: %.1f/s over %.2fs (peak %d/s); latency ms p50 %.1f p90 %.1f p99 %.1f max %.1f\n",
 		r.RatePerS, r.SetupPhaseS, r.PeakRatePerS, r.LatencyMS.P50, r.LatencyMS.P90, r.LatencyMS.P99, r.LatencyMS.Max)
-	fmt.Fprintf(w, "child SAs %d, deleted %d, lost %d, retransmits %d, distinct source ports %d, run %.1fs\n",
-		r.Children, r.Deleted, r.Lost, r.Retransmits, r.SourcePorts, r.DurationS)
+	fmt.Fprintf(w, "peak %d IKE SAs, child SAs %d, deleted %d, lost %d, retransmits %d, distinct source ports %d, run %.1fs\n",
+		r.PeakSAs, r.Children, r.Deleted, r.Lost, r.Retransmits, r.SourcePorts, r.DurationS)
 	for _, k := range sortedKeys(r.Failures) {
 		fmt.Fprintf(w, "  failed: %s x%d\n", k, r.Failures[k])
+	}
+	for _, k := range sortedKeys(r.ChildFailures) {
+		fmt.Fprintf(w, "  CHILD SA refused: %s x%d\n", k, r.ChildFailures[k])
+	}
+	if r.Abandoned > 0 {
+		fmt.Fprintf(w, "left %d SAs established (--no-delete)\n", r.Abandoned)
 	}
 	for _, k := range sortedKeys(r.Losses) {
 		fmt.Fprintf(w, "  lost: %s x%d\n", k, r.Losses[k])
