@@ -41,9 +41,10 @@ type Options struct {
 	// SourcePort, when set, fixes the ports: gateway n binds
 	// SourcePort + PortsPerGateway*(n-1) (+1 for NAT-T); 0 = ephemeral.
 	SourcePort uint16
-	// PortsPerGateway: 2 (default) gives each gateway one socket for IKE
-	// and one for NAT-T, as a NAT maps ports 500 and 4500 separately; 1
-	// uses one socket for both (half the file descriptors).
+	// PortsPerGateway: 2 gives each gateway one socket for IKE and one for
+	// NAT-T, as a NAT maps ports 500 and 4500 separately; 1 uses one socket
+	// for both (half the file descriptors); 0 = 2 if the open file limit
+	// (hard) allows, else 1.
 	PortsPerGateway int
 	// AltSource is the second address of each gateway for MOBIKE moves
 	// (default: for a loopback source, the same address with the top bit
@@ -125,7 +126,11 @@ func (o *Options) defaults() error {
 		o.ServerNATT = 4500
 	}
 	if o.PortsPerGateway == 0 {
+		// Two sockets per gateway while the file descriptors allow it.
 		o.PortsPerGateway = 2
+		if lim := fileLimit(); lim > 0 && uint64(2*o.Count)+fdReserve > lim {
+			o.PortsPerGateway = 1
+		}
 	}
 	if o.PortsPerGateway != 1 && o.PortsPerGateway != 2 {
 		return fmt.Errorf("PortsPerGateway %d: want 1 or 2", o.PortsPerGateway)
@@ -241,7 +246,7 @@ func Run(ctx context.Context, o Options) (Report, error) {
 		}
 		r.remoteID = id
 	}
-	fds := uint64(o.Count*o.PortsPerGateway) + 256
+	fds := uint64(o.Count*o.PortsPerGateway) + fdReserve
 	if o.MOBIKEPerMin > 0 {
 		fds += uint64(o.Count * o.PortsPerGateway)
 	}

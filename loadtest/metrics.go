@@ -19,7 +19,7 @@ const (
 
 // fleetMarks are the fleet sizes at which the setup rate is reported
 // (rate of the setups since the previous mark).
-var fleetMarks = []int{1000, 2000, 5000, 10000, 20000, 30000, 40000, 50000, 75000, 100000, 150000, 200000, 500000, 1000000}
+var fleetMarks = []int{1000, 2000, 5000, 10000, 15000, 20000, 30000, 40000, 50000, 75000, 100000, 150000, 200000, 500000, 1000000}
 
 // second is one 1-s bucket of the timeline.
 type second struct {

@@ -77,6 +77,18 @@ func openSocket(addr netip.AddrPort) (*net.UDPConn, error) {
 	return c, nil
 }
 
+// fdReserve are the descriptors kept for everything but gateway sockets.
+const fdReserve = 256
+
+// fileLimit is the hard limit of open files (0: unknown).
+func fileLimit() uint64 {
+	var lim unix.Rlimit
+	if err := unix.Getrlimit(unix.RLIMIT_NOFILE, &lim); err != nil {
+		return 0
+	}
+	return lim.Max
+}
+
 // raiseFileLimit makes room for need descriptors: the soft limit up to the
 // hard limit, the hard limit too when we may (root).
 func raiseFileLimit(need uint64) error {

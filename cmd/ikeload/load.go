@@ -98,7 +98,7 @@ func newLoadFlags() *loadFlags {
 	fs.StringVar(&f.source, "source", "", "our address, or a prefix to spread the gateways over (e.g. 127.1.0.0/16)\n(default: 127.0.0.1 for a loopback server, or 127.1.0.0/16 beyond 8000 gateways; else 0.0.0.0)")
 	fs.UintVar(&f.sourcePort, "source-port", 0, "first source port: gateway n binds source-port + ports-per-gateway*(n-1) (0: ephemeral)")
 	fs.IntVar(&f.perAddress, "per-address", 64, "gateways per address when --source is a prefix")
-	fs.IntVar(&f.portsPerGW, "ports-per-gateway", 2, "sockets per gateway: 2 (IKE and NAT-T, as behind a NAT) or 1")
+	fs.IntVar(&f.portsPerGW, "ports-per-gateway", 0, "sockets per gateway: 2 (IKE and NAT-T, as behind a NAT) or 1; 0: 2 if the open file limit allows")
 	fs.StringVar(&f.altSource, "alt-source", "", "second address of every gateway for MOBIKE moves (default: loopback sources get a twin 127.128+.x.y)")
 	fs.StringVar(&f.id, "id", "gw{n}@iot.example", "our identity; {n} is the gateway number")
 	fs.StringVar(&f.remoteID, "remote-id", "", "expected responder identity")
@@ -172,7 +172,7 @@ func (f *loadFlags) parse(args []string, stdout io.Writer) error {
 		return usagef("--count %d: want at least 1", f.count)
 	case f.rate < 0 || f.window < 0:
 		return usagef("--rate and --window must not be negative")
-	case f.portsPerGW != 1 && f.portsPerGW != 2:
+	case f.portsPerGW < 0 || f.portsPerGW > 2:
 		return usagef("--ports-per-gateway %d: want 1 or 2", f.portsPerGW)
 	case f.churn < 0 || f.rebind < 0 || f.mobike < 0 || f.churn > 6000 || f.rebind > 6000 || f.mobike > 6000:
 		return usagef("--churn, --rebind and --mobike are percentages per minute (0..6000)")
@@ -207,7 +207,7 @@ func (f *loadFlags) options() (loadtest.Options, error) {
 		if o.Source, err = netip.ParseAddr(f.source); err != nil {
 			return o, usagef("--source: %v", err)
 		}
-	case srv.IsLoopback() && f.count*f.portsPerGW > 16000:
+	case srv.IsLoopback() && f.count > 8000:
 		o.Sources = netip.MustParsePrefix("127.1.0.0/16")
 	case srv.IsLoopback():
 		o.Source = netip.MustParseAddr("127.0.0.1")

@@ -15,7 +15,8 @@
 # p99 setup latency and their ratios, and writes one HTML report.
 #
 # Environment: OUT (results dir; default bench-out/), RATE_N (3000), RATE_N_ECDSA
-# (1500), FLEET_N (50000), FLEET_SECONDS (100), WINDOW (64), RESPONDER_CPU (0),
+# (1500), FLEET_WINDOW (256), FLEET_N (19500: one ikeload process holds one socket per gateway, and
+# the open file limit is often 20000), FLEET_SECONDS (100), WINDOW (64), RESPONDER_CPU (0),
 # LOAD_CPU (1), KEEP (1: keep the work directory).
 set -euo pipefail
 
@@ -24,9 +25,10 @@ BIN=${BIN:-$ROOT/bin}
 OUT=${OUT:-$ROOT/bench-out}
 RATE_N=${RATE_N:-3000}
 RATE_N_ECDSA=${RATE_N_ECDSA:-1500}
-FLEET_N=${FLEET_N:-50000}
+FLEET_N=${FLEET_N:-19500}
 FLEET_SECONDS=${FLEET_SECONDS:-100}
 WINDOW=${WINDOW:-64}
+FLEET_WINDOW=${FLEET_WINDOW:-256}
 RESPONDER_CPU=${RESPONDER_CPU:-0}
 LOAD_CPU=${LOAD_CPU:-1}
 CHARON=${CHARON:-/usr/lib/ipsec/charon}
@@ -186,9 +188,11 @@ EOF
   PIDS+=("$RPID")
   for _ in $(seq 1 100); do [ -S "$dir/charon.vici" ] && break; sleep 0.1; done
   [ -S "$dir/charon.vici" ] || { cat "$dir/stderr" >&2; die "charon did not start"; }
+  local t0=$SECONDS
   STRONGSWAN_CONF="$dir/strongswan.conf" SWANCTL_DIR="$dir/swanctl" \
     swanctl --load-all --noprompt --uri "unix://$dir/charon.vici" >"$dir/load.log" 2>&1 ||
     { cat "$dir/load.log" >&2; die "swanctl --load-all failed"; }
+  echo "   (swanctl loaded the configuration in $((SECONDS - t0)) s)" >&2
 }
 
 stop_responder() {
@@ -219,7 +223,7 @@ for auth in psk ecdsa; do
 done
 for r in concentratord strongswan; do
   if [ $r = concentratord ]; then start_conc psk "$FLEET_N"; else start_charon psk "$FLEET_N"; fi
-  load fleet "$r" psk "$FLEET_N" --max-duration "${FLEET_SECONDS}s" --ports-per-gateway 1 --source 127.1.0.0/16
+  load fleet "$r" psk "$FLEET_N" --max-duration "${FLEET_SECONDS}s" --source 127.1.0.0/16 --window "$FLEET_WINDOW"
   stop_responder
 done
 T1=$(date +%s)
