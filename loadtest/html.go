@@ -41,11 +41,27 @@ th{background:#f4f4f4}td:first-child,th:first-child{text-align:left}
 		writeComparisonHTML(&b, Compare(reps, ""))
 	}
 	writeSummaryTable(&b, reps)
-	b.WriteString(`<div class="plots">`)
-	for _, p := range plotsFor(reps) {
-		b.WriteString(p.svg())
+	// Runs of the same scenario, authentication and size are plotted
+	// together, each group on its own.
+	groups, keys := map[string][]Report{}, []string(nil)
+	for _, r := range reps {
+		k := groupKey(r)
+		if _, ok := groups[k]; !ok {
+			keys = append(keys, k)
+		}
+		groups[k] = append(groups[k], r)
 	}
-	b.WriteString("</div>\n")
+	for _, k := range keys {
+		if len(keys) > 1 {
+			g := groups[k][0]
+			fmt.Fprintf(&b, "<h2>%s, %s, %d gateways</h2>\n", esc(g.Scenario), esc(g.Params.Auth), g.Params.Count)
+		}
+		b.WriteString(`<div class="plots">`)
+		for _, p := range plotsFor(groups[k]) {
+			b.WriteString(p.svg())
+		}
+		b.WriteString("</div>\n")
+	}
 	writeReasons(&b, reps)
 	fmt.Fprintf(&b, `<p class="small">Raw data (JSON) is embedded in this page: element #ikeload-data.</p>
 <script type="application/json" id="ikeload-data">%s</script>
@@ -53,6 +69,10 @@ th{background:#f4f4f4}td:first-child,th:first-child{text-align:left}
 `, data)
 	_, err = io.WriteString(w, b.String())
 	return err
+}
+
+func groupKey(r Report) string {
+	return fmt.Sprintf("%s|%s|%d", r.Scenario, r.Params.Auth, r.Params.Count)
 }
 
 func name(r Report, i int) string {

@@ -175,7 +175,15 @@ func (p plot) svg() string {
 					x0, Y(br[2]), math.Max(0.5, x1-x0-0.5), Y(0)-Y(br[2]), color)
 			}
 		}
-		// Legend.
+	}
+	// Legend, over a light box.
+	fmt.Fprintf(&b, `<rect x="%d" y="%d" width="186" height="%d" fill="#fff" fill-opacity="0.85" stroke="#ddd"/>`,
+		padL+innerW-190, padT+legendOffset-4, len(p.series)*legendLine+6)
+	for i, s := range p.series {
+		color := s.color
+		if color == "" {
+			color = palette[i%len(palette)]
+		}
 		ly := padT + legendOffset + i*legendLine
 		fmt.Fprintf(&b, `<rect x="%d" y="%d" width="10" height="10" fill="%s"/><text x="%d" y="%d" font-size="11">%s</text>`,
 			padL+innerW-180, ly, color, padL+innerW-166, ly+9, html.EscapeString(s.name))
