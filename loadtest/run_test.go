@@ -1,6 +1,7 @@
 package loadtest_test
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -9,11 +10,14 @@ import (
 	"net/netip"
 	"os"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
 	"github.com/ikefleet/ikefleet/concentrator"
+	"github.com/ikefleet/ikefleet/concentrator/dataplane"
 	"github.com/ikefleet/ikefleet/concentrator/dataplane/memory"
+	"github.com/ikefleet/ikefleet/concentrator/dataplane/userspace"
 	"github.com/ikefleet/ikefleet/concentrator/ike"
 	"github.com/ikefleet/ikefleet/loadtest"
 )
@@ -21,6 +25,12 @@ import (
 // startNode runs a concentrator node on loopback (ephemeral ports, no
 // state store, memory data plane) that knows the PSKs of gateways 1..psks.
 func startNode(t *testing.T, psks int, extraIKE string) (*concentrator.Node, *memory.DataPlane) {
+	t.Helper()
+	dp := memory.New()
+	return startNodeWith(t, psks, extraIKE, dp), dp
+}
+
+func startNodeWith(t *testing.T, psks int, extraIKE string, dp dataplane.DataPlane) *concentrator.Node {
 	t.Helper()
 	var b strings.Builder
 	b.WriteString("node: {id: lt}\nike:\n  listen: [127.0.0.1]\n  port: 0\n  natt_port: 0\n  shards: 2\n" + extraIKE)
@@ -33,7 +43,6 @@ func startNode(t *testing.T, psks int, extraIKE string) (*concentrator.Node, *me
 	if err != nil {
 		t.Fatal(err)
 	}
-	dp := memory.New()
 	n, err := concentrator.New(cfg, slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelError})), dp)
 	if err != nil {
 		t.Fatal(err)
@@ -52,7 +61,7 @@ func startNode(t *testing.T, psks int, extraIKE string) (*concentrator.Node, *me
 	case err := <-done:
 		t.Fatalf("node did not start: %v", err)
 	}
-	return n, dp
+	return n
 }
 
 // allUp: n IKE SAs, all established with their CHILD SA.
@@ -300,4 +309,95 @@ func TestSpreadOverAddresses(t *testing.T) {
 	if len(addrs) != n/8 {
 		t.Fatalf("gateways came from %d addresses, want %d: %v", len(addrs), n/8, addrs)
 	}
+}
+
+// echoDevice stands in for the node's TUN device: every packet the data
+// plane delivers (decrypted ESP from a gateway) comes back with source and
+// destination swapped, for the data plane to encrypt back to the gateway.
+type echoDevice struct {
+	in     chan []byte
+	closed chan struct{}
+	once   sync.Once
+	mu     sync.Mutex
+	seen   []netip.Addr // inner destinations delivered
+	srcs   map[netip.Addr]bool
+}
+
+func newEchoDevice() *echoDevice {
+	return &echoDevice{in: make(chan []byte, 1024), closed: make(chan struct{}), srcs: map[netip.Addr]bool{}}
+}
+
+func (d *echoDevice) Name() string { return "echo0" }
+func (d *echoDevice) Read(b []byte) (int, error) {
+	select {
+	case p := <-d.in:
+		return copy(b, p), nil
+	case <-d.closed:
+		return 0, net.ErrClosed
+	}
+}
+func (d *echoDevice) Write(b []byte) (int, error) {
+	if len(b) < 28 || b[0]>>4 != 4 {
+		return len(b), nil
+	}
+	p := bytes.Clone(b)
+	src, dst := netip.AddrFrom4([4]byte(p[12:16])), netip.AddrFrom4([4]byte(p[16:20]))
+	d.mu.Lock()
+	d.seen = append(d.seen, dst)
+	d.srcs[src] = true
+	d.mu.Unlock()
+	copy(p[12:16], b[16:20])
+	copy(p[16:20], b[12:16])
+	copy(p[20:22], b[22:24])
+	copy(p[22:24], b[20:22])
+	select {
+	case d.in <- p:
+	default:
+	}
+	return len(b), nil
+}
+func (d *echoDevice) Close() error { d.once.Do(func() { close(d.closed) }); return nil }
+
+type noRouter struct{}
+
+func (noRouter) AddRoute(netip.Prefix, []dataplane.Selector) error { return nil }
+func (noRouter) DelRoute(netip.Prefix) error                       { return nil }
+
+// ESP from every gateway, sealed by the user-space ESP codec, through a
+// node's user-space data plane and back.
+func TestESPTrafficThroughUserspaceDataPlane(t *testing.T) {
+	const n = 10
+	dev := newEchoDevice()
+	dp, err := userspace.New(userspace.Config{Device: dev, Router: noRouter{}, Workers: 2})
+	if err != nil {
+		t.Fatal(err)
+	}
+	node := startNodeWith(t, n, "", dp)
+	o := options(t, node.IKEAddr(), node.NATTAddr(), n)
+	o.Hold, o.ESPRate, o.ESPSize, o.ESPDest = 2*time.Second, 20, 100, netip.MustParseAddr("10.30.0.7")
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	rep, err := loadtest.Run(ctx, o)
+	if err != nil || rep.ESP == nil {
+		t.Fatalf("%v: %+v", err, rep)
+	}
+	if rep.ESP.Sent == 0 || rep.ESP.Received == 0 || len(rep.ESP.Errors) != 0 || rep.ESP.Received > rep.ESP.Sent {
+		t.Fatalf("ESP %+v", *rep.ESP)
+	}
+	dev.mu.Lock()
+	defer dev.mu.Unlock()
+	if len(dev.seen) == 0 || len(dev.srcs) != n {
+		t.Fatalf("the node delivered %d packets from %d virtual IPs, want packets from %d", len(dev.seen), len(dev.srcs), n)
+	}
+	for _, d := range dev.seen {
+		if d != o.ESPDest {
+			t.Fatalf("inner destination %v, want %v", d, o.ESPDest)
+		}
+	}
+	for s := range dev.srcs {
+		if !netip.MustParsePrefix("10.99.0.0/16").Contains(s) {
+			t.Fatalf("inner source %v is not a virtual IP from the pool", s)
+		}
+	}
+	t.Logf("ESP: sent %d, received %d", rep.ESP.Sent, rep.ESP.Received)
 }
