@@ -2,6 +2,7 @@ package loadtest
 
 import (
 	"math/rand/v2"
+	"net"
 	"net/netip"
 	"sync/atomic"
 	"time"
@@ -101,7 +102,7 @@ func (s *shard) openSockets(gw *gateway, alt bool) error {
 		if err != nil {
 			return err
 		}
-		la := netip.MustParseAddrPort(c.LocalAddr().String())
+		la := c.LocalAddr().(*net.UDPAddr).AddrPort()
 		sk := &gsock{conn: c, gw: gw, real: netip.AddrPortFrom(gw.real[ai], la.Port())}
 		if ports == 1 {
 			gw.socks[ai][0], gw.socks[ai][1] = sk, sk
@@ -572,7 +573,7 @@ func (s *shard) rebind(now time.Time, gw *gateway) {
 		s.r.col.with(func(c *collector) { c.moves.Skipped++ })
 		return
 	}
-	la := netip.MustParseAddrPort(c.LocalAddr().String())
+	la := c.LocalAddr().(*net.UDPAddr).AddrPort()
 	sk := &gsock{conn: c, gw: gw, virt: old.virt, real: netip.AddrPortFrom(gw.real[ai], la.Port()), natt: old.natt, confirm: moveRebind}
 	if old.confirm != moveNone {
 		s.r.col.with(func(c *collector) { c.moves.Unconfirmed++ }) // rebound again before the first was seen
