@@ -304,6 +304,10 @@ func (s *shard) abort(now time.Time) {
 // step starts what is due and moves between phases.
 func (s *shard) step(now time.Time) {
 	o := s.o
+	// Engine timers that are due, even while datagrams keep arriving.
+	if d := s.in.nextDeadline(now); !d.IsZero() && !now.Before(d) {
+		s.in.tick(now)
+	}
 	s.expireAttempts(now)
 	s.expireRekeys(now, false)
 	switch s.phase {
