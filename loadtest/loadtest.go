@@ -226,6 +226,7 @@ type runner struct {
 	remoteID ike.Identity
 	done     chan struct{} // closed when the run must end now (MaxDuration, ctx)
 
+	hurry      atomic.Bool   // the caller ended the run: a short teardown
 	setupDone  atomic.Int32  // shards whose establish phase is over
 	setupEnded chan struct{} // closed by the last of them
 }
@@ -302,7 +303,12 @@ func Run(ctx context.Context, o Options) (Report, error) {
 	r.col = newCollector(start)
 	runCtx, cancel := context.WithTimeout(ctx, o.MaxDuration)
 	defer cancel()
-	go func() { <-runCtx.Done(); close(r.done) }()
+	go func() {
+		<-runCtx.Done()
+		// Ended by the caller (not MaxDuration): delete, but do not wait long.
+		r.hurry.Store(ctx.Err() != nil)
+		close(r.done)
+	}()
 
 	var wg sync.WaitGroup
 	for _, s := range r.shards {

@@ -401,3 +401,37 @@ func TestESPTrafficThroughUserspaceDataPlane(t *testing.T) {
 	}
 	t.Logf("ESP: sent %d, received %d", rep.ESP.Sent, rep.ESP.Received)
 }
+
+// The caller's cancel ends a run in its hold: the gateways delete their
+// SAs, and the report of what happened comes back with the context's error.
+func TestCancelEndsTheRunWithAReport(t *testing.T) {
+	const n = 10
+	node, dp := startNode(t, n, "")
+	o := options(t, node.IKEAddr(), node.NATTAddr(), n)
+	o.Hold = time.Hour
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go func() {
+		for ctx.Err() == nil {
+			if sas, err := node.SAs(ctx); err == nil && allUp(sas, n) {
+				cancel()
+				return
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+	}()
+	rep, err := loadtest.Run(ctx, o)
+	if !errors.Is(err, context.Canceled) {
+		t.Fatalf("err %v, want context.Canceled", err)
+	}
+	if !rep.Consistent || rep.Established != n || rep.Deleted != n {
+		t.Fatalf("report %+v", rep)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for dp.Len() > 0 && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+	}
+	if dp.Len() != 0 {
+		t.Fatalf("%d CHILD SAs left on the node after the gateways left", dp.Len())
+	}
+}

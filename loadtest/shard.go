@@ -25,8 +25,19 @@ func (p phase) String() string {
 	return [...]string{"establish", "hold", "rekey", "drain", "teardown", "done"}[p]
 }
 
-// teardownWait bounds how long the deletes at the end may take.
-const teardownWait = 5 * time.Second
+// How long the deletes at the end may take without progress: normally, and
+// when the caller cancelled the run.
+const (
+	teardownWaitNormal    = 5 * time.Second
+	teardownWaitCancelled = time.Second
+)
+
+func (s *shard) teardownWait() time.Duration {
+	if s.r.hurry.Load() {
+		return teardownWaitCancelled
+	}
+	return teardownWaitNormal
+}
 
 // shard owns an engine and a subset of the gateways; one goroutine runs it.
 type shard struct {
@@ -191,7 +202,7 @@ func (s *shard) setPhase(p phase, now time.Time) {
 	case phaseDrain:
 		s.phaseEnd = now.Add(o.Timeout)
 	case phaseTeardown:
-		s.phaseEnd = now.Add(teardownWait)
+		s.phaseEnd = now.Add(s.teardownWait())
 		s.closeQueue = s.closeQueue[:0]
 		for _, gw := range s.gws {
 			if o.NoDelete {
@@ -362,7 +373,7 @@ func (s *shard) step(now time.Time) {
 				s.removeUp(gw)
 				s.in.remove(now, rec.spi)
 				closing++
-				s.phaseEnd = now.Add(teardownWait) // progress: wait on
+				s.phaseEnd = now.Add(s.teardownWait()) // progress: wait on
 			}
 		}
 		if (closing == 0 && len(s.closeQueue) == 0) || !now.Before(s.phaseEnd) {
