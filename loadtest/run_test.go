@@ -38,7 +38,7 @@ func startNodeWith(t *testing.T, psks int, extraIKE string, dp dataplane.DataPla
 	for i := 1; i <= psks; i++ {
 		fmt.Fprintf(&b, "    - {id: gw%d@iot.example, secret: psk-%d}\n", i, i)
 	}
-	b.WriteString("children:\n  local_ts: [10.30.0.0/24]\n  pool: 10.99.0.0/16\nstatestore:\n  mode: none\n")
+	b.WriteString("children:\n  local_ts: [10.30.0.0/24]\n  pool: 10.99.0.0/16\nstatestore:\n  mode: none\nmetrics:\n  listen: off\n")
 	cfg, err := concentrator.ParseConfig([]byte(b.String()))
 	if err != nil {
 		t.Fatal(err)

@@ -22,6 +22,8 @@ IKE=${IKE_PORT:-17500} NATT=${NATT_PORT:-17501}
   printf '  port: %d\n  natt_port: %d\n  dpd_delay: 10s\nidentity: {id: conc.example}\nauth:\n  psks:\n' "$IKE" "$NATT"
   awk -v n="$N" 'BEGIN { for (i = 1; i <= n; i++) printf "    - {id: gw%d@iot.example, secret: psk-%d}\n", i, i }'
   printf 'children:\n  local_ts: [10.30.0.0/24]\n  pool: 10.99.0.0/16\nstatestore: {mode: none}\n'
+  # no metrics or admin listener on the host's loopback
+  printf 'metrics: {listen: "off"}\nadmin: {listen: ""}\n'
 } >"$dir/node.yaml"
 "$BIN/concentratord" --config "$dir/node.yaml" >"$dir/node.log" 2>&1 &
 pid=$!
