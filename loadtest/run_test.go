@@ -411,15 +411,15 @@ func TestCancelEndsTheRunWithAReport(t *testing.T) {
 	o.Hold = time.Hour
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	go func() {
-		for ctx.Err() == nil {
-			if sas, err := node.SAs(ctx); err == nil && allUp(sas, n) {
-				cancel()
-				return
-			}
-			time.Sleep(10 * time.Millisecond)
+	// Cancel once the gateways themselves count every SA established (the
+	// node's table can be complete before its last IKE_AUTH answer has
+	// reached the gateway).
+	o.ProgressEvery = 10 * time.Millisecond
+	o.Progress = func(p loadtest.Progress) {
+		if p.Established == n {
+			cancel()
 		}
-	}()
+	}
 	rep, err := loadtest.Run(ctx, o)
 	if !errors.Is(err, context.Canceled) {
 		t.Fatalf("err %v, want context.Canceled", err)
