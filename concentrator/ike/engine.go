@@ -22,8 +22,8 @@ type Engine struct {
 	halfOpen  int
 	cookie    [2]cookieSecret // current and previous
 	stats     Stats
-	step      uint64    // counts entry points: one Ready batch each
-	now       time.Time // the latest time an entry point was given
+	step      uint64         // counts entry points: one Ready batch each
+	now       time.Time      // the latest time an entry point was given
 	natFake   netip.AddrPort // ForceEncap: the address our NAT_DETECTION_SOURCE_IP claims
 }
 
