@@ -30,6 +30,12 @@ func TestInteropStrongSwanInitiatorECDSA(t *testing.T) {
 	testStrongSwanInitiator(t, AuthECDSA)
 }
 
+// strongSwan authenticates gw1 by its raw public key and the concentrator
+// by the concentrator's (RFC 7670; no certificates, no CA).
+func TestInteropStrongSwanInitiatorRawKey(t *testing.T) {
+	testStrongSwanInitiator(t, AuthRawKey)
+}
+
 // testStrongSwanInitiator: strongSwan gw1 initiates through the NAT to
 // concentratord (memory data plane), both sides report the tunnel, and the
 // gateway's Delete is processed.
@@ -52,6 +58,15 @@ func testStrongSwanInitiator(t *testing.T, auth Auth) {
 		writeFile(t, keyPath, concCred.KeyPEM)
 		writeFile(t, caPath, pki.CAPEM)
 		gwFiles = pki.SwanctlFiles("gw", pki.Issue(t, GWCertID))
+	}
+	if auth == AuthRawKey {
+		// Only the key pairs of the certificates are used.
+		gwID = GWCertID
+		pki := NewPKI(t)
+		concCred, gwCred := pki.Issue(t, ConcID), pki.Issue(t, GWCertID)
+		writeFile(t, keyPath, concCred.KeyPEM)
+		writeFile(t, caPath, PublicKeyPEM(gwCred))
+		gwFiles = RawKeySwanctlFiles(gwCred, PublicKeyPEM(concCred))
 	}
 	cfg := filepath.Join(dir, "concentratord.yaml")
 	writeFile(t, cfg, []byte(ConcentratordConfig(auth, certPath, keyPath, caPath)))
