@@ -6,6 +6,7 @@ import (
 	"context"
 	"path/filepath"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 )
@@ -94,6 +95,21 @@ func testStrongSwanInitiator(t *testing.T, auth Auth) {
 		t.Fatal(err)
 	}
 	checkGatewaySA(t, sas, gwID)
+	if auth == AuthRawKey {
+		// strongSwan 5.9 sends no CERT(15) of its own (the concentrator
+		// uses the configured key); the concentrator answers a peer that
+		// authenticated by raw key with its key in CERT(15).
+		sawCert := false
+		for _, l := range strings.Split(gw.Log(), "\n") {
+			if strings.Contains(l, "IKE_AUTH") && strings.Contains(l, "[") {
+				t.Logf("gw: %s", l)
+				sawCert = sawCert || strings.Contains(l, "parsed IKE_AUTH response") && strings.Contains(l, " CERT ")
+			}
+		}
+		if !sawCert {
+			t.Error("gw: the IKE_AUTH response carried no CERT payload (want CERT(15) with the concentrator's key)")
+		}
+	}
 	if sa, ok := FindIKESA(sas, "conc"); ok && sa.Get("nat-remote") != "yes" {
 		// ike.force_encap: the concentrator claims NAT in its NAT-D payloads.
 		t.Errorf("gw: nat-remote = %q, want yes (concentratord forces UDP encapsulation)", sa.Get("nat-remote"))
