@@ -24,7 +24,7 @@ import (
 // memGateway is a simulated IoT gateway (our initiator engine) on an
 // in-memory network, driven by the same fake clock as the nodes.
 type memGateway struct {
-	t      *testing.T
+	t      testing.TB
 	eng    *ike.Engine
 	clk    *clock.Fake
 	ike    transport.Conn
@@ -34,7 +34,7 @@ type memGateway struct {
 	events chan ike.Event
 }
 
-func startMemGateway(t *testing.T, ctx context.Context, netw *transport.Network, clk *clock.Fake, addr netip.Addr) *memGateway {
+func startMemGateway(t testing.TB, ctx context.Context, netw *transport.Network, clk *clock.Fake, addr netip.Addr) *memGateway {
 	t.Helper()
 	ikeC, err := netw.Listen(netip.AddrPortFrom(addr, 500))
 	if err != nil {
@@ -307,7 +307,7 @@ func TestTwoNodesOnMemoryNetwork(t *testing.T) {
 	}
 }
 
-func replaceOnce(t *testing.T, s, old, new string) string {
+func replaceOnce(t testing.TB, s, old, new string) string {
 	t.Helper()
 	if !strings.Contains(s, old) {
 		t.Fatalf("%q not in the configuration", old)
@@ -316,7 +316,7 @@ func replaceOnce(t *testing.T, s, old, new string) string {
 }
 
 // waitFor polls cond (real time) until it holds or ctx ends.
-func waitFor(t *testing.T, ctx context.Context, what string, cond func() bool) {
+func waitFor(t testing.TB, ctx context.Context, what string, cond func() bool) {
 	t.Helper()
 	for !cond() {
 		select {
