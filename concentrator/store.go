@@ -1,6 +1,6 @@
 package concentrator
 
-// The node's persistence (DESIGN.md "Cluster semantics"): every state
+// The node's persistence (docs/architecture.md, "Cluster semantics"): every state
 // change of an established SA goes to the state store; at start the node
 // registers (slot, epoch), puts its slot into the SPIs it allocates, and
 // restores the SAs it owns, so they survive a crash without

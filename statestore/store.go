@@ -1,7 +1,7 @@
 // Package statestore keeps the cluster's memory in etcd: IKE SA records
 // with their CHILD SAs (key material sealed with a cluster key), SPI
 // ownership, the node registry and the fencing that keeps two nodes from
-// ever acting for one SA. See DESIGN.md, "Cluster semantics".
+// ever acting for one SA. See docs/architecture.md, "Cluster semantics".
 //
 // A node opens a Store, which registers it (lease, slot, epoch) and keeps
 // the lease alive. The node consults CanSend before it sends for any SA it

@@ -114,7 +114,7 @@ type SkipSeq struct {
 }
 
 // Persist asks the caller to record a state change of an established SA
-// (one transaction each; DESIGN.md "What is persisted"). State is the SA
+// (one transaction each; docs/architecture.md, "Cluster semantics"). State is the SA
 // after the change; it is nil for PersistDeleted. Version numbers the SA's
 // persisted states (per SPI, increasing); the caller reports the outcome
 // with Engine.Committed or Engine.PersistFailed. Nothing is persisted for

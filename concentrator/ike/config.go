@@ -129,7 +129,7 @@ type Config struct {
 	KeepaliveInterval time.Duration
 
 	// SPITag/SPITagMask fix bits of every IKE SPI this engine allocates
-	// (node slot and shard: the routing hint of DESIGN.md);
+	// (node slot and shard: the routing hint of docs/architecture.md);
 	// ESPSPITag/ESPSPITagMask the same for inbound ESP SPIs.
 	SPITag, SPITagMask       uint64
 	ESPSPITag, ESPSPITagMask uint32

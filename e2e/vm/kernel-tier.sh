@@ -1,5 +1,5 @@
 #!/bin/bash
-# kernel-tier.sh — the kernel ESP test tier (DESIGN.md tier 3), run by
+# kernel-tier.sh — the kernel ESP test tier (docs/architecture.md, "Tests", tier 3), run by
 # `make test-vm`. The build hosts' kernel has XFRM but no ESP, so this
 # builds static binaries on the host (CGO_ENABLED=0) into a scratch
 # directory, boots Debian's stock kernel under QEMU with run-in-vm.sh (the
