@@ -162,7 +162,9 @@ func (n *Node) apply(ctx context.Context, s *shard, dp []ike.Action, send []ike.
 	for _, a := range dp {
 		switch a := a.(type) {
 		case ike.InstallChild:
-			if err := n.dp.Install(ctx, toDataplane(a)); err != nil {
+			err := n.dp.Install(ctx, toDataplane(a))
+			n.noteInstall(err)
+			if err != nil {
 				n.log.Error("CHILD_SA install failed", childAttrs(a.SPIi, a.SPIr, a.PeerID, a.Child, "err", err)...)
 			}
 			if _, ok := n.dp.(dataplane.SACounter); ok && a.Replaces != 0 && n.ecfg.RekeyOverlap > 0 {

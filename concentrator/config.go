@@ -13,7 +13,7 @@ import (
 	"strings"
 	"time"
 
-	"gopkg.in/yaml.v3"
+	"go.yaml.in/yaml/v3"
 )
 
 // Config is concentratord's configuration file. See
@@ -27,6 +27,8 @@ type Config struct {
 	Children   ChildrenConfig   `yaml:"children"`
 	DataPlane  DataPlaneConfig  `yaml:"dataplane"`
 	StateStore StateStoreConfig `yaml:"statestore"`
+	Metrics    MetricsConfig    `yaml:"metrics"`
+	Admin      AdminConfig      `yaml:"admin"` // config_admin.go
 }
 
 // StateStoreConfig says where SA state is kept so that SAs outlive the
@@ -41,7 +43,8 @@ type StateStoreConfig struct {
 	KeyFile        string        `yaml:"key_file"`         // and its key
 	ClusterKeyFile string        `yaml:"cluster_key_file"` // 32-byte AES key (hex) sealing key material; embedded: generated in data_dir if unset
 	LeaseTTL       time.Duration `yaml:"lease_ttl"`
-	QueueNew       bool          `yaml:"queue_new"` // while etcd is unreachable, queue new SAs instead of refusing them
+	QueueNew       bool          `yaml:"queue_new"`      // while etcd is unreachable, queue new SAs instead of refusing them
+	EtcdLogLevel   string        `yaml:"etcd_log_level"` // embedded etcd's logs into ours from this level: debug | info | warn | error
 }
 
 type NodeConfig struct {
@@ -71,6 +74,12 @@ type IKEConfig struct {
 	MOBIKE            *bool         `yaml:"mobike"`
 	KeepaliveInterval time.Duration `yaml:"keepalive_interval"`
 	RekeyAfter        time.Duration `yaml:"rekey_after"`
+	// SocketBuffer is the receive buffer of the IKE and NAT-T sockets in
+	// bytes (every data plane): what a burst of gateways may queue while
+	// the node works. Beyond net.core.rmem_max it needs CAP_NET_ADMIN
+	// (SO_RCVBUFFORCE). A data plane's own socket_recv_buffer, if larger,
+	// wins. 0 keeps the system default.
+	SocketBuffer int `yaml:"socket_buffer"`
 }
 
 type IdentityConfig struct {
@@ -106,8 +115,11 @@ type ChildrenConfig struct {
 	DNS                []string      `yaml:"dns"`
 }
 
+// DataPlaneConfig chooses the data plane. The default, auto, carries
+// traffic on any Linux host: kernel ESP where the kernel can, else
+// user-space ESP. memory carries nothing (tests, demos, load tests).
 type DataPlaneConfig struct {
-	Mode      string          `yaml:"mode"` // memory | userspace | xfrm | auto
+	Mode      string          `yaml:"mode"` // auto | xfrm | userspace | memory
 	Userspace UserspaceConfig `yaml:"userspace"`
 	XFRM      XFRMConfig      `yaml:"xfrm"`
 }
@@ -136,6 +148,10 @@ type UserspaceConfig struct {
 	SocketSendBuffer int `yaml:"socket_send_buffer"` // NAT-T socket SO_SNDBUF, bytes; 0 = system default
 }
 
+// DefaultSocketBuffer is ike.socket_buffer's default: room for about
+// 10,000 IKE_SA_INITs of a mass reconnect.
+const DefaultSocketBuffer = 8 << 20
+
 // DataPlaneModes are the accepted values of dataplane.mode.
 var DataPlaneModes = []string{"memory", "userspace", "xfrm", "auto"}
 
@@ -160,7 +176,7 @@ func DefaultConfig() Config {
 	return Config{
 		Log: LogConfig{Level: "info", Format: "json"},
 		IKE: IKEConfig{
-			Listen: []string{"0.0.0.0"}, Port: 500, NATTPort: 4500, ForceEncap: &t, CookieThreshold: &th,
+			Listen: []string{"0.0.0.0"}, Port: 500, NATTPort: 4500, ForceEncap: &t, MOBIKE: &t, CookieThreshold: &th, SocketBuffer: DefaultSocketBuffer,
 			HalfOpenTimeout: 30 * time.Second, RetransmitTimeout: 2 * time.Second, RetransmitTries: 5, DPDDelay: 60 * time.Second, KeepaliveInterval: 20 * time.Second,
 			Proposals: []string{
 				"aes256gcm16-prfsha256-x25519", "aes256gcm16-prfsha384-ecp384", "aes128gcm16-prfsha256-ecp256",
@@ -170,9 +186,11 @@ func DefaultConfig() Config {
 		},
 		Identity: IdentityConfig{SendCert: "always"},
 		Children: ChildrenConfig{RekeyAfter: 50 * time.Minute, RekeyWindow: 10 * time.Minute, RekeyOverlap: 10 * time.Second, MaxPerIKE: 8},
-		DataPlane: DataPlaneConfig{Mode: "memory", Userspace: UserspaceConfig{TUN: "ikf0", MTU: 1400, QueueLen: 1024, ReplayWindow: 1024, SocketRecvBuffer: 4 << 20},
+		DataPlane: DataPlaneConfig{Mode: "auto", Userspace: UserspaceConfig{TUN: "ikf0", MTU: 1400, QueueLen: 1024, ReplayWindow: 1024, SocketRecvBuffer: 4 << 20},
 			XFRM: XFRMConfig{MSSClamp: true, ReplayWindow: 128, HThresh4: []int{0, 32}}},
-		StateStore: StateStoreConfig{Mode: "embedded", DataDir: "ikefleet-data", LeaseTTL: 10 * time.Second},
+		StateStore: StateStoreConfig{Mode: "embedded", DataDir: "ikefleet-data", LeaseTTL: 10 * time.Second, EtcdLogLevel: "warn"},
+		Metrics:    MetricsConfig{Listen: DefaultMetricsListen},
+		Admin:      AdminConfig{Listen: DefaultAdminListen},
 	}
 }
 
@@ -300,6 +318,9 @@ func (c *Config) Validate() error {
 	if c.IKE.Shards < 0 || c.IKE.Shards > 256 {
 		return fieldErr("ike.shards", "must be 0 (one per CPU) to 256: %d", c.IKE.Shards)
 	}
+	if c.IKE.SocketBuffer < 0 || c.IKE.SocketBuffer > 1<<30 {
+		return fieldErr("ike.socket_buffer", "must be 0 (system default) to 1 GiB: %d", c.IKE.SocketBuffer)
+	}
 	if c.IKE.CookieThreshold != nil && *c.IKE.CookieThreshold < 0 {
 		return fieldErr("ike.cookie_threshold", "must not be negative")
 	}
@@ -382,8 +403,10 @@ func (c *Config) Validate() error {
 		if n != 1 {
 			return fieldErr(f+".secret", "exactly one of secret, secret_hex, secret_file is required")
 		}
-		if _, err := p.secret(); err != nil {
-			return fieldErr(f+".secret", "%v", err)
+		if p.SecretFile == "" { // files are read with the other credentials (New, --check)
+			if _, err := p.secret(); err != nil {
+				return fieldErr(f+".secret", "%v", err)
+			}
 		}
 	}
 	if c.Identity.Cert == "" && len(c.Auth.PSKs) == 0 && c.Identity.ID != "" && len(c.Auth.CAs) > 0 {
@@ -419,6 +442,12 @@ func (c *Config) Validate() error {
 	if err := c.DataPlane.validate(); err != nil {
 		return err
 	}
+	if err := c.Metrics.validate(); err != nil {
+		return err
+	}
+	if err := c.Admin.validate(); err != nil {
+		return err
+	}
 	return c.StateStore.validate()
 }
 
@@ -441,6 +470,11 @@ func (s *StateStoreConfig) validate() error {
 	case "none":
 	default:
 		return fieldErr("statestore.mode", "must be embedded, external or none, not %q", s.Mode)
+	}
+	switch s.EtcdLogLevel {
+	case "debug", "info", "warn", "error":
+	default:
+		return fieldErr("statestore.etcd_log_level", "must be debug, info, warn or error, not %q", s.EtcdLogLevel)
 	}
 	if s.LeaseTTL < 2*time.Second || s.LeaseTTL%time.Second != 0 {
 		return fieldErr("statestore.lease_ttl", "must be whole seconds, at least 2s: %v", s.LeaseTTL)

@@ -27,7 +27,7 @@ func TestParseConfigMinimal(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if c.IKE.Port != 500 || c.IKE.NATTPort != 4500 || c.DataPlane.Mode != "memory" || len(c.IKE.Proposals) == 0 {
+	if c.IKE.Port != 500 || c.IKE.NATTPort != 4500 || c.DataPlane.Mode != "auto" || c.Metrics.Listen != "127.0.0.1:9180" || len(c.IKE.Proposals) == 0 {
 		t.Fatalf("defaults not applied: %+v", c.IKE)
 	}
 	ec, err := c.engineConfig()

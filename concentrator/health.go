@@ -14,12 +14,20 @@ type Health struct {
 	StateStore      *statestore.Health // nil without a state store
 	Fenced          bool               // not allowed to send for its SAs now
 	PersistFailures uint64
+	Listening       bool   // the IKE sockets are bound
+	Draining        bool   // SetDraining
+	DataPlane       string // its name
+	DataPlaneError  string // the last CHILD SA install failed with it ("" once one succeeds)
 	DroppedBatches  uint64 // engine batches not applied nor sent: a write failed
 }
 
 // Health reports the node's health.
 func (n *Node) Health() Health {
-	h := Health{PersistFailures: n.persistFailures.Load(), DroppedBatches: n.droppedBatches.Load()}
+	h := Health{PersistFailures: n.persistFailures.Load(), DroppedBatches: n.droppedBatches.Load(), Listening: n.listening(),
+		Draining: n.obs.draining.Load(), DataPlane: n.dp.Name()}
+	if e := n.obs.installErr.Load(); e != nil {
+		h.DataPlaneError = *e
+	}
 	if n.persist != nil {
 		sh := n.persist.store.Health()
 		h.StateStore = &sh

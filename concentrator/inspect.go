@@ -11,6 +11,8 @@ import (
 )
 
 func (n *Node) logEvent(s *shard, ev ike.Event) {
+	n.obs.events.Observe(ev)
+	n.publishEvent(ev) // the admin API's event feed (events.go)
 	attrs := []any{"spi_i", fmt.Sprintf("%016x", ev.SPIi), "spi_r", fmt.Sprintf("%016x", ev.SPIr),
 		"peer", ev.Remote.String(), "shard", s.id}
 	if !ev.PeerID.IsZero() {

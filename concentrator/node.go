@@ -8,7 +8,8 @@
 // store), restore.go (restoring owned SAs, reclaim after a fence),
 // spipool.go (SPIs reserved cluster-wide), convert.go (engine state <->
 // records, data plane), health.go, inspect.go (logs, SA listings,
-// counters).
+// counters), ops.go and events.go (operator actions and the SA event feed,
+// for the admin API).
 package concentrator
 
 import (
@@ -39,8 +40,9 @@ type Node struct {
 	ecfg   ike.Config
 	shards []*shard
 	seed   maphash.Seed
-	tr     transport.Transport
-	clock  clock.Clock
+
+	tr    transport.Transport
+	clock clock.Clock
 	// storeOverride replaces the configured state store (tests).
 	storeOverride statestore.Interface
 
@@ -59,8 +61,11 @@ type Node struct {
 	droppedBatches  atomic.Uint64 // batches not applied: a write failed
 	fencedDrops     atomic.Uint64
 	queueDrops      atomic.Uint64
+	initDrops       atomic.Uint64
 	nonIKEDrops     atomic.Uint64
 	keepalives      atomic.Uint64
+	obs             observability
+	ops             ops // operator actions (ops.go)
 }
 
 // Option changes how New builds a node.
@@ -94,6 +99,7 @@ func New(cfg Config, log *slog.Logger, dp dataplane.DataPlane, opts ...Option) (
 	if cfg.Children.RestoreRekeyWindow != 0 {
 		log.Warn("children.restore_rekey_window is deprecated and ignored: restored CHILD SAs keep their rekey schedule and continue above their sequence number reservations")
 	}
+	n.initObservability()
 	if su, ok := dp.(dataplane.SenderUser); ok {
 		su.SetSender(n) // user-space ESP leaves through our NAT-T socket
 	}
@@ -114,7 +120,7 @@ func New(cfg Config, log *slog.Logger, dp dataplane.DataPlane, opts ...Option) (
 			sc.ESPSPITagMask = uint32((1<<espBits)-1) << (32 - espBits)
 			sc.ESPSPITag = uint32(i) << (32 - espBits)
 		}
-		sh := &shard{id: i, in: make(chan ike.Packet, shardQueueLen), calls: make(chan func()),
+		sh := &shard{id: i, q: newShardQueue(shardQueueLen, initQueueLen), calls: make(chan func()),
 			watch: map[uint32]time.Time{}, ikeSPIs: make(chan uint64, spiPoolLen), espSPIs: make(chan uint32, spiPoolLen),
 			commits: commits{wake: make(chan struct{}, 1)}}
 		sc.IKESPIs = func() (uint64, bool) {
@@ -198,6 +204,11 @@ func (n *Node) Addrs() []netip.AddrPort {
 // Run binds the sockets and serves until ctx is cancelled. Established SAs
 // are not deleted on shutdown: a node that stops is not a peer that left.
 func (n *Node) Run(ctx context.Context) error {
+	stopHTTP, err := n.serveHTTP() // probes answer from the start
+	if err != nil {
+		return err
+	}
+	defer stopHTTP()
 	var conns []transport.Conn
 	for _, a := range n.cfg.IKE.Listen {
 		addr := netip.MustParseAddr(a)
@@ -212,16 +223,26 @@ func (n *Node) Run(ctx context.Context) error {
 			conns = append(conns, c)
 			// The data plane may prepare the socket: buffer sizes, and
 			// UDP_ENCAP_ESPINUDP on the NAT-T port for kernel ESP (xfrm).
+			// (Sockets of other transports are not the kernel's.)
+			udp, _ := c.(*transport.UDPConn)
 			if sc, ok := n.dp.(socketConfigurer); ok {
 				err := fmt.Errorf("needs UDP sockets, not %T", c)
-				if u, ok := c.(*transport.UDPConn); ok {
-					err = sc.ConfigureSocket(u.Socket(), i == 1)
+				if udp != nil {
+					err = sc.ConfigureSocket(udp.Socket(), i == 1)
 				}
 				if err != nil {
 					for _, c := range conns {
 						c.Close()
 					}
 					return fmt.Errorf("listen %s port %d: %s data plane: %w", a, port, n.dp.Name(), err)
+				}
+			}
+			if udp != nil {
+				if err := configureSocket(udp.Socket(), n.cfg.IKE.SocketBuffer); err != nil {
+					for _, c := range conns {
+						c.Close()
+					}
+					return fmt.Errorf("listen %s port %d: %w", a, port, err)
 				}
 			}
 			local := c.LocalAddr()
@@ -310,6 +331,12 @@ func (n *Node) Run(ctx context.Context) error {
 	}
 	readers.Wait()
 	wg.Wait()
-	n.log.Info("stopped", "node", n.nodeID)
+	rs := n.ReceiveStats()
+	attrs := []any{"node", n.nodeID, "queue_drops_new", rs.QueueDropsNew, "queue_drops_other", rs.QueueDropsOther}
+	if n.persist != nil {
+		h := n.persist.store.Health()
+		attrs = append(attrs, "persisted_changes", h.Changes, "persist_batches", h.Batches)
+	}
+	n.log.Info("stopped", attrs...)
 	return nil
 }

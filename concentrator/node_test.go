@@ -31,6 +31,9 @@ func nodeConfig(gateways int, ike, tail string) string {
 	if !strings.Contains(tail, "statestore:") {
 		b.WriteString("statestore:\n  mode: none\n")
 	}
+	if !strings.Contains(tail, "metrics:") {
+		b.WriteString("metrics:\n  listen: 127.0.0.1:0\n")
+	}
 	b.WriteString(tail)
 	return b.String()
 }

@@ -110,7 +110,7 @@ func (r *seqRig) settle() {
 		for _, s := range n.shards {
 			if err := n.do(r.ctx, s, func() {
 				n.commitResults(r.ctx, s)
-				busy = busy || len(s.in) > 0 || len(s.held) > 0
+				busy = busy || len(s.q.prio) > 0 || len(s.q.init) > 0 || len(s.held) > 0
 			}); err != nil {
 				r.tb.Fatal(err)
 			}
@@ -142,7 +142,7 @@ func (r *seqRig) child(in uint32) *dataplane.ChildSA {
 // renewed reservation is committed and the limit raised.
 func (r *seqRig) report(in uint32, out, inSeq uint64) *dataplane.ChildSA {
 	old := r.child(in).OutSeqLimit
-	if !r.dp.Report(dataplane.SeqProgress{InSPI: in, OutSeq: out, InSeq: inSeq}) {
+	if !r.dp.InjectProgress(dataplane.SeqProgress{InSPI: in, OutSeq: out, InSeq: inSeq}) {
 		r.tb.Fatal("progress channel full")
 	}
 	waitFor(r.tb, r.ctx, "the sequence number limit raised", func() bool {

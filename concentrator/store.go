@@ -13,6 +13,8 @@ import (
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
 
 	"github.com/ikefleet/ikefleet/statestore"
 )
@@ -35,7 +37,7 @@ func (n *Node) openStore(ctx context.Context) (*persistence, error) {
 	switch c.Mode {
 	case "embedded":
 		start := time.Now()
-		e, err := statestore.OpenEmbedded(c.DataDir, statestore.EmbedConfig{})
+		e, err := statestore.OpenEmbedded(c.DataDir, statestore.EmbedConfig{Logger: n.etcdLogger()})
 		if err != nil {
 			var dd *statestore.DataDirError
 			if errors.As(err, &dd) {
@@ -44,8 +46,9 @@ func (n *Node) openStore(ctx context.Context) (*persistence, error) {
 			return nil, fmt.Errorf("statestore: embedded etcd: %w", err)
 		}
 		p.etcd = e
-		cc = e.Client()
-		n.log.Info("embedded etcd ready", "dir", c.DataDir, "endpoint", cc.Endpoints[0], "took", time.Since(start).Round(time.Millisecond).String())
+		// In-process calls: no gRPC or loopback round trip per commit.
+		p.cli = e.LocalClient()
+		n.log.Info("embedded etcd ready", "dir", c.DataDir, "endpoint", e.Endpoints()[0], "took", time.Since(start).Round(time.Millisecond).String())
 	case "external":
 		cc = statestore.ClientConfig{Endpoints: c.Endpoints, CAFile: c.CAFile, CertFile: c.CertFile, KeyFile: c.KeyFile}
 	}
@@ -67,9 +70,12 @@ func (n *Node) openStore(ctx context.Context) (*persistence, error) {
 			return nil, fmt.Errorf("statestore.data_dir: %w", err)
 		}
 	}
-	if p.cli, err = statestore.Dial(cc); err != nil {
-		p.close()
-		return nil, fmt.Errorf("statestore.endpoints: %w", err)
+	cc.DialOptions = append(cc.DialOptions, n.obs.etcd.DialOption()) // ikefleet_etcd_* metrics
+	if p.cli == nil {
+		if p.cli, err = statestore.Dial(cc); err != nil {
+			p.close()
+			return nil, fmt.Errorf("statestore.endpoints: %w", err)
+		}
 	}
 	p.store, err = statestore.Open(ctx, p.cli, statestore.Config{
 		NodeID: n.nodeID, Instance: instance, Keys: keys, LeaseTTL: c.LeaseTTL,
@@ -97,4 +103,14 @@ func (p *persistence) close() {
 	if p.etcd != nil {
 		p.etcd.Close()
 	}
+}
+
+// etcdLogger sends embedded etcd's logs from statestore.etcd_log_level up
+// into the node's log.
+func (n *Node) etcdLogger() *zap.Logger {
+	var lvl zapcore.Level
+	if err := lvl.UnmarshalText([]byte(n.cfg.StateStore.EtcdLogLevel)); err != nil {
+		lvl = zapcore.WarnLevel
+	}
+	return statestore.SlogZap(n.log.With("component", "etcd"), lvl)
 }

@@ -92,6 +92,20 @@ func testStrongSwanInitiator(t *testing.T, auth Auth) {
 		}
 	}
 	wcancel()
+	// The node's own account (metrics.listen, default): one handshake, one
+	// established IKE SA with its CHILD SA, ready.
+	if code, body, err := HTTPGet(tp.Conc, MetricsAddr, "/metrics"); err != nil || code != 200 {
+		t.Errorf("GET /metrics: %d %v", code, err)
+	} else {
+		for _, l := range []string{"ikefleet_handshakes_total 1", `ikefleet_ike_sas{state="established"} 1`, "ikefleet_child_sas 1"} {
+			if !MetricLine(body, l) {
+				t.Errorf("/metrics has no %q", l)
+			}
+		}
+	}
+	if code, body, err := HTTPGet(tp.Conc, MetricsAddr, "/readyz"); err != nil || code != 200 {
+		t.Errorf("GET /readyz: %d %q %v", code, body, err)
+	}
 
 	if out, err := gw.SwanctlContext(ctx, "--terminate", "--ike", "conc", "--timeout", "10"); err != nil {
 		t.Errorf("strongSwan gw terminate: %v\n%s", err, out)

@@ -10,6 +10,7 @@ import (
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
+	"google.golang.org/grpc"
 )
 
 // ClientConfig says how to reach etcd: an external cluster with TLS
@@ -23,6 +24,9 @@ type ClientConfig struct {
 	ServerName        string // overrides the name checked in server certificates
 	// Optional etcd RBAC credentials.
 	Username, Password string
+	// DialOptions are added to the client's gRPC options (interceptors
+	// that observe requests, say).
+	DialOptions []grpc.DialOption
 }
 
 // Validate checks the configuration; errors name the field.
@@ -80,6 +84,7 @@ func Dial(c ClientConfig) (*clientv3.Client, error) {
 		TLS:         t,
 		Username:    c.Username,
 		Password:    c.Password,
+		DialOptions: c.DialOptions,
 		Logger:      zap.NewNop(),
 	})
 }

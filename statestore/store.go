@@ -51,6 +51,7 @@ type Interface interface {
 	Node(ctx context.Context, id string) (NodeInfo, error)
 	Nodes(ctx context.Context) ([]NodeInfo, error)
 	LoadOwned(ctx context.Context) ([]*SARecord, error)
+	OwnedCount(ctx context.Context, node string) (int64, error)
 	TakeOver(ctx context.Context, spi uint64) (*SARecord, error)
 	HandOff(ctx context.Context, spi uint64, final *SARecord, to Owner) error
 
@@ -71,6 +72,8 @@ type Health struct {
 	Queued     int  // changes waiting to be persisted
 	RefuseNew  bool // Submit refuses new SAs (etcd unreachable, QueueNew off)
 	Txns       uint64
+	Changes    uint64 // changes committed by Submit's batches (Changes/batch transactions: the mean batch)
+	Batches    uint64 // transactions that committed them
 }
 
 // registration is one life of the node in the registry.
@@ -105,7 +108,8 @@ type Store struct {
 	reach    bool
 	prevSlot int
 
-	txns atomic.Uint64
+	txns             atomic.Uint64
+	changes, batches atomic.Uint64
 
 	bs []*batcher // shards by IKE SPI: changes to one SA stay in order
 
@@ -201,6 +205,7 @@ func (s *Store) Health() Health {
 	}
 	h.RefuseNew = !h.Reachable && !s.cfg.Batch.QueueNew
 	h.Txns = s.txns.Load()
+	h.Changes, h.Batches = s.changes.Load(), s.batches.Load()
 	return h
 }
 

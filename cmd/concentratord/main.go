@@ -1,7 +1,12 @@
 // Command concentratord runs one ikefleet concentrator node.
 //
 //	concentratord --config /etc/ikefleet/concentratord.yaml
-//	concentratord --config FILE --check    # validate and exit
+//	concentratord --config FILE --check         # validate (schema, fields, keys) and exit
+//	concentratord --config FILE --print-config  # the effective configuration, defaults applied
+//	concentratord --version | --help | --list-metrics
+//
+// Exit status: 0 on success (and --help), 1 when the node or the
+// configuration fails, 2 on a bad command line.
 package main
 
 import (
@@ -17,44 +22,120 @@ import (
 
 	"github.com/ikefleet/ikefleet/concentrator"
 	"github.com/ikefleet/ikefleet/concentrator/dataplane/memory"
+	"github.com/ikefleet/ikefleet/concentrator/metrics"
+	"github.com/ikefleet/ikefleet/internal/buildinfo"
 )
 
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
-	err := run(ctx, os.Args[1:], os.Stdout, os.Stderr)
+	code := exitCode(run(ctx, os.Args[1:], os.Stdout, os.Stderr), os.Stderr)
 	stop()
-	if err != nil {
-		fmt.Fprintln(os.Stderr, "concentratord:", err)
-		os.Exit(1)
+	os.Exit(code)
+}
+
+// usageError is a bad command line (exit status 2).
+type usageError struct{ err error }
+
+func (e usageError) Error() string { return e.err.Error() }
+func (e usageError) Unwrap() error { return e.err }
+
+// exitCode reports err on w and returns the exit status for it.
+func exitCode(err error, w io.Writer) int {
+	var ue usageError
+	switch {
+	case err == nil:
+		return 0
+	case errors.As(err, &ue):
+		if !errors.Is(err, errUsageShown) {
+			fmt.Fprintln(w, "concentratord:", err)
+			fmt.Fprintln(w, "Run concentratord --help for usage.")
+		}
+		return 2
+	default:
+		fmt.Fprintln(w, "concentratord:", err)
+		return 1
 	}
 }
+
+// errUsageShown: the flag package has already printed the error and usage.
+var errUsageShown = errors.New("bad command line")
 
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := flag.NewFlagSet("concentratord", flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	configPath := fs.String("config", "", "configuration file (YAML); see deploy/examples/concentratord.yaml")
-	check := fs.Bool("check", false, "validate the configuration (and load its keys) and exit")
+	configPath := fs.String("config", "", "configuration file (YAML); every field: deploy/examples/concentratord.yaml")
+	check := fs.Bool("check", false, "validate the configuration against its JSON Schema and every field, load its keys, and exit")
+	printConfig := fs.Bool("print-config", false, "print the effective configuration (defaults applied, secrets redacted) as YAML and exit; without --config: the defaults")
+	version := fs.Bool("version", false, "print the version and exit")
+	listMetrics := fs.Bool("list-metrics", false, "print every ikefleet_* metric family (name, type, labels) and exit")
+	cpuprofile := fs.String("cpuprofile", "", "write a CPU profile to this file until exit (go tool pprof)")
+	pprofAddr := fs.String("pprof", "", "serve net/http/pprof on this loopback host:port")
+	usage := func(w io.Writer) {
+		fmt.Fprintf(w, "Usage: concentratord --config FILE [--check | --print-config]\n"+
+			"       concentratord --version | --list-metrics | --print-config\n\nFlags:\n")
+		fs.SetOutput(w)
+		fs.PrintDefaults()
+	}
+	fs.Usage = func() {} // printed below: help to stdout, errors to stderr
 	if err := fs.Parse(args); err != nil {
-		return err
+		if errors.Is(err, flag.ErrHelp) {
+			usage(stdout)
+			return nil
+		}
+		usage(stderr) // after the flag package's own line naming the bad flag
+		return usageError{errUsageShown}
 	}
 	if fs.NArg() > 0 {
-		return fmt.Errorf("unexpected arguments: %v", fs.Args())
+		return usageError{fmt.Errorf("unexpected arguments: %v", fs.Args())}
 	}
-	if *configPath == "" {
-		return errors.New("--config is required (example: deploy/examples/concentratord.yaml)")
+	switch {
+	case *version:
+		fmt.Fprintf(stdout, "concentratord %s (%s)\n", buildinfo.Get(), buildinfo.GoVersion())
+		return nil
+	case *listMetrics:
+		_, err := io.WriteString(stdout, metrics.NamesText())
+		return err
+	case *printConfig && *configPath == "":
+		return printEffective(stdout, concentrator.DefaultConfig())
+	case *configPath == "":
+		return usageError{errors.New("--config is required (example: deploy/examples/concentratord.yaml)")}
+	}
+	if *check {
+		raw, err := os.ReadFile(*configPath)
+		if err != nil {
+			return err
+		}
+		if err := concentrator.CheckSchema(raw); err != nil {
+			return err
+		}
 	}
 	cfg, err := concentrator.LoadConfig(*configPath)
 	if err != nil {
 		return err
 	}
-	log := newLogger(cfg.Log, stdout)
+	if *printConfig {
+		return printEffective(stdout, cfg)
+	}
+	// One write(2) per 50 ms of log lines, not one per line.
+	logOut := newBufferedLog(stdout)
+	defer logOut.Close()
+	log := newLogger(cfg.Log, logOut)
 	if *check {
 		// No data plane: checking a configuration creates no devices.
 		if _, err := concentrator.New(cfg, log, memory.New()); err != nil {
 			return err
 		}
+		logOut.Flush()
 		fmt.Fprintln(stdout, "configuration OK")
 		return nil
+	}
+	stopProfile, err := startCPUProfile(*cpuprofile)
+	if err != nil {
+		return err
+	}
+	defer stopProfile()
+	if err := servePprof(*pprofAddr); err != nil {
+		return err
 	}
 	dp, err := newDataPlane(cfg, log)
 	if err != nil {
@@ -65,7 +146,16 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	return node.Run(ctx)
+	return serve(ctx, node, cfg, *configPath, log) // admin API and SIGHUP (admin.go)
+}
+
+func printEffective(w io.Writer, cfg concentrator.Config) error {
+	b, err := concentrator.MarshalConfig(cfg.Redacted())
+	if err != nil {
+		return err
+	}
+	_, err = w.Write(b)
+	return err
 }
 
 func newLogger(c concentrator.LogConfig, w io.Writer) *slog.Logger {

@@ -167,3 +167,21 @@ func (e *InstallError) Error() string {
 	return fmt.Sprintf("install CHILD_SA %08x_i %08x_o: %v", e.InSPI, e.OutSPI, e.Err)
 }
 func (e *InstallError) Unwrap() error { return e.Err }
+
+// Report is a data plane's own counters since it started, for metrics:
+// traffic totals that never go down (SAs that are gone included) and
+// packets dropped by reason.
+type Report struct {
+	InBytes, OutBytes     uint64
+	InPackets, OutPackets uint64
+	// Drops by reason: each data plane has a fixed set of reason names
+	// (no SPI, address or peer in them).
+	Drops map[string]uint64
+}
+
+// Reporter is implemented by data planes that report their counters.
+// Report is meant for scrape time: it may cost a walk over the SAs, never
+// anything per packet.
+type Reporter interface {
+	Report(ctx context.Context) (Report, error)
+}

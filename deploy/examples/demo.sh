@@ -28,6 +28,11 @@ echo "== $N gateways: IKE_SA_INIT + IKE_AUTH, virtual IP, CHILD SA, hold 1s, del
 bin/ikeload --server 127.0.0.1 --server-port 15500 --server-natt-port 15501 \
   --id 'gw{n}@iot.example' --psk 'demo-psk-{n}' --remote-id conc.example \
   --vip --remote-ts 10.30.0.0/24 --count "$N" --rate 200 --hold 1s
+if command -v curl >/dev/null; then
+  echo "== metrics (http://127.0.0.1:15580/metrics, some of them):"
+  curl -fsS http://127.0.0.1:15580/metrics | grep -E '^ikefleet_(handshakes_total|handshake_failures_total|ike_sas\{state="established"\}|child_sas|rekeys_total)' || true
+  echo "== readiness: $(curl -s http://127.0.0.1:15580/readyz | tr '\n' ' ')"
+fi
 echo "== node log (first lines):"
 head -n 8 "$dir/node.log"
 echo "   ... $(grep -c 'IKE_SA established' "$dir/node.log") IKE_SA established, $(grep -c 'CHILD_SA installed' "$dir/node.log") CHILD_SA installed, $(grep -c 'IKE_SA deleted' "$dir/node.log") deleted"

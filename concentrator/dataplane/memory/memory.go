@@ -73,13 +73,13 @@ func (d *DataPlane) Get(inSPI uint32) (*dataplane.ChildSA, bool) {
 	return &c, true
 }
 
-// SeqProgress implements dataplane.SeqReporter: it delivers what Report
-// queued (no packets pass, so nothing else makes progress).
+// SeqProgress implements dataplane.SeqReporter: it delivers what
+// InjectProgress queued (no packets pass, so nothing else makes progress).
 func (d *DataPlane) SeqProgress() <-chan dataplane.SeqProgress { return d.progress }
 
-// Report queues p on SeqProgress as a packet path would (tests); it returns
-// false if the channel is full.
-func (d *DataPlane) Report(p dataplane.SeqProgress) bool {
+// InjectProgress queues p on SeqProgress as a packet path would (tests); it
+// returns false if the channel is full.
+func (d *DataPlane) InjectProgress(p dataplane.SeqProgress) bool {
 	select {
 	case d.progress <- p:
 		return true
@@ -149,6 +149,11 @@ func (d *DataPlane) Counters(context.Context) ([]dataplane.Counters, error) {
 		out = append(out, dataplane.Counters{InSPI: spi})
 	}
 	return out, nil
+}
+
+// Report reports no traffic and no drops: no packets pass through memory.
+func (d *DataPlane) Report(context.Context) (dataplane.Report, error) {
+	return dataplane.Report{Drops: map[string]uint64{}}, nil
 }
 
 // Len returns the number of installed CHILD SAs.

@@ -28,7 +28,7 @@ func TestSeqFields(t *testing.T) {
 	if len(l) != 1 || l[0].OutSeqLimit != 9000 || d.SeqLimitSets() != 1 || sa.OutSeqLimit != 4196 {
 		t.Fatalf("after SetSeqLimit: %+v, %d sets; the caller's SA must not change", l, d.SeqLimitSets())
 	}
-	if !d.Report(dataplane.SeqProgress{InSPI: 0xc1, OutSeq: 5, InSeq: 6}) {
+	if !d.InjectProgress(dataplane.SeqProgress{InSPI: 0xc1, OutSeq: 5, InSeq: 6}) {
 		t.Fatal("Report")
 	}
 	if p := <-d.SeqProgress(); p.InSPI != 0xc1 || p.OutSeq != 5 || p.InSeq != 6 {

@@ -241,6 +241,23 @@ func TestTunnel(t *testing.T) {
 	if drops := r.conc.Stats().Drops; len(drops) != 0 {
 		t.Fatalf("conc drops %v", drops)
 	}
+	// Report's totals include SAs that are gone: they never go down.
+	want := dataplane.Report{InBytes: 4*20 + 2408, OutBytes: 4*20 + 2408, InPackets: 4, OutPackets: 4}
+	for _, step := range []string{"installed", "removed"} {
+		rep, err := r.conc.Report(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if rep.InBytes != want.InBytes || rep.OutBytes != want.OutBytes || rep.InPackets != want.InPackets || rep.OutPackets != want.OutPackets {
+			t.Fatalf("%s: Report %+v, want totals %+v", step, rep, want)
+		}
+		if len(rep.Drops) != int(numDropReasons) || rep.Drops["no_sa"] != 0 {
+			t.Fatalf("%s: Report drops %v, want every reason at 0", step, rep.Drops)
+		}
+		if err := r.conc.Remove(ctx, cc.InSPI); err != nil {
+			t.Fatal(err)
+		}
+	}
 }
 
 // TestDrops: no SA, replayed, forged and out-of-selector packets are
@@ -357,6 +374,50 @@ func TestVirtualIPRoute(t *testing.T) {
 	}
 	if s := r.conc.lookupOut(flow{src: netip.MustParseAddr("10.30.0.1"), dst: cc.VirtualIP, proto: 1}); s == nil || s.child.InSPI != cc.InSPI {
 		t.Fatal("virtual IP not found by the host index")
+	}
+}
+
+// A virtual IP inside the pool routed at start (Config.Routes) costs no
+// route of its own, at install or removal; one outside it still does.
+func TestPoolRouteCoversVirtualIPs(t *testing.T) {
+	router := &fakeRouter{}
+	pool := netip.MustParsePrefix("10.99.0.0/16")
+	d, err := New(Config{Device: newMemDevice("conc0"), Router: router, Workers: 1, Routes: []netip.Prefix{pool}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Close()
+	if router.adds != 1 || router.routes[pool] != 1 {
+		t.Fatalf("routes %v after start, want the pool", router.routes)
+	}
+	ctx := context.Background()
+	for i := 0; i < 50; i++ {
+		cc, _ := childPair(0xc2000000+uint32(i), 0x62000000+uint32(i), byte(i))
+		vip := netip.AddrFrom4([4]byte{10, 99, 1, byte(i)})
+		cc.RemoteTS = []dataplane.Selector{sel(vip.String() + "/32")}
+		cc.VirtualIP = vip
+		if err := d.Install(ctx, cc); err != nil {
+			t.Fatal(err)
+		}
+		if s := d.lookupOut(flow{src: netip.MustParseAddr("10.30.0.1"), dst: vip, proto: 1}); s == nil || s.child.InSPI != cc.InSPI {
+			t.Fatalf("virtual IP %s not found", vip)
+		}
+	}
+	for i := 0; i < 50; i++ {
+		if err := d.Remove(ctx, 0xc2000000+uint32(i)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if router.adds != 1 || router.dels != 0 {
+		t.Fatalf("%d route adds and %d removals for 50 virtual IPs in the pool, want the pool's one add", router.adds, router.dels)
+	}
+	out, _ := childPair(0xc3000000, 0x63000000, 9)
+	out.RemoteTS = []dataplane.Selector{sel("10.98.0.1/32")}
+	if err := d.Install(ctx, out); err != nil {
+		t.Fatal(err)
+	}
+	if router.adds != 2 || router.routes[netip.MustParsePrefix("10.98.0.1/32")] != 1 {
+		t.Fatalf("routes %v: a selector outside the pool needs its own route", router.routes)
 	}
 }
 

@@ -370,6 +370,10 @@ func TestKernelSuitesTraffic(t *testing.T) {
 		{"aes256-sha384", encrAESCBC, 256, integHMACSHA384192, 32, 48, false},
 		{"aes256-sha512-esn", encrAESCBC, 256, integHMACSHA512256, 32, 64, true},
 	} {
+		before, err := dc.Report(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
 		t.Run(c.name, func(t *testing.T) {
 			sa := tunnelSA(0xc2000000+uint32(i), 0x0b000000+uint32(i))
 			sa.EncrID, sa.EncrKeyBits, sa.IntegID, sa.ESN = c.encr, c.bits, c.integ, c.esn
@@ -402,6 +406,14 @@ func TestKernelSuitesTraffic(t *testing.T) {
 				t.Errorf("gw counters %+v", gs)
 			}
 		})
+		// The SA is removed by now; Report's totals kept its traffic.
+		after, err := dc.Report(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if after.InPackets <= before.InPackets || after.OutPackets <= before.OutPackets || after.InBytes <= before.InBytes {
+			t.Errorf("%s: Report totals %+v did not grow from %+v", c.name, after, before)
+		}
 	}
 }
 

@@ -139,6 +139,9 @@ type DataPlane struct {
 	ae     aeIO        // raw, or a model in tests
 	sm     *seqMonitor // async events: sequence number progress
 	seqTable
+	// gone: the last counters of SAs removed, so that Report's totals
+	// never go down.
+	gone dataplane.Counters
 }
 
 type entry struct {
@@ -160,6 +163,7 @@ var (
 	_ dataplane.DataPlane      = (*DataPlane)(nil)
 	_ dataplane.AddressUpdater = (*DataPlane)(nil)
 	_ dataplane.SACounter      = (*DataPlane)(nil)
+	_ dataplane.Reporter       = (*DataPlane)(nil)
 )
 
 // New opens the data plane: one netlink handle (XFRM and route families),
@@ -556,9 +560,20 @@ func (d *DataPlane) removeLocked(inSPI uint32) error {
 		}
 	}
 	in, out, _ := BuildStates(&d.opts, e.sa, e.ids)
-	for _, st := range []*netlink.XfrmState{in, out} {
+	for i, st := range []*netlink.XfrmState{in, out} {
 		if st == nil {
 			continue
+		}
+		if cur, err := d.h.XfrmStateGet(st); err == nil {
+			// Its last counters go to Report's totals.
+			c := cur.Statistics
+			if i == 0 {
+				d.gone.InBytes += c.Bytes + e.base.InBytes
+				d.gone.InPackets += c.Packets + e.base.InPackets
+			} else {
+				d.gone.OutBytes += c.Bytes + e.base.OutBytes
+				d.gone.OutPackets += c.Packets + e.base.OutPackets
+			}
 		}
 		if err := d.h.XfrmStateDel(st); err != nil && !isGone(err) {
 			errs = append(errs, fmt.Errorf("delete state spi %08x: %w", uint32(st.Spi), err))

@@ -1,0 +1,131 @@
+package metrics
+
+//go:generate go test -run ^TestMetricsFileUpToDate$ -update .
+
+import (
+	"fmt"
+	"sort"
+	"strings"
+
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// def is one metric family: its name (without the ikefleet_ prefix), help,
+// type and labels. Every family the package exports is in defs, so that
+// Names can list them without a scrape.
+type def struct {
+	name, help string
+	typ        string // counter | gauge | histogram
+	labels     []string
+	collected  bool // emitted by Collector (else by Etcd)
+	desc       *prometheus.Desc
+}
+
+var defs []*def
+
+func newDef(typ, name, help string, labels ...string) *def {
+	d := &def{name: "ikefleet_" + name, help: help, typ: typ, labels: labels, collected: true}
+	d.desc = prometheus.NewDesc(d.name, help, labels, nil)
+	defs = append(defs, d)
+	return d
+}
+
+func counterDef(name, help string, labels ...string) *def {
+	return newDef("counter", name, help, labels...)
+}
+
+func gaugeDef(name, help string, labels ...string) *def {
+	return newDef("gauge", name, help, labels...)
+}
+
+var (
+	dBuildInfo = gaugeDef("build_info", "Always 1: the running build and its data plane.", "version", "goversion", "dataplane")
+
+	// IKE.
+	dSAs             = gaugeDef("ike_sas", "IKE SAs by state.", "state")
+	dChildSAs        = gaugeDef("child_sas", "CHILD SAs held by the IKE SAs.")
+	dHalfOpen        = gaugeDef("half_open_sas", "Half-open IKE SAs (IKE_SA_INIT answered, IKE_AUTH not done).")
+	dHalfOpenShard   = gaugeDef("shard_half_open_sas", "Half-open IKE SAs per engine shard (cookies are demanded per shard).", "shard")
+	dCookiesActive   = gaugeDef("cookies_active", "1 while the shard demands cookies (half-open SAs at or above its share of ike.cookie_threshold).", "shard")
+	dHandshakes      = counterDef("handshakes_total", "IKE SAs established (IKE_SA_INIT + IKE_AUTH completed).")
+	dFailures        = counterDef("handshake_failures_total", "Handshakes that did not complete, by the notify sent or received (NONE: no notify, OTHER: an unnamed type).", "reason")
+	dRekeys          = counterDef("rekeys_total", "SAs rekeyed, by kind (child, ike) and by who started the rekey (us, peer).", "kind", "initiator")
+	dRekeyCollisions = counterDef("rekey_collisions_total", "Simultaneous rekeys resolved (RFC 7296 2.8.1).")
+	dDPDSent         = counterDef("dpd_sent_total", "Liveness checks sent after silence from a peer.")
+	dDPDDead         = counterDef("dpd_dead_total", "Peers declared dead (liveness check or request unanswered).")
+	dKeepalives      = counterDef("keepalives_total", "NAT-T keepalives sent and received.", "direction")
+	dAddressUpdates  = counterDef("address_updates_total", "IKE SAs moved to new addresses (NAT rebinding, MOBIKE).")
+	dCookiesSent     = counterDef("cookies_sent_total", "IKE_SA_INIT requests answered with a cookie demand.")
+	dRetransmits     = counterDef("retransmits_total", "Requests we retransmitted.")
+	dDuplicates      = counterDef("duplicate_requests_total", "Retransmitted requests answered from the response cache.")
+	dIKEDropped      = counterDef("ike_messages_dropped_total", "IKE messages the engine dropped (malformed, unknown SA, integrity).")
+	dUnreservedSPIs  = counterDef("unreserved_spis_total", "SPIs allocated without a cluster-wide reservation (reservation pool empty).")
+	dHandoffs        = counterDef("handoffs_total", "SAs handed off to another node.")
+	dTakeovers       = counterDef("takeovers_total", "SAs taken over from another node.")
+
+	// The node.
+	dPersistFailures = counterDef("persist_failures_total", "SA state changes that could not be written to the state store.")
+	dFencedDrops     = counterDef("fenced_drops_total", "IKE messages not sent because the node was fenced (lease not certainly alive).")
+	dNonIKEDrops     = counterDef("non_ike_drops_total", "Datagrams on the IKE sockets that were not IKE (and no data plane took).")
+	dQueueDrops      = counterDef("queue_drops_total", "IKE messages dropped because a shard's queue was full, by socket (our listen address, ike or natt) and shard.", "listen", "socket", "shard")
+	dListening       = gaugeDef("listening", "1 once the IKE sockets are bound.")
+	dFenced          = gaugeDef("fenced", "1 while the node may not send for its SAs (state store lease not certainly alive).")
+	dDraining        = gaugeDef("draining", "1 while the node drains (takes no new SAs).")
+
+	// The state store.
+	dStoreReachable  = gaugeDef("statestore_reachable", "1 while the last etcd request succeeded.")
+	dStoreRegistered = gaugeDef("statestore_registered", "1 while the node holds a live registration.")
+	dStoreQueued     = gaugeDef("statestore_queued_changes", "SA state changes waiting to be written.")
+	dStoreTxns       = counterDef("statestore_txns_total", "etcd transactions issued by the state store.")
+
+	// The data plane.
+	dInstallFailures = counterDef("dataplane_install_failures_total", "CHILD SAs the data plane failed to install.", "dataplane")
+	dDPBytes         = counterDef("dataplane_bytes_total", "Inner bytes carried by the data plane's CHILD SAs (removed ones included).", "dataplane", "direction")
+	dDPPackets       = counterDef("dataplane_packets_total", "Inner packets carried by the data plane's CHILD SAs (removed ones included).", "dataplane", "direction")
+	dDPDrops         = counterDef("dataplane_drops_total", "Packets the data plane dropped, by reason (each data plane has its own fixed set).", "dataplane", "reason")
+
+	// etcd, observed per request (Etcd).
+	dEtcdLatency = etcdDef("histogram", "etcd_request_duration_seconds", "Latency of the state store's etcd requests (unary RPCs), by method.", "method")
+	dEtcdErrors  = etcdDef("counter", "etcd_request_errors_total", "Failed etcd requests, by method and gRPC code.", "method", "code")
+)
+
+func etcdDef(typ, name, help string, labels ...string) *def {
+	d := newDef(typ, name, help, labels...)
+	d.collected = false
+	return d
+}
+
+// Name is one exported metric family.
+type Name struct {
+	Name   string
+	Type   string // counter | gauge | histogram
+	Labels []string
+	Help   string
+}
+
+// Names lists every ikefleet_* metric family, sorted by name (dashboards
+// and alerts are checked against it; deploy/metrics.txt).
+func Names() []Name {
+	out := make([]Name, 0, len(defs))
+	for _, d := range defs {
+		out = append(out, Name{Name: d.name, Type: d.typ, Labels: append([]string(nil), d.labels...), Help: d.help})
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
+	return out
+}
+
+// NamesText is deploy/metrics.txt: a header, then one family a line: name,
+// type, labels (comma-separated, "-" for none).
+func NamesText() string {
+	var b strings.Builder
+	b.WriteString("# ikefleet metric families: name type labels. Generated from concentrator/metrics\n")
+	b.WriteString("# (go test ./concentrator/metrics -update, or make generate); a test fails when stale.\n")
+	for _, n := range Names() {
+		labels := "-"
+		if len(n.Labels) > 0 {
+			labels = strings.Join(n.Labels, ",")
+		}
+		fmt.Fprintf(&b, "%s %s %s\n", n.Name, n.Type, labels)
+	}
+	return b.String()
+}

@@ -1,0 +1,317 @@
+// Package metrics turns a concentrator node's counters into Prometheus
+// metrics named ikefleet_*. The node's counters are read at scrape time
+// (Source.Snapshot): the packet and exchange paths pay nothing beyond the
+// atomic adds they already do. Only etcd requests are observed as they
+// happen (Etcd), by a gRPC interceptor on the state store's client.
+//
+// Labels are bounded: states, notify names, shards, the node's own listen
+// addresses, data plane drop reasons, etcd methods and gRPC codes. Never a
+// peer identity, a peer address or an SPI.
+package metrics
+
+import (
+	"context"
+	"sort"
+	"strconv"
+	"strings"
+	"sync/atomic"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/ikefleet/ikefleet/concentrator/dataplane"
+	"github.com/ikefleet/ikefleet/concentrator/ike"
+	"github.com/ikefleet/ikefleet/internal/buildinfo"
+)
+
+// Source is what the collector reads at every scrape.
+type Source interface {
+	Snapshot(ctx context.Context) (Snapshot, error)
+}
+
+// SourceFunc adapts a function to Source.
+type SourceFunc func(ctx context.Context) (Snapshot, error)
+
+func (f SourceFunc) Snapshot(ctx context.Context) (Snapshot, error) { return f(ctx) }
+
+// Snapshot is a node's counters at one moment.
+type Snapshot struct {
+	Shards     []Shard
+	Node       Node
+	Events     EventCounts
+	StateStore *StateStore // nil: no state store (statestore.mode none)
+	DataPlane  DataPlane
+}
+
+// Shard is one engine shard.
+type Shard struct {
+	Stats         ike.Stats
+	States        map[string]int // IKE SAs by state (ike.IKESA.State names)
+	ChildSAs      int
+	CookiesActive bool // half-open SAs at or above the shard's cookie threshold
+}
+
+// Node holds the node's own counters.
+type Node struct {
+	PersistFailures    uint64
+	FencedDrops        uint64
+	NonIKEDrops        uint64
+	KeepalivesSent     uint64
+	KeepalivesReceived uint64
+	QueueDrops         []QueueDrop
+	Listening          bool // sockets bound
+	Fenced             bool
+	Draining           bool
+}
+
+// QueueDrop counts IKE messages one socket dropped because one shard's
+// queue was full. Listen is the socket's configured address (ours).
+type QueueDrop struct {
+	Listen string
+	NATT   bool
+	Shard  int
+	Count  uint64
+}
+
+// StateStore is the state store's view of itself.
+type StateStore struct {
+	Reachable  bool
+	Registered bool
+	Queued     int
+	Txns       uint64
+}
+
+// DataPlane is the data plane's name, install failures and, when it is a
+// dataplane.Reporter, its report.
+type DataPlane struct {
+	Name            string
+	InstallFailures uint64
+	Report          *dataplane.Report
+}
+
+// EventCounts are the counters Events keeps.
+type EventCounts struct {
+	ChildRekeysByUs, ChildRekeysByPeer uint64
+	IKERekeysByUs, IKERekeysByPeer     uint64
+	AddressUpdates                     uint64
+	Handoffs, Takeovers                uint64
+}
+
+// Events counts what ike.Stats does not break down: rekeys by who started
+// them and address updates (NAT rebinding, MOBIKE), from the engine's
+// events; handoffs and takeovers from the node. Safe for concurrent use.
+type Events struct {
+	childUs, childPeer, ikeUs, ikePeer atomic.Uint64
+	addressUpdates                     atomic.Uint64
+	handoffs, takeovers                atomic.Uint64
+}
+
+// ChildRekeyedByUs is the Reason of a CHILD SA rekey that we started (the
+// engine's wording).
+const ChildRekeyedByUs = "rekeyed by us"
+
+// Observe counts one engine event.
+func (e *Events) Observe(ev ike.Event) {
+	switch ev.Kind {
+	case ike.EventChildRekeyed:
+		if ev.Reason == ChildRekeyedByUs {
+			e.childUs.Add(1)
+		} else {
+			e.childPeer.Add(1)
+		}
+	case ike.EventIKERekeyed:
+		// The new IKE SA's original initiator is whoever started the rekey.
+		if ev.Initiator {
+			e.ikeUs.Add(1)
+		} else {
+			e.ikePeer.Add(1)
+		}
+	case ike.EventAddressChanged:
+		e.addressUpdates.Add(1)
+	}
+}
+
+// Handoff counts an SA handed off to another node; Takeover one taken over
+// from another node.
+func (e *Events) Handoff()  { e.handoffs.Add(1) }
+func (e *Events) Takeover() { e.takeovers.Add(1) }
+
+// Counts returns the current counts.
+func (e *Events) Counts() EventCounts {
+	return EventCounts{ChildRekeysByUs: e.childUs.Load(), ChildRekeysByPeer: e.childPeer.Load(),
+		IKERekeysByUs: e.ikeUs.Load(), IKERekeysByPeer: e.ikePeer.Load(),
+		AddressUpdates: e.addressUpdates.Load(), Handoffs: e.handoffs.Load(), Takeovers: e.takeovers.Load()}
+}
+
+// IKEStates are the IKE SA states always reported (0 when none), in the
+// label's spelling: ike.IKESA.State lower-cased.
+var IKEStates = []string{"init_sent", "init_done", "auth_sent", "established", "deleting", "rekeyed", "dead"}
+
+// failureReason is the label of a failure's notify: its name, NONE for no
+// notify (a timeout, say), OTHER for a type we have no name for (a peer
+// may send any number).
+func failureReason(n ike.NotifyType) string {
+	if n == 0 {
+		return "NONE"
+	}
+	s := n.String()
+	if strings.HasPrefix(s, "NOTIFY(") {
+		return "OTHER"
+	}
+	return s
+}
+
+// Collector is the prometheus.Collector of a node's Source.
+type Collector struct {
+	src     Source
+	timeout time.Duration
+}
+
+// NewCollector returns a collector reading src at every scrape, giving it
+// timeout (default 5 s) to answer.
+func NewCollector(src Source, timeout time.Duration) *Collector {
+	if timeout <= 0 {
+		timeout = 5 * time.Second
+	}
+	return &Collector{src: src, timeout: timeout}
+}
+
+// Describe sends the descriptions of every metric the collector emits.
+func (c *Collector) Describe(ch chan<- *prometheus.Desc) {
+	for _, d := range defs {
+		if d.collected {
+			ch <- d.desc
+		}
+	}
+}
+
+func b2f(b bool) float64 {
+	if b {
+		return 1
+	}
+	return 0
+}
+
+// Collect reads a snapshot and emits it.
+func (c *Collector) Collect(ch chan<- prometheus.Metric) {
+	ctx, cancel := context.WithTimeout(context.Background(), c.timeout)
+	defer cancel()
+	s, err := c.src.Snapshot(ctx)
+	if err != nil {
+		ch <- prometheus.NewInvalidMetric(dSAs.desc, err)
+		return
+	}
+	counter := func(d *def, v uint64, labels ...string) {
+		ch <- prometheus.MustNewConstMetric(d.desc, prometheus.CounterValue, float64(v), labels...)
+	}
+	gauge := func(d *def, v float64, labels ...string) {
+		ch <- prometheus.MustNewConstMetric(d.desc, prometheus.GaugeValue, v, labels...)
+	}
+
+	gauge(dBuildInfo, 1, buildinfo.Get(), buildinfo.GoVersion(), s.DataPlane.Name)
+
+	// Engine: summed over shards, except what is per shard by nature.
+	states := map[string]int{}
+	for _, st := range IKEStates {
+		states[st] = 0
+	}
+	var total ike.Stats
+	failed := map[string]uint64{}
+	children, halfOpen := 0, 0
+	for i, sh := range s.Shards {
+		for k, v := range sh.States {
+			states[strings.ToLower(k)] += v
+		}
+		children += sh.ChildSAs
+		halfOpen += sh.Stats.HalfOpen
+		st := sh.Stats
+		total.Established += st.Established
+		total.CookiesSent += st.CookiesSent
+		total.Dropped += st.Dropped
+		total.Retransmits += st.Retransmits
+		total.DuplicateRequests += st.DuplicateRequests
+		total.DPDSent += st.DPDSent
+		total.DPDDead += st.DPDDead
+		total.RekeyCollisions += st.RekeyCollisions
+		total.UnreservedSPIs += st.UnreservedSPIs
+		for n, v := range st.Failed {
+			failed[failureReason(n)] += v
+		}
+		shard := strconv.Itoa(i)
+		gauge(dCookiesActive, b2f(sh.CookiesActive), shard)
+		gauge(dHalfOpenShard, float64(sh.Stats.HalfOpen), shard)
+	}
+	for _, st := range sortedKeys(states) {
+		gauge(dSAs, float64(states[st]), st)
+	}
+	gauge(dChildSAs, float64(children))
+	gauge(dHalfOpen, float64(halfOpen))
+	counter(dHandshakes, total.Established)
+	for _, r := range sortedKeys(failed) {
+		counter(dFailures, failed[r], r)
+	}
+	ev := s.Events
+	counter(dRekeys, ev.ChildRekeysByUs, "child", "us")
+	counter(dRekeys, ev.ChildRekeysByPeer, "child", "peer")
+	counter(dRekeys, ev.IKERekeysByUs, "ike", "us")
+	counter(dRekeys, ev.IKERekeysByPeer, "ike", "peer")
+	counter(dRekeyCollisions, total.RekeyCollisions)
+	counter(dDPDSent, total.DPDSent)
+	counter(dDPDDead, total.DPDDead)
+	counter(dKeepalives, s.Node.KeepalivesSent, "sent")
+	counter(dKeepalives, s.Node.KeepalivesReceived, "received")
+	counter(dAddressUpdates, ev.AddressUpdates)
+	counter(dCookiesSent, total.CookiesSent)
+	counter(dRetransmits, total.Retransmits)
+	counter(dDuplicates, total.DuplicateRequests)
+	counter(dIKEDropped, total.Dropped)
+	counter(dUnreservedSPIs, total.UnreservedSPIs)
+	counter(dHandoffs, ev.Handoffs)
+	counter(dTakeovers, ev.Takeovers)
+
+	// The node.
+	n := s.Node
+	counter(dPersistFailures, n.PersistFailures)
+	counter(dFencedDrops, n.FencedDrops)
+	counter(dNonIKEDrops, n.NonIKEDrops)
+	for _, q := range n.QueueDrops {
+		sock := "ike"
+		if q.NATT {
+			sock = "natt"
+		}
+		counter(dQueueDrops, q.Count, q.Listen, sock, strconv.Itoa(q.Shard))
+	}
+	gauge(dListening, b2f(n.Listening))
+	gauge(dFenced, b2f(n.Fenced))
+	gauge(dDraining, b2f(n.Draining))
+
+	// The state store.
+	if ss := s.StateStore; ss != nil {
+		gauge(dStoreReachable, b2f(ss.Reachable))
+		gauge(dStoreRegistered, b2f(ss.Registered))
+		gauge(dStoreQueued, float64(ss.Queued))
+		counter(dStoreTxns, ss.Txns)
+	}
+
+	// The data plane.
+	dp := s.DataPlane
+	counter(dInstallFailures, dp.InstallFailures, dp.Name)
+	if r := dp.Report; r != nil {
+		counter(dDPBytes, r.InBytes, dp.Name, "in")
+		counter(dDPBytes, r.OutBytes, dp.Name, "out")
+		counter(dDPPackets, r.InPackets, dp.Name, "in")
+		counter(dDPPackets, r.OutPackets, dp.Name, "out")
+		for _, reason := range sortedKeys(r.Drops) {
+			counter(dDPDrops, r.Drops[reason], dp.Name, reason)
+		}
+	}
+}
+
+func sortedKeys[V any](m map[string]V) []string {
+	ks := make([]string, 0, len(m))
+	for k := range m {
+		ks = append(ks, k)
+	}
+	sort.Strings(ks)
+	return ks
+}

@@ -1,0 +1,277 @@
+package metrics
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"os"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/ikefleet/ikefleet/concentrator/dataplane"
+	"github.com/ikefleet/ikefleet/concentrator/ike"
+	"github.com/ikefleet/ikefleet/internal/buildinfo"
+)
+
+var update = flag.Bool("update", false, "rewrite deploy/metrics.txt")
+
+func snapshot() Snapshot {
+	ev := &Events{}
+	ev.Observe(ike.Event{Kind: ike.EventChildRekeyed, Reason: ChildRekeyedByUs})
+	ev.Observe(ike.Event{Kind: ike.EventChildRekeyed, Reason: ChildRekeyedByUs})
+	ev.Observe(ike.Event{Kind: ike.EventChildRekeyed, Reason: "rekeyed by peer"})
+	ev.Observe(ike.Event{Kind: ike.EventIKERekeyed, Initiator: true})
+	ev.Observe(ike.Event{Kind: ike.EventIKERekeyed})
+	ev.Observe(ike.Event{Kind: ike.EventIKERekeyed})
+	ev.Observe(ike.Event{Kind: ike.EventAddressChanged})
+	ev.Observe(ike.Event{Kind: ike.EventIKEEstablished}) // counted by ike.Stats, not here
+	ev.Takeover()
+	return Snapshot{
+		Shards: []Shard{
+			{Stats: ike.Stats{HalfOpen: 3, Established: 10, CookiesSent: 4, DPDSent: 2, DPDDead: 1, Retransmits: 5,
+				Failed: map[ike.NotifyType]uint64{ike.AUTHENTICATION_FAILED: 2, 0: 1, 40000: 1}},
+				States: map[string]int{"ESTABLISHED": 7, "INIT_DONE": 3}, ChildSAs: 9, CookiesActive: true},
+			{Stats: ike.Stats{Established: 5, Failed: map[ike.NotifyType]uint64{ike.AUTHENTICATION_FAILED: 1, ike.NO_PROPOSAL_CHOSEN: 1}, RekeyCollisions: 1},
+				States: map[string]int{"ESTABLISHED": 5}, ChildSAs: 5},
+		},
+		Node: Node{PersistFailures: 1, FencedDrops: 2, NonIKEDrops: 3, KeepalivesSent: 4, KeepalivesReceived: 5,
+			QueueDrops: []QueueDrop{{Listen: "0.0.0.0", NATT: false, Shard: 1, Count: 6}, {Listen: "0.0.0.0", NATT: true, Shard: 0, Count: 7}},
+			Listening:  true},
+		Events:     ev.Counts(),
+		StateStore: &StateStore{Reachable: true, Registered: true, Queued: 2, Txns: 42},
+		DataPlane: DataPlane{Name: "userspace", InstallFailures: 1, Report: &dataplane.Report{InBytes: 1000, OutBytes: 2000,
+			InPackets: 10, OutPackets: 20, Drops: map[string]uint64{"replay": 3, "no_sa": 0}}},
+	}
+}
+
+func TestCollector(t *testing.T) {
+	c := NewCollector(SourceFunc(func(context.Context) (Snapshot, error) { return snapshot(), nil }), time.Second)
+	want := `
+# HELP ikefleet_build_info Always 1: the running build and its data plane.
+# TYPE ikefleet_build_info gauge
+ikefleet_build_info{dataplane="userspace",goversion="` + buildinfo.GoVersion() + `",version="` + buildinfo.Get() + `"} 1
+# HELP ikefleet_ike_sas IKE SAs by state.
+# TYPE ikefleet_ike_sas gauge
+ikefleet_ike_sas{state="auth_sent"} 0
+ikefleet_ike_sas{state="dead"} 0
+ikefleet_ike_sas{state="deleting"} 0
+ikefleet_ike_sas{state="established"} 12
+ikefleet_ike_sas{state="init_done"} 3
+ikefleet_ike_sas{state="init_sent"} 0
+ikefleet_ike_sas{state="rekeyed"} 0
+# HELP ikefleet_child_sas CHILD SAs held by the IKE SAs.
+# TYPE ikefleet_child_sas gauge
+ikefleet_child_sas 14
+# HELP ikefleet_half_open_sas Half-open IKE SAs (IKE_SA_INIT answered, IKE_AUTH not done).
+# TYPE ikefleet_half_open_sas gauge
+ikefleet_half_open_sas 3
+# HELP ikefleet_cookies_active 1 while the shard demands cookies (half-open SAs at or above its share of ike.cookie_threshold).
+# TYPE ikefleet_cookies_active gauge
+ikefleet_cookies_active{shard="0"} 1
+ikefleet_cookies_active{shard="1"} 0
+# HELP ikefleet_handshakes_total IKE SAs established (IKE_SA_INIT + IKE_AUTH completed).
+# TYPE ikefleet_handshakes_total counter
+ikefleet_handshakes_total 15
+# HELP ikefleet_handshake_failures_total Handshakes that did not complete, by the notify sent or received (NONE: no notify, OTHER: an unnamed type).
+# TYPE ikefleet_handshake_failures_total counter
+ikefleet_handshake_failures_total{reason="AUTHENTICATION_FAILED"} 3
+ikefleet_handshake_failures_total{reason="NONE"} 1
+ikefleet_handshake_failures_total{reason="NO_PROPOSAL_CHOSEN"} 1
+ikefleet_handshake_failures_total{reason="OTHER"} 1
+# HELP ikefleet_rekeys_total SAs rekeyed, by kind (child, ike) and by who started the rekey (us, peer).
+# TYPE ikefleet_rekeys_total counter
+ikefleet_rekeys_total{initiator="peer",kind="child"} 1
+ikefleet_rekeys_total{initiator="peer",kind="ike"} 2
+ikefleet_rekeys_total{initiator="us",kind="child"} 2
+ikefleet_rekeys_total{initiator="us",kind="ike"} 1
+# HELP ikefleet_dpd_sent_total Liveness checks sent after silence from a peer.
+# TYPE ikefleet_dpd_sent_total counter
+ikefleet_dpd_sent_total 2
+# HELP ikefleet_dpd_dead_total Peers declared dead (liveness check or request unanswered).
+# TYPE ikefleet_dpd_dead_total counter
+ikefleet_dpd_dead_total 1
+# HELP ikefleet_keepalives_total NAT-T keepalives sent and received.
+# TYPE ikefleet_keepalives_total counter
+ikefleet_keepalives_total{direction="received"} 5
+ikefleet_keepalives_total{direction="sent"} 4
+# HELP ikefleet_address_updates_total IKE SAs moved to new addresses (NAT rebinding, MOBIKE).
+# TYPE ikefleet_address_updates_total counter
+ikefleet_address_updates_total 1
+# HELP ikefleet_cookies_sent_total IKE_SA_INIT requests answered with a cookie demand.
+# TYPE ikefleet_cookies_sent_total counter
+ikefleet_cookies_sent_total 4
+# HELP ikefleet_handoffs_total SAs handed off to another node.
+# TYPE ikefleet_handoffs_total counter
+ikefleet_handoffs_total 0
+# HELP ikefleet_takeovers_total SAs taken over from another node.
+# TYPE ikefleet_takeovers_total counter
+ikefleet_takeovers_total 1
+# HELP ikefleet_persist_failures_total SA state changes that could not be written to the state store.
+# TYPE ikefleet_persist_failures_total counter
+ikefleet_persist_failures_total 1
+# HELP ikefleet_fenced_drops_total IKE messages not sent because the node was fenced (lease not certainly alive).
+# TYPE ikefleet_fenced_drops_total counter
+ikefleet_fenced_drops_total 2
+# HELP ikefleet_queue_drops_total IKE messages dropped because a shard's queue was full, by socket (our listen address, ike or natt) and shard.
+# TYPE ikefleet_queue_drops_total counter
+ikefleet_queue_drops_total{listen="0.0.0.0",shard="0",socket="natt"} 7
+ikefleet_queue_drops_total{listen="0.0.0.0",shard="1",socket="ike"} 6
+# HELP ikefleet_statestore_reachable 1 while the last etcd request succeeded.
+# TYPE ikefleet_statestore_reachable gauge
+ikefleet_statestore_reachable 1
+# HELP ikefleet_dataplane_bytes_total Inner bytes carried by the data plane's CHILD SAs (removed ones included).
+# TYPE ikefleet_dataplane_bytes_total counter
+ikefleet_dataplane_bytes_total{dataplane="userspace",direction="in"} 1000
+ikefleet_dataplane_bytes_total{dataplane="userspace",direction="out"} 2000
+# HELP ikefleet_dataplane_packets_total Inner packets carried by the data plane's CHILD SAs (removed ones included).
+# TYPE ikefleet_dataplane_packets_total counter
+ikefleet_dataplane_packets_total{dataplane="userspace",direction="in"} 10
+ikefleet_dataplane_packets_total{dataplane="userspace",direction="out"} 20
+# HELP ikefleet_dataplane_drops_total Packets the data plane dropped, by reason (each data plane has its own fixed set).
+# TYPE ikefleet_dataplane_drops_total counter
+ikefleet_dataplane_drops_total{dataplane="userspace",reason="no_sa"} 0
+ikefleet_dataplane_drops_total{dataplane="userspace",reason="replay"} 3
+# HELP ikefleet_dataplane_install_failures_total CHILD SAs the data plane failed to install.
+# TYPE ikefleet_dataplane_install_failures_total counter
+ikefleet_dataplane_install_failures_total{dataplane="userspace"} 1
+`
+	names := []string{"ikefleet_build_info", "ikefleet_ike_sas", "ikefleet_child_sas", "ikefleet_half_open_sas",
+		"ikefleet_cookies_active", "ikefleet_handshakes_total", "ikefleet_handshake_failures_total", "ikefleet_rekeys_total",
+		"ikefleet_dpd_sent_total", "ikefleet_dpd_dead_total", "ikefleet_keepalives_total", "ikefleet_address_updates_total",
+		"ikefleet_cookies_sent_total", "ikefleet_handoffs_total", "ikefleet_takeovers_total", "ikefleet_persist_failures_total",
+		"ikefleet_fenced_drops_total", "ikefleet_queue_drops_total", "ikefleet_statestore_reachable",
+		"ikefleet_dataplane_bytes_total", "ikefleet_dataplane_packets_total", "ikefleet_dataplane_drops_total",
+		"ikefleet_dataplane_install_failures_total"}
+	if err := testutil.CollectAndCompare(c, strings.NewReader(want), names...); err != nil {
+		t.Fatal(err)
+	}
+	problems, err := testutil.CollectAndLint(c)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range problems {
+		t.Errorf("lint: %s: %s", p.Metric, p.Text)
+	}
+	// Everything the collector emits is in Names, and the reverse for the
+	// families a full snapshot has.
+	listed := map[string]bool{}
+	for _, n := range Names() {
+		listed[n.Name] = true
+	}
+	reg := prometheus.NewPedanticRegistry()
+	reg.MustRegister(c)
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := map[string]bool{}
+	for _, mf := range mfs {
+		got[mf.GetName()] = true
+		if !listed[mf.GetName()] {
+			t.Errorf("%s is emitted but not in Names", mf.GetName())
+		}
+	}
+	for _, n := range Names() {
+		if !got[n.Name] && !strings.HasPrefix(n.Name, "ikefleet_etcd_") {
+			t.Errorf("%s is in Names but a full snapshot does not emit it", n.Name)
+		}
+	}
+}
+
+// Without a state store and with a data plane that reports nothing, those
+// families are absent rather than zero; a failed snapshot fails the
+// scrape.
+func TestCollectorPartialAndFailing(t *testing.T) {
+	s := snapshot()
+	s.StateStore, s.DataPlane.Report = nil, nil
+	c := NewCollector(SourceFunc(func(context.Context) (Snapshot, error) { return s, nil }), 0)
+	if n := testutil.CollectAndCount(c, "ikefleet_statestore_reachable", "ikefleet_dataplane_bytes_total"); n != 0 {
+		t.Fatalf("%d series for an absent state store and report", n)
+	}
+	if n := testutil.CollectAndCount(c, "ikefleet_dataplane_install_failures_total"); n != 1 {
+		t.Fatalf("install failures: %d series", n)
+	}
+	boom := errors.New("shard 3 did not answer")
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(NewCollector(SourceFunc(func(context.Context) (Snapshot, error) { return Snapshot{}, boom }), 0))
+	if _, err := reg.Gather(); err == nil || !strings.Contains(err.Error(), boom.Error()) {
+		t.Fatalf("Gather with a failing source: %v", err)
+	}
+}
+
+func TestEtcdInterceptor(t *testing.T) {
+	e := NewEtcd()
+	ic := e.UnaryClientInterceptor()
+	ok := func(context.Context, string, any, any, *grpc.ClientConn, ...grpc.CallOption) error { return nil }
+	fail := func(context.Context, string, any, any, *grpc.ClientConn, ...grpc.CallOption) error {
+		return status.Error(codes.Unavailable, "no leader")
+	}
+	for range 3 {
+		if err := ic(context.Background(), "/etcdserverpb.KV/Txn", nil, nil, nil, ok); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := ic(context.Background(), "/etcdserverpb.Lease/LeaseGrant", nil, nil, nil, fail); status.Code(err) != codes.Unavailable {
+		t.Fatalf("the interceptor changed the error: %v", err)
+	}
+	if n := testutil.CollectAndCount(e, "ikefleet_etcd_request_duration_seconds"); n != 2 {
+		t.Fatalf("%d latency series, want Txn and LeaseGrant", n)
+	}
+	want := `
+# HELP ikefleet_etcd_request_errors_total Failed etcd requests, by method and gRPC code.
+# TYPE ikefleet_etcd_request_errors_total counter
+ikefleet_etcd_request_errors_total{code="Unavailable",method="LeaseGrant"} 1
+`
+	if err := testutil.CollectAndCompare(e, strings.NewReader(want), "ikefleet_etcd_request_errors_total"); err != nil {
+		t.Fatal(err)
+	}
+	problems, err := testutil.CollectAndLint(e)
+	if err != nil || len(problems) > 0 {
+		t.Fatalf("lint: %v %v", problems, err)
+	}
+}
+
+// deploy/metrics.txt lists every metric family (name, type, labels) for
+// dashboards and alerts; go test ./concentrator/metrics -update rewrites it.
+func TestMetricsFileUpToDate(t *testing.T) {
+	const path = "../../deploy/metrics.txt"
+	want := NamesText()
+	if *update {
+		if err := os.WriteFile(path, []byte(want), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	got, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatalf("%v (go test ./concentrator/metrics -update writes it)", err)
+	}
+	if string(got) != want {
+		t.Fatalf("%s is stale: run go test ./concentrator/metrics -update (or make generate)", path)
+	}
+}
+
+func TestNamesAreValid(t *testing.T) {
+	seen := map[string]bool{}
+	for _, n := range Names() {
+		if !strings.HasPrefix(n.Name, "ikefleet_") || seen[n.Name] {
+			t.Errorf("bad or duplicate name %q", n.Name)
+		}
+		seen[n.Name] = true
+		if (n.Type == "counter") != strings.HasSuffix(n.Name, "_total") {
+			t.Errorf("%s: a %s (counters and only counters end in _total)", n.Name, n.Type)
+		}
+		for _, l := range n.Labels {
+			switch l {
+			case "peer", "peer_id", "remote", "spi", "identity", "address":
+				t.Errorf("%s: unbounded label %q", n.Name, l)
+			}
+		}
+	}
+}
