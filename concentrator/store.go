@@ -46,8 +46,10 @@ func (n *Node) openStore(ctx context.Context) (*persistence, error) {
 			return nil, fmt.Errorf("statestore: embedded etcd: %w", err)
 		}
 		p.etcd = e
-		// In-process calls: no gRPC or loopback round trip per commit.
+		// In-process calls: no gRPC or loopback round trip per commit;
+		// timed here for ikefleet_etcd_* (no interceptor to hook).
 		p.cli = e.LocalClient()
+		statestore.ObserveClient(p.cli, n.obs.etcd.Observe)
 		n.log.Info("embedded etcd ready", "dir", c.DataDir, "endpoint", e.Endpoints()[0], "took", time.Since(start).Round(time.Millisecond).String())
 	case "external":
 		cc = statestore.ClientConfig{Endpoints: c.Endpoints, CAFile: c.CAFile, CertFile: c.CertFile, KeyFile: c.KeyFile}
