@@ -38,7 +38,7 @@ export IKEFLEET_VM=1 E2E_BIN_DIR="$PWD"
 echo "vm: $(uname -r), $(nproc) vCPU"
 rc=0
 ./xfrm.test -test.v -test.count=1 -test.timeout 4m || rc=1
-./e2e.test -test.v -test.count=1 -test.run '^TestKernel' -test.timeout 4m || rc=1
+./e2e.test -test.v -test.count=1 -test.run '^TestKernel' -test.timeout 8m || rc=1
 exit $rc
 IN
 rc=0
