@@ -115,7 +115,7 @@ type ChildrenConfig struct {
 	RekeyAfter         time.Duration `yaml:"rekey_after"`
 	RekeyWindow        time.Duration `yaml:"rekey_window"`
 	RekeyOverlap       time.Duration `yaml:"rekey_overlap"`
-	RestoreRekeyWindow time.Duration `yaml:"restore_rekey_window"`
+	RestoreRekeyWindow time.Duration `yaml:"restore_rekey_window"` // deprecated, ignored: restored CHILD SAs keep their schedule
 	MaxRekeysPerSec    int           `yaml:"max_rekeys_per_second"`
 	MaxPerIKE          int           `yaml:"max_per_ike"`
 	LocalTS            []string      `yaml:"local_ts"`
@@ -194,7 +194,7 @@ func DefaultConfig() Config {
 			ESPProposals: []string{"aes256gcm16", "aes128gcm16", "chacha20poly1305", "aes256-sha256"},
 		},
 		Identity: IdentityConfig{SendCert: "always"},
-		Children: ChildrenConfig{RekeyAfter: 50 * time.Minute, RekeyWindow: 10 * time.Minute, RekeyOverlap: 10 * time.Second, RestoreRekeyWindow: 30 * time.Second, MaxPerIKE: 8},
+		Children: ChildrenConfig{RekeyAfter: 50 * time.Minute, RekeyWindow: 10 * time.Minute, RekeyOverlap: 10 * time.Second, MaxPerIKE: 8},
 		DataPlane: DataPlaneConfig{Mode: "auto", Userspace: UserspaceConfig{TUN: "ikf0", MTU: 1400, QueueLen: 1024, ReplayWindow: 1024, SocketRecvBuffer: 4 << 20},
 			XFRM: XFRMConfig{MSSClamp: true, ReplayWindow: 128, HThresh4: []int{0, 32}}},
 		StateStore: StateStoreConfig{Mode: "embedded", DataDir: "ikefleet-data", LeaseTTL: 10 * time.Second, EtcdLogLevel: "warn"},
@@ -359,9 +359,6 @@ func (c *Config) Validate() error {
 	}
 	if c.Children.RekeyOverlap < 0 || c.Children.RekeyOverlap > 5*time.Minute {
 		return fieldErr("children.rekey_overlap", "must be 0 to 5m: %v", c.Children.RekeyOverlap)
-	}
-	if c.Children.RestoreRekeyWindow < 0 || c.Children.RestoreRekeyWindow > 30*time.Minute {
-		return fieldErr("children.restore_rekey_window", "must be 0 to 30m: %v", c.Children.RestoreRekeyWindow)
 	}
 	if c.Children.MaxRekeysPerSec < 0 {
 		return fieldErr("children.max_rekeys_per_second", "must not be negative (0: no cap)")

@@ -26,6 +26,7 @@ func toDataplane(a ike.InstallChild) *dataplane.ChildSA {
 		Out:     dataplane.Keys{Encr: c.KeyOut.Encr, Integ: c.KeyOut.Integ},
 		LocalTS: conv(c.LocalTS), RemoteTS: conv(c.RemoteTS), VirtualIP: c.VirtualIP,
 		PeerID: a.PeerID.String(), IKESPIi: a.SPIi, IKESPIr: a.SPIr, Created: c.Created,
+		OutSeq: a.OutSeq, OutSeqLimit: a.OutSeqLimit, OutSeqMargin: a.OutSeqMargin, InSeqLow: a.InSeqLow,
 	}
 }
 
@@ -35,7 +36,7 @@ func recordOf(st *ike.SAState) *statestore.SARecord {
 		Suite: statestore.Suite{Encr: st.Proposal.Encr.ID, EncrKeyLen: st.Proposal.Encr.KeyLen,
 			Integ: st.Proposal.Integ, PRF: st.Proposal.PRF, Group: st.Proposal.Group},
 		SKd: st.SKd, SKai: st.SKai, SKar: st.SKar, SKei: st.SKei, SKer: st.SKer,
-		NextIn: st.NextIn, NextOut: st.NextOut, Local: st.Local, Remote: st.Remote,
+		NextIn: st.NextIn, NextOut: st.NextOut, NextOutReserved: st.NextOutReserved, Local: st.Local, Remote: st.Remote,
 		NATLocal: st.NATLocal, NATRemote: st.NATRemote,
 		PeerID:    statestore.Identity{Type: st.PeerID.Type, Data: st.PeerID.Data},
 		VirtualIP: st.VirtualIP, Created: st.Created, Established: st.Established,
@@ -46,6 +47,9 @@ func recordOf(st *ike.SAState) *statestore.SARecord {
 	if st.MOBIKE {
 		r.Flags |= flagMOBIKE
 	}
+	if st.MsgIDSync {
+		r.Flags |= flagMsgIDSync
+	}
 	for _, c := range st.Children {
 		r.Children = append(r.Children, statestore.ChildRecord{
 			InSPI: c.InSPI, OutSPI: c.OutSPI,
@@ -55,6 +59,7 @@ func recordOf(st *ike.SAState) *statestore.SARecord {
 			KeyOut:  statestore.ChildKeys{Encr: c.KeyOut.Encr, Integ: c.KeyOut.Integ},
 			LocalTS: tsRecord(c.LocalTS), RemoteTS: tsRecord(c.RemoteTS), Encap: c.Encap,
 			Created: c.Created, RekeyAt: c.RekeyAt,
+			OutSeqReserved: c.OutSeqReserved, InSeqLow: c.InSeqLow, SeqBlock: c.SeqBlock,
 		})
 	}
 	return r
@@ -64,6 +69,7 @@ func recordOf(st *ike.SAState) *statestore.SARecord {
 const (
 	flagPeerFrag uint32 = 1 << iota
 	flagMOBIKE
+	flagMsgIDSync // the peer supports RFC 6311
 )
 
 func stateOf(r *statestore.SARecord) ike.SAState {
@@ -72,8 +78,8 @@ func stateOf(r *statestore.SARecord) ike.SAState {
 		Proposal: ike.Selected{Protocol: ike.ProtoIKE, Encr: ike.EncrAlg{ID: r.Suite.Encr, KeyLen: r.Suite.EncrKeyLen},
 			Integ: r.Suite.Integ, PRF: r.Suite.PRF, Group: r.Suite.Group},
 		SKd: r.SKd, SKai: r.SKai, SKar: r.SKar, SKei: r.SKei, SKer: r.SKer,
-		NextIn: r.NextIn, NextOut: r.NextOut, NATLocal: r.NATLocal, NATRemote: r.NATRemote,
-		PeerFrag: r.Flags&flagPeerFrag != 0, MOBIKE: r.Flags&flagMOBIKE != 0,
+		NextIn: r.NextIn, NextOut: r.NextOut, NextOutReserved: r.NextOutReserved, NATLocal: r.NATLocal, NATRemote: r.NATRemote,
+		PeerFrag: r.Flags&flagPeerFrag != 0, MOBIKE: r.Flags&flagMOBIKE != 0, MsgIDSync: r.Flags&flagMsgIDSync != 0,
 		PeerID:    ike.Identity{Type: r.PeerID.Type, Data: r.PeerID.Data},
 		VirtualIP: r.VirtualIP, Created: r.Created, Established: r.Established,
 	}
@@ -86,6 +92,7 @@ func stateOf(r *statestore.SARecord) ike.SAState {
 			KeyOut:  ike.ChildKeys{Encr: c.KeyOut.Encr, Integ: c.KeyOut.Integ},
 			LocalTS: tsState(c.LocalTS), RemoteTS: tsState(c.RemoteTS), Encap: c.Encap,
 			Created: c.Created, RekeyAt: c.RekeyAt,
+			OutSeqReserved: c.OutSeqReserved, InSeqLow: c.InSeqLow, SeqBlock: c.SeqBlock,
 		})
 	}
 	return st

@@ -186,7 +186,6 @@ func (c *Config) engineConfig() (ike.Config, error) {
 	ec.MOBIKE = c.IKE.MOBIKE == nil || *c.IKE.MOBIKE
 	ec.KeepaliveInterval = c.IKE.KeepaliveInterval
 	ec.RekeyOverlap = c.Children.RekeyOverlap
-	ec.RestoreRekeyWindow = c.Children.RestoreRekeyWindow
 	ec.IKERekeyAfter = c.IKE.RekeyAfter
 	ec.MaxChildren = c.Children.MaxPerIKE
 	if c.Children.RekeyAfter > 0 {

@@ -18,11 +18,12 @@ type Health struct {
 	Draining        bool   // SetDraining
 	DataPlane       string // its name
 	DataPlaneError  string // the last CHILD SA install failed with it ("" once one succeeds)
+	DroppedBatches  uint64 // engine batches not applied nor sent: a write failed
 }
 
 // Health reports the node's health.
 func (n *Node) Health() Health {
-	h := Health{PersistFailures: n.persistFailures.Load(), Listening: n.listening(),
+	h := Health{PersistFailures: n.persistFailures.Load(), DroppedBatches: n.droppedBatches.Load(), Listening: n.listening(),
 		Draining: n.obs.draining.Load(), DataPlane: n.dp.Name()}
 	if e := n.obs.installErr.Load(); e != nil {
 		h.DataPlaneError = *e
@@ -41,14 +42,14 @@ func (n *Node) watchStore(ctx context.Context) {
 	if n.persist == nil {
 		return
 	}
-	t := time.NewTicker(time.Second)
+	t := n.clock.NewTicker(time.Second)
 	defer t.Stop()
 	last := n.persist.store.Health()
 	for {
 		select {
 		case <-ctx.Done():
 			return
-		case <-t.C:
+		case <-t.C():
 		}
 		h := n.persist.store.Health()
 		switch {

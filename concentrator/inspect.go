@@ -110,6 +110,14 @@ func (n *Node) Stats(ctx context.Context) (ike.Stats, error) {
 		total.IKERekeys += st.IKERekeys
 		total.DPDSent += st.DPDSent
 		total.DPDDead += st.DPDDead
+		total.RekeyCollisions += st.RekeyCollisions
+		total.PersistFailures += st.PersistFailures
+		total.HeldRetransmits += st.HeldRetransmits
+		total.MsgIDReservations += st.MsgIDReservations
+		total.MsgIDProbes += st.MsgIDProbes
+		total.MsgIDSyncs += st.MsgIDSyncs
+		total.MsgIDSyncsAnswered += st.MsgIDSyncsAnswered
+		total.SeqReservations += st.SeqReservations
 		for k, v := range st.Failed {
 			total.Failed[k] += v
 		}

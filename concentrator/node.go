@@ -1,13 +1,15 @@
 // Package concentrator runs a concentrator node: UDP socket loops, the IKE
 // engine sharded across cores, the data plane, and the wiring between them.
 //
-// Files by concern: node.go (the Node, New, Run), sockets.go (UDP socket
-// loops and sends), shard.go (engine shards and the actions they perform),
-// sendgate.go (persist before send), store.go (opening the state store),
-// restore.go (restoring owned SAs, reclaim after a fence), spipool.go (SPIs
-// reserved cluster-wide), convert.go (engine state <-> records, data plane),
-// health.go, inspect.go (logs, SA listings, counters), ops.go and events.go
-// (operator actions and the SA event feed, for the admin API).
+// Files by concern: node.go (the Node, New, Run, options), sockets.go
+// (socket loops and sends over a transport.Transport: UDP, or an in-memory
+// network in tests), shard.go (engine shards), apply.go (an engine step's
+// batch: persist, then data plane, then send), store.go (opening the state
+// store), restore.go (restoring owned SAs, reclaim after a fence),
+// spipool.go (SPIs reserved cluster-wide), convert.go (engine state <->
+// records, data plane), health.go, inspect.go (logs, SA listings,
+// counters), ops.go and events.go (operator actions and the SA event feed,
+// for the admin API).
 package concentrator
 
 import (
@@ -17,15 +19,17 @@ import (
 	"hash/maphash"
 	"log/slog"
 	"math/bits"
-	"net"
 	"net/netip"
 	"os"
 	"sync"
 	"sync/atomic"
 	"time"
 
+	"github.com/ikefleet/ikefleet/concentrator/clock"
 	"github.com/ikefleet/ikefleet/concentrator/dataplane"
 	"github.com/ikefleet/ikefleet/concentrator/ike"
+	"github.com/ikefleet/ikefleet/concentrator/transport"
+	"github.com/ikefleet/ikefleet/statestore"
 )
 
 // Node is one concentrator node.
@@ -37,8 +41,13 @@ type Node struct {
 	shards []*shard
 	seed   maphash.Seed
 
+	tr    transport.Transport
+	clock clock.Clock
+	// storeOverride replaces the configured state store (tests).
+	storeOverride statestore.Interface
+
 	mu       sync.Mutex
-	conns    map[netip.AddrPort]*net.UDPConn
+	conns    map[netip.AddrPort]transport.Conn
 	natt     map[netip.AddrPort]bool // sockets on the NAT-T port
 	ready    chan struct{}
 	ikeAddr  netip.AddrPort
@@ -49,6 +58,7 @@ type Node struct {
 	espBits         int             // inbound ESP SPI bits naming the shard
 	persist         *persistence
 	persistFailures atomic.Uint64
+	droppedBatches  atomic.Uint64 // batches not applied: a write failed
 	fencedDrops     atomic.Uint64
 	queueDrops      atomic.Uint64
 	initDrops       atomic.Uint64
@@ -58,9 +68,20 @@ type Node struct {
 	ops             ops // operator actions (ops.go)
 }
 
+// Option changes how New builds a node.
+type Option func(*Node)
+
+// WithTransport binds the node's sockets on t instead of UDP: an
+// in-memory transport.Network runs several nodes in one test process.
+func WithTransport(t transport.Transport) Option { return func(n *Node) { n.tr = t } }
+
+// WithClock gives the node a clock other than the system's (a
+// clock.Fake in tests).
+func WithClock(c clock.Clock) Option { return func(n *Node) { n.clock = c } }
+
 // New builds a node from a validated configuration. It loads keys,
 // certificates and PSKs; errors name the configuration field.
-func New(cfg Config, log *slog.Logger, dp dataplane.DataPlane) (*Node, error) {
+func New(cfg Config, log *slog.Logger, dp dataplane.DataPlane, opts ...Option) (*Node, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
@@ -69,8 +90,15 @@ func New(cfg Config, log *slog.Logger, dp dataplane.DataPlane) (*Node, error) {
 		return nil, err
 	}
 	n := &Node{cfg: cfg, log: log, dp: dp, ecfg: ecfg, seed: maphash.MakeSeed(),
-		conns: map[netip.AddrPort]*net.UDPConn{}, natt: map[netip.AddrPort]bool{}, ready: make(chan struct{}),
+		tr: transport.UDP{}, clock: clock.Real(),
+		conns: map[netip.AddrPort]transport.Conn{}, natt: map[netip.AddrPort]bool{}, ready: make(chan struct{}),
 		nodeID: nodeIDOf(cfg)}
+	for _, o := range opts {
+		o(n)
+	}
+	if cfg.Children.RestoreRekeyWindow != 0 {
+		log.Warn("children.restore_rekey_window is deprecated and ignored: restored CHILD SAs keep their rekey schedule and continue above their sequence number reservations")
+	}
 	n.initObservability()
 	if su, ok := dp.(dataplane.SenderUser); ok {
 		su.SetSender(n) // user-space ESP leaves through our NAT-T socket
@@ -93,7 +121,8 @@ func New(cfg Config, log *slog.Logger, dp dataplane.DataPlane) (*Node, error) {
 			sc.ESPSPITag = uint32(i) << (32 - espBits)
 		}
 		sh := &shard{id: i, q: newShardQueue(shardQueueLen, initQueueLen), calls: make(chan func()),
-			watch: map[uint32]time.Time{}, ikeSPIs: make(chan uint64, spiPoolLen), espSPIs: make(chan uint32, spiPoolLen)}
+			watch: map[uint32]time.Time{}, ikeSPIs: make(chan uint64, spiPoolLen), espSPIs: make(chan uint32, spiPoolLen),
+			commits: commits{wake: make(chan struct{}, 1)}}
 		sc.IKESPIs = func() (uint64, bool) {
 			select {
 			case spi := <-sh.ikeSPIs:
@@ -180,11 +209,11 @@ func (n *Node) Run(ctx context.Context) error {
 		return err
 	}
 	defer stopHTTP()
-	var conns []*net.UDPConn
+	var conns []transport.Conn
 	for _, a := range n.cfg.IKE.Listen {
 		addr := netip.MustParseAddr(a)
 		for i, port := range []int{n.cfg.IKE.Port, n.cfg.IKE.NATTPort} {
-			c, err := net.ListenUDP("udp", net.UDPAddrFromAddrPort(netip.AddrPortFrom(addr, uint16(port))))
+			c, err := n.tr.Listen(netip.AddrPortFrom(addr, uint16(port)))
 			if err != nil {
 				for _, c := range conns {
 					c.Close()
@@ -194,22 +223,29 @@ func (n *Node) Run(ctx context.Context) error {
 			conns = append(conns, c)
 			// The data plane may prepare the socket: buffer sizes, and
 			// UDP_ENCAP_ESPINUDP on the NAT-T port for kernel ESP (xfrm).
+			// (Sockets of other transports are not the kernel's.)
+			udp, _ := c.(*transport.UDPConn)
 			if sc, ok := n.dp.(socketConfigurer); ok {
-				if err := sc.ConfigureSocket(c, i == 1); err != nil {
+				err := fmt.Errorf("needs UDP sockets, not %T", c)
+				if udp != nil {
+					err = sc.ConfigureSocket(udp.Socket(), i == 1)
+				}
+				if err != nil {
 					for _, c := range conns {
 						c.Close()
 					}
 					return fmt.Errorf("listen %s port %d: %s data plane: %w", a, port, n.dp.Name(), err)
 				}
 			}
-			if err := configureSocket(c, n.cfg.IKE.SocketBuffer); err != nil {
-				for _, c := range conns {
-					c.Close()
+			if udp != nil {
+				if err := configureSocket(udp.Socket(), n.cfg.IKE.SocketBuffer); err != nil {
+					for _, c := range conns {
+						c.Close()
+					}
+					return fmt.Errorf("listen %s port %d: %w", a, port, err)
 				}
-				return fmt.Errorf("listen %s port %d: %w", a, port, err)
 			}
-			local := c.LocalAddr().(*net.UDPAddr).AddrPort()
-			local = netip.AddrPortFrom(local.Addr().Unmap(), local.Port())
+			local := c.LocalAddr()
 			n.mu.Lock()
 			n.conns[local] = c
 			n.natt[local] = i == 1
@@ -264,13 +300,13 @@ func (n *Node) Run(ctx context.Context) error {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			t := time.NewTicker(spiRefillInterval)
+			t := n.clock.NewTicker(spiRefillInterval)
 			defer t.Stop()
 			for {
 				select {
 				case <-ctx.Done():
 					return
-				case <-t.C:
+				case <-t.C():
 					n.refillSPIs(ctx)
 				}
 			}
@@ -279,6 +315,10 @@ func (n *Node) Run(ctx context.Context) error {
 	if er, ok := n.dp.(dataplane.ExpiryReporter); ok {
 		wg.Add(1)
 		go func() { defer wg.Done(); n.expiries(ctx, er.Expiries()) }()
+	}
+	if sr, ok := n.dp.(dataplane.SeqReporter); ok {
+		wg.Add(1)
+		go func() { defer wg.Done(); n.seqProgress(ctx, sr.SeqProgress()) }()
 	}
 	var readers sync.WaitGroup
 	for _, c := range conns {

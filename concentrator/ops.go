@@ -10,7 +10,6 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
-	"net"
 	"net/netip"
 	"reflect"
 	"sort"
@@ -22,6 +21,7 @@ import (
 	"github.com/ikefleet/ikefleet/concentrator/dataplane"
 	"github.com/ikefleet/ikefleet/concentrator/ike"
 	"github.com/ikefleet/ikefleet/concentrator/ike/sig"
+	"github.com/ikefleet/ikefleet/concentrator/transport"
 	"github.com/ikefleet/ikefleet/statestore"
 )
 
@@ -399,7 +399,7 @@ func (n *Node) FlushState(ctx context.Context) (queued int, err error) {
 // refuseInit answers or drops an IKE_SA_INIT request while the node
 // drains (from the socket loop: b is the IKE message without the non-ESP
 // marker). It reports whether the message was such a request.
-func (n *Node) refuseInit(c *net.UDPConn, natt bool, b []byte, remote netip.AddrPort) bool {
+func (n *Node) refuseInit(c transport.Conn, natt bool, b []byte, remote netip.AddrPort) bool {
 	h, err := ike.DecodeHeader(b)
 	if err != nil || h.Exchange != ike.IKE_SA_INIT || h.SPIr != 0 || h.Flags&ike.FlagInitiator == 0 ||
 		h.Flags&ike.FlagResponse != 0 || h.MessageID != 0 {
@@ -415,7 +415,7 @@ func (n *Node) refuseInit(c *net.UDPConn, natt bool, b []byte, remote netip.Addr
 	if natt {
 		m = append([]byte{0, 0, 0, 0}, m...)
 	}
-	if _, err := c.WriteToUDPAddrPort(m, remote); err != nil {
+	if err := c.WriteTo(m, remote); err != nil {
 		n.log.Debug("TEMPORARY_FAILURE not sent", "remote", remote.String(), "err", err)
 	}
 	return true

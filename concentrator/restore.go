@@ -6,7 +6,6 @@ package concentrator
 import (
 	"context"
 	"fmt"
-	"time"
 
 	"github.com/ikefleet/ikefleet/concentrator/dataplane"
 	"github.com/ikefleet/ikefleet/concentrator/ike"
@@ -24,13 +23,14 @@ type Reconciler interface {
 func (n *Node) restore(ctx context.Context) error {
 	var want []*dataplane.ChildSA
 	var rd ike.Ready
+	rest := make([][]*ike.Ready, len(n.shards)) // per shard, per SA: what its restore writes, changes and sends
 	restored := 0
 	if n.persist != nil {
 		recs, err := n.persist.store.LoadOwned(ctx)
 		if err != nil {
 			return fmt.Errorf("statestore: loading owned SAs: %w", err)
 		}
-		now := time.Now()
+		now := n.clock.Now()
 		for _, r := range recs {
 			st := stateOf(r)
 			s := n.shardOfSPI(r.LocalSPI())
@@ -45,11 +45,22 @@ func (n *Node) restore(ctx context.Context) error {
 				continue
 			}
 			restored++
+			// The CHILD SAs go into the data plane now, sending from their
+			// committed reservation and no further (OutSeqLimit = OutSeq)
+			// until the fresh reservation is committed: its SetSeqLimit
+			// waits for that write like any batch.
+			r := &ike.Ready{}
+			rest[s.id] = append(rest[s.id], r)
 			for _, a := range rd.DataPlane {
 				if ic, ok := a.(ike.InstallChild); ok {
 					want = append(want, toDataplane(ic))
+				} else {
+					r.DataPlane = append(r.DataPlane, a)
 				}
 			}
+			r.Persist = append(r.Persist, rd.Persist...)
+			r.Send = append(r.Send, rd.Send...)
+			r.Events = append(r.Events, rd.Events...)
 		}
 	}
 	if r, ok := n.dp.(Reconciler); ok {
@@ -63,6 +74,14 @@ func (n *Node) restore(ctx context.Context) error {
 			if err := n.dp.Install(ctx, c); err != nil {
 				n.log.Error("CHILD_SA restore failed", "spi_in", fmt.Sprintf("%08x", c.InSPI), "err", err)
 			}
+		}
+	}
+	// The restored SAs' fresh reservations and message ID
+	// synchronisations, one batch per SA so that a failed write holds
+	// back only its own SA; the shards take the commits once they run.
+	for i, s := range n.shards {
+		for _, r := range rest[i] {
+			n.perform(ctx, s, r)
 		}
 	}
 	if n.persist != nil {

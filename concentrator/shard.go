@@ -1,7 +1,7 @@
 package concentrator
 
-// Engine shards: each runs one ike.Engine on its own goroutine and performs
-// the actions it returns.
+// Engine shards: each runs one ike.Engine on its own goroutine and applies
+// the batches it makes (apply.go).
 
 import (
 	"context"
@@ -24,12 +24,17 @@ type shard struct {
 	// engine without waiting.
 	ikeSPIs chan uint64
 	espSPIs chan uint32
+	// Batches waiting for their writes (apply.go), and the state store's
+	// answers.
+	held    []*heldBatch
+	commits commits
+	results []commitResult
 }
 
 func (n *Node) runShard(ctx context.Context, s *shard) {
-	timer := time.NewTimer(time.Hour)
+	timer := n.clock.NewTimer(time.Hour)
 	defer timer.Stop()
-	watchTick := time.NewTicker(watchInterval)
+	watchTick := n.clock.NewTicker(watchInterval)
 	defer watchTick.Stop()
 	var rd ike.Ready
 	streak := 0
@@ -44,29 +49,32 @@ func (n *Node) runShard(ctx context.Context, s *shard) {
 		}
 		if ok {
 			streak++
-			s.eng.Handle(time.Now(), pkt, &rd)
+			s.eng.Handle(n.clock.Now(), pkt, &rd)
 		} else {
 			streak = 0
 			select {
 			case <-ctx.Done():
 				return
 			case pkt := <-s.q.prio:
-				s.eng.Handle(time.Now(), pkt, &rd)
+				s.eng.Handle(n.clock.Now(), pkt, &rd)
 			case pkt := <-s.q.init:
-				s.eng.Handle(time.Now(), pkt, &rd)
+				s.eng.Handle(n.clock.Now(), pkt, &rd)
 			case f := <-s.calls:
 				f()
-			case <-timer.C:
-				s.eng.Tick(time.Now(), &rd)
-			case <-watchTick.C:
+			case <-timer.C():
+				s.eng.Tick(n.clock.Now(), &rd)
+			case <-watchTick.C():
 				n.checkWatched(ctx, s)
+			case <-s.commits.wake:
+				n.commitResults(ctx, s)
 			}
 		}
 		n.perform(ctx, s, &rd)
 		rd.Reset()
 		timer.Stop()
-		if d := s.eng.NextDeadline(time.Now()); !d.IsZero() {
-			timer.Reset(time.Until(d))
+		now := n.clock.Now()
+		if d := s.eng.NextDeadline(now); !d.IsZero() {
+			timer.Reset(d.Sub(now))
 		}
 	}
 }
@@ -83,58 +91,21 @@ func (n *Node) do(ctx context.Context, s *shard, f func()) error {
 	return nil
 }
 
-func (n *Node) perform(ctx context.Context, s *shard, rd *ike.Ready) {
-	for _, ev := range rd.Events {
-		n.logEvent(s, ev)
+// shardOfESP is the shard owning the CHILD SA with inbound SPI inSPI
+// (the SPI's top bits carry the shard), or nil.
+func (n *Node) shardOfESP(inSPI uint32) *shard {
+	i := 0
+	if n.espBits > 0 {
+		i = int(inSPI >> (32 - n.espBits))
 	}
-	// The caller persists before it sends (DESIGN.md): messages that go
-	// with a state change leave once the change is in the state store.
-	var gate *sendGate
-	if n.persist != nil && len(rd.Persist) > 0 {
-		gate = &sendGate{pending: len(rd.Persist) + 1} // +1: this function
-		defer gate.done(n, true)
+	if i >= len(n.shards) {
+		return nil
 	}
-	for _, p := range rd.Persist {
-		if n.persist == nil {
-			s.eng.Committed(p.SPI, p.Version) // nothing to write
-			continue
-		}
-		n.persistChange(s, p, gate)
-	}
-	for _, a := range rd.DataPlane {
-		switch a := a.(type) {
-		case ike.InstallChild:
-			err := n.dp.Install(ctx, toDataplane(a))
-			n.noteInstall(err)
-			if err != nil {
-				n.log.Error("CHILD_SA install failed", childAttrs(a.SPIi, a.SPIr, a.PeerID, a.Child, "err", err)...)
-			}
-			if _, ok := n.dp.(dataplane.SACounter); ok && a.Replaces != 0 && n.ecfg.RekeyOverlap > 0 {
-				s.watch[a.Child.InSPI] = time.Now().Add(n.ecfg.RekeyOverlap)
-			}
-		case ike.RemoveChild:
-			if err := n.dp.Remove(ctx, a.Child.InSPI); err != nil {
-				n.log.Error("CHILD_SA remove failed", childAttrs(a.SPIi, a.SPIr, ike.Identity{}, a.Child, "err", err)...)
-			}
-		case ike.UpdateChild:
-			n.updateChild(ctx, a)
-		}
-	}
-	for _, snd := range rd.Send {
-		switch {
-		case snd.Keepalive:
-			n.sendKeepalive(snd)
-		case gate != nil:
-			gate.hold(snd)
-		default:
-			n.send(snd)
-		}
-	}
+	return n.shards[i]
 }
 
 // expiries hands the data plane's CHILD SA expiries to the shard that owns
-// the SA (its inbound SPI carries the shard): soft ones are rekeyed now,
-// hard ones deleted.
+// the SA: soft ones are rekeyed now, hard ones deleted.
 func (n *Node) expiries(ctx context.Context, ch <-chan dataplane.Expiry) {
 	for {
 		select {
@@ -144,18 +115,39 @@ func (n *Node) expiries(ctx context.Context, ch <-chan dataplane.Expiry) {
 			if !ok {
 				return // the data plane closed
 			}
-			i := 0
-			if n.espBits > 0 {
-				i = int(ex.InSPI >> (32 - n.espBits))
-			}
-			if i >= len(n.shards) {
+			s := n.shardOfESP(ex.InSPI)
+			if s == nil {
 				continue
 			}
-			s := n.shards[i]
 			n.log.Info("CHILD_SA expiring", "spi_in", fmt.Sprintf("%08x", ex.InSPI), "hard", ex.Hard, "reason", ex.Reason)
 			n.do(ctx, s, func() {
 				var rd ike.Ready
-				s.eng.ExpireChild(time.Now(), ex.InSPI, ex.Hard, &rd)
+				s.eng.ExpireChild(n.clock.Now(), ex.InSPI, ex.Hard, &rd)
+				n.perform(ctx, s, &rd)
+			})
+		}
+	}
+}
+
+// seqProgress hands the data plane's sequence number reports to the shard
+// that owns the CHILD SA: the engine renews its reservation (a small
+// write) and raises the data plane's limit once that is committed.
+func (n *Node) seqProgress(ctx context.Context, ch <-chan dataplane.SeqProgress) {
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case p, ok := <-ch:
+			if !ok {
+				return // the data plane closed
+			}
+			s := n.shardOfESP(p.InSPI)
+			if s == nil {
+				continue
+			}
+			n.do(ctx, s, func() {
+				var rd ike.Ready
+				s.eng.SeqProgress(n.clock.Now(), p.InSPI, p.OutSeq, p.InSeq, &rd)
 				n.perform(ctx, s, &rd)
 			})
 		}
@@ -173,7 +165,7 @@ func (n *Node) checkWatched(ctx context.Context, s *shard) {
 		return
 	}
 	counter := n.dp.(dataplane.SACounter)
-	now := time.Now()
+	now := n.clock.Now()
 	for spi, until := range s.watch {
 		c, err := counter.Counter(ctx, spi)
 		switch {

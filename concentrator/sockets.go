@@ -20,6 +20,7 @@ import (
 
 	"github.com/ikefleet/ikefleet/concentrator/dataplane"
 	"github.com/ikefleet/ikefleet/concentrator/ike"
+	"github.com/ikefleet/ikefleet/concentrator/transport"
 )
 
 // Implementation limits of the socket loop.
@@ -147,14 +148,29 @@ func newBatchReader(c *net.UDPConn, local netip.AddrPort) batchReader {
 	return ipv6.NewPacketConn(c)
 }
 
-func (n *Node) readLoop(c *net.UDPConn) {
-	local := c.LocalAddr().(*net.UDPAddr).AddrPort()
-	local = netip.AddrPortFrom(local.Addr().Unmap(), local.Port())
+func (n *Node) readLoop(c transport.Conn) {
+	local := c.LocalAddr()
 	n.mu.Lock()
 	natt := n.natt[local]
 	n.mu.Unlock()
 	espIn, _ := n.dp.(dataplane.ESPHandler)
-	br := newBatchReader(c, local)
+	u, ok := c.(*transport.UDPConn)
+	if !ok {
+		// Another transport (an in-memory network): one datagram at a time.
+		buf := make([]byte, maxDatagram)
+		for {
+			nb, remote, err := c.ReadFrom(buf)
+			if err != nil {
+				if errors.Is(err, net.ErrClosed) {
+					return
+				}
+				n.log.Warn("read failed", "local", local.String(), "err", err)
+				continue
+			}
+			n.receive(c, buf[:nb], local, remote, natt, espIn)
+		}
+	}
+	br := newBatchReader(u.Socket(), local)
 	msgs := make([]ipv4.Message, readBatchLen)
 	for i := range msgs {
 		msgs[i].Buffers = [][]byte{make([]byte, maxDatagram)}
@@ -182,7 +198,7 @@ func (n *Node) readLoop(c *net.UDPConn) {
 
 // receive sorts one datagram: a NAT-T keepalive, ESP for the data plane,
 // or an IKE message for its shard's queue.
-func (n *Node) receive(c *net.UDPConn, b []byte, local, remote netip.AddrPort, natt bool, espIn dataplane.ESPHandler) {
+func (n *Node) receive(c transport.Conn, b []byte, local, remote netip.AddrPort, natt bool, espIn dataplane.ESPHandler) {
 	if natt {
 		switch {
 		case len(b) == 1 && b[0] == 0xff:
@@ -241,7 +257,7 @@ func (n *Node) shardFor(b []byte) *shard {
 
 // conn returns the socket bound to local, or to its port on the wildcard
 // address, and whether it is a NAT-T socket.
-func (n *Node) conn(local netip.AddrPort) (*net.UDPConn, bool) {
+func (n *Node) conn(local netip.AddrPort) (transport.Conn, bool) {
 	n.mu.Lock()
 	defer n.mu.Unlock()
 	c, natt := n.conns[local], n.natt[local]
@@ -264,14 +280,13 @@ func (n *Node) SendUDP(b []byte, local, remote netip.AddrPort) error {
 	if c == nil {
 		return fmt.Errorf("no socket bound to %s", local)
 	}
-	_, err := c.WriteToUDPAddrPort(b, remote)
-	return err
+	return c.WriteTo(b, remote)
 }
 
 // sendKeepalive sends a NAT-T keepalive: one 0xFF octet, no marker.
 func (n *Node) sendKeepalive(a ike.Send) {
 	if c, _ := n.conn(a.Local); c != nil {
-		if _, err := c.WriteToUDPAddrPort([]byte{0xff}, a.Remote); err != nil {
+		if err := c.WriteTo([]byte{0xff}, a.Remote); err != nil {
 			n.log.Debug("keepalive failed", "remote", a.Remote.String(), "err", err)
 		} else {
 			n.obs.keepalivesSent.Add(1)
@@ -295,7 +310,7 @@ func (n *Node) send(a ike.Send) {
 		if natt {
 			m = append([]byte{0, 0, 0, 0}, m...)
 		}
-		if _, err := c.WriteToUDPAddrPort(m, a.Remote); err != nil {
+		if err := c.WriteTo(m, a.Remote); err != nil {
 			n.log.Warn("send failed", "local", a.Local.String(), "remote", a.Remote.String(), "err", err)
 		}
 	}

@@ -15,6 +15,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/ikefleet/ikefleet/concentrator/ike"
+	"github.com/ikefleet/ikefleet/concentrator/transport"
 )
 
 // header builds an IKE header: SPIs, exchange, flags.
@@ -104,7 +105,7 @@ func TestSocketBufferApplied(t *testing.T) {
 	n.mu.Lock()
 	conns := make([]*net.UDPConn, 0, len(n.conns))
 	for _, c := range n.conns {
-		conns = append(conns, c)
+		conns = append(conns, c.(*transport.UDPConn).Socket())
 	}
 	n.mu.Unlock()
 	if len(conns) != 2 {

@@ -1,6 +1,6 @@
 package concentrator
 
-// The node's persistence (DESIGN.md "Cluster semantics"): every state
+// The node's persistence (docs/architecture.md, "Cluster semantics"): every state
 // change of an established SA goes to the state store; at start the node
 // registers (slot, epoch), puts its slot into the SPIs it allocates, and
 // restores the SAs it owns, so they survive a crash without
@@ -8,14 +8,8 @@ package concentrator
 
 import (
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"errors"
 	"fmt"
-	"net"
-	"os"
-	"path/filepath"
-	"strings"
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
@@ -25,10 +19,8 @@ import (
 	"github.com/ikefleet/ikefleet/statestore"
 )
 
-func listenLoopback() (net.Listener, error) { return net.Listen("tcp", "127.0.0.1:0") }
-
 type persistence struct {
-	store *statestore.Store
+	store statestore.Interface
 	cli   *clientv3.Client
 	etcd  *statestore.Embedded
 }
@@ -36,22 +28,21 @@ type persistence struct {
 // openStore starts embedded etcd (mode embedded) or dials the external
 // cluster, and registers this node.
 func (n *Node) openStore(ctx context.Context) (*persistence, error) {
+	if n.storeOverride != nil { // tests
+		return &persistence{store: n.storeOverride}, nil
+	}
 	c := n.cfg.StateStore
 	p := &persistence{}
 	var cc statestore.ClientConfig
 	switch c.Mode {
 	case "embedded":
-		if err := os.MkdirAll(c.DataDir, 0o700); err != nil {
-			return nil, fmt.Errorf("statestore.data_dir: %w", err)
-		}
-		client, peer, err := embeddedAddrs(c.DataDir)
-		if err != nil {
-			return nil, fmt.Errorf("statestore.data_dir: %w", err)
-		}
 		start := time.Now()
-		e, err := statestore.StartEmbedded(statestore.EmbedConfig{Dir: filepath.Join(c.DataDir, "etcd"),
-			ClientAddr: client, PeerAddr: peer, Logger: n.etcdLogger()})
+		e, err := statestore.OpenEmbedded(c.DataDir, statestore.EmbedConfig{Logger: n.etcdLogger()})
 		if err != nil {
+			var dd *statestore.DataDirError
+			if errors.As(err, &dd) {
+				return nil, fmt.Errorf("statestore.data_dir: %w", err)
+			}
 			return nil, fmt.Errorf("statestore: embedded etcd: %w", err)
 		}
 		p.etcd = e
@@ -63,10 +54,14 @@ func (n *Node) openStore(ctx context.Context) (*persistence, error) {
 	case "external":
 		cc = statestore.ClientConfig{Endpoints: c.Endpoints, CAFile: c.CAFile, CertFile: c.CertFile, KeyFile: c.KeyFile}
 	}
-	keys, err := clusterKeys(c)
+	keys, err := statestore.LoadKeyring(c.ClusterKeyFile, c.DataDir)
 	if err != nil {
 		p.close()
-		return nil, err
+		field := "statestore.cluster_key_file"
+		if c.ClusterKeyFile == "" {
+			field = "statestore.data_dir"
+		}
+		return nil, fmt.Errorf("%s: %w", field, err)
 	}
 	// The instance token tells this node's previous life (a restart within
 	// the lease TTL) from another process configured with the same node.id.
@@ -110,59 +105,6 @@ func (p *persistence) close() {
 	if p.etcd != nil {
 		p.etcd.Close()
 	}
-}
-
-// embeddedAddrs returns the loopback addresses of the embedded etcd
-// member, chosen once and kept in the data directory: its data names them.
-func embeddedAddrs(dir string) (client, peer string, err error) {
-	path := filepath.Join(dir, "etcd-addrs")
-	if b, err := os.ReadFile(path); err == nil {
-		if f := strings.Fields(string(b)); len(f) == 2 {
-			return f[0], f[1], nil
-		}
-	}
-	free := func() (string, error) {
-		l, err := listenLoopback()
-		if err != nil {
-			return "", err
-		}
-		defer l.Close()
-		return l.Addr().String(), nil
-	}
-	if client, err = free(); err != nil {
-		return "", "", err
-	}
-	if peer, err = free(); err != nil {
-		return "", "", err
-	}
-	return client, peer, os.WriteFile(path, []byte(client+" "+peer+"\n"), 0o600)
-}
-
-// clusterKeys loads the cluster key (hex, 32 bytes); in embedded mode one
-// is generated in the data directory the first time.
-func clusterKeys(c StateStoreConfig) (*statestore.Keyring, error) {
-	path := c.ClusterKeyFile
-	if path == "" {
-		path = filepath.Join(c.DataDir, "cluster.key")
-		if _, err := os.Stat(path); errors.Is(err, os.ErrNotExist) {
-			key := make([]byte, statestore.ClusterKeyLen)
-			if _, err := rand.Read(key); err != nil {
-				return nil, err
-			}
-			if err := os.WriteFile(path, []byte(hex.EncodeToString(key)+"\n"), 0o600); err != nil {
-				return nil, fmt.Errorf("statestore.data_dir: %w", err)
-			}
-		}
-	}
-	b, err := os.ReadFile(path)
-	if err != nil {
-		return nil, fmt.Errorf("statestore.cluster_key_file: %w", err)
-	}
-	key, err := hex.DecodeString(strings.TrimSpace(string(b)))
-	if err != nil || len(key) != statestore.ClusterKeyLen {
-		return nil, fmt.Errorf("statestore.cluster_key_file: %s must hold %d bytes in hex", path, statestore.ClusterKeyLen)
-	}
-	return statestore.NewKeyring(1, key)
 }
 
 // etcdLogger sends embedded etcd's logs from statestore.etcd_log_level up

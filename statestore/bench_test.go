@@ -176,7 +176,7 @@ func BenchmarkWritesPerSAHour(b *testing.B) {
 			}
 			old := recs[i].Children[0].InSPI
 			recs[i].Children[0].InSPI, pool = pool[0], pool[1:]
-			recs[i].Children[0].SeqOut = 0
+			recs[i].Children[0].OutSeqReserved = 0
 			if err := s.Submit(Change{Kind: ChildRekeyed, Record: recs[i], Released: []uint32{old}}, nil); err != nil {
 				b.Fatal(err)
 			}

@@ -21,11 +21,15 @@ const (
 	AddressChanged                       // MOBIKE / NAT mapping change
 	Updated                              // anything else the engine wants persisted
 	Deleted                              // IKE SA gone: SPI (or Record) names it
-	barrier                              // Flush marker
+	// Reserved renews reservations (ESP sequence numbers, IKE message
+	// IDs): only Record's reservations are written, under seq/<spi>, a
+	// few dozen bytes instead of the whole record.
+	Reserved
+	barrier // Flush marker
 )
 
 var kindNames = [...]string{"", "established", "child-created", "child-rekeyed", "child-deleted",
-	"ike-rekeyed", "address-changed", "updated", "deleted", "barrier"}
+	"ike-rekeyed", "address-changed", "updated", "deleted", "reserved", "barrier"}
 
 func (k ChangeKind) String() string {
 	if int(k) < len(kindNames) {
@@ -53,7 +57,7 @@ func (c *Change) spi() uint64 {
 
 func (c *Change) validate() error {
 	switch c.Kind {
-	case Established, ChildCreated, ChildRekeyed, ChildDeleted, AddressChanged, Updated:
+	case Established, ChildCreated, ChildRekeyed, ChildDeleted, AddressChanged, Updated, Reserved:
 		if c.Record == nil {
 			return fmt.Errorf("statestore: %v change without a record", c.Kind)
 		}
@@ -109,7 +113,8 @@ func (s *Store) build(c *Change, me Owner) (txnParts, error) {
 			clientv3.OpDelete(s.k.sa(spi)),
 			clientv3.OpDelete(s.k.owner(spi)),
 			clientv3.OpDelete(s.k.owned(id, spi)),
-			clientv3.OpDelete(s.k.ikeSPI(spi)))
+			clientv3.OpDelete(s.k.ikeSPI(spi)),
+			clientv3.OpDelete(s.k.seq(spi)))
 	}
 	release := func(spis []uint32) {
 		for _, x := range spis {
@@ -146,6 +151,14 @@ func (s *Store) build(c *Change, me Owner) (txnParts, error) {
 		if c.Record != nil {
 			release(c.Record.InSPIs())
 		}
+	case Reserved:
+		p.cmps = []clientv3.Cmp{mine}
+		spi := c.spi()
+		v, err := s.codec.MarshalReservations(seqName(spi), ReservationsOf(c.Record))
+		if err != nil {
+			return p, err
+		}
+		p.then = append(p.then, clientv3.OpPut(s.k.seq(spi), string(v)))
 	default:
 		p.cmps = []clientv3.Cmp{mine}
 		if err := putRecord(c.Record); err != nil {

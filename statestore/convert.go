@@ -116,7 +116,7 @@ func tsOf(ps []*pb.TrafficSelector) ([]TrafficSelector, error) {
 func toPB(r *SARecord) *pb.IKESA {
 	sa := &pb.IKESA{
 		SpiI: r.SPIi, SpiR: r.SPIr, Initiator: r.Initiator, State: uint32(r.State),
-		Suite: suitePB(r.Suite), NextIn: r.NextIn, NextOut: r.NextOut,
+		Suite: suitePB(r.Suite), NextIn: r.NextIn, NextOut: r.NextOut, NextOutReserved: r.NextOutReserved,
 		Local: endpointPB(r.Local), Remote: endpointPB(r.Remote),
 		NatLocal: r.NATLocal, NatRemote: r.NATRemote, Flags: r.Flags,
 		VirtualIp: addrBytes(r.VirtualIP), CreatedMs: msOf(r.Created), EstablishedMs: msOf(r.Established),
@@ -130,7 +130,7 @@ func toPB(r *SARecord) *pb.IKESA {
 		c := &r.Children[i]
 		pc := &pb.Child{SpiIn: c.InSPI, SpiOut: c.OutSPI, Suite: suitePB(c.Suite),
 			LocalTs: tsPB(c.LocalTS), RemoteTs: tsPB(c.RemoteTS), Encap: c.Encap,
-			SeqOut: c.SeqOut, SeqIn: c.SeqIn, CreatedMs: msOf(c.Created), RekeyAtMs: msOf(c.RekeyAt)}
+			OutSeqReserved: c.OutSeqReserved, InSeqLow: c.InSeqLow, SeqBlock: c.SeqBlock, CreatedMs: msOf(c.Created), RekeyAtMs: msOf(c.RekeyAt)}
 		if c.Local.IsValid() && c.Local != r.Local {
 			pc.Local = endpointPB(c.Local)
 		}
@@ -160,7 +160,7 @@ func fromPB(sa *pb.IKESA, sec *pb.Secrets) (*SARecord, error) {
 		return nil, fmt.Errorf("%d CHILD SAs but keys for %d", len(sa.Children), len(sec.Children))
 	}
 	r := &SARecord{SPIi: sa.SpiI, SPIr: sa.SpiR, Initiator: sa.Initiator, State: uint8(sa.State),
-		NextIn: sa.NextIn, NextOut: sa.NextOut, NATLocal: sa.NatLocal, NATRemote: sa.NatRemote, Flags: sa.Flags,
+		NextIn: sa.NextIn, NextOut: sa.NextOut, NextOutReserved: sa.NextOutReserved, NATLocal: sa.NatLocal, NATRemote: sa.NatRemote, Flags: sa.Flags,
 		Created: timeOf(sa.CreatedMs), Established: timeOf(sa.EstablishedMs), RekeyAt: timeOf(sa.RekeyAtMs),
 		SKd: sec.SkD, SKai: sec.SkAi, SKar: sec.SkAr, SKei: sec.SkEi, SKer: sec.SkEr, SKpi: sec.SkPi, SKpr: sec.SkPr}
 	var err error
@@ -188,7 +188,7 @@ func fromPB(sa *pb.IKESA, sec *pb.Secrets) (*SARecord, error) {
 	for i, pc := range sa.Children {
 		c := &r.Children[i]
 		k := sec.Children[i]
-		*c = ChildRecord{InSPI: pc.SpiIn, OutSPI: pc.SpiOut, Encap: pc.Encap, SeqOut: pc.SeqOut, SeqIn: pc.SeqIn,
+		*c = ChildRecord{InSPI: pc.SpiIn, OutSPI: pc.SpiOut, Encap: pc.Encap, OutSeqReserved: pc.OutSeqReserved, InSeqLow: pc.InSeqLow, SeqBlock: pc.SeqBlock,
 			Created: timeOf(pc.CreatedMs), RekeyAt: timeOf(pc.RekeyAtMs),
 			KeyIn:  ChildKeys{Encr: k.EncrIn, Integ: k.IntegIn},
 			KeyOut: ChildKeys{Encr: k.EncrOut, Integ: k.IntegOut}}

@@ -13,6 +13,7 @@ import (
 //	owner/<ike-spi>       "<node id>/<epoch>"
 //	owned/<id>/<ike-spi>  "" (index of owner records by node)
 //	sa/<ike-spi>          Record (sealed)
+//	seq/<ike-spi>         SeqRecord: reservations renewed since the Record
 //	spi/ike/<ike-spi>     node id; on the lease while half-open
 //	spi/esp/<esp-spi>     node id; on the lease until its CHILD SA is stored
 //
@@ -30,12 +31,16 @@ func (k keys) owned(id string, spi uint64) string {
 	return fmt.Sprintf("%sowned/%s/%016x", k.p, id, spi)
 }
 func (k keys) sa(spi uint64) string     { return k.p + saName(spi) }
+func (k keys) seq(spi uint64) string    { return k.p + seqName(spi) }
 func (k keys) ikeSPI(spi uint64) string { return fmt.Sprintf("%sspi/ike/%016x", k.p, spi) }
 func (k keys) espSPI(spi uint32) string { return fmt.Sprintf("%sspi/esp/%08x", k.p, spi) }
 
 // saName is the record's name within the prefix; it is the AAD of the
 // sealed key material, so changing the prefix does not orphan records.
 func saName(spi uint64) string { return fmt.Sprintf("sa/%016x", spi) }
+
+// seqName is the reservation record's name within the prefix (its AAD).
+func seqName(spi uint64) string { return fmt.Sprintf("seq/%016x", spi) }
 
 // Owner names a node registration: the node id and its epoch.
 type Owner struct {
@@ -69,7 +74,7 @@ func parseSPIKey(key, prefix string) (uint64, bool) {
 }
 
 // SlotSPI builds a locally allocated SPI that carries the node's slot in
-// its top slotBits bits (a routing hint for half-open SAs, DESIGN.md);
+// its top slotBits bits (a routing hint for half-open SAs, docs/architecture.md);
 // the rest comes from random. Reserve the result before use.
 func SlotSPI(slot int, slotBits uint, random uint64) uint64 {
 	if slotBits == 0 || slotBits >= 64 {

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"strconv"
 
+	"go.etcd.io/etcd/api/v3/mvccpb"
 	clientv3 "go.etcd.io/etcd/client/v3"
 )
 
@@ -92,7 +93,7 @@ func (s *Store) ReleaseSPIs(ctx context.Context, ike []uint64, esp []uint32) err
 func (s *Store) Load(ctx context.Context, spi uint64) (*SARecord, Owner, error) {
 	rc, cancel := s.rctx(ctx)
 	defer cancel()
-	resp, err := s.txn(rc).Then(clientv3.OpGet(s.k.owner(spi)), clientv3.OpGet(s.k.sa(spi))).Commit()
+	resp, err := s.txn(rc).Then(clientv3.OpGet(s.k.owner(spi)), clientv3.OpGet(s.k.sa(spi)), clientv3.OpGet(s.k.seq(spi))).Commit()
 	s.noteResult(err)
 	if err != nil {
 		return nil, Owner{}, fmt.Errorf("%w: %v", ErrUnavailable, err)
@@ -107,8 +108,25 @@ func (s *Store) Load(ctx context.Context, spi uint64) (*SARecord, Owner, error) 
 	if len(kvs) == 0 {
 		return nil, o, fmt.Errorf("%w: %016x", ErrNotFound, spi)
 	}
-	r, err := s.codec.Unmarshal(saName(spi), kvs[0].Value)
+	r, err := s.decode(spi, kvs[0].Value, resp.Responses[2].GetResponseRange().Kvs)
 	return r, o, err
+}
+
+// decode opens an SA's record and raises its reservations to those
+// renewed since (seq, empty or one key-value).
+func (s *Store) decode(spi uint64, rec []byte, seq []*mvccpb.KeyValue) (*SARecord, error) {
+	r, err := s.codec.Unmarshal(saName(spi), rec)
+	if err != nil || len(seq) == 0 {
+		return r, err
+	}
+	res, err := s.codec.UnmarshalReservations(seqName(spi), seq[0].Value)
+	if err != nil {
+		// Without its renewed reservations the SA would reuse sequence
+		// numbers: refuse it rather than restore it short.
+		return nil, err
+	}
+	r.Apply(res)
+	return r, nil
 }
 
 // Owner reads an SA's owner record and whether that registration is live.
@@ -134,7 +152,7 @@ func (s *Store) Owner(ctx context.Context, spi uint64) (o Owner, live bool, err 
 }
 
 // TakeOver makes this node the owner of an SA whose owner is dead (its
-// registration is gone) and returns the stored record. It is the DESIGN
+// registration is gone) and returns the stored record, in one
 // transaction: owner unchanged since revision r AND the owner's node key
 // is gone (AND we are still registered). A live owner gives *OwnerError
 // naming it: ask it over peer.v1 to HandOff. Two nodes racing: exactly
@@ -184,7 +202,7 @@ func (s *Store) lostRace(ctx context.Context, spi uint64, me Owner) error {
 }
 
 // HandOff moves an SA this node owns to a live node, writing its final
-// state in the same transaction (DESIGN: owner unchanged since r AND the
+// state in the same transaction (owner unchanged since r AND the
 // owner is me handing off). The caller has frozen the SA and stops acting
 // for it whatever the result, unless the error is retryable.
 func (s *Store) HandOff(ctx context.Context, spi uint64, final *SARecord, to Owner) error {
@@ -249,7 +267,7 @@ func (s *Store) transfer(ctx context.Context, spi uint64, from, to Owner, final 
 		}
 		then = append(then, clientv3.OpPut(s.k.sa(spi), string(v)))
 	}
-	then = append(then, clientv3.OpGet(s.k.sa(spi)))
+	then = append(then, clientv3.OpGet(s.k.sa(spi)), clientv3.OpGet(s.k.seq(spi)))
 	resp, err := s.txn(ctx).If(cmps...).Then(then...).Commit()
 	s.noteResult(err)
 	if err != nil {
@@ -258,11 +276,11 @@ func (s *Store) transfer(ctx context.Context, spi uint64, from, to Owner, final 
 	if !resp.Succeeded {
 		return false, nil, nil
 	}
-	kvs := resp.Responses[len(resp.Responses)-1].GetResponseRange().Kvs
+	kvs := resp.Responses[len(resp.Responses)-2].GetResponseRange().Kvs
 	if len(kvs) == 0 {
 		return true, nil, fmt.Errorf("%w: %016x has an owner but no record", ErrNotFound, spi)
 	}
-	rec, err := s.codec.Unmarshal(saName(spi), kvs[0].Value)
+	rec, err := s.decode(spi, kvs[0].Value, resp.Responses[len(resp.Responses)-1].GetResponseRange().Kvs)
 	return true, rec, err
 }
 
@@ -372,11 +390,13 @@ func (s *Store) LoadOwned(ctx context.Context) ([]*SARecord, error) {
 	}
 	recs := make([]*SARecord, 0, len(spis))
 	var bad LoadError
-	for lo := 0; lo < len(spis); lo += readBatch {
-		chunk := spis[lo:min(lo+readBatch, len(spis))]
-		gets := make([]clientv3.Op, len(chunk))
+	const per = readBatch / 2 // two keys per SA: record and reservations
+	for lo := 0; lo < len(spis); lo += per {
+		chunk := spis[lo:min(lo+per, len(spis))]
+		gets := make([]clientv3.Op, 2*len(chunk))
 		for i, spi := range chunk {
-			gets[i] = clientv3.OpGet(s.k.sa(spi))
+			gets[2*i] = clientv3.OpGet(s.k.sa(spi))
+			gets[2*i+1] = clientv3.OpGet(s.k.seq(spi))
 		}
 		rc, cancel := s.rctx(ctx)
 		resp, err := s.txn(rc).Then(gets...).Commit()
@@ -386,12 +406,12 @@ func (s *Store) LoadOwned(ctx context.Context) ([]*SARecord, error) {
 			return recs, fmt.Errorf("%w: %v", ErrUnavailable, err)
 		}
 		for i, spi := range chunk {
-			kvs := resp.Responses[i].GetResponseRange().Kvs
+			kvs := resp.Responses[2*i].GetResponseRange().Kvs
 			if len(kvs) == 0 {
 				bad.Errs = append(bad.Errs, fmt.Errorf("%w: %016x owned but no record", ErrNotFound, spi))
 				continue
 			}
-			r, err := s.codec.Unmarshal(saName(spi), kvs[0].Value)
+			r, err := s.decode(spi, kvs[0].Value, resp.Responses[2*i+1].GetResponseRange().Kvs)
 			if err != nil {
 				bad.Errs = append(bad.Errs, err)
 				continue

@@ -48,11 +48,15 @@ type ChildRecord struct {
 	KeyIn, KeyOut     ChildKeys // sealed in etcd
 	LocalTS, RemoteTS []TrafficSelector
 	Encap             bool
-	SeqOut            uint64         // outbound ESP sequence high-water mark
-	SeqIn             uint64         // highest inbound sequence number seen
-	Local, Remote     netip.AddrPort // zero: the IKE SA's addresses
-	Created           time.Time
-	RekeyAt           time.Time // zero: none scheduled
+	// OutSeqReserved: every outbound ESP sequence number ever used with
+	// KeyOut is <= this (committed); a restored CHILD SA sends from
+	// OutSeqReserved+1. InSeqLow: the highest authenticated inbound
+	// sequence number when written; a restored CHILD SA refuses <= this.
+	// SeqBlock: the size of the next reservation block (0: initial).
+	OutSeqReserved, InSeqLow, SeqBlock uint64
+	Local, Remote                      netip.AddrPort // zero: the IKE SA's addresses
+	Created                            time.Time
+	RekeyAt                            time.Time // zero: none scheduled
 }
 
 // SARecord is everything a node needs to continue an IKE SA that another
@@ -67,6 +71,7 @@ type SARecord struct {
 	SKd, SKai, SKar        []byte // sealed in etcd
 	SKei, SKer, SKpi, SKpr []byte // sealed in etcd
 	NextIn, NextOut        uint32 // message IDs: peer's next request, our next request
+	NextOutReserved        uint32 // every request ID we ever sent is below this
 	Local, Remote          netip.AddrPort
 	NATLocal, NATRemote    bool
 	Flags                  uint32 // peer capabilities, engine-defined bits
@@ -115,20 +120,25 @@ func (c Codec) Marshal(name string, r *SARecord) ([]byte, error) {
 	if err != nil {
 		return nil, err
 	}
-	// Record{version, sa, key_id, sealed} assembled by hand so that the
-	// authenticated bytes of sa are exactly the stored ones.
-	out := make([]byte, 0, len(pub)+len(sealed)+16)
+	return assemble(pub, id, sealed), nil
+}
+
+// assemble writes Record{version, sa, key_id, sealed} (or SeqRecord, laid
+// out alike) by hand so that the authenticated bytes of the body are
+// exactly the stored ones.
+func assemble(body []byte, keyID uint32, sealed []byte) []byte {
+	out := make([]byte, 0, len(body)+len(sealed)+16)
 	out = appendTag(out, 1, 0)
 	out = appendVarint(out, RecordVersion)
 	out = appendTag(out, 2, 2)
-	out = appendVarint(out, uint64(len(pub)))
-	out = append(out, pub...)
+	out = appendVarint(out, uint64(len(body)))
+	out = append(out, body...)
 	out = appendTag(out, 3, 0)
-	out = appendVarint(out, uint64(id))
+	out = appendVarint(out, uint64(keyID))
 	out = appendTag(out, 4, 2)
 	out = appendVarint(out, uint64(len(sealed)))
 	out = append(out, sealed...)
-	return out, nil
+	return out
 }
 
 // Unmarshal decodes and opens a record stored under name. Errors:
@@ -164,6 +174,104 @@ func (c Codec) Unmarshal(name string, data []byte) (*SARecord, error) {
 		return nil, &CorruptError{Key: name, Reason: err.Error()}
 	}
 	return r, nil
+}
+
+// Reservations are an SA's sequence number and message ID reservations,
+// stored apart from its record (under seq/<spi>) so that renewing them is
+// a small write.
+type Reservations struct {
+	NextOutReserved uint32
+	NextIn, NextOut uint32 // the message IDs when written
+	Children        []ChildReservation
+}
+
+// ChildReservation is one CHILD SA's part of Reservations.
+type ChildReservation struct {
+	InSPI                              uint32
+	OutSeqReserved, InSeqLow, SeqBlock uint64
+}
+
+// ReservationsOf takes the reservations out of a record.
+func ReservationsOf(r *SARecord) *Reservations {
+	res := &Reservations{NextOutReserved: r.NextOutReserved, NextIn: r.NextIn, NextOut: r.NextOut,
+		Children: make([]ChildReservation, len(r.Children))}
+	for i := range r.Children {
+		c := &r.Children[i]
+		res.Children[i] = ChildReservation{InSPI: c.InSPI, OutSeqReserved: c.OutSeqReserved, InSeqLow: c.InSeqLow, SeqBlock: c.SeqBlock}
+	}
+	return res
+}
+
+// Apply raises r's reservations and message IDs to those of res where
+// they are higher (they only ever grow, so the higher one is the later);
+// CHILD SAs that r does not hold are ignored.
+func (r *SARecord) Apply(res *Reservations) {
+	if res == nil {
+		return
+	}
+	r.NextOutReserved = max(r.NextOutReserved, res.NextOutReserved)
+	r.NextIn = max(r.NextIn, res.NextIn)
+	r.NextOut = max(r.NextOut, res.NextOut)
+	for _, cr := range res.Children {
+		for i := range r.Children {
+			if c := &r.Children[i]; c.InSPI == cr.InSPI {
+				c.OutSeqReserved = max(c.OutSeqReserved, cr.OutSeqReserved)
+				c.InSeqLow = max(c.InSeqLow, cr.InSeqLow)
+				c.SeqBlock = max(c.SeqBlock, cr.SeqBlock)
+			}
+		}
+	}
+}
+
+// MarshalReservations encodes res for the key name ("seq/<spi>"),
+// authenticated with the cluster key: a lowered reservation would make a
+// restored SA reuse sequence numbers, that is AES-GCM nonces.
+func (c Codec) MarshalReservations(name string, res *Reservations) ([]byte, error) {
+	m := &pb.Reservations{NextOutReserved: res.NextOutReserved, NextIn: res.NextIn, NextOut: res.NextOut,
+		Children: make([]*pb.ChildReservation, len(res.Children))}
+	for i, cr := range res.Children {
+		m.Children[i] = &pb.ChildReservation{SpiIn: cr.InSPI, OutSeqReserved: cr.OutSeqReserved, InSeqLow: cr.InSeqLow, SeqBlock: cr.SeqBlock}
+	}
+	body, err := proto.MarshalOptions{Deterministic: true}.Marshal(m)
+	if err != nil {
+		return nil, err
+	}
+	id, tag, err := c.Keys.Seal(nil, aad(name, body))
+	if err != nil {
+		return nil, err
+	}
+	return assemble(body, id, tag), nil
+}
+
+// UnmarshalReservations decodes and authenticates reservations stored
+// under name. Errors as Unmarshal.
+func (c Codec) UnmarshalReservations(name string, data []byte) (*Reservations, error) {
+	version, body, keyID, tag, err := splitRecord(data)
+	if err != nil {
+		return nil, &CorruptError{Key: name, Reason: err.Error()}
+	}
+	if version != RecordVersion {
+		return nil, &VersionError{Key: name, Version: version}
+	}
+	if _, err := c.Keys.Open(keyID, tag, aad(name, body)); err != nil {
+		switch e := err.(type) {
+		case *UnknownKeyError:
+			e.Key = name
+		case *SealError:
+			e.Key = name
+		}
+		return nil, err
+	}
+	var m pb.Reservations
+	if err := proto.Unmarshal(body, &m); err != nil {
+		return nil, &CorruptError{Key: name, Reason: "reservations: " + err.Error()}
+	}
+	res := &Reservations{NextOutReserved: m.NextOutReserved, NextIn: m.NextIn, NextOut: m.NextOut,
+		Children: make([]ChildReservation, len(m.Children))}
+	for i, cr := range m.Children {
+		res.Children[i] = ChildReservation{InSPI: cr.SpiIn, OutSeqReserved: cr.OutSeqReserved, InSeqLow: cr.InSeqLow, SeqBlock: cr.SeqBlock}
+	}
+	return res, nil
 }
 
 func aad(name string, pub []byte) []byte {

@@ -39,7 +39,7 @@ func sampleRecord(spi uint64) *SARecord {
 			KeyIn: ChildKeys{Encr: k(36, 6)}, KeyOut: ChildKeys{Encr: k(36, 7)},
 			LocalTS:  []TrafficSelector{{StartPort: 0, EndPort: 65535, Start: netip.MustParseAddr("0.0.0.0"), End: netip.MustParseAddr("255.255.255.255")}},
 			RemoteTS: []TrafficSelector{{StartPort: 0, EndPort: 65535, Start: netip.MustParseAddr("10.64.0.123"), End: netip.MustParseAddr("10.64.0.123")}},
-			Encap:    true, SeqOut: 1 << 20,
+			Encap:    true, OutSeqReserved: 1 << 20, InSeqLow: 1 << 19, SeqBlock: 1 << 12,
 			Local: netip.MustParseAddrPort("198.51.100.1:4500"), Remote: netip.MustParseAddrPort("203.0.113.77:61234"),
 			Created: now.Add(40 * time.Millisecond),
 		}},

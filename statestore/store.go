@@ -1,7 +1,7 @@
 // Package statestore keeps the cluster's memory in etcd: IKE SA records
 // with their CHILD SAs (key material sealed with a cluster key), SPI
 // ownership, the node registry and the fencing that keeps two nodes from
-// ever acting for one SA. See DESIGN.md, "Cluster semantics".
+// ever acting for one SA. See docs/architecture.md, "Cluster semantics".
 //
 // A node opens a Store, which registers it (lease, slot, epoch) and keeps
 // the lease alive. The node consults CanSend before it sends for any SA it
@@ -51,6 +51,7 @@ type Interface interface {
 	Node(ctx context.Context, id string) (NodeInfo, error)
 	Nodes(ctx context.Context) ([]NodeInfo, error)
 	LoadOwned(ctx context.Context) ([]*SARecord, error)
+	OwnedCount(ctx context.Context, node string) (int64, error)
 	TakeOver(ctx context.Context, spi uint64) (*SARecord, error)
 	HandOff(ctx context.Context, spi uint64, final *SARecord, to Owner) error
 

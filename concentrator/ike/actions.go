@@ -23,7 +23,7 @@ type Packet struct {
 // reuses one with Reset.
 type Ready struct {
 	Persist   []Persist
-	DataPlane []Action // InstallChild, RemoveChild, UpdateChild, SetSeqLimit
+	DataPlane []Action // InstallChild, RemoveChild, UpdateChild, SetSeqLimit, SkipSeq
 	Send      []Send   // IKE messages and NAT-T keepalives
 	Events    []Event
 }
@@ -43,7 +43,7 @@ func (r *Ready) Empty() bool {
 }
 
 // Action is a data-plane change of a Ready batch: InstallChild,
-// RemoveChild, UpdateChild or SetSeqLimit.
+// RemoveChild, UpdateChild, SetSeqLimit or SkipSeq.
 type Action interface{ isAction() }
 
 // Send asks to send IKE messages (several for a fragmented message) from
@@ -102,8 +102,19 @@ type SetSeqLimit struct {
 	OutSeqMargin uint64
 }
 
+// SkipSeq moves the outbound sequence number of the installed CHILD SA
+// with inbound SPI InSPI on by Delta (never beyond its limit): a peer
+// restored from persisted state asked for it (RFC 6311
+// IPSEC_REPLAY_COUNTER_SYNC) so its replay window need not accept what it
+// may have seen. It comes after the SetSeqLimit that makes room for it; a
+// data plane that cannot do it may ignore it (strongSwan does).
+type SkipSeq struct {
+	InSPI uint32
+	Delta uint64
+}
+
 // Persist asks the caller to record a state change of an established SA
-// (one transaction each; DESIGN.md "What is persisted"). State is the SA
+// (one transaction each; docs/architecture.md, "Cluster semantics"). State is the SA
 // after the change; it is nil for PersistDeleted. Version numbers the SA's
 // persisted states (per SPI, increasing); the caller reports the outcome
 // with Engine.Committed or Engine.PersistFailed. Nothing is persisted for
@@ -166,6 +177,7 @@ func (InstallChild) isAction() {}
 func (RemoveChild) isAction()  {}
 func (UpdateChild) isAction()  {}
 func (SetSeqLimit) isAction()  {}
+func (SkipSeq) isAction()      {}
 
 // EventKind names an Event.
 type EventKind uint8
@@ -221,7 +233,12 @@ type ChildSA struct {
 	Encap             bool
 	VirtualIP         netip.Addr // the peer's virtual IP, if one was assigned
 	Created           time.Time
+	// The committed ESP sequence number reservation (seq.go): every
+	// outbound number ever used is <= OutSeqReserved; InSeqLow is the
+	// highest inbound number authenticated at the last write.
+	OutSeqReserved, InSeqLow uint64
 
+	seq        childSeq
 	rekeyAt    time.Time // when we start rekeying it; zero: not us
 	rekeying   bool      // our CREATE_CHILD_SA for it is outstanding
 	replacedBy *ChildSA  // rekeyed: the successor; this one awaits its Delete

@@ -51,9 +51,13 @@ func (m PSKMap) PSK(peer Identity) ([]byte, bool) {
 }
 
 // AddressPool hands out virtual IPs (CP INTERNAL_IP4_ADDRESS). It must be
-// safe for concurrent use.
+// safe for concurrent use. Claim takes an address a restored SA holds, so
+// it is not handed out again: ErrAddressInUse if another peer holds it,
+// ErrNotInPool if the pool does not have it (the engine then restores
+// the SA without claiming it).
 type AddressPool interface {
 	Acquire(peer Identity) (netip.Addr, error)
+	Claim(peer Identity, addr netip.Addr) error
 	Release(netip.Addr)
 }
 
@@ -120,15 +124,16 @@ type Config struct {
 	// new one has received traffic or this long has passed; 0 deletes it
 	// at once.
 	RekeyOverlap time.Duration
-	// RestoreRekeyWindow: restored CHILD SAs are rekeyed within this long
-	// (DESIGN.md: after a takeover, rekey on a jittered schedule).
-	RestoreRekeyWindow time.Duration
+	// MessageIDBlock: how many of our own IKE request message IDs are
+	// reserved ahead in the persisted state (SAState.NextOutReserved), so
+	// a restored SA never reuses one; 0 = DefaultMessageIDBlock.
+	MessageIDBlock uint32
 	// KeepaliveInterval: NAT-T keepalives when we are really behind a NAT
 	// (not merely claiming it to force encapsulation); 0 disables.
 	KeepaliveInterval time.Duration
 
 	// SPITag/SPITagMask fix bits of every IKE SPI this engine allocates
-	// (node slot and shard: the routing hint of DESIGN.md);
+	// (node slot and shard: the routing hint of docs/architecture.md);
 	// ESPSPITag/ESPSPITagMask the same for inbound ESP SPIs.
 	SPITag, SPITagMask       uint64
 	ESPSPITag, ESPSPITagMask uint32
@@ -150,6 +155,7 @@ const (
 	DefaultFragmentSize      = 1280 - 20 - 8 - 4 // IPv4 + UDP + non-ESP marker
 	DefaultNATTPort          = 4500
 	DefaultMaxChildren       = 8
+	DefaultMessageIDBlock    = 16
 )
 
 func (c *Config) setDefaults() {
@@ -168,8 +174,8 @@ func (c *Config) setDefaults() {
 	if c.NATTPort == 0 {
 		c.NATTPort = DefaultNATTPort
 	}
-	if c.RestoreRekeyWindow == 0 {
-		c.RestoreRekeyWindow = 30 * time.Second
+	if c.MessageIDBlock == 0 {
+		c.MessageIDBlock = DefaultMessageIDBlock
 	}
 	if c.MaxChildren == 0 {
 		c.MaxChildren = DefaultMaxChildren

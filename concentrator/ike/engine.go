@@ -40,21 +40,26 @@ type cookieSecret struct {
 
 // Stats counts what the engine did; the caller exports them as metrics.
 type Stats struct {
-	HalfOpen          int
-	Established       uint64
-	Failed            map[NotifyType]uint64
-	CookiesSent       uint64
-	Dropped           uint64
-	Retransmits       uint64 // requests we retransmitted
-	DuplicateRequests uint64 // retransmitted requests we answered from the cache
-	DPDSent           uint64 // liveness checks sent
-	DPDDead           uint64 // peers declared dead
-	ChildRekeys       uint64 // CHILD SAs rekeyed (either side started)
-	IKERekeys         uint64 // IKE SAs rekeyed
-	RekeyCollisions   uint64 // simultaneous rekeys resolved (RFC 7296 §2.8.1)
-	UnreservedSPIs    uint64 // SPIs allocated without a cluster-wide reservation (pool empty)
-	PersistFailures   uint64 // state writes the caller reported failed
-	HeldRetransmits   uint64 // retransmitted requests not answered: their answer was not yet committed
+	HalfOpen           int
+	Established        uint64
+	Failed             map[NotifyType]uint64
+	CookiesSent        uint64
+	Dropped            uint64
+	Retransmits        uint64 // requests we retransmitted
+	DuplicateRequests  uint64 // retransmitted requests we answered from the cache
+	DPDSent            uint64 // liveness checks sent
+	DPDDead            uint64 // peers declared dead
+	ChildRekeys        uint64 // CHILD SAs rekeyed (either side started)
+	IKERekeys          uint64 // IKE SAs rekeyed
+	RekeyCollisions    uint64 // simultaneous rekeys resolved (RFC 7296 §2.8.1)
+	UnreservedSPIs     uint64 // SPIs allocated without a cluster-wide reservation (pool empty)
+	PersistFailures    uint64 // state writes the caller reported failed
+	HeldRetransmits    uint64 // retransmitted requests not answered: their answer was not yet committed
+	MsgIDReservations  uint64 // request message ID reservations persisted
+	MsgIDProbes        uint64 // restored SAs that probed for the peer's expected message ID
+	MsgIDSyncs         uint64 // RFC 6311 synchronisations we started after a restore
+	MsgIDSyncsAnswered uint64 // RFC 6311 synchronisations a peer asked of us
+	SeqReservations    uint64 // ESP sequence number reservations renewed (SeqProgress)
 }
 
 const cookieLifetime = 5 * time.Minute
@@ -265,7 +270,7 @@ func (e *Engine) remove(sa *IKESA) {
 	if sa.pendingInSPI != 0 {
 		delete(e.inSPIs, sa.pendingInSPI)
 	}
-	if sa.vip.IsValid() && e.cfg.Pool != nil {
+	if sa.vip.IsValid() && e.cfg.Pool != nil && !sa.vipForeign {
 		e.cfg.Pool.Release(sa.vip)
 	}
 	sa.state = stateDead

@@ -100,6 +100,7 @@ type wire struct {
 	installs   []InstallChild
 	removes    []RemoveChild
 	seqLimits  []SetSeqLimit
+	skips      []SkipSeq
 	sides      []bool // per install/remove, in order: produced by the initiator
 	order      []any
 	drop       func(toResponder bool, msg []byte) bool
@@ -178,6 +179,8 @@ func (w *wire) runHops(hops ...hop) {
 				if !h.ini {
 					w.seqLimits = append(w.seqLimits, a)
 				}
+			case SkipSeq:
+				w.skips = append(w.skips, a)
 			}
 		}
 		for _, a := range h.rd.Send {

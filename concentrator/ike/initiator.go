@@ -203,6 +203,7 @@ func (sa *IKESA) sendAuth(now time.Time, e *Engine, rd *Ready) {
 	if e.cfg.MOBIKE {
 		payloads = append(payloads, &Notify{NotifyType: MOBIKE_SUPPORTED})
 	}
+	payloads = append(payloads, &Notify{NotifyType: IKEV2_MESSAGE_ID_SYNC_SUPPORTED})
 	if !ini.RemoteID.IsZero() {
 		payloads = append(payloads, &ID{Responder: true, IDType: ini.RemoteID.Type, Data: ini.RemoteID.Data})
 	}
@@ -251,6 +252,7 @@ func (sa *IKESA) handleAuthResponse(now time.Time, e *Engine, m *Message, rd *Re
 	sa.Establish = now
 	sa.lastRecv = now
 	sa.mobike = e.cfg.MOBIKE && findNotify(m.Payloads, MOBIKE_SUPPORTED) != nil
+	sa.msgIDSync = findNotify(m.Payloads, IKEV2_MESSAGE_ID_SYNC_SUPPORTED) != nil
 	if e.cfg.IKERekeyAfter > 0 {
 		sa.rekeyIKE = now.Add(e.cfg.IKERekeyAfter)
 	}
@@ -306,9 +308,10 @@ func (sa *IKESA) handleAuthResponse(now time.Time, e *Engine, m *Message, rd *Re
 		childErr(NO_PROPOSAL_CHOSEN, err.Error())
 		return
 	}
+	c.initSeq(nil)
 	sa.children = append(sa.children, c)
 	sa.scheduleChildRekey(e, c, false)
-	sa.dataPlane(e, rd, InstallChild{SPIi: sa.SPIi, SPIr: sa.SPIr, PeerID: sa.PeerID, Child: c})
+	sa.dataPlane(e, rd, sa.install(c, 0))
 	ev := sa.event(EventChildInstalled)
 	ev.Child = c
 	rd.add(ev)

@@ -87,24 +87,36 @@ func (sa *IKESA) lifecycleTimers(now time.Time, e *Engine, rd *Ready) {
 	if sa.req != nil {
 		return
 	}
+	// A restored SA finds the peer's expected message ID first (msgid.go).
 	for _, c := range sa.children {
 		if !c.retireAt.IsZero() && !now.Before(c.retireAt) {
+			if !sa.idKnown(now, e, rd) {
+				return
+			}
 			c.retireAt = time.Time{}
 			sa.deleteChild(now, e, c, rd)
 			return
 		}
 	}
 	if !sa.rekeyIKE.IsZero() && !now.Before(sa.rekeyIKE) {
-		sa.startIKERekey(now, e, rd)
+		if sa.idKnown(now, e, rd) {
+			sa.startIKERekey(now, e, rd)
+		}
 		return
 	}
 	for _, c := range sa.children {
 		if c.replacedBy == nil && !c.rekeying && !c.rekeyAt.IsZero() && !now.Before(c.rekeyAt) {
-			sa.startChildRekey(now, e, c, rd)
+			if sa.idKnown(now, e, rd) {
+				sa.startChildRekey(now, e, c, rd)
+			}
 			return
 		}
 	}
 	if e.cfg.DPDDelay > 0 && !now.Before(sa.lastRecv.Add(e.cfg.DPDDelay)) {
+		if !sa.idKnown(now, e, rd) {
+			e.stats.DPDSent++ // the probe is a liveness check
+			return
+		}
 		// Counted, not reported one by one: an idle fleet of a million SAs
 		// sends this every DPDDelay.
 		e.stats.DPDSent++
@@ -256,9 +268,10 @@ func (sa *IKESA) handleCreateChild(now time.Time, e *Engine, m *Message, rd *Rea
 	}
 	payloads = append(payloads, &TS{Selectors: ntsi}, &TS{Responder: true, Selectors: ntsr})
 	sa.respond(e, CREATE_CHILD_SA, m.MessageID, payloads, rd)
+	c.initSeq(old)
 	sa.children = append(sa.children, c)
 	sa.scheduleChildRekey(e, c, old != nil)
-	sa.dataPlane(e, rd, InstallChild{SPIi: sa.SPIi, SPIr: sa.SPIr, PeerID: sa.PeerID, Child: c})
+	sa.dataPlane(e, rd, sa.install(c, 0))
 	ev := sa.event(EventChildInstalled)
 	ev.Child = c
 	if old == nil {
@@ -344,6 +357,7 @@ func (sa *IKESA) successor(e *Engine, initiator bool, spii, spir uint64, sel *Se
 		initiator: initiator, state: stateEstablished, SPIi: spii, SPIr: spir, Local: sa.Local, Remote: sa.Remote,
 		prop: sel, ni: ni, nr: nr, natLocal: sa.natLocal, natRemote: sa.natRemote, peerFrag: sa.peerFrag,
 		peerHashes: sa.peerHashes, PeerID: sa.PeerID, vip: sa.vip, created: sa.created, Establish: sa.Establish,
+		msgIDSync: sa.msgIDSync, vipForeign: sa.vipForeign,
 	}
 }
 
@@ -487,10 +501,11 @@ func (sa *IKESA) handleCreateChildResponse(now time.Time, e *Engine, rk *childRe
 		fail(err.Error(), NO_PROPOSAL_CHOSEN)
 		return
 	}
+	c.initSeq(old)
 	sa.children = append(sa.children, c)
 	sa.scheduleChildRekey(e, c, true)
 	e.stats.ChildRekeys++
-	sa.dataPlane(e, rd, InstallChild{SPIi: sa.SPIi, SPIr: sa.SPIr, PeerID: sa.PeerID, Child: c, Replaces: old.InSPI})
+	sa.dataPlane(e, rd, sa.install(c, old.InSPI))
 	ev := sa.event(EventChildRekeyed)
 	ev.Child, ev.Reason = c, "rekeyed by us"
 	rd.add(ev)
@@ -576,6 +591,10 @@ func minBytes(a, b []byte) []byte {
 func (sa *IKESA) deleteChild(now time.Time, e *Engine, c *ChildSA, rd *Ready) {
 	if sa.req != nil {
 		return // one exchange at a time; the old SA is retried by its own rekeyAt
+	}
+	if !sa.idKnown(now, e, rd) {
+		c.retireAt = now // once the message ID is known
+		return
 	}
 	sa.request(now, e, INFORMATIONAL, []Payload{
 		&Delete{Protocol: ProtoESP, SPISize: 4, SPIs: [][]byte{binary.BigEndian.AppendUint32(nil, c.InSPI)}},
@@ -678,6 +697,10 @@ func (e *Engine) RekeyChild(now time.Time, spi uint64, inSPI uint32, rd *Ready) 
 		return
 	}
 	sa.flushDirty(e, rd)
+	if c := sa.childByIn(inSPI); c != nil && !sa.idKnown(now, e, rd) {
+		c.rekeyAt = now // once the message ID is known
+		return
+	}
 	if c := sa.childByIn(inSPI); c != nil && c.replacedBy == nil {
 		sa.startChildRekey(now, e, c, rd)
 		return
@@ -692,6 +715,10 @@ func (e *Engine) RekeyIKE(now time.Time, spi uint64, rd *Ready) {
 		return
 	}
 	sa.flushDirty(e, rd)
+	if !sa.idKnown(now, e, rd) {
+		sa.rekeyIKE = now // once the message ID is known
+		return
+	}
 	sa.startIKERekey(now, e, rd)
 }
 

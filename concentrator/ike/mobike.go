@@ -58,7 +58,7 @@ func (sa *IKESA) checkCookie2(m *Message) bool {
 // startRoutabilityCheck sends an INFORMATIONAL with COOKIE2 to the peer's
 // new address (RFC 4555 §3.7): if it does not come back, the SA goes.
 func (sa *IKESA) startRoutabilityCheck(now time.Time, e *Engine, rd *Ready) {
-	if sa.req != nil {
+	if sa.req != nil || !sa.idKnown(now, e, rd) {
 		return
 	}
 	sa.cookie2 = e.randBytes(16)
@@ -76,6 +76,9 @@ func (e *Engine) UpdateAddresses(now time.Time, spi uint64, local netip.AddrPort
 		return
 	}
 	sa.flushDirty(e, rd)
+	if !sa.idKnown(now, e, rd) {
+		return // the caller asks again once the probe is done
+	}
 	sa.Local = local
 	for _, c := range sa.children {
 		c.Local = local

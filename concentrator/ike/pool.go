@@ -16,8 +16,12 @@ type Pool struct {
 	byPeer map[string]netip.Addr
 }
 
-// ErrPoolExhausted is returned when every address is taken.
-var ErrPoolExhausted = errors.New("address pool exhausted")
+// Errors of an AddressPool.
+var (
+	ErrPoolExhausted = errors.New("address pool exhausted")
+	ErrAddressInUse  = errors.New("address pool: address held by another peer")
+	ErrNotInPool     = errors.New("address pool: address not in the pool")
+)
 
 // NewPool returns a pool handing out the host addresses of p (not the
 // network and broadcast addresses).
@@ -53,6 +57,22 @@ func (p *Pool) Acquire(peer Identity) (netip.Addr, error) {
 		a = a.Next()
 	}
 	return netip.Addr{}, ErrPoolExhausted
+}
+
+// Claim marks a as held by peer (a restored SA's address).
+func (p *Pool) Claim(peer Identity, a netip.Addr) error {
+	if !a.Is4() || !p.prefix.Contains(a) || a == p.prefix.Addr() || a == lastAddr(p.prefix) {
+		return ErrNotInPool
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	key := peer.String()
+	if holder, taken := p.inUse[a]; taken && holder != key {
+		return ErrAddressInUse
+	}
+	p.inUse[a] = key
+	p.byPeer[key] = a
+	return nil
 }
 
 // Release returns a to the pool.

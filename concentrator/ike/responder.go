@@ -205,6 +205,10 @@ func (sa *IKESA) handleAuthRequest(now time.Time, e *Engine, m *Message, rd *Rea
 		sa.mobike = true
 		payloads = append(payloads, &Notify{NotifyType: MOBIKE_SUPPORTED})
 	}
+	// RFC 6311: we synchronise message IDs after a restore and answer
+	// a peer that does.
+	sa.msgIDSync = findNotify(m.Payloads, IKEV2_MESSAGE_ID_SYNC_SUPPORTED) != nil
+	payloads = append(payloads, &Notify{NotifyType: IKEV2_MESSAGE_ID_SYNC_SUPPORTED})
 
 	// The IKE SA is authenticated; a CHILD SA failure below does not undo it.
 	sa.state = stateEstablished
@@ -235,7 +239,7 @@ func (sa *IKESA) handleAuthRequest(now time.Time, e *Engine, m *Message, rd *Rea
 	}
 	if child != nil {
 		sa.scheduleChildRekey(e, child, false)
-		sa.dataPlane(e, rd, InstallChild{SPIi: sa.SPIi, SPIr: sa.SPIr, PeerID: sa.PeerID, Child: child})
+		sa.dataPlane(e, rd, sa.install(child, 0))
 		ev := sa.event(EventChildInstalled)
 		ev.Child = child
 		rd.add(ev)
@@ -305,6 +309,7 @@ func (sa *IKESA) acceptChild(now time.Time, e *Engine, a authPayloads) (*ChildSA
 		delete(e.inSPIs, c.InSPI)
 		return failN(err.(*Error))
 	}
+	c.initSeq(nil)
 	sa.children = append(sa.children, c)
 	spi := binary.BigEndian.AppendUint32(nil, c.InSPI)
 	payloads = append(payloads,
@@ -407,7 +412,7 @@ func (e *Engine) deleteSA(now time.Time, spi uint64, rd *Ready) {
 		sa.terminate(e, "deleted locally", rd)
 		return
 	}
-	if sa.req != nil {
+	if sa.req != nil || !sa.idKnown(now, e, rd) {
 		sa.deleteAfter = true // one exchange at a time: after the one under way
 		return
 	}

@@ -65,11 +65,12 @@ type IKESA struct {
 	cookie2     []byte // our outstanding return-routability check
 	children    []*ChildSA
 	vip         netip.Addr
+	vipForeign  bool // restored with an address the pool does not have
 
 	nextOut    uint32    // message ID of our next request
 	nextIn     uint32    // message ID of the peer's next request
 	lastResp   [][]byte  // our last response, for retransmitted requests
-	resync     bool      // restored: accept the peer's next higher message ID once
+	resync     bool      // restored: a liveness check with a higher message ID may move the window
 	lastRespAt time.Time // when lastResp is dropped (a peer retransmits for minutes, not hours)
 	req        *pendingRequest
 
@@ -81,6 +82,14 @@ type IKESA struct {
 	dirty       bool        // a write failed: the next step persists the full state first
 	rekeyedFrom uint64      // our SPI of the IKE SA this one replaced, until stored
 	pendingDP   []pendingDP // data-plane changes whose batch's write is not yet committed
+
+	// Message IDs of our requests (msgid.go).
+	outReserved uint32 // every request ID we used is below it, as last persisted
+	outDurable  uint32 // the same, as committed
+	resvVersion uint64 // the version that carries outReserved
+	idUnknown   bool   // restored: the peer expects our next request ID in [probeLo, outDurable]
+	probeLo     uint32
+	msgIDSync   bool // the peer announced IKEV2_MESSAGE_ID_SYNC_SUPPORTED (RFC 6311)
 
 	deadline  int64 // UnixNano of the SA's timer in the wheel; 0: none
 	lastRecv  time.Time
@@ -114,6 +123,21 @@ type pendingRequest struct {
 	deleteChild  *ChildSA    // a Delete of this CHILD SA
 	rrCheck      bool        // a MOBIKE return-routability check
 	rekey        *childRekey // a CREATE_CHILD_SA we started
+	// A message ID probe: candidates msgID..probeHi, the highest answered.
+	probe     bool
+	probeHi   uint32
+	probeBest uint32
+	probeGot  bool
+	midSync   bool   // an RFC 6311 IKEV2_MESSAGE_ID_SYNC
+	syncNonce []byte // its nonce
+}
+
+// expects reports whether a response with message ID id answers r.
+func (r *pendingRequest) expects(id uint32) bool {
+	if r.probe {
+		return id >= r.msgID && id <= r.probeHi
+	}
+	return id == r.msgID
 }
 
 // State returns the SA's state name.
@@ -193,6 +217,7 @@ func (sa *IKESA) respond(e *Engine, ex ExchangeType, msgID uint32, payloads []Pa
 
 // request sends a new encrypted request and arms its retransmission timer.
 func (sa *IKESA) request(now time.Time, e *Engine, ex ExchangeType, payloads []Payload, rd *Ready) {
+	sa.reserveIDs(e, rd, sa.nextOut)
 	m := sa.header(ex, sa.nextOut, false)
 	m.Payloads = payloads
 	pkts := sa.seal(e, &m)
@@ -206,17 +231,12 @@ func (sa *IKESA) request(now time.Time, e *Engine, ex ExchangeType, payloads []P
 
 func (sa *IKESA) handle(now time.Time, e *Engine, pkt Packet, h Header, rd *Ready) {
 	if h.Flags&FlagResponse != 0 {
-		if sa.req == nil || h.MessageID != sa.req.msgID {
+		if sa.req == nil || !sa.req.expects(h.MessageID) {
 			e.drop(rd, pkt, h.SPIi, h.SPIr, ErrStaleMessage)
 			return
 		}
 	} else {
 		switch {
-		case sa.resync && h.MessageID > sa.nextIn:
-			// Restored from persisted state: the peer may have moved on with
-			// exchanges that are never persisted (liveness checks). Its next
-			// request is accepted once it authenticates; answering it moves
-			// the window.
 		case h.MessageID == sa.nextIn:
 		case h.MessageID+1 == sa.nextIn && sa.lastResp != nil:
 			if h.NextPayload == PayloadSKF && !isFirstFragment(pkt.Data) {
@@ -232,6 +252,11 @@ func (sa *IKESA) handle(now time.Time, e *Engine, pkt Packet, h Header, rd *Read
 			e.stats.DuplicateRequests++
 			sa.send(sa.lastResp, rd)
 			return
+		case h.MessageID == 0 && h.Exchange == INFORMATIONAL && sa.msgIDSync && sa.state == stateEstablished:
+			// Perhaps an RFC 6311 synchronisation: seen once decrypted.
+		case sa.resync && h.MessageID > sa.nextIn && h.Exchange == INFORMATIONAL:
+			// Restored: perhaps a liveness check of a peer that moved on
+			// with exchanges never persisted; seen once decrypted.
 		default:
 			e.drop(rd, pkt, h.SPIi, h.SPIr, ErrStaleMessage)
 			return
@@ -278,16 +303,42 @@ func (sa *IKESA) handle(now time.Time, e *Engine, pkt Packet, h Header, rd *Read
 		e.drop(rd, pkt, h.SPIi, h.SPIr, &ParseError{Reason: "unprotected " + h.Exchange.String()})
 		return
 	}
+	if !m.IsResponse() && m.MessageID == 0 && sa.msgIDSync && sa.state == stateEstablished && isMIDSyncRequest(m) {
+		sa.lastRecv = now
+		sa.flushDirty(e, rd)
+		sa.answerMIDSync(now, e, m, rd)
+		sa.reschedule(e)
+		return
+	}
+	if !m.IsResponse() && m.MessageID != sa.nextIn {
+		switch {
+		case sa.resync && m.MessageID > sa.nextIn && m.Exchange == INFORMATIONAL && len(m.Payloads) == 0:
+			// A liveness check after a restore: harmless even if replayed.
+		default:
+			e.drop(rd, pkt, h.SPIi, h.SPIr, ErrStaleMessage)
+			return
+		}
+	} else if !m.IsResponse() {
+		sa.resync = false // in step with the peer's requests again
+	}
 	// An authenticated message: NAT-T may have moved the peer (port float
 	// to 4500, a NAT rebinding, MOBIKE), and the peer is alive.
 	sa.lastRecv = now
-	sa.resync = false
 	sa.flushDirty(e, rd)
 	if pkt.Local != sa.Local || pkt.Remote != sa.Remote {
 		sa.moved(now, e, pkt.Local, pkt.Remote, m, rd)
 	}
 	if m.IsResponse() {
-		sa.handleResponse(now, e, m, rd)
+		switch {
+		case sa.req.probe:
+			sa.probeAnswered(now, e, m.MessageID, rd)
+		case sa.req.midSync:
+			if !sa.handleMIDSyncResponse(now, e, m, rd) {
+				e.drop(rd, pkt, h.SPIi, h.SPIr, ErrStaleMessage)
+			}
+		default:
+			sa.handleResponse(now, e, m, rd)
+		}
 		return
 	}
 	sa.handleRequest(now, e, m, rd)
@@ -385,6 +436,19 @@ func (sa *IKESA) onTimer(now time.Time, e *Engine, rd *Ready) {
 			// with is committed: try again later (not counted as a try).
 			r.retransmitAt = now.Add(e.cfg.RetransmitTimeout)
 			sa.reschedule(e)
+			return
+		}
+		if r.probe && r.probeGot {
+			sa.probeDone(now, e, rd) // the rest of the answers were lost
+			if sa.state != stateDead {
+				sa.reschedule(e)
+			}
+			return
+		}
+		if r.midSync && r.tries >= 2 {
+			// No answer to RFC 6311: probe instead.
+			sa.req = nil
+			sa.startProbe(now, e, rd)
 			return
 		}
 		if r.tries >= e.cfg.RetransmitTries {

@@ -98,6 +98,59 @@ func (s *SmoothScheduler) prune(now int64) {
 	s.floor = now
 }
 
+// RestoreScheduler is implemented by schedulers that also place the rekeys
+// of restored CHILD SAs (no rekey merely because of a restore): Restored
+// accounts for a persisted rekey time that is kept, Overdue gives a CHILD
+// SA whose rekey time passed while it was not served a new one, spread
+// out and under the rate cap.
+type RestoreScheduler interface {
+	Restored(at time.Time)
+	Overdue(now time.Time) time.Time
+}
+
+// Restored counts a restored CHILD SA's kept rekey time, so the seconds
+// it loads are known to Schedule and Overdue.
+func (s *SmoothScheduler) Restored(at time.Time) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.load[at.Unix()]++
+}
+
+// Overdue places a rekey that is due already: in the next Window/4 (at
+// least a second), in the least loaded of a few random seconds; past the
+// cap, the first second with room (beyond that range if need be).
+func (s *SmoothScheduler) Overdue(now time.Time) time.Time {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.prune(now.Unix())
+	earliest := now.Unix() + 1
+	span := max(int64(s.Window/4/time.Second), 1)
+	choices := s.Choices
+	if choices == 0 {
+		choices = 4
+	}
+	var b [8]byte
+	best, bestLoad := int64(-1), int32(0)
+	for i := 0; i < choices; i++ {
+		io.ReadFull(s.rand, b[:])
+		sec := earliest + int64(binary.BigEndian.Uint64(b[:])%uint64(span))
+		if l := s.load[sec]; best < 0 || l < bestLoad {
+			best, bestLoad = sec, l
+		}
+	}
+	if s.MaxPerSecond > 0 && int(bestLoad) >= s.MaxPerSecond {
+		for sec := earliest; ; sec++ {
+			if int(s.load[sec]) < s.MaxPerSecond {
+				best = sec
+				break
+			}
+		}
+	}
+	s.load[best]++
+	io.ReadFull(s.rand, b[:])
+	return time.Unix(best, int64(binary.BigEndian.Uint64(b[:])%uint64(time.Second)))
+}
+
 // JitterScheduler is the plain alternative: After ± Fraction, uniformly.
 type JitterScheduler struct {
 	After    time.Duration

@@ -16,14 +16,19 @@ import (
 // re-authenticating the peer. It holds key material; the state store seals
 // it before it leaves the process.
 type SAState struct {
-	Initiator            bool // we are the original initiator
-	SPIi, SPIr           uint64
-	Local, Remote        netip.AddrPort
-	Proposal             Selected
-	SKd                  []byte
-	SKei, SKai           []byte // initiator-to-responder
-	SKer, SKar           []byte // responder-to-initiator
-	NextIn, NextOut      uint32 // message IDs: the peer's next request, our next request
+	Initiator       bool // we are the original initiator
+	SPIi, SPIr      uint64
+	Local, Remote   netip.AddrPort
+	Proposal        Selected
+	SKd             []byte
+	SKei, SKai      []byte // initiator-to-responder
+	SKer, SKar      []byte // responder-to-initiator
+	NextIn, NextOut uint32 // message IDs: the peer's next request, our next request
+	// NextOutReserved: every request message ID we ever used with this SA
+	// is below it (NextOut <= NextOutReserved).
+	NextOutReserved uint32
+	// MsgIDSync: the peer announced RFC 6311 support.
+	MsgIDSync            bool
 	NATLocal, NATRemote  bool
 	PeerFrag             bool
 	MOBIKE               bool
@@ -42,6 +47,11 @@ type ChildState struct {
 	Encap             bool
 	Created           time.Time
 	RekeyAt           time.Time
+	// ESP sequence numbers (seq.go): every outbound number ever used is
+	// <= OutSeqReserved; InSeqLow is the highest inbound number
+	// authenticated at the time of the write; SeqBlock the SA's current
+	// reservation block.
+	OutSeqReserved, InSeqLow, SeqBlock uint64
 }
 
 // Snapshot returns the persistent state of an established SA.
@@ -52,8 +62,12 @@ func (sa *IKESA) Snapshot() (SAState, error) {
 	st := SAState{
 		Initiator: sa.initiator, SPIi: sa.SPIi, SPIr: sa.SPIr, Local: sa.Local, Remote: sa.Remote,
 		Proposal: *sa.prop, SKd: sa.skd, NextIn: sa.nextIn, NextOut: sa.nextOut,
+		NextOutReserved: sa.outReserved, MsgIDSync: sa.msgIDSync,
 		NATLocal: sa.natLocal, NATRemote: sa.natRemote, PeerFrag: sa.peerFrag, MOBIKE: sa.mobike,
 		PeerID: sa.PeerID, VirtualIP: sa.vip, Created: sa.created, Established: sa.Establish,
+	}
+	if sa.idUnknown {
+		st.NextOut = sa.probeLo + 1 // still only a lower bound
 	}
 	i2r, r2i := sa.keyOut, sa.keyIn
 	if !sa.initiator {
@@ -67,6 +81,7 @@ func (sa *IKESA) Snapshot() (SAState, error) {
 		st.Children = append(st.Children, ChildState{
 			InSPI: c.InSPI, OutSPI: c.OutSPI, Proposal: c.Proposal, KeyIn: c.KeyIn, KeyOut: c.KeyOut,
 			LocalTS: c.LocalTS, RemoteTS: c.RemoteTS, Encap: c.Encap, Created: c.Created, RekeyAt: c.rekeyAt,
+			OutSeqReserved: c.seq.outResv, InSeqLow: c.seq.inLow, SeqBlock: c.seq.block,
 		})
 	}
 	return st, nil
@@ -100,7 +115,19 @@ func (e *Engine) Restore(now time.Time, st SAState, rd *Ready) (*IKESA, error) {
 		natLocal: st.NATLocal, natRemote: st.NATRemote, peerFrag: st.PeerFrag, mobike: st.MOBIKE,
 		PeerID: Identity{Type: st.PeerID.Type, Data: bytes.Clone(st.PeerID.Data)}, vip: st.VirtualIP,
 		nextIn: st.NextIn, nextOut: st.NextOut, created: st.Created, Establish: st.Established, lastRecv: now,
-		resync: true, stored: true,
+		resync: true, stored: true, msgIDSync: st.MsgIDSync, idUnknown: true,
+	}
+	// The peer expects our next request with an ID in [NextOut-1,
+	// NextOutReserved] (msgid.go).
+	sa.outReserved = st.NextOutReserved
+	if sa.outReserved < st.NextOut {
+		// A record written without reservations: assume the default block.
+		sa.outReserved = st.NextOut + e.cfg.MessageIDBlock
+	}
+	sa.outDurable = sa.outReserved
+	sa.probeLo = st.NextOut
+	if sa.probeLo > 0 {
+		sa.probeLo--
 	}
 	i2r, r2i := skKeys{bytes.Clone(st.SKei), bytes.Clone(st.SKai)}, skKeys{bytes.Clone(st.SKer), bytes.Clone(st.SKar)}
 	if sa.initiator {
@@ -116,6 +143,14 @@ func (e *Engine) Restore(now time.Time, st SAState, rd *Ready) (*IKESA, error) {
 			return nil, fmt.Errorf("%w: ESP %08x", ErrSPIInUse, cs.InSPI)
 		}
 	}
+	if sa.vip.IsValid() && e.cfg.Pool != nil {
+		// Rebuild the pool: the address is not handed out again.
+		if err := e.cfg.Pool.Claim(sa.PeerID, sa.vip); errors.Is(err, ErrNotInPool) {
+			sa.vipForeign = true // not ours to release either
+		} else if err != nil {
+			return nil, fmt.Errorf("ike: virtual IP %v: %w", st.VirtualIP, err)
+		}
+	}
 	if e.cfg.IKERekeyAfter > 0 {
 		sa.rekeyIKE = now.Add(e.cfg.IKERekeyAfter)
 	}
@@ -124,22 +159,54 @@ func (e *Engine) Restore(now time.Time, st SAState, rd *Ready) (*IKESA, error) {
 		ch := &ChildSA{
 			InSPI: cs.InSPI, OutSPI: cs.OutSPI, Proposal: cs.Proposal, KeyIn: cs.KeyIn, KeyOut: cs.KeyOut,
 			LocalTS: cs.LocalTS, RemoteTS: cs.RemoteTS, Local: sa.Local, Remote: sa.Remote, Encap: cs.Encap,
-			VirtualIP: sa.vip, Created: cs.Created, rekeyAt: cs.RekeyAt,
-		}
-		if e.cfg.ChildRekey != nil {
-			// The outbound sequence number the data plane reached was not
-			// persisted: rekey soon (spread over RestoreRekeyWindow) so the
-			// peer's replay window sees fresh SAs.
-			var b [8]byte
-			e.read(b[:])
-			ch.rekeyAt = now.Add(time.Duration(binary.BigEndian.Uint64(b[:]) % uint64(e.cfg.RestoreRekeyWindow+1)))
+			VirtualIP: st.VirtualIP, Created: cs.Created, rekeyAt: cs.RekeyAt,
 		}
 		e.inSPIs[ch.InSPI] = sa
 		sa.children = append(sa.children, ch)
-		sa.dataPlane(e, rd, InstallChild{SPIi: sa.SPIi, SPIr: sa.SPIr, PeerID: sa.PeerID, Child: ch})
+		start, legacy := ch.restoreSeq(cs)
+		if legacy && ch.rekeyAt.IsZero() {
+			ch.rekeyAt = now // its sequence numbers are unknown: replace it soon
+		}
+		sa.restoreRekey(e, ch, now)
+		// Installed at once, sending above the committed reservation and
+		// no further until the fresh one below is committed.
+		ic := sa.install(ch, 0)
+		ic.OutSeq, ic.OutSeqLimit = start, start
+		rd.add(ic)
+	}
+	if len(sa.children) > 0 {
+		sa.persist(e, PersistReserved, rd)
+		for _, ch := range sa.children {
+			sa.dataPlane(e, rd, SetSeqLimit{InSPI: ch.InSPI, OutSeqLimit: ch.seq.outResv, OutSeqMargin: ch.seq.block / 2})
+		}
+	}
+	if sa.msgIDSync {
+		sa.startMIDSync(now, e, rd)
 	}
 	sa.reschedule(e)
 	return sa, nil
+}
+
+// restoreRekey keeps a restored CHILD SA's rekey time: no rekey merely
+// because of a restore. One whose time has passed is placed by the
+// scheduler (spread out, under its rate cap).
+func (sa *IKESA) restoreRekey(e *Engine, c *ChildSA, now time.Time) {
+	if c.rekeyAt.IsZero() {
+		return // the peer rekeys it
+	}
+	rs, ok := e.cfg.ChildRekey.(RestoreScheduler)
+	switch {
+	case c.rekeyAt.After(now) && ok:
+		rs.Restored(c.rekeyAt)
+	case c.rekeyAt.After(now):
+	case ok:
+		c.rekeyAt = rs.Overdue(now)
+	default:
+		// No scheduler that spreads: within the next minute, at random.
+		var b [8]byte
+		e.read(b[:])
+		c.rekeyAt = now.Add(time.Duration(binary.BigEndian.Uint64(b[:]) % uint64(time.Minute)))
+	}
 }
 
 // persist appends a Persist of a change of an established SA: its state
@@ -156,9 +223,18 @@ func (sa *IKESA) persist(e *Engine, kind PersistKind, rd *Ready, released ...uin
 	if kind == PersistIKERekeyed {
 		p.OldSPI = sa.rekeyedFrom
 	}
+	if sa.outReserved == 0 && p.State != nil {
+		// The first write: reserve our first request IDs.
+		sa.outReserved = sa.nextOut + e.cfg.MessageIDBlock
+		p.State.NextOutReserved = sa.outReserved
+	}
 	sa.version++
 	p.Version = sa.version
 	sa.persistStep = e.step
+	if p.State != nil {
+		sa.resvVersion = sa.version // it carries outReserved
+		sa.seqPersisted()
+	}
 	sa.dirty = false
 	rd.add(p)
 	keep := sa.pendingDP[:0]
@@ -229,6 +305,10 @@ func (e *Engine) Committed(spi, version uint64) {
 	if version > sa.committed {
 		sa.committed = version
 	}
+	if version >= sa.resvVersion {
+		sa.outDurable = max(sa.outDurable, sa.outReserved)
+	}
+	sa.seqCommitted(version)
 	keep := sa.pendingDP[:0]
 	for _, d := range sa.pendingDP {
 		if d.version == 0 && d.step == e.step || d.version > version {

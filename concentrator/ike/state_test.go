@@ -16,10 +16,14 @@ func TestSnapshotRestoreContinues(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	// Unpersisted exchanges after the snapshot: two liveness checks by the gateway.
+	// Unpersisted exchanges after the snapshot: two liveness checks by
+	// the gateway, three by the responder.
 	for i := 0; i < 2; i++ {
 		isa := w.ini.SA(spi)
 		w.run(R(func(rd *Ready) { isa.request(w.now, w.ini, INFORMATIONAL, nil, rd) }), true)
+	}
+	for i := 0; i < 3; i++ {
+		w.run(R(func(rd *Ready) { rsa.request(w.now, w.res, INFORMATIONAL, nil, rd) }), false)
 	}
 	fresh, err := NewEngine(responderConfig(t, 7))
 	if err != nil {
@@ -31,8 +35,26 @@ func TestSnapshotRestoreContinues(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(acts.DataPlane) != 1 {
-		t.Fatalf("restore data-plane actions %d, want one InstallChild", len(acts.DataPlane))
+	if len(acts.DataPlane) != 2 {
+		t.Fatalf("restore data-plane actions %d, want InstallChild and SetSeqLimit", len(acts.DataPlane))
+	}
+	// Both sides announced RFC 6311: the restored SA synchronises at once,
+	// and asks the gateway to skip a block of outbound sequence numbers.
+	gc := w.ini.SA(spi).children[0]
+	resv := gc.seq.outResv
+	w.run(acts, false)
+	if gc.seq.outResv != resv+SeqBlockStart || gc.OutSeqReserved != resv+SeqBlockStart {
+		t.Fatalf("gateway reservation %d after IPSEC_REPLAY_COUNTER_SYNC, want %d", gc.seq.outResv, resv+SeqBlockStart)
+	}
+	if len(w.skips) != 1 || w.skips[0] != (SkipSeq{InSPI: gc.InSPI, Delta: SeqBlockStart}) {
+		t.Fatalf("gateway data plane skips %+v", w.skips)
+	}
+	if fresh.Stats().MsgIDSyncs != 1 || w.ini.Stats().MsgIDSyncsAnswered != 1 {
+		t.Fatalf("RFC 6311 synchronisation: ours %+v, gateway %+v", fresh.Stats(), w.ini.Stats())
+	}
+	fsa := fresh.SA(st.SPIr)
+	if fsa.nextIn != w.ini.SA(spi).nextOut || fsa.nextOut != st.NextOutReserved || fsa.idUnknown {
+		t.Fatalf("after the synchronisation: next in %d out %d (reserved %d), unknown %v", fsa.nextIn, fsa.nextOut, st.NextOutReserved, fsa.idUnknown)
 	}
 	if _, err := fresh.Restore(w.now, st, &Ready{}); err == nil {
 		t.Fatal("restoring the same SA twice succeeded")
@@ -42,6 +64,12 @@ func TestSnapshotRestoreContinues(t *testing.T) {
 	if fresh.Stats().ChildRekeys != 1 {
 		t.Fatalf("CHILD rekey after restore: %+v", fresh.Stats())
 	}
+	// The restored side's own requests are answered too.
+	w.run(R(func(rd *Ready) { fresh.RekeyChild(w.now, st.SPIr, fsa.children[len(fsa.children)-1].InSPI, rd) }), false)
+	if fresh.Stats().ChildRekeys != 2 || w.ini.Stats().ChildRekeys != 2 {
+		t.Fatalf("our CHILD rekey after restore: %+v / %+v", fresh.Stats(), w.ini.Stats())
+	}
+	w.paired(t, 1)
 	w.run(R(func(rd *Ready) { w.ini.Delete(w.now, spi, rd) }), true)
 	if fresh.Len() != 0 || w.ini.Len() != 0 {
 		t.Fatalf("delete after restore: %d %d", fresh.Len(), w.ini.Len())

@@ -384,8 +384,12 @@ type IKESA struct {
 	RekeyAtMs     int64                  `protobuf:"varint,16,opt,name=rekey_at_ms,json=rekeyAtMs,proto3" json:"rekey_at_ms,omitempty"`           // scheduled IKE rekey; 0: none
 	Flags         uint32                 `protobuf:"varint,17,opt,name=flags,proto3" json:"flags,omitempty"`                                      // peer capabilities (engine-defined bits)
 	Children      []*Child               `protobuf:"bytes,18,rep,name=children,proto3" json:"children,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	// Every IKE request ID we have ever sent on this SA is below this: a
+	// restored SA sends its next request with an ID in [next_out,
+	// next_out_reserved] and persists a new reservation before it reaches it.
+	NextOutReserved uint32 `protobuf:"varint,19,opt,name=next_out_reserved,json=nextOutReserved,proto3" json:"next_out_reserved,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
 }
 
 func (x *IKESA) Reset() {
@@ -544,20 +548,34 @@ func (x *IKESA) GetChildren() []*Child {
 	return nil
 }
 
+func (x *IKESA) GetNextOutReserved() uint32 {
+	if x != nil {
+		return x.NextOutReserved
+	}
+	return 0
+}
+
 type Child struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	SpiIn         uint32                 `protobuf:"fixed32,1,opt,name=spi_in,json=spiIn,proto3" json:"spi_in,omitempty"` // ours: the peer sends with it
-	SpiOut        uint32                 `protobuf:"fixed32,2,opt,name=spi_out,json=spiOut,proto3" json:"spi_out,omitempty"`
-	Suite         *Suite                 `protobuf:"bytes,3,opt,name=suite,proto3" json:"suite,omitempty"`
-	LocalTs       []*TrafficSelector     `protobuf:"bytes,4,rep,name=local_ts,json=localTs,proto3" json:"local_ts,omitempty"`
-	RemoteTs      []*TrafficSelector     `protobuf:"bytes,5,rep,name=remote_ts,json=remoteTs,proto3" json:"remote_ts,omitempty"`
-	Encap         bool                   `protobuf:"varint,6,opt,name=encap,proto3" json:"encap,omitempty"`
-	SeqOut        uint64                 `protobuf:"varint,7,opt,name=seq_out,json=seqOut,proto3" json:"seq_out,omitempty"` // outbound ESP sequence high-water mark
-	SeqIn         uint64                 `protobuf:"varint,8,opt,name=seq_in,json=seqIn,proto3" json:"seq_in,omitempty"`    // highest inbound sequence number seen
-	CreatedMs     int64                  `protobuf:"varint,9,opt,name=created_ms,json=createdMs,proto3" json:"created_ms,omitempty"`
-	RekeyAtMs     int64                  `protobuf:"varint,10,opt,name=rekey_at_ms,json=rekeyAtMs,proto3" json:"rekey_at_ms,omitempty"`
-	Local         *Endpoint              `protobuf:"bytes,11,opt,name=local,proto3" json:"local,omitempty"`   // only when it differs from the IKE SA's
-	Remote        *Endpoint              `protobuf:"bytes,12,opt,name=remote,proto3" json:"remote,omitempty"` // only when it differs from the IKE SA's
+	state    protoimpl.MessageState `protogen:"open.v1"`
+	SpiIn    uint32                 `protobuf:"fixed32,1,opt,name=spi_in,json=spiIn,proto3" json:"spi_in,omitempty"` // ours: the peer sends with it
+	SpiOut   uint32                 `protobuf:"fixed32,2,opt,name=spi_out,json=spiOut,proto3" json:"spi_out,omitempty"`
+	Suite    *Suite                 `protobuf:"bytes,3,opt,name=suite,proto3" json:"suite,omitempty"`
+	LocalTs  []*TrafficSelector     `protobuf:"bytes,4,rep,name=local_ts,json=localTs,proto3" json:"local_ts,omitempty"`
+	RemoteTs []*TrafficSelector     `protobuf:"bytes,5,rep,name=remote_ts,json=remoteTs,proto3" json:"remote_ts,omitempty"`
+	Encap    bool                   `protobuf:"varint,6,opt,name=encap,proto3" json:"encap,omitempty"`
+	// Every outbound ESP sequence number ever used with this key is <= this
+	// (a committed reservation): a restored CHILD SA sends from here + 1.
+	OutSeqReserved uint64 `protobuf:"varint,7,opt,name=out_seq_reserved,json=outSeqReserved,proto3" json:"out_seq_reserved,omitempty"`
+	// Highest authenticated inbound sequence number when this was written: a
+	// restored CHILD SA refuses inbound sequence numbers <= this.
+	InSeqLow  uint64    `protobuf:"varint,8,opt,name=in_seq_low,json=inSeqLow,proto3" json:"in_seq_low,omitempty"`
+	CreatedMs int64     `protobuf:"varint,9,opt,name=created_ms,json=createdMs,proto3" json:"created_ms,omitempty"`
+	RekeyAtMs int64     `protobuf:"varint,10,opt,name=rekey_at_ms,json=rekeyAtMs,proto3" json:"rekey_at_ms,omitempty"`
+	Local     *Endpoint `protobuf:"bytes,11,opt,name=local,proto3" json:"local,omitempty"`   // only when it differs from the IKE SA's
+	Remote    *Endpoint `protobuf:"bytes,12,opt,name=remote,proto3" json:"remote,omitempty"` // only when it differs from the IKE SA's
+	// Size of the next outbound reservation block (adaptive: grows while
+	// renewals come often); 0: the engine's initial block.
+	SeqBlock      uint64 `protobuf:"varint,13,opt,name=seq_block,json=seqBlock,proto3" json:"seq_block,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -634,16 +652,16 @@ func (x *Child) GetEncap() bool {
 	return false
 }
 
-func (x *Child) GetSeqOut() uint64 {
+func (x *Child) GetOutSeqReserved() uint64 {
 	if x != nil {
-		return x.SeqOut
+		return x.OutSeqReserved
 	}
 	return 0
 }
 
-func (x *Child) GetSeqIn() uint64 {
+func (x *Child) GetInSeqLow() uint64 {
 	if x != nil {
-		return x.SeqIn
+		return x.InSeqLow
 	}
 	return 0
 }
@@ -676,6 +694,230 @@ func (x *Child) GetRemote() *Endpoint {
 	return nil
 }
 
+func (x *Child) GetSeqBlock() uint64 {
+	if x != nil {
+		return x.SeqBlock
+	}
+	return 0
+}
+
+// SeqRecord is the value stored under seq/<local IKE SPI>: reservations
+// renewed since the SA's Record was last written, so that a renewal writes
+// a few dozen bytes instead of the whole record. A reader takes, field by
+// field, the higher of the Record's value and this one's (all of them only
+// ever grow); entries for CHILD SAs the Record does not list are ignored.
+// Laid out like Record, so the same code splits both.
+type SeqRecord struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Layout version; statestore writes 1.
+	Version      uint32        `protobuf:"varint,1,opt,name=version,proto3" json:"version,omitempty"`
+	Reservations *Reservations `protobuf:"bytes,2,opt,name=reservations,proto3" json:"reservations,omitempty"`
+	// Id of the cluster key that authenticates `reservations`.
+	KeyId uint32 `protobuf:"varint,3,opt,name=key_id,json=keyId,proto3" json:"key_id,omitempty"`
+	// 12-byte nonce || AES-GCM tag over nothing, AAD = key name || 0 ||
+	// bytes of `reservations`: a lowered reservation would reuse nonces.
+	Sealed        []byte `protobuf:"bytes,4,opt,name=sealed,proto3" json:"sealed,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SeqRecord) Reset() {
+	*x = SeqRecord{}
+	mi := &file_api_statestore_v1_record_proto_msgTypes[7]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SeqRecord) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SeqRecord) ProtoMessage() {}
+
+func (x *SeqRecord) ProtoReflect() protoreflect.Message {
+	mi := &file_api_statestore_v1_record_proto_msgTypes[7]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SeqRecord.ProtoReflect.Descriptor instead.
+func (*SeqRecord) Descriptor() ([]byte, []int) {
+	return file_api_statestore_v1_record_proto_rawDescGZIP(), []int{7}
+}
+
+func (x *SeqRecord) GetVersion() uint32 {
+	if x != nil {
+		return x.Version
+	}
+	return 0
+}
+
+func (x *SeqRecord) GetReservations() *Reservations {
+	if x != nil {
+		return x.Reservations
+	}
+	return nil
+}
+
+func (x *SeqRecord) GetKeyId() uint32 {
+	if x != nil {
+		return x.KeyId
+	}
+	return 0
+}
+
+func (x *SeqRecord) GetSealed() []byte {
+	if x != nil {
+		return x.Sealed
+	}
+	return nil
+}
+
+type Reservations struct {
+	state           protoimpl.MessageState `protogen:"open.v1"`
+	NextOutReserved uint32                 `protobuf:"varint,1,opt,name=next_out_reserved,json=nextOutReserved,proto3" json:"next_out_reserved,omitempty"` // as IKESA.next_out_reserved
+	Children        []*ChildReservation    `protobuf:"bytes,2,rep,name=children,proto3" json:"children,omitempty"`
+	// The message IDs when written (as IKESA.next_in, next_out): a message
+	// ID reservation renewed this way keeps the restored SA's search for the
+	// peer's expected ID as narrow as a full write would.
+	NextIn        uint32 `protobuf:"varint,3,opt,name=next_in,json=nextIn,proto3" json:"next_in,omitempty"`
+	NextOut       uint32 `protobuf:"varint,4,opt,name=next_out,json=nextOut,proto3" json:"next_out,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Reservations) Reset() {
+	*x = Reservations{}
+	mi := &file_api_statestore_v1_record_proto_msgTypes[8]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Reservations) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Reservations) ProtoMessage() {}
+
+func (x *Reservations) ProtoReflect() protoreflect.Message {
+	mi := &file_api_statestore_v1_record_proto_msgTypes[8]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Reservations.ProtoReflect.Descriptor instead.
+func (*Reservations) Descriptor() ([]byte, []int) {
+	return file_api_statestore_v1_record_proto_rawDescGZIP(), []int{8}
+}
+
+func (x *Reservations) GetNextOutReserved() uint32 {
+	if x != nil {
+		return x.NextOutReserved
+	}
+	return 0
+}
+
+func (x *Reservations) GetChildren() []*ChildReservation {
+	if x != nil {
+		return x.Children
+	}
+	return nil
+}
+
+func (x *Reservations) GetNextIn() uint32 {
+	if x != nil {
+		return x.NextIn
+	}
+	return 0
+}
+
+func (x *Reservations) GetNextOut() uint32 {
+	if x != nil {
+		return x.NextOut
+	}
+	return 0
+}
+
+type ChildReservation struct {
+	state          protoimpl.MessageState `protogen:"open.v1"`
+	SpiIn          uint32                 `protobuf:"fixed32,1,opt,name=spi_in,json=spiIn,proto3" json:"spi_in,omitempty"`
+	OutSeqReserved uint64                 `protobuf:"varint,2,opt,name=out_seq_reserved,json=outSeqReserved,proto3" json:"out_seq_reserved,omitempty"` // as Child.out_seq_reserved
+	InSeqLow       uint64                 `protobuf:"varint,3,opt,name=in_seq_low,json=inSeqLow,proto3" json:"in_seq_low,omitempty"`                   // as Child.in_seq_low
+	SeqBlock       uint64                 `protobuf:"varint,4,opt,name=seq_block,json=seqBlock,proto3" json:"seq_block,omitempty"`                     // as Child.seq_block
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
+}
+
+func (x *ChildReservation) Reset() {
+	*x = ChildReservation{}
+	mi := &file_api_statestore_v1_record_proto_msgTypes[9]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ChildReservation) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ChildReservation) ProtoMessage() {}
+
+func (x *ChildReservation) ProtoReflect() protoreflect.Message {
+	mi := &file_api_statestore_v1_record_proto_msgTypes[9]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ChildReservation.ProtoReflect.Descriptor instead.
+func (*ChildReservation) Descriptor() ([]byte, []int) {
+	return file_api_statestore_v1_record_proto_rawDescGZIP(), []int{9}
+}
+
+func (x *ChildReservation) GetSpiIn() uint32 {
+	if x != nil {
+		return x.SpiIn
+	}
+	return 0
+}
+
+func (x *ChildReservation) GetOutSeqReserved() uint64 {
+	if x != nil {
+		return x.OutSeqReserved
+	}
+	return 0
+}
+
+func (x *ChildReservation) GetInSeqLow() uint64 {
+	if x != nil {
+		return x.InSeqLow
+	}
+	return 0
+}
+
+func (x *ChildReservation) GetSeqBlock() uint64 {
+	if x != nil {
+		return x.SeqBlock
+	}
+	return 0
+}
+
 // Secrets is the sealed part of a Record.
 type Secrets struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
@@ -693,7 +935,7 @@ type Secrets struct {
 
 func (x *Secrets) Reset() {
 	*x = Secrets{}
-	mi := &file_api_statestore_v1_record_proto_msgTypes[7]
+	mi := &file_api_statestore_v1_record_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -705,7 +947,7 @@ func (x *Secrets) String() string {
 func (*Secrets) ProtoMessage() {}
 
 func (x *Secrets) ProtoReflect() protoreflect.Message {
-	mi := &file_api_statestore_v1_record_proto_msgTypes[7]
+	mi := &file_api_statestore_v1_record_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -718,7 +960,7 @@ func (x *Secrets) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Secrets.ProtoReflect.Descriptor instead.
 func (*Secrets) Descriptor() ([]byte, []int) {
-	return file_api_statestore_v1_record_proto_rawDescGZIP(), []int{7}
+	return file_api_statestore_v1_record_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *Secrets) GetSkD() []byte {
@@ -789,7 +1031,7 @@ type ChildKeys struct {
 
 func (x *ChildKeys) Reset() {
 	*x = ChildKeys{}
-	mi := &file_api_statestore_v1_record_proto_msgTypes[8]
+	mi := &file_api_statestore_v1_record_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -801,7 +1043,7 @@ func (x *ChildKeys) String() string {
 func (*ChildKeys) ProtoMessage() {}
 
 func (x *ChildKeys) ProtoReflect() protoreflect.Message {
-	mi := &file_api_statestore_v1_record_proto_msgTypes[8]
+	mi := &file_api_statestore_v1_record_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -814,7 +1056,7 @@ func (x *ChildKeys) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ChildKeys.ProtoReflect.Descriptor instead.
 func (*ChildKeys) Descriptor() ([]byte, []int) {
-	return file_api_statestore_v1_record_proto_rawDescGZIP(), []int{8}
+	return file_api_statestore_v1_record_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *ChildKeys) GetEncrIn() []byte {
@@ -864,7 +1106,7 @@ type Node struct {
 
 func (x *Node) Reset() {
 	*x = Node{}
-	mi := &file_api_statestore_v1_record_proto_msgTypes[9]
+	mi := &file_api_statestore_v1_record_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -876,7 +1118,7 @@ func (x *Node) String() string {
 func (*Node) ProtoMessage() {}
 
 func (x *Node) ProtoReflect() protoreflect.Message {
-	mi := &file_api_statestore_v1_record_proto_msgTypes[9]
+	mi := &file_api_statestore_v1_record_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -889,7 +1131,7 @@ func (x *Node) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Node.ProtoReflect.Descriptor instead.
 func (*Node) Descriptor() ([]byte, []int) {
-	return file_api_statestore_v1_record_proto_rawDescGZIP(), []int{9}
+	return file_api_statestore_v1_record_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *Node) GetId() string {
@@ -964,7 +1206,7 @@ const file_api_statestore_v1_record_proto_rawDesc = "" +
 	"start_port\x18\x02 \x01(\rR\tstartPort\x12\x19\n" +
 	"\bend_port\x18\x03 \x01(\rR\aendPort\x12\x14\n" +
 	"\x05start\x18\x04 \x01(\fR\x05start\x12\x10\n" +
-	"\x03end\x18\x05 \x01(\fR\x03end\"\x8d\x05\n" +
+	"\x03end\x18\x05 \x01(\fR\x03end\"\xb9\x05\n" +
 	"\x05IKESA\x12\x13\n" +
 	"\x05spi_i\x18\x01 \x01(\x06R\x04spiI\x12\x13\n" +
 	"\x05spi_r\x18\x02 \x01(\x06R\x04spiR\x12\x1c\n" +
@@ -987,22 +1229,41 @@ const file_api_statestore_v1_record_proto_rawDesc = "" +
 	"\x0eestablished_ms\x18\x0f \x01(\x03R\restablishedMs\x12\x1e\n" +
 	"\vrekey_at_ms\x18\x10 \x01(\x03R\trekeyAtMs\x12\x14\n" +
 	"\x05flags\x18\x11 \x01(\rR\x05flags\x129\n" +
-	"\bchildren\x18\x12 \x03(\v2\x1d.ikefleet.statestore.v1.ChildR\bchildren\"\xed\x03\n" +
+	"\bchildren\x18\x12 \x03(\v2\x1d.ikefleet.statestore.v1.ChildR\bchildren\x12*\n" +
+	"\x11next_out_reserved\x18\x13 \x01(\rR\x0fnextOutReserved\"\xa2\x04\n" +
 	"\x05Child\x12\x15\n" +
 	"\x06spi_in\x18\x01 \x01(\aR\x05spiIn\x12\x17\n" +
 	"\aspi_out\x18\x02 \x01(\aR\x06spiOut\x123\n" +
 	"\x05suite\x18\x03 \x01(\v2\x1d.ikefleet.statestore.v1.SuiteR\x05suite\x12B\n" +
 	"\blocal_ts\x18\x04 \x03(\v2'.ikefleet.statestore.v1.TrafficSelectorR\alocalTs\x12D\n" +
 	"\tremote_ts\x18\x05 \x03(\v2'.ikefleet.statestore.v1.TrafficSelectorR\bremoteTs\x12\x14\n" +
-	"\x05encap\x18\x06 \x01(\bR\x05encap\x12\x17\n" +
-	"\aseq_out\x18\a \x01(\x04R\x06seqOut\x12\x15\n" +
-	"\x06seq_in\x18\b \x01(\x04R\x05seqIn\x12\x1d\n" +
+	"\x05encap\x18\x06 \x01(\bR\x05encap\x12(\n" +
+	"\x10out_seq_reserved\x18\a \x01(\x04R\x0eoutSeqReserved\x12\x1c\n" +
+	"\n" +
+	"in_seq_low\x18\b \x01(\x04R\binSeqLow\x12\x1d\n" +
 	"\n" +
 	"created_ms\x18\t \x01(\x03R\tcreatedMs\x12\x1e\n" +
 	"\vrekey_at_ms\x18\n" +
 	" \x01(\x03R\trekeyAtMs\x126\n" +
 	"\x05local\x18\v \x01(\v2 .ikefleet.statestore.v1.EndpointR\x05local\x128\n" +
-	"\x06remote\x18\f \x01(\v2 .ikefleet.statestore.v1.EndpointR\x06remote\"\xd9\x01\n" +
+	"\x06remote\x18\f \x01(\v2 .ikefleet.statestore.v1.EndpointR\x06remote\x12\x1b\n" +
+	"\tseq_block\x18\r \x01(\x04R\bseqBlock\"\x9e\x01\n" +
+	"\tSeqRecord\x12\x18\n" +
+	"\aversion\x18\x01 \x01(\rR\aversion\x12H\n" +
+	"\freservations\x18\x02 \x01(\v2$.ikefleet.statestore.v1.ReservationsR\freservations\x12\x15\n" +
+	"\x06key_id\x18\x03 \x01(\rR\x05keyId\x12\x16\n" +
+	"\x06sealed\x18\x04 \x01(\fR\x06sealed\"\xb4\x01\n" +
+	"\fReservations\x12*\n" +
+	"\x11next_out_reserved\x18\x01 \x01(\rR\x0fnextOutReserved\x12D\n" +
+	"\bchildren\x18\x02 \x03(\v2(.ikefleet.statestore.v1.ChildReservationR\bchildren\x12\x17\n" +
+	"\anext_in\x18\x03 \x01(\rR\x06nextIn\x12\x19\n" +
+	"\bnext_out\x18\x04 \x01(\rR\anextOut\"\x8e\x01\n" +
+	"\x10ChildReservation\x12\x15\n" +
+	"\x06spi_in\x18\x01 \x01(\aR\x05spiIn\x12(\n" +
+	"\x10out_seq_reserved\x18\x02 \x01(\x04R\x0eoutSeqReserved\x12\x1c\n" +
+	"\n" +
+	"in_seq_low\x18\x03 \x01(\x04R\binSeqLow\x12\x1b\n" +
+	"\tseq_block\x18\x04 \x01(\x04R\bseqBlock\"\xd9\x01\n" +
 	"\aSecrets\x12\x11\n" +
 	"\x04sk_d\x18\x01 \x01(\fR\x03skD\x12\x13\n" +
 	"\x05sk_ai\x18\x02 \x01(\fR\x04skAi\x12\x13\n" +
@@ -1037,18 +1298,21 @@ func file_api_statestore_v1_record_proto_rawDescGZIP() []byte {
 	return file_api_statestore_v1_record_proto_rawDescData
 }
 
-var file_api_statestore_v1_record_proto_msgTypes = make([]protoimpl.MessageInfo, 10)
+var file_api_statestore_v1_record_proto_msgTypes = make([]protoimpl.MessageInfo, 13)
 var file_api_statestore_v1_record_proto_goTypes = []any{
-	(*Record)(nil),          // 0: ikefleet.statestore.v1.Record
-	(*Suite)(nil),           // 1: ikefleet.statestore.v1.Suite
-	(*Endpoint)(nil),        // 2: ikefleet.statestore.v1.Endpoint
-	(*Identity)(nil),        // 3: ikefleet.statestore.v1.Identity
-	(*TrafficSelector)(nil), // 4: ikefleet.statestore.v1.TrafficSelector
-	(*IKESA)(nil),           // 5: ikefleet.statestore.v1.IKESA
-	(*Child)(nil),           // 6: ikefleet.statestore.v1.Child
-	(*Secrets)(nil),         // 7: ikefleet.statestore.v1.Secrets
-	(*ChildKeys)(nil),       // 8: ikefleet.statestore.v1.ChildKeys
-	(*Node)(nil),            // 9: ikefleet.statestore.v1.Node
+	(*Record)(nil),           // 0: ikefleet.statestore.v1.Record
+	(*Suite)(nil),            // 1: ikefleet.statestore.v1.Suite
+	(*Endpoint)(nil),         // 2: ikefleet.statestore.v1.Endpoint
+	(*Identity)(nil),         // 3: ikefleet.statestore.v1.Identity
+	(*TrafficSelector)(nil),  // 4: ikefleet.statestore.v1.TrafficSelector
+	(*IKESA)(nil),            // 5: ikefleet.statestore.v1.IKESA
+	(*Child)(nil),            // 6: ikefleet.statestore.v1.Child
+	(*SeqRecord)(nil),        // 7: ikefleet.statestore.v1.SeqRecord
+	(*Reservations)(nil),     // 8: ikefleet.statestore.v1.Reservations
+	(*ChildReservation)(nil), // 9: ikefleet.statestore.v1.ChildReservation
+	(*Secrets)(nil),          // 10: ikefleet.statestore.v1.Secrets
+	(*ChildKeys)(nil),        // 11: ikefleet.statestore.v1.ChildKeys
+	(*Node)(nil),             // 12: ikefleet.statestore.v1.Node
 }
 var file_api_statestore_v1_record_proto_depIdxs = []int32{
 	5,  // 0: ikefleet.statestore.v1.Record.sa:type_name -> ikefleet.statestore.v1.IKESA
@@ -1062,12 +1326,14 @@ var file_api_statestore_v1_record_proto_depIdxs = []int32{
 	4,  // 8: ikefleet.statestore.v1.Child.remote_ts:type_name -> ikefleet.statestore.v1.TrafficSelector
 	2,  // 9: ikefleet.statestore.v1.Child.local:type_name -> ikefleet.statestore.v1.Endpoint
 	2,  // 10: ikefleet.statestore.v1.Child.remote:type_name -> ikefleet.statestore.v1.Endpoint
-	8,  // 11: ikefleet.statestore.v1.Secrets.children:type_name -> ikefleet.statestore.v1.ChildKeys
-	12, // [12:12] is the sub-list for method output_type
-	12, // [12:12] is the sub-list for method input_type
-	12, // [12:12] is the sub-list for extension type_name
-	12, // [12:12] is the sub-list for extension extendee
-	0,  // [0:12] is the sub-list for field type_name
+	8,  // 11: ikefleet.statestore.v1.SeqRecord.reservations:type_name -> ikefleet.statestore.v1.Reservations
+	9,  // 12: ikefleet.statestore.v1.Reservations.children:type_name -> ikefleet.statestore.v1.ChildReservation
+	11, // 13: ikefleet.statestore.v1.Secrets.children:type_name -> ikefleet.statestore.v1.ChildKeys
+	14, // [14:14] is the sub-list for method output_type
+	14, // [14:14] is the sub-list for method input_type
+	14, // [14:14] is the sub-list for extension type_name
+	14, // [14:14] is the sub-list for extension extendee
+	0,  // [0:14] is the sub-list for field type_name
 }
 
 func init() { file_api_statestore_v1_record_proto_init() }
@@ -1081,7 +1347,7 @@ func file_api_statestore_v1_record_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_api_statestore_v1_record_proto_rawDesc), len(file_api_statestore_v1_record_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   10,
+			NumMessages:   13,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

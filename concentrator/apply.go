@@ -1,0 +1,195 @@
+package concentrator
+
+// Applying an engine step's Ready batch. Its state changes go to the state
+// store first; once every one of them is committed, its data-plane changes
+// are made and then its messages sent. A shard's batches are released in
+// the order the engine made them, each behind the commits of those before
+// it. A batch with a failed write is dropped whole: nothing of it is
+// applied or sent, and the engine, told so, makes again what it still
+// needs behind its next write. With statestore.mode none there is nothing
+// to wait for and every batch is applied at once.
+
+import (
+	"context"
+	"fmt"
+	"slices"
+	"sync"
+
+	"github.com/ikefleet/ikefleet/concentrator/dataplane"
+	"github.com/ikefleet/ikefleet/concentrator/ike"
+	"github.com/ikefleet/ikefleet/statestore"
+)
+
+var persistKinds = map[ike.PersistKind]statestore.ChangeKind{
+	ike.PersistEstablished: statestore.Established, ike.PersistChildCreated: statestore.ChildCreated,
+	ike.PersistChildRekeyed: statestore.ChildRekeyed, ike.PersistChildDeleted: statestore.ChildDeleted,
+	ike.PersistIKERekeyed: statestore.IKERekeyed, ike.PersistAddressChanged: statestore.AddressChanged,
+	ike.PersistDeleted: statestore.Deleted, ike.PersistReserved: statestore.Reserved,
+	ike.PersistUpdated: statestore.Updated,
+}
+
+// heldBatch is a batch waiting for its writes (or for those of the
+// batches before it).
+type heldBatch struct {
+	dataPlane []ike.Action
+	send      []ike.Send
+	waiting   int  // writes not answered yet
+	failed    bool // a write failed: drop the batch
+}
+
+// commitResult is the state store's answer to one write of a batch.
+type commitResult struct {
+	b            *heldBatch
+	spi, version uint64
+	kind         statestore.ChangeKind
+	err          error
+}
+
+// commits carries the state store's answers to a shard's goroutine: the
+// store's goroutines must never wait on a shard, so the list is unbounded
+// and wake is only a nudge.
+type commits struct {
+	mu   sync.Mutex
+	list []commitResult
+	wake chan struct{} // capacity 1
+}
+
+func (c *commits) post(r commitResult) {
+	c.mu.Lock()
+	c.list = append(c.list, r)
+	c.mu.Unlock()
+	select {
+	case c.wake <- struct{}{}:
+	default:
+	}
+}
+
+func (c *commits) take(into []commitResult) []commitResult {
+	c.mu.Lock()
+	into = append(into, c.list...)
+	clear(c.list)
+	c.list = c.list[:0]
+	c.mu.Unlock()
+	return into
+}
+
+// perform applies one Ready batch of shard s; on s's goroutine (or before
+// the shards run, at restore). rd may be reused once it returns.
+func (n *Node) perform(ctx context.Context, s *shard, rd *ike.Ready) {
+	for _, ev := range rd.Events {
+		n.logEvent(s, ev)
+	}
+	if n.persist == nil {
+		for _, p := range rd.Persist {
+			s.eng.Committed(p.SPI, p.Version) // nothing to write
+		}
+		n.apply(ctx, s, rd.DataPlane, rd.Send)
+		return
+	}
+	if len(rd.Persist) == 0 && len(s.held) == 0 {
+		n.apply(ctx, s, rd.DataPlane, rd.Send) // nothing to wait for
+		return
+	}
+	if len(rd.Persist) == 0 && len(rd.DataPlane) == 0 && len(rd.Send) == 0 {
+		return
+	}
+	b := &heldBatch{dataPlane: slices.Clone(rd.DataPlane), send: slices.Clone(rd.Send), waiting: len(rd.Persist)}
+	s.held = append(s.held, b)
+	for _, p := range rd.Persist {
+		n.submit(s, b, p)
+	}
+	n.release(ctx, s)
+}
+
+// submit sends one write of batch b to the state store; its answer comes
+// back to the shard through s.commits.
+func (n *Node) submit(s *shard, b *heldBatch, p ike.Persist) {
+	c := statestore.Change{Kind: persistKinds[p.Kind], SPI: p.SPI, OldSPI: p.OldSPI, Released: p.Released}
+	if p.State != nil {
+		c.Record = recordOf(p.State)
+	}
+	done := func(err error) {
+		s.commits.post(commitResult{b: b, spi: p.SPI, version: p.Version, kind: c.Kind, err: err})
+	}
+	if err := n.persist.store.Submit(c, done); err != nil {
+		done(err)
+	}
+}
+
+// commitResults takes the state store's answers on s's goroutine: tells
+// the engine, then releases what may go.
+func (n *Node) commitResults(ctx context.Context, s *shard) {
+	s.results = s.commits.take(s.results[:0])
+	for _, r := range s.results {
+		r.b.waiting--
+		if r.err == nil {
+			s.eng.Committed(r.spi, r.version)
+			continue
+		}
+		r.b.failed = true
+		n.persistFailures.Add(1)
+		n.log.Warn("SA state not persisted; its batch is dropped", "spi", fmt.Sprintf("%016x", r.spi),
+			"change", r.kind.String(), "err", r.err)
+		var rd ike.Ready
+		s.eng.PersistFailed(r.spi, r.version, &rd)
+		n.perform(ctx, s, &rd)
+	}
+	clear(s.results)
+	n.release(ctx, s)
+}
+
+// release applies the batches at the head of s's queue whose writes are
+// all committed, in order, and drops those with a failed write.
+func (n *Node) release(ctx context.Context, s *shard) {
+	for len(s.held) > 0 && s.held[0].waiting == 0 {
+		b := s.held[0]
+		s.held[0] = nil
+		s.held = s.held[1:]
+		if b.failed {
+			n.droppedBatches.Add(1)
+			continue
+		}
+		n.apply(ctx, s, b.dataPlane, b.send)
+	}
+	if len(s.held) == 0 {
+		s.held = nil // let the backing array go
+	}
+}
+
+// apply makes a released batch's data-plane changes, then sends its
+// messages.
+func (n *Node) apply(ctx context.Context, s *shard, dp []ike.Action, send []ike.Send) {
+	for _, a := range dp {
+		switch a := a.(type) {
+		case ike.InstallChild:
+			err := n.dp.Install(ctx, toDataplane(a))
+			n.noteInstall(err)
+			if err != nil {
+				n.log.Error("CHILD_SA install failed", childAttrs(a.SPIi, a.SPIr, a.PeerID, a.Child, "err", err)...)
+			}
+			if _, ok := n.dp.(dataplane.SACounter); ok && a.Replaces != 0 && n.ecfg.RekeyOverlap > 0 {
+				s.watch[a.Child.InSPI] = n.clock.Now().Add(n.ecfg.RekeyOverlap)
+			}
+		case ike.RemoveChild:
+			if err := n.dp.Remove(ctx, a.Child.InSPI); err != nil {
+				n.log.Error("CHILD_SA remove failed", childAttrs(a.SPIi, a.SPIr, ike.Identity{}, a.Child, "err", err)...)
+			}
+		case ike.UpdateChild:
+			n.updateChild(ctx, a)
+		case ike.SetSeqLimit:
+			if l, ok := n.dp.(dataplane.SeqLimiter); ok {
+				if err := l.SetSeqLimit(ctx, a.InSPI, a.OutSeqLimit); err != nil {
+					n.log.Error("CHILD_SA sequence limit not raised", "spi_in", fmt.Sprintf("%08x", a.InSPI),
+						"limit", a.OutSeqLimit, "err", err)
+				}
+			}
+		}
+	}
+	for _, snd := range send {
+		if snd.Keepalive {
+			n.sendKeepalive(snd)
+		} else {
+			n.send(snd)
+		}
+	}
+}

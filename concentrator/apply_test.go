@@ -1,0 +1,239 @@
+package concentrator
+
+import (
+	"context"
+	"errors"
+	"io"
+	"log/slog"
+	"net/netip"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/ikefleet/ikefleet/concentrator/clock"
+	"github.com/ikefleet/ikefleet/concentrator/dataplane/memory"
+	"github.com/ikefleet/ikefleet/concentrator/ike"
+	"github.com/ikefleet/ikefleet/concentrator/transport"
+	"github.com/ikefleet/ikefleet/statestore"
+)
+
+// heldStore is a state store whose commits the test releases by hand.
+// What the node needs besides Submit answers as a registered node with
+// nothing stored.
+type heldStore struct {
+	statestore.Interface // not called
+
+	mu      sync.Mutex
+	pending []heldWrite
+}
+
+type heldWrite struct {
+	c    statestore.Change
+	done func(error)
+}
+
+func (h *heldStore) Submit(c statestore.Change, done func(error)) error {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.pending = append(h.pending, heldWrite{c, done})
+	return nil
+}
+
+// answer answers the pending write of SA spi, from the test's goroutine
+// as the store would from one of its own.
+func (h *heldStore) answer(t *testing.T, spi uint64, err error) statestore.Change {
+	t.Helper()
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	for i, w := range h.pending {
+		if w.c.SPI == spi {
+			h.pending = append(h.pending[:i], h.pending[i+1:]...)
+			w.done(err)
+			return w.c
+		}
+	}
+	t.Fatalf("no write pending for %x", spi)
+	return statestore.Change{}
+}
+
+func (h *heldStore) Registration() (statestore.Owner, int) {
+	return statestore.Owner{Node: "test", Epoch: 1}, 0
+}
+func (h *heldStore) CanSend() bool { return true }
+func (h *heldStore) Health() statestore.Health {
+	return statestore.Health{Registered: true, Reachable: true}
+}
+func (h *heldStore) Flush(context.Context) error {
+	return nil
+}
+func (h *heldStore) Close() error { return nil }
+func (h *heldStore) LoadOwned(context.Context) ([]*statestore.SARecord, error) {
+	return nil, nil
+}
+func (h *heldStore) ReserveIKESPIs(_ context.Context, spis []uint64) ([]bool, error) {
+	return allTrue(len(spis)), nil
+}
+func (h *heldStore) ReserveESPSPIs(_ context.Context, spis []uint32) ([]bool, error) {
+	return allTrue(len(spis)), nil
+}
+
+func allTrue(n int) []bool {
+	ok := make([]bool, n)
+	for i := range ok {
+		ok[i] = true
+	}
+	return ok
+}
+
+// applyRig is one node with one shard on an in-memory network, a peer
+// socket that receives what it sends, and store (nil: statestore.mode
+// none).
+type applyRig struct {
+	n     *Node
+	dp    *memory.DataPlane
+	netw  *transport.Network
+	peer  transport.Conn
+	local netip.AddrPort
+	ctx   context.Context
+}
+
+func newApplyRig(t *testing.T, store statestore.Interface) *applyRig {
+	t.Helper()
+	tail := ""
+	if store != nil {
+		tail = "statestore:\n  mode: external\n  endpoints: [http://127.0.0.1:1]\n  cluster_key_file: /unused\n"
+	}
+	text := nodeConfig(1, "", tail)
+	text = replaceOnce(t, text, "listen: [127.0.0.1]\n  port: 0\n  natt_port: 0\n  shards: 2", "listen: [10.0.0.1]\n  port: 500\n  natt_port: 4500\n  shards: 1")
+	cfg, err := ParseConfig([]byte(text))
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := &applyRig{dp: memory.New(), netw: transport.NewNetwork(), local: netip.MustParseAddrPort("10.0.0.1:500")}
+	log := slog.New(slog.NewTextHandler(io.Discard, nil))
+	r.n, err = New(cfg, log, r.dp, WithTransport(r.netw), WithClock(clock.NewFake(time.Unix(1_800_000_000, 0))))
+	if err != nil {
+		t.Fatal(err)
+	}
+	r.n.storeOverride = store
+	if r.peer, err = r.netw.Listen(netip.MustParseAddrPort("192.0.2.1:500")); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	r.ctx = ctx
+	done := make(chan error, 1)
+	go func() { done <- r.n.Run(ctx) }()
+	t.Cleanup(func() { cancel(); <-done })
+	<-r.n.Ready()
+	return r
+}
+
+// batch is a Ready as the engine makes it: a write of SA spi (none if 0),
+// the installation of a CHILD SA with inbound SPI in (none if 0) and a
+// message.
+func (r *applyRig) batch(spi uint64, in uint32, msg string) *ike.Ready {
+	rd := &ike.Ready{Send: []ike.Send{{Local: r.local, Remote: r.peer.LocalAddr(), Messages: [][]byte{[]byte(msg)}}}}
+	if spi != 0 {
+		rd.Persist = []ike.Persist{{Kind: ike.PersistChildCreated, SPI: spi, Version: 1,
+			State: &ike.SAState{SPIi: 1, SPIr: spi, Local: r.local, Remote: r.peer.LocalAddr()}}}
+	}
+	if in != 0 {
+		rd.DataPlane = []ike.Action{ike.InstallChild{SPIi: 1, SPIr: spi, Child: &ike.ChildSA{InSPI: in, OutSPI: in + 1,
+			Local: r.local, Remote: r.peer.LocalAddr()}}}
+	}
+	return rd
+}
+
+// perform hands rd to the shard as one engine step, and waits until the
+// shard has taken every answer of the state store posted so far.
+func (r *applyRig) perform(t *testing.T, rd *ike.Ready) {
+	t.Helper()
+	s := r.n.shards[0]
+	if err := r.n.do(r.ctx, s, func() {
+		if rd != nil {
+			r.n.perform(r.ctx, s, rd)
+		}
+		r.n.commitResults(r.ctx, s)
+	}); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// settle waits until the shard has taken the store's answers given so far.
+func (r *applyRig) settle(t *testing.T) { t.Helper(); r.perform(t, nil) }
+
+func (r *applyRig) sent() uint64 { d, _ := r.netw.Stats(); return d }
+
+// received reads what the peer got so far, in order.
+func (r *applyRig) received(t *testing.T, n int) string {
+	t.Helper()
+	var got []string
+	buf := make([]byte, 100)
+	for range n {
+		nb, _, err := r.peer.ReadFrom(buf)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got = append(got, string(buf[:nb]))
+	}
+	return strings.Join(got, " ")
+}
+
+// Nothing of a batch leaves before its writes are committed; batches are
+// released in the order they were made, each behind the commits of those
+// before it; a failed write drops its batch whole.
+func TestReadyPersistBeforeDataPlaneAndSend(t *testing.T) {
+	st := &heldStore{}
+	r := newApplyRig(t, st)
+
+	r.perform(t, r.batch(0x10, 0x1001, "one"))
+	r.perform(t, r.batch(0x20, 0, "two"))
+	r.perform(t, r.batch(0, 0, "three")) // no write, but behind the others
+	if r.sent() != 0 || r.dp.Len() != 0 {
+		t.Fatalf("before any commit: %d sent, %d CHILD SAs installed", r.sent(), r.dp.Len())
+	}
+	if c := st.answer(t, 0x20, nil); c.Kind != statestore.ChildCreated || c.Record == nil || c.Record.SPIr != 0x20 {
+		t.Fatalf("change submitted: %+v", c)
+	}
+	r.settle(t)
+	if r.sent() != 0 {
+		t.Fatalf("the second batch left before the first was committed (%d sent)", r.sent())
+	}
+	st.answer(t, 0x10, nil)
+	r.settle(t)
+	if got := r.received(t, 3); got != "one two three" || r.dp.Len() != 1 {
+		t.Fatalf("after both commits: received %q, %d CHILD SAs", got, r.dp.Len())
+	}
+
+	// A failed write: neither the install nor the message of its batch;
+	// the batch behind it goes.
+	r.perform(t, r.batch(0x30, 0x3001, "four"))
+	r.perform(t, r.batch(0, 0, "five"))
+	if r.sent() != 3 {
+		t.Fatal("sent before the commit")
+	}
+	st.answer(t, 0x30, errors.New("etcd: request timed out"))
+	r.settle(t)
+	if got := r.received(t, 1); got != "five" {
+		t.Fatalf("after the failed write: received %q", got)
+	}
+	if r.sent() != 4 || r.dp.Len() != 1 {
+		t.Fatalf("the failed batch was applied: %d sent, %d CHILD SAs", r.sent(), r.dp.Len())
+	}
+	if h := r.n.Health(); h.PersistFailures != 1 || h.DroppedBatches != 1 {
+		t.Fatalf("health %+v", h)
+	}
+	if len(r.n.shards[0].held) != 0 {
+		t.Fatalf("%d batches still held", len(r.n.shards[0].held))
+	}
+}
+
+// With statestore.mode none a batch is applied at once.
+func TestReadyWithoutStateStore(t *testing.T) {
+	r := newApplyRig(t, nil)
+	r.perform(t, r.batch(0x10, 0x1001, "one"))
+	if r.sent() != 1 || r.dp.Len() != 1 {
+		t.Fatalf("%d sent, %d CHILD SAs installed", r.sent(), r.dp.Len())
+	}
+}

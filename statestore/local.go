@@ -1,0 +1,157 @@
+package statestore
+
+// A stand-alone node's state store on local disk: the embedded etcd member
+// in its data directory, on loopback addresses chosen once, and the cluster
+// key generated there the first time.
+
+import (
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+)
+
+// Files in a node's data directory.
+const (
+	embeddedEtcdDir   = "etcd"        // the member's data
+	embeddedAddrsFile = "etcd-addrs"  // "<client host:port> <peer host:port>\n"
+	clusterKeyFile    = "cluster.key" // hex, generated when no key file is configured
+)
+
+// DataDirError is a data directory (or a file in it) that cannot be used.
+type DataDirError struct {
+	Path string
+	Err  error
+}
+
+func (e *DataDirError) Error() string { return fmt.Sprintf("%s: %v", e.Path, e.Err) }
+func (e *DataDirError) Unwrap() error { return e.Err }
+
+// KeyFileError is a cluster key file that cannot be read or does not hold
+// a key.
+type KeyFileError struct {
+	Path   string
+	Reason string
+	Err    error // the I/O error, if any
+}
+
+func (e *KeyFileError) Error() string {
+	if e.Err != nil {
+		return fmt.Sprintf("%s: %v", e.Path, e.Err)
+	}
+	return fmt.Sprintf("%s: %s", e.Path, e.Reason)
+}
+func (e *KeyFileError) Unwrap() error { return e.Err }
+
+// OpenEmbedded starts the single-member etcd that a stand-alone node keeps
+// in dataDir (created if missing): its data under dataDir/etcd, its client
+// and peer addresses chosen on loopback the first time and kept in
+// dataDir/etcd-addrs, since the member's data names them. cfg may set
+// anything but Dir, ClientAddr and PeerAddr, which come from dataDir.
+// Errors: *DataDirError for the directory, else etcd's.
+func OpenEmbedded(dataDir string, cfg EmbedConfig) (*Embedded, error) {
+	if dataDir == "" {
+		return nil, &DataDirError{Path: dataDir, Err: errors.New("no data directory")}
+	}
+	if err := os.MkdirAll(dataDir, 0o700); err != nil {
+		return nil, &DataDirError{Path: dataDir, Err: err}
+	}
+	client, peer, err := embeddedAddrs(dataDir)
+	if err != nil {
+		return nil, err
+	}
+	cfg.Dir = filepath.Join(dataDir, embeddedEtcdDir)
+	cfg.ClientAddr, cfg.PeerAddr = client, peer
+	return StartEmbedded(cfg)
+}
+
+// embeddedAddrs returns the member's addresses kept in dir, choosing free
+// loopback ports the first time.
+func embeddedAddrs(dir string) (client, peer string, err error) {
+	path := filepath.Join(dir, embeddedAddrsFile)
+	b, err := os.ReadFile(path)
+	switch {
+	case err == nil:
+		f := strings.Fields(string(b))
+		if len(f) != 2 {
+			return "", "", &DataDirError{Path: path, Err: errors.New("want two host:port addresses (client, peer)")}
+		}
+		return f[0], f[1], nil
+	case !errors.Is(err, os.ErrNotExist):
+		return "", "", &DataDirError{Path: path, Err: err}
+	}
+	if client, err = freeAddr(""); err != nil {
+		return "", "", err
+	}
+	if peer, err = freeAddr(""); err != nil {
+		return "", "", err
+	}
+	if err := writeFileAtomic(path, []byte(client+" "+peer+"\n")); err != nil {
+		return "", "", &DataDirError{Path: path, Err: err}
+	}
+	return client, peer, nil
+}
+
+// LoadKeyring returns a keyring holding the cluster key (32 bytes in hex)
+// as key id 1. With keyFile empty the key is dataDir/cluster.key, generated
+// the first time: a stand-alone node needs no key management. A cluster
+// of several nodes configures the same keyFile everywhere. Errors:
+// *KeyFileError, *DataDirError (generating the key).
+func LoadKeyring(keyFile, dataDir string) (*Keyring, error) {
+	path := keyFile
+	if path == "" {
+		if dataDir == "" {
+			return nil, &KeyFileError{Reason: "neither a key file nor a data directory"}
+		}
+		path = filepath.Join(dataDir, clusterKeyFile)
+		if _, err := os.Stat(path); errors.Is(err, os.ErrNotExist) {
+			if err := os.MkdirAll(dataDir, 0o700); err != nil {
+				return nil, &DataDirError{Path: dataDir, Err: err}
+			}
+			key := make([]byte, ClusterKeyLen)
+			if _, err := rand.Read(key); err != nil {
+				return nil, err
+			}
+			if err := writeFileAtomic(path, []byte(hex.EncodeToString(key)+"\n")); err != nil {
+				return nil, &DataDirError{Path: path, Err: err}
+			}
+		}
+	}
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, &KeyFileError{Path: path, Err: err}
+	}
+	key, err := hex.DecodeString(strings.TrimSpace(string(b)))
+	if err != nil || len(key) != ClusterKeyLen {
+		return nil, &KeyFileError{Path: path, Reason: fmt.Sprintf("must hold %d bytes in hex", ClusterKeyLen)}
+	}
+	return NewKeyring(1, key)
+}
+
+// writeFileAtomic writes a small file readable by its owner only (0600,
+// CreateTemp's mode), so that
+// a crash leaves either no file or the whole of it.
+func writeFileAtomic(path string, b []byte) error {
+	f, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".*")
+	if err != nil {
+		return err
+	}
+	tmp := f.Name()
+	_, err = f.Write(b)
+	if err == nil {
+		err = f.Sync()
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil {
+		err = os.Rename(tmp, path)
+	}
+	if err != nil {
+		os.Remove(tmp)
+	}
+	return err
+}

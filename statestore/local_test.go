@@ -1,0 +1,102 @@
+package statestore
+
+import (
+	"bytes"
+	"errors"
+	"os"
+	"path/filepath"
+	"testing"
+)
+
+// A stand-alone node's etcd keeps its addresses and its data across
+// restarts in the data directory.
+func TestOpenEmbeddedKeepsAddressesAndData(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "data") // created by OpenEmbedded
+	e, err := OpenEmbedded(dir, EmbedConfig{NoFsync: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	first := e.Endpoints()[0]
+	cli := dial(t, e.Endpoints())
+	if _, err := cli.Put(tctx(t, 5e9), "k", "v"); err != nil {
+		t.Fatal(err)
+	}
+	cli.Close()
+	e.Close()
+	if _, err := os.Stat(filepath.Join(dir, "etcd")); err != nil {
+		t.Fatalf("member data not under data_dir/etcd: %v", err)
+	}
+
+	e, err = OpenEmbedded(dir, EmbedConfig{NoFsync: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer e.Close()
+	if got := e.Endpoints()[0]; got != first {
+		t.Fatalf("client endpoint %s after restart, was %s", got, first)
+	}
+	r, err := dial(t, e.Endpoints()).Get(tctx(t, 5e9), "k")
+	if err != nil || len(r.Kvs) != 1 || string(r.Kvs[0].Value) != "v" {
+		t.Fatalf("data lost across restart: %v %v", r, err)
+	}
+}
+
+func TestOpenEmbeddedBadDataDir(t *testing.T) {
+	var dd *DataDirError
+	if _, err := OpenEmbedded("", EmbedConfig{}); !errors.As(err, &dd) {
+		t.Fatalf("empty data dir: %v", err)
+	}
+	dir := t.TempDir()
+	os.WriteFile(filepath.Join(dir, "etcd-addrs"), []byte("127.0.0.1:1\n"), 0o600)
+	if _, err := OpenEmbedded(dir, EmbedConfig{}); !errors.As(err, &dd) || dd.Path != filepath.Join(dir, "etcd-addrs") {
+		t.Fatalf("garbled etcd-addrs: %v", err)
+	}
+	file := filepath.Join(dir, "file")
+	os.WriteFile(file, nil, 0o600)
+	if _, err := OpenEmbedded(file, EmbedConfig{}); !errors.As(err, &dd) {
+		t.Fatalf("data dir is a file: %v", err)
+	}
+}
+
+func TestLoadKeyring(t *testing.T) {
+	dir := t.TempDir()
+	k1, err := LoadKeyring("", dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	fi, err := os.Stat(filepath.Join(dir, "cluster.key"))
+	if err != nil || fi.Mode().Perm() != 0o600 {
+		t.Fatalf("generated key file: %v %v", fi, err)
+	}
+	// The same key the next time: what one seals the other opens.
+	k2, err := LoadKeyring("", dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	id, sealed, err := k1.Seal([]byte("secret"), []byte("aad"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if plain, err := k2.Open(id, sealed, []byte("aad")); err != nil || !bytes.Equal(plain, []byte("secret")) {
+		t.Fatalf("reloaded key does not open: %q %v", plain, err)
+	}
+	// An explicit key file is used as is, never generated.
+	var ke *KeyFileError
+	missing := filepath.Join(dir, "nope.key")
+	if _, err := LoadKeyring(missing, dir); !errors.As(err, &ke) || ke.Path != missing || !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("missing key file: %v", err)
+	}
+	short := filepath.Join(dir, "short.key")
+	os.WriteFile(short, []byte("abcd\n"), 0o600)
+	if _, err := LoadKeyring(short, ""); !errors.As(err, &ke) || ke.Path != short {
+		t.Fatalf("short key: %v", err)
+	}
+	if k, err := LoadKeyring(filepath.Join(dir, "cluster.key"), ""); err != nil {
+		t.Fatalf("explicit key file: %v", err)
+	} else if _, err := k.Open(id, sealed, []byte("aad")); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := LoadKeyring("", ""); !errors.As(err, &ke) {
+		t.Fatalf("no file, no dir: %v", err)
+	}
+}
