@@ -54,6 +54,10 @@ type NodeConfig struct {
 type LogConfig struct {
 	Level  string `yaml:"level"`
 	Format string `yaml:"format"`
+	// PerEventRate bounds the lines a second of each kind of per-packet
+	// event (drops, cookies, failed IKE_SA_INIT); the rest are counted and
+	// reported as suppressed=K. 0: no limit.
+	PerEventRate int `yaml:"per_event_rate"`
 }
 
 type IKEConfig struct {
@@ -74,6 +78,16 @@ type IKEConfig struct {
 	MOBIKE            *bool         `yaml:"mobike"`
 	KeepaliveInterval time.Duration `yaml:"keepalive_interval"`
 	RekeyAfter        time.Duration `yaml:"rekey_after"`
+
+	// Admission limits (node-wide; each shard gets its share).
+	MaxMessageSize       int   `yaml:"max_message_size"`         // datagrams larger are dropped
+	MaxInitMessageSize   int   `yaml:"max_init_message_size"`    // IKE_SA_INIT requests larger are dropped
+	MaxHalfOpen          int   `yaml:"max_half_open"`            // half-open IKE SAs beyond which requests are dropped
+	MaxHalfOpenPerPrefix int   `yaml:"max_half_open_per_prefix"` // cookie-proven half-open IKE SAs per source prefix
+	MaxHalfOpenBytes     int64 `yaml:"max_half_open_bytes"`      // memory kept by half-open IKE SAs
+	HalfOpenPrefix4      int   `yaml:"half_open_prefix4"`        // prefix length grouping IPv4 sources
+	HalfOpenPrefix6      int   `yaml:"half_open_prefix6"`        // prefix length grouping IPv6 sources
+	MaxSAs               int   `yaml:"max_sas"`                  // IKE SAs in all; 0: no cap
 }
 
 type IdentityConfig struct {
@@ -164,7 +178,7 @@ func DefaultConfig() Config {
 	t := true
 	th := 1000
 	return Config{
-		Log: LogConfig{Level: "info", Format: "json"},
+		Log: LogConfig{Level: "info", Format: "json", PerEventRate: 10},
 		IKE: IKEConfig{
 			Listen: []string{"0.0.0.0"}, Port: 500, NATTPort: 4500, ForceEncap: &t, MOBIKE: &t, CookieThreshold: &th,
 			HalfOpenTimeout: 30 * time.Second, RetransmitTimeout: 2 * time.Second, RetransmitTries: 5, DPDDelay: 60 * time.Second, KeepaliveInterval: 20 * time.Second,
@@ -172,7 +186,9 @@ func DefaultConfig() Config {
 				"aes256gcm16-prfsha256-x25519", "aes256gcm16-prfsha384-ecp384", "aes128gcm16-prfsha256-ecp256",
 				"chacha20poly1305-prfsha256-x25519", "aes256-sha256-modp2048",
 			},
-			ESPProposals: []string{"aes256gcm16", "aes128gcm16", "chacha20poly1305", "aes256-sha256"},
+			ESPProposals:   []string{"aes256gcm16", "aes128gcm16", "chacha20poly1305", "aes256-sha256"},
+			MaxMessageSize: 65535, MaxInitMessageSize: 8192, MaxHalfOpen: 20000, MaxHalfOpenPerPrefix: 1024,
+			MaxHalfOpenBytes: 128 << 20, HalfOpenPrefix4: 32, HalfOpenPrefix6: 64,
 		},
 		Identity: IdentityConfig{SendCert: "always"},
 		Children: ChildrenConfig{RekeyAfter: 50 * time.Minute, RekeyWindow: 10 * time.Minute, RekeyOverlap: 10 * time.Second, RestoreRekeyWindow: 30 * time.Second, MaxPerIKE: 8},
@@ -290,6 +306,9 @@ func (c *Config) Validate() error {
 	default:
 		return fieldErr("log.format", "must be json or text, not %q", c.Log.Format)
 	}
+	if c.Log.PerEventRate < 0 || c.Log.PerEventRate > 100000 {
+		return fieldErr("log.per_event_rate", "must be 0 (no limit) to 100000 lines a second: %d", c.Log.PerEventRate)
+	}
 	if len(c.IKE.Listen) == 0 {
 		return fieldErr("ike.listen", "needs at least one address")
 	}
@@ -310,6 +329,9 @@ func (c *Config) Validate() error {
 	}
 	if c.IKE.CookieThreshold != nil && *c.IKE.CookieThreshold < 0 {
 		return fieldErr("ike.cookie_threshold", "must not be negative")
+	}
+	if err := c.IKE.validateAdmission(); err != nil {
+		return err
 	}
 	if c.IKE.HalfOpenTimeout <= 0 {
 		return fieldErr("ike.half_open_timeout", "must be positive")

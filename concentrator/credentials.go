@@ -176,6 +176,14 @@ func (c *Config) engineConfig() (ike.Config, error) {
 		ec.CookieThreshold = *c.IKE.CookieThreshold
 	}
 	ec.HalfOpenTimeout = c.IKE.HalfOpenTimeout
+	ec.MaxMessageSize = c.IKE.MaxMessageSize
+	ec.MaxInitSize = c.IKE.MaxInitMessageSize
+	ec.MaxHalfOpen = c.IKE.MaxHalfOpen
+	ec.MaxHalfOpenPerPrefix = c.IKE.MaxHalfOpenPerPrefix
+	ec.MaxHalfOpenBytes = c.IKE.MaxHalfOpenBytes
+	ec.HalfOpenPrefix4 = c.IKE.HalfOpenPrefix4
+	ec.HalfOpenPrefix6 = c.IKE.HalfOpenPrefix6
+	ec.MaxSAs = c.IKE.MaxSAs
 	ec.RetransmitTimeout = c.IKE.RetransmitTimeout
 	ec.RetransmitTries = c.IKE.RetransmitTries
 	ec.FragmentSize = c.IKE.FragmentSize

@@ -14,6 +14,7 @@ import (
 	"context"
 	"crypto/rand"
 	"fmt"
+	"github.com/ikefleet/ikefleet/internal/ratelog"
 	"hash/maphash"
 	"log/slog"
 	"math/bits"
@@ -32,6 +33,7 @@ import (
 type Node struct {
 	cfg    Config
 	log    *slog.Logger
+	plog   *ratelog.Logger // per-packet events, rate-limited per kind (lograte.go)
 	dp     dataplane.DataPlane
 	ecfg   ike.Config
 	shards []*shard
@@ -71,6 +73,7 @@ func New(cfg Config, log *slog.Logger, dp dataplane.DataPlane) (*Node, error) {
 		conns: map[netip.AddrPort]*net.UDPConn{}, natt: map[netip.AddrPort]bool{}, ready: make(chan struct{}),
 		nodeID: nodeIDOf(cfg)}
 	n.initObservability()
+	n.plog = ratelog.New(log, cfg.Log.PerEventRate, 2*cfg.Log.PerEventRate)
 	if su, ok := dp.(dataplane.SenderUser); ok {
 		su.SetSender(n) // user-space ESP leaves through our NAT-T socket
 	}
@@ -85,6 +88,7 @@ func New(cfg Config, log *slog.Logger, dp dataplane.DataPlane) (*Node, error) {
 		sc := ecfg
 		sc.Rand = rand.Reader
 		sc.CookieThreshold = perShard
+		shareAdmission(&sc, ns)
 		sc.SPITagMask = spiShardMask
 		sc.SPITag = uint64(i) << spiShardShift
 		if espBits > 0 {
@@ -253,6 +257,8 @@ func (n *Node) Run(ctx context.Context) error {
 	}
 	wg.Add(1)
 	go func() { defer wg.Done(); n.watchStore(ctx) }()
+	wg.Add(1)
+	go func() { defer wg.Done(); n.flushSuppressed(ctx) }()
 	if n.persist != nil {
 		wg.Add(1)
 		go func() {
