@@ -416,10 +416,17 @@ func (c *Config) Validate() error {
 			return fieldErr(f+".secret", "exactly one of secret, secret_hex, secret_file is required")
 		}
 		if p.SecretFile == "" { // files are read with the other credentials (New, --check)
-			if _, err := p.secret(); err != nil {
+			s, err := p.secret()
+			if err != nil {
+				return fieldErr(f+".secret", "%v", err)
+			}
+			if err := checkPSKLength(s, c.IKE.AllowWeak); err != nil {
 				return fieldErr(f+".secret", "%v", err)
 			}
 		}
+	}
+	if c.Identity.Cert == "" && len(c.Auth.PSKs) == 0 && len(c.Auth.CAs) == 0 {
+		return fieldErr("auth", "no credentials at all: configure auth.psks, or identity.cert and identity.key with auth.cas")
 	}
 	if c.Identity.Cert == "" && len(c.Auth.PSKs) == 0 && c.Identity.ID != "" && len(c.Auth.CAs) > 0 {
 		return fieldErr("identity.cert", "auth.cas is set but we have no certificate to authenticate ourselves with")
@@ -476,8 +483,8 @@ func (s *StateStoreConfig) validate() error {
 		if s.ClusterKeyFile == "" {
 			return fieldErr("statestore.cluster_key_file", "required with mode external (every node needs the same key)")
 		}
-		if (s.CertFile == "") != (s.KeyFile == "") {
-			return fieldErr("statestore.key_file", "statestore.cert_file and statestore.key_file go together")
+		if err := s.validateExternalTLS(); err != nil {
+			return err
 		}
 	case "none":
 	default:

@@ -99,6 +99,9 @@ func (c *Config) engineConfig() (ike.Config, error) {
 		for _, ct := range certs {
 			ec.Local.Chain = append(ec.Local.Chain, ct.Raw)
 		}
+		if err := checkPrivateKeyFile("identity.key", c.Identity.Key); err != nil {
+			return ec, err
+		}
 		kd, err := os.ReadFile(c.Identity.Key)
 		if err != nil {
 			return ec, fieldErr("identity.key", "%v", err)
@@ -149,7 +152,15 @@ func (c *Config) engineConfig() (ike.Config, error) {
 	psks := ike.PSKMap{}
 	for i, p := range c.Auth.PSKs {
 		id, _ := parseIdentity(p.ID)
+		if p.SecretFile != "" {
+			if err := checkPrivateKeyFile(fmt.Sprintf("auth.psks[%d].secret_file", i), p.SecretFile); err != nil {
+				return ec, err
+			}
+		}
 		s, err := p.secret()
+		if err == nil {
+			err = checkPSKLength(s, c.IKE.AllowWeak)
+		}
 		if err != nil {
 			return ec, fieldErr(fmt.Sprintf("auth.psks[%d].secret", i), "%v", err)
 		}

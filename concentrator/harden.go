@@ -2,7 +2,11 @@ package concentrator
 
 import (
 	"context"
+	"fmt"
 	"log/slog"
+	"net/netip"
+	"net/url"
+	"os"
 	"time"
 
 	"github.com/ikefleet/ikefleet/concentrator/ike"
@@ -78,4 +82,70 @@ func shareAdmission(sc *ike.Config, ns int) {
 	if sc.MaxHalfOpenBytes > 0 {
 		sc.MaxHalfOpenBytes = (sc.MaxHalfOpenBytes + int64(ns) - 1) / int64(ns)
 	}
+}
+
+// MinPSKLength is the shortest pre-shared key accepted without
+// ike.allow_weak: a PSK is open to offline guessing by anyone who sees one
+// IKE_AUTH exchange (RFC 7296 §2.15).
+const MinPSKLength = 16
+
+func checkPSKLength(s []byte, allowWeak bool) error {
+	if len(s) < MinPSKLength && !allowWeak {
+		return fmt.Errorf("%d bytes is too short to resist offline guessing: at least %d (or set ike.allow_weak)", len(s), MinPSKLength)
+	}
+	return nil
+}
+
+// validateExternalTLS: a node talks to an external etcd with mutual TLS —
+// the records hold sealed key material and the cluster's SA state, and the
+// client certificate is what lets etcd refuse strangers. Plain http:// is
+// accepted only for loopback endpoints.
+func (s *StateStoreConfig) validateExternalTLS() error {
+	if s.CAFile == "" {
+		return fieldErr("statestore.ca_file", "required with mode external (etcd over TLS)")
+	}
+	if s.CertFile == "" {
+		return fieldErr("statestore.cert_file", "required with mode external (etcd client certificate)")
+	}
+	if s.KeyFile == "" {
+		return fieldErr("statestore.key_file", "required with mode external (etcd client key)")
+	}
+	for i, ep := range s.Endpoints {
+		u, err := url.Parse(ep)
+		if err != nil || u.Host == "" {
+			return fieldErr(fmt.Sprintf("statestore.endpoints[%d]", i), "not a URL (https://host:port): %q", ep)
+		}
+		switch u.Scheme {
+		case "https":
+		case "http":
+			if !isLoopbackHost(u.Hostname()) {
+				return fieldErr(fmt.Sprintf("statestore.endpoints[%d]", i), "plain http to a non-loopback etcd: use https:// (%q)", ep)
+			}
+		default:
+			return fieldErr(fmt.Sprintf("statestore.endpoints[%d]", i), "scheme must be https (or http for loopback): %q", ep)
+		}
+	}
+	return nil
+}
+
+func isLoopbackHost(h string) bool {
+	if h == "localhost" {
+		return true
+	}
+	a, err := netip.ParseAddr(h)
+	return err == nil && a.IsLoopback()
+}
+
+// checkPrivateKeyFile refuses a private key (or cluster key, or PSK file)
+// that the group or others may read: whoever reads it can impersonate the
+// node or open every sealed record.
+func checkPrivateKeyFile(field, path string) error {
+	fi, err := os.Stat(path)
+	if err != nil {
+		return fieldErr(field, "%v", err)
+	}
+	if fi.Mode().Perm()&0o077 != 0 {
+		return fieldErr(field, "%s is readable by group or others (mode %04o): chmod 600 it", path, fi.Mode().Perm())
+	}
+	return nil
 }

@@ -149,6 +149,9 @@ func clusterKeys(c StateStoreConfig) (*statestore.Keyring, error) {
 			}
 		}
 	}
+	if err := checkPrivateKeyFile("statestore.cluster_key_file", path); err != nil {
+		return nil, err
+	}
 	b, err := os.ReadFile(path)
 	if err != nil {
 		return nil, fmt.Errorf("statestore.cluster_key_file: %w", err)
