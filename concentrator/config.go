@@ -78,6 +78,12 @@ type IKEConfig struct {
 	MOBIKE            *bool         `yaml:"mobike"`
 	KeepaliveInterval time.Duration `yaml:"keepalive_interval"`
 	RekeyAfter        time.Duration `yaml:"rekey_after"`
+	// SocketBuffer is the receive buffer of the IKE and NAT-T sockets in
+	// bytes (every data plane): what a burst of gateways may queue while
+	// the node works. Beyond net.core.rmem_max it needs CAP_NET_ADMIN
+	// (SO_RCVBUFFORCE). A data plane's own socket_recv_buffer, if larger,
+	// wins. 0 keeps the system default.
+	SocketBuffer int `yaml:"socket_buffer"`
 
 	// Admission limits (node-wide; each shard gets its share).
 	MaxMessageSize       int   `yaml:"max_message_size"`         // datagrams larger are dropped
@@ -156,6 +162,10 @@ type UserspaceConfig struct {
 	SocketSendBuffer int `yaml:"socket_send_buffer"` // NAT-T socket SO_SNDBUF, bytes; 0 = system default
 }
 
+// DefaultSocketBuffer is ike.socket_buffer's default: room for about
+// 10,000 IKE_SA_INITs of a mass reconnect.
+const DefaultSocketBuffer = 8 << 20
+
 // DataPlaneModes are the accepted values of dataplane.mode.
 var DataPlaneModes = []string{"memory", "userspace", "xfrm", "auto"}
 
@@ -180,7 +190,7 @@ func DefaultConfig() Config {
 	return Config{
 		Log: LogConfig{Level: "info", Format: "json", PerEventRate: 10},
 		IKE: IKEConfig{
-			Listen: []string{"0.0.0.0"}, Port: 500, NATTPort: 4500, ForceEncap: &t, MOBIKE: &t, CookieThreshold: &th,
+			Listen: []string{"0.0.0.0"}, Port: 500, NATTPort: 4500, ForceEncap: &t, MOBIKE: &t, CookieThreshold: &th, SocketBuffer: DefaultSocketBuffer,
 			HalfOpenTimeout: 30 * time.Second, RetransmitTimeout: 2 * time.Second, RetransmitTries: 5, DPDDelay: 60 * time.Second, KeepaliveInterval: 20 * time.Second,
 			Proposals: []string{
 				"aes256gcm16-prfsha256-x25519", "aes256gcm16-prfsha384-ecp384", "aes128gcm16-prfsha256-ecp256",
@@ -326,6 +336,9 @@ func (c *Config) Validate() error {
 	}
 	if c.IKE.Shards < 0 || c.IKE.Shards > 256 {
 		return fieldErr("ike.shards", "must be 0 (one per CPU) to 256: %d", c.IKE.Shards)
+	}
+	if c.IKE.SocketBuffer < 0 || c.IKE.SocketBuffer > 1<<30 {
+		return fieldErr("ike.socket_buffer", "must be 0 (system default) to 1 GiB: %d", c.IKE.SocketBuffer)
 	}
 	if c.IKE.CookieThreshold != nil && *c.IKE.CookieThreshold < 0 {
 		return fieldErr("ike.cookie_threshold", "must not be negative")

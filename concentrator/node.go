@@ -53,6 +53,7 @@ type Node struct {
 	persistFailures atomic.Uint64
 	fencedDrops     atomic.Uint64
 	queueDrops      atomic.Uint64
+	initDrops       atomic.Uint64
 	nonIKEDrops     atomic.Uint64
 	keepalives      atomic.Uint64
 	obs             observability
@@ -95,7 +96,7 @@ func New(cfg Config, log *slog.Logger, dp dataplane.DataPlane) (*Node, error) {
 			sc.ESPSPITagMask = uint32((1<<espBits)-1) << (32 - espBits)
 			sc.ESPSPITag = uint32(i) << (32 - espBits)
 		}
-		sh := &shard{id: i, in: make(chan ike.Packet, shardQueueLen), calls: make(chan func()),
+		sh := &shard{id: i, q: newShardQueue(shardQueueLen, initQueueLen), calls: make(chan func()),
 			watch: map[uint32]time.Time{}, ikeSPIs: make(chan uint64, spiPoolLen), espSPIs: make(chan uint32, spiPoolLen)}
 		sc.IKESPIs = func() (uint64, bool) {
 			select {
@@ -205,6 +206,12 @@ func (n *Node) Run(ctx context.Context) error {
 					return fmt.Errorf("listen %s port %d: %s data plane: %w", a, port, n.dp.Name(), err)
 				}
 			}
+			if err := configureSocket(c, n.cfg.IKE.SocketBuffer); err != nil {
+				for _, c := range conns {
+					c.Close()
+				}
+				return fmt.Errorf("listen %s port %d: %w", a, port, err)
+			}
 			local := c.LocalAddr().(*net.UDPAddr).AddrPort()
 			local = netip.AddrPortFrom(local.Addr().Unmap(), local.Port())
 			n.mu.Lock()
@@ -290,6 +297,12 @@ func (n *Node) Run(ctx context.Context) error {
 	}
 	readers.Wait()
 	wg.Wait()
-	n.log.Info("stopped", "node", n.nodeID)
+	rs := n.ReceiveStats()
+	attrs := []any{"node", n.nodeID, "queue_drops_new", rs.QueueDropsNew, "queue_drops_other", rs.QueueDropsOther}
+	if n.persist != nil {
+		h := n.persist.store.Health()
+		attrs = append(attrs, "persisted_changes", h.Changes, "persist_batches", h.Batches)
+	}
+	n.log.Info("stopped", attrs...)
 	return nil
 }

@@ -15,7 +15,7 @@ import (
 type shard struct {
 	id    int
 	eng   *ike.Engine
-	in    chan ike.Packet
+	q     shardQueue
 	calls chan func()
 	// watch: rekeyed CHILD SAs (inbound SPI) whose first inbound traffic
 	// retires their predecessor, until when to look.
@@ -32,18 +32,35 @@ func (n *Node) runShard(ctx context.Context, s *shard) {
 	watchTick := time.NewTicker(watchInterval)
 	defer watchTick.Stop()
 	var rd ike.Ready
+	streak := 0
 	for {
-		select {
-		case <-ctx.Done():
-			return
-		case pkt := <-s.in:
+		// Queued IKE_AUTHs and messages of established SAs before new
+		// IKE_SA_INITs (shardQueue.next); after prioStreak packets in a
+		// row, one wait on everything, so timers and calls get their turn.
+		var pkt ike.Packet
+		ok := false
+		if streak < prioStreak {
+			pkt, ok = s.q.next()
+		}
+		if ok {
+			streak++
 			s.eng.Handle(time.Now(), pkt, &rd)
-		case f := <-s.calls:
-			f()
-		case <-timer.C:
-			s.eng.Tick(time.Now(), &rd)
-		case <-watchTick.C:
-			n.checkWatched(ctx, s)
+		} else {
+			streak = 0
+			select {
+			case <-ctx.Done():
+				return
+			case pkt := <-s.q.prio:
+				s.eng.Handle(time.Now(), pkt, &rd)
+			case pkt := <-s.q.init:
+				s.eng.Handle(time.Now(), pkt, &rd)
+			case f := <-s.calls:
+				f()
+			case <-timer.C:
+				s.eng.Tick(time.Now(), &rd)
+			case <-watchTick.C:
+				n.checkWatched(ctx, s)
+			}
 		}
 		n.perform(ctx, s, &rd)
 		rd.Reset()

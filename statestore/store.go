@@ -71,6 +71,8 @@ type Health struct {
 	Queued     int  // changes waiting to be persisted
 	RefuseNew  bool // Submit refuses new SAs (etcd unreachable, QueueNew off)
 	Txns       uint64
+	Changes    uint64 // changes committed by Submit's batches (Changes/batch transactions: the mean batch)
+	Batches    uint64 // transactions that committed them
 }
 
 // registration is one life of the node in the registry.
@@ -105,7 +107,8 @@ type Store struct {
 	reach    bool
 	prevSlot int
 
-	txns atomic.Uint64
+	txns             atomic.Uint64
+	changes, batches atomic.Uint64
 
 	bs []*batcher // shards by IKE SPI: changes to one SA stay in order
 
@@ -201,6 +204,7 @@ func (s *Store) Health() Health {
 	}
 	h.RefuseNew = !h.Reachable && !s.cfg.Batch.QueueNew
 	h.Txns = s.txns.Load()
+	h.Changes, h.Batches = s.changes.Load(), s.batches.Load()
 	return h
 }
 

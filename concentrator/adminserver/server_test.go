@@ -453,6 +453,9 @@ func TestDrainRefusesNewSAs(t *testing.T) {
 	if h, err := hc.Check(ctx, &healthpb.HealthCheckRequest{}); err != nil || h.Status != healthpb.HealthCheckResponse_NOT_SERVING {
 		t.Fatalf("health while draining: %v %v", h, err)
 	}
+	if !tn.node.Health().Draining {
+		t.Fatal("Health().Draining (/readyz) is false while draining")
+	}
 	if h, err := hc.Check(ctx, &healthpb.HealthCheckRequest{Service: ServiceName}); err != nil || h.Status != healthpb.HealthCheckResponse_SERVING {
 		t.Fatalf("the admin service while draining: %v %v", h, err)
 	}

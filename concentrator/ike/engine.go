@@ -25,8 +25,9 @@ type Engine struct {
 	perPrefix     map[netip.Prefix]int
 	cookie        [2]cookieSecret // current and previous
 	stats         Stats
-	step          uint64    // counts entry points: one Ready batch each
-	now           time.Time // the latest time an entry point was given
+	step          uint64         // counts entry points: one Ready batch each
+	now           time.Time      // the latest time an entry point was given
+	natFake       netip.AddrPort // ForceEncap: the address our NAT_DETECTION_SOURCE_IP claims
 }
 
 type initKey struct {
@@ -328,6 +329,17 @@ func (e *Engine) cookieFor(now time.Time, version byte, ni []byte, peer netip.Ad
 	binary.BigEndian.PutUint64(s[:], spii)
 	m.Write(s[:])
 	return m.Sum([]byte{cs.version})
+}
+
+// forcedNATAddr is a random address, chosen once, whose hash stands in
+// for ours in NAT_DETECTION_SOURCE_IP when ForceEncap claims a NAT.
+func (e *Engine) forcedNATAddr() netip.AddrPort {
+	if !e.natFake.IsValid() {
+		var b [18]byte
+		e.read(b[:])
+		e.natFake = netip.AddrPortFrom(netip.AddrFrom16([16]byte(b[:16])), binary.BigEndian.Uint16(b[16:]))
+	}
+	return e.natFake
 }
 
 func (e *Engine) currentCookie(now time.Time) *cookieSecret {

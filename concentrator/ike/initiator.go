@@ -86,7 +86,13 @@ func (sa *IKESA) handleInitResponse(now time.Time, e *Engine, pkt Packet, rd *Re
 		e.drop(rd, pkt, sa.SPIi, 0, err)
 		return
 	}
-	if c := findNotify(m.Payloads, COOKIE); c != nil && sa.cookie == nil {
+	if c := findNotify(m.Payloads, COOKIE); c != nil {
+		if bytes.Equal(c.Data, sa.cookie) {
+			// The answer to a retransmission of our cookieless request:
+			// the retry with this cookie is out already.
+			e.drop(rd, pkt, sa.SPIi, 0, ErrStaleMessage)
+			return
+		}
 		sa.cookie = bytes.Clone(c.Data)
 		sa.req = nil
 		sa.sendInit(now, e, rd)

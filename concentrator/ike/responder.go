@@ -182,8 +182,20 @@ func (sa *IKESA) handleAuthRequest(now time.Time, e *Engine, m *Message, rd *Rea
 		psk, _ = e.cfg.PSKs.PSK(sa.PeerID)
 	}
 	if err := sa.verifyPeer(now, e, a, sa.authOctets(true, a.id), psk, e.cfg.Verifier); err != nil {
-		fail(err)
-		return
+		// Under load we may have demanded a cookie for this IKE_SA_INIT
+		// and then accepted its cookieless retransmission; the initiator
+		// signs the message 1 it sent last: the one with our cookie.
+		verified := false
+		for _, msg1 := range sa.cookieRetries(now, e) {
+			if sa.verifyPeer(now, e, a, sa.signedOctets(msg1, sa.nr, sa.skpi, a.id), psk, e.cfg.Verifier) == nil {
+				verified = true
+				break
+			}
+		}
+		if !verified {
+			fail(err)
+			return
+		}
 	}
 	// Authenticate ourselves the way the peer did, if we can: PSK peers get
 	// PSK, certificate peers get our signature.
@@ -406,4 +418,36 @@ func (e *Engine) deleteSA(now time.Time, spi uint64, rd *Ready) {
 	sa.state = stateDeleting
 	sa.request(now, e, INFORMATIONAL, []Payload{&Delete{Protocol: ProtoIKE}}, rd)
 	sa.req.deleteIKE = true
+}
+
+// cookieRetries returns the IKE_SA_INIT requests the initiator may have
+// sent after the cookieless one we answered: the same message with our
+// cookie as its first payload (RFC 7296 §2.6), for the current and the
+// previous cookie secret. None when the message we answered carried a
+// cookie already.
+func (sa *IKESA) cookieRetries(now time.Time, e *Engine) [][]byte {
+	m1 := sa.initReq
+	if len(m1) < 28 || PayloadType(m1[16]) == PayloadNotify {
+		return nil // answered with a cookie (the first payload), or malformed
+	}
+	var out [][]byte
+	cur := e.currentCookie(now).version
+	for _, v := range []byte{cur, cur - 1} {
+		c := e.cookieFor(now, v, sa.ni, sa.initRemote.Addr(), sa.SPIi)
+		if c == nil {
+			continue
+		}
+		n := 8 + len(c) // generic header, protocol, SPI size, type, data
+		b := make([]byte, 0, len(m1)+n)
+		b = append(b, m1[:28]...)
+		b[16] = byte(PayloadNotify)
+		binary.BigEndian.PutUint32(b[24:], uint32(len(m1)+n))
+		b = append(b, m1[16], 0)
+		b = binary.BigEndian.AppendUint16(b, uint16(n))
+		b = append(b, 0, 0)
+		b = binary.BigEndian.AppendUint16(b, uint16(COOKIE))
+		b = append(b, c...)
+		out = append(out, append(b, m1[28:]...))
+	}
+	return out
 }

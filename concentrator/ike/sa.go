@@ -460,6 +460,11 @@ func (sa *IKESA) authOctets(ofInitiator bool, id *ID) []byte {
 	if !ofInitiator {
 		msg, nonce, key = sa.initResp, sa.ni, sa.skpr
 	}
+	return sa.signedOctets(msg, nonce, key, id)
+}
+
+// signedOctets: message 1 or 2, the other side's nonce, prf(SK_p, ID').
+func (sa *IKESA) signedOctets(msg, nonce, key []byte, id *ID) []byte {
 	mac := sa.prf.Sum(key, id.Body())
 	o := make([]byte, 0, len(msg)+len(nonce)+len(mac))
 	return append(append(append(o, msg...), nonce...), mac...)
@@ -514,7 +519,12 @@ func natHash(spii, spir uint64, a netip.AddrPort) []byte {
 func natNotifies(e *Engine, spii, spir uint64, local, remote netip.AddrPort, force bool) []Payload {
 	src := natHash(spii, spir, local)
 	if force {
-		src = e.randBytes(sha1.Size)
+		// Claim a NAT: hash an address that is not ours. The same one for
+		// the SA's every message, so that an IKE_SA_INIT retried with a
+		// cookie is the first one plus the cookie (RFC 7296 §2.6): the
+		// responder may have answered either, and AUTH signs the one the
+		// initiator sent last.
+		src = natHash(spii, spir, e.forcedNATAddr())
 	}
 	return []Payload{
 		&Notify{NotifyType: NAT_DETECTION_SOURCE_IP, Data: src},
