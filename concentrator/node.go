@@ -16,6 +16,7 @@ import (
 	"context"
 	"crypto/rand"
 	"fmt"
+	"github.com/ikefleet/ikefleet/internal/ratelog"
 	"hash/maphash"
 	"log/slog"
 	"math/bits"
@@ -36,6 +37,7 @@ import (
 type Node struct {
 	cfg    Config
 	log    *slog.Logger
+	plog   *ratelog.Logger // per-packet events, rate-limited per kind (lograte.go)
 	dp     dataplane.DataPlane
 	ecfg   ike.Config
 	shards []*shard
@@ -100,6 +102,7 @@ func New(cfg Config, log *slog.Logger, dp dataplane.DataPlane, opts ...Option) (
 		log.Warn("children.restore_rekey_window is deprecated and ignored: restored CHILD SAs keep their rekey schedule and continue above their sequence number reservations")
 	}
 	n.initObservability()
+	n.plog = ratelog.New(log, cfg.Log.PerEventRate, 2*cfg.Log.PerEventRate)
 	if su, ok := dp.(dataplane.SenderUser); ok {
 		su.SetSender(n) // user-space ESP leaves through our NAT-T socket
 	}
@@ -114,6 +117,7 @@ func New(cfg Config, log *slog.Logger, dp dataplane.DataPlane, opts ...Option) (
 		sc := ecfg
 		sc.Rand = rand.Reader
 		sc.CookieThreshold = perShard
+		shareAdmission(&sc, ns)
 		sc.SPITagMask = spiShardMask
 		sc.SPITag = uint64(i) << spiShardShift
 		if espBits > 0 {
@@ -296,6 +300,8 @@ func (n *Node) Run(ctx context.Context) error {
 	}
 	wg.Add(1)
 	go func() { defer wg.Done(); n.watchStore(ctx) }()
+	wg.Add(1)
+	go func() { defer wg.Done(); n.flushSuppressed(ctx) }()
 	if n.persist != nil {
 		wg.Add(1)
 		go func() {

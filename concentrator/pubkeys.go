@@ -38,6 +38,9 @@ func (c *Config) validatePubKeys() error {
 // authenticate by raw public key (RFC 7670).
 func (c *Config) rawKeyCredentials(ec *ike.Config) error {
 	if c.Identity.Cert == "" && c.Identity.Key != "" {
+		if err := checkPrivateKeyFile("identity.key", c.Identity.Key); err != nil {
+			return err
+		}
 		kd, err := os.ReadFile(c.Identity.Key)
 		if err != nil {
 			return fieldErr("identity.key", "%v", err)

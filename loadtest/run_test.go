@@ -36,7 +36,7 @@ func startNodeWith(t *testing.T, psks int, extraIKE string, dp dataplane.DataPla
 	b.WriteString("node: {id: lt}\nike:\n  listen: [127.0.0.1]\n  port: 0\n  natt_port: 0\n  shards: 2\n" + extraIKE)
 	b.WriteString("identity: {id: conc.example}\nauth:\n  psks:\n")
 	for i := 1; i <= psks; i++ {
-		fmt.Fprintf(&b, "    - {id: gw%d@iot.example, secret: psk-%d}\n", i, i)
+		fmt.Fprintf(&b, "    - {id: gw%d@iot.example, secret: psk-0123456789ab-%d}\n", i, i)
 	}
 	b.WriteString("children:\n  local_ts: [10.30.0.0/24]\n  pool: 10.99.0.0/16\nstatestore:\n  mode: none\nmetrics:\n  listen: off\n")
 	cfg, err := concentrator.ParseConfig([]byte(b.String()))
@@ -86,7 +86,7 @@ func options(t *testing.T, server, natt netip.AddrPort, count int) loadtest.Opti
 	}
 	return loadtest.Options{
 		Server: server, ServerNATT: natt.Port(), Source: netip.MustParseAddr("127.0.0.1"),
-		IDTemplate: "gw{n}@iot.example", RemoteID: "conc.example", PSK: []byte("psk-{n}"),
+		IDTemplate: "gw{n}@iot.example", RemoteID: "conc.example", PSK: []byte("psk-0123456789ab-{n}"),
 		IKEProposals: []ike.ProposalSpec{ikep}, ESPProposals: []ike.ProposalSpec{esp},
 		LocalTS:    []ike.TrafficSelector{ike.SelectorFromPrefix(netip.MustParsePrefix("0.0.0.0/0"))},
 		RemoteTS:   []ike.TrafficSelector{ike.SelectorFromPrefix(netip.MustParsePrefix("10.30.0.0/24"))},

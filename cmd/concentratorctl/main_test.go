@@ -44,7 +44,7 @@ func startNode(t *testing.T, gateways int, admin string) *node {
 	b.WriteString("node: {id: ctl}\nike:\n  listen: [127.0.0.1]\n  port: 0\n  natt_port: 0\n  shards: 2\n")
 	b.WriteString("identity: {id: conc.example}\nauth:\n  psks:\n")
 	for i := 1; i <= gateways; i++ {
-		fmt.Fprintf(&b, "    - {id: gw%d@iot.example, secret: psk-%d}\n", i, i)
+		fmt.Fprintf(&b, "    - {id: gw%d@iot.example, secret: psk-0123456789ab-%d}\n", i, i)
 	}
 	b.WriteString("children:\n  local_ts: [10.30.0.0/24]\n  pool: 10.99.0.0/16\nstatestore:\n  mode: none\n")
 	if admin == "" {
@@ -89,7 +89,7 @@ func (nd *node) gateways(t *testing.T, count int) {
 	ikep, _ := ike.ParseProposal("aes256gcm16-prfsha256-x25519", false, false)
 	o := loadtest.Options{
 		Server: nd.n.IKEAddr(), ServerNATT: nd.n.NATTAddr().Port(), Source: netip.MustParseAddr("127.0.0.1"),
-		IDTemplate: "gw{n}@iot.example", RemoteID: "conc.example", PSK: []byte("psk-{n}"),
+		IDTemplate: "gw{n}@iot.example", RemoteID: "conc.example", PSK: []byte("psk-0123456789ab-{n}"),
 		IKEProposals: []ike.ProposalSpec{ikep}, ESPProposals: []ike.ProposalSpec{esp},
 		LocalTS:    []ike.TrafficSelector{ike.SelectorFromPrefix(netip.MustParsePrefix("0.0.0.0/0"))},
 		RemoteTS:   []ike.TrafficSelector{ike.SelectorFromPrefix(netip.MustParsePrefix("10.30.0.0/24"))},
@@ -395,7 +395,7 @@ func TestOperations(t *testing.T) {
 
 	// reload: a PSK added to the file.
 	text, _ := os.ReadFile(nd.cfg)
-	os.WriteFile(nd.cfg, []byte(strings.Replace(string(text), "  psks:\n", "  psks:\n    - {id: new@iot.example, secret: s3cret}\n", 1)), 0o600)
+	os.WriteFile(nd.cfg, []byte(strings.Replace(string(text), "  psks:\n", "  psks:\n    - {id: new@iot.example, secret: s3cret-0123456789ab}\n", 1)), 0o600)
 	out = nd.mustCtl(t, "reload")
 	if !strings.Contains(out, "5 (1 added, 0 removed, 0 changed)") || !strings.Contains(out, "changed:      psks") {
 		t.Fatalf("reload:\n%s", out)

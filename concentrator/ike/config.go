@@ -144,6 +144,16 @@ type Config struct {
 	IKESPIs func() (uint64, bool)
 	ESPSPIs func() (uint32, bool)
 
+	// Admission limits (admission.go); zero values take the defaults.
+	MaxMessageSize       int   // any datagram larger is dropped (at most 65535)
+	MaxInitSize          int   // IKE_SA_INIT requests larger are dropped
+	MaxHalfOpen          int   // half-open SAs beyond which requests are dropped
+	MaxHalfOpenPerPrefix int   // cookie-proven half-open SAs per source prefix
+	MaxHalfOpenBytes     int64 // memory of half-open SAs
+	HalfOpenPrefix4      int   // prefix length grouping IPv4 sources (32)
+	HalfOpenPrefix6      int   // prefix length grouping IPv6 sources (64)
+	MaxSAs               int   // IKE SAs in all (any state); 0: no cap
+
 	Rand io.Reader
 }
 
@@ -180,4 +190,5 @@ func (c *Config) setDefaults() {
 	if c.MaxChildren == 0 {
 		c.MaxChildren = DefaultMaxChildren
 	}
+	c.setAdmissionDefaults()
 }

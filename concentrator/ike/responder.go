@@ -30,6 +30,13 @@ func (e *Engine) handleInitRequest(now time.Time, pkt Packet, h Header, rd *Read
 		e.drop(rd, pkt, h.SPIi, 0, ErrRetransmission)
 		return
 	}
+	if len(pkt.Data) > e.cfg.MaxInitSize {
+		// Nothing legitimate is this large; keeping it would let a padded
+		// request make a half-open SA cost tens of kilobytes.
+		e.stats.Oversized++
+		e.drop(rd, pkt, h.SPIi, 0, ErrInitTooLarge)
+		return
+	}
 	m, err := Decode(pkt.Data)
 	if err != nil {
 		e.initError(now, pkt, h, rd, err)
@@ -48,8 +55,8 @@ func (e *Engine) handleInitRequest(now time.Time, pkt Packet, h Header, rd *Read
 		return
 	}
 	// Under load, demand a cookie before doing any expensive work.
-	if e.halfOpen >= e.cfg.CookieThreshold {
-		valid := false
+	valid := false
+	if e.underPressure() {
 		if cookie != nil && len(cookie.Data) > 1 {
 			want := e.cookieFor(now, cookie.Data[0], nonce.Data, pkt.Remote.Addr(), h.SPIi)
 			valid = want != nil && hmac.Equal(want, cookie.Data)
@@ -63,6 +70,10 @@ func (e *Engine) handleInitRequest(now time.Time, pkt Packet, h Header, rd *Read
 			rd.add(Event{Kind: EventCookieSent, SPIi: h.SPIi, Local: pkt.Local, Remote: pkt.Remote, Notify: COOKIE})
 			return
 		}
+	}
+	if err := e.admit(pkt.Remote.Addr(), len(pkt.Data), valid); err != nil {
+		e.drop(rd, pkt, h.SPIi, 0, err)
+		return
 	}
 	sel := SelectProposal(e.cfg.IKEProposals, saP.Proposals, ProtoIKE, true)
 	if sel == nil {
@@ -123,8 +134,7 @@ func (e *Engine) handleInitRequest(now time.Time, pkt Packet, h Header, rd *Read
 	sa.initResp = resp.Encode()
 	e.sas[sa.SPIr] = sa
 	e.initIndex[initKey{sa.SPIi, sa.initRemote}] = sa
-	sa.halfOpen = true
-	e.halfOpen++
+	e.halfOpenAdd(sa)
 	sa.reschedule(e)
 	rd.add(Send{Local: pkt.Local, Remote: pkt.Remote, Messages: [][]byte{sa.initResp}})
 }
@@ -136,10 +146,7 @@ func (e *Engine) initError(now time.Time, pkt Packet, h Header, rd *Ready, err e
 	ev := Event{Kind: EventIKEFailed, SPIi: h.SPIi, Local: pkt.Local, Remote: pkt.Remote, Notify: n, Reason: err.Error()}
 	e.stats.Failed[n]++
 	if n != 0 {
-		var data []byte
-		if ie, ok := err.(*Error); ok {
-			data = ie.Data
-		}
+		data := NotifyDataFor(err)
 		resp := Message{SPIi: h.SPIi, Exchange: IKE_SA_INIT, Flags: FlagResponse,
 			Payloads: []Payload{&Notify{NotifyType: n, Data: data}}}
 		rd.add(Send{Local: pkt.Local, Remote: pkt.Remote, Messages: [][]byte{resp.Encode()}})
@@ -213,10 +220,7 @@ func (sa *IKESA) handleAuthRequest(now time.Time, e *Engine, m *Message, rd *Rea
 	// The IKE SA is authenticated; a CHILD SA failure below does not undo it.
 	sa.state = stateEstablished
 	sa.Establish = now
-	if sa.halfOpen {
-		sa.halfOpen = false
-		e.halfOpen--
-	}
+	e.halfOpenDone(sa)
 	delete(e.initIndex, initKey{sa.SPIi, sa.initRemote})
 	sa.lastRecv = now
 	e.stats.Established++

@@ -30,13 +30,14 @@ func (s saState) String() string { return stateNames[s] }
 
 // IKESA is one IKE SA and its CHILD SAs, in either role.
 type IKESA struct {
-	initiator  bool
-	state      saState
-	halfOpen   bool
-	SPIi, SPIr uint64
-	Local      netip.AddrPort
-	Remote     netip.AddrPort
-	initRemote netip.AddrPort // the address IKE_SA_INIT came from (retransmit index)
+	initiator    bool
+	state        saState
+	halfOpen     bool
+	halfOpenCost int64 // bytes counted in Engine.halfOpenBytes while halfOpen
+	SPIi, SPIr   uint64
+	Local        netip.AddrPort
+	Remote       netip.AddrPort
+	initRemote   netip.AddrPort // the address IKE_SA_INIT came from (retransmit index)
 
 	prop     *Selected
 	prf      *suite.PRF
@@ -356,7 +357,7 @@ func (sa *IKESA) protocolError(now time.Time, e *Engine, pkt Packet, m *Message,
 		return
 	}
 	e.stats.Dropped++
-	sa.respond(e, m.Exchange, m.MessageID, []Payload{&Notify{NotifyType: n}}, rd)
+	sa.respond(e, m.Exchange, m.MessageID, []Payload{&Notify{NotifyType: n, Data: NotifyDataFor(err)}}, rd)
 	if sa.state == stateInitDone {
 		ev := sa.event(EventIKEFailed)
 		ev.Notify, ev.Reason = n, err.Error()

@@ -89,7 +89,7 @@ conc_config() {
     else
       echo "auth:"
       echo "  psks:"
-      awk -v n="$n" 'BEGIN { for (i = 1; i <= n; i++) printf "    - {id: gw%d@iot.example, secret: psk-%d}\n", i, i }'
+      awk -v n="$n" 'BEGIN { for (i = 1; i <= n; i++) printf "    - {id: gw%d@iot.example, secret: psk-0123456789ab-%d}\n", i, i }'
     fi
     echo "children:"
     echo "  local_ts: [10.30.0.0/24]"
@@ -176,7 +176,7 @@ pools { vips { addrs = 10.64.0.0/10 } }
 EOF
     if [ "$auth" = psk ]; then
       echo "secrets {"
-      awk -v n="$n" 'BEGIN { for (i = 1; i <= n; i++) printf "  ike-%d { id = gw%d@iot.example\n    secret = psk-%d }\n", i, i, i }'
+      awk -v n="$n" 'BEGIN { for (i = 1; i <= n; i++) printf "  ike-%d { id = gw%d@iot.example\n    secret = psk-0123456789ab-%d }\n", i, i, i }'
       echo "}"
     fi
   } >"$dir/swanctl/swanctl.conf"
@@ -205,7 +205,7 @@ stop_responder() {
 # load NAME AUTH N [ikeload flags...]: one ikeload run against $RPID.
 load() {
   local name=$1 label=$2 auth=$3 n=$4; shift 4
-  local creds=(--psk 'psk-{n}')
+  local creds=(--psk 'psk-0123456789ab-{n}')
   [ "$auth" = ecdsa ] && creds=(--issue-ca-cert "$W/pki/ca.crt" --issue-ca-key "$W/pki/ca.key" --ca "$W/pki/ca.crt")
   echo "== $name: $label, $auth, $n gateways" >&2
   taskset -c "$LOAD_CPU" ip netns exec "$NS" "$BIN/ikeload" --server 127.0.0.1 --remote-id conc.example \
