@@ -93,6 +93,15 @@ type AuthConfig struct {
 	CAs  []string    `yaml:"cas"`
 	CRLs []string    `yaml:"crls"`
 	PSKs []PSKConfig `yaml:"psks"`
+	// PubKeys are peers identified by a raw public key (RFC 7670).
+	PubKeys []PubKeyConfig `yaml:"pubkeys"`
+}
+
+// PubKeyConfig is a peer identity and the file of its public key (PEM
+// "PUBLIC KEY": a SubjectPublicKeyInfo).
+type PubKeyConfig struct {
+	ID      string `yaml:"id"`
+	KeyFile string `yaml:"key_file"`
 }
 
 type PSKConfig struct {
@@ -372,8 +381,11 @@ func (c *Config) Validate() error {
 	if _, err := parseIdentity(c.Identity.ID); err != nil {
 		return fieldErr("identity.id", "%v", err)
 	}
-	if (c.Identity.Cert == "") != (c.Identity.Key == "") {
+	if c.Identity.Cert != "" && c.Identity.Key == "" {
 		return fieldErr("identity.key", "identity.cert and identity.key go together")
+	}
+	if c.Identity.Cert == "" && c.Identity.Key != "" && len(c.Auth.PubKeys) == 0 {
+		return fieldErr("identity.key", "a key without identity.cert authenticates by raw public key: needs auth.pubkeys")
 	}
 	switch c.Identity.SendCert {
 	case "always", "ifasked":
@@ -408,6 +420,9 @@ func (c *Config) Validate() error {
 				return fieldErr(f+".secret", "%v", err)
 			}
 		}
+	}
+	if err := c.validatePubKeys(); err != nil {
+		return err
 	}
 	if c.Identity.Cert == "" && len(c.Auth.PSKs) == 0 && c.Identity.ID != "" && len(c.Auth.CAs) > 0 {
 		return fieldErr("identity.cert", "auth.cas is set but we have no certificate to authenticate ourselves with")

@@ -113,6 +113,9 @@ func (c *Config) engineConfig() (ike.Config, error) {
 			return ec, fieldErr("identity.id", "not in the certificate %s: %v", c.Identity.Cert, err)
 		}
 	}
+	if err := c.rawKeyCredentials(&ec); err != nil {
+		return ec, err
+	}
 	if len(c.Auth.CAs) > 0 {
 		roots := x509.NewCertPool()
 		var req []byte

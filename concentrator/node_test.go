@@ -94,13 +94,22 @@ func TestNodeServesGatewaysOnLoopback(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	o := loadOptions(t, n, 20)
-	o.Hold = 100 * time.Millisecond
+	o.Hold = 3 * time.Second // long enough for all 20 to be up at once under load
 	// Check the node's view while the gateways hold their SAs.
 	seen := make(chan []SAInfo, 1)
 	go func() {
 		for ctx.Err() == nil {
+			// All 20 established at once (under load the first gateways
+			// may finish their hold and leave while the last are still
+			// half-open: a count alone can mix the two).
 			sas, err := n.SAs(ctx)
-			if err == nil && len(sas) == 20 && dp.Len() == 20 {
+			up := 0
+			for _, sa := range sas {
+				if sa.State == "ESTABLISHED" && len(sa.Children) == 1 {
+					up++
+				}
+			}
+			if err == nil && len(sas) == 20 && up == 20 && dp.Len() == 20 {
 				seen <- sas
 				return
 			}

@@ -87,6 +87,10 @@ type Config struct {
 	// keys) sent in IKE_SA_INIT responses; nil sends none.
 	CertReq []byte
 
+	// PublicKeys are the raw public keys (RFC 7670) of peers identified by
+	// their key; nil: none.
+	PublicKeys PublicKeyStore
+
 	IKEProposals []ProposalSpec
 	ESPProposals []ProposalSpec
 	LocalTS      []TrafficSelector // our side, offered and narrowed against

@@ -56,6 +56,7 @@ type IKESA struct {
 	peerFrag            bool // peer supports RFC 7383 fragmentation
 	peerHashes          []uint16
 	peerCertReq         bool
+	peerByRawKey        bool // the peer authenticated with its raw public key (rpk.go)
 
 	PeerID      Identity
 	mobike      bool   // both sides announced MOBIKE_SUPPORTED (RFC 4555)
@@ -677,6 +678,7 @@ type authPayloads struct {
 	id               *ID
 	auth             *Auth
 	certs            [][]byte
+	rawKey           []byte // CERT(15): DER SubjectPublicKeyInfo (RFC 7670)
 	cp               *CP
 	idr              *ID
 	certRq           bool
@@ -697,6 +699,9 @@ func collectAuth(ps []Payload, forInitiator bool) authPayloads {
 		case *Cert:
 			if p.Encoding == CertX509Signature && len(a.certs) < maxCertPayloads {
 				a.certs = append(a.certs, p.Data)
+			}
+			if p.Encoding == CertRawPublicKey && a.rawKey == nil {
+				a.rawKey = p.Data
 			}
 		case *CertReq:
 			a.certRq = true
@@ -720,6 +725,9 @@ func (sa *IKESA) verifyPeer(now time.Time, e *Engine, a authPayloads, octets []b
 			return errorf(AUTHENTICATION_FAILED, "pre-shared key AUTH of %v does not verify", sa.PeerID)
 		}
 		return nil
+	}
+	if handled, err := sa.verifyRawKey(e, a, octets); handled {
+		return err
 	}
 	if verifier == nil {
 		return errorf(AUTHENTICATION_FAILED, "certificate authentication is not configured")
@@ -763,6 +771,11 @@ func (sa *IKESA) ourAuth(e *Engine, creds *Credentials, octets []byte, usePSK bo
 		return nil, &Error{Notify: AUTHENTICATION_FAILED, Reason: "signing", Err: err}
 	}
 	var ps []Payload
+	if c, err := sa.rawKeyCert(creds); err != nil {
+		return nil, err
+	} else if c != nil {
+		ps = append(ps, c)
+	}
 	if sendCerts {
 		for _, c := range creds.Chain {
 			ps = append(ps, &Cert{Encoding: CertX509Signature, Data: c})

@@ -274,7 +274,14 @@ func (sa *IKESA) canSend(e *Engine) bool {
 // flushDirty persists the full state of an SA whose last write failed,
 // before anything else of it goes out.
 func (sa *IKESA) flushDirty(e *Engine, rd *Ready) {
-	if !sa.dirty || sa.state != stateEstablished {
+	if !sa.dirty {
+		return
+	}
+	if sa.state != stateEstablished {
+		// Being deleted or replaced: nothing more of it is written (its
+		// record goes with PersistDeleted or PersistIKERekeyed), so
+		// nothing waits for a write either.
+		sa.dirty, sa.committed = false, sa.version
 		return
 	}
 	kind := PersistUpdated
