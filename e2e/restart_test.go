@@ -16,6 +16,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -146,8 +147,18 @@ func killRestartUnderFlood(t *testing.T, kernel bool) {
 	gw.Start(GatewaySwanctlConf(AuthPSK), nil)
 
 	start := func(name string) *Process {
+		t.Helper()
 		p := tp.StartProcess(t, name, tp.Conc, bin, "--config", cfg)
-		p.mustWaitLog(t, ctx, time.Minute, "listening", nil)
+		wctx, wcancel := context.WithTimeout(ctx, time.Minute)
+		defer wcancel()
+		if _, err := p.WaitLog(wctx, "listening", nil); err != nil {
+			// Where it hangs: Go's goroutine dump on SIGQUIT (stderr).
+			p.cmd.Process.Signal(syscall.SIGQUIT)
+			qctx, qcancel := context.WithTimeout(ctx, 5*time.Second)
+			p.Wait(qctx)
+			qcancel()
+			t.Fatalf("%s: %v", name, err)
+		}
 		return p
 	}
 	pingBoth := func(step string) {
