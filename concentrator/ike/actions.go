@@ -241,6 +241,7 @@ type ChildSA struct {
 	seq        childSeq
 	rekeyAt    time.Time // when we start rekeying it; zero: not us
 	rekeying   bool      // our CREATE_CHILD_SA for it is outstanding
+	overdue    bool      // restored past its rekey time: the scheduler places it at the first Tick
 	replacedBy *ChildSA  // rekeyed: the successor; this one awaits its Delete
 	retireAt   time.Time // we delete it then (or once the successor carries traffic)
 	collision  *ChildSA  // the peer rekeyed it while we were rekeying it too

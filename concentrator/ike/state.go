@@ -189,7 +189,7 @@ func (e *Engine) Restore(now time.Time, st SAState, rd *Ready) (*IKESA, error) {
 
 // restoreRekey keeps a restored CHILD SA's rekey time: no rekey merely
 // because of a restore. One whose time has passed is placed by the
-// scheduler (spread out, under its rate cap).
+// scheduler (spread out, under its rate cap) when its timer first runs.
 func (sa *IKESA) restoreRekey(e *Engine, c *ChildSA, now time.Time) {
 	if c.rekeyAt.IsZero() {
 		return // the peer rekeys it
@@ -200,7 +200,9 @@ func (sa *IKESA) restoreRekey(e *Engine, c *ChildSA, now time.Time) {
 		rs.Restored(c.rekeyAt)
 	case c.rekeyAt.After(now):
 	case ok:
-		c.rekeyAt = rs.Overdue(now)
+		// Placed at the first Tick, once every SA of the restore has told
+		// the scheduler which seconds its kept rekey times load.
+		c.rekeyAt, c.overdue = now, true
 	default:
 		// No scheduler that spreads: within the next minute, at random.
 		var b [8]byte

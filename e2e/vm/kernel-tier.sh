@@ -42,6 +42,6 @@ rc=0
 exit $rc
 IN
 rc=0
-VM_TIMEOUT=${VM_TIMEOUT:-600} sh "$root/e2e/vm/run-in-vm.sh" "$work" env CI="${CI:-}" sh run.sh || rc=$?
+VM_TIMEOUT=${VM_TIMEOUT:-900} sh "$root/e2e/vm/run-in-vm.sh" "$work" env CI="${CI:-}" sh run.sh || rc=$?
 echo "kernel-tier: VM run $(( $(date +%s) - t1 )) s, total $(( $(date +%s) - t0 )) s, exit $rc"
 exit $rc
