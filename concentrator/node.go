@@ -273,6 +273,10 @@ func (n *Node) Run(ctx context.Context) error {
 		p, err := n.openStore(ctx)
 		if err != nil {
 			closeAll()
+			if ctx.Err() != nil {
+				n.log.Info("stopped while starting", "node", n.nodeID, "err", err)
+				return nil // asked to stop (SIGTERM) before the store was up: not a failure
+			}
 			return err
 		}
 		n.persist = p
@@ -287,6 +291,10 @@ func (n *Node) Run(ctx context.Context) error {
 	}
 	if err := n.restore(ctx); err != nil {
 		closeAll()
+		if ctx.Err() != nil {
+			n.log.Info("stopped while starting", "node", n.nodeID, "err", err)
+			return nil
+		}
 		return err
 	}
 	n.log.Info("listening", "node", n.nodeID, "addrs", fmt.Sprint(n.Addrs()), "shards", len(n.shards),

@@ -79,16 +79,18 @@ func (n *Node) openStore(ctx context.Context) (*persistence, error) {
 			return nil, fmt.Errorf("statestore.endpoints: %w", err)
 		}
 	}
-	p.store, err = statestore.Open(ctx, p.cli, statestore.Config{
+	store, err := statestore.Open(ctx, p.cli, statestore.Config{
 		NodeID: n.nodeID, Instance: instance, Keys: keys, LeaseTTL: c.LeaseTTL,
 		Batch:       statestore.BatchConfig{QueueNew: c.QueueNew},
 		OnReclaimed: n.onReclaimed,
 		Log:         n.log.With("component", "statestore"),
 	})
 	if err != nil {
+		// p.store stays a nil interface: a nil *Store in it would not be.
 		p.close()
 		return nil, fmt.Errorf("statestore: %w", err)
 	}
+	p.store = store
 	return p, nil
 }
 
