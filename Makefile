@@ -8,7 +8,7 @@ STATICCHECK_VERSION := v0.8.2
 TOOLS := $(CURDIR)/.tools
 FUZZTIME ?= 10s
 
-.PHONY: all build test test-unit test-chart test-e2e test-vm bench bench-sim bench-node bench-vs-strongswan load-smoke fuzz-smoke fuzz generate lint run demo clean deps
+.PHONY: all build test test-unit test-chart test-e2e test-vm bench bench-sim bench-node bench-vs-strongswan load-smoke bench-cluster fuzz-smoke fuzz generate lint run demo clean deps
 
 all: build
 
@@ -82,6 +82,16 @@ bench-vs-strongswan: build
 # A short ikeload run of every scenario against a node on loopback (no root).
 load-smoke: build
 	@bash loadtest/bench/load-smoke.sh
+
+# In-process cluster: three nodes behind one anycast address (memory data
+# plane, one embedded etcd, real gRPC between the nodes), CLUSTER_GATEWAYS
+# simulated gateways re-hashed as ECMP does when a node joins, leaves and
+# is killed. Prints one `cluster:` line (lost, re-authentications, dual
+# owners, moves, outage percentiles) and a line of hand-off figures.
+CLUSTER_GATEWAYS ?= 2000
+bench-cluster:
+	@out=$$(CLUSTER_BENCH=1 CLUSTER_GATEWAYS=$(CLUSTER_GATEWAYS) $(GO) test -count=1 -run '^TestClusterECMP$$' -timeout 10m ./concentrator/ 2>&1); \
+	  rc=$$?; if [ $$rc -ne 0 ]; then echo "$$out" | grep -v 'level=' | tail -40; exit $$rc; fi; echo "$$out" | grep '^cluster:'
 
 # Runs every fuzz target for FUZZTIME (make fuzz-smoke FUZZTIME=60s).
 fuzz-smoke:

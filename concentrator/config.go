@@ -28,7 +28,8 @@ type Config struct {
 	DataPlane  DataPlaneConfig  `yaml:"dataplane"`
 	StateStore StateStoreConfig `yaml:"statestore"`
 	Metrics    MetricsConfig    `yaml:"metrics"`
-	Admin      AdminConfig      `yaml:"admin"` // config_admin.go
+	Admin      AdminConfig      `yaml:"admin"`   // config_admin.go
+	Cluster    ClusterConfig    `yaml:"cluster"` // config_cluster.go
 }
 
 // StateStoreConfig says where SA state is kept so that SAs outlive the
@@ -487,6 +488,9 @@ func (c *Config) Validate() error {
 		return err
 	}
 	if err := c.Metrics.validate(); err != nil {
+		return err
+	}
+	if err := c.Cluster.validate(c.StateStore.Mode); err != nil {
 		return err
 	}
 	if err := c.Admin.validate(); err != nil {

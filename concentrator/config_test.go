@@ -111,3 +111,34 @@ func mustID(t *testing.T, s string) ike.Identity {
 	}
 	return i
 }
+
+// cluster: errors name the field; plaintext only on loopback.
+func TestClusterConfigErrors(t *testing.T) {
+	base := "statestore:\n  mode: external\n  endpoints: [127.0.0.1:2379]\n  cluster_key_file: k.hex\n"
+	for _, tc := range []struct{ cluster, field string }{
+		{"cluster: {peer_listen: 127.0.0.1:0}", ""},
+		{"cluster: {peer_listen: \"localhost:7000\", peer_advertise: \"127.0.0.1:7000\"}", ""},
+		{"cluster: {peer_listen: \"0.0.0.0:7000\"}", "cluster.cert_file"},
+		{"cluster: {peer_listen: \"127.0.0.1:7000\", peer_advertise: \"10.0.0.1:7000\"}", "cluster.cert_file"},
+		{"cluster: {peer_listen: \"10.0.0.1:7000\", cert_file: c.pem, key_file: k.pem}", "cluster.ca_file"},
+		{"cluster: {peer_listen: \"10.0.0.1:7000\", cert_file: c.pem, ca_file: ca.pem}", "cluster.key_file"},
+		{"cluster: {peer_listen: \"10.0.0.1:7000\", ca_file: ca.pem}", "cluster.cert_file"},
+		{"cluster: {peer_listen: nohost}", "cluster.peer_listen"},
+		{"cluster: {peer_listen: \"example.com:7000\"}", "cluster.peer_listen"},
+		{"cluster: {peer_advertise: \"127.0.0.1:7000\"}", "cluster.peer_listen"},
+		{"cluster: {peer_listen: \"10.0.0.1:7000\", ca_file: ca.pem, cert_file: c.pem, key_file: k.pem}", ""},
+	} {
+		_, err := ParseConfig([]byte(nodeConfig(1, "", base+tc.cluster+"\n")))
+		var fe *FieldError
+		switch {
+		case tc.field == "" && err != nil:
+			t.Errorf("%s: %v", tc.cluster, err)
+		case tc.field != "" && (!errors.As(err, &fe) || fe.Field != tc.field):
+			t.Errorf("%s: %v, want an error naming %s", tc.cluster, err, tc.field)
+		}
+	}
+	if _, err := ParseConfig([]byte(nodeConfig(1, "", "cluster: {peer_listen: 127.0.0.1:0}\n"))); err == nil ||
+		!strings.Contains(err.Error(), "cluster.peer_listen") {
+		t.Errorf("peer API without a state store: %v", err)
+	}
+}

@@ -178,7 +178,7 @@ func (c *Config) engineConfig() (ike.Config, error) {
 	}
 	if c.Children.Pool != "" {
 		p, _ := netip.ParsePrefix(c.Children.Pool)
-		ec.Pool = ike.NewPool(p)
+		ec.Pool = newClusterPool(p) // cluster-wide leases once the state store is open (vippool.go)
 	}
 	for _, d := range c.Children.DNS {
 		a, _ := netip.ParseAddr(d)

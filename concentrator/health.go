@@ -6,6 +6,7 @@ import (
 	"context"
 	"time"
 
+	"github.com/ikefleet/ikefleet/concentrator/dataplane"
 	"github.com/ikefleet/ikefleet/statestore"
 )
 
@@ -65,5 +66,39 @@ func (n *Node) watchStore(ctx context.Context) {
 			n.log.Info("re-registered", "epoch", h.Owner.Epoch, "slot", h.Slot)
 		}
 		last = h
+	}
+}
+
+// fenceDataPlane stops the data plane's outbound ESP as soon as the state
+// store fences this node (before its lease can expire and another node
+// take its SAs over), and resumes it once the node registered again and
+// reclaimed its SAs (onReclaimed has dropped those it lost by then).
+func (n *Node) fenceDataPlane(ctx context.Context) {
+	f, ok := n.dp.(dataplane.Fencer)
+	if n.persist == nil || !ok {
+		return
+	}
+	st := n.persist.store
+	for {
+		// Both before waiting: the next registration is the one after
+		// this fence, however soon it comes.
+		fenced, registered := st.Fenced(), st.Registered()
+		select {
+		case <-ctx.Done():
+			return
+		case <-fenced:
+		}
+		if ctx.Err() != nil {
+			return
+		}
+		f.SetFenced(true)
+		n.log.Warn("fenced: outbound ESP stopped", "dataplane", n.dp.Name())
+		select {
+		case <-ctx.Done():
+			return
+		case <-registered:
+		}
+		f.SetFenced(false)
+		n.log.Info("registered again: outbound ESP resumed", "dataplane", n.dp.Name())
 	}
 }

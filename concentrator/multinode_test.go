@@ -10,6 +10,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 
 	"testing"
 	"time"
@@ -32,9 +33,16 @@ type memGateway struct {
 	pkts   chan ike.Packet
 	calls  chan func()
 	events chan ike.Event
+	netw   *transport.Network
+	// lastRecv: real time (UnixNano) of the last datagram received.
+	lastRecv atomic.Int64
+	// established counts IKE SAs established (1 unless it re-authenticated).
+	established atomic.Int64
 }
 
-func startMemGateway(t testing.TB, ctx context.Context, netw *transport.Network, clk *clock.Fake, addr netip.Addr) *memGateway {
+func (g *memGateway) netwStats() (uint64, uint64) { return g.netw.Stats() }
+
+func startMemGateway(t testing.TB, ctx context.Context, netw *transport.Network, clk *clock.Fake, addr netip.Addr, opts ...func(*ike.Config)) *memGateway {
 	t.Helper()
 	ikeC, err := netw.Listen(netip.AddrPortFrom(addr, 500))
 	if err != nil {
@@ -45,12 +53,16 @@ func startMemGateway(t testing.TB, ctx context.Context, netw *transport.Network,
 		t.Fatal(err)
 	}
 	prop, _ := ike.ParseProposal("aes256gcm16-prfsha256-x25519", false, false)
-	eng, err := ike.NewEngine(ike.Config{IKEProposals: []ike.ProposalSpec{prop}, NATTPort: 4500, Rand: rand.Reader, ForceEncap: true})
+	ecfg := ike.Config{IKEProposals: []ike.ProposalSpec{prop}, NATTPort: 4500, Rand: rand.Reader, ForceEncap: true}
+	for _, o := range opts {
+		o(&ecfg)
+	}
+	eng, err := ike.NewEngine(ecfg)
 	if err != nil {
 		t.Fatal(err)
 	}
 	g := &memGateway{t: t, eng: eng, clk: clk, ike: ikeC, natt: nattC,
-		pkts: make(chan ike.Packet, 64), calls: make(chan func()), events: make(chan ike.Event, 64)}
+		pkts: make(chan ike.Packet, 64), calls: make(chan func()), events: make(chan ike.Event, 64), netw: netw}
 	read := func(c transport.Conn, natt bool) {
 		buf := make([]byte, 65535)
 		for {
@@ -58,6 +70,7 @@ func startMemGateway(t testing.TB, ctx context.Context, netw *transport.Network,
 			if err != nil {
 				return
 			}
+			g.lastRecv.Store(time.Now().UnixNano())
 			b := buf[:nb]
 			if natt {
 				if nb < 4 || binary.BigEndian.Uint32(b) != 0 {
@@ -123,6 +136,9 @@ func (g *memGateway) perform(rd *ike.Ready) {
 		}
 	}
 	for _, ev := range rd.Events {
+		if ev.Kind == ike.EventIKEEstablished {
+			g.established.Add(1)
+		}
 		select {
 		case g.events <- ev:
 		default:

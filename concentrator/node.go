@@ -67,7 +67,10 @@ type Node struct {
 	nonIKEDrops     atomic.Uint64
 	keepalives      atomic.Uint64
 	obs             observability
-	ops             ops // operator actions (ops.go)
+	peer            *peerAPI     // the peer API (peer.go); nil without cluster.peer_listen
+	claims          claims       // SAs being claimed (claim.go)
+	cluster         clusterStats // claims and hand-offs
+	ops             ops          // operator actions (ops.go)
 }
 
 // Option changes how New builds a node.
@@ -98,10 +101,10 @@ func New(cfg Config, log *slog.Logger, dp dataplane.DataPlane, opts ...Option) (
 	for _, o := range opts {
 		o(n)
 	}
+	n.initObservability()
 	if cfg.Children.RestoreRekeyWindow != 0 {
 		log.Warn("children.restore_rekey_window is deprecated and ignored: restored CHILD SAs keep their rekey schedule and continue above their sequence number reservations")
 	}
-	n.initObservability()
 	n.plog = ratelog.New(log, cfg.Log.PerEventRate, 2*cfg.Log.PerEventRate)
 	if su, ok := dp.(dataplane.SenderUser); ok {
 		su.SetSender(n) // user-space ESP leaves through our NAT-T socket
@@ -269,6 +272,14 @@ func (n *Node) Run(ctx context.Context) error {
 	// Callbacks from the state store's goroutines reach the shards through
 	// this context, so none waits on a shard that has stopped.
 	n.runCtx = ctx
+	// The peer API's address goes into our registry entry: bind it first.
+	if n.peer, err = n.listenPeer(); err != nil {
+		closeAll()
+		return err
+	}
+	if n.peer != nil {
+		defer n.peer.close()
+	}
 	if n.cfg.StateStore.Mode != "none" {
 		p, err := n.openStore(ctx)
 		if err != nil {
@@ -281,6 +292,11 @@ func (n *Node) Run(ctx context.Context) error {
 		}
 		n.persist = p
 		defer p.close()
+		if cp, ok := n.ecfg.Pool.(*clusterPool); ok {
+			if l, ok := p.store.(addressLeaser); ok {
+				cp.useStore(l) // virtual IPs leased cluster-wide
+			}
+		}
 		// Our slot goes into every IKE SPI we allocate from now on.
 		me, slot := p.store.Registration()
 		for i, s := range n.shards {
@@ -310,6 +326,14 @@ func (n *Node) Run(ctx context.Context) error {
 	go func() { defer wg.Done(); n.watchStore(ctx) }()
 	wg.Add(1)
 	go func() { defer wg.Done(); n.flushSuppressed(ctx) }()
+	go func() { defer wg.Done(); n.fenceDataPlane(ctx) }()
+	if r, ok := n.dp.(dataplane.UnknownSPIReporter); ok && n.persist != nil {
+		r.OnUnknownSPI(n.unknownESP) // ESP for SAs other nodes hold: claim them (claim.go)
+	}
+	if n.peer != nil {
+		go n.peer.serve() // stopped by n.peer.close
+		n.log.Info("peer API", "listen", n.peer.lis.Addr().String(), "advertise", n.peer.advertise, "tls", n.cfg.Cluster.TLS())
+	}
 	if n.persist != nil {
 		wg.Add(1)
 		go func() {

@@ -49,14 +49,14 @@ func (n *Node) runShard(ctx context.Context, s *shard) {
 		}
 		if ok {
 			streak++
-			s.eng.Handle(n.clock.Now(), pkt, &rd)
+			n.handle(s, pkt, &rd)
 		} else {
 			streak = 0
 			select {
 			case <-ctx.Done():
 				return
 			case pkt := <-s.q.prio:
-				s.eng.Handle(n.clock.Now(), pkt, &rd)
+				n.handle(s, pkt, &rd)
 			case pkt := <-s.q.init:
 				s.eng.Handle(n.clock.Now(), pkt, &rd)
 			case f := <-s.calls:
@@ -191,4 +191,15 @@ func (n *Node) updateChild(ctx context.Context, a ike.UpdateChild) {
 	if err != nil {
 		n.log.Error("CHILD_SA address update failed", childAttrs(a.SPIi, a.SPIr, ike.Identity{}, c, "err", err)...)
 	}
+}
+
+// handle gives a received message to the shard's engine, or parks it while
+// the SA it belongs to is claimed from the node that holds it (claim.go).
+// New IKE_SA_INITs never wait: they start SAs here.
+func (n *Node) handle(s *shard, pkt ike.Packet, rd *ike.Ready) {
+	if spi, ok := n.unheld(s, pkt); ok {
+		n.park(spi, pkt)
+		return
+	}
+	s.eng.Handle(n.clock.Now(), pkt, rd)
 }

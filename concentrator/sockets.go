@@ -249,10 +249,7 @@ func (n *Node) shardFor(b []byte) *shard {
 	default:
 		idx = (spii & spiShardMask) >> spiShardShift
 	}
-	if idx >= uint64(len(n.shards)) {
-		return nil
-	}
-	return n.shards[idx]
+	return n.shards[idx%uint64(len(n.shards))] // as shardOfSPI
 }
 
 // conn returns the socket bound to local, or to its port on the wildcard

@@ -84,9 +84,7 @@ func (n *Node) refillSPIs(ctx context.Context) {
 
 // shardOfSPI is the shard whose bits our SPI carries.
 func (n *Node) shardOfSPI(spi uint64) *shard {
-	i := (spi & spiShardMask) >> spiShardShift
-	if i >= uint64(len(n.shards)) {
-		return nil
-	}
-	return n.shards[i]
+	// SPIs of other nodes (hand-offs, takeovers) may name more shards than
+	// this node runs.
+	return n.shards[((spi&spiShardMask)>>spiShardShift)%uint64(len(n.shards))]
 }

@@ -185,3 +185,20 @@ type Report struct {
 type Reporter interface {
 	Report(ctx context.Context) (Report, error)
 }
+
+// Fencer is implemented by data planes that can stop outbound ESP at
+// once: a node whose state store lease is about to lapse must not send for
+// the SAs it owns (another node may take them over and continue their
+// sequence numbers). SetFenced(false) resumes after the node registered
+// again and reclaimed its SAs.
+type Fencer interface {
+	SetFenced(fenced bool)
+}
+
+// UnknownSPIReporter is implemented by data planes that see inbound ESP
+// in user space: f is called (on the receive path: it must not block) for
+// every ESP packet whose SPI has no CHILD SA here, so that the node can
+// claim the SA from the node that owns it.
+type UnknownSPIReporter interface {
+	OnUnknownSPI(f func(spi uint32))
+}

@@ -367,6 +367,16 @@ func (e *Engine) Forget(spi uint64, rd *Ready) {
 	for _, c := range sa.children {
 		rd.add(RemoveChild{SPIi: sa.SPIi, SPIr: sa.SPIr, Child: c})
 	}
+	// Its virtual IP goes with it: a pool shared by the nodes keeps the
+	// lease, a pool of this node's frees the address here.
+	if sa.vip.IsValid() && e.cfg.Pool != nil && !sa.vipForeign {
+		if f, ok := e.cfg.Pool.(interface{ Forget(netip.Addr) }); ok {
+			f.Forget(sa.vip)
+		} else {
+			e.cfg.Pool.Release(sa.vip)
+		}
+		sa.vipForeign = true // released above
+	}
 	e.remove(sa)
 }
 

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"slices"
 	"sync"
 	"sync/atomic"
 )
@@ -27,6 +28,9 @@ type Network struct {
 	mu    sync.Mutex
 	conns map[netip.AddrPort]*memConn
 	ephem uint16
+	// shared: addresses bound by several hosts (Host), by host name.
+	shared map[netip.AddrPort]map[string]*memConn
+	route  func(from, to netip.AddrPort, hosts []string) string
 
 	// Filter, if set before use, sees every datagram and drops those it
 	// returns false for (loss, partitions, captures in tests). It is
@@ -38,7 +42,51 @@ type Network struct {
 
 // NewNetwork returns an empty network.
 func NewNetwork() *Network {
-	return &Network{conns: map[netip.AddrPort]*memConn{}, ephem: memFirstEphem}
+	return &Network{conns: map[netip.AddrPort]*memConn{}, ephem: memFirstEphem,
+		shared: map[netip.AddrPort]map[string]*memConn{}}
+}
+
+// Host is the transport of one host on the network that binds a shared
+// (anycast) address: several hosts may bind the same address and port,
+// and SetRoute chooses which of them gets each datagram, as a router
+// spreading flows over ECMP next hops would. A host's other addresses
+// are bound as on Listen.
+func (n *Network) Host(name string) Transport { return hostTransport{n, name} }
+
+// SetRoute sets the choice of host for datagrams to a shared address:
+// route gets the datagram's source and destination and the names of the
+// hosts bound to the destination (sorted), and returns one of them; any
+// other answer drops the datagram. Without a route the first host gets
+// it. Safe to call while the network runs (a flow moves to another host
+// from its next datagram on); route is called concurrently.
+func (n *Network) SetRoute(route func(from, to netip.AddrPort, hosts []string) string) {
+	n.mu.Lock()
+	n.route = route
+	n.mu.Unlock()
+}
+
+type hostTransport struct {
+	n    *Network
+	host string
+}
+
+func (h hostTransport) Listen(local netip.AddrPort) (Conn, error) {
+	if !local.Addr().IsValid() || local.Port() == 0 {
+		return nil, fmt.Errorf("transport: host %s: listen on %v: shared addresses need an address and a port", h.host, local)
+	}
+	local = unmap(local)
+	n := h.n
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if n.conns[local] != nil || n.shared[local][h.host] != nil {
+		return nil, fmt.Errorf("transport: host %s: listen on %v: %w", h.host, local, ErrAddrInUse)
+	}
+	c := &memConn{net: n, local: local, host: h.host, q: make(chan datagram, memQueueLen), closed: make(chan struct{})}
+	if n.shared[local] == nil {
+		n.shared[local] = map[string]*memConn{}
+	}
+	n.shared[local][h.host] = c
+	return c, nil
 }
 
 // Listen implements Transport.
@@ -110,6 +158,18 @@ func (n *Network) deliver(from, to netip.AddrPort, b []byte) bool {
 		}
 		c = n.conns[netip.AddrPortFrom(wild, to.Port())]
 	}
+	if hosts := n.shared[to]; c == nil && len(hosts) > 0 {
+		names := make([]string, 0, len(hosts))
+		for h := range hosts {
+			names = append(names, h)
+		}
+		slices.Sort(names)
+		pick := names[0]
+		if n.route != nil {
+			pick = n.route(from, to, names)
+		}
+		c = hosts[pick]
+	}
 	n.mu.Unlock()
 	if c == nil {
 		n.dropped.Add(1)
@@ -133,6 +193,7 @@ type datagram struct {
 type memConn struct {
 	net    *Network
 	local  netip.AddrPort
+	host   string // bound through Host: a shared address
 	q      chan datagram
 	once   sync.Once
 	closed chan struct{}
@@ -167,6 +228,11 @@ func (c *memConn) Close() error {
 		c.net.mu.Lock()
 		if c.net.conns[c.local] == c {
 			delete(c.net.conns, c.local)
+		}
+		if hosts := c.net.shared[c.local]; hosts[c.host] == c {
+			if delete(hosts, c.host); len(hosts) == 0 {
+				delete(c.net.shared, c.local)
+			}
 		}
 		c.net.mu.Unlock()
 		close(c.closed)

@@ -100,3 +100,52 @@ func TestUDPLoopback(t *testing.T) {
 		t.Fatalf("read after close: %v", err)
 	}
 }
+
+// Hosts sharing an address each get the flows the route gives them, and
+// a changed route moves a flow from its next datagram on.
+func TestSharedAddressRoutes(t *testing.T) {
+	netw := NewNetwork()
+	vip := netip.MustParseAddrPort("10.9.0.1:500")
+	a, err := netw.Host("a").Listen(vip)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := netw.Host("b").Listen(vip)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := netw.Host("a").Listen(vip); !errors.Is(err, ErrAddrInUse) {
+		t.Fatalf("second bind of host a: %v", err)
+	}
+	gw, err := netw.Listen(netip.MustParseAddrPort("192.0.2.1:500"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	to := "a"
+	netw.SetRoute(func(from, dst netip.AddrPort, hosts []string) string {
+		if len(hosts) == 0 || hosts[0] != "a" || dst != vip {
+			t.Errorf("route asked with %v %v", dst, hosts)
+		}
+		return to
+	})
+	buf := make([]byte, 16)
+	gw.WriteTo([]byte("1"), vip)
+	if n, from, err := a.ReadFrom(buf); err != nil || string(buf[:n]) != "1" || from != gw.LocalAddr() {
+		t.Fatalf("host a read %q from %v, %v", buf[:n], from, err)
+	}
+	to = "b"
+	gw.WriteTo([]byte("2"), vip)
+	if n, _, err := b.ReadFrom(buf); err != nil || string(buf[:n]) != "2" {
+		t.Fatalf("host b read %q, %v", buf[:n], err)
+	}
+	// Replies leave from the shared address.
+	b.WriteTo([]byte("r"), gw.LocalAddr())
+	if n, from, err := gw.ReadFrom(buf); err != nil || string(buf[:n]) != "r" || from != vip {
+		t.Fatalf("gateway read %q from %v, %v", buf[:n], from, err)
+	}
+	b.Close()
+	to = "b" // gone: dropped
+	if netw.Inject(gw.LocalAddr(), vip, []byte("3")) {
+		t.Fatal("a datagram routed to a closed host was delivered")
+	}
+}

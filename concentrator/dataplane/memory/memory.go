@@ -23,6 +23,21 @@ type DataPlane struct {
 	removes   uint64
 	limitSets uint64
 	progress  chan dataplane.SeqProgress
+	fenced    bool
+}
+
+// SetFenced records whether outbound ESP is stopped (dataplane.Fencer).
+func (d *DataPlane) SetFenced(f bool) {
+	d.mu.Lock()
+	d.fenced = f
+	d.mu.Unlock()
+}
+
+// Fenced reports the last SetFenced.
+func (d *DataPlane) Fenced() bool {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.fenced
 }
 
 var (

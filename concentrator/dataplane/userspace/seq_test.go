@@ -201,3 +201,52 @@ func TestSeqNoLimit(t *testing.T) {
 	r.concDev.toDP <- ipv4Packet("10.30.0.1", "10.20.0.1", 17, nil)
 	waitDrops(t, r.conc, "seq_overflow", 1)
 }
+
+// TestFencedStopsOutbound: while fenced, outbound packets are dropped
+// before they take a sequence number; after SetFenced(false) the next
+// packet carries the number after the last one sent.
+func TestFencedStopsOutbound(t *testing.T) {
+	r := newRig(t)
+	ctx := context.Background()
+	cc, gc := childPair(0xc1000021, 0x61000021, 21)
+	if err := r.conc.Install(ctx, cc); err != nil {
+		t.Fatal(err)
+	}
+	if err := r.gw.Install(ctx, gc); err != nil {
+		t.Fatal(err)
+	}
+	send := func(i int) bool { // true if delivered, false if dropped as fenced
+		down := ipv4Packet("10.30.0.1", "10.20.0.1", 17, []byte{byte(i)})
+		before := r.conc.Stats().Drops["fenced"]
+		r.concDev.toDP <- down
+		deadline := time.Now().Add(5 * time.Second)
+		for time.Now().Before(deadline) {
+			select {
+			case <-r.gwDev.fromDP:
+				return true
+			case <-time.After(time.Millisecond):
+			}
+			if r.conc.Stats().Drops["fenced"] > before {
+				return false
+			}
+		}
+		t.Fatalf("packet %d neither delivered nor dropped", i)
+		return false
+	}
+	if !send(0) {
+		t.Fatal("dropped before the fence")
+	}
+	r.conc.SetFenced(true)
+	for i := 1; i <= 3; i++ {
+		if send(i) {
+			t.Fatalf("packet %d sent while fenced", i)
+		}
+	}
+	r.conc.SetFenced(false)
+	if !send(4) {
+		t.Fatal("dropped after the fence was lifted")
+	}
+	if got := lastSentSeq(t, r.concWire); got != 2 {
+		t.Fatalf("first packet after the fence carries %d, want 2", got)
+	}
+}

@@ -107,11 +107,12 @@ const (
 	DropTUNWrite                         // writing to the TUN device failed
 	DropLinkLocal                        // multicast or link-local traffic the host sent to the TUN link (IPv6 RS, MLD)
 	DropSeqReservation                   // the next sequence number is above the SA's limit (OutSeqLimit)
+	DropFenced                           // outbound while the node is fenced (SetFenced)
 	numDropReasons
 )
 
 var dropNames = [numDropReasons]string{"no_sa", "queue_full", "malformed", "replay", "integrity", "selector",
-	"dummy", "oversize", "seq_overflow", "send_error", "tun_write", "link_local", "seq_reservation"}
+	"dummy", "oversize", "seq_overflow", "send_error", "tun_write", "link_local", "seq_reservation", "fenced"}
 
 func (r DropReason) String() string { return dropNames[r] }
 
@@ -187,6 +188,8 @@ type DataPlane struct {
 	bufSize int
 	workers []chan job
 	drops   [numDropReasons]atomic.Uint64
+	fenced  atomic.Bool                  // SetFenced
+	unknown atomic.Pointer[func(uint32)] // OnUnknownSPI
 	// gone: the counters of SAs removed, so that Report's totals never
 	// go down.
 	gone dataplane.Counters
@@ -634,6 +637,9 @@ func (d *DataPlane) HandleESP(pkt []byte, _, _ netip.AddrPort) {
 	d.mu.RUnlock()
 	if s == nil {
 		d.drop(DropNoSA)
+		if f := d.unknown.Load(); f != nil {
+			(*f)(h.SPI)
+		}
 		return
 	}
 	b := d.getBuf()
@@ -704,7 +710,19 @@ func (d *DataPlane) work(q chan job) {
 	}
 }
 
+// OnUnknownSPI sets the function told of inbound ESP for SPIs without a
+// CHILD SA here (dataplane.UnknownSPIReporter).
+func (d *DataPlane) OnUnknownSPI(f func(spi uint32)) { d.unknown.Store(&f) }
+
+// SetFenced stops (true) or resumes (false) outbound ESP: packets are
+// dropped before they take a sequence number (dataplane.Fencer).
+func (d *DataPlane) SetFenced(f bool) { d.fenced.Store(f) }
+
 func (d *DataPlane) sendOut(j job) {
+	if d.fenced.Load() {
+		d.drop(DropFenced) // the worker returns the buffer
+		return
+	}
 	s := j.sa
 	a := s.arm.Load()
 	if a != s.armSeen {

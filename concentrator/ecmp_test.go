@@ -1,0 +1,306 @@
+package concentrator
+
+import (
+	"context"
+	"fmt"
+	"net/netip"
+	"os"
+	"slices"
+	"strconv"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/ikefleet/ikefleet/concentrator/ike"
+)
+
+// dial initiates the gateway's IKE SA (as connect) and waits for it,
+// returning an error instead of failing the test (for many at once).
+func (g *memGateway) dial(ctx context.Context, server netip.Addr, n int) error {
+	id, _ := ike.ParseIdentity(fmt.Sprintf("gw%d@iot.example", n))
+	esp, _ := ike.ParseProposal("aes256gcm16", true, false)
+	prop, _ := ike.ParseProposal("aes256gcm16-prfsha256-x25519", false, false)
+	ini := ike.Initiation{Local: g.ike.LocalAddr(), Remote: netip.AddrPortFrom(server, 500),
+		Creds: ike.Credentials{ID: id}, PSK: []byte(fmt.Sprintf("psk-%d", n)),
+		IKEProposals: []ike.ProposalSpec{prop}, ESPProposals: []ike.ProposalSpec{esp},
+		TSi:        []ike.TrafficSelector{ike.SelectorFromPrefix(netip.MustParsePrefix("0.0.0.0/0"))},
+		TSr:        []ike.TrafficSelector{ike.SelectorFromPrefix(netip.MustParsePrefix("10.30.0.0/24"))},
+		RequestVIP: true, RemoteNATT: 4500}
+	errc := make(chan error, 1)
+	select {
+	case g.calls <- func() {
+		var rd ike.Ready
+		_, err := g.eng.Initiate(g.clk.Now(), ini, &rd)
+		g.perform(&rd)
+		errc <- err
+	}:
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+	if err := <-errc; err != nil {
+		return err
+	}
+	for {
+		select {
+		case ev := <-g.events:
+			switch ev.Kind {
+			case ike.EventIKEEstablished:
+				return nil
+			case ike.EventIKEFailed:
+				return fmt.Errorf("gateway %d: %v %s", n, ev.Notify, ev.Reason)
+			}
+		case <-ctx.Done():
+			return fmt.Errorf("gateway %d: not established: %w", n, ctx.Err())
+		}
+	}
+}
+
+func envInt(name string, def int) int {
+	if v, err := strconv.Atoi(os.Getenv(name)); err == nil && v > 0 {
+		return v
+	}
+	return def
+}
+
+// clusterFigures are what TestClusterECMP measures.
+type clusterFigures struct {
+	nodes, gateways, lost, reauth, dualOwner, moved int
+	outages                                         []time.Duration // per moved gateway and event
+	revisions, handOffs, takeOvers                  int64           // etcd revisions during the join, SAs moved then
+	joinTook                                        time.Duration
+}
+
+// Gateways behind one anycast address served by three nodes, flows
+// re-hashed as ECMP does when a node joins, when one leaves the route,
+// and when one is killed. After each event every gateway sends a
+// liveness check, which reaches the node its flow now hashes to; that
+// node claims the SA (hand-off from a live owner, takeover from a dead
+// one). Asserts: no SA lost (each gateway's IKE SA answers, with its
+// SPIs, held by exactly one node, the owner in etcd), no
+// re-authentication, and never an SA held by two nodes in any sample.
+// CLUSTER_GATEWAYS sets the fleet (default 500); CLUSTER_BENCH=1 prints
+// the figures as one line (make bench-cluster).
+func TestClusterECMP(t *testing.T) {
+	G := envInt("CLUSTER_GATEWAYS", 500)
+	if testing.Short() {
+		G = 200
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Duration(envInt("CLUSTER_TIMEOUT_S", 540))*time.Second)
+	defer cancel()
+	c := newTestCluster(t, G)
+	c.ikeExtra = "  dpd_delay: 0s\n" // the gateways check liveness, the nodes do not
+	// Leases outlast a busy moment of a shared 2-core machine (a node
+	// that misses its renewals is fenced, and its SAs are taken over).
+	c.leaseTTL = "6s"
+	ids := []string{"n1", "n2", "n3"}
+	for _, id := range ids {
+		c.start(ctx, id)
+	}
+	c.setRoute("n1", "n2")
+
+	const dpd = 30 * time.Second
+	gws := make([]*memGateway, G)
+	for i := range gws {
+		a := netip.AddrFrom4([4]byte{100, 64 + byte(i>>16), byte(i >> 8), byte(i)})
+		gws[i] = startMemGateway(t, ctx, c.netw, c.clk, a, func(cfg *ike.Config) { cfg.DPDDelay = dpd })
+	}
+	var wg sync.WaitGroup
+	errs := make(chan error, G)
+	sem := make(chan struct{}, 64)
+	for i, g := range gws {
+		wg.Add(1)
+		sem <- struct{}{}
+		go func() {
+			defer wg.Done()
+			defer func() { <-sem }()
+			if err := g.dial(ctx, c.vip, i+1); err != nil {
+				errs <- err
+			}
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Fatal(err)
+	}
+	spis := make([]uint64, G)
+	for i, g := range gws {
+		_, spis[i], _ = gatewaySA(g)
+	}
+	fig := clusterFigures{nodes: len(ids), gateways: G}
+
+	// sample: every node's table, twice (in opposite orders); an SA held
+	// by two nodes in both passes is held twice (a hand-off between two
+	// reads of one pass shows in one pass only).
+	sampleDual := func() int {
+		held := func(order []string) map[uint64][]string {
+			m := map[uint64][]string{}
+			for _, id := range order {
+				cn := c.node(id)
+				if cn == nil {
+					continue
+				}
+				for _, s := range cn.n.shards {
+					cn.n.do(ctx, s, func() {
+						s.eng.Each(func(sa *ike.IKESA) bool {
+							if sa.Established() {
+								m[sa.SPIr] = append(m[sa.SPIr], id)
+							}
+							return true
+						})
+					})
+				}
+			}
+			return m
+		}
+		rev := slices.Clone(ids)
+		slices.Reverse(rev)
+		a, b := held(ids), held(rev)
+		dual := 0
+		for spi, h := range a {
+			if len(h) > 1 && len(b[spi]) > 1 {
+				dual++
+			}
+		}
+		return dual
+	}
+	holder := func() map[uint64]string {
+		m := map[uint64]string{}
+		for _, id := range ids {
+			if cn := c.node(id); cn != nil {
+				sas, _ := cn.n.SAs(ctx)
+				for _, sa := range sas {
+					m[sa.SPIr] = id
+				}
+			}
+		}
+		return m
+	}
+
+	// event: re-route, then every gateway checks liveness; wait until each
+	// has heard back, sampling meanwhile.
+	event := func(name string, change func()) {
+		before := holder()
+		rev0, _ := c.etcdRevision(ctx)
+		stats0 := map[string]ClusterStats{}
+		for _, id := range ids {
+			if cn := c.node(id); cn != nil {
+				stats0[id] = cn.n.ClusterStats()
+			}
+		}
+		start := time.Now() // a kill's outage includes the kill
+		change()
+		c.clk.Advance(dpd + time.Second) // every gateway sends a liveness check now
+		done := make([]time.Duration, G)
+		left := G
+		samples := 0
+		for left > 0 {
+			if ctx.Err() != nil {
+				for i := range gws {
+					if done[i] == 0 {
+						t.Logf("gateway %d (%v) SA %016x: held by %s before", i+1, gws[i].ike.LocalAddr().Addr(), spis[i], before[spis[i]])
+					}
+				}
+				for _, id := range ids {
+					if cn := c.node(id); cn != nil {
+						t.Logf("%s: %+v", id, cn.n.ClusterStats())
+					}
+				}
+				t.Fatalf("%s: %d gateways never heard back", name, left)
+			}
+			for i, g := range gws {
+				if done[i] == 0 {
+					if r := g.lastRecv.Load(); r > start.UnixNano() {
+						done[i] = time.Duration(r - start.UnixNano())
+						left--
+					}
+				}
+			}
+			if samples%10 == 0 {
+				fig.dualOwner += sampleDual()
+			}
+			samples++
+			// The fake clock follows real time meanwhile: the gateways
+			// retransmit what a killed node never answered on their own
+			// schedule (2 s, doubling, 5 tries).
+			time.Sleep(50 * time.Millisecond)
+			c.clk.Advance(50 * time.Millisecond)
+		}
+		took := time.Since(start)
+		after := holder()
+		moved := 0
+		for i, spi := range spis {
+			if before[spi] != after[spi] {
+				moved++
+				fig.outages = append(fig.outages, done[i])
+			}
+		}
+		fig.moved += moved
+		var handOffs, takeOvers int64 // received by the nodes alive after the event
+		for _, id := range ids {
+			if cn := c.node(id); cn != nil {
+				s := cn.n.ClusterStats()
+				handOffs += int64(s.HandOffs - stats0[id].HandOffs)
+				takeOvers += int64(s.TakeOvers - stats0[id].TakeOvers)
+			}
+		}
+		if name == "join" {
+			rev1, _ := c.etcdRevision(ctx)
+			fig.revisions, fig.handOffs, fig.joinTook = rev1-rev0, handOffs, took
+		}
+		t.Logf("%s: %d of %d SAs moved (%d hand-offs, %d takeovers) in %v", name, moved, G, handOffs, takeOvers, took.Round(time.Millisecond))
+	}
+	event("join", func() { c.setRoute("n1", "n2", "n3") })
+	event("leave", func() { c.setRoute("n2", "n3") })
+	event("kill", func() { c.kill("n2"); c.setRoute("n1", "n3") })
+
+	// No SA lost: each gateway's IKE SA is the one it started with, held
+	// by exactly one node, which owns it in etcd.
+	final := map[uint64][]string{}
+	for _, id := range ids {
+		if cn := c.node(id); cn != nil {
+			sas, _ := cn.n.SAs(ctx)
+			for _, sa := range sas {
+				if sa.State == "ESTABLISHED" {
+					final[sa.SPIr] = append(final[sa.SPIr], id)
+				}
+			}
+		}
+	}
+	store := c.node("n1").n.persist.store
+	for i, g := range gws {
+		_, spir, _ := gatewaySA(g)
+		h := final[spis[i]]
+		o, _, err := store.Owner(ctx, spis[i])
+		switch {
+		case spir != spis[i] || len(h) == 0:
+			fig.lost++
+		case len(h) > 1:
+			fig.dualOwner++
+		case err != nil || o.Node != h[0]:
+			t.Errorf("gateway %d: SA %016x held by %s, owner in etcd %v (%v)", i+1, spis[i], h[0], o, err)
+		}
+		fig.reauth += int(g.established.Load() - 1)
+	}
+	slices.Sort(fig.outages)
+	pct := func(p float64) float64 {
+		if len(fig.outages) == 0 {
+			return 0
+		}
+		return float64(fig.outages[int(p*float64(len(fig.outages)-1))].Microseconds()) / 1000
+	}
+	line := fmt.Sprintf("cluster: nodes=%d gateways=%d lost=%d reauth=%d dual-owner=%d moved=%d outage-p50-ms=%.0f outage-p99-ms=%.0f",
+		fig.nodes, fig.gateways, fig.lost, fig.reauth, fig.dualOwner, fig.moved, pct(0.5), pct(0.99))
+	t.Log(line)
+	if os.Getenv("CLUSTER_BENCH") != "" {
+		fmt.Println(line)
+		if fig.handOffs > 0 {
+			fmt.Printf("cluster: etcd-revisions-per-handoff=%.2f handoffs=%d join-took-ms=%d handoffs-per-second=%.0f (one node giving, two claiming)\n",
+				float64(fig.revisions)/float64(fig.handOffs), fig.handOffs, fig.joinTook.Milliseconds(),
+				float64(fig.handOffs)/fig.joinTook.Seconds())
+		}
+	}
+	if fig.lost != 0 || fig.reauth != 0 || fig.dualOwner != 0 || fig.moved == 0 {
+		t.Fatal(line)
+	}
+}
