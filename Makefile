@@ -52,7 +52,7 @@ bench:
 # Fleet-scale simulations: 100,000 gateways through two rekey cycles
 # (peak/mean per scheduler), 1,000,000 SAs in one engine (B/SA, idle CPU),
 # and 1,000,000 SAs restored after a minute down (peak/mean of the rekeys
-# in the hour after). About fifteen minutes here.
+# in the hour after). About forty minutes on a shared 2-core machine.
 bench-sim:
 	$(GO) test -run '^$$' -bench 'RekeySmoothing|MemoryPerSA|RestoreRekeys' -benchtime 1x -timeout 60m ./concentrator/ike/
 

@@ -128,6 +128,12 @@ type Config struct {
 	// reserved ahead in the persisted state (SAState.NextOutReserved), so
 	// a restored SA never reuses one; 0 = DefaultMessageIDBlock.
 	MessageIDBlock uint32
+	// MsgIDSyncAEAD: after a restore, synchronise message IDs with RFC 6311
+	// also over IKE SAs with an AEAD cipher (AES-GCM, ChaCha20-Poly1305).
+	// Off by default: strongSwan (5.9 and later) derives those IVs from
+	// the message ID and cannot encrypt its answer (message ID 0 once
+	// more), so it deletes the IKE SA instead; such SAs probe (msgid.go).
+	MsgIDSyncAEAD bool
 	// KeepaliveInterval: NAT-T keepalives when we are really behind a NAT
 	// (not merely claiming it to force encapsulation); 0 disables.
 	KeepaliveInterval time.Duration

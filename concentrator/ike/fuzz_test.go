@@ -138,6 +138,7 @@ func FuzzEstablished(f *testing.F) {
 	f.Fuzz(func(t *testing.T, id uint32, ex byte, response bool, next byte, chain []byte) {
 		cfg := responderConfig(t, 3)
 		cfg.DPDDelay = 30 * time.Second
+		cfg.MsgIDSyncAEAD = true
 		e, err := NewEngine(cfg)
 		if err != nil {
 			t.Fatal(err)

@@ -120,8 +120,9 @@ func (e *Engine) Restore(now time.Time, st SAState, rd *Ready) (*IKESA, error) {
 	// The peer expects our next request with an ID in [NextOut-1,
 	// NextOutReserved] (msgid.go).
 	sa.outReserved = st.NextOutReserved
-	if sa.outReserved < st.NextOut {
-		// A record written without reservations: assume the default block.
+	if sa.outReserved == 0 || sa.outReserved < st.NextOut {
+		// A record written without reservations (a reservation is never
+		// 0): assume the default block.
 		sa.outReserved = st.NextOut + e.cfg.MessageIDBlock
 	}
 	sa.outDurable = sa.outReserved
@@ -180,7 +181,7 @@ func (e *Engine) Restore(now time.Time, st SAState, rd *Ready) (*IKESA, error) {
 			sa.dataPlane(e, rd, SetSeqLimit{InSPI: ch.InSPI, OutSeqLimit: ch.seq.outResv, OutSeqMargin: ch.seq.block / 2})
 		}
 	}
-	if sa.msgIDSync {
+	if sa.msgIDSync && (!sa.cipher.AEAD() || e.cfg.MsgIDSyncAEAD) {
 		sa.startMIDSync(now, e, rd)
 	}
 	sa.reschedule(e)
