@@ -8,7 +8,7 @@ STATICCHECK_VERSION := v0.8.2
 TOOLS := $(CURDIR)/.tools
 FUZZTIME ?= 10s
 
-.PHONY: all build test test-unit test-chart test-e2e test-vm bench bench-sim bench-cluster fuzz-smoke fuzz generate lint run demo clean deps
+.PHONY: all build test test-unit test-chart test-e2e test-vm bench bench-sim bench-node bench-vs-strongswan load-smoke bench-cluster fuzz-smoke fuzz generate lint run demo clean deps
 
 all: build
 
@@ -52,9 +52,36 @@ bench:
 # Fleet-scale simulations: 100,000 gateways through two rekey cycles
 # (peak/mean per scheduler), 1,000,000 SAs in one engine (B/SA, idle CPU),
 # and 1,000,000 SAs restored after a minute down (peak/mean of the rekeys
-# in the hour after). About fifteen minutes here.
+# in the hour after). About forty minutes on a shared 2-core machine.
 bench-sim:
 	$(GO) test -run '^$$' -bench 'RekeySmoothing|MemoryPerSA|RestoreRekeys' -benchtime 1x -timeout 60m ./concentrator/ike/
+
+# What a node costs per SA, end to end: concentratord as a child process
+# pinned to CPU 0 in each configuration (data plane x state store), driven
+# over loopback by simulated gateways on CPU 1; CPU per SA (setup+delete)
+# from /proc, p99 setup, RSS per SA, each against the engine's own cost
+# measured in the same run; then BURST gateways at once. userspace rows
+# need root (TUN). BENCH_NODE_FLAGS='--scale 100000' adds the cost of a
+# setup at 1,000 vs 100,000 established SAs (a few minutes).
+BURST ?= 10000
+BENCH_NODE_FLAGS ?=
+bench-node: build
+	$(BIN)/benchnode --concentratord $(BIN)/concentratord --burst $(BURST) $(BENCH_NODE_FLAGS)
+
+# The same load against one concentratord node and a strongSwan responder
+# (charon), each pinned to CPU 0 with ikeload on CPU 1, in a network
+# namespace of its own (root): PSK then ECDSA certificates (X25519,
+# AES-GCM-256), then the setup rate as the fleet grows (PSK). Prints setups
+# per responder core, p99 setup latency and their ratios; writes JSON and
+# HTML into $(BENCH_OUT). About 5 minutes. Knobs: see
+# loadtest/bench/bench-vs-strongswan.sh (RATE_N, FLEET_N, FLEET_SECONDS...).
+BENCH_OUT ?= $(CURDIR)/bench-out
+bench-vs-strongswan: build
+	OUT=$(BENCH_OUT) BIN=$(CURDIR)/$(BIN) bash loadtest/bench/bench-vs-strongswan.sh
+
+# A short ikeload run of every scenario against a node on loopback (no root).
+load-smoke: build
+	@bash loadtest/bench/load-smoke.sh
 
 # In-process cluster: three nodes behind one anycast address (memory data
 # plane, one embedded etcd, real gRPC between the nodes), CLUSTER_GATEWAYS

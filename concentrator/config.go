@@ -55,6 +55,10 @@ type NodeConfig struct {
 type LogConfig struct {
 	Level  string `yaml:"level"`
 	Format string `yaml:"format"`
+	// PerEventRate bounds the lines a second of each kind of per-packet
+	// event (drops, cookies, failed IKE_SA_INIT); the rest are counted and
+	// reported as suppressed=K. 0: no limit.
+	PerEventRate int `yaml:"per_event_rate"`
 }
 
 type IKEConfig struct {
@@ -75,6 +79,22 @@ type IKEConfig struct {
 	MOBIKE            *bool         `yaml:"mobike"`
 	KeepaliveInterval time.Duration `yaml:"keepalive_interval"`
 	RekeyAfter        time.Duration `yaml:"rekey_after"`
+	// SocketBuffer is the receive buffer of the IKE and NAT-T sockets in
+	// bytes (every data plane): what a burst of gateways may queue while
+	// the node works. Beyond net.core.rmem_max it needs CAP_NET_ADMIN
+	// (SO_RCVBUFFORCE). A data plane's own socket_recv_buffer, if larger,
+	// wins. 0 keeps the system default.
+	SocketBuffer int `yaml:"socket_buffer"`
+
+	// Admission limits (node-wide; each shard gets its share).
+	MaxMessageSize       int   `yaml:"max_message_size"`         // datagrams larger are dropped
+	MaxInitMessageSize   int   `yaml:"max_init_message_size"`    // IKE_SA_INIT requests larger are dropped
+	MaxHalfOpen          int   `yaml:"max_half_open"`            // half-open IKE SAs beyond which requests are dropped
+	MaxHalfOpenPerPrefix int   `yaml:"max_half_open_per_prefix"` // cookie-proven half-open IKE SAs per source prefix
+	MaxHalfOpenBytes     int64 `yaml:"max_half_open_bytes"`      // memory kept by half-open IKE SAs
+	HalfOpenPrefix4      int   `yaml:"half_open_prefix4"`        // prefix length grouping IPv4 sources
+	HalfOpenPrefix6      int   `yaml:"half_open_prefix6"`        // prefix length grouping IPv6 sources
+	MaxSAs               int   `yaml:"max_sas"`                  // IKE SAs in all; 0: no cap
 }
 
 type IdentityConfig struct {
@@ -88,6 +108,15 @@ type AuthConfig struct {
 	CAs  []string    `yaml:"cas"`
 	CRLs []string    `yaml:"crls"`
 	PSKs []PSKConfig `yaml:"psks"`
+	// PubKeys are peers identified by a raw public key (RFC 7670).
+	PubKeys []PubKeyConfig `yaml:"pubkeys"`
+}
+
+// PubKeyConfig is a peer identity and the file of its public key (PEM
+// "PUBLIC KEY": a SubjectPublicKeyInfo).
+type PubKeyConfig struct {
+	ID      string `yaml:"id"`
+	KeyFile string `yaml:"key_file"`
 }
 
 type PSKConfig struct {
@@ -143,6 +172,10 @@ type UserspaceConfig struct {
 	SocketSendBuffer int `yaml:"socket_send_buffer"` // NAT-T socket SO_SNDBUF, bytes; 0 = system default
 }
 
+// DefaultSocketBuffer is ike.socket_buffer's default: room for about
+// 10,000 IKE_SA_INITs of a mass reconnect.
+const DefaultSocketBuffer = 8 << 20
+
 // DataPlaneModes are the accepted values of dataplane.mode.
 var DataPlaneModes = []string{"memory", "userspace", "xfrm", "auto"}
 
@@ -165,15 +198,17 @@ func DefaultConfig() Config {
 	t := true
 	th := 1000
 	return Config{
-		Log: LogConfig{Level: "info", Format: "json"},
+		Log: LogConfig{Level: "info", Format: "json", PerEventRate: 10},
 		IKE: IKEConfig{
-			Listen: []string{"0.0.0.0"}, Port: 500, NATTPort: 4500, ForceEncap: &t, MOBIKE: &t, CookieThreshold: &th,
+			Listen: []string{"0.0.0.0"}, Port: 500, NATTPort: 4500, ForceEncap: &t, MOBIKE: &t, CookieThreshold: &th, SocketBuffer: DefaultSocketBuffer,
 			HalfOpenTimeout: 30 * time.Second, RetransmitTimeout: 2 * time.Second, RetransmitTries: 5, DPDDelay: 60 * time.Second, KeepaliveInterval: 20 * time.Second,
 			Proposals: []string{
 				"aes256gcm16-prfsha256-x25519", "aes256gcm16-prfsha384-ecp384", "aes128gcm16-prfsha256-ecp256",
 				"chacha20poly1305-prfsha256-x25519", "aes256-sha256-modp2048",
 			},
-			ESPProposals: []string{"aes256gcm16", "aes128gcm16", "chacha20poly1305", "aes256-sha256"},
+			ESPProposals:   []string{"aes256gcm16", "aes128gcm16", "chacha20poly1305", "aes256-sha256"},
+			MaxMessageSize: 65535, MaxInitMessageSize: 8192, MaxHalfOpen: 20000, MaxHalfOpenPerPrefix: 1024,
+			MaxHalfOpenBytes: 128 << 20, HalfOpenPrefix4: 32, HalfOpenPrefix6: 64,
 		},
 		Identity: IdentityConfig{SendCert: "always"},
 		Children: ChildrenConfig{RekeyAfter: 50 * time.Minute, RekeyWindow: 10 * time.Minute, RekeyOverlap: 10 * time.Second, MaxPerIKE: 8},
@@ -291,6 +326,9 @@ func (c *Config) Validate() error {
 	default:
 		return fieldErr("log.format", "must be json or text, not %q", c.Log.Format)
 	}
+	if c.Log.PerEventRate < 0 || c.Log.PerEventRate > 100000 {
+		return fieldErr("log.per_event_rate", "must be 0 (no limit) to 100000 lines a second: %d", c.Log.PerEventRate)
+	}
 	if len(c.IKE.Listen) == 0 {
 		return fieldErr("ike.listen", "needs at least one address")
 	}
@@ -309,8 +347,14 @@ func (c *Config) Validate() error {
 	if c.IKE.Shards < 0 || c.IKE.Shards > 256 {
 		return fieldErr("ike.shards", "must be 0 (one per CPU) to 256: %d", c.IKE.Shards)
 	}
+	if c.IKE.SocketBuffer < 0 || c.IKE.SocketBuffer > 1<<30 {
+		return fieldErr("ike.socket_buffer", "must be 0 (system default) to 1 GiB: %d", c.IKE.SocketBuffer)
+	}
 	if c.IKE.CookieThreshold != nil && *c.IKE.CookieThreshold < 0 {
 		return fieldErr("ike.cookie_threshold", "must not be negative")
+	}
+	if err := c.IKE.validateAdmission(); err != nil {
+		return err
 	}
 	if c.IKE.HalfOpenTimeout <= 0 {
 		return fieldErr("ike.half_open_timeout", "must be positive")
@@ -360,8 +404,11 @@ func (c *Config) Validate() error {
 	if _, err := parseIdentity(c.Identity.ID); err != nil {
 		return fieldErr("identity.id", "%v", err)
 	}
-	if (c.Identity.Cert == "") != (c.Identity.Key == "") {
+	if c.Identity.Cert != "" && c.Identity.Key == "" {
 		return fieldErr("identity.key", "identity.cert and identity.key go together")
+	}
+	if c.Identity.Cert == "" && c.Identity.Key != "" && len(c.Auth.PubKeys) == 0 {
+		return fieldErr("identity.key", "a key without identity.cert authenticates by raw public key: needs auth.pubkeys")
 	}
 	switch c.Identity.SendCert {
 	case "always", "ifasked":
@@ -392,10 +439,20 @@ func (c *Config) Validate() error {
 			return fieldErr(f+".secret", "exactly one of secret, secret_hex, secret_file is required")
 		}
 		if p.SecretFile == "" { // files are read with the other credentials (New, --check)
-			if _, err := p.secret(); err != nil {
+			s, err := p.secret()
+			if err != nil {
+				return fieldErr(f+".secret", "%v", err)
+			}
+			if err := checkPSKLength(s, c.IKE.AllowWeak); err != nil {
 				return fieldErr(f+".secret", "%v", err)
 			}
 		}
+	}
+	if err := c.validatePubKeys(); err != nil {
+		return err
+	}
+	if c.Identity.Cert == "" && len(c.Auth.PSKs) == 0 && len(c.Auth.CAs) == 0 && len(c.Auth.PubKeys) == 0 {
+		return fieldErr("auth", "no credentials at all: configure auth.psks, or identity.cert and identity.key with auth.cas, or auth.pubkeys")
 	}
 	if c.Identity.Cert == "" && len(c.Auth.PSKs) == 0 && c.Identity.ID != "" && len(c.Auth.CAs) > 0 {
 		return fieldErr("identity.cert", "auth.cas is set but we have no certificate to authenticate ourselves with")
@@ -455,8 +512,8 @@ func (s *StateStoreConfig) validate() error {
 		if s.ClusterKeyFile == "" {
 			return fieldErr("statestore.cluster_key_file", "required with mode external (every node needs the same key)")
 		}
-		if (s.CertFile == "") != (s.KeyFile == "") {
-			return fieldErr("statestore.key_file", "statestore.cert_file and statestore.key_file go together")
+		if err := s.validateExternalTLS(); err != nil {
+			return err
 		}
 	case "none":
 	default:

@@ -10,7 +10,7 @@ import (
 // clients need a certificate signed by ca_file. Without them it is
 // plaintext, which is allowed only on a loopback address.
 type AdminConfig struct {
-	Listen   string `yaml:"listen"`    // host:port; "" disables the admin API
+	Listen   string `yaml:"listen"`    // host:port; "off" (or "") disables the admin API
 	CAFile   string `yaml:"ca_file"`   // CA that signs client certificates
 	CertFile string `yaml:"cert_file"` // the server's certificate (PEM)
 	KeyFile  string `yaml:"key_file"`  // and its key
@@ -19,11 +19,14 @@ type AdminConfig struct {
 // DefaultAdminListen is admin.listen unless configured.
 const DefaultAdminListen = "127.0.0.1:9179"
 
+// Enabled reports whether the admin API is served.
+func (a *AdminConfig) Enabled() bool { return a.Listen != "" && a.Listen != "off" }
+
 // TLS reports whether the admin API is served with mutual TLS.
 func (a *AdminConfig) TLS() bool { return a.CertFile != "" }
 
 func (a *AdminConfig) validate() error {
-	if a.Listen == "" {
+	if !a.Enabled() {
 		return nil
 	}
 	host, port, err := net.SplitHostPort(a.Listen)

@@ -13,6 +13,7 @@ func TestAdminConfig(t *testing.T) {
 	}{
 		{"", "", ""}, // the default: 127.0.0.1:9179
 		{"admin: {listen: \"\"}\n", "", ""},
+		{"admin: {listen: \"off\", cert_file: c.pem}\n", "", ""},
 		{"admin: {listen: \"[::1]:0\"}\n", "", ""},
 		{"admin: {listen: \"localhost:9179\"}\n", "", ""},
 		{"admin: {listen: \"0.0.0.0:9179\"}\n", "admin.cert_file", "not a loopback address"},

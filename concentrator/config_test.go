@@ -16,7 +16,7 @@ identity:
 auth:
   psks:
     - id: gw1@iot.example
-      secret: s3cret
+      secret: s3cret-0123456789ab
 children:
   local_ts: [10.30.0.0/24]
   remote_ts: [10.20.0.0/16]
@@ -34,7 +34,7 @@ func TestParseConfigMinimal(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if k, ok := ec.PSKs.PSK(mustID(t, "gw1@iot.example")); !ok || string(k) != "s3cret" {
+	if k, ok := ec.PSKs.PSK(mustID(t, "gw1@iot.example")); !ok || string(k) != "s3cret-0123456789ab" {
 		t.Fatal("PSK not loaded")
 	}
 	if !ec.ForceEncap || ec.CookieThreshold != 1000 {
@@ -64,8 +64,8 @@ func TestConfigErrorsNameTheField(t *testing.T) {
 		{minimal + "ike:\n  esp_proposals: [rot13]\n", "ike.esp_proposals[0]"},
 		{minimal + "ike:\n  half_open_timeout: -1s\n", "ike.half_open_timeout"},
 		{minimal + "log:\n  level: loud\n", "log.level"},
-		{strings.Replace(minimal, "secret: s3cret", "secret_hex: zz", 1), "auth.psks[0].secret"},
-		{strings.Replace(minimal, "secret: s3cret", "", 1), "auth.psks[0].secret"},
+		{strings.Replace(minimal, "secret: s3cret-0123456789ab", "secret_hex: zz", 1), "auth.psks[0].secret"},
+		{strings.Replace(minimal, "secret: s3cret-0123456789ab", "", 1), "auth.psks[0].secret"},
 		{strings.Replace(minimal, "id: conc.example", "id: ''", 1), "identity.id"},
 		{strings.Replace(minimal, "[10.30.0.0/24]", "[10.30.0.0/33]", 1), "children.local_ts[0]"},
 		{minimal + "  pool: 10.0.0.0/31\n", "children.pool"},
@@ -97,7 +97,7 @@ func TestEngineConfigFileErrors(t *testing.T) {
 	if !errors.As(err, &fe) || fe.Field != "identity.cert" {
 		t.Fatalf("bad certificate file: %v", err)
 	}
-	c, _ = ParseConfig([]byte(strings.Replace(minimal, "secret: s3cret", "secret_file: "+filepath.Join(dir, "missing"), 1)))
+	c, _ = ParseConfig([]byte(strings.Replace(minimal, "secret: s3cret-0123456789ab", "secret_file: "+filepath.Join(dir, "missing"), 1)))
 	if _, err := c.engineConfig(); err == nil {
 		t.Fatal("missing secret_file accepted")
 	}

@@ -8,7 +8,7 @@ import (
 )
 
 const xfrmBase = `identity: {id: conc.example}
-auth: {psks: [{id: gw1@iot.example, secret: s3cret-s3cret}]}
+auth: {psks: [{id: gw1@iot.example, secret: s3cret-s3cret-s3cret}]}
 children: {local_ts: [10.30.0.0/24], remote_ts: [10.20.0.0/16]}
 `
 

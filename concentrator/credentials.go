@@ -99,6 +99,9 @@ func (c *Config) engineConfig() (ike.Config, error) {
 		for _, ct := range certs {
 			ec.Local.Chain = append(ec.Local.Chain, ct.Raw)
 		}
+		if err := checkPrivateKeyFile("identity.key", c.Identity.Key); err != nil {
+			return ec, err
+		}
 		kd, err := os.ReadFile(c.Identity.Key)
 		if err != nil {
 			return ec, fieldErr("identity.key", "%v", err)
@@ -112,6 +115,9 @@ func (c *Config) engineConfig() (ike.Config, error) {
 		if err := sig.MatchIdentity(certs[0], ec.Local.ID.Type, ec.Local.ID.Data); err != nil {
 			return ec, fieldErr("identity.id", "not in the certificate %s: %v", c.Identity.Cert, err)
 		}
+	}
+	if err := c.rawKeyCredentials(&ec); err != nil {
+		return ec, err
 	}
 	if len(c.Auth.CAs) > 0 {
 		roots := x509.NewCertPool()
@@ -149,7 +155,15 @@ func (c *Config) engineConfig() (ike.Config, error) {
 	psks := ike.PSKMap{}
 	for i, p := range c.Auth.PSKs {
 		id, _ := parseIdentity(p.ID)
+		if p.SecretFile != "" {
+			if err := checkPrivateKeyFile(fmt.Sprintf("auth.psks[%d].secret_file", i), p.SecretFile); err != nil {
+				return ec, err
+			}
+		}
 		s, err := p.secret()
+		if err == nil {
+			err = checkPSKLength(s, c.IKE.AllowWeak)
+		}
 		if err != nil {
 			return ec, fieldErr(fmt.Sprintf("auth.psks[%d].secret", i), "%v", err)
 		}
@@ -176,6 +190,14 @@ func (c *Config) engineConfig() (ike.Config, error) {
 		ec.CookieThreshold = *c.IKE.CookieThreshold
 	}
 	ec.HalfOpenTimeout = c.IKE.HalfOpenTimeout
+	ec.MaxMessageSize = c.IKE.MaxMessageSize
+	ec.MaxInitSize = c.IKE.MaxInitMessageSize
+	ec.MaxHalfOpen = c.IKE.MaxHalfOpen
+	ec.MaxHalfOpenPerPrefix = c.IKE.MaxHalfOpenPerPrefix
+	ec.MaxHalfOpenBytes = c.IKE.MaxHalfOpenBytes
+	ec.HalfOpenPrefix4 = c.IKE.HalfOpenPrefix4
+	ec.HalfOpenPrefix6 = c.IKE.HalfOpenPrefix6
+	ec.MaxSAs = c.IKE.MaxSAs
 	ec.RetransmitTimeout = c.IKE.RetransmitTimeout
 	ec.RetransmitTries = c.IKE.RetransmitTries
 	ec.FragmentSize = c.IKE.FragmentSize

@@ -24,8 +24,8 @@ type Health struct {
 
 // Health reports the node's health.
 func (n *Node) Health() Health {
-	h := Health{PersistFailures: n.persistFailures.Load(), DroppedBatches: n.droppedBatches.Load(),
-		Listening: n.listening(), Draining: n.obs.draining.Load(), DataPlane: n.dp.Name()}
+	h := Health{PersistFailures: n.persistFailures.Load(), DroppedBatches: n.droppedBatches.Load(), Listening: n.listening(),
+		Draining: n.obs.draining.Load(), DataPlane: n.dp.Name()}
 	if e := n.obs.installErr.Load(); e != nil {
 		h.DataPlaneError = *e
 	}

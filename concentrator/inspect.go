@@ -35,9 +35,11 @@ func (n *Node) logEvent(s *shard, ev ike.Event) {
 			attrs = append(attrs, "vip", c.VirtualIP.String())
 		}
 	}
+	if kind, level, ok := perPacketKind(ev); ok {
+		n.plog.Log(context.Background(), level, kind, ev.Kind.String(), attrs...)
+		return
+	}
 	switch ev.Kind {
-	case ike.EventDropped:
-		n.log.Debug(ev.Kind.String(), attrs...)
 	case ike.EventIKEFailed, ike.EventChildFailed:
 		n.log.Warn(ev.Kind.String(), attrs...)
 	default:
@@ -110,6 +112,20 @@ func (n *Node) Stats(ctx context.Context) (ike.Stats, error) {
 		total.IKERekeys += st.IKERekeys
 		total.DPDSent += st.DPDSent
 		total.DPDDead += st.DPDDead
+		total.RekeyCollisions += st.RekeyCollisions
+		total.PersistFailures += st.PersistFailures
+		total.HeldRetransmits += st.HeldRetransmits
+		total.MsgIDReservations += st.MsgIDReservations
+		total.MsgIDProbes += st.MsgIDProbes
+		total.MsgIDSyncs += st.MsgIDSyncs
+		total.MsgIDSyncsAnswered += st.MsgIDSyncsAnswered
+		total.SeqReservations += st.SeqReservations
+		total.HalfOpenBytes += st.HalfOpenBytes
+		total.Oversized += st.Oversized
+		total.RefusedHalfOpen += st.RefusedHalfOpen
+		total.RefusedPrefix += st.RefusedPrefix
+		total.RefusedMemory += st.RefusedMemory
+		total.RefusedSAs += st.RefusedSAs
 		for k, v := range st.Failed {
 			total.Failed[k] += v
 		}

@@ -25,7 +25,7 @@ import (
 // memGateway is a simulated IoT gateway (our initiator engine) on an
 // in-memory network, driven by the same fake clock as the nodes.
 type memGateway struct {
-	t      *testing.T
+	t      testing.TB
 	eng    *ike.Engine
 	clk    *clock.Fake
 	ike    transport.Conn
@@ -42,7 +42,7 @@ type memGateway struct {
 
 func (g *memGateway) netwStats() (uint64, uint64) { return g.netw.Stats() }
 
-func startMemGateway(t *testing.T, ctx context.Context, netw *transport.Network, clk *clock.Fake, addr netip.Addr, opts ...func(*ike.Config)) *memGateway {
+func startMemGateway(t testing.TB, ctx context.Context, netw *transport.Network, clk *clock.Fake, addr netip.Addr, opts ...func(*ike.Config)) *memGateway {
 	t.Helper()
 	ikeC, err := netw.Listen(netip.AddrPortFrom(addr, 500))
 	if err != nil {
@@ -154,7 +154,7 @@ func (g *memGateway) connect(ctx context.Context, server netip.Addr, n int) {
 	esp, _ := ike.ParseProposal("aes256gcm16", true, false)
 	prop, _ := ike.ParseProposal("aes256gcm16-prfsha256-x25519", false, false)
 	ini := ike.Initiation{Local: g.ike.LocalAddr(), Remote: netip.AddrPortFrom(server, 500),
-		Creds: ike.Credentials{ID: id}, PSK: []byte(fmt.Sprintf("psk-%d", n)),
+		Creds: ike.Credentials{ID: id}, PSK: []byte(fmt.Sprintf("psk-0123456789ab-%d", n)),
 		IKEProposals: []ike.ProposalSpec{prop}, ESPProposals: []ike.ProposalSpec{esp},
 		TSi:        []ike.TrafficSelector{ike.SelectorFromPrefix(netip.MustParsePrefix("0.0.0.0/0"))},
 		TSr:        []ike.TrafficSelector{ike.SelectorFromPrefix(netip.MustParsePrefix("10.30.0.0/24"))},
@@ -323,7 +323,7 @@ func TestTwoNodesOnMemoryNetwork(t *testing.T) {
 	}
 }
 
-func replaceOnce(t *testing.T, s, old, new string) string {
+func replaceOnce(t testing.TB, s, old, new string) string {
 	t.Helper()
 	if !strings.Contains(s, old) {
 		t.Fatalf("%q not in the configuration", old)
@@ -332,7 +332,7 @@ func replaceOnce(t *testing.T, s, old, new string) string {
 }
 
 // waitFor polls cond (real time) until it holds or ctx ends.
-func waitFor(t *testing.T, ctx context.Context, what string, cond func() bool) {
+func waitFor(t testing.TB, ctx context.Context, what string, cond func() bool) {
 	t.Helper()
 	for !cond() {
 		select {

@@ -16,6 +16,7 @@ import (
 	"context"
 	"crypto/rand"
 	"fmt"
+	"github.com/ikefleet/ikefleet/internal/ratelog"
 	"hash/maphash"
 	"log/slog"
 	"math/bits"
@@ -36,12 +37,14 @@ import (
 type Node struct {
 	cfg    Config
 	log    *slog.Logger
+	plog   *ratelog.Logger // per-packet events, rate-limited per kind (lograte.go)
 	dp     dataplane.DataPlane
 	ecfg   ike.Config
 	shards []*shard
 	seed   maphash.Seed
-	tr     transport.Transport
-	clock  clock.Clock
+
+	tr    transport.Transport
+	clock clock.Clock
 	// storeOverride replaces the configured state store (tests).
 	storeOverride statestore.Interface
 
@@ -60,6 +63,7 @@ type Node struct {
 	droppedBatches  atomic.Uint64 // batches not applied: a write failed
 	fencedDrops     atomic.Uint64
 	queueDrops      atomic.Uint64
+	initDrops       atomic.Uint64
 	nonIKEDrops     atomic.Uint64
 	keepalives      atomic.Uint64
 	obs             observability
@@ -101,6 +105,7 @@ func New(cfg Config, log *slog.Logger, dp dataplane.DataPlane, opts ...Option) (
 	if cfg.Children.RestoreRekeyWindow != 0 {
 		log.Warn("children.restore_rekey_window is deprecated and ignored: restored CHILD SAs keep their rekey schedule and continue above their sequence number reservations")
 	}
+	n.plog = ratelog.New(log, cfg.Log.PerEventRate, 2*cfg.Log.PerEventRate)
 	if su, ok := dp.(dataplane.SenderUser); ok {
 		su.SetSender(n) // user-space ESP leaves through our NAT-T socket
 	}
@@ -115,13 +120,14 @@ func New(cfg Config, log *slog.Logger, dp dataplane.DataPlane, opts ...Option) (
 		sc := ecfg
 		sc.Rand = rand.Reader
 		sc.CookieThreshold = perShard
+		shareAdmission(&sc, ns)
 		sc.SPITagMask = spiShardMask
 		sc.SPITag = uint64(i) << spiShardShift
 		if espBits > 0 {
 			sc.ESPSPITagMask = uint32((1<<espBits)-1) << (32 - espBits)
 			sc.ESPSPITag = uint32(i) << (32 - espBits)
 		}
-		sh := &shard{id: i, in: make(chan ike.Packet, shardQueueLen), calls: make(chan func()),
+		sh := &shard{id: i, q: newShardQueue(shardQueueLen, initQueueLen), calls: make(chan func()),
 			watch: map[uint32]time.Time{}, ikeSPIs: make(chan uint64, spiPoolLen), espSPIs: make(chan uint32, spiPoolLen),
 			commits: commits{wake: make(chan struct{}, 1)}}
 		sc.IKESPIs = func() (uint64, bool) {
@@ -224,16 +230,26 @@ func (n *Node) Run(ctx context.Context) error {
 			conns = append(conns, c)
 			// The data plane may prepare the socket: buffer sizes, and
 			// UDP_ENCAP_ESPINUDP on the NAT-T port for kernel ESP (xfrm).
+			// (Sockets of other transports are not the kernel's.)
+			udp, _ := c.(*transport.UDPConn)
 			if sc, ok := n.dp.(socketConfigurer); ok {
 				err := fmt.Errorf("needs UDP sockets, not %T", c)
-				if u, ok := c.(*transport.UDPConn); ok {
-					err = sc.ConfigureSocket(u.Socket(), i == 1)
+				if udp != nil {
+					err = sc.ConfigureSocket(udp.Socket(), i == 1)
 				}
 				if err != nil {
 					for _, c := range conns {
 						c.Close()
 					}
 					return fmt.Errorf("listen %s port %d: %s data plane: %w", a, port, n.dp.Name(), err)
+				}
+			}
+			if udp != nil {
+				if err := configureSocket(udp.Socket(), n.cfg.IKE.SocketBuffer); err != nil {
+					for _, c := range conns {
+						c.Close()
+					}
+					return fmt.Errorf("listen %s port %d: %w", a, port, err)
 				}
 			}
 			local := c.LocalAddr()
@@ -268,6 +284,10 @@ func (n *Node) Run(ctx context.Context) error {
 		p, err := n.openStore(ctx)
 		if err != nil {
 			closeAll()
+			if ctx.Err() != nil {
+				n.log.Info("stopped while starting", "node", n.nodeID, "err", err)
+				return nil // asked to stop (SIGTERM) before the store was up: not a failure
+			}
 			return err
 		}
 		n.persist = p
@@ -287,6 +307,10 @@ func (n *Node) Run(ctx context.Context) error {
 	}
 	if err := n.restore(ctx); err != nil {
 		closeAll()
+		if ctx.Err() != nil {
+			n.log.Info("stopped while starting", "node", n.nodeID, "err", err)
+			return nil
+		}
 		return err
 	}
 	n.log.Info("listening", "node", n.nodeID, "addrs", fmt.Sprint(n.Addrs()), "shards", len(n.shards),
@@ -301,6 +325,7 @@ func (n *Node) Run(ctx context.Context) error {
 	wg.Add(1)
 	go func() { defer wg.Done(); n.watchStore(ctx) }()
 	wg.Add(1)
+	go func() { defer wg.Done(); n.flushSuppressed(ctx) }()
 	go func() { defer wg.Done(); n.fenceDataPlane(ctx) }()
 	if r, ok := n.dp.(dataplane.UnknownSPIReporter); ok && n.persist != nil {
 		r.OnUnknownSPI(n.unknownESP) // ESP for SAs other nodes hold: claim them (claim.go)
@@ -344,6 +369,12 @@ func (n *Node) Run(ctx context.Context) error {
 	}
 	readers.Wait()
 	wg.Wait()
-	n.log.Info("stopped", "node", n.nodeID)
+	rs := n.ReceiveStats()
+	attrs := []any{"node", n.nodeID, "queue_drops_new", rs.QueueDropsNew, "queue_drops_other", rs.QueueDropsOther}
+	if n.persist != nil {
+		h := n.persist.store.Health()
+		attrs = append(attrs, "persisted_changes", h.Changes, "persist_batches", h.Batches)
+	}
+	n.log.Info("stopped", attrs...)
 	return nil
 }

@@ -25,7 +25,7 @@ func nodeConfig(gateways int, ike, tail string) string {
 	b.WriteString("node: {id: test}\nike:\n  listen: [127.0.0.1]\n  port: 0\n  natt_port: 0\n  shards: 2\n" + ike)
 	b.WriteString("identity: {id: conc.example}\nauth:\n  psks:\n")
 	for i := 1; i <= gateways; i++ {
-		fmt.Fprintf(&b, "    - {id: gw%d@iot.example, secret: psk-%d}\n", i, i)
+		fmt.Fprintf(&b, "    - {id: gw%d@iot.example, secret: psk-0123456789ab-%d}\n", i, i)
 	}
 	b.WriteString("children:\n  local_ts: [10.30.0.0/24]\n  pool: 10.99.0.0/16\n")
 	if !strings.Contains(tail, "statestore:") {
@@ -81,7 +81,7 @@ func loadOptions(t *testing.T, n *Node, count int) loadtest.Options {
 	ikep, _ := ike.ParseProposal("aes256gcm16-prfsha256-x25519", false, false)
 	return loadtest.Options{
 		Server: n.IKEAddr(), ServerNATT: n.NATTAddr().Port(), Source: netip.MustParseAddr("127.0.0.1"),
-		IDTemplate: "gw{n}@iot.example", RemoteID: "conc.example", PSK: []byte("psk-{n}"),
+		IDTemplate: "gw{n}@iot.example", RemoteID: "conc.example", PSK: []byte("psk-0123456789ab-{n}"),
 		IKEProposals: []ike.ProposalSpec{ikep}, ESPProposals: []ike.ProposalSpec{esp},
 		LocalTS:    []ike.TrafficSelector{ike.SelectorFromPrefix(netip.MustParsePrefix("0.0.0.0/0"))},
 		RemoteTS:   []ike.TrafficSelector{ike.SelectorFromPrefix(netip.MustParsePrefix("10.30.0.0/24"))},
@@ -94,13 +94,22 @@ func TestNodeServesGatewaysOnLoopback(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	o := loadOptions(t, n, 20)
-	o.Hold = 100 * time.Millisecond
+	o.Hold = 3 * time.Second // long enough for all 20 to be up at once under load
 	// Check the node's view while the gateways hold their SAs.
 	seen := make(chan []SAInfo, 1)
 	go func() {
 		for ctx.Err() == nil {
+			// All 20 established at once (under load the first gateways
+			// may finish their hold and leave while the last are still
+			// half-open: a count alone can mix the two).
 			sas, err := n.SAs(ctx)
-			if err == nil && len(sas) == 20 && dp.Len() == 20 {
+			up := 0
+			for _, sa := range sas {
+				if sa.State == "ESTABLISHED" && len(sa.Children) == 1 {
+					up++
+				}
+			}
+			if err == nil && len(sas) == 20 && up == 20 && dp.Len() == 20 {
 				seen <- sas
 				return
 			}

@@ -316,11 +316,11 @@ func (n *Node) RekeyChild(ctx context.Context, spi uint64, inSPI uint32) (uint32
 		inSPI = live[0].InSPI
 		var rd ike.Ready
 		s.eng.RekeyChild(time.Now(), ourSPI(sa), inSPI, &rd)
-		if rd.Empty() {
-			rerr = fmt.Errorf("%w: %016x (or CHILD SA %08x is already replaced)", ErrBusy, spi, inSPI)
-			return
-		}
+		started := len(rd.Send) > 0 // the CREATE_CHILD_SA request
 		n.perform(ctx, s, &rd)
+		if !started {
+			rerr = fmt.Errorf("%w: %016x (or CHILD SA %08x is already replaced)", ErrBusy, spi, inSPI)
+		}
 	})
 	if err != nil {
 		return 0, err
@@ -340,11 +340,11 @@ func (n *Node) RekeyIKE(ctx context.Context, spi uint64) error {
 		default:
 			var rd ike.Ready
 			s.eng.RekeyIKE(time.Now(), ourSPI(sa), &rd)
-			if rd.Empty() {
-				rerr = fmt.Errorf("%w: %016x", ErrBusy, spi)
-				return
-			}
+			started := len(rd.Send) > 0
 			n.perform(ctx, s, &rd)
+			if !started {
+				rerr = fmt.Errorf("%w: %016x", ErrBusy, spi)
+			}
 		}
 	})
 	if err != nil {
@@ -360,6 +360,7 @@ func (n *Node) RekeyIKE(ctx context.Context, spi uint64) error {
 // SAs stay. It lasts until Resume.
 func (n *Node) Drain(drop bool) {
 	n.ops.drainDrop.Store(drop)
+	n.SetDraining(true) // /readyz fails: load balancers send new peers elsewhere
 	if !n.ops.draining.Swap(true) {
 		n.ops.drainStart.Store(n.ops.refused.Load())
 		n.log.Info("draining: new IKE SAs refused", "node", n.nodeID, "drop", drop)
@@ -368,6 +369,7 @@ func (n *Node) Drain(drop bool) {
 
 // Resume ends a drain.
 func (n *Node) Resume() {
+	n.SetDraining(false)
 	if n.ops.draining.Swap(false) {
 		n.log.Info("drain ended: new IKE SAs accepted", "node", n.nodeID)
 	}

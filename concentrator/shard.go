@@ -15,7 +15,7 @@ import (
 type shard struct {
 	id    int
 	eng   *ike.Engine
-	in    chan ike.Packet
+	q     shardQueue
 	calls chan func()
 	// watch: rekeyed CHILD SAs (inbound SPI) whose first inbound traffic
 	// retires their predecessor, until when to look.
@@ -37,24 +37,37 @@ func (n *Node) runShard(ctx context.Context, s *shard) {
 	watchTick := n.clock.NewTicker(watchInterval)
 	defer watchTick.Stop()
 	var rd ike.Ready
+	streak := 0
 	for {
-		select {
-		case <-ctx.Done():
-			return
-		case pkt := <-s.in:
-			if spi, ok := n.unheld(s, pkt); ok {
-				n.park(spi, pkt) // claim.go
-				continue
+		// Queued IKE_AUTHs and messages of established SAs before new
+		// IKE_SA_INITs (shardQueue.next); after prioStreak packets in a
+		// row, one wait on everything, so timers and calls get their turn.
+		var pkt ike.Packet
+		ok := false
+		if streak < prioStreak {
+			pkt, ok = s.q.next()
+		}
+		if ok {
+			streak++
+			n.handle(s, pkt, &rd)
+		} else {
+			streak = 0
+			select {
+			case <-ctx.Done():
+				return
+			case pkt := <-s.q.prio:
+				n.handle(s, pkt, &rd)
+			case pkt := <-s.q.init:
+				s.eng.Handle(n.clock.Now(), pkt, &rd)
+			case f := <-s.calls:
+				f()
+			case <-timer.C():
+				s.eng.Tick(n.clock.Now(), &rd)
+			case <-watchTick.C():
+				n.checkWatched(ctx, s)
+			case <-s.commits.wake:
+				n.commitResults(ctx, s)
 			}
-			s.eng.Handle(n.clock.Now(), pkt, &rd)
-		case f := <-s.calls:
-			f()
-		case <-timer.C():
-			s.eng.Tick(n.clock.Now(), &rd)
-		case <-watchTick.C():
-			n.checkWatched(ctx, s)
-		case <-s.commits.wake:
-			n.commitResults(ctx, s)
 		}
 		n.perform(ctx, s, &rd)
 		rd.Reset()
@@ -178,4 +191,15 @@ func (n *Node) updateChild(ctx context.Context, a ike.UpdateChild) {
 	if err != nil {
 		n.log.Error("CHILD_SA address update failed", childAttrs(a.SPIi, a.SPIr, ike.Identity{}, c, "err", err)...)
 	}
+}
+
+// handle gives a received message to the shard's engine, or parks it while
+// the SA it belongs to is claimed from the node that holds it (claim.go).
+// New IKE_SA_INITs never wait: they start SAs here.
+func (n *Node) handle(s *shard, pkt ike.Packet, rd *ike.Ready) {
+	if spi, ok := n.unheld(s, pkt); ok {
+		n.park(spi, pkt)
+		return
+	}
+	s.eng.Handle(n.clock.Now(), pkt, rd)
 }

@@ -1,7 +1,10 @@
 package concentrator
 
 // The UDP socket loops: IKE on port 500 and 4500 (with the non-ESP marker),
-// NAT-T keepalives, and user-space ESP handed to the data plane.
+// NAT-T keepalives, and user-space ESP handed to the data plane. Sockets
+// are read a batch of datagrams at a time (recvmmsg) into buffers sized by
+// ike.socket_buffer; each shard queues new IKE_SA_INITs apart from the
+// rest and serves the rest first.
 
 import (
 	"encoding/binary"
@@ -11,6 +14,10 @@ import (
 	"net"
 	"net/netip"
 
+	"golang.org/x/net/ipv4"
+	"golang.org/x/net/ipv6"
+	"golang.org/x/sys/unix"
+
 	"github.com/ikefleet/ikefleet/concentrator/dataplane"
 	"github.com/ikefleet/ikefleet/concentrator/ike"
 	"github.com/ikefleet/ikefleet/concentrator/transport"
@@ -18,10 +25,13 @@ import (
 
 // Implementation limits of the socket loop.
 const (
-	shardQueueLen = 4096  // packets waiting per shard before we drop
+	shardQueueLen = 4096  // packets of established and authenticating SAs waiting per shard before we drop
+	initQueueLen  = 8192  // new IKE_SA_INITs waiting per shard before we drop (the peers retransmit)
 	maxDatagram   = 65535 // UDP payload
+	readBatchLen  = 16    // datagrams per recvmmsg
 	spiShardShift = 44    // IKE SPI bits 44..51 name the shard
 	spiShardMask  = uint64(0xff) << spiShardShift
+	prioStreak    = 64 // packets served from the priority queue before timers and new SAs get a look
 )
 
 // socketConfigurer is implemented by data planes that need to prepare the
@@ -30,15 +40,143 @@ type socketConfigurer interface {
 	ConfigureSocket(c *net.UDPConn, natt bool) error
 }
 
+// shardQueue holds a shard's received IKE messages in two queues: new
+// IKE_SA_INITs, and everything else (IKE_AUTH, messages of established
+// SAs, answers to our requests). The shard serves the second first, so
+// that under a burst the SAs already half-open complete (and their
+// gateways stop retransmitting) before more are started; a full queue of
+// new SAs drops new SAs only.
+type shardQueue struct {
+	prio chan ike.Packet
+	init chan ike.Packet
+}
+
+func newShardQueue(prioLen, initLen int) shardQueue {
+	return shardQueue{prio: make(chan ike.Packet, prioLen), init: make(chan ike.Packet, initLen)}
+}
+
+// push queues pkt without waiting; false: its queue is full.
+func (q *shardQueue) push(pkt ike.Packet, isNew bool) bool {
+	ch := q.prio
+	if isNew {
+		ch = q.init
+	}
+	select {
+	case ch <- pkt:
+		return true
+	default:
+		return false
+	}
+}
+
+// next returns a queued packet without waiting: the priority queue's
+// first, then a new SA's.
+func (q *shardQueue) next() (ike.Packet, bool) {
+	select {
+	case pkt := <-q.prio:
+		return pkt, true
+	default:
+	}
+	select {
+	case pkt := <-q.init:
+		return pkt, true
+	default:
+	}
+	return ike.Packet{}, false
+}
+
+// isNewSA reports whether an IKE message (header at b) starts a new IKE
+// SA: an IKE_SA_INIT request from an initiator without our SPI.
+func isNewSA(b []byte) bool {
+	return len(b) >= 28 && binary.BigEndian.Uint64(b[8:]) == 0 && ike.ExchangeType(b[18]) == ike.IKE_SA_INIT &&
+		b[19]&ike.FlagInitiator != 0 && b[19]&ike.FlagResponse == 0
+}
+
+// ReceiveStats counts what the socket loops dropped.
+type ReceiveStats struct {
+	QueueDropsNew   uint64 // new IKE_SA_INITs dropped: their shard's queue was full
+	QueueDropsOther uint64 // other IKE messages dropped: their shard's queue was full
+	NonIKE          uint64 // not IKE and not ours (ESP without a user-space data plane, short datagrams)
+	Keepalives      uint64 // NAT-T keepalives received
+}
+
+// ReceiveStats reports the socket loops' counters.
+func (n *Node) ReceiveStats() ReceiveStats {
+	return ReceiveStats{QueueDropsNew: n.initDrops.Load(), QueueDropsOther: n.queueDrops.Load(),
+		NonIKE: n.nonIKEDrops.Load(), Keepalives: n.keepalives.Load()}
+}
+
+// configureSocket sizes a socket's receive buffer to ike.socket_buffer:
+// with CAP_NET_ADMIN beyond net.core.rmem_max (SO_RCVBUFFORCE), else as
+// far as the kernel allows. A data plane that asked for more keeps it.
+func configureSocket(c *net.UDPConn, size int) error {
+	if size <= 0 {
+		return nil
+	}
+	rc, err := c.SyscallConn()
+	if err != nil {
+		return err
+	}
+	var serr error
+	err = rc.Control(func(fd uintptr) {
+		// The kernel reports twice what was asked (bookkeeping overhead).
+		if cur, err := unix.GetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_RCVBUF); err == nil && cur >= 2*size {
+			return
+		}
+		if serr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_RCVBUFFORCE, size); serr != nil {
+			serr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_RCVBUF, size)
+		}
+	})
+	if err != nil {
+		return err
+	}
+	if serr != nil {
+		return fmt.Errorf("ike.socket_buffer: %d bytes: %w", size, serr)
+	}
+	return nil
+}
+
+// batchReader reads datagrams a batch at a time (recvmmsg).
+type batchReader interface {
+	ReadBatch(ms []ipv4.Message, flags int) (int, error)
+}
+
+func newBatchReader(c *net.UDPConn, local netip.AddrPort) batchReader {
+	if local.Addr().Is4() {
+		return ipv4.NewPacketConn(c)
+	}
+	return ipv6.NewPacketConn(c)
+}
+
 func (n *Node) readLoop(c transport.Conn) {
 	local := c.LocalAddr()
 	n.mu.Lock()
 	natt := n.natt[local]
 	n.mu.Unlock()
 	espIn, _ := n.dp.(dataplane.ESPHandler)
-	buf := make([]byte, maxDatagram)
+	u, ok := c.(*transport.UDPConn)
+	if !ok {
+		// Another transport (an in-memory network): one datagram at a time.
+		buf := make([]byte, maxDatagram)
+		for {
+			nb, remote, err := c.ReadFrom(buf)
+			if err != nil {
+				if errors.Is(err, net.ErrClosed) {
+					return
+				}
+				n.log.Warn("read failed", "local", local.String(), "err", err)
+				continue
+			}
+			n.receive(c, buf[:nb], local, remote, natt, espIn)
+		}
+	}
+	br := newBatchReader(u.Socket(), local)
+	msgs := make([]ipv4.Message, readBatchLen)
+	for i := range msgs {
+		msgs[i].Buffers = [][]byte{make([]byte, maxDatagram)}
+	}
 	for {
-		nb, remote, err := c.ReadFrom(buf)
+		nm, err := br.ReadBatch(msgs, 0)
 		if err != nil {
 			if errors.Is(err, net.ErrClosed) {
 				return
@@ -46,36 +184,50 @@ func (n *Node) readLoop(c transport.Conn) {
 			n.log.Warn("read failed", "local", local.String(), "err", err)
 			continue
 		}
-		b := buf[:nb]
-		if natt {
-			switch {
-			case nb == 1 && b[0] == 0xff:
-				n.keepalives.Add(1) // NAT-T keepalive (RFC 3948 §2.3)
-				continue
-			case nb >= 4 && binary.BigEndian.Uint32(b) == 0:
-				b = b[4:] // non-ESP marker: IKE
-			case espIn != nil:
-				espIn.HandleESP(b, local, remote) // user-space ESP
-				continue
-			default:
-				n.nonIKEDrops.Add(1) // ESP: the data plane's, not ours
+		for i := range msgs[:nm] {
+			m := &msgs[i]
+			ua, ok := m.Addr.(*net.UDPAddr)
+			if !ok {
 				continue
 			}
+			remote := ua.AddrPort()
+			n.receive(c, m.Buffers[0][:m.N], local, netip.AddrPortFrom(remote.Addr().Unmap(), remote.Port()), natt, espIn)
 		}
-		if n.ops.draining.Load() && n.refuseInit(c, natt, b, netip.AddrPortFrom(remote.Addr().Unmap(), remote.Port())) {
-			continue // draining: no new IKE SAs (ops.go)
-		}
-		s := n.shardFor(b)
-		if s == nil {
-			n.nonIKEDrops.Add(1)
-			continue
-		}
-		pkt := ike.Packet{Local: local, Remote: remote, Data: append([]byte(nil), b...)}
-		select {
-		case s.in <- pkt:
+	}
+}
+
+// receive sorts one datagram: a NAT-T keepalive, ESP for the data plane,
+// or an IKE message for its shard's queue.
+func (n *Node) receive(c transport.Conn, b []byte, local, remote netip.AddrPort, natt bool, espIn dataplane.ESPHandler) {
+	if natt {
+		switch {
+		case len(b) == 1 && b[0] == 0xff:
+			n.keepalives.Add(1) // NAT-T keepalive (RFC 3948 §2.3)
+			return
+		case len(b) >= 4 && binary.BigEndian.Uint32(b) == 0:
+			b = b[4:] // non-ESP marker: IKE
+		case espIn != nil:
+			espIn.HandleESP(b, local, remote) // user-space ESP
+			return
 		default:
-			n.countQueueDrop(local, natt, s)
+			n.nonIKEDrops.Add(1) // ESP: the data plane's, not ours
+			return
 		}
+	}
+	if n.ops.draining.Load() && n.refuseInit(c, natt, b, remote) {
+		return // draining: no new IKE SAs (ops.go)
+	}
+	s := n.shardFor(b)
+	if s == nil {
+		n.nonIKEDrops.Add(1)
+		return
+	}
+	isNew := isNewSA(b)
+	if !s.q.push(ike.Packet{Local: local, Remote: remote, Data: append([]byte(nil), b...)}, isNew) {
+		if isNew {
+			n.initDrops.Add(1) // of the queue drops, new SAs
+		}
+		n.countQueueDrop(local, natt, s)
 	}
 }
 

@@ -125,7 +125,7 @@ func TestSystemdUnitSettings(t *testing.T) {
 	bin := buildDaemon(t)
 	dir := t.TempDir()
 	cfg := filepath.Join(dir, "concentratord.yaml")
-	if err := os.WriteFile(cfg, []byte("identity: {id: conc.example}\nchildren: {local_ts: [10.30.0.0/24], pool: 10.99.0.0/16}\nstatestore: {mode: none}\n"), 0o600); err != nil {
+	if err := os.WriteFile(cfg, []byte("identity: {id: conc.example}\nauth: {psks: [{id: gw1@iot.example, secret: systemd-test-psk-0123456789}]}\nchildren: {local_ts: [10.30.0.0/24], pool: 10.99.0.0/16}\nstatestore: {mode: none}\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	args := slices.Clone(pre[1:])

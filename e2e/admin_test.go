@@ -11,6 +11,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -93,6 +94,59 @@ func reloadSwanctl(t *testing.T, s *StrongSwan, conf string) {
 	}
 }
 
+// scrape reads concentratord's /metrics (the metrics listener, in the
+// conc namespace) into sample -> value, logs the ikefleet_* samples named
+// by families, and returns them.
+func scrape(t *testing.T, tp *Topology, step string, families ...string) map[string]float64 {
+	t.Helper()
+	code, body, err := HTTPGet(tp.Conc, MetricsAddr, "/metrics")
+	if err != nil || code != 200 {
+		t.Fatalf("GET /metrics %s: %d %v", step, code, err)
+	}
+	m := map[string]float64{}
+	var shown []string
+	for _, l := range strings.Split(body, "\n") {
+		i := strings.LastIndexByte(l, ' ')
+		if strings.HasPrefix(l, "#") || i < 0 {
+			continue
+		}
+		v, err := strconv.ParseFloat(l[i+1:], 64)
+		if err != nil {
+			continue
+		}
+		m[l[:i]] = v
+		for _, f := range families {
+			if strings.HasPrefix(l, f+"{") || strings.HasPrefix(l, f+" ") {
+				shown = append(shown, l)
+			}
+		}
+	}
+	t.Logf("/metrics %s:\n%s", step, strings.Join(shown, "\n"))
+	return m
+}
+
+// sample sums the samples of family name whose labels include every one
+// of labels (`kind="child"`).
+func sample(m map[string]float64, name string, labels ...string) float64 {
+	var sum float64
+	for k, v := range m {
+		if k != name && !strings.HasPrefix(k, name+"{") {
+			continue
+		}
+		ok := true
+		for _, l := range labels {
+			ok = ok && strings.Contains(k, l)
+		}
+		if ok {
+			sum += v
+		}
+	}
+	return sum
+}
+
+var adminFamilies = []string{"ikefleet_ike_sas", "ikefleet_child_sas", "ikefleet_rekeys_total", "ikefleet_handshakes_total",
+	"ikefleet_handshake_failures_total", "ikefleet_draining", "ikefleet_dataplane_packets_total"}
+
 type ctlSA struct {
 	SPI      string `json:"spi"`
 	PeerID   string `json:"peer_id"`
@@ -150,6 +204,11 @@ func TestAdminCLI(t *testing.T) {
 		if err := initiate(s); err != nil {
 			t.Fatalf("%s: initiate: %v", s.Name, err)
 		}
+	}
+
+	before := scrape(t, tp, "with two gateways up", adminFamilies...)
+	if sample(before, "ikefleet_ike_sas", `state="established"`) != 2 || sample(before, "ikefleet_draining") != 0 {
+		t.Fatalf("/metrics with two gateways up: %v", before)
 	}
 
 	// status and the list: two gateways, both behind the NAT's address.
@@ -228,6 +287,11 @@ func TestAdminCLI(t *testing.T) {
 	if err := tp.Ping(ctx, tp.GW, GWLANAddr, ConcLANAddr, 2, 56); err != nil {
 		t.Fatalf("after the rekey: %v", err)
 	}
+	afterRekey := scrape(t, tp, "after the rekey", adminFamilies...)
+	if d := sample(afterRekey, "ikefleet_rekeys_total", `kind="child"`, `initiator="us"`) -
+		sample(before, "ikefleet_rekeys_total", `kind="child"`, `initiator="us"`); d != 1 {
+		t.Errorf("ikefleet_rekeys_total{kind=child,initiator=us} went up by %v, want 1", d)
+	}
 
 	// terminate gw2: strongSwan's SA is gone.
 	r := adminCtl(t, ctx, tp, ctl, "terminate", sa2.SPI)
@@ -257,6 +321,11 @@ func TestAdminCLI(t *testing.T) {
 		t.Fatal("gw2 got in with the old PSK after the reload")
 	}
 	conc.mustWaitLog(t, ctx, 10*time.Second, "IKE_SA failed", map[string]string{"notify": "AUTHENTICATION_FAILED"})
+	afterReload := scrape(t, tp, "after the old PSK was refused", adminFamilies...)
+	if d := sample(afterReload, "ikefleet_handshake_failures_total", `AUTHENTICATION_FAILED`) -
+		sample(before, "ikefleet_handshake_failures_total", `AUTHENTICATION_FAILED`); d != 1 {
+		t.Errorf("ikefleet_handshake_failures_total{reason=AUTHENTICATION_FAILED} went up by %v, want 1", d)
+	}
 	// SIGHUP reloads too.
 	if err := conc.cmd.Process.Signal(syscall.SIGHUP); err != nil {
 		t.Fatal(err)
@@ -287,6 +356,12 @@ func TestAdminCLI(t *testing.T) {
 	if !strings.Contains(out, "DRAINING") {
 		t.Fatalf("nodes while draining:\n%s", out)
 	}
+	if m := scrape(t, tp, "while draining", "ikefleet_draining"); sample(m, "ikefleet_draining") != 1 {
+		t.Errorf("ikefleet_draining is not 1 while draining")
+	}
+	if code, body, err := HTTPGet(tp.Conc, MetricsAddr, "/readyz"); err != nil || code == 200 {
+		t.Errorf("/readyz while draining: %d %v %s", code, err, body)
+	}
 	if err := tp.Ping(ctx, tp.GW, GWLANAddr, ConcLANAddr, 2, 56); err != nil {
 		t.Fatalf("gw1's tunnel while draining: %v", err)
 	}
@@ -299,6 +374,10 @@ func TestAdminCLI(t *testing.T) {
 		t.Fatalf("status at the end:\n%s", out)
 	}
 	mustCtl(t, ctx, tp, ctl, "sas", "list")
+	if m := scrape(t, tp, "at the end", adminFamilies...); sample(m, "ikefleet_draining") != 0 ||
+		sample(m, "ikefleet_ike_sas", `state="established"`) != 2 {
+		t.Errorf("/metrics at the end: draining %v, established %v", sample(m, "ikefleet_draining"), sample(m, "ikefleet_ike_sas", `state="established"`))
+	}
 	if err := events.Stop(); err != nil {
 		t.Errorf("concentratorctl events on SIGTERM: %v", err)
 	}

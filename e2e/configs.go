@@ -32,13 +32,17 @@ const (
 type Auth int
 
 const (
-	AuthPSK   Auth = iota // pre-shared key, identities GWPSKID / ConcID
-	AuthECDSA             // certificates from a PKI, identities GWCertID / ConcID
+	AuthPSK    Auth = iota // pre-shared key, identities GWPSKID / ConcID
+	AuthECDSA              // certificates from a PKI, identities GWCertID / ConcID
+	AuthRawKey             // raw public keys (RFC 7670), no certificates, identities GWCertID / ConcID
 )
 
 func (a Auth) String() string {
-	if a == AuthECDSA {
+	switch a {
+	case AuthECDSA:
 		return "ecdsa"
+	case AuthRawKey:
+		return "rawkey"
 	}
 	return "psk"
 }
@@ -56,6 +60,13 @@ func GatewaySwanctlConf(auth Auth) string {
 		local = fmt.Sprintf("auth = pubkey\n      certs = gw.crt\n      id = %s", GWCertID)
 		remote = fmt.Sprintf("auth = pubkey\n      id = %s\n      cacerts = ca.crt", ConcID)
 		extra, secrets = "send_cert = always\n    send_certreq = yes\n    ", ""
+	}
+	if auth == AuthRawKey {
+		// pubkey/gw.pub and private/gw.key are ours, pubkey/conc.pub the
+		// concentrator's (RawKeySwanctlFiles).
+		local = fmt.Sprintf("auth = pubkey\n      pubkeys = gw.pub\n      id = %s", GWCertID)
+		remote = fmt.Sprintf("auth = pubkey\n      pubkeys = conc.pub\n      id = %s", ConcID)
+		extra, secrets = "send_cert = always\n    ", ""
 	}
 	return fmt.Sprintf(`# gw1 (IoT gateway, initiator), %[1]s
 connections {
@@ -147,11 +158,22 @@ func (p *PKI) SwanctlFiles(name string, c Credential) map[string][]byte {
 	}
 }
 
+// RawKeySwanctlFiles lays out gw1's raw-key credentials for a SWANCTL_DIR:
+// private/gw.key, pubkey/gw.pub, and the concentrator's pubkey/conc.pub.
+func RawKeySwanctlFiles(gw Credential, concPub []byte) map[string][]byte {
+	return map[string][]byte{
+		"private/gw.key":  gw.KeyPEM,
+		"pubkey/gw.pub":   PublicKeyPEM(gw),
+		"pubkey/conc.pub": concPub,
+	}
+}
+
 // ConcentratordConfig is the YAML configuration of concentratord for the
 // interop tests (schema: deploy/examples/concentratord.yaml): listen on
 // ConcAddr, identity ConcID, the memory data plane, JSON logs. With
 // AuthPSK, gw1's PSK; with AuthECDSA, identity.cert/key and auth.cas name
-// the files certPath, keyPath and caPath.
+// the files certPath, keyPath and caPath; with AuthRawKey, identity.key is
+// keyPath and auth.pubkeys gives gw1 (GWCertID) the key in caPath.
 func ConcentratordConfig(auth Auth, certPath, keyPath, caPath string) string {
 	var b strings.Builder
 	fmt.Fprintf(&b, `node:
@@ -169,6 +191,9 @@ identity:
 `, ConcAddr, IKEProp, ESPProp, ConcID)
 	if auth == AuthECDSA {
 		fmt.Fprintf(&b, "  cert: %s\n  key: %s\n  send_cert: always\nauth:\n  cas: [%s]\n", certPath, keyPath, caPath)
+	} else if auth == AuthRawKey {
+		// caPath holds gw1's public key here.
+		fmt.Fprintf(&b, "  key: %s\nauth:\n  pubkeys:\n    - id: %s\n      key_file: %s\n", keyPath, GWCertID, caPath)
 	} else {
 		fmt.Fprintf(&b, "auth:\n  psks:\n    - id: %s\n      secret: %q\n", GWPSKID, TestPSK)
 	}

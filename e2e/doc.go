@@ -1,5 +1,5 @@
 // Package e2e holds ikefleet's network-namespace tests (test tier 2 in
-// DESIGN.md): real strongSwan gateways talk IKEv2 to concentratord and
+// docs/architecture.md): real strongSwan gateways talk IKEv2 to concentratord and
 // ikeload through an nftables NAT, all inside namespaces the test creates.
 //
 // The non-test files are the harness:

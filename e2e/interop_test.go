@@ -6,6 +6,7 @@ import (
 	"context"
 	"path/filepath"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 )
@@ -30,6 +31,12 @@ func TestInteropStrongSwanInitiatorECDSA(t *testing.T) {
 	testStrongSwanInitiator(t, AuthECDSA)
 }
 
+// strongSwan authenticates gw1 by its raw public key and the concentrator
+// by the concentrator's (RFC 7670; no certificates, no CA).
+func TestInteropStrongSwanInitiatorRawKey(t *testing.T) {
+	testStrongSwanInitiator(t, AuthRawKey)
+}
+
 // testStrongSwanInitiator: strongSwan gw1 initiates through the NAT to
 // concentratord (memory data plane), both sides report the tunnel, and the
 // gateway's Delete is processed.
@@ -52,6 +59,15 @@ func testStrongSwanInitiator(t *testing.T, auth Auth) {
 		writeFile(t, keyPath, concCred.KeyPEM)
 		writeFile(t, caPath, pki.CAPEM)
 		gwFiles = pki.SwanctlFiles("gw", pki.Issue(t, GWCertID))
+	}
+	if auth == AuthRawKey {
+		// Only the key pairs of the certificates are used.
+		gwID = GWCertID
+		pki := NewPKI(t)
+		concCred, gwCred := pki.Issue(t, ConcID), pki.Issue(t, GWCertID)
+		writeFile(t, keyPath, concCred.KeyPEM)
+		writeFile(t, caPath, PublicKeyPEM(gwCred))
+		gwFiles = RawKeySwanctlFiles(gwCred, PublicKeyPEM(concCred))
 	}
 	cfg := filepath.Join(dir, "concentratord.yaml")
 	writeFile(t, cfg, []byte(ConcentratordConfig(auth, certPath, keyPath, caPath)))
@@ -79,6 +95,21 @@ func testStrongSwanInitiator(t *testing.T, auth Auth) {
 		t.Fatal(err)
 	}
 	checkGatewaySA(t, sas, gwID)
+	if auth == AuthRawKey {
+		// strongSwan 5.9 sends no CERT(15) of its own (the concentrator
+		// uses the configured key); the concentrator answers a peer that
+		// authenticated by raw key with its key in CERT(15).
+		sawCert := false
+		for _, l := range strings.Split(gw.Log(), "\n") {
+			if strings.Contains(l, "IKE_AUTH") && strings.Contains(l, "[") {
+				t.Logf("gw: %s", l)
+				sawCert = sawCert || strings.Contains(l, "parsed IKE_AUTH response") && strings.Contains(l, " CERT ")
+			}
+		}
+		if !sawCert {
+			t.Error("gw: the IKE_AUTH response carried no CERT payload (want CERT(15) with the concentrator's key)")
+		}
+	}
 	if sa, ok := FindIKESA(sas, "conc"); ok && sa.Get("nat-remote") != "yes" {
 		// ike.force_encap: the concentrator claims NAT in its NAT-D payloads.
 		t.Errorf("gw: nat-remote = %q, want yes (concentratord forces UDP encapsulation)", sa.Get("nat-remote"))

@@ -13,7 +13,7 @@ import (
 	"time"
 )
 
-// Kernel ESP tier (DESIGN.md test tier 3). The build hosts' kernel has no
+// Kernel ESP tier (docs/architecture.md, "Tests", tier 3). The build hosts' kernel has no
 // ESP, so these tests run inside the VM that `make test-vm`
 // (e2e/vm/kernel-tier.sh) boots with Debian's stock kernel; it sets
 // IKEFLEET_VM=1. Anywhere else they skip: the VM tier is where they run,

@@ -60,7 +60,9 @@ func NewTopology(t testing.TB) *Topology {
 	prefix := fmt.Sprintf("%s%d-%d-", nsPrefix, os.Getpid(), nsCounter.Add(1))
 	tp := &Topology{GW: prefix + "gw", NAT: prefix + "nat", Conc: prefix + "conc", t: t}
 	t.Cleanup(tp.teardown)
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	// Generous: under emulation (the kernel tier's VM) right after another
+	// topology's teardown, setting one up takes tens of seconds.
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	if err := tp.setup(ctx); err != nil {
 		t.Fatalf("topology %s*: %v", prefix, err)

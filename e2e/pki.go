@@ -101,3 +101,9 @@ func serial(t testing.TB) *big.Int {
 	}
 	return n.Add(n, big.NewInt(1))
 }
+
+// PublicKeyPEM is the credential's public key as PEM "PUBLIC KEY"
+// (SubjectPublicKeyInfo): what a raw-public-key peer (RFC 7670) configures.
+func PublicKeyPEM(c Credential) []byte {
+	return pem.EncodeToMemory(&pem.Block{Type: "PUBLIC KEY", Bytes: c.Cert.RawSubjectPublicKeyInfo})
+}

@@ -1,39 +1,62 @@
 // Package loadtest drives a simulated fleet of IKEv2 gateways (our own
 // initiator engine) against a concentrator or any IKEv2 responder.
+//
+// Each gateway has its own UDP sockets and source ports (it sits behind
+// its own NAT mapping, see sockets.go); a run goes through phases —
+// establish (ramp, closed loop or burst), hold (DPD, keepalives, churn,
+// NAT rebindings, MOBIKE moves, ESP traffic), an optional rekey storm,
+// drain and teardown — each bounded in time, and ends by itself. Every
+// setup attempt ends exactly one way: established, failed (by reason) or
+// timed out.
 package loadtest
 
 import (
 	"context"
 	"crypto"
 	"crypto/rand"
-	"encoding/binary"
 	"errors"
 	"fmt"
 	"log/slog"
-	"net"
 	"net/netip"
-	"sort"
+	"runtime"
 	"strconv"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/ikefleet/ikefleet/concentrator/ike"
 	"github.com/ikefleet/ikefleet/concentrator/ike/sig"
 )
 
-// Options describe a load run.
+// Options describe a load run. The zero value of a knob disables it.
 type Options struct {
 	Server     netip.AddrPort // responder IKE address (port 500)
 	ServerNATT uint16         // responder NAT-T port; 0 = 4500
-	Source     netip.Addr     // our address
-	SourcePort uint16         // our IKE port; 0 = ephemeral
-	NATTPort   uint16         // our NAT-T port; 0 = ephemeral
+	Source     netip.Addr     // our address (all gateways), unless Sources is set
+	// Sources spreads the gateways over the addresses of a prefix,
+	// PerAddress gateways each (0: 64), e.g. 127.1.0.0/16 on loopback.
+	Sources    netip.Prefix
+	PerAddress int
+	// SourcePort, when set, fixes the ports: gateway n binds
+	// SourcePort + PortsPerGateway*(n-1) (+1 for NAT-T); 0 = ephemeral.
+	SourcePort uint16
+	// PortsPerGateway: 2 gives each gateway one socket for IKE and one for
+	// NAT-T, as a NAT maps ports 500 and 4500 separately; 1 uses one socket
+	// for both (half the file descriptors); 0 = 2 if the open file limit
+	// (hard) allows, else 1.
+	PortsPerGateway int
+	// AltSource is the second address of each gateway for MOBIKE moves
+	// (default: for a loopback source, the same address with the top bit
+	// of the second octet flipped; otherwise the source itself).
+	AltSource netip.Addr
 
 	IDTemplate string // our identity; "{n}" is replaced by the gateway number (1-based)
 	RemoteID   string // expected responder identity ("" = accept any)
 	PSK        []byte // "{n}" is replaced by the gateway number (per-device keys)
 	Signer     crypto.Signer
 	Chain      [][]byte
+	CA         *CA // issue each gateway its own certificate (instead of Signer/Chain)
 	Verifier   *sig.Verifier
 
 	IKEProposals []ike.ProposalSpec
@@ -42,294 +65,439 @@ type Options struct {
 	RemoteTS     []ike.TrafficSelector
 	RequestVIP   bool
 
-	Count   int           // gateways
-	Rate    float64       // new gateways per second; 0 = all at once
-	Hold    time.Duration // keep the SAs this long once all are up
-	Timeout time.Duration // give up on establishments after this long
-	Log     *slog.Logger
+	Scenario string // a label for the report ("ramp", "burst", ...)
+	Label    string // free text for the report (e.g. the responder's name)
+
+	Count int     // gateways
+	Rate  float64 // new gateways per second; 0 = as fast as Window allows
+	// Window bounds handshakes in flight (0 = unbounded: with Rate 0, all
+	// gateways at once — a mass restart).
+	Window      int
+	Hold        time.Duration // keep the SAs this long once all are up
+	Timeout     time.Duration // one setup (or rekey) attempt gives up after this long; 0 = 30 s
+	MaxDuration time.Duration // the whole run ends by then, whatever remains; 0 = 10 min
+
+	DPDDelay          time.Duration // gateways send liveness checks after this much silence
+	KeepaliveInterval time.Duration // NAT-T keepalives (each gateway is behind a NAT)
+
+	ChurnPerMin  float64 // % of the fleet that reconnects (delete + new setup) per minute of Hold
+	RebindPerMin float64 // % of the fleet whose NAT mapping changes (new NAT-T source port) per minute of Hold
+	MOBIKEPerMin float64 // % of the fleet moving to its other address with MOBIKE per minute of Hold
+
+	RekeyStorm bool    // after Hold, every gateway rekeys its CHILD SA (IKE SA with RekeyIKE)
+	RekeyRate  float64 // rekeys started per second in the storm; 0 = all at once
+	RekeyIKE   bool
+
+	// ESPRate: each established gateway sends this many ESP packets per
+	// second during Hold (user-space ESP codec, UDP-encapsulated), of
+	// ESPSize bytes of inner IPv4/UDP to ESPDest (default: the first
+	// address of RemoteTS).
+	ESPRate float64
+	ESPSize int
+	ESPDest netip.Addr
+
+	// NoDelete: at the end the gateways leave without deleting their SAs
+	// (counted as deleted all the same).
+	NoDelete bool
+
+	Workers   int // engine shards (goroutines); 0 = GOMAXPROCS
+	TargetPID int // measure this process's CPU and RSS (the responder)
+
+	Progress      func(Progress) // called every ProgressEvery (0 = 1 s)
+	ProgressEvery time.Duration
+	Log           *slog.Logger
 }
 
-// Report is the outcome of a run.
-type Report struct {
-	Established int            `json:"established"`
-	Failed      int            `json:"failed"`
-	Children    int            `json:"child_sas"`
-	Deleted     int            `json:"deleted"`
-	Failures    map[string]int `json:"failures,omitempty"`
-	DurationS   float64        `json:"duration_s"`
-	RatePerS    float64        `json:"rate_per_s"`
-	LatencyMS   Latency        `json:"latency_ms"`
-	Retransmits uint64         `json:"retransmits"`
-	Proposal    string         `json:"proposal,omitempty"`
-}
+// ErrIncomplete is returned (with the report) when some attempt failed
+// or timed out.
+var ErrIncomplete = errors.New("not every gateway established its IKE SA")
 
-// Latency summarises establishment latencies.
-type Latency struct {
-	P50 float64 `json:"p50"`
-	P90 float64 `json:"p90"`
-	P99 float64 `json:"p99"`
-	Max float64 `json:"max"`
-}
-
-type gateway struct {
-	spi     uint64
-	started time.Time
-	done    bool
-}
-
-// Run executes the load and returns its report.
-func Run(ctx context.Context, o Options) (Report, error) {
+func (o *Options) defaults() error {
 	if o.Count <= 0 {
 		o.Count = 1
 	}
-	if o.Timeout == 0 {
+	if o.Timeout <= 0 {
 		o.Timeout = 30 * time.Second
 	}
+	if o.MaxDuration <= 0 {
+		o.MaxDuration = 10 * time.Minute
+	}
+	if o.ServerNATT == 0 {
+		o.ServerNATT = 4500
+	}
+	if o.PortsPerGateway == 0 {
+		// Two sockets per gateway while the file descriptors allow it.
+		o.PortsPerGateway = 2
+		if lim := fileLimit(); lim > 0 && uint64(2*o.Count)+fdReserve > lim {
+			o.PortsPerGateway = 1
+		}
+	}
+	if o.PortsPerGateway != 1 && o.PortsPerGateway != 2 {
+		return fmt.Errorf("PortsPerGateway %d: want 1 or 2", o.PortsPerGateway)
+	}
+	if o.PerAddress <= 0 {
+		o.PerAddress = 64
+	}
+	if o.Workers <= 0 {
+		o.Workers = runtime.GOMAXPROCS(0)
+	}
+	o.Workers = min(o.Workers, o.Count)
 	if o.Log == nil {
 		o.Log = slog.New(slog.DiscardHandler)
 	}
-	ikeConn, err := net.ListenUDP("udp", net.UDPAddrFromAddrPort(netip.AddrPortFrom(o.Source, o.SourcePort)))
-	if err != nil {
-		return Report{}, fmt.Errorf("listen IKE: %w", err)
+	if o.ESPSize <= 0 {
+		o.ESPSize = 64
 	}
-	defer ikeConn.Close()
-	nattConn, err := net.ListenUDP("udp", net.UDPAddrFromAddrPort(netip.AddrPortFrom(o.Source, o.NATTPort)))
-	if err != nil {
-		return Report{}, fmt.Errorf("listen NAT-T: %w", err)
+	if !o.Sources.IsValid() && !o.Source.IsValid() {
+		o.Source = netip.IPv4Unspecified()
 	}
-	defer nattConn.Close()
-	ikeLocal := ikeConn.LocalAddr().(*net.UDPAddr).AddrPort()
-	nattLocal := nattConn.LocalAddr().(*net.UDPAddr).AddrPort()
-	ikeLocal = netip.AddrPortFrom(o.Source, ikeLocal.Port())
-	nattLocal = netip.AddrPortFrom(o.Source, nattLocal.Port())
+	if o.Sources.IsValid() && !o.Sources.Addr().Is4() {
+		return errors.New("Sources: IPv4 only")
+	}
+	if o.Sources.IsValid() {
+		if avail := uint64(1) << (32 - o.Sources.Bits()); uint64(o.Count) > avail*uint64(o.PerAddress) {
+			return fmt.Errorf("Sources %v: %d addresses × %d gateways each < %d gateways", o.Sources, avail, o.PerAddress, o.Count)
+		}
+	}
+	if o.PSK == nil && o.Signer == nil && o.CA == nil {
+		return errors.New("need a PSK, a key and certificate, or a CA to issue certificates")
+	}
+	if o.ESPRate > 0 && !o.ESPDest.IsValid() {
+		if len(o.RemoteTS) == 0 {
+			return errors.New("ESP traffic needs a destination")
+		}
+		o.ESPDest = o.RemoteTS[0].Start
+	}
+	return nil
+}
 
-	eng, err := ike.NewEngine(ike.Config{IKEProposals: o.IKEProposals, NATTPort: nattLocal.Port(), Rand: rand.Reader, ForceEncap: true})
-	if err != nil {
+// realAddr is where gateway n's sockets are bound (alt: its second address).
+func (o *Options) realAddr(n int, alt bool) netip.Addr {
+	a := o.Source
+	if o.Sources.IsValid() {
+		a = addAddr(o.Sources.Masked().Addr(), uint32((n-1)/o.PerAddress))
+	}
+	if !alt {
+		return a
+	}
+	if o.AltSource.IsValid() {
+		return o.AltSource
+	}
+	if a.Is4() && a.IsLoopback() {
+		b := a.As4()
+		b[1] ^= 0x80
+		return netip.AddrFrom4(b)
+	}
+	return a
+}
+
+func addAddr(a netip.Addr, k uint32) netip.Addr {
+	b := a.As4()
+	v := uint32(b[0])<<24 | uint32(b[1])<<16 | uint32(b[2])<<8 | uint32(b[3])
+	v += k
+	return netip.AddrFrom4([4]byte{byte(v >> 24), byte(v >> 16), byte(v >> 8), byte(v)})
+}
+
+func (o *Options) params() Params {
+	p := Params{Server: o.Server.String(), Count: o.Count, Rate: o.Rate, Window: o.Window, HoldS: o.Hold.Seconds(),
+		TimeoutS: o.Timeout.Seconds(), MaxDurationS: o.MaxDuration.Seconds(), Workers: o.Workers,
+		PortsPerGateway: o.PortsPerGateway, DPDS: o.DPDDelay.Seconds(), KeepaliveS: o.KeepaliveInterval.Seconds(),
+		ChurnPerMin: o.ChurnPerMin, RebindPerMin: o.RebindPerMin, MOBIKEPerMin: o.MOBIKEPerMin,
+		RekeyStorm: o.RekeyStorm, RekeyRate: o.RekeyRate, ESPRate: o.ESPRate}
+	switch {
+	case o.PSK != nil:
+		p.Auth = "psk"
+	case o.CA != nil:
+		p.Auth = "certificates (one per gateway)"
+	default:
+		p.Auth = "certificate"
+	}
+	if len(o.IKEProposals) > 0 {
+		p.IKEProposal = o.IKEProposals[0].String()
+	}
+	return p
+}
+
+// runner is one run: the shards and what they share.
+type runner struct {
+	o        Options
+	col      *collector
+	shards   []*shard
+	remoteID ike.Identity
+	done     chan struct{} // closed when the run must end now (MaxDuration, ctx)
+
+	hurry      atomic.Bool   // the caller ended the run: a short teardown
+	setupDone  atomic.Int32  // shards whose establish phase is over
+	setupEnded chan struct{} // closed by the last of them
+}
+
+// Run executes the load and returns its report. The error is
+// ErrIncomplete when an attempt failed or timed out, the context's error
+// when ctx ended the run early, or a setup error (then the report is
+// empty).
+func Run(ctx context.Context, o Options) (Report, error) {
+	if err := o.defaults(); err != nil {
 		return Report{}, err
 	}
-	var remoteID ike.Identity
+	r := &runner{o: o, done: make(chan struct{}), setupEnded: make(chan struct{})}
 	if o.RemoteID != "" {
-		if remoteID, err = ike.ParseIdentity(o.RemoteID); err != nil {
+		id, err := ike.ParseIdentity(o.RemoteID)
+		if err != nil {
 			return Report{}, fmt.Errorf("remote id: %w", err)
 		}
+		r.remoteID = id
 	}
-
-	pkts := make(chan ike.Packet, 1024)
-	reader := func(c *net.UDPConn, local netip.AddrPort, natt bool) {
-		buf := make([]byte, 65535)
-		for {
-			n, from, err := c.ReadFromUDPAddrPort(buf)
-			if err != nil {
-				return
-			}
-			b := buf[:n]
-			if natt {
-				if n < 4 || binary.BigEndian.Uint32(b) != 0 {
-					continue // ESP or keepalive: not ours to handle here
-				}
-				b = b[4:]
-			}
-			select {
-			case pkts <- ike.Packet{Local: local, Remote: netip.AddrPortFrom(from.Addr().Unmap(), from.Port()), Data: append([]byte(nil), b...)}:
-			case <-ctx.Done():
-				return
+	fds := uint64(o.Count*o.PortsPerGateway) + fdReserve
+	if o.MOBIKEPerMin > 0 {
+		fds += uint64(o.Count * o.PortsPerGateway)
+	}
+	if err := raiseFileLimit(fds); err != nil {
+		return Report{}, err
+	}
+	// Gateways, their credentials and sockets, before the clock starts.
+	for i := range o.Workers {
+		s, err := newShard(r, i)
+		if err != nil {
+			r.closeAll()
+			return Report{}, err
+		}
+		r.shards = append(r.shards, s)
+	}
+	for n := 1; n <= o.Count; n++ {
+		gw, err := r.newGateway(n)
+		if err != nil {
+			r.closeAll()
+			return Report{}, err
+		}
+		s := r.shards[(n-1)%len(r.shards)]
+		gw.sh = s
+		s.gws = append(s.gws, gw)
+	}
+	for _, s := range r.shards {
+		for _, gw := range s.gws {
+			if err := s.openSockets(gw, false); err != nil {
+				r.closeAll()
+				return Report{}, fmt.Errorf("gateway %d: %w", gw.n, err)
 			}
 		}
 	}
-	go reader(ikeConn, ikeLocal, false)
-	go reader(nattConn, nattLocal, true)
-
-	send := func(a ike.Send) {
-		c, natt := ikeConn, false
-		if a.Local.Port() == nattLocal.Port() {
-			c, natt = nattConn, true
-		}
-		for _, m := range a.Messages {
-			if natt {
-				m = append([]byte{0, 0, 0, 0}, m...)
-			}
-			if _, err := c.WriteToUDPAddrPort(m, a.Remote); err != nil {
-				o.Log.Warn("send failed", "err", err)
-			}
+	ports := map[netip.AddrPort]bool{}
+	for _, s := range r.shards {
+		for _, sk := range s.socks {
+			ports[sk.real] = true
 		}
 	}
 
-	rep := Report{Failures: map[string]int{}}
-	gws := map[uint64]*gateway{}
-	var lat []float64
+	var target, self *procWatch
+	if o.TargetPID > 0 {
+		w, err := newProcWatch(o.TargetPID)
+		if err != nil {
+			r.closeAll()
+			return Report{}, fmt.Errorf("target pid %d: %w", o.TargetPID, err)
+		}
+		target = w
+	}
+	self, _ = newProcWatch(0)
+
 	start := time.Now()
-	deadline := start.Add(o.Timeout)
-	started, finished := 0, 0
-	acts := &ike.Ready{}
-	perform := func(now time.Time) {
-		for _, p := range acts.Persist {
-			eng.Committed(p.SPI, p.Version) // the load generator keeps no state store
-		}
-		for _, a := range acts.DataPlane {
-			if _, ok := a.(ike.InstallChild); ok {
-				rep.Children++
-			}
-		}
-		for _, a := range acts.Send {
-			if !a.Keepalive {
-				send(a)
-			}
-		}
-		for _, a := range acts.Events {
-			g := gws[a.SPIi]
-			switch a.Kind {
-			case ike.EventIKEEstablished:
-				if g != nil && !g.done {
-					g.done = true
-					finished++
-					rep.Established++
-					rep.Proposal = a.Proposal
-					lat = append(lat, float64(now.Sub(g.started).Microseconds())/1000)
-				}
-				o.Log.Info(a.Kind.String(), "spi_i", fmt.Sprintf("%016x", a.SPIi), "peer_id", a.PeerID.String(), "proposal", a.Proposal)
-			case ike.EventIKEFailed:
-				if g != nil && !g.done {
-					g.done = true
-					finished++
-					rep.Failed++
-					reason := a.Reason
-					if a.Notify != 0 {
-						reason = a.Notify.String()
-					}
-					rep.Failures[reason]++
-				}
-				o.Log.Warn(a.Kind.String(), "spi_i", fmt.Sprintf("%016x", a.SPIi), "notify", a.Notify.String(), "reason", a.Reason)
-			case ike.EventIKEDeleted:
-				rep.Deleted++
-			case ike.EventChildFailed:
-				o.Log.Warn(a.Kind.String(), "spi_i", fmt.Sprintf("%016x", a.SPIi), "notify", a.Notify.String(), "reason", a.Reason)
-			}
-		}
-		acts.Reset()
-	}
+	r.col = newCollector(start)
+	runCtx, cancel := context.WithTimeout(ctx, o.MaxDuration)
+	defer cancel()
+	go func() {
+		<-runCtx.Done()
+		// Ended by the caller (not MaxDuration): delete, but do not wait long.
+		r.hurry.Store(ctx.Err() != nil)
+		close(r.done)
+	}()
 
-	initiate := func(now time.Time) error {
-		started++
-		n := strconv.Itoa(started)
-		id, err := ike.ParseIdentity(strings.ReplaceAll(o.IDTemplate, "{n}", n))
-		if err != nil {
-			return fmt.Errorf("id: %w", err)
-		}
-		ini := ike.Initiation{
-			Local: ikeLocal, Remote: o.Server,
-			Creds:    ike.Credentials{ID: id, Signer: o.Signer, Chain: o.Chain},
-			RemoteID: remoteID, Verifier: o.Verifier,
-			IKEProposals: o.IKEProposals, ESPProposals: o.ESPProposals,
-			TSi: o.LocalTS, TSr: o.RemoteTS, RequestVIP: o.RequestVIP, RemoteNATT: o.ServerNATT,
-		}
-		if o.PSK != nil {
-			ini.PSK = []byte(strings.ReplaceAll(string(o.PSK), "{n}", n))
-		}
-		var spi uint64
-		spi, err = eng.Initiate(now, ini, acts)
-		if err != nil {
-			return err
-		}
-		gws[spi] = &gateway{spi: spi, started: now}
-		perform(now)
-		return nil
+	var wg sync.WaitGroup
+	for _, s := range r.shards {
+		wg.Add(1)
+		go func() { defer wg.Done(); s.run(start) }()
 	}
+	finished := make(chan struct{})
+	go func() { wg.Wait(); close(finished) }()
 
-	interval := time.Duration(0)
-	if o.Rate > 0 {
-		interval = time.Duration(float64(time.Second) / o.Rate)
+	// Once a second: the processes, the progress line.
+	var targetAtSetup, selfAtSetup procStat
+	every := o.ProgressEvery
+	if every <= 0 {
+		every = time.Second
 	}
-	nextStart := start
-	timer := time.NewTimer(0)
-	defer timer.Stop()
-	for finished < o.Count {
-		now := time.Now()
-		for started < o.Count && !now.Before(nextStart) {
-			if err := initiate(now); err != nil {
-				return rep, err
-			}
-			nextStart = nextStart.Add(interval)
-		}
-		if now.After(deadline) {
-			rep.Failures["timeout"] += o.Count - finished
-			rep.Failed += o.Count - finished
-			break
-		}
-		wake := deadline
-		if d := eng.NextDeadline(time.Now()); !d.IsZero() && d.Before(wake) {
-			wake = d
-		}
-		if started < o.Count && nextStart.Before(wake) {
-			wake = nextStart
-		}
-		timer.Reset(time.Until(wake))
+	tick := time.NewTicker(time.Second)
+	lastProgress := start
+	setupSeen := false
+	setupEnded := r.setupEnded
+loop:
+	for {
 		select {
-		case <-ctx.Done():
-			return rep, ctx.Err()
-		case p := <-pkts:
-			eng.Handle(time.Now(), p, acts)
-		case <-timer.C:
-			eng.Tick(time.Now(), acts)
+		case <-finished:
+			break loop
+		case <-setupEnded:
+			// The setup phase's CPU, read when it ends.
+			setupEnded, setupSeen = nil, true
+			if target != nil {
+				targetAtSetup, _ = readProc(o.TargetPID)
+			}
+			selfAtSetup, _ = readProc(0)
+		case now := <-tick.C:
+			var ts, ss *procSample
+			if target != nil {
+				ts = target.sample()
+			}
+			if self != nil {
+				ss = self.sample()
+			}
+			r.col.sample(now, ts, ss)
+			if o.Progress != nil && now.Sub(lastProgress) >= every-10*time.Millisecond {
+				lastProgress = now
+				p := r.col.progress(now)
+				p.Phase = r.phase()
+				o.Progress(p)
+			}
 		}
-		perform(time.Now())
 	}
-	elapsed := time.Since(start)
-	rep.DurationS = elapsed.Seconds()
-	if elapsed > 0 {
-		rep.RatePerS = float64(rep.Established) / elapsed.Seconds()
+	tick.Stop()
+	end := time.Now()
+	if target != nil {
+		target.sample()
 	}
-	rep.LatencyMS = summarise(lat)
+	if self != nil {
+		self.sample()
+	}
+	if !setupSeen {
+		if target != nil {
+			targetAtSetup, _ = readProc(o.TargetPID)
+		}
+		selfAtSetup, _ = readProc(0)
+	}
+	r.closeAll()
 
-	// pump serves packets and timers until done or until.
-	pump := func(until time.Time, done func() bool) error {
-		for !done() && time.Now().Before(until) {
-			wake := until
-			if d := eng.NextDeadline(time.Now()); !d.IsZero() && d.Before(wake) {
-				wake = d
-			}
-			timer.Reset(time.Until(wake))
-			select {
-			case <-ctx.Done():
-				return ctx.Err()
-			case p := <-pkts:
-				eng.Handle(time.Now(), p, acts)
-			case <-timer.C:
-				eng.Tick(time.Now(), acts)
-			}
-			perform(time.Now())
+	rep := r.col.report(end)
+	rep.Scenario, rep.Label, rep.Params = o.Scenario, o.Label, o.params()
+	rep.SourcePorts = len(ports)
+	for _, s := range r.shards {
+		rep.Retransmits += s.in.retransmits()
+	}
+	setupCPU := func(w *procWatch, at procStat) ProcReport {
+		pr := ProcReport{PID: w.pid, CPUSeconds: round3(w.cpuUsed().Seconds()), RSSMaxMiB: round1(float64(w.rssMax) / 1024)}
+		used := at.cpu - w.first.cpu
+		if wall := at.at.Sub(w.first.at); wall > 0 && at.cpu > 0 {
+			pr.CPUMeanPct = round1(100 * float64(used) / float64(wall))
 		}
-		return nil
-	}
-	// Hold the SAs (answering the peer's requests), then delete them.
-	if err := pump(time.Now().Add(o.Hold), func() bool { return false }); err != nil {
-		return rep, err
-	}
-	var spis []uint64
-	eng.Each(func(sa *ike.IKESA) bool {
-		if sa.Established() {
-			spis = append(spis, sa.SPIi)
+		if used > 0 && rep.Established > 0 {
+			pr.SetupsPerCPU = round1(float64(rep.Established) / used.Seconds())
 		}
-		return true
-	})
-	for _, spi := range spis {
-		eng.Delete(time.Now(), spi, acts)
+		return pr
 	}
-	perform(time.Now())
-	if err := pump(time.Now().Add(5*time.Second), func() bool { return eng.Len() == 0 }); err != nil {
-		return rep, err
+	if target != nil {
+		t := setupCPU(target, targetAtSetup)
+		rep.Target = &t
 	}
-	rep.Retransmits = eng.Stats().Retransmits
-	if rep.Established < o.Count {
-		return rep, errors.New("not every gateway established its IKE SA")
+	if self != nil {
+		rep.Self = setupCPU(self, selfAtSetup)
+	}
+	if ctx.Err() != nil {
+		return rep, ctx.Err()
+	}
+	if !rep.Consistent {
+		return rep, fmt.Errorf("inconsistent accounting: attempted %d != established %d + failed %d + timed out %d (in flight %d)",
+			rep.Attempted, rep.Established, rep.Failed, rep.TimedOut, rep.InFlight)
+	}
+	if rep.Established < rep.Attempted {
+		return rep, ErrIncomplete
 	}
 	return rep, nil
 }
 
-func summarise(ms []float64) Latency {
-	if len(ms) == 0 {
-		return Latency{}
+func round3(v float64) float64 { return float64(int64(v*1000+0.5)) / 1000 }
+
+func (r *runner) phase() string {
+	counts := map[phase]int{}
+	for _, s := range r.shards {
+		counts[phase(s.phaseNow.Load())]++
 	}
-	sort.Float64s(ms)
-	q := func(p float64) float64 { return ms[min(len(ms)-1, int(p*float64(len(ms))))] }
-	return Latency{P50: q(0.5), P90: q(0.9), P99: q(0.99), Max: ms[len(ms)-1]}
+	best := phaseDone
+	for p := range counts {
+		best = min(best, p)
+	}
+	return best.String()
+}
+
+func (r *runner) closeAll() {
+	for _, s := range r.shards {
+		s.closeSockets()
+	}
+}
+
+func (r *runner) newGateway(n int) (*gateway, error) {
+	o := &r.o
+	ns := strconv.Itoa(n)
+	idText := strings.ReplaceAll(o.IDTemplate, "{n}", ns)
+	id, err := ike.ParseIdentity(idText)
+	if err != nil {
+		return nil, fmt.Errorf("id %q: %w", idText, err)
+	}
+	gw := &gateway{n: n, id: id, signer: o.Signer, chain: o.Chain}
+	if o.PSK != nil {
+		gw.psk = []byte(strings.ReplaceAll(string(o.PSK), "{n}", ns))
+	}
+	if o.CA != nil {
+		key, der, err := o.CA.Issue(idText)
+		if err != nil {
+			return nil, fmt.Errorf("certificate for %s: %w", idText, err)
+		}
+		gw.signer, gw.chain = key, [][]byte{der}
+	}
+	for i, alt := range []bool{false, true} {
+		gw.virt[i] = virtAddr(n, alt)
+		gw.real[i] = o.realAddr(n, alt)
+	}
+	return gw, nil
+}
+
+// gateway is one simulated device.
+type gateway struct {
+	n      int
+	sh     *shard
+	id     ike.Identity
+	psk    []byte
+	signer crypto.Signer
+	chain  [][]byte
+	virt   [2]netip.Addr // inside addresses (engine's view): primary, MOBIKE alternate
+	real   [2]netip.Addr // bound addresses
+	socks  [2][2]*gsock  // [address][0 IKE, 1 NAT-T] (the same socket twice with one port per gateway)
+	addr   int           // the address in use
+	cur    *saRec        // the current attempt or SA
+	upIdx  int           // index in shard.up, -1 if not up
+}
+
+type saState uint8
+
+const (
+	saConnecting saState = iota + 1
+	saUp
+	saClosing // we asked for the delete
+	saGone
+)
+
+// saRec is one setup attempt and, once established, its IKE SA.
+type saRec struct {
+	gw         *gateway
+	spi        uint64
+	started    time.Time
+	state      saState
+	rekeyAt    time.Time // our rekey outstanding since
+	rekeyIKE   bool
+	child      *ike.ChildSA
+	espSeq     uint64
+	espOutSPI  uint32
+	espEncoder *espSender
+}
+
+func newShardEngine(o *Options, s *shard) (*initiator, error) {
+	return newInitiator(ike.Config{
+		IKEProposals: o.IKEProposals, NATTPort: virtNATTPort, Rand: rand.Reader, ForceEncap: true,
+		DPDDelay: o.DPDDelay, KeepaliveInterval: o.KeepaliveInterval, MOBIKE: o.MOBIKEPerMin > 0,
+	}, s)
 }

@@ -263,6 +263,8 @@ func (b *batcher) try(batch []pending) error {
 			s.fence(reg, "registration gone at commit")
 			return ErrFenced
 		}
+		s.batches.Add(1)
+		s.changes.Add(uint64(len(idx)))
 		for j, i := range idx {
 			tr := resp.Responses[j].GetResponseTxn()
 			var err error

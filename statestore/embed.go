@@ -8,25 +8,41 @@ import (
 	"time"
 
 	"go.etcd.io/etcd/client/pkg/v3/transport"
+	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.etcd.io/etcd/server/v3/embed"
+	"go.etcd.io/etcd/server/v3/etcdserver/api/v3client"
 	"go.uber.org/zap"
 )
 
 // EmbedConfig configures the embedded single-member etcd that a
 // stand-alone node (and every test) uses.
 type EmbedConfig struct {
-	Dir        string        // data directory; required
-	Name       string        // member name; default "ikefleet"
-	ClientAddr string        // host:port; default 127.0.0.1 on a free port
-	PeerAddr   string        // host:port; default 127.0.0.1 on a free port
-	MaxTxnOps  uint          // default 1024 (the batcher's MaxBatch must fit)
-	NoFsync    bool          // tests only: loses data on power failure
-	Timeout    time.Duration // to become ready; default 30 s
-	Logger     *zap.Logger   // nil: silent; SlogZap: into a slog.Logger
+	Dir        string // data directory; required
+	Name       string // member name; default "ikefleet"
+	ClientAddr string // host:port; default 127.0.0.1 on a free port
+	PeerAddr   string // host:port; default 127.0.0.1 on a free port
+	MaxTxnOps  uint   // default 1024 (the batcher's MaxBatch must fit)
+	NoFsync    bool   // tests only: loses data on power failure
+	// SnapshotCount: committed transactions between raft snapshots; the
+	// raft log kept in memory grows to about this many entries (each a
+	// batch of SA changes) before a snapshot lets it go. Default 1000
+	// (etcd's 10,000 holds ~100 MB of batches in memory at a burst).
+	SnapshotCount uint64
+	// SnapshotCatchUpEntries: raft entries kept after a snapshot for a
+	// slow follower; a single member has none. Default 100.
+	SnapshotCatchUpEntries uint64
+	Timeout                time.Duration // to become ready; default 30 s
+	Logger                 *zap.Logger   // nil: silent; SlogZap: into a slog.Logger
 	// Client TLS: serve https and require client certificates signed by
 	// ClientCAFile. All empty: plain http on loopback.
 	CertFile, KeyFile, ClientCAFile string
 }
+
+// Defaults of the embedded member's raft log (EmbedConfig).
+const (
+	DefaultEmbedSnapshotCount          = 1000
+	DefaultEmbedSnapshotCatchUpEntries = 100
+)
 
 // Embedded is a running embedded etcd member.
 type Embedded struct {
@@ -49,6 +65,12 @@ func StartEmbedded(cfg EmbedConfig) (*Embedded, error) {
 	}
 	if cfg.Timeout == 0 {
 		cfg.Timeout = 30 * time.Second
+	}
+	if cfg.SnapshotCount == 0 {
+		cfg.SnapshotCount = DefaultEmbedSnapshotCount
+	}
+	if cfg.SnapshotCatchUpEntries == 0 {
+		cfg.SnapshotCatchUpEntries = DefaultEmbedSnapshotCatchUpEntries
 	}
 	var err error
 	if cfg.ClientAddr, err = freeAddr(cfg.ClientAddr); err != nil {
@@ -93,6 +115,8 @@ func (m *Embedded) start() error {
 	c.AdvertisePeerUrls = []url.URL{m.peerURL}
 	c.InitialCluster = c.InitialClusterFromName(c.Name)
 	c.MaxTxnOps = m.cfg.MaxTxnOps
+	c.SnapshotCount = m.cfg.SnapshotCount
+	c.SnapshotCatchUpEntries = m.cfg.SnapshotCatchUpEntries
 	// Every SA rewrite leaves an old revision behind; keep an hour of
 	// history (external clusters need the same --auto-compaction-*).
 	c.AutoCompactionMode = "periodic"
@@ -129,6 +153,12 @@ func (m *Embedded) start() error {
 
 // Endpoints are the client URLs, for ClientConfig.Endpoints.
 func (m *Embedded) Endpoints() []string { return []string{m.clientURL.String()} }
+
+// LocalClient returns a client that calls this member's server in this
+// process, without gRPC or sockets: a request costs function calls, not
+// loopback round trips (the node's own embedded store). It is valid
+// until Stop; Close it before.
+func (m *Embedded) LocalClient() *clientv3.Client { return v3client.New(m.e.Server) }
 
 // Client returns a client configuration for this member.
 func (m *Embedded) Client() ClientConfig { return ClientConfig{Endpoints: m.Endpoints()} }

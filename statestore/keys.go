@@ -74,7 +74,7 @@ func parseSPIKey(key, prefix string) (uint64, bool) {
 }
 
 // SlotSPI builds a locally allocated SPI that carries the node's slot in
-// its top slotBits bits (a routing hint for half-open SAs, DESIGN.md);
+// its top slotBits bits (a routing hint for half-open SAs, docs/architecture.md);
 // the rest comes from random. Reserve the result before use.
 func SlotSPI(slot int, slotBits uint, random uint64) uint64 {
 	if slotBits == 0 || slotBits >= 64 {

@@ -120,6 +120,13 @@ func LoadKeyring(keyFile, dataDir string) (*Keyring, error) {
 			}
 		}
 	}
+	fi, err := os.Stat(path)
+	if err != nil {
+		return nil, &KeyFileError{Path: path, Err: err}
+	}
+	if perm := fi.Mode().Perm(); perm&0o077 != 0 {
+		return nil, &KeyFileError{Path: path, Reason: fmt.Sprintf("is readable by group or others (mode %04o): chmod 600 it", perm)}
+	}
 	b, err := os.ReadFile(path)
 	if err != nil {
 		return nil, &KeyFileError{Path: path, Err: err}

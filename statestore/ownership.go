@@ -152,7 +152,7 @@ func (s *Store) Owner(ctx context.Context, spi uint64) (o Owner, live bool, err 
 }
 
 // TakeOver makes this node the owner of an SA whose owner is dead (its
-// registration is gone) and returns the stored record. It is the DESIGN
+// registration is gone) and returns the stored record, in one
 // transaction: owner unchanged since revision r AND the owner's node key
 // is gone (AND we are still registered). A live owner gives *OwnerError
 // naming it: ask it over peer.v1 to HandOff. Two nodes racing: exactly
@@ -202,7 +202,7 @@ func (s *Store) lostRace(ctx context.Context, spi uint64, me Owner) error {
 }
 
 // HandOff moves an SA this node owns to a live node, writing its final
-// state in the same transaction (DESIGN: owner unchanged since r AND the
+// state in the same transaction (owner unchanged since r AND the
 // owner is me handing off). The caller has frozen the SA and stops acting
 // for it whatever the result, unless the error is retryable.
 func (s *Store) HandOff(ctx context.Context, spi uint64, final *SARecord, to Owner) error {

@@ -1,7 +1,7 @@
 // Package statestore keeps the cluster's memory in etcd: IKE SA records
 // with their CHILD SAs (key material sealed with a cluster key), SPI
 // ownership, the node registry and the fencing that keeps two nodes from
-// ever acting for one SA. See DESIGN.md, "Cluster semantics".
+// ever acting for one SA. See docs/architecture.md, "Cluster semantics".
 //
 // A node opens a Store, which registers it (lease, slot, epoch) and keeps
 // the lease alive. The node consults CanSend before it sends for any SA it
@@ -72,6 +72,8 @@ type Health struct {
 	Queued     int  // changes waiting to be persisted
 	RefuseNew  bool // Submit refuses new SAs (etcd unreachable, QueueNew off)
 	Txns       uint64
+	Changes    uint64 // changes committed by Submit's batches (Changes/batch transactions: the mean batch)
+	Batches    uint64 // transactions that committed them
 }
 
 // registration is one life of the node in the registry.
@@ -106,7 +108,8 @@ type Store struct {
 	reach    bool
 	prevSlot int
 
-	txns atomic.Uint64
+	txns             atomic.Uint64
+	changes, batches atomic.Uint64
 
 	bs []*batcher // shards by IKE SPI: changes to one SA stay in order
 
@@ -202,6 +205,7 @@ func (s *Store) Health() Health {
 	}
 	h.RefuseNew = !h.Reachable && !s.cfg.Batch.QueueNew
 	h.Txns = s.txns.Load()
+	h.Changes, h.Batches = s.changes.Load(), s.batches.Load()
 	return h
 }
 

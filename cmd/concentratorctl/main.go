@@ -18,7 +18,6 @@ import (
 	"io"
 	"os"
 	"os/signal"
-	"runtime/debug"
 	"strings"
 	"syscall"
 	"time"
@@ -31,11 +30,8 @@ import (
 	"google.golang.org/grpc/status"
 
 	adminv1 "github.com/ikefleet/ikefleet/api/admin/v1"
+	"github.com/ikefleet/ikefleet/internal/buildinfo"
 )
-
-// version is set at build time (-ldflags "-X main.version=v1.2.3"); else
-// the module version or VCS revision the binary was built from.
-var version = ""
 
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
@@ -99,34 +95,7 @@ func exitCode(err error) int {
 }
 
 func versionString() string {
-	if version != "" {
-		return version
-	}
-	bi, ok := debug.ReadBuildInfo()
-	if !ok {
-		return "unknown"
-	}
-	if v := bi.Main.Version; v != "" && v != "(devel)" {
-		return v
-	}
-	rev, dirty := "", ""
-	for _, s := range bi.Settings {
-		switch s.Key {
-		case "vcs.revision":
-			rev = s.Value
-		case "vcs.modified":
-			if s.Value == "true" {
-				dirty = "-dirty"
-			}
-		}
-	}
-	if rev != "" {
-		if len(rev) > 12 {
-			rev = rev[:12]
-		}
-		return "devel-" + rev + dirty
-	}
-	return "devel"
+	return fmt.Sprintf("%s (%s)", buildinfo.Get(), buildinfo.GoVersion())
 }
 
 // app holds the global flags and the connection.
@@ -140,6 +109,8 @@ type app struct {
 	serverName string
 	output     string
 	timeout    time.Duration
+	local      bool
+	configPath string
 
 	conn *grpc.ClientConn
 	cli  adminv1.AdminClient
@@ -168,6 +139,9 @@ Exit codes: 0 success, 1 failure, 2 usage.`,
 			default:
 				return usagef("-o/--output: want table, json or yaml, not %q", a.output)
 			}
+			if a.local {
+				return a.fromConfig(cmd)
+			}
 			return nil
 		},
 		PersistentPostRun: func(*cobra.Command, []string) {
@@ -190,6 +164,8 @@ Exit codes: 0 success, 1 failure, 2 usage.`,
 	pf.StringVar(&a.serverName, "server-name", "", "name to verify the node's certificate against (default: the host of --addr)")
 	pf.StringVarP(&a.output, "output", "o", "table", "output format: table, json or yaml")
 	pf.DurationVar(&a.timeout, "timeout", 30*time.Second, "deadline of each call (streams: of the operation on the node)")
+	pf.BoolVar(&a.local, "local", false, "talk to the node on this host: --addr and the TLS files from the admin section of its configuration (--config); flags given explicitly win")
+	pf.StringVar(&a.configPath, "config", defaultConfigPath, "concentratord's configuration file, for --local")
 
 	root.AddCommand(a.statusCommand(), a.nodesCommand(), a.sasCommand(), a.terminateCommand(), a.rekeyCommand(),
 		a.drainCommand(), a.reloadCommand(), a.eventsCommand())

@@ -22,7 +22,7 @@ import (
 	"testing"
 	"time"
 
-	"gopkg.in/yaml.v3"
+	"go.yaml.in/yaml/v3"
 
 	"github.com/ikefleet/ikefleet/concentrator"
 	"github.com/ikefleet/ikefleet/concentrator/adminserver"
@@ -44,7 +44,7 @@ func startNode(t *testing.T, gateways int, admin string) *node {
 	b.WriteString("node: {id: ctl}\nike:\n  listen: [127.0.0.1]\n  port: 0\n  natt_port: 0\n  shards: 2\n")
 	b.WriteString("identity: {id: conc.example}\nauth:\n  psks:\n")
 	for i := 1; i <= gateways; i++ {
-		fmt.Fprintf(&b, "    - {id: gw%d@iot.example, secret: psk-%d}\n", i, i)
+		fmt.Fprintf(&b, "    - {id: gw%d@iot.example, secret: psk-0123456789ab-%d}\n", i, i)
 	}
 	b.WriteString("children:\n  local_ts: [10.30.0.0/24]\n  pool: 10.99.0.0/16\nstatestore:\n  mode: none\n")
 	if admin == "" {
@@ -89,7 +89,7 @@ func (nd *node) gateways(t *testing.T, count int) {
 	ikep, _ := ike.ParseProposal("aes256gcm16-prfsha256-x25519", false, false)
 	o := loadtest.Options{
 		Server: nd.n.IKEAddr(), ServerNATT: nd.n.NATTAddr().Port(), Source: netip.MustParseAddr("127.0.0.1"),
-		IDTemplate: "gw{n}@iot.example", RemoteID: "conc.example", PSK: []byte("psk-{n}"),
+		IDTemplate: "gw{n}@iot.example", RemoteID: "conc.example", PSK: []byte("psk-0123456789ab-{n}"),
 		IKEProposals: []ike.ProposalSpec{ikep}, ESPProposals: []ike.ProposalSpec{esp},
 		LocalTS:    []ike.TrafficSelector{ike.SelectorFromPrefix(netip.MustParsePrefix("0.0.0.0/0"))},
 		RemoteTS:   []ike.TrafficSelector{ike.SelectorFromPrefix(netip.MustParsePrefix("10.30.0.0/24"))},
@@ -395,7 +395,7 @@ func TestOperations(t *testing.T) {
 
 	// reload: a PSK added to the file.
 	text, _ := os.ReadFile(nd.cfg)
-	os.WriteFile(nd.cfg, []byte(strings.Replace(string(text), "  psks:\n", "  psks:\n    - {id: new@iot.example, secret: s3cret}\n", 1)), 0o600)
+	os.WriteFile(nd.cfg, []byte(strings.Replace(string(text), "  psks:\n", "  psks:\n    - {id: new@iot.example, secret: s3cret-0123456789ab}\n", 1)), 0o600)
 	out = nd.mustCtl(t, "reload")
 	if !strings.Contains(out, "5 (1 added, 0 removed, 0 changed)") || !strings.Contains(out, "changed:      psks") {
 		t.Fatalf("reload:\n%s", out)
@@ -424,6 +424,28 @@ func TestMutualTLS(t *testing.T) {
 	if code, _, errs := nd.ctl(t, append(bad, "status")...); code != 1 {
 		t.Fatalf("a client certificate of another CA: exit %d %s", code, errs)
 	}
+
+	// --local: the address and TLS files from the node's configuration,
+	// its own certificate as the client's; a wildcard listener is reached
+	// over loopback.
+	text, err := os.ReadFile(nd.cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, port, _ := net.SplitHostPort(nd.addr)
+	local := filepath.Join(dir, "local.yaml")
+	os.WriteFile(local, []byte(strings.Replace(string(text), "listen: 127.0.0.1:0", "listen: 0.0.0.0:"+port, 1)), 0o600)
+	var o, e bytes.Buffer
+	if code := run(context.Background(), []string{"--local", "--config", local, "status"}, &o, &e); code != 0 || !strings.Contains(o.String(), "1 nodes") {
+		t.Fatalf("--local: exit %d\n%s%s", code, o.String(), e.String())
+	}
+	off := filepath.Join(dir, "off.yaml")
+	os.WriteFile(off, []byte("admin:\n  listen: \"off\"\n"), 0o600)
+	o.Reset()
+	e.Reset()
+	if code := run(context.Background(), []string{"--local", "--config", off, "status"}, &o, &e); code != 1 || !strings.Contains(e.String(), "admin API is off") {
+		t.Fatalf("--local with the admin API off: exit %d %s", code, e.String())
+	}
 }
 
 func newCA(t *testing.T, dir string) (*x509.Certificate, *ecdsa.PrivateKey) {
@@ -448,8 +470,8 @@ func issue(t *testing.T, dir, name string, ca *x509.Certificate, caKey *ecdsa.Pr
 	tmpl := &x509.Certificate{SerialNumber: big.NewInt(time.Now().UnixNano()), Subject: pkix.Name{CommonName: name},
 		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour), KeyUsage: x509.KeyUsageDigitalSignature,
 		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}}
-	if server {
-		tmpl.ExtKeyUsage = []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}
+	if server { // also the client certificate of concentratorctl --local
+		tmpl.ExtKeyUsage = []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth}
 		tmpl.IPAddresses = []net.IP{net.IPv4(127, 0, 0, 1)}
 	}
 	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca, &key.PublicKey, caKey)

@@ -30,7 +30,7 @@ func serve(ctx context.Context, node *concentrator.Node, cfg concentrator.Config
 	case err := <-done:
 		return err
 	}
-	if cfg.Admin.Listen != "" {
+	if cfg.Admin.Enabled() {
 		srv, err := adminserver.Start(cfg.Admin, node, log.With("component", "admin"))
 		if err != nil {
 			cancel()

@@ -3,11 +3,13 @@ package main
 import (
 	"fmt"
 	"log/slog"
+	"net/netip"
 
 	"github.com/ikefleet/ikefleet/concentrator"
 	"github.com/ikefleet/ikefleet/concentrator/dataplane"
 	"github.com/ikefleet/ikefleet/concentrator/dataplane/memory"
 	"github.com/ikefleet/ikefleet/concentrator/dataplane/userspace"
+	"github.com/ikefleet/ikefleet/concentrator/ike"
 )
 
 // newDataPlane builds the data plane that dataplane.mode asks for. auto
@@ -33,9 +35,17 @@ func newDataPlane(full concentrator.Config, log *slog.Logger) (dataplane.DataPla
 		return memory.New(), nil
 	case "userspace":
 		u := cfg.Userspace
-		dp, err := userspace.New(userspace.Config{TUNName: u.TUN, MTU: u.MTU, Workers: u.Workers,
+		uc := userspace.Config{TUNName: u.TUN, MTU: u.MTU, Workers: u.Workers,
 			QueueLen: u.QueueLen, ReplayWindow: u.ReplayWindow, SocketRecvBuffer: u.SocketRecvBuffer,
-			SocketSendBuffer: u.SocketSendBuffer, Log: log.With("dataplane", "userspace")})
+			SocketSendBuffer: u.SocketSendBuffer, Log: log.With("dataplane", "userspace")}
+		// One route for the virtual IP pool instead of one per gateway.
+		if full.Children.Pool != "" {
+			uc.Routes = []netip.Prefix{netip.MustParsePrefix(full.Children.Pool)}
+			for _, s := range full.Children.LocalTS {
+				uc.RoutesLocalTS = append(uc.RoutesLocalTS, selectorOf(netip.MustParsePrefix(s)))
+			}
+		}
+		dp, err := userspace.New(uc)
 		if err != nil {
 			return nil, fmt.Errorf("dataplane.mode userspace: %w", err)
 		}
@@ -44,4 +54,10 @@ func newDataPlane(full concentrator.Config, log *slog.Logger) (dataplane.DataPla
 		return newXFRM(full, log)
 	}
 	return nil, fmt.Errorf("dataplane.mode %q is not available", cfg.Mode)
+}
+
+// selectorOf is the selector covering prefix p, any protocol and port.
+func selectorOf(p netip.Prefix) dataplane.Selector {
+	ts := ike.SelectorFromPrefix(p)
+	return dataplane.Selector{Start: ts.Start, End: ts.End, IPProto: ts.IPProto, StartPort: ts.StartPort, EndPort: ts.EndPort}
 }

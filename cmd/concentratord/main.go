@@ -68,6 +68,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	printConfig := fs.Bool("print-config", false, "print the effective configuration (defaults applied, secrets redacted) as YAML and exit; without --config: the defaults")
 	version := fs.Bool("version", false, "print the version and exit")
 	listMetrics := fs.Bool("list-metrics", false, "print every ikefleet_* metric family (name, type, labels) and exit")
+	cpuprofile := fs.String("cpuprofile", "", "write a CPU profile to this file until exit (go tool pprof)")
+	pprofAddr := fs.String("pprof", "", "serve net/http/pprof on this loopback host:port")
 	usage := func(w io.Writer) {
 		fmt.Fprintf(w, "Usage: concentratord --config FILE [--check | --print-config]\n"+
 			"       concentratord --version | --list-metrics | --print-config\n\nFlags:\n")
@@ -114,14 +116,26 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if *printConfig {
 		return printEffective(stdout, cfg)
 	}
-	log := newLogger(cfg.Log, stdout)
+	// One write(2) per 50 ms of log lines, not one per line.
+	logOut := newBufferedLog(stdout)
+	defer logOut.Close()
+	log := newLogger(cfg.Log, logOut)
 	if *check {
 		// No data plane: checking a configuration creates no devices.
 		if _, err := concentrator.New(cfg, log, memory.New()); err != nil {
 			return err
 		}
+		logOut.Flush()
 		fmt.Fprintln(stdout, "configuration OK")
 		return nil
+	}
+	stopProfile, err := startCPUProfile(*cpuprofile)
+	if err != nil {
+		return err
+	}
+	defer stopProfile()
+	if err := servePprof(*pprofAddr); err != nil {
+		return err
 	}
 	dp, err := newDataPlane(cfg, log)
 	if err != nil {

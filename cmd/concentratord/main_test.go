@@ -68,7 +68,8 @@ func TestPrintConfig(t *testing.T) {
 	if err := concentrator.CheckSchema([]byte(out)); err != nil {
 		t.Fatalf("printed configuration fails the schema: %v\n%s", err, out)
 	}
-	back, err := concentrator.ParseConfig([]byte(strings.ReplaceAll(out, concentrator.Redacted, "00")))
+	const placeholder = "00112233445566778899aabbccddeeff" // a valid secret and secret_hex
+	back, err := concentrator.ParseConfig([]byte(strings.ReplaceAll(out, concentrator.Redacted, placeholder)))
 	if err != nil {
 		t.Fatalf("printed configuration does not parse: %v\n%s", err, out)
 	}
@@ -79,7 +80,7 @@ func TestPrintConfig(t *testing.T) {
 	for i := range want.Auth.PSKs {
 		for _, s := range []*string{&want.Auth.PSKs[i].Secret, &want.Auth.PSKs[i].SecretHex} {
 			if *s != "" {
-				*s = "00"
+				*s = placeholder
 			}
 		}
 	}
@@ -102,7 +103,7 @@ func TestCheck(t *testing.T) {
 		}
 		return p
 	}
-	good := write("good.yaml", "identity: {id: conc.example}\nauth:\n  psks:\n    - {id: gw1@iot.example, secret: s3cret}\n"+
+	good := write("good.yaml", "identity: {id: conc.example}\nauth:\n  psks:\n    - {id: gw1@iot.example, secret: s3cret-0123456789ab}\n"+
 		"children:\n  local_ts: [10.30.0.0/24]\n  remote_ts: [10.20.0.0/16]\n")
 	if code, out, errs := cli(t, "--config", good, "--check"); code != 0 || !strings.Contains(out, "configuration OK") {
 		t.Fatalf("good config: exit %d, %q %q", code, out, errs)
@@ -120,8 +121,8 @@ func TestCheck(t *testing.T) {
 		base, _ := os.ReadFile(good)
 		doc := string(base) + tc.yaml
 		if strings.HasPrefix(tc.yaml, "auth:") {
-			doc = strings.Replace(string(base), "    - {id: gw1@iot.example, secret: s3cret}\n",
-				"    - {id: gw1@iot.example, secret: s3cret}\n    - {id: gw9@iot.example, secret_file: /nonexistent}\n", 1)
+			doc = strings.Replace(string(base), "    - {id: gw1@iot.example, secret: s3cret-0123456789ab}\n",
+				"    - {id: gw1@iot.example, secret: s3cret-0123456789ab}\n    - {id: gw9@iot.example, secret_file: /nonexistent}\n", 1)
 		}
 		p := write("bad.yaml", doc)
 		code, _, errs := cli(t, "--config", p, "--check")

@@ -46,7 +46,7 @@ func nodeConfig(gateways int, tail string) string {
 	b.WriteString("node: {id: adm}\nike:\n  listen: [127.0.0.1]\n  port: 0\n  natt_port: 0\n  shards: 2\n")
 	b.WriteString("identity: {id: conc.example}\nauth:\n  psks:\n")
 	for i := 1; i <= gateways; i++ {
-		fmt.Fprintf(&b, "    - {id: gw%d@iot.example, secret: psk-%d}\n", i, i)
+		fmt.Fprintf(&b, "    - {id: gw%d@iot.example, secret: psk-0123456789ab-%d}\n", i, i)
 	}
 	b.WriteString("children:\n  local_ts: [10.30.0.0/24]\n  pool: 10.99.0.0/16\n")
 	if !strings.Contains(tail, "statestore:") {
@@ -160,7 +160,7 @@ func code(err error) codes.Code { return status.Code(err) }
 
 func TestListAndShow(t *testing.T) {
 	tn := startNode(t, nodeConfig(5, ""))
-	o := gatewayOptions(tn, "gw{n}@iot.example", "psk-{n}", 5)
+	o := gatewayOptions(tn, "gw{n}@iot.example", "psk-0123456789ab-{n}", 5)
 	o.Hold = time.Minute
 	runFleet(t, o)
 	waitSAs(t, tn, established(), 5)
@@ -273,7 +273,7 @@ func TestListAndShow(t *testing.T) {
 
 func TestTerminateAndEvents(t *testing.T) {
 	tn := startNode(t, nodeConfig(6, ""))
-	o := gatewayOptions(tn, "gw{n}@iot.example", "psk-{n}", 6)
+	o := gatewayOptions(tn, "gw{n}@iot.example", "psk-0123456789ab-{n}", 6)
 	o.Hold = time.Minute
 	runFleet(t, o)
 	r := waitSAs(t, tn, established(), 6)
@@ -374,7 +374,7 @@ func terminate(t *testing.T, tn *testNode, req *adminv1.TerminateSARequest) []*a
 
 func TestRekey(t *testing.T) {
 	tn := startNode(t, nodeConfig(2, ""))
-	o := gatewayOptions(tn, "gw{n}@iot.example", "psk-{n}", 2)
+	o := gatewayOptions(tn, "gw{n}@iot.example", "psk-0123456789ab-{n}", 2)
 	o.Hold = time.Minute
 	runFleet(t, o)
 	r := waitSAs(t, tn, established(), 2)
@@ -434,7 +434,7 @@ func TestRekey(t *testing.T) {
 
 func TestDrainRefusesNewSAs(t *testing.T) {
 	tn := startNode(t, nodeConfig(3, ""))
-	o := gatewayOptions(tn, "gw{n}@iot.example", "psk-{n}", 1)
+	o := gatewayOptions(tn, "gw{n}@iot.example", "psk-0123456789ab-{n}", 1)
 	o.Hold = time.Minute
 	runFleet(t, o)
 	waitSAs(t, tn, established(), 1)
@@ -453,12 +453,15 @@ func TestDrainRefusesNewSAs(t *testing.T) {
 	if h, err := hc.Check(ctx, &healthpb.HealthCheckRequest{}); err != nil || h.Status != healthpb.HealthCheckResponse_NOT_SERVING {
 		t.Fatalf("health while draining: %v %v", h, err)
 	}
+	if !tn.node.Health().Draining {
+		t.Fatal("Health().Draining (/readyz) is false while draining")
+	}
 	if h, err := hc.Check(ctx, &healthpb.HealthCheckRequest{Service: ServiceName}); err != nil || h.Status != healthpb.HealthCheckResponse_SERVING {
 		t.Fatalf("the admin service while draining: %v %v", h, err)
 	}
 	// A new gateway is told TEMPORARY_FAILURE; the established one stays.
-	o2 := gatewayOptions(tn, "gw{n}@iot.example", "psk-{n}", 1)
-	o2.IDTemplate, o2.PSK = "gw2@iot.example", []byte("psk-2")
+	o2 := gatewayOptions(tn, "gw{n}@iot.example", "psk-0123456789ab-{n}", 1)
+	o2.IDTemplate, o2.PSK = "gw2@iot.example", []byte("psk-0123456789ab-2")
 	rep, err := loadtest.Run(ctx, o2)
 	if err == nil || rep.Failures["TEMPORARY_FAILURE"] != 1 {
 		t.Fatalf("a new gateway while draining: %+v %v", rep, err)
@@ -504,7 +507,7 @@ func TestDrainRefusesNewSAs(t *testing.T) {
 		t.Fatalf("resume: %v", progress)
 	}
 	o4 := o2
-	o4.IDTemplate, o4.PSK = "gw3@iot.example", []byte("psk-3")
+	o4.IDTemplate, o4.PSK = "gw3@iot.example", []byte("psk-0123456789ab-3")
 	o4.Hold = 0
 	if rep, err := loadtest.Run(ctx, o4); err != nil || rep.Established != 1 {
 		t.Fatalf("a new gateway after the drain: %+v %v", rep, err)
@@ -546,7 +549,7 @@ func drain(t *testing.T, tn *testNode, req *adminv1.DrainNodeRequest) []*adminv1
 func TestReloadCredentials(t *testing.T) {
 	dir := t.TempDir()
 	secret := filepath.Join(dir, "gw9.psk")
-	if err := os.WriteFile(secret, []byte("old-secret\n"), 0o600); err != nil {
+	if err := os.WriteFile(secret, []byte("old-secret-0123456789\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	tn := startNode(t, nodeConfig(2, ""))
@@ -561,7 +564,7 @@ func TestReloadCredentials(t *testing.T) {
 		o := gatewayOptions(tn, id, psk, 1)
 		return loadtest.Run(ctx, o)
 	}
-	if rep, err := one("gw9@iot.example", "old-secret"); err == nil {
+	if rep, err := one("gw9@iot.example", "old-secret-0123456789"); err == nil {
 		t.Fatalf("gw9 got in before the reload: %+v", rep)
 	}
 	r, err := tn.cli.ReloadCredentials(ctx, &adminv1.ReloadCredentialsRequest{})
@@ -572,21 +575,21 @@ func TestReloadCredentials(t *testing.T) {
 		r.Identity != "conc.example" || len(r.Ignored) != 0 {
 		t.Fatalf("reload: %v", r)
 	}
-	if rep, err := one("gw9@iot.example", "old-secret"); err != nil || rep.Established != 1 {
+	if rep, err := one("gw9@iot.example", "old-secret-0123456789"); err != nil || rep.Established != 1 {
 		t.Fatalf("gw9 after the reload: %+v %v", rep, err)
 	}
 	// The file changes: the old secret is refused, the new one works.
-	if err := os.WriteFile(secret, []byte("new-secret\n"), 0o600); err != nil {
+	if err := os.WriteFile(secret, []byte("new-secret-0123456789\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	r, err = tn.cli.ReloadCredentials(ctx, &adminv1.ReloadCredentialsRequest{})
 	if err != nil || r.PsksChanged != 1 || r.PsksAdded != 0 {
 		t.Fatalf("reload: %v %v", r, err)
 	}
-	if rep, err := one("gw9@iot.example", "old-secret"); err == nil || rep.Failures["AUTHENTICATION_FAILED"] != 1 {
+	if rep, err := one("gw9@iot.example", "old-secret-0123456789"); err == nil || rep.Failures["AUTHENTICATION_FAILED"] != 1 {
 		t.Fatalf("the old secret after the reload: %+v %v", rep, err)
 	}
-	if rep, err := one("gw9@iot.example", "new-secret"); err != nil || rep.Established != 1 {
+	if rep, err := one("gw9@iot.example", "new-secret-0123456789"); err != nil || rep.Established != 1 {
 		t.Fatalf("the new secret: %+v %v", rep, err)
 	}
 	// A broken file changes nothing and the error names the field; a
@@ -598,10 +601,10 @@ func TestReloadCredentials(t *testing.T) {
 	if code(err) != codes.FailedPrecondition || !strings.Contains(err.Error(), "auth.psks[0].secret") {
 		t.Fatalf("reload of an empty secret file: %v", err)
 	}
-	if rep, err := one("gw9@iot.example", "new-secret"); err != nil || rep.Established != 1 {
+	if rep, err := one("gw9@iot.example", "new-secret-0123456789"); err != nil || rep.Established != 1 {
 		t.Fatalf("the new secret after a failed reload: %+v %v", rep, err)
 	}
-	os.WriteFile(secret, []byte("new-secret"), 0o600)
+	os.WriteFile(secret, []byte("new-secret-0123456789"), 0o600)
 	text, _ = os.ReadFile(tn.cfgPath)
 	os.WriteFile(tn.cfgPath, []byte(strings.Replace(string(text), "shards: 2", "shards: 3", 1)), 0o600)
 	r, err = tn.cli.ReloadCredentials(ctx, &adminv1.ReloadCredentialsRequest{})
@@ -655,7 +658,7 @@ func TestGlob(t *testing.T) {
 func TestClusterViewWithStateStore(t *testing.T) {
 	dir := t.TempDir()
 	tn := startNode(t, nodeConfig(3, fmt.Sprintf("statestore:\n  mode: embedded\n  data_dir: %s\n", dir)))
-	o := gatewayOptions(tn, "gw{n}@iot.example", "psk-{n}", 3)
+	o := gatewayOptions(tn, "gw{n}@iot.example", "psk-0123456789ab-{n}", 3)
 	o.Hold = time.Minute
 	runFleet(t, o)
 	waitSAs(t, tn, established(), 3)

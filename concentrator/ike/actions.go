@@ -114,7 +114,7 @@ type SkipSeq struct {
 }
 
 // Persist asks the caller to record a state change of an established SA
-// (one transaction each; DESIGN.md "What is persisted"). State is the SA
+// (one transaction each; docs/architecture.md, "Cluster semantics"). State is the SA
 // after the change; it is nil for PersistDeleted. Version numbers the SA's
 // persisted states (per SPI, increasing); the caller reports the outcome
 // with Engine.Committed or Engine.PersistFailed. Nothing is persisted for
@@ -241,6 +241,7 @@ type ChildSA struct {
 	seq        childSeq
 	rekeyAt    time.Time // when we start rekeying it; zero: not us
 	rekeying   bool      // our CREATE_CHILD_SA for it is outstanding
+	overdue    bool      // restored past its rekey time: the scheduler places it at the first Tick
 	replacedBy *ChildSA  // rekeyed: the successor; this one awaits its Delete
 	retireAt   time.Time // we delete it then (or once the successor carries traffic)
 	collision  *ChildSA  // the peer rekeyed it while we were rekeying it too

@@ -87,6 +87,10 @@ type Config struct {
 	// keys) sent in IKE_SA_INIT responses; nil sends none.
 	CertReq []byte
 
+	// PublicKeys are the raw public keys (RFC 7670) of peers identified by
+	// their key; nil: none.
+	PublicKeys PublicKeyStore
+
 	IKEProposals []ProposalSpec
 	ESPProposals []ProposalSpec
 	LocalTS      []TrafficSelector // our side, offered and narrowed against
@@ -124,12 +128,18 @@ type Config struct {
 	// reserved ahead in the persisted state (SAState.NextOutReserved), so
 	// a restored SA never reuses one; 0 = DefaultMessageIDBlock.
 	MessageIDBlock uint32
+	// MsgIDSyncAEAD: after a restore, synchronise message IDs with RFC 6311
+	// also over IKE SAs with an AEAD cipher (AES-GCM, ChaCha20-Poly1305).
+	// Off by default: strongSwan (5.9 and later) derives those IVs from
+	// the message ID and cannot encrypt its answer (message ID 0 once
+	// more), so it deletes the IKE SA instead; such SAs probe (msgid.go).
+	MsgIDSyncAEAD bool
 	// KeepaliveInterval: NAT-T keepalives when we are really behind a NAT
 	// (not merely claiming it to force encapsulation); 0 disables.
 	KeepaliveInterval time.Duration
 
 	// SPITag/SPITagMask fix bits of every IKE SPI this engine allocates
-	// (node slot and shard: the routing hint of DESIGN.md);
+	// (node slot and shard: the routing hint of docs/architecture.md);
 	// ESPSPITag/ESPSPITagMask the same for inbound ESP SPIs.
 	SPITag, SPITagMask       uint64
 	ESPSPITag, ESPSPITagMask uint32
@@ -139,6 +149,16 @@ type Config struct {
 	// the tag bits and counts it in Stats.UnreservedSPIs.
 	IKESPIs func() (uint64, bool)
 	ESPSPIs func() (uint32, bool)
+
+	// Admission limits (admission.go); zero values take the defaults.
+	MaxMessageSize       int   // any datagram larger is dropped (at most 65535)
+	MaxInitSize          int   // IKE_SA_INIT requests larger are dropped
+	MaxHalfOpen          int   // half-open SAs beyond which requests are dropped
+	MaxHalfOpenPerPrefix int   // cookie-proven half-open SAs per source prefix
+	MaxHalfOpenBytes     int64 // memory of half-open SAs
+	HalfOpenPrefix4      int   // prefix length grouping IPv4 sources (32)
+	HalfOpenPrefix6      int   // prefix length grouping IPv6 sources (64)
+	MaxSAs               int   // IKE SAs in all (any state); 0: no cap
 
 	Rand io.Reader
 }
@@ -176,4 +196,5 @@ func (c *Config) setDefaults() {
 	if c.MaxChildren == 0 {
 		c.MaxChildren = DefaultMaxChildren
 	}
+	c.setAdmissionDefaults()
 }

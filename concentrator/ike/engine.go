@@ -20,10 +20,14 @@ type Engine struct {
 	inSPIs    map[uint32]*IKESA  // inbound ESP SPIs in use
 	timers    *timerWheel
 	halfOpen  int
-	cookie    [2]cookieSecret // current and previous
-	stats     Stats
-	step      uint64    // counts entry points: one Ready batch each
-	now       time.Time // the latest time an entry point was given
+	// half-open accounting (admission.go)
+	halfOpenBytes int64
+	perPrefix     map[netip.Prefix]int
+	cookie        [2]cookieSecret // current and previous
+	stats         Stats
+	step          uint64         // counts entry points: one Ready batch each
+	now           time.Time      // the latest time an entry point was given
+	natFake       netip.AddrPort // ForceEncap: the address our NAT_DETECTION_SOURCE_IP claims
 }
 
 type initKey struct {
@@ -59,6 +63,14 @@ type Stats struct {
 	MsgIDSyncs         uint64 // RFC 6311 synchronisations we started after a restore
 	MsgIDSyncsAnswered uint64 // RFC 6311 synchronisations a peer asked of us
 	SeqReservations    uint64 // ESP sequence number reservations renewed (SeqProgress)
+
+	// Admission (admission.go).
+	HalfOpenBytes   int64  // bytes kept by half-open SAs (messages plus an estimated overhead)
+	Oversized       uint64 // datagrams over max_message_size, or IKE_SA_INIT over max_init_message_size
+	RefusedHalfOpen uint64 // IKE_SA_INIT refused: max_half_open reached
+	RefusedPrefix   uint64 // IKE_SA_INIT refused: the source prefix's cookie-proven quota reached
+	RefusedMemory   uint64 // IKE_SA_INIT refused: max_half_open_bytes reached
+	RefusedSAs      uint64 // IKE_SA_INIT refused: max_sas reached
 }
 
 const cookieLifetime = 5 * time.Minute
@@ -78,6 +90,7 @@ func NewEngine(cfg Config) (*Engine, error) {
 		initIndex: make(map[initKey]*IKESA),
 		inSPIs:    make(map[uint32]*IKESA),
 		timers:    newTimerWheel(),
+		perPrefix: make(map[netip.Prefix]int),
 	}
 	e.stats.Failed = make(map[NotifyType]uint64)
 	return e, nil
@@ -90,6 +103,7 @@ func (e *Engine) Config() *Config { return &e.cfg }
 func (e *Engine) Stats() Stats {
 	s := e.stats
 	s.HalfOpen = e.halfOpen
+	s.HalfOpenBytes = e.halfOpenBytes
 	s.Failed = make(map[NotifyType]uint64, len(e.stats.Failed))
 	for k, v := range e.stats.Failed {
 		s.Failed[k] = v
@@ -116,9 +130,17 @@ func (e *Engine) Each(f func(*IKESA) bool) {
 // to rd.
 func (e *Engine) Handle(now time.Time, pkt Packet, rd *Ready) {
 	e.begin(now)
+	if len(pkt.Data) > e.cfg.MaxMessageSize {
+		e.stats.Oversized++
+		e.drop(rd, pkt, 0, 0, ErrTooLarge)
+		return
+	}
 	h, err := DecodeHeader(pkt.Data)
 	if err != nil {
-		e.drop(rd, pkt, 0, 0, err)
+		if NotifyFor(err) == INVALID_MAJOR_VERSION {
+			e.invalidMajorVersion(pkt, h, rd)
+		}
+		e.drop(rd, pkt, h.SPIi, h.SPIr, err)
 		return
 	}
 	if h.Flags&FlagInitiator != 0 {
@@ -145,6 +167,28 @@ func (e *Engine) Handle(now time.Time, pkt Packet, rd *Ready) {
 		return
 	}
 	sa.handle(now, e, pkt, h, rd)
+}
+
+// invalidMajorVersion answers a request of a later major version with an
+// unauthenticated INVALID_MAJOR_VERSION notify; our header carries the
+// version we speak (RFC 7296 §2.5). Responses are never answered, and the
+// answer is no larger than the request, so it cannot amplify a flood.
+func (e *Engine) invalidMajorVersion(pkt Packet, h Header, rd *Ready) {
+	if h.Flags&FlagResponse != 0 || h.SPIi == 0 {
+		return
+	}
+	resp := Message{SPIi: h.SPIi, SPIr: h.SPIr, Exchange: h.Exchange, MessageID: h.MessageID,
+		Flags:    FlagResponse,
+		Payloads: []Payload{&Notify{NotifyType: INVALID_MAJOR_VERSION}}}
+	if h.Flags&FlagInitiator == 0 {
+		resp.Flags |= FlagInitiator // we are the original initiator of that SA
+	}
+	b := resp.Encode()
+	if len(b) > len(pkt.Data) {
+		return
+	}
+	e.stats.Failed[INVALID_MAJOR_VERSION]++
+	rd.add(Send{Local: pkt.Local, Remote: pkt.Remote, Messages: [][]byte{b}})
 }
 
 // begin starts an engine step: one batch of work.
@@ -257,10 +301,7 @@ func (e *Engine) newESPSPI(sa *IKESA) uint32 {
 }
 
 func (e *Engine) remove(sa *IKESA) {
-	if sa.halfOpen {
-		sa.halfOpen = false
-		e.halfOpen--
-	}
+	e.halfOpenDone(sa)
 	delete(e.sas, sa.localSPI())
 	delete(e.initIndex, initKey{sa.SPIi, sa.initRemote})
 	for _, c := range sa.children {
@@ -293,6 +334,17 @@ func (e *Engine) cookieFor(now time.Time, version byte, ni []byte, peer netip.Ad
 	binary.BigEndian.PutUint64(s[:], spii)
 	m.Write(s[:])
 	return m.Sum([]byte{cs.version})
+}
+
+// forcedNATAddr is a random address, chosen once, whose hash stands in
+// for ours in NAT_DETECTION_SOURCE_IP when ForceEncap claims a NAT.
+func (e *Engine) forcedNATAddr() netip.AddrPort {
+	if !e.natFake.IsValid() {
+		var b [18]byte
+		e.read(b[:])
+		e.natFake = netip.AddrPortFrom(netip.AddrFrom16([16]byte(b[:16])), binary.BigEndian.Uint16(b[16:]))
+	}
+	return e.natFake
 }
 
 func (e *Engine) currentCookie(now time.Time) *cookieSecret {

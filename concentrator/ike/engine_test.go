@@ -1,10 +1,12 @@
 package ike
 
 import (
+	"bytes"
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/x509"
 	"crypto/x509/pkix"
+	"encoding/binary"
 	"math/big"
 	"math/rand/v2"
 	"net/netip"
@@ -141,7 +143,7 @@ func (w *wire) commit() {
 func (w *wire) runHops(hops ...hop) {
 	queue := hops
 	for steps := 0; len(queue) > 0; steps++ {
-		if steps > 100 {
+		if steps > 100+20*len(hops) {
 			w.t.Fatal("message loop")
 		}
 		h := queue[0]
@@ -521,4 +523,100 @@ func R(f func(rd *Ready)) *Ready {
 	rd := &Ready{}
 	f(rd)
 	return rd
+}
+
+// Under load a responder demands a cookie for an IKE_SA_INIT, then has
+// room again when the initiator's retransmission of the cookieless request
+// arrives, and answers it. The initiator meanwhile sent the request again
+// with the cookie, and signs that one in IKE_AUTH: the responder must
+// still authenticate it; and the second cookie answer (to the
+// retransmission) must not fail the initiator.
+func TestCookieRetryRacesRetransmission(t *testing.T) {
+	rcfg := responderConfig(t, 1)
+	rcfg.CookieThreshold = 1
+	res, err := NewEngine(rcfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Forcing encapsulation, as load generators and strongSwan's
+	// encap=yes do: its NAT detection claim must survive the cookie retry.
+	ini, err := NewEngine(Config{IKEProposals: mustProposals(t, false, "aes256gcm16-prfsha256-x25519"), Rand: newDetRand(2), ForceEncap: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	sends := func(rd *Ready) [][]byte {
+		var out [][]byte
+		for _, s := range rd.Send {
+			out = append(out, s.Messages...)
+		}
+		return out
+	}
+	failed := func(rd *Ready) string {
+		for _, ev := range rd.Events {
+			if ev.Kind == EventIKEFailed {
+				return ev.Reason
+			}
+		}
+		return ""
+	}
+	one := func(what string, msgs [][]byte) []byte {
+		t.Helper()
+		if len(msgs) != 1 {
+			t.Fatalf("%s: %d messages, want 1", what, len(msgs))
+		}
+		return msgs[0]
+	}
+	toRes := func(b []byte) *Ready {
+		return R(func(rd *Ready) { res.Handle(t0, Packet{Local: concAddr, Remote: gwAddr, Data: b}, rd) })
+	}
+	toIni := func(b []byte) *Ready {
+		return R(func(rd *Ready) { ini.Handle(t0, Packet{Local: gwAddr, Remote: concAddr, Data: b}, rd) })
+	}
+
+	// Another gateway's half-open SA puts the responder at its threshold.
+	other := initiatorEngine(t, 3)
+	acts := &Ready{}
+	other.Initiate(t0, pskInitiation(t), acts)
+	otherResp := one("other's INIT response", sends(toRes(one("other's INIT", sends(acts)))))
+	otherSPIr := binary.BigEndian.Uint64(otherResp[8:])
+
+	acts = &Ready{}
+	spi, err := ini.Initiate(t0, pskInitiation(t), acts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	init1 := one("INIT", sends(acts))
+	cookieResp := one("cookie", sends(toRes(init1)))
+	if h, _ := DecodeHeader(cookieResp); h.SPIr != 0 {
+		t.Fatal("the responder answered the first INIT instead of demanding a cookie")
+	}
+	init2 := one("INIT with cookie", sends(toIni(cookieResp)))
+	if bytes.Equal(init1, init2) {
+		t.Fatal("the retry carries no cookie")
+	}
+	// The other gateway's SA goes; the cookieless retransmission arrives
+	// (init2 is still on its way) and is answered.
+	res.Forget(otherSPIr, &Ready{})
+	resp1 := one("INIT response", sends(toRes(init1)))
+	if h, _ := DecodeHeader(resp1); h.SPIr == 0 {
+		t.Fatal("the retransmission got a cookie again")
+	}
+	// The cookie answer to a retransmission reaches the initiator late.
+	if r := failed(toIni(cookieResp)); r != "" {
+		t.Fatalf("a second identical cookie failed the initiator: %s", r)
+	}
+	auth := one("IKE_AUTH", sends(toIni(resp1)))
+	racts := toRes(auth)
+	if r := failed(racts); r != "" {
+		t.Fatalf("responder: %s", r)
+	}
+	toIni(one("IKE_AUTH response", sends(racts)))
+	if sa := ini.SA(spi); sa == nil || !sa.Established() {
+		t.Fatal("the initiator's IKE SA is not established")
+	}
+	// INIT with the cookie arrives at last: a duplicate, changes nothing.
+	toRes(init2)
+	if st := res.Stats(); st.Established != 1 {
+		t.Fatalf("responder: %d established, want 1", st.Established)
+	}
 }

@@ -73,10 +73,26 @@ func NotifyFor(err error) NotifyType {
 	return 0
 }
 
+// NotifyDataFor is the notification data that goes with NotifyFor(err):
+// the one-octet payload type for UNSUPPORTED_CRITICAL_PAYLOAD (RFC 7296
+// §3.10.1), the accepted group for INVALID_KE_PAYLOAD, and so on.
+func NotifyDataFor(err error) []byte {
+	var ie *Error
+	if errors.As(err, &ie) {
+		return ie.Data
+	}
+	var uc *UnsupportedCriticalError
+	if errors.As(err, &uc) {
+		return []byte{uint8(uc.Type)}
+	}
+	return nil
+}
+
 // Sentinel errors for conditions handled silently.
 var (
 	ErrNotIKEv2       = errors.New("not an IKEv2 message")
 	ErrUnknownSA      = errors.New("no IKE SA for these SPIs")
+	ErrTooLarge       = errors.New("message larger than ike max_message_size")
 	ErrRetransmission = errors.New("retransmitted request")
 	ErrStaleMessage   = errors.New("message ID outside the window")
 	ErrIntegrity      = errors.New("integrity check failed")

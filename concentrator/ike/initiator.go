@@ -2,6 +2,7 @@ package ike
 
 import (
 	"bytes"
+	"crypto"
 	"encoding/binary"
 	"errors"
 	"net/netip"
@@ -23,6 +24,13 @@ type Initiation struct {
 	TSi, TSr      []TrafficSelector
 	RequestVIP    bool   // ask for a virtual IP with CP(CFG_REQUEST)
 	RemoteNATT    uint16 // the responder's NAT-T port; 0 = 4500
+
+	// PeerKey is the responder's raw public key (RFC 7670); nil: looked up
+	// in Config.PublicKeys by the responder's identity, if any.
+	PeerKey crypto.PublicKey
+	// RawKey: we authenticate with Creds.Signer as a raw public key and
+	// send it in CERT(15) (Creds.Chain must be empty).
+	RawKey bool
 }
 
 const maxKERetries = 2
@@ -86,7 +94,13 @@ func (sa *IKESA) handleInitResponse(now time.Time, e *Engine, pkt Packet, rd *Re
 		e.drop(rd, pkt, sa.SPIi, 0, err)
 		return
 	}
-	if c := findNotify(m.Payloads, COOKIE); c != nil && sa.cookie == nil {
+	if c := findNotify(m.Payloads, COOKIE); c != nil {
+		if bytes.Equal(c.Data, sa.cookie) {
+			// The answer to a retransmission of our cookieless request:
+			// the retry with this cookie is out already.
+			e.drop(rd, pkt, sa.SPIi, 0, ErrStaleMessage)
+			return
+		}
 		sa.cookie = bytes.Clone(c.Data)
 		sa.req = nil
 		sa.sendInit(now, e, rd)

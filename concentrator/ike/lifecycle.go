@@ -84,6 +84,14 @@ func (sa *IKESA) lifecycleTimers(now time.Time, e *Engine, rd *Ready) {
 		sa.nextKeepalive = now.Add(e.cfg.KeepaliveInterval)
 		rd.add(Send{Local: sa.Local, Remote: sa.Remote, Keepalive: true})
 	}
+	for _, c := range sa.children {
+		if c.overdue {
+			c.overdue = false
+			if rs, ok := e.cfg.ChildRekey.(RestoreScheduler); ok {
+				c.rekeyAt = rs.Overdue(now)
+			}
+		}
+	}
 	if sa.req != nil {
 		return
 	}

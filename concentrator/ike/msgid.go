@@ -19,7 +19,10 @@ import (
 //
 // Finding the exact ID after a restore: with a peer that announced
 // IKEV2_MESSAGE_ID_SYNC_SUPPORTED, RFC 6311 synchronisation at once
-// (an INFORMATIONAL with message ID 0). Otherwise, when the SA first needs
+// (an INFORMATIONAL with message ID 0), unless the IKE SA has an AEAD
+// cipher (Config.MsgIDSyncAEAD: strongSwan cannot answer it then: it takes
+// AEAD IVs from the message ID and has used 0 in both its IV spaces, so it
+// fails to encrypt the answer and deletes the IKE SA). Otherwise, when the SA first needs
 // to send a request, a probe: one empty INFORMATIONAL (a liveness check)
 // per candidate ID, in increasing order, in one burst. A peer processes
 // requests only with the ID it expects (strongSwan ignores lower and

@@ -181,7 +181,9 @@ func TestRestoreRefusesReplayedRequest(t *testing.T) {
 		if captured == nil || isa.nextOut != 4 {
 			t.Fatal("nothing captured")
 		}
-		fsa := restoreFresh(t, w, st, responderConfig(t, 7))
+		fcfg := responderConfig(t, 7)
+		fcfg.MsgIDSyncAEAD = true
+		fsa := restoreFresh(t, w, st, fcfg)
 		in := fsa.nextIn // 2 from the record, 4 after an RFC 6311 synchronisation
 		rd := R(func(rd *Ready) {
 			w.res.Handle(w.now, Packet{Local: concAddr, Remote: w.nat(gwAddr), Data: captured}, rd)
@@ -193,6 +195,40 @@ func TestRestoreRefusesReplayedRequest(t *testing.T) {
 		w.run(R(func(rd *Ready) { isa.request(w.now, w.ini, INFORMATIONAL, nil, rd) }), true)
 		if isa.req != nil || fsa.nextIn != 5 {
 			t.Fatalf("sync=%v: the gateway's next request after the replay: next in %d", sync, fsa.nextIn)
+		}
+	}
+}
+
+// Over an AEAD IKE SA a restored SA probes unless told to use RFC 6311
+// (strongSwan cannot answer it there); over AES-CBC it synchronises.
+func TestMsgIDSyncPolicy(t *testing.T) {
+	for _, tc := range []struct {
+		ike        string
+		syncAEAD   bool
+		wantSyncs  uint64
+		wantProbes uint64
+	}{
+		{"aes256gcm16-prfsha256-x25519", false, 0, 1},
+		{"aes256gcm16-prfsha256-x25519", true, 1, 0},
+		{"aes256-sha256-x25519", false, 1, 0},
+	} {
+		rcfg := responderConfig(t, 1)
+		rcfg.IKEProposals = mustProposals(t, false, tc.ike)
+		w := newWire(t, rcfg)
+		ini := pskInitiation(t)
+		ini.IKEProposals = rcfg.IKEProposals
+		initiate(w, ini)
+		st := *w.persists[len(w.persists)-1].State
+		fcfg := rcfg
+		fcfg.Rand = newDetRand(7)
+		fcfg.MsgIDSyncAEAD = tc.syncAEAD
+		fcfg.DPDDelay = 10 * time.Second
+		fsa := restoreFresh(t, w, st, fcfg)
+		w.now = w.now.Add(11 * time.Second) // our first liveness check after the restore
+		w.run(R(func(rd *Ready) { w.res.Tick(w.now, rd) }), false)
+		s := w.res.Stats()
+		if s.MsgIDSyncs != tc.wantSyncs || s.MsgIDProbes != tc.wantProbes || fsa.idUnknown {
+			t.Fatalf("%s (sync over AEAD %v): %d syncs, %d probes, unknown %v", tc.ike, tc.syncAEAD, s.MsgIDSyncs, s.MsgIDProbes, fsa.idUnknown)
 		}
 	}
 }

@@ -30,6 +30,13 @@ func (e *Engine) handleInitRequest(now time.Time, pkt Packet, h Header, rd *Read
 		e.drop(rd, pkt, h.SPIi, 0, ErrRetransmission)
 		return
 	}
+	if len(pkt.Data) > e.cfg.MaxInitSize {
+		// Nothing legitimate is this large; keeping it would let a padded
+		// request make a half-open SA cost tens of kilobytes.
+		e.stats.Oversized++
+		e.drop(rd, pkt, h.SPIi, 0, ErrInitTooLarge)
+		return
+	}
 	m, err := Decode(pkt.Data)
 	if err != nil {
 		e.initError(now, pkt, h, rd, err)
@@ -48,8 +55,8 @@ func (e *Engine) handleInitRequest(now time.Time, pkt Packet, h Header, rd *Read
 		return
 	}
 	// Under load, demand a cookie before doing any expensive work.
-	if e.halfOpen >= e.cfg.CookieThreshold {
-		valid := false
+	valid := false
+	if e.underPressure() {
 		if cookie != nil && len(cookie.Data) > 1 {
 			want := e.cookieFor(now, cookie.Data[0], nonce.Data, pkt.Remote.Addr(), h.SPIi)
 			valid = want != nil && hmac.Equal(want, cookie.Data)
@@ -63,6 +70,10 @@ func (e *Engine) handleInitRequest(now time.Time, pkt Packet, h Header, rd *Read
 			rd.add(Event{Kind: EventCookieSent, SPIi: h.SPIi, Local: pkt.Local, Remote: pkt.Remote, Notify: COOKIE})
 			return
 		}
+	}
+	if err := e.admit(pkt.Remote.Addr(), len(pkt.Data), valid); err != nil {
+		e.drop(rd, pkt, h.SPIi, 0, err)
+		return
 	}
 	sel := SelectProposal(e.cfg.IKEProposals, saP.Proposals, ProtoIKE, true)
 	if sel == nil {
@@ -123,8 +134,7 @@ func (e *Engine) handleInitRequest(now time.Time, pkt Packet, h Header, rd *Read
 	sa.initResp = resp.Encode()
 	e.sas[sa.SPIr] = sa
 	e.initIndex[initKey{sa.SPIi, sa.initRemote}] = sa
-	sa.halfOpen = true
-	e.halfOpen++
+	e.halfOpenAdd(sa)
 	sa.reschedule(e)
 	rd.add(Send{Local: pkt.Local, Remote: pkt.Remote, Messages: [][]byte{sa.initResp}})
 }
@@ -136,10 +146,7 @@ func (e *Engine) initError(now time.Time, pkt Packet, h Header, rd *Ready, err e
 	ev := Event{Kind: EventIKEFailed, SPIi: h.SPIi, Local: pkt.Local, Remote: pkt.Remote, Notify: n, Reason: err.Error()}
 	e.stats.Failed[n]++
 	if n != 0 {
-		var data []byte
-		if ie, ok := err.(*Error); ok {
-			data = ie.Data
-		}
+		data := NotifyDataFor(err)
 		resp := Message{SPIi: h.SPIi, Exchange: IKE_SA_INIT, Flags: FlagResponse,
 			Payloads: []Payload{&Notify{NotifyType: n, Data: data}}}
 		rd.add(Send{Local: pkt.Local, Remote: pkt.Remote, Messages: [][]byte{resp.Encode()}})
@@ -175,8 +182,20 @@ func (sa *IKESA) handleAuthRequest(now time.Time, e *Engine, m *Message, rd *Rea
 		psk, _ = e.cfg.PSKs.PSK(sa.PeerID)
 	}
 	if err := sa.verifyPeer(now, e, a, sa.authOctets(true, a.id), psk, e.cfg.Verifier); err != nil {
-		fail(err)
-		return
+		// Under load we may have demanded a cookie for this IKE_SA_INIT
+		// and then accepted its cookieless retransmission; the initiator
+		// signs the message 1 it sent last: the one with our cookie.
+		verified := false
+		for _, msg1 := range sa.cookieRetries(now, e) {
+			if sa.verifyPeer(now, e, a, sa.signedOctets(msg1, sa.nr, sa.skpi, a.id), psk, e.cfg.Verifier) == nil {
+				verified = true
+				break
+			}
+		}
+		if !verified {
+			fail(err)
+			return
+		}
 	}
 	// Authenticate ourselves the way the peer did, if we can: PSK peers get
 	// PSK, certificate peers get our signature.
@@ -201,10 +220,7 @@ func (sa *IKESA) handleAuthRequest(now time.Time, e *Engine, m *Message, rd *Rea
 	// The IKE SA is authenticated; a CHILD SA failure below does not undo it.
 	sa.state = stateEstablished
 	sa.Establish = now
-	if sa.halfOpen {
-		sa.halfOpen = false
-		e.halfOpen--
-	}
+	e.halfOpenDone(sa)
 	delete(e.initIndex, initKey{sa.SPIi, sa.initRemote})
 	sa.lastRecv = now
 	e.stats.Established++
@@ -407,4 +423,36 @@ func (e *Engine) deleteSA(now time.Time, spi uint64, rd *Ready) {
 	sa.state = stateDeleting
 	sa.request(now, e, INFORMATIONAL, []Payload{&Delete{Protocol: ProtoIKE}}, rd)
 	sa.req.deleteIKE = true
+}
+
+// cookieRetries returns the IKE_SA_INIT requests the initiator may have
+// sent after the cookieless one we answered: the same message with our
+// cookie as its first payload (RFC 7296 §2.6), for the current and the
+// previous cookie secret. None when the message we answered carried a
+// cookie already.
+func (sa *IKESA) cookieRetries(now time.Time, e *Engine) [][]byte {
+	m1 := sa.initReq
+	if len(m1) < 28 || PayloadType(m1[16]) == PayloadNotify {
+		return nil // answered with a cookie (the first payload), or malformed
+	}
+	var out [][]byte
+	cur := e.currentCookie(now).version
+	for _, v := range []byte{cur, cur - 1} {
+		c := e.cookieFor(now, v, sa.ni, sa.initRemote.Addr(), sa.SPIi)
+		if c == nil {
+			continue
+		}
+		n := 8 + len(c) // generic header, protocol, SPI size, type, data
+		b := make([]byte, 0, len(m1)+n)
+		b = append(b, m1[:28]...)
+		b[16] = byte(PayloadNotify)
+		binary.BigEndian.PutUint32(b[24:], uint32(len(m1)+n))
+		b = append(b, m1[16], 0)
+		b = binary.BigEndian.AppendUint16(b, uint16(n))
+		b = append(b, 0, 0)
+		b = binary.BigEndian.AppendUint16(b, uint16(COOKIE))
+		b = append(b, c...)
+		out = append(out, append(b, m1[28:]...))
+	}
+	return out
 }

@@ -30,13 +30,14 @@ func (s saState) String() string { return stateNames[s] }
 
 // IKESA is one IKE SA and its CHILD SAs, in either role.
 type IKESA struct {
-	initiator  bool
-	state      saState
-	halfOpen   bool
-	SPIi, SPIr uint64
-	Local      netip.AddrPort
-	Remote     netip.AddrPort
-	initRemote netip.AddrPort // the address IKE_SA_INIT came from (retransmit index)
+	initiator    bool
+	state        saState
+	halfOpen     bool
+	halfOpenCost int64 // bytes counted in Engine.halfOpenBytes while halfOpen
+	SPIi, SPIr   uint64
+	Local        netip.AddrPort
+	Remote       netip.AddrPort
+	initRemote   netip.AddrPort // the address IKE_SA_INIT came from (retransmit index)
 
 	prop     *Selected
 	prf      *suite.PRF
@@ -56,6 +57,7 @@ type IKESA struct {
 	peerFrag            bool // peer supports RFC 7383 fragmentation
 	peerHashes          []uint16
 	peerCertReq         bool
+	peerByRawKey        bool // the peer authenticated with its raw public key (rpk.go)
 
 	PeerID      Identity
 	mobike      bool   // both sides announced MOBIKE_SUPPORTED (RFC 4555)
@@ -355,7 +357,7 @@ func (sa *IKESA) protocolError(now time.Time, e *Engine, pkt Packet, m *Message,
 		return
 	}
 	e.stats.Dropped++
-	sa.respond(e, m.Exchange, m.MessageID, []Payload{&Notify{NotifyType: n}}, rd)
+	sa.respond(e, m.Exchange, m.MessageID, []Payload{&Notify{NotifyType: n, Data: NotifyDataFor(err)}}, rd)
 	if sa.state == stateInitDone {
 		ev := sa.event(EventIKEFailed)
 		ev.Notify, ev.Reason = n, err.Error()
@@ -523,6 +525,11 @@ func (sa *IKESA) authOctets(ofInitiator bool, id *ID) []byte {
 	if !ofInitiator {
 		msg, nonce, key = sa.initResp, sa.ni, sa.skpr
 	}
+	return sa.signedOctets(msg, nonce, key, id)
+}
+
+// signedOctets: message 1 or 2, the other side's nonce, prf(SK_p, ID').
+func (sa *IKESA) signedOctets(msg, nonce, key []byte, id *ID) []byte {
 	mac := sa.prf.Sum(key, id.Body())
 	o := make([]byte, 0, len(msg)+len(nonce)+len(mac))
 	return append(append(append(o, msg...), nonce...), mac...)
@@ -577,7 +584,12 @@ func natHash(spii, spir uint64, a netip.AddrPort) []byte {
 func natNotifies(e *Engine, spii, spir uint64, local, remote netip.AddrPort, force bool) []Payload {
 	src := natHash(spii, spir, local)
 	if force {
-		src = e.randBytes(sha1.Size)
+		// Claim a NAT: hash an address that is not ours. The same one for
+		// the SA's every message, so that an IKE_SA_INIT retried with a
+		// cookie is the first one plus the cookie (RFC 7296 §2.6): the
+		// responder may have answered either, and AUTH signs the one the
+		// initiator sent last.
+		src = natHash(spii, spir, e.forcedNATAddr())
 	}
 	return []Payload{
 		&Notify{NotifyType: NAT_DETECTION_SOURCE_IP, Data: src},
@@ -667,6 +679,7 @@ type authPayloads struct {
 	id               *ID
 	auth             *Auth
 	certs            [][]byte
+	rawKey           []byte // CERT(15): DER SubjectPublicKeyInfo (RFC 7670)
 	cp               *CP
 	idr              *ID
 	certRq           bool
@@ -687,6 +700,9 @@ func collectAuth(ps []Payload, forInitiator bool) authPayloads {
 		case *Cert:
 			if p.Encoding == CertX509Signature && len(a.certs) < maxCertPayloads {
 				a.certs = append(a.certs, p.Data)
+			}
+			if p.Encoding == CertRawPublicKey && a.rawKey == nil {
+				a.rawKey = p.Data
 			}
 		case *CertReq:
 			a.certRq = true
@@ -710,6 +726,9 @@ func (sa *IKESA) verifyPeer(now time.Time, e *Engine, a authPayloads, octets []b
 			return errorf(AUTHENTICATION_FAILED, "pre-shared key AUTH of %v does not verify", sa.PeerID)
 		}
 		return nil
+	}
+	if handled, err := sa.verifyRawKey(e, a, octets); handled {
+		return err
 	}
 	if verifier == nil {
 		return errorf(AUTHENTICATION_FAILED, "certificate authentication is not configured")
@@ -753,6 +772,11 @@ func (sa *IKESA) ourAuth(e *Engine, creds *Credentials, octets []byte, usePSK bo
 		return nil, &Error{Notify: AUTHENTICATION_FAILED, Reason: "signing", Err: err}
 	}
 	var ps []Payload
+	if c, err := sa.rawKeyCert(creds); err != nil {
+		return nil, err
+	} else if c != nil {
+		ps = append(ps, c)
+	}
 	if sendCerts {
 		for _, c := range creds.Chain {
 			ps = append(ps, &Cert{Encoding: CertX509Signature, Data: c})

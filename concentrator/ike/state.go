@@ -120,8 +120,9 @@ func (e *Engine) Restore(now time.Time, st SAState, rd *Ready) (*IKESA, error) {
 	// The peer expects our next request with an ID in [NextOut-1,
 	// NextOutReserved] (msgid.go).
 	sa.outReserved = st.NextOutReserved
-	if sa.outReserved < st.NextOut {
-		// A record written without reservations: assume the default block.
+	if sa.outReserved == 0 || sa.outReserved < st.NextOut {
+		// A record written without reservations (a reservation is never
+		// 0): assume the default block.
 		sa.outReserved = st.NextOut + e.cfg.MessageIDBlock
 	}
 	sa.outDurable = sa.outReserved
@@ -180,7 +181,7 @@ func (e *Engine) Restore(now time.Time, st SAState, rd *Ready) (*IKESA, error) {
 			sa.dataPlane(e, rd, SetSeqLimit{InSPI: ch.InSPI, OutSeqLimit: ch.seq.outResv, OutSeqMargin: ch.seq.block / 2})
 		}
 	}
-	if sa.msgIDSync {
+	if sa.msgIDSync && (!sa.cipher.AEAD() || e.cfg.MsgIDSyncAEAD) {
 		sa.startMIDSync(now, e, rd)
 	}
 	sa.reschedule(e)
@@ -189,7 +190,7 @@ func (e *Engine) Restore(now time.Time, st SAState, rd *Ready) (*IKESA, error) {
 
 // restoreRekey keeps a restored CHILD SA's rekey time: no rekey merely
 // because of a restore. One whose time has passed is placed by the
-// scheduler (spread out, under its rate cap).
+// scheduler (spread out, under its rate cap) when its timer first runs.
 func (sa *IKESA) restoreRekey(e *Engine, c *ChildSA, now time.Time) {
 	if c.rekeyAt.IsZero() {
 		return // the peer rekeys it
@@ -200,7 +201,9 @@ func (sa *IKESA) restoreRekey(e *Engine, c *ChildSA, now time.Time) {
 		rs.Restored(c.rekeyAt)
 	case c.rekeyAt.After(now):
 	case ok:
-		c.rekeyAt = rs.Overdue(now)
+		// Placed at the first Tick, once every SA of the restore has told
+		// the scheduler which seconds its kept rekey times load.
+		c.rekeyAt, c.overdue = now, true
 	default:
 		// No scheduler that spreads: within the next minute, at random.
 		var b [8]byte
@@ -274,7 +277,14 @@ func (sa *IKESA) canSend(e *Engine) bool {
 // flushDirty persists the full state of an SA whose last write failed,
 // before anything else of it goes out.
 func (sa *IKESA) flushDirty(e *Engine, rd *Ready) {
-	if !sa.dirty || sa.state != stateEstablished {
+	if !sa.dirty {
+		return
+	}
+	if sa.state != stateEstablished {
+		// Being deleted or replaced: nothing more of it is written (its
+		// record goes with PersistDeleted or PersistIKERekeyed), so
+		// nothing waits for a write either.
+		sa.dirty, sa.committed = false, sa.version
 		return
 	}
 	kind := PersistUpdated

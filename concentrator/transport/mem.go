@@ -132,6 +132,18 @@ func (n *Network) Stats() (delivered, dropped uint64) {
 	return n.delivered.Load(), n.dropped.Load()
 }
 
+// Queued is the number of datagrams delivered but not yet read, on all
+// sockets: with Stats, how a test knows the network is quiet.
+func (n *Network) Queued() int {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	q := 0
+	for _, c := range n.conns {
+		q += len(c.q)
+	}
+	return q
+}
+
 func (n *Network) deliver(from, to netip.AddrPort, b []byte) bool {
 	if f := n.Filter; f != nil && !f(from, to, b) {
 		n.dropped.Add(1)

@@ -28,6 +28,9 @@ func TestNetworkDelivers(t *testing.T) {
 		t.Fatal(err)
 	}
 	msg[0] = 'j' // the network copied it
+	if n.Queued() != 1 {
+		t.Fatalf("queued %d", n.Queued())
+	}
 	buf := make([]byte, 100)
 	nb, from, err := a.ReadFrom(buf)
 	if err != nil || string(buf[:nb]) != "hello" || from != b.LocalAddr() {

@@ -144,10 +144,16 @@ func TestDefaultsNameWhatIsRequired(t *testing.T) {
 		{"etcd.endpoints", []any{"https://etcd-0:2379"}, "etcd.endpoints must be empty with etcd.mode bundled"},
 		{"concentrator.auth.psks", []any{map[string]any{"id": "gw1@iot.example", "key": "gw1"}}, "concentrator.auth.pskSecret is required"},
 		{"concentrator.auth.caSecret", "cas", "concentrator.identity.certSecret is empty"},
+		{"metrics.bindAddress", "127.0.0.1", "metrics.bindAddress 127.0.0.1 is loopback"},
 	} {
 		if _, err := render(c, set(t, vals, tc.path, tc.v)); err == nil || !strings.Contains(err.Error(), tc.want) {
 			t.Errorf("%s = %v: want an error containing %q, got %v", tc.path, tc.v, tc.want, err)
 		}
+	}
+	// Loopback metrics are fine when nothing scrapes through the Service.
+	lo := set(t, set(t, set(t, vals, "metrics.bindAddress", "127.0.0.1"), "metrics.service.enabled", false), "metrics.serviceMonitor.enabled", false)
+	if _, err := render(c, lo); err != nil {
+		t.Errorf("loopback metrics without Service or ServiceMonitor: %v", err)
 	}
 	ext := set(t, set(t, vals, "etcd.mode", "external"), "etcd.endpoints", []any{"http://etcd-0:2379"})
 	if _, err := render(c, ext); err == nil || !strings.Contains(err.Error(), "etcd.endpoints[0]") {

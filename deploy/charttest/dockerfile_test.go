@@ -230,7 +230,7 @@ func TestDockerfileCheckFinds(t *testing.T) {
 		{"no user", "USER 65532:65532\n", "", "non-root"},
 		{"ADD URL", "COPY --from=build /out/ /usr/local/bin/", "COPY --from=build /out/ /usr/local/bin/\nADD https://example.com/tool /usr/local/bin/tool", "fetches from the network"},
 		{"cgo", "CGO_ENABLED=0", "CGO_ENABLED=1", "CGO_ENABLED=0"},
-		{"binary missing", `ARG BINARIES="concentratord concentratorctl ikeload"`, `ARG BINARIES="concentratord ikeload"`, "lacks concentratorctl"},
+		{"binary missing", `ARG BINARIES="concentratord concentratorctl ikeload benchnode"`, `ARG BINARIES="concentratord ikeload benchnode"`, "lacks concentratorctl"},
 		{"debian runtime", "FROM gcr.io/distroless/static-debian12:nonroot AS runtime", "FROM debian:bookworm-slim AS runtime", "want gcr.io/distroless/static"},
 		{"shell entrypoint", `ENTRYPOINT ["/usr/local/bin/concentratord"]`, "ENTRYPOINT /usr/local/bin/concentratord", "shell form"},
 		{"casing", "FROM golang:1.26.8-bookworm AS build", "FROM golang:1.26.8-bookworm as build", "build check FromAsCasing"},

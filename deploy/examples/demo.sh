@@ -15,7 +15,7 @@ trap cleanup EXIT
   echo "auth:"
   echo "  psks:"
   for i in $(seq 1 "$N"); do
-    echo "    - {id: gw$i@iot.example, secret: demo-psk-$i}"
+    echo "    - {id: gw$i@iot.example, secret: demo-psk-0123456789-$i}"
   done
   sed -n '/^children:/,$p' deploy/examples/demo.yaml
 } > "$dir/concentratord.yaml"
@@ -26,7 +26,7 @@ grep -q 'msg=listening' "$dir/node.log" || { cat "$dir/node.log"; echo "node did
 echo "== concentratord up on 127.0.0.1:15500/15501 with $N per-device PSKs"
 echo "== $N gateways: IKE_SA_INIT + IKE_AUTH, virtual IP, CHILD SA, hold 1s, delete"
 bin/ikeload --server 127.0.0.1 --server-port 15500 --server-natt-port 15501 \
-  --id 'gw{n}@iot.example' --psk 'demo-psk-{n}' --remote-id conc.example \
+  --id 'gw{n}@iot.example' --psk 'demo-psk-0123456789-{n}' --remote-id conc.example \
   --vip --remote-ts 10.30.0.0/24 --count "$N" --rate 200 --hold 1s
 if command -v curl >/dev/null; then
   echo "== metrics (http://127.0.0.1:15580/metrics, some of them):"

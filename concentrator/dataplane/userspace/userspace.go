@@ -77,6 +77,14 @@ type Config struct {
 	// system default (see ConfigureSocket).
 	SocketRecvBuffer, SocketSendBuffer int
 
+	// Routes are routed into the TUN device for the data plane's life (the
+	// virtual IP pool), with a source hint from RoutesLocalTS: a CHILD SA
+	// whose remote selectors lie inside one of them adds and removes no
+	// route of its own, so a fleet of virtual IPs costs one route, not one
+	// netlink round trip per SA.
+	Routes        []netip.Prefix
+	RoutesLocalTS []dataplane.Selector
+
 	// Device and Router replace the TUN device and netlink routes (tests).
 	Device Device
 	Router Router
@@ -321,6 +329,12 @@ func New(cfg Config) (*DataPlane, error) {
 	if d.router == nil {
 		d.router = noRoutes{}
 	}
+	for _, p := range cfg.Routes {
+		if err := d.router.AddRoute(p.Masked(), cfg.RoutesLocalTS); err != nil {
+			d.dev.Close()
+			return nil, fmt.Errorf("userspace: route %s: %w", p, err)
+		}
+	}
 	for i := 0; i < cfg.Workers; i++ {
 		q := make(chan job, cfg.QueueLen)
 		d.workers = append(d.workers, q)
@@ -403,6 +417,9 @@ func (d *DataPlane) Install(_ context.Context, c *dataplane.ChildSA) error {
 	var added []netip.Prefix
 	for _, sel := range cp.RemoteTS {
 		for _, p := range prefixes(sel) {
+			if d.staticRoute(p) {
+				continue
+			}
 			if d.routes[p] == 0 {
 				if err := d.router.AddRoute(p, cp.LocalTS); err != nil {
 					for _, a := range added {
@@ -445,6 +462,16 @@ func (d *DataPlane) UpdateAddresses(_ context.Context, inSPI uint32, local, remo
 	return nil
 }
 
+// staticRoute reports whether p lies inside one of Config.Routes.
+func (d *DataPlane) staticRoute(p netip.Prefix) bool {
+	for _, r := range d.cfg.Routes {
+		if r.Bits() <= p.Bits() && r.Contains(p.Addr()) {
+			return true
+		}
+	}
+	return false
+}
+
 func (d *DataPlane) unref(p netip.Prefix) {
 	d.routes[p]--
 	if d.routes[p] <= 0 {
@@ -475,7 +502,9 @@ func (d *DataPlane) Remove(_ context.Context, inSPI uint32) error {
 	d.gone.OutPackets += s.outPackets.Load()
 	for _, sel := range s.remoteTS {
 		for _, p := range prefixes(sel) {
-			d.unref(p)
+			if !d.staticRoute(p) {
+				d.unref(p)
+			}
 		}
 	}
 	d.log.Info("userspace SA removed", "spi_in", fmt.Sprintf("%08x", inSPI), "spi_out", fmt.Sprintf("%08x", s.child.OutSPI),

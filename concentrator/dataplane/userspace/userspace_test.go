@@ -377,6 +377,50 @@ func TestVirtualIPRoute(t *testing.T) {
 	}
 }
 
+// A virtual IP inside the pool routed at start (Config.Routes) costs no
+// route of its own, at install or removal; one outside it still does.
+func TestPoolRouteCoversVirtualIPs(t *testing.T) {
+	router := &fakeRouter{}
+	pool := netip.MustParsePrefix("10.99.0.0/16")
+	d, err := New(Config{Device: newMemDevice("conc0"), Router: router, Workers: 1, Routes: []netip.Prefix{pool}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Close()
+	if router.adds != 1 || router.routes[pool] != 1 {
+		t.Fatalf("routes %v after start, want the pool", router.routes)
+	}
+	ctx := context.Background()
+	for i := 0; i < 50; i++ {
+		cc, _ := childPair(0xc2000000+uint32(i), 0x62000000+uint32(i), byte(i))
+		vip := netip.AddrFrom4([4]byte{10, 99, 1, byte(i)})
+		cc.RemoteTS = []dataplane.Selector{sel(vip.String() + "/32")}
+		cc.VirtualIP = vip
+		if err := d.Install(ctx, cc); err != nil {
+			t.Fatal(err)
+		}
+		if s := d.lookupOut(flow{src: netip.MustParseAddr("10.30.0.1"), dst: vip, proto: 1}); s == nil || s.child.InSPI != cc.InSPI {
+			t.Fatalf("virtual IP %s not found", vip)
+		}
+	}
+	for i := 0; i < 50; i++ {
+		if err := d.Remove(ctx, 0xc2000000+uint32(i)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if router.adds != 1 || router.dels != 0 {
+		t.Fatalf("%d route adds and %d removals for 50 virtual IPs in the pool, want the pool's one add", router.adds, router.dels)
+	}
+	out, _ := childPair(0xc3000000, 0x63000000, 9)
+	out.RemoteTS = []dataplane.Selector{sel("10.98.0.1/32")}
+	if err := d.Install(ctx, out); err != nil {
+		t.Fatal(err)
+	}
+	if router.adds != 2 || router.routes[netip.MustParsePrefix("10.98.0.1/32")] != 1 {
+		t.Fatalf("routes %v: a selector outside the pool needs its own route", router.routes)
+	}
+}
+
 func TestInstallErrors(t *testing.T) {
 	r := newRig(t)
 	cc, _ := childPair(0xc1000006, 0x61000006, 6)

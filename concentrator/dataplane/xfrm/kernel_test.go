@@ -630,7 +630,7 @@ func TestKernelSPDAndMSS(t *testing.T) {
 }
 
 // TestKernelInstallRate measures installing many per-peer SAs (/32 remote
-// selectors, hashed policies) — a kernel fact for DESIGN.md.
+// selectors, hashed policies) — a kernel fact for docs/architecture.md.
 func TestKernelInstallRate(t *testing.T) {
 	requireKernel(t)
 	n := 500 // ~13-25 s under TCG; IKEFLEET_INSTALL_N overrides

@@ -26,7 +26,7 @@ func (f spdFlags) Serialize() []byte {
 // setSPDHashThresholds is `ip xfrm policy set hthresh4 L R hthresh6 L R`:
 // policies whose local and remote prefixes are at least L and R bits long
 // go to the SPD's hash tables instead of the one list sorted by priority
-// that every insert walks (DESIGN.md, "Data plane": 20,000 per-peer
+// that every insert walks (docs/architecture.md, "Data plane": 20,000 per-peer
 // policies took 36.5 s with the defaults and 5.9 s with hthresh4 0 32).
 // The kernel rebuilds its hash tables in the background.
 func setSPDHashThresholds(ns netns.NsHandle, v4, v6 [2]int) error {

@@ -91,6 +91,9 @@ Checks of values that the schema cannot express; each failure names the value.
 {{- end -}}
 {{- $_ := required "clusterKey.secretName is required: a Secret with the 32-byte cluster key in hex (openssl rand -hex 32)" .Values.clusterKey.secretName -}}
 {{- $_ := required "admin.tlsSecret is required: a Secret with ca.crt, tls.crt and tls.key for the admin API (mTLS)" .Values.admin.tlsSecret -}}
+{{- if and (hasPrefix "127." (toString .Values.metrics.bindAddress)) (or .Values.metrics.service.enabled .Values.metrics.serviceMonitor.enabled) -}}
+{{- fail (printf "metrics.bindAddress %s is loopback: Prometheus cannot scrape it through the metrics Service; use \"\" (every address) or the node's address, or disable metrics.service and metrics.serviceMonitor" .Values.metrics.bindAddress) -}}
+{{- end -}}
 {{- if eq .Values.etcd.mode "external" -}}
 {{- $_ := required "etcd.endpoints is required with etcd.mode external: the etcd cluster's client URLs" (default nil .Values.etcd.endpoints) -}}
 {{- end -}}

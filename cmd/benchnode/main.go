@@ -1,0 +1,378 @@
+// Command benchnode measures what a concentrator node costs per SA: it runs
+// concentratord as a child process in each configuration (data plane ×
+// state store), drives it over loopback with simulated gateways built on
+// the engine's initiator, and reads the node's CPU time and memory from
+// /proc. It prints one row per configuration, a burst row (N gateways at
+// once) and, with --scale, the cost of a setup at 1,000 vs N established
+// SAs.
+//
+//	benchnode --concentratord bin/concentratord            # make bench-node
+//	benchnode --rows memory+none --count 5000 --rate 1000
+//	benchnode --rows '' --burst 10000                      # only the burst
+//	benchnode --rows '' --burst 0 --scale 100000           # only the scale run
+//
+// The node is pinned to CPU 0 and the driver to CPU 1 (--pin), so "CPU
+// per SA" is the node's alone: user+system time of the whole process
+// (embedded etcd included) from the first IKE_SA_INIT to the last DELETE
+// answered, divided by the SAs. The engine's own cost per handshake is
+// measured in this process in the same run, and every row is given as a
+// ratio to it.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"os/signal"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/ikefleet/ikefleet/concentrator/ike"
+)
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	err := run(ctx, os.Args[1:], os.Stdout)
+	stop()
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "benchnode:", err)
+		os.Exit(1)
+	}
+}
+
+type options struct {
+	bin         string
+	rows        []nodeSpec
+	count       int
+	rate        float64
+	burst       int
+	burstSpec   nodeSpec
+	scale       int
+	scaleRate   float64
+	groups      int
+	pin         bool
+	cpuprofile  string
+	heapprofile string
+	timeout     time.Duration
+	prop, esp   ike.ProposalSpec
+}
+
+func run(ctx context.Context, args []string, out io.Writer) error {
+	fs := flag.NewFlagSet("benchnode", flag.ContinueOnError)
+	bin := fs.String("concentratord", "bin/concentratord", "concentratord binary")
+	rows := fs.String("rows", "memory+none,userspace+none,memory+embedded,userspace+embedded",
+		"configurations (dataplane+statestore), comma-separated; userspace needs root (TUN)")
+	count := fs.Int("count", 2000, "gateways per row: set up at --rate, then all deleted")
+	rate := fs.Float64("rate", 1000, "new SAs per second in the rows")
+	burst := fs.Int("burst", 10000, "gateways at once in the burst row (0: no burst row)")
+	burstCfg := fs.String("burst-config", "userspace+embedded", "configuration of the burst row")
+	scale := fs.Int("scale", 0, "also establish this many SAs and compare the cost of a setup at 1,000 and at this many (0: skip)")
+	scaleRate := fs.Float64("scale-rate", 800, "new SAs per second while growing to --scale")
+	groups := fs.Int("groups", 64, "gateway groups, each with its own source ports")
+	pin := fs.Bool("pin", true, "pin the node to CPU 0 and this driver to CPU 1")
+	cpuprofile := fs.String("cpuprofile", "", "write the node's CPU profile of each row to FILE.<row> (go tool pprof)")
+	heapprofile := fs.String("heapprofile", "", "with --scale: save the node's heap profile at the peak to FILE (go tool pprof)")
+	timeout := fs.Duration("timeout", 120*time.Second, "per phase")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	o := options{bin: *bin, count: *count, rate: *rate, burst: *burst, scale: *scale, scaleRate: *scaleRate,
+		groups: *groups, pin: *pin, cpuprofile: *cpuprofile, heapprofile: *heapprofile, timeout: *timeout}
+	var err error
+	if o.prop, err = ike.ParseProposal("aes256gcm16-prfsha256-x25519", false, false); err != nil {
+		return err
+	}
+	if o.esp, err = ike.ParseProposal("aes256gcm16", true, false); err != nil {
+		return err
+	}
+	for _, r := range strings.Split(*rows, ",") {
+		if r = strings.TrimSpace(r); r == "" {
+			continue
+		}
+		s, err := parseSpec(r)
+		if err != nil {
+			return fmt.Errorf("--rows: %w", err)
+		}
+		o.rows = append(o.rows, s)
+	}
+	if o.burstSpec, err = parseSpec(*burstCfg); err != nil {
+		return fmt.Errorf("--burst-config: %w", err)
+	}
+	if _, err := os.Stat(o.bin); err != nil {
+		return fmt.Errorf("--concentratord: %w (make build)", err)
+	}
+	nodeCPU := -1
+	if o.pin {
+		if err := exec.Command("taskset", "-a", "-p", "-c", "1", strconv.Itoa(os.Getpid())).Run(); err != nil {
+			return fmt.Errorf("--pin: taskset: %w", err)
+		}
+		nodeCPU = 0
+	}
+
+	eng, err := engineHandshakeCPU(2000, o.prop, o.esp)
+	if err != nil {
+		return err
+	}
+	host, _ := os.Hostname()
+	if la, err := os.ReadFile("/proc/loadavg"); err == nil {
+		host += ", load average " + strings.Join(strings.Fields(string(la))[:3], " ")
+	}
+	fmt.Fprintf(out, "benchnode: %s, PSK, x25519, aes256gcm16, virtual IPs; node on CPU 0, driver on CPU 1 (pin=%v), %d source port pairs\n",
+		host, o.pin, o.groups)
+	fmt.Fprintf(out, "engine alone: %.3f ms CPU per responder handshake (in-process, same run)\n", ms(eng))
+	fmt.Fprintf(out, "CPU/SA: node user+system time, setup + delete; cpu-wait: time the node was runnable but another process had its CPU\n\n")
+
+	if len(o.rows) > 0 {
+		fmt.Fprintf(out, "rows: %d gateways at %.0f/s, all established, then all deleted\n", o.count, o.rate)
+		const rowFmt = "%-20s %10s %8s %8s %8s %11s %12s %7s %12s %11s\n"
+		fmt.Fprintf(out, rowFmt, "config", "CPU/SA ms", "×engine", "p50 ms", "p99 ms", "RSS/SA KiB", "established", "failed", "retransmits", "cpu-wait s")
+		for _, spec := range o.rows {
+			spec.gateways = o.count
+			r, err := o.row(ctx, spec, nodeCPU)
+			if err != nil {
+				fmt.Fprintf(out, "%-20s error: %s\n", spec, firstLine(err))
+				continue
+			}
+			f := func(v float64, prec int) string { return strconv.FormatFloat(v, 'f', prec, 64) }
+			fmt.Fprintf(out, rowFmt, spec, f(ms(r.cpuPerSA), 3), f(float64(r.cpuPerSA)/float64(eng), 1),
+				f(ms(r.p50), 1), f(ms(r.p99), 1), f(float64(r.rssPerSA)/1024, 2), strconv.Itoa(r.established), strconv.Itoa(r.failed),
+				strconv.FormatUint(r.retransmits, 10), f(r.waited.Seconds(), 2))
+			if len(r.failures) > 0 {
+				fmt.Fprintf(out, "  failures: %v\n", r.failures)
+			}
+		}
+		fmt.Fprintln(out)
+	}
+	if o.burst > 0 {
+		if err := o.burstRow(ctx, out, eng, nodeCPU); err != nil {
+			fmt.Fprintf(out, "burst: error: %v\n", err)
+		}
+		fmt.Fprintln(out)
+	}
+	if o.scale > 0 {
+		if err := o.scaleRun(ctx, out, eng, nodeCPU); err != nil {
+			fmt.Fprintf(out, "scale: error: %v\n", err)
+		}
+	}
+	return nil
+}
+
+func ms(d time.Duration) float64 { return float64(d) / 1e6 }
+
+func firstLine(err error) string {
+	s, _, _ := strings.Cut(err.Error(), "\n")
+	return s
+}
+
+func parseSpec(s string) (nodeSpec, error) {
+	dp, st, ok := strings.Cut(s, "+")
+	if !ok {
+		return nodeSpec{}, fmt.Errorf("%q: want dataplane+statestore, e.g. memory+none", s)
+	}
+	switch dp {
+	case "memory", "userspace":
+	default:
+		return nodeSpec{}, fmt.Errorf("%q: data plane must be memory or userspace", s)
+	}
+	switch st {
+	case "none", "embedded":
+	default:
+		return nodeSpec{}, fmt.Errorf("%q: state store must be none or embedded", s)
+	}
+	return nodeSpec{dataplane: dp, statestore: st}, nil
+}
+
+type rowResult struct {
+	cpuPerSA, p50, p99 time.Duration
+	waited             time.Duration // node runnable, waiting for a CPU
+	rssPerSA           int64
+	established        int
+	failed             int
+	retransmits        uint64
+	failures           map[string]int
+}
+
+func (o *options) start(spec nodeSpec, nodeCPU int, profile string, pprof bool) (*nodeProc, *fleet, context.CancelFunc, error) {
+	if spec.dataplane == "userspace" && os.Geteuid() != 0 {
+		return nil, nil, nil, errors.New("needs root (TUN device)")
+	}
+	p, err := startNode(o.bin, spec, nodeCPU, profile, pprof)
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	fctx, cancel := context.WithCancel(context.Background())
+	f, err := newFleet(fctx, fleetOptions{server: p.ike, serverNATT: p.nattPort, groups: o.groups, proposal: o.prop, esp: o.esp,
+		remoteTS: []ike.TrafficSelector{ike.SelectorFromPrefix(mustPrefix("10.30.0.0/24"))}})
+	if err != nil {
+		cancel()
+		p.stop()
+		return nil, nil, nil, err
+	}
+	return p, f, func() { f.close(); cancel(); p.stop() }, nil
+}
+
+func (o *options) profileFor(name string) string {
+	if o.cpuprofile == "" {
+		return ""
+	}
+	return o.cpuprofile + "." + strings.ReplaceAll(name, "+", "-")
+}
+
+// row sets up spec.gateways SAs at o.rate, deletes them all, and reports
+// the node's CPU time per SA (setup + delete), setup latency, and memory
+// per established SA.
+func (o *options) row(ctx context.Context, spec nodeSpec, nodeCPU int) (rowResult, error) {
+	var r rowResult
+	p, f, stop, err := o.start(spec, nodeCPU, o.profileFor(spec.String()), false)
+	if err != nil {
+		return r, err
+	}
+	defer stop()
+	time.Sleep(500 * time.Millisecond) // let start-up work settle
+	cpu0, _ := p.cpu()
+	rss0, _ := p.rss()
+	wait0 := p.waited()
+	setupErr := f.runSetups(ctx, 1, spec.gateways, o.rate, o.timeout)
+	rss1, _ := p.rss()
+	lat, _, failures := f.phase()
+	r.established, r.failed = int(f.up.Load()), int(f.fail.Load())
+	r.failures = failures
+	p.keep = r.failed > 0
+	if setupErr != nil {
+		return r, setupErr
+	}
+	if err := f.deleteAll(ctx, o.timeout); err != nil {
+		return r, err
+	}
+	cpu1, err := p.cpu()
+	if err != nil {
+		return r, err
+	}
+	r.retransmits = f.stats()
+	r.waited = p.waited() - wait0
+	r.cpuPerSA = (cpu1 - cpu0) / time.Duration(max(1, r.established))
+	r.p50, r.p99 = percentile(lat, 0.50), percentile(lat, 0.99)
+	r.rssPerSA = (rss1 - rss0) / int64(max(1, r.established))
+	return r, nil
+}
+
+// burstRow starts o.burst gateways at once against the burst
+// configuration and reports how many established and when the last did,
+// against 1.5 × (N × CPU per handshake ÷ cores).
+func (o *options) burstRow(ctx context.Context, out io.Writer, eng time.Duration, nodeCPU int) error {
+	spec := o.burstSpec
+	spec.gateways = o.burst
+	p, f, stop, err := o.start(spec, nodeCPU, o.profileFor("burst"), false)
+	if err != nil {
+		return err
+	}
+	defer stop()
+	cores := 1
+	if nodeCPU < 0 {
+		cores = numCPU()
+	}
+	time.Sleep(500 * time.Millisecond)
+	drops0 := udpRcvbufErrors()
+	cpu0, _ := p.cpu()
+	wait0 := p.waited()
+	start := time.Now()
+	setupErr := f.runSetups(ctx, 1, o.burst, 0, o.timeout)
+	cpu1, _ := p.cpu()
+	wait1 := p.waited()
+	lat, last, failures := f.phase()
+	drops := udpRcvbufErrors() - drops0
+	up := f.up.Load()
+	toLast := last.Sub(start)
+	if up == 0 {
+		toLast = 0
+	}
+	perHS := (cpu1 - cpu0) / time.Duration(max(1, up))
+	bound := time.Duration(1.5 * float64(o.burst) * float64(eng) / float64(cores))
+	fmt.Fprintf(out, "burst: %d gateways at once against %s (node on %d core)\n", o.burst, spec, cores)
+	fmt.Fprintf(out, "  established %d/%d (%.1f%%), failed %d, time to last %.2f s, p50 %.0f ms, p99 %.0f ms, UdpRcvbufErrors +%d, retransmits %d\n",
+		up, o.burst, 100*float64(up)/float64(o.burst), f.fail.Load(), toLast.Seconds(), ms(percentile(lat, 0.5)), ms(percentile(lat, 0.99)),
+		drops, f.stats())
+	fmt.Fprintf(out, "  node CPU per handshake in the burst %.3f ms (%.1f× engine); node threads runnable but waiting for a CPU: %.2f s (other processes)\n",
+		ms(perHS), float64(perHS)/float64(eng), (wait1 - wait0).Seconds())
+	fmt.Fprintf(out, "  bound 1.5 × N × engine CPU/handshake ÷ cores = %.2f s: time to last is %.2f× the bound\n",
+		bound.Seconds(), toLast.Seconds()/bound.Seconds())
+	nodeBound := time.Duration(1.5 * float64(cpu1-cpu0) / float64(cores))
+	fmt.Fprintf(out, "  bound 1.5 × node CPU spent ÷ cores = %.2f s: time to last is %.2f× it (above 1: the node idled while gateways waited)\n",
+		nodeBound.Seconds(), toLast.Seconds()/nodeBound.Seconds())
+	if len(failures) > 0 {
+		fmt.Fprintf(out, "  failures: %v\n", failures)
+		p.keep = true
+	}
+	if q := p.count(`"msg":"cookie demanded"`); q > 0 {
+		fmt.Fprintf(out, "  cookie log lines: %d\n", q)
+	}
+	return setupErr
+}
+
+// scaleRun establishes o.scale SAs and compares the node's CPU per setup
+// for 1,000 setups at 1,000 established and at o.scale established, and
+// reports memory per SA at o.scale.
+func (o *options) scaleRun(ctx context.Context, out io.Writer, eng time.Duration, nodeCPU int) error {
+	spec := o.burstSpec
+	const probe = 1000
+	spec.gateways = o.scale + probe
+	p, f, stop, err := o.start(spec, nodeCPU, o.profileFor("scale"), o.heapprofile != "")
+	if err != nil {
+		return err
+	}
+	defer stop()
+	time.Sleep(500 * time.Millisecond)
+	rss0, _ := p.rss()
+	next := 1
+	grow := func(n int, rate float64) error {
+		err := f.runSetups(ctx, next, n, rate, o.timeout+time.Duration(float64(n)/rate*float64(time.Second)))
+		next += n
+		return err
+	}
+	measure := func() (time.Duration, time.Duration, error) {
+		c0, _ := p.cpu()
+		f.phase()
+		if err := grow(probe, o.rate); err != nil {
+			return 0, 0, err
+		}
+		c1, _ := p.cpu()
+		lat, _, _ := f.phase()
+		return (c1 - c0) / probe, percentile(lat, 0.99), nil
+	}
+	t0 := time.Now()
+	if err := grow(probe, o.rate); err != nil {
+		return err
+	}
+	at1k, p99at1k, err := measure()
+	if err != nil {
+		return err
+	}
+	if rest := o.scale - 2*probe; rest > 0 {
+		if err := grow(rest, o.scaleRate); err != nil {
+			return err
+		}
+	}
+	rssN, _ := p.rss()
+	established := f.up.Load()
+	if o.heapprofile != "" {
+		if err := p.heapProfile(o.heapprofile); err != nil {
+			fmt.Fprintf(out, "  heap profile: %v\n", err)
+		}
+	}
+	atN, p99atN, err := measure()
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(out, "scale: %s, %d SAs established in %.0f s\n", spec, established, time.Since(t0).Seconds())
+	fmt.Fprintf(out, "  CPU per setup (1,000 setups at %.0f/s): at 1,000 established %.3f ms (p99 %.1f ms), at %d established %.3f ms (p99 %.1f ms): ratio %.2f\n",
+		o.rate, ms(at1k), ms(p99at1k), established, ms(atN), ms(p99atN), float64(atN)/float64(at1k))
+	fmt.Fprintf(out, "  RSS at %d SAs: %.0f MiB, %.2f KiB per SA\n", established, float64(rssN)/(1<<20), float64(rssN-rss0)/float64(established)/1024)
+	_ = eng
+	return nil
+}

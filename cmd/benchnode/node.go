@@ -1,0 +1,260 @@
+package main
+
+// concentratord as a child process: its configuration, start, and what
+// /proc says about its CPU time and memory.
+
+import (
+	"bufio"
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+)
+
+// nodeSpec is one configuration under test.
+type nodeSpec struct {
+	dataplane  string // memory | userspace
+	statestore string // none | embedded
+	gateways   int    // PSKs to configure (gw1..gwN)
+	extra      string // more YAML, appended
+}
+
+func (s nodeSpec) String() string { return s.dataplane + "+" + s.statestore }
+
+type nodeProc struct {
+	cmd        *exec.Cmd
+	dir        string
+	ike        netip.AddrPort
+	nattPort   uint16
+	logPath    string
+	clockTicks float64
+	exited     chan error
+	keep       bool   // leave the directory (configuration, log) for a look
+	pprof      string // the node's net/http/pprof address, if any
+}
+
+// heapProfile saves the node's heap profile (go tool pprof) to path.
+func (p *nodeProc) heapProfile(path string) error {
+	if p.pprof == "" {
+		return errors.New("node started without --pprof")
+	}
+	resp, err := http.Get("http://" + p.pprof + "/debug/pprof/heap?gc=1")
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	f, err := os.Create(path)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	_, err = io.Copy(f, resp.Body)
+	return err
+}
+
+func freeUDPPort() (uint16, error) {
+	c, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		return 0, err
+	}
+	defer c.Close()
+	return uint16(c.LocalAddr().(*net.UDPAddr).Port), nil
+}
+
+// writeConfig writes concentratord's configuration for spec.
+func writeConfig(path string, spec nodeSpec, ikePort, nattPort uint16, dataDir string) error {
+	var b bytes.Buffer
+	level := os.Getenv("BENCHNODE_LOG_LEVEL") // a closer look at a failing run
+	if level == "" {
+		level = "info"
+	}
+	fmt.Fprintf(&b, "node: {id: bench}\nlog: {level: %s, format: json}\n", level)
+	fmt.Fprintf(&b, "ike:\n  listen: [127.0.0.1]\n  port: %d\n  natt_port: %d\n", ikePort, nattPort)
+	fmt.Fprintf(&b, "identity: {id: conc.bench.example}\n")
+	fmt.Fprintf(&b, "auth:\n  psks:\n")
+	for i := 1; i <= spec.gateways; i++ {
+		fmt.Fprintf(&b, "    - {id: %s, secret: %s}\n", gatewayID(i), gatewayPSK(i))
+	}
+	// A /12 pool: room for a million virtual IPs.
+	fmt.Fprintf(&b, "children:\n  local_ts: [10.30.0.0/24]\n  pool: 10.112.0.0/12\n")
+	fmt.Fprintf(&b, "dataplane:\n  mode: %s\n  userspace: {tun: ikfbench0}\n", spec.dataplane)
+	fmt.Fprintf(&b, "statestore:\n  mode: %s\n  data_dir: %s\n", spec.statestore, dataDir)
+	b.WriteString(spec.extra)
+	return os.WriteFile(path, b.Bytes(), 0o600)
+}
+
+// startNode starts concentratord (pinned to cpu when cpu >= 0) and waits
+// until it listens.
+func startNode(bin string, spec nodeSpec, cpu int, cpuprofile string, pprof bool) (*nodeProc, error) {
+	dir, err := os.MkdirTemp("", "benchnode-")
+	if err != nil {
+		return nil, err
+	}
+	ikePort, err := freeUDPPort()
+	if err != nil {
+		return nil, err
+	}
+	nattPort, err := freeUDPPort()
+	if err != nil {
+		return nil, err
+	}
+	cfgPath := filepath.Join(dir, "concentratord.yaml")
+	if err := writeConfig(cfgPath, spec, ikePort, nattPort, filepath.Join(dir, "data")); err != nil {
+		return nil, err
+	}
+	args := []string{"--config", cfgPath}
+	if cpuprofile != "" {
+		args = append(args, "--cpuprofile", cpuprofile)
+	}
+	var pprofAddr string
+	if pprof {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			return nil, err
+		}
+		pprofAddr = l.Addr().String()
+		l.Close()
+		args = append(args, "--pprof", pprofAddr)
+	}
+	var cmd *exec.Cmd
+	if cpu >= 0 {
+		cmd = exec.Command("taskset", append([]string{"-c", strconv.Itoa(cpu), bin}, args...)...)
+	} else {
+		cmd = exec.Command(bin, args...)
+	}
+	p := &nodeProc{cmd: cmd, dir: dir, ike: netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), ikePort),
+		nattPort: nattPort, logPath: filepath.Join(dir, "node.log"), clockTicks: 100, pprof: pprofAddr}
+	logf, err := os.Create(p.logPath)
+	if err != nil {
+		return nil, err
+	}
+	defer logf.Close()
+	cmd.Stdout, cmd.Stderr = logf, logf
+	if err := cmd.Start(); err != nil {
+		return nil, err
+	}
+	exited := make(chan error, 1)
+	go func() { exited <- cmd.Wait() }()
+	p.exited = exited
+	deadline := time.Now().Add(60 * time.Second)
+	for {
+		b, _ := os.ReadFile(p.logPath)
+		if bytes.Contains(b, []byte(`"msg":"listening"`)) {
+			break
+		}
+		select {
+		case err := <-exited:
+			return nil, fmt.Errorf("concentratord exited: %v\n%s", err, tail(b))
+		case <-time.After(20 * time.Millisecond):
+		}
+		if time.Now().After(deadline) {
+			p.stop()
+			return nil, fmt.Errorf("concentratord did not listen within a minute\n%s", tail(b))
+		}
+	}
+	return p, nil
+}
+
+func tail(b []byte) string {
+	lines := strings.Split(strings.TrimSpace(string(b)), "\n")
+	if len(lines) > 15 {
+		lines = lines[len(lines)-15:]
+	}
+	return strings.Join(lines, "\n")
+}
+
+// cpu returns the process's user+system CPU time (all threads, embedded
+// etcd included).
+func (p *nodeProc) cpu() (time.Duration, error) {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", p.cmd.Process.Pid))
+	if err != nil {
+		return 0, err
+	}
+	// Fields after the command name (which may hold spaces) in parentheses.
+	i := bytes.LastIndexByte(b, ')')
+	if i < 0 {
+		return 0, errors.New("malformed /proc/PID/stat")
+	}
+	f := strings.Fields(string(b[i+1:]))
+	if len(f) < 13 {
+		return 0, errors.New("malformed /proc/PID/stat")
+	}
+	ut, _ := strconv.ParseUint(f[11], 10, 64) // field 14: utime
+	st, _ := strconv.ParseUint(f[12], 10, 64) // field 15: stime
+	return time.Duration(float64(ut+st) / p.clockTicks * float64(time.Second)), nil
+}
+
+// waited returns how long the node's threads have been runnable but
+// waiting for a CPU (/proc/PID/task/*/schedstat): on a shared machine,
+// the part of a wall-clock figure that is other processes' doing.
+func (p *nodeProc) waited() time.Duration {
+	dir := fmt.Sprintf("/proc/%d/task", p.cmd.Process.Pid)
+	ents, err := os.ReadDir(dir)
+	if err != nil {
+		return 0
+	}
+	var total time.Duration
+	for _, e := range ents {
+		b, err := os.ReadFile(filepath.Join(dir, e.Name(), "schedstat"))
+		if err != nil {
+			continue
+		}
+		if f := strings.Fields(string(b)); len(f) >= 2 {
+			ns, _ := strconv.ParseInt(f[1], 10, 64)
+			total += time.Duration(ns)
+		}
+	}
+	return total
+}
+
+// rss returns the resident set size in bytes.
+func (p *nodeProc) rss() (int64, error) {
+	f, err := os.Open(fmt.Sprintf("/proc/%d/status", p.cmd.Process.Pid))
+	if err != nil {
+		return 0, err
+	}
+	defer f.Close()
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		if v, ok := strings.CutPrefix(sc.Text(), "VmRSS:"); ok {
+			kb, err := strconv.ParseInt(strings.TrimSuffix(strings.TrimSpace(v), " kB"), 10, 64)
+			return kb * 1024, err
+		}
+	}
+	return 0, errors.New("no VmRSS")
+}
+
+// count returns how many log lines contain s.
+func (p *nodeProc) count(s string) int {
+	b, _ := os.ReadFile(p.logPath)
+	return bytes.Count(b, []byte(s))
+}
+
+// stop ends the node (SIGTERM, then SIGKILL after 20 s) and removes its
+// directory.
+func (p *nodeProc) stop() {
+	if p.exited != nil {
+		p.cmd.Process.Signal(syscall.SIGTERM)
+		select {
+		case <-p.exited:
+		case <-time.After(20 * time.Second):
+			p.cmd.Process.Kill()
+			<-p.exited
+		}
+	}
+	if p.keep || os.Getenv("BENCHNODE_KEEP") != "" {
+		fmt.Fprintf(os.Stderr, "benchnode: node directory kept: %s\n", p.dir)
+	} else {
+		os.RemoveAll(p.dir)
+	}
+}

@@ -1,0 +1,158 @@
+package concentrator
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"net/url"
+	"os"
+	"time"
+
+	"github.com/ikefleet/ikefleet/concentrator/ike"
+)
+
+// perPacketKind says whether an engine event is one a flood can produce
+// once per packet (drops, cookie demands, failed IKE_SA_INIT requests),
+// and under which kind it is rate-limited (log.per_event_rate).
+func perPacketKind(ev ike.Event) (kind string, level slog.Level, ok bool) {
+	switch ev.Kind {
+	case ike.EventDropped:
+		return "dropped", slog.LevelDebug, true
+	case ike.EventCookieSent:
+		return "cookie", slog.LevelInfo, true
+	case ike.EventIKEFailed:
+		if ev.SPIr == 0 { // IKE_SA_INIT answered with an error: unauthenticated
+			return "init-failed/" + ev.Notify.String(), slog.LevelWarn, true
+		}
+	}
+	return "", 0, false
+}
+
+// flushSuppressed reports suppressed per-packet lines once a second, so a
+// flood that stops is still accounted for.
+func (n *Node) flushSuppressed(ctx context.Context) {
+	t := time.NewTicker(time.Second)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			n.plog.Flush(context.Background())
+			return
+		case <-t.C:
+			n.plog.Flush(ctx)
+		}
+	}
+}
+
+func (c *IKEConfig) validateAdmission() error {
+	switch {
+	case c.MaxMessageSize < 1280 || c.MaxMessageSize > 65535:
+		return fieldErr("ike.max_message_size", "must be 1280 to 65535: %d", c.MaxMessageSize)
+	case c.MaxInitMessageSize < 1024 || c.MaxInitMessageSize > c.MaxMessageSize:
+		return fieldErr("ike.max_init_message_size", "must be 1024 to ike.max_message_size: %d", c.MaxInitMessageSize)
+	case c.MaxHalfOpen < 1:
+		return fieldErr("ike.max_half_open", "must be positive: %d", c.MaxHalfOpen)
+	case c.MaxHalfOpenPerPrefix < 1:
+		return fieldErr("ike.max_half_open_per_prefix", "must be positive: %d", c.MaxHalfOpenPerPrefix)
+	case c.MaxHalfOpenBytes < 1<<20:
+		return fieldErr("ike.max_half_open_bytes", "must be at least 1 MiB: %d", c.MaxHalfOpenBytes)
+	case c.HalfOpenPrefix4 < 8 || c.HalfOpenPrefix4 > 32:
+		return fieldErr("ike.half_open_prefix4", "must be 8 to 32: %d", c.HalfOpenPrefix4)
+	case c.HalfOpenPrefix6 < 16 || c.HalfOpenPrefix6 > 128:
+		return fieldErr("ike.half_open_prefix6", "must be 16 to 128: %d", c.HalfOpenPrefix6)
+	case c.MaxSAs < 0:
+		return fieldErr("ike.max_sas", "must not be negative (0: no cap): %d", c.MaxSAs)
+	}
+	return nil
+}
+
+// shareAdmission gives one of ns shards its share of the node-wide
+// admission limits (new IKE_SA_INITs spread over shards by SPI).
+func shareAdmission(sc *ike.Config, ns int) {
+	share := func(v int) int {
+		if v <= 0 {
+			return v
+		}
+		return (v + ns - 1) / ns
+	}
+	sc.MaxHalfOpen = share(sc.MaxHalfOpen)
+	sc.MaxHalfOpenPerPrefix = share(sc.MaxHalfOpenPerPrefix)
+	sc.MaxSAs = share(sc.MaxSAs)
+	if sc.MaxHalfOpenBytes > 0 {
+		sc.MaxHalfOpenBytes = (sc.MaxHalfOpenBytes + int64(ns) - 1) / int64(ns)
+	}
+}
+
+// MinPSKLength is the shortest pre-shared key accepted without
+// ike.allow_weak: a PSK is open to offline guessing by anyone who sees one
+// IKE_AUTH exchange (RFC 7296 §2.15).
+const MinPSKLength = 16
+
+func checkPSKLength(s []byte, allowWeak bool) error {
+	if len(s) < MinPSKLength && !allowWeak {
+		return fmt.Errorf("%d bytes is too short to resist offline guessing: at least %d (or set ike.allow_weak)", len(s), MinPSKLength)
+	}
+	return nil
+}
+
+// validateExternalTLS: a node talks to an external etcd with mutual TLS —
+// the records hold sealed key material and the cluster's SA state, and the
+// client certificate is what lets etcd refuse strangers. Plain http:// is
+// accepted only when every endpoint is on loopback (an etcd on the same
+// host, as tests and single-host clusters use); then the TLS files are
+// optional.
+func (s *StateStoreConfig) validateExternalTLS() error {
+	plainLoopback := true
+	for i, ep := range s.Endpoints {
+		u, err := url.Parse(ep)
+		if err != nil || u.Host == "" {
+			return fieldErr(fmt.Sprintf("statestore.endpoints[%d]", i), "not a URL (https://host:port): %q", ep)
+		}
+		switch u.Scheme {
+		case "https":
+			plainLoopback = false
+		case "http":
+			if !isLoopbackHost(u.Hostname()) {
+				return fieldErr(fmt.Sprintf("statestore.endpoints[%d]", i), "plain http to a non-loopback etcd: use https:// (%q)", ep)
+			}
+		default:
+			return fieldErr(fmt.Sprintf("statestore.endpoints[%d]", i), "scheme must be https (or http for loopback): %q", ep)
+		}
+	}
+	if plainLoopback {
+		return nil
+	}
+	if s.CAFile == "" {
+		return fieldErr("statestore.ca_file", "required with mode external over https (the etcd servers' CA)")
+	}
+	if s.CertFile == "" {
+		return fieldErr("statestore.cert_file", "required with mode external over https (etcd client certificate)")
+	}
+	if s.KeyFile == "" {
+		return fieldErr("statestore.key_file", "required with mode external over https (etcd client key)")
+	}
+	return nil
+}
+
+func isLoopbackHost(h string) bool {
+	if h == "localhost" {
+		return true
+	}
+	a, err := netip.ParseAddr(h)
+	return err == nil && a.IsLoopback()
+}
+
+// checkPrivateKeyFile refuses a private key (or cluster key, or PSK file)
+// that the group or others may read: whoever reads it can impersonate the
+// node or open every sealed record.
+func checkPrivateKeyFile(field, path string) error {
+	fi, err := os.Stat(path)
+	if err != nil {
+		return fieldErr(field, "%v", err)
+	}
+	if fi.Mode().Perm()&0o077 != 0 {
+		return fieldErr(field, "%s is readable by group or others (mode %04o): chmod 600 it", path, fi.Mode().Perm())
+	}
+	return nil
+}

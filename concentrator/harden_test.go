@@ -1,0 +1,91 @@
+package concentrator
+
+import (
+	"errors"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/ikefleet/ikefleet/concentrator/dataplane/memory"
+	"github.com/ikefleet/ikefleet/statestore"
+)
+
+func wantFieldErr(t *testing.T, doc, field, says string) {
+	t.Helper()
+	_, err := ParseConfig([]byte(doc))
+	var fe *FieldError
+	if !errors.As(err, &fe) || fe.Field != field || !strings.Contains(err.Error(), says) {
+		t.Fatalf("want an error at %s saying %q, got %v\n%s", field, says, err, doc)
+	}
+}
+
+func TestSecretsValidation(t *testing.T) {
+	short := strings.Replace(minimal, "secret: s3cret-0123456789ab", "secret: x", 1)
+	wantFieldErr(t, short, "auth.psks[0].secret", "too short")
+	if _, err := ParseConfig([]byte(short + "ike: {allow_weak: true}\n")); err != nil {
+		t.Fatalf("short PSK with ike.allow_weak: %v", err)
+	}
+	shortHex := strings.Replace(minimal, "secret: s3cret-0123456789ab", "secret_hex: 0011223344", 1)
+	wantFieldErr(t, shortHex, "auth.psks[0].secret", "too short")
+
+	noCreds := "identity: {id: conc.example}\nchildren: {local_ts: [10.30.0.0/24], pool: 10.99.0.0/16}\n"
+	wantFieldErr(t, noCreds, "auth", "no credentials")
+
+	ext := minimal + "statestore:\n  mode: external\n  cluster_key_file: /k\n"
+	wantFieldErr(t, ext+"  endpoints: [https://10.0.0.1:2379]\n", "statestore.ca_file", "required")
+	tls := "  ca_file: /ca.pem\n  cert_file: /c.pem\n  key_file: /k.pem\n"
+	wantFieldErr(t, ext+tls+"  endpoints: [http://10.0.0.1:2379]\n", "statestore.endpoints[0]", "plain http")
+	wantFieldErr(t, ext+tls+"  endpoints: [10.0.0.1:2379]\n", "statestore.endpoints[0]", "")
+	wantFieldErr(t, ext+"  ca_file: /ca.pem\n  endpoints: [https://10.0.0.1:2379]\n", "statestore.cert_file", "required")
+	for _, ep := range []string{"https://10.0.0.1:2379", "http://127.0.0.1:2379", "http://localhost:2379", "http://[::1]:2379"} {
+		if _, err := ParseConfig([]byte(ext + tls + "  endpoints: [\"" + ep + "\"]\n")); err != nil {
+			t.Fatalf("%s: %v", ep, err)
+		}
+	}
+	wantFieldErr(t, minimal+"log: {per_event_rate: -1}\n", "log.per_event_rate", "")
+	wantFieldErr(t, minimal+"ike: {max_init_message_size: 100}\n", "ike.max_init_message_size", "")
+	wantFieldErr(t, minimal+"ike: {half_open_prefix4: 33}\n", "ike.half_open_prefix4", "")
+}
+
+// Private keys, PSK files and the cluster key readable by group or others
+// are refused, naming the field.
+func TestKeyFilePermissions(t *testing.T) {
+	dir := t.TempDir()
+	psk := filepath.Join(dir, "gw.psk")
+	if err := os.WriteFile(psk, []byte("a-long-enough-psk-0123456789\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	doc := strings.Replace(minimal, "secret: s3cret-0123456789ab", "secret_file: "+psk, 1) + "statestore: {mode: none}\nmetrics: {listen: \"\"}\nadmin: {listen: \"\"}\n"
+	cfg, err := ParseConfig([]byte(doc))
+	if err != nil {
+		t.Fatal(err)
+	}
+	log := slog.New(slog.DiscardHandler)
+	_, err = New(cfg, log, memory.New())
+	var fe *FieldError
+	if !errors.As(err, &fe) || fe.Field != "auth.psks[0].secret_file" || !strings.Contains(err.Error(), "group or others") {
+		t.Fatalf("world-readable PSK file: %v", err)
+	}
+	if err := os.Chmod(psk, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	n, err := New(cfg, log, memory.New())
+	if err != nil {
+		t.Fatalf("PSK file 0600: %v", err)
+	}
+	_ = n
+
+	key := filepath.Join(dir, "cluster.key")
+	if err := os.WriteFile(key, []byte(strings.Repeat("ab", 32)+"\n"), 0o640); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := statestore.LoadKeyring(key, ""); err == nil || !strings.Contains(err.Error(), "group or others") {
+		t.Fatalf("group-readable cluster key: %v", err)
+	}
+	os.Chmod(key, 0o600)
+	if _, err := statestore.LoadKeyring(key, ""); err != nil {
+		t.Fatal(err)
+	}
+}
