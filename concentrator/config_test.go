@@ -114,7 +114,7 @@ func mustID(t *testing.T, s string) ike.Identity {
 
 // cluster: errors name the field; plaintext only on loopback.
 func TestClusterConfigErrors(t *testing.T) {
-	base := "statestore:\n  mode: external\n  endpoints: [127.0.0.1:2379]\n  cluster_key_file: k.hex\n"
+	base := "statestore:\n  mode: external\n  endpoints: [http://127.0.0.1:2379]\n  cluster_key_file: k.hex\n"
 	for _, tc := range []struct{ cluster, field string }{
 		{"cluster: {peer_listen: 127.0.0.1:0}", ""},
 		{"cluster: {peer_listen: \"localhost:7000\", peer_advertise: \"127.0.0.1:7000\"}", ""},

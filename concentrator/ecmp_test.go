@@ -21,7 +21,7 @@ func (g *memGateway) dial(ctx context.Context, server netip.Addr, n int) error {
 	esp, _ := ike.ParseProposal("aes256gcm16", true, false)
 	prop, _ := ike.ParseProposal("aes256gcm16-prfsha256-x25519", false, false)
 	ini := ike.Initiation{Local: g.ike.LocalAddr(), Remote: netip.AddrPortFrom(server, 500),
-		Creds: ike.Credentials{ID: id}, PSK: []byte(fmt.Sprintf("psk-%d", n)),
+		Creds: ike.Credentials{ID: id}, PSK: []byte(fmt.Sprintf("psk-0123456789ab-%d", n)),
 		IKEProposals: []ike.ProposalSpec{prop}, ESPProposals: []ike.ProposalSpec{esp},
 		TSi:        []ike.TrafficSelector{ike.SelectorFromPrefix(netip.MustParsePrefix("0.0.0.0/0"))},
 		TSr:        []ike.TrafficSelector{ike.SelectorFromPrefix(netip.MustParsePrefix("10.30.0.0/24"))},
