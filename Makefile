@@ -91,7 +91,7 @@ load-smoke: build
 CLUSTER_GATEWAYS ?= 2000
 bench-cluster:
 	@out=$$(CLUSTER_BENCH=1 CLUSTER_GATEWAYS=$(CLUSTER_GATEWAYS) $(GO) test -count=1 -run '^TestClusterECMP$$' -timeout 10m ./concentrator/ 2>&1); \
-	  rc=$$?; if [ $$rc -ne 0 ]; then echo "$$out" | grep -v 'level=' | tail -40; exit $$rc; fi; echo "$$out" | grep '^cluster:'
+	  rc=$$?; if [ $$rc -ne 0 ]; then echo "$$out" | grep -E '_test.go:|^--- |^FAIL|^panic|^cluster:' | tail -40; exit $$rc; fi; echo "$$out" | grep '^cluster:'
 
 # Runs every fuzz target for FUZZTIME (make fuzz-smoke FUZZTIME=60s).
 fuzz-smoke:
