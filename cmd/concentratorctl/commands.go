@@ -386,25 +386,16 @@ Progress goes to stderr; exit code 1 if an SA was still there at the end.`,
 			if err != nil {
 				return err
 			}
-			b := newBar(a.stderr, "terminating", quiet || dryRun)
-			var last *adminv1.TerminateProgress
-			for {
-				p, err := stream.Recv()
-				if errors.Is(err, io.EOF) {
-					break
-				}
-				if err != nil {
-					b.done()
-					return err
-				}
-				last = p
+			last, err := follow(stream, newBar(a.stderr, "terminating", quiet || dryRun), func(b *bar, p *adminv1.TerminateProgress) {
 				if noWait {
 					b.update(p.Started, p.Matched, "Deletes sent")
 				} else {
 					b.update(p.Gone, p.Matched, fmt.Sprintf("gone, %d Deletes sent", p.Started))
 				}
+			})
+			if err != nil {
+				return err
 			}
-			b.done()
 			if last == nil || !last.Done {
 				return errors.New("terminate: the node ended the stream early")
 			}
@@ -530,22 +521,13 @@ drained until 'drain --resume' or a restart. Progress goes to stderr.`,
 			if err != nil {
 				return err
 			}
-			b := newBar(a.stderr, "draining", quiet || resume)
-			var last *adminv1.DrainProgress
-			for {
-				p, err := stream.Recv()
-				if errors.Is(err, io.EOF) {
-					break
-				}
-				if err != nil {
-					b.done()
-					return err
-				}
-				last = p
+			last, err := follow(stream, newBar(a.stderr, "draining", quiet || resume), func(b *bar, p *adminv1.DrainProgress) {
 				b.update(0, 0, fmt.Sprintf("%s: %d SAs, %d handshakes, %d changes queued, %d refused",
 					phaseText[p.Phase], p.Sas, p.HalfOpen, p.Queued, p.Refused))
+			})
+			if err != nil {
+				return err
 			}
-			b.done()
 			if last == nil || !last.Done {
 				return errors.New("drain: the node ended the stream early")
 			}

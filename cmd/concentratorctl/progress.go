@@ -1,6 +1,7 @@
 package main
 
 import (
+	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -77,5 +78,22 @@ func (b *bar) done() {
 	if !b.tty && b.prev != b.shown {
 		b.shown = b.prev
 		fmt.Fprintln(b.w, b.prev)
+	}
+}
+
+// follow reads a server stream of progress messages to its end, showing
+// each on b through show, and returns the last one.
+func follow[P any](stream interface{ Recv() (P, error) }, b *bar, show func(*bar, P)) (last P, err error) {
+	defer b.done()
+	for {
+		p, err := stream.Recv()
+		if errors.Is(err, io.EOF) {
+			return last, nil
+		}
+		if err != nil {
+			return last, err
+		}
+		last = p
+		show(b, p)
 	}
 }
