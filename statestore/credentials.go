@@ -255,10 +255,10 @@ func (s *Store) LoadCredentials(ctx context.Context, f func(Credential), bad fun
 var ErrCompacted = errors.New("statestore: credential watch revision compacted")
 
 // WatchCredentials follows changes after revision rev until ctx ends or
-// the watch fails: f gets each put credential, or only its identity
-// (c == nil) when it was deleted. A compacted revision returns
+// the watch fails: f gets each change's revision and the put credential,
+// or only its identity (c == nil) when it was deleted. A compacted revision returns
 // ErrCompacted: the caller loads the set again.
-func (s *Store) WatchCredentials(ctx context.Context, rev int64, f func(id string, c *Credential), bad func(key string, err error)) error {
+func (s *Store) WatchCredentials(ctx context.Context, rev int64, f func(rev int64, id string, c *Credential), bad func(key string, err error)) error {
 	wctx, cancel := context.WithCancel(clientv3.WithRequireLeader(ctx))
 	defer cancel()
 	wch := s.cli.Watch(wctx, s.k.creds(), clientv3.WithPrefix(), clientv3.WithRev(rev+1))
@@ -272,7 +272,7 @@ func (s *Store) WatchCredentials(ctx context.Context, rev int64, f func(id strin
 		for _, ev := range wr.Events {
 			id := s.k.credID(string(ev.Kv.Key))
 			if ev.Type == mvccpb.DELETE {
-				f(id, nil)
+				f(ev.Kv.ModRevision, id, nil)
 				continue
 			}
 			c, err := s.decodeCredential(ev.Kv)
@@ -280,7 +280,7 @@ func (s *Store) WatchCredentials(ctx context.Context, rev int64, f func(id strin
 				bad(string(ev.Kv.Key), err)
 				continue
 			}
-			f(id, &c)
+			f(ev.Kv.ModRevision, id, &c)
 		}
 	}
 	return ctx.Err()

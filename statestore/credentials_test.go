@@ -28,7 +28,7 @@ func TestCredentialStore(t *testing.T) {
 	wctx, wcancel := context.WithCancel(ctx)
 	werr := make(chan error, 1)
 	go func() {
-		werr <- b.WatchCredentials(wctx, rev, func(id string, c *Credential) {
+		werr <- b.WatchCredentials(wctx, rev, func(_ int64, id string, c *Credential) {
 			mu.Lock()
 			defer mu.Unlock()
 			if c == nil {
