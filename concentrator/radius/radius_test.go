@@ -7,6 +7,7 @@ import (
 	"crypto/md5"
 	"errors"
 	"net"
+	"sync"
 	"testing"
 	"time"
 )
@@ -23,8 +24,15 @@ type testServer struct {
 	reject  bool
 	silent  bool // never answers
 	sloppy  bool // answers requests whose Message-Authenticator is wrong
+	mu      sync.Mutex
 	answers int
 	states  [][]byte
+}
+
+func (s *testServer) counts() (int, [][]byte) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.answers, append([][]byte(nil), s.states...)
 }
 
 func startServer(t *testing.T, secret string) *testServer {
@@ -67,7 +75,9 @@ func (s *testServer) serve() {
 		if !hmac.Equal(mac.Sum(nil), ma) && !s.sloppy {
 			continue
 		}
+		s.mu.Lock()
 		s.states = append(s.states, req.Get(AttrState))
+		s.mu.Unlock()
 		resp := &Packet{Identifier: req.Identifier}
 		eap := req.EAPMessage()
 		switch {
@@ -89,7 +99,9 @@ func (s *testServer) serve() {
 			resp.Add(AttrVendorSpecific, ms(msMPPERecvKey, s.recv[:], 1))
 			resp.Add(AttrVendorSpecific, ms(msMPPESendKey, s.send[:], 2))
 		}
+		s.mu.Lock()
 		s.answers++
+		s.mu.Unlock()
 		b := s.sign(resp, req.Authenticator)
 		s.conn.WriteTo(b, from)
 	}
@@ -127,8 +139,8 @@ func TestEAPConversation(t *testing.T) {
 	if err != nil || r.Code != CodeAccessAccept {
 		t.Fatalf("second round: %+v %v", r, err)
 	}
-	if string(srv.states[1]) != "round-1" {
-		t.Fatalf("State not echoed: %q", srv.states[1])
+	if _, states := srv.counts(); string(states[1]) != "round-1" {
+		t.Fatalf("State not echoed: %q", states[1])
 	}
 	want := append(srv.recv[:], srv.send[:]...)
 	if !bytes.Equal(r.MSK, want) {
@@ -175,7 +187,7 @@ func TestFailoverAndWrongSecret(t *testing.T) {
 	c2, _ := New(Config{Timeout: 50 * time.Millisecond, Retries: 1, Servers: []Server{{Address: wrong.addr(), Secret: []byte("radius-secret")}}})
 	defer c2.Close()
 	_, err := c2.EAP(context.Background(), &Session{User: "gw1"}, IdentityResponse([]byte("gw1")))
-	if err == nil || c2.BadResponses.Load() == 0 || wrong.answers == 0 {
+	if answers, _ := wrong.counts(); err == nil || c2.BadResponses.Load() == 0 || answers == 0 {
 		t.Fatalf("answer under another secret accepted: %v", err)
 	}
 	if errors.Is(err, context.Canceled) {
