@@ -35,7 +35,7 @@ func (s *testServer) counts() (int, [][]byte) {
 	return s.answers, append([][]byte(nil), s.states...)
 }
 
-func startServer(t *testing.T, secret string) *testServer {
+func startServer(t *testing.T, secret string, set ...func(*testServer)) *testServer {
 	c, err := net.ListenPacket("udp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -43,6 +43,9 @@ func startServer(t *testing.T, secret string) *testServer {
 	s := &testServer{t: t, conn: c, secret: []byte(secret)}
 	for i := range s.recv {
 		s.recv[i], s.send[i] = byte(i), byte(0xa0+i)
+	}
+	for _, f := range set {
+		f(s)
 	}
 	t.Cleanup(func() { c.Close() })
 	go s.serve()
@@ -149,8 +152,7 @@ func TestEAPConversation(t *testing.T) {
 }
 
 func TestReject(t *testing.T) {
-	srv := startServer(t, "radius-secret")
-	srv.reject = true
+	srv := startServer(t, "radius-secret", func(s *testServer) { s.reject = true })
 	c, _ := New(Config{Servers: []Server{{Address: srv.addr(), Secret: []byte("radius-secret")}}})
 	defer c.Close()
 	s := &Session{User: "gw1"}
@@ -164,8 +166,7 @@ func TestReject(t *testing.T) {
 // A server that does not answer is retried, then the next one is used and
 // stays preferred; a response under the wrong secret is not believed.
 func TestFailoverAndWrongSecret(t *testing.T) {
-	dead := startServer(t, "radius-secret")
-	dead.silent = true
+	dead := startServer(t, "radius-secret", func(s *testServer) { s.silent = true })
 	live := startServer(t, "radius-secret")
 	c, _ := New(Config{Timeout: 50 * time.Millisecond, Retries: 2, Servers: []Server{
 		{Address: dead.addr(), Secret: []byte("radius-secret")},
@@ -182,8 +183,7 @@ func TestFailoverAndWrongSecret(t *testing.T) {
 		t.Fatalf("second request went to the dead server first: %v", err)
 	}
 
-	wrong := startServer(t, "another-secret")
-	wrong.sloppy = true
+	wrong := startServer(t, "another-secret", func(s *testServer) { s.sloppy = true })
 	c2, _ := New(Config{Timeout: 50 * time.Millisecond, Retries: 1, Servers: []Server{{Address: wrong.addr(), Secret: []byte("radius-secret")}}})
 	defer c2.Close()
 	_, err := c2.EAP(context.Background(), &Session{User: "gw1"}, IdentityResponse([]byte("gw1")))
