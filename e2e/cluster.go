@@ -50,6 +50,7 @@ type ClusterOptions struct {
 	Members  int           // etcd members (default 3)
 	Gateways int           // strongSwan gateways (default 20, at most 200)
 	LeaseTTL time.Duration // statestore.lease_ttl of the nodes (default 3s)
+	LogLevel string        // the nodes' log.level (default debug: claims and hand-offs are logged at debug)
 }
 
 // Cluster is N concentratord nodes sharing one service address behind a
@@ -153,6 +154,9 @@ func NewCluster(t *testing.T, ctx context.Context, o ClusterOptions) *Cluster {
 	}
 	if o.Gateways == 0 {
 		o.Gateways = 20
+	}
+	if o.LogLevel == "" {
+		o.LogLevel = "debug"
 	}
 	if o.LeaseTTL == 0 {
 		o.LeaseTTL = 3 * time.Second
@@ -376,18 +380,7 @@ func (c *Cluster) etcdGet(ctx context.Context, m *EtcdMember, path string) (stri
 		if err != nil {
 			panic(err) // made by PKI.Issue
 		}
-		c.http = &http.Client{Timeout: 3 * time.Second, Transport: &http.Transport{
-			TLSClientConfig:   &tls.Config{RootCAs: pool, Certificates: []tls.Certificate{cert}},
-			DisableKeepAlives: true,
-			DialContext: func(ctx context.Context, network, addr string) (conn net.Conn, err error) {
-				err = InNetns(c.Etcd, func() error {
-					var d net.Dialer
-					conn, err = d.DialContext(ctx, network, addr)
-					return err
-				})
-				return conn, err
-			},
-		}}
+		c.http = nsHTTPClient(c.Etcd, &tls.Config{RootCAs: pool, Certificates: []tls.Certificate{cert}})
 	})
 	method, body := http.MethodGet, io.Reader(nil)
 	if strings.HasPrefix(path, "/v3/") {
@@ -461,7 +454,7 @@ func (c *Cluster) writeNodeConfig(t *testing.T, n *ClusterNode) {
 	fmt.Fprintf(&b, `node:
   id: %s
 log:
-  level: info
+  level: %s
   format: json
 ike:
   listen: [%s]
@@ -472,7 +465,7 @@ identity:
   id: %s
 auth:
   psks:
-`, n.ID, ClusterVIP, IKEProp, ESPProp, ConcID)
+`, n.ID, c.opts.LogLevel, ClusterVIP, IKEProp, ESPProp, ConcID)
 	for _, g := range c.Gateways {
 		fmt.Fprintf(&b, "    - id: %s\n      secret: %q\n", g.ID, g.PSK)
 	}
@@ -642,4 +635,81 @@ func mustWriteFile(t testing.TB, path string, data []byte) {
 	if err := os.WriteFile(path, data, 0o600); err != nil {
 		t.Fatal(err)
 	}
+}
+
+// nsHTTPClient is an HTTP client whose connections are made inside
+// namespace ns.
+func nsHTTPClient(ns string, tc *tls.Config) *http.Client {
+	return &http.Client{Timeout: 3 * time.Second, Transport: &http.Transport{
+		TLSClientConfig:   tc,
+		DisableKeepAlives: true,
+		DialContext: func(ctx context.Context, network, addr string) (conn net.Conn, err error) {
+			err = InNetns(ns, func() error {
+				var d net.Dialer
+				conn, err = d.DialContext(ctx, network, addr)
+				return err
+			})
+			return conn, err
+		},
+	}}
+}
+
+// NodeMetrics scrapes a node's /metrics (the default listener, on
+// loopback in its namespace) and returns every ikefleet_ sample summed
+// over its labels.
+func (c *Cluster) NodeMetrics(ctx context.Context, n *ClusterNode) (map[string]float64, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://127.0.0.1:9180/metrics", nil)
+	if err != nil {
+		return nil, err
+	}
+	resp, err := nsHTTPClient(n.NS, nil).Do(req)
+	if err != nil {
+		return nil, fmt.Errorf("%s: metrics: %w", n.ID, err)
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(io.LimitReader(resp.Body, 8<<20))
+	if err != nil {
+		return nil, err
+	}
+	m := map[string]float64{}
+	for _, line := range strings.Split(string(b), "\n") {
+		if !strings.HasPrefix(line, "ikefleet_") {
+			continue
+		}
+		f := strings.Fields(line)
+		if len(f) < 2 {
+			continue
+		}
+		name := f[0]
+		if i := strings.IndexByte(name, '{'); i >= 0 {
+			name = name[:i]
+		}
+		var v float64
+		if _, err := fmt.Sscan(f[len(f)-1], &v); err == nil {
+			m[name] += v
+		}
+	}
+	return m, nil
+}
+
+// ClusterMetrics sums NodeMetrics over nodes (all of them if none are
+// given), skipping those not running.
+func (c *Cluster) ClusterMetrics(ctx context.Context, nodes ...*ClusterNode) (map[string]float64, error) {
+	if len(nodes) == 0 {
+		nodes = c.Nodes
+	}
+	sum := map[string]float64{}
+	for _, n := range nodes {
+		if n.Proc == nil || n.Proc.Exited() {
+			continue
+		}
+		m, err := c.NodeMetrics(ctx, n)
+		if err != nil {
+			return nil, err
+		}
+		for k, v := range m {
+			sum[k] += v
+		}
+	}
+	return sum, nil
 }
