@@ -51,6 +51,10 @@ type ClusterOptions struct {
 	Gateways int           // strongSwan gateways (default 20, at most 200)
 	LeaseTTL time.Duration // statestore.lease_ttl of the nodes (default 3s)
 	LogLevel string        // the nodes' log.level (default debug: claims and hand-offs are logged at debug)
+	// NewSpreader makes the router's spreading of flows over the nodes
+	// once the namespaces exist (default: the nftables flow map, see
+	// nftSpreader). A BGP router announcing the nodes' routes can stand in.
+	NewSpreader func(ctx context.Context, c *Cluster, flows []Flow) (FlowSpreader, error)
 }
 
 // Cluster is N concentratord nodes sharing one service address behind a
@@ -160,6 +164,13 @@ func NewCluster(t *testing.T, ctx context.Context, o ClusterOptions) *Cluster {
 	}
 	if o.LeaseTTL == 0 {
 		o.LeaseTTL = 3 * time.Second
+		if v := os.Getenv("E2E_CLUSTER_LEASE_TTL"); v != "" {
+			d, err := time.ParseDuration(v)
+			if err != nil {
+				t.Fatalf("E2E_CLUSTER_LEASE_TTL: %v", err)
+			}
+			o.LeaseTTL = d
+		}
 	}
 	if o.Nodes > 9 || o.Members > 9 || o.Gateways > 200 {
 		t.Fatalf("NewCluster: at most 9 nodes, 9 members, 200 gateways: %+v", o)
@@ -195,11 +206,16 @@ func NewCluster(t *testing.T, ctx context.Context, o ClusterOptions) *Cluster {
 		c.Gateways = append(c.Gateways, g)
 		flows = append(flows, g.Flows()...)
 	}
-	var addrs []string
-	for _, n := range c.Nodes {
-		addrs = append(addrs, n.Addr)
+	if o.NewSpreader == nil {
+		o.NewSpreader = func(ctx context.Context, c *Cluster, flows []Flow) (FlowSpreader, error) {
+			var addrs []string
+			for _, n := range c.Nodes {
+				addrs = append(addrs, n.Addr)
+			}
+			return newNftSpreader(ctx, c.TP, c.Router, ClusterVIP, addrs, flows)
+		}
 	}
-	sp, err := newNftSpreader(ctx, c.TP, c.Router, ClusterVIP, addrs, flows)
+	sp, err := o.NewSpreader(ctx, c, flows)
 	if err != nil {
 		t.Fatal(err)
 	}

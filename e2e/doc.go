@@ -28,7 +28,8 @@
 // building them; E2E_CHARON_LOGLEVEL=N sets charon's log level (default 1,
 // 2 for payload dumps); E2E_CLUSTER_LOGDIR=DIR keeps the cluster tier's
 // node and charon logs there; CI=true turns missing prerequisites into
-// failures.
+// failures; E2E_CLUSTER_LEASE_TTL=D sets the nodes' statestore.lease_ttl
+// (default 3s).
 // Namespaces left behind by a test binary that died (its pid is gone) are
 // deleted by the next run.
 //
