@@ -84,10 +84,19 @@ func newNftSpreader(ctx context.Context, tp *Topology, ns, vip string, nodeAddrs
 }
 
 func (s *nftSpreader) SetNodes(ctx context.Context, nodes []int) error {
+	if err := s.setNodes(nodes); err != nil {
+		return err
+	}
+	return s.apply(ctx)
+}
+
+// setNodes is SetNodes without touching the router.
+func (s *nftSpreader) setNodes(nodes []int) error {
 	if len(nodes) == 0 {
 		return fmt.Errorf("spreader: no nodes")
 	}
 	s.mu.Lock()
+	defer s.mu.Unlock()
 	s.nodes = slices.Clone(nodes)
 	slices.Sort(s.nodes)
 	for f, n := range s.pinned {
@@ -95,19 +104,25 @@ func (s *nftSpreader) SetNodes(ctx context.Context, nodes []int) error {
 			delete(s.pinned, f)
 		}
 	}
-	s.mu.Unlock()
-	return s.apply(ctx)
+	return nil
 }
 
 func (s *nftSpreader) Move(ctx context.Context, f Flow, node int) error {
+	if err := s.pin(f, node); err != nil {
+		return err
+	}
+	return s.apply(ctx)
+}
+
+// pin is Move without touching the router.
+func (s *nftSpreader) pin(f Flow, node int) error {
 	s.mu.Lock()
+	defer s.mu.Unlock()
 	if !slices.Contains(s.nodes, node) {
-		s.mu.Unlock()
 		return fmt.Errorf("spreader: node %d is not one of %v", node, s.nodes)
 	}
 	s.pinned[f] = node
-	s.mu.Unlock()
-	return s.apply(ctx)
+	return nil
 }
 
 func (s *nftSpreader) NodeOf(f Flow) int {
