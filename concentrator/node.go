@@ -58,6 +58,7 @@ type Node struct {
 	nodeID          string
 	runCtx          context.Context // Run's, for work handed to shards from other goroutines
 	creds           *credCache      // auth.credential_store's copy (credstore.go)
+	eap             *eapBackend     // auth.eap.radius; nil without EAP
 	espBits         int             // inbound ESP SPI bits naming the shard
 	persist         *persistence
 	persistFailures atomic.Uint64
@@ -105,6 +106,9 @@ func New(cfg Config, log *slog.Logger, dp dataplane.DataPlane, opts ...Option) (
 	n.withCredentialStore(&n.ecfg)
 	ecfg = n.ecfg
 	n.initObservability()
+	if n.eap, err = newEAPBackend(cfg, n.nodeID); err != nil {
+		return nil, err
+	}
 	if cfg.Children.RestoreRekeyWindow != 0 {
 		log.Warn("children.restore_rekey_window is deprecated and ignored: restored CHILD SAs keep their rekey schedule and continue above their sequence number reservations")
 	}
@@ -283,6 +287,7 @@ func (n *Node) Run(ctx context.Context) error {
 	if n.peer != nil {
 		defer n.peer.close()
 	}
+	defer n.eap.close()
 	if n.cfg.StateStore.Mode != "none" {
 		p, err := n.openStore(ctx)
 		if err != nil {
