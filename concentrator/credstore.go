@@ -11,6 +11,7 @@ import (
 	"context"
 	"crypto"
 	"crypto/x509"
+	"encoding/pem"
 	"errors"
 	"fmt"
 	"sync"
@@ -209,3 +210,82 @@ func (n *Node) followCredentials(ctx context.Context, b credentialBackend) {
 		}
 	}
 }
+
+// CredentialInputError is a credential the admin API was given that
+// cannot be stored.
+type CredentialInputError struct {
+	Index  int // in the request
+	ID     string
+	Reason string
+}
+
+func (e *CredentialInputError) Error() string {
+	return fmt.Sprintf("credential %d (%q): %s", e.Index, e.ID, e.Reason)
+}
+
+// PutCredentials adds or replaces credentials in the store (at most
+// statestore.MaxCredentialBatch a call; all or nothing). Identities are
+// canonicalised; PSKs must be 16 bytes or more unless ike.allow_weak;
+// public keys may be DER or PEM and must parse.
+func (n *Node) PutCredentials(ctx context.Context, cs []statestore.Credential) (int, error) {
+	b, err := n.credentialBackend()
+	if err != nil {
+		return 0, err
+	}
+	if len(cs) > statestore.MaxCredentialBatch {
+		return 0, &CredentialInputError{Index: statestore.MaxCredentialBatch, Reason: fmt.Sprintf("more than %d credentials in one call", statestore.MaxCredentialBatch)}
+	}
+	out := make([]statestore.Credential, len(cs))
+	for i, c := range cs {
+		id, err := ike.ParseIdentity(c.ID)
+		if err != nil {
+			return 0, &CredentialInputError{Index: i, ID: c.ID, Reason: err.Error()}
+		}
+		c.ID = id.String()
+		switch c.Kind {
+		case statestore.CredentialPSK:
+			if err := checkPSKLength(c.Secret, n.cfg.IKE.AllowWeak); err != nil {
+				return 0, &CredentialInputError{Index: i, ID: c.ID, Reason: err.Error()}
+			}
+		case statestore.CredentialPubKey:
+			der := c.Secret
+			if blk, _ := pem.Decode(c.Secret); blk != nil {
+				der = blk.Bytes
+			}
+			if _, err := x509.ParsePKIXPublicKey(der); err != nil {
+				return 0, &CredentialInputError{Index: i, ID: c.ID, Reason: "public key: " + err.Error()}
+			}
+			c.Secret = der
+		default:
+			return 0, &CredentialInputError{Index: i, ID: c.ID, Reason: "kind must be psk or pubkey"}
+		}
+		out[i] = c
+	}
+	return b.PutCredentials(ctx, out)
+}
+
+// DeleteCredential revokes a device's stored credential.
+func (n *Node) DeleteCredential(ctx context.Context, id string) (bool, error) {
+	b, err := n.credentialBackend()
+	if err != nil {
+		return false, err
+	}
+	pid, err := ike.ParseIdentity(id)
+	if err != nil {
+		return false, &CredentialInputError{ID: id, Reason: err.Error()}
+	}
+	return b.DeleteCredential(ctx, pid.String())
+}
+
+// ListCredentials lists stored credentials without secrets, after the
+// identity after, and their total.
+func (n *Node) ListCredentials(ctx context.Context, after string, limit int) ([]statestore.Credential, int64, error) {
+	b, err := n.credentialBackend()
+	if err != nil {
+		return nil, 0, err
+	}
+	return b.ListCredentials(ctx, after, limit)
+}
+
+// CredentialCounts is this node's copy of the store: PSKs and public keys.
+func (n *Node) CredentialCounts() (psks, pubkeys int) { return n.creds.counts() }
