@@ -15,6 +15,8 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 
 	adminv1 "github.com/ikefleet/ikefleet/api/admin/v1"
 )
@@ -252,7 +254,8 @@ func (a *app) credsImportCommand() *cobra.Command {
 Existing identities are replaced. The file is checked whole before anything
 is written; then batches of 500 go to the node (each batch all or nothing),
 with progress on stderr. On an error the count written so far is reported;
-importing the same file again is safe.`,
+importing the same file again is safe. A batch the node could not write for
+a moment (etcd busy or electing: Unavailable) is retried up to 5 times.`,
 		Args: oneArg("the CSV file"),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			var in io.Reader = a.stdin
@@ -303,7 +306,7 @@ importing the same file again is safe.`,
 				go func() {
 					defer wg.Done()
 					for b := range batches {
-						r, err := cli.PutCredentials(ctx, &adminv1.PutCredentialsRequest{Credentials: b})
+						r, err := putRetrying(ctx, cli, b)
 						if err != nil {
 							errc <- err
 							cancel()
@@ -340,7 +343,25 @@ importing the same file again is safe.`,
 			})
 		},
 	}
-	cmd.Flags().IntVar(&parallel, "parallel", 4, "batches in flight at once")
+	cmd.Flags().IntVar(&parallel, "parallel", 2, "batches in flight at once")
 	cmd.Flags().BoolVarP(&quiet, "quiet", "q", false, "no progress")
 	return cmd
+}
+
+// putRetrying writes one batch, retrying (idempotent puts) while the node
+// reports the store unavailable for a moment.
+func putRetrying(ctx context.Context, cli adminv1.AdminClient, b []*adminv1.Credential) (*adminv1.PutCredentialsResponse, error) {
+	backoff := 500 * time.Millisecond
+	for attempt := 1; ; attempt++ {
+		r, err := cli.PutCredentials(ctx, &adminv1.PutCredentialsRequest{Credentials: b})
+		if c := status.Code(err); err == nil || attempt == 5 || c != codes.Unavailable && c != codes.DeadlineExceeded {
+			return r, err
+		}
+		select {
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		case <-time.After(backoff):
+		}
+		backoff *= 2
+	}
 }
