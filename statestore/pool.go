@@ -28,7 +28,7 @@ func (s *Store) LeaseAddress(ctx context.Context, a netip.Addr, id string) (hold
 	rc, cancel := s.rctx(ctx)
 	defer cancel()
 	ak, ik := s.k.poolAddr(a), s.k.poolID(id)
-	resp, err := s.cli.Txn(rc).If(clientv3.Compare(clientv3.CreateRevision(ak), "=", 0)).
+	resp, err := s.txn(rc).If(clientv3.Compare(clientv3.CreateRevision(ak), "=", 0)).
 		Then(clientv3.OpPut(ak, id), clientv3.OpPut(ik, a.String())).
 		Else(clientv3.OpGet(ak)).Commit()
 	s.noteResult(err)
@@ -155,7 +155,7 @@ func (s *Store) ReleaseAddress(ctx context.Context, a netip.Addr, id string) err
 	rc, cancel := s.rctx(ctx)
 	defer cancel()
 	ak := s.k.poolAddr(a)
-	_, err := s.cli.Txn(rc).If(clientv3.Compare(clientv3.Value(ak), "=", id)).
+	_, err := s.txn(rc).If(clientv3.Compare(clientv3.Value(ak), "=", id)).
 		Then(clientv3.OpDelete(ak), clientv3.OpDelete(s.k.poolID(id))).Commit()
 	s.noteResult(err)
 	if err != nil {
