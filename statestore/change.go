@@ -132,7 +132,7 @@ type txnParts struct {
 	lease      *AddressLease
 	leaseAt    int    // index of the lease's address in the Else responses
 	mark       string // the node's reservation mark (reservedMark)
-	noOwner    bool // addressReleased: no owner record involved, never fails
+	noOwner    bool   // addressReleased: no owner record involved, never fails
 }
 
 // build turns a change into transaction parts for registration me.
