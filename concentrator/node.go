@@ -303,6 +303,11 @@ func (n *Node) Run(ctx context.Context) error {
 		if cp, ok := n.ecfg.Pool.(*clusterPool); ok {
 			if l, ok := p.store.(addressLeaser); ok {
 				cp.useStore(l) // virtual IPs leased cluster-wide
+				defer func() {
+					uctx, cancel := context.WithTimeout(context.Background(), poolCallTimeout)
+					cp.unreserve(uctx)
+					cancel()
+				}()
 			}
 		}
 		// Our slot goes into every IKE SPI we allocate from now on.
@@ -312,6 +317,7 @@ func (n *Node) Run(ctx context.Context) error {
 		}
 		n.log.Info("registered", "node", n.nodeID, "slot", slot, "epoch", me.Epoch, "statestore", n.cfg.StateStore.Mode)
 		n.refillSPIs(ctx) // the first IKE_SA_INIT finds reserved SPIs
+		n.refillAddresses(ctx)
 		if n.cfg.Auth.CredentialStore {
 			b, err := n.credentialBackend()
 			if err == nil {
@@ -369,6 +375,9 @@ func (n *Node) Run(ctx context.Context) error {
 					return
 				case <-t.C():
 					n.refillSPIs(ctx)
+					n.refillAddresses(ctx)
+				case <-n.addressesLow():
+					n.refillAddresses(ctx)
 				}
 			}
 		}()
