@@ -96,6 +96,27 @@ type Options struct {
 	ESPSize int
 	ESPDest netip.Addr
 
+	// Targets: the responder is a cluster of nodes behind one address,
+	// Server's (the anycast address), and the load generator is the ECMP
+	// router in front of it (router.go): each flow goes to the target a
+	// hash of its 5-tuple picks among those in service. The nodes listen
+	// on Server's ports at their own addresses.
+	Targets []netip.Addr
+	// TargetHTTP: per target, the base URL of its /readyz (checked every
+	// 100 ms: a failing target leaves the route) and /metrics (the SAs it
+	// holds, scraped once a second). Empty: every target stays in service.
+	TargetHTTP []string
+	// Reconnect: a gateway whose established SA is lost (deleted by the
+	// responder, no answer to liveness checks) sets up a new one, as a real
+	// gateway would: a re-authentication, counted in the report.
+	Reconnect bool
+	// StartNATT: the gateways send IKE_SA_INIT to the NAT-T port already
+	// (RFC 7296 §2.23 allows it), so all of a gateway's IKE and ESP
+	// traffic is one UDP flow. Behind ECMP, a gateway that starts on port
+	// 500 has two flows that may reach two nodes: the cluster then
+	// forwards its IKE_AUTH to the node holding the half-open SA.
+	StartNATT bool
+
 	// NoDelete: at the end the gateways leave without deleting their SAs
 	// (counted as deleted all the same).
 	NoDelete bool
@@ -159,6 +180,14 @@ func (o *Options) defaults() error {
 			return fmt.Errorf("Sources %v: %d addresses × %d gateways each < %d gateways", o.Sources, avail, o.PerAddress, o.Count)
 		}
 	}
+	if len(o.TargetHTTP) > 0 && len(o.TargetHTTP) != len(o.Targets) {
+		return fmt.Errorf("TargetHTTP: %d URLs for %d targets", len(o.TargetHTTP), len(o.Targets))
+	}
+	for _, t := range o.Targets {
+		if t == o.Server.Addr() {
+			return fmt.Errorf("Targets: %v is the anycast address (Server) itself", t)
+		}
+	}
 	if o.PSK == nil && o.Signer == nil && o.CA == nil {
 		return errors.New("need a PSK, a key and certificate, or a CA to issue certificates")
 	}
@@ -204,6 +233,9 @@ func (o *Options) params() Params {
 		PortsPerGateway: o.PortsPerGateway, DPDS: o.DPDDelay.Seconds(), KeepaliveS: o.KeepaliveInterval.Seconds(),
 		ChurnPerMin: o.ChurnPerMin, RebindPerMin: o.RebindPerMin, MOBIKEPerMin: o.MOBIKEPerMin,
 		RekeyStorm: o.RekeyStorm, RekeyRate: o.RekeyRate, ESPRate: o.ESPRate}
+	for _, t := range o.Targets {
+		p.Targets = append(p.Targets, t.String())
+	}
 	switch {
 	case o.PSK != nil:
 		p.Auth = "psk"
@@ -225,6 +257,7 @@ type runner struct {
 	shards   []*shard
 	remoteID ike.Identity
 	done     chan struct{} // closed when the run must end now (MaxDuration, ctx)
+	router   *router       // nil: one responder
 
 	hurry      atomic.Bool   // the caller ended the run: a short teardown
 	setupDone  atomic.Int32  // shards whose establish phase is over
@@ -240,6 +273,9 @@ func Run(ctx context.Context, o Options) (Report, error) {
 		return Report{}, err
 	}
 	r := &runner{o: o, done: make(chan struct{}), setupEnded: make(chan struct{})}
+	if len(o.Targets) > 0 {
+		r.router = newRouter(&o)
+	}
 	if o.RemoteID != "" {
 		id, err := ike.ParseIdentity(o.RemoteID)
 		if err != nil {
@@ -310,6 +346,12 @@ func Run(ctx context.Context, o Options) (Report, error) {
 		close(r.done)
 	}()
 
+	routerCtx, stopRouter := context.WithCancel(ctx)
+	defer stopRouter()
+	if r.router != nil {
+		go r.router.run(routerCtx, start)
+	}
+
 	var wg sync.WaitGroup
 	for _, s := range r.shards {
 		wg.Add(1)
@@ -349,6 +391,7 @@ loop:
 				ss = self.sample()
 			}
 			r.col.sample(now, ts, ss)
+			r.router.sample()
 			if o.Progress != nil && now.Sub(lastProgress) >= every-10*time.Millisecond {
 				lastProgress = now
 				p := r.col.progress(now)
@@ -358,6 +401,7 @@ loop:
 		}
 	}
 	tick.Stop()
+	stopRouter()
 	end := time.Now()
 	if target != nil {
 		target.sample()
@@ -376,6 +420,7 @@ loop:
 	rep := r.col.report(end)
 	rep.Scenario, rep.Label, rep.Params = o.Scenario, o.Label, o.params()
 	rep.SourcePorts = len(ports)
+	rep.RouteEvents, rep.Nodes = r.router.report()
 	for _, s := range r.shards {
 		rep.Retransmits += s.in.retransmits()
 	}
@@ -470,6 +515,11 @@ type gateway struct {
 	addr   int           // the address in use
 	cur    *saRec        // the current attempt or SA
 	upIdx  int           // index in shard.up, -1 if not up
+	// The flow moved to another node (Targets) at moveAt, in route event
+	// moveEvent, away from target moveFrom; zero once the SA answered.
+	moveAt    time.Time
+	moveEvent int
+	moveFrom  int
 }
 
 type saState uint8

@@ -73,6 +73,9 @@ type shard struct {
 	rekeyNext                                      time.Time
 	espNext                                        int
 
+	route     *routeSet  // the route last seen (Targets)
+	reconnect []*gateway // lost SAs to set up again (Reconnect)
+
 	scratch    []byte
 	stop       chan struct{}
 	initiating *saRec // the attempt inside initiate
@@ -93,6 +96,9 @@ func newShard(r *runner, id int) (*shard, error) {
 		return nil, err
 	}
 	s.in = in
+	if r.router != nil {
+		s.route = r.router.set.Load()
+	}
 	return s, nil
 }
 
@@ -321,6 +327,19 @@ func (s *shard) step(now time.Time) {
 	}
 	s.expireAttempts(now)
 	s.expireRekeys(now, false)
+	if s.route != nil {
+		if set := s.r.router.set.Load(); set != s.route {
+			s.reroute(now, set)
+		}
+	}
+	for len(s.reconnect) > 0 {
+		gw := s.reconnect[0]
+		s.reconnect = s.reconnect[1:]
+		if gw.cur != nil && gw.cur.state == saGone && s.phase <= phaseHold {
+			s.r.col.with(func(c *collector) { c.reauth++ })
+			s.start(now, gw)
+		}
+	}
 	switch s.phase {
 	case phaseEstablish:
 		for s.next < len(s.gws) && (s.interval == 0 || !now.Before(s.nextAt)) && (s.window == 0 || s.inFlight < s.window) {
@@ -432,6 +451,10 @@ func (s *shard) start(now time.Time, gw *gateway) {
 		IKEProposals: o.IKEProposals, ESPProposals: o.ESPProposals,
 		TSi: o.LocalTS, TSr: o.RemoteTS, RequestVIP: o.RequestVIP, RemoteNATT: o.ServerNATT,
 	}
+	if o.StartNATT {
+		ini.Local = netip.AddrPortFrom(ini.Local.Addr(), virtNATTPort)
+		ini.Remote = netip.AddrPortFrom(o.Server.Addr(), o.ServerNATT)
+	}
 	s.r.col.attempt(now)
 	rec := &saRec{gw: gw, started: now, state: saConnecting}
 	gw.cur = rec
@@ -512,6 +535,8 @@ func (s *shard) receive(now time.Time, in inbound) {
 	}
 	b := in.data
 	gw := sk.gw
+	from, target := s.r.router.fromTarget(in.from)
+	in.from = from
 	local := netip.AddrPortFrom(gw.virt[s.addrOf(sk)], virtIKEPort)
 	if in.from.Port() == s.o.ServerNATT {
 		local = netip.AddrPortFrom(local.Addr(), virtNATTPort)
@@ -526,6 +551,36 @@ func (s *shard) receive(now time.Time, in inbound) {
 		}
 	}
 	s.in.handle(now, ike.Packet{Local: local, Remote: in.from, Data: b})
+	if !gw.moveAt.IsZero() && target >= 0 && target != gw.moveFrom && gw.cur != nil && gw.cur.state == saUp &&
+		s.in.answeredAt(now, gw.cur.spi) {
+		s.r.router.recovered(gw.moveEvent, now.Sub(gw.moveAt))
+		gw.moveAt = time.Time{}
+	}
+}
+
+// reroute takes a new route (Targets): the established gateways whose
+// NAT-T flow now reaches another node check liveness at once, and the time
+// until their SA answers from there is their outage.
+func (s *shard) reroute(now time.Time, set *routeSet) {
+	rt := s.r.router
+	old := s.route
+	s.route = set
+	ev := rt.latestEvent()
+	moved := 0
+	for _, gw := range s.up {
+		sk := gw.socks[gw.addr][1]
+		if sk == nil || gw.cur == nil || gw.cur.state != saUp {
+			continue
+		}
+		from, to := rt.pickIn(old.up, sk.real, s.o.ServerNATT), rt.pickIn(set.up, sk.real, s.o.ServerNATT)
+		if from == to {
+			continue
+		}
+		moved++
+		gw.moveAt, gw.moveEvent, gw.moveFrom = now, ev, from
+		s.in.checkLiveness(now, gw.cur.spi)
+	}
+	rt.countMoved(ev, moved)
 }
 
 func (s *shard) addrOf(sk *gsock) int {
@@ -692,7 +747,11 @@ func (s *shard) send(local, remote netip.AddrPort, msgs [][]byte) {
 			s.scratch = append(append(s.scratch[:0], 0, 0, 0, 0), m...)
 			b = s.scratch
 		}
-		if _, err := sk.conn.WriteToUDPAddrPort(b, remote); err != nil {
+		to, ok := s.r.router.wire(sk.real, remote)
+		if !ok {
+			continue // no node in service: no route
+		}
+		if _, err := sk.conn.WriteToUDPAddrPort(b, to); err != nil {
 			s.o.Log.Warn("send failed", "gateway", sk.gw.n, "err", err)
 		}
 	}
@@ -700,7 +759,11 @@ func (s *shard) send(local, remote netip.AddrPort, msgs [][]byte) {
 
 func (s *shard) keepalive(local, remote netip.AddrPort) {
 	if sk := s.socks[local]; sk != nil {
-		if _, err := sk.conn.WriteToUDPAddrPort([]byte{0xff}, remote); err == nil {
+		to, ok := s.r.router.wire(sk.real, remote)
+		if !ok {
+			return
+		}
+		if _, err := sk.conn.WriteToUDPAddrPort([]byte{0xff}, to); err == nil {
 			s.r.col.with(func(c *collector) { c.keepalives++ })
 		}
 	}
@@ -755,6 +818,9 @@ func (s *shard) deleted(now time.Time, spi uint64, reason string) {
 		s.r.col.gone(now, byUs, reason)
 		if !byUs {
 			s.o.Log.Warn("IKE_SA lost", "gateway", rec.gw.n, "spi_i", spiHex(spi), "reason", reason)
+			if s.o.Reconnect && rec.gw.cur == rec {
+				s.reconnect = append(s.reconnect, rec.gw) // set up again from step, outside the engine's callback
+			}
 		}
 	case saConnecting:
 		// Deleted before it was up (e.g. the peer deleted it at once).
