@@ -536,6 +536,7 @@ type saRec struct {
 	gw         *gateway
 	spi        uint64
 	started    time.Time
+	tries      int // retries of the attempt (TEMPORARY_FAILURE)
 	state      saState
 	rekeyAt    time.Time // our rekey outstanding since
 	rekeyIKE   bool

@@ -57,6 +57,7 @@ type collector struct {
 	keepalives int
 	esp        espCounts
 	reauth     int
+	retried    map[string]int
 
 	timeline []second
 	marks    []markTime // fleet size reached at
@@ -105,6 +106,7 @@ func newCollector(start time.Time) *collector {
 		rekeyLat: hdrhistogram.New(histMinUS, histMaxUS, histDigits),
 		rekey:    rekeyCounts{Failures: map[string]int{}},
 		esp:      espCounts{Errors: map[string]int{}},
+		retried:  map[string]int{},
 	}
 }
 
@@ -292,8 +294,11 @@ type Report struct {
 	Lost          int            `json:"lost"`                        // established SAs that ended without our asking
 	// Reauthentications: new setups of gateways whose SA was lost
 	// (Options.Reconnect), as opposed to planned ones (churn).
-	Reauthentications int            `json:"reauthentications"`
-	Losses            map[string]int `json:"losses,omitempty"`
+	Reauthentications int `json:"reauthentications"`
+	// Retried: setups refused for now (TEMPORARY_FAILURE) and tried
+	// again within their attempt (Options.Reconnect), by reason.
+	Retried map[string]int `json:"retried,omitempty"`
+	Losses  map[string]int `json:"losses,omitempty"`
 
 	DurationS    float64      `json:"duration_s"`
 	SetupPhaseS  float64      `json:"setup_phase_s"`       // first attempt to last setup
@@ -454,7 +459,7 @@ func (c *collector) report(end time.Time) Report {
 		PeakSAs: c.peakActive, Abandoned: c.abandoned, Deleted: c.deleted, Losses: maps.Clone(c.losses),
 		DurationS: end.Sub(c.start).Seconds(), LatencyMS: summarise(c.setup), LatencyBars: bars(c.setup), Percentiles: percentiles(c.setup),
 		Rekeys: c.rekey, RekeyLatencyMS: summarise(c.rekeyLat), Moves: c.moves, Keepalives: c.keepalives,
-		Timeline: append([]second(nil), c.timeline...), Proposal: c.proposal, Reauthentications: c.reauth,
+		Timeline: append([]second(nil), c.timeline...), Proposal: c.proposal, Reauthentications: c.reauth, Retried: maps.Clone(c.retried),
 	}
 	r.Rekeys.Failures = maps.Clone(c.rekey.Failures)
 	for _, n := range c.failures {

@@ -75,6 +75,7 @@ type shard struct {
 
 	route     *routeSet  // the route last seen (Targets)
 	reconnect []*gateway // lost SAs to set up again (Reconnect)
+	retry     []retryEntry
 
 	scratch    []byte
 	stop       chan struct{}
@@ -311,6 +312,7 @@ func (s *shard) abort(now time.Time) {
 		}
 	}
 	s.pending = nil
+	s.retries(now, true)
 	s.next = len(s.gws)
 	s.expireRekeys(now, true)
 	if s.phase < phaseTeardown {
@@ -327,6 +329,7 @@ func (s *shard) step(now time.Time) {
 	}
 	s.expireAttempts(now)
 	s.expireRekeys(now, false)
+	s.retries(now, false)
 	if s.route != nil {
 		if set := s.r.router.set.Load(); set != s.route {
 			s.reroute(now, set)
@@ -416,6 +419,9 @@ func (s *shard) wake(now time.Time) time.Time {
 	if len(s.rekeys) > 0 {
 		earlier(s.rekeys[0].at)
 	}
+	if len(s.retry) > 0 {
+		earlier(s.retry[0].at)
+	}
 	switch s.phase {
 	case phaseEstablish:
 		if s.next < len(s.gws) && s.interval > 0 && (s.window == 0 || s.inFlight < s.window) {
@@ -443,6 +449,14 @@ func (s *shard) wake(now time.Time) time.Time {
 
 // start begins a setup attempt of gw.
 func (s *shard) start(now time.Time, gw *gateway) {
+	ini := s.initiation(gw)
+	s.r.col.attempt(now)
+	s.inFlight++
+	s.initiate(now, gw, ini, now, 0)
+}
+
+// initiation is what gateway gw proposes.
+func (s *shard) initiation(gw *gateway) ike.Initiation {
 	o := s.o
 	ini := ike.Initiation{
 		Local: netip.AddrPortFrom(gw.virt[gw.addr], virtIKEPort), Remote: o.Server,
@@ -455,10 +469,15 @@ func (s *shard) start(now time.Time, gw *gateway) {
 		ini.Local = netip.AddrPortFrom(ini.Local.Addr(), virtNATTPort)
 		ini.Remote = netip.AddrPortFrom(o.Server.Addr(), o.ServerNATT)
 	}
-	s.r.col.attempt(now)
-	rec := &saRec{gw: gw, started: now, state: saConnecting}
+	return ini
+}
+
+// initiate sends the IKE_SA_INIT of an attempt started at started (a
+// retry keeps its attempt's start and deadline).
+func (s *shard) initiate(now time.Time, gw *gateway, ini ike.Initiation, started time.Time, tries int) {
+	o := s.o
+	rec := &saRec{gw: gw, started: started, state: saConnecting, tries: tries}
 	gw.cur = rec
-	s.inFlight++
 	s.initiating = rec
 	spi, err := s.in.initiate(now, ini)
 	s.initiating = nil
@@ -473,7 +492,36 @@ func (s *shard) start(now time.Time, gw *gateway) {
 	if rec.state == saConnecting {
 		rec.spi = spi
 		s.bySPI[spi] = rec
-		s.pending = append(s.pending, timeoutEntry{rec: rec, at: now.Add(o.Timeout), key: now})
+		s.pending = append(s.pending, timeoutEntry{rec: rec, at: started.Add(o.Timeout), key: started})
+	}
+}
+
+// Setups refused with TEMPORARY_FAILURE (a draining node) are tried again
+// this much later, at most this often, within the attempt's timeout.
+const (
+	retryDelay = 500 * time.Millisecond
+	maxRetries = 5
+)
+
+type retryEntry struct {
+	gw      *gateway
+	at      time.Time
+	started time.Time
+	tries   int
+}
+
+// retries starts the attempts due again, or ends them when the run is
+// past its establish and hold phases.
+func (s *shard) retries(now time.Time, all bool) {
+	for len(s.retry) > 0 && (all || !now.Before(s.retry[0].at)) {
+		e := s.retry[0]
+		s.retry = s.retry[1:]
+		if all || s.phase > phaseHold || now.Sub(e.started) >= s.o.Timeout {
+			s.inFlight--
+			s.r.col.failed(now, "TEMPORARY_FAILURE")
+			continue
+		}
+		s.initiate(now, e.gw, s.initiation(e.gw), e.started, e.tries)
 	}
 }
 
@@ -794,6 +842,13 @@ func (s *shard) failed(now time.Time, spi uint64, reason string) {
 		return
 	}
 	rec.state = saGone
+	if s.o.Reconnect && reason == ike.TEMPORARY_FAILURE.String() && rec.tries < maxRetries && s.phase <= phaseHold {
+		// Refused for now (a draining node): try again shortly, as a
+		// gateway does; the attempt goes on.
+		s.retry = append(s.retry, retryEntry{gw: rec.gw, at: now.Add(retryDelay), started: rec.started, tries: rec.tries + 1})
+		s.r.col.with(func(c *collector) { c.retried[reason]++ })
+		return
+	}
 	s.inFlight--
 	s.r.col.failed(now, reason)
 	s.o.Log.Warn("IKE_SA failed", "gateway", rec.gw.n, "spi_i", spiHex(spi), "reason", reason)

@@ -455,6 +455,9 @@ func writeSummary(w io.Writer, r loadtest.Report) {
 	if e := r.ESP; e != nil {
 		fmt.Fprintf(w, "ESP: sent %d, received %d, errors %v\n", e.Sent, e.Received, e.Errors)
 	}
+	for _, k := range sortedKeys(r.Retried) {
+		fmt.Fprintf(w, "  refused for now, tried again: %s x%d\n", k, r.Retried[k])
+	}
 	if len(r.Params.Targets) > 0 {
 		fmt.Fprintf(w, "cluster %s: re-authentications %d\n", strings.Join(r.Params.Targets, ","), r.Reauthentications)
 		for _, e := range r.RouteEvents {
