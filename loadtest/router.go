@@ -16,10 +16,12 @@ import (
 	"bufio"
 	"context"
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"hash/fnv"
 	"io"
 	"math"
+	"net"
 	"net/http"
 	"net/netip"
 	"strconv"
@@ -34,8 +36,9 @@ import (
 // Health checking of the targets.
 const (
 	healthEvery   = 100 * time.Millisecond
-	healthTimeout = 400 * time.Millisecond
-	healthDown    = 2 // consecutive failed checks take a target out of service
+	healthTimeout = time.Second
+	healthDown    = 2 // consecutive refused or failed checks take a target out of service
+	healthSlow    = 5 // consecutive checks without an answer in time do too
 	healthUp      = 3 // consecutive good ones bring it back
 	scrapeEvery   = time.Second
 )
@@ -56,10 +59,9 @@ type router struct {
 	start   time.Time
 	client  *http.Client
 
-	mu      sync.Mutex
-	events  []*routeEvent
-	nodes   []nodeSeries // per target: scraped figures over time
-	pending []bool       // a scrape under way
+	mu     sync.Mutex
+	events []*routeEvent
+	nodes  []nodeSeries // per target: scraped figures over time
 }
 
 // routeEvent is one change of the targets in service and what it did to
@@ -85,8 +87,7 @@ type nodeFigures struct{ sas, handOffs, takeOvers, handshakes int64 }
 
 func newRouter(o *Options) *router {
 	r := &router{anycast: o.Server.Addr(), targets: o.Targets, health: o.TargetHTTP,
-		client: &http.Client{Timeout: healthTimeout}, nodes: make([]nodeSeries, len(o.Targets)),
-		pending: make([]bool, len(o.Targets))}
+		client: &http.Client{Timeout: healthTimeout}, nodes: make([]nodeSeries, len(o.Targets))}
 	up := make([]bool, len(o.Targets))
 	for i := range up {
 		up[i] = true
@@ -158,104 +159,112 @@ func (r *router) fromTarget(from netip.AddrPort) (netip.AddrPort, int) {
 	return from, -1
 }
 
-// run checks the targets' health and scrapes their metrics until ctx ends.
+// run checks the targets' health and scrapes their metrics until ctx ends:
+// one checker per target, so that a slow node delays only its own checks.
 func (r *router) run(ctx context.Context, start time.Time) {
 	r.start = start
-	if len(r.health) == 0 {
-		return
+	var wg sync.WaitGroup
+	for i, base := range r.health {
+		if base == "" {
+			continue
+		}
+		wg.Add(2)
+		go func() { defer wg.Done(); r.checker(ctx, i, base) }()
+		go func() { defer wg.Done(); r.scraper(ctx, i, base) }()
 	}
-	bad := make([]int, len(r.targets))
-	good := make([]int, len(r.targets))
-	firstBad := make([]time.Time, len(r.targets))
-	tick := time.NewTicker(healthEvery)
-	defer tick.Stop()
-	lastScrape := time.Time{}
-	for {
+	wg.Wait()
+}
+
+// checker polls target i's /readyz. A refused connection or a failing
+// status (killed, draining) takes it out of service after healthDown
+// checks in a row; a check that times out (a busy node) only after
+// healthSlow of them. It returns after healthUp good checks.
+func (r *router) checker(ctx context.Context, i int, base string) {
+	bad, slow, good := 0, 0, 0
+	var firstBad time.Time
+	for ctx.Err() == nil {
+		now := time.Now()
+		err, timedOut := r.check(ctx, base)
+		if ctx.Err() != nil {
+			return
+		}
+		switch {
+		case err == nil:
+			bad, slow = 0, 0
+			good++
+			if good >= healthUp {
+				r.setUp(i, true, "", time.Time{})
+			}
+		default:
+			if bad == 0 && slow == 0 {
+				firstBad = now
+			}
+			good = 0
+			if timedOut {
+				slow++
+			} else {
+				bad++
+			}
+			if bad >= healthDown || slow >= healthSlow {
+				r.setUp(i, false, err.Error(), firstBad)
+			}
+		}
 		select {
 		case <-ctx.Done():
-			return
-		case <-tick.C:
-		}
-		now := time.Now()
-		type result struct {
-			i      int
-			err    error
-			reason string
-		}
-		res := make(chan result, len(r.targets))
-		n := 0
-		for i, base := range r.health {
-			if base == "" {
-				continue
-			}
-			n++
-			go func() {
-				err := r.check(ctx, base)
-				reason := ""
-				if err != nil {
-					reason = err.Error()
-				}
-				res <- result{i, err, reason}
-			}()
-		}
-		cur := r.set.Load()
-		up := append([]bool(nil), cur.up...)
-		changed := false
-		for range n {
-			x := <-res
-			i := x.i
-			if x.err != nil {
-				if bad[i] == 0 {
-					firstBad[i] = now
-				}
-				bad[i]++
-				good[i] = 0
-				if up[i] && bad[i] >= healthDown {
-					up[i], changed = false, true
-					r.addEvent(&routeEvent{at: time.Now(), target: i, withdrawn: true, reason: x.reason, firstBad: firstBad[i]})
-				}
-			} else {
-				good[i]++
-				bad[i] = 0
-				if !up[i] && good[i] >= healthUp {
-					up[i], changed = true, true
-					r.addEvent(&routeEvent{at: time.Now(), target: i})
-				}
-			}
-		}
-		if changed {
-			r.set.Store(&routeSet{gen: cur.gen + 1, up: up})
-		}
-		if now.Sub(lastScrape) >= scrapeEvery {
-			lastScrape = now
-			for i, base := range r.health {
-				r.mu.Lock()
-				busy := r.pending[i]
-				r.pending[i] = true
-				r.mu.Unlock()
-				if base != "" && !busy {
-					go r.scrape(ctx, i, base)
-				}
-			}
+		case <-time.After(healthEvery):
 		}
 	}
 }
 
-func (r *router) check(ctx context.Context, base string) error {
+// setUp puts target i in or out of service (a route event if it changes).
+func (r *router) setUp(i int, up bool, reason string, firstBad time.Time) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	cur := r.set.Load()
+	if cur.up[i] == up {
+		return
+	}
+	next := &routeSet{gen: cur.gen + 1, up: append([]bool(nil), cur.up...)}
+	next.up[i] = up
+	e := &routeEvent{at: time.Now(), target: i, withdrawn: !up, reason: reason, firstBad: firstBad,
+		outage: hdrhistogram.New(histMinUS, histMaxUS, histDigits)}
+	r.events = append(r.events, e)
+	r.set.Store(next)
+}
+
+func (r *router) check(ctx context.Context, base string) (err error, timedOut bool) {
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, strings.TrimSuffix(base, "/")+"/readyz", nil)
 	if err != nil {
-		return err
+		return err, false
 	}
 	resp, err := r.client.Do(req)
 	if err != nil {
-		return fmt.Errorf("no answer")
+		var ne net.Error
+		if errors.As(err, &ne) && ne.Timeout() {
+			return errors.New("no answer in time"), true
+		}
+		return errors.New("no answer"), false
 	}
 	io.Copy(io.Discard, io.LimitReader(resp.Body, 4096))
 	resp.Body.Close()
 	if resp.StatusCode/100 != 2 {
-		return fmt.Errorf("readyz %d", resp.StatusCode)
+		return fmt.Errorf("readyz %d", resp.StatusCode), false
 	}
-	return nil
+	return nil, false
+}
+
+// scraper reads target i's figures once a second.
+func (r *router) scraper(ctx context.Context, i int, base string) {
+	t := time.NewTicker(scrapeEvery)
+	defer t.Stop()
+	for {
+		r.scrape(ctx, i, base)
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
 }
 
 // scrape reads the node's figures from its /metrics.
@@ -264,7 +273,6 @@ func (r *router) scrape(ctx context.Context, i int, base string) {
 	defer func() {
 		r.mu.Lock()
 		r.nodes[i].last = f
-		r.pending[i] = false
 		r.mu.Unlock()
 	}()
 	cctx, cancel := context.WithTimeout(ctx, 2*time.Second)
@@ -311,13 +319,6 @@ func parseNodeMetrics(rd io.Reader) nodeFigures {
 		}
 	}
 	return f
-}
-
-func (r *router) addEvent(e *routeEvent) {
-	e.outage = hdrhistogram.New(histMinUS, histMaxUS, histDigits)
-	r.mu.Lock()
-	r.events = append(r.events, e)
-	r.mu.Unlock()
 }
 
 // sample appends each node's last scraped figures (once a second).

@@ -76,6 +76,8 @@ type shard struct {
 	route     *routeSet  // the route last seen (Targets)
 	reconnect []*gateway // lost SAs to set up again (Reconnect)
 	retry     []retryEntry
+	probes    []*gateway // liveness checks to send (route changes)
+	probeNext time.Time
 
 	scratch    []byte
 	stop       chan struct{}
@@ -334,6 +336,7 @@ func (s *shard) step(now time.Time) {
 		if set := s.r.router.set.Load(); set != s.route {
 			s.reroute(now, set)
 		}
+		s.probe(now)
 	}
 	for len(s.reconnect) > 0 {
 		gw := s.reconnect[0]
@@ -421,6 +424,9 @@ func (s *shard) wake(now time.Time) time.Time {
 	}
 	if len(s.retry) > 0 {
 		earlier(s.retry[0].at)
+	}
+	if len(s.probes) > 0 {
+		earlier(s.probeNext)
 	}
 	switch s.phase {
 	case phaseEstablish:
@@ -626,9 +632,31 @@ func (s *shard) reroute(now time.Time, set *routeSet) {
 		}
 		moved++
 		gw.moveAt, gw.moveEvent, gw.moveFrom = now, ev, from
-		s.in.checkLiveness(now, gw.cur.spi)
+		s.probes = append(s.probes, gw)
 	}
 	rt.countMoved(ev, moved)
+}
+
+// probeRate bounds the liveness checks after a route change (all shards):
+// a fleet that moves at once would otherwise claim all its SAs in the
+// same instant, which no gateway fleet does. The wait counts in the
+// outage.
+const probeRate = 2000
+
+// probe sends the liveness checks that are due.
+func (s *shard) probe(now time.Time) {
+	every := time.Duration(float64(time.Second) * float64(len(s.r.shards)) / probeRate)
+	if s.probeNext.Before(now.Add(-every)) {
+		s.probeNext = now
+	}
+	for len(s.probes) > 0 && !now.Before(s.probeNext) {
+		gw := s.probes[0]
+		s.probes = s.probes[1:]
+		if !gw.moveAt.IsZero() && gw.cur != nil && gw.cur.state == saUp {
+			s.in.checkLiveness(now, gw.cur.spi)
+			s.probeNext = s.probeNext.Add(every)
+		}
+	}
 }
 
 func (s *shard) addrOf(sk *gsock) int {

@@ -95,7 +95,7 @@ mkdir -p "$dir/n1" "$dir/n2" "$dir/n3"
 config 1 "statestore:
   mode: embedded
   data_dir: $dir/n1
-  lease_ttl: 3s" > "$dir/n1.yaml"
+  lease_ttl: 5s" > "$dir/n1.yaml"
 start_node 1
 wait_node 1
 etcd=$(grep -o 'msg="embedded etcd ready".*' "$dir/node1.log" | grep -o 'endpoint=[^ ]*' | head -1 | cut -d= -f2)
@@ -106,7 +106,7 @@ for k in 2 3; do
   endpoints: [$etcd]
   cluster_key_file: $dir/n1/cluster.key
   data_dir: $dir/n$k
-  lease_ttl: 3s" > "$dir/n$k.yaml"
+  lease_ttl: 5s" > "$dir/n$k.yaml"
   start_node $k
 done
 wait_node 2
@@ -139,7 +139,7 @@ while kill -0 "$load_pid" 2>/dev/null; do
     fi
     if [ -z "$drained" ] && [ "$into" -ge $(( DRAIN_AFTER * 1000 )) ]; then
       drained=$(ms)
-      bin/concentratorctl --addr "$(addr 3):9179" drain -q > "$dir/drain.out" 2>&1 || { cat "$dir/drain.out" >&2; echo "drain failed" >&2; }
+      bin/concentratorctl --addr "$(addr 3):9179" --timeout 20s drain -q > "$dir/drain.out" 2>&1 || { cat "$dir/drain.out" >&2; echo "drain failed" >&2; }
       printf '\r\033[K== %s: node 3 drained: %s\n' "$(date +%T)" "$(head -1 "$dir/drain.out")" >&2
     fi
   fi
