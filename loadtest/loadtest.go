@@ -68,7 +68,11 @@ type Options struct {
 	Scenario string // a label for the report ("ramp", "burst", ...)
 	Label    string // free text for the report (e.g. the responder's name)
 
-	Count int     // gateways
+	Count int // gateways
+	// First is the number of the first gateway (default 1): several
+	// processes share a fleet larger than one process's open file limit,
+	// each with its own range of identities.
+	First int
 	Rate  float64 // new gateways per second; 0 = as fast as Window allows
 	// Window bounds handshakes in flight (0 = unbounded: with Rate 0, all
 	// gateways at once — a mass restart).
@@ -137,6 +141,9 @@ func (o *Options) defaults() error {
 	if o.Count <= 0 {
 		o.Count = 1
 	}
+	if o.First <= 0 {
+		o.First = 1
+	}
 	if o.Timeout <= 0 {
 		o.Timeout = 30 * time.Second
 	}
@@ -176,7 +183,7 @@ func (o *Options) defaults() error {
 		return errors.New("Sources: IPv4 only")
 	}
 	if o.Sources.IsValid() {
-		if avail := uint64(1) << (32 - o.Sources.Bits()); uint64(o.Count) > avail*uint64(o.PerAddress) {
+		if avail := uint64(1) << (32 - o.Sources.Bits()); uint64(o.First-1+o.Count) > avail*uint64(o.PerAddress) {
 			return fmt.Errorf("Sources %v: %d addresses × %d gateways each < %d gateways", o.Sources, avail, o.PerAddress, o.Count)
 		}
 	}
@@ -228,7 +235,7 @@ func addAddr(a netip.Addr, k uint32) netip.Addr {
 }
 
 func (o *Options) params() Params {
-	p := Params{Server: o.Server.String(), Count: o.Count, Rate: o.Rate, Window: o.Window, HoldS: o.Hold.Seconds(),
+	p := Params{Server: o.Server.String(), Count: o.Count, First: o.First, Rate: o.Rate, Window: o.Window, HoldS: o.Hold.Seconds(),
 		TimeoutS: o.Timeout.Seconds(), MaxDurationS: o.MaxDuration.Seconds(), Workers: o.Workers,
 		PortsPerGateway: o.PortsPerGateway, DPDS: o.DPDDelay.Seconds(), KeepaliveS: o.KeepaliveInterval.Seconds(),
 		ChurnPerMin: o.ChurnPerMin, RebindPerMin: o.RebindPerMin, MOBIKEPerMin: o.MOBIKEPerMin,
@@ -299,7 +306,7 @@ func Run(ctx context.Context, o Options) (Report, error) {
 		}
 		r.shards = append(r.shards, s)
 	}
-	for n := 1; n <= o.Count; n++ {
+	for n := o.First; n < o.First+o.Count; n++ {
 		gw, err := r.newGateway(n)
 		if err != nil {
 			r.closeAll()

@@ -332,6 +332,7 @@ type Params struct {
 	Server          string   `json:"server"`
 	Targets         []string `json:"targets,omitempty"`
 	Count           int      `json:"count"`
+	First           int      `json:"first,omitempty"`
 	Rate            float64  `json:"rate"`
 	Window          int      `json:"window"`
 	HoldS           float64  `json:"hold_s"`

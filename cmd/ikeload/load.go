@@ -26,6 +26,7 @@ const loadSynopsis = `
 Usage: ikeload [flags]
        ikeload gen-pki --dir DIR [--responder-id ID]
        ikeload compare [--html FILE] [--json FILE] [--baseline LABEL] REPORT.json...
+       ikeload merge --json-out FILE [--label LABEL] [--html FILE] REPORT.json...
        ikeload --version
 
 Simulates --count IKEv2 gateways (initiators, each with its own UDP source
@@ -78,6 +79,7 @@ type loadFlags struct {
 	vip                                          bool
 	scenario, label                              string
 	count, window, workers, targetPID, espSize   int
+	first                                        int
 	rate, churn, rebind, mobike, rekeyRate       float64
 	espRate                                      float64
 	espDest                                      string
@@ -118,6 +120,7 @@ func newLoadFlags() *loadFlags {
 	fs.StringVar(&f.scenario, "scenario", "ramp", "scenario: "+scenarioNames())
 	fs.StringVar(&f.label, "label", "", "name of this run in reports (e.g. the responder)")
 	fs.IntVar(&f.count, "count", 1, "gateways")
+	fs.IntVar(&f.first, "first", 1, "number of the first gateway ({n} in --id and --psk): processes sharing a fleet take ranges")
 	fs.Float64Var(&f.rate, "rate", 0, "new gateways per second (0: as fast as --window allows)")
 	fs.IntVar(&f.window, "window", 100, "handshakes in flight at most (0: no limit)")
 	fs.DurationVar(&f.hold, "hold", 0, "keep the SAs this long once all are up (then delete them)")
@@ -176,6 +179,8 @@ func (f *loadFlags) parse(args []string, stdout io.Writer) error {
 	switch {
 	case f.count < 1:
 		return usagef("--count %d: want at least 1", f.count)
+	case f.first < 1:
+		return usagef("--first %d: want at least 1", f.first)
 	case f.rate < 0 || f.window < 0:
 		return usagef("--rate and --window must not be negative")
 	case f.portsPerGW < 0 || f.portsPerGW > 2:
@@ -192,7 +197,7 @@ func (f *loadFlags) parse(args []string, stdout io.Writer) error {
 
 // options turns the flags into loadtest options.
 func (f *loadFlags) options() (loadtest.Options, error) {
-	o := loadtest.Options{IDTemplate: f.id, RemoteID: f.remoteID, Count: f.count, Rate: f.rate, Window: f.window,
+	o := loadtest.Options{IDTemplate: f.id, RemoteID: f.remoteID, Count: f.count, First: f.first, Rate: f.rate, Window: f.window,
 		Hold: f.hold, Timeout: f.timeout, MaxDuration: f.maxDuration, RequestVIP: f.vip,
 		ServerNATT: uint16(f.serverNATT), SourcePort: uint16(f.sourcePort), PerAddress: f.perAddress,
 		PortsPerGateway: f.portsPerGW, Scenario: f.scenario, Label: f.label,
