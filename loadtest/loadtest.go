@@ -356,7 +356,8 @@ func Run(ctx context.Context, o Options) (Report, error) {
 	routerCtx, stopRouter := context.WithCancel(ctx)
 	defer stopRouter()
 	if r.router != nil {
-		go r.router.run(routerCtx, start)
+		r.router.start = start
+		go r.router.run(routerCtx)
 	}
 
 	var wg sync.WaitGroup

@@ -161,8 +161,7 @@ func (r *router) fromTarget(from netip.AddrPort) (netip.AddrPort, int) {
 
 // run checks the targets' health and scrapes their metrics until ctx ends:
 // one checker per target, so that a slow node delays only its own checks.
-func (r *router) run(ctx context.Context, start time.Time) {
-	r.start = start
+func (r *router) run(ctx context.Context) {
 	var wg sync.WaitGroup
 	for i, base := range r.health {
 		if base == "" {
