@@ -73,6 +73,10 @@ type Options struct {
 	// processes share a fleet larger than one process's open file limit,
 	// each with its own range of identities.
 	First int
+	// Ready, when set, is called once the gateways, their credentials
+	// and sockets are prepared; the run's clock starts when it returns
+	// (processes sharing a fleet start together). An error ends the run.
+	Ready func(ctx context.Context) error
 	Rate  float64 // new gateways per second; 0 = as fast as Window allows
 	// Window bounds handshakes in flight (0 = unbounded: with Rate 0, all
 	// gateways at once — a mass restart).
@@ -339,6 +343,12 @@ func Run(ctx context.Context, o Options) (Report, error) {
 			return Report{}, fmt.Errorf("target pid %d: %w", o.TargetPID, err)
 		}
 		target = w
+	}
+	if o.Ready != nil {
+		if err := o.Ready(ctx); err != nil {
+			r.closeAll()
+			return Report{}, err
+		}
 	}
 	self, _ = newProcWatch(0)
 

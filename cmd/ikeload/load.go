@@ -80,6 +80,7 @@ type loadFlags struct {
 	scenario, label                              string
 	count, window, workers, targetPID, espSize   int
 	first                                        int
+	startFile                                    string
 	rate, churn, rebind, mobike, rekeyRate       float64
 	espRate                                      float64
 	espDest                                      string
@@ -120,6 +121,7 @@ func newLoadFlags() *loadFlags {
 	fs.StringVar(&f.scenario, "scenario", "ramp", "scenario: "+scenarioNames())
 	fs.StringVar(&f.label, "label", "", "name of this run in reports (e.g. the responder)")
 	fs.IntVar(&f.count, "count", 1, "gateways")
+	fs.StringVar(&f.startFile, "start-when", "", "once prepared, print 'ikeload: ready' on stderr and start when this file exists\n(several processes sharing a fleet start together)")
 	fs.IntVar(&f.first, "first", 1, "number of the first gateway ({n} in --id and --psk): processes sharing a fleet take ranges")
 	fs.Float64Var(&f.rate, "rate", 0, "new gateways per second (0: as fast as --window allows)")
 	fs.IntVar(&f.window, "window", 100, "handshakes in flight at most (0: no limit)")
@@ -363,6 +365,21 @@ func load(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 				fmt.Fprintf(stderr, "\r\033[K%s", line)
 			} else {
 				fmt.Fprintln(stderr, line)
+			}
+		}
+	}
+	if f.startFile != "" {
+		o.Ready = func(ctx context.Context) error {
+			fmt.Fprintln(stderr, "ikeload: ready")
+			for {
+				if _, err := os.Stat(f.startFile); err == nil {
+					return nil
+				}
+				select {
+				case <-ctx.Done():
+					return ctx.Err()
+				case <-time.After(20 * time.Millisecond):
+				}
 			}
 		}
 	}

@@ -236,11 +236,20 @@ fleet() {
       --id 'gw{n}@iot.example' "${creds[@]}" --vip --remote-ts 10.30.0.0/24 --proposal "$PROPOSAL" --esp "$ESP" \
       --first "$first" --count "$c" --window $(( (FLEET_WINDOW + procs - 1) / procs )) --no-delete --target-pid "$RPID" \
       --label "$label" --max-duration "${secs}s" --source "127.$((k + 1)).0.0/16" --ports-per-gateway 1 --quiet --no-html \
-      --json-out "$W/fleet-$label-$k.json" > "$W/fleet-$label-$k.txt" 2>&1 &
+      --start-when "$W/go-$label" --json-out "$W/fleet-$label-$k.json" > "$W/fleet-$label-$k.txt" 2>&1 &
     pids+=($!)
     parts+=("$W/fleet-$label-$k.json")
     first=$((first + c))
   done
+  # All start together, once every process has its gateways prepared
+  # (certificates issued, sockets bound).
+  local t0=$SECONDS
+  while [ "$(cat "$W"/fleet-"$label"-*.txt 2>/dev/null | grep -c '^ikeload: ready')" -lt "$k" ]; do
+    for p in "${pids[@]}"; do kill -0 "$p" 2>/dev/null || break 2; done
+    sleep 0.2
+  done
+  echo "   (gateways prepared in $((SECONDS - t0)) s)" >&2
+  touch "$W/go-$label"
   for p in "${pids[@]}"; do wait "$p" || true; done
   "$BIN/ikeload" merge --label "$label" --json-out "$OUT/fleet-$label.json" "${parts[@]}" >&2 ||
     { cat "$W"/fleet-"$label"-*.txt >&2; die "fleet $label: no reports"; }
