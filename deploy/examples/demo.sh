@@ -95,6 +95,7 @@ mkdir -p "$dir/n1" "$dir/n2" "$dir/n3"
 config 1 "statestore:
   mode: embedded
   data_dir: $dir/n1
+  etcd_log_level: error     # not a line per slow request on a busy machine
   lease_ttl: 5s" > "$dir/n1.yaml"
 start_node 1
 wait_node 1
