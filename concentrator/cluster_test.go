@@ -33,7 +33,7 @@ type testCluster struct {
 	vip      netip.Addr
 	gws      int    // PSKs configured for gateways 1..gws
 	ikeExtra string // appended to the nodes' ike: section
-	leaseTTL string // statestore.lease_ttl; default 2s
+	leaseTTL string // statestore.lease_ttl; default 3s
 
 	mu    sync.Mutex
 	nodes map[string]*clusterNode
@@ -115,7 +115,7 @@ func (c *testCluster) setRoute(nodes ...string) {
 func (c *testCluster) start(ctx context.Context, id string) *clusterNode {
 	t := c.t
 	text := nodeConfig(c.gws, c.ikeExtra, fmt.Sprintf("statestore:\n  mode: external\n  endpoints: [%s]\n  cluster_key_file: %s\n  lease_ttl: %s\ncluster:\n  peer_listen: 127.0.0.1:0\n",
-		c.etcd.Endpoints()[0], c.keyFile, cmp.Or(c.leaseTTL, "2s")))
+		c.etcd.Endpoints()[0], c.keyFile, cmp.Or(c.leaseTTL, "3s")))
 	text = replaceOnce(t, text, "node: {id: test}", "node: {id: "+id+"}")
 	text = replaceOnce(t, text, "listen: [127.0.0.1]\n  port: 0\n  natt_port: 0", "listen: ["+c.vip.String()+"]\n  port: 500\n  natt_port: 4500")
 	cfg, err := ParseConfig([]byte(text))
@@ -167,7 +167,17 @@ func (c *testCluster) kill(id string) {
 		return
 	}
 	cn.n.persist.store.(*statestore.Store).Abandon()
-	c.stop(id)
+	// The node is dead from here (it sends nothing once fenced); its
+	// goroutines wind down meanwhile, and the test goes on at once.
+	c.mu.Lock()
+	delete(c.nodes, id)
+	c.mu.Unlock()
+	cn.stop()
+	c.t.Cleanup(func() {
+		if err := <-cn.done; err != nil {
+			c.t.Errorf("node %s: %v", id, err)
+		}
+	})
 }
 
 // etcdRevision is etcd's current revision (one per write transaction).

@@ -91,7 +91,7 @@ func TestClusterECMP(t *testing.T) {
 	c.ikeExtra = "  dpd_delay: 0s\n" // the gateways check liveness, the nodes do not
 	// Leases outlast a busy moment of a shared 2-core machine (a node
 	// that misses its renewals is fenced, and its SAs are taken over).
-	c.leaseTTL = "6s"
+	c.leaseTTL = os.Getenv("CLUSTER_LEASE_TTL") // default 3s (the product's default)
 	ids := []string{"n1", "n2", "n3"}
 	for _, id := range ids {
 		c.start(ctx, id)
@@ -203,7 +203,7 @@ func TestClusterECMP(t *testing.T) {
 				}
 				for _, id := range ids {
 					if cn := c.node(id); cn != nil {
-						t.Logf("%s: %+v", id, cn.n.ClusterStats())
+						t.Logf("%s: %+v; claims %s", id, cn.n.ClusterStats(), cn.n.claimStates())
 					}
 				}
 				t.Fatalf("%s: %d gateways never heard back", name, left)
@@ -249,6 +249,11 @@ func TestClusterECMP(t *testing.T) {
 			fig.revisions, fig.handOffs, fig.joinTook = rev1-rev0, handOffs, took
 		}
 		t.Logf("%s: %d of %d SAs moved (%d hand-offs, %d takeovers) in %v", name, moved, G, handOffs, takeOvers, took.Round(time.Millisecond))
+		for _, id := range ids {
+			if cn := c.node(id); cn != nil {
+				t.Logf("  %s: %+v", id, cn.n.ClusterStats())
+			}
+		}
 	}
 	event("join", func() { c.setRoute("n1", "n2", "n3") })
 	event("leave", func() { c.setRoute("n2", "n3") })
