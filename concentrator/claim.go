@@ -399,11 +399,36 @@ func (n *Node) watchOwners(ctx context.Context) {
 	if !ok {
 		return
 	}
+	live := map[string]int64{}
 	w.WatchNodes(ctx, func(ev statestore.NodeEvent) {
 		if ev.Gone {
+			if live[ev.Node] == ev.Epoch {
+				delete(live, ev.Node)
+			}
 			n.ownerGone(ev.Owner)
+		} else {
+			live[ev.Node] = ev.Epoch
 		}
+		n.rekeyShare(len(live))
 	})
+}
+
+// rekeyShare sets the node's CHILD rekey cap to its share of
+// cluster.fleet_rekeys_per_second among live nodes.
+func (n *Node) rekeyShare(live int) {
+	fleet := n.cfg.Cluster.FleetRekeysPerSec
+	sch, ok := n.ecfg.ChildRekey.(*ike.SmoothScheduler)
+	if fleet <= 0 || !ok || live < 1 {
+		return
+	}
+	share := max(1, (fleet+live-1)/live)
+	if own := n.cfg.Children.MaxRekeysPerSec; own > 0 {
+		share = min(share, own)
+	}
+	if sch.Cap() != share {
+		sch.SetMaxPerSecond(share)
+		n.log.Info("CHILD rekey cap: the node's share of the fleet's", "fleet_per_second", fleet, "live_nodes", live, "per_second", share)
+	}
 }
 
 // claimLoop runs the queued claims in batches, a few at once.
