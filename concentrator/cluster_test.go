@@ -31,9 +31,9 @@ type testCluster struct {
 	clk      *clock.Fake
 	log      *slog.Logger
 	vip      netip.Addr
-	gws      int    // PSKs configured for gateways 1..gws
-	ikeExtra string // appended to the nodes' ike: section
-	leaseTTL string // statestore.lease_ttl; default 3s
+	gws      int                 // PSKs configured for gateways 1..gws
+	ikeExtra string              // appended to the nodes' ike: section
+	leaseTTL string              // statestore.lease_ttl; default 3s
 	edit     func(string) string // edits the nodes' configuration text
 
 	mu    sync.Mutex
