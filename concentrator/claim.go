@@ -49,6 +49,7 @@ const (
 	claimNegMax     = 1 << 16         // negative cache entries
 	claimBatch      = 128             // SPIs claimed together
 	claimWorkers    = 4               // batches under way at once
+	claimVIPs       = 16              // virtual-IP leases confirmed at once per batch
 	claimRetry      = 200 * time.Millisecond
 	claimUnreached  = time.Second // an unreachable live owner is asked again after this (its lease's end wakes the claim sooner)
 )
@@ -486,6 +487,7 @@ func (n *Node) claimLoop(ctx context.Context) {
 // already ours, and restores them all here.
 func (n *Node) claimBatch(ctx context.Context, spis []uint64) {
 	n.cluster.claimBatches.Add(1)
+	t0 := time.Now()
 	defer func() {
 		c := &n.claims
 		var left []uint64
@@ -555,7 +557,9 @@ func (n *Node) claimBatch(ctx context.Context, spis []uint64) {
 	for _, spi := range nobody {
 		n.claimUnowned(ctx, spi, me)
 	}
+	t1 := time.Now()
 	n.restoreClaimed(ctx, got)
+	n.log.Debug("claim batch", "sas", len(spis), "claimed", len(got), "moves_ms", t1.Sub(t0).Milliseconds(), "restore_ms", time.Since(t1).Milliseconds())
 }
 
 // batchStore is what batched claims need from the state store (*Store).
@@ -634,18 +638,28 @@ func (n *Node) restoreClaimed(ctx context.Context, recs []*statestore.SARecord) 
 		st  ike.SAState
 	}
 	byShard := map[*shard][]claimed{}
+	cp, _ := n.ecfg.Pool.(*clusterPool)
+	var wg sync.WaitGroup
+	sem := make(chan struct{}, claimVIPs)
 	for _, r := range recs {
 		st := stateOf(r)
 		// The virtual IP's lease is confirmed here, so that the restore
-		// on the shard's goroutine waits for no etcd round trip.
-		if cp, ok := n.ecfg.Pool.(*clusterPool); ok && st.VirtualIP.IsValid() {
-			if err := cp.Claim(st.PeerID, st.VirtualIP); err != nil {
-				n.log.Warn("claimed SA's virtual IP not leased", "spi", fmt.Sprintf("%016x", r.LocalSPI()), "vip", st.VirtualIP.String(), "err", err)
-			}
+		// on the shard's goroutine waits for no etcd round trip; a few
+		// at once.
+		if cp != nil && st.VirtualIP.IsValid() {
+			wg.Add(1)
+			sem <- struct{}{}
+			go func() {
+				defer func() { <-sem; wg.Done() }()
+				if err := cp.Claim(st.PeerID, st.VirtualIP); err != nil {
+					n.log.Warn("claimed SA's virtual IP not leased", "spi", fmt.Sprintf("%016x", r.LocalSPI()), "vip", st.VirtualIP.String(), "err", err)
+				}
+			}()
 		}
 		s := n.shardOfSPI(r.LocalSPI())
 		byShard[s] = append(byShard[s], claimed{r.LocalSPI(), st})
 	}
+	wg.Wait()
 	for s, sts := range byShard {
 		n.do(ctx, s, func() {
 			now := n.clock.Now()

@@ -249,9 +249,11 @@ func TestClusterECMP(t *testing.T) {
 			fig.revisions, fig.handOffs, fig.joinTook = rev1-rev0, handOffs, took
 		}
 		t.Logf("%s: %d of %d SAs moved (%d hand-offs, %d takeovers) in %v", name, moved, G, handOffs, takeOvers, took.Round(time.Millisecond))
+		d, dr := c.netw.Stats()
+		t.Logf("  network: %d delivered, %d dropped (all events so far)", d, dr)
 		for _, id := range ids {
 			if cn := c.node(id); cn != nil {
-				t.Logf("  %s: %+v", id, cn.n.ClusterStats())
+				t.Logf("  %s: %+v %+v", id, cn.n.ClusterStats(), cn.n.ReceiveStats())
 			}
 		}
 	}
