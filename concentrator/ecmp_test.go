@@ -107,6 +107,23 @@ func TestClusterECMP(t *testing.T) {
 	var wg sync.WaitGroup
 	errs := make(chan error, G)
 	sem := make(chan struct{}, 64)
+	// The fake clock follows real time while the gateways connect: one
+	// whose IKE_AUTH answer never came (a node that fenced itself on a
+	// starved machine drops the batches it could not persist) retransmits,
+	// as a real gateway would, instead of waiting forever.
+	ticking := make(chan struct{})
+	go func() {
+		tick := time.NewTicker(50 * time.Millisecond)
+		defer tick.Stop()
+		for {
+			select {
+			case <-ticking:
+				return
+			case <-tick.C:
+				c.clk.Advance(50 * time.Millisecond)
+			}
+		}
+	}()
 	for i, g := range gws {
 		wg.Add(1)
 		sem <- struct{}{}
@@ -119,6 +136,7 @@ func TestClusterECMP(t *testing.T) {
 		}()
 	}
 	wg.Wait()
+	close(ticking)
 	close(errs)
 	for err := range errs {
 		t.Fatal(err)
