@@ -115,8 +115,9 @@ type claims struct {
 	total  int
 	neg    map[uint64]time.Time
 	queue  []uint64
-	wake   chan struct{}                 // one token: the queue is not empty
-	owners map[statestore.Owner]ownerCtx // cancelled when the owner's registration ends
+	wake   chan struct{}                  // one token: the queue is not empty
+	owners map[statestore.Owner]ownerCtx  // cancelled when the owner's registration ends
+	live   map[string]statestore.NodeInfo // the registry, as the watch sees it
 }
 
 func (c *claims) init() {
@@ -400,18 +401,36 @@ func (n *Node) watchOwners(ctx context.Context) {
 	if !ok {
 		return
 	}
-	live := map[string]int64{}
+	c := &n.claims
 	w.WatchNodes(ctx, func(ev statestore.NodeEvent) {
-		if ev.Gone {
-			if live[ev.Node] == ev.Epoch {
-				delete(live, ev.Node)
-			}
-			n.ownerGone(ev.Owner)
-		} else {
-			live[ev.Node] = ev.Epoch
+		c.mu.Lock()
+		if c.live == nil {
+			c.live = map[string]statestore.NodeInfo{}
 		}
-		n.rekeyShare(len(live))
+		if ev.Gone {
+			if c.live[ev.Node].Epoch == ev.Epoch {
+				delete(c.live, ev.Node)
+			}
+		} else {
+			c.live[ev.Node] = ev.NodeInfo
+		}
+		k := len(c.live)
+		c.mu.Unlock()
+		if ev.Gone {
+			n.ownerGone(ev.Owner)
+		}
+		n.rekeyShare(k)
 	})
+}
+
+// peerOf is o's registry entry as the watch last saw it, if it is that
+// registration and publishes a peer address (no etcd read per hand-off).
+func (n *Node) peerOf(o statestore.Owner) (statestore.NodeInfo, bool) {
+	c := &n.claims
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	info, ok := c.live[o.Node]
+	return info, ok && info.Epoch == o.Epoch && info.PeerAddr != ""
 }
 
 // rekeyShare sets the node's CHILD rekey cap to its share of
@@ -688,9 +707,12 @@ func (n *Node) askHandOffMany(ctx context.Context, o, me statestore.Owner, spis 
 	if n.peer == nil {
 		return nil, nil, spis // cluster.peer_listen is not set: wait for the owner's lease to end
 	}
-	info, err := n.persist.store.Node(ctx, o.Node)
-	if err != nil || info.PeerAddr == "" || info.Epoch != o.Epoch {
-		return nil, spis, nil
+	info, known := n.peerOf(o)
+	if !known {
+		var err error
+		if info, err = n.persist.store.Node(ctx, o.Node); err != nil || info.PeerAddr == "" || info.Epoch != o.Epoch {
+			return nil, spis, nil
+		}
 	}
 	cl, err := n.peer.client(info.PeerAddr)
 	if err != nil {
