@@ -356,6 +356,11 @@ func (n *Node) Run(ctx context.Context) error {
 	go func() { defer wg.Done(); n.flushSuppressed(ctx) }()
 	wg.Add(1)
 	go func() { defer wg.Done(); n.fenceDataPlane(ctx) }()
+	if n.persist != nil {
+		wg.Add(2)
+		go func() { defer wg.Done(); n.claimLoop(ctx) }()
+		go func() { defer wg.Done(); n.watchOwners(ctx) }()
+	}
 	if r, ok := n.dp.(dataplane.UnknownSPIReporter); ok && n.persist != nil {
 		r.OnUnknownSPI(n.unknownESP) // ESP for SAs other nodes hold: claim them (claim.go)
 	}
