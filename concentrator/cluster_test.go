@@ -409,6 +409,10 @@ func TestHandOffAndTakeOver(t *testing.T) {
 	if s := c.node("b").n.ClusterStats(); s.TakeOvers != 2 {
 		t.Fatalf("b after the kill: %+v", s)
 	}
+	// The counters are what /metrics shows.
+	if m, err := c.node("b").n.metricsSnapshot(ctx); err != nil || m.Events.Takeovers != 2 {
+		t.Fatalf("b's ikefleet_takeovers_total: %d (%v), want 2", m.Events.Takeovers, err)
+	}
 	// The gateways delete their old CHILD SAs after their rekeys.
 	waitFor(t, ctx, "b's data plane holds the 4 gateways' CHILD SAs", func() bool { return c.node("b").dp.Len() == 4 })
 	if sas, err := c.node("b").n.SAs(ctx); err != nil || len(sas) != 4 {

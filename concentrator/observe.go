@@ -172,6 +172,8 @@ func (n *Node) metricsSnapshot(ctx context.Context) (metrics.Snapshot, error) {
 		return true
 	})
 	s.Events = n.obs.events.Counts()
+	cs := n.ClusterStats()
+	s.Events.Handoffs, s.Events.Takeovers = cs.HandedOff, cs.TakeOvers
 	if st := h.StateStore; st != nil {
 		s.StateStore = &metrics.StateStore{Reachable: st.Reachable, Registered: st.Registered, Queued: st.Queued, Txns: st.Txns}
 	}

@@ -95,16 +95,16 @@ type EventCounts struct {
 	ChildRekeysByUs, ChildRekeysByPeer uint64
 	IKERekeysByUs, IKERekeysByPeer     uint64
 	AddressUpdates                     uint64
-	Handoffs, Takeovers                uint64
+	Handoffs, Takeovers                uint64 // filled by the node from its claim counters
 }
 
 // Events counts what ike.Stats does not break down: rekeys by who started
 // them and address updates (NAT rebinding, MOBIKE), from the engine's
-// events; handoffs and takeovers from the node. Safe for concurrent use.
+// events (the node adds handoffs and takeovers from its claim counters).
+// Safe for concurrent use.
 type Events struct {
 	childUs, childPeer, ikeUs, ikePeer atomic.Uint64
 	addressUpdates                     atomic.Uint64
-	handoffs, takeovers                atomic.Uint64
 }
 
 // ChildRekeyedByUs is the Reason of a CHILD SA rekey that we started (the
@@ -132,16 +132,11 @@ func (e *Events) Observe(ev ike.Event) {
 	}
 }
 
-// Handoff counts an SA handed off to another node; Takeover one taken over
-// from another node.
-func (e *Events) Handoff()  { e.handoffs.Add(1) }
-func (e *Events) Takeover() { e.takeovers.Add(1) }
-
 // Counts returns the current counts.
 func (e *Events) Counts() EventCounts {
 	return EventCounts{ChildRekeysByUs: e.childUs.Load(), ChildRekeysByPeer: e.childPeer.Load(),
 		IKERekeysByUs: e.ikeUs.Load(), IKERekeysByPeer: e.ikePeer.Load(),
-		AddressUpdates: e.addressUpdates.Load(), Handoffs: e.handoffs.Load(), Takeovers: e.takeovers.Load()}
+		AddressUpdates: e.addressUpdates.Load()}
 }
 
 // IKEStates are the IKE SA states always reported (0 when none), in the
