@@ -14,6 +14,8 @@ import (
 	"time"
 
 	"go.yaml.in/yaml/v3"
+
+	"github.com/ikefleet/ikefleet/lb"
 )
 
 // Config is concentratord's configuration file. See
@@ -30,6 +32,7 @@ type Config struct {
 	Metrics    MetricsConfig    `yaml:"metrics"`
 	Admin      AdminConfig      `yaml:"admin"`   // config_admin.go
 	Cluster    ClusterConfig    `yaml:"cluster"` // config_cluster.go
+	Anycast    lb.Config        `yaml:"anycast"` // config_anycast.go
 }
 
 // StateStoreConfig says where SA state is kept so that SAs outlive the
@@ -217,6 +220,7 @@ func DefaultConfig() Config {
 		StateStore: StateStoreConfig{Mode: "embedded", DataDir: "ikefleet-data", LeaseTTL: 10 * time.Second, EtcdLogLevel: "warn"},
 		Metrics:    MetricsConfig{Listen: DefaultMetricsListen},
 		Admin:      AdminConfig{Listen: DefaultAdminListen},
+		Anycast:    lb.DefaultConfig(),
 	}
 }
 
@@ -494,6 +498,9 @@ func (c *Config) Validate() error {
 		return err
 	}
 	if err := c.Admin.validate(); err != nil {
+		return err
+	}
+	if err := c.validateAnycast(); err != nil {
 		return err
 	}
 	return c.StateStore.validate()

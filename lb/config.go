@@ -128,6 +128,9 @@ type RedirectConfig struct {
 	// MaxSAs: above this many IKE SAs the node is overloaded and redirects
 	// new gateways to the least loaded live member; 0 only while draining.
 	MaxSAs int `yaml:"max_sas"`
+	// Unicast is this node's own address (not the anycast one), where the
+	// other nodes redirect gateways to; it must be in ike.listen too.
+	Unicast string `yaml:"unicast"`
 }
 
 // DefaultConfig is the section's defaults.
@@ -226,6 +229,22 @@ func (c *Config) Validate(listen []netip.Addr) error {
 	}
 	if c.Redirect.MaxSAs < 0 {
 		return fieldErr("redirect.max_sas", "must not be negative")
+	}
+	if c.Redirect.Unicast != "" {
+		u, err := netip.ParseAddr(c.Redirect.Unicast)
+		if err != nil || u.IsUnspecified() {
+			return fieldErr("redirect.unicast", "must be a specific IP address, not %q", c.Redirect.Unicast)
+		}
+		served := false
+		for _, a := range listen {
+			served = served || a.Unmap() == u.Unmap() || (a.IsUnspecified() && a.Is4() == u.Unmap().Is4())
+		}
+		if !served {
+			return fieldErr("redirect.unicast", "%s is not among ike.listen's addresses: redirected gateways would find nobody there", u)
+		}
+	}
+	if c.Redirect.Enabled && c.Members.Listen == "" {
+		return fieldErr("redirect.enabled", "needs members.listen: redirect targets are the live members")
 	}
 	if err := c.Members.validate(); err != nil {
 		return err

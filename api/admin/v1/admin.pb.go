@@ -87,7 +87,7 @@ const (
 	DrainPhase_DRAIN_PHASE_UNSPECIFIED  DrainPhase = 0
 	DrainPhase_DRAIN_PHASE_REFUSING_NEW DrainPhase = 1 // new IKE_SA_INITs are refused from now on
 	DrainPhase_DRAIN_PHASE_FLUSHING     DrainPhase = 2 // waiting for SA state to reach the state store
-	DrainPhase_DRAIN_PHASE_HANDING_OFF  DrainPhase = 3 // moving SAs to other nodes (later)
+	DrainPhase_DRAIN_PHASE_HANDING_OFF  DrainPhase = 3 // route withdrawn, SAs moving to other nodes (hand_off)
 	DrainPhase_DRAIN_PHASE_DRAINED      DrainPhase = 4
 	DrainPhase_DRAIN_PHASE_RESUMED      DrainPhase = 5
 )
@@ -609,7 +609,8 @@ type NodeHealth struct {
 	Draining        bool                   `protobuf:"varint,2,opt,name=draining,proto3" json:"draining,omitempty"`
 	Registered      bool                   `protobuf:"varint,3,opt,name=registered,proto3" json:"registered,omitempty"`
 	PersistFailures uint64                 `protobuf:"varint,4,opt,name=persist_failures,json=persistFailures,proto3" json:"persist_failures,omitempty"`
-	State           string                 `protobuf:"bytes,5,opt,name=state,proto3" json:"state,omitempty"` // SERVING | DRAINING | FENCED | DEGRADED (state store unreachable)
+	State           string                 `protobuf:"bytes,5,opt,name=state,proto3" json:"state,omitempty"`     // SERVING | DRAINING | FENCED | DEGRADED (state store unreachable)
+	Anycast         *Anycast               `protobuf:"bytes,6,opt,name=anycast,proto3" json:"anycast,omitempty"` // the anycast front; unset without anycast.mode and anycast.members
 	unknownFields   protoimpl.UnknownFields
 	sizeCache       protoimpl.SizeCache
 }
@@ -679,6 +680,230 @@ func (x *NodeHealth) GetState() string {
 	return ""
 }
 
+func (x *NodeHealth) GetAnycast() *Anycast {
+	if x != nil {
+		return x.Anycast
+	}
+	return nil
+}
+
+// Anycast is the node's anycast front (anycast: section).
+type Anycast struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Mode          string                 `protobuf:"bytes,1,opt,name=mode,proto3" json:"mode,omitempty"`           // bgp | kernel | "" (membership only)
+	Healthy       bool                   `protobuf:"varint,2,opt,name=healthy,proto3" json:"healthy,omitempty"`    // health checks pass (after fall/rise hysteresis)
+	Failing       []string               `protobuf:"bytes,3,rep,name=failing,proto3" json:"failing,omitempty"`     // checks failing in the last probe, with detail
+	Announced     []string               `protobuf:"bytes,4,rep,name=announced,proto3" json:"announced,omitempty"` // prefixes announced now; empty: withdrawn
+	BgpSessionsUp uint32                 `protobuf:"varint,5,opt,name=bgp_sessions_up,json=bgpSessionsUp,proto3" json:"bgp_sessions_up,omitempty"`
+	BgpSessions   uint32                 `protobuf:"varint,6,opt,name=bgp_sessions,json=bgpSessions,proto3" json:"bgp_sessions,omitempty"`
+	Withdrawals   uint64                 `protobuf:"varint,7,opt,name=withdrawals,proto3" json:"withdrawals,omitempty"`                         // times everything was withdrawn
+	AnnounceError string                 `protobuf:"bytes,8,opt,name=announce_error,json=announceError,proto3" json:"announce_error,omitempty"` // the last announcement change failed with it
+	Members       []*Member              `protobuf:"bytes,9,rep,name=members,proto3" json:"members,omitempty"`                                  // gossip membership, this node included
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Anycast) Reset() {
+	*x = Anycast{}
+	mi := &file_api_admin_v1_admin_proto_msgTypes[7]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Anycast) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Anycast) ProtoMessage() {}
+
+func (x *Anycast) ProtoReflect() protoreflect.Message {
+	mi := &file_api_admin_v1_admin_proto_msgTypes[7]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Anycast.ProtoReflect.Descriptor instead.
+func (*Anycast) Descriptor() ([]byte, []int) {
+	return file_api_admin_v1_admin_proto_rawDescGZIP(), []int{7}
+}
+
+func (x *Anycast) GetMode() string {
+	if x != nil {
+		return x.Mode
+	}
+	return ""
+}
+
+func (x *Anycast) GetHealthy() bool {
+	if x != nil {
+		return x.Healthy
+	}
+	return false
+}
+
+func (x *Anycast) GetFailing() []string {
+	if x != nil {
+		return x.Failing
+	}
+	return nil
+}
+
+func (x *Anycast) GetAnnounced() []string {
+	if x != nil {
+		return x.Announced
+	}
+	return nil
+}
+
+func (x *Anycast) GetBgpSessionsUp() uint32 {
+	if x != nil {
+		return x.BgpSessionsUp
+	}
+	return 0
+}
+
+func (x *Anycast) GetBgpSessions() uint32 {
+	if x != nil {
+		return x.BgpSessions
+	}
+	return 0
+}
+
+func (x *Anycast) GetWithdrawals() uint64 {
+	if x != nil {
+		return x.Withdrawals
+	}
+	return 0
+}
+
+func (x *Anycast) GetAnnounceError() string {
+	if x != nil {
+		return x.AnnounceError
+	}
+	return ""
+}
+
+func (x *Anycast) GetMembers() []*Member {
+	if x != nil {
+		return x.Members
+	}
+	return nil
+}
+
+type Member struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Name          string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	Addr          string                 `protobuf:"bytes,2,opt,name=addr,proto3" json:"addr,omitempty"` // gossip address
+	Alive         bool                   `protobuf:"varint,3,opt,name=alive,proto3" json:"alive,omitempty"`
+	Healthy       bool                   `protobuf:"varint,4,opt,name=healthy,proto3" json:"healthy,omitempty"`
+	Draining      bool                   `protobuf:"varint,5,opt,name=draining,proto3" json:"draining,omitempty"`
+	Sas           uint64                 `protobuf:"varint,6,opt,name=sas,proto3" json:"sas,omitempty"`
+	Cpu           float64                `protobuf:"fixed64,7,opt,name=cpu,proto3" json:"cpu,omitempty"` // cores busy
+	PeerAddr      string                 `protobuf:"bytes,8,opt,name=peer_addr,json=peerAddr,proto3" json:"peer_addr,omitempty"`
+	Unicast       string                 `protobuf:"bytes,9,opt,name=unicast,proto3" json:"unicast,omitempty"` // redirect target address
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Member) Reset() {
+	*x = Member{}
+	mi := &file_api_admin_v1_admin_proto_msgTypes[8]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Member) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Member) ProtoMessage() {}
+
+func (x *Member) ProtoReflect() protoreflect.Message {
+	mi := &file_api_admin_v1_admin_proto_msgTypes[8]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Member.ProtoReflect.Descriptor instead.
+func (*Member) Descriptor() ([]byte, []int) {
+	return file_api_admin_v1_admin_proto_rawDescGZIP(), []int{8}
+}
+
+func (x *Member) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *Member) GetAddr() string {
+	if x != nil {
+		return x.Addr
+	}
+	return ""
+}
+
+func (x *Member) GetAlive() bool {
+	if x != nil {
+		return x.Alive
+	}
+	return false
+}
+
+func (x *Member) GetHealthy() bool {
+	if x != nil {
+		return x.Healthy
+	}
+	return false
+}
+
+func (x *Member) GetDraining() bool {
+	if x != nil {
+		return x.Draining
+	}
+	return false
+}
+
+func (x *Member) GetSas() uint64 {
+	if x != nil {
+		return x.Sas
+	}
+	return 0
+}
+
+func (x *Member) GetCpu() float64 {
+	if x != nil {
+		return x.Cpu
+	}
+	return 0
+}
+
+func (x *Member) GetPeerAddr() string {
+	if x != nil {
+		return x.PeerAddr
+	}
+	return ""
+}
+
+func (x *Member) GetUnicast() string {
+	if x != nil {
+		return x.Unicast
+	}
+	return ""
+}
+
 type NodeLoad struct {
 	state            protoimpl.MessageState `protogen:"open.v1"`
 	IkeSas           uint64                 `protobuf:"varint,1,opt,name=ike_sas,json=ikeSas,proto3" json:"ike_sas,omitempty"` // IKE SAs in the engine tables (any state)
@@ -699,7 +924,7 @@ type NodeLoad struct {
 
 func (x *NodeLoad) Reset() {
 	*x = NodeLoad{}
-	mi := &file_api_admin_v1_admin_proto_msgTypes[7]
+	mi := &file_api_admin_v1_admin_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -711,7 +936,7 @@ func (x *NodeLoad) String() string {
 func (*NodeLoad) ProtoMessage() {}
 
 func (x *NodeLoad) ProtoReflect() protoreflect.Message {
-	mi := &file_api_admin_v1_admin_proto_msgTypes[7]
+	mi := &file_api_admin_v1_admin_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -724,7 +949,7 @@ func (x *NodeLoad) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NodeLoad.ProtoReflect.Descriptor instead.
 func (*NodeLoad) Descriptor() ([]byte, []int) {
-	return file_api_admin_v1_admin_proto_rawDescGZIP(), []int{7}
+	return file_api_admin_v1_admin_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *NodeLoad) GetIkeSas() uint64 {
@@ -830,7 +1055,7 @@ type SAFilter struct {
 
 func (x *SAFilter) Reset() {
 	*x = SAFilter{}
-	mi := &file_api_admin_v1_admin_proto_msgTypes[8]
+	mi := &file_api_admin_v1_admin_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -842,7 +1067,7 @@ func (x *SAFilter) String() string {
 func (*SAFilter) ProtoMessage() {}
 
 func (x *SAFilter) ProtoReflect() protoreflect.Message {
-	mi := &file_api_admin_v1_admin_proto_msgTypes[8]
+	mi := &file_api_admin_v1_admin_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -855,7 +1080,7 @@ func (x *SAFilter) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SAFilter.ProtoReflect.Descriptor instead.
 func (*SAFilter) Descriptor() ([]byte, []int) {
-	return file_api_admin_v1_admin_proto_rawDescGZIP(), []int{8}
+	return file_api_admin_v1_admin_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *SAFilter) GetIdentity() string {
@@ -897,7 +1122,7 @@ type ListSAsRequest struct {
 
 func (x *ListSAsRequest) Reset() {
 	*x = ListSAsRequest{}
-	mi := &file_api_admin_v1_admin_proto_msgTypes[9]
+	mi := &file_api_admin_v1_admin_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -909,7 +1134,7 @@ func (x *ListSAsRequest) String() string {
 func (*ListSAsRequest) ProtoMessage() {}
 
 func (x *ListSAsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_api_admin_v1_admin_proto_msgTypes[9]
+	mi := &file_api_admin_v1_admin_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -922,7 +1147,7 @@ func (x *ListSAsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListSAsRequest.ProtoReflect.Descriptor instead.
 func (*ListSAsRequest) Descriptor() ([]byte, []int) {
-	return file_api_admin_v1_admin_proto_rawDescGZIP(), []int{9}
+	return file_api_admin_v1_admin_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *ListSAsRequest) GetFilter() *SAFilter {
@@ -957,7 +1182,7 @@ type ListSAsResponse struct {
 
 func (x *ListSAsResponse) Reset() {
 	*x = ListSAsResponse{}
-	mi := &file_api_admin_v1_admin_proto_msgTypes[10]
+	mi := &file_api_admin_v1_admin_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -969,7 +1194,7 @@ func (x *ListSAsResponse) String() string {
 func (*ListSAsResponse) ProtoMessage() {}
 
 func (x *ListSAsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_api_admin_v1_admin_proto_msgTypes[10]
+	mi := &file_api_admin_v1_admin_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -982,7 +1207,7 @@ func (x *ListSAsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListSAsResponse.ProtoReflect.Descriptor instead.
 func (*ListSAsResponse) Descriptor() ([]byte, []int) {
-	return file_api_admin_v1_admin_proto_rawDescGZIP(), []int{10}
+	return file_api_admin_v1_admin_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *ListSAsResponse) GetSas() []*SA {
@@ -1028,7 +1253,7 @@ type SA struct {
 
 func (x *SA) Reset() {
 	*x = SA{}
-	mi := &file_api_admin_v1_admin_proto_msgTypes[11]
+	mi := &file_api_admin_v1_admin_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1040,7 +1265,7 @@ func (x *SA) String() string {
 func (*SA) ProtoMessage() {}
 
 func (x *SA) ProtoReflect() protoreflect.Message {
-	mi := &file_api_admin_v1_admin_proto_msgTypes[11]
+	mi := &file_api_admin_v1_admin_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1053,7 +1278,7 @@ func (x *SA) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SA.ProtoReflect.Descriptor instead.
 func (*SA) Descriptor() ([]byte, []int) {
-	return file_api_admin_v1_admin_proto_rawDescGZIP(), []int{11}
+	return file_api_admin_v1_admin_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *SA) GetSpiI() uint64 {
@@ -1178,7 +1403,7 @@ type ChildSA struct {
 
 func (x *ChildSA) Reset() {
 	*x = ChildSA{}
-	mi := &file_api_admin_v1_admin_proto_msgTypes[12]
+	mi := &file_api_admin_v1_admin_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1190,7 +1415,7 @@ func (x *ChildSA) String() string {
 func (*ChildSA) ProtoMessage() {}
 
 func (x *ChildSA) ProtoReflect() protoreflect.Message {
-	mi := &file_api_admin_v1_admin_proto_msgTypes[12]
+	mi := &file_api_admin_v1_admin_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1203,7 +1428,7 @@ func (x *ChildSA) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ChildSA.ProtoReflect.Descriptor instead.
 func (*ChildSA) Descriptor() ([]byte, []int) {
-	return file_api_admin_v1_admin_proto_rawDescGZIP(), []int{12}
+	return file_api_admin_v1_admin_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *ChildSA) GetInSpi() uint32 {
@@ -1313,7 +1538,7 @@ type GetSARequest struct {
 
 func (x *GetSARequest) Reset() {
 	*x = GetSARequest{}
-	mi := &file_api_admin_v1_admin_proto_msgTypes[13]
+	mi := &file_api_admin_v1_admin_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1325,7 +1550,7 @@ func (x *GetSARequest) String() string {
 func (*GetSARequest) ProtoMessage() {}
 
 func (x *GetSARequest) ProtoReflect() protoreflect.Message {
-	mi := &file_api_admin_v1_admin_proto_msgTypes[13]
+	mi := &file_api_admin_v1_admin_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1338,7 +1563,7 @@ func (x *GetSARequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetSARequest.ProtoReflect.Descriptor instead.
 func (*GetSARequest) Descriptor() ([]byte, []int) {
-	return file_api_admin_v1_admin_proto_rawDescGZIP(), []int{13}
+	return file_api_admin_v1_admin_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *GetSARequest) GetSpi() uint64 {
@@ -1369,7 +1594,7 @@ type TerminateSARequest struct {
 
 func (x *TerminateSARequest) Reset() {
 	*x = TerminateSARequest{}
-	mi := &file_api_admin_v1_admin_proto_msgTypes[14]
+	mi := &file_api_admin_v1_admin_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1381,7 +1606,7 @@ func (x *TerminateSARequest) String() string {
 func (*TerminateSARequest) ProtoMessage() {}
 
 func (x *TerminateSARequest) ProtoReflect() protoreflect.Message {
-	mi := &file_api_admin_v1_admin_proto_msgTypes[14]
+	mi := &file_api_admin_v1_admin_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1394,7 +1619,7 @@ func (x *TerminateSARequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TerminateSARequest.ProtoReflect.Descriptor instead.
 func (*TerminateSARequest) Descriptor() ([]byte, []int) {
-	return file_api_admin_v1_admin_proto_rawDescGZIP(), []int{14}
+	return file_api_admin_v1_admin_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *TerminateSARequest) GetSpi() uint64 {
@@ -1453,7 +1678,7 @@ type TerminateProgress struct {
 
 func (x *TerminateProgress) Reset() {
 	*x = TerminateProgress{}
-	mi := &file_api_admin_v1_admin_proto_msgTypes[15]
+	mi := &file_api_admin_v1_admin_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1465,7 +1690,7 @@ func (x *TerminateProgress) String() string {
 func (*TerminateProgress) ProtoMessage() {}
 
 func (x *TerminateProgress) ProtoReflect() protoreflect.Message {
-	mi := &file_api_admin_v1_admin_proto_msgTypes[15]
+	mi := &file_api_admin_v1_admin_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1478,7 +1703,7 @@ func (x *TerminateProgress) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TerminateProgress.ProtoReflect.Descriptor instead.
 func (*TerminateProgress) Descriptor() ([]byte, []int) {
-	return file_api_admin_v1_admin_proto_rawDescGZIP(), []int{15}
+	return file_api_admin_v1_admin_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *TerminateProgress) GetMatched() uint64 {
@@ -1537,7 +1762,7 @@ type RekeySARequest struct {
 
 func (x *RekeySARequest) Reset() {
 	*x = RekeySARequest{}
-	mi := &file_api_admin_v1_admin_proto_msgTypes[16]
+	mi := &file_api_admin_v1_admin_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1549,7 +1774,7 @@ func (x *RekeySARequest) String() string {
 func (*RekeySARequest) ProtoMessage() {}
 
 func (x *RekeySARequest) ProtoReflect() protoreflect.Message {
-	mi := &file_api_admin_v1_admin_proto_msgTypes[16]
+	mi := &file_api_admin_v1_admin_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1562,7 +1787,7 @@ func (x *RekeySARequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RekeySARequest.ProtoReflect.Descriptor instead.
 func (*RekeySARequest) Descriptor() ([]byte, []int) {
-	return file_api_admin_v1_admin_proto_rawDescGZIP(), []int{16}
+	return file_api_admin_v1_admin_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *RekeySARequest) GetSpi() uint64 {
@@ -1606,7 +1831,7 @@ type RekeySAResponse struct {
 
 func (x *RekeySAResponse) Reset() {
 	*x = RekeySAResponse{}
-	mi := &file_api_admin_v1_admin_proto_msgTypes[17]
+	mi := &file_api_admin_v1_admin_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1618,7 +1843,7 @@ func (x *RekeySAResponse) String() string {
 func (*RekeySAResponse) ProtoMessage() {}
 
 func (x *RekeySAResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_api_admin_v1_admin_proto_msgTypes[17]
+	mi := &file_api_admin_v1_admin_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1631,7 +1856,7 @@ func (x *RekeySAResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RekeySAResponse.ProtoReflect.Descriptor instead.
 func (*RekeySAResponse) Descriptor() ([]byte, []int) {
-	return file_api_admin_v1_admin_proto_rawDescGZIP(), []int{17}
+	return file_api_admin_v1_admin_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *RekeySAResponse) GetOldInSpi() uint32 {
@@ -1661,9 +1886,12 @@ type DrainNodeRequest struct {
 	Refuse RefuseMode             `protobuf:"varint,2,opt,name=refuse,proto3,enum=ikefleet.admin.v1.RefuseMode" json:"refuse,omitempty"`
 	// Stop draining: accept new IKE_SA_INITs again.
 	Resume bool `protobuf:"varint,3,opt,name=resume,proto3" json:"resume,omitempty"`
-	// Hand the SAs over to other nodes (peer.v1); not available yet, so
-	// setting it fails with UNIMPLEMENTED. Without it the SAs stay here,
-	// persisted, for whoever takes them over.
+	// Hand the SAs over to other nodes: withdraw the anycast route (or
+	// leave a load balancer's set: /readyz fails), then wait while other
+	// nodes claim the SAs as their traffic reaches them (peer.v1), until
+	// none is left, none moved for anycast.drain.settle, or timeout; what
+	// is left is persisted. Without it the SAs stay here, persisted, for
+	// whoever takes them over.
 	HandOff       bool                 `protobuf:"varint,4,opt,name=hand_off,json=handOff,proto3" json:"hand_off,omitempty"`
 	Timeout       *durationpb.Duration `protobuf:"bytes,5,opt,name=timeout,proto3" json:"timeout,omitempty"` // flushing; default 30s
 	unknownFields protoimpl.UnknownFields
@@ -1672,7 +1900,7 @@ type DrainNodeRequest struct {
 
 func (x *DrainNodeRequest) Reset() {
 	*x = DrainNodeRequest{}
-	mi := &file_api_admin_v1_admin_proto_msgTypes[18]
+	mi := &file_api_admin_v1_admin_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1684,7 +1912,7 @@ func (x *DrainNodeRequest) String() string {
 func (*DrainNodeRequest) ProtoMessage() {}
 
 func (x *DrainNodeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_api_admin_v1_admin_proto_msgTypes[18]
+	mi := &file_api_admin_v1_admin_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1697,7 +1925,7 @@ func (x *DrainNodeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DrainNodeRequest.ProtoReflect.Descriptor instead.
 func (*DrainNodeRequest) Descriptor() ([]byte, []int) {
-	return file_api_admin_v1_admin_proto_rawDescGZIP(), []int{18}
+	return file_api_admin_v1_admin_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *DrainNodeRequest) GetNode() string {
@@ -1741,7 +1969,7 @@ type DrainProgress struct {
 	Sas           uint64                 `protobuf:"varint,2,opt,name=sas,proto3" json:"sas,omitempty"`                              // IKE SAs still on this node
 	HalfOpen      uint64                 `protobuf:"varint,3,opt,name=half_open,json=halfOpen,proto3" json:"half_open,omitempty"`    // handshakes under way
 	Queued        uint64                 `protobuf:"varint,4,opt,name=queued,proto3" json:"queued,omitempty"`                        // state changes not yet persisted
-	HandedOff     uint64                 `protobuf:"varint,5,opt,name=handed_off,json=handedOff,proto3" json:"handed_off,omitempty"` // later: SAs moved to other nodes
+	HandedOff     uint64                 `protobuf:"varint,5,opt,name=handed_off,json=handedOff,proto3" json:"handed_off,omitempty"` // SAs moved to other nodes since the drain began (hand_off)
 	Refused       uint64                 `protobuf:"varint,6,opt,name=refused,proto3" json:"refused,omitempty"`                      // IKE_SA_INITs refused since draining began
 	Done          bool                   `protobuf:"varint,7,opt,name=done,proto3" json:"done,omitempty"`
 	Message       string                 `protobuf:"bytes,8,opt,name=message,proto3" json:"message,omitempty"`
@@ -1751,7 +1979,7 @@ type DrainProgress struct {
 
 func (x *DrainProgress) Reset() {
 	*x = DrainProgress{}
-	mi := &file_api_admin_v1_admin_proto_msgTypes[19]
+	mi := &file_api_admin_v1_admin_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1763,7 +1991,7 @@ func (x *DrainProgress) String() string {
 func (*DrainProgress) ProtoMessage() {}
 
 func (x *DrainProgress) ProtoReflect() protoreflect.Message {
-	mi := &file_api_admin_v1_admin_proto_msgTypes[19]
+	mi := &file_api_admin_v1_admin_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1776,7 +2004,7 @@ func (x *DrainProgress) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DrainProgress.ProtoReflect.Descriptor instead.
 func (*DrainProgress) Descriptor() ([]byte, []int) {
-	return file_api_admin_v1_admin_proto_rawDescGZIP(), []int{19}
+	return file_api_admin_v1_admin_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *DrainProgress) GetPhase() DrainPhase {
@@ -1843,7 +2071,7 @@ type ReloadCredentialsRequest struct {
 
 func (x *ReloadCredentialsRequest) Reset() {
 	*x = ReloadCredentialsRequest{}
-	mi := &file_api_admin_v1_admin_proto_msgTypes[20]
+	mi := &file_api_admin_v1_admin_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1855,7 +2083,7 @@ func (x *ReloadCredentialsRequest) String() string {
 func (*ReloadCredentialsRequest) ProtoMessage() {}
 
 func (x *ReloadCredentialsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_api_admin_v1_admin_proto_msgTypes[20]
+	mi := &file_api_admin_v1_admin_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1868,7 +2096,7 @@ func (x *ReloadCredentialsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReloadCredentialsRequest.ProtoReflect.Descriptor instead.
 func (*ReloadCredentialsRequest) Descriptor() ([]byte, []int) {
-	return file_api_admin_v1_admin_proto_rawDescGZIP(), []int{20}
+	return file_api_admin_v1_admin_proto_rawDescGZIP(), []int{22}
 }
 
 type ReloadCredentialsResponse struct {
@@ -1892,7 +2120,7 @@ type ReloadCredentialsResponse struct {
 
 func (x *ReloadCredentialsResponse) Reset() {
 	*x = ReloadCredentialsResponse{}
-	mi := &file_api_admin_v1_admin_proto_msgTypes[21]
+	mi := &file_api_admin_v1_admin_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1904,7 +2132,7 @@ func (x *ReloadCredentialsResponse) String() string {
 func (*ReloadCredentialsResponse) ProtoMessage() {}
 
 func (x *ReloadCredentialsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_api_admin_v1_admin_proto_msgTypes[21]
+	mi := &file_api_admin_v1_admin_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1917,7 +2145,7 @@ func (x *ReloadCredentialsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReloadCredentialsResponse.ProtoReflect.Descriptor instead.
 func (*ReloadCredentialsResponse) Descriptor() ([]byte, []int) {
-	return file_api_admin_v1_admin_proto_rawDescGZIP(), []int{21}
+	return file_api_admin_v1_admin_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *ReloadCredentialsResponse) GetPsks() uint32 {
@@ -2008,7 +2236,7 @@ type WatchEventsRequest struct {
 
 func (x *WatchEventsRequest) Reset() {
 	*x = WatchEventsRequest{}
-	mi := &file_api_admin_v1_admin_proto_msgTypes[22]
+	mi := &file_api_admin_v1_admin_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2020,7 +2248,7 @@ func (x *WatchEventsRequest) String() string {
 func (*WatchEventsRequest) ProtoMessage() {}
 
 func (x *WatchEventsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_api_admin_v1_admin_proto_msgTypes[22]
+	mi := &file_api_admin_v1_admin_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2033,7 +2261,7 @@ func (x *WatchEventsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchEventsRequest.ProtoReflect.Descriptor instead.
 func (*WatchEventsRequest) Descriptor() ([]byte, []int) {
-	return file_api_admin_v1_admin_proto_rawDescGZIP(), []int{22}
+	return file_api_admin_v1_admin_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *WatchEventsRequest) GetKinds() []EventKind {
@@ -2072,7 +2300,7 @@ type Event struct {
 
 func (x *Event) Reset() {
 	*x = Event{}
-	mi := &file_api_admin_v1_admin_proto_msgTypes[23]
+	mi := &file_api_admin_v1_admin_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2084,7 +2312,7 @@ func (x *Event) String() string {
 func (*Event) ProtoMessage() {}
 
 func (x *Event) ProtoReflect() protoreflect.Message {
-	mi := &file_api_admin_v1_admin_proto_msgTypes[23]
+	mi := &file_api_admin_v1_admin_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2097,7 +2325,7 @@ func (x *Event) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Event.ProtoReflect.Descriptor instead.
 func (*Event) Descriptor() ([]byte, []int) {
-	return file_api_admin_v1_admin_proto_rawDescGZIP(), []int{23}
+	return file_api_admin_v1_admin_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *Event) GetTime() *timestamppb.Timestamp {
@@ -2234,7 +2462,7 @@ const file_api_admin_v1_admin_proto_rawDesc = "" +
 	"\x04self\x18\x06 \x01(\bR\x04self\x12\x1b\n" +
 	"\towned_sas\x18\a \x01(\x04R\bownedSas\x125\n" +
 	"\x06health\x18\b \x01(\v2\x1d.ikefleet.admin.v1.NodeHealthR\x06health\x12/\n" +
-	"\x04load\x18\t \x01(\v2\x1b.ikefleet.admin.v1.NodeLoadR\x04load\"\xa1\x01\n" +
+	"\x04load\x18\t \x01(\v2\x1b.ikefleet.admin.v1.NodeLoadR\x04load\"\xd7\x01\n" +
 	"\n" +
 	"NodeHealth\x12\x16\n" +
 	"\x06fenced\x18\x01 \x01(\bR\x06fenced\x12\x1a\n" +
@@ -2243,7 +2471,28 @@ const file_api_admin_v1_admin_proto_rawDesc = "" +
 	"registered\x18\x03 \x01(\bR\n" +
 	"registered\x12)\n" +
 	"\x10persist_failures\x18\x04 \x01(\x04R\x0fpersistFailures\x12\x14\n" +
-	"\x05state\x18\x05 \x01(\tR\x05state\"\xea\x03\n" +
+	"\x05state\x18\x05 \x01(\tR\x05state\x124\n" +
+	"\aanycast\x18\x06 \x01(\v2\x1a.ikefleet.admin.v1.AnycastR\aanycast\"\xb8\x02\n" +
+	"\aAnycast\x12\x12\n" +
+	"\x04mode\x18\x01 \x01(\tR\x04mode\x12\x18\n" +
+	"\ahealthy\x18\x02 \x01(\bR\ahealthy\x12\x18\n" +
+	"\afailing\x18\x03 \x03(\tR\afailing\x12\x1c\n" +
+	"\tannounced\x18\x04 \x03(\tR\tannounced\x12&\n" +
+	"\x0fbgp_sessions_up\x18\x05 \x01(\rR\rbgpSessionsUp\x12!\n" +
+	"\fbgp_sessions\x18\x06 \x01(\rR\vbgpSessions\x12 \n" +
+	"\vwithdrawals\x18\a \x01(\x04R\vwithdrawals\x12%\n" +
+	"\x0eannounce_error\x18\b \x01(\tR\rannounceError\x123\n" +
+	"\amembers\x18\t \x03(\v2\x19.ikefleet.admin.v1.MemberR\amembers\"\xd7\x01\n" +
+	"\x06Member\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12\x12\n" +
+	"\x04addr\x18\x02 \x01(\tR\x04addr\x12\x14\n" +
+	"\x05alive\x18\x03 \x01(\bR\x05alive\x12\x18\n" +
+	"\ahealthy\x18\x04 \x01(\bR\ahealthy\x12\x1a\n" +
+	"\bdraining\x18\x05 \x01(\bR\bdraining\x12\x10\n" +
+	"\x03sas\x18\x06 \x01(\x04R\x03sas\x12\x10\n" +
+	"\x03cpu\x18\a \x01(\x01R\x03cpu\x12\x1b\n" +
+	"\tpeer_addr\x18\b \x01(\tR\bpeerAddr\x12\x18\n" +
+	"\aunicast\x18\t \x01(\tR\aunicast\"\xea\x03\n" +
 	"\bNodeLoad\x12\x17\n" +
 	"\aike_sas\x18\x01 \x01(\x04R\x06ikeSas\x12 \n" +
 	"\vestablished\x18\x02 \x01(\x04R\vestablished\x12\x1b\n" +
@@ -2440,7 +2689,7 @@ func file_api_admin_v1_admin_proto_rawDescGZIP() []byte {
 }
 
 var file_api_admin_v1_admin_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
-var file_api_admin_v1_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 25)
+var file_api_admin_v1_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 27)
 var file_api_admin_v1_admin_proto_goTypes = []any{
 	(RefuseMode)(0),                   // 0: ikefleet.admin.v1.RefuseMode
 	(DrainPhase)(0),                   // 1: ikefleet.admin.v1.DrainPhase
@@ -2452,80 +2701,84 @@ var file_api_admin_v1_admin_proto_goTypes = []any{
 	(*ListNodesResponse)(nil),         // 7: ikefleet.admin.v1.ListNodesResponse
 	(*Node)(nil),                      // 8: ikefleet.admin.v1.Node
 	(*NodeHealth)(nil),                // 9: ikefleet.admin.v1.NodeHealth
-	(*NodeLoad)(nil),                  // 10: ikefleet.admin.v1.NodeLoad
-	(*SAFilter)(nil),                  // 11: ikefleet.admin.v1.SAFilter
-	(*ListSAsRequest)(nil),            // 12: ikefleet.admin.v1.ListSAsRequest
-	(*ListSAsResponse)(nil),           // 13: ikefleet.admin.v1.ListSAsResponse
-	(*SA)(nil),                        // 14: ikefleet.admin.v1.SA
-	(*ChildSA)(nil),                   // 15: ikefleet.admin.v1.ChildSA
-	(*GetSARequest)(nil),              // 16: ikefleet.admin.v1.GetSARequest
-	(*TerminateSARequest)(nil),        // 17: ikefleet.admin.v1.TerminateSARequest
-	(*TerminateProgress)(nil),         // 18: ikefleet.admin.v1.TerminateProgress
-	(*RekeySARequest)(nil),            // 19: ikefleet.admin.v1.RekeySARequest
-	(*RekeySAResponse)(nil),           // 20: ikefleet.admin.v1.RekeySAResponse
-	(*DrainNodeRequest)(nil),          // 21: ikefleet.admin.v1.DrainNodeRequest
-	(*DrainProgress)(nil),             // 22: ikefleet.admin.v1.DrainProgress
-	(*ReloadCredentialsRequest)(nil),  // 23: ikefleet.admin.v1.ReloadCredentialsRequest
-	(*ReloadCredentialsResponse)(nil), // 24: ikefleet.admin.v1.ReloadCredentialsResponse
-	(*WatchEventsRequest)(nil),        // 25: ikefleet.admin.v1.WatchEventsRequest
-	(*Event)(nil),                     // 26: ikefleet.admin.v1.Event
-	nil,                               // 27: ikefleet.admin.v1.NodeLoad.FailedEntry
-	(*timestamppb.Timestamp)(nil),     // 28: google.protobuf.Timestamp
-	(*durationpb.Duration)(nil),       // 29: google.protobuf.Duration
+	(*Anycast)(nil),                   // 10: ikefleet.admin.v1.Anycast
+	(*Member)(nil),                    // 11: ikefleet.admin.v1.Member
+	(*NodeLoad)(nil),                  // 12: ikefleet.admin.v1.NodeLoad
+	(*SAFilter)(nil),                  // 13: ikefleet.admin.v1.SAFilter
+	(*ListSAsRequest)(nil),            // 14: ikefleet.admin.v1.ListSAsRequest
+	(*ListSAsResponse)(nil),           // 15: ikefleet.admin.v1.ListSAsResponse
+	(*SA)(nil),                        // 16: ikefleet.admin.v1.SA
+	(*ChildSA)(nil),                   // 17: ikefleet.admin.v1.ChildSA
+	(*GetSARequest)(nil),              // 18: ikefleet.admin.v1.GetSARequest
+	(*TerminateSARequest)(nil),        // 19: ikefleet.admin.v1.TerminateSARequest
+	(*TerminateProgress)(nil),         // 20: ikefleet.admin.v1.TerminateProgress
+	(*RekeySARequest)(nil),            // 21: ikefleet.admin.v1.RekeySARequest
+	(*RekeySAResponse)(nil),           // 22: ikefleet.admin.v1.RekeySAResponse
+	(*DrainNodeRequest)(nil),          // 23: ikefleet.admin.v1.DrainNodeRequest
+	(*DrainProgress)(nil),             // 24: ikefleet.admin.v1.DrainProgress
+	(*ReloadCredentialsRequest)(nil),  // 25: ikefleet.admin.v1.ReloadCredentialsRequest
+	(*ReloadCredentialsResponse)(nil), // 26: ikefleet.admin.v1.ReloadCredentialsResponse
+	(*WatchEventsRequest)(nil),        // 27: ikefleet.admin.v1.WatchEventsRequest
+	(*Event)(nil),                     // 28: ikefleet.admin.v1.Event
+	nil,                               // 29: ikefleet.admin.v1.NodeLoad.FailedEntry
+	(*timestamppb.Timestamp)(nil),     // 30: google.protobuf.Timestamp
+	(*durationpb.Duration)(nil),       // 31: google.protobuf.Duration
 }
 var file_api_admin_v1_admin_proto_depIdxs = []int32{
 	8,  // 0: ikefleet.admin.v1.ClusterStatus.nodes:type_name -> ikefleet.admin.v1.Node
 	5,  // 1: ikefleet.admin.v1.ClusterStatus.state_store:type_name -> ikefleet.admin.v1.StateStoreStatus
-	28, // 2: ikefleet.admin.v1.StateStoreStatus.last_ok:type_name -> google.protobuf.Timestamp
+	30, // 2: ikefleet.admin.v1.StateStoreStatus.last_ok:type_name -> google.protobuf.Timestamp
 	8,  // 3: ikefleet.admin.v1.ListNodesResponse.nodes:type_name -> ikefleet.admin.v1.Node
-	28, // 4: ikefleet.admin.v1.Node.registered:type_name -> google.protobuf.Timestamp
+	30, // 4: ikefleet.admin.v1.Node.registered:type_name -> google.protobuf.Timestamp
 	9,  // 5: ikefleet.admin.v1.Node.health:type_name -> ikefleet.admin.v1.NodeHealth
-	10, // 6: ikefleet.admin.v1.Node.load:type_name -> ikefleet.admin.v1.NodeLoad
-	27, // 7: ikefleet.admin.v1.NodeLoad.failed:type_name -> ikefleet.admin.v1.NodeLoad.FailedEntry
-	11, // 8: ikefleet.admin.v1.ListSAsRequest.filter:type_name -> ikefleet.admin.v1.SAFilter
-	14, // 9: ikefleet.admin.v1.ListSAsResponse.sas:type_name -> ikefleet.admin.v1.SA
-	28, // 10: ikefleet.admin.v1.SA.created:type_name -> google.protobuf.Timestamp
-	28, // 11: ikefleet.admin.v1.SA.established:type_name -> google.protobuf.Timestamp
-	15, // 12: ikefleet.admin.v1.SA.children:type_name -> ikefleet.admin.v1.ChildSA
-	28, // 13: ikefleet.admin.v1.ChildSA.created:type_name -> google.protobuf.Timestamp
-	28, // 14: ikefleet.admin.v1.ChildSA.rekey_at:type_name -> google.protobuf.Timestamp
-	11, // 15: ikefleet.admin.v1.TerminateSARequest.filter:type_name -> ikefleet.admin.v1.SAFilter
-	29, // 16: ikefleet.admin.v1.TerminateSARequest.timeout:type_name -> google.protobuf.Duration
-	29, // 17: ikefleet.admin.v1.RekeySARequest.timeout:type_name -> google.protobuf.Duration
-	15, // 18: ikefleet.admin.v1.RekeySAResponse.child:type_name -> ikefleet.admin.v1.ChildSA
-	14, // 19: ikefleet.admin.v1.RekeySAResponse.ike_sa:type_name -> ikefleet.admin.v1.SA
-	0,  // 20: ikefleet.admin.v1.DrainNodeRequest.refuse:type_name -> ikefleet.admin.v1.RefuseMode
-	29, // 21: ikefleet.admin.v1.DrainNodeRequest.timeout:type_name -> google.protobuf.Duration
-	1,  // 22: ikefleet.admin.v1.DrainProgress.phase:type_name -> ikefleet.admin.v1.DrainPhase
-	28, // 23: ikefleet.admin.v1.ReloadCredentialsResponse.certificate_not_after:type_name -> google.protobuf.Timestamp
-	2,  // 24: ikefleet.admin.v1.WatchEventsRequest.kinds:type_name -> ikefleet.admin.v1.EventKind
-	11, // 25: ikefleet.admin.v1.WatchEventsRequest.filter:type_name -> ikefleet.admin.v1.SAFilter
-	28, // 26: ikefleet.admin.v1.Event.time:type_name -> google.protobuf.Timestamp
-	2,  // 27: ikefleet.admin.v1.Event.kind:type_name -> ikefleet.admin.v1.EventKind
-	15, // 28: ikefleet.admin.v1.Event.child:type_name -> ikefleet.admin.v1.ChildSA
-	3,  // 29: ikefleet.admin.v1.Admin.GetClusterStatus:input_type -> ikefleet.admin.v1.GetClusterStatusRequest
-	6,  // 30: ikefleet.admin.v1.Admin.ListNodes:input_type -> ikefleet.admin.v1.ListNodesRequest
-	12, // 31: ikefleet.admin.v1.Admin.ListSAs:input_type -> ikefleet.admin.v1.ListSAsRequest
-	16, // 32: ikefleet.admin.v1.Admin.GetSA:input_type -> ikefleet.admin.v1.GetSARequest
-	17, // 33: ikefleet.admin.v1.Admin.TerminateSA:input_type -> ikefleet.admin.v1.TerminateSARequest
-	19, // 34: ikefleet.admin.v1.Admin.RekeySA:input_type -> ikefleet.admin.v1.RekeySARequest
-	21, // 35: ikefleet.admin.v1.Admin.DrainNode:input_type -> ikefleet.admin.v1.DrainNodeRequest
-	23, // 36: ikefleet.admin.v1.Admin.ReloadCredentials:input_type -> ikefleet.admin.v1.ReloadCredentialsRequest
-	25, // 37: ikefleet.admin.v1.Admin.WatchEvents:input_type -> ikefleet.admin.v1.WatchEventsRequest
-	4,  // 38: ikefleet.admin.v1.Admin.GetClusterStatus:output_type -> ikefleet.admin.v1.ClusterStatus
-	7,  // 39: ikefleet.admin.v1.Admin.ListNodes:output_type -> ikefleet.admin.v1.ListNodesResponse
-	13, // 40: ikefleet.admin.v1.Admin.ListSAs:output_type -> ikefleet.admin.v1.ListSAsResponse
-	14, // 41: ikefleet.admin.v1.Admin.GetSA:output_type -> ikefleet.admin.v1.SA
-	18, // 42: ikefleet.admin.v1.Admin.TerminateSA:output_type -> ikefleet.admin.v1.TerminateProgress
-	20, // 43: ikefleet.admin.v1.Admin.RekeySA:output_type -> ikefleet.admin.v1.RekeySAResponse
-	22, // 44: ikefleet.admin.v1.Admin.DrainNode:output_type -> ikefleet.admin.v1.DrainProgress
-	24, // 45: ikefleet.admin.v1.Admin.ReloadCredentials:output_type -> ikefleet.admin.v1.ReloadCredentialsResponse
-	26, // 46: ikefleet.admin.v1.Admin.WatchEvents:output_type -> ikefleet.admin.v1.Event
-	38, // [38:47] is the sub-list for method output_type
-	29, // [29:38] is the sub-list for method input_type
-	29, // [29:29] is the sub-list for extension type_name
-	29, // [29:29] is the sub-list for extension extendee
-	0,  // [0:29] is the sub-list for field type_name
+	12, // 6: ikefleet.admin.v1.Node.load:type_name -> ikefleet.admin.v1.NodeLoad
+	10, // 7: ikefleet.admin.v1.NodeHealth.anycast:type_name -> ikefleet.admin.v1.Anycast
+	11, // 8: ikefleet.admin.v1.Anycast.members:type_name -> ikefleet.admin.v1.Member
+	29, // 9: ikefleet.admin.v1.NodeLoad.failed:type_name -> ikefleet.admin.v1.NodeLoad.FailedEntry
+	13, // 10: ikefleet.admin.v1.ListSAsRequest.filter:type_name -> ikefleet.admin.v1.SAFilter
+	16, // 11: ikefleet.admin.v1.ListSAsResponse.sas:type_name -> ikefleet.admin.v1.SA
+	30, // 12: ikefleet.admin.v1.SA.created:type_name -> google.protobuf.Timestamp
+	30, // 13: ikefleet.admin.v1.SA.established:type_name -> google.protobuf.Timestamp
+	17, // 14: ikefleet.admin.v1.SA.children:type_name -> ikefleet.admin.v1.ChildSA
+	30, // 15: ikefleet.admin.v1.ChildSA.created:type_name -> google.protobuf.Timestamp
+	30, // 16: ikefleet.admin.v1.ChildSA.rekey_at:type_name -> google.protobuf.Timestamp
+	13, // 17: ikefleet.admin.v1.TerminateSARequest.filter:type_name -> ikefleet.admin.v1.SAFilter
+	31, // 18: ikefleet.admin.v1.TerminateSARequest.timeout:type_name -> google.protobuf.Duration
+	31, // 19: ikefleet.admin.v1.RekeySARequest.timeout:type_name -> google.protobuf.Duration
+	17, // 20: ikefleet.admin.v1.RekeySAResponse.child:type_name -> ikefleet.admin.v1.ChildSA
+	16, // 21: ikefleet.admin.v1.RekeySAResponse.ike_sa:type_name -> ikefleet.admin.v1.SA
+	0,  // 22: ikefleet.admin.v1.DrainNodeRequest.refuse:type_name -> ikefleet.admin.v1.RefuseMode
+	31, // 23: ikefleet.admin.v1.DrainNodeRequest.timeout:type_name -> google.protobuf.Duration
+	1,  // 24: ikefleet.admin.v1.DrainProgress.phase:type_name -> ikefleet.admin.v1.DrainPhase
+	30, // 25: ikefleet.admin.v1.ReloadCredentialsResponse.certificate_not_after:type_name -> google.protobuf.Timestamp
+	2,  // 26: ikefleet.admin.v1.WatchEventsRequest.kinds:type_name -> ikefleet.admin.v1.EventKind
+	13, // 27: ikefleet.admin.v1.WatchEventsRequest.filter:type_name -> ikefleet.admin.v1.SAFilter
+	30, // 28: ikefleet.admin.v1.Event.time:type_name -> google.protobuf.Timestamp
+	2,  // 29: ikefleet.admin.v1.Event.kind:type_name -> ikefleet.admin.v1.EventKind
+	17, // 30: ikefleet.admin.v1.Event.child:type_name -> ikefleet.admin.v1.ChildSA
+	3,  // 31: ikefleet.admin.v1.Admin.GetClusterStatus:input_type -> ikefleet.admin.v1.GetClusterStatusRequest
+	6,  // 32: ikefleet.admin.v1.Admin.ListNodes:input_type -> ikefleet.admin.v1.ListNodesRequest
+	14, // 33: ikefleet.admin.v1.Admin.ListSAs:input_type -> ikefleet.admin.v1.ListSAsRequest
+	18, // 34: ikefleet.admin.v1.Admin.GetSA:input_type -> ikefleet.admin.v1.GetSARequest
+	19, // 35: ikefleet.admin.v1.Admin.TerminateSA:input_type -> ikefleet.admin.v1.TerminateSARequest
+	21, // 36: ikefleet.admin.v1.Admin.RekeySA:input_type -> ikefleet.admin.v1.RekeySARequest
+	23, // 37: ikefleet.admin.v1.Admin.DrainNode:input_type -> ikefleet.admin.v1.DrainNodeRequest
+	25, // 38: ikefleet.admin.v1.Admin.ReloadCredentials:input_type -> ikefleet.admin.v1.ReloadCredentialsRequest
+	27, // 39: ikefleet.admin.v1.Admin.WatchEvents:input_type -> ikefleet.admin.v1.WatchEventsRequest
+	4,  // 40: ikefleet.admin.v1.Admin.GetClusterStatus:output_type -> ikefleet.admin.v1.ClusterStatus
+	7,  // 41: ikefleet.admin.v1.Admin.ListNodes:output_type -> ikefleet.admin.v1.ListNodesResponse
+	15, // 42: ikefleet.admin.v1.Admin.ListSAs:output_type -> ikefleet.admin.v1.ListSAsResponse
+	16, // 43: ikefleet.admin.v1.Admin.GetSA:output_type -> ikefleet.admin.v1.SA
+	20, // 44: ikefleet.admin.v1.Admin.TerminateSA:output_type -> ikefleet.admin.v1.TerminateProgress
+	22, // 45: ikefleet.admin.v1.Admin.RekeySA:output_type -> ikefleet.admin.v1.RekeySAResponse
+	24, // 46: ikefleet.admin.v1.Admin.DrainNode:output_type -> ikefleet.admin.v1.DrainProgress
+	26, // 47: ikefleet.admin.v1.Admin.ReloadCredentials:output_type -> ikefleet.admin.v1.ReloadCredentialsResponse
+	28, // 48: ikefleet.admin.v1.Admin.WatchEvents:output_type -> ikefleet.admin.v1.Event
+	40, // [40:49] is the sub-list for method output_type
+	31, // [31:40] is the sub-list for method input_type
+	31, // [31:31] is the sub-list for extension type_name
+	31, // [31:31] is the sub-list for extension extendee
+	0,  // [0:31] is the sub-list for field type_name
 }
 
 func init() { file_api_admin_v1_admin_proto_init() }
@@ -2539,7 +2792,7 @@ func file_api_admin_v1_admin_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_api_admin_v1_admin_proto_rawDesc), len(file_api_admin_v1_admin_proto_rawDesc)),
 			NumEnums:      3,
-			NumMessages:   25,
+			NumMessages:   27,
 			NumExtensions: 0,
 			NumServices:   1,
 		},
