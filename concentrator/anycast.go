@@ -268,7 +268,7 @@ func (n *Node) DrainHandOff(ctx context.Context, progress func(HandOffProgress))
 		progress(p)
 	}
 	n.log.Info("drain: done", "initial", p.Initial, "left", p.Left, "moved", p.Initial-p.Left,
-		"elapsed", p.Elapsed.Round(time.Millisecond))
+		"elapsed", p.Elapsed.Round(time.Millisecond).String())
 	switch {
 	case ferr != nil:
 		return p, fmt.Errorf("drain: state store flush: %w", ferr)
