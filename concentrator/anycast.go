@@ -10,6 +10,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net/netip"
 	"sync"
 	"sync/atomic"
@@ -17,6 +18,7 @@ import (
 
 	"github.com/ikefleet/ikefleet/concentrator/ike"
 	"github.com/ikefleet/ikefleet/concentrator/metrics"
+	"github.com/ikefleet/ikefleet/concentrator/transport"
 	"github.com/ikefleet/ikefleet/lb"
 )
 
@@ -307,4 +309,39 @@ func (n *Node) anycastMetrics(ctx context.Context) *metrics.Anycast {
 		}
 	}
 	return a
+}
+
+// redirectInit answers an IKE_SA_INIT request with an RFC 5685 REDIRECT
+// to the least loaded live member while this node drains or holds more
+// than anycast.redirect.max_sas IKE SAs, if the initiator supports it. It
+// reports whether it answered (from the socket loop: b is the IKE message
+// without the non-ESP marker).
+func (n *Node) redirectInit(c transport.Conn, natt bool, b []byte, remote netip.AddrPort) bool {
+	max := n.cfg.Anycast.Redirect.MaxSAs
+	if !n.ops.draining.Load() && (max == 0 || n.front.sas.Load() < int64(max)) {
+		return false
+	}
+	m := n.front.members.Load()
+	if m == nil {
+		return false
+	}
+	target, ok := m.RedirectTarget()
+	if !ok {
+		return false
+	}
+	resp, ok := ike.RedirectInit(b, target)
+	if !ok {
+		return false
+	}
+	if natt {
+		resp = append([]byte{0, 0, 0, 0}, resp...)
+	}
+	if err := c.WriteTo(resp, remote); err != nil {
+		n.log.Debug("REDIRECT not sent", "remote", remote.String(), "err", err)
+		return true
+	}
+	n.front.redirects.Add(1)
+	n.plog.Log(context.Background(), slog.LevelInfo, "redirect", "IKE_SA_INIT redirected (RFC 5685)", "remote", remote.String(), "to", target.String(),
+		"draining", n.ops.draining.Load())
+	return true
 }

@@ -97,7 +97,9 @@ protocol kernel {
 func StartBird(t *testing.T, tp *Topology, ns, dir string, c BirdConfig) *Bird {
 	t.Helper()
 	conf := filepath.Join(dir, "bird.conf")
-	writeFile(t, conf, []byte(c.text()))
+	if err := os.WriteFile(conf, []byte(c.text()), 0o600); err != nil {
+		t.Fatal(err)
+	}
 	b := &Bird{NS: ns, Sock: filepath.Join(dir, "bird.ctl")}
 	if out, err := exec.Command(BirdPath, "-p", "-c", conf).CombinedOutput(); err != nil {
 		t.Fatalf("bird -p: %v\n%s\n%s", err, out, c.text())
