@@ -34,7 +34,7 @@ const (
 // anycastNet is the topology:
 //
 //	[cl] cl0 10.60.0.2 --- rtr-cl 10.60.0.1 [rtr: BIRD, etcd on 10.55.0.1]
-//	[nK] eth0 10.50.K.2 --- nK 10.50.K.1 [rtr]      K = 1..3; 198.51.100.10/32 on every node's lo
+//	[nK] eth0 10.50.K.2 --- nK 10.50.K.1 [rtr]      K = 1..4; 198.51.100.10/32 on every node's lo
 type anycastTopo struct {
 	tp     *Topology // process tracking only
 	prefix string
@@ -187,8 +187,10 @@ anycast:
 // BIRD 2 router over eBGP; the router installs one ECMP route with three
 // next hops and spreads flows by 5-tuple. A node whose etcd is blocked
 // withdraws (health checks) and comes back; a node stopped with SIGTERM
-// drains (withdraws at once, then exits); a node killed with SIGKILL is
-// withdrawn by BIRD when the session's hold timer (3 s) expires.
+// drains (withdraws at once, then exits); a fourth node joins the set; a
+// node killed with SIGKILL is withdrawn as soon as its kernel closes the
+// session; a node whose host vanishes (every packet dropped) is withdrawn
+// when the session's hold timer (3 s) expires.
 func TestAnycastBIRD(t *testing.T) {
 	requireBird(t)
 	if _, err := os.Stat(anycastEtcdPath); err != nil {
@@ -199,7 +201,7 @@ func TestAnycastBIRD(t *testing.T) {
 		t.Skip(msg)
 	}
 	bin := Binary(t, "concentratord")
-	a := newAnycastTopo(t, 3)
+	a := newAnycastTopo(t, 4)
 	dir := t.TempDir()
 	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
 	defer cancel()
@@ -233,8 +235,8 @@ func TestAnycastBIRD(t *testing.T) {
 
 	var procs []*Process
 	var hops []string
-	for i, ns := range a.Nodes {
-		k := i + 1
+	start := func(i int) {
+		ns, k := a.Nodes[i], i+1
 		ndir := filepath.Join(dir, fmt.Sprintf("n%d", k))
 		if err := os.MkdirAll(ndir, 0o700); err != nil {
 			t.Fatal(err)
@@ -246,6 +248,9 @@ func TestAnycastBIRD(t *testing.T) {
 		p.mustWaitLog(t, ctx, 60*time.Second, "listening", nil)
 		procs = append(procs, p)
 		hops = append(hops, fmt.Sprintf("10.50.%d.2", k))
+	}
+	for i := range 3 {
+		start(i)
 	}
 	t0 := time.Now()
 	if _, err := WaitNextHops(ctx, a.Rtr, anycastNet, hops, 60*time.Second); err != nil {
@@ -320,23 +325,45 @@ func TestAnycastBIRD(t *testing.T) {
 		t.Errorf("n2 took %v to exit, more than its grace period", exitAfter)
 	}
 
-	// Kill -9 n1: no withdrawal is sent; BIRD drops the route when the
-	// session's hold timer (3 s) expires.
+	// A fourth node joins: its next hop is added once it proved healthy.
+	tAdd := time.Now()
+	start(3)
+	if _, err := WaitNextHops(ctx, a.Rtr, anycastNet, []string{hops[0], hops[2], hops[3]}, 60*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	dJoin := time.Since(tAdd)
+	t.Logf("n4 started: its next hop added %v after start", dJoin.Round(time.Millisecond))
+
+	// Kill -9 n1: no withdrawal is sent, but its kernel closes the TCP
+	// session, and BIRD drops the route at once.
 	if err := syscall.Kill(procs[0].PID(), syscall.SIGKILL); err != nil {
 		t.Fatal(err)
 	}
-	dKill, err := WaitNextHops(ctx, a.Rtr, anycastNet, []string{hops[2]}, 30*time.Second)
+	dKill, err := WaitNextHops(ctx, a.Rtr, anycastNet, []string{hops[2], hops[3]}, 30*time.Second)
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Logf("n1 killed (SIGKILL): next hop withdrawn by BIRD after %v (hold time 3s)", dKill.Round(time.Millisecond))
+	t.Logf("n1 killed (SIGKILL): next hop withdrawn by BIRD after %v (session closed by n1's kernel)", dKill.Round(time.Millisecond))
+
+	// n4's host vanishes (every packet on its link dropped): nothing
+	// closes the session; BIRD withdraws when the hold timer (3 s) expires.
+	vanish := "table inet anycast_vanish {\n chain in {\n  type filter hook input priority 0; policy drop;\n }\n chain out {\n  type filter hook output priority 0; policy drop;\n }\n}\n"
+	if _, err := run(ctx, strings.NewReader(vanish), "ip", "netns", "exec", a.Nodes[3], "nft", "-f", "-"); err != nil {
+		t.Fatal(err)
+	}
+	dLoss, err := WaitNextHops(ctx, a.Rtr, anycastNet, []string{hops[2]}, 30*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("n4's host gone silent: next hop withdrawn by BIRD after %v (hold time 3s)", dLoss.Round(time.Millisecond))
 	up, err := bird.Established(ctx)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if !up["n3"] || up["n1"] || up["n2"] {
+	if !up["n3"] || up["n1"] || up["n2"] || up["n4"] {
 		t.Fatalf("BGP sessions up: %v, want only n3", up)
 	}
-	fmt.Printf("anycast: unhealthy-withdraw-ms=%d reannounce-ms=%d drain-withdraw-ms=%d drain-exit-ms=%d kill-withdraw-ms=%d\n",
-		dUnhealthy.Milliseconds(), dBack.Milliseconds(), dDrain.Milliseconds(), exitAfter.Milliseconds(), dKill.Milliseconds())
+	fmt.Printf("anycast: unhealthy-withdraw-ms=%d reannounce-ms=%d drain-withdraw-ms=%d drain-exit-ms=%d join-ms=%d kill-withdraw-ms=%d host-loss-withdraw-ms=%d\n",
+		dUnhealthy.Milliseconds(), dBack.Milliseconds(), dDrain.Milliseconds(), exitAfter.Milliseconds(), dJoin.Milliseconds(),
+		dKill.Milliseconds(), dLoss.Milliseconds())
 }
