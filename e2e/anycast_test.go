@@ -4,12 +4,6 @@ package e2e
 
 import (
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
-	"crypto/x509"
-	"crypto/x509/pkix"
-	"encoding/pem"
 	"fmt"
 	"net"
 	"os"
@@ -108,29 +102,6 @@ func newAnycastTopo(t *testing.T, nodes int) *anycastTopo {
 	return a
 }
 
-// issueIP issues a TLS server certificate for IP addresses from p.
-func issueIP(t *testing.T, p *PKI, name string, ips ...net.IP) Credential {
-	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tmpl := &x509.Certificate{SerialNumber: serial(t), Subject: pkix.Name{CommonName: name}, DNSNames: []string{name},
-		IPAddresses: ips, NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(24 * time.Hour),
-		KeyUsage: x509.KeyUsageDigitalSignature, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth}}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, p.CA, &key.PublicKey, p.key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cert, _ := x509.ParseCertificate(der)
-	pk, err := x509.MarshalPKCS8PrivateKey(key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return Credential{Cert: cert, CertPEM: pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}),
-		KeyPEM: pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: pk})}
-}
-
 func anycastNodeConfig(k int, dir, ca, cert, key, clusterKey string) string {
 	return fmt.Sprintf(`node:
   id: n%[1]d
@@ -210,7 +181,7 @@ func TestAnycastBIRD(t *testing.T) {
 	pki := NewPKI(t)
 	ca := filepath.Join(dir, "ca.crt")
 	writeFile(t, ca, pki.CAPEM)
-	srv := issueIP(t, pki, "etcd", net.ParseIP(etcdAddr))
+	srv := pki.IssueIP(t, "etcd", net.ParseIP(etcdAddr))
 	cli := pki.Issue(t, "ikefleet-node")
 	files := map[string][]byte{"etcd.crt": srv.CertPEM, "etcd.key": srv.KeyPEM, "node.crt": cli.CertPEM, "node.key": cli.KeyPEM,
 		"cluster.key": []byte(strings.Repeat("5a", 32) + "\n")}
