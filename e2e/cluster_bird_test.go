@@ -9,6 +9,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -58,12 +59,13 @@ func (s *birdSpreader) NodeOf(f Flow) int {
 	return k
 }
 
-// TestClusterBIRDKill: the cluster tier with BIRD as its router. Three
+// TestClusterBIRD: the cluster tier with BIRD as its router. Three
 // nodes announce the service address; BIRD spreads the gateways by ECMP.
-// A node is killed (SIGKILL): BIRD withdraws its next hop, the kernel
+// A node is drained with SIGTERM: its route goes at once, its SAs move to
+// the others by hand-off, it exits. Then a node is killed (SIGKILL): BIRD withdraws its next hop, the kernel
 // re-hashes, the surviving nodes take the SAs over; the gateways' pings
 // come back and their IKE SAs (SPIs) are unchanged.
-func TestClusterBIRDKill(t *testing.T) {
+func TestClusterBIRD(t *testing.T) {
 	requireCluster(t)
 	requireBird(t)
 	ctx, cancel := context.WithTimeout(t.Context(), 8*time.Minute)
@@ -96,6 +98,9 @@ func TestClusterBIRDKill(t *testing.T) {
         asn: %d
   health:
     interval: 250ms
+  drain:
+    grace_period: 20s
+    settle: 3s
 `, nodeASN, n.Addr, n.Index, routerASN)
 		},
 	})
@@ -121,13 +126,62 @@ func TestClusterBIRDKill(t *testing.T) {
 	waitRecovered(t, ctx, c, streams, time.Now(), clusterRecoverBound)
 	before := snapshotAll(t, ctx, c)
 
+	// Drain n3 with SIGTERM: it withdraws its route at once; its gateways'
+	// packets now reach the others, which claim the SAs from it by
+	// hand-off while it still runs; it exits once none is left.
+	drained := c.Nodes[2]
+	var onDrained []*ClusterGateway
+	for _, g := range c.Gateways {
+		if c.NodeOf(g) == drained {
+			onDrained = append(onDrained, g)
+		}
+	}
+	time.Sleep(time.Second)
+	at := time.Now()
+	if err := drained.Proc.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Spread.SetNodes(ctx, []int{1, 2}); err != nil {
+		t.Fatal(err)
+	}
+	drainWithdrawn := time.Since(at)
+	wctx, wcancel := context.WithTimeout(ctx, 30*time.Second)
+	err := drained.Proc.Wait(wctx)
+	wcancel()
+	if err != nil {
+		t.Fatalf("%s after SIGTERM: %v", drained.ID, err)
+	}
+	exited := time.Since(at)
+	rec, err := drained.Proc.WaitLog(ctx, "drain: done", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitRecovered(t, ctx, c, streams, at.Add(time.Second), clusterRecoverBound)
+	time.Sleep(2 * time.Second)
+	drainLost, drainMax := 0, time.Duration(0)
+	for _, g := range onDrained {
+		w := streams[g.Name].Window(at.Add(-time.Second), time.Now().Add(-time.Second))
+		drainLost += w.Lost
+		drainMax = max(drainMax, w.Outage)
+	}
+	if changed := compareSnapshots(t, ctx, c, before, "drain behind BIRD"); changed != 0 {
+		t.Errorf("%d gateways' IKE SAs changed by the drain", changed)
+	}
+	initial, _ := rec.Attr("initial")
+	left, _ := rec.Attr("left")
+	elapsed, _ := rec.Attr("elapsed")
+	t.Logf("cluster-bird-drain: node=%s gateways=%d route-withdrawn-ms=%d sas-initial=%s sas-left=%s drain=%s exit-ms=%d lost-pings=%d outage-ms-max=%d spread-after=%s",
+		drained.ID, len(onDrained), drainWithdrawn.Milliseconds(), initial, left, elapsed, exited.Milliseconds(), drainLost,
+		drainMax.Milliseconds(), perNode(c))
+	before = snapshotAll(t, ctx, c)
+
 	// Kill the node with the most gateways.
 	victim := c.Nodes[0]
 	count := map[*ClusterNode]int{}
 	for _, g := range c.Gateways {
 		count[c.NodeOf(g)]++
 	}
-	for _, n := range c.Nodes {
+	for _, n := range c.Nodes[:2] {
 		if count[n] > count[victim] {
 			victim = n
 		}
@@ -139,13 +193,13 @@ func TestClusterBIRDKill(t *testing.T) {
 		}
 	}
 	var survivors []int
-	for _, n := range c.Nodes {
+	for _, n := range c.Nodes[:2] {
 		if n != victim {
 			survivors = append(survivors, n.Index)
 		}
 	}
 	time.Sleep(time.Second)
-	at := time.Now()
+	at = time.Now()
 	if err := c.KillNode(ctx, victim); err != nil {
 		t.Fatal(err)
 	}
