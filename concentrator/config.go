@@ -16,6 +16,7 @@ import (
 
 	"go.yaml.in/yaml/v3"
 
+	"github.com/ikefleet/ikefleet/lb"
 	"github.com/ikefleet/ikefleet/statestore"
 )
 
@@ -33,6 +34,7 @@ type Config struct {
 	Metrics    MetricsConfig    `yaml:"metrics"`
 	Admin      AdminConfig      `yaml:"admin"`   // config_admin.go
 	Cluster    ClusterConfig    `yaml:"cluster"` // config_cluster.go
+	Anycast    lb.Config        `yaml:"anycast"` // config_anycast.go
 }
 
 // StateStoreConfig says where SA state is kept so that SAs outlive the
@@ -232,6 +234,7 @@ func DefaultConfig() Config {
 		StateStore: StateStoreConfig{Mode: "embedded", DataDir: "ikefleet-data", LeaseTTL: statestore.DefaultLeaseTTL, EtcdLogLevel: "warn"},
 		Metrics:    MetricsConfig{Listen: DefaultMetricsListen},
 		Admin:      AdminConfig{Listen: DefaultAdminListen},
+		Anycast:    lb.DefaultConfig(),
 	}
 }
 
@@ -515,6 +518,9 @@ func (c *Config) Validate() error {
 		return err
 	}
 	if err := c.Admin.validate(); err != nil {
+		return err
+	}
+	if err := c.validateAnycast(); err != nil {
 		return err
 	}
 	return c.StateStore.validate()

@@ -73,6 +73,7 @@ type Node struct {
 	claims          claims       // SAs being claimed (claim.go)
 	cluster         clusterStats // claims and hand-offs
 	ops             ops          // operator actions (ops.go)
+	front           front        // the anycast front (anycast.go)
 }
 
 // Option changes how New builds a node.
@@ -361,6 +362,8 @@ func (n *Node) Run(ctx context.Context) error {
 		go func() { defer wg.Done(); n.claimLoop(ctx) }()
 		go func() { defer wg.Done(); n.watchOwners(ctx) }()
 	}
+	wg.Add(1)
+	go func() { defer wg.Done(); n.runFront(ctx) }() // anycast.go
 	if r, ok := n.dp.(dataplane.UnknownSPIReporter); ok && n.persist != nil {
 		r.OnUnknownSPI(n.unknownESP) // ESP for SAs other nodes hold: claim them (claim.go)
 	}

@@ -178,6 +178,7 @@ func (n *Node) metricsSnapshot(ctx context.Context) (metrics.Snapshot, error) {
 		s.StateStore = &metrics.StateStore{Reachable: st.Reachable, Registered: st.Registered, Queued: st.Queued, Txns: st.Txns}
 	}
 	s.DataPlane = metrics.DataPlane{Name: n.dp.Name(), InstallFailures: n.obs.installFailures.Load()}
+	s.Anycast = n.anycastMetrics(ctx) // anycast.go
 	if r, ok := n.dp.(dataplane.Reporter); ok {
 		rep, err := r.Report(ctx)
 		if err != nil {

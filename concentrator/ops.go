@@ -365,6 +365,7 @@ func (n *Node) Drain(drop bool) {
 		n.ops.drainStart.Store(n.ops.refused.Load())
 		n.log.Info("draining: new IKE SAs refused", "node", n.nodeID, "drop", drop)
 	}
+	n.kickFront() // the anycast route goes (anycast.go)
 }
 
 // Resume ends a drain.
@@ -373,6 +374,7 @@ func (n *Node) Resume() {
 	if n.ops.draining.Swap(false) {
 		n.log.Info("drain ended: new IKE SAs accepted", "node", n.nodeID)
 	}
+	n.kickFront()
 }
 
 // Draining reports whether the node refuses new IKE SAs.

@@ -41,6 +41,7 @@ type Snapshot struct {
 	Events     EventCounts
 	StateStore *StateStore // nil: no state store (statestore.mode none)
 	DataPlane  DataPlane
+	Anycast    *Anycast // the anycast front (anycast.go)
 }
 
 // Shard is one engine shard.
@@ -283,6 +284,7 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 	gauge(dListening, b2f(n.Listening))
 	gauge(dFenced, b2f(n.Fenced))
 	gauge(dDraining, b2f(n.Draining))
+	collectAnycast(s.Anycast, gauge, counter)
 
 	// The state store.
 	if ss := s.StateStore; ss != nil {
