@@ -34,6 +34,8 @@ var schemaEnums = map[string][]string{
 	"dataplane.mode":            DataPlaneModes,
 	"statestore.mode":           {"embedded", "external", "none"},
 	"statestore.etcd_log_level": {"debug", "info", "warn", "error"},
+	"auth.revocation.ocsp":      {"prefer", "require", "off"},
+	"auth.revocation.crl":       {"fetch", "files", "off"},
 }
 
 // schemaBounds are the integer fields with a fixed range.
