@@ -164,6 +164,15 @@ func TestInteropRevocation(t *testing.T) {
 		t.Errorf("gw: no CHILD_SA lan1: %v", sa)
 	}
 	terminate(1)
+	// Reconnecting is answered from the cache: no fetch, no parking.
+	fetched := rs.CRLs.Load() + rs.OCSPs.Load()
+	if out, err := initiate(1); err != nil {
+		t.Fatalf("gw1 (good, again): %v\n%s", err, out)
+	}
+	terminate(1)
+	if n := rs.CRLs.Load() + rs.OCSPs.Load(); n != fetched {
+		t.Errorf("reconnect fetched again: %d requests to the revocation server, %d before", n, fetched)
+	}
 	// (b) revoked, CRL distribution point; (c) revoked, OCSP.
 	refused(2, "revoked via CRL DP")
 	refused(3, "revoked via OCSP")
@@ -204,7 +213,7 @@ func TestInteropRevocation(t *testing.T) {
 		t.Fatalf("GET /metrics: %d %v", code, err)
 	}
 	for _, l := range []string{`ikefleet_revocation_unavailable_total{outcome="accepted"} 1`, `ikefleet_revocation_revoked_total{source="crl"} 1`,
-		`ikefleet_revocation_revoked_total{source="ocsp"} 1`, "ikefleet_handshakes_total 2"} {
+		`ikefleet_revocation_revoked_total{source="ocsp"} 1`, "ikefleet_handshakes_total 3"} {
 		if !MetricLine(body, l) {
 			t.Errorf("/metrics has no %q", l)
 		}
