@@ -57,6 +57,7 @@ type Node struct {
 
 	nodeID          string
 	runCtx          context.Context // Run's, for work handed to shards from other goroutines
+	creds           *credCache      // auth.credential_store's copy (credstore.go)
 	eap             *eapBackend     // auth.eap.radius; nil without EAP
 	rev             *revocations    // auth.revocation: fetched CRLs and OCSP (revocation.go); nil when nothing is fetched
 	espBits         int             // inbound ESP SPI bits naming the shard
@@ -99,10 +100,12 @@ func New(cfg Config, log *slog.Logger, dp dataplane.DataPlane, opts ...Option) (
 	n := &Node{cfg: cfg, log: log, dp: dp, ecfg: ecfg, seed: maphash.MakeSeed(),
 		tr: transport.UDP{}, clock: clock.Real(),
 		conns: map[netip.AddrPort]transport.Conn{}, natt: map[netip.AddrPort]bool{}, ready: make(chan struct{}),
-		nodeID: nodeIDOf(cfg)}
+		nodeID: nodeIDOf(cfg), creds: newCredCache()}
 	for _, o := range opts {
 		o(n)
 	}
+	n.withCredentialStore(&n.ecfg)
+	ecfg = n.ecfg
 	n.initObservability()
 	if n.eap, err = newEAPBackend(cfg, n.nodeID); err != nil {
 		return nil, err
@@ -303,6 +306,11 @@ func (n *Node) Run(ctx context.Context) error {
 		if cp, ok := n.ecfg.Pool.(*clusterPool); ok {
 			if l, ok := p.store.(addressLeaser); ok {
 				cp.useStore(l) // virtual IPs leased cluster-wide
+				defer func() {
+					uctx, cancel := context.WithTimeout(context.Background(), poolCallTimeout)
+					cp.unreserve(uctx)
+					cancel()
+				}()
 			}
 		}
 		// Our slot goes into every IKE SPI we allocate from now on.
@@ -312,6 +320,17 @@ func (n *Node) Run(ctx context.Context) error {
 		}
 		n.log.Info("registered", "node", n.nodeID, "slot", slot, "epoch", me.Epoch, "statestore", n.cfg.StateStore.Mode)
 		n.refillSPIs(ctx) // the first IKE_SA_INIT finds reserved SPIs
+		n.refillAddresses(ctx)
+		if n.cfg.Auth.CredentialStore {
+			b, err := n.credentialBackend()
+			if err == nil {
+				err = n.loadCredentials(ctx, b)
+			}
+			if err != nil {
+				closeAll()
+				return fmt.Errorf("auth.credential_store: %w", err)
+			}
+		}
 	}
 	if err := n.restore(ctx); err != nil {
 		closeAll()
@@ -332,6 +351,10 @@ func (n *Node) Run(ctx context.Context) error {
 	}
 	wg.Add(1)
 	go func() { defer wg.Done(); n.watchStore(ctx) }()
+	if b, err := n.credentialBackend(); err == nil {
+		wg.Add(1)
+		go func() { defer wg.Done(); n.followCredentials(ctx, b) }()
+	}
 	wg.Add(1)
 	go func() { defer wg.Done(); n.flushSuppressed(ctx) }()
 	wg.Add(1)
@@ -355,6 +378,9 @@ func (n *Node) Run(ctx context.Context) error {
 					return
 				case <-t.C():
 					n.refillSPIs(ctx)
+					n.refillAddresses(ctx)
+				case <-n.addressesLow():
+					n.refillAddresses(ctx)
 				}
 			}
 		}()
