@@ -127,6 +127,12 @@ type AuthConfig struct {
 	CredentialStore bool `yaml:"credential_store"`
 	// EAP: gateways that send no AUTH authenticate with EAP through RADIUS.
 	EAP EAPConfig `yaml:"eap"`
+	// Revocation of peer certificates beyond auth.crls: CRLs fetched from
+	// distribution points, OCSP (config_revocation.go).
+	Revocation RevocationConfig `yaml:"revocation"`
+	// ClockSkew is the tolerance for certificate validity periods and for
+	// CRL and OCSP update times.
+	ClockSkew time.Duration `yaml:"clock_skew"`
 }
 
 // PubKeyConfig is a peer identity and the file of its public key (PEM
@@ -228,6 +234,7 @@ func DefaultConfig() Config {
 			MaxHalfOpenBytes: 128 << 20, HalfOpenPrefix4: 32, HalfOpenPrefix6: 64,
 		},
 		Identity: IdentityConfig{SendCert: "always"},
+		Auth:     AuthConfig{Revocation: DefaultRevocationConfig(), ClockSkew: DefaultClockSkew},
 		Children: ChildrenConfig{RekeyAfter: 50 * time.Minute, RekeyWindow: 10 * time.Minute, RekeyOverlap: 10 * time.Second, MaxPerIKE: 8},
 		DataPlane: DataPlaneConfig{Mode: "auto", Userspace: UserspaceConfig{TUN: "ikf0", MTU: 1400, QueueLen: 1024, ReplayWindow: 1024, SocketRecvBuffer: 4 << 20},
 			XFRM: XFRMConfig{MSSClamp: true, ReplayWindow: 128, HThresh4: []int{0, 32}}},
@@ -470,6 +477,9 @@ func (c *Config) Validate() error {
 		return err
 	}
 	if err := c.validateEAP(); err != nil {
+		return err
+	}
+	if err := c.validateRevocation(); err != nil {
 		return err
 	}
 	if c.Auth.CredentialStore && c.StateStore.Mode == "none" {

@@ -164,7 +164,7 @@ func (n *Node) metricsSnapshot(ctx context.Context) (metrics.Snapshot, error) {
 	h := n.Health()
 	s.Node = metrics.Node{PersistFailures: n.persistFailures.Load(), FencedDrops: n.fencedDrops.Load(),
 		NonIKEDrops: n.nonIKEDrops.Load(), KeepalivesSent: n.obs.keepalivesSent.Load(),
-		KeepalivesReceived: n.keepalives.Load(), EAP: n.obs.eapCounts(), Listening: h.Listening, Fenced: h.Fenced, Draining: h.Draining}
+		KeepalivesReceived: n.keepalives.Load(), EAP: n.obs.eapCounts(), Revocation: n.rev.stats(), Listening: h.Listening, Fenced: h.Fenced, Draining: h.Draining}
 	n.obs.queueDrops.Range(func(k, v any) bool {
 		q := k.(queueKey)
 		s.Node.QueueDrops = append(s.Node.QueueDrops, metrics.QueueDrop{Listen: q.listen.String(), NATT: q.natt,

@@ -490,6 +490,12 @@ func (n *Node) ReloadCredentials(ctx context.Context) (ReloadResult, error) {
 		return res, err
 	}
 	n.withCredentialStore(&ec)
+	if n.rev != nil {
+		n.rev.setPolicy(&cfg)
+		if ec.Verifier != nil && n.rev.policy().online() {
+			ec.Verifier.Online = n.rev
+		}
+	}
 	old := n.ecfg
 	for _, s := range n.shards {
 		if err := n.do(ctx, s, func() {

@@ -37,6 +37,8 @@ var schemaEnums = map[string][]string{
 	"statestore.mode":           {"embedded", "external", "none"},
 	"statestore.etcd_log_level": {"debug", "info", "warn", "error"},
 	"anycast.mode":              lb.Modes,
+	"auth.revocation.ocsp":      {"prefer", "require", "off"},
+	"auth.revocation.crl":       {"fetch", "files", "off"},
 }
 
 // schemaBounds are the integer fields with a fixed range.

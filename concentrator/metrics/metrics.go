@@ -61,10 +61,23 @@ type Node struct {
 	KeepalivesReceived uint64
 	QueueDrops         []QueueDrop
 	EAP                map[string]uint64 // EAP messages relayed to RADIUS, by result (EAPResults)
+	Revocation         Revocation        // online revocation checking
 	Listening          bool              // sockets bound
 	Fenced             bool
 	Draining           bool
 }
+
+// Revocation counts the node's online revocation lookups and fetches;
+// arrays are indexed by RevocationSources.
+type Revocation struct {
+	Hits, Misses, FetchOK, FetchFailed, Revoked [2]uint64
+	FetchSeconds                                [2]float64
+	Refused, FailOpen, Pending                  uint64
+	Cached                                      int
+}
+
+// RevocationSources label the arrays of Revocation.
+var RevocationSources = [2]string{"ocsp", "crl"}
 
 // QueueDrop counts IKE messages one socket dropped because one shard's
 // queue was full. Listen is the socket's configured address (ours).
@@ -281,6 +294,19 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 	for _, r := range EAPResults {
 		counter(dEAP, n.EAP[r], r)
 	}
+	for i, src := range RevocationSources {
+		rv := &n.Revocation
+		counter(dRevLookups, rv.Hits[i], src, "hit")
+		counter(dRevLookups, rv.Misses[i], src, "miss")
+		counter(dRevFetches, rv.FetchOK[i], src, "ok")
+		counter(dRevFetches, rv.FetchFailed[i], src, "error")
+		ch <- prometheus.MustNewConstMetric(dRevFetchSeconds.desc, prometheus.CounterValue, rv.FetchSeconds[i], src)
+		counter(dRevRevoked, rv.Revoked[i], src)
+	}
+	counter(dRevOutcome, n.Revocation.Refused, "refused")
+	counter(dRevOutcome, n.Revocation.FailOpen, "accepted")
+	counter(dRevPending, n.Revocation.Pending)
+	gauge(dRevCached, float64(n.Revocation.Cached))
 	gauge(dListening, b2f(n.Listening))
 	gauge(dFenced, b2f(n.Fenced))
 	gauge(dDraining, b2f(n.Draining))
