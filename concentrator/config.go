@@ -28,8 +28,9 @@ type Config struct {
 	DataPlane  DataPlaneConfig  `yaml:"dataplane"`
 	StateStore StateStoreConfig `yaml:"statestore"`
 	Metrics    MetricsConfig    `yaml:"metrics"`
-	Admin      AdminConfig      `yaml:"admin"`   // config_admin.go
-	Cluster    ClusterConfig    `yaml:"cluster"` // config_cluster.go
+	Admin      AdminConfig      `yaml:"admin"`    // config_admin.go
+	Cluster    ClusterConfig    `yaml:"cluster"`  // config_cluster.go
+	Policies   []PolicyConfig   `yaml:"policies"` // config_policy.go
 }
 
 // StateStoreConfig says where SA state is kept so that SAs outlive the
@@ -470,8 +471,8 @@ func (c *Config) Validate() error {
 			return fieldErr(fmt.Sprintf("children.remote_ts[%d]", i), "not a subnet: %q", s)
 		}
 	}
-	if len(c.Children.RemoteTS) == 0 && c.Children.Pool == "" {
-		return fieldErr("children.remote_ts", "needs at least one subnet (or set children.pool)")
+	if len(c.Children.RemoteTS) == 0 && c.Children.Pool == "" && len(c.Policies) == 0 {
+		return fieldErr("children.remote_ts", "needs at least one subnet (or set children.pool, or policies)")
 	}
 	if c.Children.Pool != "" {
 		p, err := netip.ParsePrefix(c.Children.Pool)
@@ -483,6 +484,9 @@ func (c *Config) Validate() error {
 		if _, err := netip.ParseAddr(s); err != nil {
 			return fieldErr(fmt.Sprintf("children.dns[%d]", i), "not an IP address: %q", s)
 		}
+	}
+	if err := c.validatePolicies(); err != nil {
+		return err
 	}
 	if err := c.DataPlane.validate(); err != nil {
 		return err

@@ -292,8 +292,8 @@ func (n *Node) Run(ctx context.Context) error {
 		}
 		n.persist = p
 		defer p.close()
-		if cp, ok := n.ecfg.Pool.(*clusterPool); ok {
-			if l, ok := p.store.(addressLeaser); ok {
+		if l, ok := p.store.(addressLeaser); ok {
+			for _, cp := range clusterPools(&n.ecfg) {
 				cp.useStore(l) // virtual IPs leased cluster-wide
 			}
 		}

@@ -36,8 +36,10 @@ type clusterPool struct {
 	held map[netip.Addr]string // address -> identity, of this node's SAs
 }
 
-func newClusterPool(p netip.Prefix) *clusterPool {
-	return &clusterPool{local: ike.NewPool(p), size: 1<<(32-p.Bits()) - 2, held: map[netip.Addr]string{}}
+func newClusterPool(p netip.Prefix, maxPerPeer int) *clusterPool {
+	local := ike.NewPool(p)
+	local.SetMaxPerPeer(maxPerPeer)
+	return &clusterPool{local: local, size: 1<<(32-p.Bits()) - 2, held: map[netip.Addr]string{}}
 }
 
 // useStore switches the pool to cluster-wide leases.
@@ -65,7 +67,9 @@ func (p *clusterPool) Acquire(peer ike.Identity) (netip.Addr, error) {
 	if a, ok, err := l.AddressOf(ctx, id); err != nil {
 		return netip.Addr{}, err
 	} else if ok {
-		p.local.Release(a)
+		if holder, _ := p.local.Holder(a); holder != id {
+			p.local.Drop(a) // a foreign mark, or a stale local holder
+		}
 		if err := p.local.Claim(peer, a); err != nil {
 			return netip.Addr{}, err
 		}
@@ -76,6 +80,9 @@ func (p *clusterPool) Acquire(peer ike.Identity) (netip.Addr, error) {
 		a, err := p.local.Acquire(peer)
 		if err != nil {
 			return netip.Addr{}, err
+		}
+		if _, refs := p.local.Holder(a); refs > 1 {
+			return a, nil // shared with another SA of the identity: leased already
 		}
 		holder, err := l.LeaseAddress(ctx, a, id)
 		if err != nil {
@@ -88,10 +95,32 @@ func (p *clusterPool) Acquire(peer ike.Identity) (netip.Addr, error) {
 		}
 		// Another identity has it (served by another node): keep it out
 		// of this node's offers.
-		p.local.Release(a)
+		p.local.Drop(a)
 		p.local.Claim(foreign, a)
 	}
 	return netip.Addr{}, ike.ErrPoolExhausted
+}
+
+// confirm leases a to peer in the state store (a claimed SA's address,
+// before its restore on the shard's goroutine: no etcd round trip there).
+// The SA's own hold is taken by Claim at the restore.
+func (p *clusterPool) confirm(peer ike.Identity, a netip.Addr) error {
+	l := p.leaser()
+	if l == nil {
+		return nil
+	}
+	id := peer.String()
+	ctx, cancel := context.WithTimeout(context.Background(), poolCallTimeout)
+	defer cancel()
+	holder, err := l.LeaseAddress(ctx, a, id)
+	if err != nil {
+		return err
+	}
+	if holder != "" && holder != id {
+		return ike.ErrAddressInUse
+	}
+	p.note(a, id)
+	return nil
 }
 
 func (p *clusterPool) Claim(peer ike.Identity, a netip.Addr) error {
@@ -103,28 +132,25 @@ func (p *clusterPool) Claim(peer ike.Identity, a netip.Addr) error {
 	p.mu.Lock()
 	confirmed := p.held[a] == id
 	p.mu.Unlock()
-	if confirmed {
-		return nil // leased already (a claim confirms it before the restore: claim.go)
+	if !confirmed {
+		if err := p.confirm(peer, a); err != nil {
+			return err
+		}
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), poolCallTimeout)
-	defer cancel()
-	holder, err := l.LeaseAddress(ctx, a, id)
-	if err != nil {
-		return err
+	if holder, _ := p.local.Holder(a); holder != "" && holder != id {
+		p.local.Drop(a) // a foreign mark, or a stale local holder
 	}
-	if holder != "" && holder != id {
-		return ike.ErrAddressInUse
-	}
-	p.local.Release(a) // a foreign mark, or a stale local holder
 	if err := p.local.Claim(peer, a); err != nil && !errors.Is(err, ike.ErrNotInPool) {
 		return err
 	}
-	p.note(a, id)
 	return nil
 }
 
-// Release ends the lease: the SA holding a was deleted.
+// Release ends one SA's hold on a; the lease ends with the last one.
 func (p *clusterPool) Release(a netip.Addr) {
+	if !p.local.Unref(a) {
+		return // another SA of the identity shares it
+	}
 	id := p.forget(a)
 	if l := p.leaser(); l != nil && id != "" {
 		ctx, cancel := context.WithTimeout(context.Background(), poolCallTimeout)
@@ -133,9 +159,13 @@ func (p *clusterPool) Release(a netip.Addr) {
 	}
 }
 
-// Forget drops a from this node only: its SA moved to another node, which
-// keeps the lease.
-func (p *clusterPool) Forget(a netip.Addr) { p.forget(a) }
+// Forget drops one SA's hold on a from this node only: its SA moved to
+// another node, which keeps the lease.
+func (p *clusterPool) Forget(a netip.Addr) {
+	if p.local.Unref(a) {
+		p.forget(a)
+	}
+}
 
 func (p *clusterPool) note(a netip.Addr, id string) {
 	p.mu.Lock()
@@ -148,6 +178,5 @@ func (p *clusterPool) forget(a netip.Addr) string {
 	id := p.held[a]
 	delete(p.held, a)
 	p.mu.Unlock()
-	p.local.Release(a)
 	return id
 }

@@ -67,6 +67,10 @@ type IKESA struct {
 	children    []*ChildSA
 	vip         netip.Addr
 	vipForeign  bool // restored with an address the pool does not have
+	// policy is the peer's PeerPolicy (policy.go), looked up once it is
+	// authenticated; selectorsHeld: it holds selectors in Config.Selectors.
+	policy        *PeerPolicy
+	selectorsHeld bool
 
 	nextOut    uint32    // message ID of our next request
 	nextIn     uint32    // message ID of the peer's next request
@@ -327,7 +331,11 @@ func (sa *IKESA) handle(now time.Time, e *Engine, pkt Packet, h Header, rd *Read
 	sa.lastRecv = now
 	sa.flushDirty(e, rd)
 	if pkt.Local != sa.Local || pkt.Remote != sa.Remote {
-		sa.moved(now, e, pkt.Local, pkt.Remote, m, rd)
+		if sa.mayMove(m) {
+			sa.moved(now, e, pkt.Local, pkt.Remote, m, rd)
+		} else {
+			e.stats.MovesRefused++
+		}
 	}
 	if m.IsResponse() {
 		switch {

@@ -55,6 +55,8 @@ var (
 	dDPDDead         = counterDef("dpd_dead_total", "Peers declared dead (liveness check or request unanswered).")
 	dKeepalives      = counterDef("keepalives_total", "NAT-T keepalives sent and received.", "direction")
 	dAddressUpdates  = counterDef("address_updates_total", "IKE SAs moved to new addresses (NAT rebinding, MOBIKE).")
+	dMovesRefused    = counterDef("address_updates_refused_total", "Authenticated IKE messages from a new address that did not move their SA (peer not behind a NAT, no MOBIKE update).")
+	dTSRefused       = counterDef("selectors_refused_total", "CHILD SAs refused (TS_UNACCEPTABLE) because another identity holds the selectors (policies).")
 	dCookiesSent     = counterDef("cookies_sent_total", "IKE_SA_INIT requests answered with a cookie demand.")
 	dRetransmits     = counterDef("retransmits_total", "Requests we retransmitted.")
 	dDuplicates      = counterDef("duplicate_requests_total", "Retransmitted requests answered from the response cache.")

@@ -234,6 +234,8 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 		total.DPDDead += st.DPDDead
 		total.RekeyCollisions += st.RekeyCollisions
 		total.UnreservedSPIs += st.UnreservedSPIs
+		total.MovesRefused += st.MovesRefused
+		total.SelectorsRefused += st.SelectorsRefused
 		for n, v := range st.Failed {
 			failed[failureReason(n)] += v
 		}
@@ -261,6 +263,8 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 	counter(dKeepalives, s.Node.KeepalivesSent, "sent")
 	counter(dKeepalives, s.Node.KeepalivesReceived, "received")
 	counter(dAddressUpdates, ev.AddressUpdates)
+	counter(dMovesRefused, total.MovesRefused)
+	counter(dTSRefused, total.SelectorsRefused)
 	counter(dCookiesSent, total.CookiesSent)
 	counter(dRetransmits, total.Retransmits)
 	counter(dDuplicates, total.DuplicateRequests)
