@@ -128,6 +128,7 @@ func (n *Node) Stats(ctx context.Context) (ike.Stats, error) {
 		total.RefusedSAs += st.RefusedSAs
 		total.MovesRefused += st.MovesRefused
 		total.SelectorsRefused += st.SelectorsRefused
+		total.MappingChecks += st.MappingChecks
 		for k, v := range st.Failed {
 			total.Failed[k] += v
 		}

@@ -351,6 +351,10 @@ func (n *Node) Run(ctx context.Context) error {
 			}
 		}()
 	}
+	if mr, ok := n.dp.(dataplane.MappingReporter); ok {
+		wg.Add(1)
+		go func() { defer wg.Done(); n.watchMappings(ctx, mr) }()
+	}
 	if er, ok := n.dp.(dataplane.ExpiryReporter); ok {
 		wg.Add(1)
 		go func() { defer wg.Done(); n.expiries(ctx, er.Expiries()) }()

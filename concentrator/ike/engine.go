@@ -76,6 +76,7 @@ type Stats struct {
 	// Policy (policy.go, mobike.go, natmap.go).
 	MovesRefused     uint64 // authenticated messages from new addresses that did not move their SA (no NAT, no MOBIKE update)
 	SelectorsRefused uint64 // CHILD SAs refused: selectors another identity holds
+	MappingChecks    uint64 // liveness checks sent to a NAT mapping the data plane reported (PeerMoved)
 }
 
 const cookieLifetime = 5 * time.Minute

@@ -56,6 +56,7 @@ var (
 	dKeepalives      = counterDef("keepalives_total", "NAT-T keepalives sent and received.", "direction")
 	dAddressUpdates  = counterDef("address_updates_total", "IKE SAs moved to new addresses (NAT rebinding, MOBIKE).")
 	dMovesRefused    = counterDef("address_updates_refused_total", "Authenticated IKE messages from a new address that did not move their SA (peer not behind a NAT, no MOBIKE update).")
+	dMappingChecks   = counterDef("nat_mapping_checks_total", "Liveness checks sent to a new NAT mapping the data plane reported (ESP from a new port or address).")
 	dTSRefused       = counterDef("selectors_refused_total", "CHILD SAs refused (TS_UNACCEPTABLE) because another identity holds the selectors (policies).")
 	dCookiesSent     = counterDef("cookies_sent_total", "IKE_SA_INIT requests answered with a cookie demand.")
 	dRetransmits     = counterDef("retransmits_total", "Requests we retransmitted.")

@@ -236,6 +236,7 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 		total.UnreservedSPIs += st.UnreservedSPIs
 		total.MovesRefused += st.MovesRefused
 		total.SelectorsRefused += st.SelectorsRefused
+		total.MappingChecks += st.MappingChecks
 		for n, v := range st.Failed {
 			failed[failureReason(n)] += v
 		}
@@ -265,6 +266,7 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 	counter(dAddressUpdates, ev.AddressUpdates)
 	counter(dMovesRefused, total.MovesRefused)
 	counter(dTSRefused, total.SelectorsRefused)
+	counter(dMappingChecks, total.MappingChecks)
 	counter(dCookiesSent, total.CookiesSent)
 	counter(dRetransmits, total.Retransmits)
 	counter(dDuplicates, total.DuplicateRequests)
