@@ -348,10 +348,16 @@ func (sa *IKESA) handle(now time.Time, e *Engine, pkt Packet, h Header, rd *Read
 	sa.lastRecv = now
 	sa.flushDirty(e, rd)
 	if pkt.Local != sa.Local || pkt.Remote != sa.Remote {
-		if sa.mayMove(m) {
-			sa.moved(now, e, pkt.Local, pkt.Remote, m, rd)
-		} else {
+		// Our own address may change (the SA came to another node of the
+		// cluster, a multi-homed node); the peer's only by the rules of
+		// mayMove.
+		remote := pkt.Remote
+		if remote != sa.Remote && !sa.mayMove(m) {
 			e.stats.MovesRefused++
+			remote = sa.Remote
+		}
+		if pkt.Local != sa.Local || remote != sa.Remote {
+			sa.moved(now, e, pkt.Local, remote, m, rd)
 		}
 	}
 	if m.IsResponse() {
