@@ -43,7 +43,7 @@ type StateStoreConfig struct {
 	CAFile         string        `yaml:"ca_file"`          // external etcd: CA of the servers
 	CertFile       string        `yaml:"cert_file"`        // external etcd: client certificate
 	KeyFile        string        `yaml:"key_file"`         // and its key
-	ClusterKeyFile string        `yaml:"cluster_key_file"` // 32-byte AES key (hex) sealing key material; embedded: generated in data_dir if unset
+	ClusterKeyFile string        `yaml:"cluster_key_file"` // 32-byte AES key (hex) sealing key material, or "<id>:<hex>" lines (rotation: the highest id seals); embedded: generated in data_dir if unset
 	LeaseTTL       time.Duration `yaml:"lease_ttl"`
 	QueueNew       bool          `yaml:"queue_new"`      // while etcd is unreachable, queue new SAs instead of refusing them
 	EtcdLogLevel   string        `yaml:"etcd_log_level"` // embedded etcd's logs into ours from this level: debug | info | warn | error
