@@ -57,6 +57,7 @@ type Node struct {
 
 	nodeID          string
 	runCtx          context.Context // Run's, for work handed to shards from other goroutines
+	creds           *credCache      // auth.credential_store's copy (credstore.go)
 	eap             *eapBackend     // auth.eap.radius; nil without EAP
 	espBits         int             // inbound ESP SPI bits naming the shard
 	persist         *persistence
@@ -98,10 +99,12 @@ func New(cfg Config, log *slog.Logger, dp dataplane.DataPlane, opts ...Option) (
 	n := &Node{cfg: cfg, log: log, dp: dp, ecfg: ecfg, seed: maphash.MakeSeed(),
 		tr: transport.UDP{}, clock: clock.Real(),
 		conns: map[netip.AddrPort]transport.Conn{}, natt: map[netip.AddrPort]bool{}, ready: make(chan struct{}),
-		nodeID: nodeIDOf(cfg)}
+		nodeID: nodeIDOf(cfg), creds: newCredCache()}
 	for _, o := range opts {
 		o(n)
 	}
+	n.withCredentialStore(&n.ecfg)
+	ecfg = n.ecfg
 	n.initObservability()
 	if n.eap, err = newEAPBackend(cfg, n.nodeID); err != nil {
 		return nil, err
@@ -309,6 +312,16 @@ func (n *Node) Run(ctx context.Context) error {
 		}
 		n.log.Info("registered", "node", n.nodeID, "slot", slot, "epoch", me.Epoch, "statestore", n.cfg.StateStore.Mode)
 		n.refillSPIs(ctx) // the first IKE_SA_INIT finds reserved SPIs
+		if n.cfg.Auth.CredentialStore {
+			b, err := n.credentialBackend()
+			if err == nil {
+				err = n.loadCredentials(ctx, b)
+			}
+			if err != nil {
+				closeAll()
+				return fmt.Errorf("auth.credential_store: %w", err)
+			}
+		}
 	}
 	if err := n.restore(ctx); err != nil {
 		closeAll()
@@ -329,6 +342,10 @@ func (n *Node) Run(ctx context.Context) error {
 	}
 	wg.Add(1)
 	go func() { defer wg.Done(); n.watchStore(ctx) }()
+	if b, err := n.credentialBackend(); err == nil {
+		wg.Add(1)
+		go func() { defer wg.Done(); n.followCredentials(ctx, b) }()
+	}
 	wg.Add(1)
 	go func() { defer wg.Done(); n.flushSuppressed(ctx) }()
 	wg.Add(1)
