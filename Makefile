@@ -8,7 +8,7 @@ STATICCHECK_VERSION := v0.8.2
 TOOLS := $(CURDIR)/.tools
 FUZZTIME ?= 10s
 
-.PHONY: all build test test-unit test-chart test-e2e test-cluster test-vm bench bench-sim bench-node bench-vs-strongswan load-smoke bench-cluster fuzz-smoke fuzz generate lint run demo clean deps
+.PHONY: all build test test-unit test-fuzz test-chart test-e2e test-cluster test-vm bench bench-sim bench-node bench-vs-strongswan load-smoke bench-cluster fuzz-smoke fuzz generate lint run demo clean deps
 
 all: build
 
@@ -23,7 +23,7 @@ build:
 # the network-namespace interop tests with strongSwan (root), then the
 # kernel ESP tier in a QEMU VM (root). Under CI=true a missing prerequisite
 # fails the run instead of skipping.
-test: test-unit test-chart test-e2e test-vm
+test: test-unit test-fuzz test-chart test-e2e test-vm
 
 test-unit:
 	$(GO) vet $(PKGS)
@@ -103,6 +103,12 @@ CLUSTER_GATEWAYS ?= 2000
 bench-cluster:
 	@out=$$(CLUSTER_BENCH=1 CLUSTER_GATEWAYS=$(CLUSTER_GATEWAYS) $(GO) test -count=1 -run '^TestClusterECMP$$' -timeout 10m ./concentrator/ 2>&1); \
 	  rc=$$?; if [ $$rc -ne 0 ]; then echo "$$out" | grep -E '_test.go:|^--- |^FAIL|^panic|^cluster:' | tail -40; exit $$rc; fi; echo "$$out" | grep '^cluster:'
+
+# make test: every fuzz target a few seconds (the committed corpora under
+# testdata/fuzz also run as plain tests in test-unit).
+FUZZTIME_TEST ?= 3s
+test-fuzz:
+	@$(MAKE) --no-print-directory fuzz-smoke FUZZTIME=$(FUZZTIME_TEST)
 
 # Runs every fuzz target for FUZZTIME (make fuzz-smoke FUZZTIME=60s).
 fuzz-smoke:

@@ -112,14 +112,15 @@ func (n *Node) submit(s *shard, b *heldBatch, p ike.Persist) {
 		c.Record = recordOf(p.State)
 	}
 	var vip *vipLease
+	var cp *clusterPool
 	if c.Kind == statestore.Established && p.State.VirtualIP.IsValid() {
-		if cp, ok := n.ecfg.Pool.(*clusterPool); ok {
+		if cp = poolFor(&n.ecfg, p.State.PeerID); cp != nil {
 			vip, c.Lease = cp.leaseFor(p.State.VirtualIP, p.State.PeerID.String())
 		}
 	}
 	done := func(err error) {
 		if vip != nil {
-			n.ecfg.Pool.(*clusterPool).settle(vip, err) // before the engine hears of it
+			cp.settle(vip, err) // before the engine hears of it
 		}
 		s.commits.post(commitResult{b: b, spi: p.SPI, version: p.Version, kind: c.Kind, err: err})
 	}

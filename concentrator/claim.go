@@ -657,7 +657,6 @@ func (n *Node) restoreClaimed(ctx context.Context, recs []*statestore.SARecord) 
 		st  ike.SAState
 	}
 	byShard := map[*shard][]claimed{}
-	cp, _ := n.ecfg.Pool.(*clusterPool)
 	var wg sync.WaitGroup
 	sem := make(chan struct{}, claimVIPs)
 	for _, r := range recs {
@@ -665,12 +664,12 @@ func (n *Node) restoreClaimed(ctx context.Context, recs []*statestore.SARecord) 
 		// The virtual IP's lease is confirmed here, so that the restore
 		// on the shard's goroutine waits for no etcd round trip; a few
 		// at once.
-		if cp != nil && st.VirtualIP.IsValid() {
+		if cp := poolFor(&n.ecfg, st.PeerID); cp != nil && st.VirtualIP.IsValid() {
 			wg.Add(1)
 			sem <- struct{}{}
 			go func() {
 				defer func() { <-sem; wg.Done() }()
-				if err := cp.Claim(st.PeerID, st.VirtualIP); err != nil {
+				if err := cp.confirm(st.PeerID, st.VirtualIP); err != nil {
 					n.log.Warn("claimed SA's virtual IP not leased", "spi", fmt.Sprintf("%016x", r.LocalSPI()), "vip", st.VirtualIP.String(), "err", err)
 				}
 			}()

@@ -32,9 +32,10 @@ type Config struct {
 	DataPlane  DataPlaneConfig  `yaml:"dataplane"`
 	StateStore StateStoreConfig `yaml:"statestore"`
 	Metrics    MetricsConfig    `yaml:"metrics"`
-	Admin      AdminConfig      `yaml:"admin"`   // config_admin.go
-	Cluster    ClusterConfig    `yaml:"cluster"` // config_cluster.go
-	Anycast    lb.Config        `yaml:"anycast"` // config_anycast.go
+	Admin      AdminConfig      `yaml:"admin"`    // config_admin.go
+	Cluster    ClusterConfig    `yaml:"cluster"`  // config_cluster.go
+	Anycast    lb.Config        `yaml:"anycast"`  // config_anycast.go
+	Policies   []PolicyConfig   `yaml:"policies"` // config_policy.go
 }
 
 // StateStoreConfig says where SA state is kept so that SAs outlive the
@@ -47,7 +48,7 @@ type StateStoreConfig struct {
 	CAFile         string        `yaml:"ca_file"`          // external etcd: CA of the servers
 	CertFile       string        `yaml:"cert_file"`        // external etcd: client certificate
 	KeyFile        string        `yaml:"key_file"`         // and its key
-	ClusterKeyFile string        `yaml:"cluster_key_file"` // 32-byte AES key (hex) sealing key material; embedded: generated in data_dir if unset
+	ClusterKeyFile string        `yaml:"cluster_key_file"` // 32-byte AES key (hex) sealing key material, or "<id>:<hex>" lines (rotation: the highest id seals); embedded: generated in data_dir if unset
 	LeaseTTL       time.Duration `yaml:"lease_ttl"`
 	// KeepAlive renews the lease (default lease_ttl/3); FenceMargin: a node
 	// that has not renewed stops sending this long before its lease can
@@ -504,8 +505,8 @@ func (c *Config) Validate() error {
 			return fieldErr(fmt.Sprintf("children.remote_ts[%d]", i), "not a subnet: %q", s)
 		}
 	}
-	if len(c.Children.RemoteTS) == 0 && c.Children.Pool == "" {
-		return fieldErr("children.remote_ts", "needs at least one subnet (or set children.pool)")
+	if len(c.Children.RemoteTS) == 0 && c.Children.Pool == "" && len(c.Policies) == 0 {
+		return fieldErr("children.remote_ts", "needs at least one subnet (or set children.pool, or policies)")
 	}
 	if c.Children.Pool != "" {
 		p, err := netip.ParsePrefix(c.Children.Pool)
@@ -517,6 +518,9 @@ func (c *Config) Validate() error {
 		if _, err := netip.ParseAddr(s); err != nil {
 			return fieldErr(fmt.Sprintf("children.dns[%d]", i), "not an IP address: %q", s)
 		}
+	}
+	if err := c.validatePolicies(); err != nil {
+		return err
 	}
 	if err := c.DataPlane.validate(); err != nil {
 		return err

@@ -179,7 +179,14 @@ func (c *Config) engineConfig() (ike.Config, error) {
 	}
 	if c.Children.Pool != "" {
 		p, _ := netip.ParsePrefix(c.Children.Pool)
-		ec.Pool = newClusterPool(p) // cluster-wide leases once the state store is open (vippool.go)
+		ec.Pool = newClusterPool(p, 1) // cluster-wide leases once the state store is open (vippool.go)
+	}
+	if len(c.Policies) > 0 {
+		dp, _ := ec.Pool.(*clusterPool)
+		if ec.Policies, err = c.enginePolicies(dp); err != nil {
+			return ec, err
+		}
+		ec.Selectors = ike.NewSelectorRegistry() // one for all shards
 	}
 	for _, d := range c.Children.DNS {
 		a, _ := netip.ParseAddr(d)

@@ -126,6 +126,9 @@ func (n *Node) Stats(ctx context.Context) (ike.Stats, error) {
 		total.RefusedPrefix += st.RefusedPrefix
 		total.RefusedMemory += st.RefusedMemory
 		total.RefusedSAs += st.RefusedSAs
+		total.MovesRefused += st.MovesRefused
+		total.SelectorsRefused += st.SelectorsRefused
+		total.MappingChecks += st.MappingChecks
 		for k, v := range st.Failed {
 			total.Failed[k] += v
 		}

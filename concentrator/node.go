@@ -304,8 +304,8 @@ func (n *Node) Run(ctx context.Context) error {
 		}
 		n.persist = p
 		defer p.close()
-		if cp, ok := n.ecfg.Pool.(*clusterPool); ok {
-			if l, ok := p.store.(addressLeaser); ok {
+		if l, ok := p.store.(addressLeaser); ok {
+			for _, cp := range clusterPools(&n.ecfg) {
 				cp.useStore(l) // virtual IPs leased cluster-wide
 				defer func() {
 					uctx, cancel := context.WithTimeout(context.Background(), poolCallTimeout)
@@ -392,6 +392,14 @@ func (n *Node) Run(ctx context.Context) error {
 				}
 			}
 		}()
+	}
+	if n.persist != nil {
+		wg.Add(1)
+		go func() { defer wg.Done(); n.rewrapRecords(ctx, n.persist) }()
+	}
+	if mr, ok := n.dp.(dataplane.MappingReporter); ok {
+		wg.Add(1)
+		go func() { defer wg.Done(); n.watchMappings(ctx, mr) }()
 	}
 	if er, ok := n.dp.(dataplane.ExpiryReporter); ok {
 		wg.Add(1)

@@ -91,13 +91,17 @@ func (n *Node) shardOfSPI(spi uint64) *shard {
 
 // refillAddresses tops up the virtual IP reservations (vippool.go).
 func (n *Node) refillAddresses(ctx context.Context) {
-	if cp, ok := n.ecfg.Pool.(*clusterPool); ok && n.persist != nil && n.persist.store.CanSend() {
+	if n.persist == nil || !n.persist.store.CanSend() {
+		return
+	}
+	for _, cp := range clusterPools(&n.ecfg) {
 		cp.refill(ctx)
 	}
 }
 
-// addressesLow is signalled when the virtual IP reservations run low
-// (nil without a cluster pool: never).
+// addressesLow is signalled when the default pool's virtual IP
+// reservations run low (nil without a cluster pool: never); the pools of
+// policies are refilled on the timer and with it.
 func (n *Node) addressesLow() <-chan struct{} {
 	if cp, ok := n.ecfg.Pool.(*clusterPool); ok {
 		return cp.low

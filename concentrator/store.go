@@ -23,6 +23,7 @@ type persistence struct {
 	store statestore.Interface
 	cli   *clientv3.Client
 	etcd  *statestore.Embedded
+	keys  *statestore.Keyring
 }
 
 // openStore starts embedded etcd (mode embedded) or dials the external
@@ -92,7 +93,34 @@ func (n *Node) openStore(ctx context.Context) (*persistence, error) {
 		return nil, fmt.Errorf("statestore: %w", err)
 	}
 	p.store = store
+	p.keys = keys
 	return p, nil
+}
+
+// rewrapRecords rewrites the records sealed under older cluster keys under
+// the newest one (statestore.cluster_key_file with several keys: a
+// rotation), in the background, logging its progress.
+func (n *Node) rewrapRecords(ctx context.Context, p *persistence) {
+	st, ok := p.store.(*statestore.Store)
+	if !ok || p.keys == nil || len(p.keys.IDs()) < 2 {
+		return
+	}
+	start := time.Now()
+	n.log.Info("cluster key rotation: rewriting records sealed under older keys", "current_key", p.keys.Current(), "keys", len(p.keys.IDs()))
+	last := time.Now()
+	res, err := st.Rewrap(ctx, func(r statestore.RewrapStats) {
+		if time.Since(last) >= 10*time.Second {
+			last = time.Now()
+			n.log.Info("cluster key rotation progress", "scanned", r.Scanned, "rewritten", r.Rewritten)
+		}
+	})
+	attrs := []any{"scanned", res.Scanned, "rewritten", res.Rewritten, "raced", res.Raced, "unreadable", res.Failed,
+		"took", time.Since(start).Round(time.Millisecond).String()}
+	if err != nil {
+		n.log.Warn("cluster key rotation interrupted (the next start resumes it)", append(attrs, "err", err)...)
+		return
+	}
+	n.log.Info("cluster key rotation done: records sealed under older keys rewritten", attrs...)
 }
 
 func (p *persistence) close() {

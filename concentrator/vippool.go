@@ -69,8 +69,10 @@ type clusterPool struct {
 	low       chan struct{}            // capacity 1: the reservations run low
 }
 
-func newClusterPool(p netip.Prefix) *clusterPool {
-	return &clusterPool{local: ike.NewPool(p), size: 1<<(32-p.Bits()) - 2, held: map[netip.Addr]*vipLease{},
+func newClusterPool(p netip.Prefix, maxPerPeer int) *clusterPool {
+	local := ike.NewPool(p)
+	local.SetMaxPerPeer(maxPerPeer)
+	return &clusterPool{local: local, size: 1<<(32-p.Bits()) - 2, held: map[netip.Addr]*vipLease{},
 		releasing: map[string]chan struct{}{}, low: make(chan struct{}, 1)}
 }
 
@@ -108,12 +110,19 @@ func (p *clusterPool) Acquire(peer ike.Identity) (netip.Addr, error) {
 			return netip.Addr{}, ike.ErrAddressInUse
 		}
 	}
+	// Another SA of the identity on this node holds as many addresses as
+	// it may: share one (leased already).
+	if a, ok := p.local.Share(peer); ok {
+		return a, nil
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), poolCallTimeout)
 	defer cancel()
 	if a, ok, err := l.AddressOf(ctx, id); err != nil {
 		return netip.Addr{}, err
 	} else if ok {
-		p.local.Release(a)
+		if holder, _ := p.local.Holder(a); holder != id {
+			p.local.Drop(a) // a foreign mark, or a stale local holder
+		}
 		if err := p.local.Claim(peer, a); err != nil {
 			return netip.Addr{}, err
 		}
@@ -142,7 +151,7 @@ func (p *clusterPool) Acquire(peer ike.Identity) (netip.Addr, error) {
 		}
 		// Another identity has it (served by another node): keep it out
 		// of this node's offers.
-		p.local.Release(a)
+		p.local.Drop(a)
 		p.local.Claim(foreign, a)
 	}
 	return netip.Addr{}, ike.ErrPoolExhausted
@@ -253,6 +262,30 @@ func (p *clusterPool) settle(v *vipLease, err error) {
 	}
 }
 
+// confirm leases a to peer in the state store (a claimed SA's address,
+// before its restore on the shard's goroutine: no etcd round trip there).
+// The SA's own hold is taken by Claim at the restore.
+func (p *clusterPool) confirm(peer ike.Identity, a netip.Addr) error {
+	l := p.leaser()
+	if l == nil {
+		return nil
+	}
+	id := peer.String()
+	ctx, cancel := context.WithTimeout(context.Background(), poolCallTimeout)
+	defer cancel()
+	holder, err := l.LeaseAddress(ctx, a, id)
+	if err != nil {
+		return err
+	}
+	if holder != "" && holder != id {
+		return ike.ErrAddressInUse
+	}
+	p.note(a, id, nil)
+	return nil
+}
+
+// Claim takes a restored SA's hold on its address, leasing it first
+// unless confirm did.
 func (p *clusterPool) Claim(peer ike.Identity, a netip.Addr) error {
 	l := p.leaser()
 	if l == nil {
@@ -263,28 +296,26 @@ func (p *clusterPool) Claim(peer ike.Identity, a netip.Addr) error {
 	v := p.held[a]
 	confirmed := v != nil && v.id == id && v.confirmed
 	p.mu.Unlock()
-	if confirmed {
-		return nil // leased already (a claim confirms it before the restore: claim.go)
+	if !confirmed {
+		if err := p.confirm(peer, a); err != nil {
+			return err
+		}
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), poolCallTimeout)
-	defer cancel()
-	holder, err := l.LeaseAddress(ctx, a, id)
-	if err != nil {
-		return err
+	if holder, _ := p.local.Holder(a); holder != "" && holder != id {
+		p.local.Drop(a) // a foreign mark, or a stale local holder
 	}
-	if holder != "" && holder != id {
-		return ike.ErrAddressInUse
-	}
-	p.local.Release(a) // a foreign mark, or a stale local holder
 	if err := p.local.Claim(peer, a); err != nil && !errors.Is(err, ike.ErrNotInPool) {
 		return err
 	}
-	p.note(a, id, nil)
 	return nil
 }
 
-// Release ends the lease: the SA holding a was deleted.
+// Release ends one SA's hold on a; the lease ends with the last one.
 func (p *clusterPool) Release(a netip.Addr) {
+	if _, refs := p.local.Holder(a); refs > 1 {
+		p.local.Unref(a) // another SA of the identity shares it
+		return
+	}
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	v := p.held[a]
@@ -330,9 +361,13 @@ func (p *clusterPool) letGo(v *vipLease) {
 	}
 }
 
-// Forget drops a from this node only: its SA moved to another node, which
-// keeps the lease.
+// Forget drops one SA's hold on a from this node only: its SA moved to
+// another node, which keeps the lease.
 func (p *clusterPool) Forget(a netip.Addr) {
+	if _, refs := p.local.Holder(a); refs > 1 {
+		p.local.Unref(a) // another SA of the identity still holds it here
+		return
+	}
 	p.mu.Lock()
 	delete(p.held, a)
 	p.mu.Unlock()

@@ -11,6 +11,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 )
 
@@ -131,11 +132,68 @@ func LoadKeyring(keyFile, dataDir string) (*Keyring, error) {
 	if err != nil {
 		return nil, &KeyFileError{Path: path, Err: err}
 	}
-	key, err := hex.DecodeString(strings.TrimSpace(string(b)))
-	if err != nil || len(key) != ClusterKeyLen {
-		return nil, &KeyFileError{Path: path, Reason: fmt.Sprintf("must hold %d bytes in hex", ClusterKeyLen)}
+	k, err := ParseKeyring(b)
+	if err != nil {
+		return nil, &KeyFileError{Path: path, Reason: err.Error()}
 	}
-	return NewKeyring(1, key)
+	return k, nil
+}
+
+// ParseKeyring reads a cluster key file: either one key (32 bytes in hex,
+// key id 1), or one key a line as "<id>:<hex>" (ids 1 to 2^32-1, '#'
+// starts a comment). The key with the highest id seals new records; every
+// key opens records. Rotation: add a line with a higher id on every node
+// (the others keep reading the new key's records only once they have it),
+// restart or reload; the node rewrites older records under the newest key
+// in the background (Store.Rewrap); once no record needs an old key
+// (ikefleet_statestore_records_old_key == 0 everywhere) remove its line.
+func ParseKeyring(b []byte) (*Keyring, error) {
+	var k *Keyring
+	var newest uint32
+	lines := 0
+	for n, line := range strings.Split(string(b), "\n") {
+		if i := strings.IndexByte(line, '#'); i >= 0 {
+			line = line[:i]
+		}
+		line = strings.TrimSpace(line)
+		if line == "" {
+			continue
+		}
+		lines++
+		id := uint64(1)
+		hexKey := line
+		if i := strings.IndexByte(line, ':'); i >= 0 {
+			var err error
+			if id, err = strconv.ParseUint(strings.TrimSpace(line[:i]), 10, 32); err != nil || id == 0 {
+				return nil, fmt.Errorf("line %d: key id must be 1 to 4294967295", n+1)
+			}
+			hexKey = strings.TrimSpace(line[i+1:])
+		} else if lines > 1 {
+			return nil, fmt.Errorf("line %d: several keys need ids (\"<id>:<hex>\")", n+1)
+		}
+		key, err := hex.DecodeString(hexKey)
+		if err != nil || len(key) != ClusterKeyLen {
+			return nil, fmt.Errorf("line %d: must hold %d bytes in hex", n+1, ClusterKeyLen)
+		}
+		if k == nil {
+			if k, err = NewKeyring(uint32(id), key); err != nil {
+				return nil, err
+			}
+		} else {
+			if _, dup := k.keys[uint32(id)]; dup {
+				return nil, fmt.Errorf("line %d: key id %d twice", n+1, id)
+			}
+			if err := k.Add(uint32(id), key); err != nil {
+				return nil, err
+			}
+		}
+		newest = max(newest, uint32(id))
+	}
+	if k == nil {
+		return nil, fmt.Errorf("must hold %d bytes in hex", ClusterKeyLen)
+	}
+	k.current = newest
+	return k, nil
 }
 
 // writeFileAtomic writes a small file readable by its owner only (0600,

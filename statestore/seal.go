@@ -76,6 +76,17 @@ func (k *Keyring) Remove(id uint32) error {
 	return nil
 }
 
+// IDs returns the ids of the keys held.
+func (k *Keyring) IDs() []uint32 {
+	k.mu.RLock()
+	defer k.mu.RUnlock()
+	ids := make([]uint32, 0, len(k.keys))
+	for id := range k.keys {
+		ids = append(ids, id)
+	}
+	return ids
+}
+
 // Current returns the id of the sealing key.
 func (k *Keyring) Current() uint32 {
 	k.mu.RLock()

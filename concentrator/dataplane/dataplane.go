@@ -202,3 +202,19 @@ type Fencer interface {
 type UnknownSPIReporter interface {
 	OnUnknownSPI(f func(spi uint32))
 }
+
+// Mapping is authenticated ESP-in-UDP for a CHILD SA that came from
+// another address or port than the SA sends to: the peer's NAT re-mapped
+// it. The kernel reports such changes as XFRM_MSG_MAPPING events.
+type Mapping struct {
+	InSPI  uint32         // the CHILD SA's inbound SPI
+	Remote netip.AddrPort // where the packet came from
+}
+
+// MappingReporter is implemented by data planes that report NAT mapping
+// changes: f is called (it must not block) at most about once a second per
+// CHILD SA while its ESP keeps coming from the new address. The node asks
+// the engine to confirm the new address (ike.Engine.PeerMoved).
+type MappingReporter interface {
+	OnMapping(f func(Mapping))
+}

@@ -100,6 +100,13 @@ type Config struct {
 	RemoteTS     []TrafficSelector // what peers may claim as theirs
 	Pool         AddressPool       // nil: no virtual IPs
 	DNS          []netip.Addr
+	// Policies, when set, replace RemoteTS and Pool per peer identity
+	// (policy.go): the first whose ID matches decides; a peer none matches
+	// may claim no selectors.
+	Policies []*PeerPolicy
+	// Selectors records the selectors peers hold under exclusive policies;
+	// shared by the engines of a node. nil with Policies: one per engine.
+	Selectors *SelectorRegistry
 
 	NATTPort          uint16 // our UDP encapsulation port, 4500
 	ForceEncap        bool   // claim to be behind NAT so ESP is always UDP-encapsulated

@@ -28,6 +28,7 @@ type Engine struct {
 	step          uint64         // counts entry points: one Ready batch each
 	now           time.Time      // the latest time an entry point was given
 	natFake       netip.AddrPort // ForceEncap: the address our NAT_DETECTION_SOURCE_IP claims
+	defaultPolicy PeerPolicy     // RemoteTS and Pool, without Policies
 }
 
 type initKey struct {
@@ -73,6 +74,11 @@ type Stats struct {
 	RefusedPrefix   uint64 // IKE_SA_INIT refused: the source prefix's cookie-proven quota reached
 	RefusedMemory   uint64 // IKE_SA_INIT refused: max_half_open_bytes reached
 	RefusedSAs      uint64 // IKE_SA_INIT refused: max_sas reached
+
+	// Policy (policy.go, mobike.go, natmap.go).
+	MovesRefused     uint64 // authenticated messages from new addresses that did not move their SA (no NAT, no MOBIKE update)
+	SelectorsRefused uint64 // CHILD SAs refused: selectors another identity holds
+	MappingChecks    uint64 // liveness checks sent to a NAT mapping the data plane reported (PeerMoved)
 }
 
 const cookieLifetime = 5 * time.Minute
@@ -95,6 +101,10 @@ func NewEngine(cfg Config) (*Engine, error) {
 		perPrefix: make(map[netip.Prefix]int),
 	}
 	e.stats.Failed = make(map[NotifyType]uint64)
+	e.defaultPolicy.Name = "default"
+	if len(e.cfg.Policies) > 0 && e.cfg.Selectors == nil {
+		e.cfg.Selectors = NewSelectorRegistry()
+	}
 	return e, nil
 }
 
@@ -312,8 +322,12 @@ func (e *Engine) remove(sa *IKESA) {
 	if sa.pendingInSPI != 0 {
 		delete(e.inSPIs, sa.pendingInSPI)
 	}
-	if sa.vip.IsValid() && e.cfg.Pool != nil && !sa.vipForeign {
-		e.cfg.Pool.Release(sa.vip)
+	if pool := sa.pool(e); sa.vip.IsValid() && pool != nil && !sa.vipForeign {
+		pool.Release(sa.vip)
+	}
+	if sa.selectorsHeld {
+		e.cfg.Selectors.Release(sa.localSPI())
+		sa.selectorsHeld = false
 	}
 	sa.state = stateDead
 }

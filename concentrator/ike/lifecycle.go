@@ -155,7 +155,7 @@ func (sa *IKESA) allowedTS(e *Engine) (local, remote []TrafficSelector) {
 	if sa.ini != nil {
 		return sa.ini.TSi, sa.ini.TSr
 	}
-	remote = e.cfg.RemoteTS
+	remote = sa.peerPolicy(e).RemoteTS
 	if sa.vip.IsValid() {
 		remote = []TrafficSelector{SelectorFromPrefix(netip.PrefixFrom(sa.vip, 32))}
 	}
@@ -255,6 +255,15 @@ func (sa *IKESA) handleCreateChild(now time.Time, e *Engine, m *Message, rd *Rea
 	if len(ntsi) == 0 || len(ntsr) == 0 {
 		reply(TS_UNACCEPTABLE, nil)
 		return
+	}
+	if !sa.initiator {
+		if err := sa.claimSelectors(e, ntsi, false); err != nil {
+			ev := sa.event(EventChildFailed)
+			ev.Notify, ev.Reason = TS_UNACCEPTABLE, err.Error()
+			rd.add(ev)
+			reply(TS_UNACCEPTABLE, nil)
+			return
+		}
 	}
 	nr := e.randBytes(32)
 	c := &ChildSA{
@@ -365,7 +374,7 @@ func (sa *IKESA) successor(e *Engine, initiator bool, spii, spir uint64, sel *Se
 		initiator: initiator, state: stateEstablished, SPIi: spii, SPIr: spir, Local: sa.Local, Remote: sa.Remote,
 		prop: sel, ni: ni, nr: nr, natLocal: sa.natLocal, natRemote: sa.natRemote, peerFrag: sa.peerFrag,
 		peerHashes: sa.peerHashes, PeerID: sa.PeerID, vip: sa.vip, created: sa.created, Establish: sa.Establish,
-		msgIDSync: sa.msgIDSync, vipForeign: sa.vipForeign,
+		msgIDSync: sa.msgIDSync, vipForeign: sa.vipForeign, policy: sa.policy,
 	}
 }
 
@@ -401,6 +410,10 @@ func (sa *IKESA) handOver(now time.Time, e *Engine, nsa *IKESA, rd *Ready) {
 		e.inSPIs[c.InSPI] = nsa
 	}
 	sa.vip = netip.Addr{} // the successor owns the virtual IP now
+	if sa.selectorsHeld { // and the selectors
+		e.cfg.Selectors.Move(sa.localSPI(), nsa.localSPI())
+		sa.selectorsHeld, nsa.selectorsHeld = false, true
+	}
 	nsa.lastRecv = now
 	if e.cfg.IKERekeyAfter > 0 {
 		nsa.rekeyIKE = now.Add(e.cfg.IKERekeyAfter)

@@ -11,6 +11,25 @@ import (
 // and MOBIKE (RFC 4555). Addresses move only on authenticated messages;
 // the CHILD SAs follow in the data plane without being renegotiated.
 
+// mayMove reports whether an authenticated message m that came over other
+// addresses than sa's moves sa: before it is established (the NAT-T port
+// float during IKE_AUTH, RFC 7296 §2.23), when the peer is behind a NAT
+// (a NAT rebinding), or with MOBIKE for the peer's UPDATE_SA_ADDRESSES
+// request (RFC 4555 §3.5). Otherwise a peer not behind a NAT, or a
+// MOBIKE peer's other messages, keep the SA where it is: an authenticated
+// message replayed or reflected from elsewhere does not divert it.
+func (sa *IKESA) mayMove(m *Message) bool {
+	switch {
+	case sa.state != stateEstablished:
+		return true
+	case sa.natRemote:
+		return true
+	case sa.mobike:
+		return !m.IsResponse() && m.Exchange == INFORMATIONAL && findNotify(m.Payloads, UPDATE_SA_ADDRESSES) != nil
+	}
+	return false
+}
+
 // moved records that an authenticated message came over new addresses.
 func (sa *IKESA) moved(now time.Time, e *Engine, local, remote netip.AddrPort, m *Message, rd *Ready) {
 	oldRemote := sa.Remote

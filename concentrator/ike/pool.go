@@ -6,14 +6,24 @@ import (
 	"sync"
 )
 
-// Pool is an AddressPool over one IPv4 prefix. A peer that comes back gets
-// its previous address if it is still free. Safe for concurrent use.
+// Pool is an AddressPool over one IPv4 prefix. A peer identity holds at
+// most MaxPerPeer addresses at once (default 1): another SA of the same
+// identity (a reauthentication, a second tunnel) shares the address the
+// identity holds, as strongSwan reassigns an online lease. A peer that
+// comes back gets its previous address if it is still free. Safe for
+// concurrent use.
 type Pool struct {
 	mu     sync.Mutex
 	prefix netip.Prefix
 	next   netip.Addr
-	inUse  map[netip.Addr]string
-	byPeer map[string]netip.Addr
+	inUse  map[netip.Addr]*lease
+	byPeer map[string][]netip.Addr // addresses held (or last held) by each identity
+	max    int
+}
+
+type lease struct {
+	peer string
+	refs int // SAs holding the address
 }
 
 // Errors of an AddressPool.
@@ -24,22 +34,43 @@ var (
 )
 
 // NewPool returns a pool handing out the host addresses of p (not the
-// network and broadcast addresses).
+// network and broadcast addresses), one per identity.
 func NewPool(p netip.Prefix) *Pool {
 	p = p.Masked()
-	return &Pool{prefix: p, next: p.Addr().Next(), inUse: map[netip.Addr]string{}, byPeer: map[string]netip.Addr{}}
+	return &Pool{prefix: p, next: p.Addr().Next(), inUse: map[netip.Addr]*lease{}, byPeer: map[string][]netip.Addr{}, max: 1}
 }
+
+// SetMaxPerPeer sets how many distinct addresses one identity may hold at
+// once (at least 1); beyond, its SAs share the addresses it holds.
+func (p *Pool) SetMaxPerPeer(n int) {
+	p.mu.Lock()
+	p.max = max(n, 1)
+	p.mu.Unlock()
+}
+
+// Prefix returns the pool's prefix.
+func (p *Pool) Prefix() netip.Prefix { return p.prefix }
 
 // Acquire returns an address for peer.
 func (p *Pool) Acquire(peer Identity) (netip.Addr, error) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	key := peer.String()
-	if a, ok := p.byPeer[key]; ok {
-		if _, taken := p.inUse[a]; !taken {
-			p.inUse[a] = key
-			return a, nil
+	held, free := p.held(key)
+	if len(held) >= p.max {
+		// Share the address the fewest of its SAs hold.
+		best := held[0]
+		for _, a := range held[1:] {
+			if p.inUse[a].refs < p.inUse[best].refs {
+				best = a
+			}
 		}
+		p.inUse[best].refs++
+		return best, nil
+	}
+	if free.IsValid() {
+		p.inUse[free] = &lease{peer: key, refs: 1}
+		return free, nil
 	}
 	last := lastAddr(p.prefix)
 	size := 1 << (32 - p.prefix.Bits())
@@ -49,14 +80,71 @@ func (p *Pool) Acquire(peer Identity) (netip.Addr, error) {
 			a = p.prefix.Addr().Next()
 		}
 		if _, taken := p.inUse[a]; !taken {
-			p.inUse[a] = key
-			p.byPeer[key] = a
+			p.inUse[a] = &lease{peer: key, refs: 1}
+			p.remember(key, a)
 			p.next = a.Next()
 			return a, nil
 		}
 		a = a.Next()
 	}
+	if len(held) > 0 { // exhausted: share rather than fail
+		p.inUse[held[0]].refs++
+		return held[0], nil
+	}
 	return netip.Addr{}, ErrPoolExhausted
+}
+
+// Share adds one SA's hold on an address peer holds already, when it
+// holds as many as it may (SetMaxPerPeer); false otherwise.
+func (p *Pool) Share(peer Identity) (netip.Addr, bool) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	held, _ := p.held(peer.String())
+	if len(held) == 0 || len(held) < p.max {
+		return netip.Addr{}, false
+	}
+	best := held[0]
+	for _, a := range held[1:] {
+		if p.inUse[a].refs < p.inUse[best].refs {
+			best = a
+		}
+	}
+	p.inUse[best].refs++
+	return best, true
+}
+
+// held returns the addresses key holds now and one it held before that
+// is free again.
+func (p *Pool) held(key string) (held []netip.Addr, free netip.Addr) {
+	for _, a := range p.byPeer[key] {
+		switch l := p.inUse[a]; {
+		case l == nil:
+			if !free.IsValid() {
+				free = a
+			}
+		case l.peer == key:
+			held = append(held, a)
+		}
+	}
+	return held, free
+}
+
+func (p *Pool) remember(key string, a netip.Addr) {
+	l := p.byPeer[key]
+	for _, x := range l {
+		if x == a {
+			return
+		}
+	}
+	if len(l) >= p.max { // forget the oldest address no SA of key holds
+		for i, x := range l {
+			if h := p.inUse[x]; h == nil || h.peer != key {
+				l = append(l[:i], l[i+1:]...)
+				break
+			}
+		}
+	}
+	p.byPeer[key] = append(l, a)
 }
 
 // Claim marks a as held by peer (a restored SA's address).
@@ -67,19 +155,52 @@ func (p *Pool) Claim(peer Identity, a netip.Addr) error {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	key := peer.String()
-	if holder, taken := p.inUse[a]; taken && holder != key {
-		return ErrAddressInUse
+	if l := p.inUse[a]; l != nil {
+		if l.peer != key {
+			return ErrAddressInUse
+		}
+		l.refs++
+		return nil
 	}
-	p.inUse[a] = key
-	p.byPeer[key] = a
+	p.inUse[a] = &lease{peer: key, refs: 1}
+	p.remember(key, a)
 	return nil
 }
 
-// Release returns a to the pool.
-func (p *Pool) Release(a netip.Addr) {
+// Release returns one SA's hold on a; the address is free once no SA
+// holds it.
+func (p *Pool) Release(a netip.Addr) { p.Unref(a) }
+
+// Unref is Release, reporting whether a is free now.
+func (p *Pool) Unref(a netip.Addr) (free bool) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
+	l := p.inUse[a]
+	if l == nil {
+		return true
+	}
+	if l.refs--; l.refs > 0 {
+		return false
+	}
 	delete(p.inUse, a)
+	return true
+}
+
+// Drop frees a whoever holds it, however many SAs do.
+func (p *Pool) Drop(a netip.Addr) {
+	p.mu.Lock()
+	delete(p.inUse, a)
+	p.mu.Unlock()
+}
+
+// Holder returns the identity holding a and how many of its SAs do.
+func (p *Pool) Holder(a netip.Addr) (peer string, refs int) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if l := p.inUse[a]; l != nil {
+		return l.peer, l.refs
+	}
+	return "", 0
 }
 
 // InUse returns how many addresses are handed out.

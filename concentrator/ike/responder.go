@@ -292,14 +292,15 @@ func (sa *IKESA) acceptChild(now time.Time, e *Engine, a authPayloads) (*ChildSA
 		return failN(errorf(INVALID_SYNTAX, "ESP proposal with a %d-byte SPI", len(sel.SPI)))
 	}
 	var payloads []Payload
-	remoteAllowed := e.cfg.RemoteTS
-	if a.cp != nil && a.cp.CfgType == CFG_REQUEST && e.cfg.Pool != nil {
+	pol := sa.peerPolicy(e)
+	remoteAllowed := pol.RemoteTS
+	if a.cp != nil && a.cp.CfgType == CFG_REQUEST && pol.Pool != nil {
 		wantV4 := false
 		for _, at := range a.cp.Attrs {
 			wantV4 = wantV4 || at.Type == INTERNAL_IP4_ADDRESS
 		}
 		if wantV4 {
-			vip, err := e.cfg.Pool.Acquire(sa.PeerID)
+			vip, err := pol.Pool.Acquire(sa.PeerID)
 			if err != nil {
 				return failN(&Error{Notify: INTERNAL_ADDRESS_FAILURE, Reason: "address pool", Err: err})
 			}
@@ -316,13 +317,20 @@ func (sa *IKESA) acceptChild(now time.Time, e *Engine, a authPayloads) (*ChildSA
 	}
 	tsi := Narrow(a.tsi.Selectors, remoteAllowed)
 	tsr := Narrow(a.tsr.Selectors, e.cfg.LocalTS)
-	if len(tsi) == 0 || len(tsr) == 0 {
+	releaseVIP := func() {
 		if sa.vip.IsValid() {
-			e.cfg.Pool.Release(sa.vip)
+			pol.Pool.Release(sa.vip)
 			sa.vip = netip.Addr{}
 		}
-		return failN(errorf(TS_UNACCEPTABLE, "traffic selectors %s === %s not allowed",
-			FormatSelectors(a.tsi.Selectors), FormatSelectors(a.tsr.Selectors)))
+	}
+	if len(tsi) == 0 || len(tsr) == 0 {
+		releaseVIP()
+		return failN(errorf(TS_UNACCEPTABLE, "traffic selectors %s === %s not allowed for %s (policy %s)",
+			FormatSelectors(a.tsi.Selectors), FormatSelectors(a.tsr.Selectors), sa.PeerID, pol.Name))
+	}
+	if err := sa.claimSelectors(e, tsi, false); err != nil {
+		releaseVIP()
+		return failN(err.(*Error))
 	}
 	c := &ChildSA{
 		OutSPI: binary.BigEndian.Uint32(sel.SPI), Proposal: *sel,

@@ -59,14 +59,19 @@ type IKESA struct {
 	peerCertReq         bool
 	peerByRawKey        bool // the peer authenticated with its raw public key (rpk.go)
 
-	PeerID      Identity
-	mobike      bool   // both sides announced MOBIKE_SUPPORTED (RFC 4555)
-	superseded  bool   // replaced by an IKE rekey: nothing more of it is persisted
-	deleteAfter bool   // Delete asked while an exchange was under way
-	cookie2     []byte // our outstanding return-routability check
-	children    []*ChildSA
-	vip         netip.Addr
-	vipForeign  bool // restored with an address the pool does not have
+	PeerID       Identity
+	mobike       bool   // both sides announced MOBIKE_SUPPORTED (RFC 4555)
+	superseded   bool   // replaced by an IKE rekey: nothing more of it is persisted
+	deleteAfter  bool   // Delete asked while an exchange was under way
+	cookie2      []byte // our outstanding return-routability check
+	children     []*ChildSA
+	vip          netip.Addr
+	vipForeign   bool      // restored with an address the pool does not have
+	lastMapCheck time.Time // the last liveness check sent for a NAT mapping change (natmap.go)
+	// policy is the peer's PeerPolicy (policy.go), looked up once it is
+	// authenticated; selectorsHeld: it holds selectors in Config.Selectors.
+	policy        *PeerPolicy
+	selectorsHeld bool
 
 	nextOut    uint32    // message ID of our next request
 	nextIn     uint32    // message ID of the peer's next request
@@ -131,8 +136,10 @@ type pendingRequest struct {
 	probeHi   uint32
 	probeBest uint32
 	probeGot  bool
-	midSync   bool   // an RFC 6311 IKEV2_MESSAGE_ID_SYNC
-	syncNonce []byte // its nonce
+	midSync   bool           // an RFC 6311 IKEV2_MESSAGE_ID_SYNC
+	mapCheck  bool           // a liveness check of a NAT mapping change (natmap.go)
+	to        netip.AddrPort // sent to this address, not the SA's (a mapping check)
+	syncNonce []byte         // its nonce
 }
 
 // expects reports whether a response with message ID id answers r.
@@ -223,14 +230,28 @@ func (sa *IKESA) respond(e *Engine, ex ExchangeType, msgID uint32, payloads []Pa
 
 // request sends a new encrypted request and arms its retransmission timer.
 func (sa *IKESA) request(now time.Time, e *Engine, ex ExchangeType, payloads []Payload, rd *Ready) {
+	sa.requestTo(now, e, ex, payloads, netip.AddrPort{}, rd)
+}
+
+// requestTo is request sent (and retransmitted) to another address than
+// the SA's; the zero address: the SA's.
+func (sa *IKESA) requestTo(now time.Time, e *Engine, ex ExchangeType, payloads []Payload, to netip.AddrPort, rd *Ready) {
 	sa.reserveIDs(e, rd, sa.nextOut)
 	m := sa.header(ex, sa.nextOut, false)
 	m.Payloads = payloads
 	pkts := sa.seal(e, &m)
-	sa.req = &pendingRequest{msgID: sa.nextOut, exchange: ex, packets: pkts, retransmitAt: now.Add(e.cfg.RetransmitTimeout)}
+	sa.req = &pendingRequest{msgID: sa.nextOut, exchange: ex, packets: pkts, retransmitAt: now.Add(e.cfg.RetransmitTimeout), to: to}
 	sa.nextOut++
 	sa.reschedule(e)
-	sa.send(pkts, rd)
+	sa.sendTo(pkts, to, rd)
+}
+
+// sendTo sends to another remote address than the SA's, if valid.
+func (sa *IKESA) sendTo(pkts [][]byte, to netip.AddrPort, rd *Ready) {
+	if !to.IsValid() {
+		to = sa.Remote
+	}
+	rd.add(Send{Local: sa.Local, Remote: to, Messages: pkts})
 }
 
 // ---- dispatch ----
@@ -332,7 +353,17 @@ func (sa *IKESA) handle(now time.Time, e *Engine, pkt Packet, h Header, rd *Read
 	sa.lastRecv = now
 	sa.flushDirty(e, rd)
 	if pkt.Local != sa.Local || pkt.Remote != sa.Remote {
-		sa.moved(now, e, pkt.Local, pkt.Remote, m, rd)
+		// Our own address may change (the SA came to another node of the
+		// cluster, a multi-homed node); the peer's only by the rules of
+		// mayMove.
+		remote := pkt.Remote
+		if remote != sa.Remote && !sa.mayMove(m) {
+			e.stats.MovesRefused++
+			remote = sa.Remote
+		}
+		if pkt.Local != sa.Local || remote != sa.Remote {
+			sa.moved(now, e, pkt.Local, remote, m, rd)
+		}
 	}
 	if m.IsResponse() {
 		switch {
@@ -457,6 +488,13 @@ func (sa *IKESA) onTimer(now time.Time, e *Engine, rd *Ready) {
 			sa.startProbe(now, e, rd)
 			return
 		}
+		if r.mapCheck && r.tries >= 2 {
+			// The new mapping does not answer: stay where we are (the
+			// SA's own liveness checks decide whether the peer is dead).
+			sa.req = nil
+			sa.reschedule(e)
+			return
+		}
 		if r.tries >= e.cfg.RetransmitTries {
 			reason := "peer did not answer " + r.exchange.String()
 			if r.dpd {
@@ -477,7 +515,7 @@ func (sa *IKESA) onTimer(now time.Time, e *Engine, rd *Ready) {
 		e.stats.Retransmits++
 		r.retransmitAt = now.Add(e.cfg.RetransmitTimeout << r.tries)
 		sa.reschedule(e)
-		rd.add(Send{Local: sa.Local, Remote: sa.Remote, Messages: r.packets})
+		sa.sendTo(r.packets, r.to, rd)
 		return
 	}
 	if sa.state == stateInitDone {

@@ -144,9 +144,9 @@ func (e *Engine) Restore(now time.Time, st SAState, rd *Ready) (*IKESA, error) {
 			return nil, fmt.Errorf("%w: ESP %08x", ErrSPIInUse, cs.InSPI)
 		}
 	}
-	if sa.vip.IsValid() && e.cfg.Pool != nil {
+	if pool := sa.pool(e); sa.vip.IsValid() && pool != nil {
 		// Rebuild the pool: the address is not handed out again.
-		if err := e.cfg.Pool.Claim(sa.PeerID, sa.vip); errors.Is(err, ErrNotInPool) {
+		if err := pool.Claim(sa.PeerID, sa.vip); errors.Is(err, ErrNotInPool) {
 			sa.vipForeign = true // not ours to release either
 		} else if err != nil {
 			return nil, fmt.Errorf("ike: virtual IP %v: %w", st.VirtualIP, err)
@@ -174,6 +174,13 @@ func (e *Engine) Restore(now time.Time, st SAState, rd *Ready) (*IKESA, error) {
 		ic := sa.install(ch, 0)
 		ic.OutSeq, ic.OutSeqLimit = start, start
 		rd.add(ic)
+	}
+	if !sa.initiator {
+		var held []TrafficSelector
+		for _, ch := range sa.children {
+			held = append(held, ch.RemoteTS...)
+		}
+		sa.claimSelectors(e, held, true) // the state store is the authority: forced
 	}
 	if len(sa.children) > 0 {
 		sa.persist(e, PersistReserved, rd)
@@ -370,11 +377,11 @@ func (e *Engine) Forget(spi uint64, rd *Ready) {
 	}
 	// Its virtual IP goes with it: a pool shared by the nodes keeps the
 	// lease, a pool of this node's frees the address here.
-	if sa.vip.IsValid() && e.cfg.Pool != nil && !sa.vipForeign {
-		if f, ok := e.cfg.Pool.(interface{ Forget(netip.Addr) }); ok {
+	if pool := sa.pool(e); sa.vip.IsValid() && pool != nil && !sa.vipForeign {
+		if f, ok := pool.(interface{ Forget(netip.Addr) }); ok {
 			f.Forget(sa.vip)
 		} else {
-			e.cfg.Pool.Release(sa.vip)
+			pool.Release(sa.vip)
 		}
 		sa.vipForeign = true // released above
 	}

@@ -244,6 +244,9 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 		total.DPDDead += st.DPDDead
 		total.RekeyCollisions += st.RekeyCollisions
 		total.UnreservedSPIs += st.UnreservedSPIs
+		total.MovesRefused += st.MovesRefused
+		total.SelectorsRefused += st.SelectorsRefused
+		total.MappingChecks += st.MappingChecks
 		for n, v := range st.Failed {
 			failed[failureReason(n)] += v
 		}
@@ -271,6 +274,9 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 	counter(dKeepalives, s.Node.KeepalivesSent, "sent")
 	counter(dKeepalives, s.Node.KeepalivesReceived, "received")
 	counter(dAddressUpdates, ev.AddressUpdates)
+	counter(dMovesRefused, total.MovesRefused)
+	counter(dTSRefused, total.SelectorsRefused)
+	counter(dMappingChecks, total.MappingChecks)
 	counter(dCookiesSent, total.CookiesSent)
 	counter(dRetransmits, total.Retransmits)
 	counter(dDuplicates, total.DuplicateRequests)

@@ -34,6 +34,7 @@ import (
 	"sort"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/ikefleet/ikefleet/concentrator/dataplane"
 	"github.com/ikefleet/ikefleet/concentrator/esp"
@@ -123,6 +124,8 @@ type Stats struct {
 	// SeqProgressDeferred counts progress reports that found the
 	// SeqProgress channel full (each is tried again at a later packet).
 	SeqProgressDeferred uint64
+	// Mappings counts NAT mapping changes reported (OnMapping).
+	Mappings uint64
 }
 
 // sa is one installed CHILD SA.
@@ -131,6 +134,7 @@ type sa struct {
 
 	localTS, remoteTS []dataplane.Selector // immutable: workers read them without the lock
 	esn               bool                 // immutable
+	encap             bool                 // immutable: UDP-encapsulated (NAT-T)
 	in                *esp.Inbound
 	out               *esp.Outbound
 	worker            int
@@ -139,6 +143,7 @@ type sa struct {
 
 	inBytes, inPackets, outBytes, outPackets atomic.Uint64
 	softSent, hardSent                       atomic.Bool // expiry reported
+	mappedAt                                 int64       // worker's: UnixNano of the last mapping report
 
 	// Sequence numbers. arm is replaced by SetSeqLimit and read by the
 	// worker; outSeq and inSeq mirror the worker's numbers for readers
@@ -175,6 +180,7 @@ type job struct {
 	buf      *[]byte
 	off, n   int
 	outbound bool
+	from     netip.AddrPort // inbound: the outer source
 }
 
 // DataPlane is the user-space data plane.
@@ -188,9 +194,10 @@ type DataPlane struct {
 	bufSize int
 	workers []chan job
 	drops   [numDropReasons]atomic.Uint64
-	fenced  atomic.Bool                  // SetFenced
-	unknown atomic.Pointer[func(uint32)] // OnUnknownSPI
-	parked  espParking                   // ESP for SPIs being claimed (park.go)
+	fenced  atomic.Bool                             // SetFenced
+	unknown atomic.Pointer[func(uint32)]            // OnUnknownSPI
+	mapping atomic.Pointer[func(dataplane.Mapping)] // OnMapping
+	parked  espParking                              // ESP for SPIs being claimed (park.go)
 	// gone: the counters of SAs removed, so that Report's totals never
 	// go down.
 	gone dataplane.Counters
@@ -207,6 +214,7 @@ type DataPlane struct {
 	expiries chan dataplane.Expiry
 	progress chan dataplane.SeqProgress
 	deferred atomic.Uint64 // progress reports that found the channel full
+	mappings atomic.Uint64 // NAT mapping changes reported
 }
 
 // SeqProgress reports CHILD SAs' sequence numbers (dataplane.SeqReporter)
@@ -409,7 +417,7 @@ func (d *DataPlane) install(_ context.Context, c *dataplane.ChildSA) error {
 	if cp.VirtualIP.IsValid() && !matchAny(cp.RemoteTS, cp.VirtualIP, 0, 0) {
 		cp.RemoteTS = append(cp.RemoteTS, dataplane.Selector{Start: cp.VirtualIP, End: cp.VirtualIP, EndPort: 0xffff})
 	}
-	s := &sa{child: &cp, in: in, out: out, worker: d.workerFor(c.InSPI), inBase: c.InSeqLow, esn: c.ESN}
+	s := &sa{child: &cp, in: in, out: out, worker: d.workerFor(c.InSPI), inBase: c.InSeqLow, esn: c.ESN, encap: c.Encap}
 	s.localTS, s.remoteTS = cp.LocalTS, cp.RemoteTS
 	s.arm.Store(newArm(c.OutSeqMargin, c.OutSeq, c.OutSeqLimit))
 	s.armSeen = s.arm.Load()
@@ -568,7 +576,7 @@ func (d *DataPlane) Counter(_ context.Context, inSPI uint32) (dataplane.Counters
 
 // Stats returns the drop counters.
 func (d *DataPlane) Stats() Stats {
-	st := Stats{Drops: map[string]uint64{}, SeqProgressDeferred: d.deferred.Load()}
+	st := Stats{Drops: map[string]uint64{}, SeqProgressDeferred: d.deferred.Load(), Mappings: d.mappings.Load()}
 	for r := DropReason(0); r < numDropReasons; r++ {
 		if v := d.drops[r].Load(); v > 0 {
 			st.Drops[r.String()] = v
@@ -667,7 +675,7 @@ func (d *DataPlane) HandleESP(pkt []byte, local, remote netip.AddrPort) {
 	}
 	b := d.getBuf()
 	n := copy(*b, pkt)
-	d.enqueue(job{sa: s, buf: b, off: 0, n: n})
+	d.enqueue(job{sa: s, buf: b, off: 0, n: n, from: remote})
 }
 
 // lookupOut finds the SA for an outbound inner packet: its destination
@@ -736,6 +744,39 @@ func (d *DataPlane) work(q chan job) {
 // OnUnknownSPI sets the function told of inbound ESP for SPIs without a
 // CHILD SA here (dataplane.UnknownSPIReporter).
 func (d *DataPlane) OnUnknownSPI(f func(spi uint32)) { d.unknown.Store(&f) }
+
+// OnMapping sets the function told of NAT mapping changes
+// (dataplane.MappingReporter).
+func (d *DataPlane) OnMapping(f func(dataplane.Mapping)) { d.mapping.Store(&f) }
+
+// mappingInterval bounds the mapping reports of one SA.
+const mappingInterval = time.Second
+
+// checkMapping reports authenticated ESP of an encapsulated SA that came
+// from another address than the SA sends to; on s's worker.
+func (d *DataPlane) checkMapping(s *sa, from netip.AddrPort) {
+	if !from.IsValid() {
+		return
+	}
+	ep := s.ep.Load()
+	if from == ep.remote {
+		return
+	}
+	if !s.encap {
+		return // plain ESP has no ports to re-map
+	}
+	f := d.mapping.Load()
+	if f == nil {
+		return
+	}
+	now := time.Now().UnixNano()
+	if now-s.mappedAt < int64(mappingInterval) {
+		return
+	}
+	s.mappedAt = now
+	d.mappings.Add(1)
+	(*f)(dataplane.Mapping{InSPI: s.in.SPI(), Remote: from})
+}
 
 // SetFenced stops (true) or resumes (false) outbound ESP: packets are
 // dropped before they take a sequence number (dataplane.Fencer).
@@ -807,6 +848,7 @@ func (d *DataPlane) receive(j job) {
 		}
 		return
 	}
+	d.checkMapping(s, j.from) // authenticated: its source counts
 	if nh == esp.NextHeaderDummy {
 		d.drop(DropDummy)
 		return

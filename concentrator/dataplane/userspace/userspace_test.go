@@ -565,3 +565,47 @@ func TestExpiries(t *testing.T) {
 	case <-time.After(100 * time.Millisecond):
 	}
 }
+
+// TestMappingReports: authenticated ESP from a new address of an
+// encapsulated SA is reported once (rate-limited), forged ESP from
+// anywhere never.
+func TestMappingReports(t *testing.T) {
+	r := newRig(t)
+	ctx := context.Background()
+	cc, gc := childPair(0xc1000009, 0x61000009, 9)
+	if err := r.conc.Install(ctx, cc); err != nil {
+		t.Fatal(err)
+	}
+	if err := r.gw.Install(ctx, gc); err != nil {
+		t.Fatal(err)
+	}
+	reports := make(chan dataplane.Mapping, 16)
+	r.conc.OnMapping(func(m dataplane.Mapping) { reports <- m })
+	moved := netip.MustParseAddrPort("192.168.100.1:62001")
+	// Forged ESP with the SA's SPI from the new address: not reported.
+	forged := make([]byte, 64)
+	binary.BigEndian.PutUint32(forged, cc.InSPI)
+	binary.BigEndian.PutUint32(forged[4:], 1)
+	r.conc.HandleESP(forged, concAddr, moved)
+	waitDrops(t, r.conc, "integrity", 1)
+	// The gateway's NAT re-maps it: its ESP now comes from moved.
+	r.gw.SetSender(senderFunc(func(b []byte, local, remote netip.AddrPort) error {
+		r.conc.HandleESP(b, remote, moved)
+		return nil
+	}))
+	for i := 0; i < 3; i++ {
+		r.gwDev.toDP <- ipv4Packet("10.20.0.1", "10.30.0.1", 1, []byte{byte(i)})
+		recv(t, r.concDev.fromDP)
+	}
+	select {
+	case m := <-reports:
+		if m.InSPI != cc.InSPI || m.Remote != moved {
+			t.Fatalf("report %+v, want %08x from %v", m, cc.InSPI, moved)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("no mapping report")
+	}
+	if len(reports) != 0 || r.conc.Stats().Mappings != 1 {
+		t.Fatalf("%d more reports within a second, %d counted", len(reports), r.conc.Stats().Mappings)
+	}
+}

@@ -135,9 +135,10 @@ type DataPlane struct {
 	routes map[netip.Prefix]*route // installed routes and who needs them
 	mss    *mssClamp
 	exp    *expiryMonitor
-	raw    *rawXfrm    // requests the netlink library cannot make
-	ae     aeIO        // raw, or a model in tests
-	sm     *seqMonitor // async events: sequence number progress
+	mapm   *mappingMonitor // nil: the kernel refused the subscription
+	raw    *rawXfrm        // requests the netlink library cannot make
+	ae     aeIO            // raw, or a model in tests
+	sm     *seqMonitor     // async events: sequence number progress
 	seqTable
 	// gone: the last counters of SAs removed, so that Report's totals
 	// never go down.
@@ -206,7 +207,15 @@ func New(opts Options) (*DataPlane, error) {
 		return nil, fmt.Errorf("xfrm: subscribe to async events: %w", err)
 	}
 	d.sm = sm
+	if mm, err := newMappingMonitor(opts.NetNS); err != nil {
+		d.log.Warn("xfrm: no NAT mapping events (XFRMNLGRP_MAPPING)", "err", err)
+	} else {
+		d.mapm = mm
+	}
 	fail := func() {
+		if d.mapm != nil {
+			d.mapm.stop()
+		}
 		sm.stop()
 		exp.stop()
 		raw.close()
@@ -228,6 +237,9 @@ func New(opts Options) (*DataPlane, error) {
 	}
 	go exp.run(d)
 	go sm.run(d)
+	if d.mapm != nil {
+		go d.mapm.run(d)
+	}
 	return d, nil
 }
 
@@ -248,6 +260,9 @@ func (d *DataPlane) Close() error {
 	var err error
 	if d.mss != nil {
 		err = d.mss.remove()
+	}
+	if d.mapm != nil {
+		d.mapm.stop()
 	}
 	d.exp.stop()
 	d.sm.stop()

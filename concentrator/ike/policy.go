@@ -1,0 +1,279 @@
+package ike
+
+import (
+	"fmt"
+	"net/netip"
+	"strings"
+	"sync"
+)
+
+// Per-identity policy: which traffic selectors and which address pool an
+// authenticated peer may claim. Config.Policies are matched in order
+// against the peer's identity; the first match decides. With no policies
+// every peer gets Config.RemoteTS and Config.Pool (shared selectors, the
+// behaviour of a single remote_ts); with policies a peer no policy matches
+// may claim nothing (TS_UNACCEPTABLE), and the selectors a peer holds
+// under an exclusive policy cannot be claimed by another identity
+// (SelectorRegistry).
+
+// IdentityPattern matches peer identities: one identity exactly, or a
+// pattern whose '*' stands for any run of characters of the identity's
+// string form (strongSwan notation: "*.branch.example.net",
+// "C=CH, O=Org, CN=*"); "%any" or "*" matches every identity.
+type IdentityPattern struct {
+	any   bool
+	exact Identity
+	glob  []string // the parts between the '*'s
+}
+
+// ParseIdentityPattern reads an identity or a pattern.
+func ParseIdentityPattern(s string) (IdentityPattern, error) {
+	s = strings.TrimSpace(s)
+	switch {
+	case s == "":
+		return IdentityPattern{}, fmt.Errorf("empty identity")
+	case s == "%any" || s == "*":
+		return IdentityPattern{any: true}, nil
+	case strings.Contains(s, "*"):
+		// Normalise what is not a wildcard through the identity parser
+		// (a DN's spacing, an address's form) where it parses as a whole.
+		return IdentityPattern{glob: strings.Split(s, "*")}, nil
+	}
+	id, err := ParseIdentity(s)
+	if err != nil {
+		return IdentityPattern{}, err
+	}
+	return IdentityPattern{exact: id}, nil
+}
+
+// Matches reports whether id matches the pattern.
+func (p IdentityPattern) Matches(id Identity) bool {
+	switch {
+	case p.any:
+		return true
+	case p.glob != nil:
+		return globMatch(p.glob, id.String())
+	default:
+		return p.exact.Equal(id)
+	}
+}
+
+func (p IdentityPattern) String() string {
+	switch {
+	case p.any:
+		return "%any"
+	case p.glob != nil:
+		return strings.Join(p.glob, "*")
+	}
+	return p.exact.String()
+}
+
+// globMatch matches s against parts joined by '*' (no other metacharacters).
+func globMatch(parts []string, s string) bool {
+	if len(parts) == 1 {
+		return parts[0] == s
+	}
+	if !strings.HasPrefix(s, parts[0]) {
+		return false
+	}
+	s = s[len(parts[0]):]
+	last := parts[len(parts)-1]
+	for _, mid := range parts[1 : len(parts)-1] {
+		i := strings.Index(s, mid)
+		if i < 0 {
+			return false
+		}
+		s = s[i+len(mid):]
+	}
+	return strings.HasSuffix(s, last)
+}
+
+// PeerPolicy is what the identities a policy matches may claim.
+type PeerPolicy struct {
+	Name string // for logs and errors (the configuration's index or name)
+	ID   IdentityPattern
+	// RemoteTS are the selectors the peer may claim as its side; nil: none
+	// but its virtual IP.
+	RemoteTS []TrafficSelector
+	// Pool hands out the peer's virtual IP; nil: no virtual IPs. A pool
+	// bounds the addresses an identity holds at once (Pool.MaxPerPeer).
+	Pool AddressPool
+	// Exclusive: the selectors a peer holds under this policy are its own
+	// on this node; another identity proposing any of them gets
+	// TS_UNACCEPTABLE.
+	Exclusive bool
+}
+
+// policyFor returns the policy of an authenticated peer.
+func (e *Engine) policyFor(id Identity) *PeerPolicy {
+	if len(e.cfg.Policies) == 0 {
+		e.defaultPolicy.RemoteTS, e.defaultPolicy.Pool = e.cfg.RemoteTS, e.cfg.Pool
+		return &e.defaultPolicy
+	}
+	if p := MatchPolicy(e.cfg.Policies, id); p != nil {
+		return p
+	}
+	return &noPolicy
+}
+
+// MatchPolicy returns the first policy whose ID matches id, or nil.
+func MatchPolicy(policies []*PeerPolicy, id Identity) *PeerPolicy {
+	for _, p := range policies {
+		if p.ID.Matches(id) {
+			return p
+		}
+	}
+	return nil
+}
+
+// noPolicy is the policy of a peer no configured policy matches.
+var noPolicy = PeerPolicy{Name: "(no policy matches)"}
+
+// peerPolicy returns sa's policy, looked up once (at IKE_AUTH, a restore).
+func (sa *IKESA) peerPolicy(e *Engine) *PeerPolicy {
+	if sa.policy == nil {
+		sa.policy = e.policyFor(sa.PeerID)
+	}
+	return sa.policy
+}
+
+// pool returns the pool sa's virtual IP comes from.
+func (sa *IKESA) pool(e *Engine) AddressPool {
+	if sa.initiator {
+		return nil
+	}
+	return sa.peerPolicy(e).Pool
+}
+
+// SelectorRegistry records which identity holds which selector ranges
+// (addresses only: protocol and ports are ignored, so any overlap counts)
+// among the SAs of a node. It is shared by the engine's shards and safe
+// for concurrent use. A claim overlapping a range another identity holds
+// is refused.
+//
+// Lookups scan the ranges held (site-to-site selectors: virtual IPs are
+// kept apart by their pool and not registered).
+type SelectorRegistry struct {
+	mu     sync.Mutex
+	ranges map[tsRange]*rangeHolders
+	bySA   map[uint64][]tsRange
+}
+
+type tsRange struct{ start, end netip.Addr }
+
+type rangeHolders struct {
+	owner string
+	sas   map[uint64]int // IKE SA (our SPI) -> CHILD SAs claiming the range
+}
+
+// NewSelectorRegistry returns an empty registry.
+func NewSelectorRegistry() *SelectorRegistry {
+	return &SelectorRegistry{ranges: map[tsRange]*rangeHolders{}, bySA: map[uint64][]tsRange{}}
+}
+
+// ErrSelectorHeld is the cause of a refused claim.
+type ErrSelectorHeld struct {
+	Selector TrafficSelector
+	Holder   string
+}
+
+func (e *ErrSelectorHeld) Error() string {
+	return fmt.Sprintf("selector %s overlaps selectors held by %s", e.Selector, e.Holder)
+}
+
+// Claim records that IKE SA sa of owner holds ts; force records it even if
+// another identity holds an overlapping range (a restored SA: the state
+// store is the authority). A refused claim records nothing.
+func (r *SelectorRegistry) Claim(owner string, sa uint64, ts []TrafficSelector, force bool) error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if !force {
+		for _, t := range ts {
+			for k, h := range r.ranges {
+				if h.owner != owner && k.start.BitLen() == t.Start.BitLen() &&
+					k.start.Compare(t.End) <= 0 && t.Start.Compare(k.end) <= 0 {
+					return &ErrSelectorHeld{Selector: t, Holder: h.owner}
+				}
+			}
+		}
+	}
+	for _, t := range ts {
+		k := tsRange{t.Start, t.End}
+		h := r.ranges[k]
+		if h == nil || h.owner != owner {
+			if h != nil { // forced over another identity's range: the newest wins
+				for s := range h.sas {
+					r.dropLocked(s, k)
+				}
+			}
+			h = &rangeHolders{owner: owner, sas: map[uint64]int{}}
+			r.ranges[k] = h
+		}
+		if h.sas[sa] == 0 {
+			r.bySA[sa] = append(r.bySA[sa], k)
+		}
+		h.sas[sa]++
+	}
+	return nil
+}
+
+// Release drops what IKE SA sa holds.
+func (r *SelectorRegistry) Release(sa uint64) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for _, k := range r.bySA[sa] {
+		if h := r.ranges[k]; h != nil {
+			delete(h.sas, sa)
+			if len(h.sas) == 0 {
+				delete(r.ranges, k)
+			}
+		}
+	}
+	delete(r.bySA, sa)
+}
+
+// Move hands what IKE SA from holds to its successor (an IKE rekey).
+func (r *SelectorRegistry) Move(from, to uint64) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for _, k := range r.bySA[from] {
+		if h := r.ranges[k]; h != nil {
+			h.sas[to] += h.sas[from]
+			delete(h.sas, from)
+		}
+	}
+	r.bySA[to] = append(r.bySA[to], r.bySA[from]...)
+	delete(r.bySA, from)
+}
+
+func (r *SelectorRegistry) dropLocked(sa uint64, k tsRange) {
+	l := r.bySA[sa]
+	for i, x := range l {
+		if x == k {
+			r.bySA[sa] = append(l[:i], l[i+1:]...)
+			break
+		}
+	}
+}
+
+// Held returns how many ranges are held (tests, metrics).
+func (r *SelectorRegistry) Held() int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return len(r.ranges)
+}
+
+// claimSelectors registers the peer's selectors of a new CHILD SA when its
+// policy is exclusive; the error is a TS_UNACCEPTABLE.
+func (sa *IKESA) claimSelectors(e *Engine, ts []TrafficSelector, force bool) error {
+	p := sa.peerPolicy(e)
+	if !p.Exclusive || e.cfg.Selectors == nil || sa.vip.IsValid() {
+		return nil
+	}
+	if err := e.cfg.Selectors.Claim(sa.PeerID.String(), sa.localSPI(), ts, force); err != nil {
+		e.stats.SelectorsRefused++
+		return &Error{Notify: TS_UNACCEPTABLE, Reason: "traffic selectors", Err: err}
+	}
+	sa.selectorsHeld = true
+	return nil
+}

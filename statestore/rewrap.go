@@ -1,0 +1,92 @@
+package statestore
+
+import (
+	"context"
+	"strings"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+)
+
+// RewrapStats is what a Rewrap pass did.
+type RewrapStats struct {
+	Scanned   int // records read (sa/ and seq/)
+	Rewritten int // sealed under an older key, rewritten under the current one
+	Raced     int // changed while being rewritten: the writer sealed them under the current key
+	Failed    int // could not be opened (unknown key, corrupt): left as they are
+}
+
+// reseal returns data (a record or reservation record stored under name)
+// sealed under the keyring's current key, or nil if it already is.
+func (c Codec) reseal(name string, data []byte) ([]byte, error) {
+	version, pub, keyID, sealed, err := splitRecord(data)
+	if err != nil {
+		return nil, &CorruptError{Key: name, Reason: err.Error()}
+	}
+	if version != RecordVersion {
+		return nil, &VersionError{Key: name, Version: version}
+	}
+	if keyID == c.Keys.Current() {
+		return nil, nil
+	}
+	plain, err := c.Keys.Open(keyID, sealed, aad(name, pub))
+	if err != nil {
+		return nil, err
+	}
+	id, resealed, err := c.Keys.Seal(plain, aad(name, pub))
+	if err != nil {
+		return nil, err
+	}
+	return assemble(pub, id, resealed), nil
+}
+
+// Rewrap rewrites every SA and reservation record sealed under an older
+// cluster key under the current one (key rotation), a page at a time, each
+// record only if it did not change meanwhile. progress, if not nil, is
+// called after each page. Any node may run it, any number of times.
+func (s *Store) Rewrap(ctx context.Context, progress func(RewrapStats)) (RewrapStats, error) {
+	var st RewrapStats
+	for _, dir := range []string{"sa/", "seq/"} {
+		from, end := s.k.p+dir, clientv3.GetPrefixRangeEnd(s.k.p+dir)
+		for {
+			rc, cancel := s.rctx(ctx)
+			resp, err := s.cli.Get(rc, from, clientv3.WithRange(end), clientv3.WithLimit(500))
+			cancel()
+			if err != nil {
+				return st, err
+			}
+			for _, kv := range resp.Kvs {
+				st.Scanned++
+				name := strings.TrimPrefix(string(kv.Key), s.k.p)
+				b, err := s.codec.reseal(name, kv.Value)
+				if err != nil {
+					st.Failed++
+					continue
+				}
+				if b == nil {
+					continue
+				}
+				rc, cancel := s.rctx(ctx)
+				tr, err := s.cli.Txn(rc).If(clientv3.Compare(clientv3.ModRevision(string(kv.Key)), "=", kv.ModRevision)).
+					Then(clientv3.OpPut(string(kv.Key), string(b))).Commit()
+				cancel()
+				s.txns.Add(1)
+				switch {
+				case err != nil:
+					return st, err
+				case tr.Succeeded:
+					st.Rewritten++
+				default:
+					st.Raced++
+				}
+			}
+			if progress != nil {
+				progress(st)
+			}
+			if !resp.More || len(resp.Kvs) == 0 {
+				break
+			}
+			from = string(resp.Kvs[len(resp.Kvs)-1].Key) + "\x00"
+		}
+	}
+	return st, nil
+}
