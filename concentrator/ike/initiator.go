@@ -73,6 +73,9 @@ func (sa *IKESA) sendInit(now time.Time, e *Engine, rd *Ready) {
 	)
 	m.Payloads = append(m.Payloads, natNotifies(e, sa.SPIi, 0, sa.Local, sa.Remote, e.cfg.ForceEncap)...)
 	m.Payloads = append(m.Payloads, &Notify{NotifyType: IKEV2_FRAGMENTATION_SUPPORTED}, hashesNotify())
+	if offersIntermediate(sa.ini.IKEProposals) {
+		m.Payloads = append(m.Payloads, &Notify{NotifyType: INTERMEDIATE_EXCHANGE_SUPPORTED})
+	}
 	sa.initReq = m.Encode()
 	sa.req = &pendingRequest{msgID: 0, exchange: IKE_SA_INIT, packets: [][]byte{sa.initReq}, retransmitAt: now.Add(e.cfg.RetransmitTimeout)}
 	sa.nextOut = 1
@@ -177,6 +180,9 @@ func (sa *IKESA) handleInitResponse(now time.Time, e *Engine, pkt Packet, rd *Re
 		if _, ok := p.(*CertReq); ok {
 			sa.peerCertReq = true
 		}
+	}
+	if sa.startIntermediate(now, e, m, rd) {
+		return
 	}
 	sa.sendAuth(now, e, rd)
 }

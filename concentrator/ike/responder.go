@@ -86,12 +86,7 @@ func (e *Engine) handleInitRequest(now time.Time, pkt Packet, h Header, rd *Read
 		e.initError(now, pkt, h, rd, err)
 		return
 	}
-	kx, err := suite.GenerateKeyExchange(sel.Group, e.cfg.Rand)
-	if err != nil {
-		e.initError(now, pkt, h, rd, &Error{Notify: NO_PROPOSAL_CHOSEN, Reason: "key exchange", Err: err})
-		return
-	}
-	shared, err := kx.SharedSecret(ke.Data)
+	kx, shared, err := suite.Respond(sel.Group, ke.Data, e.cfg.Rand)
 	if err != nil {
 		e.initError(now, pkt, h, rd, &Error{Notify: INVALID_SYNTAX, Reason: "peer's KE", Err: err})
 		return
@@ -112,6 +107,11 @@ func (e *Engine) handleInitRequest(now time.Time, pkt Packet, h Header, rd *Read
 	sa.behindNAT = natL && !pkt.Local.Addr().IsUnspecified()
 	sa.peerFrag = findNotify(m.Payloads, IKEV2_FRAGMENTATION_SUPPORTED) != nil
 	sa.peerHashes = parseHashes(findNotify(m.Payloads, SIGNATURE_HASH_ALGORITHMS))
+	intermediate, err := sa.acceptIntermediate(m)
+	if err != nil {
+		e.initError(now, pkt, h, rd, err)
+		return
+	}
 
 	resp := sa.header(IKE_SA_INIT, 0, true)
 	resp.Payloads = []Payload{
@@ -130,6 +130,9 @@ func (e *Engine) handleInitRequest(now time.Time, pkt Packet, h Header, rd *Read
 	}
 	if sa.peerHashes != nil {
 		resp.Payloads = append(resp.Payloads, hashesNotify())
+	}
+	if intermediate {
+		resp.Payloads = append(resp.Payloads, &Notify{NotifyType: INTERMEDIATE_EXCHANGE_SUPPORTED})
 	}
 	sa.initResp = resp.Encode()
 	e.sas[sa.SPIr] = sa
@@ -173,6 +176,10 @@ func (sa *IKESA) handleAuthRequest(now time.Time, e *Engine, m *Message, rd *Rea
 	}
 	if a.id == nil {
 		fail(errorf(INVALID_SYNTAX, "IKE_AUTH without IDi"))
+		return
+	}
+	if sa.inter != nil && len(sa.inter.pending) > 0 {
+		fail(errorf(INVALID_SYNTAX, "IKE_AUTH before the additional key exchanges"))
 		return
 	}
 	sa.PeerID = Identity{Type: a.id.IDType, Data: bytes.Clone(a.id.Data)}

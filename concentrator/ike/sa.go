@@ -22,9 +22,10 @@ const (
 	stateDeleting                       // we sent a Delete for the IKE SA
 	stateRekeyed                        // replaced by a rekeyed IKE SA, waiting for its Delete
 	stateDead                           // removed from the table
+	stateIntSent                        // initiator: an IKE_INTERMEDIATE request sent (intermediate.go)
 )
 
-var stateNames = [...]string{"", "INIT_SENT", "INIT_DONE", "AUTH_SENT", "ESTABLISHED", "DELETING", "REKEYED", "DEAD"}
+var stateNames = [...]string{"", "INIT_SENT", "INIT_DONE", "AUTH_SENT", "ESTABLISHED", "DELETING", "REKEYED", "DEAD", "INTERMEDIATE_SENT"}
 
 func (s saState) String() string { return stateNames[s] }
 
@@ -50,6 +51,7 @@ type IKESA struct {
 	ni, nr   []byte
 	initReq  []byte // IKE_SA_INIT request as sent (AUTH signs it); dropped once authenticated
 	initResp []byte // IKE_SA_INIT response as sent
+	inter    *intermediate // IKE_INTERMEDIATE exchanges (intermediate.go); nil: none
 
 	natLocal, natRemote bool // we / the peer are behind a NAT (or encapsulation is forced)
 	behindNAT           bool // we really are behind a NAT: send keepalives
@@ -376,6 +378,12 @@ func (sa *IKESA) handleRequest(now time.Time, e *Engine, m *Message, rd *Ready) 
 		}
 		sa.handleAuthRequest(now, e, m, rd)
 		return
+	case IKE_INTERMEDIATE:
+		if sa.initiator || sa.state != stateInitDone || sa.inter == nil {
+			break
+		}
+		sa.handleIntermediateRequest(now, e, m, rd)
+		return
 	case INFORMATIONAL:
 		if sa.state != stateEstablished && sa.state != stateDeleting && sa.state != stateRekeyed {
 			break
@@ -402,6 +410,8 @@ func (sa *IKESA) handleResponse(now time.Time, e *Engine, m *Message, rd *Ready)
 	switch {
 	case req.exchange == IKE_AUTH && sa.state == stateAuthSent:
 		sa.handleAuthResponse(now, e, m, rd)
+	case req.exchange == IKE_INTERMEDIATE && sa.state == stateIntSent:
+		sa.handleIntermediateResponse(now, e, m, rd)
 	case req.exchange == INFORMATIONAL && req.deleteIKE:
 		sa.terminate(e, "deleted by us", rd)
 		return
@@ -528,11 +538,13 @@ func (sa *IKESA) authOctets(ofInitiator bool, id *ID) []byte {
 	return sa.signedOctets(msg, nonce, key, id)
 }
 
-// signedOctets: message 1 or 2, the other side's nonce, prf(SK_p, ID').
+// signedOctets: message 1 or 2, the other side's nonce, prf(SK_p, ID'),
+// and IntAuth after IKE_INTERMEDIATE exchanges (RFC 9242 §3.3.2).
 func (sa *IKESA) signedOctets(msg, nonce, key []byte, id *ID) []byte {
 	mac := sa.prf.Sum(key, id.Body())
-	o := make([]byte, 0, len(msg)+len(nonce)+len(mac))
-	return append(append(append(o, msg...), nonce...), mac...)
+	ia := sa.intAuth()
+	o := make([]byte, 0, len(msg)+len(nonce)+len(mac)+len(ia))
+	return append(append(append(append(o, msg...), nonce...), mac...), ia...)
 }
 
 var keyPad = []byte("Key Pad for IKEv2")
