@@ -49,8 +49,8 @@ type IKESA struct {
 	skpi     []byte
 	skpr     []byte
 	ni, nr   []byte
-	initReq  []byte // IKE_SA_INIT request as sent (AUTH signs it); dropped once authenticated
-	initResp []byte // IKE_SA_INIT response as sent
+	initReq  []byte        // IKE_SA_INIT request as sent (AUTH signs it); dropped once authenticated
+	initResp []byte        // IKE_SA_INIT response as sent
 	inter    *intermediate // IKE_INTERMEDIATE exchanges (intermediate.go); nil: none
 
 	natLocal, natRemote bool // we / the peer are behind a NAT (or encapsulation is forced)
