@@ -321,3 +321,29 @@ func TestIntermediateSnapshotRestore(t *testing.T) {
 		t.Fatalf("restored proposal %q", got)
 	}
 }
+
+// An IKE SA negotiated with additional key exchanges rekeys (either side
+// starting) without them: no IKE_FOLLOWUP_KE.
+func TestIntermediateIKERekey(t *testing.T) {
+	for _, byGateway := range []bool{true, false} {
+		w, ini, _ := pqWire(t, []string{pqProposal}, []string{pqProposal})
+		acts := &Ready{}
+		spi, _ := w.ini.Initiate(w.now, ini, acts)
+		w.run(acts, true)
+		old := w.ini.SA(spi).skd
+		if byGateway {
+			w.run(R(func(rd *Ready) { w.ini.RekeyIKE(w.now, spi, rd) }), true)
+		} else {
+			w.run(R(func(rd *Ready) { w.res.RekeyIKE(w.now, resSPI(w), rd) }), false)
+		}
+		if w.ini.Stats().IKERekeys != 1 || w.res.Stats().IKERekeys != 1 || w.ini.Len() != 1 || w.res.Len() != 1 {
+			t.Fatalf("byGateway=%v: IKE rekey failed: %+v", byGateway, w.events)
+		}
+		var nsa *IKESA
+		w.ini.Each(func(sa *IKESA) bool { nsa = sa; return false })
+		if nsa.Proposal().AddKE != [NumAddKE]uint16{} || bytes.Equal(nsa.skd, old) {
+			t.Fatalf("rekeyed SA: %v", nsa.Proposal())
+		}
+		w.paired(t, 1)
+	}
+}

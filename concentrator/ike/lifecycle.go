@@ -241,11 +241,7 @@ func (sa *IKESA) handleCreateChild(now time.Time, e *Engine, m *Message, rd *Rea
 			return
 		}
 		var err error
-		if kx, err = suite.GenerateKeyExchange(sel.Group, e.cfg.Rand); err != nil {
-			reply(NO_PROPOSAL_CHOSEN, nil)
-			return
-		}
-		if shared, err = kx.SharedSecret(ke.Data); err != nil {
+		if kx, shared, err = suite.Respond(sel.Group, ke.Data, e.cfg.Rand); err != nil {
 			reply(INVALID_SYNTAX, nil)
 			return
 		}
@@ -325,7 +321,7 @@ func (sa *IKESA) handleIKERekey(now time.Time, e *Engine, m *Message, saP *SA, n
 		reply(TEMPORARY_FAILURE, nil) // our own IKE rekey is under way
 		return
 	}
-	sel := SelectProposal(sa.ikeSpecs(e), saP.Proposals, ProtoIKE, true)
+	sel := SelectProposal(rekeySpecs(sa.ikeSpecs(e)), saP.Proposals, ProtoIKE, true)
 	if sel == nil || len(sel.SPI) != 8 || ke == nil {
 		reply(NO_PROPOSAL_CHOSEN, nil)
 		return
@@ -334,12 +330,7 @@ func (sa *IKESA) handleIKERekey(now time.Time, e *Engine, m *Message, saP *SA, n
 		reply(INVALID_KE_PAYLOAD, binary.BigEndian.AppendUint16(nil, sel.Group))
 		return
 	}
-	kx, err := suite.GenerateKeyExchange(sel.Group, e.cfg.Rand)
-	if err != nil {
-		reply(NO_PROPOSAL_CHOSEN, nil)
-		return
-	}
-	shared, err := kx.SharedSecret(ke.Data)
+	kx, shared, err := suite.Respond(sel.Group, ke.Data, e.cfg.Rand)
 	if err != nil {
 		reply(INVALID_SYNTAX, nil)
 		return
@@ -629,7 +620,7 @@ func (sa *IKESA) childDeleted(e *Engine, c *ChildSA, reason string, rd *Ready) {
 // startIKERekey rekeys the IKE SA itself; we become the original initiator
 // of its successor.
 func (sa *IKESA) startIKERekey(now time.Time, e *Engine, rd *Ready) {
-	specs := sa.ikeSpecs(e)
+	specs := rekeySpecs(sa.ikeSpecs(e))
 	kx, err := suite.GenerateKeyExchange(sa.prop.Group, e.cfg.Rand)
 	if err != nil {
 		sa.rekeyIKE = time.Time{}
@@ -653,7 +644,7 @@ func (sa *IKESA) handleIKERekeyResponse(now time.Time, e *Engine, rk *childRekey
 	delete(e.sas, rk.newSPI)
 	x := collectExchange(m.Payloads)
 	saP, nonce, ke := x.sa, x.nonce, x.ke
-	specs := sa.ikeSpecs(e)
+	specs := rekeySpecs(sa.ikeSpecs(e))
 	retry := func(reason string) {
 		if e.cfg.IKERekeyAfter > 0 {
 			sa.rekeyIKE = now.Add(e.cfg.RetransmitTimeout * 8)
