@@ -87,6 +87,13 @@ type Config struct {
 	// keys) sent in IKE_SA_INIT responses; nil sends none.
 	CertReq []byte
 
+	// Tickets seals and opens session resumption tickets (RFC 5723,
+	// resumption.go); nil: no tickets are issued and IKE_SESSION_RESUME is
+	// refused. TicketLifetime is an issued ticket's lifetime
+	// (DefaultTicketLifetime if 0).
+	Tickets        TicketKeys
+	TicketLifetime time.Duration
+
 	// PublicKeys are the raw public keys (RFC 7670) of peers identified by
 	// their key; nil: none.
 	PublicKeys PublicKeyStore

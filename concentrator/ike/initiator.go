@@ -31,6 +31,13 @@ type Initiation struct {
 	// RawKey: we authenticate with Creds.Signer as a raw public key and
 	// send it in CERT(15) (Creds.Chain must be empty).
 	RawKey bool
+
+	// RequestTicket asks the responder for a session resumption ticket
+	// (RFC 5723; IKESA.Ticket once established).
+	RequestTicket bool
+	// Resume resumes the IKE SA the ticket stands for with
+	// IKE_SESSION_RESUME instead of IKE_SA_INIT (no new authentication).
+	Resume *Ticket
 }
 
 const maxKERetries = 2
@@ -38,11 +45,14 @@ const maxKERetries = 2
 // Initiate starts an IKE SA as initiator and returns our SPI.
 func (e *Engine) Initiate(now time.Time, ini Initiation, rd *Ready) (uint64, error) {
 	e.begin(now)
-	if len(ini.IKEProposals) == 0 || len(ini.IKEProposals[0].Groups) == 0 {
-		return 0, errors.New("ike: initiation needs an IKE proposal with a group")
-	}
 	if len(ini.ESPProposals) == 0 || len(ini.TSi) == 0 || len(ini.TSr) == 0 {
 		return 0, errors.New("ike: initiation needs ESP proposals and traffic selectors")
+	}
+	if ini.Resume != nil {
+		return e.startResume(now, ini, rd)
+	}
+	if len(ini.IKEProposals) == 0 || len(ini.IKEProposals[0].Groups) == 0 {
+		return 0, errors.New("ike: initiation needs an IKE proposal with a group")
 	}
 	if ini.Creds.Signer == nil && ini.PSK == nil {
 		return 0, errors.New("ike: initiation needs a private key or a PSK")
@@ -162,6 +172,16 @@ func (sa *IKESA) handleInitResponse(now time.Time, e *Engine, pkt Packet, rd *Re
 		sa.failInit(e, NotifyFor(err), err.Error(), rd)
 		return
 	}
+	sa.afterInitResponse(e, m)
+	if sa.startIntermediate(now, e, m, rd) {
+		return
+	}
+	sa.sendAuth(now, e, rd)
+}
+
+// afterInitResponse takes what the responder's IKE_SA_INIT (or
+// IKE_SESSION_RESUME) response says about NAT and its capabilities.
+func (sa *IKESA) afterInitResponse(e *Engine, m *Message) {
 	natL, natR, natT := detectNAT(m, sa.SPIi, sa.SPIr, sa.Local, sa.Remote)
 	sa.natLocal, sa.natRemote = natL || (natT && e.cfg.ForceEncap), natR
 	// Bound to a wildcard address we cannot tell: no keepalives then.
@@ -181,10 +201,6 @@ func (sa *IKESA) handleInitResponse(now time.Time, e *Engine, pkt Packet, rd *Re
 			sa.peerCertReq = true
 		}
 	}
-	if sa.startIntermediate(now, e, m, rd) {
-		return
-	}
-	sa.sendAuth(now, e, rd)
 }
 
 func offersGroup(specs []ProposalSpec, g uint16) bool {
@@ -213,8 +229,17 @@ func (sa *IKESA) sendAuth(now time.Time, e *Engine, rd *Ready) {
 	if !ini.RemoteID.IsZero() {
 		payloads = append(payloads, &ID{Responder: true, IDType: ini.RemoteID.Type, Data: ini.RemoteID.Data})
 	}
+	if ini.RequestTicket {
+		payloads = append(payloads, &Notify{NotifyType: TICKET_REQUEST})
+	}
 	sendCerts := ini.Creds.SendCert == SendCertAlways || sa.peerCertReq
-	auth, err := sa.ourAuth(e, &ini.Creds, sa.authOctets(true, idi), ini.Creds.Signer == nil, ini.PSK, sendCerts)
+	var auth []Payload
+	var err error
+	if sa.resume != nil {
+		auth = sa.resumedAuth(sa.authOctets(true, idi))
+	} else {
+		auth, err = sa.ourAuth(e, &ini.Creds, sa.authOctets(true, idi), ini.Creds.Signer == nil, ini.PSK, sendCerts)
+	}
 	if err != nil {
 		sa.failInit(e, NotifyFor(err), err.Error(), rd)
 		return
@@ -250,10 +275,16 @@ func (sa *IKESA) handleAuthResponse(now time.Time, e *Engine, m *Message, rd *Re
 		sa.failInit(e, AUTHENTICATION_FAILED, "responder identity "+sa.PeerID.String()+" is not "+ini.RemoteID.String(), rd)
 		return
 	}
-	if err := sa.verifyPeer(now, e, a, sa.authOctets(false, a.id), ini.PSK, ini.Verifier); err != nil {
+	if sa.resume != nil {
+		if err := sa.verifyResumed(a, sa.authOctets(false, a.id)); err != nil {
+			sa.failInit(e, AUTHENTICATION_FAILED, err.Error(), rd)
+			return
+		}
+	} else if err := sa.verifyPeer(now, e, a, sa.authOctets(false, a.id), ini.PSK, ini.Verifier); err != nil {
 		sa.failInit(e, AUTHENTICATION_FAILED, err.Error(), rd)
 		return
 	}
+	sa.takeTicket(now, m)
 	sa.state = stateEstablished
 	sa.Establish = now
 	sa.lastRecv = now

@@ -188,7 +188,12 @@ func (sa *IKESA) handleAuthRequest(now time.Time, e *Engine, m *Message, rd *Rea
 	if e.cfg.PSKs != nil {
 		psk, _ = e.cfg.PSKs.PSK(sa.PeerID)
 	}
-	if err := sa.verifyPeer(now, e, a, sa.authOctets(true, a.id), psk, e.cfg.Verifier); err != nil {
+	if sa.resume != nil {
+		if err := sa.checkResumed(now, e, a); err != nil {
+			fail(err)
+			return
+		}
+	} else if err := sa.verifyPeer(now, e, a, sa.authOctets(true, a.id), psk, e.cfg.Verifier); err != nil {
 		// Under load we may have demanded a cookie for this IKE_SA_INIT
 		// and then accepted its cookieless retransmission; the initiator
 		// signs the message 1 it sent last: the one with our cookie.
@@ -209,12 +214,19 @@ func (sa *IKESA) handleAuthRequest(now time.Time, e *Engine, m *Message, rd *Rea
 	usePSK := a.auth.Method == sig.MethodPSK || e.cfg.Local.Signer == nil
 	idr := &ID{Responder: true, IDType: e.cfg.Local.ID.Type, Data: e.cfg.Local.ID.Data}
 	sendCerts := e.cfg.Local.SendCert == SendCertAlways || sa.peerCertReq
-	auth, err := sa.ourAuth(e, &e.cfg.Local, sa.authOctets(false, idr), usePSK, psk, sendCerts)
+	var auth []Payload
+	var err error
+	if sa.resume != nil {
+		auth = sa.resumedAuth(sa.authOctets(false, idr))
+	} else {
+		auth, err = sa.ourAuth(e, &e.cfg.Local, sa.authOctets(false, idr), usePSK, psk, sendCerts)
+	}
 	if err != nil {
 		fail(err)
 		return
 	}
 	payloads := append([]Payload{idr}, auth...)
+	payloads = append(payloads, sa.ticketPayloads(now, e, m)...)
 	if e.cfg.MOBIKE && findNotify(m.Payloads, MOBIKE_SUPPORTED) != nil {
 		sa.mobike = true
 		payloads = append(payloads, &Notify{NotifyType: MOBIKE_SUPPORTED})

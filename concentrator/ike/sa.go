@@ -23,9 +23,10 @@ const (
 	stateRekeyed                        // replaced by a rekeyed IKE SA, waiting for its Delete
 	stateDead                           // removed from the table
 	stateIntSent                        // initiator: an IKE_INTERMEDIATE request sent (intermediate.go)
+	stateResumeSent                     // initiator: IKE_SESSION_RESUME request sent (resumption.go)
 )
 
-var stateNames = [...]string{"", "INIT_SENT", "INIT_DONE", "AUTH_SENT", "ESTABLISHED", "DELETING", "REKEYED", "DEAD", "INTERMEDIATE_SENT"}
+var stateNames = [...]string{"", "INIT_SENT", "INIT_DONE", "AUTH_SENT", "ESTABLISHED", "DELETING", "REKEYED", "DEAD", "INTERMEDIATE_SENT", "RESUME_SENT"}
 
 func (s saState) String() string { return stateNames[s] }
 
@@ -52,6 +53,8 @@ type IKESA struct {
 	initReq  []byte        // IKE_SA_INIT request as sent (AUTH signs it); dropped once authenticated
 	initResp []byte        // IKE_SA_INIT response as sent
 	inter    *intermediate // IKE_INTERMEDIATE exchanges (intermediate.go); nil: none
+	resume   *resumption   // resumed from a ticket (resumption.go); nil: authenticated anew
+	ticket   *Ticket       // initiator: the ticket the responder issued
 
 	natLocal, natRemote bool // we / the peer are behind a NAT (or encapsulation is forced)
 	behindNAT           bool // we really are behind a NAT: send keepalives
@@ -264,6 +267,14 @@ func (sa *IKESA) handle(now time.Time, e *Engine, pkt Packet, h Header, rd *Read
 			e.drop(rd, pkt, h.SPIi, h.SPIr, ErrStaleMessage)
 			return
 		}
+	}
+	if h.Exchange == IKE_SESSION_RESUME {
+		if sa.initiator && sa.state == stateResumeSent && h.Flags&FlagResponse != 0 {
+			sa.handleResumeResponse(now, e, pkt, rd)
+			return
+		}
+		e.drop(rd, pkt, h.SPIi, h.SPIr, ErrStaleMessage)
+		return
 	}
 	if h.Exchange == IKE_SA_INIT {
 		if sa.initiator && sa.state == stateInitSent {
