@@ -95,6 +95,8 @@ type IKEConfig struct {
 	HalfOpenPrefix4      int   `yaml:"half_open_prefix4"`        // prefix length grouping IPv4 sources
 	HalfOpenPrefix6      int   `yaml:"half_open_prefix6"`        // prefix length grouping IPv6 sources
 	MaxSAs               int   `yaml:"max_sas"`                  // IKE SAs in all; 0: no cap
+
+	Resumption ResumptionConfig `yaml:"resumption"` // session resumption (RFC 5723; resumption.go)
 }
 
 type IdentityConfig struct {
@@ -209,6 +211,7 @@ func DefaultConfig() Config {
 			ESPProposals:   []string{"aes256gcm16", "aes128gcm16", "chacha20poly1305", "aes256-sha256"},
 			MaxMessageSize: 65535, MaxInitMessageSize: 8192, MaxHalfOpen: 20000, MaxHalfOpenPerPrefix: 1024,
 			MaxHalfOpenBytes: 128 << 20, HalfOpenPrefix4: 32, HalfOpenPrefix6: 64,
+			Resumption: ResumptionConfig{TicketLifetime: 8 * time.Hour, KeyRotation: 4 * time.Hour},
 		},
 		Identity: IdentityConfig{SendCert: "always"},
 		Children: ChildrenConfig{RekeyAfter: 50 * time.Minute, RekeyWindow: 10 * time.Minute, RekeyOverlap: 10 * time.Second, MaxPerIKE: 8},
@@ -449,6 +452,9 @@ func (c *Config) Validate() error {
 		}
 	}
 	if err := c.validatePubKeys(); err != nil {
+		return err
+	}
+	if err := c.validateResumption(); err != nil {
 		return err
 	}
 	if c.Identity.Cert == "" && len(c.Auth.PSKs) == 0 && len(c.Auth.CAs) == 0 && len(c.Auth.PubKeys) == 0 {

@@ -126,6 +126,9 @@ func (n *Node) Stats(ctx context.Context) (ike.Stats, error) {
 		total.RefusedPrefix += st.RefusedPrefix
 		total.RefusedMemory += st.RefusedMemory
 		total.RefusedSAs += st.RefusedSAs
+		total.TicketsIssued += st.TicketsIssued
+		total.Resumed += st.Resumed
+		total.ResumesRefused += st.ResumesRefused
 		for k, v := range st.Failed {
 			total.Failed[k] += v
 		}
