@@ -138,6 +138,7 @@ type ChildrenConfig struct {
 	LocalTS            []string      `yaml:"local_ts"`
 	RemoteTS           []string      `yaml:"remote_ts"`
 	Pool               string        `yaml:"pool"`
+	Pool6              string        `yaml:"pool6"` // virtual IPv6 addresses (ipv6.go)
 	DNS                []string      `yaml:"dns"`
 }
 
@@ -476,8 +477,11 @@ func (c *Config) Validate() error {
 			return fieldErr(fmt.Sprintf("children.remote_ts[%d]", i), "not a subnet: %q", s)
 		}
 	}
-	if len(c.Children.RemoteTS) == 0 && c.Children.Pool == "" {
+	if len(c.Children.RemoteTS) == 0 && c.Children.Pool == "" && c.Children.Pool6 == "" {
 		return fieldErr("children.remote_ts", "needs at least one subnet (or set children.pool)")
+	}
+	if err := c.validatePool6(); err != nil {
+		return err
 	}
 	if c.Children.Pool != "" {
 		p, err := netip.ParsePrefix(c.Children.Pool)

@@ -39,7 +39,7 @@ func recordOf(st *ike.SAState) *statestore.SARecord {
 		NextIn: st.NextIn, NextOut: st.NextOut, NextOutReserved: st.NextOutReserved, Local: st.Local, Remote: st.Remote,
 		NATLocal: st.NATLocal, NATRemote: st.NATRemote,
 		PeerID:    statestore.Identity{Type: st.PeerID.Type, Data: st.PeerID.Data},
-		VirtualIP: st.VirtualIP, Created: st.Created, Established: st.Established,
+		VirtualIP: st.VirtualIP, VirtualIP6: st.VirtualIP6, Created: st.Created, Established: st.Established,
 	}
 	if st.PeerFrag {
 		r.Flags |= flagPeerFrag
@@ -81,7 +81,7 @@ func stateOf(r *statestore.SARecord) ike.SAState {
 		NextIn: r.NextIn, NextOut: r.NextOut, NextOutReserved: r.NextOutReserved, NATLocal: r.NATLocal, NATRemote: r.NATRemote,
 		PeerFrag: r.Flags&flagPeerFrag != 0, MOBIKE: r.Flags&flagMOBIKE != 0, MsgIDSync: r.Flags&flagMsgIDSync != 0,
 		PeerID:    ike.Identity{Type: r.PeerID.Type, Data: r.PeerID.Data},
-		VirtualIP: r.VirtualIP, Created: r.Created, Established: r.Established,
+		VirtualIP: r.VirtualIP, VirtualIP6: r.VirtualIP6, Created: r.Created, Established: r.Established,
 	}
 	for _, c := range r.Children {
 		st.Children = append(st.Children, ike.ChildState{

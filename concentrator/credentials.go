@@ -180,6 +180,10 @@ func (c *Config) engineConfig() (ike.Config, error) {
 		p, _ := netip.ParsePrefix(c.Children.Pool)
 		ec.Pool = newClusterPool(p) // cluster-wide leases once the state store is open (vippool.go)
 	}
+	if c.Children.Pool6 != "" {
+		p, _ := netip.ParsePrefix(c.Children.Pool6)
+		ec.Pool6 = newClusterPool(p)
+	}
 	for _, d := range c.Children.DNS {
 		a, _ := netip.ParseAddr(d)
 		ec.DNS = append(ec.DNS, a)

@@ -297,9 +297,11 @@ func (n *Node) Run(ctx context.Context) error {
 		}
 		n.persist = p
 		defer p.close()
-		if cp, ok := n.ecfg.Pool.(*clusterPool); ok {
-			if l, ok := p.store.(addressLeaser); ok {
-				cp.useStore(l) // virtual IPs leased cluster-wide
+		for _, pool := range []ike.AddressPool{n.ecfg.Pool, n.ecfg.Pool6} {
+			if cp, ok := pool.(*clusterPool); ok {
+				if l, ok := p.store.(addressLeaser); ok {
+					cp.useStore(l) // virtual IPs leased cluster-wide
+				}
 			}
 		}
 		// Our slot goes into every IKE SPI we allocate from now on.

@@ -37,7 +37,7 @@ type clusterPool struct {
 }
 
 func newClusterPool(p netip.Prefix) *clusterPool {
-	return &clusterPool{local: ike.NewPool(p), size: 1<<(32-p.Bits()) - 2, held: map[netip.Addr]string{}}
+	return &clusterPool{local: ike.NewPool(p), size: ike.PoolSize(p), held: map[netip.Addr]string{}}
 }
 
 // useStore switches the pool to cluster-wide leases.

@@ -136,7 +136,7 @@ func toPB(r *SARecord) *pb.IKESA {
 		Suite: suitePB(r.Suite), NextIn: r.NextIn, NextOut: r.NextOut, NextOutReserved: r.NextOutReserved,
 		Local: endpointPB(r.Local), Remote: endpointPB(r.Remote),
 		NatLocal: r.NATLocal, NatRemote: r.NATRemote, Flags: r.Flags,
-		VirtualIp: addrBytes(r.VirtualIP), CreatedMs: msOf(r.Created), EstablishedMs: msOf(r.Established),
+		VirtualIp: addrBytes(r.VirtualIP), VirtualIp6: addrBytes(r.VirtualIP6), CreatedMs: msOf(r.Created), EstablishedMs: msOf(r.Established),
 		RekeyAtMs: msOf(r.RekeyAt),
 	}
 	if r.PeerID.Type != 0 || len(r.PeerID.Data) > 0 {
@@ -191,6 +191,9 @@ func fromPB(sa *pb.IKESA, sec *pb.Secrets) (*SARecord, error) {
 		return nil, err
 	}
 	if r.VirtualIP, err = addrOf(sa.VirtualIp); err != nil {
+		return nil, err
+	}
+	if r.VirtualIP6, err = addrOf(sa.VirtualIp6); err != nil {
 		return nil, err
 	}
 	if sa.PeerId != nil {

@@ -78,6 +78,7 @@ type SARecord struct {
 	Flags                  uint32 // peer capabilities, engine-defined bits
 	PeerID                 Identity
 	VirtualIP              netip.Addr
+	VirtualIP6             netip.Addr // a dual-stack peer's virtual IPv6 address
 	Created, Established   time.Time
 	RekeyAt                time.Time // zero: none scheduled
 	Children               []ChildRecord

@@ -103,6 +103,7 @@ type Config struct {
 	LocalTS      []TrafficSelector // our side, offered and narrowed against
 	RemoteTS     []TrafficSelector // what peers may claim as theirs
 	Pool         AddressPool       // nil: no virtual IPs
+	Pool6        AddressPool       // nil: no virtual IPv6 addresses (CP INTERNAL_IP6_ADDRESS)
 	DNS          []netip.Addr
 
 	NATTPort          uint16 // our UDP encapsulation port, 4500

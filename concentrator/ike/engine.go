@@ -320,6 +320,9 @@ func (e *Engine) remove(sa *IKESA) {
 	if sa.vip.IsValid() && e.cfg.Pool != nil && !sa.vipForeign {
 		e.cfg.Pool.Release(sa.vip)
 	}
+	if sa.vip6.IsValid() && e.cfg.Pool6 != nil && !sa.vip6Foreign {
+		e.cfg.Pool6.Release(sa.vip6)
+	}
 	sa.state = stateDead
 }
 

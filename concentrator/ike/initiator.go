@@ -23,6 +23,7 @@ type Initiation struct {
 	ESPProposals  []ProposalSpec
 	TSi, TSr      []TrafficSelector
 	RequestVIP    bool   // ask for a virtual IP with CP(CFG_REQUEST)
+	RequestVIP6   bool   // ask for a virtual IPv6 address too (or only)
 	RemoteNATT    uint16 // the responder's NAT-T port; 0 = 4500
 
 	// PeerKey is the responder's raw public key (RFC 7670); nil: looked up
@@ -245,8 +246,15 @@ func (sa *IKESA) sendAuth(now time.Time, e *Engine, rd *Ready) {
 		return
 	}
 	payloads = append(payloads, auth...)
-	if ini.RequestVIP {
-		payloads = append(payloads, &CP{CfgType: CFG_REQUEST, Attrs: []CPAttr{{Type: INTERNAL_IP4_ADDRESS}, {Type: INTERNAL_IP4_DNS}}})
+	if ini.RequestVIP || ini.RequestVIP6 {
+		cp := &CP{CfgType: CFG_REQUEST}
+		if ini.RequestVIP {
+			cp.Attrs = append(cp.Attrs, CPAttr{Type: INTERNAL_IP4_ADDRESS}, CPAttr{Type: INTERNAL_IP4_DNS})
+		}
+		if ini.RequestVIP6 {
+			cp.Attrs = append(cp.Attrs, CPAttr{Type: INTERNAL_IP6_ADDRESS}, CPAttr{Type: INTERNAL_IP6_DNS})
+		}
+		payloads = append(payloads, cp)
 	}
 	sa.pendingInSPI = e.newESPSPI(sa)
 	spi := binary.BigEndian.AppendUint32(nil, sa.pendingInSPI)
@@ -326,20 +334,24 @@ func (sa *IKESA) handleAuthResponse(now time.Time, e *Engine, m *Message, rd *Re
 			if at.Type == INTERNAL_IP4_ADDRESS && len(at.Value) >= 4 {
 				sa.vip = netip.AddrFrom4([4]byte(at.Value[:4]))
 			}
+			if at.Type == INTERNAL_IP6_ADDRESS && len(at.Value) >= 16 {
+				sa.vip6 = netip.AddrFrom16([16]byte(at.Value[:16]))
+			}
 		}
 	}
 	tsi := ini.TSi
-	if sa.vip.IsValid() {
-		tsi = []TrafficSelector{SelectorFromPrefix(netip.PrefixFrom(sa.vip, 32))}
+	vips := sa.vipSelectors()
+	if vips != nil {
+		tsi = vips
 	}
-	if !Within(a.tsi.Selectors, tsi) && !sa.vip.IsValid() || !Within(a.tsr.Selectors, ini.TSr) {
+	if !Within(a.tsi.Selectors, tsi) && vips == nil || !Within(a.tsr.Selectors, ini.TSr) {
 		childErr(TS_UNACCEPTABLE, "responder widened the traffic selectors")
 		return
 	}
 	c := &ChildSA{
 		InSPI: inSPI, OutSPI: binary.BigEndian.Uint32(sel.SPI), Proposal: *sel,
 		LocalTS: a.tsi.Selectors, RemoteTS: a.tsr.Selectors, Local: sa.Local, Remote: sa.Remote,
-		Encap: sa.natLocal || sa.natRemote, VirtualIP: sa.vip, Created: now,
+		Encap: sa.natLocal || sa.natRemote, VirtualIP: sa.firstVIP(), Created: now,
 	}
 	if err := sa.childKeys(c, nil, sa.ni, sa.nr, sa.initiator); err != nil {
 		childErr(NO_PROPOSAL_CHOSEN, err.Error())

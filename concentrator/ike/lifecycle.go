@@ -156,8 +156,8 @@ func (sa *IKESA) allowedTS(e *Engine) (local, remote []TrafficSelector) {
 		return sa.ini.TSi, sa.ini.TSr
 	}
 	remote = e.cfg.RemoteTS
-	if sa.vip.IsValid() {
-		remote = []TrafficSelector{SelectorFromPrefix(netip.PrefixFrom(sa.vip, 32))}
+	if vips := sa.vipSelectors(); vips != nil {
+		remote = vips
 	}
 	return e.cfg.LocalTS, remote
 }
@@ -356,7 +356,7 @@ func (sa *IKESA) successor(e *Engine, initiator bool, spii, spir uint64, sel *Se
 		initiator: initiator, state: stateEstablished, SPIi: spii, SPIr: spir, Local: sa.Local, Remote: sa.Remote,
 		prop: sel, ni: ni, nr: nr, natLocal: sa.natLocal, natRemote: sa.natRemote, peerFrag: sa.peerFrag,
 		peerHashes: sa.peerHashes, PeerID: sa.PeerID, vip: sa.vip, created: sa.created, Establish: sa.Establish,
-		msgIDSync: sa.msgIDSync, vipForeign: sa.vipForeign,
+		msgIDSync: sa.msgIDSync, vipForeign: sa.vipForeign, vip6: sa.vip6, vip6Foreign: sa.vip6Foreign,
 	}
 }
 
@@ -391,7 +391,7 @@ func (sa *IKESA) handOver(now time.Time, e *Engine, nsa *IKESA, rd *Ready) {
 	for _, c := range nsa.children {
 		e.inSPIs[c.InSPI] = nsa
 	}
-	sa.vip = netip.Addr{} // the successor owns the virtual IP now
+	sa.vip, sa.vip6 = netip.Addr{}, netip.Addr{} // the successor owns the virtual IPs now
 	nsa.lastRecv = now
 	if e.cfg.IKERekeyAfter > 0 {
 		nsa.rekeyIKE = now.Add(e.cfg.IKERekeyAfter)

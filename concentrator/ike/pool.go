@@ -6,8 +6,9 @@ import (
 	"sync"
 )
 
-// Pool is an AddressPool over one IPv4 prefix. A peer that comes back gets
-// its previous address if it is still free. Safe for concurrent use.
+// Pool is an AddressPool over one IPv4 or IPv6 prefix. A peer that comes
+// back gets its previous address if it is still free. Safe for concurrent
+// use.
 type Pool struct {
 	mu     sync.Mutex
 	prefix netip.Prefix
@@ -42,7 +43,7 @@ func (p *Pool) Acquire(peer Identity) (netip.Addr, error) {
 		}
 	}
 	last := lastAddr(p.prefix)
-	size := 1 << (32 - p.prefix.Bits())
+	size := PoolSize(p.prefix) + 2
 	a := p.next
 	for i := 0; i < size; i++ {
 		if !p.prefix.Contains(a) || a == last {
@@ -61,7 +62,7 @@ func (p *Pool) Acquire(peer Identity) (netip.Addr, error) {
 
 // Claim marks a as held by peer (a restored SA's address).
 func (p *Pool) Claim(peer Identity, a netip.Addr) error {
-	if !a.Is4() || !p.prefix.Contains(a) || a == p.prefix.Addr() || a == lastAddr(p.prefix) {
+	if a.Is4() != p.prefix.Addr().Is4() || !p.prefix.Contains(a) || a == p.prefix.Addr() || a == lastAddr(p.prefix) {
 		return ErrNotInPool
 	}
 	p.mu.Lock()
@@ -87,4 +88,15 @@ func (p *Pool) InUse() int {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	return len(p.inUse)
+}
+
+// maxPoolBits bounds the addresses a pool walks: an IPv6 /64 is not
+// searched to its end.
+const maxPoolBits = 20
+
+// PoolSize is how many addresses a pool over p hands out at most (its
+// host addresses without the first and the last, IPv6 prefixes counted up
+// to 2^20).
+func PoolSize(p netip.Prefix) int {
+	return 1<<min(p.Addr().BitLen()-p.Bits(), maxPoolBits) - 2
 }

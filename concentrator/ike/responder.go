@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"crypto/hmac"
 	"encoding/binary"
-	"net/netip"
 	"time"
 
 	"github.com/ikefleet/ikefleet/concentrator/ike/sig"
@@ -291,41 +290,27 @@ func (sa *IKESA) acceptChild(now time.Time, e *Engine, a authPayloads) (*ChildSA
 	}
 	var payloads []Payload
 	remoteAllowed := e.cfg.RemoteTS
-	if a.cp != nil && a.cp.CfgType == CFG_REQUEST && e.cfg.Pool != nil {
-		wantV4 := false
-		for _, at := range a.cp.Attrs {
-			wantV4 = wantV4 || at.Type == INTERNAL_IP4_ADDRESS
+	if a.cp != nil && a.cp.CfgType == CFG_REQUEST {
+		reply, allowed, err := sa.assignVIPs(e, a.cp)
+		if err != nil {
+			return failN(err)
 		}
-		if wantV4 {
-			vip, err := e.cfg.Pool.Acquire(sa.PeerID)
-			if err != nil {
-				return failN(&Error{Notify: INTERNAL_ADDRESS_FAILURE, Reason: "address pool", Err: err})
-			}
-			sa.vip = vip
-			reply := &CP{CfgType: CFG_REPLY, Attrs: []CPAttr{{Type: INTERNAL_IP4_ADDRESS, Value: vip.AsSlice()}}}
-			for _, d := range e.cfg.DNS {
-				if d.Is4() {
-					reply.Attrs = append(reply.Attrs, CPAttr{Type: INTERNAL_IP4_DNS, Value: d.AsSlice()})
-				}
-			}
+		if reply != nil {
 			payloads = append(payloads, reply)
-			remoteAllowed = []TrafficSelector{SelectorFromPrefix(netip.PrefixFrom(vip, 32))}
+			remoteAllowed = allowed
 		}
 	}
 	tsi := Narrow(a.tsi.Selectors, remoteAllowed)
 	tsr := Narrow(a.tsr.Selectors, e.cfg.LocalTS)
 	if len(tsi) == 0 || len(tsr) == 0 {
-		if sa.vip.IsValid() {
-			e.cfg.Pool.Release(sa.vip)
-			sa.vip = netip.Addr{}
-		}
+		sa.releaseVIPs(e)
 		return failN(errorf(TS_UNACCEPTABLE, "traffic selectors %s === %s not allowed",
 			FormatSelectors(a.tsi.Selectors), FormatSelectors(a.tsr.Selectors)))
 	}
 	c := &ChildSA{
 		OutSPI: binary.BigEndian.Uint32(sel.SPI), Proposal: *sel,
 		LocalTS: tsr, RemoteTS: tsi, Local: sa.Local, Remote: sa.Remote,
-		Encap: sa.natLocal || sa.natRemote, VirtualIP: sa.vip, Created: now,
+		Encap: sa.natLocal || sa.natRemote, VirtualIP: sa.firstVIP(), Created: now,
 	}
 	c.InSPI = e.newESPSPI(sa)
 	if err := sa.childKeys(c, nil, sa.ni, sa.nr, sa.initiator); err != nil {

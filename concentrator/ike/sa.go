@@ -71,7 +71,9 @@ type IKESA struct {
 	cookie2     []byte // our outstanding return-routability check
 	children    []*ChildSA
 	vip         netip.Addr
-	vipForeign  bool // restored with an address the pool does not have
+	vipForeign  bool       // restored with an address the pool does not have
+	vip6        netip.Addr // a dual-stack peer's virtual IPv6 address (Pool6)
+	vip6Foreign bool
 
 	nextOut    uint32    // message ID of our next request
 	nextIn     uint32    // message ID of the peer's next request

@@ -399,6 +399,7 @@ type IKESA struct {
 	// restored SA sends its next request with an ID in [next_out,
 	// next_out_reserved] and persists a new reservation before it reaches it.
 	NextOutReserved uint32 `protobuf:"varint,19,opt,name=next_out_reserved,json=nextOutReserved,proto3" json:"next_out_reserved,omitempty"`
+	VirtualIp6      []byte `protobuf:"bytes,20,opt,name=virtual_ip6,json=virtualIp6,proto3" json:"virtual_ip6,omitempty"` // the peer's virtual IPv6 address, beside virtual_ip
 	unknownFields   protoimpl.UnknownFields
 	sizeCache       protoimpl.SizeCache
 }
@@ -564,6 +565,13 @@ func (x *IKESA) GetNextOutReserved() uint32 {
 		return x.NextOutReserved
 	}
 	return 0
+}
+
+func (x *IKESA) GetVirtualIp6() []byte {
+	if x != nil {
+		return x.VirtualIp6
+	}
+	return nil
 }
 
 type Child struct {
@@ -1218,7 +1226,7 @@ const file_api_statestore_v1_record_proto_rawDesc = "" +
 	"start_port\x18\x02 \x01(\rR\tstartPort\x12\x19\n" +
 	"\bend_port\x18\x03 \x01(\rR\aendPort\x12\x14\n" +
 	"\x05start\x18\x04 \x01(\fR\x05start\x12\x10\n" +
-	"\x03end\x18\x05 \x01(\fR\x03end\"\xb9\x05\n" +
+	"\x03end\x18\x05 \x01(\fR\x03end\"\xda\x05\n" +
 	"\x05IKESA\x12\x13\n" +
 	"\x05spi_i\x18\x01 \x01(\x06R\x04spiI\x12\x13\n" +
 	"\x05spi_r\x18\x02 \x01(\x06R\x04spiR\x12\x1c\n" +
@@ -1242,7 +1250,9 @@ const file_api_statestore_v1_record_proto_rawDesc = "" +
 	"\vrekey_at_ms\x18\x10 \x01(\x03R\trekeyAtMs\x12\x14\n" +
 	"\x05flags\x18\x11 \x01(\rR\x05flags\x129\n" +
 	"\bchildren\x18\x12 \x03(\v2\x1d.ikefleet.statestore.v1.ChildR\bchildren\x12*\n" +
-	"\x11next_out_reserved\x18\x13 \x01(\rR\x0fnextOutReserved\"\xa2\x04\n" +
+	"\x11next_out_reserved\x18\x13 \x01(\rR\x0fnextOutReserved\x12\x1f\n" +
+	"\vvirtual_ip6\x18\x14 \x01(\fR\n" +
+	"virtualIp6\"\xa2\x04\n" +
 	"\x05Child\x12\x15\n" +
 	"\x06spi_in\x18\x01 \x01(\aR\x05spiIn\x12\x17\n" +
 	"\aspi_out\x18\x02 \x01(\aR\x06spiOut\x123\n" +
