@@ -259,6 +259,11 @@ func (n *Node) claim(spi uint64) {
 	st := stateOf(rec)
 	// The virtual IP's lease is confirmed here, so that the restore on
 	// the shard's goroutine waits for no etcd round trip.
+	if cp, ok := n.ecfg.Pool6.(*clusterPool); ok && st.VirtualIP6.IsValid() {
+		if err := cp.Claim(st.PeerID, st.VirtualIP6); err != nil {
+			n.log.Warn("claimed SA's virtual IPv6 address not leased", "spi", fmt.Sprintf("%016x", spi), "vip", st.VirtualIP6.String(), "err", err)
+		}
+	}
 	if cp, ok := n.ecfg.Pool.(*clusterPool); ok && st.VirtualIP.IsValid() {
 		if err := cp.Claim(st.PeerID, st.VirtualIP); err != nil {
 			n.log.Warn("claimed SA's virtual IP not leased", "spi", fmt.Sprintf("%016x", spi), "vip", st.VirtualIP.String(), "err", err)

@@ -30,6 +30,7 @@ type addressLeaser interface {
 type clusterPool struct {
 	local *ike.Pool // candidates, and the addresses this node's SAs hold
 	size  int
+	v6    bool // an IPv6 pool (children.pool6)
 	store atomic.Pointer[addressLeaser]
 
 	mu   sync.Mutex
@@ -37,7 +38,17 @@ type clusterPool struct {
 }
 
 func newClusterPool(p netip.Prefix) *clusterPool {
-	return &clusterPool{local: ike.NewPool(p), size: ike.PoolSize(p), held: map[netip.Addr]string{}}
+	return &clusterPool{local: ike.NewPool(p), size: ike.PoolSize(p), held: map[netip.Addr]string{}, v6: p.Addr().Is6()}
+}
+
+// leaseID is the name an identity's lease has in the state store, which
+// keeps one lease per name: a dual-stack peer's IPv6 address is leased
+// under a name of its own.
+func (p *clusterPool) leaseID(peer ike.Identity) string {
+	if p.v6 {
+		return peer.String() + " (IPv6)"
+	}
+	return peer.String()
 }
 
 // useStore switches the pool to cluster-wide leases.
@@ -61,7 +72,7 @@ func (p *clusterPool) Acquire(peer ike.Identity) (netip.Addr, error) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), poolCallTimeout)
 	defer cancel()
-	id := peer.String()
+	id := p.leaseID(peer)
 	if a, ok, err := l.AddressOf(ctx, id); err != nil {
 		return netip.Addr{}, err
 	} else if ok {
@@ -99,7 +110,7 @@ func (p *clusterPool) Claim(peer ike.Identity, a netip.Addr) error {
 	if l == nil {
 		return p.local.Claim(peer, a)
 	}
-	id := peer.String()
+	id := p.leaseID(peer)
 	p.mu.Lock()
 	confirmed := p.held[a] == id
 	p.mu.Unlock()

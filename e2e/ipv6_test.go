@@ -113,7 +113,14 @@ func (tp *Topology) Ping6(ctx context.Context, ns, src, dst string, count, size 
 // concentratord claims a NAT, force_encap), with one dual-stack CHILD SA
 // (10.20.0.0/24 + fd00:20::/64 === 10.30.0.0/24 + fd00:30::/64) through the
 // user-space data plane; pings of both families cross it both ways.
-func TestUserspaceDataPlaneIPv6(t *testing.T) {
+func TestUserspaceDataPlaneIPv6(t *testing.T) { testIPv6Tunnel(t, false) }
+
+// TestUserspaceDataPlaneIPv6VirtualIPs: the same over IPv6, strongSwan
+// asking for a virtual address of each family (vips = 0.0.0.0,::) from
+// children.pool and children.pool6; pings from both virtual addresses.
+func TestUserspaceDataPlaneIPv6VirtualIPs(t *testing.T) { testIPv6Tunnel(t, true) }
+
+func testIPv6Tunnel(t *testing.T, vips bool) {
 	requireNetns(t)
 	bin := Binary(t, "concentratord")
 	ctx, cancel := context.WithTimeout(t.Context(), 2*time.Minute)
@@ -127,6 +134,9 @@ func TestUserspaceDataPlaneIPv6(t *testing.T) {
 		{"local_ts: [" + ConcLAN + "]", "local_ts: [" + ConcLAN + ", \"" + ConcLAN6 + "\"]"},
 		{"remote_ts: [10.20.0.0/16]", "remote_ts: [10.20.0.0/16, \"fd00:20::/48\"]"},
 	} {
+		if vips && strings.HasPrefix(r[0], "remote_ts") {
+			r[1] = "pool: 10.99.0.0/24\n  pool6: \"fd00:99::/112\""
+		}
 		if !strings.Contains(c, r[0]) {
 			t.Fatalf("concentratord configuration has no %q", r[0])
 		}
@@ -139,13 +149,16 @@ func TestUserspaceDataPlaneIPv6(t *testing.T) {
 	for _, r := range [][2]string{
 		{"local_addrs = " + GWAddr, "local_addrs = " + GWAddr6},
 		{"remote_addrs = " + ConcAddr, "remote_addrs = " + ConcAddr6},
-		{"local_ts = " + GWLAN, "local_ts = " + GWLAN + "," + GWLAN6},
+		{"local_ts = " + GWLAN, map[bool]string{false: "local_ts = " + GWLAN + "," + GWLAN6, true: "local_ts = dynamic"}[vips]},
 		{"remote_ts = " + ConcLAN, "remote_ts = " + ConcLAN + "," + ConcLAN6},
 	} {
 		if !strings.Contains(gwConf, r[0]) {
 			t.Fatalf("gateway configuration has no %q", r[0])
 		}
 		gwConf = strings.Replace(gwConf, r[0], r[1], 1)
+	}
+	if vips {
+		gwConf = strings.Replace(gwConf, "    encap = yes\n", "    encap = yes\n    vips = 0.0.0.0,::\n", 1)
 	}
 	gw := NewStrongSwan(t, tp, "gw", tp.GW)
 	gw.ExtraConf = "plugins {\n    socket-default {\n      use_ipv6 = yes\n    }\n  }"
@@ -168,7 +181,12 @@ func TestUserspaceDataPlaneIPv6(t *testing.T) {
 	if gc.Get("state") != "INSTALLED" || gc.Get("encap") != "yes" {
 		t.Fatalf("gw: CHILD_SA %v", gc)
 	}
-	for _, want := range []string{GWLAN, GWLAN6} {
+	gwSrc, gwSrc6 := GWLANAddr, GWLANAddr6
+	if vips {
+		// The concentrator's pools: the first address of each.
+		gwSrc, gwSrc6 = "10.99.0.1", "fd00:99::1"
+	}
+	for _, want := range map[bool][]string{false: {GWLAN, GWLAN6}, true: {gwSrc + "/32", gwSrc6 + "/128"}}[vips] {
 		if !strings.Contains(strings.Join(gc.LocalTS, ","), want) {
 			t.Errorf("gw: CHILD_SA local TS %v lacks %s", gc.LocalTS, want)
 		}
@@ -183,8 +201,8 @@ func TestUserspaceDataPlaneIPv6(t *testing.T) {
 		ns, src, dst string
 		v6           bool
 	}{
-		{tp.GW, GWLANAddr, ConcLANAddr, false}, {tp.Conc, ConcLANAddr, GWLANAddr, false},
-		{tp.GW, GWLANAddr6, ConcLANAddr6, true}, {tp.Conc, ConcLANAddr6, GWLANAddr6, true},
+		{tp.GW, gwSrc, ConcLANAddr, false}, {tp.Conc, ConcLANAddr, gwSrc, false},
+		{tp.GW, gwSrc6, ConcLANAddr6, true}, {tp.Conc, ConcLANAddr6, gwSrc6, true},
 	} {
 		ping := tp.Ping
 		if p.v6 {
