@@ -112,6 +112,12 @@ type AuthConfig struct {
 	PSKs []PSKConfig `yaml:"psks"`
 	// PubKeys are peers identified by a raw public key (RFC 7670).
 	PubKeys []PubKeyConfig `yaml:"pubkeys"`
+	// CredentialStore: per-device PSKs and raw public keys are also kept
+	// in the state store (etcd), managed through the admin API
+	// (concentratorctl creds) without restarts.
+	CredentialStore bool `yaml:"credential_store"`
+	// EAP: gateways that send no AUTH authenticate with EAP through RADIUS.
+	EAP EAPConfig `yaml:"eap"`
 }
 
 // PubKeyConfig is a peer identity and the file of its public key (PEM
@@ -458,8 +464,14 @@ func (c *Config) Validate() error {
 	if err := c.validateResumption(); err != nil {
 		return err
 	}
-	if c.Identity.Cert == "" && len(c.Auth.PSKs) == 0 && len(c.Auth.CAs) == 0 && len(c.Auth.PubKeys) == 0 {
-		return fieldErr("auth", "no credentials at all: configure auth.psks, or identity.cert and identity.key with auth.cas, or auth.pubkeys")
+	if err := c.validateEAP(); err != nil {
+		return err
+	}
+	if c.Auth.CredentialStore && c.StateStore.Mode == "none" {
+		return fieldErr("auth.credential_store", "needs a state store: statestore.mode embedded or external")
+	}
+	if c.Identity.Cert == "" && len(c.Auth.PSKs) == 0 && len(c.Auth.CAs) == 0 && len(c.Auth.PubKeys) == 0 && !c.Auth.EAP.enabled() && !c.Auth.CredentialStore {
+		return fieldErr("auth", "no credentials at all: configure auth.psks, or identity.cert and identity.key with auth.cas, or auth.pubkeys, or auth.eap.radius, or auth.credential_store")
 	}
 	if c.Identity.Cert == "" && len(c.Auth.PSKs) == 0 && c.Identity.ID != "" && len(c.Auth.CAs) > 0 {
 		return fieldErr("identity.cert", "auth.cas is set but we have no certificate to authenticate ourselves with")

@@ -60,6 +60,8 @@ type Node struct {
 
 	nodeID          string
 	runCtx          context.Context // Run's, for work handed to shards from other goroutines
+	creds           *credCache      // auth.credential_store's copy (credstore.go)
+	eap             *eapBackend     // auth.eap.radius; nil without EAP
 	espBits         int             // inbound ESP SPI bits naming the shard
 	persist         *persistence
 	persistFailures atomic.Uint64
@@ -100,13 +102,17 @@ func New(cfg Config, log *slog.Logger, dp dataplane.DataPlane, opts ...Option) (
 	n := &Node{cfg: cfg, log: log, dp: dp, ecfg: ecfg, seed: maphash.MakeSeed(),
 		tr: transport.UDP{}, clock: clock.Real(),
 		conns: map[netip.AddrPort]transport.Conn{}, natt: map[netip.AddrPort]bool{}, ready: make(chan struct{}),
-		nodeID: nodeIDOf(cfg)}
+		nodeID: nodeIDOf(cfg), creds: newCredCache()}
 	for _, o := range opts {
 		o(n)
 	}
 	n.resumptionSetup(&n.ecfg)
+	n.withCredentialStore(&n.ecfg)
 	ecfg = n.ecfg
 	n.initObservability()
+	if n.eap, err = newEAPBackend(cfg, n.nodeID); err != nil {
+		return nil, err
+	}
 	if cfg.Children.RestoreRekeyWindow != 0 {
 		log.Warn("children.restore_rekey_window is deprecated and ignored: restored CHILD SAs keep their rekey schedule and continue above their sequence number reservations")
 	}
@@ -285,6 +291,7 @@ func (n *Node) Run(ctx context.Context) error {
 	if n.peer != nil {
 		defer n.peer.close()
 	}
+	defer n.eap.close()
 	if n.cfg.StateStore.Mode != "none" {
 		p, err := n.openStore(ctx)
 		if err != nil {
@@ -311,6 +318,16 @@ func (n *Node) Run(ctx context.Context) error {
 		}
 		n.log.Info("registered", "node", n.nodeID, "slot", slot, "epoch", me.Epoch, "statestore", n.cfg.StateStore.Mode)
 		n.refillSPIs(ctx) // the first IKE_SA_INIT finds reserved SPIs
+		if n.cfg.Auth.CredentialStore {
+			b, err := n.credentialBackend()
+			if err == nil {
+				err = n.loadCredentials(ctx, b)
+			}
+			if err != nil {
+				closeAll()
+				return fmt.Errorf("auth.credential_store: %w", err)
+			}
+		}
 	}
 	if err := n.restore(ctx); err != nil {
 		closeAll()
@@ -339,6 +356,10 @@ func (n *Node) Run(ctx context.Context) error {
 	if n.tickets != nil {
 		wg.Add(1)
 		go func() { defer wg.Done(); n.runTicketKeys(ctx) }()
+	}
+	if b, err := n.credentialBackend(); err == nil {
+		wg.Add(1)
+		go func() { defer wg.Done(); n.followCredentials(ctx, b) }()
 	}
 	wg.Add(1)
 	go func() { defer wg.Done(); n.flushSuppressed(ctx) }()

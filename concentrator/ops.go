@@ -487,17 +487,20 @@ func (n *Node) ReloadCredentials(ctx context.Context) (ReloadResult, error) {
 	if err != nil {
 		return res, err
 	}
+	n.withCredentialStore(&ec)
 	old := n.ecfg
 	for _, s := range n.shards {
 		if err := n.do(ctx, s, func() {
 			// Between two calls into the engine, on its own goroutine.
 			c := s.eng.Config()
 			c.Local, c.PSKs, c.Verifier, c.CertReq = ec.Local, ec.PSKs, ec.Verifier, ec.CertReq
+			c.PublicKeys = ec.PublicKeys
 		}); err != nil {
 			return res, err // Run has stopped: nothing serves with either
 		}
 	}
 	n.ecfg.Local, n.ecfg.PSKs, n.ecfg.Verifier, n.ecfg.CertReq = ec.Local, ec.PSKs, ec.Verifier, ec.CertReq
+	n.ecfg.PublicKeys = ec.PublicKeys
 	n.cfg.Identity, n.cfg.Auth = cfg.Identity, cfg.Auth
 
 	res.Identity = ec.Local.ID.String()

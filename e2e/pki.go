@@ -8,6 +8,7 @@ import (
 	"crypto/x509/pkix"
 	"encoding/pem"
 	"math/big"
+	"net"
 	"testing"
 	"time"
 )
@@ -61,6 +62,18 @@ func NewPKI(t testing.TB) *PKI {
 // (a long list makes a certificate big enough to need IKE fragmentation).
 func (p *PKI) Issue(t testing.TB, name string, extraSANs ...string) Credential {
 	t.Helper()
+	return p.issue(t, name, extraSANs, nil)
+}
+
+// IssueIP is Issue with subjectAltName IP addresses as well: a TLS server
+// reached by address (an etcd member, a node's peer API).
+func (p *PKI) IssueIP(t testing.TB, name string, ips ...net.IP) Credential {
+	t.Helper()
+	return p.issue(t, name, nil, ips)
+}
+
+func (p *PKI) issue(t testing.TB, name string, extraSANs []string, ips []net.IP) Credential {
+	t.Helper()
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
 		t.Fatal(err)
@@ -70,6 +83,7 @@ func (p *PKI) Issue(t testing.TB, name string, extraSANs ...string) Credential {
 		SerialNumber: serial(t),
 		Subject:      pkix.Name{Country: []string{"XX"}, Organization: []string{"ikefleet e2e"}, CommonName: name},
 		DNSNames:     append([]string{name}, extraSANs...),
+		IPAddresses:  ips,
 		NotBefore:    now.Add(-time.Hour),
 		NotAfter:     now.Add(24 * time.Hour),
 		KeyUsage:     x509.KeyUsageDigitalSignature,

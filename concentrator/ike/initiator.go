@@ -39,6 +39,9 @@ type Initiation struct {
 	// Resume resumes the IKE SA the ticket stands for with
 	// IKE_SESSION_RESUME instead of IKE_SA_INIT (no new authentication).
 	Resume *Ticket
+	// EAP: we authenticate with this EAP method instead of AUTH (RFC 7296
+	// §2.16); the responder authenticates with its certificate or PSK.
+	EAP EAPClient
 }
 
 const maxKERetries = 2
@@ -55,8 +58,8 @@ func (e *Engine) Initiate(now time.Time, ini Initiation, rd *Ready) (uint64, err
 	if len(ini.IKEProposals) == 0 || len(ini.IKEProposals[0].Groups) == 0 {
 		return 0, errors.New("ike: initiation needs an IKE proposal with a group")
 	}
-	if ini.Creds.Signer == nil && ini.PSK == nil {
-		return 0, errors.New("ike: initiation needs a private key or a PSK")
+	if ini.Creds.Signer == nil && ini.PSK == nil && ini.EAP == nil {
+		return 0, errors.New("ike: initiation needs a private key, a PSK or an EAP method")
 	}
 	sa := &IKESA{
 		initiator: true, state: stateInitSent, SPIi: e.newSPI(), Local: ini.Local, Remote: ini.Remote,
@@ -233,19 +236,20 @@ func (sa *IKESA) sendAuth(now time.Time, e *Engine, rd *Ready) {
 	if ini.RequestTicket {
 		payloads = append(payloads, &Notify{NotifyType: TICKET_REQUEST})
 	}
-	sendCerts := ini.Creds.SendCert == SendCertAlways || sa.peerCertReq
-	var auth []Payload
-	var err error
-	if sa.resume != nil {
-		auth = sa.resumedAuth(sa.authOctets(true, idi))
-	} else {
-		auth, err = sa.ourAuth(e, &ini.Creds, sa.authOctets(true, idi), ini.Creds.Signer == nil, ini.PSK, sendCerts)
+	switch {
+	case sa.resume != nil:
+		payloads = append(payloads, sa.resumedAuth(sa.authOctets(true, idi))...)
+	case ini.EAP != nil:
+		sa.eapc = &eapClientState{client: ini.EAP, idi: idi}
+	default:
+		sendCerts := ini.Creds.SendCert == SendCertAlways || sa.peerCertReq
+		auth, err := sa.ourAuth(e, &ini.Creds, sa.authOctets(true, idi), ini.Creds.Signer == nil, ini.PSK, sendCerts)
+		if err != nil {
+			sa.failInit(e, NotifyFor(err), err.Error(), rd)
+			return
+		}
+		payloads = append(payloads, auth...)
 	}
-	if err != nil {
-		sa.failInit(e, NotifyFor(err), err.Error(), rd)
-		return
-	}
-	payloads = append(payloads, auth...)
 	if ini.RequestVIP || ini.RequestVIP6 {
 		cp := &CP{CfgType: CFG_REQUEST}
 		if ini.RequestVIP {
@@ -268,6 +272,10 @@ func (sa *IKESA) sendAuth(now time.Time, e *Engine, rd *Ready) {
 }
 
 func (sa *IKESA) handleAuthResponse(now time.Time, e *Engine, m *Message, rd *Ready) {
+	if sa.eapc != nil {
+		sa.eapClientResponse(now, e, m, rd)
+		return
+	}
 	ini := sa.ini
 	if n := findNotify(m.Payloads, AUTHENTICATION_FAILED); n != nil {
 		sa.failInit(e, AUTHENTICATION_FAILED, "responder refused our authentication", rd)
@@ -292,6 +300,13 @@ func (sa *IKESA) handleAuthResponse(now time.Time, e *Engine, m *Message, rd *Re
 		sa.failInit(e, AUTHENTICATION_FAILED, err.Error(), rd)
 		return
 	}
+	sa.establishInitiator(now, e, m, a, rd)
+}
+
+// establishInitiator completes our IKE_AUTH with the responder's last
+// answer m (payloads a): the IKE SA is up, the CHILD SA is set up.
+func (sa *IKESA) establishInitiator(now time.Time, e *Engine, m *Message, a authPayloads, rd *Ready) {
+	ini := sa.ini
 	sa.takeTicket(now, m)
 	sa.state = stateEstablished
 	sa.Establish = now

@@ -255,7 +255,7 @@ func (sa *IKESA) handleCreateChild(now time.Time, e *Engine, m *Message, rd *Rea
 	nr := e.randBytes(32)
 	c := &ChildSA{
 		OutSPI: binary.BigEndian.Uint32(sel.SPI), Proposal: *sel, LocalTS: ntsr, RemoteTS: ntsi,
-		Local: sa.Local, Remote: sa.Remote, Encap: sa.natLocal || sa.natRemote, VirtualIP: sa.vip, Created: now,
+		Local: sa.Local, Remote: sa.Remote, Encap: sa.natLocal || sa.natRemote, VirtualIP: sa.firstVIP(), Created: now,
 	}
 	c.InSPI = e.newESPSPI(sa)
 	if err := sa.childKeys(c, shared, nonce.Data, nr, false); err != nil {
