@@ -674,6 +674,16 @@ func (n *Node) restoreClaimed(ctx context.Context, recs []*statestore.SARecord) 
 				}
 			}()
 		}
+		if cp, ok := n.ecfg.Pool6.(*clusterPool); ok && st.VirtualIP6.IsValid() {
+			wg.Add(1)
+			sem <- struct{}{}
+			go func() {
+				defer func() { <-sem; wg.Done() }()
+				if err := cp.confirm(st.PeerID, st.VirtualIP6); err != nil {
+					n.log.Warn("claimed SA's virtual IPv6 address not leased", "spi", fmt.Sprintf("%016x", r.LocalSPI()), "vip", st.VirtualIP6.String(), "err", err)
+				}
+			}()
+		}
 		s := n.shardOfSPI(r.LocalSPI())
 		byShard[s] = append(byShard[s], claimed{r.LocalSPI(), st})
 	}

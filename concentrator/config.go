@@ -107,6 +107,8 @@ type IKEConfig struct {
 	HalfOpenPrefix4      int   `yaml:"half_open_prefix4"`        // prefix length grouping IPv4 sources
 	HalfOpenPrefix6      int   `yaml:"half_open_prefix6"`        // prefix length grouping IPv6 sources
 	MaxSAs               int   `yaml:"max_sas"`                  // IKE SAs in all; 0: no cap
+
+	Resumption ResumptionConfig `yaml:"resumption"` // session resumption (RFC 5723; resumption.go)
 }
 
 type IdentityConfig struct {
@@ -160,6 +162,7 @@ type ChildrenConfig struct {
 	LocalTS            []string      `yaml:"local_ts"`
 	RemoteTS           []string      `yaml:"remote_ts"`
 	Pool               string        `yaml:"pool"`
+	Pool6              string        `yaml:"pool6"` // virtual IPv6 addresses (ipv6.go)
 	DNS                []string      `yaml:"dns"`
 }
 
@@ -233,6 +236,7 @@ func DefaultConfig() Config {
 			ESPProposals:   []string{"aes256gcm16", "aes128gcm16", "chacha20poly1305", "aes256-sha256"},
 			MaxMessageSize: 65535, MaxInitMessageSize: 8192, MaxHalfOpen: 20000, MaxHalfOpenPerPrefix: 1024,
 			MaxHalfOpenBytes: 128 << 20, HalfOpenPrefix4: 32, HalfOpenPrefix6: 64,
+			Resumption: ResumptionConfig{TicketLifetime: 8 * time.Hour, KeyRotation: 4 * time.Hour},
 		},
 		Identity: IdentityConfig{SendCert: "always"},
 		Auth:     AuthConfig{Revocation: DefaultRevocationConfig(), ClockSkew: DefaultClockSkew},
@@ -477,6 +481,9 @@ func (c *Config) Validate() error {
 	if err := c.validatePubKeys(); err != nil {
 		return err
 	}
+	if err := c.validateResumption(); err != nil {
+		return err
+	}
 	if err := c.validateEAP(); err != nil {
 		return err
 	}
@@ -505,8 +512,11 @@ func (c *Config) Validate() error {
 			return fieldErr(fmt.Sprintf("children.remote_ts[%d]", i), "not a subnet: %q", s)
 		}
 	}
-	if len(c.Children.RemoteTS) == 0 && c.Children.Pool == "" && len(c.Policies) == 0 {
-		return fieldErr("children.remote_ts", "needs at least one subnet (or set children.pool, or policies)")
+	if len(c.Children.RemoteTS) == 0 && c.Children.Pool == "" && c.Children.Pool6 == "" && len(c.Policies) == 0 {
+		return fieldErr("children.remote_ts", "needs at least one subnet (or set children.pool, children.pool6, or policies)")
+	}
+	if err := c.validatePool6(); err != nil {
+		return err
 	}
 	if c.Children.Pool != "" {
 		p, err := netip.ParsePrefix(c.Children.Pool)

@@ -131,6 +131,7 @@ func clusterPools(ec *ike.Config) []*clusterPool {
 		}
 	}
 	add(ec.Pool)
+	add(ec.Pool6)
 	for _, p := range ec.Policies {
 		add(p.Pool)
 	}

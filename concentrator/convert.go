@@ -34,12 +34,12 @@ func recordOf(st *ike.SAState) *statestore.SARecord {
 	r := &statestore.SARecord{
 		SPIi: st.SPIi, SPIr: st.SPIr, Initiator: st.Initiator, State: 1,
 		Suite: statestore.Suite{Encr: st.Proposal.Encr.ID, EncrKeyLen: st.Proposal.Encr.KeyLen,
-			Integ: st.Proposal.Integ, PRF: st.Proposal.PRF, Group: st.Proposal.Group},
+			Integ: st.Proposal.Integ, PRF: st.Proposal.PRF, Group: st.Proposal.Group, AddKE: st.Proposal.AddKE},
 		SKd: st.SKd, SKai: st.SKai, SKar: st.SKar, SKei: st.SKei, SKer: st.SKer,
 		NextIn: st.NextIn, NextOut: st.NextOut, NextOutReserved: st.NextOutReserved, Local: st.Local, Remote: st.Remote,
 		NATLocal: st.NATLocal, NATRemote: st.NATRemote,
 		PeerID:    statestore.Identity{Type: st.PeerID.Type, Data: st.PeerID.Data},
-		VirtualIP: st.VirtualIP, Created: st.Created, Established: st.Established,
+		VirtualIP: st.VirtualIP, VirtualIP6: st.VirtualIP6, Created: st.Created, Established: st.Established,
 	}
 	if st.PeerFrag {
 		r.Flags |= flagPeerFrag
@@ -76,12 +76,12 @@ func stateOf(r *statestore.SARecord) ike.SAState {
 	st := ike.SAState{
 		Initiator: r.Initiator, SPIi: r.SPIi, SPIr: r.SPIr, Local: r.Local, Remote: r.Remote,
 		Proposal: ike.Selected{Protocol: ike.ProtoIKE, Encr: ike.EncrAlg{ID: r.Suite.Encr, KeyLen: r.Suite.EncrKeyLen},
-			Integ: r.Suite.Integ, PRF: r.Suite.PRF, Group: r.Suite.Group},
+			Integ: r.Suite.Integ, PRF: r.Suite.PRF, Group: r.Suite.Group, AddKE: r.Suite.AddKE},
 		SKd: r.SKd, SKai: r.SKai, SKar: r.SKar, SKei: r.SKei, SKer: r.SKer,
 		NextIn: r.NextIn, NextOut: r.NextOut, NextOutReserved: r.NextOutReserved, NATLocal: r.NATLocal, NATRemote: r.NATRemote,
 		PeerFrag: r.Flags&flagPeerFrag != 0, MOBIKE: r.Flags&flagMOBIKE != 0, MsgIDSync: r.Flags&flagMsgIDSync != 0,
 		PeerID:    ike.Identity{Type: r.PeerID.Type, Data: r.PeerID.Data},
-		VirtualIP: r.VirtualIP, Created: r.Created, Established: r.Established,
+		VirtualIP: r.VirtualIP, VirtualIP6: r.VirtualIP6, Created: r.Created, Established: r.Established,
 	}
 	for _, c := range r.Children {
 		st.Children = append(st.Children, ike.ChildState{

@@ -188,6 +188,10 @@ func (c *Config) engineConfig() (ike.Config, error) {
 		}
 		ec.Selectors = ike.NewSelectorRegistry() // one for all shards
 	}
+	if c.Children.Pool6 != "" {
+		p, _ := netip.ParsePrefix(c.Children.Pool6)
+		ec.Pool6 = newClusterPool(p, 1)
+	}
 	for _, d := range c.Children.DNS {
 		a, _ := netip.ParseAddr(d)
 		ec.DNS = append(ec.DNS, a)

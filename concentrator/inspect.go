@@ -129,6 +129,9 @@ func (n *Node) Stats(ctx context.Context) (ike.Stats, error) {
 		total.MovesRefused += st.MovesRefused
 		total.SelectorsRefused += st.SelectorsRefused
 		total.MappingChecks += st.MappingChecks
+		total.TicketsIssued += st.TicketsIssued
+		total.Resumed += st.Resumed
+		total.ResumesRefused += st.ResumesRefused
 		for k, v := range st.Failed {
 			total.Failed[k] += v
 		}

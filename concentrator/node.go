@@ -41,7 +41,10 @@ type Node struct {
 	dp     dataplane.DataPlane
 	ecfg   ike.Config
 	shards []*shard
-	seed   maphash.Seed
+	// Session resumption ticket keys (resumption.go); nil: disabled.
+	tickets      *ike.TicketRing
+	localTickets []statestore.TicketKey
+	seed         maphash.Seed
 
 	tr    transport.Transport
 	clock clock.Clock
@@ -105,6 +108,7 @@ func New(cfg Config, log *slog.Logger, dp dataplane.DataPlane, opts ...Option) (
 	for _, o := range opts {
 		o(n)
 	}
+	n.resumptionSetup(&n.ecfg)
 	n.withCredentialStore(&n.ecfg)
 	ecfg = n.ecfg
 	n.initObservability()
@@ -341,6 +345,11 @@ func (n *Node) Run(ctx context.Context) error {
 		}
 		return err
 	}
+	if n.tickets != nil {
+		if err := n.syncTicketKeys(ctx); err != nil {
+			n.log.Warn("no ticket keys yet: tickets are refused until they load", "err", err)
+		}
+	}
 	n.log.Info("listening", "node", n.nodeID, "addrs", fmt.Sprint(n.Addrs()), "shards", len(n.shards),
 		"dataplane", n.dp.Name(), "identity", n.ecfg.Local.ID.String())
 	close(n.ready)
@@ -352,6 +361,10 @@ func (n *Node) Run(ctx context.Context) error {
 	}
 	wg.Add(1)
 	go func() { defer wg.Done(); n.watchStore(ctx) }()
+	if n.tickets != nil {
+		wg.Add(1)
+		go func() { defer wg.Done(); n.runTicketKeys(ctx) }()
+	}
 	if b, err := n.credentialBackend(); err == nil {
 		wg.Add(1)
 		go func() { defer wg.Done(); n.followCredentials(ctx, b) }()

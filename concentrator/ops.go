@@ -403,7 +403,7 @@ func (n *Node) FlushState(ctx context.Context) (queued int, err error) {
 // marker). It reports whether the message was such a request.
 func (n *Node) refuseInit(c transport.Conn, natt bool, b []byte, remote netip.AddrPort) bool {
 	h, err := ike.DecodeHeader(b)
-	if err != nil || h.Exchange != ike.IKE_SA_INIT || h.SPIr != 0 || h.Flags&ike.FlagInitiator == 0 ||
+	if err != nil || (h.Exchange != ike.IKE_SA_INIT && h.Exchange != ike.IKE_SESSION_RESUME) || h.SPIr != 0 || h.Flags&ike.FlagInitiator == 0 ||
 		h.Flags&ike.FlagResponse != 0 || h.MessageID != 0 {
 		return false
 	}
@@ -411,7 +411,7 @@ func (n *Node) refuseInit(c transport.Conn, natt bool, b []byte, remote netip.Ad
 	if n.ops.drainDrop.Load() {
 		return true
 	}
-	resp := ike.Message{SPIi: h.SPIi, Exchange: ike.IKE_SA_INIT, Flags: ike.FlagResponse,
+	resp := ike.Message{SPIi: h.SPIi, Exchange: h.Exchange, Flags: ike.FlagResponse,
 		Payloads: []ike.Payload{&ike.Notify{NotifyType: ike.TEMPORARY_FAILURE}}}
 	m := resp.Encode()
 	if natt {

@@ -86,9 +86,11 @@ func (q *shardQueue) next() (ike.Packet, bool) {
 }
 
 // isNewSA reports whether an IKE message (header at b) starts a new IKE
-// SA: an IKE_SA_INIT request from an initiator without our SPI.
+// SA: an IKE_SA_INIT (or IKE_SESSION_RESUME) request from an initiator
+// without our SPI.
 func isNewSA(b []byte) bool {
-	return len(b) >= 28 && binary.BigEndian.Uint64(b[8:]) == 0 && ike.ExchangeType(b[18]) == ike.IKE_SA_INIT &&
+	return len(b) >= 28 && binary.BigEndian.Uint64(b[8:]) == 0 &&
+		(ike.ExchangeType(b[18]) == ike.IKE_SA_INIT || ike.ExchangeType(b[18]) == ike.IKE_SESSION_RESUME) &&
 		b[19]&ike.FlagInitiator != 0 && b[19]&ike.FlagResponse == 0
 }
 

@@ -60,6 +60,7 @@ type vipLease struct {
 type clusterPool struct {
 	local *ike.Pool // candidates, and the addresses this node's SAs hold
 	size  int
+	v6    bool // an IPv6 pool (children.pool6): leased one at a time, no reservations
 	store atomic.Pointer[addressLeaser]
 
 	mu        sync.Mutex
@@ -72,8 +73,18 @@ type clusterPool struct {
 func newClusterPool(p netip.Prefix, maxPerPeer int) *clusterPool {
 	local := ike.NewPool(p)
 	local.SetMaxPerPeer(maxPerPeer)
-	return &clusterPool{local: local, size: 1<<(32-p.Bits()) - 2, held: map[netip.Addr]*vipLease{},
+	return &clusterPool{local: local, size: ike.PoolSize(p), v6: p.Addr().Is6(), held: map[netip.Addr]*vipLease{},
 		releasing: map[string]chan struct{}{}, low: make(chan struct{}, 1)}
+}
+
+// leaseID is the name an identity's lease has in the state store, which
+// keeps one lease per name: a dual-stack peer's IPv6 address is leased
+// under a name of its own.
+func (p *clusterPool) leaseID(peer ike.Identity) string {
+	if p.v6 {
+		return peer.String() + " (IPv6)"
+	}
+	return peer.String()
 }
 
 // useStore switches the pool to cluster-wide leases.
@@ -99,7 +110,7 @@ func (p *clusterPool) Acquire(peer ike.Identity) (netip.Addr, error) {
 	if l == nil {
 		return p.local.Acquire(peer)
 	}
-	id := peer.String()
+	id, key := p.leaseID(peer), peer.String() // in the store, in the local pool
 	p.mu.Lock()
 	wait := p.releasing[id]
 	p.mu.Unlock()
@@ -120,7 +131,7 @@ func (p *clusterPool) Acquire(peer ike.Identity) (netip.Addr, error) {
 	if a, ok, err := l.AddressOf(ctx, id); err != nil {
 		return netip.Addr{}, err
 	} else if ok {
-		if holder, _ := p.local.Holder(a); holder != id {
+		if holder, _ := p.local.Holder(a); holder != key {
 			p.local.Drop(a) // a foreign mark, or a stale local holder
 		}
 		if err := p.local.Claim(peer, a); err != nil {
@@ -129,7 +140,7 @@ func (p *clusterPool) Acquire(peer ike.Identity) (netip.Addr, error) {
 		p.note(a, id, &statestore.AddressLease{Addr: a, ID: id, Held: true})
 		return a, nil
 	}
-	if a, ok := p.takeReserved(peer); ok {
+	if a, ok := p.takeReserved(peer); ok && !p.v6 {
 		p.note(a, id, &statestore.AddressLease{Addr: a, ID: id, Reserved: true})
 		return a, nil
 	}
@@ -184,7 +195,7 @@ func (p *clusterPool) takeReserved(peer ike.Identity) (netip.Addr, bool) {
 // refill tops the reservations up (from the refill loop).
 func (p *clusterPool) refill(ctx context.Context) {
 	l := p.leaser()
-	if l == nil {
+	if l == nil || p.v6 {
 		return
 	}
 	p.mu.Lock()
@@ -270,7 +281,7 @@ func (p *clusterPool) confirm(peer ike.Identity, a netip.Addr) error {
 	if l == nil {
 		return nil
 	}
-	id := peer.String()
+	id := p.leaseID(peer)
 	ctx, cancel := context.WithTimeout(context.Background(), poolCallTimeout)
 	defer cancel()
 	holder, err := l.LeaseAddress(ctx, a, id)
@@ -291,7 +302,7 @@ func (p *clusterPool) Claim(peer ike.Identity, a netip.Addr) error {
 	if l == nil {
 		return p.local.Claim(peer, a)
 	}
-	id := peer.String()
+	id, key := p.leaseID(peer), peer.String()
 	p.mu.Lock()
 	v := p.held[a]
 	confirmed := v != nil && v.id == id && v.confirmed
@@ -301,7 +312,7 @@ func (p *clusterPool) Claim(peer ike.Identity, a netip.Addr) error {
 			return err
 		}
 	}
-	if holder, _ := p.local.Holder(a); holder != "" && holder != id {
+	if holder, _ := p.local.Holder(a); holder != "" && holder != key {
 		p.local.Drop(a) // a foreign mark, or a stale local holder
 	}
 	if err := p.local.Claim(peer, a); err != nil && !errors.Is(err, ike.ErrNotInPool) {

@@ -65,8 +65,15 @@ func suitePB(s Suite) *pb.Suite {
 	if s == (Suite{}) {
 		return nil
 	}
-	return &pb.Suite{Encr: uint32(s.Encr), EncrKeyLen: uint32(s.EncrKeyLen), Integ: uint32(s.Integ),
+	p := &pb.Suite{Encr: uint32(s.Encr), EncrKeyLen: uint32(s.EncrKeyLen), Integ: uint32(s.Integ),
 		Prf: uint32(s.PRF), Group: uint32(s.Group), Esn: uint32(s.ESN)}
+	if s.AddKE != ([7]uint16{}) {
+		p.AddKe = make([]uint32, len(s.AddKE))
+		for i, g := range s.AddKE {
+			p.AddKe[i] = uint32(g)
+		}
+	}
+	return p
 }
 
 func suiteOf(p *pb.Suite) (Suite, error) {
@@ -78,8 +85,18 @@ func suiteOf(p *pb.Suite) (Suite, error) {
 			return Suite{}, fmt.Errorf("suite transform %d out of range", v)
 		}
 	}
-	return Suite{Encr: uint16(p.Encr), EncrKeyLen: uint16(p.EncrKeyLen), Integ: uint16(p.Integ),
-		PRF: uint16(p.Prf), Group: uint16(p.Group), ESN: uint16(p.Esn)}, nil
+	s := Suite{Encr: uint16(p.Encr), EncrKeyLen: uint16(p.EncrKeyLen), Integ: uint16(p.Integ),
+		PRF: uint16(p.Prf), Group: uint16(p.Group), ESN: uint16(p.Esn)}
+	if len(p.AddKe) > len(s.AddKE) {
+		return Suite{}, fmt.Errorf("suite with %d additional key exchanges", len(p.AddKe))
+	}
+	for i, g := range p.AddKe {
+		if g > 0xffff {
+			return Suite{}, fmt.Errorf("suite transform %d out of range", g)
+		}
+		s.AddKE[i] = uint16(g)
+	}
+	return s, nil
 }
 
 func tsPB(ts []TrafficSelector) []*pb.TrafficSelector {
@@ -119,7 +136,7 @@ func toPB(r *SARecord) *pb.IKESA {
 		Suite: suitePB(r.Suite), NextIn: r.NextIn, NextOut: r.NextOut, NextOutReserved: r.NextOutReserved,
 		Local: endpointPB(r.Local), Remote: endpointPB(r.Remote),
 		NatLocal: r.NATLocal, NatRemote: r.NATRemote, Flags: r.Flags,
-		VirtualIp: addrBytes(r.VirtualIP), CreatedMs: msOf(r.Created), EstablishedMs: msOf(r.Established),
+		VirtualIp: addrBytes(r.VirtualIP), VirtualIp6: addrBytes(r.VirtualIP6), CreatedMs: msOf(r.Created), EstablishedMs: msOf(r.Established),
 		RekeyAtMs: msOf(r.RekeyAt),
 	}
 	if r.PeerID.Type != 0 || len(r.PeerID.Data) > 0 {
@@ -174,6 +191,9 @@ func fromPB(sa *pb.IKESA, sec *pb.Secrets) (*SARecord, error) {
 		return nil, err
 	}
 	if r.VirtualIP, err = addrOf(sa.VirtualIp); err != nil {
+		return nil, err
+	}
+	if r.VirtualIP6, err = addrOf(sa.VirtualIp6); err != nil {
 		return nil, err
 	}
 	if sa.PeerId != nil {

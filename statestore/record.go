@@ -14,12 +14,13 @@ const RecordVersion = 1
 
 // Suite names negotiated algorithms by their IKEv2 transform IDs.
 type Suite struct {
-	Encr       uint16 // ENCR transform ID
-	EncrKeyLen uint16 // bits; 0 for fixed-length ciphers
-	Integ      uint16 // 0 for AEAD
-	PRF        uint16 // IKE SA only
-	Group      uint16 // key exchange; 0: none
-	ESN        uint16 // CHILD SA only
+	Encr       uint16    // ENCR transform ID
+	EncrKeyLen uint16    // bits; 0 for fixed-length ciphers
+	Integ      uint16    // 0 for AEAD
+	PRF        uint16    // IKE SA only
+	Group      uint16    // key exchange; 0: none
+	ESN        uint16    // CHILD SA only
+	AddKE      [7]uint16 // IKE SA only: additional key exchanges ADDKE1..7 (RFC 9370); 0: none
 }
 
 // Identity is a peer identity (IKEv2 ID type and data).
@@ -77,6 +78,7 @@ type SARecord struct {
 	Flags                  uint32 // peer capabilities, engine-defined bits
 	PeerID                 Identity
 	VirtualIP              netip.Addr
+	VirtualIP6             netip.Addr // a dual-stack peer's virtual IPv6 address
 	Created, Established   time.Time
 	RekeyAt                time.Time // zero: none scheduled
 	Children               []ChildRecord

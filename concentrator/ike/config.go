@@ -87,6 +87,13 @@ type Config struct {
 	// keys) sent in IKE_SA_INIT responses; nil sends none.
 	CertReq []byte
 
+	// Tickets seals and opens session resumption tickets (RFC 5723,
+	// resumption.go); nil: no tickets are issued and IKE_SESSION_RESUME is
+	// refused. TicketLifetime is an issued ticket's lifetime
+	// (DefaultTicketLifetime if 0).
+	Tickets        TicketKeys
+	TicketLifetime time.Duration
+
 	// PublicKeys are the raw public keys (RFC 7670) of peers identified by
 	// their key; nil: none.
 	PublicKeys PublicKeyStore
@@ -99,6 +106,7 @@ type Config struct {
 	LocalTS      []TrafficSelector // our side, offered and narrowed against
 	RemoteTS     []TrafficSelector // what peers may claim as theirs
 	Pool         AddressPool       // nil: no virtual IPs
+	Pool6        AddressPool       // nil: no virtual IPv6 addresses (CP INTERNAL_IP6_ADDRESS)
 	DNS          []netip.Addr
 	// Policies, when set, replace RemoteTS and Pool per peer identity
 	// (policy.go): the first whose ID matches decides; a peer none matches

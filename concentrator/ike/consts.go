@@ -15,6 +15,7 @@ const (
 	INFORMATIONAL      ExchangeType = 37
 	IKE_SESSION_RESUME ExchangeType = 38
 	IKE_INTERMEDIATE   ExchangeType = 43
+	IKE_FOLLOWUP_KE    ExchangeType = 44 // RFC 9370
 )
 
 func (e ExchangeType) String() string {
@@ -31,6 +32,8 @@ func (e ExchangeType) String() string {
 		return "IKE_SESSION_RESUME"
 	case IKE_INTERMEDIATE:
 		return "IKE_INTERMEDIATE"
+	case IKE_FOLLOWUP_KE:
+		return "IKE_FOLLOWUP_KE"
 	}
 	return "EXCHANGE(" + strconv.Itoa(int(e)) + ")"
 }
@@ -114,6 +117,7 @@ const (
 	INVALID_SELECTORS            NotifyType = 39
 	TEMPORARY_FAILURE            NotifyType = 43
 	CHILD_SA_NOT_FOUND           NotifyType = 44
+	STATE_NOT_FOUND              NotifyType = 47 // RFC 9370
 
 	INITIAL_CONTACT                 NotifyType = 16384
 	SET_WINDOW_SIZE                 NotifyType = 16385
@@ -145,6 +149,13 @@ const (
 	IPSEC_REPLAY_COUNTER_SYNC       NotifyType = 16423 // RFC 6311
 	IKEV2_FRAGMENTATION_SUPPORTED   NotifyType = 16430
 	SIGNATURE_HASH_ALGORITHMS       NotifyType = 16431
+	TICKET_LT_OPAQUE                NotifyType = 16409 // RFC 5723
+	TICKET_REQUEST                  NotifyType = 16410
+	TICKET_ACK                      NotifyType = 16411
+	TICKET_NACK                     NotifyType = 16412
+	TICKET_OPAQUE                   NotifyType = 16413
+	INTERMEDIATE_EXCHANGE_SUPPORTED NotifyType = 16438 // RFC 9242
+	ADDITIONAL_KEY_EXCHANGE         NotifyType = 16441 // RFC 9370
 )
 
 var notifyNames = map[NotifyType]string{
@@ -173,6 +184,14 @@ var notifyNames = map[NotifyType]string{
 	IPSEC_REPLAY_COUNTER_SYNC:       "IPSEC_REPLAY_COUNTER_SYNC",
 	IKEV2_FRAGMENTATION_SUPPORTED:   "IKEV2_FRAGMENTATION_SUPPORTED",
 	SIGNATURE_HASH_ALGORITHMS:       "SIGNATURE_HASH_ALGORITHMS",
+	STATE_NOT_FOUND:                 "STATE_NOT_FOUND",
+	TICKET_LT_OPAQUE:                "TICKET_LT_OPAQUE",
+	TICKET_REQUEST:                  "TICKET_REQUEST",
+	TICKET_ACK:                      "TICKET_ACK",
+	TICKET_NACK:                     "TICKET_NACK",
+	TICKET_OPAQUE:                   "TICKET_OPAQUE",
+	INTERMEDIATE_EXCHANGE_SUPPORTED: "INTERMEDIATE_EXCHANGE_SUPPORTED",
+	ADDITIONAL_KEY_EXCHANGE:         "ADDITIONAL_KEY_EXCHANGE",
 }
 
 func (n NotifyType) String() string {

@@ -66,6 +66,9 @@ type Stats struct {
 	MsgIDSyncs         uint64 // RFC 6311 synchronisations we started after a restore
 	MsgIDSyncsAnswered uint64 // RFC 6311 synchronisations a peer asked of us
 	SeqReservations    uint64 // ESP sequence number reservations renewed (SeqProgress)
+	TicketsIssued      uint64 // session resumption tickets issued (RFC 5723)
+	Resumed            uint64 // IKE SAs resumed from a ticket
+	ResumesRefused     uint64 // tickets refused (invalid, expired, unknown key, used before)
 
 	// Admission (admission.go).
 	HalfOpenBytes   int64  // bytes kept by half-open SAs (messages plus an estimated overhead)
@@ -158,6 +161,10 @@ func (e *Engine) Handle(now time.Time, pkt Packet, rd *Ready) {
 	if h.Flags&FlagInitiator != 0 {
 		// From the original initiator: we are the responder.
 		if h.SPIr == 0 {
+			if h.Exchange == IKE_SESSION_RESUME && h.Flags&FlagResponse == 0 {
+				e.handleResumeRequest(now, pkt, h, rd)
+				return
+			}
 			if h.Exchange != IKE_SA_INIT || h.Flags&FlagResponse != 0 {
 				e.drop(rd, pkt, h.SPIi, 0, ErrUnknownSA)
 				return
@@ -328,6 +335,9 @@ func (e *Engine) remove(sa *IKESA) {
 	if sa.selectorsHeld {
 		e.cfg.Selectors.Release(sa.localSPI())
 		sa.selectorsHeld = false
+	}
+	if sa.vip6.IsValid() && e.cfg.Pool6 != nil && !sa.vip6Foreign {
+		e.cfg.Pool6.Release(sa.vip6)
 	}
 	sa.state = stateDead
 }

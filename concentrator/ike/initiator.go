@@ -23,6 +23,7 @@ type Initiation struct {
 	ESPProposals  []ProposalSpec
 	TSi, TSr      []TrafficSelector
 	RequestVIP    bool   // ask for a virtual IP with CP(CFG_REQUEST)
+	RequestVIP6   bool   // ask for a virtual IPv6 address too (or only)
 	RemoteNATT    uint16 // the responder's NAT-T port; 0 = 4500
 
 	// PeerKey is the responder's raw public key (RFC 7670); nil: looked up
@@ -31,6 +32,13 @@ type Initiation struct {
 	// RawKey: we authenticate with Creds.Signer as a raw public key and
 	// send it in CERT(15) (Creds.Chain must be empty).
 	RawKey bool
+
+	// RequestTicket asks the responder for a session resumption ticket
+	// (RFC 5723; IKESA.Ticket once established).
+	RequestTicket bool
+	// Resume resumes the IKE SA the ticket stands for with
+	// IKE_SESSION_RESUME instead of IKE_SA_INIT (no new authentication).
+	Resume *Ticket
 	// EAP: we authenticate with this EAP method instead of AUTH (RFC 7296
 	// §2.16); the responder authenticates with its certificate or PSK.
 	EAP EAPClient
@@ -41,11 +49,14 @@ const maxKERetries = 2
 // Initiate starts an IKE SA as initiator and returns our SPI.
 func (e *Engine) Initiate(now time.Time, ini Initiation, rd *Ready) (uint64, error) {
 	e.begin(now)
-	if len(ini.IKEProposals) == 0 || len(ini.IKEProposals[0].Groups) == 0 {
-		return 0, errors.New("ike: initiation needs an IKE proposal with a group")
-	}
 	if len(ini.ESPProposals) == 0 || len(ini.TSi) == 0 || len(ini.TSr) == 0 {
 		return 0, errors.New("ike: initiation needs ESP proposals and traffic selectors")
+	}
+	if ini.Resume != nil {
+		return e.startResume(now, ini, rd)
+	}
+	if len(ini.IKEProposals) == 0 || len(ini.IKEProposals[0].Groups) == 0 {
+		return 0, errors.New("ike: initiation needs an IKE proposal with a group")
 	}
 	if ini.Creds.Signer == nil && ini.PSK == nil && ini.EAP == nil {
 		return 0, errors.New("ike: initiation needs a private key, a PSK or an EAP method")
@@ -76,6 +87,9 @@ func (sa *IKESA) sendInit(now time.Time, e *Engine, rd *Ready) {
 	)
 	m.Payloads = append(m.Payloads, natNotifies(e, sa.SPIi, 0, sa.Local, sa.Remote, e.cfg.ForceEncap)...)
 	m.Payloads = append(m.Payloads, &Notify{NotifyType: IKEV2_FRAGMENTATION_SUPPORTED}, hashesNotify())
+	if offersIntermediate(sa.ini.IKEProposals) {
+		m.Payloads = append(m.Payloads, &Notify{NotifyType: INTERMEDIATE_EXCHANGE_SUPPORTED})
+	}
 	sa.initReq = m.Encode()
 	sa.req = &pendingRequest{msgID: 0, exchange: IKE_SA_INIT, packets: [][]byte{sa.initReq}, retransmitAt: now.Add(e.cfg.RetransmitTimeout)}
 	sa.nextOut = 1
@@ -162,6 +176,16 @@ func (sa *IKESA) handleInitResponse(now time.Time, e *Engine, pkt Packet, rd *Re
 		sa.failInit(e, NotifyFor(err), err.Error(), rd)
 		return
 	}
+	sa.afterInitResponse(e, m)
+	if sa.startIntermediate(now, e, m, rd) {
+		return
+	}
+	sa.sendAuth(now, e, rd)
+}
+
+// afterInitResponse takes what the responder's IKE_SA_INIT (or
+// IKE_SESSION_RESUME) response says about NAT and its capabilities.
+func (sa *IKESA) afterInitResponse(e *Engine, m *Message) {
 	natL, natR, natT := detectNAT(m, sa.SPIi, sa.SPIr, sa.Local, sa.Remote)
 	sa.natLocal, sa.natRemote = natL || (natT && e.cfg.ForceEncap), natR
 	// Bound to a wildcard address we cannot tell: no keepalives then.
@@ -181,7 +205,6 @@ func (sa *IKESA) handleInitResponse(now time.Time, e *Engine, pkt Packet, rd *Re
 			sa.peerCertReq = true
 		}
 	}
-	sa.sendAuth(now, e, rd)
 }
 
 func offersGroup(specs []ProposalSpec, g uint16) bool {
@@ -210,9 +233,15 @@ func (sa *IKESA) sendAuth(now time.Time, e *Engine, rd *Ready) {
 	if !ini.RemoteID.IsZero() {
 		payloads = append(payloads, &ID{Responder: true, IDType: ini.RemoteID.Type, Data: ini.RemoteID.Data})
 	}
-	if ini.EAP != nil {
+	if ini.RequestTicket {
+		payloads = append(payloads, &Notify{NotifyType: TICKET_REQUEST})
+	}
+	switch {
+	case sa.resume != nil:
+		payloads = append(payloads, sa.resumedAuth(sa.authOctets(true, idi))...)
+	case ini.EAP != nil:
 		sa.eapc = &eapClientState{client: ini.EAP, idi: idi}
-	} else {
+	default:
 		sendCerts := ini.Creds.SendCert == SendCertAlways || sa.peerCertReq
 		auth, err := sa.ourAuth(e, &ini.Creds, sa.authOctets(true, idi), ini.Creds.Signer == nil, ini.PSK, sendCerts)
 		if err != nil {
@@ -221,8 +250,15 @@ func (sa *IKESA) sendAuth(now time.Time, e *Engine, rd *Ready) {
 		}
 		payloads = append(payloads, auth...)
 	}
-	if ini.RequestVIP {
-		payloads = append(payloads, &CP{CfgType: CFG_REQUEST, Attrs: []CPAttr{{Type: INTERNAL_IP4_ADDRESS}, {Type: INTERNAL_IP4_DNS}}})
+	if ini.RequestVIP || ini.RequestVIP6 {
+		cp := &CP{CfgType: CFG_REQUEST}
+		if ini.RequestVIP {
+			cp.Attrs = append(cp.Attrs, CPAttr{Type: INTERNAL_IP4_ADDRESS}, CPAttr{Type: INTERNAL_IP4_DNS})
+		}
+		if ini.RequestVIP6 {
+			cp.Attrs = append(cp.Attrs, CPAttr{Type: INTERNAL_IP6_ADDRESS}, CPAttr{Type: INTERNAL_IP6_DNS})
+		}
+		payloads = append(payloads, cp)
 	}
 	sa.pendingInSPI = e.newESPSPI(sa)
 	spi := binary.BigEndian.AppendUint32(nil, sa.pendingInSPI)
@@ -255,7 +291,12 @@ func (sa *IKESA) handleAuthResponse(now time.Time, e *Engine, m *Message, rd *Re
 		sa.failInit(e, AUTHENTICATION_FAILED, "responder identity "+sa.PeerID.String()+" is not "+ini.RemoteID.String(), rd)
 		return
 	}
-	if err := sa.verifyPeer(now, e, a, sa.authOctets(false, a.id), ini.PSK, ini.Verifier); err != nil {
+	if sa.resume != nil {
+		if err := sa.verifyResumed(a, sa.authOctets(false, a.id)); err != nil {
+			sa.failInit(e, AUTHENTICATION_FAILED, err.Error(), rd)
+			return
+		}
+	} else if err := sa.verifyPeer(now, e, a, sa.authOctets(false, a.id), ini.PSK, ini.Verifier); err != nil {
 		sa.failInit(e, AUTHENTICATION_FAILED, err.Error(), rd)
 		return
 	}
@@ -266,6 +307,7 @@ func (sa *IKESA) handleAuthResponse(now time.Time, e *Engine, m *Message, rd *Re
 // answer m (payloads a): the IKE SA is up, the CHILD SA is set up.
 func (sa *IKESA) establishInitiator(now time.Time, e *Engine, m *Message, a authPayloads, rd *Ready) {
 	ini := sa.ini
+	sa.takeTicket(now, m)
 	sa.state = stateEstablished
 	sa.Establish = now
 	sa.lastRecv = now
@@ -307,20 +349,24 @@ func (sa *IKESA) establishInitiator(now time.Time, e *Engine, m *Message, a auth
 			if at.Type == INTERNAL_IP4_ADDRESS && len(at.Value) >= 4 {
 				sa.vip = netip.AddrFrom4([4]byte(at.Value[:4]))
 			}
+			if at.Type == INTERNAL_IP6_ADDRESS && len(at.Value) >= 16 {
+				sa.vip6 = netip.AddrFrom16([16]byte(at.Value[:16]))
+			}
 		}
 	}
 	tsi := ini.TSi
-	if sa.vip.IsValid() {
-		tsi = []TrafficSelector{SelectorFromPrefix(netip.PrefixFrom(sa.vip, 32))}
+	vips := sa.vipSelectors()
+	if vips != nil {
+		tsi = vips
 	}
-	if !Within(a.tsi.Selectors, tsi) && !sa.vip.IsValid() || !Within(a.tsr.Selectors, ini.TSr) {
+	if !Within(a.tsi.Selectors, tsi) && vips == nil || !Within(a.tsr.Selectors, ini.TSr) {
 		childErr(TS_UNACCEPTABLE, "responder widened the traffic selectors")
 		return
 	}
 	c := &ChildSA{
 		InSPI: inSPI, OutSPI: binary.BigEndian.Uint32(sel.SPI), Proposal: *sel,
 		LocalTS: a.tsi.Selectors, RemoteTS: a.tsr.Selectors, Local: sa.Local, Remote: sa.Remote,
-		Encap: sa.natLocal || sa.natRemote, VirtualIP: sa.vip, Created: now,
+		Encap: sa.natLocal || sa.natRemote, VirtualIP: sa.firstVIP(), Created: now,
 	}
 	if err := sa.childKeys(c, nil, sa.ni, sa.nr, sa.initiator); err != nil {
 		childErr(NO_PROPOSAL_CHOSEN, err.Error())

@@ -156,8 +156,8 @@ func (sa *IKESA) allowedTS(e *Engine) (local, remote []TrafficSelector) {
 		return sa.ini.TSi, sa.ini.TSr
 	}
 	remote = sa.peerPolicy(e).RemoteTS
-	if sa.vip.IsValid() {
-		remote = []TrafficSelector{SelectorFromPrefix(netip.PrefixFrom(sa.vip, 32))}
+	if vips := sa.vipSelectors(); vips != nil {
+		remote = vips
 	}
 	return e.cfg.LocalTS, remote
 }
@@ -241,11 +241,7 @@ func (sa *IKESA) handleCreateChild(now time.Time, e *Engine, m *Message, rd *Rea
 			return
 		}
 		var err error
-		if kx, err = suite.GenerateKeyExchange(sel.Group, e.cfg.Rand); err != nil {
-			reply(NO_PROPOSAL_CHOSEN, nil)
-			return
-		}
-		if shared, err = kx.SharedSecret(ke.Data); err != nil {
+		if kx, shared, err = suite.Respond(sel.Group, ke.Data, e.cfg.Rand); err != nil {
 			reply(INVALID_SYNTAX, nil)
 			return
 		}
@@ -268,7 +264,7 @@ func (sa *IKESA) handleCreateChild(now time.Time, e *Engine, m *Message, rd *Rea
 	nr := e.randBytes(32)
 	c := &ChildSA{
 		OutSPI: binary.BigEndian.Uint32(sel.SPI), Proposal: *sel, LocalTS: ntsr, RemoteTS: ntsi,
-		Local: sa.Local, Remote: sa.Remote, Encap: sa.natLocal || sa.natRemote, VirtualIP: sa.vip, Created: now,
+		Local: sa.Local, Remote: sa.Remote, Encap: sa.natLocal || sa.natRemote, VirtualIP: sa.firstVIP(), Created: now,
 	}
 	c.InSPI = e.newESPSPI(sa)
 	if err := sa.childKeys(c, shared, nonce.Data, nr, false); err != nil {
@@ -334,7 +330,7 @@ func (sa *IKESA) handleIKERekey(now time.Time, e *Engine, m *Message, saP *SA, n
 		reply(TEMPORARY_FAILURE, nil) // our own IKE rekey is under way
 		return
 	}
-	sel := SelectProposal(sa.ikeSpecs(e), saP.Proposals, ProtoIKE, true)
+	sel := SelectProposal(rekeySpecs(sa.ikeSpecs(e)), saP.Proposals, ProtoIKE, true)
 	if sel == nil || len(sel.SPI) != 8 || ke == nil {
 		reply(NO_PROPOSAL_CHOSEN, nil)
 		return
@@ -343,12 +339,7 @@ func (sa *IKESA) handleIKERekey(now time.Time, e *Engine, m *Message, saP *SA, n
 		reply(INVALID_KE_PAYLOAD, binary.BigEndian.AppendUint16(nil, sel.Group))
 		return
 	}
-	kx, err := suite.GenerateKeyExchange(sel.Group, e.cfg.Rand)
-	if err != nil {
-		reply(NO_PROPOSAL_CHOSEN, nil)
-		return
-	}
-	shared, err := kx.SharedSecret(ke.Data)
+	kx, shared, err := suite.Respond(sel.Group, ke.Data, e.cfg.Rand)
 	if err != nil {
 		reply(INVALID_SYNTAX, nil)
 		return
@@ -374,7 +365,7 @@ func (sa *IKESA) successor(e *Engine, initiator bool, spii, spir uint64, sel *Se
 		initiator: initiator, state: stateEstablished, SPIi: spii, SPIr: spir, Local: sa.Local, Remote: sa.Remote,
 		prop: sel, ni: ni, nr: nr, natLocal: sa.natLocal, natRemote: sa.natRemote, peerFrag: sa.peerFrag,
 		peerHashes: sa.peerHashes, PeerID: sa.PeerID, vip: sa.vip, created: sa.created, Establish: sa.Establish,
-		msgIDSync: sa.msgIDSync, vipForeign: sa.vipForeign, policy: sa.policy,
+		msgIDSync: sa.msgIDSync, vipForeign: sa.vipForeign, policy: sa.policy, vip6: sa.vip6, vip6Foreign: sa.vip6Foreign,
 	}
 }
 
@@ -409,8 +400,8 @@ func (sa *IKESA) handOver(now time.Time, e *Engine, nsa *IKESA, rd *Ready) {
 	for _, c := range nsa.children {
 		e.inSPIs[c.InSPI] = nsa
 	}
-	sa.vip = netip.Addr{} // the successor owns the virtual IP now
-	if sa.selectorsHeld { // and the selectors
+	sa.vip, sa.vip6 = netip.Addr{}, netip.Addr{} // the successor owns the virtual IPs now
+	if sa.selectorsHeld {                        // and the selectors
 		e.cfg.Selectors.Move(sa.localSPI(), nsa.localSPI())
 		sa.selectorsHeld, nsa.selectorsHeld = false, true
 	}
@@ -642,7 +633,7 @@ func (sa *IKESA) childDeleted(e *Engine, c *ChildSA, reason string, rd *Ready) {
 // startIKERekey rekeys the IKE SA itself; we become the original initiator
 // of its successor.
 func (sa *IKESA) startIKERekey(now time.Time, e *Engine, rd *Ready) {
-	specs := sa.ikeSpecs(e)
+	specs := rekeySpecs(sa.ikeSpecs(e))
 	kx, err := suite.GenerateKeyExchange(sa.prop.Group, e.cfg.Rand)
 	if err != nil {
 		sa.rekeyIKE = time.Time{}
@@ -666,7 +657,7 @@ func (sa *IKESA) handleIKERekeyResponse(now time.Time, e *Engine, rk *childRekey
 	delete(e.sas, rk.newSPI)
 	x := collectExchange(m.Payloads)
 	saP, nonce, ke := x.sa, x.nonce, x.ke
-	specs := sa.ikeSpecs(e)
+	specs := rekeySpecs(sa.ikeSpecs(e))
 	retry := func(reason string) {
 		if e.cfg.IKERekeyAfter > 0 {
 			sa.rekeyIKE = now.Add(e.cfg.RetransmitTimeout * 8)

@@ -22,6 +22,11 @@ type Message struct {
 	skOff int    // offset of the SK/SKF body in raw; 0 when there is none
 	sk    *Encrypted
 	skf   *Fragment
+	// The decrypted inner payload chain (reassembled, if fragmented) and
+	// its first payload's type: IKE_INTERMEDIATE messages are authenticated
+	// in that form (RFC 9242 §3.3.2).
+	inner      []byte
+	innerFirst PayloadType
 }
 
 // IsResponse reports whether the Response flag is set.
@@ -206,6 +211,7 @@ func (m *Message) Decrypt(c *suite.SKCipher) error {
 		return err
 	}
 	m.Payloads = append(m.Payloads, inner...)
+	m.inner, m.innerFirst = pt, m.sk.Inner
 	return nil
 }
 
@@ -229,6 +235,7 @@ func (m *Message) ParseInner(first PayloadType, plaintext []byte) error {
 		return err
 	}
 	m.Payloads = append(m.Payloads, inner...)
+	m.inner, m.innerFirst = plaintext, first
 	return nil
 }
 

@@ -6,7 +6,7 @@ import (
 	"sync"
 )
 
-// Pool is an AddressPool over one IPv4 prefix. A peer identity holds at
+// Pool is an AddressPool over one IPv4 or IPv6 prefix. A peer identity holds at
 // most MaxPerPeer addresses at once (default 1): another SA of the same
 // identity (a reauthentication, a second tunnel) shares the address the
 // identity holds, as strongSwan reassigns an online lease. A peer that
@@ -73,7 +73,7 @@ func (p *Pool) Acquire(peer Identity) (netip.Addr, error) {
 		return free, nil
 	}
 	last := lastAddr(p.prefix)
-	size := 1 << (32 - p.prefix.Bits())
+	size := PoolSize(p.prefix) + 2
 	a := p.next
 	for i := 0; i < size; i++ {
 		if !p.prefix.Contains(a) || a == last {
@@ -149,7 +149,7 @@ func (p *Pool) remember(key string, a netip.Addr) {
 
 // Claim marks a as held by peer (a restored SA's address).
 func (p *Pool) Claim(peer Identity, a netip.Addr) error {
-	if !a.Is4() || !p.prefix.Contains(a) || a == p.prefix.Addr() || a == lastAddr(p.prefix) {
+	if a.Is4() != p.prefix.Addr().Is4() || !p.prefix.Contains(a) || a == p.prefix.Addr() || a == lastAddr(p.prefix) {
 		return ErrNotInPool
 	}
 	p.mu.Lock()
@@ -208,4 +208,15 @@ func (p *Pool) InUse() int {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	return len(p.inUse)
+}
+
+// maxPoolBits bounds the addresses a pool walks: an IPv6 /64 is not
+// searched to its end.
+const maxPoolBits = 20
+
+// PoolSize is how many addresses a pool over p hands out at most (its
+// host addresses without the first and the last, IPv6 prefixes counted up
+// to 2^20).
+func PoolSize(p netip.Prefix) int {
+	return 1<<min(p.Addr().BitLen()-p.Bits(), maxPoolBits) - 2
 }

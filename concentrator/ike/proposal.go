@@ -23,6 +23,25 @@ type ProposalSpec struct {
 	PRFs   []uint16
 	Groups []uint16
 	ESNs   []uint16
+	// AddKEs are the additional key exchanges (RFC 9370): AddKEs[i] lists
+	// the methods acceptable as ADDKE(i+1), transform type 6+i; 0 in a list
+	// is NONE (the exchange may be left out). strongSwan's syntax:
+	// "ke1_mlkem768", "ke2_none".
+	AddKEs [NumAddKE][]uint16
+}
+
+// NumAddKE is the number of additional key exchange transform types
+// (ADDKE1..ADDKE7, RFC 9370 §2.2).
+const NumAddKE = 7
+
+// HasAddKE reports whether the spec asks for any additional key exchange.
+func (p *ProposalSpec) HasAddKE() bool {
+	for _, l := range p.AddKEs {
+		if len(l) > 0 {
+			return true
+		}
+	}
+	return false
 }
 
 // AEAD reports whether the proposal's ciphers are all combined-mode.
@@ -78,6 +97,25 @@ var groupKeywords = map[string]uint16{
 	"modp2048": suite.Group14, "modp3072": suite.Group15, "modp4096": suite.Group16,
 	"ecp256": suite.Group19, "ecp384": suite.Group20, "ecp521": suite.Group21,
 	"x25519": suite.Group31, "curve25519": suite.Group31,
+	"mlkem768": suite.GroupMLKEM768, "mlkem1024": suite.GroupMLKEM1024,
+}
+
+// parseAddKE reads strongSwan's "keN_method" keyword: N in 1..7 and a
+// key exchange method or "none".
+func parseAddKE(kw string) (idx int, id uint16, ok bool, err string) {
+	if len(kw) < 5 || kw[:2] != "ke" || kw[3] != '_' || kw[2] < '1' || kw[2] > '7' {
+		return 0, 0, false, ""
+	}
+	idx = int(kw[2] - '1')
+	name := kw[4:]
+	if name == "none" {
+		return idx, 0, true, ""
+	}
+	g, known := groupKeywords[name]
+	if !known {
+		return 0, 0, true, "unknown key exchange method " + name + " in " + kw
+	}
+	return idx, g, true, ""
 }
 
 var integToPRF = map[uint16]uint16{
@@ -122,6 +160,19 @@ func ParseProposal(s string, esp, allowWeak bool) (ProposalSpec, error) {
 				return ProposalSpec{}, err
 			}
 			p.Groups = append(p.Groups, id)
+		} else if i, g, ok, reason := parseAddKE(kw); ok {
+			if reason != "" {
+				return fail(reason)
+			}
+			if esp {
+				return fail("additional key exchanges (" + kw + ") are supported for IKE proposals only")
+			}
+			if g != 0 {
+				if err := weak(suite.TypeKE, g); err != nil {
+					return ProposalSpec{}, err
+				}
+			}
+			p.AddKEs[i] = append(p.AddKEs[i], g)
 		} else if kw == "esn" && esp {
 			p.ESNs = append(p.ESNs, suite.ESNYes)
 		} else if kw == "noesn" && esp {
@@ -180,7 +231,20 @@ func (p *ProposalSpec) String() string {
 	for _, g := range p.Groups {
 		parts = append(parts, suite.GroupName(g))
 	}
+	for i, l := range p.AddKEs {
+		for _, g := range l {
+			parts = append(parts, addKEName(i, g))
+		}
+	}
 	return strings.Join(parts, "/")
+}
+
+func addKEName(i int, g uint16) string {
+	name := "NONE"
+	if g != 0 {
+		name = suite.GroupName(g)
+	}
+	return fmt.Sprintf("KE%d_%s", i+1, name)
 }
 
 func encrName(e EncrAlg) string {
@@ -200,6 +264,20 @@ type Selected struct {
 	PRF      uint16
 	Group    uint16 // 0: none
 	ESN      uint16
+	// AddKE are the negotiated additional key exchanges (RFC 9370),
+	// ADDKE1..ADDKE7; 0: none.
+	AddKE [NumAddKE]uint16
+}
+
+// AddKEs returns the additional key exchanges to run, in order.
+func (s *Selected) AddKEs() []uint16 {
+	var out []uint16
+	for _, g := range s.AddKE {
+		if g != 0 {
+			out = append(out, g)
+		}
+	}
+	return out
 }
 
 // String names the negotiated algorithms, as logs and the admin API show them.
@@ -213,6 +291,11 @@ func (s *Selected) String() string {
 	}
 	if s.Group != 0 {
 		parts = append(parts, suite.GroupName(s.Group))
+	}
+	for i, g := range s.AddKE {
+		if g != 0 {
+			parts = append(parts, addKEName(i, g))
+		}
 	}
 	if s.Protocol == ProtoESP && s.ESN == suite.ESNYes {
 		parts = append(parts, "ESN")
@@ -232,6 +315,11 @@ func (s *Selected) Proposal(spi []byte) Proposal {
 	}
 	if s.Group != 0 {
 		pr.Transforms = append(pr.Transforms, Transform{Type: suite.TypeKE, ID: s.Group})
+	}
+	for i, g := range s.AddKE {
+		if g != 0 {
+			pr.Transforms = append(pr.Transforms, Transform{Type: suite.TypeADDKE1 + uint8(i), ID: g})
+		}
 	}
 	if s.Protocol == ProtoESP {
 		pr.Transforms = append(pr.Transforms, Transform{Type: suite.TypeESN, ID: s.ESN})
@@ -257,6 +345,11 @@ func Proposals(specs []ProposalSpec, proto ProtocolID, spi []byte, withGroups bo
 		if withGroups {
 			for _, g := range sp.Groups {
 				pr.Transforms = append(pr.Transforms, Transform{Type: suite.TypeKE, ID: g})
+			}
+			for i, l := range sp.AddKEs {
+				for _, g := range l {
+					pr.Transforms = append(pr.Transforms, Transform{Type: suite.TypeADDKE1 + uint8(i), ID: g})
+				}
 			}
 		}
 		if proto == ProtoESP {
@@ -362,6 +455,9 @@ func match(sp *ProposalSpec, pr *Proposal, wantGroup bool) (*Selected, bool) {
 		if !found {
 			return nil, false
 		}
+		if !matchAddKE(sp, pr, s) {
+			return nil, false
+		}
 	}
 	if pr.Protocol == ProtoESP {
 		if !hasType(pr, suite.TypeESN) {
@@ -408,4 +504,33 @@ func AcceptSelected(ours []ProposalSpec, sa *SA, proto ProtocolID, wantGroup boo
 		}
 	}
 	return nil, errorf(NO_PROPOSAL_CHOSEN, "responder chose a proposal we did not offer")
+}
+
+// matchAddKE picks one method of each additional key exchange type
+// (RFC 9370 §2.2.1): the first of ours the peer offers. NONE (0) is
+// offered by a proposal that lists it or has no transform of the type; a
+// type we do not configure is acceptable only as NONE.
+func matchAddKE(sp *ProposalSpec, pr *Proposal, s *Selected) bool {
+	for i := range NumAddKE {
+		typ := suite.TypeADDKE1 + uint8(i)
+		has := hasType(pr, typ)
+		ours := sp.AddKEs[i]
+		if len(ours) == 0 {
+			if has && !offers(pr, typ, 0, 0) {
+				return false
+			}
+			continue
+		}
+		found := false
+		for _, g := range ours {
+			if g == 0 && (!has || offers(pr, typ, 0, 0)) || g != 0 && offers(pr, typ, g, 0) {
+				s.AddKE[i], found = g, true
+				break
+			}
+		}
+		if !found {
+			return false
+		}
+	}
+	return true
 }

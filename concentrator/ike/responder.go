@@ -5,7 +5,6 @@ import (
 	"crypto/hmac"
 	"encoding/binary"
 	"errors"
-	"net/netip"
 	"time"
 
 	"github.com/ikefleet/ikefleet/concentrator/ike/sig"
@@ -87,12 +86,7 @@ func (e *Engine) handleInitRequest(now time.Time, pkt Packet, h Header, rd *Read
 		e.initError(now, pkt, h, rd, err)
 		return
 	}
-	kx, err := suite.GenerateKeyExchange(sel.Group, e.cfg.Rand)
-	if err != nil {
-		e.initError(now, pkt, h, rd, &Error{Notify: NO_PROPOSAL_CHOSEN, Reason: "key exchange", Err: err})
-		return
-	}
-	shared, err := kx.SharedSecret(ke.Data)
+	kx, shared, err := suite.Respond(sel.Group, ke.Data, e.cfg.Rand)
 	if err != nil {
 		e.initError(now, pkt, h, rd, &Error{Notify: INVALID_SYNTAX, Reason: "peer's KE", Err: err})
 		return
@@ -113,6 +107,11 @@ func (e *Engine) handleInitRequest(now time.Time, pkt Packet, h Header, rd *Read
 	sa.behindNAT = natL && !pkt.Local.Addr().IsUnspecified()
 	sa.peerFrag = findNotify(m.Payloads, IKEV2_FRAGMENTATION_SUPPORTED) != nil
 	sa.peerHashes = parseHashes(findNotify(m.Payloads, SIGNATURE_HASH_ALGORITHMS))
+	intermediate, err := sa.acceptIntermediate(m)
+	if err != nil {
+		e.initError(now, pkt, h, rd, err)
+		return
+	}
 
 	resp := sa.header(IKE_SA_INIT, 0, true)
 	resp.Payloads = []Payload{
@@ -131,6 +130,9 @@ func (e *Engine) handleInitRequest(now time.Time, pkt Packet, h Header, rd *Read
 	}
 	if sa.peerHashes != nil {
 		resp.Payloads = append(resp.Payloads, hashesNotify())
+	}
+	if intermediate {
+		resp.Payloads = append(resp.Payloads, &Notify{NotifyType: INTERMEDIATE_EXCHANGE_SUPPORTED})
 	}
 	sa.initResp = resp.Encode()
 	e.sas[sa.SPIr] = sa
@@ -168,40 +170,58 @@ func (sa *IKESA) handleAuthRequest(now time.Time, e *Engine, m *Message, rd *Rea
 		fail(errorf(INVALID_SYNTAX, "IKE_AUTH without IDi"))
 		return
 	}
+	if sa.inter != nil && len(sa.inter.pending) > 0 {
+		fail(errorf(INVALID_SYNTAX, "IKE_AUTH before the additional key exchanges"))
+		return
+	}
 	sa.PeerID = Identity{Type: a.id.IDType, Data: bytes.Clone(a.id.Data)}
 	sa.peerCertReq = a.certRq
 	var psk []byte
 	if e.cfg.PSKs != nil {
 		psk, _ = e.cfg.PSKs.PSK(sa.PeerID)
 	}
-	if a.auth == nil && e.cfg.EAP != nil {
-		sa.startEAP(now, e, m, a, psk, fail, rd)
-		return
-	}
-	if err := sa.verifyInitiator(now, e, a, a.id, psk); err != nil {
-		if errors.Is(err, sig.ErrRevocationPending) {
-			// The node is fetching a CRL or an OCSP answer: park the
-			// exchange by not answering. Nothing moved on (message ID,
-			// state), so the peer's retransmission is processed afresh,
-			// by when the answer is in memory (or its fetch failed and
-			// policy decides). The half-open timeout bounds the wait.
-			e.stats.RevocationParked++
+	if sa.resume != nil {
+		if err := sa.checkResumed(now, e, a); err != nil {
+			fail(err)
 			return
 		}
-		fail(err)
-		return
+	} else {
+		if a.auth == nil && e.cfg.EAP != nil {
+			sa.startEAP(now, e, m, a, psk, fail, rd)
+			return
+		}
+		if err := sa.verifyInitiator(now, e, a, a.id, psk); err != nil {
+			if errors.Is(err, sig.ErrRevocationPending) {
+				// The node is fetching a CRL or an OCSP answer: park the
+				// exchange by not answering. Nothing moved on (message ID,
+				// state), so the peer's retransmission is processed afresh,
+				// by when the answer is in memory (or its fetch failed and
+				// policy decides). The half-open timeout bounds the wait.
+				e.stats.RevocationParked++
+				return
+			}
+			fail(err)
+			return
+		}
 	}
 	// Authenticate ourselves the way the peer did, if we can: PSK peers get
 	// PSK, certificate peers get our signature.
 	usePSK := a.auth.Method == sig.MethodPSK || e.cfg.Local.Signer == nil
 	idr := &ID{Responder: true, IDType: e.cfg.Local.ID.Type, Data: e.cfg.Local.ID.Data}
 	sendCerts := e.cfg.Local.SendCert == SendCertAlways || sa.peerCertReq
-	auth, err := sa.ourAuth(e, &e.cfg.Local, sa.authOctets(false, idr), usePSK, psk, sendCerts)
+	var auth []Payload
+	var err error
+	if sa.resume != nil {
+		auth = sa.resumedAuth(sa.authOctets(false, idr))
+	} else {
+		auth, err = sa.ourAuth(e, &e.cfg.Local, sa.authOctets(false, idr), usePSK, psk, sendCerts)
+	}
 	if err != nil {
 		fail(err)
 		return
 	}
-	sa.establishResponder(now, e, m.MessageID, m.Payloads, a, append([]Payload{idr}, auth...), rd)
+	ours := append(append([]Payload{idr}, auth...), sa.ticketPayloads(now, e, m)...)
+	sa.establishResponder(now, e, m.MessageID, m.Payloads, a, ours, rd)
 }
 
 // verifyInitiator checks the initiator's AUTH over its message 1 with
@@ -294,48 +314,31 @@ func (sa *IKESA) acceptChild(now time.Time, e *Engine, a authPayloads) (*ChildSA
 	var payloads []Payload
 	pol := sa.peerPolicy(e)
 	remoteAllowed := pol.RemoteTS
-	if a.cp != nil && a.cp.CfgType == CFG_REQUEST && pol.Pool != nil {
-		wantV4 := false
-		for _, at := range a.cp.Attrs {
-			wantV4 = wantV4 || at.Type == INTERNAL_IP4_ADDRESS
+	if a.cp != nil && a.cp.CfgType == CFG_REQUEST {
+		reply, allowed, err := sa.assignVIPs(e, a.cp)
+		if err != nil {
+			return failN(err)
 		}
-		if wantV4 {
-			vip, err := pol.Pool.Acquire(sa.PeerID)
-			if err != nil {
-				return failN(&Error{Notify: INTERNAL_ADDRESS_FAILURE, Reason: "address pool", Err: err})
-			}
-			sa.vip = vip
-			reply := &CP{CfgType: CFG_REPLY, Attrs: []CPAttr{{Type: INTERNAL_IP4_ADDRESS, Value: vip.AsSlice()}}}
-			for _, d := range e.cfg.DNS {
-				if d.Is4() {
-					reply.Attrs = append(reply.Attrs, CPAttr{Type: INTERNAL_IP4_DNS, Value: d.AsSlice()})
-				}
-			}
+		if reply != nil {
 			payloads = append(payloads, reply)
-			remoteAllowed = []TrafficSelector{SelectorFromPrefix(netip.PrefixFrom(vip, 32))}
+			remoteAllowed = allowed
 		}
 	}
 	tsi := Narrow(a.tsi.Selectors, remoteAllowed)
 	tsr := Narrow(a.tsr.Selectors, e.cfg.LocalTS)
-	releaseVIP := func() {
-		if sa.vip.IsValid() {
-			pol.Pool.Release(sa.vip)
-			sa.vip = netip.Addr{}
-		}
-	}
 	if len(tsi) == 0 || len(tsr) == 0 {
-		releaseVIP()
+		sa.releaseVIPs(e)
 		return failN(errorf(TS_UNACCEPTABLE, "traffic selectors %s === %s not allowed for %s (policy %s)",
 			FormatSelectors(a.tsi.Selectors), FormatSelectors(a.tsr.Selectors), sa.PeerID, pol.Name))
 	}
 	if err := sa.claimSelectors(e, tsi, false); err != nil {
-		releaseVIP()
+		sa.releaseVIPs(e)
 		return failN(err.(*Error))
 	}
 	c := &ChildSA{
 		OutSPI: binary.BigEndian.Uint32(sel.SPI), Proposal: *sel,
 		LocalTS: tsr, RemoteTS: tsi, Local: sa.Local, Remote: sa.Remote,
-		Encap: sa.natLocal || sa.natRemote, VirtualIP: sa.vip, Created: now,
+		Encap: sa.natLocal || sa.natRemote, VirtualIP: sa.firstVIP(), Created: now,
 	}
 	c.InSPI = e.newESPSPI(sa)
 	if err := sa.childKeys(c, nil, sa.ni, sa.nr, sa.initiator); err != nil {

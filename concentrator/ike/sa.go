@@ -22,9 +22,11 @@ const (
 	stateDeleting                       // we sent a Delete for the IKE SA
 	stateRekeyed                        // replaced by a rekeyed IKE SA, waiting for its Delete
 	stateDead                           // removed from the table
+	stateIntSent                        // initiator: an IKE_INTERMEDIATE request sent (intermediate.go)
+	stateResumeSent                     // initiator: IKE_SESSION_RESUME request sent (resumption.go)
 )
 
-var stateNames = [...]string{"", "INIT_SENT", "INIT_DONE", "AUTH_SENT", "ESTABLISHED", "DELETING", "REKEYED", "DEAD"}
+var stateNames = [...]string{"", "INIT_SENT", "INIT_DONE", "AUTH_SENT", "ESTABLISHED", "DELETING", "REKEYED", "DEAD", "INTERMEDIATE_SENT", "RESUME_SENT"}
 
 func (s saState) String() string { return stateNames[s] }
 
@@ -48,8 +50,11 @@ type IKESA struct {
 	skpi     []byte
 	skpr     []byte
 	ni, nr   []byte
-	initReq  []byte // IKE_SA_INIT request as sent (AUTH signs it); dropped once authenticated
-	initResp []byte // IKE_SA_INIT response as sent
+	initReq  []byte        // IKE_SA_INIT request as sent (AUTH signs it); dropped once authenticated
+	initResp []byte        // IKE_SA_INIT response as sent
+	inter    *intermediate // IKE_INTERMEDIATE exchanges (intermediate.go); nil: none
+	resume   *resumption   // resumed from a ticket (resumption.go); nil: authenticated anew
+	ticket   *Ticket       // initiator: the ticket the responder issued
 
 	natLocal, natRemote bool // we / the peer are behind a NAT (or encapsulation is forced)
 	behindNAT           bool // we really are behind a NAT: send keepalives
@@ -66,7 +71,9 @@ type IKESA struct {
 	cookie2      []byte // our outstanding return-routability check
 	children     []*ChildSA
 	vip          netip.Addr
-	vipForeign   bool      // restored with an address the pool does not have
+	vipForeign   bool       // restored with an address the pool does not have
+	vip6         netip.Addr // a dual-stack peer's virtual IPv6 address (Pool6)
+	vip6Foreign  bool
 	lastMapCheck time.Time // the last liveness check sent for a NAT mapping change (natmap.go)
 	// policy is the peer's PeerPolicy (policy.go), looked up once it is
 	// authenticated; selectorsHeld: it holds selectors in Config.Selectors.
@@ -289,6 +296,14 @@ func (sa *IKESA) handle(now time.Time, e *Engine, pkt Packet, h Header, rd *Read
 			return
 		}
 	}
+	if h.Exchange == IKE_SESSION_RESUME {
+		if sa.initiator && sa.state == stateResumeSent && h.Flags&FlagResponse != 0 {
+			sa.handleResumeResponse(now, e, pkt, rd)
+			return
+		}
+		e.drop(rd, pkt, h.SPIi, h.SPIr, ErrStaleMessage)
+		return
+	}
 	if h.Exchange == IKE_SA_INIT {
 		if sa.initiator && sa.state == stateInitSent {
 			sa.handleInitResponse(now, e, pkt, rd)
@@ -412,6 +427,12 @@ func (sa *IKESA) handleRequest(now time.Time, e *Engine, m *Message, rd *Ready) 
 		}
 		sa.handleAuthRequest(now, e, m, rd)
 		return
+	case IKE_INTERMEDIATE:
+		if sa.initiator || sa.state != stateInitDone || sa.inter == nil {
+			break
+		}
+		sa.handleIntermediateRequest(now, e, m, rd)
+		return
 	case INFORMATIONAL:
 		if sa.state != stateEstablished && sa.state != stateDeleting && sa.state != stateRekeyed {
 			break
@@ -438,6 +459,8 @@ func (sa *IKESA) handleResponse(now time.Time, e *Engine, m *Message, rd *Ready)
 	switch {
 	case req.exchange == IKE_AUTH && sa.state == stateAuthSent:
 		sa.handleAuthResponse(now, e, m, rd)
+	case req.exchange == IKE_INTERMEDIATE && sa.state == stateIntSent:
+		sa.handleIntermediateResponse(now, e, m, rd)
 	case req.exchange == INFORMATIONAL && req.deleteIKE:
 		sa.terminate(e, "deleted by us", rd)
 		return
@@ -571,11 +594,13 @@ func (sa *IKESA) authOctets(ofInitiator bool, id *ID) []byte {
 	return sa.signedOctets(msg, nonce, key, id)
 }
 
-// signedOctets: message 1 or 2, the other side's nonce, prf(SK_p, ID').
+// signedOctets: message 1 or 2, the other side's nonce, prf(SK_p, ID'),
+// and IntAuth after IKE_INTERMEDIATE exchanges (RFC 9242 §3.3.2).
 func (sa *IKESA) signedOctets(msg, nonce, key []byte, id *ID) []byte {
 	mac := sa.prf.Sum(key, id.Body())
-	o := make([]byte, 0, len(msg)+len(nonce)+len(mac))
-	return append(append(append(o, msg...), nonce...), mac...)
+	ia := sa.intAuth()
+	o := make([]byte, 0, len(msg)+len(nonce)+len(mac)+len(ia))
+	return append(append(append(append(o, msg...), nonce...), mac...), ia...)
 }
 
 var keyPad = []byte("Key Pad for IKEv2")

@@ -34,6 +34,7 @@ type SAState struct {
 	MOBIKE               bool
 	PeerID               Identity
 	VirtualIP            netip.Addr
+	VirtualIP6           netip.Addr // beside VirtualIP, from Config.Pool6
 	Created, Established time.Time
 	Children             []ChildState
 }
@@ -64,7 +65,7 @@ func (sa *IKESA) Snapshot() (SAState, error) {
 		Proposal: *sa.prop, SKd: sa.skd, NextIn: sa.nextIn, NextOut: sa.nextOut,
 		NextOutReserved: sa.outReserved, MsgIDSync: sa.msgIDSync,
 		NATLocal: sa.natLocal, NATRemote: sa.natRemote, PeerFrag: sa.peerFrag, MOBIKE: sa.mobike,
-		PeerID: sa.PeerID, VirtualIP: sa.vip, Created: sa.created, Established: sa.Establish,
+		PeerID: sa.PeerID, VirtualIP: sa.vip, VirtualIP6: sa.vip6, Created: sa.created, Established: sa.Establish,
 	}
 	if sa.idUnknown {
 		st.NextOut = sa.probeLo + 1 // still only a lower bound
@@ -113,7 +114,7 @@ func (e *Engine) Restore(now time.Time, st SAState, rd *Ready) (*IKESA, error) {
 		initiator: st.Initiator, state: stateEstablished, SPIi: st.SPIi, SPIr: st.SPIr,
 		Local: st.Local, Remote: st.Remote, prop: &prop, prf: prf, cipher: c, skd: bytes.Clone(st.SKd),
 		natLocal: st.NATLocal, natRemote: st.NATRemote, peerFrag: st.PeerFrag, mobike: st.MOBIKE,
-		PeerID: Identity{Type: st.PeerID.Type, Data: bytes.Clone(st.PeerID.Data)}, vip: st.VirtualIP,
+		PeerID: Identity{Type: st.PeerID.Type, Data: bytes.Clone(st.PeerID.Data)}, vip: st.VirtualIP, vip6: st.VirtualIP6,
 		nextIn: st.NextIn, nextOut: st.NextOut, created: st.Created, Establish: st.Established, lastRecv: now,
 		resync: true, stored: true, msgIDSync: st.MsgIDSync, idUnknown: true,
 	}
@@ -150,6 +151,16 @@ func (e *Engine) Restore(now time.Time, st SAState, rd *Ready) (*IKESA, error) {
 			sa.vipForeign = true // not ours to release either
 		} else if err != nil {
 			return nil, fmt.Errorf("ike: virtual IP %v: %w", st.VirtualIP, err)
+		}
+	}
+	if sa.vip6.IsValid() && e.cfg.Pool6 != nil {
+		if err := e.cfg.Pool6.Claim(sa.PeerID, sa.vip6); errors.Is(err, ErrNotInPool) {
+			sa.vip6Foreign = true
+		} else if err != nil {
+			if pool := sa.pool(e); sa.vip.IsValid() && pool != nil && !sa.vipForeign {
+				pool.Release(sa.vip)
+			}
+			return nil, fmt.Errorf("ike: virtual IP %v: %w", st.VirtualIP6, err)
 		}
 	}
 	if e.cfg.IKERekeyAfter > 0 {
@@ -384,6 +395,14 @@ func (e *Engine) Forget(spi uint64, rd *Ready) {
 			pool.Release(sa.vip)
 		}
 		sa.vipForeign = true // released above
+	}
+	if sa.vip6.IsValid() && e.cfg.Pool6 != nil && !sa.vip6Foreign {
+		if f, ok := e.cfg.Pool6.(interface{ Forget(netip.Addr) }); ok {
+			f.Forget(sa.vip6)
+		} else {
+			e.cfg.Pool6.Release(sa.vip6)
+		}
+		sa.vip6Foreign = true
 	}
 	e.remove(sa)
 }

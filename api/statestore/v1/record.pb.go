@@ -101,13 +101,17 @@ func (x *Record) GetSealed() []byte {
 }
 
 type Suite struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Encr          uint32                 `protobuf:"varint,1,opt,name=encr,proto3" json:"encr,omitempty"`                                 // IKEv2 transform ID
-	EncrKeyLen    uint32                 `protobuf:"varint,2,opt,name=encr_key_len,json=encrKeyLen,proto3" json:"encr_key_len,omitempty"` // bits; 0 when the cipher has a fixed key length
-	Integ         uint32                 `protobuf:"varint,3,opt,name=integ,proto3" json:"integ,omitempty"`                               // 0 for AEAD
-	Prf           uint32                 `protobuf:"varint,4,opt,name=prf,proto3" json:"prf,omitempty"`                                   // 0 for CHILD SAs
-	Group         uint32                 `protobuf:"varint,5,opt,name=group,proto3" json:"group,omitempty"`                               // key exchange; 0 for none
-	Esn           uint32                 `protobuf:"varint,6,opt,name=esn,proto3" json:"esn,omitempty"`                                   // CHILD SAs: 1 when extended sequence numbers are on
+	state      protoimpl.MessageState `protogen:"open.v1"`
+	Encr       uint32                 `protobuf:"varint,1,opt,name=encr,proto3" json:"encr,omitempty"`                                 // IKEv2 transform ID
+	EncrKeyLen uint32                 `protobuf:"varint,2,opt,name=encr_key_len,json=encrKeyLen,proto3" json:"encr_key_len,omitempty"` // bits; 0 when the cipher has a fixed key length
+	Integ      uint32                 `protobuf:"varint,3,opt,name=integ,proto3" json:"integ,omitempty"`                               // 0 for AEAD
+	Prf        uint32                 `protobuf:"varint,4,opt,name=prf,proto3" json:"prf,omitempty"`                                   // 0 for CHILD SAs
+	Group      uint32                 `protobuf:"varint,5,opt,name=group,proto3" json:"group,omitempty"`                               // key exchange; 0 for none
+	Esn        uint32                 `protobuf:"varint,6,opt,name=esn,proto3" json:"esn,omitempty"`                                   // CHILD SAs: 1 when extended sequence numbers are on
+	// IKE SAs: the additional key exchanges (RFC 9370) ADDKE1..ADDKE7 in
+	// order, 0 for none; empty when there were none. Informational: the keys
+	// they went into are in Secrets.
+	AddKe         []uint32 `protobuf:"varint,7,rep,packed,name=add_ke,json=addKe,proto3" json:"add_ke,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -182,6 +186,13 @@ func (x *Suite) GetEsn() uint32 {
 		return x.Esn
 	}
 	return 0
+}
+
+func (x *Suite) GetAddKe() []uint32 {
+	if x != nil {
+		return x.AddKe
+	}
+	return nil
 }
 
 type Endpoint struct {
@@ -388,6 +399,7 @@ type IKESA struct {
 	// restored SA sends its next request with an ID in [next_out,
 	// next_out_reserved] and persists a new reservation before it reaches it.
 	NextOutReserved uint32 `protobuf:"varint,19,opt,name=next_out_reserved,json=nextOutReserved,proto3" json:"next_out_reserved,omitempty"`
+	VirtualIp6      []byte `protobuf:"bytes,20,opt,name=virtual_ip6,json=virtualIp6,proto3" json:"virtual_ip6,omitempty"` // the peer's virtual IPv6 address, beside virtual_ip
 	unknownFields   protoimpl.UnknownFields
 	sizeCache       protoimpl.SizeCache
 }
@@ -553,6 +565,13 @@ func (x *IKESA) GetNextOutReserved() uint32 {
 		return x.NextOutReserved
 	}
 	return 0
+}
+
+func (x *IKESA) GetVirtualIp6() []byte {
+	if x != nil {
+		return x.VirtualIp6
+	}
+	return nil
 }
 
 type Child struct {
@@ -1185,7 +1204,7 @@ const file_api_statestore_v1_record_proto_rawDesc = "" +
 	"\aversion\x18\x01 \x01(\rR\aversion\x12-\n" +
 	"\x02sa\x18\x02 \x01(\v2\x1d.ikefleet.statestore.v1.IKESAR\x02sa\x12\x15\n" +
 	"\x06key_id\x18\x03 \x01(\rR\x05keyId\x12\x16\n" +
-	"\x06sealed\x18\x04 \x01(\fR\x06sealed\"\x8d\x01\n" +
+	"\x06sealed\x18\x04 \x01(\fR\x06sealed\"\xa4\x01\n" +
 	"\x05Suite\x12\x12\n" +
 	"\x04encr\x18\x01 \x01(\rR\x04encr\x12 \n" +
 	"\fencr_key_len\x18\x02 \x01(\rR\n" +
@@ -1193,7 +1212,8 @@ const file_api_statestore_v1_record_proto_rawDesc = "" +
 	"\x05integ\x18\x03 \x01(\rR\x05integ\x12\x10\n" +
 	"\x03prf\x18\x04 \x01(\rR\x03prf\x12\x14\n" +
 	"\x05group\x18\x05 \x01(\rR\x05group\x12\x10\n" +
-	"\x03esn\x18\x06 \x01(\rR\x03esn\"2\n" +
+	"\x03esn\x18\x06 \x01(\rR\x03esn\x12\x15\n" +
+	"\x06add_ke\x18\a \x03(\rR\x05addKe\"2\n" +
 	"\bEndpoint\x12\x12\n" +
 	"\x04addr\x18\x01 \x01(\fR\x04addr\x12\x12\n" +
 	"\x04port\x18\x02 \x01(\rR\x04port\"2\n" +
@@ -1206,7 +1226,7 @@ const file_api_statestore_v1_record_proto_rawDesc = "" +
 	"start_port\x18\x02 \x01(\rR\tstartPort\x12\x19\n" +
 	"\bend_port\x18\x03 \x01(\rR\aendPort\x12\x14\n" +
 	"\x05start\x18\x04 \x01(\fR\x05start\x12\x10\n" +
-	"\x03end\x18\x05 \x01(\fR\x03end\"\xb9\x05\n" +
+	"\x03end\x18\x05 \x01(\fR\x03end\"\xda\x05\n" +
 	"\x05IKESA\x12\x13\n" +
 	"\x05spi_i\x18\x01 \x01(\x06R\x04spiI\x12\x13\n" +
 	"\x05spi_r\x18\x02 \x01(\x06R\x04spiR\x12\x1c\n" +
@@ -1230,7 +1250,9 @@ const file_api_statestore_v1_record_proto_rawDesc = "" +
 	"\vrekey_at_ms\x18\x10 \x01(\x03R\trekeyAtMs\x12\x14\n" +
 	"\x05flags\x18\x11 \x01(\rR\x05flags\x129\n" +
 	"\bchildren\x18\x12 \x03(\v2\x1d.ikefleet.statestore.v1.ChildR\bchildren\x12*\n" +
-	"\x11next_out_reserved\x18\x13 \x01(\rR\x0fnextOutReserved\"\xa2\x04\n" +
+	"\x11next_out_reserved\x18\x13 \x01(\rR\x0fnextOutReserved\x12\x1f\n" +
+	"\vvirtual_ip6\x18\x14 \x01(\fR\n" +
+	"virtualIp6\"\xa2\x04\n" +
 	"\x05Child\x12\x15\n" +
 	"\x06spi_in\x18\x01 \x01(\aR\x05spiIn\x12\x17\n" +
 	"\aspi_out\x18\x02 \x01(\aR\x06spiOut\x123\n" +

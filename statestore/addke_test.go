@@ -1,0 +1,37 @@
+package statestore
+
+import (
+	"reflect"
+	"testing"
+)
+
+// The additional key exchanges of a hybrid (RFC 9370) IKE SA survive the
+// record, and records without them encode as before.
+func TestRecordAdditionalKeyExchanges(t *testing.T) {
+	c := Codec{Keys: testKeyring(t, 7, 1)}
+	plain := sampleRecord(0x42)
+	pb, err := c.Marshal(saName(plain.LocalSPI()), plain)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := sampleRecord(0x42)
+	r.Suite.AddKE = [7]uint16{36, 0, 37}
+	b, err := c.Marshal(saName(r.LocalSPI()), r)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := c.Unmarshal(saName(r.LocalSPI()), b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !reflect.DeepEqual(normalize(got), normalize(r)) {
+		t.Fatalf("round trip: got %+v, want %+v", got.Suite, r.Suite)
+	}
+	if len(b) <= len(pb) {
+		t.Fatalf("record with additional key exchanges %d bytes, without %d", len(b), len(pb))
+	}
+	got, err = c.Unmarshal(saName(plain.LocalSPI()), pb)
+	if err != nil || got.Suite.AddKE != ([7]uint16{}) {
+		t.Fatalf("plain record: %v %+v", err, got.Suite)
+	}
+}
