@@ -8,6 +8,7 @@ import (
 	"crypto/x509/pkix"
 	"encoding/pem"
 	"math/big"
+	"net"
 	"testing"
 	"time"
 )
@@ -58,7 +59,8 @@ func NewPKI(t testing.TB) *PKI {
 // Issue makes an ECDSA P-256 certificate for "C=XX, O=ikefleet e2e, CN=name"
 // with subjectAltName DNS:name (e.g. "conc.example", "gw1.iot.example"),
 // usable as IKE identity name. extraSANs are added as further DNS names
-// (a long list makes a certificate big enough to need IKE fragmentation).
+// (a long list makes a certificate big enough to need IKE fragmentation),
+// or IP addresses where they parse as one (a server reached by address).
 func (p *PKI) Issue(t testing.TB, name string, extraSANs ...string) Credential {
 	t.Helper()
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
@@ -69,11 +71,18 @@ func (p *PKI) Issue(t testing.TB, name string, extraSANs ...string) Credential {
 	tmpl := &x509.Certificate{
 		SerialNumber: serial(t),
 		Subject:      pkix.Name{Country: []string{"XX"}, Organization: []string{"ikefleet e2e"}, CommonName: name},
-		DNSNames:     append([]string{name}, extraSANs...),
+		DNSNames:     []string{name},
 		NotBefore:    now.Add(-time.Hour),
 		NotAfter:     now.Add(24 * time.Hour),
 		KeyUsage:     x509.KeyUsageDigitalSignature,
 		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth},
+	}
+	for _, san := range extraSANs {
+		if ip := net.ParseIP(san); ip != nil {
+			tmpl.IPAddresses = append(tmpl.IPAddresses, ip)
+		} else {
+			tmpl.DNSNames = append(tmpl.DNSNames, san)
+		}
 	}
 	der, err := x509.CreateCertificate(rand.Reader, tmpl, p.CA, &key.PublicKey, p.key)
 	if err != nil {
