@@ -254,7 +254,7 @@ func New(opts Options) (*DataPlane, error) {
 				_ = d.mss.remove()
 			}
 			fail()
-			return nil, fmt.Errorf("xfrm: ESP SPI sets (nftables): %w", err)
+			return nil, fmt.Errorf("xfrm: ESP SPI sets (nftables table inet %s; needs nf_tables and nft_queue): %w", ESPTable, err)
 		}
 		q, err := openNFQueue(opts.NetNS, opts.UnknownSPIQueue)
 		if err != nil {
@@ -263,7 +263,7 @@ func New(opts Options) (*DataPlane, error) {
 				_ = d.mss.remove()
 			}
 			fail()
-			return nil, fmt.Errorf("xfrm: ESP for SPIs not installed here: %w", err)
+			return nil, fmt.Errorf("xfrm: ESP for SPIs not installed here (NFQUEUE %d, needs nfnetlink_queue; in use by another program?): %w", opts.UnknownSPIQueue, err)
 		}
 		d.esp, d.nfq = esp, q
 	}
