@@ -76,6 +76,9 @@ func (c *commits) take(into []commitResult) []commitResult {
 // perform applies one Ready batch of shard s; on s's goroutine (or before
 // the shards run, at restore). rd may be reused once it returns.
 func (n *Node) perform(ctx context.Context, s *shard, rd *ike.Ready) {
+	if len(rd.EAP) > 0 {
+		n.eapRequests(s, rd.EAP) // half-open: no state to commit first
+	}
 	for _, ev := range rd.Events {
 		n.logEvent(s, ev)
 	}

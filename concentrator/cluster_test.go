@@ -114,8 +114,8 @@ func (c *testCluster) setRoute(nodes ...string) {
 // start runs node id; it joins the route only when told (setRoute).
 func (c *testCluster) start(ctx context.Context, id string) *clusterNode {
 	t := c.t
-	text := nodeConfig(c.gws, c.ikeExtra, fmt.Sprintf("statestore:\n  mode: external\n  endpoints: [%s]\n  cluster_key_file: %s\n  lease_ttl: %s\ncluster:\n  peer_listen: 127.0.0.1:0\n",
-		c.etcd.Endpoints()[0], c.keyFile, cmp.Or(c.leaseTTL, "2s")))
+	text := nodeConfig(c.gws, c.ikeExtra, fmt.Sprintf("statestore:\n  mode: external\n  endpoints: [%s]\n  cluster_key_file: %s\n  data_dir: %s\n  lease_ttl: %s\ncluster:\n  peer_listen: 127.0.0.1:0\n",
+		c.etcd.Endpoints()[0], c.keyFile, filepath.Join(filepath.Dir(c.keyFile), "node-"+id), cmp.Or(c.leaseTTL, "2s")))
 	text = replaceOnce(t, text, "node: {id: test}", "node: {id: "+id+"}")
 	text = replaceOnce(t, text, "listen: [127.0.0.1]\n  port: 0\n  natt_port: 0", "listen: ["+c.vip.String()+"]\n  port: 500\n  natt_port: 4500")
 	cfg, err := ParseConfig([]byte(text))

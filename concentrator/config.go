@@ -110,6 +110,8 @@ type AuthConfig struct {
 	PSKs []PSKConfig `yaml:"psks"`
 	// PubKeys are peers identified by a raw public key (RFC 7670).
 	PubKeys []PubKeyConfig `yaml:"pubkeys"`
+	// EAP: gateways that send no AUTH authenticate with EAP through RADIUS.
+	EAP EAPConfig `yaml:"eap"`
 }
 
 // PubKeyConfig is a peer identity and the file of its public key (PEM
@@ -452,8 +454,11 @@ func (c *Config) Validate() error {
 	if err := c.validatePubKeys(); err != nil {
 		return err
 	}
-	if c.Identity.Cert == "" && len(c.Auth.PSKs) == 0 && len(c.Auth.CAs) == 0 && len(c.Auth.PubKeys) == 0 {
-		return fieldErr("auth", "no credentials at all: configure auth.psks, or identity.cert and identity.key with auth.cas, or auth.pubkeys")
+	if err := c.validateEAP(); err != nil {
+		return err
+	}
+	if c.Identity.Cert == "" && len(c.Auth.PSKs) == 0 && len(c.Auth.CAs) == 0 && len(c.Auth.PubKeys) == 0 && !c.Auth.EAP.enabled() {
+		return fieldErr("auth", "no credentials at all: configure auth.psks, or identity.cert and identity.key with auth.cas, or auth.pubkeys, or auth.eap.radius")
 	}
 	if c.Identity.Cert == "" && len(c.Auth.PSKs) == 0 && c.Identity.ID != "" && len(c.Auth.CAs) > 0 {
 		return fieldErr("identity.cert", "auth.cas is set but we have no certificate to authenticate ourselves with")

@@ -119,6 +119,7 @@ func (c *Config) engineConfig() (ike.Config, error) {
 	if err := c.rawKeyCredentials(&ec); err != nil {
 		return ec, err
 	}
+	ec.EAP = c.eapEngineConfig()
 	if len(c.Auth.CAs) > 0 {
 		roots := x509.NewCertPool()
 		var req []byte

@@ -215,8 +215,8 @@ func TestTwoNodesOnMemoryNetwork(t *testing.T) {
 	var nodes []member
 	for i, id := range []string{"a", "b"} {
 		addr := netip.AddrFrom4([4]byte{10, 0, 0, byte(i + 1)})
-		text := nodeConfig(2, "", fmt.Sprintf("statestore:\n  mode: external\n  endpoints: [%s]\n  cluster_key_file: %s\n  lease_ttl: 5s\n",
-			etcd.Endpoints()[0], keyFile))
+		text := nodeConfig(2, "", fmt.Sprintf("statestore:\n  mode: external\n  endpoints: [%s]\n  cluster_key_file: %s\n  data_dir: %s\n  lease_ttl: 5s\n",
+			etcd.Endpoints()[0], keyFile, filepath.Join(keyDir, "node-"+id)))
 		text = replaceOnce(t, text, "node: {id: test}", "node: {id: "+id+"}")
 		text = replaceOnce(t, text, "listen: [127.0.0.1]\n  port: 0\n  natt_port: 0", "listen: ["+addr.String()+"]\n  port: 500\n  natt_port: 4500")
 		cfg, err := ParseConfig([]byte(text))

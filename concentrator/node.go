@@ -57,6 +57,7 @@ type Node struct {
 
 	nodeID          string
 	runCtx          context.Context // Run's, for work handed to shards from other goroutines
+	eap             *eapBackend     // auth.eap.radius; nil without EAP
 	espBits         int             // inbound ESP SPI bits naming the shard
 	persist         *persistence
 	persistFailures atomic.Uint64
@@ -102,6 +103,9 @@ func New(cfg Config, log *slog.Logger, dp dataplane.DataPlane, opts ...Option) (
 		o(n)
 	}
 	n.initObservability()
+	if n.eap, err = newEAPBackend(cfg, n.nodeID); err != nil {
+		return nil, err
+	}
 	if cfg.Children.RestoreRekeyWindow != 0 {
 		log.Warn("children.restore_rekey_window is deprecated and ignored: restored CHILD SAs keep their rekey schedule and continue above their sequence number reservations")
 	}
@@ -280,6 +284,7 @@ func (n *Node) Run(ctx context.Context) error {
 	if n.peer != nil {
 		defer n.peer.close()
 	}
+	defer n.eap.close()
 	if n.cfg.StateStore.Mode != "none" {
 		p, err := n.openStore(ctx)
 		if err != nil {

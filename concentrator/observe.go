@@ -34,6 +34,7 @@ type observability struct {
 	installFailures atomic.Uint64
 	installErr      atomic.Pointer[string] // the last install failed with it; nil once one succeeds
 	draining        atomic.Bool
+	eapResults      sync.Map // result -> *atomic.Uint64
 	queueDrops      sync.Map // queueKey -> *atomic.Uint64
 
 	mu       sync.Mutex
@@ -109,6 +110,24 @@ func (n *Node) countQueueDrop(local netip.AddrPort, natt bool, s *shard) {
 	c.(*atomic.Uint64).Add(1)
 }
 
+// eap counts one RADIUS result (metrics.EAPResults).
+func (o *observability) eap(result string) {
+	c, ok := o.eapResults.Load(result)
+	if !ok {
+		c, _ = o.eapResults.LoadOrStore(result, new(atomic.Uint64))
+	}
+	c.(*atomic.Uint64).Add(1)
+}
+
+func (o *observability) eapCounts() map[string]uint64 {
+	m := map[string]uint64{}
+	o.eapResults.Range(func(k, v any) bool {
+		m[k.(string)] = v.(*atomic.Uint64).Load()
+		return true
+	})
+	return m
+}
+
 func (n *Node) listening() bool {
 	select {
 	case <-n.ready:
@@ -145,7 +164,7 @@ func (n *Node) metricsSnapshot(ctx context.Context) (metrics.Snapshot, error) {
 	h := n.Health()
 	s.Node = metrics.Node{PersistFailures: n.persistFailures.Load(), FencedDrops: n.fencedDrops.Load(),
 		NonIKEDrops: n.nonIKEDrops.Load(), KeepalivesSent: n.obs.keepalivesSent.Load(),
-		KeepalivesReceived: n.keepalives.Load(), Listening: h.Listening, Fenced: h.Fenced, Draining: h.Draining}
+		KeepalivesReceived: n.keepalives.Load(), EAP: n.obs.eapCounts(), Listening: h.Listening, Fenced: h.Fenced, Draining: h.Draining}
 	n.obs.queueDrops.Range(func(k, v any) bool {
 		q := k.(queueKey)
 		s.Node.QueueDrops = append(s.Node.QueueDrops, metrics.QueueDrop{Listen: q.listen.String(), NATT: q.natt,

@@ -32,9 +32,20 @@ const (
 type Auth int
 
 const (
-	AuthPSK    Auth = iota // pre-shared key, identities GWPSKID / ConcID
-	AuthECDSA              // certificates from a PKI, identities GWCertID / ConcID
-	AuthRawKey             // raw public keys (RFC 7670), no certificates, identities GWCertID / ConcID
+	AuthPSK         Auth = iota // pre-shared key, identities GWPSKID / ConcID
+	AuthECDSA                   // certificates from a PKI, identities GWCertID / ConcID
+	AuthRawKey                  // raw public keys (RFC 7670), no certificates, identities GWCertID / ConcID
+	AuthEAPMSCHAPv2             // gw1 by EAP-MSCHAPv2 (identity GWEAPID, password GWEAPPassword) through RADIUS; conc by certificate
+	AuthEAPTLS                  // gw1 by EAP-TLS (identity GWCertID, its certificate) through RADIUS; conc by certificate
+)
+
+// gw1's EAP-MSCHAPv2 credentials (the RADIUS server's users file) and the
+// identity of the RADIUS server's certificate (EAP-TLS; it names ConcID
+// too).
+const (
+	GWEAPID       = "gw1@eap.example"
+	GWEAPPassword = "device-password-1"
+	RADIUSID      = "radius.example"
 )
 
 func (a Auth) String() string {
@@ -43,6 +54,10 @@ func (a Auth) String() string {
 		return "ecdsa"
 	case AuthRawKey:
 		return "rawkey"
+	case AuthEAPMSCHAPv2:
+		return "eap-mschapv2"
+	case AuthEAPTLS:
+		return "eap-tls"
 	}
 	return "psk"
 }
@@ -67,6 +82,21 @@ func GatewaySwanctlConf(auth Auth) string {
 		local = fmt.Sprintf("auth = pubkey\n      pubkeys = gw.pub\n      id = %s", GWCertID)
 		remote = fmt.Sprintf("auth = pubkey\n      pubkeys = conc.pub\n      id = %s", ConcID)
 		extra, secrets = "send_cert = always\n    ", ""
+	}
+	if auth == AuthEAPMSCHAPv2 || auth == AuthEAPTLS {
+		// The concentrator authenticates by certificate (x509ca/ca.crt);
+		// gw1 runs EAP with the RADIUS server behind it.
+		remote = fmt.Sprintf("auth = pubkey\n      id = %s\n      cacerts = ca.crt", ConcID)
+		extra, secrets = "send_certreq = yes\n    ", ""
+		if auth == AuthEAPMSCHAPv2 {
+			local = fmt.Sprintf("auth = eap-mschapv2\n      eap_id = %s\n      id = %s", GWEAPID, GWEAPID)
+			secrets = fmt.Sprintf("secrets {\n  eap-gw1 {\n    id = %s\n    secret = %q\n  }\n}\n", GWEAPID, GWEAPPassword)
+		} else {
+			// strongSwan checks the EAP-TLS server's certificate for the
+			// responder's identity (no aaa_id): the RADIUS server's
+			// certificate carries ConcID too.
+			local = fmt.Sprintf("auth = eap-tls\n      certs = gw.crt\n      id = %s", GWCertID)
+		}
 	}
 	return fmt.Sprintf(`# gw1 (IoT gateway, initiator), %[1]s
 connections {

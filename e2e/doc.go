@@ -11,6 +11,14 @@
 //   - [Binary] and [Topology.StartProcess]: the project's commands, built once
 //     per test run, run inside a namespace with output captured.
 //   - [NewPKI]: a throw-away ECDSA P-256 CA and end-entity certificates.
+//   - [NewCluster] (cluster.go, router.go): the cluster tier's topology — a
+//     router namespace spreading the gateways' flows over N concentratord
+//     nodes that share one service address ([FlowSpreader]: an nftables flow
+//     map and policy routing; a BGP router can stand in for it), a
+//     three-member etcd (Debian's etcd-server) over mutual TLS, and
+//     strongSwan gateways behind one masquerading NAT, each with its own
+//     identity, PSK, inner LAN and IKE ports; [PingStream] records every
+//     echo request so outages and losses can be read afterwards.
 //
 // Every test calls requireNetns first: it needs root, ip, nft, sysctl, charon,
 // swanctl and /dev/net/tun. Without them a test skips, except under CI=true,
@@ -18,7 +26,10 @@
 //
 // Environment: E2E_BIN_DIR=DIR uses prebuilt commands from DIR instead of
 // building them; E2E_CHARON_LOGLEVEL=N sets charon's log level (default 1,
-// 2 for payload dumps); CI=true turns missing prerequisites into failures.
+// 2 for payload dumps); E2E_CLUSTER_LOGDIR=DIR keeps the cluster tier's
+// node and charon logs there; CI=true turns missing prerequisites into
+// failures; E2E_CLUSTER_LEASE_TTL=D sets the nodes' statestore.lease_ttl
+// (default 3s).
 // Namespaces left behind by a test binary that died (its pid is gone) are
 // deleted by the next run.
 //

@@ -27,7 +27,7 @@ func (tp *Topology) AddGateway(t testing.TB, name string, subnet int) (ns, addr 
 	if len(name) > 8 || !strings.HasPrefix(name, "gw") || subnet < 2 || subnet > 254 {
 		t.Fatalf("AddGateway(%q, %d): a name of at most 8 characters starting with gw, subnet 2..254", name, subnet)
 	}
-	ns = strings.TrimSuffix(tp.GW, "gw") + name
+	ns = tp.prefix + name
 	addr = fmt.Sprintf("10.10.%d.2", subnet)
 	natAddr := fmt.Sprintf("10.10.%d.1", subnet)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)

@@ -119,7 +119,7 @@ func startEtcd(t *testing.T, ctx context.Context, tp *Topology, dir string) (ca,
 		t.Fatalf("kernel cluster tier needs etcd (Debian etcd-server): %v", err)
 	}
 	pki := NewPKI(t)
-	srv := pki.Issue(t, "etcd.e2e", clusterEtcdAddr)
+	srv := pki.IssueIP(t, "etcd.e2e", net.ParseIP(clusterEtcdAddr))
 	cli := pki.Issue(t, "concentratord.e2e")
 	files := map[string][]byte{"ca.pem": pki.CAPEM, "etcd.pem": srv.CertPEM, "etcd-key.pem": srv.KeyPEM,
 		"client.pem": cli.CertPEM, "client-key.pem": cli.KeyPEM}

@@ -45,6 +45,9 @@ var (
 type Topology struct {
 	GW, NAT, Conc string // namespace names
 
+	prefix string   // ikf-<pid>-<n>-: every namespace of this topology starts with it
+	others []string // further namespaces (the cluster topology's), removed at teardown
+
 	t     testing.TB
 	mu    sync.Mutex
 	procs []*Process
@@ -58,7 +61,7 @@ func NewTopology(t testing.TB) *Topology {
 	requireNetns(t)
 	sweepStaleOnce.Do(func() { sweepStale(t) })
 	prefix := fmt.Sprintf("%s%d-%d-", nsPrefix, os.Getpid(), nsCounter.Add(1))
-	tp := &Topology{GW: prefix + "gw", NAT: prefix + "nat", Conc: prefix + "conc", t: t}
+	tp := &Topology{GW: prefix + "gw", NAT: prefix + "nat", Conc: prefix + "conc", prefix: prefix, t: t}
 	t.Cleanup(tp.teardown)
 	// Generous: under emulation (the kernel tier's VM) right after another
 	// topology's teardown, setting one up takes tens of seconds.
@@ -70,8 +73,46 @@ func NewTopology(t testing.TB) *Topology {
 	return tp
 }
 
-// Namespaces returns the namespace names, gw first.
-func (tp *Topology) Namespaces() []string { return []string{tp.GW, tp.NAT, tp.Conc} }
+// Namespaces returns the namespace names, gw first (those of the cluster
+// topology: its own).
+func (tp *Topology) Namespaces() []string {
+	var ns []string
+	for _, n := range []string{tp.GW, tp.NAT, tp.Conc} {
+		if n != "" {
+			ns = append(ns, n)
+		}
+	}
+	return append(ns, tp.others...)
+}
+
+// newBareTopology registers (with t.Cleanup) a topology of no namespaces
+// yet, whose namespaces are named <prefix><role>: the cluster topology adds
+// its own to it.
+func newBareTopology(t testing.TB) *Topology {
+	t.Helper()
+	requireNetns(t)
+	sweepStaleOnce.Do(func() { sweepStale(t) })
+	prefix := fmt.Sprintf("%s%d-%d-", nsPrefix, os.Getpid(), nsCounter.Add(1))
+	tp := &Topology{prefix: prefix, t: t}
+	t.Cleanup(tp.teardown)
+	return tp
+}
+
+// addNamespace creates namespace <prefix><role> with lo up and rp_filter
+// off, and has teardown remove it.
+func (tp *Topology) addNamespace(ctx context.Context, role string) (string, error) {
+	ns := tp.prefix + role
+	tp.mu.Lock()
+	tp.others = append(tp.others, ns)
+	tp.mu.Unlock()
+	if _, err := run(ctx, nil, "ip", "netns", "add", ns); err != nil {
+		return "", err
+	}
+	if _, err := run(ctx, nil, "ip", "-n", ns, "link", "set", "lo", "up"); err != nil {
+		return "", err
+	}
+	return ns, tp.Sysctl(ctx, ns, "net.ipv4.conf.all.rp_filter=0", "net.ipv4.conf.default.rp_filter=0")
+}
 
 func (tp *Topology) setup(ctx context.Context) error {
 	gw, nat, conc := tp.GW, tp.NAT, tp.Conc

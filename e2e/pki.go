@@ -59,9 +59,20 @@ func NewPKI(t testing.TB) *PKI {
 // Issue makes an ECDSA P-256 certificate for "C=XX, O=ikefleet e2e, CN=name"
 // with subjectAltName DNS:name (e.g. "conc.example", "gw1.iot.example"),
 // usable as IKE identity name. extraSANs are added as further DNS names
-// (a long list makes a certificate big enough to need IKE fragmentation),
-// or IP addresses where they parse as one (a server reached by address).
+// (a long list makes a certificate big enough to need IKE fragmentation).
 func (p *PKI) Issue(t testing.TB, name string, extraSANs ...string) Credential {
+	t.Helper()
+	return p.issue(t, name, extraSANs, nil)
+}
+
+// IssueIP is Issue with subjectAltName IP addresses as well: a TLS server
+// reached by address (an etcd member, a node's peer API).
+func (p *PKI) IssueIP(t testing.TB, name string, ips ...net.IP) Credential {
+	t.Helper()
+	return p.issue(t, name, nil, ips)
+}
+
+func (p *PKI) issue(t testing.TB, name string, extraSANs []string, ips []net.IP) Credential {
 	t.Helper()
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
@@ -71,18 +82,12 @@ func (p *PKI) Issue(t testing.TB, name string, extraSANs ...string) Credential {
 	tmpl := &x509.Certificate{
 		SerialNumber: serial(t),
 		Subject:      pkix.Name{Country: []string{"XX"}, Organization: []string{"ikefleet e2e"}, CommonName: name},
-		DNSNames:     []string{name},
+		DNSNames:     append([]string{name}, extraSANs...),
+		IPAddresses:  ips,
 		NotBefore:    now.Add(-time.Hour),
 		NotAfter:     now.Add(24 * time.Hour),
 		KeyUsage:     x509.KeyUsageDigitalSignature,
 		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth},
-	}
-	for _, san := range extraSANs {
-		if ip := net.ParseIP(san); ip != nil {
-			tmpl.IPAddresses = append(tmpl.IPAddresses, ip)
-		} else {
-			tmpl.DNSNames = append(tmpl.DNSNames, san)
-		}
 	}
 	der, err := x509.CreateCertificate(rand.Reader, tmpl, p.CA, &key.PublicKey, p.key)
 	if err != nil {

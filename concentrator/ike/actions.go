@@ -26,6 +26,7 @@ type Ready struct {
 	DataPlane []Action // InstallChild, RemoveChild, UpdateChild, SetSeqLimit, SkipSeq
 	Send      []Send   // IKE messages and NAT-T keepalives
 	Events    []Event
+	EAP       []EAPRequest // for the EAP backend (eap.go)
 }
 
 // Reset empties the batch, keeping its storage.
@@ -34,12 +35,13 @@ func (r *Ready) Reset() {
 	clear(r.DataPlane)
 	clear(r.Send)
 	clear(r.Events)
-	r.Persist, r.DataPlane, r.Send, r.Events = r.Persist[:0], r.DataPlane[:0], r.Send[:0], r.Events[:0]
+	clear(r.EAP)
+	r.Persist, r.DataPlane, r.Send, r.Events, r.EAP = r.Persist[:0], r.DataPlane[:0], r.Send[:0], r.Events[:0], r.EAP[:0]
 }
 
 // Empty reports a batch with nothing in it.
 func (r *Ready) Empty() bool {
-	return len(r.Persist) == 0 && len(r.DataPlane) == 0 && len(r.Send) == 0 && len(r.Events) == 0
+	return len(r.Persist) == 0 && len(r.DataPlane) == 0 && len(r.Send) == 0 && len(r.Events) == 0 && len(r.EAP) == 0
 }
 
 // Action is a data-plane change of a Ready batch: InstallChild,

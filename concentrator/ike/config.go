@@ -90,6 +90,9 @@ type Config struct {
 	// PublicKeys are the raw public keys (RFC 7670) of peers identified by
 	// their key; nil: none.
 	PublicKeys PublicKeyStore
+	// EAP lets initiators that send no AUTH authenticate with EAP through
+	// the backend (eap.go); nil refuses them.
+	EAP *EAPConfig
 
 	IKEProposals []ProposalSpec
 	ESPProposals []ProposalSpec

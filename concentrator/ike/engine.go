@@ -46,6 +46,7 @@ type Stats struct {
 	HalfOpen           int
 	Established        uint64
 	Failed             map[NotifyType]uint64
+	EAPRounds          uint64 // EAP messages handed to the backend
 	CookiesSent        uint64
 	Dropped            uint64
 	Retransmits        uint64 // requests we retransmitted

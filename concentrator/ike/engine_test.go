@@ -112,6 +112,10 @@ type wire struct {
 	// batches' data-plane changes and sends are held back in held.
 	hold bool
 	held []*Ready
+	// eap answers the responder's EAP backend requests (nil: unanswered,
+	// kept in eapReqs).
+	eap     func(EAPRequest) EAPAnswer
+	eapReqs []EAPRequest
 }
 
 func (w *wire) nat(a netip.AddrPort) netip.AddrPort {
@@ -153,6 +157,15 @@ func (w *wire) runHops(hops ...hop) {
 			eng = w.ini
 		}
 		w.events = append(w.events, h.rd.Events...)
+		if !h.ini {
+			for _, req := range h.rd.EAP {
+				w.eapReqs = append(w.eapReqs, req)
+				if w.eap != nil {
+					ans := w.eap(req)
+					queue = append(queue, hop{R(func(rd *Ready) { w.res.EAPAnswer(w.now, req.SPI, req.Round, ans, rd) }), false})
+				}
+			}
+		}
 		if len(h.rd.Persist) > 0 {
 			if !h.ini {
 				w.persists = append(w.persists, h.rd.Persist...)

@@ -31,6 +31,9 @@ type Initiation struct {
 	// RawKey: we authenticate with Creds.Signer as a raw public key and
 	// send it in CERT(15) (Creds.Chain must be empty).
 	RawKey bool
+	// EAP: we authenticate with this EAP method instead of AUTH (RFC 7296
+	// §2.16); the responder authenticates with its certificate or PSK.
+	EAP EAPClient
 }
 
 const maxKERetries = 2
@@ -44,8 +47,8 @@ func (e *Engine) Initiate(now time.Time, ini Initiation, rd *Ready) (uint64, err
 	if len(ini.ESPProposals) == 0 || len(ini.TSi) == 0 || len(ini.TSr) == 0 {
 		return 0, errors.New("ike: initiation needs ESP proposals and traffic selectors")
 	}
-	if ini.Creds.Signer == nil && ini.PSK == nil {
-		return 0, errors.New("ike: initiation needs a private key or a PSK")
+	if ini.Creds.Signer == nil && ini.PSK == nil && ini.EAP == nil {
+		return 0, errors.New("ike: initiation needs a private key, a PSK or an EAP method")
 	}
 	sa := &IKESA{
 		initiator: true, state: stateInitSent, SPIi: e.newSPI(), Local: ini.Local, Remote: ini.Remote,
@@ -207,13 +210,17 @@ func (sa *IKESA) sendAuth(now time.Time, e *Engine, rd *Ready) {
 	if !ini.RemoteID.IsZero() {
 		payloads = append(payloads, &ID{Responder: true, IDType: ini.RemoteID.Type, Data: ini.RemoteID.Data})
 	}
-	sendCerts := ini.Creds.SendCert == SendCertAlways || sa.peerCertReq
-	auth, err := sa.ourAuth(e, &ini.Creds, sa.authOctets(true, idi), ini.Creds.Signer == nil, ini.PSK, sendCerts)
-	if err != nil {
-		sa.failInit(e, NotifyFor(err), err.Error(), rd)
-		return
+	if ini.EAP != nil {
+		sa.eapc = &eapClientState{client: ini.EAP, idi: idi}
+	} else {
+		sendCerts := ini.Creds.SendCert == SendCertAlways || sa.peerCertReq
+		auth, err := sa.ourAuth(e, &ini.Creds, sa.authOctets(true, idi), ini.Creds.Signer == nil, ini.PSK, sendCerts)
+		if err != nil {
+			sa.failInit(e, NotifyFor(err), err.Error(), rd)
+			return
+		}
+		payloads = append(payloads, auth...)
 	}
-	payloads = append(payloads, auth...)
 	if ini.RequestVIP {
 		payloads = append(payloads, &CP{CfgType: CFG_REQUEST, Attrs: []CPAttr{{Type: INTERNAL_IP4_ADDRESS}, {Type: INTERNAL_IP4_DNS}}})
 	}
@@ -229,6 +236,10 @@ func (sa *IKESA) sendAuth(now time.Time, e *Engine, rd *Ready) {
 }
 
 func (sa *IKESA) handleAuthResponse(now time.Time, e *Engine, m *Message, rd *Ready) {
+	if sa.eapc != nil {
+		sa.eapClientResponse(now, e, m, rd)
+		return
+	}
 	ini := sa.ini
 	if n := findNotify(m.Payloads, AUTHENTICATION_FAILED); n != nil {
 		sa.failInit(e, AUTHENTICATION_FAILED, "responder refused our authentication", rd)
@@ -248,6 +259,13 @@ func (sa *IKESA) handleAuthResponse(now time.Time, e *Engine, m *Message, rd *Re
 		sa.failInit(e, AUTHENTICATION_FAILED, err.Error(), rd)
 		return
 	}
+	sa.establishInitiator(now, e, m, a, rd)
+}
+
+// establishInitiator completes our IKE_AUTH with the responder's last
+// answer m (payloads a): the IKE SA is up, the CHILD SA is set up.
+func (sa *IKESA) establishInitiator(now time.Time, e *Engine, m *Message, a authPayloads, rd *Ready) {
+	ini := sa.ini
 	sa.state = stateEstablished
 	sa.Establish = now
 	sa.lastRecv = now

@@ -158,17 +158,9 @@ func (e *Engine) initError(now time.Time, pkt Packet, h Header, rd *Ready, err e
 // sets up the first CHILD SA (RFC 7296 §1.2).
 func (sa *IKESA) handleAuthRequest(now time.Time, e *Engine, m *Message, rd *Ready) {
 	a := collectAuth(m.Payloads, true)
-	fail := func(err error) {
-		n := NotifyFor(err)
-		if n == 0 {
-			n = AUTHENTICATION_FAILED
-		}
-		sa.respond(e, IKE_AUTH, m.MessageID, []Payload{&Notify{NotifyType: n}}, rd)
-		ev := sa.event(EventIKEFailed)
-		ev.Notify, ev.Reason = n, err.Error()
-		e.stats.Failed[n]++
-		e.remove(sa)
-		rd.add(ev)
+	fail := func(err error) { sa.failAuth(e, m.MessageID, err, nil, rd) }
+	if sa.eap != nil {
+		sa.eapRequest(now, e, m, a, fail, rd)
 		return
 	}
 	if a.id == nil {
@@ -181,21 +173,13 @@ func (sa *IKESA) handleAuthRequest(now time.Time, e *Engine, m *Message, rd *Rea
 	if e.cfg.PSKs != nil {
 		psk, _ = e.cfg.PSKs.PSK(sa.PeerID)
 	}
-	if err := sa.verifyPeer(now, e, a, sa.authOctets(true, a.id), psk, e.cfg.Verifier); err != nil {
-		// Under load we may have demanded a cookie for this IKE_SA_INIT
-		// and then accepted its cookieless retransmission; the initiator
-		// signs the message 1 it sent last: the one with our cookie.
-		verified := false
-		for _, msg1 := range sa.cookieRetries(now, e) {
-			if sa.verifyPeer(now, e, a, sa.signedOctets(msg1, sa.nr, sa.skpi, a.id), psk, e.cfg.Verifier) == nil {
-				verified = true
-				break
-			}
-		}
-		if !verified {
-			fail(err)
-			return
-		}
+	if a.auth == nil && e.cfg.EAP != nil {
+		sa.startEAP(now, e, m, a, psk, fail, rd)
+		return
+	}
+	if err := sa.verifyInitiator(now, e, a, a.id, psk); err != nil {
+		fail(err)
+		return
 	}
 	// Authenticate ourselves the way the peer did, if we can: PSK peers get
 	// PSK, certificate peers get our signature.
@@ -207,19 +191,46 @@ func (sa *IKESA) handleAuthRequest(now time.Time, e *Engine, m *Message, rd *Rea
 		fail(err)
 		return
 	}
-	payloads := append([]Payload{idr}, auth...)
-	if e.cfg.MOBIKE && findNotify(m.Payloads, MOBIKE_SUPPORTED) != nil {
+	sa.establishResponder(now, e, m.MessageID, m.Payloads, a, append([]Payload{idr}, auth...), rd)
+}
+
+// verifyInitiator checks the initiator's AUTH over its message 1 with
+// identity id, keyed by psk when it is a shared-key MIC.
+func (sa *IKESA) verifyInitiator(now time.Time, e *Engine, a authPayloads, id *ID, psk []byte) error {
+	err := sa.verifyPeer(now, e, a, sa.authOctets(true, id), psk, e.cfg.Verifier)
+	if err == nil {
+		return nil
+	}
+	// Under load we may have demanded a cookie for this IKE_SA_INIT and
+	// then accepted its cookieless retransmission; the initiator signs the
+	// message 1 it sent last: the one with our cookie.
+	for _, msg1 := range sa.cookieRetries(now, e) {
+		if sa.verifyPeer(now, e, a, sa.signedOctets(msg1, sa.nr, sa.skpi, id), psk, e.cfg.Verifier) == nil {
+			return nil
+		}
+	}
+	return err
+}
+
+// establishResponder completes IKE_AUTH: the IKE SA is authenticated (by
+// ours, the payloads that authenticate us), the CHILD SA that req (the
+// first IKE_AUTH request's payloads, collected in a) asked for is set up,
+// and the answer to message msgID goes out.
+func (sa *IKESA) establishResponder(now time.Time, e *Engine, msgID uint32, req []Payload, a authPayloads, ours []Payload, rd *Ready) {
+	payloads := ours
+	if e.cfg.MOBIKE && findNotify(req, MOBIKE_SUPPORTED) != nil {
 		sa.mobike = true
 		payloads = append(payloads, &Notify{NotifyType: MOBIKE_SUPPORTED})
 	}
 	// RFC 6311: we synchronise message IDs after a restore and answer
 	// a peer that does.
-	sa.msgIDSync = findNotify(m.Payloads, IKEV2_MESSAGE_ID_SYNC_SUPPORTED) != nil
+	sa.msgIDSync = findNotify(req, IKEV2_MESSAGE_ID_SYNC_SUPPORTED) != nil
 	payloads = append(payloads, &Notify{NotifyType: IKEV2_MESSAGE_ID_SYNC_SUPPORTED})
 
 	// The IKE SA is authenticated; a CHILD SA failure below does not undo it.
 	sa.state = stateEstablished
 	sa.Establish = now
+	sa.eap = nil
 	e.halfOpenDone(sa)
 	delete(e.initIndex, initKey{sa.SPIi, sa.initRemote})
 	sa.lastRecv = now
@@ -228,7 +239,7 @@ func (sa *IKESA) handleAuthRequest(now time.Time, e *Engine, m *Message, rd *Rea
 
 	child, childPayloads, cerr := sa.acceptChild(now, e, a)
 	payloads = append(payloads, childPayloads...)
-	sa.respond(e, IKE_AUTH, m.MessageID, payloads, rd)
+	sa.respond(e, IKE_AUTH, msgID, payloads, rd)
 	sa.initReq, sa.initResp = nil, nil // AUTH is done; free what only it needed
 	defer sa.reschedule(e)
 	if cerr != nil {

@@ -104,7 +104,9 @@ type IKESA struct {
 	kx           suite.KeyExchange
 	cookie       []byte
 	keRetries    int
-	pendingInSPI uint32 // inbound ESP SPI offered in our IKE_AUTH request
+	pendingInSPI uint32          // inbound ESP SPI offered in our IKE_AUTH request
+	eap          *eapState       // responder: EAP conversation in IKE_AUTH
+	eapc         *eapClientState // initiator: our EAP method in IKE_AUTH
 }
 
 // skKeys are one direction's SK_e and SK_a. The SK ciphers are keyed from

@@ -10,6 +10,9 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 )
 
+// EAPResults are the result labels of eap_radius_answers_total.
+var EAPResults = []string{"challenge", "accept", "reject", "unavailable", "overload"}
+
 // def is one metric family: its name (without the ikefleet_ prefix), help,
 // type and labels. Every family the package exports is in defs, so that
 // Names can list them without a scrape.
@@ -68,6 +71,7 @@ var (
 	dFencedDrops     = counterDef("fenced_drops_total", "IKE messages not sent because the node was fenced (lease not certainly alive).")
 	dNonIKEDrops     = counterDef("non_ike_drops_total", "Datagrams on the IKE sockets that were not IKE (and no data plane took).")
 	dQueueDrops      = counterDef("queue_drops_total", "IKE messages dropped because a shard's queue was full, by socket (our listen address, ike or natt) and shard.", "listen", "socket", "shard")
+	dEAP             = counterDef("eap_radius_answers_total", "EAP messages of gateways relayed to RADIUS, by result: challenge (the method goes on), accept, reject, unavailable (no server answered), overload (auth.eap.radius.max_pending reached).", "result")
 	dListening       = gaugeDef("listening", "1 once the IKE sockets are bound.")
 	dFenced          = gaugeDef("fenced", "1 while the node may not send for its SAs (state store lease not certainly alive).")
 	dDraining        = gaugeDef("draining", "1 while the node drains (takes no new SAs).")

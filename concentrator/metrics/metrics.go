@@ -59,7 +59,8 @@ type Node struct {
 	KeepalivesSent     uint64
 	KeepalivesReceived uint64
 	QueueDrops         []QueueDrop
-	Listening          bool // sockets bound
+	EAP                map[string]uint64 // EAP messages relayed to RADIUS, by result (EAPResults)
+	Listening          bool              // sockets bound
 	Fenced             bool
 	Draining           bool
 }
@@ -280,6 +281,9 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 			sock = "natt"
 		}
 		counter(dQueueDrops, q.Count, q.Listen, sock, strconv.Itoa(q.Shard))
+	}
+	for _, r := range EAPResults {
+		counter(dEAP, n.EAP[r], r)
 	}
 	gauge(dListening, b2f(n.Listening))
 	gauge(dFenced, b2f(n.Fenced))
