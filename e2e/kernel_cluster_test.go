@@ -310,6 +310,10 @@ func TestKernelClusterKill(t *testing.T) {
 	tp := NewTopology(t)
 	a, b := kernelCluster(t, ctx, tp)
 	dir := t.TempDir()
+	// strongSwan first, while the VM is idle: its start is bounded.
+	gw := NewStrongSwan(t, tp, "gw", tp.GW)
+	gw.Plugins = KernelCharonPlugins
+	gw.Start(GatewaySwanctlConf(AuthPSK), nil)
 	ca, cert, key := startEtcd(t, ctx, tp, dir)
 	ck := make([]byte, 32)
 	rand.Read(ck)
@@ -372,9 +376,6 @@ func TestKernelClusterKill(t *testing.T) {
 		}
 	}
 
-	gw := NewStrongSwan(t, tp, "gw", tp.GW)
-	gw.Plugins = KernelCharonPlugins
-	gw.Start(GatewaySwanctlConf(AuthPSK), nil)
 	if out, err := gw.SwanctlContext(ctx, "--initiate", "--child", "lan", "--timeout", "30"); err != nil {
 		t.Fatalf("initiate: %v\n%s", err, out)
 	}
