@@ -81,9 +81,10 @@ bench-node: build
 # The same load against one concentratord node and a strongSwan responder
 # (charon), each pinned to CPU 0 with ikeload on CPU 1, in a network
 # namespace of its own (root): PSK then ECDSA certificates (X25519,
-# AES-GCM-256), then the setup rate as the fleet grows (PSK). Prints setups
-# per responder core, p99 setup latency and their ratios; writes JSON and
-# HTML into $(BENCH_OUT). About 5 minutes. Knobs: see
+# AES-GCM-256), then the setup rate as the fleet grows to 100,000 SAs
+# (ECDSA; several ikeload processes; strongSwan bounded by time). Prints
+# setups per responder core, p99 setup latency and their ratios; writes JSON and
+# HTML into $(BENCH_OUT). About 15 minutes. Knobs: see
 # loadtest/bench/bench-vs-strongswan.sh (RATE_N, FLEET_N, FLEET_SECONDS...).
 BENCH_OUT ?= $(CURDIR)/bench-out
 bench-vs-strongswan: build
@@ -124,9 +125,11 @@ lint: $(TOOLS)/staticcheck
 run: build
 	$(BIN)/concentratord --config deploy/examples/demo.yaml
 
-# The main job in one command: a node on loopback, 50 simulated gateways
-# that authenticate with per-device PSKs, get virtual IPs and CHILD SAs,
-# then leave; prints the load report and the node's log.
+# The main job in one command (no root): three nodes on loopback sharing
+# node 1's embedded etcd, 10,000 simulated gateways behind an anycast
+# address that ikeload routes (ECMP): ramp, churn, node 2 killed, node 3
+# drained; SAs move by the claim path, re-authentications fail the demo.
+# Prints a summary and the HTML report's path (see README, "The demo").
 demo: build
 	@bash deploy/examples/demo.sh
 

@@ -111,7 +111,16 @@ func (n *Node) submit(s *shard, b *heldBatch, p ike.Persist) {
 	if p.State != nil {
 		c.Record = recordOf(p.State)
 	}
+	var vip *vipLease
+	if c.Kind == statestore.Established && p.State.VirtualIP.IsValid() {
+		if cp, ok := n.ecfg.Pool.(*clusterPool); ok {
+			vip, c.Lease = cp.leaseFor(p.State.VirtualIP, p.State.PeerID.String())
+		}
+	}
 	done := func(err error) {
+		if vip != nil {
+			n.ecfg.Pool.(*clusterPool).settle(vip, err) // before the engine hears of it
+		}
 		s.commits.post(commitResult{b: b, spi: p.SPI, version: p.Version, kind: c.Kind, err: err})
 	}
 	if err := n.persist.store.Submit(c, done); err != nil {

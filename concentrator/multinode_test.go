@@ -276,6 +276,21 @@ func TestTwoNodesOnMemoryNetwork(t *testing.T) {
 	if len(slots) != 2 {
 		t.Fatalf("both nodes put the same slot into their SPIs: %v", slots)
 	}
+	// Each gateway's virtual IP was leased to it with its SA (from the
+	// node's reservations), distinct across the nodes.
+	vips := map[netip.Addr]string{}
+	for id, sa := range before {
+		vip := sa.Children[0].VirtualIP
+		st := nodes[0].n.persist.store.(*statestore.Store)
+		got, ok, err := st.AddressOf(ctx, sa.PeerID)
+		if err != nil || !ok || got != vip {
+			t.Fatalf("node %s: %s's lease %v %v %v, its SA has %v", id, sa.PeerID, got, ok, err, vip)
+		}
+		if other, dup := vips[vip]; dup {
+			t.Fatalf("%v handed out by %s and %s", vip, other, id)
+		}
+		vips[vip] = id
+	}
 
 	// An hour later (fake): past children.rekey_after (50m) plus its
 	// window, and the rekey overlap after it.

@@ -57,7 +57,9 @@ type Node struct {
 
 	nodeID          string
 	runCtx          context.Context // Run's, for work handed to shards from other goroutines
+	creds           *credCache      // auth.credential_store's copy (credstore.go)
 	eap             *eapBackend     // auth.eap.radius; nil without EAP
+	rev             *revocations    // auth.revocation: fetched CRLs and OCSP (revocation.go); nil when nothing is fetched
 	espBits         int             // inbound ESP SPI bits naming the shard
 	persist         *persistence
 	persistFailures atomic.Uint64
@@ -72,6 +74,7 @@ type Node struct {
 	claims          claims       // SAs being claimed (claim.go)
 	cluster         clusterStats // claims and hand-offs
 	ops             ops          // operator actions (ops.go)
+	front           front        // the anycast front (anycast.go)
 }
 
 // Option changes how New builds a node.
@@ -98,14 +101,17 @@ func New(cfg Config, log *slog.Logger, dp dataplane.DataPlane, opts ...Option) (
 	n := &Node{cfg: cfg, log: log, dp: dp, ecfg: ecfg, seed: maphash.MakeSeed(),
 		tr: transport.UDP{}, clock: clock.Real(),
 		conns: map[netip.AddrPort]transport.Conn{}, natt: map[netip.AddrPort]bool{}, ready: make(chan struct{}),
-		nodeID: nodeIDOf(cfg)}
+		nodeID: nodeIDOf(cfg), creds: newCredCache()}
 	for _, o := range opts {
 		o(n)
 	}
+	n.withCredentialStore(&n.ecfg)
+	ecfg = n.ecfg
 	n.initObservability()
 	if n.eap, err = newEAPBackend(cfg, n.nodeID); err != nil {
 		return nil, err
 	}
+	n.rev = n.wireRevocations(&cfg, n.ecfg.Verifier)
 	if cfg.Children.RestoreRekeyWindow != 0 {
 		log.Warn("children.restore_rekey_window is deprecated and ignored: restored CHILD SAs keep their rekey schedule and continue above their sequence number reservations")
 	}
@@ -285,6 +291,7 @@ func (n *Node) Run(ctx context.Context) error {
 		defer n.peer.close()
 	}
 	defer n.eap.close()
+	defer n.rev.close()
 	if n.cfg.StateStore.Mode != "none" {
 		p, err := n.openStore(ctx)
 		if err != nil {
@@ -300,6 +307,11 @@ func (n *Node) Run(ctx context.Context) error {
 		if cp, ok := n.ecfg.Pool.(*clusterPool); ok {
 			if l, ok := p.store.(addressLeaser); ok {
 				cp.useStore(l) // virtual IPs leased cluster-wide
+				defer func() {
+					uctx, cancel := context.WithTimeout(context.Background(), poolCallTimeout)
+					cp.unreserve(uctx)
+					cancel()
+				}()
 			}
 		}
 		// Our slot goes into every IKE SPI we allocate from now on.
@@ -309,6 +321,17 @@ func (n *Node) Run(ctx context.Context) error {
 		}
 		n.log.Info("registered", "node", n.nodeID, "slot", slot, "epoch", me.Epoch, "statestore", n.cfg.StateStore.Mode)
 		n.refillSPIs(ctx) // the first IKE_SA_INIT finds reserved SPIs
+		n.refillAddresses(ctx)
+		if n.cfg.Auth.CredentialStore {
+			b, err := n.credentialBackend()
+			if err == nil {
+				err = n.loadCredentials(ctx, b)
+			}
+			if err != nil {
+				closeAll()
+				return fmt.Errorf("auth.credential_store: %w", err)
+			}
+		}
 	}
 	if err := n.restore(ctx); err != nil {
 		closeAll()
@@ -329,10 +352,21 @@ func (n *Node) Run(ctx context.Context) error {
 	}
 	wg.Add(1)
 	go func() { defer wg.Done(); n.watchStore(ctx) }()
+	if b, err := n.credentialBackend(); err == nil {
+		wg.Add(1)
+		go func() { defer wg.Done(); n.followCredentials(ctx, b) }()
+	}
 	wg.Add(1)
 	go func() { defer wg.Done(); n.flushSuppressed(ctx) }()
 	wg.Add(1)
 	go func() { defer wg.Done(); n.fenceDataPlane(ctx) }()
+	if n.persist != nil {
+		wg.Add(2)
+		go func() { defer wg.Done(); n.claimLoop(ctx) }()
+		go func() { defer wg.Done(); n.watchOwners(ctx) }()
+	}
+	wg.Add(1)
+	go func() { defer wg.Done(); n.runFront(ctx) }() // anycast.go
 	if r, ok := n.dp.(dataplane.UnknownSPIReporter); ok && n.persist != nil {
 		r.OnUnknownSPI(n.unknownESP) // ESP for SAs other nodes hold: claim them (claim.go)
 	}
@@ -352,6 +386,9 @@ func (n *Node) Run(ctx context.Context) error {
 					return
 				case <-t.C():
 					n.refillSPIs(ctx)
+					n.refillAddresses(ctx)
+				case <-n.addressesLow():
+					n.refillAddresses(ctx)
 				}
 			}
 		}()

@@ -88,3 +88,19 @@ func (n *Node) shardOfSPI(spi uint64) *shard {
 	// this node runs.
 	return n.shards[((spi&spiShardMask)>>spiShardShift)%uint64(len(n.shards))]
 }
+
+// refillAddresses tops up the virtual IP reservations (vippool.go).
+func (n *Node) refillAddresses(ctx context.Context) {
+	if cp, ok := n.ecfg.Pool.(*clusterPool); ok && n.persist != nil && n.persist.store.CanSend() {
+		cp.refill(ctx)
+	}
+}
+
+// addressesLow is signalled when the virtual IP reservations run low
+// (nil without a cluster pool: never).
+func (n *Node) addressesLow() <-chan struct{} {
+	if cp, ok := n.ecfg.Pool.(*clusterPool); ok {
+		return cp.low
+	}
+	return nil
+}

@@ -3,9 +3,19 @@ package concentrator
 // The virtual IP pool of a cluster node: addresses are leased per peer
 // identity in the state store (statestore/pool.go), so a gateway keeps its
 // address on whichever node serves it and two nodes never hand out the
-// same one. Without a state store the node's own pool is used. The pool
-// is called on the shard's goroutine; a lease costs one etcd transaction
-// at IKE_AUTH (and at a restore, to confirm the lease).
+// same one. Without a state store the node's own pool is used.
+//
+// The pool is called on the shard's goroutine, so a new SA's lease costs
+// no transaction there: the node reserves addresses ahead of need in
+// blocks (refillAddresses, like the SPI pools), Acquire hands one out at
+// once, and the SA's Established change turns the reservation into the
+// identity's lease in the same transaction as the SA's record (persist
+// before send: the IKE_AUTH response with the address leaves only after
+// it). Releases go through the store's batched commits too. What still
+// costs a round trip on the shard: the read of the identity's current
+// lease (AddressOf, to give a returning gateway its address) and, when the
+// reservations have run out, the old path (a lease transaction per
+// address tried); restores and claims lease synchronously (Claim).
 
 import (
 	"context"
@@ -16,15 +26,35 @@ import (
 	"time"
 
 	"github.com/ikefleet/ikefleet/concentrator/ike"
+	"github.com/ikefleet/ikefleet/statestore"
 )
 
 const poolCallTimeout = 5 * time.Second
+
+// Reserved addresses kept per node: refilled to vipReserveLen when below
+// half (every spiRefillInterval, or at once when an Acquire finds them
+// low).
+const vipReserveLen = 512
 
 // addressLeaser is the state store's side (statestore.Store).
 type addressLeaser interface {
 	LeaseAddress(ctx context.Context, a netip.Addr, id string) (holder string, err error)
 	AddressOf(ctx context.Context, id string) (netip.Addr, bool, error)
 	ReleaseAddress(ctx context.Context, a netip.Addr, id string) error
+	ReleaseAddressAsync(a netip.Addr, id string, done func(error)) error
+	ReserveAddresses(ctx context.Context, addrs []netip.Addr) ([]bool, error)
+	UnreserveAddresses(ctx context.Context, addrs []netip.Addr) error
+}
+
+// vipLease is an address held by one of this node's SAs.
+type vipLease struct {
+	addr      netip.Addr
+	id        string
+	lease     *statestore.AddressLease // to be written with the SA's Established change
+	confirmed bool                     // the identity's lease is in the store
+	submitted bool                     // the Established change is in flight
+	released  bool                     // the SA let go while it was
+	taken     bool                     // the store said another identity has the address
 }
 
 type clusterPool struct {
@@ -32,12 +62,16 @@ type clusterPool struct {
 	size  int
 	store atomic.Pointer[addressLeaser]
 
-	mu   sync.Mutex
-	held map[netip.Addr]string // address -> identity, of this node's SAs
+	mu        sync.Mutex
+	held      map[netip.Addr]*vipLease
+	releasing map[string]chan struct{} // identity -> closed when its release is committed
+	reserved  []netip.Addr             // reserved for this node, not handed out yet
+	low       chan struct{}            // capacity 1: the reservations run low
 }
 
 func newClusterPool(p netip.Prefix) *clusterPool {
-	return &clusterPool{local: ike.NewPool(p), size: 1<<(32-p.Bits()) - 2, held: map[netip.Addr]string{}}
+	return &clusterPool{local: ike.NewPool(p), size: 1<<(32-p.Bits()) - 2, held: map[netip.Addr]*vipLease{},
+		releasing: map[string]chan struct{}{}, low: make(chan struct{}, 1)}
 }
 
 // useStore switches the pool to cluster-wide leases.
@@ -54,14 +88,28 @@ func (p *clusterPool) leaser() addressLeaser {
 // cluster, so the local pool does not offer it again.
 var foreign = ike.Identity{Type: 255, Data: []byte("another node's peer")}
 
+// reservation marks the addresses this node reserved and has not handed
+// out.
+var reservation = ike.Identity{Type: 254, Data: []byte("reserved by this node")}
+
 func (p *clusterPool) Acquire(peer ike.Identity) (netip.Addr, error) {
 	l := p.leaser()
 	if l == nil {
 		return p.local.Acquire(peer)
 	}
+	id := peer.String()
+	p.mu.Lock()
+	wait := p.releasing[id]
+	p.mu.Unlock()
+	if wait != nil { // this identity's previous address is being released
+		select {
+		case <-wait:
+		case <-time.After(poolCallTimeout):
+			return netip.Addr{}, ike.ErrAddressInUse
+		}
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), poolCallTimeout)
 	defer cancel()
-	id := peer.String()
 	if a, ok, err := l.AddressOf(ctx, id); err != nil {
 		return netip.Addr{}, err
 	} else if ok {
@@ -69,9 +117,15 @@ func (p *clusterPool) Acquire(peer ike.Identity) (netip.Addr, error) {
 		if err := p.local.Claim(peer, a); err != nil {
 			return netip.Addr{}, err
 		}
-		p.note(a, id)
+		p.note(a, id, &statestore.AddressLease{Addr: a, ID: id, Held: true})
 		return a, nil
 	}
+	if a, ok := p.takeReserved(peer); ok {
+		p.note(a, id, &statestore.AddressLease{Addr: a, ID: id, Reserved: true})
+		return a, nil
+	}
+	// No reservation left (a burst outran the refills): lease one address
+	// at a time, here.
 	for i := 0; i < p.size; i++ {
 		a, err := p.local.Acquire(peer)
 		if err != nil {
@@ -83,7 +137,7 @@ func (p *clusterPool) Acquire(peer ike.Identity) (netip.Addr, error) {
 			return netip.Addr{}, err
 		}
 		if holder == "" || holder == id {
-			p.note(a, id)
+			p.note(a, id, nil)
 			return a, nil
 		}
 		// Another identity has it (served by another node): keep it out
@@ -94,6 +148,111 @@ func (p *clusterPool) Acquire(peer ike.Identity) (netip.Addr, error) {
 	return netip.Addr{}, ike.ErrPoolExhausted
 }
 
+// takeReserved hands out a reserved address to peer.
+func (p *clusterPool) takeReserved(peer ike.Identity) (netip.Addr, bool) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	n := len(p.reserved)
+	if n < vipReserveLen/2 {
+		select {
+		case p.low <- struct{}{}:
+		default:
+		}
+	}
+	if n == 0 {
+		return netip.Addr{}, false
+	}
+	a := p.reserved[n-1]
+	p.reserved = p.reserved[:n-1]
+	p.local.Release(a)
+	if err := p.local.Claim(peer, a); err != nil {
+		p.local.Claim(reservation, a)
+		return netip.Addr{}, false
+	}
+	return a, true
+}
+
+// refill tops the reservations up (from the refill loop).
+func (p *clusterPool) refill(ctx context.Context) {
+	l := p.leaser()
+	if l == nil {
+		return
+	}
+	p.mu.Lock()
+	want := vipReserveLen - len(p.reserved)
+	p.mu.Unlock()
+	if want < vipReserveLen/2 {
+		return
+	}
+	cand := make([]netip.Addr, 0, want)
+	for len(cand) < want {
+		a, err := p.local.Acquire(reservation)
+		if err != nil {
+			break // exhausted: hand out what there is
+		}
+		cand = append(cand, a)
+	}
+	if len(cand) == 0 {
+		return
+	}
+	ok, err := l.ReserveAddresses(ctx, cand)
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for i, a := range cand {
+		switch {
+		case err == nil && ok[i]:
+			p.reserved = append(p.reserved, a)
+		case err == nil:
+			p.local.Release(a)
+			p.local.Claim(foreign, a) // another identity's, or another node's reservation
+		default:
+			p.local.Release(a)
+		}
+	}
+}
+
+// unreserve gives the reservations back (the node stops).
+func (p *clusterPool) unreserve(ctx context.Context) {
+	l := p.leaser()
+	if l == nil {
+		return
+	}
+	p.mu.Lock()
+	rs := p.reserved
+	p.reserved = nil
+	p.mu.Unlock()
+	if len(rs) > 0 {
+		l.UnreserveAddresses(ctx, rs)
+	}
+}
+
+// leaseFor returns the lease that the Established change of the SA
+// holding address a (for identity id) must write, if any, and marks it in
+// flight; settle takes the change's outcome.
+func (p *clusterPool) leaseFor(a netip.Addr, id string) (*vipLease, *statestore.AddressLease) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	v := p.held[a]
+	if v == nil || v.id != id || v.lease == nil || v.submitted {
+		return nil, nil
+	}
+	v.submitted = true
+	return v, v.lease
+}
+
+// settle records the outcome of v's Established change (on a store
+// goroutine, before the shard hears of it).
+func (p *clusterPool) settle(v *vipLease, err error) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	v.submitted, v.lease = false, nil
+	v.confirmed = err == nil
+	v.taken = errors.Is(err, statestore.ErrAddressTaken)
+	if v.released {
+		p.letGo(v)
+	}
+}
+
 func (p *clusterPool) Claim(peer ike.Identity, a netip.Addr) error {
 	l := p.leaser()
 	if l == nil {
@@ -101,7 +260,8 @@ func (p *clusterPool) Claim(peer ike.Identity, a netip.Addr) error {
 	}
 	id := peer.String()
 	p.mu.Lock()
-	confirmed := p.held[a] == id
+	v := p.held[a]
+	confirmed := v != nil && v.id == id && v.confirmed
 	p.mu.Unlock()
 	if confirmed {
 		return nil // leased already (a claim confirms it before the restore: claim.go)
@@ -119,35 +279,69 @@ func (p *clusterPool) Claim(peer ike.Identity, a netip.Addr) error {
 	if err := p.local.Claim(peer, a); err != nil && !errors.Is(err, ike.ErrNotInPool) {
 		return err
 	}
-	p.note(a, id)
+	p.note(a, id, nil)
 	return nil
 }
 
 // Release ends the lease: the SA holding a was deleted.
 func (p *clusterPool) Release(a netip.Addr) {
-	id := p.forget(a)
-	if l := p.leaser(); l != nil && id != "" {
-		ctx, cancel := context.WithTimeout(context.Background(), poolCallTimeout)
-		defer cancel()
-		l.ReleaseAddress(ctx, a, id) // a failure leaves the lease to its identity
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	v := p.held[a]
+	delete(p.held, a)
+	if v == nil {
+		p.local.Release(a)
+		return
+	}
+	v.released = true
+	if !v.submitted {
+		p.letGo(v)
+	}
+}
+
+// letGo frees a released address: in the store if the identity's lease
+// is there (committed in a batch; the address stays out of the local pool
+// until then), else at once. p.mu held.
+func (p *clusterPool) letGo(v *vipLease) {
+	l := p.leaser()
+	switch {
+	case v.taken:
+		p.local.Release(v.addr)
+		p.local.Claim(foreign, v.addr)
+	case !v.confirmed || l == nil:
+		p.local.Release(v.addr)
+	default:
+		ch := make(chan struct{})
+		p.releasing[v.id] = ch
+		done := func(error) { // a failure leaves the lease to its identity
+			p.mu.Lock()
+			if p.held[v.addr] == nil {
+				p.local.Release(v.addr)
+			}
+			if p.releasing[v.id] == ch {
+				delete(p.releasing, v.id)
+			}
+			p.mu.Unlock()
+			close(ch)
+		}
+		if err := l.ReleaseAddressAsync(v.addr, v.id, done); err != nil {
+			go done(err) // p.mu is held here
+		}
 	}
 }
 
 // Forget drops a from this node only: its SA moved to another node, which
 // keeps the lease.
-func (p *clusterPool) Forget(a netip.Addr) { p.forget(a) }
-
-func (p *clusterPool) note(a netip.Addr, id string) {
+func (p *clusterPool) Forget(a netip.Addr) {
 	p.mu.Lock()
-	p.held[a] = id
-	p.mu.Unlock()
-}
-
-func (p *clusterPool) forget(a netip.Addr) string {
-	p.mu.Lock()
-	id := p.held[a]
 	delete(p.held, a)
 	p.mu.Unlock()
 	p.local.Release(a)
-	return id
+}
+
+// note records that one of this node's SAs holds a for identity id.
+func (p *clusterPool) note(a netip.Addr, id string, lease *statestore.AddressLease) {
+	p.mu.Lock()
+	p.held[a] = &vipLease{addr: a, id: id, lease: lease, confirmed: lease == nil}
+	p.mu.Unlock()
 }

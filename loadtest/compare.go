@@ -38,6 +38,8 @@ type ComparisonRow struct {
 	PerCoreRatio float64     `json:"per_core_ratio,omitempty"`
 	P99Ratio     float64     `json:"p99_ratio,omitempty"`
 	FleetRates   []FleetRate `json:"rate_vs_fleet,omitempty"`
+	Count        int         `json:"gateways"`   // the fleet the run aimed at
+	DurationS    float64     `json:"duration_s"` // the run's length (bounded by its max duration)
 }
 
 // Compare groups the reports; baseline "" takes the label of the last
@@ -57,7 +59,7 @@ func Compare(reps []Report, baseline string) Comparison {
 			c.Groups = append(c.Groups, ComparisonGroup{Scenario: r.Scenario, Auth: r.Params.Auth, Count: r.Params.Count})
 		}
 		row := ComparisonRow{Label: r.Label, Established: r.Established, Attempted: r.Attempted, Children: r.Children, RatePerS: round1(r.RatePerS),
-			P99MS: r.LatencyMS.P99, FleetRates: r.FleetRates}
+			P99MS: r.LatencyMS.P99, FleetRates: r.FleetRates, Count: r.Params.Count, DurationS: round1(r.DurationS)}
 		if r.Target != nil {
 			row.SetupsPerCPU, row.CPUMeanPct = r.Target.SetupsPerCPU, r.Target.CPUMeanPct
 		}
@@ -113,6 +115,13 @@ func WriteComparison(w io.Writer, c Comparison) {
 				parts = append(parts, fmt.Sprintf("%d: %.0f/s", f.Fleet, f.RatePerS))
 			}
 			fmt.Fprintf(w, "  %s setup rate as the fleet grew: %s\n", r.Label, strings.Join(parts, ", "))
+			first, last := r.FleetRates[0], r.FleetRates[len(r.FleetRates)-1]
+			stop := "all established"
+			if r.MaxFleet < r.Count {
+				stop = "stopped by its time bound"
+			}
+			fmt.Fprintf(w, "  %s: %d of %d SAs in %.0f s (%s); rate at %d SAs = %.0f%% of the rate at %d\n", r.Label, r.MaxFleet, r.Count,
+				r.DurationS, stop, last.Fleet, 100*last.RatePerS/max(first.RatePerS, 1e-9), first.Fleet)
 		}
 	}
 }

@@ -100,6 +100,21 @@ func (in *initiator) rekeyIKE(now time.Time, spi uint64) bool {
 	return in.performStarted(now)
 }
 
+// checkLiveness sends a liveness check on the SA now; false if none was
+// started (no such SA, or an exchange under way).
+func (in *initiator) checkLiveness(now time.Time, spi uint64) bool {
+	in.rd.Reset()
+	ok := in.eng.CheckLiveness(now, spi, &in.rd)
+	in.perform(now)
+	return ok
+}
+
+// answeredAt reports whether the SA took an authenticated message at now.
+func (in *initiator) answeredAt(now time.Time, spi uint64) bool {
+	sa := in.eng.SA(spi)
+	return sa != nil && !sa.LastReceived().Before(now)
+}
+
 // updateAddresses moves the SA to a new local address with MOBIKE; false
 // if the SA cannot (no MOBIKE negotiated, or an exchange is outstanding).
 func (in *initiator) updateAddresses(now time.Time, spi uint64, local netip.AddrPort) bool {

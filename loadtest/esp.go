@@ -99,7 +99,11 @@ func (s *shard) sendESP(now time.Time, gw *gateway) {
 	if rec.child.Remote.IsValid() {
 		remote = rec.child.Remote
 	}
-	if _, err := sk.conn.WriteToUDPAddrPort(pkt, remote); err != nil {
+	to, ok := s.r.router.wire(sk.real, remote)
+	if !ok {
+		return
+	}
+	if _, err := sk.conn.WriteToUDPAddrPort(pkt, to); err != nil {
 		s.espErr("send: " + err.Error())
 		return
 	}

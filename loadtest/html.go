@@ -63,6 +63,7 @@ th{background:#f4f4f4}td:first-child,th:first-child{text-align:left}
 		b.WriteString("</div>\n")
 	}
 	writeReasons(&b, reps)
+	writeCluster(&b, reps)
 	fmt.Fprintf(&b, `<p class="small">Raw data (JSON) is embedded in this page: element #ikeload-data.</p>
 <script type="application/json" id="ikeload-data">%s</script>
 </body></html>
@@ -132,6 +133,49 @@ func writeReasons(b *strings.Builder, reps []Report) {
 		}
 	}
 	b.WriteString("</table>\n")
+}
+
+// writeCluster: a cluster run's route changes with their outages, and
+// each node's SAs, hand-offs and takeovers over time.
+func writeCluster(b *strings.Builder, reps []Report) {
+	for i, r := range reps {
+		if len(r.RouteEvents) == 0 && len(r.Nodes) == 0 {
+			continue
+		}
+		fmt.Fprintf(b, "<h2>Cluster: %s</h2><p>Re-authentications (an established gateway had to set up a new SA): <b%s>%d</b></p>\n",
+			esc(name(r, i)), map[bool]string{true: ` class="bad"`}[r.Reauthentications > 0], r.Reauthentications)
+		if len(r.RouteEvents) > 0 {
+			b.WriteString("<table><tr><th>at s</th><th>node</th><th>change</th><th>why</th><th>detected in s</th><th>gateways moved</th><th>answered from the new node</th><th>outage p50 ms</th><th>p99 ms</th><th>max ms</th></tr>\n")
+			for _, e := range r.RouteEvents {
+				fmt.Fprintf(b, "<tr><td>%.1f</td><td>%s</td><td>%s</td><td>%s</td><td>%.2f</td><td>%d</td><td>%d</td><td>%.0f</td><td>%.0f</td><td>%.0f</td></tr>\n",
+					e.AtS, esc(e.Target), esc(e.Change), esc(e.Reason), e.DetectS, e.Moved, e.Recovered, e.OutageMS.P50, e.OutageMS.P99, e.OutageMS.Max)
+			}
+			b.WriteString("</table>\n")
+		}
+		if len(r.Nodes) == 0 {
+			continue
+		}
+		sas := plot{title: "Established IKE SAs per node", xlabel: "time (s)", ylabel: "IKE SAs"}
+		moves := plot{title: "SAs moved to each node (hand-offs + takeovers, cumulative)", xlabel: "time (s)", ylabel: "SAs"}
+		for k, n := range r.Nodes {
+			color := palette[k%len(palette)]
+			s, m := series{name: n.Target, color: color}, series{name: n.Target, color: color}
+			for t, v := range n.SAs {
+				if v < 0 {
+					continue // no answer: killed, or not up yet
+				}
+				s.pts = append(s.pts, [2]float64{float64(t) + 1, float64(v)})
+				if t < len(n.HandOffs) && t < len(n.TakeOvers) && n.HandOffs[t] >= 0 && n.TakeOvers[t] >= 0 {
+					m.pts = append(m.pts, [2]float64{float64(t) + 1, float64(n.HandOffs[t] + n.TakeOvers[t])})
+				}
+			}
+			sas.series, moves.series = append(sas.series, s), append(moves.series, m)
+		}
+		b.WriteString(`<div class="plots">`)
+		b.WriteString(sas.svg())
+		b.WriteString(moves.svg())
+		b.WriteString("</div>\n")
+	}
 }
 
 func esc(s string) string { return html.EscapeString(s) }

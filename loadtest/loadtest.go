@@ -68,7 +68,15 @@ type Options struct {
 	Scenario string // a label for the report ("ramp", "burst", ...)
 	Label    string // free text for the report (e.g. the responder's name)
 
-	Count int     // gateways
+	Count int // gateways
+	// First is the number of the first gateway (default 1): several
+	// processes share a fleet larger than one process's open file limit,
+	// each with its own range of identities.
+	First int
+	// Ready, when set, is called once the gateways, their credentials
+	// and sockets are prepared; the run's clock starts when it returns
+	// (processes sharing a fleet start together). An error ends the run.
+	Ready func(ctx context.Context) error
 	Rate  float64 // new gateways per second; 0 = as fast as Window allows
 	// Window bounds handshakes in flight (0 = unbounded: with Rate 0, all
 	// gateways at once — a mass restart).
@@ -96,6 +104,27 @@ type Options struct {
 	ESPSize int
 	ESPDest netip.Addr
 
+	// Targets: the responder is a cluster of nodes behind one address,
+	// Server's (the anycast address), and the load generator is the ECMP
+	// router in front of it (router.go): each flow goes to the target a
+	// hash of its 5-tuple picks among those in service. The nodes listen
+	// on Server's ports at their own addresses.
+	Targets []netip.Addr
+	// TargetHTTP: per target, the base URL of its /readyz (checked every
+	// 100 ms: a failing target leaves the route) and /metrics (the SAs it
+	// holds, scraped once a second). Empty: every target stays in service.
+	TargetHTTP []string
+	// Reconnect: a gateway whose established SA is lost (deleted by the
+	// responder, no answer to liveness checks) sets up a new one, as a real
+	// gateway would: a re-authentication, counted in the report.
+	Reconnect bool
+	// StartNATT: the gateways send IKE_SA_INIT to the NAT-T port already
+	// (RFC 7296 §2.23 allows it), so all of a gateway's IKE and ESP
+	// traffic is one UDP flow. Behind ECMP, a gateway that starts on port
+	// 500 has two flows that may reach two nodes: the cluster then
+	// forwards its IKE_AUTH to the node holding the half-open SA.
+	StartNATT bool
+
 	// NoDelete: at the end the gateways leave without deleting their SAs
 	// (counted as deleted all the same).
 	NoDelete bool
@@ -115,6 +144,9 @@ var ErrIncomplete = errors.New("not every gateway established its IKE SA")
 func (o *Options) defaults() error {
 	if o.Count <= 0 {
 		o.Count = 1
+	}
+	if o.First <= 0 {
+		o.First = 1
 	}
 	if o.Timeout <= 0 {
 		o.Timeout = 30 * time.Second
@@ -155,8 +187,16 @@ func (o *Options) defaults() error {
 		return errors.New("Sources: IPv4 only")
 	}
 	if o.Sources.IsValid() {
-		if avail := uint64(1) << (32 - o.Sources.Bits()); uint64(o.Count) > avail*uint64(o.PerAddress) {
+		if avail := uint64(1) << (32 - o.Sources.Bits()); uint64(o.First-1+o.Count) > avail*uint64(o.PerAddress) {
 			return fmt.Errorf("Sources %v: %d addresses × %d gateways each < %d gateways", o.Sources, avail, o.PerAddress, o.Count)
+		}
+	}
+	if len(o.TargetHTTP) > 0 && len(o.TargetHTTP) != len(o.Targets) {
+		return fmt.Errorf("TargetHTTP: %d URLs for %d targets", len(o.TargetHTTP), len(o.Targets))
+	}
+	for _, t := range o.Targets {
+		if t == o.Server.Addr() {
+			return fmt.Errorf("Targets: %v is the anycast address (Server) itself", t)
 		}
 	}
 	if o.PSK == nil && o.Signer == nil && o.CA == nil {
@@ -199,11 +239,14 @@ func addAddr(a netip.Addr, k uint32) netip.Addr {
 }
 
 func (o *Options) params() Params {
-	p := Params{Server: o.Server.String(), Count: o.Count, Rate: o.Rate, Window: o.Window, HoldS: o.Hold.Seconds(),
+	p := Params{Server: o.Server.String(), Count: o.Count, First: o.First, Rate: o.Rate, Window: o.Window, HoldS: o.Hold.Seconds(),
 		TimeoutS: o.Timeout.Seconds(), MaxDurationS: o.MaxDuration.Seconds(), Workers: o.Workers,
 		PortsPerGateway: o.PortsPerGateway, DPDS: o.DPDDelay.Seconds(), KeepaliveS: o.KeepaliveInterval.Seconds(),
 		ChurnPerMin: o.ChurnPerMin, RebindPerMin: o.RebindPerMin, MOBIKEPerMin: o.MOBIKEPerMin,
 		RekeyStorm: o.RekeyStorm, RekeyRate: o.RekeyRate, ESPRate: o.ESPRate}
+	for _, t := range o.Targets {
+		p.Targets = append(p.Targets, t.String())
+	}
 	switch {
 	case o.PSK != nil:
 		p.Auth = "psk"
@@ -225,6 +268,7 @@ type runner struct {
 	shards   []*shard
 	remoteID ike.Identity
 	done     chan struct{} // closed when the run must end now (MaxDuration, ctx)
+	router   *router       // nil: one responder
 
 	hurry      atomic.Bool   // the caller ended the run: a short teardown
 	setupDone  atomic.Int32  // shards whose establish phase is over
@@ -240,6 +284,9 @@ func Run(ctx context.Context, o Options) (Report, error) {
 		return Report{}, err
 	}
 	r := &runner{o: o, done: make(chan struct{}), setupEnded: make(chan struct{})}
+	if len(o.Targets) > 0 {
+		r.router = newRouter(&o)
+	}
 	if o.RemoteID != "" {
 		id, err := ike.ParseIdentity(o.RemoteID)
 		if err != nil {
@@ -263,7 +310,7 @@ func Run(ctx context.Context, o Options) (Report, error) {
 		}
 		r.shards = append(r.shards, s)
 	}
-	for n := 1; n <= o.Count; n++ {
+	for n := o.First; n < o.First+o.Count; n++ {
 		gw, err := r.newGateway(n)
 		if err != nil {
 			r.closeAll()
@@ -297,6 +344,12 @@ func Run(ctx context.Context, o Options) (Report, error) {
 		}
 		target = w
 	}
+	if o.Ready != nil {
+		if err := o.Ready(ctx); err != nil {
+			r.closeAll()
+			return Report{}, err
+		}
+	}
 	self, _ = newProcWatch(0)
 
 	start := time.Now()
@@ -309,6 +362,13 @@ func Run(ctx context.Context, o Options) (Report, error) {
 		r.hurry.Store(ctx.Err() != nil)
 		close(r.done)
 	}()
+
+	routerCtx, stopRouter := context.WithCancel(ctx)
+	defer stopRouter()
+	if r.router != nil {
+		r.router.start = start
+		go r.router.run(routerCtx)
+	}
 
 	var wg sync.WaitGroup
 	for _, s := range r.shards {
@@ -349,6 +409,7 @@ loop:
 				ss = self.sample()
 			}
 			r.col.sample(now, ts, ss)
+			r.router.sample()
 			if o.Progress != nil && now.Sub(lastProgress) >= every-10*time.Millisecond {
 				lastProgress = now
 				p := r.col.progress(now)
@@ -358,6 +419,7 @@ loop:
 		}
 	}
 	tick.Stop()
+	stopRouter()
 	end := time.Now()
 	if target != nil {
 		target.sample()
@@ -376,6 +438,7 @@ loop:
 	rep := r.col.report(end)
 	rep.Scenario, rep.Label, rep.Params = o.Scenario, o.Label, o.params()
 	rep.SourcePorts = len(ports)
+	rep.RouteEvents, rep.Nodes = r.router.report()
 	for _, s := range r.shards {
 		rep.Retransmits += s.in.retransmits()
 	}
@@ -470,6 +533,11 @@ type gateway struct {
 	addr   int           // the address in use
 	cur    *saRec        // the current attempt or SA
 	upIdx  int           // index in shard.up, -1 if not up
+	// The flow moved to another node (Targets) at moveAt, in route event
+	// moveEvent, away from target moveFrom; zero once the SA answered.
+	moveAt    time.Time
+	moveEvent int
+	moveFrom  int
 }
 
 type saState uint8
@@ -486,6 +554,7 @@ type saRec struct {
 	gw         *gateway
 	spi        uint64
 	started    time.Time
+	tries      int // retries of the attempt (TEMPORARY_FAILURE)
 	state      saState
 	rekeyAt    time.Time // our rekey outstanding since
 	rekeyIKE   bool

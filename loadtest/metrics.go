@@ -56,6 +56,8 @@ type collector struct {
 	moves      moveCounts
 	keepalives int
 	esp        espCounts
+	reauth     int
+	retried    map[string]int
 
 	timeline []second
 	marks    []markTime // fleet size reached at
@@ -104,6 +106,7 @@ func newCollector(start time.Time) *collector {
 		rekeyLat: hdrhistogram.New(histMinUS, histMaxUS, histDigits),
 		rekey:    rekeyCounts{Failures: map[string]int{}},
 		esp:      espCounts{Errors: map[string]int{}},
+		retried:  map[string]int{},
 	}
 }
 
@@ -289,7 +292,13 @@ type Report struct {
 	Abandoned     int            `json:"left_established,omitempty"`  // left up at the end (NoDelete)
 	Deleted       int            `json:"deleted"`                     // established SAs we deleted
 	Lost          int            `json:"lost"`                        // established SAs that ended without our asking
-	Losses        map[string]int `json:"losses,omitempty"`
+	// Reauthentications: new setups of gateways whose SA was lost
+	// (Options.Reconnect), as opposed to planned ones (churn).
+	Reauthentications int `json:"reauthentications"`
+	// Retried: setups refused for now (TEMPORARY_FAILURE) and tried
+	// again within their attempt (Options.Reconnect), by reason.
+	Retried map[string]int `json:"retried,omitempty"`
+	Losses  map[string]int `json:"losses,omitempty"`
 
 	DurationS    float64      `json:"duration_s"`
 	SetupPhaseS  float64      `json:"setup_phase_s"`       // first attempt to last setup
@@ -312,29 +321,35 @@ type Report struct {
 	Target      *ProcReport `json:"target,omitempty"`
 	Self        ProcReport  `json:"self"`
 	SourcePorts int         `json:"distinct_source_ports"`
+	// A cluster (Options.Targets): the route's changes and each node's
+	// figures over time.
+	RouteEvents []RouteEvent   `json:"route_events,omitempty"`
+	Nodes       []NodeTimeline `json:"nodes,omitempty"`
 }
 
 // Params echo the knobs of a run in the report.
 type Params struct {
-	Server          string  `json:"server"`
-	Count           int     `json:"count"`
-	Rate            float64 `json:"rate"`
-	Window          int     `json:"window"`
-	HoldS           float64 `json:"hold_s"`
-	TimeoutS        float64 `json:"setup_timeout_s"`
-	MaxDurationS    float64 `json:"max_duration_s"`
-	Auth            string  `json:"auth"`
-	IKEProposal     string  `json:"ike_proposal"`
-	Workers         int     `json:"workers"`
-	PortsPerGateway int     `json:"ports_per_gateway"`
-	DPDS            float64 `json:"dpd_s,omitempty"`
-	KeepaliveS      float64 `json:"keepalive_s,omitempty"`
-	ChurnPerMin     float64 `json:"churn_pct_per_min,omitempty"`
-	RebindPerMin    float64 `json:"rebind_pct_per_min,omitempty"`
-	MOBIKEPerMin    float64 `json:"mobike_pct_per_min,omitempty"`
-	RekeyStorm      bool    `json:"rekey_storm,omitempty"`
-	RekeyRate       float64 `json:"rekey_rate,omitempty"`
-	ESPRate         float64 `json:"esp_pps_per_gateway,omitempty"`
+	Server          string   `json:"server"`
+	Targets         []string `json:"targets,omitempty"`
+	Count           int      `json:"count"`
+	First           int      `json:"first,omitempty"`
+	Rate            float64  `json:"rate"`
+	Window          int      `json:"window"`
+	HoldS           float64  `json:"hold_s"`
+	TimeoutS        float64  `json:"setup_timeout_s"`
+	MaxDurationS    float64  `json:"max_duration_s"`
+	Auth            string   `json:"auth"`
+	IKEProposal     string   `json:"ike_proposal"`
+	Workers         int      `json:"workers"`
+	PortsPerGateway int      `json:"ports_per_gateway"`
+	DPDS            float64  `json:"dpd_s,omitempty"`
+	KeepaliveS      float64  `json:"keepalive_s,omitempty"`
+	ChurnPerMin     float64  `json:"churn_pct_per_min,omitempty"`
+	RebindPerMin    float64  `json:"rebind_pct_per_min,omitempty"`
+	MOBIKEPerMin    float64  `json:"mobike_pct_per_min,omitempty"`
+	RekeyStorm      bool     `json:"rekey_storm,omitempty"`
+	RekeyRate       float64  `json:"rekey_rate,omitempty"`
+	ESPRate         float64  `json:"esp_pps_per_gateway,omitempty"`
 }
 
 // Latency summarises a latency distribution in milliseconds.
@@ -445,7 +460,7 @@ func (c *collector) report(end time.Time) Report {
 		PeakSAs: c.peakActive, Abandoned: c.abandoned, Deleted: c.deleted, Losses: maps.Clone(c.losses),
 		DurationS: end.Sub(c.start).Seconds(), LatencyMS: summarise(c.setup), LatencyBars: bars(c.setup), Percentiles: percentiles(c.setup),
 		Rekeys: c.rekey, RekeyLatencyMS: summarise(c.rekeyLat), Moves: c.moves, Keepalives: c.keepalives,
-		Timeline: append([]second(nil), c.timeline...), Proposal: c.proposal,
+		Timeline: append([]second(nil), c.timeline...), Proposal: c.proposal, Reauthentications: c.reauth, Retried: maps.Clone(c.retried),
 	}
 	r.Rekeys.Failures = maps.Clone(c.rekey.Failures)
 	for _, n := range c.failures {

@@ -7,10 +7,13 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"net/http"
+	"net/http/httptest"
 	"net/netip"
 	"os"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -433,5 +436,60 @@ func TestCancelEndsTheRunWithAReport(t *testing.T) {
 	}
 	if dp.Len() != 0 {
 		t.Fatalf("%d CHILD SAs left on the node after the gateways left", dp.Len())
+	}
+}
+
+// Cluster mode with one node behind an anycast address that nothing
+// listens on: the gateways (starting on the NAT-T port) reach the node
+// through the router, and when its health check starts failing the route
+// is withdrawn: every established gateway's flow moved, and none is
+// answered (no node is left); no SA is lost within the hold, so nothing
+// re-authenticates.
+func TestClusterModeRoutesAndWithdraws(t *testing.T) {
+	const n = 20
+	node, _ := startNode(t, n, "")
+	var failing atomic.Bool
+	health := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/metrics" {
+			fmt.Fprintf(w, "ikefleet_ike_sas{state=\"established\"} %d\n", n)
+			return
+		}
+		if failing.Load() {
+			http.Error(w, "draining", http.StatusServiceUnavailable)
+		}
+	}))
+	defer health.Close()
+	anycast := netip.MustParseAddr("127.0.0.10")
+	o := options(t, netip.AddrPortFrom(anycast, node.IKEAddr().Port()), node.NATTAddr(), n)
+	o.Targets, o.TargetHTTP = []netip.Addr{node.IKEAddr().Addr()}, []string{health.URL}
+	o.StartNATT, o.Reconnect, o.NoDelete = true, true, true
+	o.Hold = 8 * time.Second // the withdrawal comes well within it
+	o.Progress = func(p loadtest.Progress) {
+		if p.Phase == "hold" {
+			failing.Store(true)
+		}
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	rep, err := loadtest.Run(ctx, o)
+	if err != nil {
+		t.Fatalf("%v: %+v", err, rep)
+	}
+	if rep.Established != n || rep.Lost != 0 || rep.Reauthentications != 0 || rep.SourcePorts != 2*n {
+		t.Fatalf("report: established %d, lost %d, re-authentications %d, source ports %d", rep.Established, rep.Lost, rep.Reauthentications, rep.SourcePorts)
+	}
+	sas, err := node.SAs(ctx)
+	if err != nil || len(sas) != n {
+		t.Fatalf("node holds %d SAs (%v)", len(sas), err)
+	}
+	if len(rep.RouteEvents) != 1 {
+		t.Fatalf("route events: %+v", rep.RouteEvents)
+	}
+	e := rep.RouteEvents[0]
+	if e.Change != "withdrawn" || e.Reason != "readyz 503" || e.Moved != n || e.Recovered != 0 || e.Target != node.IKEAddr().Addr().String() {
+		t.Fatalf("route event: %+v", e)
+	}
+	if len(rep.Nodes) != 1 || len(rep.Nodes[0].SAs) == 0 || rep.Nodes[0].SAs[len(rep.Nodes[0].SAs)-1] != n {
+		t.Fatalf("node timeline: %+v", rep.Nodes)
 	}
 }

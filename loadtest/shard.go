@@ -73,6 +73,12 @@ type shard struct {
 	rekeyNext                                      time.Time
 	espNext                                        int
 
+	route     *routeSet  // the route last seen (Targets)
+	reconnect []*gateway // lost SAs to set up again (Reconnect)
+	retry     []retryEntry
+	probes    []*gateway // liveness checks to send (route changes)
+	probeNext time.Time
+
 	scratch    []byte
 	stop       chan struct{}
 	initiating *saRec // the attempt inside initiate
@@ -93,6 +99,9 @@ func newShard(r *runner, id int) (*shard, error) {
 		return nil, err
 	}
 	s.in = in
+	if r.router != nil {
+		s.route = r.router.set.Load()
+	}
 	return s, nil
 }
 
@@ -305,6 +314,7 @@ func (s *shard) abort(now time.Time) {
 		}
 	}
 	s.pending = nil
+	s.retries(now, true)
 	s.next = len(s.gws)
 	s.expireRekeys(now, true)
 	if s.phase < phaseTeardown {
@@ -321,6 +331,21 @@ func (s *shard) step(now time.Time) {
 	}
 	s.expireAttempts(now)
 	s.expireRekeys(now, false)
+	s.retries(now, false)
+	if s.route != nil {
+		if set := s.r.router.set.Load(); set != s.route {
+			s.reroute(now, set)
+		}
+		s.probe(now)
+	}
+	for len(s.reconnect) > 0 {
+		gw := s.reconnect[0]
+		s.reconnect = s.reconnect[1:]
+		if gw.cur != nil && gw.cur.state == saGone && s.phase <= phaseHold {
+			s.r.col.with(func(c *collector) { c.reauth++ })
+			s.start(now, gw)
+		}
+	}
 	switch s.phase {
 	case phaseEstablish:
 		for s.next < len(s.gws) && (s.interval == 0 || !now.Before(s.nextAt)) && (s.window == 0 || s.inFlight < s.window) {
@@ -397,6 +422,12 @@ func (s *shard) wake(now time.Time) time.Time {
 	if len(s.rekeys) > 0 {
 		earlier(s.rekeys[0].at)
 	}
+	if len(s.retry) > 0 {
+		earlier(s.retry[0].at)
+	}
+	if len(s.probes) > 0 {
+		earlier(s.probeNext)
+	}
 	switch s.phase {
 	case phaseEstablish:
 		if s.next < len(s.gws) && s.interval > 0 && (s.window == 0 || s.inFlight < s.window) {
@@ -424,6 +455,14 @@ func (s *shard) wake(now time.Time) time.Time {
 
 // start begins a setup attempt of gw.
 func (s *shard) start(now time.Time, gw *gateway) {
+	ini := s.initiation(gw)
+	s.r.col.attempt(now)
+	s.inFlight++
+	s.initiate(now, gw, ini, now, 0)
+}
+
+// initiation is what gateway gw proposes.
+func (s *shard) initiation(gw *gateway) ike.Initiation {
 	o := s.o
 	ini := ike.Initiation{
 		Local: netip.AddrPortFrom(gw.virt[gw.addr], virtIKEPort), Remote: o.Server,
@@ -432,10 +471,19 @@ func (s *shard) start(now time.Time, gw *gateway) {
 		IKEProposals: o.IKEProposals, ESPProposals: o.ESPProposals,
 		TSi: o.LocalTS, TSr: o.RemoteTS, RequestVIP: o.RequestVIP, RemoteNATT: o.ServerNATT,
 	}
-	s.r.col.attempt(now)
-	rec := &saRec{gw: gw, started: now, state: saConnecting}
+	if o.StartNATT {
+		ini.Local = netip.AddrPortFrom(ini.Local.Addr(), virtNATTPort)
+		ini.Remote = netip.AddrPortFrom(o.Server.Addr(), o.ServerNATT)
+	}
+	return ini
+}
+
+// initiate sends the IKE_SA_INIT of an attempt started at started (a
+// retry keeps its attempt's start and deadline).
+func (s *shard) initiate(now time.Time, gw *gateway, ini ike.Initiation, started time.Time, tries int) {
+	o := s.o
+	rec := &saRec{gw: gw, started: started, state: saConnecting, tries: tries}
 	gw.cur = rec
-	s.inFlight++
 	s.initiating = rec
 	spi, err := s.in.initiate(now, ini)
 	s.initiating = nil
@@ -450,7 +498,36 @@ func (s *shard) start(now time.Time, gw *gateway) {
 	if rec.state == saConnecting {
 		rec.spi = spi
 		s.bySPI[spi] = rec
-		s.pending = append(s.pending, timeoutEntry{rec: rec, at: now.Add(o.Timeout), key: now})
+		s.pending = append(s.pending, timeoutEntry{rec: rec, at: started.Add(o.Timeout), key: started})
+	}
+}
+
+// Setups refused with TEMPORARY_FAILURE (a draining node) are tried again
+// this much later, at most this often, within the attempt's timeout.
+const (
+	retryDelay = 500 * time.Millisecond
+	maxRetries = 5
+)
+
+type retryEntry struct {
+	gw      *gateway
+	at      time.Time
+	started time.Time
+	tries   int
+}
+
+// retries starts the attempts due again, or ends them when the run is
+// past its establish and hold phases.
+func (s *shard) retries(now time.Time, all bool) {
+	for len(s.retry) > 0 && (all || !now.Before(s.retry[0].at)) {
+		e := s.retry[0]
+		s.retry = s.retry[1:]
+		if all || s.phase > phaseHold || now.Sub(e.started) >= s.o.Timeout {
+			s.inFlight--
+			s.r.col.failed(now, "TEMPORARY_FAILURE")
+			continue
+		}
+		s.initiate(now, e.gw, s.initiation(e.gw), e.started, e.tries)
 	}
 }
 
@@ -512,6 +589,8 @@ func (s *shard) receive(now time.Time, in inbound) {
 	}
 	b := in.data
 	gw := sk.gw
+	from, target := s.r.router.fromTarget(in.from)
+	in.from = from
 	local := netip.AddrPortFrom(gw.virt[s.addrOf(sk)], virtIKEPort)
 	if in.from.Port() == s.o.ServerNATT {
 		local = netip.AddrPortFrom(local.Addr(), virtNATTPort)
@@ -526,6 +605,58 @@ func (s *shard) receive(now time.Time, in inbound) {
 		}
 	}
 	s.in.handle(now, ike.Packet{Local: local, Remote: in.from, Data: b})
+	if !gw.moveAt.IsZero() && target >= 0 && target != gw.moveFrom && gw.cur != nil && gw.cur.state == saUp &&
+		s.in.answeredAt(now, gw.cur.spi) {
+		s.r.router.recovered(gw.moveEvent, now.Sub(gw.moveAt))
+		gw.moveAt = time.Time{}
+	}
+}
+
+// reroute takes a new route (Targets): the established gateways whose
+// NAT-T flow now reaches another node check liveness at once, and the time
+// until their SA answers from there is their outage.
+func (s *shard) reroute(now time.Time, set *routeSet) {
+	rt := s.r.router
+	old := s.route
+	s.route = set
+	ev := rt.latestEvent()
+	moved := 0
+	for _, gw := range s.up {
+		sk := gw.socks[gw.addr][1]
+		if sk == nil || gw.cur == nil || gw.cur.state != saUp {
+			continue
+		}
+		from, to := rt.pickIn(old.up, sk.real, s.o.ServerNATT), rt.pickIn(set.up, sk.real, s.o.ServerNATT)
+		if from == to {
+			continue
+		}
+		moved++
+		gw.moveAt, gw.moveEvent, gw.moveFrom = now, ev, from
+		s.probes = append(s.probes, gw)
+	}
+	rt.countMoved(ev, moved)
+}
+
+// probeRate bounds the liveness checks after a route change (all shards):
+// a fleet that moves at once would otherwise claim all its SAs in the
+// same instant, which no gateway fleet does. The wait counts in the
+// outage.
+const probeRate = 2000
+
+// probe sends the liveness checks that are due.
+func (s *shard) probe(now time.Time) {
+	every := time.Duration(float64(time.Second) * float64(len(s.r.shards)) / probeRate)
+	if s.probeNext.Before(now.Add(-every)) {
+		s.probeNext = now
+	}
+	for len(s.probes) > 0 && !now.Before(s.probeNext) {
+		gw := s.probes[0]
+		s.probes = s.probes[1:]
+		if !gw.moveAt.IsZero() && gw.cur != nil && gw.cur.state == saUp {
+			s.in.checkLiveness(now, gw.cur.spi)
+			s.probeNext = s.probeNext.Add(every)
+		}
+	}
 }
 
 func (s *shard) addrOf(sk *gsock) int {
@@ -692,7 +823,11 @@ func (s *shard) send(local, remote netip.AddrPort, msgs [][]byte) {
 			s.scratch = append(append(s.scratch[:0], 0, 0, 0, 0), m...)
 			b = s.scratch
 		}
-		if _, err := sk.conn.WriteToUDPAddrPort(b, remote); err != nil {
+		to, ok := s.r.router.wire(sk.real, remote)
+		if !ok {
+			continue // no node in service: no route
+		}
+		if _, err := sk.conn.WriteToUDPAddrPort(b, to); err != nil {
 			s.o.Log.Warn("send failed", "gateway", sk.gw.n, "err", err)
 		}
 	}
@@ -700,7 +835,11 @@ func (s *shard) send(local, remote netip.AddrPort, msgs [][]byte) {
 
 func (s *shard) keepalive(local, remote netip.AddrPort) {
 	if sk := s.socks[local]; sk != nil {
-		if _, err := sk.conn.WriteToUDPAddrPort([]byte{0xff}, remote); err == nil {
+		to, ok := s.r.router.wire(sk.real, remote)
+		if !ok {
+			return
+		}
+		if _, err := sk.conn.WriteToUDPAddrPort([]byte{0xff}, to); err == nil {
 			s.r.col.with(func(c *collector) { c.keepalives++ })
 		}
 	}
@@ -731,6 +870,13 @@ func (s *shard) failed(now time.Time, spi uint64, reason string) {
 		return
 	}
 	rec.state = saGone
+	if s.o.Reconnect && reason == ike.TEMPORARY_FAILURE.String() && rec.tries < maxRetries && s.phase <= phaseHold {
+		// Refused for now (a draining node): try again shortly, as a
+		// gateway does; the attempt goes on.
+		s.retry = append(s.retry, retryEntry{gw: rec.gw, at: now.Add(retryDelay), started: rec.started, tries: rec.tries + 1})
+		s.r.col.with(func(c *collector) { c.retried[reason]++ })
+		return
+	}
 	s.inFlight--
 	s.r.col.failed(now, reason)
 	s.o.Log.Warn("IKE_SA failed", "gateway", rec.gw.n, "spi_i", spiHex(spi), "reason", reason)
@@ -755,6 +901,9 @@ func (s *shard) deleted(now time.Time, spi uint64, reason string) {
 		s.r.col.gone(now, byUs, reason)
 		if !byUs {
 			s.o.Log.Warn("IKE_SA lost", "gateway", rec.gw.n, "spi_i", spiHex(spi), "reason", reason)
+			if s.o.Reconnect && rec.gw.cur == rec {
+				s.reconnect = append(s.reconnect, rec.gw) // set up again from step, outside the engine's callback
+			}
 		}
 	case saConnecting:
 		// Deleted before it was up (e.g. the peer deleted it at once).

@@ -148,12 +148,15 @@ func (b *batcher) add(batch []pending, touched map[uint64]bool, p pending) []pen
 		if p.c.OldSPI != 0 {
 			touched[p.c.OldSPI] = true
 		}
+		if p.c.Lease != nil {
+			touched[p.c.Lease.key()] = true
+		}
 	}
 	return append(batch, p)
 }
 
 func (b *batcher) conflicts(touched map[uint64]bool, c *Change) bool {
-	return touched[c.spi()] || (c.OldSPI != 0 && touched[c.OldSPI])
+	return touched[c.spi()] || (c.OldSPI != 0 && touched[c.OldSPI]) || (c.Lease != nil && touched[c.Lease.key()])
 }
 
 // drain refuses whatever is still queued (the store is closing).

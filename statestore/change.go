@@ -3,6 +3,8 @@ package statestore
 import (
 	"context"
 	"fmt"
+	"hash/fnv"
+	"net/netip"
 
 	"go.etcd.io/etcd/api/v3/etcdserverpb"
 	clientv3 "go.etcd.io/etcd/client/v3"
@@ -25,11 +27,13 @@ const (
 	// IDs): only Record's reservations are written, under seq/<spi>, a
 	// few dozen bytes instead of the whole record.
 	Reserved
+	// addressReleased ends a virtual IP lease (ReleaseAddressAsync).
+	addressReleased
 	barrier // Flush marker
 )
 
 var kindNames = [...]string{"", "established", "child-created", "child-rekeyed", "child-deleted",
-	"ike-rekeyed", "address-changed", "updated", "deleted", "reserved", "barrier"}
+	"ike-rekeyed", "address-changed", "updated", "deleted", "reserved", "address-released", "barrier"}
 
 func (k ChangeKind) String() string {
 	if int(k) < len(kindNames) {
@@ -46,13 +50,45 @@ type Change struct {
 	SPI      uint64    // Deleted without Record: our IKE SPI
 	OldSPI   uint64    // IKERekeyed: our IKE SPI of the replaced IKE SA
 	Released []uint32  // inbound ESP SPIs no longer in use (freed cluster-wide)
+	// Lease (Established only): the virtual IP lease the new SA takes, in
+	// the same transaction as its record: no transaction of its own and
+	// nothing to wait for on the engine's path (see AddressLease).
+	Lease *AddressLease
+}
+
+// AddressLease is a virtual IP lease written with an SA's Established
+// change. Held: the identity holds the address already (AddressOf said
+// so) and the change only checks that it still does. Reserved: the node
+// reserved the address (ReserveAddresses) and the reservation becomes
+// ID's lease. Neither: the address must be free and is leased to ID. The
+// change fails as a whole with an *AddressTakenError when the check does
+// not hold.
+type AddressLease struct {
+	Addr     netip.Addr
+	ID       string
+	Held     bool
+	Reserved bool
 }
 
 func (c *Change) spi() uint64 {
 	if c.Record != nil {
 		return c.Record.LocalSPI()
 	}
+	if c.Kind == addressReleased && c.Lease != nil {
+		return c.Lease.key()
+	}
 	return c.SPI
+}
+
+// key stands for the lease's address among the SPIs a batch touches
+// (batcher.conflicts): two changes to one address never share a
+// transaction, which etcd would refuse (a duplicate key). A clash with a
+// real SPI only delays a change to the next batch.
+func (l *AddressLease) key() uint64 {
+	h := fnv.New64a()
+	b := l.Addr.As16()
+	h.Write(b[:])
+	return h.Sum64() | 1<<63
 }
 
 func (c *Change) validate() error {
@@ -69,8 +105,18 @@ func (c *Change) validate() error {
 		if c.spi() == 0 {
 			return fmt.Errorf("statestore: delete without an SPI")
 		}
+	case addressReleased:
+		if c.Lease == nil || !c.Lease.Addr.IsValid() || c.Lease.ID == "" {
+			return fmt.Errorf("statestore: address release without an address and identity")
+		}
 	default:
 		return fmt.Errorf("statestore: unknown change kind %d", c.Kind)
+	}
+	if c.Lease != nil && c.Kind != Established && c.Kind != addressReleased {
+		return fmt.Errorf("statestore: an address lease goes with an established SA only, not %v", c.Kind)
+	}
+	if c.Lease != nil && (!c.Lease.Addr.IsValid() || c.Lease.ID == "") {
+		return fmt.Errorf("statestore: address lease without an address and identity")
 	}
 	return nil
 }
@@ -83,6 +129,10 @@ type txnParts struct {
 	newSPI     uint64 // IKERekeyed: success if this one is ours
 	absentIsOK bool   // Deleted: an absent owner means done
 	createOnly bool   // Established
+	lease      *AddressLease
+	leaseAt    int    // index of the lease's address in the Else responses
+	mark       string // the node's reservation mark (reservedMark)
+	noOwner    bool   // addressReleased: no owner record involved, never fails
 }
 
 // build turns a change into transaction parts for registration me.
@@ -131,6 +181,27 @@ func (s *Store) build(c *Change, me Owner) (txnParts, error) {
 			return p, err
 		}
 		own(spi)
+		if l := c.Lease; l != nil {
+			ak := s.k.poolAddr(l.Addr)
+			p.lease, p.mark = l, s.reservedMark()
+			if l.Held {
+				p.cmps = append(p.cmps, clientv3.Compare(clientv3.Value(ak), "=", l.ID))
+			} else if l.Reserved {
+				p.cmps = append(p.cmps, clientv3.Compare(clientv3.Value(ak), "=", s.reservedMark()))
+				p.then = append(p.then, clientv3.OpPut(ak, l.ID), clientv3.OpPut(s.k.poolID(l.ID), l.Addr.String()))
+			} else {
+				p.cmps = append(p.cmps, clientv3.Compare(clientv3.CreateRevision(ak), "=", 0))
+				p.then = append(p.then, clientv3.OpPut(ak, l.ID), clientv3.OpPut(s.k.poolID(l.ID), l.Addr.String()))
+			}
+			p.els = append(p.els, clientv3.OpGet(ak))
+		}
+	case addressReleased:
+		l := c.Lease
+		ak := s.k.poolAddr(l.Addr)
+		p.noOwner = true
+		p.cmps = []clientv3.Cmp{clientv3.Compare(clientv3.Value(ak), "=", l.ID)}
+		p.then = []clientv3.Op{clientv3.OpDelete(ak), clientv3.OpDelete(s.k.poolID(l.ID))}
+		return p, nil
 	case IKERekeyed:
 		p.spi = c.OldSPI
 		p.newSPI = c.Record.LocalSPI()
@@ -167,11 +238,15 @@ func (s *Store) build(c *Change, me Owner) (txnParts, error) {
 	}
 	release(c.Released)
 	p.els = append([]clientv3.Op{clientv3.OpGet(s.k.owner(p.spi))}, p.els...)
+	p.leaseAt = len(p.els) - 1
 	return p, nil
 }
 
 // outcome reads a failed (sub-)transaction's Else responses.
 func (p *txnParts) outcome(me Owner, rs []*etcdserverpb.ResponseOp) error {
+	if p.noOwner {
+		return nil // the address is no longer this identity's: nothing to release
+	}
 	var cur Owner
 	if len(rs) > 0 {
 		if kvs := rs[0].GetResponseRange().GetKvs(); len(kvs) > 0 {
@@ -188,6 +263,21 @@ func (p *txnParts) outcome(me Owner, rs []*etcdserverpb.ResponseOp) error {
 			if o, _ := parseOwner(kvs[0].Value); o == me {
 				return nil
 			}
+		}
+	}
+	if p.lease != nil && p.leaseAt < len(rs) {
+		holder := ""
+		if kvs := rs[p.leaseAt].GetResponseRange().GetKvs(); len(kvs) > 0 {
+			holder = string(kvs[0].Value)
+		}
+		want := ""
+		if p.lease.Held {
+			want = p.lease.ID
+		} else if p.lease.Reserved {
+			want = p.mark
+		}
+		if cur == (Owner{}) && holder != want {
+			return &AddressTakenError{Addr: p.lease.Addr, Holder: holder}
 		}
 	}
 	if p.createOnly {

@@ -31,8 +31,20 @@ type EmbedConfig struct {
 	// SnapshotCatchUpEntries: raft entries kept after a snapshot for a
 	// slow follower; a single member has none. Default 100.
 	SnapshotCatchUpEntries uint64
-	Timeout                time.Duration // to become ready; default 30 s
-	Logger                 *zap.Logger   // nil: silent; SlogZap: into a slog.Logger
+	// History: how long superseded and deleted revisions are kept before
+	// etcd compacts them away (periodic compaction, about every tenth of
+	// it). Every SA setup leaves a few behind (reservations turned into
+	// records); until compaction etcd keeps each of them in its in-memory
+	// index and its backend. A watcher further behind than this re-lists.
+	// Default 1 minute.
+	History time.Duration
+	// DefragAtStart: defragment the backend at start when at least half
+	// of it is free space (compaction frees pages but never shrinks the
+	// file). Default on; defragmenting blocks the member, so it is not
+	// done while serving.
+	NoDefragAtStart bool
+	Timeout         time.Duration // to become ready; default 30 s
+	Logger          *zap.Logger   // nil: silent; SlogZap: into a slog.Logger
 	// Client TLS: serve https and require client certificates signed by
 	// ClientCAFile. All empty: plain http on loopback.
 	CertFile, KeyFile, ClientCAFile string
@@ -42,6 +54,7 @@ type EmbedConfig struct {
 const (
 	DefaultEmbedSnapshotCount          = 1000
 	DefaultEmbedSnapshotCatchUpEntries = 100
+	DefaultEmbedHistory                = time.Minute
 )
 
 // Embedded is a running embedded etcd member.
@@ -68,6 +81,9 @@ func StartEmbedded(cfg EmbedConfig) (*Embedded, error) {
 	}
 	if cfg.SnapshotCount == 0 {
 		cfg.SnapshotCount = DefaultEmbedSnapshotCount
+	}
+	if cfg.History == 0 {
+		cfg.History = DefaultEmbedHistory
 	}
 	if cfg.SnapshotCatchUpEntries == 0 {
 		cfg.SnapshotCatchUpEntries = DefaultEmbedSnapshotCatchUpEntries
@@ -117,10 +133,11 @@ func (m *Embedded) start() error {
 	c.MaxTxnOps = m.cfg.MaxTxnOps
 	c.SnapshotCount = m.cfg.SnapshotCount
 	c.SnapshotCatchUpEntries = m.cfg.SnapshotCatchUpEntries
-	// Every SA rewrite leaves an old revision behind; keep an hour of
-	// history (external clusters need the same --auto-compaction-*).
+	// Every SA rewrite leaves an old revision behind; keep History of it
+	// (external clusters need the same: --auto-compaction-mode periodic,
+	// --auto-compaction-retention).
 	c.AutoCompactionMode = "periodic"
-	c.AutoCompactionRetention = "1h"
+	c.AutoCompactionRetention = m.cfg.History.String()
 	if m.cfg.CertFile != "" {
 		c.ClientTLSInfo = transport.TLSInfo{CertFile: m.cfg.CertFile, KeyFile: m.cfg.KeyFile,
 			TrustedCAFile: m.cfg.ClientCAFile, ClientCertAuth: m.cfg.ClientCAFile != ""}
@@ -140,6 +157,14 @@ func (m *Embedded) start() error {
 	}
 	select {
 	case <-e.Server.ReadyNotify():
+		if !m.cfg.NoDefragAtStart {
+			be := e.Server.Backend()
+			if size := be.Size(); size >= 64<<20 && be.SizeInUse() <= size/2 {
+				if err := e.Server.Defragment(); err != nil {
+					lg.Warn("embedded etcd: defragmentation at start failed", zap.Error(err))
+				}
+			}
+		}
 	case err := <-e.Err():
 		e.Close()
 		return fmt.Errorf("statestore: embedded etcd: %w", err)

@@ -3,6 +3,7 @@ package statestore
 import (
 	"errors"
 	"fmt"
+	"net/netip"
 )
 
 // Sentinel errors; the typed errors below match them with errors.Is.
@@ -88,3 +89,24 @@ func (e *OwnerError) Error() string {
 }
 
 func (e *OwnerError) Is(target error) bool { return target == ErrNotOwner }
+
+// ErrAddressTaken: a virtual IP lease failed; the address is another
+// identity's (or, for a held lease, no longer the identity's).
+var ErrAddressTaken = errors.New("statestore: virtual IP leased to another identity")
+
+// AddressTakenError is an Established change refused because its address
+// lease (Change.Lease) did not hold. Holder is the address's holder at the
+// time ("" if none).
+type AddressTakenError struct {
+	Addr   netip.Addr
+	Holder string
+}
+
+func (e *AddressTakenError) Error() string {
+	if e.Holder == "" {
+		return fmt.Sprintf("statestore: virtual IP %s no longer leased", e.Addr)
+	}
+	return fmt.Sprintf("statestore: virtual IP %s leased to %q", e.Addr, e.Holder)
+}
+
+func (e *AddressTakenError) Is(target error) bool { return target == ErrAddressTaken }

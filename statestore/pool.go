@@ -3,8 +3,10 @@ package statestore
 // Virtual IP leases: an address of the cluster's pool belongs to one peer
 // identity cluster-wide, so a gateway keeps its address on whichever node
 // serves it. pool/addr/<ip> holds the identity, pool/id/<identity> the
-// address; both are written in one create-if-absent transaction and stay
-// until the SA holding the address is deleted (ReleaseAddress).
+// address; both are written create-if-absent, in the new SA's Established
+// change (Change.Lease) or on their own (LeaseAddress, for restores and
+// claims), and stay until the SA holding the address is deleted
+// (ReleaseAddressAsync, ReleaseAddress).
 
 import (
 	"context"
@@ -26,7 +28,7 @@ func (s *Store) LeaseAddress(ctx context.Context, a netip.Addr, id string) (hold
 	rc, cancel := s.rctx(ctx)
 	defer cancel()
 	ak, ik := s.k.poolAddr(a), s.k.poolID(id)
-	resp, err := s.cli.Txn(rc).If(clientv3.Compare(clientv3.CreateRevision(ak), "=", 0)).
+	resp, err := s.txn(rc).If(clientv3.Compare(clientv3.CreateRevision(ak), "=", 0)).
 		Then(clientv3.OpPut(ak, id), clientv3.OpPut(ik, a.String())).
 		Else(clientv3.OpGet(ak)).Commit()
 	s.noteResult(err)
@@ -68,13 +70,92 @@ func (s *Store) AddressOf(ctx context.Context, id string) (netip.Addr, bool, err
 	return a, len(g.Kvs) > 0 && string(g.Kvs[0].Value) == id, nil
 }
 
+// reservedMark is what pool/addr/<ip> holds while this node has the
+// address reserved: no identity's string (it starts with a NUL byte).
+func (s *Store) reservedMark() string { return "\x00reserved:" + s.cfg.NodeID }
+
+// ReserveAddresses reserves addresses ahead of need for this node (on its
+// lease, create-if-absent; in transactions of up to MaxBatch), so that a
+// new SA's lease needs no transaction of its own: its Established change
+// turns the reservation into the identity's lease (AddressLease.Reserved).
+// ok[i] says whether addrs[i] is now reserved. A reservation not used
+// ends with the node's lease or with UnreserveAddresses.
+func (s *Store) ReserveAddresses(ctx context.Context, addrs []netip.Addr) ([]bool, error) {
+	reg := s.current()
+	if reg.done.Load() {
+		return nil, ErrFenced
+	}
+	mark := s.reservedMark()
+	ok := make([]bool, len(addrs))
+	for lo := 0; lo < len(addrs); lo += s.cfg.Batch.MaxBatch {
+		hi := min(lo+s.cfg.Batch.MaxBatch, len(addrs))
+		ops := make([]clientv3.Op, 0, hi-lo)
+		for _, a := range addrs[lo:hi] {
+			k := s.k.poolAddr(a)
+			ops = append(ops, clientv3.OpTxn(
+				[]clientv3.Cmp{clientv3.Compare(clientv3.CreateRevision(k), "=", 0)},
+				[]clientv3.Op{clientv3.OpPut(k, mark, clientv3.WithLease(reg.lease))}, nil))
+		}
+		rc, cancel := s.rctx(ctx)
+		resp, err := s.txn(rc).Then(ops...).Commit()
+		cancel()
+		s.noteResult(err)
+		if err != nil {
+			return ok, fmt.Errorf("%w: %v", ErrUnavailable, err)
+		}
+		for i, r := range resp.Responses {
+			ok[lo+i] = r.GetResponseTxn().Succeeded
+		}
+	}
+	return ok, nil
+}
+
+// UnreserveAddresses drops this node's reservations of addrs (those that
+// are still reservations).
+func (s *Store) UnreserveAddresses(ctx context.Context, addrs []netip.Addr) error {
+	mark := s.reservedMark()
+	for lo := 0; lo < len(addrs); lo += s.cfg.Batch.MaxBatch {
+		hi := min(lo+s.cfg.Batch.MaxBatch, len(addrs))
+		ops := make([]clientv3.Op, 0, hi-lo)
+		for _, a := range addrs[lo:hi] {
+			k := s.k.poolAddr(a)
+			ops = append(ops, clientv3.OpTxn([]clientv3.Cmp{clientv3.Compare(clientv3.Value(k), "=", mark)},
+				[]clientv3.Op{clientv3.OpDelete(k)}, nil))
+		}
+		rc, cancel := s.rctx(ctx)
+		_, err := s.txn(rc).Then(ops...).Commit()
+		cancel()
+		s.noteResult(err)
+		if err != nil {
+			return fmt.Errorf("%w: %v", ErrUnavailable, err)
+		}
+	}
+	return nil
+}
+
+// ReleaseAddressAsync ends identity id's lease of address a like
+// ReleaseAddress, through the batched commits of Submit: it shares a
+// transaction with other changes instead of taking one of its own. done
+// (if not nil) is called from a store goroutine once it is committed (nil
+// also when a was not id's) or given up.
+func (s *Store) ReleaseAddressAsync(a netip.Addr, id string, done func(error)) error {
+	if s.closed.Load() {
+		return ErrClosed
+	}
+	c := Change{Kind: addressReleased, Lease: &AddressLease{Addr: a, ID: id}}
+	if err := c.validate(); err != nil {
+		return err
+	}
+	return s.shard(&c).enqueue(pending{c: c, done: done})
+}
+
 // ReleaseAddress ends identity id's lease of address a (nothing if another
 // identity holds it).
 func (s *Store) ReleaseAddress(ctx context.Context, a netip.Addr, id string) error {
 	rc, cancel := s.rctx(ctx)
 	defer cancel()
 	ak := s.k.poolAddr(a)
-	_, err := s.cli.Txn(rc).If(clientv3.Compare(clientv3.Value(ak), "=", id)).
+	_, err := s.txn(rc).If(clientv3.Compare(clientv3.Value(ak), "=", id)).
 		Then(clientv3.OpDelete(ak), clientv3.OpDelete(s.k.poolID(id))).Commit()
 	s.noteResult(err)
 	if err != nil {

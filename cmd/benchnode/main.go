@@ -130,8 +130,8 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 
 	if len(o.rows) > 0 {
 		fmt.Fprintf(out, "rows: %d gateways at %.0f/s, all established, then all deleted\n", o.count, o.rate)
-		const rowFmt = "%-20s %10s %8s %8s %8s %11s %12s %7s %12s %11s\n"
-		fmt.Fprintf(out, rowFmt, "config", "CPU/SA ms", "×engine", "p50 ms", "p99 ms", "RSS/SA KiB", "established", "failed", "retransmits", "cpu-wait s")
+		const rowFmt = "%-20s %10s %8s %8s %8s %11s %10s %12s %7s %12s %11s\n"
+		fmt.Fprintf(out, rowFmt, "config", "CPU/SA ms", "×engine", "p50 ms", "p99 ms", "RSS/SA KiB", "etcd txn/SA", "established", "failed", "retransmits", "cpu-wait s")
 		for _, spec := range o.rows {
 			spec.gateways = o.count
 			r, err := o.row(ctx, spec, nodeCPU)
@@ -141,7 +141,7 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 			}
 			f := func(v float64, prec int) string { return strconv.FormatFloat(v, 'f', prec, 64) }
 			fmt.Fprintf(out, rowFmt, spec, f(ms(r.cpuPerSA), 3), f(float64(r.cpuPerSA)/float64(eng), 1),
-				f(ms(r.p50), 1), f(ms(r.p99), 1), f(float64(r.rssPerSA)/1024, 2), strconv.Itoa(r.established), strconv.Itoa(r.failed),
+				f(ms(r.p50), 1), f(ms(r.p99), 1), f(float64(r.rssPerSA)/1024, 2), f(r.txnsPerSA, 2), strconv.Itoa(r.established), strconv.Itoa(r.failed),
 				strconv.FormatUint(r.retransmits, 10), f(r.waited.Seconds(), 2))
 			if len(r.failures) > 0 {
 				fmt.Fprintf(out, "  failures: %v\n", r.failures)
@@ -192,6 +192,7 @@ type rowResult struct {
 	cpuPerSA, p50, p99 time.Duration
 	waited             time.Duration // node runnable, waiting for a CPU
 	rssPerSA           int64
+	txnsPerSA          float64 // etcd transactions (setup + delete, reservations included)
 	established        int
 	failed             int
 	retransmits        uint64
@@ -238,6 +239,7 @@ func (o *options) row(ctx context.Context, spec nodeSpec, nodeCPU int) (rowResul
 	cpu0, _ := p.cpu()
 	rss0, _ := p.rss()
 	wait0 := p.waited()
+	txns0 := p.metric("ikefleet_statestore_txns_total")
 	setupErr := f.runSetups(ctx, 1, spec.gateways, o.rate, o.timeout)
 	rss1, _ := p.rss()
 	lat, _, failures := f.phase()
@@ -257,6 +259,7 @@ func (o *options) row(ctx context.Context, spec nodeSpec, nodeCPU int) (rowResul
 	r.retransmits = f.stats()
 	r.waited = p.waited() - wait0
 	r.cpuPerSA = (cpu1 - cpu0) / time.Duration(max(1, r.established))
+	r.txnsPerSA = (p.metric("ikefleet_statestore_txns_total") - txns0) / float64(max(1, r.established))
 	r.p50, r.p99 = percentile(lat, 0.50), percentile(lat, 0.99)
 	r.rssPerSA = (rss1 - rss0) / int64(max(1, r.established))
 	return r, nil

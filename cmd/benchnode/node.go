@@ -41,6 +41,35 @@ type nodeProc struct {
 	exited     chan error
 	keep       bool   // leave the directory (configuration, log) for a look
 	pprof      string // the node's net/http/pprof address, if any
+	metrics    string // the node's /metrics address
+}
+
+// metric returns the sum of the samples of a metric on the node's
+// /metrics (0 if it has none).
+func (p *nodeProc) metric(name string) float64 {
+	resp, err := http.Get("http://" + p.metrics + "/metrics")
+	if err != nil {
+		return 0
+	}
+	defer resp.Body.Close()
+	var sum float64
+	sc := bufio.NewScanner(resp.Body)
+	sc.Buffer(make([]byte, 64<<10), 1<<20)
+	for sc.Scan() {
+		line := sc.Text()
+		if !strings.HasPrefix(line, name) {
+			continue
+		}
+		rest := line[len(name):]
+		if rest == "" || (rest[0] != ' ' && rest[0] != '{') {
+			continue
+		}
+		f := strings.Fields(rest)
+		if v, err := strconv.ParseFloat(f[len(f)-1], 64); err == nil {
+			sum += v
+		}
+	}
+	return sum
 }
 
 // heapProfile saves the node's heap profile (go tool pprof) to path.
@@ -72,7 +101,7 @@ func freeUDPPort() (uint16, error) {
 }
 
 // writeConfig writes concentratord's configuration for spec.
-func writeConfig(path string, spec nodeSpec, ikePort, nattPort uint16, dataDir string) error {
+func writeConfig(path string, spec nodeSpec, ikePort, nattPort uint16, dataDir, metrics string) error {
 	var b bytes.Buffer
 	level := os.Getenv("BENCHNODE_LOG_LEVEL") // a closer look at a failing run
 	if level == "" {
@@ -89,6 +118,7 @@ func writeConfig(path string, spec nodeSpec, ikePort, nattPort uint16, dataDir s
 	fmt.Fprintf(&b, "children:\n  local_ts: [10.30.0.0/24]\n  pool: 10.112.0.0/12\n")
 	fmt.Fprintf(&b, "dataplane:\n  mode: %s\n  userspace: {tun: ikfbench0}\n", spec.dataplane)
 	fmt.Fprintf(&b, "statestore:\n  mode: %s\n  data_dir: %s\n", spec.statestore, dataDir)
+	fmt.Fprintf(&b, "metrics: {listen: %q}\nadmin: {listen: \"off\"}\n", metrics)
 	b.WriteString(spec.extra)
 	return os.WriteFile(path, b.Bytes(), 0o600)
 }
@@ -108,8 +138,14 @@ func startNode(bin string, spec nodeSpec, cpu int, cpuprofile string, pprof bool
 	if err != nil {
 		return nil, err
 	}
+	ml, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return nil, err
+	}
+	metricsAddr := ml.Addr().String()
+	ml.Close()
 	cfgPath := filepath.Join(dir, "concentratord.yaml")
-	if err := writeConfig(cfgPath, spec, ikePort, nattPort, filepath.Join(dir, "data")); err != nil {
+	if err := writeConfig(cfgPath, spec, ikePort, nattPort, filepath.Join(dir, "data"), metricsAddr); err != nil {
 		return nil, err
 	}
 	args := []string{"--config", cfgPath}
@@ -133,7 +169,7 @@ func startNode(bin string, spec nodeSpec, cpu int, cpuprofile string, pprof bool
 		cmd = exec.Command(bin, args...)
 	}
 	p := &nodeProc{cmd: cmd, dir: dir, ike: netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), ikePort),
-		nattPort: nattPort, logPath: filepath.Join(dir, "node.log"), clockTicks: 100, pprof: pprofAddr}
+		nattPort: nattPort, logPath: filepath.Join(dir, "node.log"), clockTicks: 100, pprof: pprofAddr, metrics: metricsAddr}
 	logf, err := os.Create(p.logPath)
 	if err != nil {
 		return nil, err

@@ -63,7 +63,7 @@ func (e *failedError) Error() string { return e.msg }
 
 // run executes the command line and returns the exit code.
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
-	a := &app{stdout: stdout, stderr: stderr}
+	a := &app{stdin: os.Stdin, stdout: stdout, stderr: stderr}
 	root := a.rootCommand()
 	root.SetArgs(args)
 	root.SetOut(stdout)
@@ -100,6 +100,7 @@ func versionString() string {
 
 // app holds the global flags and the connection.
 type app struct {
+	stdin          io.Reader
 	stdout, stderr io.Writer
 
 	addr       string
@@ -168,7 +169,7 @@ Exit codes: 0 success, 1 failure, 2 usage.`,
 	pf.StringVar(&a.configPath, "config", defaultConfigPath, "concentratord's configuration file, for --local")
 
 	root.AddCommand(a.statusCommand(), a.nodesCommand(), a.sasCommand(), a.terminateCommand(), a.rekeyCommand(),
-		a.drainCommand(), a.reloadCommand(), a.eventsCommand())
+		a.drainCommand(), a.reloadCommand(), a.eventsCommand(), a.credsCommand())
 	return root
 }
 

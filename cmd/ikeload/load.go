@@ -26,6 +26,7 @@ const loadSynopsis = `
 Usage: ikeload [flags]
        ikeload gen-pki --dir DIR [--responder-id ID]
        ikeload compare [--html FILE] [--json FILE] [--baseline LABEL] REPORT.json...
+       ikeload merge --json-out FILE [--label LABEL] [--html FILE] REPORT.json...
        ikeload --version
 
 Simulates --count IKEv2 gateways (initiators, each with its own UDP source
@@ -78,6 +79,8 @@ type loadFlags struct {
 	vip                                          bool
 	scenario, label                              string
 	count, window, workers, targetPID, espSize   int
+	first                                        int
+	startFile                                    string
 	rate, churn, rebind, mobike, rekeyRate       float64
 	espRate                                      float64
 	espDest                                      string
@@ -87,6 +90,8 @@ type loadFlags struct {
 	jsonFile, htmlFile                           string
 	noHTML, quiet, verbose, noDelete             bool
 	progressEvery                                time.Duration
+	targets, targetHTTP                          string
+	reconnect, startNATT                         bool
 }
 
 func newLoadFlags() *loadFlags {
@@ -116,6 +121,8 @@ func newLoadFlags() *loadFlags {
 	fs.StringVar(&f.scenario, "scenario", "ramp", "scenario: "+scenarioNames())
 	fs.StringVar(&f.label, "label", "", "name of this run in reports (e.g. the responder)")
 	fs.IntVar(&f.count, "count", 1, "gateways")
+	fs.StringVar(&f.startFile, "start-when", "", "once prepared, print 'ikeload: ready' on stderr and start when this file exists\n(several processes sharing a fleet start together)")
+	fs.IntVar(&f.first, "first", 1, "number of the first gateway ({n} in --id and --psk): processes sharing a fleet take ranges")
 	fs.Float64Var(&f.rate, "rate", 0, "new gateways per second (0: as fast as --window allows)")
 	fs.IntVar(&f.window, "window", 100, "handshakes in flight at most (0: no limit)")
 	fs.DurationVar(&f.hold, "hold", 0, "keep the SAs this long once all are up (then delete them)")
@@ -142,6 +149,10 @@ func newLoadFlags() *loadFlags {
 	fs.DurationVar(&f.progressEvery, "progress-every", 10*time.Second, "progress line interval when stderr is not a terminal")
 	fs.BoolVar(&f.noDelete, "no-delete", false, "at the end, leave without deleting the SAs (as after a power cut)")
 	fs.BoolVar(&f.verbose, "v", false, "log every event")
+	fs.StringVar(&f.targets, "targets", "", "a cluster behind the anycast address --server: its nodes' addresses, comma-separated;\nikeload is the ECMP router: each flow goes to the node a hash of its 5-tuple picks")
+	fs.StringVar(&f.targetHTTP, "target-http", "", "per --targets node, the base URL of its /readyz (a failing node leaves the route)\nand /metrics (SAs per node in the report), comma-separated")
+	fs.BoolVar(&f.startNATT, "start-natt", false, "send IKE_SA_INIT to the NAT-T port already: one UDP flow per gateway (behind ECMP, its SA\nthen lives on the node its flow reaches)")
+	fs.BoolVar(&f.reconnect, "reconnect", false, "a gateway whose SA is lost sets up a new one (counted as a re-authentication)")
 	return f
 }
 
@@ -170,6 +181,8 @@ func (f *loadFlags) parse(args []string, stdout io.Writer) error {
 	switch {
 	case f.count < 1:
 		return usagef("--count %d: want at least 1", f.count)
+	case f.first < 1:
+		return usagef("--first %d: want at least 1", f.first)
 	case f.rate < 0 || f.window < 0:
 		return usagef("--rate and --window must not be negative")
 	case f.portsPerGW < 0 || f.portsPerGW > 2:
@@ -186,7 +199,7 @@ func (f *loadFlags) parse(args []string, stdout io.Writer) error {
 
 // options turns the flags into loadtest options.
 func (f *loadFlags) options() (loadtest.Options, error) {
-	o := loadtest.Options{IDTemplate: f.id, RemoteID: f.remoteID, Count: f.count, Rate: f.rate, Window: f.window,
+	o := loadtest.Options{IDTemplate: f.id, RemoteID: f.remoteID, Count: f.count, First: f.first, Rate: f.rate, Window: f.window,
 		Hold: f.hold, Timeout: f.timeout, MaxDuration: f.maxDuration, RequestVIP: f.vip,
 		ServerNATT: uint16(f.serverNATT), SourcePort: uint16(f.sourcePort), PerAddress: f.perAddress,
 		PortsPerGateway: f.portsPerGW, Scenario: f.scenario, Label: f.label,
@@ -214,6 +227,27 @@ func (f *loadFlags) options() (loadtest.Options, error) {
 	default:
 		o.Source = netip.IPv4Unspecified()
 	}
+	if f.targets != "" {
+		for _, t := range strings.Split(f.targets, ",") {
+			a, err := netip.ParseAddr(strings.TrimSpace(t))
+			if err != nil {
+				return o, usagef("--targets: %v", err)
+			}
+			if a == srv {
+				return o, usagef("--targets: %v is --server, the anycast address the gateways see", a)
+			}
+			o.Targets = append(o.Targets, a)
+		}
+	}
+	if f.targetHTTP != "" {
+		for _, u := range strings.Split(f.targetHTTP, ",") {
+			o.TargetHTTP = append(o.TargetHTTP, strings.TrimSpace(u))
+		}
+		if len(o.TargetHTTP) != len(o.Targets) {
+			return o, usagef("--target-http: %d URLs for %d --targets", len(o.TargetHTTP), len(o.Targets))
+		}
+	}
+	o.Reconnect, o.StartNATT = f.reconnect, f.startNATT
 	if f.altSource != "" {
 		if o.AltSource, err = netip.ParseAddr(f.altSource); err != nil {
 			return o, usagef("--alt-source: %v", err)
@@ -334,6 +368,22 @@ func load(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 			}
 		}
 	}
+	if f.startFile != "" {
+		o.Ready = func(ctx context.Context) error {
+			fmt.Fprintln(stderr, "ikeload: ready")
+			for {
+				if _, err := os.Stat(f.startFile); err == nil {
+					return nil
+				}
+				select {
+				case <-ctx.Done():
+					return ctx.Err()
+				case <-time.After(20 * time.Millisecond):
+				}
+			}
+		}
+	}
+	raiseNoFile()
 	rep, runErr := loadtest.Run(ctx, o)
 	if tty && !f.quiet {
 		fmt.Fprint(stderr, "\r\033[K")
@@ -367,6 +417,17 @@ func load(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		fmt.Fprintf(stderr, "HTML report: %s\n", path)
 	}
 	return runErr
+}
+
+// raiseNoFile lifts the soft limit of open files to the hard limit: every
+// simulated gateway has its own sockets (loadtest raises the hard limit
+// too when it may and must).
+func raiseNoFile() {
+	var lim unix.Rlimit
+	if unix.Getrlimit(unix.RLIMIT_NOFILE, &lim) == nil && lim.Cur < lim.Max {
+		lim.Cur = lim.Max
+		_ = unix.Setrlimit(unix.RLIMIT_NOFILE, &lim)
+	}
 }
 
 func progressLine(p loadtest.Progress) string {
@@ -416,11 +477,47 @@ func writeSummary(w io.Writer, r loadtest.Report) {
 	if e := r.ESP; e != nil {
 		fmt.Fprintf(w, "ESP: sent %d, received %d, errors %v\n", e.Sent, e.Received, e.Errors)
 	}
+	for _, k := range sortedKeys(r.Retried) {
+		fmt.Fprintf(w, "  refused for now, tried again: %s x%d\n", k, r.Retried[k])
+	}
+	if len(r.Params.Targets) > 0 {
+		fmt.Fprintf(w, "cluster %s: re-authentications %d\n", strings.Join(r.Params.Targets, ","), r.Reauthentications)
+		for _, e := range r.RouteEvents {
+			fmt.Fprintf(w, "  %6.1fs %s %s", e.AtS, e.Target, e.Change)
+			if e.Reason != "" {
+				fmt.Fprintf(w, " (%s, detected in %.2fs)", e.Reason, e.DetectS)
+			}
+			fmt.Fprintf(w, ": %d gateways moved, %d answered from their new node; outage ms p50 %.0f p99 %.0f max %.0f\n",
+				e.Moved, e.Recovered, e.OutageMS.P50, e.OutageMS.P99, e.OutageMS.Max)
+		}
+		for _, n := range r.Nodes {
+			fmt.Fprintf(w, "  node %s: SAs %s\n", n.Target, sparkSAs(n.SAs))
+		}
+	}
 	if t := r.Target; t != nil {
 		fmt.Fprintf(w, "target pid %d: %.2f CPU-s, %.0f%% of a core during setup, %.1f setups per CPU-second, max RSS %.1f MiB\n",
 			t.PID, t.CPUSeconds, t.CPUMeanPct, t.SetupsPerCPU, t.RSSMaxMiB)
 	}
 	fmt.Fprintf(w, "ikeload: %.2f CPU-s, %.0f%% of a core during setup\n", r.Self.CPUSeconds, r.Self.CPUMeanPct)
+}
+
+// sparkSAs shows a node's SA count every 10 s ("-": no answer) and its last.
+func sparkSAs(v []int64) string {
+	var b strings.Builder
+	for i, x := range v {
+		if i%10 != 9 && i != len(v)-1 {
+			continue
+		}
+		if b.Len() > 0 {
+			b.WriteString(" ")
+		}
+		if x < 0 {
+			fmt.Fprintf(&b, "%ds:-", i+1)
+		} else {
+			fmt.Fprintf(&b, "%ds:%d", i+1, x)
+		}
+	}
+	return b.String()
 }
 
 func sortedKeys(m map[string]int) []string {

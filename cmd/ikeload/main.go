@@ -8,6 +8,7 @@
 //	        --remote-ts 10.30.0.0/24 --scenario ramp --count 1000 --rate 200
 //	ikeload gen-pki --dir pki --responder-id conc.example
 //	ikeload compare --html cmp.html a.json b.json
+//	ikeload merge --json-out all.json part1.json part2.json
 //
 // Exit status: 0 when every attempt succeeded, 1 when some failed or the
 // run could not start, 2 for a usage error.
@@ -46,6 +47,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		err = genPKI(args[1:], stdout)
 	case len(args) > 0 && args[0] == "compare":
 		err = compare(args[1:], stdout, stderr)
+	case len(args) > 0 && args[0] == "merge":
+		err = merge(args[1:], stdout, stderr)
 	case len(args) > 0 && (args[0] == "version" || args[0] == "--version" || args[0] == "-version"):
 		fmt.Fprintln(stdout, "ikeload", version())
 	case len(args) > 0 && args[0] == "help":

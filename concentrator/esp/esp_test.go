@@ -305,6 +305,9 @@ func TestBadPadding(t *testing.T) {
 	pkt[hr+5], pkt[hr+6], pkt[hr+7] = 9, 1, NextHeaderIPv4
 	binary.BigEndian.PutUint64(pkt[HeaderLen:], o.seq)
 	s := o.s
+	if err := s.key(); err != nil {
+		t.Fatal(err)
+	}
 	copy(s.nonce[4:], pkt[HeaderLen:hr])
 	pt := pkt[hr : hr+8]
 	s.aead.Seal(pt[:0], s.nonce[:], pt, s.setAAD(pkt, o.seq))

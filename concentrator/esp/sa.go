@@ -1,6 +1,7 @@
 package esp
 
 import (
+	"bytes"
 	"crypto/aes"
 	"crypto/cipher"
 	"crypto/hmac"
@@ -67,6 +68,13 @@ type suite struct {
 
 	ivLen, icvLen, align int
 	esn                  bool
+	isAEAD               bool
+
+	// Until the first packet (key): the keys and what to build.
+	keyed             bool
+	encrID            uint16
+	encrKey, integKey []byte
+	hash              func() hash.Hash
 
 	// Scratch space kept in the (heap) SA so that Seal and Open do not
 	// allocate: slices of locals passed to interfaces would escape.
@@ -77,7 +85,7 @@ type suite struct {
 }
 
 func newSuite(c Config) (*suite, error) {
-	s := &suite{esn: c.ESN}
+	s := &suite{esn: c.ESN, encrID: c.EncrID}
 	keyErr := func(want string) error {
 		return fmt.Errorf("esp: %s: key of %d bytes, want %s", encrName(c.EncrID), len(c.EncrKey), want)
 	}
@@ -93,16 +101,10 @@ func newSuite(c Config) (*suite, error) {
 		if c.KeyBits != 0 && int(c.KeyBits) != 8*k {
 			return nil, keyErr(fmt.Sprintf("%d bits plus a 4-byte salt", c.KeyBits))
 		}
-		b, err := aes.NewCipher(c.EncrKey[:k])
-		if err != nil {
-			return nil, err
-		}
-		if s.aead, err = cipher.NewGCM(b); err != nil {
-			return nil, err
-		}
+		s.encrKey = bytes.Clone(c.EncrKey[:k])
 		copy(s.salt[:], c.EncrKey[k:])
 		copy(s.nonce[:4], s.salt[:])
-		s.ivLen, s.icvLen, s.align = 8, 16, 4
+		s.ivLen, s.icvLen, s.align, s.isAEAD = 8, 16, 4, true
 	case EncrChaCha20Poly1305:
 		if c.IntegID != IntegNone {
 			return nil, fmt.Errorf("esp: ChaCha20-Poly1305 takes no integrity transform, got %d", c.IntegID)
@@ -110,57 +112,80 @@ func newSuite(c Config) (*suite, error) {
 		if len(c.EncrKey) != chacha20poly1305.KeySize+4 || (c.KeyBits != 0 && c.KeyBits != 256) {
 			return nil, keyErr("32 plus a 4-byte salt")
 		}
-		var err error
-		if s.aead, err = chacha20poly1305.New(c.EncrKey[:chacha20poly1305.KeySize]); err != nil {
-			return nil, err
-		}
+		s.encrKey = bytes.Clone(c.EncrKey[:chacha20poly1305.KeySize])
 		copy(s.salt[:], c.EncrKey[chacha20poly1305.KeySize:])
 		copy(s.nonce[:4], s.salt[:])
-		s.ivLen, s.icvLen, s.align = 8, 16, 4
+		s.ivLen, s.icvLen, s.align, s.isAEAD = 8, 16, 4, true
 	case EncrAESCBC:
 		k := len(c.EncrKey)
 		if (k != 16 && k != 24 && k != 32) || (c.KeyBits != 0 && int(c.KeyBits) != 8*k) {
 			return nil, keyErr("16, 24 or 32")
 		}
-		var h func() hash.Hash
 		var klen int
 		switch c.IntegID {
 		case IntegHMACSHA256128:
-			h, klen, s.icvLen = sha256.New, 32, 16
+			s.hash, klen, s.icvLen = sha256.New, 32, 16
 		case IntegHMACSHA384192:
-			h, klen, s.icvLen = sha512.New384, 48, 24
+			s.hash, klen, s.icvLen = sha512.New384, 48, 24
 		case IntegHMACSHA512256:
-			h, klen, s.icvLen = sha512.New, 64, 32
+			s.hash, klen, s.icvLen = sha512.New, 64, 32
 		default:
 			return nil, fmt.Errorf("esp: AES-CBC needs HMAC-SHA2-256/384/512, got integrity transform %d", c.IntegID)
 		}
 		if len(c.IntegKey) != klen {
 			return nil, fmt.Errorf("esp: integrity key of %d bytes, want %d", len(c.IntegKey), klen)
 		}
-		var err error
-		if s.block, err = aes.NewCipher(c.EncrKey); err != nil {
-			return nil, err
-		}
-		var zero [16]byte
-		enc, ok1 := cipher.NewCBCEncrypter(s.block, zero[:]).(cbcMode)
-		dec, ok2 := cipher.NewCBCDecrypter(s.block, zero[:]).(cbcMode)
-		if !ok1 || !ok2 {
-			return nil, errors.New("esp: crypto/cipher CBC mode cannot reset its IV")
-		}
-		s.cbcEnc, s.cbcDec = enc, dec
-		s.mac = hmac.New(h, c.IntegKey)
-		var ivKey [16]byte
-		if _, err := rand.Read(ivKey[:]); err != nil {
-			return nil, err
-		}
-		if s.ivGen, err = aes.NewCipher(ivKey[:]); err != nil {
-			return nil, err
-		}
+		s.encrKey, s.integKey = bytes.Clone(c.EncrKey), bytes.Clone(c.IntegKey)
 		s.ivLen, s.align = 16, 16
 	default:
 		return nil, fmt.Errorf("esp: unsupported encryption transform %d", c.EncrID)
 	}
 	return s, nil
+}
+
+// key builds the keyed primitives on the SA's first packet: an SA that
+// never carries traffic (most of a large fleet's idle gateways, between
+// their keepalives) costs its key bytes, not its expanded keys and
+// tables (about 1.5 KiB for AES-GCM in both directions). Like Seal and
+// Open, not safe for concurrent use.
+func (s *suite) key() error {
+	if s.keyed {
+		return nil
+	}
+	var err error
+	switch s.encrID {
+	case EncrAESGCM16:
+		var b cipher.Block
+		if b, err = aes.NewCipher(s.encrKey); err == nil {
+			s.aead, err = cipher.NewGCM(b)
+		}
+	case EncrChaCha20Poly1305:
+		s.aead, err = chacha20poly1305.New(s.encrKey)
+	case EncrAESCBC:
+		if s.block, err = aes.NewCipher(s.encrKey); err != nil {
+			break
+		}
+		var zero [16]byte
+		enc, ok1 := cipher.NewCBCEncrypter(s.block, zero[:]).(cbcMode)
+		dec, ok2 := cipher.NewCBCDecrypter(s.block, zero[:]).(cbcMode)
+		if !ok1 || !ok2 {
+			return errors.New("esp: crypto/cipher CBC mode cannot reset its IV")
+		}
+		s.cbcEnc, s.cbcDec = enc, dec
+		s.mac = hmac.New(s.hash, s.integKey)
+		var ivKey [16]byte
+		if _, err = rand.Read(ivKey[:]); err != nil {
+			break
+		}
+		s.ivGen, err = aes.NewCipher(ivKey[:])
+	}
+	if err != nil {
+		return fmt.Errorf("esp: %s: %w", encrName(s.encrID), err)
+	}
+	clear(s.encrKey)
+	clear(s.integKey)
+	s.encrKey, s.integKey, s.keyed = nil, nil, true
+	return nil
 }
 
 func encrName(id uint16) string {
@@ -271,6 +296,9 @@ func (o *Outbound) Seal(buf []byte, off, n int, nextHeader uint8) ([]byte, error
 	if o.limit != 0 && next > o.limit {
 		return nil, ErrSeqLimit
 	}
+	if err := o.s.key(); err != nil {
+		return nil, err
+	}
 	o.seq = next
 	return o.seal(buf[off-hr:end], n, nextHeader, nil), nil
 }
@@ -294,6 +322,7 @@ func (o *Outbound) AppendSeal(dst, payload []byte, nextHeader uint8) ([]byte, er
 // Headroom()). iv, if set, overrides the generated IV (known-answer tests).
 func (o *Outbound) seal(pkt []byte, n int, nextHeader uint8, iv []byte) []byte {
 	s := o.s
+	s.key() // keyed by Seal; here for known-answer tests
 	hr := HeaderLen + s.ivLen
 	seq := o.seq
 	binary.BigEndian.PutUint32(pkt[0:], o.spi)
@@ -309,7 +338,7 @@ func (o *Outbound) seal(pkt []byte, n int, nextHeader uint8, iv []byte) []byte {
 	pkt[p+1] = nextHeader
 	p += 2
 	ivs := pkt[HeaderLen:hr]
-	if s.aead != nil {
+	if s.isAEAD {
 		// IV = the 64-bit sequence number: unique per key (RFC 4106 §3.1).
 		if iv != nil {
 			copy(ivs, iv)
@@ -394,8 +423,11 @@ func (in *Inbound) Open(pkt []byte) (payload []byte, nextHeader uint8, seq uint6
 	if !in.win.check(seq) {
 		return nil, 0, 0, ErrReplay
 	}
+	if s.key() != nil {
+		return nil, 0, 0, ErrIntegrity // not reached: the keys were checked at NewInbound
+	}
 	ctEnd := len(pkt) - s.icvLen
-	if s.aead != nil {
+	if s.isAEAD {
 		copy(s.nonce[4:], pkt[HeaderLen:hr]) // nonce[:4] is the salt
 		ct := pkt[hr:]
 		if _, err := s.aead.Open(ct[:0], s.nonce[:], ct, s.setAAD(pkt, seq)); err != nil {

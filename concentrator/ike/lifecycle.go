@@ -715,6 +715,27 @@ func (e *Engine) RekeyChild(now time.Time, spi uint64, inSPI uint32, rd *Ready) 
 	}
 }
 
+// CheckLiveness sends a liveness check (an empty INFORMATIONAL request, as
+// DPD does after DPDDelay of silence) on the IKE SA with our SPI spi now;
+// a gateway does this when its path to the responder may have changed. It
+// reports false when nothing was started: no such established SA, or an
+// exchange is under way (whose answer proves liveness as well).
+func (e *Engine) CheckLiveness(now time.Time, spi uint64, rd *Ready) bool {
+	e.begin(now)
+	sa := e.sas[spi]
+	if sa == nil || sa.state != stateEstablished || sa.req != nil || sa.localSPI() != spi {
+		return false
+	}
+	sa.flushDirty(e, rd)
+	e.stats.DPDSent++
+	if !sa.idKnown(now, e, rd) {
+		return true // the message ID probe is a liveness check too
+	}
+	sa.request(now, e, INFORMATIONAL, nil, rd)
+	sa.req.dpd = true
+	return true
+}
+
 // RekeyIKE starts rekeying the IKE SA with our SPI spi.
 func (e *Engine) RekeyIKE(now time.Time, spi uint64, rd *Ready) {
 	e.begin(now)

@@ -316,3 +316,36 @@ func TestDeleteWaitsForExchange(t *testing.T) {
 	}
 	w.paired(t, 0)
 }
+
+func TestCheckLiveness(t *testing.T) {
+	w, spi := establish(t, responderConfig(t, 1))
+	sa := w.ini.SA(spi)
+	next := sa.nextOut
+	var started bool
+	w.run(R(func(rd *Ready) { started = w.ini.CheckLiveness(w.now, spi, rd) }), true)
+	if !started || w.ini.Stats().DPDSent != 1 || sa.nextOut != next+1 || sa.req != nil {
+		t.Fatalf("liveness check: started %v, stats %+v, message IDs %d -> %d, outstanding %v", started, w.ini.Stats(), next, sa.nextOut, sa.req != nil)
+	}
+	// Nothing to check: no such SA, or one whose check is unanswered yet.
+	var rd Ready
+	if w.ini.CheckLiveness(w.now, spi+1, &rd) || len(rd.Send) != 0 {
+		t.Fatal("liveness check on an unknown SA")
+	}
+	w.drop = func(bool, []byte) bool { return true }
+	rd.Reset()
+	if !w.ini.CheckLiveness(w.now, spi, &rd) || len(rd.Send) != 1 {
+		t.Fatalf("second check: %d sends", len(rd.Send))
+	}
+	rd.Reset()
+	if w.ini.CheckLiveness(w.now, spi, &rd) || len(rd.Send) != 0 {
+		t.Fatal("a check started while one is outstanding")
+	}
+	// Unanswered, it ends the SA as DPD does.
+	for i := 0; i < 400 && w.ini.Len() > 0; i++ {
+		w.now = w.now.Add(time.Second)
+		w.run(R(func(rd *Ready) { w.ini.Tick(w.now, rd) }), false)
+	}
+	if w.ini.Len() != 0 || w.ini.Stats().DPDDead != 1 {
+		t.Fatalf("dead peer kept: %d SAs, stats %+v", w.ini.Len(), w.ini.Stats())
+	}
+}

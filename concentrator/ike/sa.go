@@ -149,6 +149,9 @@ func (sa *IKESA) State() string { return sa.state.String() }
 // Established reports whether the SA is authenticated and usable.
 func (sa *IKESA) Established() bool { return sa.state == stateEstablished }
 
+// LastReceived is when the SA last took an authenticated message.
+func (sa *IKESA) LastReceived() time.Time { return sa.lastRecv }
+
 // IsInitiator reports whether we were the original initiator.
 func (sa *IKESA) IsInitiator() bool { return sa.initiator }
 

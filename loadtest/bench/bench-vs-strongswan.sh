@@ -9,14 +9,19 @@
 #   1. per authentication (PSK, then ECDSA P-256 certificates, one per
 #      gateway; X25519, AES-GCM-256 for IKE and ESP): RATE_N gateways, WINDOW
 #      handshakes in flight, against a fresh concentratord, then a fresh charon;
-#   2. fleet growth (ECDSA): up to FLEET_N gateways, as many as each responder
-#      takes within FLEET_SECONDS, the setup rate measured as the SAs grow.
+#   2. fleet growth (ECDSA): up to FLEET_N (100,000) gateways, as many as each
+#      responder takes within its time bound (FLEET_SECONDS for concentratord,
+#      FLEET_SECONDS_STRONGSWAN for charon, which slows down as its SAs
+#      grow), the setup rate measured as the SAs grow. An ikeload process
+#      holds one socket per gateway: the fleet is split over as many
+#      processes as the open file limit needs (FLEET_PER_PROCESS each),
+#      running at once, and their reports merged (ikeload merge).
 # Then `ikeload compare` prints setups per responder CPU-second (= per core),
 # p99 setup latency and their ratios, and writes one HTML report.
 #
 # Environment: OUT (results dir; default bench-out/), RATE_N (3000), RATE_N_ECDSA
-# (1500), FLEET_WINDOW (256), FLEET_N (19500: one ikeload process holds one socket per gateway, and
-# the open file limit is often 20000), FLEET_SECONDS (100), WINDOW (64), RESPONDER_CPU (0),
+# (1500), FLEET_WINDOW (256), FLEET_N (100000), FLEET_SECONDS (400), FLEET_SECONDS_STRONGSWAN
+# (150), FLEET_PER_PROCESS (19000), SKIP_RATE (1: only the fleet growth), WINDOW (64), RESPONDER_CPU (0),
 # LOAD_CPU (1), KEEP (1: keep the work directory).
 set -euo pipefail
 
@@ -25,8 +30,10 @@ BIN=${BIN:-$ROOT/bin}
 OUT=${OUT:-$ROOT/bench-out}
 RATE_N=${RATE_N:-3000}
 RATE_N_ECDSA=${RATE_N_ECDSA:-1500}
-FLEET_N=${FLEET_N:-19500}
-FLEET_SECONDS=${FLEET_SECONDS:-100}
+FLEET_N=${FLEET_N:-100000}
+FLEET_SECONDS=${FLEET_SECONDS:-400}
+FLEET_SECONDS_STRONGSWAN=${FLEET_SECONDS_STRONGSWAN:-150}
+FLEET_PER_PROCESS=${FLEET_PER_PROCESS:-19000}
 WINDOW=${WINDOW:-64}
 FLEET_WINDOW=${FLEET_WINDOW:-256}
 RESPONDER_CPU=${RESPONDER_CPU:-0}
@@ -214,8 +221,43 @@ load() {
     --json-out "$OUT/$name-$label.json" --html "$OUT/$name-$label.html" --progress-every 10s "$@" >&2 || true
 }
 
+# fleet NAME AUTH N SECONDS: N gateways split over ikeload processes that
+# run at once, each with its range of identities; one merged report.
+fleet() {
+  local label=$1 auth=$2 n=$3 secs=$4 first=1 k=0 pids=() parts=()
+  local creds=(--issue-ca-cert "$W/pki/ca.crt" --issue-ca-key "$W/pki/ca.key" --ca "$W/pki/ca.crt")
+  local procs=$(( (n + FLEET_PER_PROCESS - 1) / FLEET_PER_PROCESS ))
+  echo "== fleet: $label, $auth, $n gateways in $procs ikeload processes, at most $secs s" >&2
+  while [ "$first" -le "$n" ]; do
+    local c=$(( n - first + 1 ))
+    [ "$c" -gt "$FLEET_PER_PROCESS" ] && c=$FLEET_PER_PROCESS
+    k=$((k + 1))
+    taskset -c "$LOAD_CPU" ip netns exec "$NS" "$BIN/ikeload" --server 127.0.0.1 --remote-id conc.example \
+      --id 'gw{n}@iot.example' "${creds[@]}" --vip --remote-ts 10.30.0.0/24 --proposal "$PROPOSAL" --esp "$ESP" \
+      --first "$first" --count "$c" --window $(( (FLEET_WINDOW + procs - 1) / procs )) --no-delete --target-pid "$RPID" \
+      --label "$label" --max-duration "${secs}s" --source "127.$((k + 1)).0.0/16" --ports-per-gateway 1 --quiet --no-html \
+      --start-when "$W/go-$label" --json-out "$W/fleet-$label-$k.json" > "$W/fleet-$label-$k.txt" 2>&1 &
+    pids+=($!)
+    parts+=("$W/fleet-$label-$k.json")
+    first=$((first + c))
+  done
+  # All start together, once every process has its gateways prepared
+  # (certificates issued, sockets bound).
+  local t0=$SECONDS
+  while [ "$(cat "$W"/fleet-"$label"-*.txt 2>/dev/null | grep -c '^ikeload: ready')" -lt "$k" ]; do
+    for p in "${pids[@]}"; do kill -0 "$p" 2>/dev/null || break 2; done
+    sleep 0.2
+  done
+  echo "   (gateways prepared in $((SECONDS - t0)) s)" >&2
+  touch "$W/go-$label"
+  for p in "${pids[@]}"; do wait "$p" || true; done
+  "$BIN/ikeload" merge --label "$label" --json-out "$OUT/fleet-$label.json" "${parts[@]}" >&2 ||
+    { cat "$W"/fleet-"$label"-*.txt >&2; die "fleet $label: no reports"; }
+}
+
 T0=$(date +%s)
 for auth in psk ecdsa; do
+  [ "${SKIP_RATE:-0}" = 1 ] && break
   n=$RATE_N
   [ "$auth" = ecdsa ] && n=$RATE_N_ECDSA
   start_conc "$auth" "$n"; load "rate-$auth" concentratord "$auth" "$n"; stop_responder
@@ -225,8 +267,9 @@ done
 # credential table then (strongSwan looks PSKs up by scanning its secrets,
 # which would dominate), so the rate shows the cost of the SAs themselves.
 for r in concentratord strongswan; do
-  if [ $r = concentratord ]; then start_conc ecdsa "$FLEET_N"; else start_charon ecdsa "$FLEET_N"; fi
-  load fleet "$r" ecdsa "$FLEET_N" --max-duration "${FLEET_SECONDS}s" --source 127.1.0.0/16 --window "$FLEET_WINDOW"
+  secs=$FLEET_SECONDS
+  if [ $r = concentratord ]; then start_conc ecdsa "$FLEET_N"; else start_charon ecdsa "$FLEET_N"; secs=$FLEET_SECONDS_STRONGSWAN; fi
+  fleet "$r" ecdsa "$FLEET_N" "$secs"
   stop_responder
 done
 T1=$(date +%s)
@@ -235,4 +278,4 @@ echo
 echo "bench-vs-strongswan: $((T1 - T0)) s; responders pinned to CPU $RESPONDER_CPU, ikeload to CPU $LOAD_CPU"
 echo "\"per CPU-second\" is setups per second per responder core: established / responder CPU time during the setup phase."
 "$BIN/ikeload" compare --baseline strongswan --html "$OUT/bench-vs-strongswan.html" --json "$OUT/bench-vs-strongswan.json" \
-  "$OUT"/rate-psk-*.json "$OUT"/rate-ecdsa-*.json "$OUT"/fleet-*.json
+  $(ls "$OUT"/rate-psk-*.json "$OUT"/rate-ecdsa-*.json 2>/dev/null) "$OUT"/fleet-*.json

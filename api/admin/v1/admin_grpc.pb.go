@@ -1,6 +1,7 @@
 // The operators' API of a concentrator node:
 // cluster status, nodes, IKE SAs (list, show, terminate, rekey), drain,
-// credential reload and a feed of SA events. concentratorctl wraps it.
+// credential reload, the per-device credential store and a feed of SA
+// events. concentratorctl wraps it.
 //
 // Every node serves it for itself; cluster-wide views come from the state
 // store's node registry. SPIs are our IKE SPIs (the responder SPI of SAs the
@@ -37,6 +38,9 @@ const (
 	Admin_DrainNode_FullMethodName         = "/ikefleet.admin.v1.Admin/DrainNode"
 	Admin_ReloadCredentials_FullMethodName = "/ikefleet.admin.v1.Admin/ReloadCredentials"
 	Admin_WatchEvents_FullMethodName       = "/ikefleet.admin.v1.Admin/WatchEvents"
+	Admin_PutCredentials_FullMethodName    = "/ikefleet.admin.v1.Admin/PutCredentials"
+	Admin_DeleteCredential_FullMethodName  = "/ikefleet.admin.v1.Admin/DeleteCredential"
+	Admin_ListCredentials_FullMethodName   = "/ikefleet.admin.v1.Admin/ListCredentials"
 )
 
 // AdminClient is the client API for Admin service.
@@ -67,6 +71,16 @@ type AdminClient interface {
 	ReloadCredentials(ctx context.Context, in *ReloadCredentialsRequest, opts ...grpc.CallOption) (*ReloadCredentialsResponse, error)
 	// SA events as they happen (established, deleted, rekeyed, failed...).
 	WatchEvents(ctx context.Context, in *WatchEventsRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[Event], error)
+	// Adds or replaces (rotates) per-device credentials in the cluster's
+	// credential store (auth.credential_store): at most 500 a call, all or
+	// nothing. Every node follows the store; no restart.
+	PutCredentials(ctx context.Context, in *PutCredentialsRequest, opts ...grpc.CallOption) (*PutCredentialsResponse, error)
+	// Revokes a device's stored credential. Established SAs keep running
+	// (terminate them with TerminateSA); new authentications fail.
+	DeleteCredential(ctx context.Context, in *DeleteCredentialRequest, opts ...grpc.CallOption) (*DeleteCredentialResponse, error)
+	// Lists stored credentials (identity, kind, last update; never secrets)
+	// in pages ordered by identity.
+	ListCredentials(ctx context.Context, in *ListCredentialsRequest, opts ...grpc.CallOption) (*ListCredentialsResponse, error)
 }
 
 type adminClient struct {
@@ -194,6 +208,36 @@ func (c *adminClient) WatchEvents(ctx context.Context, in *WatchEventsRequest, o
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type Admin_WatchEventsClient = grpc.ServerStreamingClient[Event]
 
+func (c *adminClient) PutCredentials(ctx context.Context, in *PutCredentialsRequest, opts ...grpc.CallOption) (*PutCredentialsResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(PutCredentialsResponse)
+	err := c.cc.Invoke(ctx, Admin_PutCredentials_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *adminClient) DeleteCredential(ctx context.Context, in *DeleteCredentialRequest, opts ...grpc.CallOption) (*DeleteCredentialResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(DeleteCredentialResponse)
+	err := c.cc.Invoke(ctx, Admin_DeleteCredential_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *adminClient) ListCredentials(ctx context.Context, in *ListCredentialsRequest, opts ...grpc.CallOption) (*ListCredentialsResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ListCredentialsResponse)
+	err := c.cc.Invoke(ctx, Admin_ListCredentials_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // AdminServer is the server API for Admin service.
 // All implementations must embed UnimplementedAdminServer
 // for forward compatibility.
@@ -222,6 +266,16 @@ type AdminServer interface {
 	ReloadCredentials(context.Context, *ReloadCredentialsRequest) (*ReloadCredentialsResponse, error)
 	// SA events as they happen (established, deleted, rekeyed, failed...).
 	WatchEvents(*WatchEventsRequest, grpc.ServerStreamingServer[Event]) error
+	// Adds or replaces (rotates) per-device credentials in the cluster's
+	// credential store (auth.credential_store): at most 500 a call, all or
+	// nothing. Every node follows the store; no restart.
+	PutCredentials(context.Context, *PutCredentialsRequest) (*PutCredentialsResponse, error)
+	// Revokes a device's stored credential. Established SAs keep running
+	// (terminate them with TerminateSA); new authentications fail.
+	DeleteCredential(context.Context, *DeleteCredentialRequest) (*DeleteCredentialResponse, error)
+	// Lists stored credentials (identity, kind, last update; never secrets)
+	// in pages ordered by identity.
+	ListCredentials(context.Context, *ListCredentialsRequest) (*ListCredentialsResponse, error)
 	mustEmbedUnimplementedAdminServer()
 }
 
@@ -258,6 +312,15 @@ func (UnimplementedAdminServer) ReloadCredentials(context.Context, *ReloadCreden
 }
 func (UnimplementedAdminServer) WatchEvents(*WatchEventsRequest, grpc.ServerStreamingServer[Event]) error {
 	return status.Error(codes.Unimplemented, "method WatchEvents not implemented")
+}
+func (UnimplementedAdminServer) PutCredentials(context.Context, *PutCredentialsRequest) (*PutCredentialsResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method PutCredentials not implemented")
+}
+func (UnimplementedAdminServer) DeleteCredential(context.Context, *DeleteCredentialRequest) (*DeleteCredentialResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method DeleteCredential not implemented")
+}
+func (UnimplementedAdminServer) ListCredentials(context.Context, *ListCredentialsRequest) (*ListCredentialsResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ListCredentials not implemented")
 }
 func (UnimplementedAdminServer) mustEmbedUnimplementedAdminServer() {}
 func (UnimplementedAdminServer) testEmbeddedByValue()               {}
@@ -421,6 +484,60 @@ func _Admin_WatchEvents_Handler(srv interface{}, stream grpc.ServerStream) error
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type Admin_WatchEventsServer = grpc.ServerStreamingServer[Event]
 
+func _Admin_PutCredentials_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(PutCredentialsRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServer).PutCredentials(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Admin_PutCredentials_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServer).PutCredentials(ctx, req.(*PutCredentialsRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _Admin_DeleteCredential_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(DeleteCredentialRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServer).DeleteCredential(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Admin_DeleteCredential_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServer).DeleteCredential(ctx, req.(*DeleteCredentialRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _Admin_ListCredentials_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ListCredentialsRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServer).ListCredentials(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Admin_ListCredentials_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServer).ListCredentials(ctx, req.(*ListCredentialsRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // Admin_ServiceDesc is the grpc.ServiceDesc for Admin service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -451,6 +568,18 @@ var Admin_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "ReloadCredentials",
 			Handler:    _Admin_ReloadCredentials_Handler,
+		},
+		{
+			MethodName: "PutCredentials",
+			Handler:    _Admin_PutCredentials_Handler,
+		},
+		{
+			MethodName: "DeleteCredential",
+			Handler:    _Admin_DeleteCredential_Handler,
+		},
+		{
+			MethodName: "ListCredentials",
+			Handler:    _Admin_ListCredentials_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{
