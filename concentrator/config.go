@@ -184,6 +184,7 @@ type XFRMConfig struct {
 	MSS              int   `yaml:"mss"`                // MSS for SYNs arriving from tunnels; 0 = 1360
 	ReplayWindow     int   `yaml:"replay_window"`      // inbound anti-replay window with ESN, packets (non-ESN: 32)
 	HThresh4         []int `yaml:"hthresh4"`           // SPD hash thresholds [local, remote] prefix bits
+	UnknownSPIQueue  int   `yaml:"unknown_spi_queue"`  // NFQUEUE number of ESP for SAs other nodes hold (with a state store)
 }
 
 // UserspaceConfig configures the user-space ESP data plane (mode
@@ -242,7 +243,7 @@ func DefaultConfig() Config {
 		Auth:     AuthConfig{Revocation: DefaultRevocationConfig(), ClockSkew: DefaultClockSkew},
 		Children: ChildrenConfig{RekeyAfter: 50 * time.Minute, RekeyWindow: 10 * time.Minute, RekeyOverlap: 10 * time.Second, MaxPerIKE: 8},
 		DataPlane: DataPlaneConfig{Mode: "auto", Userspace: UserspaceConfig{TUN: "ikf0", MTU: 1400, QueueLen: 1024, ReplayWindow: 1024, SocketRecvBuffer: 4 << 20},
-			XFRM: XFRMConfig{MSSClamp: true, ReplayWindow: 128, HThresh4: []int{0, 32}}},
+			XFRM: XFRMConfig{MSSClamp: true, ReplayWindow: 128, HThresh4: []int{0, 32}, UnknownSPIQueue: 4500}},
 		StateStore: StateStoreConfig{Mode: "embedded", DataDir: "ikefleet-data", LeaseTTL: statestore.DefaultLeaseTTL, EtcdLogLevel: "warn"},
 		Metrics:    MetricsConfig{Listen: DefaultMetricsListen},
 		Admin:      AdminConfig{Listen: DefaultAdminListen},
@@ -634,6 +635,9 @@ func (x *XFRMConfig) validate() error {
 	}
 	if len(x.HThresh4) != 2 || x.HThresh4[0] < 0 || x.HThresh4[0] > 32 || x.HThresh4[1] < 0 || x.HThresh4[1] > 32 {
 		return fieldErr("dataplane.xfrm.hthresh4", "must be two prefix lengths [local, remote] of 0 to 32: %v", x.HThresh4)
+	}
+	if x.UnknownSPIQueue < 1 || x.UnknownSPIQueue > 65535 {
+		return fieldErr("dataplane.xfrm.unknown_spi_queue", "must be an NFQUEUE number of 1 to 65535: %d", x.UnknownSPIQueue)
 	}
 	return nil
 }

@@ -27,6 +27,11 @@ func newXFRM(cfg concentrator.Config, log *slog.Logger) (dataplane.DataPlane, er
 	opts.MSSClamp, opts.MSS = x.MSSClamp, uint16(x.MSS)
 	opts.ReplayWindow = uint32(x.ReplayWindow)
 	opts.HThresh4 = [2]int{x.HThresh4[0], x.HThresh4[1]}
+	// With a state store the node is one of a cluster (or may become
+	// one): ESP for SAs it does not hold reaches its claim path, and a
+	// node that lost its lease can stop its outbound ESP.
+	opts.ClusterESP = cfg.StateStore.Mode != "none"
+	opts.NATTPort, opts.UnknownSPIQueue = uint16(cfg.IKE.NATTPort), uint16(x.UnknownSPIQueue)
 	opts.Log = log.With("dataplane", "xfrm")
 	if cfg.Children.Pool != "" {
 		if p, err := netip.ParsePrefix(cfg.Children.Pool); err == nil {
@@ -37,6 +42,6 @@ func newXFRM(cfg concentrator.Config, log *slog.Logger) (dataplane.DataPlane, er
 	if err != nil {
 		return nil, fmt.Errorf("dataplane.mode xfrm: %w", err)
 	}
-	log.Info("xfrm data plane ready", "dataplane", "xfrm", "mss_clamp", x.MSSClamp, "hthresh4", fmt.Sprint(x.HThresh4))
+	log.Info("xfrm data plane ready", "dataplane", "xfrm", "mss_clamp", x.MSSClamp, "hthresh4", fmt.Sprint(x.HThresh4), "cluster_esp", opts.ClusterESP, "unknown_spi_queue", x.UnknownSPIQueue)
 	return dp, nil
 }

@@ -68,6 +68,16 @@ type Options struct {
 	// SeqQueue is the capacity of the SeqProgress channel (default 4096);
 	// reports that find it full are tried again later (SeqStats Dropped).
 	SeqQueue int
+	// ClusterESP builds the nftables table ESPTable for a node of a
+	// cluster: the sets of the SPIs of the CHILD SAs installed here, kept
+	// in step with them; ESP-in-UDP to NATTPort for other SPIs goes to
+	// NFQUEUE UnknownSPIQueue and is reported (OnUnknownSPI) before the
+	// kernel sees it; and the fence (SetFenced) drops outbound ESP.
+	ClusterESP bool
+	// NATTPort is the node's NAT-T port (default 4500).
+	NATTPort uint16
+	// UnknownSPIQueue is the NFQUEUE number of ClusterESP (default 4500).
+	UnknownSPIQueue uint16
 	// NetNS, if valid, is the network namespace to work in (tests); the
 	// default is the caller's.
 	NetNS netns.NsHandle
@@ -80,7 +90,7 @@ func DefaultOptions() Options {
 		ReqIDBase: 0x49460000, ReqIDSlots: 1 << 20, ReplayWindow: 128, PolicyPriority: 0x8000,
 		RouteTable: unix.RT_TABLE_MAIN, RouteProtocol: 0xe1,
 		HThresh4: [2]int{0, 32}, HThresh6: [2]int{0, 128}, MSSClamp: true, NetNS: -1,
-		ExpiryQueue: 4096, SeqQueue: 4096,
+		ExpiryQueue: 4096, SeqQueue: 4096, NATTPort: 4500, UnknownSPIQueue: 4500,
 	}
 }
 
@@ -116,6 +126,12 @@ func (o *Options) fill() {
 	if o.SeqQueue <= 0 {
 		o.SeqQueue = d.SeqQueue
 	}
+	if o.NATTPort == 0 {
+		o.NATTPort = d.NATTPort
+	}
+	if o.UnknownSPIQueue == 0 {
+		o.UnknownSPIQueue = d.UnknownSPIQueue
+	}
 	if o.Log == nil {
 		o.Log = slog.New(slog.DiscardHandler)
 	}
@@ -139,6 +155,8 @@ type DataPlane struct {
 	raw    *rawXfrm        // requests the netlink library cannot make
 	ae     aeIO            // raw, or a model in tests
 	sm     *seqMonitor     // async events: sequence number progress
+	esp    *espSteer       // ClusterESP: owned SPI sets and fence
+	nfq    *nfQueue        // ClusterESP: ESP for SPIs not installed here
 	seqTable
 	// gone: the last counters of SAs removed, so that Report's totals
 	// never go down.
@@ -165,6 +183,9 @@ var (
 	_ dataplane.AddressUpdater = (*DataPlane)(nil)
 	_ dataplane.SACounter      = (*DataPlane)(nil)
 	_ dataplane.Reporter       = (*DataPlane)(nil)
+
+	_ dataplane.Fencer             = (*DataPlane)(nil)
+	_ dataplane.UnknownSPIReporter = (*DataPlane)(nil)
 )
 
 // New opens the data plane: one netlink handle (XFRM and route families),
@@ -235,6 +256,26 @@ func New(opts Options) (*DataPlane, error) {
 		}
 		d.mss = m
 	}
+	if opts.ClusterESP {
+		esp, err := newESPSteer(opts.NetNS, opts.NATTPort, opts.UnknownSPIQueue, opts.Log)
+		if err != nil {
+			if d.mss != nil {
+				_ = d.mss.remove()
+			}
+			fail()
+			return nil, fmt.Errorf("xfrm: ESP SPI sets (nftables table inet %s; needs nf_tables and nft_queue): %w", ESPTable, err)
+		}
+		q, err := openNFQueue(opts.NetNS, opts.UnknownSPIQueue)
+		if err != nil {
+			_ = esp.close()
+			if d.mss != nil {
+				_ = d.mss.remove()
+			}
+			fail()
+			return nil, fmt.Errorf("xfrm: ESP for SPIs not installed here (NFQUEUE %d, needs nfnetlink_queue; in use by another program?): %w", opts.UnknownSPIQueue, err)
+		}
+		d.esp, d.nfq = esp, q
+	}
 	go exp.run(d)
 	go sm.run(d)
 	if d.mapm != nil {
@@ -257,9 +298,15 @@ func (d *DataPlane) Close() error {
 		return nil
 	}
 	d.closed = true
-	var err error
+	var errs []error
 	if d.mss != nil {
-		err = d.mss.remove()
+		errs = append(errs, d.mss.remove())
+	}
+	if d.nfq != nil {
+		d.nfq.close()
+	}
+	if d.esp != nil {
+		errs = append(errs, d.esp.close())
 	}
 	if d.mapm != nil {
 		d.mapm.stop()
@@ -268,7 +315,53 @@ func (d *DataPlane) Close() error {
 	d.sm.stop()
 	d.raw.close()
 	d.h.Close()
-	return err
+	return errors.Join(errs...)
+}
+
+// OnUnknownSPI sets the function told of ESP-in-UDP whose SPI has no
+// CHILD SA here (with ClusterESP; dataplane.UnknownSPIReporter). It is
+// called on the queue's reader goroutine for every such packet.
+func (d *DataPlane) OnUnknownSPI(f func(spi uint32)) {
+	if d.nfq != nil {
+		d.nfq.onSPI(f)
+	}
+}
+
+// SetFenced stops (true) or resumes (false) outbound ESP of the CHILD SAs
+// installed here at once: with ClusterESP the output chain of ESPTable
+// drops their packets after encryption (dataplane.Fencer). The kernel's
+// sequence numbers of dropped packets are used up; none reaches the wire.
+func (d *DataPlane) SetFenced(f bool) {
+	if d.esp == nil {
+		d.log.Warn("xfrm: fence without the cluster ESP table (ClusterESP): outbound ESP not stopped", "fenced", f)
+		return
+	}
+	if err := d.esp.setFenced(f); err != nil {
+		d.log.Error("xfrm: fence", "fenced", f, "err", err)
+	}
+}
+
+// ClusterESPStats are the counters of ClusterESP.
+type ClusterESPStats struct {
+	Queued, Reported uint64 // packets read from the queue; SPIs reported
+	SetBatches       uint64 // set updates sent (each a batch of changes)
+	SetErrors        uint64 // batches that failed (the sets were rewritten)
+}
+
+// ClusterESPStats returns ClusterESP's counters (zero without it).
+func (d *DataPlane) ClusterESPStats() ClusterESPStats {
+	if d.esp == nil {
+		return ClusterESPStats{}
+	}
+	return ClusterESPStats{Queued: d.nfq.packets.Load(), Reported: d.nfq.reported.Load(),
+		SetBatches: d.esp.batches.Load(), SetErrors: d.esp.errors.Load()}
+}
+
+// syncESPSets sends pending set changes now (tests).
+func (d *DataPlane) syncESPSets() {
+	if d.esp != nil {
+		d.esp.sync()
+	}
 }
 
 // ConfigureSocket prepares one of the node's UDP sockets: buffer sizes,
@@ -425,6 +518,9 @@ func (d *DataPlane) install(sa *dataplane.ChildSA, slot *uint32) error {
 			return err
 		}
 		e.route = append(e.route, t.Prefix)
+	}
+	if d.esp != nil {
+		d.esp.add(sa.InSPI, sa.OutSPI)
 	}
 	return nil
 }
@@ -614,6 +710,9 @@ func (d *DataPlane) removeLocked(inSPI uint32) error {
 	delete(d.sas, inSPI)
 	d.freeSlot(e.slot)
 	d.untrack(inSPI)
+	if d.esp != nil {
+		d.esp.del(inSPI, e.sa.OutSPI)
+	}
 	return nil
 }
 
@@ -936,6 +1035,9 @@ func (d *DataPlane) Reconcile(ctx context.Context, want []*dataplane.ChildSA) (a
 	for spi, e := range d.sas {
 		if _, ok := wanted[spi]; !ok {
 			if _, inKernel := bySlot[e.slot]; !inKernel {
+				if d.esp != nil {
+					d.esp.del(spi, e.sa.OutSPI)
+				}
 				delete(d.sas, spi)
 				d.untrack(spi)
 				d.freeSlot(e.slot)
@@ -968,6 +1070,13 @@ func (d *DataPlane) purge(ins *installed) error {
 		if err := d.h.XfrmStateDel(st); err != nil && !isGone(err) {
 			errs = append(errs, fmt.Errorf("delete stray state spi %08x: %w", uint32(st.Spi), err))
 		}
+	}
+	if d.esp != nil && ins.in != nil {
+		out := uint32(0)
+		if ins.out != nil {
+			out = uint32(ins.out.Spi)
+		}
+		d.esp.del(uint32(ins.in.Spi), out)
 	}
 	return errors.Join(errs...)
 }
