@@ -243,7 +243,7 @@ func (f *flooder) worker(ctx context.Context, until time.Time, w, initRate, badR
 			if initsDone < wantInit {
 				copy(pkt, tmpl)
 				binary.BigEndian.PutUint64(pkt[0:], r.Uint64()|1)
-				binary.BigEndian.PutUint64(pkt[len(pkt)-40:], r.Uint64()) // in the KE data
+				binary.BigEndian.PutUint64(pkt[len(pkt)-36-8:], r.Uint64()) // the end of the KE data (the Nonce payload is the last 36 bytes)
 				send(pkt, f.ike)
 				initsDone++
 				f.inits.Add(1)
@@ -353,6 +353,10 @@ func TestFloodEstablishedAndGenuine(t *testing.T) {
 	baseGoroutines, baseHeap := runtime.NumGoroutine(), heapInuse()
 
 	// The flood, with the genuine gateways connecting under it.
+	stBefore, err := node.Stats(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
 	f := &flooder{ike: ikeAddr, natt: natt, known: known, initRate: sz.initRate, badRate: sz.badRate}
 	var peakHeap atomic.Uint64
 	peakHeap.Store(baseHeap)
@@ -380,6 +384,16 @@ func TestFloodEstablishedAndGenuine(t *testing.T) {
 	floodEnd := time.Now()
 	floodS := floodEnd.Sub(floodStart).Seconds()
 	floodLogs := logs.between(floodStart, floodEnd)
+
+	// The flood reached the node: cookies demanded, datagrams dropped.
+	stAfter, err := node.Stats(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cookies, dropped := stAfter.CookiesSent-stBefore.CookiesSent, stAfter.Dropped-stBefore.Dropped
+	if cookies == 0 || dropped == 0 {
+		t.Errorf("the flood did not reach the node: %d cookies sent, %d dropped", cookies, dropped)
+	}
 
 	// Every established SA is still there, unchanged.
 	after, err := node.SAs(ctx)
@@ -453,8 +467,8 @@ func TestFloodEstablishedAndGenuine(t *testing.T) {
 
 	var distinct int
 	f.ports.Range(func(any, any) bool { distinct++; return true })
-	t.Logf("flood: %d established, %.0f spoofed IKE_SA_INIT/s + %.0f malformed/s for %.1f s (asked %d + %d/s; %d source address:ports, %d send errors); genuine %d/%d (%.1f%%), setup p99 %.1f ms under flood vs %.1f ms baseline (%.2fx); flood log lines %.2f/s %v; heap baseline %d MiB, peak %d MiB, after %d MiB; goroutines %d -> %d; %d CPUs",
-		E, float64(f.inits.Load())/floodS, float64(f.bad.Load())/floodS, floodS, sz.initRate, sz.badRate, distinct, f.sendErrs.Load(),
+	t.Logf("flood: %d established, %.0f spoofed IKE_SA_INIT/s + %.0f malformed/s for %.1f s (asked %d + %d/s; %d source address:ports, %d send errors; node: %d cookies sent, %d dropped); genuine %d/%d (%.1f%%), setup p99 %.1f ms under flood vs %.1f ms baseline (%.2fx); flood log lines %.2f/s %v; heap baseline %d MiB, peak %d MiB, after %d MiB; goroutines %d -> %d; %d CPUs",
+		E, float64(f.inits.Load())/floodS, float64(f.bad.Load())/floodS, floodS, sz.initRate, sz.badRate, distinct, f.sendErrs.Load(), cookies, dropped,
 		gen.Established, G, 100*success, gen.LatencyMS.P99, base.LatencyMS.P99, gen.LatencyMS.P99/max(base.LatencyMS.P99, 0.001),
 		float64(floodLines)/floodS, kinds, baseHeap>>20, peakHeap.Load()>>20, heap>>20, baseGoroutines, gor, runtime.NumCPU())
 }
