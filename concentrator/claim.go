@@ -11,6 +11,16 @@ package concentrator
 // messages are processed. SAs nobody owns go into a negative cache, so a
 // flood of unknown SPIs costs one state store read per SPI per interval.
 //
+// Claims run in batches: SPIs waiting to be claimed are read together
+// (one etcd transaction for their owners), SAs of a dead owner are taken
+// over in one transaction per batch, and a live owner is asked for all of
+// its SAs in the batch with one HandOffMany call (one transaction on its
+// side). A few batches run at once. A claim whose owner is live but
+// unreachable waits for that owner's registration to end: the registry
+// watch (WatchNodes) wakes it the moment the lease is gone, and the SA is
+// taken over at once, without waiting for the gateway's next
+// retransmission. Such a claim is never negative-cached.
+//
 // Half-open SAs (IKE_SA_INIT answered by another node, IKE_AUTH here) are
 // never stored: the IKE_AUTH is forwarded to the node whose slot the SPI
 // carries, which finishes the exchange and answers from the shared
@@ -37,7 +47,11 @@ const (
 	claimParkTotal  = 16384           // messages parked in all
 	claimNegTTL     = 5 * time.Second // an SPI nobody owns is not looked up again for this long
 	claimNegMax     = 1 << 16         // negative cache entries
-	claimBackoffMax = 500 * time.Millisecond
+	claimBatch      = 128             // SPIs claimed together
+	claimWorkers    = 4               // batches under way at once
+	claimVIPs       = 16              // virtual-IP leases confirmed at once per batch
+	claimRetry      = 200 * time.Millisecond
+	claimUnreached  = time.Second // an unreachable live owner is asked again after this (its lease's end wakes the claim sooner)
 )
 
 // errNobody: no node owns the SA or holds it half-open.
@@ -48,6 +62,7 @@ type clusterStats struct {
 	claims, handOffs, takeOvers, forwarded    atomic.Uint64
 	handedOff, forwardedIn                    atomic.Uint64
 	claimFailures, negHits, parkDrops, nobody atomic.Uint64
+	handOffCalls, claimBatches                atomic.Uint64
 }
 
 // ClusterStats are a node's counters of SA moves.
@@ -62,6 +77,8 @@ type ClusterStats struct {
 	Nobody        uint64 // claims of SPIs nobody owns
 	NegativeHits  uint64 // messages dropped by the negative cache
 	ParkDrops     uint64 // messages dropped: parking full
+	HandOffCalls  uint64 // HandOffMany calls made (each asks one owner for a batch)
+	ClaimBatches  uint64 // claim batches run
 }
 
 // ClusterStats returns the node's claim and hand-off counters.
@@ -70,16 +87,45 @@ func (n *Node) ClusterStats() ClusterStats {
 	return ClusterStats{Claims: c.claims.Load(), HandOffs: c.handOffs.Load(), TakeOvers: c.takeOvers.Load(),
 		Forwarded: c.forwarded.Load(), HandedOff: c.handedOff.Load(), ForwardedIn: c.forwardedIn.Load(),
 		ClaimFailures: c.claimFailures.Load(), Nobody: c.nobody.Load(), NegativeHits: c.negHits.Load(),
-		ParkDrops: c.parkDrops.Load()}
+		ParkDrops: c.parkDrops.Load(), HandOffCalls: c.handOffCalls.Load(), ClaimBatches: c.claimBatches.Load()}
+}
+
+// Where a claim is.
+const (
+	claimIdle    = iota // waiting: for a retry timer or an owner's lease to end
+	claimQueued         // in the queue for the next batch
+	claimRunning        // in a batch
+	claimLookup         // an ESP SPI being looked up (its IKE SA is not known yet)
+)
+
+// claim is one SA being claimed.
+type claim struct {
+	pkts    []ike.Packet
+	started time.Time // real time: the deadline runs on it
+	state   int
+	again   bool             // enqueued while running: run once more at once
+	waitOn  statestore.Owner // live but unreachable owner whose lease's end wakes the claim
 }
 
 // claims are the SAs being claimed, with their parked messages, and the
 // negative cache.
 type claims struct {
 	mu     sync.Mutex
-	parked map[uint64][]ike.Packet
+	parked map[uint64]*claim
 	total  int
 	neg    map[uint64]time.Time
+	queue  []uint64
+	wake   chan struct{}                  // one token: the queue is not empty
+	owners map[statestore.Owner]ownerCtx  // cancelled when the owner's registration ends
+	live   map[string]statestore.NodeInfo // the registry, as the watch sees it
+}
+
+func (c *claims) init() {
+	if c.parked == nil {
+		c.parked = map[uint64]*claim{}
+		c.neg = map[uint64]time.Time{}
+		c.wake = make(chan struct{}, 1)
+	}
 }
 
 // unknownESP starts the claim of the IKE SA whose CHILD SA has inbound SPI
@@ -95,6 +141,7 @@ func (n *Node) unknownESP(spi uint32) {
 	c := &n.claims
 	now := n.clock.Now()
 	c.mu.Lock()
+	c.init()
 	if exp, ok := c.neg[key]; ok && now.Before(exp) {
 		c.mu.Unlock()
 		n.cluster.negHits.Add(1)
@@ -104,10 +151,7 @@ func (n *Node) unknownESP(spi uint32) {
 		c.mu.Unlock()
 		return
 	}
-	if c.parked == nil {
-		c.parked = map[uint64][]ike.Packet{}
-	}
-	c.parked[key] = nil // a lookup under way
+	c.parked[key] = &claim{started: time.Now(), state: claimLookup}
 	c.mu.Unlock()
 	go func() {
 		ctx, cancel := context.WithTimeout(n.runCtx, n.claimDeadline())
@@ -122,22 +166,21 @@ func (n *Node) unknownESP(spi uint32) {
 			}
 			return
 		}
-		c.mu.Lock()
-		_, busy := c.parked[ikeSPI]
-		if !busy {
-			c.parked[ikeSPI] = nil
-		}
-		c.mu.Unlock()
 		s := n.shardOfSPI(ikeSPI)
 		held := false
 		n.do(ctx, s, func() { held = s.eng.SA(ikeSPI) != nil })
-		switch {
-		case busy:
-		case held:
-			n.takeParked(ikeSPI)
-		default:
+		if held {
+			return
+		}
+		c.mu.Lock()
+		_, busy := c.parked[ikeSPI]
+		if !busy {
+			c.parked[ikeSPI] = &claim{started: time.Now()}
+		}
+		c.mu.Unlock()
+		if !busy {
 			n.cluster.claims.Add(1)
-			n.claim(ikeSPI)
+			n.enqueueClaim(ikeSPI)
 		}
 	}()
 }
@@ -173,6 +216,7 @@ func (n *Node) park(spi uint64, pkt ike.Packet) {
 	c := &n.claims
 	now := n.clock.Now()
 	c.mu.Lock()
+	c.init()
 	if exp, ok := c.neg[spi]; ok {
 		if now.Before(exp) {
 			c.mu.Unlock()
@@ -181,33 +225,38 @@ func (n *Node) park(spi uint64, pkt ike.Packet) {
 		}
 		delete(c.neg, spi)
 	}
-	q, busy := c.parked[spi]
-	if len(q) >= claimParkPerSPI || c.total >= claimParkTotal {
+	e := c.parked[spi]
+	if (e != nil && len(e.pkts) >= claimParkPerSPI) || c.total >= claimParkTotal || (e == nil && len(c.parked) >= claimParkTotal) {
 		c.mu.Unlock()
 		n.cluster.parkDrops.Add(1)
 		return
 	}
-	if c.parked == nil {
-		c.parked = map[uint64][]ike.Packet{}
+	fresh := e == nil
+	if fresh {
+		e = &claim{started: time.Now()}
+		c.parked[spi] = e
 	}
-	c.parked[spi] = append(q, pkt)
+	e.pkts = append(e.pkts, pkt)
 	c.total++
 	c.mu.Unlock()
-	if !busy {
+	if fresh {
 		n.cluster.claims.Add(1)
-		go n.claim(spi)
+		n.enqueueClaim(spi)
 	}
 }
 
-// takeParked removes and returns the messages parked for spi.
+// takeParked ends the claim of spi and returns its parked messages.
 func (n *Node) takeParked(spi uint64) []ike.Packet {
 	c := &n.claims
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	q := c.parked[spi]
+	e := c.parked[spi]
+	if e == nil {
+		return nil
+	}
 	delete(c.parked, spi)
-	c.total -= len(q)
-	return q
+	c.total -= len(e.pkts)
+	return e.pkts
 }
 
 func (n *Node) negative(spi uint64) {
@@ -215,15 +264,13 @@ func (n *Node) negative(spi uint64) {
 	now := n.clock.Now()
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	c.init()
 	if len(c.neg) >= claimNegMax {
 		for k, exp := range c.neg {
 			if !now.Before(exp) || len(c.neg) >= claimNegMax {
 				delete(c.neg, k)
 			}
 		}
-	}
-	if c.neg == nil {
-		c.neg = map[uint64]time.Time{}
 	}
 	c.neg[spi] = now.Add(claimNegTTL)
 }
@@ -234,140 +281,474 @@ func (n *Node) claimDeadline() time.Duration {
 	return 2*n.cfg.StateStore.LeaseTTL + 5*time.Second
 }
 
-// claim gets the SA with our SPI spi to this node and replays its parked
-// messages, or drops them.
-func (n *Node) claim(spi uint64) {
-	ctx, cancel := context.WithTimeout(n.runCtx, n.claimDeadline())
-	defer cancel()
-	rec, fwd, err := n.acquire(ctx, spi)
-	s := n.shardOfSPI(spi)
-	switch {
-	case err == nil && fwd != "":
-		n.forward(ctx, fwd, n.takeParked(spi))
+// enqueueClaim puts spi's claim into the queue for the next batch (or has
+// its running batch look at it once more).
+func (n *Node) enqueueClaim(spi uint64) {
+	c := &n.claims
+	c.mu.Lock()
+	e := c.parked[spi]
+	if e == nil {
+		c.mu.Unlock()
 		return
+	}
+	switch e.state {
+	case claimQueued, claimLookup:
+	case claimRunning:
+		e.again = true
+	default:
+		if time.Since(e.started) > n.claimDeadline() {
+			c.mu.Unlock()
+			n.cluster.claimFailures.Add(1)
+			n.log.Warn("SA claim given up", "spi", fmt.Sprintf("%016x", spi), "waited_for", e.waitOn.String())
+			n.takeParked(spi)
+			return
+		}
+		e.state = claimQueued
+		e.waitOn = statestore.Owner{}
+		c.queue = append(c.queue, spi)
+		select {
+		case c.wake <- struct{}{}:
+		default:
+		}
+	}
+	c.mu.Unlock()
+}
+
+// retryClaims has the claims of spis run again after d (or at once if
+// enqueued meanwhile); waitOn: the live owner that could not be reached.
+func (n *Node) retryClaims(spis []uint64, d time.Duration, waitOn statestore.Owner) {
+	c := &n.claims
+	var now []uint64
+	c.mu.Lock()
+	for _, spi := range spis {
+		e := c.parked[spi]
+		if e == nil || e.state != claimRunning {
+			continue
+		}
+		e.state = claimIdle
+		e.waitOn = waitOn
+		if e.again {
+			e.again = false
+			now = append(now, spi)
+		}
+	}
+	c.mu.Unlock()
+	for _, spi := range now {
+		n.enqueueClaim(spi)
+	}
+	time.AfterFunc(d, func() {
+		for _, spi := range spis {
+			n.enqueueClaim(spi)
+		}
+	})
+}
+
+// ownerCtx is ctx, cancelled as well when o's registration ends.
+func (n *Node) ownerCtx(ctx context.Context, o statestore.Owner) (context.Context, context.CancelFunc) {
+	c := &n.claims
+	c.mu.Lock()
+	oc, ok := c.owners[o]
+	if !ok {
+		if c.owners == nil {
+			c.owners = map[statestore.Owner]ownerCtx{}
+		}
+		oc.ctx, oc.cancel = context.WithCancel(n.runCtx)
+		c.owners[o] = oc
+	}
+	c.mu.Unlock()
+	ctx, cancel := context.WithCancel(ctx)
+	stop := context.AfterFunc(oc.ctx, cancel)
+	return ctx, func() { stop(); cancel() }
+}
+
+type ownerCtx struct {
+	ctx    context.Context
+	cancel context.CancelFunc
+}
+
+// ownerGone wakes the claims waiting for o, whose registration just
+// ended: their SAs can be taken over now.
+func (n *Node) ownerGone(o statestore.Owner) {
+	c := &n.claims
+	var spis []uint64
+	c.mu.Lock()
+	if oc, ok := c.owners[o]; ok {
+		oc.cancel()
+		delete(c.owners, o)
+	}
+	// Every claim waiting looks at its owner again (those waiting for o
+	// above all; others may have been told to retry by o as it stopped).
+	for spi, e := range c.parked {
+		if e.state == claimIdle || e.state == claimRunning {
+			spis = append(spis, spi)
+		}
+	}
+	c.mu.Unlock()
+	if len(spis) > 0 {
+		n.log.Debug("owner's registration ended: taking its SAs over", "owner", o.String(), "claims", len(spis))
+	}
+	for _, spi := range spis {
+		n.enqueueClaim(spi)
+	}
+}
+
+// watchOwners follows the registry: a registration that ends wakes the
+// claims waiting for it.
+func (n *Node) watchOwners(ctx context.Context) {
+	w, ok := n.persist.store.(interface {
+		WatchNodes(context.Context, func(statestore.NodeEvent))
+	})
+	if !ok {
+		return
+	}
+	c := &n.claims
+	w.WatchNodes(ctx, func(ev statestore.NodeEvent) {
+		c.mu.Lock()
+		if c.live == nil {
+			c.live = map[string]statestore.NodeInfo{}
+		}
+		if ev.Gone {
+			if c.live[ev.Node].Epoch == ev.Epoch {
+				delete(c.live, ev.Node)
+			}
+		} else {
+			c.live[ev.Node] = ev.NodeInfo
+		}
+		k := len(c.live)
+		c.mu.Unlock()
+		if ev.Gone {
+			n.ownerGone(ev.Owner)
+		}
+		n.rekeyShare(k)
+	})
+}
+
+// peerOf is o's registry entry as the watch last saw it, if it is that
+// registration and publishes a peer address (no etcd read per hand-off).
+func (n *Node) peerOf(o statestore.Owner) (statestore.NodeInfo, bool) {
+	c := &n.claims
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	info, ok := c.live[o.Node]
+	return info, ok && info.Epoch == o.Epoch && info.PeerAddr != ""
+}
+
+// rekeyShare sets the node's CHILD rekey cap to its share of
+// cluster.fleet_rekeys_per_second among live nodes.
+func (n *Node) rekeyShare(live int) {
+	fleet := n.cfg.Cluster.FleetRekeysPerSec
+	sch, ok := n.ecfg.ChildRekey.(*ike.SmoothScheduler)
+	if fleet <= 0 || !ok || live < 1 {
+		return
+	}
+	share := max(1, (fleet+live-1)/live)
+	if own := n.cfg.Children.MaxRekeysPerSec; own > 0 {
+		share = min(share, own)
+	}
+	if sch.Cap() != share {
+		sch.SetMaxPerSecond(share)
+		n.log.Info("CHILD rekey cap: the node's share of the fleet's", "fleet_per_second", fleet, "live_nodes", live, "per_second", share)
+	}
+}
+
+// claimLoop runs the queued claims in batches, a few at once.
+func (n *Node) claimLoop(ctx context.Context) {
+	c := &n.claims
+	c.mu.Lock()
+	c.init()
+	wake := c.wake
+	c.mu.Unlock()
+	sem := make(chan struct{}, claimWorkers)
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-wake:
+		}
+		for {
+			select {
+			case sem <- struct{}{}:
+			case <-ctx.Done():
+				return
+			}
+			c.mu.Lock()
+			k := min(len(c.queue), claimBatch)
+			batch := make([]uint64, 0, k)
+			for _, spi := range c.queue[:k] {
+				if e := c.parked[spi]; e != nil && e.state == claimQueued {
+					e.state = claimRunning
+					batch = append(batch, spi)
+				}
+			}
+			c.queue = c.queue[k:]
+			if len(c.queue) == 0 {
+				c.queue = nil
+			}
+			c.mu.Unlock()
+			if len(batch) == 0 {
+				<-sem
+				break
+			}
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				defer func() { <-sem }()
+				n.claimBatch(ctx, batch)
+			}()
+		}
+	}
+}
+
+// claimBatch claims SAs: reads their owners, takes over those of dead
+// owners, asks live owners for theirs (one call per owner), loads those
+// already ours, and restores them all here.
+func (n *Node) claimBatch(ctx context.Context, spis []uint64) {
+	n.cluster.claimBatches.Add(1)
+	t0 := time.Now()
+	defer func() {
+		c := &n.claims
+		var left []uint64
+		c.mu.Lock()
+		for _, spi := range spis {
+			if e := c.parked[spi]; e != nil && e.state == claimRunning {
+				left = append(left, spi)
+			}
+		}
+		c.mu.Unlock()
+		if len(left) > 0 {
+			n.log.Warn("claim: batch left claims unsettled", "sas", len(left), "first", fmt.Sprintf("%016x", left[0]))
+			n.retryClaims(left, claimRetry, statestore.Owner{})
+		}
+	}()
+	st, ok := n.persist.store.(batchStore)
+	if !ok {
+		n.retryClaims(spis, claimRetry, statestore.Owner{})
+		return
+	}
+	owners, err := st.Owners(ctx, spis)
+	if err != nil {
+		n.log.Debug("claim: owners not read", "claims", len(spis), "err", err)
+		n.retryClaims(spis, claimRetry, statestore.Owner{})
+		return
+	}
+	me, _ := st.Registration()
+	var mine, nobody []uint64
+	dead := map[statestore.Owner][]uint64{}
+	live := map[statestore.Owner][]uint64{}
+	for i, o := range owners {
+		switch {
+		case !o.Found:
+			nobody = append(nobody, spis[i])
+		case o.Owner == me:
+			mine = append(mine, spis[i])
+		case o.Live:
+			live[o.Owner] = append(live[o.Owner], spis[i])
+		default:
+			dead[o.Owner] = append(dead[o.Owner], spis[i])
+		}
+	}
+	var got []*statestore.SARecord
+	for o, l := range dead {
+		moved, err := st.TakeOverMany(ctx, o, l)
+		got = append(got, n.sortMoved(l, moved, err, &n.cluster.takeOvers)...)
+	}
+	for o, l := range live {
+		ok, retry, unreached := n.askHandOffMany(ctx, o, me, l)
+		if len(unreached) > 0 {
+			n.retryClaims(unreached, claimUnreached, o)
+		}
+		if len(retry) > 0 {
+			n.retryClaims(retry, claimRetry, statestore.Owner{})
+		}
+		mine = append(mine, ok...)
+	}
+	if len(mine) > 0 {
+		loaded, owners, err := st.LoadMany(ctx, mine)
+		for i := range loaded {
+			if err == nil && loaded[i].Err == nil && owners[i] != me {
+				loaded[i].Err = &statestore.OwnerError{SPI: loaded[i].SPI, Owner: owners[i]}
+			}
+		}
+		got = append(got, n.sortMoved(mine, loaded, err, nil)...)
+	}
+	for _, spi := range nobody {
+		n.claimUnowned(ctx, spi, me)
+	}
+	t1 := time.Now()
+	n.restoreClaimed(ctx, got)
+	n.log.Debug("claim batch", "sas", len(spis), "claimed", len(got), "moves_ms", t1.Sub(t0).Milliseconds(), "restore_ms", time.Since(t1).Milliseconds())
+}
+
+// batchStore is what batched claims need from the state store (*Store).
+type batchStore interface {
+	statestore.Interface
+	Owners(ctx context.Context, spis []uint64) ([]statestore.OwnerState, error)
+	TakeOverMany(ctx context.Context, from statestore.Owner, spis []uint64) ([]statestore.Moved, error)
+	HandOffMany(ctx context.Context, finals []*statestore.SARecord, to statestore.Owner) ([]statestore.Moved, error)
+	LoadMany(ctx context.Context, spis []uint64) ([]statestore.Moved, []statestore.Owner, error)
+}
+
+// sortMoved returns the records of the SAs that moved to us (moved[i]
+// is spis[i]'s outcome) and sends the others back to the queue: at once
+// if their owner changed (look again), after a pause on other errors.
+// Those without an outcome (err broke the batch off) are retried too.
+func (n *Node) sortMoved(spis []uint64, moved []statestore.Moved, err error, count *atomic.Uint64) []*statestore.SARecord {
+	var recs []*statestore.SARecord
+	var again, later []uint64
+	if err != nil {
+		n.log.Debug("claim: batch broke off", "sas", len(spis), "outcomes", len(moved), "err", err)
+	}
+	for i, spi := range spis {
+		var m statestore.Moved
+		if i < len(moved) {
+			m = moved[i]
+		}
+		var oe *statestore.OwnerError
+		switch {
+		case m.SPI != spi:
+			later = append(later, spi) // no outcome
+		case m.Err == nil && m.Record != nil:
+			recs = append(recs, m.Record)
+			if count != nil {
+				count.Add(1)
+			}
+		case errors.As(m.Err, &oe):
+			again = append(again, spi)
+		default:
+			n.log.Debug("claim: SA not moved", "spi", fmt.Sprintf("%016x", spi), "err", m.Err)
+			later = append(later, spi)
+		}
+	}
+	if len(again) > 0 {
+		n.retryClaims(again, 0, statestore.Owner{})
+	}
+	if len(later) > 0 {
+		n.retryClaims(later, claimRetry, statestore.Owner{})
+	}
+	return recs
+}
+
+// claimUnowned handles an SPI without an owner record: a half-open SA
+// another node holds (forward its messages there), or nobody's.
+func (n *Node) claimUnowned(ctx context.Context, spi uint64, me statestore.Owner) {
+	cctx, cancel := context.WithTimeout(ctx, peerCallTimeout)
+	defer cancel()
+	addr, err := n.halfOpenHolder(cctx, spi, me)
+	switch {
+	case err == nil:
+		n.forward(cctx, addr, n.takeParked(spi))
 	case errors.Is(err, errNobody):
 		n.cluster.nobody.Add(1)
 		n.negative(spi)
 		n.takeParked(spi)
-		return
-	case err != nil:
-		n.cluster.claimFailures.Add(1)
-		n.log.Warn("SA claim failed", "spi", fmt.Sprintf("%016x", spi), "err", err)
-		n.takeParked(spi)
-		return
+	default:
+		n.retryClaims([]uint64{spi}, claimRetry, statestore.Owner{})
 	}
-	st := stateOf(rec)
-	// The virtual IP's lease is confirmed here, so that the restore on
-	// the shard's goroutine waits for no etcd round trip.
-	if cp, ok := n.ecfg.Pool.(*clusterPool); ok && st.VirtualIP.IsValid() {
-		if err := cp.Claim(st.PeerID, st.VirtualIP); err != nil {
-			n.log.Warn("claimed SA's virtual IP not leased", "spi", fmt.Sprintf("%016x", spi), "vip", st.VirtualIP.String(), "err", err)
-		}
-	}
-	n.do(n.runCtx, s, func() {
-		var rd ike.Ready
-		now := n.clock.Now()
-		if s.eng.SA(spi) == nil {
-			if _, err := s.eng.Restore(now, st, &rd); err != nil {
-				n.log.Warn("claimed SA not restored", "spi", fmt.Sprintf("%016x", spi), "err", err)
-			}
-		}
-		parked := n.takeParked(spi)
-		for _, p := range parked {
-			s.eng.Handle(now, p, &rd)
-		}
-		n.log.Debug("SA claimed", "spi", fmt.Sprintf("%016x", spi), "replayed", len(parked), "send", len(rd.Send), "persist", len(rd.Persist), "events", len(rd.Events))
-		n.perform(n.runCtx, s, &rd)
-	})
 }
 
-// acquire makes this node the SA's owner and returns its record, or the
-// peer address of the node holding it half-open.
-func (n *Node) acquire(ctx context.Context, spi uint64) (*statestore.SARecord, string, error) {
-	st := n.persist.store
-	backoff := 20 * time.Millisecond
-	wait := func() error {
-		t := time.NewTimer(backoff) // real time: the store's leases run on it
-		defer t.Stop()
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-t.C:
-		}
-		backoff = min(2*backoff, claimBackoffMax)
-		return nil
+// restoreClaimed restores the claimed SAs on their shards (as at a
+// restart: reservations honoured, no rekeys) and replays the messages
+// parked for them.
+func (n *Node) restoreClaimed(ctx context.Context, recs []*statestore.SARecord) {
+	type claimed struct {
+		spi uint64
+		st  ike.SAState
 	}
-	var last error
-	for ctx.Err() == nil {
-		me, _ := st.Registration()
-		o, live, err := st.Owner(ctx, spi)
-		switch {
-		case errors.Is(err, statestore.ErrNotFound):
-			addr, err := n.halfOpenHolder(ctx, spi, me)
-			return nil, addr, err
-		case err != nil:
-			last = err
-		case o == me:
-			rec, _, err := st.Load(ctx, spi)
-			return rec, "", err
-		case !live:
-			rec, err := st.TakeOver(ctx, spi)
-			if err == nil {
-				n.cluster.takeOvers.Add(1)
-				return rec, "", nil
-			}
-			last = err
-		default:
-			var ok bool
-			ok, err = n.askHandOff(ctx, spi, o, me)
-			if ok {
-				rec, owner, err := st.Load(ctx, spi)
-				if err == nil && owner == me {
-					n.cluster.handOffs.Add(1)
-					return rec, "", nil
+	byShard := map[*shard][]claimed{}
+	cp, _ := n.ecfg.Pool.(*clusterPool)
+	var wg sync.WaitGroup
+	sem := make(chan struct{}, claimVIPs)
+	for _, r := range recs {
+		st := stateOf(r)
+		// The virtual IP's lease is confirmed here, so that the restore
+		// on the shard's goroutine waits for no etcd round trip; a few
+		// at once.
+		if cp != nil && st.VirtualIP.IsValid() {
+			wg.Add(1)
+			sem <- struct{}{}
+			go func() {
+				defer func() { <-sem; wg.Done() }()
+				if err := cp.Claim(st.PeerID, st.VirtualIP); err != nil {
+					n.log.Warn("claimed SA's virtual IP not leased", "spi", fmt.Sprintf("%016x", r.LocalSPI()), "vip", st.VirtualIP.String(), "err", err)
 				}
-				last = fmt.Errorf("after the hand-off: owner %v, %v", owner, err)
-			} else {
-				last = err
-			}
+			}()
 		}
-		if errors.Is(last, statestore.ErrFenced) {
-			return nil, "", last
-		}
-		if err := wait(); err != nil {
-			break
-		}
+		s := n.shardOfSPI(r.LocalSPI())
+		byShard[s] = append(byShard[s], claimed{r.LocalSPI(), st})
 	}
-	return nil, "", fmt.Errorf("%w (last: %v)", ctx.Err(), last)
+	wg.Wait()
+	for s, sts := range byShard {
+		n.do(ctx, s, func() {
+			now := n.clock.Now()
+			for _, c := range sts {
+				var rd ike.Ready // one per SA: a failed write holds back its own sends only
+				if s.eng.SA(c.spi) == nil {
+					if _, err := s.eng.Restore(now, c.st, &rd); err != nil {
+						n.log.Warn("claimed SA not restored", "spi", fmt.Sprintf("%016x", c.spi), "err", err)
+					}
+				}
+				parked := n.takeParked(c.spi)
+				for _, p := range parked {
+					s.eng.Handle(now, p, &rd)
+				}
+				n.log.Debug("SA claimed", "spi", fmt.Sprintf("%016x", c.spi), "replayed", len(parked), "send", len(rd.Send), "persist", len(rd.Persist), "events", len(rd.Events))
+				n.perform(ctx, s, &rd)
+			}
+		})
+	}
 }
 
-// askHandOff asks owner o for the SA; false with the reason when it did
-// not move (the caller looks at the owner again).
-func (n *Node) askHandOff(ctx context.Context, spi uint64, o, me statestore.Owner) (bool, error) {
+// askHandOffMany asks live owner o for SAs spis: ok moved to us, retry
+// should be asked again shortly, unreached could not be asked (the owner
+// is gone or cut off: wait for its lease to end).
+func (n *Node) askHandOffMany(ctx context.Context, o, me statestore.Owner, spis []uint64) (ok, retry, unreached []uint64) {
 	if n.peer == nil {
-		return false, fmt.Errorf("owner %s is live and cluster.peer_listen is not set: waiting for its lease to expire", o)
+		return nil, nil, spis // cluster.peer_listen is not set: wait for the owner's lease to end
 	}
-	info, err := n.persist.store.Node(ctx, o.Node)
-	if err != nil {
-		return false, err
-	}
-	if info.PeerAddr == "" {
-		return false, fmt.Errorf("owner %s publishes no peer address", o)
+	info, known := n.peerOf(o)
+	if !known {
+		var err error
+		if info, err = n.persist.store.Node(ctx, o.Node); err != nil || info.PeerAddr == "" || info.Epoch != o.Epoch {
+			return nil, spis, nil
+		}
 	}
 	cl, err := n.peer.client(info.PeerAddr)
 	if err != nil {
-		return false, err
+		return nil, nil, spis
 	}
-	cctx, cancel := context.WithTimeout(ctx, peerCallTimeout)
+	// The call ends when the owner's registration does: its SAs can be
+	// taken over then, whatever the owner still says.
+	octx, ocancel := n.ownerCtx(ctx, o)
+	defer ocancel()
+	cctx, cancel := context.WithTimeout(octx, peerCallTimeout)
 	defer cancel()
-	resp, err := cl.HandOff(cctx, &peerv1.HandOffRequest{IkeSpi: spi, Node: me.Node, Epoch: me.Epoch})
+	n.cluster.handOffCalls.Add(1)
+	resp, err := cl.HandOffMany(cctx, &peerv1.HandOffManyRequest{IkeSpis: spis, Node: me.Node, Epoch: me.Epoch})
 	if err != nil {
-		return false, fmt.Errorf("hand-off from %s: %w", o, err)
+		n.log.Debug("hand-off call failed", "owner", o.String(), "sas", len(spis), "err", err)
+		return nil, nil, spis
 	}
-	if resp.GetStatus() == peerv1.HandOffResponse_STATUS_OK {
-		return true, nil
+	res := resp.GetResults()
+	for i, spi := range spis {
+		switch {
+		case i >= len(res):
+			retry = append(retry, spi)
+		case res[i].GetStatus() == peerv1.HandOffResponse_STATUS_OK:
+			ok = append(ok, spi)
+		case res[i].GetReason() == reasonFenced || res[i].GetReason() == reasonStopping:
+			unreached = append(unreached, spi)
+		case res[i].GetStatus() == peerv1.HandOffResponse_STATUS_NOT_OWNER:
+			n.retryClaims([]uint64{spi}, 0, statestore.Owner{}) // look at the owner again
+		default:
+			retry = append(retry, spi)
+		}
 	}
-	return false, fmt.Errorf("hand-off from %s: %s: %s", o, resp.GetStatus(), resp.GetReason())
+	if len(ok) > 0 {
+		n.cluster.handOffs.Add(uint64(len(ok)))
+	}
+	return ok, retry, unreached
 }
 
 // halfOpenHolder is the peer address of the live node whose slot spi
@@ -403,4 +784,23 @@ func (n *Node) forward(ctx context.Context, addr string, pkts []ike.Packet) {
 			n.cluster.forwarded.Add(1)
 		}
 	}
+}
+
+// claimStates counts the claims under way by state, and the queue.
+func (n *Node) claimStates() string {
+	c := &n.claims
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	var st [4]int
+	again, waiting := 0, 0
+	for _, e := range c.parked {
+		st[e.state]++
+		if e.again {
+			again++
+		}
+		if e.waitOn.Node != "" {
+			waiting++
+		}
+	}
+	return fmt.Sprintf("idle=%d queued=%d running=%d lookup=%d again=%d waiting=%d queue=%d", st[0], st[1], st[2], st[3], again, waiting, len(c.queue))
 }

@@ -31,9 +31,10 @@ type testCluster struct {
 	clk      *clock.Fake
 	log      *slog.Logger
 	vip      netip.Addr
-	gws      int    // PSKs configured for gateways 1..gws
-	ikeExtra string // appended to the nodes' ike: section
-	leaseTTL string // statestore.lease_ttl; default 2s
+	gws      int                 // PSKs configured for gateways 1..gws
+	ikeExtra string              // appended to the nodes' ike: section
+	leaseTTL string              // statestore.lease_ttl; default 3s
+	edit     func(string) string // edits the nodes' configuration text
 
 	mu    sync.Mutex
 	nodes map[string]*clusterNode
@@ -115,9 +116,12 @@ func (c *testCluster) setRoute(nodes ...string) {
 func (c *testCluster) start(ctx context.Context, id string) *clusterNode {
 	t := c.t
 	text := nodeConfig(c.gws, c.ikeExtra, fmt.Sprintf("statestore:\n  mode: external\n  endpoints: [%s]\n  cluster_key_file: %s\n  data_dir: %s\n  lease_ttl: %s\ncluster:\n  peer_listen: 127.0.0.1:0\n",
-		c.etcd.Endpoints()[0], c.keyFile, filepath.Join(filepath.Dir(c.keyFile), "node-"+id), cmp.Or(c.leaseTTL, "2s")))
+		c.etcd.Endpoints()[0], c.keyFile, filepath.Join(filepath.Dir(c.keyFile), "node-"+id), cmp.Or(c.leaseTTL, "3s")))
 	text = replaceOnce(t, text, "node: {id: test}", "node: {id: "+id+"}")
 	text = replaceOnce(t, text, "listen: [127.0.0.1]\n  port: 0\n  natt_port: 0", "listen: ["+c.vip.String()+"]\n  port: 500\n  natt_port: 4500")
+	if c.edit != nil {
+		text = c.edit(text)
+	}
 	cfg, err := ParseConfig([]byte(text))
 	if err != nil {
 		t.Fatal(err)
@@ -167,7 +171,17 @@ func (c *testCluster) kill(id string) {
 		return
 	}
 	cn.n.persist.store.(*statestore.Store).Abandon()
-	c.stop(id)
+	// The node is dead from here (it sends nothing once fenced); its
+	// goroutines wind down meanwhile, and the test goes on at once.
+	c.mu.Lock()
+	delete(c.nodes, id)
+	c.mu.Unlock()
+	cn.stop()
+	c.t.Cleanup(func() {
+		if err := <-cn.done; err != nil {
+			c.t.Errorf("node %s: %v", id, err)
+		}
+	})
 }
 
 // etcdRevision is etcd's current revision (one per write transaction).
@@ -395,6 +409,10 @@ func TestHandOffAndTakeOver(t *testing.T) {
 	if s := c.node("b").n.ClusterStats(); s.TakeOvers != 2 {
 		t.Fatalf("b after the kill: %+v", s)
 	}
+	// The counters are what /metrics shows.
+	if m, err := c.node("b").n.metricsSnapshot(ctx); err != nil || m.Events.Takeovers != 2 {
+		t.Fatalf("b's ikefleet_takeovers_total: %d (%v), want 2", m.Events.Takeovers, err)
+	}
 	// The gateways delete their old CHILD SAs after their rekeys.
 	waitFor(t, ctx, "b's data plane holds the 4 gateways' CHILD SAs", func() bool { return c.node("b").dp.Len() == 4 })
 	if sas, err := c.node("b").n.SAs(ctx); err != nil || len(sas) != 4 {
@@ -434,4 +452,92 @@ func TestClaimNegativeCache(t *testing.T) {
 	if s := cn.n.ClusterStats(); s.Claims != 20 {
 		t.Fatalf("after the cache expired: %+v", s)
 	}
+}
+
+// A node that takes over a dead node's SAs whose CHILD rekeys are all
+// overdue does not rekey them at once: the scheduler places them at the
+// node's share of cluster.fleet_rekeys_per_second (the fleet's rate over
+// the live nodes in the registry), never more in one second.
+func TestTakeOverRekeysAtFleetShare(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
+	defer cancel()
+	const G, fleet = 24, 2 // two live nodes after the kill: 1 rekey a second each
+	c := newTestCluster(t, G)
+	c.edit = func(s string) string {
+		s = replaceOnce(t, s, "  pool: 10.99.0.0/16\n", "  pool: 10.99.0.0/16\n  rekey_after: 50m\n  rekey_window: 1m\n")
+		return replaceOnce(t, s, "cluster:\n", fmt.Sprintf("cluster:\n  fleet_rekeys_per_second: %d\n", fleet))
+	}
+	c.start(ctx, "a")
+	b := c.start(ctx, "b")
+	c.start(ctx, "c")
+	c.setRoute("a")
+	gws := make([]*memGateway, G)
+	for i := range gws {
+		gws[i] = startMemGateway(t, ctx, c.netw, c.clk, netip.AddrFrom4([4]byte{192, 0, 2, byte(10 + i)}),
+			func(cfg *ike.Config) { cfg.DPDDelay = 30 * time.Second })
+		if err := gws[i].dial(ctx, c.vip, i+1); err != nil {
+			t.Fatal(err)
+		}
+	}
+	waitFor(t, ctx, "b's rekey cap at its share of three nodes", func() bool {
+		return b.n.ecfg.ChildRekey.(*ike.SmoothScheduler).Cap() == 1
+	})
+	c.kill("a")
+	waitFor(t, ctx, "b's rekey cap at its share of two nodes", func() bool {
+		return b.n.ecfg.ChildRekey.(*ike.SmoothScheduler).Cap() == 1
+	})
+	c.setRoute("b")
+	c.clk.Advance(51 * time.Minute) // every CHILD SA is past its rekey time; the gateways check liveness
+	since := c.clk.Now()
+	rekeys := func() []time.Time {
+		var at []time.Time
+		for _, s := range b.n.shards {
+			b.n.do(ctx, s, func() {
+				s.eng.Each(func(sa *ike.IKESA) bool {
+					for _, ch := range sa.Children() {
+						at = append(at, ch.RekeyAt())
+					}
+					return true
+				})
+			})
+		}
+		return at
+	}
+	waitFor(t, ctx, "b takes every gateway's SA over", func() bool {
+		if b.n.ClusterStats().TakeOvers < G {
+			c.clk.Advance(20 * time.Millisecond) // the gateways retransmit
+			return false
+		}
+		c.clk.Advance(time.Millisecond) // restoring: keep the clock all but still
+		return len(rekeys()) == G
+	})
+	// Restored overdue rekeys are due at the restore (at or before
+	// restored); the scheduler then places each in a later second.
+	restored := c.clk.Now()
+	waitFor(t, ctx, "b's overdue rekeys placed", func() bool {
+		c.clk.Advance(time.Millisecond)
+		at := rekeys()
+		if len(at) != G {
+			return false
+		}
+		for _, x := range at {
+			if !x.After(restored) {
+				return false
+			}
+		}
+		return true
+	})
+	if s := b.n.ClusterStats(); s.TakeOvers != G {
+		t.Fatalf("b: %+v", s)
+	}
+	per := map[int64]int{}
+	for _, x := range rekeys() {
+		per[x.Unix()]++
+	}
+	for sec, k := range per {
+		if k > 1 {
+			t.Fatalf("%d rekeys placed in the second %d after the takeover (cap 1 a second)", k, sec-since.Unix())
+		}
+	}
+	t.Logf("%d overdue rekeys over %d seconds after the takeover", G, len(per))
 }

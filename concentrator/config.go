@@ -2,6 +2,7 @@ package concentrator
 
 import (
 	"bytes"
+	"cmp"
 	"errors"
 	"fmt"
 	"io"
@@ -14,6 +15,9 @@ import (
 	"time"
 
 	"go.yaml.in/yaml/v3"
+
+	"github.com/ikefleet/ikefleet/lb"
+	"github.com/ikefleet/ikefleet/statestore"
 )
 
 // Config is concentratord's configuration file. See
@@ -30,6 +34,7 @@ type Config struct {
 	Metrics    MetricsConfig    `yaml:"metrics"`
 	Admin      AdminConfig      `yaml:"admin"`   // config_admin.go
 	Cluster    ClusterConfig    `yaml:"cluster"` // config_cluster.go
+	Anycast    lb.Config        `yaml:"anycast"` // config_anycast.go
 }
 
 // StateStoreConfig says where SA state is kept so that SAs outlive the
@@ -44,8 +49,14 @@ type StateStoreConfig struct {
 	KeyFile        string        `yaml:"key_file"`         // and its key
 	ClusterKeyFile string        `yaml:"cluster_key_file"` // 32-byte AES key (hex) sealing key material; embedded: generated in data_dir if unset
 	LeaseTTL       time.Duration `yaml:"lease_ttl"`
-	QueueNew       bool          `yaml:"queue_new"`      // while etcd is unreachable, queue new SAs instead of refusing them
-	EtcdLogLevel   string        `yaml:"etcd_log_level"` // embedded etcd's logs into ours from this level: debug | info | warn | error
+	// KeepAlive renews the lease (default lease_ttl/3); FenceMargin: a node
+	// that has not renewed stops sending this long before its lease can
+	// expire, counted on the monotonic clock from when it sent its last
+	// successful renewal (default lease_ttl/5).
+	KeepAlive    time.Duration `yaml:"keepalive_interval"`
+	FenceMargin  time.Duration `yaml:"fence_margin"`
+	QueueNew     bool          `yaml:"queue_new"`      // while etcd is unreachable, queue new SAs instead of refusing them
+	EtcdLogLevel string        `yaml:"etcd_log_level"` // embedded etcd's logs into ours from this level: debug | info | warn | error
 }
 
 type NodeConfig struct {
@@ -116,6 +127,12 @@ type AuthConfig struct {
 	CredentialStore bool `yaml:"credential_store"`
 	// EAP: gateways that send no AUTH authenticate with EAP through RADIUS.
 	EAP EAPConfig `yaml:"eap"`
+	// Revocation of peer certificates beyond auth.crls: CRLs fetched from
+	// distribution points, OCSP (config_revocation.go).
+	Revocation RevocationConfig `yaml:"revocation"`
+	// ClockSkew is the tolerance for certificate validity periods and for
+	// CRL and OCSP update times.
+	ClockSkew time.Duration `yaml:"clock_skew"`
 }
 
 // PubKeyConfig is a peer identity and the file of its public key (PEM
@@ -217,12 +234,14 @@ func DefaultConfig() Config {
 			MaxHalfOpenBytes: 128 << 20, HalfOpenPrefix4: 32, HalfOpenPrefix6: 64,
 		},
 		Identity: IdentityConfig{SendCert: "always"},
+		Auth:     AuthConfig{Revocation: DefaultRevocationConfig(), ClockSkew: DefaultClockSkew},
 		Children: ChildrenConfig{RekeyAfter: 50 * time.Minute, RekeyWindow: 10 * time.Minute, RekeyOverlap: 10 * time.Second, MaxPerIKE: 8},
 		DataPlane: DataPlaneConfig{Mode: "auto", Userspace: UserspaceConfig{TUN: "ikf0", MTU: 1400, QueueLen: 1024, ReplayWindow: 1024, SocketRecvBuffer: 4 << 20},
 			XFRM: XFRMConfig{MSSClamp: true, ReplayWindow: 128, HThresh4: []int{0, 32}}},
-		StateStore: StateStoreConfig{Mode: "embedded", DataDir: "ikefleet-data", LeaseTTL: 10 * time.Second, EtcdLogLevel: "warn"},
+		StateStore: StateStoreConfig{Mode: "embedded", DataDir: "ikefleet-data", LeaseTTL: statestore.DefaultLeaseTTL, EtcdLogLevel: "warn"},
 		Metrics:    MetricsConfig{Listen: DefaultMetricsListen},
 		Admin:      AdminConfig{Listen: DefaultAdminListen},
+		Anycast:    lb.DefaultConfig(),
 	}
 }
 
@@ -460,6 +479,9 @@ func (c *Config) Validate() error {
 	if err := c.validateEAP(); err != nil {
 		return err
 	}
+	if err := c.validateRevocation(); err != nil {
+		return err
+	}
 	if c.Auth.CredentialStore && c.StateStore.Mode == "none" {
 		return fieldErr("auth.credential_store", "needs a state store: statestore.mode embedded or external")
 	}
@@ -508,6 +530,9 @@ func (c *Config) Validate() error {
 	if err := c.Admin.validate(); err != nil {
 		return err
 	}
+	if err := c.validateAnycast(); err != nil {
+		return err
+	}
 	return c.StateStore.validate()
 }
 
@@ -538,6 +563,13 @@ func (s *StateStoreConfig) validate() error {
 	}
 	if s.LeaseTTL < 2*time.Second || s.LeaseTTL%time.Second != 0 {
 		return fieldErr("statestore.lease_ttl", "must be whole seconds, at least 2s: %v", s.LeaseTTL)
+	}
+	margin := cmp.Or(s.FenceMargin, s.LeaseTTL/5)
+	if s.FenceMargin < 0 || margin >= s.LeaseTTL {
+		return fieldErr("statestore.fence_margin", "must be more than 0 and less than lease_ttl (%v): %v", s.LeaseTTL, s.FenceMargin)
+	}
+	if ka := cmp.Or(s.KeepAlive, s.LeaseTTL/3); s.KeepAlive < 0 || ka >= s.LeaseTTL-margin {
+		return fieldErr("statestore.keepalive_interval", "must be more than 0 and less than lease_ttl - fence_margin (%v): %v", s.LeaseTTL-margin, s.KeepAlive)
 	}
 	return nil
 }

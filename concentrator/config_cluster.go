@@ -16,12 +16,22 @@ type ClusterConfig struct {
 	CAFile        string `yaml:"ca_file"`        // CA that signs every node's certificate
 	CertFile      string `yaml:"cert_file"`      // this node's certificate (PEM), for serving and calling
 	KeyFile       string `yaml:"key_file"`       // and its key
+	// FleetRekeysPerSec caps the CHILD rekeys the whole cluster starts a
+	// second: each node's scheduler takes its share, this divided by the
+	// live nodes in the registry (and never more than
+	// children.max_rekeys_per_second), so a node that takes over a large
+	// part of the fleet spreads its overdue rekeys instead of starting them
+	// at once. 0: each node keeps its own cap.
+	FleetRekeysPerSec int `yaml:"fleet_rekeys_per_second"`
 }
 
 // TLS reports whether the peer API uses mutual TLS.
 func (c *ClusterConfig) TLS() bool { return c.CertFile != "" }
 
 func (c *ClusterConfig) validate(storeMode string) error {
+	if c.FleetRekeysPerSec < 0 {
+		return fieldErr("cluster.fleet_rekeys_per_second", "must not be negative (0: no fleet-wide cap)")
+	}
 	if c.PeerListen == "" {
 		if c.PeerAdvertise != "" {
 			return fieldErr("cluster.peer_listen", "required with cluster.peer_advertise")

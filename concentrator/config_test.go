@@ -58,6 +58,9 @@ func TestExampleConfigsValidate(t *testing.T) {
 func TestConfigErrorsNameTheField(t *testing.T) {
 	for _, tc := range []struct{ yaml, field string }{
 		{minimal + "ike:\n  bogus: 1\n", "ike.bogus"},
+		{minimal + "statestore:\n  lease_ttl: 3s\n  keepalive_interval: 3s\n", "statestore.keepalive_interval"},
+		{minimal + "statestore:\n  lease_ttl: 3s\n  fence_margin: 3s\n", "statestore.fence_margin"},
+		{minimal + "statestore:\n  lease_ttl: 3s\n  fence_margin: 1s\n  keepalive_interval: 2s\n", "statestore.keepalive_interval"},
 		{minimal + "ike:\n  port: x\n", "ike.port"},
 		{minimal + "ike:\n  listen: [not-an-ip]\n", "ike.listen[0]"},
 		{minimal + "ike:\n  proposals: [aes256gcm16-prfsha256-x25519, 3des-sha1-modp1024]\n", "ike.proposals[1]"},
@@ -123,6 +126,8 @@ func TestClusterConfigErrors(t *testing.T) {
 		{"cluster: {peer_listen: \"10.0.0.1:7000\", cert_file: c.pem, key_file: k.pem}", "cluster.ca_file"},
 		{"cluster: {peer_listen: \"10.0.0.1:7000\", cert_file: c.pem, ca_file: ca.pem}", "cluster.key_file"},
 		{"cluster: {peer_listen: \"10.0.0.1:7000\", ca_file: ca.pem}", "cluster.cert_file"},
+		{"cluster: {fleet_rekeys_per_second: -1}", "cluster.fleet_rekeys_per_second"},
+		{"cluster: {fleet_rekeys_per_second: 100}", ""},
 		{"cluster: {peer_listen: nohost}", "cluster.peer_listen"},
 		{"cluster: {peer_listen: \"example.com:7000\"}", "cluster.peer_listen"},
 		{"cluster: {peer_advertise: \"127.0.0.1:7000\"}", "cluster.peer_listen"},

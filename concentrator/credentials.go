@@ -138,7 +138,7 @@ func (c *Config) engineConfig() (ike.Config, error) {
 				req = append(req, h[:]...)
 			}
 		}
-		v := &sig.Verifier{Roots: roots}
+		v := &sig.Verifier{Roots: roots, ClockSkew: c.Auth.ClockSkew}
 		for i, path := range c.Auth.CRLs {
 			data, err := os.ReadFile(path)
 			if err != nil {

@@ -59,6 +59,7 @@ type Node struct {
 	runCtx          context.Context // Run's, for work handed to shards from other goroutines
 	creds           *credCache      // auth.credential_store's copy (credstore.go)
 	eap             *eapBackend     // auth.eap.radius; nil without EAP
+	rev             *revocations    // auth.revocation: fetched CRLs and OCSP (revocation.go); nil when nothing is fetched
 	espBits         int             // inbound ESP SPI bits naming the shard
 	persist         *persistence
 	persistFailures atomic.Uint64
@@ -73,6 +74,7 @@ type Node struct {
 	claims          claims       // SAs being claimed (claim.go)
 	cluster         clusterStats // claims and hand-offs
 	ops             ops          // operator actions (ops.go)
+	front           front        // the anycast front (anycast.go)
 }
 
 // Option changes how New builds a node.
@@ -109,6 +111,7 @@ func New(cfg Config, log *slog.Logger, dp dataplane.DataPlane, opts ...Option) (
 	if n.eap, err = newEAPBackend(cfg, n.nodeID); err != nil {
 		return nil, err
 	}
+	n.rev = n.wireRevocations(&cfg, n.ecfg.Verifier)
 	if cfg.Children.RestoreRekeyWindow != 0 {
 		log.Warn("children.restore_rekey_window is deprecated and ignored: restored CHILD SAs keep their rekey schedule and continue above their sequence number reservations")
 	}
@@ -288,6 +291,7 @@ func (n *Node) Run(ctx context.Context) error {
 		defer n.peer.close()
 	}
 	defer n.eap.close()
+	defer n.rev.close()
 	if n.cfg.StateStore.Mode != "none" {
 		p, err := n.openStore(ctx)
 		if err != nil {
@@ -356,6 +360,13 @@ func (n *Node) Run(ctx context.Context) error {
 	go func() { defer wg.Done(); n.flushSuppressed(ctx) }()
 	wg.Add(1)
 	go func() { defer wg.Done(); n.fenceDataPlane(ctx) }()
+	if n.persist != nil {
+		wg.Add(2)
+		go func() { defer wg.Done(); n.claimLoop(ctx) }()
+		go func() { defer wg.Done(); n.watchOwners(ctx) }()
+	}
+	wg.Add(1)
+	go func() { defer wg.Done(); n.runFront(ctx) }() // anycast.go
 	if r, ok := n.dp.(dataplane.UnknownSPIReporter); ok && n.persist != nil {
 		r.OnUnknownSPI(n.unknownESP) // ESP for SAs other nodes hold: claim them (claim.go)
 	}

@@ -164,7 +164,7 @@ func (n *Node) metricsSnapshot(ctx context.Context) (metrics.Snapshot, error) {
 	h := n.Health()
 	s.Node = metrics.Node{PersistFailures: n.persistFailures.Load(), FencedDrops: n.fencedDrops.Load(),
 		NonIKEDrops: n.nonIKEDrops.Load(), KeepalivesSent: n.obs.keepalivesSent.Load(),
-		KeepalivesReceived: n.keepalives.Load(), EAP: n.obs.eapCounts(), Listening: h.Listening, Fenced: h.Fenced, Draining: h.Draining}
+		KeepalivesReceived: n.keepalives.Load(), EAP: n.obs.eapCounts(), Revocation: n.rev.stats(), Listening: h.Listening, Fenced: h.Fenced, Draining: h.Draining}
 	n.obs.queueDrops.Range(func(k, v any) bool {
 		q := k.(queueKey)
 		s.Node.QueueDrops = append(s.Node.QueueDrops, metrics.QueueDrop{Listen: q.listen.String(), NATT: q.natt,
@@ -172,10 +172,13 @@ func (n *Node) metricsSnapshot(ctx context.Context) (metrics.Snapshot, error) {
 		return true
 	})
 	s.Events = n.obs.events.Counts()
+	cs := n.ClusterStats()
+	s.Events.Handoffs, s.Events.Takeovers = cs.HandedOff, cs.TakeOvers
 	if st := h.StateStore; st != nil {
 		s.StateStore = &metrics.StateStore{Reachable: st.Reachable, Registered: st.Registered, Queued: st.Queued, Txns: st.Txns}
 	}
 	s.DataPlane = metrics.DataPlane{Name: n.dp.Name(), InstallFailures: n.obs.installFailures.Load()}
+	s.Anycast = n.anycastMetrics(ctx) // anycast.go
 	if r, ok := n.dp.(dataplane.Reporter); ok {
 		rep, err := r.Report(ctx)
 		if err != nil {

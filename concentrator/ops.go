@@ -365,6 +365,7 @@ func (n *Node) Drain(drop bool) {
 		n.ops.drainStart.Store(n.ops.refused.Load())
 		n.log.Info("draining: new IKE SAs refused", "node", n.nodeID, "drop", drop)
 	}
+	n.kickFront() // the anycast route goes (anycast.go)
 }
 
 // Resume ends a drain.
@@ -373,6 +374,7 @@ func (n *Node) Resume() {
 	if n.ops.draining.Swap(false) {
 		n.log.Info("drain ended: new IKE SAs accepted", "node", n.nodeID)
 	}
+	n.kickFront()
 }
 
 // Draining reports whether the node refuses new IKE SAs.
@@ -488,6 +490,12 @@ func (n *Node) ReloadCredentials(ctx context.Context) (ReloadResult, error) {
 		return res, err
 	}
 	n.withCredentialStore(&ec)
+	if n.rev != nil {
+		n.rev.setPolicy(&cfg)
+		if ec.Verifier != nil && n.rev.policy().online() {
+			ec.Verifier.Online = n.rev
+		}
+	}
 	old := n.ecfg
 	for _, s := range n.shards {
 		if err := n.do(ctx, s, func() {

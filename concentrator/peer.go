@@ -27,8 +27,16 @@ import (
 
 // Implementation limits of the peer API.
 const (
-	peerCallTimeout = 5 * time.Second // one HandOff or Forward call
+	peerCallTimeout = 3 * time.Second // one HandOff, HandOffMany or Forward call
+	maxHandOffMany  = 1024            // SAs one HandOffMany call may ask for
 )
+
+// reasonFenced: a HandOff answer of a node that lost its registration;
+// the caller waits for its lease to end and takes the SAs over.
+const reasonFenced = "fenced"
+
+// reasonStopping: a HandOff answer of a node starting or stopping.
+const reasonStopping = "not running"
 
 // peerTLS loads the cluster's mutual TLS: the server requires a client
 // certificate signed by ca_file, and the client accepts a server whose
@@ -159,80 +167,157 @@ func notOwner(o statestore.Owner, reason string) *peerv1.HandOffResponse {
 		OwnerNode: o.Node, OwnerEpoch: o.Epoch, Reason: reason}
 }
 
-// HandOff gives an SA this node holds to the requester: the SA leaves the
-// engine first (nothing more is sent for it, nothing that arrives is
-// processed), its final state goes to the state store with the ownership
-// move in one transaction, and its CHILD SAs leave the data plane. Should
-// the transaction fail for a reason other than a new owner, the SA is
-// restored here.
+// HandOff gives an SA this node holds to the requester (HandOffMany with
+// one SA).
 func (ps *peerServer) HandOff(ctx context.Context, req *peerv1.HandOffRequest) (*peerv1.HandOffResponse, error) {
+	res := ps.handOff(ctx, []uint64{req.GetIkeSpi()}, statestore.Owner{Node: req.GetNode(), Epoch: req.GetEpoch()})
+	return res[0], nil
+}
+
+// HandOffMany gives SAs this node holds to the requester: they leave the
+// engine first (nothing more is sent for them, nothing that arrives is
+// processed), their final states go to the state store with the ownership
+// moves in one transaction per batch, and their CHILD SAs leave the data
+// plane. SAs whose transaction fails for a reason other than a new owner
+// are restored here.
+func (ps *peerServer) HandOffMany(ctx context.Context, req *peerv1.HandOffManyRequest) (*peerv1.HandOffManyResponse, error) {
+	spis := req.GetIkeSpis()
+	if len(spis) > maxHandOffMany {
+		spis = spis[:maxHandOffMany] // the rest: no answer, the requester asks again
+	}
+	return &peerv1.HandOffManyResponse{Results: ps.handOff(ctx, spis, statestore.Owner{Node: req.GetNode(), Epoch: req.GetEpoch()})}, nil
+}
+
+func (ps *peerServer) handOff(ctx context.Context, spis []uint64, to statestore.Owner) []*peerv1.HandOffResponse {
 	n := ps.n
-	if n.persist == nil || !n.listening() {
-		return retry("not running"), nil
+	res := make([]*peerv1.HandOffResponse, len(spis))
+	all := func(r *peerv1.HandOffResponse) []*peerv1.HandOffResponse {
+		for i := range res {
+			if res[i] == nil {
+				res[i] = r
+			}
+		}
+		return res
 	}
-	spi := req.GetIkeSpi()
-	to := statestore.Owner{Node: req.GetNode(), Epoch: req.GetEpoch()}
-	me, _ := n.persist.store.Registration()
+	if n.persist == nil || !n.listening() || n.runCtx.Err() != nil {
+		return all(retry(reasonStopping))
+	}
+	if !n.persist.store.CanSend() {
+		return all(retry(reasonFenced))
+	}
+	// A stopping node answers at once rather than at the caller's deadline.
+	ctx, cancel := context.WithCancel(ctx)
+	defer context.AfterFunc(n.runCtx, cancel)()
+	defer cancel()
+	st, ok := n.persist.store.(batchStore)
+	if !ok {
+		return all(retry("state store moves no batches"))
+	}
+	me, _ := st.Registration()
 	if to.Node == "" || to == me {
-		return retry("bad requester " + to.String()), nil
+		return all(retry("bad requester " + to.String()))
 	}
-	s := n.shardOfSPI(spi)
-	var st ike.SAState
-	var held bool
-	var why string
-	if err := n.do(ctx, s, func() {
-		sa := s.eng.SA(spi)
-		if sa == nil {
-			return
-		}
-		if !sa.Established() {
-			why = "not established"
-			return
-		}
-		var err error
-		if st, err = sa.Snapshot(); err != nil {
-			why = err.Error()
-			return
-		}
-		held = true
-		var rd ike.Ready
-		s.eng.Forget(spi, &rd)
-		n.perform(ctx, s, &rd)
-	}); err != nil {
-		return retry(err.Error()), nil
+	// Freeze: each shard gives up the SAs it holds, in one call.
+	byShard := map[*shard][]int{}
+	for i, spi := range spis {
+		s := n.shardOfSPI(spi)
+		byShard[s] = append(byShard[s], i)
 	}
-	if !held {
-		if why != "" {
-			return retry(why), nil
+	states := make([]*ike.SAState, len(spis))
+	var unheld []int
+	for s, idx := range byShard {
+		var nh []int
+		if err := n.do(ctx, s, func() {
+			var rd ike.Ready
+			for _, i := range idx {
+				sa := s.eng.SA(spis[i])
+				if sa == nil {
+					nh = append(nh, i)
+					continue
+				}
+				if !sa.Established() {
+					res[i] = retry("not established")
+					continue
+				}
+				snap, err := sa.Snapshot()
+				if err != nil {
+					res[i] = retry(err.Error())
+					continue
+				}
+				states[i] = &snap
+				s.eng.Forget(spis[i], &rd)
+			}
+			n.perform(ctx, s, &rd)
+		}); err != nil {
+			for _, i := range idx {
+				res[i] = retry(err.Error())
+			}
 		}
-		o, _, err := n.persist.store.Owner(ctx, spi)
+		unheld = append(unheld, nh...)
+	}
+	// SAs not held here: say who owns them.
+	if len(unheld) > 0 {
+		q := make([]uint64, len(unheld))
+		for j, i := range unheld {
+			q[j] = spis[i]
+		}
+		owners, err := st.Owners(ctx, q)
+		for j, i := range unheld {
+			switch {
+			case err != nil:
+				res[i] = retry(err.Error())
+			case !owners[j].Found:
+				res[i] = notOwner(statestore.Owner{}, "no such SA")
+			case owners[j].Owner == me:
+				res[i] = retry("owned here but not held (being restored)")
+			default:
+				res[i] = notOwner(owners[j].Owner, "not held here")
+			}
+		}
+	}
+	var finals []*statestore.SARecord
+	var held []int
+	for i, st := range states {
+		if st != nil {
+			finals = append(finals, recordOf(st))
+			held = append(held, i)
+		}
+	}
+	if len(finals) == 0 {
+		return all(retry("nothing held"))
+	}
+	moved, err := st.HandOffMany(ctx, finals, to)
+	for j, m := range moved {
+		i := held[j]
+		var oe *statestore.OwnerError
 		switch {
-		case errors.Is(err, statestore.ErrNotFound):
-			return notOwner(statestore.Owner{}, "no such SA"), nil
-		case err != nil:
-			return retry(err.Error()), nil
-		case o == me:
-			return retry("owned here but not held (being restored)"), nil
+		case m.Err == nil:
+			n.cluster.handedOff.Add(1)
+			res[i] = &peerv1.HandOffResponse{Status: peerv1.HandOffResponse_STATUS_OK}
+		case errors.As(m.Err, &oe):
+			res[i] = notOwner(oe.Owner, "owner changed")
+		default:
+			res[i] = retry(m.Err.Error())
 		}
-		return notOwner(o, "not held here"), nil
 	}
-	err := n.persist.store.HandOff(ctx, spi, recordOf(&st), to)
-	var oe *statestore.OwnerError
-	switch {
-	case err == nil:
-		n.cluster.handedOff.Add(1)
-		n.log.Debug("SA handed off", "spi", fmt.Sprintf("%016x", spi), "to", to.String())
-		return &peerv1.HandOffResponse{Status: peerv1.HandOffResponse_STATUS_OK}, nil
-	case errors.As(err, &oe):
-		return notOwner(oe.Owner, "owner changed"), nil
-	case errors.Is(err, statestore.ErrFenced):
-		// Our registration is gone: the SA is the requester's to take
-		// over once our lease has expired; we no longer send for it.
-		return retry("fenced"), nil
+	if len(moved) < len(held) {
+		if errors.Is(err, statestore.ErrFenced) {
+			// Our registration is gone: the SAs are the requester's to
+			// take over once our lease has expired; we no longer send.
+			return all(retry(reasonFenced))
+		}
+		// Nothing moved for the rest: keep serving them here.
+		why := "hand-off not written"
+		if err != nil {
+			why = err.Error()
+		}
+		for _, i := range held[len(moved):] {
+			n.restoreHeld(ctx, n.shardOfSPI(spis[i]), *states[i])
+			res[i] = retry(why)
+		}
 	}
-	// Nothing moved: keep serving the SA here.
-	n.restoreHeld(ctx, s, st)
-	return retry(err.Error()), nil
+	n.log.Debug("SAs handed off", "to", to.String(), "asked", len(spis), "moved", len(moved))
+	return all(retry("not handed off"))
 }
 
 // restoreHeld puts an SA whose hand-off failed back into its shard.

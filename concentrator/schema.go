@@ -24,6 +24,8 @@ import (
 	"go.yaml.in/yaml/v3"
 	"golang.org/x/text/language"
 	"golang.org/x/text/message"
+
+	"github.com/ikefleet/ikefleet/lb"
 )
 
 // schemaEnums are the fields that take one of a fixed set of strings.
@@ -34,6 +36,9 @@ var schemaEnums = map[string][]string{
 	"dataplane.mode":            DataPlaneModes,
 	"statestore.mode":           {"embedded", "external", "none"},
 	"statestore.etcd_log_level": {"debug", "info", "warn", "error"},
+	"anycast.mode":              lb.Modes,
+	"auth.revocation.ocsp":      {"prefer", "require", "off"},
+	"auth.revocation.crl":       {"fetch", "files", "off"},
 }
 
 // schemaBounds are the integer fields with a fixed range.
@@ -41,6 +46,12 @@ var schemaBounds = map[string][2]int{
 	"ike.port":      {0, 65535},
 	"ike.natt_port": {0, 65535},
 	"ike.shards":    {0, 256},
+
+	"anycast.bgp.listen_port":          {0, 65535},
+	"anycast.bgp.neighbors[].port":     {0, 65535},
+	"anycast.bgp.neighbors[].multihop": {0, 255},
+	"anycast.bgp.asn":                  {0, 4294967295},
+	"anycast.bgp.neighbors[].asn":      {0, 4294967295},
 }
 
 // durationPattern matches what time.ParseDuration accepts.
@@ -121,6 +132,8 @@ func schemaOf(t reflect.Type, def reflect.Value, path string, desc map[string]st
 		if b, ok := schemaBounds[path]; ok {
 			s["minimum"], s["maximum"] = b[0], b[1]
 		}
+	case t.Kind() == reflect.Float32 || t.Kind() == reflect.Float64:
+		s["type"] = "number"
 	default:
 		panic(fmt.Sprintf("concentrator: no JSON Schema for %s (%s)", path, t))
 	}

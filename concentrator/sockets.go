@@ -214,6 +214,9 @@ func (n *Node) receive(c transport.Conn, b []byte, local, remote netip.AddrPort,
 			return
 		}
 	}
+	if n.cfg.Anycast.Redirect.Enabled && n.redirectInit(c, natt, b, remote) {
+		return // draining or overloaded: sent to another node (anycast.go)
+	}
 	if n.ops.draining.Load() && n.refuseInit(c, natt, b, remote) {
 		return // draining: no new IKE SAs (ops.go)
 	}

@@ -81,6 +81,7 @@ func (n *Node) openStore(ctx context.Context) (*persistence, error) {
 	}
 	store, err := statestore.Open(ctx, p.cli, statestore.Config{
 		NodeID: n.nodeID, Instance: instance, Keys: keys, LeaseTTL: c.LeaseTTL, PeerAddr: n.PeerAddr(),
+		KeepAliveInterval: c.KeepAlive, FenceMargin: c.FenceMargin,
 		Batch:       statestore.BatchConfig{QueueNew: c.QueueNew},
 		OnReclaimed: n.onReclaimed,
 		Log:         n.log.With("component", "statestore"),

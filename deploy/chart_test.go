@@ -170,6 +170,8 @@ func compareSchema(t *testing.T, path string, s map[string]any, typ reflect.Type
 		want = "boolean"
 	case typ.Kind() >= reflect.Int && typ.Kind() <= reflect.Uint64:
 		want = "integer"
+	case typ.Kind() == reflect.Float32 || typ.Kind() == reflect.Float64:
+		want = "number"
 	default:
 		t.Errorf("%s: Go type %v has no schema mapping", path, typ)
 		return

@@ -55,6 +55,9 @@ type ClusterOptions struct {
 	// once the namespaces exist (default: the nftables flow map, see
 	// nftSpreader). A BGP router announcing the nodes' routes can stand in.
 	NewSpreader func(ctx context.Context, c *Cluster, flows []Flow) (FlowSpreader, error)
+	// NodeConfig, if set, is appended to each node's configuration (e.g.
+	// an anycast: section announcing the service address over BGP).
+	NodeConfig func(n *ClusterNode) string
 }
 
 // Cluster is N concentratord nodes sharing one service address behind a
@@ -512,6 +515,9 @@ cluster:
   key_file: %s
 `, clusterTUN, filepath.Join(c.dir, n.ID+".data"), strings.Join(eps, ", "), c.etcdCA, c.etcdClientF[0], c.etcdClientF[1],
 		c.clusterKey, c.opts.LeaseTTL, n.Addr, clusterPeerPort, c.etcdCA, cert, key)
+	if c.opts.NodeConfig != nil {
+		b.WriteString(c.opts.NodeConfig(n))
+	}
 	n.Config = filepath.Join(c.dir, n.ID+".yaml")
 	mustWriteFile(t, n.Config, []byte(b.String()))
 }

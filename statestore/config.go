@@ -11,7 +11,7 @@ import (
 // Implementation limits and defaults.
 const (
 	DefaultPrefix          = "/ikefleet/"
-	DefaultLeaseTTL        = 10 * time.Second
+	DefaultLeaseTTL        = 3 * time.Second
 	DefaultRequestTimeout  = 2 * time.Second
 	DefaultSlots           = 256
 	DefaultMaxBatch        = 128 // etcd's default --max-txn-ops
@@ -45,7 +45,7 @@ type Config struct {
 	// seconds; the minimum is 2 s.
 	LeaseTTL          time.Duration
 	FenceMargin       time.Duration // default LeaseTTL/5
-	KeepAliveInterval time.Duration // default LeaseTTL/5
+	KeepAliveInterval time.Duration // default LeaseTTL/3
 	RequestTimeout    time.Duration // per etcd request; default 2 s
 
 	Slots int // slot numbers 0..Slots-1; default 256
@@ -93,7 +93,7 @@ func (c *Config) setDefaults() {
 		c.FenceMargin = c.LeaseTTL / defaultFenceMarginFrac
 	}
 	if c.KeepAliveInterval == 0 {
-		c.KeepAliveInterval = c.LeaseTTL / 5
+		c.KeepAliveInterval = c.LeaseTTL / 3
 	}
 	if c.RequestTimeout == 0 {
 		c.RequestTimeout = DefaultRequestTimeout

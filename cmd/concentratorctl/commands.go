@@ -498,7 +498,7 @@ var phaseText = map[adminv1.DrainPhase]string{
 }
 
 func (a *app) drainCommand() *cobra.Command {
-	var drop, resume, quiet bool
+	var drop, resume, quiet, handOff bool
 	var node string
 	cmd := &cobra.Command{
 		Use:   "drain",
@@ -506,10 +506,12 @@ func (a *app) drainCommand() *cobra.Command {
 		Long: `Drain the node that answers: new IKE_SA_INIT requests are answered with
 TEMPORARY_FAILURE (or dropped with --drop), handshakes under way finish, and SA
 state is flushed to the state store. Established SAs stay. The node stays
-drained until 'drain --resume' or a restart. Progress goes to stderr.`,
+drained until 'drain --resume' or a restart. Progress goes to stderr.
+With --hand-off the node also withdraws its anycast route and waits (up to
+--timeout) while the other nodes claim its SAs as their traffic reaches them.`,
 		Args: noArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			req := &adminv1.DrainNodeRequest{Node: node, Resume: resume, Timeout: durationpb.New(a.timeout)}
+			req := &adminv1.DrainNodeRequest{Node: node, Resume: resume, HandOff: handOff, Timeout: durationpb.New(a.timeout)}
 			if drop {
 				req.Refuse = adminv1.RefuseMode_REFUSE_MODE_DROP
 			}
@@ -522,8 +524,8 @@ drained until 'drain --resume' or a restart. Progress goes to stderr.`,
 				return err
 			}
 			last, err := follow(stream, newBar(a.stderr, "draining", quiet || resume), func(b *bar, p *adminv1.DrainProgress) {
-				b.update(0, 0, fmt.Sprintf("%s: %d SAs, %d handshakes, %d changes queued, %d refused",
-					phaseText[p.Phase], p.Sas, p.HalfOpen, p.Queued, p.Refused))
+				b.update(0, 0, fmt.Sprintf("%s: %d SAs, %d handshakes, %d changes queued, %d refused, %d moved",
+					phaseText[p.Phase], p.Sas, p.HalfOpen, p.Queued, p.Refused, p.HandedOff))
 			})
 			if err != nil {
 				return err
@@ -542,6 +544,7 @@ drained until 'drain --resume' or a restart. Progress goes to stderr.`,
 	}
 	cmd.Flags().BoolVar(&drop, "drop", false, "drop new IKE_SA_INITs instead of answering TEMPORARY_FAILURE")
 	cmd.Flags().BoolVar(&resume, "resume", false, "end the drain: accept new IKE SAs again")
+	cmd.Flags().BoolVar(&handOff, "hand-off", false, "withdraw the anycast route and wait for the SAs to move to other nodes")
 	cmd.Flags().StringVar(&node, "node", "", "the node's id, checked against the node that answers")
 	cmd.Flags().BoolVarP(&quiet, "quiet", "q", false, "no progress")
 	return cmd

@@ -16,6 +16,7 @@ import (
 	adminv1 "github.com/ikefleet/ikefleet/api/admin/v1"
 	"github.com/ikefleet/ikefleet/concentrator"
 	"github.com/ikefleet/ikefleet/concentrator/ike"
+	"github.com/ikefleet/ikefleet/lb"
 )
 
 // Limits of the API.
@@ -101,6 +102,9 @@ func (s *Server) nodes(ctx context.Context) ([]*adminv1.Node, error) {
 		self.Health.State = "DRAINING"
 	case h.StateStore != nil && !h.StateStore.Reachable:
 		self.Health.State = "DEGRADED"
+	}
+	if a, ok := s.node.AnycastStatus(ctx); ok {
+		self.Health.Anycast = anycastPB(a)
 	}
 	st, err := s.node.Stats(ctx)
 	if err != nil {
@@ -407,9 +411,6 @@ func (s *Server) DrainNode(req *adminv1.DrainNodeRequest, stream adminv1.Admin_D
 	if n := req.GetNode(); n != "" && n != s.node.ID() {
 		return status.Errorf(codes.FailedPrecondition, "node: this is node %s; drain %s through its own admin API", s.node.ID(), n)
 	}
-	if req.GetHandOff() {
-		return status.Error(codes.Unimplemented, "hand_off: handing SAs to other nodes is not available yet; drain without it keeps them here, persisted")
-	}
 	progress := func(phase adminv1.DrainPhase, msg string, done bool) error {
 		st, err := s.node.Stats(ctx)
 		if err != nil {
@@ -432,6 +433,9 @@ func (s *Server) DrainNode(req *adminv1.DrainNodeRequest, stream adminv1.Admin_D
 		s.updateHealth()
 		s.log.Info("drain ended", "by", peerOf(ctx))
 		return progress(adminv1.DrainPhase_DRAIN_PHASE_RESUMED, "accepting new IKE SAs", true)
+	}
+	if req.GetHandOff() {
+		return s.drainHandOff(req, stream)
 	}
 	drop := req.GetRefuse() == adminv1.RefuseMode_REFUSE_MODE_DROP
 	s.node.Drain(drop)
@@ -484,6 +488,70 @@ func (s *Server) DrainNode(req *adminv1.DrainNodeRequest, stream adminv1.Admin_D
 		msg = "drained: new IKE SAs refused (no state store to flush)"
 	}
 	return progress(adminv1.DrainPhase_DRAIN_PHASE_DRAINED, msg, true)
+}
+
+// drainHandOff drains with hand-off: the anycast route goes, the SAs move
+// to the nodes their traffic reaches, what is left is persisted.
+func (s *Server) drainHandOff(req *adminv1.DrainNodeRequest, stream adminv1.Admin_DrainNodeServer) error {
+	ctx := stream.Context()
+	wait := defaultDrainWait
+	if d := req.GetTimeout(); d != nil && d.AsDuration() > 0 {
+		wait = d.AsDuration()
+	}
+	dctx, cancel := context.WithTimeout(ctx, wait)
+	defer cancel()
+	s.log.Info("draining with hand-off", "by", peerOf(ctx), "timeout", wait)
+	var sendErr error
+	send := func(p concentrator.HandOffProgress) {
+		if sendErr != nil {
+			return
+		}
+		refused, _ := s.node.RefusedWhileDraining()
+		pb := &adminv1.DrainProgress{Phase: adminv1.DrainPhase_DRAIN_PHASE_HANDING_OFF, Sas: uint64(p.Left),
+			HalfOpen: uint64(p.HalfOpen), HandedOff: uint64(max(0, p.Initial-p.Left)), Refused: refused,
+			Message: fmt.Sprintf("route withdrawn: %d of %d SAs moved in %s", max(0, p.Initial-p.Left), p.Initial, p.Elapsed.Round(time.Millisecond))}
+		switch p.Phase {
+		case "withdrawn":
+			pb.Phase = adminv1.DrainPhase_DRAIN_PHASE_REFUSING_NEW
+			pb.Message = "new IKE_SA_INITs refused, anycast route withdrawn"
+		case "flushing":
+			pb.Phase = adminv1.DrainPhase_DRAIN_PHASE_FLUSHING
+			pb.Message = "writing the SAs left to the state store"
+		case "drained":
+			return // the final message below
+		}
+		if h := s.node.Health().StateStore; h != nil {
+			pb.Queued = uint64(h.Queued)
+		}
+		sendErr = stream.Send(pb)
+	}
+	s.updateHealth()
+	p, err := s.node.DrainHandOff(dctx, send)
+	if sendErr != nil {
+		return sendErr
+	}
+	if err != nil && !errors.Is(err, concentrator.ErrDrainTimeout) {
+		return status.Errorf(codes.Unavailable, "%v", err)
+	}
+	moved := max(0, p.Initial-p.Left)
+	msg := fmt.Sprintf("drained: %d of %d SAs moved to other nodes in %s, %d left here (persisted)", moved, p.Initial,
+		p.Elapsed.Round(time.Millisecond), p.Left)
+	return stream.Send(&adminv1.DrainProgress{Phase: adminv1.DrainPhase_DRAIN_PHASE_DRAINED, Sas: uint64(p.Left),
+		HandedOff: uint64(moved), Done: true, Message: msg})
+}
+
+// anycastPB is the admin API's view of the anycast front.
+func anycastPB(a lb.Status) *adminv1.Anycast {
+	pb := &adminv1.Anycast{Mode: a.Mode, Healthy: a.Healthy, Failing: a.Detail, BgpSessionsUp: uint32(a.SessionsUp),
+		BgpSessions: uint32(a.Sessions), Withdrawals: a.Withdrawals, AnnounceError: a.AnnounceError}
+	for _, p := range a.Announced {
+		pb.Announced = append(pb.Announced, p.String())
+	}
+	for _, m := range a.Members {
+		pb.Members = append(pb.Members, &adminv1.Member{Name: m.Name, Addr: m.Addr, Alive: m.Alive, Healthy: m.Healthy,
+			Draining: m.Draining, Sas: uint64(max(0, m.SAs)), Cpu: m.CPU, PeerAddr: m.PeerAddr, Unicast: m.Unicast})
+	}
+	return pb
 }
 
 // ---- credentials ----

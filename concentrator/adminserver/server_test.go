@@ -20,6 +20,7 @@ import (
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	reflectionpb "google.golang.org/grpc/reflection/grpc_reflection_v1"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/types/known/durationpb"
 
 	adminv1 "github.com/ikefleet/ikefleet/api/admin/v1"
 	"github.com/ikefleet/ikefleet/concentrator"
@@ -516,15 +517,25 @@ func TestDrainRefusesNewSAs(t *testing.T) {
 		t.Fatalf("health after the drain: %v %v", h, err)
 	}
 
-	for _, req := range []*adminv1.DrainNodeRequest{{Node: "elsewhere"}, {HandOff: true}} {
-		s, err := tn.cli.DrainNode(ctx, req)
-		if err == nil {
-			_, err = s.Recv()
-		}
-		if want := map[bool]codes.Code{true: codes.Unimplemented, false: codes.FailedPrecondition}[req.HandOff]; code(err) != want {
-			t.Errorf("drain %v: %v, want %v", req, err, want)
-		}
+	ds, err := tn.cli.DrainNode(ctx, &adminv1.DrainNodeRequest{Node: "elsewhere"})
+	if err == nil {
+		_, err = ds.Recv()
 	}
+	if code(err) != codes.FailedPrecondition {
+		t.Errorf("drain elsewhere: %v, want FailedPrecondition", err)
+	}
+
+	// Hand-off with nobody to take the SAs: the wait ends at the timeout,
+	// the SAs stay, persisted.
+	progress = drain(t, tn, &adminv1.DrainNodeRequest{HandOff: true, Timeout: durationpb.New(time.Second)})
+	last = progress[len(progress)-1]
+	if !last.Done || last.Phase != adminv1.DrainPhase_DRAIN_PHASE_DRAINED || last.HandedOff != 0 {
+		t.Fatalf("hand-off drain: %v", progress)
+	}
+	if !tn.node.Draining() {
+		t.Fatal("not draining after a hand-off drain")
+	}
+	drain(t, tn, &adminv1.DrainNodeRequest{Resume: true})
 }
 
 func drain(t *testing.T, tn *testNode, req *adminv1.DrainNodeRequest) []*adminv1.DrainProgress {

@@ -59,6 +59,7 @@ type Stats struct {
 	UnreservedSPIs     uint64 // SPIs allocated without a cluster-wide reservation (pool empty)
 	PersistFailures    uint64 // state writes the caller reported failed
 	HeldRetransmits    uint64 // retransmitted requests not answered: their answer was not yet committed
+	RevocationParked   uint64 // IKE_AUTH requests left unanswered while a certificate's revocation status was fetched
 	MsgIDReservations  uint64 // request message ID reservations persisted
 	MsgIDProbes        uint64 // restored SAs that probed for the peer's expected message ID
 	MsgIDSyncs         uint64 // RFC 6311 synchronisations we started after a restore

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"crypto/hmac"
 	"encoding/binary"
+	"errors"
 	"net/netip"
 	"time"
 
@@ -178,6 +179,15 @@ func (sa *IKESA) handleAuthRequest(now time.Time, e *Engine, m *Message, rd *Rea
 		return
 	}
 	if err := sa.verifyInitiator(now, e, a, a.id, psk); err != nil {
+		if errors.Is(err, sig.ErrRevocationPending) {
+			// The node is fetching a CRL or an OCSP answer: park the
+			// exchange by not answering. Nothing moved on (message ID,
+			// state), so the peer's retransmission is processed afresh,
+			// by when the answer is in memory (or its fetch failed and
+			// policy decides). The half-open timeout bounds the wait.
+			e.stats.RevocationParked++
+			return
+		}
 		fail(err)
 		return
 	}

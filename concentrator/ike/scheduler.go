@@ -84,6 +84,22 @@ func (s *SmoothScheduler) Schedule(created time.Time, renewal bool) time.Time {
 	return time.Unix(best, int64(binary.BigEndian.Uint64(b[:])%uint64(time.Second)))
 }
 
+// SetMaxPerSecond changes the cap (0: none), e.g. to the node's share of
+// a fleet-wide rate as nodes join and leave. Rekeys placed already keep
+// their times.
+func (s *SmoothScheduler) SetMaxPerSecond(n int) {
+	s.mu.Lock()
+	s.MaxPerSecond = n
+	s.mu.Unlock()
+}
+
+// Cap returns the current cap (0: none).
+func (s *SmoothScheduler) Cap() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.MaxPerSecond
+}
+
 // prune forgets seconds that have passed (bounded memory: one counter per
 // second of the window ahead).
 func (s *SmoothScheduler) prune(now int64) {

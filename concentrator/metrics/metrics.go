@@ -41,6 +41,7 @@ type Snapshot struct {
 	Events     EventCounts
 	StateStore *StateStore // nil: no state store (statestore.mode none)
 	DataPlane  DataPlane
+	Anycast    *Anycast // the anycast front (anycast.go)
 }
 
 // Shard is one engine shard.
@@ -60,10 +61,23 @@ type Node struct {
 	KeepalivesReceived uint64
 	QueueDrops         []QueueDrop
 	EAP                map[string]uint64 // EAP messages relayed to RADIUS, by result (EAPResults)
+	Revocation         Revocation        // online revocation checking
 	Listening          bool              // sockets bound
 	Fenced             bool
 	Draining           bool
 }
+
+// Revocation counts the node's online revocation lookups and fetches;
+// arrays are indexed by RevocationSources.
+type Revocation struct {
+	Hits, Misses, FetchOK, FetchFailed, Revoked [2]uint64
+	FetchSeconds                                [2]float64
+	Refused, FailOpen, Pending                  uint64
+	Cached                                      int
+}
+
+// RevocationSources label the arrays of Revocation.
+var RevocationSources = [2]string{"ocsp", "crl"}
 
 // QueueDrop counts IKE messages one socket dropped because one shard's
 // queue was full. Listen is the socket's configured address (ours).
@@ -95,16 +109,16 @@ type EventCounts struct {
 	ChildRekeysByUs, ChildRekeysByPeer uint64
 	IKERekeysByUs, IKERekeysByPeer     uint64
 	AddressUpdates                     uint64
-	Handoffs, Takeovers                uint64
+	Handoffs, Takeovers                uint64 // filled by the node from its claim counters
 }
 
 // Events counts what ike.Stats does not break down: rekeys by who started
 // them and address updates (NAT rebinding, MOBIKE), from the engine's
-// events; handoffs and takeovers from the node. Safe for concurrent use.
+// events (the node adds handoffs and takeovers from its claim counters).
+// Safe for concurrent use.
 type Events struct {
 	childUs, childPeer, ikeUs, ikePeer atomic.Uint64
 	addressUpdates                     atomic.Uint64
-	handoffs, takeovers                atomic.Uint64
 }
 
 // ChildRekeyedByUs is the Reason of a CHILD SA rekey that we started (the
@@ -132,16 +146,11 @@ func (e *Events) Observe(ev ike.Event) {
 	}
 }
 
-// Handoff counts an SA handed off to another node; Takeover one taken over
-// from another node.
-func (e *Events) Handoff()  { e.handoffs.Add(1) }
-func (e *Events) Takeover() { e.takeovers.Add(1) }
-
 // Counts returns the current counts.
 func (e *Events) Counts() EventCounts {
 	return EventCounts{ChildRekeysByUs: e.childUs.Load(), ChildRekeysByPeer: e.childPeer.Load(),
 		IKERekeysByUs: e.ikeUs.Load(), IKERekeysByPeer: e.ikePeer.Load(),
-		AddressUpdates: e.addressUpdates.Load(), Handoffs: e.handoffs.Load(), Takeovers: e.takeovers.Load()}
+		AddressUpdates: e.addressUpdates.Load()}
 }
 
 // IKEStates are the IKE SA states always reported (0 when none), in the
@@ -285,9 +294,23 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 	for _, r := range EAPResults {
 		counter(dEAP, n.EAP[r], r)
 	}
+	for i, src := range RevocationSources {
+		rv := &n.Revocation
+		counter(dRevLookups, rv.Hits[i], src, "hit")
+		counter(dRevLookups, rv.Misses[i], src, "miss")
+		counter(dRevFetches, rv.FetchOK[i], src, "ok")
+		counter(dRevFetches, rv.FetchFailed[i], src, "error")
+		ch <- prometheus.MustNewConstMetric(dRevFetchSeconds.desc, prometheus.CounterValue, rv.FetchSeconds[i], src)
+		counter(dRevRevoked, rv.Revoked[i], src)
+	}
+	counter(dRevOutcome, n.Revocation.Refused, "refused")
+	counter(dRevOutcome, n.Revocation.FailOpen, "accepted")
+	counter(dRevPending, n.Revocation.Pending)
+	gauge(dRevCached, float64(n.Revocation.Cached))
 	gauge(dListening, b2f(n.Listening))
 	gauge(dFenced, b2f(n.Fenced))
 	gauge(dDraining, b2f(n.Draining))
+	collectAnycast(s.Anycast, gauge, counter)
 
 	// The state store.
 	if ss := s.StateStore; ss != nil {

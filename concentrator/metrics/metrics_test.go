@@ -32,7 +32,8 @@ func snapshot() Snapshot {
 	ev.Observe(ike.Event{Kind: ike.EventIKERekeyed})
 	ev.Observe(ike.Event{Kind: ike.EventAddressChanged})
 	ev.Observe(ike.Event{Kind: ike.EventIKEEstablished}) // counted by ike.Stats, not here
-	ev.Takeover()
+	counts := ev.Counts()
+	counts.Takeovers = 1
 	return Snapshot{
 		Shards: []Shard{
 			{Stats: ike.Stats{HalfOpen: 3, Established: 10, CookiesSent: 4, DPDSent: 2, DPDDead: 1, Retransmits: 5,
@@ -44,8 +45,9 @@ func snapshot() Snapshot {
 		Node: Node{PersistFailures: 1, FencedDrops: 2, NonIKEDrops: 3, KeepalivesSent: 4, KeepalivesReceived: 5,
 			QueueDrops: []QueueDrop{{Listen: "0.0.0.0", NATT: false, Shard: 1, Count: 6}, {Listen: "0.0.0.0", NATT: true, Shard: 0, Count: 7}},
 			Listening:  true},
-		Events:     ev.Counts(),
+		Events:     counts,
 		StateStore: &StateStore{Reachable: true, Registered: true, Queued: 2, Txns: 42},
+		Anycast:    &Anycast{Front: true, Healthy: true, Announced: 2, Failing: map[string]bool{"lease": false}, Members: true, MembersAlive: 3},
 		DataPlane: DataPlane{Name: "userspace", InstallFailures: 1, Report: &dataplane.Report{InBytes: 1000, OutBytes: 2000,
 			InPackets: 10, OutPackets: 20, Drops: map[string]uint64{"replay": 3, "no_sa": 0}}},
 	}

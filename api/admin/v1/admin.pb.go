@@ -137,7 +137,7 @@ const (
 	DrainPhase_DRAIN_PHASE_UNSPECIFIED  DrainPhase = 0
 	DrainPhase_DRAIN_PHASE_REFUSING_NEW DrainPhase = 1 // new IKE_SA_INITs are refused from now on
 	DrainPhase_DRAIN_PHASE_FLUSHING     DrainPhase = 2 // waiting for SA state to reach the state store
-	DrainPhase_DRAIN_PHASE_HANDING_OFF  DrainPhase = 3 // moving SAs to other nodes (later)
+	DrainPhase_DRAIN_PHASE_HANDING_OFF  DrainPhase = 3 // route withdrawn, SAs moving to other nodes (hand_off)
 	DrainPhase_DRAIN_PHASE_DRAINED      DrainPhase = 4
 	DrainPhase_DRAIN_PHASE_RESUMED      DrainPhase = 5
 )
@@ -1037,7 +1037,8 @@ type NodeHealth struct {
 	Draining        bool                   `protobuf:"varint,2,opt,name=draining,proto3" json:"draining,omitempty"`
 	Registered      bool                   `protobuf:"varint,3,opt,name=registered,proto3" json:"registered,omitempty"`
 	PersistFailures uint64                 `protobuf:"varint,4,opt,name=persist_failures,json=persistFailures,proto3" json:"persist_failures,omitempty"`
-	State           string                 `protobuf:"bytes,5,opt,name=state,proto3" json:"state,omitempty"` // SERVING | DRAINING | FENCED | DEGRADED (state store unreachable)
+	State           string                 `protobuf:"bytes,5,opt,name=state,proto3" json:"state,omitempty"`     // SERVING | DRAINING | FENCED | DEGRADED (state store unreachable)
+	Anycast         *Anycast               `protobuf:"bytes,6,opt,name=anycast,proto3" json:"anycast,omitempty"` // the anycast front; unset without anycast.mode and anycast.members
 	unknownFields   protoimpl.UnknownFields
 	sizeCache       protoimpl.SizeCache
 }
@@ -1107,6 +1108,230 @@ func (x *NodeHealth) GetState() string {
 	return ""
 }
 
+func (x *NodeHealth) GetAnycast() *Anycast {
+	if x != nil {
+		return x.Anycast
+	}
+	return nil
+}
+
+// Anycast is the node's anycast front (anycast: section).
+type Anycast struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Mode          string                 `protobuf:"bytes,1,opt,name=mode,proto3" json:"mode,omitempty"`           // bgp | kernel | "" (membership only)
+	Healthy       bool                   `protobuf:"varint,2,opt,name=healthy,proto3" json:"healthy,omitempty"`    // health checks pass (after fall/rise hysteresis)
+	Failing       []string               `protobuf:"bytes,3,rep,name=failing,proto3" json:"failing,omitempty"`     // checks failing in the last probe, with detail
+	Announced     []string               `protobuf:"bytes,4,rep,name=announced,proto3" json:"announced,omitempty"` // prefixes announced now; empty: withdrawn
+	BgpSessionsUp uint32                 `protobuf:"varint,5,opt,name=bgp_sessions_up,json=bgpSessionsUp,proto3" json:"bgp_sessions_up,omitempty"`
+	BgpSessions   uint32                 `protobuf:"varint,6,opt,name=bgp_sessions,json=bgpSessions,proto3" json:"bgp_sessions,omitempty"`
+	Withdrawals   uint64                 `protobuf:"varint,7,opt,name=withdrawals,proto3" json:"withdrawals,omitempty"`                         // times everything was withdrawn
+	AnnounceError string                 `protobuf:"bytes,8,opt,name=announce_error,json=announceError,proto3" json:"announce_error,omitempty"` // the last announcement change failed with it
+	Members       []*Member              `protobuf:"bytes,9,rep,name=members,proto3" json:"members,omitempty"`                                  // gossip membership, this node included
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Anycast) Reset() {
+	*x = Anycast{}
+	mi := &file_api_admin_v1_admin_proto_msgTypes[14]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Anycast) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Anycast) ProtoMessage() {}
+
+func (x *Anycast) ProtoReflect() protoreflect.Message {
+	mi := &file_api_admin_v1_admin_proto_msgTypes[14]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Anycast.ProtoReflect.Descriptor instead.
+func (*Anycast) Descriptor() ([]byte, []int) {
+	return file_api_admin_v1_admin_proto_rawDescGZIP(), []int{14}
+}
+
+func (x *Anycast) GetMode() string {
+	if x != nil {
+		return x.Mode
+	}
+	return ""
+}
+
+func (x *Anycast) GetHealthy() bool {
+	if x != nil {
+		return x.Healthy
+	}
+	return false
+}
+
+func (x *Anycast) GetFailing() []string {
+	if x != nil {
+		return x.Failing
+	}
+	return nil
+}
+
+func (x *Anycast) GetAnnounced() []string {
+	if x != nil {
+		return x.Announced
+	}
+	return nil
+}
+
+func (x *Anycast) GetBgpSessionsUp() uint32 {
+	if x != nil {
+		return x.BgpSessionsUp
+	}
+	return 0
+}
+
+func (x *Anycast) GetBgpSessions() uint32 {
+	if x != nil {
+		return x.BgpSessions
+	}
+	return 0
+}
+
+func (x *Anycast) GetWithdrawals() uint64 {
+	if x != nil {
+		return x.Withdrawals
+	}
+	return 0
+}
+
+func (x *Anycast) GetAnnounceError() string {
+	if x != nil {
+		return x.AnnounceError
+	}
+	return ""
+}
+
+func (x *Anycast) GetMembers() []*Member {
+	if x != nil {
+		return x.Members
+	}
+	return nil
+}
+
+type Member struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Name          string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	Addr          string                 `protobuf:"bytes,2,opt,name=addr,proto3" json:"addr,omitempty"` // gossip address
+	Alive         bool                   `protobuf:"varint,3,opt,name=alive,proto3" json:"alive,omitempty"`
+	Healthy       bool                   `protobuf:"varint,4,opt,name=healthy,proto3" json:"healthy,omitempty"`
+	Draining      bool                   `protobuf:"varint,5,opt,name=draining,proto3" json:"draining,omitempty"`
+	Sas           uint64                 `protobuf:"varint,6,opt,name=sas,proto3" json:"sas,omitempty"`
+	Cpu           float64                `protobuf:"fixed64,7,opt,name=cpu,proto3" json:"cpu,omitempty"` // cores busy
+	PeerAddr      string                 `protobuf:"bytes,8,opt,name=peer_addr,json=peerAddr,proto3" json:"peer_addr,omitempty"`
+	Unicast       string                 `protobuf:"bytes,9,opt,name=unicast,proto3" json:"unicast,omitempty"` // redirect target address
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Member) Reset() {
+	*x = Member{}
+	mi := &file_api_admin_v1_admin_proto_msgTypes[15]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Member) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Member) ProtoMessage() {}
+
+func (x *Member) ProtoReflect() protoreflect.Message {
+	mi := &file_api_admin_v1_admin_proto_msgTypes[15]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Member.ProtoReflect.Descriptor instead.
+func (*Member) Descriptor() ([]byte, []int) {
+	return file_api_admin_v1_admin_proto_rawDescGZIP(), []int{15}
+}
+
+func (x *Member) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *Member) GetAddr() string {
+	if x != nil {
+		return x.Addr
+	}
+	return ""
+}
+
+func (x *Member) GetAlive() bool {
+	if x != nil {
+		return x.Alive
+	}
+	return false
+}
+
+func (x *Member) GetHealthy() bool {
+	if x != nil {
+		return x.Healthy
+	}
+	return false
+}
+
+func (x *Member) GetDraining() bool {
+	if x != nil {
+		return x.Draining
+	}
+	return false
+}
+
+func (x *Member) GetSas() uint64 {
+	if x != nil {
+		return x.Sas
+	}
+	return 0
+}
+
+func (x *Member) GetCpu() float64 {
+	if x != nil {
+		return x.Cpu
+	}
+	return 0
+}
+
+func (x *Member) GetPeerAddr() string {
+	if x != nil {
+		return x.PeerAddr
+	}
+	return ""
+}
+
+func (x *Member) GetUnicast() string {
+	if x != nil {
+		return x.Unicast
+	}
+	return ""
+}
+
 type NodeLoad struct {
 	state            protoimpl.MessageState `protogen:"open.v1"`
 	IkeSas           uint64                 `protobuf:"varint,1,opt,name=ike_sas,json=ikeSas,proto3" json:"ike_sas,omitempty"` // IKE SAs in the engine tables (any state)
@@ -1127,7 +1352,7 @@ type NodeLoad struct {
 
 func (x *NodeLoad) Reset() {
 	*x = NodeLoad{}
-	mi := &file_api_admin_v1_admin_proto_msgTypes[14]
+	mi := &file_api_admin_v1_admin_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1139,7 +1364,7 @@ func (x *NodeLoad) String() string {
 func (*NodeLoad) ProtoMessage() {}
 
 func (x *NodeLoad) ProtoReflect() protoreflect.Message {
-	mi := &file_api_admin_v1_admin_proto_msgTypes[14]
+	mi := &file_api_admin_v1_admin_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1152,7 +1377,7 @@ func (x *NodeLoad) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NodeLoad.ProtoReflect.Descriptor instead.
 func (*NodeLoad) Descriptor() ([]byte, []int) {
-	return file_api_admin_v1_admin_proto_rawDescGZIP(), []int{14}
+	return file_api_admin_v1_admin_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *NodeLoad) GetIkeSas() uint64 {
@@ -1258,7 +1483,7 @@ type SAFilter struct {
 
 func (x *SAFilter) Reset() {
 	*x = SAFilter{}
-	mi := &file_api_admin_v1_admin_proto_msgTypes[15]
+	mi := &file_api_admin_v1_admin_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1270,7 +1495,7 @@ func (x *SAFilter) String() string {
 func (*SAFilter) ProtoMessage() {}
 
 func (x *SAFilter) ProtoReflect() protoreflect.Message {
-	mi := &file_api_admin_v1_admin_proto_msgTypes[15]
+	mi := &file_api_admin_v1_admin_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1283,7 +1508,7 @@ func (x *SAFilter) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SAFilter.ProtoReflect.Descriptor instead.
 func (*SAFilter) Descriptor() ([]byte, []int) {
-	return file_api_admin_v1_admin_proto_rawDescGZIP(), []int{15}
+	return file_api_admin_v1_admin_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *SAFilter) GetIdentity() string {
@@ -1325,7 +1550,7 @@ type ListSAsRequest struct {
 
 func (x *ListSAsRequest) Reset() {
 	*x = ListSAsRequest{}
-	mi := &file_api_admin_v1_admin_proto_msgTypes[16]
+	mi := &file_api_admin_v1_admin_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1337,7 +1562,7 @@ func (x *ListSAsRequest) String() string {
 func (*ListSAsRequest) ProtoMessage() {}
 
 func (x *ListSAsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_api_admin_v1_admin_proto_msgTypes[16]
+	mi := &file_api_admin_v1_admin_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1350,7 +1575,7 @@ func (x *ListSAsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListSAsRequest.ProtoReflect.Descriptor instead.
 func (*ListSAsRequest) Descriptor() ([]byte, []int) {
-	return file_api_admin_v1_admin_proto_rawDescGZIP(), []int{16}
+	return file_api_admin_v1_admin_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *ListSAsRequest) GetFilter() *SAFilter {
@@ -1385,7 +1610,7 @@ type ListSAsResponse struct {
 
 func (x *ListSAsResponse) Reset() {
 	*x = ListSAsResponse{}
-	mi := &file_api_admin_v1_admin_proto_msgTypes[17]
+	mi := &file_api_admin_v1_admin_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1397,7 +1622,7 @@ func (x *ListSAsResponse) String() string {
 func (*ListSAsResponse) ProtoMessage() {}
 
 func (x *ListSAsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_api_admin_v1_admin_proto_msgTypes[17]
+	mi := &file_api_admin_v1_admin_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1410,7 +1635,7 @@ func (x *ListSAsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListSAsResponse.ProtoReflect.Descriptor instead.
 func (*ListSAsResponse) Descriptor() ([]byte, []int) {
-	return file_api_admin_v1_admin_proto_rawDescGZIP(), []int{17}
+	return file_api_admin_v1_admin_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *ListSAsResponse) GetSas() []*SA {
@@ -1456,7 +1681,7 @@ type SA struct {
 
 func (x *SA) Reset() {
 	*x = SA{}
-	mi := &file_api_admin_v1_admin_proto_msgTypes[18]
+	mi := &file_api_admin_v1_admin_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1468,7 +1693,7 @@ func (x *SA) String() string {
 func (*SA) ProtoMessage() {}
 
 func (x *SA) ProtoReflect() protoreflect.Message {
-	mi := &file_api_admin_v1_admin_proto_msgTypes[18]
+	mi := &file_api_admin_v1_admin_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1481,7 +1706,7 @@ func (x *SA) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SA.ProtoReflect.Descriptor instead.
 func (*SA) Descriptor() ([]byte, []int) {
-	return file_api_admin_v1_admin_proto_rawDescGZIP(), []int{18}
+	return file_api_admin_v1_admin_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *SA) GetSpiI() uint64 {
@@ -1606,7 +1831,7 @@ type ChildSA struct {
 
 func (x *ChildSA) Reset() {
 	*x = ChildSA{}
-	mi := &file_api_admin_v1_admin_proto_msgTypes[19]
+	mi := &file_api_admin_v1_admin_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1618,7 +1843,7 @@ func (x *ChildSA) String() string {
 func (*ChildSA) ProtoMessage() {}
 
 func (x *ChildSA) ProtoReflect() protoreflect.Message {
-	mi := &file_api_admin_v1_admin_proto_msgTypes[19]
+	mi := &file_api_admin_v1_admin_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1631,7 +1856,7 @@ func (x *ChildSA) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ChildSA.ProtoReflect.Descriptor instead.
 func (*ChildSA) Descriptor() ([]byte, []int) {
-	return file_api_admin_v1_admin_proto_rawDescGZIP(), []int{19}
+	return file_api_admin_v1_admin_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *ChildSA) GetInSpi() uint32 {
@@ -1741,7 +1966,7 @@ type GetSARequest struct {
 
 func (x *GetSARequest) Reset() {
 	*x = GetSARequest{}
-	mi := &file_api_admin_v1_admin_proto_msgTypes[20]
+	mi := &file_api_admin_v1_admin_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1753,7 +1978,7 @@ func (x *GetSARequest) String() string {
 func (*GetSARequest) ProtoMessage() {}
 
 func (x *GetSARequest) ProtoReflect() protoreflect.Message {
-	mi := &file_api_admin_v1_admin_proto_msgTypes[20]
+	mi := &file_api_admin_v1_admin_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1766,7 +1991,7 @@ func (x *GetSARequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetSARequest.ProtoReflect.Descriptor instead.
 func (*GetSARequest) Descriptor() ([]byte, []int) {
-	return file_api_admin_v1_admin_proto_rawDescGZIP(), []int{20}
+	return file_api_admin_v1_admin_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *GetSARequest) GetSpi() uint64 {
@@ -1797,7 +2022,7 @@ type TerminateSARequest struct {
 
 func (x *TerminateSARequest) Reset() {
 	*x = TerminateSARequest{}
-	mi := &file_api_admin_v1_admin_proto_msgTypes[21]
+	mi := &file_api_admin_v1_admin_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1809,7 +2034,7 @@ func (x *TerminateSARequest) String() string {
 func (*TerminateSARequest) ProtoMessage() {}
 
 func (x *TerminateSARequest) ProtoReflect() protoreflect.Message {
-	mi := &file_api_admin_v1_admin_proto_msgTypes[21]
+	mi := &file_api_admin_v1_admin_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1822,7 +2047,7 @@ func (x *TerminateSARequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TerminateSARequest.ProtoReflect.Descriptor instead.
 func (*TerminateSARequest) Descriptor() ([]byte, []int) {
-	return file_api_admin_v1_admin_proto_rawDescGZIP(), []int{21}
+	return file_api_admin_v1_admin_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *TerminateSARequest) GetSpi() uint64 {
@@ -1881,7 +2106,7 @@ type TerminateProgress struct {
 
 func (x *TerminateProgress) Reset() {
 	*x = TerminateProgress{}
-	mi := &file_api_admin_v1_admin_proto_msgTypes[22]
+	mi := &file_api_admin_v1_admin_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1893,7 +2118,7 @@ func (x *TerminateProgress) String() string {
 func (*TerminateProgress) ProtoMessage() {}
 
 func (x *TerminateProgress) ProtoReflect() protoreflect.Message {
-	mi := &file_api_admin_v1_admin_proto_msgTypes[22]
+	mi := &file_api_admin_v1_admin_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1906,7 +2131,7 @@ func (x *TerminateProgress) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TerminateProgress.ProtoReflect.Descriptor instead.
 func (*TerminateProgress) Descriptor() ([]byte, []int) {
-	return file_api_admin_v1_admin_proto_rawDescGZIP(), []int{22}
+	return file_api_admin_v1_admin_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *TerminateProgress) GetMatched() uint64 {
@@ -1965,7 +2190,7 @@ type RekeySARequest struct {
 
 func (x *RekeySARequest) Reset() {
 	*x = RekeySARequest{}
-	mi := &file_api_admin_v1_admin_proto_msgTypes[23]
+	mi := &file_api_admin_v1_admin_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1977,7 +2202,7 @@ func (x *RekeySARequest) String() string {
 func (*RekeySARequest) ProtoMessage() {}
 
 func (x *RekeySARequest) ProtoReflect() protoreflect.Message {
-	mi := &file_api_admin_v1_admin_proto_msgTypes[23]
+	mi := &file_api_admin_v1_admin_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1990,7 +2215,7 @@ func (x *RekeySARequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RekeySARequest.ProtoReflect.Descriptor instead.
 func (*RekeySARequest) Descriptor() ([]byte, []int) {
-	return file_api_admin_v1_admin_proto_rawDescGZIP(), []int{23}
+	return file_api_admin_v1_admin_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *RekeySARequest) GetSpi() uint64 {
@@ -2034,7 +2259,7 @@ type RekeySAResponse struct {
 
 func (x *RekeySAResponse) Reset() {
 	*x = RekeySAResponse{}
-	mi := &file_api_admin_v1_admin_proto_msgTypes[24]
+	mi := &file_api_admin_v1_admin_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2046,7 +2271,7 @@ func (x *RekeySAResponse) String() string {
 func (*RekeySAResponse) ProtoMessage() {}
 
 func (x *RekeySAResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_api_admin_v1_admin_proto_msgTypes[24]
+	mi := &file_api_admin_v1_admin_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2059,7 +2284,7 @@ func (x *RekeySAResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RekeySAResponse.ProtoReflect.Descriptor instead.
 func (*RekeySAResponse) Descriptor() ([]byte, []int) {
-	return file_api_admin_v1_admin_proto_rawDescGZIP(), []int{24}
+	return file_api_admin_v1_admin_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *RekeySAResponse) GetOldInSpi() uint32 {
@@ -2089,9 +2314,12 @@ type DrainNodeRequest struct {
 	Refuse RefuseMode             `protobuf:"varint,2,opt,name=refuse,proto3,enum=ikefleet.admin.v1.RefuseMode" json:"refuse,omitempty"`
 	// Stop draining: accept new IKE_SA_INITs again.
 	Resume bool `protobuf:"varint,3,opt,name=resume,proto3" json:"resume,omitempty"`
-	// Hand the SAs over to other nodes (peer.v1); not available yet, so
-	// setting it fails with UNIMPLEMENTED. Without it the SAs stay here,
-	// persisted, for whoever takes them over.
+	// Hand the SAs over to other nodes: withdraw the anycast route (or
+	// leave a load balancer's set: /readyz fails), then wait while other
+	// nodes claim the SAs as their traffic reaches them (peer.v1), until
+	// none is left, none moved for anycast.drain.settle, or timeout; what
+	// is left is persisted. Without it the SAs stay here, persisted, for
+	// whoever takes them over.
 	HandOff       bool                 `protobuf:"varint,4,opt,name=hand_off,json=handOff,proto3" json:"hand_off,omitempty"`
 	Timeout       *durationpb.Duration `protobuf:"bytes,5,opt,name=timeout,proto3" json:"timeout,omitempty"` // flushing; default 30s
 	unknownFields protoimpl.UnknownFields
@@ -2100,7 +2328,7 @@ type DrainNodeRequest struct {
 
 func (x *DrainNodeRequest) Reset() {
 	*x = DrainNodeRequest{}
-	mi := &file_api_admin_v1_admin_proto_msgTypes[25]
+	mi := &file_api_admin_v1_admin_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2112,7 +2340,7 @@ func (x *DrainNodeRequest) String() string {
 func (*DrainNodeRequest) ProtoMessage() {}
 
 func (x *DrainNodeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_api_admin_v1_admin_proto_msgTypes[25]
+	mi := &file_api_admin_v1_admin_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2125,7 +2353,7 @@ func (x *DrainNodeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DrainNodeRequest.ProtoReflect.Descriptor instead.
 func (*DrainNodeRequest) Descriptor() ([]byte, []int) {
-	return file_api_admin_v1_admin_proto_rawDescGZIP(), []int{25}
+	return file_api_admin_v1_admin_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *DrainNodeRequest) GetNode() string {
@@ -2169,7 +2397,7 @@ type DrainProgress struct {
 	Sas           uint64                 `protobuf:"varint,2,opt,name=sas,proto3" json:"sas,omitempty"`                              // IKE SAs still on this node
 	HalfOpen      uint64                 `protobuf:"varint,3,opt,name=half_open,json=halfOpen,proto3" json:"half_open,omitempty"`    // handshakes under way
 	Queued        uint64                 `protobuf:"varint,4,opt,name=queued,proto3" json:"queued,omitempty"`                        // state changes not yet persisted
-	HandedOff     uint64                 `protobuf:"varint,5,opt,name=handed_off,json=handedOff,proto3" json:"handed_off,omitempty"` // later: SAs moved to other nodes
+	HandedOff     uint64                 `protobuf:"varint,5,opt,name=handed_off,json=handedOff,proto3" json:"handed_off,omitempty"` // SAs moved to other nodes since the drain began (hand_off)
 	Refused       uint64                 `protobuf:"varint,6,opt,name=refused,proto3" json:"refused,omitempty"`                      // IKE_SA_INITs refused since draining began
 	Done          bool                   `protobuf:"varint,7,opt,name=done,proto3" json:"done,omitempty"`
 	Message       string                 `protobuf:"bytes,8,opt,name=message,proto3" json:"message,omitempty"`
@@ -2179,7 +2407,7 @@ type DrainProgress struct {
 
 func (x *DrainProgress) Reset() {
 	*x = DrainProgress{}
-	mi := &file_api_admin_v1_admin_proto_msgTypes[26]
+	mi := &file_api_admin_v1_admin_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2191,7 +2419,7 @@ func (x *DrainProgress) String() string {
 func (*DrainProgress) ProtoMessage() {}
 
 func (x *DrainProgress) ProtoReflect() protoreflect.Message {
-	mi := &file_api_admin_v1_admin_proto_msgTypes[26]
+	mi := &file_api_admin_v1_admin_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2204,7 +2432,7 @@ func (x *DrainProgress) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DrainProgress.ProtoReflect.Descriptor instead.
 func (*DrainProgress) Descriptor() ([]byte, []int) {
-	return file_api_admin_v1_admin_proto_rawDescGZIP(), []int{26}
+	return file_api_admin_v1_admin_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *DrainProgress) GetPhase() DrainPhase {
@@ -2271,7 +2499,7 @@ type ReloadCredentialsRequest struct {
 
 func (x *ReloadCredentialsRequest) Reset() {
 	*x = ReloadCredentialsRequest{}
-	mi := &file_api_admin_v1_admin_proto_msgTypes[27]
+	mi := &file_api_admin_v1_admin_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2283,7 +2511,7 @@ func (x *ReloadCredentialsRequest) String() string {
 func (*ReloadCredentialsRequest) ProtoMessage() {}
 
 func (x *ReloadCredentialsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_api_admin_v1_admin_proto_msgTypes[27]
+	mi := &file_api_admin_v1_admin_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2296,7 +2524,7 @@ func (x *ReloadCredentialsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReloadCredentialsRequest.ProtoReflect.Descriptor instead.
 func (*ReloadCredentialsRequest) Descriptor() ([]byte, []int) {
-	return file_api_admin_v1_admin_proto_rawDescGZIP(), []int{27}
+	return file_api_admin_v1_admin_proto_rawDescGZIP(), []int{29}
 }
 
 type ReloadCredentialsResponse struct {
@@ -2320,7 +2548,7 @@ type ReloadCredentialsResponse struct {
 
 func (x *ReloadCredentialsResponse) Reset() {
 	*x = ReloadCredentialsResponse{}
-	mi := &file_api_admin_v1_admin_proto_msgTypes[28]
+	mi := &file_api_admin_v1_admin_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2332,7 +2560,7 @@ func (x *ReloadCredentialsResponse) String() string {
 func (*ReloadCredentialsResponse) ProtoMessage() {}
 
 func (x *ReloadCredentialsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_api_admin_v1_admin_proto_msgTypes[28]
+	mi := &file_api_admin_v1_admin_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2345,7 +2573,7 @@ func (x *ReloadCredentialsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReloadCredentialsResponse.ProtoReflect.Descriptor instead.
 func (*ReloadCredentialsResponse) Descriptor() ([]byte, []int) {
-	return file_api_admin_v1_admin_proto_rawDescGZIP(), []int{28}
+	return file_api_admin_v1_admin_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *ReloadCredentialsResponse) GetPsks() uint32 {
@@ -2436,7 +2664,7 @@ type WatchEventsRequest struct {
 
 func (x *WatchEventsRequest) Reset() {
 	*x = WatchEventsRequest{}
-	mi := &file_api_admin_v1_admin_proto_msgTypes[29]
+	mi := &file_api_admin_v1_admin_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2448,7 +2676,7 @@ func (x *WatchEventsRequest) String() string {
 func (*WatchEventsRequest) ProtoMessage() {}
 
 func (x *WatchEventsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_api_admin_v1_admin_proto_msgTypes[29]
+	mi := &file_api_admin_v1_admin_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2461,7 +2689,7 @@ func (x *WatchEventsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchEventsRequest.ProtoReflect.Descriptor instead.
 func (*WatchEventsRequest) Descriptor() ([]byte, []int) {
-	return file_api_admin_v1_admin_proto_rawDescGZIP(), []int{29}
+	return file_api_admin_v1_admin_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *WatchEventsRequest) GetKinds() []EventKind {
@@ -2500,7 +2728,7 @@ type Event struct {
 
 func (x *Event) Reset() {
 	*x = Event{}
-	mi := &file_api_admin_v1_admin_proto_msgTypes[30]
+	mi := &file_api_admin_v1_admin_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2512,7 +2740,7 @@ func (x *Event) String() string {
 func (*Event) ProtoMessage() {}
 
 func (x *Event) ProtoReflect() protoreflect.Message {
-	mi := &file_api_admin_v1_admin_proto_msgTypes[30]
+	mi := &file_api_admin_v1_admin_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2525,7 +2753,7 @@ func (x *Event) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Event.ProtoReflect.Descriptor instead.
 func (*Event) Descriptor() ([]byte, []int) {
-	return file_api_admin_v1_admin_proto_rawDescGZIP(), []int{30}
+	return file_api_admin_v1_admin_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *Event) GetTime() *timestamppb.Timestamp {
@@ -2686,7 +2914,7 @@ const file_api_admin_v1_admin_proto_rawDesc = "" +
 	"\x04self\x18\x06 \x01(\bR\x04self\x12\x1b\n" +
 	"\towned_sas\x18\a \x01(\x04R\bownedSas\x125\n" +
 	"\x06health\x18\b \x01(\v2\x1d.ikefleet.admin.v1.NodeHealthR\x06health\x12/\n" +
-	"\x04load\x18\t \x01(\v2\x1b.ikefleet.admin.v1.NodeLoadR\x04load\"\xa1\x01\n" +
+	"\x04load\x18\t \x01(\v2\x1b.ikefleet.admin.v1.NodeLoadR\x04load\"\xd7\x01\n" +
 	"\n" +
 	"NodeHealth\x12\x16\n" +
 	"\x06fenced\x18\x01 \x01(\bR\x06fenced\x12\x1a\n" +
@@ -2695,7 +2923,28 @@ const file_api_admin_v1_admin_proto_rawDesc = "" +
 	"registered\x18\x03 \x01(\bR\n" +
 	"registered\x12)\n" +
 	"\x10persist_failures\x18\x04 \x01(\x04R\x0fpersistFailures\x12\x14\n" +
-	"\x05state\x18\x05 \x01(\tR\x05state\"\xea\x03\n" +
+	"\x05state\x18\x05 \x01(\tR\x05state\x124\n" +
+	"\aanycast\x18\x06 \x01(\v2\x1a.ikefleet.admin.v1.AnycastR\aanycast\"\xb8\x02\n" +
+	"\aAnycast\x12\x12\n" +
+	"\x04mode\x18\x01 \x01(\tR\x04mode\x12\x18\n" +
+	"\ahealthy\x18\x02 \x01(\bR\ahealthy\x12\x18\n" +
+	"\afailing\x18\x03 \x03(\tR\afailing\x12\x1c\n" +
+	"\tannounced\x18\x04 \x03(\tR\tannounced\x12&\n" +
+	"\x0fbgp_sessions_up\x18\x05 \x01(\rR\rbgpSessionsUp\x12!\n" +
+	"\fbgp_sessions\x18\x06 \x01(\rR\vbgpSessions\x12 \n" +
+	"\vwithdrawals\x18\a \x01(\x04R\vwithdrawals\x12%\n" +
+	"\x0eannounce_error\x18\b \x01(\tR\rannounceError\x123\n" +
+	"\amembers\x18\t \x03(\v2\x19.ikefleet.admin.v1.MemberR\amembers\"\xd7\x01\n" +
+	"\x06Member\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12\x12\n" +
+	"\x04addr\x18\x02 \x01(\tR\x04addr\x12\x14\n" +
+	"\x05alive\x18\x03 \x01(\bR\x05alive\x12\x18\n" +
+	"\ahealthy\x18\x04 \x01(\bR\ahealthy\x12\x1a\n" +
+	"\bdraining\x18\x05 \x01(\bR\bdraining\x12\x10\n" +
+	"\x03sas\x18\x06 \x01(\x04R\x03sas\x12\x10\n" +
+	"\x03cpu\x18\a \x01(\x01R\x03cpu\x12\x1b\n" +
+	"\tpeer_addr\x18\b \x01(\tR\bpeerAddr\x12\x18\n" +
+	"\aunicast\x18\t \x01(\tR\aunicast\"\xea\x03\n" +
 	"\bNodeLoad\x12\x17\n" +
 	"\aike_sas\x18\x01 \x01(\x04R\x06ikeSas\x12 \n" +
 	"\vestablished\x18\x02 \x01(\x04R\vestablished\x12\x1b\n" +
@@ -2899,7 +3148,7 @@ func file_api_admin_v1_admin_proto_rawDescGZIP() []byte {
 }
 
 var file_api_admin_v1_admin_proto_enumTypes = make([]protoimpl.EnumInfo, 4)
-var file_api_admin_v1_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 32)
+var file_api_admin_v1_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 34)
 var file_api_admin_v1_admin_proto_goTypes = []any{
 	(CredentialKind)(0),               // 0: ikefleet.admin.v1.CredentialKind
 	(RefuseMode)(0),                   // 1: ikefleet.admin.v1.RefuseMode
@@ -2919,90 +3168,94 @@ var file_api_admin_v1_admin_proto_goTypes = []any{
 	(*ListNodesResponse)(nil),         // 15: ikefleet.admin.v1.ListNodesResponse
 	(*Node)(nil),                      // 16: ikefleet.admin.v1.Node
 	(*NodeHealth)(nil),                // 17: ikefleet.admin.v1.NodeHealth
-	(*NodeLoad)(nil),                  // 18: ikefleet.admin.v1.NodeLoad
-	(*SAFilter)(nil),                  // 19: ikefleet.admin.v1.SAFilter
-	(*ListSAsRequest)(nil),            // 20: ikefleet.admin.v1.ListSAsRequest
-	(*ListSAsResponse)(nil),           // 21: ikefleet.admin.v1.ListSAsResponse
-	(*SA)(nil),                        // 22: ikefleet.admin.v1.SA
-	(*ChildSA)(nil),                   // 23: ikefleet.admin.v1.ChildSA
-	(*GetSARequest)(nil),              // 24: ikefleet.admin.v1.GetSARequest
-	(*TerminateSARequest)(nil),        // 25: ikefleet.admin.v1.TerminateSARequest
-	(*TerminateProgress)(nil),         // 26: ikefleet.admin.v1.TerminateProgress
-	(*RekeySARequest)(nil),            // 27: ikefleet.admin.v1.RekeySARequest
-	(*RekeySAResponse)(nil),           // 28: ikefleet.admin.v1.RekeySAResponse
-	(*DrainNodeRequest)(nil),          // 29: ikefleet.admin.v1.DrainNodeRequest
-	(*DrainProgress)(nil),             // 30: ikefleet.admin.v1.DrainProgress
-	(*ReloadCredentialsRequest)(nil),  // 31: ikefleet.admin.v1.ReloadCredentialsRequest
-	(*ReloadCredentialsResponse)(nil), // 32: ikefleet.admin.v1.ReloadCredentialsResponse
-	(*WatchEventsRequest)(nil),        // 33: ikefleet.admin.v1.WatchEventsRequest
-	(*Event)(nil),                     // 34: ikefleet.admin.v1.Event
-	nil,                               // 35: ikefleet.admin.v1.NodeLoad.FailedEntry
-	(*timestamppb.Timestamp)(nil),     // 36: google.protobuf.Timestamp
-	(*durationpb.Duration)(nil),       // 37: google.protobuf.Duration
+	(*Anycast)(nil),                   // 18: ikefleet.admin.v1.Anycast
+	(*Member)(nil),                    // 19: ikefleet.admin.v1.Member
+	(*NodeLoad)(nil),                  // 20: ikefleet.admin.v1.NodeLoad
+	(*SAFilter)(nil),                  // 21: ikefleet.admin.v1.SAFilter
+	(*ListSAsRequest)(nil),            // 22: ikefleet.admin.v1.ListSAsRequest
+	(*ListSAsResponse)(nil),           // 23: ikefleet.admin.v1.ListSAsResponse
+	(*SA)(nil),                        // 24: ikefleet.admin.v1.SA
+	(*ChildSA)(nil),                   // 25: ikefleet.admin.v1.ChildSA
+	(*GetSARequest)(nil),              // 26: ikefleet.admin.v1.GetSARequest
+	(*TerminateSARequest)(nil),        // 27: ikefleet.admin.v1.TerminateSARequest
+	(*TerminateProgress)(nil),         // 28: ikefleet.admin.v1.TerminateProgress
+	(*RekeySARequest)(nil),            // 29: ikefleet.admin.v1.RekeySARequest
+	(*RekeySAResponse)(nil),           // 30: ikefleet.admin.v1.RekeySAResponse
+	(*DrainNodeRequest)(nil),          // 31: ikefleet.admin.v1.DrainNodeRequest
+	(*DrainProgress)(nil),             // 32: ikefleet.admin.v1.DrainProgress
+	(*ReloadCredentialsRequest)(nil),  // 33: ikefleet.admin.v1.ReloadCredentialsRequest
+	(*ReloadCredentialsResponse)(nil), // 34: ikefleet.admin.v1.ReloadCredentialsResponse
+	(*WatchEventsRequest)(nil),        // 35: ikefleet.admin.v1.WatchEventsRequest
+	(*Event)(nil),                     // 36: ikefleet.admin.v1.Event
+	nil,                               // 37: ikefleet.admin.v1.NodeLoad.FailedEntry
+	(*timestamppb.Timestamp)(nil),     // 38: google.protobuf.Timestamp
+	(*durationpb.Duration)(nil),       // 39: google.protobuf.Duration
 }
 var file_api_admin_v1_admin_proto_depIdxs = []int32{
 	0,  // 0: ikefleet.admin.v1.Credential.kind:type_name -> ikefleet.admin.v1.CredentialKind
-	36, // 1: ikefleet.admin.v1.Credential.updated:type_name -> google.protobuf.Timestamp
+	38, // 1: ikefleet.admin.v1.Credential.updated:type_name -> google.protobuf.Timestamp
 	4,  // 2: ikefleet.admin.v1.PutCredentialsRequest.credentials:type_name -> ikefleet.admin.v1.Credential
 	4,  // 3: ikefleet.admin.v1.ListCredentialsResponse.credentials:type_name -> ikefleet.admin.v1.Credential
 	16, // 4: ikefleet.admin.v1.ClusterStatus.nodes:type_name -> ikefleet.admin.v1.Node
 	13, // 5: ikefleet.admin.v1.ClusterStatus.state_store:type_name -> ikefleet.admin.v1.StateStoreStatus
-	36, // 6: ikefleet.admin.v1.StateStoreStatus.last_ok:type_name -> google.protobuf.Timestamp
+	38, // 6: ikefleet.admin.v1.StateStoreStatus.last_ok:type_name -> google.protobuf.Timestamp
 	16, // 7: ikefleet.admin.v1.ListNodesResponse.nodes:type_name -> ikefleet.admin.v1.Node
-	36, // 8: ikefleet.admin.v1.Node.registered:type_name -> google.protobuf.Timestamp
+	38, // 8: ikefleet.admin.v1.Node.registered:type_name -> google.protobuf.Timestamp
 	17, // 9: ikefleet.admin.v1.Node.health:type_name -> ikefleet.admin.v1.NodeHealth
-	18, // 10: ikefleet.admin.v1.Node.load:type_name -> ikefleet.admin.v1.NodeLoad
-	35, // 11: ikefleet.admin.v1.NodeLoad.failed:type_name -> ikefleet.admin.v1.NodeLoad.FailedEntry
-	19, // 12: ikefleet.admin.v1.ListSAsRequest.filter:type_name -> ikefleet.admin.v1.SAFilter
-	22, // 13: ikefleet.admin.v1.ListSAsResponse.sas:type_name -> ikefleet.admin.v1.SA
-	36, // 14: ikefleet.admin.v1.SA.created:type_name -> google.protobuf.Timestamp
-	36, // 15: ikefleet.admin.v1.SA.established:type_name -> google.protobuf.Timestamp
-	23, // 16: ikefleet.admin.v1.SA.children:type_name -> ikefleet.admin.v1.ChildSA
-	36, // 17: ikefleet.admin.v1.ChildSA.created:type_name -> google.protobuf.Timestamp
-	36, // 18: ikefleet.admin.v1.ChildSA.rekey_at:type_name -> google.protobuf.Timestamp
-	19, // 19: ikefleet.admin.v1.TerminateSARequest.filter:type_name -> ikefleet.admin.v1.SAFilter
-	37, // 20: ikefleet.admin.v1.TerminateSARequest.timeout:type_name -> google.protobuf.Duration
-	37, // 21: ikefleet.admin.v1.RekeySARequest.timeout:type_name -> google.protobuf.Duration
-	23, // 22: ikefleet.admin.v1.RekeySAResponse.child:type_name -> ikefleet.admin.v1.ChildSA
-	22, // 23: ikefleet.admin.v1.RekeySAResponse.ike_sa:type_name -> ikefleet.admin.v1.SA
-	1,  // 24: ikefleet.admin.v1.DrainNodeRequest.refuse:type_name -> ikefleet.admin.v1.RefuseMode
-	37, // 25: ikefleet.admin.v1.DrainNodeRequest.timeout:type_name -> google.protobuf.Duration
-	2,  // 26: ikefleet.admin.v1.DrainProgress.phase:type_name -> ikefleet.admin.v1.DrainPhase
-	36, // 27: ikefleet.admin.v1.ReloadCredentialsResponse.certificate_not_after:type_name -> google.protobuf.Timestamp
-	3,  // 28: ikefleet.admin.v1.WatchEventsRequest.kinds:type_name -> ikefleet.admin.v1.EventKind
-	19, // 29: ikefleet.admin.v1.WatchEventsRequest.filter:type_name -> ikefleet.admin.v1.SAFilter
-	36, // 30: ikefleet.admin.v1.Event.time:type_name -> google.protobuf.Timestamp
-	3,  // 31: ikefleet.admin.v1.Event.kind:type_name -> ikefleet.admin.v1.EventKind
-	23, // 32: ikefleet.admin.v1.Event.child:type_name -> ikefleet.admin.v1.ChildSA
-	11, // 33: ikefleet.admin.v1.Admin.GetClusterStatus:input_type -> ikefleet.admin.v1.GetClusterStatusRequest
-	14, // 34: ikefleet.admin.v1.Admin.ListNodes:input_type -> ikefleet.admin.v1.ListNodesRequest
-	20, // 35: ikefleet.admin.v1.Admin.ListSAs:input_type -> ikefleet.admin.v1.ListSAsRequest
-	24, // 36: ikefleet.admin.v1.Admin.GetSA:input_type -> ikefleet.admin.v1.GetSARequest
-	25, // 37: ikefleet.admin.v1.Admin.TerminateSA:input_type -> ikefleet.admin.v1.TerminateSARequest
-	27, // 38: ikefleet.admin.v1.Admin.RekeySA:input_type -> ikefleet.admin.v1.RekeySARequest
-	29, // 39: ikefleet.admin.v1.Admin.DrainNode:input_type -> ikefleet.admin.v1.DrainNodeRequest
-	31, // 40: ikefleet.admin.v1.Admin.ReloadCredentials:input_type -> ikefleet.admin.v1.ReloadCredentialsRequest
-	33, // 41: ikefleet.admin.v1.Admin.WatchEvents:input_type -> ikefleet.admin.v1.WatchEventsRequest
-	5,  // 42: ikefleet.admin.v1.Admin.PutCredentials:input_type -> ikefleet.admin.v1.PutCredentialsRequest
-	7,  // 43: ikefleet.admin.v1.Admin.DeleteCredential:input_type -> ikefleet.admin.v1.DeleteCredentialRequest
-	9,  // 44: ikefleet.admin.v1.Admin.ListCredentials:input_type -> ikefleet.admin.v1.ListCredentialsRequest
-	12, // 45: ikefleet.admin.v1.Admin.GetClusterStatus:output_type -> ikefleet.admin.v1.ClusterStatus
-	15, // 46: ikefleet.admin.v1.Admin.ListNodes:output_type -> ikefleet.admin.v1.ListNodesResponse
-	21, // 47: ikefleet.admin.v1.Admin.ListSAs:output_type -> ikefleet.admin.v1.ListSAsResponse
-	22, // 48: ikefleet.admin.v1.Admin.GetSA:output_type -> ikefleet.admin.v1.SA
-	26, // 49: ikefleet.admin.v1.Admin.TerminateSA:output_type -> ikefleet.admin.v1.TerminateProgress
-	28, // 50: ikefleet.admin.v1.Admin.RekeySA:output_type -> ikefleet.admin.v1.RekeySAResponse
-	30, // 51: ikefleet.admin.v1.Admin.DrainNode:output_type -> ikefleet.admin.v1.DrainProgress
-	32, // 52: ikefleet.admin.v1.Admin.ReloadCredentials:output_type -> ikefleet.admin.v1.ReloadCredentialsResponse
-	34, // 53: ikefleet.admin.v1.Admin.WatchEvents:output_type -> ikefleet.admin.v1.Event
-	6,  // 54: ikefleet.admin.v1.Admin.PutCredentials:output_type -> ikefleet.admin.v1.PutCredentialsResponse
-	8,  // 55: ikefleet.admin.v1.Admin.DeleteCredential:output_type -> ikefleet.admin.v1.DeleteCredentialResponse
-	10, // 56: ikefleet.admin.v1.Admin.ListCredentials:output_type -> ikefleet.admin.v1.ListCredentialsResponse
-	45, // [45:57] is the sub-list for method output_type
-	33, // [33:45] is the sub-list for method input_type
-	33, // [33:33] is the sub-list for extension type_name
-	33, // [33:33] is the sub-list for extension extendee
-	0,  // [0:33] is the sub-list for field type_name
+	20, // 10: ikefleet.admin.v1.Node.load:type_name -> ikefleet.admin.v1.NodeLoad
+	18, // 11: ikefleet.admin.v1.NodeHealth.anycast:type_name -> ikefleet.admin.v1.Anycast
+	19, // 12: ikefleet.admin.v1.Anycast.members:type_name -> ikefleet.admin.v1.Member
+	37, // 13: ikefleet.admin.v1.NodeLoad.failed:type_name -> ikefleet.admin.v1.NodeLoad.FailedEntry
+	21, // 14: ikefleet.admin.v1.ListSAsRequest.filter:type_name -> ikefleet.admin.v1.SAFilter
+	24, // 15: ikefleet.admin.v1.ListSAsResponse.sas:type_name -> ikefleet.admin.v1.SA
+	38, // 16: ikefleet.admin.v1.SA.created:type_name -> google.protobuf.Timestamp
+	38, // 17: ikefleet.admin.v1.SA.established:type_name -> google.protobuf.Timestamp
+	25, // 18: ikefleet.admin.v1.SA.children:type_name -> ikefleet.admin.v1.ChildSA
+	38, // 19: ikefleet.admin.v1.ChildSA.created:type_name -> google.protobuf.Timestamp
+	38, // 20: ikefleet.admin.v1.ChildSA.rekey_at:type_name -> google.protobuf.Timestamp
+	21, // 21: ikefleet.admin.v1.TerminateSARequest.filter:type_name -> ikefleet.admin.v1.SAFilter
+	39, // 22: ikefleet.admin.v1.TerminateSARequest.timeout:type_name -> google.protobuf.Duration
+	39, // 23: ikefleet.admin.v1.RekeySARequest.timeout:type_name -> google.protobuf.Duration
+	25, // 24: ikefleet.admin.v1.RekeySAResponse.child:type_name -> ikefleet.admin.v1.ChildSA
+	24, // 25: ikefleet.admin.v1.RekeySAResponse.ike_sa:type_name -> ikefleet.admin.v1.SA
+	1,  // 26: ikefleet.admin.v1.DrainNodeRequest.refuse:type_name -> ikefleet.admin.v1.RefuseMode
+	39, // 27: ikefleet.admin.v1.DrainNodeRequest.timeout:type_name -> google.protobuf.Duration
+	2,  // 28: ikefleet.admin.v1.DrainProgress.phase:type_name -> ikefleet.admin.v1.DrainPhase
+	38, // 29: ikefleet.admin.v1.ReloadCredentialsResponse.certificate_not_after:type_name -> google.protobuf.Timestamp
+	3,  // 30: ikefleet.admin.v1.WatchEventsRequest.kinds:type_name -> ikefleet.admin.v1.EventKind
+	21, // 31: ikefleet.admin.v1.WatchEventsRequest.filter:type_name -> ikefleet.admin.v1.SAFilter
+	38, // 32: ikefleet.admin.v1.Event.time:type_name -> google.protobuf.Timestamp
+	3,  // 33: ikefleet.admin.v1.Event.kind:type_name -> ikefleet.admin.v1.EventKind
+	25, // 34: ikefleet.admin.v1.Event.child:type_name -> ikefleet.admin.v1.ChildSA
+	11, // 35: ikefleet.admin.v1.Admin.GetClusterStatus:input_type -> ikefleet.admin.v1.GetClusterStatusRequest
+	14, // 36: ikefleet.admin.v1.Admin.ListNodes:input_type -> ikefleet.admin.v1.ListNodesRequest
+	22, // 37: ikefleet.admin.v1.Admin.ListSAs:input_type -> ikefleet.admin.v1.ListSAsRequest
+	26, // 38: ikefleet.admin.v1.Admin.GetSA:input_type -> ikefleet.admin.v1.GetSARequest
+	27, // 39: ikefleet.admin.v1.Admin.TerminateSA:input_type -> ikefleet.admin.v1.TerminateSARequest
+	29, // 40: ikefleet.admin.v1.Admin.RekeySA:input_type -> ikefleet.admin.v1.RekeySARequest
+	31, // 41: ikefleet.admin.v1.Admin.DrainNode:input_type -> ikefleet.admin.v1.DrainNodeRequest
+	33, // 42: ikefleet.admin.v1.Admin.ReloadCredentials:input_type -> ikefleet.admin.v1.ReloadCredentialsRequest
+	35, // 43: ikefleet.admin.v1.Admin.WatchEvents:input_type -> ikefleet.admin.v1.WatchEventsRequest
+	5,  // 44: ikefleet.admin.v1.Admin.PutCredentials:input_type -> ikefleet.admin.v1.PutCredentialsRequest
+	7,  // 45: ikefleet.admin.v1.Admin.DeleteCredential:input_type -> ikefleet.admin.v1.DeleteCredentialRequest
+	9,  // 46: ikefleet.admin.v1.Admin.ListCredentials:input_type -> ikefleet.admin.v1.ListCredentialsRequest
+	12, // 47: ikefleet.admin.v1.Admin.GetClusterStatus:output_type -> ikefleet.admin.v1.ClusterStatus
+	15, // 48: ikefleet.admin.v1.Admin.ListNodes:output_type -> ikefleet.admin.v1.ListNodesResponse
+	23, // 49: ikefleet.admin.v1.Admin.ListSAs:output_type -> ikefleet.admin.v1.ListSAsResponse
+	24, // 50: ikefleet.admin.v1.Admin.GetSA:output_type -> ikefleet.admin.v1.SA
+	28, // 51: ikefleet.admin.v1.Admin.TerminateSA:output_type -> ikefleet.admin.v1.TerminateProgress
+	30, // 52: ikefleet.admin.v1.Admin.RekeySA:output_type -> ikefleet.admin.v1.RekeySAResponse
+	32, // 53: ikefleet.admin.v1.Admin.DrainNode:output_type -> ikefleet.admin.v1.DrainProgress
+	34, // 54: ikefleet.admin.v1.Admin.ReloadCredentials:output_type -> ikefleet.admin.v1.ReloadCredentialsResponse
+	36, // 55: ikefleet.admin.v1.Admin.WatchEvents:output_type -> ikefleet.admin.v1.Event
+	6,  // 56: ikefleet.admin.v1.Admin.PutCredentials:output_type -> ikefleet.admin.v1.PutCredentialsResponse
+	8,  // 57: ikefleet.admin.v1.Admin.DeleteCredential:output_type -> ikefleet.admin.v1.DeleteCredentialResponse
+	10, // 58: ikefleet.admin.v1.Admin.ListCredentials:output_type -> ikefleet.admin.v1.ListCredentialsResponse
+	47, // [47:59] is the sub-list for method output_type
+	35, // [35:47] is the sub-list for method input_type
+	35, // [35:35] is the sub-list for extension type_name
+	35, // [35:35] is the sub-list for extension extendee
+	0,  // [0:35] is the sub-list for field type_name
 }
 
 func init() { file_api_admin_v1_admin_proto_init() }
@@ -3016,7 +3269,7 @@ func file_api_admin_v1_admin_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_api_admin_v1_admin_proto_rawDesc), len(file_api_admin_v1_admin_proto_rawDesc)),
 			NumEnums:      4,
-			NumMessages:   32,
+			NumMessages:   34,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -220,6 +220,208 @@ func (x *HandOffResponse) GetReason() string {
 	return ""
 }
 
+type HandOffManyRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	IkeSpis       []uint64               `protobuf:"fixed64,1,rep,packed,name=ike_spis,json=ikeSpis,proto3" json:"ike_spis,omitempty"`
+	Node          string                 `protobuf:"bytes,2,opt,name=node,proto3" json:"node,omitempty"`
+	Epoch         int64                  `protobuf:"varint,3,opt,name=epoch,proto3" json:"epoch,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *HandOffManyRequest) Reset() {
+	*x = HandOffManyRequest{}
+	mi := &file_api_peer_v1_peer_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *HandOffManyRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*HandOffManyRequest) ProtoMessage() {}
+
+func (x *HandOffManyRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_api_peer_v1_peer_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use HandOffManyRequest.ProtoReflect.Descriptor instead.
+func (*HandOffManyRequest) Descriptor() ([]byte, []int) {
+	return file_api_peer_v1_peer_proto_rawDescGZIP(), []int{2}
+}
+
+func (x *HandOffManyRequest) GetIkeSpis() []uint64 {
+	if x != nil {
+		return x.IkeSpis
+	}
+	return nil
+}
+
+func (x *HandOffManyRequest) GetNode() string {
+	if x != nil {
+		return x.Node
+	}
+	return ""
+}
+
+func (x *HandOffManyRequest) GetEpoch() int64 {
+	if x != nil {
+		return x.Epoch
+	}
+	return 0
+}
+
+type HandOffManyResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Results       []*HandOffResponse     `protobuf:"bytes,1,rep,name=results,proto3" json:"results,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *HandOffManyResponse) Reset() {
+	*x = HandOffManyResponse{}
+	mi := &file_api_peer_v1_peer_proto_msgTypes[3]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *HandOffManyResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*HandOffManyResponse) ProtoMessage() {}
+
+func (x *HandOffManyResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_api_peer_v1_peer_proto_msgTypes[3]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use HandOffManyResponse.ProtoReflect.Descriptor instead.
+func (*HandOffManyResponse) Descriptor() ([]byte, []int) {
+	return file_api_peer_v1_peer_proto_rawDescGZIP(), []int{3}
+}
+
+func (x *HandOffManyResponse) GetResults() []*HandOffResponse {
+	if x != nil {
+		return x.Results
+	}
+	return nil
+}
+
+type DeleteIdentityRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The peer identity as the node prints it (e.g. "gw1@iot.example").
+	Identity string `protobuf:"bytes,1,opt,name=identity,proto3" json:"identity,omitempty"`
+	// The IKE SPIs the requester's identity index names for it on this node.
+	IkeSpis       []uint64 `protobuf:"fixed64,2,rep,packed,name=ike_spis,json=ikeSpis,proto3" json:"ike_spis,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DeleteIdentityRequest) Reset() {
+	*x = DeleteIdentityRequest{}
+	mi := &file_api_peer_v1_peer_proto_msgTypes[4]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DeleteIdentityRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DeleteIdentityRequest) ProtoMessage() {}
+
+func (x *DeleteIdentityRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_api_peer_v1_peer_proto_msgTypes[4]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DeleteIdentityRequest.ProtoReflect.Descriptor instead.
+func (*DeleteIdentityRequest) Descriptor() ([]byte, []int) {
+	return file_api_peer_v1_peer_proto_rawDescGZIP(), []int{4}
+}
+
+func (x *DeleteIdentityRequest) GetIdentity() string {
+	if x != nil {
+		return x.Identity
+	}
+	return ""
+}
+
+func (x *DeleteIdentityRequest) GetIkeSpis() []uint64 {
+	if x != nil {
+		return x.IkeSpis
+	}
+	return nil
+}
+
+type DeleteIdentityResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Deleted       uint32                 `protobuf:"varint,1,opt,name=deleted,proto3" json:"deleted,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DeleteIdentityResponse) Reset() {
+	*x = DeleteIdentityResponse{}
+	mi := &file_api_peer_v1_peer_proto_msgTypes[5]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DeleteIdentityResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DeleteIdentityResponse) ProtoMessage() {}
+
+func (x *DeleteIdentityResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_api_peer_v1_peer_proto_msgTypes[5]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DeleteIdentityResponse.ProtoReflect.Descriptor instead.
+func (*DeleteIdentityResponse) Descriptor() ([]byte, []int) {
+	return file_api_peer_v1_peer_proto_rawDescGZIP(), []int{5}
+}
+
+func (x *DeleteIdentityResponse) GetDeleted() uint32 {
+	if x != nil {
+		return x.Deleted
+	}
+	return 0
+}
+
 type ForwardRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// The IKE message without the non-ESP marker.
@@ -233,7 +435,7 @@ type ForwardRequest struct {
 
 func (x *ForwardRequest) Reset() {
 	*x = ForwardRequest{}
-	mi := &file_api_peer_v1_peer_proto_msgTypes[2]
+	mi := &file_api_peer_v1_peer_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -245,7 +447,7 @@ func (x *ForwardRequest) String() string {
 func (*ForwardRequest) ProtoMessage() {}
 
 func (x *ForwardRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_api_peer_v1_peer_proto_msgTypes[2]
+	mi := &file_api_peer_v1_peer_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -258,7 +460,7 @@ func (x *ForwardRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ForwardRequest.ProtoReflect.Descriptor instead.
 func (*ForwardRequest) Descriptor() ([]byte, []int) {
-	return file_api_peer_v1_peer_proto_rawDescGZIP(), []int{2}
+	return file_api_peer_v1_peer_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *ForwardRequest) GetDatagram() []byte {
@@ -293,7 +495,7 @@ type ForwardResponse struct {
 
 func (x *ForwardResponse) Reset() {
 	*x = ForwardResponse{}
-	mi := &file_api_peer_v1_peer_proto_msgTypes[3]
+	mi := &file_api_peer_v1_peer_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -305,7 +507,7 @@ func (x *ForwardResponse) String() string {
 func (*ForwardResponse) ProtoMessage() {}
 
 func (x *ForwardResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_api_peer_v1_peer_proto_msgTypes[3]
+	mi := &file_api_peer_v1_peer_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -318,7 +520,7 @@ func (x *ForwardResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ForwardResponse.ProtoReflect.Descriptor instead.
 func (*ForwardResponse) Descriptor() ([]byte, []int) {
-	return file_api_peer_v1_peer_proto_rawDescGZIP(), []int{3}
+	return file_api_peer_v1_peer_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *ForwardResponse) GetAccepted() bool {
@@ -348,15 +550,28 @@ const file_api_peer_v1_peer_proto_rawDesc = "" +
 	"\x12STATUS_UNSPECIFIED\x10\x00\x12\r\n" +
 	"\tSTATUS_OK\x10\x01\x12\x14\n" +
 	"\x10STATUS_NOT_OWNER\x10\x02\x12\x10\n" +
-	"\fSTATUS_RETRY\x10\x03\"Z\n" +
+	"\fSTATUS_RETRY\x10\x03\"Y\n" +
+	"\x12HandOffManyRequest\x12\x19\n" +
+	"\bike_spis\x18\x01 \x03(\x06R\aikeSpis\x12\x12\n" +
+	"\x04node\x18\x02 \x01(\tR\x04node\x12\x14\n" +
+	"\x05epoch\x18\x03 \x01(\x03R\x05epoch\"R\n" +
+	"\x13HandOffManyResponse\x12;\n" +
+	"\aresults\x18\x01 \x03(\v2!.ikefleet.peer.v1.HandOffResponseR\aresults\"N\n" +
+	"\x15DeleteIdentityRequest\x12\x1a\n" +
+	"\bidentity\x18\x01 \x01(\tR\bidentity\x12\x19\n" +
+	"\bike_spis\x18\x02 \x03(\x06R\aikeSpis\"2\n" +
+	"\x16DeleteIdentityResponse\x12\x18\n" +
+	"\adeleted\x18\x01 \x01(\rR\adeleted\"Z\n" +
 	"\x0eForwardRequest\x12\x1a\n" +
 	"\bdatagram\x18\x01 \x01(\fR\bdatagram\x12\x14\n" +
 	"\x05local\x18\x02 \x01(\tR\x05local\x12\x16\n" +
 	"\x06remote\x18\x03 \x01(\tR\x06remote\"-\n" +
 	"\x0fForwardResponse\x12\x1a\n" +
-	"\baccepted\x18\x01 \x01(\bR\baccepted2\xa6\x01\n" +
+	"\baccepted\x18\x01 \x01(\bR\baccepted2\xe7\x02\n" +
 	"\x04Peer\x12N\n" +
-	"\aHandOff\x12 .ikefleet.peer.v1.HandOffRequest\x1a!.ikefleet.peer.v1.HandOffResponse\x12N\n" +
+	"\aHandOff\x12 .ikefleet.peer.v1.HandOffRequest\x1a!.ikefleet.peer.v1.HandOffResponse\x12Z\n" +
+	"\vHandOffMany\x12$.ikefleet.peer.v1.HandOffManyRequest\x1a%.ikefleet.peer.v1.HandOffManyResponse\x12c\n" +
+	"\x0eDeleteIdentity\x12'.ikefleet.peer.v1.DeleteIdentityRequest\x1a(.ikefleet.peer.v1.DeleteIdentityResponse\x12N\n" +
 	"\aForward\x12 .ikefleet.peer.v1.ForwardRequest\x1a!.ikefleet.peer.v1.ForwardResponseB1Z/github.com/ikefleet/ikefleet/api/peer/v1;peerv1b\x06proto3"
 
 var (
@@ -372,25 +587,34 @@ func file_api_peer_v1_peer_proto_rawDescGZIP() []byte {
 }
 
 var file_api_peer_v1_peer_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_api_peer_v1_peer_proto_msgTypes = make([]protoimpl.MessageInfo, 4)
+var file_api_peer_v1_peer_proto_msgTypes = make([]protoimpl.MessageInfo, 8)
 var file_api_peer_v1_peer_proto_goTypes = []any{
-	(HandOffResponse_Status)(0), // 0: ikefleet.peer.v1.HandOffResponse.Status
-	(*HandOffRequest)(nil),      // 1: ikefleet.peer.v1.HandOffRequest
-	(*HandOffResponse)(nil),     // 2: ikefleet.peer.v1.HandOffResponse
-	(*ForwardRequest)(nil),      // 3: ikefleet.peer.v1.ForwardRequest
-	(*ForwardResponse)(nil),     // 4: ikefleet.peer.v1.ForwardResponse
+	(HandOffResponse_Status)(0),    // 0: ikefleet.peer.v1.HandOffResponse.Status
+	(*HandOffRequest)(nil),         // 1: ikefleet.peer.v1.HandOffRequest
+	(*HandOffResponse)(nil),        // 2: ikefleet.peer.v1.HandOffResponse
+	(*HandOffManyRequest)(nil),     // 3: ikefleet.peer.v1.HandOffManyRequest
+	(*HandOffManyResponse)(nil),    // 4: ikefleet.peer.v1.HandOffManyResponse
+	(*DeleteIdentityRequest)(nil),  // 5: ikefleet.peer.v1.DeleteIdentityRequest
+	(*DeleteIdentityResponse)(nil), // 6: ikefleet.peer.v1.DeleteIdentityResponse
+	(*ForwardRequest)(nil),         // 7: ikefleet.peer.v1.ForwardRequest
+	(*ForwardResponse)(nil),        // 8: ikefleet.peer.v1.ForwardResponse
 }
 var file_api_peer_v1_peer_proto_depIdxs = []int32{
 	0, // 0: ikefleet.peer.v1.HandOffResponse.status:type_name -> ikefleet.peer.v1.HandOffResponse.Status
-	1, // 1: ikefleet.peer.v1.Peer.HandOff:input_type -> ikefleet.peer.v1.HandOffRequest
-	3, // 2: ikefleet.peer.v1.Peer.Forward:input_type -> ikefleet.peer.v1.ForwardRequest
-	2, // 3: ikefleet.peer.v1.Peer.HandOff:output_type -> ikefleet.peer.v1.HandOffResponse
-	4, // 4: ikefleet.peer.v1.Peer.Forward:output_type -> ikefleet.peer.v1.ForwardResponse
-	3, // [3:5] is the sub-list for method output_type
-	1, // [1:3] is the sub-list for method input_type
-	1, // [1:1] is the sub-list for extension type_name
-	1, // [1:1] is the sub-list for extension extendee
-	0, // [0:1] is the sub-list for field type_name
+	2, // 1: ikefleet.peer.v1.HandOffManyResponse.results:type_name -> ikefleet.peer.v1.HandOffResponse
+	1, // 2: ikefleet.peer.v1.Peer.HandOff:input_type -> ikefleet.peer.v1.HandOffRequest
+	3, // 3: ikefleet.peer.v1.Peer.HandOffMany:input_type -> ikefleet.peer.v1.HandOffManyRequest
+	5, // 4: ikefleet.peer.v1.Peer.DeleteIdentity:input_type -> ikefleet.peer.v1.DeleteIdentityRequest
+	7, // 5: ikefleet.peer.v1.Peer.Forward:input_type -> ikefleet.peer.v1.ForwardRequest
+	2, // 6: ikefleet.peer.v1.Peer.HandOff:output_type -> ikefleet.peer.v1.HandOffResponse
+	4, // 7: ikefleet.peer.v1.Peer.HandOffMany:output_type -> ikefleet.peer.v1.HandOffManyResponse
+	6, // 8: ikefleet.peer.v1.Peer.DeleteIdentity:output_type -> ikefleet.peer.v1.DeleteIdentityResponse
+	8, // 9: ikefleet.peer.v1.Peer.Forward:output_type -> ikefleet.peer.v1.ForwardResponse
+	6, // [6:10] is the sub-list for method output_type
+	2, // [2:6] is the sub-list for method input_type
+	2, // [2:2] is the sub-list for extension type_name
+	2, // [2:2] is the sub-list for extension extendee
+	0, // [0:2] is the sub-list for field type_name
 }
 
 func init() { file_api_peer_v1_peer_proto_init() }
@@ -404,7 +628,7 @@ func file_api_peer_v1_peer_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_api_peer_v1_peer_proto_rawDesc), len(file_api_peer_v1_peer_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   4,
+			NumMessages:   8,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

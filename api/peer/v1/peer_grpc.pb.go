@@ -31,8 +31,10 @@ import (
 const _ = grpc.SupportPackageIsVersion9
 
 const (
-	Peer_HandOff_FullMethodName = "/ikefleet.peer.v1.Peer/HandOff"
-	Peer_Forward_FullMethodName = "/ikefleet.peer.v1.Peer/Forward"
+	Peer_HandOff_FullMethodName        = "/ikefleet.peer.v1.Peer/HandOff"
+	Peer_HandOffMany_FullMethodName    = "/ikefleet.peer.v1.Peer/HandOffMany"
+	Peer_DeleteIdentity_FullMethodName = "/ikefleet.peer.v1.Peer/DeleteIdentity"
+	Peer_Forward_FullMethodName        = "/ikefleet.peer.v1.Peer/Forward"
 )
 
 // PeerClient is the client API for Peer service.
@@ -47,6 +49,16 @@ type PeerClient interface {
 	// answer: the requester reads it from the state store, which is the
 	// authority.
 	HandOff(ctx context.Context, in *HandOffRequest, opts ...grpc.CallOption) (*HandOffResponse, error)
+	// HandOffMany is HandOff for many SAs at once (a node joining the route
+	// moves a share of the fleet): the owner freezes them all and moves them
+	// in one state store transaction per batch. results follow ike_spis.
+	HandOffMany(ctx context.Context, in *HandOffManyRequest, opts ...grpc.CallOption) (*HandOffManyResponse, error)
+	// DeleteIdentity asks a node to delete the IKE SAs it holds for a peer
+	// identity: with unique identities, a gateway's INITIAL_CONTACT on one
+	// node replaces its SAs on every other (RFC 7296 section 2.4). The node
+	// deletes them without a word to the peer, as strongSwan does, and
+	// frees their state store records.
+	DeleteIdentity(ctx context.Context, in *DeleteIdentityRequest, opts ...grpc.CallOption) (*DeleteIdentityResponse, error)
 	// Forward hands an IKE datagram to the node that holds its half-open SA
 	// (IKE_SA_INIT answered there, IKE_AUTH arrived here). Half-open SAs are
 	// never stored: the node that answered IKE_SA_INIT finishes the exchange
@@ -67,6 +79,26 @@ func (c *peerClient) HandOff(ctx context.Context, in *HandOffRequest, opts ...gr
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
 	out := new(HandOffResponse)
 	err := c.cc.Invoke(ctx, Peer_HandOff_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *peerClient) HandOffMany(ctx context.Context, in *HandOffManyRequest, opts ...grpc.CallOption) (*HandOffManyResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(HandOffManyResponse)
+	err := c.cc.Invoke(ctx, Peer_HandOffMany_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *peerClient) DeleteIdentity(ctx context.Context, in *DeleteIdentityRequest, opts ...grpc.CallOption) (*DeleteIdentityResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(DeleteIdentityResponse)
+	err := c.cc.Invoke(ctx, Peer_DeleteIdentity_FullMethodName, in, out, cOpts...)
 	if err != nil {
 		return nil, err
 	}
@@ -95,6 +127,16 @@ type PeerServer interface {
 	// answer: the requester reads it from the state store, which is the
 	// authority.
 	HandOff(context.Context, *HandOffRequest) (*HandOffResponse, error)
+	// HandOffMany is HandOff for many SAs at once (a node joining the route
+	// moves a share of the fleet): the owner freezes them all and moves them
+	// in one state store transaction per batch. results follow ike_spis.
+	HandOffMany(context.Context, *HandOffManyRequest) (*HandOffManyResponse, error)
+	// DeleteIdentity asks a node to delete the IKE SAs it holds for a peer
+	// identity: with unique identities, a gateway's INITIAL_CONTACT on one
+	// node replaces its SAs on every other (RFC 7296 section 2.4). The node
+	// deletes them without a word to the peer, as strongSwan does, and
+	// frees their state store records.
+	DeleteIdentity(context.Context, *DeleteIdentityRequest) (*DeleteIdentityResponse, error)
 	// Forward hands an IKE datagram to the node that holds its half-open SA
 	// (IKE_SA_INIT answered there, IKE_AUTH arrived here). Half-open SAs are
 	// never stored: the node that answered IKE_SA_INIT finishes the exchange
@@ -113,6 +155,12 @@ type UnimplementedPeerServer struct{}
 
 func (UnimplementedPeerServer) HandOff(context.Context, *HandOffRequest) (*HandOffResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method HandOff not implemented")
+}
+func (UnimplementedPeerServer) HandOffMany(context.Context, *HandOffManyRequest) (*HandOffManyResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method HandOffMany not implemented")
+}
+func (UnimplementedPeerServer) DeleteIdentity(context.Context, *DeleteIdentityRequest) (*DeleteIdentityResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method DeleteIdentity not implemented")
 }
 func (UnimplementedPeerServer) Forward(context.Context, *ForwardRequest) (*ForwardResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method Forward not implemented")
@@ -156,6 +204,42 @@ func _Peer_HandOff_Handler(srv interface{}, ctx context.Context, dec func(interf
 	return interceptor(ctx, in, info, handler)
 }
 
+func _Peer_HandOffMany_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(HandOffManyRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(PeerServer).HandOffMany(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Peer_HandOffMany_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(PeerServer).HandOffMany(ctx, req.(*HandOffManyRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _Peer_DeleteIdentity_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(DeleteIdentityRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(PeerServer).DeleteIdentity(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Peer_DeleteIdentity_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(PeerServer).DeleteIdentity(ctx, req.(*DeleteIdentityRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 func _Peer_Forward_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
 	in := new(ForwardRequest)
 	if err := dec(in); err != nil {
@@ -184,6 +268,14 @@ var Peer_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "HandOff",
 			Handler:    _Peer_HandOff_Handler,
+		},
+		{
+			MethodName: "HandOffMany",
+			Handler:    _Peer_HandOffMany_Handler,
+		},
+		{
+			MethodName: "DeleteIdentity",
+			Handler:    _Peer_DeleteIdentity_Handler,
 		},
 		{
 			MethodName: "Forward",

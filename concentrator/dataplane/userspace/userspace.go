@@ -190,6 +190,7 @@ type DataPlane struct {
 	drops   [numDropReasons]atomic.Uint64
 	fenced  atomic.Bool                  // SetFenced
 	unknown atomic.Pointer[func(uint32)] // OnUnknownSPI
+	parked  espParking                   // ESP for SPIs being claimed (park.go)
 	// gone: the counters of SAs removed, so that Report's totals never
 	// go down.
 	gone dataplane.Counters
@@ -378,7 +379,18 @@ func (d *DataPlane) workerFor(spi uint32) int {
 // virtual IP. The SA's first packet carries OutSeq+1, none goes above
 // OutSeqLimit, inbound numbers up to InSeqLow are refused. Installing an
 // installed SA (same inbound SPI) succeeds and changes nothing.
-func (d *DataPlane) Install(_ context.Context, c *dataplane.ChildSA) error {
+func (d *DataPlane) Install(ctx context.Context, c *dataplane.ChildSA) error {
+	if err := d.install(ctx, c); err != nil {
+		return err
+	}
+	// ESP that arrived while the SA was being claimed from another node.
+	for _, p := range d.parked.take(c.InSPI) {
+		d.HandleESP(p.pkt, p.local, p.remote)
+	}
+	return nil
+}
+
+func (d *DataPlane) install(_ context.Context, c *dataplane.ChildSA) error {
 	if !c.Encap {
 		return &dataplane.InstallError{InSPI: c.InSPI, OutSPI: c.OutSPI,
 			Err: errors.New("userspace ESP needs UDP encapsulation (force_encap)")}
@@ -622,7 +634,7 @@ func (d *DataPlane) enqueue(j job) {
 
 // HandleESP implements dataplane.ESPHandler: it copies the packet and
 // queues it on its SA's worker.
-func (d *DataPlane) HandleESP(pkt []byte, _, _ netip.AddrPort) {
+func (d *DataPlane) HandleESP(pkt []byte, local, remote netip.AddrPort) {
 	h, err := esp.ParseHeader(pkt)
 	if err != nil {
 		d.drop(DropMalformed)
@@ -636,8 +648,19 @@ func (d *DataPlane) HandleESP(pkt []byte, _, _ netip.AddrPort) {
 	s := d.bySPI[h.SPI]
 	d.mu.RUnlock()
 	if s == nil {
-		d.drop(DropNoSA)
-		if f := d.unknown.Load(); f != nil {
+		f := d.unknown.Load()
+		// In a cluster the SA may be on its way here (a claim): keep a
+		// few of its packets for replay once it is installed.
+		parked := false
+		if f != nil {
+			var expired int
+			parked, expired = d.parked.park(h.SPI, pkt, local, remote)
+			d.drops[DropNoSA].Add(uint64(expired))
+		}
+		if !parked {
+			d.drop(DropNoSA)
+		}
+		if f != nil {
 			(*f)(h.SPI)
 		}
 		return

@@ -47,6 +47,16 @@ type Verifier struct {
 	MaxCerts int
 	MaxBytes int
 
+	// Online, if set, is asked about every element of a verified chain
+	// except the root after the CRLs passed (fetched CRLs, OCSP). It
+	// answers from memory; see OnlineChecker.
+	Online OnlineChecker
+
+	// ClockSkew is the tolerance for certificate validity periods (and CRL
+	// NextUpdate): a certificate expired or not yet valid by less than this
+	// is accepted. 0: none.
+	ClockSkew time.Duration
+
 	// The CRLs indexed by issuer and serial, built once for the CRLs
 	// slice it was built from (Prepare, or the first verification).
 	mu  sync.Mutex
@@ -106,12 +116,17 @@ type RevokedError struct {
 	Serial     *big.Int
 	Subject    string
 	RevokedAt  time.Time
-	ReasonCode int // RFC 5280 §5.3.1 CRLReason, 0 (unspecified) if absent
+	ReasonCode int    // RFC 5280 §5.3.1 CRLReason, 0 (unspecified) if absent
+	Source     string // "ocsp" or "crl" for online sources; empty: a configured CRL file
 }
 
 func (e *RevokedError) Error() string {
-	return fmt.Sprintf("certificate %q serial %x revoked at %s (reason %d)",
+	s := fmt.Sprintf("certificate %q serial %x revoked at %s (reason %d)",
 		e.Subject, e.Serial, e.RevokedAt.UTC().Format(time.RFC3339), e.ReasonCode)
+	if e.Source != "" {
+		s += " according to " + e.Source
+	}
+	return s
 }
 
 // VerifyChain parses DER certificates (leaf first, then intermediates, as
@@ -188,12 +203,26 @@ func (v *Verifier) VerifyPath(certs [][]byte, now time.Time) (*Path, error) {
 	for _, c := range p.parsed[1:] {
 		intermediates.AddCert(c)
 	}
-	chains, err := p.Leaf.Verify(x509.VerifyOptions{
-		Roots:         v.Roots,
-		Intermediates: intermediates,
-		CurrentTime:   now,
-		KeyUsages:     []x509.ExtKeyUsage{x509.ExtKeyUsageAny},
-	})
+	verify := func(at time.Time) ([][]*x509.Certificate, error) {
+		return p.Leaf.Verify(x509.VerifyOptions{
+			Roots:         v.Roots,
+			Intermediates: intermediates,
+			CurrentTime:   at,
+			KeyUsages:     []x509.ExtKeyUsage{x509.ExtKeyUsageAny},
+		})
+	}
+	chains, err := verify(now)
+	var expired x509.CertificateInvalidError
+	if err != nil && v.ClockSkew > 0 && errors.As(err, &expired) && expired.Reason == x509.Expired {
+		// Expired or not yet valid, perhaps only by our clock or the
+		// issuer's: try both ends of the tolerance.
+		for _, at := range []time.Time{now.Add(-v.ClockSkew), now.Add(v.ClockSkew)} {
+			if c, err2 := verify(at); err2 == nil {
+				chains, err = c, nil
+				break
+			}
+		}
+	}
 	if err != nil {
 		culprit := p.Leaf
 		var invalid x509.CertificateInvalidError
@@ -219,17 +248,23 @@ func (p *Path) index(c *x509.Certificate) int {
 	return -1
 }
 
-// CheckRevocation checks the verified chains against the configured CRLs:
-// it passes if any chain passes and reports the first chain's failure
-// otherwise (a *ChainError).
+// CheckRevocation checks the verified chains against the configured CRLs,
+// then asks Online (if set): it passes if any chain passes and reports the
+// first chain's failure otherwise (a *ChainError).
 func (p *Path) CheckRevocation() error {
 	idx := p.v.crls()
-	if idx == nil {
+	if idx == nil && p.v.Online == nil {
 		return nil
 	}
 	var first *ChainError
 	for _, chain := range p.chains {
-		cerr := idx.check(chain, p.now, p.index)
+		var cerr *ChainError
+		if idx != nil {
+			cerr = idx.check(chain, p.now, p.v.ClockSkew, p.index)
+		}
+		if cerr == nil && p.v.Online != nil {
+			cerr = p.checkOnline(chain)
+		}
 		if cerr == nil {
 			return nil
 		}
@@ -326,7 +361,7 @@ func (ic *indexedCRL) checkSignature(issuer *x509.Certificate) error {
 }
 
 // check checks every element of chain except the root against the CRLs.
-func (idx *crlIndex) check(chain []*x509.Certificate, now time.Time, index func(*x509.Certificate) int) *ChainError {
+func (idx *crlIndex) check(chain []*x509.Certificate, now time.Time, skew time.Duration, index func(*x509.Certificate) int) *ChainError {
 	for i := 0; i+1 < len(chain); i++ {
 		cert, issuer := chain[i], chain[i+1]
 		var newest *x509.RevocationList
@@ -353,7 +388,7 @@ func (idx *crlIndex) check(chain []*x509.Certificate, now time.Time, index func(
 				newest = crl
 			}
 		}
-		if newest != nil && !newest.NextUpdate.IsZero() && now.After(newest.NextUpdate) {
+		if newest != nil && !newest.NextUpdate.IsZero() && now.After(newest.NextUpdate.Add(skew)) {
 			return &ChainError{Reason: ChainReasonStaleCRL, Subject: dnString(cert.RawSubject), Index: index(cert),
 				Err: fmt.Errorf("CRL of %q: next update %s, now %s: %w", dnString(newest.RawIssuer),
 					newest.NextUpdate.UTC().Format(time.RFC3339), now.UTC().Format(time.RFC3339), ErrStaleCRL)}

@@ -1,0 +1,127 @@
+//go:build linux
+
+package e2e
+
+import (
+	"context"
+	"fmt"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+// redirectTarget is the second node's address in the conc namespace.
+const redirectTarget = "192.168.100.3"
+
+func redirectNodeConfig(id, listen, gossip, join string, port int) string {
+	j := ""
+	if join != "" {
+		j = "\n    join: [" + join + "]"
+	}
+	return fmt.Sprintf(`node:
+  id: %[1]s
+log:
+  level: info
+  format: json
+ike:
+  listen: [%[2]s]
+  force_encap: true
+  proposals: [%[3]s]
+  esp_proposals: [%[4]s]
+identity:
+  id: %[5]s
+auth:
+  psks:
+    - id: %[6]s
+      secret: %[7]q
+children:
+  local_ts: [%[8]s]
+  remote_ts: [10.20.0.0/16]
+dataplane:
+  mode: memory
+statestore:
+  mode: none
+metrics:
+  listen: 127.0.0.1:%[9]d
+admin:
+  listen: 127.0.0.1:%[10]d
+anycast:
+  health:
+    interval: 200ms
+  members:
+    listen: %[11]s%[12]s
+  redirect:
+    enabled: true
+    unicast: %[2]s
+`, id, listen, IKEProp, ESPProp, ConcID, GWPSKID, TestPSK, ConcLAN, port, port+1, gossip, j)
+}
+
+// TestRedirectStrongSwanToLiveNode: two nodes gossip (memberlist); the
+// first drains (concentratorctl drain), and strongSwan connecting to it
+// is redirected (RFC 5685) to the second, where its SA comes up; its log
+// says so.
+func TestRedirectStrongSwanToLiveNode(t *testing.T) {
+	requireNetns(t)
+	bin, ctl := Binary(t, "concentratord"), Binary(t, "concentratorctl")
+	ctx, cancel := context.WithTimeout(t.Context(), 2*time.Minute)
+	defer cancel()
+	tp := NewTopology(t)
+	if _, err := tp.Exec(ctx, tp.Conc, "ip", "addr", "add", redirectTarget+"/24", "dev", "conc0"); err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	cfgA, cfgB := filepath.Join(dir, "a.yaml"), filepath.Join(dir, "b.yaml")
+	writeFile(t, cfgA, []byte(redirectNodeConfig("a", ConcAddr, "127.0.0.1:7946", "", 9180)))
+	writeFile(t, cfgB, []byte(redirectNodeConfig("b", redirectTarget, "127.0.0.1:7947", "127.0.0.1:7946", 9190)))
+	a := tp.StartProcess(t, "node-a", tp.Conc, bin, "--config", cfgA)
+	a.mustWaitLog(t, ctx, 20*time.Second, "listening", nil)
+	b := tp.StartProcess(t, "node-b", tp.Conc, bin, "--config", cfgB)
+	b.mustWaitLog(t, ctx, 20*time.Second, "listening", nil)
+	a.mustWaitLog(t, ctx, 20*time.Second, "members: joined", map[string]string{"member": "b"})
+
+	// Drain a: it answers new IKE_SA_INITs with REDIRECT to b (the only
+	// live, healthy member), once it has heard b is healthy.
+	out, err := tp.Exec(ctx, tp.Conc, ctl, "--addr", "127.0.0.1:9181", "drain", "-q")
+	if err != nil {
+		t.Fatalf("concentratorctl drain: %v\n%s", err, out)
+	}
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		out, err := tp.Exec(ctx, tp.Conc, ctl, "--addr", "127.0.0.1:9181", "nodes", "-o", "json")
+		if err == nil && strings.Contains(out, `"unicast": "`+redirectTarget+`"`) && strings.Contains(out, `"healthy": true`) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("node a never saw b healthy: %v\n%s", err, out)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+
+	gw := NewStrongSwan(t, tp, "gw", tp.GW)
+	gw.Start(GatewaySwanctlConf(AuthPSK), nil)
+	out, err = gw.SwanctlContext(ctx, "--initiate", "--child", "lan", "--timeout", "30")
+	if err != nil {
+		t.Fatalf("strongSwan initiate: %v\n%s\n--- gw log ---\n%s", err, out, tail(gw.Log(), 8<<10))
+	}
+	sas, err := gw.ListSAs(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sa, ok := FindIKESA(sas, "conc")
+	if !ok || sa.Get("remote-host") != redirectTarget || sa.Get("state") != "ESTABLISHED" {
+		t.Fatalf("gw SA %+v (found %v), want ESTABLISHED with %s", sa, ok, redirectTarget)
+	}
+	var said []string
+	for _, l := range strings.Split(gw.Log(), "\n") {
+		if strings.Contains(strings.ToLower(l), "redirect") {
+			said = append(said, strings.TrimSpace(l))
+		}
+	}
+	if len(said) == 0 {
+		t.Fatalf("the gateway's log does not mention the redirect:\n%s", tail(gw.Log(), 8<<10))
+	}
+	t.Logf("gateway log:\n%s", strings.Join(said, "\n"))
+	b.mustWaitLog(t, ctx, 5*time.Second, "IKE_SA established", map[string]string{"peer_id": GWPSKID})
+	a.mustWaitLog(t, ctx, 5*time.Second, "IKE_SA_INIT redirected (RFC 5685)", map[string]string{"to": redirectTarget})
+}

@@ -1,0 +1,330 @@
+package statestore
+
+// Moving many SAs at once: a node joining or leaving the route, or one
+// dying, moves a third of the fleet at a time. These read and move SAs
+// in batches, one etcd transaction per batch: each SA's move is a nested
+// transaction guarded by its owner record, under one guard on the
+// registrations involved. A batch is at most Batch.MaxBatch SAs (etcd's
+// --max-txn-ops limits the operations of each level of a transaction).
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	pb "github.com/ikefleet/ikefleet/api/statestore/v1"
+	"go.etcd.io/etcd/api/v3/mvccpb"
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"google.golang.org/protobuf/proto"
+)
+
+// OwnerState is one SA's owner record as Owners read it.
+type OwnerState struct {
+	Owner Owner
+	Found bool // the SA has an owner record
+	Live  bool // the owner's registration (this epoch) is in the registry
+}
+
+// Owners reads the owners of many SAs and whether each owner is live, as
+// one consistent read per batch (the registry read in the same
+// transaction as the owner records).
+func (s *Store) Owners(ctx context.Context, spis []uint64) ([]OwnerState, error) {
+	out := make([]OwnerState, len(spis))
+	per := max(1, min(readBatch, s.cfg.Batch.MaxBatch)-1)
+	for lo := 0; lo < len(spis); lo += per {
+		chunk := spis[lo:min(lo+per, len(spis))]
+		ops := make([]clientv3.Op, 0, len(chunk)+1)
+		ops = append(ops, clientv3.OpGet(s.k.p+"nodes/", clientv3.WithPrefix()))
+		for _, spi := range chunk {
+			ops = append(ops, clientv3.OpGet(s.k.owner(spi)))
+		}
+		rc, cancel := s.rctx(ctx)
+		resp, err := s.txn(rc).Then(ops...).Commit()
+		cancel()
+		s.noteResult(err)
+		if err != nil {
+			return nil, fmt.Errorf("%w: %v", ErrUnavailable, err)
+		}
+		live := map[string]int64{}
+		for _, kv := range resp.Responses[0].GetResponseRange().Kvs {
+			var n pb.Node
+			if proto.Unmarshal(kv.Value, &n) == nil {
+				live[n.Id] = kv.CreateRevision
+			}
+		}
+		for i := range chunk {
+			kvs := resp.Responses[i+1].GetResponseRange().Kvs
+			if len(kvs) == 0 {
+				continue
+			}
+			o, err := parseOwner(kvs[0].Value)
+			if err != nil {
+				return nil, err
+			}
+			out[lo+i] = OwnerState{Owner: o, Found: true, Live: live[o.Node] == o.Epoch}
+		}
+	}
+	return out, nil
+}
+
+// Moved is the outcome of one SA in TakeOverMany or HandOffMany.
+type Moved struct {
+	SPI    uint64
+	Record *SARecord // TakeOverMany: the stored record, now ours
+	Err    error     // nil: moved; *OwnerError: its owner is not the one named
+}
+
+// TakeOverMany makes this node the owner of SAs whose owner from is dead
+// (its registration gone), returning their records: one transaction per
+// batch, guarded by from's registration being gone and ours being
+// current, each SA by its owner record still naming from. A live from
+// gives *OwnerError for every SA (ask it to hand them off); a fenced
+// store ErrFenced.
+func (s *Store) TakeOverMany(ctx context.Context, from Owner, spis []uint64) ([]Moved, error) {
+	reg := s.current()
+	if !reg.usable() {
+		return nil, ErrFenced
+	}
+	me := reg.owner
+	out := make([]Moved, 0, len(spis))
+	per := max(1, s.cfg.Batch.MaxBatch)
+	for lo := 0; lo < len(spis); lo += per {
+		chunk := spis[lo:min(lo+per, len(spis))]
+		ops := make([]clientv3.Op, len(chunk))
+		for i, spi := range chunk {
+			ok := s.k.owner(spi)
+			then := []clientv3.Op{clientv3.OpPut(ok, me.value()), clientv3.OpGet(s.k.sa(spi)), clientv3.OpGet(s.k.seq(spi))}
+			if from.Node != me.Node {
+				then = append(then, clientv3.OpDelete(s.k.owned(from.Node, spi)), clientv3.OpPut(s.k.owned(me.Node, spi), ""))
+			}
+			ops[i] = clientv3.OpTxn([]clientv3.Cmp{clientv3.Compare(clientv3.Value(ok), "=", from.value())},
+				then, []clientv3.Op{clientv3.OpGet(ok)})
+		}
+		rc, cancel := s.rctx(ctx)
+		resp, err := s.txn(rc).If(
+			clientv3.Compare(clientv3.CreateRevision(s.k.node(from.Node)), "!=", from.Epoch),
+			s.regCmp(me),
+		).Then(ops...).Else(clientv3.OpGet(s.k.node(from.Node)), clientv3.OpGet(s.k.node(me.Node))).Commit()
+		cancel()
+		s.noteResult(err)
+		if err != nil {
+			return out, fmt.Errorf("%w: %v", ErrUnavailable, err)
+		}
+		if !resp.Succeeded {
+			if kvs := resp.Responses[1].GetResponseRange().Kvs; len(kvs) == 0 || kvs[0].CreateRevision != me.Epoch {
+				return out, ErrFenced
+			}
+			for _, spi := range chunk {
+				out = append(out, Moved{SPI: spi, Err: &OwnerError{SPI: spi, Owner: from}})
+			}
+			continue
+		}
+		for i, spi := range chunk {
+			t := resp.Responses[i].GetResponseTxn()
+			if !t.Succeeded {
+				out = append(out, Moved{SPI: spi, Err: s.ownerErr(spi, t.Responses[0].GetResponseRange().Kvs)})
+				continue
+			}
+			kvs := t.Responses[1].GetResponseRange().Kvs
+			if len(kvs) == 0 {
+				out = append(out, Moved{SPI: spi, Err: fmt.Errorf("%w: %016x has an owner but no record", ErrNotFound, spi)})
+				continue
+			}
+			rec, err := s.decode(spi, kvs[0].Value, t.Responses[2].GetResponseRange().Kvs)
+			out = append(out, Moved{SPI: spi, Record: rec, Err: err})
+		}
+	}
+	return out, nil
+}
+
+// ownerErr explains a failed per-SA guard from the owner record read in
+// its else branch.
+func (s *Store) ownerErr(spi uint64, kvs []*mvccpb.KeyValue) error {
+	if len(kvs) == 0 {
+		return fmt.Errorf("%w: %016x", ErrNotFound, spi)
+	}
+	o, err := parseOwner(kvs[0].Value)
+	if err != nil {
+		return err
+	}
+	return &OwnerError{SPI: spi, Owner: o}
+}
+
+// HandOffMany moves SAs this node owns to the live node to, writing each
+// one's final state in the same transaction: one per batch, guarded by
+// both registrations, each SA by its owner record naming us. The caller
+// has frozen the SAs; those whose Moved.Err is an *OwnerError were not
+// ours any more. A top-level error leaves the whole batch unmoved
+// (restore it), except ErrFenced (stop acting for it).
+func (s *Store) HandOffMany(ctx context.Context, finals []*SARecord, to Owner) ([]Moved, error) {
+	reg := s.current()
+	if !reg.usable() {
+		return nil, ErrFenced
+	}
+	me := reg.owner
+	out := make([]Moved, 0, len(finals))
+	per := max(1, s.cfg.Batch.MaxBatch)
+	for lo := 0; lo < len(finals); lo += per {
+		chunk := finals[lo:min(lo+per, len(finals))]
+		ops := make([]clientv3.Op, len(chunk))
+		for i, f := range chunk {
+			spi := f.LocalSPI()
+			v, err := s.codec.Marshal(saName(spi), f)
+			if err != nil {
+				return out, err
+			}
+			ok := s.k.owner(spi)
+			then := []clientv3.Op{clientv3.OpPut(ok, to.value()), clientv3.OpPut(s.k.sa(spi), string(v))}
+			if to.Node != me.Node {
+				then = append(then, clientv3.OpDelete(s.k.owned(me.Node, spi)), clientv3.OpPut(s.k.owned(to.Node, spi), ""))
+			}
+			ops[i] = clientv3.OpTxn([]clientv3.Cmp{clientv3.Compare(clientv3.Value(ok), "=", me.value())},
+				then, []clientv3.Op{clientv3.OpGet(ok)})
+		}
+		rc, cancel := s.rctx(ctx)
+		resp, err := s.txn(rc).If(s.regCmp(me), s.regCmp(to)).Then(ops...).
+			Else(clientv3.OpGet(s.k.node(me.Node))).Commit()
+		cancel()
+		s.noteResult(err)
+		if err != nil {
+			return out, fmt.Errorf("%w: %v", ErrUnavailable, err)
+		}
+		if !resp.Succeeded {
+			if kvs := resp.Responses[0].GetResponseRange().Kvs; len(kvs) == 0 || kvs[0].CreateRevision != me.Epoch {
+				return out, ErrFenced
+			}
+			return out, fmt.Errorf("statestore: hand-off: target %s not registered", to)
+		}
+		for i, f := range chunk {
+			spi := f.LocalSPI()
+			t := resp.Responses[i].GetResponseTxn()
+			if !t.Succeeded {
+				out = append(out, Moved{SPI: spi, Err: s.ownerErr(spi, t.Responses[0].GetResponseRange().Kvs)})
+				continue
+			}
+			out = append(out, Moved{SPI: spi})
+		}
+	}
+	return out, nil
+}
+
+// LoadMany reads the records and owners of many SAs, a batch per
+// transaction. A missing record is ErrNotFound in its Moved.Err.
+func (s *Store) LoadMany(ctx context.Context, spis []uint64) ([]Moved, []Owner, error) {
+	out := make([]Moved, len(spis))
+	owners := make([]Owner, len(spis))
+	per := max(1, min(readBatch, s.cfg.Batch.MaxBatch)/3)
+	for lo := 0; lo < len(spis); lo += per {
+		chunk := spis[lo:min(lo+per, len(spis))]
+		ops := make([]clientv3.Op, 0, 3*len(chunk))
+		for _, spi := range chunk {
+			ops = append(ops, clientv3.OpGet(s.k.owner(spi)), clientv3.OpGet(s.k.sa(spi)), clientv3.OpGet(s.k.seq(spi)))
+		}
+		rc, cancel := s.rctx(ctx)
+		resp, err := s.txn(rc).Then(ops...).Commit()
+		cancel()
+		s.noteResult(err)
+		if err != nil {
+			return out, owners, fmt.Errorf("%w: %v", ErrUnavailable, err)
+		}
+		for i, spi := range chunk {
+			m := &out[lo+i]
+			m.SPI = spi
+			if kvs := resp.Responses[3*i].GetResponseRange().Kvs; len(kvs) > 0 {
+				owners[lo+i], _ = parseOwner(kvs[0].Value)
+			}
+			kvs := resp.Responses[3*i+1].GetResponseRange().Kvs
+			if len(kvs) == 0 {
+				m.Err = fmt.Errorf("%w: %016x", ErrNotFound, spi)
+				continue
+			}
+			m.Record, m.Err = s.decode(spi, kvs[0].Value, resp.Responses[3*i+2].GetResponseRange().Kvs)
+		}
+	}
+	return out, owners, nil
+}
+
+// NodeEvent is a registration that began or ended.
+type NodeEvent struct {
+	NodeInfo
+	Gone bool // the registration ended: lease expired or revoked
+}
+
+// WatchNodes calls f for every registration that ends (its lease expired
+// or was revoked) or begins, as etcd reports it, until ctx ends. After a
+// broken watch it lists the registry again and reports the registrations
+// that ended meanwhile. f runs on the watch's goroutine.
+func (s *Store) WatchNodes(ctx context.Context, f func(NodeEvent)) {
+	known := map[string]NodeInfo{}
+	prefix := s.k.p + "nodes/"
+	for ctx.Err() == nil {
+		rc, cancel := s.rctx(ctx)
+		resp, err := s.cli.Get(rc, prefix, clientv3.WithPrefix())
+		cancel()
+		s.noteResult(err)
+		if err != nil {
+			sleepCtx(ctx, s.cfg.KeepAliveInterval)
+			continue
+		}
+		now := map[string]NodeInfo{}
+		for _, kv := range resp.Kvs {
+			if ni, ok := nodeInfoOf(kv); ok {
+				now[ni.Node] = ni
+			}
+		}
+		for id, ni := range known {
+			if cur, ok := now[id]; !ok || cur.Epoch != ni.Epoch {
+				f(NodeEvent{NodeInfo: ni, Gone: true})
+			}
+		}
+		for id, ni := range now {
+			if old, ok := known[id]; !ok || old.Epoch != ni.Epoch {
+				f(NodeEvent{NodeInfo: ni})
+			}
+		}
+		known = now
+		wctx, wcancel := context.WithCancel(clientv3.WithRequireLeader(ctx))
+		wc := s.cli.Watch(wctx, prefix, clientv3.WithPrefix(), clientv3.WithPrevKV(), clientv3.WithRev(resp.Header.Revision+1))
+		for wr := range wc {
+			if wr.Err() != nil {
+				break
+			}
+			for _, ev := range wr.Events {
+				switch {
+				case ev.Type == clientv3.EventTypeDelete && ev.PrevKv != nil:
+					if ni, ok := nodeInfoOf(ev.PrevKv); ok {
+						if cur, ok := known[ni.Node]; ok && cur.Epoch == ni.Epoch {
+							delete(known, ni.Node)
+						}
+						f(NodeEvent{NodeInfo: ni, Gone: true})
+					}
+				case ev.Type == clientv3.EventTypePut && ev.IsCreate():
+					if ni, ok := nodeInfoOf(ev.Kv); ok {
+						known[ni.Node] = ni
+						f(NodeEvent{NodeInfo: ni})
+					}
+				}
+			}
+		}
+		wcancel()
+	}
+}
+
+func nodeInfoOf(kv *mvccpb.KeyValue) (NodeInfo, bool) {
+	var n pb.Node
+	if err := proto.Unmarshal(kv.Value, &n); err != nil {
+		return NodeInfo{}, false
+	}
+	return NodeInfo{Owner: Owner{Node: n.Id, Epoch: kv.CreateRevision}, Slot: int(n.Slot),
+		PeerAddr: n.PeerAddr, Registered: timeOf(n.RegisteredMs)}, true
+}
+
+// sleepCtx waits d or until ctx ends.
+func sleepCtx(ctx context.Context, d time.Duration) {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+	case <-t.C:
+	}
+}
