@@ -461,7 +461,7 @@ func TestFloodEstablishedAndGenuine(t *testing.T) {
 		}
 	}
 	sort.Strings(kinds)
-	if float64(floodLines) > 3*floodS+5 {
+	if float64(floodLines) > 5*floodS+10 { // a few a second: each kind 1 line and 1 summary a second, plus its burst
 		t.Errorf("%d log lines from the flood in %.1f s: %v", floodLines, floodS, kinds)
 	}
 
