@@ -226,7 +226,7 @@ func DefaultConfig() Config {
 	t := true
 	th := 1000
 	return Config{
-		Log: LogConfig{Level: "info", Format: "json", PerEventRate: 10},
+		Log: LogConfig{Level: "info", Format: "json", PerEventRate: 1},
 		IKE: IKEConfig{
 			Listen: []string{"0.0.0.0"}, Port: 500, NATTPort: 4500, ForceEncap: &t, MOBIKE: &t, CookieThreshold: &th, SocketBuffer: DefaultSocketBuffer,
 			HalfOpenTimeout: 30 * time.Second, RetransmitTimeout: 2 * time.Second, RetransmitTries: 5, DPDDelay: 60 * time.Second, KeepaliveInterval: 20 * time.Second,

@@ -13,8 +13,11 @@ import (
 )
 
 // perPacketKind says whether an engine event is one a flood can produce
-// once per packet (drops, cookie demands, failed IKE_SA_INIT requests),
-// and under which kind it is rate-limited (log.per_event_rate).
+// once per packet (drops, cookie demands, failed IKE_SA_INIT requests,
+// half-open SAs of unauthenticated peers that fail or time out: a
+// spoofing flood leaves up to ike.cookie_threshold of them every
+// half_open_timeout), and under which kind it is rate-limited
+// (log.per_event_rate).
 func perPacketKind(ev ike.Event) (kind string, level slog.Level, ok bool) {
 	switch ev.Kind {
 	case ike.EventDropped:
@@ -24,6 +27,9 @@ func perPacketKind(ev ike.Event) (kind string, level slog.Level, ok bool) {
 	case ike.EventIKEFailed:
 		if ev.SPIr == 0 { // IKE_SA_INIT answered with an error: unauthenticated
 			return "init-failed/" + ev.Notify.String(), slog.LevelWarn, true
+		}
+		if ev.PeerID.IsZero() && !ev.Initiator { // a half-open SA nobody authenticated
+			return "half-open-failed", slog.LevelWarn, true
 		}
 	}
 	return "", 0, false

@@ -9,6 +9,7 @@ import (
 	"testing"
 
 	"github.com/ikefleet/ikefleet/concentrator/dataplane/memory"
+	"github.com/ikefleet/ikefleet/concentrator/ike"
 	"github.com/ikefleet/ikefleet/statestore"
 )
 
@@ -87,5 +88,31 @@ func TestKeyFilePermissions(t *testing.T) {
 	os.Chmod(key, 0o600)
 	if _, err := statestore.LoadKeyring(key, ""); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// Failures a flood can cause once per packet or per half-open SA are
+// rate-limited; those of authenticated peers and our own initiations are
+// not.
+func TestPerPacketKinds(t *testing.T) {
+	peer, err := ike.ParseIdentity("gw1@iot.example")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		ev   ike.Event
+		want bool
+	}{
+		{ike.Event{Kind: ike.EventDropped}, true},
+		{ike.Event{Kind: ike.EventCookieSent}, true},
+		{ike.Event{Kind: ike.EventIKEFailed, SPIi: 1, Notify: ike.NO_PROPOSAL_CHOSEN}, true},
+		{ike.Event{Kind: ike.EventIKEFailed, SPIi: 1, SPIr: 2, Reason: "half-open SA timed out"}, true},
+		{ike.Event{Kind: ike.EventIKEFailed, SPIi: 1, SPIr: 2, PeerID: peer, Notify: ike.AUTHENTICATION_FAILED}, false},
+		{ike.Event{Kind: ike.EventIKEFailed, SPIi: 1, SPIr: 2, Initiator: true, Reason: "peer did not answer IKE_SA_INIT"}, false},
+		{ike.Event{Kind: ike.EventIKEEstablished, SPIi: 1, SPIr: 2, PeerID: peer}, false},
+	} {
+		if _, _, got := perPacketKind(tc.ev); got != tc.want {
+			t.Errorf("%+v: rate-limited %v, want %v", tc.ev, got, tc.want)
+		}
 	}
 }

@@ -1,0 +1,663 @@
+package loadtest_test
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"log/slog"
+	mrand "math/rand/v2"
+	"net"
+	"net/netip"
+	"os"
+	"runtime"
+	"slices"
+	"sort"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/ikefleet/ikefleet/concentrator"
+	"github.com/ikefleet/ikefleet/concentrator/dataplane/memory"
+	"github.com/ikefleet/ikefleet/concentrator/ike"
+	"github.com/ikefleet/ikefleet/concentrator/ike/suite"
+	"github.com/ikefleet/ikefleet/loadtest"
+)
+
+// floodSize is one size of the flood test: established gateways holding
+// their SAs, genuine gateways connecting under the flood (and as many
+// before it, for the baseline), the flood's rates and its length.
+type floodSize struct {
+	established, genuine int
+	initRate, badRate    int // spoofed IKE_SA_INIT/s, malformed datagrams/s
+	dur                  time.Duration
+}
+
+// The unit-tier size, and the full size behind make test-flood
+// (FLOOD_FULL=1).
+var (
+	floodSmall = floodSize{established: 200, genuine: 50, initRate: 2000, badRate: 1000, dur: 10 * time.Second}
+	floodFull  = floodSize{established: 1000, genuine: 200, initRate: 50000, badRate: 50000, dur: 60 * time.Second}
+)
+
+// countingHandler counts a node's log lines by message, with the time of
+// each, so lines caused by a flood can be told from the others.
+type countingHandler struct {
+	level slog.Level
+	mu    sync.Mutex
+	lines []logLine
+}
+
+type logLine struct {
+	at  time.Time
+	msg string
+}
+
+func (h *countingHandler) Enabled(_ context.Context, l slog.Level) bool { return l >= h.level }
+func (h *countingHandler) Handle(_ context.Context, r slog.Record) error {
+	h.mu.Lock()
+	h.lines = append(h.lines, logLine{time.Now(), r.Message})
+	h.mu.Unlock()
+	return nil
+}
+func (h *countingHandler) WithAttrs([]slog.Attr) slog.Handler { return h }
+func (h *countingHandler) WithGroup(string) slog.Handler      { return h }
+
+// between counts the lines logged in [from, to) by message.
+func (h *countingHandler) between(from, to time.Time) map[string]int {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	out := map[string]int{}
+	for _, l := range h.lines {
+		if !l.at.Before(from) && l.at.Before(to) {
+			out[l.msg]++
+		}
+	}
+	return out
+}
+
+// startFloodNode runs a node on loopback (memory data plane, no state
+// store) knowing gateways 1..psks, logging through h at the default level.
+func startFloodNode(t *testing.T, psks int, h slog.Handler) *concentrator.Node {
+	t.Helper()
+	var b strings.Builder
+	// Liveness checks from the node too; half-open SAs time out after 5 s
+	// so the flood's memory is given back within the test.
+	b.WriteString("node: {id: flood}\nike:\n  listen: [127.0.0.1]\n  port: 0\n  natt_port: 0\n  shards: 2\n  dpd_delay: 4s\n  half_open_timeout: 5s\n")
+	b.WriteString("identity: {id: conc.example}\nauth:\n  psks:\n")
+	for i := 1; i <= psks; i++ {
+		fmt.Fprintf(&b, "    - {id: gw%d@iot.example, secret: psk-0123456789ab-%d}\n", i, i)
+	}
+	b.WriteString("children:\n  local_ts: [10.30.0.0/24]\n  pool: 10.99.0.0/16\nstatestore:\n  mode: none\nmetrics:\n  listen: off\n")
+	cfg, err := concentrator.ParseConfig([]byte(b.String()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	n, err := concentrator.New(cfg, slog.New(h), memory.New())
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- n.Run(ctx) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("node: %v", err)
+		}
+	})
+	select {
+	case <-n.Ready():
+	case err := <-done:
+		t.Fatalf("node did not start: %v", err)
+	}
+	return n
+}
+
+// flooder sends spoofed-looking IKE_SA_INIT requests (each from a fresh
+// socket every few packets: distinct source ports on 127.0.0.1 and random
+// 127.x.y.z sources, which loopback accepts) and malformed datagrams
+// (truncated headers, wrong lengths, garbage SK payloads for SPIs the node
+// knows) at the given rates, until its deadline.
+type flooder struct {
+	ike, natt netip.AddrPort
+	known     [][2]uint64 // SPIi, SPIr of established SAs
+	initRate  int
+	badRate   int
+
+	inits, bad, sendErrs atomic.Uint64
+	ports                sync.Map // distinct source addresses used
+}
+
+// initTemplate is an IKE_SA_INIT for aes256-sha256-modp2048 with a
+// random (never computed) key exchange; the SPI and KE are patched per
+// packet.
+func initTemplate() []byte {
+	ke := make([]byte, 256)
+	rand.Read(ke)
+	ps := []ike.Payload{
+		&ike.SA{Proposals: []ike.Proposal{{Num: 1, Protocol: ike.ProtoIKE, Transforms: []ike.Transform{
+			{Type: suite.TypeENCR, ID: 12, KeyLen: 256}, {Type: suite.TypePRF, ID: 5},
+			{Type: suite.TypeINTEG, ID: 12}, {Type: suite.TypeKE, ID: 14}}}}},
+		&ike.KE{Group: 14, Data: ke},
+		&ike.Nonce{Data: make([]byte, 32)},
+	}
+	return (&ike.Message{SPIi: 1, Exchange: ike.IKE_SA_INIT, Flags: ike.FlagInitiator, Payloads: ps}).Encode()
+}
+
+// garbageSK is an INFORMATIONAL request for a known SA whose SK payload
+// is random bytes (it fails the integrity check).
+func garbageSK(r *mrand.Rand, spii, spir uint64) []byte {
+	body := 16 + 64 + 16
+	b := make([]byte, 28+4+body)
+	binary.BigEndian.PutUint64(b[0:], spii)
+	binary.BigEndian.PutUint64(b[8:], spir)
+	b[16] = 46 // SK
+	b[17] = 0x20
+	b[18] = 37 // INFORMATIONAL
+	b[19] = 0x08
+	binary.BigEndian.PutUint32(b[20:], r.Uint32N(1000))
+	binary.BigEndian.PutUint32(b[24:], uint32(len(b)))
+	b[28] = 0
+	binary.BigEndian.PutUint16(b[30:], uint16(4+body))
+	for i := 32; i < len(b); i++ {
+		b[i] = byte(r.Uint32())
+	}
+	return b
+}
+
+func (f *flooder) run(ctx context.Context, until time.Time) {
+	var wg sync.WaitGroup
+	workers := 2
+	for w := range workers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			f.worker(ctx, until, w, f.initRate/workers, f.badRate/workers)
+		}()
+	}
+	wg.Wait()
+}
+
+func (f *flooder) worker(ctx context.Context, until time.Time, w, initRate, badRate int) {
+	r := mrand.New(mrand.NewPCG(uint64(w), uint64(time.Now().UnixNano())))
+	tmpl := initTemplate()
+	// A small set of sockets, each replaced after perSocket packets: the
+	// node sees ever new source ports (and, for half of them, addresses).
+	const nsock, perSocket = 16, 64
+	socks := make([]*net.UDPConn, nsock)
+	used := make([]int, nsock)
+	open := func(i int) {
+		if socks[i] != nil {
+			socks[i].Close()
+		}
+		src := netip.AddrFrom4([4]byte{127, 0, 0, 1})
+		if i%2 == 1 {
+			src = netip.AddrFrom4([4]byte{127, byte(1 + r.IntN(254)), byte(r.IntN(256)), byte(1 + r.IntN(254))})
+		}
+		c, err := net.ListenUDP("udp4", net.UDPAddrFromAddrPort(netip.AddrPortFrom(src, 0)))
+		if err != nil {
+			c, err = net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+		}
+		if err != nil {
+			socks[i] = nil
+			f.sendErrs.Add(1)
+			return
+		}
+		socks[i], used[i] = c, 0
+		f.ports.Store(c.LocalAddr().String(), true)
+	}
+	defer func() {
+		for _, c := range socks {
+			if c != nil {
+				c.Close()
+			}
+		}
+	}()
+	send := func(b []byte, to netip.AddrPort) {
+		i := r.IntN(nsock)
+		if socks[i] == nil || used[i] >= perSocket {
+			open(i)
+			if socks[i] == nil {
+				return
+			}
+		}
+		used[i]++
+		if _, err := socks[i].WriteToUDPAddrPort(b, to); err != nil {
+			f.sendErrs.Add(1)
+		}
+	}
+	const tick = 10 * time.Millisecond
+	start := time.Now()
+	var initsDone, badDone int
+	pkt := make([]byte, len(tmpl))
+	natt := make([]byte, 0, 256)
+	for ctx.Err() == nil && time.Now().Before(until) {
+		el := time.Since(start).Seconds()
+		wantInit := int(el * float64(initRate))
+		wantBad := int(el * float64(badRate))
+		for initsDone < wantInit || badDone < wantBad {
+			if initsDone < wantInit {
+				copy(pkt, tmpl)
+				binary.BigEndian.PutUint64(pkt[0:], r.Uint64()|1)
+				binary.BigEndian.PutUint64(pkt[len(pkt)-36-8:], r.Uint64()) // the end of the KE data (the Nonce payload is the last 36 bytes)
+				send(pkt, f.ike)
+				initsDone++
+				f.inits.Add(1)
+			}
+			if badDone < wantBad {
+				var b []byte
+				switch badDone % 4 {
+				case 0: // truncated header
+					b = make([]byte, 1+r.IntN(27))
+					for i := range b {
+						b[i] = byte(r.Uint32())
+					}
+				case 1: // length field disagreeing with the datagram
+					b = slices.Clone(tmpl)
+					binary.BigEndian.PutUint64(b[0:], r.Uint64()|1)
+					binary.BigEndian.PutUint32(b[24:], uint32(len(b)+1+r.IntN(4000)))
+				case 2, 3: // garbage SK payload for an SA the node holds (IKE and NAT-T ports)
+					k := f.known[r.IntN(len(f.known))]
+					b = garbageSK(r, k[0], k[1])
+					if badDone%4 == 3 {
+						natt = append(append(natt[:0], 0, 0, 0, 0), b...)
+						send(natt, f.natt)
+						badDone++
+						f.bad.Add(1)
+						continue
+					}
+				}
+				send(b, f.ike)
+				badDone++
+				f.bad.Add(1)
+			}
+			if time.Since(start).Seconds() > el+float64(tick)/float64(time.Second) {
+				break // behind: re-read the clock (the report says what rate was reached)
+			}
+		}
+		time.Sleep(tick)
+	}
+}
+
+// A node serving established gateways (liveness checks and NAT-T
+// keepalives running) under a flood of spoofed IKE_SA_INITs and malformed
+// datagrams, while genuine gateways connect: no established SA is lost,
+// nearly every genuine gateway gets in, the log stays quiet, and the
+// memory and goroutines the flood took are given back.
+func TestFloodEstablishedAndGenuine(t *testing.T) {
+	sz := floodSmall
+	if os.Getenv("FLOOD_FULL") != "" {
+		sz = floodFull
+	}
+	E, G := sz.established, sz.genuine
+	logs := &countingHandler{level: slog.LevelInfo}
+	node := startFloodNode(t, E+2*G, logs)
+	ikeAddr, natt := node.IKEAddr(), node.NATTAddr()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute+4*sz.dur)
+	defer cancel()
+
+	genuineOpts := func(first int) loadtest.Options {
+		o := options(t, ikeAddr, natt, G)
+		o.First, o.Rate, o.Window = first, float64(G)/(sz.dur.Seconds()/2), 0
+		o.Timeout, o.MaxDuration = 30*time.Second, 2*time.Minute+sz.dur
+		return o
+	}
+
+	// The baseline: genuine gateways without a flood.
+	baseStart := time.Now()
+	base, err := loadtest.Run(ctx, genuineOpts(E+G+1))
+	if err != nil {
+		t.Fatalf("baseline: %v: %+v", err, base)
+	}
+	genuineKinds := logs.between(baseStart, time.Now())
+
+	// The established fleet, holding until we end it.
+	estCtx, endEst := context.WithCancel(ctx)
+	defer endEst()
+	est := options(t, ikeAddr, natt, E)
+	est.Hold, est.DPDDelay, est.KeepaliveInterval = time.Hour, 3*time.Second, 2*time.Second
+	est.Timeout, est.MaxDuration = 60*time.Second, time.Hour
+	type result struct {
+		rep loadtest.Report
+		err error
+	}
+	estDone := make(chan result, 1)
+	go func() {
+		rep, err := loadtest.Run(estCtx, est)
+		estDone <- result{rep, err}
+	}()
+	var before []concentrator.SAInfo
+	for {
+		sas, err := node.SAs(ctx)
+		if err == nil && allUp(sas, E) {
+			before = sas
+			break
+		}
+		select {
+		case r := <-estDone:
+			t.Fatalf("established fleet ended early: %v: %+v", r.err, r.rep)
+		case <-ctx.Done():
+			t.Fatalf("the established fleet did not come up: %d SAs", len(sas))
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+	known := make([][2]uint64, 0, E)
+	for _, sa := range before {
+		known = append(known, [2]uint64{sa.SPIi, sa.SPIr})
+	}
+	time.Sleep(time.Second) // let the setup's garbage settle
+	baseGoroutines, baseHeap := runtime.NumGoroutine(), heapInuse()
+
+	// The flood, with the genuine gateways connecting under it.
+	stBefore, err := node.Stats(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := &flooder{ike: ikeAddr, natt: natt, known: known, initRate: sz.initRate, badRate: sz.badRate}
+	var peakHeap atomic.Uint64
+	peakHeap.Store(baseHeap)
+	floodStart := time.Now()
+	until := floodStart.Add(sz.dur)
+	floodDone := make(chan struct{})
+	go func() { f.run(ctx, until); close(floodDone) }()
+	go func() {
+		for {
+			select {
+			case <-floodDone:
+				return
+			case <-time.After(250 * time.Millisecond):
+				var ms runtime.MemStats
+				runtime.ReadMemStats(&ms)
+				if ms.HeapInuse > peakHeap.Load() {
+					peakHeap.Store(ms.HeapInuse)
+				}
+			}
+		}
+	}()
+	time.Sleep(sz.dur / 10)
+	gen, genErr := loadtest.Run(ctx, genuineOpts(E+1))
+	<-floodDone
+	floodEnd := time.Now()
+	floodS := floodEnd.Sub(floodStart).Seconds()
+	floodLogs := logs.between(floodStart, floodEnd)
+
+	// The flood reached the node: cookies demanded, datagrams dropped.
+	stAfter, err := node.Stats(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cookies, dropped := stAfter.CookiesSent-stBefore.CookiesSent, stAfter.Dropped-stBefore.Dropped
+	if cookies == 0 || dropped == 0 {
+		t.Errorf("the flood did not reach the node: %d cookies sent, %d dropped", cookies, dropped)
+	}
+
+	// Every established SA is still there, unchanged.
+	after, err := node.SAs(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	have := map[[2]uint64]bool{}
+	for _, sa := range after {
+		if sa.State == "ESTABLISHED" {
+			have[[2]uint64{sa.SPIi, sa.SPIr}] = true
+		}
+	}
+	missing := 0
+	for _, k := range known {
+		if !have[k] {
+			missing++
+		}
+	}
+	// Goroutines and heap come back (generous bounds; polled, not timed:
+	// half-open SAs expire after the node's half_open_timeout).
+	var gor int
+	var heap uint64
+	for i := 0; ; i++ {
+		runtime.GC()
+		gor, heap = runtime.NumGoroutine(), heapInuse()
+		if gor <= baseGoroutines+20 && heap <= baseHeap+32<<20 {
+			break
+		}
+		if i == 120 {
+			t.Errorf("after the flood: %d goroutines (baseline %d), heap %d MiB (baseline %d MiB)", gor, baseGoroutines, heap>>20, baseHeap>>20)
+			break
+		}
+		time.Sleep(500 * time.Millisecond)
+	}
+	endEst()
+	er := <-estDone
+	if er.err != nil && !errors.Is(er.err, context.Canceled) {
+		t.Errorf("established fleet: %v", er.err)
+	}
+	if missing != 0 || er.rep.Lost != 0 || er.rep.Established != E {
+		t.Errorf("established SAs lost: %d missing on the node, gateways report %d lost (%v), %d of %d established",
+			missing, er.rep.Lost, er.rep.Losses, er.rep.Established, E)
+	}
+	if er.rep.Keepalives == 0 {
+		t.Errorf("no NAT-T keepalives sent by the established fleet: %+v", er.rep)
+	}
+
+	// Nearly every genuine gateway connected under the flood.
+	if genErr != nil && !errors.Is(genErr, loadtest.ErrIncomplete) {
+		t.Fatalf("genuine gateways: %v", genErr)
+	}
+	success := float64(gen.Established) / float64(G)
+	if success < 0.95 {
+		t.Errorf("%d of %d genuine gateways established under the flood (failures %v, timed out %d)", gen.Established, G, gen.Failures, gen.TimedOut)
+	}
+
+	// Log lines caused by the flood: those of kinds the genuine baseline
+	// never logs.
+	floodLines := 0
+	var kinds []string
+	for msg, c := range floodLogs {
+		if genuineKinds[msg] == 0 {
+			floodLines += c
+			kinds = append(kinds, fmt.Sprintf("%s=%d", msg, c))
+		}
+	}
+	sort.Strings(kinds)
+	if float64(floodLines) > 5*floodS+10 { // a few a second: each kind 1 line and 1 summary a second, plus its burst
+		t.Errorf("%d log lines from the flood in %.1f s: %v", floodLines, floodS, kinds)
+	}
+
+	var distinct int
+	f.ports.Range(func(any, any) bool { distinct++; return true })
+	t.Logf("flood: %d established, %.0f spoofed IKE_SA_INIT/s + %.0f malformed/s for %.1f s (asked %d + %d/s; %d source address:ports, %d send errors; node: %d cookies sent, %d dropped); genuine %d/%d (%.1f%%), setup p99 %.1f ms under flood vs %.1f ms baseline (%.2fx); flood log lines %.2f/s %v; heap baseline %d MiB, peak %d MiB, after %d MiB; goroutines %d -> %d; %d CPUs",
+		E, float64(f.inits.Load())/floodS, float64(f.bad.Load())/floodS, floodS, sz.initRate, sz.badRate, distinct, f.sendErrs.Load(), cookies, dropped,
+		gen.Established, G, 100*success, gen.LatencyMS.P99, base.LatencyMS.P99, gen.LatencyMS.P99/max(base.LatencyMS.P99, 0.001),
+		float64(floodLines)/floodS, kinds, baseHeap>>20, peakHeap.Load()>>20, heap>>20, baseGoroutines, gor, runtime.NumCPU())
+}
+
+func heapInuse() uint64 {
+	var ms runtime.MemStats
+	runtime.ReadMemStats(&ms)
+	return ms.HeapInuse
+}
+
+// attackerInit is initTemplate's request with a fresh SPI, a COOKIE
+// first if given, and a Vendor ID of pad bytes.
+func attackerInit(spi uint64, cookie []byte, pad int) []byte {
+	var ps []ike.Payload
+	if cookie != nil {
+		ps = append(ps, &ike.Notify{NotifyType: ike.COOKIE, Data: cookie})
+	}
+	ke := make([]byte, 256)
+	binary.BigEndian.PutUint64(ke, spi)
+	ke[255] = 7
+	ps = append(ps,
+		&ike.SA{Proposals: []ike.Proposal{{Num: 1, Protocol: ike.ProtoIKE, Transforms: []ike.Transform{
+			{Type: suite.TypeENCR, ID: 12, KeyLen: 256}, {Type: suite.TypePRF, ID: 5},
+			{Type: suite.TypeINTEG, ID: 12}, {Type: suite.TypeKE, ID: 14}}}}},
+		&ike.KE{Group: 14, Data: ke},
+		&ike.Nonce{Data: make([]byte, 32)},
+	)
+	if pad > 0 {
+		ps = append(ps, &ike.Vendor{Data: make([]byte, pad)})
+	}
+	return (&ike.Message{SPIi: spi, Exchange: ike.IKE_SA_INIT, Flags: ike.FlagInitiator, Payloads: ps}).Encode()
+}
+
+// exchange sends b and returns the answer for spi, or nil after wait.
+func exchange(c *net.UDPConn, to netip.AddrPort, b []byte, spi uint64, wait time.Duration) *ike.Message {
+	if _, err := c.WriteToUDPAddrPort(b, to); err != nil {
+		return nil
+	}
+	buf := make([]byte, 65536)
+	deadline := time.Now().Add(wait)
+	for {
+		c.SetReadDeadline(deadline)
+		n, _, err := c.ReadFromUDPAddrPort(buf)
+		if err != nil {
+			return nil
+		}
+		if m, err := ike.Decode(buf[:n]); err == nil && m.SPIi == spi {
+			return m
+		}
+	}
+}
+
+func notifyData(m *ike.Message, t ike.NotifyType) []byte {
+	for _, p := range m.Payloads {
+		if n, ok := p.(*ike.Notify); ok && n.NotifyType == t {
+			return n.Data
+		}
+	}
+	return nil
+}
+
+// A host using its real address that completes the cookie round trip:
+// with 60 KB padded requests it gets nothing (dropped before parsing);
+// with requests just under ike.max_init_message_size it holds at most its
+// prefix's quota of half-open SAs, within the half-open memory cap, and
+// garbage IKE_AUTH fragments for those SAs add nothing. Meanwhile 100
+// gateways behind one other (NAT) address all connect.
+func TestCookieEchoingAttacker(t *testing.T) {
+	const gateways = 100
+	const threshold, perPrefix, maxBytes = 10, 50, 1 << 20
+	var b strings.Builder
+	fmt.Fprintf(&b, "node: {id: echo}\nike:\n  listen: [127.0.0.1]\n  port: 0\n  natt_port: 0\n  shards: 2\n  cookie_threshold: %d\n  max_half_open_per_prefix: %d\n  max_half_open_bytes: %d\n", threshold, perPrefix, maxBytes)
+	b.WriteString("identity: {id: conc.example}\nauth:\n  psks:\n")
+	for i := 1; i <= gateways; i++ {
+		fmt.Fprintf(&b, "    - {id: gw%d@iot.example, secret: psk-0123456789ab-%d}\n", i, i)
+	}
+	b.WriteString("children:\n  local_ts: [10.30.0.0/24]\n  pool: 10.99.0.0/16\nstatestore:\n  mode: none\nmetrics:\n  listen: off\n")
+	cfg, err := concentrator.ParseConfig([]byte(b.String()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	node, err := concentrator.New(cfg, slog.New(slog.DiscardHandler), memory.New())
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	done := make(chan error, 1)
+	go func() { done <- node.Run(ctx) }()
+	defer func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("node: %v", err)
+		}
+	}()
+	<-node.Ready()
+	to := node.IKEAddr()
+
+	atk, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 5)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer atk.Close()
+	echo := func(spi uint64, pad int, wait time.Duration) (answered bool, spir uint64) {
+		m := exchange(atk, to, attackerInit(spi, nil, pad), spi, wait)
+		if m == nil {
+			return false, 0
+		}
+		if c := notifyData(m, ike.COOKIE); c != nil {
+			m = exchange(atk, to, attackerInit(spi, c, pad), spi, wait)
+			if m == nil {
+				return false, 0
+			}
+		}
+		return true, m.SPIr
+	}
+	var maxHalfOpen int
+	var maxBytesSeen int64
+	watch := func() ike.Stats {
+		st, err := node.Stats(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		maxHalfOpen, maxBytesSeen = max(maxHalfOpen, st.HalfOpen), max(maxBytesSeen, st.HalfOpenBytes)
+		return st
+	}
+
+	// 60 KB padded requests: never answered, never kept.
+	for i := range 20 {
+		if ok, _ := echo(uint64(0x6000+i), 60<<10, 100*time.Millisecond); ok {
+			t.Fatal("a 60 KB IKE_SA_INIT was answered")
+		}
+	}
+	if st := watch(); st.Oversized < 20 || st.HalfOpen != 0 {
+		t.Fatalf("after 60 KB requests: %+v", st)
+	}
+
+	// Requests just under the IKE_SA_INIT size limit, cookies echoed.
+	pad := cfg.IKE.MaxInitMessageSize - 600
+	var spis [][2]uint64
+	for i := range 300 {
+		spi := uint64(0x10000 + i)
+		if ok, spir := echo(spi, pad, 60*time.Millisecond); ok && spir != 0 {
+			spis = append(spis, [2]uint64{spi, spir})
+		}
+		if i%5 == 0 {
+			watch()
+		}
+	}
+	st := watch()
+	if st.CookiesSent == 0 || st.RefusedPrefix+st.RefusedMemory == 0 {
+		t.Fatalf("the attacker met neither cookies nor its quota nor the memory cap: %+v", st)
+	}
+	// Garbage IKE_AUTH fragments (SKF) for the half-open SAs it holds.
+	frag := make([]byte, 28+8+1100)
+	for i, k := range spis {
+		binary.BigEndian.PutUint64(frag[0:], k[0])
+		binary.BigEndian.PutUint64(frag[8:], k[1])
+		frag[16], frag[17], frag[18], frag[19] = 53, 0x20, 35, 0x08 // SKF, IKE_AUTH, initiator
+		binary.BigEndian.PutUint32(frag[20:], 1)
+		binary.BigEndian.PutUint32(frag[24:], uint32(len(frag)))
+		frag[28] = 35 // next payload of the first fragment: IDi
+		binary.BigEndian.PutUint16(frag[30:], uint16(len(frag)-28))
+		binary.BigEndian.PutUint16(frag[32:], uint16(1+i%3))
+		binary.BigEndian.PutUint16(frag[34:], 3)
+		rand.Read(frag[36:])
+		for range 3 {
+			atk.WriteToUDPAddrPort(frag, to)
+		}
+	}
+	time.Sleep(200 * time.Millisecond)
+	st = watch()
+	limit := 2*threshold + perPrefix + 2 // the cookie threshold and quota are shared per shard (rounded up)
+	if maxHalfOpen > limit || maxBytesSeen > maxBytes {
+		t.Fatalf("half-open peak %d (limit %d), %d bytes (cap %d): %+v", maxHalfOpen, limit, maxBytesSeen, maxBytes, st)
+	}
+
+	// 100 gateways behind one NAT address (127.0.0.9, a port each) all
+	// connect while the attacker's half-open SAs are held.
+	o := options(t, to, node.NATTAddr(), gateways)
+	o.Source, o.Window, o.Timeout = netip.MustParseAddr("127.0.0.9"), 0, 30*time.Second
+	rep, err := loadtest.Run(ctx, o)
+	st = watch()
+	if err != nil || rep.Established != gateways {
+		t.Fatalf("%v: %d of %d gateways behind one address connected (failures %v, timed out %d); node %+v", err, rep.Established, gateways, rep.Failures, rep.TimedOut, st)
+	}
+	if maxHalfOpen > limit+gateways || maxBytesSeen > maxBytes {
+		t.Fatalf("half-open peak %d, %d bytes (cap %d)", maxHalfOpen, maxBytesSeen, maxBytes)
+	}
+	t.Logf("cookie-echoing attacker: %d half-open held (peak %d, %d KiB of %d KiB), %d oversized dropped, %d refused by prefix quota, %d refused by memory; %d/%d NAT gateways connected, p99 %.1f ms",
+		len(spis), maxHalfOpen, maxBytesSeen>>10, maxBytes>>10, st.Oversized, st.RefusedPrefix, st.RefusedMemory, rep.Established, gateways, rep.LatencyMS.P99)
+}
