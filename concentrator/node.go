@@ -55,6 +55,8 @@ type Node struct {
 	conns    map[netip.AddrPort]transport.Conn
 	natt     map[netip.AddrPort]bool // sockets on the NAT-T port
 	ready    chan struct{}
+	stopped  chan struct{} // closed when Run ends: do gives up (a store callback must not wait on a shard forever)
+	stopOnce sync.Once
 	ikeAddr  netip.AddrPort
 	nattAddr netip.AddrPort
 
@@ -103,7 +105,7 @@ func New(cfg Config, log *slog.Logger, dp dataplane.DataPlane, opts ...Option) (
 	}
 	n := &Node{cfg: cfg, log: log, dp: dp, ecfg: ecfg, seed: maphash.MakeSeed(),
 		tr: transport.UDP{}, clock: clock.Real(),
-		conns: map[netip.AddrPort]transport.Conn{}, natt: map[netip.AddrPort]bool{}, ready: make(chan struct{}),
+		conns: map[netip.AddrPort]transport.Conn{}, natt: map[netip.AddrPort]bool{}, ready: make(chan struct{}), stopped: make(chan struct{}),
 		nodeID: nodeIDOf(cfg), creds: newCredCache()}
 	for _, o := range opts {
 		o(n)
@@ -308,6 +310,10 @@ func (n *Node) Run(ctx context.Context) error {
 		}
 		n.persist = p
 		defer p.close()
+		// Before the store closes (deferred calls run last first): a store
+		// callback waiting for a shard that will never run (Run failed at
+		// start, or has stopped) gives up, so Close does not wait forever.
+		defer n.stopOnce.Do(func() { close(n.stopped) })
 		if l, ok := p.store.(addressLeaser); ok {
 			for _, cp := range clusterPools(&n.ecfg) {
 				cp.useStore(l) // virtual IPs leased cluster-wide

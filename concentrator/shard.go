@@ -5,6 +5,7 @@ package concentrator
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"time"
 
@@ -86,10 +87,15 @@ func (n *Node) do(ctx context.Context, s *shard, f func()) error {
 	case s.calls <- func() { f(); close(done) }:
 	case <-ctx.Done():
 		return ctx.Err()
+	case <-n.stopped:
+		return errStopped
 	}
 	<-done
 	return nil
 }
+
+// errStopped: the node's Run has ended; its shards run nothing more.
+var errStopped = errors.New("node stopped")
 
 // shardOfESP is the shard owning the CHILD SA with inbound SPI inSPI
 // (the SPI's top bits carry the shard), or nil.
