@@ -8,6 +8,7 @@ import (
 	"encoding/binary"
 	"fmt"
 	"net"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"strings"
@@ -183,8 +184,24 @@ func testIPv6Tunnel(t *testing.T, vips bool) {
 	}
 	gwSrc, gwSrc6 := GWLANAddr, GWLANAddr6
 	if vips {
-		// The concentrator's pools: the first address of each.
-		gwSrc, gwSrc6 = "10.99.0.1", "fd00:99::1"
+		// One address of each of the concentrator's pools (which one is
+		// the pool's business: in cluster mode they come from blocks
+		// reserved ahead), as the gateway's side of the CHILD SA.
+		gwSrc, gwSrc6 = "", ""
+		pool4, pool6 := netip.MustParsePrefix("10.99.0.0/16"), netip.MustParsePrefix("fd00:99::/64")
+		for _, ts := range gc.LocalTS {
+			p, err := netip.ParsePrefix(ts)
+			switch {
+			case err != nil:
+			case p.Bits() == 32 && pool4.Contains(p.Addr()):
+				gwSrc = p.Addr().String()
+			case p.Bits() == 128 && pool6.Contains(p.Addr()):
+				gwSrc6 = p.Addr().String()
+			}
+		}
+		if gwSrc == "" || gwSrc6 == "" {
+			t.Fatalf("gw: CHILD_SA local TS %v lacks a /32 of %s or a /128 of %s", gc.LocalTS, pool4, pool6)
+		}
 	}
 	for _, want := range map[bool][]string{false: {GWLAN, GWLAN6}, true: {gwSrc + "/32", gwSrc6 + "/128"}}[vips] {
 		if !strings.Contains(strings.Join(gc.LocalTS, ","), want) {
