@@ -341,6 +341,7 @@ func TestFaultEtcdRestart(t *testing.T) {
 	before, _ := r.store().Registration()
 	stopAt := time.Now()
 	r.c.etcd.Stop()
+	stopTook := time.Since(stopAt)
 	time.Sleep(down)
 	if err := r.c.etcd.Start(); err != nil {
 		t.Fatal(err)
@@ -354,7 +355,7 @@ func TestFaultEtcdRestart(t *testing.T) {
 	}
 	after, _ := r.store().Registration()
 	answered := r.checkNoneLost(t, ctx)
-	t.Logf("etcd restarted (down %v): node registered and sending %v after the start (%v after the stop; epoch %d -> %d); %d/%d liveness checks answered in %v; fenced drops %d",
-		startedAt.Sub(stopAt).Round(time.Millisecond), recovered.Round(time.Millisecond), time.Since(stopAt).Round(time.Millisecond),
+	t.Logf("etcd restarted (down %v, of which its shutdown %v): node registered and sending %v after the start (%v after the stop; epoch %d -> %d); %d/%d liveness checks answered in %v; fenced drops %d",
+		startedAt.Sub(stopAt).Round(time.Millisecond), stopTook.Round(time.Millisecond), recovered.Round(time.Millisecond), time.Since(stopAt).Round(time.Millisecond),
 		before.Epoch, after.Epoch, G, G, answered.Round(time.Millisecond), fencedDuring)
 }
