@@ -7,6 +7,7 @@ import (
 	"net/netip"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -88,16 +89,28 @@ type faultRig struct {
 	node  *clusterNode
 	gws   []*memGateway
 	spis  []uint64
+	// sent counts IKE messages the node sent (NAT-T keepalives apart).
+	sent atomic.Int64
 }
 
 const faultDPD = 30 * time.Second
 
-func newFaultRig(t *testing.T, ctx context.Context, G int) *faultRig {
+func newFaultRig(t *testing.T, ctx context.Context, G int, opts ...func(*testCluster)) *faultRig {
 	c := newTestCluster(t, G+1)
 	c.ikeExtra = "  dpd_delay: 0s\n"
 	p := newEtcdProxy(t, strings.TrimPrefix(c.etcd.Endpoints()[0], "http://"))
 	c.edit = func(s string) string { return replaceOnce(t, s, c.etcd.Endpoints()[0], p.endpoint()) }
-	r := &faultRig{c: c, proxy: p, node: c.start(ctx, "a")}
+	for _, o := range opts {
+		o(c)
+	}
+	r := &faultRig{c: c, proxy: p}
+	c.netw.Filter = func(from, to netip.AddrPort, b []byte) bool {
+		if from.Addr() == c.vip && len(b) > 1 {
+			r.sent.Add(1)
+		}
+		return true
+	}
+	r.node = c.start(ctx, "a")
 	c.setRoute("a")
 	r.gws = make([]*memGateway, G)
 	for i := range r.gws {
@@ -358,4 +371,72 @@ func TestFaultEtcdRestart(t *testing.T) {
 	t.Logf("etcd restarted (down %v, of which its shutdown %v): node registered and sending %v after the start (%v after the stop; epoch %d -> %d); %d/%d liveness checks answered in %v; fenced drops %d",
 		startedAt.Sub(stopAt).Round(time.Millisecond), stopTook.Round(time.Millisecond), recovered.Round(time.Millisecond), time.Since(stopAt).Round(time.Millisecond),
 		before.Epoch, after.Epoch, G, G, answered.Round(time.Millisecond), fencedDuring)
+}
+
+// wallStepClock is the node's clock with its wall reading stepped: Now
+// jumps by the step while timers keep running on the monotonic clock
+// underneath (as time.Now's wall reading jumps when the system clock is
+// set, while Go's timers do not).
+type wallStepClock struct {
+	*clock.Fake
+	step atomic.Int64
+}
+
+func (c *wallStepClock) Now() time.Time { return c.Fake.Now().Add(time.Duration(c.step.Load())) }
+
+// The node's wall clock stepped by +1 h, back, and 1 h behind: no SA
+// lost, no re-authentication, every liveness check answered, at most one
+// rekey per SA (no rekey storm) and none after a backward step.
+//
+// What this shows (and the clock seam can express only this way): the
+// engine keeps its timers in wall time (ike's timer wheel and the rekey
+// scheduler work on UnixNano/Unix of the time the node passes in), so a
+// forward step makes every CHILD SA due within the step rekey at once (50
+// of 50 here for +1 h, children.rekey_after 50m), and a backward step
+// postpones every timer of the node (rekeys, liveness checks, half-open
+// timeouts) by the step. The statestore's lease and fence deadlines are
+// immune: they are time.Since readings of a monotonic base.
+func TestFaultWallClockStep(t *testing.T) {
+	const G = 50
+	ctx, cancel := context.WithTimeout(context.Background(), 120*time.Second)
+	defer cancel()
+	var wc *wallStepClock
+	r := newFaultRig(t, ctx, G, func(c *testCluster) {
+		c.ikeExtra = "" // the node checks liveness too (ike.dpd_delay default)
+		wc = &wallStepClock{Fake: c.clk}
+		c.nodeClk = wc
+	})
+	rekeys := func() uint64 {
+		m, err := r.node.n.metricsSnapshot(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return m.Events.ChildRekeysByUs + m.Events.IKERekeysByUs
+	}
+	epoch, _ := r.store().Registration()
+	for _, step := range []time.Duration{time.Hour, -time.Hour, -time.Hour} {
+		sent0, rekeys0 := r.sent.Load(), rekeys()
+		wc.step.Add(int64(step))
+		// A minute of (monotonic) time: the gateways check liveness and
+		// send keepalives, the node's timers run.
+		for i := 0; i < 60; i++ {
+			r.c.clk.Advance(time.Second)
+			time.Sleep(10 * time.Millisecond)
+		}
+		answered := r.checkNoneLost(t, ctx)
+		sent, rk := r.sent.Load()-sent0, rekeys()-rekeys0
+		t.Logf("wall clock stepped %v (now %v off): %d IKE messages from the node over 91 s for %d SAs, %d rekeys by the node, liveness answered in %v",
+			step, time.Duration(wc.step.Load()), sent, G, rk, answered.Round(time.Millisecond))
+		if rk > G {
+			t.Fatalf("%d rekeys for %d SAs after a step of %v", rk, G, step)
+		}
+		if step < 0 && rk != 0 {
+			t.Fatalf("%d rekeys after a backward step", rk)
+		}
+	}
+	// The lease never lapsed (the store keeps its deadlines on the real
+	// monotonic clock, which no step of the node's clock reaches here).
+	if now, _ := r.store().Registration(); now != epoch || r.node.n.Health().Fenced {
+		t.Fatalf("registration %v after the steps, %v before; health %+v", now, epoch, r.node.n.Health())
+	}
 }
