@@ -440,3 +440,48 @@ func TestFaultWallClockStep(t *testing.T) {
 		t.Fatalf("registration %v after the steps, %v before; health %+v", now, epoch, r.node.n.Health())
 	}
 }
+
+// The node runs its own embedded etcd (statestore.mode embedded), which
+// lives in its process: the node crashes (its lease not revoked) and
+// restarts on the same data directory, its etcd with it. Every SA comes
+// back (restored from the data directory under the node's new
+// registration) and every gateway's liveness check is answered under
+// its original IKE SA.
+func TestFaultEmbeddedEtcdRestart(t *testing.T) {
+	const G = 50
+	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
+	defer cancel()
+	r := newFaultRig(t, ctx, G, func(c *testCluster) {
+		c.edit = func(s string) string {
+			return replaceOnce(t, s, "mode: external\n  endpoints: ["+c.etcd.Endpoints()[0]+"]\n", "mode: embedded\n")
+		}
+	})
+	if r.node.n.persist.etcd == nil {
+		t.Fatal("the node does not run an embedded etcd")
+	}
+	before, _ := r.store().Registration()
+	crashAt := time.Now()
+	r.store().Abandon() // a crash: the lease stays until it expires
+	r.c.mu.Lock()
+	delete(r.c.nodes, "a")
+	r.c.mu.Unlock()
+	r.node.stop()
+	if err := <-r.node.done; err != nil {
+		t.Fatalf("the crashed node's Run: %v", err)
+	}
+	down := time.Since(crashAt)
+	restartAt := time.Now()
+	r.node = r.c.start(ctx, "a")
+	ready := time.Since(restartAt)
+	if k := r.established(ctx); k != G {
+		t.Fatalf("after the restart the node holds %d established SAs, want %d", k, G)
+	}
+	recovered := r.waitRecovered(t, ctx, restartAt)
+	after, _ := r.store().Registration()
+	if after.Epoch <= before.Epoch {
+		t.Fatalf("registration %v after the restart, %v before", after, before)
+	}
+	answered := r.checkNoneLost(t, ctx)
+	t.Logf("node and its embedded etcd restarted (stopping took %v): ready with %d SAs restored in %v, registered and sending %v after the start (epoch %d -> %d); %d/%d liveness checks answered in %v",
+		down.Round(time.Millisecond), G, ready.Round(time.Millisecond), recovered.Round(time.Millisecond), before.Epoch, after.Epoch, G, G, answered.Round(time.Millisecond))
+}
