@@ -35,6 +35,7 @@ type testCluster struct {
 	ikeExtra string              // appended to the nodes' ike: section
 	leaseTTL string              // statestore.lease_ttl; default 3s
 	edit     func(string) string // edits the nodes' configuration text
+	nodeClk  clock.Clock         // the nodes' clock; default clk
 
 	mu    sync.Mutex
 	nodes map[string]*clusterNode
@@ -127,7 +128,11 @@ func (c *testCluster) start(ctx context.Context, id string) *clusterNode {
 		t.Fatal(err)
 	}
 	dp := memory.New()
-	n, err := New(cfg, c.log.With("node", id), dp, WithTransport(c.netw.Host(id)), WithClock(c.clk))
+	var nclk clock.Clock = c.clk
+	if c.nodeClk != nil {
+		nclk = c.nodeClk
+	}
+	n, err := New(cfg, c.log.With("node", id), dp, WithTransport(c.netw.Host(id)), WithClock(nclk))
 	if err != nil {
 		t.Fatal(err)
 	}
