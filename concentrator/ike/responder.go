@@ -14,27 +14,7 @@ import (
 // handleInitRequest answers an IKE_SA_INIT request (RFC 7296 §1.2) and
 // creates a half-open SA.
 func (e *Engine) handleInitRequest(now time.Time, pkt Packet, h Header, rd *Ready) {
-	if h.MessageID != 0 {
-		e.drop(rd, pkt, h.SPIi, 0, ErrStaleMessage)
-		return
-	}
-	key := initKey{h.SPIi, pkt.Remote}
-	if sa := e.initIndex[key]; sa != nil {
-		// A retransmission: answer from the cache; a different request with
-		// the same SPI is dropped (RFC 7296 §2.1).
-		if sa.state == stateInitDone && bytes.Equal(sa.initReq, pkt.Data) {
-			e.stats.DuplicateRequests++
-			rd.add(Send{Local: pkt.Local, Remote: pkt.Remote, Messages: [][]byte{sa.initResp}})
-			return
-		}
-		e.drop(rd, pkt, h.SPIi, 0, ErrRetransmission)
-		return
-	}
-	if len(pkt.Data) > e.cfg.MaxInitSize {
-		// Nothing legitimate is this large; keeping it would let a padded
-		// request make a half-open SA cost tens of kilobytes.
-		e.stats.Oversized++
-		e.drop(rd, pkt, h.SPIi, 0, ErrInitTooLarge)
+	if e.initHandled(pkt, h, rd) {
 		return
 	}
 	m, err := Decode(pkt.Data)
@@ -155,6 +135,36 @@ func (e *Engine) initError(now time.Time, pkt Packet, h Header, rd *Ready, err e
 		rd.add(Send{Local: pkt.Local, Remote: pkt.Remote, Messages: [][]byte{resp.Encode()}})
 	}
 	rd.add(ev)
+}
+
+// initHandled does what a request that creates a half-open SA
+// (IKE_SA_INIT, IKE_SESSION_RESUME) needs before it is parsed: it drops a
+// non-zero message ID or an oversized request, and answers a
+// retransmission from the cache. It reports whether pkt was dealt with.
+func (e *Engine) initHandled(pkt Packet, h Header, rd *Ready) bool {
+	if h.MessageID != 0 {
+		e.drop(rd, pkt, h.SPIi, 0, ErrStaleMessage)
+		return true
+	}
+	if sa := e.initIndex[initKey{h.SPIi, pkt.Remote}]; sa != nil {
+		// A retransmission: answer from the cache; a different request with
+		// the same SPI is dropped (RFC 7296 §2.1).
+		if sa.state == stateInitDone && bytes.Equal(sa.initReq, pkt.Data) {
+			e.stats.DuplicateRequests++
+			rd.add(Send{Local: pkt.Local, Remote: pkt.Remote, Messages: [][]byte{sa.initResp}})
+			return true
+		}
+		e.drop(rd, pkt, h.SPIi, 0, ErrRetransmission)
+		return true
+	}
+	if len(pkt.Data) > e.cfg.MaxInitSize {
+		// Nothing legitimate is this large; keeping it would let a padded
+		// request make a half-open SA cost tens of kilobytes.
+		e.stats.Oversized++
+		e.drop(rd, pkt, h.SPIi, 0, ErrInitTooLarge)
+		return true
+	}
+	return false
 }
 
 // handleAuthRequest authenticates the initiator, authenticates us, and

@@ -387,23 +387,7 @@ func (sa *IKESA) ticketPayloads(now time.Time, e *Engine, m *Message) []Payload 
 // handleResumeRequest answers IKE_SESSION_RESUME (RFC 5723 §4.3) and
 // creates a half-open SA whose keys come from the ticket.
 func (e *Engine) handleResumeRequest(now time.Time, pkt Packet, h Header, rd *Ready) {
-	if h.MessageID != 0 {
-		e.drop(rd, pkt, h.SPIi, 0, ErrStaleMessage)
-		return
-	}
-	key := initKey{h.SPIi, pkt.Remote}
-	if sa := e.initIndex[key]; sa != nil {
-		if sa.state == stateInitDone && bytes.Equal(sa.initReq, pkt.Data) {
-			e.stats.DuplicateRequests++
-			rd.add(Send{Local: pkt.Local, Remote: pkt.Remote, Messages: [][]byte{sa.initResp}})
-			return
-		}
-		e.drop(rd, pkt, h.SPIi, 0, ErrRetransmission)
-		return
-	}
-	if len(pkt.Data) > e.cfg.MaxInitSize {
-		e.stats.Oversized++
-		e.drop(rd, pkt, h.SPIi, 0, ErrInitTooLarge)
+	if e.initHandled(pkt, h, rd) {
 		return
 	}
 	nack := func(reason string) {
