@@ -165,11 +165,7 @@ anycast:
 func TestAnycastBIRD(t *testing.T) {
 	requireBird(t)
 	if _, err := os.Stat(anycastEtcdPath); err != nil {
-		msg := "anycast test needs " + anycastEtcdPath + " (Debian package etcd-server)"
-		if os.Getenv("CI") == "true" {
-			t.Fatal(msg)
-		}
-		t.Skip(msg)
+		missingDependency(t, "anycast test needs "+anycastEtcdPath+" (Debian package etcd-server)")
 	}
 	bin := Binary(t, "concentratord")
 	a := newAnycastTopo(t, 4)

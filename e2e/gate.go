@@ -39,7 +39,13 @@ func requireNetns(t testing.TB) {
 	if len(missing) == 0 {
 		return
 	}
-	msg := "network-namespace test needs: " + strings.Join(missing, ", ")
+	missingDependency(t, "network-namespace test needs: "+strings.Join(missing, ", "))
+}
+
+// missingDependency skips the test for a missing dependency (msg says
+// which), or fails it with CI=true: in CI a tier never silently skips.
+func missingDependency(t testing.TB, msg string) {
+	t.Helper()
 	if os.Getenv("CI") == "true" {
 		t.Fatalf("%s (CI=true: missing dependencies are failures)", msg)
 	}
