@@ -9,6 +9,7 @@ package concentrator
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -166,23 +167,15 @@ func newEAPBackend(cfg Config, nodeID string) (*eapBackend, error) {
 	if err != nil {
 		return nil, err
 	}
-	cli, err := radius.New(radius.Config{Servers: servers, Timeout: rc.Timeout, Retries: rc.Retries, NASIdentifier: cmpOr(rc.NASIdentifier, nodeID)})
+	cli, err := radius.New(radius.Config{Servers: servers, Timeout: rc.Timeout, Retries: rc.Retries, NASIdentifier: cmp.Or(rc.NASIdentifier, nodeID)})
 	if err != nil {
 		return nil, fieldErr("auth.eap.radius.servers", "%v", err)
 	}
-	timeout, retries := cmpOr(rc.Timeout, 2*time.Second), cmpOr(rc.Retries, 3)
-	maxPending := cmpOr(rc.MaxPending, 4096)
+	timeout, retries := cmp.Or(rc.Timeout, 2*time.Second), cmp.Or(rc.Retries, 3)
+	maxPending := cmp.Or(rc.MaxPending, 4096)
 	return &eapBackend{cli: cli, nodeID: nodeID, sessions: map[uint64]*eapSession{},
 		timeout: timeout*time.Duration(retries*len(servers)) + time.Second,
 		pending: make(chan struct{}, maxPending)}, nil
-}
-
-func cmpOr[T comparable](v, def T) T {
-	var zero T
-	if v != zero {
-		return v
-	}
-	return def
 }
 
 func (b *eapBackend) close() {

@@ -23,6 +23,7 @@ package ike
 
 import (
 	"bytes"
+	"cmp"
 	"fmt"
 	"net/netip"
 	"time"
@@ -243,7 +244,7 @@ func (e *Engine) EAPAnswer(now time.Time, spi uint64, round uint32, ans EAPAnswe
 		if checkEAP(msg, EAPCodeFailure) != nil {
 			msg = []byte{EAPCodeFailure, st.lastID, 0, 4}
 		}
-		reason := cmpOr(ans.Reason, "EAP "+ans.Outcome.String())
+		reason := cmp.Or(ans.Reason, "EAP "+ans.Outcome.String())
 		sa.failAuth(e, round, errorf(AUTHENTICATION_FAILED, "%s", reason), []Payload{&EAP{Message: bytes.Clone(msg)}}, rd)
 	}
 	return true
@@ -276,13 +277,6 @@ func checkEAP(msg []byte, code byte) error {
 		return fmt.Errorf("EAP length field %d for %d bytes", l, len(msg))
 	}
 	return nil
-}
-
-func cmpOr(s, def string) string {
-	if s != "" {
-		return s
-	}
-	return def
 }
 
 // ---- initiator ----
