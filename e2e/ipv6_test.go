@@ -3,13 +3,8 @@
 package e2e
 
 import (
-	"bytes"
 	"context"
-	"encoding/binary"
-	"fmt"
-	"net"
 	"net/netip"
-	"os"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -59,54 +54,7 @@ func addIPv6(t *testing.T, ctx context.Context, tp *Topology) {
 
 // Ping6 is Ping for IPv6 (ICMPv6 echo; the kernel computes the checksum).
 func (tp *Topology) Ping6(ctx context.Context, ns, src, dst string, count, size int) error {
-	c, err := tp.ListenPacket(ns, "ip6:ipv6-icmp", src)
-	if err != nil {
-		return fmt.Errorf("ping6 from %s in %s: %w", src, ns, err)
-	}
-	defer c.Close()
-	dstAddr := &net.IPAddr{IP: net.ParseIP(dst)}
-	id := uint16(os.Getpid()) ^ uint16(pingID.Add(1)<<8)
-	payload := bytes.Repeat([]byte{0x5a}, size)
-	got := 0
-	buf := make([]byte, 65536)
-	for seq := 1; seq <= count; seq++ {
-		if seq > 1 {
-			select {
-			case <-ctx.Done():
-				return fmt.Errorf("ping6 %s -> %s: %d/%d replies: %w", src, dst, got, count, ctx.Err())
-			case <-time.After(200 * time.Millisecond):
-			}
-		}
-		msg := make([]byte, 8+len(payload))
-		msg[0] = 128 // echo request
-		binary.BigEndian.PutUint16(msg[4:], id)
-		binary.BigEndian.PutUint16(msg[6:], uint16(seq))
-		copy(msg[8:], payload)
-		if _, err := c.WriteTo(msg, dstAddr); err != nil {
-			return fmt.Errorf("ping6 %s -> %s: send: %w", src, dst, err)
-		}
-		deadline := time.Now().Add(2 * time.Second)
-		if d, ok := ctx.Deadline(); ok && d.Before(deadline) {
-			deadline = d
-		}
-		_ = c.SetReadDeadline(deadline)
-		for {
-			n, from, err := c.ReadFrom(buf)
-			if err != nil {
-				break
-			}
-			if n < 8 || buf[0] != 129 || binary.BigEndian.Uint16(buf[4:]) != id ||
-				binary.BigEndian.Uint16(buf[6:]) != uint16(seq) || net.ParseIP(from.String()).String() != net.ParseIP(dst).String() {
-				continue
-			}
-			got++
-			break
-		}
-	}
-	if got != count {
-		return fmt.Errorf("ping6 %s -> %s (%d bytes) in %s: %d/%d replies", src, dst, size, ns, got, count)
-	}
-	return nil
+	return tp.ping(ctx, ns, src, dst, count, size, true)
 }
 
 // TestUserspaceDataPlaneIPv6: strongSwan 5.9 gw1 reaches concentratord

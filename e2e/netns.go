@@ -371,12 +371,22 @@ var pingID atomic.Uint32
 // every one is answered within 2 s. It uses a raw socket, so it needs no ping
 // binary.
 func (tp *Topology) Ping(ctx context.Context, ns, src, dst string, count, size int) error {
-	c, err := tp.ListenPacket(ns, "ip4:icmp", src)
+	return tp.ping(ctx, ns, src, dst, count, size, false)
+}
+
+// ping is Ping (ICMP) or, with v6, Ping6 (ICMPv6).
+func (tp *Topology) ping(ctx context.Context, ns, src, dst string, count, size int, v6 bool) error {
+	name, network, request, reply := "ping", "ip4:icmp", byte(8), byte(0)
+	if v6 {
+		name, network, request, reply = "ping6", "ip6:ipv6-icmp", 128, 129
+	}
+	c, err := tp.ListenPacket(ns, network, src)
 	if err != nil {
-		return fmt.Errorf("ping from %s in %s: %w", src, ns, err)
+		return fmt.Errorf("%s from %s in %s: %w", name, src, ns, err)
 	}
 	defer c.Close()
-	dstAddr := &net.IPAddr{IP: net.ParseIP(dst)}
+	dstIP := net.ParseIP(dst)
+	dstAddr := &net.IPAddr{IP: dstIP}
 	id := uint16(os.Getpid()) ^ uint16(pingID.Add(1)<<8)
 	payload := bytes.Repeat([]byte{0xa5}, size)
 	got := 0
@@ -385,18 +395,20 @@ func (tp *Topology) Ping(ctx context.Context, ns, src, dst string, count, size i
 		if seq > 1 {
 			select {
 			case <-ctx.Done():
-				return fmt.Errorf("ping %s -> %s: %d/%d replies: %w", src, dst, got, count, ctx.Err())
+				return fmt.Errorf("%s %s -> %s: %d/%d replies: %w", name, src, dst, got, count, ctx.Err())
 			case <-time.After(200 * time.Millisecond):
 			}
 		}
 		msg := make([]byte, 8+len(payload))
-		msg[0] = 8 // echo request
+		msg[0] = request // echo request
 		binary.BigEndian.PutUint16(msg[4:], id)
 		binary.BigEndian.PutUint16(msg[6:], uint16(seq))
 		copy(msg[8:], payload)
-		binary.BigEndian.PutUint16(msg[2:], icmpChecksum(msg))
+		if !v6 { // the kernel computes ICMPv6's
+			binary.BigEndian.PutUint16(msg[2:], icmpChecksum(msg))
+		}
 		if _, err := c.WriteTo(msg, dstAddr); err != nil {
-			return fmt.Errorf("ping %s -> %s: send: %w", src, dst, err)
+			return fmt.Errorf("%s %s -> %s: send: %w", name, src, dst, err)
 		}
 		deadline := time.Now().Add(2 * time.Second)
 		if d, ok := ctx.Deadline(); ok && d.Before(deadline) {
@@ -408,8 +420,8 @@ func (tp *Topology) Ping(ctx context.Context, ns, src, dst string, count, size i
 			if err != nil {
 				break // timeout: this one is lost
 			}
-			if n < 8 || buf[0] != 0 || binary.BigEndian.Uint16(buf[4:]) != id ||
-				binary.BigEndian.Uint16(buf[6:]) != uint16(seq) || from.String() != dst {
+			if n < 8 || buf[0] != reply || binary.BigEndian.Uint16(buf[4:]) != id ||
+				binary.BigEndian.Uint16(buf[6:]) != uint16(seq) || !net.ParseIP(from.String()).Equal(dstIP) {
 				continue
 			}
 			got++
@@ -417,7 +429,7 @@ func (tp *Topology) Ping(ctx context.Context, ns, src, dst string, count, size i
 		}
 	}
 	if got != count {
-		return fmt.Errorf("ping %s -> %s (%d bytes) in %s: %d/%d replies", src, dst, size, ns, got, count)
+		return fmt.Errorf("%s %s -> %s (%d bytes) in %s: %d/%d replies", name, src, dst, size, ns, got, count)
 	}
 	return nil
 }
