@@ -10,6 +10,7 @@ import (
 	"os"
 	"path/filepath"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -31,11 +32,12 @@ type testCluster struct {
 	clk      *clock.Fake
 	log      *slog.Logger
 	vip      netip.Addr
-	gws      int                 // PSKs configured for gateways 1..gws
-	ikeExtra string              // appended to the nodes' ike: section
-	leaseTTL string              // statestore.lease_ttl; default 3s
-	edit     func(string) string // edits the nodes' configuration text
-	nodeClk  clock.Clock         // the nodes' clock; default clk
+	gws      int                      // PSKs configured for gateways 1..gws
+	ikeExtra string                   // appended to the nodes' ike: section
+	leaseTTL string                   // statestore.lease_ttl; default 3s
+	edit     func(string) string      // edits the nodes' configuration text
+	nodeClk  clock.Clock              // the nodes' clock; default clk
+	adjust   func(id string, n *Node) // called before a node runs
 
 	mu    sync.Mutex
 	nodes map[string]*clusterNode
@@ -135,6 +137,9 @@ func (c *testCluster) start(ctx context.Context, id string) *clusterNode {
 	n, err := New(cfg, c.log.With("node", id), dp, WithTransport(c.netw.Host(id)), WithClock(nclk))
 	if err != nil {
 		t.Fatal(err)
+	}
+	if c.adjust != nil {
+		c.adjust(id, n)
 	}
 	rctx, stop := context.WithCancel(ctx)
 	cn := &clusterNode{id: id, n: n, dp: dp, stop: stop, done: make(chan error, 1)}
@@ -422,6 +427,58 @@ func TestHandOffAndTakeOver(t *testing.T) {
 	waitFor(t, ctx, "b's data plane holds the 4 gateways' CHILD SAs", func() bool { return c.node("b").dp.Len() == 4 })
 	if sas, err := c.node("b").n.SAs(ctx); err != nil || len(sas) != 4 {
 		t.Fatalf("b holds %d IKE SAs (%v)", len(sas), err)
+	}
+}
+
+// A hand-off whose etcd transaction commits but whose answer is lost (a
+// timeout after the commit): the giving node must not serve the SA again
+// once etcd names the requester its owner, or both would send with its
+// keys. The requester serves it; the giver holds nothing.
+func TestHandOffCommitAnswerLost(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	c := newTestCluster(t, 2)
+	var lost atomic.Int32
+	c.adjust = func(id string, n *Node) {
+		if id != "a" {
+			return
+		}
+		n.handOffHook = func(ctx context.Context, st batchStore, f []*statestore.SARecord, to statestore.Owner) ([]statestore.Moved, error) {
+			moved, err := st.HandOffMany(ctx, f, to)
+			if err != nil || len(moved) == 0 || moved[0].Err != nil {
+				return moved, err
+			}
+			lost.Add(1)
+			return nil, fmt.Errorf("%w: context deadline exceeded", statestore.ErrUnavailable)
+		}
+	}
+	c.start(ctx, "a")
+	c.start(ctx, "b")
+	c.setRoute("a")
+	g := startMemGateway(t, ctx, c.netw, c.clk, netip.AddrFrom4([4]byte{192, 0, 2, 11}))
+	g.connect(ctx, c.vip, 1)
+	_, spir, _ := gatewaySA(g)
+	c.pin(g.ike.LocalAddr().Addr(), "b")
+	rekeyChild(t, ctx, g, 1)
+	if lost.Load() == 0 {
+		t.Fatal("the hand-off was never written")
+	}
+	if h := c.holders(ctx, spir); len(h) != 1 || h[0] != "b" {
+		t.Fatalf("SA held by %v after a hand-off whose answer was lost, want b alone", h)
+	}
+	if o, _, err := c.node("b").n.persist.store.Owner(ctx, spir); err != nil || o.Node != "b" {
+		t.Fatalf("owner %v (%v), want b", o, err)
+	}
+	if s := c.node("a").n.ClusterStats(); s.HandedOff != 1 {
+		t.Fatalf("a: %+v, want one hand-off counted", s)
+	}
+	if c.node("a").dp.Len() != 0 {
+		t.Fatalf("a's data plane still holds %d CHILD SAs", c.node("a").dp.Len())
+	}
+	// And it stays so: the gateway's traffic keeps going to b only.
+	rekeyChild(t, ctx, g, 1)
+	if h := c.holders(ctx, spir); len(h) != 1 || h[0] != "b" {
+		t.Fatalf("SA held by %v after a second rekey", h)
 	}
 }
 

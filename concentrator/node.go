@@ -50,6 +50,9 @@ type Node struct {
 	clock clock.Clock
 	// storeOverride replaces the configured state store (tests).
 	storeOverride statestore.Interface
+	// handOffHook, when set, writes hand-offs instead of the store's
+	// HandOffMany (tests: a commit whose answer is lost).
+	handOffHook func(context.Context, batchStore, []*statestore.SARecord, statestore.Owner) ([]statestore.Moved, error)
 
 	mu       sync.Mutex
 	conns    map[netip.AddrPort]transport.Conn

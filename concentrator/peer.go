@@ -286,7 +286,13 @@ func (ps *peerServer) handOff(ctx context.Context, spis []uint64, to statestore.
 	if len(finals) == 0 {
 		return all(retry("nothing held"))
 	}
-	moved, err := st.HandOffMany(ctx, finals, to)
+	write := st.HandOffMany
+	if n.handOffHook != nil {
+		write = func(ctx context.Context, f []*statestore.SARecord, to statestore.Owner) ([]statestore.Moved, error) {
+			return n.handOffHook(ctx, st, f, to)
+		}
+	}
+	moved, err := write(ctx, finals, to)
 	for j, m := range moved {
 		i := held[j]
 		var oe *statestore.OwnerError
@@ -306,18 +312,76 @@ func (ps *peerServer) handOff(ctx context.Context, spis []uint64, to statestore.
 			// take over once our lease has expired; we no longer send.
 			return all(retry(reasonFenced))
 		}
-		// Nothing moved for the rest: keep serving them here.
 		why := "hand-off not written"
 		if err != nil {
 			why = err.Error()
 		}
-		for _, i := range held[len(moved):] {
+		rest := held[len(moved):]
+		if errors.Is(err, statestore.ErrUnavailable) {
+			// The transaction's answer is lost, not its outcome: it may
+			// have committed, and the requester may already serve the
+			// SAs. Serving them here again would send with their keys
+			// from two nodes (sequence numbers, and with AES-GCM nonces,
+			// twice), so only those etcd still says are ours come back.
+			rest = ps.settle(st, spis, rest, me, to, res)
+		}
+		for _, i := range rest {
 			n.restoreHeld(ctx, n.shardOfSPI(spis[i]), *states[i])
 			res[i] = retry(why)
 		}
 	}
 	n.log.Debug("SAs handed off", "to", to.String(), "asked", len(spis), "moved", len(moved))
 	return all(retry("not handed off"))
+}
+
+// settle finds out where the SAs spis[i] (i in idx) went after a hand-off
+// whose outcome is unknown. It reads their owners until etcd answers, for
+// at most a lease's time and only while this node may send (a node that
+// cannot reach etcd fences itself; its SAs are then taken over). Those
+// now owned by to count as handed off (res[i] OK); it returns those still
+// ours, to be served here again. The others are not served here: if etcd
+// could not be read, their final state is in etcd either way and whoever
+// ends up owning them restores it.
+func (ps *peerServer) settle(st batchStore, spis []uint64, idx []int, me, to statestore.Owner, res []*peerv1.HandOffResponse) []int {
+	n := ps.n
+	q := make([]uint64, len(idx))
+	for j, i := range idx {
+		q[j] = spis[i]
+	}
+	ctx, cancel := context.WithTimeout(n.runCtx, max(n.cfg.StateStore.LeaseTTL, 2*time.Second))
+	defer cancel()
+	wait := 50 * time.Millisecond
+	for {
+		owners, err := st.Owners(ctx, q)
+		if err == nil {
+			var ours []int
+			for j, i := range idx {
+				switch o := owners[j]; {
+				case o.Found && o.Owner == me:
+					ours = append(ours, i)
+				case o.Found && o.Owner == to:
+					n.cluster.handedOff.Add(1)
+					res[i] = &peerv1.HandOffResponse{Status: peerv1.HandOffResponse_STATUS_OK}
+				default:
+					res[i] = notOwner(o.Owner, "owner changed")
+				}
+			}
+			n.log.Info("hand-off outcome settled", "to", to.String(), "moved", len(idx)-len(ours), "kept", len(ours))
+			return ours
+		}
+		if !st.CanSend() || ctx.Err() != nil {
+			n.log.Warn("hand-off outcome unknown: SAs left to whoever owns them", "to", to.String(), "sas", len(idx), "err", err)
+			for _, i := range idx {
+				res[i] = retry(reasonFenced)
+			}
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+		case <-time.After(wait):
+		}
+		wait = min(2*wait, time.Second)
+	}
 }
 
 // restoreHeld puts an SA whose hand-off failed back into its shard.
