@@ -169,12 +169,43 @@ func (n *Node) release(ctx context.Context, s *shard) {
 	}
 }
 
+// raisedSeqLimit is a SetSeqLimit of a batch and where it is in it.
+type raisedSeqLimit struct {
+	ike.SetSeqLimit
+	at int
+}
+
+// raisedLimits finds a batch's SetSeqLimit actions by inbound SPI. A
+// restored or claimed CHILD SA comes as an InstallChild with no room to
+// send (OutSeqLimit = OutSeq) followed, in the same batch, by the
+// SetSeqLimit of its fresh reservation; the batch is applied once that
+// reservation is committed, so apply installs the SA with the raised
+// limit at once. Installed with the low one, the ESP parked for it while
+// it was claimed (replayed by Install) would be answered before the
+// limit is raised, and the answers dropped (seq_reservation).
+func raisedLimits(dp []ike.Action) map[uint32]raisedSeqLimit {
+	var m map[uint32]raisedSeqLimit
+	for i, a := range dp {
+		if l, ok := a.(ike.SetSeqLimit); ok {
+			if m == nil {
+				m = map[uint32]raisedSeqLimit{}
+			}
+			m[l.InSPI] = raisedSeqLimit{l, i}
+		}
+	}
+	return m
+}
+
 // apply makes a released batch's data-plane changes, then sends its
 // messages.
 func (n *Node) apply(ctx context.Context, s *shard, dp []ike.Action, send []ike.Send) {
-	for _, a := range dp {
+	raised := raisedLimits(dp)
+	for i, a := range dp {
 		switch a := a.(type) {
 		case ike.InstallChild:
+			if l, ok := raised[a.Child.InSPI]; ok && l.at > i && l.OutSeqLimit > a.OutSeqLimit {
+				a.OutSeqLimit, a.OutSeqMargin = l.OutSeqLimit, l.OutSeqMargin
+			}
 			err := n.dp.Install(ctx, toDataplane(a))
 			n.noteInstall(err)
 			if err != nil {

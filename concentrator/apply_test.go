@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/ikefleet/ikefleet/concentrator/clock"
+	"github.com/ikefleet/ikefleet/concentrator/dataplane"
 	"github.com/ikefleet/ikefleet/concentrator/dataplane/memory"
 	"github.com/ikefleet/ikefleet/concentrator/ike"
 	"github.com/ikefleet/ikefleet/concentrator/transport"
@@ -239,5 +240,40 @@ func TestReadyWithoutStateStore(t *testing.T) {
 	r.perform(t, r.batch(0x10, 0x1001, "one"))
 	if r.sent() != 1 || r.dp.Len() != 1 {
 		t.Fatalf("%d sent, %d CHILD SAs installed", r.sent(), r.dp.Len())
+	}
+}
+
+// TestApplyInstallsWithRaisedLimit: a claimed or restored CHILD SA comes
+// as an InstallChild with no room to send, followed in the same batch by
+// the SetSeqLimit of its fresh reservation. The batch is applied once that
+// is committed, so the SA goes into the data plane with the raised limit
+// at once (ESP parked for it is replayed by Install and answered); an
+// InstallChild without a later SetSeqLimit keeps its own limit, and a
+// SetSeqLimit before the install does not count.
+func TestApplyInstallsWithRaisedLimit(t *testing.T) {
+	dp := &recDP{DataPlane: memory.New()}
+	n := &Node{dp: dp, log: slog.New(slog.NewTextHandler(io.Discard, nil))}
+	s := &shard{watch: map[uint32]time.Time{}}
+	child := func(in uint32) *ike.ChildSA { return &ike.ChildSA{InSPI: in, OutSPI: in + 1} }
+	n.apply(t.Context(), s, []ike.Action{
+		ike.InstallChild{Child: child(0x100), OutSeq: 4096, OutSeqLimit: 4096, OutSeqMargin: 2048},
+		ike.SetSeqLimit{InSPI: 0x200, OutSeqLimit: 9000, OutSeqMargin: 100}, // before its install
+		ike.InstallChild{Child: child(0x200), OutSeq: 7, OutSeqLimit: 7, OutSeqMargin: 2048},
+		ike.InstallChild{Child: child(0x300), OutSeq: 0, OutSeqLimit: 4096, OutSeqMargin: 2048},
+		ike.SetSeqLimit{InSPI: 0x100, OutSeqLimit: 8192, OutSeqMargin: 2048},
+	}, nil)
+	got := map[uint32]dataplane.ChildSA{}
+	for _, c := range dp.installs {
+		got[c.InSPI] = c
+	}
+	for _, w := range []struct {
+		in                 uint32
+		seq, limit, margin uint64
+	}{{0x100, 4096, 8192, 2048}, {0x200, 7, 7, 2048}, {0x300, 0, 4096, 2048}} {
+		c, ok := got[w.in]
+		if !ok || c.OutSeq != w.seq || c.OutSeqLimit != w.limit || c.OutSeqMargin != w.margin {
+			t.Errorf("SA %x installed %v: OutSeq %d, limit %d, margin %d; want %d, %d, %d",
+				w.in, ok, c.OutSeq, c.OutSeqLimit, c.OutSeqMargin, w.seq, w.limit, w.margin)
+		}
 	}
 }

@@ -103,6 +103,74 @@ func newAnycastTopo(t *testing.T, nodes int) *anycastTopo {
 }
 
 func anycastNodeConfig(k int, dir, ca, cert, key, clusterKey string) string {
+	return anycastNodeBase(k, dir, ca, cert, key, clusterKey) + anycastBGPSection(k, "")
+}
+
+// anycastEtcd is the one-member etcd of an anycast topology (TLS with
+// client certificates, on the router's 10.55.0.1) and the files a node
+// needs to use it.
+type anycastEtcd struct {
+	CA, Cert, Key, ClusterKey string
+	Proc                      *Process
+}
+
+func startAnycastEtcd(t *testing.T, a *anycastTopo, dir string) anycastEtcd {
+	t.Helper()
+	if _, err := os.Stat(anycastEtcdPath); err != nil {
+		missingDependency(t, "anycast test needs "+anycastEtcdPath+" (Debian package etcd-server)")
+	}
+	pki := NewPKI(t)
+	ae := anycastEtcd{CA: filepath.Join(dir, "ca.crt"), Cert: filepath.Join(dir, "node.crt"), Key: filepath.Join(dir, "node.key"),
+		ClusterKey: filepath.Join(dir, "cluster.key")}
+	writeFile(t, ae.CA, pki.CAPEM)
+	srv := pki.IssueIP(t, "etcd", net.ParseIP(etcdAddr))
+	cli := pki.Issue(t, "ikefleet-node")
+	files := map[string][]byte{"etcd.crt": srv.CertPEM, "etcd.key": srv.KeyPEM, "node.crt": cli.CertPEM, "node.key": cli.KeyPEM,
+		"cluster.key": []byte(strings.Repeat("5a", 32) + "\n")}
+	for name, b := range files {
+		writeFile(t, filepath.Join(dir, name), b)
+	}
+	ae.Proc = a.tp.StartProcess(t, "etcd", a.Rtr, anycastEtcdPath, "--name", "e1", "--data-dir", filepath.Join(dir, "etcd"),
+		"--listen-client-urls", "https://"+etcdAddr+":2379", "--advertise-client-urls", "https://"+etcdAddr+":2379",
+		"--listen-peer-urls", "http://127.0.0.1:2380", "--initial-advertise-peer-urls", "http://127.0.0.1:2380",
+		"--initial-cluster", "e1=http://127.0.0.1:2380", "--cert-file", filepath.Join(dir, "etcd.crt"),
+		"--key-file", filepath.Join(dir, "etcd.key"), "--client-cert-auth", "--trusted-ca-file", ae.CA,
+		"--listen-metrics-urls", "http://127.0.0.1:2381", "--log-level", "warn")
+	return ae
+}
+
+// anycastBGPSection announces over eBGP to the router on node k's link
+// (TCP MD5 with password, if set).
+func anycastBGPSection(k int, password string) string {
+	pw := ""
+	if password != "" {
+		pw = fmt.Sprintf("\n        password: %q", password)
+	}
+	return fmt.Sprintf(`anycast:
+  mode: bgp
+  bgp:
+    asn: %[2]d
+    router_id: 10.50.%[1]d.2
+    hold_time: 3s
+    connect_retry: 1s
+    neighbors:
+      - address: 10.50.%[1]d.1
+        asn: %[3]d%[4]s
+%[5]s`, k, nodeASN, routerASN, pw, anycastHealthDrain)
+}
+
+// anycastHealthDrain is the health and drain part of the anycast section.
+const anycastHealthDrain = `  health:
+    interval: 250ms
+    fall: 3
+    rise: 2
+  drain:
+    grace_period: 10s
+    settle: 2s
+`
+
+// anycastNodeBase is node k's configuration without its anycast section.
+func anycastNodeBase(k int, dir, ca, cert, key, clusterKey string) string {
 	return fmt.Sprintf(`node:
   id: n%[1]d
 log:
@@ -134,24 +202,7 @@ metrics:
   listen: 127.0.0.1:9180
 admin:
   listen: 127.0.0.1:9179
-anycast:
-  mode: bgp
-  bgp:
-    asn: %[12]d
-    router_id: 10.50.%[1]d.2
-    hold_time: 3s
-    connect_retry: 1s
-    neighbors:
-      - address: 10.50.%[1]d.1
-        asn: %[13]d
-  health:
-    interval: 250ms
-    fall: 3
-    rise: 2
-  drain:
-    grace_period: 10s
-    settle: 2s
-`, k, anycastAddr, ConcID, GWPSKID, TestPSK, dir, etcdAddr, ca, cert, key, clusterKey, nodeASN, routerASN)
+`, k, anycastAddr, ConcID, GWPSKID, TestPSK, dir, etcdAddr, ca, cert, key, clusterKey)
 }
 
 // TestAnycastBIRD: three concentratord nodes announce the anycast /32 to a
@@ -164,33 +215,13 @@ anycast:
 // when the session's hold timer (3 s) expires.
 func TestAnycastBIRD(t *testing.T) {
 	requireBird(t)
-	if _, err := os.Stat(anycastEtcdPath); err != nil {
-		missingDependency(t, "anycast test needs "+anycastEtcdPath+" (Debian package etcd-server)")
-	}
 	bin := Binary(t, "concentratord")
 	a := newAnycastTopo(t, 4)
 	dir := t.TempDir()
 	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
 	defer cancel()
-
-	// etcd (TLS, client certificates) in the router namespace.
-	pki := NewPKI(t)
-	ca := filepath.Join(dir, "ca.crt")
-	writeFile(t, ca, pki.CAPEM)
-	srv := pki.IssueIP(t, "etcd", net.ParseIP(etcdAddr))
-	cli := pki.Issue(t, "ikefleet-node")
-	files := map[string][]byte{"etcd.crt": srv.CertPEM, "etcd.key": srv.KeyPEM, "node.crt": cli.CertPEM, "node.key": cli.KeyPEM,
-		"cluster.key": []byte(strings.Repeat("5a", 32) + "\n")}
-	for name, b := range files {
-		writeFile(t, filepath.Join(dir, name), b)
-	}
-	etcd := a.tp.StartProcess(t, "etcd", a.Rtr, anycastEtcdPath, "--name", "e1", "--data-dir", filepath.Join(dir, "etcd"),
-		"--listen-client-urls", "https://"+etcdAddr+":2379", "--advertise-client-urls", "https://"+etcdAddr+":2379",
-		"--listen-peer-urls", "http://127.0.0.1:2380", "--initial-advertise-peer-urls", "http://127.0.0.1:2380",
-		"--initial-cluster", "e1=http://127.0.0.1:2380", "--cert-file", filepath.Join(dir, "etcd.crt"),
-		"--key-file", filepath.Join(dir, "etcd.key"), "--client-cert-auth", "--trusted-ca-file", ca,
-		"--listen-metrics-urls", "http://127.0.0.1:2381", "--log-level", "warn")
-	_ = etcd
+	ae := startAnycastEtcd(t, a, dir)
+	ca := ae.CA
 
 	// BIRD: one eBGP session per node, hold time 3 s.
 	bc := BirdConfig{RouterID: "10.60.0.1", ASN: routerASN, HoldTime: 3}
@@ -209,8 +240,7 @@ func TestAnycastBIRD(t *testing.T) {
 			t.Fatal(err)
 		}
 		cfg := filepath.Join(ndir, "concentratord.yaml")
-		writeFile(t, cfg, []byte(anycastNodeConfig(k, ndir, ca, filepath.Join(dir, "node.crt"), filepath.Join(dir, "node.key"),
-			filepath.Join(dir, "cluster.key"))))
+		writeFile(t, cfg, []byte(anycastNodeConfig(k, ndir, ca, ae.Cert, ae.Key, ae.ClusterKey)))
 		p := a.tp.StartProcess(t, fmt.Sprintf("n%d", k), ns, bin, "--config", cfg)
 		p.mustWaitLog(t, ctx, 60*time.Second, "listening", nil)
 		procs = append(procs, p)

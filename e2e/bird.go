@@ -45,6 +45,7 @@ type BirdNeighbor struct {
 	Addr     string // the neighbour's
 	ASN      uint32 // the neighbour's AS
 	Password string // TCP MD5, optional
+	IPv6     bool   // an IPv6 session carrying IPv6 unicast only (IPv4 unicast otherwise)
 }
 
 // BirdConfig is the router.
@@ -73,6 +74,12 @@ protocol kernel {
 }
 `, c.RouterID)
 	for _, n := range c.Neighbors {
+		if n.IPv6 {
+			b.WriteString("protocol kernel {\n  ipv6 { import none; export all; };\n  merge paths on;\n}\n")
+			break
+		}
+	}
+	for _, n := range c.Neighbors {
 		fmt.Fprintf(&b, `protocol bgp %s {
   local %s as %d;
   neighbor %s as %d;
@@ -84,7 +91,11 @@ protocol kernel {
 		if n.Password != "" {
 			fmt.Fprintf(&b, "  password %q;\n", n.Password)
 		}
-		b.WriteString("  ipv4 { import all; export none; };\n}\n")
+		if n.IPv6 {
+			b.WriteString("  ipv6 { import all; export none; };\n}\n")
+		} else {
+			b.WriteString("  ipv4 { import all; export none; };\n}\n")
+		}
 	}
 	return b.String()
 }
@@ -131,7 +142,11 @@ var nexthopVia = regexp.MustCompile(`via (\S+)`)
 // NextHops lists the next hops of the kernel route to prefix in ns
 // (sorted; none when there is no route).
 func NextHops(ctx context.Context, ns, prefix string) ([]string, error) {
-	out, err := run(ctx, nil, "ip", "-n", ns, "route", "show", prefix)
+	fam := "-4"
+	if strings.Contains(prefix, ":") {
+		fam = "-6"
+	}
+	out, err := run(ctx, nil, "ip", fam, "-n", ns, "route", "show", prefix)
 	if err != nil {
 		return nil, err
 	}

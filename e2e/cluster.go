@@ -47,6 +47,7 @@ const (
 // ClusterOptions sizes a cluster topology.
 type ClusterOptions struct {
 	Nodes    int           // concentratord nodes (default 3)
+	Standby  int           // of those, the last Standby are configured but not started (StartNode joins them later)
 	Members  int           // etcd members (default 3)
 	Gateways int           // strongSwan gateways (default 20, at most 200)
 	LeaseTTL time.Duration // statestore.lease_ttl of the nodes (default 3s)
@@ -171,7 +172,7 @@ func NewCluster(t *testing.T, ctx context.Context, o ClusterOptions) *Cluster {
 			o.LeaseTTL = d
 		}
 	}
-	if o.Nodes > 9 || o.Members > 9 || o.Gateways > 200 {
+	if o.Nodes > 9 || o.Members > 9 || o.Gateways > 200 || o.Standby < 0 || o.Standby >= o.Nodes {
 		t.Fatalf("NewCluster: at most 9 nodes, 9 members, 200 gateways: %+v", o)
 	}
 	c := &Cluster{opts: o, dir: t.TempDir(), bin: Binary(t, "concentratord"), etcdBin: EtcdPath}
@@ -223,9 +224,11 @@ func NewCluster(t *testing.T, ctx context.Context, o ClusterOptions) *Cluster {
 	t0 = time.Now()
 	for _, n := range c.Nodes {
 		c.writeNodeConfig(t, n)
-		c.StartNode(t, ctx, n)
+		if n.Index <= o.Nodes-o.Standby {
+			c.StartNode(t, ctx, n)
+		}
 	}
-	t.Logf("nodes: %d listening in %v", len(c.Nodes), time.Since(t0).Round(time.Millisecond))
+	t.Logf("nodes: %d listening in %v", len(c.Nodes)-o.Standby, time.Since(t0).Round(time.Millisecond))
 
 	t0 = time.Now()
 	for _, g := range c.Gateways {

@@ -6,6 +6,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
@@ -59,19 +60,32 @@ func (s *birdSpreader) NodeOf(f Flow) int {
 	return k
 }
 
-// TestClusterBIRD: the cluster tier with BIRD as its router. Three
-// nodes announce the service address; BIRD spreads the gateways by ECMP.
-// A node is drained with SIGTERM: its route goes at once, its SAs move to
-// the others by hand-off, it exits. Then a node is killed (SIGKILL): BIRD withdraws its next hop, the kernel
-// re-hashes, the surviving nodes take the SAs over; the gateways' pings
-// come back and their IKE SAs (SPIs) are unchanged.
+// birdGateways is how many strongSwan gateways TestClusterBIRD runs.
+const birdGateways = 30
+
+// TestClusterBIRD: the cluster tier with BIRD as its router. Three of
+// four nodes announce the service address over eBGP; BIRD installs one
+// ECMP route, the router's kernel hashes each flow's 5-tuple (L4) onto a
+// next hop. 30 gateways behind the NAT ping through their tunnels all the
+// time. In turn: a node is drained (SIGTERM: route withdrawn, SAs handed
+// off as their packets reach the others, exit), the fourth node joins (its
+// share of the flows moves to it), the node with the most gateways is
+// killed (SIGKILL: BIRD withdraws it when the session drops, the others
+// take its SAs over), and one node is cut off from etcd (unhealthy: it
+// withdraws itself, its lease ends, the last node takes over). Every
+// scenario reports outage per moved gateway (median, max), lost pings,
+// IKE SAs established anew (must be 0, and every gateway keeps its IKE
+// SA), the share of SAs that moved and how long the route took to change;
+// the drain must lose no ping. The IKE SAs per node are sampled every
+// 500 ms throughout and drawn as an SVG in $E2E_ARTIFACTS.
 func TestClusterBIRD(t *testing.T) {
 	requireCluster(t)
 	requireBird(t)
-	ctx, cancel := context.WithTimeout(t.Context(), 8*time.Minute)
+	ctx, cancel := context.WithTimeout(t.Context(), 10*time.Minute)
 	defer cancel()
+	tStart := time.Now()
 	var bird *Bird
-	c := NewCluster(t, ctx, ClusterOptions{Gateways: 8,
+	c := NewCluster(t, ctx, ClusterOptions{Nodes: 4, Standby: 1, Gateways: birdGateways,
 		NewSpreader: func(ctx context.Context, c *Cluster, _ []Flow) (FlowSpreader, error) {
 			if err := c.TP.Sysctl(ctx, c.Router, "net.ipv4.fib_multipath_hash_policy=1"); err != nil {
 				return nil, err
@@ -104,132 +118,236 @@ func TestClusterBIRD(t *testing.T) {
 `, nodeASN, n.Addr, n.Index, routerASN)
 		},
 	})
-	all := []int{1, 2, 3}
 	t0 := time.Now()
-	if err := c.Spread.SetNodes(ctx, all); err != nil {
+	if err := c.Spread.SetNodes(ctx, []int{1, 2, 3}); err != nil {
 		out, _ := bird.Birdc(ctx, "show", "protocols")
 		t.Fatalf("%v\n%s", err, out)
 	}
 	t.Logf("BIRD: service route with 3 next hops %v after the nodes listened; spread %s", time.Since(t0).Round(time.Millisecond), perNode(c))
+	t0 = time.Now()
 	if err := c.InitiateAll(ctx); err != nil {
 		t.Fatalf("initiate: %v", err)
 	}
-	streams := map[string]*PingStream{}
+	t.Logf("gateways: %d IKE SAs established in %v", len(c.Gateways), time.Since(t0).Round(time.Millisecond))
+	r := &birdRun{t: t, ctx: ctx, c: c, streams: map[string]*PingStream{}}
 	for _, g := range c.Gateways {
 		p, err := StartPingStream(c.TP, g.NS, g.LANAddr, ClusterCoreAddr, clusterPingInterval)
 		if err != nil {
 			t.Fatal(err)
 		}
 		t.Cleanup(p.Stop)
-		streams[g.Name] = p
+		r.streams[g.Name] = p
 	}
-	waitRecovered(t, ctx, c, streams, time.Now(), clusterRecoverBound)
-	before := snapshotAll(t, ctx, c)
+	r.plot = StartSASampler(ctx, c, 500*time.Millisecond)
+	defer func() {
+		r.plot.Stop()
+		path := r.plot.WritePlot(t, "cluster-bird-sas-per-node.svg",
+			fmt.Sprintf("TestClusterBIRD: IKE SAs per node (%d gateways, BIRD ECMP)", len(c.Gateways)))
+		t.Logf("cluster-bird-plot: %s\n%s", path, r.plot.Table(30))
+		t.Logf("cluster-bird-runtime: %v", time.Since(tStart).Round(time.Second))
+		dir := artifactsDir(t)
+		for _, n := range c.Nodes {
+			if n.Proc != nil {
+				mustWriteFile(t, filepath.Join(dir, "cluster-bird-"+n.ID+".log"), []byte(n.Proc.Stdout()))
+			}
+		}
+		t.Logf("cluster-bird-logs: the nodes' logs are in %s", dir)
+	}()
+	r.plot.Mark(time.Now(), "pings start")
+	waitRecovered(t, ctx, c, r.streams, time.Now(), clusterRecoverBound)
 
 	// Drain n3 with SIGTERM: it withdraws its route at once; its gateways'
 	// packets now reach the others, which claim the SAs from it by
-	// hand-off while it still runs; it exits once none is left.
+	// hand-off while it still runs; it exits once none is left. Not one
+	// ping may be lost.
 	drained := c.Nodes[2]
-	var onDrained []*ClusterGateway
-	for _, g := range c.Gateways {
-		if c.NodeOf(g) == drained {
-			onDrained = append(onDrained, g)
+	var drainRec LogRecord
+	r.scenario("drain", drained, true, func() {
+		if err := drained.Proc.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+			t.Fatal(err)
 		}
+		if err := c.Spread.SetNodes(ctx, []int{1, 2}); err != nil {
+			t.Fatal(err)
+		}
+	}, func() string {
+		wctx, wcancel := context.WithTimeout(ctx, 30*time.Second)
+		err := drained.Proc.Wait(wctx)
+		wcancel()
+		if err != nil {
+			t.Fatalf("%s after SIGTERM: %v", drained.ID, err)
+		}
+		rec, err := drained.Proc.WaitLog(ctx, "drain: done", nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		drainRec = rec
+		initial, _ := rec.Attr("initial")
+		left, _ := rec.Attr("left")
+		elapsed, _ := rec.Attr("elapsed")
+		return fmt.Sprintf("sas-initial=%s sas-left=%s drain=%s", initial, left, elapsed)
+	})
+	if left, _ := drainRec.Attr("left"); left != "0" {
+		t.Errorf("drain of %s ended with %s SAs left on it", drained.ID, left)
 	}
-	time.Sleep(time.Second)
-	at := time.Now()
-	if err := drained.Proc.cmd.Process.Signal(syscall.SIGTERM); err != nil {
-		t.Fatal(err)
-	}
-	if err := c.Spread.SetNodes(ctx, []int{1, 2}); err != nil {
-		t.Fatal(err)
-	}
-	drainWithdrawn := time.Since(at)
-	wctx, wcancel := context.WithTimeout(ctx, 30*time.Second)
-	err := drained.Proc.Wait(wctx)
-	wcancel()
-	if err != nil {
-		t.Fatalf("%s after SIGTERM: %v", drained.ID, err)
-	}
-	exited := time.Since(at)
-	rec, err := drained.Proc.WaitLog(ctx, "drain: done", nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	waitRecovered(t, ctx, c, streams, at.Add(time.Second), clusterRecoverBound)
-	time.Sleep(2 * time.Second)
-	drainLost, drainMax := 0, time.Duration(0)
-	for _, g := range onDrained {
-		w := streams[g.Name].Window(at.Add(-time.Second), time.Now().Add(-time.Second))
-		drainLost += w.Lost
-		drainMax = max(drainMax, w.Outage)
-	}
-	if changed := compareSnapshots(t, ctx, c, before, "drain behind BIRD"); changed != 0 {
-		t.Errorf("%d gateways' IKE SAs changed by the drain", changed)
-	}
-	initial, _ := rec.Attr("initial")
-	left, _ := rec.Attr("left")
-	elapsed, _ := rec.Attr("elapsed")
-	t.Logf("cluster-bird-drain: node=%s gateways=%d route-withdrawn-ms=%d sas-initial=%s sas-left=%s drain=%s exit-ms=%d lost-pings=%d outage-ms-max=%d spread-after=%s",
-		drained.ID, len(onDrained), drainWithdrawn.Milliseconds(), initial, left, elapsed, exited.Milliseconds(), drainLost,
-		drainMax.Milliseconds(), perNode(c))
-	before = snapshotAll(t, ctx, c)
 
-	// Kill the node with the most gateways.
-	victim := c.Nodes[0]
+	// The fourth node joins: once it announces the route, the flows the
+	// kernel now hashes onto it move there (hand-off from live owners).
+	joined := c.Nodes[3]
+	r.scenario("join", joined, false, func() {
+		c.StartNode(t, ctx, joined)
+		if err := c.Spread.SetNodes(ctx, []int{1, 2, 4}); err != nil {
+			t.Fatal(err)
+		}
+	}, nil)
+
+	// Kill the node with the most gateways: BIRD withdraws it when the
+	// session drops (its kernel resets the TCP connection), the others
+	// take its SAs over once its lease has ended.
 	count := map[*ClusterNode]int{}
 	for _, g := range c.Gateways {
 		count[c.NodeOf(g)]++
 	}
-	for _, n := range c.Nodes[:2] {
+	live := []*ClusterNode{c.Nodes[0], c.Nodes[1], c.Nodes[3]}
+	victim := live[0]
+	for _, n := range live {
 		if count[n] > count[victim] {
 			victim = n
 		}
 	}
-	var moved []*ClusterGateway
-	for _, g := range c.Gateways {
-		if c.NodeOf(g) == victim {
-			moved = append(moved, g)
-		}
-	}
-	var survivors []int
-	for _, n := range c.Nodes[:2] {
+	var rest []int
+	for _, n := range live {
 		if n != victim {
-			survivors = append(survivors, n.Index)
+			rest = append(rest, n.Index)
 		}
 	}
+	r.scenario("kill", victim, false, func() {
+		if err := c.KillNode(ctx, victim); err != nil {
+			t.Fatal(err)
+		}
+		if err := c.Spread.SetNodes(ctx, rest); err != nil {
+			t.Fatal(err)
+		}
+	}, nil)
+
+	// Cut one of the two left off from etcd: its health check fails, it
+	// withdraws its route; its SAs go to the last node (hand-off fails
+	// without etcd: taken over once its lease has ended).
+	sick, last := c.Nodes[rest[0]-1], rest[1]
+	r.scenario("unhealthy", sick, false, func() {
+		rules := `table inet ikefleet_test_block {
+  chain out { type filter hook output priority filter; policy accept; ip daddr 10.40.0.0/24 drop; }
+  chain in { type filter hook input priority filter; policy accept; ip saddr 10.40.0.0/24 drop; }
+}
+`
+		if _, err := run(ctx, strings.NewReader(rules), "ip", "netns", "exec", sick.NS, "nft", "-f", "-"); err != nil {
+			t.Fatal(err)
+		}
+		if err := c.Spread.SetNodes(ctx, []int{last}); err != nil {
+			t.Fatal(err)
+		}
+	}, nil)
+}
+
+// birdRun is TestClusterBIRD's state across its scenarios.
+type birdRun struct {
+	t       *testing.T
+	ctx     context.Context
+	c       *Cluster
+	streams map[string]*PingStream
+	plot    *SASampler
+}
+
+// nodeOfAll is the node each gateway's flow goes to now.
+func (r *birdRun) nodeOfAll() map[string]*ClusterNode {
+	m := map[string]*ClusterNode{}
+	for _, g := range r.c.Gateways {
+		m[g.Name] = r.c.NodeOf(g)
+	}
+	return m
+}
+
+// handshakes is each running node's ikefleet_handshakes_total.
+func (r *birdRun) handshakes() map[string]float64 {
+	m := map[string]float64{}
+	for _, n := range r.c.Nodes {
+		if n.Proc == nil || n.Proc.Exited() {
+			continue
+		}
+		v, err := r.c.NodeMetrics(r.ctx, n)
+		if err != nil {
+			r.t.Fatal(err)
+		}
+		m[n.ID] = v["ikefleet_handshakes_total"]
+	}
+	return m
+}
+
+// scenario runs event (which returns once the router's route has
+// changed), waits until every gateway's pings are answered again, and
+// reports and checks: outage of the gateways whose flow moved (median,
+// max), lost pings, gateways whose IKE SA changed and IKE SAs established
+// anew on the nodes (both must be 0), the share of SAs that moved, how
+// long the route took to change. zeroLoss: a lost ping fails the test.
+// after, if set, runs once the pings are back and adds to the report.
+func (r *birdRun) scenario(name string, node *ClusterNode, zeroLoss bool, event func(), after func() string) {
+	t, ctx, c := r.t, r.ctx, r.c
+	t.Helper()
+	before := snapshotAll(t, ctx, c)
+	was := r.nodeOfAll()
+	hs0 := r.handshakes()
 	time.Sleep(time.Second)
-	at = time.Now()
-	if err := c.KillNode(ctx, victim); err != nil {
-		t.Fatal(err)
-	}
-	if err := c.Spread.SetNodes(ctx, survivors); err != nil {
-		t.Fatal(err)
-	}
-	withdrawn := time.Since(at)
-	waitRecovered(t, ctx, c, streams, at.Add(time.Second), clusterRecoverBound)
+	at := time.Now()
+	r.plot.Mark(at, name+" "+node.ID)
+	event()
+	routed := time.Since(at)
+	waitRecovered(t, ctx, c, r.streams, at.Add(time.Second), clusterRecoverBound)
 	recovered := time.Since(at)
-	time.Sleep(2 * time.Second)
+	extra := ""
+	if after != nil {
+		extra = " " + after()
+	}
+	time.Sleep(2 * time.Second) // late answers still count
+	now := r.nodeOfAll()
 	var outages []time.Duration
 	var per []string
-	lost := 0
+	lost, moved := 0, 0
+	var late time.Duration
 	for _, g := range c.Gateways {
-		w := streams[g.Name].Window(at.Add(-time.Second), time.Now().Add(-time.Second))
-		if slices.Contains(moved, g) {
-			outages = append(outages, w.Outage)
-			per = append(per, fmt.Sprintf("%s:%d", g.Name, w.Outage.Milliseconds()))
-		}
+		w := r.streams[g.Name].Window(at.Add(-time.Second), time.Now().Add(-time.Second))
 		lost += w.Lost
+		late = max(late, w.MaxRTT)
+		if was[g.Name] != now[g.Name] {
+			moved++
+			outages = append(outages, w.Outage)
+			per = append(per, fmt.Sprintf("%s:%s>%s:%d", g.Name, was[g.Name].ID, now[g.Name].ID, w.Outage.Milliseconds()))
+		} else if w.Lost > 0 {
+			per = append(per, fmt.Sprintf("%s:%s(stayed):lost=%d", g.Name, now[g.Name].ID, w.Lost))
+		}
 	}
-	changed := compareSnapshots(t, ctx, c, before, "node kill behind BIRD")
-	if changed != 0 {
-		t.Errorf("%d gateways' IKE SAs changed", changed)
+	changed := compareSnapshots(t, ctx, c, before, name+" behind BIRD")
+	hs1 := r.handshakes()
+	fresh := 0.0
+	for id, v := range hs1 {
+		fresh += v - hs0[id] // a node that joined counts from 0
 	}
 	md, mx := time.Duration(0), time.Duration(0)
 	if len(outages) > 0 {
 		md, mx = median(outages), slices.Max(outages)
 	}
-	t.Logf("cluster-bird-kill: node=%s gateways-moved=%d route-withdrawn-ms=%d outage-ms-median=%d outage-ms-max=%d lost-pings=%d all-recovered-ms=%d sa-changed=%d spread-after=%s",
-		victim.ID, len(moved), withdrawn.Milliseconds(), md.Milliseconds(), mx.Milliseconds(), lost, recovered.Milliseconds(), changed, perNode(c))
-	t.Logf("cluster-bird-kill-outages: %s", strings.Join(per, " "))
+	t.Logf("cluster-bird-%s: node=%s gateways=%d moved=%d share-moved=%.2f route-changed-ms=%d outage-ms-median=%d outage-ms-max=%d lost-pings=%d rtt-ms-max=%d all-recovered-ms=%d ike-sa-changed=%d new-ike-sas=%.0f spread-after=%s%s",
+		name, node.ID, len(c.Gateways), moved, float64(moved)/float64(len(c.Gateways)), routed.Milliseconds(), md.Milliseconds(), mx.Milliseconds(),
+		lost, late.Milliseconds(), recovered.Milliseconds(), changed, fresh, perNode(c), extra)
+	t.Logf("cluster-bird-%s-outages: %s", name, strings.Join(per, " "))
+	if changed != 0 {
+		t.Errorf("%s: %d gateways' IKE SAs changed", name, changed)
+	}
+	if fresh != 0 {
+		t.Errorf("%s: %.0f IKE SAs established anew on the nodes (want 0: every gateway keeps its IKE SA)", name, fresh)
+	}
+	if moved == 0 {
+		t.Errorf("%s: no gateway's flow moved (spread %s)", name, perNode(c))
+	}
+	if zeroLoss && lost != 0 {
+		t.Errorf("%s: %d pings lost (want 0)", name, lost)
+	}
 }

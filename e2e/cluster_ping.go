@@ -26,6 +26,7 @@ type PingStream struct {
 	mu   sync.Mutex
 	sent []time.Time // by seq-1
 	got  []bool
+	rtt  []time.Duration // of the answered ones
 }
 
 // StartPingStream starts the stream; Stop (also registered as cleanup by
@@ -51,8 +52,9 @@ func StartPingStream(tp *Topology, ns, src, dst string, interval time.Duration) 
 			}
 			seq := int(binary.BigEndian.Uint16(buf[6:]))
 			p.mu.Lock()
-			if seq >= 1 && seq <= len(p.got) {
+			if seq >= 1 && seq <= len(p.got) && !p.got[seq-1] {
 				p.got[seq-1] = true
+				p.rtt[seq-1] = time.Since(p.sent[seq-1])
 			}
 			p.mu.Unlock()
 		}
@@ -66,6 +68,7 @@ func StartPingStream(tp *Topology, ns, src, dst string, interval time.Duration) 
 			p.mu.Lock()
 			p.sent = append(p.sent, time.Now())
 			p.got = append(p.got, false)
+			p.rtt = append(p.rtt, 0)
 			p.mu.Unlock()
 			msg[0], msg[2], msg[3] = 8, 0, 0
 			binary.BigEndian.PutUint16(msg[4:], p.id)
@@ -97,6 +100,9 @@ type PingWindow struct {
 	// LastAnswered is when the last answered request in the window was sent
 	// (zero if none was).
 	LastAnswered time.Time
+	// MaxRTT is the longest an answered request waited for its answer: a
+	// request held up (parked while its SA moved) is late, not lost.
+	MaxRTT time.Duration
 }
 
 // Window reports the requests sent in [from, to).
@@ -113,6 +119,7 @@ func (p *PingStream) Window(from, to time.Time) PingWindow {
 		if p.got[i] {
 			run = 0
 			w.LastAnswered = at
+			w.MaxRTT = max(w.MaxRTT, p.rtt[i])
 			continue
 		}
 		w.Lost++

@@ -124,6 +124,9 @@ func clusterMetrics(t *testing.T, ctx context.Context, c *Cluster, nodes ...*Clu
 func countNodeLogs(c *Cluster, msg string) int {
 	n := 0
 	for _, node := range c.Nodes {
+		if node.Proc == nil {
+			continue // a standby node never started
+		}
 		for _, r := range node.Proc.LogRecords() {
 			if r.Msg() == msg {
 				n++

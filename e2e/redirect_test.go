@@ -6,6 +6,7 @@ import (
 	"context"
 	"fmt"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -124,4 +125,105 @@ func TestRedirectStrongSwanToLiveNode(t *testing.T) {
 	t.Logf("gateway log:\n%s", strings.Join(said, "\n"))
 	b.mustWaitLog(t, ctx, 5*time.Second, "IKE_SA established", map[string]string{"peer_id": GWPSKID})
 	a.mustWaitLog(t, ctx, 5*time.Second, "IKE_SA_INIT redirected (RFC 5685)", map[string]string{"to": redirectTarget})
+}
+
+// oneSA matches a member with one IKE SA in concentratorctl nodes -o json.
+var oneSA = regexp.MustCompile(`"sas": "?1"?[,\n}]`)
+
+// TestRedirectOverloaded: the overload redirect. Node a takes at most one
+// IKE SA (anycast.redirect.max_sas: 1); the first gateway's SA comes up
+// on it. Once a has counted that SA, a second gateway connecting to a is
+// redirected (RFC 5685) to b, the other live member, where its SA comes
+// up; its log says so and a logs the redirect.
+func TestRedirectOverloaded(t *testing.T) {
+	requireNetns(t)
+	bin, ctl := Binary(t, "concentratord"), Binary(t, "concentratorctl")
+	ctx, cancel := context.WithTimeout(t.Context(), 2*time.Minute)
+	defer cancel()
+	tp := NewTopology(t)
+	if _, err := tp.Exec(ctx, tp.Conc, "ip", "addr", "add", redirectTarget+"/24", "dev", "conc0"); err != nil {
+		t.Fatal(err)
+	}
+	gw2NS, gw2Addr := tp.AddGateway(t, "gw2", 2)
+	const gw2PSK = "gw2-overload-secret-0123456789"
+	psk2 := fmt.Sprintf("    - id: %s\n      secret: %q\nchildren:\n", gw2ID, gw2PSK)
+	dir := t.TempDir()
+	cfgA, cfgB := filepath.Join(dir, "a.yaml"), filepath.Join(dir, "b.yaml")
+	confA := strings.Replace(redirectNodeConfig("a", ConcAddr, "127.0.0.1:7946", "", 9180), "children:\n", psk2, 1)
+	confA = strings.Replace(confA, "    enabled: true\n", "    enabled: true\n    max_sas: 1\n", 1)
+	confB := strings.Replace(redirectNodeConfig("b", redirectTarget, "127.0.0.1:7947", "127.0.0.1:7946", 9190), "children:\n", psk2, 1)
+	if !strings.Contains(confA, "max_sas: 1") || !strings.Contains(confA, gw2ID) || !strings.Contains(confB, gw2ID) {
+		t.Fatal("node configurations not as meant")
+	}
+	writeFile(t, cfgA, []byte(confA))
+	writeFile(t, cfgB, []byte(confB))
+	a := tp.StartProcess(t, "node-a", tp.Conc, bin, "--config", cfgA)
+	a.mustWaitLog(t, ctx, 20*time.Second, "listening", nil)
+	b := tp.StartProcess(t, "node-b", tp.Conc, bin, "--config", cfgB)
+	b.mustWaitLog(t, ctx, 20*time.Second, "listening", nil)
+	a.mustWaitLog(t, ctx, 20*time.Second, "members: joined", map[string]string{"member": "b"})
+
+	initiate := func(s *StrongSwan) {
+		t.Helper()
+		if out, err := s.SwanctlContext(ctx, "--initiate", "--child", "lan", "--timeout", "30"); err != nil {
+			t.Fatalf("%s: initiate: %v\n%s\n--- log ---\n%s", s.Name, err, out, tail(s.Log(), 8<<10))
+		}
+	}
+	remote := func(s *StrongSwan) string {
+		t.Helper()
+		sas, err := s.ListSAs(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		sa, ok := FindIKESA(sas, "conc")
+		if !ok || sa.Get("state") != "ESTABLISHED" {
+			t.Fatalf("%s: SA %+v (found %v), want ESTABLISHED", s.Name, sa, ok)
+		}
+		return sa.Get("remote-host")
+	}
+	gw1 := NewStrongSwan(t, tp, "gw1", tp.GW)
+	gw1.Start(GatewaySwanctlConf(AuthPSK), nil)
+	initiate(gw1)
+	if r := remote(gw1); r != ConcAddr {
+		t.Fatalf("gw1's SA is with %s, want %s (a is below max_sas)", r, ConcAddr)
+	}
+	// a gossips its SA count and b's health; wait until a counts its SA
+	// and knows b is a live, healthy target.
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		out, err := tp.Exec(ctx, tp.Conc, ctl, "--addr", "127.0.0.1:9181", "nodes", "-o", "json")
+		if err == nil && strings.Contains(out, `"unicast": "`+redirectTarget+`"`) && strings.Contains(out, `"healthy": true`) &&
+			oneSA.MatchString(out) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("node a never counted its SA and saw b healthy: %v\n%s", err, out)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+
+	gw2 := NewStrongSwan(t, tp, "gw2", gw2NS)
+	gw2.Start(gw2Conf(gw2Addr, gw2PSK), nil)
+	initiate(gw2)
+	if r := remote(gw2); r != redirectTarget {
+		t.Fatalf("gw2's SA is with %s, want %s (redirected: a holds max_sas)", r, redirectTarget)
+	}
+	var said []string
+	for _, l := range strings.Split(gw2.Log(), "\n") {
+		if strings.Contains(strings.ToLower(l), "redirect") {
+			said = append(said, strings.TrimSpace(l))
+		}
+	}
+	if len(said) == 0 {
+		t.Fatalf("gw2's log does not mention the redirect:\n%s", tail(gw2.Log(), 8<<10))
+	}
+	t.Logf("gw2's log:\n%s", strings.Join(said, "\n"))
+	b.mustWaitLog(t, ctx, 5*time.Second, "IKE_SA established", map[string]string{"peer_id": gw2ID})
+	rec := a.mustWaitLog(t, ctx, 5*time.Second, "IKE_SA_INIT redirected (RFC 5685)", map[string]string{"to": redirectTarget})
+	if d, _ := rec.Attr("draining"); d != "false" {
+		t.Errorf("a's redirect log says draining=%s, want false (overload)", d)
+	}
+	if r := remote(gw1); r != ConcAddr {
+		t.Errorf("gw1's SA moved to %s", r)
+	}
 }

@@ -10,7 +10,8 @@
 #      nftables NAT to concentratord with dataplane.mode xfrm, and two
 #      concentratord nodes sharing one etcd (Debian's etcd-server) and
 #      the gateway-facing address: one is killed, the route moves to the
-#      other, which claims the SA through its NFQUEUE (TestKernelClusterKill)
+#      other, which claims the SA through its NFQUEUE (TestKernelClusterKill),
+#      and anycast.mode kernel on a dummy interface (TestKernelAnycastRoutes)
 # Exit status: the tests' (125: the VM failed, 124: timeout). Under CI=true
 # a missing prerequisite (qemu, strongSwan, ...) is a failure.
 # Environment: VM_* as in run-in-vm.sh; KEEP=1 keeps the scratch directory;

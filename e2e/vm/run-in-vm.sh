@@ -30,7 +30,7 @@ MODULES="esp4 esp6 xfrm_user xfrm_interface veth aesni_intel gcm ghash_clmulni_i
  hmac sha256_generic sha512_generic
  nf_tables nft_chain_nat nft_masq nft_ct nf_nat nf_conntrack nft_exthdr nft_rt nft_xfrm nft_objref
  nft_queue nfnetlink_queue
- tun af_packet 9p 9pnet_virtio virtio_pci ${VM_MODULES:-}"
+ tun af_packet dummy 9p 9pnet_virtio virtio_pci ${VM_MODULES:-}"
 # The cache is keyed by the module list: changing it builds a new image.
 CACHE=${VM_CACHE:-/var/cache/ikefleet-vm/$(echo "$MODULES ${VM_KERNEL_PKG:-}" | cksum | cut -d' ' -f1)}
 

@@ -7,14 +7,20 @@ import (
 )
 
 // ESP for an SPI this node has no SA for, while the node claims the SA
-// from another node (a flow moved by ECMP): a few packets per SPI are kept
-// for a short while and replayed once the SA is installed, so a live move
-// loses no packet. Bounded per SPI, in total and in time; what does not
-// fit, or expires unclaimed, is dropped (DropNoSA) as before.
+// from another node (a flow moved by ECMP): its packets are kept and
+// replayed once the SA is installed, so a live move (a drain, a node
+// joining) loses no packet, it only delays them. A claim from a live owner
+// takes several state store round trips, the hand-off call and the write
+// of the SA's fresh sequence number reservation before the SA is
+// installed: under load that is a second or two (TestClusterBIRD), so a
+// flow's packets are kept for up to parkTTL, not just its first few.
+// Bounded per SPI, in packets and bytes in total, and in time; what does
+// not fit, or expires unclaimed, is dropped (DropNoSA) as before.
 const (
-	parkPerSPI = 8
-	parkTotal  = 4096
-	parkTTL    = 3 * time.Second
+	parkPerSPI = 256
+	parkTotal  = 16384
+	parkBytes  = 16 << 20
+	parkTTL    = 5 * time.Second
 )
 
 type parkedESP struct {
@@ -30,7 +36,8 @@ type parkedSPI struct {
 type espParking struct {
 	mu        sync.Mutex
 	m         map[uint32]*parkedSPI
-	total     int
+	total     int // packets
+	bytes     int
 	lastSweep time.Time
 	now       func() time.Time // tests
 }
@@ -55,7 +62,7 @@ func (p *espParking) park(spi uint32, pkt []byte, local, remote netip.AddrPort) 
 		for k, e := range p.m {
 			if now.Sub(e.since) > parkTTL {
 				expired += len(e.pkts)
-				p.total -= len(e.pkts)
+				p.forget(e)
 				delete(p.m, k)
 			}
 		}
@@ -66,12 +73,21 @@ func (p *espParking) park(spi uint32, pkt []byte, local, remote netip.AddrPort) 
 		e = &parkedSPI{since: now}
 		p.m[spi] = e
 	}
-	if len(e.pkts) >= parkPerSPI || p.total >= parkTotal {
+	if len(e.pkts) >= parkPerSPI || p.total >= parkTotal || p.bytes+len(pkt) > parkBytes {
 		return false, expired
 	}
 	e.pkts = append(e.pkts, parkedESP{pkt: append([]byte(nil), pkt...), local: local, remote: remote})
 	p.total++
+	p.bytes += len(pkt)
 	return true, expired
+}
+
+// forget takes e's packets off the totals.
+func (p *espParking) forget(e *parkedSPI) {
+	p.total -= len(e.pkts)
+	for _, k := range e.pkts {
+		p.bytes -= len(k.pkt)
+	}
 }
 
 // take returns and forgets what is parked for spi (nothing once expired).
@@ -83,7 +99,7 @@ func (p *espParking) take(spi uint32) []parkedESP {
 		return nil
 	}
 	delete(p.m, spi)
-	p.total -= len(e.pkts)
+	p.forget(e)
 	if p.clock().Sub(e.since) > parkTTL {
 		return nil
 	}

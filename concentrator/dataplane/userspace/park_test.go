@@ -60,6 +60,29 @@ func TestParkedESPReplayedOnInstall(t *testing.T) {
 	}
 }
 
+// TestParkingBytes: big packets are bounded by parkBytes before parkTotal.
+func TestParkingBytes(t *testing.T) {
+	p := espParking{}
+	big := make([]byte, 1400)
+	n := 0
+	for spi := uint32(1); ; spi++ {
+		ok, _ := p.park(spi, big, concAddr, gwAddr)
+		if !ok {
+			break
+		}
+		n++
+	}
+	if n != parkBytes/len(big) || p.bytes > parkBytes {
+		t.Fatalf("%d packets of %d bytes parked (%d bytes), want %d", n, len(big), p.bytes, parkBytes/len(big))
+	}
+	for spi := uint32(1); spi <= uint32(n); spi++ {
+		p.take(spi)
+	}
+	if p.bytes != 0 || p.total != 0 {
+		t.Fatalf("after taking all: %d bytes, %d packets", p.bytes, p.total)
+	}
+}
+
 func TestParkingBounds(t *testing.T) {
 	now := time.Unix(1_800_000_000, 0)
 	p := espParking{now: func() time.Time { return now }}
@@ -80,6 +103,9 @@ func TestParkingBounds(t *testing.T) {
 	if got := p.take(7); len(got) != parkPerSPI || got[3].pkt[0] != 3 {
 		t.Fatalf("take: %d packets", len(got))
 	}
+	if p.bytes != p.total {
+		t.Fatalf("%d bytes parked in %d one-byte packets", p.bytes, p.total)
+	}
 	// Expired: swept on the next park, and never replayed.
 	p.park(8, []byte{1}, concAddr, gwAddr)
 	now = now.Add(parkTTL + time.Second)
@@ -89,7 +115,7 @@ func TestParkingBounds(t *testing.T) {
 	if _, expired := p.park(9, []byte{1}, concAddr, gwAddr); expired != parkTotal-parkPerSPI {
 		t.Fatalf("expired %d, want %d", expired, parkTotal-parkPerSPI)
 	}
-	if p.total != 1 || len(p.m) != 1 {
+	if p.total != 1 || p.bytes != 1 || len(p.m) != 1 {
 		t.Fatalf("after the sweep: %d packets for %d SPIs", p.total, len(p.m))
 	}
 }
