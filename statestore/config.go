@@ -10,11 +10,21 @@ import (
 
 // Implementation limits and defaults.
 const (
-	DefaultPrefix          = "/ikefleet/"
-	DefaultLeaseTTL        = 3 * time.Second
-	DefaultRequestTimeout  = 2 * time.Second
-	DefaultSlots           = 256
-	DefaultMaxBatch        = 128 // etcd's default --max-txn-ops
+	DefaultPrefix         = "/ikefleet/"
+	DefaultLeaseTTL       = 3 * time.Second
+	DefaultRequestTimeout = 2 * time.Second
+	DefaultSlots          = 256
+	// EtcdDefaultMaxTxnOps is etcd's default --max-txn-ops. etcd counts
+	// each level of a transaction: the larger of its compares, its
+	// success and its failure ops, and a nested transaction may hold only
+	// what the levels around it leave of the limit. Every transaction the
+	// store sends fits it, so that an external etcd works with its
+	// defaults.
+	EtcdDefaultMaxTxnOps = 128
+	// DefaultMaxBatch: changes (each a nested transaction of at most a
+	// few dozen ops) in one transaction; half the limit leaves the other
+	// half to each nested one.
+	DefaultMaxBatch        = EtcdDefaultMaxTxnOps / 2
 	DefaultMaxDelay        = 2 * time.Millisecond
 	DefaultQueueLen        = 16384
 	DefaultInflight        = 4

@@ -38,8 +38,8 @@ type Credential struct {
 }
 
 // MaxCredentialBatch is the most credentials PutCredentials writes in one
-// etcd transaction.
-const MaxCredentialBatch = 500
+// etcd transaction (one put each: etcd's default limit).
+const MaxCredentialBatch = EtcdDefaultMaxTxnOps
 
 // credRecord is a credential as stored.
 type credRecord struct {

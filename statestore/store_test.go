@@ -310,9 +310,9 @@ func putDeadOwned(t *testing.T, cli *clientv3.Client, cfg Config, base uint64, n
 	k := keys{DefaultPrefix}
 	c := Codec{Keys: cfg.Keys}
 	dead := Owner{Node: "dead", Epoch: 1}
-	for lo := 0; lo < n; lo += 100 {
+	for lo := 0; lo < n; lo += 40 {
 		var ops []clientv3.Op
-		for i := lo; i < min(lo+100, n); i++ {
+		for i := lo; i < min(lo+40, n); i++ {
 			spi := base + uint64(i)
 			v, err := c.Marshal(saName(spi), sampleRecord(spi))
 			if err != nil {

@@ -24,8 +24,9 @@ import (
 // ---- creds: the cluster's per-device credential store ----
 
 // importBatch is how many credentials one PutCredentials carries (the
-// node's limit is 500: one etcd transaction).
-const importBatch = 500
+// node's limit, statestore.MaxCredentialBatch: one etcd transaction within
+// etcd's default --max-txn-ops).
+const importBatch = 128
 
 func (a *app) credsCommand() *cobra.Command {
 	cmd := &cobra.Command{
@@ -252,7 +253,7 @@ func (a *app) credsImportCommand() *cobra.Command {
     gw3.iot.example,pubkey,MFkwEwYHKoZIzj0CAQYIKoZIzj0DAQcDQgAE...
 
 Existing identities are replaced. The file is checked whole before anything
-is written; then batches of 500 go to the node (each batch all or nothing),
+is written; then batches of 128 go to the node (each batch all or nothing),
 with progress on stderr. On an error the count written so far is reported;
 importing the same file again is safe. A batch the node could not write for
 a moment (etcd busy or electing: Unavailable) is retried up to 5 times.`,
