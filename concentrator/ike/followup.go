@@ -74,8 +74,8 @@ type followup struct {
 	secrets [][]byte // SK(0), SK(1), ... so far
 	pending []uint16 // additional key exchanges still to run
 	// A CHILD SA (old: the one it rekeys, nil: a new one), its keys not
-	// yet derived, its inbound SPI allotted; or the successor of the IKE
-	// SA, its keys not yet derived.
+	// yet derived, its inbound SPI allotted; or the IKE SA's successor
+	// (its SPIs; it is built when the last exchange completes).
 	child *ChildSA
 	old   *ChildSA
 	ike   *IKESA
@@ -159,7 +159,8 @@ func (sa *IKESA) handleFollowupRequest(now time.Time, e *Engine, m *Message, rd 
 	sa.removeFollowup(f)
 	defer f.clear()
 	if f.ike != nil {
-		nsa := f.ike
+		// Built again: the SA may have moved (NAT, MOBIKE) meanwhile.
+		nsa := sa.successor(e, false, f.ike.SPIi, f.ike.SPIr, f.sel, f.ni, f.nr)
 		if err := nsa.deriveRekeyed(sa, f.secrets[0], f.secrets[1:]...); err != nil {
 			reply(NO_PROPOSAL_CHOSEN)
 			return
@@ -176,6 +177,7 @@ func (sa *IKESA) handleFollowupRequest(now time.Time, e *Engine, m *Message, rd 
 			SPI: binary.BigEndian.AppendUint32(nil, old.OutSPI), NotifyType: CHILD_SA_NOT_FOUND}}, rd)
 		return
 	}
+	c.Local, c.Remote, c.Encap = sa.Local, sa.Remote, sa.natLocal || sa.natRemote // the SA may have moved meanwhile
 	if err := sa.childKeys(c, f.secrets[0], f.ni, f.nr, false, f.secrets[1:]...); err != nil {
 		delete(e.inSPIs, c.InSPI)
 		reply(NO_PROPOSAL_CHOSEN)
