@@ -54,7 +54,7 @@ func recordOf(st *ike.SAState) *statestore.SARecord {
 		r.Children = append(r.Children, statestore.ChildRecord{
 			InSPI: c.InSPI, OutSPI: c.OutSPI,
 			Suite: statestore.Suite{Encr: c.Proposal.Encr.ID, EncrKeyLen: c.Proposal.Encr.KeyLen,
-				Integ: c.Proposal.Integ, Group: c.Proposal.Group, ESN: c.Proposal.ESN},
+				Integ: c.Proposal.Integ, Group: c.Proposal.Group, ESN: c.Proposal.ESN, AddKE: c.Proposal.AddKE},
 			KeyIn:   statestore.ChildKeys{Encr: c.KeyIn.Encr, Integ: c.KeyIn.Integ},
 			KeyOut:  statestore.ChildKeys{Encr: c.KeyOut.Encr, Integ: c.KeyOut.Integ},
 			LocalTS: tsRecord(c.LocalTS), RemoteTS: tsRecord(c.RemoteTS), Encap: c.Encap,
@@ -87,7 +87,7 @@ func stateOf(r *statestore.SARecord) ike.SAState {
 		st.Children = append(st.Children, ike.ChildState{
 			InSPI: c.InSPI, OutSPI: c.OutSPI,
 			Proposal: ike.Selected{Protocol: ike.ProtoESP, Encr: ike.EncrAlg{ID: c.Suite.Encr, KeyLen: c.Suite.EncrKeyLen},
-				Integ: c.Suite.Integ, Group: c.Suite.Group, ESN: c.Suite.ESN},
+				Integ: c.Suite.Integ, Group: c.Suite.Group, ESN: c.Suite.ESN, AddKE: c.Suite.AddKE},
 			KeyIn:   ike.ChildKeys{Encr: c.KeyIn.Encr, Integ: c.KeyIn.Integ},
 			KeyOut:  ike.ChildKeys{Encr: c.KeyOut.Encr, Integ: c.KeyOut.Integ},
 			LocalTS: tsState(c.LocalTS), RemoteTS: tsState(c.RemoteTS), Encap: c.Encap,

@@ -79,3 +79,114 @@ func TestNodeHybridMLKEMPersistsAndRestores(t *testing.T) {
 		t.Fatalf("gateways report proposal %q", r.rep.Proposal)
 	}
 }
+
+// Rekeys keep the post-quantum protection through a real node (RFC 9370
+// IKE_FOLLOWUP_KE): our gateways rekey their CHILD SAs and then their IKE
+// SAs with a fresh ML-KEM-768 exchange each, and the node rekeys CHILD SAs
+// itself (its initiator role, the gateways' engines answering). The
+// node's rekey counters and its SAs' proposals show it.
+func TestNodeHybridRekeysWithFollowupKE(t *testing.T) {
+	const pq = "aes256gcm16-prfsha256-x25519-ke1_mlkem768"
+	const pqESP = "aes256gcm16-x25519-ke1_mlkem768"
+	const gws = 5
+	cfgText := nodeConfig(gws, "  proposals: ["+pq+"]\n  esp_proposals: ["+pqESP+"]\n",
+		fmt.Sprintf("statestore:\n  mode: embedded\n  data_dir: %s\n", t.TempDir()))
+	n, _, _ := runNode(t, cfgText)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	o := loadOptions(t, n, gws)
+	ikeP, err := ike.ParseProposal(pq, false, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	espP, err := ike.ParseProposal(pqESP, true, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	o.IKEProposals, o.ESPProposals = []ike.ProposalSpec{ikeP}, []ike.ProposalSpec{espP}
+	counts := func() (childUs, childPeer, ikePeer uint64) {
+		s, err := n.metricsSnapshot(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return s.Events.ChildRekeysByUs, s.Events.ChildRekeysByPeer, s.Events.IKERekeysByPeer
+	}
+
+	// The gateways rekey their CHILD SAs, then (a second fleet) their IKE SAs.
+	o.RekeyStorm = true
+	rep, err := loadtest.Run(ctx, o)
+	if err != nil || rep.Rekeys.Done != gws || len(rep.Rekeys.Failures) > 0 {
+		t.Fatalf("CHILD rekey storm: %+v %v", rep.Rekeys, err)
+	}
+	if _, peer, _ := counts(); peer != gws {
+		t.Fatalf("node counted %d CHILD rekeys by peers, want %d", peer, gws)
+	}
+	o.RekeyIKE = true
+	rep, err = loadtest.Run(ctx, o)
+	if err != nil || rep.Rekeys.IKE != gws {
+		t.Fatalf("IKE rekey storm: %+v %v", rep.Rekeys, err)
+	}
+	if _, _, ikePeer := counts(); ikePeer != gws {
+		t.Fatalf("node counted %d IKE rekeys by peers, want %d", ikePeer, gws)
+	}
+
+	// The node rekeys each gateway's CHILD SA while the gateways hold.
+	o.RekeyStorm, o.RekeyIKE = false, false
+	o.Hold = time.Minute // ended early below
+	hctx, hcancel := context.WithCancel(ctx)
+	defer hcancel()
+	done := make(chan struct{})
+	go func() { loadtest.Run(hctx, o); close(done) }()
+	var up []SAInfo
+	for ctx.Err() == nil && up == nil {
+		if sas, _ := n.SAs(ctx); len(sas) == gws && allEstablished(sas) {
+			up = sas
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if up == nil {
+		t.Fatal("the gateways never came up")
+	}
+	old := map[uint32]bool{}
+	for _, sa := range up {
+		if len(sa.Children) != 1 {
+			t.Fatalf("SA %016x has %d CHILD SAs", sa.SPIr, len(sa.Children))
+		}
+		old[sa.Children[0].InSPI] = true
+		if _, err := n.RekeyChild(ctx, sa.SPIr, 0); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for ctx.Err() == nil {
+		if us, _, _ := counts(); us == gws {
+			break
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	sas, _ := n.SAs(ctx)
+	fresh := 0
+	for _, sa := range sas {
+		if !strings.Contains(sa.Proposal, "KE1_ML_KEM_768") {
+			t.Fatalf("SA %016x: %q", sa.SPIr, sa.Proposal)
+		}
+		for _, c := range sa.Children {
+			if !old[c.InSPI] && strings.Contains(c.Proposal.String(), "KE1_ML_KEM_768") {
+				fresh++
+			}
+		}
+	}
+	if us, _, _ := counts(); us != gws || fresh != gws {
+		t.Fatalf("node rekeyed %d CHILD SAs, %d new ones with ML-KEM, want %d", us, fresh, gws)
+	}
+	hcancel()
+	<-done
+}
+
+func allEstablished(sas []SAInfo) bool {
+	for _, sa := range sas {
+		if sa.State != "ESTABLISHED" || len(sa.Children) == 0 {
+			return false
+		}
+	}
+	return true
+}

@@ -5,8 +5,8 @@ import (
 	"testing"
 )
 
-// The additional key exchanges of a hybrid (RFC 9370) IKE SA survive the
-// record, and records without them encode as before.
+// The additional key exchanges of a hybrid (RFC 9370) IKE SA and CHILD SA
+// survive the record, and records without them encode as before.
 func TestRecordAdditionalKeyExchanges(t *testing.T) {
 	c := Codec{Keys: testKeyring(t, 7, 1)}
 	plain := sampleRecord(0x42)
@@ -33,5 +33,16 @@ func TestRecordAdditionalKeyExchanges(t *testing.T) {
 	got, err = c.Unmarshal(saName(plain.LocalSPI()), pb)
 	if err != nil || got.Suite.AddKE != ([7]uint16{}) {
 		t.Fatalf("plain record: %v %+v", err, got.Suite)
+	}
+	// A CHILD SA rekeyed with IKE_FOLLOWUP_KE keeps its own.
+	if len(r.Children) == 0 {
+		t.Fatal("sample record without CHILD SAs")
+	}
+	r.Children[0].Suite.AddKE = [7]uint16{36}
+	if b, err = c.Marshal(saName(r.LocalSPI()), r); err != nil {
+		t.Fatal(err)
+	}
+	if got, err = c.Unmarshal(saName(r.LocalSPI()), b); err != nil || got.Children[0].Suite.AddKE != r.Children[0].Suite.AddKE {
+		t.Fatalf("CHILD SA suite: %v %+v", err, got.Children[0].Suite)
 	}
 }

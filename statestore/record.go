@@ -20,7 +20,7 @@ type Suite struct {
 	PRF        uint16    // IKE SA only
 	Group      uint16    // key exchange; 0: none
 	ESN        uint16    // CHILD SA only
-	AddKE      [7]uint16 // IKE SA only: additional key exchanges ADDKE1..7 (RFC 9370); 0: none
+	AddKE      [7]uint16 // additional key exchanges ADDKE1..7 (RFC 9370); 0: none
 }
 
 // Identity is a peer identity (IKEv2 ID type and data).

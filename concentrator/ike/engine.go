@@ -329,6 +329,16 @@ func (e *Engine) remove(sa *IKESA) {
 	if sa.pendingInSPI != 0 {
 		delete(e.inSPIs, sa.pendingInSPI)
 	}
+	if sa.req != nil && sa.req.rekey != nil {
+		if rk := sa.req.rekey; rk.inSPI != 0 && e.inSPIs[rk.inSPI] == sa {
+			delete(e.inSPIs, rk.inSPI)
+		}
+		if rk := sa.req.rekey; rk.ike && e.sas[rk.newSPI] == sa {
+			delete(e.sas, rk.newSPI)
+		}
+		sa.req.rekey.clear()
+	}
+	sa.dropFollowups(e, false)
 	if pool := sa.pool(e); sa.vip.IsValid() && pool != nil && !sa.vipForeign {
 		pool.Release(sa.vip)
 	}

@@ -14,6 +14,9 @@ import (
 type session struct {
 	ini, res *Engine
 	now      time.Time
+	// dropFollowup loses IKE_FOLLOWUP_KE messages: an exchange stays open
+	// (or is retransmitted later).
+	dropFollowup bool
 }
 
 func (s *session) pump(rd *Ready, fromIni bool) {
@@ -34,6 +37,9 @@ func (s *session) pump(rd *Ready, fromIni bool) {
 		}
 		for _, snd := range h.rd.Send {
 			for _, m := range snd.Messages {
+				if s.dropFollowup && len(m) > 18 && ExchangeType(m[18]) == IKE_FOLLOWUP_KE {
+					continue
+				}
 				out := &Ready{}
 				to.Handle(s.now, Packet{Local: snd.Remote, Remote: snd.Local, Data: append([]byte(nil), m...)}, out)
 				queue = append(queue, hop{out, !h.ini})
@@ -85,21 +91,48 @@ var fuzzPayloadTypes = []PayloadType{PayloadSA, PayloadKE, PayloadNonce, Payload
 // handlers: CREATE_CHILD_SA, INFORMATIONAL, MOBIKE updates, fragmented
 // when large, fragments dropped or reordered), interleaved with real
 // operations (CHILD and IKE rekeys, deletes, MOBIKE moves, NAT mapping
-// reports, time passing). Nothing panics, the engines stay small, and two
-// hours of timers afterwards run clean.
+// reports, time passing). With the first byte's top bit set, both sides
+// use hybrid proposals (X25519 and ML-KEM-768 for the IKE SA and, with
+// PFS, the CHILD SAs): rekeys run IKE_FOLLOWUP_KE exchanges, which the
+// script can leave open (their messages lost) and then attack with fuzzed
+// IKE_FOLLOWUP_KE requests that carry the open exchange's link. Nothing
+// panics, the engines stay small, and two hours of timers afterwards run
+// clean.
 func FuzzSession(f *testing.F) {
 	f.Add([]byte{})
 	f.Add([]byte{0, byte(CREATE_CHILD_SA), 0, 3, 0, 20, 1, 2, 3, 2, 32, 4, 5, 5, 4, 0})
 	f.Add([]byte{1, byte(INFORMATIONAL), 0, 1, 4, 8, 0, 0, 0x40, 0x11, 0, 0, 0, 1})
 	f.Add([]byte{2, 0, 3, 0, 6, 30, 4, 1, 5, 7, 9, 6, 200})
 	f.Add([]byte{0, byte(INFORMATIONAL), 0x18, 2, 3, 250, 0xaa, 0xbb, 4, 8, 0, 0, 0x40, 0x0d, 0, 0, 0, 0})
+	// Hybrid: a CHILD rekey whose IKE_FOLLOWUP_KE is lost, a fuzzed
+	// IKE_FOLLOWUP_KE with its link and a KE, time passing, an IKE rekey.
+	f.Add([]byte{0x80 | 2, 2, 0, byte(IKE_FOLLOWUP_KE), 64, 1, 1, 40, 6, 1, 3, 0})
+	f.Add([]byte{0x80 | 3, 2, 6, 3, 0, byte(IKE_FOLLOWUP_KE), 64, 0, 2, 3, 0})
 	f.Fuzz(func(t *testing.T, b []byte) {
+		hybrid := len(b) > 0 && b[0]&0x80 != 0
 		rcfg := responderConfig(t, 1)
 		rcfg.MOBIKE = true
 		rcfg.FragmentSize = 576
 		rcfg.DPDDelay = time.Minute
 		rcfg.ChildRekey = NewSmoothScheduler(50*time.Minute, 10*time.Minute, 0, newDetRand(5))
-		w, _ := establish(t, rcfg)
+		var w *wire
+		if hybrid {
+			rcfg.IKEProposals = mustProposals(t, false, pqProposal)
+			rcfg.ESPProposals = mustProposals(t, true, pqESP)
+			w = newWire(t, rcfg)
+			ini := pskInitiation(t)
+			ini.IKEProposals, ini.ESPProposals = rcfg.IKEProposals, rcfg.ESPProposals
+			acts := &Ready{}
+			if _, err := w.ini.Initiate(w.now, ini, acts); err != nil {
+				t.Fatal(err)
+			}
+			w.run(acts, true)
+			if w.count(EventIKEEstablished) != 2 {
+				t.Fatal("hybrid SA not established")
+			}
+		} else {
+			w, _ = establish(t, rcfg)
+		}
 		w.ini.cfg.MOBIKE = true
 		w.ini.cfg.FragmentSize = 576
 		s := &session{ini: w.ini, res: w.res, now: w.now}
@@ -120,6 +153,19 @@ func FuzzSession(f *testing.F) {
 				ex := ExchangeType(sc.byte())
 				flags := sc.byte()
 				m := &Message{SPIi: sender.SPIi, SPIr: sender.SPIr, Exchange: ex}
+				if flags&64 != 0 {
+					// An open IKE_FOLLOWUP_KE exchange's link (or none),
+					// and a KE of the method it waits for.
+					link := []byte{1, 2, 3, 4, 5, 6, 7, 8}
+					group := uint16(31)
+					if len(receiver.followups) > 0 {
+						link, group = receiver.followups[0].link, receiver.followups[0].pending[0]
+					} else if sender.req != nil && sender.req.rekey != nil && sender.req.rekey.link != nil {
+						link = sender.req.rekey.link
+					}
+					m.Payloads = append(m.Payloads, &KE{Group: group, Data: append([]byte(nil), sc.bytes(int(sc.byte())*8)...)},
+						&Notify{NotifyType: ADDITIONAL_KEY_EXCHANGE, Data: link})
+				}
 				if sender.initiator {
 					m.Flags |= FlagInitiator
 				}
@@ -158,24 +204,30 @@ func FuzzSession(f *testing.F) {
 				rd := &Ready{}
 				rd.Send = append(rd.Send, Send{Local: sender.Local, Remote: sender.Remote, Messages: pkts})
 				s.pump(rd, fromIni)
-			case 2: // CHILD rekey by either side
+			case 2: // CHILD rekey by either side, perhaps its IKE_FOLLOWUP_KE lost
 				e, sa := s.ini, isa
-				if sc.byte()&1 != 0 {
+				c := sc.byte()
+				if c&1 != 0 {
 					e, sa = s.res, rsa
 				}
 				if len(sa.children) > 0 {
 					rd := &Ready{}
 					e.RekeyChild(s.now, sa.localSPI(), sa.children[0].InSPI, rd)
+					s.dropFollowup = c&2 != 0
 					s.pump(rd, e == s.ini)
+					s.dropFollowup = false
 				}
-			case 3: // IKE rekey by either side
+			case 3: // IKE rekey by either side, perhaps its IKE_FOLLOWUP_KE lost
 				e, sa := s.ini, isa
-				if sc.byte()&1 != 0 {
+				c := sc.byte()
+				if c&1 != 0 {
 					e, sa = s.res, rsa
 				}
 				rd := &Ready{}
 				e.RekeyIKE(s.now, sa.localSPI(), rd)
+				s.dropFollowup = c&2 != 0
 				s.pump(rd, e == s.ini)
+				s.dropFollowup = false
 			case 4: // a CHILD SA deleted by either side
 				e, sa := s.ini, isa
 				if sc.byte()&1 != 0 {

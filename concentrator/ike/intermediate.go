@@ -250,25 +250,3 @@ func (sa *IKESA) handleIntermediateResponse(now time.Time, e *Engine, m *Message
 	}
 	sa.sendAuth(now, e, rd)
 }
-
-// rekeySpecs are the IKE proposals for rekeying an IKE SA: without
-// additional key exchanges, which would need IKE_FOLLOWUP_KE (RFC 9370
-// §2.2.4, not implemented). The rekeyed SA's SKEYSEED still derives from
-// the old SK_d, which every additional key exchange of the initial
-// handshake went into; what a rekey does not add is a fresh post-quantum
-// secret.
-func rekeySpecs(specs []ProposalSpec) []ProposalSpec {
-	strip := false
-	for i := range specs {
-		strip = strip || specs[i].HasAddKE()
-	}
-	if !strip {
-		return specs
-	}
-	out := make([]ProposalSpec, len(specs))
-	for i, s := range specs {
-		out[i] = s
-		out[i].AddKEs = [NumAddKE][]uint16{}
-	}
-	return out
-}

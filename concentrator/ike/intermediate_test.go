@@ -53,7 +53,10 @@ func TestParseAddKEProposals(t *testing.T) {
 		}
 	}
 	if _, err := ParseProposal("aes256gcm16-ke1_mlkem768", true, false); err == nil {
-		t.Error("ESP proposal with an additional key exchange accepted")
+		t.Error("ESP proposal with an additional key exchange but no group accepted")
+	}
+	if esp, err := ParseProposal("aes256gcm16-x25519-ke1_mlkem768", true, false); err != nil || esp.AddKEs[0][0] != suite.GroupMLKEM768 {
+		t.Errorf("ESP proposal with PFS and an additional key exchange: %+v, %v", esp.AddKEs, err)
 	}
 	// Rendered as transforms of types 6.., and back.
 	prs := Proposals([]ProposalSpec{p}, ProtoIKE, nil, true)
@@ -323,7 +326,7 @@ func TestIntermediateSnapshotRestore(t *testing.T) {
 }
 
 // An IKE SA negotiated with additional key exchanges rekeys (either side
-// starting) without them: no IKE_FOLLOWUP_KE.
+// starting) with them, in IKE_FOLLOWUP_KE (followup_test.go has more).
 func TestIntermediateIKERekey(t *testing.T) {
 	for _, byGateway := range []bool{true, false} {
 		w, ini, _ := pqWire(t, []string{pqProposal}, []string{pqProposal})
@@ -341,7 +344,7 @@ func TestIntermediateIKERekey(t *testing.T) {
 		}
 		var nsa *IKESA
 		w.ini.Each(func(sa *IKESA) bool { nsa = sa; return false })
-		if nsa.Proposal().AddKE != [NumAddKE]uint16{} || bytes.Equal(nsa.skd, old) {
+		if nsa.Proposal().AddKE[0] != suite.GroupMLKEM768 || bytes.Equal(nsa.skd, old) {
 			t.Fatalf("rekeyed SA: %v", nsa.Proposal())
 		}
 		w.paired(t, 1)

@@ -25,6 +25,17 @@ type childRekey struct {
 	kx      suite.KeyExchange
 	localTS []TrafficSelector
 	peerTS  []TrafficSelector
+
+	// Once the CREATE_CHILD_SA response chose additional key exchanges
+	// (RFC 9370 §2.2.4, followup.go): what it negotiated, and the
+	// IKE_FOLLOWUP_KE exchanges still to run.
+	sel      *Selected
+	nr       []byte
+	tsi, tsr []TrafficSelector // narrowed by the responder (CHILD SA)
+	secrets  [][]byte          // SK(0), SK(1), ... so far
+	pending  []uint16          // additional key exchanges still to run
+	link     []byte            // the responder's ADDITIONAL_KEY_EXCHANGE data
+	addKX    suite.KeyExchange // of the IKE_FOLLOWUP_KE request outstanding
 }
 
 // reschedule sets the SA's timer to its earliest pending deadline.
@@ -51,6 +62,9 @@ func (sa *IKESA) reschedule(e *Engine) {
 			earlier(c.retireAt)
 		}
 		earlier(sa.rekeyIKE)
+		for _, f := range sa.followups {
+			earlier(f.expires)
+		}
 	}
 	if sa.lastResp != nil && sa.state == stateEstablished {
 		if sa.lastRespAt.IsZero() {
@@ -84,6 +98,7 @@ func (sa *IKESA) lifecycleTimers(now time.Time, e *Engine, rd *Ready) {
 		sa.nextKeepalive = now.Add(e.cfg.KeepaliveInterval)
 		rd.add(Send{Local: sa.Local, Remote: sa.Remote, Keepalive: true})
 	}
+	sa.expireFollowups(now, e, rd)
 	for _, c := range sa.children {
 		if c.overdue {
 			c.overdue = false
@@ -107,13 +122,20 @@ func (sa *IKESA) lifecycleTimers(now time.Time, e *Engine, rd *Ready) {
 		}
 	}
 	if !sa.rekeyIKE.IsZero() && !now.Before(sa.rekeyIKE) {
-		if sa.idKnown(now, e, rd) {
+		if sa.peerRekeying(nil) {
+			// The peer's IKE rekey is under way (followup.go).
+			sa.rekeyIKE = now.Add(e.cfg.RetransmitTimeout)
+		} else if sa.idKnown(now, e, rd) {
 			sa.startIKERekey(now, e, rd)
 		}
 		return
 	}
 	for _, c := range sa.children {
 		if c.replacedBy == nil && !c.rekeying && !c.rekeyAt.IsZero() && !now.Before(c.rekeyAt) {
+			if sa.peerRekeying(c) {
+				c.rekeyAt = now.Add(e.cfg.RetransmitTimeout) // the peer's rekey of it is under way
+				continue
+			}
 			if sa.idKnown(now, e, rd) {
 				sa.startChildRekey(now, e, c, rd)
 			}
@@ -226,11 +248,18 @@ func (sa *IKESA) handleCreateChild(now time.Time, e *Engine, m *Message, rd *Rea
 	}
 	specs := sa.espSpecs(e)
 	if ke != nil {
-		specs = pfsSpecs(specs, sa.prop.Group)
+		specs = pfsSpecs(specs, sa.prop)
 	}
 	sel := SelectProposal(specs, saP.Proposals, ProtoESP, ke != nil)
 	if sel == nil || len(sel.SPI) != 4 {
 		reply(NO_PROPOSAL_CHOSEN, nil)
+		return
+	}
+	addKEs := sel.AddKEs()
+	if len(addKEs) > 0 && old != nil && (old.rekeying || sa.peerRekeying(old)) {
+		// Both sides rekey the same CHILD SA and this exchange needs
+		// IKE_FOLLOWUP_KE: the peer retries later (followup.go).
+		reply(TEMPORARY_FAILURE, nil)
 		return
 	}
 	var shared []byte
@@ -267,6 +296,17 @@ func (sa *IKESA) handleCreateChild(now time.Time, e *Engine, m *Message, rd *Rea
 		Local: sa.Local, Remote: sa.Remote, Encap: sa.natLocal || sa.natRemote, VirtualIP: sa.firstVIP(), Created: now,
 	}
 	c.InSPI = e.newESPSPI(sa)
+	if len(addKEs) > 0 {
+		// Keys once the IKE_FOLLOWUP_KE exchanges are done.
+		f := &followup{child: c, old: old, ni: bytes.Clone(nonce.Data), nr: nr, sel: sel,
+			secrets: [][]byte{shared}, pending: addKEs}
+		sa.respondFollowup(now, e, m.MessageID, f, []Payload{
+			&SA{Proposals: []Proposal{sel.Proposal(binary.BigEndian.AppendUint32(nil, c.InSPI))}},
+			&Nonce{Data: nr},
+			&KE{Group: sel.Group, Data: kx.Public()},
+		}, []Payload{&TS{Selectors: ntsi}, &TS{Responder: true, Selectors: ntsr}}, rd)
+		return
+	}
 	if err := sa.childKeys(c, shared, nonce.Data, nr, false); err != nil {
 		delete(e.inSPIs, c.InSPI)
 		reply(NO_PROPOSAL_CHOSEN, nil)
@@ -281,6 +321,13 @@ func (sa *IKESA) handleCreateChild(now time.Time, e *Engine, m *Message, rd *Rea
 	}
 	payloads = append(payloads, &TS{Selectors: ntsi}, &TS{Responder: true, Selectors: ntsr})
 	sa.respond(e, CREATE_CHILD_SA, m.MessageID, payloads, rd)
+	sa.installPeerChild(now, e, c, old, nonce.Data, nr, rd)
+}
+
+// installPeerChild installs the CHILD SA c the peer created (replacing old, if
+// it rekeyed one) once the response that completes it is sent. Its events
+// name its proposal (with any additional key exchanges) through Child.
+func (sa *IKESA) installPeerChild(now time.Time, e *Engine, c, old *ChildSA, ni, nr []byte, rd *Ready) {
 	c.initSeq(old)
 	sa.children = append(sa.children, c)
 	sa.scheduleChildRekey(e, c, old != nil)
@@ -298,7 +345,7 @@ func (sa *IKESA) handleCreateChild(now time.Time, e *Engine, m *Message, rd *Rea
 		// Both sides rekey the same CHILD SA; resolved when our own
 		// exchange completes (RFC 7296 §2.8.1).
 		old.collision = c
-		c.collisionNonce = minBytes(bytes.Clone(nonce.Data), nr)
+		c.collisionNonce = minBytes(bytes.Clone(ni), nr)
 	} else {
 		old.replacedBy = c // the peer deletes the old one
 	}
@@ -307,13 +354,20 @@ func (sa *IKESA) handleCreateChild(now time.Time, e *Engine, m *Message, rd *Rea
 }
 
 // pfsSpecs gives ESP proposals without groups the IKE SA's group, so a
-// peer asking for PFS in CREATE_CHILD_SA gets it.
-func pfsSpecs(specs []ProposalSpec, group uint16) []ProposalSpec {
+// peer asking for PFS in CREATE_CHILD_SA gets it, and with it, optionally,
+// the IKE SA's additional key exchanges (RFC 9370): a peer that protected
+// the IKE SA with ML-KEM may do the same for its CHILD SAs.
+func pfsSpecs(specs []ProposalSpec, ike *Selected) []ProposalSpec {
 	out := make([]ProposalSpec, len(specs))
 	for i, s := range specs {
 		out[i] = s
 		if len(s.Groups) == 0 {
-			out[i].Groups = []uint16{group}
+			out[i].Groups = []uint16{ike.Group}
+			for j, g := range ike.AddKE {
+				if g != 0 {
+					out[i].AddKEs[j] = []uint16{g, 0}
+				}
+			}
 		}
 	}
 	return out
@@ -330,7 +384,8 @@ func (sa *IKESA) handleIKERekey(now time.Time, e *Engine, m *Message, saP *SA, n
 		reply(TEMPORARY_FAILURE, nil) // our own IKE rekey is under way
 		return
 	}
-	sel := SelectProposal(rekeySpecs(sa.ikeSpecs(e)), saP.Proposals, ProtoIKE, true)
+	sa.dropFollowups(e, true) // a new rekey supersedes one the peer left unfinished
+	sel := SelectProposal(sa.ikeSpecs(e), saP.Proposals, ProtoIKE, true)
 	if sel == nil || len(sel.SPI) != 8 || ke == nil {
 		reply(NO_PROPOSAL_CHOSEN, nil)
 		return
@@ -346,15 +401,23 @@ func (sa *IKESA) handleIKERekey(now time.Time, e *Engine, m *Message, saP *SA, n
 	}
 	nr := e.randBytes(32)
 	nsa := sa.successor(e, false, binary.BigEndian.Uint64(sel.SPI), e.newSPI(), sel, bytes.Clone(nonce.Data), nr)
+	payloads := []Payload{
+		&SA{Proposals: []Proposal{sel.Proposal(binary.BigEndian.AppendUint64(nil, nsa.SPIr))}},
+		&Nonce{Data: nr},
+		&KE{Group: sel.Group, Data: kx.Public()},
+	}
+	if addKEs := sel.AddKEs(); len(addKEs) > 0 {
+		// The successor is made once the IKE_FOLLOWUP_KE exchanges are
+		// done (followup.go).
+		f := &followup{ike: nsa, ni: nsa.ni, nr: nr, sel: sel, secrets: [][]byte{shared}, pending: addKEs}
+		sa.respondFollowup(now, e, m.MessageID, f, payloads, nil, rd)
+		return
+	}
 	if err := nsa.deriveRekeyed(sa, shared); err != nil {
 		reply(NO_PROPOSAL_CHOSEN, nil)
 		return
 	}
-	sa.respond(e, CREATE_CHILD_SA, m.MessageID, []Payload{
-		&SA{Proposals: []Proposal{sel.Proposal(binary.BigEndian.AppendUint64(nil, nsa.SPIr))}},
-		&Nonce{Data: nr},
-		&KE{Group: sel.Group, Data: kx.Public()},
-	}, rd)
+	sa.respond(e, CREATE_CHILD_SA, m.MessageID, payloads, rd)
 	sa.handOver(now, e, nsa, rd)
 }
 
@@ -366,14 +429,16 @@ func (sa *IKESA) successor(e *Engine, initiator bool, spii, spir uint64, sel *Se
 		prop: sel, ni: ni, nr: nr, natLocal: sa.natLocal, natRemote: sa.natRemote, peerFrag: sa.peerFrag,
 		peerHashes: sa.peerHashes, PeerID: sa.PeerID, vip: sa.vip, created: sa.created, Establish: sa.Establish,
 		msgIDSync: sa.msgIDSync, vipForeign: sa.vipForeign, policy: sa.policy, vip6: sa.vip6, vip6Foreign: sa.vip6Foreign,
+		ini: sa.ini, // an SA we initiated keeps its Initiation's policy, whoever rekeys it
 	}
 }
 
 // deriveRekeyed computes a rekeyed IKE SA's keys: SKEYSEED = prf(SK_d
 // (old), g^ir (new) | Ni | Nr) with the old SA's PRF, then prf+ with the
-// new one (RFC 7296 §2.18).
-func (nsa *IKESA) deriveRekeyed(old *IKESA, shared []byte) error {
-	skeyseed := suite.RekeySKEYSEED(old.prf, old.skd, shared, nsa.ni, nsa.nr)
+// new one (RFC 7296 §2.18); the secrets of additional key exchanges follow
+// the nonces (RFC 9370 §2.2.4).
+func (nsa *IKESA) deriveRekeyed(old *IKESA, shared []byte, addKE ...[]byte) error {
+	skeyseed := suite.RekeySKEYSEED(old.prf, old.skd, shared, nsa.ni, nsa.nr, addKE...)
 	prf, err := suite.NewPRF(nsa.prop.PRF)
 	if err != nil {
 		return err
@@ -395,6 +460,7 @@ func (nsa *IKESA) deriveRekeyed(old *IKESA, shared []byte) error {
 
 // handOver moves the CHILD SAs to the new IKE SA and retires the old one.
 func (sa *IKESA) handOver(now time.Time, e *Engine, nsa *IKESA, rd *Ready) {
+	sa.dropFollowups(e, false) // unfinished CHILD SA exchanges of the peer end with the old SA
 	nsa.children = sa.children
 	sa.children = nil
 	for _, c := range nsa.children {
@@ -457,22 +523,7 @@ func (sa *IKESA) handleCreateChildResponse(now time.Time, e *Engine, rk *childRe
 		sa.handleIKERekeyResponse(now, e, rk, m, rd)
 		return
 	}
-	old := rk.old
-	old.rekeying = false
-	fail := func(reason string, n NotifyType) {
-		delete(e.inSPIs, rk.inSPI)
-		if peer := old.collision; peer != nil {
-			// The peer's rekey of the same SA went through: keep its result.
-			old.replacedBy, old.collision = peer, nil
-			sa.scheduleChildRekey(e, peer, true)
-			return
-		}
-		old.rekeyAt = now.Add(e.cfg.RetransmitTimeout * 8) // try again later
-		ev := sa.event(EventChildFailed)
-		ev.Child, ev.Notify, ev.Reason = old, n, reason
-		rd.add(ev)
-		return
-	}
+	fail := func(reason string, n NotifyType) { sa.rekeyFailed(now, e, rk, reason, n, rd) }
 	if n := firstError(m.Payloads); n != nil {
 		fail("peer refused the CHILD SA rekey", n.NotifyType)
 		return
@@ -504,15 +555,67 @@ func (sa *IKESA) handleCreateChildResponse(now time.Time, e *Engine, rk *childRe
 		fail("peer widened the traffic selectors", TS_UNACCEPTABLE)
 		return
 	}
-	c := &ChildSA{
-		InSPI: rk.inSPI, OutSPI: binary.BigEndian.Uint32(sel.SPI), Proposal: *sel,
-		LocalTS: tsi.Selectors, RemoteTS: tsr.Selectors, Local: sa.Local, Remote: sa.Remote,
-		Encap: sa.natLocal || sa.natRemote, VirtualIP: old.VirtualIP, Created: now,
-	}
-	if err := sa.childKeys(c, shared, rk.ni, nonce.Data, true); err != nil {
-		fail(err.Error(), NO_PROPOSAL_CHOSEN)
+	rk.sel, rk.nr, rk.secrets = sel, bytes.Clone(nonce.Data), [][]byte{shared}
+	rk.tsi, rk.tsr = tsi.Selectors, tsr.Selectors
+	if sa.startFollowup(now, e, rk, m, rd) {
 		return
 	}
+	sa.finishChildRekey(now, e, rk, rd)
+}
+
+// rekeyFailed ends a rekey we started that did not complete: the CHILD SA
+// or the IKE SA is rekeyed again later.
+func (sa *IKESA) rekeyFailed(now time.Time, e *Engine, rk *childRekey, reason string, n NotifyType, rd *Ready) {
+	rk.clear()
+	retry := e.cfg.RetransmitTimeout * 8
+	if n == TEMPORARY_FAILURE {
+		// Perhaps the peer's exchange collided with ours: retry after a
+		// random delay, so that the two sides do not meet again.
+		var b [2]byte
+		e.read(b[:])
+		retry += time.Duration(binary.BigEndian.Uint16(b[:])) * retry / 65536
+	}
+	if rk.ike {
+		delete(e.sas, rk.newSPI)
+		if e.cfg.IKERekeyAfter > 0 {
+			sa.rekeyIKE = now.Add(retry)
+		}
+		ev := sa.event(EventIKEFailed)
+		ev.Notify, ev.Reason = n, reason
+		rd.add(ev)
+		return
+	}
+	old := rk.old
+	old.rekeying = false
+	delete(e.inSPIs, rk.inSPI)
+	if peer := old.collision; peer != nil {
+		// The peer's rekey of the same SA went through: keep its result.
+		old.replacedBy, old.collision = peer, nil
+		sa.scheduleChildRekey(e, peer, true)
+		return
+	}
+	old.rekeyAt = now.Add(retry) // try again later
+	ev := sa.event(EventChildFailed)
+	ev.Child, ev.Notify, ev.Reason = old, n, reason
+	rd.add(ev)
+}
+
+// finishChildRekey installs the CHILD SA our rekey negotiated (rk.sel,
+// rk.nr, rk.secrets) and retires the old one.
+func (sa *IKESA) finishChildRekey(now time.Time, e *Engine, rk *childRekey, rd *Ready) {
+	old, sel := rk.old, rk.sel
+	c := &ChildSA{
+		InSPI: rk.inSPI, OutSPI: binary.BigEndian.Uint32(sel.SPI), Proposal: *sel,
+		LocalTS: rk.tsi, RemoteTS: rk.tsr, Local: sa.Local, Remote: sa.Remote,
+		Encap: sa.natLocal || sa.natRemote, VirtualIP: old.VirtualIP, Created: now,
+	}
+	err := sa.childKeys(c, rk.secrets[0], rk.ni, rk.nr, true, rk.secrets[1:]...)
+	if err != nil {
+		sa.rekeyFailed(now, e, rk, err.Error(), NO_PROPOSAL_CHOSEN, rd)
+		return
+	}
+	rk.clear()
+	old.rekeying = false
 	c.initSeq(old)
 	sa.children = append(sa.children, c)
 	sa.scheduleChildRekey(e, c, true)
@@ -531,7 +634,7 @@ func (sa *IKESA) handleCreateChildResponse(now time.Time, e *Engine, rk *childRe
 		// that created it; the winner's creator deletes the old SA.
 		e.stats.RekeyCollisions++
 		old.collision = nil
-		if bytes.Compare(minBytes(rk.ni, nonce.Data), peer.collisionNonce) < 0 {
+		if bytes.Compare(minBytes(rk.ni, rk.nr), peer.collisionNonce) < 0 {
 			old.replacedBy = peer // ours is redundant; the peer deletes the old SA
 			c.replacedBy = peer
 			victim = c
@@ -631,9 +734,10 @@ func (sa *IKESA) childDeleted(e *Engine, c *ChildSA, reason string, rd *Ready) {
 }
 
 // startIKERekey rekeys the IKE SA itself; we become the original initiator
-// of its successor.
+// of its successor. Proposals with additional key exchanges run them in
+// IKE_FOLLOWUP_KE exchanges on this SA before the successor exists.
 func (sa *IKESA) startIKERekey(now time.Time, e *Engine, rd *Ready) {
-	specs := rekeySpecs(sa.ikeSpecs(e))
+	specs := sa.ikeSpecs(e)
 	kx, err := suite.GenerateKeyExchange(sa.prop.Group, e.cfg.Rand)
 	if err != nil {
 		sa.rekeyIKE = time.Time{}
@@ -654,43 +758,44 @@ func (sa *IKESA) startIKERekey(now time.Time, e *Engine, rd *Ready) {
 }
 
 func (sa *IKESA) handleIKERekeyResponse(now time.Time, e *Engine, rk *childRekey, m *Message, rd *Ready) {
-	delete(e.sas, rk.newSPI)
 	x := collectExchange(m.Payloads)
 	saP, nonce, ke := x.sa, x.nonce, x.ke
-	specs := rekeySpecs(sa.ikeSpecs(e))
-	retry := func(reason string) {
-		if e.cfg.IKERekeyAfter > 0 {
-			sa.rekeyIKE = now.Add(e.cfg.RetransmitTimeout * 8)
-		}
-		ev := sa.event(EventIKEFailed)
-		ev.Reason = reason
-		rd.add(ev)
-		return
-	}
+	retry := func(reason string, n NotifyType) { sa.rekeyFailed(now, e, rk, reason, n, rd) }
 	if n := firstError(m.Payloads); n != nil {
-		retry("peer refused the IKE SA rekey: " + n.NotifyType.String())
+		retry("peer refused the IKE SA rekey: "+n.NotifyType.String(), n.NotifyType)
 		return
 	}
 	if saP == nil || nonce == nil || ke == nil {
-		retry("IKE rekey response is missing payloads")
+		retry("IKE rekey response is missing payloads", INVALID_SYNTAX)
 		return
 	}
-	sel, err := AcceptSelected(specs, saP, ProtoIKE, true)
+	sel, err := AcceptSelected(sa.ikeSpecs(e), saP, ProtoIKE, true)
 	if err != nil || len(sel.SPI) != 8 || sel.Group != rk.kx.Group() || ke.Group != sel.Group {
-		retry("peer chose an IKE proposal we cannot use")
+		retry("peer chose an IKE proposal we cannot use", NO_PROPOSAL_CHOSEN)
 		return
 	}
 	shared, err := rk.kx.SharedSecret(ke.Data)
 	if err != nil {
-		retry(err.Error())
+		retry(err.Error(), INVALID_SYNTAX)
 		return
 	}
-	nsa := sa.successor(e, true, rk.newSPI, binary.BigEndian.Uint64(sel.SPI), sel, rk.ni, bytes.Clone(nonce.Data))
-	nsa.ini = sa.ini
-	if err := nsa.deriveRekeyed(sa, shared); err != nil {
-		retry(err.Error())
+	rk.sel, rk.nr, rk.secrets = sel, bytes.Clone(nonce.Data), [][]byte{shared}
+	if sa.startFollowup(now, e, rk, m, rd) {
 		return
 	}
+	sa.finishIKERekey(now, e, rk, rd)
+}
+
+// finishIKERekey makes the successor our IKE rekey negotiated and deletes
+// this SA.
+func (sa *IKESA) finishIKERekey(now time.Time, e *Engine, rk *childRekey, rd *Ready) {
+	nsa := sa.successor(e, true, rk.newSPI, binary.BigEndian.Uint64(rk.sel.SPI), rk.sel, rk.ni, rk.nr)
+	if err := nsa.deriveRekeyed(sa, rk.secrets[0], rk.secrets[1:]...); err != nil {
+		sa.rekeyFailed(now, e, rk, err.Error(), NO_PROPOSAL_CHOSEN, rd)
+		return
+	}
+	rk.clear()
+	delete(e.sas, rk.newSPI)
 	sa.handOver(now, e, nsa, rd)
 	// Delete the old IKE SA (its CHILD SAs now belong to the successor).
 	sa.state = stateDeleting
@@ -713,7 +818,7 @@ func (e *Engine) RekeyChild(now time.Time, spi uint64, inSPI uint32, rd *Ready) 
 		c.rekeyAt = now // once the message ID is known
 		return
 	}
-	if c := sa.childByIn(inSPI); c != nil && c.replacedBy == nil {
+	if c := sa.childByIn(inSPI); c != nil && c.replacedBy == nil && !sa.peerRekeying(c) {
 		sa.startChildRekey(now, e, c, rd)
 		return
 	}
@@ -750,6 +855,9 @@ func (e *Engine) RekeyIKE(now time.Time, spi uint64, rd *Ready) {
 	sa.flushDirty(e, rd)
 	if !sa.idKnown(now, e, rd) {
 		sa.rekeyIKE = now // once the message ID is known
+		return
+	}
+	if sa.peerRekeying(nil) {
 		return
 	}
 	sa.startIKERekey(now, e, rd)

@@ -26,7 +26,10 @@ type ProposalSpec struct {
 	// AddKEs are the additional key exchanges (RFC 9370): AddKEs[i] lists
 	// the methods acceptable as ADDKE(i+1), transform type 6+i; 0 in a list
 	// is NONE (the exchange may be left out). strongSwan's syntax:
-	// "ke1_mlkem768", "ke2_none".
+	// "ke1_mlkem768", "ke2_none". IKE proposals run them in
+	// IKE_INTERMEDIATE and, on rekeys, IKE_FOLLOWUP_KE; ESP proposals (with
+	// a group) in IKE_FOLLOWUP_KE when a CREATE_CHILD_SA creates or rekeys a
+	// CHILD SA (the first CHILD SA, created in IKE_AUTH, has none).
 	AddKEs [NumAddKE][]uint16
 }
 
@@ -164,9 +167,6 @@ func ParseProposal(s string, esp, allowWeak bool) (ProposalSpec, error) {
 			if reason != "" {
 				return fail(reason)
 			}
-			if esp {
-				return fail("additional key exchanges (" + kw + ") are supported for IKE proposals only")
-			}
 			if g != 0 {
 				if err := weak(suite.TypeKE, g); err != nil {
 					return ProposalSpec{}, err
@@ -210,8 +210,15 @@ func ParseProposal(s string, esp, allowWeak bool) (ProposalSpec, error) {
 		if len(p.Groups) == 0 {
 			return fail("no key exchange group")
 		}
-	} else if len(p.ESNs) == 0 {
-		p.ESNs = []uint16{suite.ESNNo}
+	} else {
+		if len(p.ESNs) == 0 {
+			p.ESNs = []uint16{suite.ESNNo}
+		}
+		if p.HasAddKE() && len(p.Groups) == 0 {
+			// RFC 9370 §2.2.4: the additional exchanges follow the key
+			// exchange of CREATE_CHILD_SA (IKE_FOLLOWUP_KE).
+			return fail("additional key exchanges need a key exchange group (PFS) in an ESP proposal")
+		}
 	}
 	return p, nil
 }

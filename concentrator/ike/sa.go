@@ -86,6 +86,7 @@ type IKESA struct {
 	resync     bool      // restored: a liveness check with a higher message ID may move the window
 	lastRespAt time.Time // when lastResp is dropped (a peer retransmits for minutes, not hours)
 	req        *pendingRequest
+	followups  []*followup // the peer's exchanges awaiting IKE_FOLLOWUP_KE (followup.go)
 
 	// Persistence (Ready batches): the SA's state versions.
 	version     uint64      // of the last Persist made
@@ -449,6 +450,16 @@ func (sa *IKESA) handleRequest(now time.Time, e *Engine, m *Message, rd *Ready) 
 		}
 		sa.handleCreateChild(now, e, m, rd)
 		return
+	case IKE_FOLLOWUP_KE:
+		if sa.state != stateEstablished {
+			if sa.state == stateDeleting || sa.state == stateRekeyed {
+				sa.respond(e, m.Exchange, m.MessageID, []Payload{&Notify{NotifyType: TEMPORARY_FAILURE}}, rd)
+				return
+			}
+			break
+		}
+		sa.handleFollowupRequest(now, e, m, rd)
+		return
 	}
 	e.drop(rd, Packet{Local: sa.Local, Remote: sa.Remote}, m.SPIi, m.SPIr, errorf(INVALID_SYNTAX, "%v request in state %v", m.Exchange, sa.state))
 }
@@ -468,6 +479,8 @@ func (sa *IKESA) handleResponse(now time.Time, e *Engine, m *Message, rd *Ready)
 		sa.childDeleted(e, req.deleteChild, "deleted by us", rd)
 	case req.exchange == CREATE_CHILD_SA && req.rekey != nil:
 		sa.handleCreateChildResponse(now, e, req.rekey, m, rd)
+	case req.exchange == IKE_FOLLOWUP_KE && req.rekey != nil:
+		sa.handleFollowupResponse(now, e, req.rekey, m, rd)
 	case req.rrCheck:
 		if !sa.checkCookie2(m) {
 			sa.terminate(e, "return routability check failed", rd)
@@ -611,14 +624,15 @@ func (sa *IKESA) pskAuth(psk, octets []byte) []byte {
 
 // childKeys derives a CHILD SA's keys from SK_d (RFC 7296 §2.17). The
 // initiator-to-responder keys come first, "initiator" meaning whoever
-// started the exchange that creates the CHILD SA.
-func (sa *IKESA) childKeys(c *ChildSA, shared []byte, ni, nr []byte, exchangeInitiator bool) error {
+// started the exchange that creates the CHILD SA. addKE are the secrets of
+// additional key exchanges in IKE_FOLLOWUP_KE (RFC 9370 §2.2.4).
+func (sa *IKESA) childKeys(c *ChildSA, shared []byte, ni, nr []byte, exchangeInitiator bool, addKE ...[]byte) error {
 	cipher, err := suite.NewCipher(c.Proposal.Encr.ID, int(c.Proposal.Encr.KeyLen), c.Proposal.Integ)
 	if err != nil {
 		return &Error{Notify: NO_PROPOSAL_CHOSEN, Reason: "ESP cipher", Err: err}
 	}
 	el, il := cipher.EncrKeyLen(), cipher.IntegKeyLen()
-	km := suite.ChildKeys(sa.prf, sa.skd, shared, ni, nr, 2*(el+il))
+	km := suite.ChildKeys(sa.prf, sa.skd, shared, ni, nr, 2*(el+il), addKE...)
 	i := ChildKeys{Encr: km[:el], Integ: km[el : el+il]}
 	r := ChildKeys{Encr: km[el+il : 2*el+il], Integ: km[2*el+il:]}
 	if il == 0 {

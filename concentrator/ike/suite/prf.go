@@ -133,17 +133,34 @@ func DeriveIKEKeys(p *PRF, skeyseed, ni, nr []byte, spii, spir uint64, c *Cipher
 
 // RekeySKEYSEED returns prf(SK_d (old), g^ir (new) | Ni | Nr), the SKEYSEED
 // of an IKE SA created by rekeying (RFC 7296 §2.18). The same construction
-// chains additional key exchanges (RFC 9370 §2.2.2).
-func RekeySKEYSEED(p *PRF, oldSKd, gir, ni, nr []byte) []byte {
-	return p.Sum(oldSKd, gir, ni, nr)
+// chains additional key exchanges in IKE_INTERMEDIATE (RFC 9370 §2.2.2).
+// A rekey with additional key exchanges in IKE_FOLLOWUP_KE appends their
+// secrets after the nonces (RFC 9370 §2.2.4):
+//
+//	SKEYSEED = prf(SK_d, SK(0) | Ni | Nr | SK(1) | ... | SK(n))
+func RekeySKEYSEED(p *PRF, oldSKd, gir, ni, nr []byte, addKE ...[]byte) []byte {
+	if len(addKE) == 0 {
+		return p.Sum(oldSKd, gir, ni, nr)
+	}
+	return p.Sum(oldSKd, append([][]byte{gir, ni, nr}, addKE...)...)
 }
 
 // ChildKeys returns n octets of KEYMAT = prf+(SK_d, [g^ir (new)] | Ni | Nr)
 // for a CHILD SA (RFC 7296 §2.17); gir is nil without PFS. The caller takes
 // the keys in the order of §2.17: encryption then integrity key for the
-// initiator-to-responder SA, then the same for the other direction.
-func ChildKeys(p *PRF, skd []byte, gir, ni, nr []byte, n int) []byte {
-	seed := make([]byte, 0, len(gir)+len(ni)+len(nr))
+// initiator-to-responder SA, then the same for the other direction. The
+// secrets of additional key exchanges (RFC 9370 §2.2.4) follow the nonces:
+//
+//	KEYMAT = prf+(SK_d, SK(0) | Ni | Nr | SK(1) | ... | SK(n))
+func ChildKeys(p *PRF, skd []byte, gir, ni, nr []byte, n int, addKE ...[]byte) []byte {
+	size := len(gir) + len(ni) + len(nr)
+	for _, k := range addKE {
+		size += len(k)
+	}
+	seed := make([]byte, 0, size)
 	seed = append(append(append(seed, gir...), ni...), nr...)
+	for _, k := range addKE {
+		seed = append(seed, k...)
+	}
 	return p.Plus(skd, seed, n)
 }
