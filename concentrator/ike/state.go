@@ -236,6 +236,9 @@ func (sa *IKESA) persist(e *Engine, kind PersistKind, rd *Ready, released ...uin
 	p := Persist{Kind: kind, SPI: sa.localSPI(), Released: released, PeerID: sa.PeerID}
 	if kind == PersistEstablished {
 		p.Unique = sa.unique
+		if p.Unique == UniqueNone && e.cfg.UniqueIDs != UniqueNever {
+			p.Unique = UniqueIndexOnly // an SA we started: found by later ones, replaces none
+		}
 	}
 	if kind != PersistDeleted {
 		st, err := sa.Snapshot()
