@@ -118,10 +118,12 @@ func (n *Node) submit(s *shard, b *heldBatch, p ike.Persist) {
 			vip, c.Lease = cp.leaseFor(p.State.VirtualIP, p.State.PeerID.String())
 		}
 	}
+	n.uniqueChange(&c, &p)
 	done := func(err error) {
 		if vip != nil {
 			cp.settle(vip, err) // before the engine hears of it
 		}
+		n.uniqueCommitted(&c, err)
 		s.commits.post(commitResult{b: b, spi: p.SPI, version: p.Version, kind: c.Kind, err: err})
 	}
 	if err := n.persist.store.Submit(c, done); err != nil {

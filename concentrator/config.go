@@ -16,6 +16,7 @@ import (
 
 	"go.yaml.in/yaml/v3"
 
+	"github.com/ikefleet/ikefleet/concentrator/ike"
 	"github.com/ikefleet/ikefleet/lb"
 	"github.com/ikefleet/ikefleet/statestore"
 )
@@ -136,6 +137,11 @@ type AuthConfig struct {
 	// ClockSkew is the tolerance for certificate validity periods and for
 	// CRL and OCSP update times.
 	ClockSkew time.Duration `yaml:"clock_skew"`
+	// UniqueIDs: what a gateway's new IKE SA does about the older IKE SAs
+	// of its identity, on any node (as strongSwan's uniqueids): replace
+	// (the default), no, never or keep. docs/architecture.md, "Unique
+	// identities".
+	UniqueIDs string `yaml:"unique_ids"`
 }
 
 // PubKeyConfig is a peer identity and the file of its public key (PEM
@@ -240,7 +246,7 @@ func DefaultConfig() Config {
 			Resumption: ResumptionConfig{TicketLifetime: 8 * time.Hour, KeyRotation: 4 * time.Hour},
 		},
 		Identity: IdentityConfig{SendCert: "always"},
-		Auth:     AuthConfig{Revocation: DefaultRevocationConfig(), ClockSkew: DefaultClockSkew},
+		Auth:     AuthConfig{Revocation: DefaultRevocationConfig(), ClockSkew: DefaultClockSkew, UniqueIDs: "replace"},
 		Children: ChildrenConfig{RekeyAfter: 50 * time.Minute, RekeyWindow: 10 * time.Minute, RekeyOverlap: 10 * time.Second, MaxPerIKE: 8},
 		DataPlane: DataPlaneConfig{Mode: "auto", Userspace: UserspaceConfig{TUN: "ikf0", MTU: 1400, QueueLen: 1024, ReplayWindow: 1024, SocketRecvBuffer: 4 << 20},
 			XFRM: XFRMConfig{MSSClamp: true, ReplayWindow: 128, HThresh4: []int{0, 32}, UnknownSPIQueue: 4500}},
@@ -440,6 +446,9 @@ func (c *Config) Validate() error {
 	}
 	if c.Identity.Cert == "" && c.Identity.Key != "" && len(c.Auth.PubKeys) == 0 {
 		return fieldErr("identity.key", "a key without identity.cert authenticates by raw public key: needs auth.pubkeys")
+	}
+	if _, ok := ike.ParseUniqueIDs(c.Auth.UniqueIDs); !ok {
+		return fieldErr("auth.unique_ids", "must be replace, no, never or keep, not %q", c.Auth.UniqueIDs)
 	}
 	switch c.Identity.SendCert {
 	case "always", "ifasked":

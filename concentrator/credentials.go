@@ -215,6 +215,7 @@ func (c *Config) engineConfig() (ike.Config, error) {
 	ec.FragmentSize = c.IKE.FragmentSize
 	ec.DPDDelay = c.IKE.DPDDelay
 	ec.MOBIKE = c.IKE.MOBIKE == nil || *c.IKE.MOBIKE
+	ec.UniqueIDs, _ = ike.ParseUniqueIDs(c.Auth.UniqueIDs) // validated
 	ec.KeepaliveInterval = c.IKE.KeepaliveInterval
 	ec.RekeyOverlap = c.Children.RekeyOverlap
 	ec.IKERekeyAfter = c.IKE.RekeyAfter

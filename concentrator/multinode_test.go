@@ -146,19 +146,24 @@ func (g *memGateway) perform(rd *ike.Ready) {
 	}
 }
 
-// connect initiates an IKE SA to the node at server as gateway n and
-// waits until it is established.
-func (g *memGateway) connect(ctx context.Context, server netip.Addr, n int) {
-	g.t.Helper()
+// gatewayInitiation is gateway n's IKE SA to the node at server.
+func gatewayInitiation(g *memGateway, server netip.Addr, n int) ike.Initiation {
 	id, _ := ike.ParseIdentity(fmt.Sprintf("gw%d@iot.example", n))
 	esp, _ := ike.ParseProposal("aes256gcm16", true, false)
 	prop, _ := ike.ParseProposal("aes256gcm16-prfsha256-x25519", false, false)
-	ini := ike.Initiation{Local: g.ike.LocalAddr(), Remote: netip.AddrPortFrom(server, 500),
+	return ike.Initiation{Local: g.ike.LocalAddr(), Remote: netip.AddrPortFrom(server, 500),
 		Creds: ike.Credentials{ID: id}, PSK: []byte(fmt.Sprintf("psk-0123456789ab-%d", n)),
 		IKEProposals: []ike.ProposalSpec{prop}, ESPProposals: []ike.ProposalSpec{esp},
 		TSi:        []ike.TrafficSelector{ike.SelectorFromPrefix(netip.MustParsePrefix("0.0.0.0/0"))},
 		TSr:        []ike.TrafficSelector{ike.SelectorFromPrefix(netip.MustParsePrefix("10.30.0.0/24"))},
 		RequestVIP: true, RemoteNATT: 4500}
+}
+
+// connect initiates an IKE SA to the node at server as gateway n and
+// waits until it is established.
+func (g *memGateway) connect(ctx context.Context, server netip.Addr, n int) {
+	g.t.Helper()
+	ini := gatewayInitiation(g, server, n)
 	errc := make(chan error, 1)
 	g.calls <- func() {
 		var rd ike.Ready

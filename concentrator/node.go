@@ -81,6 +81,7 @@ type Node struct {
 	peer            *peerAPI     // the peer API (peer.go); nil without cluster.peer_listen
 	claims          claims       // SAs being claimed (claim.go)
 	cluster         clusterStats // claims and hand-offs
+	unique          uniqueStats  // unique identities (unique.go)
 	ops             ops          // operator actions (ops.go)
 	front           front        // the anycast front (anycast.go)
 }

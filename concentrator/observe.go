@@ -174,6 +174,9 @@ func (n *Node) metricsSnapshot(ctx context.Context) (metrics.Snapshot, error) {
 	s.Events = n.obs.events.Counts()
 	cs := n.ClusterStats()
 	s.Events.Handoffs, s.Events.Takeovers = cs.HandedOff, cs.TakeOvers
+	u := &n.unique
+	s.Events.UniqueLocal, s.Events.UniqueRemote, s.Events.UniqueDead = u.local.Load(), u.remote.Load(), u.dead.Load()
+	s.Events.UniqueFailed, s.Events.UniqueRefused = u.failed.Load(), u.refused.Load()
 	if st := h.StateStore; st != nil {
 		s.StateStore = &metrics.StateStore{Reachable: st.Reachable, Registered: st.Registered, Queued: st.Queued, Txns: st.Txns}
 	}

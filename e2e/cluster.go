@@ -117,10 +117,14 @@ type ClusterGateway struct {
 	LANAddr  string // 10.20.s.1: source of its pings
 	ID       string // gwNN@iot.example
 	PSK      string
-	IKEPort  int // charon.port: flow NATPublic:IKEPort -> VIP:500
-	NATTPort int // charon.port_nat_t: flow NATPublic:NATTPort -> VIP:4500
+	IKEPort  int    // charon.port: flow NATPublic:IKEPort -> VIP:500
+	NATTPort int    // charon.port_nat_t: flow NATPublic:NATTPort -> VIP:4500
+	WAN      string // its address towards the NAT
 	SS       *StrongSwan
 }
+
+// Conf is the gateway's swanctl.conf.
+func (g *ClusterGateway) Conf() string { return clusterGatewayConf(g, g.WAN) }
 
 // Flows returns the gateway's two flows as the router sees them.
 func (g *ClusterGateway) Flows() []Flow {
@@ -586,7 +590,7 @@ secrets {
 func (c *Cluster) startGateway(t *testing.T, g *ClusterGateway) {
 	t.Helper()
 	ns, wan := c.TP.AddGateway(t, g.Name, g.Index+1)
-	g.NS = ns
+	g.NS, g.WAN = ns, wan
 	g.SS = NewStrongSwan(t, c.TP, g.Name, ns)
 	// Later keys override earlier ones: each gateway has its own ports,
 	// which the masquerade keeps (no other flow uses them).

@@ -263,7 +263,32 @@ func (s *StrongSwan) Stop() error {
 		return nil
 	}
 	err := s.proc.Stop()
-	if _, serr := os.Stat(filepath.Join("/run/netns", s.NS)); serr == nil && err != nil {
+	if err != nil {
+		s.cleanupAfterKill()
+	}
+	return err
+}
+
+// Crash ends charon with SIGKILL, as a crash or a power loss would (no
+// Delete reaches its peers), and removes what it left; Start may follow
+// (a rebooted gateway: same identity, no SA, INITIAL_CONTACT).
+func (s *StrongSwan) Crash(ctx context.Context) error {
+	if s.proc == nil {
+		return nil
+	}
+	if err := s.proc.cmd.Process.Kill(); err != nil {
+		return err
+	}
+	_ = s.proc.Wait(ctx)
+	s.cleanupAfterKill()
+	s.proc = nil
+	return nil
+}
+
+// cleanupAfterKill removes the TUN device and routes a charon that did
+// not exit cleanly left in its namespace.
+func (s *StrongSwan) cleanupAfterKill() {
+	if _, serr := os.Stat(filepath.Join("/run/netns", s.NS)); serr == nil {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer cancel()
 		if out, lerr := s.tp.Exec(ctx, s.NS, "ip", "-o", "link", "show", "type", "tun"); lerr == nil {
@@ -282,5 +307,4 @@ func (s *StrongSwan) Stop() error {
 			}
 		}
 	}
-	return err
 }

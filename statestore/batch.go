@@ -273,6 +273,8 @@ func (b *batcher) try(batch []pending) error {
 			var err error
 			if !tr.Succeeded {
 				err = parts[i].outcome(reg.owner, tr.Responses)
+			} else {
+				parts[i].others(&batch[i].c, tr.Responses)
 			}
 			finish(batch[i], err)
 		}

@@ -2,6 +2,7 @@ package statestore
 
 import (
 	"context"
+	"fmt"
 	"math/rand/v2"
 	"sync"
 	"testing"
@@ -192,5 +193,53 @@ func BenchmarkWritesPerSAHour(b *testing.B) {
 	b.ReportMetric(float64(writes)/n, "etcd-writes/SA-h")
 	b.ReportMetric(float64(changes)/n, "changes/SA-h")
 	b.ReportMetric(float64(dpd)/n, "DPD/SA-h")
+	b.ReportMetric(0, "ns/op")
+}
+
+// BenchmarkIdentityIndex submits SA establishments without and with the
+// identity index (Identity, UniqueReplace: the index entry written and
+// the identity's other SAs read in the SA's own transaction) and reports
+// etcd transactions per SA and the rate of each: the index must add no
+// transaction.
+func BenchmarkIdentityIndex(b *testing.B) {
+	e := startEtcd(b, true)
+	cli := dial(b, e.Endpoints())
+	s := open(b, cli, testConfig(b, "bench"))
+	n := max(b.N, 3000)
+	next := uint64(1)
+	run := func(index bool) (txnPerSA, rate float64) {
+		h0 := s.Health()
+		t0 := time.Now()
+		var wg sync.WaitGroup
+		wg.Add(n)
+		for i := 0; i < n; i++ {
+			next++
+			c := Change{Kind: Established, Record: sampleRecord(next)}
+			if index {
+				var others []IdentitySA
+				c.Identity, c.Unique, c.Others = fmt.Sprintf("gw-%06d.fleet.example", next), UniqueReplace, &others
+			}
+			for s.Submit(c, func(err error) {
+				if err != nil {
+					b.Error(err)
+				}
+				wg.Done()
+			}) != nil {
+				time.Sleep(time.Millisecond)
+			}
+		}
+		wg.Wait()
+		rate = float64(n) / time.Since(t0).Seconds()
+		h1 := s.Health()
+		return float64(h1.Batches-h0.Batches) / float64(h1.Changes-h0.Changes), rate
+	}
+	b.ResetTimer()
+	tOff, rOff := run(false)
+	tOn, rOn := run(true)
+	b.StopTimer()
+	b.ReportMetric(tOff, "txn/SA-without")
+	b.ReportMetric(tOn, "txn/SA-with-index")
+	b.ReportMetric(rOff, "SA/s-without")
+	b.ReportMetric(rOn, "SA/s-with-index")
 	b.ReportMetric(0, "ns/op")
 }

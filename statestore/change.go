@@ -54,6 +54,16 @@ type Change struct {
 	// the same transaction as its record: no transaction of its own and
 	// nothing to wait for on the engine's path (see AddressLease).
 	Lease *AddressLease
+	// Identity (Established, IKERekeyed, Deleted): the peer identity as
+	// the node prints it. With it the SA is kept in the identity index
+	// (identity.go) by the same transaction; "" leaves the index alone.
+	Identity string
+	// Unique (Established with an Identity): what the change does about
+	// the identity's other SAs.
+	Unique UniquePolicy
+	// Others (Established, UniqueReplace): set to the identity's other
+	// SAs, read in the change's transaction, before done is called.
+	Others *[]IdentitySA
 }
 
 // AddressLease is a virtual IP lease written with an SA's Established
@@ -133,6 +143,11 @@ type txnParts struct {
 	leaseAt    int    // index of the lease's address in the Else responses
 	mark       string // the node's reservation mark (reservedMark)
 	noOwner    bool   // addressReleased: no owner record involved, never fails
+	identity   string // the change's Identity
+	identGet   bool   // UniqueReplace: Then[identAt] reads the identity's entries
+	identAt    int
+	identKeep  bool // UniqueKeep: Else[identElse] reads them
+	identElse  int
 }
 
 // build turns a change into transaction parts for registration me.
@@ -181,6 +196,20 @@ func (s *Store) build(c *Change, me Owner) (txnParts, error) {
 			return p, err
 		}
 		own(spi)
+		if id := c.Identity; id != "" {
+			p.identity = id
+			switch c.Unique {
+			case UniqueReplace:
+				// Read before the new entry goes in: the others only.
+				p.identGet, p.identAt = true, len(p.then)
+				p.then = append(p.then, clientv3.OpGet(s.k.identPrefix(id), clientv3.WithPrefix()))
+			case UniqueKeep:
+				p.identKeep, p.identElse = true, len(p.els)+1 // after the owner's, prepended below
+				p.cmps = append(p.cmps, clientv3.Compare(clientv3.CreateRevision(s.k.identPrefix(id)), "=", 0).WithPrefix())
+				p.els = append(p.els, clientv3.OpGet(s.k.identPrefix(id), clientv3.WithPrefix()))
+			}
+			p.then = append(p.then, clientv3.OpPut(s.k.ident(id, spi), id2node(s.cfg.NodeID)))
+		}
 		if l := c.Lease; l != nil {
 			ak := s.k.poolAddr(l.Addr)
 			p.lease, p.mark = l, s.reservedMark()
@@ -214,11 +243,17 @@ func (s *Store) build(c *Change, me Owner) (txnParts, error) {
 			return p, err
 		}
 		own(p.newSPI)
+		if id := c.Identity; id != "" {
+			p.then = append(p.then, clientv3.OpDelete(s.k.ident(id, c.OldSPI)), clientv3.OpPut(s.k.ident(id, p.newSPI), id2node(s.cfg.NodeID)))
+		}
 		p.els = append(p.els, clientv3.OpGet(s.k.owner(p.newSPI)))
 	case Deleted:
 		p.absentIsOK = true
 		p.cmps = []clientv3.Cmp{mine}
 		drop(c.spi())
+		if c.Identity != "" {
+			p.then = append(p.then, clientv3.OpDelete(s.k.ident(c.Identity, c.spi())))
+		}
 		if c.Record != nil {
 			release(c.Record.InSPIs())
 		}
@@ -257,6 +292,15 @@ func (p *txnParts) outcome(me Owner, rs []*etcdserverpb.ResponseOp) error {
 	}
 	if p.createOnly && cur == me {
 		return nil // a retried commit that had succeeded
+	}
+	if p.identKeep && cur == (Owner{}) && p.identElse < len(rs) {
+		if kvs := rs[p.identElse].GetResponseRange().GetKvs(); len(kvs) > 0 {
+			e := &IdentityHeldError{Identity: p.identity}
+			for _, kv := range kvs {
+				e.SAs = append(e.SAs, IdentitySA{SPI: spiOfIdentKey(string(kv.Key)), Node: string(kv.Value)})
+			}
+			return e
+		}
 	}
 	if p.newSPI != 0 && len(rs) > 1 {
 		if kvs := rs[1].GetResponseRange().GetKvs(); len(kvs) > 0 {
@@ -313,6 +357,7 @@ func (s *Store) Persist(ctx context.Context, c Change) error {
 		return fmt.Errorf("%w: %v", ErrUnavailable, err)
 	}
 	if resp.Succeeded {
+		p.others(&c, resp.Responses)
 		return nil
 	}
 	if err := p.outcome(reg.owner, resp.Responses); err != nil {

@@ -129,6 +129,12 @@ type Persist struct {
 	Version  uint64   // the SA's state version (Engine.Committed)
 	State    *SAState // nil for PersistDeleted
 	Released []uint32 // inbound ESP SPIs no longer in use
+	// PeerID is the SA's peer identity (the identity index, unique.go).
+	PeerID Identity
+	// Unique (PersistEstablished of an SA the peer started): what the
+	// write does about the older SAs of PeerID (Config.UniqueIDs and the
+	// peer's INITIAL_CONTACT).
+	Unique UniqueAction
 }
 
 // PersistKind names the state change.

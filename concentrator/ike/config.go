@@ -138,6 +138,9 @@ type Config struct {
 	MaxChildren int
 	// MOBIKE enables RFC 4555 with peers that support it.
 	MOBIKE bool
+	// UniqueIDs: what a new IKE SA of a peer identity does about the older
+	// ones (unique.go). The node deletes them, cluster-wide.
+	UniqueIDs UniqueIDs
 	// RekeyOverlap: after we rekey a CHILD SA, the old one stays until the
 	// new one has received traffic or this long has passed; 0 deletes it
 	// at once.

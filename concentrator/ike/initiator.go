@@ -42,6 +42,9 @@ type Initiation struct {
 	// EAP: we authenticate with this EAP method instead of AUTH (RFC 7296
 	// §2.16); the responder authenticates with its certificate or PSK.
 	EAP EAPClient
+	// NoInitialContact leaves INITIAL_CONTACT out of IKE_AUTH (a gateway
+	// that keeps other IKE SAs with the responder).
+	NoInitialContact bool
 }
 
 const maxKERetries = 2
@@ -225,7 +228,9 @@ func (sa *IKESA) sendAuth(now time.Time, e *Engine, rd *Ready) {
 	if ini.Verifier != nil {
 		payloads = append(payloads, &CertReq{Encoding: CertX509Signature})
 	}
-	payloads = append(payloads, &Notify{NotifyType: INITIAL_CONTACT})
+	if !ini.NoInitialContact {
+		payloads = append(payloads, &Notify{NotifyType: INITIAL_CONTACT})
+	}
 	if e.cfg.MOBIKE {
 		payloads = append(payloads, &Notify{NotifyType: MOBIKE_SUPPORTED})
 	}

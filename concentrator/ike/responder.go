@@ -266,6 +266,9 @@ func (sa *IKESA) establishResponder(now time.Time, e *Engine, msgID uint32, req 
 	// a peer that does.
 	sa.msgIDSync = findNotify(req, IKEV2_MESSAGE_ID_SYNC_SUPPORTED) != nil
 	payloads = append(payloads, &Notify{NotifyType: IKEV2_MESSAGE_ID_SYNC_SUPPORTED})
+	// RFC 7296 §2.4: INITIAL_CONTACT counts in the first IKE_AUTH request
+	// only (req is that one's payloads, with EAP too).
+	sa.unique = e.cfg.UniqueIDs.Action(findNotify(req, INITIAL_CONTACT) != nil)
 
 	// The IKE SA is authenticated; a CHILD SA failure below does not undo it.
 	sa.state = stateEstablished

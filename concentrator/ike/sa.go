@@ -103,7 +103,8 @@ type IKESA struct {
 	resvVersion uint64 // the version that carries outReserved
 	idUnknown   bool   // restored: the peer expects our next request ID in [probeLo, outDurable]
 	probeLo     uint32
-	msgIDSync   bool // the peer announced IKEV2_MESSAGE_ID_SYNC_SUPPORTED (RFC 6311)
+	msgIDSync   bool         // the peer announced IKEV2_MESSAGE_ID_SYNC_SUPPORTED (RFC 6311)
+	unique      UniqueAction // what the Established write does about older SAs of the identity
 
 	deadline  int64 // UnixNano of the SA's timer in the wheel; 0: none
 	lastRecv  time.Time

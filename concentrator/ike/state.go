@@ -233,7 +233,13 @@ func (sa *IKESA) restoreRekey(e *Engine, c *ChildSA, now time.Time) {
 // persist appends a Persist of a change of an established SA: its state
 // after the change under a new version.
 func (sa *IKESA) persist(e *Engine, kind PersistKind, rd *Ready, released ...uint32) {
-	p := Persist{Kind: kind, SPI: sa.localSPI(), Released: released}
+	p := Persist{Kind: kind, SPI: sa.localSPI(), Released: released, PeerID: sa.PeerID}
+	if kind == PersistEstablished {
+		p.Unique = sa.unique
+		if p.Unique == UniqueNone && e.cfg.UniqueIDs != UniqueNever {
+			p.Unique = UniqueIndexOnly // an SA we started: found by later ones, replaces none
+		}
+	}
 	if kind != PersistDeleted {
 		st, err := sa.Snapshot()
 		if err != nil {
@@ -388,22 +394,7 @@ func (e *Engine) Forget(spi uint64, rd *Ready) {
 	}
 	// Its virtual IP goes with it: a pool shared by the nodes keeps the
 	// lease, a pool of this node's frees the address here.
-	if pool := sa.pool(e); sa.vip.IsValid() && pool != nil && !sa.vipForeign {
-		if f, ok := pool.(interface{ Forget(netip.Addr) }); ok {
-			f.Forget(sa.vip)
-		} else {
-			pool.Release(sa.vip)
-		}
-		sa.vipForeign = true // released above
-	}
-	if sa.vip6.IsValid() && e.cfg.Pool6 != nil && !sa.vip6Foreign {
-		if f, ok := e.cfg.Pool6.(interface{ Forget(netip.Addr) }); ok {
-			f.Forget(sa.vip6)
-		} else {
-			e.cfg.Pool6.Release(sa.vip6)
-		}
-		sa.vip6Foreign = true
-	}
+	sa.forgetVIPs(e)
 	e.remove(sa)
 }
 

@@ -67,6 +67,9 @@ var (
 	dIKEDropped      = counterDef("ike_messages_dropped_total", "IKE messages the engine dropped (malformed, unknown SA, integrity).")
 	dUnreservedSPIs  = counterDef("unreserved_spis_total", "SPIs allocated without a cluster-wide reservation (reservation pool empty).")
 	dHandoffs        = counterDef("handoffs_total", "SAs handed off to another node.")
+	dUniqueReplaced  = counterDef("unique_id_replacements_total", "Older IKE SAs of a peer identity deleted for a new one (auth.unique_ids): where the old one was (local: this node, remote: another live node, asked over the peer API, dead: a dead node's, deleted from the state store).", "where")
+	dUniqueFailed    = counterDef("unique_id_replace_failures_total", "Older IKE SAs of a peer identity that were to be replaced but were not (state store or peer unreachable); they stay until their peer's liveness check fails.")
+	dUniqueRefused   = counterDef("unique_id_refused_total", "New IKE SAs refused because their identity has one (auth.unique_ids keep).")
 	dTakeovers       = counterDef("takeovers_total", "SAs taken over from another node.")
 
 	// The node.

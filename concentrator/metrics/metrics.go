@@ -110,6 +110,9 @@ type EventCounts struct {
 	IKERekeysByUs, IKERekeysByPeer     uint64
 	AddressUpdates                     uint64
 	Handoffs, Takeovers                uint64 // filled by the node from its claim counters
+	// Unique identities (filled by the node): older SAs replaced by where
+	// they were, replacements that failed, new SAs refused.
+	UniqueLocal, UniqueRemote, UniqueDead, UniqueFailed, UniqueRefused uint64
 }
 
 // Events counts what ike.Stats does not break down: rekeys by who started
@@ -284,6 +287,11 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 	counter(dUnreservedSPIs, total.UnreservedSPIs)
 	counter(dHandoffs, ev.Handoffs)
 	counter(dTakeovers, ev.Takeovers)
+	counter(dUniqueReplaced, ev.UniqueLocal, "local")
+	counter(dUniqueReplaced, ev.UniqueRemote, "remote")
+	counter(dUniqueReplaced, ev.UniqueDead, "dead")
+	counter(dUniqueFailed, ev.UniqueFailed)
+	counter(dUniqueRefused, ev.UniqueRefused)
 
 	// The node.
 	n := s.Node

@@ -1,0 +1,225 @@
+package concentrator
+
+import (
+	"context"
+	"errors"
+	"net/netip"
+	"testing"
+	"time"
+
+	"github.com/ikefleet/ikefleet/concentrator/ike"
+	"github.com/ikefleet/ikefleet/statestore"
+)
+
+// gatewayDeleted reports whether gateway g has no established IKE SA.
+func gatewayDeleted(g *memGateway) bool {
+	_, spir, _ := gatewaySA(g)
+	return spir == 0
+}
+
+// storedSA reports whether the state store holds a record of spi.
+func storedSA(t *testing.T, ctx context.Context, n *Node, spi uint64) bool {
+	t.Helper()
+	_, _, err := n.persist.store.Load(ctx, spi)
+	if errors.Is(err, statestore.ErrNotFound) {
+		return false
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	return true
+}
+
+// saVIP is the virtual IP of the SA spi held by node cn.
+func saVIP(ctx context.Context, cn *clusterNode, spi uint64) netip.Addr {
+	var a netip.Addr
+	s := cn.n.shardOfSPI(spi)
+	cn.n.do(ctx, s, func() {
+		if sa := s.eng.SA(spi); sa != nil {
+			if st, err := sa.Snapshot(); err == nil {
+				a = st.VirtualIP
+			}
+		}
+	})
+	return a
+}
+
+// A gateway reboots and reconnects (INITIAL_CONTACT) through another
+// node: its old IKE SA on the first node is deleted there (the node is
+// asked over the peer API), the old gateway hears a Delete, and the new
+// SA keeps the identity's virtual IP. Reconnecting once more through the
+// same node replaces the SA on that node.
+func TestUniqueIDsReplaceAcrossNodes(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	c := newTestCluster(t, 2)
+	c.start(ctx, "a")
+	b := c.start(ctx, "b")
+	old := netip.MustParseAddr("192.0.2.11")
+	c.pin(old, "a")
+	g1 := startMemGateway(t, ctx, c.netw, c.clk, old)
+	g1.connect(ctx, c.vip, 1)
+	_, spi1, _ := gatewaySA(g1)
+	if h := c.holders(ctx, spi1); len(h) != 1 || h[0] != "a" {
+		t.Fatalf("first SA held by %v", h)
+	}
+	vip := saVIP(ctx, c.node("a"), spi1)
+
+	// The rebooted gateway comes back from another address, through b.
+	rebooted := netip.MustParseAddr("192.0.2.51")
+	c.pin(rebooted, "b")
+	g2 := startMemGateway(t, ctx, c.netw, c.clk, rebooted)
+	g2.connect(ctx, c.vip, 1)
+	_, spi2, _ := gatewaySA(g2)
+	waitFor(t, ctx, "the old SA gone from node a", func() bool { return len(c.holders(ctx, spi1)) == 0 })
+	waitFor(t, ctx, "the old gateway told of the delete", func() bool { return gatewayDeleted(g1) })
+	if h := c.holders(ctx, spi2); len(h) != 1 || h[0] != "b" {
+		t.Fatalf("new SA held by %v", h)
+	}
+	if storedSA(t, ctx, b.n, spi1) {
+		t.Fatal("the old SA's record is still in the state store")
+	}
+	if !storedSA(t, ctx, b.n, spi2) {
+		t.Fatal("the new SA's record is not in the state store")
+	}
+	if got := saVIP(ctx, b, spi2); got != vip || !vip.IsValid() {
+		t.Fatalf("new SA's virtual IP %v, want the identity's %v", got, vip)
+	}
+	if a, ok, err := b.n.persist.store.(*statestore.Store).AddressOf(ctx, "gw1@iot.example"); err != nil || !ok || a != vip {
+		t.Fatalf("identity's lease after the replacement: %v %v %v, want %v", a, ok, err, vip)
+	}
+	if s := b.n.UniqueStats(); s.Remote != 1 || s.Local != 0 || s.Failed != 0 {
+		t.Fatalf("node b's counters: %+v", s)
+	}
+	// The new SA serves: its CHILD SA rekeys through b.
+	rekeyChild(t, ctx, g2, 1)
+
+	// Once more through b: replaced on b itself.
+	third := netip.MustParseAddr("192.0.2.52")
+	c.pin(third, "b")
+	g3 := startMemGateway(t, ctx, c.netw, c.clk, third)
+	g3.connect(ctx, c.vip, 1)
+	_, spi3, _ := gatewaySA(g3)
+	waitFor(t, ctx, "the second SA replaced on b", func() bool { return len(c.holders(ctx, spi2)) == 0 })
+	if s := b.n.UniqueStats(); s.Local != 1 || s.Remote != 1 {
+		t.Fatalf("node b's counters: %+v", s)
+	}
+	if h := c.holders(ctx, spi3); len(h) != 1 || h[0] != "b" {
+		t.Fatalf("third SA held by %v", h)
+	}
+	// Another identity is left alone.
+	other := netip.MustParseAddr("192.0.2.12")
+	c.pin(other, "a")
+	g4 := startMemGateway(t, ctx, c.netw, c.clk, other)
+	g4.connect(ctx, c.vip, 2)
+	_, spi4, _ := gatewaySA(g4)
+	if h := c.holders(ctx, spi3); len(h) != 1 {
+		t.Fatalf("gw1's SA held by %v after gw2 connected", h)
+	}
+	if h := c.holders(ctx, spi4); len(h) != 1 || h[0] != "a" {
+		t.Fatalf("gw2's SA held by %v", h)
+	}
+}
+
+// The node holding a gateway's old SA crashes; the gateway reconnects
+// through another node: once the dead node's lease has expired, its SA
+// is deleted from the state store (fencing rules), not restored anywhere.
+func TestUniqueIDsDeadOwner(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	c := newTestCluster(t, 2)
+	c.start(ctx, "a")
+	b := c.start(ctx, "b")
+	old := netip.MustParseAddr("192.0.2.11")
+	c.pin(old, "a")
+	g1 := startMemGateway(t, ctx, c.netw, c.clk, old)
+	g1.connect(ctx, c.vip, 1)
+	_, spi1, _ := gatewaySA(g1)
+	c.kill("a")
+
+	rebooted := netip.MustParseAddr("192.0.2.51")
+	c.pin(rebooted, "b")
+	g2 := startMemGateway(t, ctx, c.netw, c.clk, rebooted)
+	g2.connect(ctx, c.vip, 1)
+	_, spi2, _ := gatewaySA(g2)
+	waitFor(t, ctx, "the dead node's SA deleted", func() bool { return b.n.UniqueStats().Dead == 1 })
+	if storedSA(t, ctx, b.n, spi1) {
+		t.Fatal("the dead node's SA is still in the state store")
+	}
+	if h := c.holders(ctx, spi1); len(h) != 0 {
+		t.Fatalf("old SA held by %v", h)
+	}
+	if h := c.holders(ctx, spi2); len(h) != 1 || h[0] != "b" {
+		t.Fatalf("new SA held by %v", h)
+	}
+	ids, err := b.n.persist.store.(*statestore.Store).Identity(ctx, "gw1@iot.example")
+	if err != nil || len(ids) != 1 || ids[0].SPI != spi2 {
+		t.Fatalf("identity index: %+v %v, want only %016x", ids, err, spi2)
+	}
+	if s := b.n.UniqueStats(); s.Remote != 0 || s.Local != 0 {
+		t.Fatalf("node b's counters: %+v", s)
+	}
+}
+
+// keep: a second IKE SA of an identity without INITIAL_CONTACT is
+// refused while the first lives; never: both stay.
+func TestUniqueIDsKeepAndNever(t *testing.T) {
+	for _, mode := range []string{"keep", "never"} {
+		t.Run(mode, func(t *testing.T) {
+			ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+			defer cancel()
+			c := newTestCluster(t, 2)
+			c.edit = func(s string) string {
+				return replaceOnce(t, s, "auth:\n", "auth:\n  unique_ids: "+mode+"\n")
+			}
+			c.start(ctx, "a")
+			b := c.start(ctx, "b")
+			first := netip.MustParseAddr("192.0.2.11")
+			c.pin(first, "a")
+			g1 := startMemGateway(t, ctx, c.netw, c.clk, first)
+			g1.connect(ctx, c.vip, 1)
+			_, spi1, _ := gatewaySA(g1)
+
+			second := netip.MustParseAddr("192.0.2.51")
+			c.pin(second, "b")
+			g2 := startMemGateway(t, ctx, c.netw, c.clk, second)
+			if mode == "never" {
+				g2.connect(ctx, c.vip, 1) // with INITIAL_CONTACT, ignored
+				_, spi2, _ := gatewaySA(g2)
+				if h := c.holders(ctx, spi1); len(h) != 1 || h[0] != "a" {
+					t.Fatalf("first SA held by %v", h)
+				}
+				if h := c.holders(ctx, spi2); len(h) != 1 || h[0] != "b" {
+					t.Fatalf("second SA held by %v", h)
+				}
+				return
+			}
+			g2.connectNoIC(ctx, c.vip, 1)
+			waitFor(t, ctx, "the second SA refused", func() bool { return b.n.UniqueStats().Refused >= 1 })
+			if !gatewayDeleted(g2) {
+				t.Fatal("the refused gateway has an IKE SA")
+			}
+			if h := c.holders(ctx, spi1); len(h) != 1 || h[0] != "a" {
+				t.Fatalf("first SA held by %v", h)
+			}
+		})
+	}
+}
+
+// connectNoIC starts an IKE SA as gateway n without INITIAL_CONTACT and
+// does not wait for it.
+func (g *memGateway) connectNoIC(ctx context.Context, server netip.Addr, n int) {
+	g.t.Helper()
+	ini := gatewayInitiation(g, server, n)
+	ini.NoInitialContact = true
+	errc := make(chan error, 1)
+	g.calls <- func() {
+		var rd ike.Ready
+		_, err := g.eng.Initiate(g.clk.Now(), ini, &rd)
+		g.perform(&rd)
+		errc <- err
+	}
+	if err := <-errc; err != nil {
+		g.t.Fatal(err)
+	}
+}
