@@ -104,7 +104,8 @@ type ReceiveStats struct {
 
 // ReceiveStats reports the socket loops' counters.
 func (n *Node) ReceiveStats() ReceiveStats {
-	return ReceiveStats{QueueDropsNew: n.initDrops.Load(), QueueDropsOther: n.queueDrops.Load(),
+	all, fresh := n.queueDrops.Load(), n.initDrops.Load()
+	return ReceiveStats{QueueDropsNew: fresh, QueueDropsOther: all - fresh,
 		NonIKE: n.nonIKEDrops.Load(), Keepalives: n.keepalives.Load()}
 }
 
