@@ -4,7 +4,9 @@ package concentrator
 // NAT-T keepalives, and user-space ESP handed to the data plane. Sockets
 // are read a batch of datagrams at a time (recvmmsg) into buffers sized by
 // ike.socket_buffer; each shard queues new IKE_SA_INITs apart from the
-// rest and serves the rest first.
+// rest and serves the rest first. While a shard demands cookies, the
+// socket loop answers new IKE_SA_INITs without one itself and queues
+// those with a valid one with the rest (ike.Cookies.Screen).
 
 import (
 	"encoding/binary"
@@ -229,6 +231,20 @@ func (n *Node) receive(c transport.Conn, b []byte, local, remote netip.AddrPort,
 		return
 	}
 	isNew := isNewSA(b)
+	if isNew {
+		// Under pressure a new IKE_SA_INIT is answered here, without
+		// queueing: a flood of them never stands between the engine and
+		// the requests that proved their address with a cookie, which
+		// are queued with the established SAs' messages.
+		switch reply, v := s.eng.Cookies().Screen(n.clock.Now(), b, remote.Addr()); v {
+		case ike.ScreenAnswered:
+			n.send(ike.Send{Local: local, Remote: remote, Messages: [][]byte{reply}})
+			n.logEvent(s, ike.Event{Kind: ike.EventCookieSent, SPIi: binary.BigEndian.Uint64(b), Local: local, Remote: remote, Notify: ike.COOKIE})
+			return
+		case ike.ScreenProven:
+			isNew = false
+		}
+	}
 	if !s.q.push(ike.Packet{Local: local, Remote: remote, Data: append([]byte(nil), b...)}, isNew) {
 		if isNew {
 			n.initDrops.Add(1) // of the queue drops, new SAs
