@@ -4,7 +4,9 @@ package concentrator
 // NAT-T keepalives, and user-space ESP handed to the data plane. Sockets
 // are read a batch of datagrams at a time (recvmmsg) into buffers sized by
 // ike.socket_buffer; each shard queues new IKE_SA_INITs apart from the
-// rest and serves the rest first.
+// rest and serves the rest first. While a shard demands cookies, the
+// socket loop answers new IKE_SA_INITs without one itself and queues
+// those with a valid one with the rest (ike.Cookies.Screen).
 
 import (
 	"encoding/binary"
@@ -104,7 +106,8 @@ type ReceiveStats struct {
 
 // ReceiveStats reports the socket loops' counters.
 func (n *Node) ReceiveStats() ReceiveStats {
-	return ReceiveStats{QueueDropsNew: n.initDrops.Load(), QueueDropsOther: n.queueDrops.Load(),
+	all, fresh := n.queueDrops.Load(), n.initDrops.Load()
+	return ReceiveStats{QueueDropsNew: fresh, QueueDropsOther: all - fresh,
 		NonIKE: n.nonIKEDrops.Load(), Keepalives: n.keepalives.Load()}
 }
 
@@ -138,9 +141,11 @@ func configureSocket(c *net.UDPConn, size int) error {
 	return nil
 }
 
-// batchReader reads datagrams a batch at a time (recvmmsg).
+// batchReader reads and writes datagrams a batch at a time (recvmmsg,
+// sendmmsg).
 type batchReader interface {
 	ReadBatch(ms []ipv4.Message, flags int) (int, error)
+	WriteBatch(ms []ipv4.Message, flags int) (int, error)
 }
 
 func newBatchReader(c *net.UDPConn, local netip.AddrPort) batchReader {
@@ -169,7 +174,9 @@ func (n *Node) readLoop(c transport.Conn) {
 				n.log.Warn("read failed", "local", local.String(), "err", err)
 				continue
 			}
-			n.receive(c, buf[:nb], local, remote, natt, espIn)
+			if reply := n.receive(c, buf[:nb], local, remote, natt, espIn); reply != nil {
+				n.send(ike.Send{Local: local, Remote: remote, Messages: [][]byte{reply}})
+			}
 		}
 	}
 	br := newBatchReader(u.Socket(), local)
@@ -177,7 +184,10 @@ func (n *Node) readLoop(c transport.Conn) {
 	for i := range msgs {
 		msgs[i].Buffers = [][]byte{make([]byte, maxDatagram)}
 	}
+	// Cookie demands the batch's datagrams got, sent in one sendmmsg.
+	replies := make([]ipv4.Message, 0, readBatchLen)
 	for {
+		replies = replies[:0]
 		nm, err := br.ReadBatch(msgs, 0)
 		if err != nil {
 			if errors.Is(err, net.ErrClosed) {
@@ -193,47 +203,89 @@ func (n *Node) readLoop(c transport.Conn) {
 				continue
 			}
 			remote := ua.AddrPort()
-			n.receive(c, m.Buffers[0][:m.N], local, netip.AddrPortFrom(remote.Addr().Unmap(), remote.Port()), natt, espIn)
+			if reply := n.receive(c, m.Buffers[0][:m.N], local, netip.AddrPortFrom(remote.Addr().Unmap(), remote.Port()), natt, espIn); reply != nil {
+				if natt {
+					reply = append([]byte{0, 0, 0, 0}, reply...)
+				}
+				replies = append(replies, ipv4.Message{Buffers: [][]byte{reply}, Addr: ua})
+			}
 		}
+		n.sendBatch(br, replies, local)
+	}
+}
+
+// sendBatch sends the socket loop's cookie demands (sendmmsg), unless the
+// node is fenced.
+func (n *Node) sendBatch(bw batchReader, ms []ipv4.Message, local netip.AddrPort) {
+	if len(ms) == 0 {
+		return
+	}
+	if n.persist != nil && !n.persist.store.CanSend() {
+		n.fencedDrops.Add(uint64(len(ms)))
+		return
+	}
+	for len(ms) > 0 {
+		k, err := bw.WriteBatch(ms, 0)
+		if err != nil {
+			n.log.Debug("send failed", "local", local.String(), "err", err)
+			k = 1 // skip the datagram the error is about
+		}
+		ms = ms[k:]
 	}
 }
 
 // receive sorts one datagram: a NAT-T keepalive, ESP for the data plane,
-// or an IKE message for its shard's queue.
-func (n *Node) receive(c transport.Conn, b []byte, local, remote netip.AddrPort, natt bool, espIn dataplane.ESPHandler) {
+// or an IKE message for its shard's queue; or it returns the cookie
+// demand (without the non-ESP marker) that answers a new IKE_SA_INIT,
+// for the caller to send.
+func (n *Node) receive(c transport.Conn, b []byte, local, remote netip.AddrPort, natt bool, espIn dataplane.ESPHandler) []byte {
 	if natt {
 		switch {
 		case len(b) == 1 && b[0] == 0xff:
 			n.keepalives.Add(1) // NAT-T keepalive (RFC 3948 §2.3)
-			return
+			return nil
 		case len(b) >= 4 && binary.BigEndian.Uint32(b) == 0:
 			b = b[4:] // non-ESP marker: IKE
 		case espIn != nil:
 			espIn.HandleESP(b, local, remote) // user-space ESP
-			return
+			return nil
 		default:
 			n.nonIKEDrops.Add(1) // ESP: the data plane's, not ours
-			return
+			return nil
 		}
 	}
 	if n.cfg.Anycast.Redirect.Enabled && n.redirectInit(c, natt, b, remote) {
-		return // draining or overloaded: sent to another node (anycast.go)
+		return nil // draining or overloaded: sent to another node (anycast.go)
 	}
 	if n.ops.draining.Load() && n.refuseInit(c, natt, b, remote) {
-		return // draining: no new IKE SAs (ops.go)
+		return nil // draining: no new IKE SAs (ops.go)
 	}
 	s := n.shardFor(b)
 	if s == nil {
 		n.nonIKEDrops.Add(1)
-		return
+		return nil
 	}
 	isNew := isNewSA(b)
+	if isNew {
+		// Under pressure a new IKE_SA_INIT is answered here, without
+		// queueing: a flood of them never stands between the engine and
+		// the requests that proved their address with a cookie, which
+		// are queued with the established SAs' messages.
+		switch reply, v := s.eng.Cookies().Screen(n.clock.Now(), b, remote.Addr()); v {
+		case ike.ScreenAnswered:
+			n.logEvent(s, ike.Event{Kind: ike.EventCookieSent, SPIi: binary.BigEndian.Uint64(b), Local: local, Remote: remote, Notify: ike.COOKIE})
+			return reply
+		case ike.ScreenProven:
+			isNew = false
+		}
+	}
 	if !s.q.push(ike.Packet{Local: local, Remote: remote, Data: append([]byte(nil), b...)}, isNew) {
 		if isNew {
 			n.initDrops.Add(1) // of the queue drops, new SAs
 		}
 		n.countQueueDrop(local, natt, s)
 	}
+	return nil
 }
 
 // shardFor routes a message to the shard owning its SA: by our SPI's shard

@@ -2,6 +2,7 @@ package concentrator
 
 import (
 	"bytes"
+	"context"
 	"crypto/rand"
 	"fmt"
 	"net"
@@ -10,11 +11,13 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 
 	"golang.org/x/net/ipv4"
 	"golang.org/x/sys/unix"
 
 	"github.com/ikefleet/ikefleet/concentrator/ike"
+	"github.com/ikefleet/ikefleet/concentrator/ike/suite"
 	"github.com/ikefleet/ikefleet/concentrator/transport"
 )
 
@@ -209,5 +212,110 @@ func TestBatchReadMatchesDatagrams(t *testing.T) {
 				t.Errorf("%d datagrams took %d reads: not batched", len(sent), batches)
 			}
 		})
+	}
+}
+
+// cookieInit is an IKE_SA_INIT request (aes256-sha256-modp2048) with the
+// given initiator SPI and, if any, a cookie as its first payload.
+func cookieInit(spi uint64, cookie []byte) []byte {
+	var ps []ike.Payload
+	if cookie != nil {
+		ps = append(ps, &ike.Notify{NotifyType: ike.COOKIE, Data: cookie})
+	}
+	ke := make([]byte, 256)
+	rand.Read(ke)
+	ps = append(ps,
+		&ike.SA{Proposals: []ike.Proposal{{Num: 1, Protocol: ike.ProtoIKE, Transforms: []ike.Transform{
+			{Type: suite.TypeENCR, ID: 12, KeyLen: 256}, {Type: suite.TypePRF, ID: 5},
+			{Type: suite.TypeINTEG, ID: 12}, {Type: suite.TypeKE, ID: 14}}}}},
+		&ike.KE{Group: 14, Data: ke},
+		&ike.Nonce{Data: bytes.Repeat([]byte{7}, 32)})
+	return (&ike.Message{SPIi: spi, Exchange: ike.IKE_SA_INIT, Flags: ike.FlagInitiator, Payloads: ps}).Encode()
+}
+
+// While cookies are demanded, the socket loop answers a cookieless
+// IKE_SA_INIT itself, with its shard busy, and queues the request that
+// carries the cookie with the established SAs' traffic, not behind new
+// requests; the engine then admits it.
+func TestSocketLoopAnswersCookies(t *testing.T) {
+	n, _ := startNode(t, 1, "  cookie_threshold: 0\n")
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	c, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	buf := make([]byte, 65535)
+	exchange := func(b []byte) *ike.Message {
+		t.Helper()
+		if _, err := c.WriteToUDPAddrPort(b, n.IKEAddr()); err != nil {
+			t.Fatal(err)
+		}
+		c.SetReadDeadline(time.Now().Add(30 * time.Second)) // a bound, not a measure
+		nb, _, err := c.ReadFromUDPAddrPort(buf)
+		if err != nil {
+			t.Fatal(err)
+		}
+		m, err := ike.Decode(append([]byte(nil), buf[:nb]...))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return m
+	}
+	cookieIn := func(m *ike.Message) []byte {
+		for _, p := range m.Payloads {
+			if nt, ok := p.(*ike.Notify); ok && nt.NotifyType == ike.COOKIE {
+				return nt.Data
+			}
+		}
+		return nil
+	}
+	const spi = 0x1122334455667788
+	req := cookieInit(spi, nil)
+	s := n.shardFor(req)
+	// The first demand comes from the engine (it makes the secret).
+	if cookieIn(exchange(req)) == nil {
+		t.Fatal("no cookie demanded")
+	}
+	// The shard is busy: the socket loop answers alone.
+	started, release := make(chan struct{}), make(chan struct{})
+	go n.do(ctx, s, func() { close(started); <-release })
+	<-started
+	cookie := cookieIn(exchange(req))
+	if cookie == nil {
+		close(release)
+		t.Fatal("no cookie from the socket loop while the shard is busy")
+	}
+	proven := cookieInit(spi, cookie)
+	if _, err := c.WriteToUDPAddrPort(proven, n.IKEAddr()); err != nil {
+		t.Fatal(err)
+	}
+	for len(s.q.prio) == 0 && ctx.Err() == nil {
+		time.Sleep(10 * time.Millisecond)
+	}
+	prio, init := len(s.q.prio), len(s.q.init)
+	close(release)
+	if prio != 1 || init != 0 {
+		t.Fatalf("the request with the cookie: %d in the priority queue, %d in the new-SA queue; want 1, 0", prio, init)
+	}
+	c.SetReadDeadline(time.Now().Add(30 * time.Second))
+	nb, _, err := c.ReadFromUDPAddrPort(buf)
+	if err != nil {
+		t.Fatal(err)
+	}
+	m, err := ike.Decode(buf[:nb])
+	if err != nil {
+		t.Fatal(err)
+	}
+	if m.SPIr == 0 || cookieIn(m) != nil {
+		t.Fatalf("the request with the cookie was not admitted: %+v", m)
+	}
+	st, err := n.Stats(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.CookiesSent != 2 || st.HalfOpen != 1 {
+		t.Fatalf("cookies sent %d (want 2), half-open %d (want 1)", st.CookiesSent, st.HalfOpen)
 	}
 }

@@ -7,6 +7,8 @@ import (
 	"encoding/binary"
 	"fmt"
 	"path/filepath"
+	"regexp"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -59,17 +61,64 @@ func flushConntrack(ns string) error {
 // move the SA.
 func TestNATMappingChange(t *testing.T) {
 	requireNetns(t)
+	natRemapping(t, userspaceConfig(t, ESPProp), "userspace", "")
+}
+
+// TestKernelNATMappingChange is TestNATMappingChange with the kernel data
+// plane (VM tier): strongSwan with kernel ESP, concentratord with
+// dataplane.mode xfrm. The kernel reports ESP-in-UDP from the new port
+// (XFRM_MSG_MAPPING), concentratord checks the new address and moves the
+// SA: its outbound state's encapsulation then names the new port.
+func TestKernelNATMappingChange(t *testing.T) {
+	requireKernelESP(t)
+	tp := natRemapping(t, xfrmConfig(t), "xfrm", KernelCharonPlugins)
+	// The concentrator's outbound state sends to the NAT's new port, and
+	// its inbound state expects it (else the kernel reports every packet).
+	ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
+	defer cancel()
+	out, err := tp.Exec(ctx, tp.Conc, "ip", "xfrm", "state")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ports := xfrmEncapPortRE.FindAllStringSubmatch(out, -1)
+	if len(ports) != 2 {
+		t.Fatalf("conc: %d encapsulated states, want 2:\n%s", len(ports), out)
+	}
+	for _, p := range ports {
+		// One of the ports is ours (4500), the other the NAT's, now
+		// from the new masquerade range.
+		a, _ := strconv.Atoi(p[1])
+		b, _ := strconv.Atoi(p[2])
+		if min(a, b) != 4500 || max(a, b) < natRemapLow || max(a, b) > natRemapHigh {
+			t.Errorf("conc: state with encap sport %s dport %s: want 4500 and a port of the NAT's new range %d-%d\n%s",
+				p[1], p[2], natRemapLow, natRemapHigh, out)
+		}
+	}
+}
+
+var xfrmEncapPortRE = regexp.MustCompile(`encap type espinudp sport (\d+) dport (\d+)`)
+
+// The NAT's masquerade port range after the re-mapping.
+const natRemapLow, natRemapHigh = 20000, 20999
+
+// natRemapping brings up gw1 (strongSwan with the given charon plugins, ""
+// for the default) to concentratord with cfg (data plane mode), re-maps
+// the NAT mid-ping and waits for pings to resume both ways.
+func natRemapping(t *testing.T, cfg, mode, plugins string) *Topology {
+	t.Helper()
 	bin := Binary(t, "concentratord")
 	ctx, cancel := context.WithTimeout(t.Context(), 3*time.Minute)
 	defer cancel()
 	tp := NewTopology(t)
-	dir := t.TempDir()
-	cfg := filepath.Join(dir, "concentratord.yaml")
-	writeFile(t, cfg, []byte(userspaceConfig(t, ESPProp)))
-	conc := startConcentratord(t, ctx, tp, bin, "concentratord", cfg)
-	conc.mustWaitLog(t, ctx, 10*time.Second, "listening", map[string]string{"dataplane": "userspace"})
+	cfgFile := filepath.Join(t.TempDir(), "concentratord.yaml")
+	writeFile(t, cfgFile, []byte(cfg))
+	conc := startConcentratord(t, ctx, tp, bin, "concentratord", cfgFile)
+	conc.mustWaitLog(t, ctx, 10*time.Second, "listening", map[string]string{"dataplane": mode})
 
 	gw := NewStrongSwan(t, tp, "gw1", tp.GW)
+	if plugins != "" {
+		gw.Plugins = plugins
+	}
 	gwConf := strings.Replace(GatewaySwanctlConf(AuthPSK), "dpd_delay = 30s", "dpd_delay = 600s", 1)
 	if gwConf == GatewaySwanctlConf(AuthPSK) {
 		t.Fatal("gateway configuration has no dpd_delay = 30s to raise")
@@ -93,7 +142,7 @@ func TestNATMappingChange(t *testing.T) {
 
 	// The NAT re-maps: a new port range, its table forgotten.
 	rules := `flush chain ip nat postrouting
-add rule ip nat postrouting oifname "nat-conc" meta l4proto udp masquerade to :20000-20999
+add rule ip nat postrouting oifname "nat-conc" meta l4proto udp masquerade to :` + strconv.Itoa(natRemapLow) + "-" + strconv.Itoa(natRemapHigh) + `
 add rule ip nat postrouting oifname "nat-conc" masquerade
 `
 	if out, err := run(ctx, strings.NewReader(rules), "ip", "netns", "exec", tp.NAT, "nft", "-f", "-"); err != nil {
@@ -141,4 +190,5 @@ add rule ip nat postrouting oifname "nat-conc" masquerade
 		t.Errorf("no mapping check or address update counted: %v", m)
 	}
 	conc.mustWaitLog(t, ctx, 5*time.Second, "NAT mapping changed: checking the new address", nil)
+	return tp
 }

@@ -357,6 +357,8 @@ func TestFloodEstablishedAndGenuine(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	rsBefore := node.ReceiveStats()
+	sockBefore := udpSocketDrops(t, ikeAddr.Port(), natt.Port())
 	f := &flooder{ike: ikeAddr, natt: natt, known: known, initRate: sz.initRate, badRate: sz.badRate}
 	var peakHeap atomic.Uint64
 	peakHeap.Store(baseHeap)
@@ -391,6 +393,15 @@ func TestFloodEstablishedAndGenuine(t *testing.T) {
 		t.Fatal(err)
 	}
 	cookies, dropped := stAfter.CookiesSent-stBefore.CookiesSent, stAfter.Dropped-stBefore.Dropped
+	// Where datagrams were lost before the engine saw them: the sockets'
+	// receive buffers (the kernel's per-socket drop counter) and the
+	// shards' queues.
+	rsAfter := node.ReceiveStats()
+	sockAfter := udpSocketDrops(t, ikeAddr.Port(), natt.Port())
+	t.Logf("receive losses during the flood: socket buffers %d (IKE port) + %d (NAT-T port); shard queues %d new IKE_SA_INITs, %d other",
+		sockAfter[0]-sockBefore[0], sockAfter[1]-sockBefore[1],
+		rsAfter.QueueDropsNew-rsBefore.QueueDropsNew,
+		rsAfter.QueueDropsOther-rsBefore.QueueDropsOther)
 	if cookies == 0 || dropped == 0 {
 		t.Errorf("the flood did not reach the node: %d cookies sent, %d dropped", cookies, dropped)
 	}
@@ -471,6 +482,41 @@ func TestFloodEstablishedAndGenuine(t *testing.T) {
 		E, float64(f.inits.Load())/floodS, float64(f.bad.Load())/floodS, floodS, sz.initRate, sz.badRate, distinct, f.sendErrs.Load(), cookies, dropped,
 		gen.Established, G, 100*success, gen.LatencyMS.P99, base.LatencyMS.P99, gen.LatencyMS.P99/max(base.LatencyMS.P99, 0.001),
 		float64(floodLines)/floodS, kinds, baseHeap>>20, peakHeap.Load()>>20, heap>>20, baseGoroutines, gor, runtime.NumCPU())
+}
+
+// udpSocketDrops reads the kernel's drop counters of the UDP sockets bound
+// to the given local ports (/proc/net/udp: full receive buffers).
+func udpSocketDrops(t *testing.T, ports ...uint16) []uint64 {
+	t.Helper()
+	b, err := os.ReadFile("/proc/net/udp")
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := make([]uint64, len(ports))
+	for _, line := range strings.Split(string(b), "\n")[1:] {
+		f := strings.Fields(line)
+		if len(f) < 13 {
+			continue
+		}
+		_, portHex, ok := strings.Cut(f[1], ":")
+		if !ok {
+			continue
+		}
+		var port uint16
+		var drops uint64
+		if _, err := fmt.Sscanf(portHex, "%X", &port); err != nil {
+			continue
+		}
+		if _, err := fmt.Sscanf(f[len(f)-1], "%d", &drops); err != nil {
+			continue
+		}
+		for i, p := range ports {
+			if p == port {
+				out[i] += drops
+			}
+		}
+	}
+	return out
 }
 
 func heapInuse() uint64 {

@@ -85,8 +85,12 @@ func (e *Engine) sourcePrefix(a netip.Addr) netip.Prefix {
 	return p
 }
 
-// underPressure reports whether new IKE_SA_INIT requests need a cookie.
-func (e *Engine) underPressure() bool { return e.halfOpen >= e.cfg.CookieThreshold }
+// underPressure reports whether new IKE_SA_INIT requests need a cookie:
+// at the half-open threshold, and for a while after the last demand
+// (Cookies.UnderPressure).
+func (e *Engine) underPressure() bool {
+	return e.halfOpen >= e.cfg.CookieThreshold || e.cookies.UnderPressure(e.now)
+}
 
 // admit decides whether a request that passed the cookie check (if one was
 // demanded) may create a half-open SA; cookieProven says a valid cookie
@@ -114,6 +118,7 @@ func (e *Engine) halfOpenAdd(sa *IKESA) {
 	sa.halfOpen = true
 	sa.halfOpenCost = int64(len(sa.initReq) + len(sa.initResp) + halfOpenOverhead)
 	e.halfOpen++
+	e.publishPressure()
 	e.halfOpenBytes += sa.halfOpenCost
 	e.perPrefix[e.sourcePrefix(sa.initRemote.Addr())]++
 }
@@ -125,6 +130,7 @@ func (e *Engine) halfOpenDone(sa *IKESA) {
 	}
 	sa.halfOpen = false
 	e.halfOpen--
+	e.publishPressure()
 	e.halfOpenBytes -= sa.halfOpenCost
 	sa.halfOpenCost = 0
 	p := e.sourcePrefix(sa.initRemote.Addr())

@@ -1,8 +1,6 @@
 package ike
 
 import (
-	"crypto/hmac"
-	"crypto/sha256"
 	"encoding/binary"
 	"errors"
 	"io"
@@ -23,7 +21,7 @@ type Engine struct {
 	// half-open accounting (admission.go)
 	halfOpenBytes int64
 	perPrefix     map[netip.Prefix]int
-	cookie        [2]cookieSecret // current and previous
+	cookies       *Cookies // current and previous secrets, shared with the socket reader
 	stats         Stats
 	step          uint64         // counts entry points: one Ready batch each
 	now           time.Time      // the latest time an entry point was given
@@ -102,7 +100,9 @@ func NewEngine(cfg Config) (*Engine, error) {
 		inSPIs:    make(map[uint32]*IKESA),
 		timers:    newTimerWheel(),
 		perPrefix: make(map[netip.Prefix]int),
+		cookies:   &Cookies{hold: cfg.HalfOpenTimeout},
 	}
+	e.publishPressure()
 	e.stats.Failed = make(map[NotifyType]uint64)
 	e.defaultPolicy.Name = "default"
 	if len(e.cfg.Policies) > 0 && e.cfg.Selectors == nil {
@@ -118,6 +118,7 @@ func (e *Engine) Config() *Config { return &e.cfg }
 func (e *Engine) Stats() Stats {
 	s := e.stats
 	s.HalfOpen = e.halfOpen
+	s.CookiesSent += e.cookies.sent.Load()
 	s.HalfOpenBytes = e.halfOpenBytes
 	s.Failed = make(map[NotifyType]uint64, len(e.stats.Failed))
 	for k, v := range e.stats.Failed {
@@ -354,24 +355,6 @@ func (e *Engine) remove(sa *IKESA) {
 
 // ---- cookies (RFC 7296 §2.6) ----
 
-func (e *Engine) cookieFor(now time.Time, version byte, ni []byte, peer netip.Addr, spii uint64) []byte {
-	cs := e.currentCookie(now)
-	if version != cs.version {
-		if e.cookie[1].version != version || e.cookie[1].until.IsZero() {
-			return nil
-		}
-		cs = &e.cookie[1]
-	}
-	m := hmac.New(sha256.New, cs.key[:])
-	m.Write(ni)
-	a := peer.As16()
-	m.Write(a[:])
-	var s [8]byte
-	binary.BigEndian.PutUint64(s[:], spii)
-	m.Write(s[:])
-	return m.Sum([]byte{cs.version})
-}
-
 // forcedNATAddr is a random address, chosen once, whose hash stands in
 // for ours in NAT_DETECTION_SOURCE_IP when ForceEncap claims a NAT.
 func (e *Engine) forcedNATAddr() netip.AddrPort {
@@ -381,14 +364,4 @@ func (e *Engine) forcedNATAddr() netip.AddrPort {
 		e.natFake = netip.AddrPortFrom(netip.AddrFrom16([16]byte(b[:16])), binary.BigEndian.Uint16(b[16:]))
 	}
 	return e.natFake
-}
-
-func (e *Engine) currentCookie(now time.Time) *cookieSecret {
-	if e.cookie[0].until.IsZero() || now.After(e.cookie[0].until) {
-		e.cookie[1] = e.cookie[0]
-		e.cookie[0].version = e.cookie[1].version + 1
-		e.read(e.cookie[0].key[:])
-		e.cookie[0].until = now.Add(cookieLifetime)
-	}
-	return &e.cookie[0]
 }

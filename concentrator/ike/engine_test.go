@@ -539,8 +539,9 @@ func R(f func(rd *Ready)) *Ready {
 }
 
 // Under load a responder demands a cookie for an IKE_SA_INIT, then has
-// room again when the initiator's retransmission of the cookieless request
-// arrives, and answers it. The initiator meanwhile sent the request again
+// room again (and its last cookie demand is a half-open timeout old) when
+// the initiator's retransmission of the cookieless request arrives, and
+// answers it. The initiator meanwhile sent the request again
 // with the cookie, and signs that one in IKE_AUTH: the responder must
 // still authenticate it; and the second cookie answer (to the
 // retransmission) must not fail the initiator.
@@ -579,8 +580,9 @@ func TestCookieRetryRacesRetransmission(t *testing.T) {
 		}
 		return msgs[0]
 	}
+	resNow := t0
 	toRes := func(b []byte) *Ready {
-		return R(func(rd *Ready) { res.Handle(t0, Packet{Local: concAddr, Remote: gwAddr, Data: b}, rd) })
+		return R(func(rd *Ready) { res.Handle(resNow, Packet{Local: concAddr, Remote: gwAddr, Data: b}, rd) })
 	}
 	toIni := func(b []byte) *Ready {
 		return R(func(rd *Ready) { ini.Handle(t0, Packet{Local: gwAddr, Remote: concAddr, Data: b}, rd) })
@@ -610,6 +612,7 @@ func TestCookieRetryRacesRetransmission(t *testing.T) {
 	// The other gateway's SA goes; the cookieless retransmission arrives
 	// (init2 is still on its way) and is answered.
 	res.Forget(otherSPIr, &Ready{})
+	resNow = t0.Add(res.Config().HalfOpenTimeout + time.Second)
 	resp1 := one("INIT response", sends(toRes(init1)))
 	if h, _ := DecodeHeader(resp1); h.SPIr == 0 {
 		t.Fatal("the retransmission got a cookie again")

@@ -43,7 +43,8 @@ func (e *Engine) handleInitRequest(now time.Time, pkt Packet, h Header, rd *Read
 		}
 		if !valid {
 			e.stats.CookiesSent++
-			c := e.cookieFor(now, e.currentCookie(now).version, nonce.Data, pkt.Remote.Addr(), h.SPIi)
+			e.cookies.demand(now)
+			c := e.cookieFor(now, e.currentCookie(now), nonce.Data, pkt.Remote.Addr(), h.SPIi)
 			resp := Message{SPIi: h.SPIi, Exchange: IKE_SA_INIT, Flags: FlagResponse,
 				Payloads: []Payload{&Notify{NotifyType: COOKIE, Data: c}}}
 			rd.add(Send{Local: pkt.Local, Remote: pkt.Remote, Messages: [][]byte{resp.Encode()}})
@@ -481,7 +482,7 @@ func (sa *IKESA) cookieRetries(now time.Time, e *Engine) [][]byte {
 		return nil // answered with a cookie (the first payload), or malformed
 	}
 	var out [][]byte
-	cur := e.currentCookie(now).version
+	cur := e.currentCookie(now)
 	for _, v := range []byte{cur, cur - 1} {
 		c := e.cookieFor(now, v, sa.ni, sa.initRemote.Addr(), sa.SPIi)
 		if c == nil {

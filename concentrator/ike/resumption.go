@@ -424,7 +424,8 @@ func (e *Engine) handleResumeRequest(now time.Time, pkt Packet, h Header, rd *Re
 		}
 		if !valid {
 			e.stats.CookiesSent++
-			c := e.cookieFor(now, e.currentCookie(now).version, nonce.Data, pkt.Remote.Addr(), h.SPIi)
+			e.cookies.demand(now)
+			c := e.cookieFor(now, e.currentCookie(now), nonce.Data, pkt.Remote.Addr(), h.SPIi)
 			resp := Message{SPIi: h.SPIi, Exchange: IKE_SESSION_RESUME, Flags: FlagResponse,
 				Payloads: []Payload{&Notify{NotifyType: COOKIE, Data: c}}}
 			rd.add(Send{Local: pkt.Local, Remote: pkt.Remote, Messages: [][]byte{resp.Encode()}})

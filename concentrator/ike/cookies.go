@@ -1,0 +1,202 @@
+package ike
+
+import (
+	"crypto/hmac"
+	"crypto/sha256"
+	"encoding/binary"
+	"net/netip"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// Cookies holds an engine's cookie secrets (RFC 7296 §2.6: the current and
+// the previous one) and lets the caller's socket reader screen new
+// IKE_SA_INIT requests before they are queued for the engine (Screen).
+// Unlike the engine, it is safe for concurrent use. The engine alone
+// rotates the secrets (it owns the randomness source); Screen only uses
+// them.
+type Cookies struct {
+	mu      sync.RWMutex
+	secrets [2]cookieSecret // current and previous
+
+	over     atomic.Bool   // half-open SAs at the engine's threshold
+	demanded atomic.Int64  // when a cookie was last demanded (Unix ns)
+	hold     time.Duration // how long cookies stay demanded after the last demand
+	sent     atomic.Uint64 // cookie demands Screen answered
+}
+
+// Screening is what Screen decided about a datagram.
+type Screening int
+
+const (
+	// ScreenQueue: for the engine (not under pressure, not a plain
+	// IKE_SA_INIT request, malformed, or no secret yet).
+	ScreenQueue Screening = iota
+	// ScreenAnswered: a request without a valid cookie while the engine
+	// demands them; the caller sends the reply Screen returned and
+	// queues nothing.
+	ScreenAnswered
+	// ScreenProven: a request carrying a valid cookie (its sender is
+	// return-routable): the caller may queue it ahead of new requests.
+	ScreenProven
+)
+
+// Cookies returns the engine's cookie secrets for its socket reader.
+func (e *Engine) Cookies() *Cookies { return e.cookies }
+
+// UnderPressure reports whether the engine demands cookies of new
+// IKE_SA_INIT requests at now: while its half-open SAs are at the
+// threshold, and for a half-open timeout after the last cookie it
+// demanded. Without the hold a steady flood would be let in again, one
+// Diffie-Hellman per spoofed request, each time the half-open SAs it made
+// time out together.
+func (c *Cookies) UnderPressure(now time.Time) bool {
+	if c.over.Load() {
+		return true
+	}
+	d := time.Duration(now.UnixNano() - c.demanded.Load())
+	return d > -c.hold && d < c.hold
+}
+
+// demand notes that a cookie was demanded at now.
+func (c *Cookies) demand(now time.Time) { c.demanded.Store(now.UnixNano()) }
+
+// Screen looks at a datagram b (an IKE message, without the non-ESP
+// marker) from remote, as the engine would for an IKE_SA_INIT request
+// under pressure, without decoding it into payloads and without touching
+// the engine: a request without a valid cookie is answered with one
+// (reply), one with a valid cookie is ScreenProven. Anything else,
+// and everything while the engine is not under pressure, is
+// ScreenQueue. It never panics on any input.
+func (c *Cookies) Screen(now time.Time, b []byte, remote netip.Addr) (reply []byte, v Screening) {
+	if !c.UnderPressure(now) {
+		return nil, ScreenQueue
+	}
+	h, err := DecodeHeader(b)
+	if err != nil || h.Exchange != IKE_SA_INIT || h.SPIr != 0 || h.MessageID != 0 ||
+		h.Flags&FlagInitiator == 0 || h.Flags&FlagResponse != 0 {
+		return nil, ScreenQueue
+	}
+	cookie, nonce, ok := scanInit(h.NextPayload, b)
+	if !ok {
+		return nil, ScreenQueue // the engine answers or drops it
+	}
+	c.mu.RLock()
+	cur := c.secrets[0]
+	var prev cookieSecret
+	if len(cookie) > 1 && cookie[0] == c.secrets[1].version {
+		prev = c.secrets[1]
+	}
+	c.mu.RUnlock()
+	if cur.until.IsZero() || now.After(cur.until) {
+		return nil, ScreenQueue // the engine makes (or renews) the secret
+	}
+	if len(cookie) > 1 {
+		cs := &cur
+		if cookie[0] != cur.version {
+			cs = &prev
+		}
+		if !cs.until.IsZero() && hmac.Equal(cs.sum(nonce, remote, h.SPIi), cookie) {
+			return nil, ScreenProven
+		}
+	}
+	c.sent.Add(1)
+	c.demand(now)
+	resp := Message{SPIi: h.SPIi, Exchange: IKE_SA_INIT, Flags: FlagResponse,
+		Payloads: []Payload{&Notify{NotifyType: COOKIE, Data: cur.sum(nonce, remote, h.SPIi)}}}
+	return resp.Encode(), ScreenAnswered
+}
+
+// scanInit walks an IKE_SA_INIT request's payload chain without decoding
+// it: the COOKIE notification's data if it is the first payload, and the
+// Nonce's data. ok is false for a malformed chain, a missing or
+// ill-sized Nonce, or an encrypted payload.
+func scanInit(next PayloadType, b []byte) (cookie, nonce []byte, ok bool) {
+	off := headerLen
+	for i := 0; next != PayloadNone; i++ {
+		if i >= maxPayloads || len(b)-off < genericHeaderLen {
+			return nil, nil, false
+		}
+		plen := int(b[off+2])<<8 | int(b[off+3])
+		if plen < genericHeaderLen || off+plen > len(b) {
+			return nil, nil, false
+		}
+		body := b[off+genericHeaderLen : off+plen]
+		switch next {
+		case PayloadNotify:
+			if i == 0 && len(body) >= 4 && NotifyType(binary.BigEndian.Uint16(body[2:])) == COOKIE {
+				if spi := int(body[1]); len(body) >= 4+spi {
+					cookie = body[4+spi:]
+				}
+			}
+		case PayloadNonce:
+			if len(body) < 16 || len(body) > 256 {
+				return nil, nil, false
+			}
+			nonce = body
+		case PayloadSK, PayloadSKF:
+			return nil, nil, false
+		}
+		next = PayloadType(b[off])
+		off += plen
+	}
+	return cookie, nonce, nonce != nil
+}
+
+// sum is the cookie for a request with nonce ni from peer with initiator
+// SPI spii under secret cs: its version octet, then an HMAC.
+func (cs *cookieSecret) sum(ni []byte, peer netip.Addr, spii uint64) []byte {
+	m := hmac.New(sha256.New, cs.key[:])
+	m.Write(ni)
+	a := peer.As16()
+	m.Write(a[:])
+	var s [8]byte
+	binary.BigEndian.PutUint64(s[:], spii)
+	m.Write(s[:])
+	return m.Sum([]byte{cs.version})
+}
+
+// cookieFor is the cookie of a request under the secret with the given
+// version, current or previous; nil when there is no such secret.
+func (e *Engine) cookieFor(now time.Time, version byte, ni []byte, peer netip.Addr, spii uint64) []byte {
+	e.currentCookie(now)
+	c := e.cookies
+	c.mu.RLock()
+	cs := c.secrets[0]
+	if version != cs.version {
+		cs = c.secrets[1]
+		if cs.version != version || cs.until.IsZero() {
+			cs.until = time.Time{}
+		}
+	}
+	c.mu.RUnlock()
+	if cs.until.IsZero() {
+		return nil
+	}
+	return cs.sum(ni, peer, spii)
+}
+
+// currentCookie returns the current secret's version, making a new secret
+// when there is none or it has expired.
+func (e *Engine) currentCookie(now time.Time) byte {
+	c := e.cookies
+	c.mu.RLock()
+	cur := c.secrets[0]
+	c.mu.RUnlock()
+	if !cur.until.IsZero() && !now.After(cur.until) {
+		return cur.version
+	}
+	var next cookieSecret
+	e.read(next.key[:])
+	next.version = cur.version + 1
+	next.until = now.Add(cookieLifetime)
+	c.mu.Lock()
+	c.secrets[1], c.secrets[0] = c.secrets[0], next
+	c.mu.Unlock()
+	return next.version
+}
+
+// publishPressure tells Screen whether the half-open SAs are at the
+// threshold.
+func (e *Engine) publishPressure() { e.cookies.over.Store(e.halfOpen >= e.cfg.CookieThreshold) }

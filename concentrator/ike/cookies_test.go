@@ -1,0 +1,140 @@
+package ike
+
+import (
+	"bytes"
+	"net/netip"
+	"testing"
+	"time"
+)
+
+// Screen answers a cookieless IKE_SA_INIT under pressure with the cookie
+// the engine itself would demand, passes one with a valid cookie as
+// proven (the engine then admits it), answers a wrong or foreign cookie
+// again, and leaves everything to the engine when it is not under
+// pressure or has no secret yet.
+func TestScreenCookies(t *testing.T) {
+	rcfg := responderConfig(t, 1)
+	rcfg.CookieThreshold = 0 // always
+	e, err := NewEngine(rcfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := e.Cookies()
+	src := netip.MustParseAddrPort("198.51.100.7:500")
+	req := attackerInit(1, nil, 0)
+	if _, v := c.Screen(t0, req, src.Addr()); v != ScreenQueue {
+		t.Fatalf("before the engine made a secret: %v", v)
+	}
+	// The engine demands a cookie (and makes its secret).
+	want := cookieOf(R(func(rd *Ready) { e.Handle(t0, Packet{Local: concAddr, Remote: src, Data: req}, rd) }))
+	if want == nil {
+		t.Fatal("the engine demanded no cookie")
+	}
+	reply, v := c.Screen(t0, req, src.Addr())
+	if v != ScreenAnswered {
+		t.Fatalf("cookieless request: %v", v)
+	}
+	m, err := Decode(reply)
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := findNotify(m.Payloads, COOKIE)
+	if m.SPIi != 1 || m.SPIr != 0 || m.Exchange != IKE_SA_INIT || m.Flags != FlagResponse || n == nil || !bytes.Equal(n.Data, want) {
+		t.Fatalf("reply %+v, cookie %x, want %x", m, n, want)
+	}
+	if st := e.Stats(); st.CookiesSent != 2 {
+		t.Fatalf("cookies sent %d, want 2 (engine 1, Screen 1)", st.CookiesSent)
+	}
+
+	proven := attackerInit(1, want, 0)
+	if _, v := c.Screen(t0, proven, src.Addr()); v != ScreenProven {
+		t.Fatalf("request with a valid cookie: %v", v)
+	}
+	other := netip.MustParseAddrPort("198.51.100.8:500")
+	if _, v := c.Screen(t0, proven, other.Addr()); v != ScreenAnswered {
+		t.Fatalf("cookie from another address: %v", v)
+	}
+	bad := bytes.Clone(want)
+	bad[len(bad)-1] ^= 1
+	if _, v := c.Screen(t0, attackerInit(1, bad, 0), src.Addr()); v != ScreenAnswered {
+		t.Fatalf("wrong cookie: %v", v)
+	}
+	e.Handle(t0, Packet{Local: concAddr, Remote: src, Data: proven}, &Ready{})
+	if st := e.Stats(); st.HalfOpen != 1 {
+		t.Fatalf("the proven request was not admitted: %+v", st)
+	}
+	// A secret past its lifetime is the engine's to renew.
+	if _, v := c.Screen(t0.Add(cookieLifetime+time.Second), req, src.Addr()); v != ScreenQueue {
+		t.Fatalf("expired secret: %v", v)
+	}
+	// Not IKE_SA_INIT requests, and truncations: the engine's.
+	resp := bytes.Clone(req)
+	resp[19] = FlagResponse
+	if _, v := c.Screen(t0, resp, src.Addr()); v != ScreenQueue {
+		t.Fatalf("a response: %v", v)
+	}
+	for i := range req {
+		if _, v := c.Screen(t0, req[:i], src.Addr()); v != ScreenQueue {
+			t.Fatalf("request truncated to %d bytes: %v", i, v)
+		}
+	}
+
+	// Below the threshold nothing is screened.
+	rcfg.CookieThreshold = 10
+	e2, err := NewEngine(rcfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	e2.Handle(t0, Packet{Local: concAddr, Remote: src, Data: req}, &Ready{})
+	if _, v := e2.Cookies().Screen(t0, attackerInit(2, nil, 0), src.Addr()); v != ScreenQueue || e2.Cookies().UnderPressure(t0) {
+		t.Fatalf("below the threshold: %v", v)
+	}
+	for i := 3; i < 12; i++ {
+		e2.Handle(t0, Packet{Local: concAddr, Remote: src, Data: attackerInit(uint64(i), nil, 0)}, &Ready{})
+	}
+	if !e2.Cookies().UnderPressure(t0) {
+		t.Fatalf("at the threshold: no pressure (%+v)", e2.Stats())
+	}
+	// A cookie demanded keeps the pressure on for a half-open timeout,
+	// though the half-open SAs time out together.
+	if cookieOf(R(func(rd *Ready) {
+		e2.Handle(t0, Packet{Local: concAddr, Remote: src, Data: attackerInit(99, nil, 0)}, rd)
+	})) == nil {
+		t.Fatal("at the threshold: no cookie demanded")
+	}
+	later := t0.Add(DefaultHalfOpenTimeout + time.Second)
+	e2.Tick(later, &Ready{})
+	if st := e2.Stats(); st.HalfOpen != 0 || !e2.Cookies().UnderPressure(later.Add(-2*time.Second)) {
+		t.Fatalf("half-open SAs expired right after a cookie demand: no pressure (%+v)", st)
+	}
+	if e2.Cookies().UnderPressure(t0.Add(2 * DefaultHalfOpenTimeout)) {
+		t.Fatalf("a half-open timeout after the last demand: still under pressure (%+v)", e2.Stats())
+	}
+}
+
+// Screen never panics and never proves a request it did not mint a
+// cookie for.
+func FuzzScreen(f *testing.F) {
+	f.Add(attackerInit(1, nil, 0))
+	f.Add(attackerInit(2, []byte{1, 2, 3}, 0))
+	f.Add(attackerInit(3, nil, 100))
+	rcfg := responderConfig(f, 1)
+	rcfg.CookieThreshold = 0
+	e, err := NewEngine(rcfg)
+	if err != nil {
+		f.Fatal(err)
+	}
+	src := netip.MustParseAddrPort("198.51.100.7:500")
+	e.Handle(t0, Packet{Local: concAddr, Remote: src, Data: attackerInit(9, nil, 0)}, &Ready{})
+	f.Fuzz(func(t *testing.T, b []byte) {
+		reply, v := e.Cookies().Screen(t0, b, src.Addr())
+		switch v {
+		case ScreenAnswered:
+			if _, err := Decode(reply); err != nil {
+				t.Fatalf("undecodable reply: %v", err)
+			}
+		case ScreenProven:
+			t.Fatalf("proven without a cookie we made: %x", b)
+		}
+	})
+}
