@@ -194,7 +194,9 @@ func testIPv6Tunnel(t *testing.T, tc ipv6Case) {
 	gw.ExtraConf = "plugins {\n    socket-default {\n      use_ipv6 = yes\n    }\n  }"
 	gw.Start(gwConf, nil)
 	conc := tp.StartProcess(t, "concentratord", tp.Conc, bin, "--config", cfg)
-	conc.mustWaitLog(t, ctx, 20*time.Second, "listening", map[string]string{"dataplane": dataplaneMode})
+	// The first process started in the VM reads its binary over 9p under
+	// TCG: 20 s were not always enough there.
+	conc.mustWaitLog(t, ctx, time.Minute, "listening", map[string]string{"dataplane": dataplaneMode})
 
 	if out, err := gw.SwanctlContext(ctx, "--initiate", "--child", "lan", "--timeout", "20"); err != nil {
 		t.Fatalf("strongSwan gw initiate to concentratord over IPv6: %v\n%s\n%s", err, out, tail(conc.Stdout(), 3000))
