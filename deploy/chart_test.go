@@ -93,6 +93,25 @@ func TestChartConfigParses(t *testing.T) {
 			if cfg.Node.ID != "" {
 				t.Errorf("node.id %q: one ConfigMap serves every node, the id must default to the hostname", cfg.Node.ID)
 			}
+			if filepath.Base(f) == "eap.concentratord.yaml" {
+				// auth.eap, auth.revocation and auth.credential_store as
+				// the chart writes them from its values.
+				a := cfg.Auth
+				s := a.EAP.RADIUS.Servers
+				if len(s) != 2 || s[0].Address != "radius-a.infra.example:1812" || s[1].Address != "[2001:db8:53::10]:1812" ||
+					!strings.HasSuffix(s[0].SecretFile, "/radius/radius-a") || !strings.HasSuffix(s[1].SecretFile, "/radius/radius-b") ||
+					s[0].Secret != "" || a.EAP.RADIUS.Timeout != 3*time.Second || a.EAP.RADIUS.Retries != 2 ||
+					a.EAP.RADIUS.NASIdentifier != "ikefleet" || a.EAP.MaxRounds != 30 || !slices.Equal(a.EAP.Identities, []string{"*@eap.iot.example"}) {
+					t.Errorf("auth.eap %+v", a.EAP)
+				}
+				r := a.Revocation
+				if r.OCSP != "require" || r.CRL != "fetch" || r.FailOpen || r.Timeout != 5*time.Second || r.Retries != 3 || r.RetryInterval != time.Minute {
+					t.Errorf("auth.revocation %+v", r)
+				}
+				if !a.CredentialStore {
+					t.Error("auth.credential_store: want true")
+				}
+			}
 		})
 	}
 }
@@ -144,6 +163,9 @@ func TestChartSchemaMatchesConfig(t *testing.T) {
 			t.Errorf("schema allows concentrator.config.%s, which concentratord does not know", name)
 		}
 	}
+	// The chart passes concentrator.auth.revocation to auth.revocation as
+	// it is: its schema is that of RevocationConfig.
+	compareSchema(t, "concentrator.auth.revocation", node(schema, "concentrator", "auth", "revocation"), reflect.TypeOf(concentrator.RevocationConfig{}))
 }
 
 var durationType = reflect.TypeOf(time.Duration(0))

@@ -114,15 +114,7 @@ func TestKernelESPStrongSwanToConcentratord(t *testing.T) {
 	if out, err := tp.Exec(ctx, tp.NAT, "nft", "-f", rules); err != nil {
 		t.Fatalf("nat: ESP counters: %v %s", err, out)
 	}
-	espCounter := func(name string) uint64 {
-		out, err := tp.Exec(ctx, tp.NAT, "nft", "list", "counter", "inet", "ikfesp", name)
-		i := strings.Index(out, "packets")
-		if err != nil || i < 0 {
-			t.Fatalf("nat: nft list counter %s: %v %s", name, err, out)
-		}
-		n, _ := strconv.ParseUint(strings.Fields(out[i+len("packets"):])[0], 10, 64)
-		return n
-	}
+	espCounter := func(name string) uint64 { return nftCounter(ctx, t, tp, tp.NAT, "ikfesp", name) }
 
 	cfg := filepath.Join(t.TempDir(), "concentratord.yaml")
 	writeFile(t, cfg, []byte(xfrmConfig(t)))

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net/netip"
+	"slices"
 
 	"github.com/ikefleet/ikefleet/concentrator"
 	"github.com/ikefleet/ikefleet/concentrator/dataplane"
@@ -33,15 +34,31 @@ func newXFRM(cfg concentrator.Config, log *slog.Logger) (dataplane.DataPlane, er
 	opts.ClusterESP = cfg.StateStore.Mode != "none"
 	opts.NATTPort, opts.UnknownSPIQueue = uint16(cfg.IKE.NATTPort), uint16(x.UnknownSPIQueue)
 	opts.Log = log.With("dataplane", "xfrm")
-	if cfg.Children.Pool != "" {
-		if p, err := netip.ParsePrefix(cfg.Children.Pool); err == nil {
-			opts.Pools = []netip.Prefix{p.Masked()}
-		}
-	}
+	opts.Pools = xfrmPools(cfg)
 	dp, err := xfrm.New(opts)
 	if err != nil {
 		return nil, fmt.Errorf("dataplane.mode xfrm: %w", err)
 	}
 	log.Info("xfrm data plane ready", "dataplane", "xfrm", "mss_clamp", x.MSSClamp, "hthresh4", fmt.Sprint(x.HThresh4), "cluster_esp", opts.ClusterESP, "unknown_spi_queue", x.UnknownSPIQueue)
 	return dp, nil
+}
+
+// xfrmPools are the virtual-IP pools the kernel data plane routes as a
+// whole (one route each, not one per peer): children.pool, children.pool6
+// and the policies' pools, each once. Validate has checked their syntax.
+func xfrmPools(cfg concentrator.Config) []netip.Prefix {
+	var out []netip.Prefix
+	add := func(s string) {
+		p, err := netip.ParsePrefix(s)
+		if err != nil || slices.Contains(out, p.Masked()) {
+			return
+		}
+		out = append(out, p.Masked())
+	}
+	add(cfg.Children.Pool)
+	add(cfg.Children.Pool6)
+	for _, pc := range cfg.Policies {
+		add(pc.Pool)
+	}
+	return out
 }

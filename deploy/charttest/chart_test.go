@@ -3,6 +3,7 @@ package charttest
 import (
 	"crypto/sha256"
 	"encoding/hex"
+	"encoding/json"
 	"flag"
 	"io"
 	"log"
@@ -86,6 +87,15 @@ func TestSchemaRejects(t *testing.T) {
 		{"concentrator.identity.sendCert", "never", "/concentrator/identity/sendCert"},
 		{"concentrator.auth.psks", []any{map[string]any{"id": "gw1@iot.example"}}, "/concentrator/auth/psks/0"},
 		{"concentrator.auth.psks", []any{map[string]any{"id": "gw1@iot.example", "key": "../etc/passwd"}}, "/concentrator/auth/psks/0/key"},
+		{"concentrator.auth.credentialStore", "yes", "/concentrator/auth/credentialStore"},
+		{"concentrator.auth.eap.radius.servers", []any{map[string]any{"address": "radius:1812"}}, "/concentrator/auth/eap/radius/servers/0"},
+		{"concentrator.auth.eap.radius.servers", []any{map[string]any{"address": "radius:1812", "secretKey": "../s"}}, "/concentrator/auth/eap/radius/servers/0/secretKey"},
+		{"concentrator.auth.eap.radius.servers", []any{map[string]any{"address": "radius 1812", "secretKey": "s"}}, "/concentrator/auth/eap/radius/servers/0/address"},
+		{"concentrator.auth.eap.radius.timeout", "2 seconds", "/concentrator/auth/eap/radius/timeout"},
+		{"concentrator.auth.eap.radius.accounting", true, "accounting"},
+		{"concentrator.auth.revocation", map[string]any{"ocsp": "maybe"}, "/concentrator/auth/revocation/ocsp"},
+		{"concentrator.auth.revocation", map[string]any{"failOpen": true}, "failOpen"},
+		{"concentrator.auth.revocation", map[string]any{"timeout": "3"}, "/concentrator/auth/revocation/timeout"},
 		{"etcd.mode", "embedded", "/etcd/mode"},
 		{"etcd.endpoints", []any{"etcd-0:2379"}, "/etcd/endpoints/0"},
 		{"etcd.leaseTTL", "1500ms", "/etcd/leaseTTL"},
@@ -144,6 +154,9 @@ func TestDefaultsNameWhatIsRequired(t *testing.T) {
 		{"etcd.endpoints", []any{"https://etcd-0:2379"}, "etcd.endpoints must be empty with etcd.mode bundled"},
 		{"concentrator.auth.psks", []any{map[string]any{"id": "gw1@iot.example", "key": "gw1"}}, "concentrator.auth.pskSecret is required"},
 		{"concentrator.auth.caSecret", "cas", "concentrator.identity.certSecret is empty"},
+		{"concentrator.auth.eap.radius.servers", []any{map[string]any{"address": "radius:1812", "secretKey": "r"}}, "concentrator.auth.eap.radius.secretName is required"},
+		{"concentrator.auth.eap", map[string]any{"radius": map[string]any{"secretName": "radius", "servers": []any{map[string]any{"address": "radius:1812", "secretKey": "r"}}}}, "concentrator.identity.certSecret is empty"},
+		{"concentrator.auth.eap.identities", []any{"*@eap.example"}, "need concentrator.auth.eap.radius.servers"},
 		{"metrics.bindAddress", "127.0.0.1", "metrics.bindAddress 127.0.0.1 is loopback"},
 	} {
 		if _, err := render(c, set(t, vals, tc.path, tc.v)); err == nil || !strings.Contains(err.Error(), tc.want) {
@@ -315,5 +328,75 @@ func TestPinned(t *testing.T) {
 		if got := pinned(ref); got != want {
 			t.Errorf("pinned(%q) = %v, want %v", ref, got, want)
 		}
+	}
+}
+
+// auth.eap, auth.revocation and auth.credential_store come from the
+// values (ci/eap-values.yaml): each RADIUS server's shared secret is a file
+// of the mounted radius Secret (a key used by two servers is projected
+// once), revocation is passed as concentratord spells it, and a chart
+// without them writes none of them.
+func TestAuthEAPRevocationCredentialStore(t *testing.T) {
+	c := loadChart(t)
+	vals := readValues(t, filepath.Join(chartDir, "ci", "eap-values.yaml"))
+	vals = set(t, vals, "concentrator.auth.eap.radius.servers", []any{
+		map[string]any{"address": "radius-a.infra.example:1812", "secretKey": "shared"},
+		map[string]any{"address": "[2001:db8:53::10]:1812", "secretKey": "shared"},
+		map[string]any{"address": "radius-c.infra.example", "secretKey": "radius-c"},
+	})
+	o := renderObjects(t, c, vals)
+	var cfg struct {
+		Auth map[string]any `json:"auth"`
+	}
+	if err := yaml.Unmarshal([]byte(configMap(t, o).Data["concentratord.yaml"]), &cfg); err != nil {
+		t.Fatal(err)
+	}
+	want := map[string]any{
+		"cas":              []any{"/etc/ikefleet/ca/ca.crt"},
+		"credential_store": true,
+		"eap": map[string]any{
+			"identities": []any{"*@eap.iot.example"},
+			"max_rounds": float64(30),
+			"radius": map[string]any{
+				"servers": []any{
+					map[string]any{"address": "radius-a.infra.example:1812", "secret_file": "/etc/ikefleet/radius/shared"},
+					map[string]any{"address": "[2001:db8:53::10]:1812", "secret_file": "/etc/ikefleet/radius/shared"},
+					map[string]any{"address": "radius-c.infra.example", "secret_file": "/etc/ikefleet/radius/radius-c"},
+				},
+				"timeout": "3s", "retries": float64(2), "nas_identifier": "ikefleet",
+			},
+		},
+		"revocation": map[string]any{"ocsp": "require", "crl": "fetch", "fail_open": false, "timeout": "5s", "retries": float64(3), "retry_interval": "1m"},
+	}
+	gotJSON, _ := json.Marshal(cfg.Auth)
+	wantJSON, _ := json.Marshal(want)
+	if string(gotJSON) != string(wantJSON) {
+		t.Errorf("auth rendered\n%s\nwant\n%s", gotJSON, wantJSON)
+	}
+	ds := daemonSet(t, o)
+	v := findVolume(&ds.Spec.Template.Spec, "radius")
+	if v == nil || v.Secret == nil || v.Secret.SecretName != "ikefleet-radius" {
+		t.Fatalf("radius volume %+v, want Secret ikefleet-radius", v)
+	}
+	var keys []string
+	for _, it := range v.Secret.Items {
+		keys = append(keys, it.Key+"="+it.Path)
+	}
+	if strings.Join(keys, ",") != "shared=shared,radius-c=radius-c" {
+		t.Errorf("radius Secret items %v, want each key once", keys)
+	}
+	checkConfigFiles(t, o)
+
+	// Without them: no eap, revocation or credential_store in the config,
+	// no radius volume.
+	plain := renderObjects(t, c, readValues(t, filepath.Join(chartDir, "ci", "external-etcd-values.yaml")))
+	text := configMap(t, plain).Data["concentratord.yaml"]
+	for _, k := range []string{"eap:", "revocation:", "credential_store:", "/radius/"} {
+		if strings.Contains(text, k) {
+			t.Errorf("a chart without EAP, revocation or a credential store renders %q:\n%s", k, text)
+		}
+	}
+	if findVolume(&daemonSet(t, plain).Spec.Template.Spec, "radius") != nil {
+		t.Error("radius volume without RADIUS servers")
 	}
 }

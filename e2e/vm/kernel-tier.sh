@@ -16,7 +16,8 @@
 # a missing prerequisite (qemu, strongSwan, ...) is a failure.
 # Environment: VM_* as in run-in-vm.sh; KEEP=1 keeps the scratch directory;
 # VM_E2E_RUN narrows the e2e tests (a -test.run pattern, default ^TestKernel),
-# VM_SKIP_XFRM=1 leaves out xfrm.test.
+# VM_SKIP_XFRM=1 leaves out xfrm.test, VM_XFRM_RUN narrows it (a -test.run
+# pattern, default all).
 set -euo pipefail
 root=$(cd "$(dirname "$0")/../.." && pwd)
 cd "$root"
@@ -43,11 +44,11 @@ export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
 export IKEFLEET_VM=1 E2E_BIN_DIR="$PWD"
 echo "vm: $(uname -r), $(nproc) vCPU"
 rc=0
-[ -n "${VM_SKIP_XFRM:-}" ] || ./xfrm.test -test.v -test.count=1 -test.timeout 4m || rc=1
+[ -n "${VM_SKIP_XFRM:-}" ] || ./xfrm.test -test.v -test.count=1 -test.run "${VM_XFRM_RUN:-.}" -test.timeout 4m || rc=1
 ./e2e.test -test.v -test.count=1 -test.run "${VM_E2E_RUN:-^TestKernel}" -test.timeout 8m || rc=1
 exit $rc
 IN
 rc=0
-VM_TIMEOUT=${VM_TIMEOUT:-900} sh "$root/e2e/vm/run-in-vm.sh" "$work" env CI="${CI:-}" VM_E2E_RUN="${VM_E2E_RUN:-}" VM_SKIP_XFRM="${VM_SKIP_XFRM:-}" sh run.sh || rc=$?
+VM_TIMEOUT=${VM_TIMEOUT:-900} sh "$root/e2e/vm/run-in-vm.sh" "$work" env CI="${CI:-}" VM_E2E_RUN="${VM_E2E_RUN:-}" VM_SKIP_XFRM="${VM_SKIP_XFRM:-}" VM_XFRM_RUN="${VM_XFRM_RUN:-}" sh run.sh || rc=$?
 echo "kernel-tier: VM run $(( $(date +%s) - t1 )) s, total $(( $(date +%s) - t0 )) s, exit $rc"
 exit $rc

@@ -138,9 +138,11 @@ func encapPort(p uint16) int {
 }
 
 // BuildStates returns the inbound and outbound ESP states of sa: tunnel
-// mode, always UDP-encapsulated (espinudp) with the ports from sa (4500
-// where a port is zero), the replay window of opts (with ESN as
-// negotiated) and the lifetime of StateLimits.
+// mode, IPv4 or IPv6 outer addresses, UDP-encapsulated (espinudp) when sa
+// is (sa.Encap: a NAT was detected or claimed, as force_encap does) with
+// the ports from sa (4500 where a port is zero), plain ESP otherwise; the
+// replay window of opts (with ESN as negotiated) and the lifetime of
+// StateLimits.
 func BuildStates(opts *Options, sa *dataplane.ChildSA, ids reqIDs) (in, out *netlink.XfrmState, err error) {
 	local, remote := sa.Local.Addr().Unmap(), sa.Remote.Addr().Unmap()
 	if !local.IsValid() || !remote.IsValid() || local.Is4() != remote.Is4() {
@@ -159,15 +161,19 @@ func BuildStates(opts *Options, sa *dataplane.ChildSA, ids reqIDs) (in, out *net
 			Proto: netlink.XFRM_PROTO_ESP, Mode: netlink.XFRM_MODE_TUNNEL,
 			Spi: int(spi), Reqid: int(reqid),
 			Aead: aead, Crypt: crypt, Auth: auth,
-			Encap: &netlink.XfrmStateEncap{
+			Limits: StateLimits(opts, sa.ESN),
+		}
+		if sa.Encap {
+			// A peer that negotiated no NAT sends plain ESP (IP protocol
+			// 50): an espinudp state would never match it.
+			st.Encap = &netlink.XfrmStateEncap{
 				Type:    netlink.XFRM_ENCAP_ESPINUDP,
 				SrcPort: encapPort(src.Port()), DstPort: encapPort(dst.Port()),
 				OriginalAddress: net.IPv4zero,
-			},
-			Limits: StateLimits(opts, sa.ESN),
-		}
-		if !local.Is4() {
-			st.Encap.OriginalAddress = net.IPv6zero
+			}
+			if !local.Is4() {
+				st.Encap.OriginalAddress = net.IPv6zero
+			}
 		}
 		if sa.ESN {
 			st.ESN = true

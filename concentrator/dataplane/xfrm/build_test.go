@@ -8,6 +8,8 @@ import (
 	"testing"
 
 	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netlink/nl"
+	"golang.org/x/sys/unix"
 
 	"github.com/ikefleet/ikefleet/concentrator/dataplane"
 	"github.com/ikefleet/ikefleet/concentrator/ike/suite"
@@ -171,13 +173,100 @@ func TestBuildStatesDefaultPorts(t *testing.T) {
 	o := testOpts()
 	sa := testSA()
 	sa.Local, sa.Remote = netip.AddrPortFrom(sa.Local.Addr(), 0), netip.AddrPortFrom(sa.Remote.Addr(), 0)
-	sa.Encap = false
 	in, _, err := BuildStates(o, sa, o.reqIDsForSlot(0))
 	if err != nil {
 		t.Fatal(err)
 	}
 	if in.Encap == nil || in.Encap.SrcPort != 4500 || in.Encap.DstPort != 4500 {
-		t.Errorf("encap %v: ESP is always UDP-encapsulated, port 4500 by default", in.Encap)
+		t.Errorf("encap %v: want espinudp on port 4500 when the SA has no ports", in.Encap)
+	}
+}
+
+// dualStackSA is testSA over IPv6 outer addresses with IPv4 and IPv6
+// selectors on both sides (one CHILD SA carrying both families).
+func dualStackSA(encap bool) *dataplane.ChildSA {
+	sa := testSA()
+	sa.Local, sa.Remote = netip.MustParseAddrPort("[2001:db8:100::2]:4500"), netip.MustParseAddrPort("[2001:db8:1::2]:4500")
+	if !encap {
+		sa.Local, sa.Remote = netip.AddrPortFrom(sa.Local.Addr(), 0), netip.AddrPortFrom(sa.Remote.Addr(), 0)
+	}
+	sa.Encap = encap
+	sa.LocalTS = append(sa.LocalTS, sel("fd00:30::", "fd00:30::ffff:ffff:ffff:ffff"))
+	sa.RemoteTS = append(sa.RemoteTS, sel("fd00:20::", "fd00:20::ffff:ffff:ffff:ffff"))
+	return sa
+}
+
+// TestBuildStatesIPv6: IPv6 outer addresses give IPv6 states, ESP-in-UDP
+// (original address ::) when the SA is encapsulated and plain ESP when no
+// NAT was negotiated: a peer that detected none sends IP protocol 50.
+func TestBuildStatesIPv6(t *testing.T) {
+	o := testOpts()
+	for _, encap := range []bool{true, false} {
+		sa := dualStackSA(encap)
+		in, out, err := BuildStates(o, sa, o.reqIDsForSlot(1))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !in.Src.Equal(ipOf(sa.Remote.Addr())) || !in.Dst.Equal(ipOf(sa.Local.Addr())) ||
+			!out.Src.Equal(ipOf(sa.Local.Addr())) || !out.Dst.Equal(ipOf(sa.Remote.Addr())) || in.Src.To4() != nil {
+			t.Errorf("encap %v: states %v -> %v, %v -> %v", encap, in.Src, in.Dst, out.Src, out.Dst)
+		}
+		for _, st := range []*netlink.XfrmState{in, out} {
+			switch {
+			case !encap && st.Encap != nil:
+				t.Errorf("SA without NAT: state %08x has encapsulation %v, want plain ESP", st.Spi, st.Encap)
+			case encap && (st.Encap == nil || st.Encap.Type != netlink.XFRM_ENCAP_ESPINUDP || st.Encap.SrcPort != 4500 ||
+				st.Encap.DstPort != 4500 || !st.Encap.OriginalAddress.Equal(netip.IPv6Unspecified().AsSlice())):
+				t.Errorf("encapsulated IPv6 SA: state %08x encapsulation %v", st.Spi, st.Encap)
+			}
+		}
+		// The kernel message carries the IPv6 family and no XFRMA_ENCAP
+		// for plain ESP.
+		msg, attrs, err := stateAddMessage(in, Replay{ESN: true, Window: 64, Bitmap: make([]uint32, 2)}, 1)
+		if err != nil {
+			t.Fatal(err)
+		}
+		hasEncap := slices.ContainsFunc(attrs, func(a *nl.RtAttr) bool { return a.Type == nl.XFRMA_ENCAP })
+		if msg.Family != unix.AF_INET6 || hasEncap != encap {
+			t.Errorf("encap %v: NEWSA family %d, XFRMA_ENCAP %v", encap, msg.Family, hasEncap)
+		}
+	}
+}
+
+// TestBuildPoliciesDualStackOverIPv6: one CHILD SA with IPv4 and IPv6
+// selectors over IPv6 outer addresses gives a policy triple per family,
+// each template naming the IPv6 outer addresses (the kernel takes the
+// template's family from them, not from the selector).
+func TestBuildPoliciesDualStackOverIPv6(t *testing.T) {
+	o := testOpts()
+	sa := dualStackSA(false)
+	ids := o.reqIDsForSlot(2)
+	pols, err := BuildPolicies(o, sa, ids)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(pols) != 6 {
+		t.Fatalf("%d policies, want out/in/fwd for IPv4 and for IPv6", len(pols))
+	}
+	v4, v6 := 0, 0
+	for _, p := range pols {
+		if (p.Src.IP.To4() != nil) != (p.Dst.IP.To4() != nil) {
+			t.Errorf("policy %v -> %v mixes families", p.Src, p.Dst)
+		}
+		if p.Src.IP.To4() != nil {
+			v4++
+		} else {
+			v6++
+		}
+		tm := p.Tmpls[0]
+		local, remote := ipOf(sa.Local.Addr()), ipOf(sa.Remote.Addr())
+		if p.Dir == netlink.XFRM_DIR_OUT && (!tm.Src.Equal(local) || !tm.Dst.Equal(remote) || tm.Reqid != int(ids.out)) ||
+			p.Dir != netlink.XFRM_DIR_OUT && (!tm.Src.Equal(remote) || !tm.Dst.Equal(local) || tm.Reqid != int(ids.in)) {
+			t.Errorf("policy %v %v -> %v: template %v -> %v reqid %d", p.Dir, p.Src, p.Dst, tm.Src, tm.Dst, tm.Reqid)
+		}
+	}
+	if v4 != 3 || v6 != 3 {
+		t.Errorf("%d IPv4 and %d IPv6 policies, want 3 and 3", v4, v6)
 	}
 }
 
@@ -310,6 +399,15 @@ func TestRouteTargets(t *testing.T) {
 	sa.RemoteTS = nil
 	if got := BuildRouteTargets(o, sa); !slices.Equal(got, []RouteTarget{{netip.MustParsePrefix("172.16.0.9/32"), false}}) {
 		t.Errorf("routes %v, want the /32 of a virtual IP outside every pool", got)
+	}
+	// IPv6: the virtual address's /128 (its remote selector) is covered
+	// by children.pool6's one route.
+	o.Pools = append(o.Pools, netip.MustParsePrefix("fd00:99::/112"))
+	sa.VirtualIP = netip.MustParseAddr("fd00:99::5")
+	sa.RemoteTS = []dataplane.Selector{sel("fd00:99::5", "fd00:99::5"), sel("fd00:20::", "fd00:20::ffff:ffff:ffff:ffff")}
+	want = []RouteTarget{{netip.MustParsePrefix("fd00:99::/112"), true}, {netip.MustParsePrefix("fd00:20::/64"), false}}
+	if got := BuildRouteTargets(o, sa); !slices.Equal(got, want) {
+		t.Errorf("IPv6 routes %v, want %v", got, want)
 	}
 }
 

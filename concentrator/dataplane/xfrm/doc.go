@@ -9,16 +9,23 @@
 // DataPlane applies them. Installing is idempotent (EEXIST is success),
 // dumps are retried on netlink.ErrDumpInterrupted.
 //
-//   - States: tunnel mode, always ESP-in-UDP (espinudp; the ports come from
-//     the SA, 4500 when zero: the concentrator forces encapsulation so a
-//     peer's IKE and ESP share one 5-tuple for ECMP). AES-GCM-8/12/16
+//   - States: tunnel mode over IPv4 or IPv6, ESP-in-UDP (espinudp; the
+//     ports come from the SA, 4500 when zero) when the SA is encapsulated —
+//     a NAT was detected or, by default (ike.force_encap), claimed so that a
+//     peer's IKE and ESP share one 5-tuple for ECMP — and plain ESP when
+//     not. States carry no selector family (XFRM_STATE_AF_UNSPEC, as
+//     strongSwan's): the policies select the traffic, so one CHILD SA
+//     carries IPv4 and IPv6 whatever its outer family. AES-GCM-8/12/16
 //     (rfc4106(gcm(aes))), ChaCha20-Poly1305 (rfc7539esp(chacha20,poly1305)),
 //     AES-CBC or AES-CTR with HMAC-SHA2-256/384/512 (truncated to 128/192/256
 //     bits), HMAC-SHA1-96 and AES-XCBC-96 for old peers. ESN SAs get the
 //     configured replay window; non-ESN SAs the kernel's legacy maximum, 32.
 //   - Policies: out, in and fwd for every pair of local and remote selector
 //     prefixes (ranges are split into prefixes; ports must be any or one).
-//     Priorities put more specific selectors first.
+//     Priorities put more specific selectors first. Policies are read
+//     back with this package's own dump (policydump.go): the library's
+//     parser takes an IPv6 address whose last 12 bytes are zero
+//     (fd00:20::) for an IPv4 one.
 //   - Request IDs: each SA takes a slot in a reserved reqid range, out =
 //     base+2*slot, in = out+1. The range is how a restarted node recognises
 //     its own states and policies (Reconcile, List); anything outside it is
@@ -31,7 +38,9 @@
 //     is covered by one route for the whole pool (a fleet of 100k peers
 //     costs one route, not 100k); remote selectors outside every pool get
 //     one shared, reference-counted route each. Routes go out of the
-//     interface that reaches the peer, carry route protocol 225 (0xe1, our
+//     interface that reaches the peer (through its gateway when that is of
+//     the route's family; an IPv4 selector over an IPv6 path gets a route on
+//     the interface alone), carry route protocol 225 (0xe1, our
 //     marker) and, where we have one, a source address inside the local
 //     selectors so traffic the node itself sends matches the out policy.
 //     Pool routes stay while the node runs.

@@ -168,7 +168,7 @@ func (s *side) espSocket(t *testing.T, port int) {
 	t.Helper()
 	var c *net.UDPConn
 	err := inNS(t, s.ns, func() (err error) {
-		c, err = net.ListenUDP("udp4", &net.UDPAddr{IP: ipOf(s.outer), Port: port})
+		c, err = net.ListenUDP(udpNet(s.outer), &net.UDPAddr{IP: ipOf(s.outer), Port: port})
 		if err != nil {
 			return err
 		}
@@ -201,16 +201,29 @@ func tunnelSA(in, out uint32) *dataplane.ChildSA {
 // address and waits for it; the routes and policies must carry it.
 func udpThrough(t *testing.T, src, dst *side, payload []byte) error {
 	t.Helper()
+	return udpBetween(t, src, dst, src.inner, dst.inner, payload)
+}
+
+func udpNet(a netip.Addr) string {
+	if a.Is4() {
+		return "udp4"
+	}
+	return "udp6"
+}
+
+// udpBetween is udpThrough from address from of src to address to of dst.
+func udpBetween(t *testing.T, src, dst *side, from, toAddr netip.Addr, payload []byte) error {
+	t.Helper()
 	var rc, sc *net.UDPConn
 	if err := inNS(t, dst.ns, func() (err error) {
-		rc, err = net.ListenUDP("udp4", &net.UDPAddr{IP: ipOf(dst.inner)})
+		rc, err = net.ListenUDP(udpNet(toAddr), &net.UDPAddr{IP: ipOf(toAddr)})
 		return err
 	}); err != nil {
 		return err
 	}
 	defer rc.Close()
 	if err := inNS(t, src.ns, func() (err error) {
-		sc, err = net.ListenUDP("udp4", &net.UDPAddr{IP: ipOf(src.inner)})
+		sc, err = net.ListenUDP(udpNet(from), &net.UDPAddr{IP: ipOf(from)})
 		return err
 	}); err != nil {
 		return err
@@ -220,18 +233,18 @@ func udpThrough(t *testing.T, src, dst *side, payload []byte) error {
 	buf := make([]byte, 2048)
 	for try := 0; try < 3; try++ {
 		if _, err := sc.WriteToUDP(payload, to); err != nil {
-			return fmt.Errorf("send %s -> %s: %w", src.inner, to, err)
+			return fmt.Errorf("send %s -> %s: %w", from, to, err)
 		}
 		_ = rc.SetReadDeadline(time.Now().Add(time.Second))
-		n, from, err := rc.ReadFromUDP(buf)
+		n, sender, err := rc.ReadFromUDP(buf)
 		if err == nil {
-			if !bytes.Equal(buf[:n], payload) || !from.IP.Equal(ipOf(src.inner)) {
-				return fmt.Errorf("got %d bytes from %v", n, from)
+			if !bytes.Equal(buf[:n], payload) || !sender.IP.Equal(ipOf(from)) {
+				return fmt.Errorf("got %d bytes from %v", n, sender)
 			}
 			return nil
 		}
 	}
-	return fmt.Errorf("datagram %s -> %s did not arrive", src.inner, dst.inner)
+	return fmt.Errorf("datagram %s -> %s did not arrive", from, toAddr)
 }
 
 // ourPolicies and ourStates count what the kernel holds in our reqid range
@@ -265,7 +278,11 @@ func kernelCounts(t *testing.T, h *netlink.Handle, o *Options) (states, policies
 
 func routeTo(t *testing.T, h *netlink.Handle, prefix string) *netlink.Route {
 	t.Helper()
-	rs, err := h.RouteListFiltered(netlink.FAMILY_V4, &netlink.Route{Table: unix.RT_TABLE_MAIN}, netlink.RT_FILTER_TABLE)
+	family := netlink.FAMILY_V4
+	if netip.MustParsePrefix(prefix).Addr().Is6() {
+		family = netlink.FAMILY_V6
+	}
+	rs, err := h.RouteListFiltered(family, &netlink.Route{Table: unix.RT_TABLE_MAIN}, netlink.RT_FILTER_TABLE)
 	if err != nil {
 		t.Fatal(err)
 	}

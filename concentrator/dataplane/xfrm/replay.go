@@ -149,6 +149,15 @@ func stateAddMessage(st *netlink.XfrmState, r Replay, maxDiff uint32) (*nl.XfrmU
 	msg.Id.Spi = nl.Swap32(uint32(st.Spi))
 	msg.Mode = uint8(st.Mode)
 	msg.Reqid = uint32(st.Reqid)
+	if st.Mode == netlink.XFRM_MODE_TUNNEL {
+		// No selector family on the state (as strongSwan does): the
+		// kernel would give it the outer family, and a state whose
+		// selector family is IPv6 is never chosen for IPv4 traffic (nor
+		// the reverse). A tunnel-mode state's policies select its
+		// traffic; this lets one CHILD SA carry both inner families
+		// whatever the outer one.
+		msg.Flags |= nl.XFRM_STATE_AF_UNSPEC
+	}
 	if st.ESN {
 		msg.Flags |= nl.XFRM_STATE_ESN // the window goes in the ESN replay state
 	} else {

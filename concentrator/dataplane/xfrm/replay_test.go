@@ -126,7 +126,7 @@ func TestStateAddMessageLegacy(t *testing.T) {
 	}
 	a := attrsOf(t, attrs)
 	r := a[nl.XFRMA_REPLAY_VAL]
-	if msg.Flags != 0 || msg.ReplayWindow != 32 || len(r) != 12 || ne.Uint32(r) != 0 || ne.Uint32(r[4:]) != 70000 || ne.Uint32(r[8:]) != ^uint32(0) {
+	if msg.Flags != nl.XFRM_STATE_AF_UNSPEC || msg.ReplayWindow != 32 || len(r) != 12 || ne.Uint32(r) != 0 || ne.Uint32(r[4:]) != 70000 || ne.Uint32(r[8:]) != ^uint32(0) {
 		t.Errorf("flags %d window %d replay %x", msg.Flags, msg.ReplayWindow, r)
 	}
 	if v := a[nl.XFRMA_REPLAY_THRESH]; ne.Uint32(v) != 1 {

@@ -598,12 +598,19 @@ func (d *DataPlane) buildRoute(prefix netip.Prefix, sa *dataplane.ChildSA) (*net
 		Dst: ipNet(prefix), LinkIndex: via[0].LinkIndex, Gw: via[0].Gw,
 		Table: d.opts.RouteTable, Protocol: d.opts.RouteProtocol, Scope: netlink.SCOPE_UNIVERSE,
 	}
-	if rt.Gw == nil {
-		rt.Scope = netlink.SCOPE_LINK
-	}
 	family := netlink.FAMILY_V4
 	if prefix.Addr().Is6() {
 		family = netlink.FAMILY_V6
+	}
+	if rt.Gw != nil && (rt.Gw.To4() != nil) != prefix.Addr().Is4() {
+		// An inner family the outer path does not share (IPv4 selectors
+		// of a CHILD SA over IPv6, or the reverse): a route needs a
+		// gateway of its own family, and the policy lookup replaces the
+		// route anyway, so the route only names the interface.
+		rt.Gw = nil
+	}
+	if rt.Gw == nil {
+		rt.Scope = netlink.SCOPE_LINK
 	}
 	addrs, err := d.h.AddrList(nil, family)
 	if err == nil {
@@ -741,7 +748,7 @@ func (d *DataPlane) states() ([]netlink.XfrmState, error) {
 
 func (d *DataPlane) policies() ([]netlink.XfrmPolicy, error) {
 	for i := 0; ; i++ {
-		p, err := d.h.XfrmPolicyList(netlink.FAMILY_ALL)
+		p, err := d.raw.policies()
 		if errors.Is(err, netlink.ErrDumpInterrupted) && i < maxDumpTries {
 			continue
 		}

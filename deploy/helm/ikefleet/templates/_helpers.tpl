@@ -65,6 +65,7 @@ identity: /etc/ikefleet/identity
 ca: /etc/ikefleet/ca
 crl: /etc/ikefleet/crl
 psk: /etc/ikefleet/psk
+radius: /etc/ikefleet/radius
 etcdTLS: /etc/ikefleet/etcd-tls
 clusterKey: /etc/ikefleet/cluster-key
 adminTLS: /etc/ikefleet/admin-tls
@@ -85,6 +86,15 @@ Checks of values that the schema cannot express; each failure names the value.
 {{- end -}}
 {{- if and $c.auth.crlKeys (not $c.auth.crlSecret) -}}
 {{- fail "concentrator.auth.crlSecret is required when concentrator.auth.crlKeys is set" -}}
+{{- end -}}
+{{- if and $c.auth.eap.radius.servers (not $c.auth.eap.radius.secretName) -}}
+{{- fail "concentrator.auth.eap.radius.secretName is required when concentrator.auth.eap.radius.servers is set: the Secret holding the RADIUS shared secrets" -}}
+{{- end -}}
+{{- if and $c.auth.eap.radius.servers (not $c.identity.certSecret) -}}
+{{- fail "concentrator.auth.eap.radius.servers is set but concentrator.identity.certSecret is empty: with EAP the concentrator authenticates itself by certificate" -}}
+{{- end -}}
+{{- if and (or $c.auth.eap.identities $c.auth.eap.maxRounds) (not $c.auth.eap.radius.servers) -}}
+{{- fail "concentrator.auth.eap.identities and maxRounds need concentrator.auth.eap.radius.servers: EAP is passed through to RADIUS" -}}
 {{- end -}}
 {{- if and $c.auth.caSecret (not $c.auth.caKeys) -}}
 {{- fail "concentrator.auth.caKeys must name at least one key of concentrator.auth.caSecret" -}}
@@ -143,6 +153,26 @@ the chart manages (identity, auth, statestore, metrics, admin).
 {{- $psks := list -}}
 {{- range $c.auth.psks -}}{{- $psks = append $psks (dict "id" .id "secret_file" (printf "%s/%s" $p.psk .key)) -}}{{- end -}}
 {{- $_ := set $auth "psks" $psks -}}
+{{- end -}}
+{{- if $c.auth.credentialStore -}}
+{{- $_ := set $auth "credential_store" true -}}
+{{- end -}}
+{{- $e := $c.auth.eap -}}
+{{- if $e.radius.servers -}}
+{{- $servers := list -}}
+{{- range $e.radius.servers -}}{{- $servers = append $servers (dict "address" .address "secret_file" (printf "%s/%s" $p.radius .secretKey)) -}}{{- end -}}
+{{- $radius := dict "servers" $servers -}}
+{{- if $e.radius.timeout -}}{{- $_ := set $radius "timeout" $e.radius.timeout -}}{{- end -}}
+{{- if $e.radius.retries -}}{{- $_ := set $radius "retries" $e.radius.retries -}}{{- end -}}
+{{- if $e.radius.nasIdentifier -}}{{- $_ := set $radius "nas_identifier" $e.radius.nasIdentifier -}}{{- end -}}
+{{- if $e.radius.maxPending -}}{{- $_ := set $radius "max_pending" $e.radius.maxPending -}}{{- end -}}
+{{- $eap := dict "radius" $radius -}}
+{{- if $e.identities -}}{{- $_ := set $eap "identities" $e.identities -}}{{- end -}}
+{{- if $e.maxRounds -}}{{- $_ := set $eap "max_rounds" $e.maxRounds -}}{{- end -}}
+{{- $_ := set $auth "eap" $eap -}}
+{{- end -}}
+{{- if $c.auth.revocation -}}
+{{- $_ := set $auth "revocation" (deepCopy $c.auth.revocation) -}}
 {{- end -}}
 {{- $_ := set $cfg "auth" $auth -}}
 {{- $store := dict "mode" "external" "endpoints" (include "ikefleet.etcdEndpoints" . | fromJsonArray) "cluster_key_file" (printf "%s/cluster.key" $p.clusterKey) "lease_ttl" .Values.etcd.leaseTTL "queue_new" .Values.etcd.queueNew -}}
