@@ -135,6 +135,9 @@ func New(cfg Config, log *slog.Logger, dp dataplane.DataPlane, opts ...Option) (
 	for i := 0; i < ns; i++ {
 		sc := ecfg
 		sc.Rand = rand.Reader
+		// The engine's times are the clock's monotonic-derived ones; the
+		// wall date is for certificates, tickets and persisted state.
+		sc.Wall = n.clock.Now
 		sc.CookieThreshold = perShard
 		shareAdmission(&sc, ns)
 		sc.SPITagMask = spiShardMask

@@ -30,7 +30,7 @@ func (n *Node) restore(ctx context.Context) error {
 		if err != nil {
 			return fmt.Errorf("statestore: loading owned SAs: %w", err)
 		}
-		now := n.clock.Now()
+		now := n.clock.Mono()
 		for _, r := range recs {
 			st := stateOf(r)
 			s := n.shardOfSPI(r.LocalSPI())

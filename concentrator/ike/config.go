@@ -179,6 +179,17 @@ type Config struct {
 	MaxSAs               int   // IKE SAs in all (any state); 0: no cap
 
 	Rand io.Reader
+
+	// Wall returns the wall date. The times the engine is given (the now
+	// of Handle, Tick, …) are the caller's monotonic-derived time
+	// (clock.Mono): its timers, lifetimes, liveness checks and rekey
+	// schedule run on them, so a step of the system clock moves none of
+	// them. Wall is read for what is compared with dates from outside:
+	// certificate validity, session tickets' expiry, and the times in
+	// SAState (Created, Established, RekeyAt), which are wall dates as of
+	// the write and are converted back to monotonic time once, in Restore.
+	// Nil: the times given are the wall date too.
+	Wall func() time.Time
 }
 
 // Defaults for unset Config fields.
