@@ -137,7 +137,7 @@ func New(cfg Config, log *slog.Logger, dp dataplane.DataPlane, opts ...Option) (
 		sc.Rand = rand.Reader
 		// The engine's times are the clock's monotonic-derived ones; the
 		// wall date is for certificates, tickets and persisted state.
-		sc.Wall = n.clock.Now
+		sc.Wall = func(t time.Time) time.Time { return t.Add(n.clock.Now().Sub(n.clock.Mono())) }
 		sc.CookieThreshold = perShard
 		shareAdmission(&sc, ns)
 		sc.SPITagMask = spiShardMask

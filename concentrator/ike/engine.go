@@ -228,16 +228,16 @@ func (e *Engine) wall(now time.Time) time.Time {
 	if e.cfg.Wall == nil {
 		return now
 	}
-	return e.cfg.Wall()
+	return e.cfg.Wall(now)
 }
 
-// wallOffset is the wall date minus the engine's (monotonic-derived) time
-// at its latest step: it changes only when the system clock is stepped.
+// wallOffset is the wall date minus the engine's (monotonic-derived) time,
+// as it is now: it changes only when the system clock is stepped.
 func (e *Engine) wallOffset() time.Duration {
 	if e.cfg.Wall == nil || e.now.IsZero() {
 		return 0
 	}
-	return e.cfg.Wall().Sub(e.now)
+	return e.cfg.Wall(e.now).Sub(e.now)
 }
 
 // WallTime converts t, an engine time (the now the engine is given), to

@@ -14,14 +14,8 @@ func TestWallClockStepMovesNoTimer(t *testing.T) {
 	rcfg := responderConfig(t, 1)
 	rcfg.ChildRekey = NewSmoothScheduler(50*time.Minute, 10*time.Minute, 0, newDetRand(5))
 	var off time.Duration // wall date minus the engine's time
-	var w *wire
-	rcfg.Wall = func() time.Time {
-		if w == nil { // establish runs at t0
-			return t0.Add(off)
-		}
-		return w.now.Add(off)
-	}
-	w, _ = establish(t, rcfg)
+	rcfg.Wall = func(t time.Time) time.Time { return t.Add(off) }
+	w, _ := establish(t, rcfg)
 	c := w.installs[0].Child
 	at := c.RekeyAt()
 	if at.Before(c.Created.Add(40 * time.Minute)) {
@@ -56,7 +50,7 @@ func TestWallClockStepMovesNoTimer(t *testing.T) {
 	wall2 := w.now.Add(off).Add(-30 * time.Minute) // 30 min later by the wall, stepped back 1 h
 	ecfg := responderConfig(t, 3)
 	ecfg.ChildRekey = NewSmoothScheduler(50*time.Minute, 10*time.Minute, 0, newDetRand(6))
-	ecfg.Wall = func() time.Time { return wall2 }
+	ecfg.Wall = func(t time.Time) time.Time { return t.Add(wall2.Sub(mono2)) }
 	e2, err := NewEngine(ecfg)
 	if err != nil {
 		t.Fatal(err)
@@ -84,10 +78,10 @@ func TestRestoreAfterForwardStepSpreadsRekeys(t *testing.T) {
 	rcfg.ChildRekey = NewSmoothScheduler(50*time.Minute, 10*time.Minute, perSec, newDetRand(5))
 	written := t0 // the wall date of the writes
 	wall := written.Add(time.Hour)
-	rcfg.Wall = func() time.Time { return wall }
+	mono := time.Date(2001, 1, 1, 0, 0, 0, 0, time.UTC) // the restarted process's
+	rcfg.Wall = func(t time.Time) time.Time { return t.Add(wall.Sub(mono)) }
 	res, _ := NewEngine(rcfg)
 	tmpl := template(t)
-	mono := time.Date(2001, 1, 1, 0, 0, 0, 0, time.UTC) // the restarted process's
 	var sas []*IKESA
 	for k := 0; k < n; k++ {
 		st := fleetState(tmpl, k)
