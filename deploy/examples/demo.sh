@@ -30,7 +30,7 @@ load_pid=""
 cleanup() {
   for p in "${pids[@]}" $load_pid; do kill "$p" 2>/dev/null || true; done
   for p in "${pids[@]}" $load_pid; do wait "$p" 2>/dev/null || true; done
-  rm -rf "$dir/n1" "$dir/n2" "$dir/n3"
+  rm -rf "$dir/n1" "$dir/n2" "$dir/n3" "$dir/cluster.key"
 }
 trap cleanup EXIT
 
