@@ -175,7 +175,7 @@ func (n *Node) apply(ctx context.Context, s *shard, dp []ike.Action, send []ike.
 	for _, a := range dp {
 		switch a := a.(type) {
 		case ike.InstallChild:
-			err := n.dp.Install(ctx, toDataplane(a))
+			err := n.dp.Install(ctx, toDataplane(a, n.wallOffset()))
 			n.noteInstall(err)
 			if err != nil {
 				n.log.Error("CHILD_SA install failed", childAttrs(a.SPIi, a.SPIr, a.PeerID, a.Child, "err", err)...)

@@ -192,7 +192,7 @@ func (n *Node) updateChild(ctx context.Context, a ike.UpdateChild) {
 	if u, ok := n.dp.(dataplane.AddressUpdater); ok {
 		err = u.UpdateAddresses(ctx, c.InSPI, c.Local, c.Remote)
 	} else if err = n.dp.Remove(ctx, c.InSPI); err == nil {
-		err = n.dp.Install(ctx, toDataplane(ike.InstallChild{SPIi: a.SPIi, SPIr: a.SPIr, PeerID: a.PeerID, Child: c}))
+		err = n.dp.Install(ctx, toDataplane(ike.InstallChild{SPIi: a.SPIi, SPIr: a.SPIr, PeerID: a.PeerID, Child: c}, n.wallOffset()))
 	}
 	if err != nil {
 		n.log.Error("CHILD_SA address update failed", childAttrs(a.SPIi, a.SPIr, ike.Identity{}, c, "err", err)...)
