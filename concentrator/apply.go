@@ -208,13 +208,13 @@ func (n *Node) apply(ctx context.Context, s *shard, dp []ike.Action, send []ike.
 			if l, ok := raised[a.Child.InSPI]; ok && l.at > i && l.OutSeqLimit > a.OutSeqLimit {
 				a.OutSeqLimit, a.OutSeqMargin = l.OutSeqLimit, l.OutSeqMargin
 			}
-			err := n.dp.Install(ctx, toDataplane(a))
+			err := n.dp.Install(ctx, toDataplane(a, n.wallOffset()))
 			n.noteInstall(err)
 			if err != nil {
 				n.log.Error("CHILD_SA install failed", childAttrs(a.SPIi, a.SPIr, a.PeerID, a.Child, "err", err)...)
 			}
 			if _, ok := n.dp.(dataplane.SACounter); ok && a.Replaces != 0 && n.ecfg.RekeyOverlap > 0 {
-				s.watch[a.Child.InSPI] = n.clock.Now().Add(n.ecfg.RekeyOverlap)
+				s.watch[a.Child.InSPI] = n.clock.Mono().Add(n.ecfg.RekeyOverlap)
 			}
 		case ike.RemoveChild:
 			if err := n.dp.Remove(ctx, a.Child.InSPI); err != nil {

@@ -139,7 +139,7 @@ func (n *Node) unknownESP(spi uint32) {
 	}
 	key := espKey(spi)
 	c := &n.claims
-	now := n.clock.Now()
+	now := n.clock.Mono()
 	c.mu.Lock()
 	c.init()
 	if exp, ok := c.neg[key]; ok && now.Before(exp) {
@@ -214,7 +214,7 @@ func (n *Node) unheld(s *shard, pkt ike.Packet) (uint64, bool) {
 // claim if none is under way.
 func (n *Node) park(spi uint64, pkt ike.Packet) {
 	c := &n.claims
-	now := n.clock.Now()
+	now := n.clock.Mono()
 	c.mu.Lock()
 	c.init()
 	if exp, ok := c.neg[spi]; ok {
@@ -261,7 +261,7 @@ func (n *Node) takeParked(spi uint64) []ike.Packet {
 
 func (n *Node) negative(spi uint64) {
 	c := &n.claims
-	now := n.clock.Now()
+	now := n.clock.Mono()
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.init()
@@ -690,7 +690,7 @@ func (n *Node) restoreClaimed(ctx context.Context, recs []*statestore.SARecord) 
 	wg.Wait()
 	for s, sts := range byShard {
 		n.do(ctx, s, func() {
-			now := n.clock.Now()
+			now := n.clock.Mono()
 			for _, c := range sts {
 				var rd ike.Ready // one per SA: a failed write holds back its own sends only
 				if s.eng.SA(c.spi) == nil {

@@ -62,7 +62,7 @@ func newTestCluster(t *testing.T, gateways int) *testCluster {
 	}
 	t.Cleanup(etcd.Close)
 	keyDir := t.TempDir()
-	if _, err := statestore.LoadKeyring("", keyDir); err != nil { // generates the shared key
+	if _, err := statestore.LoadKeyFile(filepath.Join(keyDir, "cluster.key"), true); err != nil { // generates the shared key
 		t.Fatal(err)
 	}
 	c := &testCluster{t: t, etcd: etcd, keyFile: filepath.Join(keyDir, "cluster.key"), netw: transport.NewNetwork(),

@@ -44,12 +44,12 @@ type Config struct {
 // external etcd cluster, or nowhere.
 type StateStoreConfig struct {
 	Mode           string        `yaml:"mode"`             // embedded | external | none
-	DataDir        string        `yaml:"data_dir"`         // embedded etcd and a generated cluster key; relative to the config file
+	DataDir        string        `yaml:"data_dir"`         // embedded etcd and the instance token; relative to the config file
 	Endpoints      []string      `yaml:"endpoints"`        // external etcd
 	CAFile         string        `yaml:"ca_file"`          // external etcd: CA of the servers
 	CertFile       string        `yaml:"cert_file"`        // external etcd: client certificate
 	KeyFile        string        `yaml:"key_file"`         // and its key
-	ClusterKeyFile string        `yaml:"cluster_key_file"` // 32-byte AES key (hex) sealing key material, or "<id>:<hex>" lines (rotation: the highest id seals); embedded: generated in data_dir if unset
+	ClusterKeyFile string        `yaml:"cluster_key_file"` // 32-byte AES key (hex) sealing key material, or "<id>:<hex>" lines (rotation: the highest id seals); default statestore.DefaultClusterKeyFile (embedded: generated if absent; a key in data_dir from an older release is used with a warning)
 	LeaseTTL       time.Duration `yaml:"lease_ttl"`
 	// KeepAlive renews the lease (default lease_ttl/3); FenceMargin: a node
 	// that has not renewed stops sending this long before its lease can

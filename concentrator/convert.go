@@ -4,12 +4,16 @@ package concentrator
 // data plane's CHILD SAs.
 
 import (
+	"time"
+
 	"github.com/ikefleet/ikefleet/concentrator/dataplane"
 	"github.com/ikefleet/ikefleet/concentrator/ike"
 	"github.com/ikefleet/ikefleet/statestore"
 )
 
-func toDataplane(a ike.InstallChild) *dataplane.ChildSA {
+// toDataplane describes a CHILD SA for the data plane; off is the node's
+// wallOffset (Created is shown as a wall date).
+func toDataplane(a ike.InstallChild, off time.Duration) *dataplane.ChildSA {
 	c := a.Child
 	conv := func(ts []ike.TrafficSelector) []dataplane.Selector {
 		out := make([]dataplane.Selector, len(ts))
@@ -25,7 +29,7 @@ func toDataplane(a ike.InstallChild) *dataplane.ChildSA {
 		In:      dataplane.Keys{Encr: c.KeyIn.Encr, Integ: c.KeyIn.Integ},
 		Out:     dataplane.Keys{Encr: c.KeyOut.Encr, Integ: c.KeyOut.Integ},
 		LocalTS: conv(c.LocalTS), RemoteTS: conv(c.RemoteTS), VirtualIP: c.VirtualIP,
-		PeerID: a.PeerID.String(), IKESPIi: a.SPIi, IKESPIr: a.SPIr, Created: c.Created,
+		PeerID: a.PeerID.String(), IKESPIi: a.SPIi, IKESPIr: a.SPIr, Created: wallOf(c.Created, off),
 		OutSeq: a.OutSeq, OutSeqLimit: a.OutSeqLimit, OutSeqMargin: a.OutSeqMargin, InSeqLow: a.InSeqLow,
 	}
 }

@@ -278,7 +278,7 @@ func (n *Node) radiusEAP(r ike.EAPRequest) ike.EAPAnswer {
 func (n *Node) answerEAP(s *shard, r ike.EAPRequest, ans ike.EAPAnswer) {
 	n.do(n.runCtx, s, func() {
 		var rd ike.Ready
-		if !s.eng.EAPAnswer(n.clock.Now(), r.SPI, r.Round, ans, &rd) {
+		if !s.eng.EAPAnswer(n.clock.Mono(), r.SPI, r.Round, ans, &rd) {
 			n.eap.forget(r.SPI)
 			return
 		}

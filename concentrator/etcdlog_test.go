@@ -35,7 +35,7 @@ func (l *lockedBuffer) String() string {
 func TestNodeEtcdLogs(t *testing.T) {
 	for _, level := range []string{"info", "warn"} {
 		t.Run(level, func(t *testing.T) {
-			cfg, err := ParseConfig([]byte(nodeConfig(1, "", fmt.Sprintf("statestore:\n  mode: embedded\n  data_dir: %s\n  etcd_log_level: %s\n", t.TempDir(), level))))
+			cfg, err := ParseConfig([]byte(nodeConfig(1, "", fmt.Sprintf("statestore:\n  mode: embedded\n  data_dir: %[1]s\n  cluster_key_file: %[1]s.key\n  etcd_log_level: %[2]s\n", t.TempDir(), level))))
 			if err != nil {
 				t.Fatal(err)
 			}

@@ -90,7 +90,7 @@ func (n *Node) publishEvent(ev ike.Event) {
 		e.PeerID = ev.PeerID.String()
 	}
 	if ev.Child != nil {
-		c := childView(ev.Child)
+		c := childView(ev.Child, n.wallOffset())
 		e.Child = &c
 	}
 	f.mu.RLock()

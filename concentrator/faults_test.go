@@ -387,36 +387,48 @@ type wallStepClock struct {
 func (c *wallStepClock) Now() time.Time { return c.Fake.Now().Add(time.Duration(c.step.Load())) }
 
 // The node's wall clock stepped by +1 h, back, and 1 h behind: no SA
-// lost, no re-authentication, every liveness check answered, at most one
-// rekey per SA (no rekey storm) and none after a backward step.
+// lost, no re-authentication, every liveness check answered, no rekey
+// before its time, and the node's own timers still run on time.
 //
-// What this shows (and the clock seam can express only this way): the
-// engine keeps its timers in wall time (ike's timer wheel and the rekey
-// scheduler work on UnixNano/Unix of the time the node passes in), so a
-// forward step makes every CHILD SA due within the step rekey at once (50
-// of 50 here for +1 h, children.rekey_after 50m), and a backward step
-// postpones every timer of the node (rekeys, liveness checks, half-open
-// timeouts) by the step. The statestore's lease and fence deadlines are
-// immune: they are time.Since readings of a monotonic base.
+// The engine's timers, lifetimes, liveness checks and rekey schedule run
+// on the clock's monotonic-derived time (clock.Mono), which a step of the
+// wall clock does not move; the wall date is read only for certificates,
+// tickets and what is persisted. (Before, they ran on the wall reading: a
+// +1 h step rekeyed every CHILD SA due within the hour at once, 50 of 50,
+// and a backward step postponed every timer of the node by the step.)
+//
+// The node checks liveness after 10 s of silence (the gateways every
+// faultDPD): each minute of monotonic time after a step has each SA
+// checked by the node, whatever the wall clock shows. Then the monotonic
+// clock runs on to the rekey window (children.rekey_after 50m, window
+// 10m): no rekey before the window, exactly one per SA by its end.
 func TestFaultWallClockStep(t *testing.T) {
 	const G = 50
-	ctx, cancel := context.WithTimeout(context.Background(), 120*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), 180*time.Second)
 	defer cancel()
 	var wc *wallStepClock
+	var start time.Time
 	r := newFaultRig(t, ctx, G, func(c *testCluster) {
-		c.ikeExtra = "" // the node checks liveness too (ike.dpd_delay default)
+		c.ikeExtra = "  dpd_delay: 10s\n"
 		wc = &wallStepClock{Fake: c.clk}
 		c.nodeClk = wc
+		start = c.clk.Now()
 	})
-	rekeys := func() uint64 {
+	ready := r.c.clk.Now() // every SA was created in [start, ready]
+	snap := func() (rekeys, dpd uint64) {
 		m, err := r.node.n.metricsSnapshot(ctx)
 		if err != nil {
 			t.Fatal(err)
 		}
-		return m.Events.ChildRekeysByUs + m.Events.IKERekeysByUs
+		for _, sh := range m.Shards {
+			dpd += sh.Stats.DPDSent
+		}
+		return m.Events.ChildRekeysByUs + m.Events.IKERekeysByUs, dpd
 	}
+	rekeys0, _ := snap()
 	for _, step := range []time.Duration{time.Hour, -time.Hour, -time.Hour} {
-		sent0, rekeys0 := r.sent.Load(), rekeys()
+		sent0 := r.sent.Load()
+		_, dpd0 := snap()
 		wc.step.Add(int64(step))
 		// A minute of (monotonic) time: the gateways check liveness and
 		// send keepalives, the node's timers run.
@@ -424,17 +436,47 @@ func TestFaultWallClockStep(t *testing.T) {
 			r.c.clk.Advance(time.Second)
 			time.Sleep(10 * time.Millisecond)
 		}
+		_, dpd := snap()
 		answered := r.checkNoneLost(t, ctx)
-		sent, rk := r.sent.Load()-sent0, rekeys()-rekeys0
-		t.Logf("wall clock stepped %v (now %v off): %d IKE messages from the node over 91 s for %d SAs, %d rekeys by the node, liveness answered in %v",
-			step, time.Duration(wc.step.Load()), sent, G, rk, answered.Round(time.Millisecond))
-		if rk > G {
-			t.Fatalf("%d rekeys for %d SAs after a step of %v", rk, G, step)
+		rk, _ := snap()
+		sent := r.sent.Load() - sent0
+		t.Logf("wall clock stepped %v (now %v off): %d IKE messages from the node, %d liveness checks by the node over 60 s for %d SAs, %d rekeys by the node, liveness answered in %v",
+			step, time.Duration(wc.step.Load()), sent, dpd-dpd0, G, rk-rekeys0, answered.Round(time.Millisecond))
+		if rk != rekeys0 {
+			t.Fatalf("%d rekeys by the node after a step of %v, none is due before %v of monotonic time", rk-rekeys0, step, 40*time.Minute)
 		}
-		if step < 0 && rk != 0 {
-			t.Fatalf("%d rekeys after a backward step", rk)
+		if dpd-dpd0 < G {
+			t.Fatalf("the node sent %d liveness checks in 60 s after a step of %v, want at least one per SA (%d): its timers do not run", dpd-dpd0, step, G)
 		}
 	}
+	// On to just before the rekey window of the first SA: still none.
+	advanceTo := func(until time.Time) {
+		// A second at a time: the liveness checks of both sides are
+		// answered well within their retransmission budget.
+		for r.c.clk.Now().Before(until) {
+			r.c.clk.Advance(time.Second)
+			time.Sleep(5 * time.Millisecond)
+		}
+	}
+	advanceTo(start.Add(40*time.Minute - 10*time.Second))
+	if rk, _ := snap(); rk != rekeys0 {
+		t.Fatalf("%d rekeys before the rekey window (wall clock %v off)", rk-rekeys0, time.Duration(wc.step.Load()))
+	}
+	// Past the end of the last SA's window: each CHILD SA rekeyed once.
+	advanceTo(ready.Add(50*time.Minute + 10*time.Second))
+	var rk uint64
+	waitFor(t, ctx, "every CHILD SA rekeyed", func() bool {
+		r.c.clk.Advance(time.Second) // the exchanges' retransmissions, if any
+		rk, _ = snap()
+		rk -= rekeys0
+		return rk >= G
+	})
+	answered := r.checkNoneLost(t, ctx)
+	if rk2, _ := snap(); rk2-rekeys0 != G {
+		t.Fatalf("%d rekeys by the node in the rekey window, want %d (one per CHILD SA)", rk2-rekeys0, G)
+	}
+	t.Logf("rekey window on monotonic time (wall clock %v off): %d of %d CHILD SAs rekeyed once, liveness answered in %v",
+		time.Duration(wc.step.Load()), rk, G, answered.Round(time.Millisecond))
 }
 
 // The node runs its own embedded etcd (statestore.mode embedded), which

@@ -19,7 +19,7 @@ func TestNodeHybridMLKEMPersistsAndRestores(t *testing.T) {
 	const pq = "aes256gcm16-prfsha256-x25519-ke1_mlkem768"
 	ports := freeUDPPorts(t, 2)
 	dir := t.TempDir()
-	cfgText := nodeConfig(5, "  proposals: ["+pq+"]\n", fmt.Sprintf("statestore:\n  mode: embedded\n  data_dir: %s\n", dir))
+	cfgText := nodeConfig(5, "  proposals: ["+pq+"]\n", fmt.Sprintf("statestore:\n  mode: embedded\n  data_dir: %s\n  cluster_key_file: %s.key\n", dir, dir))
 	cfgText = strings.Replace(cfgText, "  port: 0\n  natt_port: 0\n", fmt.Sprintf("  port: %d\n  natt_port: %d\n", ports[0], ports[1]), 1)
 	n1, dp1, stop1 := runNode(t, cfgText)
 

@@ -201,7 +201,7 @@ func TestTwoNodesOnMemoryNetwork(t *testing.T) {
 	}
 	t.Cleanup(etcd.Close)
 	keyDir := t.TempDir()
-	if _, err := statestore.LoadKeyring("", keyDir); err != nil { // generates the shared key
+	if _, err := statestore.LoadKeyFile(filepath.Join(keyDir, "cluster.key"), true); err != nil { // generates the shared key
 		t.Fatal(err)
 	}
 	keyFile := filepath.Join(keyDir, "cluster.key")

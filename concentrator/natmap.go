@@ -37,7 +37,7 @@ func (n *Node) watchMappings(ctx context.Context, r dataplane.MappingReporter) {
 			}
 			n.do(ctx, s, func() {
 				var rd ike.Ready
-				if s.eng.PeerMoved(n.clock.Now(), m.InSPI, m.Remote, &rd) {
+				if s.eng.PeerMoved(n.clock.Mono(), m.InSPI, m.Remote, &rd) {
 					n.plog.Log(ctx, slog.LevelInfo, "nat_mapping", "NAT mapping changed: checking the new address",
 						"spi_in", fmt.Sprintf("%08x", m.InSPI), "peer", m.Remote.String())
 				}

@@ -122,6 +122,9 @@ func New(cfg Config, log *slog.Logger, dp dataplane.DataPlane, opts ...Option) (
 		return nil, err
 	}
 	n.rev = n.wireRevocations(&cfg, n.ecfg.Verifier)
+	if err := n.checkClusterKey(); err != nil {
+		return nil, err
+	}
 	if cfg.Children.RestoreRekeyWindow != 0 {
 		log.Warn("children.restore_rekey_window is deprecated and ignored: restored CHILD SAs keep their rekey schedule and continue above their sequence number reservations")
 	}
@@ -139,6 +142,9 @@ func New(cfg Config, log *slog.Logger, dp dataplane.DataPlane, opts ...Option) (
 	for i := 0; i < ns; i++ {
 		sc := ecfg
 		sc.Rand = rand.Reader
+		// The engine's times are the clock's monotonic-derived ones; the
+		// wall date is for certificates, tickets and persisted state.
+		sc.Wall = func(t time.Time) time.Time { return t.Add(n.clock.Now().Sub(n.clock.Mono())) }
 		sc.CookieThreshold = perShard
 		shareAdmission(&sc, ns)
 		sc.SPITagMask = spiShardMask

@@ -208,7 +208,7 @@ func freeUDPPorts(t *testing.T, n int) []int {
 func TestNodeRestartRestoresSAs(t *testing.T) {
 	ports := freeUDPPorts(t, 2)
 	dir := t.TempDir()
-	cfgText := nodeConfig(5, "", fmt.Sprintf("statestore:\n  mode: embedded\n  data_dir: %s\n", dir))
+	cfgText := nodeConfig(5, "", fmt.Sprintf("statestore:\n  mode: embedded\n  data_dir: %s\n  cluster_key_file: %s.key\n", dir, dir))
 	cfgText = strings.Replace(cfgText, "  port: 0\n  natt_port: 0\n", fmt.Sprintf("  port: %d\n  natt_port: %d\n", ports[0], ports[1]), 1)
 	n1, dp1, stop1 := runNode(t, cfgText)
 

@@ -117,7 +117,7 @@ func TestNodeExportsEveryListedMetric(t *testing.T) {
 	dir := t.TempDir()
 	// With an anycast front too (its BGP neighbour is a closed port on
 	// loopback: the session never comes up, the families are there).
-	n, _, _ := runNode(t, nodeConfig(1, "", fmt.Sprintf("statestore:\n  mode: embedded\n  data_dir: %s\n", dir)+
+	n, _, _ := runNode(t, nodeConfig(1, "", fmt.Sprintf("statestore:\n  mode: embedded\n  data_dir: %s\n  cluster_key_file: %s.key\n", dir, dir)+
 		"anycast:\n  mode: bgp\n  bgp:\n    asn: 65001\n    router_id: 127.0.0.1\n    neighbors:\n      - {address: 127.0.0.1, asn: 65000, port: 1}\n"+
 		"  members:\n    listen: 127.0.0.1:0\n"))
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)

@@ -90,9 +90,22 @@ type SAView struct {
 	Children    []ChildView
 }
 
-func childView(c *ike.ChildSA) ChildView {
+// wallOffset converts the node's monotonic-derived times (the engine's)
+// to wall dates for display: wall = mono + offset.
+func (n *Node) wallOffset() time.Duration { return n.clock.Now().Sub(n.clock.Mono()) }
+
+// wallOf is t, a monotonic-derived time, as a wall date (zero stays zero).
+func wallOf(t time.Time, off time.Duration) time.Time {
+	if t.IsZero() {
+		return t
+	}
+	return t.Add(off)
+}
+
+// childView describes c; off is the node's wallOffset.
+func childView(c *ike.ChildSA, off time.Duration) ChildView {
 	v := ChildView{InSPI: c.InSPI, OutSPI: c.OutSPI, Proposal: c.Proposal.String(), VirtualIP: c.VirtualIP,
-		Encap: c.Encap, Created: c.Created, RekeyAt: c.RekeyAt()}
+		Encap: c.Encap, Created: wallOf(c.Created, off), RekeyAt: wallOf(c.RekeyAt(), off)}
 	for _, t := range c.LocalTS {
 		v.LocalTS = append(v.LocalTS, t.String())
 	}
@@ -109,9 +122,10 @@ func ourSPI(sa *ike.IKESA) uint64 {
 	return sa.SPIr
 }
 
-func saView(sa *ike.IKESA) SAView {
+// saView describes sa; off is the node's wallOffset.
+func saView(sa *ike.IKESA, off time.Duration) SAView {
 	v := SAView{SPI: ourSPI(sa), SPIi: sa.SPIi, SPIr: sa.SPIr, State: sa.State(), Initiator: sa.IsInitiator(),
-		Local: sa.Local, Remote: sa.Remote, PeerID: sa.PeerID.String(), Established: sa.Establish}
+		Local: sa.Local, Remote: sa.Remote, PeerID: sa.PeerID.String(), Established: wallOf(sa.Establish, off)}
 	if sa.PeerID.IsZero() {
 		v.PeerID = ""
 	}
@@ -119,7 +133,7 @@ func saView(sa *ike.IKESA) SAView {
 		v.Proposal = p.String()
 	}
 	for _, c := range sa.Children() {
-		v.Children = append(v.Children, childView(c))
+		v.Children = append(v.Children, childView(c, off))
 		if !v.VirtualIP.IsValid() && c.VirtualIP.IsValid() {
 			v.VirtualIP = c.VirtualIP
 		}
@@ -134,12 +148,13 @@ func (n *Node) ListSAs(ctx context.Context, match func(*SAView) bool) ([]SAView,
 	for _, s := range n.shards {
 		err := n.do(ctx, s, func() {
 			seen := map[*ike.IKESA]bool{} // an SA being rekeyed holds its successor's SPI too
+			off := n.wallOffset()
 			s.eng.Each(func(sa *ike.IKESA) bool {
 				if seen[sa] {
 					return true
 				}
 				seen[sa] = true
-				v := saView(sa)
+				v := saView(sa, off)
 				if match == nil || match(&v) {
 					out = append(out, v)
 				}
@@ -199,7 +214,7 @@ func (n *Node) GetSA(ctx context.Context, spi uint64) (SAView, error) {
 			return
 		}
 		ok = true
-		v = saView(sa)
+		v = saView(sa, n.wallOffset())
 		if st, err := sa.Snapshot(); err == nil {
 			v.Created = st.Created
 			if st.VirtualIP.IsValid() {
@@ -273,7 +288,7 @@ func (n *Node) Terminate(ctx context.Context, spi uint64) error {
 		}
 		found = true
 		var rd ike.Ready
-		s.eng.Delete(time.Now(), spi, &rd)
+		s.eng.Delete(n.clock.Mono(), spi, &rd)
 		n.perform(ctx, s, &rd)
 	})
 	if err == nil && !found {
@@ -315,7 +330,7 @@ func (n *Node) RekeyChild(ctx context.Context, spi uint64, inSPI uint32) (uint32
 		}
 		inSPI = live[0].InSPI
 		var rd ike.Ready
-		s.eng.RekeyChild(time.Now(), ourSPI(sa), inSPI, &rd)
+		s.eng.RekeyChild(n.clock.Mono(), ourSPI(sa), inSPI, &rd)
 		started := len(rd.Send) > 0 // the CREATE_CHILD_SA request
 		n.perform(ctx, s, &rd)
 		if !started {
@@ -339,7 +354,7 @@ func (n *Node) RekeyIKE(ctx context.Context, spi uint64) error {
 			rerr = fmt.Errorf("%w: %016x is %s", ErrNotEstablished, spi, sa.State())
 		default:
 			var rd ike.Ready
-			s.eng.RekeyIKE(time.Now(), ourSPI(sa), &rd)
+			s.eng.RekeyIKE(n.clock.Mono(), ourSPI(sa), &rd)
 			started := len(rd.Send) > 0
 			n.perform(ctx, s, &rd)
 			if !started {

@@ -388,7 +388,7 @@ func (ps *peerServer) settle(st batchStore, spis []uint64, idx []int, me, to sta
 func (n *Node) restoreHeld(ctx context.Context, s *shard, st ike.SAState) {
 	n.do(ctx, s, func() {
 		var rd ike.Ready
-		if _, err := s.eng.Restore(n.clock.Now(), st, &rd); err != nil {
+		if _, err := s.eng.Restore(n.clock.Mono(), st, &rd); err != nil {
 			n.log.Warn("SA not restored after a failed hand-off", "spi", fmt.Sprintf("%016x", st.SPIr), "err", err)
 			return
 		}
@@ -421,7 +421,7 @@ func (ps *peerServer) Forward(ctx context.Context, req *peerv1.ForwardRequest) (
 		}
 		accepted = true
 		var rd ike.Ready
-		s.eng.Handle(n.clock.Now(), ike.Packet{Local: local, Remote: remote, Data: b}, &rd)
+		s.eng.Handle(n.clock.Mono(), ike.Packet{Local: local, Remote: remote, Data: b}, &rd)
 		n.perform(ctx, s, &rd)
 	})
 	if accepted {

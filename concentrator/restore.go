@@ -30,7 +30,7 @@ func (n *Node) restore(ctx context.Context) error {
 		if err != nil {
 			return fmt.Errorf("statestore: loading owned SAs: %w", err)
 		}
-		now := n.clock.Now()
+		now := n.clock.Mono()
 		for _, r := range recs {
 			st := stateOf(r)
 			s := n.shardOfSPI(r.LocalSPI())
@@ -53,7 +53,7 @@ func (n *Node) restore(ctx context.Context) error {
 			rest[s.id] = append(rest[s.id], r)
 			for _, a := range rd.DataPlane {
 				if ic, ok := a.(ike.InstallChild); ok {
-					want = append(want, toDataplane(ic))
+					want = append(want, toDataplane(ic, n.wallOffset()))
 				} else {
 					r.DataPlane = append(r.DataPlane, a)
 				}

@@ -82,7 +82,7 @@ func TestResumptionAcrossNodes(t *testing.T) {
 	}
 	t.Cleanup(etcd.Close)
 	keyDir := t.TempDir()
-	if _, err := statestore.LoadKeyring("", keyDir); err != nil {
+	if _, err := statestore.LoadKeyFile(filepath.Join(keyDir, "cluster.key"), true); err != nil {
 		t.Fatal(err)
 	}
 	keyFile := filepath.Join(keyDir, "cluster.key")

@@ -69,7 +69,7 @@ func newSeqRig(tb testing.TB, ctx context.Context) *seqRig {
 func (r *seqRig) start() {
 	tb := r.tb
 	tb.Helper()
-	text := nodeConfig(1, "", fmt.Sprintf("statestore:\n  mode: embedded\n  data_dir: %s\n", r.dir))
+	text := nodeConfig(1, "", fmt.Sprintf("statestore:\n  mode: embedded\n  data_dir: %s\n  cluster_key_file: %s.key\n", r.dir, r.dir))
 	text = replaceOnce(tb, text, "listen: [127.0.0.1]\n  port: 0\n  natt_port: 0", "listen: [10.0.0.1]\n  port: 500\n  natt_port: 4500")
 	cfg, err := ParseConfig([]byte(text))
 	if err != nil {

@@ -59,11 +59,11 @@ func (n *Node) runShard(ctx context.Context, s *shard) {
 			case pkt := <-s.q.prio:
 				n.handle(s, pkt, &rd)
 			case pkt := <-s.q.init:
-				s.eng.Handle(n.clock.Now(), pkt, &rd)
+				s.eng.Handle(n.clock.Mono(), pkt, &rd)
 			case f := <-s.calls:
 				f()
 			case <-timer.C():
-				s.eng.Tick(n.clock.Now(), &rd)
+				s.eng.Tick(n.clock.Mono(), &rd)
 			case <-watchTick.C():
 				n.checkWatched(ctx, s)
 			case <-s.commits.wake:
@@ -73,7 +73,7 @@ func (n *Node) runShard(ctx context.Context, s *shard) {
 		n.perform(ctx, s, &rd)
 		rd.Reset()
 		timer.Stop()
-		now := n.clock.Now()
+		now := n.clock.Mono()
 		if d := s.eng.NextDeadline(now); !d.IsZero() {
 			timer.Reset(d.Sub(now))
 		}
@@ -128,7 +128,7 @@ func (n *Node) expiries(ctx context.Context, ch <-chan dataplane.Expiry) {
 			n.log.Info("CHILD_SA expiring", "spi_in", fmt.Sprintf("%08x", ex.InSPI), "hard", ex.Hard, "reason", ex.Reason)
 			n.do(ctx, s, func() {
 				var rd ike.Ready
-				s.eng.ExpireChild(n.clock.Now(), ex.InSPI, ex.Hard, &rd)
+				s.eng.ExpireChild(n.clock.Mono(), ex.InSPI, ex.Hard, &rd)
 				n.perform(ctx, s, &rd)
 			})
 		}
@@ -153,7 +153,7 @@ func (n *Node) seqProgress(ctx context.Context, ch <-chan dataplane.SeqProgress)
 			}
 			n.do(ctx, s, func() {
 				var rd ike.Ready
-				s.eng.SeqProgress(n.clock.Now(), p.InSPI, p.OutSeq, p.InSeq, &rd)
+				s.eng.SeqProgress(n.clock.Mono(), p.InSPI, p.OutSeq, p.InSeq, &rd)
 				n.perform(ctx, s, &rd)
 			})
 		}
@@ -171,7 +171,7 @@ func (n *Node) checkWatched(ctx context.Context, s *shard) {
 		return
 	}
 	counter := n.dp.(dataplane.SACounter)
-	now := n.clock.Now()
+	now := n.clock.Mono()
 	for spi, until := range s.watch {
 		c, err := counter.Counter(ctx, spi)
 		switch {
@@ -192,7 +192,7 @@ func (n *Node) updateChild(ctx context.Context, a ike.UpdateChild) {
 	if u, ok := n.dp.(dataplane.AddressUpdater); ok {
 		err = u.UpdateAddresses(ctx, c.InSPI, c.Local, c.Remote)
 	} else if err = n.dp.Remove(ctx, c.InSPI); err == nil {
-		err = n.dp.Install(ctx, toDataplane(ike.InstallChild{SPIi: a.SPIi, SPIr: a.SPIr, PeerID: a.PeerID, Child: c}))
+		err = n.dp.Install(ctx, toDataplane(ike.InstallChild{SPIi: a.SPIi, SPIr: a.SPIr, PeerID: a.PeerID, Child: c}, n.wallOffset()))
 	}
 	if err != nil {
 		n.log.Error("CHILD_SA address update failed", childAttrs(a.SPIi, a.SPIr, ike.Identity{}, c, "err", err)...)
@@ -207,5 +207,5 @@ func (n *Node) handle(s *shard, pkt ike.Packet, rd *ike.Ready) {
 		n.park(spi, pkt)
 		return
 	}
-	s.eng.Handle(n.clock.Now(), pkt, rd)
+	s.eng.Handle(n.clock.Mono(), pkt, rd)
 }

@@ -10,6 +10,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"os"
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
@@ -55,14 +56,10 @@ func (n *Node) openStore(ctx context.Context) (*persistence, error) {
 	case "external":
 		cc = statestore.ClientConfig{Endpoints: c.Endpoints, CAFile: c.CAFile, CertFile: c.CertFile, KeyFile: c.KeyFile}
 	}
-	keys, err := statestore.LoadKeyring(c.ClusterKeyFile, c.DataDir)
+	keys, err := loadClusterKey(c)
 	if err != nil {
 		p.close()
-		field := "statestore.cluster_key_file"
-		if c.ClusterKeyFile == "" {
-			field = "statestore.data_dir"
-		}
-		return nil, fmt.Errorf("%s: %w", field, err)
+		return nil, err
 	}
 	// The instance token tells this node's previous life (a restart within
 	// the lease TTL) from another process configured with the same node.id.
@@ -146,4 +143,41 @@ func (n *Node) etcdLogger() *zap.Logger {
 		lvl = zapcore.WarnLevel
 	}
 	return statestore.SlogZap(n.log.With("component", "etcd"), lvl)
+}
+
+// loadClusterKey loads the cluster key (statestore.LocateClusterKey):
+// statestore.cluster_key_file, by default /etc/ikefleet/cluster.key. A
+// stand-alone node (mode embedded) generates it if absent; nodes sharing
+// an external etcd share a key file and never generate one.
+func loadClusterKey(c StateStoreConfig) (*statestore.Keyring, error) {
+	loc := statestore.LocateClusterKey(c.ClusterKeyFile, c.DataDir)
+	keys, err := statestore.LoadKeyFile(loc.Path, c.Mode == "embedded")
+	if err != nil {
+		return nil, fmt.Errorf("statestore.cluster_key_file: %w", err)
+	}
+	return keys, nil
+}
+
+// checkClusterKey runs in New (so --check reports it): a cluster key found
+// in data_dir, where releases before /etc/ikefleet/cluster.key generated
+// it, is used with a warning; a key file that exists is loaded (mode and
+// format checked). An absent one is generated at the start (embedded) or
+// is an error then (external).
+func (n *Node) checkClusterKey() error {
+	c := n.cfg.StateStore
+	if c.Mode == "none" {
+		return nil
+	}
+	loc := statestore.LocateClusterKey(c.ClusterKeyFile, c.DataDir)
+	if loc.Legacy {
+		n.log.Warn("statestore.cluster_key_file: using the cluster key in data_dir, next to the records it seals; move it to "+
+			statestore.DefaultClusterKeyFile+" (mode 0600, owned by the service user) or set statestore.cluster_key_file",
+			"path", loc.Path)
+	}
+	if _, err := os.Lstat(loc.Path); err == nil {
+		if _, err := statestore.LoadKeyFile(loc.Path, false); err != nil {
+			return fmt.Errorf("statestore.cluster_key_file: %w", err)
+		}
+	}
+	return nil
 }

@@ -19,7 +19,7 @@ import (
 const (
 	embeddedEtcdDir   = "etcd"        // the member's data
 	embeddedAddrsFile = "etcd-addrs"  // "<client host:port> <peer host:port>\n"
-	clusterKeyFile    = "cluster.key" // hex, generated when no key file is configured
+	clusterKeyFile    = "cluster.key" // hex: where releases before DefaultClusterKeyFile generated the key
 )
 
 // DataDirError is a data directory (or a file in it) that cannot be used.
@@ -40,6 +40,9 @@ type KeyFileError struct {
 }
 
 func (e *KeyFileError) Error() string {
+	if e.Err != nil && e.Reason != "" {
+		return fmt.Sprintf("%s: %s: %v", e.Path, e.Reason, e.Err)
+	}
 	if e.Err != nil {
 		return fmt.Sprintf("%s: %v", e.Path, e.Err)
 	}
@@ -96,29 +99,75 @@ func embeddedAddrs(dir string) (client, peer string, err error) {
 	return client, peer, nil
 }
 
-// LoadKeyring returns a keyring holding the cluster key (32 bytes in hex)
-// as key id 1. With keyFile empty the key is dataDir/cluster.key, generated
-// the first time: a stand-alone node needs no key management. A cluster
-// of several nodes configures the same keyFile everywhere. Errors:
-// *KeyFileError, *DataDirError (generating the key).
-func LoadKeyring(keyFile, dataDir string) (*Keyring, error) {
-	path := keyFile
-	if path == "" {
-		if dataDir == "" {
-			return nil, &KeyFileError{Reason: "neither a key file nor a data directory"}
+// DefaultClusterKeyFile is the cluster key's path when no key file is
+// configured (statestore.cluster_key_file): outside the data directory,
+// which holds (embedded etcd) the records the key seals, so that a copy of
+// the data directory or of its backups opens nothing.
+const DefaultClusterKeyFile = "/etc/ikefleet/cluster.key"
+
+// defaultKeyFile is DefaultClusterKeyFile; tests point it elsewhere.
+var defaultKeyFile = DefaultClusterKeyFile
+
+// KeyLocation is where the cluster key is read from.
+type KeyLocation struct {
+	Path string
+	// Explicit: the configured key file.
+	Explicit bool
+	// Legacy: none is configured, DefaultClusterKeyFile does not exist,
+	// and dataDir/cluster.key does (where releases before this one
+	// generated it): it is used, and the node warns. Migration: move the
+	// file to DefaultClusterKeyFile (or set statestore.cluster_key_file to
+	// where it is) and restart.
+	Legacy bool
+}
+
+// LocateClusterKey resolves the cluster key file: keyFile if set; else
+// DefaultClusterKeyFile, unless it is absent and the data directory holds
+// a key of an older release (Legacy).
+func LocateClusterKey(keyFile, dataDir string) KeyLocation {
+	if keyFile != "" {
+		return KeyLocation{Path: keyFile, Explicit: true}
+	}
+	if _, err := os.Lstat(defaultKeyFile); errors.Is(err, os.ErrNotExist) && dataDir != "" {
+		old := filepath.Join(dataDir, clusterKeyFile)
+		if _, err := os.Lstat(old); err == nil {
+			return KeyLocation{Path: old, Legacy: true}
 		}
-		path = filepath.Join(dataDir, clusterKeyFile)
-		if _, err := os.Stat(path); errors.Is(err, os.ErrNotExist) {
-			if err := os.MkdirAll(dataDir, 0o700); err != nil {
-				return nil, &DataDirError{Path: dataDir, Err: err}
-			}
-			key := make([]byte, ClusterKeyLen)
-			if _, err := rand.Read(key); err != nil {
-				return nil, err
-			}
-			if err := writeFileAtomic(path, []byte(hex.EncodeToString(key)+"\n")); err != nil {
-				return nil, &DataDirError{Path: path, Err: err}
-			}
+	}
+	return KeyLocation{Path: defaultKeyFile}
+}
+
+// LoadKeyring returns a keyring holding the cluster key (32 bytes in hex,
+// key id 1, or several keys: ParseKeyring) from LocateClusterKey(keyFile,
+// dataDir). With keyFile empty and a data directory (a stand-alone node),
+// an absent key is generated at DefaultClusterKeyFile: a stand-alone node
+// needs no key management. A cluster of several nodes configures the same
+// keyFile everywhere. Errors: *KeyFileError.
+func LoadKeyring(keyFile, dataDir string) (*Keyring, error) {
+	loc := LocateClusterKey(keyFile, dataDir)
+	if !loc.Explicit && dataDir == "" {
+		if _, err := os.Lstat(loc.Path); errors.Is(err, os.ErrNotExist) {
+			return nil, &KeyFileError{Path: loc.Path, Reason: "neither a key file nor a data directory"}
+		}
+	}
+	return LoadKeyFile(loc.Path, !loc.Explicit)
+}
+
+// LoadKeyFile returns the keyring in the cluster key file path. With
+// generate, an absent file is created first (a fresh key, mode 0600, its
+// directory 0700 if it has to be made). The file must not be readable by
+// group or others. Errors: *KeyFileError.
+func LoadKeyFile(path string, generate bool) (*Keyring, error) {
+	if _, err := os.Lstat(path); generate && errors.Is(err, os.ErrNotExist) {
+		if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
+			return nil, &KeyFileError{Path: path, Reason: "generating the cluster key", Err: err}
+		}
+		key := make([]byte, ClusterKeyLen)
+		if _, err := rand.Read(key); err != nil {
+			return nil, err
+		}
+		if err := writeFileAtomic(path, []byte(hex.EncodeToString(key)+"\n")); err != nil {
+			return nil, &KeyFileError{Path: path, Reason: "generating the cluster key", Err: err}
 		}
 	}
 	fi, err := os.Stat(path)

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 )
 
@@ -58,15 +59,32 @@ func TestOpenEmbeddedBadDataDir(t *testing.T) {
 	}
 }
 
+// withDefaultKeyFile points DefaultClusterKeyFile's stand-in at path for
+// the test.
+func withDefaultKeyFile(t *testing.T, path string) {
+	old := defaultKeyFile
+	defaultKeyFile = path
+	t.Cleanup(func() { defaultKeyFile = old })
+}
+
 func TestLoadKeyring(t *testing.T) {
 	dir := t.TempDir()
+	etc := filepath.Join(t.TempDir(), "etc", "ikefleet", "cluster.key")
+	withDefaultKeyFile(t, etc)
 	k1, err := LoadKeyring("", dir)
 	if err != nil {
 		t.Fatal(err)
 	}
-	fi, err := os.Stat(filepath.Join(dir, "cluster.key"))
+	// Generated at the default path, outside the data directory.
+	fi, err := os.Stat(etc)
 	if err != nil || fi.Mode().Perm() != 0o600 {
 		t.Fatalf("generated key file: %v %v", fi, err)
+	}
+	if di, err := os.Stat(filepath.Dir(etc)); err != nil || di.Mode().Perm() != 0o700 {
+		t.Fatalf("generated key directory: %v %v", di, err)
+	}
+	if _, err := os.Stat(filepath.Join(dir, "cluster.key")); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("a key in the data directory: %v", err)
 	}
 	// The same key the next time: what one seals the other opens.
 	k2, err := LoadKeyring("", dir)
@@ -91,12 +109,65 @@ func TestLoadKeyring(t *testing.T) {
 	if _, err := LoadKeyring(short, ""); !errors.As(err, &ke) || ke.Path != short {
 		t.Fatalf("short key: %v", err)
 	}
-	if k, err := LoadKeyring(filepath.Join(dir, "cluster.key"), ""); err != nil {
+	if k, err := LoadKeyring(etc, ""); err != nil {
 		t.Fatalf("explicit key file: %v", err)
 	} else if _, err := k.Open(id, sealed, []byte("aad")); err != nil {
 		t.Fatal(err)
 	}
+	os.Remove(etc)
 	if _, err := LoadKeyring("", ""); !errors.As(err, &ke) {
 		t.Fatalf("no file, no dir: %v", err)
+	}
+}
+
+// Migration: a node of an older release generated its key in data_dir.
+// With no key file configured and none at the default path, that key is
+// used (Legacy: the node warns) instead of generating a new one that
+// would open none of the records; once moved to the default path, the
+// default wins.
+func TestLoadKeyringLegacyDataDir(t *testing.T) {
+	dir := t.TempDir()
+	etc := filepath.Join(t.TempDir(), "cluster.key")
+	withDefaultKeyFile(t, etc)
+	old := filepath.Join(dir, "cluster.key")
+	if err := os.WriteFile(old, []byte(strings.Repeat("ab", 32)+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	loc := LocateClusterKey("", dir)
+	if !loc.Legacy || loc.Path != old {
+		t.Fatalf("location %+v, want the legacy %s", loc, old)
+	}
+	k, err := LoadKeyring("", dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	id, sealed, _ := k.Seal([]byte("secret"), []byte("aad"))
+	if _, err := os.Stat(etc); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("a key was generated at the default path beside the legacy one: %v", err)
+	}
+	// The operator moves it.
+	if err := os.Rename(old, etc); err != nil {
+		t.Fatal(err)
+	}
+	if loc := LocateClusterKey("", dir); loc.Legacy || loc.Path != etc {
+		t.Fatalf("after the move: %+v", loc)
+	}
+	k2, err := LoadKeyring("", dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := k2.Open(id, sealed, []byte("aad")); err != nil {
+		t.Fatalf("the moved key does not open: %v", err)
+	}
+	// The permission check applies to a legacy key too.
+	os.Rename(etc, old)
+	os.Chmod(old, 0o640)
+	var ke *KeyFileError
+	if _, err := LoadKeyring("", dir); !errors.As(err, &ke) || !strings.Contains(err.Error(), "group or others") {
+		t.Fatalf("legacy key readable by the group: %v", err)
+	}
+	// An explicit key file is never resolved elsewhere.
+	if loc := LocateClusterKey("/x/y.key", dir); !loc.Explicit || loc.Legacy || loc.Path != "/x/y.key" {
+		t.Fatalf("explicit: %+v", loc)
 	}
 }

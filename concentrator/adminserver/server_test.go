@@ -668,7 +668,7 @@ func TestGlob(t *testing.T) {
 // node, and a drain that flushes SA state.
 func TestClusterViewWithStateStore(t *testing.T) {
 	dir := t.TempDir()
-	tn := startNode(t, nodeConfig(3, fmt.Sprintf("statestore:\n  mode: embedded\n  data_dir: %s\n", dir)))
+	tn := startNode(t, nodeConfig(3, fmt.Sprintf("statestore:\n  mode: embedded\n  data_dir: %s\n  cluster_key_file: %s.key\n", dir, dir)))
 	o := gatewayOptions(tn, "gw{n}@iot.example", "psk-0123456789ab-{n}", 3)
 	o.Hold = time.Minute
 	runFleet(t, o)

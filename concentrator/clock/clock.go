@@ -11,8 +11,19 @@ import (
 )
 
 // Clock tells the time and makes timers.
+//
+// Now is the wall date: for what is compared with dates from outside the
+// process (certificates, CRLs and OCSP answers, session tickets, anything
+// written to the state store). Mono is the node's monotonic-derived time:
+// it advances with the monotonic clock only, so a step of the system clock
+// (an NTP correction, an operator's date command) does not move it. Timers,
+// lifetimes, liveness checks and the rekey schedule run on Mono. A Mono
+// reading is meaningful only within the process that took it: never
+// persist one, never compare one with a wall date (convert with
+// Now().Add(t.Sub(Mono())) at the moment of writing).
 type Clock interface {
 	Now() time.Time
+	Mono() time.Time
 	NewTimer(d time.Duration) Timer
 	NewTicker(d time.Duration) Ticker
 }
@@ -36,7 +47,15 @@ func Real() Clock { return realClock{} }
 
 type realClock struct{}
 
+// monoStart is the process's first reading; Mono counts from its wall
+// reading by the monotonic clock.
+var (
+	monoStart = time.Now()
+	monoBase  = monoStart.Round(0) // the wall reading alone
+)
+
 func (realClock) Now() time.Time                   { return time.Now() }
+func (realClock) Mono() time.Time                  { return monoBase.Add(time.Since(monoStart)) }
 func (realClock) NewTimer(d time.Duration) Timer   { return realTimer{time.NewTimer(d)} }
 func (realClock) NewTicker(d time.Duration) Ticker { return realTicker{time.NewTicker(d)} }
 
@@ -73,6 +92,11 @@ func (f *Fake) Now() time.Time {
 	defer f.mu.Unlock()
 	return f.now
 }
+
+// Mono implements Clock: a fake clock is never stepped, so its monotonic
+// and wall readings are the same. (A test that steps the wall reading
+// wraps the fake and changes Now alone.)
+func (f *Fake) Mono() time.Time { return f.Now() }
 
 // Advance moves the clock forward by d, firing what falls due.
 func (f *Fake) Advance(d time.Duration) { f.Set(f.Now().Add(d)) }

@@ -81,3 +81,24 @@ func TestFakeTimerStopAndReset(t *testing.T) {
 		t.Fatalf("now %v", f.Now())
 	}
 }
+
+// The real clock's Mono carries no monotonic reading of its own (it is
+// compared and converted as a plain instant), starts at the process's
+// wall date and never goes back.
+func TestRealMono(t *testing.T) {
+	c := Real()
+	a := c.Mono()
+	if a != a.Round(0) {
+		t.Fatalf("Mono %v carries a monotonic reading", a)
+	}
+	if a.Before(monoBase) {
+		t.Fatalf("Mono %v before its base %v", a, monoBase)
+	}
+	for i := 0; i < 1000; i++ {
+		b := c.Mono()
+		if b.Before(a) {
+			t.Fatalf("Mono went back from %v to %v", a, b)
+		}
+		a = b
+	}
+}

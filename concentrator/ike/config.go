@@ -182,6 +182,19 @@ type Config struct {
 	MaxSAs               int   // IKE SAs in all (any state); 0: no cap
 
 	Rand io.Reader
+
+	// Wall converts an engine time to the wall date, at the wall clock's
+	// offset from the monotonic one as it is now. The times the engine is
+	// given (the now of Handle, Tick, …) are the caller's
+	// monotonic-derived time (clock.Mono): its timers, lifetimes,
+	// liveness checks and rekey schedule run on them, so a step of the
+	// system clock moves none of them. Wall is used for what is compared
+	// with dates from outside: certificate validity, session tickets'
+	// expiry, and the times in SAState (Created, Established, RekeyAt),
+	// which are wall dates as of the write and are converted back to
+	// monotonic time once, in Restore. Nil: the times given are the wall
+	// date too.
+	Wall func(t time.Time) time.Time
 }
 
 // Defaults for unset Config fields.

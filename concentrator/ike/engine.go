@@ -224,6 +224,42 @@ func (e *Engine) drop(rd *Ready, pkt Packet, spii, spir uint64, err error) {
 	rd.add(Event{Kind: EventDropped, SPIi: spii, SPIr: spir, Local: pkt.Local, Remote: pkt.Remote, Reason: err.Error()})
 }
 
+// wall returns the wall date at the engine time now (Config.Wall).
+func (e *Engine) wall(now time.Time) time.Time {
+	if e.cfg.Wall == nil {
+		return now
+	}
+	return e.cfg.Wall(now)
+}
+
+// wallOffset is the wall date minus the engine's (monotonic-derived) time,
+// as it is now: it changes only when the system clock is stepped.
+func (e *Engine) wallOffset() time.Duration {
+	if e.cfg.Wall == nil || e.now.IsZero() {
+		return 0
+	}
+	return e.cfg.Wall(e.now).Sub(e.now)
+}
+
+// WallTime converts t, an engine time (the now the engine is given), to
+// the wall date, for display and for anything written outside the
+// process. The zero time stays zero.
+func (e *Engine) WallTime(t time.Time) time.Time {
+	if t.IsZero() {
+		return t
+	}
+	return t.Add(e.wallOffset())
+}
+
+// engineTime converts a wall date of persisted state to engine time, at
+// the offset of the step under way. The zero time stays zero.
+func (e *Engine) engineTime(t time.Time, off time.Duration) time.Time {
+	if t.IsZero() {
+		return t
+	}
+	return t.Add(-off)
+}
+
 // Tick runs the timers that are due and appends their work to rd.
 func (e *Engine) Tick(now time.Time, rd *Ready) {
 	e.begin(now)

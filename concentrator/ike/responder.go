@@ -73,7 +73,7 @@ func (e *Engine) handleInitRequest(now time.Time, pkt Packet, h Header, rd *Read
 		return
 	}
 	sa := &IKESA{
-		state: stateInitDone, SPIi: h.SPIi, SPIr: e.newSPI(), Local: pkt.Local, Remote: pkt.Remote,
+		eng: e, state: stateInitDone, SPIi: h.SPIi, SPIr: e.newSPI(), Local: pkt.Local, Remote: pkt.Remote,
 		initRemote: pkt.Remote, prop: sel, created: now, nextIn: 1,
 		ni: bytes.Clone(nonce.Data), nr: e.randBytes(32),
 		initReq: bytes.Clone(pkt.Data),

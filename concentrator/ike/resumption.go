@@ -296,7 +296,7 @@ func (e *Engine) openTicket(now time.Time, b []byte) (*ticketState, error) {
 	if err != nil {
 		return nil, err
 	}
-	if now.After(t.expires) {
+	if e.wall(now).After(t.expires) { // a wall date: the ticket outlives the process
 		return nil, fmt.Errorf("%w: expired %v", ErrTicket, t.expires.UTC().Format(time.RFC3339))
 	}
 	// The transforms must still be acceptable.
@@ -373,7 +373,7 @@ func (sa *IKESA) ticketPayloads(now time.Time, e *Engine, m *Message) []Payload 
 	if life <= 0 {
 		life = DefaultTicketLifetime
 	}
-	t := &ticketState{expires: now.Add(life), proposal: *sa.prop, skd: sa.skd, peer: sa.PeerID}
+	t := &ticketState{expires: e.wall(now).Add(life), proposal: *sa.prop, skd: sa.skd, peer: sa.PeerID}
 	e.read(t.id[:])
 	opaque, err := e.sealTicket(t)
 	if err != nil {
@@ -444,7 +444,7 @@ func (e *Engine) handleResumeRequest(now time.Time, pkt Packet, h Header, rd *Re
 	}
 	prop := t.proposal
 	sa := &IKESA{
-		state: stateInitDone, SPIi: h.SPIi, SPIr: e.newSPI(), Local: pkt.Local, Remote: pkt.Remote,
+		eng: e, state: stateInitDone, SPIi: h.SPIi, SPIr: e.newSPI(), Local: pkt.Local, Remote: pkt.Remote,
 		initRemote: pkt.Remote, prop: &prop, created: now, nextIn: 1,
 		ni: bytes.Clone(nonce.Data), nr: e.randBytes(32), initReq: bytes.Clone(pkt.Data),
 		resume: &resumption{id: t.id, expires: t.expires, peer: t.peer},
@@ -484,7 +484,7 @@ func (sa *IKESA) checkResumed(now time.Time, e *Engine, a authPayloads) error {
 	if err := sa.verifyResumed(a, sa.authOctets(true, a.id)); err != nil {
 		return err
 	}
-	if !e.cfg.Tickets.Redeem(sa.resume.id, now, sa.resume.expires) {
+	if !e.cfg.Tickets.Redeem(sa.resume.id, e.wall(now), sa.resume.expires) {
 		e.stats.ResumesRefused++
 		return errorf(AUTHENTICATION_FAILED, "ticket of %v used before", sa.PeerID)
 	}
@@ -506,7 +506,7 @@ func (e *Engine) startResume(now time.Time, ini Initiation, rd *Ready) (uint64, 
 	prop := t.Proposal
 	prop.Protocol = ProtoIKE
 	sa := &IKESA{
-		initiator: true, state: stateResumeSent, SPIi: e.newSPI(), Local: ini.Local, Remote: ini.Remote,
+		eng: e, initiator: true, state: stateResumeSent, SPIi: e.newSPI(), Local: ini.Local, Remote: ini.Remote,
 		created: now, ini: &ini, ni: e.randBytes(32), prop: &prop,
 		resume: &resumption{oldSKd: bytes.Clone(t.SKd), peer: t.Responder},
 	}

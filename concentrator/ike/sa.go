@@ -106,7 +106,8 @@ type IKESA struct {
 	msgIDSync   bool         // the peer announced IKEV2_MESSAGE_ID_SYNC_SUPPORTED (RFC 6311)
 	unique      UniqueAction // what the Established write does about older SAs of the identity
 
-	deadline  int64 // UnixNano of the SA's timer in the wheel; 0: none
+	eng       *Engine // its engine (the wall-date conversion of Snapshot)
+	deadline  int64   // engine time (UnixNano) of the SA's timer in the wheel; 0: none
 	lastRecv  time.Time
 	rekeyIKE  time.Time // when we rekey the IKE SA; zero: never
 	created   time.Time
@@ -822,7 +823,7 @@ func (sa *IKESA) verifyPeer(now time.Time, e *Engine, a authPayloads, octets []b
 	// Path, identity and the AUTH signature first, revocation last: a
 	// replayed public device certificate without its key costs us no CRL
 	// work.
-	path, err := verifier.VerifyPath(a.certs, now)
+	path, err := verifier.VerifyPath(a.certs, e.wall(now)) // validity and CRL freshness: wall dates
 	if err != nil {
 		return &Error{Notify: AUTHENTICATION_FAILED, Reason: "certificate of " + sa.PeerID.String(), Err: err}
 	}

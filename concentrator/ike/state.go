@@ -55,17 +55,30 @@ type ChildState struct {
 	OutSeqReserved, InSeqLow, SeqBlock uint64
 }
 
-// Snapshot returns the persistent state of an established SA.
+// Snapshot returns the persistent state of an established SA. Its times
+// (Created, Established, the children's Created and RekeyAt) are wall
+// dates as of now (Config.Wall): the engine keeps them on monotonic time,
+// which means nothing to another process.
 func (sa *IKESA) Snapshot() (SAState, error) {
 	if sa.state != stateEstablished {
 		return SAState{}, fmt.Errorf("ike: SA %016x_%016x is %v, not established", sa.SPIi, sa.SPIr, sa.state)
+	}
+	var off time.Duration
+	if sa.eng != nil {
+		off = sa.eng.wallOffset()
+	}
+	wall := func(t time.Time) time.Time {
+		if t.IsZero() {
+			return t
+		}
+		return t.Add(off)
 	}
 	st := SAState{
 		Initiator: sa.initiator, SPIi: sa.SPIi, SPIr: sa.SPIr, Local: sa.Local, Remote: sa.Remote,
 		Proposal: *sa.prop, SKd: sa.skd, NextIn: sa.nextIn, NextOut: sa.nextOut,
 		NextOutReserved: sa.outReserved, MsgIDSync: sa.msgIDSync,
 		NATLocal: sa.natLocal, NATRemote: sa.natRemote, PeerFrag: sa.peerFrag, MOBIKE: sa.mobike,
-		PeerID: sa.PeerID, VirtualIP: sa.vip, VirtualIP6: sa.vip6, Created: sa.created, Established: sa.Establish,
+		PeerID: sa.PeerID, VirtualIP: sa.vip, VirtualIP6: sa.vip6, Created: wall(sa.created), Established: wall(sa.Establish),
 	}
 	if sa.idUnknown {
 		st.NextOut = sa.probeLo + 1 // still only a lower bound
@@ -81,7 +94,7 @@ func (sa *IKESA) Snapshot() (SAState, error) {
 		}
 		st.Children = append(st.Children, ChildState{
 			InSPI: c.InSPI, OutSPI: c.OutSPI, Proposal: c.Proposal, KeyIn: c.KeyIn, KeyOut: c.KeyOut,
-			LocalTS: c.LocalTS, RemoteTS: c.RemoteTS, Encap: c.Encap, Created: c.Created, RekeyAt: c.rekeyAt,
+			LocalTS: c.LocalTS, RemoteTS: c.RemoteTS, Encap: c.Encap, Created: wall(c.Created), RekeyAt: wall(c.rekeyAt),
 			OutSeqReserved: c.seq.outResv, InSeqLow: c.seq.inLow, SeqBlock: c.seq.block,
 		})
 	}
@@ -94,9 +107,16 @@ var ErrSPIInUse = errors.New("ike: SPI already in use")
 // Restore adds an established SA from its persisted state and returns the
 // InstallChild actions that put its CHILD SAs (back) into the data plane.
 // Message IDs continue where the state says; timers (DPD, rekeys) start
-// from now.
+// from now. The state's times are wall dates (Snapshot): they are
+// converted to engine time here, once, at the wall clock's offset from
+// now, so a record written before a restart (where the monotonic clock
+// starts again) or by another node keeps its rekey time. A rekey time
+// that has passed, because it did or because the wall clock was stepped
+// forward meanwhile, goes to the rekey scheduler, which spreads such
+// rekeys under its rate cap.
 func (e *Engine) Restore(now time.Time, st SAState, rd *Ready) (*IKESA, error) {
 	e.begin(now)
+	off := e.wall(now).Sub(now)
 	prf, err := suite.NewPRF(st.Proposal.PRF)
 	if err != nil {
 		return nil, err
@@ -111,11 +131,11 @@ func (e *Engine) Restore(now time.Time, st SAState, rd *Ready) (*IKESA, error) {
 	}
 	prop := st.Proposal
 	sa := &IKESA{
-		initiator: st.Initiator, state: stateEstablished, SPIi: st.SPIi, SPIr: st.SPIr,
+		eng: e, initiator: st.Initiator, state: stateEstablished, SPIi: st.SPIi, SPIr: st.SPIr,
 		Local: st.Local, Remote: st.Remote, prop: &prop, prf: prf, cipher: c, skd: bytes.Clone(st.SKd),
 		natLocal: st.NATLocal, natRemote: st.NATRemote, peerFrag: st.PeerFrag, mobike: st.MOBIKE,
 		PeerID: Identity{Type: st.PeerID.Type, Data: bytes.Clone(st.PeerID.Data)}, vip: st.VirtualIP, vip6: st.VirtualIP6,
-		nextIn: st.NextIn, nextOut: st.NextOut, created: st.Created, Establish: st.Established, lastRecv: now,
+		nextIn: st.NextIn, nextOut: st.NextOut, created: e.engineTime(st.Created, off), Establish: e.engineTime(st.Established, off), lastRecv: now,
 		resync: true, stored: true, msgIDSync: st.MsgIDSync, idUnknown: true,
 	}
 	// The peer expects our next request with an ID in [NextOut-1,
@@ -171,7 +191,7 @@ func (e *Engine) Restore(now time.Time, st SAState, rd *Ready) (*IKESA, error) {
 		ch := &ChildSA{
 			InSPI: cs.InSPI, OutSPI: cs.OutSPI, Proposal: cs.Proposal, KeyIn: cs.KeyIn, KeyOut: cs.KeyOut,
 			LocalTS: cs.LocalTS, RemoteTS: cs.RemoteTS, Local: sa.Local, Remote: sa.Remote, Encap: cs.Encap,
-			VirtualIP: st.VirtualIP, Created: cs.Created, rekeyAt: cs.RekeyAt,
+			VirtualIP: st.VirtualIP, Created: e.engineTime(cs.Created, off), rekeyAt: e.engineTime(cs.RekeyAt, off),
 		}
 		e.inSPIs[ch.InSPI] = sa
 		sa.children = append(sa.children, ch)
