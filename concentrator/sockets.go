@@ -271,7 +271,7 @@ func (n *Node) receive(c transport.Conn, b []byte, local, remote netip.AddrPort,
 		// queueing: a flood of them never stands between the engine and
 		// the requests that proved their address with a cookie, which
 		// are queued with the established SAs' messages.
-		switch reply, v := s.eng.Cookies().Screen(n.clock.Now(), b, remote.Addr()); v {
+		switch reply, v := s.eng.Cookies().Screen(n.clock.Mono(), b, remote.Addr()); v {
 		case ike.ScreenAnswered:
 			n.logEvent(s, ike.Event{Kind: ike.EventCookieSent, SPIi: binary.BigEndian.Uint64(b), Local: local, Remote: remote, Notify: ike.COOKIE})
 			return reply

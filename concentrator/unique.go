@@ -234,7 +234,7 @@ func (n *Node) replaceLocal(ctx context.Context, id string, spis []uint64) int {
 					continue
 				}
 				var rd ike.Ready
-				if s.eng.Replace(n.clock.Now(), spi, true, &rd) {
+				if s.eng.Replace(n.clock.Mono(), spi, true, &rd) {
 					deleted.Add(1)
 					n.log.Info("IKE SA replaced by a newer one of its identity", "identity", id, "spi", fmt.Sprintf("%016x", spi))
 				}
