@@ -44,8 +44,10 @@ test-e2e: build
 # router namespace that spreads flows over them, a three-member etcd
 # (Debian's etcd-server) over mutual TLS, 20 strongSwan gateways behind a
 # masquerading NAT pinging through their tunnels; a live move, an etcd
-# follower and leader kill, a node kill -9. Prints the cluster-* figures
-# (outage per gateway, lost pings, claims). About 2 minutes.
+# follower and leader kill, a node kill -9, a node cut off from etcd for
+# 10 s (it fences itself, the others take over, it rejoins). Prints the
+# cluster-* figures (outage per gateway, lost pings, claims, times to fence
+# and takeover). About 4 minutes.
 test-cluster: build
 	E2E_BIN_DIR=$(CURDIR)/$(BIN) $(GO) test -count=1 -v -run '^TestCluster$$' -timeout 10m ./e2e/
 
