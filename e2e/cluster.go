@@ -738,3 +738,121 @@ func (c *Cluster) ClusterMetrics(ctx context.Context, nodes ...*ClusterNode) (ma
 	}
 	return sum, nil
 }
+
+// etcdPartitionTable is the nftables table that cuts a node off from etcd.
+const etcdPartitionTable = "ikfpartition"
+
+// PartitionFromEtcd cuts node n off from every etcd member: an nftables
+// table in its namespace drops what it sends to the members' network and
+// what comes back from it (no reset, no ICMP: the connections hang, as
+// when a link or a switch fails). Its peer API and the router are not
+// touched. HealPartition removes the table.
+func (c *Cluster) PartitionFromEtcd(ctx context.Context, n *ClusterNode) error {
+	rules := fmt.Sprintf(`table inet %[1]s {
+  chain out {
+    type filter hook output priority filter; policy accept;
+    ip daddr 10.40.0.0/24 drop
+  }
+  chain in {
+    type filter hook input priority filter; policy accept;
+    ip saddr 10.40.0.0/24 drop
+  }
+}
+`, etcdPartitionTable)
+	out, err := run(ctx, strings.NewReader(rules), "ip", "netns", "exec", n.NS, "nft", "-f", "-")
+	if err != nil {
+		return fmt.Errorf("partition %s: %w\n%s", n.ID, err, out)
+	}
+	return nil
+}
+
+// HealPartition ends PartitionFromEtcd.
+func (c *Cluster) HealPartition(ctx context.Context, n *ClusterNode) error {
+	_, err := c.TP.Exec(ctx, n.NS, "nft", "delete", "table", "inet", etcdPartitionTable)
+	return err
+}
+
+// NodeReady asks a node's /readyz (in its namespace) as a load balancer's
+// health check does: nil when it answers 200, else why not.
+func (c *Cluster) NodeReady(ctx context.Context, n *ClusterNode) error {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://127.0.0.1:9180/readyz", nil)
+	if err != nil {
+		return err
+	}
+	hc := nsHTTPClient(n.NS, nil)
+	hc.Timeout = time.Second
+	resp, err := hc.Do(req)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(io.LimitReader(resp.Body, 4<<10))
+	if resp.StatusCode != http.StatusOK {
+		var failed []string // the body has a line a check: "ok name" or "failed name: why"
+		for _, line := range strings.Split(string(b), "\n") {
+			if strings.HasPrefix(line, "failed ") {
+				failed = append(failed, line)
+			}
+		}
+		return fmt.Errorf("%s: /readyz %s: %s", n.ID, resp.Status, strings.Join(failed, "; "))
+	}
+	return nil
+}
+
+// nodeSendsTable counts, in the router, what the nodes send from the
+// service address's IKE ports (IKE and ESP-in-UDP towards the gateways).
+const nodeSendsTable = "ikfsends"
+
+// CountNodeSends installs (or resets) one counter per node in the router:
+// packets from the service address's UDP ports 500 and 4500 arriving from
+// that node's link. NodeSends reads them.
+func (c *Cluster) CountNodeSends(ctx context.Context) error {
+	var b strings.Builder
+	fmt.Fprintf(&b, "table ip %s\ndelete table ip %s\ntable ip %s {\n", nodeSendsTable, nodeSendsTable, nodeSendsTable)
+	for _, n := range c.Nodes {
+		fmt.Fprintf(&b, "  counter %s { }\n", n.ID)
+	}
+	b.WriteString("  chain sends {\n    type filter hook forward priority filter; policy accept;\n")
+	for _, n := range c.Nodes {
+		fmt.Fprintf(&b, "    iifname \"rtr-n%d\" ip saddr %s udp sport { 500, 4500 } counter name %q\n", n.Index, ClusterVIP, n.ID)
+	}
+	b.WriteString("  }\n}\n")
+	out, err := run(ctx, strings.NewReader(b.String()), "ip", "netns", "exec", c.Router, "nft", "-f", "-")
+	if err != nil {
+		return fmt.Errorf("router counters: %w\n%s\n%s", err, out, b.String())
+	}
+	return nil
+}
+
+// NodeSends returns node n's counter of CountNodeSends: packets so far.
+func (c *Cluster) NodeSends(ctx context.Context, n *ClusterNode) (int, error) {
+	out, err := c.TP.Exec(ctx, c.Router, "nft", "list", "counter", "ip", nodeSendsTable, n.ID)
+	if err != nil {
+		return 0, err
+	}
+	for _, line := range strings.Split(out, "\n") {
+		if f := strings.Fields(line); len(f) >= 2 && f[0] == "packets" {
+			var v int
+			_, err := fmt.Sscan(f[1], &v)
+			return v, err
+		}
+	}
+	return 0, fmt.Errorf("router counter %s: no packets in %q", n.ID, out)
+}
+
+// NodeLogTimes returns the times of node n's JSON log records with message
+// msg logged at or after since (the records' own "time").
+func NodeLogTimes(n *ClusterNode, msg string, since time.Time) []time.Time {
+	var ts []time.Time
+	for _, r := range n.Proc.LogRecords() {
+		if r.Msg() != msg {
+			continue
+		}
+		s, _ := r["time"].(string)
+		at, err := time.Parse(time.RFC3339Nano, s)
+		if err == nil && !at.Before(since) {
+			ts = append(ts, at)
+		}
+	}
+	return ts
+}

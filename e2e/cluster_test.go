@@ -169,7 +169,10 @@ func perNode(c *Cluster) string {
 // flows move between two live nodes (hand-off), an etcd follower and then
 // the leader are killed (and restarted), a node is killed with SIGKILL
 // (takeover of its SAs by the others after the router re-spreads its
-// flows), and it comes back and gets its flows again (hand-offs). After each, every gateway must
+// flows), and it comes back and gets its flows again (hand-offs); last,
+// another node is cut off from etcd for longer than its lease (it fences
+// itself, the router withdraws it, the others take its SAs over, and it
+// comes back once the partition heals). After each, every gateway must
 // still have its IKE SA (same SPIs, no new IKE_SA_INIT) and its pings
 // must get through again; losses and outages are reported, one line per
 // figure, beginning "cluster-".
@@ -405,6 +408,20 @@ func TestCluster(t *testing.T) {
 		t.Logf("cluster-rejoin: node=%s gateways-moved=%d lost-pings=%d outage-ms-max=%d others-lost-pings=%d sa-changed=%d claims=%d handed-off=%d",
 			n.ID, len(back), lost, worst.Milliseconds(), otherLost, changed,
 			countNodeLogs(c, "SA claimed")-claims0, countNodeLogs(c, "SA handed off")-handed0)
+	})
+
+	if t.Failed() {
+		return
+	}
+
+	// One node cut off from etcd for longer than its lease (nftables in
+	// its namespace; the router, the other nodes and the gateways still
+	// reach it). The router withdraws it when its /readyz fails, as a load
+	// balancer's health check (or the node's own BGP withdrawal) does.
+	// A wall-clock step cannot be staged here: every namespace shares the
+	// host's clock; concentrator's TestFaultWallClockStep covers it.
+	t.Run("PartitionNode", func(t *testing.T) {
+		partitionNode(t, ctx, c, before, streams)
 	})
 
 	// What the fleet of charons costs (the machine's budget for this tier).

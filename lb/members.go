@@ -15,6 +15,7 @@ import (
 	"log/slog"
 	"net/netip"
 	"os"
+	"slices"
 	"sort"
 	"strings"
 	"sync"
@@ -56,6 +57,36 @@ type Members struct {
 	cpuAt   time.Time
 	cpuUsed time.Duration
 	closed  bool
+
+	// view is the membership as memberlist's events reported it: copies
+	// made in the callbacks, which run under memberlist's node lock. The
+	// *memberlist.Node values that Members and LocalNode return point
+	// into its state and are rewritten under that lock, so reading them
+	// outside it is a data race.
+	view *memberView
+}
+
+// memberView holds a copy of every member not known dead or gone, kept
+// by the event delegate. Events do not report suspicion: a suspect member
+// stays Alive here until it is declared dead (seconds later).
+type memberView struct {
+	mu    sync.Mutex
+	nodes map[string]memberlist.Node
+}
+
+func (v *memberView) set(n *memberlist.Node) {
+	c := *n
+	c.Addr = slices.Clone(n.Addr)
+	c.Meta = slices.Clone(n.Meta)
+	v.mu.Lock()
+	v.nodes[n.Name] = c
+	v.mu.Unlock()
+}
+
+func (v *memberView) remove(name string) {
+	v.mu.Lock()
+	delete(v.nodes, name)
+	v.mu.Unlock()
 }
 
 // metaDelegate hands memberlist our meta.
@@ -83,7 +114,8 @@ func NewMembers(cfg MembersConfig, name string, self Meta, logger *slog.Logger) 
 	if err != nil {
 		return nil, fieldErr("members.listen", "%v", err)
 	}
-	m := &Members{name: name, log: logger, meta: self, sent: self, cpuAt: time.Now(), cpuUsed: cpuTime()}
+	m := &Members{name: name, log: logger, meta: self, sent: self, cpuAt: time.Now(), cpuUsed: cpuTime(),
+		view: &memberView{nodes: map[string]memberlist.Node{}}}
 	c := memberlist.DefaultLANConfig()
 	if lp.Addr().IsLoopback() {
 		c = memberlist.DefaultLocalConfig()
@@ -110,7 +142,7 @@ func NewMembers(cfg MembersConfig, name string, self Meta, logger *slog.Logger) 
 		c.SecretKey = key
 	}
 	c.Delegate = metaDelegate{m}
-	c.Events = &eventLog{log: logger}
+	c.Events = &eventLog{log: logger, view: m.view}
 	c.Logger = log.New(io.Discard, "", 0) // its own lines are noise; events are logged
 	ml, err := memberlist.Create(c)
 	if err != nil {
@@ -130,7 +162,12 @@ func (m *Members) Join(addrs []string) (int, error) { return m.ml.Join(addrs) }
 
 // Addr is our gossip address.
 func (m *Members) Addr() string {
-	n := m.ml.LocalNode()
+	m.view.mu.Lock()
+	defer m.view.mu.Unlock()
+	n, ok := m.view.nodes[m.name]
+	if !ok {
+		return ""
+	}
 	return n.Address()
 }
 
@@ -168,11 +205,13 @@ func (m *Members) SetLocal(meta Meta) {
 // List returns the members, this node included, by name.
 func (m *Members) List() []Member {
 	var out []Member
-	for _, n := range m.ml.Members() {
+	m.view.mu.Lock()
+	for _, n := range m.view.nodes {
 		mb := Member{Name: n.Name, Addr: n.Address(), Alive: n.State == memberlist.StateAlive, Self: n.Name == m.name}
 		_ = json.Unmarshal(n.Meta, &mb.Meta)
 		out = append(out, mb)
 	}
+	m.view.mu.Unlock()
 	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
 	return out
 }
@@ -213,16 +252,22 @@ func (m *Members) Close() error {
 	return m.ml.Shutdown()
 }
 
-// eventLog logs joins, leaves and failures.
-type eventLog struct{ log *slog.Logger }
+// eventLog logs joins, leaves and failures and keeps the view (memberlist
+// calls it with its node lock held).
+type eventLog struct {
+	log  *slog.Logger
+	view *memberView
+}
 
 func (e *eventLog) NotifyJoin(n *memberlist.Node) {
+	e.view.set(n)
 	e.log.Info("members: joined", "member", n.Name, "addr", n.Address())
 }
 func (e *eventLog) NotifyLeave(n *memberlist.Node) {
+	e.view.remove(n.Name)
 	e.log.Info("members: left or failed", "member", n.Name, "addr", n.Address())
 }
-func (e *eventLog) NotifyUpdate(*memberlist.Node) {}
+func (e *eventLog) NotifyUpdate(n *memberlist.Node) { e.view.set(n) }
 
 // cpuTime is the process's CPU time so far.
 func cpuTime() time.Duration {

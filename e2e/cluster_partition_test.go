@@ -1,0 +1,227 @@
+//go:build linux
+
+package e2e
+
+import (
+	"context"
+	"fmt"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+)
+
+// clusterPartition is how long PartitionNode keeps a node from etcd: well
+// beyond its lease, so that the lease expires and the others take over.
+func clusterPartition(c *Cluster) time.Duration { return max(10*time.Second, 3*c.opts.LeaseTTL) }
+
+// partitionNode is TestCluster's PartitionNode step: node n3 loses etcd
+// (not the router, not the other nodes) for clusterPartition. It must
+// fence itself (stop sending for its SAs) before its lease can expire:
+// no packet leaves it from the service address's IKE ports from the
+// moment it logs the fence until the partition heals, and it fences
+// before any other node claims one of its SAs. Its /readyz fails, the
+// router withdraws it, the others take its SAs over once its
+// registration ends, and its gateways keep their IKE SAs and get their
+// pings through again. When the partition heals it registers again
+// under a new epoch, passes /readyz, gets its flows back from the router
+// and serves them (hand-off from the nodes that held them).
+func partitionNode(t *testing.T, ctx context.Context, c *Cluster, before map[string]saSnapshot, streams map[string]*PingStream) {
+	victim := c.Nodes[len(c.Nodes)-1]
+	var moved []*ClusterGateway
+	for _, g := range c.Gateways {
+		if c.NodeOf(g) == victim {
+			moved = append(moved, g)
+		}
+	}
+	if len(moved) == 0 {
+		t.Fatalf("no gateway on %s: %s", victim.ID, perNode(c))
+	}
+	var survivors, all []int
+	var others []*ClusterNode
+	for _, n := range c.Nodes {
+		all = append(all, n.Index)
+		if n != victim {
+			survivors = append(survivors, n.Index)
+			others = append(others, n)
+		}
+	}
+	if err := c.NodeReady(ctx, victim); err != nil {
+		t.Fatalf("before the partition: %v", err)
+	}
+	if err := c.CountNodeSends(ctx); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(time.Second)
+	m0 := clusterMetrics(t, ctx, c, victim)
+
+	at := time.Now()
+	if err := c.PartitionFromEtcd(ctx, victim); err != nil {
+		t.Fatal(err)
+	}
+	healed := false
+	defer func() {
+		if !healed {
+			_ = c.HealPartition(context.WithoutCancel(ctx), victim)
+		}
+	}()
+
+	// The router's health check and the node's fence, in whichever
+	// order they come.
+	var withdrawn, fenced, seenFenced time.Time
+	var notReady error
+	sendsAtFence := 0
+	for withdrawn.IsZero() || fenced.IsZero() {
+		if withdrawn.IsZero() {
+			if err := c.NodeReady(ctx, victim); err != nil {
+				withdrawn, notReady = time.Now(), err
+				if err := c.Spread.SetNodes(ctx, survivors); err != nil {
+					t.Fatal(err)
+				}
+			}
+		}
+		if fenced.IsZero() {
+			if ts := NodeLogTimes(victim, "fenced: outbound ESP stopped", at); len(ts) > 0 {
+				n, err := c.NodeSends(ctx, victim)
+				if err != nil {
+					t.Fatal(err)
+				}
+				fenced, seenFenced, sendsAtFence = ts[0], time.Now(), n
+			}
+		}
+		if time.Since(at) > clusterRecoverBound || ctx.Err() != nil {
+			t.Fatalf("%v after cutting %s off from etcd: withdrawn=%v fenced=%v", clusterRecoverBound, victim.ID, !withdrawn.IsZero(), !fenced.IsZero())
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	t.Logf("%s not ready: %v", victim.ID, notReady)
+
+	// The others take its SAs over once its registration is gone.
+	waitRecovered(t, ctx, c, streams, withdrawn.Add(time.Second), clusterRecoverBound)
+	recovered := time.Since(at)
+	if d := time.Until(at.Add(clusterPartition(c))); d > 0 {
+		time.Sleep(d)
+	}
+	sendsEnd, err := c.NodeSends(ctx, victim)
+	if err != nil {
+		t.Fatal(err)
+	}
+	mEnd := clusterMetrics(t, ctx, c, victim)
+	healAt := time.Now()
+	if err := c.HealPartition(ctx, victim); err != nil {
+		t.Fatal(err)
+	}
+	healed = true
+
+	var takeover, firstClaim, lastClaim time.Time
+	claims := 0
+	for _, n := range others {
+		if ts := NodeLogTimes(n, "owner's registration ended: taking its SAs over", at); len(ts) > 0 && (takeover.IsZero() || ts[0].Before(takeover)) {
+			takeover = ts[0]
+		}
+		for _, ts := range NodeLogTimes(n, "SA claimed", at) {
+			if ts.After(healAt) {
+				continue
+			}
+			claims++
+			if firstClaim.IsZero() || ts.Before(firstClaim) {
+				firstClaim = ts
+			}
+			if ts.After(lastClaim) {
+				lastClaim = ts
+			}
+		}
+	}
+	if firstClaim.IsZero() {
+		t.Errorf("no SA of %s claimed by the others during the partition", victim.ID)
+	} else if !fenced.Before(firstClaim) {
+		t.Errorf("%s fenced at %v, after another node claimed one of its SAs at %v", victim.ID, fenced.Format(time.RFC3339Nano), firstClaim.Format(time.RFC3339Nano))
+	}
+	if n := sendsEnd - sendsAtFence; n != 0 {
+		t.Errorf("%s sent %d packets from %s:500/4500 while fenced (from %v to the heal)", victim.ID, n, ClusterVIP, seenFenced.Sub(at).Round(time.Millisecond))
+	}
+	var outages []time.Duration
+	lost, otherLost := 0, 0
+	var per []string
+	for _, g := range c.Gateways {
+		w := streams[g.Name].Window(at.Add(-time.Second), healAt)
+		if slices.Contains(moved, g) {
+			outages = append(outages, w.Outage)
+			lost += w.Lost
+			per = append(per, fmt.Sprintf("%s:%d", g.Name, w.Outage.Milliseconds()))
+		} else {
+			otherLost += w.Lost
+		}
+	}
+	changed := compareSnapshots(t, ctx, c, before, "etcd partition")
+	ms := func(t time.Time) int64 {
+		if t.IsZero() {
+			return -1
+		}
+		return t.Sub(at).Milliseconds()
+	}
+	t.Logf("cluster-partition: node=%s partition-s=%.0f lease-ttl=%v gateways-moved=%d outage-ms-median=%d outage-ms-max=%d lost-pings=%d others-lost-pings=%d all-recovered-ms=%d sa-changed=%d claims=%d",
+		victim.ID, clusterPartition(c).Seconds(), c.opts.LeaseTTL, len(moved), median(outages).Milliseconds(), slices.Max(outages).Milliseconds(),
+		lost, otherLost, recovered.Milliseconds(), changed, claims)
+	t.Logf("cluster-partition-times: ms-from-partition withdrawn=%d fenced=%d registration-ended=%d first-claim=%d last-claim=%d fence-before-first-claim-ms=%d sends-while-fenced=%d ike-fenced-drops=%.0f",
+		ms(withdrawn), ms(fenced), ms(takeover), ms(firstClaim), ms(lastClaim), firstClaim.Sub(fenced).Milliseconds(), sendsEnd-sendsAtFence,
+		mEnd["ikefleet_fenced_drops_total"]-m0["ikefleet_fenced_drops_total"])
+	t.Logf("cluster-partition-outages: %s", strings.Join(per, " "))
+	if t.Failed() {
+		return
+	}
+
+	// Healed: it registers again, passes /readyz, gets its flows back.
+	var reregistered, ready time.Time
+	for reregistered.IsZero() || ready.IsZero() {
+		if reregistered.IsZero() {
+			if ts := NodeLogTimes(victim, "registered again: outbound ESP resumed", healAt); len(ts) > 0 {
+				reregistered = ts[0]
+			}
+		}
+		if ready.IsZero() && c.NodeReady(ctx, victim) == nil {
+			ready = time.Now()
+		}
+		if victim.Proc.Exited() {
+			t.Fatalf("%s exited after the partition", victim.ID)
+		}
+		if time.Since(healAt) > clusterRecoverBound || ctx.Err() != nil {
+			t.Fatalf("%s not back %v after the partition healed: registered=%v ready=%v", victim.ID, clusterRecoverBound, !reregistered.IsZero(), !ready.IsZero())
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	claims0, handed0 := countNodeLogs(c, "SA claimed"), countNodeLogs(c, "SA handed off")
+	back0 := time.Now()
+	if err := c.Spread.SetNodes(ctx, all); err != nil {
+		t.Fatal(err)
+	}
+	var back []*ClusterGateway
+	for _, g := range c.Gateways {
+		if c.NodeOf(g) == victim {
+			back = append(back, g)
+		}
+	}
+	if len(back) == 0 {
+		t.Fatalf("the router gives %s no flow back: %s", victim.ID, perNode(c))
+	}
+	waitRecovered(t, ctx, c, streams, back0.Add(time.Second), clusterRecoverBound)
+	time.Sleep(2 * time.Second)
+	backLost, backOtherLost, worst := 0, 0, time.Duration(0)
+	for _, g := range c.Gateways {
+		w := streams[g.Name].Window(back0.Add(-time.Second), time.Now().Add(-time.Second))
+		if slices.Contains(back, g) {
+			backLost += w.Lost
+			worst = max(worst, w.Outage)
+		} else {
+			backOtherLost += w.Lost
+		}
+	}
+	changed = compareSnapshots(t, ctx, c, before, "rejoin after the partition")
+	mv := clusterMetrics(t, ctx, c, victim)
+	if mv["ikefleet_child_sas"] < 1 {
+		t.Errorf("%s holds no CHILD SA after getting %d flows back", victim.ID, len(back))
+	}
+	t.Logf("cluster-partition-rejoin: node=%s registered-again-ms=%d ready-ms=%d (from the heal) gateways-moved=%d lost-pings=%d outage-ms-max=%d others-lost-pings=%d child-sas=%.0f sa-changed=%d claims=%d handed-off=%d",
+		victim.ID, reregistered.Sub(healAt).Milliseconds(), ready.Sub(healAt).Milliseconds(), len(back), backLost, worst.Milliseconds(), backOtherLost,
+		mv["ikefleet_child_sas"], changed, countNodeLogs(c, "SA claimed")-claims0, countNodeLogs(c, "SA handed off")-handed0)
+}
