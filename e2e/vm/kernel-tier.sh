@@ -45,10 +45,10 @@ export IKEFLEET_VM=1 E2E_BIN_DIR="$PWD"
 echo "vm: $(uname -r), $(nproc) vCPU"
 rc=0
 [ -n "${VM_SKIP_XFRM:-}" ] || ./xfrm.test -test.v -test.count=1 -test.run "${VM_XFRM_RUN:-.}" -test.timeout 4m || rc=1
-./e2e.test -test.v -test.count=1 -test.run "${VM_E2E_RUN:-^TestKernel}" -test.timeout 8m || rc=1
+./e2e.test -test.v -test.count=1 -test.run "${VM_E2E_RUN:-^TestKernel}" -test.timeout 14m || rc=1
 exit $rc
 IN
 rc=0
-VM_TIMEOUT=${VM_TIMEOUT:-900} sh "$root/e2e/vm/run-in-vm.sh" "$work" env CI="${CI:-}" VM_E2E_RUN="${VM_E2E_RUN:-}" VM_SKIP_XFRM="${VM_SKIP_XFRM:-}" VM_XFRM_RUN="${VM_XFRM_RUN:-}" sh run.sh || rc=$?
+VM_TIMEOUT=${VM_TIMEOUT:-1200} sh "$root/e2e/vm/run-in-vm.sh" "$work" env CI="${CI:-}" VM_E2E_RUN="${VM_E2E_RUN:-}" VM_SKIP_XFRM="${VM_SKIP_XFRM:-}" VM_XFRM_RUN="${VM_XFRM_RUN:-}" sh run.sh || rc=$?
 echo "kernel-tier: VM run $(( $(date +%s) - t1 )) s, total $(( $(date +%s) - t0 )) s, exit $rc"
 exit $rc
