@@ -3,8 +3,8 @@ package statestore
 import (
 	"fmt"
 	"net/netip"
-	"time"
 	"testing"
+	"time"
 )
 
 // Every transaction the store sends with its default batch sizes fits
