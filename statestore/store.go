@@ -100,13 +100,16 @@ type Store struct {
 	base     time.Time    // monotonic origin of deadline
 	deadline atomic.Int64 // ns after base until which we may send; 0: fenced
 
-	mu       sync.Mutex
-	reg      *registration
-	regCh    chan struct{} // closed and replaced on every new registration
-	lastOK   time.Time
-	lastErr  string
-	reach    bool
-	prevSlot int
+	mu    sync.Mutex
+	reg   *registration
+	regCh chan struct{} // closed and replaced when a new registration may send
+	// reclaiming: a re-registration whose SAs are still being reclaimed
+	// (and those others took over meanwhile dropped): CanSend is false.
+	reclaiming atomic.Bool
+	lastOK     time.Time
+	lastErr    string
+	reach      bool
+	prevSlot   int
 
 	txns             atomic.Uint64
 	changes, batches atomic.Uint64
@@ -170,10 +173,12 @@ func (s *Store) Registration() (Owner, int) {
 }
 
 // CanSend reports whether the node may send for the SAs it owns: its
-// lease is certainly alive. Cheap; call it before every send.
+// lease is certainly alive, and after a re-registration the SAs it holds
+// are its own again (reclaimed, those others took over meanwhile dropped
+// through OnReclaimed). Cheap; call it before every send.
 func (s *Store) CanSend() bool {
 	d := s.deadline.Load()
-	return d != 0 && int64(time.Since(s.base)) < d
+	return d != 0 && !s.reclaiming.Load() && int64(time.Since(s.base)) < d
 }
 
 // Fenced returns a channel closed when the current registration is
@@ -186,7 +191,9 @@ func (s *Store) Fenced() <-chan struct{} {
 	return s.reg.fenced
 }
 
-// Registered returns a channel closed at the next (re-)registration.
+// Registered returns a channel closed when the node may send again: at
+// the next registration, or after a re-registration once its SAs are
+// reclaimed and OnReclaimed has returned.
 func (s *Store) Registered() <-chan struct{} {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -348,11 +355,14 @@ func (s *Store) register(ctx context.Context, ready bool) error {
 		reg := &registration{owner: Owner{Node: s.cfg.NodeID, Epoch: tr.Header.Revision}, slot: slot,
 			lease: lease.ID, fenced: make(chan struct{})}
 		reg.ready.Store(ready)
+		s.reclaiming.Store(!ready) // before the deadline is armed
 		s.mu.Lock()
 		s.reg = reg
 		s.prevSlot = slot
-		close(s.regCh)
-		s.regCh = make(chan struct{})
+		if ready {
+			close(s.regCh)
+			s.regCh = make(chan struct{})
+		}
 		s.mu.Unlock()
 		s.deadline.Store(1) // armed; extend moves it forward
 		s.extend(t0, lease.TTL)
@@ -409,6 +419,14 @@ func (s *Store) keepAlive() {
 				me, _ := s.Registration()
 				s.cfg.OnReclaimed(me, owned, err)
 			}
+			// Only now: until the node has dropped the SAs others took
+			// over while it was fenced, sending for what it holds could
+			// send for an SA another node serves.
+			s.mu.Lock()
+			s.reclaiming.Store(false)
+			close(s.regCh)
+			s.regCh = make(chan struct{})
+			s.mu.Unlock()
 			continue
 		}
 		rc, cancel := context.WithTimeout(s.ctx, min(s.cfg.RequestTimeout, s.cfg.KeepAliveInterval))

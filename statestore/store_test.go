@@ -511,19 +511,24 @@ func TestLeaseExpiryFencesBeforeTTL(t *testing.T) {
 	cfg.KeepAliveInterval = 300 * time.Millisecond
 	cfg.RequestTimeout = 500 * time.Millisecond
 	reclaimed := make(chan []uint64, 1)
+	var a *Store
+	var sendDuringReclaim atomic.Bool
 	cfg.OnReclaimed = func(_ Owner, owned []uint64, err error) {
 		if err != nil {
 			t.Error(err)
 		}
+		// The node drops the SAs others took over here: it must not send
+		// for any of them before this returns.
+		sendDuringReclaim.Store(a.CanSend())
 		reclaimed <- owned
 	}
-	a := open(t, dial(t, []string{"http://" + p.l.Addr().String()}), cfg)
+	a = open(t, dial(t, []string{"http://" + p.l.Addr().String()}), cfg)
 	ctx := tctx(t, 30*time.Second)
 	if err := a.Persist(ctx, Change{Kind: Established, Record: sampleRecord(5)}); err != nil {
 		t.Fatal(err)
 	}
 	o1, _ := a.Registration()
-	fenced := a.Fenced()
+	fenced, registered := a.Fenced(), a.Registered()
 	w := obs.Watch(ctx, keys{DefaultPrefix}.node("a"))
 	p.setCut(true)
 	cutAt := time.Now()
@@ -570,6 +575,14 @@ func TestLeaseExpiryFencesBeforeTTL(t *testing.T) {
 		}
 	case <-ctx.Done():
 		t.Fatal("never re-registered")
+	}
+	if sendDuringReclaim.Load() {
+		t.Fatal("CanSend while the node was still dropping the SAs others took over")
+	}
+	select {
+	case <-registered:
+	case <-ctx.Done():
+		t.Fatal("Registered not signalled after the reclaim")
 	}
 	o2, _ := a.Registration()
 	if o2.Epoch <= o1.Epoch || !a.CanSend() {
