@@ -442,7 +442,7 @@ func (sa *IKESA) handleRequest(now time.Time, e *Engine, m *Message, rd *Ready) 
 		}
 		sa.handleInformational(now, e, m, rd)
 		return
-	case CREATE_CHILD_SA:
+	case CREATE_CHILD_SA, IKE_FOLLOWUP_KE:
 		if sa.state != stateEstablished {
 			if sa.state == stateDeleting || sa.state == stateRekeyed {
 				sa.respond(e, m.Exchange, m.MessageID, []Payload{&Notify{NotifyType: TEMPORARY_FAILURE}}, rd)
@@ -450,17 +450,11 @@ func (sa *IKESA) handleRequest(now time.Time, e *Engine, m *Message, rd *Ready) 
 			}
 			break
 		}
-		sa.handleCreateChild(now, e, m, rd)
-		return
-	case IKE_FOLLOWUP_KE:
-		if sa.state != stateEstablished {
-			if sa.state == stateDeleting || sa.state == stateRekeyed {
-				sa.respond(e, m.Exchange, m.MessageID, []Payload{&Notify{NotifyType: TEMPORARY_FAILURE}}, rd)
-				return
-			}
-			break
+		if m.Exchange == IKE_FOLLOWUP_KE {
+			sa.handleFollowupRequest(now, e, m, rd)
+		} else {
+			sa.handleCreateChild(now, e, m, rd)
 		}
-		sa.handleFollowupRequest(now, e, m, rd)
 		return
 	}
 	e.drop(rd, Packet{Local: sa.Local, Remote: sa.Remote}, m.SPIi, m.SPIr, errorf(INVALID_SYNTAX, "%v request in state %v", m.Exchange, sa.state))
