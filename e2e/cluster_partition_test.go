@@ -28,12 +28,7 @@ func clusterPartition(c *Cluster) time.Duration { return max(10*time.Second, 3*c
 // and serves them (hand-off from the nodes that held them).
 func partitionNode(t *testing.T, ctx context.Context, c *Cluster, before map[string]saSnapshot, streams map[string]*PingStream) {
 	victim := c.Nodes[len(c.Nodes)-1]
-	var moved []*ClusterGateway
-	for _, g := range c.Gateways {
-		if c.NodeOf(g) == victim {
-			moved = append(moved, g)
-		}
-	}
+	moved := gatewaysOn(c, victim)
 	if len(moved) == 0 {
 		t.Fatalf("no gateway on %s: %s", victim.ID, perNode(c))
 	}
@@ -195,27 +190,11 @@ func partitionNode(t *testing.T, ctx context.Context, c *Cluster, before map[str
 	if err := c.Spread.SetNodes(ctx, all); err != nil {
 		t.Fatal(err)
 	}
-	var back []*ClusterGateway
-	for _, g := range c.Gateways {
-		if c.NodeOf(g) == victim {
-			back = append(back, g)
-		}
-	}
+	back := gatewaysOn(c, victim)
 	if len(back) == 0 {
 		t.Fatalf("the router gives %s no flow back: %s", victim.ID, perNode(c))
 	}
-	waitRecovered(t, ctx, c, streams, back0.Add(time.Second), clusterRecoverBound)
-	time.Sleep(2 * time.Second)
-	backLost, backOtherLost, worst := 0, 0, time.Duration(0)
-	for _, g := range c.Gateways {
-		w := streams[g.Name].Window(back0.Add(-time.Second), time.Now().Add(-time.Second))
-		if slices.Contains(back, g) {
-			backLost += w.Lost
-			worst = max(worst, w.Outage)
-		} else {
-			backOtherLost += w.Lost
-		}
-	}
+	backLost, backOtherLost, worst := lossAfterMove(t, ctx, c, streams, back, back0)
 	changed = compareSnapshots(t, ctx, c, before, "rejoin after the partition")
 	mv := clusterMetrics(t, ctx, c, victim)
 	if mv["ikefleet_child_sas"] < 1 {

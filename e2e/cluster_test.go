@@ -89,6 +89,36 @@ func compareSnapshots(t *testing.T, ctx context.Context, c *Cluster, before map[
 
 // waitRecovered waits until every stream has an answered request sent at
 // or after since, and fails the test naming the gateways that never did.
+// gatewaysOn lists the gateways whose flows the router sends to n.
+func gatewaysOn(c *Cluster, n *ClusterNode) []*ClusterGateway {
+	var on []*ClusterGateway
+	for _, g := range c.Gateways {
+		if c.NodeOf(g) == n {
+			on = append(on, g)
+		}
+	}
+	return on
+}
+
+// lossAfterMove waits until every gateway recovers from a route change
+// made at at, then counts the pings lost since: by the gateways that
+// moved (and the longest outage among them), and by the others.
+func lossAfterMove(t *testing.T, ctx context.Context, c *Cluster, streams map[string]*PingStream, moved []*ClusterGateway, at time.Time) (lost, otherLost int, worst time.Duration) {
+	t.Helper()
+	waitRecovered(t, ctx, c, streams, at.Add(time.Second), clusterRecoverBound)
+	time.Sleep(2 * time.Second)
+	for _, g := range c.Gateways {
+		w := streams[g.Name].Window(at.Add(-time.Second), time.Now().Add(-time.Second))
+		if slices.Contains(moved, g) {
+			lost += w.Lost
+			worst = max(worst, w.Outage)
+		} else {
+			otherLost += w.Lost
+		}
+	}
+	return lost, otherLost, worst
+}
+
 func waitRecovered(t *testing.T, ctx context.Context, c *Cluster, streams map[string]*PingStream, since time.Time, bound time.Duration) {
 	t.Helper()
 	deadline := time.Now().Add(bound)
@@ -313,12 +343,7 @@ func TestCluster(t *testing.T) {
 
 	t.Run("KillNode", func(t *testing.T) {
 		victim := c.Nodes[1]
-		var moved []*ClusterGateway
-		for _, g := range c.Gateways {
-			if c.NodeOf(g) == victim {
-				moved = append(moved, g)
-			}
-		}
+		moved := gatewaysOn(c, victim)
 		if len(moved) == 0 {
 			t.Fatalf("no gateway on %s: %s", victim.ID, perNode(c))
 		}
@@ -386,24 +411,8 @@ func TestCluster(t *testing.T) {
 		if err := c.Spread.SetNodes(ctx, all); err != nil {
 			t.Fatal(err)
 		}
-		var back []*ClusterGateway
-		for _, g := range c.Gateways {
-			if c.NodeOf(g) == n {
-				back = append(back, g)
-			}
-		}
-		waitRecovered(t, ctx, c, streams, at.Add(time.Second), clusterRecoverBound)
-		time.Sleep(2 * time.Second)
-		lost, otherLost, worst := 0, 0, time.Duration(0)
-		for _, g := range c.Gateways {
-			w := streams[g.Name].Window(at.Add(-time.Second), time.Now().Add(-time.Second))
-			if slices.Contains(back, g) {
-				lost += w.Lost
-				worst = max(worst, w.Outage)
-			} else {
-				otherLost += w.Lost
-			}
-		}
+		back := gatewaysOn(c, n)
+		lost, otherLost, worst := lossAfterMove(t, ctx, c, streams, back, at)
 		changed := compareSnapshots(t, ctx, c, before, "node rejoin")
 		t.Logf("cluster-rejoin: node=%s gateways-moved=%d lost-pings=%d outage-ms-max=%d others-lost-pings=%d sa-changed=%d claims=%d handed-off=%d",
 			n.ID, len(back), lost, worst.Milliseconds(), otherLost, changed,
