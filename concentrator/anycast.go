@@ -336,11 +336,13 @@ func (n *Node) redirectInit(c transport.Conn, natt bool, b []byte, remote netip.
 	if natt {
 		resp = append([]byte{0, 0, 0, 0}, resp...)
 	}
+	// Counted before it leaves: whoever sees the answer sees the count.
+	n.front.redirects.Add(1)
 	if err := c.WriteTo(resp, remote); err != nil {
+		n.front.redirects.Add(^uint64(0))
 		n.log.Debug("REDIRECT not sent", "remote", remote.String(), "err", err)
 		return true
 	}
-	n.front.redirects.Add(1)
 	n.plog.Log(context.Background(), slog.LevelInfo, "redirect", "IKE_SA_INIT redirected (RFC 5685)", "remote", remote.String(), "to", target.String(),
 		"draining", n.ops.draining.Load())
 	return true

@@ -252,7 +252,7 @@ func TestReadyWithoutStateStore(t *testing.T) {
 // SetSeqLimit before the install does not count.
 func TestApplyInstallsWithRaisedLimit(t *testing.T) {
 	dp := &recDP{DataPlane: memory.New()}
-	n := &Node{dp: dp, log: slog.New(slog.NewTextHandler(io.Discard, nil))}
+	n := &Node{dp: dp, log: slog.New(slog.NewTextHandler(io.Discard, nil)), clock: clock.Real()}
 	s := &shard{watch: map[uint32]time.Time{}}
 	child := func(in uint32) *ike.ChildSA { return &ike.ChildSA{InSPI: in, OutSPI: in + 1} }
 	n.apply(t.Context(), s, []ike.Action{
