@@ -26,18 +26,7 @@ func newPair6(t *testing.T) (conc, gw *side, conc6, gw6 netip.Addr) {
 	gw = &side{ns: newNS(t), outer: netip.MustParseAddr("2001:db8:1::2"), inner: netip.MustParseAddr("10.20.0.1"), dev: "gw0"}
 	conc6, gw6 = netip.MustParseAddr("fd00:30::1"), netip.MustParseAddr("fd00:20::1")
 	gwLink := netip.MustParseAddr("2001:db8:100::1")
-	for _, s := range []*side{conc, gw} {
-		h, err := netlink.NewHandleAt(s.ns)
-		if err != nil {
-			t.Fatal(err)
-		}
-		s.h = h
-		t.Cleanup(h.Close)
-	}
-	veth := &netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: conc.dev}, PeerName: gw.dev, PeerNamespace: netlink.NsFd(gw.ns)}
-	if err := conc.h.LinkAdd(veth); err != nil {
-		t.Fatalf("veth: %v", err)
-	}
+	joinSides(t, conc, gw)
 	for _, c := range []struct {
 		s      *side
 		dev    string

@@ -102,12 +102,10 @@ func newNS(t *testing.T) netns.NsHandle {
 	return ns
 }
 
-// newPair builds conc (192.168.100.2, inner 10.30.0.1) and gw
-// (192.168.100.1, inner 10.20.0.1) joined by a veth pair.
-func newPair(t *testing.T) (conc, gw *side) {
+// joinSides opens a netlink handle in each side's namespace and joins
+// them with a veth pair named after their devs (down, no addresses).
+func joinSides(t *testing.T, conc, gw *side) {
 	t.Helper()
-	conc = &side{ns: newNS(t), outer: netip.MustParseAddr("192.168.100.2"), inner: netip.MustParseAddr("10.30.0.1"), dev: "conc0"}
-	gw = &side{ns: newNS(t), outer: netip.MustParseAddr("192.168.100.1"), inner: netip.MustParseAddr("10.20.0.1"), dev: "gw0"}
 	for _, s := range []*side{conc, gw} {
 		h, err := netlink.NewHandleAt(s.ns)
 		if err != nil {
@@ -120,6 +118,15 @@ func newPair(t *testing.T) (conc, gw *side) {
 	if err := conc.h.LinkAdd(veth); err != nil {
 		t.Fatalf("veth: %v", err)
 	}
+}
+
+// newPair builds conc (192.168.100.2, inner 10.30.0.1) and gw
+// (192.168.100.1, inner 10.20.0.1) joined by a veth pair.
+func newPair(t *testing.T) (conc, gw *side) {
+	t.Helper()
+	conc = &side{ns: newNS(t), outer: netip.MustParseAddr("192.168.100.2"), inner: netip.MustParseAddr("10.30.0.1"), dev: "conc0"}
+	gw = &side{ns: newNS(t), outer: netip.MustParseAddr("192.168.100.1"), inner: netip.MustParseAddr("10.20.0.1"), dev: "gw0"}
+	joinSides(t, conc, gw)
 	for _, s := range []*side{conc, gw} {
 		lo, err := s.h.LinkByName("lo")
 		if err != nil {
