@@ -4,8 +4,6 @@ package e2e
 
 import (
 	"context"
-	"fmt"
-	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -135,19 +133,7 @@ func partitionNode(t *testing.T, ctx context.Context, c *Cluster, before map[str
 	if n := sendsEnd - sendsAtFence; n != 0 {
 		t.Errorf("%s sent %d packets from %s:500/4500 while fenced (from %v to the heal)", victim.ID, n, ClusterVIP, seenFenced.Sub(at).Round(time.Millisecond))
 	}
-	var outages []time.Duration
-	lost, otherLost := 0, 0
-	var per []string
-	for _, g := range c.Gateways {
-		w := streams[g.Name].Window(at.Add(-time.Second), healAt)
-		if slices.Contains(moved, g) {
-			outages = append(outages, w.Outage)
-			lost += w.Lost
-			per = append(per, fmt.Sprintf("%s:%d", g.Name, w.Outage.Milliseconds()))
-		} else {
-			otherLost += w.Lost
-		}
-	}
+	m := tallyMove(c, streams, moved, at.Add(-time.Second), healAt)
 	changed := compareSnapshots(t, ctx, c, before, "etcd partition")
 	ms := func(t time.Time) int64 {
 		if t.IsZero() {
@@ -156,12 +142,12 @@ func partitionNode(t *testing.T, ctx context.Context, c *Cluster, before map[str
 		return t.Sub(at).Milliseconds()
 	}
 	t.Logf("cluster-partition: node=%s partition-s=%.0f lease-ttl=%v gateways-moved=%d outage-ms-median=%d outage-ms-max=%d lost-pings=%d others-lost-pings=%d all-recovered-ms=%d sa-changed=%d claims=%d",
-		victim.ID, clusterPartition(c).Seconds(), c.opts.LeaseTTL, len(moved), median(outages).Milliseconds(), slices.Max(outages).Milliseconds(),
-		lost, otherLost, recovered.Milliseconds(), changed, claims)
+		victim.ID, clusterPartition(c).Seconds(), c.opts.LeaseTTL, len(moved), median(m.outages).Milliseconds(), m.worst.Milliseconds(),
+		m.lost, m.otherLost, recovered.Milliseconds(), changed, claims)
 	t.Logf("cluster-partition-times: ms-from-partition withdrawn=%d fenced=%d registration-ended=%d first-claim=%d last-claim=%d fence-before-first-claim-ms=%d sends-while-fenced=%d ike-fenced-drops=%.0f",
 		ms(withdrawn), ms(fenced), ms(takeover), ms(firstClaim), ms(lastClaim), firstClaim.Sub(fenced).Milliseconds(), sendsEnd-sendsAtFence,
 		mEnd["ikefleet_fenced_drops_total"]-m0["ikefleet_fenced_drops_total"])
-	t.Logf("cluster-partition-outages: %s", strings.Join(per, " "))
+	t.Logf("cluster-partition-outages: %s", strings.Join(m.per, " "))
 	if t.Failed() {
 		return
 	}
@@ -194,13 +180,13 @@ func partitionNode(t *testing.T, ctx context.Context, c *Cluster, before map[str
 	if len(back) == 0 {
 		t.Fatalf("the router gives %s no flow back: %s", victim.ID, perNode(c))
 	}
-	backLost, backOtherLost, worst := lossAfterMove(t, ctx, c, streams, back, back0)
+	mb := lossAfterMove(t, ctx, c, streams, back, back0)
 	changed = compareSnapshots(t, ctx, c, before, "rejoin after the partition")
 	mv := clusterMetrics(t, ctx, c, victim)
 	if mv["ikefleet_child_sas"] < 1 {
 		t.Errorf("%s holds no CHILD SA after getting %d flows back", victim.ID, len(back))
 	}
 	t.Logf("cluster-partition-rejoin: node=%s registered-again-ms=%d ready-ms=%d (from the heal) gateways-moved=%d lost-pings=%d outage-ms-max=%d others-lost-pings=%d child-sas=%.0f sa-changed=%d claims=%d handed-off=%d",
-		victim.ID, reregistered.Sub(healAt).Milliseconds(), ready.Sub(healAt).Milliseconds(), len(back), backLost, worst.Milliseconds(), backOtherLost,
+		victim.ID, reregistered.Sub(healAt).Milliseconds(), ready.Sub(healAt).Milliseconds(), len(back), mb.lost, mb.worst.Milliseconds(), mb.otherLost,
 		mv["ikefleet_child_sas"], changed, countNodeLogs(c, "SA claimed")-claims0, countNodeLogs(c, "SA handed off")-handed0)
 }

@@ -100,23 +100,38 @@ func gatewaysOn(c *Cluster, n *ClusterNode) []*ClusterGateway {
 	return on
 }
 
+// moveLoss is what the ping streams show about a move in a window.
+type moveLoss struct {
+	lost, otherLost int             // pings lost by the moved gateways, by the others
+	worst           time.Duration   // the longest outage of a moved gateway
+	outages         []time.Duration // per moved gateway
+	per             []string        // "gateway:outage-ms" per moved gateway
+}
+
+// tallyMove counts the pings lost between from and to.
+func tallyMove(c *Cluster, streams map[string]*PingStream, moved []*ClusterGateway, from, to time.Time) moveLoss {
+	var m moveLoss
+	for _, g := range c.Gateways {
+		w := streams[g.Name].Window(from, to)
+		if slices.Contains(moved, g) {
+			m.lost += w.Lost
+			m.worst = max(m.worst, w.Outage)
+			m.outages = append(m.outages, w.Outage)
+			m.per = append(m.per, fmt.Sprintf("%s:%d", g.Name, w.Outage.Milliseconds()))
+		} else {
+			m.otherLost += w.Lost
+		}
+	}
+	return m
+}
+
 // lossAfterMove waits until every gateway recovers from a route change
-// made at at, then counts the pings lost since: by the gateways that
-// moved (and the longest outage among them), and by the others.
-func lossAfterMove(t *testing.T, ctx context.Context, c *Cluster, streams map[string]*PingStream, moved []*ClusterGateway, at time.Time) (lost, otherLost int, worst time.Duration) {
+// made at at, then counts the pings lost since (tallyMove).
+func lossAfterMove(t *testing.T, ctx context.Context, c *Cluster, streams map[string]*PingStream, moved []*ClusterGateway, at time.Time) moveLoss {
 	t.Helper()
 	waitRecovered(t, ctx, c, streams, at.Add(time.Second), clusterRecoverBound)
 	time.Sleep(2 * time.Second)
-	for _, g := range c.Gateways {
-		w := streams[g.Name].Window(at.Add(-time.Second), time.Now().Add(-time.Second))
-		if slices.Contains(moved, g) {
-			lost += w.Lost
-			worst = max(worst, w.Outage)
-		} else {
-			otherLost += w.Lost
-		}
-	}
-	return lost, otherLost, worst
+	return tallyMove(c, streams, moved, at.Add(-time.Second), time.Now().Add(-time.Second))
 }
 
 func waitRecovered(t *testing.T, ctx context.Context, c *Cluster, streams map[string]*PingStream, since time.Time, bound time.Duration) {
@@ -369,27 +384,15 @@ func TestCluster(t *testing.T) {
 		waitRecovered(t, ctx, c, streams, at.Add(time.Second), clusterRecoverBound)
 		recovered := time.Since(at)
 		time.Sleep(2 * time.Second)
-		var outages []time.Duration
-		lost, otherLost := 0, 0
-		var per []string
-		for _, g := range c.Gateways {
-			w := streams[g.Name].Window(at.Add(-time.Second), time.Now().Add(-time.Second))
-			if slices.Contains(moved, g) {
-				outages = append(outages, w.Outage)
-				lost += w.Lost
-				per = append(per, fmt.Sprintf("%s:%d", g.Name, w.Outage.Milliseconds()))
-			} else {
-				otherLost += w.Lost
-			}
-		}
+		m := tallyMove(c, streams, moved, at.Add(-time.Second), time.Now().Add(-time.Second))
 		changed := compareSnapshots(t, ctx, c, before, "node kill")
 		m1 := clusterMetrics(t, ctx, c, alive...)
 		t.Logf("cluster-kill: node=%s gateways-moved=%d outage-ms-median=%d outage-ms-max=%d lost-pings=%d others-lost-pings=%d all-recovered-ms=%d sa-changed=%d lease-ttl=%v claims=%d etcd-txns=%.0f",
-			victim.ID, len(moved), median(outages).Milliseconds(), slices.Max(outages).Milliseconds(), lost, otherLost,
+			victim.ID, len(moved), median(m.outages).Milliseconds(), m.worst.Milliseconds(), m.lost, m.otherLost,
 			recovered.Milliseconds(), changed, c.opts.LeaseTTL,
 			countNodeLogs(c, "SA claimed")-claims0,
 			m1["ikefleet_statestore_txns_total"]-m0["ikefleet_statestore_txns_total"])
-		t.Logf("cluster-kill-outages: %s", strings.Join(per, " "))
+		t.Logf("cluster-kill-outages: %s", strings.Join(m.per, " "))
 	})
 	if t.Failed() {
 		return
@@ -412,10 +415,10 @@ func TestCluster(t *testing.T) {
 			t.Fatal(err)
 		}
 		back := gatewaysOn(c, n)
-		lost, otherLost, worst := lossAfterMove(t, ctx, c, streams, back, at)
+		m := lossAfterMove(t, ctx, c, streams, back, at)
 		changed := compareSnapshots(t, ctx, c, before, "node rejoin")
 		t.Logf("cluster-rejoin: node=%s gateways-moved=%d lost-pings=%d outage-ms-max=%d others-lost-pings=%d sa-changed=%d claims=%d handed-off=%d",
-			n.ID, len(back), lost, worst.Milliseconds(), otherLost, changed,
+			n.ID, len(back), m.lost, m.worst.Milliseconds(), m.otherLost, changed,
 			countNodeLogs(c, "SA claimed")-claims0, countNodeLogs(c, "SA handed off")-handed0)
 	})
 
