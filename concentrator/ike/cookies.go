@@ -82,24 +82,16 @@ func (c *Cookies) Screen(now time.Time, b []byte, remote netip.Addr) (reply []by
 	if !ok {
 		return nil, ScreenQueue // the engine answers or drops it
 	}
-	c.mu.RLock()
-	cur := c.secrets[0]
-	var prev cookieSecret
-	if len(cookie) > 1 && cookie[0] == c.secrets[1].version {
-		prev = c.secrets[1]
+	var version byte
+	if len(cookie) > 1 {
+		version = cookie[0]
 	}
-	c.mu.RUnlock()
+	cur, cs, ok := c.lookup(version)
 	if cur.until.IsZero() || now.After(cur.until) {
 		return nil, ScreenQueue // the engine makes (or renews) the secret
 	}
-	if len(cookie) > 1 {
-		cs := &cur
-		if cookie[0] != cur.version {
-			cs = &prev
-		}
-		if !cs.until.IsZero() && hmac.Equal(cs.sum(nonce, remote, h.SPIi), cookie) {
-			return nil, ScreenProven
-		}
+	if len(cookie) > 1 && ok && hmac.Equal(cs.sum(nonce, remote, h.SPIi), cookie) {
+		return nil, ScreenProven
 	}
 	c.sent.Add(1)
 	c.demand(now)
@@ -161,20 +153,29 @@ func (cs *cookieSecret) sum(ni []byte, peer netip.Addr, spii uint64) []byte {
 // version, current or previous; nil when there is no such secret.
 func (e *Engine) cookieFor(now time.Time, version byte, ni []byte, peer netip.Addr, spii uint64) []byte {
 	e.currentCookie(now)
-	c := e.cookies
-	c.mu.RLock()
-	cs := c.secrets[0]
-	if version != cs.version {
-		cs = c.secrets[1]
-		if cs.version != version || cs.until.IsZero() {
-			cs.until = time.Time{}
-		}
-	}
-	c.mu.RUnlock()
-	if cs.until.IsZero() {
+	_, cs, ok := e.cookies.lookup(version)
+	if !ok {
 		return nil
 	}
 	return cs.sum(ni, peer, spii)
+}
+
+// lookup returns the current secret and the secret with the given
+// version, the current or the previous one; ok is false when there is no
+// such secret.
+func (c *Cookies) lookup(version byte) (cur, match cookieSecret, ok bool) {
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	cur = c.secrets[0]
+	switch version {
+	case cur.version:
+		match = cur
+	case c.secrets[1].version:
+		match = c.secrets[1]
+	default:
+		return cur, match, false
+	}
+	return cur, match, !match.until.IsZero()
 }
 
 // currentCookie returns the current secret's version, making a new secret
