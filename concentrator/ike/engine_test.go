@@ -130,6 +130,22 @@ type hop struct {
 // run delivers a batch and what it causes until nothing is left to send.
 func (w *wire) run(rd *Ready, fromInitiator bool) { w.runHops(hop{rd, fromInitiator}) }
 
+// establish starts ini from the initiator and runs the wire until both
+// sides report the IKE SA established; it returns the initiator's SPI.
+func (w *wire) establish(t testing.TB, ini Initiation) uint64 {
+	t.Helper()
+	acts := &Ready{}
+	spi, err := w.ini.Initiate(w.now, ini, acts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	w.run(acts, true)
+	if w.count(EventIKEEstablished) != 2 {
+		t.Fatalf("not established: %+v", w.events)
+	}
+	return spi
+}
+
 // commit commits the held responder batches and delivers them.
 func (w *wire) commit() {
 	held := w.held

@@ -20,15 +20,7 @@ func followupWire(t *testing.T, esp string) (*wire, uint64, *[2]int) {
 	w, ini, _ := pqWire(t, []string{pqProposal}, []string{pqProposal})
 	w.res.cfg.ESPProposals = mustProposals(t, true, esp)
 	ini.ESPProposals = mustProposals(t, true, esp)
-	acts := &Ready{}
-	spi, err := w.ini.Initiate(w.now, ini, acts)
-	if err != nil {
-		t.Fatal(err)
-	}
-	w.run(acts, true)
-	if w.count(EventIKEEstablished) != 2 {
-		t.Fatalf("not established: %+v", w.events)
-	}
+	spi := w.establish(t, ini)
 	n := new([2]int) // [0]: requests, [1]: responses
 	w.drop = func(toRes bool, msg []byte) bool {
 		if ExchangeType(msg[18]) == IKE_FOLLOWUP_KE && (PayloadType(msg[16]) == PayloadSK || isFirstFragment(msg)) {

@@ -81,15 +81,7 @@ func TestIntermediateMLKEMHandshake(t *testing.T) {
 		}
 		return count(toRes, msg)
 	}
-	acts := &Ready{}
-	spi, err := w.ini.Initiate(w.now, ini, acts)
-	if err != nil {
-		t.Fatal(err)
-	}
-	w.run(acts, true)
-	if w.count(EventIKEEstablished) != 2 {
-		t.Fatalf("not established: %+v", w.events)
-	}
+	spi := w.establish(t, ini)
 	if *n < 2 {
 		t.Fatalf("%d IKE_INTERMEDIATE messages, want a request and a response (or their fragments)", *n)
 	}

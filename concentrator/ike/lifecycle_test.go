@@ -44,15 +44,7 @@ func (w *wire) paired(t *testing.T, n int) {
 func establish(t *testing.T, rcfg Config) (*wire, uint64) {
 	t.Helper()
 	w := newWire(t, rcfg)
-	acts := &Ready{}
-	spi, err := w.ini.Initiate(w.now, pskInitiation(t), acts)
-	if err != nil {
-		t.Fatal(err)
-	}
-	w.run(acts, true)
-	if w.count(EventIKEEstablished) != 2 {
-		t.Fatalf("not established: %+v", w.events)
-	}
+	spi := w.establish(t, pskInitiation(t))
 	return w, spi
 }
 

@@ -31,15 +31,7 @@ func ticketWire(t *testing.T, ring TicketKeys) (*wire, *Ticket) {
 	w := newWire(t, rcfg)
 	ini := pskInitiation(t)
 	ini.RequestTicket = true
-	acts := &Ready{}
-	spi, err := w.ini.Initiate(w.now, ini, acts)
-	if err != nil {
-		t.Fatal(err)
-	}
-	w.run(acts, true)
-	if w.count(EventIKEEstablished) != 2 {
-		t.Fatalf("not established: %+v", w.events)
-	}
+	spi := w.establish(t, ini)
 	tk := w.ini.SA(spi).Ticket()
 	if ring == nil {
 		return w, tk
