@@ -159,11 +159,9 @@ func gatewayInitiation(g *memGateway, server netip.Addr, n int) ike.Initiation {
 		RequestVIP: true, RemoteNATT: 4500}
 }
 
-// connect initiates an IKE SA to the node at server as gateway n and
-// waits until it is established.
-func (g *memGateway) connect(ctx context.Context, server netip.Addr, n int) {
+// initiate starts ini on the gateway's engine and does not wait.
+func (g *memGateway) initiate(ini ike.Initiation) {
 	g.t.Helper()
-	ini := gatewayInitiation(g, server, n)
 	errc := make(chan error, 1)
 	g.calls <- func() {
 		var rd ike.Ready
@@ -174,6 +172,13 @@ func (g *memGateway) connect(ctx context.Context, server netip.Addr, n int) {
 	if err := <-errc; err != nil {
 		g.t.Fatal(err)
 	}
+}
+
+// connect initiates an IKE SA to the node at server as gateway n and
+// waits until it is established.
+func (g *memGateway) connect(ctx context.Context, server netip.Addr, n int) {
+	g.t.Helper()
+	g.initiate(gatewayInitiation(g, server, n))
 	for {
 		select {
 		case ev := <-g.events:

@@ -7,7 +7,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/ikefleet/ikefleet/concentrator/ike"
 	"github.com/ikefleet/ikefleet/statestore"
 )
 
@@ -212,14 +211,5 @@ func (g *memGateway) connectNoIC(ctx context.Context, server netip.Addr, n int) 
 	g.t.Helper()
 	ini := gatewayInitiation(g, server, n)
 	ini.NoInitialContact = true
-	errc := make(chan error, 1)
-	g.calls <- func() {
-		var rd ike.Ready
-		_, err := g.eng.Initiate(g.clk.Now(), ini, &rd)
-		g.perform(&rd)
-		errc <- err
-	}
-	if err := <-errc; err != nil {
-		g.t.Fatal(err)
-	}
+	g.initiate(ini)
 }
