@@ -113,6 +113,15 @@ func TestRedirectStrongSwanToLiveNode(t *testing.T) {
 	if !ok || sa.Get("remote-host") != redirectTarget || sa.Get("state") != "ESTABLISHED" {
 		t.Fatalf("gw SA %+v (found %v), want ESTABLISHED with %s", sa, ok, redirectTarget)
 	}
+	saysRedirected(t, "the gateway", gw)
+	b.mustWaitLog(t, ctx, 5*time.Second, "IKE_SA established", map[string]string{"peer_id": GWPSKID})
+	a.mustWaitLog(t, ctx, 5*time.Second, "IKE_SA_INIT redirected (RFC 5685)", map[string]string{"to": redirectTarget})
+}
+
+// saysRedirected fails unless the strongSwan gateway's log mentions a
+// redirect, and logs the lines that do.
+func saysRedirected(t *testing.T, who string, gw *StrongSwan) {
+	t.Helper()
 	var said []string
 	for _, l := range strings.Split(gw.Log(), "\n") {
 		if strings.Contains(strings.ToLower(l), "redirect") {
@@ -120,11 +129,9 @@ func TestRedirectStrongSwanToLiveNode(t *testing.T) {
 		}
 	}
 	if len(said) == 0 {
-		t.Fatalf("the gateway's log does not mention the redirect:\n%s", tail(gw.Log(), 8<<10))
+		t.Fatalf("%s's log does not mention the redirect:\n%s", who, tail(gw.Log(), 8<<10))
 	}
-	t.Logf("gateway log:\n%s", strings.Join(said, "\n"))
-	b.mustWaitLog(t, ctx, 5*time.Second, "IKE_SA established", map[string]string{"peer_id": GWPSKID})
-	a.mustWaitLog(t, ctx, 5*time.Second, "IKE_SA_INIT redirected (RFC 5685)", map[string]string{"to": redirectTarget})
+	t.Logf("%s's log:\n%s", who, strings.Join(said, "\n"))
 }
 
 // oneSA matches a member with one IKE SA in concentratorctl nodes -o json.
@@ -208,16 +215,7 @@ func TestRedirectOverloaded(t *testing.T) {
 	if r := remote(gw2); r != redirectTarget {
 		t.Fatalf("gw2's SA is with %s, want %s (redirected: a holds max_sas)", r, redirectTarget)
 	}
-	var said []string
-	for _, l := range strings.Split(gw2.Log(), "\n") {
-		if strings.Contains(strings.ToLower(l), "redirect") {
-			said = append(said, strings.TrimSpace(l))
-		}
-	}
-	if len(said) == 0 {
-		t.Fatalf("gw2's log does not mention the redirect:\n%s", tail(gw2.Log(), 8<<10))
-	}
-	t.Logf("gw2's log:\n%s", strings.Join(said, "\n"))
+	saysRedirected(t, "gw2", gw2)
 	b.mustWaitLog(t, ctx, 5*time.Second, "IKE_SA established", map[string]string{"peer_id": gw2ID})
 	rec := a.mustWaitLog(t, ctx, 5*time.Second, "IKE_SA_INIT redirected (RFC 5685)", map[string]string{"to": redirectTarget})
 	if d, _ := rec.Attr("draining"); d != "false" {
