@@ -206,7 +206,7 @@ func (p *clusterPool) refill(ctx context.Context) {
 	}
 	cand := make([]netip.Addr, 0, want)
 	for len(cand) < want {
-		a, err := p.local.Acquire(reservation)
+		a, err := p.local.Fresh(reservation)
 		if err != nil {
 			break // exhausted: hand out what there is
 		}

@@ -72,6 +72,33 @@ func (p *Pool) Acquire(peer Identity) (netip.Addr, error) {
 		p.inUse[free] = &lease{peer: key, refs: 1}
 		return free, nil
 	}
+	a, ok := p.take(key)
+	if ok {
+		p.remember(key, a)
+		return a, nil
+	}
+	if len(held) > 0 { // exhausted: share rather than fail
+		p.inUse[held[0]].refs++
+		return held[0], nil
+	}
+	return netip.Addr{}, ErrPoolExhausted
+}
+
+// Fresh returns an address no one holds, held by peer beside any others
+// it holds, whatever SetMaxPerPeer says and without being remembered as
+// one peer returns to: for marks a node keeps in the pool (addresses it
+// reserved ahead), which stand for many addresses, not one identity's.
+func (p *Pool) Fresh(peer Identity) (netip.Addr, error) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if a, ok := p.take(peer.String()); ok {
+		return a, nil
+	}
+	return netip.Addr{}, ErrPoolExhausted
+}
+
+// take marks the next free address as held by key.
+func (p *Pool) take(key string) (netip.Addr, bool) {
 	last := lastAddr(p.prefix)
 	size := PoolSize(p.prefix) + 2
 	a := p.next
@@ -81,17 +108,12 @@ func (p *Pool) Acquire(peer Identity) (netip.Addr, error) {
 		}
 		if _, taken := p.inUse[a]; !taken {
 			p.inUse[a] = &lease{peer: key, refs: 1}
-			p.remember(key, a)
 			p.next = a.Next()
-			return a, nil
+			return a, true
 		}
 		a = a.Next()
 	}
-	if len(held) > 0 { // exhausted: share rather than fail
-		p.inUse[held[0]].refs++
-		return held[0], nil
-	}
-	return netip.Addr{}, ErrPoolExhausted
+	return netip.Addr{}, false
 }
 
 // Share adds one SA's hold on an address peer holds already, when it
