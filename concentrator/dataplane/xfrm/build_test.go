@@ -220,15 +220,17 @@ func TestBuildStatesIPv6(t *testing.T) {
 				t.Errorf("encapsulated IPv6 SA: state %08x encapsulation %v", st.Spi, st.Encap)
 			}
 		}
-		// The kernel message carries the IPv6 family and no XFRMA_ENCAP
-		// for plain ESP.
-		msg, attrs, err := stateAddMessage(in, Replay{ESN: true, Window: 64, Bitmap: make([]uint32, 2)}, 1)
+		// The kernel message carries the IPv6 family, and no XFRMA_ENCAP
+		// for plain ESP, nor the mapping event pause (which the kernel
+		// refuses without XFRMA_ENCAP).
+		msg, attrs, err := stateAddMessage(in, Replay{ESN: true, Window: 64, Bitmap: make([]uint32, 2)}, 1, true)
 		if err != nil {
 			t.Fatal(err)
 		}
 		hasEncap := slices.ContainsFunc(attrs, func(a *nl.RtAttr) bool { return a.Type == nl.XFRMA_ENCAP })
-		if msg.Family != unix.AF_INET6 || hasEncap != encap {
-			t.Errorf("encap %v: NEWSA family %d, XFRMA_ENCAP %v", encap, msg.Family, hasEncap)
+		hasPause := slices.ContainsFunc(attrs, func(a *nl.RtAttr) bool { return a.Type == nl.XFRMA_MTIMER_THRESH })
+		if msg.Family != unix.AF_INET6 || hasEncap != encap || hasPause != encap {
+			t.Errorf("encap %v: NEWSA family %d, XFRMA_ENCAP %v, XFRMA_MTIMER_THRESH %v", encap, msg.Family, hasEncap, hasPause)
 		}
 	}
 }

@@ -22,8 +22,11 @@ var _ dataplane.MappingReporter = (*DataPlane)(nil)
 // NAT mapping changes: the kernel sends XFRM_MSG_MAPPING (group
 // XFRMNLGRP_MAPPING) when ESP-in-UDP for an encapsulated inbound state
 // arrives from another address or port than the state's (esp4/esp6
-// input). mappingMonitor reads them on its own socket and reports those
-// of our inbound states, at most once per mappingInterval per SPI.
+// input): for each such packet, unless the state was added with a pause
+// (XFRMA_MTIMER_THRESH, ours: mappingMaxAge), which limits the events for
+// one new port to one per pause. mappingMonitor reads them on its own
+// socket and reports those of our inbound states, at most once per
+// mappingInterval per SPI.
 
 // sizeofXfrmUserMapping is struct xfrm_user_mapping: xfrm_usersa_id (24),
 // reqid, old and new source address (16 each), old and new source port.

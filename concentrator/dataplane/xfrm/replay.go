@@ -130,11 +130,21 @@ func parseReplay(typ uint16, v []byte) (Replay, error) {
 
 var errShortAE = errors.New("xfrm: short async event")
 
+// mappingMaxAge is the kernel's pause between two NAT mapping events of
+// an inbound encapsulated state for packets from the same new port
+// (XFRMA_MTIMER_THRESH, seconds): the first packet from a new address or
+// port is reported at once, further ones at most every other second
+// instead of each packet (the monitor reports one a second per SPI, and
+// the engine checks at most once a second per SA). Kernels before 5.18
+// ignore the attribute.
+const mappingMaxAge = 1
+
 // stateAddMessage builds the XFRM_MSG_NEWSA request body for st (as the
 // netlink library would) with replay state r and the async event
 // thresholds: maxDiff sequence numbers (XFRMA_REPLAY_THRESH) and no event
-// timer (XFRMA_ETIMER_THRESH 0).
-func stateAddMessage(st *netlink.XfrmState, r Replay, maxDiff uint32) (*nl.XfrmUsersaInfo, []*nl.RtAttr, error) {
+// timer (XFRMA_ETIMER_THRESH 0); an inbound state with encapsulation also
+// gets the mapping event pause (XFRMA_MTIMER_THRESH).
+func stateAddMessage(st *netlink.XfrmState, r Replay, maxDiff uint32, inbound bool) (*nl.XfrmUsersaInfo, []*nl.RtAttr, error) {
 	if st.Spi == 0 {
 		return nil, nil, errors.New("xfrm: state without SPI")
 	}
@@ -208,6 +218,9 @@ func stateAddMessage(st *netlink.XfrmState, r Replay, maxDiff uint32) (*nl.XfrmU
 	attrs = append(attrs, ra,
 		nl.NewRtAttr(nl.XFRMA_REPLAY_THRESH, nl.Uint32Attr(max(maxDiff, 1))),
 		nl.NewRtAttr(nl.XFRMA_ETIMER_THRESH, nl.Uint32Attr(0)))
+	if inbound && st.Encap != nil { // the kernel refuses it without XFRMA_ENCAP
+		attrs = append(attrs, nl.NewRtAttr(nl.XFRMA_MTIMER_THRESH, nl.Uint32Attr(mappingMaxAge)))
+	}
 	return msg, attrs, nil
 }
 

@@ -53,11 +53,12 @@ func TestStateAddMessageESN(t *testing.T) {
 		oseq    uint64
 		seq     uint64
 		bmpWord uint32
+		inbound bool
 	}{
-		{out, Replay{ESN: true, Window: o.ReplayWindow, OSeq: sa.OutSeq}, sa.OutSeq, 0, 0},
-		{in, Replay{ESN: true, Window: o.ReplayWindow, Seq: sa.InSeqLow}, 0, sa.InSeqLow, ^uint32(0)},
+		{out, Replay{ESN: true, Window: o.ReplayWindow, OSeq: sa.OutSeq}, sa.OutSeq, 0, 0, false},
+		{in, Replay{ESN: true, Window: o.ReplayWindow, Seq: sa.InSeqLow}, 0, sa.InSeqLow, ^uint32(0), true},
 	} {
-		msg, attrs, err := stateAddMessage(c.st, c.rp, 2048)
+		msg, attrs, err := stateAddMessage(c.st, c.rp, 2048, c.inbound)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -95,6 +96,11 @@ func TestStateAddMessageESN(t *testing.T) {
 		if v := a[nl.XFRMA_ETIMER_THRESH]; len(v) != 4 || ne.Uint32(v) != 0 {
 			t.Errorf("event timer %x: want 0 (no timer events)", v)
 		}
+		// NAT mapping events paused per port on the inbound state only
+		// (the kernel reports mappings of inbound states).
+		if v, ok := a[nl.XFRMA_MTIMER_THRESH]; ok != c.inbound || ok && (len(v) != 4 || ne.Uint32(v) != mappingMaxAge) {
+			t.Errorf("inbound %v: mapping event pause %x (present %v)", c.inbound, v, ok)
+		}
 		aead := nl.DeserializeXfrmAlgoAEAD(a[nl.XFRMA_ALG_AEAD])
 		if nl.BytesToString(aead.AlgName[:]) != "rfc4106(gcm(aes))" || aead.AlgICVLen != 128 || aead.AlgKeyLen != 36*8 {
 			t.Errorf("AEAD %+v", aead)
@@ -120,7 +126,7 @@ func TestStateAddMessageLegacy(t *testing.T) {
 		t.Fatal(err)
 	}
 	ne := binary.NativeEndian
-	msg, attrs, err := stateAddMessage(in, Replay{Seq: 70000}, 0)
+	msg, attrs, err := stateAddMessage(in, Replay{Seq: 70000}, 0, true)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -137,14 +143,14 @@ func TestStateAddMessageLegacy(t *testing.T) {
 	if nl.BytesToString(auth.AlgName[:]) != "hmac(sha256)" || auth.AlgTruncLen != 128 || nl.BytesToString(crypt.AlgName[:]) != "cbc(aes)" || crypt.AlgKeyLen != 128 {
 		t.Errorf("algorithms %+v %+v", auth, crypt)
 	}
-	_, attrs, _ = stateAddMessage(out, Replay{OSeq: 0xfffffff0}, 5)
+	_, attrs, _ = stateAddMessage(out, Replay{OSeq: 0xfffffff0}, 5, false)
 	if r := attrsOf(t, attrs)[nl.XFRMA_REPLAY_VAL]; ne.Uint32(r) != 0xfffffff0 || ne.Uint32(r[8:]) != 0 {
 		t.Errorf("out replay %x", r)
 	}
-	if _, _, err := stateAddMessage(out, Replay{OSeq: 1 << 32}, 5); err == nil {
+	if _, _, err := stateAddMessage(out, Replay{OSeq: 1 << 32}, 5, false); err == nil {
 		t.Error("a 33-bit number without ESN accepted")
 	}
-	if _, _, err := stateAddMessage(out, Replay{ESN: true, Window: 64}, 5); err == nil {
+	if _, _, err := stateAddMessage(out, Replay{ESN: true, Window: 64}, 5, false); err == nil {
 		t.Error("an ESN replay state on a non-ESN state accepted")
 	}
 }

@@ -73,10 +73,10 @@ func (r *rawXfrm) exec(typ, flags int, resType uint16, data ...nl.NetlinkRequest
 	return req.Execute(unix.NETLINK_XFRM, resType)
 }
 
-// addState adds st with replay state rp and replay threshold maxDiff
-// (XFRM_MSG_NEWSA; EEXIST as from the library).
-func (r *rawXfrm) addState(st *netlink.XfrmState, rp Replay, maxDiff uint32) error {
-	msg, attrs, err := stateAddMessage(st, rp, maxDiff)
+// addState adds st (an inbound state if inbound) with replay state rp and
+// replay threshold maxDiff (XFRM_MSG_NEWSA; EEXIST as from the library).
+func (r *rawXfrm) addState(st *netlink.XfrmState, rp Replay, maxDiff uint32, inbound bool) error {
+	msg, attrs, err := stateAddMessage(st, rp, maxDiff, inbound)
 	if err != nil {
 		return err
 	}

@@ -473,18 +473,19 @@ func (d *DataPlane) install(sa *dataplane.ChildSA, slot *uint32) error {
 	}
 	existed := false
 	for _, s := range []struct {
-		st   *netlink.XfrmState
-		rp   Replay
-		diff func() uint32
+		st      *netlink.XfrmState
+		rp      Replay
+		diff    func() uint32
+		inbound bool
 	}{
-		{in, Replay{ESN: sa.ESN, Window: d.opts.ReplayWindow, Seq: sa.InSeqLow}, func() uint32 { return t.inDiff }},
-		{out, Replay{ESN: sa.ESN, Window: d.opts.ReplayWindow, OSeq: sa.OutSeq}, func() uint32 { return t.outDiff }},
+		{in, Replay{ESN: sa.ESN, Window: d.opts.ReplayWindow, Seq: sa.InSeqLow}, func() uint32 { return t.inDiff }, true},
+		{out, Replay{ESN: sa.ESN, Window: d.opts.ReplayWindow, OSeq: sa.OutSeq}, func() uint32 { return t.outDiff }, false},
 	} {
 		diff := uint32(maxDiffOff)
 		if t != nil {
 			diff = s.diff()
 		}
-		err := d.raw.addState(s.st, s.rp, diff)
+		err := d.raw.addState(s.st, s.rp, diff, s.inbound)
 		switch {
 		case isExist(err):
 			existed = true
@@ -1221,7 +1222,7 @@ func (d *DataPlane) UpdateAddresses(ctx context.Context, inSPI uint32, local, re
 		if err := d.h.XfrmStateDel(p.old); err != nil && !isGone(err) {
 			return fmt.Errorf("xfrm: move state spi %08x: %w", uint32(p.old.Spi), err)
 		}
-		if err := d.raw.addState(p.nu, rp, diff); err != nil && !isExist(err) {
+		if err := d.raw.addState(p.nu, rp, diff, p.old == oldIn); err != nil && !isExist(err) {
 			return fmt.Errorf("xfrm: move state spi %08x: %w", uint32(p.nu.Spi), err)
 		}
 	}
