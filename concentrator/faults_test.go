@@ -90,13 +90,18 @@ type faultRig struct {
 	gws   []*memGateway
 	spis  []uint64
 	// sent counts IKE messages the node sent (NAT-T keepalives apart).
-	sent atomic.Int64
+	sent  atomic.Int64
+	added int // gateways added by newGateway
 }
 
 const faultDPD = 30 * time.Second
 
+// faultNewGateways: the credentials a rig holds beyond its G established
+// gateways, for gateways that connect during and after a fault.
+const faultNewGateways = 6
+
 func newFaultRig(t *testing.T, ctx context.Context, G int, opts ...func(*testCluster)) *faultRig {
-	c := newTestCluster(t, G+1)
+	c := newTestCluster(t, G+faultNewGateways)
 	c.ikeExtra = "  dpd_delay: 0s\n"
 	p := newEtcdProxy(t, strings.TrimPrefix(c.etcd.Endpoints()[0], "http://"))
 	c.edit = func(s string) string { return replaceOnce(t, s, c.etcd.Endpoints()[0], p.endpoint()) }
@@ -261,9 +266,10 @@ func (r *faultRig) checkNoneLost(t *testing.T, ctx context.Context) time.Duratio
 // time (its retransmissions must not move the node's clock, nor the
 // established gateways' liveness checks).
 func (r *faultRig) newGateway(t *testing.T, ctx context.Context) (*memGateway, func(context.Context) error) {
+	r.added++
 	clk := clock.NewFake(r.c.clk.Now())
-	n := len(r.gws) + 1
-	g := startMemGateway(t, ctx, r.c.netw, clk, netip.AddrFrom4([4]byte{100, 65, 0, 1}))
+	n := len(r.gws) + r.added
+	g := startMemGateway(t, ctx, r.c.netw, clk, netip.AddrFrom4([4]byte{100, 65, 0, byte(r.added)}))
 	go func() {
 		tk := time.NewTicker(50 * time.Millisecond)
 		defer tk.Stop()
@@ -338,6 +344,17 @@ func TestFaultEtcdUnreachable(t *testing.T) {
 	}
 	if newErr != nil {
 		t.Fatalf("a new gateway after the outage: %v", newErr)
+	}
+	// Gateways that never tried before connect at the first attempt: the
+	// SPIs and addresses reserved on the lease that expired are not
+	// handed out (they failed each new SA's write, one after another).
+	fctx, fcancel := context.WithTimeout(ctx, 30*time.Second)
+	defer fcancel()
+	for range faultNewGateways - 1 {
+		_, dial := r.newGateway(t, ctx)
+		if err := dial(fctx); err != nil {
+			t.Fatalf("a further new gateway after the outage: %v", err)
+		}
 	}
 	t.Logf("etcd unreachable %v: fenced %v after the cut; after it ended: registered and sending in %v (epoch %d -> %d), %d/%d liveness checks answered in %v; new gateway refused during, accepted after; fenced drops %d",
 		outage, fencedAfter.Round(time.Millisecond), recovered.Round(time.Millisecond), before.Epoch, after.Epoch, G, G,

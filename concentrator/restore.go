@@ -92,8 +92,12 @@ func (n *Node) restore(ctx context.Context) error {
 
 // onReclaimed: after a fence, the store re-registered and reclaimed these
 // SAs; the others went to other nodes meanwhile and are dropped here
-// without a word to their peers.
+// without a word to their peers. The SPIs and addresses reserved ahead
+// were reserved on the old registration's lease: gone with it (another
+// node may hold them now), so they are dropped before anything is sent
+// again and reserved anew.
 func (n *Node) onReclaimed(me statestore.Owner, owned []uint64, err error) {
+	n.dropReservations()
 	if err != nil {
 		n.log.Warn("statestore: reclaim incomplete", "err", err)
 		return

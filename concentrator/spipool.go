@@ -82,6 +82,37 @@ func (n *Node) refillSPIs(ctx context.Context) {
 	}
 }
 
+// dropReservations forgets the SPIs and virtual IPs reserved ahead on a
+// registration that ended (the store re-registered after a fence): their
+// reservation keys lived on its lease, so another node may have reserved
+// them since, and an IKE SPI carries the old registration's slot. The
+// refill loop reserves new ones on the current lease.
+func (n *Node) dropReservations() {
+	ikeN, espN := 0, 0
+	for _, s := range n.shards {
+		ikeN += drain(s.ikeSPIs)
+		espN += drain(s.espSPIs)
+	}
+	addrs := 0
+	for _, cp := range clusterPools(&n.ecfg) {
+		addrs += cp.dropReserved()
+	}
+	if ikeN+espN+addrs > 0 {
+		n.log.Info("reservations of the previous registration dropped", "ike_spis", ikeN, "esp_spis", espN, "addresses", addrs)
+	}
+}
+
+// drain empties c without blocking, returning how many it held.
+func drain[T any](c chan T) int {
+	for k := 0; ; k++ {
+		select {
+		case <-c:
+		default:
+			return k
+		}
+	}
+}
+
 // shardOfSPI is the shard whose bits our SPI carries.
 func (n *Node) shardOfSPI(spi uint64) *shard {
 	// SPIs of other nodes (hand-offs, takeovers) may name more shards than

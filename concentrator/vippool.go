@@ -231,6 +231,19 @@ func (p *clusterPool) refill(ctx context.Context) {
 	}
 }
 
+// dropReserved forgets the reservations (their registration ended: the
+// store dropped them with its lease) and returns how many there were.
+func (p *clusterPool) dropReserved() int {
+	p.mu.Lock()
+	rs := p.reserved
+	p.reserved = nil
+	p.mu.Unlock()
+	for _, a := range rs {
+		p.local.Release(a)
+	}
+	return len(rs)
+}
+
 // unreserve gives the reservations back (the node stops).
 func (p *clusterPool) unreserve(ctx context.Context) {
 	l := p.leaser()
