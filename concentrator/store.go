@@ -80,9 +80,10 @@ func (n *Node) openStore(ctx context.Context) (*persistence, error) {
 	store, err := statestore.Open(ctx, p.cli, statestore.Config{
 		NodeID: n.nodeID, Instance: instance, Keys: keys, LeaseTTL: c.LeaseTTL, PeerAddr: n.PeerAddr(),
 		KeepAliveInterval: c.KeepAlive, FenceMargin: c.FenceMargin,
-		Batch:       statestore.BatchConfig{QueueNew: c.QueueNew},
-		OnReclaimed: n.onReclaimed,
-		Log:         n.log.With("component", "statestore"),
+		Batch:        statestore.BatchConfig{QueueNew: c.QueueNew},
+		SingleMember: p.etcd != nil, // the embedded member: one, in this process
+		OnReclaimed:  n.onReclaimed,
+		Log:          n.log.With("component", "statestore"),
 	})
 	if err != nil {
 		// p.store stays a nil interface: a nil *Store in it would not be.

@@ -101,6 +101,9 @@ func (b *batcher) run() {
 	max := s.cfg.Batch.MaxBatch
 	batch := make([]pending, 0, max)
 	touched := map[uint64]bool{}
+	timer := time.NewTimer(time.Hour) // one for the batcher's life
+	timer.Stop()
+	defer timer.Stop()
 	for {
 		batch = batch[:0]
 		clear(touched)
@@ -116,7 +119,7 @@ func (b *batcher) run() {
 			}
 		}
 		batch = b.add(batch, touched, first)
-		timer := time.NewTimer(s.cfg.Batch.MaxDelay)
+		timer.Reset(s.cfg.Batch.MaxDelay) // stopped or fired: no stale tick (Go 1.23 timers)
 	collect:
 		for len(batch) < max && b.carry == nil && first.c.Kind != barrier {
 			select {

@@ -64,6 +64,17 @@ type Config struct {
 
 	Batch BatchConfig
 
+	// SingleMember: the client reaches a single-member etcd (the node's
+	// embedded member, Embedded.LocalClient). Reads on the path of a new
+	// SA (AddressOf) are then served from the member's state
+	// (serializable) instead of through a raft round each
+	// (linearizable): with one member both see every acknowledged write,
+	// and a linearizable read waits for the raft loop, behind the WAL
+	// writes of the batches in flight, while the shard that asked waits
+	// too. Leave it off for a cluster of several members, where a member
+	// may lag.
+	SingleMember bool
+
 	// OnReclaimed is called (from a store goroutine) after the store
 	// re-registered under a new epoch following a fence, with the SAs it
 	// reclaimed for the new epoch. The node resumes those and drops the

@@ -64,7 +64,7 @@ func (e *IdentityHeldError) Is(target error) bool { return target == ErrIdentity
 func (k keys) identPrefix(id string) string { return k.p + "ident/" + url.PathEscape(id) + "/" }
 
 func (k keys) ident(id string, spi uint64) string {
-	return fmt.Sprintf("%s%016x", k.identPrefix(id), spi)
+	return hexKey(k.identPrefix(id), "", spi, 16)
 }
 
 // Identity lists the SAs the index holds for an identity.

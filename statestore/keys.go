@@ -25,22 +25,40 @@ type keys struct{ p string }
 func (k keys) node(id string) string    { return k.p + "nodes/" + id }
 func (k keys) slots() string            { return k.p + "slots/" }
 func (k keys) slot(n int) string        { return fmt.Sprintf("%sslots/%05d", k.p, n) }
-func (k keys) owner(spi uint64) string  { return fmt.Sprintf("%sowner/%016x", k.p, spi) }
+func (k keys) owner(spi uint64) string  { return hexKey(k.p, "owner/", spi, 16) }
 func (k keys) ownedBy(id string) string { return k.p + "owned/" + id + "/" }
 func (k keys) owned(id string, spi uint64) string {
-	return fmt.Sprintf("%sowned/%s/%016x", k.p, id, spi)
+	return hexKey(k.p+"owned/", id+"/", spi, 16)
 }
-func (k keys) sa(spi uint64) string     { return k.p + saName(spi) }
-func (k keys) seq(spi uint64) string    { return k.p + seqName(spi) }
-func (k keys) ikeSPI(spi uint64) string { return fmt.Sprintf("%sspi/ike/%016x", k.p, spi) }
-func (k keys) espSPI(spi uint32) string { return fmt.Sprintf("%sspi/esp/%08x", k.p, spi) }
+func (k keys) sa(spi uint64) string     { return hexKey(k.p, "sa/", spi, 16) }
+func (k keys) seq(spi uint64) string    { return hexKey(k.p, "seq/", spi, 16) }
+func (k keys) ikeSPI(spi uint64) string { return hexKey(k.p, "spi/ike/", spi, 16) }
+func (k keys) espSPI(spi uint32) string { return hexKey(k.p, "spi/esp/", uint64(spi), 8) }
 
 // saName is the record's name within the prefix; it is the AAD of the
 // sealed key material, so changing the prefix does not orphan records.
-func saName(spi uint64) string { return fmt.Sprintf("sa/%016x", spi) }
+func saName(spi uint64) string { return hexKey("", "sa/", spi, 16) }
 
 // seqName is the reservation record's name within the prefix (its AAD).
-func seqName(spi uint64) string { return fmt.Sprintf("seq/%016x", spi) }
+func seqName(spi uint64) string { return hexKey("", "seq/", spi, 16) }
+
+// hexKey is a+b+v, v in lower-case hex zero-padded to digits (at most
+// 16; v must fit): fmt.Sprintf("%s%s%016x") in one allocation, as keys
+// are built for every operation of every change.
+func hexKey(a, b string, v uint64, digits int) string {
+	const hex = "0123456789abcdef"
+	var d [16]byte
+	for i := digits - 1; i >= 0; i-- {
+		d[i] = hex[v&0xf]
+		v >>= 4
+	}
+	var sb strings.Builder
+	sb.Grow(len(a) + len(b) + digits)
+	sb.WriteString(a)
+	sb.WriteString(b)
+	sb.Write(d[:digits])
+	return sb.String()
+}
 
 // Owner names a node registration: the node id and its epoch.
 type Owner struct {

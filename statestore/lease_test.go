@@ -11,12 +11,25 @@ import (
 // node's reservation, from a free address, or checked when the identity
 // holds the address already; a lease that does not hold fails the change
 // (and writes nothing of it). Releases go through the batches too and
-// leave another identity's lease alone.
+// leave another identity's lease alone. The same through the member's
+// local client with SingleMember (serializable reads), as a node with
+// its embedded member runs.
 func TestAddressLeaseWithEstablished(t *testing.T) {
+	t.Run("grpc", func(t *testing.T) { testAddressLeaseWithEstablished(t, false) })
+	t.Run("single-member", func(t *testing.T) { testAddressLeaseWithEstablished(t, true) })
+}
+
+func testAddressLeaseWithEstablished(t *testing.T, single bool) {
 	e := startEtcd(t, false)
 	cli := dial(t, e.Endpoints())
-	a := open(t, cli, testConfig(t, "a"))
-	b := open(t, cli, testConfig(t, "b"))
+	ca, cb := testConfig(t, "a"), testConfig(t, "b")
+	if single {
+		cli = e.LocalClient()
+		t.Cleanup(func() { cli.Close() })
+		ca.SingleMember, cb.SingleMember = true, true
+	}
+	a := open(t, cli, ca)
+	b := open(t, cli, cb)
 	ctx := tctx(t, 20*time.Second)
 	submit := func(s *Store, c Change) error {
 		errs := make(chan error, 1)

@@ -49,7 +49,7 @@ func (s *Store) LeaseAddress(ctx context.Context, a netip.Addr, id string) (hold
 func (s *Store) AddressOf(ctx context.Context, id string) (netip.Addr, bool, error) {
 	rc, cancel := s.rctx(ctx)
 	defer cancel()
-	resp, err := s.cli.Get(rc, s.k.poolID(id))
+	resp, err := s.cli.Get(rc, s.k.poolID(id), s.pathRead()...)
 	s.noteResult(err)
 	if err != nil {
 		return netip.Addr{}, false, fmt.Errorf("%w: %v", ErrUnavailable, err)
@@ -63,11 +63,20 @@ func (s *Store) AddressOf(ctx context.Context, id string) (netip.Addr, bool, err
 	}
 	// The identity's record may be stale (its address went to another
 	// identity after a release): the address key decides.
-	g, err := s.cli.Get(rc, s.k.poolAddr(a))
+	g, err := s.cli.Get(rc, s.k.poolAddr(a), s.pathRead()...)
 	if err != nil {
 		return netip.Addr{}, false, fmt.Errorf("%w: %v", ErrUnavailable, err)
 	}
 	return a, len(g.Kvs) > 0 && string(g.Kvs[0].Value) == id, nil
+}
+
+// pathRead: the options of a read on the path of a new SA
+// (Config.SingleMember).
+func (s *Store) pathRead() []clientv3.OpOption {
+	if s.cfg.SingleMember {
+		return []clientv3.OpOption{clientv3.WithSerializable()}
+	}
+	return nil
 }
 
 // reservedMark is what pool/addr/<ip> holds while this node has the
