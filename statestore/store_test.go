@@ -311,10 +311,20 @@ func putDeadOwned(t *testing.T, cli *clientv3.Client, cfg Config, base uint64, n
 	c := Codec{Keys: cfg.Keys}
 	dead := Owner{Node: "dead", Epoch: 1}
 	for lo := 0; lo < n; lo += 40 {
+		// The record keys first, empty, as the store creates them: a
+		// record is bound to its key's create revision and version.
 		var ops []clientv3.Op
 		for i := lo; i < min(lo+40, n); i++ {
+			ops = append(ops, clientv3.OpPut(k.sa(base+uint64(i)), ""))
+		}
+		created, err := cli.Txn(context.Background()).Then(ops...).Commit()
+		if err != nil {
+			t.Fatal(err)
+		}
+		ops = nil
+		for i := lo; i < min(lo+40, n); i++ {
 			spi := base + uint64(i)
-			v, err := c.Marshal(saName(spi), sampleRecord(spi))
+			v, err := c.Marshal(saName(spi), sampleRecord(spi), Binding{created.Header.Revision, 2})
 			if err != nil {
 				t.Fatal(err)
 			}
