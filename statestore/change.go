@@ -162,11 +162,16 @@ func (s *Store) build(c *Change, me Owner) (txnParts, error) {
 	id := s.cfg.NodeID
 	mine := clientv3.Compare(clientv3.Value(s.k.owner(c.spi())), "=", me.value())
 	spi, wsa, wseq := c.writes()
-	p.sw = sealedWrite{spi, wsa, wseq}
 	rv, _ := s.revs.get(spi)
-	if (wsa || wseq) && !s.ready(p.sw) {
+	if (wsa || wseq) && !s.ready(sealedWrite{spi, wsa, wseq}) {
 		return p, errStale // prepare first
 	}
+	if wsa && c.Kind != Established && c.Kind != IKERekeyed {
+		// A record write carries the reservations only where there are
+		// none yet: the stored ones may be higher (renewed since).
+		wseq = rv.seq.empty
+	}
+	p.sw = sealedWrite{spi, wsa, wseq}
 	putSeq := func(r *SARecord) error {
 		v, err := s.codec.MarshalReservations(seqName(spi), ReservationsOf(r), rv.seq.binding().next())
 		if err != nil {
@@ -189,7 +194,7 @@ func (s *Store) build(c *Change, me Owner) (txnParts, error) {
 			p.then = append(p.then, clientv3.OpPut(s.k.espSPI(r.Children[i].InSPI), spiHex(spi)))
 		}
 		if wseq {
-			return putSeq(r) // a new SA: its reservations start with it
+			return putSeq(r)
 		}
 		return nil
 	}
@@ -300,7 +305,7 @@ func (s *Store) build(c *Change, me Owner) (txnParts, error) {
 	p.leaseAt = len(p.els) - 1
 	p.revAt = len(p.els)
 	if wsa || wseq {
-		p.els = append(p.els, clientv3.OpGet(s.k.sa(spi), clientv3.WithKeysOnly()), clientv3.OpGet(s.k.seq(spi), clientv3.WithKeysOnly()))
+		p.els = append(p.els, getMeta(s.k.sa(spi), false), getMeta(s.k.seq(spi), true))
 	}
 	return p, nil
 }

@@ -123,9 +123,13 @@ var ErrRollback = errors.New("statestore: sealed record rolled back")
 type RollbackError struct {
 	Key          string
 	Bound, Found Binding
+	Reason       string // set when there is no record to compare: it is missing
 }
 
 func (e *RollbackError) Error() string {
+	if e.Reason != "" {
+		return fmt.Sprintf("statestore: record %s rolled back: %s", e.Key, e.Reason)
+	}
 	return fmt.Sprintf("statestore: record %s rolled back: written as create revision %d version %d, found at create revision %d version %d",
 		e.Key, e.Bound.CreateRevision, e.Bound.Version, e.Found.CreateRevision, e.Found.Version)
 }

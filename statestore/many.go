@@ -192,7 +192,7 @@ func (s *Store) handOffBatch(ctx context.Context, reg *registration, finals []*S
 	me := reg.owner
 	ws := make([]sealedWrite, len(todo))
 	for j, i := range todo {
-		ws[j] = sealedWrite{spi: finals[i].LocalSPI(), sa: true}
+		ws[j] = sealedWrite{spi: finals[i].LocalSPI(), sa: true, seq: true}
 	}
 	if err := s.prepare(ctx, reg, ws); err != nil {
 		return nil, err
@@ -206,8 +206,15 @@ func (s *Store) handOffBatch(ctx context.Context, reg *registration, finals []*S
 		if err != nil {
 			return nil, err
 		}
+		sv, err := s.codec.MarshalReservations(seqName(spi), ReservationsOf(f), rv.seq.binding().next())
+		if err != nil {
+			return nil, err
+		}
 		ok := s.k.owner(spi)
 		then := []clientv3.Op{clientv3.OpPut(ok, to.value()), clientv3.OpPut(s.k.sa(spi), string(v))}
+		if rv.seq.empty {
+			then = append(then, clientv3.OpPut(s.k.seq(spi), string(sv)))
+		}
 		if to.Node != me.Node {
 			then = append(then, clientv3.OpDelete(s.k.owned(me.Node, spi)), clientv3.OpPut(s.k.owned(to.Node, spi), ""))
 		}

@@ -166,8 +166,26 @@ func (s *Store) decodeRec(spi uint64, kv *mvccpb.KeyValue, seq []*mvccpb.KeyValu
 		return nil, fmt.Errorf("%w: %016x has no record yet", ErrNotFound, spi)
 	}
 	r, err := s.codec.Unmarshal(saName(spi), kv.Value, bindingOf(kv))
-	if err != nil || len(seq) == 0 || len(seq[0].Value) == 0 {
-		return r, err
+	if err != nil {
+		return nil, err
+	}
+	if rec, _ := splitRecord(kv.Value); rec.version == RecordVersion {
+		// Written with its reservations in the current layout: without
+		// them (deleted, emptied, or an older layout put back) the SA
+		// would restore from the record's older ones.
+		var found Binding
+		var sv uint32
+		if len(seq) > 0 {
+			found = bindingOf(seq[0])
+			sr, _ := splitRecord(seq[0].Value)
+			sv = sr.version
+		}
+		if len(seq) == 0 || len(seq[0].Value) == 0 || sv == legacyRecordVersion {
+			return nil, &RollbackError{Key: seqName(spi), Found: found, Reason: "reservations missing or of the older layout"}
+		}
+	}
+	if len(seq) == 0 || len(seq[0].Value) == 0 {
+		return r, nil
 	}
 	res, err := s.codec.UnmarshalReservations(seqName(spi), seq[0].Value, bindingOf(seq[0]))
 	if err != nil {
@@ -329,7 +347,7 @@ func (s *Store) transfer(ctx context.Context, spi uint64, from, to Owner, final 
 		// The final state goes over the record as this node last saw it,
 		// and over its reservations: a record or reservations put back
 		// since are found (*RollbackError), not overwritten.
-		if err := s.prepare(ctx, s.current(), []sealedWrite{{spi: spi, sa: true}}); err != nil {
+		if err := s.prepare(ctx, s.current(), []sealedWrite{{spi: spi, sa: true, seq: true}}); err != nil {
 			return false, nil, err
 		}
 		rv, _ = s.revs.get(spi)
@@ -337,8 +355,15 @@ func (s *Store) transfer(ctx context.Context, spi uint64, from, to Owner, final 
 		if err != nil {
 			return false, nil, err
 		}
+		sv, err := s.codec.MarshalReservations(seqName(spi), ReservationsOf(final), rv.seq.binding().next())
+		if err != nil {
+			return false, nil, err
+		}
 		cmps = append(cmps, s.handOffCmps(spi, from, rv)[1:]...)
 		then = append(then, clientv3.OpPut(s.k.sa(spi), string(v)))
+		if rv.seq.empty {
+			then = append(then, clientv3.OpPut(s.k.seq(spi), string(sv)))
+		}
 		els = []clientv3.Op{clientv3.OpGet(ok), clientv3.OpGet(s.k.sa(spi)), clientv3.OpGet(s.k.seq(spi))}
 	}
 	then = append(then, clientv3.OpGet(s.k.sa(spi)), clientv3.OpGet(s.k.seq(spi)))

@@ -151,9 +151,18 @@ func (c Codec) Marshal(name string, r *SARecord, at Binding) ([]byte, error) {
 // out alike) by hand so that the authenticated bytes of the body are
 // exactly the stored ones.
 func assemble(body []byte, keyID uint32, sealed []byte, at Binding) []byte {
+	out := assembleLayout(RecordVersion, body, keyID, sealed)
+	out = appendTag(out, 5, 0)
+	out = appendVarint(out, uint64(at.CreateRevision))
+	out = appendTag(out, 6, 0)
+	return appendVarint(out, uint64(at.Version))
+}
+
+// assembleLayout writes the fields common to both layouts.
+func assembleLayout(version uint32, body []byte, keyID uint32, sealed []byte) []byte {
 	out := make([]byte, 0, len(body)+len(sealed)+40)
 	out = appendTag(out, 1, 0)
-	out = appendVarint(out, RecordVersion)
+	out = appendVarint(out, uint64(version))
 	out = appendTag(out, 2, 2)
 	out = appendVarint(out, uint64(len(body)))
 	out = append(out, body...)
@@ -161,12 +170,7 @@ func assemble(body []byte, keyID uint32, sealed []byte, at Binding) []byte {
 	out = appendVarint(out, uint64(keyID))
 	out = appendTag(out, 4, 2)
 	out = appendVarint(out, uint64(len(sealed)))
-	out = append(out, sealed...)
-	out = appendTag(out, 5, 0)
-	out = appendVarint(out, uint64(at.CreateRevision))
-	out = appendTag(out, 6, 0)
-	out = appendVarint(out, uint64(at.Version))
-	return out
+	return append(out, sealed...)
 }
 
 // Unmarshal decodes and opens a record stored under name, whose key has

@@ -30,7 +30,10 @@ import (
 
 // keyRev is one key's metadata as the store last saw it; mod == 0: the
 // key does not exist.
-type keyRev struct{ create, mod, version int64 }
+type keyRev struct {
+	create, mod, version int64
+	empty                bool // no record in the current layout yet: a placeholder or a legacy record (known for seq/ keys only)
+}
 
 func (k keyRev) binding() Binding { return Binding{k.create, k.version} }
 
@@ -38,7 +41,13 @@ func keyRevOf(kv *mvccpb.KeyValue) keyRev {
 	if kv == nil {
 		return keyRev{}
 	}
-	return keyRev{kv.CreateRevision, kv.ModRevision, kv.Version}
+	return keyRev{kv.CreateRevision, kv.ModRevision, kv.Version, !currentLayout(kv.Value)}
+}
+
+// currentLayout: a record (not a placeholder) in the current layout.
+func currentLayout(v []byte) bool {
+	r, err := splitRecord(v)
+	return len(v) > 0 && err == nil && r.version == RecordVersion
 }
 
 // saRevs: an SA's record key and reservation key.
@@ -61,7 +70,7 @@ func (t *revTable) get(spi uint64) (saRevs, bool) {
 	r, ok := t.m[spi]
 	if !ok {
 		if rev, res := t.reserved[spi]; res {
-			k := keyRev{rev, rev, 1}
+			k := keyRev{rev, rev, 1, true}
 			return saRevs{k, k}, true
 		}
 	}
@@ -108,7 +117,7 @@ func (t *revTable) wrote(spi uint64, sa, seq bool, rev int64) {
 		if !res {
 			return
 		}
-		k := keyRev{rev, rev, 1}
+		k := keyRev{rev, rev, 1, true}
 		r = saRevs{k, k}
 		delete(t.reserved, spi)
 		if t.m == nil {
@@ -116,10 +125,10 @@ func (t *revTable) wrote(spi uint64, sa, seq bool, rev int64) {
 		}
 	}
 	if sa {
-		r.sa.mod, r.sa.version = rev, r.sa.version+1
+		r.sa.mod, r.sa.version, r.sa.empty = rev, r.sa.version+1, false
 	}
 	if seq {
-		r.seq.mod, r.seq.version = rev, r.seq.version+1
+		r.seq.mod, r.seq.version, r.seq.empty = rev, r.seq.version+1, false
 	}
 	t.m[spi] = r
 }
@@ -127,11 +136,13 @@ func (t *revTable) wrote(spi uint64, sa, seq bool, rev int64) {
 // writes tells which of an SA's sealed keys a change writes, and for
 // which SPI (an IKE rekey: the new one).
 func (c *Change) writes() (spi uint64, sa, seq bool) {
+	// A record in the current layout has its reservations (decodeRec:
+	// without them, deleting seq/<spi> would hand back the record's older
+	// ones): a new SA's are written with it, and so are those of an SA
+	// whose seq/<spi> is still empty (build). seq here: the key must exist.
 	switch c.Kind {
-	case Established, IKERekeyed:
+	case Established, IKERekeyed, ChildCreated, ChildRekeyed, ChildDeleted, AddressChanged, Updated:
 		return c.Record.LocalSPI(), true, true
-	case ChildCreated, ChildRekeyed, ChildDeleted, AddressChanged, Updated:
-		return c.Record.LocalSPI(), true, false
 	case Reserved:
 		return c.Record.LocalSPI(), false, true
 	}
@@ -175,7 +186,7 @@ func (s *Store) prepare(ctx context.Context, reg *registration, ws []sealedWrite
 			ops = append(ops, clientv3.OpTxn(
 				[]clientv3.Cmp{clientv3.Compare(clientv3.CreateRevision(k), "=", 0)},
 				[]clientv3.Op{clientv3.OpPut(k, "", clientv3.WithLease(reg.lease))},
-				[]clientv3.Op{clientv3.OpGet(k, clientv3.WithKeysOnly())}))
+				[]clientv3.Op{getMeta(k, isSeq)}))
 			slots = append(slots, slot{w.spi, isSeq})
 		}
 	}
@@ -194,7 +205,7 @@ func (s *Store) prepare(ctx context.Context, reg *registration, ws []sealedWrite
 			for j, kr := range []*keyRev{&r.sa, &r.seq} {
 				t := resp.Responses[i-lo+j].GetResponseTxn()
 				if t.Succeeded {
-					*kr = keyRev{resp.Header.Revision, resp.Header.Revision, 1}
+					*kr = keyRev{resp.Header.Revision, resp.Header.Revision, 1, true}
 				} else if kvs := t.Responses[0].GetResponseRange().Kvs; len(kvs) > 0 {
 					*kr = keyRevOf(kvs[0])
 				}
@@ -205,6 +216,15 @@ func (s *Store) prepare(ctx context.Context, reg *registration, ws []sealedWrite
 	return nil
 }
 
+// getMeta reads a record key's metadata; a seq/ key's value too (small),
+// to tell a placeholder.
+func getMeta(k string, isSeq bool) clientv3.Op {
+	if isSeq {
+		return clientv3.OpGet(k)
+	}
+	return clientv3.OpGet(k, clientv3.WithKeysOnly())
+}
+
 // errStale: a write's expected metadata did not hold (the key was written
 // by someone else since); the store forgets it and retries.
 var errStale = fmt.Errorf("statestore: record key changed since last seen")
@@ -213,6 +233,7 @@ var errStale = fmt.Errorf("statestore: record key changed since last seen")
 // that follow (the SA is, or becomes, this node's).
 func (s *Store) noteRead(spi uint64, sa *mvccpb.KeyValue, seq []*mvccpb.KeyValue) {
 	r := saRevs{sa: keyRevOf(sa)}
+	r.sa.empty = false
 	if len(seq) > 0 {
 		r.seq = keyRevOf(seq[0])
 	}

@@ -10,17 +10,16 @@ import (
 // RewrapStats is what a Rewrap pass did.
 type RewrapStats struct {
 	Scanned   int // records read (sa/ and seq/)
-	Rewritten int // sealed under an older key or in the legacy layout, rewritten under the current one
+	Rewritten int // sealed under an older key, rewritten under the current one
 	Raced     int // changed while being rewritten: the writer sealed them under the current key
 	Failed    int // could not be opened (unknown key, corrupt, rolled back): left as they are
 }
 
 // reseal returns data (a record or reservation record stored under name,
 // whose key has the metadata at) sealed under the keyring's current key
-// and bound to the key's next version, or nil if it already is sealed
-// under it in the current layout. A legacy record is rewritten in the
-// current layout; a rolled-back one is refused (*RollbackError), never
-// bound anew.
+// (bound to the key's next version), or nil if it already is. A legacy
+// record keeps its layout; a rolled-back one is refused (*RollbackError),
+// never bound anew.
 func (c Codec) reseal(name string, data []byte, at Binding) ([]byte, error) {
 	rec, err := splitRecord(data)
 	if err != nil {
@@ -30,8 +29,17 @@ func (c Codec) reseal(name string, data []byte, at Binding) ([]byte, error) {
 	if err != nil {
 		return nil, err
 	}
-	if rec.keyID == c.Keys.Current() && rec.version == RecordVersion {
+	if rec.keyID == c.Keys.Current() {
 		return nil, nil
+	}
+	if rec.version == legacyRecordVersion {
+		// Kept in its layout: a record is upgraded only with its
+		// reservations, by its owner's next write.
+		id, resealed, err := c.Keys.Seal(plain, aad(name, rec.body))
+		if err != nil {
+			return nil, err
+		}
+		return assembleLayout(legacyRecordVersion, rec.body, id, resealed), nil
 	}
 	next := at.next()
 	id, resealed, err := c.Keys.Seal(plain, aadAt(name, rec.body, next))

@@ -75,6 +75,12 @@ var attacks = []attack{
 			t.Fatal(err)
 		}
 	}},
+	// Deleted: the record's older reservations would be used.
+	{"delete reservations", func(t *testing.T, cli *clientv3.Client, _, seq *mvccpb.KeyValue) {
+		if _, err := cli.Delete(context.Background(), string(seq.Key)); err != nil {
+			t.Fatal(err)
+		}
+	}},
 	// Deleted and created again, then written until the key's version is
 	// the old value's: only the create revision tells.
 	{"delete and recreate reservations", func(t *testing.T, cli *clientv3.Client, _, seq *mvccpb.KeyValue) {
@@ -132,7 +138,7 @@ func TestRollbackRefused(t *testing.T) {
 			isRollback := func(what string, err error) {
 				t.Helper()
 				var re *RollbackError
-				if !errors.Is(err, ErrRollback) || !errors.As(err, &re) || re.Bound == re.Found {
+				if !errors.Is(err, ErrRollback) || !errors.As(err, &re) || re.Bound == re.Found && re.Reason == "" {
 					t.Fatalf("%s: %v, want *RollbackError", what, err)
 				}
 			}
@@ -315,7 +321,8 @@ func legacyMarshal(t *testing.T, c Codec, name string, r *SARecord) []byte {
 }
 
 // Records of the previous layout (no binding) are read, and rewritten in
-// the current one by the owner's next write; Rewrap rewrites them too.
+// the current one, with their reservations, by the owner's next write; a
+// rewrap keeps their layout.
 func TestLegacyRecordsUpgraded(t *testing.T) {
 	e := startEtcd(t, false)
 	cli := dial(t, e.Endpoints())
@@ -361,9 +368,20 @@ func TestLegacyRecordsUpgraded(t *testing.T) {
 	if v := layout(other); v != legacyRecordVersion {
 		t.Fatalf("untouched: layout %d", v)
 	}
+	// A rewrap under a new key keeps a legacy record's layout (it is
+	// upgraded only with its reservations, by a write of its owner).
+	if err := cfg.Keys.Add(2, make([]byte, ClusterKeyLen)); err != nil {
+		t.Fatal(err)
+	}
+	if err := cfg.Keys.SetCurrent(2); err != nil {
+		t.Fatal(err)
+	}
 	st, err := a.Rewrap(ctx, nil)
-	if err != nil || st.Rewritten != 1 || layout(other) != RecordVersion {
-		t.Fatalf("rewrap of the legacy record: %+v %v", st, err)
+	if err != nil || st.Rewritten != 3 || st.Failed != 0 || layout(other) != legacyRecordVersion {
+		t.Fatalf("rewrap with a legacy record: %+v %v", st, err)
+	}
+	if err := cfg.Keys.Remove(1); err != nil {
+		t.Fatal(err)
 	}
 	for _, spi := range []uint64{0x9001, 0x9002} {
 		if got, _, err := a.Load(ctx, spi); err != nil || (spi == r.LocalSPI() && got.NextOutReserved != 99) {
