@@ -389,3 +389,57 @@ func TestLegacyRecordsUpgraded(t *testing.T) {
 		}
 	}
 }
+
+// A reserved IKE SPI comes with its SA's record keys created empty: its
+// Established change is one transaction, and a released reservation
+// leaves no key behind. An SA whose SPI the store did not reserve costs
+// one more transaction, once.
+func TestReservedSPIRecordKeys(t *testing.T) {
+	e := startEtcd(t, false)
+	cli := dial(t, e.Endpoints())
+	ctx := tctx(t, 30*time.Second)
+	a := open(t, cli, testConfig(t, "a"))
+	if ok, err := a.ReserveIKESPIs(ctx, []uint64{0xa001, 0xa002}); err != nil || !ok[0] || !ok[1] {
+		t.Fatalf("reserve: %v %v", ok, err)
+	}
+	count := func(prefix string) int64 {
+		g, err := cli.Get(ctx, DefaultPrefix+prefix, clientv3.WithPrefix(), clientv3.WithCountOnly())
+		if err != nil {
+			t.Fatal(err)
+		}
+		return g.Count
+	}
+	if n := count("sa/") + count("seq/"); n != 4 {
+		t.Fatalf("%d record keys after reserving 2 SPIs, want 4", n)
+	}
+	txns := func(f func()) uint64 {
+		t0 := a.Health().Txns
+		f()
+		return a.Health().Txns - t0
+	}
+	if n := txns(func() {
+		if err := a.Persist(ctx, Change{Kind: Established, Record: sampleRecord(0xa001)}); err != nil {
+			t.Fatal(err)
+		}
+	}); n != 1 {
+		t.Fatalf("Established of a reserved SPI: %d transactions, want 1", n)
+	}
+	if n := txns(func() {
+		if err := a.Persist(ctx, Change{Kind: Established, Record: sampleRecord(0xa003)}); err != nil {
+			t.Fatal(err)
+		}
+	}); n != 2 {
+		t.Fatalf("Established of an SPI not reserved: %d transactions, want 2", n)
+	}
+	if err := a.ReleaseSPIs(ctx, []uint64{0xa002}, nil); err != nil {
+		t.Fatal(err)
+	}
+	if n := count("sa/") + count("seq/"); n != 4 {
+		t.Fatalf("%d record keys after the release, want 4 (two SAs)", n)
+	}
+	for _, spi := range []uint64{0xa001, 0xa003} {
+		if _, _, err := a.Load(ctx, spi); err != nil {
+			t.Fatalf("Load %x: %v", spi, err)
+		}
+	}
+}
