@@ -21,11 +21,11 @@ func TestRecordKeepsReservations(t *testing.T) {
 		t.Fatal(err)
 	}
 	c := statestore.Codec{Keys: keys}
-	b, err := c.Marshal("sa/x", recordOf(st))
+	b, err := c.Marshal("sa/x", recordOf(st), statestore.Binding{CreateRevision: 1, Version: 1})
 	if err != nil {
 		t.Fatal(err)
 	}
-	r, err := c.Unmarshal("sa/x", b)
+	r, err := c.Unmarshal("sa/x", b, statestore.Binding{CreateRevision: 1, Version: 1})
 	if err != nil {
 		t.Fatal(err)
 	}

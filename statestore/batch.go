@@ -11,8 +11,9 @@ import (
 )
 
 type pending struct {
-	c    Change
-	done func(error)
+	c     Change
+	done  func(error)
+	stale int // retries after its record keys changed under it
 }
 
 // batcher commits submitted changes: one transaction per batch, each
@@ -236,14 +237,30 @@ func (b *batcher) try(batch []pending) error {
 	if !reg.usable() {
 		return ErrFenced
 	}
+	var ws []sealedWrite
+	for i := range batch {
+		if spi, sa, seq := batch[i].c.writes(); batch[i].c.Kind != barrier && (sa || seq) {
+			ws = append(ws, sealedWrite{spi, sa, seq})
+		}
+	}
+	if err := s.prepare(s.ctx, reg, ws); err != nil {
+		return err
+	}
 	parts := make([]txnParts, len(batch))
 	ops := make([]clientv3.Op, 0, len(batch))
 	idx := make([]int, 0, len(batch))
+	var again []pending
 	for i := range batch {
 		if batch[i].c.Kind == barrier {
 			continue
 		}
 		p, err := s.build(&batch[i].c, reg.owner)
+		if err == errStale && batch[i].stale < maxStale {
+			batch[i].stale++
+			again = append(again, batch[i])
+			batch[i].done = nil
+			continue
+		}
 		if err != nil {
 			finish(batch[i], err)
 			batch[i].done = nil
@@ -276,11 +293,26 @@ func (b *batcher) try(batch []pending) error {
 			var err error
 			if !tr.Succeeded {
 				err = parts[i].outcome(reg.owner, tr.Responses)
+				// Whatever failed, what the store knew of the keys may be
+				// out of date.
+				s.revs.forget(parts[i].sw.spi)
+				if err == errStale && batch[i].stale < maxStale {
+					batch[i].stale++
+					again = append(again, batch[i])
+					continue
+				}
 			} else {
+				s.committed(&parts[i], resp.Header.Revision)
 				parts[i].others(&batch[i].c, tr.Responses)
 			}
 			finish(batch[i], err)
 		}
+	}
+	if len(again) > 0 {
+		// Their record keys were written by someone else (a rewrap, the
+		// previous owner): read their metadata again and write them, before
+		// any barrier of this batch is answered.
+		b.commit(again)
 	}
 	for i := range batch {
 		if batch[i].c.Kind == barrier {

@@ -148,6 +148,12 @@ type txnParts struct {
 	identAt    int
 	identKeep  bool // UniqueKeep: Else[identElse] reads them
 	identElse  int
+	// The sealed keys written (revision bindings, revs.go): their
+	// expected ModRevisions, compared; Else[revAt:] reads their metadata.
+	sw             sealedWrite
+	wantSA, wantSq int64
+	revAt          int
+	forget         []uint64 // SAs whose keys the change deletes
 }
 
 // build turns a change into transaction parts for registration me.
@@ -155,15 +161,40 @@ func (s *Store) build(c *Change, me Owner) (txnParts, error) {
 	var p txnParts
 	id := s.cfg.NodeID
 	mine := clientv3.Compare(clientv3.Value(s.k.owner(c.spi())), "=", me.value())
-	putRecord := func(r *SARecord) error {
-		spi := r.LocalSPI()
-		v, err := s.codec.Marshal(saName(spi), r)
+	spi, wsa, wseq := c.writes()
+	rv, _ := s.revs.get(spi)
+	if (wsa || wseq) && !s.ready(sealedWrite{spi, wsa, wseq}) {
+		return p, errStale // prepare first
+	}
+	if wsa && c.Kind != Established && c.Kind != IKERekeyed {
+		// A record write carries the reservations only where there are
+		// none yet: the stored ones may be higher (renewed since).
+		wseq = rv.seq.empty
+	}
+	p.sw = sealedWrite{spi, wsa, wseq}
+	putSeq := func(r *SARecord) error {
+		v, err := s.codec.MarshalReservations(seqName(spi), ReservationsOf(r), rv.seq.binding().next())
 		if err != nil {
 			return err
 		}
+		p.wantSq = rv.seq.mod
+		p.cmps = append(p.cmps, clientv3.Compare(clientv3.ModRevision(s.k.seq(spi)), "=", rv.seq.mod))
+		p.then = append(p.then, clientv3.OpPut(s.k.seq(spi), string(v)))
+		return nil
+	}
+	putRecord := func(r *SARecord) error {
+		v, err := s.codec.Marshal(saName(spi), r, rv.sa.binding().next())
+		if err != nil {
+			return err
+		}
+		p.wantSA = rv.sa.mod
+		p.cmps = append(p.cmps, clientv3.Compare(clientv3.ModRevision(s.k.sa(spi)), "=", rv.sa.mod))
 		p.then = append(p.then, clientv3.OpPut(s.k.sa(spi), string(v)))
 		for i := range r.Children {
 			p.then = append(p.then, clientv3.OpPut(s.k.espSPI(r.Children[i].InSPI), spiHex(spi)))
+		}
+		if wseq {
+			return putSeq(r)
 		}
 		return nil
 	}
@@ -174,6 +205,7 @@ func (s *Store) build(c *Change, me Owner) (txnParts, error) {
 			clientv3.OpPut(s.k.ikeSPI(spi), id)) // without lease: detached from our life
 	}
 	drop := func(spi uint64) {
+		p.forget = append(p.forget, spi)
 		p.then = append(p.then,
 			clientv3.OpDelete(s.k.sa(spi)),
 			clientv3.OpDelete(s.k.owner(spi)),
@@ -259,12 +291,9 @@ func (s *Store) build(c *Change, me Owner) (txnParts, error) {
 		}
 	case Reserved:
 		p.cmps = []clientv3.Cmp{mine}
-		spi := c.spi()
-		v, err := s.codec.MarshalReservations(seqName(spi), ReservationsOf(c.Record))
-		if err != nil {
+		if err := putSeq(c.Record); err != nil {
 			return p, err
 		}
-		p.then = append(p.then, clientv3.OpPut(s.k.seq(spi), string(v)))
 	default:
 		p.cmps = []clientv3.Cmp{mine}
 		if err := putRecord(c.Record); err != nil {
@@ -274,7 +303,37 @@ func (s *Store) build(c *Change, me Owner) (txnParts, error) {
 	release(c.Released)
 	p.els = append([]clientv3.Op{clientv3.OpGet(s.k.owner(p.spi))}, p.els...)
 	p.leaseAt = len(p.els) - 1
+	p.revAt = len(p.els)
+	if wsa || wseq {
+		p.els = append(p.els, getMeta(s.k.sa(spi), false), getMeta(s.k.seq(spi), true))
+	}
 	return p, nil
+}
+
+// stale reports whether a failed change's expected key metadata (Else
+// responses rs) no longer held.
+func (p *txnParts) stale(rs []*etcdserverpb.ResponseOp) bool {
+	if !p.sw.sa && !p.sw.seq || p.revAt+1 >= len(rs) {
+		return false
+	}
+	mod := func(r *etcdserverpb.ResponseOp) int64 {
+		if kvs := r.GetResponseRange().GetKvs(); len(kvs) > 0 {
+			return kvs[0].ModRevision
+		}
+		return 0
+	}
+	return p.sw.sa && mod(rs[p.revAt]) != p.wantSA || p.sw.seq && mod(rs[p.revAt+1]) != p.wantSq
+}
+
+// committed updates the store's key metadata after the change's
+// transaction committed at revision rev.
+func (s *Store) committed(p *txnParts, rev int64) {
+	for _, spi := range p.forget {
+		s.revs.forget(spi)
+	}
+	if p.sw.sa || p.sw.seq {
+		s.revs.wrote(p.sw.spi, p.sw.sa, p.sw.seq, rev)
+	}
 }
 
 // outcome reads a failed (sub-)transaction's Else responses.
@@ -292,6 +351,9 @@ func (p *txnParts) outcome(me Owner, rs []*etcdserverpb.ResponseOp) error {
 	}
 	if p.createOnly && cur == me {
 		return nil // a retried commit that had succeeded
+	}
+	if (cur == me || p.createOnly && cur == (Owner{})) && p.stale(rs) {
+		return errStale
 	}
 	if p.identKeep && cur == (Owner{}) && p.identElse < len(rs) {
 		if kvs := rs[p.identElse].GetResponseRange().GetKvs(); len(kvs) > 0 {
@@ -341,11 +403,31 @@ func (s *Store) Persist(ctx context.Context, c Change) error {
 	if err := c.validate(); err != nil {
 		return err
 	}
+	for attempt := 0; ; attempt++ {
+		err := s.persist(ctx, &c)
+		if err != errStale || attempt == maxStale {
+			return err
+		}
+		spi, _, _ := c.writes()
+		s.revs.forget(spi)
+	}
+}
+
+// maxStale bounds the retries of a change whose record keys someone else
+// keeps writing.
+const maxStale = 3
+
+func (s *Store) persist(ctx context.Context, c *Change) error {
 	reg := s.current()
 	if !reg.usable() {
 		return ErrFenced
 	}
-	p, err := s.build(&c, reg.owner)
+	if spi, sa, seq := c.writes(); sa || seq {
+		if err := s.prepare(ctx, reg, []sealedWrite{{spi, sa, seq}}); err != nil {
+			return err
+		}
+	}
+	p, err := s.build(c, reg.owner)
 	if err != nil {
 		return err
 	}
@@ -357,11 +439,12 @@ func (s *Store) Persist(ctx context.Context, c Change) error {
 		return fmt.Errorf("%w: %v", ErrUnavailable, err)
 	}
 	if resp.Succeeded {
-		p.others(&c, resp.Responses)
+		s.committed(&p, resp.Header.Revision)
+		p.others(c, resp.Responses)
 		return nil
 	}
 	if err := p.outcome(reg.owner, resp.Responses); err != nil {
-		if s.stillRegistered(ctx, reg.owner) {
+		if err == errStale || s.stillRegistered(ctx, reg.owner) {
 			return err
 		}
 		return ErrFenced

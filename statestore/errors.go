@@ -110,3 +110,28 @@ func (e *AddressTakenError) Error() string {
 }
 
 func (e *AddressTakenError) Is(target error) bool { return target == ErrAddressTaken }
+
+// ErrRollback: a sealed record that opens but was written for another
+// revision of its etcd key: an older value copied back over the current
+// one, or put back after the key was deleted. The SA is not restored from
+// it (its reservations would reuse ESP sequence numbers or message IDs).
+var ErrRollback = errors.New("statestore: sealed record rolled back")
+
+// RollbackError is a record whose binding (Bound: the key's create
+// revision and version when it was written) is not the key's metadata as
+// read (Found).
+type RollbackError struct {
+	Key          string
+	Bound, Found Binding
+	Reason       string // set when there is no record to compare: it is missing
+}
+
+func (e *RollbackError) Error() string {
+	if e.Reason != "" {
+		return fmt.Sprintf("statestore: record %s rolled back: %s", e.Key, e.Reason)
+	}
+	return fmt.Sprintf("statestore: record %s rolled back: written as create revision %d version %d, found at create revision %d version %d",
+		e.Key, e.Bound.CreateRevision, e.Bound.Version, e.Found.CreateRevision, e.Found.Version)
+}
+
+func (e *RollbackError) Is(target error) bool { return target == ErrRollback }

@@ -9,10 +9,12 @@ package statestore
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"time"
 
 	pb "github.com/ikefleet/ikefleet/api/statestore/v1"
+	"go.etcd.io/etcd/api/v3/etcdserverpb"
 	"go.etcd.io/etcd/api/v3/mvccpb"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"google.golang.org/protobuf/proto"
@@ -130,7 +132,7 @@ func (s *Store) TakeOverMany(ctx context.Context, from Owner, spis []uint64) ([]
 				out = append(out, Moved{SPI: spi, Err: fmt.Errorf("%w: %016x has an owner but no record", ErrNotFound, spi)})
 				continue
 			}
-			rec, err := s.decode(spi, kvs[0].Value, t.Responses[2].GetResponseRange().Kvs)
+			rec, err := s.decode(spi, kvs[0], t.Responses[2].GetResponseRange().Kvs, true)
 			out = append(out, Moved{SPI: spi, Record: rec, Err: err})
 		}
 	}
@@ -161,51 +163,137 @@ func (s *Store) HandOffMany(ctx context.Context, finals []*SARecord, to Owner) (
 	if !reg.usable() {
 		return nil, ErrFenced
 	}
-	me := reg.owner
 	out := make([]Moved, 0, len(finals))
 	per := max(1, s.cfg.Batch.MaxBatch)
 	for lo := 0; lo < len(finals); lo += per {
 		chunk := finals[lo:min(lo+per, len(finals))]
-		ops := make([]clientv3.Op, len(chunk))
-		for i, f := range chunk {
-			spi := f.LocalSPI()
-			v, err := s.codec.Marshal(saName(spi), f)
+		res := make([]Moved, len(chunk))
+		todo := make([]int, len(chunk))
+		for i := range todo {
+			todo[i] = i
+		}
+		for attempt := 0; len(todo) > 0; attempt++ {
+			var err error
+			todo, err = s.handOffBatch(ctx, reg, chunk, todo, res, to, attempt < maxStale)
 			if err != nil {
 				return out, err
 			}
-			ok := s.k.owner(spi)
-			then := []clientv3.Op{clientv3.OpPut(ok, to.value()), clientv3.OpPut(s.k.sa(spi), string(v))}
-			if to.Node != me.Node {
-				then = append(then, clientv3.OpDelete(s.k.owned(me.Node, spi)), clientv3.OpPut(s.k.owned(to.Node, spi), ""))
-			}
-			ops[i] = clientv3.OpTxn([]clientv3.Cmp{clientv3.Compare(clientv3.Value(ok), "=", me.value())},
-				then, []clientv3.Op{clientv3.OpGet(ok)})
 		}
-		rc, cancel := s.rctx(ctx)
-		resp, err := s.txn(rc).If(s.regCmp(me), s.regCmp(to)).Then(ops...).
-			Else(clientv3.OpGet(s.k.node(me.Node))).Commit()
-		cancel()
-		s.noteResult(err)
-		if err != nil {
-			return out, fmt.Errorf("%w: %v", ErrUnavailable, err)
-		}
-		if !resp.Succeeded {
-			if kvs := resp.Responses[0].GetResponseRange().Kvs; len(kvs) == 0 || kvs[0].CreateRevision != me.Epoch {
-				return out, ErrFenced
-			}
-			return out, fmt.Errorf("statestore: hand-off: target %s not registered", to)
-		}
-		for i, f := range chunk {
-			spi := f.LocalSPI()
-			t := resp.Responses[i].GetResponseTxn()
-			if !t.Succeeded {
-				out = append(out, Moved{SPI: spi, Err: s.ownerErr(spi, t.Responses[0].GetResponseRange().Kvs)})
-				continue
-			}
-			out = append(out, Moved{SPI: spi})
-		}
+		out = append(out, res...)
 	}
 	return out, nil
+}
+
+// handOffBatch moves finals[i] for i in todo in one transaction, setting
+// res[i]; it returns those to try again (their record keys were written
+// by someone else since the store last saw them; retry false: give them
+// errStale).
+func (s *Store) handOffBatch(ctx context.Context, reg *registration, finals []*SARecord, todo []int, res []Moved, to Owner, retry bool) ([]int, error) {
+	me := reg.owner
+	ws := make([]sealedWrite, len(todo))
+	for j, i := range todo {
+		ws[j] = sealedWrite{spi: finals[i].LocalSPI(), sa: true, seq: true}
+	}
+	if err := s.prepare(ctx, reg, ws); err != nil {
+		return nil, err
+	}
+	ops := make([]clientv3.Op, len(todo))
+	for j, i := range todo {
+		f := finals[i]
+		spi := f.LocalSPI()
+		rv, _ := s.revs.get(spi)
+		v, err := s.codec.Marshal(saName(spi), f, rv.sa.binding().next())
+		if err != nil {
+			return nil, err
+		}
+		sv, err := s.codec.MarshalReservations(seqName(spi), ReservationsOf(f), rv.seq.binding().next())
+		if err != nil {
+			return nil, err
+		}
+		ok := s.k.owner(spi)
+		then := []clientv3.Op{clientv3.OpPut(ok, to.value()), clientv3.OpPut(s.k.sa(spi), string(v))}
+		if rv.seq.empty {
+			then = append(then, clientv3.OpPut(s.k.seq(spi), string(sv)))
+		}
+		if to.Node != me.Node {
+			then = append(then, clientv3.OpDelete(s.k.owned(me.Node, spi)), clientv3.OpPut(s.k.owned(to.Node, spi), ""))
+		}
+		ops[j] = clientv3.OpTxn(s.handOffCmps(spi, me, rv), then,
+			[]clientv3.Op{clientv3.OpGet(ok), clientv3.OpGet(s.k.sa(spi)), clientv3.OpGet(s.k.seq(spi))})
+	}
+	rc, cancel := s.rctx(ctx)
+	resp, err := s.txn(rc).If(s.regCmp(me), s.regCmp(to)).Then(ops...).
+		Else(clientv3.OpGet(s.k.node(me.Node))).Commit()
+	cancel()
+	s.noteResult(err)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %v", ErrUnavailable, err)
+	}
+	if !resp.Succeeded {
+		if kvs := resp.Responses[0].GetResponseRange().Kvs; len(kvs) == 0 || kvs[0].CreateRevision != me.Epoch {
+			return nil, ErrFenced
+		}
+		return nil, fmt.Errorf("statestore: hand-off: target %s not registered", to)
+	}
+	var again []int
+	for j, i := range todo {
+		spi := finals[i].LocalSPI()
+		t := resp.Responses[j].GetResponseTxn()
+		rv, _ := s.revs.get(spi)
+		s.revs.forget(spi) // moved, or to be read again
+		if t.Succeeded {
+			res[i] = Moved{SPI: spi}
+			continue
+		}
+		err := s.handOffRefused(spi, me, rv, t.Responses)
+		if err == nil {
+			err = errStale // raced: the keys changed and changed back
+		}
+		if err == errStale && retry {
+			again = append(again, i)
+			continue
+		}
+		res[i] = Moved{SPI: spi, Err: err}
+	}
+	return again, nil
+}
+
+// handOffCmps guards the hand-off of one SA: it is ours, and its record
+// keys are as the store last saw them (rv), so that a record or
+// reservations put back are found, not overwritten.
+func (s *Store) handOffCmps(spi uint64, me Owner, rv saRevs) []clientv3.Cmp {
+	return []clientv3.Cmp{clientv3.Compare(clientv3.Value(s.k.owner(spi)), "=", me.value()),
+		clientv3.Compare(clientv3.ModRevision(s.k.sa(spi)), "=", rv.sa.mod),
+		clientv3.Compare(clientv3.ModRevision(s.k.seq(spi)), "=", rv.seq.mod)}
+}
+
+// handOffRefused explains a failed hand-off guard from its Else responses
+// (owner, record, reservations): another owner (*OwnerError), a record or
+// reservations rolled back (*RollbackError), keys legitimately written
+// since (errStale), or nil: none of these (the keys are as expected, rv).
+func (s *Store) handOffRefused(spi uint64, me Owner, rv saRevs, rs []*etcdserverpb.ResponseOp) error {
+	kvs := rs[0].GetResponseRange().GetKvs()
+	if len(kvs) == 0 {
+		return fmt.Errorf("%w: %016x", ErrNotFound, spi)
+	}
+	if o, err := parseOwner(kvs[0].Value); err != nil || o != me {
+		return s.ownerErr(spi, kvs)
+	}
+	sa, seq := rs[1].GetResponseRange().GetKvs(), rs[2].GetResponseRange().GetKvs()
+	var saKV, seqKV *mvccpb.KeyValue
+	if len(sa) > 0 {
+		saKV = sa[0]
+		if _, err := s.decode(spi, saKV, seq, false); errors.Is(err, ErrRollback) {
+			return err
+		}
+	}
+	if len(seq) > 0 {
+		seqKV = seq[0]
+	}
+	if keyRevOf(saKV).mod == rv.sa.mod && keyRevOf(seqKV).mod == rv.seq.mod {
+		return nil
+	}
+	return errStale
 }
 
 // LoadMany reads the records and owners of many SAs, a batch per
@@ -238,7 +326,7 @@ func (s *Store) LoadMany(ctx context.Context, spis []uint64) ([]Moved, []Owner, 
 				m.Err = fmt.Errorf("%w: %016x", ErrNotFound, spi)
 				continue
 			}
-			m.Record, m.Err = s.decode(spi, kvs[0].Value, resp.Responses[3*i+2].GetResponseRange().Kvs)
+			m.Record, m.Err = s.decode(spi, kvs[0], resp.Responses[3*i+2].GetResponseRange().Kvs, true)
 		}
 	}
 	return out, owners, nil

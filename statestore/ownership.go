@@ -2,6 +2,7 @@ package statestore
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"strconv"
 
@@ -20,7 +21,17 @@ func (s *Store) ReserveIKESPIs(ctx context.Context, spis []uint64) ([]bool, erro
 	for i, x := range spis {
 		keys[i] = s.k.ikeSPI(x)
 	}
-	return s.reserve(ctx, keys)
+	// The SA's record keys are created empty with the reservation, so
+	// that its first records can be bound to them (revs.go) without a
+	// transaction of their own.
+	extra := func(i int) []string { return []string{s.k.sa(spis[i]), s.k.seq(spis[i])} }
+	ok, revs, err := s.reserve(ctx, keys, extra)
+	for i, got := range ok {
+		if got {
+			s.revs.reservedAt(spis[i], revs[i])
+		}
+	}
+	return ok, err
 }
 
 // ReserveESPSPIs claims inbound ESP SPIs like ReserveIKESPIs.
@@ -29,41 +40,53 @@ func (s *Store) ReserveESPSPIs(ctx context.Context, spis []uint32) ([]bool, erro
 	for i, x := range spis {
 		keys[i] = s.k.espSPI(x)
 	}
-	return s.reserve(ctx, keys)
+	ok, _, err := s.reserve(ctx, keys, nil)
+	return ok, err
 }
 
-func (s *Store) reserve(ctx context.Context, keys []string) ([]bool, error) {
+// reserve claims keys (create-if-absent, on the node's lease), each with
+// the keys extra(i) created empty alongside (none of them may exist
+// either); revs[i]: the revision of keys[i]'s claim.
+func (s *Store) reserve(ctx context.Context, keys []string, extra func(int) []string) (ok []bool, revs []int64, err error) {
 	reg := s.current()
 	if reg.done.Load() {
-		return nil, ErrFenced
+		return nil, nil, ErrFenced
 	}
-	ok := make([]bool, len(keys))
+	ok, revs = make([]bool, len(keys)), make([]int64, len(keys))
 	for lo := 0; lo < len(keys); lo += s.cfg.Batch.MaxBatch {
 		hi := min(lo+s.cfg.Batch.MaxBatch, len(keys))
 		ops := make([]clientv3.Op, 0, hi-lo)
-		for _, k := range keys[lo:hi] {
-			ops = append(ops, clientv3.OpTxn(
-				[]clientv3.Cmp{clientv3.Compare(clientv3.CreateRevision(k), "=", 0)},
-				[]clientv3.Op{clientv3.OpPut(k, s.cfg.NodeID, clientv3.WithLease(reg.lease))}, nil))
+		for i, k := range keys[lo:hi] {
+			cmps := []clientv3.Cmp{clientv3.Compare(clientv3.CreateRevision(k), "=", 0)}
+			then := []clientv3.Op{clientv3.OpPut(k, s.cfg.NodeID, clientv3.WithLease(reg.lease))}
+			if extra != nil {
+				for _, x := range extra(lo + i) {
+					cmps = append(cmps, clientv3.Compare(clientv3.CreateRevision(x), "=", 0))
+					then = append(then, clientv3.OpPut(x, "", clientv3.WithLease(reg.lease)))
+				}
+			}
+			ops = append(ops, clientv3.OpTxn(cmps, then, nil))
 		}
 		rc, cancel := s.rctx(ctx)
 		resp, err := s.txn(rc).Then(ops...).Commit()
 		cancel()
 		s.noteResult(err)
 		if err != nil {
-			return ok, fmt.Errorf("%w: %v", ErrUnavailable, err)
+			return ok, revs, fmt.Errorf("%w: %v", ErrUnavailable, err)
 		}
 		for i, r := range resp.Responses {
 			ok[lo+i] = r.GetResponseTxn().Succeeded
+			revs[lo+i] = resp.Header.Revision
 		}
 	}
-	return ok, nil
+	return ok, revs, nil
 }
 
 // ReleaseSPIs frees reservations that were never used for a stored SA
 // (a half-open SA that failed). SPIs of stored SAs are freed by the
 // Deleted, ChildDeleted and ChildRekeyed changes.
 func (s *Store) ReleaseSPIs(ctx context.Context, ike []uint64, esp []uint32) error {
+	reg := s.current()
 	var ops []clientv3.Op
 	del := func(k string) {
 		ops = append(ops, clientv3.OpTxn(
@@ -72,6 +95,14 @@ func (s *Store) ReleaseSPIs(ctx context.Context, ike []uint64, esp []uint32) err
 	}
 	for _, x := range ike {
 		del(s.k.ikeSPI(x))
+		// The record keys created empty with the reservation, if still
+		// ours and empty.
+		sa, seq := s.k.sa(x), s.k.seq(x)
+		ops = append(ops, clientv3.OpTxn(
+			[]clientv3.Cmp{clientv3.Compare(clientv3.Value(sa), "=", ""), clientv3.Compare(clientv3.LeaseValue(sa), "=", reg.lease),
+				clientv3.Compare(clientv3.Value(seq), "=", ""), clientv3.Compare(clientv3.LeaseValue(seq), "=", reg.lease)},
+			[]clientv3.Op{clientv3.OpDelete(sa), clientv3.OpDelete(seq)}, nil))
+		s.revs.forget(x)
 	}
 	for _, x := range esp {
 		del(s.k.espSPI(x))
@@ -108,18 +139,55 @@ func (s *Store) Load(ctx context.Context, spi uint64) (*SARecord, Owner, error) 
 	if len(kvs) == 0 {
 		return nil, o, fmt.Errorf("%w: %016x", ErrNotFound, spi)
 	}
-	r, err := s.decode(spi, kvs[0].Value, resp.Responses[2].GetResponseRange().Kvs)
+	r, err := s.decode(spi, kvs[0], resp.Responses[2].GetResponseRange().Kvs, false)
 	return r, o, err
 }
 
-// decode opens an SA's record and raises its reservations to those
-// renewed since (seq, empty or one key-value).
-func (s *Store) decode(spi uint64, rec []byte, seq []*mvccpb.KeyValue) (*SARecord, error) {
-	r, err := s.codec.Unmarshal(saName(spi), rec)
-	if err != nil || len(seq) == 0 {
-		return r, err
+// decode opens an SA's record (kv, as read with its metadata) and raises
+// its reservations to those renewed since (seq, empty or one key-value).
+// A record or reservations rolled back give *RollbackError (counted,
+// logged): the SA is not restored from them. note: the SA is, or becomes,
+// this node's; its keys' metadata is kept for its next writes.
+func (s *Store) decode(spi uint64, kv *mvccpb.KeyValue, seq []*mvccpb.KeyValue, note bool) (*SARecord, error) {
+	r, err := s.decodeRec(spi, kv, seq)
+	if errors.Is(err, ErrRollback) {
+		s.rollbacks.Add(1)
+		s.log.Warn("statestore: rolled-back record refused; SA not restored", "spi", spiHex(spi), "err", err)
 	}
-	res, err := s.codec.UnmarshalReservations(seqName(spi), seq[0].Value)
+	if err == nil && note {
+		s.noteRead(spi, kv, seq)
+	}
+	return r, err
+}
+
+func (s *Store) decodeRec(spi uint64, kv *mvccpb.KeyValue, seq []*mvccpb.KeyValue) (*SARecord, error) {
+	if len(kv.Value) == 0 {
+		// A placeholder: the key was created for a record never written.
+		return nil, fmt.Errorf("%w: %016x has no record yet", ErrNotFound, spi)
+	}
+	r, err := s.codec.Unmarshal(saName(spi), kv.Value, bindingOf(kv))
+	if err != nil {
+		return nil, err
+	}
+	if rec, _ := splitRecord(kv.Value); rec.version == RecordVersion {
+		// Written with its reservations in the current layout: without
+		// them (deleted, emptied, or an older layout put back) the SA
+		// would restore from the record's older ones.
+		var found Binding
+		var sv uint32
+		if len(seq) > 0 {
+			found = bindingOf(seq[0])
+			sr, _ := splitRecord(seq[0].Value)
+			sv = sr.version
+		}
+		if len(seq) == 0 || len(seq[0].Value) == 0 || sv == legacyRecordVersion {
+			return nil, &RollbackError{Key: seqName(spi), Found: found, Reason: "reservations missing or of the older layout"}
+		}
+	}
+	if len(seq) == 0 || len(seq[0].Value) == 0 {
+		return r, nil
+	}
+	res, err := s.codec.UnmarshalReservations(seqName(spi), seq[0].Value, bindingOf(seq[0]))
 	if err != nil {
 		// Without its renewed reservations the SA would reuse sequence
 		// numbers: refuse it rather than restore it short.
@@ -127,6 +195,12 @@ func (s *Store) decode(spi uint64, rec []byte, seq []*mvccpb.KeyValue) (*SARecor
 	}
 	r.Apply(res)
 	return r, nil
+}
+
+// bindingOf is a key's metadata as a record stored under it must be
+// bound.
+func bindingOf(kv *mvccpb.KeyValue) Binding {
+	return Binding{CreateRevision: kv.CreateRevision, Version: kv.Version}
 }
 
 // Owner reads an SA's owner record and whether that registration is live.
@@ -215,7 +289,14 @@ func (s *Store) HandOff(ctx context.Context, spi uint64, final *SARecord, to Own
 	}
 	rc, cancel := s.rctx(ctx)
 	defer cancel()
-	ok, _, err := s.transfer(rc, spi, reg.owner, to, final, false)
+	var ok bool
+	var err error
+	for attempt := 0; ; attempt++ {
+		ok, _, err = s.transfer(rc, spi, reg.owner, to, final, false)
+		if err != errStale || attempt == maxStale {
+			break
+		}
+	}
 	if err != nil {
 		return err
 	}
@@ -260,27 +341,57 @@ func (s *Store) transfer(ctx context.Context, spi uint64, from, to Owner, final 
 	if from.Node != to.Node {
 		then = append(then, clientv3.OpDelete(s.k.owned(from.Node, spi)), clientv3.OpPut(s.k.owned(to.Node, spi), ""))
 	}
+	var rv saRevs
+	var els []clientv3.Op
 	if final != nil {
-		v, err := s.codec.Marshal(saName(spi), final)
+		// The final state goes over the record as this node last saw it,
+		// and over its reservations: a record or reservations put back
+		// since are found (*RollbackError), not overwritten.
+		if err := s.prepare(ctx, s.current(), []sealedWrite{{spi: spi, sa: true, seq: true}}); err != nil {
+			return false, nil, err
+		}
+		rv, _ = s.revs.get(spi)
+		v, err := s.codec.Marshal(saName(spi), final, rv.sa.binding().next())
 		if err != nil {
 			return false, nil, err
 		}
+		sv, err := s.codec.MarshalReservations(seqName(spi), ReservationsOf(final), rv.seq.binding().next())
+		if err != nil {
+			return false, nil, err
+		}
+		cmps = append(cmps, s.handOffCmps(spi, from, rv)[1:]...)
 		then = append(then, clientv3.OpPut(s.k.sa(spi), string(v)))
+		if rv.seq.empty {
+			then = append(then, clientv3.OpPut(s.k.seq(spi), string(sv)))
+		}
+		els = []clientv3.Op{clientv3.OpGet(ok), clientv3.OpGet(s.k.sa(spi)), clientv3.OpGet(s.k.seq(spi))}
 	}
 	then = append(then, clientv3.OpGet(s.k.sa(spi)), clientv3.OpGet(s.k.seq(spi)))
-	resp, err := s.txn(ctx).If(cmps...).Then(then...).Commit()
+	resp, err := s.txn(ctx).If(cmps...).Then(then...).Else(els...).Commit()
 	s.noteResult(err)
 	if err != nil {
 		return false, nil, fmt.Errorf("%w: %v", ErrUnavailable, err)
 	}
+	if final != nil {
+		s.revs.forget(spi) // moved, or to be read again
+	}
 	if !resp.Succeeded {
+		if final != nil {
+			if err := s.handOffRefused(spi, from, rv, resp.Responses); err != nil {
+				var oe *OwnerError
+				if errors.As(err, &oe) || errors.Is(err, ErrNotFound) {
+					return false, nil, nil // lostRace explains
+				}
+				return false, nil, err
+			}
+		}
 		return false, nil, nil
 	}
 	kvs := resp.Responses[len(resp.Responses)-2].GetResponseRange().Kvs
 	if len(kvs) == 0 {
 		return true, nil, fmt.Errorf("%w: %016x has an owner but no record", ErrNotFound, spi)
 	}
-	rec, err := s.decode(spi, kvs[0].Value, resp.Responses[len(resp.Responses)-1].GetResponseRange().Kvs)
+	rec, err := s.decode(spi, kvs[0], resp.Responses[len(resp.Responses)-1].GetResponseRange().Kvs, dead)
 	return true, rec, err
 }
 
@@ -411,7 +522,7 @@ func (s *Store) LoadOwned(ctx context.Context) ([]*SARecord, error) {
 				bad.Errs = append(bad.Errs, fmt.Errorf("%w: %016x owned but no record", ErrNotFound, spi))
 				continue
 			}
-			r, err := s.decode(spi, kvs[0].Value, resp.Responses[2*i+1].GetResponseRange().Kvs)
+			r, err := s.decode(spi, kvs[0], resp.Responses[2*i+1].GetResponseRange().Kvs, true)
 			if err != nil {
 				bad.Errs = append(bad.Errs, err)
 				continue

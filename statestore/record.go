@@ -1,6 +1,7 @@
 package statestore
 
 import (
+	"encoding/binary"
 	"fmt"
 	"net/netip"
 	"time"
@@ -9,8 +10,26 @@ import (
 	"google.golang.org/protobuf/proto"
 )
 
-// RecordVersion is the record layout this build writes and reads.
-const RecordVersion = 1
+// RecordVersion is the record layout this build writes. It also reads
+// legacyRecordVersion, the layout before records were bound to their
+// key's revision (rewritten in this one on the next write, or by Rewrap).
+const RecordVersion = 2
+
+const legacyRecordVersion = 1
+
+// Binding is the etcd metadata a sealed record is bound to: the create
+// revision of the key it is stored under and the version of that key the
+// write gives it. Both are in the AAD; a reader compares them with the
+// key's metadata as read, so that an older value copied back over the
+// current one (the key's version moved on) or a key deleted and created
+// again (its create revision moved on) gives *RollbackError.
+type Binding struct {
+	CreateRevision int64
+	Version        int64
+}
+
+// next is the binding of the write that follows one at b.
+func (b Binding) next() Binding { return Binding{b.CreateRevision, b.Version + 1} }
 
 // Suite names negotiated algorithms by their IKEv2 transform IDs.
 type Suite struct {
@@ -108,7 +127,10 @@ type Codec struct {
 
 // Marshal encodes r for the record key name (the key within the cluster
 // prefix, such as "sa/00000000000000ff"), sealing its key material.
-func (c Codec) Marshal(name string, r *SARecord) ([]byte, error) {
+//
+// at is the binding the write gives the record: the key's create
+// revision and the version it has once written (see Binding).
+func (c Codec) Marshal(name string, r *SARecord, at Binding) ([]byte, error) {
 	sa := toPB(r)
 	pub, err := proto.MarshalOptions{Deterministic: true}.Marshal(sa)
 	if err != nil {
@@ -118,20 +140,29 @@ func (c Codec) Marshal(name string, r *SARecord) ([]byte, error) {
 	if err != nil {
 		return nil, err
 	}
-	id, sealed, err := c.Keys.Seal(sec, aad(name, pub))
+	id, sealed, err := c.Keys.Seal(sec, aadAt(name, pub, at))
 	if err != nil {
 		return nil, err
 	}
-	return assemble(pub, id, sealed), nil
+	return assemble(pub, id, sealed, at), nil
 }
 
 // assemble writes Record{version, sa, key_id, sealed} (or SeqRecord, laid
 // out alike) by hand so that the authenticated bytes of the body are
 // exactly the stored ones.
-func assemble(body []byte, keyID uint32, sealed []byte) []byte {
-	out := make([]byte, 0, len(body)+len(sealed)+16)
+func assemble(body []byte, keyID uint32, sealed []byte, at Binding) []byte {
+	out := assembleLayout(RecordVersion, body, keyID, sealed)
+	out = appendTag(out, 5, 0)
+	out = appendVarint(out, uint64(at.CreateRevision))
+	out = appendTag(out, 6, 0)
+	return appendVarint(out, uint64(at.Version))
+}
+
+// assembleLayout writes the fields common to both layouts.
+func assembleLayout(version uint32, body []byte, keyID uint32, sealed []byte) []byte {
+	out := make([]byte, 0, len(body)+len(sealed)+40)
 	out = appendTag(out, 1, 0)
-	out = appendVarint(out, RecordVersion)
+	out = appendVarint(out, uint64(version))
 	out = appendTag(out, 2, 2)
 	out = appendVarint(out, uint64(len(body)))
 	out = append(out, body...)
@@ -139,32 +170,26 @@ func assemble(body []byte, keyID uint32, sealed []byte) []byte {
 	out = appendVarint(out, uint64(keyID))
 	out = appendTag(out, 4, 2)
 	out = appendVarint(out, uint64(len(sealed)))
-	out = append(out, sealed...)
-	return out
+	return append(out, sealed...)
 }
 
-// Unmarshal decodes and opens a record stored under name. Errors:
-// *VersionError, *CorruptError, *UnknownKeyError, *SealError.
-func (c Codec) Unmarshal(name string, data []byte) (*SARecord, error) {
-	version, pub, keyID, sealed, err := splitRecord(data)
+// Unmarshal decodes and opens a record stored under name, whose key has
+// the metadata at as read. Errors: *VersionError, *CorruptError,
+// *UnknownKeyError, *SealError, *RollbackError (the record opens but was
+// written for another revision of the key: an older value put back).
+// Records in the legacy layout carry no binding and are accepted.
+func (c Codec) Unmarshal(name string, data []byte, at Binding) (*SARecord, error) {
+	rec, err := splitRecord(data)
 	if err != nil {
 		return nil, &CorruptError{Key: name, Reason: err.Error()}
 	}
-	if version != RecordVersion {
-		return nil, &VersionError{Key: name, Version: version}
-	}
+	pub := rec.body
 	var sa pb.IKESA
 	if err := proto.Unmarshal(pub, &sa); err != nil {
 		return nil, &CorruptError{Key: name, Reason: "SA: " + err.Error()}
 	}
-	plain, err := c.Keys.Open(keyID, sealed, aad(name, pub))
+	plain, err := c.open(name, rec, at)
 	if err != nil {
-		switch e := err.(type) {
-		case *UnknownKeyError:
-			e.Key = name
-		case *SealError:
-			e.Key = name
-		}
 		return nil, err
 	}
 	var sec pb.Secrets
@@ -228,7 +253,8 @@ func (r *SARecord) Apply(res *Reservations) {
 // MarshalReservations encodes res for the key name ("seq/<spi>"),
 // authenticated with the cluster key: a lowered reservation would make a
 // restored SA reuse sequence numbers, that is AES-GCM nonces.
-func (c Codec) MarshalReservations(name string, res *Reservations) ([]byte, error) {
+// at is the binding the write gives it, as for Marshal.
+func (c Codec) MarshalReservations(name string, res *Reservations, at Binding) ([]byte, error) {
 	m := &pb.Reservations{NextOutReserved: res.NextOutReserved, NextIn: res.NextIn, NextOut: res.NextOut,
 		Children: make([]*pb.ChildReservation, len(res.Children))}
 	for i, cr := range res.Children {
@@ -238,30 +264,22 @@ func (c Codec) MarshalReservations(name string, res *Reservations) ([]byte, erro
 	if err != nil {
 		return nil, err
 	}
-	id, tag, err := c.Keys.Seal(nil, aad(name, body))
+	id, tag, err := c.Keys.Seal(nil, aadAt(name, body, at))
 	if err != nil {
 		return nil, err
 	}
-	return assemble(body, id, tag), nil
+	return assemble(body, id, tag, at), nil
 }
 
 // UnmarshalReservations decodes and authenticates reservations stored
-// under name. Errors as Unmarshal.
-func (c Codec) UnmarshalReservations(name string, data []byte) (*Reservations, error) {
-	version, body, keyID, tag, err := splitRecord(data)
+// under name, whose key has the metadata at as read. Errors as Unmarshal.
+func (c Codec) UnmarshalReservations(name string, data []byte, at Binding) (*Reservations, error) {
+	rec, err := splitRecord(data)
 	if err != nil {
 		return nil, &CorruptError{Key: name, Reason: err.Error()}
 	}
-	if version != RecordVersion {
-		return nil, &VersionError{Key: name, Version: version}
-	}
-	if _, err := c.Keys.Open(keyID, tag, aad(name, body)); err != nil {
-		switch e := err.(type) {
-		case *UnknownKeyError:
-			e.Key = name
-		case *SealError:
-			e.Key = name
-		}
+	body := rec.body
+	if _, err := c.open(name, rec, at); err != nil {
 		return nil, err
 	}
 	var m pb.Reservations
@@ -274,6 +292,41 @@ func (c Codec) UnmarshalReservations(name string, data []byte) (*Reservations, e
 		res.Children[i] = ChildReservation{InSPI: cr.SpiIn, OutSeqReserved: cr.OutSeqReserved, InSeqLow: cr.InSeqLow, SeqBlock: cr.SeqBlock}
 	}
 	return res, nil
+}
+
+// open authenticates a split record stored under name (key metadata at)
+// and returns its sealed plaintext: first the seal (a record that does not
+// open is tampered with, whatever its binding), then the binding.
+func (c Codec) open(name string, rec splitRec, at Binding) ([]byte, error) {
+	if rec.version != RecordVersion && rec.version != legacyRecordVersion {
+		return nil, &VersionError{Key: name, Version: rec.version}
+	}
+	a := aad(name, rec.body)
+	if rec.version == RecordVersion {
+		a = aadAt(name, rec.body, rec.at)
+	}
+	plain, err := c.Keys.Open(rec.keyID, rec.sealed, a)
+	if err != nil {
+		switch e := err.(type) {
+		case *UnknownKeyError:
+			e.Key = name
+		case *SealError:
+			e.Key = name
+		}
+		return nil, err
+	}
+	if rec.version == RecordVersion && rec.at != at {
+		return nil, &RollbackError{Key: name, Bound: rec.at, Found: at}
+	}
+	return plain, nil
+}
+
+// aadAt is the AAD of a record in the current layout: the legacy AAD and
+// the binding, fixed-size at the end.
+func aadAt(name string, pub []byte, at Binding) []byte {
+	a := aad(name, pub)
+	a = binary.BigEndian.AppendUint64(a, uint64(at.CreateRevision))
+	return binary.BigEndian.AppendUint64(a, uint64(at.Version))
 }
 
 func aad(name string, pub []byte) []byte {
@@ -307,12 +360,22 @@ func readVarint(b []byte) (uint64, int, error) {
 	return 0, 0, fmt.Errorf("bad varint")
 }
 
-func splitRecord(b []byte) (version uint32, pub []byte, keyID uint32, sealed []byte, err error) {
-	var seen [5]bool
+// splitRec is a Record or SeqRecord split into its outer fields.
+type splitRec struct {
+	version uint32
+	body    []byte // the SA, or the reservations
+	keyID   uint32
+	sealed  []byte
+	at      Binding // RecordVersion: the binding (fields 5 and 6)
+}
+
+func splitRecord(b []byte) (splitRec, error) {
+	var r splitRec
+	var seen [7]bool
 	for len(b) > 0 {
 		tag, n, err := readVarint(b)
 		if err != nil {
-			return 0, nil, 0, nil, err
+			return r, err
 		}
 		b = b[n:]
 		field, wire := tag>>3, tag&7
@@ -321,7 +384,7 @@ func splitRecord(b []byte) (version uint32, pub []byte, keyID uint32, sealed []b
 		switch wire {
 		case 0:
 			if v, n, err = readVarint(b); err != nil {
-				return 0, nil, 0, nil, err
+				return r, err
 			}
 			b = b[n:]
 		case 1, 5:
@@ -330,60 +393,74 @@ func splitRecord(b []byte) (version uint32, pub []byte, keyID uint32, sealed []b
 				n = 4
 			}
 			if len(b) < n {
-				return 0, nil, 0, nil, fmt.Errorf("field %d truncated", field)
+				return r, fmt.Errorf("field %d truncated", field)
 			}
 			b = b[n:]
 		case 2:
 			l, n, err := readVarint(b)
 			if err != nil {
-				return 0, nil, 0, nil, err
+				return r, err
 			}
 			b = b[n:]
 			if l > uint64(len(b)) {
-				return 0, nil, 0, nil, fmt.Errorf("field %d truncated", field)
+				return r, fmt.Errorf("field %d truncated", field)
 			}
 			bytes, b = b[:l], b[l:]
 		default:
-			return 0, nil, 0, nil, fmt.Errorf("field %d: bad wire type %d", field, wire)
+			return r, fmt.Errorf("field %d: bad wire type %d", field, wire)
 		}
 		if field == 0 {
-			return 0, nil, 0, nil, fmt.Errorf("field number 0")
+			return r, fmt.Errorf("field number 0")
 		}
-		if field > 4 {
-			continue // a later version's field; the version check decides
+		if field > 6 || field > 4 && wire != 0 {
+			// A later version's field (5 and 6 other than ours: then a
+			// binding is missing, below); the version check decides.
+			continue
 		}
 		want := uint64(0)
 		if field == 2 || field == 4 {
 			want = 2
 		}
 		if wire != want {
-			return 0, nil, 0, nil, fmt.Errorf("field %d: wire type %d", field, wire)
+			return r, fmt.Errorf("field %d: wire type %d", field, wire)
 		}
 		if seen[field] {
-			return 0, nil, 0, nil, fmt.Errorf("field %d repeated", field)
+			return r, fmt.Errorf("field %d repeated", field)
 		}
 		seen[field] = true
 		switch field {
 		case 1, 3:
 			if v > 1<<32-1 {
-				return 0, nil, 0, nil, fmt.Errorf("field %d out of range", field)
+				return r, fmt.Errorf("field %d out of range", field)
 			}
 			if field == 1 {
-				version = uint32(v)
+				r.version = uint32(v)
 			} else {
-				keyID = uint32(v)
+				r.keyID = uint32(v)
 			}
 		case 2:
-			pub = bytes
+			r.body = bytes
 		case 4:
-			sealed = bytes
+			r.sealed = bytes
+		case 5, 6:
+			if v > 1<<63-1 {
+				return r, fmt.Errorf("field %d out of range", field)
+			}
+			if field == 5 {
+				r.at.CreateRevision = int64(v)
+			} else {
+				r.at.Version = int64(v)
+			}
 		}
 	}
 	if !seen[1] {
-		return 0, nil, 0, nil, fmt.Errorf("no version")
+		return r, fmt.Errorf("no version")
 	}
-	if version == RecordVersion && (!seen[2] || !seen[4]) {
-		return 0, nil, 0, nil, fmt.Errorf("missing SA or sealed secrets")
+	if (r.version == RecordVersion || r.version == legacyRecordVersion) && (!seen[2] || !seen[4]) {
+		return r, fmt.Errorf("missing SA or sealed secrets")
 	}
-	return version, pub, keyID, sealed, nil
+	if r.version == RecordVersion && (!seen[5] || !seen[6]) {
+		return r, fmt.Errorf("missing revision binding")
+	}
+	return r, nil
 }

@@ -93,11 +93,11 @@ func TestSealRoundTripAndRotation(t *testing.T) {
 func TestRecordRoundTrip(t *testing.T) {
 	c := Codec{Keys: testKeyring(t, 7, 1)}
 	r := sampleRecord(0xabcdef0123456789)
-	b, err := c.Marshal(saName(r.LocalSPI()), r)
+	b, err := c.Marshal(saName(r.LocalSPI()), r, Binding{1, 1})
 	if err != nil {
 		t.Fatal(err)
 	}
-	got, err := c.Unmarshal(saName(r.LocalSPI()), b)
+	got, err := c.Unmarshal(saName(r.LocalSPI()), b, Binding{1, 1})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -126,26 +126,26 @@ func TestRecordErrors(t *testing.T) {
 	c := Codec{Keys: testKeyring(t, 7, 1)}
 	r := sampleRecord(42)
 	name := saName(42)
-	good, err := c.Marshal(name, r)
+	good, err := c.Marshal(name, r, Binding{1, 1})
 	if err != nil {
 		t.Fatal(err)
 	}
 
 	t.Run("unknown version", func(t *testing.T) {
-		b := append([]byte{0x08, 0x02}, good[2:]...) // version 1 -> 2
+		b := append([]byte{0x08, 0x03}, good[2:]...) // version 2 -> 3
 		var ve *VersionError
-		if _, err := c.Unmarshal(name, b); !errors.As(err, &ve) || ve.Version != 2 || !errors.Is(err, ErrUnknownVersion) {
+		if _, err := c.Unmarshal(name, b, Binding{1, 1}); !errors.As(err, &ve) || ve.Version != 3 || !errors.Is(err, ErrUnknownVersion) {
 			t.Fatalf("got %v", err)
 		}
 		// A later version with fields we do not know is still a version error.
 		b = append([]byte{0x08, 0x03, 0x2a, 0x01, 0x00}, good[2:]...)
-		if _, err := c.Unmarshal(name, b); !errors.Is(err, ErrUnknownVersion) {
+		if _, err := c.Unmarshal(name, b, Binding{1, 1}); !errors.Is(err, ErrUnknownVersion) {
 			t.Fatalf("got %v", err)
 		}
 	})
 	t.Run("corrupt", func(t *testing.T) {
 		for _, b := range [][]byte{nil, {0xff}, good[:len(good)/2], append([]byte{0x08}, 0x80), {0x10, 0x01}} {
-			if _, err := c.Unmarshal(name, b); !errors.Is(err, ErrCorrupt) {
+			if _, err := c.Unmarshal(name, b, Binding{1, 1}); !errors.Is(err, ErrCorrupt) {
 				t.Fatalf("% x: got %v, want ErrCorrupt", b, err)
 			}
 		}
@@ -154,26 +154,26 @@ func TestRecordErrors(t *testing.T) {
 		b := bytes.Clone(good)
 		i := bytes.Index(b, []byte("gw-000123"))
 		b[i] = 'x'
-		if _, err := c.Unmarshal(name, b); !errors.Is(err, ErrSeal) {
+		if _, err := c.Unmarshal(name, b, Binding{1, 1}); !errors.Is(err, ErrSeal) {
 			t.Fatalf("got %v, want ErrSeal", err)
 		}
 	})
 	t.Run("moved to another key", func(t *testing.T) {
-		if _, err := c.Unmarshal(saName(43), good); !errors.Is(err, ErrSeal) {
+		if _, err := c.Unmarshal(saName(43), good, Binding{1, 1}); !errors.Is(err, ErrSeal) {
 			t.Fatalf("got %v, want ErrSeal", err)
 		}
 	})
 	t.Run("wrong key", func(t *testing.T) {
 		other := Codec{Keys: testKeyring(t, 7, 2)} // same id, other key
 		var se *SealError
-		if _, err := other.Unmarshal(name, good); !errors.As(err, &se) || se.KeyID != 7 || se.Key != name {
+		if _, err := other.Unmarshal(name, good, Binding{1, 1}); !errors.As(err, &se) || se.KeyID != 7 || se.Key != name {
 			t.Fatalf("got %v, want *SealError", err)
 		}
 	})
 	t.Run("unknown key id", func(t *testing.T) {
 		other := Codec{Keys: testKeyring(t, 8, 1)}
 		var uk *UnknownKeyError
-		if _, err := other.Unmarshal(name, good); !errors.As(err, &uk) || uk.KeyID != 7 {
+		if _, err := other.Unmarshal(name, good, Binding{1, 1}); !errors.As(err, &uk) || uk.KeyID != 7 {
 			t.Fatalf("got %v, want *UnknownKeyError", err)
 		}
 	})
@@ -181,11 +181,11 @@ func TestRecordErrors(t *testing.T) {
 
 func FuzzUnmarshal(f *testing.F) {
 	c := Codec{Keys: testKeyring(f, 1, 1)}
-	good, _ := c.Marshal("sa/x", sampleRecord(1))
+	good, _ := c.Marshal("sa/x", sampleRecord(1), Binding{1, 1})
 	f.Add(good)
 	f.Add([]byte{0x08, 0x01})
 	f.Fuzz(func(t *testing.T, b []byte) {
-		r, err := c.Unmarshal("sa/x", b)
+		r, err := c.Unmarshal("sa/x", b, Binding{1, 1})
 		if err == nil && r == nil {
 			t.Fatal("nil record without error")
 		}

@@ -13,11 +13,11 @@ func TestReservationsRoundTripAndTamper(t *testing.T) {
 	r := sampleRecord(77)
 	r.NextOutReserved = 48
 	res := ReservationsOf(r)
-	b, err := c.MarshalReservations(seqName(77), res)
+	b, err := c.MarshalReservations(seqName(77), res, Binding{1, 1})
 	if err != nil {
 		t.Fatal(err)
 	}
-	got, err := c.UnmarshalReservations(seqName(77), b)
+	got, err := c.UnmarshalReservations(seqName(77), b, Binding{1, 1})
 	if err != nil || got.NextOutReserved != 48 || len(got.Children) != 1 || got.Children[0] != res.Children[0] {
 		t.Fatalf("round trip: %+v %v", got, err)
 	}
@@ -25,16 +25,16 @@ func TestReservationsRoundTripAndTamper(t *testing.T) {
 	// sequence numbers: a lowered body under the original tag is refused.
 	low := ReservationsOf(r)
 	low.Children[0].OutSeqReserved = 1
-	lb, _ := c.MarshalReservations(seqName(77), low)
-	_, lowBody, _, _, _ := splitRecord(lb)
-	_, _, id, tag, _ := splitRecord(b)
-	if _, err := c.UnmarshalReservations(seqName(77), assemble(lowBody, id, tag)); !errors.Is(err, ErrSeal) {
+	lb, _ := c.MarshalReservations(seqName(77), low, Binding{1, 1})
+	low2, _ := splitRecord(lb)
+	cur, _ := splitRecord(b)
+	if _, err := c.UnmarshalReservations(seqName(77), assemble(low2.body, cur.keyID, cur.sealed, Binding{1, 1}), Binding{1, 1}); !errors.Is(err, ErrSeal) {
 		t.Fatalf("lowered reservation: %v", err)
 	}
-	if _, err := c.UnmarshalReservations(seqName(78), b); !errors.Is(err, ErrSeal) {
+	if _, err := c.UnmarshalReservations(seqName(78), b, Binding{1, 1}); !errors.Is(err, ErrSeal) {
 		t.Fatalf("moved to another SA: %v", err)
 	}
-	if _, err := c.UnmarshalReservations(saName(77), b); !errors.Is(err, ErrSeal) {
+	if _, err := c.UnmarshalReservations(saName(77), b, Binding{1, 1}); !errors.Is(err, ErrSeal) {
 		t.Fatalf("read as another kind of key: %v", err)
 	}
 }
@@ -56,11 +56,11 @@ func TestApplyTakesTheHigher(t *testing.T) {
 
 func FuzzUnmarshalReservations(f *testing.F) {
 	c := Codec{Keys: testKeyring(f, 1, 1)}
-	good, _ := c.MarshalReservations("seq/x", ReservationsOf(sampleRecord(1)))
+	good, _ := c.MarshalReservations("seq/x", ReservationsOf(sampleRecord(1)), Binding{1, 1})
 	f.Add(good)
 	f.Add([]byte{0x08, 0x01})
 	f.Fuzz(func(t *testing.T, b []byte) {
-		r, err := c.UnmarshalReservations("seq/x", b)
+		r, err := c.UnmarshalReservations("seq/x", b, Binding{1, 1})
 		if err == nil && r == nil {
 			t.Fatal("nil reservations without error")
 		}

@@ -12,31 +12,41 @@ type RewrapStats struct {
 	Scanned   int // records read (sa/ and seq/)
 	Rewritten int // sealed under an older key, rewritten under the current one
 	Raced     int // changed while being rewritten: the writer sealed them under the current key
-	Failed    int // could not be opened (unknown key, corrupt): left as they are
+	Failed    int // could not be opened (unknown key, corrupt, rolled back): left as they are
 }
 
-// reseal returns data (a record or reservation record stored under name)
-// sealed under the keyring's current key, or nil if it already is.
-func (c Codec) reseal(name string, data []byte) ([]byte, error) {
-	version, pub, keyID, sealed, err := splitRecord(data)
+// reseal returns data (a record or reservation record stored under name,
+// whose key has the metadata at) sealed under the keyring's current key
+// (bound to the key's next version), or nil if it already is. A legacy
+// record keeps its layout; a rolled-back one is refused (*RollbackError),
+// never bound anew.
+func (c Codec) reseal(name string, data []byte, at Binding) ([]byte, error) {
+	rec, err := splitRecord(data)
 	if err != nil {
 		return nil, &CorruptError{Key: name, Reason: err.Error()}
 	}
-	if version != RecordVersion {
-		return nil, &VersionError{Key: name, Version: version}
+	plain, err := c.open(name, rec, at)
+	if err != nil {
+		return nil, err
 	}
-	if keyID == c.Keys.Current() {
+	if rec.keyID == c.Keys.Current() {
 		return nil, nil
 	}
-	plain, err := c.Keys.Open(keyID, sealed, aad(name, pub))
+	if rec.version == legacyRecordVersion {
+		// Kept in its layout: a record is upgraded only with its
+		// reservations, by its owner's next write.
+		id, resealed, err := c.Keys.Seal(plain, aad(name, rec.body))
+		if err != nil {
+			return nil, err
+		}
+		return assembleLayout(legacyRecordVersion, rec.body, id, resealed), nil
+	}
+	next := at.next()
+	id, resealed, err := c.Keys.Seal(plain, aadAt(name, rec.body, next))
 	if err != nil {
 		return nil, err
 	}
-	id, resealed, err := c.Keys.Seal(plain, aad(name, pub))
-	if err != nil {
-		return nil, err
-	}
-	return assemble(pub, id, resealed), nil
+	return assemble(rec.body, id, resealed, next), nil
 }
 
 // Rewrap rewrites every SA and reservation record sealed under an older
@@ -57,7 +67,10 @@ func (s *Store) Rewrap(ctx context.Context, progress func(RewrapStats)) (RewrapS
 			for _, kv := range resp.Kvs {
 				st.Scanned++
 				name := strings.TrimPrefix(string(kv.Key), s.k.p)
-				b, err := s.codec.reseal(name, kv.Value)
+				if len(kv.Value) == 0 {
+					continue // a placeholder (revs.go)
+				}
+				b, err := s.codec.reseal(name, kv.Value, bindingOf(kv))
 				if err != nil {
 					st.Failed++
 					continue

@@ -74,6 +74,9 @@ type Health struct {
 	Txns       uint64
 	Changes    uint64 // changes committed by Submit's batches (Changes/batch transactions: the mean batch)
 	Batches    uint64 // transactions that committed them
+	// Rollbacks: sealed records refused because they were written for
+	// another revision of their key (an older value put back; *RollbackError).
+	Rollbacks uint64
 }
 
 // registration is one life of the node in the registry.
@@ -113,6 +116,9 @@ type Store struct {
 
 	txns             atomic.Uint64
 	changes, batches atomic.Uint64
+	rollbacks        atomic.Uint64
+
+	revs revTable // metadata of the record keys of the SAs written
 
 	bs []*batcher // shards by IKE SPI: changes to one SA stay in order
 
@@ -213,6 +219,7 @@ func (s *Store) Health() Health {
 	h.RefuseNew = !h.Reachable && !s.cfg.Batch.QueueNew
 	h.Txns = s.txns.Load()
 	h.Changes, h.Batches = s.changes.Load(), s.batches.Load()
+	h.Rollbacks = s.rollbacks.Load()
 	return h
 }
 

@@ -310,15 +310,31 @@ func putDeadOwned(t *testing.T, cli *clientv3.Client, cfg Config, base uint64, n
 	k := keys{DefaultPrefix}
 	c := Codec{Keys: cfg.Keys}
 	dead := Owner{Node: "dead", Epoch: 1}
-	for lo := 0; lo < n; lo += 40 {
+	const per = 25 // 4 keys each, within etcd's default --max-txn-ops
+	for lo := 0; lo < n; lo += per {
+		// The record keys first, empty, as the store creates them: a
+		// record is bound to its key's create revision and version.
 		var ops []clientv3.Op
-		for i := lo; i < min(lo+40, n); i++ {
+		for i := lo; i < min(lo+per, n); i++ {
+			ops = append(ops, clientv3.OpPut(k.sa(base+uint64(i)), ""), clientv3.OpPut(k.seq(base+uint64(i)), ""))
+		}
+		created, err := cli.Txn(context.Background()).Then(ops...).Commit()
+		if err != nil {
+			t.Fatal(err)
+		}
+		ops = nil
+		for i := lo; i < min(lo+per, n); i++ {
 			spi := base + uint64(i)
-			v, err := c.Marshal(saName(spi), sampleRecord(spi))
+			at := Binding{created.Header.Revision, 2}
+			v, err := c.Marshal(saName(spi), sampleRecord(spi), at)
 			if err != nil {
 				t.Fatal(err)
 			}
-			ops = append(ops, clientv3.OpPut(k.sa(spi), string(v)), clientv3.OpPut(k.owner(spi), dead.value()),
+			sv, err := c.MarshalReservations(seqName(spi), ReservationsOf(sampleRecord(spi)), at)
+			if err != nil {
+				t.Fatal(err)
+			}
+			ops = append(ops, clientv3.OpPut(k.sa(spi), string(v)), clientv3.OpPut(k.seq(spi), string(sv)), clientv3.OpPut(k.owner(spi), dead.value()),
 				clientv3.OpPut(k.owned(dead.Node, spi), ""))
 		}
 		if _, err := cli.Txn(context.Background()).Then(ops...).Commit(); err != nil {

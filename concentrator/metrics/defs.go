@@ -94,6 +94,7 @@ var (
 	dStoreRegistered = gaugeDef("statestore_registered", "1 while the node holds a live registration.")
 	dStoreQueued     = gaugeDef("statestore_queued_changes", "SA state changes waiting to be written.")
 	dStoreTxns       = counterDef("statestore_txns_total", "etcd transactions issued by the state store.")
+	dStoreRollbacks  = counterDef("statestore_rollbacks_total", "Sealed SA records refused because an older value was put back in etcd (not restored).")
 
 	// The data plane.
 	dInstallFailures = counterDef("dataplane_install_failures_total", "CHILD SAs the data plane failed to install.", "dataplane")

@@ -94,6 +94,7 @@ type StateStore struct {
 	Registered bool
 	Queued     int
 	Txns       uint64
+	Rollbacks  uint64 // sealed records refused as rolled back
 }
 
 // DataPlane is the data plane's name, install failures and, when it is a
@@ -332,6 +333,7 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 		gauge(dStoreRegistered, b2f(ss.Registered))
 		gauge(dStoreQueued, float64(ss.Queued))
 		counter(dStoreTxns, ss.Txns)
+		counter(dStoreRollbacks, ss.Rollbacks)
 	}
 
 	// The data plane.

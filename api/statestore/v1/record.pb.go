@@ -30,16 +30,27 @@ const (
 // Record is the value stored under sa/<local IKE SPI>.
 type Record struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	// Layout version of this record; statestore writes 1.
+	// Layout version of this record; statestore writes 2 and reads 1 (the
+	// layout without create_revision and key_version, rewritten as 2 on the
+	// next write or by a rewrap).
 	Version uint32 `protobuf:"varint,1,opt,name=version,proto3" json:"version,omitempty"`
 	// Everything that is not secret, in the clear (operators can list it).
 	Sa *IKESA `protobuf:"bytes,2,opt,name=sa,proto3" json:"sa,omitempty"`
 	// Id of the cluster key that sealed `sealed`.
 	KeyId uint32 `protobuf:"varint,3,opt,name=key_id,json=keyId,proto3" json:"key_id,omitempty"`
-	// 12-byte nonce || AES-GCM(Secrets), AAD = record key || 0 || bytes of `sa`.
-	Sealed        []byte `protobuf:"bytes,4,opt,name=sealed,proto3" json:"sealed,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	// 12-byte nonce || AES-GCM(Secrets), AAD = record key || 0 || bytes of
+	// `sa` || create_revision || key_version (each 8 bytes, big-endian;
+	// version 1: without them).
+	Sealed []byte `protobuf:"bytes,4,opt,name=sealed,proto3" json:"sealed,omitempty"`
+	// The etcd create revision of the key the record is stored under, and
+	// the version the write gave that key. A reader requires both to equal
+	// the key's metadata as read: an older value put back (the version moved
+	// on) or a key deleted and created again (the create revision moved on)
+	// is refused as rolled back.
+	CreateRevision int64 `protobuf:"varint,5,opt,name=create_revision,json=createRevision,proto3" json:"create_revision,omitempty"`
+	KeyVersion     int64 `protobuf:"varint,6,opt,name=key_version,json=keyVersion,proto3" json:"key_version,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
 }
 
 func (x *Record) Reset() {
@@ -98,6 +109,20 @@ func (x *Record) GetSealed() []byte {
 		return x.Sealed
 	}
 	return nil
+}
+
+func (x *Record) GetCreateRevision() int64 {
+	if x != nil {
+		return x.CreateRevision
+	}
+	return 0
+}
+
+func (x *Record) GetKeyVersion() int64 {
+	if x != nil {
+		return x.KeyVersion
+	}
+	return 0
 }
 
 type Suite struct {
@@ -728,16 +753,20 @@ func (x *Child) GetSeqBlock() uint64 {
 // Laid out like Record, so the same code splits both.
 type SeqRecord struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	// Layout version; statestore writes 1.
+	// Layout version; as Record.version.
 	Version      uint32        `protobuf:"varint,1,opt,name=version,proto3" json:"version,omitempty"`
 	Reservations *Reservations `protobuf:"bytes,2,opt,name=reservations,proto3" json:"reservations,omitempty"`
 	// Id of the cluster key that authenticates `reservations`.
 	KeyId uint32 `protobuf:"varint,3,opt,name=key_id,json=keyId,proto3" json:"key_id,omitempty"`
 	// 12-byte nonce || AES-GCM tag over nothing, AAD = key name || 0 ||
-	// bytes of `reservations`: a lowered reservation would reuse nonces.
-	Sealed        []byte `protobuf:"bytes,4,opt,name=sealed,proto3" json:"sealed,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	// bytes of `reservations` || create_revision || key_version: a lowered
+	// reservation would reuse nonces.
+	Sealed []byte `protobuf:"bytes,4,opt,name=sealed,proto3" json:"sealed,omitempty"`
+	// As in Record.
+	CreateRevision int64 `protobuf:"varint,5,opt,name=create_revision,json=createRevision,proto3" json:"create_revision,omitempty"`
+	KeyVersion     int64 `protobuf:"varint,6,opt,name=key_version,json=keyVersion,proto3" json:"key_version,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
 }
 
 func (x *SeqRecord) Reset() {
@@ -796,6 +825,20 @@ func (x *SeqRecord) GetSealed() []byte {
 		return x.Sealed
 	}
 	return nil
+}
+
+func (x *SeqRecord) GetCreateRevision() int64 {
+	if x != nil {
+		return x.CreateRevision
+	}
+	return 0
+}
+
+func (x *SeqRecord) GetKeyVersion() int64 {
+	if x != nil {
+		return x.KeyVersion
+	}
+	return 0
 }
 
 type Reservations struct {
@@ -1199,12 +1242,15 @@ var File_api_statestore_v1_record_proto protoreflect.FileDescriptor
 
 const file_api_statestore_v1_record_proto_rawDesc = "" +
 	"\n" +
-	"\x1eapi/statestore/v1/record.proto\x12\x16ikefleet.statestore.v1\"\x80\x01\n" +
+	"\x1eapi/statestore/v1/record.proto\x12\x16ikefleet.statestore.v1\"\xca\x01\n" +
 	"\x06Record\x12\x18\n" +
 	"\aversion\x18\x01 \x01(\rR\aversion\x12-\n" +
 	"\x02sa\x18\x02 \x01(\v2\x1d.ikefleet.statestore.v1.IKESAR\x02sa\x12\x15\n" +
 	"\x06key_id\x18\x03 \x01(\rR\x05keyId\x12\x16\n" +
-	"\x06sealed\x18\x04 \x01(\fR\x06sealed\"\xa4\x01\n" +
+	"\x06sealed\x18\x04 \x01(\fR\x06sealed\x12'\n" +
+	"\x0fcreate_revision\x18\x05 \x01(\x03R\x0ecreateRevision\x12\x1f\n" +
+	"\vkey_version\x18\x06 \x01(\x03R\n" +
+	"keyVersion\"\xa4\x01\n" +
 	"\x05Suite\x12\x12\n" +
 	"\x04encr\x18\x01 \x01(\rR\x04encr\x12 \n" +
 	"\fencr_key_len\x18\x02 \x01(\rR\n" +
@@ -1269,12 +1315,15 @@ const file_api_statestore_v1_record_proto_rawDesc = "" +
 	" \x01(\x03R\trekeyAtMs\x126\n" +
 	"\x05local\x18\v \x01(\v2 .ikefleet.statestore.v1.EndpointR\x05local\x128\n" +
 	"\x06remote\x18\f \x01(\v2 .ikefleet.statestore.v1.EndpointR\x06remote\x12\x1b\n" +
-	"\tseq_block\x18\r \x01(\x04R\bseqBlock\"\x9e\x01\n" +
+	"\tseq_block\x18\r \x01(\x04R\bseqBlock\"\xe8\x01\n" +
 	"\tSeqRecord\x12\x18\n" +
 	"\aversion\x18\x01 \x01(\rR\aversion\x12H\n" +
 	"\freservations\x18\x02 \x01(\v2$.ikefleet.statestore.v1.ReservationsR\freservations\x12\x15\n" +
 	"\x06key_id\x18\x03 \x01(\rR\x05keyId\x12\x16\n" +
-	"\x06sealed\x18\x04 \x01(\fR\x06sealed\"\xb4\x01\n" +
+	"\x06sealed\x18\x04 \x01(\fR\x06sealed\x12'\n" +
+	"\x0fcreate_revision\x18\x05 \x01(\x03R\x0ecreateRevision\x12\x1f\n" +
+	"\vkey_version\x18\x06 \x01(\x03R\n" +
+	"keyVersion\"\xb4\x01\n" +
 	"\fReservations\x12*\n" +
 	"\x11next_out_reserved\x18\x01 \x01(\rR\x0fnextOutReserved\x12D\n" +
 	"\bchildren\x18\x02 \x03(\v2(.ikefleet.statestore.v1.ChildReservationR\bchildren\x12\x17\n" +
