@@ -43,9 +43,10 @@ func (n *Node) runShard(ctx context.Context, s *shard) {
 	// flood on (ike.Cookies.Screen): the secret exists from the start.
 	s.eng.RenewCookieSecret(n.clock.Mono())
 	for {
-		// Queued IKE_AUTHs and messages of established SAs before new
-		// IKE_SA_INITs (shardQueue.next); after prioStreak packets in a
-		// row, one wait on everything, so timers and calls get their turn.
+		// Queued IKE_AUTHs and messages of established SAs before
+		// cookie-proven new IKE_SA_INITs, and those before other new ones
+		// (shardQueue.next); after prioStreak packets in a row, one wait
+		// on everything, so timers and calls get their turn.
 		var pkt ike.Packet
 		ok := false
 		if streak < prioStreak {

@@ -1,12 +1,14 @@
 package concentrator
 
 // The UDP socket loops: IKE on port 500 and 4500 (with the non-ESP marker),
-// NAT-T keepalives, and user-space ESP handed to the data plane. Sockets
-// are read a batch of datagrams at a time (recvmmsg) into buffers sized by
-// ike.socket_buffer; each shard queues new IKE_SA_INITs apart from the
-// rest and serves the rest first. While a shard demands cookies, the
-// socket loop answers new IKE_SA_INITs without one itself and queues
-// those with a valid one with the rest (ike.Cookies.Screen).
+// NAT-T keepalives, and user-space ESP handed to the data plane. Each
+// socket is read by several goroutines (socketReaders), a batch of
+// datagrams at a time (recvmmsg), into buffers sized by ike.socket_buffer;
+// each shard queues new IKE_SA_INITs apart from the rest and serves the
+// rest first. While a shard demands cookies (among other reasons, because
+// its queue of new IKE_SA_INITs backs up), the socket loop answers new
+// IKE_SA_INITs without one itself and queues those with a valid one apart,
+// after the rest and before other new ones (ike.Cookies.Screen).
 
 import (
 	"encoding/binary"
@@ -35,7 +37,7 @@ const (
 	readBatchLen  = 16    // datagrams per recvmmsg
 	spiShardShift = 44    // IKE SPI bits 44..51 name the shard
 	spiShardMask  = uint64(0xff) << spiShardShift
-	prioStreak    = 64 // packets served from the priority queue before timers and new SAs get a look
+	prioStreak    = 64 // packets served from the queues in a row before timers and calls get a look
 	// initBacklog: new IKE_SA_INITs waiting in a shard's queue from which
 	// on the shard demands cookies whatever its number of half-open SAs
 	// (ike.Cookies.Demand): each of them may cost a key exchange, and a
