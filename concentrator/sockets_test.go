@@ -503,3 +503,88 @@ func TestSocketReadersInParallel(t *testing.T) {
 		t.Fatalf("%d unanswered, queue drops %+v", len(want), rs)
 	}
 }
+
+// A mass restart: cookie-proven IKE_SA_INITs (each a key exchange) queued
+// before a message for an existing SA are still served after it. The
+// message stands in for an established SA's liveness check: a later
+// major version, which the engine answers without keys.
+func TestProvenRequestsAfterEstablishedTraffic(t *testing.T) {
+	n, _ := startNode(t, 1, "  cookie_threshold: 0\n")
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	cc := newCookieClient(t, n.IKEAddr())
+	s := n.shards[0]
+	const restart = 30
+	var proven [][]byte
+	for spi := uint64(1); len(proven) < restart; spi++ {
+		req := cookieInit(spi<<8|0x77, nil)
+		if n.shardFor(req) != s {
+			continue
+		}
+		cc.send(req)
+		cc.c.SetReadDeadline(time.Now().Add(30 * time.Second)) // a bound, not a measure
+		nb, _, err := cc.c.ReadFromUDPAddrPort(cc.buf)
+		if err != nil {
+			t.Fatal(err)
+		}
+		m, err := ike.Decode(append([]byte(nil), cc.buf[:nb]...))
+		if err != nil {
+			t.Fatal(err)
+		}
+		var cookie []byte
+		for _, p := range m.Payloads {
+			if nt, ok := p.(*ike.Notify); ok && nt.NotifyType == ike.COOKIE {
+				cookie = nt.Data
+			}
+		}
+		if cookie == nil {
+			t.Fatalf("no cookie demanded of %016x", spi<<8|0x77)
+		}
+		proven = append(proven, cookieInit(spi<<8|0x77, cookie))
+	}
+	started, release := make(chan struct{}), make(chan struct{})
+	go n.do(ctx, s, func() { close(started); <-release })
+	<-started
+	released := false
+	defer func() {
+		if !released {
+			close(release)
+		}
+	}()
+	for _, r := range proven {
+		cc.send(r)
+	}
+	for len(s.q.proven) < restart && ctx.Err() == nil {
+		time.Sleep(10 * time.Millisecond)
+	}
+	const existing = 0x0a0b0c0d0e0f1011
+	msg := header(existing, uint64(s.id)<<spiShardShift|0x1234, ike.INFORMATIONAL, ike.FlagInitiator)
+	msg[17] = 0x30                         // major version 3
+	msg = append(msg, make([]byte, 32)...) // room for the answer (never larger than the request)
+	binary.BigEndian.PutUint32(msg[24:], uint32(len(msg)))
+	cc.send(msg)
+	for len(s.q.prio) < 1 && ctx.Err() == nil {
+		time.Sleep(10 * time.Millisecond)
+	}
+	if p, q := len(s.q.prio), len(s.q.proven); p != 1 || q != restart {
+		t.Fatalf("queued: %d in the priority queue (want 1), %d proven (want %d)", p, q, restart)
+	}
+	close(release)
+	released = true
+	spi, _ := cc.answer()
+	if spi != existing {
+		t.Fatalf("first answer for %016x: a new SA was served before the existing SA's message", spi)
+	}
+	for range restart {
+		if spi, cookie := cc.answer(); spi == existing || cookie {
+			t.Fatalf("answer for %016x (cookie %v), want a proven request's IKE_SA_INIT response", spi, cookie)
+		}
+	}
+	st, err := n.Stats(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.HalfOpen != restart {
+		t.Fatalf("half-open %d, want %d", st.HalfOpen, restart)
+	}
+}
