@@ -64,12 +64,7 @@ func (s nodeSource) Probe() lb.Probe {
 	}
 	n.front.mu.Unlock()
 	for _, sh := range n.shards {
-		q := sh.q
-		c := cap(q.prio) + cap(q.init)
-		if c == 0 {
-			continue
-		}
-		if f := float64(len(q.prio)+len(q.init)) / float64(c); f > p.QueueFill {
+		if f := sh.q.fill(); f > p.QueueFill {
 			p.QueueFill = f
 		}
 	}

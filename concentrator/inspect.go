@@ -13,6 +13,23 @@ import (
 func (n *Node) logEvent(s *shard, ev ike.Event) {
 	n.obs.events.Observe(ev)
 	n.publishEvent(ev) // the admin API's event feed (events.go)
+	if kind, level, ok := perPacketKind(ev); ok {
+		// Formatted only when not suppressed: under a flood the socket
+		// loop logs a cookie demand per datagram.
+		n.plog.LogLazy(context.Background(), level, kind, ev.Kind.String(), func() []any { return eventAttrs(s, ev) })
+		return
+	}
+	attrs := eventAttrs(s, ev)
+	switch ev.Kind {
+	case ike.EventIKEFailed, ike.EventChildFailed:
+		n.log.Warn(ev.Kind.String(), attrs...)
+	default:
+		n.log.Info(ev.Kind.String(), attrs...)
+	}
+}
+
+// eventAttrs are an event's log attributes.
+func eventAttrs(s *shard, ev ike.Event) []any {
 	attrs := []any{"spi_i", fmt.Sprintf("%016x", ev.SPIi), "spi_r", fmt.Sprintf("%016x", ev.SPIr),
 		"peer", ev.Remote.String(), "shard", s.id}
 	if !ev.PeerID.IsZero() {
@@ -35,16 +52,7 @@ func (n *Node) logEvent(s *shard, ev ike.Event) {
 			attrs = append(attrs, "vip", c.VirtualIP.String())
 		}
 	}
-	if kind, level, ok := perPacketKind(ev); ok {
-		n.plog.Log(context.Background(), level, kind, ev.Kind.String(), attrs...)
-		return
-	}
-	switch ev.Kind {
-	case ike.EventIKEFailed, ike.EventChildFailed:
-		n.log.Warn(ev.Kind.String(), attrs...)
-	default:
-		n.log.Info(ev.Kind.String(), attrs...)
-	}
+	return attrs
 }
 
 func childAttrs(spii, spir uint64, peer ike.Identity, c *ike.ChildSA, extra ...any) []any {

@@ -153,7 +153,7 @@ func New(cfg Config, log *slog.Logger, dp dataplane.DataPlane, opts ...Option) (
 			sc.ESPSPITagMask = uint32((1<<espBits)-1) << (32 - espBits)
 			sc.ESPSPITag = uint32(i) << (32 - espBits)
 		}
-		sh := &shard{id: i, q: newShardQueue(shardQueueLen, initQueueLen), calls: make(chan func()),
+		sh := &shard{id: i, q: newShardQueue(shardQueueLen, shardQueueLen, initQueueLen), calls: make(chan func()),
 			watch: map[uint32]time.Time{}, ikeSPIs: make(chan uint64, spiPoolLen), espSPIs: make(chan uint32, spiPoolLen),
 			commits: commits{wake: make(chan struct{}, 1)}}
 		sc.IKESPIs = func() (uint64, bool) {
@@ -440,8 +440,14 @@ func (n *Node) Run(ctx context.Context) error {
 	}
 	var readers sync.WaitGroup
 	for _, c := range conns {
-		readers.Add(1)
-		go func() { defer readers.Done(); n.readLoop(c) }()
+		nr := 1 // another transport (an in-memory network): one reader
+		if _, ok := c.(*transport.UDPConn); ok {
+			nr = socketReaders()
+		}
+		for range nr {
+			readers.Add(1)
+			go func() { defer readers.Done(); n.readLoop(c) }()
+		}
 	}
 	<-ctx.Done()
 	for _, c := range conns {

@@ -147,7 +147,7 @@ func (n *Node) metricsSnapshot(ctx context.Context) (metrics.Snapshot, error) {
 			var m metrics.Shard
 			err := n.do(ctx, sh, func() {
 				m.Stats = sh.eng.Stats()
-				m.CookiesActive = m.Stats.HalfOpen >= sh.eng.Config().CookieThreshold
+				m.CookiesActive = sh.eng.Cookies().UnderPressure(n.clock.Mono())
 				m.States = map[string]int{}
 				sh.eng.Each(func(sa *ike.IKESA) bool {
 					m.States[sa.State()]++

@@ -39,10 +39,14 @@ func (n *Node) runShard(ctx context.Context, s *shard) {
 	defer watchTick.Stop()
 	var rd ike.Ready
 	streak := 0
+	// The socket loop answers with cookies from the first request of a
+	// flood on (ike.Cookies.Screen): the secret exists from the start.
+	s.eng.RenewCookieSecret(n.clock.Mono())
 	for {
-		// Queued IKE_AUTHs and messages of established SAs before new
-		// IKE_SA_INITs (shardQueue.next); after prioStreak packets in a
-		// row, one wait on everything, so timers and calls get their turn.
+		// Queued IKE_AUTHs and messages of established SAs before
+		// cookie-proven new IKE_SA_INITs, and those before other new ones
+		// (shardQueue.next); after prioStreak packets in a row, one wait
+		// on everything, so timers and calls get their turn.
 		var pkt ike.Packet
 		ok := false
 		if streak < prioStreak {
@@ -58,6 +62,8 @@ func (n *Node) runShard(ctx context.Context, s *shard) {
 				return
 			case pkt := <-s.q.prio:
 				n.handle(s, pkt, &rd)
+			case pkt := <-s.q.proven:
+				s.eng.Handle(n.clock.Mono(), pkt, &rd)
 			case pkt := <-s.q.init:
 				s.eng.Handle(n.clock.Mono(), pkt, &rd)
 			case f := <-s.calls:
@@ -66,6 +72,7 @@ func (n *Node) runShard(ctx context.Context, s *shard) {
 				s.eng.Tick(n.clock.Mono(), &rd)
 			case <-watchTick.C():
 				n.checkWatched(ctx, s)
+				s.eng.RenewCookieSecret(n.clock.Mono())
 			case <-s.commits.wake:
 				n.commitResults(ctx, s)
 			}

@@ -1,12 +1,14 @@
 package concentrator
 
 // The UDP socket loops: IKE on port 500 and 4500 (with the non-ESP marker),
-// NAT-T keepalives, and user-space ESP handed to the data plane. Sockets
-// are read a batch of datagrams at a time (recvmmsg) into buffers sized by
-// ike.socket_buffer; each shard queues new IKE_SA_INITs apart from the
-// rest and serves the rest first. While a shard demands cookies, the
-// socket loop answers new IKE_SA_INITs without one itself and queues
-// those with a valid one with the rest (ike.Cookies.Screen).
+// NAT-T keepalives, and user-space ESP handed to the data plane. Each
+// socket is read by several goroutines (socketReaders), a batch of
+// datagrams at a time (recvmmsg), into buffers sized by ike.socket_buffer;
+// each shard queues new IKE_SA_INITs apart from the rest and serves the
+// rest first. While a shard demands cookies (among other reasons, because
+// its queue of new IKE_SA_INITs backs up), the socket loop answers new
+// IKE_SA_INITs without one itself and queues those with a valid one apart,
+// after the rest and before other new ones (ike.Cookies.Screen).
 
 import (
 	"encoding/binary"
@@ -15,6 +17,8 @@ import (
 	"hash/maphash"
 	"net"
 	"net/netip"
+	"runtime"
+	"sync/atomic"
 
 	"golang.org/x/net/ipv4"
 	"golang.org/x/net/ipv6"
@@ -33,7 +37,12 @@ const (
 	readBatchLen  = 16    // datagrams per recvmmsg
 	spiShardShift = 44    // IKE SPI bits 44..51 name the shard
 	spiShardMask  = uint64(0xff) << spiShardShift
-	prioStreak    = 64 // packets served from the priority queue before timers and new SAs get a look
+	prioStreak    = 64 // packets served from the queues in a row before timers and calls get a look
+	// initBacklog: new IKE_SA_INITs waiting in a shard's queue from which
+	// on the shard demands cookies whatever its number of half-open SAs
+	// (ike.Cookies.Demand): each of them may cost a key exchange, and a
+	// genuine request waits behind them all.
+	initBacklog = 16
 )
 
 // socketConfigurer is implemented by data planes that need to prepare the
@@ -42,25 +51,43 @@ type socketConfigurer interface {
 	ConfigureSocket(c *net.UDPConn, natt bool) error
 }
 
-// shardQueue holds a shard's received IKE messages in two queues: new
-// IKE_SA_INITs, and everything else (IKE_AUTH, messages of established
-// SAs, answers to our requests). The shard serves the second first, so
+// shardQueue holds a shard's received IKE messages in three queues:
+// everything but new SAs (IKE_AUTH, messages of established SAs, answers
+// to our requests); new IKE_SA_INITs whose cookie proved their address;
+// and other new IKE_SA_INITs. The shard serves them in that order, so
 // that under a burst the SAs already half-open complete (and their
-// gateways stop retransmitting) before more are started; a full queue of
-// new SAs drops new SAs only.
+// gateways stop retransmitting) before more are started, and a mass of
+// cookie-proven requests (a mass restart: each costs a key exchange)
+// never stands between the established SAs and their liveness checks,
+// rekeys and deletes. A full queue drops only its own kind.
 type shardQueue struct {
-	prio chan ike.Packet
-	init chan ike.Packet
+	prio   chan ike.Packet
+	proven chan ike.Packet
+	init   chan ike.Packet
 }
 
-func newShardQueue(prioLen, initLen int) shardQueue {
-	return shardQueue{prio: make(chan ike.Packet, prioLen), init: make(chan ike.Packet, initLen)}
+// queueKind names a shard's queue.
+type queueKind int
+
+const (
+	queuePrio   queueKind = iota // not a new SA
+	queueProven                  // a new SA whose cookie proved its address
+	queueNew                     // any other new SA
+)
+
+func newShardQueue(prioLen, provenLen, initLen int) shardQueue {
+	return shardQueue{prio: make(chan ike.Packet, prioLen), proven: make(chan ike.Packet, provenLen),
+		init: make(chan ike.Packet, initLen)}
 }
 
-// push queues pkt without waiting; false: its queue is full.
-func (q *shardQueue) push(pkt ike.Packet, isNew bool) bool {
+// push queues pkt in the queue of its kind without waiting; false: that
+// queue is full.
+func (q *shardQueue) push(pkt ike.Packet, k queueKind) bool {
 	ch := q.prio
-	if isNew {
+	switch k {
+	case queueProven:
+		ch = q.proven
+	case queueNew:
 		ch = q.init
 	}
 	select {
@@ -72,19 +99,28 @@ func (q *shardQueue) push(pkt ike.Packet, isNew bool) bool {
 }
 
 // next returns a queued packet without waiting: the priority queue's
-// first, then a new SA's.
+// first, then a cookie-proven new SA's, then another new SA's.
 func (q *shardQueue) next() (ike.Packet, bool) {
-	select {
-	case pkt := <-q.prio:
-		return pkt, true
-	default:
-	}
-	select {
-	case pkt := <-q.init:
-		return pkt, true
-	default:
+	for _, ch := range [...]chan ike.Packet{q.prio, q.proven, q.init} {
+		select {
+		case pkt := <-ch:
+			return pkt, true
+		default:
+		}
 	}
 	return ike.Packet{}, false
+}
+
+// fill is the share of the queues' room in use.
+func (q *shardQueue) fill() float64 {
+	used, room := 0, 0
+	for _, ch := range [...]chan ike.Packet{q.prio, q.proven, q.init} {
+		used, room = used+len(ch), room+cap(ch)
+	}
+	if room == 0 {
+		return 0
+	}
+	return float64(used) / float64(room)
 }
 
 // isNewSA reports whether an IKE message (header at b) starts a new IKE
@@ -155,6 +191,20 @@ func newBatchReader(c *net.UDPConn, local netip.AddrPort) batchReader {
 	return ipv6.NewPacketConn(c)
 }
 
+// socketReaders is how many goroutines read each UDP socket: the kernel
+// hands each read a batch of its own (the reads themselves take turns),
+// and the batches are sorted, screened and answered in parallel, so that
+// one reader's work is not what a flood's rate is bounded by. Datagrams
+// of one peer may be handled out of order across batches (IKE
+// retransmits and reassembles; ESP has its replay window).
+func socketReaders() int { return min(max(runtime.GOMAXPROCS(0), 2), 8) }
+
+// receiveHook, when set (tests), runs in the reading goroutine after
+// each batch is read, before it is handled.
+var receiveHook atomic.Pointer[func(batch int)]
+
+// readLoop reads c until it is closed; for a UDP socket several run at
+// once (socketReaders).
 func (n *Node) readLoop(c transport.Conn) {
 	local := c.LocalAddr()
 	n.mu.Lock()
@@ -195,6 +245,9 @@ func (n *Node) readLoop(c transport.Conn) {
 			}
 			n.log.Warn("read failed", "local", local.String(), "err", err)
 			continue
+		}
+		if h := receiveHook.Load(); h != nil {
+			(*h)(nm)
 		}
 		for i := range msgs[:nm] {
 			m := &msgs[i]
@@ -265,22 +318,30 @@ func (n *Node) receive(c transport.Conn, b []byte, local, remote netip.AddrPort,
 		n.nonIKEDrops.Add(1)
 		return nil
 	}
-	isNew := isNewSA(b)
-	if isNew {
+	kind := queuePrio
+	if isNewSA(b) {
+		kind = queueNew
+		now := n.clock.Mono()
+		cookies := s.eng.Cookies()
+		if len(s.q.init) >= initBacklog {
+			// The engine falls behind with new SAs: demand cookies
+			// before the half-open SAs reach the threshold.
+			cookies.Demand(now)
+		}
 		// Under pressure a new IKE_SA_INIT is answered here, without
 		// queueing: a flood of them never stands between the engine and
 		// the requests that proved their address with a cookie, which
-		// are queued with the established SAs' messages.
-		switch reply, v := s.eng.Cookies().Screen(n.clock.Mono(), b, remote.Addr()); v {
+		// are queued apart, after the established SAs' messages.
+		switch reply, v := cookies.Screen(now, b, remote.Addr()); v {
 		case ike.ScreenAnswered:
 			n.logEvent(s, ike.Event{Kind: ike.EventCookieSent, SPIi: binary.BigEndian.Uint64(b), Local: local, Remote: remote, Notify: ike.COOKIE})
 			return reply
 		case ike.ScreenProven:
-			isNew = false
+			kind = queueProven
 		}
 	}
-	if !s.q.push(ike.Packet{Local: local, Remote: remote, Data: append([]byte(nil), b...)}, isNew) {
-		if isNew {
+	if !s.q.push(ike.Packet{Local: local, Remote: remote, Data: append([]byte(nil), b...)}, kind) {
+		if kind != queuePrio {
 			n.initDrops.Add(1) // of the queue drops, new SAs
 		}
 		n.countQueueDrop(local, natt, s)

@@ -4,12 +4,14 @@ import (
 	"bytes"
 	"context"
 	"crypto/rand"
+	"encoding/binary"
 	"fmt"
 	"net"
 	"net/netip"
 	"os"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -51,27 +53,40 @@ func TestIsNewSA(t *testing.T) {
 // established SA) before any new IKE_SA_INIT, and a full queue of new SAs
 // refuses only new SAs.
 func TestShardQueueServesAuthBeforeInit(t *testing.T) {
-	q := newShardQueue(4, 8)
+	q := newShardQueue(4, 3, 8)
 	pkt := func(b []byte, tag int) ike.Packet {
 		return ike.Packet{Remote: netip.AddrPortFrom(netip.MustParseAddr("192.0.2.1"), uint16(tag)), Data: b}
 	}
 	initMsg := header(1, 0, ike.IKE_SA_INIT, ike.FlagInitiator)
 	authMsg := header(1, 2, ike.IKE_AUTH, ike.FlagInitiator)
 	for i := 0; i < 8; i++ {
-		if !q.push(pkt(initMsg, i), isNewSA(initMsg)) {
+		if !q.push(pkt(initMsg, i), queueNew) {
 			t.Fatalf("INIT %d refused before the queue was full", i)
 		}
 	}
-	if q.push(pkt(initMsg, 99), isNewSA(initMsg)) {
+	if q.push(pkt(initMsg, 99), queueNew) {
 		t.Fatal("a ninth INIT was queued in a queue of 8")
 	}
-	for i := 0; i < 4; i++ {
-		if !q.push(pkt(authMsg, 100+i), isNewSA(authMsg)) {
-			t.Fatalf("IKE_AUTH %d refused while only the INIT queue was full", i)
+	// A mass restart: cookie-proven requests queued before the
+	// established SAs' messages are still served after them.
+	for i := 0; i < 3; i++ {
+		if !q.push(pkt(initMsg, 50+i), queueProven) {
+			t.Fatalf("proven INIT %d refused while only the INIT queue was full", i)
 		}
 	}
-	if q.push(pkt(authMsg, 200), false) {
+	if q.push(pkt(initMsg, 98), queueProven) {
+		t.Fatal("a fourth proven INIT was queued in a queue of 3")
+	}
+	for i := 0; i < 4; i++ {
+		if !q.push(pkt(authMsg, 100+i), queuePrio) {
+			t.Fatalf("IKE_AUTH %d refused while only the INIT queues were full", i)
+		}
+	}
+	if q.push(pkt(authMsg, 200), queuePrio) {
 		t.Fatal("a fifth IKE_AUTH was queued in a queue of 4")
+	}
+	if f := q.fill(); f != 1 {
+		t.Fatalf("fill %.2f with every queue full", f)
 	}
 	var order []string
 	for {
@@ -85,7 +100,7 @@ func TestShardQueueServesAuthBeforeInit(t *testing.T) {
 		}
 		order = append(order, kind+strconv.Itoa(int(p.Remote.Port())))
 	}
-	want := "auth100 auth101 auth102 auth103 init0 init1 init2 init3 init4 init5 init6 init7"
+	want := "auth100 auth101 auth102 auth103 init50 init51 init52 init0 init1 init2 init3 init4 init5 init6 init7"
 	if got := strings.Join(order, " "); got != want {
 		t.Fatalf("served %s\nwant   %s", got, want)
 	}
@@ -274,7 +289,8 @@ func TestSocketLoopAnswersCookies(t *testing.T) {
 	const spi = 0x1122334455667788
 	req := cookieInit(spi, nil)
 	s := n.shardFor(req)
-	// The first demand comes from the engine (it makes the secret).
+	// The first demand comes from the engine (the socket loop answers
+	// only while the engine demands cookies).
 	if cookieIn(exchange(req)) == nil {
 		t.Fatal("no cookie demanded")
 	}
@@ -291,13 +307,13 @@ func TestSocketLoopAnswersCookies(t *testing.T) {
 	if _, err := c.WriteToUDPAddrPort(proven, n.IKEAddr()); err != nil {
 		t.Fatal(err)
 	}
-	for len(s.q.prio) == 0 && ctx.Err() == nil {
+	for len(s.q.proven) == 0 && ctx.Err() == nil {
 		time.Sleep(10 * time.Millisecond)
 	}
-	prio, init := len(s.q.prio), len(s.q.init)
+	prio, pq, init := len(s.q.prio), len(s.q.proven), len(s.q.init)
 	close(release)
-	if prio != 1 || init != 0 {
-		t.Fatalf("the request with the cookie: %d in the priority queue, %d in the new-SA queue; want 1, 0", prio, init)
+	if prio != 0 || pq != 1 || init != 0 {
+		t.Fatalf("the request with the cookie: %d in the priority queue, %d in the proven queue, %d in the new-SA queue; want 0, 1, 0", prio, pq, init)
 	}
 	c.SetReadDeadline(time.Now().Add(30 * time.Second))
 	nb, _, err := c.ReadFromUDPAddrPort(buf)
@@ -317,5 +333,258 @@ func TestSocketLoopAnswersCookies(t *testing.T) {
 	}
 	if st.CookiesSent != 2 || st.HalfOpen != 1 {
 		t.Fatalf("cookies sent %d (want 2), half-open %d (want 1)", st.CookiesSent, st.HalfOpen)
+	}
+}
+
+// cookieClient is a UDP socket on loopback sending IKE_SA_INIT requests
+// to a node and reading the cookies demanded.
+type cookieClient struct {
+	t   *testing.T
+	c   *net.UDPConn
+	to  netip.AddrPort
+	buf []byte
+}
+
+func newCookieClient(t *testing.T, to netip.AddrPort) *cookieClient {
+	c, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	if err := configureSocket(c, 4<<20); err != nil {
+		t.Fatal(err)
+	}
+	return &cookieClient{t: t, c: c, to: to, buf: make([]byte, 65535)}
+}
+
+func (cc *cookieClient) send(b []byte) {
+	cc.t.Helper()
+	if _, err := cc.c.WriteToUDPAddrPort(b, cc.to); err != nil {
+		cc.t.Fatal(err)
+	}
+}
+
+// answer reads the next answer (within a bound, not a measure) and
+// returns its initiator SPI and whether it demands a cookie.
+func (cc *cookieClient) answer() (spi uint64, cookie bool) {
+	cc.t.Helper()
+	cc.c.SetReadDeadline(time.Now().Add(30 * time.Second))
+	nb, _, err := cc.c.ReadFromUDPAddrPort(cc.buf)
+	if err != nil {
+		cc.t.Fatal(err)
+	}
+	m, err := ike.Decode(append([]byte(nil), cc.buf[:nb]...))
+	if err != nil {
+		cc.t.Fatal(err)
+	}
+	for _, p := range m.Payloads {
+		if nt, ok := p.(*ike.Notify); ok && nt.NotifyType == ike.COOKIE {
+			return m.SPIi, true
+		}
+	}
+	return m.SPIi, false
+}
+
+// A shard whose queue of new IKE_SA_INITs backs up demands cookies, far
+// below its half-open threshold: the socket loop answers the next request
+// itself while the shard is busy, and the engine then answers the queued
+// ones with cookies too instead of computing their key exchanges.
+func TestBackloggedShardDemandsCookies(t *testing.T) {
+	n, _ := startNode(t, 1, "  cookie_threshold: 1000\n")
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	cc := newCookieClient(t, n.IKEAddr())
+	s := n.shards[0]
+	var reqs [][]byte
+	for spi := uint64(1); len(reqs) <= initBacklog; spi++ {
+		if r := cookieInit(spi<<8|0x55, nil); n.shardFor(r) == s {
+			reqs = append(reqs, r)
+		}
+	}
+	started, release := make(chan struct{}), make(chan struct{})
+	go n.do(ctx, s, func() { close(started); <-release })
+	<-started
+	released := false
+	defer func() {
+		if !released {
+			close(release)
+		}
+	}()
+	for _, r := range reqs[:initBacklog] {
+		cc.send(r)
+	}
+	for len(s.q.init) < initBacklog && ctx.Err() == nil {
+		time.Sleep(10 * time.Millisecond)
+	}
+	last := reqs[initBacklog]
+	cc.send(last)
+	spi, cookie := cc.answer()
+	if want := binary.BigEndian.Uint64(last); spi != want || !cookie {
+		t.Fatalf("answer for %016x (cookie %v) while the shard was busy; want a cookie for %016x", spi, cookie, want)
+	}
+	close(release)
+	released = true
+	for range initBacklog {
+		if _, cookie := cc.answer(); !cookie {
+			t.Fatal("a queued request got a key exchange while cookies were demanded")
+		}
+	}
+	st, err := n.Stats(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.HalfOpen != 0 || st.CookiesSent != initBacklog+1 {
+		t.Fatalf("half-open %d (want 0), cookies sent %d (want %d)", st.HalfOpen, st.CookiesSent, initBacklog+1)
+	}
+}
+
+// Several goroutines read each socket: one stalled with its batch does not
+// stop the others, and together they lose nothing (every request of a
+// burst answered once).
+func TestSocketReadersInParallel(t *testing.T) {
+	n, _ := startNode(t, 1, "  cookie_threshold: 0\n")
+	cc := newCookieClient(t, n.IKEAddr())
+	// The engine's first demand starts the socket loop's screening.
+	cc.send(cookieInit(1, nil))
+	if _, cookie := cc.answer(); !cookie {
+		t.Fatal("no cookie demanded")
+	}
+	var calls atomic.Int32
+	stalled, release := make(chan struct{}), make(chan struct{})
+	hook := func(int) {
+		if calls.Add(1) == 1 {
+			close(stalled)
+			<-release
+		}
+	}
+	receiveHook.Store(&hook)
+	defer receiveHook.Store(nil)
+	released := false
+	defer func() {
+		if !released {
+			close(release)
+		}
+	}()
+	cc.send(cookieInit(2, nil))
+	<-stalled
+	cc.send(cookieInit(3, nil))
+	if spi, cookie := cc.answer(); spi != 3 || !cookie {
+		t.Fatalf("with one reader stalled: answer for %d (cookie %v), want a cookie for 3", spi, cookie)
+	}
+	close(release)
+	released = true
+	if spi, cookie := cc.answer(); spi != 2 || !cookie {
+		t.Fatalf("after the stall: answer for %d (cookie %v), want a cookie for 2", spi, cookie)
+	}
+	const burst = 2000
+	want := map[uint64]bool{}
+	for i := range uint64(burst) {
+		want[1000+i] = true
+	}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for i := range uint64(burst) {
+			if _, err := cc.c.WriteToUDPAddrPort(cookieInit(1000+i, nil), cc.to); err != nil {
+				return
+			}
+		}
+	}()
+	for range burst {
+		spi, cookie := cc.answer()
+		if !want[spi] || !cookie {
+			t.Fatalf("answer for %d (cookie %v): not asked, or twice", spi, cookie)
+		}
+		delete(want, spi)
+	}
+	<-done
+	rs := n.ReceiveStats()
+	if rs.QueueDropsNew+rs.QueueDropsOther != 0 || len(want) != 0 {
+		t.Fatalf("%d unanswered, queue drops %+v", len(want), rs)
+	}
+}
+
+// A mass restart: cookie-proven IKE_SA_INITs (each a key exchange) queued
+// before a message for an existing SA are still served after it. The
+// message stands in for an established SA's liveness check: a later
+// major version, which the engine answers without keys.
+func TestProvenRequestsAfterEstablishedTraffic(t *testing.T) {
+	n, _ := startNode(t, 1, "  cookie_threshold: 0\n")
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	cc := newCookieClient(t, n.IKEAddr())
+	s := n.shards[0]
+	const restart = 30
+	var proven [][]byte
+	for spi := uint64(1); len(proven) < restart; spi++ {
+		req := cookieInit(spi<<8|0x77, nil)
+		if n.shardFor(req) != s {
+			continue
+		}
+		cc.send(req)
+		cc.c.SetReadDeadline(time.Now().Add(30 * time.Second)) // a bound, not a measure
+		nb, _, err := cc.c.ReadFromUDPAddrPort(cc.buf)
+		if err != nil {
+			t.Fatal(err)
+		}
+		m, err := ike.Decode(append([]byte(nil), cc.buf[:nb]...))
+		if err != nil {
+			t.Fatal(err)
+		}
+		var cookie []byte
+		for _, p := range m.Payloads {
+			if nt, ok := p.(*ike.Notify); ok && nt.NotifyType == ike.COOKIE {
+				cookie = nt.Data
+			}
+		}
+		if cookie == nil {
+			t.Fatalf("no cookie demanded of %016x", spi<<8|0x77)
+		}
+		proven = append(proven, cookieInit(spi<<8|0x77, cookie))
+	}
+	started, release := make(chan struct{}), make(chan struct{})
+	go n.do(ctx, s, func() { close(started); <-release })
+	<-started
+	released := false
+	defer func() {
+		if !released {
+			close(release)
+		}
+	}()
+	for _, r := range proven {
+		cc.send(r)
+	}
+	for len(s.q.proven) < restart && ctx.Err() == nil {
+		time.Sleep(10 * time.Millisecond)
+	}
+	const existing = 0x0a0b0c0d0e0f1011
+	msg := header(existing, uint64(s.id)<<spiShardShift|0x1234, ike.INFORMATIONAL, ike.FlagInitiator)
+	msg[17] = 0x30                         // major version 3
+	msg = append(msg, make([]byte, 32)...) // room for the answer (never larger than the request)
+	binary.BigEndian.PutUint32(msg[24:], uint32(len(msg)))
+	cc.send(msg)
+	for len(s.q.prio) < 1 && ctx.Err() == nil {
+		time.Sleep(10 * time.Millisecond)
+	}
+	if p, q := len(s.q.prio), len(s.q.proven); p != 1 || q != restart {
+		t.Fatalf("queued: %d in the priority queue (want 1), %d proven (want %d)", p, q, restart)
+	}
+	close(release)
+	released = true
+	spi, _ := cc.answer()
+	if spi != existing {
+		t.Fatalf("first answer for %016x: a new SA was served before the existing SA's message", spi)
+	}
+	for range restart {
+		if spi, cookie := cc.answer(); spi == existing || cookie {
+			t.Fatalf("answer for %016x (cookie %v), want a proven request's IKE_SA_INIT response", spi, cookie)
+		}
+	}
+	st, err := n.Stats(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.HalfOpen != restart {
+		t.Fatalf("half-open %d, want %d", st.HalfOpen, restart)
 	}
 }

@@ -62,6 +62,13 @@ func (c *Cookies) UnderPressure(now time.Time) bool {
 // demand notes that a cookie was demanded at now.
 func (c *Cookies) demand(now time.Time) { c.demanded.Store(now.UnixNano()) }
 
+// Demand makes the engine and Screen demand cookies from now for a
+// half-open timeout, whatever the number of half-open SAs: the caller saw
+// the engine's queue of new IKE_SA_INIT requests back up. Below the
+// threshold each spoofed request would cost a Diffie-Hellman, and the
+// genuine ones would wait behind them.
+func (c *Cookies) Demand(now time.Time) { c.demand(now) }
+
 // Screen looks at a datagram b (an IKE message, without the non-ESP
 // marker) from remote, as the engine would for an IKE_SA_INIT request
 // under pressure, without decoding it into payloads and without touching
@@ -188,6 +195,16 @@ func (e *Engine) currentCookie(now time.Time) byte {
 	if !cur.until.IsZero() && !now.After(cur.until) {
 		return cur.version
 	}
+	return e.newCookieSecret(now)
+}
+
+// newCookieSecret makes a new current secret; the current one becomes the
+// previous one.
+func (e *Engine) newCookieSecret(now time.Time) byte {
+	c := e.cookies
+	c.mu.RLock()
+	cur := c.secrets[0]
+	c.mu.RUnlock()
 	var next cookieSecret
 	e.read(next.key[:])
 	next.version = cur.version + 1
@@ -196,6 +213,26 @@ func (e *Engine) currentCookie(now time.Time) byte {
 	c.secrets[1], c.secrets[0] = c.secrets[0], next
 	c.mu.Unlock()
 	return next.version
+}
+
+// cookieRenewMargin: RenewCookieSecret replaces the current secret this
+// long before it expires, so that Screen always has one to answer with.
+const cookieRenewMargin = cookieLifetime / 5
+
+// RenewCookieSecret makes the cookie secret if there is none yet, and
+// replaces it (keeping it as the previous one) when it expires within
+// cookieRenewMargin. The caller calls it at start and now and then, so
+// that the socket reader can answer with cookies (Screen) from the first
+// request on, before the engine ever demanded one.
+func (e *Engine) RenewCookieSecret(now time.Time) {
+	c := e.cookies
+	c.mu.RLock()
+	until := c.secrets[0].until
+	c.mu.RUnlock()
+	if !until.IsZero() && now.Before(until.Add(-cookieRenewMargin)) {
+		return
+	}
+	e.newCookieSecret(now)
 }
 
 // publishPressure tells Screen whether the half-open SAs are at the

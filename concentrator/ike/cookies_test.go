@@ -138,3 +138,63 @@ func FuzzScreen(f *testing.F) {
 		}
 	})
 }
+
+// With the secret made ahead (RenewCookieSecret) and cookies demanded by
+// the caller (Demand: its queue of new requests backed up), Screen
+// answers the very first request below the half-open threshold, and the
+// engine demands a cookie too instead of computing a key exchange; once
+// the demand's hold has passed, requests are admitted again. The secret
+// is replaced before it expires and the previous one still opens.
+func TestDemandBelowThreshold(t *testing.T) {
+	rcfg := responderConfig(t, 1)
+	rcfg.CookieThreshold = 1000
+	rcfg.HalfOpenTimeout = 10 * time.Second
+	e, err := NewEngine(rcfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := e.Cookies()
+	src := netip.MustParseAddrPort("198.51.100.7:500")
+	e.RenewCookieSecret(t0)
+	if _, v := c.Screen(t0, attackerInit(1, nil, 0), src.Addr()); v != ScreenQueue {
+		t.Fatalf("below the threshold, not demanded: %v", v)
+	}
+	c.Demand(t0)
+	reply, v := c.Screen(t0, attackerInit(2, nil, 0), src.Addr())
+	if v != ScreenAnswered {
+		t.Fatalf("demanded below the threshold: %v", v)
+	}
+	m, err := Decode(reply)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cookie := findNotify(m.Payloads, COOKIE)
+	if cookie == nil {
+		t.Fatal("no cookie in the answer")
+	}
+	// The engine demands one of a request queued before the demand.
+	if cookieOf(R(func(rd *Ready) {
+		e.Handle(t0, Packet{Local: concAddr, Remote: src, Data: attackerInit(3, nil, 0)}, rd)
+	})) == nil {
+		t.Fatal("the engine computed a key exchange while cookies were demanded")
+	}
+	if st := e.Stats(); st.HalfOpen != 0 || st.CookiesSent != 2 {
+		t.Fatalf("half-open %d (want 0), cookies sent %d (want 2)", st.HalfOpen, st.CookiesSent)
+	}
+	// Renewed before it expires: the old cookie still opens.
+	later := t0.Add(cookieLifetime - cookieRenewMargin + time.Second)
+	e.RenewCookieSecret(later)
+	c.Demand(later)
+	if _, v := c.Screen(later, attackerInit(2, cookie.Data, 0), src.Addr()); v != ScreenProven {
+		t.Fatalf("cookie of the previous secret: %v", v)
+	}
+	c.Demand(later.Add(cookieRenewMargin))
+	if _, v := c.Screen(later.Add(cookieRenewMargin), attackerInit(4, nil, 0), src.Addr()); v != ScreenAnswered {
+		t.Fatalf("after the old secret's expiry, renewed ahead: %v", v)
+	}
+	// The demand's hold over: admitted without a cookie.
+	after := later.Add(cookieRenewMargin + rcfg.HalfOpenTimeout + time.Second)
+	if _, v := c.Screen(after, attackerInit(5, nil, 0), src.Addr()); v != ScreenQueue {
+		t.Fatalf("hold over: %v", v)
+	}
+}

@@ -49,7 +49,7 @@ type Shard struct {
 	Stats         ike.Stats
 	States        map[string]int // IKE SAs by state (ike.IKESA.State names)
 	ChildSAs      int
-	CookiesActive bool // half-open SAs at or above the shard's cookie threshold
+	CookiesActive bool // the shard demands cookies (ike.Cookies.UnderPressure)
 }
 
 // Node holds the node's own counters.

@@ -74,7 +74,7 @@ ikefleet_child_sas 14
 # HELP ikefleet_half_open_sas Half-open IKE SAs (IKE_SA_INIT answered, IKE_AUTH not done).
 # TYPE ikefleet_half_open_sas gauge
 ikefleet_half_open_sas 3
-# HELP ikefleet_cookies_active 1 while the shard demands cookies (half-open SAs at or above its share of ike.cookie_threshold).
+# HELP ikefleet_cookies_active 1 while the shard demands cookies: half-open SAs at its share of ike.cookie_threshold, its queue of new IKE_SA_INITs backed up, or within ike.half_open_timeout of the last cookie demanded.
 # TYPE ikefleet_cookies_active gauge
 ikefleet_cookies_active{shard="0"} 1
 ikefleet_cookies_active{shard="1"} 0

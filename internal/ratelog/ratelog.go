@@ -64,6 +64,27 @@ func (l *Logger) Log(ctx context.Context, level slog.Level, kind, msg string, ar
 	l.L.Log(ctx, level, msg, args...)
 }
 
+// LogLazy is Log with the arguments made by args only for a line that is
+// written: a suppressed event costs no formatting.
+func (l *Logger) LogLazy(ctx context.Context, level slog.Level, kind, msg string, args func() []any) {
+	if !l.L.Enabled(ctx, level) {
+		return
+	}
+	if l.rate <= 0 {
+		l.L.Log(ctx, level, msg, args()...)
+		return
+	}
+	ok, k := l.allow(kind, level, msg)
+	if !ok {
+		return
+	}
+	a := args()
+	if k > 0 {
+		a = append(a, "suppressed", k)
+	}
+	l.L.Log(ctx, level, msg, a...)
+}
+
 func (l *Logger) allow(kind string, level slog.Level, msg string) (bool, uint64) {
 	now := l.now()
 	l.mu.Lock()

@@ -87,3 +87,23 @@ func TestUnlimited(t *testing.T) {
 		t.Fatalf("%d lines", n)
 	}
 }
+
+// LogLazy makes the arguments only for the lines it writes, and they carry
+// the suppressed count like Log's.
+func TestLazyArgsOnlyForWrittenLines(t *testing.T) {
+	var buf bytes.Buffer
+	l := New(slog.New(slog.NewTextHandler(&buf, nil)), 1, 2)
+	now := time.Unix(0, 0)
+	l.SetClock(func() time.Time { return now })
+	made := 0
+	args := func() []any { made++; return []any{"peer", "192.0.2.1"} }
+	for i := 0; i < 1000; i++ {
+		l.LogLazy(context.Background(), slog.LevelInfo, "cookie", "cookie demanded", args)
+	}
+	now = now.Add(time.Second)
+	l.LogLazy(context.Background(), slog.LevelInfo, "cookie", "cookie demanded", args)
+	out := buf.String()
+	if made != 3 || strings.Count(out, "\n") != 3 || !strings.Contains(out, "peer=192.0.2.1 suppressed=998") {
+		t.Fatalf("arguments made %d times (want 3), output %q", made, out)
+	}
+}
