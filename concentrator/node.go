@@ -441,7 +441,7 @@ func (n *Node) Run(ctx context.Context) error {
 	var readers sync.WaitGroup
 	for _, c := range conns {
 		nr := 1 // another transport (an in-memory network): one reader
-		if _, ok := c.(*transport.UDPConn); ok {
+		if _, ok := c.(*transport.UDPConn); ok && !n.carriesESP(c) {
 			nr = socketReaders()
 		}
 		for range nr {

@@ -199,12 +199,25 @@ func newBatchReader(c *net.UDPConn, local netip.AddrPort) batchReader {
 // retransmits and reassembles; ESP has its replay window).
 func socketReaders() int { return min(max(runtime.GOMAXPROCS(0), 2), 8) }
 
+// carriesESP: c is a NAT-T socket whose ESP-in-UDP the node decrypts
+// itself (a user-space data plane). Such a socket keeps one reader: ESP
+// handled out of order across batches would pass the replay window but
+// reorder the tunnel's traffic (TCP inside takes reordering for loss).
+// With the kernel's ESP (xfrm) the socket carries IKE only.
+func (n *Node) carriesESP(c transport.Conn) bool {
+	_, esp := n.dp.(dataplane.ESPHandler)
+	n.mu.Lock()
+	natt := n.natt[c.LocalAddr()]
+	n.mu.Unlock()
+	return esp && natt
+}
+
 // receiveHook, when set (tests), runs in the reading goroutine after
 // each batch is read, before it is handled.
 var receiveHook atomic.Pointer[func(batch int)]
 
-// readLoop reads c until it is closed; for a UDP socket several run at
-// once (socketReaders).
+// readLoop reads c until it is closed; for a UDP socket that carries no
+// user-space ESP several run at once (socketReaders).
 func (n *Node) readLoop(c transport.Conn) {
 	local := c.LocalAddr()
 	n.mu.Lock()
