@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net"
 	"net/url"
+	"syscall"
 	"time"
 
 	"go.etcd.io/etcd/client/pkg/v3/transport"
@@ -88,25 +89,38 @@ func StartEmbedded(cfg EmbedConfig) (*Embedded, error) {
 	if cfg.SnapshotCatchUpEntries == 0 {
 		cfg.SnapshotCatchUpEntries = DefaultEmbedSnapshotCatchUpEntries
 	}
-	var err error
-	if cfg.ClientAddr, err = freeAddr(cfg.ClientAddr); err != nil {
-		return nil, err
-	}
-	if cfg.PeerAddr, err = freeAddr(cfg.PeerAddr); err != nil {
-		return nil, err
-	}
 	scheme := "http"
 	if cfg.CertFile != "" {
 		scheme = "https"
 	}
-	m := &Embedded{cfg: cfg,
-		clientURL: url.URL{Scheme: scheme, Host: cfg.ClientAddr},
-		peerURL:   url.URL{Scheme: "http", Host: cfg.PeerAddr}}
-	if err := m.start(); err != nil {
-		return nil, err
+	// A port picked here (no address configured) is free when picked and
+	// may be taken by another process before etcd binds it: then pick
+	// again, a few times.
+	picked := cfg.ClientAddr == "" || cfg.PeerAddr == ""
+	for try := 1; ; try++ {
+		c := cfg
+		var err error
+		if c.ClientAddr, err = pickAddr(cfg.ClientAddr); err != nil {
+			return nil, err
+		}
+		if c.PeerAddr, err = pickAddr(cfg.PeerAddr); err != nil {
+			return nil, err
+		}
+		m := &Embedded{cfg: c,
+			clientURL: url.URL{Scheme: scheme, Host: c.ClientAddr},
+			peerURL:   url.URL{Scheme: "http", Host: c.PeerAddr}}
+		err = m.start()
+		if err == nil {
+			return m, nil
+		}
+		if !picked || try == 3 || !errors.Is(err, syscall.EADDRINUSE) {
+			return nil, err
+		}
 	}
-	return m, nil
 }
+
+// pickAddr is freeAddr (tests replace it).
+var pickAddr = freeAddr
 
 // freeAddr returns addr, or a free loopback port when addr is empty.
 func freeAddr(addr string) (string, error) {
