@@ -25,7 +25,7 @@ type PolicyConfig struct {
 	// Cert: conditions on the peer's authenticated end-entity certificate;
 	// all given must hold, and a peer that authenticated without a
 	// certificate (PSK, EAP, raw public key) never matches.
-	Cert          *CertPolicyConfig `yaml:"cert"`
+	Cert          *CertPolicyConfig `yaml:"cert,omitempty"`
 	RemoteTS      []string          `yaml:"remote_ts"`       // subnets the peer may claim as its side
 	Pool          string            `yaml:"pool"`            // IPv4 subnet of its virtual IPs (may be children.pool)
 	MaxVirtualIPs int               `yaml:"max_virtual_ips"` // distinct virtual IPs one identity holds at once; 0 = 1 (more SAs share them)
@@ -114,6 +114,14 @@ func (pc *PolicyConfig) policyMatch(f string) (ike.IdentityPattern, *ike.CertMat
 	return pat, cm, err
 }
 
+// checkCertAuth: certificate conditions need certificate authentication.
+func (c *Config) checkCertAuth(f string, pc *PolicyConfig) error {
+	if pc.Cert != nil && len(c.Auth.CAs) == 0 {
+		return fieldErr(f+".cert", "needs certificate authentication (auth.cas): no peer could match it")
+	}
+	return nil
+}
+
 func (c *Config) validatePolicies() error {
 	pools := map[netip.Prefix]int{} // prefix -> max_virtual_ips
 	if c.Children.Pool != "" {
@@ -123,6 +131,9 @@ func (c *Config) validatePolicies() error {
 	for i, pc := range c.Policies {
 		f := fmt.Sprintf("policies[%d]", i)
 		if _, _, err := pc.policyMatch(f); err != nil {
+			return err
+		}
+		if err := c.checkCertAuth(f, &pc); err != nil {
 			return err
 		}
 		for j, s := range pc.RemoteTS {

@@ -153,6 +153,16 @@ func (sa *IKESA) peerPolicy(e *Engine) *PeerPolicy {
 	return sa.policy
 }
 
+// PolicyName is the name of the policy an established SA's peer was
+// matched to ("default" without policies, "(no policy matches)"); "" for
+// an SA we initiated or one not yet authenticated.
+func (sa *IKESA) PolicyName() string {
+	if sa.initiator || sa.state != stateEstablished || sa.eng == nil {
+		return ""
+	}
+	return sa.peerPolicy(sa.eng).Name
+}
+
 // pool returns the pool sa's virtual IP comes from.
 func (sa *IKESA) pool(e *Engine) AddressPool {
 	if sa.initiator {
