@@ -200,7 +200,7 @@ func TestMatchPolicyOrder(t *testing.T) {
 
 // certPolicyWire is a responder that authenticates gateways by
 // certificate (roots of both CAs) or any PSK, with pols.
-func certPolicyWire(t *testing.T, cas []*fleetCA, pols ...*PeerPolicy) (*wire, Config) {
+func certPolicyWire(t *testing.T, cas []*fleetCA, mod func(*Config), pols ...*PeerPolicy) (*wire, Config) {
 	rcfg := responderConfig(t, 1)
 	roots := x509.NewCertPool()
 	for _, ca := range cas {
@@ -213,6 +213,9 @@ func certPolicyWire(t *testing.T, cas []*fleetCA, pols ...*PeerPolicy) (*wire, C
 	rcfg.RemoteTS = nil
 	rcfg.Policies = pols
 	rcfg.Selectors = NewSelectorRegistry()
+	if mod != nil {
+		mod(&rcfg)
+	}
 	return newWire(t, rcfg), rcfg
 }
 
@@ -256,7 +259,7 @@ func establishFor(t *testing.T, w *wire, ini Initiation) (NotifyType, *IKESA) {
 func TestCertPolicySelectors(t *testing.T) {
 	caA := newFleetCA(t, fleetName("", "Fleet A CA"), 41)
 	caB := newFleetCA(t, fleetName("", "Fleet B CA"), 42)
-	w, _ := certPolicyWire(t, []*fleetCA{caA, caB},
+	w, _ := certPolicyWire(t, []*fleetCA{caA, caB}, nil,
 		&PeerPolicy{Name: "b-depot", ID: mustPattern(t, "%any"), Cert: mustCertMatch(t, "C=CH, O=Fleet, CN=Fleet B CA", "C=CH, O=Fleet, OU=depot-*, CN=*", nil, nil, nil), RemoteTS: ts("10.3.0.0/24"), Exclusive: true},
 		&PeerPolicy{Name: "a", ID: mustPattern(t, "*.iot.example"), Cert: mustCertMatch(t, "C=CH, O=Fleet, CN=Fleet A CA", "", nil, nil, nil), RemoteTS: ts("10.1.0.0/24"), Exclusive: true},
 		&PeerPolicy{Name: "b", ID: mustPattern(t, "%any"), Cert: mustCertMatch(t, "C=CH, O=Fleet, CN=Fleet B CA", "", nil, nil, nil), RemoteTS: ts("10.2.0.0/24"), Exclusive: true},
@@ -299,11 +302,25 @@ func TestCertPolicyRestoreAndTicket(t *testing.T) {
 		{Name: "a", ID: mustPattern(t, "%any"), Cert: mustCertMatch(t, "C=CH, O=Fleet, CN=Fleet A CA", "", nil, nil, nil), RemoteTS: ts("10.1.0.0/24"), Exclusive: true},
 		{Name: "rest", ID: mustPattern(t, "%any"), RemoteTS: ts("10.9.0.0/24"), Exclusive: true},
 	}
-	w, rcfg := certPolicyWire(t, []*fleetCA{caA}, pols...)
+	w, rcfg := certPolicyWire(t, []*fleetCA{caA}, nil, pols...)
 	n, sa := certConnect(t, w, caA, fleetName("site-1", "gwa"), "gwa.iot.example", ts("10.1.0.0/24"))
 	if n != 0 || sa.peerPolicy(w.res).Name != "a" {
 		t.Fatalf("notify %v, policy %s", n, sa.peerPolicy(w.res).Name)
 	}
+	// An IKE rekey first: the successor carries the attributes on.
+	var iniSPI uint64
+	w.ini.Each(func(s *IKESA) bool { iniSPI = s.localSPI(); return false })
+	w.run(R(func(rd *Ready) { w.ini.RekeyIKE(w.now, iniSPI, rd) }), true)
+	if w.res.Stats().IKERekeys != 1 {
+		t.Fatalf("IKE SA not rekeyed: %+v", w.events)
+	}
+	w.res.Each(func(s *IKESA) bool {
+		if s.state == stateEstablished && s != sa {
+			sa = s
+			return false
+		}
+		return true
+	})
 	st, err := sa.Snapshot()
 	if err != nil {
 		t.Fatal(err)
@@ -354,5 +371,45 @@ func TestCertPolicyRestoreAndTicket(t *testing.T) {
 		if _, err := parseTicketState(b[:len(b)-cut]); err == nil {
 			t.Fatalf("ticket truncated by %d accepted", cut)
 		}
+	}
+}
+
+// A session resumed from a ticket issued to a certificate peer keeps the
+// certificate's policy: the ticket carries the attributes.
+func TestCertPolicyResumption(t *testing.T) {
+	caA := newFleetCA(t, fleetName("", "Fleet A CA"), 44)
+	w, _ := certPolicyWire(t, []*fleetCA{caA}, func(c *Config) {
+		c.Tickets = testTicketRing(t, 1)
+		c.TicketLifetime = time.Hour
+	},
+		&PeerPolicy{Name: "a", ID: mustPattern(t, "%any"), Cert: mustCertMatch(t, "C=CH, O=Fleet, CN=Fleet A CA", "", nil, nil, nil), RemoteTS: ts("10.1.0.0/24"), Exclusive: true},
+		&PeerPolicy{Name: "rest", ID: mustPattern(t, "%any"), RemoteTS: ts("10.9.0.0/24"), Exclusive: true},
+	)
+	k, der := caA.issue(&x509.Certificate{Subject: fleetName("site-1", "gwa"), DNSNames: []string{"gwa.iot.example"}})
+	gwa := Identity{Type: IDFQDN, Data: []byte("gwa.iot.example")}
+	ini := pskInitiation(t)
+	ini.PSK = nil
+	ini.Creds = Credentials{ID: gwa, Signer: k, Chain: [][]byte{der}}
+	ini.Verifier = &sig.Verifier{Roots: x509.NewCertPool()}
+	ini.Verifier.Roots.AddCert(caA.cert)
+	ini.TSi = ts("10.1.0.0/24")
+	ini.RequestTicket = true
+	spi := initiate(w, ini)
+	tk := w.ini.SA(spi).Ticket()
+	if tk == nil {
+		t.Fatal("no ticket")
+	}
+	w.run(R(func(rd *Ready) { w.ini.Delete(w.now, spi, rd) }), true)
+	if w.res.Len() != 0 {
+		t.Fatal("responder SA left")
+	}
+	_, _ = resume(t, w, w.res, tk, func(i *Initiation) {
+		i.Creds = Credentials{ID: gwa}
+		i.TSi = ts("10.1.0.0/24")
+	})
+	var got *IKESA
+	w.res.Each(func(sa *IKESA) bool { got = sa; return false })
+	if got == nil || !got.Resumed() || got.PolicyName() != "a" || got.peerCert == nil {
+		t.Fatalf("resumed SA %v: policy %q", got != nil && got.Resumed(), got.PolicyName())
 	}
 }
