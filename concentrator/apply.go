@@ -114,7 +114,7 @@ func (n *Node) submit(s *shard, b *heldBatch, p ike.Persist) {
 	var vip *vipLease
 	var cp *clusterPool
 	if c.Kind == statestore.Established && p.State.VirtualIP.IsValid() {
-		if cp = poolFor(&n.ecfg, p.State.PeerID); cp != nil {
+		if cp = poolFor(&n.ecfg, p.State.PeerID, p.State.PeerCert); cp != nil {
 			vip, c.Lease = cp.leaseFor(p.State.VirtualIP, p.State.PeerID.String())
 		}
 	}

@@ -664,7 +664,7 @@ func (n *Node) restoreClaimed(ctx context.Context, recs []*statestore.SARecord) 
 		// The virtual IP's lease is confirmed here, so that the restore
 		// on the shard's goroutine waits for no etcd round trip; a few
 		// at once.
-		if cp := poolFor(&n.ecfg, st.PeerID); cp != nil && st.VirtualIP.IsValid() {
+		if cp := poolFor(&n.ecfg, st.PeerID, st.PeerCert); cp != nil && st.VirtualIP.IsValid() {
 			wg.Add(1)
 			sem <- struct{}{}
 			go func() {

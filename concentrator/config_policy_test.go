@@ -72,7 +72,7 @@ func TestPolicyEngineConfig(t *testing.T) {
 	}
 	gw2, _ := ike.ParseIdentity("gw2@iot.example")
 	other, _ := ike.ParseIdentity("host.example")
-	if poolFor(&ec, gw2) != ec.Pool || poolFor(&ec, other) != ec.Policies[2].Pool {
+	if poolFor(&ec, gw2, nil) != ec.Pool || poolFor(&ec, other, nil) != ec.Policies[2].Pool {
 		t.Fatal("poolFor does not follow the policies")
 	}
 }

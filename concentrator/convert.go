@@ -45,6 +45,9 @@ func recordOf(st *ike.SAState) *statestore.SARecord {
 		PeerID:    statestore.Identity{Type: st.PeerID.Type, Data: st.PeerID.Data},
 		VirtualIP: st.VirtualIP, VirtualIP6: st.VirtualIP6, Created: st.Created, Established: st.Established,
 	}
+	if c := st.PeerCert; c != nil {
+		r.PeerCert = &statestore.CertAttrs{Issuer: c.Issuer, Subject: c.Subject, SANs: c.SANs, EKUs: c.EKUs, Policies: c.Policies}
+	}
 	if st.PeerFrag {
 		r.Flags |= flagPeerFrag
 	}
@@ -86,6 +89,9 @@ func stateOf(r *statestore.SARecord) ike.SAState {
 		PeerFrag: r.Flags&flagPeerFrag != 0, MOBIKE: r.Flags&flagMOBIKE != 0, MsgIDSync: r.Flags&flagMsgIDSync != 0,
 		PeerID:    ike.Identity{Type: r.PeerID.Type, Data: r.PeerID.Data},
 		VirtualIP: r.VirtualIP, VirtualIP6: r.VirtualIP6, Created: r.Created, Established: r.Established,
+	}
+	if c := r.PeerCert; c != nil {
+		st.PeerCert = &ike.CertAttrs{Issuer: c.Issuer, Subject: c.Subject, SANs: c.SANs, EKUs: c.EKUs, Policies: c.Policies}
 	}
 	for _, c := range r.Children {
 		st.Children = append(st.Children, ike.ChildState{

@@ -72,6 +72,7 @@ type SAInfo struct {
 	Local      netip.AddrPort
 	Remote     netip.AddrPort
 	PeerID     string
+	Policy     string // the policy the peer was matched to (ike.IKESA.PolicyName)
 	Proposal   string
 	Children   []ike.ChildSA
 }
@@ -83,7 +84,7 @@ func (n *Node) SAs(ctx context.Context) ([]SAInfo, error) {
 		err := n.do(ctx, s, func() {
 			s.eng.Each(func(sa *ike.IKESA) bool {
 				info := SAInfo{SPIi: sa.SPIi, SPIr: sa.SPIr, State: sa.State(), Initiator: sa.IsInitiator(),
-					Local: sa.Local, Remote: sa.Remote, PeerID: sa.PeerID.String()}
+					Local: sa.Local, Remote: sa.Remote, PeerID: sa.PeerID.String(), Policy: sa.PolicyName()}
 				if p := sa.Proposal(); p != nil {
 					info.Proposal = p.String()
 				}

@@ -83,6 +83,7 @@ type SAView struct {
 	Local       netip.AddrPort
 	Remote      netip.AddrPort
 	PeerID      string
+	Policy      string // the policy the peer was matched to
 	Proposal    string
 	VirtualIP   netip.Addr
 	Created     time.Time // GetSA only (established SAs)
@@ -125,7 +126,7 @@ func ourSPI(sa *ike.IKESA) uint64 {
 // saView describes sa; off is the node's wallOffset.
 func saView(sa *ike.IKESA, off time.Duration) SAView {
 	v := SAView{SPI: ourSPI(sa), SPIi: sa.SPIi, SPIr: sa.SPIr, State: sa.State(), Initiator: sa.IsInitiator(),
-		Local: sa.Local, Remote: sa.Remote, PeerID: sa.PeerID.String(), Established: wallOf(sa.Establish, off)}
+		Local: sa.Local, Remote: sa.Remote, PeerID: sa.PeerID.String(), Policy: sa.PolicyName(), Established: wallOf(sa.Establish, off)}
 	if sa.PeerID.IsZero() {
 		v.PeerID = ""
 	}

@@ -142,6 +142,9 @@ func toPB(r *SARecord) *pb.IKESA {
 	if r.PeerID.Type != 0 || len(r.PeerID.Data) > 0 {
 		sa.PeerId = &pb.Identity{Type: uint32(r.PeerID.Type), Data: r.PeerID.Data}
 	}
+	if c := r.PeerCert; c != nil {
+		sa.PeerCert = &pb.CertAttributes{Issuer: c.Issuer, Subject: c.Subject, San: c.SANs, Eku: c.EKUs, Policy: c.Policies}
+	}
 	sa.Children = make([]*pb.Child, len(r.Children))
 	for i := range r.Children {
 		c := &r.Children[i]
@@ -201,6 +204,9 @@ func fromPB(sa *pb.IKESA, sec *pb.Secrets) (*SARecord, error) {
 			return nil, fmt.Errorf("identity type %d", sa.PeerId.Type)
 		}
 		r.PeerID = Identity{Type: uint8(sa.PeerId.Type), Data: sa.PeerId.Data}
+	}
+	if c := sa.PeerCert; c != nil {
+		r.PeerCert = &CertAttrs{Issuer: c.Issuer, Subject: c.Subject, SANs: c.San, EKUs: c.Eku, Policies: c.Policy}
 	}
 	if len(sa.Children) > 0 {
 		r.Children = make([]ChildRecord, len(sa.Children))

@@ -48,6 +48,14 @@ type Identity struct {
 	Data []byte
 }
 
+// CertAttrs are the attributes of a peer's authenticated certificate that
+// policies match (the engine's CertAttrs).
+type CertAttrs struct {
+	Issuer, Subject string
+	SANs            []string
+	EKUs, Policies  []string
+}
+
 // TrafficSelector is one IKEv2 traffic selector.
 type TrafficSelector struct {
 	IPProto            uint8
@@ -96,6 +104,7 @@ type SARecord struct {
 	NATLocal, NATRemote    bool
 	Flags                  uint32 // peer capabilities, engine-defined bits
 	PeerID                 Identity
+	PeerCert               *CertAttrs // nil: the peer authenticated without a certificate
 	VirtualIP              netip.Addr
 	VirtualIP6             netip.Addr // a dual-stack peer's virtual IPv6 address
 	Created, Established   time.Time

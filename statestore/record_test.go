@@ -109,6 +109,16 @@ func TestRecordRoundTrip(t *testing.T) {
 		t.Fatal("key material stored in the clear")
 	}
 	t.Logf("record: %d bytes", len(b))
+	// A certificate peer's attributes (the per-identity policy's input).
+	r.PeerCert = &CertAttrs{Issuer: "C=CH, O=Fleet, CN=Fleet A CA", Subject: "C=CH, O=Fleet, OU=site-1, CN=gw1",
+		SANs: []string{"gw1.meters.example", "10.77.0.1"}, EKUs: []string{"1.3.6.1.5.5.7.3.2"}, Policies: []string{"1.3.6.1.4.1.99999.1.2"}}
+	if b, err = c.Marshal(saName(r.LocalSPI()), r, Binding{1, 1}); err != nil {
+		t.Fatal(err)
+	}
+	if got, err = c.Unmarshal(saName(r.LocalSPI()), b, Binding{1, 1}); err != nil || !reflect.DeepEqual(got.PeerCert, r.PeerCert) {
+		t.Fatalf("certificate attributes round trip: %+v %v", got.PeerCert, err)
+	}
+	t.Logf("record with certificate attributes: %d bytes", len(b))
 }
 
 // normalize makes times comparable (millisecond, no monotonic reading).

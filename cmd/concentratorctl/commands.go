@@ -320,6 +320,9 @@ func showSA(w io.Writer, sa *adminv1.SA) {
 	fmt.Fprintf(w, "state:\t%s, %s\n", sa.State, role)
 	fmt.Fprintf(w, "SPIs:\t%s_i %s_r\n", hex64(sa.SpiI), hex64(sa.SpiR))
 	fmt.Fprintf(w, "peer:\t%s at %s\n", dash(sa.PeerId), sa.Remote)
+	if sa.Policy != "" {
+		fmt.Fprintf(w, "policy:\t%s\n", sa.Policy)
+	}
 	fmt.Fprintf(w, "local:\t%s\n", sa.Local)
 	fmt.Fprintf(w, "proposal:\t%s\n", dash(sa.Proposal))
 	fmt.Fprintf(w, "virtual IP:\t%s\n", dash(sa.VirtualIp))

@@ -32,7 +32,7 @@ func childPB(c *concentrator.ChildView) *adminv1.ChildSA {
 
 func saPB(v *concentrator.SAView, node string) *adminv1.SA {
 	out := &adminv1.SA{SpiI: v.SPIi, SpiR: v.SPIr, Spi: v.SPI, Node: node, State: v.State, Initiator: v.Initiator,
-		Local: v.Local.String(), Remote: v.Remote.String(), PeerId: v.PeerID, Proposal: v.Proposal,
+		Local: v.Local.String(), Remote: v.Remote.String(), PeerId: v.PeerID, Proposal: v.Proposal, Policy: v.Policy,
 		Created: ts(v.Created), Established: ts(v.Established)}
 	if v.VirtualIP.IsValid() {
 		out.VirtualIp = v.VirtualIP.String()

@@ -186,7 +186,7 @@ func TestListAndShow(t *testing.T) {
 			}
 			spis = append(spis, sa.Spi)
 			if sa.Node != "adm" || sa.State != "ESTABLISHED" || sa.Spi != sa.SpiR || len(sa.Children) != 1 ||
-				!strings.HasSuffix(sa.PeerId, "@iot.example") || sa.VirtualIp == "" || sa.Established == nil {
+				!strings.HasSuffix(sa.PeerId, "@iot.example") || sa.VirtualIp == "" || sa.Established == nil || sa.Policy != "default" {
 				t.Fatalf("SA %v", sa)
 			}
 		}

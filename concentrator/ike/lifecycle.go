@@ -428,7 +428,7 @@ func (sa *IKESA) successor(e *Engine, initiator bool, spii, spir uint64, sel *Se
 		eng: e, initiator: initiator, state: stateEstablished, SPIi: spii, SPIr: spir, Local: sa.Local, Remote: sa.Remote,
 		prop: sel, ni: ni, nr: nr, natLocal: sa.natLocal, natRemote: sa.natRemote, peerFrag: sa.peerFrag,
 		peerHashes: sa.peerHashes, PeerID: sa.PeerID, vip: sa.vip, created: sa.created, Establish: sa.Establish,
-		msgIDSync: sa.msgIDSync, vipForeign: sa.vipForeign, policy: sa.policy, vip6: sa.vip6, vip6Foreign: sa.vip6Foreign,
+		msgIDSync: sa.msgIDSync, vipForeign: sa.vipForeign, policy: sa.policy, peerCert: sa.peerCert, vip6: sa.vip6, vip6Foreign: sa.vip6Foreign,
 		ini: sa.ini, // an SA we initiated keeps its Initiation's policy, whoever rekeys it
 	}
 }

@@ -9,7 +9,9 @@ import (
 
 // Per-identity policy: which traffic selectors and which address pool an
 // authenticated peer may claim. Config.Policies are matched in order
-// against the peer's identity; the first match decides. With no policies
+// against the peer's identity and, for policies with certificate
+// conditions (certpolicy.go), the attributes of its authenticated
+// end-entity certificate; the first match decides. With no policies
 // every peer gets Config.RemoteTS and Config.Pool (shared selectors, the
 // behaviour of a single remote_ts); with policies a peer no policy matches
 // may claim nothing (TS_UNACCEPTABLE), and the selectors a peer holds
@@ -92,6 +94,11 @@ func globMatch(parts []string, s string) bool {
 type PeerPolicy struct {
 	Name string // for logs and errors (the configuration's index or name)
 	ID   IdentityPattern
+	// Cert: conditions on the peer's authenticated certificate, all of
+	// which must hold beside ID; nil: none (any authentication method).
+	// A policy with Cert never matches a peer that authenticated without
+	// a certificate.
+	Cert *CertMatch
 	// RemoteTS are the selectors the peer may claim as its side; nil: none
 	// but its virtual IP.
 	RemoteTS []TrafficSelector
@@ -104,22 +111,30 @@ type PeerPolicy struct {
 	Exclusive bool
 }
 
-// policyFor returns the policy of an authenticated peer.
-func (e *Engine) policyFor(id Identity) *PeerPolicy {
+// policyFor returns the policy of an authenticated peer with identity id
+// and certificate attributes cert (nil: not authenticated by certificate).
+func (e *Engine) policyFor(id Identity, cert *CertAttrs) *PeerPolicy {
 	if len(e.cfg.Policies) == 0 {
 		e.defaultPolicy.RemoteTS, e.defaultPolicy.Pool = e.cfg.RemoteTS, e.cfg.Pool
 		return &e.defaultPolicy
 	}
-	if p := MatchPolicy(e.cfg.Policies, id); p != nil {
+	if p := MatchPolicy(e.cfg.Policies, id, cert); p != nil {
 		return p
 	}
 	return &noPolicy
 }
 
-// MatchPolicy returns the first policy whose ID matches id, or nil.
-func MatchPolicy(policies []*PeerPolicy, id Identity) *PeerPolicy {
+// Matches reports whether the policy applies to a peer with identity id
+// and certificate attributes cert (nil: no authenticated certificate).
+func (p *PeerPolicy) Matches(id Identity, cert *CertAttrs) bool {
+	return p.ID.Matches(id) && (p.Cert == nil || p.Cert.Matches(cert))
+}
+
+// MatchPolicy returns the first policy that matches a peer with identity
+// id and certificate attributes cert, or nil.
+func MatchPolicy(policies []*PeerPolicy, id Identity, cert *CertAttrs) *PeerPolicy {
 	for _, p := range policies {
-		if p.ID.Matches(id) {
+		if p.Matches(id, cert) {
 			return p
 		}
 	}
@@ -129,12 +144,23 @@ func MatchPolicy(policies []*PeerPolicy, id Identity) *PeerPolicy {
 // noPolicy is the policy of a peer no configured policy matches.
 var noPolicy = PeerPolicy{Name: "(no policy matches)"}
 
-// peerPolicy returns sa's policy, looked up once (at IKE_AUTH, a restore).
+// peerPolicy returns sa's policy, looked up once (at IKE_AUTH, a restore),
+// after the peer is authenticated: sa.peerCert is set by verifyPeer only.
 func (sa *IKESA) peerPolicy(e *Engine) *PeerPolicy {
 	if sa.policy == nil {
-		sa.policy = e.policyFor(sa.PeerID)
+		sa.policy = e.policyFor(sa.PeerID, sa.peerCert)
 	}
 	return sa.policy
+}
+
+// PolicyName is the name of the policy an established SA's peer was
+// matched to ("default" without policies, "(no policy matches)"); "" for
+// an SA we initiated or one not yet authenticated.
+func (sa *IKESA) PolicyName() string {
+	if sa.initiator || sa.state != stateEstablished || sa.eng == nil {
+		return ""
+	}
+	return sa.peerPolicy(sa.eng).Name
 }
 
 // pool returns the pool sa's virtual IP comes from.

@@ -172,7 +172,8 @@ type resumption struct {
 	oldSKd  []byte // SK_d from the ticket
 	id      [16]byte
 	expires time.Time
-	peer    Identity // responder: the identity the ticket names
+	peer    Identity   // responder: the identity the ticket names
+	cert    *CertAttrs // and its certificate's attributes (nil: none)
 }
 
 // ticketState is a ticket's sealed content.
@@ -182,6 +183,10 @@ type ticketState struct {
 	proposal Selected
 	skd      []byte
 	peer     Identity
+	// cert: the attributes of the certificate the peer authenticated
+	// with, if it did (policies match them on resumption as at IKE_AUTH);
+	// an optional trailer after the identity.
+	cert *CertAttrs
 }
 
 const (
@@ -210,7 +215,11 @@ func (t *ticketState) marshal() []byte {
 	b = append(b, t.skd...)
 	b = append(b, t.peer.Type)
 	b = binary.BigEndian.AppendUint16(b, uint16(len(t.peer.Data)))
-	return append(b, t.peer.Data...)
+	b = append(b, t.peer.Data...)
+	if t.cert != nil {
+		b = appendCertAttrs(b, t.cert)
+	}
+	return b
 }
 
 func parseTicketState(b []byte) (*ticketState, error) {
@@ -239,10 +248,17 @@ func parseTicketState(b []byte) (*ticketState, error) {
 	t.peer.Type = b[off]
 	l := int(binary.BigEndian.Uint16(b[off+1:]))
 	off += 3
-	if len(b) != off+l || t.peer.Type == 0 {
+	if len(b) < off+l || t.peer.Type == 0 {
 		return fail("bad identity")
 	}
-	t.peer.Data = bytes.Clone(b[off:])
+	t.peer.Data = bytes.Clone(b[off : off+l])
+	if off += l; off < len(b) {
+		c, err := parseCertAttrs(b[off:])
+		if err != nil {
+			return fail(err.Error())
+		}
+		t.cert = c
+	}
 	return t, nil
 }
 
@@ -373,7 +389,7 @@ func (sa *IKESA) ticketPayloads(now time.Time, e *Engine, m *Message) []Payload 
 	if life <= 0 {
 		life = DefaultTicketLifetime
 	}
-	t := &ticketState{expires: e.wall(now).Add(life), proposal: *sa.prop, skd: sa.skd, peer: sa.PeerID}
+	t := &ticketState{expires: e.wall(now).Add(life), proposal: *sa.prop, skd: sa.skd, peer: sa.PeerID, cert: sa.peerCert}
 	e.read(t.id[:])
 	opaque, err := e.sealTicket(t)
 	if err != nil {
@@ -447,7 +463,7 @@ func (e *Engine) handleResumeRequest(now time.Time, pkt Packet, h Header, rd *Re
 		eng: e, state: stateInitDone, SPIi: h.SPIi, SPIr: e.newSPI(), Local: pkt.Local, Remote: pkt.Remote,
 		initRemote: pkt.Remote, prop: &prop, created: now, nextIn: 1,
 		ni: bytes.Clone(nonce.Data), nr: e.randBytes(32), initReq: bytes.Clone(pkt.Data),
-		resume: &resumption{id: t.id, expires: t.expires, peer: t.peer},
+		resume: &resumption{id: t.id, expires: t.expires, peer: t.peer, cert: t.cert},
 	}
 	if err := sa.deriveResumed(t.skd); err != nil {
 		nack(err.Error())
@@ -489,6 +505,7 @@ func (sa *IKESA) checkResumed(now time.Time, e *Engine, a authPayloads) error {
 		return errorf(AUTHENTICATION_FAILED, "ticket of %v used before", sa.PeerID)
 	}
 	e.stats.Resumed++
+	sa.peerCert = sa.resume.cert // authenticated by the ticket's issuer
 	return nil
 }
 

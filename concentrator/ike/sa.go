@@ -79,6 +79,9 @@ type IKESA struct {
 	// authenticated; selectorsHeld: it holds selectors in Config.Selectors.
 	policy        *PeerPolicy
 	selectorsHeld bool
+	// peerCert: the attributes of the peer's end-entity certificate, set
+	// once verifyPeer accepted it (nil: authenticated otherwise); persisted.
+	peerCert *CertAttrs
 
 	nextOut    uint32    // message ID of our next request
 	nextIn     uint32    // message ID of the peer's next request
@@ -830,6 +833,8 @@ func (sa *IKESA) verifyPeer(now time.Time, e *Engine, a authPayloads, octets []b
 	if err := path.CheckRevocation(); err != nil {
 		return &Error{Notify: AUTHENTICATION_FAILED, Reason: "certificate of " + sa.PeerID.String(), Err: err}
 	}
+	// Verified: what policies may match.
+	sa.peerCert = CertAttrsOf(path.Leaf)
 	return nil
 }
 

@@ -28,11 +28,15 @@ type SAState struct {
 	// is below it (NextOut <= NextOutReserved).
 	NextOutReserved uint32
 	// MsgIDSync: the peer announced RFC 6311 support.
-	MsgIDSync            bool
-	NATLocal, NATRemote  bool
-	PeerFrag             bool
-	MOBIKE               bool
-	PeerID               Identity
+	MsgIDSync           bool
+	NATLocal, NATRemote bool
+	PeerFrag            bool
+	MOBIKE              bool
+	PeerID              Identity
+	// PeerCert: the attributes of the peer's authenticated end-entity
+	// certificate (nil: it authenticated otherwise); a restore matches the
+	// policies with them as IKE_AUTH did.
+	PeerCert             *CertAttrs
 	VirtualIP            netip.Addr
 	VirtualIP6           netip.Addr // beside VirtualIP, from Config.Pool6
 	Created, Established time.Time
@@ -78,7 +82,7 @@ func (sa *IKESA) Snapshot() (SAState, error) {
 		Proposal: *sa.prop, SKd: sa.skd, NextIn: sa.nextIn, NextOut: sa.nextOut,
 		NextOutReserved: sa.outReserved, MsgIDSync: sa.msgIDSync,
 		NATLocal: sa.natLocal, NATRemote: sa.natRemote, PeerFrag: sa.peerFrag, MOBIKE: sa.mobike,
-		PeerID: sa.PeerID, VirtualIP: sa.vip, VirtualIP6: sa.vip6, Created: wall(sa.created), Established: wall(sa.Establish),
+		PeerID: sa.PeerID, PeerCert: sa.peerCert.Clone(), VirtualIP: sa.vip, VirtualIP6: sa.vip6, Created: wall(sa.created), Established: wall(sa.Establish),
 	}
 	if sa.idUnknown {
 		st.NextOut = sa.probeLo + 1 // still only a lower bound
@@ -134,7 +138,7 @@ func (e *Engine) Restore(now time.Time, st SAState, rd *Ready) (*IKESA, error) {
 		eng: e, initiator: st.Initiator, state: stateEstablished, SPIi: st.SPIi, SPIr: st.SPIr,
 		Local: st.Local, Remote: st.Remote, prop: &prop, prf: prf, cipher: c, skd: bytes.Clone(st.SKd),
 		natLocal: st.NATLocal, natRemote: st.NATRemote, peerFrag: st.PeerFrag, mobike: st.MOBIKE,
-		PeerID: Identity{Type: st.PeerID.Type, Data: bytes.Clone(st.PeerID.Data)}, vip: st.VirtualIP, vip6: st.VirtualIP6,
+		PeerID: Identity{Type: st.PeerID.Type, Data: bytes.Clone(st.PeerID.Data)}, peerCert: st.PeerCert.Clone(), vip: st.VirtualIP, vip6: st.VirtualIP6,
 		nextIn: st.NextIn, nextOut: st.NextOut, created: e.engineTime(st.Created, off), Establish: e.engineTime(st.Established, off), lastRecv: now,
 		resync: true, stored: true, msgIDSync: st.MsgIDSync, idUnknown: true,
 	}

@@ -1660,21 +1660,24 @@ func (x *ListSAsResponse) GetTotal() uint64 {
 }
 
 type SA struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	SpiI          uint64                 `protobuf:"fixed64,1,opt,name=spi_i,json=spiI,proto3" json:"spi_i,omitempty"`
-	SpiR          uint64                 `protobuf:"fixed64,2,opt,name=spi_r,json=spiR,proto3" json:"spi_r,omitempty"`
-	Spi           uint64                 `protobuf:"fixed64,3,opt,name=spi,proto3" json:"spi,omitempty"` // ours: the one to name it by
-	Node          string                 `protobuf:"bytes,4,opt,name=node,proto3" json:"node,omitempty"`
-	State         string                 `protobuf:"bytes,5,opt,name=state,proto3" json:"state,omitempty"`
-	Initiator     bool                   `protobuf:"varint,6,opt,name=initiator,proto3" json:"initiator,omitempty"` // we started it
-	Local         string                 `protobuf:"bytes,7,opt,name=local,proto3" json:"local,omitempty"`          // address:port
-	Remote        string                 `protobuf:"bytes,8,opt,name=remote,proto3" json:"remote,omitempty"`
-	PeerId        string                 `protobuf:"bytes,9,opt,name=peer_id,json=peerId,proto3" json:"peer_id,omitempty"`
-	Proposal      string                 `protobuf:"bytes,10,opt,name=proposal,proto3" json:"proposal,omitempty"`
-	Created       *timestamppb.Timestamp `protobuf:"bytes,11,opt,name=created,proto3" json:"created,omitempty"`         // GetSA only
-	Established   *timestamppb.Timestamp `protobuf:"bytes,12,opt,name=established,proto3" json:"established,omitempty"` // GetSA only
-	Children      []*ChildSA             `protobuf:"bytes,13,rep,name=children,proto3" json:"children,omitempty"`
-	VirtualIp     string                 `protobuf:"bytes,14,opt,name=virtual_ip,json=virtualIp,proto3" json:"virtual_ip,omitempty"`
+	state       protoimpl.MessageState `protogen:"open.v1"`
+	SpiI        uint64                 `protobuf:"fixed64,1,opt,name=spi_i,json=spiI,proto3" json:"spi_i,omitempty"`
+	SpiR        uint64                 `protobuf:"fixed64,2,opt,name=spi_r,json=spiR,proto3" json:"spi_r,omitempty"`
+	Spi         uint64                 `protobuf:"fixed64,3,opt,name=spi,proto3" json:"spi,omitempty"` // ours: the one to name it by
+	Node        string                 `protobuf:"bytes,4,opt,name=node,proto3" json:"node,omitempty"`
+	State       string                 `protobuf:"bytes,5,opt,name=state,proto3" json:"state,omitempty"`
+	Initiator   bool                   `protobuf:"varint,6,opt,name=initiator,proto3" json:"initiator,omitempty"` // we started it
+	Local       string                 `protobuf:"bytes,7,opt,name=local,proto3" json:"local,omitempty"`          // address:port
+	Remote      string                 `protobuf:"bytes,8,opt,name=remote,proto3" json:"remote,omitempty"`
+	PeerId      string                 `protobuf:"bytes,9,opt,name=peer_id,json=peerId,proto3" json:"peer_id,omitempty"`
+	Proposal    string                 `protobuf:"bytes,10,opt,name=proposal,proto3" json:"proposal,omitempty"`
+	Created     *timestamppb.Timestamp `protobuf:"bytes,11,opt,name=created,proto3" json:"created,omitempty"`         // GetSA only
+	Established *timestamppb.Timestamp `protobuf:"bytes,12,opt,name=established,proto3" json:"established,omitempty"` // GetSA only
+	Children    []*ChildSA             `protobuf:"bytes,13,rep,name=children,proto3" json:"children,omitempty"`
+	VirtualIp   string                 `protobuf:"bytes,14,opt,name=virtual_ip,json=virtualIp,proto3" json:"virtual_ip,omitempty"`
+	// The per-identity policy the peer was matched to (responder SAs; by
+	// identity and, for certificate peers, the certificate's attributes).
+	Policy        string `protobuf:"bytes,15,opt,name=policy,proto3" json:"policy,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1803,6 +1806,13 @@ func (x *SA) GetChildren() []*ChildSA {
 func (x *SA) GetVirtualIp() string {
 	if x != nil {
 		return x.VirtualIp
+	}
+	return ""
+}
+
+func (x *SA) GetPolicy() string {
+	if x != nil {
+		return x.Policy
 	}
 	return ""
 }
@@ -2976,7 +2986,7 @@ const file_api_admin_v1_admin_proto_rawDesc = "" +
 	"\x0fListSAsResponse\x12'\n" +
 	"\x03sas\x18\x01 \x03(\v2\x15.ikefleet.admin.v1.SAR\x03sas\x12&\n" +
 	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\x12\x14\n" +
-	"\x05total\x18\x03 \x01(\x04R\x05total\"\xb6\x03\n" +
+	"\x05total\x18\x03 \x01(\x04R\x05total\"\xce\x03\n" +
 	"\x02SA\x12\x13\n" +
 	"\x05spi_i\x18\x01 \x01(\x06R\x04spiI\x12\x13\n" +
 	"\x05spi_r\x18\x02 \x01(\x06R\x04spiR\x12\x10\n" +
@@ -2993,7 +3003,8 @@ const file_api_admin_v1_admin_proto_rawDesc = "" +
 	"\vestablished\x18\f \x01(\v2\x1a.google.protobuf.TimestampR\vestablished\x126\n" +
 	"\bchildren\x18\r \x03(\v2\x1a.ikefleet.admin.v1.ChildSAR\bchildren\x12\x1d\n" +
 	"\n" +
-	"virtual_ip\x18\x0e \x01(\tR\tvirtualIp\"\xca\x03\n" +
+	"virtual_ip\x18\x0e \x01(\tR\tvirtualIp\x12\x16\n" +
+	"\x06policy\x18\x0f \x01(\tR\x06policy\"\xca\x03\n" +
 	"\aChildSA\x12\x15\n" +
 	"\x06in_spi\x18\x01 \x01(\aR\x05inSpi\x12\x17\n" +
 	"\aout_spi\x18\x02 \x01(\aR\x06outSpi\x12\x1a\n" +

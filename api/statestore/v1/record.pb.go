@@ -324,6 +324,84 @@ func (x *Identity) GetData() []byte {
 	return nil
 }
 
+// The attributes of the certificate a peer authenticated with, as the
+// per-identity policies match them (DNs in their string form, OIDs dotted).
+type CertAttributes struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Issuer        string                 `protobuf:"bytes,1,opt,name=issuer,proto3" json:"issuer,omitempty"`
+	Subject       string                 `protobuf:"bytes,2,opt,name=subject,proto3" json:"subject,omitempty"`
+	San           []string               `protobuf:"bytes,3,rep,name=san,proto3" json:"san,omitempty"`
+	Eku           []string               `protobuf:"bytes,4,rep,name=eku,proto3" json:"eku,omitempty"`
+	Policy        []string               `protobuf:"bytes,5,rep,name=policy,proto3" json:"policy,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CertAttributes) Reset() {
+	*x = CertAttributes{}
+	mi := &file_api_statestore_v1_record_proto_msgTypes[4]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CertAttributes) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CertAttributes) ProtoMessage() {}
+
+func (x *CertAttributes) ProtoReflect() protoreflect.Message {
+	mi := &file_api_statestore_v1_record_proto_msgTypes[4]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CertAttributes.ProtoReflect.Descriptor instead.
+func (*CertAttributes) Descriptor() ([]byte, []int) {
+	return file_api_statestore_v1_record_proto_rawDescGZIP(), []int{4}
+}
+
+func (x *CertAttributes) GetIssuer() string {
+	if x != nil {
+		return x.Issuer
+	}
+	return ""
+}
+
+func (x *CertAttributes) GetSubject() string {
+	if x != nil {
+		return x.Subject
+	}
+	return ""
+}
+
+func (x *CertAttributes) GetSan() []string {
+	if x != nil {
+		return x.San
+	}
+	return nil
+}
+
+func (x *CertAttributes) GetEku() []string {
+	if x != nil {
+		return x.Eku
+	}
+	return nil
+}
+
+func (x *CertAttributes) GetPolicy() []string {
+	if x != nil {
+		return x.Policy
+	}
+	return nil
+}
+
 type TrafficSelector struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	IpProto       uint32                 `protobuf:"varint,1,opt,name=ip_proto,json=ipProto,proto3" json:"ip_proto,omitempty"`
@@ -337,7 +415,7 @@ type TrafficSelector struct {
 
 func (x *TrafficSelector) Reset() {
 	*x = TrafficSelector{}
-	mi := &file_api_statestore_v1_record_proto_msgTypes[4]
+	mi := &file_api_statestore_v1_record_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -349,7 +427,7 @@ func (x *TrafficSelector) String() string {
 func (*TrafficSelector) ProtoMessage() {}
 
 func (x *TrafficSelector) ProtoReflect() protoreflect.Message {
-	mi := &file_api_statestore_v1_record_proto_msgTypes[4]
+	mi := &file_api_statestore_v1_record_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -362,7 +440,7 @@ func (x *TrafficSelector) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TrafficSelector.ProtoReflect.Descriptor instead.
 func (*TrafficSelector) Descriptor() ([]byte, []int) {
-	return file_api_statestore_v1_record_proto_rawDescGZIP(), []int{4}
+	return file_api_statestore_v1_record_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *TrafficSelector) GetIpProto() uint32 {
@@ -425,13 +503,16 @@ type IKESA struct {
 	// next_out_reserved] and persists a new reservation before it reaches it.
 	NextOutReserved uint32 `protobuf:"varint,19,opt,name=next_out_reserved,json=nextOutReserved,proto3" json:"next_out_reserved,omitempty"`
 	VirtualIp6      []byte `protobuf:"bytes,20,opt,name=virtual_ip6,json=virtualIp6,proto3" json:"virtual_ip6,omitempty"` // the peer's virtual IPv6 address, beside virtual_ip
-	unknownFields   protoimpl.UnknownFields
-	sizeCache       protoimpl.SizeCache
+	// The peer's authenticated end-entity certificate's attributes (absent:
+	// it authenticated otherwise): a restore matches the policies with them.
+	PeerCert      *CertAttributes `protobuf:"bytes,21,opt,name=peer_cert,json=peerCert,proto3" json:"peer_cert,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *IKESA) Reset() {
 	*x = IKESA{}
-	mi := &file_api_statestore_v1_record_proto_msgTypes[5]
+	mi := &file_api_statestore_v1_record_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -443,7 +524,7 @@ func (x *IKESA) String() string {
 func (*IKESA) ProtoMessage() {}
 
 func (x *IKESA) ProtoReflect() protoreflect.Message {
-	mi := &file_api_statestore_v1_record_proto_msgTypes[5]
+	mi := &file_api_statestore_v1_record_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -456,7 +537,7 @@ func (x *IKESA) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use IKESA.ProtoReflect.Descriptor instead.
 func (*IKESA) Descriptor() ([]byte, []int) {
-	return file_api_statestore_v1_record_proto_rawDescGZIP(), []int{5}
+	return file_api_statestore_v1_record_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *IKESA) GetSpiI() uint64 {
@@ -599,6 +680,13 @@ func (x *IKESA) GetVirtualIp6() []byte {
 	return nil
 }
 
+func (x *IKESA) GetPeerCert() *CertAttributes {
+	if x != nil {
+		return x.PeerCert
+	}
+	return nil
+}
+
 type Child struct {
 	state    protoimpl.MessageState `protogen:"open.v1"`
 	SpiIn    uint32                 `protobuf:"fixed32,1,opt,name=spi_in,json=spiIn,proto3" json:"spi_in,omitempty"` // ours: the peer sends with it
@@ -626,7 +714,7 @@ type Child struct {
 
 func (x *Child) Reset() {
 	*x = Child{}
-	mi := &file_api_statestore_v1_record_proto_msgTypes[6]
+	mi := &file_api_statestore_v1_record_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -638,7 +726,7 @@ func (x *Child) String() string {
 func (*Child) ProtoMessage() {}
 
 func (x *Child) ProtoReflect() protoreflect.Message {
-	mi := &file_api_statestore_v1_record_proto_msgTypes[6]
+	mi := &file_api_statestore_v1_record_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -651,7 +739,7 @@ func (x *Child) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Child.ProtoReflect.Descriptor instead.
 func (*Child) Descriptor() ([]byte, []int) {
-	return file_api_statestore_v1_record_proto_rawDescGZIP(), []int{6}
+	return file_api_statestore_v1_record_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *Child) GetSpiIn() uint32 {
@@ -771,7 +859,7 @@ type SeqRecord struct {
 
 func (x *SeqRecord) Reset() {
 	*x = SeqRecord{}
-	mi := &file_api_statestore_v1_record_proto_msgTypes[7]
+	mi := &file_api_statestore_v1_record_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -783,7 +871,7 @@ func (x *SeqRecord) String() string {
 func (*SeqRecord) ProtoMessage() {}
 
 func (x *SeqRecord) ProtoReflect() protoreflect.Message {
-	mi := &file_api_statestore_v1_record_proto_msgTypes[7]
+	mi := &file_api_statestore_v1_record_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -796,7 +884,7 @@ func (x *SeqRecord) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SeqRecord.ProtoReflect.Descriptor instead.
 func (*SeqRecord) Descriptor() ([]byte, []int) {
-	return file_api_statestore_v1_record_proto_rawDescGZIP(), []int{7}
+	return file_api_statestore_v1_record_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *SeqRecord) GetVersion() uint32 {
@@ -856,7 +944,7 @@ type Reservations struct {
 
 func (x *Reservations) Reset() {
 	*x = Reservations{}
-	mi := &file_api_statestore_v1_record_proto_msgTypes[8]
+	mi := &file_api_statestore_v1_record_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -868,7 +956,7 @@ func (x *Reservations) String() string {
 func (*Reservations) ProtoMessage() {}
 
 func (x *Reservations) ProtoReflect() protoreflect.Message {
-	mi := &file_api_statestore_v1_record_proto_msgTypes[8]
+	mi := &file_api_statestore_v1_record_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -881,7 +969,7 @@ func (x *Reservations) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Reservations.ProtoReflect.Descriptor instead.
 func (*Reservations) Descriptor() ([]byte, []int) {
-	return file_api_statestore_v1_record_proto_rawDescGZIP(), []int{8}
+	return file_api_statestore_v1_record_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *Reservations) GetNextOutReserved() uint32 {
@@ -924,7 +1012,7 @@ type ChildReservation struct {
 
 func (x *ChildReservation) Reset() {
 	*x = ChildReservation{}
-	mi := &file_api_statestore_v1_record_proto_msgTypes[9]
+	mi := &file_api_statestore_v1_record_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -936,7 +1024,7 @@ func (x *ChildReservation) String() string {
 func (*ChildReservation) ProtoMessage() {}
 
 func (x *ChildReservation) ProtoReflect() protoreflect.Message {
-	mi := &file_api_statestore_v1_record_proto_msgTypes[9]
+	mi := &file_api_statestore_v1_record_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -949,7 +1037,7 @@ func (x *ChildReservation) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ChildReservation.ProtoReflect.Descriptor instead.
 func (*ChildReservation) Descriptor() ([]byte, []int) {
-	return file_api_statestore_v1_record_proto_rawDescGZIP(), []int{9}
+	return file_api_statestore_v1_record_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *ChildReservation) GetSpiIn() uint32 {
@@ -997,7 +1085,7 @@ type Secrets struct {
 
 func (x *Secrets) Reset() {
 	*x = Secrets{}
-	mi := &file_api_statestore_v1_record_proto_msgTypes[10]
+	mi := &file_api_statestore_v1_record_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1009,7 +1097,7 @@ func (x *Secrets) String() string {
 func (*Secrets) ProtoMessage() {}
 
 func (x *Secrets) ProtoReflect() protoreflect.Message {
-	mi := &file_api_statestore_v1_record_proto_msgTypes[10]
+	mi := &file_api_statestore_v1_record_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1022,7 +1110,7 @@ func (x *Secrets) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Secrets.ProtoReflect.Descriptor instead.
 func (*Secrets) Descriptor() ([]byte, []int) {
-	return file_api_statestore_v1_record_proto_rawDescGZIP(), []int{10}
+	return file_api_statestore_v1_record_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *Secrets) GetSkD() []byte {
@@ -1093,7 +1181,7 @@ type ChildKeys struct {
 
 func (x *ChildKeys) Reset() {
 	*x = ChildKeys{}
-	mi := &file_api_statestore_v1_record_proto_msgTypes[11]
+	mi := &file_api_statestore_v1_record_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1105,7 +1193,7 @@ func (x *ChildKeys) String() string {
 func (*ChildKeys) ProtoMessage() {}
 
 func (x *ChildKeys) ProtoReflect() protoreflect.Message {
-	mi := &file_api_statestore_v1_record_proto_msgTypes[11]
+	mi := &file_api_statestore_v1_record_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1118,7 +1206,7 @@ func (x *ChildKeys) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ChildKeys.ProtoReflect.Descriptor instead.
 func (*ChildKeys) Descriptor() ([]byte, []int) {
-	return file_api_statestore_v1_record_proto_rawDescGZIP(), []int{11}
+	return file_api_statestore_v1_record_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *ChildKeys) GetEncrIn() []byte {
@@ -1168,7 +1256,7 @@ type Node struct {
 
 func (x *Node) Reset() {
 	*x = Node{}
-	mi := &file_api_statestore_v1_record_proto_msgTypes[12]
+	mi := &file_api_statestore_v1_record_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1180,7 +1268,7 @@ func (x *Node) String() string {
 func (*Node) ProtoMessage() {}
 
 func (x *Node) ProtoReflect() protoreflect.Message {
-	mi := &file_api_statestore_v1_record_proto_msgTypes[12]
+	mi := &file_api_statestore_v1_record_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1193,7 +1281,7 @@ func (x *Node) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Node.ProtoReflect.Descriptor instead.
 func (*Node) Descriptor() ([]byte, []int) {
-	return file_api_statestore_v1_record_proto_rawDescGZIP(), []int{12}
+	return file_api_statestore_v1_record_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *Node) GetId() string {
@@ -1265,14 +1353,20 @@ const file_api_statestore_v1_record_proto_rawDesc = "" +
 	"\x04port\x18\x02 \x01(\rR\x04port\"2\n" +
 	"\bIdentity\x12\x12\n" +
 	"\x04type\x18\x01 \x01(\rR\x04type\x12\x12\n" +
-	"\x04data\x18\x02 \x01(\fR\x04data\"\x8e\x01\n" +
+	"\x04data\x18\x02 \x01(\fR\x04data\"~\n" +
+	"\x0eCertAttributes\x12\x16\n" +
+	"\x06issuer\x18\x01 \x01(\tR\x06issuer\x12\x18\n" +
+	"\asubject\x18\x02 \x01(\tR\asubject\x12\x10\n" +
+	"\x03san\x18\x03 \x03(\tR\x03san\x12\x10\n" +
+	"\x03eku\x18\x04 \x03(\tR\x03eku\x12\x16\n" +
+	"\x06policy\x18\x05 \x03(\tR\x06policy\"\x8e\x01\n" +
 	"\x0fTrafficSelector\x12\x19\n" +
 	"\bip_proto\x18\x01 \x01(\rR\aipProto\x12\x1d\n" +
 	"\n" +
 	"start_port\x18\x02 \x01(\rR\tstartPort\x12\x19\n" +
 	"\bend_port\x18\x03 \x01(\rR\aendPort\x12\x14\n" +
 	"\x05start\x18\x04 \x01(\fR\x05start\x12\x10\n" +
-	"\x03end\x18\x05 \x01(\fR\x03end\"\xda\x05\n" +
+	"\x03end\x18\x05 \x01(\fR\x03end\"\x9f\x06\n" +
 	"\x05IKESA\x12\x13\n" +
 	"\x05spi_i\x18\x01 \x01(\x06R\x04spiI\x12\x13\n" +
 	"\x05spi_r\x18\x02 \x01(\x06R\x04spiR\x12\x1c\n" +
@@ -1298,7 +1392,8 @@ const file_api_statestore_v1_record_proto_rawDesc = "" +
 	"\bchildren\x18\x12 \x03(\v2\x1d.ikefleet.statestore.v1.ChildR\bchildren\x12*\n" +
 	"\x11next_out_reserved\x18\x13 \x01(\rR\x0fnextOutReserved\x12\x1f\n" +
 	"\vvirtual_ip6\x18\x14 \x01(\fR\n" +
-	"virtualIp6\"\xa2\x04\n" +
+	"virtualIp6\x12C\n" +
+	"\tpeer_cert\x18\x15 \x01(\v2&.ikefleet.statestore.v1.CertAttributesR\bpeerCert\"\xa2\x04\n" +
 	"\x05Child\x12\x15\n" +
 	"\x06spi_in\x18\x01 \x01(\aR\x05spiIn\x12\x17\n" +
 	"\aspi_out\x18\x02 \x01(\aR\x06spiOut\x123\n" +
@@ -1369,42 +1464,44 @@ func file_api_statestore_v1_record_proto_rawDescGZIP() []byte {
 	return file_api_statestore_v1_record_proto_rawDescData
 }
 
-var file_api_statestore_v1_record_proto_msgTypes = make([]protoimpl.MessageInfo, 13)
+var file_api_statestore_v1_record_proto_msgTypes = make([]protoimpl.MessageInfo, 14)
 var file_api_statestore_v1_record_proto_goTypes = []any{
 	(*Record)(nil),           // 0: ikefleet.statestore.v1.Record
 	(*Suite)(nil),            // 1: ikefleet.statestore.v1.Suite
 	(*Endpoint)(nil),         // 2: ikefleet.statestore.v1.Endpoint
 	(*Identity)(nil),         // 3: ikefleet.statestore.v1.Identity
-	(*TrafficSelector)(nil),  // 4: ikefleet.statestore.v1.TrafficSelector
-	(*IKESA)(nil),            // 5: ikefleet.statestore.v1.IKESA
-	(*Child)(nil),            // 6: ikefleet.statestore.v1.Child
-	(*SeqRecord)(nil),        // 7: ikefleet.statestore.v1.SeqRecord
-	(*Reservations)(nil),     // 8: ikefleet.statestore.v1.Reservations
-	(*ChildReservation)(nil), // 9: ikefleet.statestore.v1.ChildReservation
-	(*Secrets)(nil),          // 10: ikefleet.statestore.v1.Secrets
-	(*ChildKeys)(nil),        // 11: ikefleet.statestore.v1.ChildKeys
-	(*Node)(nil),             // 12: ikefleet.statestore.v1.Node
+	(*CertAttributes)(nil),   // 4: ikefleet.statestore.v1.CertAttributes
+	(*TrafficSelector)(nil),  // 5: ikefleet.statestore.v1.TrafficSelector
+	(*IKESA)(nil),            // 6: ikefleet.statestore.v1.IKESA
+	(*Child)(nil),            // 7: ikefleet.statestore.v1.Child
+	(*SeqRecord)(nil),        // 8: ikefleet.statestore.v1.SeqRecord
+	(*Reservations)(nil),     // 9: ikefleet.statestore.v1.Reservations
+	(*ChildReservation)(nil), // 10: ikefleet.statestore.v1.ChildReservation
+	(*Secrets)(nil),          // 11: ikefleet.statestore.v1.Secrets
+	(*ChildKeys)(nil),        // 12: ikefleet.statestore.v1.ChildKeys
+	(*Node)(nil),             // 13: ikefleet.statestore.v1.Node
 }
 var file_api_statestore_v1_record_proto_depIdxs = []int32{
-	5,  // 0: ikefleet.statestore.v1.Record.sa:type_name -> ikefleet.statestore.v1.IKESA
+	6,  // 0: ikefleet.statestore.v1.Record.sa:type_name -> ikefleet.statestore.v1.IKESA
 	1,  // 1: ikefleet.statestore.v1.IKESA.suite:type_name -> ikefleet.statestore.v1.Suite
 	2,  // 2: ikefleet.statestore.v1.IKESA.local:type_name -> ikefleet.statestore.v1.Endpoint
 	2,  // 3: ikefleet.statestore.v1.IKESA.remote:type_name -> ikefleet.statestore.v1.Endpoint
 	3,  // 4: ikefleet.statestore.v1.IKESA.peer_id:type_name -> ikefleet.statestore.v1.Identity
-	6,  // 5: ikefleet.statestore.v1.IKESA.children:type_name -> ikefleet.statestore.v1.Child
-	1,  // 6: ikefleet.statestore.v1.Child.suite:type_name -> ikefleet.statestore.v1.Suite
-	4,  // 7: ikefleet.statestore.v1.Child.local_ts:type_name -> ikefleet.statestore.v1.TrafficSelector
-	4,  // 8: ikefleet.statestore.v1.Child.remote_ts:type_name -> ikefleet.statestore.v1.TrafficSelector
-	2,  // 9: ikefleet.statestore.v1.Child.local:type_name -> ikefleet.statestore.v1.Endpoint
-	2,  // 10: ikefleet.statestore.v1.Child.remote:type_name -> ikefleet.statestore.v1.Endpoint
-	8,  // 11: ikefleet.statestore.v1.SeqRecord.reservations:type_name -> ikefleet.statestore.v1.Reservations
-	9,  // 12: ikefleet.statestore.v1.Reservations.children:type_name -> ikefleet.statestore.v1.ChildReservation
-	11, // 13: ikefleet.statestore.v1.Secrets.children:type_name -> ikefleet.statestore.v1.ChildKeys
-	14, // [14:14] is the sub-list for method output_type
-	14, // [14:14] is the sub-list for method input_type
-	14, // [14:14] is the sub-list for extension type_name
-	14, // [14:14] is the sub-list for extension extendee
-	0,  // [0:14] is the sub-list for field type_name
+	7,  // 5: ikefleet.statestore.v1.IKESA.children:type_name -> ikefleet.statestore.v1.Child
+	4,  // 6: ikefleet.statestore.v1.IKESA.peer_cert:type_name -> ikefleet.statestore.v1.CertAttributes
+	1,  // 7: ikefleet.statestore.v1.Child.suite:type_name -> ikefleet.statestore.v1.Suite
+	5,  // 8: ikefleet.statestore.v1.Child.local_ts:type_name -> ikefleet.statestore.v1.TrafficSelector
+	5,  // 9: ikefleet.statestore.v1.Child.remote_ts:type_name -> ikefleet.statestore.v1.TrafficSelector
+	2,  // 10: ikefleet.statestore.v1.Child.local:type_name -> ikefleet.statestore.v1.Endpoint
+	2,  // 11: ikefleet.statestore.v1.Child.remote:type_name -> ikefleet.statestore.v1.Endpoint
+	9,  // 12: ikefleet.statestore.v1.SeqRecord.reservations:type_name -> ikefleet.statestore.v1.Reservations
+	10, // 13: ikefleet.statestore.v1.Reservations.children:type_name -> ikefleet.statestore.v1.ChildReservation
+	12, // 14: ikefleet.statestore.v1.Secrets.children:type_name -> ikefleet.statestore.v1.ChildKeys
+	15, // [15:15] is the sub-list for method output_type
+	15, // [15:15] is the sub-list for method input_type
+	15, // [15:15] is the sub-list for extension type_name
+	15, // [15:15] is the sub-list for extension extendee
+	0,  // [0:15] is the sub-list for field type_name
 }
 
 func init() { file_api_statestore_v1_record_proto_init() }
@@ -1418,7 +1515,7 @@ func file_api_statestore_v1_record_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_api_statestore_v1_record_proto_rawDesc), len(file_api_statestore_v1_record_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   13,
+			NumMessages:   14,
 			NumExtensions: 0,
 			NumServices:   0,
 		},
