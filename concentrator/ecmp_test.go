@@ -8,6 +8,7 @@ import (
 	"slices"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -125,6 +126,7 @@ func TestClusterECMP(t *testing.T) {
 		}
 	}()
 	connectStart := time.Now()
+	var connected atomic.Int64
 	for i := range G {
 		wg.Add(1)
 		sem <- struct{}{}
@@ -133,6 +135,8 @@ func TestClusterECMP(t *testing.T) {
 			defer func() { <-sem }()
 			if err := fleet.dial(ctx, c.vip, i); err != nil {
 				errs <- err
+			} else if k := connected.Add(1); G >= 10000 && k%int64(G/10) == 0 {
+				t.Logf("  %d connected after %v", k, time.Since(connectStart).Round(time.Millisecond))
 			}
 		}()
 	}

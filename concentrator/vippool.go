@@ -163,7 +163,7 @@ func (p *clusterPool) Acquire(peer ike.Identity) (netip.Addr, error) {
 		// Another identity has it (served by another node): keep it out
 		// of this node's offers.
 		p.local.Drop(a)
-		p.local.Claim(foreign, a)
+		p.local.Mark(foreign, a)
 	}
 	return netip.Addr{}, ike.ErrPoolExhausted
 }
@@ -186,7 +186,7 @@ func (p *clusterPool) takeReserved(peer ike.Identity) (netip.Addr, bool) {
 	p.reserved = p.reserved[:n-1]
 	p.local.Release(a)
 	if err := p.local.Claim(peer, a); err != nil {
-		p.local.Claim(reservation, a)
+		p.local.Mark(reservation, a)
 		return netip.Addr{}, false
 	}
 	return a, true
@@ -224,7 +224,7 @@ func (p *clusterPool) refill(ctx context.Context) {
 			p.reserved = append(p.reserved, a)
 		case err == nil:
 			p.local.Release(a)
-			p.local.Claim(foreign, a) // another identity's, or another node's reservation
+			p.local.Mark(foreign, a) // another identity's, or another node's reservation
 		default:
 			p.local.Release(a)
 		}
@@ -349,7 +349,7 @@ func (p *clusterPool) letGo(v *vipLease) {
 	switch {
 	case v.taken:
 		p.local.Release(v.addr)
-		p.local.Claim(foreign, v.addr)
+		p.local.Mark(foreign, v.addr)
 	case !v.confirmed || l == nil:
 		p.local.Release(v.addr)
 	default:
