@@ -39,6 +39,7 @@ const vipReserveLen = 512
 // addressLeaser is the state store's side (statestore.Store).
 type addressLeaser interface {
 	LeaseAddress(ctx context.Context, a netip.Addr, id string) (holder string, err error)
+	LeaseAddresses(ctx context.Context, addrs []netip.Addr, ids []string) (holders []string, err error)
 	AddressOf(ctx context.Context, id string) (netip.Addr, bool, error)
 	ReleaseAddress(ctx context.Context, a netip.Addr, id string) error
 	ReleaseAddressAsync(a netip.Addr, id string, done func(error)) error
@@ -293,6 +294,35 @@ func (p *clusterPool) confirm(peer ike.Identity, a netip.Addr) error {
 	}
 	p.note(a, id, nil)
 	return nil
+}
+
+// confirmMany is confirm for many SAs' addresses (peers[i] holds
+// addrs[i]), one state store round trip per batch: claimed SAs are
+// restored by the hundred when a node joins or leaves.
+func (p *clusterPool) confirmMany(peers []ike.Identity, addrs []netip.Addr) []error {
+	errs := make([]error, len(addrs))
+	l := p.leaser()
+	if l == nil || len(addrs) == 0 {
+		return errs
+	}
+	ids := make([]string, len(peers))
+	for i, peer := range peers {
+		ids[i] = p.leaseID(peer)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), poolCallTimeout)
+	defer cancel()
+	holders, err := l.LeaseAddresses(ctx, addrs, ids)
+	for i, a := range addrs {
+		switch {
+		case i >= len(holders):
+			errs[i] = err
+		case holders[i] != "" && holders[i] != ids[i]:
+			errs[i] = ike.ErrAddressInUse
+		default:
+			p.note(a, ids[i], nil)
+		}
+	}
+	return errs
 }
 
 // Claim takes a restored SA's hold on its address, leasing it first

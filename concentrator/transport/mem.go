@@ -188,7 +188,7 @@ func (n *Network) deliver(from, to netip.AddrPort, b []byte) bool {
 
 type datagram struct {
 	from, to netip.AddrPort
-	b    []byte
+	b        []byte
 }
 
 type memConn struct {
