@@ -567,7 +567,7 @@ func (n *Node) claimBatch(ctx context.Context, spis []uint64) {
 	if len(mine) > 0 {
 		loaded, owners, err := st.LoadMany(ctx, mine)
 		for i := range loaded {
-			if err == nil && loaded[i].Err == nil && owners[i] != me {
+			if loaded[i].SPI != 0 && loaded[i].Err == nil && owners[i] != me { // read, but not ours (whatever became of the other batches)
 				loaded[i].Err = &statestore.OwnerError{SPI: loaded[i].SPI, Owner: owners[i]}
 			}
 		}
