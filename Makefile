@@ -107,10 +107,11 @@ load-smoke: build
 
 # In-process cluster: three nodes behind one anycast address (memory data
 # plane, one embedded etcd, real gRPC between the nodes), CLUSTER_GATEWAYS
-# simulated gateways re-hashed as ECMP does when a node joins, leaves and
+# simulated gateways (each its own address and IKE SA; they share a few
+# initiator engines) re-hashed as ECMP does when a node joins, leaves and
 # is killed. Prints one `cluster:` line (lost, re-authentications, dual
 # owners, moves, outage percentiles) and a line of hand-off figures.
-CLUSTER_GATEWAYS ?= 2000
+CLUSTER_GATEWAYS ?= 100000
 bench-cluster:
 	@out=$$(CLUSTER_BENCH=1 CLUSTER_GATEWAYS=$(CLUSTER_GATEWAYS) $(GO) test -count=1 -run '^TestClusterECMP$$' -timeout 10m ./concentrator/ 2>&1); \
 	  rc=$$?; if [ $$rc -ne 0 ]; then echo "$$out" | grep -E '_test.go:|^--- |^FAIL|^panic|^cluster:' | tail -40; exit $$rc; fi; echo "$$out" | grep '^cluster:'

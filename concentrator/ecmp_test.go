@@ -3,6 +3,9 @@ package concentrator
 import (
 	"context"
 	"fmt"
+	"net"
+	"net/http"
+	_ "net/http/pprof"
 	"net/netip"
 	"os"
 	"slices"
@@ -89,6 +92,15 @@ func TestClusterECMP(t *testing.T) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), time.Duration(envInt("CLUSTER_TIMEOUT_S", 540))*time.Second)
 	defer cancel()
+	if addr := os.Getenv("CLUSTER_PPROF"); addr != "" { // e.g. 127.0.0.1:6060: profile a phase while it runs
+		lis, err := net.Listen("tcp", addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		srv := &http.Server{Handler: http.DefaultServeMux}
+		go srv.Serve(lis)
+		t.Cleanup(func() { srv.Close() })
+	}
 	c := newTestCluster(t, G)
 	c.ikeExtra = "  dpd_delay: 0s\n" // the gateways check liveness, the nodes do not
 	if G > 60000 {
@@ -103,7 +115,14 @@ func TestClusterECMP(t *testing.T) {
 	}
 	c.setRoute("n1", "n2")
 
-	const dpd = 30 * time.Second
+	// The gateways' liveness checks: an event's clock step sets them all
+	// off. A large fleet checks less often, so that while it connects
+	// (minutes that the fake clock follows) the ones connected already do
+	// not check again and again (each check an exchange on both sides).
+	dpd := 30 * time.Second
+	if G > 5000 {
+		dpd = 5 * time.Minute
+	}
 	fleet := startFleet(t, ctx, c.netw, c.clk, G, func(cfg *ike.Config) { cfg.DPDDelay = dpd })
 	var wg sync.WaitGroup
 	errs := make(chan error, G)
@@ -113,9 +132,11 @@ func TestClusterECMP(t *testing.T) {
 	// starved machine drops the batches it could not persist) retransmits,
 	// as a real gateway would, instead of waiting forever.
 	ticking := make(chan struct{})
+	var connected atomic.Int64
 	go func() {
 		tick := time.NewTicker(50 * time.Millisecond)
 		defer tick.Stop()
+		last, lastAt := int64(-1), time.Now()
 		for {
 			select {
 			case <-ticking:
@@ -123,10 +144,22 @@ func TestClusterECMP(t *testing.T) {
 			case <-tick.C:
 				c.clk.Advance(50 * time.Millisecond)
 			}
+			if k := connected.Load(); k != last {
+				last, lastAt = k, time.Now()
+			} else if time.Since(lastAt) > 30*time.Second {
+				lastAt = time.Now()
+				d, dr := c.netw.Stats()
+				t.Logf("  no gateway connected for 30 s (%d so far); network: %d delivered, %d dropped", k, d, dr)
+				for _, id := range ids {
+					if cn := c.node(id); cn != nil {
+						sas, _ := cn.n.SAs(ctx)
+						t.Logf("  %s: %d SAs %+v %+v", id, len(sas), cn.n.ClusterStats(), cn.n.ReceiveStats())
+					}
+				}
+			}
 		}
 	}()
 	connectStart := time.Now()
-	var connected atomic.Int64
 	for i := range G {
 		wg.Add(1)
 		sem <- struct{}{}

@@ -147,8 +147,7 @@ func (p *fleetPart) loop(ctx context.Context) {
 		case <-timer.C():
 			p.eng.Tick(p.f.clk.Now(), &rd)
 		case fn := <-p.calls:
-			fn()
-			continue
+			fn() // may start an SA: its deadline counts below
 		}
 		p.perform(&rd)
 		now := p.f.clk.Now()
@@ -187,8 +186,8 @@ func (p *fleetPart) perform(rd *ike.Ready) {
 		switch ev.Kind {
 		case ike.EventIKEEstablished:
 			f.established[i].Add(1)
-		case ike.EventIKEFailed:
-			err = fmt.Errorf("gateway %d: %v %s", i+1, ev.Notify, ev.Reason)
+		case ike.EventIKEFailed, ike.EventIKEDeleted:
+			err = fmt.Errorf("gateway %d: %v: %v %s", i+1, ev.Kind, ev.Notify, ev.Reason)
 		default:
 			continue
 		}
@@ -244,11 +243,21 @@ func (f *gatewayFleet) dial(ctx context.Context, server netip.Addr, i int) error
 	if err != nil {
 		return err
 	}
-	select {
-	case err := <-w:
-		return err
-	case <-ctx.Done():
-		return fmt.Errorf("gateway %d: not established: %w", i+1, ctx.Err())
+	for {
+		select {
+		case err := <-w:
+			return err
+		case <-ctx.Done():
+			return fmt.Errorf("gateway %d: not established: %w", i+1, ctx.Err())
+		case <-time.After(time.Minute):
+			state := "gone"
+			f.do(i, func(p *fleetPart) {
+				if sa := p.eng.SA(f.spi[i].Load()); sa != nil {
+					state = sa.State()
+				}
+			})
+			f.t.Logf("gateway %d: no IKE SA after a minute: %s", i+1, state)
+		}
 	}
 }
 
