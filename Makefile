@@ -117,7 +117,7 @@ load-smoke: build
 CLUSTER_GATEWAYS ?= 100000
 CLUSTER_LEASE_TTL ?= 10s
 bench-cluster:
-	@out=$$(CLUSTER_BENCH=1 CLUSTER_GATEWAYS=$(CLUSTER_GATEWAYS) CLUSTER_LEASE_TTL=$(CLUSTER_LEASE_TTL) $(GO) test -count=1 -run '^TestClusterECMP$$' -timeout 10m ./concentrator/ 2>&1); \
+	@out=$$(CLUSTER_BENCH=1 CLUSTER_GATEWAYS=$(CLUSTER_GATEWAYS) CLUSTER_LEASE_TTL=$(CLUSTER_LEASE_TTL) $(GO) test -v -count=1 -run '^TestClusterECMP$$' -timeout 10m ./concentrator/ 2>&1); \
 	  rc=$$?; if [ $$rc -ne 0 ]; then echo "$$out" | grep -E '_test.go:|^--- |^FAIL|^panic|^fatal error|^runtime:|^signal|^cluster:' | tail -40; exit $$rc; fi; echo "$$out" | grep '^cluster:'
 
 # make test: every fuzz target a few seconds (the committed corpora under
