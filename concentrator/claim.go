@@ -32,6 +32,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net/netip"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -49,7 +50,6 @@ const (
 	claimNegMax     = 1 << 16         // negative cache entries
 	claimBatch      = 128             // SPIs claimed together
 	claimWorkers    = 4               // batches under way at once
-	claimVIPs       = 16              // virtual-IP leases confirmed at once per batch
 	claimRetry      = 200 * time.Millisecond
 	claimUnreached  = time.Second // an unreachable live owner is asked again after this (its lease's end wakes the claim sooner)
 )
@@ -567,7 +567,7 @@ func (n *Node) claimBatch(ctx context.Context, spis []uint64) {
 	if len(mine) > 0 {
 		loaded, owners, err := st.LoadMany(ctx, mine)
 		for i := range loaded {
-			if err == nil && loaded[i].Err == nil && owners[i] != me {
+			if loaded[i].SPI != 0 && loaded[i].Err == nil && owners[i] != me { // read, but not ours (whatever became of the other batches)
 				loaded[i].Err = &statestore.OwnerError{SPI: loaded[i].SPI, Owner: owners[i]}
 			}
 		}
@@ -657,37 +657,41 @@ func (n *Node) restoreClaimed(ctx context.Context, recs []*statestore.SARecord) 
 		st  ike.SAState
 	}
 	byShard := map[*shard][]claimed{}
-	var wg sync.WaitGroup
-	sem := make(chan struct{}, claimVIPs)
+	// The virtual IPs' leases are confirmed here, so that the restores on
+	// the shards' goroutines wait for no etcd round trip: one round trip
+	// per pool and batch, not one per SA.
+	type leases struct {
+		spis  []uint64
+		peers []ike.Identity
+		addrs []netip.Addr
+	}
+	byPool := map[*clusterPool]*leases{}
+	lease := func(cp *clusterPool, spi uint64, peer ike.Identity, a netip.Addr) {
+		l := byPool[cp]
+		if l == nil {
+			l = &leases{}
+			byPool[cp] = l
+		}
+		l.spis, l.peers, l.addrs = append(l.spis, spi), append(l.peers, peer), append(l.addrs, a)
+	}
 	for _, r := range recs {
 		st := stateOf(r)
-		// The virtual IP's lease is confirmed here, so that the restore
-		// on the shard's goroutine waits for no etcd round trip; a few
-		// at once.
 		if cp := poolFor(&n.ecfg, st.PeerID, st.PeerCert); cp != nil && st.VirtualIP.IsValid() {
-			wg.Add(1)
-			sem <- struct{}{}
-			go func() {
-				defer func() { <-sem; wg.Done() }()
-				if err := cp.confirm(st.PeerID, st.VirtualIP); err != nil {
-					n.log.Warn("claimed SA's virtual IP not leased", "spi", fmt.Sprintf("%016x", r.LocalSPI()), "vip", st.VirtualIP.String(), "err", err)
-				}
-			}()
+			lease(cp, r.LocalSPI(), st.PeerID, st.VirtualIP)
 		}
 		if cp, ok := n.ecfg.Pool6.(*clusterPool); ok && st.VirtualIP6.IsValid() {
-			wg.Add(1)
-			sem <- struct{}{}
-			go func() {
-				defer func() { <-sem; wg.Done() }()
-				if err := cp.confirm(st.PeerID, st.VirtualIP6); err != nil {
-					n.log.Warn("claimed SA's virtual IPv6 address not leased", "spi", fmt.Sprintf("%016x", r.LocalSPI()), "vip", st.VirtualIP6.String(), "err", err)
-				}
-			}()
+			lease(cp, r.LocalSPI(), st.PeerID, st.VirtualIP6)
 		}
 		s := n.shardOfSPI(r.LocalSPI())
 		byShard[s] = append(byShard[s], claimed{r.LocalSPI(), st})
 	}
-	wg.Wait()
+	for cp, l := range byPool {
+		for i, err := range cp.confirmMany(l.peers, l.addrs) {
+			if err != nil {
+				n.log.Warn("claimed SA's virtual IP not leased", "spi", fmt.Sprintf("%016x", l.spis[i]), "vip", l.addrs[i].String(), "err", err)
+			}
+		}
+	}
 	for s, sts := range byShard {
 		n.do(ctx, s, func() {
 			now := n.clock.Mono()

@@ -3,11 +3,15 @@ package concentrator
 import (
 	"context"
 	"fmt"
+	"net"
+	"net/http"
+	_ "net/http/pprof"
 	"net/netip"
 	"os"
 	"slices"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -88,8 +92,20 @@ func TestClusterECMP(t *testing.T) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), time.Duration(envInt("CLUSTER_TIMEOUT_S", 540))*time.Second)
 	defer cancel()
+	if addr := os.Getenv("CLUSTER_PPROF"); addr != "" { // e.g. 127.0.0.1:6060: profile a phase while it runs
+		lis, err := net.Listen("tcp", addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		srv := &http.Server{Handler: http.DefaultServeMux}
+		go srv.Serve(lis)
+		t.Cleanup(func() { srv.Close() })
+	}
 	c := newTestCluster(t, G)
 	c.ikeExtra = "  dpd_delay: 0s\n" // the gateways check liveness, the nodes do not
+	if G > 60000 {
+		c.edit = func(s string) string { return replaceOnce(t, s, "pool: 10.99.0.0/16", "pool: 10.96.0.0/13") }
+	}
 	// Leases outlast a busy moment of a shared 2-core machine (a node
 	// that misses its renewals is fenced, and its SAs are taken over).
 	c.leaseTTL = os.Getenv("CLUSTER_LEASE_TTL") // default 3s (the product's default)
@@ -99,23 +115,28 @@ func TestClusterECMP(t *testing.T) {
 	}
 	c.setRoute("n1", "n2")
 
-	const dpd = 30 * time.Second
-	gws := make([]*memGateway, G)
-	for i := range gws {
-		a := netip.AddrFrom4([4]byte{100, 64 + byte(i>>16), byte(i >> 8), byte(i)})
-		gws[i] = startMemGateway(t, ctx, c.netw, c.clk, a, func(cfg *ike.Config) { cfg.DPDDelay = dpd })
+	// The gateways' liveness checks: an event's clock step sets them all
+	// off. A large fleet checks less often, so that while it connects
+	// (minutes that the fake clock follows) the ones connected already do
+	// not check again and again (each check an exchange on both sides).
+	dpd := 30 * time.Second
+	if G > 5000 {
+		dpd = 5 * time.Minute
 	}
+	fleet := startFleet(t, ctx, c.netw, c.clk, G, func(cfg *ike.Config) { cfg.DPDDelay = dpd })
 	var wg sync.WaitGroup
 	errs := make(chan error, G)
-	sem := make(chan struct{}, 64)
+	sem := make(chan struct{}, 256)
 	// The fake clock follows real time while the gateways connect: one
 	// whose IKE_AUTH answer never came (a node that fenced itself on a
 	// starved machine drops the batches it could not persist) retransmits,
 	// as a real gateway would, instead of waiting forever.
 	ticking := make(chan struct{})
+	var connected atomic.Int64
 	go func() {
 		tick := time.NewTicker(50 * time.Millisecond)
 		defer tick.Stop()
+		last, lastAt := int64(-1), time.Now()
 		for {
 			select {
 			case <-ticking:
@@ -123,16 +144,32 @@ func TestClusterECMP(t *testing.T) {
 			case <-tick.C:
 				c.clk.Advance(50 * time.Millisecond)
 			}
+			if k := connected.Load(); k != last {
+				last, lastAt = k, time.Now()
+			} else if time.Since(lastAt) > 30*time.Second {
+				lastAt = time.Now()
+				d, dr := c.netw.Stats()
+				t.Logf("  no gateway connected for 30 s (%d so far); network: %d delivered, %d dropped", k, d, dr)
+				for _, id := range ids {
+					if cn := c.node(id); cn != nil {
+						sas, _ := cn.n.SAs(ctx)
+						t.Logf("  %s: %d SAs %+v %+v", id, len(sas), cn.n.ClusterStats(), cn.n.ReceiveStats())
+					}
+				}
+			}
 		}
 	}()
-	for i, g := range gws {
+	connectStart := time.Now()
+	for i := range G {
 		wg.Add(1)
 		sem <- struct{}{}
 		go func() {
 			defer wg.Done()
 			defer func() { <-sem }()
-			if err := g.dial(ctx, c.vip, i+1); err != nil {
+			if err := fleet.dial(ctx, c.vip, i); err != nil {
 				errs <- err
+			} else if k := connected.Add(1); G >= 10000 && k%int64(G/10) == 0 {
+				t.Logf("  %d connected after %v", k, time.Since(connectStart).Round(time.Millisecond))
 			}
 		}()
 	}
@@ -142,10 +179,8 @@ func TestClusterECMP(t *testing.T) {
 	for err := range errs {
 		t.Fatal(err)
 	}
-	spis := make([]uint64, G)
-	for i, g := range gws {
-		_, spis[i], _ = gatewaySA(g)
-	}
+	t.Logf("%d gateways connected in %v", G, time.Since(connectStart).Round(time.Millisecond))
+	spis := fleet.sas()
 	fig := clusterFigures{nodes: len(ids), gateways: G}
 
 	// sample: every node's table, twice (in opposite orders); an SA held
@@ -196,6 +231,12 @@ func TestClusterECMP(t *testing.T) {
 		return m
 	}
 
+	// Dual ownership is sampled every 0.5 s (2 s for a large fleet, where
+	// one sample reads every node's whole table twice).
+	sampleEvery := 10
+	if G > 5000 {
+		sampleEvery = 40
+	}
 	// event: re-route, then every gateway checks liveness; wait until each
 	// has heard back, sampling meanwhile.
 	event := func(name string, change func()) {
@@ -215,9 +256,9 @@ func TestClusterECMP(t *testing.T) {
 		samples := 0
 		for left > 0 {
 			if ctx.Err() != nil {
-				for i := range gws {
+				for i := range G {
 					if done[i] == 0 {
-						t.Logf("gateway %d (%v) SA %016x: held by %s before", i+1, gws[i].ike.LocalAddr().Addr(), spis[i], before[spis[i]])
+						t.Logf("gateway %d (%v) SA %016x: held by %s before", i+1, fleetAddr(i), spis[i], before[spis[i]])
 					}
 				}
 				for _, id := range ids {
@@ -227,15 +268,15 @@ func TestClusterECMP(t *testing.T) {
 				}
 				t.Fatalf("%s: %d gateways never heard back", name, left)
 			}
-			for i, g := range gws {
+			for i := range G {
 				if done[i] == 0 {
-					if r := g.lastRecv.Load(); r > start.UnixNano() {
+					if r := fleet.lastRecv[i].Load(); r > start.UnixNano() {
 						done[i] = time.Duration(r - start.UnixNano())
 						left--
 					}
 				}
 			}
-			if samples%10 == 0 {
+			if samples%sampleEvery == 0 {
 				fig.dualOwner += sampleDual()
 			}
 			samples++
@@ -293,20 +334,22 @@ func TestClusterECMP(t *testing.T) {
 			}
 		}
 	}
-	store := c.node("n1").n.persist.store
-	for i, g := range gws {
-		_, spir, _ := gatewaySA(g)
+	owners, err := c.node("n1").n.persist.store.(batchStore).Owners(ctx, spis)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, spir := range fleet.sas() {
 		h := final[spis[i]]
-		o, _, err := store.Owner(ctx, spis[i])
+		o := owners[i].Owner
 		switch {
 		case spir != spis[i] || len(h) == 0:
 			fig.lost++
 		case len(h) > 1:
 			fig.dualOwner++
-		case err != nil || o.Node != h[0]:
-			t.Errorf("gateway %d: SA %016x held by %s, owner in etcd %v (%v)", i+1, spis[i], h[0], o, err)
+		case !owners[i].Found || o.Node != h[0]:
+			t.Errorf("gateway %d: SA %016x held by %s, owner in etcd %v", i+1, spis[i], h[0], o)
 		}
-		fig.reauth += int(g.established.Load() - 1)
+		fig.reauth += int(fleet.established[i].Load() - 1)
 	}
 	slices.Sort(fig.outages)
 	pct := func(p float64) float64 {

@@ -39,6 +39,7 @@ const vipReserveLen = 512
 // addressLeaser is the state store's side (statestore.Store).
 type addressLeaser interface {
 	LeaseAddress(ctx context.Context, a netip.Addr, id string) (holder string, err error)
+	LeaseAddresses(ctx context.Context, addrs []netip.Addr, ids []string) (holders []string, err error)
 	AddressOf(ctx context.Context, id string) (netip.Addr, bool, error)
 	ReleaseAddress(ctx context.Context, a netip.Addr, id string) error
 	ReleaseAddressAsync(a netip.Addr, id string, done func(error)) error
@@ -163,7 +164,7 @@ func (p *clusterPool) Acquire(peer ike.Identity) (netip.Addr, error) {
 		// Another identity has it (served by another node): keep it out
 		// of this node's offers.
 		p.local.Drop(a)
-		p.local.Claim(foreign, a)
+		p.local.Mark(foreign, a)
 	}
 	return netip.Addr{}, ike.ErrPoolExhausted
 }
@@ -186,7 +187,7 @@ func (p *clusterPool) takeReserved(peer ike.Identity) (netip.Addr, bool) {
 	p.reserved = p.reserved[:n-1]
 	p.local.Release(a)
 	if err := p.local.Claim(peer, a); err != nil {
-		p.local.Claim(reservation, a)
+		p.local.Mark(reservation, a)
 		return netip.Addr{}, false
 	}
 	return a, true
@@ -224,7 +225,7 @@ func (p *clusterPool) refill(ctx context.Context) {
 			p.reserved = append(p.reserved, a)
 		case err == nil:
 			p.local.Release(a)
-			p.local.Claim(foreign, a) // another identity's, or another node's reservation
+			p.local.Mark(foreign, a) // another identity's, or another node's reservation
 		default:
 			p.local.Release(a)
 		}
@@ -308,6 +309,35 @@ func (p *clusterPool) confirm(peer ike.Identity, a netip.Addr) error {
 	return nil
 }
 
+// confirmMany is confirm for many SAs' addresses (peers[i] holds
+// addrs[i]), one state store round trip per batch: claimed SAs are
+// restored by the hundred when a node joins or leaves.
+func (p *clusterPool) confirmMany(peers []ike.Identity, addrs []netip.Addr) []error {
+	errs := make([]error, len(addrs))
+	l := p.leaser()
+	if l == nil || len(addrs) == 0 {
+		return errs
+	}
+	ids := make([]string, len(peers))
+	for i, peer := range peers {
+		ids[i] = p.leaseID(peer)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), poolCallTimeout)
+	defer cancel()
+	holders, err := l.LeaseAddresses(ctx, addrs, ids)
+	for i, a := range addrs {
+		switch {
+		case i >= len(holders):
+			errs[i] = err
+		case holders[i] != "" && holders[i] != ids[i]:
+			errs[i] = ike.ErrAddressInUse
+		default:
+			p.note(a, ids[i], nil)
+		}
+	}
+	return errs
+}
+
 // Claim takes a restored SA's hold on its address, leasing it first
 // unless confirm did.
 func (p *clusterPool) Claim(peer ike.Identity, a netip.Addr) error {
@@ -362,7 +392,7 @@ func (p *clusterPool) letGo(v *vipLease) {
 	switch {
 	case v.taken:
 		p.local.Release(v.addr)
-		p.local.Claim(foreign, v.addr)
+		p.local.Mark(foreign, v.addr)
 	case !v.confirmed || l == nil:
 		p.local.Release(v.addr)
 	default:

@@ -22,6 +22,12 @@ func (l *recordingLeaser) LeaseAddress(context.Context, netip.Addr, string) (str
 	l.mu.Unlock()
 	return "", nil
 }
+func (l *recordingLeaser) LeaseAddresses(_ context.Context, addrs []netip.Addr, _ []string) ([]string, error) {
+	l.mu.Lock()
+	l.leases += len(addrs)
+	l.mu.Unlock()
+	return make([]string, len(addrs)), nil
+}
 func (l *recordingLeaser) AddressOf(context.Context, string) (netip.Addr, bool, error) {
 	return netip.Addr{}, false, nil
 }

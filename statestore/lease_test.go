@@ -124,6 +124,16 @@ func testAddressLeaseWithEstablished(t *testing.T, single bool) {
 	if h, err := b.LeaseAddress(ctx, x1, "gw-6"); err != nil || h != "gw-4" {
 		t.Fatalf("unreserve dropped a lease: %q %v", h, err)
 	}
+	// Many leases confirmed at once: one free address leased, one held by
+	// its identity already, one another identity's; the free one is taken
+	// (another identity's lease of it then fails).
+	x4 := netip.MustParseAddr("10.64.0.4")
+	if h, err := a.LeaseAddresses(ctx, []netip.Addr{x4, x2, x1}, []string{"gw-7", "gw-6", "gw-8"}); err != nil || h[0] != "" || h[1] != "gw-6" || h[2] != "gw-4" {
+		t.Fatalf("LeaseAddresses: %q %v", h, err)
+	}
+	if h, err := b.LeaseAddress(ctx, x4, "gw-9"); err != nil || h != "gw-7" {
+		t.Fatalf("x4 after LeaseAddresses: %q %v", h, err)
+	}
 	if err := (&Change{Kind: Updated, Record: r4, Lease: &AddressLease{Addr: x1, ID: "gw-4"}}).validate(); err == nil {
 		t.Fatal("a lease with an update accepted")
 	}

@@ -8,9 +8,11 @@ package statestore
 // --max-txn-ops limits the operations of each level of a transaction).
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
+	"sync"
 	"time"
 
 	pb "github.com/ikefleet/ikefleet/api/statestore/v1"
@@ -297,39 +299,64 @@ func (s *Store) handOffRefused(spi uint64, me Owner, rv saRevs, rs []*etcdserver
 }
 
 // LoadMany reads the records and owners of many SAs, a batch per
-// transaction. A missing record is ErrNotFound in its Moved.Err.
+// transaction, a few transactions at once (reads: no order to keep). A
+// missing record is ErrNotFound in its Moved.Err. On an error, the SAs
+// whose batch was not read have no outcome (a zero Moved.SPI).
 func (s *Store) LoadMany(ctx context.Context, spis []uint64) ([]Moved, []Owner, error) {
 	out := make([]Moved, len(spis))
 	owners := make([]Owner, len(spis))
 	per := max(1, min(readBatch, s.cfg.Batch.MaxBatch)/3)
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	var first error
+	sem := make(chan struct{}, loadManyInflight)
 	for lo := 0; lo < len(spis); lo += per {
 		chunk := spis[lo:min(lo+per, len(spis))]
-		ops := make([]clientv3.Op, 0, 3*len(chunk))
-		for _, spi := range chunk {
-			ops = append(ops, clientv3.OpGet(s.k.owner(spi)), clientv3.OpGet(s.k.sa(spi)), clientv3.OpGet(s.k.seq(spi)))
-		}
-		rc, cancel := s.rctx(ctx)
-		resp, err := s.txn(rc).Then(ops...).Commit()
-		cancel()
-		s.noteResult(err)
-		if err != nil {
-			return out, owners, fmt.Errorf("%w: %v", ErrUnavailable, err)
-		}
-		for i, spi := range chunk {
-			m := &out[lo+i]
-			m.SPI = spi
-			if kvs := resp.Responses[3*i].GetResponseRange().Kvs; len(kvs) > 0 {
-				owners[lo+i], _ = parseOwner(kvs[0].Value)
+		sem <- struct{}{}
+		wg.Add(1)
+		go func() {
+			defer func() { <-sem; wg.Done() }()
+			if err := s.loadChunk(ctx, chunk, out[lo:], owners[lo:]); err != nil {
+				mu.Lock()
+				first = cmp.Or(first, err)
+				mu.Unlock()
 			}
-			kvs := resp.Responses[3*i+1].GetResponseRange().Kvs
-			if len(kvs) == 0 {
-				m.Err = fmt.Errorf("%w: %016x", ErrNotFound, spi)
-				continue
-			}
-			m.Record, m.Err = s.decode(spi, kvs[0], resp.Responses[3*i+2].GetResponseRange().Kvs, true)
-		}
+		}()
 	}
-	return out, owners, nil
+	wg.Wait()
+	return out, owners, first
+}
+
+// loadManyInflight: LoadMany's read transactions under way at once.
+const loadManyInflight = 4
+
+// loadChunk reads one LoadMany batch into out and owners.
+func (s *Store) loadChunk(ctx context.Context, chunk []uint64, out []Moved, owners []Owner) error {
+	ops := make([]clientv3.Op, 0, 3*len(chunk))
+	for _, spi := range chunk {
+		ops = append(ops, clientv3.OpGet(s.k.owner(spi)), clientv3.OpGet(s.k.sa(spi)), clientv3.OpGet(s.k.seq(spi)))
+	}
+	rc, cancel := s.rctx(ctx)
+	resp, err := s.txn(rc).Then(ops...).Commit()
+	cancel()
+	s.noteResult(err)
+	if err != nil {
+		return fmt.Errorf("%w: %v", ErrUnavailable, err)
+	}
+	for i, spi := range chunk {
+		m := &out[i]
+		m.SPI = spi
+		if kvs := resp.Responses[3*i].GetResponseRange().Kvs; len(kvs) > 0 {
+			owners[i], _ = parseOwner(kvs[0].Value)
+		}
+		kvs := resp.Responses[3*i+1].GetResponseRange().Kvs
+		if len(kvs) == 0 {
+			m.Err = fmt.Errorf("%w: %016x", ErrNotFound, spi)
+			continue
+		}
+		m.Record, m.Err = s.decode(spi, kvs[0], resp.Responses[3*i+2].GetResponseRange().Kvs, true)
+	}
+	return nil
 }
 
 // NodeEvent is a registration that began or ended.

@@ -45,6 +45,50 @@ func (s *Store) LeaseAddress(ctx context.Context, a netip.Addr, id string) (hold
 	return string(kvs[0].Value), nil
 }
 
+// LeaseAddresses is LeaseAddress for many addresses (addrs[i] for
+// ids[i]), a batch per transaction: each lease a nested transaction
+// guarded by its address being free. holders[i] is as LeaseAddress's
+// holder ("" or ids[i]: leased to ids[i]).
+func (s *Store) LeaseAddresses(ctx context.Context, addrs []netip.Addr, ids []string) (holders []string, err error) {
+	if len(addrs) != len(ids) {
+		return nil, fmt.Errorf("statestore: %d addresses for %d identities", len(addrs), len(ids))
+	}
+	holders = make([]string, len(addrs))
+	per := max(1, s.cfg.Batch.MaxBatch)
+	for lo := 0; lo < len(addrs); lo += per {
+		hi := min(lo+per, len(addrs))
+		ops := make([]clientv3.Op, 0, hi-lo)
+		for i := lo; i < hi; i++ {
+			ak, ik := s.k.poolAddr(addrs[i]), s.k.poolID(ids[i])
+			ops = append(ops, clientv3.OpTxn([]clientv3.Cmp{clientv3.Compare(clientv3.CreateRevision(ak), "=", 0)},
+				[]clientv3.Op{clientv3.OpPut(ak, ids[i]), clientv3.OpPut(ik, addrs[i].String())},
+				[]clientv3.Op{clientv3.OpGet(ak)}))
+		}
+		rc, cancel := s.rctx(ctx)
+		resp, err := s.txn(rc).Then(ops...).Commit()
+		cancel()
+		s.noteResult(err)
+		if err != nil {
+			return holders[:lo], fmt.Errorf("%w: %v", ErrUnavailable, err)
+		}
+		for i := lo; i < hi; i++ {
+			t := resp.Responses[i-lo].GetResponseTxn()
+			if t.Succeeded {
+				continue
+			}
+			kvs := t.Responses[0].GetResponseRange().Kvs
+			if len(kvs) == 0 { // released meanwhile
+				if holders[i], err = s.LeaseAddress(ctx, addrs[i], ids[i]); err != nil {
+					return holders[:i], err
+				}
+				continue
+			}
+			holders[i] = string(kvs[0].Value)
+		}
+	}
+	return holders, nil
+}
+
 // AddressOf returns the address leased to identity id, if any.
 func (s *Store) AddressOf(ctx context.Context, id string) (netip.Addr, bool, error) {
 	rc, cancel := s.rctx(ctx)

@@ -209,6 +209,28 @@ func TestPoolOneAddressPerIdentity(t *testing.T) {
 	}
 }
 
+// A mark (Mark) holds addresses without becoming an identity that
+// returns to them: marking many costs no list that grows with each one.
+func TestPoolMarkIsNotRemembered(t *testing.T) {
+	p := NewPool(netip.MustParsePrefix("10.99.0.0/24"))
+	mark := Identity{Type: 255, Data: []byte("elsewhere")}
+	for i := 1; i <= 10; i++ {
+		a := netip.AddrFrom4([4]byte{10, 99, 0, byte(i)})
+		if err := p.Mark(mark, a); err != nil {
+			t.Fatal(err)
+		}
+		if err := p.Claim(rfc822("a@x"), a); err != ErrAddressInUse {
+			t.Fatalf("claim of a marked address: %v", err)
+		}
+	}
+	if n := len(p.byPeer[mark.String()]); n != 0 || p.InUse() != 10 {
+		t.Fatalf("mark remembered %d addresses, %d in use", n, p.InUse())
+	}
+	if a, _ := p.Acquire(rfc822("b@x")); a != netip.MustParseAddr("10.99.0.11") {
+		t.Fatalf("acquire after ten marks: %v", a)
+	}
+}
+
 // The engine side: two SAs of one identity get one address and the
 // selector of that address.
 func TestVirtualIPSharedByIdentity(t *testing.T) {

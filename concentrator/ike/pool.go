@@ -170,7 +170,15 @@ func (p *Pool) remember(key string, a netip.Addr) {
 }
 
 // Claim marks a as held by peer (a restored SA's address).
-func (p *Pool) Claim(peer Identity, a netip.Addr) error {
+func (p *Pool) Claim(peer Identity, a netip.Addr) error { return p.claim(peer, a, true) }
+
+// Mark is Claim without remembering a as an address peer returns to: for
+// marks that stand for many addresses, not one identity's (those another
+// node's peers hold), as Fresh. A mark's list would grow with every
+// address it covers, and each Claim would walk it.
+func (p *Pool) Mark(peer Identity, a netip.Addr) error { return p.claim(peer, a, false) }
+
+func (p *Pool) claim(peer Identity, a netip.Addr, remember bool) error {
 	if a.Is4() != p.prefix.Addr().Is4() || !p.prefix.Contains(a) || a == p.prefix.Addr() || a == lastAddr(p.prefix) {
 		return ErrNotInPool
 	}
@@ -185,7 +193,9 @@ func (p *Pool) Claim(peer Identity, a netip.Addr) error {
 		return nil
 	}
 	p.inUse[a] = &lease{peer: key, refs: 1}
-	p.remember(key, a)
+	if remember {
+		p.remember(key, a)
+	}
 	return nil
 }
 

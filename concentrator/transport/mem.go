@@ -20,8 +20,9 @@ const (
 var ErrAddrInUse = errors.New("transport: address in use")
 
 // Network is an in-memory datagram network. Datagrams go to the socket
-// bound to their destination, or else to one bound to the unspecified
-// address of the same family and the destination's port; datagrams
+// bound to their destination (one of the hosts sharing it, see Host), or
+// else to one bound to the unspecified address of the same family and
+// the destination's port; datagrams
 // nobody is bound to, or that find the receiver's queue full, are
 // dropped, as UDP would. Safe for concurrent use.
 type Network struct {
@@ -151,13 +152,6 @@ func (n *Network) deliver(from, to netip.AddrPort, b []byte) bool {
 	}
 	n.mu.Lock()
 	c := n.conns[to]
-	if c == nil {
-		wild := netip.IPv4Unspecified()
-		if to.Addr().Is6() {
-			wild = netip.IPv6Unspecified()
-		}
-		c = n.conns[netip.AddrPortFrom(wild, to.Port())]
-	}
 	if hosts := n.shared[to]; c == nil && len(hosts) > 0 {
 		names := make([]string, 0, len(hosts))
 		for h := range hosts {
@@ -170,13 +164,20 @@ func (n *Network) deliver(from, to netip.AddrPort, b []byte) bool {
 		}
 		c = hosts[pick]
 	}
+	if c == nil {
+		wild := netip.IPv4Unspecified()
+		if to.Addr().Is6() {
+			wild = netip.IPv6Unspecified()
+		}
+		c = n.conns[netip.AddrPortFrom(wild, to.Port())]
+	}
 	n.mu.Unlock()
 	if c == nil {
 		n.dropped.Add(1)
 		return false
 	}
 	select {
-	case c.q <- datagram{from: from, b: append([]byte(nil), b...)}:
+	case c.q <- datagram{from: from, to: to, b: append([]byte(nil), b...)}:
 		n.delivered.Add(1)
 		return true
 	default:
@@ -186,8 +187,8 @@ func (n *Network) deliver(from, to netip.AddrPort, b []byte) bool {
 }
 
 type datagram struct {
-	from netip.AddrPort
-	b    []byte
+	from, to netip.AddrPort
+	b        []byte
 }
 
 type memConn struct {
@@ -205,6 +206,18 @@ func (c *memConn) ReadFrom(b []byte) (int, netip.AddrPort, error) {
 		return copy(b, d.b), d.from, nil
 	case <-c.closed:
 		return 0, netip.AddrPort{}, fmt.Errorf("transport: read on %v: %w", c.local, net.ErrClosed)
+	}
+}
+
+// ReadFromTo is ReadFrom that also returns the datagram's destination:
+// a socket bound to the unspecified address receives for every address
+// nobody bound (one socket can serve many simulated hosts).
+func (c *memConn) ReadFromTo(b []byte) (int, netip.AddrPort, netip.AddrPort, error) {
+	select {
+	case d := <-c.q:
+		return copy(b, d.b), d.from, d.to, nil
+	case <-c.closed:
+		return 0, netip.AddrPort{}, netip.AddrPort{}, fmt.Errorf("transport: read on %v: %w", c.local, net.ErrClosed)
 	}
 }
 

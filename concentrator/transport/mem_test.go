@@ -44,6 +44,23 @@ func TestNetworkDelivers(t *testing.T) {
 	if nb, from, _ := w.ReadFrom(buf); nb != 1 || from.String() != "192.0.2.9:1234" {
 		t.Fatalf("wildcard read %d from %v", nb, from)
 	}
+	// It tells which address a datagram was for, and a shared address
+	// keeps its own datagrams.
+	h, err := n.Host("h1").Listen(netip.MustParseAddrPort("10.0.0.100:4500"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	n.Inject(netip.MustParseAddrPort("192.0.2.9:4500"), netip.MustParseAddrPort("10.0.0.100:4500"), []byte{1})
+	n.Inject(netip.MustParseAddrPort("10.0.0.100:4500"), netip.MustParseAddrPort("100.64.0.7:4500"), []byte{2, 2})
+	if nb, from, _ := h.ReadFrom(buf); nb != 1 || from.String() != "192.0.2.9:4500" {
+		t.Fatalf("shared address read %d from %v", nb, from)
+	}
+	if nb, from, to, _ := w.(interface {
+		ReadFromTo([]byte) (int, netip.AddrPort, netip.AddrPort, error)
+	}).ReadFromTo(buf); nb != 2 || from.String() != "10.0.0.100:4500" || to.String() != "100.64.0.7:4500" {
+		t.Fatalf("wildcard read %d from %v to %v", nb, from, to)
+	}
+	h.Close()
 	if n.Inject(b.LocalAddr(), netip.MustParseAddrPort("10.0.0.3:1"), msg) {
 		t.Fatal("delivered to nobody")
 	}
@@ -54,7 +71,7 @@ func TestNetworkDelivers(t *testing.T) {
 	if nb, _, _ := a.ReadFrom(buf); string(buf[:nb]) != "y" {
 		t.Fatalf("filtered datagram arrived: %q", buf[:nb])
 	}
-	if d, x := n.Stats(); d != 3 || x != 2 {
+	if d, x := n.Stats(); d != 5 || x != 2 {
 		t.Fatalf("delivered %d dropped %d", d, x)
 	}
 	// Close wakes the reader with net.ErrClosed and frees the address.
