@@ -47,35 +47,7 @@ func TestPolicyCertificateAttributes(t *testing.T) {
 		cred := c.ca.Issue(t, c.id)
 		files[fmt.Sprintf("x509/gw%d.crt", n)] = cred.CertPEM
 		files[fmt.Sprintf("private/gw%d.key", n)] = cred.KeyPEM
-		fmt.Fprintf(&conns, `  gw%[1]d {
-    version = 2
-    local_addrs = %[2]s
-    remote_addrs = %[3]s
-    proposals = %[4]s
-    encap = yes
-    mobike = no
-    send_cert = always
-    send_certreq = yes
-    local {
-      auth = pubkey
-      certs = gw%[1]d.crt
-      id = %[5]s
-    }
-    remote {
-      auth = pubkey
-      id = %[6]s
-      cacerts = ca.crt
-    }
-    children {
-      lan%[1]d {
-        local_ts = 10.20.0.0/16
-        remote_ts = %[7]s
-        esp_proposals = %[8]s
-        start_action = none
-      }
-    }
-  }
-`, n, GWAddr, ConcAddr, IKEProp, c.id, ConcID, ConcLAN, ESPProp)
+		conns.WriteString(certGatewayConn(n, c.id, "10.20.0.0/16"))
 	}
 
 	certPath, keyPath, caPath := filepath.Join(dir, "conc.crt"), filepath.Join(dir, "conc.key"), filepath.Join(dir, "ca.crt")

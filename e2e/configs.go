@@ -235,3 +235,38 @@ dataplane:
 `, ConcLAN)
 	return b.String()
 }
+
+// certGatewayConn is swanctl's connection gw<n> of a gateway that
+// authenticates with its certificate gw<n>.crt as id, proposing localTS
+// as its side and ConcLAN as ours (no automatic start).
+func certGatewayConn(n int, id, localTS string) string {
+	return fmt.Sprintf(`  gw%[1]d {
+    version = 2
+    local_addrs = %[2]s
+    remote_addrs = %[3]s
+    proposals = %[4]s
+    encap = yes
+    mobike = no
+    send_cert = always
+    send_certreq = yes
+    local {
+      auth = pubkey
+      certs = gw%[1]d.crt
+      id = %[5]s
+    }
+    remote {
+      auth = pubkey
+      id = %[6]s
+      cacerts = ca.crt
+    }
+    children {
+      lan%[1]d {
+        local_ts = %[7]s
+        remote_ts = %[8]s
+        esp_proposals = %[9]s
+        start_action = none
+      }
+    }
+  }
+`, n, GWAddr, ConcAddr, IKEProp, id, ConcID, localTS, ConcLAN, ESPProp)
+}

@@ -71,35 +71,7 @@ func TestInteropRevocation(t *testing.T) {
 		n := i + 1
 		files[fmt.Sprintf("x509/gw%d.crt", n)] = cred.CertPEM
 		files[fmt.Sprintf("private/gw%d.key", n)] = cred.KeyPEM
-		fmt.Fprintf(&conns, `  gw%[1]d {
-    version = 2
-    local_addrs = %[2]s
-    remote_addrs = %[3]s
-    proposals = %[4]s
-    encap = yes
-    mobike = no
-    send_cert = always
-    send_certreq = yes
-    local {
-      auth = pubkey
-      certs = gw%[1]d.crt
-      id = %[5]s
-    }
-    remote {
-      auth = pubkey
-      id = %[6]s
-      cacerts = ca.crt
-    }
-    children {
-      lan%[1]d {
-        local_ts = %[7]s
-        remote_ts = %[8]s
-        esp_proposals = %[9]s
-        start_action = none
-      }
-    }
-  }
-`, n, GWAddr, ConcAddr, IKEProp, c.id, ConcID, GWLAN, ConcLAN, ESPProp)
+		conns.WriteString(certGatewayConn(n, c.id, GWLAN))
 	}
 
 	certPath, keyPath, caPath := filepath.Join(dir, "conc.crt"), filepath.Join(dir, "conc.key"), filepath.Join(dir, "ca.crt")
