@@ -15,9 +15,15 @@ type Engine struct {
 	cfg       Config
 	sas       map[uint64]*IKESA  // by our IKE SPI
 	initIndex map[initKey]*IKESA // responder half-open SAs by (SPIi, peer)
-	inSPIs    map[uint32]*IKESA  // inbound ESP SPIs in use
-	timers    *timerWheel
-	halfOpen  int
+	// recentInits: the (SPIi, peer) of responder SAs established within
+	// the last HalfOpenTimeout, and until when, in that order; a copy of
+	// their IKE_SA_INIT still on its way (a retransmission, a cookie
+	// retry) must not start another half-open SA.
+	recentInits map[initKey]time.Time
+	recentQ     []recentInit
+	inSPIs      map[uint32]*IKESA // inbound ESP SPIs in use
+	timers      *timerWheel
+	halfOpen    int
 	// half-open accounting (admission.go)
 	halfOpenBytes int64
 	perPrefix     map[netip.Prefix]int
@@ -32,6 +38,45 @@ type Engine struct {
 type initKey struct {
 	spi  uint64
 	peer netip.AddrPort
+}
+
+type recentInit struct {
+	key   initKey
+	until time.Time
+}
+
+// noteEstablishedInit remembers k (its SA left the half-open index when it
+// was established) for HalfOpenTimeout.
+func (e *Engine) noteEstablishedInit(now time.Time, k initKey) {
+	e.pruneRecentInits(now)
+	until := now.Add(e.cfg.HalfOpenTimeout)
+	e.recentInits[k] = until
+	e.recentQ = append(e.recentQ, recentInit{k, until})
+}
+
+// recentlyEstablished: an SA with this (SPIi, peer) was established
+// within HalfOpenTimeout.
+func (e *Engine) recentlyEstablished(now time.Time, k initKey) bool {
+	e.pruneRecentInits(now)
+	until, ok := e.recentInits[k]
+	return ok && now.Before(until)
+}
+
+func (e *Engine) pruneRecentInits(now time.Time) {
+	n := 0
+	for n < len(e.recentQ) && !now.Before(e.recentQ[n].until) {
+		r := e.recentQ[n]
+		if e.recentInits[r.key] == r.until {
+			delete(e.recentInits, r.key)
+		}
+		n++
+	}
+	if n > 0 {
+		e.recentQ = e.recentQ[n:]
+		if len(e.recentQ) == 0 {
+			e.recentQ = nil // let the backing array go
+		}
+	}
 }
 
 type cookieSecret struct {
@@ -96,7 +141,7 @@ func NewEngine(cfg Config) (*Engine, error) {
 	e := &Engine{
 		cfg:       cfg,
 		sas:       make(map[uint64]*IKESA),
-		initIndex: make(map[initKey]*IKESA),
+		initIndex: make(map[initKey]*IKESA), recentInits: make(map[initKey]time.Time),
 		inSPIs:    make(map[uint32]*IKESA),
 		timers:    newTimerWheel(),
 		perPrefix: make(map[netip.Prefix]int),

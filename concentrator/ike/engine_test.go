@@ -652,3 +652,34 @@ func TestCookieRetryRacesRetransmission(t *testing.T) {
 		t.Fatalf("responder: %d established, want 1", st.Established)
 	}
 }
+
+// A copy of an IKE_SA_INIT that arrives after its SA was established (a
+// retransmission or cookie retry that waited in a queue) starts no
+// half-open SA: one would never see an IKE_AUTH and would hold its
+// source's half-open quota until it timed out. Seen in a burst of 10,000
+// gateways behind one address: 1,024 such orphans filled the quota and
+// the rest waited 60 s for their fifth retransmission.
+func TestLateInitCopyAfterEstablishment(t *testing.T) {
+	w := newWire(t, responderConfig(t, 1))
+	var init []byte
+	w.drop = func(fromInitiator bool, msg []byte) bool {
+		if h, _ := DecodeHeader(msg); fromInitiator && h.Exchange == IKE_SA_INIT && init == nil {
+			init = append([]byte(nil), msg...)
+		}
+		return false
+	}
+	w.establish(t, pskInitiation(t))
+	late := Packet{Local: concAddr, Remote: w.nat(gwAddr), Data: init}
+	before := w.res.Stats()
+	w.run(R(func(rd *Ready) { w.res.Handle(w.now, late, rd) }), false)
+	if s := w.res.Stats(); s.HalfOpen != 0 || s.DuplicateRequests != before.DuplicateRequests+1 || w.res.Len() != 1 {
+		t.Fatalf("after a late copy: %d half-open, %d duplicates (was %d), %d SAs", s.HalfOpen, s.DuplicateRequests, before.DuplicateRequests, w.res.Len())
+	}
+	// Once HalfOpenTimeout has passed, the same SPI from that peer is a
+	// new request again.
+	w.now = w.now.Add(DefaultHalfOpenTimeout + time.Second)
+	w.run(R(func(rd *Ready) { w.res.Handle(w.now, late, rd) }), false)
+	if s := w.res.Stats(); s.HalfOpen != 1 {
+		t.Fatalf("a copy after the window: %d half-open, want 1", s.HalfOpen)
+	}
+}

@@ -158,6 +158,15 @@ func (e *Engine) initHandled(pkt Packet, h Header, rd *Ready) bool {
 		e.drop(rd, pkt, h.SPIi, 0, ErrRetransmission)
 		return true
 	}
+	if h.Exchange == IKE_SA_INIT && e.recentlyEstablished(e.now, initKey{h.SPIi, pkt.Remote}) {
+		// A late copy of the request of an SA established meanwhile (a
+		// retransmission or a cookie retry that waited in a queue): a
+		// half-open SA made from it would never see an IKE_AUTH, and
+		// would hold its source's half-open quota until it timed out.
+		e.stats.DuplicateRequests++
+		e.drop(rd, pkt, h.SPIi, 0, ErrRetransmission)
+		return true
+	}
 	if len(pkt.Data) > e.cfg.MaxInitSize {
 		// Nothing legitimate is this large; keeping it would let a padded
 		// request make a half-open SA cost tens of kilobytes.
@@ -277,6 +286,7 @@ func (sa *IKESA) establishResponder(now time.Time, e *Engine, msgID uint32, req 
 	sa.eap = nil
 	e.halfOpenDone(sa)
 	delete(e.initIndex, initKey{sa.SPIi, sa.initRemote})
+	e.noteEstablishedInit(now, initKey{sa.SPIi, sa.initRemote})
 	sa.lastRecv = now
 	e.stats.Established++
 	rd.add(sa.event(EventIKEEstablished))
