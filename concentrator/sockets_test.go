@@ -11,6 +11,7 @@ import (
 	"os"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -232,6 +233,17 @@ func TestBatchReadMatchesDatagrams(t *testing.T) {
 
 // cookieInit is an IKE_SA_INIT request (aes256-sha256-modp2048) with the
 // given initiator SPI and, if any, a cookie as its first payload.
+// busyShard keeps s's goroutine busy until the returned release is called
+// (any number of times): what arrives meanwhile waits in its queues, and
+// the socket loop answers alone.
+func busyShard(ctx context.Context, n *Node, s *shard) (release func()) {
+	started, ch := make(chan struct{}), make(chan struct{})
+	go n.do(ctx, s, func() { close(started); <-ch })
+	<-started
+	var once sync.Once
+	return func() { once.Do(func() { close(ch) }) }
+}
+
 func cookieInit(spi uint64, cookie []byte) []byte {
 	var ps []ike.Payload
 	if cookie != nil {
@@ -295,12 +307,11 @@ func TestSocketLoopAnswersCookies(t *testing.T) {
 		t.Fatal("no cookie demanded")
 	}
 	// The shard is busy: the socket loop answers alone.
-	started, release := make(chan struct{}), make(chan struct{})
-	go n.do(ctx, s, func() { close(started); <-release })
-	<-started
+	release := busyShard(ctx, n, s)
+	defer release()
 	cookie := cookieIn(exchange(req))
 	if cookie == nil {
-		close(release)
+		release()
 		t.Fatal("no cookie from the socket loop while the shard is busy")
 	}
 	proven := cookieInit(spi, cookie)
@@ -311,7 +322,7 @@ func TestSocketLoopAnswersCookies(t *testing.T) {
 		time.Sleep(10 * time.Millisecond)
 	}
 	prio, pq, init := len(s.q.prio), len(s.q.proven), len(s.q.init)
-	close(release)
+	release()
 	if prio != 0 || pq != 1 || init != 0 {
 		t.Fatalf("the request with the cookie: %d in the priority queue, %d in the proven queue, %d in the new-SA queue; want 0, 1, 0", prio, pq, init)
 	}
@@ -401,15 +412,8 @@ func TestBackloggedShardDemandsCookies(t *testing.T) {
 			reqs = append(reqs, r)
 		}
 	}
-	started, release := make(chan struct{}), make(chan struct{})
-	go n.do(ctx, s, func() { close(started); <-release })
-	<-started
-	released := false
-	defer func() {
-		if !released {
-			close(release)
-		}
-	}()
+	release := busyShard(ctx, n, s)
+	defer release()
 	for _, r := range reqs[:initBacklog] {
 		cc.send(r)
 	}
@@ -422,8 +426,7 @@ func TestBackloggedShardDemandsCookies(t *testing.T) {
 	if want := binary.BigEndian.Uint64(last); spi != want || !cookie {
 		t.Fatalf("answer for %016x (cookie %v) while the shard was busy; want a cookie for %016x", spi, cookie, want)
 	}
-	close(release)
-	released = true
+	release()
 	for range initBacklog {
 		if _, cookie := cc.answer(); !cookie {
 			t.Fatal("a queued request got a key exchange while cookies were demanded")
@@ -542,15 +545,8 @@ func TestProvenRequestsAfterEstablishedTraffic(t *testing.T) {
 		}
 		proven = append(proven, cookieInit(spi<<8|0x77, cookie))
 	}
-	started, release := make(chan struct{}), make(chan struct{})
-	go n.do(ctx, s, func() { close(started); <-release })
-	<-started
-	released := false
-	defer func() {
-		if !released {
-			close(release)
-		}
-	}()
+	release := busyShard(ctx, n, s)
+	defer release()
 	for _, r := range proven {
 		cc.send(r)
 	}
@@ -569,8 +565,7 @@ func TestProvenRequestsAfterEstablishedTraffic(t *testing.T) {
 	if p, q := len(s.q.prio), len(s.q.proven); p != 1 || q != restart {
 		t.Fatalf("queued: %d in the priority queue (want 1), %d proven (want %d)", p, q, restart)
 	}
-	close(release)
-	released = true
+	release()
 	spi, _ := cc.answer()
 	if spi != existing {
 		t.Fatalf("first answer for %016x: a new SA was served before the existing SA's message", spi)
