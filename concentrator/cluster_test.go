@@ -482,6 +482,53 @@ func TestHandOffCommitAnswerLost(t *testing.T) {
 	}
 }
 
+// A hand-off call the requester gives up on (its deadline passes while
+// the owner writes, as under load) must not leave the SA with no one:
+// the owner has frozen it, so it finishes the hand-off (or serves the SA
+// again) whatever the caller does, and the requester's next call finds
+// the SA its own.
+func TestHandOffOutlivesCallerDeadline(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	c := newTestCluster(t, 2)
+	var slow atomic.Int32
+	c.adjust = func(id string, n *Node) {
+		if id != "a" {
+			return
+		}
+		n.handOffHook = func(ctx context.Context, st batchStore, f []*statestore.SARecord, to statestore.Owner) ([]statestore.Moved, error) {
+			if slow.Add(1) == 1 { // the first write outlasts the requester's call
+				select {
+				case <-time.After(peerCallTimeout + 500*time.Millisecond):
+				case <-ctx.Done():
+					return nil, fmt.Errorf("%w: %v", statestore.ErrUnavailable, ctx.Err())
+				}
+			}
+			return st.HandOffMany(ctx, f, to)
+		}
+	}
+	c.start(ctx, "a")
+	c.start(ctx, "b")
+	c.setRoute("a")
+	g := startMemGateway(t, ctx, c.netw, c.clk, netip.AddrFrom4([4]byte{192, 0, 2, 12}))
+	g.connect(ctx, c.vip, 1)
+	_, spir, _ := gatewaySA(g)
+	c.pin(g.ike.LocalAddr().Addr(), "b")
+	rekeyChild(t, ctx, g, 1)
+	if slow.Load() == 0 {
+		t.Fatal("the hand-off was never written")
+	}
+	if h := c.holders(ctx, spir); len(h) != 1 || h[0] != "b" {
+		t.Fatalf("SA held by %v after a hand-off that outlived its call, want b alone", h)
+	}
+	if s := c.node("b").n.ClusterStats(); s.ClaimFailures != 0 {
+		t.Fatalf("b: %+v", s)
+	}
+	if s := c.node("a").n.ClusterStats(); s.HandedOff != 1 {
+		t.Fatalf("a: %+v, want one hand-off counted", s)
+	}
+}
+
 // A flood of IKE messages for SPIs nobody owns costs one claim (one
 // owner lookup) per SPI per negative-cache interval, and parking is
 // bounded per SPI.

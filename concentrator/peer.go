@@ -286,6 +286,14 @@ func (ps *peerServer) handOff(ctx context.Context, spis []uint64, to statestore.
 	if len(finals) == 0 {
 		return all(retry("nothing held"))
 	}
+	// From here on the frozen SAs are this node's to finish: written as
+	// handed off, or served here again. The caller giving up (its deadline
+	// under load) must cut neither short, or the SAs would be held by no
+	// one while etcd still names this node: the write and the restores run
+	// on the node's context (the write bounded by a lease, and by twice a
+	// call's time at least).
+	ctx, wcancel := context.WithTimeout(n.runCtx, max(n.cfg.StateStore.LeaseTTL, 2*peerCallTimeout))
+	defer wcancel()
 	write := st.HandOffMany
 	if n.handOffHook != nil {
 		write = func(ctx context.Context, f []*statestore.SARecord, to statestore.Owner) ([]statestore.Moved, error) {
@@ -326,7 +334,7 @@ func (ps *peerServer) handOff(ctx context.Context, spis []uint64, to statestore.
 			rest = ps.settle(st, spis, rest, me, to, res)
 		}
 		for _, i := range rest {
-			n.restoreHeld(ctx, n.shardOfSPI(spis[i]), *states[i])
+			n.restoreHeld(n.runCtx, n.shardOfSPI(spis[i]), *states[i])
 			res[i] = retry(why)
 		}
 	}
@@ -386,7 +394,7 @@ func (ps *peerServer) settle(st batchStore, spis []uint64, idx []int, me, to sta
 
 // restoreHeld puts an SA whose hand-off failed back into its shard.
 func (n *Node) restoreHeld(ctx context.Context, s *shard, st ike.SAState) {
-	n.do(ctx, s, func() {
+	err := n.do(ctx, s, func() {
 		var rd ike.Ready
 		if _, err := s.eng.Restore(n.clock.Mono(), st, &rd); err != nil {
 			n.log.Warn("SA not restored after a failed hand-off", "spi", fmt.Sprintf("%016x", st.SPIr), "err", err)
@@ -394,6 +402,11 @@ func (n *Node) restoreHeld(ctx context.Context, s *shard, st ike.SAState) {
 		}
 		n.perform(ctx, s, &rd)
 	})
+	if err != nil {
+		// Stopping: the SA's last committed state is in etcd, and whoever
+		// owns it next restores it from there.
+		n.log.Warn("SA not restored after a failed hand-off", "spi", fmt.Sprintf("%016x", st.SPIr), "err", err)
+	}
 }
 
 // Forward takes an IKE datagram for a half-open SA this node holds.
