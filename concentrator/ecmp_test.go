@@ -8,8 +8,10 @@ import (
 	_ "net/http/pprof"
 	"net/netip"
 	"os"
+	"runtime/pprof"
 	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -59,6 +61,14 @@ func (g *memGateway) dial(ctx context.Context, server netip.Addr, n int) error {
 	}
 }
 
+// quantileMs is the q-quantile of sorted d in milliseconds (0 if empty).
+func quantileMs(d []time.Duration, q float64) float64 {
+	if len(d) == 0 {
+		return 0
+	}
+	return float64(d[int(q*float64(len(d)-1))].Microseconds()) / 1000
+}
+
 func envInt(name string, def int) int {
 	if v, err := strconv.Atoi(os.Getenv(name)); err == nil && v > 0 {
 		return v
@@ -70,8 +80,7 @@ func envInt(name string, def int) int {
 type clusterFigures struct {
 	nodes, gateways, lost, reauth, dualOwner, moved int
 	outages                                         []time.Duration // per moved gateway and event
-	revisions, handOffs, takeOvers                  int64           // etcd revisions during the join, SAs moved then
-	joinTook                                        time.Duration
+	events                                          []string        // one figures line per event
 }
 
 // Gateways behind one anycast address served by three nodes, flows
@@ -84,7 +93,8 @@ type clusterFigures struct {
 // re-authentication, and never an SA held by two nodes in any sample.
 // CLUSTER_GATEWAYS sets the fleet (default 500, 60 with -short, as make
 // test-race runs it); CLUSTER_BENCH=1 prints
-// the figures as one line (make bench-cluster).
+// the figures as one line (make bench-cluster); CLUSTER_CPUPROFILE=file
+// writes a CPU profile of the events (join, leave, kill).
 func TestClusterECMP(t *testing.T) {
 	G := envInt("CLUSTER_GATEWAYS", 500)
 	if testing.Short() {
@@ -287,28 +297,40 @@ func TestClusterECMP(t *testing.T) {
 			c.clk.Advance(50 * time.Millisecond)
 		}
 		took := time.Since(start)
+		rev1, _ := c.etcdRevision(ctx)
 		after := holder()
-		moved := 0
+		var outages []time.Duration
 		for i, spi := range spis {
 			if before[spi] != after[spi] {
-				moved++
-				fig.outages = append(fig.outages, done[i])
+				outages = append(outages, done[i])
 			}
 		}
+		fig.outages = append(fig.outages, outages...)
+		moved := len(outages)
 		fig.moved += moved
-		var handOffs, takeOvers int64 // received by the nodes alive after the event
+		var handOffs, takeOvers uint64 // received by the nodes alive after the event
+		var given []string
+		var topGiver uint64 // SAs the busiest giving node handed off
 		for _, id := range ids {
 			if cn := c.node(id); cn != nil {
 				s := cn.n.ClusterStats()
-				handOffs += int64(s.HandOffs - stats0[id].HandOffs)
-				takeOvers += int64(s.TakeOvers - stats0[id].TakeOvers)
+				handOffs += s.HandOffs - stats0[id].HandOffs
+				takeOvers += s.TakeOvers - stats0[id].TakeOvers
+				if g := s.HandedOff - stats0[id].HandedOff; g > 0 {
+					given = append(given, fmt.Sprintf("%s:%d", id, g))
+					topGiver = max(topGiver, g)
+				}
 			}
 		}
-		if name == "join" {
-			rev1, _ := c.etcdRevision(ctx)
-			fig.revisions, fig.handOffs, fig.joinTook = rev1-rev0, handOffs, took
+		slices.Sort(outages)
+		line := fmt.Sprintf("cluster: event=%s took-ms=%d moved=%d hand-offs=%d takeovers=%d etcd-revisions-per-move=%.2f outage-p50-ms=%.0f outage-max-ms=%.0f",
+			name, took.Milliseconds(), moved, handOffs, takeOvers, float64(rev1-rev0)/float64(max(moved, 1)),
+			quantileMs(outages, 0.5), quantileMs(outages, 1))
+		if len(given) > 0 {
+			line += fmt.Sprintf(" given=%s busiest-giver-per-second=%.0f", strings.Join(given, ","), float64(topGiver)/took.Seconds())
 		}
-		t.Logf("%s: %d of %d SAs moved (%d hand-offs, %d takeovers) in %v", name, moved, G, handOffs, takeOvers, took.Round(time.Millisecond))
+		fig.events = append(fig.events, line)
+		t.Log(line)
 		d, dr := c.netw.Stats()
 		t.Logf("  network: %d delivered, %d dropped (all events so far)", d, dr)
 		for _, id := range ids {
@@ -316,6 +338,16 @@ func TestClusterECMP(t *testing.T) {
 				t.Logf("  %s: %+v %+v", id, cn.n.ClusterStats(), cn.n.ReceiveStats())
 			}
 		}
+	}
+	if path := os.Getenv("CLUSTER_CPUPROFILE"); path != "" { // the events' CPU profile (not the connect phase)
+		f, err := os.Create(path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := pprof.StartCPUProfile(f); err != nil {
+			t.Fatal(err)
+		}
+		defer func() { pprof.StopCPUProfile(); f.Close() }()
 	}
 	event("join", func() { c.setRoute("n1", "n2", "n3") })
 	event("leave", func() { c.setRoute("n2", "n3") })
@@ -352,21 +384,14 @@ func TestClusterECMP(t *testing.T) {
 		fig.reauth += int(fleet.established[i].Load() - 1)
 	}
 	slices.Sort(fig.outages)
-	pct := func(p float64) float64 {
-		if len(fig.outages) == 0 {
-			return 0
-		}
-		return float64(fig.outages[int(p*float64(len(fig.outages)-1))].Microseconds()) / 1000
-	}
-	line := fmt.Sprintf("cluster: nodes=%d gateways=%d lost=%d reauth=%d dual-owner=%d moved=%d outage-p50-ms=%.0f outage-p99-ms=%.0f",
-		fig.nodes, fig.gateways, fig.lost, fig.reauth, fig.dualOwner, fig.moved, pct(0.5), pct(0.99))
+	line := fmt.Sprintf("cluster: nodes=%d gateways=%d lost=%d reauth=%d dual-owner=%d moved=%d outage-p50-ms=%.0f outage-p99-ms=%.0f outage-max-ms=%.0f",
+		fig.nodes, fig.gateways, fig.lost, fig.reauth, fig.dualOwner, fig.moved,
+		quantileMs(fig.outages, 0.5), quantileMs(fig.outages, 0.99), quantileMs(fig.outages, 1))
 	t.Log(line)
 	if os.Getenv("CLUSTER_BENCH") != "" {
 		fmt.Println(line)
-		if fig.handOffs > 0 {
-			fmt.Printf("cluster: etcd-revisions-per-handoff=%.2f handoffs=%d join-took-ms=%d handoffs-per-second=%.0f (one node giving, two claiming)\n",
-				float64(fig.revisions)/float64(fig.handOffs), fig.handOffs, fig.joinTook.Milliseconds(),
-				float64(fig.handOffs)/fig.joinTook.Seconds())
+		for _, l := range fig.events {
+			fmt.Println(l)
 		}
 	}
 	if fig.lost != 0 || fig.reauth != 0 || fig.dualOwner != 0 || fig.moved == 0 {
