@@ -100,7 +100,10 @@ func gatewaysOn(c *Cluster, n *ClusterNode) []*ClusterGateway {
 	return on
 }
 
-// moveLoss is what the ping streams show about a move in a window.
+// moveLoss is what the ping streams show about a move in a window. A
+// moved gateway's outage is the longer of its longest run of lost pings
+// and its longest round trip: a ping held while the SA was claimed and
+// answered seconds late was an outage for the traffic too.
 type moveLoss struct {
 	lost, otherLost int             // pings lost by the moved gateways, by the others
 	worst           time.Duration   // the longest outage of a moved gateway
@@ -115,9 +118,10 @@ func tallyMove(c *Cluster, streams map[string]*PingStream, moved []*ClusterGatew
 		w := streams[g.Name].Window(from, to)
 		if slices.Contains(moved, g) {
 			m.lost += w.Lost
-			m.worst = max(m.worst, w.Outage)
-			m.outages = append(m.outages, w.Outage)
-			m.per = append(m.per, fmt.Sprintf("%s:%d", g.Name, w.Outage.Milliseconds()))
+			out := max(w.Outage, w.MaxRTT)
+			m.worst = max(m.worst, out)
+			m.outages = append(m.outages, out)
+			m.per = append(m.per, fmt.Sprintf("%s:%d", g.Name, out.Milliseconds()))
 		} else {
 			m.otherLost += w.Lost
 		}
@@ -286,8 +290,8 @@ func TestCluster(t *testing.T) {
 			changed := compareSnapshots(t, ctx, c, before, "live move")
 			m1 := clusterMetrics(t, ctx, c)
 			txns := m1["ikefleet_statestore_txns_total"] - m0["ikefleet_statestore_txns_total"]
-			t.Logf("cluster-move: gateway=%s from=%s to=%s pings=%d lost-pings=%d outage-ms=%d sa-changed=%d claims=%d handed-off=%d etcd-txns=%.0f",
-				g.Name, from.ID, to.ID, w.Sent, w.Lost, w.Outage.Milliseconds(), changed,
+			t.Logf("cluster-move: gateway=%s from=%s to=%s pings=%d lost-pings=%d outage-ms=%d max-rtt-ms=%d sa-changed=%d claims=%d handed-off=%d etcd-txns=%.0f",
+				g.Name, from.ID, to.ID, w.Sent, w.Lost, w.Outage.Milliseconds(), w.MaxRTT.Milliseconds(), changed,
 				countNodeLogs(c, "SA claimed")-claims0, countNodeLogs(c, "SA handed off")-handed0,
 				txns)
 		}
