@@ -75,12 +75,18 @@ type LogConfig struct {
 }
 
 type IKEConfig struct {
-	Listen            []string      `yaml:"listen"`
-	Port              int           `yaml:"port"`
-	NATTPort          int           `yaml:"natt_port"`
-	ForceEncap        *bool         `yaml:"force_encap"`
-	Shards            int           `yaml:"shards"`
-	CookieThreshold   *int          `yaml:"cookie_threshold"`
+	Listen          []string `yaml:"listen"`
+	Port            int      `yaml:"port"`
+	NATTPort        int      `yaml:"natt_port"`
+	ForceEncap      *bool    `yaml:"force_encap"`
+	Shards          int      `yaml:"shards"`
+	CookieThreshold *int     `yaml:"cookie_threshold"`
+	// CookieBacklog: new IKE_SA_INITs waiting in a shard's queue from
+	// which on the shard demands cookies, whatever its number of half-open
+	// SAs: each waiting request may cost a key exchange, and a genuine one
+	// waits behind them all. 0 turns this trigger off (cookie_threshold
+	// alone decides).
+	CookieBacklog     *int          `yaml:"cookie_backlog"`
 	HalfOpenTimeout   time.Duration `yaml:"half_open_timeout"`
 	RetransmitTimeout time.Duration `yaml:"retransmit_timeout"`
 	RetransmitTries   int           `yaml:"retransmit_tries"`
@@ -230,11 +236,11 @@ func fieldErr(field, format string, args ...any) error {
 // listening on all addresses.
 func DefaultConfig() Config {
 	t := true
-	th := 1000
+	th, backlog := 1000, defaultCookieBacklog
 	return Config{
 		Log: LogConfig{Level: "info", Format: "json", PerEventRate: 1},
 		IKE: IKEConfig{
-			Listen: []string{"0.0.0.0"}, Port: 500, NATTPort: 4500, ForceEncap: &t, MOBIKE: &t, CookieThreshold: &th, SocketBuffer: DefaultSocketBuffer,
+			Listen: []string{"0.0.0.0"}, Port: 500, NATTPort: 4500, ForceEncap: &t, MOBIKE: &t, CookieThreshold: &th, CookieBacklog: &backlog, SocketBuffer: DefaultSocketBuffer,
 			HalfOpenTimeout: 30 * time.Second, RetransmitTimeout: 2 * time.Second, RetransmitTries: 5, DPDDelay: 60 * time.Second, KeepaliveInterval: 20 * time.Second,
 			Proposals: []string{
 				"aes256gcm16-prfsha256-x25519", "aes256gcm16-prfsha384-ecp384", "aes128gcm16-prfsha256-ecp256",
@@ -389,6 +395,9 @@ func (c *Config) Validate() error {
 	}
 	if c.IKE.CookieThreshold != nil && *c.IKE.CookieThreshold < 0 {
 		return fieldErr("ike.cookie_threshold", "must not be negative")
+	}
+	if c.IKE.CookieBacklog != nil && (*c.IKE.CookieBacklog < 0 || *c.IKE.CookieBacklog > shardInitQueue) {
+		return fieldErr("ike.cookie_backlog", "must be 0 (off) to %d (a shard's queue of new requests): %d", shardInitQueue, *c.IKE.CookieBacklog)
 	}
 	if err := c.IKE.validateAdmission(); err != nil {
 		return err

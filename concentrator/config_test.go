@@ -66,6 +66,8 @@ func TestConfigErrorsNameTheField(t *testing.T) {
 		{minimal + "ike:\n  proposals: [aes256gcm16-prfsha256-x25519, 3des-sha1-modp1024]\n", "ike.proposals[1]"},
 		{minimal + "ike:\n  esp_proposals: [rot13]\n", "ike.esp_proposals[0]"},
 		{minimal + "ike:\n  half_open_timeout: -1s\n", "ike.half_open_timeout"},
+		{minimal + "ike:\n  cookie_backlog: -1\n", "ike.cookie_backlog"},
+		{minimal + "ike:\n  cookie_backlog: 8193\n", "ike.cookie_backlog"},
 		{minimal + "log:\n  level: loud\n", "log.level"},
 		{strings.Replace(minimal, "secret: s3cret-0123456789ab", "secret_hex: zz", 1), "auth.psks[0].secret"},
 		{strings.Replace(minimal, "secret: s3cret-0123456789ab", "", 1), "auth.psks[0].secret"},

@@ -41,6 +41,8 @@ type Node struct {
 	dp     dataplane.DataPlane
 	ecfg   ike.Config
 	shards []*shard
+	// cookieBacklog: ike.cookie_backlog (0: off).
+	cookieBacklog int
 	// Session resumption ticket keys (resumption.go); nil: disabled.
 	tickets      *ike.TicketRing
 	localTickets []statestore.TicketKey
@@ -135,6 +137,10 @@ func New(cfg Config, log *slog.Logger, dp dataplane.DataPlane, opts ...Option) (
 	ns := cfg.shards()
 	espBits := bits.Len(uint(ns - 1))
 	n.espBits = espBits
+	n.cookieBacklog = defaultCookieBacklog
+	if cfg.IKE.CookieBacklog != nil {
+		n.cookieBacklog = *cfg.IKE.CookieBacklog
+	}
 	perShard := ecfg.CookieThreshold
 	if perShard > 0 {
 		perShard = (perShard + ns - 1) / ns

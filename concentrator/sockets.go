@@ -38,11 +38,14 @@ const (
 	spiShardShift = 44    // IKE SPI bits 44..51 name the shard
 	spiShardMask  = uint64(0xff) << spiShardShift
 	prioStreak    = 64 // packets served from the queues in a row before timers and calls get a look
-	// initBacklog: new IKE_SA_INITs waiting in a shard's queue from which
-	// on the shard demands cookies whatever its number of half-open SAs
-	// (ike.Cookies.Demand): each of them may cost a key exchange, and a
-	// genuine request waits behind them all.
-	initBacklog = 16
+	// shardInitQueue: the largest ike.cookie_backlog (a shard's queue of
+	// new requests).
+	shardInitQueue = initQueueLen
+	// defaultCookieBacklog: ike.cookie_backlog's default, the new
+	// IKE_SA_INITs waiting in a shard's queue from which on the shard
+	// demands cookies whatever its number of half-open SAs
+	// (ike.Cookies.Demand).
+	defaultCookieBacklog = 16
 )
 
 // socketConfigurer is implemented by data planes that need to prepare the
@@ -336,7 +339,7 @@ func (n *Node) receive(c transport.Conn, b []byte, local, remote netip.AddrPort,
 		kind = queueNew
 		now := n.clock.Mono()
 		cookies := s.eng.Cookies()
-		if len(s.q.init) >= initBacklog {
+		if n.cookieBacklog > 0 && len(s.q.init) >= n.cookieBacklog {
 			// The engine falls behind with new SAs: demand cookies
 			// before the half-open SAs reach the threshold.
 			cookies.Demand(now)

@@ -399,45 +399,81 @@ func (cc *cookieClient) answer() (spi uint64, cookie bool) {
 // A shard whose queue of new IKE_SA_INITs backs up demands cookies, far
 // below its half-open threshold: the socket loop answers the next request
 // itself while the shard is busy, and the engine then answers the queued
-// ones with cookies too instead of computing their key exchanges.
+// ones with cookies too instead of computing their key exchanges. The
+// backlog is ike.cookie_backlog (default 16); 0 turns the trigger off.
 func TestBackloggedShardDemandsCookies(t *testing.T) {
-	n, _ := startNode(t, 1, "  cookie_threshold: 1000\n")
+	for _, tc := range []struct {
+		name, cfg string
+		backlog   int
+		cookies   bool
+	}{
+		{"default", "", defaultCookieBacklog, true},
+		{"configured", "  cookie_backlog: 4\n", 4, true},
+		{"off", "  cookie_backlog: 0\n", defaultCookieBacklog, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) { backlogCookies(t, tc.cfg, tc.backlog, tc.cookies) })
+	}
+}
+
+// backlogCookies queues backlog new requests on a busy shard, then one
+// more, and checks who got cookies.
+func backlogCookies(t *testing.T, cfg string, backlog int, cookies bool) {
+	n, _ := startNode(t, 1, "  cookie_threshold: 1000\n"+cfg)
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
 	cc := newCookieClient(t, n.IKEAddr())
 	s := n.shards[0]
 	var reqs [][]byte
-	for spi := uint64(1); len(reqs) <= initBacklog; spi++ {
+	for spi := uint64(1); len(reqs) <= backlog; spi++ {
 		if r := cookieInit(spi<<8|0x55, nil); n.shardFor(r) == s {
 			reqs = append(reqs, r)
 		}
 	}
 	release := busyShard(ctx, n, s)
 	defer release()
-	for _, r := range reqs[:initBacklog] {
+	for _, r := range reqs[:backlog] {
 		cc.send(r)
 	}
-	for len(s.q.init) < initBacklog && ctx.Err() == nil {
+	for len(s.q.init) < backlog && ctx.Err() == nil {
 		time.Sleep(10 * time.Millisecond)
 	}
-	last := reqs[initBacklog]
+	last := reqs[backlog]
 	cc.send(last)
-	spi, cookie := cc.answer()
-	if want := binary.BigEndian.Uint64(last); spi != want || !cookie {
-		t.Fatalf("answer for %016x (cookie %v) while the shard was busy; want a cookie for %016x", spi, cookie, want)
+	if !cookies { // the last one joins the queue instead of being answered at once
+		deadline := time.Now().Add(10 * time.Second)
+		for len(s.q.init) < backlog+1 {
+			if time.Now().After(deadline) {
+				t.Fatalf("%d requests queued, want %d: the last one was not queued", len(s.q.init), backlog+1)
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+	}
+	if cookies {
+		spi, cookie := cc.answer()
+		if want := binary.BigEndian.Uint64(last); spi != want || !cookie {
+			t.Fatalf("answer for %016x (cookie %v) while the shard was busy; want a cookie for %016x", spi, cookie, want)
+		}
 	}
 	release()
-	for range initBacklog {
-		if _, cookie := cc.answer(); !cookie {
-			t.Fatal("a queued request got a key exchange while cookies were demanded")
+	answers := backlog
+	if !cookies {
+		answers++ // the last one was queued too
+	}
+	for range answers {
+		if _, cookie := cc.answer(); cookie != cookies {
+			t.Fatalf("a queued request answered with a cookie: %v, want %v", cookie, cookies)
 		}
 	}
 	st, err := n.Stats(ctx)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if st.HalfOpen != 0 || st.CookiesSent != initBacklog+1 {
-		t.Fatalf("half-open %d (want 0), cookies sent %d (want %d)", st.HalfOpen, st.CookiesSent, initBacklog+1)
+	wantHalfOpen, wantCookies := 0, backlog+1
+	if !cookies {
+		wantHalfOpen, wantCookies = backlog+1, 0
+	}
+	if st.HalfOpen != wantHalfOpen || st.CookiesSent != uint64(wantCookies) {
+		t.Fatalf("half-open %d (want %d), cookies sent %d (want %d)", st.HalfOpen, wantHalfOpen, st.CookiesSent, wantCookies)
 	}
 }
 
