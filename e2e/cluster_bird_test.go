@@ -318,8 +318,9 @@ func (r *birdRun) scenario(name string, node *ClusterNode, zeroLoss bool, event 
 		late = max(late, w.MaxRTT)
 		if was[g.Name] != now[g.Name] {
 			moved++
-			outages = append(outages, w.Outage)
-			per = append(per, fmt.Sprintf("%s:%s>%s:%d", g.Name, was[g.Name].ID, now[g.Name].ID, w.Outage.Milliseconds()))
+			out := max(w.Outage, w.MaxRTT) // a ping held while the SA was claimed is late, and the traffic was out meanwhile
+			outages = append(outages, out)
+			per = append(per, fmt.Sprintf("%s:%s>%s:%d", g.Name, was[g.Name].ID, now[g.Name].ID, out.Milliseconds()))
 		} else if w.Lost > 0 {
 			per = append(per, fmt.Sprintf("%s:%s(stayed):lost=%d", g.Name, now[g.Name].ID, w.Lost))
 		}
