@@ -193,49 +193,62 @@ func TestClusterECMP(t *testing.T) {
 	spis := fleet.sas()
 	fig := clusterFigures{nodes: len(ids), gateways: G}
 
+	// held: the IKE SPIs of the SAs established on node id, read on its
+	// shards (a plain list: the samples below must cost the nodes little,
+	// or the harness would measure itself).
+	held := func(id string) []uint64 {
+		cn := c.node(id)
+		if cn == nil {
+			return nil
+		}
+		var spis []uint64
+		for _, s := range cn.n.shards {
+			cn.n.do(ctx, s, func() {
+				s.eng.Each(func(sa *ike.IKESA) bool {
+					if sa.Established() {
+						spis = append(spis, sa.SPIr)
+					}
+					return true
+				})
+			})
+		}
+		return spis
+	}
+	// dupes: the SPIs held by more than one node in one pass over order.
+	dupes := func(order []string) []uint64 {
+		var all []uint64
+		for _, id := range order {
+			all = append(all, held(id)...)
+		}
+		slices.Sort(all)
+		var d []uint64
+		for i := 1; i < len(all); i++ {
+			if all[i] == all[i-1] && (len(d) == 0 || d[len(d)-1] != all[i]) {
+				d = append(d, all[i])
+			}
+		}
+		return d
+	}
 	// sample: every node's table, twice (in opposite orders); an SA held
 	// by two nodes in both passes is held twice (a hand-off between two
 	// reads of one pass shows in one pass only).
 	sampleDual := func() int {
-		held := func(order []string) map[uint64][]string {
-			m := map[uint64][]string{}
-			for _, id := range order {
-				cn := c.node(id)
-				if cn == nil {
-					continue
-				}
-				for _, s := range cn.n.shards {
-					cn.n.do(ctx, s, func() {
-						s.eng.Each(func(sa *ike.IKESA) bool {
-							if sa.Established() {
-								m[sa.SPIr] = append(m[sa.SPIr], id)
-							}
-							return true
-						})
-					})
-				}
-			}
-			return m
-		}
 		rev := slices.Clone(ids)
 		slices.Reverse(rev)
-		a, b := held(ids), held(rev)
+		a, b := dupes(ids), dupes(rev)
 		dual := 0
-		for spi, h := range a {
-			if len(h) > 1 && len(b[spi]) > 1 {
+		for _, spi := range a {
+			if _, ok := slices.BinarySearch(b, spi); ok {
 				dual++
 			}
 		}
 		return dual
 	}
 	holder := func() map[uint64]string {
-		m := map[uint64]string{}
+		m := make(map[uint64]string, G)
 		for _, id := range ids {
-			if cn := c.node(id); cn != nil {
-				sas, _ := cn.n.SAs(ctx)
-				for _, sa := range sas {
-					m[sa.SPIr] = id
-				}
+			for _, spi := range held(id) {
+				m[spi] = id
 			}
 		}
 		return m
