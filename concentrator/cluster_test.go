@@ -430,6 +430,33 @@ func TestHandOffAndTakeOver(t *testing.T) {
 	}
 }
 
+// handOffWithHook runs two nodes, a with its hand-off writes done by
+// hook; a gateway (192.0.2.host) connects through a, its flow then moves
+// to b, and it rekeys its CHILD SA there. The SA must end up held by b
+// alone (checked); the cluster, the gateway and its IKE SPI are returned.
+func handOffWithHook(t *testing.T, ctx context.Context, host byte,
+	hook func(context.Context, batchStore, []*statestore.SARecord, statestore.Owner) ([]statestore.Moved, error)) (*testCluster, *memGateway, uint64) {
+	t.Helper()
+	c := newTestCluster(t, 2)
+	c.adjust = func(id string, n *Node) {
+		if id == "a" {
+			n.handOffHook = hook
+		}
+	}
+	c.start(ctx, "a")
+	c.start(ctx, "b")
+	c.setRoute("a")
+	g := startMemGateway(t, ctx, c.netw, c.clk, netip.AddrFrom4([4]byte{192, 0, 2, host}))
+	g.connect(ctx, c.vip, 1)
+	_, spir, _ := gatewaySA(g)
+	c.pin(g.ike.LocalAddr().Addr(), "b")
+	rekeyChild(t, ctx, g, 1)
+	if h := c.holders(ctx, spir); len(h) != 1 || h[0] != "b" {
+		t.Fatalf("SA held by %v after its hand-off, want b alone", h)
+	}
+	return c, g, spir
+}
+
 // A hand-off whose etcd transaction commits but whose answer is lost (a
 // timeout after the commit): the giving node must not serve the SA again
 // once etcd names the requester its owner, or both would send with its
@@ -437,34 +464,17 @@ func TestHandOffAndTakeOver(t *testing.T) {
 func TestHandOffCommitAnswerLost(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	c := newTestCluster(t, 2)
 	var lost atomic.Int32
-	c.adjust = func(id string, n *Node) {
-		if id != "a" {
-			return
+	c, g, spir := handOffWithHook(t, ctx, 11, func(ctx context.Context, st batchStore, f []*statestore.SARecord, to statestore.Owner) ([]statestore.Moved, error) {
+		moved, err := st.HandOffMany(ctx, f, to)
+		if err != nil || len(moved) == 0 || moved[0].Err != nil {
+			return moved, err
 		}
-		n.handOffHook = func(ctx context.Context, st batchStore, f []*statestore.SARecord, to statestore.Owner) ([]statestore.Moved, error) {
-			moved, err := st.HandOffMany(ctx, f, to)
-			if err != nil || len(moved) == 0 || moved[0].Err != nil {
-				return moved, err
-			}
-			lost.Add(1)
-			return nil, fmt.Errorf("%w: context deadline exceeded", statestore.ErrUnavailable)
-		}
-	}
-	c.start(ctx, "a")
-	c.start(ctx, "b")
-	c.setRoute("a")
-	g := startMemGateway(t, ctx, c.netw, c.clk, netip.AddrFrom4([4]byte{192, 0, 2, 11}))
-	g.connect(ctx, c.vip, 1)
-	_, spir, _ := gatewaySA(g)
-	c.pin(g.ike.LocalAddr().Addr(), "b")
-	rekeyChild(t, ctx, g, 1)
+		lost.Add(1)
+		return nil, fmt.Errorf("%w: context deadline exceeded", statestore.ErrUnavailable)
+	})
 	if lost.Load() == 0 {
 		t.Fatal("the hand-off was never written")
-	}
-	if h := c.holders(ctx, spir); len(h) != 1 || h[0] != "b" {
-		t.Fatalf("SA held by %v after a hand-off whose answer was lost, want b alone", h)
 	}
 	if o, _, err := c.node("b").n.persist.store.Owner(ctx, spir); err != nil || o.Node != "b" {
 		t.Fatalf("owner %v (%v), want b", o, err)
@@ -490,36 +500,19 @@ func TestHandOffCommitAnswerLost(t *testing.T) {
 func TestHandOffOutlivesCallerDeadline(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	c := newTestCluster(t, 2)
 	var slow atomic.Int32
-	c.adjust = func(id string, n *Node) {
-		if id != "a" {
-			return
-		}
-		n.handOffHook = func(ctx context.Context, st batchStore, f []*statestore.SARecord, to statestore.Owner) ([]statestore.Moved, error) {
-			if slow.Add(1) == 1 { // the first write outlasts the requester's call
-				select {
-				case <-time.After(peerCallTimeout + 500*time.Millisecond):
-				case <-ctx.Done():
-					return nil, fmt.Errorf("%w: %v", statestore.ErrUnavailable, ctx.Err())
-				}
+	c, _, _ := handOffWithHook(t, ctx, 12, func(ctx context.Context, st batchStore, f []*statestore.SARecord, to statestore.Owner) ([]statestore.Moved, error) {
+		if slow.Add(1) == 1 { // the first write outlasts the requester's call
+			select {
+			case <-time.After(peerCallTimeout + 500*time.Millisecond):
+			case <-ctx.Done():
+				return nil, fmt.Errorf("%w: %v", statestore.ErrUnavailable, ctx.Err())
 			}
-			return st.HandOffMany(ctx, f, to)
 		}
-	}
-	c.start(ctx, "a")
-	c.start(ctx, "b")
-	c.setRoute("a")
-	g := startMemGateway(t, ctx, c.netw, c.clk, netip.AddrFrom4([4]byte{192, 0, 2, 12}))
-	g.connect(ctx, c.vip, 1)
-	_, spir, _ := gatewaySA(g)
-	c.pin(g.ike.LocalAddr().Addr(), "b")
-	rekeyChild(t, ctx, g, 1)
+		return st.HandOffMany(ctx, f, to)
+	})
 	if slow.Load() == 0 {
 		t.Fatal("the hand-off was never written")
-	}
-	if h := c.holders(ctx, spir); len(h) != 1 || h[0] != "b" {
-		t.Fatalf("SA held by %v after a hand-off that outlived its call, want b alone", h)
 	}
 	if s := c.node("b").n.ClusterStats(); s.ClaimFailures != 0 {
 		t.Fatalf("b: %+v", s)
