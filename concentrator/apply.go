@@ -11,6 +11,7 @@ package concentrator
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"slices"
 	"sync"
@@ -143,10 +144,24 @@ func (n *Node) commitResults(ctx context.Context, s *shard) {
 		}
 		r.b.failed = true
 		n.persistFailures.Add(1)
-		n.log.Warn("SA state not persisted; its batch is dropped", "spi", fmt.Sprintf("%016x", r.spi),
-			"change", r.kind.String(), "err", r.err)
 		var rd ike.Ready
-		s.eng.PersistFailed(r.spi, r.version, &rd)
+		var oe *statestore.OwnerError
+		if errors.As(r.err, &oe) && oe.Owner.Node != n.nodeID && s.eng.Disowned(r.spi, r.version, &rd) {
+			// etcd gives the SA to another node or to no one: it is not
+			// served here any more (a retry would fail the same way, at
+			// every tick). Owned by this node's previous registration, it
+			// is the reclaim's to move, and retried meanwhile.
+			owner := "none"
+			if oe.Owner.Node != "" {
+				owner = oe.Owner.String()
+			}
+			n.log.Warn("SA forgotten: the state store says it is not this node's", "spi", fmt.Sprintf("%016x", r.spi),
+				"change", r.kind.String(), "owner", owner)
+		} else {
+			n.log.Warn("SA state not persisted; its batch is dropped", "spi", fmt.Sprintf("%016x", r.spi),
+				"change", r.kind.String(), "err", r.err)
+			s.eng.PersistFailed(r.spi, r.version, &rd)
+		}
 		n.perform(ctx, s, &rd)
 	}
 	clear(s.results)

@@ -522,6 +522,48 @@ func TestHandOffOutlivesCallerDeadline(t *testing.T) {
 	}
 }
 
+// An SA whose owner record is gone from etcd (deleted cluster-wide: a
+// newer SA of its identity on another node replaced it) is forgotten at
+// the first write the store refuses, not retried at every tick for as
+// long as it lingers, and nothing more is sent for it.
+func TestDisownedSAForgotten(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	c := newTestCluster(t, 1)
+	a := c.start(ctx, "a")
+	c.setRoute("a")
+	g := startMemGateway(t, ctx, c.netw, c.clk, netip.AddrFrom4([4]byte{192, 0, 2, 13}))
+	g.connect(ctx, c.vip, 1)
+	spii, spir, in := gatewaySA(g)
+	cli, err := statestore.Dial(c.etcd.Client())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cli.Close()
+	if r, err := cli.Delete(ctx, fmt.Sprintf("%sowner/%016x", statestore.DefaultPrefix, spir)); err != nil || r.Deleted != 1 {
+		t.Fatalf("owner record not deleted: %v %v", r, err)
+	}
+	// The gateway rekeys its CHILD SA: the node's write of the new one is
+	// refused (no owner), and the node forgets the SA.
+	g.calls <- func() {
+		var rd ike.Ready
+		g.eng.RekeyChild(g.clk.Now(), spii, in, &rd)
+		g.perform(&rd)
+	}
+	waitFor(t, ctx, "a forgets the SA", func() bool { return len(c.holders(ctx, spir)) == 0 })
+	if a.dp.Len() != 0 {
+		t.Fatalf("a's data plane still holds %d CHILD SAs", a.dp.Len())
+	}
+	failures := a.n.persistFailures.Load()
+	for range 20 { // ticks: nothing is retried for it
+		c.clk.Advance(time.Second)
+		time.Sleep(10 * time.Millisecond)
+	}
+	if f := a.n.persistFailures.Load(); f != failures || f == 0 {
+		t.Fatalf("persist failures %d, then %d after 20 s: want one failure and no retries", failures, f)
+	}
+}
+
 // A flood of IKE messages for SPIs nobody owns costs one claim (one
 // owner lookup) per SPI per negative-cache interval, and parking is
 // bounded per SPI.

@@ -405,6 +405,23 @@ func (e *Engine) PersistFailed(spi, version uint64, rd *Ready) {
 	}
 }
 
+// Disowned is PersistFailed for a write the state store refused because
+// the SA is not this node's (another node owns it, or no one does: it
+// was deleted cluster-wide, say replaced by a newer SA of its identity
+// on another node). Retrying cannot succeed, and serving it here would
+// send for an SA that etcd gives to someone else: it is forgotten as
+// after a hand-off (Forget). It reports whether it was.
+func (e *Engine) Disowned(spi, version uint64, rd *Ready) bool {
+	sa := e.sas[spi]
+	if sa == nil || sa.localSPI() != spi || version > sa.version || version <= sa.committed || !sa.stored {
+		e.PersistFailed(spi, version, rd) // stale, or never stored: as any failure
+		return false
+	}
+	e.stats.PersistFailures++
+	e.Forget(spi, rd)
+	return true
+}
+
 // Forget removes the IKE SA with our SPI spi without telling the peer:
 // another node owns it now. Its CHILD SAs leave the data plane.
 func (e *Engine) Forget(spi uint64, rd *Ready) {
