@@ -318,7 +318,7 @@ func (r *birdRun) scenario(name string, node *ClusterNode, zeroLoss bool, event 
 		late = max(late, w.MaxRTT)
 		if was[g.Name] != now[g.Name] {
 			moved++
-			out := max(w.Outage, w.MaxRTT) // a ping held while the SA was claimed is late, and the traffic was out meanwhile
+			out := w.Down()
 			outages = append(outages, out)
 			per = append(per, fmt.Sprintf("%s:%s>%s:%d", g.Name, was[g.Name].ID, now[g.Name].ID, out.Milliseconds()))
 		} else if w.Lost > 0 {

@@ -105,6 +105,11 @@ type PingWindow struct {
 	MaxRTT time.Duration
 }
 
+// Down is how long the path was out for the stream's traffic: the longer
+// of its longest run of lost requests and its longest round trip (a
+// request held while its SA moved, answered late, was an outage too).
+func (w PingWindow) Down() time.Duration { return max(w.Outage, w.MaxRTT) }
+
 // Window reports the requests sent in [from, to).
 func (p *PingStream) Window(from, to time.Time) PingWindow {
 	p.mu.Lock()

@@ -100,10 +100,8 @@ func gatewaysOn(c *Cluster, n *ClusterNode) []*ClusterGateway {
 	return on
 }
 
-// moveLoss is what the ping streams show about a move in a window. A
-// moved gateway's outage is the longer of its longest run of lost pings
-// and its longest round trip: a ping held while the SA was claimed and
-// answered seconds late was an outage for the traffic too.
+// moveLoss is what the ping streams show about a move in a window; a
+// moved gateway's outage is its window's Down (late answers included).
 type moveLoss struct {
 	lost, otherLost int             // pings lost by the moved gateways, by the others
 	worst           time.Duration   // the longest outage of a moved gateway
@@ -118,7 +116,7 @@ func tallyMove(c *Cluster, streams map[string]*PingStream, moved []*ClusterGatew
 		w := streams[g.Name].Window(from, to)
 		if slices.Contains(moved, g) {
 			m.lost += w.Lost
-			out := max(w.Outage, w.MaxRTT)
+			out := w.Down()
 			m.worst = max(m.worst, out)
 			m.outages = append(m.outages, out)
 			m.per = append(m.per, fmt.Sprintf("%s:%d", g.Name, out.Milliseconds()))
