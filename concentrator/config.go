@@ -396,8 +396,8 @@ func (c *Config) Validate() error {
 	if c.IKE.CookieThreshold != nil && *c.IKE.CookieThreshold < 0 {
 		return fieldErr("ike.cookie_threshold", "must not be negative")
 	}
-	if c.IKE.CookieBacklog != nil && (*c.IKE.CookieBacklog < 0 || *c.IKE.CookieBacklog > shardInitQueue) {
-		return fieldErr("ike.cookie_backlog", "must be 0 (off) to %d (a shard's queue of new requests): %d", shardInitQueue, *c.IKE.CookieBacklog)
+	if c.IKE.CookieBacklog != nil && (*c.IKE.CookieBacklog < 0 || *c.IKE.CookieBacklog > initQueueLen) {
+		return fieldErr("ike.cookie_backlog", "must be 0 (off) to %d (a shard's queue of new requests): %d", initQueueLen, *c.IKE.CookieBacklog)
 	}
 	if err := c.IKE.validateAdmission(); err != nil {
 		return err

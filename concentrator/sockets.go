@@ -38,9 +38,6 @@ const (
 	spiShardShift = 44    // IKE SPI bits 44..51 name the shard
 	spiShardMask  = uint64(0xff) << spiShardShift
 	prioStreak    = 64 // packets served from the queues in a row before timers and calls get a look
-	// shardInitQueue: the largest ike.cookie_backlog (a shard's queue of
-	// new requests).
-	shardInitQueue = initQueueLen
 	// defaultCookieBacklog: ike.cookie_backlog's default, the new
 	// IKE_SA_INITs waiting in a shard's queue from which on the shard
 	// demands cookies whatever its number of half-open SAs
