@@ -1,6 +1,9 @@
 package ike
 
-import "time"
+import (
+	"math"
+	"time"
+)
 
 // timerWheel is a hashed timing wheel: one per engine shard, driven by
 // the injected clock. Each IKE SA has at most one live entry (its earliest
@@ -15,6 +18,11 @@ type timerWheel struct {
 	started bool
 	first   int64 // earliest tick added before the first advance
 	count   int
+	// soonest is the earliest deadline in the slot of tick current+1 (the
+	// tick advance scanned last, partly, or the next one): an entry there
+	// may be due before that tick is over, so nextTick must not wait for
+	// the boundary. math.MaxInt64 when the slot holds nothing due in it.
+	soonest int64
 }
 
 type wheelEntry struct {
@@ -28,7 +36,7 @@ const (
 )
 
 func newTimerWheel() *timerWheel {
-	return &timerWheel{slots: make([][]wheelEntry, wheelSlots), tick: wheelTick}
+	return &timerWheel{slots: make([][]wheelEntry, wheelSlots), tick: wheelTick, soonest: math.MaxInt64}
 }
 
 func (w *timerWheel) tickOf(t int64) int64 { return t / int64(w.tick) }
@@ -42,6 +50,9 @@ func (w *timerWheel) add(t time.Time, spi uint64) {
 	}
 	if !w.started && (w.count == 0 || tk < w.first) {
 		w.first = tk
+	}
+	if w.started && tk == w.current+1 && at < w.soonest {
+		w.soonest = at
 	}
 	s := int(tk % wheelSlots)
 	w.slots[s] = append(w.slots[s], wheelEntry{at: at, spi: spi})
@@ -85,17 +96,37 @@ func (w *timerWheel) advance(now time.Time, fire func(spi uint64, at time.Time))
 		scan(w.current)
 	}
 	scan(nowTick)
+	w.soonest = math.MaxInt64
+	for _, e := range w.slots[int(nowTick%wheelSlots)] {
+		if w.tickOf(e.at) <= nowTick && e.at < w.soonest {
+			w.soonest = e.at
+		}
+	}
 	w.count -= len(due)
 	for _, e := range due {
 		fire(e.spi, time.Unix(0, e.at))
 	}
 }
 
-// nextTick returns when advance next has work to look at: the next tick
-// boundary while any entry is pending.
+// nextTick returns when advance next has work to look at: now when an
+// entry may already be due (ticks have gone by since the last advance, or
+// the current tick holds an entry due by now), else the next tick
+// boundary while any entry is pending. It never assumes an advance
+// happened at now: a caller whose timer did not fire (it was stopped and
+// re-armed around other work while a boundary passed, or a test clock
+// jumped) is told to advance at once instead of at the next boundary,
+// which a test clock might never reach.
 func (w *timerWheel) nextTick(now time.Time) (time.Time, bool) {
 	if w.count == 0 {
 		return time.Time{}, false
 	}
-	return time.Unix(0, (w.tickOf(now.UnixNano())+1)*int64(w.tick)), true
+	nowNano := now.UnixNano()
+	nowTick := w.tickOf(nowNano)
+	switch {
+	case !w.started && w.first <= nowTick,
+		w.started && w.current < nowTick-1,
+		w.started && w.current == nowTick-1 && w.soonest <= nowNano:
+		return now, true
+	}
+	return time.Unix(0, (nowTick+1)*int64(w.tick)), true
 }

@@ -47,3 +47,47 @@ func TestTimerWheelFirstAdvanceLate(t *testing.T) {
 		t.Fatalf("fired %v, want both", fired)
 	}
 }
+
+// nextTick never waits for a boundary when work is already due: after
+// ticks went by without an advance (a caller's timer was re-armed around
+// other work, or a test clock jumped and stopped), or when an entry of the
+// current tick, or one added already past, is due by now.
+func TestTimerWheelNextTickWhenDue(t *testing.T) {
+	w := newTimerWheel()
+	nop := func(uint64, time.Time) {}
+	now := t0.Add(10 * time.Millisecond)
+	w.add(t0.Add(10*time.Second), 1)
+	if got, _ := w.nextTick(now); !got.Equal(t0.Add(100 * time.Millisecond)) {
+		t.Fatalf("before the first advance, nothing due: %v", got)
+	}
+	if got, _ := w.nextTick(t0.Add(time.Minute)); !got.Equal(t0.Add(time.Minute)) {
+		t.Fatalf("before the first advance, due: %v", got)
+	}
+	w.advance(now, nop)
+	if got, _ := w.nextTick(now); !got.Equal(t0.Add(100 * time.Millisecond)) {
+		t.Fatalf("nothing due: %v, want the boundary", got)
+	}
+	later := t0.Add(time.Minute)
+	if got, _ := w.nextTick(later); !got.Equal(later) {
+		t.Fatalf("an entry due a minute ago and no advance since: %v, want now", got)
+	}
+	w.add(t0.Add(50*time.Millisecond), 2) // later in the advanced tick
+	if got, _ := w.nextTick(t0.Add(20 * time.Millisecond)); !got.Equal(t0.Add(100 * time.Millisecond)) {
+		t.Fatalf("an entry not yet due: %v, want the boundary", got)
+	}
+	if got, _ := w.nextTick(t0.Add(60 * time.Millisecond)); !got.Equal(t0.Add(60 * time.Millisecond)) {
+		t.Fatalf("an entry of this tick due: %v, want now", got)
+	}
+	var fired []uint64
+	w.advance(t0.Add(60*time.Millisecond), func(spi uint64, _ time.Time) { fired = append(fired, spi) })
+	if len(fired) != 1 || fired[0] != 2 {
+		t.Fatalf("fired %v, want [2]", fired)
+	}
+	if got, _ := w.nextTick(t0.Add(70 * time.Millisecond)); !got.Equal(t0.Add(100 * time.Millisecond)) {
+		t.Fatalf("after the advance: %v, want the boundary", got)
+	}
+	w.add(t0.Add(-time.Second), 3) // already past
+	if got, _ := w.nextTick(t0.Add(70 * time.Millisecond)); !got.Equal(t0.Add(70 * time.Millisecond)) {
+		t.Fatalf("an entry added already past: %v, want now", got)
+	}
+}
