@@ -150,9 +150,8 @@ func (p *fleetPart) loop(ctx context.Context) {
 			fn() // may start an SA: its deadline counts below
 		}
 		p.perform(&rd)
-		now := p.f.clk.Now()
-		if d := p.eng.NextDeadline(now); !d.IsZero() {
-			timer.Reset(d.Sub(now))
+		if d := p.eng.NextDeadline(p.f.clk.Now()); !d.IsZero() {
+			timer.ResetAt(d)
 		}
 	}
 }

@@ -106,9 +106,8 @@ func (g *memGateway) loop(ctx context.Context) {
 			continue
 		}
 		g.perform(&rd)
-		now := g.clk.Now()
-		if d := g.eng.NextDeadline(now); !d.IsZero() {
-			timer.Reset(d.Sub(now))
+		if d := g.eng.NextDeadline(g.clk.Now()); !d.IsZero() {
+			timer.ResetAt(d)
 		}
 	}
 }

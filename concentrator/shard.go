@@ -80,9 +80,8 @@ func (n *Node) runShard(ctx context.Context, s *shard) {
 		n.perform(ctx, s, &rd)
 		rd.Reset()
 		timer.Stop()
-		now := n.clock.Mono()
-		if d := s.eng.NextDeadline(now); !d.IsZero() {
-			timer.Reset(d.Sub(now))
+		if d := s.eng.NextDeadline(n.clock.Mono()); !d.IsZero() {
+			timer.ResetAt(d)
 		}
 	}
 }

@@ -34,6 +34,12 @@ type Timer interface {
 	C() <-chan time.Time
 	Stop() bool
 	Reset(d time.Duration) bool
+	// ResetAt arms the timer for the Mono time at: at once if at is not
+	// after Mono now. A loop that computes its next deadline should arm
+	// with the deadline itself, not with a duration from a reading of
+	// the clock it took earlier: with a fake clock advanced by another
+	// goroutine in between, that duration would count from the new time.
+	ResetAt(at time.Time) bool
 }
 
 // Ticker ticks every period, dropping ticks for a slow reader.
@@ -64,6 +70,9 @@ type realTimer struct{ t *time.Timer }
 func (t realTimer) C() <-chan time.Time        { return t.t.C }
 func (t realTimer) Stop() bool                 { return t.t.Stop() }
 func (t realTimer) Reset(d time.Duration) bool { return t.t.Reset(d) }
+func (t realTimer) ResetAt(at time.Time) bool {
+	return t.t.Reset(at.Sub(realClock{}.Mono()))
+}
 
 type realTicker struct{ t *time.Ticker }
 
@@ -205,6 +214,19 @@ func (t *fakeTimer) Reset(d time.Duration) bool {
 	t.f.mu.Unlock()
 	if d <= 0 {
 		t.f.Set(t.f.Now()) // due now
+	}
+	return armed
+}
+
+func (t *fakeTimer) ResetAt(at time.Time) bool {
+	armed := t.Stop()
+	t.f.mu.Lock()
+	t.at = at
+	t.f.timers[t] = struct{}{}
+	due := !at.After(t.f.now)
+	t.f.mu.Unlock()
+	if due {
+		t.f.Set(t.f.Now())
 	}
 	return armed
 }

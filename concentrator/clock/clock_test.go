@@ -85,6 +85,40 @@ func TestFakeTimerStopAndReset(t *testing.T) {
 // The real clock's Mono carries no monotonic reading of its own (it is
 // compared and converted as a plain instant), starts at the process's
 // wall date and never goes back.
+// A loop that read the clock, then armed its timer after another
+// goroutine advanced the clock past the deadline, still fires: ResetAt
+// takes the deadline, not a duration counted from a stale reading.
+func TestFakeTimerResetAtDeadline(t *testing.T) {
+	f := NewFake(time.Unix(0, 0))
+	tm := f.NewTimer(time.Hour)
+	read := f.Mono()
+	deadline := read.Add(50 * time.Minute)
+	f.Advance(time.Hour) // fires tm; the loop has not re-armed yet
+	if _, ok := recv(tm.C()); !ok {
+		t.Fatal("timer did not fire")
+	}
+	tm.ResetAt(deadline)
+	if got, ok := recv(tm.C()); !ok || !got.Equal(time.Unix(3600, 0)) {
+		t.Fatalf("past deadline: fired %v at %v", ok, got)
+	}
+	tm.ResetAt(f.Mono().Add(time.Second))
+	f.Advance(999 * time.Millisecond)
+	if _, ok := recv(tm.C()); ok {
+		t.Fatal("fired early")
+	}
+	f.Advance(time.Millisecond)
+	if got, ok := recv(tm.C()); !ok || !got.Equal(time.Unix(3601, 0)) {
+		t.Fatalf("future deadline: fired %v at %v", ok, got)
+	}
+	r := Real().NewTimer(time.Hour)
+	r.ResetAt(Real().Mono())
+	select {
+	case <-r.C():
+	case <-time.After(10 * time.Second):
+		t.Fatal("real timer armed for now did not fire")
+	}
+}
+
 func TestRealMono(t *testing.T) {
 	c := Real()
 	a := c.Mono()
