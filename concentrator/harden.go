@@ -70,6 +70,14 @@ func (c *IKEConfig) validateAdmission() error {
 	case c.MaxSAs < 0:
 		return fieldErr("ike.max_sas", "must not be negative (0: no cap): %d", c.MaxSAs)
 	}
+	// One cookie-proven prefix filling its quota with requests of the
+	// largest size must leave at least half of the half-open memory to
+	// everyone else: else one address fills the cap and genuine gateways
+	// wait for half_open_timeout.
+	if worst := int64(c.MaxHalfOpenPerPrefix) * ike.HalfOpenWorstCost(c.MaxInitMessageSize); worst > c.MaxHalfOpenBytes/2 {
+		return fieldErr("ike.max_half_open_per_prefix", "%d half-open SAs of up to %d bytes each (2 x ike.max_init_message_size + state) may hold %d bytes, more than half of ike.max_half_open_bytes (%d): one source prefix could fill it; lower the quota or the message size, or raise the memory",
+			c.MaxHalfOpenPerPrefix, ike.HalfOpenWorstCost(c.MaxInitMessageSize), worst, c.MaxHalfOpenBytes)
+	}
 	return nil
 }
 

@@ -48,6 +48,11 @@ func TestSecretsValidation(t *testing.T) {
 	wantFieldErr(t, minimal+"log: {per_event_rate: -1}\n", "log.per_event_rate", "")
 	wantFieldErr(t, minimal+"ike: {max_init_message_size: 100}\n", "ike.max_init_message_size", "")
 	wantFieldErr(t, minimal+"ike: {half_open_prefix4: 33}\n", "ike.half_open_prefix4", "")
+	// 50 x (2 x 8,192 + 1,024) bytes is more than half of 1 MiB; 25 is not.
+	wantFieldErr(t, minimal+"ike: {max_half_open_per_prefix: 50, max_half_open_bytes: 1048576}\n", "ike.max_half_open_per_prefix", "more than half of ike.max_half_open_bytes")
+	if _, err := ParseConfig([]byte(minimal + "ike: {max_half_open_per_prefix: 25, max_half_open_bytes: 1048576}\n")); err != nil {
+		t.Fatal(err)
+	}
 }
 
 // Private keys, PSK files and the cluster key readable by group or others

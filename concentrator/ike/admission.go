@@ -92,6 +92,13 @@ func (e *Engine) underPressure() bool {
 	return e.halfOpen >= e.cfg.CookieThreshold || e.cookies.UnderPressure(e.now)
 }
 
+// HalfOpenWorstCost is what admission counts for one half-open SA whose
+// IKE_SA_INIT request has maxInitMessageSize bytes: the request and an
+// allowance for the response as large again, plus the SA's own state.
+func HalfOpenWorstCost(maxInitMessageSize int) int64 {
+	return int64(2*maxInitMessageSize + halfOpenOverhead)
+}
+
 // admit decides whether a request that passed the cookie check (if one was
 // demanded) may create a half-open SA; cookieProven says a valid cookie
 // came with it.
@@ -103,7 +110,7 @@ func (e *Engine) admit(remote netip.Addr, reqLen int, cookieProven bool) error {
 	case e.halfOpen >= e.cfg.MaxHalfOpen:
 		e.stats.RefusedHalfOpen++
 		return ErrHalfOpenFull
-	case e.halfOpenBytes+int64(2*reqLen+halfOpenOverhead) > e.cfg.MaxHalfOpenBytes:
+	case e.halfOpenBytes+HalfOpenWorstCost(reqLen) > e.cfg.MaxHalfOpenBytes:
 		e.stats.RefusedMemory++
 		return ErrHalfOpenMemory
 	case cookieProven && e.perPrefix[e.sourcePrefix(remote)] >= e.cfg.MaxHalfOpenPerPrefix:
