@@ -1,22 +1,24 @@
 package loadtest_test
 
 import (
+	"bytes"
 	"context"
 	"crypto/rand"
 	"encoding/binary"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
-	mrand "math/rand/v2"
 	"net"
 	"net/netip"
 	"os"
+	"os/exec"
 	"runtime"
-	"slices"
 	"sort"
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -117,169 +119,66 @@ func startFloodNode(t *testing.T, psks int, h slog.Handler) *concentrator.Node {
 	return n
 }
 
-// flooder sends spoofed-looking IKE_SA_INIT requests (each from a fresh
-// socket every few packets: distinct source ports on 127.0.0.1 and random
-// 127.x.y.z sources, which loopback accepts) and malformed datagrams
-// (truncated headers, wrong lengths, garbage SK payloads for SPIs the node
-// knows) at the given rates, until its deadline.
-type flooder struct {
-	ike, natt netip.AddrPort
-	known     [][2]uint64 // SPIi, SPIr of established SAs
-	initRate  int
-	badRate   int
+// floodChildEnv, set to 1, makes the test binary a flood generator
+// (TestMain): it reads loadtest.FloodOptions as JSON on its standard
+// input, floods, and writes the loadtest.FloodReport as JSON on its
+// standard output. The flood runs in a process of its own, as an
+// attacker's would: its sockets, CPU and garbage are not the node's, and
+// its goroutines do not take turns with the node's in one scheduler.
+const floodChildEnv = "IKEFLEET_FLOOD_CHILD"
 
-	inits, bad, sendErrs atomic.Uint64
-	ports                sync.Map // distinct source addresses used
+func TestMain(m *testing.M) {
+	if os.Getenv(floodChildEnv) == "1" {
+		os.Exit(floodChild())
+	}
+	os.Exit(m.Run())
 }
 
-// initTemplate is an IKE_SA_INIT for aes256-sha256-modp2048 with a
-// random (never computed) key exchange; the SPI and KE are patched per
-// packet.
-func initTemplate() []byte {
-	ke := make([]byte, 256)
-	rand.Read(ke)
-	ps := []ike.Payload{
-		&ike.SA{Proposals: []ike.Proposal{{Num: 1, Protocol: ike.ProtoIKE, Transforms: []ike.Transform{
-			{Type: suite.TypeENCR, ID: 12, KeyLen: 256}, {Type: suite.TypePRF, ID: 5},
-			{Type: suite.TypeINTEG, ID: 12}, {Type: suite.TypeKE, ID: 14}}}}},
-		&ike.KE{Group: 14, Data: ke},
-		&ike.Nonce{Data: make([]byte, 32)},
+func floodChild() int {
+	var o loadtest.FloodOptions
+	if err := json.NewDecoder(os.Stdin).Decode(&o); err != nil {
+		fmt.Fprintln(os.Stderr, "flood options:", err)
+		return 2
 	}
-	return (&ike.Message{SPIi: 1, Exchange: ike.IKE_SA_INIT, Flags: ike.FlagInitiator, Payloads: ps}).Encode()
+	rep, err := loadtest.Flood(context.Background(), o)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	if err := json.NewEncoder(os.Stdout).Encode(rep); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	return 0
 }
 
-// garbageSK is an INFORMATIONAL request for a known SA whose SK payload
-// is random bytes (it fails the integrity check).
-func garbageSK(r *mrand.Rand, spii, spir uint64) []byte {
-	body := 16 + 64 + 16
-	b := make([]byte, 28+4+body)
-	binary.BigEndian.PutUint64(b[0:], spii)
-	binary.BigEndian.PutUint64(b[8:], spir)
-	b[16] = 46 // SK
-	b[17] = 0x20
-	b[18] = 37 // INFORMATIONAL
-	b[19] = 0x08
-	binary.BigEndian.PutUint32(b[20:], r.Uint32N(1000))
-	binary.BigEndian.PutUint32(b[24:], uint32(len(b)))
-	b[28] = 0
-	binary.BigEndian.PutUint16(b[30:], uint16(4+body))
-	for i := 32; i < len(b); i++ {
-		b[i] = byte(r.Uint32())
+// startFlood runs a flood in a child process (see floodChildEnv); wait
+// returns its report and the CPU time it used. The child ends by itself
+// after o.Duration; ctx's end kills it (by its PID).
+func startFlood(t *testing.T, ctx context.Context, o loadtest.FloodOptions) (wait func() (loadtest.FloodReport, time.Duration, error)) {
+	t.Helper()
+	in, err := json.Marshal(o)
+	if err != nil {
+		t.Fatal(err)
 	}
-	return b
-}
-
-func (f *flooder) run(ctx context.Context, until time.Time) {
-	var wg sync.WaitGroup
-	workers := 2
-	for w := range workers {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			f.worker(ctx, until, w, f.initRate/workers, f.badRate/workers)
-		}()
+	cmd := exec.CommandContext(ctx, os.Args[0], "-test.run=^$")
+	cmd.Env = append(os.Environ(), floodChildEnv+"=1")
+	cmd.Stdin = bytes.NewReader(in)
+	var out, errOut bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &errOut
+	if err := cmd.Start(); err != nil {
+		t.Fatalf("flood generator: %v", err)
 	}
-	wg.Wait()
-}
-
-func (f *flooder) worker(ctx context.Context, until time.Time, w, initRate, badRate int) {
-	r := mrand.New(mrand.NewPCG(uint64(w), uint64(time.Now().UnixNano())))
-	tmpl := initTemplate()
-	// A small set of sockets, each replaced after perSocket packets: the
-	// node sees ever new source ports (and, for half of them, addresses).
-	const nsock, perSocket = 16, 64
-	socks := make([]*net.UDPConn, nsock)
-	used := make([]int, nsock)
-	open := func(i int) {
-		if socks[i] != nil {
-			socks[i].Close()
+	return func() (loadtest.FloodReport, time.Duration, error) {
+		var rep loadtest.FloodReport
+		if err := cmd.Wait(); err != nil {
+			return rep, 0, fmt.Errorf("flood generator (pid %d): %v: %s", cmd.Process.Pid, err, errOut.Bytes())
 		}
-		src := netip.AddrFrom4([4]byte{127, 0, 0, 1})
-		if i%2 == 1 {
-			src = netip.AddrFrom4([4]byte{127, byte(1 + r.IntN(254)), byte(r.IntN(256)), byte(1 + r.IntN(254))})
+		cpu := cmd.ProcessState.UserTime() + cmd.ProcessState.SystemTime()
+		if err := json.Unmarshal(out.Bytes(), &rep); err != nil {
+			return rep, cpu, fmt.Errorf("flood generator's report %q: %v", out.Bytes(), err)
 		}
-		c, err := net.ListenUDP("udp4", net.UDPAddrFromAddrPort(netip.AddrPortFrom(src, 0)))
-		if err != nil {
-			c, err = net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
-		}
-		if err != nil {
-			socks[i] = nil
-			f.sendErrs.Add(1)
-			return
-		}
-		socks[i], used[i] = c, 0
-		f.ports.Store(c.LocalAddr().String(), true)
-	}
-	defer func() {
-		for _, c := range socks {
-			if c != nil {
-				c.Close()
-			}
-		}
-	}()
-	send := func(b []byte, to netip.AddrPort) {
-		i := r.IntN(nsock)
-		if socks[i] == nil || used[i] >= perSocket {
-			open(i)
-			if socks[i] == nil {
-				return
-			}
-		}
-		used[i]++
-		if _, err := socks[i].WriteToUDPAddrPort(b, to); err != nil {
-			f.sendErrs.Add(1)
-		}
-	}
-	const tick = 10 * time.Millisecond
-	start := time.Now()
-	var initsDone, badDone int
-	pkt := make([]byte, len(tmpl))
-	natt := make([]byte, 0, 256)
-	for ctx.Err() == nil && time.Now().Before(until) {
-		el := time.Since(start).Seconds()
-		wantInit := int(el * float64(initRate))
-		wantBad := int(el * float64(badRate))
-		for initsDone < wantInit || badDone < wantBad {
-			if initsDone < wantInit {
-				copy(pkt, tmpl)
-				binary.BigEndian.PutUint64(pkt[0:], r.Uint64()|1)
-				binary.BigEndian.PutUint64(pkt[len(pkt)-36-8:], r.Uint64()) // the end of the KE data (the Nonce payload is the last 36 bytes)
-				send(pkt, f.ike)
-				initsDone++
-				f.inits.Add(1)
-			}
-			if badDone < wantBad {
-				var b []byte
-				switch badDone % 4 {
-				case 0: // truncated header
-					b = make([]byte, 1+r.IntN(27))
-					for i := range b {
-						b[i] = byte(r.Uint32())
-					}
-				case 1: // length field disagreeing with the datagram
-					b = slices.Clone(tmpl)
-					binary.BigEndian.PutUint64(b[0:], r.Uint64()|1)
-					binary.BigEndian.PutUint32(b[24:], uint32(len(b)+1+r.IntN(4000)))
-				case 2, 3: // garbage SK payload for an SA the node holds (IKE and NAT-T ports)
-					k := f.known[r.IntN(len(f.known))]
-					b = garbageSK(r, k[0], k[1])
-					if badDone%4 == 3 {
-						natt = append(append(natt[:0], 0, 0, 0, 0), b...)
-						send(natt, f.natt)
-						badDone++
-						f.bad.Add(1)
-						continue
-					}
-				}
-				send(b, f.ike)
-				badDone++
-				f.bad.Add(1)
-			}
-			if time.Since(start).Seconds() > el+float64(tick)/float64(time.Second) {
-				break // behind: re-read the clock (the report says what rate was reached)
-			}
-		}
-		time.Sleep(tick)
+		return rep, cpu, nil
 	}
 }
 
@@ -359,13 +258,17 @@ func TestFloodEstablishedAndGenuine(t *testing.T) {
 	}
 	rsBefore := node.ReceiveStats()
 	sockBefore := udpSocketDrops(t, ikeAddr.Port(), natt.Port())
-	f := &flooder{ike: ikeAddr, natt: natt, known: known, initRate: sz.initRate, badRate: sz.badRate}
 	var peakHeap atomic.Uint64
 	peakHeap.Store(baseHeap)
 	floodStart := time.Now()
-	until := floodStart.Add(sz.dur)
+	waitFlood := startFlood(t, ctx, loadtest.FloodOptions{Server: ikeAddr, ServerNATT: natt.Port(), Known: known,
+		InitRate: sz.initRate, BadRate: sz.badRate, Duration: sz.dur})
+	cpuBefore := selfCPU(t)
+	var flood loadtest.FloodReport
+	var floodCPU time.Duration
+	var floodErr error
 	floodDone := make(chan struct{})
-	go func() { f.run(ctx, until); close(floodDone) }()
+	go func() { flood, floodCPU, floodErr = waitFlood(); close(floodDone) }()
 	go func() {
 		for {
 			select {
@@ -384,6 +287,10 @@ func TestFloodEstablishedAndGenuine(t *testing.T) {
 	gen, genErr := loadtest.Run(ctx, genuineOpts(E+1))
 	<-floodDone
 	floodEnd := time.Now()
+	ownCPU := selfCPU(t) - cpuBefore
+	if floodErr != nil {
+		t.Fatal(floodErr)
+	}
 	floodS := floodEnd.Sub(floodStart).Seconds()
 	floodLogs := logs.between(floodStart, floodEnd)
 
@@ -476,12 +383,19 @@ func TestFloodEstablishedAndGenuine(t *testing.T) {
 		t.Errorf("%d log lines from the flood in %.1f s: %v", floodLines, floodS, kinds)
 	}
 
-	var distinct int
-	f.ports.Range(func(any, any) bool { distinct++; return true })
-	t.Logf("flood: %d established, %.0f spoofed IKE_SA_INIT/s + %.0f malformed/s for %.1f s (asked %d + %d/s; %d source address:ports, %d send errors; node: %d cookies sent, %d dropped); genuine %d/%d (%.1f%%), setup p99 %.1f ms under flood vs %.1f ms baseline (%.2fx); flood log lines %.2f/s %v; heap baseline %d MiB, peak %d MiB, after %d MiB; goroutines %d -> %d; %d CPUs",
-		E, float64(f.inits.Load())/floodS, float64(f.bad.Load())/floodS, floodS, sz.initRate, sz.badRate, distinct, f.sendErrs.Load(), cookies, dropped,
+	t.Logf("flood: %d established, %.0f spoofed IKE_SA_INIT/s + %.0f malformed/s for %.1f s (asked %d + %d/s, generator in its own process; %d source address:ports, %d send errors; node: %d cookies sent, %d dropped); genuine %d/%d (%.1f%%), setup p99 %.1f ms under flood vs %.1f ms baseline (%.2fx); flood log lines %.2f/s %v; heap baseline %d MiB, peak %d MiB, after %d MiB; goroutines %d -> %d; %d CPUs; CPU during the flood: node and gateways %.1f s, generator %.1f s",
+		E, flood.InitRate(), flood.BadRate(), flood.Seconds, sz.initRate, sz.badRate, flood.Sources, flood.SendErrors, cookies, dropped,
 		gen.Established, G, 100*success, gen.LatencyMS.P99, base.LatencyMS.P99, gen.LatencyMS.P99/max(base.LatencyMS.P99, 0.001),
-		float64(floodLines)/floodS, kinds, baseHeap>>20, peakHeap.Load()>>20, heap>>20, baseGoroutines, gor, runtime.NumCPU())
+		float64(floodLines)/floodS, kinds, baseHeap>>20, peakHeap.Load()>>20, heap>>20, baseGoroutines, gor, runtime.NumCPU(), ownCPU.Seconds(), floodCPU.Seconds())
+}
+
+// selfCPU is the CPU time this process has used (user and system).
+func selfCPU(t *testing.T) time.Duration {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		t.Fatal(err)
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
 
 // udpSocketDrops reads the kernel's drop counters of the UDP sockets bound
@@ -525,8 +439,9 @@ func heapInuse() uint64 {
 	return ms.HeapInuse
 }
 
-// attackerInit is initTemplate's request with a fresh SPI, a COOKIE
-// first if given, and a Vendor ID of pad bytes.
+// attackerInit is an IKE_SA_INIT for aes256-sha256-modp2048 (a key
+// exchange never computed) with a fresh SPI, a COOKIE first if given,
+// and a Vendor ID of pad bytes.
 func attackerInit(spi uint64, cookie []byte, pad int) []byte {
 	var ps []ike.Payload
 	if cookie != nil {
