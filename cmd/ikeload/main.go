@@ -9,6 +9,7 @@
 //	ikeload gen-pki --dir pki --responder-id conc.example
 //	ikeload compare --html cmp.html a.json b.json
 //	ikeload merge --json-out all.json part1.json part2.json
+//	ikeload flood --server 127.0.0.1 --init-rate 20000 --bad-rate 20000 --duration 60s
 //
 // Exit status: 0 when every attempt succeeded, 1 when some failed or the
 // run could not start, 2 for a usage error.
@@ -49,6 +50,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		err = compare(args[1:], stdout, stderr)
 	case len(args) > 0 && args[0] == "merge":
 		err = merge(args[1:], stdout, stderr)
+	case len(args) > 0 && args[0] == "flood":
+		err = flood(ctx, args[1:], stdout)
 	case len(args) > 0 && (args[0] == "version" || args[0] == "--version" || args[0] == "-version"):
 		fmt.Fprintln(stdout, "ikeload", version())
 	case len(args) > 0 && args[0] == "help":

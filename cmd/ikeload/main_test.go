@@ -3,10 +3,14 @@ package main
 import (
 	"bytes"
 	"context"
+	"encoding/binary"
 	"encoding/json"
+	"net"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 )
@@ -25,7 +29,7 @@ func TestHelpAndVersionExitZero(t *testing.T) {
 			t.Errorf("%q: exit %d, stdout %q", args, code, out)
 		}
 	}
-	for _, sub := range []string{"gen-pki", "compare"} {
+	for _, sub := range []string{"gen-pki", "compare", "flood"} {
 		if code, out, _ := runCLI(t, sub, "--help"); code != 0 || !strings.Contains(out, "Usage: ikeload "+sub) {
 			t.Errorf("%s --help: exit %d, %q", sub, code, out)
 		}
@@ -54,6 +58,10 @@ func TestUsageErrorsExitTwo(t *testing.T) {
 		{[]string{"compare"}, "no reports"},
 		{[]string{"compare", "a.json", "--html", "x"}, "flag --html after the argument"},
 		{[]string{"gen-pki"}, "--dir is required"},
+		{[]string{"flood"}, "--duration is required"},
+		{[]string{"flood", "--duration", "1s", "--init-rate", "0", "--bad-rate", "0"}, "not both 0"},
+		{[]string{"flood", "--duration", "1s", "--server", "nowhere"}, "--server"},
+		{[]string{"flood", "--duration", "1s", "extra"}, `unexpected argument "extra"`},
 	} {
 		code, out, errOut := runCLI(t, c.args...)
 		if code != 2 || !strings.Contains(errOut, c.want) || out != "" {
@@ -151,5 +159,106 @@ func TestGenPKIAndCompare(t *testing.T) {
 	page, err := os.ReadFile(html)
 	if err != nil || !strings.Contains(string(page), "<svg") || !strings.Contains(string(page), "ours") {
 		t.Fatalf("HTML: %v", err)
+	}
+}
+
+// ikeload flood sends what it reports, to the ports it is given: IKE_SA_INIT
+// requests from many source ports and addresses, and the malformed kinds,
+// the garbage SK payloads naming the --known SAs, on both ports (NAT-T ones
+// with the non-ESP marker).
+func TestFloodSendsWhatItReports(t *testing.T) {
+	ikeSock, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ikeSock.Close()
+	nattSock, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nattSock.Close()
+	for _, c := range []*net.UDPConn{ikeSock, nattSock} {
+		c.SetReadBuffer(4 << 20)
+	}
+	dir := t.TempDir()
+	known := filepath.Join(dir, "known")
+	if err := os.WriteFile(known, []byte("# spi_i spi_r\n0x1111111111111111 2222222222222222\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if code, _, errOut := runCLI(t, "flood", "--known", filepath.Join(dir, "missing"), "--duration", "1s"); code != 1 || !strings.Contains(errOut, "missing") {
+		t.Errorf("missing --known file: exit %d, %q", code, errOut)
+	}
+
+	type counts struct{ inits, sk, other int }
+	var got [2]counts
+	sources := map[string]bool{}
+	var mu sync.Mutex
+	var wg sync.WaitGroup
+	for i, c := range []*net.UDPConn{ikeSock, nattSock} {
+		wg.Go(func() {
+			buf := make([]byte, 65536)
+			for {
+				c.SetReadDeadline(time.Now().Add(2 * time.Second))
+				n, from, err := c.ReadFromUDPAddrPort(buf)
+				if err != nil {
+					return
+				}
+				b := buf[:n]
+				if i == 1 {
+					if n < 4 || binary.BigEndian.Uint32(b) != 0 {
+						mu.Lock()
+						got[i].other++
+						mu.Unlock()
+						continue
+					}
+					b = b[4:]
+				}
+				mu.Lock()
+				sources[from.String()] = true
+				switch {
+				case len(b) >= 28 && b[18] == 34 && int(binary.BigEndian.Uint32(b[24:])) == len(b):
+					got[i].inits++
+				case len(b) >= 28 && b[18] == 37 && binary.BigEndian.Uint64(b) == 0x1111111111111111 && binary.BigEndian.Uint64(b[8:]) == 0x2222222222222222:
+					got[i].sk++
+				default:
+					got[i].other++
+				}
+				mu.Unlock()
+			}
+		})
+	}
+	jsonOut := filepath.Join(dir, "flood.json")
+	code, out, errOut := runCLI(t, "flood", "--server", "127.0.0.1",
+		"--server-port", strconv.Itoa(ikeSock.LocalAddr().(*net.UDPAddr).Port),
+		"--server-natt-port", strconv.Itoa(nattSock.LocalAddr().(*net.UDPAddr).Port),
+		"--init-rate", "400", "--bad-rate", "400", "--duration", "1s", "--known", known, "--json-out", jsonOut)
+	if code != 0 || !strings.HasPrefix(out, "flood: ") {
+		t.Fatalf("flood: exit %d, %q, %q", code, out, errOut)
+	}
+	wg.Wait()
+	var rep struct {
+		Inits, Malformed, SendErrors uint64
+		Sources                      int
+	}
+	b, err := os.ReadFile(jsonOut)
+	if err == nil {
+		err = json.Unmarshal(b, &rep)
+	}
+	if err != nil {
+		t.Fatalf("--json-out: %v", err)
+	}
+	t.Logf("report %+v; received IKE port %+v, NAT-T port %+v, %d sources", rep, got[0], got[1], len(sources))
+	// About a second at 400/s each; loopback loses nothing here.
+	if rep.Inits < 300 || rep.Malformed < 300 || rep.SendErrors != 0 {
+		t.Errorf("report: %+v", rep)
+	}
+	if uint64(got[0].inits) != rep.Inits || uint64(got[0].inits+got[0].sk+got[0].other+got[1].sk+got[1].other) != rep.Inits+rep.Malformed {
+		t.Errorf("received %+v on the IKE port and %+v on the NAT-T port for %+v sent", got[0], got[1], rep)
+	}
+	if got[0].sk == 0 || got[1].sk == 0 || got[1].other != 0 || got[1].inits != 0 {
+		t.Errorf("garbage SK payloads for the known SA: %d on the IKE port, %d on the NAT-T port (other %d)", got[0].sk, got[1].sk, got[1].other)
+	}
+	if len(sources) < 10 || rep.Sources < len(sources) {
+		t.Errorf("%d distinct sources received, %d reported", len(sources), rep.Sources)
 	}
 }
