@@ -4,6 +4,7 @@ import (
 	"crypto/hmac"
 	"crypto/sha256"
 	"encoding/binary"
+	"hash"
 	"net/netip"
 	"sync"
 	"sync/atomic"
@@ -102,9 +103,20 @@ func (c *Cookies) Screen(now time.Time, b []byte, remote netip.Addr) (reply []by
 	}
 	c.sent.Add(1)
 	c.demand(now)
-	resp := Message{SPIi: h.SPIi, Exchange: IKE_SA_INIT, Flags: FlagResponse,
-		Payloads: []Payload{&Notify{NotifyType: COOKIE, Data: cur.sum(nonce, remote, h.SPIi)}}}
-	return resp.Encode(), ScreenAnswered
+	return cookieReply(h.SPIi, &cur, nonce, remote), ScreenAnswered
+}
+
+// cookieReply is the IKE_SA_INIT response that demands a cookie (RFC 7296
+// §2.6): the header and one COOKIE notification, in one allocation (the
+// socket reader sends one for every request of a flood).
+func cookieReply(spii uint64, cs *cookieSecret, ni []byte, peer netip.Addr) []byte {
+	h := Message{SPIi: spii, Exchange: IKE_SA_INIT, Flags: FlagResponse}
+	b := h.appendHeader(make([]byte, 0, headerLen+genericHeaderLen+4+cookieLen), PayloadNotify)
+	b = append(b, uint8(PayloadNone), 0, 0, 0, // the notification's generic header
+		uint8(ProtoNone), 0, byte(COOKIE>>8), byte(COOKIE&0xff)) // no protocol, no SPI
+	b = cs.appendSum(b, ni, peer, spii)
+	putLen16(b[headerLen+2:], len(b)-headerLen)
+	return finish(b)
 }
 
 // scanInit walks an IKE_SA_INIT request's payload chain without decoding
@@ -143,17 +155,53 @@ func scanInit(next PayloadType, b []byte) (cookie, nonce []byte, ok bool) {
 	return cookie, nonce, nonce != nil
 }
 
+// cookieSecret is one secret of the cookies: its version (the cookie's
+// first octet), key and expiry.
+type cookieSecret struct {
+	version byte
+	key     [32]byte
+	until   time.Time
+	macs    *sync.Pool // of HMACs keyed with key (macPool); nil: made per use
+}
+
+// cookieLen is a cookie's length: the secret's version octet and an
+// HMAC-SHA-256.
+const cookieLen = 1 + sha256.Size
+
 // sum is the cookie for a request with nonce ni from peer with initiator
 // SPI spii under secret cs: its version octet, then an HMAC.
 func (cs *cookieSecret) sum(ni []byte, peer netip.Addr, spii uint64) []byte {
-	m := hmac.New(sha256.New, cs.key[:])
+	return cs.appendSum(make([]byte, 0, cookieLen), ni, peer, spii)
+}
+
+// appendSum appends the cookie (see sum) to dst. The HMAC comes keyed from
+// the secret's pool (its pads are computed once, not for every request of
+// a flood); socket readers call it concurrently.
+func (cs *cookieSecret) appendSum(dst, ni []byte, peer netip.Addr, spii uint64) []byte {
+	var m hash.Hash
+	if cs.macs != nil {
+		m, _ = cs.macs.Get().(hash.Hash)
+	}
+	if m == nil {
+		m = hmac.New(sha256.New, cs.key[:])
+	}
 	m.Write(ni)
 	a := peer.As16()
 	m.Write(a[:])
 	var s [8]byte
 	binary.BigEndian.PutUint64(s[:], spii)
 	m.Write(s[:])
-	return m.Sum([]byte{cs.version})
+	dst = m.Sum(append(dst, cs.version))
+	if cs.macs != nil {
+		m.Reset()
+		cs.macs.Put(m)
+	}
+	return dst
+}
+
+// macPool hands out HMAC-SHA-256 states keyed with key.
+func macPool(key [32]byte) *sync.Pool {
+	return &sync.Pool{New: func() any { return hmac.New(sha256.New, key[:]) }}
 }
 
 // cookieFor is the cookie of a request under the secret with the given
@@ -209,6 +257,7 @@ func (e *Engine) newCookieSecret(now time.Time) byte {
 	e.read(next.key[:])
 	next.version = cur.version + 1
 	next.until = now.Add(cookieLifetime)
+	next.macs = macPool(next.key)
 	c.mu.Lock()
 	c.secrets[1], c.secrets[0] = c.secrets[0], next
 	c.mu.Unlock()

@@ -198,3 +198,60 @@ func TestDemandBelowThreshold(t *testing.T) {
 		t.Fatalf("hold over: %v", v)
 	}
 }
+
+// BenchmarkScreen: the socket reader's cost for a cookieless IKE_SA_INIT
+// under pressure (answered with a cookie) and for one carrying a valid
+// cookie (proven), from many goroutines as the readers call it.
+func BenchmarkScreen(b *testing.B) {
+	rcfg := responderConfig(b, 1)
+	rcfg.CookieThreshold = 0
+	e, err := NewEngine(rcfg)
+	if err != nil {
+		b.Fatal(err)
+	}
+	e.RenewCookieSecret(t0)
+	c := e.Cookies()
+	c.Demand(t0)
+	src := netip.MustParseAddr("198.51.100.7")
+	req := attackerInit(1, nil, 0)
+	reply, v := c.Screen(t0, req, src)
+	if v != ScreenAnswered {
+		b.Fatalf("cookieless request: %v", v)
+	}
+	m, err := Decode(reply)
+	if err != nil {
+		b.Fatal(err)
+	}
+	proven := attackerInit(1, findNotify(m.Payloads, COOKIE).Data, 0)
+	for _, bc := range []struct {
+		name string
+		req  []byte
+		want Screening
+	}{{"answered", req, ScreenAnswered}, {"proven", proven, ScreenProven}} {
+		b.Run(bc.name, func(b *testing.B) {
+			b.ReportAllocs()
+			b.RunParallel(func(pb *testing.PB) {
+				for pb.Next() {
+					if _, v := c.Screen(t0, bc.req, src); v != bc.want {
+						b.Fatalf("%v, want %v", v, bc.want)
+					}
+				}
+			})
+		})
+	}
+}
+
+// The socket reader's hand-made cookie demand is the message the encoder
+// makes of it, with the engine's cookie.
+func TestCookieReplyEncoding(t *testing.T) {
+	cs := cookieSecret{version: 7, key: [32]byte{1, 2, 3}}
+	cs.macs = macPool(cs.key)
+	ni, peer := bytes.Repeat([]byte{9}, 32), netip.MustParseAddr("2001:db8::1")
+	for range 3 { // pooled MACs are reset between uses
+		want := (&Message{SPIi: 0x1122334455667788, Exchange: IKE_SA_INIT, Flags: FlagResponse,
+			Payloads: []Payload{&Notify{NotifyType: COOKIE, Data: (&cookieSecret{version: 7, key: cs.key}).sum(ni, peer, 0x1122334455667788)}}}).Encode()
+		if got := cookieReply(0x1122334455667788, &cs, ni, peer); !bytes.Equal(got, want) {
+			t.Fatalf("cookie reply\n%x\nwant\n%x", got, want)
+		}
+	}
+}

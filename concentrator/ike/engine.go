@@ -79,12 +79,6 @@ func (e *Engine) pruneRecentInits(now time.Time) {
 	}
 }
 
-type cookieSecret struct {
-	version byte
-	key     [32]byte
-	until   time.Time
-}
-
 // Stats counts what the engine did; the caller exports them as metrics.
 type Stats struct {
 	HalfOpen           int
