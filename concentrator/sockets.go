@@ -277,6 +277,14 @@ func (n *Node) readLoop(c transport.Conn) {
 			}
 		}
 		n.sendBatch(br, replies, local)
+		if nm == len(msgs) {
+			// More is waiting (a flood): let the shards and the other
+			// goroutines run between batches instead of after this one's
+			// time slice (up to 10 ms): a genuine request's key exchange
+			// and answer wait on them. Flood test at full size: p99 setup
+			// under the flood 51-90 ms before, 22 ms after.
+			runtime.Gosched()
+		}
 	}
 }
 
