@@ -61,7 +61,15 @@ func flushConntrack(ns string) error {
 // move the SA.
 func TestNATMappingChange(t *testing.T) {
 	requireNetns(t)
-	natRemapping(t, userspaceConfig(t, ESPProp), "userspace", "")
+	natRemapping(t, userspaceConfig(t, ESPProp), "userspace", "", "")
+}
+
+// TestNATAddressChange is TestNATMappingChange with a NAT that re-maps
+// the gateway to another public address as well as another port (a
+// carrier NAT pool): the SA moves to the new address.
+func TestNATAddressChange(t *testing.T) {
+	requireNetns(t)
+	natRemapping(t, userspaceConfig(t, ESPProp), "userspace", "", NATSecondAddr)
 }
 
 // TestKernelNATMappingChange is TestNATMappingChange with the kernel data
@@ -71,9 +79,26 @@ func TestNATMappingChange(t *testing.T) {
 // SA: its outbound state's encapsulation then names the new port.
 func TestKernelNATMappingChange(t *testing.T) {
 	requireKernelESP(t)
-	tp := natRemapping(t, xfrmConfig(t), "xfrm", KernelCharonPlugins)
-	// The concentrator's outbound state sends to the NAT's new port, and
-	// its inbound state expects it (else the kernel reports every packet).
+	tp := natRemapping(t, xfrmConfig(t), "xfrm", KernelCharonPlugins, "")
+	checkKernelRemapped(t, tp, NATPublicAddr)
+}
+
+// TestKernelNATAddressChange is TestNATAddressChange with the kernel data
+// plane (VM tier): the kernel reports the new address and port, and the
+// concentrator re-adds its states (their IDs hold the addresses) and
+// re-points its policies' templates at the NAT's new address.
+func TestKernelNATAddressChange(t *testing.T) {
+	requireKernelESP(t)
+	tp := natRemapping(t, xfrmConfig(t), "xfrm", KernelCharonPlugins, NATSecondAddr)
+	checkKernelRemapped(t, tp, NATSecondAddr)
+}
+
+// checkKernelRemapped checks the concentrator's xfrm states and policies
+// after a re-mapping: the outbound state sends to the NAT's new port at
+// peer, the inbound state expects it (else the kernel reports every
+// packet), and the policies' templates name peer.
+func checkKernelRemapped(t *testing.T, tp *Topology, peer string) {
+	t.Helper()
 	ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
 	defer cancel()
 	out, err := tp.Exec(ctx, tp.Conc, "ip", "xfrm", "state")
@@ -94,6 +119,23 @@ func TestKernelNATMappingChange(t *testing.T) {
 				p[1], p[2], natRemapLow, natRemapHigh, out)
 		}
 	}
+	for _, want := range []string{"src " + ConcAddr + " dst " + peer, "src " + peer + " dst " + ConcAddr} {
+		if !strings.Contains(out, want) {
+			t.Errorf("conc: no state %q:\n%s", want, out)
+		}
+	}
+	pol, err := tp.Exec(ctx, tp.Conc, "ip", "xfrm", "policy")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, other := range []string{NATPublicAddr, NATSecondAddr} {
+		if other != peer && strings.Contains(out+pol, " "+other+" ") {
+			t.Errorf("conc: states or policies still name %s after the move to %s:\n%s\n%s", other, peer, out, pol)
+		}
+	}
+	if !strings.Contains(pol, "dst "+peer) || !strings.Contains(pol, "src "+peer) {
+		t.Errorf("conc: policy templates do not name %s:\n%s", peer, pol)
+	}
 }
 
 var xfrmEncapPortRE = regexp.MustCompile(`encap type espinudp sport (\d+) dport (\d+)`)
@@ -101,10 +143,15 @@ var xfrmEncapPortRE = regexp.MustCompile(`encap type espinudp sport (\d+) dport 
 // The NAT's masquerade port range after the re-mapping.
 const natRemapLow, natRemapHigh = 20000, 20999
 
+// NATSecondAddr is the NAT's second public address (its pool's next one),
+// for a re-mapping that changes the address too.
+const NATSecondAddr = "192.168.100.3"
+
 // natRemapping brings up gw1 (strongSwan with the given charon plugins, ""
 // for the default) to concentratord with cfg (data plane mode), re-maps
-// the NAT mid-ping and waits for pings to resume both ways.
-func natRemapping(t *testing.T, cfg, mode, plugins string) *Topology {
+// the NAT mid-ping and waits for pings to resume both ways. With newAddr
+// the NAT maps UDP to that public address from then on, else to its own.
+func natRemapping(t *testing.T, cfg, mode, plugins, newAddr string) *Topology {
 	t.Helper()
 	bin := Binary(t, "concentratord")
 	ctx, cancel := context.WithTimeout(t.Context(), 3*time.Minute)
@@ -140,9 +187,17 @@ func natRemapping(t *testing.T, cfg, mode, plugins string) *Topology {
 	before, _ := FindIKESA(sas, "conc")
 	t.Logf("gw1's IKE SA before: local %s:%s", before.Get("local-host"), before.Get("local-port"))
 
-	// The NAT re-maps: a new port range, its table forgotten.
+	// The NAT re-maps: a new port range (and address), its table
+	// forgotten.
+	udp := "masquerade to :" + strconv.Itoa(natRemapLow) + "-" + strconv.Itoa(natRemapHigh)
+	if newAddr != "" {
+		if out, err := run(ctx, nil, "ip", "-n", tp.NAT, "addr", "add", newAddr+"/24", "dev", "nat-conc"); err != nil {
+			t.Fatalf("NAT's second address: %v\n%s", err, out)
+		}
+		udp = "snat to " + newAddr + ":" + strconv.Itoa(natRemapLow) + "-" + strconv.Itoa(natRemapHigh)
+	}
 	rules := `flush chain ip nat postrouting
-add rule ip nat postrouting oifname "nat-conc" meta l4proto udp masquerade to :` + strconv.Itoa(natRemapLow) + "-" + strconv.Itoa(natRemapHigh) + `
+add rule ip nat postrouting oifname "nat-conc" meta l4proto udp ` + udp + `
 add rule ip nat postrouting oifname "nat-conc" masquerade
 `
 	if out, err := run(ctx, strings.NewReader(rules), "ip", "netns", "exec", tp.NAT, "nft", "-f", "-"); err != nil {
@@ -190,5 +245,21 @@ add rule ip nat postrouting oifname "nat-conc" masquerade
 		t.Errorf("no mapping check or address update counted: %v", m)
 	}
 	conc.mustWaitLog(t, ctx, 5*time.Second, "NAT mapping changed: checking the new address", nil)
+	if newAddr != "" {
+		if sas, err := gw.ListSAs(ctx); err != nil {
+			t.Fatal(err)
+		} else if after, _ := FindIKESA(sas, "conc"); after.Get("local-host") != before.Get("local-host") {
+			t.Errorf("gw1's IKE SA changed its address: %s, was %s", after.Get("local-host"), before.Get("local-host"))
+		}
+		seen := false
+		for _, r := range conc.LogRecords() {
+			if p, _ := r.Attr("peer"); r.Msg() == "NAT mapping changed: checking the new address" && strings.HasPrefix(p, newAddr+":") {
+				seen = true
+			}
+		}
+		if !seen {
+			t.Errorf("no mapping check of the NAT's new address %s logged", newAddr)
+		}
+	}
 	return tp
 }

@@ -17,7 +17,8 @@
 #
 # Adapted for ikefleet from the team's shared runner: TCG unless VM_ACCEL=kvm
 # (nested KVM hung at boot on the build hosts), the cache keyed by the module
-# list, nftables modules for MSS clamping and named counters (nft_objref),
+# list, nftables modules for MSS clamping, named counters (nft_objref) and
+# source NAT to a given address (nft_nat),
 # ctnetlink (nf_conntrack_netlink: tests flush the NAT's conntrack table),
 # built-in modules tolerated. The first run installs qemu-system-x86,
 # busybox-static, kmod and cpio if missing and builds the cache (~1 min).
@@ -29,7 +30,7 @@ MODULES="esp4 esp6 xfrm_user xfrm_interface veth aesni_intel gcm ghash_clmulni_i
  ghash_generic chacha20poly1305 chacha_x86_64 poly1305_x86_64 seqiv echainiv authenc
  authencesn ctr ecb cbc crypto_null drbg jitterentropy_rng ccm cmac sha256_ssse3 sha512_ssse3
  hmac sha256_generic sha512_generic
- nf_tables nft_chain_nat nft_masq nft_ct nf_nat nf_conntrack nf_conntrack_netlink nft_exthdr nft_rt nft_xfrm nft_objref
+ nf_tables nft_chain_nat nft_masq nft_nat nft_ct nf_nat nf_conntrack nf_conntrack_netlink nft_exthdr nft_rt nft_xfrm nft_objref
  nft_queue nfnetlink_queue
  tun af_packet dummy 9p 9pnet_virtio virtio_pci ${VM_MODULES:-}"
 # The cache is keyed by the module list: changing it builds a new image.
