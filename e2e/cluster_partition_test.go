@@ -4,6 +4,7 @@ package e2e
 
 import (
 	"context"
+	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -189,4 +190,128 @@ func partitionNode(t *testing.T, ctx context.Context, c *Cluster, before map[str
 	t.Logf("cluster-partition-rejoin: node=%s registered-again-ms=%d ready-ms=%d (from the heal) gateways-moved=%d lost-pings=%d outage-ms-max=%d others-lost-pings=%d child-sas=%.0f sa-changed=%d claims=%d handed-off=%d",
 		victim.ID, reregistered.Sub(healAt).Milliseconds(), ready.Sub(healAt).Milliseconds(), len(back), mb.lost, mb.worst.Milliseconds(), mb.otherLost,
 		mv["ikefleet_child_sas"], changed, countNodeLogs(c, "SA claimed")-claims0, countNodeLogs(c, "SA handed off")-handed0)
+}
+
+// partitionAll is TestCluster's PartitionAll step: every node loses etcd
+// at once (etcd itself stays up, so every lease expires) for
+// clusterPartition; the router keeps its flows where they were. Every node
+// must fence before its lease can expire, so the whole service stops: no
+// packet leaves any node from the service address's IKE ports while it is
+// fenced. When the partition heals each node registers again under a new
+// epoch and the SAs come back — their own by the owner's re-registration,
+// a neighbour's that it took over first by hand-off when the flow's
+// packets reach their node — with the gateways' IKE SAs unchanged and no
+// re-authentication. Reported: each gateway's outage (the partition
+// included) and the time from the heal until every gateway answered.
+func partitionAll(t *testing.T, ctx context.Context, c *Cluster, before map[string]saSnapshot, streams map[string]*PingStream) {
+	for _, n := range c.Nodes {
+		if err := c.NodeReady(ctx, n); err != nil {
+			t.Fatalf("before the partition: %v", err)
+		}
+	}
+	if err := c.CountNodeSends(ctx); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(time.Second)
+	claims0, handed0 := countNodeLogs(c, "SA claimed"), countNodeLogs(c, "SA handed off")
+	at := time.Now()
+	healed := map[*ClusterNode]bool{}
+	defer func() {
+		for _, n := range c.Nodes {
+			if !healed[n] {
+				_ = c.HealPartition(context.WithoutCancel(ctx), n)
+			}
+		}
+	}()
+	for _, n := range c.Nodes {
+		if err := c.PartitionFromEtcd(ctx, n); err != nil {
+			t.Fatal(err)
+		}
+	}
+
+	// Every node fences; from then on none sends.
+	fenced := map[*ClusterNode]time.Time{}
+	sendsAtFence := map[*ClusterNode]int{}
+	for len(fenced) < len(c.Nodes) {
+		for _, n := range c.Nodes {
+			if _, ok := fenced[n]; ok {
+				continue
+			}
+			if ts := NodeLogTimes(n, "fenced: outbound ESP stopped", at); len(ts) > 0 {
+				s, err := c.NodeSends(ctx, n)
+				if err != nil {
+					t.Fatal(err)
+				}
+				fenced[n], sendsAtFence[n] = ts[0], s
+			}
+		}
+		if time.Since(at) > clusterRecoverBound || ctx.Err() != nil {
+			t.Fatalf("%v after cutting every node off from etcd: %d of %d fenced", clusterRecoverBound, len(fenced), len(c.Nodes))
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	if d := time.Until(at.Add(clusterPartition(c))); d > 0 {
+		time.Sleep(d)
+	}
+	var sentWhileFenced []string
+	for _, n := range c.Nodes {
+		s, err := c.NodeSends(ctx, n)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if s != sendsAtFence[n] {
+			sentWhileFenced = append(sentWhileFenced, fmt.Sprintf("%s:%d", n.ID, s-sendsAtFence[n]))
+		}
+	}
+	if len(sentWhileFenced) > 0 {
+		t.Errorf("packets sent from %s:500/4500 while fenced: %v", ClusterVIP, sentWhileFenced)
+	}
+
+	healAt := time.Now()
+	for _, n := range c.Nodes {
+		if err := c.HealPartition(ctx, n); err != nil {
+			t.Fatal(err)
+		}
+		healed[n] = true
+	}
+	var lastBack time.Time
+	for _, n := range c.Nodes {
+		for {
+			if ts := NodeLogTimes(n, "registered again: outbound ESP resumed", healAt); len(ts) > 0 {
+				lastBack = maxTime(lastBack, ts[0])
+				break
+			}
+			if n.Proc.Exited() {
+				t.Fatalf("%s exited after the partition", n.ID)
+			}
+			if time.Since(healAt) > clusterRecoverBound || ctx.Err() != nil {
+				t.Fatalf("%s did not register again within %v of the heal", n.ID, clusterRecoverBound)
+			}
+			time.Sleep(100 * time.Millisecond)
+		}
+	}
+	waitRecovered(t, ctx, c, streams, healAt.Add(time.Second), clusterRecoverBound)
+	recovered := time.Since(healAt)
+	time.Sleep(2 * time.Second)
+	m := tallyMove(c, streams, c.Gateways, at.Add(-time.Second), time.Now().Add(-time.Second))
+	changed := compareSnapshots(t, ctx, c, before, "partition of every node")
+	var first, last time.Time
+	for _, ts := range fenced {
+		if first.IsZero() || ts.Before(first) {
+			first = ts
+		}
+		last = maxTime(last, ts)
+	}
+	t.Logf("cluster-partition-all: nodes=%d partition-s=%.0f lease-ttl=%v fenced-ms-first=%d fenced-ms-last=%d registered-again-ms-last=%d all-recovered-ms=%d (from the heal) outage-ms-median=%d outage-ms-max=%d lost-pings=%d sa-changed=%d claims=%d handed-off=%d",
+		len(c.Nodes), clusterPartition(c).Seconds(), c.opts.LeaseTTL, first.Sub(at).Milliseconds(), last.Sub(at).Milliseconds(),
+		lastBack.Sub(healAt).Milliseconds(), recovered.Milliseconds(), median(m.outages).Milliseconds(), m.worst.Milliseconds(), m.lost, changed,
+		countNodeLogs(c, "SA claimed")-claims0, countNodeLogs(c, "SA handed off")-handed0)
+	t.Logf("cluster-partition-all-outages: %s", strings.Join(m.per, " "))
+}
+
+func maxTime(a, b time.Time) time.Time {
+	if b.After(a) {
+		return b
+	}
+	return a
 }

@@ -437,6 +437,15 @@ func TestCluster(t *testing.T) {
 	t.Run("PartitionNode", func(t *testing.T) {
 		partitionNode(t, ctx, c, before, streams)
 	})
+	if t.Failed() {
+		return
+	}
+
+	// Every node cut off from etcd at once (etcd itself up): the whole
+	// service fences, then comes back with every SA.
+	t.Run("PartitionAll", func(t *testing.T) {
+		partitionAll(t, ctx, c, before, streams)
+	})
 
 	// What the fleet of charons costs (the machine's budget for this tier).
 	var rss, peak int
