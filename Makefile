@@ -153,11 +153,22 @@ test-faults:
 # flood (test-flood) and the faults (test-faults).
 test-hardening: test-flood test-faults
 
-# Runs every fuzz target for FUZZTIME (make fuzz-smoke FUZZTIME=60s).
+# Runs every fuzz target for FUZZTIME (make fuzz-smoke FUZZTIME=60s). Go
+# 1.26's fuzzing engine can fail a target with a bare "context deadline
+# exceeded" when -fuzztime ends while a worker is busy (Go issue 75804,
+# fixed in 1.27): such a failure, with no failing input written, runs the
+# target once more; any other failure fails at once.
 fuzz-smoke:
 	@set -e; for pkg in $$($(GO) list ./concentrator/... ./statestore/...); do \
 	  for f in $$($(GO) test -list '^Fuzz' $$pkg | grep '^Fuzz' || true); do \
-	    echo "== $$pkg $$f"; $(GO) test -run '^$$' -fuzz "^$$f$$" -fuzztime $(FUZZTIME) $$pkg; \
+	    echo "== $$pkg $$f"; \
+	    for try in 1 2; do \
+	      if out=$$($(GO) test -run '^$$' -fuzz "^$$f$$" -fuzztime $(FUZZTIME) $$pkg 2>&1); then echo "$$out"; break; fi; \
+	      echo "$$out"; \
+	      if [ $$try = 1 ] && echo "$$out" | grep -q 'context deadline exceeded' && ! echo "$$out" | grep -q 'Failing input written'; then \
+	        echo "== $$f: the fuzzing engine's end-of-run race (no failing input written): once more"; continue; fi; \
+	      exit 1; \
+	    done; \
 	  done; done
 
 generate:
