@@ -4,6 +4,7 @@ package e2e
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"strings"
 	"testing"
@@ -192,21 +193,23 @@ func partitionNode(t *testing.T, ctx context.Context, c *Cluster, before map[str
 		mv["ikefleet_child_sas"], changed, countNodeLogs(c, "SA claimed")-claims0, countNodeLogs(c, "SA handed off")-handed0)
 }
 
-// partitionAll is TestCluster's PartitionAll step: every node loses etcd
-// at once (etcd itself stays up, so every lease expires) for
-// clusterPartition; the router keeps its flows where they were. Every node
-// must fence before its lease can expire, so the whole service stops: no
-// packet leaves any node from the service address's IKE ports while it is
-// fenced. When the partition heals each node registers again under a new
+// clusterOutage is what TestCluster's PartitionAll and EtcdDownAll steps
+// share: cut takes etcd away from every node at once, heal gives it back
+// after clusterPartition; the router keeps its flows where they were.
+// Every node must fence before its lease can expire, so the whole service
+// stops: no packet leaves any node from the service address's IKE ports
+// while it is fenced. After the heal each node registers again under a new
 // epoch and the SAs come back — their own by the owner's re-registration,
 // a neighbour's that it took over first by hand-off when the flow's
 // packets reach their node — with the gateways' IKE SAs unchanged and no
-// re-authentication. Reported: each gateway's outage (the partition
-// included) and the time from the heal until every gateway answered.
-func partitionAll(t *testing.T, ctx context.Context, c *Cluster, before map[string]saSnapshot, streams map[string]*PingStream) {
+// re-authentication. Reported (the line cluster-<name>): each gateway's
+// outage (the cut included), when the nodes fenced, when the last one
+// registered again and when every gateway answered, from the heal.
+func clusterOutage(t *testing.T, ctx context.Context, c *Cluster, before map[string]saSnapshot, streams map[string]*PingStream,
+	name string, cut, heal func() error) {
 	for _, n := range c.Nodes {
 		if err := c.NodeReady(ctx, n); err != nil {
-			t.Fatalf("before the partition: %v", err)
+			t.Fatalf("before the outage: %v", err)
 		}
 	}
 	if err := c.CountNodeSends(ctx); err != nil {
@@ -215,18 +218,16 @@ func partitionAll(t *testing.T, ctx context.Context, c *Cluster, before map[stri
 	time.Sleep(time.Second)
 	claims0, handed0 := countNodeLogs(c, "SA claimed"), countNodeLogs(c, "SA handed off")
 	at := time.Now()
-	healed := map[*ClusterNode]bool{}
+	healed := false
 	defer func() {
-		for _, n := range c.Nodes {
-			if !healed[n] {
-				_ = c.HealPartition(context.WithoutCancel(ctx), n)
+		if !healed {
+			if err := heal(); err != nil {
+				t.Error(err)
 			}
 		}
 	}()
-	for _, n := range c.Nodes {
-		if err := c.PartitionFromEtcd(ctx, n); err != nil {
-			t.Fatal(err)
-		}
+	if err := cut(); err != nil {
+		t.Fatal(err)
 	}
 
 	// Every node fences; from then on none sends.
@@ -246,7 +247,7 @@ func partitionAll(t *testing.T, ctx context.Context, c *Cluster, before map[stri
 			}
 		}
 		if time.Since(at) > clusterRecoverBound || ctx.Err() != nil {
-			t.Fatalf("%v after cutting every node off from etcd: %d of %d fenced", clusterRecoverBound, len(fenced), len(c.Nodes))
+			t.Fatalf("%v after taking etcd away from every node: %d of %d fenced", clusterRecoverBound, len(fenced), len(c.Nodes))
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
@@ -268,11 +269,9 @@ func partitionAll(t *testing.T, ctx context.Context, c *Cluster, before map[stri
 	}
 
 	healAt := time.Now()
-	for _, n := range c.Nodes {
-		if err := c.HealPartition(ctx, n); err != nil {
-			t.Fatal(err)
-		}
-		healed[n] = true
+	healed = true
+	if err := heal(); err != nil {
+		t.Fatal(err)
 	}
 	var lastBack time.Time
 	for _, n := range c.Nodes {
@@ -282,7 +281,7 @@ func partitionAll(t *testing.T, ctx context.Context, c *Cluster, before map[stri
 				break
 			}
 			if n.Proc.Exited() {
-				t.Fatalf("%s exited after the partition", n.ID)
+				t.Fatalf("%s exited after the outage", n.ID)
 			}
 			if time.Since(healAt) > clusterRecoverBound || ctx.Err() != nil {
 				t.Fatalf("%s did not register again within %v of the heal", n.ID, clusterRecoverBound)
@@ -294,7 +293,7 @@ func partitionAll(t *testing.T, ctx context.Context, c *Cluster, before map[stri
 	recovered := time.Since(healAt)
 	time.Sleep(2 * time.Second)
 	m := tallyMove(c, streams, c.Gateways, at.Add(-time.Second), time.Now().Add(-time.Second))
-	changed := compareSnapshots(t, ctx, c, before, "partition of every node")
+	changed := compareSnapshots(t, ctx, c, before, name)
 	var first, last time.Time
 	for _, ts := range fenced {
 		if first.IsZero() || ts.Before(first) {
@@ -302,11 +301,59 @@ func partitionAll(t *testing.T, ctx context.Context, c *Cluster, before map[stri
 		}
 		last = maxTime(last, ts)
 	}
-	t.Logf("cluster-partition-all: nodes=%d partition-s=%.0f lease-ttl=%v fenced-ms-first=%d fenced-ms-last=%d registered-again-ms-last=%d all-recovered-ms=%d (from the heal) outage-ms-median=%d outage-ms-max=%d lost-pings=%d sa-changed=%d claims=%d handed-off=%d",
-		len(c.Nodes), clusterPartition(c).Seconds(), c.opts.LeaseTTL, first.Sub(at).Milliseconds(), last.Sub(at).Milliseconds(),
+	t.Logf("cluster-%s: nodes=%d outage-s=%.0f lease-ttl=%v fenced-ms-first=%d fenced-ms-last=%d registered-again-ms-last=%d all-recovered-ms=%d (from the heal) outage-ms-median=%d outage-ms-max=%d lost-pings=%d sa-changed=%d claims=%d handed-off=%d",
+		name, len(c.Nodes), clusterPartition(c).Seconds(), c.opts.LeaseTTL, first.Sub(at).Milliseconds(), last.Sub(at).Milliseconds(),
 		lastBack.Sub(healAt).Milliseconds(), recovered.Milliseconds(), median(m.outages).Milliseconds(), m.worst.Milliseconds(), m.lost, changed,
 		countNodeLogs(c, "SA claimed")-claims0, countNodeLogs(c, "SA handed off")-handed0)
-	t.Logf("cluster-partition-all-outages: %s", strings.Join(m.per, " "))
+	t.Logf("cluster-%s-outages: %s", name, strings.Join(m.per, " "))
+}
+
+// partitionAll is TestCluster's PartitionAll step: every node cut off
+// from etcd at once (etcd itself up, so every lease expires).
+func partitionAll(t *testing.T, ctx context.Context, c *Cluster, before map[string]saSnapshot, streams map[string]*PingStream) {
+	clusterOutage(t, ctx, c, before, streams, "partition-all",
+		func() error {
+			for _, n := range c.Nodes {
+				if err := c.PartitionFromEtcd(ctx, n); err != nil {
+					return err
+				}
+			}
+			return nil
+		},
+		func() error {
+			var errs []error
+			for _, n := range c.Nodes {
+				errs = append(errs, c.HealPartition(context.WithoutCancel(ctx), n))
+			}
+			return errors.Join(errs...)
+		})
+}
+
+// etcdDownAll is TestCluster's EtcdDownAll step: every etcd member killed
+// (SIGKILL) at once and started again on its data after clusterPartition.
+// The members' leases outlive the outage (a new leader extends them), so
+// unlike PartitionAll no registration ends: the nodes fence on their own
+// clocks and register again. outer owns the restarted members.
+func etcdDownAll(t, outer *testing.T, ctx context.Context, c *Cluster, before map[string]saSnapshot, streams map[string]*PingStream) {
+	clusterOutage(t, ctx, c, before, streams, "etcd-down-all",
+		func() error {
+			var errs []error
+			for _, m := range c.Members {
+				errs = append(errs, c.KillEtcdMember(m))
+			}
+			return errors.Join(errs...)
+		},
+		func() error {
+			for _, m := range c.Members {
+				m.Proc = c.TP.StartProcess(outer, "etcd "+m.Name, c.Etcd, m.args...)
+			}
+			for _, m := range c.Members {
+				if err := c.waitEtcdHealthy(ctx, m, 30*time.Second); err != nil {
+					return err
+				}
+			}
+			return nil
+		})
 }
 
 func maxTime(a, b time.Time) time.Time {

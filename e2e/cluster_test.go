@@ -446,6 +446,15 @@ func TestCluster(t *testing.T) {
 	t.Run("PartitionAll", func(t *testing.T) {
 		partitionAll(t, ctx, c, before, streams)
 	})
+	if t.Failed() {
+		return
+	}
+
+	// Every etcd member killed at once, then started again on its data:
+	// the same, with the leases outliving the outage.
+	t.Run("EtcdDownAll", func(t *testing.T) {
+		etcdDownAll(t, outer, ctx, c, before, streams)
+	})
 
 	// What the fleet of charons costs (the machine's budget for this tier).
 	var rss, peak int
