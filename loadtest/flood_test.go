@@ -383,9 +383,10 @@ func TestFloodEstablishedAndGenuine(t *testing.T) {
 		t.Errorf("%d log lines from the flood in %.1f s: %v", floodLines, floodS, kinds)
 	}
 
-	t.Logf("flood: %d established, %.0f spoofed IKE_SA_INIT/s + %.0f malformed/s for %.1f s (asked %d + %d/s, generator in its own process; %d source address:ports, %d send errors; node: %d cookies sent, %d dropped); genuine %d/%d (%.1f%%), setup p99 %.1f ms under flood vs %.1f ms baseline (%.2fx); flood log lines %.2f/s %v; heap baseline %d MiB, peak %d MiB, after %d MiB; goroutines %d -> %d; %d CPUs; CPU during the flood: node and gateways %.1f s, generator %.1f s",
+	t.Logf("flood: %d established, %.0f spoofed IKE_SA_INIT/s + %.0f malformed/s for %.1f s (asked %d + %d/s, generator in its own process; %d source address:ports, %d send errors; node: %d cookies sent, %d dropped); genuine %d/%d (%.1f%%), setup p99 %.1f ms under flood vs %.1f ms baseline (%.2fx), p50 %.1f vs %.1f ms; flood log lines %.2f/s %v; heap baseline %d MiB, peak %d MiB, after %d MiB; goroutines %d -> %d; %d CPUs; CPU during the flood: node and gateways %.1f s, generator %.1f s",
 		E, flood.InitRate(), flood.BadRate(), flood.Seconds, sz.initRate, sz.badRate, flood.Sources, flood.SendErrors, cookies, dropped,
 		gen.Established, G, 100*success, gen.LatencyMS.P99, base.LatencyMS.P99, gen.LatencyMS.P99/max(base.LatencyMS.P99, 0.001),
+		gen.LatencyMS.P50, base.LatencyMS.P50,
 		float64(floodLines)/floodS, kinds, baseHeap>>20, peakHeap.Load()>>20, heap>>20, baseGoroutines, gor, runtime.NumCPU(), ownCPU.Seconds(), floodCPU.Seconds())
 }
 
