@@ -248,11 +248,14 @@ func TestFloodSendsWhatItReports(t *testing.T) {
 		t.Fatalf("--json-out: %v", err)
 	}
 	t.Logf("report %+v; received IKE port %+v, NAT-T port %+v, %d sources", rep, got[0], got[1], len(sources))
-	// About a second at 400/s each; loopback loses nothing here.
+	// About a second at 400/s each. Nothing arrives that the report does
+	// not count; loopback may drop a few when this process's readers are
+	// starved on a busy machine, never many.
 	if rep.Inits < 300 || rep.Malformed < 300 || rep.SendErrors != 0 {
 		t.Errorf("report: %+v", rep)
 	}
-	if uint64(got[0].inits) != rep.Inits || uint64(got[0].inits+got[0].sk+got[0].other+got[1].sk+got[1].other) != rep.Inits+rep.Malformed {
+	inits, all := uint64(got[0].inits), uint64(got[0].inits+got[0].sk+got[0].other+got[1].sk+got[1].other)
+	if inits > rep.Inits || all > rep.Inits+rep.Malformed || inits < rep.Inits*9/10 || all < (rep.Inits+rep.Malformed)*9/10 {
 		t.Errorf("received %+v on the IKE port and %+v on the NAT-T port for %+v sent", got[0], got[1], rep)
 	}
 	if got[0].sk == 0 || got[1].sk == 0 || got[1].other != 0 || got[1].inits != 0 {
