@@ -13,6 +13,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/ikefleet/ikefleet/concentrator/ike"
 )
 
 func runCLI(t *testing.T, args ...string) (int, string, string) {
@@ -215,10 +217,11 @@ func TestFloodSendsWhatItReports(t *testing.T) {
 				}
 				mu.Lock()
 				sources[from.String()] = true
+				h, herr := ike.DecodeHeader(b) // malformed kinds fail it
 				switch {
-				case len(b) >= 28 && b[18] == 34 && int(binary.BigEndian.Uint32(b[24:])) == len(b):
+				case herr == nil && h.Exchange == ike.IKE_SA_INIT:
 					got[i].inits++
-				case len(b) >= 28 && b[18] == 37 && binary.BigEndian.Uint64(b) == 0x1111111111111111 && binary.BigEndian.Uint64(b[8:]) == 0x2222222222222222:
+				case herr == nil && h.Exchange == ike.INFORMATIONAL && h.SPIi == 0x1111111111111111 && h.SPIr == 0x2222222222222222:
 					got[i].sk++
 				default:
 					got[i].other++
