@@ -126,7 +126,9 @@ FUZZTIME_TEST ?= 3s
 test-fuzz:
 	@$(MAKE) --no-print-directory fuzz-smoke FUZZTIME=$(FUZZTIME_TEST)
 
-# The flood test at full size (no root; loopback): 1,000 established
+# The flood test at full size (as root inside a network namespace of its
+# own, with forged sources whose answers are routed out of a veth to no
+# one; without root on loopback, from ordinary sockets): 1,000 established
 # gateways (liveness checks and NAT-T keepalives running) and a node under
 # 50,000 spoofed IKE_SA_INIT/s plus 50,000 malformed datagrams/s for 60 s
 # (or the generator's maximum, reported) while 200 genuine gateways

@@ -38,6 +38,14 @@ type FloodOptions struct {
 	// sends it in bursts (at 10 ms and 100,000 datagrams/s, 1,000 at once)
 	// that a genuine request then waits behind.
 	Pace time.Duration
+	// Spoof, an IPv4 prefix, forges the sources: every datagram leaves a
+	// raw socket (CAP_NET_RAW) from a random address of Spoof and a random
+	// port, as a spoofing attacker's would arrive, and PerSocket does not
+	// apply. The responder's answers go to those addresses: route Spoof
+	// away from it (into a dummy interface in a test's network namespace),
+	// never to hosts that exist. Without it the datagrams leave ordinary
+	// sockets on ever new ports (see Flood).
+	Spoof netip.Prefix
 }
 
 // FloodReport says what a flood sent.
@@ -45,7 +53,8 @@ type FloodReport struct {
 	Inits      uint64  `json:"inits"`       // IKE_SA_INIT requests sent
 	Malformed  uint64  `json:"malformed"`   // malformed datagrams sent
 	SendErrors uint64  `json:"send_errors"` // failed sends and socket opens
-	Sources    int     `json:"sources"`     // distinct source address:ports used
+	Sources    int     `json:"sources"`     // distinct source address:ports used (with Spoof: datagrams sent, each from a random one)
+	Spoofed    bool    `json:"spoofed"`     // sources forged (FloodOptions.Spoof)
 	Seconds    float64 `json:"seconds"`     // how long it ran
 }
 
@@ -70,6 +79,8 @@ func Flood(ctx context.Context, o FloodOptions) (FloodReport, error) {
 		return FloodReport{}, fmt.Errorf("%w: rates must be non-negative and not both zero", ErrFloodOptions)
 	case o.Senders < 0 || o.PerSocket < 0 || o.Pace < 0:
 		return FloodReport{}, fmt.Errorf("%w: senders, per-socket and pace must be non-negative", ErrFloodOptions)
+	case o.Spoof.IsValid() && (!o.Spoof.Addr().Is4() || !o.Server.Addr().Is4()):
+		return FloodReport{}, fmt.Errorf("%w: spoofed sources need an IPv4 prefix and an IPv4 server", ErrFloodOptions)
 	}
 	if o.Pace == 0 {
 		o.Pace = time.Millisecond
@@ -94,6 +105,16 @@ func Flood(ctx context.Context, o FloodOptions) (FloodReport, error) {
 		s.o, s.natt, s.tmpl = &o, netip.AddrPortFrom(o.Server.Addr(), natt), tmpl
 		s.r = mrand.New(mrand.NewPCG(uint64(w), uint64(start.UnixNano())))
 		s.sources = map[netip.AddrPort]struct{}{}
+		if o.Spoof.IsValid() {
+			sp, err := newSpoofer(o.Spoof, s.r)
+			if err != nil {
+				for i := range w {
+					parts[i].spoof.close()
+				}
+				return FloodReport{}, err
+			}
+			s.spoof = sp
+		}
 		initRate, badRate := o.InitRate/o.Senders, o.BadRate/o.Senders
 		if w == 0 { // the remainders
 			initRate += o.InitRate % o.Senders
@@ -102,7 +123,7 @@ func Flood(ctx context.Context, o FloodOptions) (FloodReport, error) {
 		wg.Go(func() { s.run(ctx, start, until, initRate, badRate) })
 	}
 	wg.Wait()
-	rep := FloodReport{Seconds: time.Since(start).Seconds()}
+	rep := FloodReport{Seconds: time.Since(start).Seconds(), Spoofed: o.Spoof.IsValid()}
 	all := map[netip.AddrPort]struct{}{}
 	for i := range parts {
 		rep.Inits += parts[i].inits
@@ -113,6 +134,9 @@ func Flood(ctx context.Context, o FloodOptions) (FloodReport, error) {
 		}
 	}
 	rep.Sources = len(all)
+	if rep.Spoofed {
+		rep.Sources = int(rep.Inits + rep.Malformed)
+	}
 	return rep, nil
 }
 
@@ -162,8 +186,15 @@ type floodSender struct {
 	socks   [16]*net.UDPConn
 	used    [16]int
 	sources map[netip.AddrPort]struct{}
+	spoof   *spoofer // with FloodOptions.Spoof, instead of socks
 
 	inits, bad, errs uint64
+}
+
+func (s *floodSender) count(c spoofCounts) {
+	s.inits += c.inits
+	s.bad += c.bad
+	s.errs += c.failed
 }
 
 // open replaces socket i by one on a new source port (and, for odd i on
@@ -242,6 +273,9 @@ func (s *floodSender) malformed(n int) ([]byte, netip.AddrPort) {
 // up in one burst (the report says what rate was reached).
 func (s *floodSender) run(ctx context.Context, start, until time.Time, initRate, badRate int) {
 	defer func() {
+		if s.spoof != nil {
+			s.spoof.close()
+		}
 		for _, c := range s.socks {
 			if c != nil {
 				c.Close()
@@ -261,13 +295,18 @@ func (s *floodSender) run(ctx context.Context, start, until time.Time, initRate,
 				copy(pkt, s.tmpl)
 				binary.BigEndian.PutUint64(pkt[0:], s.r.Uint64()|1)
 				binary.BigEndian.PutUint64(pkt[len(pkt)-36-8:], s.r.Uint64()) // the end of the KE data (the Nonce payload is the last 36 bytes)
-				if s.send(pkt, s.o.Server) {
+				if s.spoof != nil {
+					s.count(s.spoof.add(pkt, s.o.Server, true))
+				} else if s.send(pkt, s.o.Server) {
 					s.inits++
 				}
 				initsDone++
 			}
 			if badDone < wantBad {
-				if b, to := s.malformed(badDone); s.send(b, to) {
+				b, to := s.malformed(badDone)
+				if s.spoof != nil {
+					s.count(s.spoof.add(b, to, false))
+				} else if s.send(b, to) {
 					s.bad++
 				}
 				badDone++
@@ -275,6 +314,9 @@ func (s *floodSender) run(ctx context.Context, start, until time.Time, initRate,
 			if time.Since(start).Seconds() > el+tick.Seconds() {
 				break
 			}
+		}
+		if s.spoof != nil {
+			s.count(s.spoof.flush())
 		}
 		timer.Reset(tick)
 		select {

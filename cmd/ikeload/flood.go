@@ -15,7 +15,7 @@ import (
 )
 
 const floodSynopsis = `
-Usage: ikeload flood --duration D [--server ADDR] [--init-rate N] [--bad-rate N] [--known FILE]
+Usage: ikeload flood --duration D [--server ADDR] [--init-rate N] [--bad-rate N] [--known FILE] [--spoof PREFIX]
 
 Floods a responder you run, for a bounded time, to test its defences:
 IKE_SA_INIT requests from ever new source ports (as a spoofing attacker's
@@ -25,7 +25,12 @@ length fields that disagree with the datagram, INFORMATIONAL requests with
 a garbage SK payload on the IKE and the NAT-T port). --known names a file
 of established SAs' IKE SPIs, one "SPIi SPIr" pair of hex numbers a line
 (spi_i and spi_r of concentratorctl sas list -o json), so that those
-garbage SK payloads name real SAs. Prints the rates reached; --json-out
+garbage SK payloads name real SAs. --spoof forges the sources instead:
+every datagram leaves a raw socket (root or CAP_NET_RAW) from a random
+address of the IPv4 prefix and a random port; the responder's answers go
+to those addresses, so route the prefix away from it (for example into a
+veth with no one behind it, in a network namespace of your own) and never
+use addresses of hosts that exist. Prints the rates reached; --json-out
 writes the report.`
 
 func flood(ctx context.Context, args []string, stdout io.Writer) error {
@@ -41,6 +46,7 @@ func flood(ctx context.Context, args []string, stdout io.Writer) error {
 	pace := fs.Duration("pace", time.Millisecond, "send what the rates ask for this often (longer: in bursts)")
 	known := fs.String("known", "", `file of "SPIi SPIr" hex pairs of established SAs`)
 	jsonOut := fs.String("json-out", "", "write the report (JSON) here")
+	spoof := fs.String("spoof", "", "forge sources from this IPv4 prefix (raw socket; route it away from the responder)")
 	if _, err := parseFlags(fs, args, 0, stdout, floodSynopsis); err != nil {
 		return err
 	}
@@ -59,9 +65,16 @@ func flood(ctx context.Context, args []string, stdout io.Writer) error {
 	case *pace <= 0:
 		return usagef("--pace must be positive")
 	}
+	var spoofFrom netip.Prefix
+	if *spoof != "" {
+		if spoofFrom, err = netip.ParsePrefix(*spoof); err != nil || !spoofFrom.Addr().Is4() {
+			return usagef("--spoof %q: not an IPv4 prefix", *spoof)
+		}
+	}
 	o := loadtest.FloodOptions{
 		Server: netip.AddrPortFrom(srv, uint16(*port)), ServerNATT: uint16(*natt),
 		InitRate: *initRate, BadRate: *badRate, Duration: *dur, Senders: *senders, PerSocket: *perSocket, Pace: *pace,
+		Spoof: spoofFrom,
 	}
 	if *known != "" {
 		if o.Known, err = readKnownSPIs(*known); err != nil {
@@ -72,8 +85,12 @@ func flood(ctx context.Context, args []string, stdout io.Writer) error {
 	if err != nil {
 		return err
 	}
-	fmt.Fprintf(stdout, "flood: %.0f IKE_SA_INIT/s + %.0f malformed/s for %.1f s (asked %d + %d/s), %d source address:ports, %d send errors\n",
-		rep.InitRate(), rep.BadRate(), rep.Seconds, *initRate, *badRate, rep.Sources, rep.SendErrors)
+	sources := "source address:ports"
+	if rep.Spoofed {
+		sources = "forged sources in " + spoofFrom.String()
+	}
+	fmt.Fprintf(stdout, "flood: %.0f IKE_SA_INIT/s + %.0f malformed/s for %.1f s (asked %d + %d/s), %d %s, %d send errors\n",
+		rep.InitRate(), rep.BadRate(), rep.Seconds, *initRate, *badRate, rep.Sources, sources, rep.SendErrors)
 	if *jsonOut != "" {
 		return writeJSON(*jsonOut, rep)
 	}

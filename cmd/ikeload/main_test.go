@@ -64,6 +64,8 @@ func TestUsageErrorsExitTwo(t *testing.T) {
 		{[]string{"flood", "--duration", "1s", "--init-rate", "0", "--bad-rate", "0"}, "not both 0"},
 		{[]string{"flood", "--duration", "1s", "--server", "nowhere"}, "--server"},
 		{[]string{"flood", "--duration", "1s", "extra"}, `unexpected argument "extra"`},
+		{[]string{"flood", "--duration", "1s", "--spoof", "2001:db8::/64"}, "--spoof"},
+		{[]string{"flood", "--duration", "1s", "--spoof", "nonsense"}, "--spoof"},
 	} {
 		code, out, errOut := runCLI(t, c.args...)
 		if code != 2 || !strings.Contains(errOut, c.want) || out != "" {
