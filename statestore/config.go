@@ -81,6 +81,12 @@ type Config struct {
 	// SAs it held that are not listed (another node took them over).
 	// err != nil: the reclaim was incomplete; call LoadOwned to retry.
 	OnReclaimed func(me Owner, owned []uint64, err error)
+	// OnSealingKey, if set, is called (on a goroutine of its own) when the
+	// store seals under another cluster key than before (SealingKey: a key
+	// every live node holds now, or an older one for a node that joined
+	// without the newest): records sealed under other keys are then to be
+	// rewritten (Rewrap).
+	OnSealingKey func(old, current uint32)
 
 	Log *slog.Logger // default slog.Default()
 }

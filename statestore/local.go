@@ -190,12 +190,12 @@ func LoadKeyFile(path string, generate bool) (*Keyring, error) {
 
 // ParseKeyring reads a cluster key file: either one key (32 bytes in hex,
 // key id 1), or one key a line as "<id>:<hex>" (ids 1 to 2^32-1, '#'
-// starts a comment). The key with the highest id seals new records; every
-// key opens records. Rotation: add a line with a higher id on every node
-// (the others keep reading the new key's records only once they have it),
-// restart or reload; the node rewrites older records under the newest key
-// in the background (Store.Rewrap); once no record needs an old key
-// (ikefleet_statestore_records_old_key == 0 everywhere) remove its line.
+// starts a comment). The key with the highest id is current; every key
+// opens records. A Store seals under the newest key every live node holds
+// (SealingKey). Rotation: add a line with a higher id on every node and
+// reload (or restart) each; once the last node holds it, every node seals
+// under it and rewrites the records sealed under other keys (Store.Rewrap,
+// logged when done); then remove the old line.
 func ParseKeyring(b []byte) (*Keyring, error) {
 	var k *Keyring
 	var newest uint32

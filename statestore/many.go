@@ -362,11 +362,12 @@ func (s *Store) loadChunk(ctx context.Context, chunk []uint64, out []Moved, owne
 // NodeEvent is a registration that began or ended.
 type NodeEvent struct {
 	NodeInfo
-	Gone bool // the registration ended: lease expired or revoked
+	Gone    bool // the registration ended: lease expired or revoked
+	Updated bool // a live registration changed (the keys it holds: Store.AdvertiseKeys)
 }
 
 // WatchNodes calls f for every registration that ends (its lease expired
-// or was revoked) or begins, as etcd reports it, until ctx ends. After a
+// or was revoked), begins or changes, as etcd reports it, until ctx ends. After a
 // broken watch it lists the registry again and reports the registrations
 // that ended meanwhile. f runs on the watch's goroutine.
 func (s *Store) WatchNodes(ctx context.Context, f func(NodeEvent)) {
@@ -413,10 +414,10 @@ func (s *Store) WatchNodes(ctx context.Context, f func(NodeEvent)) {
 						}
 						f(NodeEvent{NodeInfo: ni, Gone: true})
 					}
-				case ev.Type == clientv3.EventTypePut && ev.IsCreate():
+				case ev.Type == clientv3.EventTypePut:
 					if ni, ok := nodeInfoOf(ev.Kv); ok {
 						known[ni.Node] = ni
-						f(NodeEvent{NodeInfo: ni})
+						f(NodeEvent{NodeInfo: ni, Updated: !ev.IsCreate()})
 					}
 				}
 			}
@@ -431,7 +432,7 @@ func nodeInfoOf(kv *mvccpb.KeyValue) (NodeInfo, bool) {
 		return NodeInfo{}, false
 	}
 	return NodeInfo{Owner: Owner{Node: n.Id, Epoch: kv.CreateRevision}, Slot: int(n.Slot),
-		PeerAddr: n.PeerAddr, Registered: timeOf(n.RegisteredMs)}, true
+		PeerAddr: n.PeerAddr, Registered: timeOf(n.RegisteredMs), KeyIDs: n.KeyIds}, true
 }
 
 // sleepCtx waits d or until ctx ends.

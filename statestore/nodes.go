@@ -18,6 +18,7 @@ type NodeInfo struct {
 	Slot       int
 	PeerAddr   string // peer.v1 address, for hand-offs
 	Registered time.Time
+	KeyIDs     []uint32 // cluster keys the node holds; empty from releases before they were published
 }
 
 // Nodes lists the live registrations.
@@ -36,7 +37,7 @@ func (s *Store) Nodes(ctx context.Context) ([]NodeInfo, error) {
 			return nil, &CorruptError{Key: string(kv.Key), Reason: err.Error()}
 		}
 		out = append(out, NodeInfo{Owner: Owner{Node: n.Id, Epoch: kv.CreateRevision}, Slot: int(n.Slot),
-			PeerAddr: n.PeerAddr, Registered: timeOf(n.RegisteredMs)})
+			PeerAddr: n.PeerAddr, Registered: timeOf(n.RegisteredMs), KeyIDs: n.KeyIds})
 	}
 	return out, nil
 }

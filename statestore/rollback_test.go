@@ -229,22 +229,27 @@ func TestRecordsRewrittenByOthers(t *testing.T) {
 	e := startEtcd(t, false)
 	cli := dial(t, e.Endpoints())
 	ctx := tctx(t, 60*time.Second)
-	keys := testKeyring(t, 1, 9)
-	if err := keys.Add(2, make([]byte, ClusterKeyLen)); err != nil {
+	// b holds key 2 as well; a does not yet, so both seal under key 1.
+	keysA, keysB := testKeyring(t, 1, 9), testKeyring(t, 1, 9)
+	if err := keysB.Add(2, make([]byte, ClusterKeyLen)); err != nil {
 		t.Fatal(err)
 	}
 	cfg := testConfig(t, "a")
-	cfg.Keys = keys
+	cfg.Keys = keysA
 	a := open(t, cli, cfg)
 	cfg = testConfig(t, "b")
-	cfg.Keys = keys
+	cfg.Keys = keysB
 	b := open(t, dial(t, e.Endpoints()), cfg)
 	_, _, r := rollbackSA(t, a, cli, 0x8001)
 	_, oldSeq, _ := rollbackSA(t, a, cli, 0x8002)
 	put(t, cli, oldSeq)
-	if err := keys.SetCurrent(2); err != nil {
+	if err := keysA.Add(2, make([]byte, ClusterKeyLen)); err != nil {
 		t.Fatal(err)
 	}
+	if err := a.AdvertiseKeys(ctx); err != nil {
+		t.Fatal(err)
+	}
+	waitSealing(t, 2, keysA, keysB)
 	st, err := b.Rewrap(ctx, nil)
 	if err != nil || st.Rewritten != 3 || st.Failed != 1 {
 		// 0x8001's record and reservations, 0x8002's record; not 0x8002's
@@ -265,10 +270,13 @@ func TestRecordsRewrittenByOthers(t *testing.T) {
 	if st, err := b.Rewrap(ctx, nil); err != nil || st.Rewritten != 0 {
 		t.Fatalf("second rewrap: %+v %v", st, err)
 	}
-	// Rewritten again, then written through the batcher.
-	if err := keys.SetCurrent(1); err != nil {
+	// Rewritten again (a drops key 2: both seal under key 1 again), then
+	// written through the batcher.
+	keysA.Update(testKeyring(t, 1, 9))
+	if err := a.AdvertiseKeys(ctx); err != nil {
 		t.Fatal(err)
 	}
+	waitSealing(t, 1, keysA, keysB)
 	if st, err := b.Rewrap(ctx, nil); err != nil || st.Rewritten != 3 {
 		t.Fatalf("third rewrap: %+v %v", st, err)
 	}

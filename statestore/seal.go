@@ -6,6 +6,7 @@ import (
 	"crypto/rand"
 	"fmt"
 	"io"
+	"slices"
 	"sync"
 )
 
@@ -17,7 +18,9 @@ const gcmNonceLen = 12
 // Keyring holds the cluster keys that seal key material in etcd: the
 // current key seals, every key opens. Rotation: add the new key to every
 // node's keyring, then make it current everywhere, rewrite (or let rekeys
-// rewrite) the records, and finally remove the old key.
+// rewrite) the records, and finally remove the old key. A Store makes the
+// newest key every live node holds current (SealingKey), so the keys can
+// be added one node at a time.
 type Keyring struct {
 	mu      sync.RWMutex
 	current uint32
@@ -76,7 +79,7 @@ func (k *Keyring) Remove(id uint32) error {
 	return nil
 }
 
-// IDs returns the ids of the keys held.
+// IDs returns the ids of the keys held, in increasing order.
 func (k *Keyring) IDs() []uint32 {
 	k.mu.RLock()
 	defer k.mu.RUnlock()
@@ -84,7 +87,29 @@ func (k *Keyring) IDs() []uint32 {
 	for id := range k.keys {
 		ids = append(ids, id)
 	}
+	slices.Sort(ids)
 	return ids
+}
+
+// Update makes k hold exactly the keys of from (a keyring read again from
+// its file): keys added there become available, keys gone there are
+// forgotten. The current key stays unless from lacks it; then from's
+// current key seals. The store's choice of the sealing key (SealingKey)
+// is made again by Store.AdvertiseKeys.
+func (k *Keyring) Update(from *Keyring) {
+	from.mu.RLock()
+	keys := make(map[uint32]cipher.AEAD, len(from.keys))
+	for id, g := range from.keys {
+		keys[id] = g
+	}
+	fromCurrent := from.current
+	from.mu.RUnlock()
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	k.keys = keys
+	if _, ok := keys[k.current]; !ok {
+		k.current = fromCurrent
+	}
 }
 
 // Current returns the id of the sealing key.

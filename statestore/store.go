@@ -120,6 +120,11 @@ type Store struct {
 
 	revs revTable // metadata of the record keys of the SAs written
 
+	// The registrations the sealing key is chosen for (chooseKey).
+	keyMu       sync.Mutex
+	keyNodes    map[string]NodeInfo
+	noCommonKey bool // logged once
+
 	bs []*batcher // shards by IKE SPI: changes to one SA stay in order
 
 	ctx    context.Context
@@ -136,7 +141,8 @@ func Open(ctx context.Context, cli *clientv3.Client, cfg Config) (*Store, error)
 		return nil, err
 	}
 	s := &Store{cfg: cfg, cli: cli, k: keys{cfg.Prefix}, codec: Codec{Keys: cfg.Keys},
-		log: cfg.Log.With("node", cfg.NodeID), base: time.Now(), regCh: make(chan struct{}), prevSlot: -1}
+		log: cfg.Log.With("node", cfg.NodeID), base: time.Now(), regCh: make(chan struct{}), prevSlot: -1,
+		keyNodes: map[string]NodeInfo{}}
 	s.ctx, s.cancel = context.WithCancel(context.Background())
 	for {
 		err := s.register(ctx, true)
@@ -156,10 +162,26 @@ func Open(ctx context.Context, cli *clientv3.Client, cfg Config) (*Store, error)
 		case <-time.After(retryMin * 4):
 		}
 	}
+	// The sealing key, before anything is sealed: the newest every live
+	// node holds.
+	for {
+		err := s.listKeyNodes(ctx)
+		if err == nil {
+			break
+		}
+		s.log.Warn("statestore: reading the registry for the sealing key failed", "err", err)
+		select {
+		case <-ctx.Done():
+			s.cancel()
+			return nil, fmt.Errorf("statestore: register %s: %w", cfg.NodeID, err)
+		case <-time.After(retryMin * 4):
+		}
+	}
 	s.bs = make([]*batcher, cfg.Batch.Inflight)
-	s.wg.Add(2 + len(s.bs))
+	s.wg.Add(3 + len(s.bs))
 	go s.keepAlive()
 	go s.watchdog()
+	go s.followKeys()
 	for i := range s.bs {
 		s.bs[i] = newBatcher(s, cfg.Batch.QueueLen/len(s.bs))
 		go s.bs[i].run()
@@ -342,7 +364,7 @@ func (s *Store) register(ctx context.Context, ready bool) error {
 			return fmt.Errorf("statestore: all %d slots taken", s.cfg.Slots)
 		}
 		info, _ := proto.Marshal(&pb.Node{Id: s.cfg.NodeID, Slot: uint32(slot), PeerAddr: s.cfg.PeerAddr,
-			RegisteredMs: time.Now().UnixMilli(), Lease: int64(lease.ID), Instance: s.cfg.Instance})
+			RegisteredMs: time.Now().UnixMilli(), Lease: int64(lease.ID), Instance: s.cfg.Instance, KeyIds: s.cfg.Keys.IDs()})
 		nk, sk := s.k.node(s.cfg.NodeID), s.k.slot(slot)
 		tr, err := s.txn(rc).If(
 			clientv3.Compare(clientv3.CreateRevision(nk), "=", 0),

@@ -1249,7 +1249,11 @@ type Node struct {
 	// instance identifies the installation (a token kept in its data
 	// directory): the same node id with the same instance is this node's
 	// previous life; with another instance it is a duplicate node id.
-	Instance      string `protobuf:"bytes,6,opt,name=instance,proto3" json:"instance,omitempty"`
+	Instance string `protobuf:"bytes,6,opt,name=instance,proto3" json:"instance,omitempty"`
+	// key_ids are the cluster keys the node holds (it can open records
+	// sealed under any of them). Records are sealed under the newest key
+	// every live node holds; empty in registrations of releases before it.
+	KeyIds        []uint32 `protobuf:"varint,7,rep,packed,name=key_ids,json=keyIds,proto3" json:"key_ids,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1324,6 +1328,13 @@ func (x *Node) GetInstance() string {
 		return x.Instance
 	}
 	return ""
+}
+
+func (x *Node) GetKeyIds() []uint32 {
+	if x != nil {
+		return x.KeyIds
+	}
+	return nil
 }
 
 var File_api_statestore_v1_record_proto protoreflect.FileDescriptor
@@ -1443,14 +1454,15 @@ const file_api_statestore_v1_record_proto_rawDesc = "" +
 	"\aencr_in\x18\x01 \x01(\fR\x06encrIn\x12\x19\n" +
 	"\binteg_in\x18\x02 \x01(\fR\aintegIn\x12\x19\n" +
 	"\bencr_out\x18\x03 \x01(\fR\aencrOut\x12\x1b\n" +
-	"\tinteg_out\x18\x04 \x01(\fR\bintegOut\"\x9e\x01\n" +
+	"\tinteg_out\x18\x04 \x01(\fR\bintegOut\"\xb7\x01\n" +
 	"\x04Node\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x12\n" +
 	"\x04slot\x18\x02 \x01(\rR\x04slot\x12\x1b\n" +
 	"\tpeer_addr\x18\x03 \x01(\tR\bpeerAddr\x12#\n" +
 	"\rregistered_ms\x18\x04 \x01(\x03R\fregisteredMs\x12\x14\n" +
 	"\x05lease\x18\x05 \x01(\x03R\x05lease\x12\x1a\n" +
-	"\binstance\x18\x06 \x01(\tR\binstanceB=Z;github.com/ikefleet/ikefleet/api/statestore/v1;statestorev1b\x06proto3"
+	"\binstance\x18\x06 \x01(\tR\binstance\x12\x17\n" +
+	"\akey_ids\x18\a \x03(\rR\x06keyIdsB=Z;github.com/ikefleet/ikefleet/api/statestore/v1;statestorev1b\x06proto3"
 
 var (
 	file_api_statestore_v1_record_proto_rawDescOnce sync.Once
