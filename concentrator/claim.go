@@ -63,6 +63,7 @@ type clusterStats struct {
 	handedOff, forwardedIn                    atomic.Uint64
 	claimFailures, negHits, parkDrops, nobody atomic.Uint64
 	handOffCalls, claimBatches                atomic.Uint64
+	rewraps, rewrapped, rewrapUnreadable      atomic.Uint64
 }
 
 // ClusterStats are a node's counters of SA moves.
@@ -79,6 +80,9 @@ type ClusterStats struct {
 	ParkDrops     uint64 // messages dropped: parking full
 	HandOffCalls  uint64 // HandOffMany calls made (each asks one owner for a batch)
 	ClaimBatches  uint64 // claim batches run
+	// Cluster key rotation: rewrap passes completed, records rewritten
+	// under the sealing key, records no key of the node opens.
+	Rewraps, Rewrapped, RewrapUnreadable uint64
 }
 
 // ClusterStats returns the node's claim and hand-off counters.
@@ -87,7 +91,8 @@ func (n *Node) ClusterStats() ClusterStats {
 	return ClusterStats{Claims: c.claims.Load(), HandOffs: c.handOffs.Load(), TakeOvers: c.takeOvers.Load(),
 		Forwarded: c.forwarded.Load(), HandedOff: c.handedOff.Load(), ForwardedIn: c.forwardedIn.Load(),
 		ClaimFailures: c.claimFailures.Load(), Nobody: c.nobody.Load(), NegativeHits: c.negHits.Load(),
-		ParkDrops: c.parkDrops.Load(), HandOffCalls: c.handOffCalls.Load(), ClaimBatches: c.claimBatches.Load()}
+		ParkDrops: c.parkDrops.Load(), HandOffCalls: c.handOffCalls.Load(), ClaimBatches: c.claimBatches.Load(),
+		Rewraps: c.rewraps.Load(), Rewrapped: c.rewrapped.Load(), RewrapUnreadable: c.rewrapUnreadable.Load()}
 }
 
 // Where a claim is.

@@ -433,7 +433,7 @@ func (n *Node) Run(ctx context.Context) error {
 	}
 	if n.persist != nil {
 		wg.Add(1)
-		go func() { defer wg.Done(); n.rewrapRecords(ctx, n.persist) }()
+		go func() { defer wg.Done(); n.rewrapLoop(ctx, n.persist) }()
 	}
 	if mr, ok := n.dp.(dataplane.MappingReporter); ok {
 		wg.Add(1)

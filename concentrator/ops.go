@@ -450,6 +450,15 @@ func (n *Node) ClusterNodes(ctx context.Context) ([]statestore.NodeInfo, error) 
 	return n.persist.store.Nodes(ctx)
 }
 
+// ClusterKeys are the cluster keys the node holds and the one it seals
+// records under; ok is false without a state store.
+func (n *Node) ClusterKeys() (held []uint32, sealing uint32, ok bool) {
+	if n.persist == nil || n.persist.keys == nil {
+		return nil, 0, false
+	}
+	return n.persist.keys.IDs(), n.persist.keys.Current(), true
+}
+
 // OwnedSAs counts the IKE SAs the state store indexes under a node id.
 func (n *Node) OwnedSAs(ctx context.Context, node string) (int64, error) {
 	if n.persist == nil {
@@ -476,13 +485,19 @@ type ReloadResult struct {
 	Identity                            string
 	Certificate                         bool
 	NotAfter                            time.Time // of our certificate
-	Changed                             []string  // psks, cas, crls, identity, certificate
+	Changed                             []string  // psks, cas, crls, identity, certificate, cluster_keys
 	Ignored                             []string  // other sections that changed: they need a restart
+	// The cluster keys held after the reload (statestore.cluster_key_file
+	// is read again) and the one records are sealed under: the newest
+	// every live node holds. Empty without a state store.
+	ClusterKeys []uint32
+	SealingKey  uint32
 }
 
 // ReloadCredentials re-reads the identity and auth sections (PSKs, CA
 // certificates, CRLs, our certificate and key, and the files they name)
-// and gives them to every shard. SAs already established keep running;
+// and the cluster key file, and gives them to every shard and the state
+// store. SAs already established keep running;
 // new authentications use the new credentials. On error nothing changes;
 // the error names the field.
 func (n *Node) ReloadCredentials(ctx context.Context) (ReloadResult, error) {
@@ -506,6 +521,10 @@ func (n *Node) ReloadCredentials(ctx context.Context) (ReloadResult, error) {
 		return res, err
 	}
 	n.withCredentialStore(&ec)
+	clusterKeys, err := n.reloadClusterKeys()
+	if err != nil {
+		return res, err
+	}
 	if n.rev != nil {
 		n.rev.setPolicy(&cfg)
 		if ec.Verifier != nil && n.rev.policy().online() {
@@ -568,8 +587,10 @@ func (n *Node) ReloadCredentials(ctx context.Context) (ReloadResult, error) {
 	if !reflect.DeepEqual(old.Local.Chain, ec.Local.Chain) {
 		res.Changed = append(res.Changed, "certificate")
 	}
+	n.applyClusterKeys(ctx, clusterKeys, &res)
 	n.log.Info("credentials reloaded", "node", n.nodeID, "psks", res.PSKs, "psks_added", res.PSKsAdded,
 		"psks_removed", res.PSKsRemoved, "psks_changed", res.PSKsChanged, "cas", res.CAs, "crls", res.CRLs,
+		"cluster_keys", fmt.Sprint(res.ClusterKeys), "sealing_key", res.SealingKey,
 		"changed", strings.Join(res.Changed, ","), "needs_restart", strings.Join(res.Ignored, ","))
 	return res, nil
 }

@@ -11,6 +11,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"slices"
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
@@ -25,6 +26,9 @@ type persistence struct {
 	cli   *clientv3.Client
 	etcd  *statestore.Embedded
 	keys  *statestore.Keyring
+	// rewrap is signalled when the store seals under another cluster key
+	// (statestore.Config.OnSealingKey): rewrapLoop rewrites the records.
+	rewrap chan struct{}
 }
 
 // openStore starts embedded etcd (mode embedded) or dials the external
@@ -34,7 +38,7 @@ func (n *Node) openStore(ctx context.Context) (*persistence, error) {
 		return &persistence{store: n.storeOverride}, nil
 	}
 	c := n.cfg.StateStore
-	p := &persistence{}
+	p := &persistence{rewrap: make(chan struct{}, 1)}
 	var cc statestore.ClientConfig
 	switch c.Mode {
 	case "embedded":
@@ -83,7 +87,13 @@ func (n *Node) openStore(ctx context.Context) (*persistence, error) {
 		Batch:        statestore.BatchConfig{QueueNew: c.QueueNew},
 		SingleMember: p.etcd != nil, // the embedded member: one, in this process
 		OnReclaimed:  n.onReclaimed,
-		Log:          n.log.With("component", "statestore"),
+		OnSealingKey: func(old, cur uint32) {
+			select {
+			case p.rewrap <- struct{}{}:
+			default: // one is pending
+			}
+		},
+		Log: n.log.With("component", "statestore"),
 	})
 	if err != nil {
 		// p.store stays a nil interface: a nil *Store in it would not be.
@@ -95,16 +105,31 @@ func (n *Node) openStore(ctx context.Context) (*persistence, error) {
 	return p, nil
 }
 
-// rewrapRecords rewrites the records sealed under older cluster keys under
-// the newest one (statestore.cluster_key_file with several keys: a
-// rotation), in the background, logging its progress.
+// rewrapLoop rewrites the records sealed under other cluster keys than
+// the sealing one at the start and whenever the store seals under another
+// key (a rotation: the newest key every node holds), until ctx ends.
+func (n *Node) rewrapLoop(ctx context.Context, p *persistence) {
+	n.rewrapRecords(ctx, p)
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-p.rewrap:
+			n.rewrapRecords(ctx, p)
+		}
+	}
+}
+
+// rewrapRecords rewrites the records sealed under other cluster keys under
+// the sealing one (statestore.cluster_key_file with several keys: a
+// rotation), logging its progress.
 func (n *Node) rewrapRecords(ctx context.Context, p *persistence) {
 	st, ok := p.store.(*statestore.Store)
 	if !ok || p.keys == nil || len(p.keys.IDs()) < 2 {
 		return
 	}
 	start := time.Now()
-	n.log.Info("cluster key rotation: rewriting records sealed under older keys", "current_key", p.keys.Current(), "keys", len(p.keys.IDs()))
+	n.log.Info("cluster key rotation: rewriting records sealed under other keys", "sealing_key", p.keys.Current(), "keys", fmt.Sprint(p.keys.IDs()))
 	last := time.Now()
 	res, err := st.Rewrap(ctx, func(r statestore.RewrapStats) {
 		if time.Since(last) >= 10*time.Second {
@@ -114,11 +139,14 @@ func (n *Node) rewrapRecords(ctx context.Context, p *persistence) {
 	})
 	attrs := []any{"scanned", res.Scanned, "rewritten", res.Rewritten, "raced", res.Raced, "unreadable", res.Failed,
 		"took", time.Since(start).Round(time.Millisecond).String()}
+	n.cluster.rewrapped.Add(uint64(res.Rewritten))
 	if err != nil {
-		n.log.Warn("cluster key rotation interrupted (the next start resumes it)", append(attrs, "err", err)...)
+		n.log.Warn("cluster key rotation interrupted (the next start or change of sealing key resumes it)", append(attrs, "err", err)...)
 		return
 	}
-	n.log.Info("cluster key rotation done: records sealed under older keys rewritten", attrs...)
+	n.cluster.rewraps.Add(1)
+	n.cluster.rewrapUnreadable.Add(uint64(res.Failed))
+	n.log.Info("cluster key rotation done: records sealed under other keys rewritten", append(attrs, "sealing_key", p.keys.Current())...)
 }
 
 func (p *persistence) close() {
@@ -157,6 +185,41 @@ func loadClusterKey(c StateStoreConfig) (*statestore.Keyring, error) {
 		return nil, fmt.Errorf("statestore.cluster_key_file: %w", err)
 	}
 	return keys, nil
+}
+
+// reloadClusterKeys reads statestore.cluster_key_file again (never
+// generating it) for ReloadCredentials; nil without a state store.
+func (n *Node) reloadClusterKeys() (*statestore.Keyring, error) {
+	c := n.cfg.StateStore
+	if c.Mode == "none" || n.persist == nil || n.persist.keys == nil {
+		return nil, nil
+	}
+	keys, err := statestore.LoadKeyFile(statestore.LocateClusterKey(c.ClusterKeyFile, c.DataDir).Path, false)
+	if err != nil {
+		return nil, fmt.Errorf("statestore.cluster_key_file: %w", err)
+	}
+	return keys, nil
+}
+
+// applyClusterKeys makes the node hold the keys of a reloaded key file,
+// publishes them in its registration (the nodes seal under a new key once
+// every one holds it) and says what changed in res.
+func (n *Node) applyClusterKeys(ctx context.Context, keys *statestore.Keyring, res *ReloadResult) {
+	p := n.persist
+	if keys == nil || p == nil || p.keys == nil {
+		return
+	}
+	before := p.keys.IDs()
+	p.keys.Update(keys)
+	if !slices.Equal(before, p.keys.IDs()) {
+		res.Changed = append(res.Changed, "cluster_keys")
+	}
+	if a, ok := p.store.(interface{ AdvertiseKeys(context.Context) error }); ok {
+		if err := a.AdvertiseKeys(ctx); err != nil {
+			n.log.Warn("cluster keys: not published in the registration yet (published when the node registers again)", "err", err)
+		}
+	}
+	res.ClusterKeys, res.SealingKey = p.keys.IDs(), p.keys.Current()
 }
 
 // checkClusterKey runs in New (so --check reports it): a cluster key found

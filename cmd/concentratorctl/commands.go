@@ -154,7 +154,7 @@ func (a *app) statusCommand() *cobra.Command {
 }
 
 func nodesTable(w io.Writer, nodes []*adminv1.Node) {
-	fmt.Fprintln(w, "NODE\tSTATE\tEPOCH\tSLOT\tOWNED_SAS\tIKE_SAS\tESTABLISHED\tHALF_OPEN\tCHILD_SAS\tREGISTERED")
+	fmt.Fprintln(w, "NODE\tSTATE\tEPOCH\tSLOT\tOWNED_SAS\tIKE_SAS\tESTABLISHED\tHALF_OPEN\tCHILD_SAS\tCLUSTER_KEYS\tREGISTERED")
 	for _, n := range nodes {
 		id, state, ikeSAs, est, half, child := n.Id, "LIVE", "-", "-", "-", "-"
 		if n.Self {
@@ -167,8 +167,24 @@ func nodesTable(w io.Writer, nodes []*adminv1.Node) {
 		if n.Registered != nil {
 			epoch, slot = fmt.Sprint(n.Epoch), fmt.Sprint(n.Slot)
 		}
-		fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%d\t%s\t%s\t%s\t%s\t%s\n", id, state, epoch, slot, n.OwnedSas, ikeSAs, est, half, child, age(n.Registered))
+		fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%d\t%s\t%s\t%s\t%s\t%s\t%s\n", id, state, epoch, slot, n.OwnedSas, ikeSAs, est, half, child,
+			clusterKeys(n.ClusterKeyIds, n.SealingKey), age(n.Registered))
 	}
+}
+
+// clusterKeys lists key ids, the sealing one (if known) marked with *.
+func clusterKeys(ids []uint32, sealing uint32) string {
+	if len(ids) == 0 {
+		return "-"
+	}
+	parts := make([]string, len(ids))
+	for i, id := range ids {
+		parts[i] = fmt.Sprint(id)
+		if id == sealing {
+			parts[i] += "*"
+		}
+	}
+	return strings.Join(parts, ",")
 }
 
 func (a *app) nodesCommand() *cobra.Command {
@@ -558,12 +574,19 @@ With --hand-off the node also withdraws its anycast route and waits (up to
 func (a *app) reloadCommand() *cobra.Command {
 	return &cobra.Command{
 		Use:   "reload",
-		Short: "Re-read PSKs, CAs, CRLs and the node's certificate without a restart",
+		Short: "Re-read PSKs, CAs, CRLs, the node's certificate and the cluster keys without a restart",
 		Long: `Re-read the identity and auth sections of the node's configuration file and the
 files they name (PSK secret files, CA certificates, CRLs, the node's
-certificate and key). Established SAs keep running; new authentications use
-the new credentials. On error nothing changes. concentratord also reloads on
-SIGHUP.`,
+certificate and key), and statestore.cluster_key_file. Established SAs keep
+running; new authentications use the new credentials. On error nothing
+changes. concentratord also reloads on SIGHUP.
+
+Cluster key rotation: add the new key (a higher id) to every node's key file
+and reload each node; records are sealed under the newest key every live
+node holds, so a node that has the new key keeps sealing under the old one
+until the last node has it too. Then every node rewrites the records under
+the new key (logged; "concentratorctl nodes" marks the sealing key with *).
+Remove the old key from the files (and reload) only after that.`,
 		Args: noArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			cli, err := a.client()
@@ -586,6 +609,9 @@ SIGHUP.`,
 					cert = "yes, valid until " + when(r.CertificateNotAfter)
 				}
 				fmt.Fprintf(w, "certificate:\t%s\n", cert)
+				if len(r.ClusterKeys) > 0 {
+					fmt.Fprintf(w, "cluster keys:\t%s (* seals: the newest every node holds)\n", clusterKeys(r.ClusterKeys, r.SealingKey))
+				}
 				fmt.Fprintf(w, "changed:\t%s\n", dash(strings.Join(r.Changed, ", ")))
 				if len(r.Ignored) > 0 {
 					fmt.Fprintf(w, "needs a restart:\t%s (changed in the file, not reloaded)\n", strings.Join(r.Ignored, ", "))

@@ -78,7 +78,8 @@ func (s *Server) nodes(ctx context.Context) ([]*adminv1.Node, error) {
 	var out []*adminv1.Node
 	var self *adminv1.Node
 	for _, r := range reg {
-		n := &adminv1.Node{Id: r.Node, Epoch: r.Epoch, Slot: int32(r.Slot), Registered: ts(r.Registered), PeerAddr: r.PeerAddr}
+		n := &adminv1.Node{Id: r.Node, Epoch: r.Epoch, Slot: int32(r.Slot), Registered: ts(r.Registered), PeerAddr: r.PeerAddr,
+			ClusterKeyIds: r.KeyIDs}
 		if c, err := s.node.OwnedSAs(ctx, r.Node); err == nil {
 			n.OwnedSas = uint64(c)
 		}
@@ -92,6 +93,9 @@ func (s *Server) nodes(ctx context.Context) ([]*adminv1.Node, error) {
 		out = append(out, self)
 	}
 	self.Self = true
+	if held, sealing, ok := s.node.ClusterKeys(); ok {
+		self.ClusterKeyIds, self.SealingKey = held, sealing
+	}
 	h := s.node.Health()
 	self.Health = &adminv1.NodeHealth{Fenced: h.Fenced, Draining: s.node.Draining(), PersistFailures: h.PersistFailures,
 		Registered: h.StateStore != nil && h.StateStore.Registered, State: "SERVING"}
@@ -564,7 +568,8 @@ func (s *Server) ReloadCredentials(ctx context.Context, _ *adminv1.ReloadCredent
 	}
 	out := &adminv1.ReloadCredentialsResponse{Psks: uint32(r.PSKs), Cas: uint32(r.CAs), Crls: uint32(r.CRLs),
 		Certificate: r.Certificate, Identity: r.Identity, Changed: r.Changed, Ignored: r.Ignored,
-		PsksAdded: uint32(r.PSKsAdded), PsksRemoved: uint32(r.PSKsRemoved), PsksChanged: uint32(r.PSKsChanged)}
+		PsksAdded: uint32(r.PSKsAdded), PsksRemoved: uint32(r.PSKsRemoved), PsksChanged: uint32(r.PSKsChanged),
+		ClusterKeys: r.ClusterKeys, SealingKey: r.SealingKey}
 	if !r.NotAfter.IsZero() {
 		out.CertificateNotAfter = timestamppb.New(r.NotAfter)
 	}

@@ -695,7 +695,8 @@ func TestClusterViewWithStateStore(t *testing.T) {
 	}
 	me := st.Nodes[0]
 	if me.Id != "adm" || !me.Self || me.Registered == nil || me.OwnedSas != 3 || !me.Health.Registered || me.Health.Fenced ||
-		me.Health.State != "DRAINING" || me.Load.Established != 3 {
+		me.Health.State != "DRAINING" || me.Load.Established != 3 ||
+		len(me.ClusterKeyIds) != 1 || me.ClusterKeyIds[0] != 1 || me.SealingKey != 1 {
 		t.Fatalf("node %v", me)
 	}
 	drain(t, tn, &adminv1.DrainNodeRequest{Resume: true})

@@ -924,16 +924,21 @@ func (x *ListNodesResponse) GetNodes() []*Node {
 }
 
 type Node struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Id            string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
-	Epoch         int64                  `protobuf:"varint,2,opt,name=epoch,proto3" json:"epoch,omitempty"` // registry epoch (etcd revision of its registration)
-	Slot          int32                  `protobuf:"varint,3,opt,name=slot,proto3" json:"slot,omitempty"`   // SPI slot
-	Registered    *timestamppb.Timestamp `protobuf:"bytes,4,opt,name=registered,proto3" json:"registered,omitempty"`
-	PeerAddr      string                 `protobuf:"bytes,5,opt,name=peer_addr,json=peerAddr,proto3" json:"peer_addr,omitempty"`
-	Self          bool                   `protobuf:"varint,6,opt,name=self,proto3" json:"self,omitempty"`                         // the node that answered; health and load are set for it
-	OwnedSas      uint64                 `protobuf:"varint,7,opt,name=owned_sas,json=ownedSas,proto3" json:"owned_sas,omitempty"` // IKE SAs it owns in the state store
-	Health        *NodeHealth            `protobuf:"bytes,8,opt,name=health,proto3" json:"health,omitempty"`
-	Load          *NodeLoad              `protobuf:"bytes,9,opt,name=load,proto3" json:"load,omitempty"`
+	state      protoimpl.MessageState `protogen:"open.v1"`
+	Id         string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	Epoch      int64                  `protobuf:"varint,2,opt,name=epoch,proto3" json:"epoch,omitempty"` // registry epoch (etcd revision of its registration)
+	Slot       int32                  `protobuf:"varint,3,opt,name=slot,proto3" json:"slot,omitempty"`   // SPI slot
+	Registered *timestamppb.Timestamp `protobuf:"bytes,4,opt,name=registered,proto3" json:"registered,omitempty"`
+	PeerAddr   string                 `protobuf:"bytes,5,opt,name=peer_addr,json=peerAddr,proto3" json:"peer_addr,omitempty"`
+	Self       bool                   `protobuf:"varint,6,opt,name=self,proto3" json:"self,omitempty"`                         // the node that answered; health and load are set for it
+	OwnedSas   uint64                 `protobuf:"varint,7,opt,name=owned_sas,json=ownedSas,proto3" json:"owned_sas,omitempty"` // IKE SAs it owns in the state store
+	Health     *NodeHealth            `protobuf:"bytes,8,opt,name=health,proto3" json:"health,omitempty"`
+	Load       *NodeLoad              `protobuf:"bytes,9,opt,name=load,proto3" json:"load,omitempty"`
+	// cluster_key_ids are the cluster keys the node holds (statestore.
+	// cluster_key_file); sealing_key, set for this node, is the one it
+	// seals records under: the newest every live node holds.
+	ClusterKeyIds []uint32 `protobuf:"varint,10,rep,packed,name=cluster_key_ids,json=clusterKeyIds,proto3" json:"cluster_key_ids,omitempty"`
+	SealingKey    uint32   `protobuf:"varint,11,opt,name=sealing_key,json=sealingKey,proto3" json:"sealing_key,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1029,6 +1034,20 @@ func (x *Node) GetLoad() *NodeLoad {
 		return x.Load
 	}
 	return nil
+}
+
+func (x *Node) GetClusterKeyIds() []uint32 {
+	if x != nil {
+		return x.ClusterKeyIds
+	}
+	return nil
+}
+
+func (x *Node) GetSealingKey() uint32 {
+	if x != nil {
+		return x.SealingKey
+	}
+	return 0
 }
 
 type NodeHealth struct {
@@ -2545,13 +2564,18 @@ type ReloadCredentialsResponse struct {
 	Certificate         bool                   `protobuf:"varint,4,opt,name=certificate,proto3" json:"certificate,omitempty"` // we authenticate with a certificate
 	Identity            string                 `protobuf:"bytes,5,opt,name=identity,proto3" json:"identity,omitempty"`
 	CertificateNotAfter *timestamppb.Timestamp `protobuf:"bytes,6,opt,name=certificate_not_after,json=certificateNotAfter,proto3" json:"certificate_not_after,omitempty"`
-	Changed             []string               `protobuf:"bytes,7,rep,name=changed,proto3" json:"changed,omitempty"` // what differs from before: psks, cas, crls, identity, certificate
+	Changed             []string               `protobuf:"bytes,7,rep,name=changed,proto3" json:"changed,omitempty"` // what differs from before: psks, cas, crls, identity, certificate, cluster_keys
 	// Configuration outside identity and auth that changed in the file and
 	// needs a restart to apply.
-	Ignored       []string `protobuf:"bytes,8,rep,name=ignored,proto3" json:"ignored,omitempty"`
-	PsksAdded     uint32   `protobuf:"varint,9,opt,name=psks_added,json=psksAdded,proto3" json:"psks_added,omitempty"`
-	PsksRemoved   uint32   `protobuf:"varint,10,opt,name=psks_removed,json=psksRemoved,proto3" json:"psks_removed,omitempty"`
-	PsksChanged   uint32   `protobuf:"varint,11,opt,name=psks_changed,json=psksChanged,proto3" json:"psks_changed,omitempty"`
+	Ignored     []string `protobuf:"bytes,8,rep,name=ignored,proto3" json:"ignored,omitempty"`
+	PsksAdded   uint32   `protobuf:"varint,9,opt,name=psks_added,json=psksAdded,proto3" json:"psks_added,omitempty"`
+	PsksRemoved uint32   `protobuf:"varint,10,opt,name=psks_removed,json=psksRemoved,proto3" json:"psks_removed,omitempty"`
+	PsksChanged uint32   `protobuf:"varint,11,opt,name=psks_changed,json=psksChanged,proto3" json:"psks_changed,omitempty"`
+	// The cluster keys held after the reload (statestore.cluster_key_file
+	// read again) and the one records are sealed under now: the newest
+	// every live node holds.
+	ClusterKeys   []uint32 `protobuf:"varint,12,rep,packed,name=cluster_keys,json=clusterKeys,proto3" json:"cluster_keys,omitempty"`
+	SealingKey    uint32   `protobuf:"varint,13,opt,name=sealing_key,json=sealingKey,proto3" json:"sealing_key,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -2659,6 +2683,20 @@ func (x *ReloadCredentialsResponse) GetPsksRemoved() uint32 {
 func (x *ReloadCredentialsResponse) GetPsksChanged() uint32 {
 	if x != nil {
 		return x.PsksChanged
+	}
+	return 0
+}
+
+func (x *ReloadCredentialsResponse) GetClusterKeys() []uint32 {
+	if x != nil {
+		return x.ClusterKeys
+	}
+	return nil
+}
+
+func (x *ReloadCredentialsResponse) GetSealingKey() uint32 {
+	if x != nil {
+		return x.SealingKey
 	}
 	return 0
 }
@@ -2912,7 +2950,7 @@ const file_api_admin_v1_admin_proto_rawDesc = "" +
 	"\x04txns\x18\a \x01(\x04R\x04txns\"\x12\n" +
 	"\x10ListNodesRequest\"B\n" +
 	"\x11ListNodesResponse\x12-\n" +
-	"\x05nodes\x18\x01 \x03(\v2\x17.ikefleet.admin.v1.NodeR\x05nodes\"\xb2\x02\n" +
+	"\x05nodes\x18\x01 \x03(\v2\x17.ikefleet.admin.v1.NodeR\x05nodes\"\xfb\x02\n" +
 	"\x04Node\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x14\n" +
 	"\x05epoch\x18\x02 \x01(\x03R\x05epoch\x12\x12\n" +
@@ -2924,7 +2962,11 @@ const file_api_admin_v1_admin_proto_rawDesc = "" +
 	"\x04self\x18\x06 \x01(\bR\x04self\x12\x1b\n" +
 	"\towned_sas\x18\a \x01(\x04R\bownedSas\x125\n" +
 	"\x06health\x18\b \x01(\v2\x1d.ikefleet.admin.v1.NodeHealthR\x06health\x12/\n" +
-	"\x04load\x18\t \x01(\v2\x1b.ikefleet.admin.v1.NodeLoadR\x04load\"\xd7\x01\n" +
+	"\x04load\x18\t \x01(\v2\x1b.ikefleet.admin.v1.NodeLoadR\x04load\x12&\n" +
+	"\x0fcluster_key_ids\x18\n" +
+	" \x03(\rR\rclusterKeyIds\x12\x1f\n" +
+	"\vsealing_key\x18\v \x01(\rR\n" +
+	"sealingKey\"\xd7\x01\n" +
 	"\n" +
 	"NodeHealth\x12\x16\n" +
 	"\x06fenced\x18\x01 \x01(\bR\x06fenced\x12\x1a\n" +
@@ -3066,7 +3108,7 @@ const file_api_admin_v1_admin_proto_rawDesc = "" +
 	"\arefused\x18\x06 \x01(\x04R\arefused\x12\x12\n" +
 	"\x04done\x18\a \x01(\bR\x04done\x12\x18\n" +
 	"\amessage\x18\b \x01(\tR\amessage\"\x1a\n" +
-	"\x18ReloadCredentialsRequest\"\xfc\x02\n" +
+	"\x18ReloadCredentialsRequest\"\xc0\x03\n" +
 	"\x19ReloadCredentialsResponse\x12\x12\n" +
 	"\x04psks\x18\x01 \x01(\rR\x04psks\x12\x10\n" +
 	"\x03cas\x18\x02 \x01(\rR\x03cas\x12\x12\n" +
@@ -3080,7 +3122,10 @@ const file_api_admin_v1_admin_proto_rawDesc = "" +
 	"psks_added\x18\t \x01(\rR\tpsksAdded\x12!\n" +
 	"\fpsks_removed\x18\n" +
 	" \x01(\rR\vpsksRemoved\x12!\n" +
-	"\fpsks_changed\x18\v \x01(\rR\vpsksChanged\"}\n" +
+	"\fpsks_changed\x18\v \x01(\rR\vpsksChanged\x12!\n" +
+	"\fcluster_keys\x18\f \x03(\rR\vclusterKeys\x12\x1f\n" +
+	"\vsealing_key\x18\r \x01(\rR\n" +
+	"sealingKey\"}\n" +
 	"\x12WatchEventsRequest\x122\n" +
 	"\x05kinds\x18\x01 \x03(\x0e2\x1c.ikefleet.admin.v1.EventKindR\x05kinds\x123\n" +
 	"\x06filter\x18\x02 \x01(\v2\x1b.ikefleet.admin.v1.SAFilterR\x06filter\"\xa0\x03\n" +
