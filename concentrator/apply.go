@@ -94,6 +94,13 @@ func (n *Node) perform(ctx context.Context, s *shard, rd *ike.Ready) {
 		n.apply(ctx, s, rd.DataPlane, rd.Send) // nothing to wait for
 		return
 	}
+	if len(rd.Persist) == 0 && len(rd.DataPlane) == 0 && revealsNothingHeld(rd.Send) {
+		// Answers to IKE_SA_INIT requests (and NAT-T keepalives) reveal no
+		// state that a write holds back: a new gateway's first round trip
+		// does not wait behind other SAs' commits.
+		n.apply(ctx, s, nil, rd.Send)
+		return
+	}
 	if len(rd.Persist) == 0 && len(rd.DataPlane) == 0 && len(rd.Send) == 0 {
 		return
 	}
@@ -103,6 +110,26 @@ func (n *Node) perform(ctx context.Context, s *shard, rd *ike.Ready) {
 		n.submit(s, b, p)
 	}
 	n.release(ctx, s)
+}
+
+// revealsNothingHeld reports sends that are only IKE_SA_INIT responses
+// (a half-open SA's, or a cookie demand or refusal: nothing of them is
+// written to the state store) and NAT-T keepalives. They may go ahead of
+// the batches held for their writes; everything else keeps the engine's
+// order.
+func revealsNothingHeld(send []ike.Send) bool {
+	for _, sd := range send {
+		if sd.Keepalive {
+			continue
+		}
+		for _, m := range sd.Messages {
+			h, err := ike.DecodeHeader(m)
+			if err != nil || h.Exchange != ike.IKE_SA_INIT || h.Flags&ike.FlagResponse == 0 {
+				return false
+			}
+		}
+	}
+	return true
 }
 
 // submit sends one write of batch b to the state store; its answer comes

@@ -234,6 +234,48 @@ func TestReadyPersistBeforeDataPlaneAndSend(t *testing.T) {
 	}
 }
 
+// Answers to IKE_SA_INIT requests (a half-open SA's or a cookie demand:
+// nothing of them is written) and NAT-T keepalives leave at once, ahead of
+// batches held for their writes; a batch with any other message, a write
+// or a data-plane change still waits its turn.
+func TestInitAnswersAheadOfHeldBatches(t *testing.T) {
+	st := &heldStore{}
+	r := newApplyRig(t, st)
+	initResp := (&ike.Message{SPIi: 7, SPIr: 8, Exchange: ike.IKE_SA_INIT, Flags: ike.FlagResponse,
+		Payloads: []ike.Payload{&ike.Nonce{Data: make([]byte, 32)}}}).Encode()
+	authResp := (&ike.Message{SPIi: 7, SPIr: 8, Exchange: ike.IKE_AUTH, Flags: ike.FlagResponse, MessageID: 1}).Encode()
+	initReq := (&ike.Message{SPIi: 7, Exchange: ike.IKE_SA_INIT, Flags: ike.FlagInitiator}).Encode()
+	send := func(msgs ...[]byte) *ike.Ready {
+		return &ike.Ready{Send: []ike.Send{{Local: r.local, Remote: r.peer.LocalAddr(), Messages: msgs}}}
+	}
+
+	r.perform(t, r.batch(0x10, 0x1001, "held"))
+	r.perform(t, send(initResp))
+	if got := r.received(t, 1); got != string(initResp) {
+		t.Fatalf("the IKE_SA_INIT response did not leave ahead of the held batch: %q", got)
+	}
+	keepalive := &ike.Ready{Send: []ike.Send{{Local: netip.MustParseAddrPort("10.0.0.1:4500"), Remote: r.peer.LocalAddr(), Keepalive: true}}}
+	r.perform(t, keepalive)
+	if r.sent() != 2 || r.received(t, 1) != "\xff" {
+		t.Fatalf("a NAT-T keepalive waited behind the held batch (%d sent)", r.sent())
+	}
+	// These wait: an IKE_AUTH response, a request, a batch with a write.
+	r.perform(t, send(authResp))
+	r.perform(t, send(initReq))
+	initWithWrite := r.batch(0x20, 0, "")
+	initWithWrite.Send[0].Messages = [][]byte{initResp}
+	r.perform(t, initWithWrite)
+	if r.sent() != 2 {
+		t.Fatalf("%d sent before the commit, want 2", r.sent())
+	}
+	st.answer(t, 0x20, nil)
+	st.answer(t, 0x10, nil)
+	r.settle(t)
+	if got := r.received(t, 4); got != strings.Join([]string{"held", string(authResp), string(initReq), string(initResp)}, " ") {
+		t.Fatalf("after the commits, in this order: %q", got)
+	}
+}
+
 // With statestore.mode none a batch is applied at once.
 func TestReadyWithoutStateStore(t *testing.T) {
 	r := newApplyRig(t, nil)

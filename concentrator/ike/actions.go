@@ -19,8 +19,10 @@ type Packet struct {
 // any time. When a write fails, nothing of DataPlane and Send goes out and
 // the caller tells the engine (Engine.PersistFailed); when it succeeds, it
 // says so too (Engine.Committed). Batches of one engine are released in the
-// order they were made. Engine entry points append to a Ready; the caller
-// reuses one with Reset.
+// order they were made; a batch with nothing to persist and no data-plane
+// action whose messages are only IKE_SA_INIT responses or NAT-T keepalives
+// reveals no persisted state and may go ahead of batches still waiting.
+// Engine entry points append to a Ready; the caller reuses one with Reset.
 type Ready struct {
 	Persist   []Persist
 	DataPlane []Action // InstallChild, RemoveChild, UpdateChild, SetSeqLimit, SkipSeq
