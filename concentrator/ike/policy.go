@@ -183,6 +183,15 @@ type SelectorRegistry struct {
 	mu     sync.Mutex
 	ranges map[tsRange]*rangeHolders
 	bySA   map[uint64][]tsRange
+	// remote: what SAs held elsewhere in the cluster claim (SetRemote, from
+	// the state store), by their IKE SPI. An SA held here counts by its
+	// local entry only.
+	remote map[uint64]remoteClaim
+}
+
+type remoteClaim struct {
+	owner  string
+	ranges []tsRange
 }
 
 type tsRange struct{ start, end netip.Addr }
@@ -194,7 +203,50 @@ type rangeHolders struct {
 
 // NewSelectorRegistry returns an empty registry.
 func NewSelectorRegistry() *SelectorRegistry {
-	return &SelectorRegistry{ranges: map[tsRange]*rangeHolders{}, bySA: map[uint64][]tsRange{}}
+	return &SelectorRegistry{ranges: map[tsRange]*rangeHolders{}, bySA: map[uint64][]tsRange{}, remote: map[uint64]remoteClaim{}}
+}
+
+// SelectorRange is an address range of a selector claim.
+type SelectorRange struct{ Start, End netip.Addr }
+
+// SetRemote records the ranges IKE SA sa of owner holds on another node of
+// the cluster (as the state store says); later claims by other identities
+// that overlap them are refused as if they were held here. An empty
+// ranges drops what sa held.
+func (r *SelectorRegistry) SetRemote(sa uint64, owner string, ranges []SelectorRange) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if len(ranges) == 0 {
+		delete(r.remote, sa)
+		return
+	}
+	c := remoteClaim{owner: owner, ranges: make([]tsRange, len(ranges))}
+	for i, x := range ranges {
+		c.ranges[i] = tsRange{x.Start, x.End}
+	}
+	r.remote[sa] = c
+}
+
+// HeldBy returns the ranges IKE SA sa holds here.
+func (r *SelectorRegistry) HeldBy(sa uint64) []SelectorRange {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	var out []SelectorRange
+	for _, k := range r.bySA[sa] {
+		out = append(out, SelectorRange{k.start, k.end})
+	}
+	return out
+}
+
+// Remote returns how many SAs held elsewhere claim ranges (tests, metrics).
+func (r *SelectorRegistry) Remote() int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return len(r.remote)
+}
+
+func overlaps(k tsRange, t TrafficSelector) bool {
+	return k.start.BitLen() == t.Start.BitLen() && k.start.Compare(t.End) <= 0 && t.Start.Compare(k.end) <= 0
 }
 
 // ErrSelectorHeld is the cause of a refused claim.
@@ -216,9 +268,18 @@ func (r *SelectorRegistry) Claim(owner string, sa uint64, ts []TrafficSelector, 
 	if !force {
 		for _, t := range ts {
 			for k, h := range r.ranges {
-				if h.owner != owner && k.start.BitLen() == t.Start.BitLen() &&
-					k.start.Compare(t.End) <= 0 && t.Start.Compare(k.end) <= 0 {
+				if h.owner != owner && overlaps(k, t) {
 					return &ErrSelectorHeld{Selector: t, Holder: h.owner}
+				}
+			}
+			for spi, c := range r.remote {
+				if c.owner == owner || r.bySA[spi] != nil {
+					continue
+				}
+				for _, k := range c.ranges {
+					if overlaps(k, t) {
+						return &ErrSelectorHeld{Selector: t, Holder: c.owner}
+					}
 				}
 			}
 		}

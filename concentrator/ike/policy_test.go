@@ -155,6 +155,58 @@ func TestPolicyExclusiveSelectors(t *testing.T) {
 	}
 }
 
+// Selectors held on another node of the cluster (SetRemote, from the
+// state store) are refused to other identities like local ones; the
+// identity itself may claim them again; an SA held here counts by its
+// local entry; a claim that goes frees its ranges. Persist carries what
+// an SA holds, for the other nodes.
+func TestPolicyRemoteSelectors(t *testing.T) {
+	w := policyWire(t, &PeerPolicy{Name: "fleet", ID: mustPattern(t, "*@iot.example"), RemoteTS: ts("10.0.0.0/8"), Exclusive: true})
+	reg := w.res.cfg.Selectors
+	reg.SetRemote(0xabc, "gwb@iot.example", []SelectorRange{{netip.MustParseAddr("10.2.0.0"), netip.MustParseAddr("10.2.0.255")}})
+	if n := connect(t, w, "gwa@iot.example", ts("10.2.0.128/25")); n != TS_UNACCEPTABLE {
+		t.Fatalf("gwA over gwB's range held elsewhere: notify %v, want TS_UNACCEPTABLE", n)
+	}
+	if n := connect(t, w, "gwb@iot.example", ts("10.2.0.0/24")); n != 0 {
+		t.Fatalf("gwB's own range held elsewhere: %v", n)
+	}
+	// gwB's SA here: its Persist carries the range; its own remote entry
+	// (the store's copy of the same SA) does not count against it.
+	var spi uint64
+	for _, sa := range w.res.sas {
+		if sa.PeerID.String() == "gwb@iot.example" && sa.state == stateEstablished {
+			spi = sa.localSPI()
+		}
+	}
+	if got := reg.HeldBy(spi); len(got) != 1 || got[0].Start != netip.MustParseAddr("10.2.0.0") || got[0].End != netip.MustParseAddr("10.2.0.255") {
+		t.Fatalf("HeldBy = %v", got)
+	}
+	var rd Ready
+	w.res.sas[spi].persist(w.res, PersistUpdated, &rd)
+	if p := rd.Persist[0]; !p.ExclusiveSelectors || len(p.Selectors) != 1 {
+		t.Fatalf("Persist without the selectors: %+v", p)
+	}
+	reg.SetRemote(0xabc, "", nil)
+	reg.SetRemote(spi, "gwb@iot.example", reg.HeldBy(spi))
+	if reg.Remote() != 1 {
+		t.Fatalf("Remote() = %d", reg.Remote())
+	}
+	for _, sa := range w.res.sas {
+		if sa.PeerID.String() == "gwb@iot.example" {
+			w.res.remove(sa)
+		}
+	}
+	// gwB's SA is gone here, but the store still names it (until its
+	// delete is seen): refused.
+	if n := connect(t, w, "gwc@iot.example", ts("10.2.0.0/24")); n != TS_UNACCEPTABLE {
+		t.Fatalf("gwC while the store names gwB's SA: %v", n)
+	}
+	reg.SetRemote(spi, "", nil)
+	if n := connect(t, w, "gwc@iot.example", ts("10.2.0.0/24")); n != 0 {
+		t.Fatalf("gwC after gwB's claim went: %v", n)
+	}
+}
+
 // An IKE rekey hands the selectors to the new IKE SA: they stay held,
 // and go when it goes.
 func TestPolicySelectorsFollowIKERekey(t *testing.T) {

@@ -274,6 +274,12 @@ func (sa *IKESA) persist(e *Engine, kind PersistKind, rd *Ready, released ...uin
 	if kind == PersistIKERekeyed {
 		p.OldSPI = sa.rekeyedFrom
 	}
+	if !sa.initiator && e.cfg.Selectors != nil && !sa.vip.IsValid() && sa.peerPolicy(e).Exclusive {
+		p.ExclusiveSelectors = true
+		if kind != PersistDeleted {
+			p.Selectors = e.cfg.Selectors.HeldBy(sa.localSPI())
+		}
+	}
 	if sa.outReserved == 0 && p.State != nil {
 		// The first write: reserve our first request IDs.
 		sa.outReserved = sa.nextOut + e.cfg.MessageIDBlock
