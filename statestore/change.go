@@ -64,6 +64,11 @@ type Change struct {
 	// Others (Established, UniqueReplace): set to the identity's other
 	// SAs, read in the change's transaction, before done is called.
 	Others *[]IdentitySA
+	// Selectors: the SA's exclusive selector claim after the change
+	// (selectors.go), written with its record; on Deleted and IKERekeyed
+	// any non-nil value deletes the old SA's claim. nil: the SA's policy
+	// claims none.
+	Selectors *SelectorClaim
 }
 
 // AddressLease is a virtual IP lease written with an SA's Established
@@ -193,6 +198,11 @@ func (s *Store) build(c *Change, me Owner) (txnParts, error) {
 		for i := range r.Children {
 			p.then = append(p.then, clientv3.OpPut(s.k.espSPI(r.Children[i].InSPI), spiHex(spi)))
 		}
+		ops, err := s.selectorOps(c, spi)
+		if err != nil {
+			return err
+		}
+		p.then = append(p.then, ops...)
 		if wseq {
 			return putSeq(r)
 		}
@@ -212,6 +222,9 @@ func (s *Store) build(c *Change, me Owner) (txnParts, error) {
 			clientv3.OpDelete(s.k.owned(id, spi)),
 			clientv3.OpDelete(s.k.ikeSPI(spi)),
 			clientv3.OpDelete(s.k.seq(spi)))
+		if c.Selectors != nil {
+			p.then = append(p.then, clientv3.OpDelete(s.k.sel(spi)))
+		}
 	}
 	release := func(spis []uint32) {
 		for _, x := range spis {

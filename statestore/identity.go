@@ -131,6 +131,7 @@ func (s *Store) DeleteOrphan(ctx context.Context, spi uint64, from Owner, id str
 		clientv3.OpDelete(s.k.ikeSPI(spi)),
 		clientv3.OpDelete(s.k.seq(spi)),
 		clientv3.OpDelete(s.k.ident(id, spi)),
+		clientv3.OpDelete(s.k.sel(spi)),
 	}
 	for _, x := range rec.InSPIs() {
 		then = append(then, clientv3.OpDelete(s.k.espSPI(x)))

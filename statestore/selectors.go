@@ -1,0 +1,120 @@
+package statestore
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"net/netip"
+	"strconv"
+
+	"go.etcd.io/etcd/api/v3/mvccpb"
+	clientv3 "go.etcd.io/etcd/client/v3"
+)
+
+// SelectorClaim is what an SA holds exclusively under its peer's policy:
+// the address ranges of the traffic selectors it claims, for its peer
+// identity. It is written with the SA's record as sel/<ike-spi> and
+// deleted with it, so that every node of a cluster knows the ranges the
+// others' SAs hold (WatchSelectors) and refuses overlapping claims of
+// other identities.
+type SelectorClaim struct {
+	Identity string          `json:"id"`
+	Ranges   []SelectorRange `json:"r"`
+}
+
+// SelectorRange is an address range, both ends included.
+type SelectorRange struct {
+	Start netip.Addr `json:"s"`
+	End   netip.Addr `json:"e"`
+}
+
+func (k keys) sel(spi uint64) string { return hexKey(k.p, "sel/", spi, 16) }
+func (k keys) sels() string          { return k.p + "sel/" }
+
+// selectorOps are the writes of a change's selector claim for SA spi: put
+// when it holds ranges, delete when it holds none any more; nothing
+// without a claim (c.Selectors nil: the SA's policy claims none).
+func (s *Store) selectorOps(c *Change, spi uint64) ([]clientv3.Op, error) {
+	if c.Selectors == nil {
+		return nil, nil
+	}
+	if len(c.Selectors.Ranges) == 0 {
+		return []clientv3.Op{clientv3.OpDelete(s.k.sel(spi))}, nil
+	}
+	v, err := json.Marshal(c.Selectors)
+	if err != nil {
+		return nil, err
+	}
+	return []clientv3.Op{clientv3.OpPut(s.k.sel(spi), string(v))}, nil
+}
+
+// SelectorEvent is a claim that appeared, changed (Claim set) or went
+// (Claim nil).
+type SelectorEvent struct {
+	SPI   uint64
+	Claim *SelectorClaim
+}
+
+// WatchSelectors calls f with every selector claim in the store and then
+// with every change to them, until ctx ends. After a broken watch it lists
+// them again and reports those that went meanwhile. A claim that cannot
+// be read is reported gone (and logged). f runs on the watch's goroutine.
+func (s *Store) WatchSelectors(ctx context.Context, f func(SelectorEvent)) {
+	known := map[uint64]bool{}
+	prefix := s.k.sels()
+	report := func(kv *mvccpb.KeyValue) (uint64, bool) {
+		spi, err := strconv.ParseUint(string(kv.Key[len(prefix):]), 16, 64)
+		if err != nil {
+			return 0, false
+		}
+		var c SelectorClaim
+		if err := json.Unmarshal(kv.Value, &c); err != nil || c.Identity == "" {
+			s.log.Warn("statestore: unreadable selector claim", "key", string(kv.Key), "err", fmt.Sprint(err))
+			f(SelectorEvent{SPI: spi})
+			return spi, false
+		}
+		f(SelectorEvent{SPI: spi, Claim: &c})
+		return spi, true
+	}
+	for ctx.Err() == nil {
+		rc, cancel := s.rctx(ctx)
+		resp, err := s.cli.Get(rc, prefix, clientv3.WithPrefix())
+		cancel()
+		s.noteResult(err)
+		if err != nil {
+			sleepCtx(ctx, s.cfg.KeepAliveInterval)
+			continue
+		}
+		now := map[uint64]bool{}
+		for _, kv := range resp.Kvs {
+			if spi, ok := report(kv); ok {
+				now[spi] = true
+			}
+		}
+		for spi := range known {
+			if !now[spi] {
+				f(SelectorEvent{SPI: spi})
+			}
+		}
+		known = now
+		wctx, wcancel := context.WithCancel(clientv3.WithRequireLeader(ctx))
+		for wr := range s.cli.Watch(wctx, prefix, clientv3.WithPrefix(), clientv3.WithRev(resp.Header.Revision+1)) {
+			if wr.Err() != nil {
+				break
+			}
+			for _, ev := range wr.Events {
+				if ev.Type == clientv3.EventTypeDelete {
+					if spi, err := strconv.ParseUint(string(ev.Kv.Key[len(prefix):]), 16, 64); err == nil {
+						delete(known, spi)
+						f(SelectorEvent{SPI: spi})
+					}
+					continue
+				}
+				if spi, ok := report(ev.Kv); ok {
+					known[spi] = true
+				}
+			}
+		}
+		wcancel()
+	}
+}
