@@ -147,6 +147,12 @@ func (n *Node) submit(s *shard, b *heldBatch, p ike.Persist) {
 		}
 	}
 	n.uniqueChange(&c, &p)
+	if p.ExclusiveSelectors {
+		c.Selectors = &statestore.SelectorClaim{Identity: p.PeerID.String()}
+		for _, r := range p.Selectors {
+			c.Selectors.Ranges = append(c.Selectors.Ranges, statestore.SelectorRange{Start: r.Start, End: r.End})
+		}
+	}
 	done := func(err error) {
 		if vip != nil {
 			cp.settle(vip, err) // before the engine hears of it

@@ -434,6 +434,10 @@ func (n *Node) Run(ctx context.Context) error {
 	if n.persist != nil {
 		wg.Add(1)
 		go func() { defer wg.Done(); n.rewrapLoop(ctx, n.persist) }()
+		if n.ecfg.Selectors != nil {
+			wg.Add(1)
+			go func() { defer wg.Done(); n.watchSelectors(ctx) }()
+		}
 	}
 	if mr, ok := n.dp.(dataplane.MappingReporter); ok {
 		wg.Add(1)

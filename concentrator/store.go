@@ -18,6 +18,7 @@ import (
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
 
+	"github.com/ikefleet/ikefleet/concentrator/ike"
 	"github.com/ikefleet/ikefleet/statestore"
 )
 
@@ -185,6 +186,31 @@ func loadClusterKey(c StateStoreConfig) (*statestore.Keyring, error) {
 		return nil, fmt.Errorf("statestore.cluster_key_file: %w", err)
 	}
 	return keys, nil
+}
+
+// watchSelectors gives the selector registry the claims of the SAs held
+// elsewhere in the cluster (statestore sel/ keys, written with each SA's
+// record under an exclusive policy), so that a node refuses another
+// identity's overlapping selectors whichever node holds them.
+func (n *Node) watchSelectors(ctx context.Context) {
+	reg := n.ecfg.Selectors
+	w, ok := n.persist.store.(interface {
+		WatchSelectors(context.Context, func(statestore.SelectorEvent))
+	})
+	if reg == nil || !ok {
+		return
+	}
+	w.WatchSelectors(ctx, func(ev statestore.SelectorEvent) {
+		if ev.Claim == nil {
+			reg.SetRemote(ev.SPI, "", nil)
+			return
+		}
+		ranges := make([]ike.SelectorRange, len(ev.Claim.Ranges))
+		for i, r := range ev.Claim.Ranges {
+			ranges[i] = ike.SelectorRange{Start: r.Start, End: r.End}
+		}
+		reg.SetRemote(ev.SPI, ev.Claim.Identity, ranges)
+	})
 }
 
 // reloadClusterKeys reads statestore.cluster_key_file again (never
