@@ -64,6 +64,7 @@ type clusterStats struct {
 	claimFailures, negHits, parkDrops, nobody atomic.Uint64
 	handOffCalls, claimBatches                atomic.Uint64
 	rewraps, rewrapped, rewrapUnreadable      atomic.Uint64
+	selectorConflicts                         atomic.Uint64
 }
 
 // ClusterStats are a node's counters of SA moves.
@@ -83,6 +84,10 @@ type ClusterStats struct {
 	// Cluster key rotation: rewrap passes completed, records rewritten
 	// under the sealing key, records no key of the node opens.
 	Rewraps, Rewrapped, RewrapUnreadable uint64
+	// SelectorConflicts: overlapping selector claims of two identities
+	// admitted on two nodes at once, seen here (the later one's SA is
+	// deleted by its node).
+	SelectorConflicts uint64
 }
 
 // ClusterStats returns the node's claim and hand-off counters.
@@ -92,7 +97,8 @@ func (n *Node) ClusterStats() ClusterStats {
 		Forwarded: c.forwarded.Load(), HandedOff: c.handedOff.Load(), ForwardedIn: c.forwardedIn.Load(),
 		ClaimFailures: c.claimFailures.Load(), Nobody: c.nobody.Load(), NegativeHits: c.negHits.Load(),
 		ParkDrops: c.parkDrops.Load(), HandOffCalls: c.handOffCalls.Load(), ClaimBatches: c.claimBatches.Load(),
-		Rewraps: c.rewraps.Load(), Rewrapped: c.rewrapped.Load(), RewrapUnreadable: c.rewrapUnreadable.Load()}
+		Rewraps: c.rewraps.Load(), Rewrapped: c.rewrapped.Load(), RewrapUnreadable: c.rewrapUnreadable.Load(),
+		SelectorConflicts: c.selectorConflicts.Load()}
 }
 
 // Where a claim is.

@@ -52,6 +52,9 @@ type Node struct {
 	clock clock.Clock
 	// storeOverride replaces the configured state store (tests).
 	storeOverride statestore.Interface
+	// selectorWatchGate, if set, holds the start of watchSelectors until
+	// closed (tests: a node that sees the others' claims late).
+	selectorWatchGate chan struct{}
 	// handOffHook, when set, writes hand-offs instead of the store's
 	// HandOffMany (tests: a commit whose answer is lost).
 	handOffHook func(context.Context, batchStore, []*statestore.SARecord, statestore.Owner) ([]statestore.Moved, error)

@@ -191,7 +191,11 @@ func loadClusterKey(c StateStoreConfig) (*statestore.Keyring, error) {
 // watchSelectors gives the selector registry the claims of the SAs held
 // elsewhere in the cluster (statestore sel/ keys, written with each SA's
 // record under an exclusive policy), so that a node refuses another
-// identity's overlapping selectors whichever node holds them.
+// identity's overlapping selectors whichever node holds them. Two
+// overlapping claims admitted on two nodes before either saw the other's
+// (within the watch's delay) are settled here: the later claim (by etcd
+// revision, then IKE SPI) loses, and the node holding its SA deletes it;
+// every node sees the same revisions, so they agree on which.
 func (n *Node) watchSelectors(ctx context.Context) {
 	reg := n.ecfg.Selectors
 	w, ok := n.persist.store.(interface {
@@ -200,8 +204,17 @@ func (n *Node) watchSelectors(ctx context.Context) {
 	if reg == nil || !ok {
 		return
 	}
+	if n.selectorWatchGate != nil { // tests: a watch that lags
+		select {
+		case <-n.selectorWatchGate:
+		case <-ctx.Done():
+			return
+		}
+	}
+	claims := map[uint64]statestore.SelectorEvent{}
 	w.WatchSelectors(ctx, func(ev statestore.SelectorEvent) {
 		if ev.Claim == nil {
+			delete(claims, ev.SPI)
 			reg.SetRemote(ev.SPI, "", nil)
 			return
 		}
@@ -210,7 +223,44 @@ func (n *Node) watchSelectors(ctx context.Context) {
 			ranges[i] = ike.SelectorRange{Start: r.Start, End: r.End}
 		}
 		reg.SetRemote(ev.SPI, ev.Claim.Identity, ranges)
+		claims[ev.SPI] = ev
+		for spi, o := range claims {
+			if spi == ev.SPI || o.Claim.Identity == ev.Claim.Identity || !claimsOverlap(o.Claim, ev.Claim) {
+				continue
+			}
+			loser, winner := ev, o
+			if o.Revision > ev.Revision || (o.Revision == ev.Revision && o.SPI > ev.SPI) {
+				loser, winner = o, ev
+			}
+			n.cluster.selectorConflicts.Add(1)
+			go n.settleSelectorConflict(ctx, loser, winner)
+		}
 	})
+}
+
+// claimsOverlap reports whether two claims share an address.
+func claimsOverlap(a, b *statestore.SelectorClaim) bool {
+	for _, x := range a.Ranges {
+		for _, y := range b.Ranges {
+			if x.Start.BitLen() == y.Start.BitLen() && x.Start.Compare(y.End) <= 0 && y.Start.Compare(x.End) <= 0 {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+// settleSelectorConflict deletes the losing SA of two overlapping claims
+// if this node holds it (its gateway may come again: it is then refused
+// the selectors the winner holds).
+func (n *Node) settleSelectorConflict(ctx context.Context, loser, winner statestore.SelectorEvent) {
+	err := n.Terminate(ctx, loser.SPI)
+	if errors.Is(err, ErrNoSA) {
+		return // another node's: it settles it
+	}
+	n.log.Warn("selectors claimed on two nodes at once: the later claim's SA is deleted",
+		"spi", fmt.Sprintf("%016x", loser.SPI), "identity", loser.Claim.Identity,
+		"holder", winner.Claim.Identity, "holder_spi", fmt.Sprintf("%016x", winner.SPI), "err", err)
 }
 
 // reloadClusterKeys reads statestore.cluster_key_file again (never

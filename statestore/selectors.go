@@ -53,6 +53,9 @@ func (s *Store) selectorOps(c *Change, spi uint64) ([]clientv3.Op, error) {
 type SelectorEvent struct {
 	SPI   uint64
 	Claim *SelectorClaim
+	// Revision is the claim's create revision in etcd: of two
+	// overlapping claims, the one with the lower revision came first.
+	Revision int64
 }
 
 // WatchSelectors calls f with every selector claim in the store and then
@@ -73,7 +76,7 @@ func (s *Store) WatchSelectors(ctx context.Context, f func(SelectorEvent)) {
 			f(SelectorEvent{SPI: spi})
 			return spi, false
 		}
-		f(SelectorEvent{SPI: spi, Claim: &c})
+		f(SelectorEvent{SPI: spi, Claim: &c, Revision: kv.CreateRevision})
 		return spi, true
 	}
 	for ctx.Err() == nil {
