@@ -372,18 +372,9 @@ type NodeEvent struct {
 // that ended meanwhile. f runs on the watch's goroutine.
 func (s *Store) WatchNodes(ctx context.Context, f func(NodeEvent)) {
 	known := map[string]NodeInfo{}
-	prefix := s.k.p + "nodes/"
-	for ctx.Err() == nil {
-		rc, cancel := s.rctx(ctx)
-		resp, err := s.cli.Get(rc, prefix, clientv3.WithPrefix())
-		cancel()
-		s.noteResult(err)
-		if err != nil {
-			sleepCtx(ctx, s.cfg.KeepAliveInterval)
-			continue
-		}
+	s.followPrefix(ctx, s.k.p+"nodes/", func(kvs []*mvccpb.KeyValue) {
 		now := map[string]NodeInfo{}
-		for _, kv := range resp.Kvs {
+		for _, kv := range kvs {
 			if ni, ok := nodeInfoOf(kv); ok {
 				now[ni.Node] = ni
 			}
@@ -399,27 +390,46 @@ func (s *Store) WatchNodes(ctx context.Context, f func(NodeEvent)) {
 			}
 		}
 		known = now
+	}, func(ev *clientv3.Event) {
+		switch {
+		case ev.Type == clientv3.EventTypeDelete && ev.PrevKv != nil:
+			if ni, ok := nodeInfoOf(ev.PrevKv); ok {
+				if cur, ok := known[ni.Node]; ok && cur.Epoch == ni.Epoch {
+					delete(known, ni.Node)
+				}
+				f(NodeEvent{NodeInfo: ni, Gone: true})
+			}
+		case ev.Type == clientv3.EventTypePut:
+			if ni, ok := nodeInfoOf(ev.Kv); ok {
+				known[ni.Node] = ni
+				f(NodeEvent{NodeInfo: ni, Updated: !ev.IsCreate()})
+			}
+		}
+	}, clientv3.WithPrevKV())
+}
+
+// followPrefix lists the keys under prefix (list gets them), then watches
+// them from the listing's revision on (event gets each change, opts added
+// to the watch), listing again after a broken watch, until ctx ends.
+func (s *Store) followPrefix(ctx context.Context, prefix string, list func([]*mvccpb.KeyValue), event func(*clientv3.Event), opts ...clientv3.OpOption) {
+	for ctx.Err() == nil {
+		rc, cancel := s.rctx(ctx)
+		resp, err := s.cli.Get(rc, prefix, clientv3.WithPrefix())
+		cancel()
+		s.noteResult(err)
+		if err != nil {
+			sleepCtx(ctx, s.cfg.KeepAliveInterval)
+			continue
+		}
+		list(resp.Kvs)
 		wctx, wcancel := context.WithCancel(clientv3.WithRequireLeader(ctx))
-		wc := s.cli.Watch(wctx, prefix, clientv3.WithPrefix(), clientv3.WithPrevKV(), clientv3.WithRev(resp.Header.Revision+1))
-		for wr := range wc {
+		wopts := append([]clientv3.OpOption{clientv3.WithPrefix(), clientv3.WithRev(resp.Header.Revision + 1)}, opts...)
+		for wr := range s.cli.Watch(wctx, prefix, wopts...) {
 			if wr.Err() != nil {
 				break
 			}
 			for _, ev := range wr.Events {
-				switch {
-				case ev.Type == clientv3.EventTypeDelete && ev.PrevKv != nil:
-					if ni, ok := nodeInfoOf(ev.PrevKv); ok {
-						if cur, ok := known[ni.Node]; ok && cur.Epoch == ni.Epoch {
-							delete(known, ni.Node)
-						}
-						f(NodeEvent{NodeInfo: ni, Gone: true})
-					}
-				case ev.Type == clientv3.EventTypePut:
-					if ni, ok := nodeInfoOf(ev.Kv); ok {
-						known[ni.Node] = ni
-						f(NodeEvent{NodeInfo: ni, Updated: !ev.IsCreate()})
-					}
-				}
+				event(ev)
 			}
 		}
 		wcancel()

@@ -79,17 +79,9 @@ func (s *Store) WatchSelectors(ctx context.Context, f func(SelectorEvent)) {
 		f(SelectorEvent{SPI: spi, Claim: &c, Revision: kv.CreateRevision})
 		return spi, true
 	}
-	for ctx.Err() == nil {
-		rc, cancel := s.rctx(ctx)
-		resp, err := s.cli.Get(rc, prefix, clientv3.WithPrefix())
-		cancel()
-		s.noteResult(err)
-		if err != nil {
-			sleepCtx(ctx, s.cfg.KeepAliveInterval)
-			continue
-		}
+	s.followPrefix(ctx, prefix, func(kvs []*mvccpb.KeyValue) {
 		now := map[uint64]bool{}
-		for _, kv := range resp.Kvs {
+		for _, kv := range kvs {
 			if spi, ok := report(kv); ok {
 				now[spi] = true
 			}
@@ -100,24 +92,16 @@ func (s *Store) WatchSelectors(ctx context.Context, f func(SelectorEvent)) {
 			}
 		}
 		known = now
-		wctx, wcancel := context.WithCancel(clientv3.WithRequireLeader(ctx))
-		for wr := range s.cli.Watch(wctx, prefix, clientv3.WithPrefix(), clientv3.WithRev(resp.Header.Revision+1)) {
-			if wr.Err() != nil {
-				break
+	}, func(ev *clientv3.Event) {
+		if ev.Type == clientv3.EventTypeDelete {
+			if spi, err := strconv.ParseUint(string(ev.Kv.Key[len(prefix):]), 16, 64); err == nil {
+				delete(known, spi)
+				f(SelectorEvent{SPI: spi})
 			}
-			for _, ev := range wr.Events {
-				if ev.Type == clientv3.EventTypeDelete {
-					if spi, err := strconv.ParseUint(string(ev.Kv.Key[len(prefix):]), 16, 64); err == nil {
-						delete(known, spi)
-						f(SelectorEvent{SPI: spi})
-					}
-					continue
-				}
-				if spi, ok := report(ev.Kv); ok {
-					known[spi] = true
-				}
-			}
+			return
 		}
-		wcancel()
-	}
+		if spi, ok := report(ev.Kv); ok {
+			known[spi] = true
+		}
+	})
 }

@@ -144,38 +144,13 @@ func Open(ctx context.Context, cli *clientv3.Client, cfg Config) (*Store, error)
 		log: cfg.Log.With("node", cfg.NodeID), base: time.Now(), regCh: make(chan struct{}), prevSlot: -1,
 		keyNodes: map[string]NodeInfo{}}
 	s.ctx, s.cancel = context.WithCancel(context.Background())
-	for {
-		err := s.register(ctx, true)
-		if err == nil {
-			break
-		}
-		var inUse *NodeIDInUseError
-		if errors.As(err, &inUse) {
-			s.cancel()
-			return nil, err
-		}
-		s.log.Warn("statestore: registration failed", "err", err)
-		select {
-		case <-ctx.Done():
-			s.cancel()
-			return nil, fmt.Errorf("statestore: register %s: %w", cfg.NodeID, err)
-		case <-time.After(retryMin * 4):
-		}
+	// Registered, then the sealing key chosen before anything is sealed:
+	// the newest every live node holds.
+	if err := s.retryOpen(ctx, "registration", func() error { return s.register(ctx, true) }); err != nil {
+		return nil, err
 	}
-	// The sealing key, before anything is sealed: the newest every live
-	// node holds.
-	for {
-		err := s.listKeyNodes(ctx)
-		if err == nil {
-			break
-		}
-		s.log.Warn("statestore: reading the registry for the sealing key failed", "err", err)
-		select {
-		case <-ctx.Done():
-			s.cancel()
-			return nil, fmt.Errorf("statestore: register %s: %w", cfg.NodeID, err)
-		case <-time.After(retryMin * 4):
-		}
+	if err := s.retryOpen(ctx, "reading the registry for the sealing key", func() error { return s.listKeyNodes(ctx) }); err != nil {
+		return nil, err
 	}
 	s.bs = make([]*batcher, cfg.Batch.Inflight)
 	s.wg.Add(3 + len(s.bs))
@@ -187,6 +162,29 @@ func Open(ctx context.Context, cli *clientv3.Client, cfg Config) (*Store, error)
 		go s.bs[i].run()
 	}
 	return s, nil
+}
+
+// retryOpen runs f until it succeeds, logging each failure, for Open: a
+// duplicate node id or ctx's end gives up (and ends the store's context).
+func (s *Store) retryOpen(ctx context.Context, what string, f func() error) error {
+	for {
+		err := f()
+		if err == nil {
+			return nil
+		}
+		var inUse *NodeIDInUseError
+		if errors.As(err, &inUse) {
+			s.cancel()
+			return err
+		}
+		s.log.Warn("statestore: "+what+" failed", "err", err)
+		select {
+		case <-ctx.Done():
+			s.cancel()
+			return fmt.Errorf("statestore: register %s: %w", s.cfg.NodeID, err)
+		case <-time.After(retryMin * 4):
+		}
+	}
 }
 
 // NodeID returns the configured node id.
