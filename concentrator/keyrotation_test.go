@@ -91,6 +91,11 @@ func TestClusterKeyRotationByReload(t *testing.T) {
 	if sa.RewrapUnreadable+sb.RewrapUnreadable != 0 {
 		t.Fatalf("unreadable records: a %d, b %d", sa.RewrapUnreadable, sb.RewrapUnreadable)
 	}
+	// What /metrics shows.
+	if m, err := b.n.metricsSnapshot(ctx); err != nil || m.StateStore == nil || m.StateStore.SealingKey != 2 || m.StateStore.Keys != 2 ||
+		m.StateStore.Rewrapped != sb.Rewrapped {
+		t.Fatalf("b's metrics: %+v (%v)", m.StateStore, err)
+	}
 	// Key 1 goes from both files.
 	for _, cn := range []*clusterNode{a, b} {
 		writeKeys(cn.id, key2)

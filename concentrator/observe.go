@@ -178,7 +178,11 @@ func (n *Node) metricsSnapshot(ctx context.Context) (metrics.Snapshot, error) {
 	s.Events.UniqueLocal, s.Events.UniqueRemote, s.Events.UniqueDead = u.local.Load(), u.remote.Load(), u.dead.Load()
 	s.Events.UniqueFailed, s.Events.UniqueRefused = u.failed.Load(), u.refused.Load()
 	if st := h.StateStore; st != nil {
-		s.StateStore = &metrics.StateStore{Reachable: st.Reachable, Registered: st.Registered, Queued: st.Queued, Txns: st.Txns, Rollbacks: st.Rollbacks}
+		s.StateStore = &metrics.StateStore{Reachable: st.Reachable, Registered: st.Registered, Queued: st.Queued, Txns: st.Txns, Rollbacks: st.Rollbacks,
+			Rewrapped: cs.Rewrapped, RewrapUnreadable: cs.RewrapUnreadable, SelectorConflicts: cs.SelectorConflicts}
+		if held, sealing, ok := n.ClusterKeys(); ok {
+			s.StateStore.SealingKey, s.StateStore.Keys = sealing, uint32(len(held))
+		}
 	}
 	s.DataPlane = metrics.DataPlane{Name: n.dp.Name(), InstallFailures: n.obs.installFailures.Load()}
 	s.Anycast = n.anycastMetrics(ctx) // anycast.go

@@ -129,8 +129,8 @@ func TestClusterSelectorConflictSettled(t *testing.T) {
 		sas, err := b.n.SAs(ctx)
 		return err == nil && len(sas) == 0
 	})
-	if b.n.ClusterStats().SelectorConflicts == 0 {
-		t.Fatal("b counted no conflict")
+	if m, err := b.n.metricsSnapshot(ctx); err != nil || m.StateStore == nil || m.StateStore.SelectorConflicts == 0 {
+		t.Fatalf("b counted no conflict (ikefleet_selector_conflicts_total): %+v %v", m.StateStore, err)
 	}
 	if sas, err := a.n.SAs(ctx); err != nil || len(sas) != 1 {
 		t.Fatalf("a holds %d SAs (%v) after the settlement", len(sas), err)

@@ -95,6 +95,11 @@ var (
 	dStoreQueued     = gaugeDef("statestore_queued_changes", "SA state changes waiting to be written.")
 	dStoreTxns       = counterDef("statestore_txns_total", "etcd transactions issued by the state store.")
 	dStoreRollbacks  = counterDef("statestore_rollbacks_total", "Sealed SA records refused because an older value was put back in etcd (not restored).")
+	dSealingKey      = gaugeDef("cluster_key_sealing", "Id of the cluster key the node seals records under: the newest every live node holds.")
+	dClusterKeys     = gaugeDef("cluster_keys", "Cluster keys the node holds (statestore.cluster_key_file).")
+	dRewrapped       = counterDef("cluster_key_records_rewritten_total", "Records rewritten under the sealing key after it changed (cluster key rotation).")
+	dRewrapFailed    = counterDef("cluster_key_records_unreadable_total", "Records a rewrap could not open (a key the node lacks, corrupt, rolled back): left as they are.")
+	dSelConflicts    = counterDef("selector_conflicts_total", "Overlapping selector claims of two identities admitted on two nodes at once, seen by this node (the later one's SA is deleted by its node).")
 
 	// The data plane.
 	dInstallFailures = counterDef("dataplane_install_failures_total", "CHILD SAs the data plane failed to install.", "dataplane")

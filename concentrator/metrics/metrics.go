@@ -95,6 +95,12 @@ type StateStore struct {
 	Queued     int
 	Txns       uint64
 	Rollbacks  uint64 // sealed records refused as rolled back
+	// Cluster keys: the sealing key's id and how many are held; records
+	// rewritten under it and those no key of the node opened; overlapping
+	// selector claims seen.
+	SealingKey, Keys            uint32
+	Rewrapped, RewrapUnreadable uint64
+	SelectorConflicts           uint64
 }
 
 // DataPlane is the data plane's name, install failures and, when it is a
@@ -334,6 +340,13 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 		gauge(dStoreQueued, float64(ss.Queued))
 		counter(dStoreTxns, ss.Txns)
 		counter(dStoreRollbacks, ss.Rollbacks)
+		if ss.Keys > 0 {
+			gauge(dSealingKey, float64(ss.SealingKey))
+			gauge(dClusterKeys, float64(ss.Keys))
+		}
+		counter(dRewrapped, ss.Rewrapped)
+		counter(dRewrapFailed, ss.RewrapUnreadable)
+		counter(dSelConflicts, ss.SelectorConflicts)
 	}
 
 	// The data plane.

@@ -46,7 +46,7 @@ func snapshot() Snapshot {
 			QueueDrops: []QueueDrop{{Listen: "0.0.0.0", NATT: false, Shard: 1, Count: 6}, {Listen: "0.0.0.0", NATT: true, Shard: 0, Count: 7}},
 			Listening:  true},
 		Events:     counts,
-		StateStore: &StateStore{Reachable: true, Registered: true, Queued: 2, Txns: 42},
+		StateStore: &StateStore{Reachable: true, Registered: true, Queued: 2, Txns: 42, SealingKey: 2, Keys: 2, Rewrapped: 7},
 		Anycast:    &Anycast{Front: true, Healthy: true, Announced: 2, Failing: map[string]bool{"lease": false}, Members: true, MembersAlive: 3},
 		DataPlane: DataPlane{Name: "userspace", InstallFailures: 1, Report: &dataplane.Report{InBytes: 1000, OutBytes: 2000,
 			InPackets: 10, OutPackets: 20, Drops: map[string]uint64{"replay": 3, "no_sa": 0}}},
