@@ -296,6 +296,15 @@ func BenchmarkSubmitCPU(b *testing.B) {
 				if d := time.Until(start.Add(time.Duration(float64(i) / rate * float64(time.Second)))); d > 0 {
 					time.Sleep(d)
 				}
+				if i%128 == 0 { // as a node does: IKE SPIs reserved ahead, in blocks
+					block := make([]uint64, 128)
+					for j := range block {
+						block[j] = next + 1 + uint64(j)
+					}
+					if _, err := s.ReserveIKESPIs(b.Context(), block); err != nil {
+						b.Fatal(err)
+					}
+				}
 				next++
 				spis = append(spis, next)
 				submit(Change{Kind: Established, Record: sampleRecord(next)})
