@@ -209,10 +209,10 @@ func (s *Store) build(c *Change, me Owner) (txnParts, error) {
 		return nil
 	}
 	own := func(spi uint64) {
+		// The SPI stays reserved by its record keys (ReserveIKESPIs).
 		p.then = append(p.then,
 			clientv3.OpPut(s.k.owner(spi), me.value()),
-			clientv3.OpPut(s.k.owned(id, spi), ""),
-			clientv3.OpPut(s.k.ikeSPI(spi), id)) // without lease: detached from our life
+			clientv3.OpPut(s.k.owned(id, spi), ""))
 	}
 	drop := func(spi uint64) {
 		p.forget = append(p.forget, spi)
@@ -220,7 +220,7 @@ func (s *Store) build(c *Change, me Owner) (txnParts, error) {
 			clientv3.OpDelete(s.k.sa(spi)),
 			clientv3.OpDelete(s.k.owner(spi)),
 			clientv3.OpDelete(s.k.owned(id, spi)),
-			clientv3.OpDelete(s.k.ikeSPI(spi)),
+			clientv3.OpDelete(s.k.ikeSPI(spi)), // written by releases before ReserveIKESPIs used the record keys
 			clientv3.OpDelete(s.k.seq(spi)))
 		if c.Selectors != nil {
 			p.then = append(p.then, clientv3.OpDelete(s.k.sel(spi)))

@@ -12,9 +12,12 @@ import (
 //	slots/<n>             node id, on the node's lease
 //	owner/<ike-spi>       "<node id>/<epoch>"
 //	owned/<id>/<ike-spi>  "" (index of owner records by node)
-//	sa/<ike-spi>          Record (sealed)
+//	sa/<ike-spi>          Record (sealed); empty on the lease while the IKE
+//	                      SPI is only reserved (ReserveIKESPIs)
 //	seq/<ike-spi>         SeqRecord: reservations renewed since the Record
-//	spi/ike/<ike-spi>     node id; on the lease while half-open
+//	                      (empty on the lease with sa/ while reserved)
+//	spi/ike/<ike-spi>     node id: written by releases before the record keys
+//	                      reserved the SPI; deleted with its SA
 //	spi/esp/<esp-spi>     node id; on the lease until its CHILD SA is stored
 //
 // <ike-spi> is our (local) IKE SPI in 16 hex digits, <esp-spi> an inbound

@@ -16,16 +16,21 @@ func spiHex(spi uint64) string { return fmt.Sprintf("%016x", spi) }
 // node's lease until the SA is stored). ok[i] says whether spis[i] is now
 // ours; a taken SPI is simply not ok. Reserve ahead, in blocks, to keep
 // etcd out of the IKE_SA_INIT path.
+//
+// The reservation is the SA's record keys, sa/ and seq/, created empty
+// (so that its first records can be bound to them, revs.go, without a
+// transaction of their own): while they exist no other node can reserve
+// the SPI, and the SA's records then take them over. Releases before this
+// one also wrote spi/ike/<spi>; they check sa/ and seq/ as well, so both
+// kinds of node keep each other's SPIs apart, and spi/ike/ keys still
+// stored are deleted with their SAs.
 func (s *Store) ReserveIKESPIs(ctx context.Context, spis []uint64) ([]bool, error) {
 	keys := make([]string, len(spis))
 	for i, x := range spis {
-		keys[i] = s.k.ikeSPI(x)
+		keys[i] = s.k.sa(x)
 	}
-	// The SA's record keys are created empty with the reservation, so
-	// that its first records can be bound to them (revs.go) without a
-	// transaction of their own.
-	extra := func(i int) []string { return []string{s.k.sa(spis[i]), s.k.seq(spis[i])} }
-	ok, revs, err := s.reserve(ctx, keys, extra)
+	extra := func(i int) []string { return []string{s.k.seq(spis[i])} }
+	ok, revs, err := s.reserve(ctx, keys, "", extra)
 	for i, got := range ok {
 		if got {
 			s.revs.reservedAt(spis[i], revs[i])
@@ -40,14 +45,14 @@ func (s *Store) ReserveESPSPIs(ctx context.Context, spis []uint32) ([]bool, erro
 	for i, x := range spis {
 		keys[i] = s.k.espSPI(x)
 	}
-	ok, _, err := s.reserve(ctx, keys, nil)
+	ok, _, err := s.reserve(ctx, keys, s.cfg.NodeID, nil)
 	return ok, err
 }
 
-// reserve claims keys (create-if-absent, on the node's lease), each with
-// the keys extra(i) created empty alongside (none of them may exist
-// either); revs[i]: the revision of keys[i]'s claim.
-func (s *Store) reserve(ctx context.Context, keys []string, extra func(int) []string) (ok []bool, revs []int64, err error) {
+// reserve claims keys (create-if-absent, on the node's lease, with value),
+// each with the keys extra(i) created empty alongside (none of them may
+// exist either); revs[i]: the revision of keys[i]'s claim.
+func (s *Store) reserve(ctx context.Context, keys []string, value string, extra func(int) []string) (ok []bool, revs []int64, err error) {
 	reg := s.current()
 	if reg.done.Load() {
 		return nil, nil, ErrFenced
@@ -58,7 +63,7 @@ func (s *Store) reserve(ctx context.Context, keys []string, extra func(int) []st
 		ops := make([]clientv3.Op, 0, hi-lo)
 		for i, k := range keys[lo:hi] {
 			cmps := []clientv3.Cmp{clientv3.Compare(clientv3.CreateRevision(k), "=", 0)}
-			then := []clientv3.Op{clientv3.OpPut(k, s.cfg.NodeID, clientv3.WithLease(reg.lease))}
+			then := []clientv3.Op{clientv3.OpPut(k, value, clientv3.WithLease(reg.lease))}
 			if extra != nil {
 				for _, x := range extra(lo + i) {
 					cmps = append(cmps, clientv3.Compare(clientv3.CreateRevision(x), "=", 0))
@@ -94,7 +99,6 @@ func (s *Store) ReleaseSPIs(ctx context.Context, ike []uint64, esp []uint32) err
 			[]clientv3.Op{clientv3.OpDelete(k)}, nil))
 	}
 	for _, x := range ike {
-		del(s.k.ikeSPI(x))
 		// The record keys created empty with the reservation, if still
 		// ours and empty.
 		sa, seq := s.k.sa(x), s.k.seq(x)

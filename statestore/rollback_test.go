@@ -451,3 +451,66 @@ func TestReservedSPIRecordKeys(t *testing.T) {
 		}
 	}
 }
+
+// The IKE SPI reservation is the SA's record keys alone. Nodes of the
+// release before, which also wrote spi/ike/<spi> and checked all three
+// keys, and nodes of this one keep each other's SPIs apart; an spi/ike/
+// key such a node left goes with its SA.
+func TestIKESPIReservationMixedReleases(t *testing.T) {
+	e := startEtcd(t, false)
+	cli := dial(t, e.Endpoints())
+	ctx := tctx(t, 30*time.Second)
+	a := open(t, cli, testConfig(t, "a"))
+	p := DefaultPrefix
+	// An older node's reservation of 0xb001, as it wrote it.
+	lease, err := cli.Grant(ctx, 30)
+	if err != nil {
+		t.Fatal(err)
+	}
+	legacy := func(spi uint64) bool {
+		t.Helper()
+		keys := []string{hexKey(p, "spi/ike/", spi, 16), hexKey(p, "sa/", spi, 16), hexKey(p, "seq/", spi, 16)}
+		var cmps []clientv3.Cmp
+		var puts []clientv3.Op
+		for i, k := range keys {
+			cmps = append(cmps, clientv3.Compare(clientv3.CreateRevision(k), "=", 0))
+			v := ""
+			if i == 0 {
+				v = "old"
+			}
+			puts = append(puts, clientv3.OpPut(k, v, clientv3.WithLease(lease.ID)))
+		}
+		r, err := cli.Txn(ctx).If(cmps...).Then(puts...).Commit()
+		if err != nil {
+			t.Fatal(err)
+		}
+		return r.Succeeded
+	}
+	if !legacy(0xb001) {
+		t.Fatal("the older node's reservation failed")
+	}
+	if ok, err := a.ReserveIKESPIs(ctx, []uint64{0xb001, 0xb002}); err != nil || ok[0] || !ok[1] {
+		t.Fatalf("reserve next to an older node's reservation: %v %v (want [false true])", ok, err)
+	}
+	if legacy(0xb002) {
+		t.Fatal("an older node reserved an SPI this node holds")
+	}
+	if n, err := cli.Get(ctx, p+"spi/ike/", clientv3.WithPrefix(), clientv3.WithCountOnly()); err != nil || n.Count != 1 {
+		t.Fatalf("spi/ike/ keys: %v %v, want only the older node's", n, err)
+	}
+	// An SA an older node established left its spi/ike/ key: deleted with
+	// the SA.
+	r := sampleRecord(0xb002)
+	if err := a.Persist(ctx, Change{Kind: Established, Record: r}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := cli.Put(ctx, hexKey(p, "spi/ike/", 0xb002, 16), "a"); err != nil {
+		t.Fatal(err)
+	}
+	if err := a.Persist(ctx, Change{Kind: Deleted, SPI: 0xb002}); err != nil {
+		t.Fatal(err)
+	}
+	if n, err := cli.Get(ctx, hexKey(p, "spi/ike/", 0xb002, 16), clientv3.WithCountOnly()); err != nil || n.Count != 0 {
+		t.Fatalf("the older release's spi/ike/ key after the delete: %v %v", n, err)
+	}
+}
