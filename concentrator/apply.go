@@ -147,11 +147,17 @@ func (n *Node) submit(s *shard, b *heldBatch, p ike.Persist) {
 		}
 	}
 	n.uniqueChange(&c, &p)
-	if p.ExclusiveSelectors {
+	switch {
+	case p.ExclusiveSelectors:
 		c.Selectors = &statestore.SelectorClaim{Identity: p.PeerID.String()}
 		for _, r := range p.Selectors {
 			c.Selectors.Ranges = append(c.Selectors.Ranges, statestore.SelectorRange{Start: r.Start, End: r.End})
 		}
+	case n.ecfg.Selectors != nil && (c.Kind == statestore.Deleted || c.Kind == statestore.IKERekeyed):
+		// Under policies the claim an SA's record may carry goes with it,
+		// even if this node never registered it (a restored SA): a claim
+		// outliving its SA would hold its range from every other identity.
+		c.Selectors = &statestore.SelectorClaim{}
 	}
 	done := func(err error) {
 		if vip != nil {

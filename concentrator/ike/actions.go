@@ -137,10 +137,10 @@ type Persist struct {
 	// write does about the older SAs of PeerID (Config.UniqueIDs and the
 	// peer's INITIAL_CONTACT).
 	Unique UniqueAction
-	// ExclusiveSelectors: the SA's policy makes the selectors it claims
-	// its own (PeerPolicy.Exclusive); Selectors are the ranges it holds
-	// after the change (Config.Selectors), for the other nodes of a
-	// cluster (SelectorRegistry.SetRemote). Not set for other SAs.
+	// ExclusiveSelectors: the SA holds selectors in Config.Selectors (its
+	// policy makes them its own, PeerPolicy.Exclusive); Selectors are the
+	// ranges it holds after the change, for the other nodes of a cluster
+	// (SelectorRegistry.SetRemote). Not set for other SAs.
 	ExclusiveSelectors bool
 	Selectors          []SelectorRange
 }

@@ -207,6 +207,47 @@ func TestPolicyRemoteSelectors(t *testing.T) {
 	}
 }
 
+// The claim follows an IKE rekey whoever starts it: started by the
+// responder (it becomes the new SA's original initiator), the new SA's
+// Persist still carries the ranges, and its deletion the claim's end.
+func TestPolicySelectorsPersistAcrossOurIKERekey(t *testing.T) {
+	w := policyWire(t, &PeerPolicy{Name: "fleet", ID: mustPattern(t, "*@iot.example"), RemoteTS: ts("10.0.0.0/8"), Exclusive: true})
+	if n := connect(t, w, "gwb@iot.example", ts("10.2.0.0/24")); n != 0 {
+		t.Fatal(n)
+	}
+	var resSPI uint64
+	w.res.Each(func(sa *IKESA) bool { resSPI = sa.localSPI(); return false })
+	before := len(w.persists)
+	w.run(R(func(rd *Ready) { w.res.RekeyIKE(w.now, resSPI, rd) }), false)
+	var rekeyed *Persist
+	for i := range w.persists[before:] {
+		if p := &w.persists[before+i]; p.Kind == PersistIKERekeyed {
+			rekeyed = p
+		}
+	}
+	if rekeyed == nil {
+		t.Fatalf("no PersistIKERekeyed: %+v", w.persists[before:])
+	}
+	if !rekeyed.ExclusiveSelectors || len(rekeyed.Selectors) != 1 || rekeyed.Selectors[0].Start != netip.MustParseAddr("10.2.0.0") {
+		t.Fatalf("our IKE rekey's Persist: exclusive %v, selectors %v", rekeyed.ExclusiveSelectors, rekeyed.Selectors)
+	}
+	nsa := w.res.sas[rekeyed.SPI]
+	if nsa == nil || !nsa.initiator {
+		t.Fatalf("the new IKE SA: %+v (want ours as its original initiator)", nsa)
+	}
+	before = len(w.persists)
+	w.run(R(func(rd *Ready) { w.res.Delete(w.now, rekeyed.SPI, rd) }), false)
+	var deleted *Persist
+	for i := range w.persists[before:] {
+		if p := &w.persists[before+i]; p.Kind == PersistDeleted {
+			deleted = p
+		}
+	}
+	if deleted == nil || !deleted.ExclusiveSelectors {
+		t.Fatalf("the deletion's Persist: %+v", deleted)
+	}
+}
+
 // An IKE rekey hands the selectors to the new IKE SA: they stay held,
 // and go when it goes.
 func TestPolicySelectorsFollowIKERekey(t *testing.T) {

@@ -274,7 +274,7 @@ func (sa *IKESA) persist(e *Engine, kind PersistKind, rd *Ready, released ...uin
 	if kind == PersistIKERekeyed {
 		p.OldSPI = sa.rekeyedFrom
 	}
-	if !sa.initiator && e.cfg.Selectors != nil && !sa.vip.IsValid() && sa.peerPolicy(e).Exclusive {
+	if e.cfg.Selectors != nil && sa.selectorsHeld {
 		p.ExclusiveSelectors = true
 		if kind != PersistDeleted {
 			p.Selectors = e.cfg.Selectors.HeldBy(sa.localSPI())
