@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/netip"
-	"strconv"
 
 	"go.etcd.io/etcd/api/v3/mvccpb"
 	clientv3 "go.etcd.io/etcd/client/v3"
@@ -66,8 +65,8 @@ func (s *Store) WatchSelectors(ctx context.Context, f func(SelectorEvent)) {
 	known := map[uint64]bool{}
 	prefix := s.k.sels()
 	report := func(kv *mvccpb.KeyValue) (uint64, bool) {
-		spi, err := strconv.ParseUint(string(kv.Key[len(prefix):]), 16, 64)
-		if err != nil {
+		spi, ok := parseSPIKey(string(kv.Key), prefix)
+		if !ok {
 			return 0, false
 		}
 		var c SelectorClaim
@@ -94,7 +93,7 @@ func (s *Store) WatchSelectors(ctx context.Context, f func(SelectorEvent)) {
 		known = now
 	}, func(ev *clientv3.Event) {
 		if ev.Type == clientv3.EventTypeDelete {
-			if spi, err := strconv.ParseUint(string(ev.Kv.Key[len(prefix):]), 16, 64); err == nil {
+			if spi, ok := parseSPIKey(string(ev.Kv.Key), prefix); ok {
 				delete(known, spi)
 				f(SelectorEvent{SPI: spi})
 			}
