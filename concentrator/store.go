@@ -211,7 +211,11 @@ func (n *Node) watchSelectors(ctx context.Context) {
 			return
 		}
 	}
-	claims := map[uint64]statestore.SelectorEvent{}
+	type claim struct {
+		ev     statestore.SelectorEvent
+		ranges []ike.SelectorRange
+	}
+	claims := map[uint64]claim{}
 	w.WatchSelectors(ctx, func(ev statestore.SelectorEvent) {
 		if ev.Claim == nil {
 			delete(claims, ev.SPI)
@@ -223,31 +227,19 @@ func (n *Node) watchSelectors(ctx context.Context) {
 			ranges[i] = ike.SelectorRange{Start: r.Start, End: r.End}
 		}
 		reg.SetRemote(ev.SPI, ev.Claim.Identity, ranges)
-		claims[ev.SPI] = ev
+		claims[ev.SPI] = claim{ev, ranges}
 		for spi, o := range claims {
-			if spi == ev.SPI || o.Claim.Identity == ev.Claim.Identity || !claimsOverlap(o.Claim, ev.Claim) {
+			if spi == ev.SPI || o.ev.Claim.Identity == ev.Claim.Identity || !ike.RangesOverlap(o.ranges, ranges) {
 				continue
 			}
-			loser, winner := ev, o
-			if o.Revision > ev.Revision || (o.Revision == ev.Revision && o.SPI > ev.SPI) {
-				loser, winner = o, ev
+			loser, winner := ev, o.ev
+			if o.ev.Revision > ev.Revision || (o.ev.Revision == ev.Revision && o.ev.SPI > ev.SPI) {
+				loser, winner = o.ev, ev
 			}
 			n.cluster.selectorConflicts.Add(1)
 			go n.settleSelectorConflict(ctx, loser, winner)
 		}
 	})
-}
-
-// claimsOverlap reports whether two claims share an address.
-func claimsOverlap(a, b *statestore.SelectorClaim) bool {
-	for _, x := range a.Ranges {
-		for _, y := range b.Ranges {
-			if x.Start.BitLen() == y.Start.BitLen() && x.Start.Compare(y.End) <= 0 && y.Start.Compare(x.End) <= 0 {
-				return true
-			}
-		}
-	}
-	return false
 }
 
 // settleSelectorConflict deletes the losing SA of two overlapping claims

@@ -245,8 +245,25 @@ func (r *SelectorRegistry) Remote() int {
 	return len(r.remote)
 }
 
+// Overlaps reports whether r and o share an address (of one family).
+func (r SelectorRange) Overlaps(o SelectorRange) bool {
+	return r.Start.BitLen() == o.Start.BitLen() && r.Start.Compare(o.End) <= 0 && o.Start.Compare(r.End) <= 0
+}
+
+// RangesOverlap reports whether any range of a overlaps any of b.
+func RangesOverlap(a, b []SelectorRange) bool {
+	for _, x := range a {
+		for _, y := range b {
+			if x.Overlaps(y) {
+				return true
+			}
+		}
+	}
+	return false
+}
+
 func overlaps(k tsRange, t TrafficSelector) bool {
-	return k.start.BitLen() == t.Start.BitLen() && k.start.Compare(t.End) <= 0 && t.Start.Compare(k.end) <= 0
+	return SelectorRange{k.start, k.end}.Overlaps(SelectorRange{t.Start, t.End})
 }
 
 // ErrSelectorHeld is the cause of a refused claim.
