@@ -217,16 +217,22 @@ func TestPolicySelectorsPersistAcrossOurIKERekey(t *testing.T) {
 	}
 	var resSPI uint64
 	w.res.Each(func(sa *IKESA) bool { resSPI = sa.localSPI(); return false })
-	before := len(w.persists)
-	w.run(R(func(rd *Ready) { w.res.RekeyIKE(w.now, resSPI, rd) }), false)
-	var rekeyed *Persist
-	for i := range w.persists[before:] {
-		if p := &w.persists[before+i]; p.Kind == PersistIKERekeyed {
-			rekeyed = p
+	// lastPersist runs f and returns the responder's last Persist of kind
+	// it made.
+	lastPersist := func(kind PersistKind, f func(rd *Ready)) *Persist {
+		before := len(w.persists)
+		w.run(R(f), false)
+		var last *Persist
+		for i := range w.persists[before:] {
+			if p := &w.persists[before+i]; p.Kind == kind {
+				last = p
+			}
 		}
+		return last
 	}
+	rekeyed := lastPersist(PersistIKERekeyed, func(rd *Ready) { w.res.RekeyIKE(w.now, resSPI, rd) })
 	if rekeyed == nil {
-		t.Fatalf("no PersistIKERekeyed: %+v", w.persists[before:])
+		t.Fatalf("no PersistIKERekeyed: %+v", w.persists)
 	}
 	if !rekeyed.ExclusiveSelectors || len(rekeyed.Selectors) != 1 || rekeyed.Selectors[0].Start != netip.MustParseAddr("10.2.0.0") {
 		t.Fatalf("our IKE rekey's Persist: exclusive %v, selectors %v", rekeyed.ExclusiveSelectors, rekeyed.Selectors)
@@ -235,14 +241,7 @@ func TestPolicySelectorsPersistAcrossOurIKERekey(t *testing.T) {
 	if nsa == nil || !nsa.initiator {
 		t.Fatalf("the new IKE SA: %+v (want ours as its original initiator)", nsa)
 	}
-	before = len(w.persists)
-	w.run(R(func(rd *Ready) { w.res.Delete(w.now, rekeyed.SPI, rd) }), false)
-	var deleted *Persist
-	for i := range w.persists[before:] {
-		if p := &w.persists[before+i]; p.Kind == PersistDeleted {
-			deleted = p
-		}
-	}
+	deleted := lastPersist(PersistDeleted, func(rd *Ready) { w.res.Delete(w.now, rekeyed.SPI, rd) })
 	if deleted == nil || !deleted.ExclusiveSelectors {
 		t.Fatalf("the deletion's Persist: %+v", deleted)
 	}
