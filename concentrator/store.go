@@ -61,7 +61,7 @@ func (n *Node) openStore(ctx context.Context) (*persistence, error) {
 	case "external":
 		cc = statestore.ClientConfig{Endpoints: c.Endpoints, CAFile: c.CAFile, CertFile: c.CertFile, KeyFile: c.KeyFile}
 	}
-	keys, err := loadClusterKey(c)
+	keys, err := loadClusterKey(c, c.Mode == "embedded")
 	if err != nil {
 		p.close()
 		return nil, err
@@ -176,12 +176,13 @@ func (n *Node) etcdLogger() *zap.Logger {
 }
 
 // loadClusterKey loads the cluster key (statestore.LocateClusterKey):
-// statestore.cluster_key_file, by default /etc/ikefleet/cluster.key. A
-// stand-alone node (mode embedded) generates it if absent; nodes sharing
-// an external etcd share a key file and never generate one.
-func loadClusterKey(c StateStoreConfig) (*statestore.Keyring, error) {
+// statestore.cluster_key_file, by default /etc/ikefleet/cluster.key. With
+// generate it is created if absent: at the start of a stand-alone node
+// (mode embedded); nodes sharing an external etcd share a key file and
+// never generate one, and a reload never does.
+func loadClusterKey(c StateStoreConfig, generate bool) (*statestore.Keyring, error) {
 	loc := statestore.LocateClusterKey(c.ClusterKeyFile, c.DataDir)
-	keys, err := statestore.LoadKeyFile(loc.Path, c.Mode == "embedded")
+	keys, err := statestore.LoadKeyFile(loc.Path, generate)
 	if err != nil {
 		return nil, fmt.Errorf("statestore.cluster_key_file: %w", err)
 	}
@@ -262,11 +263,7 @@ func (n *Node) reloadClusterKeys() (*statestore.Keyring, error) {
 	if c.Mode == "none" || n.persist == nil || n.persist.keys == nil {
 		return nil, nil
 	}
-	keys, err := statestore.LoadKeyFile(statestore.LocateClusterKey(c.ClusterKeyFile, c.DataDir).Path, false)
-	if err != nil {
-		return nil, fmt.Errorf("statestore.cluster_key_file: %w", err)
-	}
-	return keys, nil
+	return loadClusterKey(c, false)
 }
 
 // applyClusterKeys makes the node hold the keys of a reloaded key file,
