@@ -57,6 +57,12 @@ func recordOf(st *ike.SAState) *statestore.SARecord {
 	if st.MsgIDSync {
 		r.Flags |= flagMsgIDSync
 	}
+	switch st.Origin {
+	case ike.OriginPeer:
+		r.Flags |= flagServed
+	case ike.OriginUs:
+		r.Flags |= flagOutbound
+	}
 	for _, c := range st.Children {
 		r.Children = append(r.Children, statestore.ChildRecord{
 			InSPI: c.InSPI, OutSPI: c.OutSPI,
@@ -77,7 +83,21 @@ const (
 	flagPeerFrag uint32 = 1 << iota
 	flagMOBIKE
 	flagMsgIDSync // the peer supports RFC 6311
+	// The connection's origin (ike.SAState.Origin); neither in records of
+	// releases before it was kept.
+	flagServed   // the peer started it: a gateway we serve
+	flagOutbound // we started it
 )
+
+func originOf(flags uint32) ike.Origin {
+	switch {
+	case flags&flagServed != 0:
+		return ike.OriginPeer
+	case flags&flagOutbound != 0:
+		return ike.OriginUs
+	}
+	return ike.OriginUnknown
+}
 
 func stateOf(r *statestore.SARecord) ike.SAState {
 	st := ike.SAState{
@@ -87,6 +107,7 @@ func stateOf(r *statestore.SARecord) ike.SAState {
 		SKd: r.SKd, SKai: r.SKai, SKar: r.SKar, SKei: r.SKei, SKer: r.SKer,
 		NextIn: r.NextIn, NextOut: r.NextOut, NextOutReserved: r.NextOutReserved, NATLocal: r.NATLocal, NATRemote: r.NATRemote,
 		PeerFrag: r.Flags&flagPeerFrag != 0, MOBIKE: r.Flags&flagMOBIKE != 0, MsgIDSync: r.Flags&flagMsgIDSync != 0,
+		Origin:    originOf(r.Flags),
 		PeerID:    ike.Identity{Type: r.PeerID.Type, Data: r.PeerID.Data},
 		VirtualIP: r.VirtualIP, VirtualIP6: r.VirtualIP6, Created: r.Created, Established: r.Established,
 	}

@@ -36,3 +36,14 @@ func TestRecordKeepsReservations(t *testing.T) {
 		t.Fatalf("after the round trip: %+v", got)
 	}
 }
+
+// The connection's origin survives a record; a record without it (an
+// earlier release's) reads as unknown.
+func TestRecordKeepsOrigin(t *testing.T) {
+	for _, o := range []ike.Origin{ike.OriginPeer, ike.OriginUs, ike.OriginUnknown} {
+		st := &ike.SAState{SPIi: 1, SPIr: 2, Initiator: true, Origin: o}
+		if got := stateOf(recordOf(st)).Origin; got != o {
+			t.Errorf("origin %v came back as %v", o, got)
+		}
+	}
+}

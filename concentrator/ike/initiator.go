@@ -65,7 +65,7 @@ func (e *Engine) Initiate(now time.Time, ini Initiation, rd *Ready) (uint64, err
 		return 0, errors.New("ike: initiation needs a private key, a PSK or an EAP method")
 	}
 	sa := &IKESA{
-		eng: e, initiator: true, state: stateInitSent, SPIi: e.newSPI(), Local: ini.Local, Remote: ini.Remote,
+		eng: e, initiator: true, outbound: true, state: stateInitSent, SPIi: e.newSPI(), Local: ini.Local, Remote: ini.Remote,
 		created: now, ini: &ini, ni: e.randBytes(32),
 	}
 	kx, err := suite.GenerateKeyExchange(ini.IKEProposals[0].Groups[0], e.cfg.Rand)

@@ -281,7 +281,7 @@ func (sa *IKESA) handleCreateChild(now time.Time, e *Engine, m *Message, rd *Rea
 		reply(TS_UNACCEPTABLE, nil)
 		return
 	}
-	if !sa.initiator {
+	if !sa.outbound {
 		if err := sa.claimSelectors(e, ntsi, false); err != nil {
 			ev := sa.event(EventChildFailed)
 			ev.Notify, ev.Reason = TS_UNACCEPTABLE, err.Error()
@@ -425,7 +425,7 @@ func (sa *IKESA) handleIKERekey(now time.Time, e *Engine, m *Message, saP *SA, n
 // original initiator if we started the rekey.
 func (sa *IKESA) successor(e *Engine, initiator bool, spii, spir uint64, sel *Selected, ni, nr []byte) *IKESA {
 	return &IKESA{
-		eng: e, initiator: initiator, state: stateEstablished, SPIi: spii, SPIr: spir, Local: sa.Local, Remote: sa.Remote,
+		eng: e, initiator: initiator, outbound: sa.outbound, state: stateEstablished, SPIi: spii, SPIr: spir, Local: sa.Local, Remote: sa.Remote,
 		prop: sel, ni: ni, nr: nr, natLocal: sa.natLocal, natRemote: sa.natRemote, peerFrag: sa.peerFrag,
 		peerHashes: sa.peerHashes, PeerID: sa.PeerID, vip: sa.vip, created: sa.created, Establish: sa.Establish,
 		msgIDSync: sa.msgIDSync, vipForeign: sa.vipForeign, policy: sa.policy, peerCert: sa.peerCert, vip6: sa.vip6, vip6Foreign: sa.vip6Foreign,

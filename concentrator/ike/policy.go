@@ -155,9 +155,9 @@ func (sa *IKESA) peerPolicy(e *Engine) *PeerPolicy {
 
 // PolicyName is the name of the policy an established SA's peer was
 // matched to ("default" without policies, "(no policy matches)"); "" for
-// an SA we initiated or one not yet authenticated.
+// a connection we started or an SA not yet authenticated.
 func (sa *IKESA) PolicyName() string {
-	if sa.initiator || sa.state != stateEstablished || sa.eng == nil {
+	if sa.outbound || sa.state != stateEstablished || sa.eng == nil {
 		return ""
 	}
 	return sa.peerPolicy(sa.eng).Name
@@ -165,7 +165,7 @@ func (sa *IKESA) PolicyName() string {
 
 // pool returns the pool sa's virtual IP comes from.
 func (sa *IKESA) pool(e *Engine) AddressPool {
-	if sa.initiator {
+	if sa.outbound {
 		return nil
 	}
 	return sa.peerPolicy(e).Pool

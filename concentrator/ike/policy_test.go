@@ -247,6 +247,132 @@ func TestPolicySelectorsPersistAcrossOurIKERekey(t *testing.T) {
 	}
 }
 
+// rekeyOurs has the responder rekey the IKE SA of gateway id and returns
+// the new one.
+func rekeyOurs(t *testing.T, w *wire, id string) *IKESA {
+	t.Helper()
+	var old *IKESA
+	w.res.Each(func(sa *IKESA) bool {
+		if sa.PeerID.String() == id && sa.state == stateEstablished {
+			old = sa
+		}
+		return old == nil
+	})
+	if old == nil {
+		t.Fatalf("no SA of %s", id)
+	}
+	w.run(R(func(rd *Ready) { w.res.RekeyIKE(w.now, old.localSPI(), rd) }), false)
+	for _, sa := range w.res.sas {
+		if sa.PeerID.String() == id && sa.state == stateEstablished && sa != old {
+			if !sa.initiator {
+				t.Fatal("the responder's IKE rekey: the new SA's original initiator is not us")
+			}
+			return sa
+		}
+	}
+	t.Fatalf("%s: no new IKE SA after our IKE rekey: %+v", id, w.events)
+	return nil
+}
+
+// An IKE rekey we start makes us the new SA's original initiator, but the
+// peer stays a gateway we serve: its policy still applies to the CHILD SAs
+// it creates afterwards, and a restore of the new SA holds its selectors
+// as the first did.
+func TestPolicyAppliesAfterOurIKERekey(t *testing.T) {
+	w := policyWire(t, &PeerPolicy{Name: "fleet", ID: mustPattern(t, "*@iot.example"), RemoteTS: ts("10.0.0.0/8"), Exclusive: true})
+	if n := connect(t, w, "gwa@iot.example", ts("10.3.0.0/24")); n != 0 {
+		t.Fatal(n)
+	}
+	if n := connect(t, w, "gwb@iot.example", ts("10.2.0.0/24")); n != 0 {
+		t.Fatal(n)
+	}
+	nsa := rekeyOurs(t, w, "gwb@iot.example")
+	if got := nsa.PolicyName(); got != "fleet" {
+		t.Fatalf("policy after our IKE rekey: %q", got)
+	}
+	// gwB now rekeys its CHILD SA proposing gwA's subnet as its side.
+	var iniSA *IKESA
+	w.ini.Each(func(sa *IKESA) bool {
+		if sa.state == stateEstablished && sa.SPIr == nsa.SPIr {
+			iniSA = sa
+		}
+		return iniSA == nil
+	})
+	if iniSA == nil || len(iniSA.children) != 1 {
+		t.Fatalf("gwB's side of the new IKE SA: %+v", iniSA)
+	}
+	c := iniSA.children[0]
+	c.LocalTS = ts("10.3.0.0/25")
+	before := len(w.events)
+	w.run(R(func(rd *Ready) { w.ini.RekeyChild(w.now, iniSA.localSPI(), c.InSPI, rd) }), true)
+	refused := false
+	for _, ev := range w.events[before:] {
+		if ev.Kind == EventChildFailed && !ev.Initiator && ev.Notify == TS_UNACCEPTABLE {
+			refused = true
+		}
+	}
+	if !refused {
+		t.Fatalf("gwB claimed gwA's subnet in a CHILD SA after our IKE rekey: %+v", w.events[before:])
+	}
+	// A restore of the new SA (a restart, a takeover) holds its range again.
+	st, err := nsa.Snapshot()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.Origin != OriginPeer {
+		t.Fatalf("snapshot origin %v", st.Origin)
+	}
+	w.run(R(func(rd *Ready) { w.res.Forget(nsa.localSPI(), rd) }), false)
+	if got := w.res.cfg.Selectors.HeldBy(nsa.localSPI()); len(got) != 0 {
+		t.Fatalf("forgotten SA still holds %v", got)
+	}
+	var rsa *IKESA
+	w.run(R(func(rd *Ready) {
+		if rsa, err = w.res.Restore(w.now, st, rd); err != nil {
+			t.Fatal(err)
+		}
+	}), false)
+	if got := w.res.cfg.Selectors.HeldBy(rsa.localSPI()); len(got) != 1 || got[0].Start != netip.MustParseAddr("10.2.0.0") {
+		t.Fatalf("restored SA holds %v", got)
+	}
+	if got := rsa.PolicyName(); got != "fleet" {
+		t.Fatalf("policy after the restore: %q", got)
+	}
+	// A record of an earlier release has no origin: Initiator decides.
+	st.Origin = OriginUnknown
+	w.run(R(func(rd *Ready) { w.res.Forget(rsa.localSPI(), rd) }), false)
+	w.run(R(func(rd *Ready) {
+		if rsa, err = w.res.Restore(w.now, st, rd); err != nil {
+			t.Fatal(err)
+		}
+	}), false)
+	if rsa.PolicyName() != "" {
+		t.Fatalf("an old record with Initiator set read as a gateway we serve: %q", rsa.PolicyName())
+	}
+}
+
+// A virtual IP survives an IKE rekey we start and goes back to the pool
+// when the new SA is deleted.
+func TestVirtualIPReleasedAfterOurIKERekey(t *testing.T) {
+	pool := NewPool(netip.MustParsePrefix("10.99.0.0/24"))
+	w := policyWire(t, &PeerPolicy{Name: "vpn", ID: mustPattern(t, "*@iot.example"), Pool: pool})
+	ini := pskInitiation(t)
+	ini.RequestVIP = true
+	ini.TSi = ts("0.0.0.0/0")
+	initiate(w, ini)
+	if pool.InUse() != 1 {
+		t.Fatalf("pool in use %d", pool.InUse())
+	}
+	nsa := rekeyOurs(t, w, ini.Creds.ID.String())
+	if !nsa.vip.IsValid() {
+		t.Fatal("no virtual IP on the new IKE SA")
+	}
+	w.run(R(func(rd *Ready) { w.res.Delete(w.now, nsa.localSPI(), rd) }), false)
+	if pool.InUse() != 0 {
+		t.Fatalf("pool in use %d after the SA went (its address leaked)", pool.InUse())
+	}
+}
+
 // An IKE rekey hands the selectors to the new IKE SA: they stay held,
 // and go when it goes.
 func TestPolicySelectorsFollowIKERekey(t *testing.T) {

@@ -523,7 +523,7 @@ func (e *Engine) startResume(now time.Time, ini Initiation, rd *Ready) (uint64, 
 	prop := t.Proposal
 	prop.Protocol = ProtoIKE
 	sa := &IKESA{
-		eng: e, initiator: true, state: stateResumeSent, SPIi: e.newSPI(), Local: ini.Local, Remote: ini.Remote,
+		eng: e, initiator: true, outbound: true, state: stateResumeSent, SPIi: e.newSPI(), Local: ini.Local, Remote: ini.Remote,
 		created: now, ini: &ini, ni: e.randBytes(32), prop: &prop,
 		resume: &resumption{oldSKd: bytes.Clone(t.SKd), peer: t.Responder},
 	}

@@ -63,6 +63,11 @@ type IKESA struct {
 	peerHashes          []uint16
 	peerCertReq         bool
 	peerByRawKey        bool // the peer authenticated with its raw public key (rpk.go)
+	// outbound: we started the connection (an Initiation, or a resumption
+	// of one), so the peer is not a gateway we serve: no policy, pool or
+	// selector claims. Unlike initiator (the role in this IKE SA's own
+	// IKE_SA_INIT or rekey), it survives IKE rekeys started by either side.
+	outbound bool
 
 	PeerID       Identity
 	mobike       bool   // both sides announced MOBIKE_SUPPORTED (RFC 4555)

@@ -16,7 +16,11 @@ import (
 // re-authenticating the peer. It holds key material; the state store seals
 // it before it leaves the process.
 type SAState struct {
-	Initiator       bool // we are the original initiator
+	Initiator bool // we are the original initiator (of this IKE SA)
+	// Origin: who started the connection this SA continues, through any
+	// IKE rekeys (OriginUnknown: a record of an earlier release, read as
+	// Initiator says).
+	Origin          Origin
 	SPIi, SPIr      uint64
 	Local, Remote   netip.AddrPort
 	Proposal        Selected
@@ -42,6 +46,15 @@ type SAState struct {
 	Created, Established time.Time
 	Children             []ChildState
 }
+
+// Origin says who started a connection.
+type Origin uint8
+
+const (
+	OriginUnknown Origin = iota
+	OriginPeer           // the peer's IKE_SA_INIT: a gateway we serve
+	OriginUs             // our Initiation
+)
 
 // ChildState is a persisted CHILD SA.
 type ChildState struct {
@@ -78,11 +91,14 @@ func (sa *IKESA) Snapshot() (SAState, error) {
 		return t.Add(off)
 	}
 	st := SAState{
-		Initiator: sa.initiator, SPIi: sa.SPIi, SPIr: sa.SPIr, Local: sa.Local, Remote: sa.Remote,
+		Initiator: sa.initiator, Origin: OriginPeer, SPIi: sa.SPIi, SPIr: sa.SPIr, Local: sa.Local, Remote: sa.Remote,
 		Proposal: *sa.prop, SKd: sa.skd, NextIn: sa.nextIn, NextOut: sa.nextOut,
 		NextOutReserved: sa.outReserved, MsgIDSync: sa.msgIDSync,
 		NATLocal: sa.natLocal, NATRemote: sa.natRemote, PeerFrag: sa.peerFrag, MOBIKE: sa.mobike,
 		PeerID: sa.PeerID, PeerCert: sa.peerCert.Clone(), VirtualIP: sa.vip, VirtualIP6: sa.vip6, Created: wall(sa.created), Established: wall(sa.Establish),
+	}
+	if sa.outbound {
+		st.Origin = OriginUs
 	}
 	if sa.idUnknown {
 		st.NextOut = sa.probeLo + 1 // still only a lower bound
@@ -135,7 +151,7 @@ func (e *Engine) Restore(now time.Time, st SAState, rd *Ready) (*IKESA, error) {
 	}
 	prop := st.Proposal
 	sa := &IKESA{
-		eng: e, initiator: st.Initiator, state: stateEstablished, SPIi: st.SPIi, SPIr: st.SPIr,
+		eng: e, initiator: st.Initiator, outbound: st.Origin == OriginUs || st.Origin == OriginUnknown && st.Initiator, state: stateEstablished, SPIi: st.SPIi, SPIr: st.SPIr,
 		Local: st.Local, Remote: st.Remote, prop: &prop, prf: prf, cipher: c, skd: bytes.Clone(st.SKd),
 		natLocal: st.NATLocal, natRemote: st.NATRemote, peerFrag: st.PeerFrag, mobike: st.MOBIKE,
 		PeerID: Identity{Type: st.PeerID.Type, Data: bytes.Clone(st.PeerID.Data)}, peerCert: st.PeerCert.Clone(), vip: st.VirtualIP, vip6: st.VirtualIP6,
@@ -210,7 +226,7 @@ func (e *Engine) Restore(now time.Time, st SAState, rd *Ready) (*IKESA, error) {
 		ic.OutSeq, ic.OutSeqLimit = start, start
 		rd.add(ic)
 	}
-	if !sa.initiator {
+	if !sa.outbound {
 		var held []TrafficSelector
 		for _, ch := range sa.children {
 			held = append(held, ch.RemoteTS...)
