@@ -91,6 +91,18 @@ func TestClusterKeyRotationByReload(t *testing.T) {
 	if sa.RewrapUnreadable+sb.RewrapUnreadable != 0 {
 		t.Fatalf("unreadable records: a %d, b %d", sa.RewrapUnreadable, sb.RewrapUnreadable)
 	}
+	// What the admin API shows of each node's pass.
+	rewritten := 0
+	for _, cn := range []*clusterNode{a, b} {
+		r, ok := cn.n.KeyRotation()
+		if !ok || r.Running || r.SealingKey != 2 || r.Err != "" || r.Finished.Before(r.Started) || r.Scanned < r.Rewritten+r.Raced || r.Unreadable != 0 {
+			t.Fatalf("%s's key rotation: %+v (ok %v)", cn.id, r, ok)
+		}
+		rewritten += r.Rewritten
+	}
+	if rewritten == 0 {
+		t.Fatal("the key rotation passes rewrote nothing")
+	}
 	// What /metrics shows.
 	if m, err := b.n.metricsSnapshot(ctx); err != nil || m.StateStore == nil || m.StateStore.SealingKey != 2 || m.StateStore.Keys != 2 ||
 		m.StateStore.Rewrapped != sb.Rewrapped {

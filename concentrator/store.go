@@ -12,6 +12,7 @@ import (
 	"fmt"
 	"os"
 	"slices"
+	"sync"
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
@@ -30,6 +31,40 @@ type persistence struct {
 	// rewrap is signalled when the store seals under another cluster key
 	// (statestore.Config.OnSealingKey): rewrapLoop rewrites the records.
 	rewrap chan struct{}
+	// rotation: the last (or current) rewrite pass, for the admin API.
+	rotationMu sync.Mutex
+	rotation   KeyRotation
+}
+
+// KeyRotation is the progress of the node's last pass rewriting records
+// sealed under other cluster keys than its sealing one (a rotation).
+type KeyRotation struct {
+	Running           bool
+	SealingKey        uint32 // the key the pass seals under
+	Started, Finished time.Time
+	// Scanned records; Rewritten under the sealing key; Raced: changed
+	// meanwhile by their writer (then sealed under the sealing key);
+	// Unreadable: no key of the node opens them (left as they are).
+	Scanned, Rewritten, Raced, Unreadable int
+	Err                                   string // why the pass stopped early ("" if it did not)
+}
+
+func (p *persistence) setRotation(f func(*KeyRotation)) {
+	p.rotationMu.Lock()
+	f(&p.rotation)
+	p.rotationMu.Unlock()
+}
+
+// KeyRotation returns the progress of the node's last cluster key
+// rotation pass; ok is false if it ran none (a single key, no store).
+func (n *Node) KeyRotation() (r KeyRotation, ok bool) {
+	p := n.persist
+	if p == nil {
+		return KeyRotation{}, false
+	}
+	p.rotationMu.Lock()
+	defer p.rotationMu.Unlock()
+	return p.rotation, !p.rotation.Started.IsZero()
 }
 
 // openStore starts embedded etcd (mode embedded) or dials the external
@@ -130,9 +165,14 @@ func (n *Node) rewrapRecords(ctx context.Context, p *persistence) {
 		return
 	}
 	start := time.Now()
-	n.log.Info("cluster key rotation: rewriting records sealed under other keys", "sealing_key", p.keys.Current(), "keys", fmt.Sprint(p.keys.IDs()))
+	sealing := p.keys.Current()
+	p.setRotation(func(r *KeyRotation) { *r = KeyRotation{Running: true, SealingKey: sealing, Started: start} })
+	n.log.Info("cluster key rotation: rewriting records sealed under other keys", "sealing_key", sealing, "keys", fmt.Sprint(p.keys.IDs()))
 	last := time.Now()
 	res, err := st.Rewrap(ctx, func(r statestore.RewrapStats) {
+		p.setRotation(func(k *KeyRotation) {
+			k.Scanned, k.Rewritten, k.Raced, k.Unreadable = r.Scanned, r.Rewritten, r.Raced, r.Failed
+		})
 		if time.Since(last) >= 10*time.Second {
 			last = time.Now()
 			n.log.Info("cluster key rotation progress", "scanned", r.Scanned, "rewritten", r.Rewritten)
@@ -141,6 +181,13 @@ func (n *Node) rewrapRecords(ctx context.Context, p *persistence) {
 	attrs := []any{"scanned", res.Scanned, "rewritten", res.Rewritten, "raced", res.Raced, "unreadable", res.Failed,
 		"took", time.Since(start).Round(time.Millisecond).String()}
 	n.cluster.rewrapped.Add(uint64(res.Rewritten))
+	p.setRotation(func(k *KeyRotation) {
+		k.Running, k.Finished = false, time.Now()
+		k.Scanned, k.Rewritten, k.Raced, k.Unreadable = res.Scanned, res.Rewritten, res.Raced, res.Failed
+		if err != nil {
+			k.Err = err.Error()
+		}
+	})
 	if err != nil {
 		n.log.Warn("cluster key rotation interrupted (the next start or change of sealing key resumes it)", append(attrs, "err", err)...)
 		return

@@ -146,7 +146,13 @@ func (a *app) statusCommand() *cobra.Command {
 				}
 				fmt.Fprintf(w, "cluster:\t%d nodes, %d IKE SAs\n", len(st.Nodes), st.TotalSas)
 				fmt.Fprintf(w, "answered by:\t%s\n", st.NodeId)
-				fmt.Fprintf(w, "state store:\t%s\n\n", store)
+				fmt.Fprintf(w, "state store:\t%s\n", store)
+				for _, n := range st.Nodes {
+					if r := n.GetKeyRotation(); n.Self && r != nil {
+						fmt.Fprintf(w, "key rotation:\t%s\n", keyRotation(r))
+					}
+				}
+				fmt.Fprintln(w)
 				nodesTable(w, st.Nodes)
 			})
 		},
@@ -170,6 +176,19 @@ func nodesTable(w io.Writer, nodes []*adminv1.Node) {
 		fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%d\t%s\t%s\t%s\t%s\t%s\t%s\n", id, state, epoch, slot, n.OwnedSas, ikeSAs, est, half, child,
 			clusterKeys(n.ClusterKeyIds, n.SealingKey), age(n.Registered))
 	}
+}
+
+// keyRotation describes a node's last pass rewriting records under its
+// sealing key.
+func keyRotation(r *adminv1.KeyRotation) string {
+	counts := fmt.Sprintf("%d records scanned, %d rewritten, %d raced, %d unreadable", r.Scanned, r.Rewritten, r.Raced, r.Unreadable)
+	switch {
+	case r.Running:
+		return fmt.Sprintf("rewriting under key %d for %s: %s so far", r.SealingKey, age(r.Started), counts)
+	case r.Error != "":
+		return fmt.Sprintf("INTERRUPTED (under key %d, %s ago): %s; %s", r.SealingKey, age(r.Finished), r.Error, counts)
+	}
+	return fmt.Sprintf("done under key %d, %s ago: %s", r.SealingKey, age(r.Finished), counts)
 }
 
 // clusterKeys lists key ids, the sealing one (if known) marked with *.

@@ -23,7 +23,9 @@ import (
 	"time"
 
 	"go.yaml.in/yaml/v3"
+	"google.golang.org/protobuf/types/known/timestamppb"
 
+	adminv1 "github.com/ikefleet/ikefleet/api/admin/v1"
 	"github.com/ikefleet/ikefleet/concentrator"
 	"github.com/ikefleet/ikefleet/concentrator/adminserver"
 	"github.com/ikefleet/ikefleet/concentrator/dataplane/memory"
@@ -487,5 +489,25 @@ func writePEM(t *testing.T, path, typ string, der []byte) {
 	t.Helper()
 	if err := os.WriteFile(path, pem.EncodeToMemory(&pem.Block{Type: typ, Bytes: der}), 0o600); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// status shows a node's key rotation pass: running, done, interrupted.
+func TestKeyRotationLine(t *testing.T) {
+	ago := timestamppb.New(time.Now().Add(-90 * time.Second))
+	for _, c := range []struct {
+		r    *adminv1.KeyRotation
+		want string
+	}{
+		{&adminv1.KeyRotation{Running: true, SealingKey: 2, Started: ago, Scanned: 128, Rewritten: 100},
+			"rewriting under key 2 for 2m0s: 128 records scanned, 100 rewritten, 0 raced, 0 unreadable so far"},
+		{&adminv1.KeyRotation{SealingKey: 2, Started: ago, Finished: ago, Scanned: 300, Rewritten: 250, Raced: 1, Unreadable: 2},
+			"done under key 2, 2m0s ago: 300 records scanned, 250 rewritten, 1 raced, 2 unreadable"},
+		{&adminv1.KeyRotation{SealingKey: 3, Started: ago, Finished: ago, Error: "context canceled", Scanned: 5},
+			"INTERRUPTED (under key 3, 2m0s ago): context canceled; 5 records scanned, 0 rewritten, 0 raced, 0 unreadable"},
+	} {
+		if got := keyRotation(c.r); got != c.want {
+			t.Errorf("got  %q\nwant %q", got, c.want)
+		}
 	}
 }

@@ -96,6 +96,10 @@ func (s *Server) nodes(ctx context.Context) ([]*adminv1.Node, error) {
 	if held, sealing, ok := s.node.ClusterKeys(); ok {
 		self.ClusterKeyIds, self.SealingKey = held, sealing
 	}
+	if r, ok := s.node.KeyRotation(); ok {
+		self.KeyRotation = &adminv1.KeyRotation{Running: r.Running, SealingKey: r.SealingKey, Started: ts(r.Started), Finished: ts(r.Finished),
+			Scanned: uint64(r.Scanned), Rewritten: uint64(r.Rewritten), Raced: uint64(r.Raced), Unreadable: uint64(r.Unreadable), Error: r.Err}
+	}
 	h := s.node.Health()
 	self.Health = &adminv1.NodeHealth{Fenced: h.Fenced, Draining: s.node.Draining(), PersistFailures: h.PersistFailures,
 		Registered: h.StateStore != nil && h.StateStore.Registered, State: "SERVING"}

@@ -939,6 +939,9 @@ type Node struct {
 	// seals records under: the newest every live node holds.
 	ClusterKeyIds []uint32 `protobuf:"varint,10,rep,packed,name=cluster_key_ids,json=clusterKeyIds,proto3" json:"cluster_key_ids,omitempty"`
 	SealingKey    uint32   `protobuf:"varint,11,opt,name=sealing_key,json=sealingKey,proto3" json:"sealing_key,omitempty"`
+	// key_rotation, set for this node once it has rewritten records sealed
+	// under other keys than its sealing one: its last (or current) pass.
+	KeyRotation   *KeyRotation `protobuf:"bytes,12,opt,name=key_rotation,json=keyRotation,proto3" json:"key_rotation,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1050,6 +1053,123 @@ func (x *Node) GetSealingKey() uint32 {
 	return 0
 }
 
+func (x *Node) GetKeyRotation() *KeyRotation {
+	if x != nil {
+		return x.KeyRotation
+	}
+	return nil
+}
+
+// KeyRotation is a node's pass rewriting the records sealed under other
+// cluster keys under its sealing key.
+type KeyRotation struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Running       bool                   `protobuf:"varint,1,opt,name=running,proto3" json:"running,omitempty"`
+	SealingKey    uint32                 `protobuf:"varint,2,opt,name=sealing_key,json=sealingKey,proto3" json:"sealing_key,omitempty"`
+	Started       *timestamppb.Timestamp `protobuf:"bytes,3,opt,name=started,proto3" json:"started,omitempty"`
+	Finished      *timestamppb.Timestamp `protobuf:"bytes,4,opt,name=finished,proto3" json:"finished,omitempty"`      // unset while running
+	Scanned       uint64                 `protobuf:"varint,5,opt,name=scanned,proto3" json:"scanned,omitempty"`       // records read
+	Rewritten     uint64                 `protobuf:"varint,6,opt,name=rewritten,proto3" json:"rewritten,omitempty"`   // rewritten under the sealing key
+	Raced         uint64                 `protobuf:"varint,7,opt,name=raced,proto3" json:"raced,omitempty"`           // changed meanwhile by their writer, who sealed them under the sealing key
+	Unreadable    uint64                 `protobuf:"varint,8,opt,name=unreadable,proto3" json:"unreadable,omitempty"` // no key of the node opens them: left as they are
+	Error         string                 `protobuf:"bytes,9,opt,name=error,proto3" json:"error,omitempty"`            // why the pass stopped early ("" if it did not)
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *KeyRotation) Reset() {
+	*x = KeyRotation{}
+	mi := &file_api_admin_v1_admin_proto_msgTypes[13]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *KeyRotation) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*KeyRotation) ProtoMessage() {}
+
+func (x *KeyRotation) ProtoReflect() protoreflect.Message {
+	mi := &file_api_admin_v1_admin_proto_msgTypes[13]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use KeyRotation.ProtoReflect.Descriptor instead.
+func (*KeyRotation) Descriptor() ([]byte, []int) {
+	return file_api_admin_v1_admin_proto_rawDescGZIP(), []int{13}
+}
+
+func (x *KeyRotation) GetRunning() bool {
+	if x != nil {
+		return x.Running
+	}
+	return false
+}
+
+func (x *KeyRotation) GetSealingKey() uint32 {
+	if x != nil {
+		return x.SealingKey
+	}
+	return 0
+}
+
+func (x *KeyRotation) GetStarted() *timestamppb.Timestamp {
+	if x != nil {
+		return x.Started
+	}
+	return nil
+}
+
+func (x *KeyRotation) GetFinished() *timestamppb.Timestamp {
+	if x != nil {
+		return x.Finished
+	}
+	return nil
+}
+
+func (x *KeyRotation) GetScanned() uint64 {
+	if x != nil {
+		return x.Scanned
+	}
+	return 0
+}
+
+func (x *KeyRotation) GetRewritten() uint64 {
+	if x != nil {
+		return x.Rewritten
+	}
+	return 0
+}
+
+func (x *KeyRotation) GetRaced() uint64 {
+	if x != nil {
+		return x.Raced
+	}
+	return 0
+}
+
+func (x *KeyRotation) GetUnreadable() uint64 {
+	if x != nil {
+		return x.Unreadable
+	}
+	return 0
+}
+
+func (x *KeyRotation) GetError() string {
+	if x != nil {
+		return x.Error
+	}
+	return ""
+}
+
 type NodeHealth struct {
 	state           protoimpl.MessageState `protogen:"open.v1"`
 	Fenced          bool                   `protobuf:"varint,1,opt,name=fenced,proto3" json:"fenced,omitempty"` // lease lost: not sending for its SAs
@@ -1064,7 +1184,7 @@ type NodeHealth struct {
 
 func (x *NodeHealth) Reset() {
 	*x = NodeHealth{}
-	mi := &file_api_admin_v1_admin_proto_msgTypes[13]
+	mi := &file_api_admin_v1_admin_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1076,7 +1196,7 @@ func (x *NodeHealth) String() string {
 func (*NodeHealth) ProtoMessage() {}
 
 func (x *NodeHealth) ProtoReflect() protoreflect.Message {
-	mi := &file_api_admin_v1_admin_proto_msgTypes[13]
+	mi := &file_api_admin_v1_admin_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1089,7 +1209,7 @@ func (x *NodeHealth) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NodeHealth.ProtoReflect.Descriptor instead.
 func (*NodeHealth) Descriptor() ([]byte, []int) {
-	return file_api_admin_v1_admin_proto_rawDescGZIP(), []int{13}
+	return file_api_admin_v1_admin_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *NodeHealth) GetFenced() bool {
@@ -1152,7 +1272,7 @@ type Anycast struct {
 
 func (x *Anycast) Reset() {
 	*x = Anycast{}
-	mi := &file_api_admin_v1_admin_proto_msgTypes[14]
+	mi := &file_api_admin_v1_admin_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1164,7 +1284,7 @@ func (x *Anycast) String() string {
 func (*Anycast) ProtoMessage() {}
 
 func (x *Anycast) ProtoReflect() protoreflect.Message {
-	mi := &file_api_admin_v1_admin_proto_msgTypes[14]
+	mi := &file_api_admin_v1_admin_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1177,7 +1297,7 @@ func (x *Anycast) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Anycast.ProtoReflect.Descriptor instead.
 func (*Anycast) Descriptor() ([]byte, []int) {
-	return file_api_admin_v1_admin_proto_rawDescGZIP(), []int{14}
+	return file_api_admin_v1_admin_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *Anycast) GetMode() string {
@@ -1260,7 +1380,7 @@ type Member struct {
 
 func (x *Member) Reset() {
 	*x = Member{}
-	mi := &file_api_admin_v1_admin_proto_msgTypes[15]
+	mi := &file_api_admin_v1_admin_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1272,7 +1392,7 @@ func (x *Member) String() string {
 func (*Member) ProtoMessage() {}
 
 func (x *Member) ProtoReflect() protoreflect.Message {
-	mi := &file_api_admin_v1_admin_proto_msgTypes[15]
+	mi := &file_api_admin_v1_admin_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1285,7 +1405,7 @@ func (x *Member) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Member.ProtoReflect.Descriptor instead.
 func (*Member) Descriptor() ([]byte, []int) {
-	return file_api_admin_v1_admin_proto_rawDescGZIP(), []int{15}
+	return file_api_admin_v1_admin_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *Member) GetName() string {
@@ -1371,7 +1491,7 @@ type NodeLoad struct {
 
 func (x *NodeLoad) Reset() {
 	*x = NodeLoad{}
-	mi := &file_api_admin_v1_admin_proto_msgTypes[16]
+	mi := &file_api_admin_v1_admin_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1383,7 +1503,7 @@ func (x *NodeLoad) String() string {
 func (*NodeLoad) ProtoMessage() {}
 
 func (x *NodeLoad) ProtoReflect() protoreflect.Message {
-	mi := &file_api_admin_v1_admin_proto_msgTypes[16]
+	mi := &file_api_admin_v1_admin_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1396,7 +1516,7 @@ func (x *NodeLoad) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NodeLoad.ProtoReflect.Descriptor instead.
 func (*NodeLoad) Descriptor() ([]byte, []int) {
-	return file_api_admin_v1_admin_proto_rawDescGZIP(), []int{16}
+	return file_api_admin_v1_admin_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *NodeLoad) GetIkeSas() uint64 {
@@ -1502,7 +1622,7 @@ type SAFilter struct {
 
 func (x *SAFilter) Reset() {
 	*x = SAFilter{}
-	mi := &file_api_admin_v1_admin_proto_msgTypes[17]
+	mi := &file_api_admin_v1_admin_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1514,7 +1634,7 @@ func (x *SAFilter) String() string {
 func (*SAFilter) ProtoMessage() {}
 
 func (x *SAFilter) ProtoReflect() protoreflect.Message {
-	mi := &file_api_admin_v1_admin_proto_msgTypes[17]
+	mi := &file_api_admin_v1_admin_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1527,7 +1647,7 @@ func (x *SAFilter) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SAFilter.ProtoReflect.Descriptor instead.
 func (*SAFilter) Descriptor() ([]byte, []int) {
-	return file_api_admin_v1_admin_proto_rawDescGZIP(), []int{17}
+	return file_api_admin_v1_admin_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *SAFilter) GetIdentity() string {
@@ -1569,7 +1689,7 @@ type ListSAsRequest struct {
 
 func (x *ListSAsRequest) Reset() {
 	*x = ListSAsRequest{}
-	mi := &file_api_admin_v1_admin_proto_msgTypes[18]
+	mi := &file_api_admin_v1_admin_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1581,7 +1701,7 @@ func (x *ListSAsRequest) String() string {
 func (*ListSAsRequest) ProtoMessage() {}
 
 func (x *ListSAsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_api_admin_v1_admin_proto_msgTypes[18]
+	mi := &file_api_admin_v1_admin_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1594,7 +1714,7 @@ func (x *ListSAsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListSAsRequest.ProtoReflect.Descriptor instead.
 func (*ListSAsRequest) Descriptor() ([]byte, []int) {
-	return file_api_admin_v1_admin_proto_rawDescGZIP(), []int{18}
+	return file_api_admin_v1_admin_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *ListSAsRequest) GetFilter() *SAFilter {
@@ -1629,7 +1749,7 @@ type ListSAsResponse struct {
 
 func (x *ListSAsResponse) Reset() {
 	*x = ListSAsResponse{}
-	mi := &file_api_admin_v1_admin_proto_msgTypes[19]
+	mi := &file_api_admin_v1_admin_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1641,7 +1761,7 @@ func (x *ListSAsResponse) String() string {
 func (*ListSAsResponse) ProtoMessage() {}
 
 func (x *ListSAsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_api_admin_v1_admin_proto_msgTypes[19]
+	mi := &file_api_admin_v1_admin_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1654,7 +1774,7 @@ func (x *ListSAsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListSAsResponse.ProtoReflect.Descriptor instead.
 func (*ListSAsResponse) Descriptor() ([]byte, []int) {
-	return file_api_admin_v1_admin_proto_rawDescGZIP(), []int{19}
+	return file_api_admin_v1_admin_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *ListSAsResponse) GetSas() []*SA {
@@ -1703,7 +1823,7 @@ type SA struct {
 
 func (x *SA) Reset() {
 	*x = SA{}
-	mi := &file_api_admin_v1_admin_proto_msgTypes[20]
+	mi := &file_api_admin_v1_admin_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1715,7 +1835,7 @@ func (x *SA) String() string {
 func (*SA) ProtoMessage() {}
 
 func (x *SA) ProtoReflect() protoreflect.Message {
-	mi := &file_api_admin_v1_admin_proto_msgTypes[20]
+	mi := &file_api_admin_v1_admin_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1728,7 +1848,7 @@ func (x *SA) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SA.ProtoReflect.Descriptor instead.
 func (*SA) Descriptor() ([]byte, []int) {
-	return file_api_admin_v1_admin_proto_rawDescGZIP(), []int{20}
+	return file_api_admin_v1_admin_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *SA) GetSpiI() uint64 {
@@ -1860,7 +1980,7 @@ type ChildSA struct {
 
 func (x *ChildSA) Reset() {
 	*x = ChildSA{}
-	mi := &file_api_admin_v1_admin_proto_msgTypes[21]
+	mi := &file_api_admin_v1_admin_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1872,7 +1992,7 @@ func (x *ChildSA) String() string {
 func (*ChildSA) ProtoMessage() {}
 
 func (x *ChildSA) ProtoReflect() protoreflect.Message {
-	mi := &file_api_admin_v1_admin_proto_msgTypes[21]
+	mi := &file_api_admin_v1_admin_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1885,7 +2005,7 @@ func (x *ChildSA) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ChildSA.ProtoReflect.Descriptor instead.
 func (*ChildSA) Descriptor() ([]byte, []int) {
-	return file_api_admin_v1_admin_proto_rawDescGZIP(), []int{21}
+	return file_api_admin_v1_admin_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *ChildSA) GetInSpi() uint32 {
@@ -1995,7 +2115,7 @@ type GetSARequest struct {
 
 func (x *GetSARequest) Reset() {
 	*x = GetSARequest{}
-	mi := &file_api_admin_v1_admin_proto_msgTypes[22]
+	mi := &file_api_admin_v1_admin_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2007,7 +2127,7 @@ func (x *GetSARequest) String() string {
 func (*GetSARequest) ProtoMessage() {}
 
 func (x *GetSARequest) ProtoReflect() protoreflect.Message {
-	mi := &file_api_admin_v1_admin_proto_msgTypes[22]
+	mi := &file_api_admin_v1_admin_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2020,7 +2140,7 @@ func (x *GetSARequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetSARequest.ProtoReflect.Descriptor instead.
 func (*GetSARequest) Descriptor() ([]byte, []int) {
-	return file_api_admin_v1_admin_proto_rawDescGZIP(), []int{22}
+	return file_api_admin_v1_admin_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *GetSARequest) GetSpi() uint64 {
@@ -2051,7 +2171,7 @@ type TerminateSARequest struct {
 
 func (x *TerminateSARequest) Reset() {
 	*x = TerminateSARequest{}
-	mi := &file_api_admin_v1_admin_proto_msgTypes[23]
+	mi := &file_api_admin_v1_admin_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2063,7 +2183,7 @@ func (x *TerminateSARequest) String() string {
 func (*TerminateSARequest) ProtoMessage() {}
 
 func (x *TerminateSARequest) ProtoReflect() protoreflect.Message {
-	mi := &file_api_admin_v1_admin_proto_msgTypes[23]
+	mi := &file_api_admin_v1_admin_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2076,7 +2196,7 @@ func (x *TerminateSARequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TerminateSARequest.ProtoReflect.Descriptor instead.
 func (*TerminateSARequest) Descriptor() ([]byte, []int) {
-	return file_api_admin_v1_admin_proto_rawDescGZIP(), []int{23}
+	return file_api_admin_v1_admin_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *TerminateSARequest) GetSpi() uint64 {
@@ -2135,7 +2255,7 @@ type TerminateProgress struct {
 
 func (x *TerminateProgress) Reset() {
 	*x = TerminateProgress{}
-	mi := &file_api_admin_v1_admin_proto_msgTypes[24]
+	mi := &file_api_admin_v1_admin_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2147,7 +2267,7 @@ func (x *TerminateProgress) String() string {
 func (*TerminateProgress) ProtoMessage() {}
 
 func (x *TerminateProgress) ProtoReflect() protoreflect.Message {
-	mi := &file_api_admin_v1_admin_proto_msgTypes[24]
+	mi := &file_api_admin_v1_admin_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2160,7 +2280,7 @@ func (x *TerminateProgress) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TerminateProgress.ProtoReflect.Descriptor instead.
 func (*TerminateProgress) Descriptor() ([]byte, []int) {
-	return file_api_admin_v1_admin_proto_rawDescGZIP(), []int{24}
+	return file_api_admin_v1_admin_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *TerminateProgress) GetMatched() uint64 {
@@ -2219,7 +2339,7 @@ type RekeySARequest struct {
 
 func (x *RekeySARequest) Reset() {
 	*x = RekeySARequest{}
-	mi := &file_api_admin_v1_admin_proto_msgTypes[25]
+	mi := &file_api_admin_v1_admin_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2231,7 +2351,7 @@ func (x *RekeySARequest) String() string {
 func (*RekeySARequest) ProtoMessage() {}
 
 func (x *RekeySARequest) ProtoReflect() protoreflect.Message {
-	mi := &file_api_admin_v1_admin_proto_msgTypes[25]
+	mi := &file_api_admin_v1_admin_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2244,7 +2364,7 @@ func (x *RekeySARequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RekeySARequest.ProtoReflect.Descriptor instead.
 func (*RekeySARequest) Descriptor() ([]byte, []int) {
-	return file_api_admin_v1_admin_proto_rawDescGZIP(), []int{25}
+	return file_api_admin_v1_admin_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *RekeySARequest) GetSpi() uint64 {
@@ -2288,7 +2408,7 @@ type RekeySAResponse struct {
 
 func (x *RekeySAResponse) Reset() {
 	*x = RekeySAResponse{}
-	mi := &file_api_admin_v1_admin_proto_msgTypes[26]
+	mi := &file_api_admin_v1_admin_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2300,7 +2420,7 @@ func (x *RekeySAResponse) String() string {
 func (*RekeySAResponse) ProtoMessage() {}
 
 func (x *RekeySAResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_api_admin_v1_admin_proto_msgTypes[26]
+	mi := &file_api_admin_v1_admin_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2313,7 +2433,7 @@ func (x *RekeySAResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RekeySAResponse.ProtoReflect.Descriptor instead.
 func (*RekeySAResponse) Descriptor() ([]byte, []int) {
-	return file_api_admin_v1_admin_proto_rawDescGZIP(), []int{26}
+	return file_api_admin_v1_admin_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *RekeySAResponse) GetOldInSpi() uint32 {
@@ -2357,7 +2477,7 @@ type DrainNodeRequest struct {
 
 func (x *DrainNodeRequest) Reset() {
 	*x = DrainNodeRequest{}
-	mi := &file_api_admin_v1_admin_proto_msgTypes[27]
+	mi := &file_api_admin_v1_admin_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2369,7 +2489,7 @@ func (x *DrainNodeRequest) String() string {
 func (*DrainNodeRequest) ProtoMessage() {}
 
 func (x *DrainNodeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_api_admin_v1_admin_proto_msgTypes[27]
+	mi := &file_api_admin_v1_admin_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2382,7 +2502,7 @@ func (x *DrainNodeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DrainNodeRequest.ProtoReflect.Descriptor instead.
 func (*DrainNodeRequest) Descriptor() ([]byte, []int) {
-	return file_api_admin_v1_admin_proto_rawDescGZIP(), []int{27}
+	return file_api_admin_v1_admin_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *DrainNodeRequest) GetNode() string {
@@ -2436,7 +2556,7 @@ type DrainProgress struct {
 
 func (x *DrainProgress) Reset() {
 	*x = DrainProgress{}
-	mi := &file_api_admin_v1_admin_proto_msgTypes[28]
+	mi := &file_api_admin_v1_admin_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2448,7 +2568,7 @@ func (x *DrainProgress) String() string {
 func (*DrainProgress) ProtoMessage() {}
 
 func (x *DrainProgress) ProtoReflect() protoreflect.Message {
-	mi := &file_api_admin_v1_admin_proto_msgTypes[28]
+	mi := &file_api_admin_v1_admin_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2461,7 +2581,7 @@ func (x *DrainProgress) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DrainProgress.ProtoReflect.Descriptor instead.
 func (*DrainProgress) Descriptor() ([]byte, []int) {
-	return file_api_admin_v1_admin_proto_rawDescGZIP(), []int{28}
+	return file_api_admin_v1_admin_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *DrainProgress) GetPhase() DrainPhase {
@@ -2528,7 +2648,7 @@ type ReloadCredentialsRequest struct {
 
 func (x *ReloadCredentialsRequest) Reset() {
 	*x = ReloadCredentialsRequest{}
-	mi := &file_api_admin_v1_admin_proto_msgTypes[29]
+	mi := &file_api_admin_v1_admin_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2540,7 +2660,7 @@ func (x *ReloadCredentialsRequest) String() string {
 func (*ReloadCredentialsRequest) ProtoMessage() {}
 
 func (x *ReloadCredentialsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_api_admin_v1_admin_proto_msgTypes[29]
+	mi := &file_api_admin_v1_admin_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2553,7 +2673,7 @@ func (x *ReloadCredentialsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReloadCredentialsRequest.ProtoReflect.Descriptor instead.
 func (*ReloadCredentialsRequest) Descriptor() ([]byte, []int) {
-	return file_api_admin_v1_admin_proto_rawDescGZIP(), []int{29}
+	return file_api_admin_v1_admin_proto_rawDescGZIP(), []int{30}
 }
 
 type ReloadCredentialsResponse struct {
@@ -2582,7 +2702,7 @@ type ReloadCredentialsResponse struct {
 
 func (x *ReloadCredentialsResponse) Reset() {
 	*x = ReloadCredentialsResponse{}
-	mi := &file_api_admin_v1_admin_proto_msgTypes[30]
+	mi := &file_api_admin_v1_admin_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2594,7 +2714,7 @@ func (x *ReloadCredentialsResponse) String() string {
 func (*ReloadCredentialsResponse) ProtoMessage() {}
 
 func (x *ReloadCredentialsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_api_admin_v1_admin_proto_msgTypes[30]
+	mi := &file_api_admin_v1_admin_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2607,7 +2727,7 @@ func (x *ReloadCredentialsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReloadCredentialsResponse.ProtoReflect.Descriptor instead.
 func (*ReloadCredentialsResponse) Descriptor() ([]byte, []int) {
-	return file_api_admin_v1_admin_proto_rawDescGZIP(), []int{30}
+	return file_api_admin_v1_admin_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *ReloadCredentialsResponse) GetPsks() uint32 {
@@ -2712,7 +2832,7 @@ type WatchEventsRequest struct {
 
 func (x *WatchEventsRequest) Reset() {
 	*x = WatchEventsRequest{}
-	mi := &file_api_admin_v1_admin_proto_msgTypes[31]
+	mi := &file_api_admin_v1_admin_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2724,7 +2844,7 @@ func (x *WatchEventsRequest) String() string {
 func (*WatchEventsRequest) ProtoMessage() {}
 
 func (x *WatchEventsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_api_admin_v1_admin_proto_msgTypes[31]
+	mi := &file_api_admin_v1_admin_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2737,7 +2857,7 @@ func (x *WatchEventsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchEventsRequest.ProtoReflect.Descriptor instead.
 func (*WatchEventsRequest) Descriptor() ([]byte, []int) {
-	return file_api_admin_v1_admin_proto_rawDescGZIP(), []int{31}
+	return file_api_admin_v1_admin_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *WatchEventsRequest) GetKinds() []EventKind {
@@ -2776,7 +2896,7 @@ type Event struct {
 
 func (x *Event) Reset() {
 	*x = Event{}
-	mi := &file_api_admin_v1_admin_proto_msgTypes[32]
+	mi := &file_api_admin_v1_admin_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2788,7 +2908,7 @@ func (x *Event) String() string {
 func (*Event) ProtoMessage() {}
 
 func (x *Event) ProtoReflect() protoreflect.Message {
-	mi := &file_api_admin_v1_admin_proto_msgTypes[32]
+	mi := &file_api_admin_v1_admin_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2801,7 +2921,7 @@ func (x *Event) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Event.ProtoReflect.Descriptor instead.
 func (*Event) Descriptor() ([]byte, []int) {
-	return file_api_admin_v1_admin_proto_rawDescGZIP(), []int{32}
+	return file_api_admin_v1_admin_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *Event) GetTime() *timestamppb.Timestamp {
@@ -2950,7 +3070,7 @@ const file_api_admin_v1_admin_proto_rawDesc = "" +
 	"\x04txns\x18\a \x01(\x04R\x04txns\"\x12\n" +
 	"\x10ListNodesRequest\"B\n" +
 	"\x11ListNodesResponse\x12-\n" +
-	"\x05nodes\x18\x01 \x03(\v2\x17.ikefleet.admin.v1.NodeR\x05nodes\"\xfb\x02\n" +
+	"\x05nodes\x18\x01 \x03(\v2\x17.ikefleet.admin.v1.NodeR\x05nodes\"\xbe\x03\n" +
 	"\x04Node\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x14\n" +
 	"\x05epoch\x18\x02 \x01(\x03R\x05epoch\x12\x12\n" +
@@ -2966,7 +3086,21 @@ const file_api_admin_v1_admin_proto_rawDesc = "" +
 	"\x0fcluster_key_ids\x18\n" +
 	" \x03(\rR\rclusterKeyIds\x12\x1f\n" +
 	"\vsealing_key\x18\v \x01(\rR\n" +
-	"sealingKey\"\xd7\x01\n" +
+	"sealingKey\x12A\n" +
+	"\fkey_rotation\x18\f \x01(\v2\x1e.ikefleet.admin.v1.KeyRotationR\vkeyRotation\"\xba\x02\n" +
+	"\vKeyRotation\x12\x18\n" +
+	"\arunning\x18\x01 \x01(\bR\arunning\x12\x1f\n" +
+	"\vsealing_key\x18\x02 \x01(\rR\n" +
+	"sealingKey\x124\n" +
+	"\astarted\x18\x03 \x01(\v2\x1a.google.protobuf.TimestampR\astarted\x126\n" +
+	"\bfinished\x18\x04 \x01(\v2\x1a.google.protobuf.TimestampR\bfinished\x12\x18\n" +
+	"\ascanned\x18\x05 \x01(\x04R\ascanned\x12\x1c\n" +
+	"\trewritten\x18\x06 \x01(\x04R\trewritten\x12\x14\n" +
+	"\x05raced\x18\a \x01(\x04R\x05raced\x12\x1e\n" +
+	"\n" +
+	"unreadable\x18\b \x01(\x04R\n" +
+	"unreadable\x12\x14\n" +
+	"\x05error\x18\t \x01(\tR\x05error\"\xd7\x01\n" +
 	"\n" +
 	"NodeHealth\x12\x16\n" +
 	"\x06fenced\x18\x01 \x01(\bR\x06fenced\x12\x1a\n" +
@@ -3204,7 +3338,7 @@ func file_api_admin_v1_admin_proto_rawDescGZIP() []byte {
 }
 
 var file_api_admin_v1_admin_proto_enumTypes = make([]protoimpl.EnumInfo, 4)
-var file_api_admin_v1_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 34)
+var file_api_admin_v1_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 35)
 var file_api_admin_v1_admin_proto_goTypes = []any{
 	(CredentialKind)(0),               // 0: ikefleet.admin.v1.CredentialKind
 	(RefuseMode)(0),                   // 1: ikefleet.admin.v1.RefuseMode
@@ -3223,95 +3357,99 @@ var file_api_admin_v1_admin_proto_goTypes = []any{
 	(*ListNodesRequest)(nil),          // 14: ikefleet.admin.v1.ListNodesRequest
 	(*ListNodesResponse)(nil),         // 15: ikefleet.admin.v1.ListNodesResponse
 	(*Node)(nil),                      // 16: ikefleet.admin.v1.Node
-	(*NodeHealth)(nil),                // 17: ikefleet.admin.v1.NodeHealth
-	(*Anycast)(nil),                   // 18: ikefleet.admin.v1.Anycast
-	(*Member)(nil),                    // 19: ikefleet.admin.v1.Member
-	(*NodeLoad)(nil),                  // 20: ikefleet.admin.v1.NodeLoad
-	(*SAFilter)(nil),                  // 21: ikefleet.admin.v1.SAFilter
-	(*ListSAsRequest)(nil),            // 22: ikefleet.admin.v1.ListSAsRequest
-	(*ListSAsResponse)(nil),           // 23: ikefleet.admin.v1.ListSAsResponse
-	(*SA)(nil),                        // 24: ikefleet.admin.v1.SA
-	(*ChildSA)(nil),                   // 25: ikefleet.admin.v1.ChildSA
-	(*GetSARequest)(nil),              // 26: ikefleet.admin.v1.GetSARequest
-	(*TerminateSARequest)(nil),        // 27: ikefleet.admin.v1.TerminateSARequest
-	(*TerminateProgress)(nil),         // 28: ikefleet.admin.v1.TerminateProgress
-	(*RekeySARequest)(nil),            // 29: ikefleet.admin.v1.RekeySARequest
-	(*RekeySAResponse)(nil),           // 30: ikefleet.admin.v1.RekeySAResponse
-	(*DrainNodeRequest)(nil),          // 31: ikefleet.admin.v1.DrainNodeRequest
-	(*DrainProgress)(nil),             // 32: ikefleet.admin.v1.DrainProgress
-	(*ReloadCredentialsRequest)(nil),  // 33: ikefleet.admin.v1.ReloadCredentialsRequest
-	(*ReloadCredentialsResponse)(nil), // 34: ikefleet.admin.v1.ReloadCredentialsResponse
-	(*WatchEventsRequest)(nil),        // 35: ikefleet.admin.v1.WatchEventsRequest
-	(*Event)(nil),                     // 36: ikefleet.admin.v1.Event
-	nil,                               // 37: ikefleet.admin.v1.NodeLoad.FailedEntry
-	(*timestamppb.Timestamp)(nil),     // 38: google.protobuf.Timestamp
-	(*durationpb.Duration)(nil),       // 39: google.protobuf.Duration
+	(*KeyRotation)(nil),               // 17: ikefleet.admin.v1.KeyRotation
+	(*NodeHealth)(nil),                // 18: ikefleet.admin.v1.NodeHealth
+	(*Anycast)(nil),                   // 19: ikefleet.admin.v1.Anycast
+	(*Member)(nil),                    // 20: ikefleet.admin.v1.Member
+	(*NodeLoad)(nil),                  // 21: ikefleet.admin.v1.NodeLoad
+	(*SAFilter)(nil),                  // 22: ikefleet.admin.v1.SAFilter
+	(*ListSAsRequest)(nil),            // 23: ikefleet.admin.v1.ListSAsRequest
+	(*ListSAsResponse)(nil),           // 24: ikefleet.admin.v1.ListSAsResponse
+	(*SA)(nil),                        // 25: ikefleet.admin.v1.SA
+	(*ChildSA)(nil),                   // 26: ikefleet.admin.v1.ChildSA
+	(*GetSARequest)(nil),              // 27: ikefleet.admin.v1.GetSARequest
+	(*TerminateSARequest)(nil),        // 28: ikefleet.admin.v1.TerminateSARequest
+	(*TerminateProgress)(nil),         // 29: ikefleet.admin.v1.TerminateProgress
+	(*RekeySARequest)(nil),            // 30: ikefleet.admin.v1.RekeySARequest
+	(*RekeySAResponse)(nil),           // 31: ikefleet.admin.v1.RekeySAResponse
+	(*DrainNodeRequest)(nil),          // 32: ikefleet.admin.v1.DrainNodeRequest
+	(*DrainProgress)(nil),             // 33: ikefleet.admin.v1.DrainProgress
+	(*ReloadCredentialsRequest)(nil),  // 34: ikefleet.admin.v1.ReloadCredentialsRequest
+	(*ReloadCredentialsResponse)(nil), // 35: ikefleet.admin.v1.ReloadCredentialsResponse
+	(*WatchEventsRequest)(nil),        // 36: ikefleet.admin.v1.WatchEventsRequest
+	(*Event)(nil),                     // 37: ikefleet.admin.v1.Event
+	nil,                               // 38: ikefleet.admin.v1.NodeLoad.FailedEntry
+	(*timestamppb.Timestamp)(nil),     // 39: google.protobuf.Timestamp
+	(*durationpb.Duration)(nil),       // 40: google.protobuf.Duration
 }
 var file_api_admin_v1_admin_proto_depIdxs = []int32{
 	0,  // 0: ikefleet.admin.v1.Credential.kind:type_name -> ikefleet.admin.v1.CredentialKind
-	38, // 1: ikefleet.admin.v1.Credential.updated:type_name -> google.protobuf.Timestamp
+	39, // 1: ikefleet.admin.v1.Credential.updated:type_name -> google.protobuf.Timestamp
 	4,  // 2: ikefleet.admin.v1.PutCredentialsRequest.credentials:type_name -> ikefleet.admin.v1.Credential
 	4,  // 3: ikefleet.admin.v1.ListCredentialsResponse.credentials:type_name -> ikefleet.admin.v1.Credential
 	16, // 4: ikefleet.admin.v1.ClusterStatus.nodes:type_name -> ikefleet.admin.v1.Node
 	13, // 5: ikefleet.admin.v1.ClusterStatus.state_store:type_name -> ikefleet.admin.v1.StateStoreStatus
-	38, // 6: ikefleet.admin.v1.StateStoreStatus.last_ok:type_name -> google.protobuf.Timestamp
+	39, // 6: ikefleet.admin.v1.StateStoreStatus.last_ok:type_name -> google.protobuf.Timestamp
 	16, // 7: ikefleet.admin.v1.ListNodesResponse.nodes:type_name -> ikefleet.admin.v1.Node
-	38, // 8: ikefleet.admin.v1.Node.registered:type_name -> google.protobuf.Timestamp
-	17, // 9: ikefleet.admin.v1.Node.health:type_name -> ikefleet.admin.v1.NodeHealth
-	20, // 10: ikefleet.admin.v1.Node.load:type_name -> ikefleet.admin.v1.NodeLoad
-	18, // 11: ikefleet.admin.v1.NodeHealth.anycast:type_name -> ikefleet.admin.v1.Anycast
-	19, // 12: ikefleet.admin.v1.Anycast.members:type_name -> ikefleet.admin.v1.Member
-	37, // 13: ikefleet.admin.v1.NodeLoad.failed:type_name -> ikefleet.admin.v1.NodeLoad.FailedEntry
-	21, // 14: ikefleet.admin.v1.ListSAsRequest.filter:type_name -> ikefleet.admin.v1.SAFilter
-	24, // 15: ikefleet.admin.v1.ListSAsResponse.sas:type_name -> ikefleet.admin.v1.SA
-	38, // 16: ikefleet.admin.v1.SA.created:type_name -> google.protobuf.Timestamp
-	38, // 17: ikefleet.admin.v1.SA.established:type_name -> google.protobuf.Timestamp
-	25, // 18: ikefleet.admin.v1.SA.children:type_name -> ikefleet.admin.v1.ChildSA
-	38, // 19: ikefleet.admin.v1.ChildSA.created:type_name -> google.protobuf.Timestamp
-	38, // 20: ikefleet.admin.v1.ChildSA.rekey_at:type_name -> google.protobuf.Timestamp
-	21, // 21: ikefleet.admin.v1.TerminateSARequest.filter:type_name -> ikefleet.admin.v1.SAFilter
-	39, // 22: ikefleet.admin.v1.TerminateSARequest.timeout:type_name -> google.protobuf.Duration
-	39, // 23: ikefleet.admin.v1.RekeySARequest.timeout:type_name -> google.protobuf.Duration
-	25, // 24: ikefleet.admin.v1.RekeySAResponse.child:type_name -> ikefleet.admin.v1.ChildSA
-	24, // 25: ikefleet.admin.v1.RekeySAResponse.ike_sa:type_name -> ikefleet.admin.v1.SA
-	1,  // 26: ikefleet.admin.v1.DrainNodeRequest.refuse:type_name -> ikefleet.admin.v1.RefuseMode
-	39, // 27: ikefleet.admin.v1.DrainNodeRequest.timeout:type_name -> google.protobuf.Duration
-	2,  // 28: ikefleet.admin.v1.DrainProgress.phase:type_name -> ikefleet.admin.v1.DrainPhase
-	38, // 29: ikefleet.admin.v1.ReloadCredentialsResponse.certificate_not_after:type_name -> google.protobuf.Timestamp
-	3,  // 30: ikefleet.admin.v1.WatchEventsRequest.kinds:type_name -> ikefleet.admin.v1.EventKind
-	21, // 31: ikefleet.admin.v1.WatchEventsRequest.filter:type_name -> ikefleet.admin.v1.SAFilter
-	38, // 32: ikefleet.admin.v1.Event.time:type_name -> google.protobuf.Timestamp
-	3,  // 33: ikefleet.admin.v1.Event.kind:type_name -> ikefleet.admin.v1.EventKind
-	25, // 34: ikefleet.admin.v1.Event.child:type_name -> ikefleet.admin.v1.ChildSA
-	11, // 35: ikefleet.admin.v1.Admin.GetClusterStatus:input_type -> ikefleet.admin.v1.GetClusterStatusRequest
-	14, // 36: ikefleet.admin.v1.Admin.ListNodes:input_type -> ikefleet.admin.v1.ListNodesRequest
-	22, // 37: ikefleet.admin.v1.Admin.ListSAs:input_type -> ikefleet.admin.v1.ListSAsRequest
-	26, // 38: ikefleet.admin.v1.Admin.GetSA:input_type -> ikefleet.admin.v1.GetSARequest
-	27, // 39: ikefleet.admin.v1.Admin.TerminateSA:input_type -> ikefleet.admin.v1.TerminateSARequest
-	29, // 40: ikefleet.admin.v1.Admin.RekeySA:input_type -> ikefleet.admin.v1.RekeySARequest
-	31, // 41: ikefleet.admin.v1.Admin.DrainNode:input_type -> ikefleet.admin.v1.DrainNodeRequest
-	33, // 42: ikefleet.admin.v1.Admin.ReloadCredentials:input_type -> ikefleet.admin.v1.ReloadCredentialsRequest
-	35, // 43: ikefleet.admin.v1.Admin.WatchEvents:input_type -> ikefleet.admin.v1.WatchEventsRequest
-	5,  // 44: ikefleet.admin.v1.Admin.PutCredentials:input_type -> ikefleet.admin.v1.PutCredentialsRequest
-	7,  // 45: ikefleet.admin.v1.Admin.DeleteCredential:input_type -> ikefleet.admin.v1.DeleteCredentialRequest
-	9,  // 46: ikefleet.admin.v1.Admin.ListCredentials:input_type -> ikefleet.admin.v1.ListCredentialsRequest
-	12, // 47: ikefleet.admin.v1.Admin.GetClusterStatus:output_type -> ikefleet.admin.v1.ClusterStatus
-	15, // 48: ikefleet.admin.v1.Admin.ListNodes:output_type -> ikefleet.admin.v1.ListNodesResponse
-	23, // 49: ikefleet.admin.v1.Admin.ListSAs:output_type -> ikefleet.admin.v1.ListSAsResponse
-	24, // 50: ikefleet.admin.v1.Admin.GetSA:output_type -> ikefleet.admin.v1.SA
-	28, // 51: ikefleet.admin.v1.Admin.TerminateSA:output_type -> ikefleet.admin.v1.TerminateProgress
-	30, // 52: ikefleet.admin.v1.Admin.RekeySA:output_type -> ikefleet.admin.v1.RekeySAResponse
-	32, // 53: ikefleet.admin.v1.Admin.DrainNode:output_type -> ikefleet.admin.v1.DrainProgress
-	34, // 54: ikefleet.admin.v1.Admin.ReloadCredentials:output_type -> ikefleet.admin.v1.ReloadCredentialsResponse
-	36, // 55: ikefleet.admin.v1.Admin.WatchEvents:output_type -> ikefleet.admin.v1.Event
-	6,  // 56: ikefleet.admin.v1.Admin.PutCredentials:output_type -> ikefleet.admin.v1.PutCredentialsResponse
-	8,  // 57: ikefleet.admin.v1.Admin.DeleteCredential:output_type -> ikefleet.admin.v1.DeleteCredentialResponse
-	10, // 58: ikefleet.admin.v1.Admin.ListCredentials:output_type -> ikefleet.admin.v1.ListCredentialsResponse
-	47, // [47:59] is the sub-list for method output_type
-	35, // [35:47] is the sub-list for method input_type
-	35, // [35:35] is the sub-list for extension type_name
-	35, // [35:35] is the sub-list for extension extendee
-	0,  // [0:35] is the sub-list for field type_name
+	39, // 8: ikefleet.admin.v1.Node.registered:type_name -> google.protobuf.Timestamp
+	18, // 9: ikefleet.admin.v1.Node.health:type_name -> ikefleet.admin.v1.NodeHealth
+	21, // 10: ikefleet.admin.v1.Node.load:type_name -> ikefleet.admin.v1.NodeLoad
+	17, // 11: ikefleet.admin.v1.Node.key_rotation:type_name -> ikefleet.admin.v1.KeyRotation
+	39, // 12: ikefleet.admin.v1.KeyRotation.started:type_name -> google.protobuf.Timestamp
+	39, // 13: ikefleet.admin.v1.KeyRotation.finished:type_name -> google.protobuf.Timestamp
+	19, // 14: ikefleet.admin.v1.NodeHealth.anycast:type_name -> ikefleet.admin.v1.Anycast
+	20, // 15: ikefleet.admin.v1.Anycast.members:type_name -> ikefleet.admin.v1.Member
+	38, // 16: ikefleet.admin.v1.NodeLoad.failed:type_name -> ikefleet.admin.v1.NodeLoad.FailedEntry
+	22, // 17: ikefleet.admin.v1.ListSAsRequest.filter:type_name -> ikefleet.admin.v1.SAFilter
+	25, // 18: ikefleet.admin.v1.ListSAsResponse.sas:type_name -> ikefleet.admin.v1.SA
+	39, // 19: ikefleet.admin.v1.SA.created:type_name -> google.protobuf.Timestamp
+	39, // 20: ikefleet.admin.v1.SA.established:type_name -> google.protobuf.Timestamp
+	26, // 21: ikefleet.admin.v1.SA.children:type_name -> ikefleet.admin.v1.ChildSA
+	39, // 22: ikefleet.admin.v1.ChildSA.created:type_name -> google.protobuf.Timestamp
+	39, // 23: ikefleet.admin.v1.ChildSA.rekey_at:type_name -> google.protobuf.Timestamp
+	22, // 24: ikefleet.admin.v1.TerminateSARequest.filter:type_name -> ikefleet.admin.v1.SAFilter
+	40, // 25: ikefleet.admin.v1.TerminateSARequest.timeout:type_name -> google.protobuf.Duration
+	40, // 26: ikefleet.admin.v1.RekeySARequest.timeout:type_name -> google.protobuf.Duration
+	26, // 27: ikefleet.admin.v1.RekeySAResponse.child:type_name -> ikefleet.admin.v1.ChildSA
+	25, // 28: ikefleet.admin.v1.RekeySAResponse.ike_sa:type_name -> ikefleet.admin.v1.SA
+	1,  // 29: ikefleet.admin.v1.DrainNodeRequest.refuse:type_name -> ikefleet.admin.v1.RefuseMode
+	40, // 30: ikefleet.admin.v1.DrainNodeRequest.timeout:type_name -> google.protobuf.Duration
+	2,  // 31: ikefleet.admin.v1.DrainProgress.phase:type_name -> ikefleet.admin.v1.DrainPhase
+	39, // 32: ikefleet.admin.v1.ReloadCredentialsResponse.certificate_not_after:type_name -> google.protobuf.Timestamp
+	3,  // 33: ikefleet.admin.v1.WatchEventsRequest.kinds:type_name -> ikefleet.admin.v1.EventKind
+	22, // 34: ikefleet.admin.v1.WatchEventsRequest.filter:type_name -> ikefleet.admin.v1.SAFilter
+	39, // 35: ikefleet.admin.v1.Event.time:type_name -> google.protobuf.Timestamp
+	3,  // 36: ikefleet.admin.v1.Event.kind:type_name -> ikefleet.admin.v1.EventKind
+	26, // 37: ikefleet.admin.v1.Event.child:type_name -> ikefleet.admin.v1.ChildSA
+	11, // 38: ikefleet.admin.v1.Admin.GetClusterStatus:input_type -> ikefleet.admin.v1.GetClusterStatusRequest
+	14, // 39: ikefleet.admin.v1.Admin.ListNodes:input_type -> ikefleet.admin.v1.ListNodesRequest
+	23, // 40: ikefleet.admin.v1.Admin.ListSAs:input_type -> ikefleet.admin.v1.ListSAsRequest
+	27, // 41: ikefleet.admin.v1.Admin.GetSA:input_type -> ikefleet.admin.v1.GetSARequest
+	28, // 42: ikefleet.admin.v1.Admin.TerminateSA:input_type -> ikefleet.admin.v1.TerminateSARequest
+	30, // 43: ikefleet.admin.v1.Admin.RekeySA:input_type -> ikefleet.admin.v1.RekeySARequest
+	32, // 44: ikefleet.admin.v1.Admin.DrainNode:input_type -> ikefleet.admin.v1.DrainNodeRequest
+	34, // 45: ikefleet.admin.v1.Admin.ReloadCredentials:input_type -> ikefleet.admin.v1.ReloadCredentialsRequest
+	36, // 46: ikefleet.admin.v1.Admin.WatchEvents:input_type -> ikefleet.admin.v1.WatchEventsRequest
+	5,  // 47: ikefleet.admin.v1.Admin.PutCredentials:input_type -> ikefleet.admin.v1.PutCredentialsRequest
+	7,  // 48: ikefleet.admin.v1.Admin.DeleteCredential:input_type -> ikefleet.admin.v1.DeleteCredentialRequest
+	9,  // 49: ikefleet.admin.v1.Admin.ListCredentials:input_type -> ikefleet.admin.v1.ListCredentialsRequest
+	12, // 50: ikefleet.admin.v1.Admin.GetClusterStatus:output_type -> ikefleet.admin.v1.ClusterStatus
+	15, // 51: ikefleet.admin.v1.Admin.ListNodes:output_type -> ikefleet.admin.v1.ListNodesResponse
+	24, // 52: ikefleet.admin.v1.Admin.ListSAs:output_type -> ikefleet.admin.v1.ListSAsResponse
+	25, // 53: ikefleet.admin.v1.Admin.GetSA:output_type -> ikefleet.admin.v1.SA
+	29, // 54: ikefleet.admin.v1.Admin.TerminateSA:output_type -> ikefleet.admin.v1.TerminateProgress
+	31, // 55: ikefleet.admin.v1.Admin.RekeySA:output_type -> ikefleet.admin.v1.RekeySAResponse
+	33, // 56: ikefleet.admin.v1.Admin.DrainNode:output_type -> ikefleet.admin.v1.DrainProgress
+	35, // 57: ikefleet.admin.v1.Admin.ReloadCredentials:output_type -> ikefleet.admin.v1.ReloadCredentialsResponse
+	37, // 58: ikefleet.admin.v1.Admin.WatchEvents:output_type -> ikefleet.admin.v1.Event
+	6,  // 59: ikefleet.admin.v1.Admin.PutCredentials:output_type -> ikefleet.admin.v1.PutCredentialsResponse
+	8,  // 60: ikefleet.admin.v1.Admin.DeleteCredential:output_type -> ikefleet.admin.v1.DeleteCredentialResponse
+	10, // 61: ikefleet.admin.v1.Admin.ListCredentials:output_type -> ikefleet.admin.v1.ListCredentialsResponse
+	50, // [50:62] is the sub-list for method output_type
+	38, // [38:50] is the sub-list for method input_type
+	38, // [38:38] is the sub-list for extension type_name
+	38, // [38:38] is the sub-list for extension extendee
+	0,  // [0:38] is the sub-list for field type_name
 }
 
 func init() { file_api_admin_v1_admin_proto_init() }
@@ -3325,7 +3463,7 @@ func file_api_admin_v1_admin_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_api_admin_v1_admin_proto_rawDesc), len(file_api_admin_v1_admin_proto_rawDesc)),
 			NumEnums:      4,
-			NumMessages:   34,
+			NumMessages:   35,
 			NumExtensions: 0,
 			NumServices:   1,
 		},
