@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"sync/atomic"
 	"time"
 
@@ -19,22 +20,27 @@ type pending struct {
 // batcher commits submitted changes: one transaction per batch, each
 // change a nested transaction with its own ownership check, the whole
 // guarded by the node's registration.
+//
+// Group commit: with no transaction under way, a batch leaves MaxDelay
+// after its first change arrived; while one is under way, changes gather
+// and leave when it returns (if MaxDelay has passed), or at once when
+// MaxBatch of them have gathered and fewer than Inflight transactions are
+// under way. So at a steady rate each transaction carries what arrived
+// during the last one (fewer, larger transactions: each costs a raft round
+// and a WAL fsync whatever its size), and in a burst up to Inflight full
+// ones overlap. The changes of one SA (its SPIs, its address lease) are
+// never in two transactions under way at once, and leave in the order
+// they were submitted.
 type batcher struct {
-	s     *Store
-	in    chan pending
-	carry *pending // took a key that the current batch already writes
-	n     atomic.Int64
+	s  *Store
+	in chan pending
+	n  atomic.Int64 // submitted and not yet answered
+	// peak: the most transactions under way at once so far (tests).
+	peak atomic.Int64
 }
 
 func newBatcher(s *Store, queueLen int) *batcher {
 	return &batcher{s: s, in: make(chan pending, max(queueLen, 1))}
-}
-
-// shard picks the batcher for a change. An IKE rekey goes with its new
-// SPI, where the SA's next changes go.
-func (s *Store) shard(c *Change) *batcher {
-	h := c.spi() * 0x9e3779b97f4a7c15
-	return s.bs[(h>>32)%uint64(len(s.bs))]
 }
 
 func (b *batcher) queued() int { return int(b.n.Load()) }
@@ -56,7 +62,7 @@ func (s *Store) Submit(c Change, done func(error)) error {
 	if c.Kind == Established && !s.cfg.Batch.QueueNew && !s.reachable() {
 		return ErrUnavailable
 	}
-	return s.shard(&c).enqueue(pending{c: c, done: done})
+	return s.b.enqueue(pending{c: c, done: done})
 }
 
 func (b *batcher) enqueue(p pending) error {
@@ -72,103 +78,194 @@ func (b *batcher) enqueue(p pending) error {
 // Flush waits until every change submitted before it is committed or
 // refused.
 func (s *Store) Flush(ctx context.Context) error {
-	ch := make(chan error, len(s.bs))
-	for _, b := range s.bs {
-		p := pending{c: Change{Kind: barrier}, done: func(err error) { ch <- err }}
-		select {
-		case b.in <- p:
-			b.n.Add(1)
-		case <-ctx.Done():
-			return ctx.Err()
+	ch := make(chan error, 1)
+	p := pending{c: Change{Kind: barrier}, done: func(err error) { ch <- err }}
+	select {
+	case s.b.in <- p:
+		s.b.n.Add(1)
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+	select {
+	case err := <-ch:
+		return err
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// changeKeys are what orders a change against others: its SPI, the SPI
+// an IKE rekey replaces, its address lease.
+type changeKeys struct {
+	k [3]uint64
+	n int
+}
+
+func keysOf(c *Change) changeKeys {
+	var ks changeKeys
+	add := func(k uint64) { ks.k[ks.n] = k; ks.n++ }
+	add(c.spi())
+	if c.OldSPI != 0 {
+		add(c.OldSPI)
+	}
+	if c.Lease != nil {
+		add(c.Lease.key())
+	}
+	return ks
+}
+
+func (ks *changeKeys) in(m map[uint64]int) bool {
+	for _, k := range ks.k[:ks.n] {
+		if m[k] > 0 {
+			return true
 		}
 	}
-	var first error
-	for range s.bs {
-		select {
-		case err := <-ch:
-			if first == nil {
-				first = err
-			}
-		case <-ctx.Done():
-			return ctx.Err()
+	return false
+}
+
+func (ks *changeKeys) count(m map[uint64]int, d int) {
+	for _, k := range ks.k[:ks.n] {
+		if m[k] += d; m[k] <= 0 {
+			delete(m, k)
 		}
 	}
-	return first
+}
+
+// group is the batcher's state between transactions (run's goroutine
+// only).
+type group struct {
+	batch    []pending      // gathering
+	since    time.Time      // when batch's first change arrived
+	touched  map[uint64]int // keys of batch
+	busy     map[uint64]int // keys of the transactions under way
+	blocked  []pending      // changes waiting for a key of theirs under way, in order
+	held     map[uint64]int // keys of blocked
+	barriers []pending      // answered once everything before them is
+	inflight int            // transactions under way
+}
+
+// admit puts a change into the gathering batch, or behind the change of
+// one of its keys that is gathering, under way or waiting already.
+func (g *group) admit(p pending) {
+	ks := keysOf(&p.c)
+	if ks.in(g.touched) || ks.in(g.busy) || ks.in(g.held) {
+		g.blocked = append(g.blocked, p)
+		ks.count(g.held, 1)
+		return
+	}
+	if len(g.batch) == 0 {
+		g.since = time.Now()
+	}
+	g.batch = append(g.batch, p)
+	ks.count(g.touched, 1)
+}
+
+// release moves the waiting changes whose keys are free into the
+// gathering batch, keeping each key's order.
+func (g *group) release() {
+	if len(g.blocked) == 0 {
+		return
+	}
+	waiting := g.blocked
+	g.blocked = nil
+	clear(g.held)
+	for _, p := range waiting {
+		g.admit(p)
+	}
 }
 
 func (b *batcher) run() {
 	defer b.s.wg.Done()
 	s := b.s
-	max := s.cfg.Batch.MaxBatch
-	batch := make([]pending, 0, max)
-	touched := map[uint64]bool{}
+	maxBatch, maxInflight := s.cfg.Batch.MaxBatch, s.cfg.Batch.Inflight
+	g := group{touched: map[uint64]int{}, busy: map[uint64]int{}, held: map[uint64]int{}}
+	landed := make(chan []pending, maxInflight)
 	timer := time.NewTimer(time.Hour) // one for the batcher's life
 	timer.Stop()
 	defer timer.Stop()
 	for {
-		batch = batch[:0]
-		clear(touched)
-		var first pending
-		if b.carry != nil {
-			first, b.carry = *b.carry, nil
-		} else {
-			select {
-			case first = <-b.in:
-			case <-s.ctx.Done():
-				b.drain(ErrClosed)
-				return
+		// Send what gathered: with nothing under way once MaxDelay has
+		// passed (or a barrier waits), else when full and there is room.
+		for len(g.batch) > 0 && (g.inflight == 0 && (len(g.barriers) > 0 || time.Since(g.since) >= s.cfg.Batch.MaxDelay) ||
+			len(g.batch) >= maxBatch && g.inflight < maxInflight) {
+			n := min(len(g.batch), maxBatch)
+			out := slices.Clone(g.batch[:n])
+			g.batch = append(g.batch[:0], g.batch[n:]...)
+			g.since = time.Now()
+			clear(g.touched)
+			for i := range g.batch {
+				ks := keysOf(&g.batch[i].c)
+				ks.count(g.touched, 1)
 			}
-		}
-		batch = b.add(batch, touched, first)
-		timer.Reset(s.cfg.Batch.MaxDelay) // stopped or fired: no stale tick (Go 1.23 timers)
-	collect:
-		for len(batch) < max && b.carry == nil && first.c.Kind != barrier {
-			select {
-			case p := <-b.in:
-				if p.c.Kind == barrier {
-					batch = append(batch, p)
-					break collect
-				}
-				if b.conflicts(touched, &p.c) {
-					b.carry = &p
-					break collect
-				}
-				batch = b.add(batch, touched, p)
-			case <-timer.C:
-				break collect
-			case <-s.ctx.Done():
-				break collect
+			for i := range out {
+				ks := keysOf(&out[i].c)
+				ks.count(g.busy, 1)
 			}
+			g.inflight++
+			if int64(g.inflight) > b.peak.Load() {
+				b.peak.Store(int64(g.inflight))
+			}
+			go func() {
+				b.commit(out)
+				landed <- out
+			}()
 		}
-		timer.Stop()
-		b.commit(batch)
-		b.n.Add(-int64(len(batch)))
+		if len(g.barriers) > 0 && g.inflight == 0 && len(g.batch) == 0 && len(g.blocked) == 0 {
+			for _, p := range g.barriers {
+				finish(p, nil)
+			}
+			b.n.Add(-int64(len(g.barriers)))
+			g.barriers = g.barriers[:0]
+		}
+		// Take more only with room to gather it and no barrier waiting.
+		in := b.in
+		if len(g.barriers) > 0 || len(g.batch) >= maxBatch || len(g.blocked) >= maxBatch {
+			in = nil
+		}
+		// Wake for the batch's MaxDelay (stopped or fired: no stale tick,
+		// Go 1.23 timers).
+		var tick <-chan time.Time
+		if len(g.batch) > 0 && g.inflight == 0 {
+			timer.Reset(s.cfg.Batch.MaxDelay - time.Since(g.since))
+			tick = timer.C
+		}
+		select {
+		case <-tick:
+		case p := <-in:
+			if p.c.Kind == barrier {
+				g.barriers = append(g.barriers, p)
+				continue
+			}
+			g.admit(p)
+		case out := <-landed:
+			g.inflight--
+			if g.inflight == 0 {
+				g.since = time.Now() // what gathered meanwhile waits MaxDelay for more
+			}
+			b.n.Add(-int64(len(out)))
+			for i := range out {
+				ks := keysOf(&out[i].c)
+				ks.count(g.busy, -1)
+			}
+			g.release()
+		case <-s.ctx.Done():
+			for ; g.inflight > 0; g.inflight-- {
+				b.n.Add(-int64(len(<-landed)))
+			}
+			for _, list := range [][]pending{g.batch, g.blocked, g.barriers} {
+				for _, p := range list {
+					b.n.Add(-1)
+					finish(p, ErrClosed)
+				}
+			}
+			b.drain(ErrClosed)
+			return
+		}
 	}
-}
-
-func (b *batcher) add(batch []pending, touched map[uint64]bool, p pending) []pending {
-	if p.c.Kind != barrier {
-		touched[p.c.spi()] = true
-		if p.c.OldSPI != 0 {
-			touched[p.c.OldSPI] = true
-		}
-		if p.c.Lease != nil {
-			touched[p.c.Lease.key()] = true
-		}
-	}
-	return append(batch, p)
-}
-
-func (b *batcher) conflicts(touched map[uint64]bool, c *Change) bool {
-	return touched[c.spi()] || (c.OldSPI != 0 && touched[c.OldSPI]) || (c.Lease != nil && touched[c.Lease.key()])
 }
 
 // drain refuses whatever is still queued (the store is closing).
 func (b *batcher) drain(err error) {
-	if b.carry != nil {
-		finish(*b.carry, err)
-		b.carry = nil
-	}
 	for {
 		select {
 		case p := <-b.in:

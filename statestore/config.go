@@ -91,15 +91,16 @@ type Config struct {
 	Log *slog.Logger // default slog.Default()
 }
 
-// BatchConfig configures Submit: bursts of changes are committed in one
-// transaction of at most MaxBatch changes, at most MaxDelay after the
-// first change of the batch arrived.
+// BatchConfig configures Submit: the changes that arrive within MaxDelay
+// of the first, or while a transaction is under way, are committed
+// together in the next one (group commit), at most MaxBatch changes a
+// transaction.
 type BatchConfig struct {
-	MaxBatch int           // default 128; must not exceed etcd's --max-txn-ops
+	MaxBatch int           // default 64; must not exceed etcd's --max-txn-ops
 	MaxDelay time.Duration // default 2 ms
-	QueueLen int           // changes waiting (all shards); default 16384
-	// Inflight is the number of batches committed concurrently (each SA's
-	// changes always go through the same one, in order); default 4.
+	QueueLen int           // changes waiting; default 16384
+	// Inflight bounds the transactions under way at once: a second one
+	// starts only with MaxBatch changes waiting (a burst). Default 4.
 	Inflight int
 	// QueueNew: while etcd is unreachable, queue new SAs (Established)
 	// like other changes instead of refusing them with ErrUnavailable.
@@ -170,8 +171,8 @@ func (c *Config) Validate() error {
 	if c.Slots < 1 || c.Slots > 1<<16 {
 		return fmt.Errorf("statestore.slots: %d: want 1..65536", c.Slots)
 	}
-	if c.Batch.MaxBatch < 1 || c.Batch.QueueLen < c.Batch.Inflight || c.Batch.Inflight < 1 || c.Batch.MaxDelay < 0 {
-		return errors.New("statestore.batch: maxBatch and inflight must be positive, queueLen at least inflight, maxDelay not negative")
+	if c.Batch.MaxBatch < 1 || c.Batch.QueueLen < 1 || c.Batch.Inflight < 1 || c.Batch.MaxDelay < 0 {
+		return errors.New("statestore.batch: maxBatch, queueLen and inflight must be positive, maxDelay not negative")
 	}
 	return nil
 }

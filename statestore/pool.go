@@ -199,7 +199,7 @@ func (s *Store) ReleaseAddressAsync(a netip.Addr, id string, done func(error)) e
 	if err := c.validate(); err != nil {
 		return err
 	}
-	return s.shard(&c).enqueue(pending{c: c, done: done})
+	return s.b.enqueue(pending{c: c, done: done})
 }
 
 // ReleaseAddress ends identity id's lease of address a (nothing if another

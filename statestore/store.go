@@ -125,7 +125,7 @@ type Store struct {
 	keyNodes    map[string]NodeInfo
 	noCommonKey bool // logged once
 
-	bs []*batcher // shards by IKE SPI: changes to one SA stay in order
+	b *batcher // commits Submit's changes
 
 	ctx    context.Context
 	cancel context.CancelFunc
@@ -152,15 +152,12 @@ func Open(ctx context.Context, cli *clientv3.Client, cfg Config) (*Store, error)
 	if err := s.retryOpen(ctx, "reading the registry for the sealing key", func() error { return s.listKeyNodes(ctx) }); err != nil {
 		return nil, err
 	}
-	s.bs = make([]*batcher, cfg.Batch.Inflight)
-	s.wg.Add(3 + len(s.bs))
+	s.b = newBatcher(s, cfg.Batch.QueueLen)
+	s.wg.Add(4)
 	go s.keepAlive()
 	go s.watchdog()
 	go s.followKeys()
-	for i := range s.bs {
-		s.bs[i] = newBatcher(s, cfg.Batch.QueueLen/len(s.bs))
-		go s.bs[i].run()
-	}
+	go s.b.run()
 	return s, nil
 }
 
@@ -233,9 +230,7 @@ func (s *Store) Health() Health {
 		Reachable: s.reach, LastOK: s.lastOK, LastError: s.lastErr}
 	s.mu.Unlock()
 	h.Registered = h.Registered && s.CanSend()
-	for _, b := range s.bs {
-		h.Queued += b.queued()
-	}
+	h.Queued = s.b.queued()
 	h.RefuseNew = !h.Reachable && !s.cfg.Batch.QueueNew
 	h.Txns = s.txns.Load()
 	h.Changes, h.Batches = s.changes.Load(), s.batches.Load()

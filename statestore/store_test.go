@@ -641,7 +641,6 @@ func TestBatchOrderingAndRefusedBatch(t *testing.T) {
 	cli := dial(t, e.Endpoints())
 	cfg := testConfig(t, "a")
 	cfg.Batch.Inflight = 1
-	cfg.Batch.MaxDelay = 50 * time.Millisecond
 	a := open(t, cli, cfg)
 	ctx := tctx(t, 20*time.Second)
 	r := sampleRecord(1)
