@@ -57,10 +57,7 @@ func recordOf(st *ike.SAState) *statestore.SARecord {
 	if st.MsgIDSync {
 		r.Flags |= flagMsgIDSync
 	}
-	switch st.Origin {
-	case ike.OriginPeer:
-		r.Flags |= flagServed
-	case ike.OriginUs:
+	if st.Origin == ike.OriginUs {
 		r.Flags |= flagOutbound
 	}
 	for _, c := range st.Children {
@@ -83,20 +80,18 @@ const (
 	flagPeerFrag uint32 = 1 << iota
 	flagMOBIKE
 	flagMsgIDSync // the peer supports RFC 6311
-	// The connection's origin (ike.SAState.Origin); neither in records of
-	// releases before it was kept.
-	flagServed   // the peer started it: a gateway we serve
-	flagOutbound // we started it
+	flagOutbound  // we started the connection (ike.SAState.Origin)
 )
 
+// originOf reads a record's origin. A node starts no connections (every
+// IKE SA it holds began with a gateway's IKE_SA_INIT), so a record of an
+// earlier release, which kept no origin, is a gateway's: even one whose
+// Initiator is set by an IKE rekey the node started.
 func originOf(flags uint32) ike.Origin {
-	switch {
-	case flags&flagServed != 0:
-		return ike.OriginPeer
-	case flags&flagOutbound != 0:
+	if flags&flagOutbound != 0 {
 		return ike.OriginUs
 	}
-	return ike.OriginUnknown
+	return ike.OriginPeer
 }
 
 func stateOf(r *statestore.SARecord) ike.SAState {

@@ -38,12 +38,15 @@ func TestRecordKeepsReservations(t *testing.T) {
 }
 
 // The connection's origin survives a record; a record without it (an
-// earlier release's) reads as unknown.
+// earlier release's, Initiator set by an IKE rekey the node started) is
+// a gateway's.
 func TestRecordKeepsOrigin(t *testing.T) {
-	for _, o := range []ike.Origin{ike.OriginPeer, ike.OriginUs, ike.OriginUnknown} {
-		st := &ike.SAState{SPIi: 1, SPIr: 2, Initiator: true, Origin: o}
-		if got := stateOf(recordOf(st)).Origin; got != o {
-			t.Errorf("origin %v came back as %v", o, got)
+	for _, c := range []struct{ in, want ike.Origin }{
+		{ike.OriginPeer, ike.OriginPeer}, {ike.OriginUs, ike.OriginUs}, {ike.OriginUnknown, ike.OriginPeer},
+	} {
+		st := &ike.SAState{SPIi: 1, SPIr: 2, Initiator: true, Origin: c.in}
+		if got := stateOf(recordOf(st)).Origin; got != c.want {
+			t.Errorf("origin %v came back as %v, want %v", c.in, got, c.want)
 		}
 	}
 }
