@@ -216,12 +216,7 @@ func (s *Store) build(c *Change, me Owner) (txnParts, error) {
 	}
 	drop := func(spi uint64) {
 		p.forget = append(p.forget, spi)
-		p.then = append(p.then,
-			clientv3.OpDelete(s.k.sa(spi)),
-			clientv3.OpDelete(s.k.owner(spi)),
-			clientv3.OpDelete(s.k.owned(id, spi)),
-			clientv3.OpDelete(s.k.ikeSPI(spi)), // written by releases before ReserveIKESPIs used the record keys
-			clientv3.OpDelete(s.k.seq(spi)))
+		p.then = s.k.appendSADeletes(p.then, spi, id)
 		if c.Selectors != nil {
 			p.then = append(p.then, clientv3.OpDelete(s.k.sel(spi)))
 		}

@@ -124,15 +124,9 @@ func (s *Store) DeleteOrphan(ctx context.Context, spi uint64, from Owner, id str
 		return fmt.Errorf("statestore: orphan %016x: no identity", spi)
 	}
 	ok := s.k.owner(spi)
-	then := []clientv3.Op{
-		clientv3.OpDelete(s.k.sa(spi)),
-		clientv3.OpDelete(ok),
-		clientv3.OpDelete(s.k.owned(from.Node, spi)),
-		clientv3.OpDelete(s.k.ikeSPI(spi)),
-		clientv3.OpDelete(s.k.seq(spi)),
+	then := append(s.k.appendSADeletes(nil, spi, from.Node),
 		clientv3.OpDelete(s.k.ident(id, spi)),
-		clientv3.OpDelete(s.k.sel(spi)),
-	}
+		clientv3.OpDelete(s.k.sel(spi)))
 	for _, x := range rec.InSPIs() {
 		then = append(then, clientv3.OpDelete(s.k.espSPI(x)))
 	}

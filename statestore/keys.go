@@ -4,6 +4,8 @@ import (
 	"fmt"
 	"strconv"
 	"strings"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
 )
 
 // Key layout under the prefix:
@@ -37,6 +39,18 @@ func (k keys) sa(spi uint64) string     { return hexKey(k.p, "sa/", spi, 16) }
 func (k keys) seq(spi uint64) string    { return hexKey(k.p, "seq/", spi, 16) }
 func (k keys) ikeSPI(spi uint64) string { return hexKey(k.p, "spi/ike/", spi, 16) }
 func (k keys) espSPI(spi uint32) string { return hexKey(k.p, "spi/esp/", uint64(spi), 8) }
+
+// appendSADeletes appends the deletes of SA spi's own keys, owned by
+// node: its records, its owner and index entries, and the spi/ike/ key
+// written by releases before ReserveIKESPIs used the record keys.
+func (k keys) appendSADeletes(ops []clientv3.Op, spi uint64, node string) []clientv3.Op {
+	return append(ops,
+		clientv3.OpDelete(k.sa(spi)),
+		clientv3.OpDelete(k.owner(spi)),
+		clientv3.OpDelete(k.owned(node, spi)),
+		clientv3.OpDelete(k.ikeSPI(spi)),
+		clientv3.OpDelete(k.seq(spi)))
+}
 
 // saName is the record's name within the prefix; it is the AAD of the
 // sealed key material, so changing the prefix does not orphan records.
