@@ -49,6 +49,11 @@ type KeyRotation struct {
 	Err                                   string // why the pass stopped early ("" if it did not)
 }
 
+// count takes a pass's figures so far.
+func (k *KeyRotation) count(r statestore.RewrapStats) {
+	k.Scanned, k.Rewritten, k.Raced, k.Unreadable = r.Scanned, r.Rewritten, r.Raced, r.Failed
+}
+
 func (p *persistence) setRotation(f func(*KeyRotation)) {
 	p.rotationMu.Lock()
 	f(&p.rotation)
@@ -170,9 +175,7 @@ func (n *Node) rewrapRecords(ctx context.Context, p *persistence) {
 	n.log.Info("cluster key rotation: rewriting records sealed under other keys", "sealing_key", sealing, "keys", fmt.Sprint(p.keys.IDs()))
 	last := time.Now()
 	res, err := st.Rewrap(ctx, func(r statestore.RewrapStats) {
-		p.setRotation(func(k *KeyRotation) {
-			k.Scanned, k.Rewritten, k.Raced, k.Unreadable = r.Scanned, r.Rewritten, r.Raced, r.Failed
-		})
+		p.setRotation(func(k *KeyRotation) { k.count(r) })
 		if time.Since(last) >= 10*time.Second {
 			last = time.Now()
 			n.log.Info("cluster key rotation progress", "scanned", r.Scanned, "rewritten", r.Rewritten)
@@ -183,7 +186,7 @@ func (n *Node) rewrapRecords(ctx context.Context, p *persistence) {
 	n.cluster.rewrapped.Add(uint64(res.Rewritten))
 	p.setRotation(func(k *KeyRotation) {
 		k.Running, k.Finished = false, time.Now()
-		k.Scanned, k.Rewritten, k.Raced, k.Unreadable = res.Scanned, res.Rewritten, res.Raced, res.Failed
+		k.count(res)
 		if err != nil {
 			k.Err = err.Error()
 		}
