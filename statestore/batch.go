@@ -401,6 +401,9 @@ func (b *batcher) try(batch []pending) error {
 			} else {
 				s.committed(&parts[i], resp.Header.Revision)
 				parts[i].others(&batch[i].c, tr.Responses)
+				if r := batch[i].c.Revision; r != nil {
+					*r = resp.Header.Revision
+				}
 			}
 			finish(batch[i], err)
 		}

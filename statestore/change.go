@@ -64,6 +64,10 @@ type Change struct {
 	// Others (Established, UniqueReplace): set to the identity's other
 	// SAs, read in the change's transaction, before done is called.
 	Others *[]IdentitySA
+	// Revision, if not nil, is set to the revision of the transaction
+	// that committed the change before done is called; it stays 0 when
+	// the commit is known only from a retry that found it done.
+	Revision *int64
 	// Selectors: the SA's exclusive selector claim after the change
 	// (selectors.go), written with its record; on Deleted and IKERekeyed
 	// any non-nil value deletes the old SA's claim. nil: the SA's policy
@@ -449,6 +453,9 @@ func (s *Store) persist(ctx context.Context, c *Change) error {
 	if resp.Succeeded {
 		s.committed(&p, resp.Header.Revision)
 		p.others(c, resp.Responses)
+		if c.Revision != nil {
+			*c.Revision = resp.Header.Revision
+		}
 		return nil
 	}
 	if err := p.outcome(reg.owner, resp.Responses); err != nil {

@@ -405,13 +405,17 @@ func (s *Store) WatchNodes(ctx context.Context, f func(NodeEvent)) {
 				f(NodeEvent{NodeInfo: ni, Updated: !ev.IsCreate()})
 			}
 		}
-	}, clientv3.WithPrevKV())
+	}, nil, clientv3.WithPrevKV())
 }
 
 // followPrefix lists the keys under prefix (list gets them), then watches
 // them from the listing's revision on (event gets each change, opts added
 // to the watch), listing again after a broken watch, until ctx ends.
-func (s *Store) followPrefix(ctx context.Context, prefix string, list func([]*mvccpb.KeyValue), event func(*clientv3.Event), opts ...clientv3.OpOption) {
+// synced, if not nil, is called after the listing with its revision and
+// after every watch response with its last event's: every change under
+// prefix up to that revision has been reported (etcd never splits one
+// revision's events between responses).
+func (s *Store) followPrefix(ctx context.Context, prefix string, list func([]*mvccpb.KeyValue), event func(*clientv3.Event), synced func(rev int64), opts ...clientv3.OpOption) {
 	for ctx.Err() == nil {
 		rc, cancel := s.rctx(ctx)
 		resp, err := s.cli.Get(rc, prefix, clientv3.WithPrefix())
@@ -422,6 +426,9 @@ func (s *Store) followPrefix(ctx context.Context, prefix string, list func([]*mv
 			continue
 		}
 		list(resp.Kvs)
+		if synced != nil {
+			synced(resp.Header.Revision)
+		}
 		wctx, wcancel := context.WithCancel(clientv3.WithRequireLeader(ctx))
 		wopts := append([]clientv3.OpOption{clientv3.WithPrefix(), clientv3.WithRev(resp.Header.Revision + 1)}, opts...)
 		for wr := range s.cli.Watch(wctx, prefix, wopts...) {
@@ -430,6 +437,9 @@ func (s *Store) followPrefix(ctx context.Context, prefix string, list func([]*mv
 			}
 			for _, ev := range wr.Events {
 				event(ev)
+			}
+			if n := len(wr.Events); n > 0 && synced != nil {
+				synced(wr.Events[n-1].Kv.ModRevision)
 			}
 		}
 		wcancel()

@@ -48,19 +48,25 @@ func (s *Store) selectorOps(c *Change, spi uint64) ([]clientv3.Op, error) {
 }
 
 // SelectorEvent is a claim that appeared, changed (Claim set) or went
-// (Claim nil).
+// (Claim nil), or (Synced) the point up to which the store has been read.
 type SelectorEvent struct {
 	SPI   uint64
 	Claim *SelectorClaim
-	// Revision is the claim's create revision in etcd: of two
-	// overlapping claims, the one with the lower revision came first.
+	// Revision is the claim's create revision in etcd.
 	Revision int64
+	// At is the revision of the write the event reports (a listed
+	// claim's last write); for Synced, the revision read up to.
+	At int64
+	// Synced: every claim written up to revision At has been reported
+	// (after a listing, and after each batch of changes).
+	Synced bool
 }
 
 // WatchSelectors calls f with every selector claim in the store and then
-// with every change to them, until ctx ends. After a broken watch it lists
-// them again and reports those that went meanwhile. A claim that cannot
-// be read is reported gone (and logged). f runs on the watch's goroutine.
+// with every change to them, until ctx ends, each batch followed by a
+// Synced event. After a broken watch it lists them again and reports
+// those that went meanwhile. A claim that cannot be read is reported gone
+// (and logged). f runs on the watch's goroutine.
 func (s *Store) WatchSelectors(ctx context.Context, f func(SelectorEvent)) {
 	known := map[uint64]bool{}
 	prefix := s.k.sels()
@@ -72,10 +78,10 @@ func (s *Store) WatchSelectors(ctx context.Context, f func(SelectorEvent)) {
 		var c SelectorClaim
 		if err := json.Unmarshal(kv.Value, &c); err != nil || c.Identity == "" {
 			s.log.Warn("statestore: unreadable selector claim", "key", string(kv.Key), "err", fmt.Sprint(err))
-			f(SelectorEvent{SPI: spi})
+			f(SelectorEvent{SPI: spi, At: kv.ModRevision})
 			return spi, false
 		}
-		f(SelectorEvent{SPI: spi, Claim: &c, Revision: kv.CreateRevision})
+		f(SelectorEvent{SPI: spi, Claim: &c, Revision: kv.CreateRevision, At: kv.ModRevision})
 		return spi, true
 	}
 	s.followPrefix(ctx, prefix, func(kvs []*mvccpb.KeyValue) {
@@ -95,12 +101,12 @@ func (s *Store) WatchSelectors(ctx context.Context, f func(SelectorEvent)) {
 		if ev.Type == clientv3.EventTypeDelete {
 			if spi, ok := parseSPIKey(string(ev.Kv.Key), prefix); ok {
 				delete(known, spi)
-				f(SelectorEvent{SPI: spi})
+				f(SelectorEvent{SPI: spi, At: ev.Kv.ModRevision})
 			}
 			return
 		}
 		if spi, ok := report(ev.Kv); ok {
 			known[spi] = true
 		}
-	})
+	}, func(rev int64) { f(SelectorEvent{Synced: true, At: rev}) })
 }

@@ -32,32 +32,43 @@ func TestSelectorClaims(t *testing.T) {
 	wctx, stop := context.WithCancel(ctx)
 	defer stop()
 	go a.WatchSelectors(wctx, func(ev SelectorEvent) { events <- ev })
+	var synced int64 // the last Synced event's revision
 	next := func(what string) SelectorEvent {
 		t.Helper()
-		select {
-		case ev := <-events:
-			return ev
-		case <-time.After(10 * time.Second):
-			t.Fatalf("no selector event: %s", what)
+		for {
+			select {
+			case ev := <-events:
+				if ev.Synced {
+					if ev.At < synced {
+						t.Fatalf("synced back to %d from %d", ev.At, synced)
+					}
+					synced = ev.At
+					continue
+				}
+				return ev
+			case <-time.After(10 * time.Second):
+				t.Fatalf("no selector event: %s", what)
+			}
 		}
-		return SelectorEvent{}
 	}
 	if ev := next("listed"); ev.SPI != 0x500 || ev.Claim == nil || ev.Claim.Ranges[0] != rng("10.9.0.0", "10.9.0.255") {
 		t.Fatalf("listed: %+v", ev)
 	}
 
 	r := sampleRecord(0x600)
-	if err := a.Persist(ctx, Change{Kind: Established, Record: r, Selectors: claim(rng("10.2.0.0", "10.2.0.255"))}); err != nil {
+	var rev int64
+	if err := a.Persist(ctx, Change{Kind: Established, Record: r, Selectors: claim(rng("10.2.0.0", "10.2.0.255")), Revision: &rev}); err != nil {
 		t.Fatal(err)
 	}
-	if ev := next("established"); ev.SPI != 0x600 || ev.Claim == nil || ev.Claim.Identity != "gwb@iot.example" || len(ev.Claim.Ranges) != 1 {
-		t.Fatalf("established: %+v", ev)
+	if ev := next("established"); ev.SPI != 0x600 || ev.Claim == nil || ev.Claim.Identity != "gwb@iot.example" || len(ev.Claim.Ranges) != 1 ||
+		rev == 0 || ev.At != rev || ev.Revision != rev || synced >= rev {
+		t.Fatalf("established at %d (synced to %d): %+v", rev, synced, ev)
 	}
 	if err := a.Persist(ctx, Change{Kind: ChildCreated, Record: r, Selectors: claim(rng("10.2.0.0", "10.2.0.255"), rng("10.3.0.0", "10.3.0.255"))}); err != nil {
 		t.Fatal(err)
 	}
-	if ev := next("child created"); ev.SPI != 0x600 || ev.Claim == nil || len(ev.Claim.Ranges) != 2 {
-		t.Fatalf("child created: %+v", ev)
+	if ev := next("child created"); ev.SPI != 0x600 || ev.Claim == nil || len(ev.Claim.Ranges) != 2 || ev.At <= rev || ev.Revision != rev || synced < rev {
+		t.Fatalf("child created (established at %d, synced to %d): %+v", rev, synced, ev)
 	}
 	if err := a.Persist(ctx, Change{Kind: Updated, Record: r}); err != nil { // no claim: untouched
 		t.Fatal(err)
@@ -81,10 +92,16 @@ func TestSelectorClaims(t *testing.T) {
 	if ev := next("deleted"); ev.SPI != 0x601 || ev.Claim != nil {
 		t.Fatalf("deleted: %+v", ev)
 	}
-	select {
-	case ev := <-events:
-		t.Fatalf("unexpected event %+v", ev)
-	case <-time.After(300 * time.Millisecond):
+	for quiet := time.After(300 * time.Millisecond); ; {
+		select {
+		case ev := <-events:
+			if !ev.Synced {
+				t.Fatalf("unexpected event %+v", ev)
+			}
+			continue
+		case <-quiet:
+		}
+		break
 	}
 	resp, err := cli.Get(ctx, a.k.sels(), clientv3.WithPrefix(), clientv3.WithCountOnly())
 	if err != nil || resp.Count != 1 {
