@@ -159,16 +159,59 @@ func (n *Node) submit(s *shard, b *heldBatch, p ike.Persist) {
 		// outliving its SA would hold its range from every other identity.
 		c.Selectors = &statestore.SelectorClaim{}
 	}
+	var claim *claimWait
+	if book := n.persist.claims; book != nil && c.Selectors != nil && len(c.Selectors.Ranges) > 0 && claimsRanges(c.Kind) {
+		// Held until the cluster's claims are read up to the write
+		// (claimbook.go): nothing of it goes out if its ranges lost.
+		claim = book.wait(c.Record.LocalSPI())
+		c.Revision = new(int64)
+	}
 	done := func(err error) {
 		if vip != nil {
 			cp.settle(vip, err) // before the engine hears of it
 		}
 		n.uniqueCommitted(&c, err)
-		s.commits.post(commitResult{b: b, spi: p.SPI, version: p.Version, kind: c.Kind, err: err})
+		res := commitResult{b: b, spi: p.SPI, version: p.Version, kind: c.Kind, err: err}
+		switch {
+		case claim == nil:
+		case err != nil:
+			n.persist.claims.cancel(claim)
+		default:
+			n.persist.claims.committed(claim, *c.Revision, func(l *claimLoss) {
+				if l != nil {
+					res.err = &claimLostError{*l}
+				}
+				s.commits.post(res)
+			})
+			return
+		}
+		s.commits.post(res)
 	}
 	if err := n.persist.store.Submit(c, done); err != nil {
 		done(err)
 	}
+}
+
+// claimsRanges reports the changes by which an SA may claim selector
+// ranges it did not hold.
+func claimsRanges(k statestore.ChangeKind) bool {
+	switch k {
+	case statestore.Established, statestore.ChildCreated, statestore.ChildRekeyed, statestore.IKERekeyed:
+		return true
+	}
+	return false
+}
+
+// claimLostError: a committed write whose SA claimed selector ranges that
+// an earlier claim of another identity holds (claimbook.go). Its batch is
+// dropped and the SA discarded.
+type claimLostError struct{ claimLoss }
+
+func (e *claimLostError) Error() string {
+	if e.holder == "" {
+		return "no verdict on the selectors claimed (the claims watch is behind)"
+	}
+	return fmt.Sprintf("selectors claimed by %s are held by %s (IKE SA %016x)", e.identity, e.holder, e.holderSPI)
 }
 
 // commitResults takes the state store's answers on s's goroutine: tells
@@ -182,8 +225,21 @@ func (n *Node) commitResults(ctx context.Context, s *shard) {
 			continue
 		}
 		r.b.failed = true
-		n.persistFailures.Add(1)
 		var rd ike.Ready
+		var lost *claimLostError
+		if errors.As(r.err, &lost) {
+			// Stored, but lost its selectors: removed before anything of
+			// the batch is revealed.
+			s.eng.Committed(r.spi, r.version)
+			n.cluster.selectorConflicts.Add(1)
+			n.log.Warn("SA discarded: its selectors are another identity's", "spi", fmt.Sprintf("%016x", r.spi),
+				"change", r.kind.String(), "err", r.err)
+			s.eng.Discard(r.spi, "selectors held by another identity", &rd)
+			rd.DataPlane = withoutRemovalsOf(rd.DataPlane, r.b.dataPlane)
+			n.perform(ctx, s, &rd)
+			continue
+		}
+		n.persistFailures.Add(1)
 		var oe *statestore.OwnerError
 		if errors.As(r.err, &oe) && oe.Owner.Node != n.nodeID && s.eng.Disowned(r.spi, r.version, &rd) {
 			// etcd gives the SA to another node or to no one: it is not
@@ -205,6 +261,21 @@ func (n *Node) commitResults(ctx context.Context, s *shard) {
 	}
 	clear(s.results)
 	n.release(ctx, s)
+}
+
+// withoutRemovalsOf drops from dp the removals of CHILD SAs that the
+// dropped batch's actions were to install: they never were.
+func withoutRemovalsOf(dp, dropped []ike.Action) []ike.Action {
+	never := map[uint32]bool{}
+	for _, a := range dropped {
+		if in, ok := a.(ike.InstallChild); ok {
+			never[in.Child.InSPI] = true
+		}
+	}
+	return slices.DeleteFunc(dp, func(a ike.Action) bool {
+		rm, ok := a.(ike.RemoveChild)
+		return ok && never[rm.Child.InSPI]
+	})
 }
 
 // release applies the batches at the head of s's queue whose writes are

@@ -330,6 +330,9 @@ func (n *Node) Run(ctx context.Context) error {
 			}
 			return err
 		}
+		if _, ok := p.store.(selectorWatcher); ok && n.ecfg.Selectors != nil {
+			p.claims = newClaimBook() // before the shards and the watch use it
+		}
 		n.persist = p
 		defer p.close()
 		// Before the store closes (deferred calls run last first): a store

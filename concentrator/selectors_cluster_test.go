@@ -7,6 +7,8 @@ import (
 	"time"
 
 	"github.com/ikefleet/ikefleet/concentrator/ike"
+	"github.com/ikefleet/ikefleet/statestore"
+	clientv3 "go.etcd.io/etcd/client/v3"
 )
 
 // Exclusive selectors hold cluster-wide: a gateway on one node holds its
@@ -92,10 +94,11 @@ func connectLAN(t *testing.T, ctx context.Context, c *testCluster, g *memGateway
 	}
 }
 
-// Two overlapping claims admitted on two nodes at once (here: b sees the
-// others' claims late) are settled by etcd's order: the later claim's SA
-// is deleted by the node that holds it, the earlier one stays.
-func TestClusterSelectorConflictSettled(t *testing.T) {
+// Two overlapping claims admitted on two nodes at once (here: b reads the
+// others' claims late) are judged in etcd's order: the later claim's SA
+// is discarded by the node that holds it before anything of it goes out
+// (no IKE_AUTH answer, no CHILD SA installed); the earlier one stays.
+func TestClusterSelectorClaimsAtOnce(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
 	c := newTestCluster(t, 2)
@@ -116,23 +119,59 @@ func TestClusterSelectorConflictSettled(t *testing.T) {
 	if !connectLAN(t, ctx, c, g1, 1, "10.20.1.0/24") {
 		t.Fatal("gateway 1's CHILD SA refused")
 	}
-	// b does not know gateway 1's claim yet: gateway 2 gets an overlap.
-	if !connectLAN(t, ctx, c, g2, 2, "10.20.1.0/25") {
-		t.Fatal("gateway 2's CHILD SA refused while b's watch lags")
+	cli, err := statestore.Dial(c.etcd.Client())
+	if err != nil {
+		t.Fatal(err)
 	}
-	waitFor(t, ctx, "a sees the conflict", func() bool { return a.n.ClusterStats().SelectorConflicts > 0 })
-	if sas, err := a.n.SAs(ctx); err != nil || len(sas) != 1 {
-		t.Fatalf("a holds %d SAs (%v): the earlier claim must stay", len(sas), err)
+	defer cli.Close()
+	claims := func() int64 {
+		r, err := cli.Get(ctx, statestore.DefaultPrefix+"sel/", clientv3.WithPrefix(), clientv3.WithCountOnly())
+		if err != nil {
+			t.Fatal(err)
+		}
+		return r.Count
+	}
+	// b has not read gateway 1's claim: gateway 2's overlapping one passes
+	// b's registry and is stored, and waits for b to read the claims.
+	ini := gatewayInitiation(g2, c.vip, 2)
+	ini.RequestVIP = false
+	ini.TSi = []ike.TrafficSelector{ike.SelectorFromPrefix(netip.MustParsePrefix("10.20.1.0/25"))}
+	g2.initiate(ini)
+	waitFor(t, ctx, "gateway 2's claim stored", func() bool { return claims() == 2 })
+	waitFor(t, ctx, "a judges gateway 2's claim lost", func() bool { return a.n.ClusterStats().SelectorConflicts > 0 })
+	time.Sleep(200 * time.Millisecond) // b would have answered by now without the rule
+	quiet := func(what string) {
+		t.Helper()
+		for {
+			select {
+			case ev := <-g2.events:
+				if ev.Kind == ike.EventIKEEstablished || ev.Kind == ike.EventChildInstalled {
+					t.Fatalf("%s: gateway 2 got %v", what, ev.Kind)
+				}
+				continue
+			default:
+			}
+			return
+		}
+	}
+	quiet("while b's watch lags")
+	if n := b.dp.Len(); n != 0 {
+		t.Fatalf("b installed %d CHILD SAs for a claim not judged", n)
 	}
 	close(gate)
-	waitFor(t, ctx, "b deletes the later claim's SA", func() bool {
+	waitFor(t, ctx, "b discards the later claim's SA", func() bool {
 		sas, err := b.n.SAs(ctx)
-		return err == nil && len(sas) == 0
+		return err == nil && len(sas) == 0 && claims() == 1
 	})
+	time.Sleep(200 * time.Millisecond)
+	quiet("after b read the claims")
+	if n := b.dp.Len(); n != 0 {
+		t.Fatalf("b holds %d CHILD SAs", n)
+	}
 	if m, err := b.n.metricsSnapshot(ctx); err != nil || m.StateStore == nil || m.StateStore.SelectorConflicts == 0 {
 		t.Fatalf("b counted no conflict (ikefleet_selector_conflicts_total): %+v %v", m.StateStore, err)
 	}
 	if sas, err := a.n.SAs(ctx); err != nil || len(sas) != 1 {
-		t.Fatalf("a holds %d SAs (%v) after the settlement", len(sas), err)
+		t.Fatalf("a holds %d SAs (%v): the earlier claim must stay", len(sas), err)
 	}
 }

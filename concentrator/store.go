@@ -34,6 +34,14 @@ type persistence struct {
 	// rotation: the last (or current) rewrite pass, for the admin API.
 	rotationMu sync.Mutex
 	rotation   KeyRotation
+	// claims: the cluster's selector claims as read (claimbook.go); nil
+	// without exclusive selectors or a store that reports claims.
+	claims *claimBook
+}
+
+// selectorWatcher is a state store that reports selector claims.
+type selectorWatcher interface {
+	WatchSelectors(context.Context, func(statestore.SelectorEvent))
 }
 
 // KeyRotation is the progress of the node's last pass rewriting records
@@ -242,17 +250,16 @@ func loadClusterKey(c StateStoreConfig, generate bool) (*statestore.Keyring, err
 // watchSelectors gives the selector registry the claims of the SAs held
 // elsewhere in the cluster (statestore sel/ keys, written with each SA's
 // record under an exclusive policy), so that a node refuses another
-// identity's overlapping selectors whichever node holds them. Two
-// overlapping claims admitted on two nodes before either saw the other's
-// (within the watch's delay) are settled here: the later claim (by etcd
-// revision, then IKE SPI) loses, and the node holding its SA deletes it;
-// every node sees the same revisions, so they agree on which.
+// identity's overlapping selectors whichever node holds them, and the
+// claim book (claimbook.go) every claim in etcd's order: it judges the
+// claims made on two nodes at once, answers this node's writes held for
+// their verdict, and names the losers nobody waited for, which are
+// settled here.
 func (n *Node) watchSelectors(ctx context.Context) {
+	w, ok := n.persist.store.(selectorWatcher)
+	book := n.persist.claims
 	reg := n.ecfg.Selectors
-	w, ok := n.persist.store.(interface {
-		WatchSelectors(context.Context, func(statestore.SelectorEvent))
-	})
-	if reg == nil || !ok {
+	if reg == nil || !ok || book == nil {
 		return
 	}
 	if n.selectorWatchGate != nil { // tests: a watch that lags
@@ -262,48 +269,39 @@ func (n *Node) watchSelectors(ctx context.Context) {
 			return
 		}
 	}
-	type claim struct {
-		ev     statestore.SelectorEvent
-		ranges []ike.SelectorRange
-	}
-	claims := map[uint64]claim{}
 	w.WatchSelectors(ctx, func(ev statestore.SelectorEvent) {
-		if ev.Claim == nil {
-			delete(claims, ev.SPI)
+		switch {
+		case ev.Synced:
+			for _, l := range book.sync(ev.At) {
+				n.cluster.selectorConflicts.Add(1)
+				go n.settleSelectorConflict(ctx, l)
+			}
+		case ev.Claim == nil:
+			book.remove(ev.SPI, ev.At)
 			reg.SetRemote(ev.SPI, "", nil)
-			return
-		}
-		ranges := make([]ike.SelectorRange, len(ev.Claim.Ranges))
-		for i, r := range ev.Claim.Ranges {
-			ranges[i] = ike.SelectorRange{Start: r.Start, End: r.End}
-		}
-		reg.SetRemote(ev.SPI, ev.Claim.Identity, ranges)
-		claims[ev.SPI] = claim{ev, ranges}
-		for spi, o := range claims {
-			if spi == ev.SPI || o.ev.Claim.Identity == ev.Claim.Identity || !ike.RangesOverlap(o.ranges, ranges) {
-				continue
+		default:
+			ranges := make([]ike.SelectorRange, len(ev.Claim.Ranges))
+			for i, r := range ev.Claim.Ranges {
+				ranges[i] = ike.SelectorRange{Start: r.Start, End: r.End}
 			}
-			loser, winner := ev, o.ev
-			if o.ev.Revision > ev.Revision || (o.ev.Revision == ev.Revision && o.ev.SPI > ev.SPI) {
-				loser, winner = o.ev, ev
-			}
-			n.cluster.selectorConflicts.Add(1)
-			go n.settleSelectorConflict(ctx, loser, winner)
+			book.put(ev.SPI, ev.Claim.Identity, ranges, ev.At)
+			reg.SetRemote(ev.SPI, ev.Claim.Identity, ranges)
 		}
 	})
 }
 
-// settleSelectorConflict deletes the losing SA of two overlapping claims
-// if this node holds it (its gateway may come again: it is then refused
-// the selectors the winner holds).
-func (n *Node) settleSelectorConflict(ctx context.Context, loser, winner statestore.SelectorEvent) {
-	err := n.Terminate(ctx, loser.SPI)
+// settleSelectorConflict deletes the SA of a claim that lost with no write
+// of this node waiting for it (claimbook.go), if this node holds it (its
+// gateway may come again: it is then refused the selectors the holder
+// holds).
+func (n *Node) settleSelectorConflict(ctx context.Context, l claimLoss) {
+	err := n.Terminate(ctx, l.spi)
 	if errors.Is(err, ErrNoSA) {
 		return // another node's: it settles it
 	}
 	n.log.Warn("selectors claimed on two nodes at once: the later claim's SA is deleted",
-		"spi", fmt.Sprintf("%016x", loser.SPI), "identity", loser.Claim.Identity,
-		"holder", winner.Claim.Identity, "holder_spi", fmt.Sprintf("%016x", winner.SPI), "err", err)
+		"spi", fmt.Sprintf("%016x", l.spi), "identity", l.identity,
+		"holder", l.holder, "holder_spi", fmt.Sprintf("%016x", l.holderSPI), "err", err)
 }
 
 // reloadClusterKeys reads statestore.cluster_key_file again (never

@@ -454,6 +454,20 @@ func (sa *IKESA) terminate(e *Engine, reason string, rd *Ready) {
 	rd.add(ev)
 }
 
+// Discard removes the IKE SA with our SPI spi at once, without an exchange
+// with its peer: its deletion is persisted, its CHILD SAs leave the data
+// plane. For an SA whose last answer was never sent (a cluster gave the
+// selectors it claimed to an earlier claim of another identity): the peer
+// does not know it, or must not keep it.
+func (e *Engine) Discard(spi uint64, reason string, rd *Ready) {
+	e.step++
+	sa := e.sas[spi]
+	if sa == nil || sa.localSPI() != spi {
+		return
+	}
+	sa.terminate(e, reason, rd)
+}
+
 // Delete starts deleting the IKE SA with our SPI spi: an INFORMATIONAL
 // request with a Delete payload; the SA goes when the peer answers or the
 // request times out.

@@ -99,7 +99,7 @@ var (
 	dClusterKeys     = gaugeDef("cluster_keys", "Cluster keys the node holds (statestore.cluster_key_file).")
 	dRewrapped       = counterDef("cluster_key_records_rewritten_total", "Records rewritten under the sealing key after it changed (cluster key rotation).")
 	dRewrapFailed    = counterDef("cluster_key_records_unreadable_total", "Records a rewrap could not open (a key the node lacks, corrupt, rolled back): left as they are.")
-	dSelConflicts    = counterDef("selector_conflicts_total", "Overlapping selector claims of two identities admitted on two nodes at once, seen by this node (the later one's SA is deleted by its node).")
+	dSelConflicts    = counterDef("selector_conflicts_total", "Selector claims that lost to an earlier overlapping claim of another identity (two nodes admitting them at once), as this node judged them; the losing SA is discarded by its node.")
 
 	// The data plane.
 	dInstallFailures = counterDef("dataplane_install_failures_total", "CHILD SAs the data plane failed to install.", "dataplane")
