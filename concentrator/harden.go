@@ -35,15 +35,16 @@ func perPacketKind(ev ike.Event) (kind string, level slog.Level, ok bool) {
 	return "", 0, false
 }
 
-// flushSuppressed reports suppressed per-packet lines once a second, so a
-// flood that stops is still accounted for.
+// flushSuppressed reports the suppressed per-packet lines of kinds gone
+// quiet once a second, so a flood that stops is still accounted for (one
+// that goes on reports them on its next line), and all of them at the end.
 func (n *Node) flushSuppressed(ctx context.Context) {
 	t := time.NewTicker(time.Second)
 	defer t.Stop()
 	for {
 		select {
 		case <-ctx.Done():
-			n.plog.Flush(context.Background())
+			n.plog.FlushAll(context.Background())
 			return
 		case <-t.C:
 			n.plog.Flush(ctx)

@@ -133,7 +133,7 @@ func New(cfg Config, log *slog.Logger, dp dataplane.DataPlane, opts ...Option) (
 	if cfg.Children.RestoreRekeyWindow != 0 {
 		log.Warn("children.restore_rekey_window is deprecated and ignored: restored CHILD SAs keep their rekey schedule and continue above their sequence number reservations")
 	}
-	n.plog = ratelog.New(log, cfg.Log.PerEventRate, 2*cfg.Log.PerEventRate)
+	n.plog = ratelog.New(log, cfg.Log.PerEventRate, cfg.Log.PerEventRate)
 	if su, ok := dp.(dataplane.SenderUser); ok {
 		su.SetSender(n) // user-space ESP leaves through our NAT-T socket
 	}

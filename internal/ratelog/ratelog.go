@@ -1,8 +1,9 @@
 // Package ratelog bounds the log lines of per-packet events: each event
 // kind gets a token bucket (at most Rate lines a second, Burst at once);
-// lines over it are counted, and the next line of that kind, or Flush,
-// reports how many were suppressed. A flood then costs the log a few lines
-// a second instead of one line a packet.
+// lines over it are counted, and the next line of that kind reports how
+// many were suppressed; Flush reports them for kinds that have gone quiet.
+// A flood of one kind then costs the log Rate lines a second instead of
+// one line a packet.
 package ratelog
 
 import (
@@ -27,6 +28,7 @@ type Logger struct {
 type bucket struct {
 	tokens     float64
 	last       time.Time
+	seen       time.Time // the kind's last event, written or not
 	suppressed uint64
 	level      slog.Level
 	msg        string
@@ -98,6 +100,7 @@ func (l *Logger) allow(kind string, level slog.Level, msg string) (bool, uint64)
 		b.tokens = min(l.burst, b.tokens+d.Seconds()*l.rate)
 		b.last = now
 	}
+	b.seen = now
 	if b.tokens < 1 {
 		b.suppressed++
 		b.level, b.msg = level, msg
@@ -109,22 +112,34 @@ func (l *Logger) allow(kind string, level slog.Level, msg string) (bool, uint64)
 	return true, k
 }
 
-// Flush writes one summary line per kind with suppressed lines pending
-// ("<msg> (suppressed)", kind, suppressed=K). Call it now and then (once a
-// second) so that a flood that stops is still reported.
-func (l *Logger) Flush(ctx context.Context) {
+// Quiet is how long a kind goes without events before Flush reports its
+// suppressed lines: while events keep coming, the kind's next line does,
+// so a flood costs no summary lines on top of its own.
+const Quiet = time.Second
+
+// Flush writes one summary line per kind quiet for Quiet with suppressed
+// lines pending ("<msg> (suppressed)", kind, suppressed=K). Call it now
+// and then (once a second) so that a flood that stops is reported.
+func (l *Logger) Flush(ctx context.Context) { l.flush(ctx, false) }
+
+// FlushAll is Flush for every kind, quiet or not (at the end).
+func (l *Logger) FlushAll(ctx context.Context) { l.flush(ctx, true) }
+
+func (l *Logger) flush(ctx context.Context, all bool) {
 	type line struct {
 		kind, msg string
 		level     slog.Level
 		k         uint64
 	}
 	var out []line
+	now := l.now()
 	l.mu.Lock()
 	for kind, b := range l.kinds {
-		if b.suppressed > 0 {
+		switch {
+		case b.suppressed > 0 && (all || now.Sub(b.seen) >= Quiet):
 			out = append(out, line{kind, b.msg, b.level, b.suppressed})
 			b.suppressed = 0
-		} else if b.tokens >= l.burst {
+		case b.suppressed == 0 && b.tokens >= l.burst && now.Sub(b.seen) >= Quiet:
 			delete(l.kinds, kind) // idle: forget it
 		}
 	}
