@@ -155,13 +155,19 @@ func floodChild() int {
 // startFlood runs a flood in a child process (see floodChildEnv); wait
 // returns its report and the CPU time it used. The child ends by itself
 // after o.Duration; ctx's end kills it (by its PID).
+//
+// The child runs at nice 19: an attacker's CPU is not the node's, and on
+// two shared cores a generator of equal priority takes the node's CPU
+// for whole scheduler slices (genuine gateways' p99 setup 10-14 ms under
+// the flood, against 2-3 ms at nice 19 with the same flood rate reached:
+// the generator still gets the CPU the node leaves).
 func startFlood(t *testing.T, ctx context.Context, o loadtest.FloodOptions) (wait func() (loadtest.FloodReport, time.Duration, error)) {
 	t.Helper()
 	in, err := json.Marshal(o)
 	if err != nil {
 		t.Fatal(err)
 	}
-	cmd := exec.CommandContext(ctx, os.Args[0], "-test.run=^$")
+	cmd := exec.CommandContext(ctx, "nice", "-n", "19", os.Args[0], "-test.run=^$")
 	cmd.Env = append(os.Environ(), floodChildEnv+"=1")
 	cmd.Stdin = bytes.NewReader(in)
 	var out, errOut bytes.Buffer
@@ -385,7 +391,7 @@ func TestFloodEstablishedAndGenuine(t *testing.T) {
 		}
 	}
 	sort.Strings(kinds)
-	if float64(floodLines) > 5*floodS+10 { // a few a second: each kind 1 line and 1 summary a second, plus its burst
+	if float64(floodLines) > floodS+5 { // a line a second of the flood's kind (log.per_event_rate 1), and a few of the half-open SAs it leaves
 		t.Errorf("%d log lines from the flood in %.1f s: %v", floodLines, floodS, kinds)
 	}
 
