@@ -177,16 +177,19 @@ func (sa *IKESA) pool(e *Engine) AddressPool {
 // for concurrent use. A claim overlapping a range another identity holds
 // is refused.
 //
-// Lookups scan the ranges held (site-to-site selectors: virtual IPs are
-// kept apart by their pool and not registered).
+// Lookups go through interval indexes (RangeIndex): a claim's cost does
+// not grow with the claims held (a fleet of gateways, each with its LAN;
+// virtual IPs are kept apart by their pool and not registered).
 type SelectorRegistry struct {
 	mu     sync.Mutex
 	ranges map[tsRange]*rangeHolders
 	bySA   map[uint64][]tsRange
+	local  RangeIndex[struct{}] // the keys of ranges
 	// remote: what SAs held elsewhere in the cluster claim (SetRemote, from
 	// the state store), by their IKE SPI. An SA held here counts by its
 	// local entry only.
-	remote map[uint64]remoteClaim
+	remote    map[uint64]remoteClaim
+	remoteIdx RangeIndex[uint64] // remote's ranges, by SPI
 }
 
 type remoteClaim struct {
@@ -216,6 +219,9 @@ type SelectorRange struct{ Start, End netip.Addr }
 func (r *SelectorRegistry) SetRemote(sa uint64, owner string, ranges []SelectorRange) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	for _, k := range r.remote[sa].ranges {
+		r.remoteIdx.Remove(k.selectorRange(), sa)
+	}
 	if len(ranges) == 0 {
 		delete(r.remote, sa)
 		return
@@ -223,9 +229,12 @@ func (r *SelectorRegistry) SetRemote(sa uint64, owner string, ranges []SelectorR
 	c := remoteClaim{owner: owner, ranges: make([]tsRange, len(ranges))}
 	for i, x := range ranges {
 		c.ranges[i] = tsRange{x.Start, x.End}
+		r.remoteIdx.Add(x, sa)
 	}
 	r.remote[sa] = c
 }
+
+func (k tsRange) selectorRange() SelectorRange { return SelectorRange{k.start, k.end} }
 
 // HeldBy returns the ranges IKE SA sa holds here.
 func (r *SelectorRegistry) HeldBy(sa uint64) []SelectorRange {
@@ -262,8 +271,28 @@ func RangesOverlap(a, b []SelectorRange) bool {
 	return false
 }
 
-func overlaps(k tsRange, t TrafficSelector) bool {
-	return SelectorRange{k.start, k.end}.Overlaps(SelectorRange{t.Start, t.End})
+// heldByOther names an identity other than owner holding a range that
+// overlaps q, here or (by a remote claim of an SA not held here) on
+// another node; "" if none.
+func (r *SelectorRegistry) heldByOther(owner string, q SelectorRange) (holder string) {
+	r.local.Overlapping(q, func(k SelectorRange, _ struct{}) bool {
+		if h := r.ranges[tsRange{k.Start, k.End}]; h != nil && h.owner != owner {
+			holder = h.owner
+			return false
+		}
+		return true
+	})
+	if holder != "" {
+		return holder
+	}
+	r.remoteIdx.Overlapping(q, func(_ SelectorRange, spi uint64) bool {
+		if c := r.remote[spi]; c.owner != owner && r.bySA[spi] == nil {
+			holder = c.owner
+			return false
+		}
+		return true
+	})
+	return holder
 }
 
 // ErrSelectorHeld is the cause of a refused claim.
@@ -284,20 +313,8 @@ func (r *SelectorRegistry) Claim(owner string, sa uint64, ts []TrafficSelector, 
 	defer r.mu.Unlock()
 	if !force {
 		for _, t := range ts {
-			for k, h := range r.ranges {
-				if h.owner != owner && overlaps(k, t) {
-					return &ErrSelectorHeld{Selector: t, Holder: h.owner}
-				}
-			}
-			for spi, c := range r.remote {
-				if c.owner == owner || r.bySA[spi] != nil {
-					continue
-				}
-				for _, k := range c.ranges {
-					if overlaps(k, t) {
-						return &ErrSelectorHeld{Selector: t, Holder: c.owner}
-					}
-				}
+			if holder := r.heldByOther(owner, SelectorRange{t.Start, t.End}); holder != "" {
+				return &ErrSelectorHeld{Selector: t, Holder: holder}
 			}
 		}
 	}
@@ -312,6 +329,7 @@ func (r *SelectorRegistry) Claim(owner string, sa uint64, ts []TrafficSelector, 
 			}
 			h = &rangeHolders{owner: owner, sas: map[uint64]int{}}
 			r.ranges[k] = h
+			r.local.Add(k.selectorRange(), struct{}{})
 		}
 		if h.sas[sa] == 0 {
 			r.bySA[sa] = append(r.bySA[sa], k)
@@ -330,6 +348,7 @@ func (r *SelectorRegistry) Release(sa uint64) {
 			delete(h.sas, sa)
 			if len(h.sas) == 0 {
 				delete(r.ranges, k)
+				r.local.Remove(k.selectorRange(), struct{}{})
 			}
 		}
 	}
