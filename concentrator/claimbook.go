@@ -34,7 +34,8 @@ var claimVerdictTimeout = 10 * time.Second
 // concurrent use.
 type claimBook struct {
 	mu     sync.Mutex
-	claims map[uint64]*bookClaim // by IKE SPI
+	claims map[uint64]*bookClaim  // by IKE SPI
+	index  ike.RangeIndex[uint64] // the claims' ranges, by IKE SPI
 	// gone: the ranges of the claims deleted at revision goneAt, by
 	// identity. An IKE rekey deletes the old SA's claim and writes the new
 	// SA's in one transaction: its ranges keep their first revision.
@@ -190,6 +191,14 @@ func (b *claimBook) put(spi uint64, identity string, ranges []ike.SelectorRange,
 			grew = true
 		}
 	}
+	if old != nil {
+		for _, x := range old.ranges {
+			b.index.Remove(x.SelectorRange, spi)
+		}
+	}
+	for _, x := range c.ranges {
+		b.index.Add(x.SelectorRange, spi)
+	}
 	b.claims[spi] = c
 	if grew {
 		b.grown = append(b.grown, grownClaim{spi, at})
@@ -224,6 +233,9 @@ func (b *claimBook) remove(spi uint64, at int64) {
 		return
 	}
 	delete(b.claims, spi)
+	for _, x := range c.ranges {
+		b.index.Remove(x.SelectorRange, spi)
+	}
 	if at == 0 {
 		return
 	}
@@ -296,19 +308,26 @@ func (b *claimBook) judge(g grownClaim) *claimLoss {
 	if c == nil {
 		return nil // gone meanwhile
 	}
+	var loss *claimLoss
 	for _, x := range c.ranges {
 		if x.since != g.at {
 			continue
 		}
-		for spi, o := range b.claims {
-			if spi == g.spi || o.identity == c.identity {
-				continue
+		b.index.Overlapping(x.SelectorRange, func(_ ike.SelectorRange, spi uint64) bool {
+			o := b.claims[spi]
+			if spi == g.spi || o == nil || o.identity == c.identity {
+				return true
 			}
 			for _, y := range o.ranges {
 				if x.Overlaps(y.SelectorRange) && (y.since < x.since || y.since == x.since && spi < g.spi) {
-					return &claimLoss{spi: g.spi, holderSPI: spi, at: g.at, identity: c.identity, holder: o.identity}
+					loss = &claimLoss{spi: g.spi, holderSPI: spi, at: g.at, identity: c.identity, holder: o.identity}
+					return false
 				}
 			}
+			return true
+		})
+		if loss != nil {
+			return loss
 		}
 	}
 	return nil
