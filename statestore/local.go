@@ -13,6 +13,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"syscall"
 )
 
 // Files in a node's data directory.
@@ -63,40 +64,51 @@ func OpenEmbedded(dataDir string, cfg EmbedConfig) (*Embedded, error) {
 	if err := os.MkdirAll(dataDir, 0o700); err != nil {
 		return nil, &DataDirError{Path: dataDir, Err: err}
 	}
-	client, peer, err := embeddedAddrs(dataDir)
-	if err != nil {
-		return nil, err
-	}
 	cfg.Dir = filepath.Join(dataDir, embeddedEtcdDir)
-	cfg.ClientAddr, cfg.PeerAddr = client, peer
-	return StartEmbedded(cfg)
+	for try := 1; ; try++ {
+		client, peer, chosen, err := embeddedAddrs(dataDir)
+		if err != nil {
+			return nil, err
+		}
+		cfg.ClientAddr, cfg.PeerAddr = client, peer
+		e, err := StartEmbedded(cfg)
+		if err == nil || !chosen || try == 3 || !errors.Is(err, syscall.EADDRINUSE) {
+			return e, err
+		}
+		// Ports chosen just now, free when chosen, were taken by another
+		// process before etcd bound them (etcd binds before it writes any
+		// data): choose again.
+		if err := os.Remove(filepath.Join(dataDir, embeddedAddrsFile)); err != nil {
+			return nil, &DataDirError{Path: dataDir, Err: err}
+		}
+	}
 }
 
 // embeddedAddrs returns the member's addresses kept in dir, choosing free
-// loopback ports the first time.
-func embeddedAddrs(dir string) (client, peer string, err error) {
+// loopback ports the first time (chosen).
+func embeddedAddrs(dir string) (client, peer string, chosen bool, err error) {
 	path := filepath.Join(dir, embeddedAddrsFile)
 	b, err := os.ReadFile(path)
 	switch {
 	case err == nil:
 		f := strings.Fields(string(b))
 		if len(f) != 2 {
-			return "", "", &DataDirError{Path: path, Err: errors.New("want two host:port addresses (client, peer)")}
+			return "", "", false, &DataDirError{Path: path, Err: errors.New("want two host:port addresses (client, peer)")}
 		}
-		return f[0], f[1], nil
+		return f[0], f[1], false, nil
 	case !errors.Is(err, os.ErrNotExist):
-		return "", "", &DataDirError{Path: path, Err: err}
+		return "", "", false, &DataDirError{Path: path, Err: err}
 	}
-	if client, err = freeAddr(""); err != nil {
-		return "", "", err
+	if client, err = pickAddr(""); err != nil {
+		return "", "", false, err
 	}
-	if peer, err = freeAddr(""); err != nil {
-		return "", "", err
+	if peer, err = pickAddr(""); err != nil {
+		return "", "", false, err
 	}
 	if err := writeFileAtomic(path, []byte(client+" "+peer+"\n")); err != nil {
-		return "", "", &DataDirError{Path: path, Err: err}
+		return "", "", false, &DataDirError{Path: path, Err: err}
 	}
-	return client, peer, nil
+	return client, peer, true, nil
 }
 
 // DefaultClusterKeyFile is the cluster key's path when no key file is
