@@ -165,6 +165,7 @@ func (n *Node) submit(s *shard, b *heldBatch, p ike.Persist) {
 		// (claimbook.go): nothing of it goes out if its ranges lost.
 		claim = book.wait(c.Record.LocalSPI())
 		c.Revision = new(int64)
+		n.cluster.selectorHolds.Add(1)
 	}
 	done := func(err error) {
 		if vip != nil {
@@ -231,7 +232,11 @@ func (n *Node) commitResults(ctx context.Context, s *shard) {
 			// Stored, but lost its selectors: removed before anything of
 			// the batch is revealed.
 			s.eng.Committed(r.spi, r.version)
-			n.cluster.selectorConflicts.Add(1)
+			if lost.holder == "" {
+				n.cluster.selectorHoldTimeouts.Add(1)
+			} else {
+				n.cluster.selectorConflicts.Add(1)
+			}
 			n.log.Warn("SA discarded: its selectors are another identity's", "spi", fmt.Sprintf("%016x", r.spi),
 				"change", r.kind.String(), "err", r.err)
 			s.eng.Discard(r.spi, "selectors held by another identity", &rd)

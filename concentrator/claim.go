@@ -65,6 +65,7 @@ type clusterStats struct {
 	handOffCalls, claimBatches                atomic.Uint64
 	rewraps, rewrapped, rewrapUnreadable      atomic.Uint64
 	selectorConflicts                         atomic.Uint64
+	selectorHolds, selectorHoldTimeouts       atomic.Uint64
 }
 
 // ClusterStats are a node's counters of SA moves.
@@ -84,10 +85,12 @@ type ClusterStats struct {
 	// Cluster key rotation: rewrap passes completed, records rewritten
 	// under the sealing key, records no key of the node opens.
 	Rewraps, Rewrapped, RewrapUnreadable uint64
-	// SelectorConflicts: overlapping selector claims of two identities
-	// admitted on two nodes at once, seen here (the later one's SA is
-	// deleted by its node).
-	SelectorConflicts uint64
+	// SelectorConflicts: selector claims that lost to an earlier
+	// overlapping claim of another identity, as judged here (claimbook.go;
+	// the losing SA is discarded by its node). SelectorHolds: writes held
+	// here for their claims' verdict; SelectorHoldTimeouts: those given up
+	// without one (the claims watch behind), their SAs discarded.
+	SelectorConflicts, SelectorHolds, SelectorHoldTimeouts uint64
 }
 
 // ClusterStats returns the node's claim and hand-off counters.
@@ -98,7 +101,8 @@ func (n *Node) ClusterStats() ClusterStats {
 		ClaimFailures: c.claimFailures.Load(), Nobody: c.nobody.Load(), NegativeHits: c.negHits.Load(),
 		ParkDrops: c.parkDrops.Load(), HandOffCalls: c.handOffCalls.Load(), ClaimBatches: c.claimBatches.Load(),
 		Rewraps: c.rewraps.Load(), Rewrapped: c.rewrapped.Load(), RewrapUnreadable: c.rewrapUnreadable.Load(),
-		SelectorConflicts: c.selectorConflicts.Load()}
+		SelectorConflicts: c.selectorConflicts.Load(), SelectorHolds: c.selectorHolds.Load(),
+		SelectorHoldTimeouts: c.selectorHoldTimeouts.Load()}
 }
 
 // Where a claim is.

@@ -168,10 +168,57 @@ func TestClusterSelectorClaimsAtOnce(t *testing.T) {
 	if n := b.dp.Len(); n != 0 {
 		t.Fatalf("b holds %d CHILD SAs", n)
 	}
-	if m, err := b.n.metricsSnapshot(ctx); err != nil || m.StateStore == nil || m.StateStore.SelectorConflicts == 0 {
-		t.Fatalf("b counted no conflict (ikefleet_selector_conflicts_total): %+v %v", m.StateStore, err)
+	if m, err := b.n.metricsSnapshot(ctx); err != nil || m.StateStore == nil || m.StateStore.SelectorConflicts == 0 ||
+		m.StateStore.SelectorHolds == 0 || m.StateStore.SelectorHoldTimeouts != 0 {
+		t.Fatalf("b's counters (ikefleet_selector_conflicts_total, _claim_holds_total, _claim_hold_timeouts_total): %+v %v", m.StateStore, err)
+	}
+	if cs := a.n.ClusterStats(); cs.SelectorHolds != 1 || cs.SelectorHoldTimeouts != 0 {
+		t.Fatalf("a: %d writes held for a verdict (want gateway 1's), %d given up", cs.SelectorHolds, cs.SelectorHoldTimeouts)
 	}
 	if sas, err := a.n.SAs(ctx); err != nil || len(sas) != 1 {
 		t.Fatalf("a holds %d SAs (%v): the earlier claim must stay", len(sas), err)
+	}
+}
+
+// A node whose claims watch does not reach a held write within the bound
+// gives the write up as lost: the SA is discarded unjudged, never
+// admitted, and the give-up is counted apart from conflicts.
+func TestClusterSelectorHoldGivenUp(t *testing.T) {
+	old := claimVerdictTimeout
+	t.Cleanup(func() { claimVerdictTimeout = old }) // after the node's cleanup
+	claimVerdictTimeout = 300 * time.Millisecond
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	c := newTestCluster(t, 1)
+	c.edit = func(text string) string {
+		return text + "policies:\n  - {id: '*@iot.example', remote_ts: [10.20.0.0/16]}\n"
+	}
+	gate := make(chan struct{}) // never opened: the watch never reads
+	c.adjust = func(id string, n *Node) { n.selectorWatchGate = gate }
+	a := c.start(ctx, "a")
+	g := startMemGateway(t, ctx, c.netw, c.clk, netip.MustParseAddr("192.0.2.11"))
+	c.pin(g.ike.LocalAddr().Addr(), "a")
+	ini := gatewayInitiation(g, c.vip, 1)
+	ini.RequestVIP = false
+	ini.TSi = []ike.TrafficSelector{ike.SelectorFromPrefix(netip.MustParsePrefix("10.20.1.0/24"))}
+	g.initiate(ini)
+	waitFor(t, ctx, "the held write given up", func() bool { return a.n.ClusterStats().SelectorHoldTimeouts == 1 })
+	waitFor(t, ctx, "its SA discarded", func() bool {
+		sas, err := a.n.SAs(ctx)
+		return err == nil && len(sas) == 0
+	})
+	for {
+		select {
+		case ev := <-g.events:
+			if ev.Kind == ike.EventIKEEstablished || ev.Kind == ike.EventChildInstalled {
+				t.Fatalf("the gateway got %v from a write never judged", ev.Kind)
+			}
+			continue
+		default:
+		}
+		break
+	}
+	if cs := a.n.ClusterStats(); cs.SelectorConflicts != 0 || a.dp.Len() != 0 {
+		t.Fatalf("%d conflicts counted, %d CHILD SAs installed", cs.SelectorConflicts, a.dp.Len())
 	}
 }

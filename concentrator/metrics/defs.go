@@ -100,6 +100,8 @@ var (
 	dRewrapped       = counterDef("cluster_key_records_rewritten_total", "Records rewritten under the sealing key after it changed (cluster key rotation).")
 	dRewrapFailed    = counterDef("cluster_key_records_unreadable_total", "Records a rewrap could not open (a key the node lacks, corrupt, rolled back): left as they are.")
 	dSelConflicts    = counterDef("selector_conflicts_total", "Selector claims that lost to an earlier overlapping claim of another identity (two nodes admitting them at once), as this node judged them; the losing SA is discarded by its node.")
+	dSelHolds        = counterDef("selector_claim_holds_total", "Writes that claim selector ranges held (with their answers and CHILD SA installs) until this node has read the cluster's claims up to them.")
+	dSelHoldTimeouts = counterDef("selector_claim_hold_timeouts_total", "Held selector claim writes given up without a verdict (the claims watch more than 10 s behind); their SAs are discarded.")
 
 	// The data plane.
 	dInstallFailures = counterDef("dataplane_install_failures_total", "CHILD SAs the data plane failed to install.", "dataplane")

@@ -96,11 +96,11 @@ type StateStore struct {
 	Txns       uint64
 	Rollbacks  uint64 // sealed records refused as rolled back
 	// Cluster keys: the sealing key's id and how many are held; records
-	// rewritten under it and those no key of the node opened; overlapping
-	// selector claims seen.
-	SealingKey, Keys            uint32
-	Rewrapped, RewrapUnreadable uint64
-	SelectorConflicts           uint64
+	// rewritten under it and those no key of the node opened; selector
+	// claims judged lost, writes held for a verdict, holds given up.
+	SealingKey, Keys                                       uint32
+	Rewrapped, RewrapUnreadable                            uint64
+	SelectorConflicts, SelectorHolds, SelectorHoldTimeouts uint64
 }
 
 // DataPlane is the data plane's name, install failures and, when it is a
@@ -347,6 +347,8 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 		counter(dRewrapped, ss.Rewrapped)
 		counter(dRewrapFailed, ss.RewrapUnreadable)
 		counter(dSelConflicts, ss.SelectorConflicts)
+		counter(dSelHolds, ss.SelectorHolds)
+		counter(dSelHoldTimeouts, ss.SelectorHoldTimeouts)
 	}
 
 	// The data plane.
