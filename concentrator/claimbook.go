@@ -313,16 +313,14 @@ func (b *claimBook) judge(g grownClaim) *claimLoss {
 		if x.since != g.at {
 			continue
 		}
-		b.index.Overlapping(x.SelectorRange, func(_ ike.SelectorRange, spi uint64) bool {
+		b.index.Overlapping(x.SelectorRange, func(y ike.SelectorRange, spi uint64) bool {
 			o := b.claims[spi]
 			if spi == g.spi || o == nil || o.identity == c.identity {
 				return true
 			}
-			for _, y := range o.ranges {
-				if x.Overlaps(y.SelectorRange) && (y.since < x.since || y.since == x.since && spi < g.spi) {
-					loss = &claimLoss{spi: g.spi, holderSPI: spi, at: g.at, identity: c.identity, holder: o.identity}
-					return false
-				}
+			if since, _ := sinceOf(o, o.identity, y); since < x.since || since == x.since && spi < g.spi {
+				loss = &claimLoss{spi: g.spi, holderSPI: spi, at: g.at, identity: c.identity, holder: o.identity}
+				return false
 			}
 			return true
 		})

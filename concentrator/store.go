@@ -256,12 +256,11 @@ func loadClusterKey(c StateStoreConfig, generate bool) (*statestore.Keyring, err
 // their verdict, and names the losers nobody waited for, which are
 // settled here.
 func (n *Node) watchSelectors(ctx context.Context) {
-	w, ok := n.persist.store.(selectorWatcher)
-	book := n.persist.claims
-	reg := n.ecfg.Selectors
-	if reg == nil || !ok || book == nil {
+	book := n.persist.claims // set only with a registry and a store that watches claims
+	if book == nil {
 		return
 	}
+	w, reg := n.persist.store.(selectorWatcher), n.ecfg.Selectors
 	if n.selectorWatchGate != nil { // tests: a watch that lags
 		select {
 		case <-n.selectorWatchGate:

@@ -150,11 +150,9 @@ func (x *RangeIndex[V]) Overlapping(q SelectorRange, f func(r SelectorRange, v V
 			continue
 		}
 		// A range of class c ends at most 2^c - 1 after its start.
-		from := s
-		if w := widthOf(c.class); w.less(s) || w == s {
+		var from u128
+		if w := widthOf(c.class); !s.less(w) {
 			from = s.sub(w)
-		} else {
-			from = u128{}
 		}
 		stop := false
 		t.AscendGreaterOrEqual(&indexed[V]{start: from}, func(it *indexed[V]) bool {
