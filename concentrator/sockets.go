@@ -237,7 +237,7 @@ func (n *Node) readLoop(c transport.Conn) {
 				n.log.Warn("read failed", "local", local.String(), "err", err)
 				continue
 			}
-			if reply := n.receive(c, buf[:nb], local, remote, natt, espIn); reply != nil {
+			if reply := n.receive(c, buf[:nb], local, remote, natt, espIn, nil); reply != nil {
 				n.send(ike.Send{Local: local, Remote: remote, Messages: [][]byte{reply}})
 			}
 		}
@@ -247,10 +247,17 @@ func (n *Node) readLoop(c transport.Conn) {
 	for i := range msgs {
 		msgs[i].Buffers = [][]byte{make([]byte, maxDatagram)}
 	}
-	// Cookie demands the batch's datagrams got, sent in one sendmmsg.
-	replies := make([]ipv4.Message, 0, readBatchLen)
+	// Cookie demands the batch's datagrams got, sent in one sendmmsg; their
+	// buffers and messages are reused from batch to batch (a flood's
+	// answers cost no allocation).
+	replyBufs := make([][]byte, readBatchLen)
+	replyMsgs := make([]ipv4.Message, readBatchLen)
+	for i := range replyMsgs {
+		replyBufs[i] = make([]byte, 0, 4+ike.CookieReplyLen)
+		replyMsgs[i].Buffers = [][]byte{nil}
+	}
 	for {
-		replies = replies[:0]
+		replies := replyMsgs[:0]
 		nm, err := br.ReadBatch(msgs, 0)
 		if err != nil {
 			if errors.Is(err, net.ErrClosed) {
@@ -269,11 +276,14 @@ func (n *Node) readLoop(c transport.Conn) {
 				continue
 			}
 			remote := ua.AddrPort()
-			if reply := n.receive(c, m.Buffers[0][:m.N], local, netip.AddrPortFrom(remote.Addr().Unmap(), remote.Port()), natt, espIn); reply != nil {
-				if natt {
-					reply = append([]byte{0, 0, 0, 0}, reply...)
-				}
-				replies = append(replies, ipv4.Message{Buffers: [][]byte{reply}, Addr: ua})
+			k := len(replies)
+			dst := replyBufs[k][:0]
+			if natt {
+				dst = append(dst, 0, 0, 0, 0) // the non-ESP marker
+			}
+			if reply := n.receive(c, m.Buffers[0][:m.N], local, netip.AddrPortFrom(remote.Addr().Unmap(), remote.Port()), natt, espIn, dst); reply != nil {
+				replies = replies[:k+1]
+				replies[k].Buffers[0], replies[k].Addr = reply, ua
 			}
 		}
 		n.sendBatch(br, replies, local)
@@ -310,9 +320,9 @@ func (n *Node) sendBatch(bw batchReader, ms []ipv4.Message, local netip.AddrPort
 
 // receive sorts one datagram: a NAT-T keepalive, ESP for the data plane,
 // or an IKE message for its shard's queue; or it returns the cookie
-// demand (without the non-ESP marker) that answers a new IKE_SA_INIT,
-// for the caller to send.
-func (n *Node) receive(c transport.Conn, b []byte, local, remote netip.AddrPort, natt bool, espIn dataplane.ESPHandler) []byte {
+// demand that answers a new IKE_SA_INIT, appended to dst, for the caller
+// to send.
+func (n *Node) receive(c transport.Conn, b []byte, local, remote netip.AddrPort, natt bool, espIn dataplane.ESPHandler, dst []byte) []byte {
 	if natt {
 		switch {
 		case len(b) == 1 && b[0] == 0xff:
@@ -353,7 +363,7 @@ func (n *Node) receive(c transport.Conn, b []byte, local, remote netip.AddrPort,
 		// queueing: a flood of them never stands between the engine and
 		// the requests that proved their address with a cookie, which
 		// are queued apart, after the established SAs' messages.
-		switch reply, v := cookies.Screen(now, b, remote.Addr()); v {
+		switch reply, v := cookies.Screen(now, b, remote.Addr(), dst); v {
 		case ike.ScreenAnswered:
 			n.logEvent(s, ike.Event{Kind: ike.EventCookieSent, SPIi: binary.BigEndian.Uint64(b), Local: local, Remote: remote, Notify: ike.COOKIE})
 			return reply

@@ -314,6 +314,34 @@ func TestSocketLoopAnswersCookies(t *testing.T) {
 		release()
 		t.Fatal("no cookie from the socket loop while the shard is busy")
 	}
+	// On the NAT-T port, after the non-ESP marker; a burst of requests
+	// (several read batches, their answers' buffers reused from batch to
+	// batch) gets one answer each, for its own SPI.
+	const burst = 3*readBatchLen + 5
+	for i := range uint64(burst) {
+		if _, err := c.WriteToUDPAddrPort(append([]byte{0, 0, 0, 0}, cookieInit(spi+1+i, nil)...), n.NATTAddr()); err != nil {
+			t.Fatal(err)
+		}
+	}
+	answered := map[uint64]bool{}
+	for range burst {
+		c.SetReadDeadline(time.Now().Add(30 * time.Second))
+		nb, _, err := c.ReadFromUDPAddrPort(buf)
+		if err != nil {
+			release()
+			t.Fatalf("%d of %d requests on the NAT-T port answered: %v", len(answered), burst, err)
+		}
+		if nb < 4 || binary.BigEndian.Uint32(buf) != 0 {
+			release()
+			t.Fatalf("answer on the NAT-T port without the non-ESP marker: %x", buf[:nb])
+		}
+		m, err := ike.Decode(append([]byte(nil), buf[4:nb]...))
+		if err != nil || cookieIn(m) == nil || m.SPIi <= spi || m.SPIi > spi+burst || answered[m.SPIi] {
+			release()
+			t.Fatalf("answer on the NAT-T port: %+v, %v (answered so far %d)", m, err, len(answered))
+		}
+		answered[m.SPIi] = true
+	}
 	proven := cookieInit(spi, cookie)
 	if _, err := c.WriteToUDPAddrPort(proven, n.IKEAddr()); err != nil {
 		t.Fatal(err)
@@ -342,8 +370,8 @@ func TestSocketLoopAnswersCookies(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if st.CookiesSent != 2 || st.HalfOpen != 1 {
-		t.Fatalf("cookies sent %d (want 2), half-open %d (want 1)", st.CookiesSent, st.HalfOpen)
+	if st.CookiesSent != 2+burst || st.HalfOpen != 1 {
+		t.Fatalf("cookies sent %d (want %d), half-open %d (want 1)", st.CookiesSent, 2+burst, st.HalfOpen)
 	}
 }
 

@@ -19,7 +19,7 @@ import (
 // them.
 type Cookies struct {
 	mu      sync.RWMutex
-	secrets [2]cookieSecret // current and previous
+	secrets [2]*cookieSecret // current and previous (nil: none yet); never changed once made
 
 	over     atomic.Bool   // half-open SAs at the engine's threshold
 	demanded atomic.Int64  // when a cookie was last demanded (Unix ns)
@@ -76,8 +76,10 @@ func (c *Cookies) Demand(now time.Time) { c.demand(now) }
 // the engine: a request without a valid cookie is answered with one
 // (reply), one with a valid cookie is ScreenProven. Anything else,
 // and everything while the engine is not under pressure, is
-// ScreenQueue. It never panics on any input.
-func (c *Cookies) Screen(now time.Time, b []byte, remote netip.Addr) (reply []byte, v Screening) {
+// ScreenQueue. The reply is appended to dst (a socket reader reuses its
+// buffers: under a flood Screen allocates nothing). It never panics on
+// any input.
+func (c *Cookies) Screen(now time.Time, b []byte, remote netip.Addr, dst []byte) (reply []byte, v Screening) {
 	if !c.UnderPressure(now) {
 		return nil, ScreenQueue
 	}
@@ -94,29 +96,34 @@ func (c *Cookies) Screen(now time.Time, b []byte, remote netip.Addr) (reply []by
 	if len(cookie) > 1 {
 		version = cookie[0]
 	}
-	cur, cs, ok := c.lookup(version)
-	if cur.until.IsZero() || now.After(cur.until) {
+	cur, cs := c.lookup(version)
+	if cur == nil || now.After(cur.until) {
 		return nil, ScreenQueue // the engine makes (or renews) the secret
 	}
-	if len(cookie) > 1 && ok && hmac.Equal(cs.sum(nonce, remote, h.SPIi), cookie) {
+	if len(cookie) > 1 && cs != nil && cs.valid(cookie, nonce, remote, h.SPIi) {
 		return nil, ScreenProven
 	}
 	c.sent.Add(1)
 	c.demand(now)
-	return cookieReply(h.SPIi, &cur, nonce, remote), ScreenAnswered
+	return appendCookieReply(dst, h.SPIi, cur, nonce, remote), ScreenAnswered
 }
 
-// cookieReply is the IKE_SA_INIT response that demands a cookie (RFC 7296
-// §2.6): the header and one COOKIE notification, in one allocation (the
-// socket reader sends one for every request of a flood).
-func cookieReply(spii uint64, cs *cookieSecret, ni []byte, peer netip.Addr) []byte {
+// CookieReplyLen is the length of Screen's replies.
+const CookieReplyLen = headerLen + genericHeaderLen + 4 + cookieLen
+
+// appendCookieReply appends the IKE_SA_INIT response that demands a
+// cookie (RFC 7296 §2.6) to dst: the header and one COOKIE notification
+// (the socket reader sends one for every request of a flood).
+func appendCookieReply(dst []byte, spii uint64, cs *cookieSecret, ni []byte, peer netip.Addr) []byte {
 	h := Message{SPIi: spii, Exchange: IKE_SA_INIT, Flags: FlagResponse}
-	b := h.appendHeader(make([]byte, 0, headerLen+genericHeaderLen+4+cookieLen), PayloadNotify)
+	start := len(dst)
+	b := h.appendHeader(dst, PayloadNotify)
 	b = append(b, uint8(PayloadNone), 0, 0, 0, // the notification's generic header
 		uint8(ProtoNone), 0, byte(COOKIE>>8), byte(COOKIE&0xff)) // no protocol, no SPI
 	b = cs.appendSum(b, ni, peer, spii)
-	putLen16(b[headerLen+2:], len(b)-headerLen)
-	return finish(b)
+	putLen16(b[start+headerLen+2:], len(b)-start-headerLen)
+	finish(b[start:])
+	return b
 }
 
 // scanInit walks an IKE_SA_INIT request's payload chain without decoding
@@ -174,63 +181,89 @@ func (cs *cookieSecret) sum(ni []byte, peer netip.Addr, spii uint64) []byte {
 	return cs.appendSum(make([]byte, 0, cookieLen), ni, peer, spii)
 }
 
-// appendSum appends the cookie (see sum) to dst. The HMAC comes keyed from
-// the secret's pool (its pads are computed once, not for every request of
-// a flood); socket readers call it concurrently.
+// valid reports whether cookie is the one cs gives the request (see sum).
+func (cs *cookieSecret) valid(cookie, ni []byte, peer netip.Addr, spii uint64) bool {
+	m := cs.mac(ni, peer, spii)
+	ok := len(cookie) == cookieLen && cookie[0] == cs.version && hmac.Equal(m.Sum(m.out[:0]), cookie[1:])
+	cs.done(m)
+	return ok
+}
+
+// appendSum appends the cookie (see sum) to dst.
 func (cs *cookieSecret) appendSum(dst, ni []byte, peer netip.Addr, spii uint64) []byte {
-	var m hash.Hash
+	m := cs.mac(ni, peer, spii)
+	dst = append(append(dst, cs.version), m.Sum(m.out[:0])...)
+	cs.done(m)
+	return dst
+}
+
+// cookieMAC is an HMAC-SHA-256 keyed with a secret, with room for what it
+// hashes besides the nonce and for its sum, so that a cookie costs no
+// allocation.
+type cookieMAC struct {
+	hash.Hash
+	in  [24]byte // the peer's address (16 octets) and the initiator SPI
+	out [sha256.Size]byte
+}
+
+// mac is a keyed HMAC from the secret's pool (its pads are computed once,
+// not for every request of a flood) that has hashed the request's nonce
+// ni, peer and spii; socket readers call it concurrently. The caller
+// hands it back with done.
+func (cs *cookieSecret) mac(ni []byte, peer netip.Addr, spii uint64) *cookieMAC {
+	var m *cookieMAC
 	if cs.macs != nil {
-		m, _ = cs.macs.Get().(hash.Hash)
+		m, _ = cs.macs.Get().(*cookieMAC)
 	}
 	if m == nil {
-		m = hmac.New(sha256.New, cs.key[:])
+		m = newCookieMAC(cs.key)
 	}
 	m.Write(ni)
 	a := peer.As16()
-	m.Write(a[:])
-	var s [8]byte
-	binary.BigEndian.PutUint64(s[:], spii)
-	m.Write(s[:])
-	dst = m.Sum(append(dst, cs.version))
+	copy(m.in[:16], a[:])
+	binary.BigEndian.PutUint64(m.in[16:], spii)
+	m.Write(m.in[:])
+	return m
+}
+
+func (cs *cookieSecret) done(m *cookieMAC) {
 	if cs.macs != nil {
 		m.Reset()
 		cs.macs.Put(m)
 	}
-	return dst
 }
 
-// macPool hands out HMAC-SHA-256 states keyed with key.
+func newCookieMAC(key [32]byte) *cookieMAC { return &cookieMAC{Hash: hmac.New(sha256.New, key[:])} }
+
+// macPool hands out cookieMACs keyed with key.
 func macPool(key [32]byte) *sync.Pool {
-	return &sync.Pool{New: func() any { return hmac.New(sha256.New, key[:]) }}
+	return &sync.Pool{New: func() any { return newCookieMAC(key) }}
 }
 
 // cookieFor is the cookie of a request under the secret with the given
 // version, current or previous; nil when there is no such secret.
 func (e *Engine) cookieFor(now time.Time, version byte, ni []byte, peer netip.Addr, spii uint64) []byte {
 	e.currentCookie(now)
-	_, cs, ok := e.cookies.lookup(version)
-	if !ok {
+	_, cs := e.cookies.lookup(version)
+	if cs == nil {
 		return nil
 	}
 	return cs.sum(ni, peer, spii)
 }
 
 // lookup returns the current secret and the secret with the given
-// version, the current or the previous one; ok is false when there is no
-// such secret.
-func (c *Cookies) lookup(version byte) (cur, match cookieSecret, ok bool) {
+// version, the current or the previous one; nil when there is no such
+// secret.
+func (c *Cookies) lookup(version byte) (cur, match *cookieSecret) {
 	c.mu.RLock()
 	defer c.mu.RUnlock()
 	cur = c.secrets[0]
-	switch version {
-	case cur.version:
-		match = cur
-	case c.secrets[1].version:
-		match = c.secrets[1]
-	default:
-		return cur, match, false
+	for _, s := range c.secrets {
+		if s != nil && s.version == version {
+			return cur, s
+		}
 	}
-	return cur, match, !match.until.IsZero()
+	return cur, nil
 }
 
 // currentCookie returns the current secret's version, making a new secret
@@ -240,7 +273,7 @@ func (e *Engine) currentCookie(now time.Time) byte {
 	c.mu.RLock()
 	cur := c.secrets[0]
 	c.mu.RUnlock()
-	if !cur.until.IsZero() && !now.After(cur.until) {
+	if cur != nil && !now.After(cur.until) {
 		return cur.version
 	}
 	return e.newCookieSecret(now)
@@ -253,10 +286,11 @@ func (e *Engine) newCookieSecret(now time.Time) byte {
 	c.mu.RLock()
 	cur := c.secrets[0]
 	c.mu.RUnlock()
-	var next cookieSecret
+	next := &cookieSecret{version: 1, until: now.Add(cookieLifetime)}
 	e.read(next.key[:])
-	next.version = cur.version + 1
-	next.until = now.Add(cookieLifetime)
+	if cur != nil {
+		next.version = cur.version + 1
+	}
 	next.macs = macPool(next.key)
 	c.mu.Lock()
 	c.secrets[1], c.secrets[0] = c.secrets[0], next
@@ -276,9 +310,9 @@ const cookieRenewMargin = cookieLifetime / 5
 func (e *Engine) RenewCookieSecret(now time.Time) {
 	c := e.cookies
 	c.mu.RLock()
-	until := c.secrets[0].until
+	cur := c.secrets[0]
 	c.mu.RUnlock()
-	if !until.IsZero() && now.Before(until.Add(-cookieRenewMargin)) {
+	if cur != nil && now.Before(cur.until.Add(-cookieRenewMargin)) {
 		return
 	}
 	e.newCookieSecret(now)

@@ -22,7 +22,7 @@ func TestScreenCookies(t *testing.T) {
 	c := e.Cookies()
 	src := netip.MustParseAddrPort("198.51.100.7:500")
 	req := attackerInit(1, nil, 0)
-	if _, v := c.Screen(t0, req, src.Addr()); v != ScreenQueue {
+	if _, v := c.Screen(t0, req, src.Addr(), nil); v != ScreenQueue {
 		t.Fatalf("before the engine made a secret: %v", v)
 	}
 	// The engine demands a cookie (and makes its secret).
@@ -30,7 +30,7 @@ func TestScreenCookies(t *testing.T) {
 	if want == nil {
 		t.Fatal("the engine demanded no cookie")
 	}
-	reply, v := c.Screen(t0, req, src.Addr())
+	reply, v := c.Screen(t0, req, src.Addr(), nil)
 	if v != ScreenAnswered {
 		t.Fatalf("cookieless request: %v", v)
 	}
@@ -47,16 +47,16 @@ func TestScreenCookies(t *testing.T) {
 	}
 
 	proven := attackerInit(1, want, 0)
-	if _, v := c.Screen(t0, proven, src.Addr()); v != ScreenProven {
+	if _, v := c.Screen(t0, proven, src.Addr(), nil); v != ScreenProven {
 		t.Fatalf("request with a valid cookie: %v", v)
 	}
 	other := netip.MustParseAddrPort("198.51.100.8:500")
-	if _, v := c.Screen(t0, proven, other.Addr()); v != ScreenAnswered {
+	if _, v := c.Screen(t0, proven, other.Addr(), nil); v != ScreenAnswered {
 		t.Fatalf("cookie from another address: %v", v)
 	}
 	bad := bytes.Clone(want)
 	bad[len(bad)-1] ^= 1
-	if _, v := c.Screen(t0, attackerInit(1, bad, 0), src.Addr()); v != ScreenAnswered {
+	if _, v := c.Screen(t0, attackerInit(1, bad, 0), src.Addr(), nil); v != ScreenAnswered {
 		t.Fatalf("wrong cookie: %v", v)
 	}
 	e.Handle(t0, Packet{Local: concAddr, Remote: src, Data: proven}, &Ready{})
@@ -64,17 +64,17 @@ func TestScreenCookies(t *testing.T) {
 		t.Fatalf("the proven request was not admitted: %+v", st)
 	}
 	// A secret past its lifetime is the engine's to renew.
-	if _, v := c.Screen(t0.Add(cookieLifetime+time.Second), req, src.Addr()); v != ScreenQueue {
+	if _, v := c.Screen(t0.Add(cookieLifetime+time.Second), req, src.Addr(), nil); v != ScreenQueue {
 		t.Fatalf("expired secret: %v", v)
 	}
 	// Not IKE_SA_INIT requests, and truncations: the engine's.
 	resp := bytes.Clone(req)
 	resp[19] = FlagResponse
-	if _, v := c.Screen(t0, resp, src.Addr()); v != ScreenQueue {
+	if _, v := c.Screen(t0, resp, src.Addr(), nil); v != ScreenQueue {
 		t.Fatalf("a response: %v", v)
 	}
 	for i := range req {
-		if _, v := c.Screen(t0, req[:i], src.Addr()); v != ScreenQueue {
+		if _, v := c.Screen(t0, req[:i], src.Addr(), nil); v != ScreenQueue {
 			t.Fatalf("request truncated to %d bytes: %v", i, v)
 		}
 	}
@@ -86,7 +86,7 @@ func TestScreenCookies(t *testing.T) {
 		t.Fatal(err)
 	}
 	e2.Handle(t0, Packet{Local: concAddr, Remote: src, Data: req}, &Ready{})
-	if _, v := e2.Cookies().Screen(t0, attackerInit(2, nil, 0), src.Addr()); v != ScreenQueue || e2.Cookies().UnderPressure(t0) {
+	if _, v := e2.Cookies().Screen(t0, attackerInit(2, nil, 0), src.Addr(), nil); v != ScreenQueue || e2.Cookies().UnderPressure(t0) {
 		t.Fatalf("below the threshold: %v", v)
 	}
 	for i := 3; i < 12; i++ {
@@ -127,7 +127,7 @@ func FuzzScreen(f *testing.F) {
 	src := netip.MustParseAddrPort("198.51.100.7:500")
 	e.Handle(t0, Packet{Local: concAddr, Remote: src, Data: attackerInit(9, nil, 0)}, &Ready{})
 	f.Fuzz(func(t *testing.T, b []byte) {
-		reply, v := e.Cookies().Screen(t0, b, src.Addr())
+		reply, v := e.Cookies().Screen(t0, b, src.Addr(), nil)
 		switch v {
 		case ScreenAnswered:
 			if _, err := Decode(reply); err != nil {
@@ -156,11 +156,11 @@ func TestDemandBelowThreshold(t *testing.T) {
 	c := e.Cookies()
 	src := netip.MustParseAddrPort("198.51.100.7:500")
 	e.RenewCookieSecret(t0)
-	if _, v := c.Screen(t0, attackerInit(1, nil, 0), src.Addr()); v != ScreenQueue {
+	if _, v := c.Screen(t0, attackerInit(1, nil, 0), src.Addr(), nil); v != ScreenQueue {
 		t.Fatalf("below the threshold, not demanded: %v", v)
 	}
 	c.Demand(t0)
-	reply, v := c.Screen(t0, attackerInit(2, nil, 0), src.Addr())
+	reply, v := c.Screen(t0, attackerInit(2, nil, 0), src.Addr(), nil)
 	if v != ScreenAnswered {
 		t.Fatalf("demanded below the threshold: %v", v)
 	}
@@ -185,16 +185,16 @@ func TestDemandBelowThreshold(t *testing.T) {
 	later := t0.Add(cookieLifetime - cookieRenewMargin + time.Second)
 	e.RenewCookieSecret(later)
 	c.Demand(later)
-	if _, v := c.Screen(later, attackerInit(2, cookie.Data, 0), src.Addr()); v != ScreenProven {
+	if _, v := c.Screen(later, attackerInit(2, cookie.Data, 0), src.Addr(), nil); v != ScreenProven {
 		t.Fatalf("cookie of the previous secret: %v", v)
 	}
 	c.Demand(later.Add(cookieRenewMargin))
-	if _, v := c.Screen(later.Add(cookieRenewMargin), attackerInit(4, nil, 0), src.Addr()); v != ScreenAnswered {
+	if _, v := c.Screen(later.Add(cookieRenewMargin), attackerInit(4, nil, 0), src.Addr(), nil); v != ScreenAnswered {
 		t.Fatalf("after the old secret's expiry, renewed ahead: %v", v)
 	}
 	// The demand's hold over: admitted without a cookie.
 	after := later.Add(cookieRenewMargin + rcfg.HalfOpenTimeout + time.Second)
-	if _, v := c.Screen(after, attackerInit(5, nil, 0), src.Addr()); v != ScreenQueue {
+	if _, v := c.Screen(after, attackerInit(5, nil, 0), src.Addr(), nil); v != ScreenQueue {
 		t.Fatalf("hold over: %v", v)
 	}
 }
@@ -214,7 +214,7 @@ func BenchmarkScreen(b *testing.B) {
 	c.Demand(t0)
 	src := netip.MustParseAddr("198.51.100.7")
 	req := attackerInit(1, nil, 0)
-	reply, v := c.Screen(t0, req, src)
+	reply, v := c.Screen(t0, req, src, nil)
 	if v != ScreenAnswered {
 		b.Fatalf("cookieless request: %v", v)
 	}
@@ -231,8 +231,9 @@ func BenchmarkScreen(b *testing.B) {
 		b.Run(bc.name, func(b *testing.B) {
 			b.ReportAllocs()
 			b.RunParallel(func(pb *testing.PB) {
+				buf := make([]byte, 0, CookieReplyLen)
 				for pb.Next() {
-					if _, v := c.Screen(t0, bc.req, src); v != bc.want {
+					if _, v := c.Screen(t0, bc.req, src, buf[:0]); v != bc.want {
 						b.Fatalf("%v, want %v", v, bc.want)
 					}
 				}
@@ -250,8 +251,13 @@ func TestCookieReplyEncoding(t *testing.T) {
 	for range 3 { // pooled MACs are reset between uses
 		want := (&Message{SPIi: 0x1122334455667788, Exchange: IKE_SA_INIT, Flags: FlagResponse,
 			Payloads: []Payload{&Notify{NotifyType: COOKIE, Data: (&cookieSecret{version: 7, key: cs.key}).sum(ni, peer, 0x1122334455667788)}}}).Encode()
-		if got := cookieReply(0x1122334455667788, &cs, ni, peer); !bytes.Equal(got, want) {
+		if got := appendCookieReply(nil, 0x1122334455667788, &cs, ni, peer); !bytes.Equal(got, want) {
 			t.Fatalf("cookie reply\n%x\nwant\n%x", got, want)
+		}
+		// Appended after what dst holds (a NAT-T socket's non-ESP marker).
+		marker := []byte{0, 0, 0, 0}
+		if got := appendCookieReply(marker, 0x1122334455667788, &cs, ni, peer); !bytes.Equal(got, append(marker, want...)) || len(want) != CookieReplyLen {
+			t.Fatalf("cookie reply after a marker\n%x\nwant the marker and\n%x", got, want)
 		}
 	}
 }
