@@ -85,7 +85,7 @@ func (n *Node) publishEvent(ev ike.Event) {
 		return
 	}
 	e := SAEvent{Time: time.Now(), Node: n.nodeID, Kind: ev.Kind, SPIi: ev.SPIi, SPIr: ev.SPIr, Local: ev.Local,
-		Remote: ev.Remote, Proposal: ev.Proposal, Notify: ev.Notify, Reason: ev.Reason, Initiator: ev.Initiator}
+		Remote: ev.Remote, Proposal: ev.Proposal, Notify: ev.Notify, Reason: ev.Why(), Initiator: ev.Initiator}
 	if !ev.PeerID.IsZero() {
 		e.PeerID = ev.PeerID.String()
 	}

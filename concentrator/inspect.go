@@ -41,8 +41,8 @@ func eventAttrs(s *shard, ev ike.Event) []any {
 	if ev.Notify != 0 {
 		attrs = append(attrs, "notify", ev.Notify.String())
 	}
-	if ev.Reason != "" {
-		attrs = append(attrs, "reason", ev.Reason)
+	if why := ev.Why(); why != "" {
+		attrs = append(attrs, "reason", why)
 	}
 	if c := ev.Child; c != nil {
 		attrs = append(attrs, "spi_in", fmt.Sprintf("%08x", c.InSPI), "spi_out", fmt.Sprintf("%08x", c.OutSPI),

@@ -185,8 +185,20 @@ type Event struct {
 	Proposal   string
 	Notify     NotifyType // the notify sent or received, if any
 	Reason     string
-	Child      *ChildSA
-	Initiator  bool // we are the original initiator of this IKE_SA
+	// Err, when Reason is empty, is the error behind the event, formatted
+	// only by a consumer that reports it (Why): a flood's dropped
+	// datagrams are counted, and their errors mostly never read.
+	Err       error
+	Child     *ChildSA
+	Initiator bool // we are the original initiator of this IKE_SA
+}
+
+// Why is the event's reason: Reason, or else Err's text.
+func (ev *Event) Why() string {
+	if ev.Reason == "" && ev.Err != nil {
+		return ev.Err.Error()
+	}
+	return ev.Reason
 }
 
 func (InstallChild) isAction() {}

@@ -260,7 +260,7 @@ func (e *Engine) begin(now time.Time) {
 
 func (e *Engine) drop(rd *Ready, pkt Packet, spii, spir uint64, err error) {
 	e.stats.Dropped++
-	rd.add(Event{Kind: EventDropped, SPIi: spii, SPIr: spir, Local: pkt.Local, Remote: pkt.Remote, Reason: err.Error()})
+	rd.add(Event{Kind: EventDropped, SPIi: spii, SPIr: spir, Local: pkt.Local, Remote: pkt.Remote, Err: err})
 }
 
 // wall returns the wall date at the engine time now (Config.Wall).

@@ -2,6 +2,7 @@ package ike
 
 import (
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"math"
 	"net/netip"
@@ -69,7 +70,7 @@ func simulateFleet(tb testing.TB, gateways int, sched RekeyScheduler, cycles int
 				if r.failures == nil {
 					r.failures = map[string]int{}
 				}
-				r.failures[fmt.Sprintf("%v gw=%v %s %v", a.Kind, fromGW, a.Reason, a.Notify)]++
+				r.failures[fmt.Sprintf("%v gw=%v %s %v", a.Kind, fromGW, a.Why(), a.Notify)]++
 			case a.Kind == EventIKEEstablished && !fromGW:
 				r.established++
 			case a.Kind == EventChildRekeyed && a.Reason == "rekeyed by us":
@@ -364,13 +365,13 @@ func simulateRestore(tb testing.TB, n int, downtime time.Duration, maxPerSecond 
 		}
 		for _, ev := range rd.Events {
 			switch {
-			case ev.Kind == EventDropped && fromGW && ev.Reason == ErrStaleMessage.Error():
+			case ev.Kind == EventDropped && fromGW && errors.Is(ev.Err, ErrStaleMessage):
 				// Probe candidates below the ID the gateway expects.
 			case ev.Kind == EventChildFailed || ev.Kind == EventIKEFailed || ev.Kind == EventDropped || ev.Kind == EventIKEDeleted:
 				if r.failures == nil {
 					r.failures = map[string]int{}
 				}
-				r.failures[fmt.Sprintf("%v gw=%v %s", ev.Kind, fromGW, ev.Reason)]++
+				r.failures[fmt.Sprintf("%v gw=%v %s", ev.Kind, fromGW, ev.Why())]++
 			case ev.Kind == EventChildRekeyed && ev.Reason == "rekeyed by us":
 				if fromGW {
 					r.gatewayRekeys++
