@@ -262,7 +262,7 @@ func (sa *IKESA) failAuth(e *Engine, msgID uint32, err error, extra []Payload, r
 	ev.Notify, ev.Reason = n, err.Error()
 	e.stats.Failed[n]++
 	e.remove(sa)
-	rd.add(ev)
+	rd.event(ev)
 }
 
 // checkEAP checks that msg is one EAP packet of the given code.

@@ -247,7 +247,7 @@ func (e *Engine) invalidMajorVersion(pkt Packet, h Header, rd *Ready) {
 		return
 	}
 	e.stats.Failed[INVALID_MAJOR_VERSION]++
-	rd.add(Send{Local: pkt.Local, Remote: pkt.Remote, Messages: [][]byte{b}})
+	rd.send(Send{Local: pkt.Local, Remote: pkt.Remote, Messages: [][]byte{b}})
 }
 
 // begin starts an engine step: one batch of work.
@@ -260,7 +260,7 @@ func (e *Engine) begin(now time.Time) {
 
 func (e *Engine) drop(rd *Ready, pkt Packet, spii, spir uint64, err error) {
 	e.stats.Dropped++
-	rd.add(Event{Kind: EventDropped, SPIi: spii, SPIr: spir, Local: pkt.Local, Remote: pkt.Remote, Err: err})
+	rd.event(Event{Kind: EventDropped, SPIi: spii, SPIr: spir, Local: pkt.Local, Remote: pkt.Remote, Err: err})
 }
 
 // wall returns the wall date at the engine time now (Config.Wall).

@@ -211,7 +211,7 @@ func (sa *IKESA) endFollowup(e *Engine, f *followup, reason string, rd *Ready) {
 		ev.Child = f.old
 	}
 	ev.Reason = "IKE_FOLLOWUP_KE: " + reason
-	rd.add(ev)
+	rd.event(ev)
 }
 
 // dropFollowups forgets unfinished exchanges without a report: those of

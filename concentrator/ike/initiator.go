@@ -105,7 +105,7 @@ func (sa *IKESA) failInit(e *Engine, n NotifyType, reason string, rd *Ready) {
 	ev.Notify, ev.Reason = n, reason
 	e.stats.Failed[n]++
 	e.remove(sa)
-	rd.add(ev)
+	rd.event(ev)
 }
 
 func (sa *IKESA) handleInitResponse(now time.Time, e *Engine, pkt Packet, rd *Ready) {
@@ -323,7 +323,7 @@ func (sa *IKESA) establishInitiator(now time.Time, e *Engine, m *Message, a auth
 	}
 	sa.initReq, sa.initResp = nil, nil
 	e.stats.Established++
-	rd.add(sa.event(EventIKEEstablished))
+	rd.event(sa.event(EventIKEEstablished))
 	// Persisted once the CHILD SA's outcome is known, on every path below.
 	defer sa.persist(e, PersistEstablished, rd)
 
@@ -333,7 +333,7 @@ func (sa *IKESA) establishInitiator(now time.Time, e *Engine, m *Message, a auth
 		delete(e.inSPIs, inSPI)
 		ev := sa.event(EventChildFailed)
 		ev.Notify, ev.Reason = n, reason
-		rd.add(ev)
+		rd.event(ev)
 		return
 	}
 	if n := firstError(m.Payloads); n != nil {
@@ -383,5 +383,5 @@ func (sa *IKESA) establishInitiator(now time.Time, e *Engine, m *Message, a auth
 	sa.dataPlane(e, rd, sa.install(c, 0))
 	ev := sa.event(EventChildInstalled)
 	ev.Child = c
-	rd.add(ev)
+	rd.event(ev)
 }

@@ -135,7 +135,7 @@ func (sa *IKESA) handleIntermediateRequest(now time.Time, e *Engine, m *Message,
 		ev.Notify, ev.Reason = err.Notify, err.Error()
 		e.stats.Failed[err.Notify]++
 		e.remove(sa)
-		rd.add(ev)
+		rd.event(ev)
 	}
 	if im.count >= maxIntermediate {
 		fail(errorf(INVALID_SYNTAX, "more than %d IKE_INTERMEDIATE exchanges", maxIntermediate))

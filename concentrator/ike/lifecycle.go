@@ -96,7 +96,7 @@ func (sa *IKESA) lifecycleTimers(now time.Time, e *Engine, rd *Ready) {
 	if sa.behindNAT && e.cfg.KeepaliveInterval > 0 && !now.Before(sa.nextKeepalive) {
 		// NAT-T keepalive (RFC 3948 §2.3): keeps our NAT's mapping alive.
 		sa.nextKeepalive = now.Add(e.cfg.KeepaliveInterval)
-		rd.add(Send{Local: sa.Local, Remote: sa.Remote, Keepalive: true})
+		rd.send(Send{Local: sa.Local, Remote: sa.Remote, Keepalive: true})
 	}
 	sa.expireFollowups(now, e, rd)
 	for _, c := range sa.children {
@@ -285,7 +285,7 @@ func (sa *IKESA) handleCreateChild(now time.Time, e *Engine, m *Message, rd *Rea
 		if err := sa.claimSelectors(e, ntsi, false); err != nil {
 			ev := sa.event(EventChildFailed)
 			ev.Notify, ev.Reason = TS_UNACCEPTABLE, err.Error()
-			rd.add(ev)
+			rd.event(ev)
 			reply(TS_UNACCEPTABLE, nil)
 			return
 		}
@@ -335,7 +335,7 @@ func (sa *IKESA) installPeerChild(now time.Time, e *Engine, c, old *ChildSA, ni,
 	ev := sa.event(EventChildInstalled)
 	ev.Child = c
 	if old == nil {
-		rd.add(ev)
+		rd.event(ev)
 		sa.persist(e, PersistChildCreated, rd)
 		return
 	}
@@ -349,7 +349,7 @@ func (sa *IKESA) installPeerChild(now time.Time, e *Engine, c, old *ChildSA, ni,
 	} else {
 		old.replacedBy = c // the peer deletes the old one
 	}
-	rd.add(ev)
+	rd.event(ev)
 	sa.persist(e, PersistChildRekeyed, rd)
 }
 
@@ -483,7 +483,7 @@ func (sa *IKESA) handOver(now time.Time, e *Engine, nsa *IKESA, rd *Ready) {
 	e.stats.IKERekeys++
 	ev := nsa.event(EventIKERekeyed)
 	ev.Reason = "replaces " + spiPair(sa.SPIi, sa.SPIr)
-	rd.add(ev)
+	rd.event(ev)
 	nsa.rekeyedFrom = sa.localSPI()
 	nsa.persist(e, PersistIKERekeyed, rd)
 }
@@ -582,7 +582,7 @@ func (sa *IKESA) rekeyFailed(now time.Time, e *Engine, rk *childRekey, reason st
 		}
 		ev := sa.event(EventIKEFailed)
 		ev.Notify, ev.Reason = n, reason
-		rd.add(ev)
+		rd.event(ev)
 		return
 	}
 	old := rk.old
@@ -597,7 +597,7 @@ func (sa *IKESA) rekeyFailed(now time.Time, e *Engine, rk *childRekey, reason st
 	old.rekeyAt = now.Add(retry) // try again later
 	ev := sa.event(EventChildFailed)
 	ev.Child, ev.Notify, ev.Reason = old, n, reason
-	rd.add(ev)
+	rd.event(ev)
 }
 
 // finishChildRekey installs the CHILD SA our rekey negotiated (rk.sel,
@@ -623,7 +623,7 @@ func (sa *IKESA) finishChildRekey(now time.Time, e *Engine, rk *childRekey, rd *
 	sa.dataPlane(e, rd, sa.install(c, old.InSPI))
 	ev := sa.event(EventChildRekeyed)
 	ev.Child, ev.Reason = c, "rekeyed by us"
-	rd.add(ev)
+	rd.event(ev)
 	defer sa.persist(e, PersistChildRekeyed, rd)
 
 	victim := old
@@ -726,7 +726,7 @@ func (sa *IKESA) childDeleted(e *Engine, c *ChildSA, reason string, rd *Ready) {
 			sa.dataPlane(e, rd, RemoveChild{SPIi: sa.SPIi, SPIr: sa.SPIr, Child: c})
 			ev := sa.event(EventChildDeleted)
 			ev.Child, ev.Reason = c, reason
-			rd.add(ev)
+			rd.event(ev)
 			sa.persist(e, PersistChildDeleted, rd, c.InSPI)
 			return
 		}

@@ -43,7 +43,7 @@ func (sa *IKESA) moved(now time.Time, e *Engine, local, remote netip.AddrPort, m
 	}
 	ev := sa.event(EventAddressChanged)
 	ev.Reason = "from " + oldRemote.String()
-	rd.add(ev)
+	rd.event(ev)
 	sa.persist(e, PersistAddressChanged, rd)
 }
 

@@ -47,8 +47,8 @@ func (e *Engine) handleInitRequest(now time.Time, pkt Packet, h Header, rd *Read
 			c := e.cookieFor(now, e.currentCookie(now), nonce.Data, pkt.Remote.Addr(), h.SPIi)
 			resp := Message{SPIi: h.SPIi, Exchange: IKE_SA_INIT, Flags: FlagResponse,
 				Payloads: []Payload{&Notify{NotifyType: COOKIE, Data: c}}}
-			rd.add(Send{Local: pkt.Local, Remote: pkt.Remote, Messages: [][]byte{resp.Encode()}})
-			rd.add(Event{Kind: EventCookieSent, SPIi: h.SPIi, Local: pkt.Local, Remote: pkt.Remote, Notify: COOKIE})
+			rd.send(Send{Local: pkt.Local, Remote: pkt.Remote, Messages: [][]byte{resp.Encode()}})
+			rd.event(Event{Kind: EventCookieSent, SPIi: h.SPIi, Local: pkt.Local, Remote: pkt.Remote, Notify: COOKIE})
 			return
 		}
 	}
@@ -120,7 +120,7 @@ func (e *Engine) handleInitRequest(now time.Time, pkt Packet, h Header, rd *Read
 	e.initIndex[initKey{sa.SPIi, sa.initRemote}] = sa
 	e.halfOpenAdd(sa)
 	sa.reschedule(e)
-	rd.add(Send{Local: pkt.Local, Remote: pkt.Remote, Messages: [][]byte{sa.initResp}})
+	rd.send(Send{Local: pkt.Local, Remote: pkt.Remote, Messages: [][]byte{sa.initResp}})
 }
 
 // initError answers a failed IKE_SA_INIT request with the error's notify
@@ -133,9 +133,9 @@ func (e *Engine) initError(now time.Time, pkt Packet, h Header, rd *Ready, err e
 		data := NotifyDataFor(err)
 		resp := Message{SPIi: h.SPIi, Exchange: IKE_SA_INIT, Flags: FlagResponse,
 			Payloads: []Payload{&Notify{NotifyType: n, Data: data}}}
-		rd.add(Send{Local: pkt.Local, Remote: pkt.Remote, Messages: [][]byte{resp.Encode()}})
+		rd.send(Send{Local: pkt.Local, Remote: pkt.Remote, Messages: [][]byte{resp.Encode()}})
 	}
-	rd.add(ev)
+	rd.event(ev)
 }
 
 // initHandled does what a request that creates a half-open SA
@@ -152,7 +152,7 @@ func (e *Engine) initHandled(pkt Packet, h Header, rd *Ready) bool {
 		// the same SPI is dropped (RFC 7296 §2.1).
 		if sa.state == stateInitDone && bytes.Equal(sa.initReq, pkt.Data) {
 			e.stats.DuplicateRequests++
-			rd.add(Send{Local: pkt.Local, Remote: pkt.Remote, Messages: [][]byte{sa.initResp}})
+			rd.send(Send{Local: pkt.Local, Remote: pkt.Remote, Messages: [][]byte{sa.initResp}})
 			return true
 		}
 		e.drop(rd, pkt, h.SPIi, 0, ErrRetransmission)
@@ -289,7 +289,7 @@ func (sa *IKESA) establishResponder(now time.Time, e *Engine, msgID uint32, req 
 	e.noteEstablishedInit(now, initKey{sa.SPIi, sa.initRemote})
 	sa.lastRecv = now
 	e.stats.Established++
-	rd.add(sa.event(EventIKEEstablished))
+	rd.event(sa.event(EventIKEEstablished))
 
 	child, childPayloads, cerr := sa.acceptChild(now, e, a)
 	payloads = append(payloads, childPayloads...)
@@ -299,7 +299,7 @@ func (sa *IKESA) establishResponder(now time.Time, e *Engine, msgID uint32, req 
 	if cerr != nil {
 		ev := sa.event(EventChildFailed)
 		ev.Notify, ev.Reason = NotifyFor(cerr), cerr.Error()
-		rd.add(ev)
+		rd.event(ev)
 		sa.persist(e, PersistEstablished, rd)
 		return
 	}
@@ -311,7 +311,7 @@ func (sa *IKESA) establishResponder(now time.Time, e *Engine, msgID uint32, req 
 		sa.dataPlane(e, rd, sa.install(child, 0))
 		ev := sa.event(EventChildInstalled)
 		ev.Child = child
-		rd.add(ev)
+		rd.event(ev)
 	}
 	sa.persist(e, PersistEstablished, rd)
 }
@@ -406,7 +406,7 @@ func (sa *IKESA) handleInformational(now time.Time, e *Engine, m *Message, rd *R
 					sa.dataPlane(e, rd, RemoveChild{SPIi: sa.SPIi, SPIr: sa.SPIr, Child: c})
 					ev := sa.event(EventChildDeleted)
 					ev.Child, ev.Reason = c, "deleted by peer"
-					rd.add(ev)
+					rd.event(ev)
 				}
 			}
 			if len(ours) > 0 {
@@ -446,12 +446,12 @@ func (sa *IKESA) terminate(e *Engine, reason string, rd *Ready) {
 		sa.persist(e, PersistDeleted, rd, freed...)
 	}
 	for _, c := range sa.children {
-		rd.add(RemoveChild{SPIi: sa.SPIi, SPIr: sa.SPIr, Child: c})
+		rd.action(RemoveChild{SPIi: sa.SPIi, SPIr: sa.SPIr, Child: c})
 	}
 	ev := sa.event(EventIKEDeleted)
 	ev.Reason = reason
 	e.remove(sa)
-	rd.add(ev)
+	rd.event(ev)
 }
 
 // Discard removes the IKE SA with our SPI spi at once, without an exchange

@@ -410,8 +410,8 @@ func (e *Engine) handleResumeRequest(now time.Time, pkt Packet, h Header, rd *Re
 		e.stats.ResumesRefused++
 		resp := Message{SPIi: h.SPIi, Exchange: IKE_SESSION_RESUME, Flags: FlagResponse,
 			Payloads: []Payload{&Notify{NotifyType: TICKET_NACK}}}
-		rd.add(Send{Local: pkt.Local, Remote: pkt.Remote, Messages: [][]byte{resp.Encode()}})
-		rd.add(Event{Kind: EventIKEFailed, SPIi: h.SPIi, Local: pkt.Local, Remote: pkt.Remote, Notify: TICKET_NACK, Reason: reason})
+		rd.send(Send{Local: pkt.Local, Remote: pkt.Remote, Messages: [][]byte{resp.Encode()}})
+		rd.event(Event{Kind: EventIKEFailed, SPIi: h.SPIi, Local: pkt.Local, Remote: pkt.Remote, Notify: TICKET_NACK, Reason: reason})
 	}
 	m, err := Decode(pkt.Data)
 	if err != nil {
@@ -444,8 +444,8 @@ func (e *Engine) handleResumeRequest(now time.Time, pkt Packet, h Header, rd *Re
 			c := e.cookieFor(now, e.currentCookie(now), nonce.Data, pkt.Remote.Addr(), h.SPIi)
 			resp := Message{SPIi: h.SPIi, Exchange: IKE_SESSION_RESUME, Flags: FlagResponse,
 				Payloads: []Payload{&Notify{NotifyType: COOKIE, Data: c}}}
-			rd.add(Send{Local: pkt.Local, Remote: pkt.Remote, Messages: [][]byte{resp.Encode()}})
-			rd.add(Event{Kind: EventCookieSent, SPIi: h.SPIi, Local: pkt.Local, Remote: pkt.Remote, Notify: COOKIE})
+			rd.send(Send{Local: pkt.Local, Remote: pkt.Remote, Messages: [][]byte{resp.Encode()}})
+			rd.event(Event{Kind: EventCookieSent, SPIi: h.SPIi, Local: pkt.Local, Remote: pkt.Remote, Notify: COOKIE})
 			return
 		}
 	}
@@ -487,7 +487,7 @@ func (e *Engine) handleResumeRequest(now time.Time, pkt Packet, h Header, rd *Re
 	e.initIndex[initKey{sa.SPIi, sa.initRemote}] = sa
 	e.halfOpenAdd(sa)
 	sa.reschedule(e)
-	rd.add(Send{Local: pkt.Local, Remote: pkt.Remote, Messages: [][]byte{sa.initResp}})
+	rd.send(Send{Local: pkt.Local, Remote: pkt.Remote, Messages: [][]byte{sa.initResp}})
 }
 
 // checkResumed verifies a resumed initiator in IKE_AUTH: the ticket's

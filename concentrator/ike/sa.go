@@ -232,7 +232,7 @@ func (sa *IKESA) seal(e *Engine, m *Message) [][]byte {
 }
 
 func (sa *IKESA) send(pkts [][]byte, rd *Ready) {
-	rd.add(Send{Local: sa.Local, Remote: sa.Remote, Messages: pkts})
+	rd.send(Send{Local: sa.Local, Remote: sa.Remote, Messages: pkts})
 }
 
 // respond sends and caches an encrypted response to the peer's request.
@@ -269,7 +269,7 @@ func (sa *IKESA) sendTo(pkts [][]byte, to netip.AddrPort, rd *Ready) {
 	if !to.IsValid() {
 		to = sa.Remote
 	}
-	rd.add(Send{Local: sa.Local, Remote: to, Messages: pkts})
+	rd.send(Send{Local: sa.Local, Remote: to, Messages: pkts})
 }
 
 // ---- dispatch ----
@@ -425,7 +425,7 @@ func (sa *IKESA) protocolError(now time.Time, e *Engine, pkt Packet, m *Message,
 		ev.Notify, ev.Reason = n, err.Error()
 		e.stats.Failed[n]++
 		e.remove(sa)
-		rd.add(ev)
+		rd.event(ev)
 		return
 	}
 }
@@ -545,7 +545,7 @@ func (sa *IKESA) onTimer(now time.Time, e *Engine, rd *Ready) {
 				ev := sa.event(EventIKEFailed)
 				ev.Reason = reason
 				e.remove(sa)
-				rd.add(ev)
+				rd.event(ev)
 				return
 			}
 			sa.terminate(e, reason, rd)
@@ -566,7 +566,7 @@ func (sa *IKESA) onTimer(now time.Time, e *Engine, rd *Ready) {
 		ev := sa.event(EventIKEFailed)
 		ev.Reason = "half-open SA timed out"
 		e.remove(sa)
-		rd.add(ev)
+		rd.event(ev)
 		return
 	}
 	if sa.state == stateEstablished {

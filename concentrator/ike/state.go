@@ -224,7 +224,7 @@ func (e *Engine) Restore(now time.Time, st SAState, rd *Ready) (*IKESA, error) {
 		// no further until the fresh one below is committed.
 		ic := sa.install(ch, 0)
 		ic.OutSeq, ic.OutSeqLimit = start, start
-		rd.add(ic)
+		rd.action(ic)
 	}
 	if !sa.outbound {
 		var held []TrafficSelector
@@ -309,7 +309,7 @@ func (sa *IKESA) persist(e *Engine, kind PersistKind, rd *Ready, released ...uin
 		sa.seqPersisted()
 	}
 	sa.dirty = false
-	rd.add(p)
+	rd.persist(p)
 	keep := sa.pendingDP[:0]
 	for _, d := range sa.pendingDP {
 		switch {
@@ -333,7 +333,7 @@ type pendingDP struct {
 
 // dataPlane adds a data-plane change of sa to the batch.
 func (sa *IKESA) dataPlane(e *Engine, rd *Ready, a Action) {
-	rd.add(a)
+	rd.action(a)
 	sa.pendingDP = append(sa.pendingDP, pendingDP{step: e.step, a: a})
 }
 
@@ -366,7 +366,7 @@ func (sa *IKESA) flushDirty(e *Engine, rd *Ready) {
 	for i := range sa.pendingDP {
 		if d := &sa.pendingDP[i]; d.version > sa.committed {
 			d.step = e.step
-			rd.add(d.a)
+			rd.action(d.a)
 		}
 	}
 	sa.persist(e, kind, rd)
@@ -418,7 +418,7 @@ func (e *Engine) PersistFailed(spi, version uint64, rd *Ready) {
 		ev := sa.event(EventIKEFailed)
 		ev.Reason = "state not persisted"
 		e.remove(sa)
-		rd.add(ev)
+		rd.event(ev)
 		return
 	}
 	sa.dirty = true
@@ -453,7 +453,7 @@ func (e *Engine) Forget(spi uint64, rd *Ready) {
 		return
 	}
 	for _, c := range sa.children {
-		rd.add(RemoveChild{SPIi: sa.SPIi, SPIr: sa.SPIr, Child: c})
+		rd.action(RemoveChild{SPIi: sa.SPIi, SPIr: sa.SPIr, Child: c})
 	}
 	// Its virtual IP goes with it: a pool shared by the nodes keeps the
 	// lease, a pool of this node's frees the address here.
