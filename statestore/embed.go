@@ -152,6 +152,12 @@ func (m *Embedded) start() error {
 	// --auto-compaction-retention).
 	c.AutoCompactionMode = "periodic"
 	c.AutoCompactionRetention = m.cfg.History.String()
+	// Watches of quiet prefixes (nodes, selector claims) learn how far they
+	// have read from progress notifications, so that one that breaks goes
+	// on from a revision still in the History (followPrefix; etcd's
+	// default is every 10 minutes; external clusters:
+	// --watch-progress-notify-interval).
+	c.WatchProgressNotifyInterval = max(m.cfg.History/4, time.Second)
 	if m.cfg.CertFile != "" {
 		c.ClientTLSInfo = transport.TLSInfo{CertFile: m.cfg.CertFile, KeyFile: m.cfg.KeyFile,
 			TrustedCAFile: m.cfg.ClientCAFile, ClientCertAuth: m.cfg.ClientCAFile != ""}

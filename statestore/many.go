@@ -18,6 +18,7 @@ import (
 	pb "github.com/ikefleet/ikefleet/api/statestore/v1"
 	"go.etcd.io/etcd/api/v3/etcdserverpb"
 	"go.etcd.io/etcd/api/v3/mvccpb"
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"google.golang.org/protobuf/proto"
 )
@@ -367,8 +368,9 @@ type NodeEvent struct {
 }
 
 // WatchNodes calls f for every registration that ends (its lease expired
-// or was revoked), begins or changes, as etcd reports it, until ctx ends. After a
-// broken watch it lists the registry again and reports the registrations
+// or was revoked), begins or changes, as etcd reports it, until ctx ends. A
+// broken watch goes on where it was; if etcd compacted that history
+// meanwhile, it lists the registry again and reports the registrations
 // that ended meanwhile. f runs on the watch's goroutine.
 func (s *Store) WatchNodes(ctx context.Context, f func(NodeEvent)) {
 	known := map[string]NodeInfo{}
@@ -410,39 +412,70 @@ func (s *Store) WatchNodes(ctx context.Context, f func(NodeEvent)) {
 
 // followPrefix lists the keys under prefix (list gets them), then watches
 // them from the listing's revision on (event gets each change, opts added
-// to the watch), listing again after a broken watch, until ctx ends.
-// synced, if not nil, is called after the listing with its revision and
-// after every watch response with its last event's: every change under
-// prefix up to that revision has been reported (etcd never splits one
-// revision's events between responses).
+// to the watch), until ctx ends. A watch that breaks (its etcd member lost
+// its leader, the stream failed) resumes after the last revision it
+// reported, so that every change is reported once and in etcd's order
+// across the break; only when that revision's history is compacted does
+// it list again (and list gets the keys as they are then). synced, if not
+// nil, is called after the listing with its revision, after every watch
+// response with its last event's, and with the revision of each progress
+// notification: every change under prefix up to that revision has been
+// reported (etcd never splits one revision's events between responses).
 func (s *Store) followPrefix(ctx context.Context, prefix string, list func([]*mvccpb.KeyValue), event func(*clientv3.Event), synced func(rev int64), opts ...clientv3.OpOption) {
+	next := int64(0) // the revision the watch goes on from; 0: list first
 	for ctx.Err() == nil {
-		rc, cancel := s.rctx(ctx)
-		resp, err := s.cli.Get(rc, prefix, clientv3.WithPrefix())
-		cancel()
-		s.noteResult(err)
-		if err != nil {
-			sleepCtx(ctx, s.cfg.KeepAliveInterval)
-			continue
-		}
-		list(resp.Kvs)
-		if synced != nil {
-			synced(resp.Header.Revision)
+		if next == 0 {
+			rc, cancel := s.rctx(ctx)
+			resp, err := s.cli.Get(rc, prefix, clientv3.WithPrefix())
+			cancel()
+			s.noteResult(err)
+			if err != nil {
+				sleepCtx(ctx, s.cfg.KeepAliveInterval)
+				continue
+			}
+			list(resp.Kvs)
+			if synced != nil {
+				synced(resp.Header.Revision)
+			}
+			next = resp.Header.Revision + 1
 		}
 		wctx, wcancel := context.WithCancel(clientv3.WithRequireLeader(ctx))
-		wopts := append([]clientv3.OpOption{clientv3.WithPrefix(), clientv3.WithRev(resp.Header.Revision + 1)}, opts...)
+		wopts := append([]clientv3.OpOption{clientv3.WithPrefix(), clientv3.WithRev(next), clientv3.WithProgressNotify()}, opts...)
+		var werr error
 		for wr := range s.cli.Watch(wctx, prefix, wopts...) {
-			if wr.Err() != nil {
+			if werr = wr.Err(); werr != nil {
+				if wr.CompactRevision != 0 || errors.Is(werr, rpctypes.ErrCompacted) {
+					next = 0 // the history from next on is gone
+				}
 				break
 			}
-			for _, ev := range wr.Events {
-				event(ev)
-			}
-			if n := len(wr.Events); n > 0 && synced != nil {
-				synced(wr.Events[n-1].Kv.ModRevision)
+			if n := len(wr.Events); n > 0 {
+				for _, ev := range wr.Events {
+					event(ev)
+				}
+				next = wr.Events[n-1].Kv.ModRevision + 1
+				if synced != nil {
+					synced(next - 1)
+				}
+			} else if wr.IsProgressNotify() && wr.Header.Revision >= next {
+				next = wr.Header.Revision + 1
+				if synced != nil {
+					synced(next - 1)
+				}
 			}
 		}
 		wcancel()
+		if ctx.Err() != nil {
+			return
+		}
+		if next == 0 {
+			s.watchRelists.Add(1)
+			s.log.Warn("statestore: watch history compacted, listing again", "prefix", prefix, "err", fmt.Sprint(werr))
+			continue
+		}
+		s.watchResumes.Add(1)
+		s.log.Info("statestore: watch broken, resuming", "prefix", prefix, "from", next, "err", fmt.Sprint(werr))
+		sleepCtx(ctx, min(s.cfg.KeepAliveInterval, time.Second))
 	}
 }
 

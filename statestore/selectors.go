@@ -64,9 +64,12 @@ type SelectorEvent struct {
 
 // WatchSelectors calls f with every selector claim in the store and then
 // with every change to them, until ctx ends, each batch followed by a
-// Synced event. After a broken watch it lists them again and reports
-// those that went meanwhile. A claim that cannot be read is reported gone
-// (and logged). f runs on the watch's goroutine.
+// Synced event (also at etcd's progress notifications). A broken watch
+// goes on where it was, so every write is reported once and in order; if
+// etcd compacted that history meanwhile, it lists the claims again
+// (reported with their last write's revision) and reports those that
+// went meanwhile. A claim that cannot be read is reported gone (and
+// logged). f runs on the watch's goroutine.
 func (s *Store) WatchSelectors(ctx context.Context, f func(SelectorEvent)) {
 	known := map[uint64]bool{}
 	prefix := s.k.sels()

@@ -77,6 +77,11 @@ type Health struct {
 	// Rollbacks: sealed records refused because they were written for
 	// another revision of their key (an older value put back; *RollbackError).
 	Rollbacks uint64
+	// WatchResumes: watches of the cluster's keys (nodes, selector claims)
+	// that broke and went on from the last revision they had reported;
+	// WatchRelists: those that had to list the keys again because etcd had
+	// compacted that revision's history.
+	WatchResumes, WatchRelists uint64
 }
 
 // registration is one life of the node in the registry.
@@ -117,6 +122,9 @@ type Store struct {
 	txns             atomic.Uint64
 	changes, batches atomic.Uint64
 	rollbacks        atomic.Uint64
+	// watchResumes, watchRelists: watches of the store's prefixes that
+	// broke and went on where they were, or listed again (followPrefix).
+	watchResumes, watchRelists atomic.Uint64
 
 	revs revTable // metadata of the record keys of the SAs written
 
@@ -235,6 +243,7 @@ func (s *Store) Health() Health {
 	h.Txns = s.txns.Load()
 	h.Changes, h.Batches = s.changes.Load(), s.batches.Load()
 	h.Rollbacks = s.rollbacks.Load()
+	h.WatchResumes, h.WatchRelists = s.watchResumes.Load(), s.watchRelists.Load()
 	return h
 }
 

@@ -95,6 +95,9 @@ type StateStore struct {
 	Queued     int
 	Txns       uint64
 	Rollbacks  uint64 // sealed records refused as rolled back
+	// Watches of the cluster's keys that broke and went on where they
+	// were, and those that had to list again (history compacted).
+	WatchResumes, WatchRelists uint64
 	// Cluster keys: the sealing key's id and how many are held; records
 	// rewritten under it and those no key of the node opened; selector
 	// claims judged lost, writes held for a verdict, holds given up.
@@ -340,6 +343,8 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 		gauge(dStoreQueued, float64(ss.Queued))
 		counter(dStoreTxns, ss.Txns)
 		counter(dStoreRollbacks, ss.Rollbacks)
+		counter(dStoreWatchResumes, ss.WatchResumes)
+		counter(dStoreWatchRelists, ss.WatchRelists)
 		if ss.Keys > 0 {
 			gauge(dSealingKey, float64(ss.SealingKey))
 			gauge(dClusterKeys, float64(ss.Keys))
