@@ -61,7 +61,7 @@ type Header struct {
 func DecodeHeader(b []byte) (Header, error) {
 	var h Header
 	if len(b) < headerLen {
-		return h, &ParseError{Reason: "shorter than an IKE header"}
+		return h, errShortHeader
 	}
 	h.SPIi = binary.BigEndian.Uint64(b[0:])
 	h.SPIr = binary.BigEndian.Uint64(b[8:])
@@ -78,13 +78,21 @@ func DecodeHeader(b []byte) (Header, error) {
 		return h, ErrNotIKEv2
 	}
 	if int(h.Length) != len(b) {
-		return h, &ParseError{Offset: 24, Reason: "length field does not match the datagram"}
+		return h, errLengthField
 	}
 	if h.SPIi == 0 {
-		return h, &ParseError{Reason: "zero initiator SPI"}
+		return h, errZeroSPIi
 	}
 	return h, nil
 }
+
+// DecodeHeader's errors for malformed headers, made once (a flood of
+// them costs no allocation); never modified.
+var (
+	errShortHeader = &ParseError{Reason: "shorter than an IKE header"}
+	errLengthField = &ParseError{Offset: 24, Reason: "length field does not match the datagram"}
+	errZeroSPIi    = &ParseError{Reason: "zero initiator SPI"}
+)
 
 // Decode parses an IKE message. The returned message refers to b; callers
 // must not reuse b while the message is in use. Encrypted payloads are kept
