@@ -104,7 +104,7 @@ func (n *Node) SAs(ctx context.Context) ([]SAInfo, error) {
 
 // Stats sums the engine counters of all shards.
 func (n *Node) Stats(ctx context.Context) (ike.Stats, error) {
-	total := ike.Stats{Failed: map[ike.NotifyType]uint64{}}
+	total := ike.Stats{Failed: map[ike.NotifyType]uint64{}, Dropped: n.headerDrops.Load()}
 	for _, s := range n.shards {
 		var st ike.Stats
 		if err := n.do(ctx, s, func() { st = s.eng.Stats() }); err != nil {

@@ -81,6 +81,7 @@ type Node struct {
 	queueDrops      atomic.Uint64
 	initDrops       atomic.Uint64
 	nonIKEDrops     atomic.Uint64
+	headerDrops     atomic.Uint64 // IKE datagrams with malformed headers the socket loop dropped (in Stats.Dropped)
 	keepalives      atomic.Uint64
 	obs             observability
 	peer            *peerAPI     // the peer API (peer.go); nil without cluster.peer_listen

@@ -163,7 +163,7 @@ func (n *Node) metricsSnapshot(ctx context.Context) (metrics.Snapshot, error) {
 	}
 	h := n.Health()
 	s.Node = metrics.Node{PersistFailures: n.persistFailures.Load(), FencedDrops: n.fencedDrops.Load(),
-		NonIKEDrops: n.nonIKEDrops.Load(), KeepalivesSent: n.obs.keepalivesSent.Load(),
+		NonIKEDrops: n.nonIKEDrops.Load(), HeaderDrops: n.headerDrops.Load(), KeepalivesSent: n.obs.keepalivesSent.Load(),
 		KeepalivesReceived: n.keepalives.Load(), EAP: n.obs.eapCounts(), Revocation: n.rev.stats(), Listening: h.Listening, Fenced: h.Fenced, Draining: h.Draining}
 	n.obs.queueDrops.Range(func(k, v any) bool {
 		q := k.(queueKey)

@@ -349,6 +349,17 @@ func (n *Node) receive(c transport.Conn, b []byte, local, remote netip.AddrPort,
 		n.nonIKEDrops.Add(1)
 		return nil
 	}
+	if _, err := ike.DecodeHeader(b); err != nil && b[17]>>4 <= 2 {
+		// Malformed (a length field that disagrees with the datagram, not
+		// IKEv2, no initiator SPI): the engine would only drop it. Dropped
+		// here, it never takes a place in the queue the established SAs'
+		// messages wait in. A later major version goes on: the engine
+		// answers it (RFC 7296 §2.5).
+		n.headerDrops.Add(1)
+		n.logEvent(s, ike.Event{Kind: ike.EventDropped, SPIi: binary.BigEndian.Uint64(b), SPIr: binary.BigEndian.Uint64(b[8:]),
+			Local: local, Remote: remote, Err: err})
+		return nil
+	}
 	kind := queuePrio
 	if isNewSA(b) {
 		kind = queueNew

@@ -574,6 +574,57 @@ func TestSocketReadersInParallel(t *testing.T) {
 // A mass restart: cookie-proven IKE_SA_INITs (each a key exchange) queued
 // before a message for an existing SA are still served after it. The
 // message stands in for an established SA's liveness check: a later
+// Datagrams with malformed IKE headers (a length field that disagrees
+// with the datagram, IKEv1, no initiator SPI) are dropped by the socket
+// loop: with the shard busy they never take a place in the queue the
+// established SAs' messages wait in. They count as the engine's drops,
+// and a message of a later major version still goes on to the engine,
+// which answers it.
+func TestMalformedHeadersNeverQueued(t *testing.T) {
+	n, _ := startNode(t, 1, "")
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	cc := newCookieClient(t, n.IKEAddr())
+	s := n.shards[0]
+	st0, err := n.Stats(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	release := busyShard(ctx, n, s)
+	defer release()
+	const existing = 0x0a0b0c0d0e0f1011
+	spir := uint64(s.id)<<spiShardShift | 0x1234
+	long := append(header(existing, spir, ike.INFORMATIONAL, ike.FlagInitiator), make([]byte, 40)...) // length field 28
+	v1 := header(existing, spir, ike.INFORMATIONAL, ike.FlagInitiator)
+	v1[17] = 0x10
+	noSPI := header(0, spir, ike.INFORMATIONAL, ike.FlagInitiator)
+	for _, b := range [][]byte{long, v1, noSPI} {
+		cc.send(b)
+	}
+	v3 := header(existing, spir, ike.INFORMATIONAL, ike.FlagInitiator)
+	v3[17] = 0x30                        // major version 3
+	v3 = append(v3, make([]byte, 32)...) // room for the answer
+	binary.BigEndian.PutUint32(v3[24:], uint32(len(v3)))
+	cc.send(v3)
+	for (len(s.q.prio) < 1 || n.headerDrops.Load() < 3) && ctx.Err() == nil {
+		time.Sleep(10 * time.Millisecond)
+	}
+	if p, d := len(s.q.prio), n.headerDrops.Load(); p != 1 || d != 3 {
+		t.Fatalf("%d queued (want the later major version's alone), %d dropped by the socket loop (want 3)", p, d)
+	}
+	release()
+	if spi, _ := cc.answer(); spi != existing {
+		t.Fatalf("answer for %016x, want the later major version's", spi)
+	}
+	st1, err := n.Stats(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if d := st1.Dropped - st0.Dropped; d != 4 { // the three, and the answered major version
+		t.Fatalf("%d drops counted, want 4", d)
+	}
+}
+
 // major version, which the engine answers without keys.
 func TestProvenRequestsAfterEstablishedTraffic(t *testing.T) {
 	n, _ := startNode(t, 1, "  cookie_threshold: 0\n")

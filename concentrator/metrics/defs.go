@@ -64,7 +64,7 @@ var (
 	dCookiesSent     = counterDef("cookies_sent_total", "IKE_SA_INIT requests answered with a cookie demand.")
 	dRetransmits     = counterDef("retransmits_total", "Requests we retransmitted.")
 	dDuplicates      = counterDef("duplicate_requests_total", "Retransmitted requests answered from the response cache.")
-	dIKEDropped      = counterDef("ike_messages_dropped_total", "IKE messages the engine dropped (malformed, unknown SA, integrity).")
+	dIKEDropped      = counterDef("ike_messages_dropped_total", "IKE messages dropped as malformed (by the engine or, for a malformed header, the socket loop), for an unknown SA or failing integrity.")
 	dUnreservedSPIs  = counterDef("unreserved_spis_total", "SPIs allocated without a cluster-wide reservation (reservation pool empty).")
 	dHandoffs        = counterDef("handoffs_total", "SAs handed off to another node.")
 	dUniqueReplaced  = counterDef("unique_id_replacements_total", "Older IKE SAs of a peer identity deleted for a new one (auth.unique_ids): where the old one was (local: this node, remote: another live node, asked over the peer API, dead: a dead node's, deleted from the state store).", "where")

@@ -57,6 +57,7 @@ type Node struct {
 	PersistFailures    uint64
 	FencedDrops        uint64
 	NonIKEDrops        uint64
+	HeaderDrops        uint64 // IKE datagrams with malformed headers the socket loop dropped (counted as the engine's drops)
 	KeepalivesSent     uint64
 	KeepalivesReceived uint64
 	QueueDrops         []QueueDrop
@@ -238,7 +239,7 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 	for _, st := range IKEStates {
 		states[st] = 0
 	}
-	var total ike.Stats
+	total := ike.Stats{Dropped: s.Node.HeaderDrops}
 	failed := map[string]uint64{}
 	children, halfOpen := 0, 0
 	for i, sh := range s.Shards {
