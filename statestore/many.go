@@ -440,9 +440,12 @@ func (s *Store) followPrefix(ctx context.Context, prefix string, list func([]*mv
 			next = resp.Header.Revision + 1
 		}
 		wctx, wcancel := context.WithCancel(clientv3.WithRequireLeader(ctx))
-		wopts := append([]clientv3.OpOption{clientv3.WithPrefix(), clientv3.WithRev(next), clientv3.WithProgressNotify()}, opts...)
+		wopts := append([]clientv3.OpOption{clientv3.WithPrefix(), clientv3.WithRev(next), clientv3.WithProgressNotify(),
+			clientv3.WithCreatedNotify()}, opts...)
 		var werr error
+		created := false
 		for wr := range s.cli.Watch(wctx, prefix, wopts...) {
+			created = created || wr.Created
 			if werr = wr.Err(); werr != nil {
 				if wr.CompactRevision != 0 || errors.Is(werr, rpctypes.ErrCompacted) {
 					next = 0 // the history from next on is gone
@@ -473,8 +476,10 @@ func (s *Store) followPrefix(ctx context.Context, prefix string, list func([]*mv
 			s.log.Warn("statestore: watch history compacted, listing again", "prefix", prefix, "err", fmt.Sprint(werr))
 			continue
 		}
-		s.watchResumes.Add(1)
-		s.log.Info("statestore: watch broken, resuming", "prefix", prefix, "from", next, "err", fmt.Sprint(werr))
+		if created { // not a watch etcd refused to create again (its member still has no leader)
+			s.watchResumes.Add(1)
+			s.log.Info("statestore: watch broken, resuming", "prefix", prefix, "from", next, "err", fmt.Sprint(werr))
+		}
 		sleepCtx(ctx, min(s.cfg.KeepAliveInterval, time.Second))
 	}
 }
