@@ -244,6 +244,17 @@ func busyShard(ctx context.Context, n *Node, s *shard) (release func()) {
 	return func() { once.Do(func() { close(ch) }) }
 }
 
+// laterMajorVersion is an INFORMATIONAL request of IKE major version 3
+// for the SA (spii, spir), with room for its INVALID_MAJOR_VERSION answer
+// (never larger than the request).
+func laterMajorVersion(spii, spir uint64) []byte {
+	b := header(spii, spir, ike.INFORMATIONAL, ike.FlagInitiator)
+	b[17] = 0x30
+	b = append(b, make([]byte, 32)...)
+	binary.BigEndian.PutUint32(b[24:], uint32(len(b)))
+	return b
+}
+
 func cookieInit(spi uint64, cookie []byte) []byte {
 	var ps []ike.Payload
 	if cookie != nil {
@@ -601,11 +612,7 @@ func TestMalformedHeadersNeverQueued(t *testing.T) {
 	for _, b := range [][]byte{long, v1, noSPI} {
 		cc.send(b)
 	}
-	v3 := header(existing, spir, ike.INFORMATIONAL, ike.FlagInitiator)
-	v3[17] = 0x30                        // major version 3
-	v3 = append(v3, make([]byte, 32)...) // room for the answer
-	binary.BigEndian.PutUint32(v3[24:], uint32(len(v3)))
-	cc.send(v3)
+	cc.send(laterMajorVersion(existing, spir))
 	for (len(s.q.prio) < 1 || n.headerDrops.Load() < 3) && ctx.Err() == nil {
 		time.Sleep(10 * time.Millisecond)
 	}
@@ -669,11 +676,7 @@ func TestProvenRequestsAfterEstablishedTraffic(t *testing.T) {
 		time.Sleep(10 * time.Millisecond)
 	}
 	const existing = 0x0a0b0c0d0e0f1011
-	msg := header(existing, uint64(s.id)<<spiShardShift|0x1234, ike.INFORMATIONAL, ike.FlagInitiator)
-	msg[17] = 0x30                         // major version 3
-	msg = append(msg, make([]byte, 32)...) // room for the answer (never larger than the request)
-	binary.BigEndian.PutUint32(msg[24:], uint32(len(msg)))
-	cc.send(msg)
+	cc.send(laterMajorVersion(existing, uint64(s.id)<<spiShardShift|0x1234))
 	for len(s.q.prio) < 1 && ctx.Err() == nil {
 		time.Sleep(10 * time.Millisecond)
 	}
