@@ -251,6 +251,18 @@ func (e *Engine) cookieFor(now time.Time, version byte, ni []byte, peer netip.Ad
 	return cs.sum(ni, peer, spii)
 }
 
+// cookieValid reports whether cookie (its version octet first) is the
+// one the current or the previous secret gives the request, as Screen
+// checks it.
+func (e *Engine) cookieValid(now time.Time, cookie, ni []byte, peer netip.Addr, spii uint64) bool {
+	if len(cookie) == 0 {
+		return false
+	}
+	e.currentCookie(now)
+	_, cs := e.cookies.lookup(cookie[0])
+	return cs != nil && cs.valid(cookie, ni, peer, spii)
+}
+
 // lookup returns the current secret and the secret with the given
 // version, the current or the previous one; nil when there is no such
 // secret.

@@ -2,7 +2,6 @@ package ike
 
 import (
 	"bytes"
-	"crypto/hmac"
 	"encoding/binary"
 	"errors"
 	"time"
@@ -38,8 +37,7 @@ func (e *Engine) handleInitRequest(now time.Time, pkt Packet, h Header, rd *Read
 	valid := false
 	if e.underPressure() {
 		if cookie != nil && len(cookie.Data) > 1 {
-			want := e.cookieFor(now, cookie.Data[0], nonce.Data, pkt.Remote.Addr(), h.SPIi)
-			valid = want != nil && hmac.Equal(want, cookie.Data)
+			valid = e.cookieValid(now, cookie.Data, nonce.Data, pkt.Remote.Addr(), h.SPIi)
 		}
 		if !valid {
 			e.stats.CookiesSent++

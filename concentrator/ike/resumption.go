@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"crypto/aes"
 	"crypto/cipher"
-	"crypto/hmac"
 	"crypto/subtle"
 	"encoding/binary"
 	"errors"
@@ -435,8 +434,7 @@ func (e *Engine) handleResumeRequest(now time.Time, pkt Packet, h Header, rd *Re
 			cookie = n
 		}
 		if cookie != nil && len(cookie.Data) > 1 {
-			want := e.cookieFor(now, cookie.Data[0], nonce.Data, pkt.Remote.Addr(), h.SPIi)
-			valid = want != nil && hmac.Equal(want, cookie.Data)
+			valid = e.cookieValid(now, cookie.Data, nonce.Data, pkt.Remote.Addr(), h.SPIi)
 		}
 		if !valid {
 			e.stats.CookiesSent++
