@@ -150,8 +150,18 @@ func (n *Node) submit(s *shard, b *heldBatch, p ike.Persist) {
 	switch {
 	case p.ExclusiveSelectors:
 		c.Selectors = &statestore.SelectorClaim{Identity: p.PeerID.String()}
+		from := p.SPI // the SA whose claim the ranges carry on (a Deleted change has none)
+		if c.Kind == statestore.IKERekeyed {
+			from = c.OldSPI
+		}
 		for _, r := range p.Selectors {
-			c.Selectors.Ranges = append(c.Selectors.Ranges, statestore.SelectorRange{Start: r.Start, End: r.End})
+			sr := statestore.SelectorRange{Start: r.Start, End: r.End}
+			if book := n.persist.claims; book != nil {
+				// When each range was first claimed, for a node that has
+				// to list the claims instead of reading them in order.
+				sr.Since = book.since(from, c.Selectors.Identity, r)
+			}
+			c.Selectors.Ranges = append(c.Selectors.Ranges, sr)
 		}
 	case n.ecfg.Selectors != nil && (c.Kind == statestore.Deleted || c.Kind == statestore.IKERekeyed):
 		// Under policies the claim an SA's record may carry goes with it,

@@ -19,6 +19,7 @@ package concentrator
 // node that holds the SA deletes it.
 
 import (
+	"slices"
 	"sync"
 	"time"
 
@@ -59,6 +60,9 @@ type bookClaim struct {
 type grownClaim struct {
 	spi uint64
 	at  int64
+	// listed: the ranges a listing found new (claimBook.list), each with
+	// its own revision; nil: those claimed at revision at.
+	listed []ike.SelectorRange
 }
 
 // claimLoss is a claim that lost: its SA, the write, and what holds the
@@ -178,17 +182,38 @@ func (b *claimBook) verdictOf(w *claimWait) (*claimLoss, bool) {
 func (b *claimBook) put(spi uint64, identity string, ranges []ike.SelectorRange, at int64) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
+	b.putLocked(spi, identity, ranges, nil, at, false)
+}
+
+// list records SA spi's claim as read by a listing (the watch's first,
+// or one after etcd compacted the history a broken watch would have gone
+// on from): at is the claim's last write, not the write that made its
+// ranges, and the writes between are not read. A range the book holds
+// for the SPI keeps its revision; any other is dated by the revision the
+// write names for it (since[i]: the revision it was first claimed at,
+// which every later write of the claim carries on, Node.submit), or by
+// at when it names none, and is judged at the next sync.
+func (b *claimBook) list(spi uint64, identity string, ranges []ike.SelectorRange, since []int64, at int64) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.putLocked(spi, identity, ranges, since, at, true)
+}
+
+func (b *claimBook) putLocked(spi uint64, identity string, ranges []ike.SelectorRange, since []int64, at int64, listed bool) {
 	old := b.claims[spi]
 	c := &bookClaim{identity: identity, ranges: make([]claimedRange, len(ranges))}
-	grew := false
+	var fresh []ike.SelectorRange
 	for i, r := range ranges {
 		c.ranges[i] = claimedRange{r, at}
 		if s, ok := sinceOf(old, identity, r); ok {
 			c.ranges[i].since = s
-		} else if s, ok := b.goneSince(identity, r, at); ok {
+		} else if s, ok := b.goneSince(identity, r, at); ok && !listed {
 			c.ranges[i].since = s
 		} else {
-			grew = true
+			if listed && i < len(since) && since[i] > 0 && since[i] < at {
+				c.ranges[i].since = since[i]
+			}
+			fresh = append(fresh, r)
 		}
 	}
 	if old != nil {
@@ -200,9 +225,21 @@ func (b *claimBook) put(spi uint64, identity string, ranges []ike.SelectorRange,
 		b.index.Add(x.SelectorRange, spi)
 	}
 	b.claims[spi] = c
-	if grew {
-		b.grown = append(b.grown, grownClaim{spi, at})
+	switch {
+	case listed && fresh != nil:
+		b.grown = append(b.grown, grownClaim{spi: spi, at: at, listed: fresh})
+	case fresh != nil:
+		b.grown = append(b.grown, grownClaim{spi: spi, at: at})
 	}
+}
+
+// since is the revision at which SA spi's claim first held range r for
+// identity, as this node has read it; 0: it holds no such range (yet).
+func (b *claimBook) since(spi uint64, identity string, r ike.SelectorRange) int64 {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	s, _ := sinceOf(b.claims[spi], identity, r)
+	return s
 }
 
 func sinceOf(c *bookClaim, identity string, r ike.SelectorRange) (int64, bool) {
@@ -300,9 +337,10 @@ func (b *claimBook) sync(at int64) (unwaited []claimLoss) {
 	return unwaited
 }
 
-// judge is the verdict on claim g's ranges first claimed at g.at: a loss
-// if another identity's claim overlaps one of them and was claimed
-// earlier (or at the same revision by a lower SPI).
+// judge is the verdict on claim g's ranges first claimed at g.at (or
+// those a listing found new): a loss if another identity's claim overlaps
+// one of them and was claimed earlier (or at the same revision by a lower
+// SPI).
 func (b *claimBook) judge(g grownClaim) *claimLoss {
 	c := b.claims[g.spi]
 	if c == nil {
@@ -310,7 +348,7 @@ func (b *claimBook) judge(g grownClaim) *claimLoss {
 	}
 	var loss *claimLoss
 	for _, x := range c.ranges {
-		if x.since != g.at {
+		if g.listed == nil && x.since != g.at || g.listed != nil && !slices.Contains(g.listed, x.SelectorRange) {
 			continue
 		}
 		b.index.Overlapping(x.SelectorRange, func(y ike.SelectorRange, spi uint64) bool {

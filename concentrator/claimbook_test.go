@@ -169,3 +169,44 @@ func TestClaimBookTimeoutAndCancel(t *testing.T) {
 		t.Fatalf("unknown revision: %+v, want lost to 3", l)
 	}
 }
+
+// A listing (the watch's first, or one after a compaction) reads claims
+// by their last write: each range the book does not hold yet is dated by
+// the revision its claim names for it, so a claim rewritten (or moved by
+// an IKE rekey) after a later overlapping claim still holds its range; a
+// range the book holds keeps its revision; a named revision that is not
+// before the write is not taken.
+func TestClaimBookListingDatesByFirstClaim(t *testing.T) {
+	bk := newClaimBook()
+	bk.put(0xc, "gwc", []ike.SelectorRange{bookRange("10.3.0.0/24")}, 5)
+	if un := bk.sync(5); len(un) != 0 {
+		t.Fatal(un)
+	}
+	w := bk.wait(0xb) // this node's write of b's claim, at 30
+	cb := committedAt(bk, w, 30)
+	// First claimed at 10, last written at 50 (after b's claim at 30).
+	bk.list(0xa, "gwa", []ike.SelectorRange{bookRange("10.1.0.0/24")}, []int64{10}, 50)
+	bk.list(0xb, "gwb", []ike.SelectorRange{bookRange("10.1.0.128/25")}, nil, 30)
+	bk.list(0xc, "gwc", []ike.SelectorRange{bookRange("10.3.0.0/24")}, []int64{0}, 70)
+	bk.list(0xd, "gwd", []ike.SelectorRange{bookRange("10.4.0.0/24")}, []int64{99}, 80)
+	noVerdict(t, cb)
+	if un := bk.sync(80); len(un) != 0 {
+		t.Fatalf("losses nobody waits for: %+v", un)
+	}
+	if l := verdict(t, cb); l == nil || l.spi != 0xb || l.holderSPI != 0xa {
+		t.Fatalf("b's claim: %+v, want lost to a's (first claimed at 10)", l)
+	}
+	for _, c := range []struct {
+		spi  uint64
+		id   string
+		r    string
+		want int64
+	}{{0xa, "gwa", "10.1.0.0/24", 10}, {0xb, "gwb", "10.1.0.128/25", 30}, {0xc, "gwc", "10.3.0.0/24", 5}, {0xd, "gwd", "10.4.0.0/24", 80}} {
+		if got := bk.since(c.spi, c.id, bookRange(c.r)); got != c.want {
+			t.Errorf("%s's range dated %d, want %d", c.id, got, c.want)
+		}
+	}
+	if got := bk.since(0xa, "gwb", bookRange("10.1.0.0/24")); got != 0 {
+		t.Errorf("another identity's range: %d", got)
+	}
+}

@@ -2,12 +2,16 @@ package concentrator
 
 import (
 	"context"
+	"encoding/json"
+	"fmt"
 	"net/netip"
+	"strings"
 	"testing"
 	"time"
 
 	"github.com/ikefleet/ikefleet/concentrator/ike"
 	"github.com/ikefleet/ikefleet/statestore"
+	"go.etcd.io/etcd/api/v3/mvccpb"
 	clientv3 "go.etcd.io/etcd/client/v3"
 )
 
@@ -98,7 +102,19 @@ func connectLAN(t *testing.T, ctx context.Context, c *testCluster, g *memGateway
 // others' claims late) are judged in etcd's order: the later claim's SA
 // is discarded by the node that holds it before anything of it goes out
 // (no IKE_AUTH answer, no CHILD SA installed); the earlier one stays.
+//
+// "rekeyed": before b reads the claims, a rekeys the earlier claim's IKE
+// SA, so that b's listing finds that claim last written (under a new SPI)
+// after the later one. b must still date its range by when it was first
+// claimed, which the claim carries (statestore.SelectorRange.Since):
+// dated by its last write, the earlier claim would lose on b and the
+// later one hold there, while a judged the other way.
 func TestClusterSelectorClaimsAtOnce(t *testing.T) {
+	t.Run("plain", func(t *testing.T) { testClaimsAtOnce(t, false) })
+	t.Run("rekeyed", func(t *testing.T) { testClaimsAtOnce(t, true) })
+}
+
+func testClaimsAtOnce(t *testing.T, rekey bool) {
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
 	c := newTestCluster(t, 2)
@@ -139,6 +155,35 @@ func TestClusterSelectorClaimsAtOnce(t *testing.T) {
 	g2.initiate(ini)
 	waitFor(t, ctx, "gateway 2's claim stored", func() bool { return claims() == 2 })
 	waitFor(t, ctx, "a judges gateway 2's claim lost", func() bool { return a.n.ClusterStats().SelectorConflicts > 0 })
+	if rekey {
+		sas, err := a.n.SAs(ctx)
+		if err != nil || len(sas) != 1 {
+			t.Fatalf("a holds %d SAs (%v)", len(sas), err)
+		}
+		first := claimOf(t, ctx, cli, sas[0].SPIr)
+		if err := a.n.RekeyIKE(ctx, sas[0].SPIr); err != nil {
+			t.Fatal(err)
+		}
+		var moved *clientv3.GetResponse
+		waitFor(t, ctx, "gateway 1's claim moved to its rekeyed IKE SA", func() bool {
+			r, err := cli.Get(ctx, statestore.DefaultPrefix+"sel/", clientv3.WithPrefix())
+			if err != nil {
+				t.Fatal(err)
+			}
+			moved = r
+			return len(r.Kvs) == 2 && !strings.HasSuffix(string(r.Kvs[0].Key), fmt.Sprintf("%016x", sas[0].SPIr)) &&
+				!strings.HasSuffix(string(r.Kvs[1].Key), fmt.Sprintf("%016x", sas[0].SPIr))
+		})
+		for _, kv := range moved.Kvs {
+			var cl statestore.SelectorClaim
+			if err := json.Unmarshal(kv.Value, &cl); err != nil {
+				t.Fatal(err)
+			}
+			if cl.Identity == "gw1@iot.example" && (len(cl.Ranges) != 1 || cl.Ranges[0].Since != first.ModRevision) {
+				t.Fatalf("the rekeyed claim %s names %+v, want first claimed at %d", kv.Value, cl.Ranges, first.ModRevision)
+			}
+		}
+	}
 	time.Sleep(200 * time.Millisecond) // b would have answered by now without the rule
 	quiet := func(what string) {
 		t.Helper()
@@ -172,12 +217,30 @@ func TestClusterSelectorClaimsAtOnce(t *testing.T) {
 		m.StateStore.SelectorHolds == 0 || m.StateStore.SelectorHoldTimeouts != 0 {
 		t.Fatalf("b's counters (ikefleet_selector_conflicts_total, _claim_holds_total, _claim_hold_timeouts_total): %+v %v", m.StateStore, err)
 	}
-	if cs := a.n.ClusterStats(); cs.SelectorHolds != 1 || cs.SelectorHoldTimeouts != 0 {
-		t.Fatalf("a: %d writes held for a verdict (want gateway 1's), %d given up", cs.SelectorHolds, cs.SelectorHoldTimeouts)
+	holds := uint64(1) // gateway 1's establishment, and its IKE rekey
+	if rekey {
+		holds = 2
 	}
-	if sas, err := a.n.SAs(ctx); err != nil || len(sas) != 1 {
-		t.Fatalf("a holds %d SAs (%v): the earlier claim must stay", len(sas), err)
+	if cs := a.n.ClusterStats(); cs.SelectorHolds != holds || cs.SelectorHoldTimeouts != 0 {
+		t.Fatalf("a: %d writes held for a verdict (want %d: gateway 1's), %d given up", cs.SelectorHolds, holds, cs.SelectorHoldTimeouts)
 	}
+	waitFor(t, ctx, "a holds gateway 1's SA alone", func() bool {
+		sas, err := a.n.SAs(ctx)
+		return err == nil && len(sas) == 1
+	})
+	if c := claims(); c != 1 {
+		t.Fatalf("%d claims stored, want gateway 1's", c)
+	}
+}
+
+// claimOf reads SA spi's selector claim from etcd.
+func claimOf(t *testing.T, ctx context.Context, cli *clientv3.Client, spi uint64) *mvccpb.KeyValue {
+	t.Helper()
+	r, err := cli.Get(ctx, fmt.Sprintf("%ssel/%016x", statestore.DefaultPrefix, spi))
+	if err != nil || len(r.Kvs) != 1 {
+		t.Fatalf("SA %016x's claim: %d keys (%v)", spi, len(r.Kvs), err)
+	}
+	return r.Kvs[0]
 }
 
 // A node whose claims watch does not reach a held write within the bound

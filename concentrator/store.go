@@ -280,10 +280,15 @@ func (n *Node) watchSelectors(ctx context.Context) {
 			reg.SetRemote(ev.SPI, "", nil)
 		default:
 			ranges := make([]ike.SelectorRange, len(ev.Claim.Ranges))
+			since := make([]int64, len(ev.Claim.Ranges))
 			for i, r := range ev.Claim.Ranges {
-				ranges[i] = ike.SelectorRange{Start: r.Start, End: r.End}
+				ranges[i], since[i] = ike.SelectorRange{Start: r.Start, End: r.End}, r.Since
 			}
-			book.put(ev.SPI, ev.Claim.Identity, ranges, ev.At)
+			if ev.Listed {
+				book.list(ev.SPI, ev.Claim.Identity, ranges, since, ev.At)
+			} else {
+				book.put(ev.SPI, ev.Claim.Identity, ranges, ev.At)
+			}
 			reg.SetRemote(ev.SPI, ev.Claim.Identity, ranges)
 		}
 	})

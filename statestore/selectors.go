@@ -25,6 +25,14 @@ type SelectorClaim struct {
 type SelectorRange struct {
 	Start netip.Addr `json:"s"`
 	End   netip.Addr `json:"e"`
+	// Since is the revision at which the SA (or the SA it was rekeyed
+	// from) first claimed the range, carried on by each later write of
+	// the claim; 0: first claimed by this write (or not known to the
+	// writer). Watchers that read every write in order know it anyway;
+	// one that lists the claims (after etcd compacted the history its
+	// watch would have gone on from) reads it here instead of dating the
+	// range by the claim's last write.
+	Since int64 `json:"t,omitempty"`
 }
 
 func (k keys) sel(spi uint64) string { return hexKey(k.p, "sel/", spi, 16) }
@@ -60,6 +68,10 @@ type SelectorEvent struct {
 	// Synced: every claim written up to revision At has been reported
 	// (after a listing, and after each batch of changes).
 	Synced bool
+	// Listed: the claim was read by a listing (the watch's first, or one
+	// after a compaction), not as a write in etcd's order: the writes
+	// between the claim's first and its last (At) were not read.
+	Listed bool
 }
 
 // WatchSelectors calls f with every selector claim in the store and then
@@ -67,13 +79,13 @@ type SelectorEvent struct {
 // Synced event (also at etcd's progress notifications). A broken watch
 // goes on where it was, so every write is reported once and in order; if
 // etcd compacted that history meanwhile, it lists the claims again
-// (reported with their last write's revision) and reports those that
-// went meanwhile. A claim that cannot be read is reported gone (and
+// (reported as Listed, with their last write's revision) and reports
+// those that went meanwhile. A claim that cannot be read is reported gone (and
 // logged). f runs on the watch's goroutine.
 func (s *Store) WatchSelectors(ctx context.Context, f func(SelectorEvent)) {
 	known := map[uint64]bool{}
 	prefix := s.k.sels()
-	report := func(kv *mvccpb.KeyValue) (uint64, bool) {
+	report := func(kv *mvccpb.KeyValue, listed bool) (uint64, bool) {
 		spi, ok := parseSPIKey(string(kv.Key), prefix)
 		if !ok {
 			return 0, false
@@ -84,13 +96,13 @@ func (s *Store) WatchSelectors(ctx context.Context, f func(SelectorEvent)) {
 			f(SelectorEvent{SPI: spi, At: kv.ModRevision})
 			return spi, false
 		}
-		f(SelectorEvent{SPI: spi, Claim: &c, Revision: kv.CreateRevision, At: kv.ModRevision})
+		f(SelectorEvent{SPI: spi, Claim: &c, Revision: kv.CreateRevision, At: kv.ModRevision, Listed: listed})
 		return spi, true
 	}
 	s.followPrefix(ctx, prefix, func(kvs []*mvccpb.KeyValue) {
 		now := map[uint64]bool{}
 		for _, kv := range kvs {
-			if spi, ok := report(kv); ok {
+			if spi, ok := report(kv, true); ok {
 				now[spi] = true
 			}
 		}
@@ -108,7 +120,7 @@ func (s *Store) WatchSelectors(ctx context.Context, f func(SelectorEvent)) {
 			}
 			return
 		}
-		if spi, ok := report(ev.Kv); ok {
+		if spi, ok := report(ev.Kv, false); ok {
 			known[spi] = true
 		}
 	}, func(rev int64) { f(SelectorEvent{Synced: true, At: rev}) })

@@ -51,7 +51,7 @@ func TestSelectorClaims(t *testing.T) {
 			}
 		}
 	}
-	if ev := next("listed"); ev.SPI != 0x500 || ev.Claim == nil || ev.Claim.Ranges[0] != rng("10.9.0.0", "10.9.0.255") {
+	if ev := next("listed"); ev.SPI != 0x500 || ev.Claim == nil || ev.Claim.Ranges[0] != rng("10.9.0.0", "10.9.0.255") || !ev.Listed {
 		t.Fatalf("listed: %+v", ev)
 	}
 
@@ -64,10 +64,14 @@ func TestSelectorClaims(t *testing.T) {
 		rev == 0 || ev.At != rev || ev.Revision != rev || synced >= rev {
 		t.Fatalf("established at %d (synced to %d): %+v", rev, synced, ev)
 	}
-	if err := a.Persist(ctx, Change{Kind: ChildCreated, Record: r, Selectors: claim(rng("10.2.0.0", "10.2.0.255"), rng("10.3.0.0", "10.3.0.255"))}); err != nil {
+	// A later write carries on when each range was first claimed.
+	kept := rng("10.2.0.0", "10.2.0.255")
+	kept.Since = rev
+	if err := a.Persist(ctx, Change{Kind: ChildCreated, Record: r, Selectors: claim(kept, rng("10.3.0.0", "10.3.0.255"))}); err != nil {
 		t.Fatal(err)
 	}
-	if ev := next("child created"); ev.SPI != 0x600 || ev.Claim == nil || len(ev.Claim.Ranges) != 2 || ev.At <= rev || ev.Revision != rev || synced < rev {
+	if ev := next("child created"); ev.SPI != 0x600 || ev.Claim == nil || len(ev.Claim.Ranges) != 2 || ev.At <= rev || ev.Revision != rev || synced < rev ||
+		ev.Claim.Ranges[0].Since != rev || ev.Claim.Ranges[1].Since != 0 || ev.Listed {
 		t.Fatalf("child created (established at %d, synced to %d): %+v", rev, synced, ev)
 	}
 	if err := a.Persist(ctx, Change{Kind: Updated, Record: r}); err != nil { // no claim: untouched
