@@ -62,6 +62,7 @@ var (
 	dMappingChecks   = counterDef("nat_mapping_checks_total", "Liveness checks sent to a new NAT mapping the data plane reported (ESP from a new port or address).")
 	dTSRefused       = counterDef("selectors_refused_total", "CHILD SAs refused (TS_UNACCEPTABLE) because another identity holds the selectors (policies).")
 	dCookiesSent     = counterDef("cookies_sent_total", "IKE_SA_INIT requests answered with a cookie demand.")
+	dInitRefused     = counterDef("sa_init_refused_total", "New IKE_SA_INIT requests dropped unanswered by an admission limit: half_open (ike.max_half_open), prefix (ike.max_half_open_per_prefix: cookie-proven requests of one source prefix), memory (ike.max_half_open_bytes), sas (ike.max_sas). The initiator retransmits.", "limit")
 	dRetransmits     = counterDef("retransmits_total", "Requests we retransmitted.")
 	dDuplicates      = counterDef("duplicate_requests_total", "Retransmitted requests answered from the response cache.")
 	dIKEDropped      = counterDef("ike_messages_dropped_total", "IKE messages dropped as malformed (by the engine or, for a malformed header, the socket loop), for an unknown SA or failing integrity.")

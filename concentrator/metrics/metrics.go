@@ -251,6 +251,10 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 		st := sh.Stats
 		total.Established += st.Established
 		total.CookiesSent += st.CookiesSent
+		total.RefusedHalfOpen += st.RefusedHalfOpen
+		total.RefusedPrefix += st.RefusedPrefix
+		total.RefusedMemory += st.RefusedMemory
+		total.RefusedSAs += st.RefusedSAs
 		total.Dropped += st.Dropped
 		total.Retransmits += st.Retransmits
 		total.DuplicateRequests += st.DuplicateRequests
@@ -292,6 +296,10 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 	counter(dTSRefused, total.SelectorsRefused)
 	counter(dMappingChecks, total.MappingChecks)
 	counter(dCookiesSent, total.CookiesSent)
+	counter(dInitRefused, total.RefusedHalfOpen, "half_open")
+	counter(dInitRefused, total.RefusedPrefix, "prefix")
+	counter(dInitRefused, total.RefusedMemory, "memory")
+	counter(dInitRefused, total.RefusedSAs, "sas")
 	counter(dRetransmits, total.Retransmits)
 	counter(dDuplicates, total.DuplicateRequests)
 	counter(dIKEDropped, total.Dropped)

@@ -36,10 +36,10 @@ func snapshot() Snapshot {
 	counts.Takeovers = 1
 	return Snapshot{
 		Shards: []Shard{
-			{Stats: ike.Stats{HalfOpen: 3, Established: 10, CookiesSent: 4, DPDSent: 2, DPDDead: 1, Retransmits: 5,
+			{Stats: ike.Stats{HalfOpen: 3, Established: 10, CookiesSent: 4, DPDSent: 2, DPDDead: 1, Retransmits: 5, RefusedPrefix: 2, RefusedSAs: 1,
 				Failed: map[ike.NotifyType]uint64{ike.AUTHENTICATION_FAILED: 2, 0: 1, 40000: 1}},
 				States: map[string]int{"ESTABLISHED": 7, "INIT_DONE": 3}, ChildSAs: 9, CookiesActive: true},
-			{Stats: ike.Stats{Established: 5, Failed: map[ike.NotifyType]uint64{ike.AUTHENTICATION_FAILED: 1, ike.NO_PROPOSAL_CHOSEN: 1}, RekeyCollisions: 1},
+			{Stats: ike.Stats{Established: 5, Failed: map[ike.NotifyType]uint64{ike.AUTHENTICATION_FAILED: 1, ike.NO_PROPOSAL_CHOSEN: 1}, RekeyCollisions: 1, RefusedPrefix: 3, RefusedHalfOpen: 4},
 				States: map[string]int{"ESTABLISHED": 5}, ChildSAs: 5},
 		},
 		Node: Node{PersistFailures: 1, FencedDrops: 2, NonIKEDrops: 3, KeepalivesSent: 4, KeepalivesReceived: 5,
@@ -109,6 +109,12 @@ ikefleet_address_updates_total 1
 # HELP ikefleet_cookies_sent_total IKE_SA_INIT requests answered with a cookie demand.
 # TYPE ikefleet_cookies_sent_total counter
 ikefleet_cookies_sent_total 4
+# HELP ikefleet_sa_init_refused_total New IKE_SA_INIT requests dropped unanswered by an admission limit: half_open (ike.max_half_open), prefix (ike.max_half_open_per_prefix: cookie-proven requests of one source prefix), memory (ike.max_half_open_bytes), sas (ike.max_sas). The initiator retransmits.
+# TYPE ikefleet_sa_init_refused_total counter
+ikefleet_sa_init_refused_total{limit="half_open"} 4
+ikefleet_sa_init_refused_total{limit="memory"} 0
+ikefleet_sa_init_refused_total{limit="prefix"} 5
+ikefleet_sa_init_refused_total{limit="sas"} 1
 # HELP ikefleet_handoffs_total SAs handed off to another node.
 # TYPE ikefleet_handoffs_total counter
 ikefleet_handoffs_total 0
@@ -147,7 +153,7 @@ ikefleet_dataplane_install_failures_total{dataplane="userspace"} 1
 	names := []string{"ikefleet_build_info", "ikefleet_ike_sas", "ikefleet_child_sas", "ikefleet_half_open_sas",
 		"ikefleet_cookies_active", "ikefleet_handshakes_total", "ikefleet_handshake_failures_total", "ikefleet_rekeys_total",
 		"ikefleet_dpd_sent_total", "ikefleet_dpd_dead_total", "ikefleet_keepalives_total", "ikefleet_address_updates_total",
-		"ikefleet_cookies_sent_total", "ikefleet_handoffs_total", "ikefleet_takeovers_total", "ikefleet_persist_failures_total",
+		"ikefleet_cookies_sent_total", "ikefleet_sa_init_refused_total", "ikefleet_handoffs_total", "ikefleet_takeovers_total", "ikefleet_persist_failures_total",
 		"ikefleet_fenced_drops_total", "ikefleet_queue_drops_total", "ikefleet_statestore_reachable",
 		"ikefleet_dataplane_bytes_total", "ikefleet_dataplane_packets_total", "ikefleet_dataplane_drops_total",
 		"ikefleet_dataplane_install_failures_total"}
