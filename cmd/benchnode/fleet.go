@@ -1,8 +1,9 @@
 package main
 
 // The simulated gateways: groups of initiators, each group one engine
-// (initiator role) on its own pair of loopback sockets, so the node sees
-// as many distinct source ports as there are groups.
+// (initiator role) on its own pair of sockets on a loopback address of its
+// own, so the node sees as many distinct source addresses as there are
+// groups.
 
 import (
 	"context"
@@ -66,7 +67,7 @@ type group struct {
 func newFleet(ctx context.Context, o fleetOptions) (*fleet, error) {
 	f := &fleet{o: o, failures: map[string]int{}}
 	for i := 0; i < o.groups; i++ {
-		g, err := f.newGroup(ctx)
+		g, err := f.newGroup(ctx, groupAddr(i))
 		if err != nil {
 			f.close()
 			return nil, err
@@ -76,8 +77,18 @@ func newFleet(ctx context.Context, o fleetOptions) (*fleet, error) {
 	return f, nil
 }
 
-func listenLoopback() (*net.UDPConn, netip.AddrPort, error) {
-	c, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+// groupAddr is group i's source address: a loopback address of its own
+// (127.1.0.1, 127.1.0.2, ...), as gateways of a fleet come from many
+// addresses. From one address a burst measures the node's per-address
+// half-open quota (ike.max_half_open_per_prefix: the 1,025th cookie-proven
+// request of one address waits for a retransmission), not the node.
+func groupAddr(i int) net.IP { return net.IPv4(127, 1, byte(i/250), byte(i%250+1)) }
+
+// maxGroups is how many groups have an address of their own.
+const maxGroups = 250 * 256
+
+func listenLoopback(ip net.IP) (*net.UDPConn, netip.AddrPort, error) {
+	c, err := net.ListenUDP("udp4", &net.UDPAddr{IP: ip})
 	if err != nil {
 		return nil, netip.AddrPort{}, err
 	}
@@ -94,14 +105,14 @@ func listenLoopback() (*net.UDPConn, netip.AddrPort, error) {
 	return c, netip.AddrPortFrom(a.Addr().Unmap(), a.Port()), nil
 }
 
-func (f *fleet) newGroup(ctx context.Context) (*group, error) {
+func (f *fleet) newGroup(ctx context.Context, ip net.IP) (*group, error) {
 	g := &group{f: f, pkts: make(chan ike.Packet, 4096), cmds: make(chan func(*ike.Ready), 1024),
 		starts: map[uint64]time.Time{}, established: map[uint64]bool{}}
 	var err error
-	if g.ikeC, g.ikeL, err = listenLoopback(); err != nil {
+	if g.ikeC, g.ikeL, err = listenLoopback(ip); err != nil {
 		return nil, err
 	}
-	if g.nattC, g.nattL, err = listenLoopback(); err != nil {
+	if g.nattC, g.nattL, err = listenLoopback(ip); err != nil {
 		g.ikeC.Close()
 		return nil, err
 	}

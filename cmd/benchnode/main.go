@@ -74,13 +74,16 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 	burstCfg := fs.String("burst-config", "userspace+embedded", "configuration of the burst row")
 	scale := fs.Int("scale", 0, "also establish this many SAs and compare the cost of a setup at 1,000 and at this many (0: skip)")
 	scaleRate := fs.Float64("scale-rate", 800, "new SAs per second while growing to --scale")
-	groups := fs.Int("groups", 64, "gateway groups, each with its own source ports")
+	groups := fs.Int("groups", 64, "gateway groups, each with its own loopback source address (127.1.x.y) and ports")
 	pin := fs.Bool("pin", true, "pin the node to CPU 0 and this driver to CPU 1")
 	cpuprofile := fs.String("cpuprofile", "", "write the node's CPU profile of each row to FILE.<row> (go tool pprof)")
 	heapprofile := fs.String("heapprofile", "", "with --scale: save the node's heap profile at the peak to FILE (go tool pprof)")
 	timeout := fs.Duration("timeout", 120*time.Second, "per phase")
 	if err := fs.Parse(args); err != nil {
 		return err
+	}
+	if *groups < 1 || *groups > maxGroups {
+		return fmt.Errorf("--groups: %d: from 1 to %d", *groups, maxGroups)
 	}
 	o := options{bin: *bin, count: *count, rate: *rate, burst: *burst, scale: *scale, scaleRate: *scaleRate,
 		groups: *groups, pin: *pin, cpuprofile: *cpuprofile, heapprofile: *heapprofile, timeout: *timeout}
@@ -123,7 +126,7 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 	if la, err := os.ReadFile("/proc/loadavg"); err == nil {
 		host += ", load average " + strings.Join(strings.Fields(string(la))[:3], " ")
 	}
-	fmt.Fprintf(out, "benchnode: %s, PSK, x25519, aes256gcm16, virtual IPs; node on CPU 0, driver on CPU 1 (pin=%v), %d source port pairs\n",
+	fmt.Fprintf(out, "benchnode: %s, PSK, x25519, aes256gcm16, virtual IPs; node on CPU 0, driver on CPU 1 (pin=%v), %d source addresses\n",
 		host, o.pin, o.groups)
 	fmt.Fprintf(out, "engine alone: %.3f ms CPU per responder handshake (in-process, same run)\n", ms(eng))
 	fmt.Fprintf(out, "CPU/SA: node user+system time, setup + delete; cpu-wait: time the node was runnable but another process had its CPU\n\n")
@@ -282,10 +285,13 @@ func (o *options) burstRow(ctx context.Context, out io.Writer, eng time.Duration
 	}
 	time.Sleep(500 * time.Millisecond)
 	drops0 := udpRcvbufErrors()
+	node0 := burstCounters(p)
 	cpu0, _ := p.cpu()
 	wait0 := p.waited()
+	self0 := selfCPU()
 	start := time.Now()
 	setupErr := f.runSetups(ctx, 1, o.burst, 0, o.timeout)
+	self1 := selfCPU()
 	cpu1, _ := p.cpu()
 	wait1 := p.waited()
 	lat, last, failures := f.phase()
@@ -301,6 +307,10 @@ func (o *options) burstRow(ctx context.Context, out io.Writer, eng time.Duration
 	fmt.Fprintf(out, "  established %d/%d (%.1f%%), failed %d, time to last %.2f s, p50 %.0f ms, p99 %.0f ms, UdpRcvbufErrors +%d, retransmits %d\n",
 		up, o.burst, 100*float64(up)/float64(o.burst), f.fail.Load(), toLast.Seconds(), ms(percentile(lat, 0.5)), ms(percentile(lat, 0.99)),
 		drops, f.stats())
+	fmt.Fprintf(out, "  the gateways (this driver) used %.2f s of CPU meanwhile\n", (self1 - self0).Seconds())
+	node := burstCounters(p)
+	fmt.Fprintf(out, "  node: %.0f cookie demands sent, %.0f datagrams dropped in its shard queues, %.0f IKE messages dropped, %.0f new IKE_SA_INITs refused by admission limits\n",
+		node[0]-node0[0], node[1]-node0[1], node[2]-node0[2], node[3]-node0[3])
 	fmt.Fprintf(out, "  node CPU per handshake in the burst %.3f ms (%.1f× engine); node threads runnable but waiting for a CPU: %.2f s (other processes)\n",
 		ms(perHS), float64(perHS)/float64(eng), (wait1 - wait0).Seconds())
 	fmt.Fprintf(out, "  bound 1.5 × N × engine CPU/handshake ÷ cores = %.2f s: time to last is %.2f× the bound\n",
@@ -316,6 +326,14 @@ func (o *options) burstRow(ctx context.Context, out io.Writer, eng time.Duration
 		fmt.Fprintf(out, "  cookie log lines: %d\n", q)
 	}
 	return setupErr
+}
+
+// burstCounters reads the node's counters of what a burst can cost its
+// gateways a retransmission: cookie demands, shard queue drops, dropped
+// IKE messages, refused half-open SAs.
+func burstCounters(p *nodeProc) [4]float64 {
+	return [4]float64{p.metric("ikefleet_cookies_sent_total"), p.metric("ikefleet_queue_drops_total"),
+		p.metric("ikefleet_ike_messages_dropped_total"), p.metric("ikefleet_sa_init_refused_total")}
 }
 
 // scaleRun establishes o.scale SAs and compares the node's CPU per setup

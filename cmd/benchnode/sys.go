@@ -7,11 +7,24 @@ import (
 	"runtime"
 	"strconv"
 	"strings"
+	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 func mustPrefix(s string) netip.Prefix { return netip.MustParsePrefix(s) }
 
 func numCPU() int { return runtime.NumCPU() }
+
+// selfCPU is the CPU time this process (the driver and its gateways) has
+// used, user and system.
+func selfCPU() time.Duration {
+	var ru unix.Rusage
+	if unix.Getrusage(unix.RUSAGE_SELF, &ru) != nil {
+		return 0
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
 
 // udpRcvbufErrors is the host's count of UDP datagrams dropped because a
 // socket's receive buffer was full (/proc/net/snmp).
