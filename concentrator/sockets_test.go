@@ -582,9 +582,6 @@ func TestSocketReadersInParallel(t *testing.T) {
 	}
 }
 
-// A mass restart: cookie-proven IKE_SA_INITs (each a key exchange) queued
-// before a message for an existing SA are still served after it. The
-// message stands in for an established SA's liveness check: a later
 // Datagrams with malformed IKE headers (a length field that disagrees
 // with the datagram, IKEv1, no initiator SPI) are dropped by the socket
 // loop: with the shard busy they never take a place in the queue the
@@ -632,6 +629,9 @@ func TestMalformedHeadersNeverQueued(t *testing.T) {
 	}
 }
 
+// A mass restart: cookie-proven IKE_SA_INITs (each a key exchange) queued
+// before a message for an existing SA are still served after it. The
+// message stands in for an established SA's liveness check: a later
 // major version, which the engine answers without keys.
 func TestProvenRequestsAfterEstablishedTraffic(t *testing.T) {
 	n, _ := startNode(t, 1, "  cookie_threshold: 0\n")
