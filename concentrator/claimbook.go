@@ -225,11 +225,12 @@ func (b *claimBook) putLocked(spi uint64, identity string, ranges []ike.Selector
 		b.index.Add(x.SelectorRange, spi)
 	}
 	b.claims[spi] = c
-	switch {
-	case listed && fresh != nil:
-		b.grown = append(b.grown, grownClaim{spi: spi, at: at, listed: fresh})
-	case fresh != nil:
-		b.grown = append(b.grown, grownClaim{spi: spi, at: at})
+	if fresh != nil {
+		g := grownClaim{spi: spi, at: at}
+		if listed {
+			g.listed = fresh
+		}
+		b.grown = append(b.grown, g)
 	}
 }
 
