@@ -13,6 +13,7 @@ import (
 	"net/netip"
 	"os"
 	"os/exec"
+	"os/signal"
 	"runtime"
 	"sort"
 	"strings"
@@ -131,11 +132,130 @@ func startFloodNode(t *testing.T, listen netip.Addr, psks int, h slog.Handler) *
 // its goroutines do not take turns with the node's in one scheduler.
 const floodChildEnv = "IKEFLEET_FLOOD_CHILD"
 
+// gatewaysChildEnv, set to 1, makes the test binary a fleet of gateways
+// (TestMain): it reads a gatewayRun as JSON on its standard input, runs it
+// until it ends or a SIGTERM ends it, and writes a gatewayResult as JSON
+// on its standard output. The flood test's gateways run so, apart from
+// the node as real gateways are: the setup latencies they measure are
+// then the node's and the network's, not those of the goroutines, heap
+// and garbage collections they would share with the node.
+const gatewaysChildEnv = "IKEFLEET_GATEWAYS_CHILD"
+
 func TestMain(m *testing.M) {
 	if os.Getenv(floodChildEnv) == "1" {
 		os.Exit(floodChild())
 	}
+	if os.Getenv(gatewaysChildEnv) == "1" {
+		os.Exit(gatewaysChild())
+	}
 	os.Exit(m.Run())
+}
+
+// gatewayRun is what a gateways child runs: the PSK gateways of
+// gatewayOptions, First to First+Count-1, from Source, at Rate setups a
+// second, holding their SAs for Hold.
+type gatewayRun struct {
+	Server                                                  netip.AddrPort
+	NATT                                                    uint16
+	Source                                                  netip.Addr
+	Count, First                                            int
+	Rate                                                    float64
+	Hold, DPDDelay, KeepaliveInterval, Timeout, MaxDuration time.Duration
+}
+
+// gatewayResult is a gateways child's report and how its run ended.
+type gatewayResult struct {
+	Report loadtest.Report
+	Err    string // loadtest.Run's error, if any
+	// Incomplete: the error is loadtest.ErrIncomplete; Ended: SIGTERM
+	// ended the run (the context's error).
+	Incomplete, Ended bool
+}
+
+func gatewaysChild() int {
+	var r gatewayRun
+	if err := json.NewDecoder(os.Stdin).Decode(&r); err != nil {
+		fmt.Fprintln(os.Stderr, "gateway run:", err)
+		return 2
+	}
+	o, err := gatewayOptions(r.Server, r.NATT, r.Count)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 2
+	}
+	o.Source, o.First, o.Rate, o.Window = r.Source, r.First, r.Rate, 0
+	o.Hold, o.DPDDelay, o.KeepaliveInterval = r.Hold, r.DPDDelay, r.KeepaliveInterval
+	o.Timeout, o.MaxDuration = r.Timeout, r.MaxDuration
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM)
+	defer stop()
+	rep, err := loadtest.Run(ctx, o)
+	res := gatewayResult{Report: rep}
+	if err != nil {
+		res.Err = err.Error()
+		res.Incomplete = errors.Is(err, loadtest.ErrIncomplete)
+		res.Ended = errors.Is(err, context.Canceled)
+	}
+	if err := json.NewEncoder(os.Stdout).Encode(res); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	return 0
+}
+
+// gatewaysProc is a running gateways child; done is closed when it
+// exited.
+type gatewaysProc struct {
+	cmd         *exec.Cmd
+	out, errOut bytes.Buffer
+	done        chan struct{}
+	exitErr     error
+}
+
+// startGateways runs r in a gateways child (see gatewaysChildEnv); ctx's
+// end kills it (by its PID).
+func startGateways(t *testing.T, ctx context.Context, r gatewayRun) *gatewaysProc {
+	t.Helper()
+	in, err := json.Marshal(r)
+	if err != nil {
+		t.Fatal(err)
+	}
+	g := &gatewaysProc{cmd: exec.CommandContext(ctx, os.Args[0], "-test.run=^$"), done: make(chan struct{})}
+	g.cmd.Env = append(os.Environ(), gatewaysChildEnv+"=1")
+	g.cmd.Stdin = bytes.NewReader(in)
+	g.cmd.Stdout, g.cmd.Stderr = &g.out, &g.errOut
+	if err := g.cmd.Start(); err != nil {
+		t.Fatalf("gateways: %v", err)
+	}
+	go func() { g.exitErr = g.cmd.Wait(); close(g.done) }()
+	return g
+}
+
+// end asks the child to end its run (SIGTERM, by its PID).
+func (g *gatewaysProc) end() { g.cmd.Process.Signal(syscall.SIGTERM) }
+
+// wait waits for the child to exit and returns its result and the CPU
+// time it used.
+func (g *gatewaysProc) wait() (gatewayResult, time.Duration, error) {
+	<-g.done
+	var res gatewayResult
+	if g.exitErr != nil {
+		return res, 0, fmt.Errorf("gateways (pid %d): %v: %s", g.cmd.Process.Pid, g.exitErr, g.errOut.Bytes())
+	}
+	cpu := g.cmd.ProcessState.UserTime() + g.cmd.ProcessState.SystemTime()
+	if err := json.Unmarshal(g.out.Bytes(), &res); err != nil {
+		return res, cpu, fmt.Errorf("gateways' report %q: %v", g.out.Bytes(), err)
+	}
+	return res, cpu, nil
+}
+
+// runGateways runs r in a gateways child to its end.
+func runGateways(t *testing.T, ctx context.Context, r gatewayRun) (gatewayResult, time.Duration) {
+	t.Helper()
+	res, cpu, err := startGateways(t, ctx, r).wait()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return res, cpu
 }
 
 func floodChild() int {
@@ -213,35 +333,21 @@ func TestFloodEstablishedAndGenuine(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute+4*sz.dur)
 	defer cancel()
 
-	genuineOpts := func(first int) loadtest.Options {
-		o := options(t, ikeAddr, natt, G)
-		o.Source = addr
-		o.First, o.Rate, o.Window = first, float64(G)/(sz.dur.Seconds()/2), 0
-		o.Timeout, o.MaxDuration = 30*time.Second, 2*time.Minute+sz.dur
-		return o
+	genuine := func(first int) gatewayRun {
+		return gatewayRun{Server: ikeAddr, NATT: natt.Port(), Source: addr, Count: G, First: first,
+			Rate: float64(G) / (sz.dur.Seconds() / 2), Timeout: 30 * time.Second, MaxDuration: 2*time.Minute + sz.dur}
 	}
 
-	// The established fleet, holding until we end it.
-	estCtx, endEst := context.WithCancel(ctx)
-	defer endEst()
-	est := options(t, ikeAddr, natt, E)
-	est.Source = addr
-	est.Hold, est.DPDDelay, est.KeepaliveInterval = time.Hour, 3*time.Second, 2*time.Second
-	// Spread over the liveness check's period, as a fleet that came up
-	// over time is: all at once, the gateways' checks and keepalives would
-	// come in bursts of the whole fleet every few seconds, for as long as
-	// the test runs, and the latencies measured would be those bursts'.
-	est.Rate, est.Window = float64(E)/est.DPDDelay.Seconds(), 0
-	est.Timeout, est.MaxDuration = 60*time.Second, time.Hour
-	type result struct {
-		rep loadtest.Report
-		err error
-	}
-	estDone := make(chan result, 1)
-	go func() {
-		rep, err := loadtest.Run(estCtx, est)
-		estDone <- result{rep, err}
-	}()
+	// The established fleet, holding until we end it. Its liveness checks
+	// spread over their period, as a fleet that came up over time has
+	// them: all at once, the gateways' checks and keepalives would come in
+	// bursts of the whole fleet every few seconds, for as long as the test
+	// runs, and the latencies measured would be those bursts'.
+	dpd := 3 * time.Second
+	est := startGateways(t, ctx, gatewayRun{Server: ikeAddr, NATT: natt.Port(), Source: addr, Count: E, First: 1,
+		Rate: float64(E) / dpd.Seconds(), Hold: time.Hour, DPDDelay: dpd, KeepaliveInterval: 2 * time.Second,
+		Timeout: 60 * time.Second, MaxDuration: time.Hour})
+	defer est.end()
 	var before []concentrator.SAInfo
 	for {
 		sas, err := node.SAs(ctx)
@@ -250,8 +356,9 @@ func TestFloodEstablishedAndGenuine(t *testing.T) {
 			break
 		}
 		select {
-		case r := <-estDone:
-			t.Fatalf("established fleet ended early: %v: %+v", r.err, r.rep)
+		case <-est.done:
+			res, _, err := est.wait()
+			t.Fatalf("established fleet ended early: %v %s: %+v", err, res.Err, res.Report)
 		case <-ctx.Done():
 			t.Fatalf("the established fleet did not come up: %d SAs", len(sas))
 		case <-time.After(100 * time.Millisecond):
@@ -265,12 +372,13 @@ func TestFloodEstablishedAndGenuine(t *testing.T) {
 	// The baseline: genuine gateways connecting to the node serving the
 	// established fleet, without a flood.
 	baseStart := time.Now()
-	base, err := loadtest.Run(ctx, genuineOpts(E+G+1))
-	if err != nil {
-		t.Fatalf("baseline: %v: %+v", err, base)
+	baseRes, _ := runGateways(t, ctx, genuine(E+G+1))
+	base := baseRes.Report
+	if baseRes.Err != "" {
+		t.Fatalf("baseline: %s: %+v", baseRes.Err, base)
 	}
 	genuineKinds := logs.between(baseStart, time.Now())
-	time.Sleep(time.Second) // let the setups' goroutines end
+	time.Sleep(time.Second) // let the node settle after the setups
 	runtime.GC()            // as before the heap is read after the flood
 	baseGoroutines, baseHeap := runtime.NumGoroutine(), heapInuse()
 
@@ -307,10 +415,11 @@ func TestFloodEstablishedAndGenuine(t *testing.T) {
 		}
 	}()
 	time.Sleep(sz.dur / 10)
-	gen, genErr := loadtest.Run(ctx, genuineOpts(E+1))
+	genRes, genCPU := runGateways(t, ctx, genuine(E+1))
+	gen := genRes.Report
 	<-floodDone
 	floodEnd := time.Now()
-	ownCPU := selfCPU(t) - cpuBefore
+	nodeCPU := selfCPU(t) - cpuBefore
 	if floodErr != nil {
 		t.Fatal(floodErr)
 	}
@@ -369,22 +478,25 @@ func TestFloodEstablishedAndGenuine(t *testing.T) {
 		}
 		time.Sleep(500 * time.Millisecond)
 	}
-	endEst()
-	er := <-estDone
-	if er.err != nil && !errors.Is(er.err, context.Canceled) {
-		t.Errorf("established fleet: %v", er.err)
+	est.end()
+	er, estCPU, err := est.wait()
+	if err != nil {
+		t.Fatal(err)
 	}
-	if missing != 0 || er.rep.Lost != 0 || er.rep.Established != E {
+	if er.Err != "" && !er.Ended {
+		t.Errorf("established fleet: %s", er.Err)
+	}
+	if missing != 0 || er.Report.Lost != 0 || er.Report.Established != E {
 		t.Errorf("established SAs lost: %d missing on the node, gateways report %d lost (%v), %d of %d established",
-			missing, er.rep.Lost, er.rep.Losses, er.rep.Established, E)
+			missing, er.Report.Lost, er.Report.Losses, er.Report.Established, E)
 	}
-	if er.rep.Keepalives == 0 {
-		t.Errorf("no NAT-T keepalives sent by the established fleet: %+v", er.rep)
+	if er.Report.Keepalives == 0 {
+		t.Errorf("no NAT-T keepalives sent by the established fleet: %+v", er.Report)
 	}
 
 	// Nearly every genuine gateway connected under the flood.
-	if genErr != nil && !errors.Is(genErr, loadtest.ErrIncomplete) {
-		t.Fatalf("genuine gateways: %v", genErr)
+	if genRes.Err != "" && !genRes.Incomplete {
+		t.Fatalf("genuine gateways: %s", genRes.Err)
 	}
 	success := float64(gen.Established) / float64(G)
 	if success < 0.95 {
@@ -407,11 +519,11 @@ func TestFloodEstablishedAndGenuine(t *testing.T) {
 	}
 
 	t.Logf("setup latency percentiles (ms), baseline: %s; under the flood: %s", percentileList(base), percentileList(gen))
-	t.Logf("flood: %d established, %.0f spoofed IKE_SA_INIT/s + %.0f malformed/s for %.1f s (asked %d + %d/s, generator in its own process, %s; %d source address:ports, %d send errors; node: %d cookies sent, %d dropped); genuine %d/%d (%.1f%%), setup p99 %.1f ms under flood vs %.1f ms baseline (%.2fx), p50 %.1f vs %.1f ms; flood log lines %.2f/s %v; heap baseline %d MiB, peak %d MiB, after %d MiB; goroutines %d -> %d; %d CPUs; CPU during the flood: node and gateways %.1f s, generator %.1f s",
+	t.Logf("flood: %d established, %.0f spoofed IKE_SA_INIT/s + %.0f malformed/s for %.1f s (asked %d + %d/s, generator in its own process, %s; %d source address:ports, %d send errors; node: %d cookies sent, %d dropped); genuine %d/%d (%.1f%%), setup p99 %.1f ms under flood vs %.1f ms baseline (%.2fx), p50 %.1f vs %.1f ms; flood log lines %.2f/s %v; heap baseline %d MiB, peak %d MiB, after %d MiB; goroutines %d -> %d; %d CPUs; CPU during the flood: node %.1f s, genuine gateways %.1f s, generator %.1f s (the established fleet's %.1f s over the whole test; gateways in processes of their own)",
 		E, flood.InitRate(), flood.BadRate(), flood.Seconds, sz.initRate, sz.badRate, floodSources(flood), flood.Sources, flood.SendErrors, cookies, dropped,
 		gen.Established, G, 100*success, gen.LatencyMS.P99, base.LatencyMS.P99, gen.LatencyMS.P99/max(base.LatencyMS.P99, 0.001),
 		gen.LatencyMS.P50, base.LatencyMS.P50,
-		float64(floodLines)/floodS, kinds, baseHeap>>20, peakHeap.Load()>>20, heap>>20, baseGoroutines, gor, runtime.NumCPU(), ownCPU.Seconds(), floodCPU.Seconds())
+		float64(floodLines)/floodS, kinds, baseHeap>>20, peakHeap.Load()>>20, heap>>20, baseGoroutines, gor, runtime.NumCPU(), nodeCPU.Seconds(), genCPU.Seconds(), floodCPU.Seconds(), estCPU.Seconds())
 }
 
 // percentileList is a report's setup latency percentiles from the median

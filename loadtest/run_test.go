@@ -80,21 +80,32 @@ func allUp(sas []concentrator.SAInfo, n int) bool {
 	return true
 }
 
+// options: count PSK gateways (gw{n}@iot.example, X25519, AES-GCM-256,
+// a virtual IP each) for a node at server.
 func options(t *testing.T, server, natt netip.AddrPort, count int) loadtest.Options {
 	t.Helper()
+	o, err := gatewayOptions(server, natt.Port(), count)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return o
+}
+
+// gatewayOptions is options without a test (a child process's gateways).
+func gatewayOptions(server netip.AddrPort, natt uint16, count int) (loadtest.Options, error) {
 	esp, err1 := ike.ParseProposal("aes256gcm16", true, false)
 	ikep, err2 := ike.ParseProposal("aes256gcm16-prfsha256-x25519", false, false)
 	if err := errors.Join(err1, err2); err != nil {
-		t.Fatal(err)
+		return loadtest.Options{}, err
 	}
 	return loadtest.Options{
-		Server: server, ServerNATT: natt.Port(), Source: netip.MustParseAddr("127.0.0.1"),
+		Server: server, ServerNATT: natt, Source: netip.MustParseAddr("127.0.0.1"),
 		IDTemplate: "gw{n}@iot.example", RemoteID: "conc.example", PSK: []byte("psk-0123456789ab-{n}"),
 		IKEProposals: []ike.ProposalSpec{ikep}, ESPProposals: []ike.ProposalSpec{esp},
 		LocalTS:    []ike.TrafficSelector{ike.SelectorFromPrefix(netip.MustParsePrefix("0.0.0.0/0"))},
 		RemoteTS:   []ike.TrafficSelector{ike.SelectorFromPrefix(netip.MustParsePrefix("10.30.0.0/24"))},
 		RequestVIP: true, Count: count, Window: 16, Timeout: 20 * time.Second, MaxDuration: time.Minute,
-	}
+	}, nil
 }
 
 // A small ramp against a real node: every gateway comes up, from its own
