@@ -82,8 +82,11 @@ bench-sim:
 # over loopback by simulated gateways on CPU 1; CPU per SA (setup+delete)
 # from /proc, p99 setup, RSS per SA, each against the engine's own cost
 # measured in the same run; then BURST gateways at once. userspace rows
-# need root (TUN). BENCH_NODE_FLAGS='--scale 100000' adds the cost of a
-# setup at 1,000 vs 100,000 established SAs (a few minutes).
+# need root (TUN). The last row is strongSwan's charon (kernel-libipsec)
+# under the same load, pinned the same way, in a network namespace of its
+# own: root, skipped when charon is not installed. BENCH_NODE_FLAGS='--scale
+# 100000' adds the cost of a setup at 1,000 vs 100,000 established SAs (a
+# few minutes).
 BURST ?= 10000
 BENCH_NODE_FLAGS ?=
 bench-node: build

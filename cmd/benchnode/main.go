@@ -2,9 +2,10 @@
 // concentratord as a child process in each configuration (data plane ×
 // state store), drives it over loopback with simulated gateways built on
 // the engine's initiator, and reads the node's CPU time and memory from
-// /proc. It prints one row per configuration, a burst row (N gateways at
-// once) and, with --scale, the cost of a setup at 1,000 vs N established
-// SAs.
+// /proc. It prints one row per configuration, a row for strongSwan's
+// charon under the same load when it is installed (strongswan.go), a
+// burst row (N gateways at once) and, with --scale, the cost of a setup at
+// 1,000 vs N established SAs.
 //
 //	benchnode --concentratord bin/concentratord            # make bench-node
 //	benchnode --rows memory+none --count 5000 --rate 1000
@@ -61,13 +62,19 @@ type options struct {
 	heapprofile string
 	timeout     time.Duration
 	prop, esp   ike.ProposalSpec
+	charon      string        // strongSwan's charon for the strongswan row
+	engineCPU   time.Duration // given: the engine's cost is not measured again (the strongswan row's child)
+	rowJSON     bool          // print the one row's result as JSON (the strongswan row's child)
 }
 
 func run(ctx context.Context, args []string, out io.Writer) error {
 	fs := flag.NewFlagSet("benchnode", flag.ContinueOnError)
 	bin := fs.String("concentratord", "bin/concentratord", "concentratord binary")
-	rows := fs.String("rows", "memory+none,userspace+none,memory+embedded,userspace+embedded",
-		"configurations (dataplane+statestore), comma-separated; userspace needs root (TUN)")
+	rows := fs.String("rows", "memory+none,userspace+none,memory+embedded,userspace+embedded,strongswan",
+		"configurations (dataplane+statestore, or strongswan: charon with kernel-libipsec), comma-separated; userspace and strongswan need root; strongswan is skipped without charon")
+	charon := fs.String("charon", "/usr/lib/ipsec/charon", "strongSwan's charon, for the strongswan row")
+	engineCPU := fs.Duration("engine-cpu", 0, "the engine's CPU per handshake, if measured already (the strongswan row runs benchnode again in a network namespace)")
+	rowJSON := fs.Bool("row-json", false, "run the one row of --rows and print its result as JSON (the strongswan row's child)")
 	count := fs.Int("count", 2000, "gateways per row: set up at --rate, then all deleted")
 	rate := fs.Float64("rate", 1000, "new SAs per second in the rows")
 	burst := fs.Int("burst", 10000, "gateways at once in the burst row (0: no burst row)")
@@ -86,7 +93,8 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 		return fmt.Errorf("--groups: %d: from 1 to %d", *groups, maxGroups)
 	}
 	o := options{bin: *bin, count: *count, rate: *rate, burst: *burst, scale: *scale, scaleRate: *scaleRate,
-		groups: *groups, pin: *pin, cpuprofile: *cpuprofile, heapprofile: *heapprofile, timeout: *timeout}
+		groups: *groups, pin: *pin, cpuprofile: *cpuprofile, heapprofile: *heapprofile, timeout: *timeout,
+		charon: *charon, engineCPU: *engineCPU, rowJSON: *rowJSON}
 	var err error
 	if o.prop, err = ike.ParseProposal("aes256gcm16-prfsha256-x25519", false, false); err != nil {
 		return err
@@ -118,9 +126,14 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 		nodeCPU = 0
 	}
 
-	eng, err := engineHandshakeCPU(2000, o.prop, o.esp)
-	if err != nil {
-		return err
+	if o.rowJSON {
+		return o.printRowJSON(ctx, os.Stdout, nodeCPU)
+	}
+	eng := o.engineCPU
+	if eng <= 0 {
+		if eng, err = engineHandshakeCPU(2000, o.prop, o.esp); err != nil {
+			return err
+		}
 	}
 	host, _ := os.Hostname()
 	if la, err := os.ReadFile("/proc/loadavg"); err == nil {
@@ -129,7 +142,7 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 	fmt.Fprintf(out, "benchnode: %s, PSK, x25519, aes256gcm16, virtual IPs; node on CPU 0, driver on CPU 1 (pin=%v), %d source addresses\n",
 		host, o.pin, o.groups)
 	fmt.Fprintf(out, "engine alone: %.3f ms CPU per responder handshake (in-process, same run)\n", ms(eng))
-	fmt.Fprintf(out, "CPU/SA: node user+system time, setup + delete; cpu-wait: time the node was runnable but another process had its CPU\n\n")
+	fmt.Fprintf(out, "CPU/SA: node user+system time, setup + delete; cpu-wait: thread time runnable but waiting for the node's CPU (behind other processes or the node's own threads: charon runs 16)\n\n")
 
 	if len(o.rows) > 0 {
 		fmt.Fprintf(out, "rows: %d gateways at %.0f/s, all established, then all deleted\n", o.count, o.rate)
@@ -137,7 +150,17 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 		fmt.Fprintf(out, rowFmt, "config", "CPU/SA ms", "×engine", "p50 ms", "p99 ms", "RSS/SA KiB", "etcd txn/SA", "established", "failed", "retransmits", "cpu-wait s")
 		for _, spec := range o.rows {
 			spec.gateways = o.count
-			r, err := o.row(ctx, spec, nodeCPU)
+			var r rowResult
+			if spec.strongswan {
+				r, err = o.strongswanRow(ctx, spec, eng)
+			} else {
+				r, err = o.row(ctx, spec, nodeCPU)
+			}
+			var skip errSkipped
+			if errors.As(err, &skip) {
+				fmt.Fprintf(out, "%-20s skipped: %s\n", spec, skip.why)
+				continue
+			}
 			if err != nil {
 				fmt.Fprintf(out, "%-20s error: %s\n", spec, firstLine(err))
 				continue
@@ -174,6 +197,9 @@ func firstLine(err error) string {
 }
 
 func parseSpec(s string) (nodeSpec, error) {
+	if s == "strongswan" {
+		return nodeSpec{strongswan: true}, nil
+	}
 	dp, st, ok := strings.Cut(s, "+")
 	if !ok {
 		return nodeSpec{}, fmt.Errorf("%q: want dataplane+statestore, e.g. memory+none", s)
@@ -206,7 +232,13 @@ func (o *options) start(spec nodeSpec, nodeCPU int, profile string, pprof bool) 
 	if spec.dataplane == "userspace" && os.Geteuid() != 0 {
 		return nil, nil, nil, errors.New("needs root (TUN device)")
 	}
-	p, err := startNode(o.bin, spec, nodeCPU, profile, pprof)
+	var p *nodeProc
+	var err error
+	if spec.strongswan {
+		p, err = o.startCharon(spec, nodeCPU)
+	} else {
+		p, err = startNode(o.bin, spec, nodeCPU, profile, pprof)
+	}
 	if err != nil {
 		return nil, nil, nil, err
 	}

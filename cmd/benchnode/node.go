@@ -25,11 +25,17 @@ import (
 type nodeSpec struct {
 	dataplane  string // memory | userspace
 	statestore string // none | embedded
+	strongswan bool   // not concentratord: strongSwan's charon (strongswan.go)
 	gateways   int    // PSKs to configure (gw1..gwN)
 	extra      string // more YAML, appended
 }
 
-func (s nodeSpec) String() string { return s.dataplane + "+" + s.statestore }
+func (s nodeSpec) String() string {
+	if s.strongswan {
+		return "strongswan"
+	}
+	return s.dataplane + "+" + s.statestore
+}
 
 type nodeProc struct {
 	cmd        *exec.Cmd
