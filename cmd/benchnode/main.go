@@ -57,6 +57,8 @@ type options struct {
 	scale       int
 	scaleRate   float64
 	scaleSettle time.Duration
+	scaleDPD    string
+	scaleProbe  int
 	groups      int
 	pin         bool
 	cpuprofile  string
@@ -82,7 +84,9 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 	burstCfg := fs.String("burst-config", "userspace+embedded", "configuration of the burst row")
 	scale := fs.Int("scale", 0, "also establish this many SAs and compare the cost of a setup at 1,000 and at this many (0: skip)")
 	scaleRate := fs.Float64("scale-rate", 800, "new SAs per second while growing to --scale")
-	scaleSettle := fs.Duration("scale-settle", 70*time.Second, "with --scale: quiet time before each probe of 1,000 setups, so that both start from a compacted store (the embedded etcd keeps a minute of history), and the node's idle CPU over its last minute; 0: probe at once")
+	scaleProbe := fs.Int("scale-probe", 1000, "with --scale: setups in each probe; at 100,000 SAs the node's heap is near 1 GB and one garbage collection cycle costs it about half a second of CPU, which a short probe takes whole or not at all")
+	scaleDPD := fs.String("scale-dpd-delay", "", "with --scale: the node's ike.dpd_delay (e.g. 0s: no liveness checks, so that the probes measure setups alone); default: the node's default (60s)")
+	scaleSettle := fs.Duration("scale-settle", 70*time.Second, "with --scale: quiet time before each probe of setups, so that both start from a compacted store (the embedded etcd keeps a minute of history), and the node's idle CPU over its last minute; 0: probe at once")
 	groups := fs.Int("groups", 64, "gateway groups, each with its own loopback source address (127.1.x.y) and ports")
 	pin := fs.Bool("pin", true, "pin the node to CPU 0 and this driver to CPU 1")
 	cpuprofile := fs.String("cpuprofile", "", "write the node's CPU profile of each row to FILE.<row> (go tool pprof)")
@@ -91,10 +95,13 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
+	if *scaleProbe < 1 {
+		return fmt.Errorf("--scale-probe: %d: at least 1", *scaleProbe)
+	}
 	if *groups < 1 || *groups > maxGroups {
 		return fmt.Errorf("--groups: %d: from 1 to %d", *groups, maxGroups)
 	}
-	o := options{bin: *bin, count: *count, rate: *rate, burst: *burst, scale: *scale, scaleRate: *scaleRate, scaleSettle: *scaleSettle,
+	o := options{bin: *bin, count: *count, rate: *rate, burst: *burst, scale: *scale, scaleRate: *scaleRate, scaleSettle: *scaleSettle, scaleDPD: *scaleDPD, scaleProbe: *scaleProbe,
 		groups: *groups, pin: *pin, cpuprofile: *cpuprofile, heapprofile: *heapprofile, timeout: *timeout,
 		charon: *charon, engineCPU: *engineCPU, rowJSON: *rowJSON}
 	var err error
@@ -371,12 +378,14 @@ func burstCounters(p *nodeProc) [4]float64 {
 }
 
 // scaleRun establishes o.scale SAs and compares the node's CPU per setup
-// for 1,000 setups at 1,000 established and at o.scale established, and
+// for o.scaleProbe setups at 1,000 established and at o.scale established, and
 // reports memory per SA at o.scale.
 func (o *options) scaleRun(ctx context.Context, out io.Writer, eng time.Duration, nodeCPU int) error {
 	spec := o.burstSpec
-	const probe = 1000
+	const base = 1000 // established at the first probe
+	probe := o.scaleProbe
 	spec.gateways = o.scale + probe
+	spec.dpdDelay = o.scaleDPD
 	p, f, stop, err := o.start(spec, nodeCPU, o.profileFor("scale"), o.heapprofile != "")
 	if err != nil {
 		return err
@@ -390,7 +399,7 @@ func (o *options) scaleRun(ctx context.Context, out io.Writer, eng time.Duration
 		next += n
 		return err
 	}
-	// measure runs a probe of 1,000 setups and returns the node's CPU per
+	// measure runs a probe of o.scaleProbe setups and returns the node's CPU per
 	// setup, their p99 and the node's CPU per second while idle just
 	// before. The probe follows a quiet o.scaleSettle: without it the
 	// probe at o.scale established would also pay for compacting the
@@ -418,17 +427,17 @@ func (o *options) scaleRun(ctx context.Context, out io.Writer, eng time.Duration
 		c1, _ := p.cpu()
 		took := time.Since(t0)
 		lat, _, _ := f.phase()
-		return (c1 - c0) / probe, percentile(lat, 0.99), idle, took, nil
+		return (c1 - c0) / time.Duration(probe), percentile(lat, 0.99), idle, took, nil
 	}
 	t0 := time.Now()
-	if err := grow(probe, o.rate); err != nil {
+	if err := grow(base, o.rate); err != nil {
 		return err
 	}
 	at1k, p99at1k, idle1k, took1k, err := measure()
 	if err != nil {
 		return err
 	}
-	if rest := o.scale - 2*probe; rest > 0 {
+	if rest := o.scale - base - probe; rest > 0 {
 		if err := grow(rest, o.scaleRate); err != nil {
 			return err
 		}
@@ -444,15 +453,19 @@ func (o *options) scaleRun(ctx context.Context, out io.Writer, eng time.Duration
 	if err != nil {
 		return err
 	}
-	fmt.Fprintf(out, "scale: %s, %d SAs established in %.0f s\n", spec, established, time.Since(t0).Seconds())
-	fmt.Fprintf(out, "  CPU per setup (1,000 setups at %.0f/s, each after %s quiet): at 1,000 established %.3f ms (p99 %.1f ms), at %d established %.3f ms (p99 %.1f ms): ratio %.2f\n",
-		o.rate, o.scaleSettle, ms(at1k), ms(p99at1k), established, ms(atN), ms(p99atN), float64(atN)/float64(at1k))
+	dpd := "ike.dpd_delay default"
+	if spec.dpdDelay != "" {
+		dpd = "ike.dpd_delay " + spec.dpdDelay
+	}
+	fmt.Fprintf(out, "scale: %s (%s), %d SAs established in %.0f s\n", spec, dpd, established, time.Since(t0).Seconds())
+	fmt.Fprintf(out, "  CPU per setup (%d setups at %.0f/s, each after %s quiet): at 1,000 established %.3f ms (p99 %.1f ms), at %d established %.3f ms (p99 %.1f ms): ratio %.2f\n",
+		probe, o.rate, o.scaleSettle, ms(at1k), ms(p99at1k), established, ms(atN), ms(p99atN), float64(atN)/float64(at1k))
 	if o.scaleSettle > 0 {
 		// What the node spends anyway (liveness checks of the SAs it holds,
 		// ike.dpd_delay; the collector) is in each probe's figure for as
 		// long as the probe ran.
 		net := func(cpu time.Duration, idle float64, took time.Duration) time.Duration {
-			return cpu - time.Duration(idle*float64(took)/probe)
+			return cpu - time.Duration(idle*float64(took)/float64(probe))
 		}
 		n1k, nN := net(at1k, idle1k, took1k), net(atN, idleN, tookN)
 		fmt.Fprintf(out, "  node CPU while idle just before each probe: %.1f%% of a core at 1,000, %.1f%% at %d (liveness checks of the SAs held); net of it, CPU per setup %.3f ms and %.3f ms: ratio %.2f\n",

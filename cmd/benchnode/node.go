@@ -27,6 +27,7 @@ type nodeSpec struct {
 	statestore string // none | embedded
 	strongswan bool   // not concentratord: strongSwan's charon (strongswan.go)
 	gateways   int    // PSKs to configure (gw1..gwN)
+	dpdDelay   string // ike.dpd_delay, if not the default
 	extra      string // more YAML, appended
 }
 
@@ -115,6 +116,9 @@ func writeConfig(path string, spec nodeSpec, ikePort, nattPort uint16, dataDir, 
 	}
 	fmt.Fprintf(&b, "node: {id: bench}\nlog: {level: %s, format: json}\n", level)
 	fmt.Fprintf(&b, "ike:\n  listen: [127.0.0.1]\n  port: %d\n  natt_port: %d\n", ikePort, nattPort)
+	if spec.dpdDelay != "" {
+		fmt.Fprintf(&b, "  dpd_delay: %s\n", spec.dpdDelay)
+	}
 	fmt.Fprintf(&b, "identity: {id: conc.bench.example}\n")
 	fmt.Fprintf(&b, "auth:\n  psks:\n")
 	for i := 1; i <= spec.gateways; i++ {
