@@ -172,43 +172,68 @@ func startNode(bin string, spec nodeSpec, cpu int, cpuprofile string, pprof bool
 		l.Close()
 		args = append(args, "--pprof", pprofAddr)
 	}
-	var cmd *exec.Cmd
-	if cpu >= 0 {
-		cmd = exec.Command("taskset", append([]string{"-c", strconv.Itoa(cpu), bin}, args...)...)
-	} else {
-		cmd = exec.Command(bin, args...)
-	}
-	p := &nodeProc{cmd: cmd, dir: dir, ike: netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), ikePort),
+	p := &nodeProc{cmd: pinned(cpu, bin, args...), dir: dir, ike: netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), ikePort),
 		nattPort: nattPort, logPath: filepath.Join(dir, "node.log"), clockTicks: 100, pprof: pprofAddr, metrics: metricsAddr}
-	logf, err := os.Create(p.logPath)
-	if err != nil {
+	if err := p.launch(p.logPath); err != nil {
 		return nil, err
 	}
-	defer logf.Close()
-	cmd.Stdout, cmd.Stderr = logf, logf
-	if err := cmd.Start(); err != nil {
+	listening := func() bool {
+		b, _ := os.ReadFile(p.logPath)
+		return bytes.Contains(b, []byte(`"msg":"listening"`))
+	}
+	if err := p.waitUntil(listening, time.Minute, "concentratord listening", p.logPath); err != nil {
 		return nil, err
+	}
+	return p, nil
+}
+
+// pinned is the command name args, pinned to cpu when cpu >= 0.
+func pinned(cpu int, name string, args ...string) *exec.Cmd {
+	if cpu < 0 {
+		return exec.Command(name, args...)
+	}
+	return exec.Command("taskset", append([]string{"-c", strconv.Itoa(cpu), name}, args...)...)
+}
+
+// launch starts p.cmd with its output in the file at path and watches
+// for its exit.
+func (p *nodeProc) launch(path string) error {
+	out, err := os.Create(path)
+	if err != nil {
+		return err
+	}
+	defer out.Close()
+	p.cmd.Stdout, p.cmd.Stderr = out, out
+	if err := p.cmd.Start(); err != nil {
+		return err
 	}
 	exited := make(chan error, 1)
-	go func() { exited <- cmd.Wait() }()
+	go func() { exited <- p.cmd.Wait() }()
 	p.exited = exited
-	deadline := time.Now().Add(60 * time.Second)
-	for {
-		b, _ := os.ReadFile(p.logPath)
-		if bytes.Contains(b, []byte(`"msg":"listening"`)) {
-			break
-		}
+	return nil
+}
+
+// waitUntil polls ready until it holds; the process's exit or the end of
+// within first is an error with the end of its output at path, and the
+// process stopped and its directory removed (unless kept).
+func (p *nodeProc) waitUntil(ready func() bool, within time.Duration, what, path string) error {
+	deadline := time.Now().Add(within)
+	for !ready() {
 		select {
-		case err := <-exited:
-			return nil, fmt.Errorf("concentratord exited: %v\n%s", err, tail(b))
+		case err := <-p.exited:
+			b, _ := os.ReadFile(path)
+			p.exited = nil
+			p.stop() // its directory
+			return fmt.Errorf("%s: the process exited: %v\n%s", what, err, tail(b))
 		case <-time.After(20 * time.Millisecond):
 		}
 		if time.Now().After(deadline) {
+			b, _ := os.ReadFile(path)
 			p.stop()
-			return nil, fmt.Errorf("concentratord did not listen within a minute\n%s", tail(b))
+			return fmt.Errorf("%s: not within %s\n%s", what, within, tail(b))
 		}
 	}
-	return p, nil
+	return nil
 }
 
 func tail(b []byte) string {

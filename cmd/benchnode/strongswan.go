@@ -223,43 +223,17 @@ secrets {
 	// A /run of its own for charon.pid (the mount namespace is the one
 	// ip netns exec made for this benchnode); every exec keeps the PID,
 	// so the command's process is charon.
-	shell := []string{"sh", "-c", `mount --bind "$1/run" /run && exec "$2"`, "sh", dir, o.charon}
-	var cmd *exec.Cmd
-	if cpu >= 0 {
-		cmd = exec.Command("taskset", append([]string{"-c", strconv.Itoa(cpu)}, shell...)...)
-	} else {
-		cmd = exec.Command(shell[0], shell[1:]...)
-	}
+	p := &nodeProc{cmd: pinned(cpu, "sh", "-c", `mount --bind "$1/run" /run && exec "$2"`, "sh", dir, o.charon), dir: dir,
+		ike: netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), ikePort), nattPort: nattPort, logPath: logPath, clockTicks: 100}
 	env := append(os.Environ(), "STRONGSWAN_CONF="+filepath.Join(dir, "strongswan.conf"))
-	cmd.Env = env
-	p := &nodeProc{cmd: cmd, dir: dir, ike: netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), ikePort),
-		nattPort: nattPort, logPath: logPath, clockTicks: 100}
-	stderr, err := os.Create(filepath.Join(dir, "stderr"))
-	if err != nil {
+	p.cmd.Env = env
+	stderr := filepath.Join(dir, "stderr")
+	if err := p.launch(stderr); err != nil {
 		return nil, err
 	}
-	defer stderr.Close()
-	cmd.Stdout, cmd.Stderr = stderr, stderr
-	if err := cmd.Start(); err != nil {
+	viciOpen := func() bool { _, err := os.Stat(vici); return err == nil }
+	if err := p.waitUntil(viciOpen, 30*time.Second, "charon's vici socket", stderr); err != nil {
 		return nil, err
-	}
-	exited := make(chan error, 1)
-	go func() { exited <- cmd.Wait() }()
-	p.exited = exited
-	for deadline := time.Now().Add(30 * time.Second); ; {
-		if _, err := os.Stat(vici); err == nil {
-			break
-		}
-		select {
-		case err := <-exited:
-			b, _ := os.ReadFile(filepath.Join(dir, "stderr"))
-			return nil, fmt.Errorf("charon exited: %v\n%s", err, tail(b))
-		case <-time.After(50 * time.Millisecond):
-		}
-		if time.Now().After(deadline) {
-			p.stop()
-			return nil, errors.New("charon did not open its vici socket within 30 s")
-		}
 	}
 	load := exec.Command("swanctl", "--load-all", "--noprompt", "--uri", "unix://"+vici)
 	load.Env = append(env, "SWANCTL_DIR="+filepath.Join(dir, "swanctl"))
