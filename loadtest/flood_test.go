@@ -202,56 +202,67 @@ func gatewaysChild() int {
 	return 0
 }
 
-// gatewaysProc is a running gateways child; done is closed when it
-// exited.
-type gatewaysProc struct {
+// childProc is this test binary running as one of TestMain's children
+// (floodChildEnv, gatewaysChildEnv): its input as JSON on its standard
+// input, its result as JSON on its standard output; done is closed when
+// it exited.
+type childProc struct {
+	what        string
 	cmd         *exec.Cmd
 	out, errOut bytes.Buffer
 	done        chan struct{}
 	exitErr     error
 }
 
-// startGateways runs r in a gateways child (see gatewaysChildEnv); ctx's
-// end kills it (by its PID).
-func startGateways(t *testing.T, ctx context.Context, r gatewayRun) *gatewaysProc {
+// startChild runs this test binary with env set to 1, in as its input,
+// after the command prefix if any (e.g. nice); ctx's end kills it (by its
+// PID).
+func startChild(t *testing.T, ctx context.Context, what, env string, in any, prefix ...string) *childProc {
 	t.Helper()
-	in, err := json.Marshal(r)
+	b, err := json.Marshal(in)
 	if err != nil {
 		t.Fatal(err)
 	}
-	g := &gatewaysProc{cmd: exec.CommandContext(ctx, os.Args[0], "-test.run=^$"), done: make(chan struct{})}
-	g.cmd.Env = append(os.Environ(), gatewaysChildEnv+"=1")
-	g.cmd.Stdin = bytes.NewReader(in)
-	g.cmd.Stdout, g.cmd.Stderr = &g.out, &g.errOut
-	if err := g.cmd.Start(); err != nil {
-		t.Fatalf("gateways: %v", err)
+	argv := append(prefix, os.Args[0], "-test.run=^$")
+	c := &childProc{what: what, cmd: exec.CommandContext(ctx, argv[0], argv[1:]...), done: make(chan struct{})}
+	c.cmd.Env = append(os.Environ(), env+"=1")
+	c.cmd.Stdin = bytes.NewReader(b)
+	c.cmd.Stdout, c.cmd.Stderr = &c.out, &c.errOut
+	if err := c.cmd.Start(); err != nil {
+		t.Fatalf("%s: %v", what, err)
 	}
-	go func() { g.exitErr = g.cmd.Wait(); close(g.done) }()
-	return g
+	go func() { c.exitErr = c.cmd.Wait(); close(c.done) }()
+	return c
 }
 
-// end asks the child to end its run (SIGTERM, by its PID).
-func (g *gatewaysProc) end() { g.cmd.Process.Signal(syscall.SIGTERM) }
+// end asks the child to end (SIGTERM, by its PID).
+func (c *childProc) end() { c.cmd.Process.Signal(syscall.SIGTERM) }
 
-// wait waits for the child to exit and returns its result and the CPU
-// time it used.
-func (g *gatewaysProc) wait() (gatewayResult, time.Duration, error) {
-	<-g.done
-	var res gatewayResult
-	if g.exitErr != nil {
-		return res, 0, fmt.Errorf("gateways (pid %d): %v: %s", g.cmd.Process.Pid, g.exitErr, g.errOut.Bytes())
+// wait waits for the child to exit, decodes its result into res and
+// returns the CPU time it used.
+func (c *childProc) wait(res any) (time.Duration, error) {
+	<-c.done
+	if c.exitErr != nil {
+		return 0, fmt.Errorf("%s (pid %d): %v: %s", c.what, c.cmd.Process.Pid, c.exitErr, c.errOut.Bytes())
 	}
-	cpu := g.cmd.ProcessState.UserTime() + g.cmd.ProcessState.SystemTime()
-	if err := json.Unmarshal(g.out.Bytes(), &res); err != nil {
-		return res, cpu, fmt.Errorf("gateways' report %q: %v", g.out.Bytes(), err)
+	cpu := c.cmd.ProcessState.UserTime() + c.cmd.ProcessState.SystemTime()
+	if err := json.Unmarshal(c.out.Bytes(), res); err != nil {
+		return cpu, fmt.Errorf("%s's report %q: %v", c.what, c.out.Bytes(), err)
 	}
-	return res, cpu, nil
+	return cpu, nil
+}
+
+// startGateways runs r in a gateways child (see gatewaysChildEnv).
+func startGateways(t *testing.T, ctx context.Context, r gatewayRun) *childProc {
+	t.Helper()
+	return startChild(t, ctx, "gateways", gatewaysChildEnv, r)
 }
 
 // runGateways runs r in a gateways child to its end.
 func runGateways(t *testing.T, ctx context.Context, r gatewayRun) (gatewayResult, time.Duration) {
 	t.Helper()
-	res, cpu, err := startGateways(t, ctx, r).wait()
+	var res gatewayResult
+	cpu, err := startGateways(t, ctx, r).wait(&res)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -287,28 +298,11 @@ func floodChild() int {
 // the generator still gets the CPU the node leaves).
 func startFlood(t *testing.T, ctx context.Context, o loadtest.FloodOptions) (wait func() (loadtest.FloodReport, time.Duration, error)) {
 	t.Helper()
-	in, err := json.Marshal(o)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cmd := exec.CommandContext(ctx, "nice", "-n", "19", os.Args[0], "-test.run=^$")
-	cmd.Env = append(os.Environ(), floodChildEnv+"=1")
-	cmd.Stdin = bytes.NewReader(in)
-	var out, errOut bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &out, &errOut
-	if err := cmd.Start(); err != nil {
-		t.Fatalf("flood generator: %v", err)
-	}
+	c := startChild(t, ctx, "flood generator", floodChildEnv, o, "nice", "-n", "19")
 	return func() (loadtest.FloodReport, time.Duration, error) {
 		var rep loadtest.FloodReport
-		if err := cmd.Wait(); err != nil {
-			return rep, 0, fmt.Errorf("flood generator (pid %d): %v: %s", cmd.Process.Pid, err, errOut.Bytes())
-		}
-		cpu := cmd.ProcessState.UserTime() + cmd.ProcessState.SystemTime()
-		if err := json.Unmarshal(out.Bytes(), &rep); err != nil {
-			return rep, cpu, fmt.Errorf("flood generator's report %q: %v", out.Bytes(), err)
-		}
-		return rep, cpu, nil
+		cpu, err := c.wait(&rep)
+		return rep, cpu, err
 	}
 }
 
@@ -357,7 +351,8 @@ func TestFloodEstablishedAndGenuine(t *testing.T) {
 		}
 		select {
 		case <-est.done:
-			res, _, err := est.wait()
+			var res gatewayResult
+			_, err := est.wait(&res)
 			t.Fatalf("established fleet ended early: %v %s: %+v", err, res.Err, res.Report)
 		case <-ctx.Done():
 			t.Fatalf("the established fleet did not come up: %d SAs", len(sas))
@@ -479,7 +474,8 @@ func TestFloodEstablishedAndGenuine(t *testing.T) {
 		time.Sleep(500 * time.Millisecond)
 	}
 	est.end()
-	er, estCPU, err := est.wait()
+	var er gatewayResult
+	estCPU, err := est.wait(&er)
 	if err != nil {
 		t.Fatal(err)
 	}
