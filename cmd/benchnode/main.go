@@ -175,11 +175,11 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 				continue
 			}
 			f := func(v float64, prec int) string { return strconv.FormatFloat(v, 'f', prec, 64) }
-			fmt.Fprintf(out, rowFmt, spec, f(ms(r.cpuPerSA), 3), f(float64(r.cpuPerSA)/float64(eng), 1),
-				f(ms(r.p50), 1), f(ms(r.p99), 1), f(float64(r.rssPerSA)/1024, 2), f(r.txnsPerSA, 2), strconv.Itoa(r.established), strconv.Itoa(r.failed),
-				strconv.FormatUint(r.retransmits, 10), f(r.waited.Seconds(), 2))
-			if len(r.failures) > 0 {
-				fmt.Fprintf(out, "  failures: %v\n", r.failures)
+			fmt.Fprintf(out, rowFmt, spec, f(ms(r.CPUPerSA), 3), f(float64(r.CPUPerSA)/float64(eng), 1),
+				f(ms(r.P50), 1), f(ms(r.P99), 1), f(float64(r.RSSPerSA)/1024, 2), f(r.TxnsPerSA, 2), strconv.Itoa(r.Established), strconv.Itoa(r.Failed),
+				strconv.FormatUint(r.Retransmits, 10), f(r.Waited.Seconds(), 2))
+			if len(r.Failures) > 0 {
+				fmt.Fprintf(out, "  failures: %v\n", r.Failures)
 			}
 		}
 		fmt.Fprintln(out)
@@ -226,15 +226,17 @@ func parseSpec(s string) (nodeSpec, error) {
 	return nodeSpec{dataplane: dp, statestore: st}, nil
 }
 
+// rowResult is one row's figures (exported: the strongswan row's child
+// sends them as JSON, strongswan.go).
 type rowResult struct {
-	cpuPerSA, p50, p99 time.Duration
-	waited             time.Duration // node runnable, waiting for a CPU
-	rssPerSA           int64
-	txnsPerSA          float64 // etcd transactions (setup + delete, reservations included)
-	established        int
-	failed             int
-	retransmits        uint64
-	failures           map[string]int
+	CPUPerSA, P50, P99 time.Duration
+	Waited             time.Duration // node runnable, waiting for a CPU
+	RSSPerSA           int64
+	TxnsPerSA          float64 // etcd transactions (setup + delete, reservations included)
+	Established        int
+	Failed             int
+	Retransmits        uint64
+	Failures           map[string]int
 }
 
 func (o *options) start(spec nodeSpec, nodeCPU int, profile string, pprof bool) (*nodeProc, *fleet, context.CancelFunc, error) {
@@ -287,9 +289,9 @@ func (o *options) row(ctx context.Context, spec nodeSpec, nodeCPU int) (rowResul
 	setupErr := f.runSetups(ctx, 1, spec.gateways, o.rate, o.timeout)
 	rss1, _ := p.rss()
 	lat, _, failures := f.phase()
-	r.established, r.failed = int(f.up.Load()), int(f.fail.Load())
-	r.failures = failures
-	p.keep = r.failed > 0
+	r.Established, r.Failed = int(f.up.Load()), int(f.fail.Load())
+	r.Failures = failures
+	p.keep = r.Failed > 0
 	if setupErr != nil {
 		return r, setupErr
 	}
@@ -300,12 +302,12 @@ func (o *options) row(ctx context.Context, spec nodeSpec, nodeCPU int) (rowResul
 	if err != nil {
 		return r, err
 	}
-	r.retransmits = f.stats()
-	r.waited = p.waited() - wait0
-	r.cpuPerSA = (cpu1 - cpu0) / time.Duration(max(1, r.established))
-	r.txnsPerSA = (p.metric("ikefleet_statestore_txns_total") - txns0) / float64(max(1, r.established))
-	r.p50, r.p99 = percentile(lat, 0.50), percentile(lat, 0.99)
-	r.rssPerSA = (rss1 - rss0) / int64(max(1, r.established))
+	r.Retransmits = f.stats()
+	r.Waited = p.waited() - wait0
+	r.CPUPerSA = (cpu1 - cpu0) / time.Duration(max(1, r.Established))
+	r.TxnsPerSA = (p.metric("ikefleet_statestore_txns_total") - txns0) / float64(max(1, r.Established))
+	r.P50, r.P99 = percentile(lat, 0.50), percentile(lat, 0.99)
+	r.RSSPerSA = (rss1 - rss0) / int64(max(1, r.Established))
 	return r, nil
 }
 
@@ -399,14 +401,20 @@ func (o *options) scaleRun(ctx context.Context, out io.Writer, eng time.Duration
 		next += n
 		return err
 	}
-	// measure runs a probe of o.scaleProbe setups and returns the node's CPU per
-	// setup, their p99 and the node's CPU per second while idle just
-	// before. The probe follows a quiet o.scaleSettle: without it the
-	// probe at o.scale established would also pay for compacting the
-	// history the fast growth left behind, which the probe at 1,000 does
-	// not.
-	measure := func() (time.Duration, time.Duration, float64, time.Duration, error) {
-		idle := 0.0
+	// A probe's figures: the node's CPU per setup, the setups' p99, the
+	// node's CPU per second while idle just before (what it spends anyway:
+	// liveness checks of the SAs it holds, the collector) and the CPU per
+	// setup net of that rate over the probe's run.
+	type probeResult struct {
+		cpu, p99, net time.Duration
+		idle          float64
+	}
+	// measure runs a probe of o.scaleProbe setups. It follows a quiet
+	// o.scaleSettle: without it the probe at o.scale established would
+	// also pay for compacting the history the fast growth left behind,
+	// which the probe at 1,000 does not.
+	measure := func() (probeResult, error) {
+		var r probeResult
 		if o.scaleSettle > 0 {
 			// The idle rate over the last minute of the quiet: one whole
 			// period of the liveness checks (ike.dpd_delay, 60 s), which
@@ -416,24 +424,26 @@ func (o *options) scaleRun(ctx context.Context, out io.Writer, eng time.Duration
 			i0, _ := p.cpu()
 			time.Sleep(window)
 			i1, _ := p.cpu()
-			idle = (i1 - i0).Seconds() / window.Seconds()
+			r.idle = (i1 - i0).Seconds() / window.Seconds()
 		}
 		c0, _ := p.cpu()
 		t0 := time.Now()
 		f.phase()
 		if err := grow(probe, o.rate); err != nil {
-			return 0, 0, 0, 0, err
+			return r, err
 		}
 		c1, _ := p.cpu()
 		took := time.Since(t0)
 		lat, _, _ := f.phase()
-		return (c1 - c0) / time.Duration(probe), percentile(lat, 0.99), idle, took, nil
+		r.cpu, r.p99 = (c1-c0)/time.Duration(probe), percentile(lat, 0.99)
+		r.net = r.cpu - time.Duration(r.idle*float64(took)/float64(probe))
+		return r, nil
 	}
 	t0 := time.Now()
 	if err := grow(base, o.rate); err != nil {
 		return err
 	}
-	at1k, p99at1k, idle1k, took1k, err := measure()
+	at1k, err := measure()
 	if err != nil {
 		return err
 	}
@@ -449,7 +459,7 @@ func (o *options) scaleRun(ctx context.Context, out io.Writer, eng time.Duration
 			fmt.Fprintf(out, "  heap profile: %v\n", err)
 		}
 	}
-	atN, p99atN, idleN, tookN, err := measure()
+	atN, err := measure()
 	if err != nil {
 		return err
 	}
@@ -459,17 +469,10 @@ func (o *options) scaleRun(ctx context.Context, out io.Writer, eng time.Duration
 	}
 	fmt.Fprintf(out, "scale: %s (%s), %d SAs established in %.0f s\n", spec, dpd, established, time.Since(t0).Seconds())
 	fmt.Fprintf(out, "  CPU per setup (%d setups at %.0f/s, each after %s quiet): at 1,000 established %.3f ms (p99 %.1f ms), at %d established %.3f ms (p99 %.1f ms): ratio %.2f\n",
-		probe, o.rate, o.scaleSettle, ms(at1k), ms(p99at1k), established, ms(atN), ms(p99atN), float64(atN)/float64(at1k))
+		probe, o.rate, o.scaleSettle, ms(at1k.cpu), ms(at1k.p99), established, ms(atN.cpu), ms(atN.p99), float64(atN.cpu)/float64(at1k.cpu))
 	if o.scaleSettle > 0 {
-		// What the node spends anyway (liveness checks of the SAs it holds,
-		// ike.dpd_delay; the collector) is in each probe's figure for as
-		// long as the probe ran.
-		net := func(cpu time.Duration, idle float64, took time.Duration) time.Duration {
-			return cpu - time.Duration(idle*float64(took)/float64(probe))
-		}
-		n1k, nN := net(at1k, idle1k, took1k), net(atN, idleN, tookN)
 		fmt.Fprintf(out, "  node CPU while idle just before each probe: %.1f%% of a core at 1,000, %.1f%% at %d (liveness checks of the SAs held); net of it, CPU per setup %.3f ms and %.3f ms: ratio %.2f\n",
-			100*idle1k, 100*idleN, established, ms(n1k), ms(nN), float64(nN)/float64(n1k))
+			100*at1k.idle, 100*atN.idle, established, ms(at1k.net), ms(atN.net), float64(atN.net)/float64(at1k.net))
 	}
 	fmt.Fprintf(out, "  RSS at %d SAs: %.0f MiB, %.2f KiB per SA\n", established, float64(rssN)/(1<<20), float64(rssN-rss0)/float64(established)/1024)
 	_ = eng

@@ -52,12 +52,8 @@ const netnsEnv = "BENCHNODE_NETNS"
 
 // rowJSON is a row's result as the child prints it.
 type rowJSON struct {
-	CPUPerSA, P50, P99, Waited time.Duration
-	RSSPerSA                   int64
-	Established, Failed        int
-	Retransmits                uint64
-	Failures                   map[string]int
-	Err                        string
+	Row rowResult
+	Err string
 }
 
 // strongswanRow runs the strongSwan row in a fresh network namespace (a
@@ -115,12 +111,10 @@ func (o *options) strongswanRow(ctx context.Context, spec nodeSpec, eng time.Dur
 	if err := json.Unmarshal(out.Bytes(), &j); err != nil {
 		return rowResult{}, fmt.Errorf("the row's result %q: %v", out.Bytes(), err)
 	}
-	r := rowResult{cpuPerSA: j.CPUPerSA, p50: j.P50, p99: j.P99, waited: j.Waited, rssPerSA: j.RSSPerSA,
-		established: j.Established, failed: j.Failed, retransmits: j.Retransmits, failures: j.Failures}
 	if j.Err != "" {
-		return r, errors.New(j.Err)
+		return j.Row, errors.New(j.Err)
 	}
-	return r, nil
+	return j.Row, nil
 }
 
 // printRowJSON runs the one row of o (in the namespace) and prints its
@@ -132,8 +126,7 @@ func (o *options) printRowJSON(ctx context.Context, out *os.File, nodeCPU int) e
 	spec := o.rows[0]
 	spec.gateways = o.count
 	r, err := o.row(ctx, spec, nodeCPU)
-	j := rowJSON{CPUPerSA: r.cpuPerSA, P50: r.p50, P99: r.p99, Waited: r.waited, RSSPerSA: r.rssPerSA,
-		Established: r.established, Failed: r.failed, Retransmits: r.retransmits, Failures: r.failures}
+	j := rowJSON{Row: r}
 	if err != nil {
 		j.Err = err.Error()
 	}
