@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"testing"
+	"unsafe"
 )
 
 type suiteCase struct {
@@ -79,10 +80,10 @@ func TestRoundTrip(t *testing.T) {
 					if err != nil {
 						t.Fatal(err)
 					}
-					if len(pkt) != n+o.Overhead(n) || (len(pkt)-o.s.icvLen)%4 != 0 {
+					if len(pkt) != n+o.Overhead(n) || (len(pkt)-int(o.s.icvLen))%4 != 0 {
 						t.Fatalf("n=%d: packet of %d bytes, overhead %d", n, len(pkt), o.Overhead(n))
 					}
-					if sc.encr == EncrAESCBC && (len(pkt)-o.Headroom()-o.s.icvLen)%16 != 0 {
+					if sc.encr == EncrAESCBC && (len(pkt)-o.Headroom()-int(o.s.icvLen))%16 != 0 {
 						t.Fatalf("n=%d: CBC ciphertext not block aligned", n)
 					}
 					if n > 16 && bytes.Contains(pkt, p[:16]) {
@@ -308,9 +309,9 @@ func TestBadPadding(t *testing.T) {
 	if err := s.key(); err != nil {
 		t.Fatal(err)
 	}
-	copy(s.nonce[4:], pkt[HeaderLen:hr])
+	copy(s.k.nonce[4:], pkt[HeaderLen:hr])
 	pt := pkt[hr : hr+8]
-	s.aead.Seal(pt[:0], s.nonce[:], pt, s.setAAD(pkt, o.seq))
+	s.k.aead.Seal(pt[:0], s.k.nonce[:], pt, s.setAAD(pkt, o.seq))
 	if _, _, _, err := in.Open(pkt); err != ErrMalformed {
 		t.Fatalf("bad padding: %v, want ErrMalformed", err)
 	}
@@ -388,5 +389,42 @@ func TestZeroAllocs(t *testing.T) {
 		if a != 0 {
 			t.Errorf("%s: %v allocations per Seal+Open", sc.name, a)
 		}
+	}
+}
+
+// TestIdleDirectionHoldsKeyBytesOnly: until its first packet a direction
+// keeps its key bytes and parameters, no keyed primitives and no replay
+// ring (what a large fleet's idle SAs would otherwise spend most of their
+// memory on); the first packet builds them and wipes the key bytes, and
+// the SA works as one keyed from the start.
+func TestIdleDirectionHoldsKeyBytesOnly(t *testing.T) {
+	for _, sc := range suites {
+		t.Run(sc.name, func(t *testing.T) {
+			o, in := pair(t, sc.config(false))
+			if o.s.k != nil || in.s.k != nil || in.win.ring != nil {
+				t.Fatal("a direction without traffic holds keyed state")
+			}
+			if unsafe.Sizeof(*o.s) > 96 {
+				t.Fatalf("an unkeyed suite takes %d bytes", unsafe.Sizeof(*o.s))
+			}
+			for i := 1; i <= 3; i++ {
+				pkt, err := o.AppendSeal(nil, innerPacket(60), NextHeaderIPv4)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if _, _, seq, err := in.Open(pkt); err != nil || seq != uint64(i) {
+					t.Fatalf("packet %d: seq %d, %v", i, seq, err)
+				}
+				if _, _, _, err := in.Open(pkt); err != ErrReplay {
+					t.Fatalf("replayed packet %d: %v, want ErrReplay", i, err)
+				}
+			}
+			if o.s.k == nil || in.s.k == nil || in.win.ring == nil {
+				t.Fatal("keyed state not built by the first packet")
+			}
+			if o.s.encrKey != nil || in.s.encrKey != nil || o.s.integKey != nil || in.s.integKey != nil {
+				t.Fatal("key bytes kept after keying")
+			}
+		})
 	}
 }

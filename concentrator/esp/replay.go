@@ -4,11 +4,13 @@ package esp
 // bitmap of the last size sequence numbers up to the highest authenticated
 // one, kept as a ring of 64-bit blocks. Blocks are cleared lazily as the
 // top advances, so advancing by any amount costs at most one pass over the
-// ring.
+// ring. The ring is allocated by the first packet accepted (256 bytes at
+// the default size, which an idle SA does without): until then every
+// number up to top counts as seen, as after setTop.
 type window struct {
 	top  uint64   // highest authenticated sequence number; 0 = none yet
 	size uint64   // bits: top-size+1 .. top are tracked
-	ring []uint64 // power-of-two number of blocks, at least ceil(size/64)+1
+	ring []uint64 // power-of-two number of blocks, at least ceil(size/64)+1; nil until the first accept
 	mask uint64   // len(ring)-1
 }
 
@@ -20,17 +22,22 @@ func newWindow(size int) window {
 	for n < blocks {
 		n <<= 1
 	}
-	return window{size: uint64(size), ring: make([]uint64, n), mask: n - 1}
+	return window{size: uint64(size), mask: n - 1}
 }
 
 // setTop restarts the window at top with every number up to top marked as
-// seen: a restored SA refuses whatever it may have accepted before. Bits
-// above top in its block stay clear (they are numbers still to come); the
-// other blocks are either below top or cleared before top reaches them.
+// seen: a restored SA refuses whatever it may have accepted before.
 func (w *window) setTop(top uint64) {
-	w.top = top
+	w.top, w.ring = top, nil
+}
+
+// fill allocates the ring in the state setTop describes. Bits above top
+// in its block stay clear (they are numbers still to come); the other
+// blocks are either below top or cleared before top reaches them.
+func (w *window) fill() {
+	w.ring = make([]uint64, w.mask+1)
+	top := w.top
 	if top == 0 {
-		clear(w.ring)
 		return
 	}
 	for i := range w.ring {
@@ -52,7 +59,7 @@ func (w *window) check(seq uint64) bool {
 	if seq > w.top {
 		return true
 	}
-	if w.top-seq >= w.size {
+	if w.top-seq >= w.size || w.ring == nil {
 		return false
 	}
 	return w.ring[(seq>>6)&w.mask]&(1<<(seq&63)) == 0
@@ -63,6 +70,9 @@ func (w *window) check(seq uint64) bool {
 func (w *window) accept(seq uint64) bool {
 	if !w.check(seq) {
 		return false
+	}
+	if w.ring == nil {
+		w.fill()
 	}
 	if seq > w.top {
 		cur, next := w.top>>6, seq>>6

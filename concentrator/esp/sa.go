@@ -56,25 +56,33 @@ type cbcMode interface {
 	SetIV([]byte)
 }
 
-// suite holds the keyed primitives of one SA direction.
+// suite is one SA direction's parameters and, from its first packet on,
+// its keyed primitives. An SA that never carries traffic (most of a large
+// fleet's idle gateways, between their keepalives) keeps only its key bytes
+// and these few fields: what a keyed direction needs (expanded keys,
+// GHASH tables, scratch space) is allocated by key.
 type suite struct {
-	aead   cipher.AEAD // GCM or ChaCha20-Poly1305
-	salt   [4]byte
+	k *keyed // nil until the first packet
+
+	// Until the first packet (key): the keys and what to build.
+	encrKey, integKey []byte
+	hash              func() hash.Hash
+	encrID            uint16
+
+	salt                 [4]byte
+	ivLen, icvLen, align uint8
+	esn                  bool
+	isAEAD               bool
+}
+
+// keyed holds a suite's keyed primitives.
+type keyed struct {
+	aead   cipher.AEAD  // GCM or ChaCha20-Poly1305
 	block  cipher.Block // AES-CBC
 	cbcEnc cbcMode
 	cbcDec cbcMode
 	mac    hash.Hash
 	ivGen  cipher.Block // CBC IVs: E_ivkey(seq), unpredictable without the key
-
-	ivLen, icvLen, align int
-	esn                  bool
-	isAEAD               bool
-
-	// Until the first packet (key): the keys and what to build.
-	keyed             bool
-	encrID            uint16
-	encrKey, integKey []byte
-	hash              func() hash.Hash
 
 	// Scratch space kept in the (heap) SA so that Seal and Open do not
 	// allocate: slices of locals passed to interfaces would escape.
@@ -103,7 +111,6 @@ func newSuite(c Config) (*suite, error) {
 		}
 		s.encrKey = bytes.Clone(c.EncrKey[:k])
 		copy(s.salt[:], c.EncrKey[k:])
-		copy(s.nonce[:4], s.salt[:])
 		s.ivLen, s.icvLen, s.align, s.isAEAD = 8, 16, 4, true
 	case EncrChaCha20Poly1305:
 		if c.IntegID != IntegNone {
@@ -114,7 +121,6 @@ func newSuite(c Config) (*suite, error) {
 		}
 		s.encrKey = bytes.Clone(c.EncrKey[:chacha20poly1305.KeySize])
 		copy(s.salt[:], c.EncrKey[chacha20poly1305.KeySize:])
-		copy(s.nonce[:4], s.salt[:])
 		s.ivLen, s.icvLen, s.align, s.isAEAD = 8, 16, 4, true
 	case EncrAESCBC:
 		k := len(c.EncrKey)
@@ -149,42 +155,44 @@ func newSuite(c Config) (*suite, error) {
 // tables (about 1.5 KiB for AES-GCM in both directions). Like Seal and
 // Open, not safe for concurrent use.
 func (s *suite) key() error {
-	if s.keyed {
+	if s.k != nil {
 		return nil
 	}
+	k := new(keyed)
 	var err error
 	switch s.encrID {
 	case EncrAESGCM16:
 		var b cipher.Block
 		if b, err = aes.NewCipher(s.encrKey); err == nil {
-			s.aead, err = cipher.NewGCM(b)
+			k.aead, err = cipher.NewGCM(b)
 		}
 	case EncrChaCha20Poly1305:
-		s.aead, err = chacha20poly1305.New(s.encrKey)
+		k.aead, err = chacha20poly1305.New(s.encrKey)
 	case EncrAESCBC:
-		if s.block, err = aes.NewCipher(s.encrKey); err != nil {
+		if k.block, err = aes.NewCipher(s.encrKey); err != nil {
 			break
 		}
 		var zero [16]byte
-		enc, ok1 := cipher.NewCBCEncrypter(s.block, zero[:]).(cbcMode)
-		dec, ok2 := cipher.NewCBCDecrypter(s.block, zero[:]).(cbcMode)
+		enc, ok1 := cipher.NewCBCEncrypter(k.block, zero[:]).(cbcMode)
+		dec, ok2 := cipher.NewCBCDecrypter(k.block, zero[:]).(cbcMode)
 		if !ok1 || !ok2 {
 			return errors.New("esp: crypto/cipher CBC mode cannot reset its IV")
 		}
-		s.cbcEnc, s.cbcDec = enc, dec
-		s.mac = hmac.New(s.hash, s.integKey)
+		k.cbcEnc, k.cbcDec = enc, dec
+		k.mac = hmac.New(s.hash, s.integKey)
 		var ivKey [16]byte
 		if _, err = rand.Read(ivKey[:]); err != nil {
 			break
 		}
-		s.ivGen, err = aes.NewCipher(ivKey[:])
+		k.ivGen, err = aes.NewCipher(ivKey[:])
 	}
 	if err != nil {
 		return fmt.Errorf("esp: %s: %w", encrName(s.encrID), err)
 	}
+	copy(k.nonce[:4], s.salt[:])
 	clear(s.encrKey)
 	clear(s.integKey)
-	s.encrKey, s.integKey, s.keyed = nil, nil, true
+	s.encrKey, s.integKey, s.hash, s.k = nil, nil, nil, k
 	return nil
 }
 
@@ -203,25 +211,27 @@ func encrName(id uint16) string {
 // setAAD fills the AEAD additional data: SPI and the sequence number, 64
 // bits with ESN (RFC 4106 §5, RFC 7634 §2.1). hdr is the packet's header.
 func (s *suite) setAAD(hdr []byte, seq uint64) []byte {
-	copy(s.aad[:4], hdr[:4])
+	k := s.k
+	copy(k.aad[:4], hdr[:4])
 	if s.esn {
-		binary.BigEndian.PutUint64(s.aad[4:], seq)
-		return s.aad[:12]
+		binary.BigEndian.PutUint64(k.aad[4:], seq)
+		return k.aad[:12]
 	}
-	binary.BigEndian.PutUint32(s.aad[4:], uint32(seq))
-	return s.aad[:8]
+	binary.BigEndian.PutUint32(k.aad[4:], uint32(seq))
+	return k.aad[:8]
 }
 
 // mac computes the truncated HMAC of pkt (header, IV, ciphertext) with the
 // high ESN bits appended (RFC 4303 §2.2.1) into s.sum.
 func (s *suite) icv(pkt []byte, seq uint64) []byte {
-	s.mac.Reset()
-	s.mac.Write(pkt)
+	k := s.k
+	k.mac.Reset()
+	k.mac.Write(pkt)
 	if s.esn {
-		binary.BigEndian.PutUint32(s.ctr[:4], uint32(seq>>32))
-		s.mac.Write(s.ctr[:4])
+		binary.BigEndian.PutUint32(k.ctr[:4], uint32(seq>>32))
+		k.mac.Write(k.ctr[:4])
 	}
-	return s.mac.Sum(s.sum[:0])[:s.icvLen]
+	return k.mac.Sum(k.sum[:0])[:s.icvLen]
 }
 
 // Outbound is the sending direction of an SA.
@@ -264,17 +274,17 @@ func (o *Outbound) SetSeqLimit(limit uint64) { o.limit = limit }
 func (o *Outbound) SeqLimit() uint64 { return o.limit }
 
 // Headroom is the number of bytes Seal puts before the payload.
-func (o *Outbound) Headroom() int { return HeaderLen + o.s.ivLen }
+func (o *Outbound) Headroom() int { return HeaderLen + int(o.s.ivLen) }
 
 // Tailroom is the number of bytes Seal appends to an n-byte payload.
 func (o *Outbound) Tailroom(n int) int {
-	return o.padLen(n) + 2 + o.s.icvLen
+	return o.padLen(n) + 2 + int(o.s.icvLen)
 }
 
 // padLen is the padding that aligns payload, pad length and next header
 // to the suite's alignment (a power of two).
 func (o *Outbound) padLen(n int) int {
-	return -(n + 2) & (o.s.align - 1)
+	return -(n + 2) & (int(o.s.align) - 1)
 }
 
 // Overhead is the number of bytes an n-byte payload grows by.
@@ -323,7 +333,8 @@ func (o *Outbound) AppendSeal(dst, payload []byte, nextHeader uint8) ([]byte, er
 func (o *Outbound) seal(pkt []byte, n int, nextHeader uint8, iv []byte) []byte {
 	s := o.s
 	s.key() // keyed by Seal; here for known-answer tests
-	hr := HeaderLen + s.ivLen
+	k := s.k
+	hr := HeaderLen + int(s.ivLen)
 	seq := o.seq
 	binary.BigEndian.PutUint32(pkt[0:], o.spi)
 	binary.BigEndian.PutUint32(pkt[4:], uint32(seq))
@@ -345,22 +356,22 @@ func (o *Outbound) seal(pkt []byte, n int, nextHeader uint8, iv []byte) []byte {
 		} else {
 			binary.BigEndian.PutUint64(ivs, seq)
 		}
-		copy(s.nonce[4:], ivs) // nonce[:4] is the salt
+		copy(k.nonce[4:], ivs) // nonce[:4] is the salt
 		pt := pkt[hr:p]
-		s.aead.Seal(pt[:0], s.nonce[:], pt, s.setAAD(pkt, seq))
-		return pkt[:p+s.icvLen]
+		k.aead.Seal(pt[:0], k.nonce[:], pt, s.setAAD(pkt, seq))
+		return pkt[:p+int(s.icvLen)]
 	}
 	if iv != nil {
 		copy(ivs, iv)
 	} else {
-		binary.BigEndian.PutUint64(s.ctr[:8], seq)
-		clear(s.ctr[8:])
-		s.ivGen.Encrypt(ivs, s.ctr[:])
+		binary.BigEndian.PutUint64(k.ctr[:8], seq)
+		clear(k.ctr[8:])
+		k.ivGen.Encrypt(ivs, k.ctr[:])
 	}
-	s.cbcEnc.SetIV(ivs)
-	s.cbcEnc.CryptBlocks(pkt[hr:p], pkt[hr:p])
+	k.cbcEnc.SetIV(ivs)
+	k.cbcEnc.CryptBlocks(pkt[hr:p], pkt[hr:p])
 	copy(pkt[p:], s.icv(pkt[:p], seq))
-	return pkt[:p+s.icvLen]
+	return pkt[:p+int(s.icvLen)]
 }
 
 // Inbound is the receiving direction of an SA.
@@ -404,8 +415,8 @@ func (in *Inbound) Seq() uint64 { return in.win.top }
 // that the caller drops.
 func (in *Inbound) Open(pkt []byte) (payload []byte, nextHeader uint8, seq uint64, err error) {
 	s := in.s
-	hr := HeaderLen + s.ivLen
-	if len(pkt) < hr+2+s.icvLen {
+	hr, icvLen := HeaderLen+int(s.ivLen), int(s.icvLen)
+	if len(pkt) < hr+2+icvLen {
 		return nil, 0, 0, ErrMalformed
 	}
 	if binary.BigEndian.Uint32(pkt) != in.spi {
@@ -426,11 +437,12 @@ func (in *Inbound) Open(pkt []byte) (payload []byte, nextHeader uint8, seq uint6
 	if s.key() != nil {
 		return nil, 0, 0, ErrIntegrity // not reached: the keys were checked at NewInbound
 	}
-	ctEnd := len(pkt) - s.icvLen
+	k := s.k
+	ctEnd := len(pkt) - icvLen
 	if s.isAEAD {
-		copy(s.nonce[4:], pkt[HeaderLen:hr]) // nonce[:4] is the salt
+		copy(k.nonce[4:], pkt[HeaderLen:hr]) // nonce[:4] is the salt
 		ct := pkt[hr:]
-		if _, err := s.aead.Open(ct[:0], s.nonce[:], ct, s.setAAD(pkt, seq)); err != nil {
+		if _, err := k.aead.Open(ct[:0], k.nonce[:], ct, s.setAAD(pkt, seq)); err != nil {
 			return nil, 0, 0, ErrIntegrity
 		}
 	} else {
@@ -440,8 +452,8 @@ func (in *Inbound) Open(pkt []byte) (payload []byte, nextHeader uint8, seq uint6
 		if subtle.ConstantTimeCompare(s.icv(pkt[:ctEnd], seq), pkt[ctEnd:]) != 1 {
 			return nil, 0, 0, ErrIntegrity
 		}
-		s.cbcDec.SetIV(pkt[HeaderLen:hr])
-		s.cbcDec.CryptBlocks(pkt[hr:ctEnd], pkt[hr:ctEnd])
+		k.cbcDec.SetIV(pkt[HeaderLen:hr])
+		k.cbcDec.CryptBlocks(pkt[hr:ctEnd], pkt[hr:ctEnd])
 	}
 	// Trailer (authenticated, so a bad one is the peer's bug, not noise).
 	pt := pkt[hr:ctEnd]
