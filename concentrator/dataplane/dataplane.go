@@ -117,7 +117,8 @@ type Counters struct {
 
 // DataPlane installs and removes CHILD SAs. Install and Remove are
 // idempotent: installing what is installed, or removing what is gone,
-// succeeds. Implementations are safe for concurrent use.
+// succeeds. List may leave the keys out (the user-space plane does not
+// keep them twice). Implementations are safe for concurrent use.
 type DataPlane interface {
 	Name() string
 	Install(ctx context.Context, sa *ChildSA) error

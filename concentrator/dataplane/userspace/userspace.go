@@ -31,6 +31,7 @@ import (
 	"log/slog"
 	"net/netip"
 	"runtime"
+	"slices"
 	"sort"
 	"sync"
 	"sync/atomic"
@@ -130,7 +131,10 @@ type Stats struct {
 
 // sa is one installed CHILD SA.
 type sa struct {
-	child *dataplane.ChildSA // replaced, never modified, under DataPlane.mu
+	// What List reports besides the live numbers; under DataPlane.mu.
+	// The key bytes are not kept: in and out hold them (until their first
+	// packet) or their keyed ciphers.
+	desc saDesc
 
 	localTS, remoteTS []dataplane.Selector // immutable: workers read them without the lock
 	esn               bool                 // immutable
@@ -154,6 +158,17 @@ type sa struct {
 	armSeen       *seqArm
 	outReported   bool   // the outbound report of armSeen was sent
 	inBase        uint64 // inbound number at the last inbound report (or InSeqLow)
+}
+
+// saDesc is an installed SA as negotiated, without its keys and selectors.
+type saDesc struct {
+	outSPI                       uint32
+	encrID, encrKeyBits, integID uint16
+	outSeqLimit, outSeqMargin    uint64
+	ikeSPIi, ikeSPIr             uint64
+	peerID                       string
+	virtualIP                    netip.Addr
+	created                      time.Time
 }
 
 // seqArm is an SA's current limit and when to report progress
@@ -246,13 +261,11 @@ func (d *DataPlane) SetSeqLimit(_ context.Context, inSPI uint32, limit uint64) e
 	if !ok {
 		return fmt.Errorf("userspace: no SA with inbound SPI %08x", inSPI)
 	}
-	if !s.child.ESN && limit > 0xffffffff {
+	if !s.esn && limit > 0xffffffff {
 		limit = 0xffffffff // the 32-bit space ends first
 	}
-	s.arm.Store(newArm(s.child.OutSeqMargin, s.base.Load(), limit))
-	c := *s.child
-	c.OutSeqLimit = limit
-	s.child = &c
+	s.arm.Store(newArm(s.desc.outSeqMargin, s.base.Load(), limit))
+	s.desc.outSeqLimit = limit
 	return nil
 }
 
@@ -411,14 +424,16 @@ func (d *DataPlane) install(_ context.Context, c *dataplane.ChildSA) error {
 	if err != nil {
 		return &dataplane.InstallError{InSPI: c.InSPI, OutSPI: c.OutSPI, Err: err}
 	}
-	cp := *c
-	cp.LocalTS = append([]dataplane.Selector(nil), c.LocalTS...)
-	cp.RemoteTS = append([]dataplane.Selector(nil), c.RemoteTS...)
-	if cp.VirtualIP.IsValid() && !matchAny(cp.RemoteTS, cp.VirtualIP, 0, 0) {
-		cp.RemoteTS = append(cp.RemoteTS, dataplane.Selector{Start: cp.VirtualIP, End: cp.VirtualIP, EndPort: 0xffff})
+	localTS := slices.Clone(c.LocalTS)
+	remoteTS := slices.Clone(c.RemoteTS)
+	if c.VirtualIP.IsValid() && !matchAny(remoteTS, c.VirtualIP, 0, 0) {
+		remoteTS = append(remoteTS, dataplane.Selector{Start: c.VirtualIP, End: c.VirtualIP, EndPort: 0xffff})
 	}
-	s := &sa{child: &cp, in: in, out: out, worker: d.workerFor(c.InSPI), inBase: c.InSeqLow, esn: c.ESN, encap: c.Encap}
-	s.localTS, s.remoteTS = cp.LocalTS, cp.RemoteTS
+	s := &sa{in: in, out: out, worker: d.workerFor(c.InSPI), inBase: c.InSeqLow, esn: c.ESN, encap: c.Encap,
+		localTS: localTS, remoteTS: remoteTS, desc: saDesc{
+			outSPI: c.OutSPI, encrID: c.EncrID, encrKeyBits: c.EncrKeyBits, integID: c.IntegID,
+			outSeqLimit: c.OutSeqLimit, outSeqMargin: c.OutSeqMargin, ikeSPIi: c.IKESPIi, ikeSPIr: c.IKESPIr,
+			peerID: c.PeerID, virtualIP: c.VirtualIP, created: c.Created}}
 	s.arm.Store(newArm(c.OutSeqMargin, c.OutSeq, c.OutSeqLimit))
 	s.armSeen = s.arm.Load()
 	s.outSeq.Store(c.OutSeq)
@@ -435,13 +450,13 @@ func (d *DataPlane) install(_ context.Context, c *dataplane.ChildSA) error {
 		return nil
 	}
 	var added []netip.Prefix
-	for _, sel := range cp.RemoteTS {
+	for _, sel := range remoteTS {
 		for _, p := range prefixes(sel) {
 			if d.staticRoute(p) {
 				continue
 			}
 			if d.routes[p] == 0 {
-				if err := d.router.AddRoute(p, cp.LocalTS); err != nil {
+				if err := d.router.AddRoute(p, localTS); err != nil {
 					for _, a := range added {
 						d.unref(a)
 					}
@@ -474,9 +489,6 @@ func (d *DataPlane) UpdateAddresses(_ context.Context, inSPI uint32, local, remo
 	if !ok {
 		return fmt.Errorf("userspace: no SA with inbound SPI %08x", inSPI)
 	}
-	c := *s.child
-	c.Local, c.Remote = local, remote
-	s.child = &c
 	s.ep.Store(&endpoints{local: local, remote: remote})
 	d.log.Info("userspace SA moved", "spi_in", fmt.Sprintf("%08x", inSPI), "local", local.String(), "peer", remote.String())
 	return nil
@@ -527,25 +539,39 @@ func (d *DataPlane) Remove(_ context.Context, inSPI uint32) error {
 			}
 		}
 	}
-	d.log.Info("userspace SA removed", "spi_in", fmt.Sprintf("%08x", inSPI), "spi_out", fmt.Sprintf("%08x", s.child.OutSPI),
-		"peer_id", s.child.PeerID, "in_packets", s.inPackets.Load(), "in_bytes", s.inBytes.Load(),
+	d.log.Info("userspace SA removed", "spi_in", fmt.Sprintf("%08x", inSPI), "spi_out", fmt.Sprintf("%08x", s.desc.outSPI),
+		"peer_id", s.desc.peerID, "in_packets", s.inPackets.Load(), "in_bytes", s.inBytes.Load(),
 		"out_packets", s.outPackets.Load(), "out_bytes", s.outBytes.Load(), "replay_top", s.in.Seq())
 	return nil
 }
 
 // List returns the installed SAs; their OutSeq and InSeqLow are the
-// current numbers (last sent, highest received).
+// current numbers (last sent, highest received). Their keys are empty:
+// the ESP state holds them, and an installed SA keeps no second copy.
 func (d *DataPlane) List(context.Context) ([]*dataplane.ChildSA, error) {
 	d.mu.RLock()
 	defer d.mu.RUnlock()
 	out := make([]*dataplane.ChildSA, 0, len(d.bySPI))
 	for _, s := range d.bySPI {
-		c := *s.child
-		c.OutSeq, c.InSeqLow = s.outSeq.Load(), s.inSeq.Load()
-		out = append(out, &c)
+		out = append(out, s.describe())
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].InSPI < out[j].InSPI })
 	return out, nil
+}
+
+// describe returns the SA as installed, with its current outer addresses
+// and numbers (last sent, highest received) and without its keys. Under
+// DataPlane.mu.
+func (s *sa) describe() *dataplane.ChildSA {
+	d := &s.desc
+	ep := s.ep.Load()
+	return &dataplane.ChildSA{
+		InSPI: s.in.SPI(), OutSPI: d.outSPI, Local: ep.local, Remote: ep.remote, Encap: s.encap,
+		EncrID: d.encrID, EncrKeyBits: d.encrKeyBits, IntegID: d.integID, ESN: s.esn,
+		LocalTS: slices.Clone(s.localTS), RemoteTS: slices.Clone(s.remoteTS), VirtualIP: d.virtualIP,
+		PeerID: d.peerID, IKESPIi: d.ikeSPIi, IKESPIr: d.ikeSPIr, Created: d.created,
+		OutSeq: s.outSeq.Load(), OutSeqLimit: d.outSeqLimit, OutSeqMargin: d.outSeqMargin, InSeqLow: s.inSeq.Load(),
+	}
 }
 
 // Counters reports inner bytes and packets per SA.

@@ -372,7 +372,7 @@ func TestVirtualIPRoute(t *testing.T) {
 	if _, ok := r.router.routes[netip.MustParsePrefix("10.99.0.7/32")]; !ok || len(r.router.routes) != 1 {
 		t.Fatalf("routes %v", r.router.routes)
 	}
-	if s := r.conc.lookupOut(flow{src: netip.MustParseAddr("10.30.0.1"), dst: cc.VirtualIP, proto: 1}); s == nil || s.child.InSPI != cc.InSPI {
+	if s := r.conc.lookupOut(flow{src: netip.MustParseAddr("10.30.0.1"), dst: cc.VirtualIP, proto: 1}); s == nil || s.in.SPI() != cc.InSPI {
 		t.Fatal("virtual IP not found by the host index")
 	}
 }
@@ -399,7 +399,7 @@ func TestPoolRouteCoversVirtualIPs(t *testing.T) {
 		if err := d.Install(ctx, cc); err != nil {
 			t.Fatal(err)
 		}
-		if s := d.lookupOut(flow{src: netip.MustParseAddr("10.30.0.1"), dst: vip, proto: 1}); s == nil || s.child.InSPI != cc.InSPI {
+		if s := d.lookupOut(flow{src: netip.MustParseAddr("10.30.0.1"), dst: vip, proto: 1}); s == nil || s.in.SPI() != cc.InSPI {
 			t.Fatalf("virtual IP %s not found", vip)
 		}
 	}
