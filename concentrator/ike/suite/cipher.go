@@ -81,8 +81,23 @@ type Cipher struct {
 //
 // An unimplemented transform yields an *UnsupportedError; a bad combination
 // or key length a plain error naming the problem. NewCipher does not apply
-// the crypto policy: see Weak and Check.
+// the crypto policy: see Weak and Check. A Cipher holds no key and is
+// immutable: NewCipher hands out one per combination, shared.
 func NewCipher(encrID uint16, keyBits int, integID uint16) (*Cipher, error) {
+	return ciphers.get(cipherKey{encrID, keyBits, integID}, func() (*Cipher, error) {
+		return newCipher(encrID, keyBits, integID)
+	})
+}
+
+type cipherKey struct {
+	encrID  uint16
+	keyBits int
+	integID uint16
+}
+
+var ciphers shared[cipherKey, Cipher]
+
+func newCipher(encrID uint16, keyBits int, integID uint16) (*Cipher, error) {
 	c := &Cipher{encrID: encrID, keyBits: keyBits, integID: integID}
 	switch encrID {
 	case EncrAESGCM8, EncrAESGCM12, EncrAESGCM16:

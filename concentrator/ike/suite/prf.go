@@ -8,13 +8,16 @@ import (
 	"crypto/sha512"
 	"encoding/binary"
 	"hash"
+	"sync"
 )
 
 // PRF is a negotiated pseudo-random function. Only HMAC-based PRFs are
 // implemented (HMAC-SHA2-256/384/512; HMAC-SHA1 and HMAC-MD5 for peers
 // allowed by ike.allow_weak), so every PRF accepts keys of any length and
 // prf(Ni | Nr, g^ir) needs no special key handling (RFC 7296 §2.14).
-// A PRF holds no key and is safe for concurrent use.
+// A PRF holds no key and is safe for concurrent use; NewPRF hands out one
+// PRF per transform ID, shared by every IKE SA that negotiated it (so do
+// not modify one).
 type PRF struct {
 	ID   uint16 // IANA PRF transform ID
 	hash func() hash.Hash
@@ -40,11 +43,48 @@ func prfHash(id uint16) (func() hash.Hash, int, bool) {
 // NewPRF returns the PRF with the given transform ID, or an *UnsupportedError.
 // It does not apply the crypto policy: see Weak and Check.
 func NewPRF(id uint16) (*PRF, error) {
-	h, size, ok := prfHash(id)
-	if !ok {
-		return nil, &UnsupportedError{Type: TypePRF, ID: id}
+	return prfs.get(id, func() (*PRF, error) {
+		h, size, ok := prfHash(id)
+		if !ok {
+			return nil, &UnsupportedError{Type: TypePRF, ID: id}
+		}
+		return &PRF{ID: id, hash: h, size: size}, nil
+	})
+}
+
+var prfs shared[uint16, PRF]
+
+// shared holds the one instance of an immutable value per key: the PRFs
+// and ciphers of the transforms in use (a handful), which a node's IKE
+// SAs point to instead of each holding its own.
+type shared[K comparable, V any] struct {
+	mu sync.RWMutex
+	m  map[K]*V
+}
+
+// get returns the instance for k, made by mk on first use; an error of mk
+// is returned and nothing is kept.
+func (s *shared[K, V]) get(k K, mk func() (*V, error)) (*V, error) {
+	s.mu.RLock()
+	v, ok := s.m[k]
+	s.mu.RUnlock()
+	if ok {
+		return v, nil
 	}
-	return &PRF{ID: id, hash: h, size: size}, nil
+	v, err := mk()
+	if err != nil {
+		return nil, err
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if w, ok := s.m[k]; ok {
+		return w, nil
+	}
+	if s.m == nil {
+		s.m = make(map[K]*V)
+	}
+	s.m[k] = v
+	return v, nil
 }
 
 // Size is the PRF's output length in octets, which is also its preferred key

@@ -274,3 +274,38 @@ func TestNewPRFUnsupported(t *testing.T) {
 		}
 	}
 }
+
+// TestSharedInstances: every IKE SA that negotiated a transform points to
+// one PRF or Cipher for it; invalid combinations are refused every time
+// and leave nothing behind.
+func TestSharedInstances(t *testing.T) {
+	p1, err := NewPRF(PRFHMACSHA256)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p2, _ := NewPRF(PRFHMACSHA256)
+	p3, _ := NewPRF(PRFHMACSHA384)
+	if p1 != p2 || p1 == p3 || p3.Size() != 48 {
+		t.Fatalf("PRFs: %p %p %p", p1, p2, p3)
+	}
+	c1, err := NewCipher(EncrAESGCM16, 256, IntegNone)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c2, _ := NewCipher(EncrAESGCM16, 256, IntegNone)
+	c3, _ := NewCipher(EncrAESGCM16, 128, IntegNone)
+	if c1 != c2 || c1 == c3 || c1.EncrKeyLen() != 36 || c3.EncrKeyLen() != 20 {
+		t.Fatalf("ciphers: %v %v %v", c1, c2, c3)
+	}
+	for i := 0; i < 2; i++ {
+		if _, err := NewPRF(9999); err == nil {
+			t.Fatal("unknown PRF accepted")
+		}
+		if _, err := NewCipher(EncrAESGCM16, 100, IntegNone); err == nil {
+			t.Fatal("AES-GCM with a 100-bit key accepted")
+		}
+	}
+	if _, ok := ciphers.m[cipherKey{EncrAESGCM16, 100, IntegNone}]; ok {
+		t.Fatal("a refused combination was kept")
+	}
+}
