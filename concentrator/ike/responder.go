@@ -293,6 +293,7 @@ func (sa *IKESA) establishResponder(now time.Time, e *Engine, msgID uint32, req 
 	payloads = append(payloads, childPayloads...)
 	sa.respond(e, IKE_AUTH, msgID, payloads, rd)
 	sa.initReq, sa.initResp = nil, nil // AUTH is done; free what only it needed
+	sa.ni, sa.nr = nil, nil            // and the first CHILD SA's keys
 	defer sa.reschedule(e)
 	if cerr != nil {
 		ev := sa.event(EventChildFailed)

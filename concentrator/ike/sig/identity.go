@@ -215,8 +215,17 @@ func ParseIdentity(s string) (idType uint8, data []byte, err error) {
 // printable returns b as text, with bytes outside printable ASCII (and '\')
 // as \xNN, so that peer-chosen identities cannot forge log lines.
 func printable(b []byte) string {
+	i := 0
+	for i < len(b) && b[i] >= 0x20 && b[i] < 0x7f && b[i] != '\\' {
+		i++
+	}
+	if i == len(b) {
+		return string(b) // the common case, in one allocation of its size
+	}
 	var sb strings.Builder
-	for _, c := range b {
+	sb.Grow(len(b) + 12)
+	sb.Write(b[:i])
+	for _, c := range b[i:] {
 		if c < 0x20 || c >= 0x7f || c == '\\' {
 			fmt.Fprintf(&sb, "\\x%02x", c)
 			continue
