@@ -17,6 +17,7 @@ import (
 	"go.yaml.in/yaml/v3"
 
 	"github.com/ikefleet/ikefleet/concentrator/ike"
+	"github.com/ikefleet/ikefleet/internal/memlimit"
 	"github.com/ikefleet/ikefleet/lb"
 	"github.com/ikefleet/ikefleet/statestore"
 )
@@ -62,7 +63,8 @@ type StateStoreConfig struct {
 }
 
 type NodeConfig struct {
-	ID string `yaml:"id"`
+	ID          string `yaml:"id"`
+	MemoryLimit string `yaml:"memory_limit"` // soft limit of the Go heap, which the collector keeps under by working harder: auto (default: 90% of the memory limit of the node's cgroup, e.g. its container's; none without one; GOMEMLIMIT in the environment wins) | off | a size (1536MiB, 2GiB, bytes)
 }
 
 type LogConfig struct {
@@ -238,7 +240,8 @@ func DefaultConfig() Config {
 	t := true
 	th, backlog := 1000, defaultCookieBacklog
 	return Config{
-		Log: LogConfig{Level: "info", Format: "json", PerEventRate: 1},
+		Node: NodeConfig{MemoryLimit: "auto"},
+		Log:  LogConfig{Level: "info", Format: "json", PerEventRate: 1},
 		IKE: IKEConfig{
 			Listen: []string{"0.0.0.0"}, Port: 500, NATTPort: 4500, ForceEncap: &t, MOBIKE: &t, CookieThreshold: &th, CookieBacklog: &backlog, SocketBuffer: DefaultSocketBuffer,
 			HalfOpenTimeout: 30 * time.Second, RetransmitTimeout: 2 * time.Second, RetransmitTries: 5, DPDDelay: 60 * time.Second, KeepaliveInterval: 20 * time.Second,
@@ -359,6 +362,9 @@ func pathAtLine(n *yaml.Node, line int) string {
 
 // Validate checks every field; the error names the first bad one.
 func (c *Config) Validate() error {
+	if _, err := memlimit.Parse(c.Node.MemoryLimit); err != nil {
+		return fieldErr("node.memory_limit", "%v", err)
+	}
 	switch c.Log.Level {
 	case "debug", "info", "warn", "error":
 	default:

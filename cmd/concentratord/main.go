@@ -16,6 +16,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"math"
 	"os"
 	"os/signal"
 	"syscall"
@@ -24,6 +25,7 @@ import (
 	"github.com/ikefleet/ikefleet/concentrator/dataplane/memory"
 	"github.com/ikefleet/ikefleet/concentrator/metrics"
 	"github.com/ikefleet/ikefleet/internal/buildinfo"
+	"github.com/ikefleet/ikefleet/internal/memlimit"
 )
 
 func main() {
@@ -129,6 +131,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		fmt.Fprintln(stdout, "configuration OK")
 		return nil
 	}
+	applyMemoryLimit(cfg.Node.MemoryLimit, log)
 	stopProfile, err := startCPUProfile(*cpuprofile)
 	if err != nil {
 		return err
@@ -147,6 +150,26 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return err
 	}
 	return serve(ctx, node, cfg, *configPath, log) // admin API and SIGHUP (admin.go)
+}
+
+// applyMemoryLimit sets the Go soft memory limit (node.memory_limit,
+// validated with the configuration) and logs what it is and where it came
+// from.
+func applyMemoryLimit(setting string, log *slog.Logger) {
+	s, err := memlimit.Parse(setting)
+	if err != nil {
+		log.Error("node.memory_limit", "err", err) // not reached: validated
+		return
+	}
+	a, err := memlimit.Apply(s, "/sys/fs/cgroup")
+	if err != nil {
+		log.Warn("memory limit: the cgroup's limit could not be read, none set", "err", err)
+	}
+	if a.Limit == math.MaxInt64 {
+		log.Info("memory limit", "limit", "none", "source", a.Source)
+		return
+	}
+	log.Info("memory limit", "limit_bytes", a.Limit, "source", a.Source)
 }
 
 func printEffective(w io.Writer, cfg concentrator.Config) error {
