@@ -58,6 +58,7 @@ type options struct {
 	scaleRate   float64
 	scaleSettle time.Duration
 	scaleDPD    string
+	scaleMem    string
 	scaleProbe  int
 	groups      int
 	pin         bool
@@ -85,6 +86,7 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 	scale := fs.Int("scale", 0, "also establish this many SAs and compare the cost of a setup at 1,000 and at this many (0: skip)")
 	scaleRate := fs.Float64("scale-rate", 800, "new SAs per second while growing to --scale")
 	scaleProbe := fs.Int("scale-probe", 1000, "with --scale: setups in each probe; at 100,000 SAs the node's heap is near 1 GB and one garbage collection cycle costs it about half a second of CPU, which a short probe takes whole or not at all")
+	scaleMem := fs.String("scale-memory-limit", "", "with --scale: the node's node.memory_limit (e.g. 1GiB): the Go heap's soft limit, which trades CPU (more collections) for memory; default: none (no cgroup limit here)")
 	scaleDPD := fs.String("scale-dpd-delay", "", "with --scale: the node's ike.dpd_delay (e.g. 0s: no liveness checks, so that the probes measure setups alone); default: the node's default (60s)")
 	scaleSettle := fs.Duration("scale-settle", 70*time.Second, "with --scale: quiet time before each probe of setups, so that both start from a compacted store (the embedded etcd keeps a minute of history), and the node's idle CPU over its last minute; 0: probe at once")
 	groups := fs.Int("groups", 64, "gateway groups, each with its own loopback source address (127.1.x.y) and ports")
@@ -101,7 +103,7 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 	if *groups < 1 || *groups > maxGroups {
 		return fmt.Errorf("--groups: %d: from 1 to %d", *groups, maxGroups)
 	}
-	o := options{bin: *bin, count: *count, rate: *rate, burst: *burst, scale: *scale, scaleRate: *scaleRate, scaleSettle: *scaleSettle, scaleDPD: *scaleDPD, scaleProbe: *scaleProbe,
+	o := options{bin: *bin, count: *count, rate: *rate, burst: *burst, scale: *scale, scaleRate: *scaleRate, scaleSettle: *scaleSettle, scaleDPD: *scaleDPD, scaleMem: *scaleMem, scaleProbe: *scaleProbe,
 		groups: *groups, pin: *pin, cpuprofile: *cpuprofile, heapprofile: *heapprofile, timeout: *timeout,
 		charon: *charon, engineCPU: *engineCPU, rowJSON: *rowJSON}
 	var err error
@@ -388,6 +390,7 @@ func (o *options) scaleRun(ctx context.Context, out io.Writer, eng time.Duration
 	probe := o.scaleProbe
 	spec.gateways = o.scale + probe
 	spec.dpdDelay = o.scaleDPD
+	spec.memLimit = o.scaleMem
 	p, f, stop, err := o.start(spec, nodeCPU, o.profileFor("scale"), o.heapprofile != "")
 	if err != nil {
 		return err
@@ -466,6 +469,9 @@ func (o *options) scaleRun(ctx context.Context, out io.Writer, eng time.Duration
 	dpd := "ike.dpd_delay default"
 	if spec.dpdDelay != "" {
 		dpd = "ike.dpd_delay " + spec.dpdDelay
+	}
+	if spec.memLimit != "" {
+		dpd += ", node.memory_limit " + spec.memLimit
 	}
 	fmt.Fprintf(out, "scale: %s (%s), %d SAs established in %.0f s\n", spec, dpd, established, time.Since(t0).Seconds())
 	fmt.Fprintf(out, "  CPU per setup (%d setups at %.0f/s, each after %s quiet): at 1,000 established %.3f ms (p99 %.1f ms), at %d established %.3f ms (p99 %.1f ms): ratio %.2f\n",

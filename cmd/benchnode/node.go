@@ -28,7 +28,7 @@ type nodeSpec struct {
 	strongswan bool   // not concentratord: strongSwan's charon (strongswan.go)
 	gateways   int    // PSKs to configure (gw1..gwN)
 	dpdDelay   string // ike.dpd_delay, if not the default
-	extra      string // more YAML, appended
+	memLimit   string // node.memory_limit, if not the default (auto: none outside a cgroup with a limit)
 }
 
 func (s nodeSpec) String() string {
@@ -114,7 +114,11 @@ func writeConfig(path string, spec nodeSpec, ikePort, nattPort uint16, dataDir, 
 	if level == "" {
 		level = "info"
 	}
-	fmt.Fprintf(&b, "node: {id: bench}\nlog: {level: %s, format: json}\n", level)
+	fmt.Fprintf(&b, "node: {id: bench")
+	if spec.memLimit != "" {
+		fmt.Fprintf(&b, ", memory_limit: %s", spec.memLimit)
+	}
+	fmt.Fprintf(&b, "}\nlog: {level: %s, format: json}\n", level)
 	fmt.Fprintf(&b, "ike:\n  listen: [127.0.0.1]\n  port: %d\n  natt_port: %d\n", ikePort, nattPort)
 	if spec.dpdDelay != "" {
 		fmt.Fprintf(&b, "  dpd_delay: %s\n", spec.dpdDelay)
@@ -129,7 +133,6 @@ func writeConfig(path string, spec nodeSpec, ikePort, nattPort uint16, dataDir, 
 	fmt.Fprintf(&b, "dataplane:\n  mode: %s\n  userspace: {tun: ikfbench0}\n", spec.dataplane)
 	fmt.Fprintf(&b, "statestore:\n  mode: %s\n  data_dir: %s\n", spec.statestore, dataDir)
 	fmt.Fprintf(&b, "metrics: {listen: %q}\nadmin: {listen: \"off\"}\n", metrics)
-	b.WriteString(spec.extra)
 	return os.WriteFile(path, b.Bytes(), 0o600)
 }
 
