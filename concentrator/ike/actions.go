@@ -257,8 +257,10 @@ type ChildSA struct {
 	KeyIn, KeyOut     ChildKeys
 	LocalTS, RemoteTS []TrafficSelector
 	Local, Remote     netip.AddrPort // outer addresses; ports are the UDP encapsulation ports
-	Encap             bool
-	VirtualIP         netip.Addr // the peer's virtual IP, if one was assigned
+	Encap             bool           // UDP encapsulation (NAT-T)
+	rekeying          bool           // our CREATE_CHILD_SA for it is outstanding
+	overdue           bool           // restored past its rekey time: the scheduler places it at the first Tick
+	VirtualIP         netip.Addr     // the peer's virtual IP, if one was assigned
 	Created           time.Time
 	// The committed ESP sequence number reservation (seq.go): every
 	// outbound number ever used is <= OutSeqReserved; InSeqLow is the
@@ -267,8 +269,6 @@ type ChildSA struct {
 
 	seq        childSeq
 	rekeyAt    time.Time // when we start rekeying it; zero: not us
-	rekeying   bool      // our CREATE_CHILD_SA for it is outstanding
-	overdue    bool      // restored past its rekey time: the scheduler places it at the first Tick
 	replacedBy *ChildSA  // rekeyed: the successor; this one awaits its Delete
 	retireAt   time.Time // we delete it then (or once the successor carries traffic)
 	collision  *ChildSA  // the peer rekeyed it while we were rekeying it too

@@ -123,10 +123,10 @@ func (e *Engine) admit(remote netip.Addr, reqLen int, cookieProven bool) error {
 // halfOpenAdd counts a new half-open SA.
 func (e *Engine) halfOpenAdd(sa *IKESA) {
 	sa.halfOpen = true
-	sa.halfOpenCost = int64(len(sa.initReq) + len(sa.initResp) + halfOpenOverhead)
+	sa.halfOpenCost = int32(len(sa.initReq) + len(sa.initResp) + halfOpenOverhead)
 	e.halfOpen++
 	e.publishPressure()
-	e.halfOpenBytes += sa.halfOpenCost
+	e.halfOpenBytes += int64(sa.halfOpenCost)
 	e.perPrefix[e.sourcePrefix(sa.initRemote.Addr())]++
 }
 
@@ -138,7 +138,7 @@ func (e *Engine) halfOpenDone(sa *IKESA) {
 	sa.halfOpen = false
 	e.halfOpen--
 	e.publishPressure()
-	e.halfOpenBytes -= sa.halfOpenCost
+	e.halfOpenBytes -= int64(sa.halfOpenCost)
 	sa.halfOpenCost = 0
 	p := e.sourcePrefix(sa.initRemote.Addr())
 	if n := e.perPrefix[p]; n <= 1 {

@@ -182,7 +182,7 @@ func (sa *IKESA) handleIntermediateRequest(now time.Time, e *Engine, m *Message,
 			n += int64(len(p))
 		}
 		e.halfOpenBytes += n - im.respCost
-		sa.halfOpenCost += n - im.respCost
+		sa.halfOpenCost += int32(n - im.respCost)
 		im.respCost = n
 	}
 }

@@ -35,7 +35,8 @@ type IKESA struct {
 	initiator    bool
 	state        saState
 	halfOpen     bool
-	halfOpenCost int64 // bytes counted in Engine.halfOpenBytes while halfOpen
+	stored       bool  // a version of it is in the state store
+	halfOpenCost int32 // bytes counted in Engine.halfOpenBytes while halfOpen
 	SPIi, SPIr   uint64
 	Local        netip.AddrPort
 	Remote       netip.AddrPort
@@ -58,32 +59,35 @@ type IKESA struct {
 
 	natLocal, natRemote bool // we / the peer are behind a NAT (or encapsulation is forced)
 	behindNAT           bool // we really are behind a NAT: send keepalives
-	nextKeepalive       time.Time
 	peerFrag            bool // peer supports RFC 7383 fragmentation
-	peerHashes          []uint16
 	peerCertReq         bool
 	peerByRawKey        bool // the peer authenticated with its raw public key (rpk.go)
 	// outbound: we started the connection (an Initiation, or a resumption
 	// of one), so the peer is not a gateway we serve: no policy, pool or
 	// selector claims. Unlike initiator (the role in this IKE SA's own
 	// IKE_SA_INIT or rekey), it survives IKE rekeys started by either side.
-	outbound bool
+	outbound      bool
+	dirty         bool // a write failed: the next step persists the full state first
+	nextKeepalive time.Time
+	peerHashes    []uint16
 
-	PeerID       Identity
-	mobike       bool   // both sides announced MOBIKE_SUPPORTED (RFC 4555)
-	superseded   bool   // replaced by an IKE rekey: nothing more of it is persisted
-	deleteAfter  bool   // Delete asked while an exchange was under way
-	cookie2      []byte // our outstanding return-routability check
-	children     []*ChildSA
-	vip          netip.Addr
-	vipForeign   bool       // restored with an address the pool does not have
-	vip6         netip.Addr // a dual-stack peer's virtual IPv6 address (Pool6)
-	vip6Foreign  bool
-	lastMapCheck time.Time // the last liveness check sent for a NAT mapping change (natmap.go)
-	// policy is the peer's PeerPolicy (policy.go), looked up once it is
-	// authenticated; selectorsHeld: it holds selectors in Config.Selectors.
-	policy        *PeerPolicy
+	PeerID      Identity
+	mobike      bool // both sides announced MOBIKE_SUPPORTED (RFC 4555)
+	superseded  bool // replaced by an IKE rekey: nothing more of it is persisted
+	deleteAfter bool // Delete asked while an exchange was under way
+	vipForeign  bool // restored with vip, an address the pool does not have
+	vip6Foreign bool // the same for vip6
+	// selectorsHeld: it holds selectors in Config.Selectors.
 	selectorsHeld bool
+	resync        bool   // restored: a liveness check with a higher message ID may move the window
+	cookie2       []byte // our outstanding return-routability check
+	children      []*ChildSA
+	vip           netip.Addr
+	vip6          netip.Addr // a dual-stack peer's virtual IPv6 address (Pool6)
+	lastMapCheck  time.Time  // the last liveness check sent for a NAT mapping change (natmap.go)
+	// policy is the peer's PeerPolicy (policy.go), looked up once it is
+	// authenticated.
+	policy *PeerPolicy
 	// peerCert: the attributes of the peer's end-entity certificate, set
 	// once verifyPeer accepted it (nil: authenticated otherwise); persisted.
 	peerCert *CertAttrs
@@ -91,7 +95,6 @@ type IKESA struct {
 	nextOut    uint32    // message ID of our next request
 	nextIn     uint32    // message ID of the peer's next request
 	lastResp   [][]byte  // our last response, for retransmitted requests
-	resync     bool      // restored: a liveness check with a higher message ID may move the window
 	lastRespAt time.Time // when lastResp is dropped (a peer retransmits for minutes, not hours)
 	req        *pendingRequest
 	followups  []*followup // the peer's exchanges awaiting IKE_FOLLOWUP_KE (followup.go)
@@ -100,8 +103,6 @@ type IKESA struct {
 	version     uint64      // of the last Persist made
 	committed   uint64      // the highest version the caller reported committed
 	persistStep uint64      // the engine step that made the last Persist
-	stored      bool        // a version of it is in the state store
-	dirty       bool        // a write failed: the next step persists the full state first
 	rekeyedFrom uint64      // our SPI of the IKE SA this one replaced, until stored
 	pendingDP   []pendingDP // data-plane changes whose batch's write is not yet committed
 
@@ -109,8 +110,8 @@ type IKESA struct {
 	outReserved uint32 // every request ID we used is below it, as last persisted
 	outDurable  uint32 // the same, as committed
 	resvVersion uint64 // the version that carries outReserved
-	idUnknown   bool   // restored: the peer expects our next request ID in [probeLo, outDurable]
 	probeLo     uint32
+	idUnknown   bool         // restored: the peer expects our next request ID in [probeLo, outDurable]
 	msgIDSync   bool         // the peer announced IKEV2_MESSAGE_ID_SYNC_SUPPORTED (RFC 6311)
 	unique      UniqueAction // what the Established write does about older SAs of the identity
 
@@ -126,7 +127,7 @@ type IKESA struct {
 	ini          *Initiation
 	kx           suite.KeyExchange
 	cookie       []byte
-	keRetries    int
+	keRetries    uint32
 	pendingInSPI uint32          // inbound ESP SPI offered in our IKE_AUTH request
 	eap          *eapState       // responder: EAP conversation in IKE_AUTH
 	eapc         *eapClientState // initiator: our EAP method in IKE_AUTH

@@ -12,6 +12,7 @@ import (
 	"syscall"
 	"testing"
 	"time"
+	"unsafe"
 )
 
 // A deterministic fleet simulation: one concentrator engine and one engine
@@ -539,4 +540,17 @@ func processCPU() time.Duration {
 		return 0
 	}
 	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
+
+// TestStructsWithinSizeClass: every SA a node holds pays for these structs
+// rounded up to the allocator's size class, so a field that pushes one
+// past its class costs a whole step (1,024 → 1,152 bytes for an IKE SA):
+// group small fields where the alignment would pad them instead.
+func TestStructsWithinSizeClass(t *testing.T) {
+	if n := unsafe.Sizeof(IKESA{}); n > 1024 {
+		t.Errorf("IKESA is %d bytes, over the 1,024-byte size class", n)
+	}
+	if n := unsafe.Sizeof(ChildSA{}); n > 480 {
+		t.Errorf("ChildSA is %d bytes, over the 480-byte size class", n)
+	}
 }
