@@ -139,6 +139,7 @@ type sa struct {
 	localTS, remoteTS []dataplane.Selector // immutable: workers read them without the lock
 	esn               bool                 // immutable
 	encap             bool                 // immutable: UDP-encapsulated (NAT-T)
+	outReported       bool                 // the worker's: the outbound report of armSeen was sent
 	in                *esp.Inbound
 	out               *esp.Outbound
 	worker            int
@@ -156,7 +157,6 @@ type sa struct {
 	outSeq, inSeq atomic.Uint64
 	base          atomic.Uint64 // outbound number of the last outbound report (OutSeq first)
 	armSeen       *seqArm
-	outReported   bool   // the outbound report of armSeen was sent
 	inBase        uint64 // inbound number at the last inbound report (or InSeqLow)
 }
 
@@ -168,7 +168,7 @@ type saDesc struct {
 	ikeSPIi, ikeSPIr             uint64
 	peerID                       string
 	virtualIP                    netip.Addr
-	created                      time.Time
+	created                      int64 // UnixNano; 0: not known
 }
 
 // seqArm is an SA's current limit and when to report progress
@@ -433,7 +433,10 @@ func (d *DataPlane) install(_ context.Context, c *dataplane.ChildSA) error {
 		localTS: localTS, remoteTS: remoteTS, desc: saDesc{
 			outSPI: c.OutSPI, encrID: c.EncrID, encrKeyBits: c.EncrKeyBits, integID: c.IntegID,
 			outSeqLimit: c.OutSeqLimit, outSeqMargin: c.OutSeqMargin, ikeSPIi: c.IKESPIi, ikeSPIr: c.IKESPIr,
-			peerID: c.PeerID, virtualIP: c.VirtualIP, created: c.Created}}
+			peerID: c.PeerID, virtualIP: c.VirtualIP}}
+	if !c.Created.IsZero() {
+		s.desc.created = c.Created.UnixNano()
+	}
 	s.arm.Store(newArm(c.OutSeqMargin, c.OutSeq, c.OutSeqLimit))
 	s.armSeen = s.arm.Load()
 	s.outSeq.Store(c.OutSeq)
@@ -565,11 +568,15 @@ func (d *DataPlane) List(context.Context) ([]*dataplane.ChildSA, error) {
 func (s *sa) describe() *dataplane.ChildSA {
 	d := &s.desc
 	ep := s.ep.Load()
+	var created time.Time
+	if d.created != 0 {
+		created = time.Unix(0, d.created)
+	}
 	return &dataplane.ChildSA{
 		InSPI: s.in.SPI(), OutSPI: d.outSPI, Local: ep.local, Remote: ep.remote, Encap: s.encap,
 		EncrID: d.encrID, EncrKeyBits: d.encrKeyBits, IntegID: d.integID, ESN: s.esn,
 		LocalTS: slices.Clone(s.localTS), RemoteTS: slices.Clone(s.remoteTS), VirtualIP: d.virtualIP,
-		PeerID: d.peerID, IKESPIi: d.ikeSPIi, IKESPIr: d.ikeSPIr, Created: d.created,
+		PeerID: d.peerID, IKESPIi: d.ikeSPIi, IKESPIr: d.ikeSPIr, Created: created,
 		OutSeq: s.outSeq.Load(), OutSeqLimit: d.outSeqLimit, OutSeqMargin: d.outSeqMargin, InSeqLow: s.inSeq.Load(),
 	}
 }
