@@ -222,7 +222,7 @@ func (s *suite) setAAD(hdr []byte, seq uint64) []byte {
 }
 
 // mac computes the truncated HMAC of pkt (header, IV, ciphertext) with the
-// high ESN bits appended (RFC 4303 §2.2.1) into s.sum.
+// high ESN bits appended (RFC 4303 §2.2.1) into the keyed scratch space.
 func (s *suite) icv(pkt []byte, seq uint64) []byte {
 	k := s.k
 	k.mac.Reset()
