@@ -56,9 +56,15 @@ type StateStoreConfig struct {
 	// that has not renewed stops sending this long before its lease can
 	// expire, counted on the monotonic clock from when it sent its last
 	// successful renewal (default lease_ttl/5).
-	KeepAlive    time.Duration `yaml:"keepalive_interval"`
-	FenceMargin  time.Duration `yaml:"fence_margin"`
-	QueueNew     bool          `yaml:"queue_new"`      // while etcd is unreachable, queue new SAs instead of refusing them
+	KeepAlive   time.Duration `yaml:"keepalive_interval"`
+	FenceMargin time.Duration `yaml:"fence_margin"`
+	QueueNew    bool          `yaml:"queue_new"` // while etcd is unreachable, queue new SAs instead of refusing them
+	// CommitDelay: how long a change waits for others to share its etcd
+	// transaction when none is under way (group commit; while one is, the
+	// changes gather behind it anyway). Each transaction costs the node
+	// CPU whatever its size: a longer delay trades setup latency for CPU.
+	// Default (and 0): statestore.DefaultMaxDelay.
+	CommitDelay  time.Duration `yaml:"commit_delay"`
 	EtcdLogLevel string        `yaml:"etcd_log_level"` // embedded etcd's logs into ours from this level: debug | info | warn | error
 }
 
@@ -218,6 +224,11 @@ type UserspaceConfig struct {
 // 10,000 IKE_SA_INITs of a mass reconnect.
 const DefaultSocketBuffer = 8 << 20
 
+// maxCommitDelay bounds statestore.commit_delay: the IKE_AUTH response of
+// a new SA waits for its commit, and peers retransmit after about a
+// second.
+const maxCommitDelay = 100 * time.Millisecond
+
 // DataPlaneModes are the accepted values of dataplane.mode.
 var DataPlaneModes = []string{"memory", "userspace", "xfrm", "auto"}
 
@@ -259,7 +270,7 @@ func DefaultConfig() Config {
 		Children: ChildrenConfig{RekeyAfter: 50 * time.Minute, RekeyWindow: 10 * time.Minute, RekeyOverlap: 10 * time.Second, MaxPerIKE: 8},
 		DataPlane: DataPlaneConfig{Mode: "auto", Userspace: UserspaceConfig{TUN: "ikf0", MTU: 1400, QueueLen: 1024, ReplayWindow: 1024, SocketRecvBuffer: 4 << 20},
 			XFRM: XFRMConfig{MSSClamp: true, ReplayWindow: 128, HThresh4: []int{0, 32}, UnknownSPIQueue: 4500}},
-		StateStore: StateStoreConfig{Mode: "embedded", DataDir: "ikefleet-data", LeaseTTL: statestore.DefaultLeaseTTL, EtcdLogLevel: "warn"},
+		StateStore: StateStoreConfig{Mode: "embedded", DataDir: "ikefleet-data", LeaseTTL: statestore.DefaultLeaseTTL, CommitDelay: statestore.DefaultMaxDelay, EtcdLogLevel: "warn"},
 		Metrics:    MetricsConfig{Listen: DefaultMetricsListen},
 		Admin:      AdminConfig{Listen: DefaultAdminListen},
 		Anycast:    lb.DefaultConfig(),
@@ -609,6 +620,9 @@ func (s *StateStoreConfig) validate() error {
 	}
 	if ka := cmp.Or(s.KeepAlive, s.LeaseTTL/3); s.KeepAlive < 0 || ka >= s.LeaseTTL-margin {
 		return fieldErr("statestore.keepalive_interval", "must be more than 0 and less than lease_ttl - fence_margin (%v): %v", s.LeaseTTL-margin, s.KeepAlive)
+	}
+	if s.CommitDelay < 0 || s.CommitDelay > maxCommitDelay {
+		return fieldErr("statestore.commit_delay", "must be from 0 to %v: %v", maxCommitDelay, s.CommitDelay)
 	}
 	return nil
 }

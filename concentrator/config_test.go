@@ -61,6 +61,8 @@ func TestConfigErrorsNameTheField(t *testing.T) {
 		{minimal + "statestore:\n  lease_ttl: 3s\n  keepalive_interval: 3s\n", "statestore.keepalive_interval"},
 		{minimal + "statestore:\n  lease_ttl: 3s\n  fence_margin: 3s\n", "statestore.fence_margin"},
 		{minimal + "statestore:\n  lease_ttl: 3s\n  fence_margin: 1s\n  keepalive_interval: 2s\n", "statestore.keepalive_interval"},
+		{minimal + "statestore:\n  commit_delay: -1ms\n", "statestore.commit_delay"},
+		{minimal + "statestore:\n  commit_delay: 1s\n", "statestore.commit_delay"},
 		{minimal + "ike:\n  port: x\n", "ike.port"},
 		{minimal + "ike:\n  listen: [not-an-ip]\n", "ike.listen[0]"},
 		{minimal + "ike:\n  proposals: [aes256gcm16-prfsha256-x25519, 3des-sha1-modp1024]\n", "ike.proposals[1]"},

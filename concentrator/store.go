@@ -133,7 +133,7 @@ func (n *Node) openStore(ctx context.Context) (*persistence, error) {
 	store, err := statestore.Open(ctx, p.cli, statestore.Config{
 		NodeID: n.nodeID, Instance: instance, Keys: keys, LeaseTTL: c.LeaseTTL, PeerAddr: n.PeerAddr(),
 		KeepAliveInterval: c.KeepAlive, FenceMargin: c.FenceMargin,
-		Batch:        statestore.BatchConfig{QueueNew: c.QueueNew},
+		Batch:        statestore.BatchConfig{QueueNew: c.QueueNew, MaxDelay: c.CommitDelay},
 		SingleMember: p.etcd != nil, // the embedded member: one, in this process
 		OnReclaimed:  n.onReclaimed,
 		OnSealingKey: func(old, cur uint32) {

@@ -175,7 +175,7 @@ the chart manages (identity, auth, statestore, metrics, admin).
 {{- $_ := set $auth "revocation" (deepCopy $c.auth.revocation) -}}
 {{- end -}}
 {{- $_ := set $cfg "auth" $auth -}}
-{{- $store := dict "mode" "external" "endpoints" (include "ikefleet.etcdEndpoints" . | fromJsonArray) "cluster_key_file" (printf "%s/cluster.key" $p.clusterKey) "lease_ttl" .Values.etcd.leaseTTL "queue_new" .Values.etcd.queueNew -}}
+{{- $store := dict "mode" "external" "endpoints" (include "ikefleet.etcdEndpoints" . | fromJsonArray) "cluster_key_file" (printf "%s/cluster.key" $p.clusterKey) "lease_ttl" .Values.etcd.leaseTTL "queue_new" .Values.etcd.queueNew "commit_delay" .Values.etcd.commitDelay -}}
 {{- if .Values.etcd.tls.enabled -}}
 {{- $_ := set $store "ca_file" (printf "%s/ca.crt" $p.etcdTLS) -}}
 {{- $_ := set $store "cert_file" (printf "%s/tls.crt" $p.etcdTLS) -}}
