@@ -59,6 +59,7 @@ type options struct {
 	scaleSettle time.Duration
 	scaleDPD    string
 	scaleMem    string
+	commitDelay string // statestore.commit_delay of every node with a store, if not the default
 	scaleProbe  int
 	groups      int
 	pin         bool
@@ -89,6 +90,7 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 	scaleMem := fs.String("scale-memory-limit", "", "with --scale: the node's node.memory_limit (e.g. 1GiB): the Go heap's soft limit, which trades CPU (more collections) for memory; default: none (no cgroup limit here)")
 	scaleDPD := fs.String("scale-dpd-delay", "", "with --scale: the node's ike.dpd_delay (e.g. 0s: no liveness checks, so that the probes measure setups alone); default: the node's default (60s)")
 	scaleSettle := fs.Duration("scale-settle", 70*time.Second, "with --scale: quiet time before each probe of setups, so that both start from a compacted store (the embedded etcd keeps a minute of history), and the node's idle CPU over its last minute; 0: probe at once")
+	commitDelay := fs.String("commit-delay", "", "the nodes' statestore.commit_delay (e.g. 8ms): how long a change waits for others to share its etcd transaction, which trades setup latency for CPU; default: the node's default (2ms)")
 	groups := fs.Int("groups", 64, "gateway groups, each with its own loopback source address (127.1.x.y) and ports")
 	pin := fs.Bool("pin", true, "pin the node to CPU 0 and this driver to CPU 1")
 	cpuprofile := fs.String("cpuprofile", "", "write the node's CPU profile of each row to FILE.<row> (go tool pprof)")
@@ -103,7 +105,7 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 	if *groups < 1 || *groups > maxGroups {
 		return fmt.Errorf("--groups: %d: from 1 to %d", *groups, maxGroups)
 	}
-	o := options{bin: *bin, count: *count, rate: *rate, burst: *burst, scale: *scale, scaleRate: *scaleRate, scaleSettle: *scaleSettle, scaleDPD: *scaleDPD, scaleMem: *scaleMem, scaleProbe: *scaleProbe,
+	o := options{bin: *bin, count: *count, rate: *rate, burst: *burst, scale: *scale, scaleRate: *scaleRate, scaleSettle: *scaleSettle, scaleDPD: *scaleDPD, scaleMem: *scaleMem, scaleProbe: *scaleProbe, commitDelay: *commitDelay,
 		groups: *groups, pin: *pin, cpuprofile: *cpuprofile, heapprofile: *heapprofile, timeout: *timeout,
 		charon: *charon, engineCPU: *engineCPU, rowJSON: *rowJSON}
 	var err error
@@ -156,7 +158,11 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 	fmt.Fprintf(out, "CPU/SA: node user+system time, setup + delete; cpu-wait: thread time runnable but waiting for the node's CPU (behind other processes or the node's own threads: charon runs 16)\n\n")
 
 	if len(o.rows) > 0 {
-		fmt.Fprintf(out, "rows: %d gateways at %.0f/s, all established, then all deleted\n", o.count, o.rate)
+		fmt.Fprintf(out, "rows: %d gateways at %.0f/s, all established, then all deleted", o.count, o.rate)
+		if o.commitDelay != "" {
+			fmt.Fprintf(out, "; statestore.commit_delay %s", o.commitDelay)
+		}
+		fmt.Fprintln(out)
 		const rowFmt = "%-20s %10s %8s %8s %8s %11s %10s %12s %7s %12s %11s\n"
 		fmt.Fprintf(out, rowFmt, "config", "CPU/SA ms", "×engine", "p50 ms", "p99 ms", "RSS/SA KiB", "etcd txn/SA", "established", "failed", "retransmits", "cpu-wait s")
 		for _, spec := range o.rows {
@@ -247,6 +253,7 @@ func (o *options) start(spec nodeSpec, nodeCPU int, profile string, pprof bool) 
 	}
 	var p *nodeProc
 	var err error
+	spec.commitDelay = o.commitDelay
 	if spec.strongswan {
 		p, err = o.startCharon(spec, nodeCPU)
 	} else {

@@ -23,12 +23,13 @@ import (
 
 // nodeSpec is one configuration under test.
 type nodeSpec struct {
-	dataplane  string // memory | userspace
-	statestore string // none | embedded
-	strongswan bool   // not concentratord: strongSwan's charon (strongswan.go)
-	gateways   int    // PSKs to configure (gw1..gwN)
-	dpdDelay   string // ike.dpd_delay, if not the default
-	memLimit   string // node.memory_limit, if not the default (auto: none outside a cgroup with a limit)
+	dataplane   string // memory | userspace
+	statestore  string // none | embedded
+	strongswan  bool   // not concentratord: strongSwan's charon (strongswan.go)
+	gateways    int    // PSKs to configure (gw1..gwN)
+	dpdDelay    string // ike.dpd_delay, if not the default
+	memLimit    string // node.memory_limit, if not the default (auto: none outside a cgroup with a limit)
+	commitDelay string // statestore.commit_delay, if not the default
 }
 
 func (s nodeSpec) String() string {
@@ -132,6 +133,9 @@ func writeConfig(path string, spec nodeSpec, ikePort, nattPort uint16, dataDir, 
 	fmt.Fprintf(&b, "children:\n  local_ts: [10.30.0.0/24]\n  pool: 10.112.0.0/12\n")
 	fmt.Fprintf(&b, "dataplane:\n  mode: %s\n  userspace: {tun: ikfbench0}\n", spec.dataplane)
 	fmt.Fprintf(&b, "statestore:\n  mode: %s\n  data_dir: %s\n", spec.statestore, dataDir)
+	if spec.commitDelay != "" {
+		fmt.Fprintf(&b, "  commit_delay: %s\n", spec.commitDelay)
+	}
 	fmt.Fprintf(&b, "metrics: {listen: %q}\nadmin: {listen: \"off\"}\n", metrics)
 	return os.WriteFile(path, b.Bytes(), 0o600)
 }
