@@ -118,8 +118,9 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if *printConfig {
 		return printEffective(stdout, cfg)
 	}
-	// One write(2) per 50 ms of log lines, not one per line.
-	logOut := newBufferedLog(stdout)
+	// One write(2) per 50 ms of log lines, not one per line, and never on
+	// the goroutine that logs (logwriter.go).
+	logOut := newBufferedLog(stdout, cfg.Log.Format)
 	defer logOut.Close()
 	log := newLogger(cfg.Log, logOut)
 	if *check {
