@@ -33,6 +33,7 @@ type observability struct {
 	keepalivesSent  atomic.Uint64
 	installFailures atomic.Uint64
 	installErr      atomic.Pointer[string] // the last install failed with it; nil once one succeeds
+	logDropped      atomic.Pointer[func() uint64]
 	draining        atomic.Bool
 	eapResults      sync.Map // result -> *atomic.Uint64
 	queueDrops      sync.Map // queueKey -> *atomic.Uint64
@@ -71,6 +72,10 @@ func (n *Node) Metrics() *prometheus.Registry { return n.obs.registry }
 // Events counts rekeys, address updates, handoffs and takeovers for the
 // metrics.
 func (n *Node) Events() *metrics.Events { return &n.obs.events }
+
+// CountLogDrops makes f the source of ikefleet_log_lines_dropped_total:
+// the log lines the daemon's writer dropped so far (its reader stalled).
+func (n *Node) CountLogDrops(f func() uint64) { n.obs.logDropped.Store(&f) }
 
 // SetDraining marks the node as draining: /readyz fails so that load
 // balancers and announcers stop sending new peers here.
@@ -165,6 +170,9 @@ func (n *Node) metricsSnapshot(ctx context.Context) (metrics.Snapshot, error) {
 	s.Node = metrics.Node{PersistFailures: n.persistFailures.Load(), FencedDrops: n.fencedDrops.Load(),
 		NonIKEDrops: n.nonIKEDrops.Load(), HeaderDrops: n.headerDrops.Load(), KeepalivesSent: n.obs.keepalivesSent.Load(),
 		KeepalivesReceived: n.keepalives.Load(), EAP: n.obs.eapCounts(), Revocation: n.rev.stats(), Listening: h.Listening, Fenced: h.Fenced, Draining: h.Draining}
+	if f := n.obs.logDropped.Load(); f != nil {
+		s.Node.LogDropped = (*f)()
+	}
 	n.obs.queueDrops.Range(func(k, v any) bool {
 		q := k.(queueKey)
 		s.Node.QueueDrops = append(s.Node.QueueDrops, metrics.QueueDrop{Listen: q.listen.String(), NATT: q.natt,

@@ -6,6 +6,7 @@ import (
 	"io"
 	"log/slog"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -40,10 +41,11 @@ type bufferedLog struct {
 	notice func(dropped int64) []byte // the warning line for dropped lines
 
 	mu      sync.Mutex
-	pending []byte // whole lines, in the order they were written
-	spare   []byte // the buffer the last write used, for the next swap
-	dropped int64  // lines dropped since the last write
-	max     int    // bound of pending
+	pending []byte        // whole lines, in the order they were written
+	spare   []byte        // the buffer the last write used, for the next swap
+	dropped int64         // lines dropped since the last write
+	max     int           // bound of pending
+	total   atomic.Uint64 // lines dropped since the start (a metric)
 
 	wmu  sync.Mutex // one write to w at a time
 	kick chan struct{}
@@ -76,6 +78,7 @@ func (b *bufferedLog) Write(p []byte) (int, error) {
 	if len(b.pending)+len(p) > b.max {
 		b.dropped++
 		b.mu.Unlock()
+		b.total.Add(1)
 		return len(p), nil
 	}
 	b.pending = append(b.pending, p...)
@@ -89,6 +92,10 @@ func (b *bufferedLog) Write(p []byte) (int, error) {
 	}
 	return len(p), nil
 }
+
+// Dropped returns how many lines were dropped since the start
+// (ikefleet_log_lines_dropped_total).
+func (b *bufferedLog) Dropped() uint64 { return b.total.Load() }
 
 // Flush writes the buffered lines out now (on the caller's goroutine).
 func (b *bufferedLog) Flush() error {

@@ -117,6 +117,9 @@ func TestBufferedLogNeverWaitsForItsReader(t *testing.T) {
 			if dropped == 0 || kept == 0 || kept+dropped != lines {
 				t.Fatalf("%d kept + %d reported dropped, want %d in all, some of each", kept, dropped, lines)
 			}
+			if got := b.Dropped(); got != uint64(dropped) {
+				t.Fatalf("Dropped (the metric's source) = %d, the log reported %d", got, dropped)
+			}
 		})
 	}
 }

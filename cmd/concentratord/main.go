@@ -150,6 +150,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
+	node.CountLogDrops(logOut.Dropped)
 	return serve(ctx, node, cfg, *configPath, log) // admin API and SIGHUP (admin.go)
 }
 

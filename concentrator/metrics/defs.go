@@ -76,6 +76,7 @@ var (
 	// The node.
 	dPersistFailures = counterDef("persist_failures_total", "SA state changes that could not be written to the state store.")
 	dFencedDrops     = counterDef("fenced_drops_total", "IKE messages not sent because the node was fenced (lease not certainly alive).")
+	dLogDropped      = counterDef("log_lines_dropped_total", "Log lines the daemon dropped because the log's reader (journald, the container runtime) did not take them; the log says where, with a warning line per gap.")
 	dNonIKEDrops     = counterDef("non_ike_drops_total", "Datagrams on the IKE sockets that were not IKE (and no data plane took).")
 	dQueueDrops      = counterDef("queue_drops_total", "IKE messages dropped because a shard's queue was full, by socket (our listen address, ike or natt) and shard.", "listen", "socket", "shard")
 	dEAP             = counterDef("eap_radius_answers_total", "EAP messages of gateways relayed to RADIUS, by result: challenge (the method goes on), accept, reject, unavailable (no server answered), overload (auth.eap.radius.max_pending reached).", "result")

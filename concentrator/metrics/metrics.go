@@ -58,6 +58,7 @@ type Node struct {
 	FencedDrops        uint64
 	NonIKEDrops        uint64
 	HeaderDrops        uint64 // IKE datagrams with malformed headers the socket loop dropped (counted as the engine's drops)
+	LogDropped         uint64 // log lines the daemon's log writer dropped (Node.CountLogDrops)
 	KeepalivesSent     uint64
 	KeepalivesReceived uint64
 	QueueDrops         []QueueDrop
@@ -317,6 +318,7 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 	counter(dPersistFailures, n.PersistFailures)
 	counter(dFencedDrops, n.FencedDrops)
 	counter(dNonIKEDrops, n.NonIKEDrops)
+	counter(dLogDropped, n.LogDropped)
 	for _, q := range n.QueueDrops {
 		sock := "ike"
 		if q.NATT {

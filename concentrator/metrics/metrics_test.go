@@ -42,7 +42,7 @@ func snapshot() Snapshot {
 			{Stats: ike.Stats{Established: 5, Failed: map[ike.NotifyType]uint64{ike.AUTHENTICATION_FAILED: 1, ike.NO_PROPOSAL_CHOSEN: 1}, RekeyCollisions: 1, RefusedPrefix: 3, RefusedHalfOpen: 4},
 				States: map[string]int{"ESTABLISHED": 5}, ChildSAs: 5},
 		},
-		Node: Node{PersistFailures: 1, FencedDrops: 2, NonIKEDrops: 3, KeepalivesSent: 4, KeepalivesReceived: 5,
+		Node: Node{PersistFailures: 1, FencedDrops: 2, NonIKEDrops: 3, LogDropped: 8, KeepalivesSent: 4, KeepalivesReceived: 5,
 			QueueDrops: []QueueDrop{{Listen: "0.0.0.0", NATT: false, Shard: 1, Count: 6}, {Listen: "0.0.0.0", NATT: true, Shard: 0, Count: 7}},
 			Listening:  true},
 		Events:     counts,
@@ -127,6 +127,9 @@ ikefleet_persist_failures_total 1
 # HELP ikefleet_fenced_drops_total IKE messages not sent because the node was fenced (lease not certainly alive).
 # TYPE ikefleet_fenced_drops_total counter
 ikefleet_fenced_drops_total 2
+# HELP ikefleet_log_lines_dropped_total Log lines the daemon dropped because the log's reader (journald, the container runtime) did not take them; the log says where, with a warning line per gap.
+# TYPE ikefleet_log_lines_dropped_total counter
+ikefleet_log_lines_dropped_total 8
 # HELP ikefleet_queue_drops_total IKE messages dropped because a shard's queue was full, by socket (our listen address, ike or natt) and shard.
 # TYPE ikefleet_queue_drops_total counter
 ikefleet_queue_drops_total{listen="0.0.0.0",shard="0",socket="natt"} 7
@@ -154,7 +157,7 @@ ikefleet_dataplane_install_failures_total{dataplane="userspace"} 1
 		"ikefleet_cookies_active", "ikefleet_handshakes_total", "ikefleet_handshake_failures_total", "ikefleet_rekeys_total",
 		"ikefleet_dpd_sent_total", "ikefleet_dpd_dead_total", "ikefleet_keepalives_total", "ikefleet_address_updates_total",
 		"ikefleet_cookies_sent_total", "ikefleet_sa_init_refused_total", "ikefleet_handoffs_total", "ikefleet_takeovers_total", "ikefleet_persist_failures_total",
-		"ikefleet_fenced_drops_total", "ikefleet_queue_drops_total", "ikefleet_statestore_reachable",
+		"ikefleet_fenced_drops_total", "ikefleet_log_lines_dropped_total", "ikefleet_queue_drops_total", "ikefleet_statestore_reachable",
 		"ikefleet_dataplane_bytes_total", "ikefleet_dataplane_packets_total", "ikefleet_dataplane_drops_total",
 		"ikefleet_dataplane_install_failures_total"}
 	if err := testutil.CollectAndCompare(c, strings.NewReader(want), names...); err != nil {
