@@ -404,7 +404,7 @@ func (o *options) scaleRun(ctx context.Context, out io.Writer, eng time.Duration
 	}
 	defer stop()
 	time.Sleep(500 * time.Millisecond)
-	rss0, _ := p.rss()
+	mem0, _ := p.memory()
 	next := 1
 	grow := func(n int, rate float64) error {
 		err := f.runSetups(ctx, next, n, rate, o.timeout+time.Duration(float64(n)/rate*float64(time.Second)))
@@ -462,7 +462,7 @@ func (o *options) scaleRun(ctx context.Context, out io.Writer, eng time.Duration
 			return err
 		}
 	}
-	rssN, _ := p.rss()
+	memN, _ := p.memory()
 	established := f.up.Load()
 	if o.heapprofile != "" {
 		if err := p.heapProfile(o.heapprofile); err != nil {
@@ -487,7 +487,9 @@ func (o *options) scaleRun(ctx context.Context, out io.Writer, eng time.Duration
 		fmt.Fprintf(out, "  node CPU while idle just before each probe: %.1f%% of a core at 1,000, %.1f%% at %d (liveness checks of the SAs held); net of it, CPU per setup %.3f ms and %.3f ms: ratio %.2f\n",
 			100*at1k.idle, 100*atN.idle, established, ms(at1k.net), ms(atN.net), float64(atN.net)/float64(at1k.net))
 	}
-	fmt.Fprintf(out, "  RSS at %d SAs: %.0f MiB, %.2f KiB per SA\n", established, float64(rssN)/(1<<20), float64(rssN-rss0)/float64(established)/1024)
+	perSA := func(a, b int64) float64 { return float64(b-a) / float64(established) / 1024 }
+	fmt.Fprintf(out, "  RSS at %d SAs: %.0f MiB, %.2f KiB per SA: anonymous (Go heap, stacks) %.2f KiB, file-backed (mapped files: embedded etcd's database) %.2f KiB\n",
+		established, float64(memN.rss)/(1<<20), perSA(mem0.rss, memN.rss), perSA(mem0.anon, memN.anon), perSA(mem0.file, memN.file))
 	_ = eng
 	return nil
 }

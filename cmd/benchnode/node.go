@@ -297,19 +297,42 @@ func (p *nodeProc) waited() time.Duration {
 
 // rss returns the resident set size in bytes.
 func (p *nodeProc) rss() (int64, error) {
+	m, err := p.memory()
+	return m.rss, err
+}
+
+// resident is a process's resident memory in bytes: the whole (VmRSS)
+// and its anonymous (heap, stacks) and file-backed (mapped files: the
+// embedded etcd's database) parts.
+type resident struct{ rss, anon, file int64 }
+
+// memory reads the node's resident memory from /proc/<pid>/status.
+func (p *nodeProc) memory() (resident, error) {
+	var m resident
 	f, err := os.Open(fmt.Sprintf("/proc/%d/status", p.cmd.Process.Pid))
 	if err != nil {
-		return 0, err
+		return m, err
 	}
 	defer f.Close()
+	fields := map[string]*int64{"VmRSS:": &m.rss, "RssAnon:": &m.anon, "RssFile:": &m.file}
+	found := 0
 	sc := bufio.NewScanner(f)
 	for sc.Scan() {
-		if v, ok := strings.CutPrefix(sc.Text(), "VmRSS:"); ok {
-			kb, err := strconv.ParseInt(strings.TrimSuffix(strings.TrimSpace(v), " kB"), 10, 64)
-			return kb * 1024, err
+		for name, dst := range fields {
+			if v, ok := strings.CutPrefix(sc.Text(), name); ok {
+				kb, err := strconv.ParseInt(strings.TrimSuffix(strings.TrimSpace(v), " kB"), 10, 64)
+				if err != nil {
+					return m, fmt.Errorf("%s %q: %w", name, v, err)
+				}
+				*dst = kb * 1024
+				found++
+			}
 		}
 	}
-	return 0, errors.New("no VmRSS")
+	if found != len(fields) {
+		return m, errors.New("no VmRSS, RssAnon and RssFile in /proc/<pid>/status")
+	}
+	return m, sc.Err()
 }
 
 // count returns how many log lines contain s.
