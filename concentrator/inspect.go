@@ -5,6 +5,7 @@ package concentrator
 import (
 	"context"
 	"fmt"
+	"log/slog"
 	"net/netip"
 
 	"github.com/ikefleet/ikefleet/concentrator/ike"
@@ -13,46 +14,62 @@ import (
 func (n *Node) logEvent(s *shard, ev ike.Event) {
 	n.obs.events.Observe(ev)
 	n.publishEvent(ev) // the admin API's event feed (events.go)
+	ctx := context.Background()
 	if kind, level, ok := perPacketKind(ev); ok {
 		// Formatted only when not suppressed: under a flood the socket
 		// loop logs a cookie demand per datagram.
-		n.plog.LogLazy(context.Background(), level, kind, ev.Kind.String(), func() []any { return eventAttrs(s, ev) })
+		n.plog.LogLazy(ctx, level, kind, ev.Kind.String(), func() []slog.Attr { return eventAttrs(s, ev) })
 		return
 	}
-	attrs := eventAttrs(s, ev)
-	switch ev.Kind {
-	case ike.EventIKEFailed, ike.EventChildFailed:
-		n.log.Warn(ev.Kind.String(), attrs...)
-	default:
-		n.log.Info(ev.Kind.String(), attrs...)
+	level := slog.LevelInfo
+	if ev.Kind == ike.EventIKEFailed || ev.Kind == ike.EventChildFailed {
+		level = slog.LevelWarn
 	}
+	if !n.log.Enabled(ctx, level) {
+		return // a level the log leaves out costs no formatting
+	}
+	n.log.LogAttrs(ctx, level, ev.Kind.String(), eventAttrs(s, ev)...)
 }
 
-// eventAttrs are an event's log attributes.
-func eventAttrs(s *shard, ev ike.Event) []any {
-	attrs := []any{"spi_i", fmt.Sprintf("%016x", ev.SPIi), "spi_r", fmt.Sprintf("%016x", ev.SPIr),
-		"peer", ev.Remote.String(), "shard", s.id}
+// eventAttrs are an event's log attributes. It runs for every SA's
+// events on the shard's goroutine: typed attributes, no fmt.
+func eventAttrs(s *shard, ev ike.Event) []slog.Attr {
+	attrs := make([]slog.Attr, 0, 18)
+	attrs = append(attrs, slog.String("spi_i", hexSPI(ev.SPIi, 16)), slog.String("spi_r", hexSPI(ev.SPIr, 16)),
+		slog.String("peer", ev.Remote.String()), slog.Int("shard", s.id))
 	if !ev.PeerID.IsZero() {
-		attrs = append(attrs, "peer_id", ev.PeerID.String())
+		attrs = append(attrs, slog.String("peer_id", ev.PeerID.String()))
 	}
 	if ev.Proposal != "" {
-		attrs = append(attrs, "proposal", ev.Proposal)
+		attrs = append(attrs, slog.String("proposal", ev.Proposal))
 	}
 	if ev.Notify != 0 {
-		attrs = append(attrs, "notify", ev.Notify.String())
+		attrs = append(attrs, slog.String("notify", ev.Notify.String()))
 	}
 	if why := ev.Why(); why != "" {
-		attrs = append(attrs, "reason", why)
+		attrs = append(attrs, slog.String("reason", why))
 	}
 	if c := ev.Child; c != nil {
-		attrs = append(attrs, "spi_in", fmt.Sprintf("%08x", c.InSPI), "spi_out", fmt.Sprintf("%08x", c.OutSPI),
-			"ts_local", ike.FormatSelectors(c.LocalTS), "ts_remote", ike.FormatSelectors(c.RemoteTS),
-			"esp", c.Proposal.String(), "encap", c.Encap)
+		attrs = append(attrs, slog.String("spi_in", hexSPI(uint64(c.InSPI), 8)), slog.String("spi_out", hexSPI(uint64(c.OutSPI), 8)),
+			slog.String("ts_local", ike.FormatSelectors(c.LocalTS)), slog.String("ts_remote", ike.FormatSelectors(c.RemoteTS)),
+			slog.String("esp", c.Proposal.String()), slog.Bool("encap", c.Encap))
 		if c.VirtualIP.IsValid() {
-			attrs = append(attrs, "vip", c.VirtualIP.String())
+			attrs = append(attrs, slog.String("vip", c.VirtualIP.String()))
 		}
 	}
 	return attrs
+}
+
+// hexSPI formats the low digits hex digits of v, zero-padded (%016x or
+// %08x without fmt).
+func hexSPI(v uint64, digits int) string {
+	const hex = "0123456789abcdef"
+	var b [16]byte
+	for i := digits - 1; i >= 0; i-- {
+		b[i] = hex[v&0xf]
+		v >>= 4
+	}
+	return string(b[:digits])
 }
 
 func childAttrs(spii, spir uint64, peer ike.Identity, c *ike.ChildSA, extra ...any) []any {

@@ -66,25 +66,25 @@ func (l *Logger) Log(ctx context.Context, level slog.Level, kind, msg string, ar
 	l.L.Log(ctx, level, msg, args...)
 }
 
-// LogLazy is Log with the arguments made by args only for a line that is
-// written: a suppressed event costs no formatting.
-func (l *Logger) LogLazy(ctx context.Context, level slog.Level, kind, msg string, args func() []any) {
+// LogLazy is Log with the attributes made by attrs only for a line that
+// is written: a suppressed event costs no formatting.
+func (l *Logger) LogLazy(ctx context.Context, level slog.Level, kind, msg string, attrs func() []slog.Attr) {
 	if !l.L.Enabled(ctx, level) {
 		return
 	}
 	if l.rate <= 0 {
-		l.L.Log(ctx, level, msg, args()...)
+		l.L.LogAttrs(ctx, level, msg, attrs()...)
 		return
 	}
 	ok, k := l.allow(kind, level, msg)
 	if !ok {
 		return
 	}
-	a := args()
+	a := attrs()
 	if k > 0 {
-		a = append(a, "suppressed", k)
+		a = append(a, slog.Uint64("suppressed", k))
 	}
-	l.L.Log(ctx, level, msg, a...)
+	l.L.LogAttrs(ctx, level, msg, a...)
 }
 
 func (l *Logger) allow(kind string, level slog.Level, msg string) (bool, uint64) {

@@ -93,7 +93,7 @@ func TestUnlimited(t *testing.T) {
 	}
 }
 
-// LogLazy makes the arguments only for the lines it writes, and they carry
+// LogLazy makes the attributes only for the lines it writes, and they carry
 // the suppressed count like Log's.
 func TestLazyArgsOnlyForWrittenLines(t *testing.T) {
 	var buf bytes.Buffer
@@ -101,7 +101,7 @@ func TestLazyArgsOnlyForWrittenLines(t *testing.T) {
 	now := time.Unix(0, 0)
 	l.SetClock(func() time.Time { return now })
 	made := 0
-	args := func() []any { made++; return []any{"peer", "192.0.2.1"} }
+	args := func() []slog.Attr { made++; return []slog.Attr{slog.String("peer", "192.0.2.1")} }
 	for i := 0; i < 1000; i++ {
 		l.LogLazy(context.Background(), slog.LevelInfo, "cookie", "cookie demanded", args)
 	}
