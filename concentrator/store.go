@@ -135,6 +135,7 @@ func (n *Node) openStore(ctx context.Context) (*persistence, error) {
 		KeepAliveInterval: c.KeepAlive, FenceMargin: c.FenceMargin,
 		Batch:        statestore.BatchConfig{QueueNew: c.QueueNew, MaxDelay: c.CommitDelay},
 		SingleMember: p.etcd != nil, // the embedded member: one, in this process
+		SoleWriter:   p.etcd != nil, // and no other node writes it
 		OnReclaimed:  n.onReclaimed,
 		OnSealingKey: func(old, cur uint32) {
 			select {

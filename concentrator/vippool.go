@@ -13,9 +13,11 @@ package concentrator
 // before send: the IKE_AUTH response with the address leaves only after
 // it). Releases go through the store's batched commits too. What still
 // costs a round trip on the shard: the read of the identity's current
-// lease (AddressOf, to give a returning gateway its address) and, when the
-// reservations have run out, the old path (a lease transaction per
-// address tried); restores and claims lease synchronously (Claim).
+// lease (AddressOf, to give a returning gateway its address; with the
+// embedded member only for an identity that has one, statestore's
+// SoleWriter) and, when the reservations have run out, the old path (a
+// lease transaction per address tried); restores and claims lease
+// synchronously (Claim).
 
 import (
 	"context"

@@ -398,6 +398,9 @@ func (b *batcher) try(batch []pending) error {
 					again = append(again, batch[i])
 					continue
 				}
+				if err == nil {
+					s.settled(&parts[i])
+				}
 			} else {
 				s.committed(&parts[i], resp.Header.Revision)
 				parts[i].others(&batch[i].c, tr.Responses)

@@ -271,7 +271,7 @@ func (s *Store) build(c *Change, me Owner) (txnParts, error) {
 	case addressReleased:
 		l := c.Lease
 		ak := s.k.poolAddr(l.Addr)
-		p.noOwner = true
+		p.noOwner, p.lease = true, l
 		p.cmps = []clientv3.Cmp{clientv3.Compare(clientv3.Value(ak), "=", l.ID)}
 		p.then = []clientv3.Op{clientv3.OpDelete(ak), clientv3.OpDelete(s.k.poolID(l.ID))}
 		return p, nil
@@ -345,6 +345,24 @@ func (s *Store) committed(p *txnParts, rev int64) {
 	}
 	if p.sw.sa || p.sw.seq {
 		s.revs.wrote(p.sw.spi, p.sw.sa, p.sw.seq, rev)
+	}
+	switch {
+	case p.noOwner: // addressReleased: its key is gone
+		s.leaseDeleted(p.lease.ID)
+	case p.putsLease():
+		s.leaseWritten(p.lease.ID)
+	}
+}
+
+// putsLease: the change writes its identity's pool/id key.
+func (p *txnParts) putsLease() bool { return p.lease != nil && !p.lease.Held && !p.noOwner }
+
+// settled notes what a change whose transaction failed but whose outcome
+// was no error may have written: an Established change found done by a
+// retry put its lease.
+func (s *Store) settled(p *txnParts) {
+	if p.putsLease() {
+		s.leaseWritten(p.lease.ID)
 	}
 }
 
@@ -464,6 +482,7 @@ func (s *Store) persist(ctx context.Context, c *Change) error {
 		}
 		return ErrFenced
 	}
+	s.settled(&p)
 	return nil
 }
 

@@ -74,6 +74,12 @@ type Config struct {
 	// too. Leave it off for a cluster of several members, where a member
 	// may lag.
 	SingleMember bool
+	// SoleWriter: no other Store writes under Prefix (the node's embedded
+	// member, which no other node reaches). The Store then knows which
+	// identities hold an address lease from its own writes (listed at
+	// Open), and AddressOf reads etcd only for those (leased.go). Leave
+	// it off whenever another node or tool may write the same keys.
+	SoleWriter bool
 
 	// OnReclaimed is called (from a store goroutine) after the store
 	// re-registered under a new epoch following a fence, with the SAs it

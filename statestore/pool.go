@@ -33,9 +33,11 @@ func (s *Store) LeaseAddress(ctx context.Context, a netip.Addr, id string) (hold
 		Else(clientv3.OpGet(ak)).Commit()
 	s.noteResult(err)
 	if err != nil {
+		s.leaseWritten(id) // it may have been
 		return "", fmt.Errorf("%w: %v", ErrUnavailable, err)
 	}
 	if resp.Succeeded {
+		s.leaseWritten(id)
 		return "", nil
 	}
 	kvs := resp.Responses[0].GetResponseRange().Kvs
@@ -69,11 +71,15 @@ func (s *Store) LeaseAddresses(ctx context.Context, addrs []netip.Addr, ids []st
 		cancel()
 		s.noteResult(err)
 		if err != nil {
+			for i := lo; i < hi; i++ {
+				s.leaseWritten(ids[i]) // they may have been
+			}
 			return holders[:lo], fmt.Errorf("%w: %v", ErrUnavailable, err)
 		}
 		for i := lo; i < hi; i++ {
 			t := resp.Responses[i-lo].GetResponseTxn()
 			if t.Succeeded {
+				s.leaseWritten(ids[i])
 				continue
 			}
 			kvs := t.Responses[0].GetResponseRange().Kvs
@@ -91,6 +97,9 @@ func (s *Store) LeaseAddresses(ctx context.Context, addrs []netip.Addr, ids []st
 
 // AddressOf returns the address leased to identity id, if any.
 func (s *Store) AddressOf(ctx context.Context, id string) (netip.Addr, bool, error) {
+	if !s.mayHoldAddress(id) {
+		return netip.Addr{}, false, nil // Config.SoleWriter: known without a read
+	}
 	rc, cancel := s.rctx(ctx)
 	defer cancel()
 	resp, err := s.cli.Get(rc, s.k.poolID(id), s.pathRead()...)
@@ -208,11 +217,14 @@ func (s *Store) ReleaseAddress(ctx context.Context, a netip.Addr, id string) err
 	rc, cancel := s.rctx(ctx)
 	defer cancel()
 	ak := s.k.poolAddr(a)
-	_, err := s.txn(rc).If(clientv3.Compare(clientv3.Value(ak), "=", id)).
+	resp, err := s.txn(rc).If(clientv3.Compare(clientv3.Value(ak), "=", id)).
 		Then(clientv3.OpDelete(ak), clientv3.OpDelete(s.k.poolID(id))).Commit()
 	s.noteResult(err)
 	if err != nil {
 		return fmt.Errorf("%w: %v", ErrUnavailable, err)
+	}
+	if resp.Succeeded {
+		s.leaseDeleted(id)
 	}
 	return nil
 }

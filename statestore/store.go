@@ -127,6 +127,9 @@ type Store struct {
 	watchResumes, watchRelists atomic.Uint64
 
 	revs revTable // metadata of the record keys of the SAs written
+	// leased: the identities that may hold an address lease, with
+	// Config.SoleWriter (leased.go); nil otherwise.
+	leased *leasedIDs
 
 	// The registrations the sealing key is chosen for (chooseKey).
 	keyMu       sync.Mutex
@@ -159,6 +162,14 @@ func Open(ctx context.Context, cli *clientv3.Client, cfg Config) (*Store, error)
 	}
 	if err := s.retryOpen(ctx, "reading the registry for the sealing key", func() error { return s.listKeyNodes(ctx) }); err != nil {
 		return nil, err
+	}
+	if cfg.SoleWriter {
+		if err := s.retryOpen(ctx, "listing the address leases", func() (err error) {
+			s.leased, err = s.listLeased(ctx)
+			return err
+		}); err != nil {
+			return nil, err
+		}
 	}
 	s.b = newBatcher(s, cfg.Batch.QueueLen)
 	s.wg.Add(4)
