@@ -260,16 +260,6 @@ func (f *gatewayFleet) dial(ctx context.Context, server netip.Addr, i int) error
 	}
 }
 
-// sa is gateway i's established IKE SA: its SPIs (zero if it has none).
-func (f *gatewayFleet) sa(i int) (spii, spir uint64) {
-	f.do(i, func(p *fleetPart) {
-		if sa := p.eng.SA(f.spi[i].Load()); sa != nil && sa.Established() {
-			spii, spir = sa.SPIi, sa.SPIr
-		}
-	})
-	return
-}
-
 // sas is every gateway's established IKE SA's responder SPI (zero if it
 // has none), read with one call per engine.
 func (f *gatewayFleet) sas() []uint64 {

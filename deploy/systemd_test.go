@@ -6,7 +6,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime"
 	"slices"
 	"strings"
 	"sync"
@@ -47,6 +46,15 @@ var daemon struct {
 	out  []byte
 }
 
+// goTool is the go command running the test (go test puts its GOROOT/bin
+// first in PATH).
+func goTool() string {
+	if p, err := exec.LookPath("go"); err == nil {
+		return p
+	}
+	return "go"
+}
+
 // buildDaemon builds cmd/concentratord once per test run.
 func buildDaemon(t *testing.T) string {
 	t.Helper()
@@ -56,7 +64,7 @@ func buildDaemon(t *testing.T) string {
 			return
 		}
 		daemon.bin = filepath.Join(daemon.dir, "concentratord")
-		cmd := exec.Command(filepath.Join(runtime.GOROOT(), "bin", "go"), "build", "-o", daemon.bin, "../cmd/concentratord")
+		cmd := exec.Command(goTool(), "build", "-o", daemon.bin, "../cmd/concentratord")
 		daemon.out, daemon.err = cmd.CombinedOutput()
 	})
 	if daemon.err != nil {

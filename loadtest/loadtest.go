@@ -184,19 +184,19 @@ func (o *Options) defaults() error {
 		o.Source = netip.IPv4Unspecified()
 	}
 	if o.Sources.IsValid() && !o.Sources.Addr().Is4() {
-		return errors.New("Sources: IPv4 only")
+		return errors.New("loadtest: Sources: IPv4 only")
 	}
 	if o.Sources.IsValid() {
 		if avail := uint64(1) << (32 - o.Sources.Bits()); uint64(o.First-1+o.Count) > avail*uint64(o.PerAddress) {
-			return fmt.Errorf("Sources %v: %d addresses × %d gateways each < %d gateways", o.Sources, avail, o.PerAddress, o.Count)
+			return fmt.Errorf("loadtest: Sources %v: %d addresses × %d gateways each < %d gateways", o.Sources, avail, o.PerAddress, o.Count)
 		}
 	}
 	if len(o.TargetHTTP) > 0 && len(o.TargetHTTP) != len(o.Targets) {
-		return fmt.Errorf("TargetHTTP: %d URLs for %d targets", len(o.TargetHTTP), len(o.Targets))
+		return fmt.Errorf("loadtest: TargetHTTP: %d URLs for %d targets", len(o.TargetHTTP), len(o.Targets))
 	}
 	for _, t := range o.Targets {
 		if t == o.Server.Addr() {
-			return fmt.Errorf("Targets: %v is the anycast address (Server) itself", t)
+			return fmt.Errorf("loadtest: Targets: %v is the anycast address (Server) itself", t)
 		}
 	}
 	if o.PSK == nil && o.Signer == nil && o.CA == nil {
@@ -559,8 +559,6 @@ type saRec struct {
 	rekeyAt    time.Time // our rekey outstanding since
 	rekeyIKE   bool
 	child      *ike.ChildSA
-	espSeq     uint64
-	espOutSPI  uint32
 	espEncoder *espSender
 }
 

@@ -254,7 +254,7 @@ func (s *shard) run(start time.Time) {
 			break
 		}
 		wake := s.wake(now)
-		d := max(0, wake.Sub(time.Now()))
+		d := max(0, time.Until(wake))
 		timer.Reset(d)
 		select {
 		case in := <-s.inbox:

@@ -12,10 +12,10 @@ import (
 
 // pairMember is one member of a two-member etcd cluster made for a test.
 type pairMember struct {
-	name, dir        string
-	client, peer     url.URL
-	e                *embed.Etcd
-	initial, cluster string
+	name, dir    string
+	client, peer url.URL
+	e            *embed.Etcd
+	cluster      string
 }
 
 func (m *pairMember) start(t *testing.T, state string) {

@@ -47,21 +47,19 @@ type fleet struct {
 	failures  map[string]int
 	up, fail  atomic.Int64 // established / failed handshakes (all phases)
 	deleted   atomic.Int64 // IKE SAs whose delete the node confirmed
-	retrans   atomic.Uint64
 	started   atomic.Int64
 	sendDrops atomic.Uint64
 }
 
 type group struct {
-	f               *fleet
-	eng             *ike.Engine
-	ikeC, nattC     *net.UDPConn
-	ikeL, nattL     netip.AddrPort
-	pkts            chan ike.Packet
-	cmds            chan func(*ike.Ready)
-	starts          map[uint64]time.Time // SPIi -> initiation time, until established or failed
-	established     map[uint64]bool
-	pendingDeletion int
+	f           *fleet
+	eng         *ike.Engine
+	ikeC, nattC *net.UDPConn
+	ikeL, nattL netip.AddrPort
+	pkts        chan ike.Packet
+	cmds        chan func(*ike.Ready)
+	starts      map[uint64]time.Time // SPIi -> initiation time, until established or failed
+	established map[uint64]bool
 }
 
 func newFleet(ctx context.Context, o fleetOptions) (*fleet, error) {

@@ -334,7 +334,6 @@ func (sa *IKESA) establishInitiator(now time.Time, e *Engine, m *Message, a auth
 		ev := sa.event(EventChildFailed)
 		ev.Notify, ev.Reason = n, reason
 		rd.event(ev)
-		return
 	}
 	if n := firstError(m.Payloads); n != nil {
 		childErr(n.NotifyType, "responder refused the CHILD SA")

@@ -218,7 +218,6 @@ func (sa *IKESA) handleCreateChild(now time.Time, e *Engine, m *Message, rd *Rea
 	rekeyN := findNotify(m.Payloads, REKEY_SA)
 	reply := func(n NotifyType, data []byte) {
 		sa.respond(e, CREATE_CHILD_SA, m.MessageID, []Payload{&Notify{NotifyType: n, Data: data}}, rd)
-		return
 	}
 	if saP == nil || nonce == nil {
 		reply(INVALID_SYNTAX, nil)
@@ -378,7 +377,6 @@ func pfsSpecs(specs []ProposalSpec, ike *Selected) []ProposalSpec {
 func (sa *IKESA) handleIKERekey(now time.Time, e *Engine, m *Message, saP *SA, nonce *Nonce, ke *KE, rd *Ready) {
 	reply := func(n NotifyType, data []byte) {
 		sa.respond(e, CREATE_CHILD_SA, m.MessageID, []Payload{&Notify{NotifyType: n, Data: data}}, rd)
-		return
 	}
 	if sa.req != nil && sa.req.rekey != nil && sa.req.rekey.ike {
 		reply(TEMPORARY_FAILURE, nil) // our own IKE rekey is under way

@@ -46,7 +46,6 @@ const (
 type nfQueue struct {
 	sock *nl.NetlinkSocket
 	num  uint16
-	seq  uint32
 	on   atomic.Pointer[func(uint32)]
 	stop atomic.Bool
 	done chan struct{}
