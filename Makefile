@@ -19,11 +19,11 @@ LDFLAGS := $(if $(VERSION),-X github.com/ikefleet/ikefleet/internal/buildinfo.Ve
 build:
 	$(GO) build -ldflags '$(LDFLAGS)' -o $(BIN)/ ./cmd/...
 
-# Every tier whose prerequisites are here: unit and in-process tests, then
-# the network-namespace interop tests with strongSwan (root), then the
-# kernel ESP tier in a QEMU VM (root). Under CI=true a missing prerequisite
-# fails the run instead of skipping.
-test: test-unit test-race test-fuzz test-chart test-e2e test-vm
+# Every tier whose prerequisites are here: staticcheck (lint), unit and
+# in-process tests, then the network-namespace interop tests with
+# strongSwan (root), then the kernel ESP tier in a QEMU VM (root). Under
+# CI=true a missing prerequisite fails the run instead of skipping.
+test: lint test-unit test-race test-fuzz test-chart test-e2e test-vm
 
 test-unit:
 	$(GO) vet $(PKGS)
