@@ -16,10 +16,11 @@ package statestore
 import (
 	"context"
 	"encoding/hex"
-	"fmt"
+	"errors"
 	"strings"
 	"sync"
 
+	"go.etcd.io/etcd/api/v3/mvccpb"
 	clientv3 "go.etcd.io/etcd/client/v3"
 )
 
@@ -55,32 +56,34 @@ const leasedPage = 10000
 func (s *Store) listLeased(ctx context.Context) (*leasedIDs, error) {
 	l := &leasedIDs{ids: map[string]struct{}{}}
 	prefix := s.k.p + "pool/id/"
-	end := clientv3.GetPrefixRangeEnd(prefix)
-	from := prefix
-	for {
-		rc, cancel := s.rctx(ctx)
-		resp, err := s.cli.Get(rc, from, clientv3.WithRange(end), clientv3.WithKeysOnly(),
-			clientv3.WithLimit(leasedPage), clientv3.WithSerializable())
-		cancel()
-		s.noteResult(err)
-		if err != nil {
-			return nil, fmt.Errorf("%w: %v", ErrUnavailable, err)
-		}
-		for _, kv := range resp.Kvs {
+	err := s.eachKeyPage(ctx, prefix, leasedPage, func(kvs []*mvccpb.KeyValue) error {
+		for _, kv := range kvs {
 			id, err := hex.DecodeString(strings.TrimPrefix(string(kv.Key), prefix))
 			if err != nil {
-				// Not a key this Store wrote: whose it is cannot be known,
-				// so every AddressOf reads etcd, as with several writers.
-				s.log.Warn("statestore: an address lease key that names no identity; AddressOf reads etcd for every identity", "key", string(kv.Key))
-				return nil, nil
+				return errNoIdentity{string(kv.Key)}
 			}
 			l.ids[string(id)] = struct{}{}
 		}
-		if !resp.More || len(resp.Kvs) == 0 {
-			return l, nil
-		}
-		from = string(resp.Kvs[len(resp.Kvs)-1].Key) + "\x00"
+		return nil
+	}, clientv3.WithSerializable())
+	var bad errNoIdentity
+	if errors.As(err, &bad) {
+		// Not a key this Store wrote: whose it is cannot be known, so
+		// every AddressOf reads etcd, as with several writers.
+		s.log.Warn("statestore: an address lease key that names no identity; AddressOf reads etcd for every identity", "key", bad.key)
+		return nil, nil
 	}
+	if err != nil {
+		return nil, err
+	}
+	return l, nil
+}
+
+// errNoIdentity: a pool/id/ key that does not decode to an identity.
+type errNoIdentity struct{ key string }
+
+func (e errNoIdentity) Error() string {
+	return "statestore: address lease key " + e.key + " names no identity"
 }
 
 // mayHoldAddress reports whether identity id may have an address lease:

@@ -409,23 +409,37 @@ const ownedPage = 10000
 func (s *Store) ownedSPIs(ctx context.Context) ([]uint64, error) {
 	prefix := s.k.ownedBy(s.cfg.NodeID)
 	var spis []uint64
-	from := prefix
-	end := clientv3.GetPrefixRangeEnd(prefix)
-	for {
-		rc, cancel := s.rctx(ctx)
-		resp, err := s.cli.Get(rc, from, clientv3.WithRange(end), clientv3.WithKeysOnly(), clientv3.WithLimit(ownedPage))
-		cancel()
-		s.noteResult(err)
-		if err != nil {
-			return nil, fmt.Errorf("%w: %v", ErrUnavailable, err)
-		}
-		for _, kv := range resp.Kvs {
+	err := s.eachKeyPage(ctx, prefix, ownedPage, func(kvs []*mvccpb.KeyValue) error {
+		for _, kv := range kvs {
 			if spi, ok := parseSPIKey(string(kv.Key), prefix); ok {
 				spis = append(spis, spi)
 			}
 		}
+		return nil
+	})
+	return spis, err
+}
+
+// eachKeyPage reads the keys under prefix (keys only) page keys at a
+// time, with the options opts too, and hands each page to visit until
+// visit returns an error, which it returns. A failed read is
+// ErrUnavailable.
+func (s *Store) eachKeyPage(ctx context.Context, prefix string, page int64, visit func([]*mvccpb.KeyValue) error, opts ...clientv3.OpOption) error {
+	from := prefix
+	opts = append([]clientv3.OpOption{clientv3.WithRange(clientv3.GetPrefixRangeEnd(prefix)), clientv3.WithKeysOnly(), clientv3.WithLimit(page)}, opts...)
+	for {
+		rc, cancel := s.rctx(ctx)
+		resp, err := s.cli.Get(rc, from, opts...)
+		cancel()
+		s.noteResult(err)
+		if err != nil {
+			return fmt.Errorf("%w: %v", ErrUnavailable, err)
+		}
+		if err := visit(resp.Kvs); err != nil {
+			return err
+		}
 		if !resp.More || len(resp.Kvs) == 0 {
-			return spis, nil
+			return nil
 		}
 		from = string(resp.Kvs[len(resp.Kvs)-1].Key) + "\x00"
 	}
