@@ -9,6 +9,7 @@ import (
 	"net/netip"
 
 	"github.com/ikefleet/ikefleet/concentrator/ike"
+	"github.com/ikefleet/ikefleet/internal/hexid"
 )
 
 func (n *Node) logEvent(s *shard, ev ike.Event) {
@@ -35,7 +36,7 @@ func (n *Node) logEvent(s *shard, ev ike.Event) {
 // events on the shard's goroutine: typed attributes, no fmt.
 func eventAttrs(s *shard, ev ike.Event) []slog.Attr {
 	attrs := make([]slog.Attr, 0, 18)
-	attrs = append(attrs, slog.String("spi_i", hexSPI(ev.SPIi, 16)), slog.String("spi_r", hexSPI(ev.SPIr, 16)),
+	attrs = append(attrs, slog.String("spi_i", hexid.String(ev.SPIi, 16)), slog.String("spi_r", hexid.String(ev.SPIr, 16)),
 		slog.String("peer", ev.Remote.String()), slog.Int("shard", s.id))
 	if !ev.PeerID.IsZero() {
 		attrs = append(attrs, slog.String("peer_id", ev.PeerID.String()))
@@ -50,7 +51,7 @@ func eventAttrs(s *shard, ev ike.Event) []slog.Attr {
 		attrs = append(attrs, slog.String("reason", why))
 	}
 	if c := ev.Child; c != nil {
-		attrs = append(attrs, slog.String("spi_in", hexSPI(uint64(c.InSPI), 8)), slog.String("spi_out", hexSPI(uint64(c.OutSPI), 8)),
+		attrs = append(attrs, slog.String("spi_in", hexid.String(uint64(c.InSPI), 8)), slog.String("spi_out", hexid.String(uint64(c.OutSPI), 8)),
 			slog.String("ts_local", ike.FormatSelectors(c.LocalTS)), slog.String("ts_remote", ike.FormatSelectors(c.RemoteTS)),
 			slog.String("esp", c.Proposal.String()), slog.Bool("encap", c.Encap))
 		if c.VirtualIP.IsValid() {
@@ -58,18 +59,6 @@ func eventAttrs(s *shard, ev ike.Event) []slog.Attr {
 		}
 	}
 	return attrs
-}
-
-// hexSPI formats the low digits hex digits of v, zero-padded (%016x or
-// %08x without fmt).
-func hexSPI(v uint64, digits int) string {
-	const hex = "0123456789abcdef"
-	var b [16]byte
-	for i := digits - 1; i >= 0; i-- {
-		b[i] = hex[v&0xf]
-		v >>= 4
-	}
-	return string(b[:digits])
 }
 
 func childAttrs(spii, spir uint64, peer ike.Identity, c *ike.ChildSA, extra ...any) []any {

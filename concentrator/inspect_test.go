@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
-	"fmt"
 	"io"
 	"log/slog"
 	"net/netip"
@@ -12,17 +11,6 @@ import (
 
 	"github.com/ikefleet/ikefleet/concentrator/ike"
 )
-
-func TestHexSPIIsPrintfs(t *testing.T) {
-	for _, v := range []uint64{0, 1, 0xf, 0x10, 0xdeadbeef, 0x0123456789abcdef, 1<<63 | 5, ^uint64(0)} {
-		if got, want := hexSPI(v, 16), fmt.Sprintf("%016x", v); got != want {
-			t.Errorf("hexSPI(%#x, 16) = %s, want %s", v, got, want)
-		}
-		if got, want := hexSPI(uint64(uint32(v)), 8), fmt.Sprintf("%08x", uint32(v)); got != want {
-			t.Errorf("hexSPI(%#x, 8) = %s, want %s", uint32(v), got, want)
-		}
-	}
-}
 
 // An SA event's log line has the fields operators grep for, formatted as
 // they were with fmt (SPIs zero-padded hex, the shard a number, encap a

@@ -6,6 +6,8 @@ import (
 	"strings"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/ikefleet/ikefleet/internal/hexid"
 )
 
 // Key layout under the prefix:
@@ -63,17 +65,12 @@ func seqName(spi uint64) string { return hexKey("", "seq/", spi, 16) }
 // 16; v must fit): fmt.Sprintf("%s%s%016x") in one allocation, as keys
 // are built for every operation of every change.
 func hexKey(a, b string, v uint64, digits int) string {
-	const hex = "0123456789abcdef"
 	var d [16]byte
-	for i := digits - 1; i >= 0; i-- {
-		d[i] = hex[v&0xf]
-		v >>= 4
-	}
 	var sb strings.Builder
 	sb.Grow(len(a) + len(b) + digits)
 	sb.WriteString(a)
 	sb.WriteString(b)
-	sb.Write(d[:digits])
+	sb.Write(hexid.Append(d[:0], v, digits))
 	return sb.String()
 }
 
