@@ -234,9 +234,12 @@ func parseSpec(s string) (nodeSpec, error) {
 	return nodeSpec{dataplane: dp, statestore: st}, nil
 }
 
-// etcdReads is the node's count of etcd Range requests (each a read on
-// the path that asked for it).
-const etcdReads = `ikefleet_etcd_request_duration_seconds_count{method="Range"}`
+// The node's counts of etcd transactions and of etcd Range requests
+// (each a read on the path that asked for it).
+const (
+	storeTxns = "ikefleet_statestore_txns_total"
+	etcdReads = `ikefleet_etcd_request_duration_seconds_count{method="Range"}`
+)
 
 // rowResult is one row's figures (exported: the strongswan row's child
 // sends them as JSON, strongswan.go).
@@ -299,7 +302,7 @@ func (o *options) row(ctx context.Context, spec nodeSpec, nodeCPU int) (rowResul
 	cpu0, _ := p.cpu()
 	rss0, _ := p.rss()
 	wait0 := p.waited()
-	txns0, reads0 := p.metric("ikefleet_statestore_txns_total"), p.metric(etcdReads)
+	store0 := p.metrics(storeTxns, etcdReads)
 	setupErr := f.runSetups(ctx, 1, spec.gateways, o.rate, o.timeout)
 	rss1, _ := p.rss()
 	lat, _, failures := f.phase()
@@ -319,8 +322,9 @@ func (o *options) row(ctx context.Context, spec nodeSpec, nodeCPU int) (rowResul
 	r.Retransmits = f.stats()
 	r.Waited = p.waited() - wait0
 	r.CPUPerSA = (cpu1 - cpu0) / time.Duration(max(1, r.Established))
-	r.TxnsPerSA = (p.metric("ikefleet_statestore_txns_total") - txns0) / float64(max(1, r.Established))
-	r.ReadsPerSA = (p.metric(etcdReads) - reads0) / float64(max(1, r.Established))
+	store1 := p.metrics(storeTxns, etcdReads)
+	r.TxnsPerSA = (store1[0] - store0[0]) / float64(max(1, r.Established))
+	r.ReadsPerSA = (store1[1] - store0[1]) / float64(max(1, r.Established))
 	r.P50, r.P99 = percentile(lat, 0.50), percentile(lat, 0.99)
 	r.RSSPerSA = (rss1 - rss0) / int64(max(1, r.Established))
 	return r, nil
@@ -390,8 +394,8 @@ func (o *options) burstRow(ctx context.Context, out io.Writer, eng time.Duration
 // gateways a retransmission: cookie demands, shard queue drops, dropped
 // IKE messages, refused half-open SAs.
 func burstCounters(p *nodeProc) [4]float64 {
-	return [4]float64{p.metric("ikefleet_cookies_sent_total"), p.metric("ikefleet_queue_drops_total"),
-		p.metric("ikefleet_ike_messages_dropped_total"), p.metric("ikefleet_sa_init_refused_total")}
+	return [4]float64(p.metrics("ikefleet_cookies_sent_total", "ikefleet_queue_drops_total",
+		"ikefleet_ike_messages_dropped_total", "ikefleet_sa_init_refused_total"))
 }
 
 // scaleRun establishes o.scale SAs and compares the node's CPU per setup

@@ -40,44 +40,47 @@ func (s nodeSpec) String() string {
 }
 
 type nodeProc struct {
-	cmd        *exec.Cmd
-	dir        string
-	ike        netip.AddrPort
-	nattPort   uint16
-	logPath    string
-	clockTicks float64
-	exited     chan error
-	keep       bool   // leave the directory (configuration, log) for a look
-	pprof      string // the node's net/http/pprof address, if any
-	metrics    string // the node's /metrics address
+	cmd         *exec.Cmd
+	dir         string
+	ike         netip.AddrPort
+	nattPort    uint16
+	logPath     string
+	clockTicks  float64
+	exited      chan error
+	keep        bool   // leave the directory (configuration, log) for a look
+	pprof       string // the node's net/http/pprof address, if any
+	metricsAddr string // the node's /metrics address
 }
 
-// metric returns the sum of the samples of a metric on the node's
-// /metrics (0 if it has none).
-func (p *nodeProc) metric(name string) float64 {
-	resp, err := http.Get("http://" + p.metrics + "/metrics")
+// metrics returns, for each name, the sum of the samples of that metric
+// (a family, or one series with its labels) on the node's /metrics, 0
+// for one it has none of; one scrape for all.
+func (p *nodeProc) metrics(names ...string) []float64 {
+	sums := make([]float64, len(names))
+	resp, err := http.Get("http://" + p.metricsAddr + "/metrics")
 	if err != nil {
-		return 0
+		return sums
 	}
 	defer resp.Body.Close()
-	var sum float64
 	sc := bufio.NewScanner(resp.Body)
 	sc.Buffer(make([]byte, 64<<10), 1<<20)
 	for sc.Scan() {
 		line := sc.Text()
-		if !strings.HasPrefix(line, name) {
-			continue
-		}
-		rest := line[len(name):]
-		if rest == "" || (rest[0] != ' ' && rest[0] != '{') {
-			continue
-		}
-		f := strings.Fields(rest)
-		if v, err := strconv.ParseFloat(f[len(f)-1], 64); err == nil {
-			sum += v
+		for i, name := range names {
+			if !strings.HasPrefix(line, name) {
+				continue
+			}
+			rest := line[len(name):]
+			if rest == "" || (rest[0] != ' ' && rest[0] != '{') {
+				continue
+			}
+			f := strings.Fields(rest)
+			if v, err := strconv.ParseFloat(f[len(f)-1], 64); err == nil {
+				sums[i] += v
+			}
 		}
 	}
-	return sum
+	return sums
 }
 
 // heapProfile saves the node's heap profile (go tool pprof) to path.
@@ -180,7 +183,7 @@ func startNode(bin string, spec nodeSpec, cpu int, cpuprofile string, pprof bool
 		args = append(args, "--pprof", pprofAddr)
 	}
 	p := &nodeProc{cmd: pinned(cpu, bin, args...), dir: dir, ike: netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), ikePort),
-		nattPort: nattPort, logPath: filepath.Join(dir, "node.log"), clockTicks: 100, pprof: pprofAddr, metrics: metricsAddr}
+		nattPort: nattPort, logPath: filepath.Join(dir, "node.log"), clockTicks: 100, pprof: pprofAddr, metricsAddr: metricsAddr}
 	if err := p.launch(p.logPath); err != nil {
 		return nil, err
 	}
