@@ -117,7 +117,7 @@ type IKEConfig struct {
 	MaxMessageSize       int   `yaml:"max_message_size"`         // datagrams larger are dropped
 	MaxInitMessageSize   int   `yaml:"max_init_message_size"`    // IKE_SA_INIT requests larger are dropped
 	MaxHalfOpen          int   `yaml:"max_half_open"`            // half-open IKE SAs beyond which requests are dropped
-	MaxHalfOpenPerPrefix int   `yaml:"max_half_open_per_prefix"` // cookie-proven half-open IKE SAs per source prefix
+	MaxHalfOpenPerPrefix int   `yaml:"max_half_open_per_prefix"` // cookie-proven half-open IKE SAs per source prefix, plus its credit (ike.CreditWindow)
 	MaxHalfOpenBytes     int64 `yaml:"max_half_open_bytes"`      // memory kept by half-open IKE SAs
 	HalfOpenPrefix4      int   `yaml:"half_open_prefix4"`        // prefix length grouping IPv4 sources
 	HalfOpenPrefix6      int   `yaml:"half_open_prefix6"`        // prefix length grouping IPv6 sources

@@ -3,6 +3,7 @@ package ike
 import (
 	"errors"
 	"net/netip"
+	"time"
 )
 
 // Admission of new IKE SAs: what a flood of IKE_SA_INIT requests can make
@@ -11,11 +12,20 @@ import (
 //   - Above CookieThreshold half-open SAs a request needs a valid cookie
 //     (RFC 7296 §2.6) before any key exchange is computed.
 //   - A request whose cookie proved its source address is refused once that
-//     address's prefix (MaxHalfOpenPerPrefix) holds this many half-open SAs.
-//     The per-prefix bound applies only to requests that echoed a cookie, so
-//     a spoofing flood cannot fill another address's quota, and it is
-//     generous so that many gateways behind one carrier-grade NAT address do
-//     not lock each other out.
+//     address's prefix holds its quota of half-open SAs: MaxHalfOpenPerPrefix
+//     plus the prefix's credit. The per-prefix bound applies only to
+//     requests that echoed a cookie, so a spoofing flood cannot fill another
+//     address's quota, and it is generous so that many gateways behind one
+//     carrier-grade NAT address do not lock each other out.
+//   - Credit: an SA of a prefix that had a request refused (while the SA
+//     was half-open) and then authenticated raises the prefix's quota by
+//     one for CreditWindow. Gateways behind one NAT address that start
+//     together (a mass restart) thus get in by doubling waves instead of one
+//     quota per retransmission; a host that only echoes cookies never
+//     authenticates and keeps the base quota. Beyond the base quota a
+//     prefix may hold at most half of MaxHalfOpen and half of
+//     MaxHalfOpenBytes, so earned credit never lets one prefix take the
+//     node's half-open capacity.
 //   - MaxHalfOpen half-open SAs, MaxHalfOpenBytes of kept messages and
 //     MaxSAs IKE SAs in all are hard caps: beyond them requests are dropped.
 //
@@ -32,6 +42,10 @@ const (
 	DefaultMaxHalfOpenBytes     = 64 << 20
 	DefaultHalfOpenPrefix4      = 32
 	DefaultHalfOpenPrefix6      = 64
+
+	// CreditWindow is how long an authenticated SA counts in its source
+	// prefix's credit.
+	CreditWindow = 30 * time.Second
 
 	// halfOpenOverhead approximates what a half-open SA costs besides the
 	// two IKE_SA_INIT messages it keeps (keys, nonces, maps, timers).
@@ -99,10 +113,62 @@ func HalfOpenWorstCost(maxInitMessageSize int) int64 {
 	return int64(2*maxInitMessageSize + halfOpenOverhead)
 }
 
+// prefixLoad is what one source prefix holds half-open.
+type prefixLoad struct {
+	halfOpen int32
+	refused  bool  // a cookie-proven request was refused since halfOpen was last 0
+	bytes    int64 // their halfOpenCost
+}
+
+// prefixCredit is one authenticated SA counted in its prefix's credit
+// until until.
+type prefixCredit struct {
+	prefix netip.Prefix
+	until  time.Time
+}
+
+// prefixQuota is how many half-open SAs p may hold at now: the base quota
+// plus its unexpired credit, at most max(base, MaxHalfOpen/2).
+func (e *Engine) prefixQuota(now time.Time, p netip.Prefix) int {
+	base := e.cfg.MaxHalfOpenPerPrefix
+	e.pruneCredit(now)
+	c := e.credit[p]
+	if c == 0 {
+		return base
+	}
+	return max(base, min(base+int(c), e.cfg.MaxHalfOpen/2))
+}
+
+// earnCredit counts an authenticated SA of p in its credit.
+func (e *Engine) earnCredit(now time.Time, p netip.Prefix) {
+	e.pruneCredit(now)
+	e.credit[p]++
+	e.creditQ = append(e.creditQ, prefixCredit{p, now.Add(CreditWindow)})
+}
+
+func (e *Engine) pruneCredit(now time.Time) {
+	n := 0
+	for n < len(e.creditQ) && !now.Before(e.creditQ[n].until) {
+		p := e.creditQ[n].prefix
+		if c := e.credit[p]; c <= 1 {
+			delete(e.credit, p)
+		} else {
+			e.credit[p] = c - 1
+		}
+		n++
+	}
+	if n > 0 {
+		e.creditQ = e.creditQ[n:]
+		if len(e.creditQ) == 0 {
+			e.creditQ = nil // let the backing array go
+		}
+	}
+}
+
 // admit decides whether a request that passed the cookie check (if one was
 // demanded) may create a half-open SA; cookieProven says a valid cookie
 // came with it.
-func (e *Engine) admit(remote netip.Addr, reqLen int, cookieProven bool) error {
+func (e *Engine) admit(now time.Time, remote netip.Addr, reqLen int, cookieProven bool) error {
 	switch {
 	case e.cfg.MaxSAs > 0 && len(e.sas) >= e.cfg.MaxSAs:
 		e.stats.RefusedSAs++
@@ -113,11 +179,27 @@ func (e *Engine) admit(remote netip.Addr, reqLen int, cookieProven bool) error {
 	case e.halfOpenBytes+HalfOpenWorstCost(reqLen) > e.cfg.MaxHalfOpenBytes:
 		e.stats.RefusedMemory++
 		return ErrHalfOpenMemory
-	case cookieProven && e.perPrefix[e.sourcePrefix(remote)] >= e.cfg.MaxHalfOpenPerPrefix:
+	case cookieProven && !e.prefixAdmits(now, remote, reqLen):
 		e.stats.RefusedPrefix++
 		return ErrHalfOpenPrefix
 	}
 	return nil
+}
+
+// prefixAdmits reports whether remote's prefix may hold one more half-open
+// SA for a request of reqLen bytes, and marks the prefix refused if not.
+func (e *Engine) prefixAdmits(now time.Time, remote netip.Addr, reqLen int) bool {
+	p := e.sourcePrefix(remote)
+	l, ok := e.perPrefix[p]
+	if !ok || int(l.halfOpen) < e.cfg.MaxHalfOpenPerPrefix {
+		return true
+	}
+	if int(l.halfOpen) < e.prefixQuota(now, p) && l.bytes+HalfOpenWorstCost(reqLen) <= e.cfg.MaxHalfOpenBytes/2 {
+		return true
+	}
+	l.refused = true
+	e.perPrefix[p] = l
+	return false
 }
 
 // halfOpenAdd counts a new half-open SA.
@@ -127,11 +209,28 @@ func (e *Engine) halfOpenAdd(sa *IKESA) {
 	e.halfOpen++
 	e.publishPressure()
 	e.halfOpenBytes += int64(sa.halfOpenCost)
-	e.perPrefix[e.sourcePrefix(sa.initRemote.Addr())]++
+	p := e.sourcePrefix(sa.initRemote.Addr())
+	l := e.perPrefix[p]
+	l.halfOpen++
+	l.bytes += int64(sa.halfOpenCost)
+	e.perPrefix[p] = l
 }
 
-// halfOpenDone uncounts a half-open SA (established or removed).
-func (e *Engine) halfOpenDone(sa *IKESA) {
+// halfOpenGrow counts n more bytes for half-open sa (a cached response).
+func (e *Engine) halfOpenGrow(sa *IKESA, n int64) {
+	e.halfOpenBytes += n
+	sa.halfOpenCost += int32(n)
+	p := e.sourcePrefix(sa.initRemote.Addr())
+	if l, ok := e.perPrefix[p]; ok {
+		l.bytes += n
+		e.perPrefix[p] = l
+	}
+}
+
+// halfOpenDone uncounts a half-open SA: authenticated (established at now)
+// or removed. An authenticated SA of a prefix that was refused meanwhile
+// earns the prefix credit.
+func (e *Engine) halfOpenDone(now time.Time, sa *IKESA, authenticated bool) {
 	if !sa.halfOpen {
 		return
 	}
@@ -139,11 +238,17 @@ func (e *Engine) halfOpenDone(sa *IKESA) {
 	e.halfOpen--
 	e.publishPressure()
 	e.halfOpenBytes -= int64(sa.halfOpenCost)
-	sa.halfOpenCost = 0
 	p := e.sourcePrefix(sa.initRemote.Addr())
-	if n := e.perPrefix[p]; n <= 1 {
+	l := e.perPrefix[p]
+	if authenticated && l.refused {
+		e.earnCredit(now, p)
+	}
+	if l.halfOpen <= 1 {
 		delete(e.perPrefix, p)
 	} else {
-		e.perPrefix[p] = n - 1
+		l.halfOpen--
+		l.bytes -= int64(sa.halfOpenCost)
+		e.perPrefix[p] = l
 	}
+	sa.halfOpenCost = 0
 }

@@ -3,6 +3,7 @@ package ike
 import (
 	"bytes"
 	"encoding/binary"
+	"fmt"
 	"net/netip"
 	"testing"
 
@@ -229,5 +230,141 @@ func TestInvalidMajorVersionAnswered(t *testing.T) {
 	rd = R(func(rd *Ready) { e.Handle(t0, Packet{Local: concAddr, Remote: gwAddr, Data: b}, rd) })
 	if len(rd.Send) != 0 {
 		t.Fatal("answered a response")
+	}
+}
+
+// massRestart starts n gateways behind the wire's NAT address at once and then runs
+// the initiators' retransmission rounds; it returns how many responder
+// SAs were established after the first exchange and after each round.
+func massRestart(t *testing.T, w *wire, psks PSKMap, n, rounds int) []int {
+	t.Helper()
+	established := func() int { return w.count(EventIKEEstablished) / 2 }
+	var batches []hop
+	for i := range n {
+		ini := pskInitiation(t)
+		id, err := ParseIdentity(fmt.Sprintf("gw%d.example.net", i))
+		if err != nil {
+			t.Fatal(err)
+		}
+		ini.Creds.ID = id
+		psks[id.String()] = testPSK
+		ini.Local = netip.AddrPortFrom(gwAddr.Addr(), uint16(1000+i))
+		rd := &Ready{}
+		if _, err := w.ini.Initiate(w.now, ini, rd); err != nil {
+			t.Fatal(err)
+		}
+		batches = append(batches, hop{rd, true})
+	}
+	w.runHops(batches...)
+	waves := []int{established()}
+	for i := 0; i < rounds && established() < n; i++ {
+		w.now = w.now.Add(DefaultRetransmitTimeout << i)
+		rd := R(func(rd *Ready) { w.ini.Tick(w.now, rd) })
+		var hops []hop
+		for _, s := range rd.Send {
+			hops = append(hops, hop{&Ready{Send: []Send{s}}, true})
+		}
+		w.runHops(hops...)
+		waves = append(waves, established())
+	}
+	return waves
+}
+
+// A mass restart behind one NAT address: the gateways over the prefix's
+// quota are dropped and retransmit, and the ones that authenticate earn
+// the address credit, so each retransmission round admits more than the
+// last. With the base quota alone (10 a round) 100 gateways would need
+// eight rounds, more than an initiator's five retransmissions.
+func TestPrefixCreditAfterMassRestart(t *testing.T) {
+	rcfg := responderConfig(t, 1)
+	rcfg.CookieThreshold = 10
+	rcfg.MaxHalfOpenPerPrefix = 10
+	psks := PSKMap{}
+	rcfg.PSKs = psks
+	w := newWire(t, rcfg)
+	waves := massRestart(t, w, psks, 100, 5)
+	t.Logf("established after each round: %v; stats %+v", waves, w.res.Stats())
+	if last := waves[len(waves)-1]; last != 100 || len(waves) > 4 {
+		t.Fatalf("established after each retransmission round: %v, want all 100 within three rounds", waves)
+	}
+	for i := 1; i < len(waves)-1; i++ {
+		if got, prev := waves[i]-waves[i-1], waves[i-1]; got < min(prev, 100-prev) {
+			t.Fatalf("round %d admitted %d after %d had authenticated: %v", i, got, prev, waves)
+		}
+	}
+	if w.res.Stats().RefusedPrefix == 0 {
+		t.Fatal("the quota never refused a gateway: the test does not exercise credit")
+	}
+	// The credit is the gateways' prefix's: a cookie-echoing host at
+	// another address is still held to the base quota.
+	w.res.Tick(w.now, &Ready{})
+	before := w.res.Stats().HalfOpen
+	echoingFlood(w.res, netip.MustParseAddrPort("198.51.100.7:500"), 1<<20, 200, 0)
+	if got := w.res.Stats().HalfOpen - before; got > 10 {
+		t.Fatalf("a cookie-echoing host holds %d half-open SAs with a quota of 10", got)
+	}
+	// Credit lasts CreditWindow.
+	p := w.res.sourcePrefix(natAddr.Addr())
+	if len(w.res.credit) != 1 || w.res.credit[p] == 0 {
+		t.Fatalf("credit %v: want the gateways' NAT address only", w.res.credit)
+	}
+	if q := w.res.prefixQuota(w.now, p); q <= 10 {
+		t.Fatalf("quota of the gateways' address right after the restart: %d", q)
+	}
+	if q := w.res.prefixQuota(w.now.Add(CreditWindow), p); q != 10 || len(w.res.credit) != 0 || len(w.res.creditQ) != 0 {
+		t.Fatalf("after CreditWindow: quota %d, %d prefixes with credit, %d entries", q, len(w.res.credit), len(w.res.creditQ))
+	}
+}
+
+// A host that only echoes cookies never authenticates, so however often
+// it is refused it earns no credit.
+func TestCookieEchoingEarnsNoCredit(t *testing.T) {
+	rcfg := responderConfig(t, 1)
+	rcfg.CookieThreshold = 10
+	rcfg.MaxHalfOpenPerPrefix = 50
+	w := newWire(t, rcfg)
+	attacker := netip.MustParseAddrPort("198.51.100.7:500")
+	echoingFlood(w.res, attacker, 1000, 2000, 0)
+	// Its half-open SAs time out, and it tries again.
+	w.res.Tick(t0.Add(2*DefaultHalfOpenTimeout), &Ready{})
+	echoingFlood(w.res, attacker, 5000, 2000, 0)
+	st := w.res.Stats()
+	if st.RefusedPrefix == 0 || len(w.res.credit) != 0 || st.HalfOpen > 10+50 {
+		t.Fatalf("credit %v, stats %+v", w.res.credit, st)
+	}
+}
+
+// Credit never lets one prefix hold more than half of max_half_open or of
+// max_half_open_bytes beyond its base quota.
+func TestPrefixCreditBounded(t *testing.T) {
+	rcfg := responderConfig(t, 1)
+	rcfg.CookieThreshold = 1
+	rcfg.MaxHalfOpenPerPrefix = 4
+	rcfg.MaxHalfOpen = 20
+	w := newWire(t, rcfg)
+	p := w.res.sourcePrefix(gwAddr.Addr())
+	for range 100 {
+		w.res.earnCredit(w.now, p)
+	}
+	if q := w.res.prefixQuota(w.now, p); q != 10 {
+		t.Fatalf("quota with 100 credit, base 4, max_half_open 20: %d, want 10", q)
+	}
+	// The bytes bound: with room for only five worst-case requests in
+	// half of the memory cap, the sixth is refused whatever the credit.
+	w.res.cfg.MaxHalfOpenBytes = 5*HalfOpenWorstCost(1000) + HalfOpenWorstCost(1000)/2
+	w.res.cfg.MaxHalfOpenBytes *= 2
+	held := 0
+	for i := range 20 {
+		if !w.res.prefixAdmits(w.now, gwAddr.Addr(), 1000) {
+			break
+		}
+		l := w.res.perPrefix[p]
+		l.halfOpen++
+		l.bytes += HalfOpenWorstCost(1000)
+		w.res.perPrefix[p] = l
+		held = i + 1
+	}
+	if held != 5 {
+		t.Fatalf("a prefix with credit held %d worst-case half-open SAs; half the memory cap fits 5", held)
 	}
 }

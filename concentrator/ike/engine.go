@@ -26,8 +26,10 @@ type Engine struct {
 	halfOpen    int
 	// half-open accounting (admission.go)
 	halfOpenBytes int64
-	perPrefix     map[netip.Prefix]int
-	cookies       *Cookies // current and previous secrets, shared with the socket reader
+	perPrefix     map[netip.Prefix]prefixLoad
+	credit        map[netip.Prefix]int32 // authenticated SAs of refused prefixes, within CreditWindow
+	creditQ       []prefixCredit         // their expiries, in order
+	cookies       *Cookies               // current and previous secrets, shared with the socket reader
 	stats         Stats
 	step          uint64         // counts entry points: one Ready batch each
 	now           time.Time      // the latest time an entry point was given
@@ -138,7 +140,8 @@ func NewEngine(cfg Config) (*Engine, error) {
 		initIndex: make(map[initKey]*IKESA), recentInits: make(map[initKey]time.Time),
 		inSPIs:    make(map[uint32]*IKESA),
 		timers:    newTimerWheel(),
-		perPrefix: make(map[netip.Prefix]int),
+		perPrefix: make(map[netip.Prefix]prefixLoad),
+		credit:    make(map[netip.Prefix]int32),
 		cookies:   &Cookies{hold: cfg.HalfOpenTimeout},
 	}
 	e.publishPressure()
@@ -396,7 +399,7 @@ func (e *Engine) newESPSPI(sa *IKESA) uint32 {
 }
 
 func (e *Engine) remove(sa *IKESA) {
-	e.halfOpenDone(sa)
+	e.halfOpenDone(e.now, sa, false)
 	delete(e.sas, sa.localSPI())
 	delete(e.initIndex, initKey{sa.SPIi, sa.initRemote})
 	for _, c := range sa.children {

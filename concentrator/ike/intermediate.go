@@ -181,8 +181,7 @@ func (sa *IKESA) handleIntermediateRequest(now time.Time, e *Engine, m *Message,
 		for _, p := range sa.lastResp {
 			n += int64(len(p))
 		}
-		e.halfOpenBytes += n - im.respCost
-		sa.halfOpenCost += int32(n - im.respCost)
+		e.halfOpenGrow(sa, n-im.respCost)
 		im.respCost = n
 	}
 }

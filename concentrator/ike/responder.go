@@ -50,7 +50,7 @@ func (e *Engine) handleInitRequest(now time.Time, pkt Packet, h Header, rd *Read
 			return
 		}
 	}
-	if err := e.admit(pkt.Remote.Addr(), len(pkt.Data), valid); err != nil {
+	if err := e.admit(now, pkt.Remote.Addr(), len(pkt.Data), valid); err != nil {
 		e.drop(rd, pkt, h.SPIi, 0, err)
 		return
 	}
@@ -282,7 +282,7 @@ func (sa *IKESA) establishResponder(now time.Time, e *Engine, msgID uint32, req 
 	sa.state = stateEstablished
 	sa.Establish = now
 	sa.eap = nil
-	e.halfOpenDone(sa)
+	e.halfOpenDone(now, sa, true)
 	delete(e.initIndex, initKey{sa.SPIi, sa.initRemote})
 	e.noteEstablishedInit(now, initKey{sa.SPIi, sa.initRemote})
 	sa.lastRecv = now

@@ -447,7 +447,7 @@ func (e *Engine) handleResumeRequest(now time.Time, pkt Packet, h Header, rd *Re
 			return
 		}
 	}
-	if err := e.admit(pkt.Remote.Addr(), len(pkt.Data), valid); err != nil {
+	if err := e.admit(now, pkt.Remote.Addr(), len(pkt.Data), valid); err != nil {
 		e.drop(rd, pkt, h.SPIi, 0, err)
 		return
 	}
