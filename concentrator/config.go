@@ -76,9 +76,9 @@ type NodeConfig struct {
 type LogConfig struct {
 	Level  string `yaml:"level"`
 	Format string `yaml:"format"`
-	// PerEventRate bounds the lines a second of each kind of per-packet
-	// event (drops, cookies, failed IKE_SA_INIT); the rest are counted and
-	// reported as suppressed=K. 0: no limit.
+	// PerEventRate bounds the lines a second of all per-packet events
+	// together (drops, cookies, failed IKE_SA_INIT, ...); the rest are
+	// counted per kind and reported as suppressed=K. 0: no limit.
 	PerEventRate int `yaml:"per_event_rate"`
 }
 

@@ -37,7 +37,7 @@ import (
 type Node struct {
 	cfg    Config
 	log    *slog.Logger
-	plog   *ratelog.Logger // per-packet events, rate-limited per kind (lograte.go)
+	plog   *ratelog.Logger // per-packet events, rate-limited together (harden.go)
 	dp     dataplane.DataPlane
 	ecfg   ike.Config
 	shards []*shard

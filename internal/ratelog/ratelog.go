@@ -1,9 +1,19 @@
-// Package ratelog bounds the log lines of per-packet events: each event
-// kind gets a token bucket (at most Rate lines a second, Burst at once);
-// lines over it are counted, and the next line of that kind reports how
-// many were suppressed; Flush reports them for kinds that have gone quiet.
-// A flood of one kind then costs the log Rate lines a second instead of
-// one line a packet.
+// Package ratelog bounds the log lines of per-packet events: all event
+// kinds share one token bucket (at most Rate lines a second, Burst at once);
+// lines over it are counted per kind, and the next line of that kind
+// reports how many were suppressed; Flush reports them for kinds that have
+// gone quiet. A flood of any mix of kinds then costs the log about Rate
+// lines a second instead of one line a packet.
+//
+// Tokens go to whichever line comes first, so a flooding kind would take
+// them all. Two kinds of line may therefore write with the bucket empty,
+// borrowing from it (Burst tokens at most), each taking the place of a
+// later line of the flood: an event of a kind quiet for Quiet before it
+// (a rare event is written when it happens, with its details), and the
+// next event of the kind Flush names as owed (of the kinds flooding with
+// lines suppressed, the one whose last line is oldest: several kinds
+// flooding at once take turns). Over any period T the lines written stay
+// within Rate*T + 2*Burst.
 package ratelog
 
 import (
@@ -13,41 +23,43 @@ import (
 	"time"
 )
 
-// Logger wraps a slog.Logger with one token bucket per event kind. It is
-// safe for concurrent use.
+// Logger wraps a slog.Logger with one token bucket for all event kinds. It
+// is safe for concurrent use.
 type Logger struct {
 	L     *slog.Logger
 	rate  float64
 	burst float64
 	now   func() time.Time
 
-	mu    sync.Mutex
-	kinds map[string]*bucket
+	mu     sync.Mutex
+	tokens float64 // the shared bucket; below 0 while lines are borrowed
+	last   time.Time
+	kinds  map[string]*kind
+	owed   *kind // may borrow for its next line (Flush)
 }
 
-type bucket struct {
-	tokens     float64
-	last       time.Time
+type kind struct {
 	seen       time.Time // the kind's last event, written or not
+	written    time.Time // the kind's last line
 	suppressed uint64
 	level      slog.Level
 	msg        string
 }
 
-// New returns a Logger allowing rate lines a second per kind with bursts of
+// New returns a Logger allowing rate lines a second in all with bursts of
 // burst (at least 1). rate <= 0 disables limiting.
 func New(l *slog.Logger, rate, burst int) *Logger {
 	if burst < 1 {
 		burst = 1
 	}
-	return &Logger{L: l, rate: float64(rate), burst: float64(burst), now: time.Now, kinds: map[string]*bucket{}}
+	return &Logger{L: l, rate: float64(rate), burst: float64(burst), tokens: float64(burst), now: time.Now, kinds: map[string]*kind{}}
 }
 
-// SetClock replaces time.Now (tests).
+// SetClock replaces time.Now (tests). Call it before the first line.
 func (l *Logger) SetClock(now func() time.Time) { l.now = now }
 
-// Log writes msg at level unless kind is over its rate; the first line
-// after suppressed ones carries suppressed=K.
+// Log writes msg at level unless the shared bucket is empty; the first
+// line of kind after suppressed ones carries suppressed=K.
 func (l *Logger) Log(ctx context.Context, level slog.Level, kind, msg string, args ...any) {
 	if !l.L.Enabled(ctx, level) {
 		return // a disabled level costs no tokens
@@ -87,29 +99,51 @@ func (l *Logger) LogLazy(ctx context.Context, level slog.Level, kind, msg string
 	l.L.LogAttrs(ctx, level, msg, a...)
 }
 
-func (l *Logger) allow(kind string, level slog.Level, msg string) (bool, uint64) {
+// refill adds the tokens earned since the last call; l.mu is held.
+func (l *Logger) refill(now time.Time) {
+	if l.last.IsZero() {
+		l.last = now
+	}
+	if d := now.Sub(l.last); d > 0 {
+		l.tokens = min(l.burst, l.tokens+d.Seconds()*l.rate)
+		l.last = now
+	}
+}
+
+// take spends a token for a line, or borrows one if mayBorrow and the
+// debt allows; l.mu is held.
+func (l *Logger) take(mayBorrow bool) bool {
+	if l.tokens < 1 && !(mayBorrow && l.tokens > 1-l.burst) {
+		return false
+	}
+	l.tokens--
+	return true
+}
+
+func (l *Logger) allow(name string, level slog.Level, msg string) (bool, uint64) {
 	now := l.now()
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	b := l.kinds[kind]
-	if b == nil {
-		b = &bucket{tokens: l.burst, last: now}
-		l.kinds[kind] = b
+	l.refill(now)
+	k := l.kinds[name]
+	if k == nil {
+		k = &kind{}
+		l.kinds[name] = k
 	}
-	if d := now.Sub(b.last); d > 0 {
-		b.tokens = min(l.burst, b.tokens+d.Seconds()*l.rate)
-		b.last = now
-	}
-	b.seen = now
-	if b.tokens < 1 {
-		b.suppressed++
-		b.level, b.msg = level, msg
+	rare := now.Sub(k.seen) >= Quiet
+	k.seen = now
+	if !l.take(rare || k == l.owed) {
+		k.suppressed++
+		k.level, k.msg = level, msg
 		return false, 0
 	}
-	b.tokens--
-	k := b.suppressed
-	b.suppressed = 0
-	return true, k
+	if k == l.owed {
+		l.owed = nil
+	}
+	k.written = now
+	n := k.suppressed
+	k.suppressed = 0
+	return true, n
 }
 
 // Quiet is how long a kind goes without events before Flush reports its
@@ -118,8 +152,9 @@ func (l *Logger) allow(kind string, level slog.Level, msg string) (bool, uint64)
 const Quiet = time.Second
 
 // Flush writes one summary line per kind quiet for Quiet with suppressed
-// lines pending ("<msg> (suppressed)", kind, suppressed=K). Call it now
-// and then (once a second) so that a flood that stops is reported.
+// lines pending ("<msg> (suppressed)", kind, suppressed=K), as the shared
+// bucket allows (the rest wait for a later Flush). Call it now and then
+// (once a second) so that a flood that stops is reported.
 func (l *Logger) Flush(ctx context.Context) { l.flush(ctx, false) }
 
 // FlushAll is Flush for every kind, quiet or not (at the end).
@@ -134,13 +169,25 @@ func (l *Logger) flush(ctx context.Context, all bool) {
 	var out []line
 	now := l.now()
 	l.mu.Lock()
-	for kind, b := range l.kinds {
+	l.refill(now)
+	l.owed = nil
+	for name, k := range l.kinds {
+		quiet := now.Sub(k.seen) >= Quiet
 		switch {
-		case b.suppressed > 0 && (all || now.Sub(b.seen) >= Quiet):
-			out = append(out, line{kind, b.msg, b.level, b.suppressed})
-			b.suppressed = 0
-		case b.suppressed == 0 && b.tokens >= l.burst && now.Sub(b.seen) >= Quiet:
-			delete(l.kinds, kind) // idle: forget it
+		case k.suppressed > 0 && (all || quiet && l.take(true)):
+			// A summary is a line like any other (at the end, owed).
+			if all {
+				l.tokens--
+			}
+			k.written = now
+			out = append(out, line{name, k.msg, k.level, k.suppressed})
+			k.suppressed = 0
+		case k.suppressed > 0 && !quiet:
+			if l.owed == nil || k.written.Before(l.owed.written) {
+				l.owed = k
+			}
+		case k.suppressed == 0 && quiet:
+			delete(l.kinds, name) // idle: forget it
 		}
 	}
 	l.mu.Unlock()
