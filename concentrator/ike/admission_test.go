@@ -66,10 +66,7 @@ func echoingFlood(e *Engine, src netip.AddrPort, first uint64, n, pad int) {
 // A host using its real address and echoing cookies is bounded by the
 // per-prefix quota; a gateway elsewhere still connects.
 func TestHalfOpenPerPrefixBound(t *testing.T) {
-	rcfg := responderConfig(t, 1)
-	rcfg.CookieThreshold = 10
-	rcfg.MaxHalfOpenPerPrefix = 50
-	w := newWire(t, rcfg)
+	w, _ := quotaWire(t, 10, 50)
 	attacker := netip.MustParseAddrPort("198.51.100.7:500")
 	echoingFlood(w.res, attacker, 1000, 2000, 0)
 	st := w.res.Stats()
@@ -91,40 +88,14 @@ func TestHalfOpenPerPrefixBound(t *testing.T) {
 // its quota: the per-prefix bound counts only cookie-proven requests and
 // the gateways' own prefix is a different one.
 func TestGatewaysBehindOneNATAddress(t *testing.T) {
-	rcfg := responderConfig(t, 1)
-	rcfg.CookieThreshold = 10
-	rcfg.MaxHalfOpenPerPrefix = 50
-	psks := PSKMap{}
-	rcfg.PSKs = psks
-	w := newWire(t, rcfg)
+	w, psks := quotaWire(t, 10, 50)
 	echoingFlood(w.res, netip.MustParseAddrPort("198.51.100.7:500"), 1000, 500, 0)
-	// 100 gateways start at once (all half-open together), then the
-	// exchanges run.
-	var batches []hop
-	for i := 0; i < 100; i++ {
-		ini := pskInitiation(t)
-		id, _ := ParseIdentity("gw" + string(rune('a'+i/26)) + string(rune('a'+i%26)) + ".example.net")
-		ini.Creds.ID = id
-		psks[id.String()] = testPSK
-		ini.Local = netip.AddrPortFrom(gwAddr.Addr(), uint16(1000+i))
-		rd := &Ready{}
-		w.ini.Initiate(w.now, ini, rd)
-		batches = append(batches, hop{rd, true})
-	}
-	w.runHops(batches...)
-	// Those over the quota were dropped silently; they retransmit and get
-	// in as the others complete.
-	for i := 0; i < 5 && w.count(EventIKEEstablished) < 200; i++ {
-		w.now = w.now.Add(DefaultRetransmitTimeout << i)
-		rd := R(func(rd *Ready) { w.ini.Tick(w.now, rd) })
-		var hops []hop
-		for _, s := range rd.Send {
-			hops = append(hops, hop{&Ready{Send: []Send{s}}, true})
-		}
-		w.runHops(hops...)
-	}
-	if n := w.count(EventIKEEstablished); n != 200 {
-		t.Fatalf("%d of 100 gateways behind one address established (stats %+v)", n/2, w.res.Stats())
+	// 100 gateways start at once (all half-open together). Those over the
+	// quota are dropped silently; they retransmit and get in as the others
+	// complete.
+	waves := massRestart(t, w, psks, 100, 5)
+	if n := waves[len(waves)-1]; n != 100 {
+		t.Fatalf("%d of 100 gateways behind one address established (stats %+v)", n, w.res.Stats())
 	}
 }
 
@@ -233,6 +204,17 @@ func TestInvalidMajorVersionAnswered(t *testing.T) {
 	}
 }
 
+// quotaWire is a wire whose responder demands cookies above threshold
+// half-open SAs and has perPrefix as its per-prefix quota; more gateways'
+// PSKs can go into the map returned.
+func quotaWire(t *testing.T, threshold, perPrefix int) (*wire, PSKMap) {
+	rcfg := responderConfig(t, 1)
+	rcfg.CookieThreshold = threshold
+	rcfg.MaxHalfOpenPerPrefix = perPrefix
+	psks := rcfg.PSKs.(PSKMap)
+	return newWire(t, rcfg), psks
+}
+
 // massRestart starts n gateways behind the wire's NAT address at once and then runs
 // the initiators' retransmission rounds; it returns how many responder
 // SAs were established after the first exchange and after each round.
@@ -276,12 +258,7 @@ func massRestart(t *testing.T, w *wire, psks PSKMap, n, rounds int) []int {
 // last. With the base quota alone (10 a round) 100 gateways would need
 // eight rounds, more than an initiator's five retransmissions.
 func TestPrefixCreditAfterMassRestart(t *testing.T) {
-	rcfg := responderConfig(t, 1)
-	rcfg.CookieThreshold = 10
-	rcfg.MaxHalfOpenPerPrefix = 10
-	psks := PSKMap{}
-	rcfg.PSKs = psks
-	w := newWire(t, rcfg)
+	w, psks := quotaWire(t, 10, 10)
 	waves := massRestart(t, w, psks, 100, 5)
 	t.Logf("established after each round: %v; stats %+v", waves, w.res.Stats())
 	if last := waves[len(waves)-1]; last != 100 || len(waves) > 4 {
@@ -319,10 +296,7 @@ func TestPrefixCreditAfterMassRestart(t *testing.T) {
 // A host that only echoes cookies never authenticates, so however often
 // it is refused it earns no credit.
 func TestCookieEchoingEarnsNoCredit(t *testing.T) {
-	rcfg := responderConfig(t, 1)
-	rcfg.CookieThreshold = 10
-	rcfg.MaxHalfOpenPerPrefix = 50
-	w := newWire(t, rcfg)
+	w, _ := quotaWire(t, 10, 50)
 	attacker := netip.MustParseAddrPort("198.51.100.7:500")
 	echoingFlood(w.res, attacker, 1000, 2000, 0)
 	// Its half-open SAs time out, and it tries again.
