@@ -142,6 +142,7 @@ func (e *Engine) prefixQuota(now time.Time, p netip.Prefix) int {
 // earnCredit counts an authenticated SA of p in its credit.
 func (e *Engine) earnCredit(now time.Time, p netip.Prefix) {
 	e.pruneCredit(now)
+	e.stats.PrefixCredits++
 	e.credit[p]++
 	e.creditQ = append(e.creditQ, prefixCredit{p, now.Add(CreditWindow)})
 }

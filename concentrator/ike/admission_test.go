@@ -282,8 +282,8 @@ func TestPrefixCreditAfterMassRestart(t *testing.T) {
 	}
 	// Credit lasts CreditWindow.
 	p := w.res.sourcePrefix(natAddr.Addr())
-	if len(w.res.credit) != 1 || w.res.credit[p] == 0 {
-		t.Fatalf("credit %v: want the gateways' NAT address only", w.res.credit)
+	if len(w.res.credit) != 1 || w.res.credit[p] == 0 || w.res.Stats().PrefixCredits != uint64(w.res.credit[p]) {
+		t.Fatalf("credit %v (stats %d): want the gateways' NAT address only", w.res.credit, w.res.Stats().PrefixCredits)
 	}
 	if q := w.res.prefixQuota(w.now, p); q <= 10 {
 		t.Fatalf("quota of the gateways' address right after the restart: %d", q)
@@ -303,7 +303,7 @@ func TestCookieEchoingEarnsNoCredit(t *testing.T) {
 	w.res.Tick(t0.Add(2*DefaultHalfOpenTimeout), &Ready{})
 	echoingFlood(w.res, attacker, 5000, 2000, 0)
 	st := w.res.Stats()
-	if st.RefusedPrefix == 0 || len(w.res.credit) != 0 || st.HalfOpen > 10+50 {
+	if st.RefusedPrefix == 0 || len(w.res.credit) != 0 || st.PrefixCredits != 0 || st.HalfOpen > 10+50 {
 		t.Fatalf("credit %v, stats %+v", w.res.credit, st)
 	}
 }

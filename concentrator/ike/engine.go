@@ -116,6 +116,7 @@ type Stats struct {
 	RefusedPrefix   uint64 // IKE_SA_INIT refused: the source prefix's cookie-proven quota reached
 	RefusedMemory   uint64 // IKE_SA_INIT refused: max_half_open_bytes reached
 	RefusedSAs      uint64 // IKE_SA_INIT refused: max_sas reached
+	PrefixCredits   uint64 // SAs that authenticated after their prefix was refused: each raised its quota for CreditWindow
 
 	// Policy (policy.go, mobike.go, natmap.go).
 	MovesRefused     uint64 // authenticated messages from new addresses that did not move their SA (no NAT, no MOBIKE update)

@@ -65,6 +65,7 @@ var (
 	dInitRefused     = counterDef("sa_init_refused_total", "New IKE_SA_INIT requests dropped unanswered by an admission limit: half_open (ike.max_half_open), prefix (ike.max_half_open_per_prefix: cookie-proven requests of one source prefix), memory (ike.max_half_open_bytes), sas (ike.max_sas). The initiator retransmits.", "limit")
 	dRetransmits     = counterDef("retransmits_total", "Requests we retransmitted.")
 	dDuplicates      = counterDef("duplicate_requests_total", "Retransmitted requests answered from the response cache.")
+	dPrefixCredits   = counterDef("half_open_prefix_credits_total", "SAs that authenticated from a source prefix after a cookie-proven request of that prefix was refused by its quota (ike.max_half_open_per_prefix); each raises the prefix's quota by one for 30 s, so gateways behind one NAT address that restart together get in by doubling waves.")
 	dIKEDropped      = counterDef("ike_messages_dropped_total", "IKE messages dropped as malformed (by the engine or, for a malformed header, the socket loop), for an unknown SA or failing integrity.")
 	dUnreservedSPIs  = counterDef("unreserved_spis_total", "SPIs allocated without a cluster-wide reservation (reservation pool empty).")
 	dHandoffs        = counterDef("handoffs_total", "SAs handed off to another node.")

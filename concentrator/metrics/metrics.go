@@ -256,6 +256,7 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 		total.RefusedPrefix += st.RefusedPrefix
 		total.RefusedMemory += st.RefusedMemory
 		total.RefusedSAs += st.RefusedSAs
+		total.PrefixCredits += st.PrefixCredits
 		total.Dropped += st.Dropped
 		total.Retransmits += st.Retransmits
 		total.DuplicateRequests += st.DuplicateRequests
@@ -301,6 +302,7 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 	counter(dInitRefused, total.RefusedPrefix, "prefix")
 	counter(dInitRefused, total.RefusedMemory, "memory")
 	counter(dInitRefused, total.RefusedSAs, "sas")
+	counter(dPrefixCredits, total.PrefixCredits)
 	counter(dRetransmits, total.Retransmits)
 	counter(dDuplicates, total.DuplicateRequests)
 	counter(dIKEDropped, total.Dropped)

@@ -39,7 +39,7 @@ func snapshot() Snapshot {
 			{Stats: ike.Stats{HalfOpen: 3, Established: 10, CookiesSent: 4, DPDSent: 2, DPDDead: 1, Retransmits: 5, RefusedPrefix: 2, RefusedSAs: 1,
 				Failed: map[ike.NotifyType]uint64{ike.AUTHENTICATION_FAILED: 2, 0: 1, 40000: 1}},
 				States: map[string]int{"ESTABLISHED": 7, "INIT_DONE": 3}, ChildSAs: 9, CookiesActive: true},
-			{Stats: ike.Stats{Established: 5, Failed: map[ike.NotifyType]uint64{ike.AUTHENTICATION_FAILED: 1, ike.NO_PROPOSAL_CHOSEN: 1}, RekeyCollisions: 1, RefusedPrefix: 3, RefusedHalfOpen: 4},
+			{Stats: ike.Stats{Established: 5, Failed: map[ike.NotifyType]uint64{ike.AUTHENTICATION_FAILED: 1, ike.NO_PROPOSAL_CHOSEN: 1}, RekeyCollisions: 1, RefusedPrefix: 3, RefusedHalfOpen: 4, PrefixCredits: 6},
 				States: map[string]int{"ESTABLISHED": 5}, ChildSAs: 5},
 		},
 		Node: Node{PersistFailures: 1, FencedDrops: 2, NonIKEDrops: 3, LogDropped: 8, KeepalivesSent: 4, KeepalivesReceived: 5,
@@ -115,6 +115,9 @@ ikefleet_sa_init_refused_total{limit="half_open"} 4
 ikefleet_sa_init_refused_total{limit="memory"} 0
 ikefleet_sa_init_refused_total{limit="prefix"} 5
 ikefleet_sa_init_refused_total{limit="sas"} 1
+# HELP ikefleet_half_open_prefix_credits_total SAs that authenticated from a source prefix after a cookie-proven request of that prefix was refused by its quota (ike.max_half_open_per_prefix); each raises the prefix's quota by one for 30 s, so gateways behind one NAT address that restart together get in by doubling waves.
+# TYPE ikefleet_half_open_prefix_credits_total counter
+ikefleet_half_open_prefix_credits_total 6
 # HELP ikefleet_handoffs_total SAs handed off to another node.
 # TYPE ikefleet_handoffs_total counter
 ikefleet_handoffs_total 0
@@ -156,7 +159,7 @@ ikefleet_dataplane_install_failures_total{dataplane="userspace"} 1
 	names := []string{"ikefleet_build_info", "ikefleet_ike_sas", "ikefleet_child_sas", "ikefleet_half_open_sas",
 		"ikefleet_cookies_active", "ikefleet_handshakes_total", "ikefleet_handshake_failures_total", "ikefleet_rekeys_total",
 		"ikefleet_dpd_sent_total", "ikefleet_dpd_dead_total", "ikefleet_keepalives_total", "ikefleet_address_updates_total",
-		"ikefleet_cookies_sent_total", "ikefleet_sa_init_refused_total", "ikefleet_handoffs_total", "ikefleet_takeovers_total", "ikefleet_persist_failures_total",
+		"ikefleet_cookies_sent_total", "ikefleet_sa_init_refused_total", "ikefleet_half_open_prefix_credits_total", "ikefleet_handoffs_total", "ikefleet_takeovers_total", "ikefleet_persist_failures_total",
 		"ikefleet_fenced_drops_total", "ikefleet_log_lines_dropped_total", "ikefleet_queue_drops_total", "ikefleet_statestore_reachable",
 		"ikefleet_dataplane_bytes_total", "ikefleet_dataplane_packets_total", "ikefleet_dataplane_drops_total",
 		"ikefleet_dataplane_install_failures_total"}
