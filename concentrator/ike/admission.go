@@ -120,23 +120,12 @@ type prefixLoad struct {
 	bytes    int64 // their halfOpenCost
 }
 
-// prefixCredit is one authenticated SA counted in its prefix's credit
-// until until.
-type prefixCredit struct {
-	prefix netip.Prefix
-	until  time.Time
-}
-
 // prefixQuota is how many half-open SAs p may hold at now: the base quota
 // plus its unexpired credit, at most max(base, MaxHalfOpen/2).
 func (e *Engine) prefixQuota(now time.Time, p netip.Prefix) int {
 	base := e.cfg.MaxHalfOpenPerPrefix
 	e.pruneCredit(now)
-	c := e.credit[p]
-	if c == 0 {
-		return base
-	}
-	return max(base, min(base+int(c), e.cfg.MaxHalfOpen/2))
+	return max(base, min(base+int(e.credit[p]), e.cfg.MaxHalfOpen/2))
 }
 
 // earnCredit counts an authenticated SA of p in its credit.
@@ -144,26 +133,17 @@ func (e *Engine) earnCredit(now time.Time, p netip.Prefix) {
 	e.pruneCredit(now)
 	e.stats.PrefixCredits++
 	e.credit[p]++
-	e.creditQ = append(e.creditQ, prefixCredit{p, now.Add(CreditWindow)})
+	e.creditQ.push(p, now.Add(CreditWindow))
 }
 
 func (e *Engine) pruneCredit(now time.Time) {
-	n := 0
-	for n < len(e.creditQ) && !now.Before(e.creditQ[n].until) {
-		p := e.creditQ[n].prefix
+	e.creditQ.prune(now, func(p netip.Prefix, _ time.Time) {
 		if c := e.credit[p]; c <= 1 {
 			delete(e.credit, p)
 		} else {
 			e.credit[p] = c - 1
 		}
-		n++
-	}
-	if n > 0 {
-		e.creditQ = e.creditQ[n:]
-		if len(e.creditQ) == 0 {
-			e.creditQ = nil // let the backing array go
-		}
-	}
+	})
 }
 
 // admit decides whether a request that passed the cookie check (if one was

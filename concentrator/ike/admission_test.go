@@ -288,8 +288,8 @@ func TestPrefixCreditAfterMassRestart(t *testing.T) {
 	if q := w.res.prefixQuota(w.now, p); q <= 10 {
 		t.Fatalf("quota of the gateways' address right after the restart: %d", q)
 	}
-	if q := w.res.prefixQuota(w.now.Add(CreditWindow), p); q != 10 || len(w.res.credit) != 0 || len(w.res.creditQ) != 0 {
-		t.Fatalf("after CreditWindow: quota %d, %d prefixes with credit, %d entries", q, len(w.res.credit), len(w.res.creditQ))
+	if q := w.res.prefixQuota(w.now.Add(CreditWindow), p); q != 10 || len(w.res.credit) != 0 || w.res.creditQ.len() != 0 {
+		t.Fatalf("after CreditWindow: quota %d, %d prefixes with credit, %d entries", q, len(w.res.credit), w.res.creditQ.len())
 	}
 }
 

@@ -20,16 +20,16 @@ type Engine struct {
 	// their IKE_SA_INIT still on its way (a retransmission, a cookie
 	// retry) must not start another half-open SA.
 	recentInits map[initKey]time.Time
-	recentQ     []recentInit
+	recentQ     expiryQueue[initKey]
 	inSPIs      map[uint32]*IKESA // inbound ESP SPIs in use
 	timers      *timerWheel
 	halfOpen    int
 	// half-open accounting (admission.go)
 	halfOpenBytes int64
 	perPrefix     map[netip.Prefix]prefixLoad
-	credit        map[netip.Prefix]int32 // authenticated SAs of refused prefixes, within CreditWindow
-	creditQ       []prefixCredit         // their expiries, in order
-	cookies       *Cookies               // current and previous secrets, shared with the socket reader
+	credit        map[netip.Prefix]int32    // authenticated SAs of refused prefixes, within CreditWindow
+	creditQ       expiryQueue[netip.Prefix] // their expiries, in order
+	cookies       *Cookies                  // current and previous secrets, shared with the socket reader
 	stats         Stats
 	step          uint64         // counts entry points: one Ready batch each
 	now           time.Time      // the latest time an entry point was given
@@ -42,18 +42,13 @@ type initKey struct {
 	peer netip.AddrPort
 }
 
-type recentInit struct {
-	key   initKey
-	until time.Time
-}
-
 // noteEstablishedInit remembers k (its SA left the half-open index when it
 // was established) for HalfOpenTimeout.
 func (e *Engine) noteEstablishedInit(now time.Time, k initKey) {
 	e.pruneRecentInits(now)
 	until := now.Add(e.cfg.HalfOpenTimeout)
 	e.recentInits[k] = until
-	e.recentQ = append(e.recentQ, recentInit{k, until})
+	e.recentQ.push(k, until)
 }
 
 // recentlyEstablished: an SA with this (SPIi, peer) was established
@@ -65,20 +60,11 @@ func (e *Engine) recentlyEstablished(now time.Time, k initKey) bool {
 }
 
 func (e *Engine) pruneRecentInits(now time.Time) {
-	n := 0
-	for n < len(e.recentQ) && !now.Before(e.recentQ[n].until) {
-		r := e.recentQ[n]
-		if e.recentInits[r.key] == r.until {
-			delete(e.recentInits, r.key)
+	e.recentQ.prune(now, func(k initKey, until time.Time) {
+		if e.recentInits[k] == until {
+			delete(e.recentInits, k)
 		}
-		n++
-	}
-	if n > 0 {
-		e.recentQ = e.recentQ[n:]
-		if len(e.recentQ) == 0 {
-			e.recentQ = nil // let the backing array go
-		}
-	}
+	})
 }
 
 // Stats counts what the engine did; the caller exports them as metrics.
