@@ -175,7 +175,8 @@ func (l *Logger) flush(ctx context.Context, all bool) {
 		quiet := now.Sub(k.seen) >= Quiet
 		switch {
 		case k.suppressed > 0 && (all || quiet && l.take(true)):
-			// A summary is a line like any other (at the end, owed).
+			// A summary costs a token like any line. At the end (all) it
+			// is written whatever the bucket holds, and still charged.
 			if all {
 				l.tokens--
 			}
