@@ -112,6 +112,10 @@ type IKEConfig struct {
 	// (SO_RCVBUFFORCE). A data plane's own socket_recv_buffer, if larger,
 	// wins. 0 keeps the system default.
 	SocketBuffer int `yaml:"socket_buffer"`
+	// SocketReaders is how many goroutines read each UDP socket that
+	// carries no user-space ESP; 0: half the CPUs the node may use
+	// (GOMAXPROCS), 1 to 8 (socketReaders).
+	SocketReaders int `yaml:"socket_readers"`
 
 	// Admission limits (node-wide; each shard gets its share).
 	MaxMessageSize       int   `yaml:"max_message_size"`         // datagrams larger are dropped
@@ -403,6 +407,9 @@ func (c *Config) Validate() error {
 	if c.IKE.NATTPort < 0 || c.IKE.NATTPort > 65535 || (c.IKE.NATTPort == c.IKE.Port && c.IKE.Port != 0) {
 		// Port 0 (ephemeral) is for tests.
 		return fieldErr("ike.natt_port", "must be a port other than ike.port: %d", c.IKE.NATTPort)
+	}
+	if c.IKE.SocketReaders < 0 || c.IKE.SocketReaders > 64 {
+		return fieldErr("ike.socket_readers", "must be 0 (half the CPUs, 1 to 8) to 64: %d", c.IKE.SocketReaders)
 	}
 	if c.IKE.Shards < 0 || c.IKE.Shards > 256 {
 		return fieldErr("ike.shards", "must be 0 (one per CPU) to 256: %d", c.IKE.Shards)

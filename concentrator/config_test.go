@@ -70,6 +70,8 @@ func TestConfigErrorsNameTheField(t *testing.T) {
 		{minimal + "ike:\n  half_open_timeout: -1s\n", "ike.half_open_timeout"},
 		{minimal + "ike:\n  cookie_backlog: -1\n", "ike.cookie_backlog"},
 		{minimal + "ike:\n  cookie_backlog: 8193\n", "ike.cookie_backlog"},
+		{minimal + "ike:\n  socket_readers: -1\n", "ike.socket_readers"},
+		{minimal + "ike:\n  socket_readers: 65\n", "ike.socket_readers"},
 		{minimal + "log:\n  level: loud\n", "log.level"},
 		{strings.Replace(minimal, "secret: s3cret-0123456789ab", "secret_hex: zz", 1), "auth.psks[0].secret"},
 		{strings.Replace(minimal, "secret: s3cret-0123456789ab", "", 1), "auth.psks[0].secret"},

@@ -16,12 +16,12 @@ import (
 	"context"
 	"crypto/rand"
 	"fmt"
-	"github.com/ikefleet/ikefleet/internal/ratelog"
 	"hash/maphash"
 	"log/slog"
 	"math/bits"
 	"net/netip"
 	"os"
+	"runtime"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -30,6 +30,7 @@ import (
 	"github.com/ikefleet/ikefleet/concentrator/dataplane"
 	"github.com/ikefleet/ikefleet/concentrator/ike"
 	"github.com/ikefleet/ikefleet/concentrator/transport"
+	"github.com/ikefleet/ikefleet/internal/ratelog"
 	"github.com/ikefleet/ikefleet/statestore"
 )
 
@@ -462,7 +463,7 @@ func (n *Node) Run(ctx context.Context) error {
 	for _, c := range conns {
 		nr := 1 // another transport (an in-memory network): one reader
 		if _, ok := c.(*transport.UDPConn); ok && !n.carriesESP(c) {
-			nr = socketReaders()
+			nr = socketReaders(n.cfg.IKE.SocketReaders, runtime.GOMAXPROCS(0))
 		}
 		for range nr {
 			readers.Add(1)

@@ -43,9 +43,10 @@ var schemaEnums = map[string][]string{
 
 // schemaBounds are the integer fields with a fixed range.
 var schemaBounds = map[string][2]int{
-	"ike.port":      {0, 65535},
-	"ike.natt_port": {0, 65535},
-	"ike.shards":    {0, 256},
+	"ike.port":           {0, 65535},
+	"ike.natt_port":      {0, 65535},
+	"ike.shards":         {0, 256},
+	"ike.socket_readers": {0, 64},
 
 	"anycast.bgp.listen_port":          {0, 65535},
 	"anycast.bgp.neighbors[].port":     {0, 65535},

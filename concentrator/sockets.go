@@ -191,13 +191,26 @@ func newBatchReader(c *net.UDPConn, local netip.AddrPort) batchReader {
 	return ipv6.NewPacketConn(c)
 }
 
-// socketReaders is how many goroutines read each UDP socket: the kernel
-// hands each read a batch of its own (the reads themselves take turns),
-// and the batches are sorted, screened and answered in parallel, so that
-// one reader's work is not what a flood's rate is bounded by. Datagrams
-// of one peer may be handled out of order across batches (IKE
-// retransmits and reassembles; ESP has its replay window).
-func socketReaders() int { return min(max(runtime.GOMAXPROCS(0), 2), 8) }
+// socketReaders is how many goroutines read each UDP socket:
+// ike.socket_readers (configured), else half of procs (GOMAXPROCS), 1 to
+// 8. With several, the kernel hands each read a batch of its own and the
+// batches are sorted, screened and answered in parallel, so that one
+// reader's work is not what a flood's rate is bounded by on a node with
+// cores to spare. The reads take turns on the socket, though: each batch
+// hands the socket to the next reader (a goroutine woken), and on a node
+// with few cores the readers take them from the shards doing the key
+// exchanges. On 2 CPUs one reader served the full flood test (50,000
+// spoofed IKE_SA_INIT/s plus 50,000 malformed) with 10-20% less CPU
+// than two and a lower setup latency under the flood
+// (docs/threat-model.md). Datagrams of one peer may be handled out of
+// order across batches (IKE retransmits and reassembles; ESP has its
+// replay window).
+func socketReaders(configured, procs int) int {
+	if configured > 0 {
+		return configured
+	}
+	return min(max(procs/2, 1), 8)
+}
 
 // carriesESP: c is a NAT-T socket whose ESP-in-UDP the node decrypts
 // itself (a user-space data plane). Such a socket keeps one reader: ESP

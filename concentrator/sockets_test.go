@@ -516,11 +516,11 @@ func backlogCookies(t *testing.T, cfg string, backlog int, cookies bool) {
 	}
 }
 
-// Several goroutines read each socket: one stalled with its batch does not
-// stop the others, and together they lose nothing (every request of a
-// burst answered once).
+// Several goroutines read each socket (ike.socket_readers: 2): one
+// stalled with its batch does not stop the others, and together they lose
+// nothing (every request of a burst answered once).
 func TestSocketReadersInParallel(t *testing.T) {
-	n, _ := startNode(t, 1, "  cookie_threshold: 0\n")
+	n, _ := startNode(t, 1, "  cookie_threshold: 0\n  socket_readers: 2\n")
 	cc := newCookieClient(t, n.IKEAddr())
 	// The engine's first demand starts the socket loop's screening.
 	cc.send(cookieInit(1, nil))
@@ -579,6 +579,18 @@ func TestSocketReadersInParallel(t *testing.T) {
 	rs := n.ReceiveStats()
 	if rs.QueueDropsNew+rs.QueueDropsOther != 0 || len(want) != 0 {
 		t.Fatalf("%d unanswered, queue drops %+v", len(want), rs)
+	}
+}
+
+// ike.socket_readers, else half the CPUs, 1 to 8.
+func TestSocketReadersCount(t *testing.T) {
+	for _, c := range []struct{ configured, procs, want int }{
+		{0, 1, 1}, {0, 2, 1}, {0, 3, 1}, {0, 4, 2}, {0, 16, 8}, {0, 64, 8},
+		{2, 1, 2}, {12, 64, 12},
+	} {
+		if got := socketReaders(c.configured, c.procs); got != c.want {
+			t.Errorf("socketReaders(%d, %d) = %d, want %d", c.configured, c.procs, got, c.want)
+		}
 	}
 }
 
