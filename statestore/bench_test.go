@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"math/rand/v2"
+	"runtime"
 	"slices"
 	"sync"
 	"syscall"
@@ -344,5 +345,90 @@ func submitQueued(b *testing.B, s *Store, c Change, done func()) {
 		done()
 	}) != nil {
 		time.Sleep(time.Millisecond)
+	}
+}
+
+// BenchmarkEtcdKeysPerSA: what the embedded member spends per SA as a
+// function of the keys an SA writes, to size a layout with fewer keys
+// (docs/architecture.md, "Cost per SA and memory"). Each SA puts keys
+// (one record of 700 bytes, the rest 24 bytes) in a transaction shared
+// by 24 SAs, each SA's puts behind one create-if-absent compare as an
+// Established change has, and later deletes them the same way; fsync
+// on. Reported: the process's CPU per SA (setup and delete; etcd's
+// raft, WAL, apply and backend, and the client), and the Go heap the
+// held keys take per SA (etcd's key index and its backend's buffers;
+// history compacted).
+func BenchmarkEtcdKeysPerSA(b *testing.B) {
+	for _, keys := range []int{1, 2, 4, 8, 12, 20} {
+		b.Run(fmt.Sprintf("keys=%d", keys), func(b *testing.B) {
+			e := startEtcd(b, true)
+			cli := e.LocalClient()
+			b.Cleanup(func() { cli.Close() })
+			const n, perTxn = 6000, 24
+			record, small := string(make([]byte, 700)), string(make([]byte, 24))
+			key := func(sa, k int) string { return fmt.Sprintf("bench/k%02d/%016x", k, sa) }
+			run := func(lo, hi int, put bool) {
+				ops := make([]clientv3.Op, 0, perTxn)
+				for sa := lo; sa < hi; sa++ {
+					var then []clientv3.Op
+					for k := range keys {
+						switch {
+						case !put:
+							then = append(then, clientv3.OpDelete(key(sa, k)))
+						case k == 0:
+							then = append(then, clientv3.OpPut(key(sa, k), record))
+						default:
+							then = append(then, clientv3.OpPut(key(sa, k), small))
+						}
+					}
+					cmp := clientv3.Compare(clientv3.CreateRevision(key(sa, 0)), "=", 0)
+					if !put {
+						cmp = clientv3.Compare(clientv3.CreateRevision(key(sa, 0)), ">", 0)
+					}
+					ops = append(ops, clientv3.OpTxn([]clientv3.Cmp{cmp}, then, nil))
+				}
+				resp, err := cli.Txn(b.Context()).Then(ops...).Commit()
+				if err != nil {
+					b.Fatal(err)
+				}
+				for _, r := range resp.Responses {
+					if !r.GetResponseTxn().Succeeded {
+						b.Fatal("a compare failed")
+					}
+				}
+			}
+			compact := func() {
+				resp, err := cli.Get(b.Context(), "bench/none")
+				if err != nil {
+					b.Fatal(err)
+				}
+				if _, err := cli.Compact(b.Context(), resp.Header.Revision, clientv3.WithCompactPhysical()); err != nil {
+					b.Fatal(err)
+				}
+			}
+			heap := func() uint64 {
+				runtime.GC()
+				var ms runtime.MemStats
+				runtime.ReadMemStats(&ms)
+				return ms.HeapAlloc
+			}
+			b.ResetTimer()
+			heap0, cpu0 := heap(), processCPU()
+			for lo := 0; lo < n; lo += perTxn {
+				run(lo, min(lo+perTxn, n), true)
+			}
+			cpuSetup := processCPU() - cpu0
+			compact()
+			held := heap()
+			cpu1 := processCPU()
+			for lo := 0; lo < n; lo += perTxn {
+				run(lo, min(lo+perTxn, n), false)
+			}
+			cpu := cpuSetup + processCPU() - cpu1
+			b.StopTimer()
+			b.ReportMetric(float64(cpu.Microseconds())/n/1000, "CPU-ms/SA")
+			b.ReportMetric(float64(int64(held)-int64(heap0))/n, "heap-B/SA")
+			b.ReportMetric(0, "ns/op")
+		})
 	}
 }
