@@ -118,6 +118,7 @@ type claim struct {
 	pkts    []ike.Packet
 	started time.Time // real time: the deadline runs on it
 	state   int
+	batch   uint64           // claimRunning: the batch it runs in (claims.batches)
 	again   bool             // enqueued while running: run once more at once
 	waitOn  statestore.Owner // live but unreachable owner whose lease's end wakes the claim
 }
@@ -130,9 +131,12 @@ type claims struct {
 	total  int
 	neg    map[uint64]time.Time
 	queue  []uint64
-	wake   chan struct{}                  // one token: the queue is not empty
-	owners map[statestore.Owner]ownerCtx  // cancelled when the owner's registration ends
-	live   map[string]statestore.NodeInfo // the registry, as the watch sees it
+	// batches numbers the batches: a claim a batch sent back to the queue
+	// at once may run in the next batch before the first one has ended.
+	batches uint64
+	wake    chan struct{}                  // one token: the queue is not empty
+	owners  map[statestore.Owner]ownerCtx  // cancelled when the owner's registration ends
+	live    map[string]statestore.NodeInfo // the registry, as the watch sees it
 }
 
 func (c *claims) init() {
@@ -329,6 +333,21 @@ func (n *Node) enqueueClaim(spi uint64) {
 	c.mu.Unlock()
 }
 
+// unsettled are the claims of spis still running in batch id: neither
+// restored, nor sent back, nor given up on. One sent back at once (its
+// owner changed) and running in a later batch already is not.
+func (c *claims) unsettled(id uint64, spis []uint64) []uint64 {
+	var left []uint64
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for _, spi := range spis {
+		if e := c.parked[spi]; e != nil && e.state == claimRunning && e.batch == id {
+			left = append(left, spi)
+		}
+	}
+	return left
+}
+
 // retryClaims has the claims of spis run again after d (or at once if
 // enqueued meanwhile); waitOn: the live owner that could not be reached.
 func (n *Node) retryClaims(spis []uint64, d time.Duration, waitOn statestore.Owner) {
@@ -491,9 +510,11 @@ func (n *Node) claimLoop(ctx context.Context) {
 			c.mu.Lock()
 			k := min(len(c.queue), claimBatch)
 			batch := make([]uint64, 0, k)
+			c.batches++
+			id := c.batches
 			for _, spi := range c.queue[:k] {
 				if e := c.parked[spi]; e != nil && e.state == claimQueued {
-					e.state = claimRunning
+					e.state, e.batch = claimRunning, id
 					batch = append(batch, spi)
 				}
 			}
@@ -510,28 +531,20 @@ func (n *Node) claimLoop(ctx context.Context) {
 			go func() {
 				defer wg.Done()
 				defer func() { <-sem }()
-				n.claimBatch(ctx, batch)
+				n.claimBatch(ctx, id, batch)
 			}()
 		}
 	}
 }
 
-// claimBatch claims SAs: reads their owners, takes over those of dead
-// owners, asks live owners for theirs (one call per owner), loads those
-// already ours, and restores them all here.
-func (n *Node) claimBatch(ctx context.Context, spis []uint64) {
+// claimBatch claims SAs (batch id): reads their owners, takes over those
+// of dead owners, asks live owners for theirs (one call per owner), loads
+// those already ours, and restores them all here.
+func (n *Node) claimBatch(ctx context.Context, id uint64, spis []uint64) {
 	n.cluster.claimBatches.Add(1)
 	t0 := time.Now()
 	defer func() {
-		c := &n.claims
-		var left []uint64
-		c.mu.Lock()
-		for _, spi := range spis {
-			if e := c.parked[spi]; e != nil && e.state == claimRunning {
-				left = append(left, spi)
-			}
-		}
-		c.mu.Unlock()
+		left := n.claims.unsettled(id, spis)
 		if len(left) > 0 {
 			n.log.Warn("claim: batch left claims unsettled", "sas", len(left), "first", fmt.Sprintf("%016x", left[0]))
 			n.retryClaims(left, claimRetry, statestore.Owner{})
