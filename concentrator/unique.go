@@ -123,7 +123,21 @@ func (n *Node) replace(id string, others []statestore.IdentitySA, gone, retried 
 		case !o.Found:
 			stale = append(stale, spis[i])
 		case !o.Live:
-			if err := st.DeleteOrphan(ctx, spis[i], o.Owner, id); err != nil && !errors.Is(err, statestore.ErrNotFound) {
+			err := st.DeleteOrphan(ctx, spis[i], o.Owner, id)
+			var taken *statestore.OwnerError
+			switch {
+			case errors.As(err, &taken) && taken.Owner.Node != "":
+				// Taken over meanwhile (its gateway's packets reached a
+				// node, this one or another): no longer an orphan, and
+				// being restored where it is now. Unless it only had to
+				// be gone, it is deleted there once restored.
+				n.log.Debug("a dead node's IKE SA of an identity taken over before its deletion", "identity", id,
+					"spi", fmt.Sprintf("%016x", spis[i]), "owner", taken.Owner.String())
+				if !gone && !retried {
+					n.replaceLater(id, statestore.IdentitySA{SPI: spis[i], Node: taken.Owner.Node})
+				}
+				continue
+			case err != nil && !errors.Is(err, statestore.ErrNotFound):
 				n.unique.failed.Add(1)
 				n.log.Warn("a dead node's IKE SA of an identity not deleted", "identity", id, "spi", fmt.Sprintf("%016x", spis[i]), "owner", o.Owner.String(), "err", err)
 				continue
@@ -166,6 +180,22 @@ func (n *Node) replace(id string, others []statestore.IdentitySA, gone, retried 
 			n.log.Warn("older IKE SAs of an identity on another node not all deleted", "identity", id, "node", o.String(), "asked", len(spis), "deleted", k, "err", err)
 		}
 	}
+}
+
+// replaceTakenOverDelay: how long a dead node's SA of an identity, taken
+// over while it was being deleted, is given to be restored by its new
+// owner before that owner is asked to delete it (claims restore within
+// milliseconds; their retries come after claimRetry).
+var replaceTakenOverDelay = 2 * claimRetry
+
+// replaceLater replaces SA sa of identity id once more, after
+// replaceTakenOverDelay: its new owner, live now, is asked as any other.
+func (n *Node) replaceLater(id string, sa statestore.IdentitySA) {
+	time.AfterFunc(replaceTakenOverDelay, func() {
+		if n.runCtx.Err() == nil {
+			n.replace(id, []statestore.IdentitySA{sa}, false, true)
+		}
+	})
 }
 
 // replaceWhenGone waits until owner o's registration ends or the lease TTL

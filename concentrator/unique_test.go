@@ -3,7 +3,10 @@ package concentrator
 import (
 	"context"
 	"errors"
+	"log/slog"
 	"net/netip"
+	"slices"
+	"sync"
 	"testing"
 	"time"
 
@@ -212,4 +215,70 @@ func (g *memGateway) connectNoIC(ctx context.Context, server netip.Addr, n int) 
 	ini := gatewayInitiation(g, server, n)
 	ini.NoInitialContact = true
 	g.initiate(ini)
+}
+
+// takenOverStore: the owners read first name a dead node, and the SA is
+// taken over by the time it is deleted (a claim won the race); read
+// again, the owners name the node that took it over.
+type takenOverStore struct {
+	statestore.Interface
+	me, dead, taker statestore.Owner
+	mu              sync.Mutex
+	reads, deletes  int
+}
+
+func (s *takenOverStore) Registration() (statestore.Owner, int) { return s.me, 0 }
+
+func (s *takenOverStore) Owners(_ context.Context, spis []uint64) ([]statestore.OwnerState, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.reads++
+	o := statestore.OwnerState{Owner: s.dead, Found: true}
+	if s.reads > 1 {
+		o = statestore.OwnerState{Owner: s.taker, Found: true, Live: true}
+	}
+	return slices.Repeat([]statestore.OwnerState{o}, len(spis)), nil
+}
+
+func (s *takenOverStore) DeleteOrphan(_ context.Context, spi uint64, _ statestore.Owner, _ string) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.deletes++
+	return &statestore.OwnerError{SPI: spi, Owner: s.taker}
+}
+
+func (s *takenOverStore) DropStaleIdentity(context.Context, string, []uint64) error { return nil }
+
+// An identity's older SA on a dead node, taken over by another live node
+// while the newer SA's node deletes it: not an error; that node is asked
+// to delete it once it has restored it (the owners read again), so it
+// does not serve the identity beside its newer SA. (Taken over by this
+// node itself, the second attempt deletes it on this node's shard.)
+func TestUniqueIDsOrphanTakenOverMeanwhile(t *testing.T) {
+	defer func(d time.Duration) { replaceTakenOverDelay = d }(replaceTakenOverDelay)
+	replaceTakenOverDelay = 10 * time.Millisecond
+	st := &takenOverStore{me: statestore.Owner{Node: "b", Epoch: 2}, dead: statestore.Owner{Node: "a", Epoch: 1},
+		taker: statestore.Owner{Node: "c", Epoch: 3}}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	n := &Node{log: slog.New(slog.DiscardHandler), persist: &persistence{store: st}, runCtx: ctx}
+	n.replace("gw1@iot.example", []statestore.IdentitySA{{SPI: 0x1234, Node: "a"}}, false, false)
+	if f := n.unique.failed.Load(); f != 0 {
+		t.Fatalf("a taken-over SA counted as a failed replacement (%d) before its new owner was asked", f)
+	}
+	waitFor(t, ctx, "the owners read again", func() bool {
+		st.mu.Lock()
+		defer st.mu.Unlock()
+		return st.reads == 2
+	})
+	// Asked again where it is: node c cannot be reached here (no peer
+	// service), so the second attempt fails and says so; it is not tried a
+	// third time.
+	waitFor(t, ctx, "the second attempt's outcome", func() bool { return n.unique.failed.Load() == 1 })
+	time.Sleep(50 * time.Millisecond)
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	if st.reads != 2 || st.deletes != 1 {
+		t.Fatalf("owners read %d times, orphan deletes %d: want 2 and 1", st.reads, st.deletes)
+	}
 }
