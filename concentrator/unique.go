@@ -126,14 +126,14 @@ func (n *Node) replace(id string, others []statestore.IdentitySA, gone, retried 
 			err := st.DeleteOrphan(ctx, spis[i], o.Owner, id)
 			var taken *statestore.OwnerError
 			switch {
-			case errors.As(err, &taken) && taken.Owner.Node != "":
+			case errors.As(err, &taken) && taken.Owner.Node != "" && !retried:
 				// Taken over meanwhile (its gateway's packets reached a
 				// node, this one or another): no longer an orphan, and
 				// being restored where it is now. Unless it only had to
 				// be gone, it is deleted there once restored.
 				n.log.Debug("a dead node's IKE SA of an identity taken over before its deletion", "identity", id,
 					"spi", fmt.Sprintf("%016x", spis[i]), "owner", taken.Owner.String())
-				if !gone && !retried {
+				if !gone {
 					n.replaceLater(id, statestore.IdentitySA{SPI: spis[i], Node: taken.Owner.Node})
 				}
 				continue
