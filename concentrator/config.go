@@ -116,6 +116,13 @@ type IKEConfig struct {
 	// carries no user-space ESP; 0: half the CPUs the node may use
 	// (GOMAXPROCS), 1 to 8 (socketReaders).
 	SocketReaders int `yaml:"socket_readers"`
+	// SplitSockets (default true) binds two sockets to each IKE and NAT-T
+	// port, between which the kernel divides the datagrams
+	// (transport.ListenSplit): new IKE_SA_INITs without a cookie to one,
+	// everything else (established SAs, cookie-bearing requests, ESP) to
+	// the other, so that a flood of the first kind fills its own receive
+	// buffer and never the established SAs'. false: one socket per port.
+	SplitSockets *bool `yaml:"split_sockets"`
 
 	// Admission limits (node-wide; each shard gets its share).
 	MaxMessageSize       int   `yaml:"max_message_size"`         // datagrams larger are dropped
@@ -258,7 +265,7 @@ func DefaultConfig() Config {
 		Node: NodeConfig{MemoryLimit: "auto"},
 		Log:  LogConfig{Level: "info", Format: "json", PerEventRate: 1},
 		IKE: IKEConfig{
-			Listen: []string{"0.0.0.0"}, Port: 500, NATTPort: 4500, ForceEncap: &t, MOBIKE: &t, CookieThreshold: &th, CookieBacklog: &backlog, SocketBuffer: DefaultSocketBuffer,
+			Listen: []string{"0.0.0.0"}, Port: 500, NATTPort: 4500, ForceEncap: &t, MOBIKE: &t, SplitSockets: &t, CookieThreshold: &th, CookieBacklog: &backlog, SocketBuffer: DefaultSocketBuffer,
 			HalfOpenTimeout: 30 * time.Second, RetransmitTimeout: 2 * time.Second, RetransmitTries: 5, DPDDelay: 60 * time.Second, KeepaliveInterval: 20 * time.Second,
 			Proposals: []string{
 				"aes256gcm16-prfsha256-x25519", "aes256gcm16-prfsha384-ecp384", "aes128gcm16-prfsha256-ecp256",

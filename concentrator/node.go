@@ -15,6 +15,7 @@ package concentrator
 import (
 	"context"
 	"crypto/rand"
+	"errors"
 	"fmt"
 	"hash/maphash"
 	"log/slog"
@@ -61,8 +62,10 @@ type Node struct {
 	handOffHook func(context.Context, batchStore, []*statestore.SARecord, statestore.Owner) ([]statestore.Moved, error)
 
 	mu       sync.Mutex
-	conns    map[netip.AddrPort]transport.Conn
-	natt     map[netip.AddrPort]bool // sockets on the NAT-T port
+	conns    map[netip.AddrPort]transport.Conn // the socket of each bound address that replies leave by
+	sockets  []transport.Conn                  // every socket bound, split ones too
+	bulk     map[transport.Conn]bool           // split sockets receiving new IKE_SA_INITs without a cookie
+	natt     map[netip.AddrPort]bool           // sockets on the NAT-T port
 	ready    chan struct{}
 	stopped  chan struct{} // closed when Run ends: do gives up (a store callback must not wait on a shard forever)
 	stopOnce sync.Once
@@ -248,6 +251,67 @@ func (n *Node) Addrs() []netip.AddrPort {
 	return out
 }
 
+// splitListener is a transport that binds split sockets
+// (transport.UDP.ListenSplit).
+type splitListener interface {
+	ListenSplit(local netip.AddrPort, natt bool) (*transport.Split, error)
+}
+
+// listen binds the sockets of one IKE or NAT-T port and prepares them. On
+// a UDP transport with ike.split_sockets two: first the one replies leave
+// by, which receives established SAs' traffic, cookie-bearing requests
+// and ESP; then the one new IKE_SA_INITs without a cookie arrive on.
+// Otherwise one.
+// The data plane may prepare each (UDP_ENCAP_ESPINUDP on the NAT-T port
+// for kernel ESP, on both: ESP-in-UDP is decapsulated by the socket that
+// receives it), and each gets ike.socket_buffer. On an error none stays
+// bound.
+func (n *Node) listen(local netip.AddrPort, natt bool) ([]transport.Conn, error) {
+	var cs []transport.Conn
+	if sl, ok := n.tr.(splitListener); ok && (n.cfg.IKE.SplitSockets == nil || *n.cfg.IKE.SplitSockets) {
+		sp, err := sl.ListenSplit(local, natt)
+		if err != nil {
+			if !errors.Is(err, transport.ErrPortInUse) {
+				err = fmt.Errorf("%w (ike.split_sockets: false binds one socket per port)", err)
+			}
+			return nil, err
+		}
+		cs = []transport.Conn{sp.Prio, sp.Bulk}
+	} else {
+		c, err := n.tr.Listen(local)
+		if err != nil {
+			return nil, err
+		}
+		cs = []transport.Conn{c}
+	}
+	closeAll := func() {
+		for _, c := range cs {
+			c.Close()
+		}
+	}
+	for _, c := range cs {
+		// (Sockets of other transports are not the kernel's.)
+		udp, _ := c.(*transport.UDPConn)
+		if sc, ok := n.dp.(socketConfigurer); ok {
+			err := fmt.Errorf("needs UDP sockets, not %T", c)
+			if udp != nil {
+				err = sc.ConfigureSocket(udp.Socket(), natt)
+			}
+			if err != nil {
+				closeAll()
+				return nil, fmt.Errorf("%s data plane: %w", n.dp.Name(), err)
+			}
+		}
+		if udp != nil {
+			if err := configureSocket(udp.Socket(), n.cfg.IKE.SocketBuffer); err != nil {
+				closeAll()
+				return nil, err
+			}
+		}
+	}
+	return cs, nil
+}
+
 // Run binds the sockets and serves until ctx is cancelled. Established SAs
 // are not deleted on shutdown: a node that stops is not a peer that left.
 func (n *Node) Run(ctx context.Context) error {
@@ -257,44 +321,26 @@ func (n *Node) Run(ctx context.Context) error {
 	}
 	defer stopHTTP()
 	var conns []transport.Conn
+	bulk := map[transport.Conn]bool{}
 	for _, a := range n.cfg.IKE.Listen {
 		addr := netip.MustParseAddr(a)
 		for i, port := range []int{n.cfg.IKE.Port, n.cfg.IKE.NATTPort} {
-			c, err := n.tr.Listen(netip.AddrPortFrom(addr, uint16(port)))
+			cs, err := n.listen(netip.AddrPortFrom(addr, uint16(port)), i == 1)
 			if err != nil {
 				for _, c := range conns {
 					c.Close()
 				}
 				return fmt.Errorf("listen %s port %d: %w", a, port, err)
 			}
-			conns = append(conns, c)
-			// The data plane may prepare the socket: buffer sizes, and
-			// UDP_ENCAP_ESPINUDP on the NAT-T port for kernel ESP (xfrm).
-			// (Sockets of other transports are not the kernel's.)
-			udp, _ := c.(*transport.UDPConn)
-			if sc, ok := n.dp.(socketConfigurer); ok {
-				err := fmt.Errorf("needs UDP sockets, not %T", c)
-				if udp != nil {
-					err = sc.ConfigureSocket(udp.Socket(), i == 1)
-				}
-				if err != nil {
-					for _, c := range conns {
-						c.Close()
-					}
-					return fmt.Errorf("listen %s port %d: %s data plane: %w", a, port, n.dp.Name(), err)
-				}
+			conns = append(conns, cs...)
+			if len(cs) == 2 {
+				bulk[cs[1]] = true
 			}
-			if udp != nil {
-				if err := configureSocket(udp.Socket(), n.cfg.IKE.SocketBuffer); err != nil {
-					for _, c := range conns {
-						c.Close()
-					}
-					return fmt.Errorf("listen %s port %d: %w", a, port, err)
-				}
-			}
-			local := c.LocalAddr()
+			local := cs[0].LocalAddr()
 			n.mu.Lock()
-			n.conns[local] = c
+			n.sockets = append(n.sockets, cs...)
+			n.bulk = bulk
+			n.conns[local] = cs[0]
 			n.natt[local] = i == 1
 			if !n.ikeAddr.IsValid() && i == 0 {
 				n.ikeAddr = local
@@ -462,7 +508,7 @@ func (n *Node) Run(ctx context.Context) error {
 	var readers sync.WaitGroup
 	for _, c := range conns {
 		nr := 1 // another transport (an in-memory network): one reader
-		if _, ok := c.(*transport.UDPConn); ok && !n.carriesESP(c) {
+		if _, ok := c.(*transport.UDPConn); ok && (bulk[c] || !n.carriesESP(c)) {
 			nr = socketReaders(n.cfg.IKE.SocketReaders, runtime.GOMAXPROCS(0))
 		}
 		for range nr {

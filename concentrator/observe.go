@@ -179,6 +179,7 @@ func (n *Node) metricsSnapshot(ctx context.Context) (metrics.Snapshot, error) {
 			Shard: q.shard, Count: v.(*atomic.Uint64).Load()})
 		return true
 	})
+	s.Node.SocketDrops = n.socketDrops()
 	s.Events = n.obs.events.Counts()
 	cs := n.ClusterStats()
 	s.Events.Handoffs, s.Events.Takeovers = cs.HandedOff, cs.TakeOvers

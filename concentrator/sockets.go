@@ -1,7 +1,11 @@
 package concentrator
 
 // The UDP socket loops: IKE on port 500 and 4500 (with the non-ESP marker),
-// NAT-T keepalives, and user-space ESP handed to the data plane. Each
+// NAT-T keepalives, and user-space ESP handed to the data plane. Each port
+// has two sockets (ike.split_sockets; transport.ListenSplit), between which
+// the kernel divides the datagrams: new IKE_SA_INITs without a cookie to
+// one, everything else to the other, each with its own receive buffer and
+// readers; both are read alike. Each
 // socket is read by several goroutines (socketReaders), a batch of
 // datagrams at a time (recvmmsg), into buffers sized by ike.socket_buffer;
 // each shard queues new IKE_SA_INITs apart from the rest and serves the
@@ -26,6 +30,7 @@ import (
 
 	"github.com/ikefleet/ikefleet/concentrator/dataplane"
 	"github.com/ikefleet/ikefleet/concentrator/ike"
+	"github.com/ikefleet/ikefleet/concentrator/metrics"
 	"github.com/ikefleet/ikefleet/concentrator/transport"
 )
 
@@ -138,13 +143,51 @@ type ReceiveStats struct {
 	QueueDropsOther uint64 // other IKE messages dropped: their shard's queue was full
 	NonIKE          uint64 // not IKE and not ours (ESP without a user-space data plane, short datagrams)
 	Keepalives      uint64 // NAT-T keepalives received
+	// The kernel's drops (full receive buffers) of the sockets of new
+	// IKE_SA_INITs without a cookie (split ports), and of the others.
+	SocketDropsNew, SocketDropsOther uint64
 }
 
 // ReceiveStats reports the socket loops' counters.
 func (n *Node) ReceiveStats() ReceiveStats {
 	all, fresh := n.queueDrops.Load(), n.initDrops.Load()
-	return ReceiveStats{QueueDropsNew: fresh, QueueDropsOther: all - fresh,
+	rs := ReceiveStats{QueueDropsNew: fresh, QueueDropsOther: all - fresh,
 		NonIKE: n.nonIKEDrops.Load(), Keepalives: n.keepalives.Load()}
+	for _, d := range n.socketDrops() {
+		if d.Receives == "new" {
+			rs.SocketDropsNew += d.Count
+		} else {
+			rs.SocketDropsOther += d.Count
+		}
+	}
+	return rs
+}
+
+// socketDrops reads the kernel's drop counts of the node's UDP sockets.
+func (n *Node) socketDrops() []metrics.SocketDrop {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	split := len(n.bulk) > 0
+	var out []metrics.SocketDrop
+	for _, c := range n.sockets {
+		u, ok := c.(*transport.UDPConn)
+		if !ok {
+			continue
+		}
+		d, err := u.Drops()
+		if err != nil {
+			continue // closed meanwhile
+		}
+		local := c.LocalAddr()
+		recv := "all"
+		if n.bulk[c] {
+			recv = "new"
+		} else if split {
+			recv = "other"
+		}
+		out = append(out, metrics.SocketDrop{Listen: local.Addr().String(), NATT: n.natt[local], Receives: recv, Count: d})
+	}
+	return out
 }
 
 // configureSocket sizes a socket's receive buffer to ike.socket_buffer:
@@ -216,7 +259,9 @@ func socketReaders(configured, procs int) int {
 // itself (a user-space data plane). Such a socket keeps one reader: ESP
 // handled out of order across batches would pass the replay window but
 // reorder the tunnel's traffic (TCP inside takes reordering for loss).
-// With the kernel's ESP (xfrm) the socket carries IKE only.
+// With the kernel's ESP (xfrm) the socket carries IKE only. (Of a split
+// NAT-T port, the socket of new IKE_SA_INITs never gets ESP: Run gives it
+// socketReaders.)
 func (n *Node) carriesESP(c transport.Conn) bool {
 	_, esp := n.dp.(dataplane.ESPHandler)
 	n.mu.Lock()
@@ -226,8 +271,8 @@ func (n *Node) carriesESP(c transport.Conn) bool {
 }
 
 // receiveHook, when set (tests), runs in the reading goroutine after
-// each batch is read, before it is handled.
-var receiveHook atomic.Pointer[func(batch int)]
+// each batch is read from c, before it is handled.
+var receiveHook atomic.Pointer[func(c transport.Conn, batch int)]
 
 // readLoop reads c until it is closed; for a UDP socket that carries no
 // user-space ESP several run at once (socketReaders).
@@ -280,7 +325,7 @@ func (n *Node) readLoop(c transport.Conn) {
 			continue
 		}
 		if h := receiveHook.Load(); h != nil {
-			(*h)(nm)
+			(*h)(c, nm)
 		}
 		for i := range msgs[:nm] {
 			m := &msgs[i]

@@ -107,7 +107,7 @@ func TestShardQueueServesAuthBeforeInit(t *testing.T) {
 	}
 }
 
-// ike.socket_buffer reaches both sockets (the kernel reports twice the
+// ike.socket_buffer reaches every socket (the kernel reports twice the
 // size; without CAP_NET_ADMIN it caps at net.core.rmem_max).
 func TestSocketBufferApplied(t *testing.T) {
 	const size = 3 << 20
@@ -122,13 +122,13 @@ func TestSocketBufferApplied(t *testing.T) {
 		want = 2 * min(size, max)
 	}
 	n.mu.Lock()
-	conns := make([]*net.UDPConn, 0, len(n.conns))
-	for _, c := range n.conns {
+	conns := make([]*net.UDPConn, 0, len(n.sockets))
+	for _, c := range n.sockets {
 		conns = append(conns, c.(*transport.UDPConn).Socket())
 	}
 	n.mu.Unlock()
-	if len(conns) != 2 {
-		t.Fatalf("%d sockets, want 2", len(conns))
+	if len(conns) != 4 {
+		t.Fatalf("%d sockets, want 4 (IKE and NAT-T ports, split)", len(conns))
 	}
 	for _, c := range conns {
 		rc, err := c.SyscallConn()
@@ -529,7 +529,7 @@ func TestSocketReadersInParallel(t *testing.T) {
 	}
 	var calls atomic.Int32
 	stalled, release := make(chan struct{}), make(chan struct{})
-	hook := func(int) {
+	hook := func(transport.Conn, int) {
 		if calls.Add(1) == 1 {
 			close(stalled)
 			<-release
@@ -711,5 +711,127 @@ func TestProvenRequestsAfterEstablishedTraffic(t *testing.T) {
 	}
 	if st.HalfOpen != restart {
 		t.Fatalf("half-open %d, want %d", st.HalfOpen, restart)
+	}
+}
+
+// With split sockets (the default), a flood of new IKE_SA_INITs that
+// fills the receive buffer of the socket they arrive on (its reader
+// stalled: a node that cannot keep up) costs the established SAs
+// nothing: their messages arrive on the other socket and are answered,
+// and so is a gateway's retry with its cookie. Without the split they
+// would wait behind the flood in one buffer and be dropped with it.
+func TestSplitSocketsServeEstablishedUnderFlood(t *testing.T) {
+	n, _ := startNode(t, 1, "  cookie_threshold: 0\n  socket_buffer: 65536\n")
+	cc := newCookieClient(t, n.IKEAddr())
+	cc.send(cookieInit(1, nil))
+	cc.c.SetReadDeadline(time.Now().Add(30 * time.Second)) // a bound, not a measure
+	nb, _, err := cc.c.ReadFromUDPAddrPort(cc.buf)
+	if err != nil {
+		t.Fatal(err)
+	}
+	m, err := ike.Decode(append([]byte(nil), cc.buf[:nb]...))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var cookie []byte
+	for _, p := range m.Payloads {
+		if nt, ok := p.(*ike.Notify); ok && nt.NotifyType == ike.COOKIE {
+			cookie = nt.Data
+		}
+	}
+	if cookie == nil {
+		t.Fatal("no cookie demanded")
+	}
+
+	var once sync.Once
+	stalled, release := make(chan struct{}), make(chan struct{})
+	hook := func(c transport.Conn, _ int) {
+		n.mu.Lock()
+		bulk := n.bulk[c]
+		n.mu.Unlock()
+		if bulk {
+			once.Do(func() { close(stalled) })
+			<-release
+		}
+	}
+	receiveHook.Store(&hook)
+	defer receiveHook.Store(nil)
+	released := false
+	defer func() {
+		if !released {
+			close(release)
+		}
+	}()
+	cc.send(cookieInit(2, nil))
+	select {
+	case <-stalled:
+	case <-time.After(30 * time.Second):
+		t.Fatal("no socket of the new IKE_SA_INITs read the request without a cookie")
+	}
+	// The flood: far more than the stalled socket's buffer holds.
+	flood, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer flood.Close()
+	for i := range uint64(3000) {
+		if _, err := flood.WriteToUDPAddrPort(cookieInit(1000+i, nil), n.IKEAddr()); err != nil {
+			t.Fatal(err)
+		}
+	}
+	drops := func() map[string]uint64 {
+		m := map[string]uint64{}
+		for _, d := range n.socketDrops() {
+			if !d.NATT {
+				m[d.Receives] += d.Count
+			}
+		}
+		return m
+	}
+	if d := drops(); d["new"] == 0 || len(d) != 2 {
+		t.Fatalf("IKE port's drops %v: the flood overflowed no buffer of new IKE_SA_INITs, the test proves nothing", d)
+	}
+	const existing = 0x0a0b0c0d0e0f1011
+	cc.send(laterMajorVersion(existing, uint64(n.shards[0].id)<<spiShardShift|0x1234))
+	if spi, _ := cc.answer(); spi != existing {
+		t.Fatalf("answer for %016x, want the existing SA's", spi)
+	}
+	cc.send(cookieInit(1, cookie))
+	if spi, c := cc.answer(); spi != 1 || c {
+		t.Fatalf("answer for %016x (cookie %v), want the IKE_SA_INIT response to the retry with the cookie", spi, c)
+	}
+	close(release)
+	released = true
+	// The stalled reader goes on: the request it held gets its cookie.
+	if spi, c := cc.answer(); spi != 2 || !c {
+		t.Fatalf("after the stall: answer for %016x (cookie %v), want a cookie for 2", spi, c)
+	}
+	if rs := n.ReceiveStats(); rs.QueueDropsOther != 0 {
+		t.Fatalf("established SAs' messages dropped from a queue: %+v", rs)
+	}
+	if d := drops(); d["other"] != 0 {
+		t.Fatalf("IKE port's drops %v: the socket of the established SAs dropped", d)
+	}
+}
+
+// ike.split_sockets: false binds one socket per port, which serves
+// everything.
+func TestSplitSocketsOff(t *testing.T) {
+	n, _ := startNode(t, 1, "  cookie_threshold: 0\n  split_sockets: false\n")
+	n.mu.Lock()
+	socks, bulk := len(n.sockets), len(n.bulk)
+	n.mu.Unlock()
+	if socks != 2 || bulk != 0 {
+		t.Fatalf("%d sockets (%d for new SAs), want 2 (none)", socks, bulk)
+	}
+	for _, d := range n.socketDrops() {
+		if d.Receives != "all" {
+			t.Fatalf("socket drops labelled %q, want all", d.Receives)
+		}
+	}
+	cc := newCookieClient(t, n.IKEAddr())
+	cc.send(cookieInit(1, nil))
+	if spi, cookie := cc.answer(); spi != 1 || !cookie {
+		t.Fatalf("answer for %016x (cookie %v), want a cookie for 1", spi, cookie)
 	}
 }

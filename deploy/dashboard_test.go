@@ -362,7 +362,7 @@ func TestDashboardUsesExportedMetrics(t *testing.T) {
 		"ikefleet_ike_sas", "ikefleet_child_sas", "ikefleet_handshakes_total", "ikefleet_handshake_failures_total",
 		"ikefleet_rekeys_total", "ikefleet_dpd_sent_total", "ikefleet_dpd_dead_total",
 		"ikefleet_dataplane_bytes_total", "ikefleet_dataplane_packets_total", "ikefleet_etcd_request_duration_seconds",
-		"ikefleet_queue_drops_total", "ikefleet_handoffs_total", "ikefleet_takeovers_total",
+		"ikefleet_queue_drops_total", "ikefleet_socket_receive_drops_total", "ikefleet_handoffs_total", "ikefleet_takeovers_total",
 		"ikefleet_fenced", "ikefleet_draining", "ikefleet_statestore_reachable",
 		"process_resident_memory_bytes", "go_gc_gomemlimit_bytes",
 	} {

@@ -432,8 +432,9 @@ func TestFloodEstablishedAndGenuine(t *testing.T) {
 	// shards' queues.
 	rsAfter := node.ReceiveStats()
 	sockAfter := udpSocketDrops(t, ikeAddr.Port(), natt.Port())
-	t.Logf("receive losses during the flood: socket buffers %d (IKE port) + %d (NAT-T port); shard queues %d new IKE_SA_INITs, %d other",
+	t.Logf("receive losses during the flood: socket buffers %d (IKE port) + %d (NAT-T port), of them %d in the sockets of new IKE_SA_INITs and %d in the others; shard queues %d new IKE_SA_INITs, %d other",
 		sockAfter[0]-sockBefore[0], sockAfter[1]-sockBefore[1],
+		rsAfter.SocketDropsNew-rsBefore.SocketDropsNew, rsAfter.SocketDropsOther-rsBefore.SocketDropsOther,
 		rsAfter.QueueDropsNew-rsBefore.QueueDropsNew,
 		rsAfter.QueueDropsOther-rsBefore.QueueDropsOther)
 	if cookies == 0 || dropped == 0 {

@@ -62,6 +62,7 @@ type Node struct {
 	KeepalivesSent     uint64
 	KeepalivesReceived uint64
 	QueueDrops         []QueueDrop
+	SocketDrops        []SocketDrop
 	EAP                map[string]uint64 // EAP messages relayed to RADIUS, by result (EAPResults)
 	Revocation         Revocation        // online revocation checking
 	Listening          bool              // sockets bound
@@ -88,6 +89,17 @@ type QueueDrop struct {
 	NATT   bool
 	Shard  int
 	Count  uint64
+}
+
+// SocketDrop is the kernel's drop count of one of the node's UDP sockets
+// (full receive buffers). Receives: "new" (a split port's socket of new
+// IKE_SA_INITs without a cookie), "other" (its socket of everything
+// else), "all" (a port with one socket).
+type SocketDrop struct {
+	Listen   string
+	NATT     bool
+	Receives string
+	Count    uint64
 }
 
 // StateStore is the state store's view of itself.
@@ -327,6 +339,13 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 			sock = "natt"
 		}
 		counter(dQueueDrops, q.Count, q.Listen, sock, strconv.Itoa(q.Shard))
+	}
+	for _, d := range n.SocketDrops {
+		sock := "ike"
+		if d.NATT {
+			sock = "natt"
+		}
+		counter(dSocketDrops, d.Count, d.Listen, sock, d.Receives)
 	}
 	for _, r := range EAPResults {
 		counter(dEAP, n.EAP[r], r)

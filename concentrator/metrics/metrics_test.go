@@ -43,8 +43,9 @@ func snapshot() Snapshot {
 				States: map[string]int{"ESTABLISHED": 5}, ChildSAs: 5},
 		},
 		Node: Node{PersistFailures: 1, FencedDrops: 2, NonIKEDrops: 3, LogDropped: 8, KeepalivesSent: 4, KeepalivesReceived: 5,
-			QueueDrops: []QueueDrop{{Listen: "0.0.0.0", NATT: false, Shard: 1, Count: 6}, {Listen: "0.0.0.0", NATT: true, Shard: 0, Count: 7}},
-			Listening:  true},
+			QueueDrops:  []QueueDrop{{Listen: "0.0.0.0", NATT: false, Shard: 1, Count: 6}, {Listen: "0.0.0.0", NATT: true, Shard: 0, Count: 7}},
+			SocketDrops: []SocketDrop{{Listen: "0.0.0.0", NATT: false, Receives: "new", Count: 900}, {Listen: "0.0.0.0", NATT: false, Receives: "other", Count: 0}},
+			Listening:   true},
 		Events:     counts,
 		StateStore: &StateStore{Reachable: true, Registered: true, Queued: 2, Txns: 42, SealingKey: 2, Keys: 2, Rewrapped: 7},
 		Anycast:    &Anycast{Front: true, Healthy: true, Announced: 2, Failing: map[string]bool{"lease": false}, Members: true, MembersAlive: 3},
@@ -137,6 +138,10 @@ ikefleet_log_lines_dropped_total 8
 # TYPE ikefleet_queue_drops_total counter
 ikefleet_queue_drops_total{listen="0.0.0.0",shard="0",socket="natt"} 7
 ikefleet_queue_drops_total{listen="0.0.0.0",shard="1",socket="ike"} 6
+# HELP ikefleet_socket_receive_drops_total Datagrams the kernel dropped for one of the node's UDP sockets (a full receive buffer), by socket (our listen address, ike or natt) and what it receives: new (IKE_SA_INITs without a cookie, on a split port), other (everything else there: established SAs, cookie replies, ESP), all (one socket per port).
+# TYPE ikefleet_socket_receive_drops_total counter
+ikefleet_socket_receive_drops_total{listen="0.0.0.0",receives="new",socket="ike"} 900
+ikefleet_socket_receive_drops_total{listen="0.0.0.0",receives="other",socket="ike"} 0
 # HELP ikefleet_statestore_reachable 1 while the last etcd request succeeded.
 # TYPE ikefleet_statestore_reachable gauge
 ikefleet_statestore_reachable 1
@@ -160,7 +165,7 @@ ikefleet_dataplane_install_failures_total{dataplane="userspace"} 1
 		"ikefleet_cookies_active", "ikefleet_handshakes_total", "ikefleet_handshake_failures_total", "ikefleet_rekeys_total",
 		"ikefleet_dpd_sent_total", "ikefleet_dpd_dead_total", "ikefleet_keepalives_total", "ikefleet_address_updates_total",
 		"ikefleet_cookies_sent_total", "ikefleet_sa_init_refused_total", "ikefleet_half_open_prefix_credits_total", "ikefleet_handoffs_total", "ikefleet_takeovers_total", "ikefleet_persist_failures_total",
-		"ikefleet_fenced_drops_total", "ikefleet_log_lines_dropped_total", "ikefleet_queue_drops_total", "ikefleet_statestore_reachable",
+		"ikefleet_fenced_drops_total", "ikefleet_log_lines_dropped_total", "ikefleet_queue_drops_total", "ikefleet_socket_receive_drops_total", "ikefleet_statestore_reachable",
 		"ikefleet_dataplane_bytes_total", "ikefleet_dataplane_packets_total", "ikefleet_dataplane_drops_total",
 		"ikefleet_dataplane_install_failures_total"}
 	if err := testutil.CollectAndCompare(c, strings.NewReader(want), names...); err != nil {

@@ -6,8 +6,12 @@
 package transport
 
 import (
+	"fmt"
 	"net"
 	"net/netip"
+	"unsafe"
+
+	"golang.org/x/sys/unix"
 )
 
 // Conn is one bound datagram socket.
@@ -63,3 +67,29 @@ func (u *UDPConn) LocalAddr() netip.AddrPort {
 func (u *UDPConn) Close() error { return u.c.Close() }
 
 func unmap(a netip.AddrPort) netip.AddrPort { return netip.AddrPortFrom(a.Addr().Unmap(), a.Port()) }
+
+// Drops is the kernel's count of datagrams it dropped for this socket
+// (SO_MEMINFO: mostly a full receive buffer), since the socket was made.
+func (u *UDPConn) Drops() (uint64, error) {
+	rc, err := u.c.SyscallConn()
+	if err != nil {
+		return 0, err
+	}
+	// struct sock meminfo (linux/sock_diag.h): SK_MEMINFO_DROPS is the 9th.
+	var info [9]uint32
+	var serr error
+	if err := rc.Control(func(fd uintptr) {
+		l := uint32(unsafe.Sizeof(info))
+		_, _, e := unix.Syscall6(unix.SYS_GETSOCKOPT, fd, unix.SOL_SOCKET, unix.SO_MEMINFO,
+			uintptr(unsafe.Pointer(&info[0])), uintptr(unsafe.Pointer(&l)), 0)
+		if e != 0 {
+			serr = e
+		}
+	}); err != nil {
+		return 0, err
+	}
+	if serr != nil {
+		return 0, fmt.Errorf("SO_MEMINFO: %w", serr)
+	}
+	return uint64(info[8]), nil
+}
