@@ -7,6 +7,8 @@ import (
 	"net/netip"
 	"testing"
 	"time"
+
+	"golang.org/x/net/bpf"
 )
 
 // ikeHeader is a 28-octet IKE header: initiator SPI 1, the given responder
@@ -120,4 +122,81 @@ func TestListenSplitPortNotShared(t *testing.T) {
 	if _, err := (UDP{}).ListenSplit(plain.LocalAddr(), true); !errors.Is(err, ErrPortInUse) {
 		t.Errorf("split on %s held by a plain socket: %v, want ErrPortInUse", plain.LocalAddr(), err)
 	}
+}
+
+// splitReference is what the steering program decides, written out: the
+// socket index for a UDP payload. A read past the end sends it to Bulk,
+// as the kernel ends a classic BPF program whose load fails with 0.
+func splitReference(b []byte, natt bool) int {
+	off := 0
+	if natt {
+		if len(b) < 4 {
+			return splitBulk
+		}
+		if binary.BigEndian.Uint32(b) != 0 {
+			return splitPrio // ESP
+		}
+		off = 4
+	}
+	for _, w := range []int{off + 8, off + 12} { // the responder SPI
+		if len(b) < w+4 {
+			return splitBulk
+		}
+		if binary.BigEndian.Uint32(b[w:]) != 0 {
+			return splitPrio
+		}
+	}
+	if len(b) < off+17 || b[off+16] != payloadNotify {
+		return splitBulk
+	}
+	return splitPrio
+}
+
+// The program as attached (assembled, then run by a classic BPF
+// interpreter that, like the kernel, returns 0 when a load runs past the
+// datagram) decides what splitReference does, for any datagram.
+func FuzzSplitProgram(f *testing.F) {
+	for _, natt := range []bool{false, true} {
+		f.Add([]byte{}, natt)
+		f.Add([]byte{0xff}, natt)
+		f.Add(ikeHeader(0, 33), natt)
+		f.Add(ikeHeader(0, 41), natt)
+		f.Add(ikeHeader(5, 46), natt)
+		f.Add(ikeHeader(5<<32, 46)[:12], natt)
+		f.Add(ikeHeader(5, 46)[:16], natt)
+		f.Add(ikeHeader(0, 41)[:17], natt)
+		f.Add(append([]byte{0, 0, 0, 0}, ikeHeader(0, 41)...), natt)
+		f.Add(append([]byte{0, 0, 0, 0}, ikeHeader(0, 33)...), natt)
+		f.Add(append([]byte{0, 0, 0, 0}, ikeHeader(3, 33)[:12]...), natt)
+		f.Add([]byte{0, 0, 0, 9, 0, 0, 0, 1}, natt)
+	}
+	vms := map[bool]*bpf.VM{}
+	for _, natt := range []bool{false, true} {
+		prog, err := splitProgram(natt)
+		if err != nil {
+			f.Fatal(err)
+		}
+		raw := make([]bpf.RawInstruction, len(prog))
+		for i, p := range prog {
+			raw[i] = bpf.RawInstruction{Op: p.Code, Jt: p.Jt, Jf: p.Jf, K: p.K}
+		}
+		ins, ok := bpf.Disassemble(raw)
+		if !ok {
+			f.Fatalf("natt %v: the program does not disassemble", natt)
+		}
+		vm, err := bpf.NewVM(ins)
+		if err != nil {
+			f.Fatal(err)
+		}
+		vms[natt] = vm
+	}
+	f.Fuzz(func(t *testing.T, b []byte, natt bool) {
+		got, err := vms[natt].Run(b)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if want := splitReference(b, natt); got != want {
+			t.Fatalf("natt %v, % x: socket %d, want %d", natt, b, got, want)
+		}
+	})
 }
