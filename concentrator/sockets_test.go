@@ -414,9 +414,9 @@ func (cc *cookieClient) send(b []byte) {
 	}
 }
 
-// answer reads the next answer (within a bound, not a measure) and
-// returns its initiator SPI and whether it demands a cookie.
-func (cc *cookieClient) answer() (spi uint64, cookie bool) {
+// next reads the next answer (within a bound, not a measure) and returns
+// its initiator SPI and the cookie it demands (nil if none).
+func (cc *cookieClient) next() (spi uint64, cookie []byte) {
 	cc.t.Helper()
 	cc.c.SetReadDeadline(time.Now().Add(30 * time.Second))
 	nb, _, err := cc.c.ReadFromUDPAddrPort(cc.buf)
@@ -429,10 +429,47 @@ func (cc *cookieClient) answer() (spi uint64, cookie bool) {
 	}
 	for _, p := range m.Payloads {
 		if nt, ok := p.(*ike.Notify); ok && nt.NotifyType == ike.COOKIE {
-			return m.SPIi, true
+			return m.SPIi, nt.Data
 		}
 	}
-	return m.SPIi, false
+	return m.SPIi, nil
+}
+
+// cookie reads the next answer and returns the cookie it demands, nil if
+// none.
+func (cc *cookieClient) cookie() []byte {
+	cc.t.Helper()
+	_, c := cc.next()
+	return c
+}
+
+// answer reads the next answer and returns its initiator SPI and whether
+// it demands a cookie.
+func (cc *cookieClient) answer() (spi uint64, cookie bool) {
+	cc.t.Helper()
+	spi, c := cc.next()
+	return spi, c != nil
+}
+
+// stallReads holds every batch read from a socket for which hold
+// reports true until release is called (at the latest when the test
+// ends); stalled is closed at the first.
+func stallReads(t *testing.T, hold func(transport.Conn) bool) (stalled <-chan struct{}, release func()) {
+	st, rel := make(chan struct{}), make(chan struct{})
+	var first, once sync.Once
+	hook := func(c transport.Conn, _ int) {
+		if hold(c) {
+			first.Do(func() { close(st) })
+			<-rel
+		}
+	}
+	receiveHook.Store(&hook)
+	release = func() { once.Do(func() { close(rel) }) }
+	t.Cleanup(func() {
+		receiveHook.Store(nil)
+		release()
+	})
+	return st, release
 }
 
 // A shard whose queue of new IKE_SA_INITs backs up demands cookies, far
@@ -528,29 +565,14 @@ func TestSocketReadersInParallel(t *testing.T) {
 		t.Fatal("no cookie demanded")
 	}
 	var calls atomic.Int32
-	stalled, release := make(chan struct{}), make(chan struct{})
-	hook := func(transport.Conn, int) {
-		if calls.Add(1) == 1 {
-			close(stalled)
-			<-release
-		}
-	}
-	receiveHook.Store(&hook)
-	defer receiveHook.Store(nil)
-	released := false
-	defer func() {
-		if !released {
-			close(release)
-		}
-	}()
+	stalled, release := stallReads(t, func(transport.Conn) bool { return calls.Add(1) == 1 })
 	cc.send(cookieInit(2, nil))
 	<-stalled
 	cc.send(cookieInit(3, nil))
 	if spi, cookie := cc.answer(); spi != 3 || !cookie {
 		t.Fatalf("with one reader stalled: answer for %d (cookie %v), want a cookie for 3", spi, cookie)
 	}
-	close(release)
-	released = true
+	release()
 	if spi, cookie := cc.answer(); spi != 2 || !cookie {
 		t.Fatalf("after the stall: answer for %d (cookie %v), want a cookie for 2", spi, cookie)
 	}
@@ -659,21 +681,7 @@ func TestProvenRequestsAfterEstablishedTraffic(t *testing.T) {
 			continue
 		}
 		cc.send(req)
-		cc.c.SetReadDeadline(time.Now().Add(30 * time.Second)) // a bound, not a measure
-		nb, _, err := cc.c.ReadFromUDPAddrPort(cc.buf)
-		if err != nil {
-			t.Fatal(err)
-		}
-		m, err := ike.Decode(append([]byte(nil), cc.buf[:nb]...))
-		if err != nil {
-			t.Fatal(err)
-		}
-		var cookie []byte
-		for _, p := range m.Payloads {
-			if nt, ok := p.(*ike.Notify); ok && nt.NotifyType == ike.COOKIE {
-				cookie = nt.Data
-			}
-		}
+		cookie := cc.cookie()
 		if cookie == nil {
 			t.Fatalf("no cookie demanded of %016x", spi<<8|0x77)
 		}
@@ -724,44 +732,16 @@ func TestSplitSocketsServeEstablishedUnderFlood(t *testing.T) {
 	n, _ := startNode(t, 1, "  cookie_threshold: 0\n  socket_buffer: 65536\n")
 	cc := newCookieClient(t, n.IKEAddr())
 	cc.send(cookieInit(1, nil))
-	cc.c.SetReadDeadline(time.Now().Add(30 * time.Second)) // a bound, not a measure
-	nb, _, err := cc.c.ReadFromUDPAddrPort(cc.buf)
-	if err != nil {
-		t.Fatal(err)
-	}
-	m, err := ike.Decode(append([]byte(nil), cc.buf[:nb]...))
-	if err != nil {
-		t.Fatal(err)
-	}
-	var cookie []byte
-	for _, p := range m.Payloads {
-		if nt, ok := p.(*ike.Notify); ok && nt.NotifyType == ike.COOKIE {
-			cookie = nt.Data
-		}
-	}
+	cookie := cc.cookie()
 	if cookie == nil {
 		t.Fatal("no cookie demanded")
 	}
 
-	var once sync.Once
-	stalled, release := make(chan struct{}), make(chan struct{})
-	hook := func(c transport.Conn, _ int) {
+	stalled, release := stallReads(t, func(c transport.Conn) bool {
 		n.mu.Lock()
-		bulk := n.bulk[c]
-		n.mu.Unlock()
-		if bulk {
-			once.Do(func() { close(stalled) })
-			<-release
-		}
-	}
-	receiveHook.Store(&hook)
-	defer receiveHook.Store(nil)
-	released := false
-	defer func() {
-		if !released {
-			close(release)
-		}
-	}()
+		defer n.mu.Unlock()
+		return n.bulk[c]
+	})
 	cc.send(cookieInit(2, nil))
 	select {
 	case <-stalled:
@@ -800,8 +780,7 @@ func TestSplitSocketsServeEstablishedUnderFlood(t *testing.T) {
 	if spi, c := cc.answer(); spi != 1 || c {
 		t.Fatalf("answer for %016x (cookie %v), want the IKE_SA_INIT response to the retry with the cookie", spi, c)
 	}
-	close(release)
-	released = true
+	release()
 	// The stalled reader goes on: the request it held gets its cookie.
 	if spi, c := cc.answer(); spi != 2 || !c {
 		t.Fatalf("after the stall: answer for %016x (cookie %v), want a cookie for 2", spi, c)
