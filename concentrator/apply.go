@@ -147,6 +147,7 @@ func (n *Node) submit(s *shard, b *heldBatch, p ike.Persist) {
 		}
 	}
 	n.uniqueChange(&c, &p)
+	n.goneHere(&c)
 	switch {
 	case p.ExclusiveSelectors:
 		c.Selectors = &statestore.SelectorClaim{Identity: p.PeerID.String()}
@@ -200,6 +201,32 @@ func (n *Node) submit(s *shard, b *heldBatch, p ike.Persist) {
 	}
 	if err := n.persist.store.Submit(c, done); err != nil {
 		done(err)
+	}
+}
+
+// goneHere puts the SPIs that change c ends into the claims' negative
+// cache: the IKE SPI of an SA deleted here (or replaced by an IKE rekey)
+// and the inbound ESP SPIs it frees. IKE and ESP SPIs are never used
+// again, so a late message for one (a retransmission, a liveness check
+// sent before the peer saw the Delete) must not start a claim: until the
+// deletion commits, the claim would find this node's own record and
+// restore the SA just deleted, whose next write then fails ("SA
+// forgotten"). An SA that leaves for another node (a hand-off, Forget) is
+// not deleted and may come back by a claim.
+func (n *Node) goneHere(c *statestore.Change) {
+	switch c.Kind {
+	case statestore.Deleted:
+		n.negative(c.SPI)
+		if c.Record != nil {
+			for _, x := range c.Record.InSPIs() {
+				n.negative(espKey(x))
+			}
+		}
+	case statestore.IKERekeyed:
+		n.negative(c.OldSPI)
+	}
+	for _, x := range c.Released {
+		n.negative(espKey(x))
 	}
 }
 

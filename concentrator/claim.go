@@ -33,6 +33,7 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -188,8 +189,8 @@ func (n *Node) unknownESP(spi uint32) {
 		s := n.shardOfSPI(ikeSPI)
 		held := false
 		n.do(ctx, s, func() { held = s.eng.SA(ikeSPI) != nil })
-		if held {
-			return
+		if held || n.negativeHit(ikeSPI) {
+			return // held, or deleted here meanwhile (goneHere)
 		}
 		c.mu.Lock()
 		_, busy := c.parked[ikeSPI]
@@ -276,6 +277,21 @@ func (n *Node) takeParked(spi uint64) []ike.Packet {
 	delete(c.parked, spi)
 	c.total -= len(e.pkts)
 	return e.pkts
+}
+
+// negativeHit reports a live negative-cache entry for spi (counted as a
+// hit).
+func (n *Node) negativeHit(spi uint64) bool {
+	c := &n.claims
+	now := n.clock.Mono()
+	c.mu.Lock()
+	exp, ok := c.neg[spi]
+	c.mu.Unlock()
+	if ok && now.Before(exp) {
+		n.cluster.negHits.Add(1)
+		return true
+	}
+	return false
 }
 
 func (n *Node) negative(spi uint64) {
@@ -591,6 +607,19 @@ func (n *Node) claimBatch(ctx context.Context, id uint64, spis []uint64) {
 			n.retryClaims(retry, claimRetry, statestore.Owner{})
 		}
 		mine = append(mine, ok...)
+	}
+	if len(mine) > 0 {
+		// Ours but not held: left by an earlier restore that failed, or
+		// deleted here since the claim began, the deletion not committed
+		// yet (goneHere put it in the negative cache): that one stays
+		// deleted.
+		mine = slices.DeleteFunc(mine, func(spi uint64) bool {
+			if n.negativeHit(spi) {
+				n.takeParked(spi)
+				return true
+			}
+			return false
+		})
 	}
 	if len(mine) > 0 {
 		loaded, owners, err := st.LoadMany(ctx, mine)

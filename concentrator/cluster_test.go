@@ -598,6 +598,54 @@ func TestClaimNegativeCache(t *testing.T) {
 	}
 }
 
+// A late message for an SA the node has just deleted (a retransmission,
+// a liveness check the peer sent before it saw the Delete) starts no
+// claim: until the deletion commits, the claim would find the node's own
+// record and restore the SA (then forget it again, with a warning). Its
+// SPI and its CHILD SA's inbound SPI go into the negative cache.
+func TestDeletedSANotClaimedBack(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	c := newTestCluster(t, 1)
+	a := c.start(ctx, "a")
+	c.setRoute("a")
+	g := startMemGateway(t, ctx, c.netw, c.clk, netip.AddrFrom4([4]byte{192, 0, 2, 14}))
+	g.connect(ctx, c.vip, 1)
+	spii, spir, _ := gatewaySA(g)
+	sas, err := a.n.SAs(ctx)
+	if err != nil || len(sas) != 1 || len(sas[0].Children) != 1 {
+		t.Fatalf("a's SAs %+v (%v), want one with a CHILD SA", sas, err)
+	}
+	in := sas[0].Children[0].InSPI // ours
+	if err := a.n.Terminate(ctx, spir); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, ctx, "a deletes the SA", func() bool {
+		s := a.n.shardOfSPI(spir)
+		gone := false
+		a.n.do(ctx, s, func() { gone = s.eng.SA(spir) == nil })
+		return gone
+	})
+	before := a.n.ClusterStats()
+	late := ike.Message{SPIi: spii, SPIr: spir, Exchange: ike.INFORMATIONAL, Flags: ike.FlagInitiator, MessageID: 7}
+	c.netw.Inject(netip.MustParseAddrPort("192.0.2.14:4500"), netip.AddrPortFrom(c.vip, 500), late.Encode())
+	a.n.unknownESP(in)
+	defer func() {
+		if t.Failed() {
+			t.Logf("a before %+v, after %+v", before, a.n.ClusterStats())
+		}
+	}()
+	waitFor(t, ctx, "the late message and ESP dropped by the negative cache", func() bool {
+		return a.n.ClusterStats().NegativeHits >= before.NegativeHits+2
+	})
+	if s := a.n.ClusterStats(); s.Claims != before.Claims {
+		t.Fatalf("claims %d, then %d after a late message for the SA deleted here", before.Claims, s.Claims)
+	}
+	if len(c.holders(ctx, spir)) != 0 {
+		t.Fatal("the deleted SA is held again")
+	}
+}
+
 // A node that takes over a dead node's SAs whose CHILD rekeys are all
 // overdue does not rekey them at once: the scheduler places them at the
 // node's share of cluster.fleet_rekeys_per_second (the fleet's rate over
