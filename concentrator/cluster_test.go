@@ -522,6 +522,17 @@ func TestHandOffOutlivesCallerDeadline(t *testing.T) {
 	}
 }
 
+// oneGatewayCluster is a cluster of one node, "a", with gateway 1
+// (from 192.0.2.host) connected to it.
+func oneGatewayCluster(t *testing.T, ctx context.Context, host byte) (*testCluster, *clusterNode, *memGateway) {
+	c := newTestCluster(t, 1)
+	a := c.start(ctx, "a")
+	c.setRoute("a")
+	g := startMemGateway(t, ctx, c.netw, c.clk, netip.AddrFrom4([4]byte{192, 0, 2, host}))
+	g.connect(ctx, c.vip, 1)
+	return c, a, g
+}
+
 // An SA whose owner record is gone from etcd (deleted cluster-wide: a
 // newer SA of its identity on another node replaced it) is forgotten at
 // the first write the store refuses, not retried at every tick for as
@@ -529,11 +540,7 @@ func TestHandOffOutlivesCallerDeadline(t *testing.T) {
 func TestDisownedSAForgotten(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	c := newTestCluster(t, 1)
-	a := c.start(ctx, "a")
-	c.setRoute("a")
-	g := startMemGateway(t, ctx, c.netw, c.clk, netip.AddrFrom4([4]byte{192, 0, 2, 13}))
-	g.connect(ctx, c.vip, 1)
+	c, a, g := oneGatewayCluster(t, ctx, 13)
 	spii, spir, in := gatewaySA(g)
 	cli, err := statestore.Dial(c.etcd.Client())
 	if err != nil {
@@ -606,11 +613,7 @@ func TestClaimNegativeCache(t *testing.T) {
 func TestDeletedSANotClaimedBack(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	c := newTestCluster(t, 1)
-	a := c.start(ctx, "a")
-	c.setRoute("a")
-	g := startMemGateway(t, ctx, c.netw, c.clk, netip.AddrFrom4([4]byte{192, 0, 2, 14}))
-	g.connect(ctx, c.vip, 1)
+	c, a, g := oneGatewayCluster(t, ctx, 14)
 	spii, spir, _ := gatewaySA(g)
 	sas, err := a.n.SAs(ctx)
 	if err != nil || len(sas) != 1 || len(sas[0].Children) != 1 {
