@@ -119,7 +119,7 @@ func New(cfg Config, log *slog.Logger, dp dataplane.DataPlane, opts ...Option) (
 	}
 	n := &Node{cfg: cfg, log: log, dp: dp, ecfg: ecfg, seed: maphash.MakeSeed(),
 		tr: transport.UDP{}, clock: clock.Real(),
-		conns: map[netip.AddrPort]transport.Conn{}, natt: map[netip.AddrPort]bool{}, ready: make(chan struct{}), stopped: make(chan struct{}),
+		conns: map[netip.AddrPort]transport.Conn{}, natt: map[netip.AddrPort]bool{}, bulk: map[transport.Conn]bool{}, ready: make(chan struct{}), stopped: make(chan struct{}),
 		nodeID: nodeIDOf(cfg), creds: newCredCache()}
 	for _, o := range opts {
 		o(n)
@@ -321,7 +321,6 @@ func (n *Node) Run(ctx context.Context) error {
 	}
 	defer stopHTTP()
 	var conns []transport.Conn
-	bulk := map[transport.Conn]bool{}
 	for _, a := range n.cfg.IKE.Listen {
 		addr := netip.MustParseAddr(a)
 		for i, port := range []int{n.cfg.IKE.Port, n.cfg.IKE.NATTPort} {
@@ -333,13 +332,12 @@ func (n *Node) Run(ctx context.Context) error {
 				return fmt.Errorf("listen %s port %d: %w", a, port, err)
 			}
 			conns = append(conns, cs...)
-			if len(cs) == 2 {
-				bulk[cs[1]] = true
-			}
 			local := cs[0].LocalAddr()
 			n.mu.Lock()
 			n.sockets = append(n.sockets, cs...)
-			n.bulk = bulk
+			if len(cs) == 2 {
+				n.bulk[cs[1]] = true
+			}
 			n.conns[local] = cs[0]
 			n.natt[local] = i == 1
 			if !n.ikeAddr.IsValid() && i == 0 {
@@ -508,7 +506,8 @@ func (n *Node) Run(ctx context.Context) error {
 	var readers sync.WaitGroup
 	for _, c := range conns {
 		nr := 1 // another transport (an in-memory network): one reader
-		if _, ok := c.(*transport.UDPConn); ok && (bulk[c] || !n.carriesESP(c)) {
+		// (Run is n.bulk's only writer: read here without n.mu.)
+		if _, ok := c.(*transport.UDPConn); ok && (n.bulk[c] || !n.carriesESP(c)) {
 			nr = socketReaders(n.cfg.IKE.SocketReaders, runtime.GOMAXPROCS(0))
 		}
 		for range nr {
