@@ -215,13 +215,8 @@ func (n *Node) submit(s *shard, b *heldBatch, p ike.Persist) {
 // not deleted and may come back by a claim.
 func (n *Node) goneHere(c *statestore.Change) {
 	switch c.Kind {
-	case statestore.Deleted:
+	case statestore.Deleted: // its CHILD SAs' inbound SPIs are Released
 		n.negative(c.SPI)
-		if c.Record != nil {
-			for _, x := range c.Record.InSPIs() {
-				n.negative(espKey(x))
-			}
-		}
 	case statestore.IKERekeyed:
 		n.negative(c.OldSPI)
 	}

@@ -158,15 +158,12 @@ func (n *Node) unknownESP(spi uint32) {
 		return
 	}
 	key := espKey(spi)
-	c := &n.claims
-	now := n.clock.Mono()
-	c.mu.Lock()
-	c.init()
-	if exp, ok := c.neg[key]; ok && now.Before(exp) {
-		c.mu.Unlock()
-		n.cluster.negHits.Add(1)
+	if n.negativeHit(key) {
 		return
 	}
+	c := &n.claims
+	c.mu.Lock()
+	c.init()
 	if _, busy := c.parked[key]; busy || len(c.parked) >= claimParkTotal {
 		c.mu.Unlock()
 		return
@@ -233,18 +230,12 @@ func (n *Node) unheld(s *shard, pkt ike.Packet) (uint64, bool) {
 // park keeps pkt until the SA with our SPI spi is claimed, and starts the
 // claim if none is under way.
 func (n *Node) park(spi uint64, pkt ike.Packet) {
+	if n.negativeHit(spi) {
+		return
+	}
 	c := &n.claims
-	now := n.clock.Mono()
 	c.mu.Lock()
 	c.init()
-	if exp, ok := c.neg[spi]; ok {
-		if now.Before(exp) {
-			c.mu.Unlock()
-			n.cluster.negHits.Add(1)
-			return
-		}
-		delete(c.neg, spi)
-	}
 	e := c.parked[spi]
 	if (e != nil && len(e.pkts) >= claimParkPerSPI) || c.total >= claimParkTotal || (e == nil && len(c.parked) >= claimParkTotal) {
 		c.mu.Unlock()
@@ -280,12 +271,15 @@ func (n *Node) takeParked(spi uint64) []ike.Packet {
 }
 
 // negativeHit reports a live negative-cache entry for spi (counted as a
-// hit).
+// hit); an expired one is removed.
 func (n *Node) negativeHit(spi uint64) bool {
 	c := &n.claims
 	now := n.clock.Mono()
 	c.mu.Lock()
 	exp, ok := c.neg[spi]
+	if ok && !now.Before(exp) {
+		delete(c.neg, spi)
+	}
 	c.mu.Unlock()
 	if ok && now.Before(exp) {
 		n.cluster.negHits.Add(1)
