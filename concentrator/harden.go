@@ -7,6 +7,7 @@ import (
 	"net/netip"
 	"net/url"
 	"os"
+	"path/filepath"
 	"time"
 
 	"github.com/ikefleet/ikefleet/concentrator/ike"
@@ -114,28 +115,38 @@ func checkPSKLength(s []byte, allowWeak bool) error {
 // validateExternalTLS: a node talks to an external etcd with mutual TLS —
 // the records hold sealed key material and the cluster's SA state, and the
 // client certificate is what lets etcd refuse strangers. Plain http:// is
-// accepted only when every endpoint is on loopback (an etcd on the same
-// host, as tests and single-host clusters use); then the TLS files are
-// optional.
+// accepted only when every endpoint is on this host: on loopback (an etcd
+// on the same host, as tests and single-host clusters use) or a unix
+// socket (unix:///path: another node's embedded member, which only its
+// user may connect to); then the TLS files are optional.
 func (s *StateStoreConfig) validateExternalTLS() error {
-	plainLoopback := true
+	plainLocal := true
 	for i, ep := range s.Endpoints {
+		field := fmt.Sprintf("statestore.endpoints[%d]", i)
 		u, err := url.Parse(ep)
-		if err != nil || u.Host == "" {
-			return fieldErr(fmt.Sprintf("statestore.endpoints[%d]", i), "not a URL (https://host:port): %q", ep)
+		if err != nil {
+			return fieldErr(field, "not a URL (https://host:port): %q", ep)
 		}
 		switch u.Scheme {
 		case "https":
-			plainLoopback = false
+			plainLocal = false
 		case "http":
 			if !isLoopbackHost(u.Hostname()) {
-				return fieldErr(fmt.Sprintf("statestore.endpoints[%d]", i), "plain http to a non-loopback etcd: use https:// (%q)", ep)
+				return fieldErr(field, "plain http to a non-loopback etcd: use https:// (%q)", ep)
 			}
+		case "unix":
+			if u.Host != "" || !filepath.IsAbs(u.Path) {
+				return fieldErr(field, "a unix socket is unix:///absolute/path, not %q", ep)
+			}
+			continue
 		default:
-			return fieldErr(fmt.Sprintf("statestore.endpoints[%d]", i), "scheme must be https (or http for loopback): %q", ep)
+			return fieldErr(field, "scheme must be https (or http for loopback, unix for a socket): %q", ep)
+		}
+		if u.Host == "" {
+			return fieldErr(field, "not a URL (https://host:port): %q", ep)
 		}
 	}
-	if plainLoopback {
+	if plainLocal {
 		return nil
 	}
 	if s.CAFile == "" {

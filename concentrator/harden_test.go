@@ -45,6 +45,12 @@ func TestSecretsValidation(t *testing.T) {
 			t.Fatalf("%s: %v", ep, err)
 		}
 	}
+	// Another node's embedded member, through its socket: local, no TLS.
+	if _, err := ParseConfig([]byte(ext + "  endpoints: [\"unix:///var/lib/ikefleet/etcd/client.sock\"]\n")); err != nil {
+		t.Fatalf("unix socket endpoint: %v", err)
+	}
+	wantFieldErr(t, ext+"  endpoints: [\"unix://etcd/client.sock\"]\n", "statestore.endpoints[0]", "unix:///absolute/path")
+	wantFieldErr(t, ext+"  endpoints: [\"unix:///run/etcd.sock\", https://10.0.0.1:2379]\n", "statestore.ca_file", "required")
 	wantFieldErr(t, minimal+"log: {per_event_rate: -1}\n", "log.per_event_rate", "")
 	wantFieldErr(t, minimal+"ike: {max_init_message_size: 100}\n", "ike.max_init_message_size", "")
 	wantFieldErr(t, minimal+"ike: {half_open_prefix4: 33}\n", "ike.half_open_prefix4", "")

@@ -105,7 +105,14 @@ func (n *Node) openStore(ctx context.Context) (*persistence, error) {
 		// timed here for ikefleet_etcd_* (no interceptor to hook).
 		p.cli = e.LocalClient()
 		statestore.ObserveClient(p.cli, n.obs.etcd.Observe)
-		n.log.Info("embedded etcd ready", "dir", c.DataDir, "endpoint", e.Endpoints()[0], "took", time.Since(start).Round(time.Millisecond).String())
+		// No TCP port: other processes of this user (nodes sharing the
+		// member on one host, etcdctl) come through the socket, if its path
+		// fits one.
+		endpoint := "none (the data directory's path is too long for a unix socket)"
+		if eps := e.Endpoints(); len(eps) > 0 {
+			endpoint = eps[0]
+		}
+		n.log.Info("embedded etcd ready", "dir", c.DataDir, "endpoint", endpoint, "took", time.Since(start).Round(time.Millisecond).String())
 	case "external":
 		cc = statestore.ClientConfig{Endpoints: c.Endpoints, CAFile: c.CAFile, CertFile: c.CertFile, KeyFile: c.KeyFile}
 	}

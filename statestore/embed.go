@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net"
 	"net/url"
+	"os"
 	"syscall"
 	"time"
 
@@ -22,8 +23,16 @@ type EmbedConfig struct {
 	Name       string // member name; default "ikefleet"
 	ClientAddr string // host:port; default 127.0.0.1 on a free port
 	PeerAddr   string // host:port; default 127.0.0.1 on a free port
-	MaxTxnOps  uint   // default 1024 (the batcher's MaxBatch must fit)
-	NoFsync    bool   // tests only: loses data on power failure
+	// Socket, if set, replaces the TCP listeners: clients connect through
+	// this unix socket (made 0600; its directory should be private) and
+	// the member, the only one of its cluster, listens for no peers.
+	// ClientAddr, PeerAddr and the TLS files are then unused.
+	Socket string
+	// NoListeners: no socket at all, not even Socket; only LocalClient
+	// reaches the member.
+	NoListeners bool
+	MaxTxnOps   uint // default 1024 (the batcher's MaxBatch must fit)
+	NoFsync     bool // tests only: loses data on power failure
 	// SnapshotCount: committed transactions between raft snapshots; the
 	// raft log kept in memory grows to about this many entries (each a
 	// batch of SA changes) before a snapshot lets it go. Default 1000
@@ -89,6 +98,16 @@ func StartEmbedded(cfg EmbedConfig) (*Embedded, error) {
 	if cfg.SnapshotCatchUpEntries == 0 {
 		cfg.SnapshotCatchUpEntries = DefaultEmbedSnapshotCatchUpEntries
 	}
+	if cfg.Socket != "" || cfg.NoListeners {
+		m := &Embedded{cfg: cfg}
+		if cfg.Socket != "" && !cfg.NoListeners {
+			m.clientURL = url.URL{Scheme: "unix", Path: cfg.Socket}
+		}
+		if err := m.start(); err != nil {
+			return nil, err
+		}
+		return m, nil
+	}
 	scheme := "http"
 	if cfg.CertFile != "" {
 		scheme = "https"
@@ -143,6 +162,20 @@ func (m *Embedded) start() error {
 	c.AdvertiseClientUrls = []url.URL{m.clientURL}
 	c.ListenPeerUrls = []url.URL{m.peerURL}
 	c.AdvertisePeerUrls = []url.URL{m.peerURL}
+	if m.local() {
+		// No TCP port: the member is its cluster's only one, so no peer
+		// ever dials it (its membership needs a peer URL all the same; a
+		// member of an older release keeps the one it has). Clients come
+		// through the socket, if any. etcd wants advertised URLs in
+		// host:port form; what clients dial is Endpoints.
+		c.ListenPeerUrls = nil
+		c.AdvertisePeerUrls = []url.URL{{Scheme: "unix", Host: "none:0"}}
+		c.ListenClientUrls, c.AdvertiseClientUrls = nil, nil
+		if m.clientURL.Path != "" {
+			c.ListenClientUrls = []url.URL{m.clientURL}
+			c.AdvertiseClientUrls = []url.URL{{Scheme: "unix", Host: m.clientURL.Path + ":0"}}
+		}
+	}
 	c.InitialCluster = c.InitialClusterFromName(c.Name)
 	c.MaxTxnOps = m.cfg.MaxTxnOps
 	c.SnapshotCount = m.cfg.SnapshotCount
@@ -192,12 +225,32 @@ func (m *Embedded) start() error {
 		e.Close()
 		return fmt.Errorf("statestore: embedded etcd: not ready after %v", m.cfg.Timeout)
 	}
+	if m.clientURL.Scheme == "unix" {
+		// The socket is made with the process's umask: connecting needs
+		// write permission on it, which only the owner keeps.
+		if err := os.Chmod(m.clientURL.Path, 0o600); err != nil {
+			e.Close()
+			return fmt.Errorf("statestore: embedded etcd: %w", err)
+		}
+	}
 	m.e = e
 	return nil
 }
 
-// Endpoints are the client URLs, for ClientConfig.Endpoints.
-func (m *Embedded) Endpoints() []string { return []string{m.clientURL.String()} }
+// local: the member serves no TCP port (EmbedConfig.Socket, NoListeners).
+func (m *Embedded) local() bool { return m.cfg.Socket != "" || m.cfg.NoListeners }
+
+// Endpoints are the client URLs, for ClientConfig.Endpoints (a unix
+// socket: unix:///path); none with NoListeners.
+func (m *Embedded) Endpoints() []string {
+	switch {
+	case m.clientURL.Scheme == "unix":
+		return []string{"unix://" + m.clientURL.Path}
+	case m.clientURL.Host == "":
+		return nil
+	}
+	return []string{m.clientURL.String()}
+}
 
 // LocalClient returns a client that calls this member's server in this
 // process, without gRPC or sockets: a request costs function calls, not

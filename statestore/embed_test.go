@@ -2,8 +2,6 @@ package statestore
 
 import (
 	"net"
-	"os"
-	"path/filepath"
 	"strings"
 	"testing"
 )
@@ -25,36 +23,6 @@ func TestEmbeddedPicksAgainWhenPortTaken(t *testing.T) {
 	_, err = StartEmbedded(EmbedConfig{Dir: t.TempDir(), NoFsync: true, ClientAddr: taken})
 	if err == nil {
 		t.Fatal("a configured address that is taken: started anyway")
-	}
-}
-
-// The same for a stand-alone node's member (OpenEmbedded), whose ports are
-// chosen at its first start and kept in its data directory: a port taken
-// before etcd binds it is chosen again, and the file names the ports the
-// member got; once it has them, a restart keeps them.
-func TestOpenEmbeddedChoosesAgainWhenPortTaken(t *testing.T) {
-	taken, picks := pickTaken(t, 2) // the first start's peer port
-	dir := t.TempDir()
-	e, err := OpenEmbedded(dir, EmbedConfig{NoFsync: true})
-	if err != nil {
-		t.Fatalf("first start with a chosen port taken: %v", err)
-	}
-	addrs, err := os.ReadFile(filepath.Join(dir, embeddedAddrsFile))
-	if err != nil {
-		t.Fatal(err)
-	}
-	e.Close()
-	if *picks != 4 || strings.Contains(string(addrs), taken) {
-		t.Fatalf("%d picks, addresses kept %q (taken: %v)", *picks, addrs, taken)
-	}
-	e, err = OpenEmbedded(dir, EmbedConfig{NoFsync: true})
-	if err != nil {
-		t.Fatalf("restart: %v", err)
-	}
-	defer e.Close()
-	again, _ := os.ReadFile(filepath.Join(dir, embeddedAddrsFile))
-	if *picks != 4 || string(again) != string(addrs) {
-		t.Fatalf("restart chose ports again: %d picks, %q then %q", *picks, addrs, again)
 	}
 }
 

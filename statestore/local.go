@@ -1,8 +1,8 @@
 package statestore
 
 // A stand-alone node's state store on local disk: the embedded etcd member
-// in its data directory, on loopback addresses chosen once, and the cluster
-// key generated there the first time.
+// in its data directory, reached through a unix socket there, and the
+// cluster key generated the first time.
 
 import (
 	"crypto/rand"
@@ -13,15 +13,22 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"syscall"
 )
 
 // Files in a node's data directory.
 const (
-	embeddedEtcdDir   = "etcd"        // the member's data
-	embeddedAddrsFile = "etcd-addrs"  // "<client host:port> <peer host:port>\n"
-	clusterKeyFile    = "cluster.key" // hex: where releases before DefaultClusterKeyFile generated the key
+	embeddedEtcdDir    = "etcd"        // the member's data, and its client socket
+	embeddedSocketFile = "client.sock" // in embeddedEtcdDir
+	// legacyAddrsFile: the loopback TCP ports releases before this one
+	// served the member on ("<client host:port> <peer host:port>"); removed
+	// once the member serves on its socket.
+	legacyAddrsFile = "etcd-addrs"
+	clusterKeyFile  = "cluster.key" // hex: where releases before DefaultClusterKeyFile generated the key
 )
+
+// maxSocketPath is the longest path a unix socket can be bound to on
+// Linux (sun_path is 108 bytes, with its terminating NUL).
+const maxSocketPath = 107
 
 // DataDirError is a data directory (or a file in it) that cannot be used.
 type DataDirError struct {
@@ -52,63 +59,66 @@ func (e *KeyFileError) Error() string {
 func (e *KeyFileError) Unwrap() error { return e.Err }
 
 // OpenEmbedded starts the single-member etcd that a stand-alone node keeps
-// in dataDir (created if missing): its data under dataDir/etcd, its client
-// and peer addresses chosen on loopback the first time and kept in
-// dataDir/etcd-addrs, since the member's data names them. cfg may set
-// anything but Dir, ClientAddr and PeerAddr, which come from dataDir.
+// in dataDir (created if missing, 0700): its data under dataDir/etcd. The
+// node reaches it in process (LocalClient); the member listens on no TCP
+// port, peer or client. Other processes of the node's user (nodes sharing
+// this member on one host, etcdctl) connect through the unix socket
+// dataDir/etcd/client.sock (Endpoints), whose directory and the socket
+// itself only that user may enter and write; when that path is too long
+// for a unix socket there is no socket and Endpoints is empty. cfg may set
+// anything but Dir, Socket, ClientAddr, PeerAddr and the TLS files.
 // Errors: *DataDirError for the directory, else etcd's.
 func OpenEmbedded(dataDir string, cfg EmbedConfig) (*Embedded, error) {
 	if dataDir == "" {
 		return nil, &DataDirError{Path: dataDir, Err: errors.New("no data directory")}
 	}
-	if err := os.MkdirAll(dataDir, 0o700); err != nil {
+	abs, err := filepath.Abs(dataDir)
+	if err != nil {
 		return nil, &DataDirError{Path: dataDir, Err: err}
 	}
-	cfg.Dir = filepath.Join(dataDir, embeddedEtcdDir)
-	for try := 1; ; try++ {
-		client, peer, chosen, err := embeddedAddrs(dataDir)
-		if err != nil {
-			return nil, err
-		}
-		cfg.ClientAddr, cfg.PeerAddr = client, peer
-		e, err := StartEmbedded(cfg)
-		if err == nil || !chosen || try == 3 || !errors.Is(err, syscall.EADDRINUSE) {
-			return e, err
-		}
-		// Ports chosen just now, free when chosen, were taken by another
-		// process before etcd bound them (etcd binds before it writes any
-		// data): choose again.
-		if err := os.Remove(filepath.Join(dataDir, embeddedAddrsFile)); err != nil {
-			return nil, &DataDirError{Path: dataDir, Err: err}
-		}
+	if err := os.MkdirAll(abs, 0o700); err != nil {
+		return nil, &DataDirError{Path: dataDir, Err: err}
 	}
+	cfg.Dir = filepath.Join(abs, embeddedEtcdDir)
+	if err := privateDir(cfg.Dir); err != nil {
+		return nil, &DataDirError{Path: cfg.Dir, Err: err}
+	}
+	cfg.ClientAddr, cfg.PeerAddr = "", ""
+	cfg.CertFile, cfg.KeyFile, cfg.ClientCAFile = "", "", ""
+	cfg.Socket = filepath.Join(cfg.Dir, embeddedSocketFile)
+	if len(cfg.Socket) > maxSocketPath {
+		cfg.Socket = ""
+		cfg.NoListeners = true
+	}
+	e, err := StartEmbedded(cfg)
+	if err != nil {
+		return nil, err
+	}
+	// The ports an older release kept here are no longer served.
+	if err := os.Remove(filepath.Join(abs, legacyAddrsFile)); err != nil && !errors.Is(err, os.ErrNotExist) {
+		e.Close()
+		return nil, &DataDirError{Path: filepath.Join(abs, legacyAddrsFile), Err: err}
+	}
+	return e, nil
 }
 
-// embeddedAddrs returns the member's addresses kept in dir, choosing free
-// loopback ports the first time (chosen).
-func embeddedAddrs(dir string) (client, peer string, chosen bool, err error) {
-	path := filepath.Join(dir, embeddedAddrsFile)
-	b, err := os.ReadFile(path)
-	switch {
-	case err == nil:
-		f := strings.Fields(string(b))
-		if len(f) != 2 {
-			return "", "", false, &DataDirError{Path: path, Err: errors.New("want two host:port addresses (client, peer)")}
-		}
-		return f[0], f[1], false, nil
-	case !errors.Is(err, os.ErrNotExist):
-		return "", "", false, &DataDirError{Path: path, Err: err}
+// privateDir makes dir (created if missing) enterable by its owner only:
+// the member's data and its client socket are in it.
+func privateDir(dir string) error {
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return err
 	}
-	if client, err = pickAddr(""); err != nil {
-		return "", "", false, err
+	fi, err := os.Stat(dir)
+	if err != nil {
+		return err
 	}
-	if peer, err = pickAddr(""); err != nil {
-		return "", "", false, err
+	if !fi.IsDir() {
+		return errors.New("not a directory")
 	}
-	if err := writeFileAtomic(path, []byte(client+" "+peer+"\n")); err != nil {
-		return "", "", false, &DataDirError{Path: path, Err: err}
+	if fi.Mode().Perm()&0o077 != 0 {
+		return os.Chmod(dir, 0o700)
 	}
-	return client, peer, true, nil
+	return nil
 }
 
 // DefaultClusterKeyFile is the cluster key's path when no key file is

@@ -9,23 +9,40 @@ import (
 	"testing"
 )
 
-// A stand-alone node's etcd keeps its addresses and its data across
-// restarts in the data directory.
-func TestOpenEmbeddedKeepsAddressesAndData(t *testing.T) {
+// A stand-alone node's etcd serves no TCP port: clients of the node's
+// user connect through a socket in the data directory that nobody else
+// may enter or write, and the data stays across restarts.
+func TestOpenEmbeddedServesOnASocketOnly(t *testing.T) {
 	dir := filepath.Join(t.TempDir(), "data") // created by OpenEmbedded
+	before := tcpListeners(t)
 	e, err := OpenEmbedded(dir, EmbedConfig{NoFsync: true})
 	if err != nil {
 		t.Fatal(err)
 	}
-	first := e.Endpoints()[0]
+	sock := filepath.Join(dir, "etcd", "client.sock")
+	if got := e.Endpoints(); len(got) != 1 || got[0] != "unix://"+sock {
+		t.Fatalf("endpoints %q, want the socket %s", got, sock)
+	}
+	if extra := newListeners(before, tcpListeners(t)); len(extra) > 0 {
+		t.Fatalf("the member listens on TCP: %v", extra)
+	}
+	for path, want := range map[string]os.FileMode{dir: 0o700, filepath.Join(dir, "etcd"): 0o700, sock: 0o600} {
+		fi, err := os.Stat(path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if fi.Mode().Perm() != want {
+			t.Errorf("%s: mode %04o, want %04o", path, fi.Mode().Perm(), want)
+		}
+	}
 	cli := dial(t, e.Endpoints())
 	if _, err := cli.Put(tctx(t, 5e9), "k", "v"); err != nil {
 		t.Fatal(err)
 	}
 	cli.Close()
 	e.Close()
-	if _, err := os.Stat(filepath.Join(dir, "etcd")); err != nil {
-		t.Fatalf("member data not under data_dir/etcd: %v", err)
+	if _, err := os.Stat(sock); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("socket left after Close: %v", err)
 	}
 
 	e, err = OpenEmbedded(dir, EmbedConfig{NoFsync: true})
@@ -33,13 +50,122 @@ func TestOpenEmbeddedKeepsAddressesAndData(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer e.Close()
-	if got := e.Endpoints()[0]; got != first {
-		t.Fatalf("client endpoint %s after restart, was %s", got, first)
-	}
 	r, err := dial(t, e.Endpoints()).Get(tctx(t, 5e9), "k")
 	if err != nil || len(r.Kvs) != 1 || string(r.Kvs[0].Value) != "v" {
 		t.Fatalf("data lost across restart: %v %v", r, err)
 	}
+}
+
+// A member an older release served on loopback TCP ports (kept in
+// etcd-addrs) comes back with its data, on the socket only; the stale
+// file goes, and a member directory others could enter is closed to them.
+func TestOpenEmbeddedMovesOffTCP(t *testing.T) {
+	dir := t.TempDir()
+	old, err := StartEmbedded(EmbedConfig{Dir: filepath.Join(dir, "etcd"), NoFsync: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cli := dial(t, old.Endpoints())
+	if _, err := cli.Put(tctx(t, 5e9), "k", "v"); err != nil {
+		t.Fatal(err)
+	}
+	cli.Close()
+	old.Close()
+	addrs := filepath.Join(dir, "etcd-addrs")
+	if err := os.WriteFile(addrs, []byte(old.cfg.ClientAddr+" "+old.cfg.PeerAddr+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chmod(filepath.Join(dir, "etcd"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+
+	before := tcpListeners(t)
+	e, err := OpenEmbedded(dir, EmbedConfig{NoFsync: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer e.Close()
+	if extra := newListeners(before, tcpListeners(t)); len(extra) > 0 {
+		t.Fatalf("the member listens on TCP: %v", extra)
+	}
+	r, err := dial(t, e.Endpoints()).Get(tctx(t, 5e9), "k")
+	if err != nil || len(r.Kvs) != 1 || string(r.Kvs[0].Value) != "v" {
+		t.Fatalf("data lost moving to the socket: %v %v", r, err)
+	}
+	if _, err := os.Stat(addrs); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("etcd-addrs kept: %v", err)
+	}
+	if fi, err := os.Stat(filepath.Join(dir, "etcd")); err != nil || fi.Mode().Perm() != 0o700 {
+		t.Errorf("member directory: %v %v, want mode 0700", fi.Mode(), err)
+	}
+}
+
+// A data directory too deep for a unix socket's path: the member runs
+// with no socket at all, for the node's own (in-process) client.
+func TestOpenEmbeddedPathTooLongForASocket(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), strings.Repeat("d", 110))
+	before := tcpListeners(t)
+	e, err := OpenEmbedded(dir, EmbedConfig{NoFsync: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer e.Close()
+	if got := e.Endpoints(); len(got) != 0 {
+		t.Fatalf("endpoints %q, want none", got)
+	}
+	if extra := newListeners(before, tcpListeners(t)); len(extra) > 0 {
+		t.Fatalf("the member listens on TCP: %v", extra)
+	}
+	cli := e.LocalClient()
+	defer cli.Close()
+	if _, err := cli.Put(tctx(t, 5e9), "k", "v"); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// tcpListeners returns the inodes of this process's listening TCP
+// sockets (IPv4 and IPv6), each with its local address as the kernel
+// writes it.
+func tcpListeners(t *testing.T) map[string]string {
+	t.Helper()
+	listening := map[string]string{} // inode -> local address
+	for _, f := range []string{"/proc/net/tcp", "/proc/net/tcp6"} {
+		b, err := os.ReadFile(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, line := range strings.Split(string(b), "\n")[1:] {
+			fs := strings.Fields(line)
+			if len(fs) > 9 && fs[3] == "0A" { // TCP_LISTEN
+				listening[fs[9]] = fs[1]
+			}
+		}
+	}
+	fds, err := os.ReadDir("/proc/self/fd")
+	if err != nil {
+		t.Fatal(err)
+	}
+	mine := map[string]string{}
+	for _, fd := range fds {
+		link, err := os.Readlink(filepath.Join("/proc/self/fd", fd.Name()))
+		if inode, ok := strings.CutPrefix(link, "socket:["); err == nil && ok {
+			inode = strings.TrimSuffix(inode, "]")
+			if addr, ok := listening[inode]; ok {
+				mine[inode] = addr
+			}
+		}
+	}
+	return mine
+}
+
+func newListeners(before, after map[string]string) []string {
+	var extra []string
+	for inode, addr := range after {
+		if _, ok := before[inode]; !ok {
+			extra = append(extra, addr)
+		}
+	}
+	return extra
 }
 
 func TestOpenEmbeddedBadDataDir(t *testing.T) {
@@ -48,9 +174,9 @@ func TestOpenEmbeddedBadDataDir(t *testing.T) {
 		t.Fatalf("empty data dir: %v", err)
 	}
 	dir := t.TempDir()
-	os.WriteFile(filepath.Join(dir, "etcd-addrs"), []byte("127.0.0.1:1\n"), 0o600)
-	if _, err := OpenEmbedded(dir, EmbedConfig{}); !errors.As(err, &dd) || dd.Path != filepath.Join(dir, "etcd-addrs") {
-		t.Fatalf("garbled etcd-addrs: %v", err)
+	os.WriteFile(filepath.Join(dir, "etcd"), nil, 0o600)
+	if _, err := OpenEmbedded(dir, EmbedConfig{}); !errors.As(err, &dd) || dd.Path != filepath.Join(dir, "etcd") {
+		t.Fatalf("member directory is a file: %v", err)
 	}
 	file := filepath.Join(dir, "file")
 	os.WriteFile(file, nil, 0o600)
