@@ -6,6 +6,7 @@ import (
 	"net"
 	"net/url"
 	"os"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -14,6 +15,7 @@ import (
 	"go.etcd.io/etcd/server/v3/embed"
 	"go.etcd.io/etcd/server/v3/etcdserver/api/v3client"
 	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
 )
 
 // EmbedConfig configures the embedded single-member etcd that a
@@ -69,6 +71,7 @@ const (
 
 // Embedded is a running embedded etcd member.
 type Embedded struct {
+	stopping  atomic.Bool // Stop under way (stoppingCore)
 	cfg       EmbedConfig
 	e         *embed.Etcd
 	clientURL url.URL
@@ -177,6 +180,9 @@ func (m *Embedded) start() error {
 		}
 	}
 	c.InitialCluster = c.InitialClusterFromName(c.Name)
+	// No etcd users: the simple token provider would only warn at start
+	// that its tokens are not signed.
+	c.AuthToken = ""
 	c.MaxTxnOps = m.cfg.MaxTxnOps
 	c.SnapshotCount = m.cfg.SnapshotCount
 	c.SnapshotCatchUpEntries = m.cfg.SnapshotCatchUpEntries
@@ -203,6 +209,8 @@ func (m *Embedded) start() error {
 	if lg == nil {
 		lg = zap.NewNop()
 	}
+	m.stopping.Store(false)
+	lg = lg.WithOptions(zap.WrapCore(func(c zapcore.Core) zapcore.Core { return &stoppingCore{c, &m.stopping} }))
 	c.ZapLoggerBuilder = embed.NewZapLoggerBuilder(lg)
 	e, err := embed.StartEtcd(c)
 	if err != nil {
@@ -264,9 +272,40 @@ func (m *Embedded) Client() ClientConfig { return ClientConfig{Endpoints: m.Endp
 // Stop stops the member; Start starts it again on the same data and ports.
 func (m *Embedded) Stop() {
 	if m.e != nil {
+		m.stopping.Store(true)
 		m.e.Close()
 		m.e = nil
 	}
+}
+
+// stoppingCore passes etcd's log entries on, but as debug entries:
+//   - while the member stops, its warnings and errors: closing its
+//     listeners makes each of its servers report "setting up serving ...
+//     failed" (use of closed network connection) at error level, on every
+//     clean stop;
+//   - warnings about the member's set-up that hold for every member we
+//     start (benignWarnings).
+type stoppingCore struct {
+	zapcore.Core
+	stopping *atomic.Bool
+}
+
+// benignWarnings: etcd's advice to serve HTTP (metrics, health) apart
+// from gRPC, which matters to an etcd serving remote clients under load;
+// ours are in process, or the node's user on its socket.
+var benignWarnings = map[string]bool{
+	"Running http and grpc server on single port. This is not recommended for production.": true,
+}
+
+func (c *stoppingCore) With(fields []zapcore.Field) zapcore.Core {
+	return &stoppingCore{c.Core.With(fields), c.stopping}
+}
+
+func (c *stoppingCore) Check(e zapcore.Entry, ce *zapcore.CheckedEntry) *zapcore.CheckedEntry {
+	if e.Level > zapcore.InfoLevel && e.Level < zapcore.DPanicLevel && (c.stopping.Load() || benignWarnings[e.Message]) {
+		e.Level = zapcore.DebugLevel
+	}
+	return c.Core.Check(e, ce)
 }
 
 // Start restarts a stopped member.

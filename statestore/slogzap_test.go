@@ -5,8 +5,11 @@ import (
 	"encoding/json"
 	"errors"
 	"log/slog"
+	"os"
+	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -90,4 +93,64 @@ func (s *syncBuffer) String() string {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.b.String()
+}
+
+// A member's start and clean stop log no warning or error at the node's
+// default etcd level: not the unsigned-token warning at start, not the
+// "setting up serving ... failed" errors of its listeners closing. Both
+// kinds of member: TCP ports and the stand-alone node's socket.
+func TestEmbeddedStartAndStopQuiet(t *testing.T) {
+	for _, socket := range []bool{false, true} {
+		var buf syncBuffer
+		lg := SlogZap(slog.New(slog.NewJSONHandler(&buf, nil)), zapcore.WarnLevel)
+		var e *Embedded
+		var err error
+		if socket {
+			e, err = OpenEmbedded(filepath.Join(t.TempDir(), "d"), EmbedConfig{NoFsync: true, Logger: lg})
+		} else {
+			dir := filepath.Join(t.TempDir(), "d")
+			if err := os.Mkdir(dir, 0o700); err != nil { // etcd warns of a wider one
+				t.Fatal(err)
+			}
+			e, err = StartEmbedded(EmbedConfig{Dir: dir, NoFsync: true, Logger: lg})
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		cli := dial(t, e.Endpoints())
+		if _, err := cli.Put(tctx(t, 5e9), "k", "v"); err != nil {
+			t.Fatal(err)
+		}
+		cli.Close()
+		e.Stop()
+		if buf.String() != "" {
+			t.Fatalf("socket %v: start and stop logged:\n%.3000s", socket, buf.String())
+		}
+		if err := e.Start(); err != nil {
+			t.Fatal(err)
+		}
+		if e.stopping.Load() {
+			t.Fatal("started again, its warnings still held back")
+		}
+		e.Close()
+	}
+}
+
+// While a member stops, its warnings and errors become debug entries;
+// before, they pass as they are, and so do its info entries.
+func TestStoppingCore(t *testing.T) {
+	var buf syncBuffer
+	var stopping atomic.Bool
+	lg := zap.New(&stoppingCore{SlogZap(slog.New(slog.NewJSONHandler(&buf, &slog.HandlerOptions{Level: slog.LevelDebug})), zapcore.DebugLevel).Core(), &stopping})
+	lg = lg.With(zap.String("member", "m"))
+	lg.Warn("before")
+	lg.Warn("Running http and grpc server on single port. This is not recommended for production.")
+	stopping.Store(true)
+	lg.Error("during", zap.Error(errors.New("use of closed network connection")))
+	lg.Info("info")
+	for _, want := range []string{`"level":"WARN","msg":"before","member":"m"`, `"level":"DEBUG","msg":"during","member":"m"`, `"level":"INFO","msg":"info"`, `"level":"DEBUG","msg":"Running http`} {
+		if !strings.Contains(buf.String(), want) {
+			t.Errorf("no %s in:\n%s", want, buf.String())
+		}
+	}
 }

@@ -426,6 +426,10 @@ func (s *Store) fence(reg *registration, why string) {
 		s.deadline.Store(0)
 	}
 	close(reg.fenced)
+	if why == "closed" { // the node stopping: nothing went wrong
+		s.log.Info("statestore: registration ended", "epoch", reg.owner.Epoch, "reason", why)
+		return
+	}
 	s.log.Warn("statestore: fenced; not sending for owned SAs", "epoch", reg.owner.Epoch, "reason", why)
 }
 
