@@ -1,0 +1,163 @@
+package localpeer
+
+import (
+	"context"
+	"errors"
+	"io"
+	"net"
+	"os"
+	"sync"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/ikefleet/ikefleet/internal/localpeer/localpeertest"
+)
+
+const nobody = localpeertest.Nobody
+
+var needRoot = localpeertest.NeedRoot
+
+func dialAs(t *testing.T, uid int, addr string) net.Conn {
+	t.Helper()
+	c, err := localpeertest.DialAs(context.Background(), uid, addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
+
+func listen(t *testing.T, network, addr string) net.Listener {
+	t.Helper()
+	l, err := net.Listen(network, addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { l.Close() })
+	return l
+}
+
+// accept returns the server's end of one connection to l.
+func accept(t *testing.T, l net.Listener, dial func() net.Conn) (server, client net.Conn) {
+	t.Helper()
+	ch := make(chan net.Conn, 1)
+	go func() {
+		c, err := l.Accept()
+		if err != nil {
+			close(ch)
+			return
+		}
+		ch <- c
+	}()
+	client = dial()
+	server, ok := <-ch
+	if !ok {
+		t.Fatal("accept failed")
+	}
+	t.Cleanup(func() { server.Close(); client.Close() })
+	return server, client
+}
+
+// The owner of a loopback connection's far end, over IPv4 and IPv6: this
+// process's account, or another one's.
+func TestUID(t *testing.T) {
+	for _, tc := range []struct{ network, addr string }{{"tcp4", "127.0.0.1:0"}, {"tcp6", "[::1]:0"}} {
+		l := listen(t, tc.network, tc.addr)
+		srv, _ := accept(t, l, func() net.Conn {
+			c, err := net.Dial("tcp", l.Addr().String())
+			if err != nil {
+				t.Fatal(err)
+			}
+			return c
+		})
+		uid, err := UID(srv)
+		if err != nil || uid != uint32(os.Geteuid()) {
+			t.Fatalf("%s: uid %d, %v; want %d", tc.network, uid, err, os.Geteuid())
+		}
+	}
+	needRoot(t)
+	for _, tc := range []struct{ network, addr string }{{"tcp4", "127.0.0.1:0"}, {"tcp6", "[::1]:0"}} {
+		l := listen(t, tc.network, tc.addr)
+		srv, _ := accept(t, l, func() net.Conn { return dialAs(t, nobody, l.Addr().String()) })
+		if uid, err := UID(srv); err != nil || uid != nobody {
+			t.Fatalf("%s: uid %d, %v; want %d", tc.network, uid, err, nobody)
+		}
+	}
+}
+
+// A peer whose socket is gone by the time it is looked up is not told
+// by anything: ErrNotFound, never some other connection's owner.
+func TestUIDGonePeer(t *testing.T) {
+	dir := t.TempDir()
+	saved := procFiles
+	t.Cleanup(func() { procFiles = saved })
+	for i := range procFiles {
+		f := dir + "/tcp" + string(rune('0'+i))
+		if err := os.WriteFile(f, []byte("  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode\n"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		procFiles[i] = f
+	}
+	l := listen(t, "tcp4", "127.0.0.1:0")
+	srv, _ := accept(t, l, func() net.Conn {
+		c, err := net.Dial("tcp", l.Addr().String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		return c
+	})
+	if _, err := UID(srv); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("%v, want ErrNotFound", err)
+	}
+}
+
+// OwnerOnly lets this account's connections through and closes another
+// account's at once, reporting it; the listener goes on serving.
+func TestOwnerOnly(t *testing.T) {
+	needRoot(t)
+	var mu sync.Mutex
+	var refusals []Refusal
+	l := OwnerOnly(listen(t, "tcp4", "127.0.0.1:0"), func(r Refusal) {
+		mu.Lock()
+		refusals = append(refusals, r)
+		mu.Unlock()
+	})
+	served := make(chan net.Conn, 4)
+	go func() {
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				close(served)
+				return
+			}
+			c.Write([]byte("hi"))
+			served <- c
+		}
+	}()
+	other := dialAs(t, nobody, l.Addr().String())
+	defer other.Close()
+	other.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if n, err := other.Read(make([]byte, 2)); err == nil || n != 0 {
+		t.Fatalf("another account's connection read %d bytes, %v; want it closed", n, err)
+	} else if !errors.Is(err, io.EOF) && !errors.Is(err, unix.ECONNRESET) {
+		t.Fatalf("another account's connection: %v, want closed", err)
+	}
+	mine, err := net.Dial("tcp", l.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer mine.Close()
+	mine.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if _, err := io.ReadFull(mine, make([]byte, 2)); err != nil {
+		t.Fatalf("own connection: %v", err)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if len(refusals) != 1 || refusals[0].UID != nobody || refusals[0].Err != nil {
+		t.Fatalf("refusals %+v, want one of uid %d", refusals, nobody)
+	}
+	if len(served) != 1 {
+		t.Fatalf("%d connections served, want 1", len(served))
+	}
+}
