@@ -10,6 +10,7 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net"
 	"net/netip"
 	"os"
@@ -22,6 +23,8 @@ import (
 
 	peerv1 "github.com/ikefleet/ikefleet/api/peer/v1"
 	"github.com/ikefleet/ikefleet/concentrator/ike"
+	"github.com/ikefleet/ikefleet/internal/localpeer"
+	"github.com/ikefleet/ikefleet/internal/ratelog"
 	"github.com/ikefleet/ikefleet/statestore"
 )
 
@@ -107,6 +110,12 @@ func (n *Node) listenPeer() (*peerAPI, error) {
 	if err != nil {
 		return nil, fmt.Errorf("cluster.peer_listen: %w", err)
 	}
+	if !c.TLS() {
+		// Plaintext, on loopback (nodes on one host): a hand-off request
+		// moves an SA, so only this node's account (the other nodes run
+		// as it) and root get in, not every account on the host.
+		lis = localpeer.OwnerOnly(lis, LocalRefusalLogger(n.log, "peer"))
+	}
 	p.lis = lis
 	p.advertise = c.PeerAdvertise
 	if p.advertise == "" {
@@ -118,6 +127,24 @@ func (n *Node) listenPeer() (*peerAPI, error) {
 }
 
 func (p *peerAPI) serve() { p.srv.Serve(p.lis) }
+
+// LocalRefusalLogger logs the connections localpeer.OwnerOnly closed on
+// the plaintext loopback API named api (admin, peer): at most one line a
+// second, since a local account could open them in a loop; the next line
+// counts those left out.
+func LocalRefusalLogger(log *slog.Logger, api string) func(localpeer.Refusal) {
+	rl := ratelog.New(log, 1, 1)
+	return func(r localpeer.Refusal) {
+		args := []any{"api", api, "remote", r.Remote.String()}
+		if r.Err != nil {
+			args = append(args, "err", r.Err.Error())
+		} else {
+			args = append(args, "uid", r.UID)
+		}
+		rl.Log(context.Background(), slog.LevelWarn, "local connection refused",
+			"connection refused: not from this node's account or root (plaintext on loopback)", args...)
+	}
+}
 
 func (p *peerAPI) close() {
 	p.srv.Stop()

@@ -9,6 +9,8 @@ import (
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"encoding/pem"
+	"io"
+	"log/slog"
 	"math/big"
 	"net"
 	"os"
@@ -18,9 +20,13 @@ import (
 	"time"
 
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/status"
 
 	peerv1 "github.com/ikefleet/ikefleet/api/peer/v1"
+	"github.com/ikefleet/ikefleet/internal/localpeer/localpeertest"
 )
 
 // writeCA makes a CA and a node certificate it signs (server and client
@@ -108,5 +114,40 @@ func TestPeerMutualTLS(t *testing.T) {
 	}
 	if _, _, err := peerTLS(ClusterConfig{CAFile: "/nonexistent", CertFile: filepath.Join(good, "node.pem"), KeyFile: filepath.Join(good, "node.key")}); err == nil || !strings.Contains(err.Error(), "cluster.ca_file") {
 		t.Fatalf("missing CA file: %v", err)
+	}
+}
+
+// The plaintext peer API (nodes on one host, loopback) answers this
+// node's account and root only: a hand-off request from a socket another
+// account opened is disconnected unanswered.
+func TestPlaintextPeerOnlyForTheNodesAccount(t *testing.T) {
+	localpeertest.NeedRoot(t)
+	n := &Node{cfg: Config{Cluster: ClusterConfig{PeerListen: "127.0.0.1:0"}}, ready: make(chan struct{}),
+		log: slog.New(slog.NewTextHandler(io.Discard, nil))}
+	p, err := n.listenPeer()
+	if err != nil {
+		t.Fatal(err)
+	}
+	go p.serve()
+	defer p.close()
+	call := func(uid int) (*peerv1.HandOffResponse, error) {
+		conn, err := grpc.NewClient(p.lis.Addr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()),
+			grpc.WithContextDialer(func(ctx context.Context, addr string) (net.Conn, error) {
+				return localpeertest.DialAs(ctx, uid, addr)
+			}))
+		if err != nil {
+			return nil, err
+		}
+		defer conn.Close()
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		return peerv1.NewPeerClient(conn).HandOff(ctx, &peerv1.HandOffRequest{IkeSpi: 1, Node: "b", Epoch: 1})
+	}
+	if resp, err := call(localpeertest.Nobody); status.Code(err) != codes.Unavailable {
+		t.Fatalf("another account's hand-off: %v, %v; want Unavailable (disconnected)", resp, err)
+	}
+	// A node that is not running answers every hand-off with RETRY.
+	if resp, err := call(os.Geteuid()); err != nil || resp.GetStatus() != peerv1.HandOffResponse_STATUS_RETRY {
+		t.Fatalf("this account's hand-off: %v, %v", resp, err)
 	}
 }

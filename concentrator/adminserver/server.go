@@ -27,6 +27,7 @@ import (
 
 	adminv1 "github.com/ikefleet/ikefleet/api/admin/v1"
 	"github.com/ikefleet/ikefleet/concentrator"
+	"github.com/ikefleet/ikefleet/internal/localpeer"
 )
 
 // Server is a running admin API.
@@ -57,6 +58,12 @@ func Start(cfg concentrator.AdminConfig, node *concentrator.Node, log *slog.Logg
 	lis, err := net.Listen("tcp", cfg.Listen)
 	if err != nil {
 		return nil, fmt.Errorf("admin.listen: %w", err)
+	}
+	if !cfg.TLS() {
+		// Plaintext, on loopback: every account on the host reaches the
+		// port, and the API can drain the node, end SAs and add
+		// credentials. Only this node's account and root get in.
+		lis = localpeer.OwnerOnly(lis, concentrator.LocalRefusalLogger(log, "admin"))
 	}
 	s := &Server{node: node, log: log, lis: lis, health: health.NewServer(), stop: make(chan struct{}),
 		gs: grpc.NewServer(grpc.Creds(creds))}

@@ -1,6 +1,7 @@
 package adminserver
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -11,6 +12,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -26,6 +28,7 @@ import (
 	"github.com/ikefleet/ikefleet/concentrator"
 	"github.com/ikefleet/ikefleet/concentrator/dataplane/memory"
 	"github.com/ikefleet/ikefleet/concentrator/ike"
+	"github.com/ikefleet/ikefleet/internal/localpeer/localpeertest"
 	"github.com/ikefleet/ikefleet/loadtest"
 )
 
@@ -716,4 +719,62 @@ func TestClusterViewWithStateStore(t *testing.T) {
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
+}
+
+// The plaintext admin API on loopback serves this node's account (and
+// root) only: a client whose socket another account opened is
+// disconnected before any call, and the refusal is logged; the node's own
+// clients go on being served.
+func TestPlaintextAdminOnlyForTheNodesAccount(t *testing.T) {
+	localpeertest.NeedRoot(t)
+	tn := startNode(t, nodeConfig(1, ""))
+	var logged syncBuffer
+	srv, err := Start(concentrator.AdminConfig{Listen: "127.0.0.1:0"}, tn.node,
+		slog.New(slog.NewTextHandler(&logged, &slog.HandlerOptions{Level: slog.LevelWarn})))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer srv.Stop()
+	dial := func(uid int) adminv1.AdminClient {
+		conn, err := grpc.NewClient(srv.Addr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()),
+			grpc.WithContextDialer(func(ctx context.Context, addr string) (net.Conn, error) {
+				return localpeertest.DialAs(ctx, uid, addr)
+			}))
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { conn.Close() })
+		return adminv1.NewAdminClient(conn)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	_, err = dial(localpeertest.Nobody).PutCredentials(ctx, &adminv1.PutCredentialsRequest{})
+	if code(err) != codes.Unavailable {
+		t.Fatalf("another account's call: %v, want Unavailable (disconnected)", err)
+	}
+	if _, err := dial(os.Geteuid()).GetClusterStatus(ctx, &adminv1.GetClusterStatusRequest{}); err != nil {
+		t.Fatalf("this account's call: %v", err)
+	}
+	if want := "api=admin remote=127.0.0.1:"; !strings.Contains(logged.String(), want) ||
+		!strings.Contains(logged.String(), fmt.Sprintf("uid=%d", localpeertest.Nobody)) {
+		t.Fatalf("refusal not logged:\n%s", logged.String())
+	}
+}
+
+// syncBuffer is a bytes.Buffer for writers on several goroutines.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
 }
