@@ -72,8 +72,29 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	if err == nil {
 		return exitOK
 	}
-	fmt.Fprintln(stderr, "concentratorctl:", errorText(err))
+	msg := errorText(err)
+	if a.refusedAsStranger(err) {
+		msg += "; a plaintext admin API on loopback serves only the node's account and root: run this as that user, or with sudo"
+	}
+	fmt.Fprintln(stderr, "concentratorctl:", msg)
 	return exitCode(err)
+}
+
+// refusedAsStranger: err looks like the node closing a plaintext
+// connection at once, as it does for a client of another account: the
+// connection was made (not refused: the node is there) and then closed
+// before gRPC's first frame.
+func (a *app) refusedAsStranger(err error) bool {
+	if a.caFile != "" || a.certFile != "" || a.keyFile != "" || status.Code(err) != codes.Unavailable {
+		return false
+	}
+	m := err.Error()
+	for _, closed := range []string{"preface", "EOF", "reset by peer", "broken pipe"} {
+		if strings.Contains(m, closed) && !strings.Contains(m, "connection refused") {
+			return true
+		}
+	}
+	return false
 }
 
 func errorText(err error) string {

@@ -297,6 +297,31 @@ func TestExitCodes(t *testing.T) {
 	if code := run(context.Background(), []string{"--addr", "127.0.0.1:1", "--timeout", "2s", "status"}, &o, &e); code != 1 {
 		t.Errorf("no node: exit %d: %s", code, e.String())
 	}
+	if strings.Contains(e.String(), "sudo") {
+		t.Errorf("no node: the hint for another account: %s", e.String())
+	}
+	// A node that closes the connection at once, as a plaintext admin API
+	// does to a client of another account: the message says why.
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	go func() {
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			c.Close()
+		}
+	}()
+	o.Reset()
+	e.Reset()
+	if code := run(context.Background(), []string{"--addr", l.Addr().String(), "--timeout", "2s", "status"}, &o, &e); code != 1 ||
+		!strings.Contains(e.String(), "serves only the node's account and root") {
+		t.Errorf("connection closed at once: exit %d: %s", code, e.String())
+	}
 	// Completion scripts.
 	for _, sh := range []string{"bash", "zsh", "fish"} {
 		code, out, errs := nd.ctl(t, "completion", sh)
