@@ -107,8 +107,10 @@ type MembersConfig struct {
 	Listen    string   `yaml:"listen"`
 	Advertise string   `yaml:"advertise"` // host:port the others reach us on; default listen's
 	Join      []string `yaml:"join"`      // host:port of members to join through
-	// SecretKeyFile: hex AES key (16, 24 or 32 bytes) encrypting gossip;
-	// "" plaintext (loopback or a trusted network only).
+	// SecretKeyFile: hex AES key (16, 24 or 32 bytes) encrypting and
+	// authenticating gossip, readable by the node's account only; ""
+	// plaintext, allowed only on a loopback members.listen (nodes on one
+	// host).
 	SecretKeyFile string `yaml:"secret_key_file"`
 }
 
@@ -283,7 +285,8 @@ func (m *MembersConfig) validate() error {
 		}
 		return nil
 	}
-	if _, err := hostPort(m.Listen, true); err != nil {
+	lp, err := hostPort(m.Listen, true)
+	if err != nil {
 		return fieldErr("members.listen", "%v", err)
 	}
 	if m.Advertise != "" {
@@ -299,6 +302,9 @@ func (m *MembersConfig) validate() error {
 		if _, _, err := net.SplitHostPort(j); err != nil {
 			return fieldErr(fmt.Sprintf("members.join[%d]", i), "must be host:port: %v", err)
 		}
+	}
+	if m.SecretKeyFile == "" && !lp.Addr().Unmap().IsLoopback() {
+		return fieldErr("members.secret_key_file", "required: members.listen %s is not a loopback address, and without the key gossip is plaintext and unauthenticated (whoever reaches the port could join and announce members, redirect targets and load)", m.Listen)
 	}
 	return nil
 }

@@ -39,7 +39,12 @@ func TestConfigValidateNamesField(t *testing.T) {
 		{"drain.grace_period", func(c *Config) { c.Drain.GracePeriod = 0 }},
 		{"drain.settle", func(c *Config) { c.Drain.Settle = time.Hour }},
 		{"members.listen", func(c *Config) { c.Members.Join = []string{"10.0.0.2:7946"} }},
-		{"members.advertise", func(c *Config) { c.Members.Listen, c.Members.Advertise = ":7946", "0.0.0.0:7946" }},
+		{"members.advertise", func(c *Config) {
+			c.Members.Listen, c.Members.Advertise, c.Members.SecretKeyFile = ":7946", "0.0.0.0:7946", "/k"
+		}},
+		// Gossip off loopback only encrypted and authenticated.
+		{"members.secret_key_file", func(c *Config) { c.Members.Listen = ":7946" }},
+		{"members.secret_key_file", func(c *Config) { c.Members.Listen = "10.0.0.1:7946" }},
 		{"kernel.interface", func(c *Config) { c.Mode, c.Kernel.Interface = ModeKernel, "" }},
 	}
 	base := bgpConfig()
@@ -53,6 +58,13 @@ func TestConfigValidateNamesField(t *testing.T) {
 		var fe *FieldError
 		if !errors.As(err, &fe) || fe.Field != tc.field {
 			t.Errorf("%s: got %v, want an error naming %s", tc.field, err, tc.field)
+		}
+	}
+	for _, m := range []MembersConfig{{Listen: "127.0.0.1:7946"}, {Listen: "[::1]:7946"}, {Listen: "10.0.0.1:7946", SecretKeyFile: "/k"}} {
+		c := bgpConfig()
+		c.Members = m
+		if err := c.Validate(listen); err != nil {
+			t.Errorf("members %+v: %v", m, err)
 		}
 	}
 	// Nothing to announce with a wildcard listen address.

@@ -1,9 +1,14 @@
 package lb
 
 import (
+	"errors"
 	"log/slog"
 	"net/netip"
+	"os"
+	"path/filepath"
+	"strings"
 	"testing"
+	"time"
 )
 
 func alive(ms []Member) map[string]bool {
@@ -71,5 +76,54 @@ func TestMembersThreeOnLoopback(t *testing.T) {
 	}
 	if _, ok := ms[0].RedirectTarget(); ok {
 		t.Fatal("a redirect target with n2 dead, n3 unhealthy")
+	}
+}
+
+// With members.secret_key_file, gossip is encrypted and authenticated:
+// two members with the key find each other; one without it, or with
+// another key, cannot join them, and they never list it. A key file the
+// group or others may read is refused, naming the field.
+func TestMembersSecretKey(t *testing.T) {
+	log := slog.New(slog.DiscardHandler)
+	dir := t.TempDir()
+	keyFile := func(name, hexKey string, mode os.FileMode) string {
+		p := filepath.Join(dir, name)
+		if err := os.WriteFile(p, []byte(hexKey+"\n"), mode); err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	key := keyFile("k", strings.Repeat("ab", 32), 0o600)
+	other := keyFile("o", strings.Repeat("cd", 32), 0o600)
+	a, err := NewMembers(MembersConfig{Listen: "127.0.0.1:0", SecretKeyFile: key}, "a", Meta{}, log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a.Close()
+	b, err := NewMembers(MembersConfig{Listen: "127.0.0.1:0", SecretKeyFile: key, Join: []string{a.Addr()}}, "b", Meta{}, log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	waitFor(t, "a and b together", func() bool { return len(alive(a.List())) == 2 && len(alive(b.List())) == 2 })
+	for _, k := range []string{"", other} {
+		m, err := NewMembers(MembersConfig{Listen: "127.0.0.1:0", SecretKeyFile: k}, "intruder", Meta{Unicast: "203.0.113.9"}, log)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if n, err := m.Join([]string{a.Addr()}); err == nil || n != 0 {
+			t.Errorf("key %q: joined %d members", k, n)
+		}
+		time.Sleep(500 * time.Millisecond) // a gossip round or two
+		if got := alive(a.List()); got["intruder"] {
+			t.Errorf("key %q: a lists the intruder: %v", k, got)
+		}
+		m.Close()
+	}
+	loose := keyFile("loose", strings.Repeat("ab", 32), 0o644)
+	var fe *FieldError
+	if _, err := NewMembers(MembersConfig{Listen: "127.0.0.1:0", SecretKeyFile: loose}, "c", Meta{}, log); !errors.As(err, &fe) ||
+		fe.Field != "members.secret_key_file" || !strings.Contains(err.Error(), "chmod 600") {
+		t.Fatalf("key file readable by others: %v", err)
 	}
 }
