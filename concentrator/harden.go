@@ -169,6 +169,33 @@ func isLoopbackHost(h string) bool {
 	return err == nil && a.IsLoopback()
 }
 
+// checkSecretFiles refuses, naming the field, any configured file of
+// secrets the group or others may read, beyond those read with the
+// credentials (identity.key, auth.psks[].secret_file) and the cluster
+// key: the TLS keys of the admin API, the peer API and the etcd client,
+// and the RADIUS servers' shared secrets. New runs it, so --check too.
+func (c *Config) checkSecretFiles() error {
+	files := []struct{ field, path string }{
+		{"admin.key_file", c.Admin.KeyFile},
+		{"cluster.key_file", c.Cluster.KeyFile},
+	}
+	if c.StateStore.Mode == "external" {
+		files = append(files, struct{ field, path string }{"statestore.key_file", c.StateStore.KeyFile})
+	}
+	for i, s := range c.Auth.EAP.RADIUS.Servers {
+		files = append(files, struct{ field, path string }{fmt.Sprintf("auth.eap.radius.servers[%d].secret_file", i), s.SecretFile})
+	}
+	for _, f := range files {
+		if f.path == "" {
+			continue
+		}
+		if err := checkPrivateKeyFile(f.field, f.path); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
 // checkPrivateKeyFile refuses a private key (or cluster key, or PSK file)
 // that the group or others may read: whoever reads it can impersonate the
 // node or open every sealed record.

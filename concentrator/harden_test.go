@@ -8,6 +8,8 @@ import (
 	"strings"
 	"testing"
 
+	"go.yaml.in/yaml/v3"
+
 	"github.com/ikefleet/ikefleet/concentrator/dataplane/memory"
 	"github.com/ikefleet/ikefleet/concentrator/ike"
 	"github.com/ikefleet/ikefleet/statestore"
@@ -99,6 +101,39 @@ func TestKeyFilePermissions(t *testing.T) {
 	os.Chmod(key, 0o600)
 	if _, err := statestore.LoadKeyring(key, ""); err != nil {
 		t.Fatal(err)
+	}
+
+	// The other files of secrets: TLS keys of the admin API, the peer API
+	// and the etcd client; RADIUS shared secrets.
+	secret := filepath.Join(dir, "secret")
+	if err := os.WriteFile(secret, []byte("radius-shared-secret-0123456789\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct{ field, doc string }{
+		{"admin.key_file", "admin: {listen: \"\", key_file: " + secret + "}\n"},
+		{"cluster.key_file", "cluster: {key_file: " + secret + "}\n"},
+		{"statestore.key_file", "statestore: {mode: external, key_file: " + secret + "}\n"},
+		{"auth.eap.radius.servers[1].secret_file", "auth: {eap: {radius: {servers: [{secret_file: " + psk + "}, {secret_file: " + secret + "}]}}}\n"},
+	} {
+		c := cfg
+		if err := yaml.Unmarshal([]byte(tc.doc), &c); err != nil {
+			t.Fatal(err)
+		}
+		err := c.checkSecretFiles()
+		if !errors.As(err, &fe) || fe.Field != tc.field || !strings.Contains(err.Error(), "group or others") {
+			t.Errorf("%s readable by others: %v", tc.field, err)
+		}
+		os.Chmod(secret, 0o600)
+		if err := c.checkSecretFiles(); err != nil {
+			t.Errorf("%s 0600: %v", tc.field, err)
+		}
+		os.Chmod(secret, 0o644)
+	}
+	// New refuses it (so --check does).
+	c := cfg
+	c.Cluster.KeyFile = secret
+	if _, err := New(c, log, memory.New()); !errors.As(err, &fe) || fe.Field != "cluster.key_file" {
+		t.Fatalf("New with a world-readable cluster.key_file: %v", err)
 	}
 }
 

@@ -135,6 +135,9 @@ func New(cfg Config, log *slog.Logger, dp dataplane.DataPlane, opts ...Option) (
 	if err := n.checkClusterKey(); err != nil {
 		return nil, err
 	}
+	if err := cfg.checkSecretFiles(); err != nil {
+		return nil, err
+	}
 	if cfg.Children.RestoreRekeyWindow != 0 {
 		log.Warn("children.restore_rekey_window is deprecated and ignored: restored CHILD SAs keep their rekey schedule and continue above their sequence number reservations")
 	}
