@@ -196,6 +196,30 @@ func (c *Config) checkSecretFiles() error {
 	return nil
 }
 
+// InlineSecrets names the fields of c that hold a secret in the
+// configuration file itself (a PSK, a RADIUS shared secret, a BGP TCP MD5
+// password) rather than in a file of its own: the configuration file is
+// then as secret as they are.
+func (c *Config) InlineSecrets() []string {
+	var out []string
+	for i, p := range c.Auth.PSKs {
+		if p.Secret != "" || p.SecretHex != "" {
+			out = append(out, fmt.Sprintf("auth.psks[%d].secret", i))
+		}
+	}
+	for i, s := range c.Auth.EAP.RADIUS.Servers {
+		if s.Secret != "" {
+			out = append(out, fmt.Sprintf("auth.eap.radius.servers[%d].secret", i))
+		}
+	}
+	for i, nb := range c.Anycast.BGP.Neighbors {
+		if nb.Password != "" {
+			out = append(out, fmt.Sprintf("anycast.bgp.neighbors[%d].password", i))
+		}
+	}
+	return out
+}
+
 // checkPrivateKeyFile refuses a private key (or cluster key, or PSK file)
 // that the group or others may read: whoever reads it can impersonate the
 // node or open every sealed record.

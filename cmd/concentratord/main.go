@@ -19,6 +19,8 @@ import (
 	"math"
 	"os"
 	"os/signal"
+	"path/filepath"
+	"strings"
 	"syscall"
 
 	"github.com/ikefleet/ikefleet/concentrator"
@@ -123,6 +125,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	logOut := newBufferedLog(stdout, cfg.Log.Format)
 	defer logOut.Close()
 	log := newLogger(cfg.Log, logOut)
+	warnReadableSecrets(*configPath, cfg, log)
 	if *check {
 		// No data plane: checking a configuration creates no devices.
 		if _, err := concentrator.New(cfg, log, memory.New()); err != nil {
@@ -191,4 +194,41 @@ func newLogger(c concentrator.LogConfig, w io.Writer) *slog.Logger {
 		return slog.New(slog.NewTextHandler(w, opts))
 	}
 	return slog.New(slog.NewJSONHandler(w, opts))
+}
+
+// warnReadableSecrets warns when the configuration file holds secrets
+// inline and every account on the host can read it (the file readable by
+// others, and every directory above it searchable by them). A warning,
+// not a refusal: the secrets were already exposed for as long as the
+// file was, and the node is needed to replace them.
+func warnReadableSecrets(path string, cfg concentrator.Config, log *slog.Logger) {
+	fields := cfg.InlineSecrets()
+	if len(fields) == 0 || !readableByOthers(path) {
+		return
+	}
+	log.Warn("the configuration file holds secrets and every account on this host can read it: chmod o-r it (or its directory), or move them to files of their own (secret_file)",
+		"file", path, "fields", strings.Join(fields, ", "))
+}
+
+// readableByOthers: path is readable by an account that is neither its
+// owner nor in its group: read permission for others on the file and
+// search permission for others on every directory above it.
+func readableByOthers(path string) bool {
+	abs, err := filepath.Abs(path)
+	if err != nil {
+		return false
+	}
+	fi, err := os.Stat(abs)
+	if err != nil || fi.Mode().Perm()&0o004 == 0 {
+		return false
+	}
+	for dir := filepath.Dir(abs); ; dir = filepath.Dir(dir) {
+		di, err := os.Stat(dir)
+		if err != nil || di.Mode().Perm()&0o001 == 0 {
+			return false
+		}
+		if dir == filepath.Dir(dir) {
+			return true
+		}
+	}
 }

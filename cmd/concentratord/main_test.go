@@ -131,3 +131,53 @@ func TestCheck(t *testing.T) {
 		}
 	}
 }
+
+// A configuration file with secrets in it that every account can read
+// (the file and each directory above it open to others) gets a warning
+// at start and from --check, naming the fields; one closed to others at
+// any level, or with its secrets in files of their own, does not.
+func TestCheckWarnsOfReadableSecrets(t *testing.T) {
+	dir := t.TempDir()
+	// t.TempDir and the directory above it are made 0700: open them up.
+	for _, d := range []string{dir, filepath.Dir(dir)} {
+		if err := os.Chmod(d, 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	psk := filepath.Join(dir, "gw1.psk")
+	if err := os.WriteFile(psk, []byte("s3cret-0123456789ab\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	base := "identity: {id: conc.example}\nchildren:\n  local_ts: [10.30.0.0/24]\n  remote_ts: [10.20.0.0/16]\n" +
+		"statestore: {mode: none}\nauth:\n  psks:\n"
+	inline := base + "    - {id: gw1@iot.example, secret: s3cret-0123456789ab}\n"
+	inFile := base + "    - {id: gw1@iot.example, secret_file: " + psk + "}\n"
+	const warning = "the configuration file holds secrets and every account on this host can read it"
+	for _, tc := range []struct {
+		name, doc     string
+		file, dirMode os.FileMode
+		warn          bool
+	}{
+		{"world-readable", inline, 0o644, 0o755, true},
+		{"group only", inline, 0o640, 0o755, false},
+		{"directory closed", inline, 0o644, 0o750, false},
+		{"secrets in files", inFile, 0o644, 0o755, false},
+	} {
+		p := filepath.Join(dir, "c.yaml")
+		if err := os.WriteFile(p, []byte(tc.doc), tc.file); err != nil {
+			t.Fatal(err)
+		}
+		os.Chmod(p, tc.file) // past the umask
+		os.Chmod(dir, tc.dirMode)
+		code, out, errs := cli(t, "--config", p, "--check")
+		if code != 0 {
+			t.Fatalf("%s: exit %d: %s", tc.name, code, errs)
+		}
+		if got := strings.Contains(out, warning); got != tc.warn {
+			t.Errorf("%s: warned %v, want %v:\n%s", tc.name, got, tc.warn, out)
+		} else if got && !strings.Contains(out, "auth.psks[0].secret") {
+			t.Errorf("%s: the warning names no field:\n%s", tc.name, out)
+		}
+	}
+	os.Chmod(dir, 0o755)
+}
