@@ -1,33 +1,15 @@
 package concentrator
 
 import (
-	"bytes"
 	"context"
 	"fmt"
 	"log/slog"
 	"strings"
-	"sync"
 	"testing"
 
 	"github.com/ikefleet/ikefleet/concentrator/dataplane/memory"
+	"github.com/ikefleet/ikefleet/internal/syncbuf"
 )
-
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
 
 // Embedded etcd's own log lines reach the node's log (component=etcd) from
 // statestore.etcd_log_level; at the default (warn) a clean start says
@@ -39,7 +21,7 @@ func TestNodeEtcdLogs(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			var buf lockedBuffer
+			var buf syncbuf.Buffer
 			n, err := New(cfg, slog.New(slog.NewJSONHandler(&buf, &slog.HandlerOptions{Level: slog.LevelDebug})), memory.New())
 			if err != nil {
 				t.Fatal(err)

@@ -3,7 +3,6 @@
 package e2e
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -14,6 +13,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/ikefleet/ikefleet/internal/syncbuf"
 )
 
 // StopGrace is how long Process.Stop waits after SIGTERM before SIGKILL.
@@ -27,7 +28,7 @@ type Process struct {
 	NS   string // namespace it runs in
 
 	cmd            *exec.Cmd
-	stdout, stderr syncBuffer
+	stdout, stderr syncbuf.Buffer
 	done           chan struct{} // closed when the process has exited
 	waitErr        error         // valid after done
 
@@ -235,23 +236,6 @@ func (p *Process) ExitCode() int {
 		return 0
 	}
 	return -1
-}
-
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
 }
 
 // tail returns at most the last n bytes of s.

@@ -8,13 +8,14 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
+
+	"github.com/ikefleet/ikefleet/internal/syncbuf"
 )
 
 func lines(t *testing.T, buf *bytes.Buffer) []map[string]any {
@@ -65,7 +66,7 @@ func TestSlogZap(t *testing.T) {
 
 // Embedded etcd logs through slog: at info it announces itself.
 func TestEmbeddedLogsThroughSlog(t *testing.T) {
-	var buf syncBuffer
+	var buf syncbuf.Buffer
 	lg := SlogZap(slog.New(slog.NewJSONHandler(&buf, nil)), zapcore.InfoLevel)
 	e, err := StartEmbedded(EmbedConfig{Dir: t.TempDir(), NoFsync: true, Logger: lg})
 	if err != nil {
@@ -77,31 +78,13 @@ func TestEmbeddedLogsThroughSlog(t *testing.T) {
 	}
 }
 
-// syncBuffer is a bytes.Buffer for writers on several goroutines.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
 // A member's start and clean stop log no warning or error at the node's
 // default etcd level: not the unsigned-token warning at start, not the
 // "setting up serving ... failed" errors of its listeners closing. Both
 // kinds of member: TCP ports and the stand-alone node's socket.
 func TestEmbeddedStartAndStopQuiet(t *testing.T) {
 	for _, socket := range []bool{false, true} {
-		var buf syncBuffer
+		var buf syncbuf.Buffer
 		lg := SlogZap(slog.New(slog.NewJSONHandler(&buf, nil)), zapcore.WarnLevel)
 		var e *Embedded
 		var err error
@@ -139,7 +122,7 @@ func TestEmbeddedStartAndStopQuiet(t *testing.T) {
 // While a member stops, its warnings and errors become debug entries;
 // before, they pass as they are, and so do its info entries.
 func TestStoppingCore(t *testing.T) {
-	var buf syncBuffer
+	var buf syncbuf.Buffer
 	var stopping atomic.Bool
 	lg := zap.New(&stoppingCore{SlogZap(slog.New(slog.NewJSONHandler(&buf, &slog.HandlerOptions{Level: slog.LevelDebug})), zapcore.DebugLevel).Core(), &stopping})
 	lg = lg.With(zap.String("member", "m"))

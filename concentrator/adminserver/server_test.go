@@ -1,7 +1,6 @@
 package adminserver
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -12,7 +11,6 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -29,6 +27,7 @@ import (
 	"github.com/ikefleet/ikefleet/concentrator/dataplane/memory"
 	"github.com/ikefleet/ikefleet/concentrator/ike"
 	"github.com/ikefleet/ikefleet/internal/localpeer/localpeertest"
+	"github.com/ikefleet/ikefleet/internal/syncbuf"
 	"github.com/ikefleet/ikefleet/loadtest"
 )
 
@@ -728,7 +727,7 @@ func TestClusterViewWithStateStore(t *testing.T) {
 func TestPlaintextAdminOnlyForTheNodesAccount(t *testing.T) {
 	localpeertest.NeedRoot(t)
 	tn := startNode(t, nodeConfig(1, ""))
-	var logged syncBuffer
+	var logged syncbuf.Buffer
 	srv, err := Start(concentrator.AdminConfig{Listen: "127.0.0.1:0"}, tn.node,
 		slog.New(slog.NewTextHandler(&logged, &slog.HandlerOptions{Level: slog.LevelWarn})))
 	if err != nil {
@@ -759,22 +758,4 @@ func TestPlaintextAdminOnlyForTheNodesAccount(t *testing.T) {
 		!strings.Contains(logged.String(), fmt.Sprintf("uid=%d", localpeertest.Nobody)) {
 		t.Fatalf("refusal not logged:\n%s", logged.String())
 	}
-}
-
-// syncBuffer is a bytes.Buffer for writers on several goroutines.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
 }
