@@ -87,14 +87,7 @@ func TestPeerMutualTLS(t *testing.T) {
 	go srv.Serve(lis)
 	defer srv.Stop()
 	call := func(c *tls.Config) (*peerv1.HandOffResponse, error) {
-		conn, err := grpc.NewClient(lis.Addr().String(), grpc.WithTransportCredentials(credentials.NewTLS(c)))
-		if err != nil {
-			return nil, err
-		}
-		defer conn.Close()
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		return peerv1.NewPeerClient(conn).HandOff(ctx, &peerv1.HandOffRequest{IkeSpi: 1, Node: "b", Epoch: 1})
+		return handOffTo(lis.Addr().String(), grpc.WithTransportCredentials(credentials.NewTLS(c)))
 	}
 	resp, err := call(ctls)
 	if err != nil || resp.GetStatus() != peerv1.HandOffResponse_STATUS_RETRY {
@@ -131,17 +124,10 @@ func TestPlaintextPeerOnlyForTheNodesAccount(t *testing.T) {
 	go p.serve()
 	defer p.close()
 	call := func(uid int) (*peerv1.HandOffResponse, error) {
-		conn, err := grpc.NewClient(p.lis.Addr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()),
+		return handOffTo(p.lis.Addr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()),
 			grpc.WithContextDialer(func(ctx context.Context, addr string) (net.Conn, error) {
 				return localpeertest.DialAs(ctx, uid, addr)
 			}))
-		if err != nil {
-			return nil, err
-		}
-		defer conn.Close()
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		return peerv1.NewPeerClient(conn).HandOff(ctx, &peerv1.HandOffRequest{IkeSpi: 1, Node: "b", Epoch: 1})
 	}
 	if resp, err := call(localpeertest.Nobody); status.Code(err) != codes.Unavailable {
 		t.Fatalf("another account's hand-off: %v, %v; want Unavailable (disconnected)", resp, err)
@@ -150,4 +136,17 @@ func TestPlaintextPeerOnlyForTheNodesAccount(t *testing.T) {
 	if resp, err := call(os.Geteuid()); err != nil || resp.GetStatus() != peerv1.HandOffResponse_STATUS_RETRY {
 		t.Fatalf("this account's hand-off: %v, %v", resp, err)
 	}
+}
+
+// handOffTo sends one hand-off request (for SPI 1, to node b) to the peer
+// API at addr.
+func handOffTo(addr string, opts ...grpc.DialOption) (*peerv1.HandOffResponse, error) {
+	conn, err := grpc.NewClient(addr, opts...)
+	if err != nil {
+		return nil, err
+	}
+	defer conn.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	return peerv1.NewPeerClient(conn).HandOff(ctx, &peerv1.HandOffRequest{IkeSpi: 1, Node: "b", Epoch: 1})
 }
