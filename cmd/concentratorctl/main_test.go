@@ -48,7 +48,9 @@ func startNode(t *testing.T, gateways int, admin string) *node {
 	for i := 1; i <= gateways; i++ {
 		fmt.Fprintf(&b, "    - {id: gw%d@iot.example, secret: psk-0123456789ab-%d}\n", i, i)
 	}
-	b.WriteString("children:\n  local_ts: [10.30.0.0/24]\n  pool: 10.99.0.0/16\nstatestore:\n  mode: none\n")
+	// No metrics listener: its default port is fixed, and tests of other
+	// packages running at the same time may hold it.
+	b.WriteString("children:\n  local_ts: [10.30.0.0/24]\n  pool: 10.99.0.0/16\nstatestore:\n  mode: none\nmetrics:\n  listen: \"\"\n")
 	if admin == "" {
 		admin = "admin:\n  listen: 127.0.0.1:0\n"
 	}
@@ -70,7 +72,12 @@ func startNode(t *testing.T, gateways int, admin string) *node {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- n.Run(ctx) }()
-	<-n.Ready()
+	select {
+	case <-n.Ready():
+	case err := <-done:
+		cancel()
+		t.Fatalf("node did not start: %v", err)
+	}
 	srv, err := adminserver.Start(cfg.Admin, n, log)
 	if err != nil {
 		t.Fatal(err)

@@ -58,6 +58,11 @@ func nodeConfig(gateways int, tail string) string {
 	if !strings.Contains(tail, "admin:") {
 		b.WriteString("admin:\n  listen: 127.0.0.1:0\n")
 	}
+	if !strings.Contains(tail, "metrics:") {
+		// Its default port is fixed; tests of other packages running at
+		// the same time may hold it.
+		b.WriteString("metrics:\n  listen: \"\"\n")
+	}
 	b.WriteString(tail)
 	return b.String()
 }
