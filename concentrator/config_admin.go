@@ -3,14 +3,18 @@ package concentrator
 import (
 	"net"
 	"net/netip"
+	"path/filepath"
+	"strings"
 )
 
 // AdminConfig configures the admin gRPC API (concentratorctl talks to
 // it). With ca_file, cert_file and key_file it is served with mutual TLS:
 // clients need a certificate signed by ca_file. Without them it is
-// plaintext, which is allowed only on a loopback address.
+// plaintext, which is allowed only on a loopback address (and there only
+// for the node's account and root: localpeer) or on a unix socket
+// (unix:///path, mode 0660: the node's account and its group).
 type AdminConfig struct {
-	Listen   string `yaml:"listen"`    // host:port; "off" (or "") disables the admin API
+	Listen   string `yaml:"listen"`    // host:port or unix:///path; "off" (or "") disables the admin API
 	CAFile   string `yaml:"ca_file"`   // CA that signs client certificates
 	CertFile string `yaml:"cert_file"` // the server's certificate (PEM)
 	KeyFile  string `yaml:"key_file"`  // and its key
@@ -25,8 +29,27 @@ func (a *AdminConfig) Enabled() bool { return a.Listen != "" && a.Listen != "off
 // TLS reports whether the admin API is served with mutual TLS.
 func (a *AdminConfig) TLS() bool { return a.CertFile != "" }
 
+// SocketPath is the unix socket admin.listen names (unix:///path), or "".
+func (a *AdminConfig) SocketPath() string {
+	p, ok := strings.CutPrefix(a.Listen, "unix://")
+	if !ok {
+		return ""
+	}
+	return p
+}
+
 func (a *AdminConfig) validate() error {
 	if !a.Enabled() {
+		return nil
+	}
+	if strings.HasPrefix(a.Listen, "unix:") {
+		p := a.SocketPath()
+		if !filepath.IsAbs(p) || filepath.Clean(p) != p {
+			return fieldErr("admin.listen", "a unix socket is unix:///absolute/path, not %q", a.Listen)
+		}
+		if a.CAFile != "" || a.CertFile != "" || a.KeyFile != "" {
+			return fieldErr("admin.cert_file", "not with a unix socket (admin.listen %s): its file mode decides who connects", a.Listen)
+		}
 		return nil
 	}
 	host, port, err := net.SplitHostPort(a.Listen)

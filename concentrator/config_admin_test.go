@@ -26,6 +26,10 @@ func TestAdminConfig(t *testing.T) {
 		{"admin: {listen: \"9179\"}\n", "admin.listen", "host:port"},
 		{"admin: {listen: \"example.com:9179\"}\n", "admin.listen", "IP address"},
 		{"admin: {listen: \"127.0.0.1:http-alt-nope\"}\n", "admin.listen", "port"},
+		{"admin: {listen: \"unix:///run/ikefleet/admin.sock\"}\n", "", ""},
+		{"admin: {listen: \"unix://admin.sock\"}\n", "admin.listen", "absolute"},
+		{"admin: {listen: \"unix:///run/../admin.sock\"}\n", "admin.listen", "absolute"},
+		{"admin: {listen: \"unix:///run/ikefleet/admin.sock\", ca_file: ca.pem, cert_file: c.pem, key_file: k.pem}\n", "admin.cert_file", "unix socket"},
 	} {
 		cfg, err := ParseConfig([]byte(base + tc.admin))
 		if tc.field == "" {

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"net"
 	"os"
+	"strings"
 
 	"github.com/spf13/cobra"
 	"go.yaml.in/yaml/v3"
@@ -46,6 +47,15 @@ func (a *app) fromConfig(cmd *cobra.Command) error {
 	if listen == "" || listen == "off" {
 		return fmt.Errorf("--local: %s: the admin API is off (admin.listen %q)", a.configPath, listen)
 	}
+	set := func(flag string, dst *string, v string) {
+		if !cmd.Flags().Changed(flag) {
+			*dst = v
+		}
+	}
+	if strings.HasPrefix(listen, "unix:") { // a socket: no TLS
+		set("addr", &a.addr, listen)
+		return nil
+	}
 	host, port, err := net.SplitHostPort(listen)
 	if err != nil {
 		return fmt.Errorf("--local: %s: admin.listen: %w", a.configPath, err)
@@ -56,11 +66,6 @@ func (a *app) fromConfig(cmd *cobra.Command) error {
 		host = "127.0.0.1"
 	case ip != nil && ip.IsUnspecified():
 		host = "::1"
-	}
-	set := func(flag string, dst *string, v string) {
-		if !cmd.Flags().Changed(flag) {
-			*dst = v
-		}
 	}
 	set("addr", &a.addr, net.JoinHostPort(host, port))
 	set("ca", &a.caFile, ca)

@@ -149,7 +149,9 @@ in concentratord's configuration): cluster status, nodes, IKE SAs, terminate,
 rekey, drain, credential reload and a live feed of SA events.
 
 Without TLS flags it connects in plaintext, which the node allows on loopback
-only; with --ca, --cert and --key it uses mutual TLS.
+only, and there only for its own account and root; or, with --addr
+unix:///path, through the node's admin socket (its account and group). With
+--ca, --cert and --key it uses mutual TLS.
 
 Exit codes: 0 success, 1 failure, 2 usage.`,
 		Version:       versionString(),
@@ -179,7 +181,7 @@ Exit codes: 0 success, 1 failure, 2 usage.`,
 	if addr == "" {
 		addr = defaultAddr
 	}
-	pf.StringVar(&a.addr, "addr", addr, "admin API address host:port (env CONCENTRATORCTL_ADDR)")
+	pf.StringVar(&a.addr, "addr", addr, "admin API address host:port, or unix:///path of its socket (env CONCENTRATORCTL_ADDR)")
 	pf.StringVar(&a.caFile, "ca", "", "CA certificate (PEM) that signed the node's certificate: enables TLS")
 	pf.StringVar(&a.certFile, "cert", "", "client certificate (PEM) for mutual TLS")
 	pf.StringVar(&a.keyFile, "key", "", "client key (PEM) for mutual TLS")

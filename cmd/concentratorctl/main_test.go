@@ -87,7 +87,25 @@ func startNode(t *testing.T, gateways int, admin string) *node {
 		cancel()
 		<-done
 	})
-	return &node{n: n, addr: srv.Addr().String(), cfg: path}
+	addr := srv.Addr().String()
+	if srv.Addr().Network() == "unix" {
+		addr = "unix://" + addr
+	}
+	return &node{n: n, addr: addr, cfg: path}
+}
+
+// The admin API on a unix socket: concentratorctl reaches it with --addr
+// unix:///path and with --local (no TLS files wanted).
+func TestAdminSocket(t *testing.T) {
+	sock := filepath.Join(t.TempDir(), "admin.sock")
+	nd := startNode(t, 1, "admin:\n  listen: unix://"+sock+"\n")
+	if out := nd.mustCtl(t, "status"); !strings.Contains(out, "1 nodes") {
+		t.Fatalf("status over the socket:\n%s", out)
+	}
+	var o, e bytes.Buffer
+	if code := run(context.Background(), []string{"--local", "--config", nd.cfg, "status"}, &o, &e); code != 0 || !strings.Contains(o.String(), "1 nodes") {
+		t.Fatalf("--local with a socket: exit %d\n%s%s", code, o.String(), e.String())
+	}
 }
 
 // gateways brings up count simulated gateways that hold their SAs until

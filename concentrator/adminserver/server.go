@@ -55,11 +55,11 @@ func Start(cfg concentrator.AdminConfig, node *concentrator.Node, log *slog.Logg
 		}
 		creds = credentials.NewTLS(tc)
 	}
-	lis, err := net.Listen("tcp", cfg.Listen)
+	lis, err := listen(cfg)
 	if err != nil {
 		return nil, fmt.Errorf("admin.listen: %w", err)
 	}
-	if !cfg.TLS() {
+	if !cfg.TLS() && cfg.SocketPath() == "" {
 		// Plaintext, on loopback: every account on the host reaches the
 		// port, and the API can drain the node, end SAs and add
 		// credentials. Only this node's account and root get in.
@@ -93,6 +93,43 @@ func Start(cfg concentrator.AdminConfig, node *concentrator.Node, log *slog.Logg
 	}()
 	log.Info("admin API listening", "addr", lis.Addr().String(), "tls", cfg.TLS())
 	return s, nil
+}
+
+// SocketMode is the admin API's unix socket's mode: the node's account
+// and its group may connect (connecting needs write permission).
+const SocketMode = 0o660
+
+// listen binds admin.listen: a TCP address, or a unix socket made
+// SocketMode. A socket file left by a node that did not stop cleanly is
+// replaced; any other file at the path is an error.
+func listen(cfg concentrator.AdminConfig) (net.Listener, error) {
+	path := cfg.SocketPath()
+	if path == "" {
+		return net.Listen("tcp", cfg.Listen)
+	}
+	if fi, err := os.Lstat(path); err == nil {
+		if fi.Mode().Type() != os.ModeSocket {
+			return nil, fmt.Errorf("%s exists and is not a socket", path)
+		}
+		if c, err := net.Dial("unix", path); err == nil {
+			c.Close()
+			return nil, fmt.Errorf("%s: another process serves it", path)
+		}
+		if err := os.Remove(path); err != nil {
+			return nil, err
+		}
+	}
+	// Bound with the process's umask (no write for others unless it is
+	// 0: the unit file sets 0077), then set to SocketMode.
+	l, err := net.Listen("unix", path)
+	if err != nil {
+		return nil, err
+	}
+	if err := os.Chmod(path, SocketMode); err != nil {
+		l.Close()
+		return nil, err
+	}
+	return l, nil
 }
 
 // Addr is the address the API listens on.

@@ -764,3 +764,50 @@ func TestPlaintextAdminOnlyForTheNodesAccount(t *testing.T) {
 		t.Fatalf("refusal not logged:\n%s", logged.String())
 	}
 }
+
+// admin.listen unix:///path: the socket is made 0660 (the node's account
+// and group), serves the API, is removed at Stop; a socket file a crashed
+// node left is replaced, while a live server's socket and any other file
+// at the path are not.
+func TestAdminSocketLifecycle(t *testing.T) {
+	tn := startNode(t, nodeConfig(1, ""))
+	dir := t.TempDir()
+	sock := filepath.Join(dir, "admin.sock")
+	cfg := concentrator.AdminConfig{Listen: "unix://" + sock}
+	// A socket left behind (its server gone without removing it).
+	stale, err := net.ListenUnix("unix", &net.UnixAddr{Name: sock, Net: "unix"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	stale.SetUnlinkOnClose(false)
+	stale.Close()
+	srv, err := Start(cfg, tn.node, quietLog())
+	if err != nil {
+		t.Fatalf("start over a stale socket: %v", err)
+	}
+	fi, err := os.Stat(sock)
+	if err != nil || fi.Mode().Perm() != SocketMode || fi.Mode().Type() != os.ModeSocket {
+		t.Fatalf("socket %v %v, want mode %04o", fi.Mode(), err, SocketMode)
+	}
+	conn, err := grpc.NewClient("unix://"+sock, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	if _, err := adminv1.NewAdminClient(conn).GetClusterStatus(context.Background(), &adminv1.GetClusterStatusRequest{}); err != nil {
+		t.Fatalf("call over the socket: %v", err)
+	}
+	if _, err := Start(cfg, tn.node, quietLog()); err == nil || !strings.Contains(err.Error(), "another process serves it") {
+		t.Fatalf("a second server on a live socket: %v", err)
+	}
+	srv.Stop()
+	if _, err := os.Stat(sock); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("socket left after Stop: %v", err)
+	}
+	if err := os.WriteFile(sock, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := Start(cfg, tn.node, quietLog()); err == nil || !strings.Contains(err.Error(), "not a socket") {
+		t.Fatalf("a regular file at the path: %v", err)
+	}
+}
