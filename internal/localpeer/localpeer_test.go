@@ -157,7 +157,17 @@ func TestOwnerOnly(t *testing.T) {
 	if len(refusals) != 1 || refusals[0].UID != nobody || refusals[0].Err != nil {
 		t.Fatalf("refusals %+v, want one of uid %d", refusals, nobody)
 	}
-	if len(served) != 1 {
-		t.Fatalf("%d connections served, want 1", len(served))
+	// The connection our account made is the one served (the server
+	// writes before it hands the connection over: wait for it).
+	select {
+	case c := <-served:
+		if c.RemoteAddr().String() != mine.LocalAddr().String() {
+			t.Fatalf("served %v, want our connection from %v", c.RemoteAddr(), mine.LocalAddr())
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("our connection was not handed over")
+	}
+	if len(served) != 0 {
+		t.Fatalf("%d more connections served, want none", len(served))
 	}
 }
