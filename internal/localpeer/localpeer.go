@@ -12,9 +12,11 @@ package localpeer
 
 import (
 	"bufio"
+	"bytes"
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/netip"
 	"os"
@@ -48,21 +50,29 @@ func UID(c net.Conn) (uint32, error) {
 	// The client's row: its own address first.
 	want4 := [2]string{procAddr(remote, false), procAddr(local, false)}
 	want6 := [2]string{procAddr(remote, true), procAddr(local, true)}
-	for i, f := range procFiles {
-		want := want4
-		if i == 1 {
-			want = want6
-		}
-		if want[0] == "" {
-			continue // an IPv6 address has no row in the IPv4 table
-		}
-		uid, err := find(f, want)
-		if err == nil || !errors.Is(err, ErrNotFound) {
-			return uid, err
+	// The kernel lists the table a read at a time; sockets opened and
+	// closed meanwhile can make a listing skip a row that was there all
+	// along, so a row not found is looked for again.
+	for range lookups {
+		for i, f := range procFiles {
+			want := want4
+			if i == 1 {
+				want = want6
+			}
+			if want[0] == "" {
+				continue // an IPv6 address has no row in the IPv4 table
+			}
+			uid, err := find(f, want)
+			if err == nil || !errors.Is(err, ErrNotFound) {
+				return uid, err
+			}
 		}
 	}
 	return 0, ErrNotFound
 }
+
+// lookups: how many listings UID reads before it gives up on a row.
+const lookups = 3
 
 func addrPort(a net.Addr) (netip.AddrPort, error) {
 	t, ok := a.(*net.TCPAddr)
@@ -99,12 +109,13 @@ func procAddr(ap netip.AddrPort, v6 bool) string {
 // find returns the uid of the row of file whose local and remote
 // addresses are want.
 func find(file string, want [2]string) (uint32, error) {
-	f, err := os.Open(file)
+	// One read(2) as large as the listing, if it fits: the kernel walks
+	// the table once for it.
+	b, err := readAll(file)
 	if err != nil {
 		return 0, err
 	}
-	defer f.Close()
-	sc := bufio.NewScanner(f)
+	sc := bufio.NewScanner(bytes.NewReader(b))
 	sc.Scan() // the header
 	for sc.Scan() {
 		// sl local_address rem_address st tx:rx tr:when retrnsmt uid ...
@@ -122,6 +133,31 @@ func find(file string, want [2]string) (uint32, error) {
 		return 0, err
 	}
 	return 0, ErrNotFound
+}
+
+// readAll reads file with as few read(2) calls as its size allows: a
+// buffer of 256 KiB (about 1,700 sockets) and larger ones as needed.
+func readAll(file string) ([]byte, error) {
+	f, err := os.Open(file)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	b := make([]byte, 256<<10)
+	n := 0
+	for {
+		m, err := f.Read(b[n:])
+		n += m
+		if err == io.EOF || m == 0 && err == nil {
+			return b[:n], nil
+		}
+		if err != nil {
+			return nil, err
+		}
+		if n == len(b) {
+			b = append(b, make([]byte, len(b))...)
+		}
+	}
 }
 
 // Refusal is a connection OwnerOnly closed.

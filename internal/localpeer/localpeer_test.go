@@ -3,9 +3,12 @@ package localpeer
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"os"
+	"path/filepath"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -169,5 +172,39 @@ func TestOwnerOnly(t *testing.T) {
 	}
 	if len(served) != 0 {
 		t.Fatalf("%d more connections served, want none", len(served))
+	}
+}
+
+// A listing larger than the first read buffer (a host with thousands of
+// TCP sockets) is read whole: the row after them is found.
+func TestUIDLongListing(t *testing.T) {
+	l := listen(t, "tcp4", "127.0.0.1:0")
+	srv, _ := accept(t, l, func() net.Conn {
+		c, err := net.Dial("tcp", l.Addr().String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		return c
+	})
+	real, err := os.ReadFile(procFiles[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	lines := strings.SplitN(string(real), "\n", 2)
+	var b strings.Builder
+	b.WriteString(lines[0] + "\n")
+	for i := range 5000 { // about 750 KB of other sockets first
+		fmt.Fprintf(&b, "%4d: 0A00000%d:%04X 0B000001:01BB 01 00000000:00000000 00:00000000 00000000  1000        0 %d 1 0000000000000000 20 4 30 10 -1\n", i, i%10, 1024+i, 100000+i)
+	}
+	b.WriteString(lines[1])
+	f := filepath.Join(t.TempDir(), "tcp")
+	if err := os.WriteFile(f, []byte(b.String()), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	saved := procFiles
+	t.Cleanup(func() { procFiles = saved })
+	procFiles[0] = f
+	if uid, err := UID(srv); err != nil || uid != uint32(os.Geteuid()) {
+		t.Fatalf("uid %d, %v; want %d", uid, err, os.Geteuid())
 	}
 }
