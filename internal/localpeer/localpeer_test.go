@@ -31,6 +31,16 @@ func dialAs(t *testing.T, uid int, addr string) net.Conn {
 	return c
 }
 
+// dial connects to addr from a socket of this process's account.
+func dial(t *testing.T, addr string) net.Conn {
+	t.Helper()
+	c, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
+
 func listen(t *testing.T, network, addr string) net.Listener {
 	t.Helper()
 	l, err := net.Listen(network, addr)
@@ -67,13 +77,7 @@ func accept(t *testing.T, l net.Listener, dial func() net.Conn) (server, client 
 func TestUID(t *testing.T) {
 	for _, tc := range []struct{ network, addr string }{{"tcp4", "127.0.0.1:0"}, {"tcp6", "[::1]:0"}} {
 		l := listen(t, tc.network, tc.addr)
-		srv, _ := accept(t, l, func() net.Conn {
-			c, err := net.Dial("tcp", l.Addr().String())
-			if err != nil {
-				t.Fatal(err)
-			}
-			return c
-		})
+		srv, _ := accept(t, l, func() net.Conn { return dial(t, l.Addr().String()) })
 		uid, err := UID(srv)
 		if err != nil || uid != uint32(os.Geteuid()) {
 			t.Fatalf("%s: uid %d, %v; want %d", tc.network, uid, err, os.Geteuid())
@@ -103,13 +107,7 @@ func TestUIDGonePeer(t *testing.T) {
 		procFiles[i] = f
 	}
 	l := listen(t, "tcp4", "127.0.0.1:0")
-	srv, _ := accept(t, l, func() net.Conn {
-		c, err := net.Dial("tcp", l.Addr().String())
-		if err != nil {
-			t.Fatal(err)
-		}
-		return c
-	})
+	srv, _ := accept(t, l, func() net.Conn { return dial(t, l.Addr().String()) })
 	if _, err := UID(srv); !errors.Is(err, ErrNotFound) {
 		t.Fatalf("%v, want ErrNotFound", err)
 	}
@@ -146,10 +144,7 @@ func TestOwnerOnly(t *testing.T) {
 	} else if !errors.Is(err, io.EOF) && !errors.Is(err, unix.ECONNRESET) {
 		t.Fatalf("another account's connection: %v, want closed", err)
 	}
-	mine, err := net.Dial("tcp", l.Addr().String())
-	if err != nil {
-		t.Fatal(err)
-	}
+	mine := dial(t, l.Addr().String())
 	defer mine.Close()
 	mine.SetReadDeadline(time.Now().Add(5 * time.Second))
 	if _, err := io.ReadFull(mine, make([]byte, 2)); err != nil {
@@ -179,13 +174,7 @@ func TestOwnerOnly(t *testing.T) {
 // TCP sockets) is read whole: the row after them is found.
 func TestUIDLongListing(t *testing.T) {
 	l := listen(t, "tcp4", "127.0.0.1:0")
-	srv, _ := accept(t, l, func() net.Conn {
-		c, err := net.Dial("tcp", l.Addr().String())
-		if err != nil {
-			t.Fatal(err)
-		}
-		return c
-	})
+	srv, _ := accept(t, l, func() net.Conn { return dial(t, l.Addr().String()) })
 	real, err := os.ReadFile(procFiles[0])
 	if err != nil {
 		t.Fatal(err)
