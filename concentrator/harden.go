@@ -6,11 +6,11 @@ import (
 	"log/slog"
 	"net/netip"
 	"net/url"
-	"os"
 	"path/filepath"
 	"time"
 
 	"github.com/ikefleet/ikefleet/concentrator/ike"
+	"github.com/ikefleet/ikefleet/internal/secretfile"
 )
 
 // perPacketKind says whether an engine event is one a flood can produce
@@ -224,12 +224,8 @@ func (c *Config) InlineSecrets() []string {
 // that the group or others may read: whoever reads it can impersonate the
 // node or open every sealed record.
 func checkPrivateKeyFile(field, path string) error {
-	fi, err := os.Stat(path)
-	if err != nil {
+	if err := secretfile.Check(path); err != nil {
 		return fieldErr(field, "%v", err)
-	}
-	if fi.Mode().Perm()&0o077 != 0 {
-		return fieldErr(field, "%s is readable by group or others (mode %04o): chmod 600 it", path, fi.Mode().Perm())
 	}
 	return nil
 }

@@ -23,6 +23,8 @@ import (
 	"time"
 
 	"github.com/hashicorp/memberlist"
+
+	"github.com/ikefleet/ikefleet/internal/secretfile"
 )
 
 // Meta is what a node gossips about itself.
@@ -131,12 +133,8 @@ func NewMembers(cfg MembersConfig, name string, self Meta, logger *slog.Logger) 
 		c.AdvertiseAddr, c.AdvertisePort = ap.Addr().String(), int(ap.Port())
 	}
 	if cfg.SecretKeyFile != "" {
-		fi, err := os.Stat(cfg.SecretKeyFile)
-		if err != nil {
+		if err := secretfile.Check(cfg.SecretKeyFile); err != nil {
 			return nil, fieldErr("members.secret_key_file", "%v", err)
-		}
-		if perm := fi.Mode().Perm(); perm&0o077 != 0 {
-			return nil, fieldErr("members.secret_key_file", "%s is readable by group or others (mode %04o): chmod 600 it", cfg.SecretKeyFile, perm)
 		}
 		raw, err := os.ReadFile(cfg.SecretKeyFile)
 		if err != nil {

@@ -13,6 +13,8 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+
+	"github.com/ikefleet/ikefleet/internal/secretfile"
 )
 
 // Files in a node's data directory.
@@ -192,12 +194,12 @@ func LoadKeyFile(path string, generate bool) (*Keyring, error) {
 			return nil, &KeyFileError{Path: path, Reason: "generating the cluster key", Err: err}
 		}
 	}
-	fi, err := os.Stat(path)
-	if err != nil {
+	if err := secretfile.Check(path); err != nil {
+		var ee *secretfile.ExposedError
+		if errors.As(err, &ee) {
+			return nil, &KeyFileError{Path: path, Reason: ee.Reason()}
+		}
 		return nil, &KeyFileError{Path: path, Err: err}
-	}
-	if perm := fi.Mode().Perm(); perm&0o077 != 0 {
-		return nil, &KeyFileError{Path: path, Reason: fmt.Sprintf("is readable by group or others (mode %04o): chmod 600 it", perm)}
 	}
 	b, err := os.ReadFile(path)
 	if err != nil {
