@@ -175,15 +175,13 @@ func isLoopbackHost(h string) bool {
 // key: the TLS keys of the admin API, the peer API and the etcd client,
 // and the RADIUS servers' shared secrets. New runs it, so --check too.
 func (c *Config) checkSecretFiles() error {
-	files := []struct{ field, path string }{
-		{"admin.key_file", c.Admin.KeyFile},
-		{"cluster.key_file", c.Cluster.KeyFile},
-	}
+	type secretFile struct{ field, path string }
+	files := []secretFile{{"admin.key_file", c.Admin.KeyFile}, {"cluster.key_file", c.Cluster.KeyFile}}
 	if c.StateStore.Mode == "external" {
-		files = append(files, struct{ field, path string }{"statestore.key_file", c.StateStore.KeyFile})
+		files = append(files, secretFile{"statestore.key_file", c.StateStore.KeyFile})
 	}
 	for i, s := range c.Auth.EAP.RADIUS.Servers {
-		files = append(files, struct{ field, path string }{fmt.Sprintf("auth.eap.radius.servers[%d].secret_file", i), s.SecretFile})
+		files = append(files, secretFile{fmt.Sprintf("auth.eap.radius.servers[%d].secret_file", i), s.SecretFile})
 	}
 	for _, f := range files {
 		if f.path == "" {

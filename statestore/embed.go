@@ -101,7 +101,7 @@ func StartEmbedded(cfg EmbedConfig) (*Embedded, error) {
 	if cfg.SnapshotCatchUpEntries == 0 {
 		cfg.SnapshotCatchUpEntries = DefaultEmbedSnapshotCatchUpEntries
 	}
-	if cfg.Socket != "" || cfg.NoListeners {
+	if cfg.local() {
 		m := &Embedded{cfg: cfg}
 		if cfg.Socket != "" && !cfg.NoListeners {
 			m.clientURL = url.URL{Scheme: "unix", Path: cfg.Socket}
@@ -165,7 +165,7 @@ func (m *Embedded) start() error {
 	c.AdvertiseClientUrls = []url.URL{m.clientURL}
 	c.ListenPeerUrls = []url.URL{m.peerURL}
 	c.AdvertisePeerUrls = []url.URL{m.peerURL}
-	if m.local() {
+	if m.cfg.local() {
 		// No TCP port: the member is its cluster's only one, so no peer
 		// ever dials it (its membership needs a peer URL all the same; a
 		// member of an older release keeps the one it has). Clients come
@@ -245,8 +245,8 @@ func (m *Embedded) start() error {
 	return nil
 }
 
-// local: the member serves no TCP port (EmbedConfig.Socket, NoListeners).
-func (m *Embedded) local() bool { return m.cfg.Socket != "" || m.cfg.NoListeners }
+// local: the member serves no TCP port (Socket, NoListeners).
+func (c *EmbedConfig) local() bool { return c.Socket != "" || c.NoListeners }
 
 // Endpoints are the client URLs, for ClientConfig.Endpoints (a unix
 // socket: unix:///path); none with NoListeners.
