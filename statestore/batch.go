@@ -402,7 +402,7 @@ func (b *batcher) try(batch []pending) error {
 					s.settled(&parts[i])
 				}
 			} else {
-				s.committed(&parts[i], resp.Header.Revision)
+				s.committed(&parts[i], resp.Header.Revision, tr.Responses)
 				parts[i].others(&batch[i].c, tr.Responses)
 				if r := batch[i].c.Revision; r != nil {
 					*r = resp.Header.Revision

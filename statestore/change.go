@@ -295,7 +295,7 @@ func (s *Store) build(c *Change, me Owner) (txnParts, error) {
 		ak := s.k.poolAddr(l.Addr)
 		p.noOwner, p.lease = true, l
 		p.cmps = append(p.cmps, clientv3.Compare(clientv3.Value(ak), "=", l.ID))
-		p.then = append(p.then, clientv3.OpDelete(ak), clientv3.OpDelete(s.k.poolID(l.ID)))
+		p.then = append(p.then, s.releaseOps(l.Addr, l.ID)...)
 		return p, nil
 	case IKERekeyed:
 		p.spi = c.OldSPI
@@ -364,8 +364,8 @@ func (p *txnParts) stale(rs []*etcdserverpb.ResponseOp) bool {
 }
 
 // committed updates the store's key metadata after the change's
-// transaction committed at revision rev.
-func (s *Store) committed(p *txnParts, rev int64) {
+// transaction committed at revision rev with Then responses rs.
+func (s *Store) committed(p *txnParts, rev int64, rs []*etcdserverpb.ResponseOp) {
 	for _, spi := range p.forget {
 		s.revs.forget(spi)
 	}
@@ -373,8 +373,10 @@ func (s *Store) committed(p *txnParts, rev int64) {
 		s.revs.wrote(p.sw.spi, p.sw.sa, p.sw.seq, rev)
 	}
 	switch {
-	case p.noOwner: // addressReleased: its key is gone
-		s.leaseDeleted(p.lease.ID)
+	case p.noOwner: // addressReleased: its identity's key may be gone
+		if idKeyDeleted(rs) {
+			s.leaseDeleted(p.lease.ID)
+		}
 	case p.putsLease():
 		s.leaseWritten(p.lease.ID)
 	}
@@ -495,7 +497,7 @@ func (s *Store) persist(ctx context.Context, c *Change) error {
 		return fmt.Errorf("%w: %v", ErrUnavailable, err)
 	}
 	if resp.Succeeded {
-		s.committed(&p, resp.Header.Revision)
+		s.committed(&p, resp.Header.Revision, resp.Responses)
 		p.others(c, resp.Responses)
 		if c.Revision != nil {
 			*c.Revision = resp.Header.Revision

@@ -8,6 +8,8 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
 )
 
 // With SoleWriter a Store answers AddressOf from the identities its own
@@ -191,4 +193,80 @@ func TestSoleWriterUnreadableLeaseKey(t *testing.T) {
 	if a, ok, err := s.AddressOf(ctx, "gw-1"); err != nil || !ok || a != netip.MustParseAddr("10.64.1.2") {
 		t.Fatalf("AddressOf = %v %v %v", a, ok, err)
 	}
+}
+
+// An identity's lease is its newest address: releasing an older address
+// it still held (another SA of it, or a lease replaced) leaves the newer
+// one, so that the identity keeps the address its live SA holds.
+func TestReleaseKeepsNewerLease(t *testing.T) {
+	e := startEtcd(t, false)
+	ctx := tctx(t, 60*time.Second)
+	older, newer := netip.MustParseAddr("10.64.2.1"), netip.MustParseAddr("10.64.2.2")
+	for _, sole := range []bool{false, true} {
+		for _, async := range []bool{false, true} {
+			name := fmt.Sprintf("sole=%v,async=%v", sole, async)
+			t.Run(name, func(t *testing.T) {
+				cli := e.LocalClient()
+				t.Cleanup(func() { cli.Close() })
+				cfg := testConfig(t, "n")
+				cfg.Prefix = "/" + name + "/"
+				cfg.SingleMember, cfg.SoleWriter = sole, sole
+				s := open(t, cli, cfg)
+				const id = "gw-7@iot.example"
+				for _, a := range []netip.Addr{older, newer} {
+					if h, err := s.LeaseAddress(ctx, a, id); err != nil || h != "" {
+						t.Fatalf("lease %v: holder %q, %v", a, h, err)
+					}
+				}
+				if async {
+					errs := make(chan error, 1)
+					if err := s.ReleaseAddressAsync(older, id, func(err error) { errs <- err }); err != nil {
+						t.Fatal(err)
+					}
+					if err := <-errs; err != nil {
+						t.Fatal(err)
+					}
+				} else if err := s.ReleaseAddress(ctx, older, id); err != nil {
+					t.Fatal(err)
+				}
+				if a, ok, err := s.AddressOf(ctx, id); err != nil || !ok || a != newer {
+					t.Fatalf("after releasing %v: AddressOf = %v %v %v, want %v", older, a, ok, err, newer)
+				}
+				if a, ok := leaseInEtcd(t, cli, cfg.Prefix, id); !ok || a != newer {
+					t.Fatalf("after releasing %v: etcd says %v %v, want %v", older, a, ok, newer)
+				}
+				// Releasing the newer one ends the lease.
+				if err := s.ReleaseAddress(ctx, newer, id); err != nil {
+					t.Fatal(err)
+				}
+				if a, ok, err := s.AddressOf(ctx, id); err != nil || ok {
+					t.Fatalf("after releasing both: AddressOf = %v %v %v", a, ok, err)
+				}
+			})
+		}
+	}
+}
+
+// leaseInEtcd reads identity id's lease as AddressOf does, with plain
+// reads (no Store: a Store registers).
+func leaseInEtcd(t *testing.T, cli *clientv3.Client, prefix, id string) (netip.Addr, bool) {
+	t.Helper()
+	ctx := tctx(t, 10*time.Second)
+	k := keys{prefix}
+	r, err := cli.Get(ctx, k.poolID(id))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(r.Kvs) == 0 {
+		return netip.Addr{}, false
+	}
+	a, err := netip.ParseAddr(string(r.Kvs[0].Value))
+	if err != nil {
+		t.Fatal(err)
+	}
+	g, err := cli.Get(ctx, k.poolAddr(a))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return a, len(g.Kvs) > 0 && string(g.Kvs[0].Value) == id
 }

@@ -14,6 +14,7 @@ import (
 	"fmt"
 	"net/netip"
 
+	"go.etcd.io/etcd/api/v3/etcdserverpb"
 	clientv3 "go.etcd.io/etcd/client/v3"
 )
 
@@ -212,19 +213,37 @@ func (s *Store) ReleaseAddressAsync(a netip.Addr, id string, done func(error)) e
 }
 
 // ReleaseAddress ends identity id's lease of address a (nothing if another
-// identity holds it).
+// identity holds it). The identity's pool/id key goes with it only if it
+// names a: an identity that was leased another address since (its lease
+// replaced, another SA of it) keeps that one.
 func (s *Store) ReleaseAddress(ctx context.Context, a netip.Addr, id string) error {
 	rc, cancel := s.rctx(ctx)
 	defer cancel()
 	ak := s.k.poolAddr(a)
 	resp, err := s.txn(rc).If(clientv3.Compare(clientv3.Value(ak), "=", id)).
-		Then(clientv3.OpDelete(ak), clientv3.OpDelete(s.k.poolID(id))).Commit()
+		Then(s.releaseOps(a, id)...).Commit()
 	s.noteResult(err)
 	if err != nil {
 		return fmt.Errorf("%w: %v", ErrUnavailable, err)
 	}
-	if resp.Succeeded {
+	if resp.Succeeded && idKeyDeleted(resp.Responses) {
 		s.leaseDeleted(id)
 	}
 	return nil
+}
+
+// releaseOps end identity id's lease of address a, its address key
+// checked by the caller: the address key, and the identity's key if it
+// names a.
+func (s *Store) releaseOps(a netip.Addr, id string) []clientv3.Op {
+	ik := s.k.poolID(id)
+	return []clientv3.Op{clientv3.OpDelete(s.k.poolAddr(a)),
+		clientv3.OpTxn([]clientv3.Cmp{clientv3.Compare(clientv3.Value(ik), "=", a.String())},
+			[]clientv3.Op{clientv3.OpDelete(ik)}, nil)}
+}
+
+// idKeyDeleted reads releaseOps' responses: whether the identity's key
+// went.
+func idKeyDeleted(rs []*etcdserverpb.ResponseOp) bool {
+	return len(rs) > 1 && rs[1].GetResponseTxn().GetSucceeded()
 }
