@@ -142,7 +142,7 @@ func (n *Node) openStore(ctx context.Context) (*persistence, error) {
 		KeepAliveInterval: c.KeepAlive, FenceMargin: c.FenceMargin,
 		Batch:        statestore.BatchConfig{QueueNew: c.QueueNew, MaxDelay: c.CommitDelay},
 		SingleMember: p.etcd != nil, // the embedded member: one, in this process
-		SoleWriter:   p.etcd != nil, // and no other node writes it
+		SoleWriter:   p.etcd != nil, // until another node registers in it (nodes sharing one host)
 		OnReclaimed:  n.onReclaimed,
 		OnSealingKey: func(old, cur uint32) {
 			select {

@@ -75,10 +75,11 @@ type Config struct {
 	// may lag.
 	SingleMember bool
 	// SoleWriter: no other Store writes under Prefix (the node's embedded
-	// member, which no other node reaches). The Store then knows which
-	// identities hold an address lease from its own writes (listed at
-	// Open), and AddressOf reads etcd only for those (leased.go). Leave
-	// it off whenever another node or tool may write the same keys.
+	// member). The Store then knows which identities hold an address
+	// lease from its own writes (listed at Open), and AddressOf reads etcd
+	// only for those (leased.go), until another node registers under
+	// Prefix (watched): from then on it reads for every identity. Leave it
+	// off whenever a tool other than a Store may write the same keys.
 	SoleWriter bool
 
 	// OnReclaimed is called (from a store goroutine) after the store

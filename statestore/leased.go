@@ -17,6 +17,7 @@ import (
 	"context"
 	"encoding/hex"
 	"errors"
+	"fmt"
 	"strings"
 	"sync"
 
@@ -86,22 +87,92 @@ func (e errNoIdentity) Error() string {
 	return "statestore: address lease key " + e.key + " names no identity"
 }
 
+// openLeased lists the leases for Open (Config.SoleWriter) once the
+// registry has been read: none if another node is registered.
+func (s *Store) openLeased(ctx context.Context) error {
+	listed := make(chan struct{})
+	s.wg.Add(1)
+	go s.watchWriters(listed)
+	select {
+	case <-listed:
+	case <-ctx.Done():
+		s.cancel()
+		return fmt.Errorf("statestore: reading the registry: %w", ctx.Err())
+	}
+	if s.otherWriter.Load() {
+		return nil
+	}
+	var l *leasedIDs
+	if err := s.retryOpen(ctx, "listing the address leases", func() (err error) {
+		l, err = s.listLeased(ctx)
+		return err
+	}); err != nil {
+		return err
+	}
+	s.leased.Store(l)
+	if s.otherWriter.Load() { // registered while the leases were listed
+		s.leased.Store(nil)
+	}
+	return nil
+}
+
+// watchWriters follows the registry while the Store takes itself for the
+// only writer of its prefix (Config.SoleWriter): the node's embedded
+// member, which other nodes may still use as their store (nodes sharing
+// one host in a lab). Their leases are not in the set, so the first
+// registration of another node, listed or watched, turns the set off for
+// good: every AddressOf reads etcd from then on. A node registers before
+// it writes anything; what is left is the watch's delay (in process,
+// well under a millisecond): a lease the other node wrote within it, to
+// an identity that meanwhile sets up an SA here, is missed, and that
+// identity gets a new address. listed is closed after the first listing.
+func (s *Store) watchWriters(listed chan<- struct{}) {
+	defer s.wg.Done()
+	ctx, cancel := context.WithCancel(s.ctx)
+	defer cancel()
+	mine := s.k.node(s.cfg.NodeID)
+	seen := func(kv *mvccpb.KeyValue) {
+		if string(kv.Key) == mine || s.otherWriter.Swap(true) {
+			return
+		}
+		s.leased.Store(nil)
+		s.log.Info("statestore: another node uses this store: address leases are read from etcd from now on",
+			"other", strings.TrimPrefix(string(kv.Key), s.k.p+"nodes/"))
+		cancel()
+	}
+	first := true
+	s.followPrefix(ctx, s.k.p+"nodes/", func(kvs []*mvccpb.KeyValue) {
+		for _, kv := range kvs {
+			seen(kv)
+		}
+		if first {
+			first = false
+			close(listed)
+		}
+	}, func(ev *clientv3.Event) {
+		if ev.Type == clientv3.EventTypePut {
+			seen(ev.Kv)
+		}
+	}, nil)
+}
+
 // mayHoldAddress reports whether identity id may have an address lease:
 // always without the set (several writers).
 func (s *Store) mayHoldAddress(id string) bool {
-	return s.leased == nil || s.leased.has(id)
+	l := s.leased.Load()
+	return l == nil || l.has(id)
 }
 
 // leaseWritten notes that identity id may have a pool/id key now.
 func (s *Store) leaseWritten(id string) {
-	if s.leased != nil {
-		s.leased.add(id)
+	if l := s.leased.Load(); l != nil {
+		l.add(id)
 	}
 }
 
 // leaseDeleted notes that identity id's pool/id key is gone.
 func (s *Store) leaseDeleted(id string) {
-	if s.leased != nil {
-		s.leased.remove(id)
+	if l := s.leased.Load(); l != nil {
+		l.remove(id)
 	}
 }

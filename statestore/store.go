@@ -128,8 +128,11 @@ type Store struct {
 
 	revs revTable // metadata of the record keys of the SAs written
 	// leased: the identities that may hold an address lease, with
-	// Config.SoleWriter (leased.go); nil otherwise.
-	leased *leasedIDs
+	// Config.SoleWriter while no other node registered in the store
+	// (leased.go); nil otherwise.
+	leased atomic.Pointer[leasedIDs]
+	// otherWriter: another node registered in the store (watchWriters).
+	otherWriter atomic.Bool
 
 	// The registrations the sealing key is chosen for (chooseKey).
 	keyMu       sync.Mutex
@@ -164,10 +167,7 @@ func Open(ctx context.Context, cli *clientv3.Client, cfg Config) (*Store, error)
 		return nil, err
 	}
 	if cfg.SoleWriter {
-		if err := s.retryOpen(ctx, "listing the address leases", func() (err error) {
-			s.leased, err = s.listLeased(ctx)
-			return err
-		}); err != nil {
+		if err := s.openLeased(ctx); err != nil {
 			return nil, err
 		}
 	}
