@@ -12,6 +12,7 @@ import (
 	"log/slog"
 	"net"
 	"os"
+	"path/filepath"
 	"sync"
 	"time"
 
@@ -119,17 +120,66 @@ func listen(cfg concentrator.AdminConfig) (net.Listener, error) {
 			return nil, err
 		}
 	}
-	// Bound with the process's umask (no write for others unless it is
-	// 0: the unit file sets 0077), then set to SocketMode.
-	l, err := net.Listen("unix", path)
+	return bindSocket(path)
+}
+
+// bindSocket binds a unix socket at path that has SocketMode from the
+// moment it appears there: bound in a private directory beside it (0700,
+// so the umask's mode is open to no one), set to SocketMode, then renamed
+// into place. A socket bound at path and chmod-ed after would be open to
+// every account for that moment under a umask of 0. Close removes the
+// socket, if the file at path is still this one.
+func bindSocket(path string) (net.Listener, error) {
+	dir, err := os.MkdirTemp(filepath.Dir(path), ".a")
 	if err != nil {
 		return nil, err
 	}
-	if err := os.Chmod(path, SocketMode); err != nil {
+	defer os.RemoveAll(dir)
+	tmp := filepath.Join(dir, "s")
+	if len(tmp) > maxSocketPath {
+		return nil, fmt.Errorf("%s: the directory's path is too long to bind a socket in (%d bytes beside it, at most %d)", path, len(tmp), maxSocketPath)
+	}
+	l, err := net.ListenUnix("unix", &net.UnixAddr{Name: tmp, Net: "unix"})
+	if err != nil {
+		return nil, err
+	}
+	l.SetUnlinkOnClose(false) // it is removed from path (Close)
+	fail := func(err error) (net.Listener, error) {
 		l.Close()
 		return nil, err
 	}
-	return l, nil
+	if err := os.Chmod(tmp, SocketMode); err != nil {
+		return fail(err)
+	}
+	if err := os.Rename(tmp, path); err != nil {
+		return fail(err)
+	}
+	fi, err := os.Lstat(path)
+	if err != nil {
+		return fail(err)
+	}
+	return &socketListener{UnixListener: l, path: path, file: fi}, nil
+}
+
+// maxSocketPath: the longest path a unix socket binds to on Linux
+// (sun_path, 108 bytes with its NUL).
+const maxSocketPath = 107
+
+// socketListener is a unix listener bound elsewhere and renamed to path.
+type socketListener struct {
+	*net.UnixListener
+	path string
+	file os.FileInfo // the socket file as renamed
+}
+
+func (l *socketListener) Addr() net.Addr { return &net.UnixAddr{Name: l.path, Net: "unix"} }
+
+func (l *socketListener) Close() error {
+	err := l.UnixListener.Close()
+	if fi, e := os.Lstat(l.path); e == nil && os.SameFile(fi, l.file) {
+		os.Remove(l.path)
+	}
+	return err
 }
 
 // Addr is the address the API listens on.

@@ -11,9 +11,12 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
+	"unsafe"
 
+	"golang.org/x/sys/unix"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
@@ -781,13 +784,32 @@ func TestAdminSocketLifecycle(t *testing.T) {
 	}
 	stale.SetUnlinkOnClose(false)
 	stale.Close()
+	// Under a umask of 0 too, the socket is never open to others: it is
+	// bound elsewhere and appears at its path with its mode.
+	// The kernel reports what happens at the path meanwhile.
+	events := watchDir(t, dir)
+	old := syscall.Umask(0)
 	srv, err := Start(cfg, tn.node, quietLog())
+	syscall.Umask(old)
 	if err != nil {
 		t.Fatalf("start over a stale socket: %v", err)
+	}
+	// Created elsewhere and moved to the path: never there with another
+	// mode (created there, then its attributes changed).
+	for _, ev := range events() {
+		if ev.name == "admin.sock" && ev.mask&(unix.IN_CREATE|unix.IN_ATTRIB) != 0 {
+			t.Fatalf("the socket was created or changed at its path (inotify mask %#x): it was there before it had its mode", ev.mask)
+		}
 	}
 	fi, err := os.Stat(sock)
 	if err != nil || fi.Mode().Perm() != SocketMode || fi.Mode().Type() != os.ModeSocket {
 		t.Fatalf("socket %v %v, want mode %04o", fi.Mode(), err, SocketMode)
+	}
+	if ents, err := os.ReadDir(dir); err != nil || len(ents) != 1 {
+		t.Fatalf("beside the socket: %v %v, want it alone", ents, err)
+	}
+	if a := srv.Addr().String(); a != sock {
+		t.Fatalf("Addr %q, want %q", a, sock)
 	}
 	conn, err := grpc.NewClient("unix://"+sock, grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {
@@ -809,5 +831,61 @@ func TestAdminSocketLifecycle(t *testing.T) {
 	}
 	if _, err := Start(cfg, tn.node, quietLog()); err == nil || !strings.Contains(err.Error(), "not a socket") {
 		t.Fatalf("a regular file at the path: %v", err)
+	}
+}
+
+type dirEvent struct {
+	name string
+	mask uint32
+}
+
+// watchDir watches directory dir with inotify; the function returned
+// gives the events so far.
+func watchDir(t *testing.T, dir string) func() []dirEvent {
+	t.Helper()
+	fd, err := unix.InotifyInit1(unix.IN_NONBLOCK | unix.IN_CLOEXEC)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { unix.Close(fd) })
+	if _, err := unix.InotifyAddWatch(fd, dir, unix.IN_CREATE|unix.IN_ATTRIB|unix.IN_MOVED_TO|unix.IN_DELETE); err != nil {
+		t.Fatal(err)
+	}
+	return func() []dirEvent {
+		var evs []dirEvent
+		buf := make([]byte, 64<<10)
+		for {
+			n, err := unix.Read(fd, buf)
+			if err != nil || n <= 0 {
+				return evs
+			}
+			for off := 0; off+unix.SizeofInotifyEvent <= n; {
+				ev := (*unix.InotifyEvent)(unsafe.Pointer(&buf[off]))
+				name := buf[off+unix.SizeofInotifyEvent : off+unix.SizeofInotifyEvent+int(ev.Len)]
+				evs = append(evs, dirEvent{name: strings.TrimRight(string(name), "\x00"), mask: ev.Mask})
+				off += unix.SizeofInotifyEvent + int(ev.Len)
+			}
+		}
+	}
+}
+
+// A socket path that fits, in a directory too deep to bind beside it, is
+// refused with both lengths named, and leaves nothing behind.
+func TestAdminSocketPathTooLong(t *testing.T) {
+	dir := t.TempDir()
+	deep := filepath.Join(dir, strings.Repeat("d", maxSocketPath-len(dir)-12))
+	if err := os.Mkdir(deep, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	path := filepath.Join(deep, "adm.sock") // 107 bytes or less
+	if len(path) > maxSocketPath {
+		t.Fatalf("test path %d bytes", len(path))
+	}
+	_, err := listen(concentrator.AdminConfig{Listen: "unix://" + path})
+	if err == nil || !strings.Contains(err.Error(), "too long") {
+		t.Fatalf("listen: %v, want the path too long", err)
+	}
+	if ents, err := os.ReadDir(deep); err != nil || len(ents) != 0 {
+		t.Fatalf("left behind: %v %v", ents, err)
 	}
 }
