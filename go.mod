@@ -3,6 +3,7 @@ module github.com/ikefleet/ikefleet
 go 1.26.0
 
 require (
+	filippo.io/edwards25519 v1.2.0
 	github.com/HdrHistogram/hdrhistogram-go v1.4.0
 	github.com/google/btree v1.1.3
 	github.com/google/nftables v0.3.0

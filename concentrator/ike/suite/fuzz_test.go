@@ -89,3 +89,17 @@ func FuzzKeyExchangePeer(f *testing.F) {
 		}
 	})
 }
+
+// FuzzX25519MatchesStdlib: group 31's public value and shared secret are
+// crypto/ecdh's for any private key and peer value.
+func FuzzX25519MatchesStdlib(f *testing.F) {
+	f.Add(make([]byte, 32), make([]byte, 32))
+	f.Add(bytes.Repeat([]byte{0xff}, 32), bytes.Repeat([]byte{0xff}, 32))
+	f.Add(bytes.Repeat([]byte{0x5a}, 32), bytes.Repeat([]byte{0x09}, 32))
+	f.Fuzz(func(t *testing.T, priv, peer []byte) {
+		var p, q [32]byte // any input: cut or padded to 32 octets
+		copy(p[:], priv)
+		copy(q[:], peer)
+		checkX25519(t, p[:], [][]byte{q[:]})
+	})
+}

@@ -52,6 +52,9 @@ func GenerateKeyExchange(group uint16, rand io.Reader) (KeyExchange, error) {
 	if isKEM(group) {
 		return newKEMInitiator(group, rand)
 	}
+	if group == Group31 && fastX25519() {
+		return newX25519(rand)
+	}
 	curve, size, topMask := ecCurve(group)
 	if curve == nil {
 		return nil, &UnsupportedError{Type: TypeKE, ID: group}

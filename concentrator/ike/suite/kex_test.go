@@ -2,7 +2,9 @@ package suite
 
 import (
 	"bytes"
+	"crypto/ecdh"
 	"errors"
+	"io"
 	"math/big"
 	"testing"
 )
@@ -379,5 +381,60 @@ func TestECPRejectionSampling(t *testing.T) {
 	}
 	if !bytes.Equal(k.Public(), unhex(t, v.gi)) {
 		t.Error("P-521 top bits not masked")
+	}
+}
+
+// Group 31's own implementation (x25519.go) gives what crypto/ecdh gives:
+// the public value of any 32 octets, and the shared secret (or the
+// refusal of an all-zero one) for any peer value, random or low-order.
+func TestX25519MatchesStdlib(t *testing.T) {
+	rng := testRand(31)
+	peers := [][]byte{
+		make([]byte, 32), // low order
+		unhex(t, "e0eb7a7c3b41b8ae1656e3faf19fc46ada098deb9c32b1fd866205165f49b800"),
+		bytes.Repeat([]byte{0xff}, 32), // non-canonical, top bit set
+	}
+	for i := 0; i < 2000; i++ {
+		priv := make([]byte, 32)
+		if _, err := io.ReadFull(rng, priv); err != nil {
+			t.Fatal(err)
+		}
+		peer := make([]byte, 32)
+		if _, err := io.ReadFull(rng, peer); err != nil {
+			t.Fatal(err)
+		}
+		checkX25519(t, priv, append([][]byte{peer}, peers...))
+	}
+	// Scalars at the edges of clamping.
+	for _, priv := range [][]byte{make([]byte, 32), bytes.Repeat([]byte{0xff}, 32)} {
+		checkX25519(t, priv, peers)
+	}
+}
+
+// checkX25519 compares group 31's key exchange for private key priv with
+// crypto/ecdh's, against each peer value.
+func checkX25519(t testing.TB, priv []byte, peers [][]byte) {
+	t.Helper()
+	k, err := newX25519(bytes.NewReader(priv))
+	if err != nil {
+		t.Fatal(err)
+	}
+	std, err := ecdh.X25519().NewPrivateKey(priv)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(k.Public(), std.PublicKey().Bytes()) {
+		t.Fatalf("private %x: public %x, crypto/ecdh %x", priv, k.Public(), std.PublicKey().Bytes())
+	}
+	for _, peer := range peers {
+		got, err := k.SharedSecret(peer)
+		pub, perr := ecdh.X25519().NewPublicKey(peer)
+		if perr != nil {
+			t.Fatal(perr)
+		}
+		want, werr := std.ECDH(pub)
+		if (err != nil) != (werr != nil) || !bytes.Equal(got, want) {
+			t.Fatalf("private %x, peer %x: %x %v, crypto/ecdh %x %v", priv, peer, got, err, want, werr)
+		}
 	}
 }
