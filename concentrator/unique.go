@@ -126,11 +126,14 @@ func (n *Node) replace(id string, others []statestore.IdentitySA, gone, retried 
 			err := st.DeleteOrphan(ctx, spis[i], o.Owner, id)
 			var taken *statestore.OwnerError
 			switch {
-			case errors.As(err, &taken) && taken.Owner.Node != "" && !retried:
+			case errors.As(err, &taken) && taken.Owner.Node != "" && (!retried || taken.Owner == me):
 				// Taken over meanwhile (its gateway's packets reached a
 				// node, this one or another): no longer an orphan, and
 				// being restored where it is now. Unless it only had to
-				// be gone, it is deleted there once restored.
+				// be gone, it is deleted there once restored. Taken over
+				// by this node, it is deleted here even on a second
+				// attempt (replaceWhenGone's, after its owner died while
+				// asked): the owners read then finds it local.
 				n.log.Debug("a dead node's IKE SA of an identity taken over before its deletion", "identity", id,
 					"spi", fmt.Sprintf("%016x", spis[i]), "owner", taken.Owner.String())
 				if !gone {

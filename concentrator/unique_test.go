@@ -7,9 +7,11 @@ import (
 	"net/netip"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/ikefleet/ikefleet/concentrator/ike"
 	"github.com/ikefleet/ikefleet/statestore"
 )
 
@@ -284,5 +286,49 @@ func TestUniqueIDsOrphanTakenOverMeanwhile(t *testing.T) {
 	defer st.mu.Unlock()
 	if st.reads != 2 || st.deletes != 1 {
 		t.Fatalf("owners read %d times, orphan deletes %d: want 2 and 1", st.reads, st.deletes)
+	}
+}
+
+// The first attempt to delete an orphan comes from replaceWhenGone (its
+// owner died while asked to delete it), and this node took the SA over
+// meanwhile: it is deleted here once restored (the owners read again, the
+// SA found local), not given up as "not deleted".
+func TestUniqueIDsOrphanTakenOverHere(t *testing.T) {
+	defer func(d time.Duration) { replaceTakenOverDelay = d }(replaceTakenOverDelay)
+	replaceTakenOverDelay = 10 * time.Millisecond
+	me := statestore.Owner{Node: "b", Epoch: 2}
+	st := &takenOverStore{me: me, dead: statestore.Owner{Node: "a", Epoch: 1}, taker: me}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	// One shard, its engine empty: the test sees the shard asked for the
+	// SA.
+	sh := &shard{calls: make(chan func()), eng: &ike.Engine{}}
+	var asked atomic.Int32
+	go func() {
+		for {
+			select {
+			case f := <-sh.calls:
+				asked.Add(1)
+				f()
+			case <-ctx.Done():
+				return
+			}
+		}
+	}()
+	n := &Node{log: slog.New(slog.DiscardHandler), persist: &persistence{store: st}, runCtx: ctx, shards: []*shard{sh}}
+	n.replace("gw1@iot.example", []statestore.IdentitySA{{SPI: 0x1234, Node: "a"}}, false, true)
+	if f := n.unique.failed.Load(); f != 0 {
+		t.Fatalf("an SA taken over by this node counted as a failed replacement (%d) before it was looked for here", f)
+	}
+	// The owners read again find it this node's: its shard is asked to
+	// delete it (it holds none in this test, so that counts as failed,
+	// once).
+	waitFor(t, ctx, "the shard asked", func() bool { return asked.Load() == 1 })
+	waitFor(t, ctx, "the local attempt's outcome", func() bool { return n.unique.failed.Load() == 1 })
+	time.Sleep(50 * time.Millisecond)
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	if st.reads != 2 || st.deletes != 1 || asked.Load() != 1 {
+		t.Fatalf("owners read %d times, orphan deletes %d, shard asked %d times: want 2, 1 and 1", st.reads, st.deletes, asked.Load())
 	}
 }
