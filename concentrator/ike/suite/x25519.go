@@ -5,12 +5,13 @@ package suite
 // precomputed tables make it about 2.5 times faster than the Montgomery
 // ladder crypto/ecdh runs for every private key it makes. A responder
 // makes one key and one shared secret per IKE_SA_INIT, so this takes
-// about a sixth off a handshake's cost (BenchmarkResponderHandshake). The shared secret is the RFC 7748
-// ladder over the same constant-time field arithmetic: crypto/ecdh cannot
-// compute one without first deriving the private key's public value by a
-// ladder of its own. Both agree with crypto/ecdh on every input
-// (TestX25519MatchesStdlib, FuzzX25519MatchesStdlib). With the Go FIPS
-// 140 module enabled, crypto/ecdh (and its policy) is used instead.
+// about a sixth off a handshake's cost (BenchmarkResponderHandshake).
+// The shared secret is the RFC 7748 ladder over the same constant-time
+// field arithmetic: crypto/ecdh cannot compute one without first deriving
+// the private key's public value by a ladder of its own. Both agree
+// with crypto/ecdh on every input (TestX25519MatchesStdlib,
+// FuzzX25519MatchesStdlib). With the Go FIPS 140 module enabled,
+// crypto/ecdh (and its policy) is used instead.
 
 import (
 	"crypto/fips140"
@@ -70,7 +71,7 @@ func x25519Ladder(dst []byte, scalar *[x25519Len]byte, u []byte) {
 	e[0] &= 248
 	e[31] &= 127
 	e[31] |= 64
-	var x1, x2, z2, x3, z3, a, b, aa, bb, c, d, da, cb field.Element
+	var x1, x2, z2, x3, z3, a, b, aa, bb, e2, c, d, da, cb field.Element
 	if _, err := x1.SetBytes(u); err != nil {
 		panic("suite: X25519 point of the wrong length") // checked by the caller
 	}
@@ -88,8 +89,7 @@ func x25519Ladder(dst []byte, scalar *[x25519Len]byte, u []byte) {
 		aa.Square(&a)
 		b.Subtract(&x2, &z2)
 		bb.Square(&b)
-		var ee field.Element
-		ee.Subtract(&aa, &bb)
+		e2.Subtract(&aa, &bb)
 		c.Add(&x3, &z3)
 		d.Subtract(&x3, &z3)
 		da.Multiply(&d, &a)
@@ -100,9 +100,9 @@ func x25519Ladder(dst []byte, scalar *[x25519Len]byte, u []byte) {
 		z3.Square(&z3)
 		z3.Multiply(&z3, &x1)
 		x2.Multiply(&aa, &bb)
-		z2.Mult32(&ee, 121665)
+		z2.Mult32(&e2, 121665)
 		z2.Add(&z2, &aa)
-		z2.Multiply(&z2, &ee)
+		z2.Multiply(&z2, &e2)
 	}
 	x2.Swap(&x3, swap)
 	z2.Swap(&z3, swap)
