@@ -85,8 +85,9 @@ bench-sim:
 # need root (TUN). The last row is strongSwan's charon (kernel-libipsec)
 # under the same load, pinned the same way, in a network namespace of its
 # own: root, skipped when charon is not installed. BENCH_NODE_FLAGS='--scale
-# 100000' adds the cost of a setup at 1,000 vs 100,000 established SAs (a
-# few minutes).
+# 100000' adds the cost of a setup and delete at 1,000 vs 100,000
+# established SAs (20,000 gateways coming and going at each; about ten
+# minutes).
 BURST ?= 10000
 BENCH_NODE_FLAGS ?=
 bench-node: build

@@ -49,6 +49,8 @@ type fleet struct {
 	deleted   atomic.Int64 // IKE SAs whose delete the node confirmed
 	started   atomic.Int64
 	sendDrops atomic.Uint64
+	// churn: each SA is deleted as soon as it is established (runChurn).
+	churn atomic.Bool
 }
 
 type group struct {
@@ -60,6 +62,7 @@ type group struct {
 	cmds        chan func(*ike.Ready)
 	starts      map[uint64]time.Time // SPIi -> initiation time, until established or failed
 	established map[uint64]bool
+	churned     []uint64 // established during a churn run, to delete
 }
 
 func newFleet(ctx context.Context, o fleetOptions) (*fleet, error) {
@@ -172,6 +175,16 @@ func (g *group) run(ctx context.Context) {
 		}
 		g.perform(&rd)
 		rd.Reset()
+		for len(g.churned) > 0 {
+			spis := g.churned
+			g.churned = nil
+			now := time.Now()
+			for _, spi := range spis {
+				g.eng.Delete(now, spi, &rd)
+			}
+			g.perform(&rd)
+			rd.Reset()
+		}
 		timer.Stop()
 		if d := g.eng.NextDeadline(time.Now()); !d.IsZero() {
 			timer.Reset(time.Until(d))
@@ -217,6 +230,9 @@ func (g *group) perform(rd *ike.Ready) {
 				}
 				f.mu.Unlock()
 				f.up.Add(1)
+				if f.churn.Load() {
+					g.churned = append(g.churned, a.SPIi)
+				}
 			}
 		case ike.EventIKEFailed:
 			if _, ok := g.starts[a.SPIi]; ok {
@@ -285,6 +301,32 @@ func (f *fleet) runSetups(ctx context.Context, first, count int, rate float64, t
 	for f.up.Load()+f.fail.Load() < want {
 		if time.Now().After(deadline) {
 			return fmt.Errorf("%d of %d handshakes unfinished after %v; initiator states %v", want-f.up.Load()-f.fail.Load(), count, timeout, f.pendingStates())
+		}
+		select {
+		case <-time.After(5 * time.Millisecond):
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+	return nil
+}
+
+// runChurn is runSetups with each SA deleted as soon as it is
+// established; it also waits for the node to confirm those deletes. The
+// number of SAs held stays where it was (plus those in flight).
+func (f *fleet) runChurn(ctx context.Context, first, count int, rate float64, timeout time.Duration) error {
+	up0, del0 := f.up.Load(), f.deleted.Load()
+	f.churn.Store(true)
+	defer f.churn.Store(false)
+	start := time.Now()
+	if err := f.runSetups(ctx, first, count, rate, timeout); err != nil {
+		return err
+	}
+	want := del0 + f.up.Load() - up0
+	deadline := start.Add(timeout)
+	for f.deleted.Load() < want {
+		if time.Now().After(deadline) {
+			return fmt.Errorf("%d deletes unanswered after %v", want-f.deleted.Load(), timeout)
 		}
 		select {
 		case <-time.After(5 * time.Millisecond):

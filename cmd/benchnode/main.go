@@ -86,7 +86,7 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 	burstCfg := fs.String("burst-config", "userspace+embedded", "configuration of the burst row")
 	scale := fs.Int("scale", 0, "also establish this many SAs and compare the cost of a setup at 1,000 and at this many (0: skip)")
 	scaleRate := fs.Float64("scale-rate", 800, "new SAs per second while growing to --scale")
-	scaleProbe := fs.Int("scale-probe", 1000, "with --scale: setups in each probe; at 100,000 SAs the node's heap is near 1 GB and one garbage collection cycle costs it about half a second of CPU, which a short probe takes whole or not at all")
+	scaleProbe := fs.Int("scale-probe", 20000, "with --scale: gateways in each probe, each deleted as soon as it is established (so the SAs held stay at 1,000 and at --scale); at 100,000 SAs the node's heap is near 1 GB and one garbage collection cycle costs it about half a second of CPU, which a probe of 1,000 takes whole or not at all")
 	scaleMem := fs.String("scale-memory-limit", "", "with --scale: the node's node.memory_limit (e.g. 1GiB): the Go heap's soft limit, which trades CPU (more collections) for memory; default: none (no cgroup limit here)")
 	scaleDPD := fs.String("scale-dpd-delay", "", "with --scale: the node's ike.dpd_delay (e.g. 0s: no liveness checks, so that the probes measure setups alone); default: the node's default (60s)")
 	scaleSettle := fs.Duration("scale-settle", 70*time.Second, "with --scale: quiet time before each probe of setups, so that both start from a compacted store (the embedded etcd keeps a minute of history), and the node's idle CPU over its last minute; 0: probe at once")
@@ -399,13 +399,14 @@ func burstCounters(p *nodeProc) [4]float64 {
 }
 
 // scaleRun establishes o.scale SAs and compares the node's CPU per setup
-// for o.scaleProbe setups at 1,000 established and at o.scale established, and
-// reports memory per SA at o.scale.
+// and delete for o.scaleProbe gateways that come and go at 1,000
+// established and at o.scale established, and reports memory per SA at
+// o.scale.
 func (o *options) scaleRun(ctx context.Context, out io.Writer, eng time.Duration, nodeCPU int) error {
 	spec := o.burstSpec
 	const base = 1000 // established at the first probe
 	probe := o.scaleProbe
-	spec.gateways = o.scale + probe
+	spec.gateways = o.scale + 2*probe
 	spec.dpdDelay = o.scaleDPD
 	spec.memLimit = o.scaleMem
 	p, f, stop, err := o.start(spec, nodeCPU, o.profileFor("scale"), o.heapprofile != "")
@@ -429,7 +430,10 @@ func (o *options) scaleRun(ctx context.Context, out io.Writer, eng time.Duration
 		cpu, p99, net time.Duration
 		idle          float64
 	}
-	// measure runs a probe of o.scaleProbe setups. It follows a quiet
+	// measure runs a probe: o.scaleProbe gateways set up at o.rate, each
+	// deleted as soon as it is established, so that the SAs held stay
+	// where they are; the probe is long enough to spread the collector's
+	// cycles over it. It follows a quiet
 	// o.scaleSettle: without it the probe at o.scale established would
 	// also pay for compacting the history the fast growth left behind,
 	// which the probe at 1,000 does not.
@@ -449,9 +453,10 @@ func (o *options) scaleRun(ctx context.Context, out io.Writer, eng time.Duration
 		c0, _ := p.cpu()
 		t0 := time.Now()
 		f.phase()
-		if err := grow(probe, o.rate); err != nil {
+		if err := f.runChurn(ctx, next, probe, o.rate, o.timeout+time.Duration(float64(probe)/o.rate*float64(time.Second))); err != nil {
 			return r, err
 		}
+		next += probe
 		c1, _ := p.cpu()
 		took := time.Since(t0)
 		lat, _, _ := f.phase()
@@ -467,13 +472,13 @@ func (o *options) scaleRun(ctx context.Context, out io.Writer, eng time.Duration
 	if err != nil {
 		return err
 	}
-	if rest := o.scale - base - probe; rest > 0 {
+	if rest := o.scale - base; rest > 0 {
 		if err := grow(rest, o.scaleRate); err != nil {
 			return err
 		}
 	}
 	memN, _ := p.memory()
-	established := f.up.Load()
+	established := f.up.Load() - f.deleted.Load() // held: the first probe's SAs are gone
 	if o.heapprofile != "" {
 		if err := p.heapProfile(o.heapprofile); err != nil {
 			fmt.Fprintf(out, "  heap profile: %v\n", err)
@@ -491,10 +496,10 @@ func (o *options) scaleRun(ctx context.Context, out io.Writer, eng time.Duration
 		dpd += ", node.memory_limit " + spec.memLimit
 	}
 	fmt.Fprintf(out, "scale: %s (%s), %d SAs established in %.0f s\n", spec, dpd, established, time.Since(t0).Seconds())
-	fmt.Fprintf(out, "  CPU per setup (%d setups at %.0f/s, each after %s quiet): at 1,000 established %.3f ms (p99 %.1f ms), at %d established %.3f ms (p99 %.1f ms): ratio %.2f\n",
+	fmt.Fprintf(out, "  CPU per setup and delete (%d gateways at %.0f/s, each deleted once established, after %s quiet): at 1,000 established %.3f ms (p99 setup %.1f ms), at %d established %.3f ms (p99 setup %.1f ms): ratio %.2f\n",
 		probe, o.rate, o.scaleSettle, ms(at1k.cpu), ms(at1k.p99), established, ms(atN.cpu), ms(atN.p99), float64(atN.cpu)/float64(at1k.cpu))
 	if o.scaleSettle > 0 {
-		fmt.Fprintf(out, "  node CPU while idle just before each probe: %.1f%% of a core at 1,000, %.1f%% at %d (liveness checks of the SAs held); net of it, CPU per setup %.3f ms and %.3f ms: ratio %.2f\n",
+		fmt.Fprintf(out, "  node CPU while idle just before each probe: %.1f%% of a core at 1,000, %.1f%% at %d (liveness checks of the SAs held); net of it, CPU per setup and delete %.3f ms and %.3f ms: ratio %.2f\n",
 			100*at1k.idle, 100*atN.idle, established, ms(at1k.net), ms(atN.net), float64(atN.net)/float64(at1k.net))
 	}
 	perSA := func(a, b int64) float64 { return float64(b-a) / float64(established) / 1024 }
