@@ -10,7 +10,7 @@ import (
 	"golang.org/x/crypto/cryptobyte"
 	cbasn1 "golang.org/x/crypto/cryptobyte/asn1"
 
-	"github.com/ikefleet/ikefleet/internal/wycheproof"
+	"github.com/ikefleet/ikefleet/concentrator/internal/wycheproof"
 )
 
 // Project Wycheproof's signature vectors (testdata/wycheproof) through

@@ -7,16 +7,18 @@ import (
 	"math/big"
 	"testing"
 
-	"github.com/ikefleet/ikefleet/internal/wycheproof"
+	"github.com/ikefleet/ikefleet/concentrator/internal/wycheproof"
 )
 
 // Project Wycheproof's vectors for the key exchanges and AEAD ciphers
 // (testdata/wycheproof): edge cases, invalid points and modified tags that
 // random round trips do not reach.
 
-type xdhGroup struct {
-	Curve string `json:"curve"`
-	Tests []struct {
+// kexGroup is a group of X25519 or ECDH vectors.
+type kexGroup struct {
+	Curve    string `json:"curve"`
+	Encoding string `json:"encoding"` // ECDH: how the public values are written
+	Tests    []struct {
 		wycheproof.Vector
 		Public  wycheproof.Hex `json:"public"`
 		Private wycheproof.Hex `json:"private"`
@@ -29,7 +31,7 @@ type xdhGroup struct {
 // An all-zero shared secret is refused (RFC 8031 §2); Wycheproof marks
 // those "acceptable", every other one gives the vector's secret.
 func TestWycheproofX25519(t *testing.T) {
-	f := wycheproof.Load(t, "testdata/wycheproof/x25519_test.json.gz", func(g *xdhGroup) int { return len(g.Tests) })
+	f := wycheproof.Load(t, "testdata/wycheproof/x25519_test.json.gz", func(g *kexGroup) int { return len(g.Tests) })
 	var zero [x25519Len]byte
 	refused := 0
 	for _, g := range f.TestGroups {
@@ -62,17 +64,6 @@ func TestWycheproofX25519(t *testing.T) {
 	}
 }
 
-type ecdhGroup struct {
-	Curve    string `json:"curve"`
-	Encoding string `json:"encoding"`
-	Tests    []struct {
-		wycheproof.Vector
-		Public  wycheproof.Hex `json:"public"`
-		Private wycheproof.Hex `json:"private"`
-		Shared  wycheproof.Hex `json:"shared"`
-	} `json:"tests"`
-}
-
 // Groups 19-21 on every vector. The public values are SEC 1 points; a KE
 // payload carries x | y without the 0x04 octet (RFC 5903 §7), so an
 // uncompressed point is given without it and any other encoding as is,
@@ -89,7 +80,7 @@ func TestWycheproofECDH(t *testing.T) {
 		{"ecdh_secp521r1_ecpoint_test", Group21, "secp521r1"},
 	} {
 		t.Run(GroupName(c.group), func(t *testing.T) {
-			f := wycheproof.Load(t, "testdata/wycheproof/"+c.file+".json.gz", func(g *ecdhGroup) int { return len(g.Tests) })
+			f := wycheproof.Load(t, "testdata/wycheproof/"+c.file+".json.gz", func(g *kexGroup) int { return len(g.Tests) })
 			_, size, _ := ecCurve(c.group)
 			pubLen, err := KeyExchangeLen(c.group)
 			if err != nil {

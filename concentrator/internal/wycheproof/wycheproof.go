@@ -12,12 +12,13 @@ package wycheproof
 
 import (
 	"compress/gzip"
-	"encoding/hex"
 	"encoding/json"
 	"fmt"
 	"os"
 	"slices"
 	"testing"
+
+	"github.com/ikefleet/ikefleet/concentrator/internal/vectors"
 )
 
 // File is one vector file; G is the type of its test groups.
@@ -53,20 +54,7 @@ func (v *Vector) Name() string {
 }
 
 // Hex is a byte string written in hex in the files.
-type Hex []byte
-
-func (h *Hex) UnmarshalJSON(b []byte) error {
-	var s string
-	if err := json.Unmarshal(b, &s); err != nil {
-		return err
-	}
-	d, err := hex.DecodeString(s)
-	if err != nil {
-		return fmt.Errorf("wycheproof: %w", err)
-	}
-	*h = d
-	return nil
-}
+type Hex = vectors.Hex
 
 // Load decodes the gzip-compressed vector file at path. It fails the test
 // if the file is missing or malformed; count is called with each group
