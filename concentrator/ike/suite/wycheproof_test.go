@@ -148,8 +148,8 @@ type aeadGroup struct {
 // payload always carries the pad length); a modified tag is refused. The
 // valid vectors also open with their tag cut to 12 and 8 octets (GCM's
 // truncated ICVs, RFC 4106 §8; the 8-octet one is verified by our own
-// code, openGCM8), and a flipped bit in any octet of the tag is refused. Other
-// nonce lengths cannot occur in IKE and are skipped.
+// code, openGCM8), and a flipped bit in any octet of the tag is refused.
+// Other nonce lengths cannot occur in IKE and are skipped.
 func TestWycheproofAEAD(t *testing.T) {
 	for _, c := range []struct {
 		file string
