@@ -93,7 +93,7 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 	commitDelay := fs.String("commit-delay", "", "the nodes' statestore.commit_delay (e.g. 8ms): how long a change waits for others to share its etcd transaction, which trades setup latency for CPU; default: the node's default (2ms)")
 	groups := fs.Int("groups", 64, "gateway groups, each with its own loopback source address (127.1.x.y) and ports")
 	pin := fs.Bool("pin", true, "pin the node to CPU 0 and this driver to CPU 1")
-	cpuprofile := fs.String("cpuprofile", "", "write the node's CPU profile of each row to FILE.<row> (go tool pprof)")
+	cpuprofile := fs.String("cpuprofile", "", "write the node's CPU profile of each row to FILE.<row>, and with --scale of each probe to FILE.probe-<SAs held> (go tool pprof)")
 	heapprofile := fs.String("heapprofile", "", "with --scale: save the node's heap profile at the peak to FILE (go tool pprof)")
 	timeout := fs.Duration("timeout", 120*time.Second, "per phase")
 	if err := fs.Parse(args); err != nil {
@@ -398,6 +398,18 @@ func burstCounters(p *nodeProc) [4]float64 {
 		"ikefleet_ike_messages_dropped_total", "ikefleet_sa_init_refused_total"))
 }
 
+// probeCounters are the node's counters of what it dropped, refused or
+// failed: datagrams dropped by its shard queues and by the kernel at its
+// sockets, cookies demanded, handshakes failed, state not persisted.
+func probeCounters(p *nodeProc) [5]float64 {
+	return [5]float64(p.metrics("ikefleet_queue_drops_total", "ikefleet_socket_receive_drops_total",
+		"ikefleet_cookies_sent_total", "ikefleet_handshake_failures_total", "ikefleet_persist_failures_total"))
+}
+
+func probeCountersString(c [5]float64) string {
+	return fmt.Sprintf("%.0f queue drops, %.0f socket drops, %.0f cookies, %.0f handshakes failed, %.0f persist failures", c[0], c[1], c[2], c[3], c[4])
+}
+
 // scaleRun establishes o.scale SAs and compares the node's CPU per setup
 // and delete for o.scaleProbe gateways that come and go at 1,000
 // established and at o.scale established, and reports memory per SA at
@@ -409,7 +421,11 @@ func (o *options) scaleRun(ctx context.Context, out io.Writer, eng time.Duration
 	spec.gateways = o.scale + 2*probe
 	spec.dpdDelay = o.scaleDPD
 	spec.memLimit = o.scaleMem
-	p, f, stop, err := o.start(spec, nodeCPU, o.profileFor("scale"), o.heapprofile != "")
+	// With --cpuprofile each probe gets a profile of its own (FILE.probe-1000,
+	// FILE.probe-<scale>) from the node's net/http/pprof, instead of one of
+	// the whole run, which the growth would dominate.
+	probeProfile := o.profileFor("probe")
+	p, f, stop, err := o.start(spec, nodeCPU, "", o.heapprofile != "" || probeProfile != "")
 	if err != nil {
 		return err
 	}
@@ -429,6 +445,7 @@ func (o *options) scaleRun(ctx context.Context, out io.Writer, eng time.Duration
 	type probeResult struct {
 		cpu, p99, net time.Duration
 		idle          float64
+		node          [5]float64 // the node's counters over the probe (probeCounters)
 	}
 	// measure runs a probe: o.scaleProbe gateways set up at o.rate, each
 	// deleted as soon as it is established, so that the SAs held stay
@@ -453,8 +470,27 @@ func (o *options) scaleRun(ctx context.Context, out io.Writer, eng time.Duration
 		c0, _ := p.cpu()
 		t0 := time.Now()
 		f.phase()
-		if err := f.runChurn(ctx, next, probe, o.rate, o.timeout+time.Duration(float64(probe)/o.rate*float64(time.Second))); err != nil {
-			return r, err
+		n0 := probeCounters(p)
+		var profiled chan error
+		if probeProfile != "" {
+			// The probe's expected length at its rate; a probe that takes
+			// longer is profiled for its first part.
+			profiled = make(chan error, 1)
+			path, d := fmt.Sprintf("%s-%d", probeProfile, f.up.Load()-f.deleted.Load()), time.Duration(float64(probe)/o.rate*float64(time.Second))
+			go func() { profiled <- p.cpuProfile(path, d) }()
+		}
+		err := f.runChurn(ctx, next, probe, o.rate, o.timeout+time.Duration(float64(probe)/o.rate*float64(time.Second)))
+		n1 := probeCounters(p)
+		for i := range r.node {
+			r.node[i] = n1[i] - n0[i]
+		}
+		if profiled != nil {
+			if perr := <-profiled; perr != nil {
+				fmt.Fprintf(out, "  probe CPU profile: %v\n", perr)
+			}
+		}
+		if err != nil {
+			return r, fmt.Errorf("%w; node: %s", err, probeCountersString(r.node))
 		}
 		next += probe
 		c1, _ := p.cpu()
@@ -502,6 +538,7 @@ func (o *options) scaleRun(ctx context.Context, out io.Writer, eng time.Duration
 		fmt.Fprintf(out, "  node CPU while idle just before each probe: %.1f%% of a core at 1,000, %.1f%% at %d (liveness checks of the SAs held); net of it, CPU per setup and delete %.3f ms and %.3f ms: ratio %.2f\n",
 			100*at1k.idle, 100*atN.idle, established, ms(at1k.net), ms(atN.net), float64(atN.net)/float64(at1k.net))
 	}
+	fmt.Fprintf(out, "  node during the probes: at 1,000 %s; at %d %s\n", probeCountersString(at1k.node), established, probeCountersString(atN.node))
 	perSA := func(a, b int64) float64 { return float64(b-a) / float64(established) / 1024 }
 	fmt.Fprintf(out, "  RSS at %d SAs: %.0f MiB, %.2f KiB per SA: anonymous (Go heap, stacks) %.2f KiB, file-backed (mapped files: embedded etcd's database) %.2f KiB\n",
 		established, float64(memN.rss)/(1<<20), perSA(mem0.rss, memN.rss), perSA(mem0.anon, memN.anon), perSA(mem0.file, memN.file))

@@ -85,14 +85,28 @@ func (p *nodeProc) metrics(names ...string) []float64 {
 
 // heapProfile saves the node's heap profile (go tool pprof) to path.
 func (p *nodeProc) heapProfile(path string) error {
+	return p.profile(path, "heap?gc=1")
+}
+
+// cpuProfile saves a CPU profile of the node's next d to path.
+func (p *nodeProc) cpuProfile(path string, d time.Duration) error {
+	return p.profile(path, fmt.Sprintf("profile?seconds=%d", max(1, int(d.Seconds()))))
+}
+
+// profile saves what the node's net/http/pprof serves at /debug/pprof/
+// + what to path.
+func (p *nodeProc) profile(path, what string) error {
 	if p.pprof == "" {
 		return errors.New("node started without --pprof")
 	}
-	resp, err := http.Get("http://" + p.pprof + "/debug/pprof/heap?gc=1")
+	resp, err := http.Get("http://" + p.pprof + "/debug/pprof/" + what)
 	if err != nil {
 		return err
 	}
 	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("/debug/pprof/%s: %s", what, resp.Status)
+	}
 	f, err := os.Create(path)
 	if err != nil {
 		return err
