@@ -322,19 +322,7 @@ func (f *fleet) runChurn(ctx context.Context, first, count int, rate float64, ti
 	if err := f.runSetups(ctx, first, count, rate, timeout); err != nil {
 		return err
 	}
-	want := del0 + f.up.Load() - up0
-	deadline := start.Add(timeout)
-	for f.deleted.Load() < want {
-		if time.Now().After(deadline) {
-			return fmt.Errorf("%d deletes unanswered after %v", want-f.deleted.Load(), timeout)
-		}
-		select {
-		case <-time.After(5 * time.Millisecond):
-		case <-ctx.Done():
-			return ctx.Err()
-		}
-	}
-	return nil
+	return f.waitDeleted(ctx, del0+f.up.Load()-up0, start.Add(timeout), timeout)
 }
 
 // pendingStates counts the unfinished handshakes by their SA's state.
@@ -371,7 +359,12 @@ func (f *fleet) deleteAll(ctx context.Context, timeout time.Duration) error {
 		}
 		want += int64(<-done)
 	}
-	deadline := time.Now().Add(timeout)
+	return f.waitDeleted(ctx, want, time.Now().Add(timeout), timeout)
+}
+
+// waitDeleted waits until the node has confirmed want deletes in all, or
+// deadline (timeout after the wait's start, for the error) has passed.
+func (f *fleet) waitDeleted(ctx context.Context, want int64, deadline time.Time, timeout time.Duration) error {
 	for f.deleted.Load() < want {
 		if time.Now().After(deadline) {
 			return fmt.Errorf("%d deletes unanswered after %v", want-f.deleted.Load(), timeout)

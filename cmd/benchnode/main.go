@@ -471,15 +471,15 @@ func (o *options) scaleRun(ctx context.Context, out io.Writer, eng time.Duration
 		t0 := time.Now()
 		f.phase()
 		n0 := probeCounters(p)
+		expected := time.Duration(float64(probe) / o.rate * float64(time.Second)) // the probe's length at its rate
 		var profiled chan error
 		if probeProfile != "" {
-			// The probe's expected length at its rate; a probe that takes
-			// longer is profiled for its first part.
+			// A probe that takes longer is profiled for its first part.
 			profiled = make(chan error, 1)
-			path, d := fmt.Sprintf("%s-%d", probeProfile, f.up.Load()-f.deleted.Load()), time.Duration(float64(probe)/o.rate*float64(time.Second))
-			go func() { profiled <- p.cpuProfile(path, d) }()
+			path := fmt.Sprintf("%s-%d", probeProfile, f.up.Load()-f.deleted.Load())
+			go func() { profiled <- p.cpuProfile(path, expected) }()
 		}
-		err := f.runChurn(ctx, next, probe, o.rate, o.timeout+time.Duration(float64(probe)/o.rate*float64(time.Second)))
+		err := f.runChurn(ctx, next, probe, o.rate, o.timeout+expected)
 		n1 := probeCounters(p)
 		for i := range r.node {
 			r.node[i] = n1[i] - n0[i]
