@@ -46,6 +46,7 @@ type queueKey struct {
 	listen netip.Addr
 	natt   bool
 	shard  int
+	kind   queueKind
 }
 
 // scrapeTimeout bounds how long a scrape waits for the shards.
@@ -57,7 +58,9 @@ func (n *Node) initObservability() {
 		addr := netip.MustParseAddr(a).Unmap()
 		for _, natt := range []bool{false, true} {
 			for i := 0; i < n.cfg.shards(); i++ {
-				n.obs.queueDrops.Store(queueKey{listen: addr, natt: natt, shard: i}, new(atomic.Uint64))
+				for _, k := range []queueKind{queuePrio, queueProven, queueNew} {
+					n.obs.queueDrops.Store(queueKey{listen: addr, natt: natt, shard: i, kind: k}, new(atomic.Uint64))
+				}
 			}
 		}
 	}
@@ -104,10 +107,13 @@ func (n *Node) noteInstall(err error) {
 }
 
 // countQueueDrop counts an IKE message that socket local (NAT-T or not)
-// dropped because shard s's queue was full.
-func (n *Node) countQueueDrop(local netip.AddrPort, natt bool, s *shard) {
+// dropped because shard s's queue of its kind was full.
+func (n *Node) countQueueDrop(local netip.AddrPort, natt bool, s *shard, kind queueKind) {
 	n.queueDrops.Add(1)
-	k := queueKey{listen: local.Addr(), natt: natt, shard: s.id}
+	if kind != queuePrio {
+		n.initDrops.Add(1) // of the queue drops, new SAs
+	}
+	k := queueKey{listen: local.Addr(), natt: natt, shard: s.id, kind: kind}
 	c, ok := n.obs.queueDrops.Load(k)
 	if !ok {
 		c, _ = n.obs.queueDrops.LoadOrStore(k, new(atomic.Uint64))
@@ -176,7 +182,7 @@ func (n *Node) metricsSnapshot(ctx context.Context) (metrics.Snapshot, error) {
 	n.obs.queueDrops.Range(func(k, v any) bool {
 		q := k.(queueKey)
 		s.Node.QueueDrops = append(s.Node.QueueDrops, metrics.QueueDrop{Listen: q.listen.String(), NATT: q.natt,
-			Shard: q.shard, Count: v.(*atomic.Uint64).Load()})
+			Shard: q.shard, Queue: q.kind.String(), Count: v.(*atomic.Uint64).Load()})
 		return true
 	})
 	s.Node.SocketDrops = n.socketDrops()

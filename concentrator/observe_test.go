@@ -53,12 +53,20 @@ ikefleet_handshake_failures_total{reason="AUTHENTICATION_FAILED"} 1
 # HELP ikefleet_listening 1 once the IKE sockets are bound.
 # TYPE ikefleet_listening gauge
 ikefleet_listening 1
-# HELP ikefleet_queue_drops_total IKE messages dropped because a shard's queue was full, by socket (our listen address, ike or natt) and shard.
+# HELP ikefleet_queue_drops_total IKE messages dropped because a shard's queue was full, by socket (our listen address, ike or natt), shard and queue: other (IKE_AUTH, established SAs' messages, answers to our requests), proven (new IKE_SA_INITs with a valid cookie), new (other new IKE_SA_INITs).
 # TYPE ikefleet_queue_drops_total counter
-ikefleet_queue_drops_total{listen="127.0.0.1",shard="0",socket="ike"} 0
-ikefleet_queue_drops_total{listen="127.0.0.1",shard="0",socket="natt"} 0
-ikefleet_queue_drops_total{listen="127.0.0.1",shard="1",socket="ike"} 0
-ikefleet_queue_drops_total{listen="127.0.0.1",shard="1",socket="natt"} 0
+ikefleet_queue_drops_total{listen="127.0.0.1",queue="new",shard="0",socket="ike"} 0
+ikefleet_queue_drops_total{listen="127.0.0.1",queue="new",shard="0",socket="natt"} 0
+ikefleet_queue_drops_total{listen="127.0.0.1",queue="new",shard="1",socket="ike"} 0
+ikefleet_queue_drops_total{listen="127.0.0.1",queue="new",shard="1",socket="natt"} 0
+ikefleet_queue_drops_total{listen="127.0.0.1",queue="other",shard="0",socket="ike"} 0
+ikefleet_queue_drops_total{listen="127.0.0.1",queue="other",shard="0",socket="natt"} 0
+ikefleet_queue_drops_total{listen="127.0.0.1",queue="other",shard="1",socket="ike"} 0
+ikefleet_queue_drops_total{listen="127.0.0.1",queue="other",shard="1",socket="natt"} 0
+ikefleet_queue_drops_total{listen="127.0.0.1",queue="proven",shard="0",socket="ike"} 0
+ikefleet_queue_drops_total{listen="127.0.0.1",queue="proven",shard="0",socket="natt"} 0
+ikefleet_queue_drops_total{listen="127.0.0.1",queue="proven",shard="1",socket="ike"} 0
+ikefleet_queue_drops_total{listen="127.0.0.1",queue="proven",shard="1",socket="natt"} 0
 # HELP ikefleet_dataplane_packets_total Inner packets carried by the data plane's CHILD SAs (removed ones included).
 # TYPE ikefleet_dataplane_packets_total counter
 ikefleet_dataplane_packets_total{dataplane="memory",direction="in"} 0

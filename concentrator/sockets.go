@@ -80,6 +80,17 @@ const (
 	queueNew                     // any other new SA
 )
 
+// String is the queue's name in ikefleet_queue_drops_total.
+func (k queueKind) String() string {
+	switch k {
+	case queueProven:
+		return "proven"
+	case queueNew:
+		return "new"
+	}
+	return "other"
+}
+
 func newShardQueue(prioLen, provenLen, initLen int) shardQueue {
 	return shardQueue{prio: make(chan ike.Packet, prioLen), proven: make(chan ike.Packet, provenLen),
 		init: make(chan ike.Packet, initLen)}
@@ -441,10 +452,7 @@ func (n *Node) receive(c transport.Conn, b []byte, local, remote netip.AddrPort,
 		}
 	}
 	if !s.q.push(ike.Packet{Local: local, Remote: remote, Data: append([]byte(nil), b...)}, kind) {
-		if kind != queuePrio {
-			n.initDrops.Add(1) // of the queue drops, new SAs
-		}
-		n.countQueueDrop(local, natt, s)
+		n.countQueueDrop(local, natt, s, kind)
 	}
 	return nil
 }

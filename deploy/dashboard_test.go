@@ -84,7 +84,7 @@ func exported() map[string]Metric {
 
 // closedLabels are the labels whose values the collector draws from a
 // fixed set; a dashboard matcher on one must use a value the daemon emits.
-var closedLabels = []string{"state", "kind", "initiator", "socket", "direction"}
+var closedLabels = []string{"state", "kind", "initiator", "socket", "direction", "queue"}
 
 // emittedValues scrapes a collector fed a snapshot that exercises every
 // family with a closed label, and returns family -> label -> values seen.
@@ -93,8 +93,9 @@ func emittedValues(t *testing.T) map[string]map[string][]string {
 	snap := metrics.Snapshot{
 		Shards: []metrics.Shard{{States: map[string]int{"ESTABLISHED": 1}, ChildSAs: 1}},
 		Node: metrics.Node{QueueDrops: []metrics.QueueDrop{
-			{Listen: "192.0.2.1", Shard: 0, Count: 1},
-			{Listen: "192.0.2.1", NATT: true, Shard: 0, Count: 1},
+			{Listen: "192.0.2.1", Shard: 0, Queue: "other", Count: 1},
+			{Listen: "192.0.2.1", NATT: true, Shard: 0, Queue: "proven", Count: 1},
+			{Listen: "192.0.2.1", NATT: true, Shard: 0, Queue: "new", Count: 1},
 		}},
 		StateStore: &metrics.StateStore{Reachable: true},
 		DataPlane:  metrics.DataPlane{Name: "memory", Report: &dataplane.Report{InBytes: 1, OutBytes: 1}},

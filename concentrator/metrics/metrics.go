@@ -82,12 +82,16 @@ type Revocation struct {
 // RevocationSources label the arrays of Revocation.
 var RevocationSources = [2]string{"ocsp", "crl"}
 
-// QueueDrop counts IKE messages one socket dropped because one shard's
-// queue was full. Listen is the socket's configured address (ours).
+// QueueDrop counts IKE messages one socket dropped because one of one
+// shard's queues was full. Listen is the socket's configured address
+// (ours); Queue names the queue: "other" (everything but new SAs:
+// IKE_AUTH, established SAs' messages, answers), "proven" (new SAs whose
+// cookie proved their address), "new" (other new SAs).
 type QueueDrop struct {
 	Listen string
 	NATT   bool
 	Shard  int
+	Queue  string
 	Count  uint64
 }
 
@@ -338,7 +342,7 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 		if q.NATT {
 			sock = "natt"
 		}
-		counter(dQueueDrops, q.Count, q.Listen, sock, strconv.Itoa(q.Shard))
+		counter(dQueueDrops, q.Count, q.Listen, sock, strconv.Itoa(q.Shard), q.Queue)
 	}
 	for _, d := range n.SocketDrops {
 		sock := "ike"

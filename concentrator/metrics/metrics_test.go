@@ -43,7 +43,7 @@ func snapshot() Snapshot {
 				States: map[string]int{"ESTABLISHED": 5}, ChildSAs: 5},
 		},
 		Node: Node{PersistFailures: 1, FencedDrops: 2, NonIKEDrops: 3, LogDropped: 8, KeepalivesSent: 4, KeepalivesReceived: 5,
-			QueueDrops:  []QueueDrop{{Listen: "0.0.0.0", NATT: false, Shard: 1, Count: 6}, {Listen: "0.0.0.0", NATT: true, Shard: 0, Count: 7}},
+			QueueDrops:  []QueueDrop{{Listen: "0.0.0.0", NATT: false, Shard: 1, Queue: "other", Count: 6}, {Listen: "0.0.0.0", NATT: true, Shard: 0, Queue: "new", Count: 7}},
 			SocketDrops: []SocketDrop{{Listen: "0.0.0.0", NATT: false, Receives: "new", Count: 900}, {Listen: "0.0.0.0", NATT: false, Receives: "other", Count: 0}},
 			Listening:   true},
 		Events:     counts,
@@ -134,10 +134,10 @@ ikefleet_fenced_drops_total 2
 # HELP ikefleet_log_lines_dropped_total Log lines the daemon dropped because the log's reader (journald, the container runtime) did not take them; the log says where, with a warning line per gap.
 # TYPE ikefleet_log_lines_dropped_total counter
 ikefleet_log_lines_dropped_total 8
-# HELP ikefleet_queue_drops_total IKE messages dropped because a shard's queue was full, by socket (our listen address, ike or natt) and shard.
+# HELP ikefleet_queue_drops_total IKE messages dropped because a shard's queue was full, by socket (our listen address, ike or natt), shard and queue: other (IKE_AUTH, established SAs' messages, answers to our requests), proven (new IKE_SA_INITs with a valid cookie), new (other new IKE_SA_INITs).
 # TYPE ikefleet_queue_drops_total counter
-ikefleet_queue_drops_total{listen="0.0.0.0",shard="0",socket="natt"} 7
-ikefleet_queue_drops_total{listen="0.0.0.0",shard="1",socket="ike"} 6
+ikefleet_queue_drops_total{listen="0.0.0.0",queue="new",shard="0",socket="natt"} 7
+ikefleet_queue_drops_total{listen="0.0.0.0",queue="other",shard="1",socket="ike"} 6
 # HELP ikefleet_socket_receive_drops_total Datagrams the kernel dropped for one of the node's UDP sockets (a full receive buffer), by socket (our listen address, ike or natt) and what it receives: new (IKE_SA_INITs without a cookie, on a split port), other (everything else there: established SAs, cookie replies, ESP), all (one socket per port).
 # TYPE ikefleet_socket_receive_drops_total counter
 ikefleet_socket_receive_drops_total{listen="0.0.0.0",receives="new",socket="ike"} 900
