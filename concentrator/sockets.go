@@ -23,6 +23,7 @@ import (
 	"net/netip"
 	"runtime"
 	"sync/atomic"
+	"time"
 
 	"golang.org/x/net/ipv4"
 	"golang.org/x/net/ipv6"
@@ -40,14 +41,33 @@ const (
 	initQueueLen  = 8192  // new IKE_SA_INITs waiting per shard before we drop (the peers retransmit)
 	maxDatagram   = 65535 // UDP payload
 	readBatchLen  = 16    // datagrams per recvmmsg
-	spiShardShift = 44    // IKE SPI bits 44..51 name the shard
+	// readSlice: how long a socket's reader goes on reading full batches
+	// before it lets the other goroutines run. Drained in turns of one
+	// batch, a socket of a node short of CPU overflowed: the reader waits
+	// behind every runnable goroutine between turns, and the kernel drops
+	// at the socket whatever comes, IKE_AUTH and liveness checks as new
+	// IKE_SA_INITs, before the shard queues can put the established SAs
+	// first. Read for this long, the queues see it all and drop what
+	// they can spare.
+	readSlice = 500 * time.Microsecond
+	// prioWait: how long a reader waits for room in a shard's full queue
+	// of IKE_AUTH and established SAs' messages before it drops one
+	// (shardQueue.pushWait). New IKE_SA_INITs never wait: a full queue of
+	// theirs drops at once.
+	prioWait      = 50 * time.Millisecond
+	spiShardShift = 44 // IKE SPI bits 44..51 name the shard
 	spiShardMask  = uint64(0xff) << spiShardShift
 	prioStreak    = 64 // packets served from the queues in a row before timers and calls get a look
 	// defaultCookieBacklog: ike.cookie_backlog's default, the new
 	// IKE_SA_INITs waiting in a shard's queue from which on the shard
 	// demands cookies whatever its number of half-open SAs
-	// (ike.Cookies.Demand).
-	defaultCookieBacklog = 16
+	// (ike.Cookies.Demand): 40-130 ms of key exchanges at the rates one
+	// core serves. (It was 16 while the readers yielded after every
+	// batch and a backlog waited in the socket's buffer, unseen; read in
+	// slices, 16 came and went at 1,000 new SAs/s on a node with CPU to
+	// spare, and each time every gateway paid a cookie round trip for a
+	// half_open_timeout.)
+	defaultCookieBacklog = 128
 )
 
 // socketConfigurer is implemented by data planes that need to prepare the
@@ -110,6 +130,21 @@ func (q *shardQueue) push(pkt ike.Packet, k queueKind) bool {
 	case ch <- pkt:
 		return true
 	default:
+		return false
+	}
+}
+
+// pushWait queues pkt in the priority queue, waiting up to d for room;
+// false: the queue stayed full. While the reader waits, what comes stays
+// in the socket's receive buffer: that buffer is the queue's overflow,
+// not a second place to drop from.
+func (q *shardQueue) pushWait(pkt ike.Packet, d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case q.prio <- pkt:
+		return true
+	case <-t.C:
 		return false
 	}
 }
@@ -325,6 +360,7 @@ func (n *Node) readLoop(c transport.Conn) {
 		replyBufs[i] = make([]byte, 0, 4+ike.CookieReplyLen)
 		replyMsgs[i].Buffers = [][]byte{nil}
 	}
+	var slice time.Time // when the reader began reading full batches
 	for {
 		replies := replyMsgs[:0]
 		nm, err := br.ReadBatch(msgs, 0)
@@ -356,13 +392,18 @@ func (n *Node) readLoop(c transport.Conn) {
 			}
 		}
 		n.sendBatch(br, replies, local)
-		if nm == len(msgs) {
-			// More is waiting (a flood): let the shards and the other
-			// goroutines run between batches instead of after this one's
-			// time slice (up to 10 ms): a genuine request's key exchange
-			// and answer wait on them. Flood test at full size: p99 setup
-			// under the flood 51-90 ms before, 22 ms after.
+		switch {
+		case nm < len(msgs):
+			slice = time.Time{} // the socket is drained
+		case slice.IsZero():
+			slice = time.Now()
+		case time.Since(slice) >= readSlice:
+			// More is waiting (a flood, or a node short of CPU): let the
+			// shards and the other goroutines run instead of waiting out
+			// this one's time slice (up to 10 ms): a genuine request's key
+			// exchange and answer wait on them.
 			runtime.Gosched()
+			slice = time.Time{}
 		}
 	}
 }
@@ -451,7 +492,8 @@ func (n *Node) receive(c transport.Conn, b []byte, local, remote netip.AddrPort,
 			kind = queueProven
 		}
 	}
-	if !s.q.push(ike.Packet{Local: local, Remote: remote, Data: append([]byte(nil), b...)}, kind) {
+	pkt := ike.Packet{Local: local, Remote: remote, Data: append([]byte(nil), b...)}
+	if !s.q.push(pkt, kind) && (kind != queuePrio || !s.q.pushWait(pkt, prioWait)) {
 		n.countQueueDrop(local, natt, s, kind)
 	}
 	return nil

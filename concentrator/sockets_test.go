@@ -107,6 +107,34 @@ func TestShardQueueServesAuthBeforeInit(t *testing.T) {
 	}
 }
 
+// A full queue of IKE_AUTH and established SAs' messages makes the
+// reader wait for the shard to take one (what comes meanwhile stays in
+// the socket's buffer), and drop only if the shard takes none.
+func TestShardQueuePriorityWaitsForRoom(t *testing.T) {
+	q := newShardQueue(1, 1, 1)
+	auth := func(tag int) ike.Packet {
+		return ike.Packet{Remote: netip.AddrPortFrom(netip.MustParseAddr("192.0.2.1"), uint16(tag)),
+			Data: header(1, 2, ike.IKE_AUTH, ike.FlagInitiator)}
+	}
+	if !q.push(auth(1), queuePrio) || q.push(auth(2), queuePrio) {
+		t.Fatal("a queue of one did not take exactly one")
+	}
+	if q.pushWait(auth(2), time.Millisecond) {
+		t.Fatal("pushWait queued into a full queue nobody reads")
+	}
+	taken := make(chan ike.Packet)
+	go func() { p, _ := q.next(); taken <- p }()
+	if !q.pushWait(auth(3), time.Minute) {
+		t.Fatal("pushWait gave up although the shard took a packet")
+	}
+	if p := <-taken; p.Remote.Port() != 1 {
+		t.Fatalf("the shard took packet %d, want 1", p.Remote.Port())
+	}
+	if p, ok := q.next(); !ok || p.Remote.Port() != 3 {
+		t.Fatalf("queued after the wait: %v %v, want packet 3", p.Remote.Port(), ok)
+	}
+}
+
 // ike.socket_buffer reaches every socket (the kernel reports twice the
 // size; without CAP_NET_ADMIN it caps at net.core.rmem_max).
 func TestSocketBufferApplied(t *testing.T) {
@@ -476,7 +504,7 @@ func stallReads(t *testing.T, hold func(transport.Conn) bool) (stalled <-chan st
 // below its half-open threshold: the socket loop answers the next request
 // itself while the shard is busy, and the engine then answers the queued
 // ones with cookies too instead of computing their key exchanges. The
-// backlog is ike.cookie_backlog (default 16); 0 turns the trigger off.
+// backlog is ike.cookie_backlog (default 128); 0 turns the trigger off.
 func TestBackloggedShardDemandsCookies(t *testing.T) {
 	for _, tc := range []struct {
 		name, cfg string
