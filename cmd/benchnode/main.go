@@ -189,6 +189,12 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 			if len(r.Failures) > 0 {
 				fmt.Fprintf(out, "  failures: %v\n", r.Failures)
 			}
+			if r.NodeSetup != (nodeCounters{}) {
+				fmt.Fprintf(out, "  node during the setups: %s\n", r.NodeSetup)
+			}
+			if r.NodeDelete != (nodeCounters{}) {
+				fmt.Fprintf(out, "  node during the deletes: %s\n", r.NodeDelete)
+			}
 		}
 		fmt.Fprintln(out)
 	}
@@ -253,6 +259,9 @@ type rowResult struct {
 	Failed             int
 	Retransmits        uint64
 	Failures           map[string]int
+	// The node's drops, cookies and failures over the setups and over the
+	// deletes (all at once) (probeCounters).
+	NodeSetup, NodeDelete nodeCounters
 }
 
 func (o *options) start(spec nodeSpec, nodeCPU int, profile string, pprof bool) (*nodeProc, *fleet, context.CancelFunc, error) {
@@ -303,8 +312,11 @@ func (o *options) row(ctx context.Context, spec nodeSpec, nodeCPU int) (rowResul
 	rss0, _ := p.rss()
 	wait0 := p.waited()
 	store0 := p.metrics(storeTxns, etcdReads)
+	node0 := probeCounters(p)
 	setupErr := f.runSetups(ctx, 1, spec.gateways, o.rate, o.timeout)
 	rss1, _ := p.rss()
+	node1 := probeCounters(p)
+	r.NodeSetup = node1.sub(node0)
 	lat, _, failures := f.phase()
 	r.Established, r.Failed = int(f.up.Load()), int(f.fail.Load())
 	r.Failures = failures
@@ -323,6 +335,7 @@ func (o *options) row(ctx context.Context, spec nodeSpec, nodeCPU int) (rowResul
 	r.Waited = p.waited() - wait0
 	r.CPUPerSA = (cpu1 - cpu0) / time.Duration(max(1, r.Established))
 	store1 := p.metrics(storeTxns, etcdReads)
+	r.NodeDelete = probeCounters(p).sub(node1)
 	r.TxnsPerSA = (store1[0] - store0[0]) / float64(max(1, r.Established))
 	r.ReadsPerSA = (store1[1] - store0[1]) / float64(max(1, r.Established))
 	r.P50, r.P99 = percentile(lat, 0.50), percentile(lat, 0.99)
@@ -398,16 +411,32 @@ func burstCounters(p *nodeProc) [4]float64 {
 		"ikefleet_ike_messages_dropped_total", "ikefleet_sa_init_refused_total"))
 }
 
-// probeCounters are the node's counters of what it dropped, refused or
-// failed: datagrams dropped by its shard queues and by the kernel at its
-// sockets, cookies demanded, handshakes failed, state not persisted.
-func probeCounters(p *nodeProc) [5]float64 {
-	return [5]float64(p.metrics("ikefleet_queue_drops_total", "ikefleet_socket_receive_drops_total",
+// nodeCounters are the node's counts of what it dropped, refused or
+// failed (probeCounters).
+type nodeCounters [7]float64
+
+// probeCounters reads the node's counters of what it dropped, refused or
+// failed: IKE messages dropped by its shard queues, IKE_AUTH and
+// established SAs' (queue "other") apart from new SAs'; datagrams dropped
+// by the kernel at its sockets, all and those of the split ports' sockets
+// of new IKE_SA_INITs; cookies demanded, handshakes failed, state not
+// persisted.
+func probeCounters(p *nodeProc) nodeCounters {
+	return nodeCounters(p.metrics(`ikefleet_queue_drops_total{queue="other"}`, "ikefleet_queue_drops_total",
+		"ikefleet_socket_receive_drops_total", `ikefleet_socket_receive_drops_total{receives="new"}`,
 		"ikefleet_cookies_sent_total", "ikefleet_handshake_failures_total", "ikefleet_persist_failures_total"))
 }
 
-func probeCountersString(c [5]float64) string {
-	return fmt.Sprintf("%.0f queue drops, %.0f socket drops, %.0f cookies, %.0f handshakes failed, %.0f persist failures", c[0], c[1], c[2], c[3], c[4])
+func (c nodeCounters) sub(d nodeCounters) nodeCounters {
+	for i := range c {
+		c[i] -= d[i]
+	}
+	return c
+}
+
+func (c nodeCounters) String() string {
+	return fmt.Sprintf("queue drops %.0f of IKE_AUTH and established SAs, %.0f of new SAs; socket drops %.0f, %.0f of them new IKE_SA_INITs; %.0f cookies, %.0f handshakes failed, %.0f persist failures",
+		c[0], c[1]-c[0], c[2], c[3], c[4], c[5], c[6])
 }
 
 // scaleRun establishes o.scale SAs and compares the node's CPU per setup
@@ -445,7 +474,7 @@ func (o *options) scaleRun(ctx context.Context, out io.Writer, eng time.Duration
 	type probeResult struct {
 		cpu, p99, net time.Duration
 		idle          float64
-		node          [5]float64 // the node's counters over the probe (probeCounters)
+		node          nodeCounters // the node's counters over the probe (probeCounters)
 	}
 	// measure runs a probe: o.scaleProbe gateways set up at o.rate, each
 	// deleted as soon as it is established, so that the SAs held stay
@@ -480,17 +509,14 @@ func (o *options) scaleRun(ctx context.Context, out io.Writer, eng time.Duration
 			go func() { profiled <- p.cpuProfile(path, expected) }()
 		}
 		err := f.runChurn(ctx, next, probe, o.rate, o.timeout+expected)
-		n1 := probeCounters(p)
-		for i := range r.node {
-			r.node[i] = n1[i] - n0[i]
-		}
+		r.node = probeCounters(p).sub(n0)
 		if profiled != nil {
 			if perr := <-profiled; perr != nil {
 				fmt.Fprintf(out, "  probe CPU profile: %v\n", perr)
 			}
 		}
 		if err != nil {
-			return r, fmt.Errorf("%w; node: %s", err, probeCountersString(r.node))
+			return r, fmt.Errorf("%w; node: %s", err, r.node)
 		}
 		next += probe
 		c1, _ := p.cpu()
@@ -538,7 +564,7 @@ func (o *options) scaleRun(ctx context.Context, out io.Writer, eng time.Duration
 		fmt.Fprintf(out, "  node CPU while idle just before each probe: %.1f%% of a core at 1,000, %.1f%% at %d (liveness checks of the SAs held); net of it, CPU per setup and delete %.3f ms and %.3f ms: ratio %.2f\n",
 			100*at1k.idle, 100*atN.idle, established, ms(at1k.net), ms(atN.net), float64(atN.net)/float64(at1k.net))
 	}
-	fmt.Fprintf(out, "  node during the probes: at 1,000 %s; at %d %s\n", probeCountersString(at1k.node), established, probeCountersString(atN.node))
+	fmt.Fprintf(out, "  node during the probes: at 1,000 %s; at %d %s\n", at1k.node, established, atN.node)
 	perSA := func(a, b int64) float64 { return float64(b-a) / float64(established) / 1024 }
 	fmt.Fprintf(out, "  RSS at %d SAs: %.0f MiB, %.2f KiB per SA: anonymous (Go heap, stacks) %.2f KiB, file-backed (mapped files: embedded etcd's database) %.2f KiB\n",
 		established, float64(memN.rss)/(1<<20), perSA(mem0.rss, memN.rss), perSA(mem0.anon, memN.anon), perSA(mem0.file, memN.file))

@@ -40,3 +40,30 @@ func TestStrongSwanRowSkippedWithoutCharon(t *testing.T) {
 		t.Fatalf("no skipped row in:\n%s", out.String())
 	}
 }
+
+func TestSampleOf(t *testing.T) {
+	const (
+		drops = `ikefleet_queue_drops_total{listen="127.0.0.1",queue="other",shard="0",socket="ike"} 7`
+		bare  = `ikefleet_statestore_txns_total 12`
+	)
+	for _, c := range []struct {
+		line, name string
+		want       float64
+		ok         bool
+	}{
+		{drops, "ikefleet_queue_drops_total", 7, true},
+		{drops, `ikefleet_queue_drops_total{queue="other"}`, 7, true},
+		{drops, `ikefleet_queue_drops_total{socket="ike",queue="other"}`, 7, true},
+		{drops, `ikefleet_queue_drops_total{queue="new"}`, 0, false},
+		{drops, `ikefleet_queue_drops_total{queue="other",socket="natt"}`, 0, false},
+		{drops, "ikefleet_queue_drops", 0, false}, // a prefix of the family's name
+		{bare, "ikefleet_statestore_txns_total", 12, true},
+		{bare, `ikefleet_statestore_txns_total{queue="other"}`, 0, false},
+		{"# TYPE ikefleet_statestore_txns_total counter", "ikefleet_statestore_txns_total", 0, false},
+	} {
+		v, ok := sampleOf(c.line, c.name)
+		if v != c.want || ok != c.ok {
+			t.Errorf("sampleOf(%q, %q) = %v, %v; want %v, %v", c.line, c.name, v, ok, c.want, c.ok)
+		}
+	}
+}

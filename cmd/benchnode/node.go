@@ -67,20 +67,37 @@ func (p *nodeProc) metrics(names ...string) []float64 {
 	for sc.Scan() {
 		line := sc.Text()
 		for i, name := range names {
-			if !strings.HasPrefix(line, name) {
-				continue
-			}
-			rest := line[len(name):]
-			if rest == "" || (rest[0] != ' ' && rest[0] != '{') {
-				continue
-			}
-			f := strings.Fields(rest)
-			if v, err := strconv.ParseFloat(f[len(f)-1], 64); err == nil {
+			if v, ok := sampleOf(line, name); ok {
 				sums[i] += v
 			}
 		}
 	}
 	return sums
+}
+
+// sampleOf returns the value of an exposition line if it is a sample of
+// name: a family, or a family with label matchers (family{a="x",b="y"}),
+// each of which the sample's labels must contain.
+func sampleOf(line, name string) (float64, bool) {
+	family, matchers, _ := strings.Cut(name, "{")
+	if !strings.HasPrefix(line, family) {
+		return 0, false
+	}
+	rest := line[len(family):]
+	if rest == "" || (rest[0] != ' ' && rest[0] != '{') {
+		return 0, false
+	}
+	if matchers = strings.TrimSuffix(matchers, "}"); matchers != "" {
+		labels, _, _ := strings.Cut(rest, "}")
+		for m := range strings.SplitSeq(matchers, ",") {
+			if !strings.Contains(labels, m) {
+				return 0, false
+			}
+		}
+	}
+	f := strings.Fields(rest)
+	v, err := strconv.ParseFloat(f[len(f)-1], 64)
+	return v, err == nil
 }
 
 // heapProfile saves the node's heap profile (go tool pprof) to path.
