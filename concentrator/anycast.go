@@ -47,7 +47,7 @@ type nodeSource struct{ n *Node }
 // Probe implements lb.Source.
 func (s nodeSource) Probe() lb.Probe {
 	n := s.n
-	p := lb.Probe{Listening: n.listening(), Draining: n.ops.draining.Load(), QueueDrops: n.queueDrops.Load()}
+	p := lb.Probe{Listening: n.listening(), Draining: n.ops.draining.Load(), QueueDrops: n.prioDrops.Load()}
 	if n.persist != nil {
 		h := n.persist.store.Health()
 		p.StoreConfigured, p.StoreReachable, p.LeaseAlive = true, h.Reachable, h.Registered

@@ -2,6 +2,7 @@ package concentrator
 
 import (
 	"bytes"
+	"context"
 	"log/slog"
 	"net"
 	"net/netip"
@@ -94,5 +95,38 @@ func TestNodeRedirectsWhileDraining(t *testing.T) {
 	st, ok := n.AnycastStatus(t.Context())
 	if !ok || len(st.Members) != 2 {
 		t.Fatalf("anycast status %+v %v, want two members", st, ok)
+	}
+}
+
+// The anycast health check reads the queues of IKE_AUTH and established
+// SAs' messages only: a node whose new IKE_SA_INITs wait or are dropped
+// is busy, and withdrawing its route would move its established SAs too.
+func TestHealthProbeReadsEstablishedQueuesOnly(t *testing.T) {
+	n, _ := startNode(t, 1, "")
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	s := n.shards[0]
+	release := busyShard(ctx, n, s)
+	defer release()
+	local := n.IKEAddr()
+	init := ike.Packet{Local: local, Data: header(1, 0, ike.IKE_SA_INIT, ike.FlagInitiator)}
+	for s.q.push(init, queueNew) {
+	}
+	for s.q.push(init, queueProven) {
+	}
+	n.countQueueDrop(local, false, s, queueNew)
+	n.countQueueDrop(local, false, s, queueProven)
+	if p := (nodeSource{n}).Probe(); p.QueueFill != 0 || p.QueueDrops != 0 {
+		t.Fatalf("new SAs' queues full and dropping: probe queue fill %.2f, drops %d; want 0, 0", p.QueueFill, p.QueueDrops)
+	}
+	auth := ike.Packet{Local: local, Data: header(1, 2, ike.IKE_AUTH, ike.FlagInitiator)}
+	for s.q.push(auth, queuePrio) {
+	}
+	n.countQueueDrop(local, false, s, queuePrio)
+	if p := (nodeSource{n}).Probe(); p.QueueFill != 1 || p.QueueDrops != 1 {
+		t.Fatalf("established SAs' queue full, one dropped: probe queue fill %.2f, drops %d; want 1, 1", p.QueueFill, p.QueueDrops)
+	}
+	if rs := n.ReceiveStats(); rs.QueueDropsNew != 2 || rs.QueueDropsOther != 1 {
+		t.Fatalf("receive stats: %d new, %d other queue drops; want 2, 1", rs.QueueDropsNew, rs.QueueDropsOther)
 	}
 }

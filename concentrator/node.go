@@ -82,8 +82,8 @@ type Node struct {
 	persistFailures atomic.Uint64
 	droppedBatches  atomic.Uint64 // batches not applied: a write failed
 	fencedDrops     atomic.Uint64
-	queueDrops      atomic.Uint64
-	initDrops       atomic.Uint64
+	prioDrops       atomic.Uint64 // queue drops of IKE_AUTH and established SAs' messages
+	initDrops       atomic.Uint64 // queue drops of new IKE_SA_INITs
 	nonIKEDrops     atomic.Uint64
 	headerDrops     atomic.Uint64 // IKE datagrams with malformed headers the socket loop dropped (in Stats.Dropped)
 	keepalives      atomic.Uint64

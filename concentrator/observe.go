@@ -109,9 +109,10 @@ func (n *Node) noteInstall(err error) {
 // countQueueDrop counts an IKE message that socket local (NAT-T or not)
 // dropped because shard s's queue of its kind was full.
 func (n *Node) countQueueDrop(local netip.AddrPort, natt bool, s *shard, kind queueKind) {
-	n.queueDrops.Add(1)
-	if kind != queuePrio {
-		n.initDrops.Add(1) // of the queue drops, new SAs
+	if kind == queuePrio {
+		n.prioDrops.Add(1)
+	} else {
+		n.initDrops.Add(1)
 	}
 	k := queueKey{listen: local.Addr(), natt: natt, shard: s.id, kind: kind}
 	c, ok := n.obs.queueDrops.Load(k)

@@ -162,16 +162,14 @@ func (q *shardQueue) next() (ike.Packet, bool) {
 	return ike.Packet{}, false
 }
 
-// fill is the share of the queues' room in use.
+// fill is the share in use of the queue of IKE_AUTH and established SAs'
+// messages: the anycast health check's queue_fill. New IKE_SA_INITs
+// waiting are load, not ill health.
 func (q *shardQueue) fill() float64 {
-	used, room := 0, 0
-	for _, ch := range [...]chan ike.Packet{q.prio, q.proven, q.init} {
-		used, room = used+len(ch), room+cap(ch)
-	}
-	if room == 0 {
+	if cap(q.prio) == 0 {
 		return 0
 	}
-	return float64(used) / float64(room)
+	return float64(len(q.prio)) / float64(cap(q.prio))
 }
 
 // isNewSA reports whether an IKE message (header at b) starts a new IKE
@@ -196,8 +194,7 @@ type ReceiveStats struct {
 
 // ReceiveStats reports the socket loops' counters.
 func (n *Node) ReceiveStats() ReceiveStats {
-	all, fresh := n.queueDrops.Load(), n.initDrops.Load()
-	rs := ReceiveStats{QueueDropsNew: fresh, QueueDropsOther: all - fresh,
+	rs := ReceiveStats{QueueDropsNew: n.initDrops.Load(), QueueDropsOther: n.prioDrops.Load(),
 		NonIKE: n.nonIKEDrops.Load(), Keepalives: n.keepalives.Load()}
 	for _, d := range n.socketDrops() {
 		if d.Receives == "new" {

@@ -94,10 +94,12 @@ type HealthConfig struct {
 	// InstallErrorAge: a data plane install error younger than this (and
 	// none succeeded since) is bad.
 	InstallErrorAge time.Duration `yaml:"install_error_age"`
-	// QueueFill: receive queues fuller than this share (0..1] are bad.
+	// QueueFill: receive queues of IKE_AUTH and established SAs' messages
+	// fuller than this share (0..1] are bad (new IKE_SA_INITs waiting or
+	// dropped are load, not ill health).
 	QueueFill float64 `yaml:"queue_fill"`
-	// QueueDrops: more messages dropped on full queues than this between
-	// two checks is bad.
+	// QueueDrops: more IKE_AUTH and established SAs' messages dropped on
+	// full queues than this between two checks is bad.
 	QueueDrops uint64 `yaml:"queue_drops"`
 }
 

@@ -17,8 +17,12 @@ type Probe struct {
 	InstallError   string    // the last CHILD SA install failed with it; "" once one succeeded
 	InstallErrorAt time.Time // when
 
-	QueueFill  float64 // the fullest receive queue's share in use (0..1)
-	QueueDrops uint64  // messages dropped on full queues since start
+	// The receive queues of IKE_AUTH and established SAs' messages: the
+	// fullest one's share in use (0..1), and their drops since start. A
+	// node dropping new IKE_SA_INITs is busy, not unhealthy: taking its
+	// route away would move its established SAs as well.
+	QueueFill  float64
+	QueueDrops uint64
 
 	SAs int // IKE SAs on the node
 }
