@@ -50,10 +50,13 @@ const (
 	// first. Read for this long, the queues see it all and drop what
 	// they can spare.
 	readSlice = 500 * time.Microsecond
-	// prioWait: how long a reader waits for room in a shard's full queue
-	// of IKE_AUTH and established SAs' messages before it drops one
-	// (shardQueue.pushWait). New IKE_SA_INITs never wait: a full queue of
-	// theirs drops at once.
+	// prioWait: how long a reader waits, in all, for room in shards' full
+	// queues of IKE_AUTH and established SAs' messages while it sorts one
+	// batch, before it drops (shardQueue.pushWait). Waiting, the reader
+	// reads nothing for the other shards either: a shard that stops
+	// taking, or that a flood of forged messages for existing SAs keeps
+	// full, costs the socket at most this per batch. New IKE_SA_INITs
+	// never wait: a full queue of theirs drops at once.
 	prioWait      = 50 * time.Millisecond
 	spiShardShift = 44 // IKE SPI bits 44..51 name the shard
 	spiShardMask  = uint64(0xff) << spiShardShift
@@ -134,13 +137,18 @@ func (q *shardQueue) push(pkt ike.Packet, k queueKind) bool {
 	}
 }
 
-// pushWait queues pkt in the priority queue, waiting up to d for room;
-// false: the queue stayed full. While the reader waits, what comes stays
-// in the socket's receive buffer: that buffer is the queue's overflow,
-// not a second place to drop from.
-func (q *shardQueue) pushWait(pkt ike.Packet, d time.Duration) bool {
-	t := time.NewTimer(d)
-	defer t.Stop()
+// pushWait queues pkt in the priority queue, waiting for room for what
+// is left of *budget, and takes the time waited from it; false: the
+// queue stayed full. While the reader waits, what comes stays in the
+// socket's receive buffer: that buffer is the queue's overflow, not a
+// second place to drop from.
+func (q *shardQueue) pushWait(pkt ike.Packet, budget *time.Duration) bool {
+	if *budget <= 0 {
+		return false
+	}
+	start := time.Now()
+	t := time.NewTimer(*budget)
+	defer func() { t.Stop(); *budget -= time.Since(start) }()
 	select {
 	case q.prio <- pkt:
 		return true
@@ -338,7 +346,8 @@ func (n *Node) readLoop(c transport.Conn) {
 				n.log.Warn("read failed", "local", local.String(), "err", err)
 				continue
 			}
-			if reply := n.receive(c, buf[:nb], local, remote, natt, espIn, nil); reply != nil {
+			wait := prioWait
+			if reply := n.receive(c, buf[:nb], local, remote, natt, espIn, nil, &wait); reply != nil {
 				n.send(ike.Send{Local: local, Remote: remote, Messages: [][]byte{reply}})
 			}
 		}
@@ -371,6 +380,7 @@ func (n *Node) readLoop(c transport.Conn) {
 		if h := receiveHook.Load(); h != nil {
 			(*h)(c, nm)
 		}
+		wait := prioWait // for room in full queues, this batch (pushWait)
 		for i := range msgs[:nm] {
 			m := &msgs[i]
 			ua, ok := m.Addr.(*net.UDPAddr)
@@ -383,7 +393,7 @@ func (n *Node) readLoop(c transport.Conn) {
 			if natt {
 				dst = append(dst, 0, 0, 0, 0) // the non-ESP marker
 			}
-			if reply := n.receive(c, m.Buffers[0][:m.N], local, netip.AddrPortFrom(remote.Addr().Unmap(), remote.Port()), natt, espIn, dst); reply != nil {
+			if reply := n.receive(c, m.Buffers[0][:m.N], local, netip.AddrPortFrom(remote.Addr().Unmap(), remote.Port()), natt, espIn, dst, &wait); reply != nil {
 				replies = replies[:k+1]
 				replies[k].Buffers[0], replies[k].Addr = reply, ua
 			}
@@ -428,8 +438,9 @@ func (n *Node) sendBatch(bw batchReader, ms []ipv4.Message, local netip.AddrPort
 // receive sorts one datagram: a NAT-T keepalive, ESP for the data plane,
 // or an IKE message for its shard's queue; or it returns the cookie
 // demand that answers a new IKE_SA_INIT, appended to dst, for the caller
-// to send.
-func (n *Node) receive(c transport.Conn, b []byte, local, remote netip.AddrPort, natt bool, espIn dataplane.ESPHandler, dst []byte) []byte {
+// to send. wait is what is left of the batch's time to wait for room in a
+// full queue of IKE_AUTH and established SAs' messages (prioWait).
+func (n *Node) receive(c transport.Conn, b []byte, local, remote netip.AddrPort, natt bool, espIn dataplane.ESPHandler, dst []byte, wait *time.Duration) []byte {
 	if natt {
 		switch {
 		case len(b) == 1 && b[0] == 0xff:
@@ -490,7 +501,7 @@ func (n *Node) receive(c transport.Conn, b []byte, local, remote netip.AddrPort,
 		}
 	}
 	pkt := ike.Packet{Local: local, Remote: remote, Data: append([]byte(nil), b...)}
-	if !s.q.push(pkt, kind) && (kind != queuePrio || !s.q.pushWait(pkt, prioWait)) {
+	if !s.q.push(pkt, kind) && (kind != queuePrio || !s.q.pushWait(pkt, wait)) {
 		n.countQueueDrop(local, natt, s, kind)
 	}
 	return nil

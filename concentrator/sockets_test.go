@@ -109,7 +109,8 @@ func TestShardQueueServesAuthBeforeInit(t *testing.T) {
 
 // A full queue of IKE_AUTH and established SAs' messages makes the
 // reader wait for the shard to take one (what comes meanwhile stays in
-// the socket's buffer), and drop only if the shard takes none.
+// the socket's buffer), and drop only if the shard takes none within
+// what is left of the batch's wait budget.
 func TestShardQueuePriorityWaitsForRoom(t *testing.T) {
 	q := newShardQueue(1, 1, 1)
 	auth := func(tag int) ike.Packet {
@@ -119,12 +120,20 @@ func TestShardQueuePriorityWaitsForRoom(t *testing.T) {
 	if !q.push(auth(1), queuePrio) || q.push(auth(2), queuePrio) {
 		t.Fatal("a queue of one did not take exactly one")
 	}
-	if q.pushWait(auth(2), time.Millisecond) {
+	budget := time.Millisecond
+	if q.pushWait(auth(2), &budget) {
 		t.Fatal("pushWait queued into a full queue nobody reads")
+	}
+	if budget > 0 {
+		t.Fatalf("pushWait gave up with %v of its budget left", budget)
+	}
+	if q.pushWait(auth(2), &budget) {
+		t.Fatal("pushWait queued with its budget spent")
 	}
 	taken := make(chan ike.Packet)
 	go func() { p, _ := q.next(); taken <- p }()
-	if !q.pushWait(auth(3), time.Minute) {
+	budget = time.Minute
+	if !q.pushWait(auth(3), &budget) {
 		t.Fatal("pushWait gave up although the shard took a packet")
 	}
 	if p := <-taken; p.Remote.Port() != 1 {
