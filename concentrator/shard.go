@@ -62,6 +62,8 @@ func (n *Node) runShard(ctx context.Context, s *shard) {
 				return
 			case pkt := <-s.q.prio:
 				n.handle(s, pkt, &rd)
+			case <-s.q.spill.wake:
+				// Overflow waits (next takes it).
 			case pkt := <-s.q.proven:
 				s.eng.Handle(n.clock.Mono(), pkt, &rd)
 			case pkt := <-s.q.init:

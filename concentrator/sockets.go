@@ -22,6 +22,7 @@ import (
 	"net"
 	"net/netip"
 	"runtime"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -50,15 +51,19 @@ const (
 	// first. Read for this long, the queues see it all and drop what
 	// they can spare.
 	readSlice = 500 * time.Microsecond
-	// prioWait: how long a reader waits, in all, for room in shards' full
-	// queues of IKE_AUTH and established SAs' messages while it sorts one
-	// batch, before it drops (shardQueue.pushWait). Waiting, the reader
-	// reads nothing for the other shards either: a shard that stops
-	// taking, or that a flood of forged messages for existing SAs keeps
-	// full, costs the socket at most this per batch. New IKE_SA_INITs
-	// never wait: a full queue of theirs drops at once.
-	prioWait      = 50 * time.Millisecond
-	spiShardShift = 44 // IKE SPI bits 44..51 name the shard
+	// spillBytes: what a shard's queue of IKE_AUTH and established SAs'
+	// messages holds beyond its shardQueueLen packets, counted as their
+	// octets plus spillOverhead each (spillQueue). The socket's reader
+	// never waits for a shard: it puts the overflow there and goes on
+	// reading for the other shards, so that a shard that falls behind (a
+	// burst of deletes or IKE_AUTHs for it alone, or a flood of forged
+	// messages for its SAs) delays and drops its own messages only. 8 MiB
+	// is about 40,000 deletes or liveness checks, more than a socket's
+	// receive buffer holds: a burst of them all at once reaches the shard
+	// late, not lost.
+	spillBytes    = 8 << 20
+	spillOverhead = 128 // octets counted per spilled packet besides its own
+	spiShardShift = 44  // IKE SPI bits 44..51 name the shard
 	spiShardMask  = uint64(0xff) << spiShardShift
 	prioStreak    = 64 // packets served from the queues in a row before timers and calls get a look
 	// defaultCookieBacklog: ike.cookie_backlog's default, the new
@@ -87,11 +92,13 @@ type socketConfigurer interface {
 // gateways stop retransmitting) before more are started, and a mass of
 // cookie-proven requests (a mass restart: each costs a key exchange)
 // never stands between the established SAs and their liveness checks,
-// rekeys and deletes. A full queue drops only its own kind.
+// rekeys and deletes. A full queue drops only its own kind; the first
+// one spills over first (spillQueue).
 type shardQueue struct {
 	prio   chan ike.Packet
 	proven chan ike.Packet
 	init   chan ike.Packet
+	spill  *spillQueue // prio's overflow, served after it
 }
 
 // queueKind names a shard's queue.
@@ -114,13 +121,15 @@ func (k queueKind) String() string {
 	return "other"
 }
 
-func newShardQueue(prioLen, provenLen, initLen int) shardQueue {
+// newShardQueue makes a shard's queues, with spill octets (spillQueue)
+// of overflow for the first one (0: none).
+func newShardQueue(prioLen, provenLen, initLen, spill int) shardQueue {
 	return shardQueue{prio: make(chan ike.Packet, prioLen), proven: make(chan ike.Packet, provenLen),
-		init: make(chan ike.Packet, initLen)}
+		init: make(chan ike.Packet, initLen), spill: newSpillQueue(spill)}
 }
 
 // push queues pkt in the queue of its kind without waiting; false: that
-// queue is full.
+// queue is full (the first one: and its spill too).
 func (q *shardQueue) push(pkt ike.Packet, k queueKind) bool {
 	ch := q.prio
 	switch k {
@@ -128,39 +137,32 @@ func (q *shardQueue) push(pkt ike.Packet, k queueKind) bool {
 		ch = q.proven
 	case queueNew:
 		ch = q.init
+	case queuePrio:
+		if q.spill.pending() {
+			// Behind what spilled, which the shard serves after the channel.
+			return q.spill.add(pkt)
+		}
 	}
 	select {
 	case ch <- pkt:
 		return true
 	default:
-		return false
-	}
-}
-
-// pushWait queues pkt in the priority queue, waiting for room for what
-// is left of *budget, and takes the time waited from it; false: the
-// queue stayed full. While the reader waits, what comes stays in the
-// socket's receive buffer: that buffer is the queue's overflow, not a
-// second place to drop from.
-func (q *shardQueue) pushWait(pkt ike.Packet, budget *time.Duration) bool {
-	if *budget <= 0 {
-		return false
-	}
-	start := time.Now()
-	t := time.NewTimer(*budget)
-	defer func() { t.Stop(); *budget -= time.Since(start) }()
-	select {
-	case q.prio <- pkt:
-		return true
-	case <-t.C:
-		return false
+		return k == queuePrio && q.spill.add(pkt)
 	}
 }
 
 // next returns a queued packet without waiting: the priority queue's
 // first, then a cookie-proven new SA's, then another new SA's.
 func (q *shardQueue) next() (ike.Packet, bool) {
-	for _, ch := range [...]chan ike.Packet{q.prio, q.proven, q.init} {
+	select {
+	case pkt := <-q.prio:
+		return pkt, true
+	default:
+	}
+	if pkt, ok := q.spill.take(); ok {
+		return pkt, true
+	}
+	for _, ch := range [...]chan ike.Packet{q.proven, q.init} {
 		select {
 		case pkt := <-ch:
 			return pkt, true
@@ -168,6 +170,86 @@ func (q *shardQueue) next() (ike.Packet, bool) {
 		}
 	}
 	return ike.Packet{}, false
+}
+
+// spillQueue is the overflow of a shard's queue of IKE_AUTH and
+// established SAs' messages: a FIFO bounded in octets, filled by the
+// socket readers when the shard's channel is full and emptied by the
+// shard after it. Unlike a channel it takes no memory while empty (a
+// burst's array is let go once drained).
+type spillQueue struct {
+	mu    sync.Mutex
+	pkts  []ike.Packet // pkts[head:] wait
+	head  int
+	bytes int // queued, as spillCost counts them
+	max   int
+	n     atomic.Int64 // len(pkts) - head, read without the lock
+	// wake is signalled while packets wait (by each add, and by each take
+	// that leaves some), so that the shard's wait on its channels ends.
+	wake chan struct{}
+}
+
+func newSpillQueue(max int) *spillQueue {
+	return &spillQueue{max: max, wake: make(chan struct{}, 1)}
+}
+
+func spillCost(p *ike.Packet) int { return len(p.Data) + spillOverhead }
+
+// pending reports whether packets wait.
+func (s *spillQueue) pending() bool { return s.n.Load() > 0 }
+
+// add queues p; false: it would exceed the queue's octets.
+func (s *spillQueue) add(p ike.Packet) bool {
+	c := spillCost(&p)
+	s.mu.Lock()
+	if s.bytes+c > s.max {
+		s.mu.Unlock()
+		return false
+	}
+	if s.head > 0 && len(s.pkts) == cap(s.pkts) {
+		// Reuse the taken front before the array grows.
+		k := copy(s.pkts, s.pkts[s.head:])
+		clear(s.pkts[k:])
+		s.pkts, s.head = s.pkts[:k], 0
+	}
+	s.pkts = append(s.pkts, p)
+	s.bytes += c
+	s.n.Add(1)
+	s.mu.Unlock()
+	s.signal()
+	return true
+}
+
+// take returns the first packet waiting, if any.
+func (s *spillQueue) take() (ike.Packet, bool) {
+	if !s.pending() {
+		return ike.Packet{}, false
+	}
+	s.mu.Lock()
+	if s.head == len(s.pkts) {
+		s.mu.Unlock()
+		return ike.Packet{}, false
+	}
+	p := s.pkts[s.head]
+	s.pkts[s.head] = ike.Packet{}
+	s.head++
+	s.bytes -= spillCost(&p)
+	left := s.n.Add(-1)
+	if left == 0 {
+		s.pkts, s.head = nil, 0
+	}
+	s.mu.Unlock()
+	if left > 0 {
+		s.signal()
+	}
+	return p, true
+}
+
+func (s *spillQueue) signal() {
+	select {
+	case s.wake <- struct{}{}:
+	default:
+	}
 }
 
 // fill is the share in use of the queue of IKE_AUTH and established SAs'
@@ -346,8 +428,7 @@ func (n *Node) readLoop(c transport.Conn) {
 				n.log.Warn("read failed", "local", local.String(), "err", err)
 				continue
 			}
-			wait := prioWait
-			if reply := n.receive(c, buf[:nb], local, remote, natt, espIn, nil, &wait); reply != nil {
+			if reply := n.receive(c, buf[:nb], local, remote, natt, espIn, nil); reply != nil {
 				n.send(ike.Send{Local: local, Remote: remote, Messages: [][]byte{reply}})
 			}
 		}
@@ -380,7 +461,6 @@ func (n *Node) readLoop(c transport.Conn) {
 		if h := receiveHook.Load(); h != nil {
 			(*h)(c, nm)
 		}
-		wait := prioWait // for room in full queues, this batch (pushWait)
 		for i := range msgs[:nm] {
 			m := &msgs[i]
 			ua, ok := m.Addr.(*net.UDPAddr)
@@ -393,7 +473,7 @@ func (n *Node) readLoop(c transport.Conn) {
 			if natt {
 				dst = append(dst, 0, 0, 0, 0) // the non-ESP marker
 			}
-			if reply := n.receive(c, m.Buffers[0][:m.N], local, netip.AddrPortFrom(remote.Addr().Unmap(), remote.Port()), natt, espIn, dst, &wait); reply != nil {
+			if reply := n.receive(c, m.Buffers[0][:m.N], local, netip.AddrPortFrom(remote.Addr().Unmap(), remote.Port()), natt, espIn, dst); reply != nil {
 				replies = replies[:k+1]
 				replies[k].Buffers[0], replies[k].Addr = reply, ua
 			}
@@ -438,9 +518,8 @@ func (n *Node) sendBatch(bw batchReader, ms []ipv4.Message, local netip.AddrPort
 // receive sorts one datagram: a NAT-T keepalive, ESP for the data plane,
 // or an IKE message for its shard's queue; or it returns the cookie
 // demand that answers a new IKE_SA_INIT, appended to dst, for the caller
-// to send. wait is what is left of the batch's time to wait for room in a
-// full queue of IKE_AUTH and established SAs' messages (prioWait).
-func (n *Node) receive(c transport.Conn, b []byte, local, remote netip.AddrPort, natt bool, espIn dataplane.ESPHandler, dst []byte, wait *time.Duration) []byte {
+// to send.
+func (n *Node) receive(c transport.Conn, b []byte, local, remote netip.AddrPort, natt bool, espIn dataplane.ESPHandler, dst []byte) []byte {
 	if natt {
 		switch {
 		case len(b) == 1 && b[0] == 0xff:
@@ -501,7 +580,7 @@ func (n *Node) receive(c transport.Conn, b []byte, local, remote netip.AddrPort,
 		}
 	}
 	pkt := ike.Packet{Local: local, Remote: remote, Data: append([]byte(nil), b...)}
-	if !s.q.push(pkt, kind) && (kind != queuePrio || !s.q.pushWait(pkt, wait)) {
+	if !s.q.push(pkt, kind) {
 		n.countQueueDrop(local, natt, s, kind)
 	}
 	return nil

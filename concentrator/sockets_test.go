@@ -9,6 +9,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -54,7 +55,7 @@ func TestIsNewSA(t *testing.T) {
 // established SA) before any new IKE_SA_INIT, and a full queue of new SAs
 // refuses only new SAs.
 func TestShardQueueServesAuthBeforeInit(t *testing.T) {
-	q := newShardQueue(4, 3, 8)
+	q := newShardQueue(4, 3, 8, 0)
 	pkt := func(b []byte, tag int) ike.Packet {
 		return ike.Packet{Remote: netip.AddrPortFrom(netip.MustParseAddr("192.0.2.1"), uint16(tag)), Data: b}
 	}
@@ -107,40 +108,60 @@ func TestShardQueueServesAuthBeforeInit(t *testing.T) {
 	}
 }
 
-// A full queue of IKE_AUTH and established SAs' messages makes the
-// reader wait for the shard to take one (what comes meanwhile stays in
-// the socket's buffer), and drop only if the shard takes none within
-// what is left of the batch's wait budget.
-func TestShardQueuePriorityWaitsForRoom(t *testing.T) {
-	q := newShardQueue(1, 1, 1)
+// A full queue of IKE_AUTH and established SAs' messages spills over
+// without waiting, up to its octets, and the shard serves the spill after
+// the queue, in order; what comes while packets wait in the spill goes
+// behind them even when the queue has room again.
+func TestShardQueuePrioritySpills(t *testing.T) {
+	msg := header(1, 2, ike.IKE_AUTH, ike.FlagInitiator)
+	cost := len(msg) + spillOverhead
+	q := newShardQueue(2, 1, 1, 4*cost)
 	auth := func(tag int) ike.Packet {
-		return ike.Packet{Remote: netip.AddrPortFrom(netip.MustParseAddr("192.0.2.1"), uint16(tag)),
-			Data: header(1, 2, ike.IKE_AUTH, ike.FlagInitiator)}
+		return ike.Packet{Remote: netip.AddrPortFrom(netip.MustParseAddr("192.0.2.1"), uint16(tag)), Data: msg}
 	}
-	if !q.push(auth(1), queuePrio) || q.push(auth(2), queuePrio) {
-		t.Fatal("a queue of one did not take exactly one")
+	for i := 1; i <= 5; i++ {
+		if !q.push(auth(i), queuePrio) {
+			t.Fatalf("packet %d refused: a queue of 2 with room for 4 more", i)
+		}
 	}
-	budget := time.Millisecond
-	if q.pushWait(auth(2), &budget) {
-		t.Fatal("pushWait queued into a full queue nobody reads")
+	if !q.spill.pending() {
+		t.Fatal("nothing pending in the spill")
 	}
-	if budget > 0 {
-		t.Fatalf("pushWait gave up with %v of its budget left", budget)
+	select {
+	case <-q.spill.wake:
+	default:
+		t.Fatal("the spill did not signal the shard")
 	}
-	if q.pushWait(auth(2), &budget) {
-		t.Fatal("pushWait queued with its budget spent")
+	var got []int
+	take := func() {
+		p, ok := q.next()
+		if !ok {
+			t.Fatal("nothing queued")
+		}
+		got = append(got, int(p.Remote.Port()))
 	}
-	taken := make(chan ike.Packet)
-	go func() { p, _ := q.next(); taken <- p }()
-	budget = time.Minute
-	if !q.pushWait(auth(3), &budget) {
-		t.Fatal("pushWait gave up although the shard took a packet")
+	take() // 1, from the channel: room in it again
+	if !q.push(auth(6), queuePrio) {
+		t.Fatal("packet 6 refused")
 	}
-	if p := <-taken; p.Remote.Port() != 1 {
-		t.Fatalf("the shard took packet %d, want 1", p.Remote.Port())
+	if len(q.prio) != 1 {
+		t.Fatal("packet 6 went into the channel ahead of the spilled ones")
 	}
-	if p, ok := q.next(); !ok || p.Remote.Port() != 3 {
-		t.Fatalf("queued after the wait: %v %v, want packet 3", p.Remote.Port(), ok)
+	if q.push(auth(7), queuePrio) {
+		t.Fatal("packet 7 was queued past the spill's octets")
+	}
+	for range 5 {
+		take()
+	}
+	if want := []int{1, 2, 3, 4, 5, 6}; !slices.Equal(got, want) {
+		t.Fatalf("served %v, want %v", got, want)
+	}
+	if _, ok := q.next(); ok || q.spill.pending() || q.spill.bytes != 0 || q.spill.pkts != nil {
+		t.Fatalf("after all were served: pending %v, %d octets, array kept %v", q.spill.pending(), q.spill.bytes, q.spill.pkts != nil)
+	}
+	// Only the first queue spills.
+	if !q.push(auth(8), queueNew) || q.push(auth(9), queueNew) || q.spill.pending() {
+		t.Fatal("a full queue of new SAs spilled")
 	}
 }
 
@@ -756,6 +777,44 @@ func TestProvenRequestsAfterEstablishedTraffic(t *testing.T) {
 	}
 	if st.HalfOpen != restart {
 		t.Fatalf("half-open %d, want %d", st.HalfOpen, restart)
+	}
+}
+
+// A shard that stops taking (busy with a burst of its own, or kept busy
+// by a flood of messages for its SAs) costs its socket's other shards
+// nothing: its overflow spills, none of it dropped, and the reader goes
+// on reading for the others. (A reader that waited for room in the full
+// shard's queue, 50 ms per batch of 16, would have reached the other
+// shard's message after about a minute.)
+func TestFullShardDoesNotStallItsSocket(t *testing.T) {
+	n, _ := startNode(t, 1, "  socket_buffer: 8388608\n")
+	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
+	defer cancel()
+	stuck, other := n.shards[0], n.shards[1]
+	release := busyShard(ctx, n, stuck)
+	defer release()
+	cc := newCookieClient(t, n.IKEAddr())
+	const overflow = 20000
+	for i := range uint64(shardQueueLen + overflow) {
+		cc.send(laterMajorVersion(i+1, uint64(stuck.id)<<spiShardShift|0x1234))
+	}
+	const existing = 0x0a0b0c0d0e0f1011
+	cc.send(laterMajorVersion(existing, uint64(other.id)<<spiShardShift|0x1234))
+	if spi, _ := cc.answer(); spi != existing {
+		t.Fatalf("first answer for %016x, want the other shard's %016x", spi, uint64(existing))
+	}
+	if q, sp := len(stuck.q.prio), stuck.q.spill.n.Load(); q != shardQueueLen || sp != overflow {
+		t.Fatalf("the stopped shard holds %d queued and %d spilled, want %d and %d", q, sp, shardQueueLen, overflow)
+	}
+	release()
+	for len(stuck.q.prio) > 0 || stuck.q.spill.pending() {
+		if ctx.Err() != nil {
+			t.Fatalf("the shard, taking again, left %d queued and %d spilled", len(stuck.q.prio), stuck.q.spill.n.Load())
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if rs := n.ReceiveStats(); rs.QueueDropsOther != 0 || rs.SocketDropsOther != 0 {
+		t.Fatalf("dropped: %+v", rs)
 	}
 }
 
