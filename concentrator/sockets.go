@@ -256,6 +256,12 @@ func (s *spillQueue) signal() {
 	}
 }
 
+// waiting counts the packets in each queue (queueKind order), the
+// first with its spill.
+func (q *shardQueue) waiting() [3]int {
+	return [3]int{len(q.prio) + int(q.spill.n.Load()), len(q.proven), len(q.init)}
+}
+
 // fill is the share in use of the queue of IKE_AUTH and established SAs'
 // messages: the anycast health check's queue_fill. New IKE_SA_INITs
 // waiting are load, not ill health.

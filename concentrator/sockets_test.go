@@ -806,6 +806,9 @@ func TestFullShardDoesNotStallItsSocket(t *testing.T) {
 	if q, sp := len(stuck.q.prio), stuck.q.spill.n.Load(); q != shardQueueLen || sp != overflow {
 		t.Fatalf("the stopped shard holds %d queued and %d spilled, want %d and %d", q, sp, shardQueueLen, overflow)
 	}
+	if w := stuck.q.waiting(); w != [3]int{shardQueueLen + overflow, 0, 0} {
+		t.Fatalf("queue_waiting reads %v", w)
+	}
 	release()
 	for len(stuck.q.prio) > 0 || stuck.q.spill.pending() {
 		if ctx.Err() != nil {

@@ -50,7 +50,14 @@ type Shard struct {
 	States        map[string]int // IKE SAs by state (ike.IKESA.State names)
 	ChildSAs      int
 	CookiesActive bool // the shard demands cookies (ike.Cookies.UnderPressure)
+	// Messages waiting in the shard's queues: other (IKE_AUTH,
+	// established SAs' messages, answers; with what spilled over),
+	// proven and new IKE_SA_INITs.
+	Waiting [3]int
 }
+
+// queueNames name Shard.Waiting's queues, as queue_drops_total does.
+var queueNames = [3]string{"other", "proven", "new"}
 
 // Node holds the node's own counters.
 type Node struct {
@@ -289,6 +296,9 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 		shard := strconv.Itoa(i)
 		gauge(dCookiesActive, b2f(sh.CookiesActive), shard)
 		gauge(dHalfOpenShard, float64(sh.Stats.HalfOpen), shard)
+		for q, w := range sh.Waiting {
+			gauge(dQueueWaiting, float64(w), shard, queueNames[q])
+		}
 	}
 	for _, st := range sortedKeys(states) {
 		gauge(dSAs, float64(states[st]), st)

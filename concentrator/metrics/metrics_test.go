@@ -38,7 +38,7 @@ func snapshot() Snapshot {
 		Shards: []Shard{
 			{Stats: ike.Stats{HalfOpen: 3, Established: 10, CookiesSent: 4, DPDSent: 2, DPDDead: 1, Retransmits: 5, RefusedPrefix: 2, RefusedSAs: 1,
 				Failed: map[ike.NotifyType]uint64{ike.AUTHENTICATION_FAILED: 2, 0: 1, 40000: 1}},
-				States: map[string]int{"ESTABLISHED": 7, "INIT_DONE": 3}, ChildSAs: 9, CookiesActive: true},
+				States: map[string]int{"ESTABLISHED": 7, "INIT_DONE": 3}, ChildSAs: 9, CookiesActive: true, Waiting: [3]int{5000, 2, 130}},
 			{Stats: ike.Stats{Established: 5, Failed: map[ike.NotifyType]uint64{ike.AUTHENTICATION_FAILED: 1, ike.NO_PROPOSAL_CHOSEN: 1}, RekeyCollisions: 1, RefusedPrefix: 3, RefusedHalfOpen: 4, PrefixCredits: 6},
 				States: map[string]int{"ESTABLISHED": 5}, ChildSAs: 5},
 		},
@@ -79,6 +79,14 @@ ikefleet_half_open_sas 3
 # TYPE ikefleet_cookies_active gauge
 ikefleet_cookies_active{shard="0"} 1
 ikefleet_cookies_active{shard="1"} 0
+# HELP ikefleet_queue_waiting IKE messages waiting in a shard's queues, by queue: other (IKE_AUTH, established SAs' messages, answers to our requests; beyond its 4,096 slots they spill over, up to 8 MiB, and are counted here too), proven (new IKE_SA_INITs with a valid cookie), new (other new IKE_SA_INITs).
+# TYPE ikefleet_queue_waiting gauge
+ikefleet_queue_waiting{queue="new",shard="0"} 130
+ikefleet_queue_waiting{queue="new",shard="1"} 0
+ikefleet_queue_waiting{queue="other",shard="0"} 5000
+ikefleet_queue_waiting{queue="other",shard="1"} 0
+ikefleet_queue_waiting{queue="proven",shard="0"} 2
+ikefleet_queue_waiting{queue="proven",shard="1"} 0
 # HELP ikefleet_handshakes_total IKE SAs established (IKE_SA_INIT + IKE_AUTH completed).
 # TYPE ikefleet_handshakes_total counter
 ikefleet_handshakes_total 15
@@ -162,7 +170,7 @@ ikefleet_dataplane_drops_total{dataplane="userspace",reason="replay"} 3
 ikefleet_dataplane_install_failures_total{dataplane="userspace"} 1
 `
 	names := []string{"ikefleet_build_info", "ikefleet_ike_sas", "ikefleet_child_sas", "ikefleet_half_open_sas",
-		"ikefleet_cookies_active", "ikefleet_handshakes_total", "ikefleet_handshake_failures_total", "ikefleet_rekeys_total",
+		"ikefleet_cookies_active", "ikefleet_queue_waiting", "ikefleet_handshakes_total", "ikefleet_handshake_failures_total", "ikefleet_rekeys_total",
 		"ikefleet_dpd_sent_total", "ikefleet_dpd_dead_total", "ikefleet_keepalives_total", "ikefleet_address_updates_total",
 		"ikefleet_cookies_sent_total", "ikefleet_sa_init_refused_total", "ikefleet_half_open_prefix_credits_total", "ikefleet_handoffs_total", "ikefleet_takeovers_total", "ikefleet_persist_failures_total",
 		"ikefleet_fenced_drops_total", "ikefleet_log_lines_dropped_total", "ikefleet_queue_drops_total", "ikefleet_socket_receive_drops_total", "ikefleet_statestore_reachable",
