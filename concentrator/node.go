@@ -173,7 +173,7 @@ func New(cfg Config, log *slog.Logger, dp dataplane.DataPlane, opts ...Option) (
 		// The cookie-proven queue holds as many as the new one: in a mass
 		// restart nearly every gateway comes back with its cookie at once,
 		// and one dropped there waits out its retransmission back-off.
-		sh := &shard{id: i, q: newShardQueue(shardQueueLen, initQueueLen, initQueueLen, spillBytes), calls: make(chan func()),
+		sh := &shard{id: i, q: newShardQueue(shardQueueLen, initQueueLen, initQueueLen, spillPerShard(ns)), calls: make(chan func()),
 			watch: map[uint32]time.Time{}, ikeSPIs: make(chan uint64, spiPoolLen), espSPIs: make(chan uint32, spiPoolLen),
 			commits: commits{wake: make(chan struct{}, 1)}}
 		sc.IKESPIs = func() (uint64, bool) {

@@ -64,8 +64,11 @@ const (
 	// messages for its SAs) delays and drops its own messages only. 8 MiB
 	// is about 40,000 deletes or liveness checks, more than a socket's
 	// receive buffer holds: a burst of them all at once reaches the shard
-	// late, not lost.
+	// late, not lost. Nodes of many shards share spillTotal
+	// (spillPerShard).
 	spillBytes    = 8 << 20
+	spillTotal    = 64 << 20
+	spillMin      = 1 << 20
 	spillOverhead = 128 // octets counted per spilled packet besides its own
 	spiShardShift = 44  // IKE SPI bits 44..51 name the shard
 	spiShardMask  = uint64(0xff) << spiShardShift
@@ -86,6 +89,13 @@ const (
 // node's UDP sockets (xfrm: UDP_ENCAP_ESPINUDP on the NAT-T socket).
 type socketConfigurer interface {
 	ConfigureSocket(c *net.UDPConn, natt bool) error
+}
+
+// spillPerShard is each of shards' spill: spillBytes, less on a node
+// of more than 8 shards, so that all of them flooded at once hold
+// spillTotal (at least spillMin each).
+func spillPerShard(shards int) int {
+	return max(spillMin, min(spillBytes, spillTotal/max(shards, 1)))
 }
 
 // shardQueue holds a shard's received IKE messages in three queues:

@@ -780,6 +780,14 @@ func TestProvenRequestsAfterEstablishedTraffic(t *testing.T) {
 	}
 }
 
+func TestSpillPerShard(t *testing.T) {
+	for _, c := range []struct{ shards, want int }{{0, spillBytes}, {1, spillBytes}, {8, spillBytes}, {16, 4 << 20}, {64, spillMin}, {256, spillMin}} {
+		if got := spillPerShard(c.shards); got != c.want {
+			t.Errorf("%d shards: %d octets each, want %d", c.shards, got, c.want)
+		}
+	}
+}
+
 // A shard that stops taking (busy with a burst of its own, or kept busy
 // by a flood of messages for its SAs) costs its socket's other shards
 // nothing: its overflow spills, none of it dropped, and the reader goes

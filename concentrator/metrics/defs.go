@@ -49,7 +49,7 @@ var (
 	dChildSAs        = gaugeDef("child_sas", "CHILD SAs held by the IKE SAs.")
 	dHalfOpen        = gaugeDef("half_open_sas", "Half-open IKE SAs (IKE_SA_INIT answered, IKE_AUTH not done).")
 	dHalfOpenShard   = gaugeDef("shard_half_open_sas", "Half-open IKE SAs per engine shard (cookies are demanded per shard).", "shard")
-	dQueueWaiting    = gaugeDef("queue_waiting", "IKE messages waiting in a shard's queues, by queue: other (IKE_AUTH, established SAs' messages, answers to our requests; beyond its 4,096 slots they spill over, up to 8 MiB, and are counted here too), proven (new IKE_SA_INITs with a valid cookie), new (other new IKE_SA_INITs).", "shard", "queue")
+	dQueueWaiting    = gaugeDef("queue_waiting", "IKE messages waiting in a shard's queues, by queue: other (IKE_AUTH, established SAs' messages, answers to our requests; beyond its 4,096 slots they spill over, 8 MiB per shard or 64 MiB shared by more than 8, and are counted here too), proven (new IKE_SA_INITs with a valid cookie), new (other new IKE_SA_INITs).", "shard", "queue")
 	dCookiesActive   = gaugeDef("cookies_active", "1 while the shard demands cookies: half-open SAs at its share of ike.cookie_threshold, its queue of new IKE_SA_INITs backed up, or within ike.half_open_timeout of the last cookie demanded.", "shard")
 	dHandshakes      = counterDef("handshakes_total", "IKE SAs established (IKE_SA_INIT + IKE_AUTH completed).")
 	dFailures        = counterDef("handshake_failures_total", "Handshakes that did not complete, by the notify sent or received (NONE: no notify, OTHER: an unnamed type).", "reason")

@@ -79,7 +79,7 @@ ikefleet_half_open_sas 3
 # TYPE ikefleet_cookies_active gauge
 ikefleet_cookies_active{shard="0"} 1
 ikefleet_cookies_active{shard="1"} 0
-# HELP ikefleet_queue_waiting IKE messages waiting in a shard's queues, by queue: other (IKE_AUTH, established SAs' messages, answers to our requests; beyond its 4,096 slots they spill over, up to 8 MiB, and are counted here too), proven (new IKE_SA_INITs with a valid cookie), new (other new IKE_SA_INITs).
+# HELP ikefleet_queue_waiting IKE messages waiting in a shard's queues, by queue: other (IKE_AUTH, established SAs' messages, answers to our requests; beyond its 4,096 slots they spill over, 8 MiB per shard or 64 MiB shared by more than 8, and are counted here too), proven (new IKE_SA_INITs with a valid cookie), new (other new IKE_SA_INITs).
 # TYPE ikefleet_queue_waiting gauge
 ikefleet_queue_waiting{queue="new",shard="0"} 130
 ikefleet_queue_waiting{queue="new",shard="1"} 0
