@@ -166,7 +166,8 @@ func (q *shardQueue) push(pkt ike.Packet, k queueKind) bool {
 }
 
 // next returns a queued packet without waiting: the priority queue's
-// first, then a cookie-proven new SA's, then another new SA's.
+// first (its channel, then its spill), then a cookie-proven new SA's,
+// then another new SA's.
 func (q *shardQueue) next() (ike.Packet, bool) {
 	select {
 	case pkt := <-q.prio:
@@ -220,8 +221,9 @@ func (s *spillQueue) add(p ike.Packet) bool {
 		s.mu.Unlock()
 		return false
 	}
-	if s.head > 0 && len(s.pkts) == cap(s.pkts) {
-		// Reuse the taken front before the array grows.
+	if s.head > 0 && len(s.pkts) == cap(s.pkts) && s.head >= len(s.pkts)/2 {
+		// Reuse the taken front (half the array or more, so that the
+		// copies cost O(1) per packet) before the array grows.
 		k := copy(s.pkts, s.pkts[s.head:])
 		clear(s.pkts[k:])
 		s.pkts, s.head = s.pkts[:k], 0

@@ -780,6 +780,40 @@ func TestProvenRequestsAfterEstablishedTraffic(t *testing.T) {
 	}
 }
 
+// The spill is a FIFO through any interleaving of adds and takes (its
+// array compacted or grown on the way), and its octets come back to 0.
+func TestSpillQueueOrder(t *testing.T) {
+	s := newSpillQueue(1 << 30)
+	added, taken := 0, 0
+	add := func(k int) {
+		for range k {
+			added++
+			if !s.add(ike.Packet{Remote: netip.AddrPortFrom(netip.IPv4Unspecified(), 1), Data: binary.BigEndian.AppendUint32(nil, uint32(added))}) {
+				t.Fatalf("packet %d refused", added)
+			}
+		}
+	}
+	take := func(k int) {
+		for range k {
+			p, ok := s.take()
+			if !ok {
+				t.Fatalf("nothing to take after %d of %d", taken, added)
+			}
+			taken++
+			if got := int(binary.BigEndian.Uint32(p.Data)); got != taken {
+				t.Fatalf("took packet %d, want %d", got, taken)
+			}
+		}
+	}
+	for _, step := range [][2]int{{1000, 1}, {1, 600}, {3000, 2000}, {1, 1}, {5, 1403}, {0, 2}} {
+		add(step[0])
+		take(step[1])
+	}
+	if added != taken || s.pending() || s.bytes != 0 {
+		t.Fatalf("added %d, taken %d, pending %v, %d octets", added, taken, s.pending(), s.bytes)
+	}
+}
+
 func TestSpillPerShard(t *testing.T) {
 	for _, c := range []struct{ shards, want int }{{0, spillBytes}, {1, spillBytes}, {8, spillBytes}, {16, 4 << 20}, {64, spillMin}, {256, spillMin}} {
 		if got := spillPerShard(c.shards); got != c.want {
