@@ -23,8 +23,15 @@ const (
 	IDKeyID     = 11 // ID_KEY_ID: opaque octets
 )
 
-// MaxIdentityLength bounds the identity strings ParseIdentity accepts.
+// MaxIdentityLength bounds the identities ParseIdentity accepts: their
+// data, as an ID payload carries it. The string itself may be up to
+// maxIdentityString, room for what IdentityString writes for such data
+// (an octet of a DN's value prints as up to 3 characters, "\1F"; an
+// OID's, up to 4), so that an identity the node prints can be written
+// back into its configuration.
 const MaxIdentityLength = 1024
+
+const maxIdentityString = 8 * MaxIdentityLength
 
 // Reasons carried by IdentityError (a closed set, usable as metric labels).
 const (
@@ -166,9 +173,17 @@ func ParseIdentity(s string) (idType uint8, data []byte, err error) {
 	if s == "" {
 		return 0, nil, errors.New("sig: empty identity")
 	}
-	if len(s) > MaxIdentityLength {
+	if len(s) > maxIdentityString {
+		return 0, nil, fmt.Errorf("sig: identity longer than %d characters", maxIdentityString)
+	}
+	idType, data, err = parseIdentity(s)
+	if err == nil && len(data) > MaxIdentityLength {
 		return 0, nil, fmt.Errorf("sig: identity longer than %d bytes", MaxIdentityLength)
 	}
+	return idType, data, err
+}
+
+func parseIdentity(s string) (idType uint8, data []byte, err error) {
 	if strings.HasPrefix(s, "@#") {
 		b, err := hex.DecodeString(strings.ReplaceAll(s[2:], ":", ""))
 		if err != nil || len(b) == 0 {

@@ -163,6 +163,11 @@ func TestParseIdentity(t *testing.T) {
 		{"3.1=x", 0, nil},
 		{"2.=x", 0, nil},
 		{string(make([]byte, MaxIdentityLength+1)), 0, nil},
+		{"@" + strings.Repeat("a", MaxIdentityLength+1), 0, nil},        // data over the bound
+		{"CN=" + strings.Repeat("a", maxIdentityString), 0, nil},        // string over its bound
+		{"CN=" + strings.Repeat("ab,CN=", MaxIdentityLength/6), 0, nil}, // DER over the bound
+		{"@#" + strings.Repeat("ab", MaxIdentityLength+1), 0, nil},      // KEY_ID over the bound
+		{"@" + strings.Repeat("a", MaxIdentityLength), IDFQDN, []byte(strings.Repeat("a", MaxIdentityLength))},
 	}
 	for _, tt := range tests {
 		typ, data, err := ParseIdentity(tt.in)
@@ -176,6 +181,19 @@ func TestParseIdentity(t *testing.T) {
 			t.Errorf("ParseIdentity(%q) = %d %x %v, want %d %x", tt.in, typ, data, err, tt.idType, tt.data)
 		}
 	}
+}
+
+// What IdentityString prints for an identity within MaxIdentityLength,
+// ParseIdentity takes back, although its escapes make it longer than
+// that (found by FuzzParseIdentity: control characters in a DN's value,
+// 3 characters each when printed).
+func TestPrintedIdentityParsesBack(t *testing.T) {
+	typ, der := mustParseIdentity(t, "CN="+strings.Repeat(`\10`, 400))
+	printed := IdentityString(typ, der)
+	if len(printed) <= MaxIdentityLength || len(der) > MaxIdentityLength {
+		t.Fatalf("printed %d characters for %d octets: not the case under test", len(printed), len(der))
+	}
+	checkRoundTrip(t, printed)
 }
 
 func TestParseIdentityDNEncoding(t *testing.T) {
