@@ -124,16 +124,9 @@ const (
 	queueNew                     // any other new SA
 )
 
-// String is the queue's name in ikefleet_queue_drops_total.
-func (k queueKind) String() string {
-	switch k {
-	case queueProven:
-		return "proven"
-	case queueNew:
-		return "new"
-	}
-	return "other"
-}
+// String is the queue's name in ikefleet_queue_drops_total and
+// ikefleet_queue_waiting.
+func (k queueKind) String() string { return metrics.QueueNames[k] }
 
 // newShardQueue makes a shard's queues, with spill octets (spillQueue)
 // of overflow for the first one (0: none).

@@ -56,8 +56,10 @@ type Shard struct {
 	Waiting [3]int
 }
 
-// queueNames name Shard.Waiting's queues, as queue_drops_total does.
-var queueNames = [3]string{"other", "proven", "new"}
+// QueueNames are the queue label of queue_drops_total and
+// queue_waiting, in the order of a shard's queues (Shard.Waiting): the
+// node names its queues by them.
+var QueueNames = [3]string{"other", "proven", "new"}
 
 // Node holds the node's own counters.
 type Node struct {
@@ -297,7 +299,7 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 		gauge(dCookiesActive, b2f(sh.CookiesActive), shard)
 		gauge(dHalfOpenShard, float64(sh.Stats.HalfOpen), shard)
 		for q, w := range sh.Waiting {
-			gauge(dQueueWaiting, float64(w), shard, queueNames[q])
+			gauge(dQueueWaiting, float64(w), shard, QueueNames[q])
 		}
 	}
 	for _, st := range sortedKeys(states) {
