@@ -61,9 +61,11 @@ type StateStoreConfig struct {
 	QueueNew    bool          `yaml:"queue_new"` // while etcd is unreachable, queue new SAs instead of refusing them
 	// CommitDelay: how long a change waits for others to share its etcd
 	// transaction when none is under way (group commit; while one is, the
-	// changes gather behind it anyway). Each transaction costs the node
-	// CPU whatever its size: a longer delay trades setup latency for CPU.
-	// Default (and 0): statestore.DefaultMaxDelay.
+	// changes gather behind it anyway), only while changes come at one or
+	// more per CommitDelay (statestore.BatchConfig.MaxDelay). Each
+	// transaction costs the node CPU whatever its size: a longer delay
+	// trades setup latency for CPU. Default (and 0):
+	// statestore.DefaultMaxDelay.
 	CommitDelay  time.Duration `yaml:"commit_delay"`
 	EtcdLogLevel string        `yaml:"etcd_log_level"` // embedded etcd's logs into ours from this level: debug | info | warn | error
 }

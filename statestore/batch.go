@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math"
 	"slices"
 	"sync/atomic"
 	"time"
@@ -28,7 +29,10 @@ type pending struct {
 // under way. So at a steady rate each transaction carries what arrived
 // during the last one (fewer, larger transactions: each costs a raft round
 // and a WAL fsync whatever its size), and in a burst up to Inflight full
-// ones overlap. The changes of one SA (its SPIs, its address lease) are
+// ones overlap. The MaxDelay wait (the linger) is only taken while changes
+// arrive often enough that one or more others are expected within it
+// (group.linger): at a lower rate a batch would leave alone anyway, and
+// waiting would add MaxDelay to every IKE_AUTH response for nothing. The changes of one SA (its SPIs, its address lease) are
 // never in two transactions under way at once, and leave in the order
 // they were submitted.
 type batcher struct {
@@ -142,6 +146,51 @@ type group struct {
 	held     map[uint64]int // keys of blocked
 	barriers []pending      // answered once everything before them is
 	inflight int            // transactions under way
+	// arrivals counts the changes admitted, each decaying with time
+	// constant lingerTau(MaxDelay) from its arrival on (at a steady rate r
+	// it holds about r x lingerTau); arrivedAt is when it was last brought
+	// up to date.
+	arrivals  float64
+	arrivedAt time.Time
+}
+
+// lingerRuns: a batch lingers for MaxDelay once the changes' rate is one
+// or more per MaxDelay; the rate is measured over lingerRuns MaxDelays
+// (lingerTau), long enough that the arrival of the change deciding
+// barely counts, short enough that a burst turns it on within a few
+// dozen changes.
+const lingerRuns = 25
+
+func lingerTau(maxDelay time.Duration) time.Duration { return lingerRuns * maxDelay }
+
+// arrived counts one change admitted at now.
+func (g *group) arrived(now time.Time, maxDelay time.Duration) {
+	g.arrivals = g.decayed(now, maxDelay) + 1
+	g.arrivedAt = now
+}
+
+func (g *group) decayed(now time.Time, maxDelay time.Duration) float64 {
+	if g.arrivals == 0 {
+		return 0
+	}
+	return g.arrivals * math.Exp(-float64(now.Sub(g.arrivedAt))/float64(lingerTau(maxDelay)))
+}
+
+// linger is how long a batch with nothing under way waits for company:
+// maxDelay while the changes' recent rate makes one or more others
+// expected within it (rate x maxDelay >= 1, about 500 changes a second at
+// the default 2 ms), else 0 (at a lower rate the batch would leave alone
+// after the wait: lingering costs the change's latency and saves no
+// transaction). Measured, userspace+embedded at 300 new SAs/s: the same
+// 1.04-1.07 transactions per SA either way, the median setup 3.5 ms with
+// the wait and 1.3-1.4 ms without; at 1,000/s the wait takes the
+// transactions per SA from 0.84-0.89 to 0.32 and the CPU per SA down by a
+// sixth.
+func (g *group) linger(now time.Time, maxDelay time.Duration) time.Duration {
+	if maxDelay <= 0 || g.decayed(now, maxDelay) < lingerRuns {
+		return 0
+	}
+	return maxDelay
 }
 
 // admit puts a change into the gathering batch, or behind the change of
@@ -184,9 +233,10 @@ func (b *batcher) run() {
 	timer.Stop()
 	defer timer.Stop()
 	for {
-		// Send what gathered: with nothing under way once MaxDelay has
+		// Send what gathered: with nothing under way once its linger has
 		// passed (or a barrier waits), else when full and there is room.
-		for len(g.batch) > 0 && (g.inflight == 0 && (len(g.barriers) > 0 || time.Since(g.since) >= s.cfg.Batch.MaxDelay) ||
+		linger := g.linger(time.Now(), s.cfg.Batch.MaxDelay)
+		for len(g.batch) > 0 && (g.inflight == 0 && (len(g.barriers) > 0 || time.Since(g.since) >= linger) ||
 			len(g.batch) >= maxBatch && g.inflight < maxInflight) {
 			n := min(len(g.batch), maxBatch)
 			out := slices.Clone(g.batch[:n])
@@ -222,11 +272,11 @@ func (b *batcher) run() {
 		if len(g.barriers) > 0 || len(g.batch) >= maxBatch || len(g.blocked) >= maxBatch {
 			in = nil
 		}
-		// Wake for the batch's MaxDelay (stopped or fired: no stale tick,
+		// Wake for the batch's linger (stopped or fired: no stale tick,
 		// Go 1.23 timers).
 		var tick <-chan time.Time
 		if len(g.batch) > 0 && g.inflight == 0 {
-			timer.Reset(s.cfg.Batch.MaxDelay - time.Since(g.since))
+			timer.Reset(linger - time.Since(g.since))
 			tick = timer.C
 		}
 		select {
@@ -236,11 +286,12 @@ func (b *batcher) run() {
 				g.barriers = append(g.barriers, p)
 				continue
 			}
+			g.arrived(time.Now(), s.cfg.Batch.MaxDelay)
 			g.admit(p)
 		case out := <-landed:
 			g.inflight--
 			if g.inflight == 0 {
-				g.since = time.Now() // what gathered meanwhile waits MaxDelay for more
+				g.since = time.Now() // what gathered meanwhile lingers for more
 			}
 			b.n.Add(-int64(len(out)))
 			for i := range out {

@@ -67,3 +67,98 @@ func TestGroupCommit(t *testing.T) {
 			changes, txns, cfg.Batch.MaxBatch, peak, cfg.Batch.Inflight)
 	}
 }
+
+// The linger follows the changes' rate: none for a change that comes
+// alone, MaxDelay once they come at one or more per MaxDelay.
+func TestGroupLingerFollowsRate(t *testing.T) {
+	const d = 2 * time.Millisecond
+	t0 := time.Unix(1_000_000, 0)
+	steady := func(g *group, from time.Time, rate float64, n int) time.Time {
+		gap := time.Duration(float64(time.Second) / rate)
+		at := from
+		for range n {
+			g.arrived(at, d)
+			at = at.Add(gap)
+		}
+		return at.Add(-gap)
+	}
+	var g group
+	if l := g.linger(t0, d); l != 0 {
+		t.Fatalf("nothing arrived yet: linger %v", l)
+	}
+	g.arrived(t0, d)
+	if l := g.linger(t0, d); l != 0 {
+		t.Fatalf("one change alone: linger %v, want 0", l)
+	}
+	for range lingerRuns - 1 {
+		g.arrived(t0, d)
+	}
+	if l := g.linger(t0, d); l != d {
+		t.Fatalf("%d changes at once: linger %v, want %v", lingerRuns, l, d)
+	}
+	if l := g.linger(t0.Add(20*lingerTau(d)), d); l != 0 {
+		t.Fatalf("long after the burst: linger %v, want 0", l)
+	}
+	for _, c := range []struct {
+		rate float64
+		want time.Duration
+	}{{100, 0}, {300, 0}, {450, 0}, {550, d}, {1000, d}, {5000, d}} {
+		var g group
+		last := steady(&g, t0, c.rate, 2000)
+		if l := g.linger(last, d); l != c.want {
+			t.Errorf("%v changes/s: linger %v, want %v", c.rate, l, c.want)
+		}
+	}
+	var z group
+	for range 100 {
+		z.arrived(t0, 0)
+	}
+	if l := z.linger(t0, 0); l != 0 {
+		t.Fatalf("MaxDelay 0: linger %v", l)
+	}
+}
+
+// Over a real etcd: a change that comes alone is committed without
+// waiting MaxDelay; once changes come fast, the next one waits for
+// company.
+func TestCommitLingersOnlyAtRate(t *testing.T) {
+	e := startEtcd(t, false)
+	cli := dial(t, e.Endpoints())
+	cfg := testConfig(t, "a")
+	const maxDelay = 3 * time.Second
+	cfg.Batch.MaxDelay = maxDelay
+	s := open(t, cli, cfg)
+	commit := func(spi uint64) <-chan time.Duration {
+		took := make(chan time.Duration, 1)
+		start := time.Now()
+		if err := s.Submit(Change{Kind: Established, Record: sampleRecord(spi)}, func(err error) {
+			if err != nil {
+				t.Errorf("SA %x: %v", spi, err)
+			}
+			took <- time.Since(start)
+		}); err != nil {
+			t.Fatal(err)
+		}
+		return took
+	}
+	// Alone: the build before waited maxDelay.
+	select {
+	case d := <-commit(1):
+		t.Logf("a change alone committed in %v (MaxDelay %v)", d, maxDelay)
+	case <-time.After(maxDelay - 500*time.Millisecond):
+		t.Fatalf("a change alone waited for company (MaxDelay %v)", maxDelay)
+	}
+	// A burst: its rate turns the linger on.
+	var burst []<-chan time.Duration
+	for i := range 2 * lingerRuns {
+		burst = append(burst, commit(uint64(100+i)))
+	}
+	for _, c := range burst {
+		<-c
+	}
+	if d := <-commit(2); d < maxDelay {
+		t.Fatalf("a change right after a burst committed in %v: want it to wait MaxDelay (%v) for company", d, maxDelay)
+	} else {
+		t.Logf("a change right after a burst of %d committed in %v (MaxDelay %v)", 2*lingerRuns, d, maxDelay)
+	}
+}

@@ -101,7 +101,9 @@ type Config struct {
 // BatchConfig configures Submit: the changes that arrive within MaxDelay
 // of the first, or while a transaction is under way, are committed
 // together in the next one (group commit), at most MaxBatch changes a
-// transaction.
+// transaction. A change waits MaxDelay for others only while they arrive
+// at one or more per MaxDelay (measured over the last 25 MaxDelays);
+// slower, it is committed at once.
 type BatchConfig struct {
 	MaxBatch int           // default 64; must not exceed etcd's --max-txn-ops
 	MaxDelay time.Duration // default 2 ms
