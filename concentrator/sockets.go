@@ -26,8 +26,6 @@ import (
 	"sync/atomic"
 	"time"
 
-	"golang.org/x/net/ipv4"
-	"golang.org/x/net/ipv6"
 	"golang.org/x/sys/unix"
 
 	"github.com/ikefleet/ikefleet/concentrator/dataplane"
@@ -368,20 +366,6 @@ func configureSocket(c *net.UDPConn, size int) error {
 	return nil
 }
 
-// batchReader reads and writes datagrams a batch at a time (recvmmsg,
-// sendmmsg).
-type batchReader interface {
-	ReadBatch(ms []ipv4.Message, flags int) (int, error)
-	WriteBatch(ms []ipv4.Message, flags int) (int, error)
-}
-
-func newBatchReader(c *net.UDPConn, local netip.AddrPort) batchReader {
-	if local.Addr().Is4() {
-		return ipv4.NewPacketConn(c)
-	}
-	return ipv6.NewPacketConn(c)
-}
-
 // socketReaders is how many goroutines read each UDP socket:
 // ike.socket_readers (configured), else half of procs (GOMAXPROCS), 1 to
 // 8. With several, the kernel hands each read a batch of its own and the
@@ -430,42 +414,50 @@ func (n *Node) readLoop(c transport.Conn) {
 	natt := n.natt[local]
 	n.mu.Unlock()
 	espIn, _ := n.dp.(dataplane.ESPHandler)
-	u, ok := c.(*transport.UDPConn)
-	if !ok {
-		// Another transport (an in-memory network): one datagram at a time.
-		buf := make([]byte, maxDatagram)
-		for {
-			nb, remote, err := c.ReadFrom(buf)
-			if err != nil {
-				if errors.Is(err, net.ErrClosed) {
-					return
-				}
-				n.log.Warn("read failed", "local", local.String(), "err", err)
-				continue
+	if u, ok := c.(*transport.UDPConn); ok {
+		br, err := u.NewBatch(readBatchLen)
+		if err == nil {
+			n.readBatches(c, br, local, natt, espIn)
+			return
+		}
+		n.log.Warn("batched reads unavailable: reading one datagram at a time", "local", local.String(), "err", err)
+	}
+	// Another transport (an in-memory network): one datagram at a time.
+	buf := make([]byte, maxDatagram)
+	for {
+		nb, remote, err := c.ReadFrom(buf)
+		if err != nil {
+			if errors.Is(err, net.ErrClosed) {
+				return
 			}
-			if reply := n.receive(c, buf[:nb], local, remote, natt, espIn, nil); reply != nil {
-				n.send(ike.Send{Local: local, Remote: remote, Messages: [][]byte{reply}})
-			}
+			n.log.Warn("read failed", "local", local.String(), "err", err)
+			continue
+		}
+		if reply := n.receive(c, buf[:nb], local, remote, natt, espIn, nil); reply != nil {
+			n.send(ike.Send{Local: local, Remote: remote, Messages: [][]byte{reply}})
 		}
 	}
-	br := newBatchReader(u.Socket(), local)
-	msgs := make([]ipv4.Message, readBatchLen)
-	for i := range msgs {
-		msgs[i].Buffers = [][]byte{make([]byte, maxDatagram)}
+}
+
+// readBatches is readLoop on a UDP socket: a batch of datagrams a read
+// (recvmmsg), none of them allocating.
+func (n *Node) readBatches(c transport.Conn, br *transport.Batch, local netip.AddrPort, natt bool, espIn dataplane.ESPHandler) {
+	dgs := make([]transport.Datagram, br.Cap())
+	for i := range dgs {
+		dgs[i].Buf = make([]byte, maxDatagram)
 	}
 	// Cookie demands the batch's datagrams got, sent in one sendmmsg; their
-	// buffers and messages are reused from batch to batch (a flood's
-	// answers cost no allocation).
-	replyBufs := make([][]byte, readBatchLen)
-	replyMsgs := make([]ipv4.Message, readBatchLen)
-	for i := range replyMsgs {
+	// buffers are reused from batch to batch (a flood's answers cost no
+	// allocation).
+	replyBufs := make([][]byte, len(dgs))
+	replyMsgs := make([]transport.Datagram, len(dgs))
+	for i := range replyBufs {
 		replyBufs[i] = make([]byte, 0, 4+ike.CookieReplyLen)
-		replyMsgs[i].Buffers = [][]byte{nil}
 	}
 	var slice time.Time // when the reader began reading full batches
 	for {
 		replies := replyMsgs[:0]
-		nm, err := br.ReadBatch(msgs, 0)
+		nm, err := br.Read(dgs)
 		if err != nil {
 			if errors.Is(err, net.ErrClosed) {
 				return
@@ -476,26 +468,24 @@ func (n *Node) readLoop(c transport.Conn) {
 		if h := receiveHook.Load(); h != nil {
 			(*h)(c, nm)
 		}
-		for i := range msgs[:nm] {
-			m := &msgs[i]
-			ua, ok := m.Addr.(*net.UDPAddr)
-			if !ok {
+		for i := range dgs[:nm] {
+			d := &dgs[i]
+			if !d.From.IsValid() {
 				continue
 			}
-			remote := ua.AddrPort()
 			k := len(replies)
 			dst := replyBufs[k][:0]
 			if natt {
 				dst = append(dst, 0, 0, 0, 0) // the non-ESP marker
 			}
-			if reply := n.receive(c, m.Buffers[0][:m.N], local, netip.AddrPortFrom(remote.Addr().Unmap(), remote.Port()), natt, espIn, dst); reply != nil {
+			if reply := n.receive(c, d.Buf[:d.N], local, d.From, natt, espIn, dst); reply != nil {
 				replies = replies[:k+1]
-				replies[k].Buffers[0], replies[k].Addr = reply, ua
+				replies[k].Buf, replies[k].To = reply, d.From
 			}
 		}
 		n.sendBatch(br, replies, local)
 		switch {
-		case nm < len(msgs):
+		case nm < len(dgs):
 			slice = time.Time{} // the socket is drained
 		case slice.IsZero():
 			slice = time.Now()
@@ -512,7 +502,7 @@ func (n *Node) readLoop(c transport.Conn) {
 
 // sendBatch sends the socket loop's cookie demands (sendmmsg), unless the
 // node is fenced.
-func (n *Node) sendBatch(bw batchReader, ms []ipv4.Message, local netip.AddrPort) {
+func (n *Node) sendBatch(bw *transport.Batch, ms []transport.Datagram, local netip.AddrPort) {
 	if len(ms) == 0 {
 		return
 	}
@@ -521,7 +511,7 @@ func (n *Node) sendBatch(bw batchReader, ms []ipv4.Message, local netip.AddrPort
 		return
 	}
 	for len(ms) > 0 {
-		k, err := bw.WriteBatch(ms, 0)
+		k, err := bw.Write(ms)
 		if err != nil {
 			n.log.Debug("send failed", "local", local.String(), "err", err)
 			k = 1 // skip the datagram the error is about

@@ -17,7 +17,6 @@ import (
 	"testing"
 	"time"
 
-	"golang.org/x/net/ipv4"
 	"golang.org/x/sys/unix"
 
 	"github.com/ikefleet/ikefleet/concentrator/ike"
@@ -221,14 +220,16 @@ func TestBatchReadMatchesDatagrams(t *testing.T) {
 			if network == "udp6" {
 				loop = "::1"
 			}
-			rx, err := net.ListenUDP(network, &net.UDPAddr{IP: net.ParseIP(loop)})
+			conn, err := transport.UDP{}.Listen(netip.AddrPortFrom(netip.MustParseAddr(loop), 0))
 			if err != nil {
 				if network == "udp6" && os.Getenv("CI") != "true" {
 					t.Skipf("no IPv6 loopback: %v", err) // a kernel without IPv6: the IPv4 case still runs
 				}
 				t.Fatal(err)
 			}
-			defer rx.Close()
+			defer conn.Close()
+			u := conn.(*transport.UDPConn)
+			rx := u.Socket()
 			if err := configureSocket(rx, 4<<20); err != nil {
 				t.Fatal(err)
 			}
@@ -258,23 +259,24 @@ func TestBatchReadMatchesDatagrams(t *testing.T) {
 				from := s.LocalAddr().(*net.UDPAddr).AddrPort()
 				sent = append(sent, dgram{netip.AddrPortFrom(from.Addr().Unmap(), from.Port()), b})
 			}
-			local := to
-			br := newBatchReader(rx, netip.AddrPortFrom(local.Addr().Unmap(), local.Port()))
-			msgs := make([]ipv4.Message, readBatchLen)
-			for i := range msgs {
-				msgs[i].Buffers = [][]byte{make([]byte, maxDatagram)}
+			br, err := u.NewBatch(readBatchLen)
+			if err != nil {
+				t.Fatal(err)
+			}
+			dgs := make([]transport.Datagram, readBatchLen)
+			for i := range dgs {
+				dgs[i].Buf = make([]byte, maxDatagram)
 			}
 			var got []dgram
 			batches := 0
 			for len(got) < len(sent) {
-				nm, err := br.ReadBatch(msgs, 0)
+				nm, err := br.Read(dgs)
 				if err != nil {
 					t.Fatal(err)
 				}
 				batches++
-				for _, m := range msgs[:nm] {
-					a := m.Addr.(*net.UDPAddr).AddrPort()
-					got = append(got, dgram{netip.AddrPortFrom(a.Addr().Unmap(), a.Port()), append([]byte(nil), m.Buffers[0][:m.N]...)})
+				for _, d := range dgs[:nm] {
+					got = append(got, dgram{d.From, append([]byte(nil), d.Buf[:d.N]...)})
 				}
 			}
 			for i := range sent {
