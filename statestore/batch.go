@@ -32,9 +32,10 @@ type pending struct {
 // ones overlap. The MaxDelay wait (the linger) is only taken while changes
 // arrive often enough that one or more others are expected within it
 // (group.linger): at a lower rate a batch would leave alone anyway, and
-// waiting would add MaxDelay to every IKE_AUTH response for nothing. The changes of one SA (its SPIs, its address lease) are
-// never in two transactions under way at once, and leave in the order
-// they were submitted.
+// waiting would add MaxDelay to every IKE_AUTH response for nothing. The
+// changes of one SA (its SPIs, its address lease) are never in two
+// transactions under way at once, and leave in the order they were
+// submitted.
 type batcher struct {
 	s  *Store
 	in chan pending

@@ -101,6 +101,9 @@ func (b *Batch) call(fd uintptr, trap uintptr) bool {
 // datagram longer than its Buf is cut to it (N is then len(Buf)).
 func (b *Batch) Read(ds []Datagram) (int, error) {
 	n := b.prepare(len(ds))
+	if n == 0 {
+		return 0, nil
+	}
 	for i := range n {
 		b.setIov(i, ds[i].Buf)
 		b.hdrs[i].Hdr.Namelen = uint32(unsafe.Sizeof(b.names[i]))
@@ -123,6 +126,9 @@ func (b *Batch) Read(ds []Datagram) (int, error) {
 // the first datagram not sent.
 func (b *Batch) Write(ds []Datagram) (int, error) {
 	n := b.prepare(len(ds))
+	if n == 0 {
+		return 0, nil
+	}
 	for i := range n {
 		b.setIov(i, ds[i].Buf)
 		l, err := b.encode(i, ds[i].To)
