@@ -100,12 +100,11 @@ func (b *Batch) call(fd uintptr, trap uintptr) bool {
 // first; it fills each one's N and From and returns how many it read. A
 // datagram longer than its Buf is cut to it (N is then len(Buf)).
 func (b *Batch) Read(ds []Datagram) (int, error) {
-	n := b.prepare(len(ds))
+	n := b.prepare(ds)
 	if n == 0 {
 		return 0, nil
 	}
 	for i := range n {
-		b.setIov(i, ds[i].Buf)
 		b.hdrs[i].Hdr.Namelen = uint32(unsafe.Sizeof(b.names[i]))
 	}
 	if err := b.rc.Read(b.read); err != nil {
@@ -125,12 +124,11 @@ func (b *Batch) Read(ds []Datagram) (int, error) {
 // for the first, and returns how many the kernel took. An error is about
 // the first datagram not sent.
 func (b *Batch) Write(ds []Datagram) (int, error) {
-	n := b.prepare(len(ds))
+	n := b.prepare(ds)
 	if n == 0 {
 		return 0, nil
 	}
 	for i := range n {
-		b.setIov(i, ds[i].Buf)
 		l, err := b.encode(i, ds[i].To)
 		if err != nil {
 			if i == 0 {
@@ -151,8 +149,10 @@ func (b *Batch) Write(ds []Datagram) (int, error) {
 	return b.got, nil
 }
 
-func (b *Batch) prepare(want int) int {
-	n := min(want, len(b.hdrs))
+// prepare sets up the headers of the call for ds (at most Cap of them),
+// each with its buffer and socket address, and returns how many.
+func (b *Batch) prepare(ds []Datagram) int {
+	n := min(len(ds), len(b.hdrs))
 	b.n, b.got, b.err = n, 0, nil
 	for i := range n {
 		h := &b.hdrs[i]
@@ -160,21 +160,18 @@ func (b *Batch) prepare(want int) int {
 		h.Hdr.Name = (*byte)(unsafe.Pointer(&b.names[i]))
 		h.Hdr.Iov = &b.iovs[i]
 		h.Hdr.SetIovlen(1)
+		if buf := ds[i].Buf; len(buf) > 0 {
+			b.iovs[i].Base = &buf[0]
+			b.iovs[i].SetLen(len(buf))
+		} else {
+			b.iovs[i].Base = &zero[0]
+			b.iovs[i].SetLen(0)
+		}
 	}
 	return n
 }
 
 var zero [1]byte // the iovec base of an empty buffer
-
-func (b *Batch) setIov(i int, buf []byte) {
-	if len(buf) == 0 {
-		b.iovs[i].Base = &zero[0]
-		b.iovs[i].SetLen(0)
-		return
-	}
-	b.iovs[i].Base = &buf[0]
-	b.iovs[i].SetLen(len(buf))
-}
 
 // errAddrFamily: a destination the socket cannot reach (IPv6 on an IPv4
 // socket, or no address).
