@@ -1304,9 +1304,13 @@ func TestKernelSeqProgress(t *testing.T) {
 				t.Errorf("after three reports: %+v (before %+v), want 3 events, 3 GETAE, no NEWAE", st, before)
 			}
 			// Nobody raises the limit (start+96): the kernel reaches it
-			// (an event: the threshold kept after the second report), the
-			// reader then sets the threshold to the next packet, and the
-			// kernel passes the limit (an event, counted).
+			// (an event: the threshold kept after the second report) and
+			// the reader sets the threshold to the next packet. Every
+			// step waits for the reader's NEWAE to be answered (SetAE
+			// counts answered round trips), so the count of events is
+			// exact: a packet sent while the reader is still busy would
+			// otherwise make an event more, and a slow machine could
+			// send one or two of those.
 			waitStats := func(what string, ok func(SeqStats) bool) SeqStats {
 				t.Helper()
 				for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(20 * time.Millisecond) {
@@ -1319,20 +1323,24 @@ func TestKernelSeqProgress(t *testing.T) {
 					}
 				}
 			}
-			sendDatagrams(t, conc, gw, 26) // up to start+97
-			waitStats("limit reached", func(st SeqStats) bool { return st.SetAE > before.SetAE })
-			sendDatagrams(t, conc, gw, 2)
-			st := waitStats("limit passed", func(st SeqStats) bool { return st.OverLimit > before.OverLimit })
+			sendDatagrams(t, conc, gw, 25) // up to start+96, the limit
+			waitStats("limit reached", func(st SeqStats) bool { return st.SetAE == before.SetAE+1 })
+			// One packet past the limit: an event, counted, and the
+			// reader turns the threshold off.
+			sendDatagrams(t, conc, gw, 1)
+			st := waitStats("limit passed", func(st SeqStats) bool {
+				return st.OverLimit > before.OverLimit && st.SetAE == before.SetAE+2
+			})
+			sendDatagrams(t, conc, gw, 2) // no threshold: no event
 			none("past the limit")
+			st = dc.SeqStats()
 			t.Logf("stats %+v (before %+v)", st, before)
-			if st.OverLimit-before.OverLimit != 1 {
-				t.Errorf("OverLimit %d, want 1", st.OverLimit-before.OverLimit)
+			if st.OverLimit-before.OverLimit != 1 || st.SetAE-before.SetAE != 2 {
+				t.Errorf("OverLimit %d, NEWAE %d; want 1 and 2", st.OverLimit-before.OverLimit, st.SetAE-before.SetAE)
 			}
-			// Two more events (reaching and passing the limit), and one
-			// more if a packet went out before the reader turned the
-			// threshold off.
-			if ev := st.Events - before.Events; ev < 5 || ev > 6 || st.Reports-before.Reports != 3 {
-				t.Errorf("%d events, %d reports; want 5 (or 6) and 3", ev, st.Reports-before.Reports)
+			// Two more events: reaching and passing the limit.
+			if ev := st.Events - before.Events; ev != 5 || st.Reports-before.Reports != 3 {
+				t.Errorf("%d events, %d reports; want 5 and 3", ev, st.Reports-before.Reports)
 			}
 			if st.Foreign != 0 || st.Dropped != 0 || st.Overruns != 0 {
 				t.Errorf("stats %+v", st)

@@ -281,13 +281,15 @@ func (d *DataPlane) SeqStats() SeqStats {
 		GetAE: m.gets.Load(), SetAE: m.sets.Load()}
 }
 
+// getAE and setThresh count a round trip once it is over, so a reader of
+// SeqStats that sees it counted knows the kernel has answered it.
 func (d *DataPlane) getAE(id stateID) (aevent, error) {
-	d.sm.gets.Add(1)
+	defer d.sm.gets.Add(1)
 	return d.ae.getAE(id)
 }
 
 func (d *DataPlane) setThresh(id stateID, maxDiff uint32) error {
-	d.sm.sets.Add(1)
+	defer d.sm.sets.Add(1)
 	return d.ae.setThresh(id, maxDiff)
 }
 
