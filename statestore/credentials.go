@@ -163,6 +163,7 @@ func (s *Store) DeleteCredential(ctx context.Context, id string) (bool, error) {
 	if err != nil {
 		return false, fmt.Errorf("%w: %v", ErrUnavailable, err)
 	}
+	s.noteWritten(0, 1)
 	return resp.Deleted > 0, nil
 }
 

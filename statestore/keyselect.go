@@ -139,7 +139,7 @@ func (s *Store) AdvertiseKeys(ctx context.Context) error {
 	}
 	n.KeyIds = s.cfg.Keys.IDs()
 	info, _ := proto.Marshal(&n)
-	tr, err := s.cli.Txn(rc).If(clientv3.Compare(clientv3.CreateRevision(nk), "=", reg.owner.Epoch)).
+	tr, err := s.txn(rc).If(clientv3.Compare(clientv3.CreateRevision(nk), "=", reg.owner.Epoch)).
 		Then(clientv3.OpPut(nk, string(info), clientv3.WithLease(reg.lease))).Commit()
 	s.noteResult(err)
 	if err != nil {

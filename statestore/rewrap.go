@@ -79,10 +79,9 @@ func (s *Store) Rewrap(ctx context.Context, progress func(RewrapStats)) (RewrapS
 					continue
 				}
 				rc, cancel := s.rctx(ctx)
-				tr, err := s.cli.Txn(rc).If(clientv3.Compare(clientv3.ModRevision(string(kv.Key)), "=", kv.ModRevision)).
+				tr, err := s.txn(rc).If(clientv3.Compare(clientv3.ModRevision(string(kv.Key)), "=", kv.ModRevision)).
 					Then(clientv3.OpPut(string(kv.Key), string(b))).Commit()
 				cancel()
-				s.txns.Add(1)
 				switch {
 				case err != nil:
 					return st, err

@@ -72,8 +72,11 @@ type Health struct {
 	Queued     int  // changes waiting to be persisted
 	RefuseNew  bool // Submit refuses new SAs (etcd unreachable, QueueNew off)
 	Txns       uint64
-	Changes    uint64 // changes committed by Submit's batches (Changes/batch transactions: the mean batch)
-	Batches    uint64 // transactions that committed them
+	// Puts and Deletes: the puts and deletes the store's requests made
+	// (countedTxn).
+	Puts, Deletes uint64
+	Changes       uint64 // changes committed by Submit's batches (Changes/batch transactions: the mean batch)
+	Batches       uint64 // transactions that committed them
 	// Rollbacks: sealed records refused because they were written for
 	// another revision of their key (an older value put back; *RollbackError).
 	Rollbacks uint64
@@ -120,6 +123,7 @@ type Store struct {
 	prevSlot   int
 
 	txns             atomic.Uint64
+	puts, deletes    atomic.Uint64 // writes of committed requests (countedTxn)
 	changes, batches atomic.Uint64
 	rollbacks        atomic.Uint64
 	// watchResumes, watchRelists: watches of the store's prefixes that
@@ -252,6 +256,7 @@ func (s *Store) Health() Health {
 	h.Queued = s.b.queued()
 	h.RefuseNew = !h.Reachable && !s.cfg.Batch.QueueNew
 	h.Txns = s.txns.Load()
+	h.Puts, h.Deletes = s.puts.Load(), s.deletes.Load()
 	h.Changes, h.Batches = s.changes.Load(), s.batches.Load()
 	h.Rollbacks = s.rollbacks.Load()
 	h.WatchResumes, h.WatchRelists = s.watchResumes.Load(), s.watchRelists.Load()
@@ -305,7 +310,7 @@ func (s *Store) rctx(parent context.Context) (context.Context, context.CancelFun
 
 func (s *Store) txn(ctx context.Context) clientv3.Txn {
 	s.txns.Add(1)
-	return s.cli.Txn(ctx)
+	return &countedTxn{Txn: s.cli.Txn(ctx), s: s}
 }
 
 // extend moves the send deadline to t0 + ttl - margin, t0 being when the

@@ -99,6 +99,7 @@ func (s *Store) RotateTicketKeys(ctx context.Context, now time.Time, every, reta
 		if err != nil {
 			return nil, fmt.Errorf("%w: %v", ErrUnavailable, err)
 		}
+		s.noteWritten(0, 1)
 		ks = ks[1:]
 	}
 	return ks, nil
@@ -119,7 +120,7 @@ func (s *Store) createTicketKey(ctx context.Context, id uint32, now time.Time, r
 	v = append(v, sealed...)
 	k := s.k.ticket(id)
 	rc, cancel := s.rctx(ctx)
-	_, err = s.cli.Txn(rc).If(clientv3.Compare(clientv3.CreateRevision(k), "=", 0)).Then(clientv3.OpPut(k, string(v))).Commit()
+	_, err = s.txn(rc).If(clientv3.Compare(clientv3.CreateRevision(k), "=", 0)).Then(clientv3.OpPut(k, string(v))).Commit()
 	cancel()
 	s.noteResult(err)
 	if err != nil {
