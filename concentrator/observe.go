@@ -196,6 +196,7 @@ func (n *Node) metricsSnapshot(ctx context.Context) (metrics.Snapshot, error) {
 	s.Events.UniqueFailed, s.Events.UniqueRefused = u.failed.Load(), u.refused.Load()
 	if st := h.StateStore; st != nil {
 		s.StateStore = &metrics.StateStore{Reachable: st.Reachable, Registered: st.Registered, Queued: st.Queued, Txns: st.Txns, Rollbacks: st.Rollbacks,
+			Puts: st.Puts, Deletes: st.Deletes,
 			WatchResumes: st.WatchResumes, WatchRelists: st.WatchRelists,
 			Rewrapped: cs.Rewrapped, RewrapUnreadable: cs.RewrapUnreadable, SelectorConflicts: cs.SelectorConflicts,
 			SelectorHolds: cs.SelectorHolds, SelectorHoldTimeouts: cs.SelectorHoldTimeouts}

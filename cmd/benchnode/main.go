@@ -163,8 +163,8 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 			fmt.Fprintf(out, "; statestore.commit_delay %s", o.commitDelay)
 		}
 		fmt.Fprintln(out)
-		const rowFmt = "%-20s %10s %8s %8s %8s %11s %10s %11s %12s %7s %12s %11s\n"
-		fmt.Fprintf(out, rowFmt, "config", "CPU/SA ms", "×engine", "p50 ms", "p99 ms", "RSS/SA KiB", "etcd txn/SA", "etcd rd/SA", "established", "failed", "retransmits", "cpu-wait s")
+		const rowFmt = "%-20s %10s %8s %8s %8s %11s %10s %10s %11s %12s %7s %12s %11s\n"
+		fmt.Fprintf(out, rowFmt, "config", "CPU/SA ms", "×engine", "p50 ms", "p99 ms", "RSS/SA KiB", "etcd txn/SA", "etcd wr/SA", "etcd rd/SA", "established", "failed", "retransmits", "cpu-wait s")
 		for _, spec := range o.rows {
 			spec.gateways = o.count
 			var r rowResult
@@ -184,7 +184,7 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 			}
 			f := func(v float64, prec int) string { return strconv.FormatFloat(v, 'f', prec, 64) }
 			fmt.Fprintf(out, rowFmt, spec, f(ms(r.CPUPerSA), 3), f(float64(r.CPUPerSA)/float64(eng), 1),
-				f(ms(r.P50), 1), f(ms(r.P99), 1), f(float64(r.RSSPerSA)/1024, 2), f(r.TxnsPerSA, 2), f(r.ReadsPerSA, 2), strconv.Itoa(r.Established), strconv.Itoa(r.Failed),
+				f(ms(r.P50), 1), f(ms(r.P99), 1), f(float64(r.RSSPerSA)/1024, 2), f(r.TxnsPerSA, 2), f(r.WritesPerSA, 1), f(r.ReadsPerSA, 2), strconv.Itoa(r.Established), strconv.Itoa(r.Failed),
 				strconv.FormatUint(r.Retransmits, 10), f(r.Waited.Seconds(), 2))
 			if len(r.Failures) > 0 {
 				fmt.Fprintf(out, "  failures: %v\n", r.Failures)
@@ -240,11 +240,14 @@ func parseSpec(s string) (nodeSpec, error) {
 	return nodeSpec{dataplane: dp, statestore: st}, nil
 }
 
-// The node's counts of etcd transactions and of etcd Range requests
-// (each a read on the path that asked for it).
+// The node's counts of etcd transactions, of the puts and deletes in
+// them, and of etcd Range requests (each a read on the path that asked
+// for it).
 const (
-	storeTxns = "ikefleet_statestore_txns_total"
-	etcdReads = `ikefleet_etcd_request_duration_seconds_count{method="Range"}`
+	storeTxns    = "ikefleet_statestore_txns_total"
+	storePuts    = `ikefleet_statestore_writes_total{op="put"}`
+	storeDeletes = `ikefleet_statestore_writes_total{op="delete"}`
+	etcdReads    = `ikefleet_etcd_request_duration_seconds_count{method="Range"}`
 )
 
 // rowResult is one row's figures (exported: the strongswan row's child
@@ -254,6 +257,7 @@ type rowResult struct {
 	Waited             time.Duration // node runnable, waiting for a CPU
 	RSSPerSA           int64
 	TxnsPerSA          float64 // etcd transactions (setup + delete, reservations included)
+	WritesPerSA        float64 // puts and deletes in them
 	ReadsPerSA         float64 // etcd reads (Range requests) outside transactions
 	Established        int
 	Failed             int
@@ -311,7 +315,7 @@ func (o *options) row(ctx context.Context, spec nodeSpec, nodeCPU int) (rowResul
 	cpu0, _ := p.cpu()
 	rss0, _ := p.rss()
 	wait0 := p.waited()
-	store0 := p.metrics(storeTxns, etcdReads)
+	store0 := p.metrics(storeTxns, etcdReads, storePuts, storeDeletes)
 	node0 := probeCounters(p)
 	setupErr := f.runSetups(ctx, 1, spec.gateways, o.rate, o.timeout)
 	rss1, _ := p.rss()
@@ -334,10 +338,11 @@ func (o *options) row(ctx context.Context, spec nodeSpec, nodeCPU int) (rowResul
 	r.Retransmits = f.stats()
 	r.Waited = p.waited() - wait0
 	r.CPUPerSA = (cpu1 - cpu0) / time.Duration(max(1, r.Established))
-	store1 := p.metrics(storeTxns, etcdReads)
+	store1 := p.metrics(storeTxns, etcdReads, storePuts, storeDeletes)
 	r.NodeDelete = probeCounters(p).sub(node1)
 	r.TxnsPerSA = (store1[0] - store0[0]) / float64(max(1, r.Established))
 	r.ReadsPerSA = (store1[1] - store0[1]) / float64(max(1, r.Established))
+	r.WritesPerSA = (store1[2] + store1[3] - store0[2] - store0[3]) / float64(max(1, r.Established))
 	r.P50, r.P99 = percentile(lat, 0.50), percentile(lat, 0.99)
 	r.RSSPerSA = (rss1 - rss0) / int64(max(1, r.Established))
 	return r, nil

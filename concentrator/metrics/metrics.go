@@ -121,6 +121,8 @@ type StateStore struct {
 	Registered bool
 	Queued     int
 	Txns       uint64
+	Puts       uint64 // puts and deletes in committed requests
+	Deletes    uint64
 	Rollbacks  uint64 // sealed records refused as rolled back
 	// Watches of the cluster's keys that broke and went on where they
 	// were, and those that had to list again (history compacted).
@@ -390,6 +392,8 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 		gauge(dStoreRegistered, b2f(ss.Registered))
 		gauge(dStoreQueued, float64(ss.Queued))
 		counter(dStoreTxns, ss.Txns)
+		counter(dStoreWrites, ss.Puts, "put")
+		counter(dStoreWrites, ss.Deletes, "delete")
 		counter(dStoreRollbacks, ss.Rollbacks)
 		counter(dStoreWatchResumes, ss.WatchResumes)
 		counter(dStoreWatchRelists, ss.WatchRelists)
