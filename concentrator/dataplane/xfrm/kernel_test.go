@@ -1328,12 +1328,12 @@ func TestKernelSeqProgress(t *testing.T) {
 			// One packet past the limit: an event, counted, and the
 			// reader turns the threshold off.
 			sendDatagrams(t, conc, gw, 1)
-			st := waitStats("limit passed", func(st SeqStats) bool {
+			waitStats("limit passed", func(st SeqStats) bool {
 				return st.OverLimit > before.OverLimit && st.SetAE == before.SetAE+2
 			})
 			sendDatagrams(t, conc, gw, 2) // no threshold: no event
 			none("past the limit")
-			st = dc.SeqStats()
+			st := dc.SeqStats()
 			t.Logf("stats %+v (before %+v)", st, before)
 			if st.OverLimit-before.OverLimit != 1 || st.SetAE-before.SetAE != 2 {
 				t.Errorf("OverLimit %d, NEWAE %d; want 1 and 2", st.OverLimit-before.OverLimit, st.SetAE-before.SetAE)
