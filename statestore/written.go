@@ -9,8 +9,9 @@ import (
 // Health.Deletes): the puts and deletes in the branches that ran, nested
 // transactions included, as etcd counts them (etcd_mvcc_put_total,
 // etcd_mvcc_delete_total: a delete counts whether or not its key was
-// there). etcd's work for an SA is mostly per key it writes
-// (docs/architecture.md, "What fewer keys would give"), so these counts
+// there; not the keys etcd removes with an expired or revoked lease).
+// etcd's work for an SA is mostly per key it writes
+// (docs/architecture.md, "What one SA writes"), so these counts
 // per SA are the store's footprint.
 type countedTxn struct {
 	clientv3.Txn

@@ -99,7 +99,7 @@ var (
 	dStoreRegistered   = gaugeDef("statestore_registered", "1 while the node holds a live registration.")
 	dStoreQueued       = gaugeDef("statestore_queued_changes", "SA state changes waiting to be written.")
 	dStoreTxns         = counterDef("statestore_txns_total", "etcd transactions issued by the state store.")
-	dStoreWrites       = counterDef("statestore_writes_total", "Puts and deletes in the state store's committed etcd requests, as etcd counts them (a delete counts whether or not its key was there): etcd's work is mostly per write, so their rate per SA is the store's footprint.", "op")
+	dStoreWrites       = counterDef("statestore_writes_total", "Puts and deletes in the state store's committed etcd requests, as etcd counts them (a delete counts whether or not its key was there; keys etcd removes with an expired or revoked lease are not counted): etcd's work is mostly per write, so their rate per SA is the store's footprint.", "op")
 	dStoreRollbacks    = counterDef("statestore_rollbacks_total", "Sealed SA records refused because an older value was put back in etcd (not restored).")
 	dStoreWatchResumes = counterDef("statestore_watch_resumes_total", "Watches of the cluster's keys (nodes, selector claims) that broke (e.g. their etcd member lost its leader) and went on from the last revision they had read.")
 	dStoreWatchRelists = counterDef("statestore_watch_relists_total", "Watches of the cluster's keys that broke and listed the keys again: etcd had compacted the history they needed.")
