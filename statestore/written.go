@@ -63,10 +63,11 @@ func writtenBy(ops []clientv3.Op, rs []*etcdserverpb.ResponseOp) (puts, deletes 
 		case op.IsTxn():
 			_, then, els := op.Txn()
 			tr := rs[i].GetResponseTxn()
+			ran := els
 			if tr.GetSucceeded() {
-				els = then
+				ran = then
 			}
-			p, d := writtenBy(els, tr.GetResponses())
+			p, d := writtenBy(ran, tr.GetResponses())
 			puts, deletes = puts+p, deletes+d
 		}
 	}
