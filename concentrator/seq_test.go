@@ -10,13 +10,12 @@ import (
 	"testing"
 	"time"
 
-	"github.com/prometheus/client_golang/prometheus"
-
 	"github.com/ikefleet/ikefleet/concentrator/clock"
 	"github.com/ikefleet/ikefleet/concentrator/dataplane"
 	"github.com/ikefleet/ikefleet/concentrator/dataplane/memory"
 	"github.com/ikefleet/ikefleet/concentrator/ike"
 	"github.com/ikefleet/ikefleet/concentrator/transport"
+	"github.com/ikefleet/ikefleet/internal/etcdmetric"
 )
 
 // recDP is the memory data plane, recording every installation.
@@ -223,24 +222,11 @@ func (g *memGateway) serverSPI(tb testing.TB) uint64 {
 
 // etcdMetric reads one of the embedded etcd's own metrics.
 func etcdMetric(tb testing.TB, name string) float64 {
-	mfs, err := prometheus.DefaultGatherer.Gather()
+	v, err := etcdmetric.Value(name)
 	if err != nil {
 		tb.Fatal(err)
 	}
-	for _, mf := range mfs {
-		if mf.GetName() != name || len(mf.Metric) == 0 {
-			continue
-		}
-		m := mf.Metric[0]
-		switch {
-		case m.Gauge != nil:
-			return m.Gauge.GetValue()
-		case m.Counter != nil:
-			return m.Counter.GetValue()
-		}
-	}
-	tb.Fatalf("etcd metric %s not found", name)
-	return 0
+	return v
 }
 
 // BenchmarkStateStoreBytesPerSAHour drives a real node (embedded etcd,
