@@ -435,7 +435,7 @@ func BenchmarkEtcdKeysPerSA(b *testing.B) {
 
 // BenchmarkEtcdTxnCost: what the embedded member spends on a transaction
 // itself and on each change in it, to weigh fewer transactions against
-// fewer keys (docs/architecture.md, "What fewer keys would give"). Each
+// fewer keys (docs/architecture.md, "What one SA writes"). Each
 // transaction carries n changes, each a nested create-if-absent compare
 // and a put of one 24-byte key, and is committed before the next one
 // starts (fsync on). Reported: the process's CPU per transaction and per
