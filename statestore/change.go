@@ -242,7 +242,7 @@ func (s *Store) build(c *Change, me Owner) (txnParts, error) {
 	}
 	drop := func(spi uint64) {
 		p.forget = append(p.forget, spi)
-		p.then = s.k.appendSADeletes(p.then, spi, id)
+		p.then = s.k.appendSADeletes(p.then, spi, id, s.Layout())
 		if c.Selectors != nil {
 			p.then = append(p.then, clientv3.OpDelete(s.k.sel(spi)))
 		}

@@ -96,6 +96,10 @@ type Config struct {
 	OnSealingKey func(old, current uint32)
 
 	Log *slog.Logger // default slog.Default()
+
+	// layoutMin, layoutMax: the store layouts the store reads and writes;
+	// LayoutMin and LayoutMax (tests stand in for other releases).
+	layoutMin, layoutMax int
 }
 
 // BatchConfig configures Submit: the changes that arrive within MaxDelay
@@ -131,6 +135,9 @@ func (c *Config) setDefaults() {
 	}
 	if c.KeepAliveInterval == 0 {
 		c.KeepAliveInterval = c.LeaseTTL / 3
+	}
+	if c.layoutMax == 0 {
+		c.layoutMin, c.layoutMax = LayoutMin, LayoutMax
 	}
 	if c.RequestTimeout == 0 {
 		c.RequestTimeout = DefaultRequestTimeout

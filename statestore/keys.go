@@ -23,6 +23,7 @@ import (
 //	spi/ike/<ike-spi>     node id: written by releases before the record keys
 //	                      reserved the SPI; deleted with its SA
 //	spi/esp/<esp-spi>     node id; on the lease until its CHILD SA is stored
+//	layout                the cluster's store layout (layout.go); absent: 2
 //
 // <ike-spi> is our (local) IKE SPI in 16 hex digits, <esp-spi> an inbound
 // ESP SPI in 8.
@@ -30,6 +31,7 @@ import (
 type keys struct{ p string }
 
 func (k keys) node(id string) string    { return k.p + "nodes/" + id }
+func (k keys) layout() string           { return k.p + "layout" }
 func (k keys) slots() string            { return k.p + "slots/" }
 func (k keys) slot(n int) string        { return fmt.Sprintf("%sslots/%05d", k.p, n) }
 func (k keys) owner(spi uint64) string  { return hexKey(k.p, "owner/", spi, 16) }
@@ -43,15 +45,19 @@ func (k keys) ikeSPI(spi uint64) string { return hexKey(k.p, "spi/ike/", spi, 16
 func (k keys) espSPI(spi uint32) string { return hexKey(k.p, "spi/esp/", uint64(spi), 8) }
 
 // appendSADeletes appends the deletes of SA spi's own keys, owned by
-// node: its records, its owner and index entries, and the spi/ike/ key
-// written by releases before ReserveIKESPIs used the record keys.
-func (k keys) appendSADeletes(ops []clientv3.Op, spi uint64, node string) []clientv3.Op {
-	return append(ops,
+// node, in store layout layout: its records, its owner and index entries,
+// and in layout 2 the spi/ike/ key written by releases before
+// ReserveIKESPIs used the record keys.
+func (k keys) appendSADeletes(ops []clientv3.Op, spi uint64, node string, layout int) []clientv3.Op {
+	ops = append(ops,
 		clientv3.OpDelete(k.sa(spi)),
 		clientv3.OpDelete(k.owner(spi)),
 		clientv3.OpDelete(k.owned(node, spi)),
-		clientv3.OpDelete(k.ikeSPI(spi)),
 		clientv3.OpDelete(k.seq(spi)))
+	if layout < 3 {
+		ops = append(ops, clientv3.OpDelete(k.ikeSPI(spi)))
+	}
+	return ops
 }
 
 // saName is the record's name within the prefix; it is the AAD of the

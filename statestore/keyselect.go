@@ -30,9 +30,10 @@ func SealingKey(held []uint32, nodes []NodeInfo) (id uint32, ok bool) {
 }
 
 // followKeys keeps the sealing key at SealingKey of the live
-// registrations, reading the registry every KeepAliveInterval (a range
-// read of a few keys; a watch stream would hold etcd's shutdown up), until
-// the store closes.
+// registrations and follows the cluster's store layout, reading the
+// registry and the layout key every KeepAliveInterval (a range read of a
+// few keys; a watch stream would hold etcd's shutdown up), until the
+// store closes.
 func (s *Store) followKeys() {
 	defer s.wg.Done()
 	t := time.NewTicker(s.cfg.KeepAliveInterval)
@@ -47,20 +48,23 @@ func (s *Store) followKeys() {
 	}
 }
 
-// listKeyNodes reads the registry (at Open, before anything is sealed, and
-// then in followKeys) and chooses the sealing key for it.
+// listKeyNodes reads the registry and the cluster's store layout (at
+// Open, before anything is sealed or written, and then in followKeys),
+// chooses the sealing key for the registry and follows the layout
+// (followLayout).
 func (s *Store) listKeyNodes(ctx context.Context) error {
-	nodes, err := s.Nodes(ctx)
+	r, err := s.readRegistry(ctx)
 	if err != nil {
 		return err
 	}
 	s.keyMu.Lock()
 	clear(s.keyNodes)
-	for _, n := range nodes {
+	for _, n := range r.nodes {
 		s.keyNodes[n.Node] = n
 	}
 	s.keyMu.Unlock()
 	s.chooseKey()
+	s.followLayout(ctx, r)
 	return nil
 }
 

@@ -490,7 +490,8 @@ func nodeInfoOf(kv *mvccpb.KeyValue) (NodeInfo, bool) {
 		return NodeInfo{}, false
 	}
 	return NodeInfo{Owner: Owner{Node: n.Id, Epoch: kv.CreateRevision}, Slot: int(n.Slot),
-		PeerAddr: n.PeerAddr, Registered: timeOf(n.RegisteredMs), KeyIDs: n.KeyIds}, true
+		PeerAddr: n.PeerAddr, Registered: timeOf(n.RegisteredMs), KeyIDs: n.KeyIds,
+		LayoutMin: n.LayoutMin, LayoutMax: n.LayoutMax}, true
 }
 
 // sleepCtx waits d or until ctx ends.

@@ -7,9 +7,7 @@ import (
 	"strings"
 	"time"
 
-	pb "github.com/ikefleet/ikefleet/api/statestore/v1"
 	clientv3 "go.etcd.io/etcd/client/v3"
-	"google.golang.org/protobuf/proto"
 )
 
 // NodeInfo is a live registration in the node registry.
@@ -19,6 +17,9 @@ type NodeInfo struct {
 	PeerAddr   string // peer.v1 address, for hand-offs
 	Registered time.Time
 	KeyIDs     []uint32 // cluster keys the node holds; empty from releases before they were published
+	// LayoutMin, LayoutMax: the store layouts its release reads and
+	// writes (layout.go); 0 from releases before the layout key.
+	LayoutMin, LayoutMax uint32
 }
 
 // Nodes lists the live registrations.
@@ -32,12 +33,11 @@ func (s *Store) Nodes(ctx context.Context) ([]NodeInfo, error) {
 	}
 	out := make([]NodeInfo, 0, len(resp.Kvs))
 	for _, kv := range resp.Kvs {
-		var n pb.Node
-		if err := proto.Unmarshal(kv.Value, &n); err != nil {
-			return nil, &CorruptError{Key: string(kv.Key), Reason: err.Error()}
+		n, ok := nodeInfoOf(kv)
+		if !ok {
+			return nil, &CorruptError{Key: string(kv.Key), Reason: "not a node registration"}
 		}
-		out = append(out, NodeInfo{Owner: Owner{Node: n.Id, Epoch: kv.CreateRevision}, Slot: int(n.Slot),
-			PeerAddr: n.PeerAddr, Registered: timeOf(n.RegisteredMs), KeyIDs: n.KeyIds})
+		out = append(out, n)
 	}
 	return out, nil
 }

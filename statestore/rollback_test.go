@@ -454,19 +454,24 @@ func TestReservedSPIRecordKeys(t *testing.T) {
 
 // The IKE SPI reservation is the SA's record keys alone. Nodes of the
 // release before, which also wrote spi/ike/<spi> and checked all three
-// keys, and nodes of this one keep each other's SPIs apart; an spi/ike/
-// key such a node left goes with its SA.
+// keys, and nodes of this one keep each other's SPIs apart; while such a
+// node is registered the cluster stays at store layout 2, and an spi/ike/
+// key it left goes with its SA. Once it is gone the cluster moves to
+// layout 3, and the spi/ike/ keys left go with the move.
 func TestIKESPIReservationMixedReleases(t *testing.T) {
 	e := startEtcd(t, false)
 	cli := dial(t, e.Endpoints())
 	ctx := tctx(t, 30*time.Second)
-	a := open(t, cli, testConfig(t, "a"))
+	// An older node, registered first.
+	lease := registerOlder(t, cli, "older", 7)
+	cfg := testConfig(t, "a")
+	cfg.KeepAliveInterval = 100 * time.Millisecond
+	a := open(t, cli, cfg)
+	if l := a.Layout(); l != 2 {
+		t.Fatalf("store layout %d with a node of an older release registered, want 2", l)
+	}
 	p := DefaultPrefix
 	// An older node's reservation of 0xb001, as it wrote it.
-	lease, err := cli.Grant(ctx, 30)
-	if err != nil {
-		t.Fatal(err)
-	}
 	legacy := func(spi uint64) bool {
 		t.Helper()
 		keys := []string{hexKey(p, "spi/ike/", spi, 16), hexKey(p, "sa/", spi, 16), hexKey(p, "seq/", spi, 16)}
@@ -478,7 +483,7 @@ func TestIKESPIReservationMixedReleases(t *testing.T) {
 			if i == 0 {
 				v = "old"
 			}
-			puts = append(puts, clientv3.OpPut(k, v, clientv3.WithLease(lease.ID)))
+			puts = append(puts, clientv3.OpPut(k, v, clientv3.WithLease(lease)))
 		}
 		r, err := cli.Txn(ctx).If(cmps...).Then(puts...).Commit()
 		if err != nil {
@@ -512,5 +517,17 @@ func TestIKESPIReservationMixedReleases(t *testing.T) {
 	}
 	if n, err := cli.Get(ctx, hexKey(p, "spi/ike/", 0xb002, 16), clientv3.WithCountOnly()); err != nil || n.Count != 0 {
 		t.Fatalf("the older release's spi/ike/ key after the delete: %v %v", n, err)
+	}
+	// An SA the older node established (its key off the lease); then the
+	// node leaves.
+	if _, err := cli.Put(ctx, hexKey(p, "spi/ike/", 0xb003, 16), "older"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := cli.Revoke(ctx, lease); err != nil {
+		t.Fatal(err)
+	}
+	waitLayout(t, a, 3)
+	if n, err := cli.Get(ctx, p+"spi/ike/", clientv3.WithPrefix(), clientv3.WithCountOnly()); err != nil || n.Count != 0 {
+		t.Fatalf("spi/ike/ keys at layout 3: %v %v, want none", n, err)
 	}
 }

@@ -85,6 +85,11 @@ type Health struct {
 	// WatchRelists: those that had to list the keys again because etcd had
 	// compacted that revision's history.
 	WatchResumes, WatchRelists uint64
+	// Layout: the cluster's store layout the store writes (layout.go);
+	// LayoutFenced: registrations of other nodes it fenced because their
+	// release does not support it.
+	Layout       int
+	LayoutFenced uint64
 }
 
 // registration is one life of the node in the registry.
@@ -129,6 +134,10 @@ type Store struct {
 	// watchResumes, watchRelists: watches of the store's prefixes that
 	// broke and went on where they were, or listed again (followPrefix).
 	watchResumes, watchRelists atomic.Uint64
+
+	layout       atomic.Int32  // the cluster's store layout as last read (layout.go)
+	layoutFenced atomic.Uint64 // registrations fenced for their layouts
+	lastRegErr   string        // keepAlive's last re-registration error, logged once
 
 	revs revTable // metadata of the record keys of the SAs written
 	// leased: the identities that may hold an address lease, with
@@ -193,7 +202,8 @@ func (s *Store) retryOpen(ctx context.Context, what string, f func() error) erro
 			return nil
 		}
 		var inUse *NodeIDInUseError
-		if errors.As(err, &inUse) {
+		var layout *LayoutError
+		if errors.As(err, &inUse) || errors.As(err, &layout) {
 			s.cancel()
 			return err
 		}
@@ -260,6 +270,7 @@ func (s *Store) Health() Health {
 	h.Changes, h.Batches = s.changes.Load(), s.batches.Load()
 	h.Rollbacks = s.rollbacks.Load()
 	h.WatchResumes, h.WatchRelists = s.watchResumes.Load(), s.watchRelists.Load()
+	h.Layout, h.LayoutFenced = s.Layout(), s.layoutFenced.Load()
 	return h
 }
 
@@ -352,10 +363,18 @@ func (s *Store) register(ctx context.Context, ready bool) error {
 		}
 	}()
 	for attempt := 0; attempt < 8; attempt++ {
-		resp, err := s.txn(rc).Then(clientv3.OpGet(s.k.node(s.cfg.NodeID)), clientv3.OpGet(s.k.slots(), clientv3.WithPrefix(), clientv3.WithKeysOnly())).Commit()
+		resp, err := s.txn(rc).Then(clientv3.OpGet(s.k.node(s.cfg.NodeID)), clientv3.OpGet(s.k.slots(), clientv3.WithPrefix(), clientv3.WithKeysOnly()),
+			clientv3.OpGet(s.k.layout())).Commit()
 		if err != nil {
 			s.noteResult(err)
 			return err
+		}
+		layout, layoutMod, err := s.layoutOf(resp.Responses[2].GetResponseRange().Kvs)
+		if err != nil {
+			return err
+		}
+		if !s.supportsLayout(layout) {
+			return s.layoutError(layout)
 		}
 		if kvs := resp.Responses[0].GetResponseRange().Kvs; len(kvs) > 0 {
 			// A previous life of this node (killed without revoking its
@@ -382,11 +401,15 @@ func (s *Store) register(ctx context.Context, ready bool) error {
 			return fmt.Errorf("statestore: all %d slots taken", s.cfg.Slots)
 		}
 		info, _ := proto.Marshal(&pb.Node{Id: s.cfg.NodeID, Slot: uint32(slot), PeerAddr: s.cfg.PeerAddr,
-			RegisteredMs: time.Now().UnixMilli(), Lease: int64(lease.ID), Instance: s.cfg.Instance, KeyIds: s.cfg.Keys.IDs()})
+			RegisteredMs: time.Now().UnixMilli(), Lease: int64(lease.ID), Instance: s.cfg.Instance, KeyIds: s.cfg.Keys.IDs(),
+			LayoutMin: uint32(s.cfg.layoutMin), LayoutMax: uint32(s.cfg.layoutMax)})
 		nk, sk := s.k.node(s.cfg.NodeID), s.k.slot(slot)
 		tr, err := s.txn(rc).If(
 			clientv3.Compare(clientv3.CreateRevision(nk), "=", 0),
 			clientv3.Compare(clientv3.CreateRevision(sk), "=", 0),
+			// Registered into the layout as read: one a node moved the
+			// cluster to since may be one this release does not support.
+			clientv3.Compare(clientv3.ModRevision(s.k.layout()), "=", layoutMod),
 		).Then(
 			clientv3.OpPut(nk, string(info), clientv3.WithLease(lease.ID)),
 			clientv3.OpPut(sk, s.cfg.NodeID, clientv3.WithLease(lease.ID)),
@@ -399,6 +422,7 @@ func (s *Store) register(ctx context.Context, ready bool) error {
 			continue // raced for the slot or the node key; look again
 		}
 		ok = true
+		s.layout.Store(int32(layout))
 		reg := &registration{owner: Owner{Node: s.cfg.NodeID, Epoch: tr.Header.Revision}, slot: slot,
 			lease: lease.ID, fenced: make(chan struct{})}
 		reg.ready.Store(ready)
@@ -458,8 +482,14 @@ func (s *Store) keepAlive() {
 		reg := s.current()
 		if reg.done.Load() {
 			if err := s.register(s.ctx, false); err != nil {
+				var layout *LayoutError
+				if errors.As(err, &layout) && err.Error() != s.lastRegErr {
+					s.log.Error("statestore: cannot register again", "err", err)
+				}
+				s.lastRegErr = err.Error()
 				continue
 			}
+			s.lastRegErr = ""
 			s.revokeQuietly(reg.lease)
 			owned, err := s.reclaim(s.ctx)
 			s.current().ready.Store(true) // even if incomplete: LoadOwned retries

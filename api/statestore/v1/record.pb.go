@@ -1253,7 +1253,13 @@ type Node struct {
 	// key_ids are the cluster keys the node holds (it can open records
 	// sealed under any of them). Records are sealed under the newest key
 	// every live node holds; empty in registrations of releases before it.
-	KeyIds        []uint32 `protobuf:"varint,7,rep,packed,name=key_ids,json=keyIds,proto3" json:"key_ids,omitempty"`
+	KeyIds []uint32 `protobuf:"varint,7,rep,packed,name=key_ids,json=keyIds,proto3" json:"key_ids,omitempty"`
+	// layout_min and layout_max are the store layouts the node's release
+	// reads and writes (the cluster's layout is the value of the layout
+	// key). Both 0 in registrations of releases before the layout key:
+	// they read and write layout 2 only.
+	LayoutMin     uint32 `protobuf:"varint,8,opt,name=layout_min,json=layoutMin,proto3" json:"layout_min,omitempty"`
+	LayoutMax     uint32 `protobuf:"varint,9,opt,name=layout_max,json=layoutMax,proto3" json:"layout_max,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1335,6 +1341,20 @@ func (x *Node) GetKeyIds() []uint32 {
 		return x.KeyIds
 	}
 	return nil
+}
+
+func (x *Node) GetLayoutMin() uint32 {
+	if x != nil {
+		return x.LayoutMin
+	}
+	return 0
+}
+
+func (x *Node) GetLayoutMax() uint32 {
+	if x != nil {
+		return x.LayoutMax
+	}
+	return 0
 }
 
 var File_api_statestore_v1_record_proto protoreflect.FileDescriptor
@@ -1454,7 +1474,7 @@ const file_api_statestore_v1_record_proto_rawDesc = "" +
 	"\aencr_in\x18\x01 \x01(\fR\x06encrIn\x12\x19\n" +
 	"\binteg_in\x18\x02 \x01(\fR\aintegIn\x12\x19\n" +
 	"\bencr_out\x18\x03 \x01(\fR\aencrOut\x12\x1b\n" +
-	"\tinteg_out\x18\x04 \x01(\fR\bintegOut\"\xb7\x01\n" +
+	"\tinteg_out\x18\x04 \x01(\fR\bintegOut\"\xf5\x01\n" +
 	"\x04Node\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x12\n" +
 	"\x04slot\x18\x02 \x01(\rR\x04slot\x12\x1b\n" +
@@ -1462,7 +1482,11 @@ const file_api_statestore_v1_record_proto_rawDesc = "" +
 	"\rregistered_ms\x18\x04 \x01(\x03R\fregisteredMs\x12\x14\n" +
 	"\x05lease\x18\x05 \x01(\x03R\x05lease\x12\x1a\n" +
 	"\binstance\x18\x06 \x01(\tR\binstance\x12\x17\n" +
-	"\akey_ids\x18\a \x03(\rR\x06keyIdsB=Z;github.com/ikefleet/ikefleet/api/statestore/v1;statestorev1b\x06proto3"
+	"\akey_ids\x18\a \x03(\rR\x06keyIds\x12\x1d\n" +
+	"\n" +
+	"layout_min\x18\b \x01(\rR\tlayoutMin\x12\x1d\n" +
+	"\n" +
+	"layout_max\x18\t \x01(\rR\tlayoutMaxB=Z;github.com/ikefleet/ikefleet/api/statestore/v1;statestorev1b\x06proto3"
 
 var (
 	file_api_statestore_v1_record_proto_rawDescOnce sync.Once

@@ -1,0 +1,219 @@
+package statestore
+
+// Store layouts and rolling upgrades.
+//
+// The keys a node writes for an SA, and what it reads and compares of
+// them, are the store's layout. Nodes of different releases share a
+// cluster during a rolling upgrade, and a node that misreads another's
+// keys can lose or double-claim an SA, so the layout changes only when
+// every live node can read and write the new one:
+//   - The cluster's layout is the value of the key "layout" under the
+//     prefix; without it, layout 2 (the releases before the key).
+//   - A registration publishes the layouts its release supports
+//     (Node.layout_min, layout_max). A release registers only into a
+//     cluster whose layout it supports (*LayoutError otherwise), its
+//     registration compared with the layout key as read.
+//   - Each node reads the registry and the layout key together, at Open
+//     and every KeepAliveInterval (followKeys). When every live
+//     registration supports a newer layout, it moves the cluster there in
+//     one transaction that also migrates what the older layout left. The
+//     transaction holds only if the layout key and every registration are
+//     as read (no node joined or changed since), so one node moves it, once.
+//   - Releases before the layout key do not read it. One that registers
+//     into a cluster that moved on is fenced by the others: they delete
+//     its registration, so none of its writes commits (they all compare
+//     it), and its SAs are taken over as a dead node's.
+//
+// Layouts:
+//
+//	2  the record keys sa/ and seq/ reserve an IKE SPI; an SA's delete also
+//	   deletes spi/ike/<spi>, the reservation of releases before them
+//	3  no spi/ike/ keys: the move deletes those left, and an SA's delete
+//	   no longer looks for one (a write fewer per SA)
+
+import (
+	"context"
+	"fmt"
+	"strconv"
+
+	"go.etcd.io/etcd/api/v3/mvccpb"
+	clientv3 "go.etcd.io/etcd/client/v3"
+)
+
+// The store layouts this release reads and writes.
+const (
+	LayoutMin = 2
+	LayoutMax = 3
+	// layoutUnset: the layout of a cluster without the layout key, and
+	// the only one registrations without layouts support.
+	layoutUnset = 2
+)
+
+// LayoutError: the cluster's store layout is not one this release (or a
+// registration of another node) reads and writes.
+type LayoutError struct {
+	Cluster  int // the cluster's layout
+	Min, Max int // the layouts the release supports
+}
+
+func (e *LayoutError) Error() string {
+	return fmt.Sprintf("statestore: the cluster's store layout is %d; this release reads and writes layouts %d to %d (upgrade every node before the cluster moves on; a release cannot join a cluster at a layout newer than its own)",
+		e.Cluster, e.Min, e.Max)
+}
+
+// layouts: the layouts a registration supports.
+func (n NodeInfo) layouts() (lo, hi int) {
+	if n.LayoutMax == 0 {
+		return layoutUnset, layoutUnset
+	}
+	return int(n.LayoutMin), int(n.LayoutMax)
+}
+
+func (n NodeInfo) supports(layout int) bool {
+	lo, hi := n.layouts()
+	return lo <= layout && layout <= hi
+}
+
+// Layout is the cluster's store layout as this store last read it: the
+// one it writes.
+func (s *Store) Layout() int { return int(s.layout.Load()) }
+
+func (s *Store) supportsLayout(l int) bool { return s.cfg.layoutMin <= l && l <= s.cfg.layoutMax }
+
+func (s *Store) layoutError(l int) *LayoutError {
+	return &LayoutError{Cluster: l, Min: s.cfg.layoutMin, Max: s.cfg.layoutMax}
+}
+
+// layoutOf reads the layout key's value (kvs: its Get; none: the key is
+// absent, layout 2) and its ModRevision (0: absent).
+func (s *Store) layoutOf(kvs []*mvccpb.KeyValue) (layout int, mod int64, err error) {
+	if len(kvs) == 0 {
+		return layoutUnset, 0, nil
+	}
+	l, err := strconv.Atoi(string(kvs[0].Value))
+	if err != nil || l < 1 {
+		return 0, 0, &CorruptError{Key: string(kvs[0].Key), Reason: "not a store layout"}
+	}
+	return l, kvs[0].ModRevision, nil
+}
+
+// registry is the registrations and the layout key, read at one revision.
+type registry struct {
+	nodes     []NodeInfo
+	layout    int
+	layoutMod int64
+	rev       int64
+}
+
+// readRegistry reads the live registrations and the cluster's layout in
+// one request.
+func (s *Store) readRegistry(ctx context.Context) (registry, error) {
+	rc, cancel := s.rctx(ctx)
+	defer cancel()
+	resp, err := s.txn(rc).Then(clientv3.OpGet(s.k.p+"nodes/", clientv3.WithPrefix()), clientv3.OpGet(s.k.layout())).Commit()
+	s.noteResult(err)
+	if err != nil {
+		return registry{}, fmt.Errorf("%w: %v", ErrUnavailable, err)
+	}
+	r := registry{rev: resp.Header.Revision}
+	for _, kv := range resp.Responses[0].GetResponseRange().Kvs {
+		n, ok := nodeInfoOf(kv)
+		if !ok {
+			return registry{}, &CorruptError{Key: string(kv.Key), Reason: "not a node registration"}
+		}
+		r.nodes = append(r.nodes, n)
+	}
+	r.layout, r.layoutMod, err = s.layoutOf(resp.Responses[1].GetResponseRange().Kvs)
+	return r, err
+}
+
+// followLayout acts on the registry as read: takes on the cluster's
+// layout (or fences this node if its release does not support it), fences
+// registrations whose release does not, and moves the cluster to the
+// newest layout every live registration supports.
+func (s *Store) followLayout(ctx context.Context, r registry) {
+	if was := s.Layout(); r.layout != was {
+		if !s.supportsLayout(r.layout) {
+			if reg := s.current(); reg != nil {
+				s.fence(reg, s.layoutError(r.layout).Error())
+			}
+			return
+		}
+		s.layout.Store(int32(r.layout))
+		s.log.Info("statestore: the cluster's store layout changed", "layout", r.layout, "was", was)
+	}
+	next, fenced := s.cfg.layoutMax, false
+	for _, n := range r.nodes {
+		if n.Node == s.cfg.NodeID {
+			continue
+		}
+		if !n.supports(r.layout) {
+			s.fenceRegistration(ctx, n, r.layout)
+			fenced = true
+			continue
+		}
+		_, hi := n.layouts()
+		next = min(next, hi)
+	}
+	if next > r.layout && !fenced { // else from the registry without them, at the next tick
+		s.moveLayout(ctx, r, next)
+	}
+}
+
+// moveLayout moves the cluster from r.layout to layout next, with the
+// migrations of the layouts between, if the registry and the layout key
+// are still as read and this node's registration is live.
+func (s *Store) moveLayout(ctx context.Context, r registry, next int) {
+	reg := s.current()
+	if reg == nil || reg.done.Load() {
+		return
+	}
+	var ops []clientv3.Op
+	for l := r.layout; l < next; l++ {
+		ops = append(ops, s.migrations(l+1)...)
+	}
+	ops = append(ops, clientv3.OpPut(s.k.layout(), strconv.Itoa(next)))
+	rc, cancel := s.rctx(ctx)
+	defer cancel()
+	resp, err := s.txn(rc).If(
+		clientv3.Compare(clientv3.ModRevision(s.k.layout()), "=", r.layoutMod),
+		clientv3.Compare(clientv3.ModRevision(s.k.p+"nodes/"), "<", r.rev+1).WithPrefix(),
+		s.regCmp(reg.owner),
+	).Then(ops...).Commit()
+	s.noteResult(err)
+	if err != nil {
+		s.log.Warn("statestore: moving the cluster's store layout failed", "layout", next, "err", err)
+		return
+	}
+	if !resp.Succeeded {
+		return // the registry changed: read again at the next tick
+	}
+	s.layout.Store(int32(next))
+	s.log.Info("statestore: moved the cluster's store layout: every live node supports it", "layout", next, "was", r.layout, "nodes", len(r.nodes))
+}
+
+// migrations are the writes that bring the keys of layout l-1 to layout l.
+func (s *Store) migrations(l int) []clientv3.Op {
+	switch l {
+	case 3:
+		return []clientv3.Op{clientv3.OpDelete(s.k.p+"spi/ike/", clientv3.WithPrefix())}
+	}
+	return nil
+}
+
+// fenceRegistration deletes registration n, whose release does not
+// support the cluster's layout, if it is still as read.
+func (s *Store) fenceRegistration(ctx context.Context, n NodeInfo, layout int) {
+	nk := s.k.node(n.Node)
+	rc, cancel := s.rctx(ctx)
+	defer cancel()
+	resp, err := s.txn(rc).If(clientv3.Compare(clientv3.CreateRevision(nk), "=", n.Epoch)).Then(clientv3.OpDelete(nk)).Commit()
+	s.noteResult(err)
+	if err != nil || !resp.Succeeded {
+		return
+	}
+	lo, hi := n.layouts()
+	s.layoutFenced.Add(1)
+	s.log.Error("statestore: fenced a node whose release cannot read or write the cluster's store layout; upgrade it",
+		"fenced", n.Node, "epoch", n.Epoch, "layout", layout, "its_layouts", fmt.Sprintf("%d-%d", lo, hi))
+}
