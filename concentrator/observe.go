@@ -197,7 +197,7 @@ func (n *Node) metricsSnapshot(ctx context.Context) (metrics.Snapshot, error) {
 	if st := h.StateStore; st != nil {
 		s.StateStore = &metrics.StateStore{Reachable: st.Reachable, Registered: st.Registered, Queued: st.Queued, Txns: st.Txns, Rollbacks: st.Rollbacks,
 			Puts: st.Puts, Deletes: st.Deletes,
-			WatchResumes: st.WatchResumes, WatchRelists: st.WatchRelists,
+			WatchResumes: st.WatchResumes, WatchRelists: st.WatchRelists, Layout: st.Layout, LayoutFenced: st.LayoutFenced,
 			Rewrapped: cs.Rewrapped, RewrapUnreadable: cs.RewrapUnreadable, SelectorConflicts: cs.SelectorConflicts,
 			SelectorHolds: cs.SelectorHolds, SelectorHoldTimeouts: cs.SelectorHoldTimeouts}
 		if held, sealing, ok := n.ClusterKeys(); ok {

@@ -142,7 +142,7 @@ func (a *app) statusCommand() *cobra.Command {
 					if !ss.GetReachable() {
 						reach = "UNREACHABLE: " + ss.GetLastError()
 					}
-					store += fmt.Sprintf(", %s, %d changes queued", reach, ss.GetQueued())
+					store += fmt.Sprintf(", %s, %d changes queued, layout %d", reach, ss.GetQueued(), ss.GetLayout())
 				}
 				fmt.Fprintf(w, "cluster:\t%d nodes, %d IKE SAs\n", len(st.Nodes), st.TotalSas)
 				fmt.Fprintf(w, "answered by:\t%s\n", st.NodeId)
@@ -160,7 +160,7 @@ func (a *app) statusCommand() *cobra.Command {
 }
 
 func nodesTable(w io.Writer, nodes []*adminv1.Node) {
-	fmt.Fprintln(w, "NODE\tSTATE\tEPOCH\tSLOT\tOWNED_SAS\tIKE_SAS\tESTABLISHED\tHALF_OPEN\tCHILD_SAS\tCLUSTER_KEYS\tREGISTERED")
+	fmt.Fprintln(w, "NODE\tSTATE\tEPOCH\tSLOT\tOWNED_SAS\tIKE_SAS\tESTABLISHED\tHALF_OPEN\tCHILD_SAS\tCLUSTER_KEYS\tLAYOUTS\tREGISTERED")
 	for _, n := range nodes {
 		id, state, ikeSAs, est, half, child := n.Id, "LIVE", "-", "-", "-", "-"
 		if n.Self {
@@ -173,9 +173,23 @@ func nodesTable(w io.Writer, nodes []*adminv1.Node) {
 		if n.Registered != nil {
 			epoch, slot = fmt.Sprint(n.Epoch), fmt.Sprint(n.Slot)
 		}
-		fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%d\t%s\t%s\t%s\t%s\t%s\t%s\n", id, state, epoch, slot, n.OwnedSas, ikeSAs, est, half, child,
-			clusterKeys(n.ClusterKeyIds, n.SealingKey), age(n.Registered))
+		fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%d\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", id, state, epoch, slot, n.OwnedSas, ikeSAs, est, half, child,
+			clusterKeys(n.ClusterKeyIds, n.SealingKey), layouts(n), age(n.Registered))
 	}
+}
+
+// layouts: the store layouts a node's release supports ("-" for this
+// node without a registration).
+func layouts(n *adminv1.Node) string {
+	switch {
+	case n.Registered == nil:
+		return "-"
+	case n.LayoutMax == 0: // a release before store layouts
+		return "2"
+	case n.LayoutMin == n.LayoutMax:
+		return fmt.Sprint(n.LayoutMax)
+	}
+	return fmt.Sprintf("%d-%d", n.LayoutMin, n.LayoutMax)
 }
 
 // keyRotation describes a node's last pass rewriting records under its

@@ -262,6 +262,7 @@ func TestOutputFormats(t *testing.T) {
 	if !strings.Contains(out, "1 nodes, 3 IKE SAs") || !strings.Contains(out, "ctl *") || !strings.Contains(out, "SERVING") {
 		t.Fatalf("status:\n%s", out)
 	}
+
 	out = nd.mustCtl(t, "nodes", "-o", "yaml")
 	var nodes struct {
 		Nodes []struct {
@@ -558,6 +559,24 @@ func TestKeyRotationLine(t *testing.T) {
 	} {
 		if got := keyRotation(c.r); got != c.want {
 			t.Errorf("got  %q\nwant %q", got, c.want)
+		}
+	}
+}
+
+// The nodes table's LAYOUTS column: a registration's store layouts.
+func TestLayoutsColumn(t *testing.T) {
+	reg := timestamppb.Now()
+	for _, tc := range []struct {
+		n    *adminv1.Node
+		want string
+	}{
+		{&adminv1.Node{Id: "unregistered"}, "-"},
+		{&adminv1.Node{Registered: reg}, "2"}, // a release before store layouts
+		{&adminv1.Node{Registered: reg, LayoutMin: 3, LayoutMax: 3}, "3"},
+		{&adminv1.Node{Registered: reg, LayoutMin: 2, LayoutMax: 3}, "2-3"},
+	} {
+		if got := layouts(tc.n); got != tc.want {
+			t.Errorf("layouts(%v) = %q, want %q", tc.n, got, tc.want)
 		}
 	}
 }

@@ -32,6 +32,7 @@ import (
 	"github.com/ikefleet/ikefleet/internal/localpeer/localpeertest"
 	"github.com/ikefleet/ikefleet/internal/syncbuf"
 	"github.com/ikefleet/ikefleet/loadtest"
+	"github.com/ikefleet/ikefleet/statestore"
 )
 
 // testNode is a node on loopback with its admin API and a client.
@@ -700,13 +701,15 @@ func TestClusterViewWithStateStore(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(st.Nodes) != 1 || st.TotalSas != 3 || st.StateStore.Mode != "embedded" || !st.StateStore.Reachable || st.StateStore.Txns == 0 {
+	if len(st.Nodes) != 1 || st.TotalSas != 3 || st.StateStore.Mode != "embedded" || !st.StateStore.Reachable || st.StateStore.Txns == 0 ||
+		st.StateStore.Layout != statestore.LayoutMax {
 		t.Fatalf("status %v", st)
 	}
 	me := st.Nodes[0]
 	if me.Id != "adm" || !me.Self || me.Registered == nil || me.OwnedSas != 3 || !me.Health.Registered || me.Health.Fenced ||
 		me.Health.State != "DRAINING" || me.Load.Established != 3 ||
-		len(me.ClusterKeyIds) != 1 || me.ClusterKeyIds[0] != 1 || me.SealingKey != 1 {
+		len(me.ClusterKeyIds) != 1 || me.ClusterKeyIds[0] != 1 || me.SealingKey != 1 ||
+		me.LayoutMin != statestore.LayoutMin || me.LayoutMax != statestore.LayoutMax {
 		t.Fatalf("node %v", me)
 	}
 	drain(t, tn, &adminv1.DrainNodeRequest{Resume: true})

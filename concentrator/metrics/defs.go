@@ -103,6 +103,8 @@ var (
 	dStoreRollbacks    = counterDef("statestore_rollbacks_total", "Sealed SA records refused because an older value was put back in etcd (not restored).")
 	dStoreWatchResumes = counterDef("statestore_watch_resumes_total", "Watches of the cluster's keys (nodes, selector claims) that broke (e.g. their etcd member lost its leader) and went on from the last revision they had read.")
 	dStoreWatchRelists = counterDef("statestore_watch_relists_total", "Watches of the cluster's keys that broke and listed the keys again: etcd had compacted the history they needed.")
+	dStoreLayout       = gaugeDef("statestore_layout", "The cluster's store layout the node writes: the newest every live node's release supports (it moves on once every node was upgraded).")
+	dStoreLayoutFenced = counterDef("statestore_layout_fenced_total", "Registrations of other nodes this node deleted because their release cannot read or write the cluster's store layout (a release older than the cluster's layout joined: upgrade it).")
 	dSealingKey        = gaugeDef("cluster_key_sealing", "Id of the cluster key the node seals records under: the newest every live node holds.")
 	dClusterKeys       = gaugeDef("cluster_keys", "Cluster keys the node holds (statestore.cluster_key_file).")
 	dRewrapped         = counterDef("cluster_key_records_rewritten_total", "Records rewritten under the sealing key after it changed (cluster key rotation).")

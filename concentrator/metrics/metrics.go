@@ -127,6 +127,10 @@ type StateStore struct {
 	// Watches of the cluster's keys that broke and went on where they
 	// were, and those that had to list again (history compacted).
 	WatchResumes, WatchRelists uint64
+	// Layout: the cluster's store layout the node writes; LayoutFenced:
+	// registrations of releases that do not support it, fenced.
+	Layout       int
+	LayoutFenced uint64
 	// Cluster keys: the sealing key's id and how many are held; records
 	// rewritten under it and those no key of the node opened; selector
 	// claims judged lost, writes held for a verdict, holds given up.
@@ -397,6 +401,8 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 		counter(dStoreRollbacks, ss.Rollbacks)
 		counter(dStoreWatchResumes, ss.WatchResumes)
 		counter(dStoreWatchRelists, ss.WatchRelists)
+		gauge(dStoreLayout, float64(ss.Layout))
+		counter(dStoreLayoutFenced, ss.LayoutFenced)
 		if ss.Keys > 0 {
 			gauge(dSealingKey, float64(ss.SealingKey))
 			gauge(dClusterKeys, float64(ss.Keys))

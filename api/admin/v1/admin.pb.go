@@ -752,14 +752,17 @@ func (x *ClusterStatus) GetStateStore() *StateStoreStatus {
 }
 
 type StateStoreStatus struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Mode          string                 `protobuf:"bytes,1,opt,name=mode,proto3" json:"mode,omitempty"` // embedded | external | none
-	Reachable     bool                   `protobuf:"varint,2,opt,name=reachable,proto3" json:"reachable,omitempty"`
-	LastOk        *timestamppb.Timestamp `protobuf:"bytes,3,opt,name=last_ok,json=lastOk,proto3" json:"last_ok,omitempty"`
-	LastError     string                 `protobuf:"bytes,4,opt,name=last_error,json=lastError,proto3" json:"last_error,omitempty"`
-	Queued        uint64                 `protobuf:"varint,5,opt,name=queued,proto3" json:"queued,omitempty"`                        // changes waiting to be persisted
-	RefuseNew     bool                   `protobuf:"varint,6,opt,name=refuse_new,json=refuseNew,proto3" json:"refuse_new,omitempty"` // new SAs refused while etcd is unreachable
-	Txns          uint64                 `protobuf:"varint,7,opt,name=txns,proto3" json:"txns,omitempty"`
+	state     protoimpl.MessageState `protogen:"open.v1"`
+	Mode      string                 `protobuf:"bytes,1,opt,name=mode,proto3" json:"mode,omitempty"` // embedded | external | none
+	Reachable bool                   `protobuf:"varint,2,opt,name=reachable,proto3" json:"reachable,omitempty"`
+	LastOk    *timestamppb.Timestamp `protobuf:"bytes,3,opt,name=last_ok,json=lastOk,proto3" json:"last_ok,omitempty"`
+	LastError string                 `protobuf:"bytes,4,opt,name=last_error,json=lastError,proto3" json:"last_error,omitempty"`
+	Queued    uint64                 `protobuf:"varint,5,opt,name=queued,proto3" json:"queued,omitempty"`                        // changes waiting to be persisted
+	RefuseNew bool                   `protobuf:"varint,6,opt,name=refuse_new,json=refuseNew,proto3" json:"refuse_new,omitempty"` // new SAs refused while etcd is unreachable
+	Txns      uint64                 `protobuf:"varint,7,opt,name=txns,proto3" json:"txns,omitempty"`
+	// layout is the cluster's store layout the answering node writes: the
+	// newest every live node's release supports.
+	Layout        uint32 `protobuf:"varint,8,opt,name=layout,proto3" json:"layout,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -839,6 +842,13 @@ func (x *StateStoreStatus) GetRefuseNew() bool {
 func (x *StateStoreStatus) GetTxns() uint64 {
 	if x != nil {
 		return x.Txns
+	}
+	return 0
+}
+
+func (x *StateStoreStatus) GetLayout() uint32 {
+	if x != nil {
+		return x.Layout
 	}
 	return 0
 }
@@ -941,7 +951,13 @@ type Node struct {
 	SealingKey    uint32   `protobuf:"varint,11,opt,name=sealing_key,json=sealingKey,proto3" json:"sealing_key,omitempty"`
 	// key_rotation, set for this node once it has rewritten records sealed
 	// under other keys than its sealing one: its last (or current) pass.
-	KeyRotation   *KeyRotation `protobuf:"bytes,12,opt,name=key_rotation,json=keyRotation,proto3" json:"key_rotation,omitempty"`
+	KeyRotation *KeyRotation `protobuf:"bytes,12,opt,name=key_rotation,json=keyRotation,proto3" json:"key_rotation,omitempty"`
+	// layout_min and layout_max are the store layouts the node's release
+	// reads and writes (both 0 from releases before store layouts: layout
+	// 2 only). The cluster moves to a newer layout once every node
+	// supports it.
+	LayoutMin     uint32 `protobuf:"varint,13,opt,name=layout_min,json=layoutMin,proto3" json:"layout_min,omitempty"`
+	LayoutMax     uint32 `protobuf:"varint,14,opt,name=layout_max,json=layoutMax,proto3" json:"layout_max,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1058,6 +1074,20 @@ func (x *Node) GetKeyRotation() *KeyRotation {
 		return x.KeyRotation
 	}
 	return nil
+}
+
+func (x *Node) GetLayoutMin() uint32 {
+	if x != nil {
+		return x.LayoutMin
+	}
+	return 0
+}
+
+func (x *Node) GetLayoutMax() uint32 {
+	if x != nil {
+		return x.LayoutMax
+	}
+	return 0
 }
 
 // KeyRotation is a node's pass rewriting the records sealed under other
@@ -3057,7 +3087,7 @@ const file_api_admin_v1_admin_proto_rawDesc = "" +
 	"\x05nodes\x18\x02 \x03(\v2\x17.ikefleet.admin.v1.NodeR\x05nodes\x12\x1b\n" +
 	"\ttotal_sas\x18\x03 \x01(\x04R\btotalSas\x12D\n" +
 	"\vstate_store\x18\x04 \x01(\v2#.ikefleet.admin.v1.StateStoreStatusR\n" +
-	"stateStore\"\xe3\x01\n" +
+	"stateStore\"\xfb\x01\n" +
 	"\x10StateStoreStatus\x12\x12\n" +
 	"\x04mode\x18\x01 \x01(\tR\x04mode\x12\x1c\n" +
 	"\treachable\x18\x02 \x01(\bR\treachable\x123\n" +
@@ -3067,10 +3097,11 @@ const file_api_admin_v1_admin_proto_rawDesc = "" +
 	"\x06queued\x18\x05 \x01(\x04R\x06queued\x12\x1d\n" +
 	"\n" +
 	"refuse_new\x18\x06 \x01(\bR\trefuseNew\x12\x12\n" +
-	"\x04txns\x18\a \x01(\x04R\x04txns\"\x12\n" +
+	"\x04txns\x18\a \x01(\x04R\x04txns\x12\x16\n" +
+	"\x06layout\x18\b \x01(\rR\x06layout\"\x12\n" +
 	"\x10ListNodesRequest\"B\n" +
 	"\x11ListNodesResponse\x12-\n" +
-	"\x05nodes\x18\x01 \x03(\v2\x17.ikefleet.admin.v1.NodeR\x05nodes\"\xbe\x03\n" +
+	"\x05nodes\x18\x01 \x03(\v2\x17.ikefleet.admin.v1.NodeR\x05nodes\"\xfc\x03\n" +
 	"\x04Node\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x14\n" +
 	"\x05epoch\x18\x02 \x01(\x03R\x05epoch\x12\x12\n" +
@@ -3087,7 +3118,11 @@ const file_api_admin_v1_admin_proto_rawDesc = "" +
 	" \x03(\rR\rclusterKeyIds\x12\x1f\n" +
 	"\vsealing_key\x18\v \x01(\rR\n" +
 	"sealingKey\x12A\n" +
-	"\fkey_rotation\x18\f \x01(\v2\x1e.ikefleet.admin.v1.KeyRotationR\vkeyRotation\"\xba\x02\n" +
+	"\fkey_rotation\x18\f \x01(\v2\x1e.ikefleet.admin.v1.KeyRotationR\vkeyRotation\x12\x1d\n" +
+	"\n" +
+	"layout_min\x18\r \x01(\rR\tlayoutMin\x12\x1d\n" +
+	"\n" +
+	"layout_max\x18\x0e \x01(\rR\tlayoutMax\"\xba\x02\n" +
 	"\vKeyRotation\x12\x18\n" +
 	"\arunning\x18\x01 \x01(\bR\arunning\x12\x1f\n" +
 	"\vsealing_key\x18\x02 \x01(\rR\n" +
