@@ -7,8 +7,6 @@ import (
 	"time"
 
 	pb "github.com/ikefleet/ikefleet/api/statestore/v1"
-	clientv3 "go.etcd.io/etcd/client/v3"
-	"google.golang.org/protobuf/proto"
 )
 
 // SealingKey is the cluster key records are to be sealed under: the
@@ -122,35 +120,5 @@ func (s *Store) AdvertiseKeys(ctx context.Context) error {
 			s.chooseKey() // on what the last read saw
 		}
 	}()
-	reg := s.current()
-	if reg == nil || reg.done.Load() {
-		return ErrFenced
-	}
-	rc, cancel := s.rctx(ctx)
-	defer cancel()
-	nk := s.k.node(s.cfg.NodeID)
-	resp, err := s.cli.Get(rc, nk)
-	s.noteResult(err)
-	if err != nil {
-		return fmt.Errorf("%w: %v", ErrUnavailable, err)
-	}
-	if len(resp.Kvs) == 0 || resp.Kvs[0].CreateRevision != reg.owner.Epoch {
-		return ErrFenced
-	}
-	var n pb.Node
-	if err := proto.Unmarshal(resp.Kvs[0].Value, &n); err != nil {
-		return &CorruptError{Key: nk, Reason: err.Error()}
-	}
-	n.KeyIds = s.cfg.Keys.IDs()
-	info, _ := proto.Marshal(&n)
-	tr, err := s.txn(rc).If(clientv3.Compare(clientv3.CreateRevision(nk), "=", reg.owner.Epoch)).
-		Then(clientv3.OpPut(nk, string(info), clientv3.WithLease(reg.lease))).Commit()
-	s.noteResult(err)
-	if err != nil {
-		return fmt.Errorf("%w: %v", ErrUnavailable, err)
-	}
-	if !tr.Succeeded {
-		return ErrFenced
-	}
-	return nil
+	return s.updateRegistration(ctx, func(n *pb.Node) { n.KeyIds = s.cfg.Keys.IDs() })
 }

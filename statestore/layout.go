@@ -14,11 +14,17 @@ package statestore
 //     cluster whose layout it supports (*LayoutError otherwise), its
 //     registration compared with the layout key as read.
 //   - Each node reads the registry and the layout key together, at Open
-//     and every KeepAliveInterval (followKeys). When every live
-//     registration supports a newer layout, it moves the cluster there in
-//     one transaction that also migrates what the older layout left. The
+//     and every KeepAliveInterval (followKeys), takes on a new layout as
+//     it reads it, and names it in its registration (Node.layout) once
+//     every request it built in the one before has ended (RequestTimeout
+//     after). When every live registration names the current layout and
+//     supports the next, a node moves the cluster one layout on, in one
+//     transaction that also migrates what the one before left. The
 //     transaction holds only if the layout key and every registration are
-//     as read (no node joined or changed since), so one node moves it, once.
+//     as read (no node joined or changed since), so one node moves it,
+//     once. So a layout only has to be read right by nodes still writing
+//     the one before it (expand, then contract, over two layouts), never
+//     by nodes two layouts behind.
 //   - Releases before the layout key do not read it. One that registers
 //     into a cluster that moved on is fenced by the others: they delete
 //     its registration, so none of its writes commits (they all compare
@@ -35,7 +41,9 @@ import (
 	"context"
 	"fmt"
 	"strconv"
+	"time"
 
+	pb "github.com/ikefleet/ikefleet/api/statestore/v1"
 	"go.etcd.io/etcd/api/v3/mvccpb"
 	clientv3 "go.etcd.io/etcd/client/v3"
 )
@@ -127,10 +135,54 @@ func (s *Store) readRegistry(ctx context.Context) (registry, error) {
 	return r, err
 }
 
+// tookLayout makes l the layout the store writes from now on;
+// registered: it is the one its registration was written with.
+func (s *Store) tookLayout(l int, registered bool) {
+	s.layoutMu.Lock()
+	defer s.layoutMu.Unlock()
+	s.layout.Store(int32(l))
+	s.layoutSince = time.Now()
+	if registered {
+		s.published = l
+	}
+}
+
+// adopted: the layout the store's registration names, and whether it
+// should name the store's current one now: every request the store built
+// in the one before has ended (each ends within RequestTimeout), or it
+// built none (Open has not returned).
+func (s *Store) adopted() (published int, due bool) {
+	s.layoutMu.Lock()
+	defer s.layoutMu.Unlock()
+	return s.published, s.published != s.Layout() && (!s.opened.Load() || time.Since(s.layoutSince) >= s.cfg.RequestTimeout)
+}
+
+// publishLayout writes layout l, taken on at least RequestTimeout ago,
+// into the node's registration.
+func (s *Store) publishLayout(ctx context.Context, l int) {
+	if err := s.updateRegistration(ctx, func(n *pb.Node) { n.Layout = uint32(l) }); err != nil {
+		s.log.Warn("statestore: naming the store layout in the registration failed", "layout", l, "err", err)
+		return
+	}
+	s.layoutMu.Lock()
+	s.published = l
+	s.layoutMu.Unlock()
+}
+
+// writes: the layout a registration names as the one it writes.
+func (n NodeInfo) writes() int {
+	if n.LayoutMax == 0 {
+		return layoutUnset
+	}
+	return int(n.Layout)
+}
+
 // followLayout acts on the registry as read: takes on the cluster's
-// layout (or fences this node if its release does not support it), fences
-// registrations whose release does not, and moves the cluster to the
-// newest layout every live registration supports.
+// layout (or fences this node if its release does not support it), names
+// it in the registration once the requests made in the one before have
+// ended, fences registrations whose release does not support it, and
+// moves the cluster on by one layout when every live registration writes
+// its current one and supports the next.
 func (s *Store) followLayout(ctx context.Context, r registry) {
 	if was := s.Layout(); r.layout != was {
 		if !s.supportsLayout(r.layout) {
@@ -139,40 +191,37 @@ func (s *Store) followLayout(ctx context.Context, r registry) {
 			}
 			return
 		}
-		s.layout.Store(int32(r.layout))
+		s.tookLayout(r.layout, false)
 		s.log.Info("statestore: the cluster's store layout changed", "layout", r.layout, "was", was)
 	}
-	next, fenced := s.cfg.layoutMax, false
-	for _, n := range r.nodes {
-		if n.Node == s.cfg.NodeID {
-			continue
-		}
-		if !n.supports(r.layout) {
-			s.fenceRegistration(ctx, n, r.layout)
-			fenced = true
-			continue
-		}
-		_, hi := n.layouts()
-		next = min(next, hi)
+	if _, due := s.adopted(); due {
+		s.publishLayout(ctx, r.layout)
+		return // the registry changed: move on from the next reading
 	}
-	if next > r.layout && !fenced { // else from the registry without them, at the next tick
+	next, move := r.layout+1, s.supportsLayout(r.layout+1)
+	for _, n := range r.nodes {
+		switch {
+		case n.Node != s.cfg.NodeID && !n.supports(r.layout):
+			s.fenceRegistration(ctx, n, r.layout)
+			move = false
+		case n.writes() != r.layout || !n.supports(next):
+			move = false
+		}
+	}
+	if move {
 		s.moveLayout(ctx, r, next)
 	}
 }
 
-// moveLayout moves the cluster from r.layout to layout next, with the
-// migrations of the layouts between, if the registry and the layout key
-// are still as read and this node's registration is live.
+// moveLayout moves the cluster from r.layout to layout next, with its
+// migrations, if the registry and the layout key are still as read and
+// this node's registration is live.
 func (s *Store) moveLayout(ctx context.Context, r registry, next int) {
 	reg := s.current()
 	if reg == nil || reg.done.Load() {
 		return
 	}
-	var ops []clientv3.Op
-	for l := r.layout; l < next; l++ {
-		ops = append(ops, s.migrations(l+1)...)
-	}
-	ops = append(ops, clientv3.OpPut(s.k.layout(), strconv.Itoa(next)))
+	ops := append(s.migrations(next), clientv3.OpPut(s.k.layout(), strconv.Itoa(next)))
 	rc, cancel := s.rctx(ctx)
 	defer cancel()
 	resp, err := s.txn(rc).If(
@@ -188,8 +237,11 @@ func (s *Store) moveLayout(ctx context.Context, r registry, next int) {
 	if !resp.Succeeded {
 		return // the registry changed: read again at the next tick
 	}
-	s.layout.Store(int32(next))
-	s.log.Info("statestore: moved the cluster's store layout: every live node supports it", "layout", next, "was", r.layout, "nodes", len(r.nodes))
+	s.tookLayout(next, false)
+	s.log.Info("statestore: moved the cluster's store layout: every live node writes the one before and supports it", "layout", next, "was", r.layout, "nodes", len(r.nodes))
+	if _, due := s.adopted(); due { // in Open: nothing written in the one before
+		s.publishLayout(ctx, next)
+	}
 }
 
 // migrations are the writes that bring the keys of layout l-1 to layout l.

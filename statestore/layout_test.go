@@ -16,17 +16,25 @@ import (
 // layouts in the registration. It returns the lease.
 func registerOlder(t *testing.T, cli *clientv3.Client, id string, slot int) clientv3.LeaseID {
 	t.Helper()
+	return registerAs(t, cli, &pb.Node{Id: id, Slot: uint32(slot)})
+}
+
+// registerAs writes registration n (its node's slot key with it) on a
+// lease of its own, as another process would; it returns the lease.
+func registerAs(t *testing.T, cli *clientv3.Client, n *pb.Node) clientv3.LeaseID {
+	t.Helper()
 	ctx := tctx(t, 10*time.Second)
 	l, err := cli.Grant(ctx, 30)
 	if err != nil {
 		t.Fatal(err)
 	}
-	v, _ := proto.Marshal(&pb.Node{Id: id, Slot: uint32(slot), RegisteredMs: time.Now().UnixMilli(), Lease: int64(l.ID)})
+	n.RegisteredMs, n.Lease = time.Now().UnixMilli(), int64(l.ID)
+	v, _ := proto.Marshal(n)
 	k := keys{DefaultPrefix}
-	r, err := cli.Txn(ctx).If(clientv3.Compare(clientv3.CreateRevision(k.node(id)), "=", 0)).
-		Then(clientv3.OpPut(k.node(id), string(v), clientv3.WithLease(l.ID)), clientv3.OpPut(k.slot(slot), id, clientv3.WithLease(l.ID))).Commit()
+	r, err := cli.Txn(ctx).If(clientv3.Compare(clientv3.CreateRevision(k.node(n.Id)), "=", 0)).
+		Then(clientv3.OpPut(k.node(n.Id), string(v), clientv3.WithLease(l.ID)), clientv3.OpPut(k.slot(int(n.Slot)), n.Id, clientv3.WithLease(l.ID))).Commit()
 	if err != nil || !r.Succeeded {
-		t.Fatalf("registering %s: %v", id, err)
+		t.Fatalf("registering %s: %v", n.Id, err)
 	}
 	return l.ID
 }
@@ -133,6 +141,90 @@ func TestLayoutMovesWhenEveryNodeSupportsIt(t *testing.T) {
 	if b.CanSend() {
 		t.Fatal("b may send at a layout it does not support")
 	}
+}
+
+// registered: the layout node id's registration names, -1 without one.
+func registered(t *testing.T, s *Store, id string) int {
+	t.Helper()
+	r, err := s.readRegistry(tctx(t, 5*time.Second))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, n := range r.nodes {
+		if n.Node == id {
+			return n.writes()
+		}
+	}
+	return -1
+}
+
+// The cluster moves one layout at a time, and to the next only once every
+// registration names the current one: each node names it RequestTimeout
+// after it took it on, when every request it built in the one before has
+// ended. A layout is read by nodes one behind it, never two.
+func TestLayoutMovesOneAtATime(t *testing.T) {
+	e := startEtcd(t, false)
+	cli := dial(t, e.Endpoints())
+	conf := func(id string) Config {
+		c := testConfig(t, id)
+		c.KeepAliveInterval = 100 * time.Millisecond
+		c.RequestTimeout = 2 * time.Second
+		c.layoutMin, c.layoutMax = 2, 4
+		return c
+	}
+	// a alone moves a fresh cluster to 3 in Open, where it has written
+	// nothing in layout 2, and names 3 at once.
+	a := open(t, cli, conf("a"))
+	if l, v, w := a.Layout(), clusterLayout(t, cli), registered(t, a, "a"); l != 3 || v != "3" || w != 3 {
+		t.Fatalf("after Open: a writes %d, layout key %s, a's registration names %d; want 3, 3, 3", l, v, w)
+	}
+	// Its next reading moves it on to 4; a takes it on at once and names
+	// it only RequestTimeout later.
+	waitLayout(t, a, 4)
+	took := time.Now()
+	if v := clusterLayout(t, cli); v != "4" {
+		t.Fatalf("layout key %s, want 4", v)
+	}
+	if w := registered(t, a, "a"); w != 3 {
+		t.Fatalf("a's registration names %d just after the move, want 3", w)
+	}
+	for registered(t, a, "a") != 4 {
+		if time.Since(took) > 10*time.Second {
+			t.Fatal("a never named layout 4")
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	if d := time.Since(took); d < time.Second {
+		t.Fatalf("a named layout 4 %v after taking it on, before its requests of layout 3 could have ended", d)
+	}
+}
+
+// A node that has not named the cluster's layout yet holds the next move.
+func TestLayoutMoveWaitsForEveryNode(t *testing.T) {
+	e := startEtcd(t, false)
+	cli := dial(t, e.Endpoints())
+	ctx := tctx(t, 30*time.Second)
+	// x: a release of layouts 2-4 still writing 2.
+	x := &pb.Node{Id: "x", Slot: 5, LayoutMin: 2, LayoutMax: 4, Layout: 2}
+	lease := registerAs(t, cli, x)
+	cfg := testConfig(t, "a")
+	cfg.KeepAliveInterval = 100 * time.Millisecond
+	cfg.layoutMin, cfg.layoutMax = 2, 4
+	a := open(t, cli, cfg)
+	if l := a.Layout(); l != 3 {
+		t.Fatalf("layout %d after Open, want 3 (every node wrote 2)", l)
+	}
+	time.Sleep(time.Second) // ten of a's readings
+	if l, v := a.Layout(), clusterLayout(t, cli); l != 3 || v != "3" {
+		t.Fatalf("with x still writing layout 2: a writes %d, layout key %s; want 3", l, v)
+	}
+	// x names 3: the cluster moves on.
+	x.Layout = 3
+	v, _ := proto.Marshal(x)
+	if _, err := cli.Put(ctx, a.k.node("x"), string(v), clientv3.WithLease(lease)); err != nil {
+		t.Fatal(err)
+	}
+	waitLayout(t, a, 4)
 }
 
 func isLayoutError(err error, cluster int) bool {

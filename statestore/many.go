@@ -491,7 +491,7 @@ func nodeInfoOf(kv *mvccpb.KeyValue) (NodeInfo, bool) {
 	}
 	return NodeInfo{Owner: Owner{Node: n.Id, Epoch: kv.CreateRevision}, Slot: int(n.Slot),
 		PeerAddr: n.PeerAddr, Registered: timeOf(n.RegisteredMs), KeyIDs: n.KeyIds,
-		LayoutMin: n.LayoutMin, LayoutMax: n.LayoutMax}, true
+		LayoutMin: n.LayoutMin, LayoutMax: n.LayoutMax, Layout: n.Layout}, true
 }
 
 // sleepCtx waits d or until ctx ends.

@@ -7,7 +7,9 @@ import (
 	"strings"
 	"time"
 
+	pb "github.com/ikefleet/ikefleet/api/statestore/v1"
 	clientv3 "go.etcd.io/etcd/client/v3"
+	"google.golang.org/protobuf/proto"
 )
 
 // NodeInfo is a live registration in the node registry.
@@ -18,8 +20,9 @@ type NodeInfo struct {
 	Registered time.Time
 	KeyIDs     []uint32 // cluster keys the node holds; empty from releases before they were published
 	// LayoutMin, LayoutMax: the store layouts its release reads and
-	// writes (layout.go); 0 from releases before the layout key.
-	LayoutMin, LayoutMax uint32
+	// writes (layout.go); 0 from releases before the layout key. Layout:
+	// the one it writes.
+	LayoutMin, LayoutMax, Layout uint32
 }
 
 // Nodes lists the live registrations.
@@ -76,4 +79,40 @@ func (s *Store) LookupESP(ctx context.Context, spi uint32) (uint64, error) {
 		return 0, &CorruptError{Key: string(resp.Kvs[0].Key), Reason: "not an IKE SPI"}
 	}
 	return ike, nil
+}
+
+// updateRegistration rewrites the node's live registration with update
+// applied; ErrFenced if it is not live.
+func (s *Store) updateRegistration(ctx context.Context, update func(*pb.Node)) error {
+	reg := s.current()
+	if reg == nil || reg.done.Load() {
+		return ErrFenced
+	}
+	rc, cancel := s.rctx(ctx)
+	defer cancel()
+	nk := s.k.node(s.cfg.NodeID)
+	resp, err := s.cli.Get(rc, nk)
+	s.noteResult(err)
+	if err != nil {
+		return fmt.Errorf("%w: %v", ErrUnavailable, err)
+	}
+	if len(resp.Kvs) == 0 || resp.Kvs[0].CreateRevision != reg.owner.Epoch {
+		return ErrFenced
+	}
+	var n pb.Node
+	if err := proto.Unmarshal(resp.Kvs[0].Value, &n); err != nil {
+		return &CorruptError{Key: nk, Reason: err.Error()}
+	}
+	update(&n)
+	info, _ := proto.Marshal(&n)
+	tr, err := s.txn(rc).If(clientv3.Compare(clientv3.CreateRevision(nk), "=", reg.owner.Epoch)).
+		Then(clientv3.OpPut(nk, string(info), clientv3.WithLease(reg.lease))).Commit()
+	s.noteResult(err)
+	if err != nil {
+		return fmt.Errorf("%w: %v", ErrUnavailable, err)
+	}
+	if !tr.Succeeded {
+		return ErrFenced
+	}
+	return nil
 }

@@ -137,7 +137,13 @@ type Store struct {
 
 	layout       atomic.Int32  // the cluster's store layout as last read (layout.go)
 	layoutFenced atomic.Uint64 // registrations fenced for their layouts
-	lastRegErr   string        // keepAlive's last re-registration error, logged once
+	// layoutMu guards when the store took on its layout and the layout
+	// its registration names (layout.go).
+	layoutMu    sync.Mutex
+	layoutSince time.Time
+	published   int
+	opened      atomic.Bool // Open has returned: the store may have built requests
+	lastRegErr  string // keepAlive's last re-registration error, logged once
 
 	revs revTable // metadata of the record keys of the SAs written
 	// leased: the identities that may hold an address lease, with
@@ -185,6 +191,7 @@ func Open(ctx context.Context, cli *clientv3.Client, cfg Config) (*Store, error)
 		}
 	}
 	s.b = newBatcher(s, cfg.Batch.QueueLen)
+	s.opened.Store(true)
 	s.wg.Add(4)
 	go s.keepAlive()
 	go s.watchdog()
@@ -402,7 +409,7 @@ func (s *Store) register(ctx context.Context, ready bool) error {
 		}
 		info, _ := proto.Marshal(&pb.Node{Id: s.cfg.NodeID, Slot: uint32(slot), PeerAddr: s.cfg.PeerAddr,
 			RegisteredMs: time.Now().UnixMilli(), Lease: int64(lease.ID), Instance: s.cfg.Instance, KeyIds: s.cfg.Keys.IDs(),
-			LayoutMin: uint32(s.cfg.layoutMin), LayoutMax: uint32(s.cfg.layoutMax)})
+			LayoutMin: uint32(s.cfg.layoutMin), LayoutMax: uint32(s.cfg.layoutMax), Layout: uint32(layout)})
 		nk, sk := s.k.node(s.cfg.NodeID), s.k.slot(slot)
 		tr, err := s.txn(rc).If(
 			clientv3.Compare(clientv3.CreateRevision(nk), "=", 0),
@@ -422,7 +429,7 @@ func (s *Store) register(ctx context.Context, ready bool) error {
 			continue // raced for the slot or the node key; look again
 		}
 		ok = true
-		s.layout.Store(int32(layout))
+		s.tookLayout(layout, true)
 		reg := &registration{owner: Owner{Node: s.cfg.NodeID, Epoch: tr.Header.Revision}, slot: slot,
 			lease: lease.ID, fenced: make(chan struct{})}
 		reg.ready.Store(ready)

@@ -160,7 +160,7 @@ func (a *app) statusCommand() *cobra.Command {
 }
 
 func nodesTable(w io.Writer, nodes []*adminv1.Node) {
-	fmt.Fprintln(w, "NODE\tSTATE\tEPOCH\tSLOT\tOWNED_SAS\tIKE_SAS\tESTABLISHED\tHALF_OPEN\tCHILD_SAS\tCLUSTER_KEYS\tLAYOUTS\tREGISTERED")
+	fmt.Fprintln(w, "NODE\tSTATE\tEPOCH\tSLOT\tOWNED_SAS\tIKE_SAS\tESTABLISHED\tHALF_OPEN\tCHILD_SAS\tCLUSTER_KEYS\tLAYOUT\tREGISTERED")
 	for _, n := range nodes {
 		id, state, ikeSAs, est, half, child := n.Id, "LIVE", "-", "-", "-", "-"
 		if n.Self {
@@ -178,18 +178,18 @@ func nodesTable(w io.Writer, nodes []*adminv1.Node) {
 	}
 }
 
-// layouts: the store layouts a node's release supports ("-" for this
-// node without a registration).
+// layouts: the store layout a node writes and, in parentheses, those
+// its release supports ("-" for this node without a registration).
 func layouts(n *adminv1.Node) string {
 	switch {
 	case n.Registered == nil:
 		return "-"
 	case n.LayoutMax == 0: // a release before store layouts
-		return "2"
+		return "2 (2)"
 	case n.LayoutMin == n.LayoutMax:
-		return fmt.Sprint(n.LayoutMax)
+		return fmt.Sprintf("%d (%d)", n.Layout, n.LayoutMax)
 	}
-	return fmt.Sprintf("%d-%d", n.LayoutMin, n.LayoutMax)
+	return fmt.Sprintf("%d (%d-%d)", n.Layout, n.LayoutMin, n.LayoutMax)
 }
 
 // keyRotation describes a node's last pass rewriting records under its

@@ -563,17 +563,18 @@ func TestKeyRotationLine(t *testing.T) {
 	}
 }
 
-// The nodes table's LAYOUTS column: a registration's store layouts.
-func TestLayoutsColumn(t *testing.T) {
+// The nodes table's LAYOUT column: the store layout a registration
+// writes, and those its release supports.
+func TestLayoutColumn(t *testing.T) {
 	reg := timestamppb.Now()
 	for _, tc := range []struct {
 		n    *adminv1.Node
 		want string
 	}{
 		{&adminv1.Node{Id: "unregistered"}, "-"},
-		{&adminv1.Node{Registered: reg}, "2"}, // a release before store layouts
-		{&adminv1.Node{Registered: reg, LayoutMin: 3, LayoutMax: 3}, "3"},
-		{&adminv1.Node{Registered: reg, LayoutMin: 2, LayoutMax: 3}, "2-3"},
+		{&adminv1.Node{Registered: reg}, "2 (2)"}, // a release before store layouts
+		{&adminv1.Node{Registered: reg, Layout: 3, LayoutMin: 3, LayoutMax: 3}, "3 (3)"},
+		{&adminv1.Node{Registered: reg, Layout: 2, LayoutMin: 2, LayoutMax: 3}, "2 (2-3)"},
 	} {
 		if got := layouts(tc.n); got != tc.want {
 			t.Errorf("layouts(%v) = %q, want %q", tc.n, got, tc.want)

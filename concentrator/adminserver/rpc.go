@@ -80,7 +80,7 @@ func (s *Server) nodes(ctx context.Context) ([]*adminv1.Node, error) {
 	var self *adminv1.Node
 	for _, r := range reg {
 		n := &adminv1.Node{Id: r.Node, Epoch: r.Epoch, Slot: int32(r.Slot), Registered: ts(r.Registered), PeerAddr: r.PeerAddr,
-			ClusterKeyIds: r.KeyIDs, LayoutMin: r.LayoutMin, LayoutMax: r.LayoutMax}
+			ClusterKeyIds: r.KeyIDs, LayoutMin: r.LayoutMin, LayoutMax: r.LayoutMax, Layout: r.Layout}
 		if c, err := s.node.OwnedSAs(ctx, r.Node); err == nil {
 			n.OwnedSas = uint64(c)
 		}

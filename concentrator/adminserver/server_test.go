@@ -709,7 +709,7 @@ func TestClusterViewWithStateStore(t *testing.T) {
 	if me.Id != "adm" || !me.Self || me.Registered == nil || me.OwnedSas != 3 || !me.Health.Registered || me.Health.Fenced ||
 		me.Health.State != "DRAINING" || me.Load.Established != 3 ||
 		len(me.ClusterKeyIds) != 1 || me.ClusterKeyIds[0] != 1 || me.SealingKey != 1 ||
-		me.LayoutMin != statestore.LayoutMin || me.LayoutMax != statestore.LayoutMax {
+		me.LayoutMin != statestore.LayoutMin || me.LayoutMax != statestore.LayoutMax || me.Layout != statestore.LayoutMax {
 		t.Fatalf("node %v", me)
 	}
 	drain(t, tn, &adminv1.DrainNodeRequest{Resume: true})

@@ -956,8 +956,11 @@ type Node struct {
 	// reads and writes (both 0 from releases before store layouts: layout
 	// 2 only). The cluster moves to a newer layout once every node
 	// supports it.
-	LayoutMin     uint32 `protobuf:"varint,13,opt,name=layout_min,json=layoutMin,proto3" json:"layout_min,omitempty"`
-	LayoutMax     uint32 `protobuf:"varint,14,opt,name=layout_max,json=layoutMax,proto3" json:"layout_max,omitempty"`
+	LayoutMin uint32 `protobuf:"varint,13,opt,name=layout_min,json=layoutMin,proto3" json:"layout_min,omitempty"`
+	LayoutMax uint32 `protobuf:"varint,14,opt,name=layout_max,json=layoutMax,proto3" json:"layout_max,omitempty"`
+	// layout is the store layout the node writes, as its registration names
+	// it (the cluster's once it took it on).
+	Layout        uint32 `protobuf:"varint,15,opt,name=layout,proto3" json:"layout,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1086,6 +1089,13 @@ func (x *Node) GetLayoutMin() uint32 {
 func (x *Node) GetLayoutMax() uint32 {
 	if x != nil {
 		return x.LayoutMax
+	}
+	return 0
+}
+
+func (x *Node) GetLayout() uint32 {
+	if x != nil {
+		return x.Layout
 	}
 	return 0
 }
@@ -3101,7 +3111,7 @@ const file_api_admin_v1_admin_proto_rawDesc = "" +
 	"\x06layout\x18\b \x01(\rR\x06layout\"\x12\n" +
 	"\x10ListNodesRequest\"B\n" +
 	"\x11ListNodesResponse\x12-\n" +
-	"\x05nodes\x18\x01 \x03(\v2\x17.ikefleet.admin.v1.NodeR\x05nodes\"\xfc\x03\n" +
+	"\x05nodes\x18\x01 \x03(\v2\x17.ikefleet.admin.v1.NodeR\x05nodes\"\x94\x04\n" +
 	"\x04Node\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x14\n" +
 	"\x05epoch\x18\x02 \x01(\x03R\x05epoch\x12\x12\n" +
@@ -3122,7 +3132,8 @@ const file_api_admin_v1_admin_proto_rawDesc = "" +
 	"\n" +
 	"layout_min\x18\r \x01(\rR\tlayoutMin\x12\x1d\n" +
 	"\n" +
-	"layout_max\x18\x0e \x01(\rR\tlayoutMax\"\xba\x02\n" +
+	"layout_max\x18\x0e \x01(\rR\tlayoutMax\x12\x16\n" +
+	"\x06layout\x18\x0f \x01(\rR\x06layout\"\xba\x02\n" +
 	"\vKeyRotation\x12\x18\n" +
 	"\arunning\x18\x01 \x01(\bR\arunning\x12\x1f\n" +
 	"\vsealing_key\x18\x02 \x01(\rR\n" +

@@ -1258,8 +1258,13 @@ type Node struct {
 	// reads and writes (the cluster's layout is the value of the layout
 	// key). Both 0 in registrations of releases before the layout key:
 	// they read and write layout 2 only.
-	LayoutMin     uint32 `protobuf:"varint,8,opt,name=layout_min,json=layoutMin,proto3" json:"layout_min,omitempty"`
-	LayoutMax     uint32 `protobuf:"varint,9,opt,name=layout_max,json=layoutMax,proto3" json:"layout_max,omitempty"`
+	LayoutMin uint32 `protobuf:"varint,8,opt,name=layout_min,json=layoutMin,proto3" json:"layout_min,omitempty"`
+	LayoutMax uint32 `protobuf:"varint,9,opt,name=layout_max,json=layoutMax,proto3" json:"layout_max,omitempty"`
+	// layout is the store layout the node writes: the cluster's, once the
+	// node has taken it on and every request it made in the one before has
+	// ended. The cluster moves to the next layout only when every
+	// registration writes the current one.
+	Layout        uint32 `protobuf:"varint,10,opt,name=layout,proto3" json:"layout,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1353,6 +1358,13 @@ func (x *Node) GetLayoutMin() uint32 {
 func (x *Node) GetLayoutMax() uint32 {
 	if x != nil {
 		return x.LayoutMax
+	}
+	return 0
+}
+
+func (x *Node) GetLayout() uint32 {
+	if x != nil {
+		return x.Layout
 	}
 	return 0
 }
@@ -1474,7 +1486,7 @@ const file_api_statestore_v1_record_proto_rawDesc = "" +
 	"\aencr_in\x18\x01 \x01(\fR\x06encrIn\x12\x19\n" +
 	"\binteg_in\x18\x02 \x01(\fR\aintegIn\x12\x19\n" +
 	"\bencr_out\x18\x03 \x01(\fR\aencrOut\x12\x1b\n" +
-	"\tinteg_out\x18\x04 \x01(\fR\bintegOut\"\xf5\x01\n" +
+	"\tinteg_out\x18\x04 \x01(\fR\bintegOut\"\x8d\x02\n" +
 	"\x04Node\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x12\n" +
 	"\x04slot\x18\x02 \x01(\rR\x04slot\x12\x1b\n" +
@@ -1486,7 +1498,9 @@ const file_api_statestore_v1_record_proto_rawDesc = "" +
 	"\n" +
 	"layout_min\x18\b \x01(\rR\tlayoutMin\x12\x1d\n" +
 	"\n" +
-	"layout_max\x18\t \x01(\rR\tlayoutMaxB=Z;github.com/ikefleet/ikefleet/api/statestore/v1;statestorev1b\x06proto3"
+	"layout_max\x18\t \x01(\rR\tlayoutMax\x12\x16\n" +
+	"\x06layout\x18\n" +
+	" \x01(\rR\x06layoutB=Z;github.com/ikefleet/ikefleet/api/statestore/v1;statestorev1b\x06proto3"
 
 var (
 	file_api_statestore_v1_record_proto_rawDescOnce sync.Once
