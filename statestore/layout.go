@@ -57,16 +57,20 @@ const (
 	layoutUnset = 2
 )
 
-// LayoutError: the cluster's store layout is not one this release (or a
-// registration of another node) reads and writes.
+// LayoutError: the cluster's store layout is not one this release reads
+// and writes.
 type LayoutError struct {
 	Cluster  int // the cluster's layout
 	Min, Max int // the layouts the release supports
 }
 
 func (e *LayoutError) Error() string {
-	return fmt.Sprintf("statestore: the cluster's store layout is %d; this release reads and writes layouts %d to %d (upgrade every node before the cluster moves on; a release cannot join a cluster at a layout newer than its own)",
-		e.Cluster, e.Min, e.Max)
+	what := "a newer release moved the cluster on: run one that supports it"
+	if e.Cluster < e.Min {
+		what = "the cluster has not moved on yet: upgrade it through a release that supports both"
+	}
+	return fmt.Sprintf("statestore: the cluster's store layout is %d; this release reads and writes layouts %d to %d (%s)",
+		e.Cluster, e.Min, e.Max, what)
 }
 
 // layouts: the layouts a registration supports.
