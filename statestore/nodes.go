@@ -2,6 +2,7 @@ package statestore
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"strconv"
 	"strings"
@@ -82,7 +83,8 @@ func (s *Store) LookupESP(ctx context.Context, spi uint32) (uint64, error) {
 }
 
 // updateRegistration rewrites the node's live registration with update
-// applied; ErrFenced if it is not live.
+// applied (compared with its value as read: a concurrent update of another
+// field is not lost); ErrFenced if it is not live.
 func (s *Store) updateRegistration(ctx context.Context, update func(*pb.Node)) error {
 	reg := s.current()
 	if reg == nil || reg.done.Load() {
@@ -91,28 +93,30 @@ func (s *Store) updateRegistration(ctx context.Context, update func(*pb.Node)) e
 	rc, cancel := s.rctx(ctx)
 	defer cancel()
 	nk := s.k.node(s.cfg.NodeID)
-	resp, err := s.cli.Get(rc, nk)
-	s.noteResult(err)
-	if err != nil {
-		return fmt.Errorf("%w: %v", ErrUnavailable, err)
+	for attempt := 0; attempt < 8; attempt++ {
+		resp, err := s.cli.Get(rc, nk)
+		s.noteResult(err)
+		if err != nil {
+			return fmt.Errorf("%w: %v", ErrUnavailable, err)
+		}
+		if len(resp.Kvs) == 0 || resp.Kvs[0].CreateRevision != reg.owner.Epoch {
+			return ErrFenced
+		}
+		var n pb.Node
+		if err := proto.Unmarshal(resp.Kvs[0].Value, &n); err != nil {
+			return &CorruptError{Key: nk, Reason: err.Error()}
+		}
+		update(&n)
+		info, _ := proto.Marshal(&n)
+		tr, err := s.txn(rc).If(clientv3.Compare(clientv3.ModRevision(nk), "=", resp.Kvs[0].ModRevision)).
+			Then(clientv3.OpPut(nk, string(info), clientv3.WithLease(reg.lease))).Commit()
+		s.noteResult(err)
+		if err != nil {
+			return fmt.Errorf("%w: %v", ErrUnavailable, err)
+		}
+		if tr.Succeeded {
+			return nil
+		}
 	}
-	if len(resp.Kvs) == 0 || resp.Kvs[0].CreateRevision != reg.owner.Epoch {
-		return ErrFenced
-	}
-	var n pb.Node
-	if err := proto.Unmarshal(resp.Kvs[0].Value, &n); err != nil {
-		return &CorruptError{Key: nk, Reason: err.Error()}
-	}
-	update(&n)
-	info, _ := proto.Marshal(&n)
-	tr, err := s.txn(rc).If(clientv3.Compare(clientv3.CreateRevision(nk), "=", reg.owner.Epoch)).
-		Then(clientv3.OpPut(nk, string(info), clientv3.WithLease(reg.lease))).Commit()
-	s.noteResult(err)
-	if err != nil {
-		return fmt.Errorf("%w: %v", ErrUnavailable, err)
-	}
-	if !tr.Succeeded {
-		return ErrFenced
-	}
-	return nil
+	return errors.New("statestore: updating the registration kept racing")
 }

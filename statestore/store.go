@@ -143,7 +143,7 @@ type Store struct {
 	layoutSince time.Time
 	published   int
 	opened      atomic.Bool // Open has returned: the store may have built requests
-	lastRegErr  string // keepAlive's last re-registration error, logged once
+	lastRegErr  string      // keepAlive's last re-registration error, logged once
 
 	revs revTable // metadata of the record keys of the SAs written
 	// leased: the identities that may hold an address lease, with
