@@ -69,7 +69,7 @@ func (e *LayoutError) Error() string {
 	if e.Cluster < e.Min {
 		what = "the cluster has not moved on yet: upgrade it through a release that supports both"
 	}
-	return fmt.Sprintf("statestore: the cluster's store layout is %d; this release reads and writes layouts %d to %d (%s)",
+	return fmt.Sprintf("the cluster's store layout is %d; this release reads and writes layouts %d to %d (%s)",
 		e.Cluster, e.Min, e.Max, what)
 }
 
