@@ -15,6 +15,7 @@ import (
 	"fmt"
 	"slices"
 	"sync"
+	"time"
 
 	"github.com/ikefleet/ikefleet/concentrator/dataplane"
 	"github.com/ikefleet/ikefleet/concentrator/ike"
@@ -178,7 +179,9 @@ func (n *Node) submit(s *shard, b *heldBatch, p ike.Persist) {
 		c.Revision = new(int64)
 		n.cluster.selectorHolds.Add(1)
 	}
+	submitted := time.Now()
 	done := func(err error) {
+		n.obs.etcd.ObserveCommit(c.Kind.String(), time.Since(submitted))
 		if vip != nil {
 			cp.settle(vip, err) // before the engine hears of it
 		}

@@ -146,6 +146,9 @@ func TestNodeExportsEveryListedMetric(t *testing.T) {
 	if !strings.Contains(body, `ikefleet_etcd_request_duration_seconds_count{method="Txn"}`) {
 		t.Error("no etcd Txn latency observed")
 	}
+	if !strings.Contains(body, `ikefleet_statestore_commit_wait_seconds_count{change="established"}`) {
+		t.Error("no commit wait of an established SA observed")
+	}
 	if !strings.Contains(body, "ikefleet_statestore_reachable 1\n") {
 		t.Error("state store not reported reachable")
 	}

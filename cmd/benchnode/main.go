@@ -189,6 +189,10 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 			if len(r.Failures) > 0 {
 				fmt.Fprintf(out, "  failures: %v\n", r.Failures)
 			}
+			if r.CommitP99 > 0 {
+				fmt.Fprintf(out, "  the store's commit wait of the established SAs (the node's histogram): p50 %.1f ms, p99 %.1f ms\n",
+					ms(r.CommitP50), ms(r.CommitP99))
+			}
 			if r.NodeSetup != (nodeCounters{}) {
 				fmt.Fprintf(out, "  node during the setups: %s\n", r.NodeSetup)
 			}
@@ -248,6 +252,10 @@ const (
 	storePuts    = `ikefleet_statestore_writes_total{op="put"}`
 	storeDeletes = `ikefleet_statestore_writes_total{op="delete"}`
 	etcdReads    = `ikefleet_etcd_request_duration_seconds_count{method="Range"}`
+	// commitWait: how long the node's SA changes waited for their commit;
+	// its series of the established changes is what an IKE_AUTH waits.
+	commitWait  = "ikefleet_statestore_commit_wait_seconds"
+	established = `change="established"`
 )
 
 // rowResult is one row's figures (exported: the strongswan row's child
@@ -262,7 +270,10 @@ type rowResult struct {
 	Established        int
 	Failed             int
 	Retransmits        uint64
-	Failures           map[string]int
+	// CommitP50, CommitP99: the store's commit wait of the SAs'
+	// established changes (from the node's histogram; 0 without a store).
+	CommitP50, CommitP99 time.Duration
+	Failures             map[string]int
 	// The node's drops, cookies and failures over the setups and over the
 	// deletes (all at once) (probeCounters).
 	NodeSetup, NodeDelete nodeCounters
@@ -316,8 +327,12 @@ func (o *options) row(ctx context.Context, spec nodeSpec, nodeCPU int) (rowResul
 	rss0, _ := p.rss()
 	wait0 := p.waited()
 	store0 := p.metrics(storeTxns, etcdReads, storePuts, storeDeletes)
+	commit0 := p.buckets(commitWait, established)
 	node0 := probeCounters(p)
 	setupErr := f.runSetups(ctx, 1, spec.gateways, o.rate, o.timeout)
+	commit1 := p.buckets(commitWait, established)
+	r.CommitP50, _ = histQuantile(commit0, commit1, 0.50)
+	r.CommitP99, _ = histQuantile(commit0, commit1, 0.99)
 	rss1, _ := p.rss()
 	node1 := probeCounters(p)
 	r.NodeSetup = node1.sub(node0)

@@ -4,8 +4,10 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"math"
 	"strings"
 	"testing"
+	"time"
 )
 
 func TestParseSpec(t *testing.T) {
@@ -65,5 +67,55 @@ func TestSampleOf(t *testing.T) {
 		if v != c.want || ok != c.ok {
 			t.Errorf("sampleOf(%q, %q) = %v, %v; want %v, %v", c.line, c.name, v, ok, c.want, c.ok)
 		}
+	}
+}
+
+func TestBucketOf(t *testing.T) {
+	const f = "ikefleet_statestore_commit_wait_seconds"
+	for _, c := range []struct {
+		line  string
+		le, v float64
+		ok    bool
+	}{
+		{f + `_bucket{change="established",le="0.005"} 17`, 0.005, 17, true},
+		{f + `_bucket{change="established",le="+Inf"} 20`, math.Inf(1), 20, true},
+		{f + `_bucket{change="deleted",le="0.005"} 17`, 0, 0, false},
+		{f + `_count{change="established"} 20`, 0, 0, false},
+		{f + `_sum{change="established"} 0.1`, 0, 0, false},
+		{"ikefleet_etcd_request_duration_seconds_bucket{method=\"Txn\",le=\"0.005\"} 3", 0, 0, false},
+	} {
+		le, v, ok := bucketOf(c.line, f, `change="established"`)
+		if le != c.le || v != c.v || ok != c.ok {
+			t.Errorf("bucketOf(%q) = %v, %v, %v; want %v, %v, %v", c.line, le, v, ok, c.le, c.v, c.ok)
+		}
+	}
+}
+
+// histQuantile reads quantiles of what was observed between two
+// readings, interpolating within a bucket as histogram_quantile does.
+func TestHistQuantile(t *testing.T) {
+	inf := math.Inf(1)
+	before := map[float64]float64{0.001: 5, 0.002: 5, 0.004: 5, inf: 5}
+	// 100 more: 10 at most 1 ms, 50 in (1, 2] ms, 38 in (2, 4] ms, 2 above.
+	after := map[float64]float64{0.001: 15, 0.002: 65, 0.004: 103, inf: 105}
+	for _, c := range []struct {
+		q    float64
+		want time.Duration
+	}{
+		{0.05, 500 * time.Microsecond}, // 5 of the 10 in [0, 1] ms
+		{0.50, 1800 * time.Microsecond},
+		{0.60, 2 * time.Millisecond},
+		{0.99, 4 * time.Millisecond}, // in the unbounded bucket: its lower bound
+	} {
+		got, ok := histQuantile(before, after, c.q)
+		if !ok || (got-c.want).Abs() > time.Microsecond {
+			t.Errorf("q %.2f: %v %v, want %v", c.q, got, ok, c.want)
+		}
+	}
+	if _, ok := histQuantile(after, after, 0.5); ok {
+		t.Error("a quantile of nothing observed")
+	}
+	if _, ok := histQuantile(nil, nil, 0.5); ok {
+		t.Error("a quantile of no buckets")
 	}
 }

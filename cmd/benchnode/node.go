@@ -9,12 +9,14 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"net"
 	"net/http"
 	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -392,4 +394,85 @@ func (p *nodeProc) stop() {
 	} else {
 		os.RemoveAll(p.dir)
 	}
+}
+
+// buckets returns a histogram's cumulative bucket counts by upper bound
+// (+Inf included), summed over its series whose labels contain matcher
+// (e.g. `change="established"`), from one scrape of the node's /metrics.
+func (p *nodeProc) buckets(family, matcher string) map[float64]float64 {
+	out := map[float64]float64{}
+	resp, err := http.Get("http://" + p.metricsAddr + "/metrics")
+	if err != nil {
+		return out
+	}
+	defer resp.Body.Close()
+	sc := bufio.NewScanner(resp.Body)
+	sc.Buffer(make([]byte, 64<<10), 1<<20)
+	for sc.Scan() {
+		if le, v, ok := bucketOf(sc.Text(), family, matcher); ok {
+			out[le] += v
+		}
+	}
+	return out
+}
+
+// bucketOf reads an exposition line if it is a bucket of family with
+// matcher among its labels: its upper bound and cumulative count.
+func bucketOf(line, family, matcher string) (le, v float64, ok bool) {
+	rest, found := strings.CutPrefix(line, family+"_bucket{")
+	if !found {
+		return 0, 0, false
+	}
+	labels, value, found := strings.Cut(rest, "} ")
+	if !found || !strings.Contains(labels, matcher) {
+		return 0, 0, false
+	}
+	_, bound, found := strings.Cut(labels, `le="`)
+	if !found {
+		return 0, 0, false
+	}
+	bound, _, _ = strings.Cut(bound, `"`)
+	le, err := strconv.ParseFloat(bound, 64) // "+Inf" parses as +Inf
+	if err != nil {
+		return 0, 0, false
+	}
+	v, err = strconv.ParseFloat(strings.TrimSpace(value), 64)
+	return le, v, err == nil
+}
+
+// histQuantile estimates quantile q of what a histogram observed between
+// two readings of its buckets (before, after), as Prometheus's
+// histogram_quantile does: linearly within the bucket it falls in (the
+// lower bound of the last, unbounded one). ok is false without
+// observations.
+func histQuantile(before, after map[float64]float64, q float64) (time.Duration, bool) {
+	bounds := make([]float64, 0, len(after))
+	for le := range after {
+		bounds = append(bounds, le)
+	}
+	slices.Sort(bounds)
+	if len(bounds) == 0 {
+		return 0, false
+	}
+	total := after[bounds[len(bounds)-1]] - before[bounds[len(bounds)-1]]
+	if total <= 0 {
+		return 0, false
+	}
+	target := q * total
+	lower, below := 0.0, 0.0
+	for _, le := range bounds {
+		n := after[le] - before[le]
+		if n >= target {
+			if math.IsInf(le, 1) {
+				return time.Duration(lower * float64(time.Second)), true
+			}
+			x := lower
+			if n > below {
+				x += (le - lower) * (target - below) / (n - below)
+			}
+			return time.Duration(x * float64(time.Second)), true
+		}
+		lower, below = le, n
+	}
+	return time.Duration(lower * float64(time.Second)), true
 }

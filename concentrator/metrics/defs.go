@@ -119,9 +119,10 @@ var (
 	dDPPackets       = counterDef("dataplane_packets_total", "Inner packets carried by the data plane's CHILD SAs (removed ones included).", "dataplane", "direction")
 	dDPDrops         = counterDef("dataplane_drops_total", "Packets the data plane dropped, by reason (each data plane has its own fixed set).", "dataplane", "reason")
 
-	// etcd, observed per request (Etcd).
+	// etcd, observed per request, and the commits the node waits for (Etcd).
 	dEtcdLatency = etcdDef("histogram", "etcd_request_duration_seconds", "Latency of the state store's etcd requests (unary RPCs), by method.", "method")
 	dEtcdErrors  = etcdDef("counter", "etcd_request_errors_total", "Failed etcd requests, by method and gRPC code.", "method", "code")
+	dCommitWait  = etcdDef("histogram", "statestore_commit_wait_seconds", "How long the node's SA state changes waited from their submission to their commit or refusal, by change (established, deleted, child-rekeyed...): the state store's share of what gateways wait, since the messages a change reveals leave after it (an IKE_AUTH response after its SA's established change).", "change")
 )
 
 func etcdDef(typ, name, help string, labels ...string) *def {

@@ -14,12 +14,20 @@ import (
 // local fsync-less write to a request that waited out an election.
 var EtcdBuckets = []float64{.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10}
 
+// CommitBuckets are the buckets of the commit wait, in seconds: finer
+// than EtcdBuckets where a setup's latency is (a few milliseconds to a
+// few tens), so that a quantile read from them is within a few percent.
+var CommitBuckets = []float64{.0005, .001, .0015, .002, .003, .004, .005, .0065, .008, .01, .0125, .015, .02, .025, .03, .04,
+	.05, .065, .08, .1, .125, .15, .2, .25, .3, .4, .5, .75, 1, 2.5, 5, 10}
+
 // Etcd observes the state store's etcd requests: latency by method and
 // errors by method and gRPC code. Its interceptor goes on the etcd client
-// (statestore.ClientConfig.DialOptions).
+// (statestore.ClientConfig.DialOptions). It also holds the commit wait of
+// the node's SA state changes (ObserveCommit).
 type Etcd struct {
 	latency *prometheus.HistogramVec
 	errors  *prometheus.CounterVec
+	commit  *prometheus.HistogramVec
 }
 
 // NewEtcd returns an observer; register it with the node's other metrics.
@@ -28,6 +36,8 @@ func NewEtcd() *Etcd {
 		latency: prometheus.NewHistogramVec(prometheus.HistogramOpts{Name: dEtcdLatency.name, Help: dEtcdLatency.help,
 			Buckets: EtcdBuckets}, dEtcdLatency.labels),
 		errors: prometheus.NewCounterVec(prometheus.CounterOpts{Name: dEtcdErrors.name, Help: dEtcdErrors.help}, dEtcdErrors.labels),
+		commit: prometheus.NewHistogramVec(prometheus.HistogramOpts{Name: dCommitWait.name, Help: dCommitWait.help,
+			Buckets: CommitBuckets}, dCommitWait.labels),
 	}
 }
 
@@ -35,11 +45,20 @@ func NewEtcd() *Etcd {
 func (e *Etcd) Describe(ch chan<- *prometheus.Desc) {
 	e.latency.Describe(ch)
 	e.errors.Describe(ch)
+	e.commit.Describe(ch)
 }
 
 func (e *Etcd) Collect(ch chan<- prometheus.Metric) {
 	e.latency.Collect(ch)
 	e.errors.Collect(ch)
+	e.commit.Collect(ch)
+}
+
+// ObserveCommit records how long an SA state change of kind change (its
+// statestore.ChangeKind name) waited from its submission to its commit or
+// refusal.
+func (e *Etcd) ObserveCommit(change string, d time.Duration) {
+	e.commit.WithLabelValues(change).Observe(d.Seconds())
 }
 
 // Observe records one request: method is the gRPC method's last element

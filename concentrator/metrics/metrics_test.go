@@ -205,9 +205,9 @@ ikefleet_dataplane_install_failures_total{dataplane="userspace"} 1
 			t.Errorf("%s is emitted but not in Names", mf.GetName())
 		}
 	}
-	for _, n := range Names() {
-		if !got[n.Name] && !strings.HasPrefix(n.Name, "ikefleet_etcd_") {
-			t.Errorf("%s is in Names but a full snapshot does not emit it", n.Name)
+	for _, d := range defs {
+		if !got[d.name] && d.collected { // the others are Etcd's
+			t.Errorf("%s is in Names but a full snapshot does not emit it", d.name)
 		}
 	}
 }
@@ -263,6 +263,45 @@ ikefleet_etcd_request_errors_total{code="Unavailable",method="LeaseGrant"} 1
 	if err != nil || len(problems) > 0 {
 		t.Fatalf("lint: %v %v", problems, err)
 	}
+}
+
+// The commit wait is a histogram per change kind, in CommitBuckets.
+func TestCommitWait(t *testing.T) {
+	e := NewEtcd()
+	e.ObserveCommit("established", 3*time.Millisecond)
+	e.ObserveCommit("established", 40*time.Millisecond)
+	e.ObserveCommit("deleted", time.Millisecond)
+	if n := testutil.CollectAndCount(e, "ikefleet_statestore_commit_wait_seconds"); n != 2 {
+		t.Fatalf("%d commit wait series, want established and deleted", n)
+	}
+	reg := prometheus.NewPedanticRegistry()
+	reg.MustRegister(e)
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		if mf.GetName() != "ikefleet_statestore_commit_wait_seconds" {
+			continue
+		}
+		for _, m := range mf.GetMetric() {
+			h := m.GetHistogram()
+			if m.GetLabel()[0].GetValue() != "established" {
+				continue
+			}
+			below5ms := uint64(0)
+			for _, b := range h.GetBucket() {
+				if b.GetUpperBound() == 0.005 {
+					below5ms = b.GetCumulativeCount()
+				}
+			}
+			if h.GetSampleCount() != 2 || below5ms != 1 || len(h.GetBucket()) != len(CommitBuckets) {
+				t.Fatalf("established: %d samples, %d within 5 ms, %d buckets", h.GetSampleCount(), below5ms, len(h.GetBucket()))
+			}
+			return
+		}
+	}
+	t.Fatal("no established series")
 }
 
 // deploy/metrics.txt lists every metric family (name, type, labels) for
