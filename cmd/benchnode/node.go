@@ -59,22 +59,29 @@ type nodeProc struct {
 // for one it has none of; one scrape for all.
 func (p *nodeProc) metrics(names ...string) []float64 {
 	sums := make([]float64, len(names))
-	resp, err := http.Get("http://" + p.metricsAddr + "/metrics")
-	if err != nil {
-		return sums
-	}
-	defer resp.Body.Close()
-	sc := bufio.NewScanner(resp.Body)
-	sc.Buffer(make([]byte, 64<<10), 1<<20)
-	for sc.Scan() {
-		line := sc.Text()
+	p.scrape(func(line string) {
 		for i, name := range names {
 			if v, ok := sampleOf(line, name); ok {
 				sums[i] += v
 			}
 		}
-	}
+	})
 	return sums
+}
+
+// scrape passes each line of the node's /metrics to f (none if the node
+// does not answer).
+func (p *nodeProc) scrape(f func(line string)) {
+	resp, err := http.Get("http://" + p.metricsAddr + "/metrics")
+	if err != nil {
+		return
+	}
+	defer resp.Body.Close()
+	sc := bufio.NewScanner(resp.Body)
+	sc.Buffer(make([]byte, 64<<10), 1<<20)
+	for sc.Scan() {
+		f(sc.Text())
+	}
 }
 
 // sampleOf returns the value of an exposition line if it is a sample of
@@ -401,18 +408,11 @@ func (p *nodeProc) stop() {
 // (e.g. `change="established"`), from one scrape of the node's /metrics.
 func (p *nodeProc) buckets(family, matcher string) map[float64]float64 {
 	out := map[float64]float64{}
-	resp, err := http.Get("http://" + p.metricsAddr + "/metrics")
-	if err != nil {
-		return out
-	}
-	defer resp.Body.Close()
-	sc := bufio.NewScanner(resp.Body)
-	sc.Buffer(make([]byte, 64<<10), 1<<20)
-	for sc.Scan() {
-		if le, v, ok := bucketOf(sc.Text(), family, matcher); ok {
+	p.scrape(func(line string) {
+		if le, v, ok := bucketOf(line, family, matcher); ok {
 			out[le] += v
 		}
-	}
+	})
 	return out
 }
 
