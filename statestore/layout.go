@@ -98,7 +98,7 @@ func (s *Store) layoutError(l int) *LayoutError {
 
 // layoutOf reads the layout key's value (kvs: its Get; none: the key is
 // absent, layout 2) and its ModRevision (0: absent).
-func (s *Store) layoutOf(kvs []*mvccpb.KeyValue) (layout int, mod int64, err error) {
+func layoutOf(kvs []*mvccpb.KeyValue) (layout int, mod int64, err error) {
 	if len(kvs) == 0 {
 		return layoutUnset, 0, nil
 	}
@@ -128,14 +128,10 @@ func (s *Store) readRegistry(ctx context.Context) (registry, error) {
 		return registry{}, fmt.Errorf("%w: %v", ErrUnavailable, err)
 	}
 	r := registry{rev: resp.Header.Revision}
-	for _, kv := range resp.Responses[0].GetResponseRange().Kvs {
-		n, ok := nodeInfoOf(kv)
-		if !ok {
-			return registry{}, &CorruptError{Key: string(kv.Key), Reason: "not a node registration"}
-		}
-		r.nodes = append(r.nodes, n)
+	if r.nodes, err = nodesOf(resp.Responses[0].GetResponseRange().Kvs); err != nil {
+		return registry{}, err
 	}
-	r.layout, r.layoutMod, err = s.layoutOf(resp.Responses[1].GetResponseRange().Kvs)
+	r.layout, r.layoutMod, err = layoutOf(resp.Responses[1].GetResponseRange().Kvs)
 	return r, err
 }
 
@@ -151,14 +147,14 @@ func (s *Store) tookLayout(l int, registered bool) {
 	}
 }
 
-// adopted: the layout the store's registration names, and whether it
-// should name the store's current one now: every request the store built
-// in the one before has ended (each ends within RequestTimeout), or it
-// built none (Open has not returned).
-func (s *Store) adopted() (published int, due bool) {
+// publishDue: the store's registration should name the store's current
+// layout now: it names another, and every request the store built in
+// that one has ended (each ends within RequestTimeout), or it built none
+// (Open has not returned).
+func (s *Store) publishDue() bool {
 	s.layoutMu.Lock()
 	defer s.layoutMu.Unlock()
-	return s.published, s.published != s.Layout() && (!s.opened.Load() || time.Since(s.layoutSince) >= s.cfg.RequestTimeout)
+	return s.published != s.Layout() && (!s.opened.Load() || time.Since(s.layoutSince) >= s.cfg.RequestTimeout)
 }
 
 // publishLayout writes layout l, taken on at least RequestTimeout ago,
@@ -198,7 +194,7 @@ func (s *Store) followLayout(ctx context.Context, r registry) {
 		s.tookLayout(r.layout, false)
 		s.log.Info("statestore: the cluster's store layout changed", "layout", r.layout, "was", was)
 	}
-	if _, due := s.adopted(); due {
+	if s.publishDue() {
 		s.publishLayout(ctx, r.layout)
 		return // the registry changed: move on from the next reading
 	}
@@ -243,7 +239,7 @@ func (s *Store) moveLayout(ctx context.Context, r registry, next int) {
 	}
 	s.tookLayout(next, false)
 	s.log.Info("statestore: moved the cluster's store layout: every live node writes the one before and supports it", "layout", next, "was", r.layout, "nodes", len(r.nodes))
-	if _, due := s.adopted(); due { // in Open: nothing written in the one before
+	if s.publishDue() { // in Open: nothing written in the one before
 		s.publishLayout(ctx, next)
 	}
 }

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	pb "github.com/ikefleet/ikefleet/api/statestore/v1"
+	"go.etcd.io/etcd/api/v3/mvccpb"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"google.golang.org/protobuf/proto"
 )
@@ -35,8 +36,13 @@ func (s *Store) Nodes(ctx context.Context) ([]NodeInfo, error) {
 	if err != nil {
 		return nil, fmt.Errorf("%w: %v", ErrUnavailable, err)
 	}
-	out := make([]NodeInfo, 0, len(resp.Kvs))
-	for _, kv := range resp.Kvs {
+	return nodesOf(resp.Kvs)
+}
+
+// nodesOf reads registrations (the keys under nodes/).
+func nodesOf(kvs []*mvccpb.KeyValue) ([]NodeInfo, error) {
+	out := make([]NodeInfo, 0, len(kvs))
+	for _, kv := range kvs {
 		n, ok := nodeInfoOf(kv)
 		if !ok {
 			return nil, &CorruptError{Key: string(kv.Key), Reason: "not a node registration"}

@@ -376,7 +376,7 @@ func (s *Store) register(ctx context.Context, ready bool) error {
 			s.noteResult(err)
 			return err
 		}
-		layout, layoutMod, err := s.layoutOf(resp.Responses[2].GetResponseRange().Kvs)
+		layout, layoutMod, err := layoutOf(resp.Responses[2].GetResponseRange().Kvs)
 		if err != nil {
 			return err
 		}
