@@ -123,6 +123,7 @@ func (n *Node) Stats(ctx context.Context) (ike.Stats, error) {
 		total.Retransmits += st.Retransmits
 		total.DuplicateRequests += st.DuplicateRequests
 		total.UnreservedSPIs += st.UnreservedSPIs
+		total.ReturnedSPIs += st.ReturnedSPIs
 		total.ChildRekeys += st.ChildRekeys
 		total.IKERekeys += st.IKERekeys
 		total.DPDSent += st.DPDSent

@@ -43,6 +43,9 @@ type Node struct {
 	dp     dataplane.DataPlane
 	ecfg   ike.Config
 	shards []*shard
+	// resvMu: one refill of the SPI pools at a time, and none while the
+	// reservations of an ended registration are dropped (spipool.go).
+	resvMu sync.Mutex
 	// cookieBacklog: ike.cookie_backlog (0: off).
 	cookieBacklog int
 	// Session resumption ticket keys (resumption.go); nil: disabled.
@@ -192,8 +195,9 @@ func New(cfg Config, log *slog.Logger, dp dataplane.DataPlane, opts ...Option) (
 				return 0, false
 			}
 		}
+		sc.ReturnIKESPI, sc.ReturnESPSPI = sh.giveBackIKE, sh.giveBackESP
 		if cfg.StateStore.Mode == "none" {
-			sc.IKESPIs, sc.ESPSPIs = nil, nil
+			sc.IKESPIs, sc.ESPSPIs, sc.ReturnIKESPI, sc.ReturnESPSPI = nil, nil, nil, nil
 		}
 		eng, err := ike.NewEngine(sc)
 		if err != nil {

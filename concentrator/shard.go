@@ -7,6 +7,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"sync"
 	"time"
 
 	"github.com/ikefleet/ikefleet/concentrator/dataplane"
@@ -25,6 +26,11 @@ type shard struct {
 	// engine without waiting.
 	ikeSPIs chan uint64
 	espSPIs chan uint32
+	// Reserved SPIs the engine handed back unused (spipool.go), until the
+	// refill loop puts them back in the pools or releases them.
+	spareMu  sync.Mutex
+	spareIKE []uint64
+	spareESP []uint32
 	// Batches waiting for their writes (apply.go), and the state store's
 	// answers.
 	held    []*heldBatch

@@ -22,16 +22,20 @@ const (
 	spiRefillInterval = 100 * time.Millisecond
 )
 
-// refillSPIs tops up every shard's pools with SPIs reserved cluster-wide
+// refillSPIs tops up every shard's pools: first with the SPIs its engine
+// handed back unused, then with SPIs reserved cluster-wide
 // (create-if-absent): IKE SPIs carry our slot and the shard, inbound ESP
 // SPIs the shard.
 func (n *Node) refillSPIs(ctx context.Context) {
 	if n.persist == nil || !n.persist.store.CanSend() {
 		return
 	}
+	n.resvMu.Lock()
+	defer n.resvMu.Unlock()
 	_, slot := n.persist.store.Registration()
 	var b [8]byte
 	for i, s := range n.shards {
+		n.reuseSpare(ctx, s)
 		if want := spiPoolLen - len(s.ikeSPIs); want >= spiPoolLen/2 {
 			cand := make([]uint64, want)
 			for k := range cand {
@@ -88,10 +92,22 @@ func (n *Node) refillSPIs(ctx context.Context) {
 // them since, and an IKE SPI carries the old registration's slot. The
 // refill loop reserves new ones on the current lease.
 func (n *Node) dropReservations() {
+	n.resvMu.Lock()
+	defer n.resvMu.Unlock()
 	ikeN, espN := 0, 0
 	for _, s := range n.shards {
-		ikeN += drain(s.ikeSPIs)
-		espN += drain(s.espSPIs)
+		// On the shard's goroutine, so that the engine hands back no SPI
+		// of the old registration after its pools are emptied.
+		n.do(n.runCtx, s, func() {
+			ikeN += drain(s.ikeSPIs)
+			espN += drain(s.espSPIs)
+			s.eng.ForgetReservations()
+			s.spareMu.Lock()
+			ikeN += len(s.spareIKE)
+			espN += len(s.spareESP)
+			s.spareIKE, s.spareESP = nil, nil
+			s.spareMu.Unlock()
+		})
 	}
 	addrs := 0
 	for _, cp := range clusterPools(&n.ecfg) {
@@ -100,6 +116,59 @@ func (n *Node) dropReservations() {
 	if ikeN+espN+addrs > 0 {
 		n.log.Info("reservations of the previous registration dropped", "ike_spis", ikeN, "esp_spis", espN, "addresses", addrs)
 	}
+}
+
+// giveBackIKE and giveBackESP take an SPI of the pools back from the
+// engine (ike.Config.ReturnIKESPI): it went out of use unpersisted (a
+// half-open SA that expired or failed IKE_AUTH, a rekey that failed), and
+// its reservation is still ours. Called on the shard's goroutine.
+func (s *shard) giveBackIKE(spi uint64) {
+	s.spareMu.Lock()
+	s.spareIKE = append(s.spareIKE, spi)
+	s.spareMu.Unlock()
+}
+
+func (s *shard) giveBackESP(spi uint32) {
+	s.spareMu.Lock()
+	s.spareESP = append(s.spareESP, spi)
+	s.spareMu.Unlock()
+}
+
+// reuseSpare puts the SPIs s's engine handed back into its pools, behind
+// those already there (so that a late message for the SA that had one
+// rarely meets the next), and releases in the store the ones that do
+// not fit: a flood of half-open SAs that never authenticate then keeps
+// no more reservations than the pools hold.
+func (n *Node) reuseSpare(ctx context.Context, s *shard) {
+	s.spareMu.Lock()
+	ikeSPIs, espSPIs := s.spareIKE, s.spareESP
+	s.spareIKE, s.spareESP = nil, nil
+	s.spareMu.Unlock()
+	if len(ikeSPIs)+len(espSPIs) == 0 {
+		return
+	}
+	ikeSPIs = fill(s.ikeSPIs, ikeSPIs)
+	espSPIs = fill(s.espSPIs, espSPIs)
+	if len(ikeSPIs)+len(espSPIs) == 0 {
+		return
+	}
+	if err := n.persist.store.ReleaseSPIs(ctx, ikeSPIs, espSPIs); err != nil {
+		// Some may be released and some not: none is handed out again.
+		// Those still reserved stay so until the registration ends.
+		n.log.Debug("releasing unused SPIs failed", "ike", len(ikeSPIs), "esp", len(espSPIs), "err", err)
+	}
+}
+
+// fill sends xs to c while it has room, returning those that did not fit.
+func fill[T any](c chan T, xs []T) []T {
+	for i, x := range xs {
+		select {
+		case c <- x:
+		default:
+			return xs[i:]
+		}
+	}
+	return nil
 }
 
 // drain empties c without blocking, returning how many it held.

@@ -170,6 +170,12 @@ type Config struct {
 	// the tag bits and counts it in Stats.UnreservedSPIs.
 	IKESPIs func() (uint64, bool)
 	ESPSPIs func() (uint32, bool)
+	// ReturnIKESPI and ReturnESPSPI, when set, take back an SPI of those
+	// pools that went out of use before any Persist named it (a half-open
+	// SA that expired or failed IKE_AUTH, a rekey that failed): it is
+	// still reserved for this node, so it can be handed out again.
+	ReturnIKESPI func(uint64)
+	ReturnESPSPI func(uint32)
 
 	// Admission limits (admission.go); zero values take the defaults.
 	MaxMessageSize       int   // any datagram larger is dropped (at most 65535)

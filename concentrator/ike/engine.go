@@ -22,6 +22,15 @@ type Engine struct {
 	recentInits map[initKey]time.Time
 	recentQ     expiryQueue[initKey]
 	inSPIs      map[uint32]*IKESA // inbound ESP SPIs in use
+	// Reserved SPIs handed out (Config.IKESPIs, ESPSPIs) that no Persist
+	// has named yet. One that goes out of use before a Persist named it
+	// is handed back (Config.ReturnIKESPI, ReturnESPSPI): its reservation
+	// is still the node's. Without this every half-open SA that never
+	// authenticated, every failed IKE_AUTH and every rekey the peer never
+	// answered kept its reservation in the state store for the rest of the
+	// node's registration.
+	unstoredIKE map[uint64]struct{}
+	unstoredESP map[uint32]struct{}
 	timers      *timerWheel
 	halfOpen    int
 	// half-open accounting (admission.go)
@@ -83,6 +92,7 @@ type Stats struct {
 	IKERekeys          uint64 // IKE SAs rekeyed
 	RekeyCollisions    uint64 // simultaneous rekeys resolved (RFC 7296 §2.8.1)
 	UnreservedSPIs     uint64 // SPIs allocated without a cluster-wide reservation (pool empty)
+	ReturnedSPIs       uint64 // reserved SPIs handed back unused (their SA or exchange failed before it was persisted)
 	PersistFailures    uint64 // state writes the caller reported failed
 	HeldRetransmits    uint64 // retransmitted requests not answered: their answer was not yet committed
 	RevocationParked   uint64 // IKE_AUTH requests left unanswered while a certificate's revocation status was fetched
@@ -125,7 +135,8 @@ func NewEngine(cfg Config) (*Engine, error) {
 		cfg:       cfg,
 		sas:       make(map[uint64]*IKESA),
 		initIndex: make(map[initKey]*IKESA), recentInits: make(map[initKey]time.Time),
-		inSPIs:    make(map[uint32]*IKESA),
+		inSPIs:      make(map[uint32]*IKESA),
+		unstoredIKE: make(map[uint64]struct{}), unstoredESP: make(map[uint32]struct{}),
 		timers:    newTimerWheel(),
 		perPrefix: make(map[netip.Prefix]prefixLoad),
 		credit:    make(map[netip.Prefix]int32),
@@ -345,6 +356,9 @@ func (e *Engine) newSPI() uint64 {
 				break
 			}
 			if spi != 0 && e.sas[spi] == nil {
+				if e.cfg.ReturnIKESPI != nil {
+					e.unstoredIKE[spi] = struct{}{}
+				}
 				return spi
 			}
 		}
@@ -370,6 +384,9 @@ func (e *Engine) newESPSPI(sa *IKESA) uint32 {
 			}
 			if spi >= 256 && e.inSPIs[spi] == nil {
 				e.inSPIs[spi] = sa
+				if e.cfg.ReturnESPSPI != nil {
+					e.unstoredESP[spi] = struct{}{}
+				}
 				return spi
 			}
 		}
@@ -385,22 +402,65 @@ func (e *Engine) newESPSPI(sa *IKESA) uint32 {
 	}
 }
 
+// noteStored: sa's state as it is now goes to the store; its SPIs are no
+// longer handed back when they go out of use (the store releases them
+// with the SA or CHILD SA).
+func (e *Engine) noteStored(sa *IKESA) {
+	if len(e.unstoredIKE) > 0 {
+		delete(e.unstoredIKE, sa.localSPI())
+	}
+	if len(e.unstoredESP) > 0 {
+		for _, c := range sa.children {
+			delete(e.unstoredESP, c.InSPI)
+		}
+	}
+}
+
+// ForgetReservations stops handing back the SPIs handed out so far: their
+// reservations ended with the node's registration.
+func (e *Engine) ForgetReservations() {
+	clear(e.unstoredIKE)
+	clear(e.unstoredESP)
+}
+
+// dropSPI forgets our IKE SPI spi, handing it back if reserved and never
+// persisted.
+func (e *Engine) dropSPI(spi uint64) {
+	delete(e.sas, spi)
+	if _, ok := e.unstoredIKE[spi]; ok {
+		delete(e.unstoredIKE, spi)
+		e.stats.ReturnedSPIs++
+		e.cfg.ReturnIKESPI(spi)
+	}
+}
+
+// dropInSPI frees inbound ESP SPI spi, handing it back if reserved and
+// never persisted.
+func (e *Engine) dropInSPI(spi uint32) {
+	delete(e.inSPIs, spi)
+	if _, ok := e.unstoredESP[spi]; ok {
+		delete(e.unstoredESP, spi)
+		e.stats.ReturnedSPIs++
+		e.cfg.ReturnESPSPI(spi)
+	}
+}
+
 func (e *Engine) remove(sa *IKESA) {
 	e.halfOpenDone(e.now, sa, false)
-	delete(e.sas, sa.localSPI())
+	e.dropSPI(sa.localSPI())
 	delete(e.initIndex, initKey{sa.SPIi, sa.initRemote})
 	for _, c := range sa.children {
-		delete(e.inSPIs, c.InSPI)
+		e.dropInSPI(c.InSPI)
 	}
 	if sa.pendingInSPI != 0 {
-		delete(e.inSPIs, sa.pendingInSPI)
+		e.dropInSPI(sa.pendingInSPI)
 	}
 	if sa.req != nil && sa.req.rekey != nil {
 		if rk := sa.req.rekey; rk.inSPI != 0 && e.inSPIs[rk.inSPI] == sa {
-			delete(e.inSPIs, rk.inSPI)
+			e.dropInSPI(rk.inSPI)
 		}
 		if rk := sa.req.rekey; rk.ike && e.sas[rk.newSPI] == sa {
-			delete(e.sas, rk.newSPI)
+			e.dropSPI(rk.newSPI)
 		}
 		sa.req.rekey.clear()
 	}

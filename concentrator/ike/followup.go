@@ -172,14 +172,14 @@ func (sa *IKESA) handleFollowupRequest(now time.Time, e *Engine, m *Message, rd 
 	c, old := f.child, f.old
 	if old != nil && sa.childByIn(old.InSPI) != old {
 		// The peer deleted what it rekeys meanwhile.
-		delete(e.inSPIs, c.InSPI)
+		e.dropInSPI(c.InSPI)
 		sa.respond(e, IKE_FOLLOWUP_KE, m.MessageID, []Payload{&Notify{Protocol: ProtoESP,
 			SPI: binary.BigEndian.AppendUint32(nil, old.OutSPI), NotifyType: CHILD_SA_NOT_FOUND}}, rd)
 		return
 	}
 	c.Local, c.Remote, c.Encap = sa.Local, sa.Remote, sa.natLocal || sa.natRemote // the SA may have moved meanwhile
 	if err := sa.childKeys(c, f.secrets[0], f.ni, f.nr, false, f.secrets[1:]...); err != nil {
-		delete(e.inSPIs, c.InSPI)
+		e.dropInSPI(c.InSPI)
 		reply(NO_PROPOSAL_CHOSEN)
 		return
 	}
@@ -207,7 +207,7 @@ func (sa *IKESA) endFollowup(e *Engine, f *followup, reason string, rd *Ready) {
 	if f.ike != nil {
 		ev.Kind = EventIKEFailed
 	} else {
-		delete(e.inSPIs, f.child.InSPI)
+		e.dropInSPI(f.child.InSPI)
 		ev.Child = f.old
 	}
 	ev.Reason = "IKE_FOLLOWUP_KE: " + reason
@@ -225,7 +225,7 @@ func (sa *IKESA) dropFollowups(e *Engine, ikeOnly bool) {
 		}
 		f.clear()
 		if f.child != nil {
-			delete(e.inSPIs, f.child.InSPI)
+			e.dropInSPI(f.child.InSPI)
 		}
 	}
 	clear(sa.followups[len(keep):])

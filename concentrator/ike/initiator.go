@@ -330,7 +330,7 @@ func (sa *IKESA) establishInitiator(now time.Time, e *Engine, m *Message, a auth
 	inSPI := sa.pendingInSPI
 	sa.pendingInSPI = 0
 	childErr := func(n NotifyType, reason string) {
-		delete(e.inSPIs, inSPI)
+		e.dropInSPI(inSPI)
 		ev := sa.event(EventChildFailed)
 		ev.Notify, ev.Reason = n, reason
 		rd.event(ev)

@@ -307,7 +307,7 @@ func (sa *IKESA) handleCreateChild(now time.Time, e *Engine, m *Message, rd *Rea
 		return
 	}
 	if err := sa.childKeys(c, shared, nonce.Data, nr, false); err != nil {
-		delete(e.inSPIs, c.InSPI)
+		e.dropInSPI(c.InSPI)
 		reply(NO_PROPOSAL_CHOSEN, nil)
 		return
 	}
@@ -574,7 +574,7 @@ func (sa *IKESA) rekeyFailed(now time.Time, e *Engine, rk *childRekey, reason st
 		retry += time.Duration(binary.BigEndian.Uint16(b[:])) * retry / 65536
 	}
 	if rk.ike {
-		delete(e.sas, rk.newSPI)
+		e.dropSPI(rk.newSPI)
 		if e.cfg.IKERekeyAfter > 0 {
 			sa.rekeyIKE = now.Add(retry)
 		}
@@ -585,7 +585,7 @@ func (sa *IKESA) rekeyFailed(now time.Time, e *Engine, rk *childRekey, reason st
 	}
 	old := rk.old
 	old.rekeying = false
-	delete(e.inSPIs, rk.inSPI)
+	e.dropInSPI(rk.inSPI)
 	if peer := old.collision; peer != nil {
 		// The peer's rekey of the same SA went through: keep its result.
 		old.replacedBy, old.collision = peer, nil
@@ -720,7 +720,7 @@ func (sa *IKESA) childDeleted(e *Engine, c *ChildSA, reason string, rd *Ready) {
 	for i, x := range sa.children {
 		if x == c {
 			sa.children = append(sa.children[:i], sa.children[i+1:]...)
-			delete(e.inSPIs, c.InSPI)
+			e.dropInSPI(c.InSPI)
 			sa.dataPlane(e, rd, RemoveChild{SPIi: sa.SPIi, SPIr: sa.SPIr, Child: c})
 			ev := sa.event(EventChildDeleted)
 			ev.Child, ev.Reason = c, reason

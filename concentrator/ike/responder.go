@@ -365,7 +365,7 @@ func (sa *IKESA) acceptChild(now time.Time, e *Engine, a authPayloads) (*ChildSA
 	}
 	c.InSPI = e.newESPSPI(sa)
 	if err := sa.childKeys(c, nil, sa.ni, sa.nr, sa.initiator); err != nil {
-		delete(e.inSPIs, c.InSPI)
+		e.dropInSPI(c.InSPI)
 		return failN(err.(*Error))
 	}
 	c.initSeq(nil)
@@ -400,7 +400,7 @@ func (sa *IKESA) handleInformational(now time.Time, e *Engine, m *Message, rd *R
 			var ours [][]byte
 			for _, spi := range d.SPIs {
 				if c := sa.removeChildByOut(binary.BigEndian.Uint32(spi)); c != nil {
-					delete(e.inSPIs, c.InSPI)
+					e.dropInSPI(c.InSPI)
 					ours = append(ours, binary.BigEndian.AppendUint32(nil, c.InSPI))
 					sa.dataPlane(e, rd, RemoveChild{SPIi: sa.SPIi, SPIr: sa.SPIr, Child: c})
 					ev := sa.event(EventChildDeleted)

@@ -301,6 +301,9 @@ func (sa *IKESA) persist(e *Engine, kind PersistKind, rd *Ready, released ...uin
 		sa.outReserved = sa.nextOut + e.cfg.MessageIDBlock
 		p.State.NextOutReserved = sa.outReserved
 	}
+	if p.State != nil {
+		e.noteStored(sa)
+	}
 	sa.version++
 	p.Version = sa.version
 	sa.persistStep = e.step

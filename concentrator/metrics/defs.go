@@ -69,6 +69,7 @@ var (
 	dPrefixCredits   = counterDef("half_open_prefix_credits_total", "SAs that authenticated from a source prefix after a cookie-proven request of that prefix was refused by its quota (ike.max_half_open_per_prefix); each raises the prefix's quota by one for 30 s, so gateways behind one NAT address that restart together get in by doubling waves.")
 	dIKEDropped      = counterDef("ike_messages_dropped_total", "IKE messages dropped as malformed (by the engine or, for a malformed header, the socket loop), for an unknown SA or failing integrity.")
 	dUnreservedSPIs  = counterDef("unreserved_spis_total", "SPIs allocated without a cluster-wide reservation (reservation pool empty).")
+	dReturnedSPIs    = counterDef("returned_spis_total", "Reserved SPIs handed back unused to the reservation pools (a half-open SA, IKE_AUTH or rekey that failed before it was persisted).")
 	dHandoffs        = counterDef("handoffs_total", "SAs handed off to another node.")
 	dUniqueReplaced  = counterDef("unique_id_replacements_total", "Older IKE SAs of a peer identity deleted for a new one (auth.unique_ids): where the old one was (local: this node, remote: another live node, asked over the peer API, dead: a dead node's, deleted from the state store).", "where")
 	dUniqueFailed    = counterDef("unique_id_replace_failures_total", "Older IKE SAs of a peer identity that were to be replaced but were not (state store or peer unreachable); they stay until their peer's liveness check fails.")

@@ -295,6 +295,7 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 		total.DPDDead += st.DPDDead
 		total.RekeyCollisions += st.RekeyCollisions
 		total.UnreservedSPIs += st.UnreservedSPIs
+		total.ReturnedSPIs += st.ReturnedSPIs
 		total.MovesRefused += st.MovesRefused
 		total.SelectorsRefused += st.SelectorsRefused
 		total.MappingChecks += st.MappingChecks
@@ -341,6 +342,7 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 	counter(dDuplicates, total.DuplicateRequests)
 	counter(dIKEDropped, total.Dropped)
 	counter(dUnreservedSPIs, total.UnreservedSPIs)
+	counter(dReturnedSPIs, total.ReturnedSPIs)
 	counter(dHandoffs, ev.Handoffs)
 	counter(dTakeovers, ev.Takeovers)
 	counter(dUniqueReplaced, ev.UniqueLocal, "local")
