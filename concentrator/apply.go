@@ -295,12 +295,24 @@ func (n *Node) commitResults(ctx context.Context, s *shard) {
 		} else {
 			n.log.Warn("SA state not persisted; its batch is dropped", "spi", fmt.Sprintf("%016x", r.spi),
 				"change", r.kind.String(), "err", r.err)
-			s.eng.PersistFailed(r.spi, r.version, &rd)
+			if refusedUnwritten(r.err) {
+				s.eng.PersistRefused(r.spi, r.version, &rd)
+			} else {
+				s.eng.PersistFailed(r.spi, r.version, &rd)
+			}
 		}
 		n.perform(ctx, s, &rd)
 	}
 	clear(s.results)
 	n.release(ctx, s)
+}
+
+// refusedUnwritten tells the state store's refusals of a change whose
+// conditions did not hold, so that nothing of it was written.
+func refusedUnwritten(err error) bool {
+	var held *statestore.IdentityHeldError
+	var taken *statestore.AddressTakenError
+	return errors.As(err, &held) || errors.As(err, &taken)
 }
 
 // withoutRemovalsOf drops from dp the removals of CHILD SAs that the

@@ -53,10 +53,7 @@ func TestFailedHandshakesKeepNoReservations(t *testing.T) {
 	for placeholders() > pools && time.Now().Before(deadline) {
 		time.Sleep(50 * time.Millisecond)
 	}
-	returned := uint64(0)
-	for _, s := range n.shards {
-		n.do(ctx, s, func() { returned += s.eng.Stats().ReturnedSPIs })
-	}
+	returned := returnedSPIs(ctx, n)
 	if got := placeholders(); got > pools || returned < uint64(rep.Failed) {
 		t.Fatalf("after %d failed handshakes: %d reserved IKE SPIs in the store (pools hold %d), %d handed back", rep.Failed, got, pools, returned)
 	}
@@ -78,4 +75,13 @@ func TestFailedHandshakesKeepNoReservations(t *testing.T) {
 	if failed != 0 || unreserved != 0 {
 		t.Fatalf("after reusing handed-back SPIs: %d state writes failed, %d SPIs unreserved", failed, unreserved)
 	}
+}
+
+// returnedSPIs sums the engines' ReturnedSPIs.
+func returnedSPIs(ctx context.Context, n *Node) uint64 {
+	k := uint64(0)
+	for _, s := range n.shards {
+		n.do(ctx, s, func() { k += s.eng.Stats().ReturnedSPIs })
+	}
+	return k
 }

@@ -170,7 +170,8 @@ func TestUniqueIDsDeadOwner(t *testing.T) {
 }
 
 // keep: a second IKE SA of an identity without INITIAL_CONTACT is
-// refused while the first lives; never: both stay.
+// refused while the first lives, and its reserved SPIs handed back;
+// never: both stay.
 func TestUniqueIDsKeepAndNever(t *testing.T) {
 	for _, mode := range []string{"keep", "never"} {
 		t.Run(mode, func(t *testing.T) {
@@ -204,6 +205,9 @@ func TestUniqueIDsKeepAndNever(t *testing.T) {
 			}
 			g2.connectNoIC(ctx, c.vip, 1)
 			waitFor(t, ctx, "the second SA refused", func() bool { return b.n.UniqueStats().Refused >= 1 })
+			// Refused unwritten: its reserved IKE and ESP SPIs go back to
+			// node b's pools instead of staying reserved in etcd.
+			waitFor(t, ctx, "the refused SA's SPIs handed back", func() bool { return returnedSPIs(ctx, b.n) >= 2 })
 			if !gatewayDeleted(g2) {
 				t.Fatal("the refused gateway has an IKE SA")
 			}

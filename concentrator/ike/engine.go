@@ -22,15 +22,17 @@ type Engine struct {
 	recentInits map[initKey]time.Time
 	recentQ     expiryQueue[initKey]
 	inSPIs      map[uint32]*IKESA // inbound ESP SPIs in use
-	// Reserved SPIs handed out (Config.IKESPIs, ESPSPIs) that no Persist
-	// has named yet. One that goes out of use before a Persist named it
-	// is handed back (Config.ReturnIKESPI, ReturnESPSPI): its reservation
-	// is still the node's. Without this every half-open SA that never
+	// Reserved SPIs handed out (Config.IKESPIs, ESPSPIs) that the state
+	// store is not known to hold; true while a Persist naming one awaits
+	// its answer. One that goes out of use while no Persist names it (none
+	// made, or the store refused it without writing: PersistRefused) is
+	// handed back (Config.ReturnIKESPI, ReturnESPSPI): its reservation is
+	// still the node's. Without this every half-open SA that never
 	// authenticated, every failed IKE_AUTH and every rekey the peer never
 	// answered kept its reservation in the state store for the rest of the
 	// node's registration.
-	unstoredIKE map[uint64]struct{}
-	unstoredESP map[uint32]struct{}
+	unstoredIKE map[uint64]bool
+	unstoredESP map[uint32]bool
 	timers      *timerWheel
 	halfOpen    int
 	// half-open accounting (admission.go)
@@ -136,7 +138,7 @@ func NewEngine(cfg Config) (*Engine, error) {
 		sas:       make(map[uint64]*IKESA),
 		initIndex: make(map[initKey]*IKESA), recentInits: make(map[initKey]time.Time),
 		inSPIs:      make(map[uint32]*IKESA),
-		unstoredIKE: make(map[uint64]struct{}), unstoredESP: make(map[uint32]struct{}),
+		unstoredIKE: make(map[uint64]bool), unstoredESP: make(map[uint32]bool),
 		timers:    newTimerWheel(),
 		perPrefix: make(map[netip.Prefix]prefixLoad),
 		credit:    make(map[netip.Prefix]int32),
@@ -357,7 +359,7 @@ func (e *Engine) newSPI() uint64 {
 			}
 			if spi != 0 && e.sas[spi] == nil {
 				if e.cfg.ReturnIKESPI != nil {
-					e.unstoredIKE[spi] = struct{}{}
+					e.unstoredIKE[spi] = false
 				}
 				return spi
 			}
@@ -385,7 +387,7 @@ func (e *Engine) newESPSPI(sa *IKESA) uint32 {
 			if spi >= 256 && e.inSPIs[spi] == nil {
 				e.inSPIs[spi] = sa
 				if e.cfg.ReturnESPSPI != nil {
-					e.unstoredESP[spi] = struct{}{}
+					e.unstoredESP[spi] = false
 				}
 				return spi
 			}
@@ -402,16 +404,28 @@ func (e *Engine) newESPSPI(sa *IKESA) uint32 {
 	}
 }
 
-// noteStored: sa's state as it is now goes to the store; its SPIs are no
-// longer handed back when they go out of use (the store releases them
-// with the SA or CHILD SA).
-func (e *Engine) noteStored(sa *IKESA) {
+// markSPIs sets the SA's SPIs still tracked as unstored to inFlight (a
+// Persist naming them awaits its answer) or forgets them (settled: the
+// store holds them, or may).
+func (e *Engine) markSPIs(sa *IKESA, inFlight, settled bool) {
 	if len(e.unstoredIKE) > 0 {
-		delete(e.unstoredIKE, sa.localSPI())
+		if _, ok := e.unstoredIKE[sa.localSPI()]; ok {
+			if settled {
+				delete(e.unstoredIKE, sa.localSPI())
+			} else {
+				e.unstoredIKE[sa.localSPI()] = inFlight
+			}
+		}
 	}
 	if len(e.unstoredESP) > 0 {
 		for _, c := range sa.children {
-			delete(e.unstoredESP, c.InSPI)
+			if _, ok := e.unstoredESP[c.InSPI]; ok {
+				if settled {
+					delete(e.unstoredESP, c.InSPI)
+				} else {
+					e.unstoredESP[c.InSPI] = inFlight
+				}
+			}
 		}
 	}
 }
@@ -423,25 +437,29 @@ func (e *Engine) ForgetReservations() {
 	clear(e.unstoredESP)
 }
 
-// dropSPI forgets our IKE SPI spi, handing it back if reserved and never
-// persisted.
+// dropSPI forgets our IKE SPI spi, handing it back if reserved and named
+// by no Persist.
 func (e *Engine) dropSPI(spi uint64) {
 	delete(e.sas, spi)
-	if _, ok := e.unstoredIKE[spi]; ok {
+	if inFlight, ok := e.unstoredIKE[spi]; ok {
 		delete(e.unstoredIKE, spi)
-		e.stats.ReturnedSPIs++
-		e.cfg.ReturnIKESPI(spi)
+		if !inFlight {
+			e.stats.ReturnedSPIs++
+			e.cfg.ReturnIKESPI(spi)
+		}
 	}
 }
 
 // dropInSPI frees inbound ESP SPI spi, handing it back if reserved and
-// never persisted.
+// named by no Persist.
 func (e *Engine) dropInSPI(spi uint32) {
 	delete(e.inSPIs, spi)
-	if _, ok := e.unstoredESP[spi]; ok {
+	if inFlight, ok := e.unstoredESP[spi]; ok {
 		delete(e.unstoredESP, spi)
-		e.stats.ReturnedSPIs++
-		e.cfg.ReturnESPSPI(spi)
+		if !inFlight {
+			e.stats.ReturnedSPIs++
+			e.cfg.ReturnESPSPI(spi)
+		}
 	}
 }
 

@@ -132,6 +132,42 @@ func TestReservedSPIsHandedBack(t *testing.T) {
 			t.Fatalf("handed back IKE %x ESP %x; want only the rekey's ESP SPI %x", p.retIKE, p.retESP, p.handedESP[1])
 		}
 	})
+	// The Established write held: refused unwritten, its SPIs come back;
+	// failed with an unknown outcome, or still under way when the SA
+	// goes, they do not (the write may land).
+	for _, end := range []string{"refused", "failed", "deleted meanwhile"} {
+		t.Run("write "+end, func(t *testing.T) {
+			var p spiPools
+			cfg := responderConfig(t, 1)
+			p.attach(&cfg)
+			w := newWire(t, cfg)
+			w.hold = true
+			rd := &Ready{}
+			w.ini.Initiate(w.now, pskInitiation(t), rd)
+			w.run(rd, true)
+			if len(w.persists) != 1 || w.persists[0].Kind != PersistEstablished || len(p.handedESP) != 1 {
+				t.Fatalf("persists %+v, ESP SPIs handed out %x", w.persists, p.handedESP)
+			}
+			pe := w.persists[0]
+			rd = &Ready{}
+			switch end {
+			case "refused":
+				w.res.PersistRefused(pe.SPI, pe.Version, rd)
+			case "failed":
+				w.res.PersistFailed(pe.SPI, pe.Version, rd)
+			default:
+				w.res.Discard(pe.SPI, "test", rd)
+				w.res.Committed(pe.SPI, pe.Version)
+			}
+			if w.res.Len() != 0 {
+				t.Fatalf("%d SAs left", w.res.Len())
+			}
+			want := end == "refused"
+			if got := len(p.retIKE) == 1 && p.retIKE[0] == pe.SPI && slices.Equal(p.retESP, p.handedESP); got != want || !want && len(p.retIKE)+len(p.retESP) != 0 {
+				t.Fatalf("handed back IKE %x ESP %x (handed out %x %x), want them back: %v", p.retIKE, p.retESP, p.handedIKE, p.handedESP, want)
+			}
+		})
+	}
 	t.Run("pool dry", func(t *testing.T) {
 		p := spiPools{empty: true}
 		cfg := responderConfig(t, 1)

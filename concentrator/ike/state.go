@@ -302,7 +302,7 @@ func (sa *IKESA) persist(e *Engine, kind PersistKind, rd *Ready, released ...uin
 		p.State.NextOutReserved = sa.outReserved
 	}
 	if p.State != nil {
-		e.noteStored(sa)
+		e.markSPIs(sa, true, false)
 	}
 	sa.version++
 	p.Version = sa.version
@@ -385,6 +385,7 @@ func (e *Engine) Committed(spi, version uint64) {
 	}
 	sa.stored = true
 	sa.rekeyedFrom = 0
+	e.markSPIs(sa, false, true)
 	if version > sa.committed {
 		sa.committed = version
 	}
@@ -411,12 +412,19 @@ func (e *Engine) Committed(spi, version uint64) {
 // any other SA persists its full state in its next step, before anything
 // else of it goes out.
 func (e *Engine) PersistFailed(spi, version uint64, rd *Ready) {
+	e.persistFailed(spi, version, false, rd)
+}
+
+func (e *Engine) persistFailed(spi, version uint64, refused bool, rd *Ready) {
 	e.step++
 	sa := e.sas[spi]
 	if sa == nil || sa.localSPI() != spi || version > sa.version || version <= sa.committed {
 		return
 	}
 	e.stats.PersistFailures++
+	// A write that may have landed names its SPIs for good; one refused
+	// unwritten names them no more, unless a later write is under way.
+	e.markSPIs(sa, false, !refused || version != sa.version)
 	if !sa.stored && sa.rekeyedFrom == 0 {
 		ev := sa.event(EventIKEFailed)
 		ev.Reason = "state not persisted"
@@ -428,6 +436,16 @@ func (e *Engine) PersistFailed(spi, version uint64, rd *Ready) {
 	if !e.now.IsZero() {
 		e.schedule(sa, e.now) // flushed at the next Tick if nothing else comes
 	}
+}
+
+// PersistRefused is PersistFailed for a write that the state store
+// refused without writing anything of it (its conditions did not hold:
+// the identity is held on another node under unique_ids keep, the
+// virtual IP was taken). If no later write of the SA is under way, the
+// reserved SPIs that only it named are handed back as the SA or CHILD SA
+// goes (Config.ReturnIKESPI, ReturnESPSPI).
+func (e *Engine) PersistRefused(spi, version uint64, rd *Ready) {
+	e.persistFailed(spi, version, true, rd)
 }
 
 // Disowned is PersistFailed for a write the state store refused because
