@@ -67,7 +67,7 @@ var (
 	dRetransmits     = counterDef("retransmits_total", "Requests we retransmitted.")
 	dDuplicates      = counterDef("duplicate_requests_total", "Retransmitted requests answered from the response cache.")
 	dPrefixCredits   = counterDef("half_open_prefix_credits_total", "SAs that authenticated from a source prefix after a cookie-proven request of that prefix was refused by its quota (ike.max_half_open_per_prefix); each raises the prefix's quota by one for 30 s, so gateways behind one NAT address that restart together get in by doubling waves.")
-	dIKEDropped      = counterDef("ike_messages_dropped_total", "IKE messages dropped as malformed (by the engine or, for a malformed header, the socket loop), for an unknown SA or failing integrity.")
+	dIKEDropped      = counterDef("ike_messages_dropped_total", "IKE messages dropped as malformed (by the engine or, for a malformed header, the socket loop), for an unknown SA, failing integrity, or stale (a late copy of a request the SA has moved past, such as a gateway's retransmission that waited in a queue).")
 	dUnreservedSPIs  = counterDef("unreserved_spis_total", "SPIs allocated without a cluster-wide reservation (reservation pool empty).")
 	dReturnedSPIs    = counterDef("returned_spis_total", "Reserved SPIs handed back unused to the reservation pools (a half-open SA, IKE_AUTH or rekey that failed before it was persisted).")
 	dHandoffs        = counterDef("handoffs_total", "SAs handed off to another node.")
