@@ -288,6 +288,20 @@ func (sa *IKESA) handle(now time.Time, e *Engine, pkt Packet, h Header, rd *Read
 			if h.NextPayload == PayloadSKF && !isFirstFragment(pkt.Data) {
 				return // answer a fragmented retransmission once, on its first fragment
 			}
+			to := Send{Local: sa.Local, Remote: sa.Remote, Messages: sa.lastResp}
+			if pkt.Remote != sa.Remote || pkt.Local != sa.Local {
+				// From elsewhere: the peer's NAT mapping may have changed
+				// after our answer left for the old one, and the peer
+				// retransmits from the new. The answer goes where the copy
+				// came from (RFC 7296 §2.11), once the copy proves to be
+				// the peer's: a request altered, or made up, and sent from
+				// a forged address gets nothing sent anywhere.
+				if err := sa.verifyCopy(pkt); err != nil {
+					e.drop(rd, pkt, h.SPIi, h.SPIr, err)
+					return
+				}
+				to.Local, to.Remote = pkt.Local, pkt.Remote
+			}
 			sa.flushDirty(e, rd)
 			if !sa.canSend(e) {
 				// Its answer goes out once the state it reflects is
@@ -296,7 +310,7 @@ func (sa *IKESA) handle(now time.Time, e *Engine, pkt Packet, h Header, rd *Read
 				return
 			}
 			e.stats.DuplicateRequests++
-			sa.send(sa.lastResp, rd)
+			rd.send(to)
 			return
 		case h.MessageID == 0 && h.Exchange == INFORMATIONAL && sa.msgIDSync && sa.state == stateEstablished:
 			// Perhaps an RFC 6311 synchronisation: seen once decrypted.
@@ -409,6 +423,30 @@ func (sa *IKESA) handle(now time.Time, e *Engine, pkt Packet, h Header, rd *Read
 	if sa.state != stateDead {
 		sa.reschedule(e)
 	}
+}
+
+// verifyCopy checks the integrity of a copy of the peer's last request
+// (or of its first fragment) without acting on it.
+func (sa *IKESA) verifyCopy(pkt Packet) error {
+	if sa.cipher == nil {
+		return ErrUnknownSA
+	}
+	in, err := sa.cipher.Key(sa.keyIn.encr, sa.keyIn.integ)
+	if err != nil {
+		return err
+	}
+	m, err := Decode(pkt.Data)
+	if err != nil {
+		return err
+	}
+	switch {
+	case m.sk != nil:
+		return m.Decrypt(in)
+	case m.skf != nil:
+		_, err := m.DecryptFragment(in)
+		return err
+	}
+	return &ParseError{Reason: "unprotected " + m.Exchange.String()}
 }
 
 // protocolError answers an authenticated but malformed request with the
