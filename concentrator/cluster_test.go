@@ -428,6 +428,60 @@ func TestHandOffAndTakeOver(t *testing.T) {
 	if sas, err := c.node("b").n.SAs(ctx); err != nil || len(sas) != 4 {
 		t.Fatalf("b holds %d IKE SAs (%v)", len(sas), err)
 	}
+
+	// The gateways leave: after hand-offs both ways, a claim by ESP and a
+	// takeover from a dead node, nothing of their SAs stays in the store
+	// (a's index entries and reservations included).
+	for i, g := range gws {
+		deleteIKE(t, ctx, g, i+1)
+	}
+	waitFor(t, ctx, "b to hold no SA", func() bool {
+		sas, err := c.node("b").n.SAs(ctx)
+		return err == nil && len(sas) == 0
+	})
+	if err := c.node("b").n.persist.store.Flush(ctx); err != nil {
+		t.Fatal(err)
+	}
+	cli, err := statestore.Dial(c.etcd.Client())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cli.Close()
+	kept, leased := storeKeys(t, ctx, cli)
+	noSAKeys(t, kept)
+	if t.Failed() {
+		t.Fatalf("left in the store: %s; on a lease: %s", formatCounts(kept), formatCounts(leased))
+	}
+}
+
+// deleteIKE has gateway n delete its IKE SA and waits until it has,
+// advancing the fake clock so that what a dead node never answered is
+// retransmitted and given up.
+func deleteIKE(t *testing.T, ctx context.Context, g *memGateway, n int) {
+	t.Helper()
+	spii, _, _ := gatewaySA(g)
+	if spii == 0 {
+		t.Fatalf("gateway %d has no IKE SA", n)
+	}
+	g.calls <- func() {
+		var rd ike.Ready
+		g.eng.Delete(g.clk.Now(), spii, &rd)
+		g.perform(&rd)
+	}
+	tick := time.NewTicker(50 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		select {
+		case <-tick.C:
+			g.clk.Advance(200 * time.Millisecond)
+		case ev := <-g.events:
+			if ev.Kind == ike.EventIKEDeleted && ev.SPIi == spii {
+				return
+			}
+		case <-ctx.Done():
+			t.Fatalf("gateway %d: IKE SA not deleted", n)
+		}
+	}
 }
 
 // handOffWithHook runs two nodes, a with its hand-off writes done by
