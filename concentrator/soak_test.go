@@ -61,12 +61,21 @@ func formatCounts(m map[string]int) string {
 	return strings.Join(ks, " ")
 }
 
-// A fleet that reconnects, moves behind its NATs and rekeys, then
-// leaves, must leave nothing of its SAs in the store: no record, owner,
-// index entry, ESP SPI or selector key, and no more reservations than the
-// pools hold. Only the cluster's own keys, the identities' address leases
-// (kept for their next connection) and the pools' reservations remain.
+// A fleet that reconnects, moves behind its NATs and rekeys (its CHILD
+// SAs, or its IKE SAs), then leaves, must leave nothing of its SAs in the
+// store: no record, owner, index entry, ESP SPI or selector key, and no
+// more reservations than the pools hold. Only the cluster's own keys, the
+// identities' address leases (kept for their next connection) and the
+// pools' reservations remain.
 func TestFleetLeavesNoKeysBehind(t *testing.T) {
+	for _, rekeyIKE := range []bool{false, true} {
+		t.Run(map[bool]string{false: "child rekeys", true: "IKE rekeys"}[rekeyIKE], func(t *testing.T) {
+			fleetLeaves(t, rekeyIKE)
+		})
+	}
+}
+
+func fleetLeaves(t *testing.T, rekeyIKE bool) {
 	dir := t.TempDir()
 	n, _, _ := runNode(t, nodeConfig(60, "", fmt.Sprintf("statestore:\n  mode: embedded\n  data_dir: %s/store\n  cluster_key_file: %s/cluster.key\n", dir, dir)))
 	ctx, cancel := context.WithTimeout(context.Background(), 120*time.Second)
@@ -75,13 +84,13 @@ func TestFleetLeavesNoKeysBehind(t *testing.T) {
 	o.Rate, o.Hold = 100, 8*time.Second
 	o.ChurnPerMin, o.RebindPerMin = 300, 300 // each gateway reconnects and rebinds about once in the hold
 	o.KeepaliveInterval, o.DPDDelay = time.Second, 2*time.Second
-	o.RekeyStorm, o.RekeyRate = true, 50
+	o.RekeyStorm, o.RekeyRate, o.RekeyIKE = true, 50, rekeyIKE
 	rep, err := loadtest.Run(ctx, o)
 	if err != nil {
 		t.Fatalf("%v: %+v", err, rep)
 	}
 	// Churned gateways set up again: more setups than gateways.
-	if rep.Established <= 60 || rep.Moves.Rebinds == 0 || rep.Rekeys.Done == 0 {
+	if rep.Established <= 60 || rep.Moves.Rebinds == 0 || rep.Rekeys.Done == 0 || rekeyIKE && rep.Rekeys.IKE == 0 {
 		t.Fatalf("the fleet did not churn, rebind and rekey: %+v", rep)
 	}
 	var left []SAInfo
