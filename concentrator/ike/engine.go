@@ -409,25 +409,32 @@ func (e *Engine) newESPSPI(sa *IKESA) uint32 {
 // store holds them, or may).
 func (e *Engine) markSPIs(sa *IKESA, inFlight, settled bool) {
 	if len(e.unstoredIKE) > 0 {
-		if _, ok := e.unstoredIKE[sa.localSPI()]; ok {
-			if settled {
-				delete(e.unstoredIKE, sa.localSPI())
-			} else {
-				e.unstoredIKE[sa.localSPI()] = inFlight
-			}
-		}
+		mark(e.unstoredIKE, sa.localSPI(), inFlight, settled)
 	}
 	if len(e.unstoredESP) > 0 {
 		for _, c := range sa.children {
-			if _, ok := e.unstoredESP[c.InSPI]; ok {
-				if settled {
-					delete(e.unstoredESP, c.InSPI)
-				} else {
-					e.unstoredESP[c.InSPI] = inFlight
-				}
-			}
+			mark(e.unstoredESP, c.InSPI, inFlight, settled)
 		}
 	}
+}
+
+func mark[K comparable](m map[K]bool, k K, inFlight, settled bool) {
+	if _, ok := m[k]; !ok {
+		return
+	}
+	if settled {
+		delete(m, k)
+	} else {
+		m[k] = inFlight
+	}
+}
+
+// gone forgets k, tracked in m, and reports whether it is to be handed
+// back: tracked and named by no Persist.
+func gone[K comparable](m map[K]bool, k K) bool {
+	inFlight, ok := m[k]
+	delete(m, k)
+	return ok && !inFlight
 }
 
 // ForgetReservations stops handing back the SPIs handed out so far: their
@@ -441,12 +448,9 @@ func (e *Engine) ForgetReservations() {
 // by no Persist.
 func (e *Engine) dropSPI(spi uint64) {
 	delete(e.sas, spi)
-	if inFlight, ok := e.unstoredIKE[spi]; ok {
-		delete(e.unstoredIKE, spi)
-		if !inFlight {
-			e.stats.ReturnedSPIs++
-			e.cfg.ReturnIKESPI(spi)
-		}
+	if gone(e.unstoredIKE, spi) {
+		e.stats.ReturnedSPIs++
+		e.cfg.ReturnIKESPI(spi)
 	}
 }
 
@@ -454,12 +458,9 @@ func (e *Engine) dropSPI(spi uint64) {
 // named by no Persist.
 func (e *Engine) dropInSPI(spi uint32) {
 	delete(e.inSPIs, spi)
-	if inFlight, ok := e.unstoredESP[spi]; ok {
-		delete(e.unstoredESP, spi)
-		if !inFlight {
-			e.stats.ReturnedSPIs++
-			e.cfg.ReturnESPSPI(spi)
-		}
+	if gone(e.unstoredESP, spi) {
+		e.stats.ReturnedSPIs++
+		e.cfg.ReturnESPSPI(spi)
 	}
 }
 

@@ -40,6 +40,19 @@ func (p *spiPools) attach(cfg *Config) {
 	cfg.ReturnESPSPI = func(spi uint32) { p.retESP = append(p.retESP, spi) }
 }
 
+// halfOpen is a wire whose responder, with pools p, holds one half-open
+// SA: its IKE_AUTH request never arrives.
+func halfOpen(t *testing.T, p *spiPools) *wire {
+	cfg := responderConfig(t, 1)
+	p.attach(&cfg)
+	w := newWire(t, cfg)
+	w.drop = func(toResponder bool, msg []byte) bool { return toResponder && msg[18] == byte(IKE_AUTH) }
+	rd := &Ready{}
+	w.ini.Initiate(w.now, pskInitiation(t), rd)
+	w.run(rd, true)
+	return w
+}
+
 // runTimers advances the wire's clock through the responder's deadlines
 // up to d from now, delivering what the responder sends.
 func (w *wire) runTimers(d time.Duration) {
@@ -64,13 +77,7 @@ func (w *wire) runTimers(d time.Duration) {
 func TestReservedSPIsHandedBack(t *testing.T) {
 	t.Run("half-open SA expires", func(t *testing.T) {
 		var p spiPools
-		cfg := responderConfig(t, 1)
-		p.attach(&cfg)
-		w := newWire(t, cfg)
-		w.drop = func(toResponder bool, msg []byte) bool { return toResponder && msg[18] == byte(IKE_AUTH) }
-		rd := &Ready{}
-		w.ini.Initiate(w.now, pskInitiation(t), rd)
-		w.run(rd, true)
+		w := halfOpen(t, &p)
 		if len(p.handedIKE) != 1 || w.res.Len() != 1 {
 			t.Fatalf("handed out %x, %d SAs: want one half-open", p.handedIKE, w.res.Len())
 		}
@@ -170,13 +177,7 @@ func TestReservedSPIsHandedBack(t *testing.T) {
 	}
 	t.Run("pool dry", func(t *testing.T) {
 		p := spiPools{empty: true}
-		cfg := responderConfig(t, 1)
-		p.attach(&cfg)
-		w := newWire(t, cfg)
-		w.drop = func(toResponder bool, msg []byte) bool { return toResponder && msg[18] == byte(IKE_AUTH) }
-		rd := &Ready{}
-		w.ini.Initiate(w.now, pskInitiation(t), rd)
-		w.run(rd, true)
+		w := halfOpen(t, &p)
 		w.runTimers(2 * DefaultHalfOpenTimeout)
 		if w.res.Stats().UnreservedSPIs == 0 || len(p.retIKE)+len(p.retESP) != 0 {
 			t.Fatalf("unreserved %d; handed back IKE %x ESP %x never reserved", w.res.Stats().UnreservedSPIs, p.retIKE, p.retESP)
@@ -184,13 +185,7 @@ func TestReservedSPIsHandedBack(t *testing.T) {
 	})
 	t.Run("forgotten reservations", func(t *testing.T) {
 		var p spiPools
-		cfg := responderConfig(t, 1)
-		p.attach(&cfg)
-		w := newWire(t, cfg)
-		w.drop = func(toResponder bool, msg []byte) bool { return toResponder && msg[18] == byte(IKE_AUTH) }
-		rd := &Ready{}
-		w.ini.Initiate(w.now, pskInitiation(t), rd)
-		w.run(rd, true)
+		w := halfOpen(t, &p)
 		w.res.ForgetReservations() // the registration they were made on ended
 		w.runTimers(2 * DefaultHalfOpenTimeout)
 		if w.res.Len() != 0 || len(p.retIKE) != 0 {
