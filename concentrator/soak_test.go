@@ -67,17 +67,25 @@ func formatCounts(m map[string]int) string {
 // more reservations than the pools hold. Only the cluster's own keys, the
 // identities' address leases (kept for their next connection) and the
 // pools' reservations remain.
+// Gateways that vanish without a word (NoDelete: a power cut) are found
+// dead by the node's liveness checks, and their SAs go the same way.
 func TestFleetLeavesNoKeysBehind(t *testing.T) {
-	for _, rekeyIKE := range []bool{false, true} {
-		t.Run(map[bool]string{false: "child rekeys", true: "IKE rekeys"}[rekeyIKE], func(t *testing.T) {
-			fleetLeaves(t, rekeyIKE)
-		})
+	for _, c := range []struct {
+		name               string
+		rekeyIKE, vanishes bool
+	}{{"child rekeys", false, false}, {"IKE rekeys", true, false}, {"gateways vanish", false, true}} {
+		t.Run(c.name, func(t *testing.T) { fleetLeaves(t, c.rekeyIKE, c.vanishes) })
 	}
 }
 
-func fleetLeaves(t *testing.T, rekeyIKE bool) {
+func fleetLeaves(t *testing.T, rekeyIKE, vanishes bool) {
 	dir := t.TempDir()
-	n, _, _ := runNode(t, nodeConfig(60, "", fmt.Sprintf("statestore:\n  mode: embedded\n  data_dir: %s/store\n  cluster_key_file: %s/cluster.key\n", dir, dir)))
+	ikeExtra := ""
+	if vanishes {
+		// Dead within about three seconds of silence.
+		ikeExtra = "  dpd_delay: 1s\n  retransmit_timeout: 250ms\n  retransmit_tries: 2\n"
+	}
+	n, _, _ := runNode(t, nodeConfig(60, ikeExtra, fmt.Sprintf("statestore:\n  mode: embedded\n  data_dir: %s/store\n  cluster_key_file: %s/cluster.key\n", dir, dir)))
 	ctx, cancel := context.WithTimeout(context.Background(), 120*time.Second)
 	defer cancel()
 	o := loadOptions(t, n, 60)
@@ -85,12 +93,23 @@ func fleetLeaves(t *testing.T, rekeyIKE bool) {
 	o.ChurnPerMin, o.RebindPerMin = 300, 300 // each gateway reconnects and rebinds about once in the hold
 	o.KeepaliveInterval, o.DPDDelay = time.Second, 2*time.Second
 	o.RekeyStorm, o.RekeyRate, o.RekeyIKE = true, 50, rekeyIKE
+	o.NoDelete = vanishes
+	if vanishes {
+		// Only the going: churn, rebindings and rekeys are the other
+		// cases' (with liveness checks this eager, a rebinding the node
+		// has not seen yet ends the SA as dead, and the gateway's rekey
+		// waits out its timeout).
+		o.ChurnPerMin, o.RebindPerMin, o.RekeyStorm, o.Hold = 0, 0, false, 3*time.Second
+	}
 	rep, err := loadtest.Run(ctx, o)
 	if err != nil {
 		t.Fatalf("%v: %+v", err, rep)
 	}
 	// Churned gateways set up again: more setups than gateways.
-	if rep.Established <= 60 || rep.Moves.Rebinds == 0 || rep.Rekeys.Done == 0 || rekeyIKE && rep.Rekeys.IKE == 0 {
+	switch {
+	case vanishes && (rep.Established != 60 || rep.Abandoned != 60):
+		t.Fatalf("the fleet did not vanish: %+v", rep)
+	case !vanishes && (rep.Established <= 60 || rep.Moves.Rebinds == 0 || rep.Rekeys.Done == 0 || rekeyIKE && rep.Rekeys.IKE == 0):
 		t.Fatalf("the fleet did not churn, rebind and rekey: %+v", rep)
 	}
 	var left []SAInfo
