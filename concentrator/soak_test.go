@@ -67,6 +67,7 @@ func formatCounts(m map[string]int) string {
 // more reservations than the pools hold. Only the cluster's own keys, the
 // identities' address leases (kept for their next connection) and the
 // pools' reservations remain.
+//
 // Gateways that vanish without a word (NoDelete: a power cut) are found
 // dead by the node's liveness checks, and their SAs go the same way.
 func TestFleetLeavesNoKeysBehind(t *testing.T) {
@@ -121,7 +122,7 @@ func fleetLeaves(t *testing.T, rekeyIKE, vanishes bool) {
 	if len(left) > 0 {
 		for i, sa := range left {
 			if i < 5 {
-				t.Logf("left: %+v", sa)
+				t.Logf("left: %016x %s %s from %v, %d CHILD SAs", sa.SPIr, sa.State, sa.PeerID, sa.Remote, len(sa.Children))
 			}
 		}
 		t.Fatalf("%d SAs left on the node after the fleet left; report %+v", len(left), rep)
