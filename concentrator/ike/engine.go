@@ -33,8 +33,17 @@ type Engine struct {
 	// node's registration.
 	unstoredIKE map[uint64]bool
 	unstoredESP map[uint32]bool
-	timers      *timerWheel
-	halfOpen    int
+	// elsewhere bounds the cached answers sent to another address than
+	// their SA's (retransmissions after a NAT rebinding): a copy of a
+	// genuine request replayed from forged addresses by an on-path
+	// observer gets at most elsewhereRate answers a second out of the
+	// shard, with a burst of as many.
+	elsewhere struct {
+		tokens float64
+		at     time.Time
+	}
+	timers   *timerWheel
+	halfOpen int
 	// half-open accounting (admission.go)
 	halfOpenBytes int64
 	perPrefix     map[netip.Prefix]prefixLoad
@@ -402,6 +411,28 @@ func (e *Engine) newESPSPI(sa *IKESA) uint32 {
 			return spi
 		}
 	}
+}
+
+// elsewhereRate: cached answers a second an engine sends to addresses
+// other than their SAs' (and its burst). A gateway needs one for a NAT
+// rebinding that fell between its request and our answer.
+const elsewhereRate = 100
+
+// answerElsewhere takes a token for a cached answer to another address
+// than its SA's.
+func (e *Engine) answerElsewhere(now time.Time) bool {
+	b := &e.elsewhere
+	if b.at.IsZero() {
+		b.tokens = elsewhereRate
+	} else if d := now.Sub(b.at); d > 0 {
+		b.tokens = min(elsewhereRate, b.tokens+d.Seconds()*elsewhereRate)
+	}
+	b.at = now
+	if b.tokens < 1 {
+		return false
+	}
+	b.tokens--
+	return true
 }
 
 // markSPIs sets the SA's SPIs still tracked as unstored to inFlight (a

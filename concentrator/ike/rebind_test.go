@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"net/netip"
 	"testing"
+	"time"
 )
 
 // A NAT rebinding between a request and its answer: the answer went to
@@ -48,6 +49,21 @@ func TestRetransmissionFromNewMappingAnsweredThere(t *testing.T) {
 	}
 	if rd := send(old, msg); len(rd.Send) != 1 || rd.Send[0].Remote != old {
 		t.Fatalf("a copy from the SA's address answered with %+v", rd.Send)
+	}
+	// A genuine copy replayed from forged addresses: answered at most
+	// elsewhereRate times at once, then as the bucket refills.
+	answered := 0
+	for i := range 3 * elsewhereRate {
+		if rd := send(netip.AddrPortFrom(netip.MustParseAddr("203.0.113.10"), uint16(1000+i)), msg); len(rd.Send) > 0 {
+			answered++
+		}
+	}
+	if answered >= elsewhereRate {
+		t.Fatalf("%d copies from forged addresses answered at once, want fewer than %d (one went to the rebound gateway)", answered, elsewhereRate)
+	}
+	w.now = w.now.Add(time.Second)
+	if rd := send(netip.MustParseAddrPort("203.0.113.11:1000"), msg); len(rd.Send) != 1 {
+		t.Fatal("no answer elsewhere a second later")
 	}
 	// The gateway takes the answer at its new mapping: its check is done.
 	rd = &Ready{}

@@ -300,6 +300,12 @@ func (sa *IKESA) handle(now time.Time, e *Engine, pkt Packet, h Header, rd *Read
 					e.drop(rd, pkt, h.SPIi, h.SPIr, err)
 					return
 				}
+				if !e.answerElsewhere(now) {
+					// A genuine copy replayed from forged addresses
+					// faster than rebinding gateways need answers.
+					e.drop(rd, pkt, h.SPIi, h.SPIr, ErrRetransmission)
+					return
+				}
 				to.Local, to.Remote = pkt.Local, pkt.Remote
 			}
 			sa.flushDirty(e, rd)
