@@ -64,7 +64,7 @@ func TestInteropHybridConcentrator(t *testing.T) {
 	// Our initiator: the hybrid proposal, ML-KEM-768 in IKE_INTERMEDIATE.
 	load := tp.StartProcess(t, "ikeload", tp.GW, loadBin, "--server", ConcAddr, "--source", GWAddr,
 		"--remote-id", ConcID, "--id", GWPSKID, "--psk", TestPSK, "--proposal", IKEPropPQ, "--esp", ESPProp,
-		"--local-ts", GWLAN, "--remote-ts", ConcLAN, "--count", "1", "--hold", "2s", "--json")
+		"--local-ts", GWLAN, "--remote-ts", ConcLAN, "--count", "1", "--hold", "2s", "--json", "--no-html")
 	ectx, ecancel := context.WithTimeout(ctx, 30*time.Second)
 	err = load.Wait(ectx)
 	ecancel()

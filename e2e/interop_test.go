@@ -175,7 +175,7 @@ func testIkeloadToStrongSwan(t *testing.T, auth Auth) {
 
 	args := []string{"--server", ConcAddr, "--source", GWAddr, "--remote-id", ConcID,
 		"--proposal", IKEProp, "--esp", ESPProp, "--local-ts", GWLAN, "--remote-ts", ConcLAN,
-		"--count", "1", "--hold", "5s", "--json"}
+		"--count", "1", "--hold", "5s", "--json", "--no-html"}
 	gwID := GWPSKID
 	var concFiles map[string][]byte
 	if auth == AuthECDSA {
