@@ -207,7 +207,10 @@ func TestUniqueIDsKeepAndNever(t *testing.T) {
 			waitFor(t, ctx, "the second SA refused", func() bool { return b.n.UniqueStats().Refused >= 1 })
 			// Refused unwritten: its reserved IKE and ESP SPIs go back to
 			// node b's pools instead of staying reserved in etcd.
-			waitFor(t, ctx, "the refused SA's SPIs handed back", func() bool { return returnedSPIs(ctx, b.n) >= 2 })
+			waitFor(t, ctx, "the refused SA's SPIs handed back", func() bool {
+				st, err := b.n.Stats(ctx)
+				return err == nil && st.ReturnedSPIs >= 2
+			})
 			if !gatewayDeleted(g2) {
 				t.Fatal("the refused gateway has an IKE SA")
 			}
