@@ -268,16 +268,16 @@ type ChildSA struct {
 	OutSeqReserved, InSeqLow uint64
 
 	seq        childSeq
-	rekeyAt    time.Time // when we start rekeying it; zero: not us
-	replacedBy *ChildSA  // rekeyed: the successor; this one awaits its Delete
-	retireAt   time.Time // we delete it then (or once the successor carries traffic)
-	collision  *ChildSA  // the peer rekeyed it while we were rekeying it too
+	rekeyAt    stamp    // when we start rekeying it; zero: not us
+	replacedBy *ChildSA // rekeyed: the successor; this one awaits its Delete
+	retireAt   stamp    // we delete it then (or once the successor carries traffic)
+	collision  *ChildSA // the peer rekeyed it while we were rekeying it too
 	// collisionNonce is the lower nonce of the peer's colliding exchange.
 	collisionNonce []byte
 }
 
 // RekeyAt returns when the engine will rekey the CHILD SA (zero: not scheduled).
-func (c *ChildSA) RekeyAt() time.Time { return c.rekeyAt }
+func (c *ChildSA) RekeyAt() time.Time { return c.rekeyAt.Time() }
 
 // event, send, persist and action append an engine product to the batch
 // it belongs in (typed: an Event boxed in an interface cost an allocation

@@ -186,22 +186,22 @@ func (e *Engine) prefixAdmits(now time.Time, remote netip.Addr, reqLen int) bool
 // halfOpenAdd counts a new half-open SA.
 func (e *Engine) halfOpenAdd(sa *IKESA) {
 	sa.halfOpen = true
-	sa.halfOpenCost = int32(len(sa.initReq) + len(sa.initResp) + halfOpenOverhead)
+	sa.hs.halfOpenCost = int32(len(sa.hs.initReq) + len(sa.hs.initResp) + halfOpenOverhead)
 	e.halfOpen++
 	e.publishPressure()
-	e.halfOpenBytes += int64(sa.halfOpenCost)
-	p := e.sourcePrefix(sa.initRemote.Addr())
+	e.halfOpenBytes += int64(sa.hs.halfOpenCost)
+	p := e.sourcePrefix(sa.hs.initRemote.Addr())
 	l := e.perPrefix[p]
 	l.halfOpen++
-	l.bytes += int64(sa.halfOpenCost)
+	l.bytes += int64(sa.hs.halfOpenCost)
 	e.perPrefix[p] = l
 }
 
 // halfOpenGrow counts n more bytes for half-open sa (a cached response).
 func (e *Engine) halfOpenGrow(sa *IKESA, n int64) {
 	e.halfOpenBytes += n
-	sa.halfOpenCost += int32(n)
-	p := e.sourcePrefix(sa.initRemote.Addr())
+	sa.hs.halfOpenCost += int32(n)
+	p := e.sourcePrefix(sa.hs.initRemote.Addr())
 	if l, ok := e.perPrefix[p]; ok {
 		l.bytes += n
 		e.perPrefix[p] = l
@@ -218,8 +218,8 @@ func (e *Engine) halfOpenDone(now time.Time, sa *IKESA, authenticated bool) {
 	sa.halfOpen = false
 	e.halfOpen--
 	e.publishPressure()
-	e.halfOpenBytes -= int64(sa.halfOpenCost)
-	p := e.sourcePrefix(sa.initRemote.Addr())
+	e.halfOpenBytes -= int64(sa.hs.halfOpenCost)
+	p := e.sourcePrefix(sa.hs.initRemote.Addr())
 	l := e.perPrefix[p]
 	if authenticated && l.refused {
 		e.earnCredit(now, p)
@@ -228,8 +228,8 @@ func (e *Engine) halfOpenDone(now time.Time, sa *IKESA, authenticated bool) {
 		delete(e.perPrefix, p)
 	} else {
 		l.halfOpen--
-		l.bytes -= int64(sa.halfOpenCost)
+		l.bytes -= int64(sa.hs.halfOpenCost)
 		e.perPrefix[p] = l
 	}
-	sa.halfOpenCost = 0
+	sa.hs.halfOpenCost = 0
 }

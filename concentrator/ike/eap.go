@@ -135,22 +135,22 @@ func (sa *IKESA) startEAP(now time.Time, e *Engine, m *Message, a authPayloads, 
 			st.notifies = append(st.notifies, &Notify{NotifyType: n})
 		}
 	}
-	sa.eap = st
+	sa.hs.eap = st
 	sa.toBackend(e, m.MessageID, nil, rd)
 }
 
 // toBackend hands one EAP message (nil: start) of IKE_AUTH msgID to the
 // backend.
 func (sa *IKESA) toBackend(e *Engine, msgID uint32, msg []byte, rd *Ready) {
-	sa.eap.pending, sa.eap.round = true, msgID
-	sa.eap.rounds++
+	sa.hs.eap.pending, sa.hs.eap.round = true, msgID
+	sa.hs.eap.rounds++
 	e.stats.EAPRounds++
 	rd.EAP = append(rd.EAP, EAPRequest{SPI: sa.SPIr, Round: msgID, Peer: sa.PeerID, Remote: sa.Remote, Message: msg})
 }
 
 // eapRequest handles an IKE_AUTH request during an EAP conversation.
 func (sa *IKESA) eapRequest(now time.Time, e *Engine, m *Message, a authPayloads, fail func(error), rd *Ready) {
-	st := sa.eap
+	st := sa.hs.eap
 	if st.pending {
 		// The request with the backend, retransmitted: answered once the
 		// backend answers.
@@ -185,14 +185,14 @@ func (sa *IKESA) eapRequest(now time.Time, e *Engine, m *Message, a authPayloads
 // finishEAP checks the initiator's AUTH after EAP-Success and
 // establishes the IKE SA with the CHILD SA of the first IKE_AUTH.
 func (sa *IKESA) finishEAP(now time.Time, e *Engine, m *Message, a authPayloads, fail func(error), rd *Ready) {
-	st := sa.eap
+	st := sa.hs.eap
 	if a.auth == nil || a.auth.Method != sig.MethodPSK {
 		fail(errorf(AUTHENTICATION_FAILED, "no shared-key AUTH after EAP"))
 		return
 	}
 	keyI, keyR := st.msk, st.msk
 	if keyI == nil {
-		keyI, keyR = sa.skpi, sa.skpr
+		keyI, keyR = sa.hs.skpi, sa.hs.skpr
 	}
 	fa := st.first
 	fa.auth = a.auth
@@ -211,10 +211,10 @@ func (sa *IKESA) finishEAP(now time.Time, e *Engine, m *Message, a authPayloads,
 func (e *Engine) EAPAnswer(now time.Time, spi uint64, round uint32, ans EAPAnswer, rd *Ready) bool {
 	e.begin(now)
 	sa := e.sas[spi]
-	if sa == nil || sa.eap == nil || !sa.eap.pending || sa.eap.round != round || sa.state != stateInitDone {
+	if sa == nil || sa.state != stateInitDone || sa.hs.eap == nil || !sa.hs.eap.pending || sa.hs.eap.round != round {
 		return false
 	}
-	st := sa.eap
+	st := sa.hs.eap
 	st.pending = false
 	defer sa.reschedule(e)
 	var payloads []Payload
@@ -301,7 +301,7 @@ type eapClientState struct {
 
 // eapClientResponse handles an IKE_AUTH response while our EAP runs.
 func (sa *IKESA) eapClientResponse(now time.Time, e *Engine, m *Message, rd *Ready) {
-	ini, st := sa.ini, sa.eapc
+	ini, st := sa.ini, sa.hs.eapc
 	if n := findNotify(m.Payloads, AUTHENTICATION_FAILED); n != nil {
 		sa.failInit(e, AUTHENTICATION_FAILED, "responder refused our EAP authentication", rd)
 		return
@@ -325,13 +325,13 @@ func (sa *IKESA) eapClientResponse(now time.Time, e *Engine, m *Message, rd *Rea
 	} else if st.succeeded {
 		key := st.client.MSK()
 		if key == nil {
-			key = sa.skpr
+			key = sa.hs.skpr
 		}
 		if a.auth == nil || a.auth.Method != sig.MethodPSK || !bytes.Equal(a.auth.Data, sa.pskAuth(key, sa.authOctets(false, st.idr))) {
 			sa.failInit(e, AUTHENTICATION_FAILED, "responder's AUTH after EAP does not verify", rd)
 			return
 		}
-		sa.eapc = nil
+		sa.hs.eapc = nil
 		sa.establishInitiator(now, e, m, a, rd)
 		return
 	}
@@ -357,7 +357,7 @@ func (sa *IKESA) eapClientResponse(now time.Time, e *Engine, m *Message, rd *Rea
 		st.succeeded = true
 		key := st.client.MSK()
 		if key == nil {
-			key = sa.skpi
+			key = sa.hs.skpi
 		}
 		sa.request(now, e, IKE_AUTH, []Payload{&Auth{Method: sig.MethodPSK, Data: sa.pskAuth(key, sa.authOctets(true, st.idi))}}, rd)
 	default:

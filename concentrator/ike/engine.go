@@ -498,12 +498,14 @@ func (e *Engine) dropInSPI(spi uint32) {
 func (e *Engine) remove(sa *IKESA) {
 	e.halfOpenDone(e.now, sa, false)
 	e.dropSPI(sa.localSPI())
-	delete(e.initIndex, initKey{sa.SPIi, sa.initRemote})
+	if hs := sa.hs; hs != nil { // not yet established
+		delete(e.initIndex, initKey{sa.SPIi, hs.initRemote})
+		if hs.pendingInSPI != 0 {
+			e.dropInSPI(hs.pendingInSPI)
+		}
+	}
 	for _, c := range sa.children {
 		e.dropInSPI(c.InSPI)
-	}
-	if sa.pendingInSPI != 0 {
-		e.dropInSPI(sa.pendingInSPI)
 	}
 	if sa.req != nil && sa.req.rekey != nil {
 		if rk := sa.req.rekey; rk.inSPI != 0 && e.inSPIs[rk.inSPI] == sa {

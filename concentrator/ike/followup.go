@@ -160,8 +160,8 @@ func (sa *IKESA) handleFollowupRequest(now time.Time, e *Engine, m *Message, rd 
 	defer f.clear()
 	if f.ike != nil {
 		// Built again: the SA may have moved (NAT, MOBIKE) meanwhile.
-		nsa := sa.successor(e, false, f.ike.SPIi, f.ike.SPIr, f.sel, f.ni, f.nr)
-		if err := nsa.deriveRekeyed(sa, f.secrets[0], f.secrets[1:]...); err != nil {
+		nsa := sa.successor(e, false, f.ike.SPIi, f.ike.SPIr, f.sel)
+		if err := nsa.deriveRekeyed(sa, f.ni, f.nr, f.secrets[0], f.secrets[1:]...); err != nil {
 			reply(NO_PROPOSAL_CHOSEN)
 			return
 		}

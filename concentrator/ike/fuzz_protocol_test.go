@@ -110,7 +110,7 @@ func FuzzSessionResume(f *testing.F) {
 	ini := initiatorEngine(f, 2)
 	var rd Ready
 	spi := ini.newSPI()
-	sa := &IKESA{initiator: true, SPIi: spi, Local: gwAddr, Remote: concAddr, ni: make([]byte, 32)}
+	sa := &IKESA{initiator: true, SPIi: spi, Local: gwAddr, Remote: concAddr, hs: &handshake{ni: make([]byte, 32)}}
 	p := SelectProposal(rcfg.IKEProposals, Proposals(rcfg.IKEProposals[:1], ProtoIKE, nil, true), ProtoIKE, true)
 	st := &ticketState{expires: t0.Add(time.Hour), proposal: *p, skd: make([]byte, 32), peer: gwID}
 	opaque, err := res.sealTicket(st)

@@ -136,8 +136,8 @@ func checkGolden(t *testing.T, g *golden) {
 		t.Fatalf("IDi %q, want %q", got, g.InitiatorID)
 	}
 	// 4. AUTH octets and AUTH data, computed the way the engine does.
-	sa := &IKESA{prf: prf, ni: k["ni"], nr: k["nr"], skpi: keys.SKpi, skpr: keys.SKpr,
-		initReq: g.Messages[0].IKE, initResp: g.Messages[1].IKE}
+	sa := &IKESA{prf: prf, hs: &handshake{ni: k["ni"], nr: k["nr"], skpi: keys.SKpi, skpr: keys.SKpr,
+		initReq: g.Messages[0].IKE, initResp: g.Messages[1].IKE}}
 	for _, a := range g.Auth {
 		octets := sa.authOctets(a.Who == "initiator", map[bool]*ID{true: idi, false: idr}[a.Who == "initiator"])
 		if !bytes.Equal(octets, a.Octets) {

@@ -66,13 +66,13 @@ func (e *Engine) Initiate(now time.Time, ini Initiation, rd *Ready) (uint64, err
 	}
 	sa := &IKESA{
 		eng: e, initiator: true, outbound: true, state: stateInitSent, SPIi: e.newSPI(), Local: ini.Local, Remote: ini.Remote,
-		created: now, ini: &ini, ni: e.randBytes(32),
+		created: stampOf(now), ini: &ini, hs: &handshake{ni: e.randBytes(32)},
 	}
 	kx, err := suite.GenerateKeyExchange(ini.IKEProposals[0].Groups[0], e.cfg.Rand)
 	if err != nil {
 		return 0, err
 	}
-	sa.kx = kx
+	sa.hs.kx = kx
 	e.sas[sa.SPIi] = sa
 	sa.sendInit(now, e, rd)
 	return sa.SPIi, nil
@@ -80,21 +80,21 @@ func (e *Engine) Initiate(now time.Time, ini Initiation, rd *Ready) (uint64, err
 
 func (sa *IKESA) sendInit(now time.Time, e *Engine, rd *Ready) {
 	m := sa.header(IKE_SA_INIT, 0, false)
-	if sa.cookie != nil {
-		m.Payloads = append(m.Payloads, &Notify{NotifyType: COOKIE, Data: sa.cookie})
+	if sa.hs.cookie != nil {
+		m.Payloads = append(m.Payloads, &Notify{NotifyType: COOKIE, Data: sa.hs.cookie})
 	}
 	m.Payloads = append(m.Payloads,
 		&SA{Proposals: Proposals(sa.ini.IKEProposals, ProtoIKE, nil, true)},
-		&KE{Group: sa.kx.Group(), Data: sa.kx.Public()},
-		&Nonce{Data: sa.ni},
+		&KE{Group: sa.hs.kx.Group(), Data: sa.hs.kx.Public()},
+		&Nonce{Data: sa.hs.ni},
 	)
 	m.Payloads = append(m.Payloads, natNotifies(e, sa.SPIi, 0, sa.Local, sa.Remote, e.cfg.ForceEncap)...)
 	m.Payloads = append(m.Payloads, &Notify{NotifyType: IKEV2_FRAGMENTATION_SUPPORTED}, hashesNotify())
 	if offersIntermediate(sa.ini.IKEProposals) {
 		m.Payloads = append(m.Payloads, &Notify{NotifyType: INTERMEDIATE_EXCHANGE_SUPPORTED})
 	}
-	sa.initReq = m.Encode()
-	sa.req = &pendingRequest{msgID: 0, exchange: IKE_SA_INIT, packets: [][]byte{sa.initReq}, retransmitAt: now.Add(e.cfg.RetransmitTimeout)}
+	sa.hs.initReq = m.Encode()
+	sa.req = &pendingRequest{msgID: 0, exchange: IKE_SA_INIT, packets: [][]byte{sa.hs.initReq}, retransmitAt: now.Add(e.cfg.RetransmitTimeout)}
 	sa.nextOut = 1
 	sa.reschedule(e)
 	sa.send(sa.req.packets, rd)
@@ -115,19 +115,19 @@ func (sa *IKESA) handleInitResponse(now time.Time, e *Engine, pkt Packet, rd *Re
 		return
 	}
 	if c := findNotify(m.Payloads, COOKIE); c != nil {
-		if bytes.Equal(c.Data, sa.cookie) {
+		if bytes.Equal(c.Data, sa.hs.cookie) {
 			// The answer to a retransmission of our cookieless request:
 			// the retry with this cookie is out already.
 			e.drop(rd, pkt, sa.SPIi, 0, ErrStaleMessage)
 			return
 		}
-		sa.cookie = bytes.Clone(c.Data)
+		sa.hs.cookie = bytes.Clone(c.Data)
 		sa.req = nil
 		sa.sendInit(now, e, rd)
 		return
 	}
 	if n := findNotify(m.Payloads, INVALID_KE_PAYLOAD); n != nil {
-		if len(n.Data) != 2 || sa.keRetries >= maxKERetries {
+		if len(n.Data) != 2 || sa.hs.keRetries >= maxKERetries {
 			sa.failInit(e, INVALID_KE_PAYLOAD, "responder refused our key exchange", rd)
 			return
 		}
@@ -141,7 +141,7 @@ func (sa *IKESA) handleInitResponse(now time.Time, e *Engine, pkt Packet, rd *Re
 			sa.failInit(e, INVALID_KE_PAYLOAD, err.Error(), rd)
 			return
 		}
-		sa.kx, sa.keRetries, sa.req = kx, sa.keRetries+1, nil
+		sa.hs.kx, sa.hs.keRetries, sa.req = kx, sa.hs.keRetries+1, nil
 		sa.sendInit(now, e, rd)
 		return
 	}
@@ -160,21 +160,21 @@ func (sa *IKESA) handleInitResponse(now time.Time, e *Engine, pkt Packet, rd *Re
 		sa.failInit(e, NO_PROPOSAL_CHOSEN, err.Error(), rd)
 		return
 	}
-	if sel.Group != sa.kx.Group() || ke.Group != sel.Group {
+	if sel.Group != sa.hs.kx.Group() || ke.Group != sel.Group {
 		sa.failInit(e, INVALID_KE_PAYLOAD, "responder's KE does not match the chosen group", rd)
 		return
 	}
-	shared, err := sa.kx.SharedSecret(ke.Data)
+	shared, err := sa.hs.kx.SharedSecret(ke.Data)
 	if err != nil {
 		sa.failInit(e, INVALID_SYNTAX, err.Error(), rd)
 		return
 	}
-	sa.kx = nil
+	sa.hs.kx = nil
 	sa.req = nil
 	sa.SPIr = m.SPIr
 	sa.prop = sel
-	sa.nr = bytes.Clone(nonce.Data)
-	sa.initResp = bytes.Clone(pkt.Data)
+	sa.hs.nr = bytes.Clone(nonce.Data)
+	sa.hs.initResp = bytes.Clone(pkt.Data)
 	if err := sa.deriveKeys(e, shared); err != nil {
 		sa.failInit(e, NotifyFor(err), err.Error(), rd)
 		return
@@ -245,7 +245,7 @@ func (sa *IKESA) sendAuth(now time.Time, e *Engine, rd *Ready) {
 	case sa.resume != nil:
 		payloads = append(payloads, sa.resumedAuth(sa.authOctets(true, idi))...)
 	case ini.EAP != nil:
-		sa.eapc = &eapClientState{client: ini.EAP, idi: idi}
+		sa.hs.eapc = &eapClientState{client: ini.EAP, idi: idi}
 	default:
 		sendCerts := ini.Creds.SendCert == SendCertAlways || sa.peerCertReq
 		auth, err := sa.ourAuth(e, &ini.Creds, sa.authOctets(true, idi), ini.Creds.Signer == nil, ini.PSK, sendCerts)
@@ -265,8 +265,8 @@ func (sa *IKESA) sendAuth(now time.Time, e *Engine, rd *Ready) {
 		}
 		payloads = append(payloads, cp)
 	}
-	sa.pendingInSPI = e.newESPSPI(sa)
-	spi := binary.BigEndian.AppendUint32(nil, sa.pendingInSPI)
+	sa.hs.pendingInSPI = e.newESPSPI(sa)
+	spi := binary.BigEndian.AppendUint32(nil, sa.hs.pendingInSPI)
 	payloads = append(payloads,
 		&SA{Proposals: Proposals(ini.ESPProposals, ProtoESP, spi, false)},
 		&TS{Selectors: ini.TSi},
@@ -277,7 +277,7 @@ func (sa *IKESA) sendAuth(now time.Time, e *Engine, rd *Ready) {
 }
 
 func (sa *IKESA) handleAuthResponse(now time.Time, e *Engine, m *Message, rd *Ready) {
-	if sa.eapc != nil {
+	if sa.hs.eapc != nil {
 		sa.eapClientResponse(now, e, m, rd)
 		return
 	}
@@ -315,20 +315,19 @@ func (sa *IKESA) establishInitiator(now time.Time, e *Engine, m *Message, a auth
 	sa.takeTicket(now, m)
 	sa.state = stateEstablished
 	sa.Establish = now
-	sa.lastRecv = now
+	sa.lastRecv = stampOf(now)
 	sa.mobike = e.cfg.MOBIKE && findNotify(m.Payloads, MOBIKE_SUPPORTED) != nil
 	sa.msgIDSync = findNotify(m.Payloads, IKEV2_MESSAGE_ID_SYNC_SUPPORTED) != nil
 	if e.cfg.IKERekeyAfter > 0 {
-		sa.rekeyIKE = now.Add(e.cfg.IKERekeyAfter)
+		sa.rekeyIKE = stampOf(now.Add(e.cfg.IKERekeyAfter))
 	}
-	sa.initReq, sa.initResp = nil, nil
+	inSPI, ni, nr := sa.hs.pendingInSPI, sa.hs.ni, sa.hs.nr // the first CHILD SA's
+	sa.hs = nil                                             // AUTH is done; free what only it needed
 	e.stats.Established++
 	rd.event(sa.event(EventIKEEstablished))
 	// Persisted once the CHILD SA's outcome is known, on every path below.
 	defer sa.persist(e, PersistEstablished, rd)
 
-	inSPI := sa.pendingInSPI
-	sa.pendingInSPI = 0
 	childErr := func(n NotifyType, reason string) {
 		e.dropInSPI(inSPI)
 		ev := sa.event(EventChildFailed)
@@ -372,7 +371,7 @@ func (sa *IKESA) establishInitiator(now time.Time, e *Engine, m *Message, a auth
 		LocalTS: a.tsi.Selectors, RemoteTS: a.tsr.Selectors, Local: sa.Local, Remote: sa.Remote,
 		Encap: sa.natLocal || sa.natRemote, VirtualIP: sa.firstVIP(), Created: now,
 	}
-	if err := sa.childKeys(c, nil, sa.ni, sa.nr, sa.initiator); err != nil {
+	if err := sa.childKeys(c, nil, ni, nr, sa.initiator); err != nil {
 		childErr(NO_PROPOSAL_CHOSEN, err.Error())
 		return
 	}

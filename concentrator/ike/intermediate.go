@@ -87,14 +87,14 @@ func (sa *IKESA) intAuth() []byte {
 // addKeyExchange replaces the IKE SA's keys once an additional key
 // exchange produced its shared secret (RFC 9370 §2.2.2).
 func (sa *IKESA) addKeyExchange(secret []byte) {
-	skeyseed := suite.RekeySKEYSEED(sa.prf, sa.skd, secret, sa.ni, sa.nr)
-	k := suite.DeriveIKEKeys(sa.prf, skeyseed, sa.ni, sa.nr, sa.SPIi, sa.SPIr, sa.cipher)
+	skeyseed := suite.RekeySKEYSEED(sa.prf, sa.skd, secret, sa.hs.ni, sa.hs.nr)
+	k := suite.DeriveIKEKeys(sa.prf, skeyseed, sa.hs.ni, sa.hs.nr, sa.SPIi, sa.SPIr, sa.cipher)
 	ei, ai, er, ar := k.SKei, k.SKai, k.SKer, k.SKar
 	if !sa.initiator {
 		ei, ai, er, ar = er, ar, ei, ai
 	}
 	sa.keyOut, sa.keyIn = skKeys{ei, ai}, skKeys{er, ar}
-	sa.skd, sa.skpi, sa.skpr = k.SKd, k.SKpi, k.SKpr
+	sa.skd, sa.hs.skpi, sa.hs.skpr = k.SKd, k.SKpi, k.SKpr
 	clear(skeyseed)
 }
 
@@ -142,7 +142,7 @@ func (sa *IKESA) handleIntermediateRequest(now time.Time, e *Engine, m *Message,
 		return
 	}
 	// The request is authenticated with the keys it came under.
-	im.authI = sa.prf.Sum(sa.skpi, im.authI, intAuthOfReceived(m))
+	im.authI = sa.prf.Sum(sa.hs.skpi, im.authI, intAuthOfReceived(m))
 	ke := collectExchange(m.Payloads).ke
 	var payloads []Payload
 	var secret []byte
@@ -168,7 +168,7 @@ func (sa *IKESA) handleIntermediateRequest(now time.Time, e *Engine, m *Message,
 	}
 	resp := sa.header(IKE_INTERMEDIATE, m.MessageID, true)
 	resp.Payloads = payloads
-	im.authR = sa.prf.Sum(sa.skpr, im.authR, intAuthOfMessage(&resp))
+	im.authR = sa.prf.Sum(sa.hs.skpr, im.authR, intAuthOfMessage(&resp))
 	sa.respond(e, IKE_INTERMEDIATE, m.MessageID, payloads, rd)
 	im.count++
 	if secret != nil {
@@ -216,7 +216,7 @@ func (sa *IKESA) sendIntermediate(now time.Time, e *Engine, rd *Ready) {
 	payloads := []Payload{&KE{Group: kx.Group(), Data: kx.Public()}}
 	req := sa.header(IKE_INTERMEDIATE, sa.nextOut, false)
 	req.Payloads = payloads
-	im.authI = sa.prf.Sum(sa.skpi, im.authI, intAuthOfMessage(&req))
+	im.authI = sa.prf.Sum(sa.hs.skpi, im.authI, intAuthOfMessage(&req))
 	sa.state = stateIntSent
 	sa.request(now, e, IKE_INTERMEDIATE, payloads, rd)
 }
@@ -237,7 +237,7 @@ func (sa *IKESA) handleIntermediateResponse(now time.Time, e *Engine, m *Message
 		sa.failInit(e, INVALID_SYNTAX, err.Error(), rd)
 		return
 	}
-	im.authR = sa.prf.Sum(sa.skpr, im.authR, intAuthOfReceived(m))
+	im.authR = sa.prf.Sum(sa.hs.skpr, im.authR, intAuthOfReceived(m))
 	im.kx = nil
 	im.pending = im.pending[1:]
 	im.count++

@@ -57,26 +57,26 @@ func (sa *IKESA) reschedule(e *Engine) {
 		}
 		for _, c := range sa.children {
 			if c.replacedBy == nil && !c.rekeying {
-				earlier(c.rekeyAt)
+				earlier(c.rekeyAt.Time())
 			}
-			earlier(c.retireAt)
+			earlier(c.retireAt.Time())
 		}
-		earlier(sa.rekeyIKE)
+		earlier(sa.rekeyIKE.Time())
 		for _, f := range sa.followups {
 			earlier(f.expires)
 		}
 	}
 	if sa.lastResp != nil && sa.state == stateEstablished {
 		if sa.lastRespAt.IsZero() {
-			sa.lastRespAt = sa.lastRecv.Add(ResponseCacheTTL)
+			sa.lastRespAt = stampOf(sa.lastRecv.Add(ResponseCacheTTL))
 		}
-		earlier(sa.lastRespAt)
+		earlier(sa.lastRespAt.Time())
 	}
 	if sa.state == stateEstablished && sa.behindNAT && e.cfg.KeepaliveInterval > 0 {
 		if sa.nextKeepalive.IsZero() {
-			sa.nextKeepalive = sa.lastRecv.Add(e.cfg.KeepaliveInterval)
+			sa.nextKeepalive = stampOf(sa.lastRecv.Add(e.cfg.KeepaliveInterval))
 		}
-		earlier(sa.nextKeepalive)
+		earlier(sa.nextKeepalive.Time())
 	}
 	e.schedule(sa, at)
 }
@@ -90,12 +90,12 @@ func (sa *IKESA) reschedule(e *Engine) {
 const ResponseCacheTTL = 5 * time.Minute
 
 func (sa *IKESA) lifecycleTimers(now time.Time, e *Engine, rd *Ready) {
-	if sa.lastResp != nil && !sa.lastRespAt.IsZero() && !now.Before(sa.lastRespAt) {
-		sa.lastResp, sa.lastRespAt = nil, time.Time{}
+	if sa.lastResp != nil && !sa.lastRespAt.IsZero() && !now.Before(sa.lastRespAt.Time()) {
+		sa.lastResp, sa.lastRespAt = nil, 0
 	}
-	if sa.behindNAT && e.cfg.KeepaliveInterval > 0 && !now.Before(sa.nextKeepalive) {
+	if sa.behindNAT && e.cfg.KeepaliveInterval > 0 && !now.Before(sa.nextKeepalive.Time()) {
 		// NAT-T keepalive (RFC 3948 §2.3): keeps our NAT's mapping alive.
-		sa.nextKeepalive = now.Add(e.cfg.KeepaliveInterval)
+		sa.nextKeepalive = stampOf(now.Add(e.cfg.KeepaliveInterval))
 		rd.send(Send{Local: sa.Local, Remote: sa.Remote, Keepalive: true})
 	}
 	sa.expireFollowups(now, e, rd)
@@ -103,7 +103,7 @@ func (sa *IKESA) lifecycleTimers(now time.Time, e *Engine, rd *Ready) {
 		if c.overdue {
 			c.overdue = false
 			if rs, ok := e.cfg.ChildRekey.(RestoreScheduler); ok {
-				c.rekeyAt = rs.Overdue(now)
+				c.rekeyAt = stampOf(rs.Overdue(now))
 			}
 		}
 	}
@@ -112,28 +112,28 @@ func (sa *IKESA) lifecycleTimers(now time.Time, e *Engine, rd *Ready) {
 	}
 	// A restored SA finds the peer's expected message ID first (msgid.go).
 	for _, c := range sa.children {
-		if !c.retireAt.IsZero() && !now.Before(c.retireAt) {
+		if !c.retireAt.IsZero() && !now.Before(c.retireAt.Time()) {
 			if !sa.idKnown(now, e, rd) {
 				return
 			}
-			c.retireAt = time.Time{}
+			c.retireAt = 0
 			sa.deleteChild(now, e, c, rd)
 			return
 		}
 	}
-	if !sa.rekeyIKE.IsZero() && !now.Before(sa.rekeyIKE) {
+	if !sa.rekeyIKE.IsZero() && !now.Before(sa.rekeyIKE.Time()) {
 		if sa.peerRekeying(nil) {
 			// The peer's IKE rekey is under way (followup.go).
-			sa.rekeyIKE = now.Add(e.cfg.RetransmitTimeout)
+			sa.rekeyIKE = stampOf(now.Add(e.cfg.RetransmitTimeout))
 		} else if sa.idKnown(now, e, rd) {
 			sa.startIKERekey(now, e, rd)
 		}
 		return
 	}
 	for _, c := range sa.children {
-		if c.replacedBy == nil && !c.rekeying && !c.rekeyAt.IsZero() && !now.Before(c.rekeyAt) {
+		if c.replacedBy == nil && !c.rekeying && !c.rekeyAt.IsZero() && !now.Before(c.rekeyAt.Time()) {
 			if sa.peerRekeying(c) {
-				c.rekeyAt = now.Add(e.cfg.RetransmitTimeout) // the peer's rekey of it is under way
+				c.rekeyAt = stampOf(now.Add(e.cfg.RetransmitTimeout)) // the peer's rekey of it is under way
 				continue
 			}
 			if sa.idKnown(now, e, rd) {
@@ -188,7 +188,7 @@ func (sa *IKESA) allowedTS(e *Engine) (local, remote []TrafficSelector) {
 // renewal: c replaces a CHILD SA rekeyed on schedule.
 func (sa *IKESA) scheduleChildRekey(e *Engine, c *ChildSA, renewal bool) {
 	if e.cfg.ChildRekey != nil {
-		c.rekeyAt = e.cfg.ChildRekey.Schedule(c.Created, renewal)
+		c.rekeyAt = stampOf(e.cfg.ChildRekey.Schedule(c.Created, renewal))
 	}
 }
 
@@ -398,7 +398,8 @@ func (sa *IKESA) handleIKERekey(now time.Time, e *Engine, m *Message, saP *SA, n
 		return
 	}
 	nr := e.randBytes(32)
-	nsa := sa.successor(e, false, binary.BigEndian.Uint64(sel.SPI), e.newSPI(), sel, bytes.Clone(nonce.Data), nr)
+	ni := bytes.Clone(nonce.Data)
+	nsa := sa.successor(e, false, binary.BigEndian.Uint64(sel.SPI), e.newSPI(), sel)
 	payloads := []Payload{
 		&SA{Proposals: []Proposal{sel.Proposal(binary.BigEndian.AppendUint64(nil, nsa.SPIr))}},
 		&Nonce{Data: nr},
@@ -407,11 +408,11 @@ func (sa *IKESA) handleIKERekey(now time.Time, e *Engine, m *Message, saP *SA, n
 	if addKEs := sel.AddKEs(); len(addKEs) > 0 {
 		// The successor is made once the IKE_FOLLOWUP_KE exchanges are
 		// done (followup.go).
-		f := &followup{ike: nsa, ni: nsa.ni, nr: nr, sel: sel, secrets: [][]byte{shared}, pending: addKEs}
+		f := &followup{ike: nsa, ni: ni, nr: nr, sel: sel, secrets: [][]byte{shared}, pending: addKEs}
 		sa.respondFollowup(now, e, m.MessageID, f, payloads, nil, rd)
 		return
 	}
-	if err := nsa.deriveRekeyed(sa, shared); err != nil {
+	if err := nsa.deriveRekeyed(sa, ni, nr, shared); err != nil {
 		reply(NO_PROPOSAL_CHOSEN, nil)
 		return
 	}
@@ -421,10 +422,10 @@ func (sa *IKESA) handleIKERekey(now time.Time, e *Engine, m *Message, saP *SA, n
 
 // successor builds the IKE SA that replaces sa after a rekey; we are its
 // original initiator if we started the rekey.
-func (sa *IKESA) successor(e *Engine, initiator bool, spii, spir uint64, sel *Selected, ni, nr []byte) *IKESA {
+func (sa *IKESA) successor(e *Engine, initiator bool, spii, spir uint64, sel *Selected) *IKESA {
 	return &IKESA{
 		eng: e, initiator: initiator, outbound: sa.outbound, state: stateEstablished, SPIi: spii, SPIr: spir, Local: sa.Local, Remote: sa.Remote,
-		prop: sel, ni: ni, nr: nr, natLocal: sa.natLocal, natRemote: sa.natRemote, peerFrag: sa.peerFrag,
+		prop: sel, natLocal: sa.natLocal, natRemote: sa.natRemote, peerFrag: sa.peerFrag,
 		peerHashes: sa.peerHashes, PeerID: sa.PeerID, vip: sa.vip, created: sa.created, Establish: sa.Establish,
 		msgIDSync: sa.msgIDSync, vipForeign: sa.vipForeign, policy: sa.policy, peerCert: sa.peerCert, vip6: sa.vip6, vip6Foreign: sa.vip6Foreign,
 		ini: sa.ini, // an SA we initiated keeps its Initiation's policy, whoever rekeys it
@@ -435,8 +436,8 @@ func (sa *IKESA) successor(e *Engine, initiator bool, spii, spir uint64, sel *Se
 // (old), g^ir (new) | Ni | Nr) with the old SA's PRF, then prf+ with the
 // new one (RFC 7296 §2.18); the secrets of additional key exchanges follow
 // the nonces (RFC 9370 §2.2.4).
-func (nsa *IKESA) deriveRekeyed(old *IKESA, shared []byte, addKE ...[]byte) error {
-	skeyseed := suite.RekeySKEYSEED(old.prf, old.skd, shared, nsa.ni, nsa.nr, addKE...)
+func (nsa *IKESA) deriveRekeyed(old *IKESA, ni, nr, shared []byte, addKE ...[]byte) error {
+	skeyseed := suite.RekeySKEYSEED(old.prf, old.skd, shared, ni, nr, addKE...)
 	prf, err := suite.NewPRF(nsa.prop.PRF)
 	if err != nil {
 		return err
@@ -445,14 +446,13 @@ func (nsa *IKESA) deriveRekeyed(old *IKESA, shared []byte, addKE ...[]byte) erro
 	if err != nil {
 		return err
 	}
-	k := suite.DeriveIKEKeys(prf, skeyseed, nsa.ni, nsa.nr, nsa.SPIi, nsa.SPIr, c)
+	k := suite.DeriveIKEKeys(prf, skeyseed, ni, nr, nsa.SPIi, nsa.SPIr, c)
 	ei, ai, er, ar := k.SKei, k.SKai, k.SKer, k.SKar
 	if !nsa.initiator {
 		ei, ai, er, ar = er, ar, ei, ai
 	}
 	nsa.keyOut, nsa.keyIn = skKeys{ei, ai}, skKeys{er, ar}
 	nsa.prf, nsa.cipher, nsa.skd = prf, c, k.SKd
-	nsa.ni, nsa.nr = nil, nil
 	return nil
 }
 
@@ -469,14 +469,14 @@ func (sa *IKESA) handOver(now time.Time, e *Engine, nsa *IKESA, rd *Ready) {
 		e.cfg.Selectors.Move(sa.localSPI(), nsa.localSPI())
 		sa.selectorsHeld, nsa.selectorsHeld = false, true
 	}
-	nsa.lastRecv = now
+	nsa.lastRecv = stampOf(now)
 	if e.cfg.IKERekeyAfter > 0 {
-		nsa.rekeyIKE = now.Add(e.cfg.IKERekeyAfter)
+		nsa.rekeyIKE = stampOf(now.Add(e.cfg.IKERekeyAfter))
 	}
 	e.sas[nsa.localSPI()] = nsa
 	sa.state = stateRekeyed
 	sa.superseded = true // its record went with PersistIKERekeyed
-	sa.rekeyIKE = time.Time{}
+	sa.rekeyIKE = 0
 	nsa.reschedule(e)
 	e.stats.IKERekeys++
 	ev := nsa.event(EventIKERekeyed)
@@ -576,7 +576,7 @@ func (sa *IKESA) rekeyFailed(now time.Time, e *Engine, rk *childRekey, reason st
 	if rk.ike {
 		e.dropSPI(rk.newSPI)
 		if e.cfg.IKERekeyAfter > 0 {
-			sa.rekeyIKE = now.Add(retry)
+			sa.rekeyIKE = stampOf(now.Add(retry))
 		}
 		ev := sa.event(EventIKEFailed)
 		ev.Notify, ev.Reason = n, reason
@@ -592,7 +592,7 @@ func (sa *IKESA) rekeyFailed(now time.Time, e *Engine, rk *childRekey, reason st
 		sa.scheduleChildRekey(e, peer, true)
 		return
 	}
-	old.rekeyAt = now.Add(retry) // try again later
+	old.rekeyAt = stampOf(now.Add(retry)) // try again later
 	ev := sa.event(EventChildFailed)
 	ev.Child, ev.Notify, ev.Reason = old, n, reason
 	rd.event(ev)
@@ -637,14 +637,14 @@ func (sa *IKESA) finishChildRekey(now time.Time, e *Engine, rk *childRekey, rd *
 			c.replacedBy = peer
 			victim = c
 		} else {
-			peer.rekeyAt = time.Time{} // the peer deletes its redundant SA
+			peer.rekeyAt = 0 // the peer deletes its redundant SA
 		}
 		peer.collisionNonce = nil
 	}
 	if victim == old && e.cfg.RekeyOverlap > 0 {
 		// Keep the old SA until the new one carries traffic (ChildActive)
 		// or the overlap has passed, so packets in flight are not lost.
-		old.retireAt = now.Add(e.cfg.RekeyOverlap)
+		old.retireAt = stampOf(now.Add(e.cfg.RekeyOverlap))
 		return
 	}
 	sa.deleteChild(now, e, victim, rd)
@@ -669,9 +669,9 @@ func (e *Engine) ExpireChild(now time.Time, inSPI uint32, hard bool, rd *Ready) 
 			sa.deleteChild(now, e, c, rd)
 			return
 		}
-		c.retireAt = now // as soon as the exchange under way is done
+		c.retireAt = stampOf(now) // as soon as the exchange under way is done
 	} else if c.replacedBy == nil && !c.rekeying {
-		c.rekeyAt = now
+		c.rekeyAt = stampOf(now)
 	}
 	sa.reschedule(e)
 }
@@ -685,8 +685,8 @@ func (e *Engine) ChildActive(now time.Time, inSPI uint32) {
 	}
 	c := sa.childByIn(inSPI)
 	for _, x := range sa.children {
-		if c != nil && x.replacedBy == c && !x.retireAt.IsZero() && now.Before(x.retireAt) {
-			x.retireAt = now
+		if c != nil && x.replacedBy == c && !x.retireAt.IsZero() && now.Before(x.retireAt.Time()) {
+			x.retireAt = stampOf(now)
 			sa.reschedule(e)
 		}
 	}
@@ -706,7 +706,7 @@ func (sa *IKESA) deleteChild(now time.Time, e *Engine, c *ChildSA, rd *Ready) {
 		return // one exchange at a time; the old SA is retried by its own rekeyAt
 	}
 	if !sa.idKnown(now, e, rd) {
-		c.retireAt = now // once the message ID is known
+		c.retireAt = stampOf(now) // once the message ID is known
 		return
 	}
 	sa.request(now, e, INFORMATIONAL, []Payload{
@@ -738,7 +738,7 @@ func (sa *IKESA) startIKERekey(now time.Time, e *Engine, rd *Ready) {
 	specs := sa.ikeSpecs(e)
 	kx, err := suite.GenerateKeyExchange(sa.prop.Group, e.cfg.Rand)
 	if err != nil {
-		sa.rekeyIKE = time.Time{}
+		sa.rekeyIKE = 0
 		return
 	}
 	rk := &childRekey{ike: true, newSPI: e.newSPI(), ni: e.randBytes(32), kx: kx}
@@ -750,7 +750,7 @@ func (sa *IKESA) startIKERekey(now time.Time, e *Engine, rd *Ready) {
 		&KE{Group: kx.Group(), Data: kx.Public()},
 	}, rd)
 	sa.req.rekey = rk
-	sa.rekeyIKE = time.Time{}
+	sa.rekeyIKE = 0
 	// Reserve the new SPI so no other SA takes it meanwhile.
 	e.sas[rk.newSPI] = sa
 }
@@ -787,8 +787,8 @@ func (sa *IKESA) handleIKERekeyResponse(now time.Time, e *Engine, rk *childRekey
 // finishIKERekey makes the successor our IKE rekey negotiated and deletes
 // this SA.
 func (sa *IKESA) finishIKERekey(now time.Time, e *Engine, rk *childRekey, rd *Ready) {
-	nsa := sa.successor(e, true, rk.newSPI, binary.BigEndian.Uint64(rk.sel.SPI), rk.sel, rk.ni, rk.nr)
-	if err := nsa.deriveRekeyed(sa, rk.secrets[0], rk.secrets[1:]...); err != nil {
+	nsa := sa.successor(e, true, rk.newSPI, binary.BigEndian.Uint64(rk.sel.SPI), rk.sel)
+	if err := nsa.deriveRekeyed(sa, rk.ni, rk.nr, rk.secrets[0], rk.secrets[1:]...); err != nil {
 		sa.rekeyFailed(now, e, rk, err.Error(), NO_PROPOSAL_CHOSEN, rd)
 		return
 	}
@@ -813,7 +813,7 @@ func (e *Engine) RekeyChild(now time.Time, spi uint64, inSPI uint32, rd *Ready) 
 	}
 	sa.flushDirty(e, rd)
 	if c := sa.childByIn(inSPI); c != nil && !sa.idKnown(now, e, rd) {
-		c.rekeyAt = now // once the message ID is known
+		c.rekeyAt = stampOf(now) // once the message ID is known
 		return
 	}
 	if c := sa.childByIn(inSPI); c != nil && c.replacedBy == nil && !sa.peerRekeying(c) {
@@ -852,7 +852,7 @@ func (e *Engine) RekeyIKE(now time.Time, spi uint64, rd *Ready) {
 	}
 	sa.flushDirty(e, rd)
 	if !sa.idKnown(now, e, rd) {
-		sa.rekeyIKE = now // once the message ID is known
+		sa.rekeyIKE = stampOf(now) // once the message ID is known
 		return
 	}
 	if sa.peerRekeying(nil) {

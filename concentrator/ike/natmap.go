@@ -35,14 +35,14 @@ func (e *Engine) PeerMoved(now time.Time, inSPI uint32, newRemote netip.AddrPort
 		e.stats.MovesRefused++
 		return false
 	}
-	if !sa.lastMapCheck.IsZero() && now.Sub(sa.lastMapCheck) < MappingCheckInterval {
+	if !sa.lastMapCheck.IsZero() && now.Sub(sa.lastMapCheck.Time()) < MappingCheckInterval {
 		return false
 	}
 	sa.flushDirty(e, rd)
 	if sa.req != nil || !sa.idKnown(now, e, rd) {
 		return false
 	}
-	sa.lastMapCheck = now
+	sa.lastMapCheck = stampOf(now)
 	e.stats.MappingChecks++
 	sa.requestTo(now, e, INFORMATIONAL, nil, newRemote, rd)
 	sa.req.mapCheck = true

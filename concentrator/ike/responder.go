@@ -72,9 +72,8 @@ func (e *Engine) handleInitRequest(now time.Time, pkt Packet, h Header, rd *Read
 	}
 	sa := &IKESA{
 		eng: e, state: stateInitDone, SPIi: h.SPIi, SPIr: e.newSPI(), Local: pkt.Local, Remote: pkt.Remote,
-		initRemote: pkt.Remote, prop: sel, created: now, nextIn: 1,
-		ni: bytes.Clone(nonce.Data), nr: e.randBytes(32),
-		initReq: bytes.Clone(pkt.Data),
+		prop: sel, created: stampOf(now), nextIn: 1,
+		hs: &handshake{initRemote: pkt.Remote, initReq: bytes.Clone(pkt.Data), ni: bytes.Clone(nonce.Data), nr: e.randBytes(32)},
 	}
 	if err := sa.deriveKeys(e, shared); err != nil {
 		e.initError(now, pkt, h, rd, err)
@@ -96,7 +95,7 @@ func (e *Engine) handleInitRequest(now time.Time, pkt Packet, h Header, rd *Read
 	resp.Payloads = []Payload{
 		&SA{Proposals: []Proposal{sel.Proposal(nil)}},
 		&KE{Group: sel.Group, Data: kx.Public()},
-		&Nonce{Data: sa.nr},
+		&Nonce{Data: sa.hs.nr},
 	}
 	if natT {
 		resp.Payloads = append(resp.Payloads, natNotifies(e, sa.SPIi, sa.SPIr, pkt.Local, pkt.Remote, e.cfg.ForceEncap)...)
@@ -113,12 +112,12 @@ func (e *Engine) handleInitRequest(now time.Time, pkt Packet, h Header, rd *Read
 	if intermediate {
 		resp.Payloads = append(resp.Payloads, &Notify{NotifyType: INTERMEDIATE_EXCHANGE_SUPPORTED})
 	}
-	sa.initResp = resp.Encode()
+	sa.hs.initResp = resp.Encode()
 	e.sas[sa.SPIr] = sa
-	e.initIndex[initKey{sa.SPIi, sa.initRemote}] = sa
+	e.initIndex[initKey{sa.SPIi, sa.hs.initRemote}] = sa
 	e.halfOpenAdd(sa)
 	sa.reschedule(e)
-	rd.send(Send{Local: pkt.Local, Remote: pkt.Remote, Messages: [][]byte{sa.initResp}})
+	rd.send(Send{Local: pkt.Local, Remote: pkt.Remote, Messages: [][]byte{sa.hs.initResp}})
 }
 
 // initError answers a failed IKE_SA_INIT request with the error's notify
@@ -148,9 +147,9 @@ func (e *Engine) initHandled(pkt Packet, h Header, rd *Ready) bool {
 	if sa := e.initIndex[initKey{h.SPIi, pkt.Remote}]; sa != nil {
 		// A retransmission: answer from the cache; a different request with
 		// the same SPI is dropped (RFC 7296 §2.1).
-		if sa.state == stateInitDone && bytes.Equal(sa.initReq, pkt.Data) {
+		if sa.state == stateInitDone && bytes.Equal(sa.hs.initReq, pkt.Data) {
 			e.stats.DuplicateRequests++
-			rd.send(Send{Local: pkt.Local, Remote: pkt.Remote, Messages: [][]byte{sa.initResp}})
+			rd.send(Send{Local: pkt.Local, Remote: pkt.Remote, Messages: [][]byte{sa.hs.initResp}})
 			return true
 		}
 		e.drop(rd, pkt, h.SPIi, 0, ErrRetransmission)
@@ -180,7 +179,7 @@ func (e *Engine) initHandled(pkt Packet, h Header, rd *Ready) bool {
 func (sa *IKESA) handleAuthRequest(now time.Time, e *Engine, m *Message, rd *Ready) {
 	a := collectAuth(m.Payloads, true)
 	fail := func(err error) { sa.failAuth(e, m.MessageID, err, nil, rd) }
-	if sa.eap != nil {
+	if sa.hs.eap != nil {
 		sa.eapRequest(now, e, m, a, fail, rd)
 		return
 	}
@@ -253,7 +252,7 @@ func (sa *IKESA) verifyInitiator(now time.Time, e *Engine, a authPayloads, id *I
 	// then accepted its cookieless retransmission; the initiator signs the
 	// message 1 it sent last: the one with our cookie.
 	for _, msg1 := range sa.cookieRetries(now, e) {
-		if sa.verifyPeer(now, e, a, sa.signedOctets(msg1, sa.nr, sa.skpi, id), psk, e.cfg.Verifier) == nil {
+		if sa.verifyPeer(now, e, a, sa.signedOctets(msg1, sa.hs.nr, sa.hs.skpi, id), psk, e.cfg.Verifier) == nil {
 			return nil
 		}
 	}
@@ -281,19 +280,18 @@ func (sa *IKESA) establishResponder(now time.Time, e *Engine, msgID uint32, req 
 	// The IKE SA is authenticated; a CHILD SA failure below does not undo it.
 	sa.state = stateEstablished
 	sa.Establish = now
-	sa.eap = nil
+	sa.hs.eap = nil
 	e.halfOpenDone(now, sa, true)
-	delete(e.initIndex, initKey{sa.SPIi, sa.initRemote})
-	e.noteEstablishedInit(now, initKey{sa.SPIi, sa.initRemote})
-	sa.lastRecv = now
+	delete(e.initIndex, initKey{sa.SPIi, sa.hs.initRemote})
+	e.noteEstablishedInit(now, initKey{sa.SPIi, sa.hs.initRemote})
+	sa.lastRecv = stampOf(now)
 	e.stats.Established++
 	rd.event(sa.event(EventIKEEstablished))
 
 	child, childPayloads, cerr := sa.acceptChild(now, e, a)
 	payloads = append(payloads, childPayloads...)
 	sa.respond(e, IKE_AUTH, msgID, payloads, rd)
-	sa.initReq, sa.initResp = nil, nil // AUTH is done; free what only it needed
-	sa.ni, sa.nr = nil, nil            // and the first CHILD SA's keys
+	sa.hs = nil // AUTH is done and the first CHILD SA keyed: free what only they needed
 	defer sa.reschedule(e)
 	if cerr != nil {
 		ev := sa.event(EventChildFailed)
@@ -303,7 +301,7 @@ func (sa *IKESA) establishResponder(now time.Time, e *Engine, msgID uint32, req 
 		return
 	}
 	if e.cfg.IKERekeyAfter > 0 {
-		sa.rekeyIKE = now.Add(e.cfg.IKERekeyAfter)
+		sa.rekeyIKE = stampOf(now.Add(e.cfg.IKERekeyAfter))
 	}
 	if child != nil {
 		sa.scheduleChildRekey(e, child, false)
@@ -364,7 +362,7 @@ func (sa *IKESA) acceptChild(now time.Time, e *Engine, a authPayloads) (*ChildSA
 		Encap: sa.natLocal || sa.natRemote, VirtualIP: sa.firstVIP(), Created: now,
 	}
 	c.InSPI = e.newESPSPI(sa)
-	if err := sa.childKeys(c, nil, sa.ni, sa.nr, sa.initiator); err != nil {
+	if err := sa.childKeys(c, nil, sa.hs.ni, sa.hs.nr, sa.initiator); err != nil {
 		e.dropInSPI(c.InSPI)
 		return failN(err.(*Error))
 	}
@@ -500,14 +498,14 @@ func (e *Engine) deleteSA(now time.Time, spi uint64, rd *Ready) {
 // previous cookie secret. None when the message we answered carried a
 // cookie already.
 func (sa *IKESA) cookieRetries(now time.Time, e *Engine) [][]byte {
-	m1 := sa.initReq
+	m1 := sa.hs.initReq
 	if len(m1) < 28 || PayloadType(m1[16]) == PayloadNotify {
 		return nil // answered with a cookie (the first payload), or malformed
 	}
 	var out [][]byte
 	cur := e.currentCookie(now)
 	for _, v := range []byte{cur, cur - 1} {
-		c := e.cookieFor(now, v, sa.ni, sa.initRemote.Addr(), sa.SPIi)
+		c := e.cookieFor(now, v, sa.hs.ni, sa.hs.initRemote.Addr(), sa.SPIi)
 		if c == nil {
 			continue
 		}

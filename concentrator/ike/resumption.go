@@ -335,8 +335,8 @@ func (sa *IKESA) deriveResumed(oldSKd []byte) error {
 	if len(oldSKd) != prf.Size() {
 		return errorf(INVALID_SYNTAX, "ticket SK_d of %d octets for %s", len(oldSKd), suite.PRFName(sa.prop.PRF))
 	}
-	skeyseed := prf.Sum(oldSKd, []byte("Resumption"), sa.ni, sa.nr)
-	k := suite.DeriveIKEKeys(prf, skeyseed, sa.ni, sa.nr, sa.SPIi, sa.SPIr, c)
+	skeyseed := prf.Sum(oldSKd, []byte("Resumption"), sa.hs.ni, sa.hs.nr)
+	k := suite.DeriveIKEKeys(prf, skeyseed, sa.hs.ni, sa.hs.nr, sa.SPIi, sa.SPIr, c)
 	clear(skeyseed)
 	ei, ai, er, ar := k.SKei, k.SKai, k.SKer, k.SKar
 	if !sa.initiator {
@@ -344,16 +344,16 @@ func (sa *IKESA) deriveResumed(oldSKd []byte) error {
 	}
 	sa.prf, sa.cipher = prf, c
 	sa.keyOut, sa.keyIn = skKeys{ei, ai}, skKeys{er, ar}
-	sa.skd, sa.skpi, sa.skpr = k.SKd, k.SKpi, k.SKpr
+	sa.skd, sa.hs.skpi, sa.hs.skpr = k.SKd, k.SKpi, k.SKpr
 	return nil
 }
 
 // resumedAuth is our AUTH payload over octets in a resumed IKE_AUTH:
 // prf(SK_px, octets) (RFC 5723 §5.2).
 func (sa *IKESA) resumedAuth(octets []byte) []Payload {
-	key := sa.skpr
+	key := sa.hs.skpr
 	if sa.initiator {
-		key = sa.skpi
+		key = sa.hs.skpi
 	}
 	return []Payload{&Auth{Method: sig.MethodPSK, Data: sa.prf.Sum(key, octets)}}
 }
@@ -363,9 +363,9 @@ func (sa *IKESA) verifyResumed(a authPayloads, octets []byte) error {
 	if a.auth == nil || a.auth.Method != sig.MethodPSK {
 		return errorf(AUTHENTICATION_FAILED, "resumed IKE_AUTH without a shared-key AUTH")
 	}
-	key := sa.skpi
+	key := sa.hs.skpi
 	if sa.initiator {
-		key = sa.skpr
+		key = sa.hs.skpr
 	}
 	if subtle.ConstantTimeCompare(sa.prf.Sum(key, octets), a.auth.Data) != 1 {
 		return errorf(AUTHENTICATION_FAILED, "resumed AUTH of %v does not verify", sa.PeerID)
@@ -459,8 +459,8 @@ func (e *Engine) handleResumeRequest(now time.Time, pkt Packet, h Header, rd *Re
 	prop := t.proposal
 	sa := &IKESA{
 		eng: e, state: stateInitDone, SPIi: h.SPIi, SPIr: e.newSPI(), Local: pkt.Local, Remote: pkt.Remote,
-		initRemote: pkt.Remote, prop: &prop, created: now, nextIn: 1,
-		ni: bytes.Clone(nonce.Data), nr: e.randBytes(32), initReq: bytes.Clone(pkt.Data),
+		prop: &prop, created: stampOf(now), nextIn: 1,
+		hs:     &handshake{initRemote: pkt.Remote, initReq: bytes.Clone(pkt.Data), ni: bytes.Clone(nonce.Data), nr: e.randBytes(32)},
 		resume: &resumption{id: t.id, expires: t.expires, peer: t.peer, cert: t.cert},
 	}
 	if err := sa.deriveResumed(t.skd); err != nil {
@@ -473,19 +473,19 @@ func (e *Engine) handleResumeRequest(now time.Time, pkt Packet, h Header, rd *Re
 	sa.behindNAT = natL && !pkt.Local.Addr().IsUnspecified()
 	sa.peerFrag = findNotify(m.Payloads, IKEV2_FRAGMENTATION_SUPPORTED) != nil
 	resp := sa.header(IKE_SESSION_RESUME, 0, true)
-	resp.Payloads = []Payload{&Nonce{Data: sa.nr}}
+	resp.Payloads = []Payload{&Nonce{Data: sa.hs.nr}}
 	if natT {
 		resp.Payloads = append(resp.Payloads, natNotifies(e, sa.SPIi, sa.SPIr, pkt.Local, pkt.Remote, e.cfg.ForceEncap)...)
 	}
 	if sa.peerFrag {
 		resp.Payloads = append(resp.Payloads, &Notify{NotifyType: IKEV2_FRAGMENTATION_SUPPORTED})
 	}
-	sa.initResp = resp.Encode()
+	sa.hs.initResp = resp.Encode()
 	e.sas[sa.SPIr] = sa
-	e.initIndex[initKey{sa.SPIi, sa.initRemote}] = sa
+	e.initIndex[initKey{sa.SPIi, sa.hs.initRemote}] = sa
 	e.halfOpenAdd(sa)
 	sa.reschedule(e)
-	rd.send(Send{Local: pkt.Local, Remote: pkt.Remote, Messages: [][]byte{sa.initResp}})
+	rd.send(Send{Local: pkt.Local, Remote: pkt.Remote, Messages: [][]byte{sa.hs.initResp}})
 }
 
 // checkResumed verifies a resumed initiator in IKE_AUTH: the ticket's
@@ -522,7 +522,7 @@ func (e *Engine) startResume(now time.Time, ini Initiation, rd *Ready) (uint64, 
 	prop.Protocol = ProtoIKE
 	sa := &IKESA{
 		eng: e, initiator: true, outbound: true, state: stateResumeSent, SPIi: e.newSPI(), Local: ini.Local, Remote: ini.Remote,
-		created: now, ini: &ini, ni: e.randBytes(32), prop: &prop,
+		created: stampOf(now), ini: &ini, prop: &prop, hs: &handshake{ni: e.randBytes(32)},
 		resume: &resumption{oldSKd: bytes.Clone(t.SKd), peer: t.Responder},
 	}
 	e.sas[sa.SPIi] = sa
@@ -532,14 +532,14 @@ func (e *Engine) startResume(now time.Time, ini Initiation, rd *Ready) (uint64, 
 
 func (sa *IKESA) sendResume(now time.Time, e *Engine, rd *Ready) {
 	m := sa.header(IKE_SESSION_RESUME, 0, false)
-	if sa.cookie != nil {
-		m.Payloads = append(m.Payloads, &Notify{NotifyType: COOKIE, Data: sa.cookie})
+	if sa.hs.cookie != nil {
+		m.Payloads = append(m.Payloads, &Notify{NotifyType: COOKIE, Data: sa.hs.cookie})
 	}
-	m.Payloads = append(m.Payloads, &Nonce{Data: sa.ni}, &Notify{NotifyType: TICKET_OPAQUE, Data: sa.ini.Resume.Opaque})
+	m.Payloads = append(m.Payloads, &Nonce{Data: sa.hs.ni}, &Notify{NotifyType: TICKET_OPAQUE, Data: sa.ini.Resume.Opaque})
 	m.Payloads = append(m.Payloads, natNotifies(e, sa.SPIi, 0, sa.Local, sa.Remote, e.cfg.ForceEncap)...)
 	m.Payloads = append(m.Payloads, &Notify{NotifyType: IKEV2_FRAGMENTATION_SUPPORTED})
-	sa.initReq = m.Encode()
-	sa.req = &pendingRequest{msgID: 0, exchange: IKE_SESSION_RESUME, packets: [][]byte{sa.initReq}, retransmitAt: now.Add(e.cfg.RetransmitTimeout)}
+	sa.hs.initReq = m.Encode()
+	sa.req = &pendingRequest{msgID: 0, exchange: IKE_SESSION_RESUME, packets: [][]byte{sa.hs.initReq}, retransmitAt: now.Add(e.cfg.RetransmitTimeout)}
 	sa.nextOut = 1
 	sa.reschedule(e)
 	sa.send(sa.req.packets, rd)
@@ -552,11 +552,11 @@ func (sa *IKESA) handleResumeResponse(now time.Time, e *Engine, pkt Packet, rd *
 		return
 	}
 	if c := findNotify(m.Payloads, COOKIE); c != nil {
-		if bytes.Equal(c.Data, sa.cookie) {
+		if bytes.Equal(c.Data, sa.hs.cookie) {
 			e.drop(rd, pkt, sa.SPIi, 0, ErrStaleMessage)
 			return
 		}
-		sa.cookie = bytes.Clone(c.Data)
+		sa.hs.cookie = bytes.Clone(c.Data)
 		sa.req = nil
 		sa.sendResume(now, e, rd)
 		return
@@ -576,8 +576,8 @@ func (sa *IKESA) handleResumeResponse(now time.Time, e *Engine, pkt Packet, rd *
 	}
 	sa.req = nil
 	sa.SPIr = m.SPIr
-	sa.nr = bytes.Clone(nonce.Data)
-	sa.initResp = bytes.Clone(pkt.Data)
+	sa.hs.nr = bytes.Clone(nonce.Data)
+	sa.hs.initResp = bytes.Clone(pkt.Data)
 	if err := sa.deriveResumed(sa.resume.oldSKd); err != nil {
 		sa.failInit(e, NotifyFor(err), err.Error(), rd)
 		return

@@ -32,30 +32,24 @@ func (s saState) String() string { return stateNames[s] }
 
 // IKESA is one IKE SA and its CHILD SAs, in either role.
 type IKESA struct {
-	initiator    bool
-	state        saState
-	halfOpen     bool
-	stored       bool  // a version of it is in the state store
-	halfOpenCost int32 // bytes counted in Engine.halfOpenBytes while halfOpen
-	SPIi, SPIr   uint64
-	Local        netip.AddrPort
-	Remote       netip.AddrPort
-	initRemote   netip.AddrPort // the address IKE_SA_INIT came from (retransmit index)
+	initiator  bool
+	state      saState
+	halfOpen   bool
+	stored     bool // a version of it is in the state store
+	SPIi, SPIr uint64
+	Local      netip.AddrPort
+	Remote     netip.AddrPort
+	hs         *handshake // until the SA is established; nil after, and for SAs restored or rekeyed
 
-	prop     *Selected
-	prf      *suite.PRF
-	cipher   *suite.Cipher
-	keyIn    skKeys // SK_e/SK_a the peer protects its messages with
-	keyOut   skKeys // and ours
-	skd      []byte
-	skpi     []byte
-	skpr     []byte
-	ni, nr   []byte
-	initReq  []byte        // IKE_SA_INIT request as sent (AUTH signs it); dropped once authenticated
-	initResp []byte        // IKE_SA_INIT response as sent
-	inter    *intermediate // IKE_INTERMEDIATE exchanges (intermediate.go); nil: none
-	resume   *resumption   // resumed from a ticket (resumption.go); nil: authenticated anew
-	ticket   *Ticket       // initiator: the ticket the responder issued
+	prop   *Selected
+	prf    *suite.PRF
+	cipher *suite.Cipher
+	keyIn  skKeys // SK_e/SK_a the peer protects its messages with
+	keyOut skKeys // and ours
+	skd    []byte
+	inter  *intermediate // IKE_INTERMEDIATE exchanges (intermediate.go); nil: none
+	resume *resumption   // resumed from a ticket (resumption.go); nil: authenticated anew
+	ticket *Ticket       // initiator: the ticket the responder issued
 
 	natLocal, natRemote bool // we / the peer are behind a NAT (or encapsulation is forced)
 	behindNAT           bool // we really are behind a NAT: send keepalives
@@ -68,7 +62,7 @@ type IKESA struct {
 	// IKE_SA_INIT or rekey), it survives IKE rekeys started by either side.
 	outbound      bool
 	dirty         bool // a write failed: the next step persists the full state first
-	nextKeepalive time.Time
+	nextKeepalive stamp
 	peerHashes    []uint16
 
 	PeerID      Identity
@@ -84,7 +78,7 @@ type IKESA struct {
 	children      []*ChildSA
 	vip           netip.Addr
 	vip6          netip.Addr // a dual-stack peer's virtual IPv6 address (Pool6)
-	lastMapCheck  time.Time  // the last liveness check sent for a NAT mapping change (natmap.go)
+	lastMapCheck  stamp      // the last liveness check sent for a NAT mapping change (natmap.go)
 	// policy is the peer's PeerPolicy (policy.go), looked up once it is
 	// authenticated.
 	policy *PeerPolicy
@@ -92,10 +86,10 @@ type IKESA struct {
 	// once verifyPeer accepted it (nil: authenticated otherwise); persisted.
 	peerCert *CertAttrs
 
-	nextOut    uint32    // message ID of our next request
-	nextIn     uint32    // message ID of the peer's next request
-	lastResp   [][]byte  // our last response, for retransmitted requests
-	lastRespAt time.Time // when lastResp is dropped (a peer retransmits for minutes, not hours)
+	nextOut    uint32   // message ID of our next request
+	nextIn     uint32   // message ID of the peer's next request
+	lastResp   [][]byte // our last response, for retransmitted requests
+	lastRespAt stamp    // when lastResp is dropped (a peer retransmits for minutes, not hours)
 	req        *pendingRequest
 	followups  []*followup // the peer's exchanges awaiting IKE_FOLLOWUP_KE (followup.go)
 
@@ -117,20 +111,68 @@ type IKESA struct {
 
 	eng       *Engine // its engine (the wall-date conversion of Snapshot)
 	deadline  int64   // engine time (UnixNano) of the SA's timer in the wheel; 0: none
-	lastRecv  time.Time
-	rekeyIKE  time.Time // when we rekey the IKE SA; zero: never
-	created   time.Time
+	lastRecv  stamp
+	rekeyIKE  stamp // when we rekey the IKE SA; zero: never
+	created   stamp
 	frags     *reassembly
 	Establish time.Time
 
 	// initiator state
-	ini          *Initiation
+	ini *Initiation
+}
+
+// stamp is an instant an SA keeps: nanoseconds since the Unix epoch, 0
+// for none. A time.Time takes 24 bytes (one of them a pointer the
+// collector follows) and an IKE SA keeps six instants; a stamp takes 8.
+// Like the timer wheel's deadlines it has no monotonic reading: the
+// engine's instants are all compared on the wall clock.
+type stamp int64
+
+// stampOf returns t as a stamp (0 for the zero time).
+func stampOf(t time.Time) stamp {
+	if t.IsZero() {
+		return 0
+	}
+	return stamp(t.UnixNano())
+}
+
+// Time returns s as a time.Time (the zero time for 0).
+func (s stamp) Time() time.Time {
+	if s == 0 {
+		return time.Time{}
+	}
+	return time.Unix(0, int64(s))
+}
+
+func (s stamp) IsZero() bool { return s == 0 }
+
+// Add returns s+d as a time.Time.
+func (s stamp) Add(d time.Duration) time.Time { return s.Time().Add(d) }
+
+// handshake is what an IKE SA needs only until it is established: the
+// messages, nonces and keys its AUTH payloads sign (the nonces key the
+// first CHILD SA too), the half-open accounting, the initiator's key
+// exchange, cookie and EAP method, the responder's EAP conversation. The
+// SA drops it once established (an established SA keeps only what it
+// uses: IKESA is 696 bytes, 1,024 with these and time.Time instants
+// inline), so only code that runs before then may use it: SAs restored
+// from the store or made by an IKE rekey never have one.
+type handshake struct {
+	initRemote   netip.AddrPort // the address IKE_SA_INIT came from (retransmit index)
+	initReq      []byte         // IKE_SA_INIT request as sent (AUTH signs it)
+	initResp     []byte         // IKE_SA_INIT response as sent
+	skpi, skpr   []byte
+	ni, nr       []byte // the IKE_SA_INIT nonces (the first CHILD SA's keys use them too)
+	halfOpenCost int32  // bytes counted in Engine.halfOpenBytes while halfOpen
+
+	// initiator
 	kx           suite.KeyExchange
 	cookie       []byte
 	keRetries    uint32
 	pendingInSPI uint32          // inbound ESP SPI offered in our IKE_AUTH request
-	eap          *eapState       // responder: EAP conversation in IKE_AUTH
-	eapc         *eapClientState // initiator: our EAP method in IKE_AUTH
+	eapc         *eapClientState // our EAP method in IKE_AUTH
+
+	eap *eapState // responder: EAP conversation in IKE_AUTH
 }
 
 // skKeys are one direction's SK_e and SK_a. The SK ciphers are keyed from
@@ -176,7 +218,7 @@ func (sa *IKESA) State() string { return sa.state.String() }
 func (sa *IKESA) Established() bool { return sa.state == stateEstablished }
 
 // LastReceived is when the SA last took an authenticated message.
-func (sa *IKESA) LastReceived() time.Time { return sa.lastRecv }
+func (sa *IKESA) LastReceived() time.Time { return sa.lastRecv.Time() }
 
 // IsInitiator reports whether we were the original initiator.
 func (sa *IKESA) IsInitiator() bool { return sa.initiator }
@@ -242,7 +284,7 @@ func (sa *IKESA) respond(e *Engine, ex ExchangeType, msgID uint32, payloads []Pa
 	m.Payloads = payloads
 	pkts := sa.seal(e, &m)
 	sa.lastResp = pkts
-	sa.lastRespAt = time.Time{} // set by reschedule: dropped after ResponseCacheTTL
+	sa.lastRespAt = 0 // set by reschedule: dropped after ResponseCacheTTL
 	sa.nextIn = msgID + 1
 	sa.send(pkts, rd)
 }
@@ -378,7 +420,7 @@ func (sa *IKESA) handle(now time.Time, e *Engine, pkt Packet, h Header, rd *Read
 		return
 	}
 	if !m.IsResponse() && m.MessageID == 0 && sa.msgIDSync && sa.state == stateEstablished && isMIDSyncRequest(m) {
-		sa.lastRecv = now
+		sa.lastRecv = stampOf(now)
 		sa.flushDirty(e, rd)
 		sa.answerMIDSync(now, e, m, rd)
 		sa.reschedule(e)
@@ -397,7 +439,7 @@ func (sa *IKESA) handle(now time.Time, e *Engine, pkt Packet, h Header, rd *Read
 	}
 	// An authenticated message: NAT-T may have moved the peer (port float
 	// to 4500, a NAT rebinding, MOBIKE), and the peer is alive.
-	sa.lastRecv = now
+	sa.lastRecv = stampOf(now)
 	sa.flushDirty(e, rd)
 	if pkt.Local != sa.Local || pkt.Remote != sa.Remote {
 		// Our own address may change (the SA came to another node of the
@@ -633,15 +675,15 @@ func (sa *IKESA) deriveKeys(e *Engine, shared []byte) error {
 	if err != nil {
 		return &Error{Notify: NO_PROPOSAL_CHOSEN, Reason: "cipher", Err: err}
 	}
-	skeyseed := suite.SKEYSEED(prf, sa.ni, sa.nr, shared)
-	k := suite.DeriveIKEKeys(prf, skeyseed, sa.ni, sa.nr, sa.SPIi, sa.SPIr, c)
+	skeyseed := suite.SKEYSEED(prf, sa.hs.ni, sa.hs.nr, shared)
+	k := suite.DeriveIKEKeys(prf, skeyseed, sa.hs.ni, sa.hs.nr, sa.SPIi, sa.SPIr, c)
 	ei, ai, er, ar := k.SKei, k.SKai, k.SKer, k.SKar
 	if !sa.initiator {
 		ei, ai, er, ar = er, ar, ei, ai
 	}
 	sa.prf, sa.cipher = prf, c
 	sa.keyOut, sa.keyIn = skKeys{ei, ai}, skKeys{er, ar}
-	sa.skd, sa.skpi, sa.skpr = k.SKd, k.SKpi, k.SKpr
+	sa.skd, sa.hs.skpi, sa.hs.skpr = k.SKd, k.SKpi, k.SKpr
 	return nil
 }
 
@@ -649,9 +691,9 @@ func (sa *IKESA) deriveKeys(e *Engine, shared []byte) error {
 // (RFC 7296 §2.15): that side's IKE_SA_INIT message, the other side's
 // nonce, and prf(SK_px, IDx').
 func (sa *IKESA) authOctets(ofInitiator bool, id *ID) []byte {
-	msg, nonce, key := sa.initReq, sa.nr, sa.skpi
+	msg, nonce, key := sa.hs.initReq, sa.hs.nr, sa.hs.skpi
 	if !ofInitiator {
-		msg, nonce, key = sa.initResp, sa.ni, sa.skpr
+		msg, nonce, key = sa.hs.initResp, sa.hs.ni, sa.hs.skpr
 	}
 	return sa.signedOctets(msg, nonce, key, id)
 }

@@ -139,11 +139,11 @@ func simulateFleet(tb testing.TB, gateways int, sched RekeyScheduler, cycles int
 		late, n := 0, 0
 		res.Each(func(sa *IKESA) bool {
 			for _, c := range sa.children {
-				if c.rekeyAt.Before(end) && c.replacedBy == nil {
+				if c.rekeyAt.Time().Before(end) && c.replacedBy == nil {
 					late++
 					if n < 3 {
 						n++
-						tb.Logf("child %08x created %v rekeyAt %v rekeying %v deadline %v state %v req %v", c.InSPI, c.Created.Sub(t0), c.rekeyAt.Sub(t0), c.rekeying, time.Unix(0, sa.deadline).Sub(t0), sa.state, sa.req != nil)
+						tb.Logf("child %08x created %v rekeyAt %v rekeying %v deadline %v state %v req %v", c.InSPI, c.Created.Sub(t0), c.rekeyAt.Time().Sub(t0), c.rekeying, time.Unix(0, sa.deadline).Sub(t0), sa.state, sa.req != nil)
 					}
 				}
 			}
@@ -543,14 +543,17 @@ func processCPU() time.Duration {
 }
 
 // TestStructsWithinSizeClass: every SA a node holds pays for these structs
-// rounded up to the allocator's size class, so a field that pushes one
-// past its class costs a whole step (1,024 → 1,152 bytes for an IKE SA):
-// group small fields where the alignment would pad them instead.
+// rounded up to the allocator's size class, and a struct with pointers of
+// more than 512 bytes carries an 8-byte header too: an IKE SA of 696 bytes
+// takes 704, one a byte larger 768 (until Dec 2026 it was 1,024 bytes and
+// took 1,152). A field that does not fit goes where it is needed
+// (handshake, pendingRequest), or small fields are grouped where the
+// alignment would pad them, or the bound here rises knowingly.
 func TestStructsWithinSizeClass(t *testing.T) {
-	if n := unsafe.Sizeof(IKESA{}); n > 1024 {
-		t.Errorf("IKESA is %d bytes, over the 1,024-byte size class", n)
+	if n := unsafe.Sizeof(IKESA{}); n > 696 {
+		t.Errorf("IKESA is %d bytes, over the 704-byte size class with its 8-byte header", n)
 	}
-	if n := unsafe.Sizeof(ChildSA{}); n > 480 {
-		t.Errorf("ChildSA is %d bytes, over the 480-byte size class", n)
+	if n := unsafe.Sizeof(ChildSA{}); n > 448 {
+		t.Errorf("ChildSA is %d bytes, over the 448-byte size class", n)
 	}
 }

@@ -95,7 +95,7 @@ func (sa *IKESA) Snapshot() (SAState, error) {
 		Proposal: *sa.prop, SKd: sa.skd, NextIn: sa.nextIn, NextOut: sa.nextOut,
 		NextOutReserved: sa.outReserved, MsgIDSync: sa.msgIDSync,
 		NATLocal: sa.natLocal, NATRemote: sa.natRemote, PeerFrag: sa.peerFrag, MOBIKE: sa.mobike,
-		PeerID: sa.PeerID, PeerCert: sa.peerCert.Clone(), VirtualIP: sa.vip, VirtualIP6: sa.vip6, Created: wall(sa.created), Established: wall(sa.Establish),
+		PeerID: sa.PeerID, PeerCert: sa.peerCert.Clone(), VirtualIP: sa.vip, VirtualIP6: sa.vip6, Created: wall(sa.created.Time()), Established: wall(sa.Establish),
 	}
 	if sa.outbound {
 		st.Origin = OriginUs
@@ -114,7 +114,7 @@ func (sa *IKESA) Snapshot() (SAState, error) {
 		}
 		st.Children = append(st.Children, ChildState{
 			InSPI: c.InSPI, OutSPI: c.OutSPI, Proposal: c.Proposal, KeyIn: c.KeyIn, KeyOut: c.KeyOut,
-			LocalTS: c.LocalTS, RemoteTS: c.RemoteTS, Encap: c.Encap, Created: wall(c.Created), RekeyAt: wall(c.rekeyAt),
+			LocalTS: c.LocalTS, RemoteTS: c.RemoteTS, Encap: c.Encap, Created: wall(c.Created), RekeyAt: wall(c.rekeyAt.Time()),
 			OutSeqReserved: c.seq.outResv, InSeqLow: c.seq.inLow, SeqBlock: c.seq.block,
 		})
 	}
@@ -155,7 +155,7 @@ func (e *Engine) Restore(now time.Time, st SAState, rd *Ready) (*IKESA, error) {
 		Local: st.Local, Remote: st.Remote, prop: &prop, prf: prf, cipher: c, skd: bytes.Clone(st.SKd),
 		natLocal: st.NATLocal, natRemote: st.NATRemote, peerFrag: st.PeerFrag, mobike: st.MOBIKE,
 		PeerID: Identity{Type: st.PeerID.Type, Data: bytes.Clone(st.PeerID.Data)}, peerCert: st.PeerCert.Clone(), vip: st.VirtualIP, vip6: st.VirtualIP6,
-		nextIn: st.NextIn, nextOut: st.NextOut, created: e.engineTime(st.Created, off), Establish: e.engineTime(st.Established, off), lastRecv: now,
+		nextIn: st.NextIn, nextOut: st.NextOut, created: stampOf(e.engineTime(st.Created, off)), Establish: e.engineTime(st.Established, off), lastRecv: stampOf(now),
 		resync: true, stored: true, msgIDSync: st.MsgIDSync, idUnknown: true,
 	}
 	// The peer expects our next request with an ID in [NextOut-1,
@@ -204,20 +204,20 @@ func (e *Engine) Restore(now time.Time, st SAState, rd *Ready) (*IKESA, error) {
 		}
 	}
 	if e.cfg.IKERekeyAfter > 0 {
-		sa.rekeyIKE = now.Add(e.cfg.IKERekeyAfter)
+		sa.rekeyIKE = stampOf(now.Add(e.cfg.IKERekeyAfter))
 	}
 	e.sas[sa.localSPI()] = sa
 	for _, cs := range st.Children {
 		ch := &ChildSA{
 			InSPI: cs.InSPI, OutSPI: cs.OutSPI, Proposal: cs.Proposal, KeyIn: cs.KeyIn, KeyOut: cs.KeyOut,
 			LocalTS: cs.LocalTS, RemoteTS: cs.RemoteTS, Local: sa.Local, Remote: sa.Remote, Encap: cs.Encap,
-			VirtualIP: st.VirtualIP, Created: e.engineTime(cs.Created, off), rekeyAt: e.engineTime(cs.RekeyAt, off),
+			VirtualIP: st.VirtualIP, Created: e.engineTime(cs.Created, off), rekeyAt: stampOf(e.engineTime(cs.RekeyAt, off)),
 		}
 		e.inSPIs[ch.InSPI] = sa
 		sa.children = append(sa.children, ch)
 		start, legacy := ch.restoreSeq(cs)
 		if legacy && ch.rekeyAt.IsZero() {
-			ch.rekeyAt = now // its sequence numbers are unknown: replace it soon
+			ch.rekeyAt = stampOf(now) // its sequence numbers are unknown: replace it soon
 		}
 		sa.restoreRekey(e, ch, now)
 		// Installed at once, sending above the committed reservation and
@@ -255,18 +255,18 @@ func (sa *IKESA) restoreRekey(e *Engine, c *ChildSA, now time.Time) {
 	}
 	rs, ok := e.cfg.ChildRekey.(RestoreScheduler)
 	switch {
-	case c.rekeyAt.After(now) && ok:
-		rs.Restored(c.rekeyAt)
-	case c.rekeyAt.After(now):
+	case c.rekeyAt.Time().After(now) && ok:
+		rs.Restored(c.rekeyAt.Time())
+	case c.rekeyAt.Time().After(now):
 	case ok:
 		// Placed at the first Tick, once every SA of the restore has told
 		// the scheduler which seconds its kept rekey times load.
-		c.rekeyAt, c.overdue = now, true
+		c.rekeyAt, c.overdue = stampOf(now), true
 	default:
 		// No scheduler that spreads: within the next minute, at random.
 		var b [8]byte
 		e.read(b[:])
-		c.rekeyAt = now.Add(time.Duration(binary.BigEndian.Uint64(b[:]) % uint64(time.Minute)))
+		c.rekeyAt = stampOf(now.Add(time.Duration(binary.BigEndian.Uint64(b[:]) % uint64(time.Minute))))
 	}
 }
 
