@@ -122,10 +122,12 @@ type IKESA struct {
 }
 
 // stamp is an instant an SA keeps: nanoseconds since the Unix epoch, 0
-// for none. A time.Time takes 24 bytes (one of them a pointer the
+// for none. A time.Time takes 24 bytes (8 of them a pointer the
 // collector follows) and an IKE SA keeps six instants; a stamp takes 8.
-// Like the timer wheel's deadlines it has no monotonic reading: the
-// engine's instants are all compared on the wall clock.
+// Like the timer wheel's deadlines it has no monotonic reading, and
+// loses nothing by it: the times the engine is given carry none either
+// (the node's clock is its start's wall reading plus the monotonic time
+// since, so it never steps).
 type stamp int64
 
 // stampOf returns t as a stamp (0 for the zero time).
