@@ -5,6 +5,7 @@ import (
 	"errors"
 	"io"
 	"net/netip"
+	"slices"
 	"time"
 )
 
@@ -142,6 +143,7 @@ func NewEngine(cfg Config) (*Engine, error) {
 		return nil, errors.New("ike: no IKE proposals configured")
 	}
 	cfg.setDefaults()
+	cfg.LocalTS = slices.Clip(slices.Clone(cfg.LocalTS)) // the engine's own: CHILD SAs share it (sharedTS)
 	e := &Engine{
 		cfg:       cfg,
 		sas:       make(map[uint64]*IKESA),

@@ -275,7 +275,7 @@ func (sa *IKESA) handleCreateChild(now time.Time, e *Engine, m *Message, rd *Rea
 		}
 	}
 	localAllowed, remoteAllowed := sa.allowedTS(e)
-	ntsi, ntsr := Narrow(tsi.Selectors, remoteAllowed), Narrow(tsr.Selectors, localAllowed)
+	ntsi, ntsr := Narrow(tsi.Selectors, remoteAllowed), e.sharedTS(Narrow(tsr.Selectors, localAllowed))
 	if len(ntsi) == 0 || len(ntsr) == 0 {
 		reply(TS_UNACCEPTABLE, nil)
 		return

@@ -346,7 +346,7 @@ func (sa *IKESA) acceptChild(now time.Time, e *Engine, a authPayloads) (*ChildSA
 		}
 	}
 	tsi := Narrow(a.tsi.Selectors, remoteAllowed)
-	tsr := Narrow(a.tsr.Selectors, e.cfg.LocalTS)
+	tsr := e.sharedTS(Narrow(a.tsr.Selectors, e.cfg.LocalTS))
 	if len(tsi) == 0 || len(tsr) == 0 {
 		sa.releaseVIPs(e)
 		return failN(errorf(TS_UNACCEPTABLE, "traffic selectors %s === %s not allowed for %s (policy %s)",

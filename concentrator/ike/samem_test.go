@@ -1,6 +1,9 @@
 package ike
 
-import "testing"
+import (
+	"slices"
+	"testing"
+)
 
 // An established SA keeps none of its handshake's state, on either side,
 // through an IKE rekey too, and a restored one never had any.
@@ -39,5 +42,52 @@ func TestEstablishedSAsKeepNoHandshake(t *testing.T) {
 	}
 	if sa.hs != nil {
 		t.Fatal("the restored SA has a handshake")
+	}
+}
+
+// CHILD SAs narrowed to the engine's own selectors share one slice of
+// them, established or restored; the engine's copy is its own, and
+// capped so that an append to one SA's selectors copies.
+func TestChildSAsShareOurSelectors(t *testing.T) {
+	rcfg := responderConfig(t, 1)
+	rcfg.PSKs = fleetPSK{}
+	configured := rcfg.LocalTS
+	w := newWire(t, rcfg)
+	for _, id := range []string{"gw-a@fleet.example", "gw-b@fleet.example"} {
+		if n := connect(t, w, id, lanTS); n != 0 {
+			t.Fatalf("%s: CHILD SA refused: %v", id, n)
+		}
+	}
+	var locals [][]TrafficSelector
+	w.res.Each(func(sa *IKESA) bool {
+		for _, c := range sa.children {
+			locals = append(locals, c.LocalTS)
+		}
+		return true
+	})
+	own := w.res.cfg.LocalTS
+	if len(locals) != 2 || len(configured) == 0 || &own[0] == &configured[0] || cap(own) != len(own) {
+		t.Fatalf("%d CHILD SAs; the engine's selectors are the configuration's, or not capped (cap %d, len %d)", len(locals), cap(own), len(own))
+	}
+	for i, l := range locals {
+		if len(l) == 0 || &l[0] != &own[0] {
+			t.Fatalf("CHILD SA %d keeps a copy of the engine's selectors %v", i, l)
+		}
+	}
+
+	snap, err := w.res.SA(resSPI(w)).Snapshot()
+	if err != nil {
+		t.Fatal(err)
+	}
+	e, err := NewEngine(rcfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	restored, err := e.Restore(w.now, snap, &Ready{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if l := restored.children[0].LocalTS; !slices.Equal(l, own) || &l[0] != &e.cfg.LocalTS[0] || &l[0] == &own[0] {
+		t.Fatalf("restored: %v does not share its engine's selectors", l)
 	}
 }

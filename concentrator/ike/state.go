@@ -210,7 +210,7 @@ func (e *Engine) Restore(now time.Time, st SAState, rd *Ready) (*IKESA, error) {
 	for _, cs := range st.Children {
 		ch := &ChildSA{
 			InSPI: cs.InSPI, OutSPI: cs.OutSPI, Proposal: cs.Proposal, KeyIn: cs.KeyIn, KeyOut: cs.KeyOut,
-			LocalTS: cs.LocalTS, RemoteTS: cs.RemoteTS, Local: sa.Local, Remote: sa.Remote, Encap: cs.Encap,
+			LocalTS: e.sharedTS(cs.LocalTS), RemoteTS: cs.RemoteTS, Local: sa.Local, Remote: sa.Remote, Encap: cs.Encap,
 			VirtualIP: st.VirtualIP, Created: e.engineTime(cs.Created, off), rekeyAt: stampOf(e.engineTime(cs.RekeyAt, off)),
 		}
 		e.inSPIs[ch.InSPI] = sa

@@ -3,6 +3,7 @@ package ike
 import (
 	"fmt"
 	"net/netip"
+	"slices"
 	"strings"
 )
 
@@ -107,6 +108,19 @@ func Narrow(proposed, allowed []TrafficSelector) []TrafficSelector {
 		}
 	}
 	return out
+}
+
+// sharedTS returns the engine's copy of its own selectors (Config.LocalTS)
+// when got holds the same ones, as most CHILD SAs' local selectors do
+// (0.0.0.0/0, or the configured subnets), and got otherwise: the CHILD
+// SAs narrowed to them share one slice instead of each keeping a copy
+// (memory per SA). Nothing writes into a CHILD SA's selectors, and the
+// shared slice's capacity is its length, so an append would copy.
+func (e *Engine) sharedTS(got []TrafficSelector) []TrafficSelector {
+	if len(got) > 0 && slices.Equal(got, e.cfg.LocalTS) {
+		return e.cfg.LocalTS
+	}
+	return got
 }
 
 // Within reports whether every selector of got lies inside one of within

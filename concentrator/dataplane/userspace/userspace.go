@@ -160,6 +160,18 @@ type sa struct {
 	inBase        uint64 // inbound number at the last inbound report (or InSeqLow)
 }
 
+// sharedLocal returns the local selectors an SA keeps: the slice of the SA
+// installed before it when they are the same (memory per SA), a copy of
+// ts otherwise.
+func (d *DataPlane) sharedLocal(ts []dataplane.Selector) []dataplane.Selector {
+	d.localMu.Lock()
+	defer d.localMu.Unlock()
+	if !slices.Equal(ts, d.local) {
+		d.local = slices.Clip(slices.Clone(ts))
+	}
+	return d.local
+}
+
 // saDesc is an installed SA as negotiated, without its keys and selectors.
 type saDesc struct {
 	outSPI                       uint32
@@ -216,6 +228,11 @@ type DataPlane struct {
 	// gone: the counters of SAs removed, so that Report's totals never
 	// go down.
 	gone dataplane.Counters
+	// local: the local selectors of the SA installed last, which the SAs
+	// with the same ones share (most have the same: 0.0.0.0/0, or the
+	// node's subnets). Never written; its capacity is its length.
+	localMu sync.Mutex
+	local   []dataplane.Selector
 
 	mu     sync.RWMutex
 	bySPI  map[uint32]*sa
@@ -424,7 +441,7 @@ func (d *DataPlane) install(_ context.Context, c *dataplane.ChildSA) error {
 	if err != nil {
 		return &dataplane.InstallError{InSPI: c.InSPI, OutSPI: c.OutSPI, Err: err}
 	}
-	localTS := slices.Clone(c.LocalTS)
+	localTS := d.sharedLocal(c.LocalTS)
 	remoteTS := slices.Clone(c.RemoteTS)
 	if c.VirtualIP.IsValid() && !matchAny(remoteTS, c.VirtualIP, 0, 0) {
 		remoteTS = append(remoteTS, dataplane.Selector{Start: c.VirtualIP, End: c.VirtualIP, EndPort: 0xffff})

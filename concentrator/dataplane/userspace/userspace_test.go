@@ -609,3 +609,30 @@ func TestMappingReports(t *testing.T) {
 		t.Fatalf("%d more reports within a second, %d counted", len(reports), r.conc.Stats().Mappings)
 	}
 }
+
+// SAs with the same local selectors share one slice of them; an SA with
+// others keeps its own, and the next one like the first shares again.
+func TestSAsShareTheirLocalSelectors(t *testing.T) {
+	r := newRig(t)
+	wide := []dataplane.Selector{sel("0.0.0.0/0")}
+	install := func(n uint32, local []dataplane.Selector) *sa {
+		t.Helper()
+		cc, _ := childPair(0xc2000000+n, 0x62000000+n, byte(n))
+		cc.LocalTS = slices.Clone(local)
+		if err := r.conc.Install(context.Background(), cc); err != nil {
+			t.Fatal(err)
+		}
+		r.conc.mu.RLock()
+		defer r.conc.mu.RUnlock()
+		return r.conc.bySPI[cc.InSPI]
+	}
+	a, b := install(1, wide), install(2, wide)
+	if &a.localTS[0] != &b.localTS[0] || cap(a.localTS) != len(a.localTS) {
+		t.Fatalf("the same local selectors are kept twice (cap %d)", cap(a.localTS))
+	}
+	c := install(3, []dataplane.Selector{sel("10.1.0.0/16")})
+	d := install(4, wide)
+	if &c.localTS[0] == &a.localTS[0] || c.localTS[0] != sel("10.1.0.0/16") || d.localTS[0] != wide[0] || a.localTS[0] != wide[0] {
+		t.Fatalf("selectors mixed up: %v %v %v", a.localTS, c.localTS, d.localTS)
+	}
+}
