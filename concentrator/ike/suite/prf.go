@@ -8,6 +8,7 @@ import (
 	"crypto/sha512"
 	"encoding/binary"
 	"hash"
+	"slices"
 	"sync"
 )
 
@@ -126,8 +127,9 @@ func (p *PRF) Plus(key, seed []byte, n int) []byte {
 	return out[:n:n]
 }
 
-// IKEKeys are the seven secrets of an IKE SA (RFC 7296 §2.14). The slices
-// share one backing array but have capped capacities, so appending to one
+// IKEKeys are the seven secrets of an IKE SA (RFC 7296 §2.14). SK_d, SK_a
+// and SK_e share one backing array, SK_pi and SK_pr another (the SA drops
+// them once authenticated); the capacities are capped, so appending to one
 // never overwrites another.
 type IKEKeys struct {
 	SKd        []byte // for deriving CHILD SA keys and rekeying
@@ -157,7 +159,13 @@ func DeriveIKEKeys(p *PRF, skeyseed, ni, nr []byte, spii, spir uint64, c *Cipher
 	seed = binary.BigEndian.AppendUint64(seed, spir)
 
 	ps, ik, ek := p.Size(), c.IntegKeyLen(), c.EncrKeyLen()
-	km := p.Plus(skeyseed, seed, 3*ps+2*ik+2*ek)
+	all := p.Plus(skeyseed, seed, 3*ps+2*ik+2*ek)
+	// What an established IKE SA keeps (SK_d, SK_a, SK_e) gets an array of
+	// its own; SK_pi and SK_pr, which only its AUTH payloads need, stay in
+	// prf+'s, which goes with them: with AES-GCM-256 and SHA-256 an SA
+	// keeps 112 bytes of keys instead of prf+'s 192.
+	kept := ps + 2*ik + 2*ek
+	km := slices.Clone(all[:kept])
 	next := func(n int) []byte {
 		k := km[:n:n]
 		km = km[n:]
@@ -167,6 +175,7 @@ func DeriveIKEKeys(p *PRF, skeyseed, ni, nr []byte, spii, spir uint64, c *Cipher
 	k.SKd = next(ps)
 	k.SKai, k.SKar = next(ik), next(ik)
 	k.SKei, k.SKer = next(ek), next(ek)
+	km = all[kept:]
 	k.SKpi, k.SKpr = next(ps), next(ps)
 	return k
 }

@@ -6,6 +6,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"testing"
+	"unsafe"
 )
 
 // RFC 4868 §2.7.1: PRF test cases PRF-1 to PRF-6 (the RFC 4231 cases that
@@ -262,6 +263,14 @@ func TestDeriveIKEKeysAEAD(t *testing.T) {
 	_ = append(k.SKei, 0xff)
 	if !bytes.Equal(before, k.SKer) {
 		t.Error("append to SK_ei overwrote SK_er")
+	}
+	// SK_pi and SK_pr are not in the array an established SA keeps (SK_d
+	// to SK_er, 104 bytes here), so that it does not keep them.
+	kept := uintptr(unsafe.Pointer(unsafe.SliceData(k.SKd)))
+	for _, p := range [][]byte{k.SKpi, k.SKpr} {
+		if at := uintptr(unsafe.Pointer(unsafe.SliceData(p))); at >= kept && at < kept+104+64 {
+			t.Errorf("SK_p at offset %d of SK_d's array", at-kept)
+		}
 	}
 }
 
