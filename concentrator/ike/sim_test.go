@@ -215,6 +215,43 @@ func BenchmarkRekeySmoothing(b *testing.B) {
 	}
 }
 
+// BenchmarkMemoryPerEstablishedSA sets up IKE_BENCH_ESTABLISHED SAs
+// (default 5,000) with a CHILD SA each, gateway by gateway, through one
+// responder engine, and reports the heap the responder keeps per SA (B/SA:
+// what an established SA costs, handshake state gone; the restored SAs of
+// BenchmarkMemoryPerSA share a template's selectors and identity).
+func BenchmarkMemoryPerEstablishedSA(b *testing.B) {
+	n := 5000
+	if v, err := strconv.Atoi(os.Getenv("IKE_BENCH_ESTABLISHED")); err == nil && v > 0 {
+		n = v
+	}
+	for i := 0; i < b.N; i++ {
+		rcfg := responderConfig(b, 1)
+		rcfg.PSKs = fleetPSK{}
+		w := newWire(b, rcfg)
+		var before, withIni, after runtime.MemStats
+		runtime.GC()
+		runtime.ReadMemStats(&before)
+		for k := 0; k < n; k++ {
+			ini := pskInitiation(b)
+			ini.Creds.ID = rfc822(fmt.Sprintf("gw%d@iot.example", k))
+			initiate(w, ini)
+			w.events, w.installs, w.removes, w.order, w.sides, w.persists = nil, nil, nil, nil, nil, nil
+		}
+		if w.res.Len() != n {
+			b.Fatalf("%d of %d established", w.res.Len(), n)
+		}
+		runtime.GC()
+		runtime.ReadMemStats(&withIni)
+		w.ini = nil // the gateways' side
+		runtime.GC()
+		runtime.ReadMemStats(&after)
+		b.ReportMetric(float64(after.HeapAlloc-before.HeapAlloc)/float64(n), "B/SA")
+		b.ReportMetric(float64(withIni.HeapAlloc-after.HeapAlloc)/float64(n), "B/gateway-SA")
+		runtime.KeepAlive(w)
+	}
+}
+
 // BenchmarkMemoryPerSA restores 1,000,000 established IKE SAs with one
 // CHILD SA each into one engine and reports the heap they take (B/SA).
 // Then it measures the CPU an idle fleet costs: with every peer silent for
