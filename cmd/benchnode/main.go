@@ -590,9 +590,8 @@ func (o *options) scaleRun(ctx context.Context, out io.Writer, eng time.Duration
 	perSA := func(a, b int64) float64 { return float64(b-a) / float64(established) / 1024 }
 	fmt.Fprintf(out, "  RSS at %d SAs: %.0f MiB, %.2f KiB per SA: anonymous (Go heap, stacks) %.2f KiB, file-backed (mapped files: embedded etcd's database) %.2f KiB\n",
 		established, float64(memN.rss)/(1<<20), perSA(mem0.rss, memN.rss), perSA(mem0.anon, memN.anon), perSA(mem0.file, memN.file))
-	heapPerSA := func(a, b float64) float64 { return (b - a) / float64(established) / 1024 }
 	fmt.Fprintf(out, "  Go heap then (the node's runtime): spans in use %.2f KiB per SA (live objects, garbage not yet swept, free slots of partly filled spans), free spans not yet returned to the OS %.2f KiB per SA, next collection at %.0f MiB\n",
-		heapPerSA(heap0.inuse, heapN.inuse), heapPerSA(heap0.kept, heapN.kept), heapN.nextGC/(1<<20))
+		perSA(heap0.inuse, heapN.inuse), perSA(heap0.kept, heapN.kept), float64(heapN.nextGC)/(1<<20))
 	_ = eng
 	return nil
 }

@@ -354,11 +354,11 @@ type resident struct{ rss, anon, file int64 }
 // yet swept, the free slots of partly filled spans), spans free but not
 // yet returned to the OS, and the heap size that starts the next
 // collection (twice the live heap at GOGC 100).
-type goHeap struct{ inuse, kept, nextGC float64 }
+type goHeap struct{ inuse, kept, nextGC int64 }
 
 func (p *nodeProc) goHeap() goHeap {
 	v := p.metrics("go_memstats_heap_inuse_bytes", "go_memstats_heap_idle_bytes", "go_memstats_heap_released_bytes", "go_memstats_next_gc_bytes")
-	return goHeap{inuse: v[0], kept: v[1] - v[2], nextGC: v[3]}
+	return goHeap{inuse: int64(v[0]), kept: int64(v[1] - v[2]), nextGC: int64(v[3])}
 }
 
 // memory reads the node's resident memory from /proc/<pid>/status.
