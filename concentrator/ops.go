@@ -126,7 +126,7 @@ func ourSPI(sa *ike.IKESA) uint64 {
 // saView describes sa; off is the node's wallOffset.
 func saView(sa *ike.IKESA, off time.Duration) SAView {
 	v := SAView{SPI: ourSPI(sa), SPIi: sa.SPIi, SPIr: sa.SPIr, State: sa.State(), Initiator: sa.IsInitiator(),
-		Local: sa.Local, Remote: sa.Remote, PeerID: sa.PeerID.String(), Policy: sa.PolicyName(), Established: wallOf(sa.Establish, off)}
+		Local: sa.Local, Remote: sa.Remote, PeerID: sa.PeerID.String(), Policy: sa.PolicyName(), Established: wallOf(sa.EstablishedAt(), off)}
 	if sa.PeerID.IsZero() {
 		v.PeerID = ""
 	}

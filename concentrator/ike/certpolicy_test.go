@@ -357,7 +357,7 @@ func TestCertPolicyRestoreAndTicket(t *testing.T) {
 
 	// The ticket carries the attributes; one without them (issued to a
 	// PSK peer, or by an older node) still opens.
-	tk := &ticketState{expires: t0.Add(time.Hour), proposal: *sa.prop, skd: sa.skd, peer: sa.PeerID, cert: sa.peerCert}
+	tk := &ticketState{expires: t0.Add(time.Hour), proposal: *sa.prop, skd: sa.skd(), peer: sa.PeerID, cert: sa.peerCert}
 	got, err := parseTicketState(tk.marshal())
 	if err != nil || !got.cert.Equal(sa.peerCert) || !got.peer.Equal(sa.PeerID) {
 		t.Fatalf("ticket round trip: %v, %+v", err, got)
@@ -366,7 +366,7 @@ func TestCertPolicyRestoreAndTicket(t *testing.T) {
 	if got, err = parseTicketState(tk.marshal()); err != nil || got.cert != nil {
 		t.Fatalf("ticket without certificate: %v, %+v", err, got)
 	}
-	b := (&ticketState{expires: t0, proposal: *sa.prop, skd: sa.skd, peer: sa.PeerID, cert: sa.peerCert}).marshal()
+	b := (&ticketState{expires: t0, proposal: *sa.prop, skd: sa.skd(), peer: sa.PeerID, cert: sa.peerCert}).marshal()
 	for cut := 1; cut < 20; cut++ {
 		if _, err := parseTicketState(b[:len(b)-cut]); err == nil {
 			t.Fatalf("ticket truncated by %d accepted", cut)

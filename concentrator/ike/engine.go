@@ -22,7 +22,8 @@ type Engine struct {
 	// retry) must not start another half-open SA.
 	recentInits map[initKey]time.Time
 	recentQ     expiryQueue[initKey]
-	inSPIs      map[uint32]*IKESA // inbound ESP SPIs in use
+	inSPIs      map[uint32]*IKESA     // inbound ESP SPIs in use
+	props       map[propKey]*Selected // the IKE SAs' proposals, one per suite (sharedProp)
 	// Reserved SPIs handed out (Config.IKESPIs, ESPSPIs) that the state
 	// store is not known to hold; true while a Persist naming one awaits
 	// its answer. One that goes out of use while no Persist names it (none
@@ -148,7 +149,7 @@ func NewEngine(cfg Config) (*Engine, error) {
 		cfg:       cfg,
 		sas:       make(map[uint64]*IKESA),
 		initIndex: make(map[initKey]*IKESA), recentInits: make(map[initKey]time.Time),
-		inSPIs:      make(map[uint32]*IKESA),
+		inSPIs: make(map[uint32]*IKESA), props: make(map[propKey]*Selected),
 		unstoredIKE: make(map[uint64]bool), unstoredESP: make(map[uint32]bool),
 		timers:    newTimerWheel(),
 		perPrefix: make(map[netip.Prefix]prefixLoad),

@@ -54,7 +54,7 @@ func (c *exchangeCapture) hook(t *testing.T, w *wire, spi uint64, next func(bool
 			if err != nil {
 				t.Fatal(err)
 			}
-			key, _ := sa.cipher.Key(sa.keyIn.encr, sa.keyIn.integ)
+			key, _ := sa.cipher.Key(sa.skKeys(false))
 			if m.skf != nil {
 				done, err := c.frag.reassemble(w.now, nil, m, key)
 				if err != nil {
@@ -119,7 +119,7 @@ func TestFollowupIKERekey(t *testing.T) {
 	for _, byGateway := range []bool{true, false} {
 		w, spi, n := followupWire(t, "aes256gcm16")
 		oldIni, oldRes := w.ini.SA(spi), w.res.SA(resSPI(w))
-		oldSKd := bytes.Clone(oldIni.skd)
+		oldSKd := bytes.Clone(oldIni.skd())
 		var cap exchangeCapture
 		if byGateway {
 			w.drop = cap.hook(t, w, spi, w.drop)
@@ -153,18 +153,22 @@ func TestFollowupIKERekey(t *testing.T) {
 		if nini == oldIni || nres == oldRes || nini.Proposal().AddKE[0] != suite.GroupMLKEM768 {
 			t.Fatalf("byGateway=%v: rekeyed SA %v", byGateway, nini.Proposal())
 		}
-		if !bytes.Equal(nini.skd, nres.skd) || !bytes.Equal(nini.keyOut.encr, nres.keyIn.encr) || !bytes.Equal(nini.keyIn.encr, nres.keyOut.encr) {
+		iOut, _ := nini.skKeys(true)
+		iIn, _ := nini.skKeys(false)
+		rOut, _ := nres.skKeys(true)
+		rIn, _ := nres.skKeys(false)
+		if !bytes.Equal(nini.skd(), nres.skd()) || !bytes.Equal(iOut, rIn) || !bytes.Equal(iIn, rOut) {
 			t.Fatalf("byGateway=%v: the two sides derived different keys", byGateway)
 		}
 		// The RFC's formula with the captured inputs.
 		prf, _ := suite.NewPRF(suite.PRFHMACSHA256)
 		ciph, _ := suite.NewCipher(nini.prop.Encr.ID, int(nini.prop.Encr.KeyLen), nini.prop.Integ)
 		want := suite.DeriveIKEKeys(prf, suite.RekeySKEYSEED(prf, oldSKd, cap.sk0, cap.ni, cap.nr, cap.sk1), cap.ni, cap.nr, nini.SPIi, nini.SPIr, ciph)
-		if !bytes.Equal(nini.skd, want.SKd) {
+		if !bytes.Equal(nini.skd(), want.SKd) {
 			t.Fatalf("byGateway=%v: SK_d is not prf+(prf(SK_d, SK(0) | Ni | Nr | SK(1)), ...)", byGateway)
 		}
 		without := suite.DeriveIKEKeys(prf, suite.RekeySKEYSEED(prf, oldSKd, cap.sk0, cap.ni, cap.nr), cap.ni, cap.nr, nini.SPIi, nini.SPIr, ciph)
-		if bytes.Equal(nini.skd, without.SKd) {
+		if bytes.Equal(nini.skd(), without.SKd) {
 			t.Fatalf("byGateway=%v: the ML-KEM secret did not go into the keys", byGateway)
 		}
 		w.paired(t, 1)
@@ -217,11 +221,11 @@ func TestFollowupChildRekey(t *testing.T) {
 		}
 		if byGateway {
 			prf, _ := suite.NewPRF(suite.PRFHMACSHA256)
-			km := suite.ChildKeys(prf, isa.skd, cap.sk0, cap.ni, cap.nr, 2*36, cap.sk1)
+			km := suite.ChildKeys(prf, isa.skd(), cap.sk0, cap.ni, cap.nr, 2*36, cap.sk1)
 			if !bytes.Equal(c.KeyOut.Encr, km[:36]) || !bytes.Equal(c.KeyIn.Encr, km[36:]) {
 				t.Fatal("CHILD keys are not KEYMAT = prf+(SK_d, SK(0) | Ni | Nr | SK(1))")
 			}
-			km = suite.ChildKeys(prf, isa.skd, cap.sk0, cap.ni, cap.nr, 2*36)
+			km = suite.ChildKeys(prf, isa.skd(), cap.sk0, cap.ni, cap.nr, 2*36)
 			if bytes.Equal(c.KeyOut.Encr, km[:36]) {
 				t.Fatal("the ML-KEM secret did not go into the CHILD keys")
 			}
@@ -454,7 +458,7 @@ func TestFollowupUnlinkedRequest(t *testing.T) {
 		w.drop = func(toRes bool, msg []byte) bool {
 			if !toRes && ExchangeType(msg[18]) == IKE_FOLLOWUP_KE {
 				m, _ := Decode(msg)
-				key, _ := isa.cipher.Key(isa.keyIn.encr, isa.keyIn.integ)
+				key, _ := isa.cipher.Key(isa.skKeys(false))
 				if m != nil && m.Decrypt(key) == nil {
 					if n := firstError(m.Payloads); n != nil {
 						got = n.NotifyType

@@ -74,7 +74,7 @@ func FuzzIntermediate(f *testing.F) {
 		if sa == nil || sa.inter == nil {
 			t.Fatal("no half-open SA waiting for IKE_INTERMEDIATE")
 		}
-		k, err := sa.cipher.Key(sa.keyIn.encr, sa.keyIn.integ)
+		k, err := sa.cipher.Key(sa.skKeys(false))
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -177,7 +177,7 @@ func checkGolden(t *testing.T, g *golden) {
 			}
 		}
 	}
-	sa.skd = keys.SKd
+	sa.km = keys.Kept // skd() reads SK_d from it
 	child := &ChildSA{Proposal: *espSel}
 	if err := sa.childKeys(child, nil, k["ni"], k["nr"], false); err != nil {
 		t.Fatal(err)

@@ -172,7 +172,7 @@ func (sa *IKESA) handleInitResponse(now time.Time, e *Engine, pkt Packet, rd *Re
 	sa.hs.kx = nil
 	sa.req = nil
 	sa.SPIr = m.SPIr
-	sa.prop = sel
+	sa.prop = e.sharedProp(sel)
 	sa.hs.nr = bytes.Clone(nonce.Data)
 	sa.hs.initResp = bytes.Clone(pkt.Data)
 	if err := sa.deriveKeys(e, shared); err != nil {
@@ -202,7 +202,7 @@ func (sa *IKESA) afterInitResponse(e *Engine, m *Message) {
 		sa.Remote = netip.AddrPortFrom(sa.Remote.Addr(), port)
 	}
 	sa.peerFrag = findNotify(m.Payloads, IKEV2_FRAGMENTATION_SUPPORTED) != nil
-	sa.peerHashes = parseHashes(findNotify(m.Payloads, SIGNATURE_HASH_ALGORITHMS))
+	sa.hs.peerHashes = parseHashes(findNotify(m.Payloads, SIGNATURE_HASH_ALGORITHMS))
 	for _, p := range m.Payloads {
 		if _, ok := p.(*CertReq); ok {
 			sa.peerCertReq = true
@@ -314,7 +314,7 @@ func (sa *IKESA) establishInitiator(now time.Time, e *Engine, m *Message, a auth
 	ini := sa.ini
 	sa.takeTicket(now, m)
 	sa.state = stateEstablished
-	sa.Establish = now
+	sa.estab = stampOf(now)
 	sa.lastRecv = stampOf(now)
 	sa.mobike = e.cfg.MOBIKE && findNotify(m.Payloads, MOBIKE_SUPPORTED) != nil
 	sa.msgIDSync = findNotify(m.Payloads, IKEV2_MESSAGE_ID_SYNC_SUPPORTED) != nil
@@ -367,7 +367,7 @@ func (sa *IKESA) establishInitiator(now time.Time, e *Engine, m *Message, a auth
 		return
 	}
 	c := &ChildSA{
-		InSPI: inSPI, OutSPI: binary.BigEndian.Uint32(sel.SPI), Proposal: *sel,
+		InSPI: inSPI, OutSPI: binary.BigEndian.Uint32(sel.SPI), Proposal: sel.kept(),
 		LocalTS: a.tsi.Selectors, RemoteTS: a.tsr.Selectors, Local: sa.Local, Remote: sa.Remote,
 		Encap: sa.natLocal || sa.natRemote, VirtualIP: sa.firstVIP(), Created: now,
 	}

@@ -87,14 +87,9 @@ func (sa *IKESA) intAuth() []byte {
 // addKeyExchange replaces the IKE SA's keys once an additional key
 // exchange produced its shared secret (RFC 9370 §2.2.2).
 func (sa *IKESA) addKeyExchange(secret []byte) {
-	skeyseed := suite.RekeySKEYSEED(sa.prf, sa.skd, secret, sa.hs.ni, sa.hs.nr)
+	skeyseed := suite.RekeySKEYSEED(sa.prf, sa.skd(), secret, sa.hs.ni, sa.hs.nr)
 	k := suite.DeriveIKEKeys(sa.prf, skeyseed, sa.hs.ni, sa.hs.nr, sa.SPIi, sa.SPIr, sa.cipher)
-	ei, ai, er, ar := k.SKei, k.SKai, k.SKer, k.SKar
-	if !sa.initiator {
-		ei, ai, er, ar = er, ar, ei, ai
-	}
-	sa.keyOut, sa.keyIn = skKeys{ei, ai}, skKeys{er, ar}
-	sa.skd, sa.hs.skpi, sa.hs.skpr = k.SKd, k.SKpi, k.SKpr
+	sa.km, sa.hs.skpi, sa.hs.skpr = k.Kept, k.SKpi, k.SKpr
 	clear(skeyseed)
 }
 

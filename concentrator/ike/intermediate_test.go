@@ -94,7 +94,9 @@ func TestIntermediateMLKEMHandshake(t *testing.T) {
 			t.Fatalf("negotiated %v", sa.Proposal())
 		}
 	}
-	if !bytes.Equal(isa.skd, rsa.skd) || !bytes.Equal(isa.keyOut.encr, rsa.keyIn.encr) {
+	iOut, _ := isa.skKeys(true)
+	rIn, _ := rsa.skKeys(false)
+	if !bytes.Equal(isa.skd(), rsa.skd()) || !bytes.Equal(iOut, rIn) {
 		t.Fatal("keys differ after the additional key exchange")
 	}
 	w.paired(t, 1)
@@ -133,7 +135,7 @@ func TestIntermediateKeysDependOnEveryExchange(t *testing.T) {
 	acts = &Ready{}
 	spi2, _ := w2.ini.Initiate(w2.now, ini2, acts)
 	w2.run(acts, true)
-	if bytes.Equal(w2.ini.SA(spi2).skd, isa.skd) {
+	if bytes.Equal(w2.ini.SA(spi2).skd(), isa.skd()) {
 		t.Fatal("SK_d unchanged by the additional key exchanges")
 	}
 }
@@ -325,7 +327,7 @@ func TestIntermediateIKERekey(t *testing.T) {
 		acts := &Ready{}
 		spi, _ := w.ini.Initiate(w.now, ini, acts)
 		w.run(acts, true)
-		old := w.ini.SA(spi).skd
+		old := w.ini.SA(spi).skd()
 		if byGateway {
 			w.run(R(func(rd *Ready) { w.ini.RekeyIKE(w.now, spi, rd) }), true)
 		} else {
@@ -336,7 +338,7 @@ func TestIntermediateIKERekey(t *testing.T) {
 		}
 		var nsa *IKESA
 		w.ini.Each(func(sa *IKESA) bool { nsa = sa; return false })
-		if nsa.Proposal().AddKE[0] != suite.GroupMLKEM768 || bytes.Equal(nsa.skd, old) {
+		if nsa.Proposal().AddKE[0] != suite.GroupMLKEM768 || bytes.Equal(nsa.skd(), old) {
 			t.Fatalf("rekeyed SA: %v", nsa.Proposal())
 		}
 		w.paired(t, 1)

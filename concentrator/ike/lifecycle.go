@@ -291,7 +291,7 @@ func (sa *IKESA) handleCreateChild(now time.Time, e *Engine, m *Message, rd *Rea
 	}
 	nr := e.randBytes(32)
 	c := &ChildSA{
-		OutSPI: binary.BigEndian.Uint32(sel.SPI), Proposal: *sel, LocalTS: ntsr, RemoteTS: ntsi,
+		OutSPI: binary.BigEndian.Uint32(sel.SPI), Proposal: sel.kept(), LocalTS: ntsr, RemoteTS: ntsi,
 		Local: sa.Local, Remote: sa.Remote, Encap: sa.natLocal || sa.natRemote, VirtualIP: sa.firstVIP(), Created: now,
 	}
 	c.InSPI = e.newESPSPI(sa)
@@ -425,8 +425,8 @@ func (sa *IKESA) handleIKERekey(now time.Time, e *Engine, m *Message, saP *SA, n
 func (sa *IKESA) successor(e *Engine, initiator bool, spii, spir uint64, sel *Selected) *IKESA {
 	return &IKESA{
 		eng: e, initiator: initiator, outbound: sa.outbound, state: stateEstablished, SPIi: spii, SPIr: spir, Local: sa.Local, Remote: sa.Remote,
-		prop: sel, natLocal: sa.natLocal, natRemote: sa.natRemote, peerFrag: sa.peerFrag,
-		peerHashes: sa.peerHashes, PeerID: sa.PeerID, vip: sa.vip, created: sa.created, Establish: sa.Establish,
+		prop: e.sharedProp(sel), natLocal: sa.natLocal, natRemote: sa.natRemote, peerFrag: sa.peerFrag,
+		PeerID: sa.PeerID, vip: sa.vip, created: sa.created, estab: sa.estab,
 		msgIDSync: sa.msgIDSync, vipForeign: sa.vipForeign, policy: sa.policy, peerCert: sa.peerCert, vip6: sa.vip6, vip6Foreign: sa.vip6Foreign,
 		ini: sa.ini, // an SA we initiated keeps its Initiation's policy, whoever rekeys it
 	}
@@ -437,7 +437,7 @@ func (sa *IKESA) successor(e *Engine, initiator bool, spii, spir uint64, sel *Se
 // new one (RFC 7296 §2.18); the secrets of additional key exchanges follow
 // the nonces (RFC 9370 §2.2.4).
 func (nsa *IKESA) deriveRekeyed(old *IKESA, ni, nr, shared []byte, addKE ...[]byte) error {
-	skeyseed := suite.RekeySKEYSEED(old.prf, old.skd, shared, ni, nr, addKE...)
+	skeyseed := suite.RekeySKEYSEED(old.prf, old.skd(), shared, ni, nr, addKE...)
 	prf, err := suite.NewPRF(nsa.prop.PRF)
 	if err != nil {
 		return err
@@ -447,12 +447,7 @@ func (nsa *IKESA) deriveRekeyed(old *IKESA, ni, nr, shared []byte, addKE ...[]by
 		return err
 	}
 	k := suite.DeriveIKEKeys(prf, skeyseed, ni, nr, nsa.SPIi, nsa.SPIr, c)
-	ei, ai, er, ar := k.SKei, k.SKai, k.SKer, k.SKar
-	if !nsa.initiator {
-		ei, ai, er, ar = er, ar, ei, ai
-	}
-	nsa.keyOut, nsa.keyIn = skKeys{ei, ai}, skKeys{er, ar}
-	nsa.prf, nsa.cipher, nsa.skd = prf, c, k.SKd
+	nsa.prf, nsa.cipher, nsa.km = prf, c, k.Kept
 	return nil
 }
 
@@ -603,7 +598,7 @@ func (sa *IKESA) rekeyFailed(now time.Time, e *Engine, rk *childRekey, reason st
 func (sa *IKESA) finishChildRekey(now time.Time, e *Engine, rk *childRekey, rd *Ready) {
 	old, sel := rk.old, rk.sel
 	c := &ChildSA{
-		InSPI: rk.inSPI, OutSPI: binary.BigEndian.Uint32(sel.SPI), Proposal: *sel,
+		InSPI: rk.inSPI, OutSPI: binary.BigEndian.Uint32(sel.SPI), Proposal: sel.kept(),
 		LocalTS: rk.tsi, RemoteTS: rk.tsr, Local: sa.Local, Remote: sa.Remote,
 		Encap: sa.natLocal || sa.natRemote, VirtualIP: old.VirtualIP, Created: now,
 	}

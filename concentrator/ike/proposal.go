@@ -276,6 +276,41 @@ type Selected struct {
 	AddKE [NumAddKE]uint16
 }
 
+// propKey is a Selected without its SPI: what IKE SAs of one suite share.
+type propKey struct {
+	Num      uint8
+	Protocol ProtocolID
+	Encr     EncrAlg
+	Integ    uint16
+	PRF      uint16
+	Group    uint16
+	ESN      uint16
+	AddKE    [NumAddKE]uint16
+}
+
+// sharedProp returns the engine's copy of an IKE SA's negotiated proposal
+// without its SPI, so that the SAs of one suite share one (memory per SA;
+// the SPIs are the SA's own fields). The table holds one entry per
+// proposal number and suite the engine's configured proposals allow.
+// Nothing writes into an SA's proposal.
+func (e *Engine) sharedProp(s *Selected) *Selected {
+	k := propKey{s.Num, s.Protocol, s.Encr, s.Integ, s.PRF, s.Group, s.ESN, s.AddKE}
+	if p := e.props[k]; p != nil {
+		return p
+	}
+	p := s.kept()
+	e.props[k] = &p
+	return &p
+}
+
+// kept returns the proposal as a CHILD SA keeps it: without the peer's
+// SPI, which is its OutSPI (a 4-byte slice of its own per SA otherwise).
+func (s *Selected) kept() Selected {
+	k := *s
+	k.SPI = nil
+	return k
+}
+
 // AddKEs returns the additional key exchanges to run, in order.
 func (s *Selected) AddKEs() []uint16 {
 	var out []uint16

@@ -72,7 +72,7 @@ func (e *Engine) handleInitRequest(now time.Time, pkt Packet, h Header, rd *Read
 	}
 	sa := &IKESA{
 		eng: e, state: stateInitDone, SPIi: h.SPIi, SPIr: e.newSPI(), Local: pkt.Local, Remote: pkt.Remote,
-		prop: sel, created: stampOf(now), nextIn: 1,
+		prop: e.sharedProp(sel), created: stampOf(now), nextIn: 1,
 		hs: &handshake{initRemote: pkt.Remote, initReq: bytes.Clone(pkt.Data), ni: bytes.Clone(nonce.Data), nr: e.randBytes(32)},
 	}
 	if err := sa.deriveKeys(e, shared); err != nil {
@@ -84,7 +84,7 @@ func (e *Engine) handleInitRequest(now time.Time, pkt Packet, h Header, rd *Read
 	// Bound to a wildcard address we cannot tell: no keepalives then.
 	sa.behindNAT = natL && !pkt.Local.Addr().IsUnspecified()
 	sa.peerFrag = findNotify(m.Payloads, IKEV2_FRAGMENTATION_SUPPORTED) != nil
-	sa.peerHashes = parseHashes(findNotify(m.Payloads, SIGNATURE_HASH_ALGORITHMS))
+	sa.hs.peerHashes = parseHashes(findNotify(m.Payloads, SIGNATURE_HASH_ALGORITHMS))
 	intermediate, err := sa.acceptIntermediate(m)
 	if err != nil {
 		e.initError(now, pkt, h, rd, err)
@@ -106,7 +106,7 @@ func (e *Engine) handleInitRequest(now time.Time, pkt Packet, h Header, rd *Read
 	if sa.peerFrag {
 		resp.Payloads = append(resp.Payloads, &Notify{NotifyType: IKEV2_FRAGMENTATION_SUPPORTED})
 	}
-	if sa.peerHashes != nil {
+	if sa.hs.peerHashes != nil {
 		resp.Payloads = append(resp.Payloads, hashesNotify())
 	}
 	if intermediate {
@@ -279,7 +279,7 @@ func (sa *IKESA) establishResponder(now time.Time, e *Engine, msgID uint32, req 
 
 	// The IKE SA is authenticated; a CHILD SA failure below does not undo it.
 	sa.state = stateEstablished
-	sa.Establish = now
+	sa.estab = stampOf(now)
 	sa.hs.eap = nil
 	e.halfOpenDone(now, sa, true)
 	delete(e.initIndex, initKey{sa.SPIi, sa.hs.initRemote})
@@ -357,7 +357,7 @@ func (sa *IKESA) acceptChild(now time.Time, e *Engine, a authPayloads) (*ChildSA
 		return failN(err.(*Error))
 	}
 	c := &ChildSA{
-		OutSPI: binary.BigEndian.Uint32(sel.SPI), Proposal: *sel,
+		OutSPI: binary.BigEndian.Uint32(sel.SPI), Proposal: sel.kept(),
 		LocalTS: tsr, RemoteTS: tsi, Local: sa.Local, Remote: sa.Remote,
 		Encap: sa.natLocal || sa.natRemote, VirtualIP: sa.firstVIP(), Created: now,
 	}

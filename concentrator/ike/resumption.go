@@ -338,13 +338,8 @@ func (sa *IKESA) deriveResumed(oldSKd []byte) error {
 	skeyseed := prf.Sum(oldSKd, []byte("Resumption"), sa.hs.ni, sa.hs.nr)
 	k := suite.DeriveIKEKeys(prf, skeyseed, sa.hs.ni, sa.hs.nr, sa.SPIi, sa.SPIr, c)
 	clear(skeyseed)
-	ei, ai, er, ar := k.SKei, k.SKai, k.SKer, k.SKar
-	if !sa.initiator {
-		ei, ai, er, ar = er, ar, ei, ai
-	}
 	sa.prf, sa.cipher = prf, c
-	sa.keyOut, sa.keyIn = skKeys{ei, ai}, skKeys{er, ar}
-	sa.skd, sa.hs.skpi, sa.hs.skpr = k.SKd, k.SKpi, k.SKpr
+	sa.km, sa.hs.skpi, sa.hs.skpr = k.Kept, k.SKpi, k.SKpr
 	return nil
 }
 
@@ -388,7 +383,7 @@ func (sa *IKESA) ticketPayloads(now time.Time, e *Engine, m *Message) []Payload 
 	if life <= 0 {
 		life = DefaultTicketLifetime
 	}
-	t := &ticketState{expires: e.wall(now).Add(life), proposal: *sa.prop, skd: sa.skd, peer: sa.PeerID, cert: sa.peerCert}
+	t := &ticketState{expires: e.wall(now).Add(life), proposal: *sa.prop, skd: sa.skd(), peer: sa.PeerID, cert: sa.peerCert}
 	e.read(t.id[:])
 	opaque, err := e.sealTicket(t)
 	if err != nil {
@@ -459,7 +454,7 @@ func (e *Engine) handleResumeRequest(now time.Time, pkt Packet, h Header, rd *Re
 	prop := t.proposal
 	sa := &IKESA{
 		eng: e, state: stateInitDone, SPIi: h.SPIi, SPIr: e.newSPI(), Local: pkt.Local, Remote: pkt.Remote,
-		prop: &prop, created: stampOf(now), nextIn: 1,
+		prop: e.sharedProp(&prop), created: stampOf(now), nextIn: 1,
 		hs:     &handshake{initRemote: pkt.Remote, initReq: bytes.Clone(pkt.Data), ni: bytes.Clone(nonce.Data), nr: e.randBytes(32)},
 		resume: &resumption{id: t.id, expires: t.expires, peer: t.peer, cert: t.cert},
 	}
@@ -522,7 +517,7 @@ func (e *Engine) startResume(now time.Time, ini Initiation, rd *Ready) (uint64, 
 	prop.Protocol = ProtoIKE
 	sa := &IKESA{
 		eng: e, initiator: true, outbound: true, state: stateResumeSent, SPIi: e.newSPI(), Local: ini.Local, Remote: ini.Remote,
-		created: stampOf(now), ini: &ini, prop: &prop, hs: &handshake{ni: e.randBytes(32)},
+		created: stampOf(now), ini: &ini, prop: e.sharedProp(&prop), hs: &handshake{ni: e.randBytes(32)},
 		resume: &resumption{oldSKd: bytes.Clone(t.SKd), peer: t.Responder},
 	}
 	e.sas[sa.SPIi] = sa
@@ -593,7 +588,7 @@ func (sa *IKESA) takeTicket(now time.Time, m *Message) {
 		return
 	}
 	life := time.Duration(binary.BigEndian.Uint32(n.Data)) * time.Second
-	sa.ticket = &Ticket{Opaque: bytes.Clone(n.Data[4:]), Expires: now.Add(life), SKd: bytes.Clone(sa.skd),
+	sa.ticket = &Ticket{Opaque: bytes.Clone(n.Data[4:]), Expires: now.Add(life), SKd: bytes.Clone(sa.skd()),
 		Proposal: *sa.prop, Responder: sa.PeerID}
 }
 

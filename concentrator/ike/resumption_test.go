@@ -96,12 +96,12 @@ func TestSessionResumption(t *testing.T) {
 	if !rsa.PeerID.Equal(gwID) || !rsa.Resumed() || rsa.Proposal().String() != isa.Proposal().String() {
 		t.Fatalf("resumed SA on node B: %v %v", rsa.PeerID, rsa.Proposal())
 	}
-	if bytes.Equal(rsa.skd, tk.SKd) {
+	if bytes.Equal(rsa.skd(), tk.SKd) {
 		t.Fatal("the resumed SA kept the old SK_d")
 	}
 	w2.paired(t, 1)
 	// A fresh ticket comes with the resumed SA (asked for again).
-	if nt := isa.Ticket(); nt == nil || bytes.Equal(nt.Opaque, tk.Opaque) || !bytes.Equal(nt.SKd, isa.skd) {
+	if nt := isa.Ticket(); nt == nil || bytes.Equal(nt.Opaque, tk.Opaque) || !bytes.Equal(nt.SKd, isa.skd()) {
 		t.Fatalf("no fresh ticket after resumption: %+v", nt)
 	}
 	// The resumed SA is persisted like any other and works.

@@ -38,7 +38,7 @@ func newRawKeyWire(t *testing.T, rcfg Config) *rawKeyWire {
 		if sa == nil || sa.cipher == nil {
 			t.Fatalf("no keys to read IKE_AUTH toResponder=%v", toResponder)
 		}
-		in, err := sa.cipher.Key(sa.keyIn.encr, sa.keyIn.integ)
+		in, err := sa.cipher.Key(sa.skKeys(false))
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -44,9 +44,7 @@ type IKESA struct {
 	prop   *Selected
 	prf    *suite.PRF
 	cipher *suite.Cipher
-	keyIn  skKeys // SK_e/SK_a the peer protects its messages with
-	keyOut skKeys // and ours
-	skd    []byte
+	km     []byte        // SK_d | SK_ai | SK_ar | SK_ei | SK_er (skd, skKeys)
 	inter  *intermediate // IKE_INTERMEDIATE exchanges (intermediate.go); nil: none
 	resume *resumption   // resumed from a ticket (resumption.go); nil: authenticated anew
 	ticket *Ticket       // initiator: the ticket the responder issued
@@ -63,7 +61,6 @@ type IKESA struct {
 	outbound      bool
 	dirty         bool // a write failed: the next step persists the full state first
 	nextKeepalive stamp
-	peerHashes    []uint16
 
 	PeerID      Identity
 	mobike      bool // both sides announced MOBIKE_SUPPORTED (RFC 4555)
@@ -109,13 +106,13 @@ type IKESA struct {
 	msgIDSync   bool         // the peer announced IKEV2_MESSAGE_ID_SYNC_SUPPORTED (RFC 6311)
 	unique      UniqueAction // what the Established write does about older SAs of the identity
 
-	eng       *Engine // its engine (the wall-date conversion of Snapshot)
-	deadline  int64   // engine time (UnixNano) of the SA's timer in the wheel; 0: none
-	lastRecv  stamp
-	rekeyIKE  stamp // when we rekey the IKE SA; zero: never
-	created   stamp
-	frags     *reassembly
-	Establish time.Time
+	eng      *Engine // its engine (the wall-date conversion of Snapshot)
+	deadline int64   // engine time (UnixNano) of the SA's timer in the wheel; 0: none
+	lastRecv stamp
+	rekeyIKE stamp // when we rekey the IKE SA; zero: never
+	created  stamp
+	frags    *reassembly
+	estab    stamp // when it was established (EstablishedAt)
 
 	// initiator state
 	ini *Initiation
@@ -164,8 +161,9 @@ type handshake struct {
 	initReq      []byte         // IKE_SA_INIT request as sent (AUTH signs it)
 	initResp     []byte         // IKE_SA_INIT response as sent
 	skpi, skpr   []byte
-	ni, nr       []byte // the IKE_SA_INIT nonces (the first CHILD SA's keys use them too)
-	halfOpenCost int32  // bytes counted in Engine.halfOpenBytes while halfOpen
+	ni, nr       []byte   // the IKE_SA_INIT nonces (the first CHILD SA's keys use them too)
+	halfOpenCost int32    // bytes counted in Engine.halfOpenBytes while halfOpen
+	peerHashes   []uint16 // the peer's SIGNATURE_HASH_ALGORITHMS (RFC 7427); nil: not sent
 
 	// initiator
 	kx           suite.KeyExchange
@@ -177,11 +175,38 @@ type handshake struct {
 	eap *eapState // responder: EAP conversation in IKE_AUTH
 }
 
-// skKeys are one direction's SK_e and SK_a. The SK ciphers are keyed from
-// them per message: an IKE SA exchanges a message an hour or so, and
-// keeping keyed AES-GCM state for a million idle SAs would cost more
-// memory than the SAs themselves.
-type skKeys struct{ encr, integ []byte }
+// skd returns the SA's SK_d.
+func (sa *IKESA) skd() []byte {
+	n := sa.prf.Size()
+	return sa.km[:n:n]
+}
+
+// skKeys returns one direction's SK_e and SK_a: ours (out), or those the
+// peer protects its messages with. The SK ciphers are keyed from them per
+// message: an IKE SA exchanges a message an hour or so, and keeping keyed
+// AES-GCM state for a million idle SAs would cost more memory than the SAs
+// themselves. The SA keeps its keys in one array (km, as
+// suite.IKEKeys.Kept lays them out), whose parts' lengths are its PRF's
+// and cipher's: one slice header instead of five.
+func (sa *IKESA) skKeys(out bool) (encr, integ []byte) {
+	d, ik, ek := sa.prf.Size(), sa.cipher.IntegKeyLen(), sa.cipher.EncrKeyLen()
+	k := sa.km[d:]
+	ai, ar, k := k[:ik:ik], k[ik:2*ik:2*ik], k[2*ik:]
+	ei, er := k[:ek:ek], k[ek:2*ek:2*ek]
+	if out == sa.initiator {
+		return ei, ai
+	}
+	return er, ar
+}
+
+// packIKEKeys lays an SA's keys out in one new array as km holds them.
+func packIKEKeys(skd, ai, ar, ei, er []byte) []byte {
+	km := make([]byte, 0, len(skd)+len(ai)+len(ar)+len(ei)+len(er))
+	for _, k := range [][]byte{skd, ai, ar, ei, er} {
+		km = append(km, k...)
+	}
+	return km
+}
 
 type pendingRequest struct {
 	msgID        uint32
@@ -218,6 +243,10 @@ func (sa *IKESA) State() string { return sa.state.String() }
 
 // Established reports whether the SA is authenticated and usable.
 func (sa *IKESA) Established() bool { return sa.state == stateEstablished }
+
+// EstablishedAt returns when the SA was established, in engine time; an
+// IKE rekey's successor keeps its predecessor's.
+func (sa *IKESA) EstablishedAt() time.Time { return sa.estab.Time() }
 
 // LastReceived is when the SA last took an authenticated message.
 func (sa *IKESA) LastReceived() time.Time { return sa.lastRecv.Time() }
@@ -263,7 +292,7 @@ func (sa *IKESA) header(ex ExchangeType, msgID uint32, response bool) Message {
 // and the message is too large for one datagram.
 func (sa *IKESA) seal(e *Engine, m *Message) [][]byte {
 	iv := func() []byte { return e.randBytes(sa.cipher.IVLen()) }
-	out, err := sa.cipher.Key(sa.keyOut.encr, sa.keyOut.integ)
+	out, err := sa.cipher.Key(sa.skKeys(true))
 	if err != nil {
 		panic("ike: SK key of the negotiated length rejected: " + err.Error())
 	}
@@ -392,7 +421,7 @@ func (sa *IKESA) handle(now time.Time, e *Engine, pkt Packet, h Header, rd *Read
 		e.drop(rd, pkt, h.SPIi, h.SPIr, ErrUnknownSA)
 		return
 	}
-	in, err := sa.cipher.Key(sa.keyIn.encr, sa.keyIn.integ)
+	in, err := sa.cipher.Key(sa.skKeys(false))
 	if err != nil {
 		e.drop(rd, pkt, h.SPIi, h.SPIr, err)
 		return
@@ -481,7 +510,7 @@ func (sa *IKESA) verifyCopy(pkt Packet) error {
 	if sa.cipher == nil {
 		return ErrUnknownSA
 	}
-	in, err := sa.cipher.Key(sa.keyIn.encr, sa.keyIn.integ)
+	in, err := sa.cipher.Key(sa.skKeys(false))
 	if err != nil {
 		return err
 	}
@@ -679,13 +708,8 @@ func (sa *IKESA) deriveKeys(e *Engine, shared []byte) error {
 	}
 	skeyseed := suite.SKEYSEED(prf, sa.hs.ni, sa.hs.nr, shared)
 	k := suite.DeriveIKEKeys(prf, skeyseed, sa.hs.ni, sa.hs.nr, sa.SPIi, sa.SPIr, c)
-	ei, ai, er, ar := k.SKei, k.SKai, k.SKer, k.SKar
-	if !sa.initiator {
-		ei, ai, er, ar = er, ar, ei, ai
-	}
 	sa.prf, sa.cipher = prf, c
-	sa.keyOut, sa.keyIn = skKeys{ei, ai}, skKeys{er, ar}
-	sa.skd, sa.hs.skpi, sa.hs.skpr = k.SKd, k.SKpi, k.SKpr
+	sa.km, sa.hs.skpi, sa.hs.skpr = k.Kept, k.SKpi, k.SKpr
 	return nil
 }
 
@@ -725,7 +749,7 @@ func (sa *IKESA) childKeys(c *ChildSA, shared []byte, ni, nr []byte, exchangeIni
 		return &Error{Notify: NO_PROPOSAL_CHOSEN, Reason: "ESP cipher", Err: err}
 	}
 	el, il := cipher.EncrKeyLen(), cipher.IntegKeyLen()
-	km := suite.ChildKeys(sa.prf, sa.skd, shared, ni, nr, 2*(el+il), addKE...)
+	km := suite.ChildKeys(sa.prf, sa.skd(), shared, ni, nr, 2*(el+il), addKE...)
 	i := ChildKeys{Encr: km[:el], Integ: km[el : el+il]}
 	r := ChildKeys{Encr: km[el+il : 2*el+il], Integ: km[2*el+il:]}
 	if il == 0 {
@@ -944,7 +968,7 @@ func (sa *IKESA) ourAuth(e *Engine, creds *Credentials, octets []byte, usePSK bo
 	if creds.Signer == nil {
 		return nil, errorf(AUTHENTICATION_FAILED, "no private key configured")
 	}
-	method, data, err := sig.Sign(creds.Signer, octets, sa.peerHashes, e.cfg.Rand)
+	method, data, err := sig.Sign(creds.Signer, octets, sa.hs.peerHashes, e.cfg.Rand)
 	if err != nil {
 		return nil, &Error{Notify: AUTHENTICATION_FAILED, Reason: "signing", Err: err}
 	}

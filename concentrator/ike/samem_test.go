@@ -1,6 +1,7 @@
 package ike
 
 import (
+	"bytes"
 	"slices"
 	"testing"
 )
@@ -89,5 +90,87 @@ func TestChildSAsShareOurSelectors(t *testing.T) {
 	}
 	if l := restored.children[0].LocalTS; !slices.Equal(l, own) || &l[0] != &e.cfg.LocalTS[0] || &l[0] == &own[0] {
 		t.Fatalf("restored: %v does not share its engine's selectors", l)
+	}
+}
+
+// IKE SAs of one suite share one copy of their proposal, without an SPI,
+// established, rekeyed or restored; a CHILD SA keeps no copy of the
+// peer's SPI (its OutSPI). An SA keeps its keys in one array, restored
+// too.
+func TestSAsShareTheirProposal(t *testing.T) {
+	rcfg := responderConfig(t, 1)
+	rcfg.PSKs = fleetPSK{}
+	w := newWire(t, rcfg)
+	for _, id := range []string{"gw-a@fleet.example", "gw-b@fleet.example"} {
+		if n := connect(t, w, id, lanTS); n != 0 {
+			t.Fatalf("%s: CHILD SA refused: %v", id, n)
+		}
+	}
+	var props []*Selected
+	before := map[*IKESA]bool{}
+	w.res.Each(func(sa *IKESA) bool {
+		props, before[sa] = append(props, sa.prop), true
+		for _, c := range sa.children {
+			if c.Proposal.SPI != nil {
+				t.Errorf("CHILD SA %08x keeps the peer's SPI %x", c.InSPI, c.Proposal.SPI)
+			}
+		}
+		if d := sa.skd(); &d[0] != &sa.km[0] || len(sa.km) != 32+2*36 {
+			t.Errorf("SA %016x: keys not in one array of their own", sa.localSPI())
+		}
+		return true
+	})
+	if len(props) != 2 || props[0] != props[1] || props[0].SPI != nil {
+		t.Fatalf("the SAs' proposals %p and %p are not one, or keep an SPI", props[0], props[1])
+	}
+
+	var spi uint64
+	w.ini.Each(func(sa *IKESA) bool { spi = sa.localSPI(); return false })
+	w.run(R(func(rd *Ready) { w.ini.RekeyIKE(w.now, spi, rd) }), true)
+	if w.ini.Stats().IKERekeys != 1 {
+		t.Fatal("no IKE rekey")
+	}
+	var rekeyed *IKESA
+	w.res.Each(func(s *IKESA) bool {
+		if s.Established() && !before[s] {
+			rekeyed = s
+		}
+		return true
+	})
+	if rekeyed == nil || rekeyed.prop != props[0] {
+		t.Fatalf("the rekeyed SA does not share the proposal (%v)", rekeyed)
+	}
+
+	snap, err := rekeyed.Snapshot()
+	if err != nil {
+		t.Fatal(err)
+	}
+	e, err := NewEngine(rcfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	restored, err := e.Restore(w.now, snap, &Ready{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	other := snap
+	other.SPIr, other.SPIi = snap.SPIr+1, snap.SPIi+1
+	other.Children = nil
+	again, err := e.Restore(w.now, other, &Ready{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if restored.prop != again.prop || restored.prop == props[0] || restored.prop.String() != props[0].String() || restored.prop.SPI != nil {
+		t.Fatalf("restored SAs do not share their engine's proposal")
+	}
+	if !bytes.Equal(restored.skd(), snap.SKd) || len(restored.km) != len(rekeyed.km) {
+		t.Fatal("restored keys differ")
+	}
+	for _, out := range []bool{true, false} {
+		e1, a1 := restored.skKeys(out)
+		e2, a2 := rekeyed.skKeys(out)
+		if !bytes.Equal(e1, e2) || !bytes.Equal(a1, a2) {
+			t.Fatalf("restored SK_e/SK_a (out %v) differ", out)
+		}
 	}
 }

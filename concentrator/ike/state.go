@@ -92,10 +92,10 @@ func (sa *IKESA) Snapshot() (SAState, error) {
 	}
 	st := SAState{
 		Initiator: sa.initiator, Origin: OriginPeer, SPIi: sa.SPIi, SPIr: sa.SPIr, Local: sa.Local, Remote: sa.Remote,
-		Proposal: *sa.prop, SKd: sa.skd, NextIn: sa.nextIn, NextOut: sa.nextOut,
+		Proposal: *sa.prop, SKd: sa.skd(), NextIn: sa.nextIn, NextOut: sa.nextOut,
 		NextOutReserved: sa.outReserved, MsgIDSync: sa.msgIDSync,
 		NATLocal: sa.natLocal, NATRemote: sa.natRemote, PeerFrag: sa.peerFrag, MOBIKE: sa.mobike,
-		PeerID: sa.PeerID, PeerCert: sa.peerCert.Clone(), VirtualIP: sa.vip, VirtualIP6: sa.vip6, Created: wall(sa.created.Time()), Established: wall(sa.Establish),
+		PeerID: sa.PeerID, PeerCert: sa.peerCert.Clone(), VirtualIP: sa.vip, VirtualIP6: sa.vip6, Created: wall(sa.created.Time()), Established: wall(sa.estab.Time()),
 	}
 	if sa.outbound {
 		st.Origin = OriginUs
@@ -103,11 +103,8 @@ func (sa *IKESA) Snapshot() (SAState, error) {
 	if sa.idUnknown {
 		st.NextOut = sa.probeLo + 1 // still only a lower bound
 	}
-	i2r, r2i := sa.keyOut, sa.keyIn
-	if !sa.initiator {
-		i2r, r2i = r2i, i2r
-	}
-	st.SKei, st.SKai, st.SKer, st.SKar = i2r.encr, i2r.integ, r2i.encr, r2i.integ
+	st.SKei, st.SKai = sa.skKeys(sa.initiator)
+	st.SKer, st.SKar = sa.skKeys(!sa.initiator)
 	for _, c := range sa.children {
 		if c.replacedBy != nil {
 			continue // rekeyed: its Delete is under way; the successor is what counts
@@ -152,10 +149,10 @@ func (e *Engine) Restore(now time.Time, st SAState, rd *Ready) (*IKESA, error) {
 	prop := st.Proposal
 	sa := &IKESA{
 		eng: e, initiator: st.Initiator, outbound: st.Origin == OriginUs || st.Origin == OriginUnknown && st.Initiator, state: stateEstablished, SPIi: st.SPIi, SPIr: st.SPIr,
-		Local: st.Local, Remote: st.Remote, prop: &prop, prf: prf, cipher: c, skd: bytes.Clone(st.SKd),
+		Local: st.Local, Remote: st.Remote, prop: e.sharedProp(&prop), prf: prf, cipher: c, km: packIKEKeys(st.SKd, st.SKai, st.SKar, st.SKei, st.SKer),
 		natLocal: st.NATLocal, natRemote: st.NATRemote, peerFrag: st.PeerFrag, mobike: st.MOBIKE,
 		PeerID: Identity{Type: st.PeerID.Type, Data: bytes.Clone(st.PeerID.Data)}, peerCert: st.PeerCert.Clone(), vip: st.VirtualIP, vip6: st.VirtualIP6,
-		nextIn: st.NextIn, nextOut: st.NextOut, created: stampOf(e.engineTime(st.Created, off)), Establish: e.engineTime(st.Established, off), lastRecv: stampOf(now),
+		nextIn: st.NextIn, nextOut: st.NextOut, created: stampOf(e.engineTime(st.Created, off)), estab: stampOf(e.engineTime(st.Established, off)), lastRecv: stampOf(now),
 		resync: true, stored: true, msgIDSync: st.MsgIDSync, idUnknown: true,
 	}
 	// The peer expects our next request with an ID in [NextOut-1,
@@ -170,12 +167,6 @@ func (e *Engine) Restore(now time.Time, st SAState, rd *Ready) (*IKESA, error) {
 	sa.probeLo = st.NextOut
 	if sa.probeLo > 0 {
 		sa.probeLo--
-	}
-	i2r, r2i := skKeys{bytes.Clone(st.SKei), bytes.Clone(st.SKai)}, skKeys{bytes.Clone(st.SKer), bytes.Clone(st.SKar)}
-	if sa.initiator {
-		sa.keyOut, sa.keyIn = i2r, r2i
-	} else {
-		sa.keyOut, sa.keyIn = r2i, i2r
 	}
 	if e.sas[sa.localSPI()] != nil {
 		return nil, ErrSPIInUse

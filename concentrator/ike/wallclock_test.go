@@ -39,7 +39,7 @@ func TestWallClockStepMovesNoTimer(t *testing.T) {
 	if got := st.Children[0].RekeyAt; !got.Equal(at.Add(off)) {
 		t.Fatalf("persisted RekeyAt %v, want the wall date %v", got, at.Add(off))
 	}
-	if !st.Children[0].Created.Equal(c.Created.Add(off)) || !st.Established.Equal(w.res.SA(resSPI(w)).Establish.Add(off)) {
+	if !st.Children[0].Created.Equal(c.Created.Add(off)) || !st.Established.Equal(w.res.SA(resSPI(w)).EstablishedAt().Add(off)) {
 		t.Fatalf("persisted Created %v / Established %v are not wall dates", st.Children[0].Created, st.Established)
 	}
 	// A restart: monotonic time starts again far from the wall date (and

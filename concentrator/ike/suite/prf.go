@@ -132,6 +132,10 @@ func (p *PRF) Plus(key, seed []byte, n int) []byte {
 // them once authenticated); the capacities are capped, so appending to one
 // never overwrites another.
 type IKEKeys struct {
+	// Kept holds SK_d | SK_ai | SK_ar | SK_ei | SK_er in one array of its
+	// own, in that order: what an established IKE SA keeps. The five
+	// slices below are parts of it.
+	Kept       []byte
 	SKd        []byte // for deriving CHILD SA keys and rekeying
 	SKai, SKar []byte // integrity keys (empty for AEAD ciphers)
 	SKei, SKer []byte // encryption keys, including any salt
@@ -166,12 +170,13 @@ func DeriveIKEKeys(p *PRF, skeyseed, ni, nr []byte, spii, spir uint64, c *Cipher
 	// keeps 112 bytes of keys instead of prf+'s 192.
 	kept := ps + 2*ik + 2*ek
 	km := slices.Clone(all[:kept])
+	var k IKEKeys
+	k.Kept = km
 	next := func(n int) []byte {
 		k := km[:n:n]
 		km = km[n:]
 		return k
 	}
-	var k IKEKeys
 	k.SKd = next(ps)
 	k.SKai, k.SKar = next(ik), next(ik)
 	k.SKei, k.SKer = next(ek), next(ek)

@@ -5,6 +5,7 @@ import (
 	"crypto/hmac"
 	"encoding/binary"
 	"errors"
+	"slices"
 	"testing"
 	"unsafe"
 )
@@ -263,6 +264,12 @@ func TestDeriveIKEKeysAEAD(t *testing.T) {
 	_ = append(k.SKei, 0xff)
 	if !bytes.Equal(before, k.SKer) {
 		t.Error("append to SK_ei overwrote SK_er")
+	}
+	// Kept is SK_d | SK_ai | SK_ar | SK_ei | SK_er, the layout an IKE SA
+	// reads its keys from by their lengths alone.
+	want := slices.Concat(k.SKd, k.SKai, k.SKar, k.SKei, k.SKer)
+	if !bytes.Equal(k.Kept, want) || len(k.Kept) != 104 || unsafe.SliceData(k.Kept) != unsafe.SliceData(k.SKd) {
+		t.Errorf("Kept %x, want %x in SK_d's array", k.Kept, want)
 	}
 	// SK_pi and SK_pr are not in the array an established SA keeps (SK_d
 	// to SK_er, 104 bytes here), so that it does not keep them.
