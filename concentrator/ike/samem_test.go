@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"slices"
 	"testing"
+	"time"
 )
 
 // An established SA keeps none of its handshake's state, on either side,
@@ -29,19 +30,7 @@ func TestEstablishedSAsKeepNoHandshake(t *testing.T) {
 	}
 	noHandshake("IKE SA rekeyed")
 
-	snap, err := w.res.SA(resSPI(w)).Snapshot()
-	if err != nil {
-		t.Fatal(err)
-	}
-	e, err := NewEngine(responderConfig(t, 1))
-	if err != nil {
-		t.Fatal(err)
-	}
-	sa, err := e.Restore(w.now, snap, &Ready{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if sa.hs != nil {
+	if _, sa, _ := restoreInto(t, w.res.SA(resSPI(w)), responderConfig(t, 1), w.now); sa.hs != nil {
 		t.Fatal("the restored SA has a handshake")
 	}
 }
@@ -76,18 +65,7 @@ func TestChildSAsShareOurSelectors(t *testing.T) {
 		}
 	}
 
-	snap, err := w.res.SA(resSPI(w)).Snapshot()
-	if err != nil {
-		t.Fatal(err)
-	}
-	e, err := NewEngine(rcfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	restored, err := e.Restore(w.now, snap, &Ready{})
-	if err != nil {
-		t.Fatal(err)
-	}
+	e, restored, _ := restoreInto(t, w.res.SA(resSPI(w)), rcfg, w.now)
 	if l := restored.children[0].LocalTS; !slices.Equal(l, own) || &l[0] != &e.cfg.LocalTS[0] || &l[0] == &own[0] {
 		t.Fatalf("restored: %v does not share its engine's selectors", l)
 	}
@@ -141,18 +119,7 @@ func TestSAsShareTheirProposal(t *testing.T) {
 		t.Fatalf("the rekeyed SA does not share the proposal (%v)", rekeyed)
 	}
 
-	snap, err := rekeyed.Snapshot()
-	if err != nil {
-		t.Fatal(err)
-	}
-	e, err := NewEngine(rcfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	restored, err := e.Restore(w.now, snap, &Ready{})
-	if err != nil {
-		t.Fatal(err)
-	}
+	e, restored, snap := restoreInto(t, rekeyed, rcfg, w.now)
 	other := snap
 	other.SPIr, other.SPIi = snap.SPIr+1, snap.SPIi+1
 	other.Children = nil
@@ -173,4 +140,22 @@ func TestSAsShareTheirProposal(t *testing.T) {
 			t.Fatalf("restored SK_e/SK_a (out %v) differ", out)
 		}
 	}
+}
+
+// restoreInto restores sa's snapshot into a new engine of cfg.
+func restoreInto(t *testing.T, sa *IKESA, cfg Config, now time.Time) (*Engine, *IKESA, SAState) {
+	t.Helper()
+	snap, err := sa.Snapshot()
+	if err != nil {
+		t.Fatal(err)
+	}
+	e, err := NewEngine(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	restored, err := e.Restore(now, snap, &Ready{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return e, restored, snap
 }
