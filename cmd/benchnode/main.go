@@ -11,6 +11,7 @@
 //	benchnode --rows memory+none --count 5000 --rate 1000
 //	benchnode --rows '' --burst 10000                      # only the burst
 //	benchnode --rows '' --burst 0 --scale 100000           # only the scale run
+//	benchnode --rows memory+embedded --against /tmp/old/concentratord  # A/B two builds (ab.go)
 //
 // The node is pinned to CPU 0 and the driver to CPU 1 (--pin), so "CPU
 // per SA" is the node's alone: user+system time of the whole process
@@ -70,6 +71,8 @@ type options struct {
 	charon      string        // strongSwan's charon for the strongswan row
 	engineCPU   time.Duration // given: the engine's cost is not measured again (the strongswan row's child)
 	rowJSON     bool          // print the one row's result as JSON (the strongswan row's child)
+	against     string        // a baseline concentratord: the rows run A/B against it (ab.go)
+	rounds      int           // with against: rounds per row
 }
 
 func run(ctx context.Context, args []string, out io.Writer) error {
@@ -96,18 +99,23 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 	cpuprofile := fs.String("cpuprofile", "", "write the node's CPU profile of each row to FILE.<row>, and with --scale of each probe to FILE.probe-<SAs held> (go tool pprof)")
 	heapprofile := fs.String("heapprofile", "", "with --scale: save the node's heap profile at the peak to FILE (go tool pprof)")
 	timeout := fs.Duration("timeout", 120*time.Second, "per phase")
+	against := fs.String("against", "", "a baseline concentratord (another build): run each row of --rows --rounds times with both, alternating, and print the median of the rounds' ratios (this build over the baseline); no burst or scale run")
+	rounds := fs.Int("rounds", 6, "with --against: rounds per row")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
 	if *scaleProbe < 1 {
 		return fmt.Errorf("--scale-probe: %d: at least 1", *scaleProbe)
 	}
+	if *rounds < 1 {
+		return fmt.Errorf("--rounds: %d: at least 1", *rounds)
+	}
 	if *groups < 1 || *groups > maxGroups {
 		return fmt.Errorf("--groups: %d: from 1 to %d", *groups, maxGroups)
 	}
 	o := options{bin: *bin, count: *count, rate: *rate, burst: *burst, scale: *scale, scaleRate: *scaleRate, scaleSettle: *scaleSettle, scaleDPD: *scaleDPD, scaleMem: *scaleMem, scaleProbe: *scaleProbe, commitDelay: *commitDelay,
 		groups: *groups, pin: *pin, cpuprofile: *cpuprofile, heapprofile: *heapprofile, timeout: *timeout,
-		charon: *charon, engineCPU: *engineCPU, rowJSON: *rowJSON}
+		charon: *charon, engineCPU: *engineCPU, rowJSON: *rowJSON, against: *against, rounds: *rounds}
 	var err error
 	if o.prop, err = ike.ParseProposal("aes256gcm16-prfsha256-x25519", false, false); err != nil {
 		return err
@@ -130,6 +138,11 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 	}
 	if _, err := os.Stat(o.bin); err != nil {
 		return fmt.Errorf("--concentratord: %w (make build)", err)
+	}
+	if o.against != "" {
+		if _, err := os.Stat(o.against); err != nil {
+			return fmt.Errorf("--against: %w", err)
+		}
 	}
 	nodeCPU := -1
 	if o.pin {
@@ -156,6 +169,9 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 		host, o.pin, o.groups)
 	fmt.Fprintf(out, "engine alone: %.3f ms CPU per responder handshake (in-process, same run)\n", ms(eng))
 	fmt.Fprintf(out, "CPU/SA: node user+system time, setup + delete; cpu-wait: thread time runnable but waiting for the node's CPU (behind other processes or the node's own threads: charon runs 16)\n\n")
+	if o.against != "" {
+		return o.abRows(ctx, out, nodeCPU)
+	}
 
 	if len(o.rows) > 0 {
 		fmt.Fprintf(out, "rows: %d gateways at %.0f/s, all established, then all deleted", o.count, o.rate)

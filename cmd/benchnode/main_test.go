@@ -119,3 +119,38 @@ func TestHistQuantile(t *testing.T) {
 		t.Error("a quantile of no buckets")
 	}
 }
+
+// The A/B summary is the median of the rounds' ratios, not the ratio of
+// the medians: a round where the machine ran slow for both builds counts
+// as much as any other.
+func TestABSummary(t *testing.T) {
+	ms := func(f float64) time.Duration { return time.Duration(f * float64(time.Millisecond)) }
+	rounds := []abRound{
+		{base: rowResult{CPUPerSA: ms(1.0), P99: ms(10), RSSPerSA: 1000}, this: rowResult{CPUPerSA: ms(0.9), P99: ms(12), RSSPerSA: 900}},
+		{base: rowResult{CPUPerSA: ms(2.0), P99: ms(20), RSSPerSA: 1000}, this: rowResult{CPUPerSA: ms(1.9), P99: ms(20), RSSPerSA: 1000}},
+		{base: rowResult{CPUPerSA: ms(0.5), P99: ms(10), RSSPerSA: 1000}, this: rowResult{CPUPerSA: ms(0.55), P99: ms(8), RSSPerSA: 800}},
+	}
+	s := summarize(rounds)
+	near := func(a, b float64) bool { return math.Abs(a-b) < 1e-9 }
+	if s.rounds != 3 || s.thisFasterIn != 2 || !near(s.cpu, 0.95) || !near(s.cpuLo, 0.9) || !near(s.cpuHi, 1.1) ||
+		!near(s.p99, 1.0) || !near(s.rss, 0.9) || s.baseCPU != ms(1.0) || s.thisCPU != ms(0.9) {
+		t.Fatalf("summary %+v", s)
+	}
+	if even := median([]float64{4, 1, 3, 2}); even != 2.5 {
+		t.Fatalf("median of an even count %v, want 2.5", even)
+	}
+	if s := summarize(nil); s.rounds != 0 || s.cpu != 0 {
+		t.Fatalf("summary of no rounds %+v", s)
+	}
+}
+
+func TestABNeedsABaseline(t *testing.T) {
+	err := run(context.Background(), []string{"--rows", "memory+none", "--pin=false", "--concentratord", "/dev/null", "--against", t.TempDir() + "/none"}, &bytes.Buffer{})
+	if err == nil || !strings.Contains(err.Error(), "--against") {
+		t.Fatalf("run with a missing baseline: %v", err)
+	}
+	err = run(context.Background(), []string{"--rounds", "0", "--concentratord", "/dev/null"}, &bytes.Buffer{})
+	if err == nil || !strings.Contains(err.Error(), "--rounds") {
+		t.Fatalf("run with no rounds: %v", err)
+	}
+}
