@@ -207,7 +207,20 @@ func warnReadableSecrets(path string, cfg concentrator.Config, log *slog.Logger)
 		return
 	}
 	log.Warn("the configuration file holds secrets and every account on this host can read it: chmod o-r it (or its directory), or move them to files of their own (secret_file)",
-		"file", path, "fields", strings.Join(fields, ", "))
+		"file", path, "secrets", len(fields), "fields", fieldList(fields, maxFieldsNamed))
+}
+
+// maxFieldsNamed bounds the fields one warning names: a fleet's
+// configuration can hold a PSK per gateway, and a line naming 100,000 of
+// them would be megabytes long.
+const maxFieldsNamed = 10
+
+// fieldList joins the first max fields, saying how many more there are.
+func fieldList(fields []string, max int) string {
+	if len(fields) <= max {
+		return strings.Join(fields, ", ")
+	}
+	return fmt.Sprintf("%s and %d more", strings.Join(fields[:max], ", "), len(fields)-max)
 }
 
 // readableByOthers: path is readable by an account that is neither its

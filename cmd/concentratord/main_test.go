@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"fmt"
 	"os"
 	"path/filepath"
 	"reflect"
@@ -180,4 +181,24 @@ func TestCheckWarnsOfReadableSecrets(t *testing.T) {
 		}
 	}
 	os.Chmod(dir, 0o755)
+
+	// A fleet's PSKs inline: the warning names the first few and counts
+	// the rest, instead of a line as long as the table.
+	many := base
+	for i := range 25 {
+		many += fmt.Sprintf("    - {id: gw%d@iot.example, secret: s3cret-0123456789ab}\n", i)
+	}
+	p := filepath.Join(dir, "c.yaml")
+	if err := os.WriteFile(p, []byte(many), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	os.Chmod(p, 0o644)
+	code, out, errs := cli(t, "--config", p, "--check")
+	if code != 0 {
+		t.Fatalf("25 PSKs: exit %d: %s", code, errs)
+	}
+	if !strings.Contains(out, warning) || !strings.Contains(out, "auth.psks[9].secret and 15 more") ||
+		strings.Contains(out, "auth.psks[10].secret") || !strings.Contains(out, `"secrets":25`) {
+		t.Errorf("25 PSKs: the warning does not name 10 fields and count the rest:\n%s", out)
+	}
 }
