@@ -15,19 +15,20 @@ import (
 // wallOffset (Created is shown as a wall date).
 func toDataplane(a ike.InstallChild, off time.Duration) *dataplane.ChildSA {
 	c := a.Child
+	in, out := c.KeyIn(), c.KeyOut()
 	conv := func(ts []ike.TrafficSelector) []dataplane.Selector {
-		out := make([]dataplane.Selector, len(ts))
+		sels := make([]dataplane.Selector, len(ts))
 		for i, t := range ts {
-			out[i] = dataplane.Selector{Start: t.Start, End: t.End, IPProto: t.IPProto, StartPort: t.StartPort, EndPort: t.EndPort}
+			sels[i] = dataplane.Selector{Start: t.Start, End: t.End, IPProto: t.IPProto, StartPort: t.StartPort, EndPort: t.EndPort}
 		}
-		return out
+		return sels
 	}
 	return &dataplane.ChildSA{
 		InSPI: c.InSPI, OutSPI: c.OutSPI, Local: c.Local, Remote: c.Remote, Encap: c.Encap,
 		EncrID: c.Proposal.Encr.ID, EncrKeyBits: c.Proposal.Encr.KeyLen, IntegID: c.Proposal.Integ,
 		ESN:     c.Proposal.ESN == 1,
-		In:      dataplane.Keys{Encr: c.KeyIn.Encr, Integ: c.KeyIn.Integ},
-		Out:     dataplane.Keys{Encr: c.KeyOut.Encr, Integ: c.KeyOut.Integ},
+		In:      dataplane.Keys{Encr: in.Encr, Integ: in.Integ},
+		Out:     dataplane.Keys{Encr: out.Encr, Integ: out.Integ},
 		LocalTS: conv(c.LocalTS), RemoteTS: conv(c.RemoteTS), VirtualIP: c.VirtualIP,
 		PeerID: a.PeerID.String(), IKESPIi: a.SPIi, IKESPIr: a.SPIr, Created: wallOf(c.Created, off),
 		OutSeq: a.OutSeq, OutSeqLimit: a.OutSeqLimit, OutSeqMargin: a.OutSeqMargin, InSeqLow: a.InSeqLow,

@@ -27,11 +27,11 @@ func espConfig(spi uint32, c *ike.ChildSA, k ike.ChildKeys) esp.Config {
 }
 
 func newESPSender(c *ike.ChildSA, src, dst netip.Addr, size int) (*espSender, error) {
-	out, err := esp.NewOutbound(espConfig(c.OutSPI, c, c.KeyOut))
+	out, err := esp.NewOutbound(espConfig(c.OutSPI, c, c.KeyOut()))
 	if err != nil {
 		return nil, err
 	}
-	in, err := esp.NewInbound(espConfig(c.InSPI, c, c.KeyIn))
+	in, err := esp.NewInbound(espConfig(c.InSPI, c, c.KeyIn()))
 	if err != nil {
 		return nil, err
 	}

@@ -1,6 +1,7 @@
 package ike
 
 import (
+	"fmt"
 	"net/netip"
 	"time"
 )
@@ -252,14 +253,19 @@ type ChildKeys struct {
 
 // ChildSA is a negotiated ESP SA pair in tunnel mode.
 type ChildSA struct {
-	InSPI, OutSPI     uint32 // InSPI is ours (the peer sends with it)
-	Proposal          Selected
-	KeyIn, KeyOut     ChildKeys
+	InSPI, OutSPI uint32 // InSPI is ours (the peer sends with it)
+	Proposal      Selected
+	// keys holds both directions' keys (KeyIn, KeyOut) in one array:
+	// encryption then integrity key of one direction, then of the other,
+	// the inbound first if inFirst. One slice instead of four.
+	keys              []byte
 	LocalTS, RemoteTS []TrafficSelector
 	Local, Remote     netip.AddrPort // outer addresses; ports are the UDP encapsulation ports
 	Encap             bool           // UDP encapsulation (NAT-T)
 	rekeying          bool           // our CREATE_CHILD_SA for it is outstanding
 	overdue           bool           // restored past its rekey time: the scheduler places it at the first Tick
+	inFirst           bool           // keys: the inbound direction's come first
+	encrLen, integLen uint8          // keys: one direction's key lengths
 	VirtualIP         netip.Addr     // the peer's virtual IP, if one was assigned
 	Created           time.Time
 	// The committed ESP sequence number reservation (seq.go): every
@@ -274,6 +280,40 @@ type ChildSA struct {
 	collision  *ChildSA // the peer rekeyed it while we were rekeying it too
 	// collisionNonce is the lower nonce of the peer's colliding exchange.
 	collisionNonce []byte
+}
+
+// KeyIn returns the keys the peer protects its ESP packets to us with.
+func (c *ChildSA) KeyIn() ChildKeys { return c.half(c.inFirst) }
+
+// KeyOut returns the keys we protect our ESP packets with.
+func (c *ChildSA) KeyOut() ChildKeys { return c.half(!c.inFirst) }
+
+func (c *ChildSA) half(first bool) ChildKeys {
+	e, n := int(c.encrLen), int(c.encrLen)+int(c.integLen)
+	if len(c.keys) != 2*n {
+		return ChildKeys{}
+	}
+	k := c.keys[n : 2*n : 2*n]
+	if first {
+		k = c.keys[:n:n]
+	}
+	ck := ChildKeys{Encr: k[:e:e]}
+	if c.integLen > 0 {
+		ck.Integ = k[e:]
+	}
+	return ck
+}
+
+// setKeys keeps keys, both directions' keys laid out as the field keys
+// holds them: each direction's encryption key (encrLen octets), then its
+// integrity key (integLen), the inbound direction first if inFirst.
+// prf+'s output for a CHILD SA is laid out so (childKeys).
+func (c *ChildSA) setKeys(keys []byte, encrLen, integLen int, inFirst bool) error {
+	if encrLen > 0xff || integLen > 0xff || len(keys) != 2*(encrLen+integLen) {
+		return fmt.Errorf("ike: CHILD SA keys of %d octets for two directions of %d+%d", len(keys), encrLen, integLen)
+	}
+	c.keys, c.encrLen, c.integLen, c.inFirst = keys, uint8(encrLen), uint8(integLen), inFirst
+	return nil
 }
 
 // RekeyAt returns when the engine will rekey the CHILD SA (zero: not scheduled).

@@ -102,7 +102,7 @@ func TestEAPHandshake(t *testing.T) {
 				t.Fatalf("backend saw %v, responder's peer %v", srv.identity, w.installs[0].PeerID)
 			}
 			ic, rc := w.installs[1].Child, w.installs[0].Child
-			if ic.InSPI != rc.OutSPI || !bytes.Equal(ic.KeyOut.Encr, rc.KeyIn.Encr) {
+			if ic.InSPI != rc.OutSPI || !bytes.Equal(ic.KeyOut().Encr, rc.KeyIn().Encr) {
 				t.Fatal("CHILD SAs do not pair")
 			}
 			if FormatSelectors(rc.RemoteTS) != "10.20.0.0/24" {

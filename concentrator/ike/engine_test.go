@@ -277,11 +277,11 @@ func TestHandshakePSK(t *testing.T) {
 	if w.installs[0].SPIr == 0 || ic.InSPI != rc.OutSPI || ic.OutSPI != rc.InSPI {
 		t.Fatalf("SPIs do not pair: initiator %08x/%08x responder %08x/%08x", ic.InSPI, ic.OutSPI, rc.InSPI, rc.OutSPI)
 	}
-	if string(ic.KeyOut.Encr) != string(rc.KeyIn.Encr) || string(ic.KeyIn.Encr) != string(rc.KeyOut.Encr) {
+	if string(ic.KeyOut().Encr) != string(rc.KeyIn().Encr) || string(ic.KeyIn().Encr) != string(rc.KeyOut().Encr) {
 		t.Fatal("CHILD keys do not pair")
 	}
-	if len(ic.KeyOut.Encr) != 36 {
-		t.Fatalf("AES-GCM-256 key with salt is %d bytes, want 36", len(ic.KeyOut.Encr))
+	if len(ic.KeyOut().Encr) != 36 {
+		t.Fatalf("AES-GCM-256 key with salt is %d bytes, want 36", len(ic.KeyOut().Encr))
 	}
 	if FormatSelectors(rc.RemoteTS) != "10.20.0.0/24" || FormatSelectors(rc.LocalTS) != "10.30.0.0/24" {
 		t.Fatalf("responder TS %s === %s", FormatSelectors(rc.LocalTS), FormatSelectors(rc.RemoteTS))

@@ -222,11 +222,11 @@ func TestFollowupChildRekey(t *testing.T) {
 		if byGateway {
 			prf, _ := suite.NewPRF(suite.PRFHMACSHA256)
 			km := suite.ChildKeys(prf, isa.skd(), cap.sk0, cap.ni, cap.nr, 2*36, cap.sk1)
-			if !bytes.Equal(c.KeyOut.Encr, km[:36]) || !bytes.Equal(c.KeyIn.Encr, km[36:]) {
+			if !bytes.Equal(c.KeyOut().Encr, km[:36]) || !bytes.Equal(c.KeyIn().Encr, km[36:]) {
 				t.Fatal("CHILD keys are not KEYMAT = prf+(SK_d, SK(0) | Ni | Nr | SK(1))")
 			}
 			km = suite.ChildKeys(prf, isa.skd(), cap.sk0, cap.ni, cap.nr, 2*36)
-			if bytes.Equal(c.KeyOut.Encr, km[:36]) {
+			if bytes.Equal(c.KeyOut().Encr, km[:36]) {
 				t.Fatal("the ML-KEM secret did not go into the CHILD keys")
 			}
 		}

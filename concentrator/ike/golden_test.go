@@ -183,10 +183,10 @@ func checkGolden(t *testing.T, g *golden) {
 		t.Fatal(err)
 	}
 	// sa.initiator is false: KeyIn is the initiator's direction.
-	if !bytes.Equal(child.KeyIn.Encr, g.Child["encr_i"]) || !bytes.Equal(child.KeyOut.Encr, g.Child["encr_r"]) ||
-		!bytes.Equal(child.KeyIn.Integ, g.Child["integ_i"]) || !bytes.Equal(child.KeyOut.Integ, g.Child["integ_r"]) {
-		t.Fatalf("CHILD keys differ:\n in %x/%x want %x/%x\nout %x/%x want %x/%x", child.KeyIn.Encr, child.KeyIn.Integ,
-			g.Child["encr_i"], g.Child["integ_i"], child.KeyOut.Encr, child.KeyOut.Integ, g.Child["encr_r"], g.Child["integ_r"])
+	if !bytes.Equal(child.KeyIn().Encr, g.Child["encr_i"]) || !bytes.Equal(child.KeyOut().Encr, g.Child["encr_r"]) ||
+		!bytes.Equal(child.KeyIn().Integ, g.Child["integ_i"]) || !bytes.Equal(child.KeyOut().Integ, g.Child["integ_r"]) {
+		t.Fatalf("CHILD keys differ:\n in %x/%x want %x/%x\nout %x/%x want %x/%x", child.KeyIn().Encr, child.KeyIn().Integ,
+			g.Child["encr_i"], g.Child["integ_i"], child.KeyOut().Encr, child.KeyOut().Integ, g.Child["encr_r"], g.Child["integ_r"])
 	}
 }
 

@@ -35,7 +35,7 @@ func (w *wire) paired(t *testing.T, n int) {
 	}
 	for spi, c := range ini {
 		r := res[c.OutSPI]
-		if r == nil || r.OutSPI != spi || string(r.KeyIn.Encr) != string(c.KeyOut.Encr) || string(r.KeyOut.Encr) != string(c.KeyIn.Encr) {
+		if r == nil || r.OutSPI != spi || string(r.KeyIn().Encr) != string(c.KeyOut().Encr) || string(r.KeyOut().Encr) != string(c.KeyIn().Encr) {
 			t.Fatalf("initiator CHILD %08x/%08x has no matching responder SA", c.InSPI, c.OutSPI)
 		}
 	}

@@ -749,16 +749,10 @@ func (sa *IKESA) childKeys(c *ChildSA, shared []byte, ni, nr []byte, exchangeIni
 		return &Error{Notify: NO_PROPOSAL_CHOSEN, Reason: "ESP cipher", Err: err}
 	}
 	el, il := cipher.EncrKeyLen(), cipher.IntegKeyLen()
+	// The initiator's direction first: ours if we started the exchange.
 	km := suite.ChildKeys(sa.prf, sa.skd(), shared, ni, nr, 2*(el+il), addKE...)
-	i := ChildKeys{Encr: km[:el], Integ: km[el : el+il]}
-	r := ChildKeys{Encr: km[el+il : 2*el+il], Integ: km[2*el+il:]}
-	if il == 0 {
-		i.Integ, r.Integ = nil, nil
-	}
-	if exchangeInitiator {
-		c.KeyOut, c.KeyIn = i, r
-	} else {
-		c.KeyIn, c.KeyOut = i, r
+	if err := c.setKeys(km, el, il, !exchangeInitiator); err != nil {
+		return &Error{Notify: NO_PROPOSAL_CHOSEN, Reason: "ESP keys", Err: err}
 	}
 	return nil
 }

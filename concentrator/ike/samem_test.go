@@ -3,6 +3,7 @@ package ike
 import (
 	"bytes"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 )
@@ -133,6 +134,13 @@ func TestSAsShareTheirProposal(t *testing.T) {
 	if !bytes.Equal(restored.skd(), snap.SKd) || len(restored.km) != len(rekeyed.km) {
 		t.Fatal("restored keys differ")
 	}
+	for i, c := range rekeyed.children {
+		rc := restored.children[i]
+		if !bytes.Equal(rc.KeyIn().Encr, c.KeyIn().Encr) || !bytes.Equal(rc.KeyOut().Encr, c.KeyOut().Encr) ||
+			bytes.Equal(c.KeyIn().Encr, c.KeyOut().Encr) || len(rc.keys) != 2*36 {
+			t.Fatalf("restored CHILD SA %08x: keys differ, or are not in one array", c.InSPI)
+		}
+	}
 	for _, out := range []bool{true, false} {
 		e1, a1 := restored.skKeys(out)
 		e2, a2 := rekeyed.skKeys(out)
@@ -158,4 +166,26 @@ func restoreInto(t *testing.T, sa *IKESA, cfg Config, now time.Time) (*Engine, *
 		t.Fatal(err)
 	}
 	return e, restored, snap
+}
+
+// A stored CHILD SA whose two directions' keys differ in length is
+// refused whole: no SA, no SPI, nothing claimed.
+func TestRestoreRefusesUnevenChildKeys(t *testing.T) {
+	w, _ := establish(t, responderConfig(t, 1))
+	snap, err := w.res.SA(resSPI(w)).Snapshot()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cs := &snap.Children[0]
+	cs.KeyOut.Encr = cs.KeyOut.Encr[:len(cs.KeyOut.Encr)-1]
+	e, err := NewEngine(responderConfig(t, 1))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.Restore(w.now, snap, &Ready{}); err == nil || !strings.Contains(err.Error(), "key lengths") {
+		t.Fatalf("Restore = %v, want an error naming the key lengths", err)
+	}
+	if e.Len() != 0 || len(e.inSPIs) != 0 {
+		t.Fatalf("a refused restore left %d SAs and %d ESP SPIs", e.Len(), len(e.inSPIs))
+	}
 }

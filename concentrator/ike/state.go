@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"slices"
 	"time"
 
 	"github.com/ikefleet/ikefleet/concentrator/ike/suite"
@@ -110,7 +111,7 @@ func (sa *IKESA) Snapshot() (SAState, error) {
 			continue // rekeyed: its Delete is under way; the successor is what counts
 		}
 		st.Children = append(st.Children, ChildState{
-			InSPI: c.InSPI, OutSPI: c.OutSPI, Proposal: c.Proposal, KeyIn: c.KeyIn, KeyOut: c.KeyOut,
+			InSPI: c.InSPI, OutSPI: c.OutSPI, Proposal: c.Proposal, KeyIn: c.KeyIn(), KeyOut: c.KeyOut(),
 			LocalTS: c.LocalTS, RemoteTS: c.RemoteTS, Encap: c.Encap, Created: wall(c.Created), RekeyAt: wall(c.rekeyAt.Time()),
 			OutSeqReserved: c.seq.outResv, InSeqLow: c.seq.inLow, SeqBlock: c.seq.block,
 		})
@@ -145,6 +146,13 @@ func (e *Engine) Restore(now time.Time, st SAState, rd *Ready) (*IKESA, error) {
 	if len(st.SKei) != c.EncrKeyLen() || len(st.SKer) != c.EncrKeyLen() || len(st.SKai) != c.IntegKeyLen() ||
 		len(st.SKar) != c.IntegKeyLen() || len(st.SKd) != prf.Size() {
 		return nil, errors.New("ike: restored key lengths do not fit the proposal")
+	}
+	for _, cs := range st.Children {
+		in, out := cs.KeyIn, cs.KeyOut
+		if len(in.Encr) != len(out.Encr) || len(in.Integ) != len(out.Integ) || len(in.Encr) > 0xff || len(in.Integ) > 0xff {
+			return nil, fmt.Errorf("ike: restored CHILD SA %08x: key lengths %d+%d and %d+%d differ or are too long",
+				cs.InSPI, len(in.Encr), len(in.Integ), len(out.Encr), len(out.Integ))
+		}
 	}
 	prop := st.Proposal
 	sa := &IKESA{
@@ -200,10 +208,12 @@ func (e *Engine) Restore(now time.Time, st SAState, rd *Ready) (*IKESA, error) {
 	e.sas[sa.localSPI()] = sa
 	for _, cs := range st.Children {
 		ch := &ChildSA{
-			InSPI: cs.InSPI, OutSPI: cs.OutSPI, Proposal: cs.Proposal, KeyIn: cs.KeyIn, KeyOut: cs.KeyOut,
+			InSPI: cs.InSPI, OutSPI: cs.OutSPI, Proposal: cs.Proposal,
 			LocalTS: e.sharedTS(cs.LocalTS), RemoteTS: cs.RemoteTS, Local: sa.Local, Remote: sa.Remote, Encap: cs.Encap,
 			VirtualIP: st.VirtualIP, Created: e.engineTime(cs.Created, off), rekeyAt: stampOf(e.engineTime(cs.RekeyAt, off)),
 		}
+		keys := slices.Concat(cs.KeyIn.Encr, cs.KeyIn.Integ, cs.KeyOut.Encr, cs.KeyOut.Integ)
+		_ = ch.setKeys(keys, len(cs.KeyIn.Encr), len(cs.KeyIn.Integ), true) // lengths checked above
 		e.inSPIs[ch.InSPI] = sa
 		sa.children = append(sa.children, ch)
 		start, legacy := ch.restoreSeq(cs)
