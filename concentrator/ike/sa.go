@@ -199,15 +199,6 @@ func (sa *IKESA) skKeys(out bool) (encr, integ []byte) {
 	return er, ar
 }
 
-// packIKEKeys lays an SA's keys out in one new array as km holds them.
-func packIKEKeys(skd, ai, ar, ei, er []byte) []byte {
-	km := make([]byte, 0, len(skd)+len(ai)+len(ar)+len(ei)+len(er))
-	for _, k := range [][]byte{skd, ai, ar, ei, er} {
-		km = append(km, k...)
-	}
-	return km
-}
-
 type pendingRequest struct {
 	msgID        uint32
 	exchange     ExchangeType

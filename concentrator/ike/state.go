@@ -157,7 +157,7 @@ func (e *Engine) Restore(now time.Time, st SAState, rd *Ready) (*IKESA, error) {
 	prop := st.Proposal
 	sa := &IKESA{
 		eng: e, initiator: st.Initiator, outbound: st.Origin == OriginUs || st.Origin == OriginUnknown && st.Initiator, state: stateEstablished, SPIi: st.SPIi, SPIr: st.SPIr,
-		Local: st.Local, Remote: st.Remote, prop: e.sharedProp(&prop), prf: prf, cipher: c, km: packIKEKeys(st.SKd, st.SKai, st.SKar, st.SKei, st.SKer),
+		Local: st.Local, Remote: st.Remote, prop: e.sharedProp(&prop), prf: prf, cipher: c, km: slices.Concat(st.SKd, st.SKai, st.SKar, st.SKei, st.SKer), // as km holds them
 		natLocal: st.NATLocal, natRemote: st.NATRemote, peerFrag: st.PeerFrag, mobike: st.MOBIKE,
 		PeerID: Identity{Type: st.PeerID.Type, Data: bytes.Clone(st.PeerID.Data)}, peerCert: st.PeerCert.Clone(), vip: st.VirtualIP, vip6: st.VirtualIP6,
 		nextIn: st.NextIn, nextOut: st.NextOut, created: stampOf(e.engineTime(st.Created, off)), estab: stampOf(e.engineTime(st.Established, off)), lastRecv: stampOf(now),
