@@ -161,7 +161,8 @@ func registered(t *testing.T, s *Store, id string) int {
 // The cluster moves one layout at a time, and to the next only once every
 // registration names the current one: each node names it RequestTimeout
 // after it took it on, when every request it built in the one before has
-// ended. A layout is read by nodes one behind it, never two.
+// ended. A layout is read by nodes one behind it, never two. Only a node
+// alone in Open, which has written nothing yet, moves several at once.
 func TestLayoutMovesOneAtATime(t *testing.T) {
 	e := startEtcd(t, false)
 	cli := dial(t, e.Endpoints())
@@ -172,14 +173,28 @@ func TestLayoutMovesOneAtATime(t *testing.T) {
 		c.layoutMin, c.layoutMax = 2, 4
 		return c
 	}
-	// a alone moves a fresh cluster to 3 in Open, where it has written
-	// nothing in layout 2, and names 3 at once.
+	// A fresh node alone moves the cluster to its newest layout in Open.
+	solo := open(t, dial(t, e.Endpoints()), func() Config { c := conf("solo"); c.Prefix = "/solo/"; return c }())
+	if l, w := solo.Layout(), registered(t, solo, "solo"); l != 4 || w != 4 {
+		t.Fatalf("a fresh node alone: writes %d, its registration names %d; want 4", l, w)
+	}
+
+	// x: a release of layouts 2-4 still writing 2. a moves the cluster
+	// to 3 in Open, where it has written nothing in layout 2, and names 3
+	// at once; x holds the next move.
+	x := &pb.Node{Id: "x", Slot: 5, LayoutMin: 2, LayoutMax: 4, Layout: 2}
+	lease := registerAs(t, cli, x)
 	a := open(t, cli, conf("a"))
 	if l, v, w := a.Layout(), clusterLayout(t, cli), registered(t, a, "a"); l != 3 || v != "3" || w != 3 {
 		t.Fatalf("after Open: a writes %d, layout key %s, a's registration names %d; want 3, 3, 3", l, v, w)
 	}
-	// Its next reading moves it on to 4; a takes it on at once and names
-	// it only RequestTimeout later.
+	// x names 3: a's next reading moves the cluster to 4; a takes it on
+	// at once and names it only RequestTimeout later.
+	x.Layout = 3
+	v, _ := proto.Marshal(x)
+	if _, err := cli.Put(tctx(t, 5*time.Second), a.k.node("x"), string(v), clientv3.WithLease(lease)); err != nil {
+		t.Fatal(err)
+	}
 	waitLayout(t, a, 4)
 	took := time.Now()
 	if v := clusterLayout(t, cli); v != "4" {

@@ -185,6 +185,17 @@ func Open(ctx context.Context, cli *clientv3.Client, cfg Config) (*Store, error)
 	if err := s.retryOpen(ctx, "reading the registry for the sealing key", func() error { return s.listKeyNodes(ctx) }); err != nil {
 		return nil, err
 	}
+	// A reading moves the cluster one layout at most. Before Open returns
+	// the store has written nothing, so where every registration names
+	// the layout (a fresh cluster, this node alone) it moves on at once
+	// to the newest all support, rather than write the older layouts
+	// first.
+	for s.Layout() < s.cfg.layoutMax {
+		was := s.Layout()
+		if s.listKeyNodes(ctx) != nil || s.Layout() == was {
+			break
+		}
+	}
 	if cfg.SoleWriter {
 		if err := s.openLeased(ctx); err != nil {
 			return nil, err
