@@ -459,12 +459,12 @@ func (n *Node) ClusterKeys() (held []uint32, sealing uint32, ok bool) {
 	return n.persist.keys.IDs(), n.persist.keys.Current(), true
 }
 
-// OwnedSAs counts the IKE SAs the state store indexes under a node id.
-func (n *Node) OwnedSAs(ctx context.Context, node string) (int64, error) {
+// OwnedSAs counts the IKE SAs the state store gives each node id.
+func (n *Node) OwnedSAs(ctx context.Context) (map[string]int64, error) {
 	if n.persist == nil {
-		return 0, errors.New("no state store")
+		return nil, errors.New("no state store")
 	}
-	return n.persist.store.OwnedCount(ctx, node)
+	return n.persist.store.OwnedCounts(ctx)
 }
 
 // ---- credentials ----

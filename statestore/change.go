@@ -234,15 +234,15 @@ func (s *Store) build(c *Change, me Owner) (txnParts, error) {
 		}
 		return nil
 	}
+	layout := s.Layout()
 	own := func(spi uint64) {
 		// The SPI stays reserved by its record keys (ReserveIKESPIs).
-		p.then = append(p.then,
-			clientv3.OpPut(s.k.owner(spi), me.value()),
-			clientv3.OpPut(s.k.owned(id, spi), ""))
+		p.then = append(p.then, clientv3.OpPut(s.k.owner(spi), me.value()))
+		p.then = s.k.appendOwnedPut(p.then, spi, id, layout)
 	}
 	drop := func(spi uint64) {
 		p.forget = append(p.forget, spi)
-		p.then = s.k.appendSADeletes(p.then, spi, id, s.Layout())
+		p.then = s.k.appendSADeletes(p.then, spi, id, layout)
 		if c.Selectors != nil {
 			p.then = append(p.then, clientv3.OpDelete(s.k.sel(spi)))
 		}

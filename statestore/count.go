@@ -2,20 +2,23 @@ package statestore
 
 import (
 	"context"
-	"fmt"
 
-	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.etcd.io/etcd/api/v3/mvccpb"
 )
 
-// OwnedCount counts the SAs indexed under a node id (any epoch): the load
-// operators see per node.
-func (s *Store) OwnedCount(ctx context.Context, node string) (int64, error) {
-	rc, cancel := s.rctx(ctx)
-	defer cancel()
-	resp, err := s.cli.Get(rc, s.k.ownedBy(node), clientv3.WithPrefix(), clientv3.WithCountOnly())
-	s.noteResult(err)
-	if err != nil {
-		return 0, fmt.Errorf("%w: %v", ErrUnavailable, err)
-	}
-	return resp.Count, nil
+// OwnedCounts counts the SAs the owner/ keys give each node id (any
+// epoch): the load operators see per node. It reads the owner keys of the
+// whole cluster once, a page at a time.
+func (s *Store) OwnedCounts(ctx context.Context) (map[string]int64, error) {
+	prefix := s.k.p + "owner/"
+	counts := map[string]int64{}
+	err := s.eachPage(ctx, prefix, ownedPage, func(kvs []*mvccpb.KeyValue) error {
+		for _, kv := range kvs {
+			if o, err := parseOwner(kv.Value); err == nil {
+				counts[o.Node]++
+			}
+		}
+		return nil
+	})
+	return counts, err
 }

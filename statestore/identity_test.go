@@ -144,7 +144,9 @@ func TestDeleteOrphan(t *testing.T) {
 	if err := b.DeleteOrphan(ctx, 0x700, ownerA, id); err != nil {
 		t.Fatal(err)
 	}
-	for _, k := range []string{b.k.sa(0x700), b.k.owner(0x700), b.k.owned("a", 0x700), b.k.ident(id, 0x700), b.k.espSPI(rec.Children[0].InSPI)} {
+	// (The owned/ index entry of store layout 3 is not the delete's at
+	// layout 4: the layout's sweep deletes what is left of the index.)
+	for _, k := range []string{b.k.sa(0x700), b.k.owner(0x700), b.k.ident(id, 0x700), b.k.espSPI(rec.Children[0].InSPI)} {
 		r, err := cli.Get(ctx, k)
 		if err != nil || len(r.Kvs) != 0 {
 			t.Fatalf("%s still there after DeleteOrphan (%v)", k, err)

@@ -15,7 +15,8 @@ import (
 //	nodes/<id>            Node, on the node's lease; epoch = its create revision
 //	slots/<n>             node id, on the node's lease
 //	owner/<ike-spi>       "<node id>/<epoch>"
-//	owned/<id>/<ike-spi>  "" (index of owner records by node)
+//	owned/<id>/<ike-spi>  "" (index of owner records by node; layouts 2
+//	                      and 3 only: readers list owner/ instead)
 //	sa/<ike-spi>          Record (sealed); empty on the lease while the IKE
 //	                      SPI is only reserved (ReserveIKESPIs)
 //	seq/<ike-spi>         SeqRecord: reservations renewed since the Record
@@ -45,19 +46,40 @@ func (k keys) ikeSPI(spi uint64) string { return hexKey(k.p, "spi/ike/", spi, 16
 func (k keys) espSPI(spi uint32) string { return hexKey(k.p, "spi/esp/", uint64(spi), 8) }
 
 // appendSADeletes appends the deletes of SA spi's own keys, owned by
-// node, in store layout layout: its records, its owner and index entries,
-// and in layout 2 the spi/ike/ key written by releases before
-// ReserveIKESPIs used the record keys.
+// node, in store layout layout: its records and its owner, before layout
+// 4 its owned/ index entry, and in layout 2 the spi/ike/ key written by
+// releases before ReserveIKESPIs used the record keys.
 func (k keys) appendSADeletes(ops []clientv3.Op, spi uint64, node string, layout int) []clientv3.Op {
 	ops = append(ops,
 		clientv3.OpDelete(k.sa(spi)),
 		clientv3.OpDelete(k.owner(spi)),
-		clientv3.OpDelete(k.owned(node, spi)),
 		clientv3.OpDelete(k.seq(spi)))
+	if layout < ownedGone {
+		ops = append(ops, clientv3.OpDelete(k.owned(node, spi)))
+	}
 	if layout < 3 {
 		ops = append(ops, clientv3.OpDelete(k.ikeSPI(spi)))
 	}
 	return ops
+}
+
+// appendOwnedPut appends, before store layout 4, the owned/ index entry
+// of SA spi for node: the index releases of layouts 2 and 3 list a
+// node's SAs by.
+func (k keys) appendOwnedPut(ops []clientv3.Op, spi uint64, node string, layout int) []clientv3.Op {
+	if layout >= ownedGone {
+		return ops
+	}
+	return append(ops, clientv3.OpPut(k.owned(node, spi), ""))
+}
+
+// appendOwnedMove appends, before store layout 4, the move of SA spi's
+// owned/ index entry from node from to node to.
+func (k keys) appendOwnedMove(ops []clientv3.Op, spi uint64, from, to string, layout int) []clientv3.Op {
+	if layout >= ownedGone || from == to {
+		return ops
+	}
+	return append(ops, clientv3.OpDelete(k.owned(from, spi)), clientv3.OpPut(k.owned(to, spi), ""))
 }
 
 // saName is the record's name within the prefix; it is the AAD of the

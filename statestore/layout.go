@@ -36,6 +36,12 @@ package statestore
 //	   deletes spi/ike/<spi>, the reservation of releases before them
 //	3  no spi/ike/ keys: the move deletes those left, and an SA's delete
 //	   no longer looks for one (a write fewer per SA)
+//	4  no owned/<node>/ index: a node lists its SAs by the owner/ keys
+//	   that name it (every release writes them; this one reads them in
+//	   every layout), so an SA keeps one key and makes two writes fewer;
+//	   the move deletes the index, and each node deletes what is left of
+//	   its own once it names layout 4 (entries that requests built in
+//	   layout 3 wrote after the move)
 
 import (
 	"context"
@@ -51,10 +57,12 @@ import (
 // The store layouts this release reads and writes.
 const (
 	LayoutMin = 2
-	LayoutMax = 3
+	LayoutMax = 4
 	// layoutUnset: the layout of a cluster without the layout key, and
 	// the only one registrations without layouts support.
 	layoutUnset = 2
+	// ownedGone: the first layout without the owned/ index.
+	ownedGone = 4
 )
 
 // LayoutError: the cluster's store layout is not one this release reads
@@ -169,6 +177,41 @@ func (s *Store) publishLayout(ctx context.Context, l int) {
 	s.layoutMu.Unlock()
 }
 
+// sweepOwnedIndex deletes what is left of the owned/ index once every
+// live registration names store layout 4 or later: entries that requests
+// built in layout 3 wrote after the move deleted the index (a node takes
+// a new layout on at its next reading of the layout key). By then none
+// is in flight: a node names a layout once every request it built in the
+// one before has ended, and a node no longer registered commits nothing.
+// Each store sweeps once; no release that reads the index takes part in
+// layout 4.
+func (s *Store) sweepOwnedIndex(ctx context.Context, r registry) {
+	if r.layout < ownedGone || s.ownedSwept.Load() {
+		return
+	}
+	for _, n := range r.nodes {
+		if n.writes() < ownedGone {
+			return
+		}
+	}
+	prefix := s.k.p + "owned/"
+	rc, cancel := s.rctx(ctx)
+	defer cancel()
+	left, err := s.cli.Get(rc, prefix, clientv3.WithPrefix(), clientv3.WithCountOnly())
+	if err == nil && left.Count > 0 {
+		_, err = s.txn(rc).Then(clientv3.OpDelete(prefix, clientv3.WithPrefix())).Commit()
+	}
+	s.noteResult(err)
+	if err != nil {
+		s.log.Warn("statestore: deleting what is left of the owned/ index failed", "err", err)
+		return
+	}
+	s.ownedSwept.Store(true)
+	if left.Count > 0 {
+		s.log.Info("statestore: deleted what was left of the owned/ index", "entries", left.Count)
+	}
+}
+
 // writes: the layout a registration names as the one it writes.
 func (n NodeInfo) writes() int {
 	if n.LayoutMax == 0 {
@@ -198,6 +241,7 @@ func (s *Store) followLayout(ctx context.Context, r registry) {
 		s.publishLayout(ctx, r.layout)
 		return // the registry changed: move on from the next reading
 	}
+	s.sweepOwnedIndex(ctx, r)
 	next, move := r.layout+1, s.supportsLayout(r.layout+1)
 	for _, n := range r.nodes {
 		switch {
@@ -249,6 +293,8 @@ func (s *Store) migrations(l int) []clientv3.Op {
 	switch l {
 	case 3:
 		return []clientv3.Op{clientv3.OpDelete(s.k.p+"spi/ike/", clientv3.WithPrefix())}
+	case ownedGone:
+		return []clientv3.Op{clientv3.OpDelete(s.k.p+"owned/", clientv3.WithPrefix())}
 	}
 	return nil
 }

@@ -283,3 +283,124 @@ func TestLayoutMoveComparesTheRegistry(t *testing.T) {
 		t.Fatal(fmt.Sprint("layout ", l, " with an older node registered"))
 	}
 }
+
+// waitNamed waits until s's registration names store layout want.
+func waitNamed(t *testing.T, s *Store, want int) {
+	t.Helper()
+	for deadline := time.Now().Add(10 * time.Second); registered(t, s, s.cfg.NodeID) != want; {
+		if time.Now().After(deadline) {
+			t.Fatalf("%s's registration names layout %d, want %d", s.cfg.NodeID, registered(t, s, s.cfg.NodeID), want)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// ownedIndex lists the owned/ index entries under the prefix.
+func ownedIndex(t *testing.T, cli *clientv3.Client) []string {
+	t.Helper()
+	r, err := cli.Get(tctx(t, 5*time.Second), DefaultPrefix+"owned/", clientv3.WithPrefix(), clientv3.WithKeysOnly())
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []string
+	for _, kv := range r.Kvs {
+		out = append(out, string(kv.Key))
+	}
+	return out
+}
+
+// Store layout 4 drops the owned/ index: while a release of layouts 2-3
+// is live the cluster stays at 3 and this release writes the index for
+// it; the move to 4 deletes the index, SAs written at 4 make no entry,
+// and a restarted node finds its SAs, from either layout, by their owner
+// keys. The counts operators see come from the owner keys too.
+func TestLayout4DropsTheOwnedIndex(t *testing.T) {
+	e := startEtcd(t, false)
+	cli := dial(t, e.Endpoints())
+	ctx := tctx(t, 60*time.Second)
+	conf := func(id string, lo, hi int) Config {
+		c := testConfig(t, id)
+		c.KeepAliveInterval = 100 * time.Millisecond
+		c.RequestTimeout = time.Second
+		c.layoutMin, c.layoutMax = lo, hi
+		return c
+	}
+	establish := func(s *Store, spi uint64) {
+		t.Helper()
+		if err := s.Persist(ctx, Change{Kind: Established, Record: sampleRecord(spi)}); err != nil {
+			t.Fatalf("SA %x: %v", spi, err)
+		}
+	}
+	old := open(t, cli, conf("old", 2, 3))
+	bcfg := conf("b", 2, 4)
+	b := open(t, cli, bcfg)
+	if l := b.Layout(); l != 3 {
+		t.Fatalf("b writes layout %d with a release of 2-3 live, want 3", l)
+	}
+	establish(old, 0x100)
+	establish(b, 0x200)
+	if got := ownedIndex(t, cli); len(got) != 2 {
+		t.Fatalf("owned/ index at layout 3: %v, want an entry for each SA", got)
+	}
+	// A hand-off at layout 3 moves the index entry for the older release.
+	ob, _ := b.Registration()
+	oo, _ := old.Registration()
+	if err := b.HandOff(ctx, 0x200, sampleRecord(0x200), oo); err != nil {
+		t.Fatal(err)
+	}
+	if got := ownedIndex(t, cli); len(got) != 2 || got[1] != old.k.owned("old", 0x200) {
+		t.Fatalf("owned/ index after a hand-off at layout 3: %v", got)
+	}
+	if err := old.HandOff(ctx, 0x200, sampleRecord(0x200), ob); err != nil {
+		t.Fatal(err)
+	}
+
+	if err := old.Close(); err != nil {
+		t.Fatal(err)
+	}
+	waitLayout(t, b, 4)
+	if got := ownedIndex(t, cli); len(got) != 0 {
+		t.Fatalf("owned/ index after the move to layout 4: %v", got)
+	}
+	establish(b, 0x300)
+	if got := ownedIndex(t, cli); len(got) != 0 {
+		t.Fatalf("an SA established at layout 4 wrote %v", got)
+	}
+	counts, err := b.OwnedCounts(ctx)
+	if err != nil || counts["b"] != 2 || counts["old"] != 1 {
+		t.Fatalf("owned counts %v (%v), want b 2 and old 1", counts, err)
+	}
+	// An entry that a request built at layout 3 wrote after the move
+	// goes once every live node names layout 4: here at b's next start.
+	waitNamed(t, b, 4)
+	if _, err := cli.Put(ctx, b.k.owned("b", 0x200), ""); err != nil {
+		t.Fatal(err)
+	}
+
+	// b dies and comes back: its SAs of both layouts move to the new
+	// epoch by their owner keys, and what was left of the index goes.
+	b.Abandon()
+	b2 := open(t, dial(t, e.Endpoints()), bcfg)
+	recs, err := b2.LoadOwned(ctx)
+	if err != nil || len(recs) != 2 {
+		t.Fatalf("b restored %d SAs (%v), want 0x200 and 0x300", len(recs), err)
+	}
+	o2, _ := b2.Registration()
+	for _, r := range recs {
+		if _, o, err := b2.Load(ctx, r.LocalSPI()); err != nil || o != o2 {
+			t.Fatalf("SA %x after the restart: owner %v (%v), want %v", r.LocalSPI(), o, err, o2)
+		}
+	}
+	for deadline := time.Now().Add(10 * time.Second); len(ownedIndex(t, cli)) != 0; {
+		if time.Now().After(deadline) {
+			t.Fatalf("owned/ index after b's restart at layout 4: %v", ownedIndex(t, cli))
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if err := b2.Persist(ctx, Change{Kind: Deleted, SPI: 0x300}); err != nil {
+		t.Fatal(err)
+	}
+	if counts, err := b2.OwnedCounts(ctx); err != nil || counts["b"] != 1 {
+		t.Fatalf("owned counts after a delete %v (%v), want b 1", counts, err)
+	}
+}

@@ -93,15 +93,14 @@ func (s *Store) TakeOverMany(ctx context.Context, from Owner, spis []uint64) ([]
 	me := reg.owner
 	out := make([]Moved, 0, len(spis))
 	per := max(1, s.cfg.Batch.MaxBatch)
+	layout := s.Layout()
 	for lo := 0; lo < len(spis); lo += per {
 		chunk := spis[lo:min(lo+per, len(spis))]
 		ops := make([]clientv3.Op, len(chunk))
 		for i, spi := range chunk {
 			ok := s.k.owner(spi)
 			then := []clientv3.Op{clientv3.OpPut(ok, me.value()), clientv3.OpGet(s.k.sa(spi)), clientv3.OpGet(s.k.seq(spi))}
-			if from.Node != me.Node {
-				then = append(then, clientv3.OpDelete(s.k.owned(from.Node, spi)), clientv3.OpPut(s.k.owned(me.Node, spi), ""))
-			}
+			then = s.k.appendOwnedMove(then, spi, from.Node, me.Node, layout)
 			ops[i] = clientv3.OpTxn([]clientv3.Cmp{clientv3.Compare(clientv3.Value(ok), "=", from.value())},
 				then, []clientv3.Op{clientv3.OpGet(ok)})
 		}
@@ -201,6 +200,7 @@ func (s *Store) handOffBatch(ctx context.Context, reg *registration, finals []*S
 		return nil, err
 	}
 	ops := make([]clientv3.Op, len(todo))
+	layout := s.Layout()
 	for j, i := range todo {
 		f := finals[i]
 		spi := f.LocalSPI()
@@ -218,9 +218,7 @@ func (s *Store) handOffBatch(ctx context.Context, reg *registration, finals []*S
 		if rv.seq.empty {
 			then = append(then, clientv3.OpPut(s.k.seq(spi), string(sv)))
 		}
-		if to.Node != me.Node {
-			then = append(then, clientv3.OpDelete(s.k.owned(me.Node, spi)), clientv3.OpPut(s.k.owned(to.Node, spi), ""))
-		}
+		then = s.k.appendOwnedMove(then, spi, me.Node, to.Node, layout)
 		ops[j] = clientv3.OpTxn(s.handOffCmps(spi, me, rv), then,
 			[]clientv3.Op{clientv3.OpGet(ok), clientv3.OpGet(s.k.sa(spi)), clientv3.OpGet(s.k.seq(spi))})
 	}

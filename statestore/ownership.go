@@ -342,9 +342,7 @@ func (s *Store) transfer(ctx context.Context, spi uint64, from, to Owner, final 
 			s.regCmp(to))
 	}
 	then := []clientv3.Op{clientv3.OpPut(ok, to.value())}
-	if from.Node != to.Node {
-		then = append(then, clientv3.OpDelete(s.k.owned(from.Node, spi)), clientv3.OpPut(s.k.owned(to.Node, spi), ""))
-	}
+	then = s.k.appendOwnedMove(then, spi, from.Node, to.Node, s.Layout())
 	var rv saRevs
 	var els []clientv3.Op
 	if final != nil {
@@ -399,25 +397,41 @@ func (s *Store) transfer(ctx context.Context, spi uint64, from, to Owner, final 
 	return true, rec, err
 }
 
-// ownedPage: keys per page of ownedSPIs. etcd visits the whole rest of
+// ownedPage: keys per page of ownersOf. etcd visits the whole rest of
 // the range for every page (to count it), so listing n keys costs about
 // n²/(2·ownedPage) visits: at 1,000 a page, a node owning 50,000 SAs made
 // etcd visit 1.25M keys for each re-registration.
 const ownedPage = 10000
 
-// ownedSPIs lists the SAs indexed under this node id (any epoch).
-func (s *Store) ownedSPIs(ctx context.Context) ([]uint64, error) {
-	prefix := s.k.ownedBy(s.cfg.NodeID)
-	var spis []uint64
-	err := s.eachKeyPage(ctx, prefix, ownedPage, func(kvs []*mvccpb.KeyValue) error {
+// ownerEntry is one owner/ key as listed: the SA, its owner and the
+// key's ModRevision.
+type ownerEntry struct {
+	spi   uint64
+	owner Owner
+	mod   int64
+}
+
+// ownersOf lists the owner/ keys that name node id (any epoch): the SAs
+// the cluster gives that node. Every release writes owner/ keys, so this
+// holds in every store layout; the owned/ index of layouts 2 and 3 is
+// not read (layout 4 has none). It reads the owner keys of the whole
+// cluster, a page at a time.
+func (s *Store) ownersOf(ctx context.Context, id string) ([]ownerEntry, error) {
+	prefix := s.k.p + "owner/"
+	var out []ownerEntry
+	err := s.eachPage(ctx, prefix, ownedPage, func(kvs []*mvccpb.KeyValue) error {
 		for _, kv := range kvs {
-			if spi, ok := parseSPIKey(string(kv.Key), prefix); ok {
-				spis = append(spis, spi)
+			spi, ok := parseSPIKey(string(kv.Key), prefix)
+			if !ok {
+				continue
+			}
+			if o, err := parseOwner(kv.Value); err == nil && o.Node == id {
+				out = append(out, ownerEntry{spi, o, kv.ModRevision})
 			}
 		}
 		return nil
 	})
-	return spis, err
+	return out, err
 }
 
 // eachKeyPage reads the keys under prefix (keys only) page keys at a
@@ -425,8 +439,13 @@ func (s *Store) ownedSPIs(ctx context.Context) ([]uint64, error) {
 // visit returns an error, which it returns. A failed read is
 // ErrUnavailable.
 func (s *Store) eachKeyPage(ctx context.Context, prefix string, page int64, visit func([]*mvccpb.KeyValue) error, opts ...clientv3.OpOption) error {
+	return s.eachPage(ctx, prefix, page, visit, append([]clientv3.OpOption{clientv3.WithKeysOnly()}, opts...)...)
+}
+
+// eachPage is eachKeyPage with the keys' values.
+func (s *Store) eachPage(ctx context.Context, prefix string, page int64, visit func([]*mvccpb.KeyValue) error, opts ...clientv3.OpOption) error {
 	from := prefix
-	opts = append([]clientv3.OpOption{clientv3.WithRange(clientv3.GetPrefixRangeEnd(prefix)), clientv3.WithKeysOnly(), clientv3.WithLimit(page)}, opts...)
+	opts = append([]clientv3.OpOption{clientv3.WithRange(clientv3.GetPrefixRangeEnd(prefix)), clientv3.WithLimit(page)}, opts...)
 	for {
 		rc, cancel := s.rctx(ctx)
 		resp, err := s.cli.Get(rc, from, opts...)
@@ -454,48 +473,31 @@ func (s *Store) reclaim(ctx context.Context) ([]uint64, error) {
 		return nil, ErrFenced
 	}
 	me := reg.owner
-	spis, err := s.ownedSPIs(ctx)
+	listed, err := s.ownersOf(ctx, me.Node)
 	if err != nil {
 		return nil, err
 	}
-	owned := make([]uint64, 0, len(spis))
-	for lo := 0; lo < len(spis); lo += readBatch {
-		chunk := spis[lo:min(lo+readBatch, len(spis))]
-		gets := make([]clientv3.Op, len(chunk))
-		for i, spi := range chunk {
-			gets[i] = clientv3.OpGet(s.k.owner(spi))
+	owned := make([]uint64, 0, len(listed))
+	var earlier []ownerEntry
+	for _, e := range listed {
+		if e.owner == me {
+			owned = append(owned, e.spi)
+		} else {
+			earlier = append(earlier, e)
+		}
+	}
+	for lo := 0; lo < len(earlier); lo += readBatch {
+		chunk := earlier[lo:min(lo+readBatch, len(earlier))]
+		moves := make([]clientv3.Op, len(chunk))
+		for i, e := range chunk {
+			// As listed, or changed since (deleted, handed off, taken
+			// over): then not ours to move. The owned/ index of layouts 2
+			// and 3 is by node id and holds it already.
+			moves[i] = clientv3.OpTxn(
+				[]clientv3.Cmp{clientv3.Compare(clientv3.ModRevision(s.k.owner(e.spi)), "=", e.mod)},
+				[]clientv3.Op{clientv3.OpPut(s.k.owner(e.spi), me.value())}, nil)
 		}
 		rc, cancel := s.rctx(ctx)
-		resp, err := s.txn(rc).Then(gets...).Commit()
-		cancel()
-		s.noteResult(err)
-		if err != nil {
-			return owned, fmt.Errorf("%w: %v", ErrUnavailable, err)
-		}
-		var moves []clientv3.Op
-		var moving []uint64
-		for i, spi := range chunk {
-			kvs := resp.Responses[i].GetResponseRange().Kvs
-			if len(kvs) == 0 {
-				continue // deleted since
-			}
-			o, err := parseOwner(kvs[0].Value)
-			if err != nil || o.Node != me.Node {
-				continue
-			}
-			if o == me {
-				owned = append(owned, spi)
-				continue
-			}
-			moves = append(moves, clientv3.OpTxn(
-				[]clientv3.Cmp{clientv3.Compare(clientv3.ModRevision(s.k.owner(spi)), "=", kvs[0].ModRevision)},
-				[]clientv3.Op{clientv3.OpPut(s.k.owner(spi), me.value())}, nil))
-			moving = append(moving, spi)
-		}
-		if len(moves) == 0 {
-			continue
-		}
-		rc, cancel = s.rctx(ctx)
 		tr, err := s.txn(rc).If(s.regCmp(me)).Then(moves...).Commit()
 		cancel()
 		s.noteResult(err)
@@ -507,7 +509,7 @@ func (s *Store) reclaim(ctx context.Context) ([]uint64, error) {
 		}
 		for i, r := range tr.Responses {
 			if r.GetResponseTxn().Succeeded {
-				owned = append(owned, moving[i])
+				owned = append(owned, chunk[i].spi)
 			}
 		}
 	}

@@ -51,7 +51,7 @@ type Interface interface {
 	Node(ctx context.Context, id string) (NodeInfo, error)
 	Nodes(ctx context.Context) ([]NodeInfo, error)
 	LoadOwned(ctx context.Context) ([]*SARecord, error)
-	OwnedCount(ctx context.Context, node string) (int64, error)
+	OwnedCounts(ctx context.Context) (map[string]int64, error)
 	TakeOver(ctx context.Context, spi uint64) (*SARecord, error)
 	HandOff(ctx context.Context, spi uint64, final *SARecord, to Owner) error
 
@@ -142,6 +142,7 @@ type Store struct {
 	layoutMu    sync.Mutex
 	layoutSince time.Time
 	published   int
+	ownedSwept  atomic.Bool // the owned/ index is swept (layout.go, layout 4)
 	opened      atomic.Bool // Open has returned: the store may have built requests
 	lastRegErr  string      // keepAlive's last re-registration error, logged once
 

@@ -3,6 +3,7 @@ package statestore
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"net"
@@ -344,13 +345,30 @@ func putDeadOwned(t *testing.T, cli *clientv3.Client, cfg Config, base uint64, n
 }
 
 // Two nodes racing to take over the same SA, 1,000 times: exactly one
-// wins each time, and the loser is told who won.
+// wins each time, and the loser is told who won. At store layout 3 the
+// owned/ index follows ownership; at 4 there is none, and the counts come
+// from the owner keys.
 func TestTakeOverRace(t *testing.T) {
+	for _, layout := range []int{3, 4} {
+		t.Run(fmt.Sprint("layout", layout), func(t *testing.T) { testTakeOverRace(t, layout) })
+	}
+}
+
+func testTakeOverRace(t *testing.T, layout int) {
 	e := startEtcd(t, false)
 	cli := dial(t, e.Endpoints())
-	cfg := testConfig(t, "b")
+	conf := func(id string) Config {
+		c := testConfig(t, id)
+		c.KeepAliveInterval = 100 * time.Millisecond
+		c.RequestTimeout = time.Second
+		c.layoutMax = layout
+		return c
+	}
+	cfg := conf("b")
 	b := open(t, cli, cfg)
-	c := open(t, dial(t, e.Endpoints()), testConfig(t, "c"))
+	c := open(t, dial(t, e.Endpoints()), conf("c"))
+	waitLayout(t, b, layout)
+	waitLayout(t, c, layout)
 	const n = 1000
 	putDeadOwned(t, cli, cfg, 1<<40, n)
 	ctx := tctx(t, 60*time.Second)
@@ -402,11 +420,28 @@ func TestTakeOverRace(t *testing.T) {
 	}
 	wg.Wait()
 	t.Logf("wins: b %d, c %d", wins[0].Load(), wins[1].Load())
-	// The index follows ownership.
 	ob, _ := b.Registration()
-	resp, _ := cli.Get(ctx, keys{DefaultPrefix}.ownedBy("b"), clientv3.WithPrefix(), clientv3.WithCountOnly())
-	if resp.Count != wins[0].Load() {
-		t.Fatalf("b indexed %d, won %d (%v)", resp.Count, wins[0].Load(), ob)
+	counts, err := b.OwnedCounts(ctx)
+	if err != nil || counts["b"] != wins[0].Load() || counts["c"] != wins[1].Load() {
+		t.Fatalf("owned counts %v (%v), won b %d, c %d (%v)", counts, err, wins[0].Load(), wins[1].Load(), ob)
+	}
+	indexed := func(node string) int64 {
+		resp, err := cli.Get(ctx, keys{DefaultPrefix}.ownedBy(node), clientv3.WithPrefix(), clientv3.WithCountOnly())
+		if err != nil {
+			t.Fatal(err)
+		}
+		return resp.Count
+	}
+	// putDeadOwned indexed the dead node's SAs as a release of layout 3
+	// would have (at layout 4 the sweep may have deleted them since).
+	want := map[string]int64{"b": wins[0].Load(), "c": wins[1].Load(), "dead": 0}
+	if layout >= ownedGone {
+		want = map[string]int64{"b": 0, "c": 0}
+	}
+	for node, w := range want {
+		if got := indexed(node); got != w {
+			t.Errorf("owned/%s/ holds %d entries at store layout %d, want %d", node, got, layout, w)
+		}
 	}
 }
 

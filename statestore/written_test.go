@@ -91,22 +91,23 @@ func TestWritesCountedAsEtcdCounts(t *testing.T) {
 		t.Fatalf("reserve address: %v %v", ok, err)
 	}
 	step("reservations", 4, 0)
-	// Record, reservations, ESP SPI, owner, owned, identity, address and
-	// its identity key.
+	// Record, reservations, ESP SPI, owner, identity, address and its
+	// identity key.
 	if err := s.Persist(ctx, Change{Kind: Established, Record: r, Identity: id, Unique: UniqueReplace,
 		Lease: &AddressLease{Addr: vip, ID: id, Reserved: true}}); err != nil {
 		t.Fatal(err)
 	}
-	step("established", 8, 0)
-	// The record, its owner and index keys, its identity entry, its ESP
-	// SPI (store layout 3: no spi/ike/ key of older releases to look for).
-	if l := s.Layout(); l != 3 {
-		t.Fatalf("store layout %d, want 3", l)
+	step("established", 7, 0)
+	// The record, its owner key, its identity entry, its ESP SPI (store
+	// layout 4: no spi/ike/ key of older releases to look for, no owned/
+	// index entry).
+	if l := s.Layout(); l != 4 {
+		t.Fatalf("store layout %d, want 4", l)
 	}
 	if err := s.Persist(ctx, Change{Kind: Deleted, Record: r, Identity: id}); err != nil {
 		t.Fatal(err)
 	}
-	step("deleted", 0, 6)
+	step("deleted", 0, 5)
 	if err := s.ReleaseAddress(ctx, vip, id); err != nil {
 		t.Fatal(err)
 	}

@@ -78,12 +78,13 @@ func (s *Server) nodes(ctx context.Context) ([]*adminv1.Node, error) {
 	}
 	var out []*adminv1.Node
 	var self *adminv1.Node
+	var owned map[string]int64
+	if len(reg) > 0 {
+		owned, _ = s.node.OwnedSAs(ctx) // unread: no counts
+	}
 	for _, r := range reg {
 		n := &adminv1.Node{Id: r.Node, Epoch: r.Epoch, Slot: int32(r.Slot), Registered: ts(r.Registered), PeerAddr: r.PeerAddr,
-			ClusterKeyIds: r.KeyIDs, LayoutMin: r.LayoutMin, LayoutMax: r.LayoutMax, Layout: r.Layout}
-		if c, err := s.node.OwnedSAs(ctx, r.Node); err == nil {
-			n.OwnedSas = uint64(c)
-		}
+			ClusterKeyIds: r.KeyIDs, LayoutMin: r.LayoutMin, LayoutMax: r.LayoutMax, Layout: r.Layout, OwnedSas: uint64(owned[r.Node])}
 		if r.Node == s.node.ID() {
 			self = n
 		}
