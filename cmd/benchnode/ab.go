@@ -78,8 +78,8 @@ func (o *options) abRows(ctx context.Context, out io.Writer, nodeCPU int) error 
 		o.bin, o.against, o.rounds, o.count, o.rate)
 	const roundFmt = "%-20s %5s %14s %14s %9s %12s %12s %9s\n"
 	fmt.Fprintf(out, roundFmt, "config", "round", "base CPU/SA ms", "this CPU/SA ms", "ratio", "base p99 ms", "this p99 ms", "ratio")
-	this := o.bin
-	defer func() { o.bin = this }()
+	this, profile := o.bin, o.cpuprofile
+	defer func() { o.bin, o.cpuprofile = this, profile }()
 	for _, spec := range o.rows {
 		if spec.strongswan {
 			fmt.Fprintf(out, "%-20s skipped: A/B compares two builds of the node\n", spec)
@@ -95,7 +95,7 @@ func (o *options) abRows(ctx context.Context, out io.Writer, nodeCPU int) error 
 			}
 			var err error
 			for _, bin := range order {
-				o.bin = bin
+				o.bin, o.cpuprofile = bin, abProfile(profile, bin == this)
 				var res rowResult
 				if res, err = o.row(ctx, spec, nodeCPU); err != nil {
 					break
@@ -127,4 +127,14 @@ func (o *options) abRows(ctx context.Context, out io.Writer, nodeCPU int) error 
 			spec, s.rounds, ms(s.baseCPU), ms(s.thisCPU), s.cpu, s.cpuLo, s.cpuHi, s.thisFasterIn, s.rounds, s.p99, s.rss)
 	}
 	return nil
+}
+
+// abProfile is where --cpuprofile FILE puts a build's profiles in an A/B
+// run: FILE.<row> for this build, FILE.base.<row> for the baseline (the
+// last round of each).
+func abProfile(file string, this bool) string {
+	if file == "" || this {
+		return file
+	}
+	return file + ".base"
 }

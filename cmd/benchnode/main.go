@@ -96,7 +96,7 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 	commitDelay := fs.String("commit-delay", "", "the nodes' statestore.commit_delay (e.g. 8ms): how long a change waits for others to share its etcd transaction, which trades setup latency for CPU; default: the node's default (2ms)")
 	groups := fs.Int("groups", 64, "gateway groups, each with its own loopback source address (127.1.x.y) and ports")
 	pin := fs.Bool("pin", true, "pin the node to CPU 0 and this driver to CPU 1")
-	cpuprofile := fs.String("cpuprofile", "", "write the node's CPU profile of each row to FILE.<row>, and with --scale of each probe to FILE.probe-<SAs held> (go tool pprof)")
+	cpuprofile := fs.String("cpuprofile", "", "write the node's CPU profile of each row to FILE.<row>, and with --scale of each probe to FILE.probe-<SAs held>; with --against the baseline's to FILE.base.<row> (each build's last round) (go tool pprof)")
 	heapprofile := fs.String("heapprofile", "", "with --scale: save the node's heap profile at the peak to FILE (go tool pprof)")
 	timeout := fs.Duration("timeout", 120*time.Second, "per phase")
 	against := fs.String("against", "", "a baseline concentratord (another build): run each row of --rows --rounds times with both, alternating, and print the median of the rounds' ratios (this build over the baseline); no burst or scale run")

@@ -154,3 +154,19 @@ func TestABNeedsABaseline(t *testing.T) {
 		t.Fatalf("run with no rounds: %v", err)
 	}
 }
+
+// With --against, the baseline's CPU profiles go to files of their own,
+// and the names of this build's stay as without it.
+func TestABProfilesApart(t *testing.T) {
+	o := &options{cpuprofile: "/tmp/p"}
+	o.cpuprofile = abProfile("/tmp/p", false)
+	base := o.profileFor("memory+embedded")
+	o.cpuprofile = abProfile("/tmp/p", true)
+	this := o.profileFor("memory+embedded")
+	if base != "/tmp/p.base.memory-embedded" || this != "/tmp/p.memory-embedded" {
+		t.Fatalf("profiles: baseline %q, this build %q", base, this)
+	}
+	if abProfile("", false) != "" {
+		t.Fatal("a profile without --cpuprofile")
+	}
+}
