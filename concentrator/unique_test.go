@@ -13,6 +13,7 @@ import (
 
 	"github.com/ikefleet/ikefleet/concentrator/ike"
 	"github.com/ikefleet/ikefleet/statestore"
+	clientv3 "go.etcd.io/etcd/client/v3"
 )
 
 // gatewayDeleted reports whether gateway g has no established IKE SA.
@@ -210,6 +211,33 @@ func TestUniqueIDsKeepAndNever(t *testing.T) {
 			waitFor(t, ctx, "the refused SA's SPIs handed back", func() bool {
 				st, err := b.n.Stats(ctx)
 				return err == nil && st.ReturnedSPIs >= 2
+			})
+			// The refused SA held its identity's address (leased on a's
+			// behalf): none of node b's reservations is left marked in
+			// etcd without being in its pool (vippool_test.go covers a
+			// failed SA that took a reservation).
+			pool := clusterPools(&b.n.ecfg)[0]
+			cli, err := statestore.Dial(c.etcd.Client())
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer cli.Close()
+			var marks, reserved int
+			waitFor(t, ctx, "the refused SA's address reservation given back", func() bool {
+				r, err := cli.Get(ctx, statestore.DefaultPrefix+"pool/addr/", clientv3.WithPrefix())
+				if err != nil {
+					return false
+				}
+				marks = 0
+				for _, kv := range r.Kvs {
+					if string(kv.Value) == "\x00reserved:b" {
+						marks++
+					}
+				}
+				pool.mu.Lock()
+				reserved = len(pool.reserved)
+				pool.mu.Unlock()
+				return marks == reserved
 			})
 			if !gatewayDeleted(g2) {
 				t.Fatal("the refused gateway has an IKE SA")

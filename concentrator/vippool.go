@@ -58,6 +58,7 @@ type vipLease struct {
 	submitted bool                     // the Established change is in flight
 	released  bool                     // the SA let go while it was
 	taken     bool                     // the store said another identity has the address
+	reserved  bool                     // handed out of the node's reservations (its lease Reserved)
 }
 
 type clusterPool struct {
@@ -395,6 +396,31 @@ func (p *clusterPool) letGo(v *vipLease) {
 	case v.taken:
 		p.local.Release(v.addr)
 		p.local.Mark(foreign, v.addr)
+	case !v.confirmed && v.reserved && l != nil:
+		// The SA's Established change failed: refused unwritten (the
+		// reservation mark is still this node's, unless another identity
+		// took the address meanwhile), or its outcome is unknown (the
+		// identity may hold the address now). Released here at once, a
+		// refill would try to reserve the address again, find the mark
+		// and count it as another node's until this node's lease ends.
+		// So the mark is deleted where it is still this node's, and the
+		// address is offered again only after that: kept out of this
+		// node's offers and its identity's meanwhile.
+		p.local.Release(v.addr)
+		p.local.Mark(reservation, v.addr)
+		go func() {
+			ctx, cancel := context.WithTimeout(context.Background(), poolCallTimeout)
+			l.UnreserveAddresses(ctx, []netip.Addr{v.addr})
+			cancel()
+			p.mu.Lock()
+			defer p.mu.Unlock()
+			// Offered again: a refill that finds it leased (the change
+			// landed) or still marked (etcd did not answer) leaves it to
+			// its holder.
+			if p.held[v.addr] == nil {
+				p.local.Release(v.addr)
+			}
+		}()
 	case !v.confirmed || l == nil:
 		p.local.Release(v.addr)
 	default:
@@ -433,6 +459,6 @@ func (p *clusterPool) Forget(a netip.Addr) {
 // note records that one of this node's SAs holds a for identity id.
 func (p *clusterPool) note(a netip.Addr, id string, lease *statestore.AddressLease) {
 	p.mu.Lock()
-	p.held[a] = &vipLease{addr: a, id: id, lease: lease, confirmed: lease == nil}
+	p.held[a] = &vipLease{addr: a, id: id, lease: lease, confirmed: lease == nil, reserved: lease != nil && lease.Reserved}
 	p.mu.Unlock()
 }

@@ -5,8 +5,10 @@ import (
 	"net/netip"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/ikefleet/ikefleet/concentrator/ike"
+	"github.com/ikefleet/ikefleet/statestore"
 )
 
 // recordingLeaser grants every reservation and lease, and records them.
@@ -86,5 +88,64 @@ func TestClusterPoolReservesDistinctAddresses(t *testing.T) {
 	}
 	if l.leases != 0 {
 		t.Fatalf("%d leases on the shard's path, want 0 (the reservations cover them)", l.leases)
+	}
+}
+
+// unreservingLeaser is recordingLeaser that also records the addresses
+// given back.
+type unreservingLeaser struct {
+	recordingLeaser
+	back chan netip.Addr
+}
+
+func (l *unreservingLeaser) UnreserveAddresses(_ context.Context, addrs []netip.Addr) error {
+	for _, a := range addrs {
+		l.back <- a
+	}
+	return nil
+}
+
+// An SA whose Established change fails gives its address's reservation
+// back to the store before the address is offered again. Released at once
+// (as before), the next refill tried to reserve the address again, found
+// the node's own mark and counted it as another node's: one address lost
+// to the pool per refused SA (unique_ids keep refuses a gateway at every
+// attempt) until the node's lease ended.
+func TestClusterPoolGivesBackAFailedSAsReservation(t *testing.T) {
+	for _, why := range []error{&statestore.IdentityHeldError{Identity: "gw@iot.example"}, statestore.ErrUnavailable} {
+		t.Run(why.Error(), func(t *testing.T) {
+			p := newClusterPool(netip.MustParsePrefix("10.80.0.0/24"), 1)
+			l := &unreservingLeaser{back: make(chan netip.Addr, 1)}
+			p.useStore(l)
+			p.refill(context.Background())
+			peer, _ := ike.ParseIdentity("gw@iot.example")
+			a, err := p.Acquire(peer)
+			if err != nil {
+				t.Fatal(err)
+			}
+			v, lease := p.leaseFor(a, p.leaseID(peer))
+			if lease == nil || !lease.Reserved {
+				t.Fatalf("lease %+v, want one from the reservations", lease)
+			}
+			p.settle(v, why)
+			p.Release(a)
+			select {
+			case got := <-l.back:
+				if got != a {
+					t.Fatalf("gave back %v, want %v", got, a)
+				}
+			case <-time.After(5 * time.Second):
+				t.Fatal("the failed SA's reservation was not given back")
+			}
+			for deadline := time.Now().Add(5 * time.Second); ; {
+				if holder, _ := p.local.Holder(a); holder == "" {
+					break
+				}
+				if time.Now().After(deadline) {
+					t.Fatal("the address is not offered again")
+				}
+				time.Sleep(time.Millisecond)
+			}
+		})
 	}
 }
