@@ -186,6 +186,9 @@ func (n *Node) submit(s *shard, b *heldBatch, p ike.Persist) {
 			cp.settle(vip, err) // before the engine hears of it
 		}
 		n.uniqueCommitted(&c, err)
+		if c.Kind == statestore.Established && errors.Is(err, statestore.ErrUnavailable) {
+			n.unsettled(c) // settle.go
+		}
 		res := commitResult{b: b, spi: p.SPI, version: p.Version, kind: c.Kind, err: err}
 		switch {
 		case claim == nil:
@@ -202,7 +205,11 @@ func (n *Node) submit(s *shard, b *heldBatch, p ike.Persist) {
 		}
 		s.commits.post(res)
 	}
-	if err := n.persist.store.Submit(c, done); err != nil {
+	submit := n.persist.store.Submit
+	if h := n.submitHook; h != nil {
+		submit = func(c statestore.Change, done func(error)) error { return h(n.persist.store, c, done) }
+	}
+	if err := submit(c, done); err != nil {
 		done(err)
 	}
 }

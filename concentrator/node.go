@@ -60,6 +60,9 @@ type Node struct {
 	// selectorWatchGate, if set, holds the start of watchSelectors until
 	// closed (tests: a node that sees the others' claims late).
 	selectorWatchGate chan struct{}
+	// submitHook, when set, submits the engine's changes to st instead
+	// of Submit (tests: it may answer for the store).
+	submitHook func(st statestore.Interface, c statestore.Change, done func(error)) error
 	// handOffHook, when set, writes hand-offs instead of the store's
 	// HandOffMany (tests: a commit whose answer is lost).
 	handOffHook func(context.Context, batchStore, []*statestore.SARecord, statestore.Owner) ([]statestore.Moved, error)
@@ -93,6 +96,7 @@ type Node struct {
 	obs             observability
 	peer            *peerAPI     // the peer API (peer.go); nil without cluster.peer_listen
 	claims          claims       // SAs being claimed (claim.go)
+	settle          settler      // Established writes of unknown outcome (settle.go)
 	cluster         clusterStats // claims and hand-offs
 	unique          uniqueStats  // unique identities (unique.go)
 	ops             ops          // operator actions (ops.go)
@@ -124,6 +128,7 @@ func New(cfg Config, log *slog.Logger, dp dataplane.DataPlane, opts ...Option) (
 		tr: transport.UDP{}, clock: clock.Real(),
 		conns: map[netip.AddrPort]transport.Conn{}, natt: map[netip.AddrPort]bool{}, bulk: map[transport.Conn]bool{}, ready: make(chan struct{}), stopped: make(chan struct{}),
 		nodeID: nodeIDOf(cfg), creds: newCredCache()}
+	n.settle.wake = make(chan struct{}, 1)
 	for _, o := range opts {
 		o(n)
 	}
@@ -458,9 +463,10 @@ func (n *Node) Run(ctx context.Context) error {
 	wg.Add(1)
 	go func() { defer wg.Done(); n.fenceDataPlane(ctx) }()
 	if n.persist != nil {
-		wg.Add(2)
+		wg.Add(3)
 		go func() { defer wg.Done(); n.claimLoop(ctx) }()
 		go func() { defer wg.Done(); n.watchOwners(ctx) }()
+		go func() { defer wg.Done(); n.settleLoop(ctx) }() // settle.go
 	}
 	wg.Add(1)
 	go func() { defer wg.Done(); n.runFront(ctx) }() // anycast.go

@@ -200,6 +200,8 @@ func (n *Node) metricsSnapshot(ctx context.Context) (metrics.Snapshot, error) {
 			WatchResumes: st.WatchResumes, WatchRelists: st.WatchRelists, Layout: st.Layout, LayoutFenced: st.LayoutFenced,
 			Rewrapped: cs.Rewrapped, RewrapUnreadable: cs.RewrapUnreadable, SelectorConflicts: cs.SelectorConflicts,
 			SelectorHolds: cs.SelectorHolds, SelectorHoldTimeouts: cs.SelectorHoldTimeouts}
+		settled := n.SettleStats()
+		s.StateStore.UnknownSettled, s.StateStore.UnknownLanded = settled.Settled, settled.Landed
 		if held, sealing, ok := n.ClusterKeys(); ok {
 			s.StateStore.SealingKey, s.StateStore.Keys = sealing, uint32(len(held))
 		}

@@ -113,6 +113,7 @@ var (
 	dSelConflicts      = counterDef("selector_conflicts_total", "Selector claims that lost to an earlier overlapping claim of another identity (two nodes admitting them at once), as this node judged them; the losing SA is discarded by its node.")
 	dSelHolds          = counterDef("selector_claim_holds_total", "Writes that claim selector ranges held (with their answers and CHILD SA installs) until this node has read the cluster's claims up to them.")
 	dSelHoldTimeouts   = counterDef("selector_claim_hold_timeouts_total", "Held selector claim writes given up without a verdict (the claims watch more than 10 s behind); their SAs are discarded.")
+	dStoreUnknown      = counterDef("statestore_unknown_writes_settled_total", "New SAs' first writes whose answer was lost (etcd unreachable, a timeout), settled once etcd answered: their SPI reservations given back and, where the write had landed (landed=\"true\"), the SA's keys deleted.", "landed")
 
 	// The data plane.
 	dInstallFailures = counterDef("dataplane_install_failures_total", "CHILD SAs the data plane failed to install.", "dataplane")

@@ -137,6 +137,9 @@ type StateStore struct {
 	SealingKey, Keys                                       uint32
 	Rewrapped, RewrapUnreadable                            uint64
 	SelectorConflicts, SelectorHolds, SelectorHoldTimeouts uint64
+	// New SAs' first writes of unknown outcome settled, and of them those
+	// that had landed.
+	UnknownSettled, UnknownLanded uint64
 }
 
 // DataPlane is the data plane's name, install failures and, when it is a
@@ -414,6 +417,8 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 		counter(dSelConflicts, ss.SelectorConflicts)
 		counter(dSelHolds, ss.SelectorHolds)
 		counter(dSelHoldTimeouts, ss.SelectorHoldTimeouts)
+		counter(dStoreUnknown, ss.UnknownLanded, "true")
+		counter(dStoreUnknown, ss.UnknownSettled-ss.UnknownLanded, "false")
 	}
 
 	// The data plane.
