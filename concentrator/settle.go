@@ -1,6 +1,7 @@
 package concentrator
 
-// Established writes whose outcome is unknown. statestore.ErrUnavailable
+// Established writes whose outcome is unknown, and unused SPIs whose
+// release failed. statestore.ErrUnavailable
 // means the answer to the write's transaction was lost, not necessarily
 // the transaction. The engine has let the SA go (its IKE_AUTH response
 // never left) and names its SPIs no more (an SPI is never used again), but
@@ -24,6 +25,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -36,10 +38,13 @@ import (
 // its next start.
 const maxUnsettled = 1 << 16
 
-// settler holds the Established changes whose outcome is unknown.
+// settler holds the Established changes whose outcome is unknown, and
+// the unused SPIs whose release failed (reuseSpare).
 type settler struct {
 	mu      sync.Mutex
 	queue   []statestore.Change
+	ike     []uint64 // reservations to give back
+	esp     []uint32
 	dropped int
 	wake    chan struct{} // capacity 1
 
@@ -70,6 +75,19 @@ func (n *Node) unsettled(c statestore.Change) {
 	case s.wake <- struct{}{}:
 	default:
 	}
+}
+
+// releaseLater queues unused SPIs whose release failed, to be released
+// with the next settling; those beyond the queue's bound stay reserved
+// until the node's registration ends.
+func (n *Node) releaseLater(ike []uint64, esp []uint32) {
+	s := &n.settle
+	s.mu.Lock()
+	ike = ike[:min(len(ike), max(0, maxUnsettled-len(s.ike)))]
+	esp = esp[:min(len(esp), max(0, maxUnsettled-len(s.esp)))]
+	s.ike = append(s.ike, ike...)
+	s.esp = append(s.esp, esp...)
+	s.mu.Unlock()
 }
 
 // SettleStats: Established writes of unknown outcome settled, and how
@@ -103,21 +121,23 @@ func (n *Node) settleQueued(ctx context.Context) {
 	s := &n.settle
 	s.mu.Lock()
 	todo, dropped := s.queue, s.dropped
-	s.queue, s.dropped = nil, 0
+	unused, unusedESP := s.ike, s.esp
+	s.queue, s.dropped, s.ike, s.esp = nil, 0, nil, nil
 	s.mu.Unlock()
 	if dropped > 0 {
 		n.log.Warn("writes of unknown outcome not settled: too many; their reservations go with the node's lease", "dropped", dropped)
 	}
-	if len(todo) == 0 {
+	if len(todo)+len(unused)+len(unusedESP) == 0 {
 		return
 	}
 	st := n.persist.store
 	if !st.CanSend() {
-		n.requeue(todo) // fenced: the lease and its reservations end; the node re-registers
+		// Fenced: the lease and its reservations end; the node
+		// re-registers. What the writes left is settled then.
+		n.requeue(todo)
 		return
 	}
-	var ike []uint64
-	var esp []uint32
+	ike, esp := slices.Clone(unused), slices.Clone(unusedESP)
 	for _, c := range todo {
 		ike = append(ike, c.Record.LocalSPI())
 		esp = append(esp, c.Record.InSPIs()...)
@@ -127,6 +147,13 @@ func (n *Node) settleQueued(ctx context.Context) {
 	cancel()
 	if err != nil {
 		n.requeue(todo)
+		n.releaseLater(unused, unusedESP)
+		return
+	}
+	if len(unused)+len(unusedESP) > 0 {
+		n.log.Info("unused SPIs released after a failed release", "ike", len(unused), "esp", len(unusedESP))
+	}
+	if len(todo) == 0 {
 		return
 	}
 	var wg sync.WaitGroup

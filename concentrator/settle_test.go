@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"net/netip"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -96,5 +97,48 @@ func TestSettleUnknownEstablished(t *testing.T) {
 				t.Errorf("address %v in etcd: %q, want %q", ch.Lease.Addr, addr, want)
 			}
 		})
+	}
+}
+
+// flakyReleaseStore fails its first releases of SPIs, then records them.
+type flakyReleaseStore struct {
+	heldStore
+	mu       sync.Mutex
+	failures int
+	ike      []uint64
+	esp      []uint32
+}
+
+func (s *flakyReleaseStore) ReleaseSPIs(_ context.Context, ike []uint64, esp []uint32) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.failures > 0 {
+		s.failures--
+		return fmt.Errorf("%w: etcd down", statestore.ErrUnavailable)
+	}
+	s.ike, s.esp = append(s.ike, ike...), append(s.esp, esp...)
+	return nil
+}
+
+// Unused SPIs whose release failed are released again by the settler
+// until etcd answers, instead of staying reserved until the node's
+// registration ends.
+func TestFailedReleaseRetried(t *testing.T) {
+	st := &flakyReleaseStore{failures: 2}
+	r := newApplyRig(t, st)
+	r.n.releaseLater([]uint64{0x100, 0x200}, []uint32{0x3001})
+	for range 2 {
+		r.n.settleQueued(r.ctx)
+		if st.ike != nil {
+			t.Fatal("released while the store failed")
+		}
+	}
+	r.n.settleQueued(r.ctx)
+	if !slices.Equal(st.ike, []uint64{0x100, 0x200}) || !slices.Equal(st.esp, []uint32{0x3001}) {
+		t.Fatalf("released %x and %x, want 100 200 and 3001", st.ike, st.esp)
+	}
+	r.n.settleQueued(r.ctx) // nothing left: released once
+	if len(st.ike) != 2 {
+		t.Fatalf("released again: %x", st.ike)
 	}
 }

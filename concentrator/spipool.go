@@ -154,8 +154,10 @@ func (n *Node) reuseSpare(ctx context.Context, s *shard) {
 	}
 	if err := n.persist.store.ReleaseSPIs(ctx, ikeSPIs, espSPIs); err != nil {
 		// Some may be released and some not: none is handed out again.
-		// Those still reserved stay so until the registration ends.
+		// The settler releases them again once etcd answers (a release
+		// deletes only a reservation still this node's and unused).
 		n.log.Debug("releasing unused SPIs failed", "ike", len(ikeSPIs), "esp", len(espSPIs), "err", err)
+		n.releaseLater(ikeSPIs, espSPIs)
 	}
 }
 
