@@ -39,9 +39,10 @@ package statestore
 //	4  no owned/<node>/ index: a node lists its SAs by the owner/ keys
 //	   that name it (every release writes them; this one reads them in
 //	   every layout), so an SA keeps one key and makes two writes fewer;
-//	   the move deletes the index, and each node deletes what is left of
-//	   its own once it names layout 4 (entries that requests built in
-//	   layout 3 wrote after the move)
+//	   the move deletes the index, and once every live registration
+//	   names layout 4 each node deletes what is left of it once more
+//	   (entries that requests built in layout 3 wrote after the move:
+//	   sweepOwnedIndex)
 
 import (
 	"context"
