@@ -132,8 +132,11 @@ func (n *Node) settleQueued(ctx context.Context) {
 	}
 	st := n.persist.store
 	if !st.CanSend() {
-		// Fenced: the lease and its reservations end; the node
-		// re-registers. What the writes left is settled then.
+		// Fenced: the lease ends, and every reservation on it (the
+		// unused SPIs need no release). The writes are tried again once
+		// the node re-registered: one that landed is then its previous
+		// registration's SA, which the reclaim restores and its liveness
+		// check ends (the Deleted change finds another owner and says so).
 		n.requeue(todo)
 		return
 	}
