@@ -39,6 +39,15 @@ func registerAs(t *testing.T, cli *clientv3.Client, n *pb.Node) clientv3.LeaseID
 	return l.ID
 }
 
+// layoutConfig is a store of a release of layouts lo to hi that reads
+// the registry and the layout key ten times a second.
+func layoutConfig(t *testing.T, id string, lo, hi int) Config {
+	c := testConfig(t, id)
+	c.KeepAliveInterval = 100 * time.Millisecond
+	c.layoutMin, c.layoutMax = lo, hi
+	return c
+}
+
 // waitLayout waits until s writes store layout want.
 func waitLayout(t *testing.T, s *Store, want int) {
 	t.Helper()
@@ -70,12 +79,7 @@ func TestLayoutMovesWhenEveryNodeSupportsIt(t *testing.T) {
 	e := startEtcd(t, false)
 	cli := dial(t, e.Endpoints())
 	ctx := tctx(t, 60*time.Second)
-	conf := func(id string, lo, hi int) Config {
-		c := testConfig(t, id)
-		c.KeepAliveInterval = 100 * time.Millisecond
-		c.layoutMin, c.layoutMax = lo, hi
-		return c
-	}
+	conf := func(id string, lo, hi int) Config { return layoutConfig(t, id, lo, hi) }
 
 	// A release of layouts 2-3 alone moves a fresh cluster to 3 at Open.
 	a := open(t, cli, conf("a", 2, 3))
@@ -319,10 +323,8 @@ func TestLayout4DropsTheOwnedIndex(t *testing.T) {
 	cli := dial(t, e.Endpoints())
 	ctx := tctx(t, 60*time.Second)
 	conf := func(id string, lo, hi int) Config {
-		c := testConfig(t, id)
-		c.KeepAliveInterval = 100 * time.Millisecond
+		c := layoutConfig(t, id, lo, hi)
 		c.RequestTimeout = time.Second
-		c.layoutMin, c.layoutMax = lo, hi
 		return c
 	}
 	establish := func(s *Store, spi uint64) {
