@@ -4,8 +4,10 @@ import (
 	"context"
 	"fmt"
 	"math/rand/v2"
+	"os"
 	"runtime"
 	"slices"
+	"strconv"
 	"sync"
 	"syscall"
 	"testing"
@@ -469,4 +471,46 @@ func BenchmarkEtcdTxnCost(b *testing.B) {
 			b.ReportMetric(0, "ns/op")
 		})
 	}
+}
+
+// BenchmarkListOwners lists one node's SAs among a cluster's owner keys
+// (STATESTORE_BENCH_OWNERS of them, default 100,000; a tenth the node's):
+// what a start's reclaim and concentratorctl nodes read since store
+// layout 4 (ownersOf, OwnedCounts). It reports the time per listing and
+// per owner key read.
+func BenchmarkListOwners(b *testing.B) {
+	n := 100000
+	if v, err := strconv.Atoi(os.Getenv("STATESTORE_BENCH_OWNERS")); err == nil && v > 0 {
+		n = v
+	}
+	e := startEtcd(b, false)
+	cli := dial(b, e.Endpoints())
+	s := open(b, cli, testConfig(b, "bench"))
+	ctx := context.Background()
+	const per = 100 // within etcd's default --max-txn-ops
+	for lo := 0; lo < n; lo += per {
+		ops := make([]clientv3.Op, 0, per)
+		for i := lo; i < min(lo+per, n); i++ {
+			o := Owner{Node: fmt.Sprintf("node-%d", i%10), Epoch: 7}
+			ops = append(ops, clientv3.OpPut(s.k.owner(uint64(i+1)<<20), o.value()))
+		}
+		if _, err := cli.Txn(ctx).Then(ops...).Commit(); err != nil {
+			b.Fatal(err)
+		}
+	}
+	b.ResetTimer()
+	for range b.N {
+		got, err := s.ownersOf(ctx, "node-3")
+		if err != nil || len(got) != n/10 {
+			b.Fatalf("listed %d of node-3's %d SAs: %v", len(got), n/10, err)
+		}
+	}
+	b.StopTimer()
+	b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N)/float64(n), "ns/key")
+	t0 := time.Now()
+	counts, err := s.OwnedCounts(ctx)
+	if err != nil || counts["node-3"] != int64(n/10) {
+		b.Fatalf("counts %v: %v", counts, err)
+	}
+	b.ReportMetric(float64(time.Since(t0).Milliseconds()), "counts-ms")
 }

@@ -397,11 +397,15 @@ func (s *Store) transfer(ctx context.Context, spi uint64, from, to Owner, final 
 	return true, rec, err
 }
 
-// ownedPage: keys per page of ownersOf. etcd visits the whole rest of
-// the range for every page (to count it), so listing n keys costs about
-// n²/(2·ownedPage) visits: at 1,000 a page, a node owning 50,000 SAs made
-// etcd visit 1.25M keys for each re-registration.
-const ownedPage = 10000
+// ownedPage: keys per page of ownersOf and OwnedCounts. etcd visits the
+// whole rest of the range for every page (to count it), so listing n
+// keys costs about n²/(2·ownedPage) visits: at 1,000 a page, a node
+// owning 50,000 SAs made etcd visit 1.25M keys for each re-registration.
+// Since store layout 4 the listing reads the whole cluster's owner keys
+// (about 60 bytes each, so a page is about 3 MB): BenchmarkListOwners,
+// 400,000 of them, 2.31 s at 10,000 a page, 0.99 s at 50,000, 1.08 s at
+// 100,000 (the rest is per key, about 2.5 µs).
+const ownedPage = 50000
 
 // ownerEntry is one owner/ key as listed: the SA, its owner and the
 // key's ModRevision.
