@@ -418,24 +418,33 @@ type ownerEntry struct {
 // ownersOf lists the owner/ keys that name node id (any epoch): the SAs
 // the cluster gives that node. Every release writes owner/ keys, so this
 // holds in every store layout; the owned/ index of layouts 2 and 3 is
-// not read (layout 4 has none). It reads the owner keys of the whole
-// cluster, a page at a time.
+// not read (layout 4 has none).
 func (s *Store) ownersOf(ctx context.Context, id string) ([]ownerEntry, error) {
-	prefix := s.k.p + "owner/"
 	var out []ownerEntry
-	err := s.eachPage(ctx, prefix, ownedPage, func(kvs []*mvccpb.KeyValue) error {
+	err := s.eachOwner(ctx, func(e ownerEntry) {
+		if e.owner.Node == id {
+			out = append(out, e)
+		}
+	})
+	return out, err
+}
+
+// eachOwner hands visit every owner/ key of the cluster whose value
+// parses, reading them a page at a time.
+func (s *Store) eachOwner(ctx context.Context, visit func(ownerEntry)) error {
+	prefix := s.k.p + "owner/"
+	return s.eachPage(ctx, prefix, ownedPage, func(kvs []*mvccpb.KeyValue) error {
 		for _, kv := range kvs {
 			spi, ok := parseSPIKey(string(kv.Key), prefix)
 			if !ok {
 				continue
 			}
-			if o, err := parseOwner(kv.Value); err == nil && o.Node == id {
-				out = append(out, ownerEntry{spi, o, kv.ModRevision})
+			if o, err := parseOwner(kv.Value); err == nil {
+				visit(ownerEntry{spi, o, kv.ModRevision})
 			}
 		}
 		return nil
 	})
-	return out, err
 }
 
 // eachKeyPage reads the keys under prefix (keys only) page keys at a
