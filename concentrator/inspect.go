@@ -9,6 +9,7 @@ import (
 	"net/netip"
 
 	"github.com/ikefleet/ikefleet/concentrator/ike"
+	"github.com/ikefleet/ikefleet/internal/evlog"
 	"github.com/ikefleet/ikefleet/internal/hexid"
 )
 
@@ -29,7 +30,7 @@ func (n *Node) logEvent(s *shard, ev ike.Event) {
 	if !n.log.Enabled(ctx, level) {
 		return // a level the log leaves out costs no formatting
 	}
-	n.log.LogAttrs(ctx, level, ev.Kind.String(), eventAttrs(s, ev)...)
+	evlog.Attrs(ctx, n.log, level, ev.Kind.String(), eventAttrs(s, ev)...)
 }
 
 // eventAttrs are an event's log attributes. It runs for every SA's

@@ -143,9 +143,9 @@ func testIPv6Tunnel(t *testing.T, tc ipv6Case) {
 		t.Fatalf("nat: IPv6 ESP counters: %v %s", err, out)
 	}
 
-	c, dataplaneMode, installed := "", "userspace", "userspace SA installed"
+	c, dataplaneMode := "", "userspace"
 	if tc.kernel {
-		c, dataplaneMode, installed = xfrmConfig(t), "xfrm", "CHILD_SA installed"
+		c, dataplaneMode = xfrmConfig(t), "xfrm"
 	} else {
 		c = userspaceConfig(t, ESPProp)
 	}
@@ -245,7 +245,7 @@ func testIPv6Tunnel(t *testing.T, tc ipv6Case) {
 			t.Errorf("gw: CHILD_SA remote TS %v lacks %s", gc.RemoteTS, want)
 		}
 	}
-	conc.mustWaitLog(t, ctx, 10*time.Second, installed, map[string]string{"peer_id": GWPSKID})
+	conc.mustWaitLog(t, ctx, 10*time.Second, "CHILD_SA installed", map[string]string{"peer_id": GWPSKID})
 	if tc.kernel {
 		remote4, remote6 := GWLAN, GWLAN6
 		if tc.vips {

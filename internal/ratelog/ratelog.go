@@ -21,6 +21,8 @@ import (
 	"log/slog"
 	"sync"
 	"time"
+
+	"github.com/ikefleet/ikefleet/internal/evlog"
 )
 
 // Logger wraps a slog.Logger with one token bucket for all event kinds. It
@@ -85,7 +87,7 @@ func (l *Logger) LogLazy(ctx context.Context, level slog.Level, kind, msg string
 		return
 	}
 	if l.rate <= 0 {
-		l.L.LogAttrs(ctx, level, msg, attrs()...)
+		evlog.Attrs(ctx, l.L, level, msg, attrs()...)
 		return
 	}
 	ok, k := l.allow(kind, level, msg)
@@ -96,7 +98,7 @@ func (l *Logger) LogLazy(ctx context.Context, level slog.Level, kind, msg string
 	if k > 0 {
 		a = append(a, slog.Uint64("suppressed", k))
 	}
-	l.L.LogAttrs(ctx, level, msg, a...)
+	evlog.Attrs(ctx, l.L, level, msg, a...)
 }
 
 // refill adds the tokens earned since the last call; l.mu is held.

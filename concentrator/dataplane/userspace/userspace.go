@@ -39,6 +39,8 @@ import (
 
 	"github.com/ikefleet/ikefleet/concentrator/dataplane"
 	"github.com/ikefleet/ikefleet/concentrator/esp"
+	"github.com/ikefleet/ikefleet/internal/evlog"
+	"github.com/ikefleet/ikefleet/internal/hexid"
 )
 
 // Defaults and limits.
@@ -491,8 +493,15 @@ func (d *DataPlane) install(_ context.Context, c *dataplane.ChildSA) error {
 	s.order = d.order
 	d.bySPI[c.InSPI] = s
 	d.out.add(s)
-	d.log.Info("userspace SA installed", "spi_in", fmt.Sprintf("%08x", c.InSPI), "spi_out", fmt.Sprintf("%08x", c.OutSPI),
-		"peer", c.Remote.String(), "peer_id", c.PeerID, "worker", s.worker, "routes", fmt.Sprint(added))
+	if d.log.Enabled(context.Background(), slog.LevelDebug) {
+		// Debug: the node's "CHILD_SA installed" line says the same for
+		// every data plane, and a line per SA costs a node of many SAs
+		// more than this whole install.
+		evlog.Attrs(context.Background(), d.log, slog.LevelDebug, "userspace SA installed",
+			slog.String("spi_in", hexid.String(uint64(c.InSPI), 8)), slog.String("spi_out", hexid.String(uint64(c.OutSPI), 8)),
+			slog.String("peer", c.Remote.String()), slog.String("peer_id", c.PeerID), slog.Int("worker", s.worker),
+			slog.String("routes", fmt.Sprint(added)))
+	}
 	return nil
 }
 
@@ -559,9 +568,10 @@ func (d *DataPlane) Remove(_ context.Context, inSPI uint32) error {
 			}
 		}
 	}
-	d.log.Info("userspace SA removed", "spi_in", fmt.Sprintf("%08x", inSPI), "spi_out", fmt.Sprintf("%08x", s.desc.outSPI),
-		"peer_id", s.desc.peerID, "in_packets", s.inPackets.Load(), "in_bytes", s.inBytes.Load(),
-		"out_packets", s.outPackets.Load(), "out_bytes", s.outBytes.Load(), "replay_top", s.in.Seq())
+	evlog.Attrs(context.Background(), d.log, slog.LevelInfo, "userspace SA removed",
+		slog.String("spi_in", hexid.String(uint64(inSPI), 8)), slog.String("spi_out", hexid.String(uint64(s.desc.outSPI), 8)),
+		slog.String("peer_id", s.desc.peerID), slog.Uint64("in_packets", s.inPackets.Load()), slog.Uint64("in_bytes", s.inBytes.Load()),
+		slog.Uint64("out_packets", s.outPackets.Load()), slog.Uint64("out_bytes", s.outBytes.Load()), slog.Uint64("replay_top", s.in.Seq()))
 	return nil
 }
 
