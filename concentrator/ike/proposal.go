@@ -2,6 +2,7 @@ package ike
 
 import (
 	"fmt"
+	"strconv"
 	"strings"
 
 	"github.com/ikefleet/ikefleet/concentrator/ike/suite"
@@ -256,7 +257,7 @@ func addKEName(i int, g uint16) string {
 
 func encrName(e EncrAlg) string {
 	if e.KeyLen != 0 {
-		return fmt.Sprintf("%s-%d", suite.EncrName(e.ID), e.KeyLen)
+		return suite.EncrName(e.ID) + "-" + strconv.Itoa(int(e.KeyLen))
 	}
 	return suite.EncrName(e.ID)
 }
@@ -324,25 +325,32 @@ func (s *Selected) AddKEs() []uint16 {
 
 // String names the negotiated algorithms, as logs and the admin API show them.
 func (s *Selected) String() string {
-	parts := []string{encrName(s.Encr)}
+	// Every event of an SA names its proposal: one allocation, no fmt.
+	var b strings.Builder
+	b.Grow(64)
+	b.WriteString(encrName(s.Encr))
+	add := func(name string) {
+		b.WriteByte('/')
+		b.WriteString(name)
+	}
 	if s.Integ != 0 {
-		parts = append(parts, suite.IntegName(s.Integ))
+		add(suite.IntegName(s.Integ))
 	}
 	if s.PRF != 0 {
-		parts = append(parts, suite.PRFName(s.PRF))
+		add(suite.PRFName(s.PRF))
 	}
 	if s.Group != 0 {
-		parts = append(parts, suite.GroupName(s.Group))
+		add(suite.GroupName(s.Group))
 	}
 	for i, g := range s.AddKE {
 		if g != 0 {
-			parts = append(parts, addKEName(i, g))
+			add(addKEName(i, g))
 		}
 	}
 	if s.Protocol == ProtoESP && s.ESN == suite.ESNYes {
-		parts = append(parts, "ESN")
+		add("ESN")
 	}
-	return strings.Join(parts, "/")
+	return b.String()
 }
 
 // Proposal renders s as an SA payload proposal with the given SPI.
