@@ -27,6 +27,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"math"
 	"os"
 	"os/exec"
 	"os/signal"
@@ -73,6 +74,7 @@ type options struct {
 	rowJSON     bool          // print the one row's result as JSON (the strongswan row's child)
 	against     string        // a baseline concentratord: the rows run A/B against it (ab.go)
 	rounds      int           // with against: rounds per row
+	rateTag     string        // with several --rates: the rate, in the rows' profile names
 }
 
 func run(ctx context.Context, args []string, out io.Writer) error {
@@ -84,7 +86,8 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 	engineCPU := fs.Duration("engine-cpu", 0, "the engine's CPU per handshake, if measured already (the strongswan row runs benchnode again in a network namespace)")
 	rowJSON := fs.Bool("row-json", false, "run the one row of --rows and print its result as JSON (the strongswan row's child)")
 	count := fs.Int("count", 2000, "gateways per row: set up at --rate, then all deleted")
-	rate := fs.Float64("rate", 1000, "new SAs per second in the rows")
+	rate := fs.Float64("rate", 1000, "new SAs per second in the rows, and in the probes of --scale")
+	rates := fs.String("rates", "", "the rows' table once per rate, comma-separated (e.g. 1000,400: at 400/s the setups come too far apart to share an etcd transaction); profiles of the rows then go to FILE.<row>.<rate>; default: --rate")
 	burst := fs.Int("burst", 10000, "gateways at once in the burst row (0: no burst row)")
 	burstCfg := fs.String("burst-config", "userspace+embedded", "configuration of the burst row")
 	scale := fs.Int("scale", 0, "also establish this many SAs and compare the cost of a setup at 1,000 and at this many (0: skip)")
@@ -113,10 +116,16 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 	if *groups < 1 || *groups > maxGroups {
 		return fmt.Errorf("--groups: %d: from 1 to %d", *groups, maxGroups)
 	}
+	rowRates, err := parseRates(*rates, *rate)
+	if err != nil {
+		return err
+	}
+	if len(rowRates) > 1 && *against != "" {
+		return errors.New("--rates: one rate with --against (use --rate)")
+	}
 	o := options{bin: *bin, count: *count, rate: *rate, burst: *burst, scale: *scale, scaleRate: *scaleRate, scaleSettle: *scaleSettle, scaleDPD: *scaleDPD, scaleMem: *scaleMem, scaleProbe: *scaleProbe, commitDelay: *commitDelay,
 		groups: *groups, pin: *pin, cpuprofile: *cpuprofile, heapprofile: *heapprofile, timeout: *timeout,
 		charon: *charon, engineCPU: *engineCPU, rowJSON: *rowJSON, against: *against, rounds: *rounds}
-	var err error
 	if o.prop, err = ike.ParseProposal("aes256gcm16-prfsha256-x25519", false, false); err != nil {
 		return err
 	}
@@ -173,51 +182,17 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 		return o.abRows(ctx, out, nodeCPU)
 	}
 
-	if len(o.rows) > 0 {
-		fmt.Fprintf(out, "rows: %d gateways at %.0f/s, all established, then all deleted", o.count, o.rate)
-		if o.commitDelay != "" {
-			fmt.Fprintf(out, "; statestore.commit_delay %s", o.commitDelay)
+	for _, r := range rowRates {
+		if len(o.rows) == 0 {
+			break
 		}
-		fmt.Fprintln(out)
-		const rowFmt = "%-20s %10s %8s %8s %8s %11s %10s %10s %11s %12s %7s %12s %11s\n"
-		fmt.Fprintf(out, rowFmt, "config", "CPU/SA ms", "×engine", "p50 ms", "p99 ms", "RSS/SA KiB", "etcd txn/SA", "etcd wr/SA", "etcd rd/SA", "established", "failed", "retransmits", "cpu-wait s")
-		for _, spec := range o.rows {
-			spec.gateways = o.count
-			var r rowResult
-			if spec.strongswan {
-				r, err = o.strongswanRow(ctx, spec, eng)
-			} else {
-				r, err = o.row(ctx, spec, nodeCPU)
-			}
-			var skip errSkipped
-			if errors.As(err, &skip) {
-				fmt.Fprintf(out, "%-20s skipped: %s\n", spec, skip.why)
-				continue
-			}
-			if err != nil {
-				fmt.Fprintf(out, "%-20s error: %s\n", spec, firstLine(err))
-				continue
-			}
-			f := func(v float64, prec int) string { return strconv.FormatFloat(v, 'f', prec, 64) }
-			fmt.Fprintf(out, rowFmt, spec, f(ms(r.CPUPerSA), 3), f(float64(r.CPUPerSA)/float64(eng), 1),
-				f(ms(r.P50), 1), f(ms(r.P99), 1), f(float64(r.RSSPerSA)/1024, 2), f(r.TxnsPerSA, 2), f(r.WritesPerSA, 1), f(r.ReadsPerSA, 2), strconv.Itoa(r.Established), strconv.Itoa(r.Failed),
-				strconv.FormatUint(r.Retransmits, 10), f(r.Waited.Seconds(), 2))
-			if len(r.Failures) > 0 {
-				fmt.Fprintf(out, "  failures: %v\n", r.Failures)
-			}
-			if r.CommitP99 > 0 {
-				fmt.Fprintf(out, "  the store's commit wait of the established SAs (the node's histogram): p50 %.1f ms, p99 %.1f ms\n",
-					ms(r.CommitP50), ms(r.CommitP99))
-			}
-			if r.NodeSetup != (nodeCounters{}) {
-				fmt.Fprintf(out, "  node during the setups: %s\n", r.NodeSetup)
-			}
-			if r.NodeDelete != (nodeCounters{}) {
-				fmt.Fprintf(out, "  node during the deletes: %s\n", r.NodeDelete)
-			}
+		o.rate = r
+		if len(rowRates) > 1 {
+			o.rateTag = "." + strconv.FormatFloat(r, 'f', -1, 64)
 		}
-		fmt.Fprintln(out)
+		o.rowsTable(ctx, out, eng, nodeCPU)
 	}
+	o.rate, o.rateTag = *rate, ""
 	if o.burst > 0 {
 		if err := o.burstRow(ctx, out, eng, nodeCPU); err != nil {
 			fmt.Fprintf(out, "burst: error: %v\n", err)
@@ -230,6 +205,71 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 		}
 	}
 	return nil
+}
+
+// rowsTable runs each row of o.rows at o.rate and prints their table.
+func (o *options) rowsTable(ctx context.Context, out io.Writer, eng time.Duration, nodeCPU int) {
+	fmt.Fprintf(out, "rows: %d gateways at %.0f/s, all established, then all deleted", o.count, o.rate)
+	if o.commitDelay != "" {
+		fmt.Fprintf(out, "; statestore.commit_delay %s", o.commitDelay)
+	}
+	fmt.Fprintln(out)
+	const rowFmt = "%-20s %10s %8s %8s %8s %11s %10s %10s %11s %12s %7s %12s %11s\n"
+	fmt.Fprintf(out, rowFmt, "config", "CPU/SA ms", "×engine", "p50 ms", "p99 ms", "RSS/SA KiB", "etcd txn/SA", "etcd wr/SA", "etcd rd/SA", "established", "failed", "retransmits", "cpu-wait s")
+	for _, spec := range o.rows {
+		spec.gateways = o.count
+		var r rowResult
+		var err error
+		if spec.strongswan {
+			r, err = o.strongswanRow(ctx, spec, eng)
+		} else {
+			r, err = o.row(ctx, spec, nodeCPU)
+		}
+		var skip errSkipped
+		if errors.As(err, &skip) {
+			fmt.Fprintf(out, "%-20s skipped: %s\n", spec, skip.why)
+			continue
+		}
+		if err != nil {
+			fmt.Fprintf(out, "%-20s error: %s\n", spec, firstLine(err))
+			continue
+		}
+		f := func(v float64, prec int) string { return strconv.FormatFloat(v, 'f', prec, 64) }
+		fmt.Fprintf(out, rowFmt, spec, f(ms(r.CPUPerSA), 3), f(float64(r.CPUPerSA)/float64(eng), 1),
+			f(ms(r.P50), 1), f(ms(r.P99), 1), f(float64(r.RSSPerSA)/1024, 2), f(r.TxnsPerSA, 2), f(r.WritesPerSA, 1), f(r.ReadsPerSA, 2), strconv.Itoa(r.Established), strconv.Itoa(r.Failed),
+			strconv.FormatUint(r.Retransmits, 10), f(r.Waited.Seconds(), 2))
+		if len(r.Failures) > 0 {
+			fmt.Fprintf(out, "  failures: %v\n", r.Failures)
+		}
+		if r.CommitP99 > 0 {
+			fmt.Fprintf(out, "  the store's commit wait of the established SAs (the node's histogram): p50 %.1f ms, p99 %.1f ms\n",
+				ms(r.CommitP50), ms(r.CommitP99))
+		}
+		if r.NodeSetup != (nodeCounters{}) {
+			fmt.Fprintf(out, "  node during the setups: %s\n", r.NodeSetup)
+		}
+		if r.NodeDelete != (nodeCounters{}) {
+			fmt.Fprintf(out, "  node during the deletes: %s\n", r.NodeDelete)
+		}
+	}
+	fmt.Fprintln(out)
+}
+
+// parseRates reads --rates: positive rates, comma-separated; "" is def
+// alone.
+func parseRates(list string, def float64) ([]float64, error) {
+	if strings.TrimSpace(list) == "" {
+		return []float64{def}, nil
+	}
+	var out []float64
+	for _, f := range strings.Split(list, ",") {
+		r, err := strconv.ParseFloat(strings.TrimSpace(f), 64)
+		if err != nil || !(r > 0) || math.IsInf(r, 0) { // NaN too
+			return nil, fmt.Errorf("--rates: %q: want positive rates, comma-separated", list)
+		}
+		out = append(out, r)
+	}
+	return out, nil
 }
 
 func ms(d time.Duration) float64 { return float64(d) / 1e6 }
@@ -325,7 +365,7 @@ func (o *options) profileFor(name string) string {
 	if o.cpuprofile == "" {
 		return ""
 	}
-	return o.cpuprofile + "." + strings.ReplaceAll(name, "+", "-")
+	return o.cpuprofile + "." + strings.ReplaceAll(name, "+", "-") + o.rateTag
 }
 
 // row sets up spec.gateways SAs at o.rate, deletes them all, and reports

@@ -43,6 +43,43 @@ func TestStrongSwanRowSkippedWithoutCharon(t *testing.T) {
 	}
 }
 
+// --rates prints the rows' table once per rate, each saying its rate; a
+// bad list is refused before anything runs.
+func TestRatesTables(t *testing.T) {
+	var out bytes.Buffer
+	err := run(context.Background(), []string{"--rows", "strongswan", "--rates", "1000, 400", "--burst", "0", "--pin=false",
+		"--charon", t.TempDir() + "/no-charon", "--engine-cpu", "100us", "--concentratord", "/dev/null"}, &out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := out.String()
+	i, j := strings.Index(s, "rows: 2000 gateways at 1000/s"), strings.Index(s, "rows: 2000 gateways at 400/s")
+	if i < 0 || j < i || strings.Count(s, "strongswan           skipped: no ") != 2 {
+		t.Fatalf("want a table at 1000/s, then one at 400/s, each with its row:\n%s", s)
+	}
+	for _, bad := range []string{"1000,", "0", "-5", "fast", "1000,+Inf", "NaN"} {
+		err := run(context.Background(), []string{"--rows", "strongswan", "--rates", bad, "--concentratord", "/dev/null"}, &out)
+		if err == nil || !strings.Contains(err.Error(), "--rates") {
+			t.Errorf("--rates %q: %v, want an error naming --rates", bad, err)
+		}
+	}
+	err = run(context.Background(), []string{"--rates", "1000,400", "--against", "/dev/null", "--concentratord", "/dev/null"}, &out)
+	if err == nil || !strings.Contains(err.Error(), "--against") {
+		t.Errorf("--rates with --against: %v, want a refusal", err)
+	}
+}
+
+func TestRateTagInProfileNames(t *testing.T) {
+	o := options{cpuprofile: "/tmp/p"}
+	if got := o.profileFor("userspace+embedded"); got != "/tmp/p.userspace-embedded" {
+		t.Errorf("one rate: %q", got)
+	}
+	o.rateTag = ".400"
+	if got := o.profileFor("userspace+embedded"); got != "/tmp/p.userspace-embedded.400" {
+		t.Errorf("several rates: %q", got)
+	}
+}
+
 func TestSampleOf(t *testing.T) {
 	const (
 		drops = `ikefleet_queue_drops_total{listen="127.0.0.1",queue="other",shard="0",socket="ike"} 7`
