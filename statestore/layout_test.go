@@ -79,22 +79,21 @@ func TestLayoutMovesWhenEveryNodeSupportsIt(t *testing.T) {
 	e := startEtcd(t, false)
 	cli := dial(t, e.Endpoints())
 	ctx := tctx(t, 60*time.Second)
-	conf := func(id string, lo, hi int) Config { return layoutConfig(t, id, lo, hi) }
 
 	// A release of layouts 2-3 alone moves a fresh cluster to 3 at Open.
-	a := open(t, cli, conf("a", 2, 3))
+	a := open(t, cli, layoutConfig(t, "a", 2, 3))
 	if l, v := a.Layout(), clusterLayout(t, cli); l != 3 || v != "3" {
 		t.Fatalf("a alone: writes layout %d, the layout key %s; want 3", l, v)
 	}
 
 	// A release of layout 2 only does not register into it.
-	if _, err := Open(ctx, cli, conf("old", 2, 2)); !isLayoutError(err, 3) {
+	if _, err := Open(ctx, cli, layoutConfig(t, "old", 2, 2)); !isLayoutError(err, 3) {
 		t.Fatalf("Open of a release of layout 2 into a cluster at 3: %v, want a LayoutError", err)
 	}
 
 	// A newer release (layouts 3-4) joins; the cluster stays at 3 while a
 	// is live, and moves to 4 when a leaves.
-	b := open(t, cli, conf("b", 3, 4))
+	b := open(t, cli, layoutConfig(t, "b", 3, 4))
 	time.Sleep(500 * time.Millisecond) // a few of b's reads of the registry
 	if l, v := b.Layout(), clusterLayout(t, cli); l != 3 || v != "3" {
 		t.Fatalf("with a (2-3) live: b writes layout %d, the layout key %s; want 3", l, v)
@@ -107,7 +106,7 @@ func TestLayoutMovesWhenEveryNodeSupportsIt(t *testing.T) {
 		t.Fatalf("the layout key %s after a left, want 4", v)
 	}
 	// a's release cannot come back.
-	if _, err := Open(ctx, cli, conf("a", 2, 3)); !isLayoutError(err, 4) {
+	if _, err := Open(ctx, cli, layoutConfig(t, "a", 2, 3)); !isLayoutError(err, 4) {
 		t.Fatalf("Open of a release of layouts 2-3 into a cluster at 4: %v, want a LayoutError", err)
 	}
 
