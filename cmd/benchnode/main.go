@@ -182,17 +182,16 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 		return o.abRows(ctx, out, nodeCPU)
 	}
 
-	for _, r := range rowRates {
-		if len(o.rows) == 0 {
-			break
+	if len(o.rows) > 0 {
+		for _, r := range rowRates {
+			o.rate = r
+			if len(rowRates) > 1 {
+				o.rateTag = "." + strconv.FormatFloat(r, 'f', -1, 64)
+			}
+			o.rowsTable(ctx, out, eng, nodeCPU)
 		}
-		o.rate = r
-		if len(rowRates) > 1 {
-			o.rateTag = "." + strconv.FormatFloat(r, 'f', -1, 64)
-		}
-		o.rowsTable(ctx, out, eng, nodeCPU)
+		o.rate, o.rateTag = *rate, ""
 	}
-	o.rate, o.rateTag = *rate, ""
 	if o.burst > 0 {
 		if err := o.burstRow(ctx, out, eng, nodeCPU); err != nil {
 			fmt.Fprintf(out, "burst: error: %v\n", err)
