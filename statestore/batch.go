@@ -387,8 +387,9 @@ func (b *batcher) try(batch []pending) error {
 		return ErrFenced
 	}
 	var ws []sealedWrite
+	layout := s.Layout()
 	for i := range batch {
-		if spi, sa, seq := batch[i].c.writes(); batch[i].c.Kind != barrier && (sa || seq) {
+		if spi, sa, seq := batch[i].c.writes(layout); batch[i].c.Kind != barrier && (sa || seq) {
 			ws = append(ws, sealedWrite{spi, sa, seq})
 		}
 	}

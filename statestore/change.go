@@ -25,7 +25,8 @@ const (
 	Deleted                              // IKE SA gone: SPI (or Record) names it
 	// Reserved renews reservations (ESP sequence numbers, IKE message
 	// IDs): only Record's reservations are written, under seq/<spi>, a
-	// few dozen bytes instead of the whole record.
+	// few dozen bytes instead of the whole record; from store layout 5,
+	// which keeps them in the record, the record itself.
 	Reserved
 	// addressReleased ends a virtual IP lease (ReleaseAddressAsync).
 	addressReleased
@@ -163,6 +164,9 @@ type txnParts struct {
 	wantSA, wantSq int64
 	revAt          int
 	forget         []uint64 // SAs whose keys the change deletes
+	// delSeq: the change deletes sw.spi's seq/ key (wantSq compared), whose
+	// reservations its record of layout 5 holds.
+	delSeq bool
 }
 
 // build turns a change into transaction parts for registration me.
@@ -192,12 +196,14 @@ func (s *Store) build(c *Change, me Owner) (txnParts, error) {
 		p.els = make([]clientv3.Op, 1, els) // els[0]: the owner's read, set below
 	}
 	id := s.cfg.NodeID
-	spi, wsa, wseq := c.writes()
+	layout := s.Layout()
+	inline := layout >= seqGone
+	spi, wsa, wseq := c.writes(layout)
 	rv, _ := s.revs.get(spi)
 	if (wsa || wseq) && !s.ready(sealedWrite{spi, wsa, wseq}) {
 		return p, errStale // prepare first
 	}
-	if wsa && c.Kind != Established && c.Kind != IKERekeyed {
+	if wsa && !inline && c.Kind != Established && c.Kind != IKERekeyed {
 		// A record write carries the reservations only where there are
 		// none yet: the stored ones may be higher (renewed since).
 		wseq = rv.seq.empty
@@ -213,14 +219,34 @@ func (s *Store) build(c *Change, me Owner) (txnParts, error) {
 		p.then = append(p.then, clientv3.OpPut(s.k.seq(spi), string(v)))
 		return nil
 	}
-	putRecord := func(r *SARecord) error {
-		v, err := s.codec.Marshal(saName(spi), r, rv.sa.binding().next())
+	// putSA writes the record itself; from layout 5 with all of its
+	// reservations, and over a seq/<spi> that an older layout left, which
+	// it deletes: the record holds what that one did, because an SA's
+	// changes carry snapshots of it taken in order (IKESA.persist) and a
+	// record read with its seq/<spi> was raised to it (decodeRec).
+	putSA := func(r *SARecord) error {
+		marshal := s.codec.Marshal
+		if inline {
+			marshal = s.codec.MarshalInline
+		}
+		v, err := marshal(saName(spi), r, rv.sa.binding().next())
 		if err != nil {
 			return err
 		}
 		p.wantSA = rv.sa.mod
 		p.cmps = append(p.cmps, clientv3.Compare(clientv3.ModRevision(s.k.sa(spi)), "=", rv.sa.mod))
 		p.then = append(p.then, clientv3.OpPut(s.k.sa(spi), string(v)))
+		if inline && rv.seq.mod != 0 {
+			p.delSeq, p.wantSq = true, rv.seq.mod
+			p.cmps = append(p.cmps, clientv3.Compare(clientv3.ModRevision(s.k.seq(spi)), "=", rv.seq.mod))
+			p.then = append(p.then, clientv3.OpDelete(s.k.seq(spi)))
+		}
+		return nil
+	}
+	putRecord := func(r *SARecord) error {
+		if err := putSA(r); err != nil {
+			return err
+		}
 		for i := range r.Children {
 			p.then = append(p.then, clientv3.OpPut(s.k.espSPI(r.Children[i].InSPI), spiHex(spi)))
 		}
@@ -234,7 +260,6 @@ func (s *Store) build(c *Change, me Owner) (txnParts, error) {
 		}
 		return nil
 	}
-	layout := s.Layout()
 	own := func(spi uint64) {
 		// The SPI stays reserved by its record keys (ReserveIKESPIs).
 		p.then = append(p.then, clientv3.OpPut(s.k.owner(spi), me.value()))
@@ -242,7 +267,9 @@ func (s *Store) build(c *Change, me Owner) (txnParts, error) {
 	}
 	drop := func(spi uint64) {
 		p.forget = append(p.forget, spi)
-		p.then = s.k.appendSADeletes(p.then, spi, id, layout)
+		// seq/<spi>: unless the store knows there is none (an SA of layout 5).
+		r, known := s.revs.get(spi)
+		p.then = s.k.appendSADeletes(p.then, spi, id, layout, !known || r.seq.mod != 0)
 		if c.Selectors != nil {
 			p.then = append(p.then, clientv3.OpDelete(s.k.sel(spi)))
 		}
@@ -324,7 +351,11 @@ func (s *Store) build(c *Change, me Owner) (txnParts, error) {
 		}
 	case Reserved:
 		p.cmps = append(p.cmps, s.mine(c, me))
-		if err := putSeq(c.Record); err != nil {
+		put := putSeq
+		if inline {
+			put = putSA // the record, without the keys that go with it (unchanged)
+		}
+		if err := put(c.Record); err != nil {
 			return p, err
 		}
 	default:
@@ -337,7 +368,7 @@ func (s *Store) build(c *Change, me Owner) (txnParts, error) {
 	p.els[0] = clientv3.OpGet(s.k.owner(p.spi))
 	p.leaseAt = len(p.els) - 1
 	p.revAt = len(p.els)
-	if wsa || wseq {
+	if wsa || wseq { // p.delSeq implies wsa
 		p.els = append(p.els, getMeta(s.k.sa(spi), false), getMeta(s.k.seq(spi), true))
 	}
 	return p, nil
@@ -354,13 +385,14 @@ func (p *txnParts) stale(rs []*etcdserverpb.ResponseOp) bool {
 	if !p.sw.sa && !p.sw.seq || p.revAt+1 >= len(rs) {
 		return false
 	}
+	seq := p.sw.seq || p.delSeq
 	mod := func(r *etcdserverpb.ResponseOp) int64 {
 		if kvs := r.GetResponseRange().GetKvs(); len(kvs) > 0 {
 			return kvs[0].ModRevision
 		}
 		return 0
 	}
-	return p.sw.sa && mod(rs[p.revAt]) != p.wantSA || p.sw.seq && mod(rs[p.revAt+1]) != p.wantSq
+	return p.sw.sa && mod(rs[p.revAt]) != p.wantSA || seq && mod(rs[p.revAt+1]) != p.wantSq
 }
 
 // committed updates the store's key metadata after the change's
@@ -370,7 +402,7 @@ func (s *Store) committed(p *txnParts, rev int64, rs []*etcdserverpb.ResponseOp)
 		s.revs.forget(spi)
 	}
 	if p.sw.sa || p.sw.seq {
-		s.revs.wrote(p.sw.spi, p.sw.sa, p.sw.seq, rev)
+		s.revs.wrote(p.sw.spi, p.sw.sa, p.sw.seq, p.delSeq, rev)
 	}
 	switch {
 	case p.noOwner: // addressReleased: its identity's key may be gone
@@ -466,7 +498,7 @@ func (s *Store) Persist(ctx context.Context, c Change) error {
 		if err != errStale || attempt == maxStale {
 			return err
 		}
-		spi, _, _ := c.writes()
+		spi, _, _ := c.writes(s.Layout())
 		s.revs.forget(spi)
 	}
 }
@@ -480,7 +512,7 @@ func (s *Store) persist(ctx context.Context, c *Change) error {
 	if !reg.usable() {
 		return ErrFenced
 	}
-	if spi, sa, seq := c.writes(); sa || seq {
+	if spi, sa, seq := c.writes(s.Layout()); sa || seq {
 		if err := s.prepare(ctx, reg, []sealedWrite{{spi, sa, seq}}); err != nil {
 			return err
 		}

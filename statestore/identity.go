@@ -124,7 +124,7 @@ func (s *Store) DeleteOrphan(ctx context.Context, spi uint64, from Owner, id str
 		return fmt.Errorf("statestore: orphan %016x: no identity", spi)
 	}
 	ok := s.k.owner(spi)
-	then := append(s.k.appendSADeletes(nil, spi, from.Node, s.Layout()),
+	then := append(s.k.appendSADeletes(nil, spi, from.Node, s.Layout(), true),
 		clientv3.OpDelete(s.k.ident(id, spi)),
 		clientv3.OpDelete(s.k.sel(spi)))
 	for _, x := range rec.InSPIs() {

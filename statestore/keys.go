@@ -20,7 +20,9 @@ import (
 //	sa/<ike-spi>          Record (sealed); empty on the lease while the IKE
 //	                      SPI is only reserved (ReserveIKESPIs)
 //	seq/<ike-spi>         SeqRecord: reservations renewed since the Record
-//	                      (empty on the lease with sa/ while reserved)
+//	                      (empty on the lease with sa/ while reserved);
+//	                      not written from layout 5, whose records hold
+//	                      their reservations (reservations_inline)
 //	spi/ike/<ike-spi>     node id: written by releases before the record keys
 //	                      reserved the SPI; deleted with its SA
 //	spi/esp/<esp-spi>     node id; on the lease until its CHILD SA is stored
@@ -46,14 +48,19 @@ func (k keys) ikeSPI(spi uint64) string { return hexKey(k.p, "spi/ike/", spi, 16
 func (k keys) espSPI(spi uint32) string { return hexKey(k.p, "spi/esp/", uint64(spi), 8) }
 
 // appendSADeletes appends the deletes of SA spi's own keys, owned by
-// node, in store layout layout: its records and its owner, before layout
-// 4 its owned/ index entry, and in layout 2 the spi/ike/ key written by
-// releases before ReserveIKESPIs used the record keys.
-func (k keys) appendSADeletes(ops []clientv3.Op, spi uint64, node string, layout int) []clientv3.Op {
+// node, in store layout layout: its record and its owner, its
+// reservations key if seq (false: it is known to have none, as SAs
+// stored in layout 5 have not; a delete costs etcd a lookup even when
+// the key is absent), before layout 4 its owned/ index entry, and in
+// layout 2 the spi/ike/ key written by releases before ReserveIKESPIs
+// used the record keys.
+func (k keys) appendSADeletes(ops []clientv3.Op, spi uint64, node string, layout int, seq bool) []clientv3.Op {
 	ops = append(ops,
 		clientv3.OpDelete(k.sa(spi)),
-		clientv3.OpDelete(k.owner(spi)),
-		clientv3.OpDelete(k.seq(spi)))
+		clientv3.OpDelete(k.owner(spi)))
+	if seq {
+		ops = append(ops, clientv3.OpDelete(k.seq(spi)))
+	}
 	if layout < ownedGone {
 		ops = append(ops, clientv3.OpDelete(k.owned(node, spi)))
 	}

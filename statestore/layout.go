@@ -43,6 +43,15 @@ package statestore
 //	   names layout 4 each node deletes what is left of it once more
 //	   (entries that requests built in layout 3 wrote after the move:
 //	   sweepOwnedIndex)
+//	5  no seq/ keys for new records: a record holds all of its SA's
+//	   reservations (marked so in its authenticated clear part,
+//	   reservations_inline), a renewal rewrites it, and the SPI's
+//	   reservation creates sa/ alone; an SA's first record write in
+//	   layout 5 deletes the seq/ key an older layout left (its
+//	   reservations are in the record: build), so an SA makes three
+//	   writes fewer. Records of both forms are read in every layout;
+//	   nodes still writing layout 4 write SAs of layout 5 in layout 4's
+//	   form (a seq/ key created again). Nothing to migrate at the move.
 
 import (
 	"context"
@@ -58,12 +67,15 @@ import (
 // The store layouts this release reads and writes.
 const (
 	LayoutMin = 2
-	LayoutMax = 4
+	LayoutMax = 5
 	// layoutUnset: the layout of a cluster without the layout key, and
 	// the only one registrations without layouts support.
 	layoutUnset = 2
 	// ownedGone: the first layout without the owned/ index.
 	ownedGone = 4
+	// seqGone: the first layout whose records hold all of their SA's
+	// reservations, without a seq/ key.
+	seqGone = 5
 )
 
 // LayoutError: the cluster's store layout is not one this release reads

@@ -3,6 +3,8 @@ package statestore
 import (
 	"errors"
 	"fmt"
+	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -403,5 +405,148 @@ func TestLayout4DropsTheOwnedIndex(t *testing.T) {
 	}
 	if counts, err := b2.OwnedCounts(ctx); err != nil || counts["b"] != 1 {
 		t.Fatalf("owned counts after a delete %v (%v), want b 1", counts, err)
+	}
+}
+
+// Store layout 5 keeps an SA's reservations in its record. A node that
+// supports it writes layout 4's form (record and seq/) while a release of
+// layout 4 alone is live; once that one is gone the cluster moves on, and
+// each SA of layout 4 is converted by its next record write: the record
+// holds the reservations renewed under seq/, which is deleted in the same
+// transaction. An SPI reserved in layout 4 (seq/ created empty with sa/)
+// and established in layout 5 leaves no seq/ behind; reservations of
+// either form are released whole; a renewal rewrites the record; a hand-off
+// converts too.
+func TestLayout5KeepsReservationsInTheRecord(t *testing.T) {
+	e := startEtcd(t, false)
+	cli := dial(t, e.Endpoints())
+	ctx := tctx(t, 60*time.Second)
+	conf := func(id string, lo, hi int) Config {
+		c := layoutConfig(t, id, lo, hi)
+		c.RequestTimeout = time.Second
+		return c
+	}
+	seqKeys := func() []string {
+		t.Helper()
+		g, err := cli.Get(ctx, DefaultPrefix+"seq/", clientv3.WithPrefix(), clientv3.WithKeysOnly())
+		if err != nil {
+			t.Fatal(err)
+		}
+		var ks []string
+		for _, kv := range g.Kvs {
+			ks = append(ks, strings.TrimPrefix(string(kv.Key), DefaultPrefix))
+		}
+		return ks
+	}
+	has := func(spi uint64) bool { return slices.Contains(seqKeys(), seqName(spi)) }
+	persist := func(s *Store, k ChangeKind, r *SARecord) {
+		t.Helper()
+		if err := s.Persist(ctx, Change{Kind: k, Record: r}); err != nil {
+			t.Fatalf("%v of %x: %v", k, r.LocalSPI(), err)
+		}
+	}
+	reserve := func(s *Store, spis ...uint64) {
+		t.Helper()
+		if ok, err := s.ReserveIKESPIs(ctx, spis); err != nil || slices.Contains(ok, false) {
+			t.Fatalf("reserve %x: %v %v", spis, ok, err)
+		}
+	}
+	old := open(t, cli, conf("old", 2, 4))
+	b := open(t, cli, conf("b", 2, seqGone))
+	waitLayout(t, b, 4)
+
+	// Layout 4: b writes seq/ keys; an SA renewed, SPIs reserved ahead.
+	reserve(b, 0xc001, 0xc002, 0xc003, 0xc004)
+	renewed := sampleRecord(0xc001)
+	persist(b, Established, renewed)
+	renewed.Children[0].OutSeqReserved, renewed.NextOutReserved = 5<<20, 40
+	persist(b, Reserved, renewed)
+	handed := sampleRecord(0xc004)
+	persist(b, Established, handed)
+	if !has(0xc001) || !has(0xc002) || !has(0xc004) {
+		t.Fatalf("layout 4: reservation keys %v", seqKeys())
+	}
+
+	if err := old.Close(); err != nil {
+		t.Fatal(err)
+	}
+	waitLayout(t, b, seqGone)
+	if got := clusterLayout(t, cli); got != "5" {
+		t.Fatalf("cluster layout %q after the layout-4 release left, want 5", got)
+	}
+
+	// The renewed SA's next record write converts it: the record holds
+	// the renewal, seq/ goes.
+	persist(b, Updated, renewed)
+	if has(0xc001) {
+		t.Fatalf("seq/ of a converted SA left: %v", seqKeys())
+	}
+	check := func(spi uint64, out uint64, msg uint32) {
+		t.Helper()
+		got, _, err := b.Load(ctx, spi)
+		if err != nil || got.Children[0].OutSeqReserved != out || got.NextOutReserved != msg {
+			t.Fatalf("SA %x: %v, want out seq %d and message ID %d", spi, err, out, msg)
+		}
+	}
+	check(0xc001, 5<<20, 40)
+	// A renewal in layout 5 rewrites the record; no seq/ comes back.
+	renewed.Children[0].OutSeqReserved, renewed.NextOutReserved = 6<<20, 56
+	persist(b, Reserved, renewed)
+	if has(0xc001) {
+		t.Fatalf("a renewal in layout 5 wrote seq/: %v", seqKeys())
+	}
+	check(0xc001, 6<<20, 56)
+
+	// Reserved in layout 4, established in layout 5: the empty seq/ goes.
+	persist(b, Established, sampleRecord(0xc002))
+	if has(0xc002) {
+		t.Fatalf("seq/ placeholder of an SPI reserved in layout 4 left: %v", seqKeys())
+	}
+	check(0xc002, sampleRecord(0xc002).Children[0].OutSeqReserved, sampleRecord(0xc002).NextOutReserved)
+	// Reservations of both forms released: none of their keys left.
+	reserve(b, 0xc005)
+	if err := b.ReleaseSPIs(ctx, []uint64{0xc003, 0xc005}, nil); err != nil {
+		t.Fatal(err)
+	}
+	g, err := cli.Get(ctx, DefaultPrefix, clientv3.WithPrefix(), clientv3.WithKeysOnly())
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, kv := range g.Kvs {
+		for _, spi := range []uint64{0xc003, 0xc005} {
+			if strings.HasSuffix(string(kv.Key), fmt.Sprintf("%016x", spi)) {
+				t.Fatalf("released reservation left %s", kv.Key)
+			}
+		}
+	}
+	// A hand-off in layout 5 writes the final record and deletes seq/.
+	c := open(t, cli, conf("c", 2, seqGone))
+	to, _ := c.Registration()
+	handed.Children[0].OutSeqReserved = 7 << 20
+	if err := b.HandOff(ctx, 0xc004, handed, to); err != nil {
+		t.Fatal(err)
+	}
+	if has(0xc004) {
+		t.Fatalf("seq/ of an SA handed off in layout 5 left: %v", seqKeys())
+	}
+	if got, o, err := c.Load(ctx, 0xc004); err != nil || o != to || got.Children[0].OutSeqReserved != 7<<20 {
+		t.Fatalf("handed-off SA: %v %v", o, err)
+	}
+	// Deleting SAs of layout 5 leaves none of their record keys.
+	for _, spi := range []uint64{0xc001, 0xc002} {
+		if err := b.Persist(ctx, Change{Kind: Deleted, SPI: spi}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, k := range []string{"sa/", "seq/"} {
+		g, err := cli.Get(ctx, DefaultPrefix+k, clientv3.WithPrefix(), clientv3.WithKeysOnly())
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, kv := range g.Kvs {
+			if !strings.HasSuffix(string(kv.Key), "000000000000c004") {
+				t.Fatalf("left behind: %s", kv.Key)
+			}
+		}
 	}
 }

@@ -192,31 +192,23 @@ func (s *Store) HandOffMany(ctx context.Context, finals []*SARecord, to Owner) (
 // errStale).
 func (s *Store) handOffBatch(ctx context.Context, reg *registration, finals []*SARecord, todo []int, res []Moved, to Owner, retry bool) ([]int, error) {
 	me := reg.owner
+	layout := s.Layout()
 	ws := make([]sealedWrite, len(todo))
 	for j, i := range todo {
-		ws[j] = sealedWrite{spi: finals[i].LocalSPI(), sa: true, seq: true}
+		ws[j] = sealedWrite{spi: finals[i].LocalSPI(), sa: true, seq: layout < seqGone}
 	}
 	if err := s.prepare(ctx, reg, ws); err != nil {
 		return nil, err
 	}
 	ops := make([]clientv3.Op, len(todo))
-	layout := s.Layout()
 	for j, i := range todo {
 		f := finals[i]
 		spi := f.LocalSPI()
 		rv, _ := s.revs.get(spi)
-		v, err := s.codec.Marshal(saName(spi), f, rv.sa.binding().next())
-		if err != nil {
-			return nil, err
-		}
-		sv, err := s.codec.MarshalReservations(seqName(spi), ReservationsOf(f), rv.seq.binding().next())
-		if err != nil {
-			return nil, err
-		}
 		ok := s.k.owner(spi)
-		then := []clientv3.Op{clientv3.OpPut(ok, to.value()), clientv3.OpPut(s.k.sa(spi), string(v))}
-		if rv.seq.empty {
-			then = append(then, clientv3.OpPut(s.k.seq(spi), string(sv)))
+		then, err := s.finalOps([]clientv3.Op{clientv3.OpPut(ok, to.value())}, f, rv, layout)
+		if err != nil {
+			return nil, err
 		}
 		then = s.k.appendOwnedMove(then, spi, me.Node, to.Node, layout)
 		ops[j] = clientv3.OpTxn(s.handOffCmps(spi, me, rv), then,
@@ -257,6 +249,39 @@ func (s *Store) handOffBatch(ctx context.Context, reg *registration, finals []*S
 		res[i] = Moved{SPI: spi, Err: err}
 	}
 	return again, nil
+}
+
+// finalOps appends the writes of an SA's final state (a hand-off's) to
+// ops, over its record keys as the store last saw them (rv) in store
+// layout layout: the record, and before layout 5 its reservations where
+// seq/<spi> holds none yet; from layout 5 the record holds them and a
+// seq/<spi> an older layout left is deleted (handOffCmps compares it).
+func (s *Store) finalOps(ops []clientv3.Op, f *SARecord, rv saRevs, layout int) ([]clientv3.Op, error) {
+	spi := f.LocalSPI()
+	if layout >= seqGone {
+		v, err := s.codec.MarshalInline(saName(spi), f, rv.sa.binding().next())
+		if err != nil {
+			return nil, err
+		}
+		ops = append(ops, clientv3.OpPut(s.k.sa(spi), string(v)))
+		if rv.seq.mod != 0 {
+			ops = append(ops, clientv3.OpDelete(s.k.seq(spi)))
+		}
+		return ops, nil
+	}
+	v, err := s.codec.Marshal(saName(spi), f, rv.sa.binding().next())
+	if err != nil {
+		return nil, err
+	}
+	ops = append(ops, clientv3.OpPut(s.k.sa(spi), string(v)))
+	if rv.seq.empty {
+		sv, err := s.codec.MarshalReservations(seqName(spi), ReservationsOf(f), rv.seq.binding().next())
+		if err != nil {
+			return nil, err
+		}
+		ops = append(ops, clientv3.OpPut(s.k.seq(spi), string(sv)))
+	}
+	return ops, nil
 }
 
 // handOffCmps guards the hand-off of one SA: it is ours, and its record

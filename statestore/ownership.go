@@ -17,23 +17,27 @@ func spiHex(spi uint64) string { return fmt.Sprintf("%016x", spi) }
 // ours; a taken SPI is simply not ok. Reserve ahead, in blocks, to keep
 // etcd out of the IKE_SA_INIT path.
 //
-// The reservation is the SA's record keys, sa/ and seq/, created empty
-// (so that its first records can be bound to them, revs.go, without a
-// transaction of their own): while they exist no other node can reserve
-// the SPI, and the SA's records then take them over. Releases before this
-// one also wrote spi/ike/<spi>; they check sa/ and seq/ as well, so both
-// kinds of node keep each other's SPIs apart, and spi/ike/ keys still
-// stored are deleted with their SAs.
+// The reservation is the SA's record keys, sa/ and (before store layout
+// 5) seq/, created empty (so that its first records can be bound to them,
+// revs.go, without a transaction of their own): while they exist no other
+// node can reserve the SPI, and the SA's records then take them over.
+// Releases before this one also wrote spi/ike/<spi>; they check sa/ and
+// seq/ as well, so both kinds of node keep each other's SPIs apart, and
+// spi/ike/ keys still stored are deleted with their SAs.
 func (s *Store) ReserveIKESPIs(ctx context.Context, spis []uint64) ([]bool, error) {
 	keys := make([]string, len(spis))
 	for i, x := range spis {
 		keys[i] = s.k.sa(x)
 	}
-	extra := func(i int) []string { return []string{s.k.seq(spis[i])} }
+	seq := s.Layout() < seqGone
+	var extra func(int) []string
+	if seq {
+		extra = func(i int) []string { return []string{s.k.seq(spis[i])} }
+	}
 	ok, revs, err := s.reserve(ctx, keys, "", extra)
 	for i, got := range ok {
 		if got {
-			s.revs.reservedAt(spis[i], revs[i])
+			s.revs.reservedAt(spis[i], revs[i], seq)
 		}
 	}
 	return ok, err
@@ -100,12 +104,14 @@ func (s *Store) ReleaseSPIs(ctx context.Context, ike []uint64, esp []uint32) err
 	}
 	for _, x := range ike {
 		// The record keys created empty with the reservation, if still
-		// ours and empty.
+		// ours and empty: sa/ and seq/, or from store layout 5 sa/ alone.
 		sa, seq := s.k.sa(x), s.k.seq(x)
+		saEmpty := []clientv3.Cmp{clientv3.Compare(clientv3.Value(sa), "=", ""), clientv3.Compare(clientv3.LeaseValue(sa), "=", reg.lease)}
+		alone := clientv3.OpTxn(append(saEmpty, clientv3.Compare(clientv3.CreateRevision(seq), "=", 0)),
+			[]clientv3.Op{clientv3.OpDelete(sa)}, nil)
 		ops = append(ops, clientv3.OpTxn(
-			[]clientv3.Cmp{clientv3.Compare(clientv3.Value(sa), "=", ""), clientv3.Compare(clientv3.LeaseValue(sa), "=", reg.lease),
-				clientv3.Compare(clientv3.Value(seq), "=", ""), clientv3.Compare(clientv3.LeaseValue(seq), "=", reg.lease)},
-			[]clientv3.Op{clientv3.OpDelete(sa), clientv3.OpDelete(seq)}, nil))
+			append(saEmpty[:2:2], clientv3.Compare(clientv3.Value(seq), "=", ""), clientv3.Compare(clientv3.LeaseValue(seq), "=", reg.lease)),
+			[]clientv3.Op{clientv3.OpDelete(sa), clientv3.OpDelete(seq)}, []clientv3.Op{alone}))
 		s.revs.forget(x)
 	}
 	for _, x := range esp {
@@ -169,11 +175,14 @@ func (s *Store) decodeRec(spi uint64, kv *mvccpb.KeyValue, seq []*mvccpb.KeyValu
 		// A placeholder: the key was created for a record never written.
 		return nil, fmt.Errorf("%w: %016x has no record yet", ErrNotFound, spi)
 	}
-	r, err := s.codec.Unmarshal(saName(spi), kv.Value, bindingOf(kv))
+	r, inline, err := s.codec.unmarshal(saName(spi), kv.Value, bindingOf(kv))
 	if err != nil {
 		return nil, err
 	}
-	if rec, _ := splitRecord(kv.Value); rec.version == RecordVersion {
+	// A record with its reservations inline (layout 5) needs no seq/<spi>:
+	// its binding alone keeps it from being rolled back. One that is there
+	// (written by a node still at layout 4 since) can only raise them.
+	if rec, _ := splitRecord(kv.Value); rec.version == RecordVersion && !inline {
 		// Written with its reservations in the current layout: without
 		// them (deleted, emptied, or an older layout put back) the SA
 		// would restore from the record's older ones.
@@ -349,22 +358,14 @@ func (s *Store) transfer(ctx context.Context, spi uint64, from, to Owner, final 
 		// The final state goes over the record as this node last saw it,
 		// and over its reservations: a record or reservations put back
 		// since are found (*RollbackError), not overwritten.
-		if err := s.prepare(ctx, s.current(), []sealedWrite{{spi: spi, sa: true, seq: true}}); err != nil {
+		layout := s.Layout()
+		if err := s.prepare(ctx, s.current(), []sealedWrite{{spi: spi, sa: true, seq: layout < seqGone}}); err != nil {
 			return false, nil, err
 		}
 		rv, _ = s.revs.get(spi)
-		v, err := s.codec.Marshal(saName(spi), final, rv.sa.binding().next())
-		if err != nil {
-			return false, nil, err
-		}
-		sv, err := s.codec.MarshalReservations(seqName(spi), ReservationsOf(final), rv.seq.binding().next())
-		if err != nil {
-			return false, nil, err
-		}
 		cmps = append(cmps, s.handOffCmps(spi, from, rv)[1:]...)
-		then = append(then, clientv3.OpPut(s.k.sa(spi), string(v)))
-		if rv.seq.empty {
-			then = append(then, clientv3.OpPut(s.k.seq(spi), string(sv)))
+		if then, err = s.finalOps(then, final, rv, layout); err != nil {
+			return false, nil, err
 		}
 		els = []clientv3.Op{clientv3.OpGet(ok), clientv3.OpGet(s.k.sa(spi)), clientv3.OpGet(s.k.seq(spi))}
 	}

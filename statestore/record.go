@@ -140,7 +140,19 @@ type Codec struct {
 // at is the binding the write gives the record: the key's create
 // revision and the version it has once written (see Binding).
 func (c Codec) Marshal(name string, r *SARecord, at Binding) ([]byte, error) {
+	return c.marshal(name, r, at, false)
+}
+
+// MarshalInline is Marshal for a record that holds all of the SA's
+// reservations (store layout 5): readers then neither need nor expect a
+// seq/<spi> key (decodeRec). The mark is in the authenticated clear part.
+func (c Codec) MarshalInline(name string, r *SARecord, at Binding) ([]byte, error) {
+	return c.marshal(name, r, at, true)
+}
+
+func (c Codec) marshal(name string, r *SARecord, at Binding, inline bool) ([]byte, error) {
 	sa := toPB(r)
+	sa.ReservationsInline = inline
 	pub, err := proto.MarshalOptions{Deterministic: true}.Marshal(sa)
 	if err != nil {
 		return nil, err
@@ -188,33 +200,45 @@ func assembleLayout(version uint32, body []byte, keyID uint32, sealed []byte) []
 // written for another revision of the key: an older value put back).
 // Records in the legacy layout carry no binding and are accepted.
 func (c Codec) Unmarshal(name string, data []byte, at Binding) (*SARecord, error) {
+	r, _, err := c.unmarshal(name, data, at)
+	return r, err
+}
+
+// unmarshal is Unmarshal, also telling whether the record holds all of
+// its SA's reservations (MarshalInline).
+func (c Codec) unmarshal(name string, data []byte, at Binding) (*SARecord, bool, error) {
 	rec, err := splitRecord(data)
 	if err != nil {
-		return nil, &CorruptError{Key: name, Reason: err.Error()}
+		return nil, false, &CorruptError{Key: name, Reason: err.Error()}
 	}
 	pub := rec.body
 	var sa pb.IKESA
 	if err := proto.Unmarshal(pub, &sa); err != nil {
-		return nil, &CorruptError{Key: name, Reason: "SA: " + err.Error()}
+		return nil, false, &CorruptError{Key: name, Reason: "SA: " + err.Error()}
 	}
 	plain, err := c.open(name, rec, at)
 	if err != nil {
-		return nil, err
+		return nil, false, err
+	}
+	if sa.ReservationsInline && rec.version != RecordVersion {
+		// Only bound records hold their reservations alone: a legacy
+		// record could be put back over a newer one unnoticed.
+		return nil, false, &CorruptError{Key: name, Reason: "reservations inline in an unbound record"}
 	}
 	var sec pb.Secrets
 	if err := proto.Unmarshal(plain, &sec); err != nil {
-		return nil, &CorruptError{Key: name, Reason: "secrets: " + err.Error()}
+		return nil, false, &CorruptError{Key: name, Reason: "secrets: " + err.Error()}
 	}
 	r, err := fromPB(&sa, &sec)
 	if err != nil {
-		return nil, &CorruptError{Key: name, Reason: err.Error()}
+		return nil, false, &CorruptError{Key: name, Reason: err.Error()}
 	}
-	return r, nil
+	return r, sa.ReservationsInline, nil
 }
 
 // Reservations are an SA's sequence number and message ID reservations,
 // stored apart from its record (under seq/<spi>) so that renewing them is
-// a small write.
+// a small write; from store layout 5 records hold them (MarshalInline).
 type Reservations struct {
 	NextOutReserved uint32
 	NextIn, NextOut uint32 // the message IDs when written

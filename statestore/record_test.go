@@ -7,6 +7,9 @@ import (
 	"reflect"
 	"testing"
 	"time"
+
+	pb "github.com/ikefleet/ikefleet/api/statestore/v1"
+	"google.golang.org/protobuf/proto"
 )
 
 func testKeyring(t testing.TB, id uint32, fill byte) *Keyring {
@@ -204,4 +207,78 @@ func FuzzUnmarshal(f *testing.F) {
 			t.Fatalf("untyped error %v", err)
 		}
 	})
+}
+
+// The mark of a record that holds all of its reservations (store layout
+// 5) is authenticated: taken off a record, or set on one whose newer
+// reservations are in seq/, the record no longer opens. A legacy record
+// (no binding) cannot carry it.
+func TestInlineMarkAuthenticated(t *testing.T) {
+	c := Codec{Keys: testKeyring(t, 1, 9)}
+	at := Binding{CreateRevision: 7, Version: 3}
+	name := saName(0x42)
+	flip := func(data []byte, inline bool) []byte {
+		t.Helper()
+		rec, err := splitRecord(data)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var sa pb.IKESA
+		if err := proto.Unmarshal(rec.body, &sa); err != nil {
+			t.Fatal(err)
+		}
+		sa.ReservationsInline = inline
+		body, err := proto.MarshalOptions{Deterministic: true}.Marshal(&sa)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return assemble(body, rec.keyID, rec.sealed, rec.at)
+	}
+	inline, err := c.MarshalInline(name, sampleRecord(0x42), at)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, got, err := c.unmarshal(name, inline, at); err != nil || !got {
+		t.Fatalf("inline record: mark %v, %v", got, err)
+	}
+	plain, err := c.Marshal(name, sampleRecord(0x42), at)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, got, err := c.unmarshal(name, plain, at); err != nil || got {
+		t.Fatalf("record of layout 4: mark %v, %v", got, err)
+	}
+	var se *SealError
+	if _, _, err := c.unmarshal(name, flip(inline, false), at); !errors.As(err, &se) {
+		t.Fatalf("mark taken off: %v, want *SealError", err)
+	}
+	if _, _, err := c.unmarshal(name, flip(plain, true), at); !errors.As(err, &se) {
+		t.Fatalf("mark set: %v, want *SealError", err)
+	}
+	r := sampleRecord(0x42)
+	pub, err := proto.MarshalOptions{Deterministic: true}.Marshal(toPB(r))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var sa pb.IKESA
+	if err := proto.Unmarshal(pub, &sa); err != nil {
+		t.Fatal(err)
+	}
+	sa.ReservationsInline = true
+	pub, err = proto.MarshalOptions{Deterministic: true}.Marshal(&sa)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sec, err := proto.Marshal(secretsToPB(r))
+	if err != nil {
+		t.Fatal(err)
+	}
+	id, sealed, err := c.Keys.Seal(sec, aad(name, pub))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var ce *CorruptError
+	if _, _, err := c.unmarshal(name, assembleLayout(legacyRecordVersion, pub, id, sealed), at); !errors.As(err, &ce) {
+		t.Fatalf("legacy record with the mark: %v, want *CorruptError", err)
+	}
 }

@@ -2,6 +2,7 @@ package statestore
 
 import (
 	"errors"
+	"fmt"
 	"testing"
 	"time"
 
@@ -72,12 +73,21 @@ func FuzzUnmarshalReservations(f *testing.F) {
 }
 
 // Renewing a reservation writes only the reservations, under their own
-// key; every way of reading the SA back sees them; deleting the SA removes
+// key (store layout 4), or rewrites the record, which holds them (layout
+// 5); every way of reading the SA back sees them; deleting the SA removes
 // them. The test reports the bytes each kind of write puts into etcd.
 func TestReservedChange(t *testing.T) {
+	for _, layout := range []int{4, seqGone} {
+		t.Run(fmt.Sprintf("layout %d", layout), func(t *testing.T) { testReservedChange(t, layout) })
+	}
+}
+
+func testReservedChange(t *testing.T, layout int) {
 	e := startEtcd(t, false)
 	cli := dial(t, e.Endpoints())
-	a := open(t, cli, testConfig(t, "a"))
+	cfg := func(id string) Config { return layoutConfig(t, id, LayoutMin, layout) }
+	a := open(t, cli, cfg("a"))
+	waitLayout(t, a, layout)
 	ctx := tctx(t, 10*time.Second)
 	r := sampleRecord(200)
 	r.NextOutReserved = 16
@@ -98,7 +108,7 @@ func TestReservedChange(t *testing.T) {
 	r.NextOutReserved = 32
 	r.Children[0].OutSeqReserved, r.Children[0].InSeqLow, r.Children[0].SeqBlock = 12288, 7000, 8192
 	r.NextIn = 9 // message IDs go with the reservations
-	r.SPIi = 77  // the rest of the record does not
+	r.SPIi = 77  // the rest of the record does not before layout 5
 	before := rev()
 	if err := a.Submit(Change{Kind: Reserved, Record: r}, nil); err != nil {
 		t.Fatal(err)
@@ -110,17 +120,30 @@ func TestReservedChange(t *testing.T) {
 		t.Fatalf("a renewal took %d revisions", d)
 	}
 	seqKV, err := cli.Get(ctx, DefaultPrefix+seqName(200))
-	if err != nil || len(seqKV.Kvs) != 1 {
-		t.Fatalf("no reservation key: %v", err)
+	if err != nil {
+		t.Fatal(err)
 	}
-	if kv, _ := cli.Get(ctx, DefaultPrefix+saName(200)); kv.Kvs[0].ModRevision != recKV.Kvs[0].ModRevision {
-		t.Fatal("a renewal rewrote the record")
-	}
-	seqBytes := len(seqKV.Kvs[0].Key) + len(seqKV.Kvs[0].Value)
-	t.Logf("etcd bytes (key+value): full record %d, reservation renewal %d (%.1fx smaller)",
-		recBytes, seqBytes, float64(recBytes)/float64(seqBytes))
-	if seqBytes*4 > recBytes {
-		t.Fatalf("renewal %d bytes is not much smaller than the record's %d", seqBytes, recBytes)
+	kv, _ := cli.Get(ctx, DefaultPrefix+saName(200))
+	if layout >= seqGone {
+		if len(seqKV.Kvs) != 0 || kv.Kvs[0].ModRevision == recKV.Kvs[0].ModRevision {
+			t.Fatalf("layout %d: a renewal wrote %d reservation keys, the record at revision %d (was %d)",
+				layout, len(seqKV.Kvs), kv.Kvs[0].ModRevision, recKV.Kvs[0].ModRevision)
+		}
+		t.Logf("etcd bytes (key+value): full record %d, renewal (the record again) %d",
+			recBytes, len(kv.Kvs[0].Key)+len(kv.Kvs[0].Value))
+	} else {
+		if len(seqKV.Kvs) != 1 {
+			t.Fatal("no reservation key")
+		}
+		if kv.Kvs[0].ModRevision != recKV.Kvs[0].ModRevision {
+			t.Fatal("a renewal rewrote the record")
+		}
+		seqBytes := len(seqKV.Kvs[0].Key) + len(seqKV.Kvs[0].Value)
+		t.Logf("etcd bytes (key+value): full record %d, reservation renewal %d (%.1fx smaller)",
+			recBytes, seqBytes, float64(recBytes)/float64(seqBytes))
+		if seqBytes*4 > recBytes {
+			t.Fatalf("renewal %d bytes is not much smaller than the record's %d", seqBytes, recBytes)
+		}
 	}
 
 	check := func(how string, got *SARecord, err error) {
@@ -130,7 +153,7 @@ func TestReservedChange(t *testing.T) {
 		}
 		c := got.Children[0]
 		if got.NextOutReserved != 32 || c.OutSeqReserved != 12288 || c.InSeqLow != 7000 || c.SeqBlock != 8192 ||
-			got.NextIn != 9 || got.SPIi == 77 {
+			got.NextIn != 9 || (got.SPIi == 77) != (layout >= seqGone) {
 			t.Fatalf("%s: reservations %d %+v, next-in %d, SPIi %x", how, got.NextOutReserved, c, got.NextIn, got.SPIi)
 		}
 	}
@@ -138,7 +161,7 @@ func TestReservedChange(t *testing.T) {
 	check("Load", got, err)
 	// The node dies; its next life loads what it owns.
 	a.Close()
-	a2 := open(t, cli, testConfig(t, "a"))
+	a2 := open(t, cli, cfg("a"))
 	recs, err := a2.LoadOwned(ctx)
 	if len(recs) != 1 {
 		t.Fatalf("LoadOwned: %d records, %v", len(recs), err)
@@ -146,7 +169,7 @@ func TestReservedChange(t *testing.T) {
 	check("LoadOwned", recs[0], err)
 	// Another node takes it over once a2 is gone too.
 	a2.Close()
-	b := open(t, cli, testConfig(t, "b"))
+	b := open(t, cli, cfg("b"))
 	var taken *SARecord
 	for ctx.Err() == nil {
 		if taken, err = b.TakeOver(ctx, 200); !errors.Is(err, ErrNotOwner) {
@@ -156,9 +179,11 @@ func TestReservedChange(t *testing.T) {
 	}
 	check("TakeOver", taken, err)
 	// A full write later carries the same values (the engine's state only
-	// grows): reading still takes the higher of both.
+	// grows): before layout 5 reading still takes the higher of both.
 	r.SPIi = 0x1122334455667788
-	r.Children[0].OutSeqReserved = 10000 // lower than the renewal: cannot happen, yet harmless
+	if layout < seqGone {
+		r.Children[0].OutSeqReserved = 10000 // lower than the renewal: cannot happen, yet harmless
+	}
 	if err := b.Persist(ctx, Change{Kind: Updated, Record: r}); err != nil {
 		t.Fatal(err)
 	}

@@ -8,6 +8,9 @@ package statestore
 // creates it again changes its create revision: either way the record
 // gives *RollbackError instead of old reservations.
 //
+// From store layout 5 new records hold their reservations and there is
+// no seq/<spi> (layout.go); the record's binding alone protects them.
+//
 // A writer must know the binding before it writes, so:
 //   - a sealed record is only ever written over an existing key: a key
 //     about to get its first record is created empty first (a placeholder,
@@ -57,9 +60,25 @@ type revTable struct {
 	mu sync.Mutex
 	m  map[uint64]saRevs
 	// reserved: IKE SPIs reserved (ReserveIKESPIs) with their record keys
-	// created empty at this revision; at most maxReservedRevs of them (an
-	// SPI not listed costs its first write a prepare transaction).
-	reserved map[uint64]int64
+	// created empty; at most maxReservedRevs of them (an SPI not listed
+	// costs its first write a prepare transaction).
+	reserved map[uint64]reservedKeys
+}
+
+// reservedKeys: the revision that created an SPI's record keys empty, and
+// whether it created seq/<spi> too (before store layout 5).
+type reservedKeys struct {
+	rev int64
+	seq bool
+}
+
+// revs are the metadata of the record keys reserved as k says.
+func (k reservedKeys) revs() saRevs {
+	r := saRevs{sa: keyRev{k.rev, k.rev, 1, true}}
+	if k.seq {
+		r.seq = r.sa
+	}
+	return r
 }
 
 const maxReservedRevs = 1 << 16
@@ -69,23 +88,23 @@ func (t *revTable) get(spi uint64) (saRevs, bool) {
 	defer t.mu.Unlock()
 	r, ok := t.m[spi]
 	if !ok {
-		if rev, res := t.reserved[spi]; res {
-			k := keyRev{rev, rev, 1, true}
-			return saRevs{k, k}, true
+		if k, res := t.reserved[spi]; res {
+			return k.revs(), true
 		}
 	}
 	return r, ok
 }
 
-// reservedAt records that spi's record keys were created empty at rev.
-func (t *revTable) reservedAt(spi uint64, rev int64) {
+// reservedAt records that spi's record keys were created empty at rev
+// (seq: seq/<spi> as well as sa/<spi>).
+func (t *revTable) reservedAt(spi uint64, rev int64, seq bool) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	if t.reserved == nil {
-		t.reserved = map[uint64]int64{}
+		t.reserved = map[uint64]reservedKeys{}
 	}
 	if len(t.reserved) < maxReservedRevs {
-		t.reserved[spi] = rev
+		t.reserved[spi] = reservedKeys{rev, seq}
 	}
 }
 
@@ -107,18 +126,18 @@ func (t *revTable) forget(spi uint64) {
 }
 
 // wrote records a committed write at revision rev of the SA's record
-// (sa) and/or reservations (seq).
-func (t *revTable) wrote(spi uint64, sa, seq bool, rev int64) {
+// (sa) and/or reservations (seq), or the delete of its reservations key
+// (seqDeleted: a record of layout 5 took them in).
+func (t *revTable) wrote(spi uint64, sa, seq, seqDeleted bool, rev int64) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	r, ok := t.m[spi]
 	if !ok {
-		rev, res := t.reserved[spi]
+		k, res := t.reserved[spi]
 		if !res {
 			return
 		}
-		k := keyRev{rev, rev, 1, true}
-		r = saRevs{k, k}
+		r = k.revs()
 		delete(t.reserved, spi)
 		if t.m == nil {
 			t.m = map[uint64]saRevs{}
@@ -130,21 +149,27 @@ func (t *revTable) wrote(spi uint64, sa, seq bool, rev int64) {
 	if seq {
 		r.seq.mod, r.seq.version, r.seq.empty = rev, r.seq.version+1, false
 	}
+	if seqDeleted {
+		r.seq = keyRev{}
+	}
 	t.m[spi] = r
 }
 
-// writes tells which of an SA's sealed keys a change writes, and for
-// which SPI (an IKE rekey: the new one).
-func (c *Change) writes() (spi uint64, sa, seq bool) {
-	// A record in the current layout has its reservations (decodeRec:
-	// without them, deleting seq/<spi> would hand back the record's older
-	// ones): a new SA's are written with it, and so are those of an SA
-	// whose seq/<spi> is still empty (build). seq here: the key must exist.
+// writes tells which of an SA's sealed keys a change writes in store
+// layout layout, and for which SPI (an IKE rekey: the new one).
+func (c *Change) writes(layout int) (spi uint64, sa, seq bool) {
+	// Before layout 5 a record in the current layout has its reservations
+	// (decodeRec: without them, deleting seq/<spi> would hand back the
+	// record's older ones): a new SA's are written with it, and so are
+	// those of an SA whose seq/<spi> is still empty (build). seq here: the
+	// key must exist. From layout 5 the record holds them all and a
+	// renewal rewrites it; seq/<spi> is only deleted where an older layout
+	// left one.
 	switch c.Kind {
 	case Established, IKERekeyed, ChildCreated, ChildRekeyed, ChildDeleted, AddressChanged, Updated:
-		return c.Record.LocalSPI(), true, true
+		return c.Record.LocalSPI(), true, layout < seqGone
 	case Reserved:
-		return c.Record.LocalSPI(), false, true
+		return c.Record.LocalSPI(), layout >= seqGone, layout < seqGone
 	}
 	return 0, false, false
 }
@@ -164,31 +189,34 @@ func (s *Store) ready(w sealedWrite) bool {
 }
 
 // prepare makes sure the store knows the metadata of the keys each write
-// in ws writes, each existing: it reads them, and creates the missing
-// ones empty (on the node's lease: a write that never comes leaves
-// nothing behind the node), in transactions of at most MaxBatch keys.
+// in ws writes, each existing, and of the SA's other record key: it reads
+// them, and creates the missing ones it writes empty (on the node's
+// lease: a write that never comes leaves nothing behind the node), in
+// transactions of at most MaxBatch keys. (From store layout 5 no write
+// needs seq/<spi>; it is read, so that a record write deletes one an
+// older layout left.)
 func (s *Store) prepare(ctx context.Context, reg *registration, ws []sealedWrite) error {
-	type slot struct {
-		spi   uint64
-		isSeq bool
-	}
 	var ops []clientv3.Op
-	var slots []slot
+	var spis []uint64
+	create := func(k string, isSeq bool) clientv3.Op {
+		return clientv3.OpTxn(
+			[]clientv3.Cmp{clientv3.Compare(clientv3.CreateRevision(k), "=", 0)},
+			[]clientv3.Op{clientv3.OpPut(k, "", clientv3.WithLease(reg.lease))},
+			[]clientv3.Op{getMeta(k, isSeq)})
+	}
 	for _, w := range ws {
 		if s.ready(w) {
 			continue
 		}
-		for _, isSeq := range []bool{false, true} {
-			k := s.k.sa(w.spi)
-			if isSeq {
-				k = s.k.seq(w.spi)
-			}
-			ops = append(ops, clientv3.OpTxn(
-				[]clientv3.Cmp{clientv3.Compare(clientv3.CreateRevision(k), "=", 0)},
-				[]clientv3.Op{clientv3.OpPut(k, "", clientv3.WithLease(reg.lease))},
-				[]clientv3.Op{getMeta(k, isSeq)}))
-			slots = append(slots, slot{w.spi, isSeq})
+		sa, seq := getMeta(s.k.sa(w.spi), false), getMeta(s.k.seq(w.spi), true)
+		if w.sa {
+			sa = create(s.k.sa(w.spi), false)
 		}
+		if w.seq {
+			seq = create(s.k.seq(w.spi), true)
+		}
+		ops = append(ops, sa, seq)
+		spis = append(spis, w.spi)
 	}
 	per := max(2, s.cfg.Batch.MaxBatch) &^ 1 // both keys of an SA in one
 	for lo := 0; lo < len(ops); lo += per {
@@ -203,14 +231,19 @@ func (s *Store) prepare(ctx context.Context, reg *registration, ws []sealedWrite
 		for i := lo; i < hi; i += 2 {
 			var r saRevs
 			for j, kr := range []*keyRev{&r.sa, &r.seq} {
-				t := resp.Responses[i-lo+j].GetResponseTxn()
-				if t.Succeeded {
-					*kr = keyRev{resp.Header.Revision, resp.Header.Revision, 1, true}
-				} else if kvs := t.Responses[0].GetResponseRange().Kvs; len(kvs) > 0 {
+				got := resp.Responses[i-lo+j].GetResponseRange()
+				if t := resp.Responses[i-lo+j].GetResponseTxn(); t != nil {
+					if t.Succeeded {
+						*kr = keyRev{resp.Header.Revision, resp.Header.Revision, 1, true}
+						continue
+					}
+					got = t.Responses[0].GetResponseRange()
+				}
+				if kvs := got.GetKvs(); len(kvs) > 0 {
 					*kr = keyRevOf(kvs[0])
 				}
 			}
-			s.revs.set(slots[i].spi, r)
+			s.revs.set(spis[i/2], r)
 		}
 	}
 	return nil

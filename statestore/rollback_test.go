@@ -3,6 +3,7 @@ package statestore
 import (
 	"context"
 	"errors"
+	"fmt"
 	"testing"
 	"time"
 
@@ -21,8 +22,9 @@ const (
 
 // rollbackSA stores an SA owned by s and its reservations, advances both,
 // and returns the raw etcd key-values of the older record and
-// reservations (what an attacker with write access to etcd copies back)
-// and the current state.
+// reservations (what an attacker with write access to etcd copies back;
+// from store layout 5 there is no reservations key, oldSeq nil, and the
+// older record holds the older reservations) and the current state.
 func rollbackSA(t *testing.T, s *Store, cli *clientv3.Client, spi uint64) (oldSA, oldSeq *mvccpb.KeyValue, cur *SARecord) {
 	t.Helper()
 	ctx := tctx(t, 20*time.Second)
@@ -44,7 +46,12 @@ func rollbackSA(t *testing.T, s *Store, cli *clientv3.Client, spi uint64) (oldSA
 		}
 		return g.Kvs[0]
 	}
-	oldSA, oldSeq = get(s.k.sa(spi)), get(s.k.seq(spi))
+	oldSA = get(s.k.sa(spi))
+	if s.Layout() < seqGone {
+		oldSeq = get(s.k.seq(spi))
+	} else if g, err := cli.Get(ctx, s.k.seq(spi)); err != nil || len(g.Kvs) != 0 {
+		t.Fatalf("store layout %d wrote a reservations key: %v %v", s.Layout(), g, err)
+	}
 	r.Children[0].OutSeqReserved = seqCurrent
 	r.NextOutReserved = 20
 	if err := s.Persist(ctx, Change{Kind: Reserved, Record: r}); err != nil {
@@ -56,37 +63,42 @@ func rollbackSA(t *testing.T, s *Store, cli *clientv3.Client, spi uint64) (oldSA
 	return oldSA, oldSeq, r
 }
 
-// attack is a way of putting an older value back with raw etcd writes.
+// attack is a way of putting an older value back with raw etcd writes;
+// seq: it needs the reservations key (store layouts before 5).
 type attack struct {
 	name string
+	seq  bool
 	do   func(t *testing.T, cli *clientv3.Client, oldSA, oldSeq *mvccpb.KeyValue)
 }
 
 var attacks = []attack{
-	{"copy reservations back", func(t *testing.T, cli *clientv3.Client, _, seq *mvccpb.KeyValue) {
+	{"copy reservations back", true, func(t *testing.T, cli *clientv3.Client, _, seq *mvccpb.KeyValue) {
 		put(t, cli, seq)
 	}},
-	{"copy record back", func(t *testing.T, cli *clientv3.Client, sa, _ *mvccpb.KeyValue) {
+	{"copy record back", false, func(t *testing.T, cli *clientv3.Client, sa, _ *mvccpb.KeyValue) {
 		put(t, cli, sa)
 	}},
-	{"copy both back", func(t *testing.T, cli *clientv3.Client, sa, seq *mvccpb.KeyValue) {
+	{"copy both back", true, func(t *testing.T, cli *clientv3.Client, sa, seq *mvccpb.KeyValue) {
 		if _, err := cli.Txn(context.Background()).Then(clientv3.OpPut(string(sa.Key), string(sa.Value)),
 			clientv3.OpPut(string(seq.Key), string(seq.Value))).Commit(); err != nil {
 			t.Fatal(err)
 		}
 	}},
 	// Deleted: the record's older reservations would be used.
-	{"delete reservations", func(t *testing.T, cli *clientv3.Client, _, seq *mvccpb.KeyValue) {
+	{"delete reservations", true, func(t *testing.T, cli *clientv3.Client, _, seq *mvccpb.KeyValue) {
 		if _, err := cli.Delete(context.Background(), string(seq.Key)); err != nil {
 			t.Fatal(err)
 		}
 	}},
 	// Deleted and created again, then written until the key's version is
 	// the old value's: only the create revision tells.
-	{"delete and recreate reservations", func(t *testing.T, cli *clientv3.Client, _, seq *mvccpb.KeyValue) {
+	{"delete and recreate reservations", true, func(t *testing.T, cli *clientv3.Client, _, seq *mvccpb.KeyValue) {
 		recreate(t, cli, seq)
 	}},
-	{"delete and recreate both", func(t *testing.T, cli *clientv3.Client, sa, seq *mvccpb.KeyValue) {
+	{"delete and recreate record", false, func(t *testing.T, cli *clientv3.Client, sa, _ *mvccpb.KeyValue) {
+		recreate(t, cli, sa)
+	}},
+	{"delete and recreate both", true, func(t *testing.T, cli *clientv3.Client, sa, seq *mvccpb.KeyValue) {
 		recreate(t, cli, sa)
 		recreate(t, cli, seq)
 	}},
@@ -127,14 +139,32 @@ func noOldSequence(t *testing.T, r *SARecord) {
 // current one (or put back after the key was deleted) is refused with
 // *RollbackError on restore, takeover, hand-off and load; the SA is not
 // restored from it; an SA next to it that was left alone moves as usual.
+// In store layout 4 (record and reservations key) and 5 (the record
+// alone).
 func TestRollbackRefused(t *testing.T) {
+	for _, layout := range []int{4, seqGone} {
+		t.Run(fmt.Sprintf("layout %d", layout), func(t *testing.T) { testRollbackRefused(t, layout) })
+	}
+}
+
+func testRollbackRefused(t *testing.T, layout int) {
 	e := startEtcd(t, false)
 	cli := dial(t, e.Endpoints())
 	ctx := tctx(t, 120*time.Second)
 	for ai, at := range attacks {
+		if at.seq && layout >= seqGone {
+			continue
+		}
 		t.Run(at.name, func(t *testing.T) {
 			spi := uint64(0x7000 + 16*ai)
-			node := func(role string) Config { return testConfig(t, "n"+string(rune('a'+ai))+"-"+role) }
+			node := func(role string) Config {
+				return layoutConfig(t, "n"+string(rune('a'+ai))+"-"+role, LayoutMin, layout)
+			}
+			openAt := func(cfg Config) *Store {
+				s := open(t, dial(t, e.Endpoints()), cfg)
+				waitLayout(t, s, layout)
+				return s
+			}
 			isRollback := func(what string, err error) {
 				t.Helper()
 				var re *RollbackError
@@ -145,12 +175,12 @@ func TestRollbackRefused(t *testing.T) {
 
 			t.Run("restore", func(t *testing.T) {
 				cfg := node("restore")
-				a := open(t, dial(t, e.Endpoints()), cfg)
+				a := openAt(cfg)
 				oldSA, oldSeq, _ := rollbackSA(t, a, cli, spi)
 				_, _, good := rollbackSA(t, a, cli, spi+1)
 				at.do(t, cli, oldSA, oldSeq)
 				a.Abandon()
-				a2 := open(t, dial(t, e.Endpoints()), cfg)
+				a2 := openAt(cfg)
 				recs, err := a2.LoadOwned(ctx)
 				isRollback("LoadOwned", err)
 				if len(recs) != 1 || recs[0].LocalSPI() != good.LocalSPI() {
@@ -165,8 +195,8 @@ func TestRollbackRefused(t *testing.T) {
 				noOldSequence(t, r)
 			})
 			t.Run("takeover", func(t *testing.T) {
-				a := open(t, dial(t, e.Endpoints()), node("dies"))
-				b := open(t, dial(t, e.Endpoints()), node("takes"))
+				a := openAt(node("dies"))
+				b := openAt(node("takes"))
 				oldSA, oldSeq, _ := rollbackSA(t, a, cli, spi+2)
 				rollbackSA(t, a, cli, spi+3)
 				rollbackSA(t, a, cli, spi+4)
@@ -188,8 +218,8 @@ func TestRollbackRefused(t *testing.T) {
 				noOldSequence(t, moved[0].Record)
 			})
 			t.Run("hand-off", func(t *testing.T) {
-				a := open(t, dial(t, e.Endpoints()), node("gives"))
-				b := open(t, dial(t, e.Endpoints()), node("gets"))
+				a := openAt(node("gives"))
+				b := openAt(node("gets"))
 				to, _ := b.Registration()
 				me, _ := a.Registration()
 				oldSA, oldSeq, cur := rollbackSA(t, a, cli, spi+5)
@@ -226,6 +256,12 @@ func TestRollbackRefused(t *testing.T) {
 // next writes read the keys' metadata again and succeed, and what they
 // wrote is what is read. A rewrap never binds a rolled-back record anew.
 func TestRecordsRewrittenByOthers(t *testing.T) {
+	for _, layout := range []int{4, seqGone} {
+		t.Run(fmt.Sprintf("layout %d", layout), func(t *testing.T) { testRecordsRewrittenByOthers(t, layout) })
+	}
+}
+
+func testRecordsRewrittenByOthers(t *testing.T, layout int) {
 	e := startEtcd(t, false)
 	cli := dial(t, e.Endpoints())
 	ctx := tctx(t, 60*time.Second)
@@ -234,15 +270,24 @@ func TestRecordsRewrittenByOthers(t *testing.T) {
 	if err := keysB.Add(2, make([]byte, ClusterKeyLen)); err != nil {
 		t.Fatal(err)
 	}
-	cfg := testConfig(t, "a")
+	cfg := layoutConfig(t, "a", LayoutMin, layout)
 	cfg.Keys = keysA
 	a := open(t, cli, cfg)
-	cfg = testConfig(t, "b")
+	cfg = layoutConfig(t, "b", LayoutMin, layout)
 	cfg.Keys = keysB
 	b := open(t, dial(t, e.Endpoints()), cfg)
+	waitLayout(t, a, layout)
 	_, _, r := rollbackSA(t, a, cli, 0x8001)
-	_, oldSeq, _ := rollbackSA(t, a, cli, 0x8002)
-	put(t, cli, oldSeq)
+	oldSA, oldSeq, _ := rollbackSA(t, a, cli, 0x8002)
+	// Records rewritten per SA: its record, and before layout 5 its
+	// reservations.
+	perSA := 2
+	if oldSeq != nil {
+		put(t, cli, oldSeq)
+	} else {
+		put(t, cli, oldSA)
+		perSA = 1
+	}
 	if err := keysA.Add(2, make([]byte, ClusterKeyLen)); err != nil {
 		t.Fatal(err)
 	}
@@ -251,9 +296,8 @@ func TestRecordsRewrittenByOthers(t *testing.T) {
 	}
 	waitSealing(t, 2, keysA, keysB)
 	st, err := b.Rewrap(ctx, nil)
-	if err != nil || st.Rewritten != 3 || st.Failed != 1 {
-		// 0x8001's record and reservations, 0x8002's record; not 0x8002's
-		// reservations, rolled back.
+	if err != nil || st.Rewritten != 2*perSA-1 || st.Failed != 1 {
+		// 0x8001's records, 0x8002's other than the one rolled back.
 		t.Fatalf("rewrap: %+v %v", st, err)
 	}
 	if _, _, err := b.Load(ctx, 0x8002); !errors.Is(err, ErrRollback) {
@@ -277,7 +321,7 @@ func TestRecordsRewrittenByOthers(t *testing.T) {
 		t.Fatal(err)
 	}
 	waitSealing(t, 1, keysA, keysB)
-	if st, err := b.Rewrap(ctx, nil); err != nil || st.Rewritten != 3 {
+	if st, err := b.Rewrap(ctx, nil); err != nil || st.Rewritten != 2*perSA-1 {
 		t.Fatalf("third rewrap: %+v %v", st, err)
 	}
 	r.Children[0].OutSeqReserved = 5 << 20
@@ -332,11 +376,18 @@ func legacyMarshal(t *testing.T, c Codec, name string, r *SARecord) []byte {
 // the current one, with their reservations, by the owner's next write; a
 // rewrap keeps their layout.
 func TestLegacyRecordsUpgraded(t *testing.T) {
+	for _, layout := range []int{4, seqGone} {
+		t.Run(fmt.Sprintf("layout %d", layout), func(t *testing.T) { testLegacyRecordsUpgraded(t, layout) })
+	}
+}
+
+func testLegacyRecordsUpgraded(t *testing.T, storeLayout int) {
 	e := startEtcd(t, false)
 	cli := dial(t, e.Endpoints())
 	ctx := tctx(t, 60*time.Second)
-	cfg := testConfig(t, "a")
+	cfg := layoutConfig(t, "a", LayoutMin, storeLayout)
 	a := open(t, cli, cfg)
+	waitLayout(t, a, storeLayout)
 	me, _ := a.Registration()
 	c := Codec{Keys: cfg.Keys}
 	for _, spi := range []uint64{0x9001, 0x9002} {
@@ -384,8 +435,13 @@ func TestLegacyRecordsUpgraded(t *testing.T) {
 	if err := cfg.Keys.SetCurrent(2); err != nil {
 		t.Fatal(err)
 	}
+	// The records, and before layout 5 the upgraded one's reservations.
+	want := 3
+	if a.Layout() >= seqGone {
+		want = 2
+	}
 	st, err := a.Rewrap(ctx, nil)
-	if err != nil || st.Rewritten != 3 || st.Failed != 0 || layout(other) != legacyRecordVersion {
+	if err != nil || st.Rewritten != want || st.Failed != 0 || layout(other) != legacyRecordVersion {
 		t.Fatalf("rewrap with a legacy record: %+v %v", st, err)
 	}
 	if err := cfg.Keys.Remove(1); err != nil {
@@ -403,10 +459,21 @@ func TestLegacyRecordsUpgraded(t *testing.T) {
 // leaves no key behind. An SA whose SPI the store did not reserve costs
 // one more transaction, once.
 func TestReservedSPIRecordKeys(t *testing.T) {
+	for _, layout := range []int{4, seqGone} {
+		t.Run(fmt.Sprintf("layout %d", layout), func(t *testing.T) { testReservedSPIRecordKeys(t, layout) })
+	}
+}
+
+func testReservedSPIRecordKeys(t *testing.T, layout int) {
 	e := startEtcd(t, false)
 	cli := dial(t, e.Endpoints())
 	ctx := tctx(t, 30*time.Second)
-	a := open(t, cli, testConfig(t, "a"))
+	a := open(t, cli, layoutConfig(t, "a", LayoutMin, layout))
+	waitLayout(t, a, layout)
+	keysPerSA := int64(2) // sa/ and seq/; from layout 5 sa/ alone
+	if layout >= seqGone {
+		keysPerSA = 1
+	}
 	if ok, err := a.ReserveIKESPIs(ctx, []uint64{0xa001, 0xa002}); err != nil || !ok[0] || !ok[1] {
 		t.Fatalf("reserve: %v %v", ok, err)
 	}
@@ -417,8 +484,8 @@ func TestReservedSPIRecordKeys(t *testing.T) {
 		}
 		return g.Count
 	}
-	if n := count("sa/") + count("seq/"); n != 4 {
-		t.Fatalf("%d record keys after reserving 2 SPIs, want 4", n)
+	if n := count("sa/") + count("seq/"); n != 2*keysPerSA {
+		t.Fatalf("%d record keys after reserving 2 SPIs, want %d", n, 2*keysPerSA)
 	}
 	txns := func(f func()) uint64 {
 		t0 := a.Health().Txns
@@ -442,8 +509,8 @@ func TestReservedSPIRecordKeys(t *testing.T) {
 	if err := a.ReleaseSPIs(ctx, []uint64{0xa002}, nil); err != nil {
 		t.Fatal(err)
 	}
-	if n := count("sa/") + count("seq/"); n != 4 {
-		t.Fatalf("%d record keys after the release, want 4 (two SAs)", n)
+	if n := count("sa/") + count("seq/"); n != 2*keysPerSA {
+		t.Fatalf("%d record keys after the release, want %d (two SAs)", n, 2*keysPerSA)
 	}
 	for _, spi := range []uint64{0xa001, 0xa003} {
 		if _, _, err := a.Load(ctx, spi); err != nil {

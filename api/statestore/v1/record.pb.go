@@ -505,9 +505,16 @@ type IKESA struct {
 	VirtualIp6      []byte `protobuf:"bytes,20,opt,name=virtual_ip6,json=virtualIp6,proto3" json:"virtual_ip6,omitempty"` // the peer's virtual IPv6 address, beside virtual_ip
 	// The peer's authenticated end-entity certificate's attributes (absent:
 	// it authenticated otherwise): a restore matches the policies with them.
-	PeerCert      *CertAttributes `protobuf:"bytes,21,opt,name=peer_cert,json=peerCert,proto3" json:"peer_cert,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	PeerCert *CertAttributes `protobuf:"bytes,21,opt,name=peer_cert,json=peerCert,proto3" json:"peer_cert,omitempty"`
+	// Every reservation of the SA (next_out_reserved, next_in, next_out and
+	// each CHILD SA's) is in this record, and there is no seq/<spi> key to
+	// raise them: store layout 5, where a renewal rewrites the record. In
+	// the authenticated clear part, so that it cannot be set on a record
+	// whose newer reservations are in seq/<spi>, nor taken off one whose
+	// seq/<spi> is gone.
+	ReservationsInline bool `protobuf:"varint,22,opt,name=reservations_inline,json=reservationsInline,proto3" json:"reservations_inline,omitempty"`
+	unknownFields      protoimpl.UnknownFields
+	sizeCache          protoimpl.SizeCache
 }
 
 func (x *IKESA) Reset() {
@@ -685,6 +692,13 @@ func (x *IKESA) GetPeerCert() *CertAttributes {
 		return x.PeerCert
 	}
 	return nil
+}
+
+func (x *IKESA) GetReservationsInline() bool {
+	if x != nil {
+		return x.ReservationsInline
+	}
+	return false
 }
 
 type Child struct {
@@ -1409,7 +1423,7 @@ const file_api_statestore_v1_record_proto_rawDesc = "" +
 	"start_port\x18\x02 \x01(\rR\tstartPort\x12\x19\n" +
 	"\bend_port\x18\x03 \x01(\rR\aendPort\x12\x14\n" +
 	"\x05start\x18\x04 \x01(\fR\x05start\x12\x10\n" +
-	"\x03end\x18\x05 \x01(\fR\x03end\"\x9f\x06\n" +
+	"\x03end\x18\x05 \x01(\fR\x03end\"\xd0\x06\n" +
 	"\x05IKESA\x12\x13\n" +
 	"\x05spi_i\x18\x01 \x01(\x06R\x04spiI\x12\x13\n" +
 	"\x05spi_r\x18\x02 \x01(\x06R\x04spiR\x12\x1c\n" +
@@ -1436,7 +1450,8 @@ const file_api_statestore_v1_record_proto_rawDesc = "" +
 	"\x11next_out_reserved\x18\x13 \x01(\rR\x0fnextOutReserved\x12\x1f\n" +
 	"\vvirtual_ip6\x18\x14 \x01(\fR\n" +
 	"virtualIp6\x12C\n" +
-	"\tpeer_cert\x18\x15 \x01(\v2&.ikefleet.statestore.v1.CertAttributesR\bpeerCert\"\xa2\x04\n" +
+	"\tpeer_cert\x18\x15 \x01(\v2&.ikefleet.statestore.v1.CertAttributesR\bpeerCert\x12/\n" +
+	"\x13reservations_inline\x18\x16 \x01(\bR\x12reservationsInline\"\xa2\x04\n" +
 	"\x05Child\x12\x15\n" +
 	"\x06spi_in\x18\x01 \x01(\aR\x05spiIn\x12\x17\n" +
 	"\aspi_out\x18\x02 \x01(\aR\x06spiOut\x123\n" +
