@@ -50,6 +50,14 @@ func layoutConfig(t *testing.T, id string, lo, hi int) Config {
 	return c
 }
 
+// quickLayoutConfig is layoutConfig with requests that time out after a
+// second, so that a node names a layout it took on that much later.
+func quickLayoutConfig(t *testing.T, id string, lo, hi int) Config {
+	c := layoutConfig(t, id, lo, hi)
+	c.RequestTimeout = time.Second
+	return c
+}
+
 // waitLayout waits until s writes store layout want.
 func waitLayout(t *testing.T, s *Store, want int) {
 	t.Helper()
@@ -323,11 +331,7 @@ func TestLayout4DropsTheOwnedIndex(t *testing.T) {
 	e := startEtcd(t, false)
 	cli := dial(t, e.Endpoints())
 	ctx := tctx(t, 60*time.Second)
-	conf := func(id string, lo, hi int) Config {
-		c := layoutConfig(t, id, lo, hi)
-		c.RequestTimeout = time.Second
-		return c
-	}
+	conf := func(id string, lo, hi int) Config { return quickLayoutConfig(t, id, lo, hi) }
 	establish := func(s *Store, spi uint64) {
 		t.Helper()
 		if err := s.Persist(ctx, Change{Kind: Established, Record: sampleRecord(spi)}); err != nil {
@@ -421,11 +425,7 @@ func TestLayout5KeepsReservationsInTheRecord(t *testing.T) {
 	e := startEtcd(t, false)
 	cli := dial(t, e.Endpoints())
 	ctx := tctx(t, 60*time.Second)
-	conf := func(id string, lo, hi int) Config {
-		c := layoutConfig(t, id, lo, hi)
-		c.RequestTimeout = time.Second
-		return c
-	}
+	conf := func(id string, lo, hi int) Config { return quickLayoutConfig(t, id, lo, hi) }
 	seqKeys := func() []string {
 		t.Helper()
 		g, err := cli.Get(ctx, DefaultPrefix+"seq/", clientv3.WithPrefix(), clientv3.WithKeysOnly())

@@ -255,30 +255,11 @@ func TestInlineMarkAuthenticated(t *testing.T) {
 	if _, _, err := c.unmarshal(name, flip(plain, true), at); !errors.As(err, &se) {
 		t.Fatalf("mark set: %v, want *SealError", err)
 	}
-	r := sampleRecord(0x42)
-	pub, err := proto.MarshalOptions{Deterministic: true}.Marshal(toPB(r))
-	if err != nil {
-		t.Fatal(err)
-	}
-	var sa pb.IKESA
-	if err := proto.Unmarshal(pub, &sa); err != nil {
-		t.Fatal(err)
-	}
+	sa := toPB(sampleRecord(0x42))
 	sa.ReservationsInline = true
-	pub, err = proto.MarshalOptions{Deterministic: true}.Marshal(&sa)
-	if err != nil {
-		t.Fatal(err)
-	}
-	sec, err := proto.Marshal(secretsToPB(r))
-	if err != nil {
-		t.Fatal(err)
-	}
-	id, sealed, err := c.Keys.Seal(sec, aad(name, pub))
-	if err != nil {
-		t.Fatal(err)
-	}
+	legacy := legacyMarshalAs(t, c, name, sampleRecord(0x42), sa)
 	var ce *CorruptError
-	if _, _, err := c.unmarshal(name, assembleLayout(legacyRecordVersion, pub, id, sealed), at); !errors.As(err, &ce) {
+	if _, _, err := c.unmarshal(name, legacy, at); !errors.As(err, &ce) {
 		t.Fatalf("legacy record with the mark: %v, want *CorruptError", err)
 	}
 }

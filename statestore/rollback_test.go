@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	pb "github.com/ikefleet/ikefleet/api/statestore/v1"
 	"go.etcd.io/etcd/api/v3/mvccpb"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"google.golang.org/protobuf/proto"
@@ -347,8 +348,13 @@ func testRecordsRewrittenByOthers(t *testing.T, layout int) {
 
 // legacyMarshal writes a record in the layout before revision bindings.
 func legacyMarshal(t *testing.T, c Codec, name string, r *SARecord) []byte {
+	return legacyMarshalAs(t, c, name, r, toPB(r))
+}
+
+// legacyMarshalAs is legacyMarshal with the clear part sa (r's, changed).
+func legacyMarshalAs(t *testing.T, c Codec, name string, r *SARecord, sa *pb.IKESA) []byte {
 	t.Helper()
-	pub, err := proto.MarshalOptions{Deterministic: true}.Marshal(toPB(r))
+	pub, err := proto.MarshalOptions{Deterministic: true}.Marshal(sa)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -360,16 +366,7 @@ func legacyMarshal(t *testing.T, c Codec, name string, r *SARecord) []byte {
 	if err != nil {
 		t.Fatal(err)
 	}
-	out := appendTag(nil, 1, 0)
-	out = appendVarint(out, legacyRecordVersion)
-	out = appendTag(out, 2, 2)
-	out = appendVarint(out, uint64(len(pub)))
-	out = append(out, pub...)
-	out = appendTag(out, 3, 0)
-	out = appendVarint(out, uint64(id))
-	out = appendTag(out, 4, 2)
-	out = appendVarint(out, uint64(len(sealed)))
-	return append(out, sealed...)
+	return assembleLayout(legacyRecordVersion, pub, id, sealed)
 }
 
 // Records of the previous layout (no binding) are read, and rewritten in
