@@ -550,3 +550,89 @@ func TestLayout5KeepsReservationsInTheRecord(t *testing.T) {
 		}
 	}
 }
+
+// A node that still writes store layout 4 after the cluster moved to 5
+// (it takes the move on at its next reading of the layout key) and is
+// handed an SA of layout 5 writes it in layout 4's form: its renewal
+// creates seq/ again, its record write leaves the reservations there,
+// and every read takes the higher of both. Once the node takes layout 5
+// on, its next write converts the SA back.
+func TestLayout4WriterAfterTheMove(t *testing.T) {
+	e := startEtcd(t, false)
+	cli := dial(t, e.Endpoints())
+	ctx := tctx(t, 60*time.Second)
+	old := open(t, cli, quickLayoutConfig(t, "old", 2, 4))
+	b := open(t, cli, quickLayoutConfig(t, "b", 2, seqGone))
+	// c reads the layout key every 20 s: the steps below fit well inside.
+	ccfg := layoutConfig(t, "c", 2, seqGone)
+	ccfg.LeaseTTL, ccfg.KeepAliveInterval, ccfg.FenceMargin = 60*time.Second, 20*time.Second, 10*time.Second
+	c := open(t, cli, ccfg)
+	waitLayout(t, b, 4)
+	waitLayout(t, c, 4)
+	if err := old.Close(); err != nil {
+		t.Fatal(err)
+	}
+	waitLayout(t, b, seqGone)
+	if l := c.Layout(); l != 4 {
+		t.Fatalf("c took layout %d on before its next reading", l)
+	}
+	seqKey := func() bool {
+		t.Helper()
+		g, err := cli.Get(ctx, b.k.seq(0xd001), clientv3.WithCountOnly())
+		if err != nil {
+			t.Fatal(err)
+		}
+		return g.Count > 0
+	}
+	check := func(what string, out uint64, msg uint32, inline bool) {
+		t.Helper()
+		got, _, err := c.Load(ctx, 0xd001)
+		if err != nil || got.Children[0].OutSeqReserved != out || got.NextOutReserved != msg {
+			t.Fatalf("%s: %v, want out seq %d and message ID %d", what, err, out, msg)
+		}
+		g, err := cli.Get(ctx, c.k.sa(0xd001))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, mark, err := c.codec.unmarshal(saName(0xd001), g.Kvs[0].Value, bindingOf(g.Kvs[0])); err != nil || mark != inline {
+			t.Fatalf("%s: the record's mark %v (%v), want %v", what, mark, err, inline)
+		}
+	}
+	r := sampleRecord(0xd001)
+	r.Children[0].OutSeqReserved, r.NextOutReserved = 1<<20, 16
+	if err := b.Persist(ctx, Change{Kind: Established, Record: r}); err != nil {
+		t.Fatal(err)
+	}
+	to, _ := c.Registration()
+	if err := b.HandOff(ctx, 0xd001, r, to); err != nil {
+		t.Fatal(err)
+	}
+	if seqKey() {
+		t.Fatal("an SA of layout 5 has a seq/ key")
+	}
+	// c, still at 4: the renewal goes to seq/, the record write leaves it.
+	r.Children[0].OutSeqReserved, r.NextOutReserved = 2<<20, 32
+	if err := c.Persist(ctx, Change{Kind: Reserved, Record: r}); err != nil {
+		t.Fatal(err)
+	}
+	if !seqKey() {
+		t.Fatal("a renewal in layout 4 wrote no seq/")
+	}
+	check("renewed in layout 4", 2<<20, 32, true)
+	if err := c.Persist(ctx, Change{Kind: Updated, Record: r}); err != nil {
+		t.Fatal(err)
+	}
+	check("written in layout 4", 2<<20, 32, false)
+	if err := c.listKeyNodes(ctx); err != nil {
+		t.Fatal(err)
+	}
+	waitLayout(t, c, seqGone)
+	r.Children[0].OutSeqReserved, r.NextOutReserved = 3<<20, 48
+	if err := c.Persist(ctx, Change{Kind: Reserved, Record: r}); err != nil {
+		t.Fatal(err)
+	}
+	if seqKey() {
+		t.Fatal("a renewal in layout 5 left seq/")
+	}
+	check("converted in layout 5", 3<<20, 48, true)
+}
