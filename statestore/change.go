@@ -225,11 +225,7 @@ func (s *Store) build(c *Change, me Owner) (txnParts, error) {
 	// changes carry snapshots of it taken in order (IKESA.persist) and a
 	// record read with its seq/<spi> was raised to it (decodeRec).
 	putSA := func(r *SARecord) error {
-		marshal := s.codec.Marshal
-		if inline {
-			marshal = s.codec.MarshalInline
-		}
-		v, err := marshal(saName(spi), r, rv.sa.binding().next())
+		v, err := s.marshalRecord(r, rv.sa.binding().next(), layout)
 		if err != nil {
 			return err
 		}

@@ -258,23 +258,15 @@ func (s *Store) handOffBatch(ctx context.Context, reg *registration, finals []*S
 // seq/<spi> an older layout left is deleted (handOffCmps compares it).
 func (s *Store) finalOps(ops []clientv3.Op, f *SARecord, rv saRevs, layout int) ([]clientv3.Op, error) {
 	spi := f.LocalSPI()
-	if layout >= seqGone {
-		v, err := s.codec.MarshalInline(saName(spi), f, rv.sa.binding().next())
-		if err != nil {
-			return nil, err
-		}
-		ops = append(ops, clientv3.OpPut(s.k.sa(spi), string(v)))
-		if rv.seq.mod != 0 {
-			ops = append(ops, clientv3.OpDelete(s.k.seq(spi)))
-		}
-		return ops, nil
-	}
-	v, err := s.codec.Marshal(saName(spi), f, rv.sa.binding().next())
+	v, err := s.marshalRecord(f, rv.sa.binding().next(), layout)
 	if err != nil {
 		return nil, err
 	}
 	ops = append(ops, clientv3.OpPut(s.k.sa(spi), string(v)))
-	if rv.seq.empty {
+	switch {
+	case layout >= seqGone && rv.seq.mod != 0:
+		ops = append(ops, clientv3.OpDelete(s.k.seq(spi)))
+	case layout < seqGone && rv.seq.empty:
 		sv, err := s.codec.MarshalReservations(seqName(spi), ReservationsOf(f), rv.seq.binding().next())
 		if err != nil {
 			return nil, err
@@ -282,6 +274,16 @@ func (s *Store) finalOps(ops []clientv3.Op, f *SARecord, rv saRevs, layout int) 
 		ops = append(ops, clientv3.OpPut(s.k.seq(spi), string(sv)))
 	}
 	return ops, nil
+}
+
+// marshalRecord seals r for its record key at binding at, in store
+// layout layout's form: from layout 5 with all of its reservations
+// (MarshalInline).
+func (s *Store) marshalRecord(r *SARecord, at Binding, layout int) ([]byte, error) {
+	if layout >= seqGone {
+		return s.codec.MarshalInline(saName(r.LocalSPI()), r, at)
+	}
+	return s.codec.Marshal(saName(r.LocalSPI()), r, at)
 }
 
 // handOffCmps guards the hand-off of one SA: it is ours, and its record

@@ -106,11 +106,12 @@ func (s *Store) ReleaseSPIs(ctx context.Context, ike []uint64, esp []uint32) err
 		// The record keys created empty with the reservation, if still
 		// ours and empty: sa/ and seq/, or from store layout 5 sa/ alone.
 		sa, seq := s.k.sa(x), s.k.seq(x)
-		saEmpty := []clientv3.Cmp{clientv3.Compare(clientv3.Value(sa), "=", ""), clientv3.Compare(clientv3.LeaseValue(sa), "=", reg.lease)}
-		alone := clientv3.OpTxn(append(saEmpty, clientv3.Compare(clientv3.CreateRevision(seq), "=", 0)),
+		empty := func(k string) []clientv3.Cmp {
+			return []clientv3.Cmp{clientv3.Compare(clientv3.Value(k), "=", ""), clientv3.Compare(clientv3.LeaseValue(k), "=", reg.lease)}
+		}
+		alone := clientv3.OpTxn(append(empty(sa), clientv3.Compare(clientv3.CreateRevision(seq), "=", 0)),
 			[]clientv3.Op{clientv3.OpDelete(sa)}, nil)
-		ops = append(ops, clientv3.OpTxn(
-			append(saEmpty[:2:2], clientv3.Compare(clientv3.Value(seq), "=", ""), clientv3.Compare(clientv3.LeaseValue(seq), "=", reg.lease)),
+		ops = append(ops, clientv3.OpTxn(append(empty(sa), empty(seq)...),
 			[]clientv3.Op{clientv3.OpDelete(sa), clientv3.OpDelete(seq)}, []clientv3.Op{alone}))
 		s.revs.forget(x)
 	}
