@@ -1,7 +1,9 @@
 package ike
 
 import (
+	"encoding/binary"
 	"fmt"
+	"math/bits"
 	"net/netip"
 	"slices"
 	"strings"
@@ -15,18 +17,33 @@ func SelectorFromPrefix(p netip.Prefix) TrafficSelector {
 	return TrafficSelector{StartPort: 0, EndPort: 0xffff, Start: start, End: end}
 }
 
+// lastAddr is the highest address of p.
 func lastAddr(p netip.Prefix) netip.Addr {
-	b := p.Addr().AsSlice()
-	bits := p.Bits()
-	for i := range b {
-		for bit := 0; bit < 8; bit++ {
-			if i*8+bit >= bits {
-				b[i] |= 0x80 >> bit
-			}
-		}
+	a := p.Addr()
+	host := a.BitLen() - p.Bits() // the host bits, at most 128
+	b := a.As16()
+	hi, lo := binary.BigEndian.Uint64(b[:8]), binary.BigEndian.Uint64(b[8:])
+	mhi, mlo := hostMask(host)
+	binary.BigEndian.PutUint64(b[:8], hi|mhi)
+	binary.BigEndian.PutUint64(b[8:], lo|mlo)
+	if a.Is4() {
+		return netip.AddrFrom4([4]byte(b[12:]))
 	}
-	a, _ := netip.AddrFromSlice(b)
-	return a
+	return netip.AddrFrom16(b)
+}
+
+// hostMask is the 128-bit mask of the lowest host bits (0 to 128), as its
+// high and low halves.
+func hostMask(host int) (hi, lo uint64) {
+	switch {
+	case host <= 0:
+		return 0, 0
+	case host < 64:
+		return 0, 1<<host - 1
+	case host < 128:
+		return 1<<(host-64) - 1, ^uint64(0)
+	}
+	return ^uint64(0), ^uint64(0)
 }
 
 // String renders a selector as strongSwan does: a prefix when the range is
@@ -44,18 +61,26 @@ func (s TrafficSelector) String() string {
 	return b.String()
 }
 
-// Prefix returns the prefix the address range is equal to, if it is one.
+// Prefix returns the prefix the address range is equal to, if it is one:
+// start and end differ in their lowest host bits only, all of them zero
+// in start and one in end.
 func (s TrafficSelector) Prefix() (netip.Prefix, bool) {
-	if s.Start.BitLen() != s.End.BitLen() || s.Start.BitLen() == 0 {
+	n := s.Start.BitLen()
+	if n == 0 || s.End.BitLen() != n {
 		return netip.Prefix{}, false
 	}
-	for bits := 0; bits <= s.Start.BitLen(); bits++ {
-		p := netip.PrefixFrom(s.Start, bits)
-		if p.Masked().Addr() == s.Start && lastAddr(p) == s.End {
-			return p, true
-		}
+	a, b := s.Start.As16(), s.End.As16()
+	ahi, alo := binary.BigEndian.Uint64(a[:8]), binary.BigEndian.Uint64(a[8:])
+	xhi, xlo := ahi^binary.BigEndian.Uint64(b[:8]), alo^binary.BigEndian.Uint64(b[8:])
+	host := bits.Len64(xlo)
+	if xhi != 0 {
+		host = 64 + bits.Len64(xhi)
 	}
-	return netip.Prefix{}, false
+	mhi, mlo := hostMask(host)
+	if xhi != mhi || xlo != mlo || ahi&mhi != 0 || alo&mlo != 0 {
+		return netip.Prefix{}, false
+	}
+	return netip.PrefixFrom(s.Start, n-host), true
 }
 
 // Valid reports whether the selector's ranges are well formed.
