@@ -85,9 +85,11 @@ bench-sim:
 # need root (TUN). The last row is strongSwan's charon (kernel-libipsec)
 # under the same load, pinned the same way, in a network namespace of its
 # own: root, skipped when charon is not installed. BENCH_NODE_FLAGS='--scale
-# 100000' adds the cost of a setup and delete at 1,000 vs 100,000
-# established SAs (20,000 gateways coming and going at each; about ten
-# minutes). The rows run at each of BENCH_NODE_RATES new SAs a second:
+# 100000 --rate 400' adds the cost of a setup and delete at 1,000 vs
+# 100,000 established SAs (20,000 gateways coming and going at 400/s at
+# each, then at 1,000 again after deleting down to it; about ten minutes;
+# at 1,000/s a node holding 100,000 SAs has no core left to measure
+# with). The rows run at each of BENCH_NODE_RATES new SAs a second:
 # 1,000, and 400, where setups come too far apart to share an etcd
 # transaction (issue 10 measures at both).
 BURST ?= 10000

@@ -5,12 +5,12 @@
 // /proc. It prints one row per configuration, a row for strongSwan's
 // charon under the same load when it is installed (strongswan.go), a
 // burst row (N gateways at once) and, with --scale, the cost of a setup at
-// 1,000 vs N established SAs.
+// 1,000 vs N established SAs (and at 1,000 again, after deleting down).
 //
 //	benchnode --concentratord bin/concentratord            # make bench-node
 //	benchnode --rows memory+none --count 5000 --rate 1000
 //	benchnode --rows '' --burst 10000                      # only the burst
-//	benchnode --rows '' --burst 0 --scale 100000           # only the scale run
+//	benchnode --rows '' --burst 0 --scale 100000 --rate 400  # only the scale run
 //	benchnode --rows memory+embedded --against /tmp/old/concentratord  # A/B two builds (ab.go)
 //
 // The node is pinned to CPU 0 and the driver to CPU 1 (--pin), so "CPU
@@ -63,6 +63,7 @@ type options struct {
 	scaleMem    string
 	commitDelay string // statestore.commit_delay of every node with a store, if not the default
 	scaleProbe  int
+	scaleAgain  bool // probe at 1,000 held again after deleting down to it
 	groups      int
 	pin         bool
 	cpuprofile  string
@@ -95,6 +96,7 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 	scaleProbe := fs.Int("scale-probe", 20000, "with --scale: gateways in each probe, each deleted as soon as it is established (so the SAs held stay at 1,000 and at --scale); at 100,000 SAs the node's heap is near 1 GB and one garbage collection cycle costs it about half a second of CPU, which a probe of 1,000 takes whole or not at all")
 	scaleMem := fs.String("scale-memory-limit", "", "with --scale: the node's node.memory_limit (e.g. 1GiB): the Go heap's soft limit, which trades CPU (more collections) for memory; default: none (no cgroup limit here)")
 	scaleDPD := fs.String("scale-dpd-delay", "", "with --scale: the node's ike.dpd_delay (e.g. 0s: no liveness checks, so that the probes measure setups alone); default: the node's default (60s)")
+	scaleAgain := fs.Bool("scale-again", true, "with --scale: delete down to 1,000 held after the probe at --scale, and probe there again: the ratio is taken against the mean of the probes at 1,000 before and after, so that a drift of the machine's speed over the run's minutes (a shared VM) does not read as growth, or hide it")
 	scaleSettle := fs.Duration("scale-settle", 70*time.Second, "with --scale: quiet time before each probe of setups, so that both start from a compacted store (the embedded etcd keeps a minute of history), and the node's idle CPU over its last minute; 0: probe at once")
 	commitDelay := fs.String("commit-delay", "", "the nodes' statestore.commit_delay (e.g. 8ms): how long a change waits for others to share its etcd transaction, which trades setup latency for CPU; default: the node's default (2ms)")
 	groups := fs.Int("groups", 64, "gateway groups, each with its own loopback source address (127.1.x.y) and ports")
@@ -123,7 +125,7 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 	if len(rowRates) > 1 && *against != "" {
 		return errors.New("--rates: one rate with --against (use --rate)")
 	}
-	o := options{bin: *bin, count: *count, rate: *rate, burst: *burst, scale: *scale, scaleRate: *scaleRate, scaleSettle: *scaleSettle, scaleDPD: *scaleDPD, scaleMem: *scaleMem, scaleProbe: *scaleProbe, commitDelay: *commitDelay,
+	o := options{bin: *bin, count: *count, rate: *rate, burst: *burst, scale: *scale, scaleRate: *scaleRate, scaleSettle: *scaleSettle, scaleDPD: *scaleDPD, scaleMem: *scaleMem, scaleProbe: *scaleProbe, scaleAgain: *scaleAgain, commitDelay: *commitDelay,
 		groups: *groups, pin: *pin, cpuprofile: *cpuprofile, heapprofile: *heapprofile, timeout: *timeout,
 		charon: *charon, engineCPU: *engineCPU, rowJSON: *rowJSON, against: *against, rounds: *rounds}
 	if o.prop, err = ike.ParseProposal("aes256gcm16-prfsha256-x25519", false, false); err != nil {
@@ -244,10 +246,10 @@ func (o *options) rowsTable(ctx context.Context, out io.Writer, eng time.Duratio
 			fmt.Fprintf(out, "  the store's commit wait of the established SAs (the node's histogram): p50 %.1f ms, p99 %.1f ms\n",
 				ms(r.CommitP50), ms(r.CommitP99))
 		}
-		if r.NodeSetup != (nodeCounters{}) {
+		if !r.NodeSetup.quiet() {
 			fmt.Fprintf(out, "  node during the setups: %s\n", r.NodeSetup)
 		}
-		if r.NodeDelete != (nodeCounters{}) {
+		if !r.NodeDelete.quiet() {
 			fmt.Fprintf(out, "  node during the deletes: %s\n", r.NodeDelete)
 		}
 	}
@@ -487,19 +489,23 @@ func burstCounters(p *nodeProc) [5]float64 {
 }
 
 // nodeCounters are the node's counts of what it dropped, refused or
-// failed (probeCounters).
-type nodeCounters [7]float64
+// failed, and of its etcd transactions (probeCounters).
+type nodeCounters [8]float64
+
+// quiet: nothing dropped, refused or failed.
+func (c nodeCounters) quiet() bool { return [7]float64(c[:7]) == [7]float64{} }
 
 // probeCounters reads the node's counters of what it dropped, refused or
 // failed: IKE messages dropped by its shard queues, IKE_AUTH and
 // established SAs' (queue "other") apart from new SAs'; datagrams dropped
 // by the kernel at its sockets, all and those of the split ports' sockets
 // of new IKE_SA_INITs; cookies demanded, handshakes failed, state not
-// persisted.
+// persisted; and the store's etcd transactions.
 func probeCounters(p *nodeProc) nodeCounters {
 	return nodeCounters(p.metrics(`ikefleet_queue_drops_total{queue="other"}`, "ikefleet_queue_drops_total",
 		"ikefleet_socket_receive_drops_total", `ikefleet_socket_receive_drops_total{receives="new"}`,
-		"ikefleet_cookies_sent_total", "ikefleet_handshake_failures_total", "ikefleet_persist_failures_total"))
+		"ikefleet_cookies_sent_total", "ikefleet_handshake_failures_total", "ikefleet_persist_failures_total",
+		storeTxns))
 }
 
 func (c nodeCounters) sub(d nodeCounters) nodeCounters {
@@ -514,6 +520,14 @@ func (c nodeCounters) String() string {
 		c[0], c[1]-c[0], c[2], c[3], c[4], c[5], c[6])
 }
 
+// store says how many etcd transactions the node made per SA over n
+// setups and deletes: at a rate near the batcher's
+// linger threshold, whether setups share transactions moves the CPU per
+// SA more than anything else.
+func (c nodeCounters) store(n int) string {
+	return fmt.Sprintf("etcd transactions %.2f per SA", c[7]/float64(n))
+}
+
 // scaleRun establishes o.scale SAs and compares the node's CPU per setup
 // and delete for o.scaleProbe gateways that come and go at 1,000
 // established and at o.scale established, and reports memory per SA at
@@ -523,6 +537,9 @@ func (o *options) scaleRun(ctx context.Context, out io.Writer, eng time.Duration
 	const base = 1000 // established at the first probe
 	probe := o.scaleProbe
 	spec.gateways = o.scale + 2*probe
+	if o.scaleAgain {
+		spec.gateways += probe
+	}
 	spec.dpdDelay = o.scaleDPD
 	spec.memLimit = o.scaleMem
 	// With --cpuprofile each probe gets a profile of its own (FILE.probe-1000,
@@ -559,7 +576,7 @@ func (o *options) scaleRun(ctx context.Context, out io.Writer, eng time.Duration
 	// o.scaleSettle: without it the probe at o.scale established would
 	// also pay for compacting the history the fast growth left behind,
 	// which the probe at 1,000 does not.
-	measure := func() (probeResult, error) {
+	measure := func(tag string) (probeResult, error) {
 		var r probeResult
 		if o.scaleSettle > 0 {
 			// The idle rate over the last minute of the quiet: one whole
@@ -581,7 +598,7 @@ func (o *options) scaleRun(ctx context.Context, out io.Writer, eng time.Duration
 		if probeProfile != "" {
 			// A probe that takes longer is profiled for its first part.
 			profiled = make(chan error, 1)
-			path := fmt.Sprintf("%s-%d", probeProfile, f.up.Load()-f.deleted.Load())
+			path := fmt.Sprintf("%s-%d%s", probeProfile, f.up.Load()-f.deleted.Load(), tag)
 			go func() { profiled <- p.cpuProfile(path, expected) }()
 		}
 		err := f.runChurn(ctx, next, probe, o.rate, o.timeout+expected)
@@ -606,7 +623,7 @@ func (o *options) scaleRun(ctx context.Context, out io.Writer, eng time.Duration
 	if err := grow(base, o.rate); err != nil {
 		return err
 	}
-	at1k, err := measure()
+	at1k, err := measure("")
 	if err != nil {
 		return err
 	}
@@ -623,9 +640,19 @@ func (o *options) scaleRun(ctx context.Context, out io.Writer, eng time.Duration
 			fmt.Fprintf(out, "  heap profile: %v\n", err)
 		}
 	}
-	atN, err := measure()
+	atN, err := measure("")
 	if err != nil {
 		return err
+	}
+	var again probeResult
+	if o.scaleAgain {
+		n := established - base
+		if err := f.deleteDown(ctx, base, o.scaleRate, o.timeout+time.Duration(float64(n)/o.scaleRate*float64(time.Second))); err != nil {
+			return fmt.Errorf("deleting down to %d held: %w", base, err)
+		}
+		if again, err = measure("-again"); err != nil {
+			return err
+		}
 	}
 	dpd := "ike.dpd_delay default"
 	if spec.dpdDelay != "" {
@@ -641,7 +668,23 @@ func (o *options) scaleRun(ctx context.Context, out io.Writer, eng time.Duration
 		fmt.Fprintf(out, "  node CPU while idle just before each probe: %.1f%% of a core at 1,000, %.1f%% at %d (liveness checks of the SAs held); net of it, CPU per setup and delete %.3f ms and %.3f ms: ratio %.2f\n",
 			100*at1k.idle, 100*atN.idle, established, ms(at1k.net), ms(atN.net), float64(atN.net)/float64(at1k.net))
 	}
-	fmt.Fprintf(out, "  node during the probes: at 1,000 %s; at %d %s\n", at1k.node, established, atN.node)
+	if o.scaleAgain {
+		// The machine's speed drifts over the minutes between the probes
+		// (a shared VM); the mean of the probes at 1,000 before and after
+		// the one at o.scale brackets it.
+		mean := func(a, b time.Duration) time.Duration { return (a + b) / 2 }
+		fmt.Fprintf(out, "  again at 1,000 established, after deleting down to it at %.0f/s: %.3f ms (p99 setup %.1f ms); against the mean of the two probes at 1,000 (%.3f ms): ratio %.2f",
+			o.scaleRate, ms(again.cpu), ms(again.p99), ms(mean(at1k.cpu, again.cpu)), float64(atN.cpu)/float64(mean(at1k.cpu, again.cpu)))
+		if o.scaleSettle > 0 {
+			fmt.Fprintf(out, "; net of the liveness checks (%.1f%% of a core idle) %.3f ms, against their mean %.3f ms: ratio %.2f",
+				100*again.idle, ms(again.net), ms(mean(at1k.net, again.net)), float64(atN.net)/float64(mean(at1k.net, again.net)))
+		}
+		fmt.Fprintln(out)
+	}
+	fmt.Fprintf(out, "  node during the probes: at 1,000 %s, %s; at %d %s, %s\n", at1k.node, at1k.node.store(probe), established, atN.node, atN.node.store(probe))
+	if o.scaleAgain {
+		fmt.Fprintf(out, "  node during the probe at 1,000 again: %s, %s\n", again.node, again.node.store(probe))
+	}
 	perSA := func(a, b int64) float64 { return float64(b-a) / float64(established) / 1024 }
 	fmt.Fprintf(out, "  RSS at %d SAs: %.0f MiB, %.2f KiB per SA: anonymous (Go heap, stacks) %.2f KiB, file-backed (mapped files: embedded etcd's database) %.2f KiB\n",
 		established, float64(memN.rss)/(1<<20), perSA(mem0.rss, memN.rss), perSA(mem0.anon, memN.anon), perSA(mem0.file, memN.file))

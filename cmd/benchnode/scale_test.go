@@ -1,0 +1,49 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"testing"
+	"time"
+)
+
+// A scale run against a real node, in miniature: 1,000 held, a probe,
+// growth to 1,100, a probe, deleting down to 1,000 and a probe again. Each
+// probe's gateways come and go, so the SAs held are where the report says.
+func TestScaleRunProbesAgainAfterDeletingDown(t *testing.T) {
+	if testing.Short() {
+		t.Skip("-short: builds and runs concentratord")
+	}
+	bin := filepath.Join(t.TempDir(), "concentratord")
+	goTool, err := exec.LookPath("go")
+	if err != nil {
+		goTool = "go"
+	}
+	if out, err := exec.Command(goTool, "build", "-o", bin, "../concentratord").CombinedOutput(); err != nil {
+		t.Fatalf("go build: %v\n%s", err, out)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	var out bytes.Buffer
+	err = run(ctx, []string{"--rows", "", "--burst", "0", "--pin=false", "--engine-cpu", "100us", "--concentratord", bin,
+		"--burst-config", "memory+embedded", "--scale", "1100", "--scale-probe", "60", "--scale-settle", "0",
+		"--rate", "300", "--scale-rate", "600", "--timeout", "60s"}, &out)
+	s := out.String()
+	if err != nil || strings.Contains(s, "scale: error") {
+		t.Fatalf("run: %v\n%s", err, s)
+	}
+	for _, want := range []*regexp.Regexp{
+		regexp.MustCompile(`scale: memory\+embedded .*, 1100 SAs established`),
+		regexp.MustCompile(`at 1,000 established [0-9.]+ ms .* at 1100 established [0-9.]+ ms .*: ratio [0-9.]+`),
+		regexp.MustCompile(`again at 1,000 established, after deleting down to it at 600/s: [0-9.]+ ms .* against the mean of the two probes at 1,000 \([0-9.]+ ms\): ratio [0-9.]+`),
+		regexp.MustCompile(`node during the probe at 1,000 again: .*0 handshakes failed.*, etcd transactions [0-9.]+ per SA`),
+	} {
+		if !want.MatchString(s) {
+			t.Errorf("no %q in:\n%s", want, s)
+		}
+	}
+}
