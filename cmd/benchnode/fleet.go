@@ -362,58 +362,6 @@ func (f *fleet) deleteAll(ctx context.Context, timeout time.Duration) error {
 	return f.waitDeleted(ctx, want, time.Now().Add(timeout), timeout)
 }
 
-// deleteDown deletes established SAs, paced at rate per second, until keep
-// are held, and waits for the node's answers (timeout in all). Each group
-// deletes from a list taken at the start: an SA stays in established
-// until the node answers its delete.
-func (f *fleet) deleteDown(ctx context.Context, keep int, rate float64, timeout time.Duration) error {
-	lists := make([][]uint64, len(f.groups))
-	held := 0
-	for i, g := range f.groups {
-		got := make(chan []uint64)
-		g.cmds <- func(*ike.Ready) {
-			l := make([]uint64, 0, len(g.established))
-			for spi := range g.established {
-				l = append(l, spi)
-			}
-			got <- l
-		}
-		lists[i] = <-got
-		held += len(lists[i])
-	}
-	n := held - keep
-	if n <= 0 {
-		return nil
-	}
-	want := f.deleted.Load() + int64(n)
-	start := time.Now()
-	const chunk = 8 // SAs a group deletes per command
-	for sent, i := 0, 0; sent < n; i++ {
-		gi := i % len(f.groups)
-		k := min(len(lists[gi]), n-sent, chunk)
-		if k == 0 {
-			continue // this group has none left; others have (held >= n)
-		}
-		if d := time.Until(start.Add(time.Duration(float64(sent) / rate * float64(time.Second)))); d > 0 {
-			select {
-			case <-time.After(d):
-			case <-ctx.Done():
-				return ctx.Err()
-			}
-		}
-		g, spis := f.groups[gi], lists[gi][:k]
-		lists[gi] = lists[gi][k:]
-		g.cmds <- func(rd *ike.Ready) {
-			now := time.Now()
-			for _, spi := range spis {
-				g.eng.Delete(now, spi, rd)
-			}
-		}
-		sent += k
-	}
-	return f.waitDeleted(ctx, want, start.Add(timeout), timeout)
-}
-
 // waitDeleted waits until the node has confirmed want deletes in all, or
 // deadline (timeout after the wait's start, for the error) has passed.
 func (f *fleet) waitDeleted(ctx context.Context, want int64, deadline time.Time, timeout time.Duration) error {
