@@ -462,8 +462,8 @@ func (o *options) burstRow(ctx context.Context, out io.Writer, eng time.Duration
 		drops, f.stats())
 	fmt.Fprintf(out, "  the gateways (this driver) used %.2f s of CPU meanwhile\n", (self1 - self0).Seconds())
 	node := burstCounters(p)
-	fmt.Fprintf(out, "  node: %.0f cookie demands sent, %.0f datagrams dropped in its shard queues, %.0f IKE messages dropped, %.0f new IKE_SA_INITs refused by admission limits, %.0f reserved SPIs handed back unused\n",
-		node[0]-node0[0], node[1]-node0[1], node[2]-node0[2], node[3]-node0[3], node[4]-node0[4])
+	fmt.Fprintf(out, "  node: %.0f cookie demands sent, %.0f datagrams dropped in its shard queues (%.0f IKE_AUTH and established SAs', %.0f cookie-proven new SAs', %.0f other new SAs'), %.0f IKE messages dropped, %.0f new IKE_SA_INITs refused by admission limits, %.0f reserved SPIs handed back unused\n",
+		node[0]-node0[0], node[1]-node0[1], node[5]-node0[5], node[6]-node0[6], node[7]-node0[7], node[2]-node0[2], node[3]-node0[3], node[4]-node0[4])
 	fmt.Fprintf(out, "  node CPU per handshake in the burst %.3f ms (%.1f× engine); node threads runnable but waiting for a CPU: %.2f s (other processes)\n",
 		ms(perHS), float64(perHS)/float64(eng), (wait1 - wait0).Seconds())
 	fmt.Fprintf(out, "  bound 1.5 × N × engine CPU/handshake ÷ cores = %.2f s: time to last is %.2f× the bound\n",
@@ -482,11 +482,13 @@ func (o *options) burstRow(ctx context.Context, out io.Writer, eng time.Duration
 }
 
 // burstCounters reads the node's counters of what a burst can cost its
-// gateways a retransmission: cookie demands, shard queue drops, dropped
-// IKE messages, refused half-open SAs.
-func burstCounters(p *nodeProc) [5]float64 {
-	return [5]float64(p.metrics("ikefleet_cookies_sent_total", "ikefleet_queue_drops_total",
-		"ikefleet_ike_messages_dropped_total", "ikefleet_sa_init_refused_total", "ikefleet_returned_spis_total"))
+// gateways a retransmission: cookie demands, shard queue drops (all, then
+// by queue: IKE_AUTH and established SAs', cookie-proven new SAs', other
+// new SAs'), dropped IKE messages, refused half-open SAs.
+func burstCounters(p *nodeProc) [8]float64 {
+	return [8]float64(p.metrics("ikefleet_cookies_sent_total", "ikefleet_queue_drops_total",
+		"ikefleet_ike_messages_dropped_total", "ikefleet_sa_init_refused_total", "ikefleet_returned_spis_total",
+		`ikefleet_queue_drops_total{queue="other"}`, `ikefleet_queue_drops_total{queue="proven"}`, `ikefleet_queue_drops_total{queue="new"}`))
 }
 
 // nodeCounters are the node's counts of what it dropped, refused or
