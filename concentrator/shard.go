@@ -70,6 +70,7 @@ func (n *Node) runShard(ctx context.Context, s *shard) {
 				n.handle(s, pkt, &rd)
 			case <-s.q.spill.wake:
 				// Overflow waits (next takes it).
+			case <-s.q.provenSpill.wake:
 			case pkt := <-s.q.proven:
 				s.eng.Handle(n.clock.Mono(), pkt, &rd)
 			case pkt := <-s.q.init:

@@ -62,8 +62,18 @@ const (
 	// messages for its SAs) delays and drops its own messages only. 8 MiB
 	// is about 40,000 deletes or liveness checks, more than a socket's
 	// receive buffer holds: a burst of them all at once reaches the shard
-	// late, not lost. Nodes of many shards share spillTotal
-	// (spillPerShard).
+	// late, not lost. Nodes of many shards share spillTotal, in each of
+	// the two spills (spillPerShard).
+	//
+	// The queue of cookie-proven new IKE_SA_INITs spills over the same way,
+	// into a spill of its own of the same size: a mass restart's gateways
+	// have each proven their address, and each one dropped waits for its
+	// retransmission (2 s, then 4 s more), while the shard would have
+	// served it sooner. A burst of 10,000 at once, with the gateways'
+	// retransmissions of what still waited after 2 s, overflowed the
+	// channel's initQueueLen by 600-1,500 (benchnode's burst row), and
+	// the time to the last SA fell into the next retransmission round in
+	// half of the runs.
 	spillBytes    = 8 << 20
 	spillTotal    = 64 << 20
 	spillMin      = 1 << 20
@@ -105,12 +115,13 @@ func spillPerShard(shards int) int {
 // cookie-proven requests (a mass restart: each costs a key exchange)
 // never stands between the established SAs and their liveness checks,
 // rekeys and deletes. A full queue drops only its own kind; the first
-// one spills over first (spillQueue).
+// two spill over first (spillQueue).
 type shardQueue struct {
-	prio   chan ike.Packet
-	proven chan ike.Packet
-	init   chan ike.Packet
-	spill  *spillQueue // prio's overflow, served after it
+	prio        chan ike.Packet
+	proven      chan ike.Packet
+	init        chan ike.Packet
+	spill       *spillQueue // prio's overflow, served after it
+	provenSpill *spillQueue // proven's overflow, served after it
 }
 
 // queueKind names a shard's queue.
@@ -127,52 +138,49 @@ const (
 func (k queueKind) String() string { return metrics.QueueNames[k] }
 
 // newShardQueue makes a shard's queues, with spill octets (spillQueue)
-// of overflow for the first one (0: none).
+// of overflow for each of the first two (0: none).
 func newShardQueue(prioLen, provenLen, initLen, spill int) shardQueue {
 	return shardQueue{prio: make(chan ike.Packet, prioLen), proven: make(chan ike.Packet, provenLen),
-		init: make(chan ike.Packet, initLen), spill: newSpillQueue(spill)}
+		init: make(chan ike.Packet, initLen), spill: newSpillQueue(spill), provenSpill: newSpillQueue(spill)}
 }
 
 // push queues pkt in the queue of its kind without waiting; false: that
-// queue is full (the first one: and its spill too).
+// queue is full (the first two: and their spill too).
 func (q *shardQueue) push(pkt ike.Packet, k queueKind) bool {
-	ch := q.prio
+	ch, spill := q.prio, q.spill
 	switch k {
 	case queueProven:
-		ch = q.proven
+		ch, spill = q.proven, q.provenSpill
 	case queueNew:
-		ch = q.init
-	case queuePrio:
-		if q.spill.pending() {
-			// Behind what spilled, which the shard serves after the channel.
-			return q.spill.add(pkt)
-		}
+		ch, spill = q.init, nil
+	}
+	if spill != nil && spill.pending() {
+		// Behind what spilled, which the shard serves after the channel.
+		return spill.add(pkt)
 	}
 	select {
 	case ch <- pkt:
 		return true
 	default:
-		return k == queuePrio && q.spill.add(pkt)
+		return spill != nil && spill.add(pkt)
 	}
 }
 
 // next returns a queued packet without waiting: the priority queue's
-// first (its channel, then its spill), then a cookie-proven new SA's,
-// then another new SA's.
+// first (its channel, then its spill), then a cookie-proven new SA's (the
+// same), then another new SA's.
 func (q *shardQueue) next() (ike.Packet, bool) {
-	select {
-	case pkt := <-q.prio:
-		return pkt, true
-	default:
-	}
-	if pkt, ok := q.spill.take(); ok {
-		return pkt, true
-	}
-	for _, ch := range [...]chan ike.Packet{q.proven, q.init} {
+	for _, k := range [...]struct {
+		ch    chan ike.Packet
+		spill *spillQueue
+	}{{q.prio, q.spill}, {q.proven, q.provenSpill}, {q.init, nil}} {
 		select {
-		case pkt := <-ch:
+		case pkt := <-k.ch:
 			return pkt, true
 		default:
+		}
+		if pkt, ok := k.spill.take(); ok {
+			return pkt, true
 		}
 	}
 	return ike.Packet{}, false
@@ -201,8 +209,8 @@ func newSpillQueue(max int) *spillQueue {
 
 func spillCost(p *ike.Packet) int { return len(p.Data) + spillOverhead }
 
-// pending reports whether packets wait.
-func (s *spillQueue) pending() bool { return s.n.Load() > 0 }
+// pending reports whether packets wait (none in a nil spill).
+func (s *spillQueue) pending() bool { return s != nil && s.n.Load() > 0 }
 
 // add queues p; false: it would exceed the queue's octets.
 func (s *spillQueue) add(p ike.Packet) bool {
@@ -260,9 +268,9 @@ func (s *spillQueue) signal() {
 }
 
 // waiting counts the packets in each queue (queueKind order), the
-// first with its spill.
+// first two with their spill.
 func (q *shardQueue) waiting() [3]int {
-	return [3]int{len(q.prio) + int(q.spill.n.Load()), len(q.proven), len(q.init)}
+	return [3]int{len(q.prio) + int(q.spill.n.Load()), len(q.proven) + int(q.provenSpill.n.Load()), len(q.init)}
 }
 
 // fill is the share in use of the queue of IKE_AUTH and established SAs'

@@ -107,60 +107,110 @@ func TestShardQueueServesAuthBeforeInit(t *testing.T) {
 	}
 }
 
-// A full queue of IKE_AUTH and established SAs' messages spills over
-// without waiting, up to its octets, and the shard serves the spill after
-// the queue, in order; what comes while packets wait in the spill goes
-// behind them even when the queue has room again.
-func TestShardQueuePrioritySpills(t *testing.T) {
-	msg := header(1, 2, ike.IKE_AUTH, ike.FlagInitiator)
-	cost := len(msg) + spillOverhead
-	q := newShardQueue(2, 1, 1, 4*cost)
-	auth := func(tag int) ike.Packet {
+// A full queue of IKE_AUTH and established SAs' messages, or of
+// cookie-proven new IKE_SA_INITs, spills over without waiting, up to its
+// octets, and the shard serves the spill after the queue, in order; what
+// comes while packets wait in the spill goes behind them even when the
+// queue has room again. The queue of other new SAs does not spill.
+func TestShardQueueSpills(t *testing.T) {
+	for _, c := range []struct {
+		kind  queueKind
+		msg   []byte
+		ch    func(*shardQueue) chan ike.Packet
+		spill func(*shardQueue) *spillQueue
+	}{
+		{queuePrio, header(1, 2, ike.IKE_AUTH, ike.FlagInitiator),
+			func(q *shardQueue) chan ike.Packet { return q.prio }, func(q *shardQueue) *spillQueue { return q.spill }},
+		{queueProven, header(1, 0, ike.IKE_SA_INIT, ike.FlagInitiator),
+			func(q *shardQueue) chan ike.Packet { return q.proven }, func(q *shardQueue) *spillQueue { return q.provenSpill }},
+	} {
+		t.Run(c.kind.String(), func(t *testing.T) {
+			cost := len(c.msg) + spillOverhead
+			q := newShardQueue(2, 2, 1, 4*cost)
+			pkt := func(tag int) ike.Packet {
+				return ike.Packet{Remote: netip.AddrPortFrom(netip.MustParseAddr("192.0.2.1"), uint16(tag)), Data: c.msg}
+			}
+			for i := 1; i <= 5; i++ {
+				if !q.push(pkt(i), c.kind) {
+					t.Fatalf("packet %d refused: a queue of 2 with room for 4 more", i)
+				}
+			}
+			sp := c.spill(&q)
+			if !sp.pending() {
+				t.Fatal("nothing pending in the spill")
+			}
+			select {
+			case <-sp.wake:
+			default:
+				t.Fatal("the spill did not signal the shard")
+			}
+			var got []int
+			take := func() {
+				p, ok := q.next()
+				if !ok {
+					t.Fatal("nothing queued")
+				}
+				got = append(got, int(p.Remote.Port()))
+			}
+			take() // 1, from the channel: room in it again
+			if !q.push(pkt(6), c.kind) {
+				t.Fatal("packet 6 refused")
+			}
+			if len(c.ch(&q)) != 1 {
+				t.Fatal("packet 6 went into the channel ahead of the spilled ones")
+			}
+			if q.push(pkt(7), c.kind) {
+				t.Fatal("packet 7 was queued past the spill's octets")
+			}
+			for range 5 {
+				take()
+			}
+			if want := []int{1, 2, 3, 4, 5, 6}; !slices.Equal(got, want) {
+				t.Fatalf("served %v, want %v", got, want)
+			}
+			if _, ok := q.next(); ok || sp.pending() || sp.bytes != 0 || sp.pkts != nil {
+				t.Fatalf("after all were served: pending %v, %d octets, array kept %v", sp.pending(), sp.bytes, sp.pkts != nil)
+			}
+			if !q.push(pkt(8), queueNew) || q.push(pkt(9), queueNew) || q.spill.pending() || q.provenSpill.pending() {
+				t.Fatal("a full queue of other new SAs spilled")
+			}
+		})
+	}
+}
+
+// The shard serves the queues in their order, each channel before its
+// spill: IKE_AUTH and established SAs', then cookie-proven new SAs',
+// then other new SAs'.
+func TestShardQueueOrderWithSpills(t *testing.T) {
+	auth, init := header(1, 2, ike.IKE_AUTH, ike.FlagInitiator), header(1, 0, ike.IKE_SA_INIT, ike.FlagInitiator)
+	q := newShardQueue(1, 1, 2, 1<<20)
+	pkt := func(msg []byte, tag int) ike.Packet {
 		return ike.Packet{Remote: netip.AddrPortFrom(netip.MustParseAddr("192.0.2.1"), uint16(tag)), Data: msg}
 	}
-	for i := 1; i <= 5; i++ {
-		if !q.push(auth(i), queuePrio) {
-			t.Fatalf("packet %d refused: a queue of 2 with room for 4 more", i)
+	for _, p := range []struct {
+		kind queueKind
+		pkt  ike.Packet
+	}{
+		{queueNew, pkt(init, 50)}, {queueProven, pkt(init, 20)}, {queueProven, pkt(init, 21)}, {queuePrio, pkt(auth, 10)},
+		{queueNew, pkt(init, 51)}, {queuePrio, pkt(auth, 11)}, {queueProven, pkt(init, 22)}, {queuePrio, pkt(auth, 12)},
+	} {
+		if !q.push(p.pkt, p.kind) {
+			t.Fatalf("%v %d refused", p.kind, p.pkt.Remote.Port())
 		}
 	}
-	if !q.spill.pending() {
-		t.Fatal("nothing pending in the spill")
-	}
-	select {
-	case <-q.spill.wake:
-	default:
-		t.Fatal("the spill did not signal the shard")
-	}
 	var got []int
-	take := func() {
+	for {
 		p, ok := q.next()
 		if !ok {
-			t.Fatal("nothing queued")
+			break
 		}
 		got = append(got, int(p.Remote.Port()))
 	}
-	take() // 1, from the channel: room in it again
-	if !q.push(auth(6), queuePrio) {
-		t.Fatal("packet 6 refused")
-	}
-	if len(q.prio) != 1 {
-		t.Fatal("packet 6 went into the channel ahead of the spilled ones")
-	}
-	if q.push(auth(7), queuePrio) {
-		t.Fatal("packet 7 was queued past the spill's octets")
-	}
-	for range 5 {
-		take()
-	}
-	if want := []int{1, 2, 3, 4, 5, 6}; !slices.Equal(got, want) {
+	if want := []int{10, 11, 12, 20, 21, 22, 50, 51}; !slices.Equal(got, want) {
 		t.Fatalf("served %v, want %v", got, want)
 	}
-	if _, ok := q.next(); ok || q.spill.pending() || q.spill.bytes != 0 || q.spill.pkts != nil {
-		t.Fatalf("after all were served: pending %v, %d octets, array kept %v", q.spill.pending(), q.spill.bytes, q.spill.pkts != nil)
-	}
-	// Only the first queue spills.
-	if !q.push(auth(8), queueNew) || q.push(auth(9), queueNew) || q.spill.pending() {
-		t.Fatal("a full queue of new SAs spilled")
+	if w := q.waiting(); w != [3]int{} {
+		t.Fatalf("waiting %v after all were served", w)
 	}
 }
 
