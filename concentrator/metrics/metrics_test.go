@@ -79,7 +79,7 @@ ikefleet_half_open_sas 3
 # TYPE ikefleet_cookies_active gauge
 ikefleet_cookies_active{shard="0"} 1
 ikefleet_cookies_active{shard="1"} 0
-# HELP ikefleet_queue_waiting IKE messages waiting in a shard's queues, by queue: other (IKE_AUTH, established SAs' messages, answers to our requests; beyond its 4,096 slots they spill over, 8 MiB per shard or 64 MiB shared by more than 8, and are counted here too), proven (new IKE_SA_INITs with a valid cookie), new (other new IKE_SA_INITs).
+# HELP ikefleet_queue_waiting IKE messages waiting in a shard's queues, by queue: other (IKE_AUTH, established SAs' messages, answers to our requests; beyond its 4,096 slots they spill over, 8 MiB per shard or 64 MiB shared by more than 8, and are counted here too), proven (new IKE_SA_INITs with a valid cookie; beyond its 8,192 slots they spill over the same way, into a spill of their own), new (other new IKE_SA_INITs).
 # TYPE ikefleet_queue_waiting gauge
 ikefleet_queue_waiting{queue="new",shard="0"} 130
 ikefleet_queue_waiting{queue="new",shard="1"} 0
@@ -142,7 +142,7 @@ ikefleet_fenced_drops_total 2
 # HELP ikefleet_log_lines_dropped_total Log lines the daemon dropped because the log's reader (journald, the container runtime) did not take them; the log says where, with a warning line per gap.
 # TYPE ikefleet_log_lines_dropped_total counter
 ikefleet_log_lines_dropped_total 8
-# HELP ikefleet_queue_drops_total IKE messages dropped because a shard's queue was full, by socket (our listen address, ike or natt), shard and queue: other (IKE_AUTH, established SAs' messages, answers to our requests), proven (new IKE_SA_INITs with a valid cookie), new (other new IKE_SA_INITs).
+# HELP ikefleet_queue_drops_total IKE messages dropped because a shard's queue was full, by socket (our listen address, ike or natt), shard and queue: other (IKE_AUTH, established SAs' messages, answers to our requests), proven (new IKE_SA_INITs with a valid cookie), new (other new IKE_SA_INITs); the first two only once their spill is full too.
 # TYPE ikefleet_queue_drops_total counter
 ikefleet_queue_drops_total{listen="0.0.0.0",queue="new",shard="0",socket="natt"} 7
 ikefleet_queue_drops_total{listen="0.0.0.0",queue="other",shard="1",socket="ike"} 6
