@@ -68,9 +68,8 @@ func (n *Node) runShard(ctx context.Context, s *shard) {
 				return
 			case pkt := <-s.q.prio:
 				n.handle(s, pkt, &rd)
-			case <-s.q.spill.wake:
-				// Overflow waits (next takes it).
-			case <-s.q.provenSpill.wake:
+			case <-s.q.spill.wake: // overflow waits in a spill (next takes it)
+			case <-s.q.provenSpill.wake: // the same
 			case pkt := <-s.q.proven:
 				s.eng.Handle(n.clock.Mono(), pkt, &rd)
 			case pkt := <-s.q.init:

@@ -17,8 +17,11 @@ func SelectorFromPrefix(p netip.Prefix) TrafficSelector {
 	return TrafficSelector{StartPort: 0, EndPort: 0xffff, Start: start, End: end}
 }
 
-// lastAddr is the highest address of p.
+// lastAddr is the highest address of p (the zero Addr for an invalid p).
 func lastAddr(p netip.Prefix) netip.Addr {
+	if !p.IsValid() {
+		return netip.Addr{}
+	}
 	a := p.Addr()
 	host := a.BitLen() - p.Bits() // the host bits, at most 128
 	b := a.As16()

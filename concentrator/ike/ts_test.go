@@ -107,6 +107,9 @@ func TestLastAddr(t *testing.T) {
 			t.Errorf("lastAddr(%s) = %v, want %s", c.p, got, c.want)
 		}
 	}
+	if got := lastAddr(netip.Prefix{}); got.IsValid() {
+		t.Errorf("lastAddr of the zero Prefix = %v, want the zero Addr", got)
+	}
 }
 
 func BenchmarkSelectorString(b *testing.B) {
