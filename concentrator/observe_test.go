@@ -53,7 +53,7 @@ ikefleet_handshake_failures_total{reason="AUTHENTICATION_FAILED"} 1
 # HELP ikefleet_listening 1 once the IKE sockets are bound.
 # TYPE ikefleet_listening gauge
 ikefleet_listening 1
-# HELP ikefleet_queue_drops_total IKE messages dropped because a shard's queue was full, by socket (our listen address, ike or natt), shard and queue: other (IKE_AUTH, established SAs' messages, answers to our requests), proven (new IKE_SA_INITs with a valid cookie), new (other new IKE_SA_INITs).
+# HELP ikefleet_queue_drops_total IKE messages dropped because a shard's queue was full, by socket (our listen address, ike or natt), shard and queue: other (IKE_AUTH, established SAs' messages, answers to our requests), proven (new IKE_SA_INITs with a valid cookie), new (other new IKE_SA_INITs); the first two only once their spill is full too.
 # TYPE ikefleet_queue_drops_total counter
 ikefleet_queue_drops_total{listen="127.0.0.1",queue="new",shard="0",socket="ike"} 0
 ikefleet_queue_drops_total{listen="127.0.0.1",queue="new",shard="0",socket="natt"} 0
