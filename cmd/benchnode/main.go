@@ -524,9 +524,9 @@ func (c nodeCounters) String() string {
 }
 
 // store says how many etcd transactions the node made per SA over n
-// setups and deletes: at a rate near the batcher's
-// linger threshold, whether setups share transactions moves the CPU per
-// SA more than anything else.
+// setups and deletes: at a rate near the batcher's linger threshold,
+// whether setups share transactions moves the CPU per SA more than
+// anything else.
 func (c nodeCounters) store(n int) string {
 	return fmt.Sprintf("etcd transactions %.2f per SA", c[7]/float64(n))
 }

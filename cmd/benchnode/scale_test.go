@@ -16,9 +16,6 @@ import (
 // Each probe's gateways come and go, so the SAs held are where the report
 // says.
 func TestScaleRunProbesAFreshNodeAgain(t *testing.T) {
-	if testing.Short() {
-		t.Skip("-short: builds and runs concentratord")
-	}
 	bin := filepath.Join(t.TempDir(), "concentratord")
 	goTool, err := exec.LookPath("go")
 	if err != nil {
