@@ -77,13 +77,15 @@ type options struct {
 	against     string        // a baseline concentratord: the rows run A/B against it (ab.go)
 	rounds      int           // with against: rounds per row
 	rateTag     string        // with several --rates: the rate, in the rows' profile names
+	check       bool          // fail unless every row and the burst established all their gateways
+	short       []string      // with check: the rows (and burst) that did not
 }
 
 func run(ctx context.Context, args []string, out io.Writer) error {
 	fs := flag.NewFlagSet("benchnode", flag.ContinueOnError)
 	bin := fs.String("concentratord", "bin/concentratord", "concentratord binary")
 	rows := fs.String("rows", "memory+none,userspace+none,memory+embedded,userspace+embedded,strongswan",
-		"configurations (dataplane+statestore, or strongswan: charon with kernel-libipsec), comma-separated; userspace and strongswan need root; strongswan is skipped without charon")
+		"configurations (dataplane+statestore, or strongswan: charon with kernel-libipsec), comma-separated; dataplane memory, userspace or xfrm (kernel ESP: a kernel with esp4 and GCM, e.g. make bench-node-vm); userspace, xfrm and strongswan need root; strongswan is skipped without charon")
 	charon := fs.String("charon", "/usr/lib/ipsec/charon", "strongSwan's charon, for the strongswan row")
 	engineCPU := fs.Duration("engine-cpu", 0, "the engine's CPU per handshake, if measured already (the strongswan row runs benchnode again in a network namespace)")
 	rowJSON := fs.Bool("row-json", false, "run the one row of --rows and print its result as JSON (the strongswan row's child)")
@@ -107,6 +109,7 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 	timeout := fs.Duration("timeout", 120*time.Second, "per phase")
 	against := fs.String("against", "", "a baseline concentratord (another build): run each row of --rows --rounds times with both, alternating, and print the median of the rounds' ratios (this build over the baseline); no burst or scale run")
 	rounds := fs.Int("rounds", 6, "with --against: rounds per row")
+	check := fs.Bool("check", false, "exit with an error unless every row of --rows ran (none skipped) and it and the burst established all their gateways (a smoke test of the harness and the node)")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -128,7 +131,7 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 	}
 	o := options{bin: *bin, count: *count, rate: *rate, burst: *burst, scale: *scale, scaleRate: *scaleRate, scaleSettle: *scaleSettle, scaleDPD: *scaleDPD, scaleMem: *scaleMem, scaleProbe: *scaleProbe, scaleAgain: *scaleAgain, commitDelay: *commitDelay,
 		groups: *groups, pin: *pin, cpuprofile: *cpuprofile, heapprofile: *heapprofile, timeout: *timeout,
-		charon: *charon, engineCPU: *engineCPU, rowJSON: *rowJSON, against: *against, rounds: *rounds}
+		charon: *charon, engineCPU: *engineCPU, rowJSON: *rowJSON, against: *against, rounds: *rounds, check: *check}
 	if o.prop, err = ike.ParseProposal("aes256gcm16-prfsha256-x25519", false, false); err != nil {
 		return err
 	}
@@ -198,13 +201,18 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 	if o.burst > 0 {
 		if err := o.burstRow(ctx, out, eng, nodeCPU); err != nil {
 			fmt.Fprintf(out, "burst: error: %v\n", err)
+			o.short = append(o.short, "burst: "+firstLine(err))
 		}
 		fmt.Fprintln(out)
 	}
 	if o.scale > 0 {
 		if err := o.scaleRun(ctx, out, eng, nodeCPU); err != nil {
 			fmt.Fprintf(out, "scale: error: %v\n", err)
+			o.short = append(o.short, "scale: "+firstLine(err))
 		}
+	}
+	if o.check && len(o.short) > 0 {
+		return fmt.Errorf("--check: %s", strings.Join(o.short, "; "))
 	}
 	return nil
 }
@@ -230,11 +238,16 @@ func (o *options) rowsTable(ctx context.Context, out io.Writer, eng time.Duratio
 		var skip errSkipped
 		if errors.As(err, &skip) {
 			fmt.Fprintf(out, "%-20s skipped: %s\n", spec, skip.why)
+			o.short = append(o.short, spec.String()+": skipped")
 			continue
 		}
 		if err != nil {
 			fmt.Fprintf(out, "%-20s error: %s\n", spec, firstLine(err))
+			o.short = append(o.short, spec.String()+": "+firstLine(err))
 			continue
+		}
+		if r.Established < o.count || r.Failed > 0 {
+			o.short = append(o.short, fmt.Sprintf("%s: %d of %d established, %d failed", spec, r.Established, o.count, r.Failed))
 		}
 		f := func(v float64, prec int) string { return strconv.FormatFloat(v, 'f', prec, 64) }
 		fmt.Fprintf(out, rowFmt, spec, f(ms(r.CPUPerSA), 3), f(float64(r.CPUPerSA)/float64(eng), 1),
@@ -290,9 +303,9 @@ func parseSpec(s string) (nodeSpec, error) {
 		return nodeSpec{}, fmt.Errorf("%q: want dataplane+statestore, e.g. memory+none", s)
 	}
 	switch dp {
-	case "memory", "userspace":
+	case "memory", "userspace", "xfrm":
 	default:
-		return nodeSpec{}, fmt.Errorf("%q: data plane must be memory or userspace", s)
+		return nodeSpec{}, fmt.Errorf("%q: data plane must be memory, userspace or xfrm", s)
 	}
 	switch st {
 	case "none", "embedded":
@@ -340,6 +353,11 @@ type rowResult struct {
 func (o *options) start(spec nodeSpec, nodeCPU int, profile string, pprof bool) (*nodeProc, *fleet, context.CancelFunc, error) {
 	if spec.dataplane == "userspace" && os.Geteuid() != 0 {
 		return nil, nil, nil, errors.New("needs root (TUN device)")
+	}
+	if spec.dataplane == "xfrm" {
+		if err := kernelESPReady(); err != nil {
+			return nil, nil, nil, err
+		}
 	}
 	var p *nodeProc
 	var err error
@@ -455,6 +473,9 @@ func (o *options) burstRow(ctx context.Context, out io.Writer, eng time.Duration
 		toLast = 0
 	}
 	perHS := (cpu1 - cpu0) / time.Duration(max(1, up))
+	if int(up) < o.burst {
+		o.short = append(o.short, fmt.Sprintf("burst: %d of %d established", up, o.burst))
+	}
 	bound := time.Duration(1.5 * float64(o.burst) * float64(eng) / float64(cores))
 	fmt.Fprintf(out, "burst: %d gateways at once against %s (node on %d core)\n", o.burst, spec, cores)
 	fmt.Fprintf(out, "  established %d/%d (%.1f%%), failed %d, time to last %.2f s, p50 %.0f ms, p99 %.0f ms, UdpRcvbufErrors +%d, retransmits %d\n",

@@ -11,13 +11,13 @@ import (
 )
 
 func TestParseSpec(t *testing.T) {
-	for in, want := range map[string]string{"memory+none": "memory+none", "userspace+embedded": "userspace+embedded", "strongswan": "strongswan"} {
+	for in, want := range map[string]string{"memory+none": "memory+none", "userspace+embedded": "userspace+embedded", "xfrm+embedded": "xfrm+embedded", "strongswan": "strongswan"} {
 		s, err := parseSpec(in)
 		if err != nil || s.String() != want {
 			t.Errorf("parseSpec(%q) = %v, %v; want %s", in, s, err, want)
 		}
 	}
-	for _, in := range []string{"memory", "xfrm+none", "memory+external", "strongswan+none"} {
+	for _, in := range []string{"memory", "kernel+none", "memory+external", "strongswan+none"} {
 		if _, err := parseSpec(in); err == nil {
 			t.Errorf("parseSpec(%q): no error", in)
 		}
@@ -40,6 +40,20 @@ func TestStrongSwanRowSkippedWithoutCharon(t *testing.T) {
 	}
 	if !strings.Contains(out.String(), "strongswan           skipped: no ") {
 		t.Fatalf("no skipped row in:\n%s", out.String())
+	}
+}
+
+// With --check a row that could not run fails the run, naming it; without
+// it the run reports the skip and succeeds.
+func TestCheckFailsOnASkippedRow(t *testing.T) {
+	args := []string{"--rows", "strongswan", "--burst", "0", "--pin=false",
+		"--charon", t.TempDir() + "/no-charon", "--engine-cpu", "100us", "--concentratord", "/dev/null"}
+	if err := run(context.Background(), args, &bytes.Buffer{}); err != nil {
+		t.Fatalf("without --check: %v", err)
+	}
+	err := run(context.Background(), append(args, "--check"), &bytes.Buffer{})
+	if err == nil || !strings.Contains(err.Error(), "strongswan: skipped") {
+		t.Fatalf("with --check: %v, want an error naming the skipped row", err)
 	}
 }
 

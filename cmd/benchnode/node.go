@@ -21,17 +21,32 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/ikefleet/ikefleet/concentrator/dataplane/xfrm"
 )
 
 // nodeSpec is one configuration under test.
 type nodeSpec struct {
-	dataplane   string // memory | userspace
+	dataplane   string // memory | userspace | xfrm (a kernel with ESP: make bench-node-vm)
 	statestore  string // none | embedded
 	strongswan  bool   // not concentratord: strongSwan's charon (strongswan.go)
 	gateways    int    // PSKs to configure (gw1..gwN)
 	dpdDelay    string // ike.dpd_delay, if not the default
 	memLimit    string // node.memory_limit, if not the default (auto: none outside a cgroup with a limit)
 	commitDelay string // statestore.commit_delay, if not the default
+}
+
+// kernelESPReady reports why the xfrm rows cannot run here, or nil: they
+// need root and a kernel that installs ESP states (esp4, AES-GCM; the
+// build hosts' kernel has neither: make bench-node-vm runs them in a VM).
+func kernelESPReady() error {
+	if os.Geteuid() != 0 {
+		return errSkipped{"needs root (netlink XFRM, nftables)"}
+	}
+	if err := xfrm.Available(); err != nil {
+		return errSkipped{fmt.Sprintf("no kernel ESP here (%v): make bench-node-vm runs these rows in a VM", err)}
+	}
+	return nil
 }
 
 func (s nodeSpec) String() string {

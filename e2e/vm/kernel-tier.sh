@@ -12,10 +12,14 @@
 #      the gateway-facing address: one is killed, the route moves to the
 #      other, which claims the SA through its NFQUEUE (TestKernelClusterKill),
 #      and anycast.mode kernel on a dummy interface (TestKernelAnycastRoutes)
+#   3. benchnode --check: make bench-node-vm's xfrm row and burst in
+#      miniature (40 gateways at 20/s, then 60 at once, kernel data plane
+#      and embedded etcd), so that the benchmark of the kernel data plane
+#      keeps running; it fails unless every gateway is established
 # Exit status: the tests' (125: the VM failed, 124: timeout). Under CI=true
 # a missing prerequisite (qemu, strongSwan, ...) is a failure.
 # Environment: VM_* as in run-in-vm.sh; KEEP=1 keeps the scratch directory;
-# VM_E2E_RUN narrows the e2e tests (a -test.run pattern, default ^TestKernel),
+# VM_E2E_RUN narrows the e2e tests (a -test.run pattern, default ^TestKernel; set, it leaves out step 3),
 # VM_SKIP_XFRM=1 leaves out xfrm.test, VM_XFRM_RUN narrows it (a -test.run
 # pattern, default all).
 set -euo pipefail
@@ -35,6 +39,7 @@ export CGO_ENABLED=0
 "$GO" build -o "$work/concentratord" ./cmd/concentratord
 "$GO" test -c -o "$work/xfrm.test" ./concentrator/dataplane/xfrm
 "$GO" test -c -o "$work/e2e.test" ./e2e
+"$GO" build -o "$work/benchnode" ./cmd/benchnode
 t1=$(date +%s)
 echo "kernel-tier: static binaries built in $((t1 - t0)) s"
 
@@ -46,6 +51,10 @@ echo "vm: $(uname -r), $(nproc) vCPU"
 rc=0
 [ -n "${VM_SKIP_XFRM:-}" ] || ./xfrm.test -test.v -test.count=1 -test.run "${VM_XFRM_RUN:-.}" -test.timeout 4m || rc=1
 ./e2e.test -test.v -test.count=1 -test.run "${VM_E2E_RUN:-^TestKernel}" -test.timeout 14m || rc=1
+if [ -z "${VM_E2E_RUN:-}" ]; then
+	./benchnode --concentratord ./concentratord --rows xfrm+embedded --count 40 --rate 20 \
+		--burst 60 --burst-config xfrm+embedded --pin=false --timeout 60s --check || rc=1
+fi
 exit $rc
 IN
 rc=0
