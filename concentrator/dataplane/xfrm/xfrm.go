@@ -12,6 +12,7 @@ import (
 	"syscall"
 
 	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netlink/nl"
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
 
@@ -471,27 +472,41 @@ func (d *DataPlane) install(sa *dataplane.ChildSA, slot *uint32) error {
 	if !tracked {
 		t = d.trackNew(sa, in, out)
 	}
-	existed := false
+	// Both states and every policy in one netlink batch; a policy the
+	// kernel already holds (EEXIST) is looked at alone below.
+	inDiff, outDiff := uint32(maxDiffOff), uint32(maxDiffOff)
+	if t != nil {
+		inDiff, outDiff = t.inDiff, t.outDiff
+	}
+	reqs := make([]*nl.NetlinkRequest, 0, 2+len(pols))
 	for _, s := range []struct {
 		st      *netlink.XfrmState
 		rp      Replay
-		diff    func() uint32
+		diff    uint32
 		inbound bool
 	}{
-		{in, Replay{ESN: sa.ESN, Window: d.opts.ReplayWindow, Seq: sa.InSeqLow}, func() uint32 { return t.inDiff }, true},
-		{out, Replay{ESN: sa.ESN, Window: d.opts.ReplayWindow, OSeq: sa.OutSeq}, func() uint32 { return t.outDiff }, false},
+		{in, Replay{ESN: sa.ESN, Window: d.opts.ReplayWindow, Seq: sa.InSeqLow}, inDiff, true},
+		{out, Replay{ESN: sa.ESN, Window: d.opts.ReplayWindow, OSeq: sa.OutSeq}, outDiff, false},
 	} {
-		diff := uint32(maxDiffOff)
-		if t != nil {
-			diff = s.diff()
+		req, err := stateRequest(s.st, s.rp, s.diff, s.inbound)
+		if err != nil {
+			undo()
+			return fmt.Errorf("state spi %08x: %w", uint32(s.st.Spi), err)
 		}
-		err := d.raw.addState(s.st, s.rp, diff, s.inbound)
-		switch {
+		reqs = append(reqs, req)
+	}
+	for _, p := range pols {
+		reqs = append(reqs, policyRequest(p))
+	}
+	ans := d.raw.batch(reqs)
+	existed := false
+	for i, st := range []*netlink.XfrmState{in, out} {
+		switch err := ans[i].err; {
 		case isExist(err):
 			existed = true
 		case err != nil:
 			undo()
-			return fmt.Errorf("state spi %08x: %w", uint32(s.st.Spi), err)
+			return fmt.Errorf("state spi %08x: %w", uint32(st.Spi), err)
 		}
 	}
 	switch {
@@ -507,8 +522,14 @@ func (d *DataPlane) install(sa *dataplane.ChildSA, slot *uint32) error {
 		d.seq[sa.InSPI] = t
 		d.seqMu.Unlock()
 	}
-	for _, p := range pols {
-		if err := d.addPolicy(p); err != nil {
+	for i, p := range pols {
+		err := ans[2+i].err
+		if isExist(err) {
+			err = d.takePolicy(p)
+		} else if err != nil {
+			err = fmt.Errorf("policy %s %s -> %s: %w", p.Dir, p.Src, p.Dst, err)
+		}
+		if err != nil {
 			undo()
 			return err
 		}
@@ -526,15 +547,23 @@ func (d *DataPlane) install(sa *dataplane.ChildSA, slot *uint32) error {
 	return nil
 }
 
-// addPolicy adds p; on EEXIST it checks whose the installed policy is.
+// addPolicy adds p; on EEXIST it checks whose the installed policy is
+// (takePolicy).
 func (d *DataPlane) addPolicy(p *netlink.XfrmPolicy) error {
 	err := d.h.XfrmPolicyAdd(p)
-	if err == nil || !isExist(err) {
-		if err != nil {
-			return fmt.Errorf("policy %s %s -> %s: %w", p.Dir, p.Src, p.Dst, err)
-		}
-		return nil
+	if isExist(err) {
+		return d.takePolicy(p)
 	}
+	if err != nil {
+		return fmt.Errorf("policy %s %s -> %s: %w", p.Dir, p.Src, p.Dst, err)
+	}
+	return nil
+}
+
+// takePolicy deals with p's selector already holding a policy (its add
+// answered EEXIST): ours as wanted stays, another of ours (an older SA's
+// or a reinstall's) is replaced by p, a foreign one is an error.
+func (d *DataPlane) takePolicy(p *netlink.XfrmPolicy) error {
 	cur, gerr := d.h.XfrmPolicyGet(p)
 	if gerr != nil {
 		return fmt.Errorf("policy %s %s -> %s exists; get: %w", p.Dir, p.Src, p.Dst, gerr)
@@ -662,30 +691,50 @@ func (d *DataPlane) removeLocked(inSPI uint32) error {
 		return nil
 	}
 	var errs []error
+	// Two netlink batches: the policies and states as the kernel holds
+	// them, then the deletes of those still ours.
 	pols, _ := BuildPolicies(&d.opts, e.sa, e.ids)
+	in, out, _ := BuildStates(&d.opts, e.sa, e.ids)
+	states := []*netlink.XfrmState{in, out}
+	gets := make([]*nl.NetlinkRequest, 0, len(pols)+len(states))
 	for _, p := range pols {
-		cur, err := d.h.XfrmPolicyGet(p)
-		if err != nil {
-			if !isGone(err) {
-				errs = append(errs, fmt.Errorf("policy %s %s -> %s: %w", p.Dir, p.Src, p.Dst, err))
+		gets = append(gets, policyIDRequest(nl.XFRM_MSG_GETPOLICY, p))
+	}
+	for _, st := range states {
+		if st != nil {
+			gets = append(gets, stateIDRequest(nl.XFRM_MSG_GETSA, st))
+		}
+	}
+	got := d.raw.batch(gets)
+	dels := make([]*nl.NetlinkRequest, 0, len(gets))
+	var what []any // each delete's object (a policy or a state), for its error
+	for i, p := range pols {
+		a := got[i]
+		if a.err != nil {
+			if !isGone(a.err) {
+				errs = append(errs, fmt.Errorf("policy %s %s -> %s: %w", p.Dir, p.Src, p.Dst, a.err))
 			}
 			continue
 		}
-		if policyReqID(cur) != uint32(p.Tmpls[0].Reqid) {
+		cur, err := parsePolicy(a.data)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("policy %s %s -> %s: %w", p.Dir, p.Src, p.Dst, err))
+			continue
+		}
+		if policyReqID(&cur) != uint32(p.Tmpls[0].Reqid) {
 			continue // a successor's now
 		}
-		if err := d.h.XfrmPolicyDel(p); err != nil && !isGone(err) {
-			errs = append(errs, fmt.Errorf("delete policy %s %s -> %s: %w", p.Dir, p.Src, p.Dst, err))
-		}
+		dels = append(dels, policyIDRequest(nl.XFRM_MSG_DELPOLICY, p))
+		what = append(what, p)
 	}
-	in, out, _ := BuildStates(&d.opts, e.sa, e.ids)
-	for i, st := range []*netlink.XfrmState{in, out} {
+	k := len(pols)
+	for i, st := range states {
 		if st == nil {
 			continue
 		}
-		if cur, err := d.h.XfrmStateGet(st); err == nil {
+		if a := got[k]; a.err == nil && len(a.data) >= nl.SizeofXfrmUsersaInfo {
 			// Its last counters go to Report's totals.
-			c := cur.Statistics
+			c := nl.DeserializeXfrmUsersaInfo(a.data).Curlft
 			if i == 0 {
 				d.gone.InBytes += c.Bytes + e.base.InBytes
 				d.gone.InPackets += c.Packets + e.base.InPackets
@@ -694,8 +743,19 @@ func (d *DataPlane) removeLocked(inSPI uint32) error {
 				d.gone.OutPackets += c.Packets + e.base.OutPackets
 			}
 		}
-		if err := d.h.XfrmStateDel(st); err != nil && !isGone(err) {
-			errs = append(errs, fmt.Errorf("delete state spi %08x: %w", uint32(st.Spi), err))
+		k++
+		dels = append(dels, stateIDRequest(nl.XFRM_MSG_DELSA, st))
+		what = append(what, st)
+	}
+	for i, a := range d.raw.batch(dels) {
+		if a.err == nil || isGone(a.err) {
+			continue
+		}
+		switch w := what[i].(type) {
+		case *netlink.XfrmPolicy:
+			errs = append(errs, fmt.Errorf("delete policy %s %s -> %s: %w", w.Dir, w.Src, w.Dst, a.err))
+		case *netlink.XfrmState:
+			errs = append(errs, fmt.Errorf("delete state spi %08x: %w", uint32(w.Spi), a.err))
 		}
 	}
 	for _, p := range e.route {
