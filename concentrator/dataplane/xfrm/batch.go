@@ -1,6 +1,7 @@
 package xfrm
 
 import (
+	"cmp"
 	"errors"
 	"fmt"
 	"sync/atomic"
@@ -59,14 +60,19 @@ func policySel(sel *nl.XfrmSelector, p *netlink.XfrmPolicy) {
 	sel.Ifindex = int32(p.Ifindex)
 }
 
-// markAttr is XFRMA_MARK for m, as the library writes it (a mask of 0:
-// all ones).
-func markAttr(m *netlink.XfrmMark) *nl.RtAttr {
-	mk := &nl.XfrmMark{Value: m.Value, Mask: m.Mask}
-	if mk.Mask == 0 {
-		mk.Mask = ^uint32(0)
+// addMarkIfid adds XFRMA_MARK (as the library writes it: a mask of 0
+// means all ones) and XFRMA_IF_ID to req, those of them that are set.
+func addMarkIfid(req *nl.NetlinkRequest, m *netlink.XfrmMark, ifid int) {
+	if m != nil {
+		mk := &nl.XfrmMark{Value: m.Value, Mask: m.Mask}
+		if mk.Mask == 0 {
+			mk.Mask = ^uint32(0)
+		}
+		req.AddData(nl.NewRtAttr(nl.XFRMA_MARK, mk.Serialize()))
 	}
-	return nl.NewRtAttr(nl.XFRMA_MARK, mk.Serialize())
+	if ifid != 0 {
+		req.AddData(nl.NewRtAttr(nl.XFRMA_IF_ID, nl.Uint32Attr(uint32(ifid))))
+	}
 }
 
 // policyRequest is p's XFRM_MSG_NEWPOLICY (create, not replace), built as
@@ -100,12 +106,7 @@ func policyRequest(p *netlink.XfrmPolicy) *nl.NetlinkRequest {
 		}
 		req.AddData(nl.NewRtAttr(nl.XFRMA_TMPL, b))
 	}
-	if p.Mark != nil {
-		req.AddData(markAttr(p.Mark))
-	}
-	if p.Ifid != 0 {
-		req.AddData(nl.NewRtAttr(nl.XFRMA_IF_ID, nl.Uint32Attr(uint32(p.Ifid))))
-	}
+	addMarkIfid(req, p.Mark, p.Ifid)
 	return req
 }
 
@@ -118,12 +119,7 @@ func policyIDRequest(typ int, p *netlink.XfrmPolicy) *nl.NetlinkRequest {
 	msg.Index = uint32(p.Index)
 	msg.Dir = uint8(p.Dir)
 	req.AddData(msg)
-	if p.Mark != nil {
-		req.AddData(markAttr(p.Mark))
-	}
-	if p.Ifid != 0 {
-		req.AddData(nl.NewRtAttr(nl.XFRMA_IF_ID, nl.Uint32Attr(uint32(p.Ifid))))
-	}
+	addMarkIfid(req, p.Mark, p.Ifid)
 	return req
 }
 
@@ -137,15 +133,10 @@ func stateIDRequest(typ int, st *netlink.XfrmState) *nl.NetlinkRequest {
 	msg.Proto = uint8(st.Proto)
 	msg.Spi = nl.Swap32(uint32(st.Spi))
 	req.AddData(msg)
-	if st.Mark != nil {
-		req.AddData(markAttr(st.Mark))
-	}
 	if st.Src != nil {
 		req.AddData(nl.NewRtAttr(nl.XFRMA_SRCADDR, st.Src.To16()))
 	}
-	if st.Ifid != 0 {
-		req.AddData(nl.NewRtAttr(nl.XFRMA_IF_ID, nl.Uint32Attr(uint32(st.Ifid))))
-	}
+	addMarkIfid(req, st.Mark, st.Ifid)
 	return req
 }
 
@@ -155,8 +146,19 @@ type answer struct {
 	err  error  // nil: done
 }
 
-// errNoAnswer: the kernel's answer to a batch did not come (the socket's
-// receive timeout); what the batch did is unknown.
+// drain reads what is left in the socket (under its lock).
+func (r *rawXfrm) drain() {
+	for {
+		_, _, err := unix.Recvfrom(r.sh.Socket.GetFd(), r.rbuf, 0)
+		if err != nil && err != unix.EINTR && err != unix.ENOBUFS {
+			return
+		}
+	}
+}
+
+// errNoAnswer: the kernel's answer to a batch was not in the socket after
+// the send (lost: the socket's receive buffer was full); what the batch
+// did is unknown.
 var errNoAnswer = errors.New("xfrm: no answer to a netlink batch")
 
 // maxBatch is the most requests in one datagram. The kernel queues its
@@ -220,18 +222,40 @@ func (r *rawXfrm) datagram(reqs []*nl.NetlinkRequest, ans []answer) {
 		}
 		break
 	}
+	// Every answer is queued by now: read them straight from the socket
+	// (non-blocking) into a buffer kept for it. (The library's read waits
+	// with a deadline and takes a fresh 64 KiB buffer each time.) If the
+	// kernel could not queue some (ENOBUFS), which ones is unknown: the
+	// rest of the socket is read (so that the next batch finds it empty)
+	// and every request without an answer of its own fails.
 	last := first + uint32(len(reqs)) - 1
+	if r.rbuf == nil {
+		r.rbuf = make([]byte, nl.RECEIVE_BUFFER_SIZE)
+	}
+	var lost error
 	for {
-		msgs, from, err := s.Receive()
+		n, from, err := unix.Recvfrom(s.GetFd(), r.rbuf, 0)
+		if err == unix.EINTR {
+			continue
+		}
+		if err == unix.ENOBUFS {
+			lost = fmt.Errorf("xfrm: netlink answers lost (the socket's receive buffer was full): %w", err)
+			continue
+		}
 		if err != nil {
-			if errors.Is(err, unix.EAGAIN) {
-				err = errNoAnswer
+			if err == unix.EAGAIN {
+				err = cmp.Or(lost, errNoAnswer)
 			}
 			fail(err)
 			return
 		}
-		if from.Pid != nl.PidKernel {
+		if nf, ok := from.(*unix.SockaddrNetlink); !ok || nf.Pid != nl.PidKernel {
 			continue
+		}
+		msgs, err := syscall.ParseNetlinkMessage(r.rbuf[:n])
+		if err != nil {
+			fail(fmt.Errorf("xfrm: netlink answer: %w", err))
+			return
 		}
 		for _, m := range msgs {
 			seq := m.Header.Seq
@@ -240,7 +264,7 @@ func (r *rawXfrm) datagram(reqs []*nl.NetlinkRequest, ans []answer) {
 			}
 			a := &ans[seq-first]
 			if m.Header.Type != unix.NLMSG_ERROR {
-				a.data = m.Data // a get's reply
+				a.data = append([]byte(nil), m.Data...) // a get's reply
 				continue
 			}
 			if len(m.Data) < 4 {
@@ -249,6 +273,10 @@ func (r *rawXfrm) datagram(reqs []*nl.NetlinkRequest, ans []answer) {
 				a.err = syscall.Errno(-code)
 			}
 			if seq == last {
+				if lost != nil {
+					r.drain()
+					fail(lost)
+				}
 				return
 			}
 		}

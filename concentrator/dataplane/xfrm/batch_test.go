@@ -160,6 +160,37 @@ func TestBatchOutcomesPerMessage(t *testing.T) {
 			t.Fatalf("get %d of %d: %v, %v, %s", i, len(gets), a.err, err, policyString(cur))
 		}
 	}
+	// A datagram whose answers overflow the socket: each request has its
+	// answer or an error saying that answers were lost, and the next
+	// batch finds the socket empty.
+	var flood []*nl.NetlinkRequest
+	for range 8 {
+		for _, p := range many {
+			flood = append(flood, policyIDRequest(nl.XFRM_MSG_GETPOLICY, p))
+		}
+	}
+	ans = make([]answer, len(flood))
+	raw.datagram(flood, ans)
+	answered, lost := 0, 0
+	for i, a := range ans {
+		switch {
+		case a.err == nil && a.data != nil:
+			answered++
+		case errors.Is(a.err, syscall.ENOBUFS):
+			lost++
+		default:
+			t.Fatalf("request %d of %d: %v, %d bytes", i, len(flood), a.err, len(a.data))
+		}
+	}
+	if lost == 0 {
+		t.Fatalf("%d gets in one datagram, all answered: no overflow to test", len(flood))
+	}
+	t.Logf("%d gets in one datagram: %d answered, %d lost", len(flood), answered, lost)
+	for i, a := range raw.batch(gets) {
+		if a.err != nil || a.data == nil {
+			t.Fatalf("after the overflow, get %d of %d: %v", i, len(gets), a.err)
+		}
+	}
 }
 
 func answerErrs(ans []answer) []error {

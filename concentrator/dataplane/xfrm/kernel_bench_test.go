@@ -18,27 +18,8 @@ import (
 // them, CPU time included the kernel's. Run in the VM:
 // run-in-vm.sh DIR ./xfrm.test -test.run '^$' -test.bench InstallRemove.
 func BenchmarkKernelInstallRemove(b *testing.B) {
-	if os.Geteuid() != 0 || Available() != nil {
-		b.Skip("needs root and a kernel with ESP (the VM tier)")
-	}
 	ctx := context.Background()
-	ns := newBenchNS(b)
-	o := DefaultOptions()
-	o.NetNS, o.MSSClamp = ns, false
-	o.Pools = []netip.Prefix{netip.MustParsePrefix("10.99.0.0/16")}
-	d, err := New(o)
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer d.Close()
-	h, err := netlink.NewHandleAt(ns)
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer h.Close()
-	lo, _ := h.LinkByName("lo")
-	_ = h.LinkSetUp(lo)
-	_ = h.AddrAdd(lo, &netlink.Addr{IPNet: &net.IPNet{IP: net.IPv4(192, 168, 100, 2), Mask: net.CIDRMask(24, 32)}})
+	d := benchDataPlane(b)
 	i := 0
 	for b.Loop() {
 		sa := tunnelSA(0xd1000000+uint32(i), 0x0f100000+uint32(i))
@@ -53,4 +34,32 @@ func BenchmarkKernelInstallRemove(b *testing.B) {
 		}
 		i++
 	}
+}
+
+// benchDataPlane is a data plane in a namespace of its own (lo up, the
+// node's address 192.168.100.2/24 on it, pool 10.99.0.0/16) for the
+// kernel benchmarks, closed at the benchmark's end; it skips where the
+// kernel has no ESP.
+func benchDataPlane(b *testing.B) *DataPlane {
+	if os.Geteuid() != 0 || Available() != nil {
+		b.Skip("needs root and a kernel with ESP (the VM tier)")
+	}
+	ns := newBenchNS(b)
+	o := DefaultOptions()
+	o.NetNS, o.MSSClamp = ns, false
+	o.Pools = []netip.Prefix{netip.MustParsePrefix("10.99.0.0/16")}
+	d, err := New(o)
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { d.Close() })
+	h, err := netlink.NewHandleAt(ns)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer h.Close()
+	lo, _ := h.LinkByName("lo")
+	_ = h.LinkSetUp(lo)
+	_ = h.AddrAdd(lo, &netlink.Addr{IPNet: &net.IPNet{IP: net.IPv4(192, 168, 100, 2), Mask: net.CIDRMask(24, 32)}})
+	return d
 }

@@ -1357,31 +1357,12 @@ func TestKernelSeqProgress(t *testing.T) {
 // too). The event path costs one GETAE per report and nothing per idle SA.
 // Run in the VM: run-in-vm.sh DIR ./xfrm.test -test.run '^$' -test.bench SeqPoll.
 func BenchmarkKernelSeqPoll(b *testing.B) {
-	if os.Geteuid() != 0 || Available() != nil {
-		b.Skip("needs root and a kernel with ESP (the VM tier)")
-	}
 	n := 500
 	if v, err := strconv.Atoi(os.Getenv("IKEFLEET_POLL_N")); err == nil && v > 0 {
 		n = v
 	}
 	ctx := context.Background()
-	ns := newBenchNS(b)
-	o := DefaultOptions()
-	o.NetNS, o.MSSClamp = ns, false
-	o.Pools = []netip.Prefix{netip.MustParsePrefix("10.99.0.0/16")}
-	d, err := New(o)
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer d.Close()
-	h, err := netlink.NewHandleAt(ns)
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer h.Close()
-	lo, _ := h.LinkByName("lo")
-	_ = h.LinkSetUp(lo)
-	_ = h.AddrAdd(lo, &netlink.Addr{IPNet: &net.IPNet{IP: net.IPv4(192, 168, 100, 2), Mask: net.CIDRMask(24, 32)}})
+	d := benchDataPlane(b)
 	var ids []stateID
 	for i := 0; i < n; i++ {
 		sa := tunnelSA(0xd1000000+uint32(i), 0x0f100000+uint32(i))

@@ -25,8 +25,9 @@ var (
 // cannot make (states with a replay state, async event reads and
 // thresholds). The library locks the socket for each request.
 type rawXfrm struct {
-	sh  *nl.SocketHandle
-	pid uint32 // the socket's port ID: XFRM_MSG_GETAE answers go to the header's
+	sh   *nl.SocketHandle
+	pid  uint32 // the socket's port ID: XFRM_MSG_GETAE answers go to the header's
+	rbuf []byte // batch's receive buffer (under the socket's lock)
 }
 
 // aeIO reads a state's replay state and sets its threshold: the kernel
