@@ -63,6 +63,7 @@ type options struct {
 	scaleDPD    string
 	scaleMem    string
 	commitDelay string // statestore.commit_delay of every node with a store, if not the default
+	leaseTTL    string // statestore.lease_ttl of every node with a store, if not the default
 	scaleProbe  int
 	scaleAgain  bool // probe a fresh node at 1,000 held again after the probe at scale
 	groups      int
@@ -101,6 +102,7 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 	scaleDPD := fs.String("scale-dpd-delay", "", "with --scale: the node's ike.dpd_delay (e.g. 0s: no liveness checks, so that the probes measure setups alone); default: the node's default (60s)")
 	scaleAgain := fs.Bool("scale-again", true, "with --scale: after the probe at --scale, grow a fresh node to 1,000 held and probe it again; the probe at --scale is also given against the mean of the probes at 1,000 before and after, so that a drift of the machine's speed over the run's minutes (a shared VM) does not read as growth, or hide it")
 	scaleSettle := fs.Duration("scale-settle", 70*time.Second, "with --scale: quiet time before each probe of setups, so that both start from a compacted store (the embedded etcd keeps a minute of history), and the node's idle CPU over its last minute; 0: probe at once")
+	leaseTTL := fs.String("lease-ttl", "", "the nodes' statestore.lease_ttl (e.g. 10s): a node that cannot renew its lease in time fences itself, and one that cannot at its start exits, which a CPU emulated in a VM (make bench-node-vm) or a starved one can cause; default: the node's default (3s)")
 	commitDelay := fs.String("commit-delay", "", "the nodes' statestore.commit_delay (e.g. 8ms): how long a change waits for others to share its etcd transaction, which trades setup latency for CPU; default: the node's default (2ms)")
 	groups := fs.Int("groups", 64, "gateway groups, each with its own loopback source address (127.1.x.y) and ports")
 	pin := fs.Bool("pin", true, "pin the node to CPU 0 and this driver to CPU 1")
@@ -129,7 +131,7 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 	if len(rowRates) > 1 && *against != "" {
 		return errors.New("--rates: one rate with --against (use --rate)")
 	}
-	o := options{bin: *bin, count: *count, rate: *rate, burst: *burst, scale: *scale, scaleRate: *scaleRate, scaleSettle: *scaleSettle, scaleDPD: *scaleDPD, scaleMem: *scaleMem, scaleProbe: *scaleProbe, scaleAgain: *scaleAgain, commitDelay: *commitDelay,
+	o := options{bin: *bin, count: *count, rate: *rate, burst: *burst, scale: *scale, scaleRate: *scaleRate, scaleSettle: *scaleSettle, scaleDPD: *scaleDPD, scaleMem: *scaleMem, scaleProbe: *scaleProbe, scaleAgain: *scaleAgain, commitDelay: *commitDelay, leaseTTL: *leaseTTL,
 		groups: *groups, pin: *pin, cpuprofile: *cpuprofile, heapprofile: *heapprofile, timeout: *timeout,
 		charon: *charon, engineCPU: *engineCPU, rowJSON: *rowJSON, against: *against, rounds: *rounds, check: *check}
 	if o.prop, err = ike.ParseProposal("aes256gcm16-prfsha256-x25519", false, false); err != nil {
@@ -361,7 +363,7 @@ func (o *options) start(spec nodeSpec, nodeCPU int, profile string, pprof bool) 
 	}
 	var p *nodeProc
 	var err error
-	spec.commitDelay = o.commitDelay
+	spec.commitDelay, spec.leaseTTL = o.commitDelay, o.leaseTTL
 	if spec.strongswan {
 		p, err = o.startCharon(spec, nodeCPU)
 	} else {

@@ -34,6 +34,7 @@ type nodeSpec struct {
 	dpdDelay    string // ike.dpd_delay, if not the default
 	memLimit    string // node.memory_limit, if not the default (auto: none outside a cgroup with a limit)
 	commitDelay string // statestore.commit_delay, if not the default
+	leaseTTL    string // statestore.lease_ttl, if not the default
 }
 
 // kernelESPReady reports why the xfrm rows cannot run here, or nil: they
@@ -191,6 +192,9 @@ func writeConfig(path string, spec nodeSpec, ikePort, nattPort uint16, dataDir, 
 	fmt.Fprintf(&b, "children:\n  local_ts: [10.30.0.0/24]\n  pool: 10.112.0.0/12\n")
 	fmt.Fprintf(&b, "dataplane:\n  mode: %s\n  userspace: {tun: ikfbench0}\n", spec.dataplane)
 	fmt.Fprintf(&b, "statestore:\n  mode: %s\n  data_dir: %s\n", spec.statestore, dataDir)
+	if spec.leaseTTL != "" {
+		fmt.Fprintf(&b, "  lease_ttl: %s\n", spec.leaseTTL)
+	}
 	if spec.commitDelay != "" {
 		fmt.Fprintf(&b, "  commit_delay: %s\n", spec.commitDelay)
 	}

@@ -30,7 +30,8 @@ work=$(mktemp -d /tmp/ikf-vmbench.XXXXXX)
 [ "${KEEP:-}" = 1 ] || trap 'rm -rf "$work"' EXIT
 CGO_ENABLED=0 "$GO" build -o "$work/" ./cmd/benchnode ./cmd/concentratord
 # 400 gateways at 40/s: under TCG the node's core handles about 50
-# handshakes a second.
-flags=${BENCH_NODE_VM_FLAGS:---rows memory+none,xfrm+none,memory+embedded,xfrm+embedded --count 400 --rate 40 --burst 500 --burst-config xfrm+embedded}
+# handshakes a second. A lease of 10 s: a node whose embedded etcd starts
+# slowly under TCG could miss the default 3 s at its start, and exit.
+flags=${BENCH_NODE_VM_FLAGS:---rows memory+none,xfrm+none,memory+embedded,xfrm+embedded --count 400 --rate 40 --burst 500 --burst-config xfrm+embedded --lease-ttl 10s}
 # shellcheck disable=SC2086 # flags are words
 VM_SMP=${VM_SMP:-2} VM_TIMEOUT=${VM_TIMEOUT:-1800} sh "$root/e2e/vm/run-in-vm.sh" "$work" ./benchnode --concentratord ./concentratord $flags

@@ -53,7 +53,7 @@ rc=0
 ./e2e.test -test.v -test.count=1 -test.run "${VM_E2E_RUN:-^TestKernel}" -test.timeout 14m || rc=1
 if [ -z "${VM_E2E_RUN:-}" ]; then
 	./benchnode --concentratord ./concentratord --rows xfrm+embedded --count 40 --rate 20 \
-		--burst 60 --burst-config xfrm+embedded --pin=false --timeout 60s --check || rc=1
+		--burst 60 --burst-config xfrm+embedded --pin=false --timeout 60s --lease-ttl 10s --check || rc=1
 fi
 exit $rc
 IN
