@@ -49,8 +49,9 @@ type nfQueue struct {
 	on   atomic.Pointer[func(uint32)]
 	stop atomic.Bool
 	done chan struct{}
-	// Counters: packets seen, reported, not ESP-in-UDP, receive errors.
-	packets, reported, malformed, recvErrors atomic.Uint64
+	// Counters: packets seen, reported, not ESP-in-UDP, receive errors;
+	// the reader's returns from its receive (packets or the timeout).
+	packets, reported, malformed, recvErrors, wakeups atomic.Uint64
 }
 
 // openNFQueue binds queue num in namespace ns (fail-open: a full queue
@@ -62,6 +63,13 @@ func openNFQueue(ns netns.NsHandle, num uint16) (*nfQueue, error) {
 	}
 	q := &nfQueue{sock: s, num: num, done: make(chan struct{})}
 	fd := s.GetFd()
+	// The library opens its sockets non-blocking (for Go's poller); the
+	// reader blocks in recvfrom instead, until a packet or the timeout
+	// below. Non-blocking, it spun: a whole core, from start to stop.
+	if err := unix.SetNonblock(fd, false); err != nil {
+		s.Close()
+		return nil, err
+	}
 	_ = unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_RCVBUFFORCE, nfqRecvBufferSize)
 	_ = unix.SetsockoptInt(fd, unix.SOL_NETLINK, unix.NETLINK_NO_ENOBUFS, 1)
 	// Receives wake up twice a second to see whether to stop.
@@ -165,6 +173,7 @@ func (q *nfQueue) run() {
 	fd := q.sock.GetFd()
 	for !q.stop.Load() {
 		n, _, err := unix.Recvfrom(fd, buf, 0)
+		q.wakeups.Add(1)
 		if err != nil {
 			if errors.Is(err, unix.EAGAIN) || errors.Is(err, unix.EINTR) {
 				continue

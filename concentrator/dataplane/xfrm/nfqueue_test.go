@@ -2,7 +2,9 @@ package xfrm
 
 import (
 	"encoding/binary"
+	"os"
 	"testing"
+	"time"
 
 	"golang.org/x/sys/unix"
 )
@@ -121,4 +123,29 @@ func FuzzNFQueueHandle(f *testing.F) {
 		espInUDPSPI(b)
 		parseNFQPacket(b)
 	})
+}
+
+// An idle queue's reader sleeps in its receive until the timeout (twice
+// a second): it does not spin. (It did: the netlink library opens its
+// sockets non-blocking, and each receive returned at once.) A count of
+// wake-ups, not a time: a spinning reader wakes millions of times in a
+// second, a sleeping one two or three.
+func TestNFQueueReaderSleepsWhenIdle(t *testing.T) {
+	if os.Geteuid() != 0 {
+		if os.Getenv("CI") == "true" || os.Getenv("IKEFLEET_VM") == "1" {
+			t.Fatal("needs root (a network namespace)")
+		}
+		t.Skip("needs root (a network namespace)")
+	}
+	q, err := openNFQueue(newNS(t), 4599)
+	if err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(1500 * time.Millisecond)
+	n := q.wakeups.Load()
+	q.close()
+	if n > 10 {
+		t.Fatalf("the idle reader woke %d times in 1.5 s: it spins", n)
+	}
+	t.Logf("the idle reader woke %d times in 1.5 s", n)
 }
