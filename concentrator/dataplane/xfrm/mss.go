@@ -37,6 +37,15 @@ func nftConn(ns netns.NsHandle) (*nftables.Conn, error) {
 	return nftables.New()
 }
 
+// lastingNftConn is nftConn's connection kept open across Flushes, until
+// CloseLasting.
+func lastingNftConn(ns netns.NsHandle) (*nftables.Conn, error) {
+	if ns.IsOpen() {
+		return nftables.New(nftables.AsLasting(), nftables.WithNetNSFd(int(ns)))
+	}
+	return nftables.New(nftables.AsLasting())
+}
+
 // installMSSClamp installs (replacing any earlier one) the table
 //
 //	table inet ikefleet_mss {
