@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
-	"os"
 	"syscall"
 	"testing"
 
@@ -84,12 +83,7 @@ func TestPolicyRequestParsesBack(t *testing.T) {
 // are added; a batch whose last message fails says so too. Policies need
 // XFRM but not ESP: this runs on the build hosts too (root).
 func TestBatchOutcomesPerMessage(t *testing.T) {
-	if os.Geteuid() != 0 {
-		if os.Getenv("CI") == "true" || os.Getenv("IKEFLEET_VM") == "1" {
-			t.Fatal("needs root (a network namespace)")
-		}
-		t.Skip("needs root (a network namespace)")
-	}
+	requireRoot(t)
 	ns := newNS(t)
 	raw, err := newRawXfrm(ns)
 	if err != nil {

@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"log/slog"
 	"maps"
-	"os"
 	"strings"
 	"testing"
 
@@ -239,12 +238,7 @@ func TestESPSetDiff(t *testing.T) {
 // connection: what the kernel holds after each sync is what was noted.
 // nftables, not ESP: this runs on the build hosts too (root).
 func TestESPSteerSetsFollowChanges(t *testing.T) {
-	if os.Geteuid() != 0 {
-		if os.Getenv("CI") == "true" || os.Getenv("IKEFLEET_VM") == "1" {
-			t.Fatal("needs root (a network namespace)")
-		}
-		t.Skip("needs root (a network namespace)")
-	}
+	requireRoot(t)
 	ns := newNS(t)
 	s, err := newESPSteer(ns, 4500, 0, slog.New(slog.DiscardHandler)) // no queue rule: the build hosts lack nft_queue
 	if err != nil {

@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
-	"os"
 	"testing"
 
 	"github.com/vishvananda/netlink"
@@ -189,12 +188,7 @@ func TestKernelIPv6(t *testing.T) {
 // hosts as root too): policies with IPv6 selectors, added through the
 // library, come back from the data plane's dump as they were added.
 func TestKernelPolicyDumpIPv6(t *testing.T) {
-	if os.Geteuid() != 0 {
-		if os.Getenv("IKEFLEET_VM") == "1" || os.Getenv("CI") == "true" {
-			t.Fatal("needs root (a network namespace); CI and the VM tier run as root")
-		}
-		t.Skip("needs root (a network namespace)")
-	}
+	requireRoot(t)
 	ns := newNS(t)
 	h, err := netlink.NewHandleAt(ns)
 	if err != nil {

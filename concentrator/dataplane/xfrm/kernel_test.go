@@ -45,6 +45,20 @@ func requireKernel(t *testing.T) {
 	t.Skipf("kernel xfrm test: %s (runs in the VM tier: make test-vm)", why)
 }
 
+// requireRoot is for the tests that need root (a network namespace) but
+// not ESP: they run on the build hosts too. CI and the VM tier run as
+// root, so there a missing root is a failure.
+func requireRoot(t *testing.T) {
+	t.Helper()
+	if os.Geteuid() == 0 {
+		return
+	}
+	if os.Getenv("IKEFLEET_VM") == "1" || os.Getenv("CI") == "true" {
+		t.Fatal("needs root (a network namespace); CI and the VM tier run as root")
+	}
+	t.Skip("needs root (a network namespace)")
+}
+
 // inNS runs fn on a thread inside ns.
 func inNS(t testing.TB, ns netns.NsHandle, fn func() error) error {
 	t.Helper()

@@ -2,7 +2,6 @@ package xfrm
 
 import (
 	"encoding/binary"
-	"os"
 	"testing"
 	"time"
 
@@ -131,12 +130,7 @@ func FuzzNFQueueHandle(f *testing.F) {
 // wake-ups, not a time: a spinning reader wakes millions of times in a
 // second, a sleeping one two or three.
 func TestNFQueueReaderSleepsWhenIdle(t *testing.T) {
-	if os.Geteuid() != 0 {
-		if os.Getenv("CI") == "true" || os.Getenv("IKEFLEET_VM") == "1" {
-			t.Fatal("needs root (a network namespace)")
-		}
-		t.Skip("needs root (a network namespace)")
-	}
+	requireRoot(t)
 	q, err := openNFQueue(newNS(t), 4599)
 	if err != nil {
 		t.Fatal(err)
