@@ -18,7 +18,8 @@ import (
 // library sends one request per system call and reads its answer with
 // another (and asks for the socket's port ID with a third), so an SA of
 // two states and three policies cost fifteen system calls to install and
-// thirty to remove; batched, two and four or five.
+// thirty to remove; batched, two and nine (two sends, and a receive for
+// each get's reply, a datagram of its own, and for each batch's end).
 
 // stateRequest is st's XFRM_MSG_NEWSA (stateAddMessage) as a request.
 func stateRequest(st *netlink.XfrmState, rp Replay, maxDiff uint32, inbound bool) (*nl.NetlinkRequest, error) {
@@ -254,15 +255,17 @@ func (r *rawXfrm) datagram(reqs []*nl.NetlinkRequest, ans []answer) {
 		}
 		msgs, err := syscall.ParseNetlinkMessage(r.rbuf[:n])
 		if err != nil {
+			r.drain()
 			fail(fmt.Errorf("xfrm: netlink answer: %w", err))
 			return
 		}
 		for _, m := range msgs {
 			seq := m.Header.Seq
-			if seq < first || seq > last || m.Header.Pid != r.pid {
-				continue // an answer to an earlier request that timed out
+			i := seq - first // wraps with the sequence numbers
+			if i >= uint32(len(reqs)) || m.Header.Pid != r.pid {
+				continue // an earlier request's (one the library gave up on)
 			}
-			a := &ans[seq-first]
+			a := &ans[i]
 			if m.Header.Type != unix.NLMSG_ERROR {
 				a.data = append([]byte(nil), m.Data...) // a get's reply
 				continue

@@ -131,6 +131,15 @@ func TestBatchOutcomesPerMessage(t *testing.T) {
 	if got, err := raw.policies(); err != nil || len(got) != 2 {
 		t.Fatalf("policies after the delete: %d, %v; want 2", len(got), err)
 	}
+	// A batch whose sequence numbers wrap around is answered as well.
+	raw.sh.Seq = ^uint32(0) - 1
+	for i, a := range raw.batch([]*nl.NetlinkRequest{policyIDRequest(nl.XFRM_MSG_GETPOLICY, pols[0]),
+		policyIDRequest(nl.XFRM_MSG_GETPOLICY, pols[2]), policyIDRequest(nl.XFRM_MSG_GETPOLICY, pols[0]),
+		policyIDRequest(nl.XFRM_MSG_GETPOLICY, pols[2])}) {
+		if a.err != nil || a.data == nil {
+			t.Fatalf("get %d across the wrap: %v", i, a.err)
+		}
+	}
 	// More than a datagram's worth: every request is answered.
 	var many []*netlink.XfrmPolicy
 	for i := range 3*maxBatch + 5 {
