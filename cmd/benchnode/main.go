@@ -106,7 +106,7 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 	commitDelay := fs.String("commit-delay", "", "the nodes' statestore.commit_delay (e.g. 8ms): how long a change waits for others to share its etcd transaction, which trades setup latency for CPU; default: the node's default (2ms)")
 	groups := fs.Int("groups", 64, "gateway groups, each with its own loopback source address (127.1.x.y) and ports")
 	pin := fs.Bool("pin", true, "pin the node to CPU 0 and this driver to CPU 1")
-	cpuprofile := fs.String("cpuprofile", "", "write the node's CPU profile of each row to FILE.<row>, and with --scale of each probe to FILE.probe-<SAs held>; with --against the baseline's to FILE.base.<row> (each build's last round) (go tool pprof)")
+	cpuprofile := fs.String("cpuprofile", "", "write the node's CPU profile of each row to FILE.<row>, and with --scale of each probe to FILE.probe-<SAs held> and of the quiet minute before it to FILE.idle-<SAs held>; with --against the baseline's to FILE.base.<row> (each build's last round) (go tool pprof)")
 	heapprofile := fs.String("heapprofile", "", "with --scale: save the node's heap profile at the peak to FILE (go tool pprof)")
 	timeout := fs.Duration("timeout", 120*time.Second, "per phase")
 	against := fs.String("against", "", "a baseline concentratord (another build): run each row of --rows --rounds times with both, alternating, and print the median of the rounds' ratios (this build over the baseline); no burst or scale run")
@@ -568,7 +568,7 @@ func (o *options) scaleRun(ctx context.Context, out io.Writer, eng time.Duration
 	// With --cpuprofile each probe gets a profile of its own (FILE.probe-1000,
 	// FILE.probe-<scale>) from the node's net/http/pprof, instead of one of
 	// the whole run, which the growth would dominate.
-	probeProfile := o.profileFor("probe")
+	probeProfile, idleProfile := o.profileFor("probe"), o.profileFor("idle")
 	p, f, stop, err := o.start(spec, nodeCPU, "", o.heapprofile != "" || probeProfile != "")
 	if err != nil {
 		return err
@@ -592,6 +592,8 @@ func (o *options) scaleRun(ctx context.Context, out io.Writer, eng time.Duration
 		cpu, p99, net time.Duration
 		idle          float64
 		node          nodeCounters // the node's counters over the probe (probeCounters)
+		quiet         resident     // the node's memory at the end of the quiet, before the probe
+		quietHeap     goHeap
 	}
 	// measure runs a probe: o.scaleProbe gateways set up at o.rate, each
 	// deleted as soon as it is established, so that the SAs held stay
@@ -609,10 +611,22 @@ func (o *options) scaleRun(ctx context.Context, out io.Writer, eng time.Duration
 			window := min(o.scaleSettle, time.Minute)
 			time.Sleep(o.scaleSettle - window)
 			i0, _ := p.cpu()
-			time.Sleep(window)
+			if idleProfile != "" {
+				// What the node spends while it holds the SAs and sets up
+				// none: liveness checks, the collector, etcd's compaction.
+				path := fmt.Sprintf("%s-%d%s", idleProfile, f.up.Load()-f.deleted.Load(), tag)
+				if err := p.cpuProfile(path, window); err != nil {
+					fmt.Fprintf(out, "  idle CPU profile: %v\n", err)
+					time.Sleep(window)
+				}
+			} else {
+				time.Sleep(window)
+			}
 			i1, _ := p.cpu()
 			r.idle = (i1 - i0).Seconds() / window.Seconds()
 		}
+		r.quiet, _ = p.memory()
+		r.quietHeap = p.goHeap()
 		c0, _ := p.cpu()
 		t0 := time.Now()
 		f.phase()
@@ -734,6 +748,15 @@ func (o *options) scaleRun(ctx context.Context, out io.Writer, eng time.Duration
 	// more than at the peak).
 	fmt.Fprintf(out, "  Go heap then (the node's runtime): spans in use %.2f KiB per SA more than at the start (live objects, garbage not yet swept, free slots of partly filled spans), free spans not yet returned to the OS %.0f MiB (%.2f KiB per SA), next collection at %.0f MiB\n",
 		perSA(heap0.inuse, heapN.inuse), float64(heapN.kept)/(1<<20), perSA(0, heapN.kept), float64(heapN.nextGC)/(1<<20))
+	if o.scaleSettle > 0 {
+		// A node holds its SAs for hours: what it keeps once the growth's
+		// garbage is collected and its free spans are returned (the
+		// runtime's scavenger, over minutes) is its steady memory.
+		q, qh := atN.quiet, atN.quietHeap
+		fmt.Fprintf(out, "  after the %s quiet, before the probe: RSS %.0f MiB, %.2f KiB per SA (anonymous %.2f KiB, file-backed %.2f KiB); free spans not yet returned %.0f MiB, next collection at %.0f MiB\n",
+			o.scaleSettle, float64(q.rss)/(1<<20), perSA(mem0.rss, q.rss), perSA(mem0.anon, q.anon), perSA(mem0.file, q.file),
+			float64(qh.kept)/(1<<20), float64(qh.nextGC)/(1<<20))
+	}
 	_ = eng
 	return nil
 }
