@@ -77,16 +77,11 @@ func (r *rawXfrm) exec(typ, flags int, resType uint16, data ...nl.NetlinkRequest
 // addState adds st (an inbound state if inbound) with replay state rp and
 // replay threshold maxDiff (XFRM_MSG_NEWSA; EEXIST as from the library).
 func (r *rawXfrm) addState(st *netlink.XfrmState, rp Replay, maxDiff uint32, inbound bool) error {
-	msg, attrs, err := stateAddMessage(st, rp, maxDiff, inbound)
+	req, err := stateRequest(st, rp, maxDiff, inbound)
 	if err != nil {
 		return err
 	}
-	data := []nl.NetlinkRequestData{msg}
-	for _, a := range attrs {
-		data = append(data, a)
-	}
-	_, err = r.exec(nl.XFRM_MSG_NEWSA, unix.NLM_F_CREATE|unix.NLM_F_EXCL|unix.NLM_F_ACK, 0, data...)
-	return err
+	return r.batch([]*nl.NetlinkRequest{req})[0].err
 }
 
 // getAE reads a state's replay state and threshold (XFRM_MSG_GETAE).
