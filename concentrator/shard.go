@@ -49,6 +49,16 @@ func (n *Node) runShard(ctx context.Context, s *shard) {
 	// flood on (ike.Cookies.Screen): the secret exists from the start.
 	s.eng.RenewCookieSecret(n.clock.Mono())
 	for {
+		// The store's answers first: each releases what its write held
+		// back (an IKE_AUTH's response, its CHILD SA's install), which
+		// has waited for etcd already. In the wait below they would
+		// come after up to prioStreak packets, a few milliseconds of
+		// key exchanges while new IKE_SA_INITs keep coming.
+		select {
+		case <-s.commits.wake:
+			n.commitResults(ctx, s)
+		default:
+		}
 		// Queued IKE_AUTHs and messages of established SAs before
 		// cookie-proven new IKE_SA_INITs, and those before other new ones
 		// (shardQueue.next); after prioStreak packets in a row, one wait

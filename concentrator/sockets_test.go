@@ -1020,3 +1020,43 @@ func TestSplitSocketsOff(t *testing.T) {
 		t.Fatalf("answer for %016x (cookie %v), want a cookie for 1", spi, cookie)
 	}
 }
+
+// TestCommitAnswersBeforeQueuedPackets: a response held for its state's
+// write leaves as soon as the store answers, ahead of the packets that
+// queued at the shard meanwhile. In the shard's wait the answer would
+// come after up to prioStreak of them (at 1,000 new SAs a second a few
+// milliseconds of key exchanges), and only then by the wait's draw.
+func TestCommitAnswersBeforeQueuedPackets(t *testing.T) {
+	n, _ := startNode(t, 1, "  socket_buffer: 8388608\n")
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	s := n.shards[0]
+	cc := newCookieClient(t, n.IKEAddr())
+	const held = 0x0badc0de0badc0de
+	to := cc.c.LocalAddr().(*net.UDPAddr).AddrPort()
+	b := &heldBatch{waiting: 1, send: []ike.Send{{Local: n.IKEAddr(), Remote: to,
+		Messages: [][]byte{header(held, 1, ike.INFORMATIONAL, ike.FlagResponse)}}}}
+	if err := n.do(ctx, s, func() { s.held = append(s.held, b) }); err != nil {
+		t.Fatal(err)
+	}
+	release := busyShard(ctx, n, s)
+	defer release()
+	const queued = 2 * prioStreak
+	for i := range queued {
+		cc.send(laterMajorVersion(uint64(i+1), uint64(s.id)<<spiShardShift|0x1234))
+	}
+	for s.q.waiting()[queuePrio] < queued {
+		if ctx.Err() != nil {
+			t.Fatalf("%d of %d sent reached the stopped shard", s.q.waiting()[queuePrio], queued)
+		}
+		time.Sleep(time.Millisecond)
+	}
+	s.commits.post(commitResult{b: b, spi: held, version: 1})
+	release()
+	if spi, _ := cc.answer(); spi != held {
+		t.Fatalf("first answer for %016x, want the held response (%016x) before the %d queued packets' answers", spi, uint64(held), queued)
+	}
+	for range queued {
+		cc.answer()
+	}
+}
