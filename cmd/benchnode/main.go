@@ -578,6 +578,7 @@ func (o *options) scaleRun(ctx context.Context, out io.Writer, eng time.Duration
 	time.Sleep(500 * time.Millisecond)
 	mem0, _ := p.memory()
 	heap0 := p.goHeap()
+	slab0, slabErr := kernelSlab()
 	next := 1
 	grow := func(n int, rate float64) error {
 		err := f.runSetups(ctx, next, n, rate, o.timeout+time.Duration(float64(n)/rate*float64(time.Second)))
@@ -674,6 +675,7 @@ func (o *options) scaleRun(ctx context.Context, out io.Writer, eng time.Duration
 	}
 	memN, _ := p.memory()
 	heapN := p.goHeap()
+	slabN, _ := kernelSlab()
 	established := f.up.Load() - f.deleted.Load() // held: the first probe's SAs are gone
 	if o.heapprofile != "" {
 		if err := p.heapProfile(o.heapprofile); err != nil {
@@ -748,6 +750,13 @@ func (o *options) scaleRun(ctx context.Context, out io.Writer, eng time.Duration
 	// more than at the peak).
 	fmt.Fprintf(out, "  Go heap then (the node's runtime): spans in use %.2f KiB per SA more than at the start (live objects, garbage not yet swept, free slots of partly filled spans), free spans not yet returned to the OS %.0f MiB (%.2f KiB per SA), next collection at %.0f MiB\n",
 		perSA(heap0.inuse, heapN.inuse), float64(heapN.kept)/(1<<20), perSA(0, heapN.kept), float64(heapN.nextGC)/(1<<20))
+	if slabErr == nil {
+		// Outside any process: in kernel mode (dataplane xfrm) an SA's
+		// states and policies. The whole machine's, so read it where
+		// nothing else runs (make bench-node-vm).
+		fmt.Fprintf(out, "  kernel slab memory (the machine's, not the node's RSS: XFRM states and policies in kernel mode) %+.0f MiB, %.2f KiB per SA\n",
+			float64(slabN-slab0)/(1<<20), perSA(slab0, slabN))
+	}
 	if o.scaleSettle > 0 {
 		// A node holds its SAs for hours: what it keeps once the growth's
 		// garbage is collected and its free spans are returned (the

@@ -409,6 +409,23 @@ func (p *nodeProc) memory() (resident, error) {
 	return m, sc.Err()
 }
 
+// kernelSlab reads the kernel's slab memory (/proc/meminfo Slab): the
+// whole machine's, where the kernel data plane's SAs live (XFRM states
+// with their transforms, policies), which no process's RSS shows.
+func kernelSlab() (int64, error) {
+	b, err := os.ReadFile("/proc/meminfo")
+	if err != nil {
+		return 0, err
+	}
+	for line := range strings.Lines(string(b)) {
+		if v, ok := strings.CutPrefix(line, "Slab:"); ok {
+			kb, err := strconv.ParseInt(strings.TrimSuffix(strings.TrimSpace(v), " kB"), 10, 64)
+			return kb * 1024, err
+		}
+	}
+	return 0, errors.New("no Slab in /proc/meminfo")
+}
+
 // count returns how many log lines contain s.
 func (p *nodeProc) count(s string) int {
 	b, _ := os.ReadFile(p.logPath)
