@@ -394,11 +394,11 @@ func (p *nodeProc) memory() (resident, error) {
 	for sc.Scan() {
 		for name, dst := range fields {
 			if v, ok := strings.CutPrefix(sc.Text(), name); ok {
-				kb, err := strconv.ParseInt(strings.TrimSuffix(strings.TrimSpace(v), " kB"), 10, 64)
+				n, err := procKB(v)
 				if err != nil {
 					return m, fmt.Errorf("%s %q: %w", name, v, err)
 				}
-				*dst = kb * 1024
+				*dst = n
 				found++
 			}
 		}
@@ -419,11 +419,16 @@ func kernelSlab() (int64, error) {
 	}
 	for line := range strings.Lines(string(b)) {
 		if v, ok := strings.CutPrefix(line, "Slab:"); ok {
-			kb, err := strconv.ParseInt(strings.TrimSuffix(strings.TrimSpace(v), " kB"), 10, 64)
-			return kb * 1024, err
+			return procKB(v)
 		}
 	}
 	return 0, errors.New("no Slab in /proc/meminfo")
+}
+
+// procKB reads a /proc size field's value ("   1234 kB") in bytes.
+func procKB(v string) (int64, error) {
+	kb, err := strconv.ParseInt(strings.TrimSuffix(strings.TrimSpace(v), " kB"), 10, 64)
+	return kb * 1024, err
 }
 
 // count returns how many log lines contain s.
