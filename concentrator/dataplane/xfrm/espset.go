@@ -239,16 +239,8 @@ func (s *espSteer) sync() {
 			s.log.Warn("nftables: ESP sets not updated", "err", err)
 			// The changes stay pending for the next round.
 			s.mu.Lock()
-			for k, v := range pin {
-				if _, later := s.pendIn[k]; !later {
-					s.pendIn[k] = v
-				}
-			}
-			for k, v := range pout {
-				if _, later := s.pendOut[k]; !later {
-					s.pendOut[k] = v
-				}
-			}
+			requeue(s.pendIn, pin)
+			requeue(s.pendOut, pout)
 			s.mu.Unlock()
 			return
 		}
@@ -303,6 +295,16 @@ func (s *espSteer) sync() {
 	if err := c.Flush(); err != nil {
 		s.errors.Add(1)
 		s.log.Error("nftables: ESP sets not rewritten", "err", err)
+	}
+}
+
+// requeue puts changes taken from pend back into it, behind any change
+// of the same SPI noted since (which is newer).
+func requeue(pend, taken map[uint32]bool) {
+	for k, v := range taken {
+		if _, later := pend[k]; !later {
+			pend[k] = v
+		}
 	}
 }
 
