@@ -64,10 +64,14 @@ type cbcMode interface {
 type suite struct {
 	k *keyed // nil until the first packet
 
-	// Until the first packet (key): the keys and what to build.
-	encrKey, integKey []byte
-	hash              func() hash.Hash
-	encrID            uint16
+	// Until the first packet (key): the keys and what to build. The
+	// encryption key is kept in place (no object of its own for the
+	// collector to mark in each idle SA); CBC's integrity key is not.
+	encrKey    [32]byte
+	encrKeyLen uint8
+	integKey   []byte
+	hash       func() hash.Hash
+	encrID     uint16
 
 	salt                 [4]byte
 	ivLen, icvLen, align uint8
@@ -92,40 +96,41 @@ type keyed struct {
 	ctr   [16]byte
 }
 
-func newSuite(c Config) (*suite, error) {
-	s := &suite{esn: c.ESN, encrID: c.EncrID}
+// newSuite fills s, which Inbound and Outbound hold by value.
+func newSuite(s *suite, c Config) error {
+	*s = suite{esn: c.ESN, encrID: c.EncrID}
 	keyErr := func(want string) error {
 		return fmt.Errorf("esp: %s: key of %d bytes, want %s", encrName(c.EncrID), len(c.EncrKey), want)
 	}
 	switch c.EncrID {
 	case EncrAESGCM16:
 		if c.IntegID != IntegNone {
-			return nil, fmt.Errorf("esp: AES-GCM takes no integrity transform, got %d", c.IntegID)
+			return fmt.Errorf("esp: AES-GCM takes no integrity transform, got %d", c.IntegID)
 		}
 		k := len(c.EncrKey) - 4
 		if k != 16 && k != 24 && k != 32 {
-			return nil, keyErr("16, 24 or 32 plus a 4-byte salt")
+			return keyErr("16, 24 or 32 plus a 4-byte salt")
 		}
 		if c.KeyBits != 0 && int(c.KeyBits) != 8*k {
-			return nil, keyErr(fmt.Sprintf("%d bits plus a 4-byte salt", c.KeyBits))
+			return keyErr(fmt.Sprintf("%d bits plus a 4-byte salt", c.KeyBits))
 		}
-		s.encrKey = bytes.Clone(c.EncrKey[:k])
+		s.setEncrKey(c.EncrKey[:k])
 		copy(s.salt[:], c.EncrKey[k:])
 		s.ivLen, s.icvLen, s.align, s.isAEAD = 8, 16, 4, true
 	case EncrChaCha20Poly1305:
 		if c.IntegID != IntegNone {
-			return nil, fmt.Errorf("esp: ChaCha20-Poly1305 takes no integrity transform, got %d", c.IntegID)
+			return fmt.Errorf("esp: ChaCha20-Poly1305 takes no integrity transform, got %d", c.IntegID)
 		}
 		if len(c.EncrKey) != chacha20poly1305.KeySize+4 || (c.KeyBits != 0 && c.KeyBits != 256) {
-			return nil, keyErr("32 plus a 4-byte salt")
+			return keyErr("32 plus a 4-byte salt")
 		}
-		s.encrKey = bytes.Clone(c.EncrKey[:chacha20poly1305.KeySize])
+		s.setEncrKey(c.EncrKey[:chacha20poly1305.KeySize])
 		copy(s.salt[:], c.EncrKey[chacha20poly1305.KeySize:])
 		s.ivLen, s.icvLen, s.align, s.isAEAD = 8, 16, 4, true
 	case EncrAESCBC:
 		k := len(c.EncrKey)
 		if (k != 16 && k != 24 && k != 32) || (c.KeyBits != 0 && int(c.KeyBits) != 8*k) {
-			return nil, keyErr("16, 24 or 32")
+			return keyErr("16, 24 or 32")
 		}
 		var klen int
 		switch c.IntegID {
@@ -136,17 +141,22 @@ func newSuite(c Config) (*suite, error) {
 		case IntegHMACSHA512256:
 			s.hash, klen, s.icvLen = sha512.New, 64, 32
 		default:
-			return nil, fmt.Errorf("esp: AES-CBC needs HMAC-SHA2-256/384/512, got integrity transform %d", c.IntegID)
+			return fmt.Errorf("esp: AES-CBC needs HMAC-SHA2-256/384/512, got integrity transform %d", c.IntegID)
 		}
 		if len(c.IntegKey) != klen {
-			return nil, fmt.Errorf("esp: integrity key of %d bytes, want %d", len(c.IntegKey), klen)
+			return fmt.Errorf("esp: integrity key of %d bytes, want %d", len(c.IntegKey), klen)
 		}
-		s.encrKey, s.integKey = bytes.Clone(c.EncrKey), bytes.Clone(c.IntegKey)
+		s.setEncrKey(c.EncrKey)
+		s.integKey = bytes.Clone(c.IntegKey)
 		s.ivLen, s.align = 16, 16
 	default:
-		return nil, fmt.Errorf("esp: unsupported encryption transform %d", c.EncrID)
+		return fmt.Errorf("esp: unsupported encryption transform %d", c.EncrID)
 	}
-	return s, nil
+	return nil
+}
+
+func (s *suite) setEncrKey(k []byte) {
+	s.encrKeyLen = uint8(copy(s.encrKey[:], k))
 }
 
 // key builds the keyed primitives on the SA's first packet: an SA that
@@ -159,17 +169,18 @@ func (s *suite) key() error {
 		return nil
 	}
 	k := new(keyed)
+	encrKey := s.encrKey[:s.encrKeyLen]
 	var err error
 	switch s.encrID {
 	case EncrAESGCM16:
 		var b cipher.Block
-		if b, err = aes.NewCipher(s.encrKey); err == nil {
+		if b, err = aes.NewCipher(encrKey); err == nil {
 			k.aead, err = cipher.NewGCM(b)
 		}
 	case EncrChaCha20Poly1305:
-		k.aead, err = chacha20poly1305.New(s.encrKey)
+		k.aead, err = chacha20poly1305.New(encrKey)
 	case EncrAESCBC:
-		if k.block, err = aes.NewCipher(s.encrKey); err != nil {
+		if k.block, err = aes.NewCipher(encrKey); err != nil {
 			break
 		}
 		var zero [16]byte
@@ -190,9 +201,9 @@ func (s *suite) key() error {
 		return fmt.Errorf("esp: %s: %w", encrName(s.encrID), err)
 	}
 	copy(k.nonce[:4], s.salt[:])
-	clear(s.encrKey)
+	clear(s.encrKey[:])
 	clear(s.integKey)
-	s.encrKey, s.integKey, s.hash, s.k = nil, nil, nil, k
+	s.encrKeyLen, s.integKey, s.hash, s.k = 0, nil, nil, k
 	return nil
 }
 
@@ -239,20 +250,27 @@ type Outbound struct {
 	spi   uint32
 	seq   uint64 // last sequence number sent
 	limit uint64 // highest sequence number Seal may use; 0: none
-	s     *suite
+	s     suite
 }
 
 // NewOutbound keys the sending direction of an SA; its first packet carries
 // c.OutSeq+1.
 func NewOutbound(c Config) (*Outbound, error) {
+	o := new(Outbound)
+	if err := o.Init(c); err != nil {
+		return nil, err
+	}
+	return o, nil
+}
+
+// Init keys o as NewOutbound does, in place: for a caller that holds the
+// direction inside a larger struct (one object per SA fewer).
+func (o *Outbound) Init(c Config) error {
 	if err := checkSeq(c, "OutSeq", c.OutSeq); err != nil {
-		return nil, err
+		return err
 	}
-	s, err := newSuite(c)
-	if err != nil {
-		return nil, err
-	}
-	return &Outbound{spi: c.SPI, seq: c.OutSeq, limit: c.OutSeqLimit, s: s}, nil
+	*o = Outbound{spi: c.SPI, seq: c.OutSeq, limit: c.OutSeqLimit}
+	return newSuite(&o.s, c)
 }
 
 // SPI returns the SA's SPI (the peer's inbound SPI).
@@ -331,7 +349,7 @@ func (o *Outbound) AppendSeal(dst, payload []byte, nextHeader uint8) ([]byte, er
 // seal builds the packet in pkt (whole packet, payload already at
 // Headroom()). iv, if set, overrides the generated IV (known-answer tests).
 func (o *Outbound) seal(pkt []byte, n int, nextHeader uint8, iv []byte) []byte {
-	s := o.s
+	s := &o.s
 	s.key() // keyed by Seal; here for known-answer tests
 	k := s.k
 	hr := HeaderLen + int(s.ivLen)
@@ -378,28 +396,36 @@ func (o *Outbound) seal(pkt []byte, n int, nextHeader uint8, iv []byte) []byte {
 type Inbound struct {
 	spi uint32
 	win window
-	s   *suite
+	s   suite
 }
 
 // NewInbound keys the receiving direction of an SA.
 func NewInbound(c Config) (*Inbound, error) {
+	in := new(Inbound)
+	if err := in.Init(c); err != nil {
+		return nil, err
+	}
+	return in, nil
+}
+
+// Init keys in as NewInbound does, in place (see Outbound.Init).
+func (in *Inbound) Init(c Config) error {
 	w := c.ReplayWindow
 	if w == 0 {
 		w = DefaultReplayWindow
 	}
 	if w < 1 || w > MaxReplayWindow {
-		return nil, fmt.Errorf("esp: replay window %d out of range 1..%d", w, MaxReplayWindow)
+		return fmt.Errorf("esp: replay window %d out of range 1..%d", w, MaxReplayWindow)
 	}
 	if err := checkSeq(c, "InSeqLow", c.InSeqLow); err != nil {
-		return nil, err
+		return err
 	}
-	s, err := newSuite(c)
-	if err != nil {
-		return nil, err
+	*in = Inbound{spi: c.SPI, win: newWindow(w)}
+	if err := newSuite(&in.s, c); err != nil {
+		return err
 	}
-	win := newWindow(w)
-	win.setTop(c.InSeqLow)
-	return &Inbound{spi: c.SPI, win: win, s: s}, nil
+	in.win.setTop(c.InSeqLow)
+	return nil
 }
 
 // SPI returns the SA's (our) SPI.
@@ -414,7 +440,7 @@ func (in *Inbound) Seq() uint64 { return in.win.top }
 // are of type Error. A payload with NextHeaderDummy is a TFC dummy packet
 // that the caller drops.
 func (in *Inbound) Open(pkt []byte) (payload []byte, nextHeader uint8, seq uint64, err error) {
-	s := in.s
+	s := &in.s
 	hr, icvLen := HeaderLen+int(s.ivLen), int(s.icvLen)
 	if len(pkt) < hr+2+icvLen {
 		return nil, 0, 0, ErrMalformed
