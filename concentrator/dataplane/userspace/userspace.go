@@ -142,11 +142,19 @@ type sa struct {
 	esn               bool                 // immutable
 	encap             bool                 // immutable: UDP-encapsulated (NAT-T)
 	outReported       bool                 // the worker's: the outbound report of armSeen was sent
-	in                *esp.Inbound
-	out               *esp.Outbound
+	in                esp.Inbound
+	out               esp.Outbound
 	worker            int
 	order             uint64                    // install order: newest wins outbound
 	ep                atomic.Pointer[endpoints] // outer addresses; moved by UpdateAddresses
+	// What an SA starts with, held in place so that an installed SA is one
+	// object for the collector to mark, not six: ep and arm point here
+	// until UpdateAddresses or SetSeqLimit replace them (with new objects:
+	// workers read them without the lock), remoteTS into remote1 when
+	// one selector covers the peer (a gateway's virtual IP).
+	ep0     endpoints
+	arm0    seqArm
+	remote1 [1]dataplane.Selector
 
 	inBytes, inPackets, outBytes, outPackets atomic.Uint64
 	softSent, hardSent                       atomic.Bool // expiry reported
@@ -193,8 +201,18 @@ type seqArm struct {
 }
 
 func newArm(margin, base, limit uint64) *seqArm {
+	a := armFor(margin, base, limit)
+	return &a
+}
+
+func armFor(margin, base, limit uint64) seqArm {
 	eff, thr := dataplane.SeqMargin(margin, base, limit)
-	return &seqArm{limit: limit, threshold: thr, step: 2 * eff}
+	return seqArm{limit: limit, threshold: thr, step: 2 * eff}
+}
+
+// vipSelector is the selector of a peer's virtual IP: all of its traffic.
+func vipSelector(a netip.Addr) dataplane.Selector {
+	return dataplane.Selector{Start: a, End: a, EndPort: 0xffff}
 }
 
 // Outbound sequence numbers of a non-ESN SA: past softSeqLimit the SA is
@@ -435,33 +453,43 @@ func (d *DataPlane) install(_ context.Context, c *dataplane.ChildSA) error {
 		return &dataplane.InstallError{InSPI: c.InSPI, OutSPI: c.OutSPI,
 			Err: errors.New("userspace ESP needs UDP encapsulation (force_encap)")}
 	}
-	in, err := esp.NewInbound(espConfig(c.InSPI, c, c.In, d.cfg.ReplayWindow))
-	if err != nil {
-		return &dataplane.InstallError{InSPI: c.InSPI, OutSPI: c.OutSPI, Err: err}
-	}
-	out, err := esp.NewOutbound(espConfig(c.OutSPI, c, c.Out, 0))
-	if err != nil {
-		return &dataplane.InstallError{InSPI: c.InSPI, OutSPI: c.OutSPI, Err: err}
-	}
-	localTS := d.sharedLocal(c.LocalTS)
-	remoteTS := slices.Clone(c.RemoteTS)
-	if c.VirtualIP.IsValid() && !matchAny(remoteTS, c.VirtualIP, 0, 0) {
-		remoteTS = append(remoteTS, dataplane.Selector{Start: c.VirtualIP, End: c.VirtualIP, EndPort: 0xffff})
-	}
-	s := &sa{in: in, out: out, worker: d.workerFor(c.InSPI), inBase: c.InSeqLow, esn: c.ESN, encap: c.Encap,
-		localTS: localTS, remoteTS: remoteTS, desc: saDesc{
+	s := &sa{worker: d.workerFor(c.InSPI), inBase: c.InSeqLow, esn: c.ESN, encap: c.Encap,
+		localTS: d.sharedLocal(c.LocalTS), desc: saDesc{
 			outSPI: c.OutSPI, encrID: c.EncrID, encrKeyBits: c.EncrKeyBits, integID: c.IntegID,
 			outSeqLimit: c.OutSeqLimit, outSeqMargin: c.OutSeqMargin, ikeSPIi: c.IKESPIi, ikeSPIr: c.IKESPIr,
 			peerID: c.PeerID, virtualIP: c.VirtualIP}}
+	if err := s.in.Init(espConfig(c.InSPI, c, c.In, d.cfg.ReplayWindow)); err != nil {
+		return &dataplane.InstallError{InSPI: c.InSPI, OutSPI: c.OutSPI, Err: err}
+	}
+	if err := s.out.Init(espConfig(c.OutSPI, c, c.Out, 0)); err != nil {
+		return &dataplane.InstallError{InSPI: c.InSPI, OutSPI: c.OutSPI, Err: err}
+	}
+	vip := c.VirtualIP.IsValid() && !matchAny(c.RemoteTS, c.VirtualIP, 0, 0)
+	switch {
+	case len(c.RemoteTS) == 1 && !vip:
+		s.remote1[0] = c.RemoteTS[0]
+		s.remoteTS = s.remote1[:]
+	case len(c.RemoteTS) == 0 && vip:
+		s.remote1[0] = vipSelector(c.VirtualIP)
+		s.remoteTS = s.remote1[:]
+	default:
+		s.remoteTS = slices.Clone(c.RemoteTS)
+		if vip {
+			s.remoteTS = append(s.remoteTS, vipSelector(c.VirtualIP))
+		}
+	}
+	remoteTS, localTS := s.remoteTS, s.localTS
 	if !c.Created.IsZero() {
 		s.desc.created = c.Created.UnixNano()
 	}
-	s.arm.Store(newArm(c.OutSeqMargin, c.OutSeq, c.OutSeqLimit))
-	s.armSeen = s.arm.Load()
+	s.arm0 = armFor(c.OutSeqMargin, c.OutSeq, c.OutSeqLimit)
+	s.arm.Store(&s.arm0)
+	s.armSeen = &s.arm0
 	s.outSeq.Store(c.OutSeq)
 	s.inSeq.Store(c.InSeqLow)
 	s.base.Store(c.OutSeq)
-	s.ep.Store(&endpoints{local: c.Local, remote: c.Remote})
+	s.ep0 = endpoints{local: c.Local, remote: c.Remote}
+	s.ep.Store(&s.ep0)
 
 	d.mu.Lock()
 	defer d.mu.Unlock()
