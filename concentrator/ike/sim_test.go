@@ -247,6 +247,7 @@ func BenchmarkMemoryPerEstablishedSA(b *testing.B) {
 		runtime.GC()
 		runtime.ReadMemStats(&after)
 		b.ReportMetric(float64(after.HeapAlloc-before.HeapAlloc)/float64(n), "B/SA")
+		b.ReportMetric(float64(after.HeapObjects-before.HeapObjects)/float64(n), "objects/SA")
 		b.ReportMetric(float64(withIni.HeapAlloc-after.HeapAlloc)/float64(n), "B/gateway-SA")
 		runtime.KeepAlive(w)
 	}
