@@ -84,11 +84,14 @@ func newClusterPool(p netip.Prefix, maxPerPeer int) *clusterPool {
 // leaseID is the name an identity's lease has in the state store, which
 // keeps one lease per name: a dual-stack peer's IPv6 address is leased
 // under a name of its own.
-func (p *clusterPool) leaseID(peer ike.Identity) string {
+// leaseID returns the identity's lease in the store and its key in the
+// local pool: one string for an IPv4 pool's, which the SA's tables share.
+func (p *clusterPool) leaseID(peer ike.Identity) (id, key string) {
+	key = peer.String()
 	if p.v6 {
-		return peer.String() + " (IPv6)"
+		return key + " (IPv6)", key
 	}
-	return peer.String()
+	return key, key
 }
 
 // useStore switches the pool to cluster-wide leases.
@@ -103,18 +106,18 @@ func (p *clusterPool) leaser() addressLeaser {
 
 // foreign marks an address as held by another identity elsewhere in the
 // cluster, so the local pool does not offer it again.
-var foreign = ike.Identity{Type: 255, Data: []byte("another node's peer")}
+var foreign = ike.Identity{Type: 255, Data: []byte("another node's peer")}.String()
 
 // reservation marks the addresses this node reserved and has not handed
 // out.
-var reservation = ike.Identity{Type: 254, Data: []byte("reserved by this node")}
+var reservation = ike.Identity{Type: 254, Data: []byte("reserved by this node")}.String()
 
 func (p *clusterPool) Acquire(peer ike.Identity) (netip.Addr, error) {
 	l := p.leaser()
 	if l == nil {
 		return p.local.Acquire(peer)
 	}
-	id, key := p.leaseID(peer), peer.String() // in the store, in the local pool
+	id, key := p.leaseID(peer) // in the store, in the local pool
 	p.mu.Lock()
 	wait := p.releasing[id]
 	p.mu.Unlock()
@@ -127,7 +130,7 @@ func (p *clusterPool) Acquire(peer ike.Identity) (netip.Addr, error) {
 	}
 	// Another SA of the identity on this node holds as many addresses as
 	// it may: share one (leased already).
-	if a, ok := p.local.Share(peer); ok {
+	if a, ok := p.local.ShareKey(key); ok {
 		return a, nil
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), poolCallTimeout)
@@ -138,20 +141,20 @@ func (p *clusterPool) Acquire(peer ike.Identity) (netip.Addr, error) {
 		if holder, _ := p.local.Holder(a); holder != key {
 			p.local.Drop(a) // a foreign mark, or a stale local holder
 		}
-		if err := p.local.Claim(peer, a); err != nil {
+		if err := p.local.ClaimKey(key, a); err != nil {
 			return netip.Addr{}, err
 		}
 		p.note(a, id, &statestore.AddressLease{Addr: a, ID: id, Held: true})
 		return a, nil
 	}
-	if a, ok := p.takeReserved(peer); ok && !p.v6 {
+	if a, ok := p.takeReserved(key); ok && !p.v6 {
 		p.note(a, id, &statestore.AddressLease{Addr: a, ID: id, Reserved: true})
 		return a, nil
 	}
 	// No reservation left (a burst outran the refills): lease one address
 	// at a time, here.
 	for i := 0; i < p.size; i++ {
-		a, err := p.local.Acquire(peer)
+		a, err := p.local.AcquireKey(key)
 		if err != nil {
 			return netip.Addr{}, err
 		}
@@ -167,13 +170,14 @@ func (p *clusterPool) Acquire(peer ike.Identity) (netip.Addr, error) {
 		// Another identity has it (served by another node): keep it out
 		// of this node's offers.
 		p.local.Drop(a)
-		p.local.Mark(foreign, a)
+		p.local.MarkKey(foreign, a)
 	}
 	return netip.Addr{}, ike.ErrPoolExhausted
 }
 
-// takeReserved hands out a reserved address to peer.
-func (p *clusterPool) takeReserved(peer ike.Identity) (netip.Addr, bool) {
+// takeReserved hands out a reserved address to the identity whose pool
+// key is key.
+func (p *clusterPool) takeReserved(key string) (netip.Addr, bool) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	n := len(p.reserved)
@@ -189,8 +193,8 @@ func (p *clusterPool) takeReserved(peer ike.Identity) (netip.Addr, bool) {
 	a := p.reserved[n-1]
 	p.reserved = p.reserved[:n-1]
 	p.local.Release(a)
-	if err := p.local.Claim(peer, a); err != nil {
-		p.local.Mark(reservation, a)
+	if err := p.local.ClaimKey(key, a); err != nil {
+		p.local.MarkKey(reservation, a)
 		return netip.Addr{}, false
 	}
 	return a, true
@@ -210,7 +214,7 @@ func (p *clusterPool) refill(ctx context.Context) {
 	}
 	cand := make([]netip.Addr, 0, want)
 	for len(cand) < want {
-		a, err := p.local.Fresh(reservation)
+		a, err := p.local.FreshKey(reservation)
 		if err != nil {
 			break // exhausted: hand out what there is
 		}
@@ -228,7 +232,7 @@ func (p *clusterPool) refill(ctx context.Context) {
 			p.reserved = append(p.reserved, a)
 		case err == nil:
 			p.local.Release(a)
-			p.local.Mark(foreign, a) // another identity's, or another node's reservation
+			p.local.MarkKey(foreign, a) // another identity's, or another node's reservation
 		default:
 			p.local.Release(a)
 		}
@@ -290,15 +294,15 @@ func (p *clusterPool) settle(v *vipLease, err error) {
 	}
 }
 
-// confirm leases a to peer in the state store (a claimed SA's address,
-// before its restore on the shard's goroutine: no etcd round trip there).
-// The SA's own hold is taken by Claim at the restore.
-func (p *clusterPool) confirm(peer ike.Identity, a netip.Addr) error {
+// confirm leases a to the identity of lease id in the state store (a
+// claimed SA's address, before its restore on the shard's goroutine: no
+// etcd round trip there). The SA's own hold is taken by Claim at the
+// restore.
+func (p *clusterPool) confirm(id string, a netip.Addr) error {
 	l := p.leaser()
 	if l == nil {
 		return nil
 	}
-	id := p.leaseID(peer)
 	ctx, cancel := context.WithTimeout(context.Background(), poolCallTimeout)
 	defer cancel()
 	holder, err := l.LeaseAddress(ctx, a, id)
@@ -323,7 +327,7 @@ func (p *clusterPool) confirmMany(peers []ike.Identity, addrs []netip.Addr) []er
 	}
 	ids := make([]string, len(peers))
 	for i, peer := range peers {
-		ids[i] = p.leaseID(peer)
+		ids[i], _ = p.leaseID(peer)
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), poolCallTimeout)
 	defer cancel()
@@ -348,20 +352,20 @@ func (p *clusterPool) Claim(peer ike.Identity, a netip.Addr) error {
 	if l == nil {
 		return p.local.Claim(peer, a)
 	}
-	id, key := p.leaseID(peer), peer.String()
+	id, key := p.leaseID(peer)
 	p.mu.Lock()
 	v := p.held[a]
 	confirmed := v != nil && v.id == id && v.confirmed
 	p.mu.Unlock()
 	if !confirmed {
-		if err := p.confirm(peer, a); err != nil {
+		if err := p.confirm(id, a); err != nil {
 			return err
 		}
 	}
 	if holder, _ := p.local.Holder(a); holder != "" && holder != key {
 		p.local.Drop(a) // a foreign mark, or a stale local holder
 	}
-	if err := p.local.Claim(peer, a); err != nil && !errors.Is(err, ike.ErrNotInPool) {
+	if err := p.local.ClaimKey(key, a); err != nil && !errors.Is(err, ike.ErrNotInPool) {
 		return err
 	}
 	return nil
@@ -395,7 +399,7 @@ func (p *clusterPool) letGo(v *vipLease) {
 	switch {
 	case v.taken:
 		p.local.Release(v.addr)
-		p.local.Mark(foreign, v.addr)
+		p.local.MarkKey(foreign, v.addr)
 	case !v.confirmed && v.reserved && l != nil:
 		// The SA's Established change failed: refused unwritten (the
 		// reservation mark is still this node's, unless another identity
@@ -407,7 +411,7 @@ func (p *clusterPool) letGo(v *vipLease) {
 		// address is offered again only after that: kept out of this
 		// node's offers and its identity's meanwhile.
 		p.local.Release(v.addr)
-		p.local.Mark(reservation, v.addr)
+		p.local.MarkKey(reservation, v.addr)
 		go func() {
 			ctx, cancel := context.WithTimeout(context.Background(), poolCallTimeout)
 			l.UnreserveAddresses(ctx, []netip.Addr{v.addr})

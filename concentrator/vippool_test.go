@@ -123,7 +123,8 @@ func TestClusterPoolGivesBackAFailedSAsReservation(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			v, lease := p.leaseFor(a, p.leaseID(peer))
+			id, _ := p.leaseID(peer)
+			v, lease := p.leaseFor(a, id)
 			if lease == nil || !lease.Reserved {
 				t.Fatalf("lease %+v, want one from the reservations", lease)
 			}

@@ -1,7 +1,9 @@
 package ike
 
 import (
+	"fmt"
 	"net/netip"
+	"runtime"
 	"testing"
 )
 
@@ -427,22 +429,22 @@ func TestPoolOneAddressPerIdentity(t *testing.T) {
 	}
 }
 
-// A mark (Mark) holds addresses without becoming an identity that
+// A mark (MarkKey) holds addresses without becoming an identity that
 // returns to them: marking many costs no list that grows with each one.
 func TestPoolMarkIsNotRemembered(t *testing.T) {
 	p := NewPool(netip.MustParsePrefix("10.99.0.0/24"))
 	mark := Identity{Type: 255, Data: []byte("elsewhere")}
 	for i := 1; i <= 10; i++ {
 		a := netip.AddrFrom4([4]byte{10, 99, 0, byte(i)})
-		if err := p.Mark(mark, a); err != nil {
+		if err := p.MarkKey(mark.String(), a); err != nil {
 			t.Fatal(err)
 		}
 		if err := p.Claim(rfc822("a@x"), a); err != ErrAddressInUse {
 			t.Fatalf("claim of a marked address: %v", err)
 		}
 	}
-	if n := len(p.byPeer[mark.String()]); n != 0 || p.InUse() != 10 {
-		t.Fatalf("mark remembered %d addresses, %d in use", n, p.InUse())
+	if l := p.byPeer[mark.String()]; l.len() != 0 || p.InUse() != 10 {
+		t.Fatalf("mark remembered %d addresses, %d in use", l.len(), p.InUse())
 	}
 	if a, _ := p.Acquire(rfc822("b@x")); a != netip.MustParseAddr("10.99.0.11") {
 		t.Fatalf("acquire after ten marks: %v", a)
@@ -509,4 +511,30 @@ func TestAddressMoveNeedsNAT(t *testing.T) {
 			}
 		}
 	}
+}
+
+// What the pool keeps of an identity and its address lives in its maps:
+// no object of its own per SA for the collector to mark (there were two,
+// and a third for the identity's key rendered again).
+func TestPoolKeepsNoObjectPerAddress(t *testing.T) {
+	p := NewPool(netip.MustParsePrefix("10.96.0.0/12"))
+	const n = 5000
+	keys := make([]string, n)
+	for i := range keys {
+		keys[i] = fmt.Sprintf("gw%d@iot.example", i)
+	}
+	runtime.GC()
+	var before, after runtime.MemStats
+	runtime.ReadMemStats(&before)
+	for _, k := range keys {
+		if _, err := p.AcquireKey(k); err != nil {
+			t.Fatal(err)
+		}
+	}
+	runtime.GC()
+	runtime.ReadMemStats(&after)
+	if per := float64(after.HeapObjects-before.HeapObjects) / n; per > 0.5 {
+		t.Errorf("%.2f heap objects per address handed out, want none but the maps' share", per)
+	}
+	runtime.KeepAlive(p)
 }
