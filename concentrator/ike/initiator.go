@@ -376,7 +376,7 @@ func (sa *IKESA) establishInitiator(now time.Time, e *Engine, m *Message, a auth
 		return
 	}
 	c.initSeq(nil)
-	sa.children = append(sa.children, c)
+	sa.addChild(c)
 	sa.scheduleChildRekey(e, c, false)
 	sa.dataPlane(e, rd, sa.install(c, 0))
 	ev := sa.event(EventChildInstalled)

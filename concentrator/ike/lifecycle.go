@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 	"fmt"
 	"net/netip"
+	"slices"
 	"time"
 
 	"github.com/ikefleet/ikefleet/concentrator/ike/suite"
@@ -328,7 +329,7 @@ func (sa *IKESA) handleCreateChild(now time.Time, e *Engine, m *Message, rd *Rea
 // name its proposal (with any additional key exchanges) through Child.
 func (sa *IKESA) installPeerChild(now time.Time, e *Engine, c, old *ChildSA, ni, nr []byte, rd *Ready) {
 	c.initSeq(old)
-	sa.children = append(sa.children, c)
+	sa.addChild(c)
 	sa.scheduleChildRekey(e, c, old != nil)
 	sa.dataPlane(e, rd, sa.install(c, 0))
 	ev := sa.event(EventChildInstalled)
@@ -454,11 +455,12 @@ func (nsa *IKESA) deriveRekeyed(old *IKESA, ni, nr, shared []byte, addKE ...[]by
 // handOver moves the CHILD SAs to the new IKE SA and retires the old one.
 func (sa *IKESA) handOver(now time.Time, e *Engine, nsa *IKESA, rd *Ready) {
 	sa.dropFollowups(e, false) // unfinished CHILD SA exchanges of the peer end with the old SA
-	nsa.children = sa.children
-	sa.children = nil
-	for _, c := range nsa.children {
+	for _, c := range sa.children {
+		nsa.addChild(c)
 		e.inSPIs[c.InSPI] = nsa
 	}
+	clear(sa.children)
+	sa.children = nil
 	sa.vip, sa.vip6 = netip.Addr{}, netip.Addr{} // the successor owns the virtual IPs now
 	if sa.selectorsHeld {                        // and the selectors
 		e.cfg.Selectors.Move(sa.localSPI(), nsa.localSPI())
@@ -610,7 +612,7 @@ func (sa *IKESA) finishChildRekey(now time.Time, e *Engine, rk *childRekey, rd *
 	rk.clear()
 	old.rekeying = false
 	c.initSeq(old)
-	sa.children = append(sa.children, c)
+	sa.addChild(c)
 	sa.scheduleChildRekey(e, c, true)
 	e.stats.ChildRekeys++
 	sa.dataPlane(e, rd, sa.install(c, old.InSPI))
@@ -714,7 +716,7 @@ func (sa *IKESA) deleteChild(now time.Time, e *Engine, c *ChildSA, rd *Ready) {
 func (sa *IKESA) childDeleted(e *Engine, c *ChildSA, reason string, rd *Ready) {
 	for i, x := range sa.children {
 		if x == c {
-			sa.children = append(sa.children[:i], sa.children[i+1:]...)
+			sa.children = slices.Delete(sa.children, i, i+1)
 			e.dropInSPI(c.InSPI)
 			sa.dataPlane(e, rd, RemoveChild{SPIi: sa.SPIi, SPIr: sa.SPIr, Child: c})
 			ev := sa.event(EventChildDeleted)

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/binary"
 	"errors"
+	"slices"
 	"time"
 
 	"github.com/ikefleet/ikefleet/concentrator/ike/sig"
@@ -367,7 +368,7 @@ func (sa *IKESA) acceptChild(now time.Time, e *Engine, a authPayloads) (*ChildSA
 		return failN(err.(*Error))
 	}
 	c.initSeq(nil)
-	sa.children = append(sa.children, c)
+	sa.addChild(c)
 	spi := binary.BigEndian.AppendUint32(nil, c.InSPI)
 	payloads = append(payloads,
 		&SA{Proposals: []Proposal{sel.Proposal(spi)}},
@@ -426,7 +427,7 @@ func (sa *IKESA) handleInformational(now time.Time, e *Engine, m *Message, rd *R
 func (sa *IKESA) removeChildByOut(spi uint32) *ChildSA {
 	for i, c := range sa.children {
 		if c.OutSPI == spi {
-			sa.children = append(sa.children[:i], sa.children[i+1:]...)
+			sa.children = slices.Delete(sa.children, i, i+1)
 			return c
 		}
 	}

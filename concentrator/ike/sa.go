@@ -70,9 +70,10 @@ type IKESA struct {
 	vip6Foreign bool // the same for vip6
 	// selectorsHeld: it holds selectors in Config.Selectors.
 	selectorsHeld bool
-	resync        bool   // restored: a liveness check with a higher message ID may move the window
-	cookie2       []byte // our outstanding return-routability check
-	children      []*ChildSA
+	resync        bool       // restored: a liveness check with a higher message ID may move the window
+	cookie2       []byte     // our outstanding return-routability check
+	children      []*ChildSA // in child0 while there is at most one (addChild)
+	child0        [1]*ChildSA
 	vip           netip.Addr
 	vip6          netip.Addr // a dual-stack peer's virtual IPv6 address (Pool6)
 	lastMapCheck  stamp      // the last liveness check sent for a NAT mapping change (natmap.go)
@@ -247,6 +248,15 @@ func (sa *IKESA) IsInitiator() bool { return sa.initiator }
 
 // Children returns the CHILD SAs.
 func (sa *IKESA) Children() []*ChildSA { return sa.children }
+
+// addChild adds c to the SA's CHILD SAs; the first goes in place, so that
+// an SA with one CHILD SA (most of a fleet's) costs no object for the list.
+func (sa *IKESA) addChild(c *ChildSA) {
+	if sa.children == nil {
+		sa.children = sa.child0[:0]
+	}
+	sa.children = append(sa.children, c)
+}
 
 // Proposal returns the negotiated IKE proposal, or nil before IKE_SA_INIT completes.
 func (sa *IKESA) Proposal() *Selected { return sa.prop }

@@ -215,7 +215,7 @@ func (e *Engine) Restore(now time.Time, st SAState, rd *Ready) (*IKESA, error) {
 		keys := slices.Concat(cs.KeyIn.Encr, cs.KeyIn.Integ, cs.KeyOut.Encr, cs.KeyOut.Integ)
 		_ = ch.setKeys(keys, len(cs.KeyIn.Encr), len(cs.KeyIn.Integ), true) // lengths checked above
 		e.inSPIs[ch.InSPI] = sa
-		sa.children = append(sa.children, ch)
+		sa.addChild(ch)
 		start, legacy := ch.restoreSeq(cs)
 		if legacy && ch.rekeyAt.IsZero() {
 			ch.rekeyAt = stampOf(now) // its sequence numbers are unknown: replace it soon
