@@ -96,6 +96,13 @@ type keyed struct {
 	ctr   [16]byte
 }
 
+// noCopy makes go vet's copylocks check report copies of the struct that
+// holds it.
+type noCopy struct{}
+
+func (*noCopy) Lock()   {}
+func (*noCopy) Unlock() {}
+
 // newSuite fills s, which Inbound and Outbound hold by value.
 func newSuite(s *suite, c Config) error {
 	*s = suite{esn: c.ESN, encrID: c.EncrID}
@@ -245,8 +252,11 @@ func (s *suite) icv(pkt []byte, seq uint64) []byte {
 	return k.mac.Sum(k.sum[:0])[:s.icvLen]
 }
 
-// Outbound is the sending direction of an SA.
+// Outbound is the sending direction of an SA. It must not be copied (go
+// vet says where): a copy would seal with the same sequence numbers, and
+// with AES-GCM or ChaCha20-Poly1305 the same nonces.
 type Outbound struct {
+	_     noCopy
 	spi   uint32
 	seq   uint64 // last sequence number sent
 	limit uint64 // highest sequence number Seal may use; 0: none
@@ -392,8 +402,10 @@ func (o *Outbound) seal(pkt []byte, n int, nextHeader uint8, iv []byte) []byte {
 	return pkt[:p+int(s.icvLen)]
 }
 
-// Inbound is the receiving direction of an SA.
+// Inbound is the receiving direction of an SA. It must not be copied: a
+// copy would keep a replay window of its own.
 type Inbound struct {
+	_   noCopy
 	spi uint32
 	win window
 	s   suite
