@@ -81,11 +81,11 @@ func newClusterPool(p netip.Prefix, maxPerPeer int) *clusterPool {
 		releasing: map[string]chan struct{}{}, low: make(chan struct{}, 1)}
 }
 
-// leaseID is the name an identity's lease has in the state store, which
-// keeps one lease per name: a dual-stack peer's IPv6 address is leased
-// under a name of its own.
-// leaseID returns the identity's lease in the store and its key in the
-// local pool: one string for an IPv4 pool's, which the SA's tables share.
+// leaseID returns the name an identity's lease has in the state store,
+// which keeps one lease per name (a dual-stack peer's IPv6 address is
+// leased under a name of its own), and the identity's key in the local
+// pool: one string for an IPv4 pool's, which the tables holding the SA's
+// address share.
 func (p *clusterPool) leaseID(peer ike.Identity) (id, key string) {
 	key = peer.String()
 	if p.v6 {
@@ -104,12 +104,13 @@ func (p *clusterPool) leaser() addressLeaser {
 	return nil
 }
 
-// foreign marks an address as held by another identity elsewhere in the
-// cluster, so the local pool does not offer it again.
+// foreign is the local pool's key that marks an address as held by
+// another identity elsewhere in the cluster, so the pool does not offer it
+// again.
 var foreign = ike.Identity{Type: 255, Data: []byte("another node's peer")}.String()
 
-// reservation marks the addresses this node reserved and has not handed
-// out.
+// reservation is the local pool's key that marks the addresses this node
+// reserved and has not handed out.
 var reservation = ike.Identity{Type: 254, Data: []byte("reserved by this node")}.String()
 
 func (p *clusterPool) Acquire(peer ike.Identity) (netip.Addr, error) {
