@@ -210,11 +210,6 @@ func armFor(margin, base, limit uint64) seqArm {
 	return seqArm{limit: limit, threshold: thr, step: 2 * eff}
 }
 
-// vipSelector is the selector of a peer's virtual IP: all of its traffic.
-func vipSelector(a netip.Addr) dataplane.Selector {
-	return dataplane.Selector{Start: a, End: a, EndPort: 0xffff}
-}
-
 // Outbound sequence numbers of a non-ESN SA: past softSeqLimit the SA is
 // reported for rekeying (dataplane.Expiry), at the end of the 32-bit space
 // as unusable.
@@ -464,21 +459,10 @@ func (d *DataPlane) install(_ context.Context, c *dataplane.ChildSA) error {
 	if err := s.out.Init(espConfig(c.OutSPI, c, c.Out, 0)); err != nil {
 		return &dataplane.InstallError{InSPI: c.InSPI, OutSPI: c.OutSPI, Err: err}
 	}
-	vip := c.VirtualIP.IsValid() && !matchAny(c.RemoteTS, c.VirtualIP, 0, 0)
-	switch {
-	case len(c.RemoteTS) == 1 && !vip:
-		s.remote1[0] = c.RemoteTS[0]
-		s.remoteTS = s.remote1[:]
-	case len(c.RemoteTS) == 0 && vip:
-		s.remote1[0] = vipSelector(c.VirtualIP)
-		s.remoteTS = s.remote1[:]
-	default:
-		s.remoteTS = slices.Clone(c.RemoteTS)
-		if vip {
-			s.remoteTS = append(s.remoteTS, vipSelector(c.VirtualIP))
-		}
+	s.remoteTS = append(s.remote1[:0], c.RemoteTS...) // allocates past one selector
+	if c.VirtualIP.IsValid() && !matchAny(c.RemoteTS, c.VirtualIP, 0, 0) {
+		s.remoteTS = append(s.remoteTS, dataplane.Selector{Start: c.VirtualIP, End: c.VirtualIP, EndPort: 0xffff})
 	}
-	remoteTS, localTS := s.remoteTS, s.localTS
 	if !c.Created.IsZero() {
 		s.desc.created = c.Created.UnixNano()
 	}
@@ -500,13 +484,13 @@ func (d *DataPlane) install(_ context.Context, c *dataplane.ChildSA) error {
 		return nil
 	}
 	var added []netip.Prefix
-	for _, sel := range remoteTS {
+	for _, sel := range s.remoteTS {
 		for _, p := range prefixes(sel) {
 			if d.staticRoute(p) {
 				continue
 			}
 			if d.routes[p] == 0 {
-				if err := d.router.AddRoute(p, localTS); err != nil {
+				if err := d.router.AddRoute(p, s.localTS); err != nil {
 					for _, a := range added {
 						d.unref(a)
 					}
