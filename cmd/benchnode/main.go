@@ -107,7 +107,7 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 	groups := fs.Int("groups", 64, "gateway groups, each with its own loopback source address (127.1.x.y) and ports")
 	pin := fs.Bool("pin", true, "pin the node to CPU 0 and this driver to CPU 1")
 	cpuprofile := fs.String("cpuprofile", "", "write the node's CPU profile of each row to FILE.<row>, and with --scale of each probe to FILE.probe-<SAs held> and of the quiet minute before it to FILE.idle-<SAs held>; with --against the baseline's to FILE.base.<row> (each build's last round) (go tool pprof)")
-	heapprofile := fs.String("heapprofile", "", "with --scale: save the node's heap profile at the peak to FILE (go tool pprof)")
+	heapprofile := fs.String("heapprofile", "", "save the node's heap profile of each row to FILE.<row> after its deletes and to FILE.<row>.base before its setups, so that what the row allocated is go tool pprof -sample_index=alloc_space -base FILE.<row>.base FILE.<row>; with --scale instead, the heap profile at the peak to FILE (go tool pprof)")
 	timeout := fs.Duration("timeout", 120*time.Second, "per phase")
 	against := fs.String("against", "", "a baseline concentratord (another build): run each row of --rows --rounds times with both, alternating, and print the median of the rounds' ratios (this build over the baseline); no burst or scale run")
 	rounds := fs.Int("rounds", 6, "with --against: rounds per row")
@@ -390,17 +390,32 @@ func (o *options) profileFor(name string) string {
 	return o.cpuprofile + "." + strings.ReplaceAll(name, "+", "-") + o.rateTag
 }
 
+// heapFor is where a row's heap profiles go (rows only: --scale saves one
+// of its own).
+func (o *options) heapFor(name string) string {
+	if o.heapprofile == "" || o.scale > 0 {
+		return ""
+	}
+	return o.heapprofile + "." + strings.ReplaceAll(name, "+", "-") + o.rateTag
+}
+
 // row sets up spec.gateways SAs at o.rate, deletes them all, and reports
 // the node's CPU time per SA (setup + delete), setup latency, and memory
 // per established SA.
 func (o *options) row(ctx context.Context, spec nodeSpec, nodeCPU int) (rowResult, error) {
 	var r rowResult
-	p, f, stop, err := o.start(spec, nodeCPU, o.profileFor(spec.String()), false)
+	heap := o.heapFor(spec.String())
+	p, f, stop, err := o.start(spec, nodeCPU, o.profileFor(spec.String()), heap != "")
 	if err != nil {
 		return r, err
 	}
 	defer stop()
 	time.Sleep(500 * time.Millisecond) // let start-up work settle
+	if heap != "" {
+		if err := p.heapProfile(heap + ".base"); err != nil {
+			return r, err
+		}
+	}
 	cpu0, _ := p.cpu()
 	rss0, _ := p.rss()
 	wait0 := p.waited()
@@ -427,6 +442,11 @@ func (o *options) row(ctx context.Context, spec nodeSpec, nodeCPU int) (rowResul
 	cpu1, err := p.cpu()
 	if err != nil {
 		return r, err
+	}
+	if heap != "" {
+		if err := p.heapProfile(heap); err != nil {
+			return r, err
+		}
 	}
 	r.Retransmits = f.stats()
 	r.Waited = p.waited() - wait0
