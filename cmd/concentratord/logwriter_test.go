@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"strings"
 	"sync"
@@ -145,3 +146,22 @@ func TestBufferedLogCloseGivesUpOnAStuckReader(t *testing.T) {
 type writerFunc func([]byte) (int, error)
 
 func (f writerFunc) Write(p []byte) (int, error) { return f(p) }
+
+// A flusher that runs late finds more than logFlushAt waiting; the buffer
+// it swaps out must still be reused, or every byte logged is allocated
+// anew.
+func TestBufferedLogReusesLateFlushesBuffers(t *testing.T) {
+	b := &bufferedLog{w: io.Discard, max: logMaxPending, kick: make(chan struct{}, 1)} // no flusher: flushed below
+	line := append(bytes.Repeat([]byte("x"), 499), '\n')
+	late := func() { // three flushes' worth of lines, then the flush
+		for range 3 * logFlushAt / len(line) {
+			b.Write(line)
+		}
+		b.Flush()
+	}
+	late()
+	late() // both buffers grown
+	if n := testing.AllocsPerRun(20, late); n != 0 {
+		t.Fatalf("a late flush allocated %.0f times; want its buffers reused", n)
+	}
+}
