@@ -88,7 +88,7 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 	rows := fs.String("rows", "memory+none,userspace+none,memory+embedded,userspace+embedded,strongswan",
 		"configurations (dataplane+statestore, or strongswan: charon with kernel-libipsec), comma-separated; dataplane memory, userspace or xfrm (kernel ESP: a kernel with esp4 and GCM, e.g. make bench-node-vm); userspace, xfrm and strongswan need root; strongswan is skipped without charon")
 	charon := fs.String("charon", "/usr/lib/ipsec/charon", "strongSwan's charon, for the strongswan row")
-	engineCPU := fs.Duration("engine-cpu", 0, "the engine's CPU per handshake, if measured already (the strongswan row runs benchnode again in a network namespace)")
+	engineCPU := fs.Duration("engine-cpu", 0, "the engine's CPU per SA (setup + delete), if measured already (the strongswan row runs benchnode again in a network namespace); the burst's bound then takes it for a handshake's")
 	rowJSON := fs.Bool("row-json", false, "run the one row of --rows and print its result as JSON (the strongswan row's child)")
 	count := fs.Int("count", 2000, "gateways per row: set up at --rate, then all deleted")
 	rate := fs.Float64("rate", 1000, "new SAs per second in the rows, and in the probes of --scale")
@@ -172,19 +172,27 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 	if o.rowJSON {
 		return o.printRowJSON(ctx, os.Stdout, nodeCPU)
 	}
-	eng := o.engineCPU
-	if eng <= 0 {
-		if eng, err = engineHandshakeCPU(2000, o.prop, o.esp); err != nil {
+	cost := engineCost{handshake: o.engineCPU}
+	if o.engineCPU <= 0 {
+		if cost, err = measureEngine(2000, o.prop, o.esp); err != nil {
 			return err
 		}
 	}
+	// The rows' CPU per SA counts a setup and a delete, and so does their
+	// ×engine; a burst's counts a handshake.
+	eng, hs := cost.perSA(), cost.handshake
 	host, _ := os.Hostname()
 	if la, err := os.ReadFile("/proc/loadavg"); err == nil {
 		host += ", load average " + strings.Join(strings.Fields(string(la))[:3], " ")
 	}
 	fmt.Fprintf(out, "benchnode: %s, PSK, x25519, aes256gcm16, virtual IPs; node on CPU 0, driver on CPU 1 (pin=%v), %d source addresses\n",
 		host, o.pin, o.groups)
-	fmt.Fprintf(out, "engine alone: %.3f ms CPU per responder handshake (in-process, same run)\n", ms(eng))
+	if o.engineCPU > 0 {
+		fmt.Fprintf(out, "engine alone: %.3f ms CPU per SA (given)\n", ms(eng))
+	} else {
+		fmt.Fprintf(out, "engine alone: %.3f ms CPU per SA: %.3f ms per responder handshake + %.3f ms per delete (in-process, same run)\n",
+			ms(eng), ms(cost.handshake), ms(cost.delete))
+	}
 	fmt.Fprintf(out, "CPU/SA: node user+system time, setup + delete; cpu-wait: thread time runnable but waiting for the node's CPU (behind other processes or the node's own threads: charon runs 16)\n\n")
 	if o.against != "" {
 		return o.abRows(ctx, out, nodeCPU)
@@ -201,7 +209,7 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 		o.rate, o.rateTag = *rate, ""
 	}
 	if o.burst > 0 {
-		if err := o.burstRow(ctx, out, eng, nodeCPU); err != nil {
+		if err := o.burstRow(ctx, out, hs, nodeCPU); err != nil {
 			fmt.Fprintf(out, "burst: error: %v\n", err)
 			o.short = append(o.short, "burst: "+firstLine(err))
 		}
