@@ -755,7 +755,7 @@ func (n *Node) restoreClaimed(ctx context.Context, recs []*statestore.SARecord) 
 				}
 				parked := n.takeParked(c.spi)
 				for _, p := range parked {
-					s.eng.Handle(now, p, &rd)
+					s.handle(now, p, &rd)
 				}
 				n.log.Debug("SA claimed", "spi", fmt.Sprintf("%016x", c.spi), "replayed", len(parked), "send", len(rd.Send), "persist", len(rd.Persist), "events", len(rd.Events))
 				n.perform(ctx, s, &rd)

@@ -161,6 +161,7 @@ func (n *Node) metricsSnapshot(ctx context.Context) (metrics.Snapshot, error) {
 				m.Stats = sh.eng.Stats()
 				m.CookiesActive = sh.eng.Cookies().UnderPressure(n.clock.Mono())
 				m.Waiting = sh.q.waiting()
+				m.Engine = sh.spent
 				m.States = map[string]int{}
 				sh.eng.Each(func(sa *ike.IKESA) bool {
 					m.States[sa.State()]++

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -27,6 +28,22 @@ func get(t *testing.T, url string) (int, string) {
 		t.Fatal(err)
 	}
 	return resp.StatusCode, string(b)
+}
+
+// sample returns the value of one series in an exposition.
+func sample(t *testing.T, exposition, series string) float64 {
+	t.Helper()
+	for line := range strings.Lines(exposition) {
+		if v, ok := strings.CutPrefix(strings.TrimSpace(line), series+" "); ok {
+			f, err := strconv.ParseFloat(v, 64)
+			if err != nil {
+				t.Fatalf("%s: %v", series, err)
+			}
+			return f
+		}
+	}
+	t.Fatalf("%s: not in the exposition", series)
+	return 0
 }
 
 // Gateways come and go, one is refused; the node's /metrics says so, and
@@ -92,6 +109,25 @@ ikefleet_child_sas 0
 			t.Fatal(err)
 		}
 		time.Sleep(20 * time.Millisecond)
+	}
+
+	// The engine's work, by exchange: the three gateways' handshakes (gw3
+	// refused in its IKE_AUTH) and the two deletes. Its CPU is sampled
+	// (one call in 8: TestShardCountsEngineWork), so a few calls may
+	// have none.
+	_, body := get(t, base+"/metrics")
+	for _, c := range []struct {
+		work    string
+		atLeast float64
+	}{{"IKE_SA_INIT", 3}, {"IKE_AUTH", 3}, {"INFORMATIONAL", 2}} {
+		calls := sample(t, body, `ikefleet_engine_calls_total{work="`+c.work+`"}`)
+		secs := sample(t, body, `ikefleet_engine_cpu_seconds_total{work="`+c.work+`"}`)
+		if calls < c.atLeast || secs < 0 || secs/calls > 1 {
+			t.Errorf("%s: %v calls, %v s of CPU; want at least %v calls", c.work, calls, secs, c.atLeast)
+		}
+	}
+	if calls := sample(t, body, `ikefleet_engine_calls_total{work="CREATE_CHILD_SA"}`); calls != 0 {
+		t.Errorf("CREATE_CHILD_SA: %v calls, but nothing rekeyed", calls)
 	}
 
 	if code, body := get(t, base+"/healthz"); code != 200 || body != "ok fenced\n" {

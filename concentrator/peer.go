@@ -461,7 +461,7 @@ func (ps *peerServer) Forward(ctx context.Context, req *peerv1.ForwardRequest) (
 		}
 		accepted = true
 		var rd ike.Ready
-		s.eng.Handle(n.clock.Mono(), ike.Packet{Local: local, Remote: remote, Data: b}, &rd)
+		s.handle(n.clock.Mono(), ike.Packet{Local: local, Remote: remote, Data: b}, &rd)
 		n.perform(ctx, s, &rd)
 	})
 	if accepted {

@@ -47,7 +47,7 @@ type panel struct {
 // collectors that the dashboard reads beside the node's own (memory against
 // its limit); TestDashboardUsesExportedMetrics checks that the daemon's
 // registry exports them.
-var runtimeMetrics = []string{"process_resident_memory_bytes", "go_gc_gomemlimit_bytes"}
+var runtimeMetrics = []string{"process_resident_memory_bytes", "go_gc_gomemlimit_bytes", "process_cpu_seconds_total"}
 
 var (
 	metricName = `ikefleet_[a-z0-9_]+|` + strings.Join(runtimeMetrics, "|")
@@ -84,7 +84,7 @@ func exported() map[string]Metric {
 
 // closedLabels are the labels whose values the collector draws from a
 // fixed set; a dashboard matcher on one must use a value the daemon emits.
-var closedLabels = []string{"state", "kind", "initiator", "socket", "direction", "queue"}
+var closedLabels = []string{"state", "kind", "initiator", "socket", "direction", "queue", "work"}
 
 // emittedValues scrapes a collector fed a snapshot that exercises every
 // family with a closed label, and returns family -> label -> values seen.

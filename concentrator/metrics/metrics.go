@@ -54,7 +54,23 @@ type Shard struct {
 	// established SAs' messages, answers; with what spilled over),
 	// proven and new IKE_SA_INITs.
 	Waiting [3]int
+	// What the engine spent on received messages, by exchange, and on
+	// its timers: indexed as EngineWork.
+	Engine [len(EngineWork)]EngineTime
 }
+
+// EngineTime is an engine's time on one kind of work.
+type EngineTime struct {
+	Calls   uint64 // messages handled, or timer runs
+	Seconds float64
+}
+
+// EngineWork are the work label of engine_cpu_seconds_total and
+// engine_calls_total: the exchanges a received message can belong to,
+// other (another exchange type, or a message too short to say), and the
+// engine's timers.
+var EngineWork = [...]string{"IKE_SA_INIT", "IKE_AUTH", "CREATE_CHILD_SA", "INFORMATIONAL", "IKE_INTERMEDIATE",
+	"IKE_FOLLOWUP_KE", "IKE_SESSION_RESUME", "other", "timers"}
 
 // QueueNames are the queue label of queue_drops_total and
 // queue_waiting, in the order of a shard's queues (Shard.Waiting): the
@@ -277,7 +293,12 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 	total := ike.Stats{Dropped: s.Node.HeaderDrops}
 	failed := map[string]uint64{}
 	children, halfOpen := 0, 0
+	var engine [len(EngineWork)]EngineTime
 	for i, sh := range s.Shards {
+		for w, t := range sh.Engine {
+			engine[w].Calls += t.Calls
+			engine[w].Seconds += t.Seconds
+		}
 		for k, v := range sh.States {
 			states[strings.ToLower(k)] += v
 		}
@@ -314,6 +335,10 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 	}
 	for _, st := range sortedKeys(states) {
 		gauge(dSAs, float64(states[st]), st)
+	}
+	for w, t := range engine {
+		ch <- prometheus.MustNewConstMetric(dEngineSeconds.desc, prometheus.CounterValue, t.Seconds, EngineWork[w])
+		counter(dEngineCalls, t.Calls, EngineWork[w])
 	}
 	gauge(dChildSAs, float64(children))
 	gauge(dHalfOpen, float64(halfOpen))
