@@ -266,6 +266,11 @@ func (o *options) rowsTable(ctx context.Context, out io.Writer, eng time.Duratio
 		if len(r.Failures) > 0 {
 			fmt.Fprintf(out, "  failures: %v\n", r.Failures)
 		}
+		if e := r.Engine; e.Total > 0 && r.Established > 0 {
+			inNode := e.Total / time.Duration(r.Established)
+			fmt.Fprintf(out, "  the engine in the node: %.3f ms per SA (%.1f× the engine alone), the rest of the node %.3f ms; per message: IKE_SA_INIT %.0f µs, IKE_AUTH %.0f µs, INFORMATIONAL %.0f µs; timers %.2f s in all\n",
+				ms(inNode), float64(inNode)/float64(eng), ms(r.CPUPerSA-inNode), us(e.PerCall[0]), us(e.PerCall[1]), us(e.PerCall[2]), e.Timers.Seconds())
+		}
 		if r.CommitP99 > 0 {
 			fmt.Fprintf(out, "  the store's commit wait of the established SAs (the node's histogram): p50 %.1f ms, p99 %.1f ms\n",
 				ms(r.CommitP50), ms(r.CommitP99))
@@ -298,6 +303,7 @@ func parseRates(list string, def float64) ([]float64, error) {
 }
 
 func ms(d time.Duration) float64 { return float64(d) / 1e6 }
+func us(d time.Duration) float64 { return float64(d) / 1e3 }
 
 func firstLine(err error) string {
 	s, _, _ := strings.Cut(err.Error(), "\n")
@@ -358,6 +364,44 @@ type rowResult struct {
 	// The node's drops, cookies and failures over the setups and over the
 	// deletes (all at once) (probeCounters).
 	NodeSetup, NodeDelete nodeCounters
+	// The node's engine over the row (its engine_cpu_seconds_total).
+	Engine engineInNode
+}
+
+// engineInNode is what a node's engine spent over a row, from its
+// engine_cpu_seconds_total and engine_calls_total: in all, and per message
+// of the exchanges a row's SAs make.
+type engineInNode struct {
+	Total   time.Duration
+	Timers  time.Duration // the timers' runs, in all
+	PerCall [3]time.Duration
+}
+
+// engineWork are the exchanges of engineInNode.PerCall.
+var engineWork = [3]string{"IKE_SA_INIT", "IKE_AUTH", "INFORMATIONAL"}
+
+// engineSeries returns the node's engine series: the sum over every
+// work, the timers' time, then each of engineWork's time and calls.
+func engineSeries() []string {
+	names := []string{"ikefleet_engine_cpu_seconds_total", `ikefleet_engine_cpu_seconds_total{work="timers"}`}
+	for _, w := range engineWork {
+		names = append(names, `ikefleet_engine_cpu_seconds_total{work="`+w+`"}`, `ikefleet_engine_calls_total{work="`+w+`"}`)
+	}
+	return names
+}
+
+// engineOver reads engineInNode from engineSeries' values at a row's
+// start and end.
+func engineOver(a, b []float64) engineInNode {
+	d := func(i int) float64 { return b[i] - a[i] }
+	sec := func(v float64) time.Duration { return time.Duration(v * float64(time.Second)) }
+	e := engineInNode{Total: sec(d(0)), Timers: sec(d(1))}
+	for i := range engineWork {
+		if calls := d(3 + 2*i); calls > 0 {
+			e.PerCall[i] = sec(d(2+2*i) / calls)
+		}
+	}
+	return e
 }
 
 func (o *options) start(spec nodeSpec, nodeCPU int, profile string, pprof bool) (*nodeProc, *fleet, context.CancelFunc, error) {
@@ -428,6 +472,7 @@ func (o *options) row(ctx context.Context, spec nodeSpec, nodeCPU int) (rowResul
 	rss0, _ := p.rss()
 	wait0 := p.waited()
 	store0 := p.metrics(storeTxns, etcdReads, storePuts, storeDeletes)
+	engine0 := p.metrics(engineSeries()...)
 	commit0 := p.buckets(commitWait, established)
 	node0 := probeCounters(p)
 	setupErr := f.runSetups(ctx, 1, spec.gateways, o.rate, o.timeout)
@@ -460,6 +505,7 @@ func (o *options) row(ctx context.Context, spec nodeSpec, nodeCPU int) (rowResul
 	r.Waited = p.waited() - wait0
 	r.CPUPerSA = (cpu1 - cpu0) / time.Duration(max(1, r.Established))
 	store1 := p.metrics(storeTxns, etcdReads, storePuts, storeDeletes)
+	r.Engine = engineOver(engine0, p.metrics(engineSeries()...))
 	r.NodeDelete = probeCounters(p).sub(node1)
 	r.TxnsPerSA = (store1[0] - store0[0]) / float64(max(1, r.Established))
 	r.ReadsPerSA = (store1[1] - store0[1]) / float64(max(1, r.Established))
