@@ -112,19 +112,39 @@ func (s *shard) tick(now time.Time, rd *ike.Ready) {
 }
 
 // count adds a timed call, as engineSample calls of its cost.
+//
+// The thread's clock counts what the thread ran, and a goroutine that
+// waits inside the engine (a garbage collection assist that parks), or
+// that the scheduler preempts there (it does so to one that ran 10 ms
+// without a pause, as a shard serving a burst does), leaves its thread to
+// other goroutines meanwhile, which may return it to the same thread:
+// the node's state store or collector then read as the engine's. Such a
+// reading is at least a scheduler's turn long. A call that reads more
+// than a millisecond and more than outlierFactor times its work's mean
+// so far is counted at that mean instead, and so is one that changed
+// threads.
 func (s *shard) count(w int, t threadCPU) {
-	s.spent[w].Calls++
-	if d, ok := t.elapsed(); ok {
-		s.spent[w].Seconds += engineSample * d.Seconds()
-	} else {
-		// The goroutine changed threads inside the engine (parked in a
-		// garbage collection assist): its thread's clock says nothing.
-		// Counted at the mean cost per call so far.
-		if n := s.spent[w].Calls - 1; n > 0 {
-			s.spent[w].Seconds += engineSample * s.spent[w].Seconds / float64(n)
-		}
+	e := &s.spent[w]
+	e.Calls++
+	mean := 0.0
+	if n := e.Calls - 1; n >= outlierAfter {
+		mean = e.Seconds / float64(n)
 	}
+	d, ok := t.elapsed()
+	if ok && (d < time.Millisecond || mean == 0 || d.Seconds() < outlierFactor*mean) {
+		e.Seconds += engineSample * d.Seconds()
+		return
+	}
+	e.Seconds += engineSample * mean
+	e.Outliers++
 }
+
+// outlierFactor and outlierAfter: count's bound on a reading, as a
+// multiple of its work's mean per call, once that many calls were counted.
+const (
+	outlierFactor = 16
+	outlierAfter  = 64
+)
 
 // threadCPU is a reading of the calling thread's CPU clock.
 type threadCPU struct {

@@ -63,6 +63,10 @@ type Shard struct {
 type EngineTime struct {
 	Calls   uint64 // messages handled, or timer runs
 	Seconds float64
+	// Timed calls whose reading was not the engine's alone (the
+	// goroutine waited, was preempted or changed threads inside it),
+	// counted at their work's mean instead.
+	Outliers uint64
 }
 
 // EngineWork are the work label of engine_cpu_seconds_total and
@@ -298,6 +302,7 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 		for w, t := range sh.Engine {
 			engine[w].Calls += t.Calls
 			engine[w].Seconds += t.Seconds
+			engine[w].Outliers += t.Outliers
 		}
 		for k, v := range sh.States {
 			states[strings.ToLower(k)] += v
@@ -339,6 +344,7 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 	for w, t := range engine {
 		ch <- prometheus.MustNewConstMetric(dEngineSeconds.desc, prometheus.CounterValue, t.Seconds, EngineWork[w])
 		counter(dEngineCalls, t.Calls, EngineWork[w])
+		counter(dEngineOutliers, t.Outliers, EngineWork[w])
 	}
 	gauge(dChildSAs, float64(children))
 	gauge(dHalfOpen, float64(halfOpen))

@@ -39,7 +39,7 @@ func snapshot() Snapshot {
 			{Stats: ike.Stats{HalfOpen: 3, Established: 10, CookiesSent: 4, DPDSent: 2, DPDDead: 1, Retransmits: 5, RefusedPrefix: 2, RefusedSAs: 1,
 				Failed: map[ike.NotifyType]uint64{ike.AUTHENTICATION_FAILED: 2, 0: 1, 40000: 1}},
 				States: map[string]int{"ESTABLISHED": 7, "INIT_DONE": 3}, ChildSAs: 9, CookiesActive: true, Waiting: [3]int{5000, 2, 130},
-				Engine: [len(EngineWork)]EngineTime{0: {Calls: 4, Seconds: 0.25}, 1: {Calls: 3, Seconds: 0.125}, 8: {Calls: 2, Seconds: 0.001}}},
+				Engine: [len(EngineWork)]EngineTime{0: {Calls: 4, Seconds: 0.25}, 1: {Calls: 3, Seconds: 0.125}, 8: {Calls: 2, Seconds: 0.001, Outliers: 1}}},
 			{Stats: ike.Stats{Established: 5, Failed: map[ike.NotifyType]uint64{ike.AUTHENTICATION_FAILED: 1, ike.NO_PROPOSAL_CHOSEN: 1}, RekeyCollisions: 1, RefusedPrefix: 3, RefusedHalfOpen: 4, PrefixCredits: 6},
 				States: map[string]int{"ESTABLISHED": 5}, ChildSAs: 5, Engine: [len(EngineWork)]EngineTime{0: {Calls: 2, Seconds: 0.5}, 3: {Calls: 1, Seconds: 0.0625}}},
 		},
@@ -169,7 +169,8 @@ ikefleet_dataplane_drops_total{dataplane="userspace",reason="replay"} 3
 # HELP ikefleet_dataplane_install_failures_total CHILD SAs the data plane failed to install.
 # TYPE ikefleet_dataplane_install_failures_total counter
 ikefleet_dataplane_install_failures_total{dataplane="userspace"} 1
-# HELP ikefleet_engine_calls_total Received messages the IKE engine handled, by exchange, and runs of its timers (work as in engine_cpu_seconds_total).
+`
+	want += "# HELP ikefleet_engine_calls_total " + dEngineCalls.help + `
 # TYPE ikefleet_engine_calls_total counter
 ikefleet_engine_calls_total{work="CREATE_CHILD_SA"} 0
 ikefleet_engine_calls_total{work="IKE_AUTH"} 3
@@ -180,6 +181,18 @@ ikefleet_engine_calls_total{work="IKE_SESSION_RESUME"} 0
 ikefleet_engine_calls_total{work="INFORMATIONAL"} 1
 ikefleet_engine_calls_total{work="other"} 0
 ikefleet_engine_calls_total{work="timers"} 2
+`
+	want += "# HELP ikefleet_engine_cpu_outliers_total " + dEngineOutliers.help + `
+# TYPE ikefleet_engine_cpu_outliers_total counter
+ikefleet_engine_cpu_outliers_total{work="CREATE_CHILD_SA"} 0
+ikefleet_engine_cpu_outliers_total{work="IKE_AUTH"} 0
+ikefleet_engine_cpu_outliers_total{work="IKE_FOLLOWUP_KE"} 0
+ikefleet_engine_cpu_outliers_total{work="IKE_INTERMEDIATE"} 0
+ikefleet_engine_cpu_outliers_total{work="IKE_SA_INIT"} 0
+ikefleet_engine_cpu_outliers_total{work="IKE_SESSION_RESUME"} 0
+ikefleet_engine_cpu_outliers_total{work="INFORMATIONAL"} 0
+ikefleet_engine_cpu_outliers_total{work="other"} 0
+ikefleet_engine_cpu_outliers_total{work="timers"} 1
 `
 	want += "# HELP ikefleet_engine_cpu_seconds_total " + dEngineSeconds.help + `
 # TYPE ikefleet_engine_cpu_seconds_total counter
@@ -199,7 +212,7 @@ ikefleet_engine_cpu_seconds_total{work="timers"} 0.001
 		"ikefleet_cookies_sent_total", "ikefleet_sa_init_refused_total", "ikefleet_half_open_prefix_credits_total", "ikefleet_handoffs_total", "ikefleet_takeovers_total", "ikefleet_persist_failures_total",
 		"ikefleet_fenced_drops_total", "ikefleet_log_lines_dropped_total", "ikefleet_queue_drops_total", "ikefleet_socket_receive_drops_total", "ikefleet_statestore_reachable",
 		"ikefleet_dataplane_bytes_total", "ikefleet_dataplane_packets_total", "ikefleet_dataplane_drops_total",
-		"ikefleet_dataplane_install_failures_total", "ikefleet_engine_calls_total", "ikefleet_engine_cpu_seconds_total"}
+		"ikefleet_dataplane_install_failures_total", "ikefleet_engine_calls_total", "ikefleet_engine_cpu_seconds_total", "ikefleet_engine_cpu_outliers_total"}
 	if err := testutil.CollectAndCompare(c, strings.NewReader(want), names...); err != nil {
 		t.Fatal(err)
 	}
