@@ -268,8 +268,8 @@ func (o *options) rowsTable(ctx context.Context, out io.Writer, eng time.Duratio
 		}
 		if e := r.Engine; e.Total > 0 && r.Established > 0 {
 			inNode := e.Total / time.Duration(r.Established)
-			fmt.Fprintf(out, "  the engine in the node: %.3f ms per SA (%.1f× the engine alone), the rest of the node %.3f ms; per message: IKE_SA_INIT %.0f µs, IKE_AUTH %.0f µs, INFORMATIONAL %.0f µs; timers %.2f s in all\n",
-				ms(inNode), float64(inNode)/float64(eng), ms(r.CPUPerSA-inNode), us(e.PerCall[0]), us(e.PerCall[1]), us(e.PerCall[2]), e.Timers.Seconds())
+			fmt.Fprintf(out, "  the engine in the node: %.3f ms per SA (%.1f× the engine alone), the rest of the node %.3f ms; per message: IKE_SA_INIT %.0f µs, IKE_AUTH %.0f µs, INFORMATIONAL %.0f µs; timers %.2f s in all; %.0f of about %.0f readings counted at their mean\n",
+				ms(inNode), float64(inNode)/float64(eng), ms(r.CPUPerSA-inNode), us(e.PerCall[0]), us(e.PerCall[1]), us(e.PerCall[2]), e.Timers.Seconds(), e.Outliers, e.Calls/8)
 		}
 		if r.CommitP99 > 0 {
 			fmt.Fprintf(out, "  the store's commit wait of the established SAs (the node's histogram): p50 %.1f ms, p99 %.1f ms\n",
@@ -375,15 +375,20 @@ type engineInNode struct {
 	Total   time.Duration
 	Timers  time.Duration // the timers' runs, in all
 	PerCall [3]time.Duration
+	// Calls in all, and the timed ones counted at their work's mean
+	// (engine_cpu_outliers_total).
+	Calls, Outliers float64
 }
 
 // engineWork are the exchanges of engineInNode.PerCall.
 var engineWork = [3]string{"IKE_SA_INIT", "IKE_AUTH", "INFORMATIONAL"}
 
-// engineSeries returns the node's engine series: the sum over every
-// work, the timers' time, then each of engineWork's time and calls.
+// engineSeries returns the node's engine series: the time summed over
+// every work, the timers' time, the calls and outliers summed, then each
+// of engineWork's time and calls.
 func engineSeries() []string {
-	names := []string{"ikefleet_engine_cpu_seconds_total", `ikefleet_engine_cpu_seconds_total{work="timers"}`}
+	names := []string{"ikefleet_engine_cpu_seconds_total", `ikefleet_engine_cpu_seconds_total{work="timers"}`,
+		"ikefleet_engine_calls_total", "ikefleet_engine_cpu_outliers_total"}
 	for _, w := range engineWork {
 		names = append(names, `ikefleet_engine_cpu_seconds_total{work="`+w+`"}`, `ikefleet_engine_calls_total{work="`+w+`"}`)
 	}
@@ -395,10 +400,10 @@ func engineSeries() []string {
 func engineOver(a, b []float64) engineInNode {
 	d := func(i int) float64 { return b[i] - a[i] }
 	sec := func(v float64) time.Duration { return time.Duration(v * float64(time.Second)) }
-	e := engineInNode{Total: sec(d(0)), Timers: sec(d(1))}
+	e := engineInNode{Total: sec(d(0)), Timers: sec(d(1)), Calls: d(2), Outliers: d(3)}
 	for i := range engineWork {
-		if calls := d(3 + 2*i); calls > 0 {
-			e.PerCall[i] = sec(d(2+2*i) / calls)
+		if calls := d(5 + 2*i); calls > 0 {
+			e.PerCall[i] = sec(d(4+2*i) / calls)
 		}
 	}
 	return e
