@@ -3,6 +3,7 @@ package concentrator
 import (
 	"crypto/rand"
 	"net/netip"
+	"runtime"
 	"testing"
 	"time"
 
@@ -63,5 +64,35 @@ func TestShardCountsEngineWork(t *testing.T) {
 		if w != 0 && w != workOther && (e.Calls != 0 || e.Seconds != 0) {
 			t.Errorf("%s: %+v, but no such work was given", metrics.EngineWork[w], e)
 		}
+	}
+}
+
+// A reading that counted more than the engine (a goroutine preempted or
+// parked inside it, whose thread ran others meanwhile; one that changed
+// threads) counts at its work's mean, and is counted as an outlier.
+func TestShardEngineOutliers(t *testing.T) {
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	s := &shard{}
+	for range 100 {
+		s.count(1, readThreadCPU())
+	}
+	e := s.spent[1]
+	if e.Outliers != 0 || e.Seconds <= 0 {
+		t.Fatalf("100 ordinary readings: %+v", e)
+	}
+	mean := e.Seconds / float64(e.Calls)
+	late := readThreadCPU()
+	late.ns -= int64(50 * time.Millisecond) // 50 ms more than it was
+	s.count(1, late)
+	moved := readThreadCPU()
+	moved.tid = -1 // another thread's
+	s.count(1, moved)
+	e = s.spent[1]
+	if e.Outliers != 2 || e.Calls != 102 {
+		t.Fatalf("after a 50 ms reading and one from another thread: %+v; want both counted as outliers", e)
+	}
+	if got := e.Seconds / float64(e.Calls); got > 2*mean {
+		t.Fatalf("mean per call %v after the outliers, %v before", got, mean)
 	}
 }
