@@ -77,10 +77,11 @@ func (u *UDPConn) NewBatch(size int) (*Batch, error) {
 func (b *Batch) Cap() int { return len(b.hdrs) }
 
 // call runs one recvmmsg or sendmmsg of b.n datagrams; false (to wait
-// for the socket) on EAGAIN.
+// for the socket) on EAGAIN. A raw system call: the socket is
+// non-blocking (UDPConn.WriteTo says why).
 func (b *Batch) call(fd uintptr, trap uintptr) bool {
 	for {
-		r, _, e := unix.Syscall6(trap, fd, uintptr(unsafe.Pointer(&b.hdrs[0])), uintptr(b.n), 0, 0, 0)
+		r, _, e := unix.RawSyscall6(trap, fd, uintptr(unsafe.Pointer(&b.hdrs[0])), uintptr(b.n), 0, 0, 0)
 		switch e {
 		case 0:
 			b.got, b.err = int(r), nil
@@ -179,17 +180,22 @@ var errAddrFamily = errors.New("transport: destination not of the socket's addre
 
 // encode writes to into names[i] and returns its length.
 func (b *Batch) encode(i int, to netip.AddrPort) (uint32, error) {
+	return encodeSockaddr(&b.names[i], to, b.v6)
+}
+
+// encodeSockaddr writes to into sa as the socket address of a socket of
+// family AF_INET6 (v6) or AF_INET, and returns its length.
+func encodeSockaddr(sa *unix.RawSockaddrInet6, to netip.AddrPort, v6 bool) (uint32, error) {
 	a := to.Addr()
 	switch {
 	case !a.IsValid():
 		return 0, errAddrFamily
-	case !b.v6 && a.Is4():
-		sa := (*unix.RawSockaddrInet4)(unsafe.Pointer(&b.names[i]))
+	case !v6 && a.Is4():
+		sa := (*unix.RawSockaddrInet4)(unsafe.Pointer(sa))
 		*sa = unix.RawSockaddrInet4{Family: unix.AF_INET, Addr: a.As4()}
 		putPort(&sa.Port, to.Port())
 		return unix.SizeofSockaddrInet4, nil
-	case b.v6:
-		sa := &b.names[i]
+	case v6:
 		*sa = unix.RawSockaddrInet6{Family: unix.AF_INET6, Addr: a.As16()}
 		putPort(&sa.Port, to.Port())
 		if z := a.Zone(); z != "" {

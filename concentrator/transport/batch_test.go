@@ -6,6 +6,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"strings"
 	"testing"
 	"time"
 
@@ -244,5 +245,56 @@ func BenchmarkBatchRead(b *testing.B) {
 				}
 			}
 		})
+	}
+}
+
+// WriteTo sends one datagram with a raw sendto: to an IPv4 peer from an
+// IPv4 socket, and from the dual-stack socket of the unspecified IPv6
+// address to IPv4 and IPv6 peers; a destination the socket cannot reach
+// is an error naming it; a send allocates nothing.
+func TestWriteTo(t *testing.T) {
+	tx, _ := listenBatch(t, "127.0.0.1:0", 1)
+	rx4c, rx4 := listenBatch(t, "127.0.0.1:0", 4)
+	if err := tx.WriteTo([]byte("v4"), rx4c.LocalAddr()); err != nil {
+		t.Fatal(err)
+	}
+	if err := tx.WriteTo(nil, rx4c.LocalAddr()); err != nil { // an empty datagram is a datagram
+		t.Fatal(err)
+	}
+	got := readAll(t, rx4, 2, 16)
+	if string(got[0].Buf) != "v4" || got[0].From != tx.LocalAddr() || got[1].N != 0 {
+		t.Fatalf("got %q from %v, then %d octets", got[0].Buf, got[0].From, got[1].N)
+	}
+	for _, to := range []netip.AddrPort{netip.MustParseAddrPort("[::1]:500"), {}} {
+		if err := tx.WriteTo([]byte("x"), to); !errors.Is(err, errAddrFamily) || !strings.Contains(err.Error(), "sendto") {
+			t.Fatalf("to %v: %v; want %v", to, err, errAddrFamily)
+		}
+	}
+	again := []byte("again")
+	if a := testing.AllocsPerRun(50, func() {
+		if err := tx.WriteTo(again, rx4c.LocalAddr()); err != nil {
+			t.Fatal(err)
+		}
+	}); a != 0 {
+		t.Errorf("WriteTo: %v allocations a datagram", a)
+	}
+
+	dual, _ := listenBatch(t, "[::]:0", 1)
+	rx6c, rx6 := listenBatch(t, "[::1]:0", 4)
+	if err := dual.WriteTo([]byte("to v4"), rx4c.LocalAddr()); err != nil {
+		t.Fatal(err)
+	}
+	if err := dual.WriteTo([]byte("to v6"), rx6c.LocalAddr()); err != nil {
+		t.Fatal(err)
+	}
+	var v4 []Datagram
+	for _, d := range readAll(t, rx4, 52, 16) {
+		if string(d.Buf) == "to v4" {
+			v4 = append(v4, d)
+		}
+	}
+	v6 := readAll(t, rx6, 1, 16)
+	if len(v4) != 1 || v4[0].From.Port() != dual.LocalAddr().Port() || string(v6[0].Buf) != "to v6" {
+		t.Fatalf("from the dual-stack socket: %v, %q", v4, v6[0].Buf)
 	}
 }

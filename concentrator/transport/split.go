@@ -107,7 +107,19 @@ func (UDP) ListenSplit(local netip.AddrPort, natt bool) (*Split, error) {
 		bulk.Close()
 		return nil, err
 	}
-	return &Split{Prio: &UDPConn{c: prio}, Bulk: &UDPConn{c: bulk}}, nil
+	pc, err := newUDPConn(prio)
+	if err != nil {
+		bulk.Close()
+		prio.Close()
+		return nil, err
+	}
+	bc, err := newUDPConn(bulk)
+	if err != nil {
+		bulk.Close()
+		prio.Close()
+		return nil, err
+	}
+	return &Split{Prio: pc, Bulk: bc}, nil
 }
 
 // splitProgram is the steering program: it returns the index of the
