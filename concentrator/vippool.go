@@ -134,9 +134,11 @@ func (p *clusterPool) Acquire(peer ike.Identity) (netip.Addr, error) {
 	if a, ok := p.local.ShareKey(key); ok {
 		return a, nil
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), poolCallTimeout)
-	defer cancel()
-	if a, ok, err := l.AddressOf(ctx, id); err != nil {
+	// The store bounds its reads by its request timeout; most calls read
+	// nothing (a node that is the store's sole writer knows which
+	// identities hold a lease), and a context with a timeout of its own
+	// would cost every new SA a timer.
+	if a, ok, err := l.AddressOf(context.Background(), id); err != nil {
 		return netip.Addr{}, err
 	} else if ok {
 		if holder, _ := p.local.Holder(a); holder != key {
@@ -154,6 +156,8 @@ func (p *clusterPool) Acquire(peer ike.Identity) (netip.Addr, error) {
 	}
 	// No reservation left (a burst outran the refills): lease one address
 	// at a time, here.
+	ctx, cancel := context.WithTimeout(context.Background(), poolCallTimeout)
+	defer cancel()
 	for i := 0; i < p.size; i++ {
 		a, err := p.local.AcquireKey(key)
 		if err != nil {
