@@ -233,7 +233,7 @@ func (b *batcher) run() {
 	// The transactions under way run on maxInflight goroutines that live
 	// as long as the batcher: a goroutine of its own per batch started on
 	// a small stack and grew it by copying, several times a batch (1% of
-	// a node's CPU at 1,000 new SAs a second).
+	// the samples in a CPU profile of a node at 1,000 new SAs a second).
 	work := make(chan []pending, maxInflight)
 	defer close(work)
 	for range maxInflight {
