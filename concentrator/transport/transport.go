@@ -91,7 +91,7 @@ func (u *UDPConn) ReadFrom(b []byte) (int, netip.AddrPort, error) {
 	return n, unmap(from), err
 }
 
-// WriteTo sends with a raw system call (rawSend).
+// WriteTo sends with a raw system call (sender.sendto).
 func (u *UDPConn) WriteTo(b []byte, to netip.AddrPort) error {
 	w := senders.Get().(*sender)
 	defer senders.Put(w)
@@ -112,15 +112,15 @@ func (u *UDPConn) WriteTo(b []byte, to netip.AddrPort) error {
 }
 
 // A node's sockets are non-blocking, so their sendto, recvmmsg and
-// sendmmsg never wait: they are raw system calls (rawSend, Batch.call),
-// which keep the goroutine's processor. An ordinary one gives it up for
-// the call, and the runtime's monitor takes it from a call that lasts
-// over about 20 µs (a datagram sent over loopback is delivered within the
-// sender's call) and wakes another thread to run it, while the monitor
-// itself keeps waking every 20 µs: on a node of one core, 19,800 thread
-// switches in 4 s of 1,000 setups a second, against 6,500 with raw calls,
-// and 8% less CPU per SA without a state store (`benchnode --against`, 6
-// alternated rounds, cheaper in 6 of 6).
+// sendmmsg never wait: they are raw system calls (sender.sendto,
+// Batch.call), which keep the goroutine's processor. An ordinary one
+// gives it up for the call, and the runtime's monitor takes it from a
+// call that lasts over about 20 µs (a datagram sent over loopback is
+// delivered within the sender's call) and wakes another thread to run
+// it, while the monitor itself keeps waking every 20 µs: on a node of one
+// core, 19,800 thread switches in 4 s of 1,000 setups a second, against
+// 6,500 with raw calls, and 0.904 of the CPU per SA without a state store
+// (`benchnode --against`, 8 alternated rounds, cheaper in 8 of 8).
 
 // sender holds one WriteTo's arguments for the function given to the
 // socket's RawConn, made once per sender so that a send allocates nothing.
