@@ -48,26 +48,7 @@ func (u *UDPConn) NewBatch(size int) (*Batch, error) {
 	if size < 1 {
 		return nil, fmt.Errorf("transport: batch of %d", size)
 	}
-	rc, err := u.c.SyscallConn()
-	if err != nil {
-		return nil, err
-	}
-	var sa unix.Sockaddr
-	var serr error
-	if err := rc.Control(func(fd uintptr) { sa, serr = unix.Getsockname(int(fd)) }); err != nil {
-		return nil, err
-	}
-	if serr != nil {
-		return nil, fmt.Errorf("transport: getsockname: %w", serr)
-	}
-	b := &Batch{rc: rc, hdrs: make([]unix.Mmsghdr, size), iovs: make([]unix.Iovec, size), names: make([]unix.RawSockaddrInet6, size)}
-	switch sa.(type) {
-	case *unix.SockaddrInet4:
-	case *unix.SockaddrInet6:
-		b.v6 = true
-	default:
-		return nil, fmt.Errorf("transport: batch on a socket of address %T", sa)
-	}
+	b := &Batch{rc: u.rc, v6: u.v6, hdrs: make([]unix.Mmsghdr, size), iovs: make([]unix.Iovec, size), names: make([]unix.RawSockaddrInet6, size)}
 	b.read = func(fd uintptr) bool { return b.call(fd, unix.SYS_RECVMMSG) }
 	b.write = func(fd uintptr) bool { return b.call(fd, unix.SYS_SENDMMSG) }
 	return b, nil
