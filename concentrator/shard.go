@@ -89,29 +89,27 @@ const engineSample = 8
 // and for one in engineSample the CPU it took (engine_cpu_seconds_total).
 func (s *shard) handle(now time.Time, pkt ike.Packet, rd *ike.Ready) {
 	w := engineWork(pkt.Data)
-	if rand.Uint32()%engineSample != 0 {
-		s.eng.Handle(now, pkt, rd)
-		s.spent[w].Calls++
-		return
-	}
-	t := readThreadCPU()
+	t, timed := startTiming()
 	s.eng.Handle(now, pkt, rd)
-	s.count(w, t)
+	s.count(w, t, timed)
 }
 
 // tick runs the engine's timers, counted as handle counts messages.
 func (s *shard) tick(now time.Time, rd *ike.Ready) {
-	if rand.Uint32()%engineSample != 0 {
-		s.eng.Tick(now, rd)
-		s.spent[workTimers].Calls++
-		return
-	}
-	t := readThreadCPU()
+	t, timed := startTiming()
 	s.eng.Tick(now, rd)
-	s.count(workTimers, t)
+	s.count(workTimers, t, timed)
 }
 
-// count adds a timed call, as engineSample calls of its cost.
+// startTiming reads the thread's CPU clock for one call in engineSample.
+func startTiming() (threadCPU, bool) {
+	if rand.Uint32()%engineSample != 0 {
+		return threadCPU{}, false
+	}
+	return readThreadCPU(), true
+}
+
+// count adds a call, and a timed one as engineSample calls of its cost.
 //
 // The thread's clock counts what the thread ran, and a goroutine that
 // waits inside the engine (a garbage collection assist that parks), or
@@ -123,9 +121,12 @@ func (s *shard) tick(now time.Time, rd *ike.Ready) {
 // than a millisecond and more than outlierFactor times its work's mean
 // so far is counted at that mean instead, and so is one that changed
 // threads.
-func (s *shard) count(w int, t threadCPU) {
+func (s *shard) count(w int, t threadCPU, timed bool) {
 	e := &s.spent[w]
 	e.Calls++
+	if !timed {
+		return
+	}
 	mean := 0.0
 	if n := e.Calls - 1; n >= outlierAfter {
 		mean = e.Seconds / float64(n)

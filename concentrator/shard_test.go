@@ -75,7 +75,7 @@ func TestShardEngineOutliers(t *testing.T) {
 	defer runtime.UnlockOSThread()
 	s := &shard{}
 	for range 100 {
-		s.count(1, readThreadCPU())
+		s.count(1, readThreadCPU(), true)
 	}
 	e := s.spent[1]
 	if e.Outliers != 0 || e.Seconds <= 0 {
@@ -84,10 +84,10 @@ func TestShardEngineOutliers(t *testing.T) {
 	mean := e.Seconds / float64(e.Calls)
 	late := readThreadCPU()
 	late.ns -= int64(50 * time.Millisecond) // 50 ms more than it was
-	s.count(1, late)
+	s.count(1, late, true)
 	moved := readThreadCPU()
 	moved.tid = -1 // another thread's
-	s.count(1, moved)
+	s.count(1, moved, true)
 	e = s.spent[1]
 	if e.Outliers != 2 || e.Calls != 102 {
 		t.Fatalf("after a 50 ms reading and one from another thread: %+v; want both counted as outliers", e)
