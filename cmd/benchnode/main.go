@@ -38,6 +38,7 @@ import (
 	"time"
 
 	"github.com/ikefleet/ikefleet/concentrator/ike"
+	"github.com/ikefleet/ikefleet/concentrator/metrics"
 )
 
 func main() {
@@ -269,7 +270,7 @@ func (o *options) rowsTable(ctx context.Context, out io.Writer, eng time.Duratio
 		if e := r.Engine; e.Total > 0 && r.Established > 0 {
 			inNode := e.Total / time.Duration(r.Established)
 			fmt.Fprintf(out, "  the engine in the node: %.3f ms per SA (%.1f× the engine alone), the rest of the node %.3f ms; per message: IKE_SA_INIT %.0f µs, IKE_AUTH %.0f µs, INFORMATIONAL %.0f µs; timers %.2f s in all; %.0f of about %.0f readings counted at their mean\n",
-				ms(inNode), float64(inNode)/float64(eng), ms(r.CPUPerSA-inNode), us(e.PerCall[0]), us(e.PerCall[1]), us(e.PerCall[2]), e.Timers.Seconds(), e.Outliers, e.Calls/8)
+				ms(inNode), float64(inNode)/float64(eng), ms(r.CPUPerSA-inNode), us(e.PerCall[0]), us(e.PerCall[1]), us(e.PerCall[2]), e.Timers.Seconds(), e.Outliers, e.Calls/metrics.EngineSample)
 		}
 		if r.CommitP99 > 0 {
 			fmt.Fprintf(out, "  the store's commit wait of the established SAs (the node's histogram): p50 %.1f ms, p99 %.1f ms\n",

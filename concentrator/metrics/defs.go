@@ -5,6 +5,7 @@ package metrics
 import (
 	"fmt"
 	"sort"
+	"strconv"
 	"strings"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -51,9 +52,9 @@ var (
 	dHalfOpenShard   = gaugeDef("shard_half_open_sas", "Half-open IKE SAs per engine shard (cookies are demanded per shard).", "shard")
 	dQueueWaiting    = gaugeDef("queue_waiting", "IKE messages waiting in a shard's queues, by queue: other (IKE_AUTH, established SAs' messages, answers to our requests; beyond its 4,096 slots they spill over, 8 MiB per shard or 64 MiB shared by more than 8, and are counted here too), proven (new IKE_SA_INITs with a valid cookie; beyond its 8,192 slots they spill over the same way, into a spill of their own), new (other new IKE_SA_INITs).", "shard", "queue")
 	dCookiesActive   = gaugeDef("cookies_active", "1 while the shard demands cookies: half-open SAs at its share of ike.cookie_threshold, its queue of new IKE_SA_INITs backed up, or within ike.half_open_timeout of the last cookie demanded.", "shard")
-	dEngineSeconds   = counterDef("engine_cpu_seconds_total", "CPU time the IKE engine spent on received messages, by exchange (other: another exchange type, or a message too short to name one), and on its timers (timers: retransmissions, liveness checks, rekeys, expiries). Estimated: one call in 8, chosen at random, is timed with its thread's CPU clock and counts 8 times. Divided by engine_calls_total, the CPU per message; beside process_cpu_seconds_total, the engine's share of the node.", "work")
+	dEngineSeconds   = counterDef("engine_cpu_seconds_total", "CPU time the IKE engine spent on received messages, by exchange (other: another exchange type, or a message too short to name one), and on its timers (timers: retransmissions, liveness checks, rekeys, expiries). Estimated: one call in "+strconv.Itoa(EngineSample)+", chosen at random, is timed with its thread's CPU clock and counts "+strconv.Itoa(EngineSample)+" times. Divided by engine_calls_total, the CPU per message; beside process_cpu_seconds_total, the engine's share of the node.", "work")
 	dEngineCalls     = counterDef("engine_calls_total", "Received messages the IKE engine handled, by exchange, and runs of its timers (work as in engine_cpu_seconds_total), each counted.", "work")
-	dEngineOutliers  = counterDef("engine_cpu_outliers_total", "Timed engine calls (engine_cpu_seconds_total) whose thread's clock also counted other work: the goroutine changed threads inside the engine, or read over a millisecond and over 16 times its work's mean (it waited there, or the scheduler preempted it and ran other goroutines on its thread); counted at their work's mean instead. Many against engine_calls_total / 8: a node whose shards are seldom idle.", "work")
+	dEngineOutliers  = counterDef("engine_cpu_outliers_total", "Timed engine calls (engine_cpu_seconds_total) whose thread's clock also counted other work: the goroutine changed threads inside the engine, or read over a millisecond and over 16 times its work's mean (it waited there, or the scheduler preempted it and ran other goroutines on its thread); counted at their work's mean instead. Many against engine_calls_total / "+strconv.Itoa(EngineSample)+": a node whose shards are seldom idle.", "work")
 	dHandshakes      = counterDef("handshakes_total", "IKE SAs established (IKE_SA_INIT + IKE_AUTH completed).")
 	dFailures        = counterDef("handshake_failures_total", "Handshakes that did not complete, by the notify sent or received (NONE: no notify, OTHER: an unnamed type).", "reason")
 	dRekeys          = counterDef("rekeys_total", "SAs rekeyed, by kind (child, ike) and by who started the rekey (us, peer).", "kind", "initiator")

@@ -76,6 +76,12 @@ type EngineTime struct {
 var EngineWork = [...]string{"IKE_SA_INIT", "IKE_AUTH", "CREATE_CHILD_SA", "INFORMATIONAL", "IKE_INTERMEDIATE",
 	"IKE_FOLLOWUP_KE", "IKE_SESSION_RESUME", "other", "timers"}
 
+// EngineSample: one engine call in EngineSample is timed with its
+// thread's CPU clock and counts EngineSample times in
+// engine_cpu_seconds_total (the shards time; the help says so, and
+// benchnode reckons the readings from the calls).
+const EngineSample = 8
+
 // QueueNames are the queue label of queue_drops_total and
 // queue_waiting, in the order of a shard's queues (Shard.Waiting): the
 // node names its queues by them.
