@@ -441,20 +441,24 @@ func (o *options) start(spec nodeSpec, nodeCPU int, profile string, pprof bool) 
 	return p, f, func() { f.close(); cancel(); p.stop() }, nil
 }
 
-func (o *options) profileFor(name string) string {
-	if o.cpuprofile == "" {
-		return ""
-	}
-	return o.cpuprofile + "." + strings.ReplaceAll(name, "+", "-") + o.rateTag
-}
+func (o *options) profileFor(name string) string { return o.rowPath(o.cpuprofile, name) }
 
 // heapFor is where a row's heap profiles go (rows only: --scale saves one
 // of its own).
 func (o *options) heapFor(name string) string {
-	if o.heapprofile == "" || o.scale > 0 {
+	if o.scale > 0 {
 		return ""
 	}
-	return o.heapprofile + "." + strings.ReplaceAll(name, "+", "-") + o.rateTag
+	return o.rowPath(o.heapprofile, name)
+}
+
+// rowPath is a row's (or the burst's, the probe's) file beside base,
+// named for it and for the rate; "" without a base.
+func (o *options) rowPath(base, name string) string {
+	if base == "" {
+		return ""
+	}
+	return base + "." + strings.ReplaceAll(name, "+", "-") + o.rateTag
 }
 
 // row sets up spec.gateways SAs at o.rate, deletes them all, and reports
