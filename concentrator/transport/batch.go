@@ -111,7 +111,7 @@ func (b *Batch) Write(ds []Datagram) (int, error) {
 		return 0, nil
 	}
 	for i := range n {
-		l, err := b.encode(i, ds[i].To)
+		l, err := encodeSockaddr(&b.names[i], ds[i].To, b.v6)
 		if err != nil {
 			if i == 0 {
 				return 0, err
@@ -158,11 +158,6 @@ var zero [1]byte // the iovec base of an empty buffer
 // errAddrFamily: a destination the socket cannot reach (IPv6 on an IPv4
 // socket, or no address).
 var errAddrFamily = errors.New("transport: destination not of the socket's address family")
-
-// encode writes to into names[i] and returns its length.
-func (b *Batch) encode(i int, to netip.AddrPort) (uint32, error) {
-	return encodeSockaddr(&b.names[i], to, b.v6)
-}
 
 // encodeSockaddr writes to into sa as the socket address of a socket of
 // family AF_INET6 (v6) or AF_INET, and returns its length.

@@ -108,12 +108,10 @@ func (UDP) ListenSplit(local netip.AddrPort, natt bool) (*Split, error) {
 		return nil, err
 	}
 	pc, err := newUDPConn(prio)
-	if err != nil {
-		bulk.Close()
-		prio.Close()
-		return nil, err
+	var bc *UDPConn
+	if err == nil {
+		bc, err = newUDPConn(bulk)
 	}
-	bc, err := newUDPConn(bulk)
 	if err != nil {
 		bulk.Close()
 		prio.Close()
