@@ -216,7 +216,7 @@ func (s *Store) build(c *Change, me Owner) (txnParts, error) {
 		}
 		p.wantSq = rv.seq.mod
 		p.cmps = append(p.cmps, clientv3.Compare(clientv3.ModRevision(s.k.seq(spi)), "=", rv.seq.mod))
-		p.then = append(p.then, clientv3.OpPut(s.k.seq(spi), string(v)))
+		p.then = append(p.then, putBytes(s.k.seq(spi), v))
 		return nil
 	}
 	// putSA writes the record itself; from layout 5 with all of its
@@ -231,7 +231,7 @@ func (s *Store) build(c *Change, me Owner) (txnParts, error) {
 		}
 		p.wantSA = rv.sa.mod
 		p.cmps = append(p.cmps, clientv3.Compare(clientv3.ModRevision(s.k.sa(spi)), "=", rv.sa.mod))
-		p.then = append(p.then, clientv3.OpPut(s.k.sa(spi), string(v)))
+		p.then = append(p.then, putBytes(s.k.sa(spi), v))
 		if inline && rv.seq.mod != 0 {
 			p.delSeq, p.wantSq = true, rv.seq.mod
 			p.cmps = append(p.cmps, clientv3.Compare(clientv3.ModRevision(s.k.seq(spi)), "=", rv.seq.mod))
@@ -368,6 +368,15 @@ func (s *Store) build(c *Change, me Owner) (txnParts, error) {
 		p.els = append(p.els, getMeta(s.k.sa(spi), false), getMeta(s.k.seq(spi), true))
 	}
 	return p, nil
+}
+
+// putBytes puts v under k without copying it twice, as clientv3.OpPut
+// would (to a string and back): v is a fresh encoding, read until the
+// transaction is sent and never written.
+func putBytes(k string, v []byte) clientv3.Op {
+	op := clientv3.OpPut(k, "")
+	op.WithValueBytes(v)
+	return op
 }
 
 // mine holds while registration me owns the change's SA.

@@ -52,7 +52,7 @@ func (s *Store) selectorOps(c *Change, spi uint64) ([]clientv3.Op, error) {
 	if err != nil {
 		return nil, err
 	}
-	return []clientv3.Op{clientv3.OpPut(s.k.sel(spi), string(v))}, nil
+	return []clientv3.Op{putBytes(s.k.sel(spi), v)}, nil
 }
 
 // SelectorEvent is a claim that appeared, changed (Claim set) or went
