@@ -477,6 +477,9 @@ func (b *batcher) try(batch []pending) error {
 			finish(batch[i], err)
 		}
 	}
+	for i := range parts {
+		parts[i].recycle()
+	}
 	if len(again) > 0 {
 		// Their record keys were written by someone else (a rewrap, the
 		// previous owner): read their metadata again and write them, before

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"hash/fnv"
 	"net/netip"
+	"sync"
 
 	"go.etcd.io/etcd/api/v3/etcdserverpb"
 	clientv3 "go.etcd.io/etcd/client/v3"
@@ -191,9 +192,9 @@ func (s *Store) build(c *Change, me Owner) (txnParts, error) {
 			then += len(c.Record.Children) // their inbound SPIs released
 		}
 	}
-	p := txnParts{then: make([]clientv3.Op, 0, then), cmps: make([]clientv3.Cmp, 0, cmps)}
+	p := txnParts{then: opLists.get(then), cmps: cmpLists.get(cmps)}
 	if els > 0 {
-		p.els = make([]clientv3.Op, 1, els) // els[0]: the owner's read, set below
+		p.els = opLists.get(els)[:1] // els[0]: the owner's read, set below
 	}
 	id := s.cfg.NodeID
 	layout := s.Layout()
@@ -377,6 +378,50 @@ func putBytes(k string, v []byte) clientv3.Op {
 	op := clientv3.OpPut(k, "")
 	op.WithValueBytes(v)
 	return op
+}
+
+// recycle gives the change's lists back for another change's: once its
+// transaction was sent (the client or the server copied them) and its
+// outcome read.
+func (p *txnParts) recycle() {
+	opLists.put(p.then)
+	opLists.put(p.els)
+	cmpLists.put(p.cmps)
+	p.then, p.els, p.cmps = nil, nil, nil
+}
+
+// opLists and cmpLists keep the lists that changes' transactions were
+// built in (build). A clientv3.Op is 240 bytes, and a new SA's change
+// made lists of 2.5-3.5 KB, deleting it 2.2 KB: 6% of what a node with
+// the embedded store allocated per SA.
+var (
+	opLists  listPool[clientv3.Op]
+	cmpLists listPool[clientv3.Cmp]
+)
+
+// listPool recycles slices of T of at least listCap elements.
+type listPool[T any] struct{ p sync.Pool }
+
+const listCap = 16
+
+// get returns an empty slice with room for n.
+func (l *listPool[T]) get(n int) []T {
+	if v, ok := l.p.Get().(*[]T); ok && cap(*v) >= n {
+		return (*v)[:0]
+	}
+	return make([]T, 0, max(n, listCap))
+}
+
+// put keeps s, cleared (it no longer holds what its elements pointed
+// to), unless it is too small to be worth it.
+func (l *listPool[T]) put(s []T) {
+	if cap(s) < listCap {
+		return
+	}
+	s = s[:cap(s)]
+	clear(s)
+	s = s[:0]
+	l.p.Put(&s)
 }
 
 // mine holds while registration me owns the change's SA.
