@@ -217,7 +217,7 @@ func (s *Store) build(c *Change, me Owner) (txnParts, error) {
 		}
 		p.wantSq = rv.seq.mod
 		p.cmps = append(p.cmps, clientv3.Compare(clientv3.ModRevision(s.k.seq(spi)), "=", rv.seq.mod))
-		p.then = append(p.then, putBytes(s.k.seq(spi), v))
+		p.then = append(p.then, opPut(s.k.seq(spi), v))
 		return nil
 	}
 	// putSA writes the record itself; from layout 5 with all of its
@@ -232,11 +232,11 @@ func (s *Store) build(c *Change, me Owner) (txnParts, error) {
 		}
 		p.wantSA = rv.sa.mod
 		p.cmps = append(p.cmps, clientv3.Compare(clientv3.ModRevision(s.k.sa(spi)), "=", rv.sa.mod))
-		p.then = append(p.then, putBytes(s.k.sa(spi), v))
+		p.then = append(p.then, opPut(s.k.sa(spi), v))
 		if inline && rv.seq.mod != 0 {
 			p.delSeq, p.wantSq = true, rv.seq.mod
 			p.cmps = append(p.cmps, clientv3.Compare(clientv3.ModRevision(s.k.seq(spi)), "=", rv.seq.mod))
-			p.then = append(p.then, clientv3.OpDelete(s.k.seq(spi)))
+			p.then = append(p.then, opDelete(s.k.seq(spi)))
 		}
 		return nil
 	}
@@ -245,7 +245,7 @@ func (s *Store) build(c *Change, me Owner) (txnParts, error) {
 			return err
 		}
 		for i := range r.Children {
-			p.then = append(p.then, clientv3.OpPut(s.k.espSPI(r.Children[i].InSPI), spiHex(spi)))
+			p.then = append(p.then, opPutString(s.k.espSPI(r.Children[i].InSPI), spiHex(spi)))
 		}
 		ops, err := s.selectorOps(c, spi)
 		if err != nil {
@@ -259,7 +259,7 @@ func (s *Store) build(c *Change, me Owner) (txnParts, error) {
 	}
 	own := func(spi uint64) {
 		// The SPI stays reserved by its record keys (ReserveIKESPIs).
-		p.then = append(p.then, clientv3.OpPut(s.k.owner(spi), me.value()))
+		p.then = append(p.then, opPutString(s.k.owner(spi), me.value()))
 		p.then = s.k.appendOwnedPut(p.then, spi, id, layout)
 	}
 	drop := func(spi uint64) {
@@ -268,12 +268,12 @@ func (s *Store) build(c *Change, me Owner) (txnParts, error) {
 		r, known := s.revs.get(spi)
 		p.then = s.k.appendSADeletes(p.then, spi, id, layout, !known || r.seq.mod != 0)
 		if c.Selectors != nil {
-			p.then = append(p.then, clientv3.OpDelete(s.k.sel(spi)))
+			p.then = append(p.then, opDelete(s.k.sel(spi)))
 		}
 	}
 	release := func(spis []uint32) {
 		for _, x := range spis {
-			p.then = append(p.then, clientv3.OpDelete(s.k.espSPI(x)))
+			p.then = append(p.then, opDelete(s.k.espSPI(x)))
 		}
 	}
 	p.spi = c.spi()
@@ -292,13 +292,13 @@ func (s *Store) build(c *Change, me Owner) (txnParts, error) {
 			case UniqueReplace:
 				// Read before the new entry goes in: the others only.
 				p.identGet, p.identAt = true, len(p.then)
-				p.then = append(p.then, clientv3.OpGet(s.k.identPrefix(id), clientv3.WithPrefix()))
+				p.then = append(p.then, opGetPrefix(s.k.identPrefix(id)))
 			case UniqueKeep:
 				p.identKeep, p.identElse = true, len(p.els)
 				p.cmps = append(p.cmps, clientv3.Compare(clientv3.CreateRevision(s.k.identPrefix(id)), "=", 0).WithPrefix())
-				p.els = append(p.els, clientv3.OpGet(s.k.identPrefix(id), clientv3.WithPrefix()))
+				p.els = append(p.els, opGetPrefix(s.k.identPrefix(id)))
 			}
-			p.then = append(p.then, clientv3.OpPut(s.k.ident(id, spi), id2node(s.cfg.NodeID)))
+			p.then = append(p.then, opPutString(s.k.ident(id, spi), id2node(s.cfg.NodeID)))
 		}
 		if l := c.Lease; l != nil {
 			ak := s.k.poolAddr(l.Addr)
@@ -307,12 +307,12 @@ func (s *Store) build(c *Change, me Owner) (txnParts, error) {
 				p.cmps = append(p.cmps, clientv3.Compare(clientv3.Value(ak), "=", l.ID))
 			} else if l.Reserved {
 				p.cmps = append(p.cmps, clientv3.Compare(clientv3.Value(ak), "=", s.reservedMark()))
-				p.then = append(p.then, clientv3.OpPut(ak, l.ID), clientv3.OpPut(s.k.poolID(l.ID), l.Addr.String()))
+				p.then = append(p.then, opPutString(ak, l.ID), opPutString(s.k.poolID(l.ID), l.Addr.String()))
 			} else {
 				p.cmps = append(p.cmps, clientv3.Compare(clientv3.CreateRevision(ak), "=", 0))
-				p.then = append(p.then, clientv3.OpPut(ak, l.ID), clientv3.OpPut(s.k.poolID(l.ID), l.Addr.String()))
+				p.then = append(p.then, opPutString(ak, l.ID), opPutString(s.k.poolID(l.ID), l.Addr.String()))
 			}
-			p.els = append(p.els, clientv3.OpGet(ak))
+			p.els = append(p.els, opGet(ak))
 		}
 	case addressReleased:
 		l := c.Lease
@@ -333,15 +333,15 @@ func (s *Store) build(c *Change, me Owner) (txnParts, error) {
 		}
 		own(p.newSPI)
 		if id := c.Identity; id != "" {
-			p.then = append(p.then, clientv3.OpDelete(s.k.ident(id, c.OldSPI)), clientv3.OpPut(s.k.ident(id, p.newSPI), id2node(s.cfg.NodeID)))
+			p.then = append(p.then, opDelete(s.k.ident(id, c.OldSPI)), opPutString(s.k.ident(id, p.newSPI), id2node(s.cfg.NodeID)))
 		}
-		p.els = append(p.els, clientv3.OpGet(s.k.owner(p.newSPI)))
+		p.els = append(p.els, opGet(s.k.owner(p.newSPI)))
 	case Deleted:
 		p.absentIsOK = true
 		p.cmps = append(p.cmps, s.mine(c, me))
 		drop(c.spi())
 		if c.Identity != "" {
-			p.then = append(p.then, clientv3.OpDelete(s.k.ident(c.Identity, c.spi())))
+			p.then = append(p.then, opDelete(s.k.ident(c.Identity, c.spi())))
 		}
 		if c.Record != nil {
 			release(c.Record.InSPIs())
@@ -362,22 +362,13 @@ func (s *Store) build(c *Change, me Owner) (txnParts, error) {
 		}
 	}
 	release(c.Released)
-	p.els[0] = clientv3.OpGet(s.k.owner(p.spi))
+	p.els[0] = opGet(s.k.owner(p.spi))
 	p.leaseAt = len(p.els) - 1
 	p.revAt = len(p.els)
 	if wsa || wseq { // p.delSeq implies wsa
 		p.els = append(p.els, getMeta(s.k.sa(spi), false), getMeta(s.k.seq(spi), true))
 	}
 	return p, nil
-}
-
-// putBytes puts v under k without copying it twice, as clientv3.OpPut
-// would (to a string and back): v is a fresh encoding, read until the
-// transaction is sent and never written.
-func putBytes(k string, v []byte) clientv3.Op {
-	op := clientv3.OpPut(k, "")
-	op.WithValueBytes(v)
-	return op
 }
 
 // recycle gives the change's lists back for another change's: once its

@@ -56,10 +56,10 @@ func (k keys) espSPI(spi uint32) string { return hexKey(k.p, "spi/esp/", uint64(
 // used the record keys.
 func (k keys) appendSADeletes(ops []clientv3.Op, spi uint64, node string, layout int, seq bool) []clientv3.Op {
 	ops = append(ops,
-		clientv3.OpDelete(k.sa(spi)),
-		clientv3.OpDelete(k.owner(spi)))
+		opDelete(k.sa(spi)),
+		opDelete(k.owner(spi)))
 	if seq {
-		ops = append(ops, clientv3.OpDelete(k.seq(spi)))
+		ops = append(ops, opDelete(k.seq(spi)))
 	}
 	if layout < ownedGone {
 		ops = append(ops, clientv3.OpDelete(k.owned(node, spi)))

@@ -262,7 +262,7 @@ func (s *Store) finalOps(ops []clientv3.Op, f *SARecord, rv saRevs, layout int) 
 	if err != nil {
 		return nil, err
 	}
-	ops = append(ops, putBytes(s.k.sa(spi), v))
+	ops = append(ops, opPut(s.k.sa(spi), v))
 	switch {
 	case layout >= seqGone && rv.seq.mod != 0:
 		ops = append(ops, clientv3.OpDelete(s.k.seq(spi)))

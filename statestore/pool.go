@@ -237,9 +237,9 @@ func (s *Store) ReleaseAddress(ctx context.Context, a netip.Addr, id string) err
 // names a.
 func (s *Store) releaseOps(a netip.Addr, id string) []clientv3.Op {
 	ik := s.k.poolID(id)
-	return []clientv3.Op{clientv3.OpDelete(s.k.poolAddr(a)),
+	return []clientv3.Op{opDelete(s.k.poolAddr(a)),
 		clientv3.OpTxn([]clientv3.Cmp{clientv3.Compare(clientv3.Value(ik), "=", a.String())},
-			[]clientv3.Op{clientv3.OpDelete(ik)}, nil)}
+			[]clientv3.Op{opDelete(ik)}, nil)}
 }
 
 // idKeyDeleted reads releaseOps' responses: whether the identity's key

@@ -253,9 +253,9 @@ func (s *Store) prepare(ctx context.Context, reg *registration, ws []sealedWrite
 // to tell a placeholder.
 func getMeta(k string, isSeq bool) clientv3.Op {
 	if isSeq {
-		return clientv3.OpGet(k)
+		return opGet(k)
 	}
-	return clientv3.OpGet(k, clientv3.WithKeysOnly())
+	return opGetKeysOnly(k)
 }
 
 // errStale: a write's expected metadata did not hold (the key was written

@@ -46,13 +46,13 @@ func (s *Store) selectorOps(c *Change, spi uint64) ([]clientv3.Op, error) {
 		return nil, nil
 	}
 	if len(c.Selectors.Ranges) == 0 {
-		return []clientv3.Op{clientv3.OpDelete(s.k.sel(spi))}, nil
+		return []clientv3.Op{opDelete(s.k.sel(spi))}, nil
 	}
 	v, err := json.Marshal(c.Selectors)
 	if err != nil {
 		return nil, err
 	}
-	return []clientv3.Op{putBytes(s.k.sel(spi), v)}, nil
+	return []clientv3.Op{opPut(s.k.sel(spi), v)}, nil
 }
 
 // SelectorEvent is a claim that appeared, changed (Claim set) or went
