@@ -7,7 +7,7 @@ import clientv3 "go.etcd.io/etcd/client/v3"
 // they return, so each Op (240 bytes) moved to the heap; OpGet and
 // OpDelete also allocated two more to check their options for WithPrefix
 // and WithFromKey together: 250 bytes for a put, 730 for a delete or a
-// get, about 6 KB of garbage per SA's setup and delete in the batcher
+// get, about 7 KB of garbage per SA's setup and delete in the batcher
 // (BenchmarkBuild). Here a blank operation of each kind, made once by the
 // constructor, is copied and given its key (and value): the same Op, as
 // TestOpsAsTheClientBuildsThem checks against the requests clientv3 makes
