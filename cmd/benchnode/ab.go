@@ -21,10 +21,10 @@ type abRound struct{ base, this rowResult }
 
 // abSummary is what the rounds of one row show: the medians of the
 // per-round ratios (this build over the baseline) of CPU per SA, p99
-// setup and RSS per SA, the spread of the CPU ratio, and each build's
-// median CPU per SA.
+// setup, RSS per SA and what the node allocated per SA, the spread of
+// the CPU ratio, and each build's median CPU per SA.
 type abSummary struct {
-	cpu, p99, rss        float64
+	cpu, p99, rss, alloc float64
 	cpuLo, cpuHi         float64
 	baseCPU, thisCPU     time.Duration
 	rounds, thisFasterIn int
@@ -32,12 +32,13 @@ type abSummary struct {
 
 func summarize(rounds []abRound) abSummary {
 	var s abSummary
-	var cpu, p99, rss []float64
+	var cpu, p99, rss, alloc []float64
 	var bc, tc []time.Duration
 	for _, r := range rounds {
 		cpu = append(cpu, ratio(float64(r.this.CPUPerSA), float64(r.base.CPUPerSA)))
 		p99 = append(p99, ratio(float64(r.this.P99), float64(r.base.P99)))
 		rss = append(rss, ratio(float64(r.this.RSSPerSA), float64(r.base.RSSPerSA)))
+		alloc = append(alloc, ratio(r.this.AllocPerSA, r.base.AllocPerSA))
 		bc, tc = append(bc, r.base.CPUPerSA), append(tc, r.this.CPUPerSA)
 		if r.this.CPUPerSA < r.base.CPUPerSA {
 			s.thisFasterIn++
@@ -47,7 +48,7 @@ func summarize(rounds []abRound) abSummary {
 	if s.rounds == 0 {
 		return s
 	}
-	s.cpu, s.p99, s.rss = median(cpu), median(p99), median(rss)
+	s.cpu, s.p99, s.rss, s.alloc = median(cpu), median(p99), median(rss), median(alloc)
 	s.cpuLo, s.cpuHi = slices.Min(cpu), slices.Max(cpu)
 	s.baseCPU, s.thisCPU = median(bc), median(tc)
 	return s
@@ -123,8 +124,8 @@ func (o *options) abRows(ctx context.Context, out io.Writer, nodeCPU int) error 
 			continue
 		}
 		s := summarize(rounds)
-		fmt.Fprintf(out, "%-20s median of %d rounds: CPU/SA %.3f -> %.3f ms, ratio %.3f (%.3f to %.3f; this build cheaper in %d of %d); p99 ratio %.3f; RSS/SA ratio %.3f\n",
-			spec, s.rounds, ms(s.baseCPU), ms(s.thisCPU), s.cpu, s.cpuLo, s.cpuHi, s.thisFasterIn, s.rounds, s.p99, s.rss)
+		fmt.Fprintf(out, "%-20s median of %d rounds: CPU/SA %.3f -> %.3f ms, ratio %.3f (%.3f to %.3f; this build cheaper in %d of %d); p99 ratio %.3f; RSS/SA ratio %.3f; allocated/SA ratio %.3f\n",
+			spec, s.rounds, ms(s.baseCPU), ms(s.thisCPU), s.cpu, s.cpuLo, s.cpuHi, s.thisFasterIn, s.rounds, s.p99, s.rss, s.alloc)
 	}
 	return nil
 }

@@ -272,6 +272,10 @@ func (o *options) rowsTable(ctx context.Context, out io.Writer, eng time.Duratio
 			fmt.Fprintf(out, "  the engine in the node: %.3f ms per SA (%.1f× the engine alone), the rest of the node %.3f ms; per message: IKE_SA_INIT %.0f µs, IKE_AUTH %.0f µs, INFORMATIONAL %.0f µs; timers %.2f s in all; %.0f of about %.0f readings counted at their mean\n",
 				ms(inNode), float64(inNode)/float64(eng), ms(r.CPUPerSA-inNode), us(e.PerCall[0]), us(e.PerCall[1]), us(e.PerCall[2]), e.Timers.Seconds(), e.Outliers, e.Calls/metrics.EngineSample)
 		}
+		if r.AllocPerSA > 0 {
+			fmt.Fprintf(out, "  the node's Go heap allocated %.1f KB in %.0f objects per SA (setup + delete: the garbage its collector marks for and sweeps)\n",
+				r.AllocPerSA/1000, r.ObjectsPerSA)
+		}
 		if r.CommitP99 > 0 {
 			fmt.Fprintf(out, "  the store's commit wait of the established SAs (the node's histogram): p50 %.1f ms, p99 %.1f ms\n",
 				ms(r.CommitP50), ms(r.CommitP99))
@@ -367,7 +371,16 @@ type rowResult struct {
 	NodeSetup, NodeDelete nodeCounters
 	// The node's engine over the row (its engine_cpu_seconds_total).
 	Engine engineInNode
+	// AllocPerSA, ObjectsPerSA: what the node's Go heap allocated over
+	// the row (go_memstats_alloc_bytes_total, go_memstats_mallocs_total),
+	// per SA: the garbage its collector marks for and sweeps. Unlike the
+	// CPU, it hardly moves with the machine's speed, so a change of a few
+	// percent in it shows in one run.
+	AllocPerSA, ObjectsPerSA float64
 }
+
+// allocSeries are the node's counters of AllocPerSA and ObjectsPerSA.
+var allocSeries = []string{"go_memstats_alloc_bytes_total", "go_memstats_mallocs_total"}
 
 // engineInNode is what a node's engine spent over a row, from its
 // engine_cpu_seconds_total and engine_calls_total: in all, and per message
@@ -483,6 +496,7 @@ func (o *options) row(ctx context.Context, spec nodeSpec, nodeCPU int) (rowResul
 	wait0 := p.waited()
 	store0 := p.metrics(storeTxns, etcdReads, storePuts, storeDeletes)
 	engine0 := p.metrics(engineSeries()...)
+	alloc0 := p.metrics(allocSeries...)
 	commit0 := p.buckets(commitWait, established)
 	node0 := probeCounters(p)
 	setupErr := f.runSetups(ctx, 1, spec.gateways, o.rate, o.timeout)
@@ -516,6 +530,10 @@ func (o *options) row(ctx context.Context, spec nodeSpec, nodeCPU int) (rowResul
 	r.CPUPerSA = (cpu1 - cpu0) / time.Duration(max(1, r.Established))
 	store1 := p.metrics(storeTxns, etcdReads, storePuts, storeDeletes)
 	r.Engine = engineOver(engine0, p.metrics(engineSeries()...))
+	if alloc1 := p.metrics(allocSeries...); alloc1[0] > alloc0[0] {
+		r.AllocPerSA = (alloc1[0] - alloc0[0]) / float64(max(1, r.Established))
+		r.ObjectsPerSA = (alloc1[1] - alloc0[1]) / float64(max(1, r.Established))
+	}
 	r.NodeDelete = probeCounters(p).sub(node1)
 	r.TxnsPerSA = (store1[0] - store0[0]) / float64(max(1, r.Established))
 	r.ReadsPerSA = (store1[1] - store0[1]) / float64(max(1, r.Established))

@@ -177,14 +177,14 @@ func TestHistQuantile(t *testing.T) {
 func TestABSummary(t *testing.T) {
 	ms := func(f float64) time.Duration { return time.Duration(f * float64(time.Millisecond)) }
 	rounds := []abRound{
-		{base: rowResult{CPUPerSA: ms(1.0), P99: ms(10), RSSPerSA: 1000}, this: rowResult{CPUPerSA: ms(0.9), P99: ms(12), RSSPerSA: 900}},
-		{base: rowResult{CPUPerSA: ms(2.0), P99: ms(20), RSSPerSA: 1000}, this: rowResult{CPUPerSA: ms(1.9), P99: ms(20), RSSPerSA: 1000}},
-		{base: rowResult{CPUPerSA: ms(0.5), P99: ms(10), RSSPerSA: 1000}, this: rowResult{CPUPerSA: ms(0.55), P99: ms(8), RSSPerSA: 800}},
+		{base: rowResult{CPUPerSA: ms(1.0), P99: ms(10), RSSPerSA: 1000, AllocPerSA: 100e3}, this: rowResult{CPUPerSA: ms(0.9), P99: ms(12), RSSPerSA: 900, AllocPerSA: 80e3}},
+		{base: rowResult{CPUPerSA: ms(2.0), P99: ms(20), RSSPerSA: 1000, AllocPerSA: 100e3}, this: rowResult{CPUPerSA: ms(1.9), P99: ms(20), RSSPerSA: 1000, AllocPerSA: 90e3}},
+		{base: rowResult{CPUPerSA: ms(0.5), P99: ms(10), RSSPerSA: 1000, AllocPerSA: 100e3}, this: rowResult{CPUPerSA: ms(0.55), P99: ms(8), RSSPerSA: 800, AllocPerSA: 95e3}},
 	}
 	s := summarize(rounds)
 	near := func(a, b float64) bool { return math.Abs(a-b) < 1e-9 }
 	if s.rounds != 3 || s.thisFasterIn != 2 || !near(s.cpu, 0.95) || !near(s.cpuLo, 0.9) || !near(s.cpuHi, 1.1) ||
-		!near(s.p99, 1.0) || !near(s.rss, 0.9) || s.baseCPU != ms(1.0) || s.thisCPU != ms(0.9) {
+		!near(s.p99, 1.0) || !near(s.rss, 0.9) || !near(s.alloc, 0.9) || s.baseCPU != ms(1.0) || s.thisCPU != ms(0.9) {
 		t.Fatalf("summary %+v", s)
 	}
 	if even := median([]float64{4, 1, 3, 2}); even != 2.5 {
