@@ -58,3 +58,15 @@ func opGetPrefix(k string) clientv3.Op {
 	op.WithRangeBytes([]byte(clientv3.GetPrefixRangeEnd(k)))
 	return op
 }
+
+// putsOnLease returns a maker of clientv3.OpPut(k, v,
+// clientv3.WithLease(lease)): copies of one such put, made once.
+func putsOnLease(lease clientv3.LeaseID) func(k, v string) clientv3.Op {
+	blank := clientv3.OpPut("-", "", clientv3.WithLease(lease))
+	return func(k, v string) clientv3.Op {
+		op := blank
+		op.WithKeyBytes([]byte(k))
+		op.WithValueBytes([]byte(v))
+		return op
+	}
+}

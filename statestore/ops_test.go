@@ -51,6 +51,8 @@ func TestOpsAsTheClientBuildsThem(t *testing.T) {
 		{"get of the key alone", opGetKeysOnly("/p/sa/1"), clientv3.OpGet("/p/sa/1", clientv3.WithKeysOnly())},
 		{"get of a prefix", opGetPrefix("/p/ident/gw/"), clientv3.OpGet("/p/ident/gw/", clientv3.WithPrefix())},
 		{"get of a prefix ending in 0xff", opGetPrefix("/p/x\xff"), clientv3.OpGet("/p/x\xff", clientv3.WithPrefix())},
+		{"put on a lease", putsOnLease(0x1234)("/p/spi/esp/0000002a", "a"), clientv3.OpPut("/p/spi/esp/0000002a", "a", clientv3.WithLease(0x1234))},
+		{"put of nothing on a lease", putsOnLease(0x1234)("/p/sa/2a", ""), clientv3.OpPut("/p/sa/2a", "", clientv3.WithLease(0x1234))},
 	} {
 		if ours, std := request(c.ours), request(c.std); !bytes.Equal(ours, std) || len(std) == 0 {
 			t.Errorf("%s: %q, the client's %q", c.name, ours, std)

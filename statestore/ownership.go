@@ -62,19 +62,28 @@ func (s *Store) reserve(ctx context.Context, keys []string, value string, extra 
 		return nil, nil, ErrFenced
 	}
 	ok, revs = make([]bool, len(keys)), make([]int64, len(keys))
+	// The keys' compares and puts share two arrays a transaction, and the
+	// puts are copies of one (putsOnLease).
+	put := putsOnLease(reg.lease)
 	for lo := 0; lo < len(keys); lo += s.cfg.Batch.MaxBatch {
 		hi := min(lo+s.cfg.Batch.MaxBatch, len(keys))
 		ops := make([]clientv3.Op, 0, hi-lo)
+		per := 1
+		if extra != nil {
+			per += len(extra(lo))
+		}
+		cmpsAll, thenAll := make([]clientv3.Cmp, 0, (hi-lo)*per), make([]clientv3.Op, 0, (hi-lo)*per)
 		for i, k := range keys[lo:hi] {
-			cmps := []clientv3.Cmp{clientv3.Compare(clientv3.CreateRevision(k), "=", 0)}
-			then := []clientv3.Op{clientv3.OpPut(k, value, clientv3.WithLease(reg.lease))}
+			c0, t0 := len(cmpsAll), len(thenAll)
+			cmpsAll = append(cmpsAll, clientv3.Compare(clientv3.CreateRevision(k), "=", 0))
+			thenAll = append(thenAll, put(k, value))
 			if extra != nil {
 				for _, x := range extra(lo + i) {
-					cmps = append(cmps, clientv3.Compare(clientv3.CreateRevision(x), "=", 0))
-					then = append(then, clientv3.OpPut(x, "", clientv3.WithLease(reg.lease)))
+					cmpsAll = append(cmpsAll, clientv3.Compare(clientv3.CreateRevision(x), "=", 0))
+					thenAll = append(thenAll, put(x, ""))
 				}
 			}
-			ops = append(ops, clientv3.OpTxn(cmps, then, nil))
+			ops = append(ops, clientv3.OpTxn(cmpsAll[c0:len(cmpsAll):len(cmpsAll)], thenAll[t0:len(thenAll):len(thenAll)], nil))
 		}
 		rc, cancel := s.rctx(ctx)
 		resp, err := s.txn(rc).Then(ops...).Commit()
