@@ -30,13 +30,26 @@ func (n *Node) logEvent(s *shard, ev ike.Event) {
 	if !n.log.Enabled(ctx, level) {
 		return // a level the log leaves out costs no formatting
 	}
-	evlog.Attrs(ctx, n.log, level, ev.Kind.String(), eventAttrs(s, ev)...)
+	// The record copies the attributes (slog.Record.AddAttrs), so the
+	// shard's list is free again once the line is written; events logged
+	// here come from perform, on the shard's goroutine (the socket loop's
+	// are per-packet kinds, above).
+	s.logAttrs = appendEventAttrs(s.logAttrs[:0], s, ev)
+	evlog.Attrs(ctx, n.log, level, ev.Kind.String(), s.logAttrs...)
+	clear(s.logAttrs) // nothing of the event kept until the next
 }
 
 // eventAttrs are an event's log attributes. It runs for every SA's
 // events on the shard's goroutine: typed attributes, no fmt.
 func eventAttrs(s *shard, ev ike.Event) []slog.Attr {
-	attrs := make([]slog.Attr, 0, 18)
+	return appendEventAttrs(make([]slog.Attr, 0, eventAttrsCap), s, ev)
+}
+
+// eventAttrsCap: room for every attribute an event can have.
+const eventAttrsCap = 18
+
+// appendEventAttrs appends eventAttrs(s, ev) to attrs.
+func appendEventAttrs(attrs []slog.Attr, s *shard, ev ike.Event) []slog.Attr {
 	attrs = append(attrs, slog.String("spi_i", hexid.String(ev.SPIi, 16)), slog.String("spi_r", hexid.String(ev.SPIr, 16)),
 		slog.String("peer", ev.Remote.String()), slog.Int("shard", s.id))
 	if !ev.PeerID.IsZero() {
