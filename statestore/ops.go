@@ -19,11 +19,16 @@ var (
 	blankKeysOnly = clientv3.OpGet("-", clientv3.WithKeysOnly())
 )
 
+// keyed is blank (one of the blank operations) with key k.
+func keyed(blank clientv3.Op, k string) clientv3.Op {
+	blank.WithKeyBytes([]byte(k))
+	return blank
+}
+
 // opPut is clientv3.OpPut(k, string(v)), v not copied: it must not change
 // until the transaction is sent.
 func opPut(k string, v []byte) clientv3.Op {
-	op := blankPut
-	op.WithKeyBytes([]byte(k))
+	op := keyed(blankPut, k)
 	op.WithValueBytes(v)
 	return op
 }
@@ -32,25 +37,13 @@ func opPut(k string, v []byte) clientv3.Op {
 func opPutString(k, v string) clientv3.Op { return opPut(k, []byte(v)) }
 
 // opDelete is clientv3.OpDelete(k).
-func opDelete(k string) clientv3.Op {
-	op := blankDelete
-	op.WithKeyBytes([]byte(k))
-	return op
-}
+func opDelete(k string) clientv3.Op { return keyed(blankDelete, k) }
 
 // opGet is clientv3.OpGet(k).
-func opGet(k string) clientv3.Op {
-	op := blankGet
-	op.WithKeyBytes([]byte(k))
-	return op
-}
+func opGet(k string) clientv3.Op { return keyed(blankGet, k) }
 
 // opGetKeysOnly is clientv3.OpGet(k, clientv3.WithKeysOnly()).
-func opGetKeysOnly(k string) clientv3.Op {
-	op := blankKeysOnly
-	op.WithKeyBytes([]byte(k))
-	return op
-}
+func opGetKeysOnly(k string) clientv3.Op { return keyed(blankKeysOnly, k) }
 
 // opGetPrefix is clientv3.OpGet(k, clientv3.WithPrefix()), k not empty.
 func opGetPrefix(k string) clientv3.Op {
@@ -64,8 +57,7 @@ func opGetPrefix(k string) clientv3.Op {
 func putsOnLease(lease clientv3.LeaseID) func(k, v string) clientv3.Op {
 	blank := clientv3.OpPut("-", "", clientv3.WithLease(lease))
 	return func(k, v string) clientv3.Op {
-		op := blank
-		op.WithKeyBytes([]byte(k))
+		op := keyed(blank, k)
 		op.WithValueBytes([]byte(v))
 		return op
 	}
