@@ -83,9 +83,9 @@ func engineWork(msg []byte) int {
 }
 
 // engineSample: one call of the engine in engineSample is timed, with
-// its thread's CPU clock (metrics.EngineSample, as its help says). That clock is a system call (over a
-// microsecond in a VM), and two of them around every message would cost
-// a node about 1% of its CPU; the monotonic clock would cost nothing, but
+// its thread's CPU clock (metrics.EngineSample, as its help says). That
+// clock is a system call (over a microsecond in a VM), and two of them
+// around every message would cost a node about 1% of its CPU; the monotonic clock would cost nothing, but
 // counts whatever takes the core meanwhile (other threads of the node in
 // the kernel, softirqs), which on a busy node is more than the engine.
 const engineSample = metrics.EngineSample
