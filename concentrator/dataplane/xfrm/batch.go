@@ -13,13 +13,15 @@ import (
 )
 
 // A CHILD SA's install is one netlink datagram: its two states and its
-// policies, each a message of its own (rawXfrm.batch); its removal two
-// (the reads of its policies and states, then their deletes). The netlink
-// library sends one request per system call and reads its answer with
-// another (and asks for the socket's port ID with a third), so an SA of
-// two states and three policies cost fifteen system calls to install and
-// thirty to remove; batched, two and nine (two sends, and a receive for
-// each get's reply, a datagram of its own, and for each batch's end).
+// policies, each a message of its own (rawXfrm.batch); so is its removal
+// (the reads of its states' last counters, then the deletes of its
+// policies and states). The netlink library sends one request per system
+// call and reads its answer with another (and asks for the socket's port
+// ID with a third), so an SA of two states and three policies cost
+// fifteen system calls to install and thirty to remove; batched, two and
+// four (a send, and a receive for each get's reply, a datagram of its
+// own, and for the batch's end). The removal reads no policy: the data
+// plane knows which of an SA's policies a successor took (entry.lost).
 
 // stateRequest is st's XFRM_MSG_NEWSA (stateAddMessage) as a request.
 func stateRequest(st *netlink.XfrmState, rp Replay, maxDiff uint32, inbound bool) (*nl.NetlinkRequest, error) {
@@ -214,6 +216,7 @@ func (r *rawXfrm) datagram(reqs []*nl.NetlinkRequest, ans []answer) {
 	}
 	for {
 		err := unix.Sendto(s.GetFd(), buf, 0, &unix.SockaddrNetlink{Family: unix.AF_NETLINK})
+		r.calls.Add(1)
 		if err == unix.EINTR {
 			continue
 		}
@@ -236,6 +239,7 @@ func (r *rawXfrm) datagram(reqs []*nl.NetlinkRequest, ans []answer) {
 	var lost error
 	for {
 		n, from, err := unix.Recvfrom(s.GetFd(), r.rbuf, 0)
+		r.calls.Add(1)
 		if err == unix.EINTR {
 			continue
 		}

@@ -330,10 +330,15 @@ func TestKernelInstallListRemove(t *testing.T) {
 	sa := tunnelSA(0xc1000001, 0x0badcafe)
 
 	t0 := time.Now()
+	c0 := d.raw.calls.Load()
 	if err := d.Install(ctx, sa); err != nil {
 		t.Fatal(err)
 	}
 	t.Logf("one CHILD SA (2 states, 3 policies, 1 route): %v", time.Since(t0))
+	// One datagram: a send and the batch's acknowledgement.
+	if n := d.raw.calls.Load() - c0; n != 2 {
+		t.Errorf("install: %d netlink system calls in batches, want 2", n)
+	}
 	// Idempotent: the states answer EEXIST, the policies are ours already.
 	if err := d.Install(ctx, sa); err != nil {
 		t.Fatalf("second install: %v", err)
@@ -366,8 +371,14 @@ func TestKernelInstallListRemove(t *testing.T) {
 		t.Errorf("List: %+v\nwant %+v", got, sa)
 	}
 
+	c0 = d.raw.calls.Load()
 	if err := d.Remove(ctx, sa.InSPI); err != nil {
 		t.Fatal(err)
+	}
+	// One datagram, no policy read: a send, the two states' last
+	// counters and the batch's acknowledgement.
+	if n := d.raw.calls.Load() - c0; n != 4 {
+		t.Errorf("remove: %d netlink system calls in batches, want 4", n)
 	}
 	if err := d.Remove(ctx, sa.InSPI); err != nil {
 		t.Fatalf("second remove: %v", err)
@@ -593,6 +604,58 @@ func TestKernelRekeyTakeover(t *testing.T) {
 	}
 	if routeTo(t, conc.h, "10.20.0.0/24") == nil {
 		t.Error("the route went with the old SA")
+	}
+}
+
+// TestKernelRemoveKnowsTakenPolicies: a removal deletes the policies its
+// SA holds without reading them, so the data plane must know which a
+// successor took. Here the successor goes first (and deletes them), a
+// third SA adds them afresh, and the first one's removal must leave the
+// third's alone.
+func TestKernelRemoveKnowsTakenPolicies(t *testing.T) {
+	requireKernel(t)
+	ctx := context.Background()
+	conc, _ := newPair(t)
+	d := conc.dataplane(t, nil)
+	old := tunnelSA(0xc4100001, 0x0d100001)
+	nu := tunnelSA(0xc4100002, 0x0d100002)
+	third := tunnelSA(0xc4100003, 0x0d100003)
+	for _, sa := range []*dataplane.ChildSA{old, nu} {
+		if err := d.Install(ctx, sa); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := d.Remove(ctx, nu.InSPI); err != nil {
+		t.Fatal(err)
+	}
+	if st, pol, _ := kernelCounts(t, conc.h, &d.opts); st != 2 || pol != 0 {
+		t.Fatalf("after the successor's removal: %d states %d policies, want 2 and 0 (the policies were its)", st, pol)
+	}
+	if err := d.Install(ctx, third); err != nil {
+		t.Fatal(err)
+	}
+	if err := d.Remove(ctx, old.InSPI); err != nil {
+		t.Fatal(err)
+	}
+	st, pol, _ := kernelCounts(t, conc.h, &d.opts)
+	if st != 2 || pol != 3 {
+		t.Fatalf("after the first SA's removal: %d states %d policies, want the third's 2 and 3", st, pol)
+	}
+	ps, err := conc.h.XfrmPolicyList(netlink.FAMILY_ALL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ids := d.sas[third.InSPI].ids
+	for _, p := range ps {
+		if r := policyReqID(&p); r != ids.in && r != ids.out {
+			t.Errorf("policy %s %s -> %s has reqid %d, not the third SA's (%d, %d)", p.Dir, p.Src, p.Dst, r, ids.in, ids.out)
+		}
+	}
+	if err := d.Remove(ctx, third.InSPI); err != nil {
+		t.Fatal(err)
+	}
+	if st, pol, _ := kernelCounts(t, conc.h, &d.opts); st != 0 || pol != 0 {
+		t.Errorf("after all removals: %d states %d policies left", st, pol)
 	}
 }
 

@@ -28,6 +28,8 @@ type rawXfrm struct {
 	sh   *nl.SocketHandle
 	pid  uint32 // the socket's port ID: XFRM_MSG_GETAE answers go to the header's
 	rbuf []byte // batch's receive buffer (under the socket's lock)
+	// calls: the system calls batch made (sends and receives), for tests.
+	calls atomic.Uint64
 }
 
 // aeIO reads a state's replay state and sets its threshold: the kernel

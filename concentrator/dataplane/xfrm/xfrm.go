@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
+	"slices"
 	"sort"
 	"sync"
 	"syscall"
@@ -172,6 +173,27 @@ type entry struct {
 	// base holds what states this SA had before an address move re-added
 	// them (the kernel's counters start over; ours do not).
 	base dataplane.Counters
+	// lost: the indexes (in BuildPolicies' order) of the SA's policies
+	// the kernel does not hold for it: taken over by a successor with the
+	// same selector (takePolicy), deleted already, or never added (a
+	// failed install). Its removal deletes the others without reading
+	// them first. nil: it holds them all.
+	lost []int
+}
+
+// holds reports whether the SA holds its policy of index i.
+func (e *entry) holds(i int) bool { return !slices.Contains(e.lost, i) }
+
+// lose records that the SA no longer holds its policy of index i.
+func (e *entry) lose(i int) {
+	if e.holds(i) {
+		e.lost = append(e.lost, i)
+	}
+}
+
+// take records that the SA holds its policy of index i.
+func (e *entry) take(i int) {
+	e.lost = slices.DeleteFunc(e.lost, func(j int) bool { return j == i })
 }
 
 type route struct {
@@ -499,6 +521,14 @@ func (d *DataPlane) install(sa *dataplane.ChildSA, slot *uint32) error {
 		reqs = append(reqs, policyRequest(p))
 	}
 	ans := d.raw.batch(reqs)
+	// Until the EEXISTs are looked at, the SA holds what the kernel added
+	// for it: an undo below deletes those, and only those.
+	e.lost = e.lost[:0]
+	for i := range pols {
+		if ans[2+i].err != nil {
+			e.lose(i)
+		}
+	}
 	existed := false
 	for i, st := range []*netlink.XfrmState{in, out} {
 		switch err := ans[i].err; {
@@ -525,7 +555,9 @@ func (d *DataPlane) install(sa *dataplane.ChildSA, slot *uint32) error {
 	for i, p := range pols {
 		err := ans[2+i].err
 		if isExist(err) {
-			err = d.takePolicy(p)
+			if err = d.takePolicy(p, e); err == nil {
+				e.take(i)
+			}
 		} else if err != nil {
 			err = fmt.Errorf("policy %s %s -> %s: %w", p.Dir, p.Src, p.Dst, err)
 		}
@@ -547,12 +579,12 @@ func (d *DataPlane) install(sa *dataplane.ChildSA, slot *uint32) error {
 	return nil
 }
 
-// addPolicy adds p; on EEXIST it checks whose the installed policy is
-// (takePolicy).
-func (d *DataPlane) addPolicy(p *netlink.XfrmPolicy) error {
+// addPolicy adds p, a policy of e's SA; on EEXIST it checks whose the
+// installed policy is (takePolicy).
+func (d *DataPlane) addPolicy(p *netlink.XfrmPolicy, e *entry) error {
 	err := d.h.XfrmPolicyAdd(p)
 	if isExist(err) {
-		return d.takePolicy(p)
+		return d.takePolicy(p, e)
 	}
 	if err != nil {
 		return fmt.Errorf("policy %s %s -> %s: %w", p.Dir, p.Src, p.Dst, err)
@@ -562,8 +594,9 @@ func (d *DataPlane) addPolicy(p *netlink.XfrmPolicy) error {
 
 // takePolicy deals with p's selector already holding a policy (its add
 // answered EEXIST): ours as wanted stays, another of ours (an older SA's
-// or a reinstall's) is replaced by p, a foreign one is an error.
-func (d *DataPlane) takePolicy(p *netlink.XfrmPolicy) error {
+// or a reinstall's) is replaced by p, a foreign one is an error. p is a
+// policy of e's SA; the SA whose policy p replaces no longer holds it.
+func (d *DataPlane) takePolicy(p *netlink.XfrmPolicy, e *entry) error {
 	cur, gerr := d.h.XfrmPolicyGet(p)
 	if gerr != nil {
 		return fmt.Errorf("policy %s %s -> %s exists; get: %w", p.Dir, p.Src, p.Dst, gerr)
@@ -571,13 +604,46 @@ func (d *DataPlane) takePolicy(p *netlink.XfrmPolicy) error {
 	if policyReqID(cur) == uint32(p.Tmpls[0].Reqid) && sameTmpl(cur, p) {
 		return nil // ours, as wanted
 	}
-	if _, _, ok := d.opts.ours(policyReqID(cur)); !ok {
+	slot, _, ok := d.opts.ours(policyReqID(cur))
+	if !ok {
 		return fmt.Errorf("policy %s %s -> %s: a foreign policy (reqid %d) holds the selector", p.Dir, p.Src, p.Dst, policyReqID(cur))
 	}
 	if err := d.h.XfrmPolicyUpdate(p); err != nil {
 		return fmt.Errorf("policy %s %s -> %s: take over: %w", p.Dir, p.Src, p.Dst, err)
 	}
+	if in, held := d.slots[slot]; held {
+		if prev := d.sas[in]; prev != nil && prev != e {
+			pols, _ := BuildPolicies(&d.opts, prev.sa, prev.ids)
+			for i, q := range pols {
+				if samePolicyID(q, p) {
+					prev.lose(i)
+				}
+			}
+		}
+	}
 	return nil
+}
+
+// samePolicyID reports whether a and b are one policy to the kernel:
+// the same direction, selector, mark and interface ID.
+func samePolicyID(a, b *netlink.XfrmPolicy) bool {
+	var sa, sb nl.XfrmSelector
+	policySel(&sa, a)
+	policySel(&sb, b)
+	return a.Dir == b.Dir && sa == sb && a.Ifid == b.Ifid && markOf(a.Mark) == markOf(b.Mark)
+}
+
+// markOf is m as the kernel keeps it (addMarkIfid: a mask of 0 is all
+// ones); the zero mark when there is none.
+func markOf(m *netlink.XfrmMark) netlink.XfrmMark {
+	if m == nil {
+		return netlink.XfrmMark{}
+	}
+	k := *m
+	if k.Mask == 0 {
+		k.Mask = ^uint32(0)
+	}
+	return k
 }
 
 func policyReqID(p *netlink.XfrmPolicy) uint32 {
@@ -691,48 +757,41 @@ func (d *DataPlane) removeLocked(inSPI uint32) error {
 		return nil
 	}
 	var errs []error
-	// Two netlink batches: the policies and states as the kernel holds
-	// them, then the deletes of those still ours.
+	// One netlink batch: the states' reads (their last counters), then
+	// the deletes of the policies the SA holds (a successor's are left
+	// alone: entry.lost) and of its states. The kernel handles them in
+	// order, so the reads see the states as they were deleted.
 	pols, _ := BuildPolicies(&d.opts, e.sa, e.ids)
 	in, out, _ := BuildStates(&d.opts, e.sa, e.ids)
 	states := []*netlink.XfrmState{in, out}
-	gets := make([]*nl.NetlinkRequest, 0, len(pols)+len(states))
-	for _, p := range pols {
-		gets = append(gets, policyIDRequest(nl.XFRM_MSG_GETPOLICY, p))
+	reqs := make([]*nl.NetlinkRequest, 0, 2*len(states)+len(pols))
+	for _, st := range states {
+		if st != nil {
+			reqs = append(reqs, stateIDRequest(nl.XFRM_MSG_GETSA, st))
+		}
+	}
+	reads := len(reqs)
+	what := make([]any, 0, len(pols)+len(states)) // each delete's object (a policy or a state), for its error
+	idx := make([]int, 0, len(pols))              // each policy delete's index
+	for i, p := range pols {
+		if e.holds(i) {
+			reqs = append(reqs, policyIDRequest(nl.XFRM_MSG_DELPOLICY, p))
+			what, idx = append(what, p), append(idx, i)
+		}
 	}
 	for _, st := range states {
 		if st != nil {
-			gets = append(gets, stateIDRequest(nl.XFRM_MSG_GETSA, st))
+			reqs = append(reqs, stateIDRequest(nl.XFRM_MSG_DELSA, st))
+			what = append(what, st)
 		}
 	}
-	got := d.raw.batch(gets)
-	dels := make([]*nl.NetlinkRequest, 0, len(gets))
-	var what []any // each delete's object (a policy or a state), for its error
-	for i, p := range pols {
-		a := got[i]
-		if a.err != nil {
-			if !isGone(a.err) {
-				errs = append(errs, fmt.Errorf("policy %s %s -> %s: %w", p.Dir, p.Src, p.Dst, a.err))
-			}
-			continue
-		}
-		cur, err := parsePolicy(a.data)
-		if err != nil {
-			errs = append(errs, fmt.Errorf("policy %s %s -> %s: %w", p.Dir, p.Src, p.Dst, err))
-			continue
-		}
-		if policyReqID(&cur) != uint32(p.Tmpls[0].Reqid) {
-			continue // a successor's now
-		}
-		dels = append(dels, policyIDRequest(nl.XFRM_MSG_DELPOLICY, p))
-		what = append(what, p)
-	}
-	k := len(pols)
+	ans := d.raw.batch(reqs)
+	k := 0
 	for i, st := range states {
 		if st == nil {
 			continue
 		}
-		if a := got[k]; a.err == nil && len(a.data) >= nl.SizeofXfrmUsersaInfo {
+		if a := ans[k]; a.err == nil && len(a.data) >= nl.SizeofXfrmUsersaInfo {
 			// Its last counters go to Report's totals.
 			c := nl.DeserializeXfrmUsersaInfo(a.data).Curlft
 			if i == 0 {
@@ -744,18 +803,23 @@ func (d *DataPlane) removeLocked(inSPI uint32) error {
 			}
 		}
 		k++
-		dels = append(dels, stateIDRequest(nl.XFRM_MSG_DELSA, st))
-		what = append(what, st)
 	}
-	for i, a := range d.raw.batch(dels) {
-		if a.err == nil || isGone(a.err) {
-			continue
-		}
+	for i, a := range ans[reads:] {
+		ok := a.err == nil || isGone(a.err)
 		switch w := what[i].(type) {
 		case *netlink.XfrmPolicy:
+			if ok {
+				// Gone: should the rest fail and the removal be tried
+				// again, a policy added since for the same selector is
+				// not this SA's.
+				e.lose(idx[i])
+				continue
+			}
 			errs = append(errs, fmt.Errorf("delete policy %s %s -> %s: %w", w.Dir, w.Src, w.Dst, a.err))
 		case *netlink.XfrmState:
-			errs = append(errs, fmt.Errorf("delete state spi %08x: %w", uint32(w.Spi), a.err))
+			if !ok {
+				errs = append(errs, fmt.Errorf("delete state spi %08x: %w", uint32(w.Spi), a.err))
+			}
 		}
 	}
 	for _, p := range e.route {
@@ -1291,11 +1355,11 @@ func (d *DataPlane) UpdateAddresses(ctx context.Context, inSPI uint32, local, re
 		return err
 	}
 	for _, p := range pols {
-		if err := d.addPolicy(p); err != nil {
+		if err := d.addPolicy(p, e); err != nil {
 			return fmt.Errorf("xfrm: move: %w", err)
 		}
 	}
-	e.sa = &nu
+	e.sa, e.lost = &nu, nil
 	return nil
 }
 
