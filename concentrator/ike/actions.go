@@ -25,7 +25,7 @@ type Packet struct {
 // Engine entry points append to a Ready; the caller reuses one with Reset.
 type Ready struct {
 	Persist   []Persist
-	DataPlane []Action // InstallChild, RemoveChild, UpdateChild, SetSeqLimit, SkipSeq
+	DataPlane []Action // InstallChild, RemoveChild, UpdateChild, SetSeqLimit, SkipSeq, CheckTraffic
 	Send      []Send   // IKE messages and NAT-T keepalives
 	Events    []Event
 	EAP       []EAPRequest // for the EAP backend (eap.go)
@@ -47,7 +47,8 @@ func (r *Ready) Empty() bool {
 }
 
 // Action is a data-plane change of a Ready batch: InstallChild,
-// RemoveChild, UpdateChild, SetSeqLimit or SkipSeq.
+// RemoveChild, UpdateChild, SetSeqLimit or SkipSeq; or a question to the
+// data plane, CheckTraffic.
 type Action interface{ isAction() }
 
 // Send asks to send IKE messages (several for a fragmented message) from
@@ -81,6 +82,21 @@ type InstallChild struct {
 	OutSeqMargin uint64
 	InSeqLow     uint64
 }
+
+// CheckTraffic asks for the inbound ESP packets of the IKE SA with our
+// SPI SPI, each of its CHILD SAs' (by inbound SPI) counted since it was
+// installed: its liveness check is due, and inbound ESP would make it
+// needless. The caller answers with Engine.Traffic, at once or within
+// Config.RetransmitTimeout (after that the check goes out unanswered).
+// Only with Config.TrafficLiveness.
+type CheckTraffic struct {
+	SPI    uint64
+	InSPIs []uint32
+}
+
+// TrafficUnknown is a count Engine.Traffic takes for a CHILD SA whose
+// inbound packets the data plane could not count.
+const TrafficUnknown = ^uint64(0)
 
 // RemoveChild asks the data plane to remove a CHILD_SA pair.
 type RemoveChild struct {
@@ -206,6 +222,7 @@ func (RemoveChild) isAction()  {}
 func (UpdateChild) isAction()  {}
 func (SetSeqLimit) isAction()  {}
 func (SkipSeq) isAction()      {}
+func (CheckTraffic) isAction() {}
 
 // EventKind names an Event.
 type EventKind uint8
@@ -274,6 +291,7 @@ type ChildSA struct {
 	OutSeqReserved, InSeqLow uint64
 
 	seq        childSeq
+	inSeen     uint64   // inbound ESP packets as the last liveness check counted them (Engine.Traffic)
 	rekeyAt    stamp    // when we start rekeying it; zero: not us
 	replacedBy *ChildSA // rekeyed: the successor; this one awaits its Delete
 	retireAt   stamp    // we delete it then (or once the successor carries traffic)

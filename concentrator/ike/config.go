@@ -128,6 +128,11 @@ type Config struct {
 	// DPDDelay: after this long without an authenticated message from the
 	// peer, send a liveness check (RFC 7296 §2.4); 0 disables.
 	DPDDelay time.Duration
+	// TrafficLiveness: the caller counts each CHILD SA's authenticated
+	// inbound ESP and answers CheckTraffic (Engine.Traffic), so that a
+	// peer whose ESP keeps coming gets no liveness check (RFC 7296 §2.4:
+	// one is needed when only outgoing traffic was seen).
+	TrafficLiveness bool
 	// ChildRekey decides when we rekey each CHILD SA we create or accept;
 	// nil: we never start CHILD rekeys (the peer does).
 	ChildRekey RekeyScheduler

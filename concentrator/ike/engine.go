@@ -100,6 +100,7 @@ type Stats struct {
 	Retransmits        uint64 // requests we retransmitted
 	DuplicateRequests  uint64 // retransmitted requests we answered from the cache
 	DPDSent            uint64 // liveness checks sent
+	DPDTraffic         uint64 // liveness checks not sent: the peer's ESP came meanwhile (Engine.Traffic)
 	DPDDead            uint64 // peers declared dead
 	ChildRekeys        uint64 // CHILD SAs rekeyed (either side started)
 	IKERekeys          uint64 // IKE SAs rekeyed

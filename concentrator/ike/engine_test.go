@@ -116,6 +116,7 @@ type wire struct {
 	// kept in eapReqs).
 	eap     func(EAPRequest) EAPAnswer
 	eapReqs []EAPRequest
+	checks  []CheckTraffic // the responder's, unanswered
 }
 
 func (w *wire) nat(a netip.AddrPort) netip.AddrPort {
@@ -210,6 +211,10 @@ func (w *wire) runHops(hops ...hop) {
 				}
 			case SkipSeq:
 				w.skips = append(w.skips, a)
+			case CheckTraffic:
+				if !h.ini {
+					w.checks = append(w.checks, a)
+				}
 			}
 		}
 		for _, a := range h.rd.Send {

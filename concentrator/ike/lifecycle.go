@@ -54,7 +54,12 @@ func (sa *IKESA) reschedule(e *Engine) {
 		earlier(sa.created.Add(e.cfg.HalfOpenTimeout))
 	case sa.state == stateEstablished:
 		if e.cfg.DPDDelay > 0 {
-			earlier(sa.lastRecv.Add(e.cfg.DPDDelay))
+			if sa.trafficAsked {
+				// The check goes out anyway if no count comes by then.
+				earlier(sa.lastRecv.Add(e.cfg.DPDDelay + e.cfg.RetransmitTimeout))
+			} else {
+				earlier(sa.lastRecv.Add(e.cfg.DPDDelay))
+			}
 		}
 		for _, c := range sa.children {
 			if c.replacedBy == nil && !c.rekeying {
@@ -144,17 +149,75 @@ func (sa *IKESA) lifecycleTimers(now time.Time, e *Engine, rd *Ready) {
 		}
 	}
 	if e.cfg.DPDDelay > 0 && !now.Before(sa.lastRecv.Add(e.cfg.DPDDelay)) {
-		if !sa.idKnown(now, e, rd) {
-			e.stats.DPDSent++ // the probe is a liveness check
-			return
+		if e.cfg.TrafficLiveness && !sa.trafficAsked {
+			// Inbound ESP is as good a sign of life (RFC 7296 §2.4): ask
+			// for its count before sending anything.
+			if c := sa.trafficCheck(); len(c.InSPIs) > 0 {
+				sa.trafficAsked = true
+				rd.DataPlane = append(rd.DataPlane, c)
+				return
+			}
 		}
-		// Counted, not reported one by one: an idle fleet of a million SAs
-		// sends this every DPDDelay.
-		e.stats.DPDSent++
-		sa.request(now, e, INFORMATIONAL, nil, rd)
-		sa.req.dpd = true
+		sa.trafficAsked = false
+		sa.livenessCheck(now, e, rd)
+	}
+}
+
+// livenessCheck sends the SA's liveness check, an empty INFORMATIONAL
+// request (or the message ID probe of a restored SA, which is one too).
+func (sa *IKESA) livenessCheck(now time.Time, e *Engine, rd *Ready) {
+	// Counted, not reported one by one: an idle fleet of a million SAs
+	// sends this every DPDDelay.
+	e.stats.DPDSent++
+	if !sa.idKnown(now, e, rd) {
 		return
 	}
+	sa.request(now, e, INFORMATIONAL, nil, rd)
+	sa.req.dpd = true
+}
+
+// trafficCheck is the count of inbound ESP the SA's liveness check asks
+// for: its CHILD SAs' inbound SPIs.
+func (sa *IKESA) trafficCheck() CheckTraffic {
+	c := CheckTraffic{SPI: sa.localSPI()}
+	for _, ch := range sa.children {
+		c.InSPIs = append(c.InSPIs, ch.InSPI)
+	}
+	return c
+}
+
+// Traffic answers the SA's CheckTraffic: packets[i] is how many inbound
+// ESP packets the data plane authenticated for InSPIs[i] since it was
+// installed (TrafficUnknown if it cannot tell). A count that changed since
+// the SA's last check is a sign of life: the check waits another DPDDelay.
+// Otherwise the liveness check goes out now.
+func (e *Engine) Traffic(now time.Time, spi uint64, inSPIs []uint32, packets []uint64, rd *Ready) {
+	e.begin(now)
+	sa := e.sas[spi]
+	if sa == nil || sa.localSPI() != spi || !sa.trafficAsked {
+		return
+	}
+	sa.trafficAsked = false
+	if sa.state != stateEstablished {
+		return
+	}
+	seen := false
+	for i, in := range inSPIs {
+		c := sa.childByIn(in)
+		if c == nil || i >= len(packets) || packets[i] == TrafficUnknown || packets[i] == c.inSeen {
+			continue
+		}
+		c.inSeen, seen = packets[i], true
+	}
+	switch {
+	case seen:
+		sa.lastRecv = stampOf(now)
+		e.stats.DPDTraffic++
+	case sa.req == nil && !now.Before(sa.lastRecv.Add(e.cfg.DPDDelay)):
+		sa.flushDirty(e, rd)
+		sa.livenessCheck(now, e, rd)
+	}
+	sa.reschedule(e)
 }
 
 // Policy for CHILD SAs: an SA we initiated follows its Initiation, one we
@@ -831,12 +894,7 @@ func (e *Engine) CheckLiveness(now time.Time, spi uint64, rd *Ready) bool {
 		return false
 	}
 	sa.flushDirty(e, rd)
-	e.stats.DPDSent++
-	if !sa.idKnown(now, e, rd) {
-		return true // the message ID probe is a liveness check too
-	}
-	sa.request(now, e, INFORMATIONAL, nil, rd)
-	sa.req.dpd = true
+	sa.livenessCheck(now, e, rd)
 	return true
 }
 

@@ -202,7 +202,80 @@ func TestDPDDeadPeer(t *testing.T) {
 	if len(res) != 0 {
 		t.Fatal("CHILD SA of a dead peer left installed")
 	}
+	if len(w.checks) != 0 {
+		t.Fatalf("%d questions about traffic without TrafficLiveness", len(w.checks))
+	}
 	_ = netip.Addr{}
+}
+
+// TestDPDTraffic: with TrafficLiveness a due liveness check first asks
+// for the peer's inbound ESP; a count that moved is a sign of life and the
+// check waits another DPDDelay, one that did not (or none known, or no
+// answer within RetransmitTimeout) sends the check.
+func TestDPDTraffic(t *testing.T) {
+	rcfg := responderConfig(t, 1)
+	rcfg.DPDDelay = 30 * time.Second
+	rcfg.TrafficLiveness = true
+	w, _ := establish(t, rcfg)
+	rsa := w.res.SA(resSPI(w))
+	in := rsa.children[0].InSPI
+	tick := func(d time.Duration) {
+		w.now = w.now.Add(d)
+		w.run(R(func(rd *Ready) { w.res.Tick(w.now, rd) }), false)
+	}
+	answer := func(packets uint64) {
+		c := w.checks[len(w.checks)-1]
+		w.run(R(func(rd *Ready) { w.res.Traffic(w.now, c.SPI, c.InSPIs, []uint64{packets}, rd) }), false)
+	}
+	tick(31 * time.Second)
+	if st := w.res.Stats(); st.DPDSent != 0 || len(w.checks) != 1 || w.checks[0].SPI != rsa.SPIr || len(w.checks[0].InSPIs) != 1 || w.checks[0].InSPIs[0] != in {
+		t.Fatalf("due check: stats %+v, questions %+v; want one for %016x/%08x and nothing sent", st, w.checks, rsa.SPIr, in)
+	}
+	// Ten packets came: nothing is sent, the next question comes a
+	// DPDDelay later.
+	answer(10)
+	tick(20 * time.Second)
+	if st := w.res.Stats(); st.DPDSent != 0 || st.DPDTraffic != 1 || len(w.checks) != 1 {
+		t.Fatalf("after traffic: stats %+v, %d questions", st, len(w.checks))
+	}
+	tick(11 * time.Second)
+	if len(w.checks) != 2 {
+		t.Fatalf("%d questions a DPDDelay after the traffic, want 2", len(w.checks))
+	}
+	// The same count: the check goes out, and the peer answers it.
+	answer(10)
+	if st := w.res.Stats(); st.DPDSent != 1 || st.DPDTraffic != 1 || w.res.Len() != 1 {
+		t.Fatalf("no new traffic: stats %+v, %d SAs", w.res.Stats(), w.res.Len())
+	}
+	// A count the data plane does not know is no sign of life.
+	tick(31 * time.Second)
+	answer(TrafficUnknown)
+	if st := w.res.Stats(); st.DPDSent != 2 || len(w.checks) != 3 {
+		t.Fatalf("unknown count: stats %+v, %d questions", st, len(w.checks))
+	}
+	// A question nobody answers: the check goes out RetransmitTimeout
+	// after it was due, and an answer after that changes nothing.
+	tick(30 * time.Second)
+	tick(w.res.cfg.RetransmitTimeout / 2)
+	if st := w.res.Stats(); st.DPDSent != 2 || len(w.checks) != 4 {
+		t.Fatalf("question pending: stats %+v, %d questions", st, len(w.checks))
+	}
+	tick(w.res.cfg.RetransmitTimeout)
+	answer(99)
+	if st := w.res.Stats(); st.DPDSent != 3 || st.DPDTraffic != 1 || len(w.checks) != 4 {
+		t.Fatalf("unanswered question: stats %+v, %d questions; want the check sent", st, len(w.checks))
+	}
+	// A dead peer with ESP counted once: the checks after it find it dead.
+	w.drop = func(bool, []byte) bool { return true }
+	for i := 0; i < 400 && w.res.Len() > 0; i++ {
+		tick(time.Second)
+		if n := len(w.checks); n > 4 && w.res.SA(rsa.SPIr) != nil && w.res.SA(rsa.SPIr).trafficAsked {
+			answer(99)
+		}
+	}
+	if w.res.Len() != 0 || w.res.Stats().DPDDead != 1 {
+		t.Fatalf("dead peer kept: %d SAs, stats %+v", w.res.Len(), w.res.Stats())
+	}
 }
 
 func TestRekeyOverlapUntilTraffic(t *testing.T) {

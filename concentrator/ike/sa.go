@@ -32,14 +32,17 @@ func (s saState) String() string { return stateNames[s] }
 
 // IKESA is one IKE SA and its CHILD SAs, in either role.
 type IKESA struct {
-	initiator  bool
-	state      saState
-	halfOpen   bool
-	stored     bool // a version of it is in the state store
-	SPIi, SPIr uint64
-	Local      netip.AddrPort
-	Remote     netip.AddrPort
-	hs         *handshake // until the SA is established; nil after, and for SAs restored or rekeyed
+	initiator bool
+	state     saState
+	halfOpen  bool
+	stored    bool // a version of it is in the state store
+	// trafficAsked: its liveness check is due and waits for the caller's
+	// count of inbound ESP (CheckTraffic, Engine.Traffic).
+	trafficAsked bool
+	SPIi, SPIr   uint64
+	Local        netip.AddrPort
+	Remote       netip.AddrPort
+	hs           *handshake // until the SA is established; nil after, and for SAs restored or rekeyed
 
 	prop   *Selected
 	prf    *suite.PRF
@@ -109,6 +112,9 @@ type IKESA struct {
 
 	eng      *Engine // its engine (the wall-date conversion of Snapshot)
 	deadline int64   // engine time (UnixNano) of the SA's timer in the wheel; 0: none
+	// lastRecv: the last sign of life from the peer: an authenticated
+	// IKE message, or inbound ESP that a liveness check's count found
+	// (Engine.Traffic).
 	lastRecv stamp
 	rekeyIKE stamp // when we rekey the IKE SA; zero: never
 	created  stamp
