@@ -386,8 +386,11 @@ func raisedLimits(dp []ike.Action) map[uint32]raisedSeqLimit {
 // messages.
 func (n *Node) apply(ctx context.Context, s *shard, dp []ike.Action, send []ike.Send) {
 	raised := raisedLimits(dp)
+	var checks []ike.CheckTraffic
 	for i, a := range dp {
 		switch a := a.(type) {
+		case ike.CheckTraffic:
+			checks = append(checks, a)
 		case ike.InstallChild:
 			if l, ok := raised[a.Child.InSPI]; ok && l.at > i && l.OutSeqLimit > a.OutSeqLimit {
 				a.OutSeqLimit, a.OutSeqMargin = l.OutSeqLimit, l.OutSeqMargin
@@ -422,4 +425,33 @@ func (n *Node) apply(ctx context.Context, s *shard, dp []ike.Action, send []ike.
 			n.send(snd)
 		}
 	}
+	if len(checks) > 0 {
+		n.countTraffic(ctx, s, checks)
+	}
+}
+
+// countTraffic answers the engine's CheckTraffic questions with one read
+// of the data plane's counts for all of them: the liveness checks of
+// peers whose ESP came since their last check wait, the others go out.
+func (n *Node) countTraffic(ctx context.Context, s *shard, checks []ike.CheckTraffic) {
+	var spis []uint32
+	for _, c := range checks {
+		spis = append(spis, c.InSPIs...)
+	}
+	packets := make([]uint64, len(spis))
+	if tc, ok := n.dp.(dataplane.TrafficCounter); ok {
+		tc.InboundPackets(ctx, spis, packets)
+	} else {
+		for i := range packets {
+			packets[i] = ike.TrafficUnknown
+		}
+	}
+	var rd ike.Ready
+	now := n.clock.Mono()
+	for _, c := range checks {
+		k := len(c.InSPIs)
+		s.eng.Traffic(now, c.SPI, c.InSPIs, packets[:k:k], &rd)
+		packets = packets[k:]
+	}
+	n.perform(ctx, s, &rd)
 }

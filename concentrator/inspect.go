@@ -141,6 +141,7 @@ func (n *Node) Stats(ctx context.Context) (ike.Stats, error) {
 		total.ChildRekeys += st.ChildRekeys
 		total.IKERekeys += st.IKERekeys
 		total.DPDSent += st.DPDSent
+		total.DPDTraffic += st.DPDTraffic
 		total.DPDDead += st.DPDDead
 		total.RekeyCollisions += st.RekeyCollisions
 		total.PersistFailures += st.PersistFailures

@@ -134,6 +134,7 @@ func New(cfg Config, log *slog.Logger, dp dataplane.DataPlane, opts ...Option) (
 	}
 	n.resumptionSetup(&n.ecfg)
 	n.withCredentialStore(&n.ecfg)
+	_, n.ecfg.TrafficLiveness = n.dp.(dataplane.TrafficCounter)
 	ecfg = n.ecfg
 	n.initObservability()
 	if n.eap, err = newEAPBackend(cfg, n.nodeID); err != nil {

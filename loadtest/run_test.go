@@ -416,6 +416,44 @@ func TestESPTrafficThroughUserspaceDataPlane(t *testing.T) {
 	t.Logf("ESP: sent %d, received %d", rep.ESP.Sent, rep.ESP.Received)
 }
 
+// A liveness check is needed only for a peer whose ESP stopped (RFC 7296
+// §2.4): gateways sending ESP through the node's user-space data plane
+// get none, silent ones get theirs every dpd_delay.
+func TestLivenessChecksOnlyForSilentPeers(t *testing.T) {
+	const n = 10
+	for _, tc := range []struct {
+		name string
+		rate float64
+	}{{"esp", 10}, {"silent", 0}} {
+		t.Run(tc.name, func(t *testing.T) {
+			dp, err := userspace.New(userspace.Config{Device: newEchoDevice(), Router: noRouter{}, Workers: 2})
+			if err != nil {
+				t.Fatal(err)
+			}
+			node := startNodeWith(t, n, "  dpd_delay: 1s\n", dp)
+			o := options(t, node.IKEAddr(), node.NATTAddr(), n)
+			o.Hold, o.ESPRate, o.ESPSize, o.ESPDest = 4*time.Second, tc.rate, 100, netip.MustParseAddr("10.30.0.7")
+			ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+			defer cancel()
+			if rep, err := loadtest.Run(ctx, o); err != nil || rep.Established != n {
+				t.Fatalf("%v: %+v", err, rep)
+			}
+			st, err := node.Stats(ctx)
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Logf("liveness checks sent %d, not needed %d", st.DPDSent, st.DPDTraffic)
+			// Over a hold of 4 dpd_delays each gateway is due about 3 times.
+			if tc.rate > 0 && (st.DPDSent > n || st.DPDTraffic < n) {
+				t.Errorf("gateways sending ESP: %d checks sent, %d not needed; want at most %d sent (before a gateway's first ESP) and at least %d not needed", st.DPDSent, st.DPDTraffic, n, n)
+			}
+			if tc.rate == 0 && (st.DPDSent < n || st.DPDTraffic != 0) {
+				t.Errorf("silent gateways: %d checks sent, %d not needed; want at least %d sent, none skipped", st.DPDSent, st.DPDTraffic, n)
+			}
+		})
+	}
+}
+
 // The caller's cancel ends a run in its hold: the gateways delete their
 // SAs, and the report of what happened comes back with the context's error.
 func TestCancelEndsTheRunWithAReport(t *testing.T) {

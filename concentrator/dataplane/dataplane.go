@@ -140,6 +140,17 @@ type SACounter interface {
 	Counter(ctx context.Context, inSPI uint32) (Counters, error)
 }
 
+// TrafficCounter is implemented by data planes that count each CHILD
+// SA's authenticated inbound ESP and read many counts at once cheaply (the
+// kernel's in one netlink datagram): the node asks it when liveness checks
+// are due (ike.CheckTraffic), and a peer whose ESP keeps coming gets none.
+type TrafficCounter interface {
+	// InboundPackets sets packets[i] to the inbound ESP packets
+	// authenticated for the CHILD SA with inbound SPI inSPIs[i] since it
+	// was installed, or to ^uint64(0) where it cannot tell.
+	InboundPackets(ctx context.Context, inSPIs []uint32, packets []uint64)
+}
+
 // Expiry is a data plane telling the node that a CHILD SA must be rekeyed
 // now (soft: its sequence numbers or lifetime are nearly used up) or is
 // unusable (hard).

@@ -60,6 +60,7 @@ var (
 	dRekeys          = counterDef("rekeys_total", "SAs rekeyed, by kind (child, ike) and by who started the rekey (us, peer).", "kind", "initiator")
 	dRekeyCollisions = counterDef("rekey_collisions_total", "Simultaneous rekeys resolved (RFC 7296 2.8.1).")
 	dDPDSent         = counterDef("dpd_sent_total", "Liveness checks sent after silence from a peer.")
+	dDPDTraffic      = counterDef("dpd_traffic_total", "Liveness checks not sent when due: the data plane counted inbound ESP from the peer since its last sign of life (RFC 7296 2.4).")
 	dDPDDead         = counterDef("dpd_dead_total", "Peers declared dead (liveness check or request unanswered).")
 	dKeepalives      = counterDef("keepalives_total", "NAT-T keepalives sent and received.", "direction")
 	dAddressUpdates  = counterDef("address_updates_total", "IKE SAs moved to new addresses (NAT rebinding, MOBIKE).")

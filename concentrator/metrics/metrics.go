@@ -327,6 +327,7 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 		total.Retransmits += st.Retransmits
 		total.DuplicateRequests += st.DuplicateRequests
 		total.DPDSent += st.DPDSent
+		total.DPDTraffic += st.DPDTraffic
 		total.DPDDead += st.DPDDead
 		total.RekeyCollisions += st.RekeyCollisions
 		total.UnreservedSPIs += st.UnreservedSPIs
@@ -365,6 +366,7 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 	counter(dRekeys, ev.IKERekeysByPeer, "ike", "peer")
 	counter(dRekeyCollisions, total.RekeyCollisions)
 	counter(dDPDSent, total.DPDSent)
+	counter(dDPDTraffic, total.DPDTraffic)
 	counter(dDPDDead, total.DPDDead)
 	counter(dKeepalives, s.Node.KeepalivesSent, "sent")
 	counter(dKeepalives, s.Node.KeepalivesReceived, "received")

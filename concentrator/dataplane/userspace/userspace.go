@@ -646,6 +646,20 @@ func (d *DataPlane) Counter(_ context.Context, inSPI uint32) (dataplane.Counters
 		InPackets: s.inPackets.Load(), OutPackets: s.outPackets.Load()}, nil
 }
 
+// InboundPackets reports the inbound packets of each SA
+// (dataplane.TrafficCounter): those authenticated and delivered, as
+// Counter counts them.
+func (d *DataPlane) InboundPackets(_ context.Context, inSPIs []uint32, packets []uint64) {
+	d.mu.RLock()
+	defer d.mu.RUnlock()
+	for i, spi := range inSPIs {
+		packets[i] = ^uint64(0)
+		if s := d.bySPI[spi]; s != nil {
+			packets[i] = s.inPackets.Load()
+		}
+	}
+}
+
 // Stats returns the drop counters.
 func (d *DataPlane) Stats() Stats {
 	st := Stats{Drops: map[string]uint64{}, SeqProgressDeferred: d.deferred.Load(), Mappings: d.mappings.Load()}

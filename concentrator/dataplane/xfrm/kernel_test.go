@@ -607,6 +607,50 @@ func TestKernelRekeyTakeover(t *testing.T) {
 	}
 }
 
+// TestKernelInboundPackets: the inbound states' packet counts, read in one
+// batch, move with the peer's ESP; an SPI not installed is unknown.
+func TestKernelInboundPackets(t *testing.T) {
+	requireKernel(t)
+	ctx := context.Background()
+	conc, gw := newPair(t)
+	dc, dg := conc.dataplane(t, nil), gw.dataplane(t, nil)
+	conc.espSocket(t, 4500)
+	gw.espSocket(t, 4501)
+	sa := tunnelSA(0xc4200001, 0x0d200001)
+	if err := dc.Install(ctx, sa); err != nil {
+		t.Fatal(err)
+	}
+	if err := dg.Install(ctx, mirror(sa)); err != nil {
+		t.Fatal(err)
+	}
+	spis := []uint32{sa.InSPI, 0xc42000ff}
+	got := make([]uint64, len(spis))
+	c0 := dc.raw.calls.Load()
+	dc.InboundPackets(ctx, spis, got)
+	if got[0] != 0 || got[1] != ^uint64(0) {
+		t.Fatalf("before traffic: %v, want [0 unknown]", got)
+	}
+	if n := dc.raw.calls.Load() - c0; n != 3 {
+		t.Errorf("%d netlink system calls for one count, want 3 (a send, the reply, the batch's end)", n)
+	}
+	for i := 0; i < 3; i++ {
+		if err := udpThrough(t, gw, conc, []byte("to the concentrator")); err != nil {
+			t.Fatal(err)
+		}
+	}
+	dc.InboundPackets(ctx, spis, got)
+	if got[0] != 3 || got[1] != ^uint64(0) {
+		t.Fatalf("after 3 datagrams from the gateway: %v, want [3 unknown]", got)
+	}
+	if err := udpThrough(t, conc, gw, []byte("to the gateway")); err != nil {
+		t.Fatal(err)
+	}
+	dc.InboundPackets(ctx, spis[:1], got[:1])
+	if got[0] != 3 {
+		t.Fatalf("after a datagram out: %d inbound, want 3 still", got[0])
+	}
+}
+
 // TestKernelRemoveKnowsTakenPolicies: a removal deletes the policies its
 // SA holds without reading them, so the data plane must know which a
 // successor took. Here the successor goes first (and deletes them), a

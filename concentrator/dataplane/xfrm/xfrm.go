@@ -1375,6 +1375,38 @@ func seqSpaceEnd(esn bool) uint64 {
 	return 0xffffffff
 }
 
+// InboundPackets reads the inbound states' packet counts (each packet
+// counted once the kernel authenticated it; across address moves, as
+// Counter counts them) in one netlink batch (dataplane.TrafficCounter).
+func (d *DataPlane) InboundPackets(_ context.Context, inSPIs []uint32, packets []uint64) {
+	reqs := make([]*nl.NetlinkRequest, 0, len(inSPIs))
+	at := make([]int, 0, len(inSPIs)) // each request's SA in inSPIs
+	base := make([]uint64, 0, len(inSPIs))
+	d.mu.Lock()
+	for i, spi := range inSPIs {
+		packets[i] = ^uint64(0)
+		e := d.sas[spi]
+		if e == nil || d.closed {
+			continue
+		}
+		in, _, err := BuildStates(&d.opts, e.sa, e.ids)
+		if err != nil {
+			continue
+		}
+		reqs = append(reqs, stateIDRequest(nl.XFRM_MSG_GETSA, in))
+		at, base = append(at, i), append(base, e.base.InPackets)
+	}
+	d.mu.Unlock()
+	if len(reqs) == 0 {
+		return
+	}
+	for k, a := range d.raw.batch(reqs) {
+		if a.err == nil && len(a.data) >= nl.SizeofXfrmUsersaInfo {
+			packets[at[k]] = nl.DeserializeXfrmUsersaInfo(a.data).Curlft.Packets + base[k]
+		}
+	}
+}
+
 // Counter reads one CHILD SA's counters from its two kernel states.
 func (d *DataPlane) Counter(ctx context.Context, inSPI uint32) (dataplane.Counters, error) {
 	d.mu.Lock()
