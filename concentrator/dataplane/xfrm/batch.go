@@ -22,6 +22,9 @@ import (
 // four (a send, and a receive for each get's reply, a datagram of its
 // own, and for the batch's end). The removal reads no policy: the data
 // plane knows which of an SA's policies a successor took (entry.lost).
+// A successor (a CHILD rekey with the same selectors) takes its
+// predecessor's policies over in two more: their reads, then their
+// updates (takePolicies).
 
 // stateRequest is st's XFRM_MSG_NEWSA (stateAddMessage) as a request.
 func stateRequest(st *netlink.XfrmState, rp Replay, maxDiff uint32, inbound bool) (*nl.NetlinkRequest, error) {
@@ -81,7 +84,14 @@ func addMarkIfid(req *nl.NetlinkRequest, m *netlink.XfrmMark, ifid int) {
 // policyRequest is p's XFRM_MSG_NEWPOLICY (create, not replace), built as
 // the netlink library's XfrmPolicyAdd builds it.
 func policyRequest(p *netlink.XfrmPolicy) *nl.NetlinkRequest {
-	req := nl.NewNetlinkRequest(nl.XFRM_MSG_NEWPOLICY, unix.NLM_F_CREATE|unix.NLM_F_EXCL)
+	return policyRequestOf(nl.XFRM_MSG_NEWPOLICY, p)
+}
+
+// policyRequestOf is p's XFRM_MSG_NEWPOLICY or XFRM_MSG_UPDPOLICY (create
+// or replace; the kernel takes the message type for which, not the
+// flags), as XfrmPolicyAdd and XfrmPolicyUpdate build them.
+func policyRequestOf(typ int, p *netlink.XfrmPolicy) *nl.NetlinkRequest {
+	req := nl.NewNetlinkRequest(typ, unix.NLM_F_CREATE|unix.NLM_F_EXCL)
 	msg := &nl.XfrmUserpolicyInfo{}
 	policySel(&msg.Sel, p)
 	msg.Priority = uint32(p.Priority)

@@ -36,6 +36,37 @@ func BenchmarkKernelInstallRemove(b *testing.B) {
 	}
 }
 
+// BenchmarkKernelRekey measures a CHILD rekey as the data plane sees it:
+// the successor (the same selectors, new SPIs) installed, taking the
+// predecessor's policies over, then the predecessor removed. Run in the
+// VM: run-in-vm.sh DIR ./xfrm.test -test.run '^$' -test.bench Rekey.
+func BenchmarkKernelRekey(b *testing.B) {
+	ctx := context.Background()
+	d := benchDataPlane(b)
+	vip := netip.MustParseAddr("10.99.0.9")
+	child := func(i int) *dataplane.ChildSA {
+		sa := tunnelSA(0xd2000000+uint32(i), 0x0f200000+uint32(i))
+		sa.VirtualIP, sa.RemoteTS = vip, []dataplane.Selector{{Start: vip, End: vip, EndPort: 0xffff}}
+		return sa
+	}
+	prev := child(0)
+	if err := d.Install(ctx, prev); err != nil {
+		b.Fatal(err)
+	}
+	i := 1
+	for b.Loop() {
+		sa := child(i)
+		if err := d.Install(ctx, sa); err != nil {
+			b.Fatal(err)
+		}
+		if err := d.Remove(ctx, prev.InSPI); err != nil {
+			b.Fatal(err)
+		}
+		prev = sa
+		i++
+	}
+}
+
 // benchDataPlane is a data plane in a namespace of its own (lo up, the
 // node's address 192.168.100.2/24 on it, pool 10.99.0.0/16) for the
 // kernel benchmarks, closed at the benchmark's end; it skips where the

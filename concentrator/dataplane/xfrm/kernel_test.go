@@ -578,9 +578,16 @@ func TestKernelRekeyTakeover(t *testing.T) {
 	old := tunnelSA(0xc4000001, 0x0d000001)
 	nu := tunnelSA(0xc4000002, 0x0d000002)
 	nu.In.Encr, nu.Out.Encr = keyOf(36, 7), keyOf(36, 8)
-	for _, sa := range []*dataplane.ChildSA{old, nu} {
+	// The successor's install: its batch (a send, the three policies'
+	// EEXISTs, the last of them the batch's end), the policies' reads (a
+	// send, three replies, the end), their updates (a send, the end).
+	for k, sa := range []*dataplane.ChildSA{old, nu} {
+		c0 := dc.raw.calls.Load()
 		if err := dc.Install(ctx, sa); err != nil {
 			t.Fatal(err)
+		}
+		if n, want := dc.raw.calls.Load()-c0, []uint64{2, 11}[k]; n != want {
+			t.Errorf("install of %08x: %d netlink system calls in batches, want %d", sa.InSPI, n, want)
 		}
 		if err := dg.Install(ctx, mirror(sa)); err != nil {
 			t.Fatal(err)

@@ -552,19 +552,19 @@ func (d *DataPlane) install(sa *dataplane.ChildSA, slot *uint32) error {
 		d.seq[sa.InSPI] = t
 		d.seqMu.Unlock()
 	}
+	var taken []int // selectors that hold a policy already
 	for i, p := range pols {
-		err := ans[2+i].err
-		if isExist(err) {
-			if err = d.takePolicy(p, e); err == nil {
-				e.take(i)
-			}
-		} else if err != nil {
-			err = fmt.Errorf("policy %s %s -> %s: %w", p.Dir, p.Src, p.Dst, err)
-		}
-		if err != nil {
+		switch err := ans[2+i].err; {
+		case isExist(err):
+			taken = append(taken, i)
+		case err != nil:
 			undo()
-			return err
+			return fmt.Errorf("policy %s %s -> %s: %w", p.Dir, p.Src, p.Dst, err)
 		}
+	}
+	if err := d.takePolicies(pols, taken, e); err != nil {
+		undo()
+		return err
 	}
 	for _, t := range BuildRouteTargets(&d.opts, sa) {
 		if err := d.addRoute(t, sa); err != nil {
@@ -579,49 +579,64 @@ func (d *DataPlane) install(sa *dataplane.ChildSA, slot *uint32) error {
 	return nil
 }
 
-// addPolicy adds p, a policy of e's SA; on EEXIST it checks whose the
-// installed policy is (takePolicy).
-func (d *DataPlane) addPolicy(p *netlink.XfrmPolicy, e *entry) error {
-	err := d.h.XfrmPolicyAdd(p)
-	if isExist(err) {
-		return d.takePolicy(p, e)
+// takePolicies deals with the policies pols[i], i in taken, of e's SA
+// whose selectors already hold a policy (their adds answered EEXIST):
+// ours as wanted stays, another of ours (an older SA's or a reinstall's)
+// is replaced, a foreign one is an error. Two netlink batches: the
+// policies as the kernel holds them, then the updates. The SA whose
+// policy one replaces no longer holds it (entry.lost).
+func (d *DataPlane) takePolicies(pols []*netlink.XfrmPolicy, taken []int, e *entry) error {
+	if len(taken) == 0 {
+		return nil
 	}
-	if err != nil {
-		return fmt.Errorf("policy %s %s -> %s: %w", p.Dir, p.Src, p.Dst, err)
+	gets := make([]*nl.NetlinkRequest, len(taken))
+	for k, i := range taken {
+		gets[k] = policyIDRequest(nl.XFRM_MSG_GETPOLICY, pols[i])
 	}
-	return nil
-}
-
-// takePolicy deals with p's selector already holding a policy (its add
-// answered EEXIST): ours as wanted stays, another of ours (an older SA's
-// or a reinstall's) is replaced by p, a foreign one is an error. p is a
-// policy of e's SA; the SA whose policy p replaces no longer holds it.
-func (d *DataPlane) takePolicy(p *netlink.XfrmPolicy, e *entry) error {
-	cur, gerr := d.h.XfrmPolicyGet(p)
-	if gerr != nil {
-		return fmt.Errorf("policy %s %s -> %s exists; get: %w", p.Dir, p.Src, p.Dst, gerr)
+	var upds []*nl.NetlinkRequest
+	var updated []int // each update's policy
+	var from []uint32 // and the slot it takes it from
+	for k, a := range d.raw.batch(gets) {
+		i := taken[k]
+		p := pols[i]
+		if a.err != nil {
+			return fmt.Errorf("policy %s %s -> %s exists; get: %w", p.Dir, p.Src, p.Dst, a.err)
+		}
+		cur, err := parsePolicy(a.data)
+		if err != nil {
+			return fmt.Errorf("policy %s %s -> %s exists; get: %w", p.Dir, p.Src, p.Dst, err)
+		}
+		if policyReqID(&cur) == uint32(p.Tmpls[0].Reqid) && sameTmpl(&cur, p) {
+			e.take(i) // ours, as wanted
+			continue
+		}
+		slot, _, ok := d.opts.ours(policyReqID(&cur))
+		if !ok {
+			return fmt.Errorf("policy %s %s -> %s: a foreign policy (reqid %d) holds the selector", p.Dir, p.Src, p.Dst, policyReqID(&cur))
+		}
+		upds = append(upds, policyRequestOf(nl.XFRM_MSG_UPDPOLICY, p))
+		updated, from = append(updated, i), append(from, slot)
 	}
-	if policyReqID(cur) == uint32(p.Tmpls[0].Reqid) && sameTmpl(cur, p) {
-		return nil // ours, as wanted
-	}
-	slot, _, ok := d.opts.ours(policyReqID(cur))
-	if !ok {
-		return fmt.Errorf("policy %s %s -> %s: a foreign policy (reqid %d) holds the selector", p.Dir, p.Src, p.Dst, policyReqID(cur))
-	}
-	if err := d.h.XfrmPolicyUpdate(p); err != nil {
-		return fmt.Errorf("policy %s %s -> %s: take over: %w", p.Dir, p.Src, p.Dst, err)
-	}
-	if in, held := d.slots[slot]; held {
-		if prev := d.sas[in]; prev != nil && prev != e {
-			pols, _ := BuildPolicies(&d.opts, prev.sa, prev.ids)
-			for i, q := range pols {
-				if samePolicyID(q, p) {
-					prev.lose(i)
+	var errs []error
+	for k, a := range d.raw.batch(upds) {
+		i := updated[k]
+		if p := pols[i]; a.err != nil {
+			errs = append(errs, fmt.Errorf("policy %s %s -> %s: take over: %w", p.Dir, p.Src, p.Dst, a.err))
+			continue
+		}
+		e.take(i)
+		if in, held := d.slots[from[k]]; held {
+			if prev := d.sas[in]; prev != nil && prev != e {
+				prevPols, _ := BuildPolicies(&d.opts, prev.sa, prev.ids)
+				for j, q := range prevPols {
+					if samePolicyID(q, pols[i]) {
+						prev.lose(j)
+					}
 				}
 			}
 		}
 	}
-	return nil
+	return errors.Join(errs...)
 }
 
 // samePolicyID reports whether a and b are one policy to the kernel:
@@ -1354,10 +1369,21 @@ func (d *DataPlane) UpdateAddresses(ctx context.Context, inSPI uint32, local, re
 	if err != nil {
 		return err
 	}
-	for _, p := range pols {
-		if err := d.addPolicy(p, e); err != nil {
-			return fmt.Errorf("xfrm: move: %w", err)
+	adds := make([]*nl.NetlinkRequest, len(pols))
+	for i, p := range pols {
+		adds[i] = policyRequest(p)
+	}
+	var taken []int
+	for i, a := range d.raw.batch(adds) {
+		switch {
+		case isExist(a.err):
+			taken = append(taken, i)
+		case a.err != nil:
+			return fmt.Errorf("xfrm: move: policy %s %s -> %s: %w", pols[i].Dir, pols[i].Src, pols[i].Dst, a.err)
 		}
+	}
+	if err := d.takePolicies(pols, taken, e); err != nil {
+		return fmt.Errorf("xfrm: move: %w", err)
 	}
 	e.sa, e.lost = &nu, nil
 	return nil
