@@ -175,7 +175,7 @@ type entry struct {
 	base dataplane.Counters
 	// lost: the indexes (in BuildPolicies' order) of the SA's policies
 	// the kernel does not hold for it: taken over by a successor with the
-	// same selector (takePolicy), deleted already, or never added (a
+	// same selector (takePolicies), deleted already, or never added (a
 	// failed install). Its removal deletes the others without reading
 	// them first. nil: it holds them all.
 	lost []int
