@@ -88,6 +88,7 @@ func (o *options) abRows(ctx context.Context, out io.Writer, nodeCPU int) error 
 		}
 		spec.gateways = o.count
 		var rounds []abRound
+		lastFailed := false
 		for i := range o.rounds {
 			var r abRound
 			order := []string{o.against, this}
@@ -111,6 +112,7 @@ func (o *options) abRows(ctx context.Context, out io.Writer, nodeCPU int) error 
 					r.base = res
 				}
 			}
+			lastFailed = err != nil
 			if err != nil {
 				fmt.Fprintf(out, "%-20s %5d error: %s\n", spec, i+1, firstLine(err))
 				continue
@@ -126,6 +128,15 @@ func (o *options) abRows(ctx context.Context, out io.Writer, nodeCPU int) error 
 		s := summarize(rounds)
 		fmt.Fprintf(out, "%-20s median of %d rounds: CPU/SA %.3f -> %.3f ms, ratio %.3f (%.3f to %.3f; this build cheaper in %d of %d); p99 ratio %.3f; RSS/SA ratio %.3f; allocated/SA ratio %.3f\n",
 			spec, s.rounds, ms(s.baseCPU), ms(s.thisCPU), s.cpu, s.cpuLo, s.cpuHi, s.thisFasterIn, s.rounds, s.p99, s.rss, s.alloc)
+		if profile != "" && !lastFailed {
+			// Both builds' profiles are of their last round (abProfile).
+			last := rounds[len(rounds)-1]
+			o.cpuprofile = abProfile(profile, false)
+			base := o.profileFor(spec.String())
+			o.cpuprofile = abProfile(profile, true)
+			printBreakdownPair(out, "where the node's CPU per SA went in the last round", "baseline", base, last.base.CPUPerSA,
+				"this build", o.profileFor(spec.String()), last.this.CPUPerSA)
+		}
 	}
 	return nil
 }

@@ -107,7 +107,7 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 	commitDelay := fs.String("commit-delay", "", "the nodes' statestore.commit_delay (e.g. 8ms): how long a change waits for others to share its etcd transaction, which trades setup latency for CPU; default: the node's default (2ms)")
 	groups := fs.Int("groups", 64, "gateway groups, each with its own loopback source address (127.1.x.y) and ports")
 	pin := fs.Bool("pin", true, "pin the node to CPU 0 and this driver to CPU 1")
-	cpuprofile := fs.String("cpuprofile", "", "write the node's CPU profile of each row to FILE.<row>, and with --scale of each probe to FILE.probe-<SAs held> and of the quiet minute before it to FILE.idle-<SAs held>; with --against the baseline's to FILE.base.<row> (each build's last round) (go tool pprof)")
+	cpuprofile := fs.String("cpuprofile", "", "write the node's CPU profile of each row to FILE.<row>, and with --scale of each probe to FILE.probe-<SAs held> and of the quiet minute before it to FILE.idle-<SAs held>; with --against the baseline's to FILE.base.<row> (each build's last round) (go tool pprof); each row, the burst and the probes then print where the node's CPU went, its profile summed by part")
 	heapprofile := fs.String("heapprofile", "", "save the node's heap profile of each row to FILE.<row> after its deletes and to FILE.<row>.base before its setups, so that what the row allocated is go tool pprof -sample_index=alloc_space -base FILE.<row>.base FILE.<row>; with --scale instead, the heap profile at the peak to FILE (go tool pprof)")
 	timeout := fs.Duration("timeout", 120*time.Second, "per phase")
 	against := fs.String("against", "", "a baseline concentratord (another build): run each row of --rows --rounds times with both, alternating, and print the median of the rounds' ratios (this build over the baseline); no burst or scale run")
@@ -285,6 +285,10 @@ func (o *options) rowsTable(ctx context.Context, out io.Writer, eng time.Duratio
 		}
 		if !r.NodeDelete.quiet() {
 			fmt.Fprintf(out, "  node during the deletes: %s\n", r.NodeDelete)
+		}
+		if path := o.profileFor(spec.String()); path != "" && !spec.strongswan {
+			// Written by the node as it exited, at the end of o.row.
+			printBreakdown(out, path, r.CPUPerSA, "SA")
 		}
 	}
 	fmt.Fprintln(out)
@@ -549,10 +553,12 @@ func (o *options) row(ctx context.Context, spec nodeSpec, nodeCPU int) (rowResul
 func (o *options) burstRow(ctx context.Context, out io.Writer, eng time.Duration, nodeCPU int) error {
 	spec := o.burstSpec
 	spec.gateways = o.burst
-	p, f, stop, err := o.start(spec, nodeCPU, o.profileFor("burst"), false)
+	profile := o.profileFor("burst")
+	p, f, stop, err := o.start(spec, nodeCPU, profile, false)
 	if err != nil {
 		return err
 	}
+	stop = sync.OnceFunc(stop)
 	defer stop()
 	cores := 1
 	if nodeCPU < 0 {
@@ -602,6 +608,10 @@ func (o *options) burstRow(ctx context.Context, out io.Writer, eng time.Duration
 	}
 	if q := p.count(`"msg":"cookie demanded"`); q > 0 {
 		fmt.Fprintf(out, "  cookie log lines: %d\n", q)
+	}
+	if profile != "" {
+		stop() // the node writes its profile as it exits
+		printBreakdown(out, profile, perHS, "handshake")
 	}
 	return setupErr
 }
@@ -697,6 +707,7 @@ func (o *options) scaleRun(ctx context.Context, out io.Writer, eng time.Duration
 		node          nodeCounters // the node's counters over the probe (probeCounters)
 		quiet         resident     // the node's memory at the end of the quiet, before the probe
 		quietHeap     goHeap
+		profile       string // the node's CPU profile of the probe (--cpuprofile)
 	}
 	// measure runs a probe: o.scaleProbe gateways set up at o.rate, each
 	// deleted as soon as it is established, so that the SAs held stay
@@ -740,6 +751,7 @@ func (o *options) scaleRun(ctx context.Context, out io.Writer, eng time.Duration
 			// A probe that takes longer is profiled for its first part.
 			profiled = make(chan error, 1)
 			path := fmt.Sprintf("%s-%d%s", probeProfile, f.up.Load()-f.deleted.Load(), tag)
+			r.profile = path
 			go func() { profiled <- p.cpuProfile(path, expected) }()
 		}
 		err := f.runChurn(ctx, next, probe, o.rate, o.timeout+expected)
@@ -837,6 +849,10 @@ func (o *options) scaleRun(ctx context.Context, out io.Writer, eng time.Duration
 				100*again.idle, ms(again.net), ms(mean(at1k.net, again.net)), float64(atN.net)/float64(mean(at1k.net, again.net)))
 		}
 		fmt.Fprintln(out)
+	}
+	if at1k.profile != "" && atN.profile != "" {
+		printBreakdownPair(out, "where the node's CPU per setup and delete went in the probes", "at 1,000", at1k.profile, at1k.cpu,
+			"at "+strconv.FormatInt(established, 10), atN.profile, atN.cpu)
 	}
 	fmt.Fprintf(out, "  node during the probes: at 1,000 %s, %s; at %d %s, %s\n", at1k.node, at1k.node.store(probe), established, atN.node, atN.node.store(probe))
 	if o.scaleAgain {
