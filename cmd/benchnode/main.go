@@ -495,20 +495,25 @@ func (o *options) row(ctx context.Context, spec nodeSpec, nodeCPU int) (rowResul
 			return r, err
 		}
 	}
-	cpu0, _ := p.cpu()
+	// One scrape of the node's metrics before its CPU is read, one
+	// between the setups and the deletes (the only one the row counts),
+	// one after: each costs the node a few milliseconds.
+	e0 := p.exposition()
+	store0 := e0.metrics(storeTxns, etcdReads, storePuts, storeDeletes)
+	engine0 := e0.metrics(engineSeries()...)
+	alloc0 := e0.metrics(allocSeries...)
+	commit0 := e0.buckets(commitWait, established)
+	node0 := probeCounters(e0)
 	rss0, _ := p.rss()
 	wait0 := p.waited()
-	store0 := p.metrics(storeTxns, etcdReads, storePuts, storeDeletes)
-	engine0 := p.metrics(engineSeries()...)
-	alloc0 := p.metrics(allocSeries...)
-	commit0 := p.buckets(commitWait, established)
-	node0 := probeCounters(p)
+	cpu0, _ := p.cpu()
 	setupErr := f.runSetups(ctx, 1, spec.gateways, o.rate, o.timeout)
-	commit1 := p.buckets(commitWait, established)
+	rss1, _ := p.rss()
+	e1 := p.exposition()
+	commit1 := e1.buckets(commitWait, established)
 	r.CommitP50, _ = histQuantile(commit0, commit1, 0.50)
 	r.CommitP99, _ = histQuantile(commit0, commit1, 0.99)
-	rss1, _ := p.rss()
-	node1 := probeCounters(p)
+	node1 := probeCounters(e1)
 	r.NodeSetup = node1.sub(node0)
 	lat, _, failures := f.phase()
 	r.Established, r.Failed = int(f.up.Load()), int(f.fail.Load())
@@ -532,13 +537,14 @@ func (o *options) row(ctx context.Context, spec nodeSpec, nodeCPU int) (rowResul
 	r.Retransmits = f.stats()
 	r.Waited = p.waited() - wait0
 	r.CPUPerSA = (cpu1 - cpu0) / time.Duration(max(1, r.Established))
-	store1 := p.metrics(storeTxns, etcdReads, storePuts, storeDeletes)
-	r.Engine = engineOver(engine0, p.metrics(engineSeries()...))
-	if alloc1 := p.metrics(allocSeries...); alloc1[0] > alloc0[0] {
+	e2 := p.exposition()
+	store1 := e2.metrics(storeTxns, etcdReads, storePuts, storeDeletes)
+	r.Engine = engineOver(engine0, e2.metrics(engineSeries()...))
+	if alloc1 := e2.metrics(allocSeries...); alloc1[0] > alloc0[0] {
 		r.AllocPerSA = (alloc1[0] - alloc0[0]) / float64(max(1, r.Established))
 		r.ObjectsPerSA = (alloc1[1] - alloc0[1]) / float64(max(1, r.Established))
 	}
-	r.NodeDelete = probeCounters(p).sub(node1)
+	r.NodeDelete = probeCounters(e2).sub(node1)
 	r.TxnsPerSA = (store1[0] - store0[0]) / float64(max(1, r.Established))
 	r.ReadsPerSA = (store1[1] - store0[1]) / float64(max(1, r.Established))
 	r.WritesPerSA = (store1[2] + store1[3] - store0[2] - store0[3]) / float64(max(1, r.Established))
@@ -639,7 +645,7 @@ func (c nodeCounters) quiet() bool { return [7]float64(c[:7]) == [7]float64{} }
 // by the kernel at its sockets, all and those of the split ports' sockets
 // of new IKE_SA_INITs; cookies demanded, handshakes failed, state not
 // persisted; and the store's etcd transactions.
-func probeCounters(p *nodeProc) nodeCounters {
+func probeCounters(p interface{ metrics(...string) []float64 }) nodeCounters {
 	return nodeCounters(p.metrics(`ikefleet_queue_drops_total{queue="other"}`, "ikefleet_queue_drops_total",
 		"ikefleet_socket_receive_drops_total", `ikefleet_socket_receive_drops_total{receives="new"}`,
 		"ikefleet_cookies_sent_total", "ikefleet_handshake_failures_total", "ikefleet_persist_failures_total",

@@ -73,31 +73,58 @@ type nodeProc struct {
 // metrics returns, for each name, the sum of the samples of that metric
 // (a family, or one series with its labels) on the node's /metrics, 0
 // for one it has none of; one scrape for all.
-func (p *nodeProc) metrics(names ...string) []float64 {
+func (p *nodeProc) metrics(names ...string) []float64 { return p.exposition().metrics(names...) }
+
+// exposition is one scrape of the node's /metrics, read as often as
+// needed: a scrape costs the node a few milliseconds of CPU (its
+// collectors, etcd's families, the text), which a row's CPU per SA
+// would count if it scraped once per figure while measuring.
+type exposition []string
+
+// scrapeClient asks for the exposition uncompressed: gzip would be the
+// node's CPU too.
+var scrapeClient = &http.Client{Transport: &http.Transport{DisableCompression: true}, Timeout: 30 * time.Second}
+
+// exposition scrapes the node's /metrics (nothing if it does not answer).
+func (p *nodeProc) exposition() exposition {
+	resp, err := scrapeClient.Get("http://" + p.metricsAddr + "/metrics")
+	if err != nil {
+		return nil
+	}
+	defer resp.Body.Close()
+	var e exposition
+	sc := bufio.NewScanner(resp.Body)
+	sc.Buffer(make([]byte, 64<<10), 1<<20)
+	for sc.Scan() {
+		e = append(e, sc.Text())
+	}
+	return e
+}
+
+// metrics is nodeProc.metrics, of this scrape.
+func (e exposition) metrics(names ...string) []float64 {
 	sums := make([]float64, len(names))
-	p.scrape(func(line string) {
+	for _, line := range e {
 		for i, name := range names {
 			if v, ok := sampleOf(line, name); ok {
 				sums[i] += v
 			}
 		}
-	})
+	}
 	return sums
 }
 
-// scrape passes each line of the node's /metrics to f (none if the node
-// does not answer).
-func (p *nodeProc) scrape(f func(line string)) {
-	resp, err := http.Get("http://" + p.metricsAddr + "/metrics")
-	if err != nil {
-		return
+// buckets returns a histogram's cumulative bucket counts by upper bound
+// (+Inf included), summed over its series whose labels contain matcher
+// (e.g. `change="established"`).
+func (e exposition) buckets(family, matcher string) map[float64]float64 {
+	out := map[float64]float64{}
+	for _, line := range e {
+		if le, v, ok := bucketOf(line, family, matcher); ok {
+			out[le] += v
+		}
 	}
-	defer resp.Body.Close()
-	sc := bufio.NewScanner(resp.Body)
-	sc.Buffer(make([]byte, 64<<10), 1<<20)
-	for sc.Scan() {
-		f(sc.Text())
-	}
+	return out
 }
 
 // sampleOf returns the value of an exposition line if it is a sample of
@@ -454,19 +481,6 @@ func (p *nodeProc) stop() {
 	} else {
 		os.RemoveAll(p.dir)
 	}
-}
-
-// buckets returns a histogram's cumulative bucket counts by upper bound
-// (+Inf included), summed over its series whose labels contain matcher
-// (e.g. `change="established"`), from one scrape of the node's /metrics.
-func (p *nodeProc) buckets(family, matcher string) map[float64]float64 {
-	out := map[float64]float64{}
-	p.scrape(func(line string) {
-		if le, v, ok := bucketOf(line, family, matcher); ok {
-			out[le] += v
-		}
-	})
-	return out
 }
 
 // bucketOf reads an exposition line if it is a bucket of family with
