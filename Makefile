@@ -91,12 +91,15 @@ bench-sim:
 # at 1,000/s a node holding 100,000 SAs has no core left to measure
 # with). The rows run at each of BENCH_NODE_RATES new SAs a second:
 # 1,000, and 400, where setups come too far apart to share an etcd
-# transaction (issue 10 measures at both).
+# transaction (issue 10 measures at both). Each row and the burst also
+# print where the node's CPU went, from its CPU profile, kept as
+# BENCH_NODE_PROFILE.<row> for go tool pprof (BENCH_NODE_PROFILE= : none).
 BURST ?= 10000
 BENCH_NODE_RATES ?= 1000,400
+BENCH_NODE_PROFILE ?= $(BIN)/bench-node.cpu
 BENCH_NODE_FLAGS ?=
 bench-node: build
-	$(BIN)/benchnode --concentratord $(BIN)/concentratord --burst $(BURST) --rates $(BENCH_NODE_RATES) $(BENCH_NODE_FLAGS)
+	$(BIN)/benchnode --concentratord $(BIN)/concentratord --burst $(BURST) --rates $(BENCH_NODE_RATES) --cpuprofile=$(BENCH_NODE_PROFILE) $(BENCH_NODE_FLAGS)
 
 # bench-node's rows with the kernel data plane (dataplane xfrm, the
 # default wherever the kernel can install an ESP state) beside the memory
