@@ -17,7 +17,7 @@ import (
 )
 
 // part is one share of the node's CPU: a sample belongs to the first part
-// (in parts' order) with a frame of its stack that match names.
+// (in parts' order) that one of its stack's frames matches.
 type part struct {
 	name  string
 	match []string // prefixes of function names
@@ -26,8 +26,9 @@ type part struct {
 // parts: the engine first, so that the collector's assists and the
 // allocations inside it count as its own (as they do in "the engine in
 // the node"); etcd's request path (the client, its gRPC layer, the
-// proposal) before etcd's server, whose apply loop, raft and backend
-// goroutines never run the node's code.
+// proposal) before the rest of etcd's server (its backend, compactor and
+// lessor); etcd's apply loop and raft goroutines never run the node's
+// code.
 var parts = []part{
 	{"the IKE engine", []string{"github.com/ikefleet/ikefleet/concentrator/ike.(*Engine)."}},
 	{"etcd applying transactions", []string{"go.etcd.io/etcd/server/v3/etcdserver.(*EtcdServer).applyAll"}},
