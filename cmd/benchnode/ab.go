@@ -131,11 +131,9 @@ func (o *options) abRows(ctx context.Context, out io.Writer, nodeCPU int) error 
 		if profile != "" && !lastFailed {
 			// Both builds' profiles are of their last round (abProfile).
 			last := rounds[len(rounds)-1]
-			o.cpuprofile = abProfile(profile, false)
-			base := o.profileFor(spec.String())
-			o.cpuprofile = abProfile(profile, true)
-			printBreakdownPair(out, "where the node's CPU per SA went in the last round", "baseline", base, last.base.CPUPerSA,
-				"this build", o.profileFor(spec.String()), last.this.CPUPerSA)
+			printBreakdownPair(out, "where the node's CPU per SA went in the last round",
+				"baseline", o.rowPath(abProfile(profile, false), spec.String()), last.base.CPUPerSA,
+				"this build", o.rowPath(abProfile(profile, true), spec.String()), last.this.CPUPerSA)
 		}
 	}
 	return nil
